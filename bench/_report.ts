@@ -1,0 +1,22 @@
+/** One benchmark result line; `ratios` is value divided by each baseline of the same unit. */
+export interface BenchLine {
+  suite: string;
+  case: string;
+  value: number;
+  unit: string;
+  baselines?: Record<string, number>;
+  ratios?: Record<string, number>;
+  [extra: string]: unknown;
+}
+
+/** Prints one JSON line, computing ratios from the baselines if they were not given. */
+export function report(line: BenchLine): void {
+  const out: BenchLine = { ...line };
+  if (out.baselines && !out.ratios) {
+    out.ratios = {};
+    for (const [name, base] of Object.entries(out.baselines)) {
+      if (base > 0) out.ratios[name] = Number((out.value / base).toFixed(3));
+    }
+  }
+  console.log(JSON.stringify(out));
+}
