@@ -1,0 +1,71 @@
+/**
+ * The transport seen by everything above it. Protocol drivers (Raft, multicast, membership) and
+ * the group runtime use only this interface, never the native addon, so that tests can swap in
+ * an in-memory transport and the simulator can drive the pure cores without one.
+ *
+ * Model (eRPC's): an endpoint owns one socket; a session is a one-to-one connection to another
+ * endpoint; a request of a numbered type goes to the handler registered for that type, which
+ * returns the response bytes (now or later). Requests run at most once. A one-way message is a
+ * request whose handler returns an empty response.
+ *
+ * Buffers: a request or response handed to the transport may be reused by the caller as soon as
+ * the call returns (the transport copies or finishes with it synchronously). Buffers the transport
+ * hands out are owned by the receiver.
+ */
+
+/** A request type: an integer 0..255, chosen by the protocol layer that registers the handler. */
+export type RequestType = number;
+
+/** "host:port", IPv4 ("127.0.0.1:7000") or IPv6 ("[::1]:7000"). */
+export type TransportAddress = string;
+
+export interface RequestContext {
+  /** The address of the endpoint that sent the request. */
+  readonly peer: TransportAddress;
+  /** The server-side id of the session the request arrived on. */
+  readonly sessionId: number;
+}
+
+/** Returns the response bytes, or a promise of them (nested calls are allowed before it resolves). */
+export type RequestHandler = (
+  request: Uint8Array,
+  context: RequestContext,
+) => Uint8Array | Promise<Uint8Array>;
+
+export interface CallOptions {
+  /** Fails the call with TimeoutError if no response arrived within this time. */
+  timeoutMs?: number;
+}
+
+export type SessionEvent =
+  | { kind: 'disconnected' }
+  | { kind: 'peer-failed'; reason: string };
+
+export interface TransportSession {
+  readonly remote: TransportAddress;
+  /**
+   * Sends a request and resolves with the response. Rejects with PayloadTooLargeError (above the
+   * endpoint's message limit), TimeoutError (deadline passed), PeerFailedError (the peer stopped
+   * answering) or TransportError (session closed, or the server had no handler for the type).
+   */
+  call(type: RequestType, request: Uint8Array, options?: CallOptions): Promise<Uint8Array>;
+  onEvent(listener: (event: SessionEvent) => void): void;
+  /** Completes pending calls with TransportError and tells the peer. Idempotent. */
+  close(): Promise<void>;
+}
+
+export interface TransportStats {
+  [counter: string]: number;
+}
+
+export interface Transport {
+  /** The address other endpoints connect to (with the real port if 0 was asked for). */
+  readonly address: TransportAddress;
+  /** Registers the handler for a request type; registering a type twice is a programmer error. */
+  handle(type: RequestType, handler: RequestHandler): void;
+  /** Opens a session; rejects with TransportError (with a reason) if the peer refuses or is silent. */
+  connect(remote: TransportAddress): Promise<TransportSession>;
+  stats(): TransportStats;
+  /** Fails pending calls, disconnects every session and releases the socket. Idempotent. */
+  close(): Promise<void>;
+}
