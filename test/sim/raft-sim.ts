@@ -26,6 +26,7 @@ import {
   EntryType, type Entry, type HardState, type Message, type Ready, type Snapshot,
 } from '../../src/raft/types.js';
 import { RaftProposalError } from '../../src/raft/errors.js';
+import { SeededRandom } from '../../src/core/random.js';
 import type { SeedOptions, SeedResult } from './protocol.js';
 import { InvariantViolation, Simulation, type NodeContext, type SimNode } from './simulation.js';
 
@@ -56,6 +57,10 @@ export class RaftWorld {
   verifiedLeaders = new Set<string>();
   reads: Array<{ node: number; id: number; floor: number }> = [];
   quiescedAtMs = -1;
+  /** Set by the workload: called when a leader's Ready carries a new commit index (before persisting it). */
+  onLeaderApplied: ((id: number) => void) | undefined;
+  /** Set by the workload: called when a node's Ready says it became leader (before persisting). */
+  onNewLeader: ((id: number) => void) | undefined;
   markersProposed = new Set<string>();
   livenessAppliedBy = new Set<number>();
   stats = { proposals: 0, confChanges: 0, transfers: 0, snapshotsInstalled: 0, compactions: 0, reads: 0, readsAnswered: 0 };
@@ -75,6 +80,7 @@ export class RaftSimNode implements SimNode<Message> {
     private readonly ctx: NodeContext<Message>,
     private readonly world: RaftWorld,
     mutation: RaftMutation | undefined,
+    private readonly tuning: { entriesMax?: number; inflightMax?: number; preVote?: boolean; checkQuorum?: boolean } = {},
   ) {
     const disk = ctx.disk;
     const hardState = disk.get<HardState>('hs') ?? { term: 0, vote: 0, commit: 0 };
@@ -89,7 +95,9 @@ export class RaftSimNode implements SimNode<Message> {
     this.core = new RaftCore(
       {
         id: ctx.id, random: r, electionTicks: 10, heartbeatTicks: 2,
-        inflightMax: 1 + r.int(8), entriesPerMessageMax: 1 + r.int(4), snapshotChunkBytes: 64 + r.int(256),
+        inflightMax: tuning.inflightMax ?? 1 + r.int(8),
+        entriesPerMessageMax: tuning.entriesMax ?? 1 + r.int(4),
+        preVote: tuning.preVote ?? true, checkQuorum: tuning.checkQuorum ?? true, snapshotChunkBytes: 64 + r.int(256),
         ...(mutation ? { unsafeMutation: mutation } : {}),
       },
       { hardState, snapshot, entries },
@@ -159,6 +167,9 @@ export class RaftSimNode implements SimNode<Message> {
     while (this.waiting === undefined && this.core.hasReady()) {
       const rd = this.core.ready();
       this.observePersist(rd);
+      // Fault hooks: the workload may crash this node before this Ready is durable and sent.
+      if (rd.softState?.role === 'leader') this.world.onNewLeader?.(this.ctx.id);
+      else if (rd.hardState && this.core.role === 'leader' && rd.committed.length > 0) this.world.onLeaderApplied?.(this.ctx.id);
       const disk = this.ctx.disk;
       let wrote = false;
       if (rd.snapshot) {
@@ -386,9 +397,35 @@ function maxCommit(sim: Simulation<Message, RaftSimNode>): number {
 /** Random client activity, every few ms of simulated time. */
 function workload(sim: Simulation<Message, RaftSimNode>, world: RaftWorld): void {
   const r = sim.random;
+  // Swarm testing: each seed picks how often a leader is crashed right after it accepted a
+  // proposal (the schedule of the paper's Figure 8), so some seeds stress that corner hard.
+  const leaderCrashRate = [0, 0, 0.02, 0.05, 0.1][r.int(5)]!;
+  // ... and how often a leader crashes right after it applied a commit (before it can tell anyone).
+  const crashAfterCommitRate = [0, 0.1, 0.3, 0.6][r.int(4)]!;
+  // ... and how often a new leader crashes as soon as its no-op is on its own disk.
+  const crashNewLeaderRate = [0, 0.2, 0.5][r.int(3)]!;
+  const crashSoon = (id: number, rate: number, why: string): void => {
+    if (sim.isQuiesced || r.next() >= rate) return;
+    const down = ALL.filter((n) => !sim.isUp(n) && sim.incarnation(n) >= 0);
+    if (down.length < 2) sim.schedule(0, `crash leader n${id} ${why}`, () => {
+      if (!sim.isQuiesced) sim.crash(id);
+    });
+  };
+  world.onLeaderApplied = (id) => crashSoon(id, crashAfterCommitRate, 'after commit');
+  world.onNewLeader = (id) => crashSoon(id, crashNewLeaderRate, 'after election');
   const step = (): void => {
     const leader = leaderOf(sim);
     const roll = r.next();
+    if (!sim.isQuiesced && r.next() < leaderCrashRate) {
+      const down = ALL.filter((id) => !sim.isUp(id) && sim.incarnation(id) >= 0);
+      if (leader && down.length < 2) {
+        const data = new Uint8Array([0x44, r.int(256)]);
+        leader.propose(data);
+        sim.crash(leader.core.id);
+      } else if (down.length > 0) {
+        sim.restart(down[r.int(down.length)]!);
+      }
+    }
     if (leader && roll < 0.6) {
       const data = new Uint8Array(4 + r.int(12));
       for (let i = 0; i < data.length; i++) data[i] = r.int(256);
@@ -423,10 +460,24 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   const world = new RaftWorld();
   const mutation = options.flags?.['mutation'] as RaftMutation | undefined;
   liveLeaders = [];
+  const num = (name: string): number | undefined =>
+    options.flags?.[name] !== undefined ? Number(options.flags[name]) : undefined;
+  // Swarm testing: half of the seeds send one entry per append with no pipelining.
+  // and a quarter of them run without pre-vote, without check-quorum, or without both.
+  const swarm = new SeededRandom(seed ^ 0x5eed);
+  const narrow = swarm.int(2) === 0;
+  const features = swarm.int(8);
+  const tuning = {
+    preVote: features !== 1 && features !== 3,
+    checkQuorum: features !== 2 && features !== 3,
+    ...(narrow ? { entriesMax: 1, inflightMax: 1 } : {}),
+    ...(num('entriesMax') !== undefined ? { entriesMax: num('entriesMax')! } : {}),
+    ...(num('inflightMax') !== undefined ? { inflightMax: num('inflightMax')! } : {}),
+  };
   const sim: Simulation<Message, RaftSimNode> = new Simulation<Message, RaftSimNode>({
     seed,
     nodeIds: ALL,
-    createNode: (ctx) => new RaftSimNode(ctx, world, mutation),
+    createNode: (ctx) => new RaftSimNode(ctx, world, mutation, tuning),
     network: { delayMsMin: 1, delayMsMax: 12 },
     tickMs: 10,
     diskLatencyMs: [1, 6],
@@ -462,7 +513,8 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
       return `n${id} ${st.role} t${st.term} lead ${st.lead} last ${st.lastIndex} commit ${st.commit} applied ${st.applied} ` +
         `snap ${n.core.log.snapIndex} conf [${st.conf.voters}]/[${st.conf.learners}] ${JSON.stringify(st.progress)}`;
     });
-    throw new (class extends Error {})(`seed ${seed}: liveness: ${LIVENESS_MS} ms after faults stopped, ${detail}\n  ${states.join('\n  ')}\nreplay: SIM_SEED=${seed}`);
+    throw sim.failure(new InvariantViolation('liveness',
+      `${LIVENESS_MS} ms after faults stopped, ${detail}\n  ${states.join('\n  ')}`));
   }
   const terms = Math.max(0, ...world.leaders.keys());
   const s = world.stats;

@@ -332,6 +332,11 @@ export class Simulation<M, N extends SimNode<M>> {
     if (timeUp && untilMs !== Infinity && this.now < untilMs) this.now = untilMs;
   }
 
+  /** A SimFailure for a check made outside the step loop (e.g. liveness at the end of a run). */
+  failure(error: unknown): SimFailure {
+    return new SimFailure(this.seed, this.stepCount, this.now, error, [...this.recent]);
+  }
+
   /** Stops fault injection now: heals the network, zeroes loss and duplication, restarts all. */
   quiesce(): void {
     if (this.quiesced) return;
