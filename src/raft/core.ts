@@ -580,16 +580,19 @@ export class RaftCore {
   }
 
   /**
-   * A full pipeline that got no acknowledgement for a whole heartbeat interval has lost messages
-   * (the network may drop them): fall back to probing from the last known match.
+   * A pipeline with appends in flight that got no acknowledgement for two heartbeat intervals
+   * has lost messages (the network may drop them; nothing else resends them): fall back to
+   * probing from the last known match.
    */
   private recoverStalledPipelines(): void {
     for (const [id, pr] of this.progress) {
-      if (pr.state === 'replicate' && pr.isPaused() && !pr.ackedRecently) {
+      if (pr.state !== 'replicate' || pr.inflightCount() === 0) {
+        pr.stalledIntervals = 0;
+      } else if (++pr.stalledIntervals >= 2) {
         pr.becomeProbe();
+        pr.stalledIntervals = 0;
         this.sendAppend(id);
       }
-      pr.ackedRecently = false;
     }
   }
 

@@ -25,8 +25,8 @@ export class Progress {
   snapshotOffset = 0;
   /** In snapshot state: a chunk is outstanding. */
   snapshotChunkSent = false;
-  /** Set by every successful append response; the leader clears it each heartbeat interval. */
-  ackedRecently = false;
+  /** Heartbeat intervals in a row with appends in flight and no acknowledgement. */
+  stalledIntervals = 0;
   /** Highest readIndex round this follower has acknowledged (by heartbeat response). */
   readCtxAcked = 0;
 
@@ -65,7 +65,7 @@ export class Progress {
   /** A successful append response up to `index`. Returns whether match advanced. */
   ack(index: number): boolean {
     let updated = false;
-    this.ackedRecently = true;
+    this.stalledIntervals = 0;
     if (index > this.match) {
       this.match = index;
       updated = true;
