@@ -297,14 +297,17 @@ function indexShards(layout: Layout): Map<NodeId, ShardMembership[]> {
  */
 export function checkLayout(layout: Layout, members: readonly NodeId[]): void {
   const present = new Set(members);
+  for (let i = 1; i < layout.types.length; i++) {
+    if (!(layout.types[i - 1]!.typeName < layout.types[i]!.typeName)) {
+      throw new InvalidViewError(
+        `type "${layout.types[i]!.typeName}" is out of order or repeated in the layout`,
+        'list types once each, sorted by name',
+      );
+    }
+  }
   let nextSubgroupId = 0;
-  let previousName: string | undefined;
   for (const t of layout.types) {
     const where = `type "${t.typeName}"`;
-    if (previousName !== undefined && !(previousName < t.typeName)) {
-      throw new InvalidViewError(`${where} is out of order or repeated in the layout`, 'list types once each, sorted by name');
-    }
-    previousName = t.typeName;
     if (t.subgroups.length === 0) throw new InvalidViewError(`${where} has no subgroups`, 'give every type at least one subgroup');
     t.subgroups.forEach((s, subgroupIndex) => {
       const at = `${where} subgroup ${subgroupIndex}`;
@@ -389,7 +392,9 @@ export function encodeView(view: View): Uint8Array {
 export function decodeView(bytes: Uint8Array): View {
   let raw: unknown;
   try {
-    raw = packr.unpack(bytes);
+    // A fresh wrapper over the same memory: msgpackr caches a DataView as a property on the
+    // object it decodes, and the caller's buffer should come back untouched.
+    raw = packr.unpack(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
   } catch (error) {
     throw new ViewDecodeError(`not msgpack (${(error as Error).message})`);
   }

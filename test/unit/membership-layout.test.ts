@@ -199,6 +199,18 @@ test('an under-provisioned subgroup is reported precisely while the others keep 
   t.deepEqual(shardMembers(later, 'Small'), [0, 1]);
 });
 
+test('a short subgroup gets free nodes toward its minimum before other shards grow', (t) => {
+  // So that fewer joins make it whole later; growing Small instead would need more joins.
+  const policies = { Big: oneSubgroup(fixedEvenShards(1, 5)), Small: oneSubgroup(flexibleEvenShards(1, 1, 3)) };
+  const layout = allocate(policies, range(0, 4));
+  t.deepEqual(shardMembers(layout, 'Small'), [0]);
+  t.deepEqual(shardMembers(layout, 'Big'), [1, 2, 3]);
+  t.deepEqual(layout.inadequate.map((i) => [i.typeName, i.nodesHave]), [['Big', 3]]);
+  const whole = allocate(policies, range(0, 6), layout);
+  t.deepEqual(shardMembers(whole, 'Big'), [1, 2, 3, 4, 5]);
+  t.deepEqual(whole.inadequate, []);
+});
+
 test('reserved node ids serve in several types and subgroups (overlapping) and are never fillers', (t) => {
   const policies: LayoutPolicies = {
     Foo: oneSubgroup(fixedEvenShards(2, 2, { reservedNodeIdsByShard: [ids(100), ids(101)] })),
