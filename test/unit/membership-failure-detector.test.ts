@@ -42,7 +42,9 @@ test('a silent peer is suspected after exactly timeoutTicks ticks, and reported 
     fd.tick();
     for (const s of fd.ready().suspicions) reports.push([tick, s]);
   }
-  t.deepEqual(reports, [[6, { node: nodeId(3), cause: 'timeout', viewId: viewId(1), silentTicks: 6 }]]);
+  t.deepEqual(reports, [
+    [6, { node: nodeId(3), cause: 'timeout', viewId: viewId(1), silentTicks: 6 }],
+  ]);
   t.deepEqual(fd.suspects(), ids(3));
   t.true(fd.isSuspected(nodeId(3)));
 });
@@ -93,12 +95,18 @@ test('a transport failure is a suspicion at once; a late heartbeat does not clea
   fd.ready();
   fd.tick();
   fd.peerFailed(nodeId(4));
-  t.deepEqual(fd.ready().suspicions, [{ node: nodeId(4), cause: 'transport', viewId: viewId(1), silentTicks: 1 }]);
+  t.deepEqual(fd.ready().suspicions, [
+    { node: nodeId(4), cause: 'transport', viewId: viewId(1), silentTicks: 1 },
+  ]);
   fd.heartbeatReceived(nodeId(4));
   fd.peerFailed(nodeId(4));
   for (let tick = 0; tick < 10; tick++) fd.tick();
   const later = fd.ready();
-  t.deepEqual(later.suspicions.map((s) => s.node), ids(2, 3), 'node 4 is not reported twice');
+  t.deepEqual(
+    later.suspicions.map((s) => s.node),
+    ids(2, 3),
+    'node 4 is not reported twice',
+  );
   t.true(fd.isSuspected(nodeId(4)));
   t.false(later.heartbeatsTo.includes(nodeId(4)), 'no heartbeats to suspected peers');
 });
@@ -127,7 +135,10 @@ test('a new view starts over: suspicions cleared, unreported ones dropped, full 
     fd.tick();
     for (const s of fd.ready().suspicions) reports.push([tick, s.node]);
   }
-  t.deepEqual(reports, [[6, 3], [6, 5]]);
+  t.deepEqual(reports, [
+    [6, 3],
+    [6, 5],
+  ]);
   t.true(fd.ready().suspicions.every((s) => s.viewId === viewId(2)));
 });
 
@@ -143,9 +154,13 @@ test('configuration errors are named and say how to fix them', (t) => {
     instanceOf: FailureDetectorConfigError,
     message: /heartbeatTicks is 0\. Fix: use an integer >= 1/,
   });
-  const error = t.throws(() => new FailureDetectorCore({ self: nodeId(1), heartbeatTicks: 5, timeoutTicks: 5 }), {
-    instanceOf: FailureDetectorConfigError,
-    message: /timeoutTicks \(5\) must be an integer above heartbeatTicks \(5\).*Fix: raise the timeout/,
-  });
+  const error = t.throws(
+    () => new FailureDetectorCore({ self: nodeId(1), heartbeatTicks: 5, timeoutTicks: 5 }),
+    {
+      instanceOf: FailureDetectorConfigError,
+      message:
+        /timeoutTicks \(5\) must be an integer above heartbeatTicks \(5\).*Fix: raise the timeout/,
+    },
+  );
   t.is(error!.name, 'FailureDetectorConfigError');
 });
