@@ -31,7 +31,13 @@
  */
 import { assert } from '../core/assert.js';
 import { SquallError } from '../core/errors.js';
-import { viewId as makeViewId, type NodeId, type ShardIndex, type SubgroupId, type ViewId } from '../core/ids.js';
+import {
+  viewId as makeViewId,
+  type NodeId,
+  type ShardIndex,
+  type SubgroupId,
+  type ViewId,
+} from '../core/ids.js';
 import { runAllocator, type Allocator } from './layout.js';
 import { View, type Member } from './view.js';
 
@@ -137,6 +143,11 @@ export interface ViewChangeConfig {
   readonly votersCount: number;
   /** Re-propose what has not committed after this many ticks (proposals can be lost). */
   readonly proposalRetryTicks: number;
+  /**
+   * The log index the starting view was sealed at (0 for the first view): the next committed
+   * entry fed to the core must have index appliedIndex + 1.
+   */
+  readonly appliedIndex?: number;
   /** Bounds the changes in one proposal and the entries queued behind a seal. */
   readonly pendingMax?: number;
 }
@@ -176,7 +187,11 @@ interface Pending {
 const shardKey = (subgroup: SubgroupId, shard: ShardIndex): string => `${subgroup}/${shard}`;
 
 /** A majority of the view's members, clean leavers excepted, must survive a change. */
-export function leavesMajority(view: View, departed: readonly NodeId[], failed: readonly NodeId[]): boolean {
+export function leavesMajority(
+  view: View,
+  departed: readonly NodeId[],
+  failed: readonly NodeId[],
+): boolean {
   const base = view.members.length - departed.length;
   const survivors = base - failed.length;
   return 2 * survivors > base;
@@ -228,6 +243,7 @@ export class ViewChangeCore {
     this.votersCount = config.votersCount;
     this.retryTicks = config.proposalRetryTicks;
     this.pendingMax = config.pendingMax ?? 1024;
+    this.appliedIndex = config.appliedIndex ?? 0;
   }
 
   /** The installed view. */
@@ -256,7 +272,11 @@ export class ViewChangeCore {
     const failed = [...new Set([...this.pending.failed, ...this.suspected])];
     if (!this.partitioned && !leavesMajority(this.current, this.pending.departed, failed)) {
       this.partitioned = true;
-      this.effects.push({ kind: 'partitioned', viewId: this.current.id, suspects: [...this.suspected].sort((a, b) => a - b) });
+      this.effects.push({
+        kind: 'partitioned',
+        viewId: this.current.id,
+        suspects: [...this.suspected].sort((a, b) => a - b),
+      });
     }
     this.enqueue({ kind: 'remove', node });
   }
@@ -289,7 +309,8 @@ export class ViewChangeCore {
     const same = (c: MembershipChange): boolean => c.kind === change.kind && c.node === change.node;
     if (this.toPropose.some(same) || this.inFlight.some((f) => same(f.change))) return;
     if (change.kind !== 'join' && this.isLeaving(change.node)) return;
-    if (this.toPropose.length >= this.pendingMax) throw new ViewChangeBacklogError('membership changes', this.pendingMax);
+    if (this.toPropose.length >= this.pendingMax)
+      throw new ViewChangeBacklogError('membership changes', this.pendingMax);
     this.toPropose.push(change);
   }
 
@@ -318,12 +339,16 @@ export class ViewChangeCore {
    */
   committed(index: number, entry: MembershipEntry): void {
     if (index <= this.appliedIndex) return;
-    assert(index === this.appliedIndex + 1, `membership log entries arrive in order (got ${index} after ${this.appliedIndex})`);
+    assert(
+      index === this.appliedIndex + 1,
+      `membership log entries arrive in order (got ${index} after ${this.appliedIndex})`,
+    );
     this.appliedIndex = index;
     if (this.state === 'removed') return;
     this.forgetCommitted(entry);
     if (this.sealed !== undefined) {
-      if (this.afterSeal.length >= this.pendingMax) throw new ViewChangeBacklogError('entries behind a sealed view', this.pendingMax);
+      if (this.afterSeal.length >= this.pendingMax)
+        throw new ViewChangeBacklogError('entries behind a sealed view', this.pendingMax);
       this.afterSeal.push({ index, entry });
       return;
     }
@@ -332,17 +357,22 @@ export class ViewChangeCore {
 
   /** The driver wedged multicast for `viewId`; one report per shard this node belongs to. */
   wedged(viewId: ViewId, reports: readonly Omit<ReceiveReport, 'viewId' | 'reporter'>[]): void {
-    if (this.state !== 'wedging' || viewId !== this.current.id || this.wedgedViewId === viewId) return;
+    if (this.state !== 'wedging' || viewId !== this.current.id || this.wedgedViewId === viewId)
+      return;
     const mine = this.current.shardsOf(this.self);
     assert(reports.length === mine.length, `one receive report per shard of node ${this.self}`);
     this.wedgedViewId = viewId;
     for (const r of reports) {
       const report: ReceiveReport = { ...r, viewId, reporter: this.self };
-      assert(mine.some((s) => s.subgroupId === r.subgroupId && s.shardIndex === r.shardIndex), 'report for one of my shards');
+      assert(
+        mine.some((s) => s.subgroupId === r.subgroupId && s.shardIndex === r.shardIndex),
+        'report for one of my shards',
+      );
       this.storeReport(report);
       const shard = this.current.shard(r.subgroupId, r.shardIndex)!;
       for (const to of shard.members) {
-        if (to !== this.self && this.survives(to)) this.messages.push({ to, message: { kind: 'receive-report', report } });
+        if (to !== this.self && this.survives(to))
+          this.messages.push({ to, message: { kind: 'receive-report', report } });
       }
     }
     this.proposeTrims();
@@ -381,7 +411,9 @@ export class ViewChangeCore {
     this.partitioned = false;
     for (const id of [...this.reports.keys()]) if (id < view.id) this.reports.delete(id);
     // Drop queued proposals that the new view made moot.
-    this.toPropose = this.toPropose.filter((c) => (c.kind === 'join' ? !view.isMember(c.node) : view.isMember(c.node)));
+    this.toPropose = this.toPropose.filter((c) =>
+      c.kind === 'join' ? !view.isMember(c.node) : view.isMember(c.node),
+    );
     const queued = this.afterSeal;
     this.afterSeal = [];
     // Replay what committed behind the seal; it may seal (and queue behind) the next view.
@@ -397,7 +429,8 @@ export class ViewChangeCore {
   ready(): ViewChangeReady {
     if (this.toPropose.length > 0) {
       this.proposals.push({ kind: 'change', changes: this.toPropose });
-      for (const change of this.toPropose) this.inFlight.push({ change, proposedAtTicks: this.nowTicks });
+      for (const change of this.toPropose)
+        this.inFlight.push({ change, proposedAtTicks: this.nowTicks });
       this.toPropose = [];
     }
     const out = { proposals: this.proposals, messages: this.messages, effects: this.effects };
@@ -432,7 +465,11 @@ export class ViewChangeCore {
       } else if (joinAt >= 0) {
         next.joins.splice(joinAt, 1); // a joiner that leaves or fails before it was installed
         accepted = true;
-      } else if (this.current.isMember(change.node) && !next.departed.includes(change.node) && !next.failed.includes(change.node)) {
+      } else if (
+        this.current.isMember(change.node) &&
+        !next.departed.includes(change.node) &&
+        !next.failed.includes(change.node)
+      ) {
         (change.kind === 'leave' ? next.departed : next.failed).push(change.node);
         accepted = true;
       }
@@ -459,8 +496,13 @@ export class ViewChangeCore {
   private applyTrim(entry: Extract<MembershipEntry, { kind: 'trim' }>): void {
     if (this.state !== 'wedging' || entry.viewId !== this.current.id) return;
     const key = shardKey(entry.subgroupId, entry.shardIndex);
-    if (this.trims.has(key) || this.current.shard(entry.subgroupId, entry.shardIndex) === undefined) return;
-    this.trims.set(key, { subgroupId: entry.subgroupId, shardIndex: entry.shardIndex, trim: entry.trim });
+    if (this.trims.has(key) || this.current.shard(entry.subgroupId, entry.shardIndex) === undefined)
+      return;
+    this.trims.set(key, {
+      subgroupId: entry.subgroupId,
+      shardIndex: entry.shardIndex,
+      trim: entry.trim,
+    });
   }
 
   private survives(node: NodeId): boolean {
@@ -468,7 +510,11 @@ export class ViewChangeCore {
   }
 
   /** Shards of the current view that need a committed trim before the next view is sealed. */
-  private shardsNeedingTrim(): { subgroupId: SubgroupId; shardIndex: ShardIndex; survivors: NodeId[] }[] {
+  private shardsNeedingTrim(): {
+    subgroupId: SubgroupId;
+    shardIndex: ShardIndex;
+    survivors: NodeId[];
+  }[] {
     const out: { subgroupId: SubgroupId; shardIndex: ShardIndex; survivors: NodeId[] }[] = [];
     for (const type of this.current.layout.types) {
       for (const subgroup of type.subgroups) {
@@ -476,7 +522,12 @@ export class ViewChangeCore {
           // Raft-mode shards order through their own log; a shard without senders has nothing to trim.
           if (shard.mode === 'raft' || shard.senders.length === 0) return;
           const survivors = shard.members.filter((n) => this.survives(n));
-          if (survivors.length > 0) out.push({ subgroupId: subgroup.subgroupId, shardIndex: index as ShardIndex, survivors });
+          if (survivors.length > 0)
+            out.push({
+              subgroupId: subgroup.subgroupId,
+              shardIndex: index as ShardIndex,
+              survivors,
+            });
         });
       }
     }
@@ -503,7 +554,10 @@ export class ViewChangeCore {
       ...this.current.members.filter((m) => !removed.has(m.id)),
       ...this.pending.joins.map((j) => ({ id: j.node, address: j.address })),
     ];
-    const layout = runAllocator(this.allocator, { previous: this.current.layout, members: members.map((m) => m.id) });
+    const layout = runAllocator(this.allocator, {
+      previous: this.current.layout,
+      members: members.map((m) => m.id),
+    });
     return new View({
       id: makeViewId(this.current.id + 1),
       members,
@@ -542,7 +596,13 @@ export class ViewChangeCore {
       if (byReporter === undefined || !survivors.every((n) => byReporter.has(n))) continue;
       // Survivors in shard-rank order, so computeTrim sees the same input on every leader.
       const trim = this.computeTrim(survivors.map((n) => byReporter.get(n)!));
-      const entry: MembershipEntry = { kind: 'trim', viewId: this.current.id, subgroupId, shardIndex, trim };
+      const entry: MembershipEntry = {
+        kind: 'trim',
+        viewId: this.current.id,
+        subgroupId,
+        shardIndex,
+        trim,
+      };
       this.proposedTrimSurvivors.set(key, survivors.length);
       this.inFlightTrims.set(key, { entry, proposedAtTicks: this.nowTicks });
       this.proposals.push(entry);
@@ -551,7 +611,9 @@ export class ViewChangeCore {
 
   private forgetCommitted(entry: MembershipEntry): void {
     if (entry.kind === 'change') {
-      this.inFlight = this.inFlight.filter((f) => !entry.changes.some((c) => c.kind === f.change.kind && c.node === f.change.node));
+      this.inFlight = this.inFlight.filter(
+        (f) => !entry.changes.some((c) => c.kind === f.change.kind && c.node === f.change.node),
+      );
     } else if (entry.viewId === this.current.id) {
       this.inFlightTrims.delete(shardKey(entry.subgroupId, entry.shardIndex));
     }
