@@ -41,11 +41,21 @@ import {
 import { runAllocator, type Allocator } from './layout.js';
 import { View, type Member } from './view.js';
 
-/** One membership change, as proposed and as committed. */
+/**
+ * One membership change, as proposed and as committed. A leave or removal names the view it was
+ * raised in and applies only in that view: a retried duplicate that commits late must not remove
+ * a node that has since rejoined under the same id. (A suspicion that misses its view is raised
+ * again by the failure detector of the next view if the node is still silent.)
+ */
 export type MembershipChange =
   | { readonly kind: 'join'; readonly node: NodeId; readonly address: string }
-  | { readonly kind: 'leave'; readonly node: NodeId }
-  | { readonly kind: 'remove'; readonly node: NodeId };
+  | { readonly kind: 'leave'; readonly node: NodeId; readonly viewId: ViewId }
+  | { readonly kind: 'remove'; readonly node: NodeId; readonly viewId: ViewId };
+
+function sameChange(a: MembershipChange, b: MembershipChange): boolean {
+  if (a.kind !== b.kind || a.node !== b.node) return false;
+  return a.kind === 'join' || a.viewId === (b as { viewId: ViewId }).viewId;
+}
 
 /** An entry of the membership log. */
 export type MembershipEntry =
@@ -223,6 +233,7 @@ export class ViewChangeCore {
   /** Nodes this node suspects in the current view, and whether that makes it a minority. */
   private suspected = new Set<NodeId>();
   private partitioned = false;
+  private leaving = false;
   private proposedTrimSurvivors = new Map<string, number>();
   private nowTicks = 0;
   /** Changes proposed but not yet seen committed, with the tick they were (re)proposed at. */
@@ -278,12 +289,14 @@ export class ViewChangeCore {
         suspects: [...this.suspected].sort((a, b) => a - b),
       });
     }
-    this.enqueue({ kind: 'remove', node });
+    this.enqueue({ kind: 'remove', node, viewId: this.current.id });
   }
 
-  /** This node wants to leave cleanly. */
+  /** This node wants to leave cleanly (asked again in each view until it is out). */
   leave(): void {
-    if (this.state !== 'removed') this.enqueue({ kind: 'leave', node: this.self });
+    if (this.state === 'removed') return;
+    this.leaving = true;
+    this.enqueue({ kind: 'leave', node: this.self, viewId: this.current.id });
   }
 
   /**
@@ -306,7 +319,7 @@ export class ViewChangeCore {
   }
 
   private enqueue(change: MembershipChange): void {
-    const same = (c: MembershipChange): boolean => c.kind === change.kind && c.node === change.node;
+    const same = (c: MembershipChange): boolean => sameChange(c, change);
     if (this.toPropose.some(same) || this.inFlight.some((f) => same(f.change))) return;
     if (change.kind !== 'join' && this.isLeaving(change.node)) return;
     if (this.toPropose.length >= this.pendingMax)
@@ -410,10 +423,11 @@ export class ViewChangeCore {
     this.suspected = new Set();
     this.partitioned = false;
     for (const id of [...this.reports.keys()]) if (id < view.id) this.reports.delete(id);
-    // Drop queued proposals that the new view made moot.
-    this.toPropose = this.toPropose.filter((c) =>
-      c.kind === 'join' ? !view.isMember(c.node) : view.isMember(c.node),
-    );
+    // Leaves and removals of the old view are stale now; joins stand until their node is in.
+    const live = (c: MembershipChange): boolean => c.kind === 'join' && !view.isMember(c.node);
+    this.toPropose = this.toPropose.filter(live);
+    this.inFlight = this.inFlight.filter((f) => live(f.change));
+    if (this.leaving) this.enqueue({ kind: 'leave', node: this.self, viewId: view.id });
     const queued = this.afterSeal;
     this.afterSeal = [];
     // Replay what committed behind the seal; it may seal (and queue behind) the next view.
@@ -462,6 +476,8 @@ export class ViewChangeCore {
         if (joinAt >= 0 || this.current.isMember(change.node)) continue;
         next.joins.push({ node: change.node, address: change.address });
         accepted = true;
+      } else if (change.viewId !== this.current.id) {
+        continue; // raised in an earlier view: stale
       } else if (joinAt >= 0) {
         next.joins.splice(joinAt, 1); // a joiner that leaves or fails before it was installed
         accepted = true;
@@ -612,7 +628,7 @@ export class ViewChangeCore {
   private forgetCommitted(entry: MembershipEntry): void {
     if (entry.kind === 'change') {
       this.inFlight = this.inFlight.filter(
-        (f) => !entry.changes.some((c) => c.kind === f.change.kind && c.node === f.change.node),
+        (f) => !entry.changes.some((c) => sameChange(c, f.change)),
       );
     } else if (entry.viewId === this.current.id) {
       this.inFlightTrims.delete(shardKey(entry.subgroupId, entry.shardIndex));

@@ -32,6 +32,7 @@ import {
   NodeIdInUseError,
   stateTransfers,
   ViewChangeCore,
+  type MembershipChange,
   type MembershipEntry,
   type ReceiveReport,
   type ReceiveReportMessage,
@@ -78,6 +79,16 @@ function core(
   });
 }
 
+const remove = (n: number, v = 0): MembershipChange => ({
+  kind: 'remove',
+  node: nodeId(n),
+  viewId: viewId(v),
+});
+const leave = (n: number, v = 0): MembershipChange => ({
+  kind: 'leave',
+  node: nodeId(n),
+  viewId: viewId(v),
+});
 const kinds = (effects: readonly ViewChangeEffect[]): string[] => effects.map((e) => e.kind);
 
 /** Reports for every shard of `node` in `view`, with `received` per sender. */
@@ -101,7 +112,7 @@ test('a committed removal wedges, trims, seals, delivers and installs the next v
   );
   t.deepEqual(v0.subgroup('Log', 0)!.shards[0]!.members, ids(3, 4));
   const c = core(1, v0);
-  c.committed(1, { kind: 'change', changes: [{ kind: 'remove', node: nodeId(4) }] });
+  c.committed(1, { kind: 'change', changes: [remove(4)] });
   t.deepEqual(kinds(c.ready().effects), ['wedge']);
   t.is(c.phase, 'wedging');
   // Node 1 is in Kv shard 0 only; its report goes to the other survivor of that shard.
@@ -186,25 +197,30 @@ function finishRound(
   c: ViewChangeCore,
   startIndex: number,
   received = 5,
-): { index: number; effects: ViewChangeEffect[] } {
+  self = nodeId(1),
+): { index: number; effects: ViewChangeEffect[]; proposals: MembershipEntry[] } {
   const view = c.view;
   let index = startIndex;
   const effects: ViewChangeEffect[] = [];
+  const proposals: MembershipEntry[] = [];
   const drain = (): void => {
     const r = c.ready();
     effects.push(...r.effects);
-    for (const p of r.proposals) if (p.kind === 'trim') c.committed(++index, p);
+    for (const p of r.proposals) {
+      if (p.kind === 'trim') c.committed(++index, p);
+      else proposals.push(p);
+    }
   };
   c.wedged(
     view.id,
-    reportsFor(view, nodeId(1), () => received),
+    reportsFor(view, self, () => received),
   );
   drain();
   // Commit trims for shards node 1 does not lead, as their leaders would.
   for (const type of view.layout.types) {
     for (const sg of type.subgroups) {
       sg.shards.forEach((sh, i) => {
-        if (sh.mode === 'raft' || sh.members.includes(nodeId(1))) return;
+        if (sh.mode === 'raft' || sh.members.includes(self)) return;
         c.committed(++index, {
           kind: 'trim',
           viewId: view.id,
@@ -216,9 +232,9 @@ function finishRound(
     }
   }
   // Reports of the other members of node 1's shards.
-  for (const s of view.shardsOf(nodeId(1))) {
+  for (const s of view.shardsOf(self)) {
     for (const n of view.shard(s.subgroupId, s.shardIndex)!.members) {
-      if (n === nodeId(1)) continue;
+      if (n === self) continue;
       const counts = view.shard(s.subgroupId, s.shardIndex)!.senders.map(() => received);
       c.receive(n, {
         kind: 'receive-report',
@@ -236,18 +252,15 @@ function finishRound(
   drain();
   c.delivered(view.id);
   drain();
-  return { index, effects };
+  return { index, effects, proposals };
 }
 
 test('changes committed during a view change are batched into the same next view', (t) => {
   const c = core(1, firstView([1, 2, 3, 4, 5, 6, 7]));
-  c.committed(1, { kind: 'change', changes: [{ kind: 'remove', node: nodeId(7) }] });
+  c.committed(1, { kind: 'change', changes: [remove(7)] });
   c.committed(2, {
     kind: 'change',
-    changes: [
-      { kind: 'join', node: nodeId(8), address: address(8) },
-      { kind: 'leave', node: nodeId(6) },
-    ],
+    changes: [{ kind: 'join', node: nodeId(8), address: address(8) }, leave(6)],
   });
   const { effects } = finishRound(c, 2);
   const install = effects.find((e) => e.kind === 'install');
@@ -267,7 +280,7 @@ test('changes committed during a view change are batched into the same next view
 
 test('entries committed after the seal start the next round right after the install', (t) => {
   const c = core(1, firstView([1, 2, 3, 4, 5]));
-  c.committed(1, { kind: 'change', changes: [{ kind: 'remove', node: nodeId(5) }] });
+  c.committed(1, { kind: 'change', changes: [remove(5)] });
   c.ready();
   c.wedged(
     viewId(0),
@@ -311,13 +324,13 @@ test('the first committed trim of a shard is final; a new shard leader takes ove
   // Node 5 is the second member of Kv shard 0 ([1,5]); node 1, its leader, fails mid-change.
   const v0 = firstView([1, 2, 3, 4, 5]);
   const c = core(5, v0);
-  c.committed(1, { kind: 'change', changes: [{ kind: 'remove', node: nodeId(4) }] });
+  c.committed(1, { kind: 'change', changes: [remove(4)] });
   c.wedged(
     viewId(0),
     reportsFor(v0, nodeId(5), () => 7),
   );
   t.deepEqual(c.ready().proposals, [], 'node 5 is not the shard leader yet');
-  c.committed(2, { kind: 'change', changes: [{ kind: 'remove', node: nodeId(1) }] });
+  c.committed(2, { kind: 'change', changes: [remove(1)] });
   const proposals = c.ready().proposals;
   t.deepEqual(proposals, [
     {
@@ -367,10 +380,7 @@ test('suspicions that arrive together become one proposal, retried until committ
   t.deepEqual(first, [
     {
       kind: 'change',
-      changes: [
-        { kind: 'remove', node: nodeId(4) },
-        { kind: 'remove', node: nodeId(5) },
-      ],
+      changes: [remove(4), remove(5)],
     },
   ]);
   c.suspect(nodeId(4));
@@ -408,17 +418,35 @@ test('joins: an id in use is refused with a named error; duplicates commit once'
 
 test('a node that learns it was removed stops, and a clean leave says so', (t) => {
   const failed = core(2, firstView([1, 2, 3]));
-  failed.committed(1, { kind: 'change', changes: [{ kind: 'remove', node: nodeId(2) }] });
+  failed.committed(1, { kind: 'change', changes: [remove(2)] });
   t.deepEqual(failed.ready().effects, [{ kind: 'removed', viewId: viewId(0), reason: 'failed' }]);
   failed.suspect(nodeId(3));
-  failed.committed(2, { kind: 'change', changes: [{ kind: 'remove', node: nodeId(3) }] });
+  failed.committed(2, { kind: 'change', changes: [remove(3)] });
   t.deepEqual(failed.ready(), { proposals: [], messages: [], effects: [] });
   const leaver = core(3, firstView([1, 2, 3]));
   leaver.leave();
   const [proposal] = leaver.ready().proposals;
-  t.deepEqual(proposal, { kind: 'change', changes: [{ kind: 'leave', node: nodeId(3) }] });
+  t.deepEqual(proposal, { kind: 'change', changes: [leave(3)] });
   leaver.committed(1, proposal!);
   t.deepEqual(leaver.ready().effects, [{ kind: 'removed', viewId: viewId(0), reason: 'left' }]);
+});
+
+test('a removal raised in an earlier view is stale; a leave is asked again in the next view', (t) => {
+  const c = core(2, firstView([1, 2, 3, 4, 5]));
+  c.leave();
+  const [asked] = c.ready().proposals;
+  t.deepEqual(asked, { kind: 'change', changes: [leave(2)] });
+  // Another change wins the race; the leave (raised in view 0) would commit too late.
+  c.committed(1, { kind: 'change', changes: [remove(5)] });
+  const { index, effects, proposals } = finishRound(c, 1, 5, nodeId(2));
+  t.deepEqual(kinds(effects), ['wedge', 'deliver', 'install']);
+  t.is(c.view.id, viewId(1));
+  t.deepEqual(proposals, [{ kind: 'change', changes: [leave(2, 1)] }], 'asked again in view 1');
+  c.committed(index + 1, { kind: 'change', changes: [leave(2, 0), remove(4, 0)] });
+  t.deepEqual(c.ready().effects, [], 'stale: raised in view 0');
+  t.is(c.phase, 'idle');
+  c.committed(index + 2, { kind: 'change', changes: [leave(2, 1)] });
+  t.deepEqual(c.ready().effects, [{ kind: 'removed', viewId: viewId(1), reason: 'left' }]);
 });
 
 test('partition safety: a change that leaves a minority is refused by all; a minority knows it', (t) => {
@@ -442,9 +470,9 @@ test('partition safety: a change that leaves a minority is refused by all; a min
   t.deepEqual(c.view.memberIds, ids(1, 2, 3, 4, 5));
   // Removals one at a time: the one that would cross the line is refused, the others apply.
   const d = core(1, firstView([1, 2, 3, 4, 5]));
-  d.committed(1, { kind: 'change', changes: [{ kind: 'remove', node: nodeId(5) }] });
-  d.committed(2, { kind: 'change', changes: [{ kind: 'remove', node: nodeId(4) }] });
-  d.committed(3, { kind: 'change', changes: [{ kind: 'remove', node: nodeId(3) }] });
+  d.committed(1, { kind: 'change', changes: [remove(5)] });
+  d.committed(2, { kind: 'change', changes: [remove(4)] });
+  d.committed(3, { kind: 'change', changes: [remove(3)] });
   t.deepEqual(kinds(d.ready().effects), ['wedge', 'refused']);
   const { effects } = finishRound(d, 3);
   const install = effects.find((e) => e.kind === 'install');
