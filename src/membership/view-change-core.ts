@@ -29,6 +29,7 @@
  * to the membership log but has lost a majority of the view thus never installs a view; it waits
  * (the driver keeps its shards wedged) until the partition heals.
  */
+import { Packr } from 'msgpackr';
 import { assert } from '../core/assert.js';
 import { SquallError } from '../core/errors.js';
 import {
@@ -207,6 +208,26 @@ export function leavesMajority(
   return 2 * survivors > base;
 }
 
+/**
+ * The first view of a new group (id 0): the configured initial members in rank order, every one
+ * of them joined, and the layout from the allocator (possibly inadequate: the group starts anyway
+ * and the affected subgroups wait for joins).
+ */
+export function initialView(members: readonly Member[], allocator: Allocator): View {
+  const layout = runAllocator(allocator, {
+    previous: undefined,
+    members: members.map((m) => m.id),
+  });
+  return new View({
+    id: makeViewId(0),
+    members,
+    joined: members.map((m) => m.id),
+    departed: [],
+    failed: [],
+    layout,
+  });
+}
+
 /** The membership log's voters in a view: its first `count` members in rank order. */
 export function votersOf(view: View, count: number): NodeId[] {
   return view.memberIds.slice(0, count);
@@ -377,6 +398,8 @@ export class ViewChangeCore {
     this.wedgedViewId = viewId;
     for (const r of reports) {
       const report: ReceiveReport = { ...r, viewId, reporter: this.self };
+      const senders = this.current.shard(r.subgroupId, r.shardIndex)?.senders.length;
+      assert(r.received.length === senders, 'a receive report has one count per sender');
       assert(
         mine.some((s) => s.subgroupId === r.subgroupId && s.shardIndex === r.shardIndex),
         'report for one of my shards',
@@ -393,9 +416,16 @@ export class ViewChangeCore {
 
   /** A message from another member's core. */
   receive(from: NodeId, message: ReceiveReportMessage): void {
-    if (this.state === 'removed' || message.report.reporter !== from) return;
-    if (message.report.viewId < this.current.id) return;
-    this.storeReport(message.report);
+    const report = message.report;
+    if (this.state === 'removed' || report.reporter !== from) return;
+    if (report.viewId < this.current.id) return;
+    if (report.viewId === this.current.id) {
+      // Only a member of the shard may report for it (a report for a later view is checked
+      // when this node reaches that view, by the shard leader's survivor list).
+      const shard = this.current.shard(report.subgroupId, report.shardIndex);
+      if (shard === undefined || !shard.members.includes(from)) return;
+    }
+    this.storeReport(report);
     this.proposeTrims();
   }
 
@@ -651,4 +681,99 @@ export function stateTransfers(previous: View, next: View): StateTransfer[] {
     }
   }
   return out;
+}
+
+// ---- Encoding of membership log entries ---------------------------------------------------------
+
+/** Bumped when the encoded form changes; decodeEntry refuses other versions. */
+const ENTRY_FORMAT_VERSION = 1;
+const CHANGE_KINDS = ['join', 'leave', 'remove'] as const;
+const entryPackr = new Packr({ useRecords: false, mapsAsObjects: false, variableMapSize: true });
+
+/** Bytes that do not decode to a membership log entry. */
+export class EntryDecodeError extends SquallError {
+  constructor(problem: string) {
+    super(
+      `cannot decode a membership log entry: ${problem}. ` +
+        'Fix: decode only bytes made by encodeEntry from the same Squall version.',
+      'ENTRY_DECODE',
+    );
+  }
+}
+
+/** Deterministic bytes of a log entry (arrays only, fixed order); the caller owns the buffer. */
+export function encodeEntry(entry: MembershipEntry): Uint8Array {
+  const canonical =
+    entry.kind === 'change'
+      ? [
+          ENTRY_FORMAT_VERSION,
+          0,
+          entry.changes.map((c) =>
+            c.kind === 'join'
+              ? [0, c.node, c.address]
+              : [CHANGE_KINDS.indexOf(c.kind), c.node, c.viewId],
+          ),
+        ]
+      : [
+          ENTRY_FORMAT_VERSION,
+          1,
+          entry.viewId,
+          entry.subgroupId,
+          entry.shardIndex,
+          [...entry.trim],
+        ];
+  // msgpackr packs into a shared scratch buffer that the next pack() overwrites: copy out.
+  return Uint8Array.from(entryPackr.pack(canonical));
+}
+
+function uint(value: unknown, what: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 0xffff_ffff) {
+    throw new EntryDecodeError(`${what} is not a uint32`);
+  }
+  return value;
+}
+function list(value: unknown, what: string): unknown[] {
+  if (!Array.isArray(value)) throw new EntryDecodeError(`${what} is not an array`);
+  return value;
+}
+
+/** The inverse of encodeEntry; throws EntryDecodeError on malformed input. */
+export function decodeEntry(bytes: Uint8Array): MembershipEntry {
+  let raw: unknown;
+  try {
+    // A fresh wrapper: msgpackr caches a DataView on the object it decodes.
+    raw = entryPackr.unpack(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  } catch (error) {
+    throw new EntryDecodeError(`not msgpack (${(error as Error).message})`);
+  }
+  const top = list(raw, 'the entry');
+  if (top[0] !== ENTRY_FORMAT_VERSION) {
+    throw new EntryDecodeError(
+      `format version ${String(top[0])}, this build reads ${ENTRY_FORMAT_VERSION}`,
+    );
+  }
+  if (top[1] === 0) {
+    const changes = list(top[2], 'changes').map((c): MembershipChange => {
+      const [kind, node, third] = list(c, 'a change');
+      const id = uint(node, 'node id') as NodeId;
+      if (kind === 0) {
+        if (typeof third !== 'string') throw new EntryDecodeError('a join address is not a string');
+        return { kind: 'join', node: id, address: third };
+      }
+      if (kind !== 1 && kind !== 2)
+        throw new EntryDecodeError(`unknown change kind ${String(kind)}`);
+      return { kind: CHANGE_KINDS[kind], node: id, viewId: uint(third, 'view id') as ViewId };
+    });
+    return { kind: 'change', changes };
+  }
+  if (top[1] === 1) {
+    return {
+      kind: 'trim',
+      viewId: uint(top[2], 'view id') as ViewId,
+      subgroupId: uint(top[3], 'subgroup id') as SubgroupId,
+      shardIndex: uint(top[4], 'shard index') as ShardIndex,
+      trim: list(top[5], 'trim').map((n) => uint(n, 'a trim count')),
+    };
+  }
+  throw new EntryDecodeError(`unknown entry kind ${String(top[1])}`);
 }

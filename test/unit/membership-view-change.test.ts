@@ -28,6 +28,10 @@ import {
   type LayoutPolicies,
 } from '../../src/membership/layout.js';
 import {
+  decodeEntry,
+  encodeEntry,
+  EntryDecodeError,
+  initialView,
   leavesMajority,
   NodeIdInUseError,
   stateTransfers,
@@ -495,6 +499,99 @@ test('state transfers name the surviving shard member with the lowest shard rank
   t.deepEqual(stateTransfers(v0, v1), [
     { subgroupId: subgroupId(0), shardIndex: shardIndex(0), from: nodeId(2), to: ids(4) },
   ]);
+});
+
+test('membership log entries encode deterministically and round-trip; bad bytes are refused', (t) => {
+  const entries: MembershipEntry[] = [
+    {
+      kind: 'change',
+      changes: [{ kind: 'join', node: nodeId(9), address: address(9) }, leave(3, 4), remove(2, 4)],
+    },
+    {
+      kind: 'trim',
+      viewId: viewId(4),
+      subgroupId: subgroupId(2),
+      shardIndex: shardIndex(1),
+      trim: [0, 17, 3],
+    },
+    { kind: 'change', changes: [] },
+  ];
+  for (const entry of entries) {
+    const bytes = encodeEntry(entry);
+    t.deepEqual(decodeEntry(bytes), entry);
+    t.deepEqual(encodeEntry(decodeEntry(bytes)), bytes);
+  }
+  // Key order of the input objects does not matter.
+  const scrambled = {
+    trim: [1],
+    shardIndex: shardIndex(0),
+    subgroupId: subgroupId(0),
+    viewId: viewId(1),
+    kind: 'trim',
+  } as const;
+  t.deepEqual(
+    encodeEntry(scrambled),
+    encodeEntry({
+      kind: 'trim',
+      viewId: viewId(1),
+      subgroupId: subgroupId(0),
+      shardIndex: shardIndex(0),
+      trim: [1],
+    }),
+  );
+  t.throws(() => decodeEntry(Uint8Array.from([0x92, 0x01])), {
+    instanceOf: EntryDecodeError,
+    message: /not msgpack.*Fix: decode only bytes made by encodeEntry/,
+  });
+  const future = encodeEntry(entries[1]!);
+  future[1] = 2; // the format version is the array's first element
+  t.throws(() => decodeEntry(future), {
+    instanceOf: EntryDecodeError,
+    message: /format version 2, this build reads 1/,
+  });
+});
+
+test('the first view holds the initial members, all joined, laid out by the allocator', (t) => {
+  const view = initialView(
+    ids(3, 1, 2).map((n) => ({ id: n, address: address(n) })),
+    defaultAllocator(POLICIES),
+  );
+  t.is(view.id, viewId(0));
+  t.deepEqual(view.memberIds, ids(3, 1, 2));
+  t.deepEqual(view.joined, ids(3, 1, 2));
+  t.deepEqual(
+    view.subgroup('Kv', 0)!.shards.map((s) => s.members),
+    [ids(3), ids(1)],
+  );
+  t.false(view.isAdequate, 'Log needs two nodes and has one');
+});
+
+test('receive reports from nodes outside the shard are ignored', (t) => {
+  const v0 = firstView([1, 2, 3, 4, 5]);
+  const c = core(1, v0);
+  c.committed(1, { kind: 'change', changes: [remove(4)] });
+  c.wedged(
+    viewId(0),
+    reportsFor(v0, nodeId(1), () => 3),
+  );
+  const forged = (from: number): ReceiveReportMessage => ({
+    kind: 'receive-report',
+    report: {
+      viewId: viewId(0),
+      subgroupId: subgroupId(0),
+      shardIndex: shardIndex(0),
+      reporter: nodeId(from),
+      received: [0, 0],
+    },
+  });
+  c.receive(nodeId(2), forged(2)); // node 2 is in Kv shard 1, not shard 0
+  c.receive(nodeId(3), forged(5)); // reporter and sender disagree
+  t.deepEqual(c.ready().proposals, []);
+  c.receive(nodeId(5), forged(5));
+  t.deepEqual(
+    c.ready().proposals.map((p) => p.kind === 'trim' && p.trim),
+    [[0, 0]],
+  );
 });
 
 // ---- A small cluster ------------------------------------------------------------------------
