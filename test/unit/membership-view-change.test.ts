@@ -679,7 +679,7 @@ class Cluster {
 
   /** Asks a random live member to admit a fresh node. */
   join(): void {
-    const members = this.live();
+    const members = this.live().filter((n) => !this.cut.has(n.id));
     if (members.length === 0) return;
     const contact = members[this.r.int(members.length)]!;
     const n = nodeId(this.nextNodeId++);
@@ -827,23 +827,41 @@ function runCluster(seed: number): { problems: string[]; views: number; cluster:
         };
   const cluster = new Cluster(r, [1, 2, 3, 4, 5, 6].slice(0, 3 + r.int(4)), policies);
   const faultSteps = 300;
+  let healAtStep = -1;
   for (let step = 0; step < faultSteps + 600; step++) {
+    if (step === healAtStep || (step === faultSteps && cluster.cut.size > 0)) {
+      cluster.trace.push(`${step} heal ${[...cluster.cut]}`);
+      cluster.cut.clear();
+    }
     if (step < faultSteps && r.int(25) === 0) {
-      const live = cluster.live();
-      const roll = r.int(3);
-      // Crash or leave only while a majority of the newest view stays live (counting leavers as
-      // failures, which is stricter than the rule), or the group rightly stops.
-      const view = live
+      const reachable = cluster.live().filter((n) => !cluster.cut.has(n.id));
+      const roll = r.int(4);
+      // Crash, leave or cut off nodes only while a majority of the newest view stays reachable
+      // (counting leavers as failures, which is stricter than the rule), or the group rightly
+      // stops.
+      const view = reachable
         .map((n) => n.core.view)
-        .reduce((a, b) => (b.id > a.id ? b : a), live[0]!.core.view);
-      const gone = view.memberIds.filter((n) => !live.some((l) => l.id === n)).length;
-      const mayLose = 2 * (view.members.length - gone - 1) > view.members.length;
-      if (roll === 0 && mayLose) cluster.crash(live[r.int(live.length)]!.id);
-      else if (roll === 1 && live.length < 9) cluster.join();
-      else if (roll === 2 && mayLose && live.length > 3) {
-        const leaver = live[r.int(live.length)]!;
-        cluster.trace.push(`leave ${leaver.id}`);
+        .reduce((a, b) => (b.id > a.id ? b : a), reachable[0]!.core.view);
+      const gone = view.memberIds.filter((n) => !reachable.some((l) => l.id === n)).length;
+      const mayLose = (count: number): boolean =>
+        2 * (view.members.length - gone - count) > view.members.length;
+      const pick = (): SimNode => reachable[r.int(reachable.length)]!;
+      if (roll === 0 && mayLose(1)) cluster.crash(pick().id);
+      else if (roll === 1 && reachable.length < 9) cluster.join();
+      else if (roll === 2 && mayLose(1) && reachable.length > 3) {
+        const leaver = pick();
+        cluster.trace.push(`${step} leave ${leaver.id}`);
         leaver.core.leave();
+      } else if (roll === 3 && cluster.cut.size === 0 && mayLose(1)) {
+        // A minority of the view is cut off from everyone, the membership log included.
+        let count = 1;
+        while (mayLose(count + 1) && r.int(2) === 0) count += 1;
+        const members = reachable.filter((n) => view.isMember(n.id));
+        for (let i = 0; i < count && members.length > 0; i++) {
+          cluster.cut.add(members.splice(r.int(members.length), 1)[0]!.id);
+        }
+        healAtStep = step + 20 + r.int(150);
+        cluster.trace.push(`${step} cut ${[...cluster.cut]} until ${healAtStep}`);
       }
     }
     cluster.step();
@@ -866,8 +884,9 @@ function runCluster(seed: number): { problems: string[]; views: number; cluster:
   return { problems, views: final?.id ?? 0, cluster };
 }
 
-test('cluster: crashes, joins and leaves keep view agreement and virtual synchrony (60 seeds)', (t) => {
+test('cluster: crashes, joins, leaves and partitions keep view agreement and virtual synchrony (60 seeds)', (t) => {
   let views = 0;
+  let partitioned = 0;
   for (let seed = 1; seed <= 60; seed++) {
     const { problems, views: count, cluster } = runCluster(seed);
     if (problems.length > 0) {
@@ -877,7 +896,9 @@ test('cluster: crashes, joins and leaves keep view agreement and virtual synchro
       return;
     }
     views += count;
+    partitioned += [...cluster.nodes.values()].filter((n) => n.partitioned).length;
   }
+  t.true(partitioned > 10, `only ${partitioned} nodes ever found themselves on a minority side`);
   t.true(views > 60 * 3, `only ${views} views installed across all seeds`);
 });
 
