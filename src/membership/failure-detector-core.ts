@@ -77,7 +77,8 @@ export class FailureDetectorCore {
     }
     if (!Number.isInteger(timeoutTicks) || timeoutTicks <= heartbeatTicks) {
       throw new FailureDetectorConfigError(
-        `timeoutTicks (${timeoutTicks}) must be an integer above heartbeatTicks (${heartbeatTicks}), ` +
+        `timeoutTicks (${timeoutTicks}) must be an integer above ` +
+          `heartbeatTicks (${heartbeatTicks}), ` +
           'or live peers are suspected between two heartbeats',
         'raise the timeout to a few heartbeat periods (3x or more tolerates a lost heartbeat)',
       );

@@ -25,7 +25,8 @@ import {
 
 /**
  * Who may send ordered calls in a shard. 'all': every member. `shardRanks`: the members at these
- * shard ranks (rank 0 is the longest-serving member). `nodeIds`: these reserved nodes, when present.
+ * shard ranks (rank 0 is the longest-serving member). `nodeIds`: these reserved nodes, when
+ * present.
  */
 export type SendersPolicy =
   'all' | { readonly shardRanks: readonly number[] } | { readonly nodeIds: readonly NodeId[] };
@@ -113,7 +114,9 @@ export function flexibleEvenShards(
     throw new LayoutPolicyError([
       {
         path: 'reservedNodeIdsByShard',
-        message: `has ${byShard.length} lists for ${shardCount} shards. Fix: give one list per shard (an empty list for none).`,
+        message:
+          `has ${byShard.length} lists for ${shardCount} shards. ` +
+          'Fix: give one list per shard (an empty list for none).',
       },
     ]);
   }
@@ -142,7 +145,8 @@ export class AllocatorOutputError extends SquallError {
   constructor(problem: string, options?: { cause?: unknown }) {
     super(
       `the layout allocator returned an invalid layout: ${problem}. ` +
-        'Fix: correct the allocator function (see checkLayout in src/membership/view.ts for the rules).',
+        'Fix: correct the allocator function ' +
+        '(see checkLayout in src/membership/view.ts for the rules).',
       'ALLOCATOR_OUTPUT',
       options,
     );
@@ -238,7 +242,10 @@ export function compilePolicies(policies: LayoutPolicies): CompiledPolicies {
               if (other !== undefined && other !== j) {
                 problems.push({
                   path: `${path}.shards[${j}]`,
-                  message: `reserves node ${n}, already reserved by shard ${other} of the same subgroup. Fix: shards of one subgroup are disjoint; reserve the node in one of them.`,
+                  message:
+                    `reserves node ${n}, already reserved by shard ${other} of the same ` +
+                    'subgroup. Fix: shards of one subgroup are disjoint; ' +
+                    'reserve the node in one of them.',
                 });
               }
               inSubgroup.set(n, j);
@@ -269,7 +276,8 @@ function normalizeShard(
     say(`nodesMax is ${String(nodesMax)}. Fix: use an integer >= 1.`);
   if (isUint(nodesMin) && isUint(nodesMax) && nodesMin > nodesMax) {
     say(
-      `nodesMin (${nodesMin}) is greater than nodesMax (${nodesMax}). Fix: make nodesMin <= nodesMax.`,
+      `nodesMin (${nodesMin}) is greater than nodesMax (${nodesMax}). ` +
+        'Fix: make nodesMin <= nodesMax.',
     );
   }
   const mode = sh.mode ?? 'ordered';
@@ -291,7 +299,8 @@ function normalizeShard(
   }
   if (isUint(nodesMax) && seen.size > nodesMax) {
     say(
-      `reserves ${seen.size} nodes but nodesMax is ${nodesMax}. Fix: raise nodesMax or reserve fewer nodes.`,
+      `reserves ${seen.size} nodes but nodesMax is ${nodesMax}. ` +
+        'Fix: raise nodesMax or reserve fewer nodes.',
     );
   }
   const senders = sh.senders ?? 'all';
@@ -322,7 +331,8 @@ function checkSenders(
     for (const r of ranks) {
       if (!isUint(r) || r >= nodesMax)
         say(
-          `sender shard rank ${String(r)} is outside 0..${nodesMax - 1}. Fix: use ranks below nodesMax.`,
+          `sender shard rank ${String(r)} is outside 0..${nodesMax - 1}. ` +
+            'Fix: use ranks below nodesMax.',
         );
       else if (seen.has(r))
         say(`sender shard rank ${r} is listed twice. Fix: list each rank once.`);
@@ -337,7 +347,8 @@ function checkSenders(
   for (const n of ids) {
     if (!reserved.has(n)) {
       say(
-        `sender node ${String(n)} is not reserved in this shard, so it may never be a member. Fix: add it to reservedNodeIds.`,
+        `sender node ${String(n)} is not reserved in this shard, so it may never be a member. ` +
+          'Fix: add it to reservedNodeIds.',
       );
     } else if (seen.has(n)) say(`sender node ${n} is listed twice. Fix: list each sender once.`);
     seen.add(n);

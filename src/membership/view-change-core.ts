@@ -66,7 +66,7 @@ export type MembershipEntry =
       readonly viewId: ViewId;
       readonly subgroupId: SubgroupId;
       readonly shardIndex: ShardIndex;
-      /** Per sender (index in the shard's sender list): how many messages every survivor delivers. */
+      /** Per sender (index in the shard's sender list): messages every survivor delivers. */
       readonly trim: readonly number[];
     };
 
@@ -565,7 +565,8 @@ export class ViewChangeCore {
     for (const type of this.current.layout.types) {
       for (const subgroup of type.subgroups) {
         subgroup.shards.forEach((shard, index) => {
-          // Raft-mode shards order through their own log; a shard without senders has nothing to trim.
+          // Raft-mode shards order through their own log; a shard without senders has nothing
+          // to trim.
           if (shard.mode === 'raft' || shard.senders.length === 0) return;
           const survivors = shard.members.filter((n) => this.survives(n));
           if (survivors.length > 0)

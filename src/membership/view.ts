@@ -347,7 +347,8 @@ export function checkLayout(layout: Layout, members: readonly NodeId[]): void {
     const s = t?.subgroups[i.subgroupIndex];
     if (s === undefined || s.subgroupId !== i.subgroupId || s.shards[i.shardIndex] === undefined) {
       throw new InvalidViewError(
-        `an inadequacy names ${i.typeName} subgroup ${i.subgroupIndex} shard ${i.shardIndex}, which is not in the layout`,
+        `an inadequacy names ${i.typeName} subgroup ${i.subgroupIndex} shard ${i.shardIndex}, ` +
+          'which is not in the layout',
         'report inadequacies only for shards of the layout',
       );
     }
@@ -543,7 +544,8 @@ function fromCanonical(raw: unknown): View {
 export function describeInadequacy(i: Inadequacy): string {
   const where = `${i.typeName} subgroup ${i.subgroupIndex} shard ${i.shardIndex}`;
   if (i.reason === 'too-few-nodes') {
-    return `${where} has ${i.nodesHave} of at least ${i.nodesMin} nodes (${i.nodesMin - i.nodesHave} more must join)`;
+    const { nodesHave: have, nodesMin: min } = i;
+    return `${where} has ${have} of at least ${min} nodes (${min - have} more must join)`;
   }
   return `${where} has ${i.nodesHave} nodes but none of its configured senders is present`;
 }
