@@ -13,6 +13,7 @@ import { nodeId, viewId, type NodeId } from '../../src/core/ids.js';
 import { MulticastCore, type MulticastMode } from '../../src/multicast/multicast-core.js';
 import { multicastLimits, type MulticastLimits } from '../../src/multicast/config.js';
 import { decodePacket, encodePacket } from '../../src/multicast/codec.js';
+import { computeTrim } from '../../src/multicast/ragged-edge.js';
 import type { Delivery } from '../../src/multicast/types.js';
 
 export interface NetFaults {
@@ -229,6 +230,43 @@ export class MulticastNet {
       }
     }
     this.delivered[rank]!.push(d);
+  }
+
+  /**
+   * A view change with the ragged edge: `failedRanks` crash; survivors wedge one by one while
+   * some packets still arrive; a random part of what is left in flight arrives, the rest is cut
+   * off; the survivors' receive states give the trim; every survivor applies it. Returns the trim
+   * and each survivor's resend list as [rank, seq] pairs.
+   */
+  raggedEdge(failedRanks: readonly number[]): { trim: number[]; resend: Map<number, [number, number][]> } {
+    for (const r of failedRanks) this.failed.add(r);
+    const survivors = this.alive;
+    const order = [...survivors].sort(() => this.rng.next() - 0.5);
+    for (const r of order) {
+      if (this.rng.next() < 0.5) this.flush(r);
+      this.cores[r]!.wedge();
+      this.flush(r); // wedged: emits nothing
+      const burst = this.rng.int(20);
+      for (let i = 0; i < burst; i++) this.deliverOne();
+    }
+    this.releaseHeld(this.rng.next());
+    const keep = this.rng.next();
+    this.inFlight = this.inFlight.filter(() => this.rng.next() < keep);
+    while (this.deliverOne()) { /* the rest of the flush */ }
+    this.inFlight = [];
+    this.held = [];
+    const states = survivors.map((r) => this.cores[r]!.receiveState().receivedCounts);
+    const trim = computeTrim(states);
+    const resend = new Map<number, [number, number][]>();
+    for (const r of survivors) {
+      const result = this.cores[r]!.applyTrim(trim);
+      this.flush(r);
+      resend.set(r, result.resend.map((m) => readPayload(m.payload)!));
+      if (result.resend.some((m, i) => i > 0 && m.index <= result.resend[i - 1]!.index)) {
+        this.problems.push(`rank ${r}: resend list not in index order`);
+      }
+    }
+    return { trim, resend };
   }
 
   /**

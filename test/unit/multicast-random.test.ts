@@ -4,7 +4,7 @@
 // per-sender FIFO, nothing before global stability, no nulls, strictly increasing versions,
 // intact payloads, bounded windows, and everything sent is delivered once the network drains.
 import test from 'ava';
-import { MulticastNet, type NetOptions } from '../support/multicast-net.js';
+import { MulticastNet, sequenceOf, type NetOptions } from '../support/multicast-net.js';
 import { RDMC_ALGORITHMS } from '../../src/multicast/rdmc-schedule.js';
 import type { MulticastLimits } from '../../src/multicast/config.js';
 
@@ -85,4 +85,53 @@ test('raw mode: per-sender FIFO, delivery on receipt, nothing lost or invented',
     t.is(net.cores.reduce((n, c) => n + c.counters.nullsSent, 0), 0, 'raw mode sends no nulls');
   }
   t.pass();
+});
+
+test('wedge and ragged edge: survivors deliver identical sequences and re-send exactly the rest', (t) => {
+  let resent = 0;
+  let trimDeliveries = 0;
+  for (let seed = 200; seed < 260; seed++) {
+    const memberCount = 2 + (seed % 4);
+    const senderRanks =
+      seed % 5 === 0 ? [0, memberCount - 1] : Array.from({ length: memberCount }, (_, r) => r);
+    const net = new MulticastNet({
+      seed,
+      memberCount,
+      senderRanks,
+      limits: { ...SMALL_LIMITS, rdmcAlgorithm: RDMC_ALGORITHMS[seed % 4]! },
+      faults: { duplicate: 0.1, holdBack: 0.1 },
+    });
+    const size = (): number => (net.rng.next() < 0.1 ? 301 + net.rng.int(3000) : 1 + net.rng.int(300));
+    const steps = 100 + net.rng.int(500);
+    for (let i = 0; i < steps; i++) net.randomStep(size, 0.35);
+    const failedCount = 1 + net.rng.int(memberCount - 1);
+    const failed = [...Array(memberCount).keys()].sort(() => net.rng.next() - 0.5).slice(0, failedCount);
+    const before = net.delivered.map((d) => d.length);
+    const { trim, resend } = net.raggedEdge(failed);
+    const problems = net.check(false);
+    const survivors = net.alive;
+    const sequences = survivors.map((r) => sequenceOf(net.delivered[r]!));
+    for (const seq of sequences) {
+      if (seq.join() !== sequences[0]!.join()) problems.push('survivors end the view with different deliveries');
+    }
+    // Each sender's delivered messages are exactly its first trim[s] real messages.
+    net.senderRanks.forEach((rank, s) => {
+      const delivered = net.delivered[survivors[0]!]!.filter((d) => d.senderIndex === s).map((d) => d.index);
+      const expected = net.sent[rank]!.filter((m) => m.index < trim[s]!).map((m) => m.index);
+      if (delivered.join() !== expected.join()) problems.push(`sender ${rank}: delivered ${delivered} expected ${expected}`);
+      if (!survivors.includes(rank)) return;
+      // A survivor re-sends every own message the trim cut off, in order, and nothing else.
+      const cut = net.sent[rank]!.filter((m) => m.index >= trim[s]!).map((m) => `${rank}/${m.seq}`);
+      const got = (resend.get(rank) ?? []).map(([r, q]) => `${r}/${q}`);
+      if (cut.join() !== got.join()) problems.push(`sender ${rank}: resend ${got} expected ${cut}`);
+      resent += got.length;
+    });
+    survivors.forEach((r) => (trimDeliveries += net.delivered[r]!.length - before[r]!));
+    if (problems.length > 0) {
+      t.fail(`seed ${seed} (${memberCount} members, failed ${failed}): ${problems.slice(0, 4).join('; ')}`);
+      return;
+    }
+  }
+  t.true(resent > 20, `some messages were cut off and re-sent (${resent})`);
+  t.true(trimDeliveries > 20, `the trim delivered messages beyond stability (${trimDeliveries})`);
 });
