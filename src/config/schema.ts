@@ -1,0 +1,148 @@
+/**
+ * The node configuration: one TOML file per node, with environment and command-line overrides on
+ * top (see load.ts). Keys are snake_case as in the file, so an error's dotted key is exactly what
+ * the user must edit. Every key has a default here and a line in docs/configuration.md (a test
+ * checks that the two agree).
+ */
+import 'reflect-metadata';
+import {
+  Allow,
+  ArrayMinSize,
+  IsBoolean,
+  IsIn,
+  IsInt,
+  IsOptional,
+  IsString,
+  Matches,
+  Max,
+  Min,
+  MinLength,
+  ValidateNested,
+} from 'class-validator';
+import { Type } from 'class-transformer';
+
+/** "host:port" with an IPv4 address, a host name, or a bracketed IPv6 address. */
+export const ADDRESS_PATTERN = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/;
+const ADDRESS_MESSAGE = 'must be "host:port", e.g. "127.0.0.1:7000" or "[::1]:7000"';
+
+const MIB = 1024 * 1024;
+
+export class NodeSection {
+  /** This node's id: unique in the group, stable across restarts. */
+  @IsInt() @Min(0) @Max(0xffff_fffe) id = 0;
+  /** The interface address the transport binds (IPv4 or IPv6). */
+  @IsString() @MinLength(1) host = '127.0.0.1';
+  /** The UDP port of the transport; 0 picks a free one. */
+  @IsInt() @Min(0) @Max(65535) port = 7000;
+}
+
+export class GroupSection {
+  /** Addresses of members (or the configured leader) a starting node contacts. */
+  @IsString({ each: true }) @Matches(ADDRESS_PATTERN, { each: true, message: `each seed ${ADDRESS_MESSAGE}` })
+  @ArrayMinSize(1)
+  seeds: string[] = ['127.0.0.1:7000'];
+  /** How many members replicate the membership log (the first N members; odd is best). */
+  @IsInt() @Min(1) @Max(9) voters = 3;
+  /** Seconds a restarting group waits for a majority of every shard before giving up. */
+  @IsInt() @Min(1) restart_timeout_s = 60;
+}
+
+export class TransportSection {
+  /** Largest message (request or response) the transport carries, in bytes. */
+  @IsInt() @Min(1024) @Max(1024 * MIB) max_message_size = 8 * MIB;
+  /** Encrypt and authenticate every packet (AES-GCM). Off only for benchmarks or trusted links. */
+  @IsBoolean() encryption = true;
+  /** The group key file (required when encryption is on). Relative to the config file. */
+  @IsOptional() @IsString() key_file?: string;
+  /** Milliseconds without any answer from a peer before its sessions are declared failed. */
+  @IsInt() @Min(10) peer_failure_timeout_ms = 2000;
+  /** Default deadline for one RPC, in milliseconds. */
+  @IsInt() @Min(1) request_timeout_ms = 10_000;
+}
+
+export class MulticastSection {
+  /** Largest ordered-call payload, in bytes; larger calls fail with PayloadTooLargeError. */
+  @IsInt() @Min(1) max_payload_size = 8 * MIB;
+  /** Payloads up to this size go through SMC (batched); larger ones through RDMC (blocks). */
+  @IsInt() @Min(1) max_smc_payload_size = 10 * 1024;
+  /** RDMC block size in bytes. */
+  @IsInt() @Min(1024) block_size = 1 * MIB;
+  /** Messages a sender may have in flight before it waits for stability. */
+  @IsInt() @Min(1) @Max(1 << 20) window_size = 1024;
+  /** RDMC relay schedule. */
+  @IsIn(['binomial', 'chain', 'sequential', 'tree']) rdmc_send_algorithm = 'binomial';
+}
+
+export class P2pSection {
+  @IsInt() @Min(1) max_p2p_request_payload_size = 1 * MIB;
+  @IsInt() @Min(1) max_p2p_reply_payload_size = 8 * MIB;
+}
+
+export class TimeoutsSection {
+  /** Milliseconds between failure-detector heartbeats. */
+  @IsInt() @Min(1) heartbeat_ms = 50;
+  /** Milliseconds without a heartbeat before a member is suspected and removed. */
+  @IsInt() @Min(1) failure_timeout_ms = 300;
+  /** Default deadline of an ordered call, in milliseconds (it waits through view changes). */
+  @IsInt() @Min(1) ordered_call_timeout_ms = 30_000;
+}
+
+export class PersistenceSection {
+  /** Where this node keeps its LMDB environment. */
+  @IsString() @MinLength(1) data_dir = './.squall-data/node0';
+  /** Wipe the data directory at start (tests and demos only). */
+  @IsBoolean() reset = false;
+  /** LMDB map size in MiB (the most the data can grow to). */
+  @IsInt() @Min(1) map_size_mib = 4096;
+  /** 'durable' fsyncs each group commit; 'nosync' leaves it to the OS (faster, loses on power cut). */
+  @IsIn(['durable', 'nosync']) sync = 'durable';
+}
+
+export class LoggingSection {
+  @IsIn(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']) level = 'info';
+}
+
+export class MetricsSection {
+  /** Port of the Prometheus metrics endpoint; 0 turns it off. */
+  @IsInt() @Min(0) @Max(65535) port = 0;
+}
+
+/**
+ * A per-subgroup profile (Derecho's [SUBGROUP/<profile>]): multicast limits that a layout policy
+ * names for a subgroup. Unset keys inherit from [multicast].
+ */
+export class ProfileSection {
+  @IsOptional() @IsInt() @Min(1) max_payload_size?: number;
+  @IsOptional() @IsInt() @Min(1) max_smc_payload_size?: number;
+  @IsOptional() @IsInt() @Min(1024) block_size?: number;
+  @IsOptional() @IsInt() @Min(1) @Max(1 << 20) window_size?: number;
+  @IsOptional() @IsIn(['binomial', 'chain', 'sequential', 'tree']) rdmc_send_algorithm?: string;
+}
+
+export class SquallConfig {
+  @ValidateNested() @Type(() => NodeSection) node = new NodeSection();
+  @ValidateNested() @Type(() => GroupSection) group = new GroupSection();
+  @ValidateNested() @Type(() => TransportSection) transport = new TransportSection();
+  @ValidateNested() @Type(() => MulticastSection) multicast = new MulticastSection();
+  @ValidateNested() @Type(() => P2pSection) p2p = new P2pSection();
+  @ValidateNested() @Type(() => TimeoutsSection) timeouts = new TimeoutsSection();
+  @ValidateNested() @Type(() => PersistenceSection) persistence = new PersistenceSection();
+  @ValidateNested() @Type(() => LoggingSection) logging = new LoggingSection();
+  @ValidateNested() @Type(() => MetricsSection) metrics = new MetricsSection();
+  /** Profiles by name; validated by load.ts (class-transformer cannot type a record's values). */
+  @Allow() subgroup: Record<string, ProfileSection> = {};
+}
+
+/** The sections in file order, with their classes (used for overrides, docs and unknown keys). */
+export const SECTIONS = {
+  node: NodeSection,
+  group: GroupSection,
+  transport: TransportSection,
+  multicast: MulticastSection,
+  p2p: P2pSection,
+  timeouts: TimeoutsSection,
+  persistence: PersistenceSection,
+  logging: LoggingSection,
+  metrics: MetricsSection,
+} as const;
+export type SectionName = keyof typeof SECTIONS;

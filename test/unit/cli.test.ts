@@ -1,0 +1,51 @@
+// Proves the squall command prints help, refuses bad usage with exit 2 and the usage text, and
+// that `config check` reports a valid config (exit 0) or every problem with its key (exit 1).
+import test from 'ava';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { main } from '../../src/cli/main.js';
+
+function run(argv: string[], env: Record<string, string> = {}): { code: number; out: string; err: string } {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = main(argv, { out: (l) => out.push(l), err: (l) => err.push(l), env });
+  return { code, out: out.join('\n'), err: err.join('\n') };
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'squall-cli-'));
+const good = join(dir, 'node0.toml');
+writeFileSync(good, '[node]\nid = 2\n[transport]\nencryption = false\n');
+
+test('help lists the commands; no command is a usage error', (t) => {
+  t.regex(run(['--help']).out, /squall config check/);
+  t.is(run(['--help']).code, 0);
+  t.is(run([]).code, 2);
+  const unknown = run(['frobnicate']);
+  t.is(unknown.code, 2);
+  t.regex(unknown.err, /unknown command "frobnicate"/);
+});
+
+test('config check prints the resolved config with overrides applied', (t) => {
+  const result = run(['config', 'check', '--config', good, '--node.port=7123'], { SQUALL_LOGGING_LEVEL: 'debug' });
+  t.is(result.code, 0);
+  t.regex(result.out, /valid/);
+  t.regex(result.out, /node\.id = 2/);
+  t.regex(result.out, /node\.port = 7123/);
+  t.regex(result.out, /logging\.level = "debug"/);
+  const json = run(['config', 'check', `--config=${good}`, '--json']);
+  t.is(JSON.parse(json.out).node.id, 2);
+});
+
+test('config check lists every problem and exits 1; missing --config exits 2', (t) => {
+  const bad = join(dir, 'bad.toml');
+  writeFileSync(bad, '[node]\nport = 99999\nnope = 1\n');
+  const result = run(['config', 'check', '--config', bad]);
+  t.is(result.code, 1);
+  t.regex(result.err, /node\.port: must not be greater than 65535/);
+  t.regex(result.err, /node\.nope: is not a configuration key/);
+  const usage = run(['config', 'check']);
+  t.is(usage.code, 2);
+  t.regex(usage.err, /--config <file> is required/);
+  t.regex(run(['config', 'check', '--help']).out, /usage: squall config check/);
+});
