@@ -153,10 +153,3 @@ function decodeBlock(v: unknown[]): BlockPacket {
   };
 }
 
-/**
- * An upper bound on the encoded size of one SMC message entry (what batching budgets with):
- * payload + msgpack framing of the tuple, index, 64-bit time and logical counter.
- */
-export function smcEntryBytes(payloadBytes: number): number {
-  return payloadBytes + 32;
-}

@@ -79,17 +79,25 @@ export function multicastLimits(
   if (limits.payloadBytesMax > 2 ** 31) {
     problems.push({ key: `${prefix}.max_payload_size`, message: 'must be at most 2 GiB' });
   }
-  const smcRoom = limits.packetBytesMax - packetOverheadBytes(256) - SMC_ENTRY_OVERHEAD_BYTES;
-  if (Math.min(limits.smcPayloadBytesMax, limits.payloadBytesMax) > smcRoom) {
-    problems.push({
-      key: `${prefix}.smc_packet_size`,
-      message:
-        `${limits.packetBytesMax} bytes cannot hold one SMC message of max_smc_payload_size ` +
-        `(${limits.smcPayloadBytesMax}) plus headers; raise it to at least ` +
-        `${limits.smcPayloadBytesMax + packetOverheadBytes(256) + SMC_ENTRY_OVERHEAD_BYTES} ` +
-        'or lower max_smc_payload_size',
-    });
-  }
+  const packetProblem = smcPacketProblem(limits, 1);
+  if (packetProblem !== null) problems.push({ key: `${prefix}.smc_packet_size`, message: packetProblem });
   if (problems.length > 0) throw new ConfigError(problems);
   return limits;
+}
+
+/**
+ * Null if one SMC message of `max_smc_payload_size` fits a packet together with the report of
+ * a shard of `senderCount` senders; else what is wrong (the core re-checks with its real count).
+ */
+export function smcPacketProblem(limits: MulticastLimits, senderCount: number): string | null {
+  const needed =
+    Math.min(limits.smcPayloadBytesMax, limits.payloadBytesMax) +
+    packetOverheadBytes(senderCount) +
+    SMC_ENTRY_OVERHEAD_BYTES;
+  if (limits.packetBytesMax >= needed) return null;
+  return (
+    `${limits.packetBytesMax} bytes cannot hold one SMC message of max_smc_payload_size ` +
+    `(${limits.smcPayloadBytesMax}) plus headers for ${senderCount} sender(s); raise it to at ` +
+    `least ${needed} or lower max_smc_payload_size`
+  );
 }

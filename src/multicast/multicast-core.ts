@@ -5,14 +5,15 @@
  * README.md in this directory narrates the model, the invariants and the driver's duties.
  */
 import { assert } from '../core/assert.js';
-import { PayloadTooLargeError } from '../core/errors.js';
+import { ConfigError, PayloadTooLargeError } from '../core/errors.js';
 import { makeVersion, VERSION_NONE, type NodeId, type Version, type ViewId } from '../core/ids.js';
 import {
   NULL_RUN_BYTES,
+  SMC_ENTRY_OVERHEAD_BYTES,
   packetOverheadBytes,
+  smcPacketProblem,
   type MulticastLimits,
 } from './config.js';
-import { smcEntryBytes } from './codec.js';
 import { outgoingByRank, rdmcSchedule, type RdmcTransfer } from './rdmc-schedule.js';
 import { RdmcTransferState } from './rdmc-transfer.js';
 import { SenderStream, entryLength, type StoredEntry } from './sender-stream.js';
@@ -181,11 +182,9 @@ export class MulticastCore {
       persistedVersion: VERSION_NONE,
       stabilityFrontierMicros: 0n,
     }));
-    assert(
-      limits.packetBytesMax >=
-        packetOverheadBytes(senderRanks.length) + smcEntryBytes(limits.smcPayloadBytesMax),
-      'smc_packet_size holds one SMC message plus headers (checked by multicastLimits)',
-    );
+    this.lastRowKey = this.rowKey(this.report());
+    const packetProblem = smcPacketProblem(limits, senderRanks.length);
+    if (packetProblem !== null) throw new ConfigError([{ key: 'multicast.smc_packet_size', message: packetProblem }]);
   }
 
   get senderCount(): number {
@@ -651,8 +650,7 @@ export class MulticastCore {
   private emitDataPackets(entries: SmcEntry[]): void {
     if (this.peers.length === 0) return;
     const report = this.report();
-    const rowKey = `${report.receivedCounts.join(',')}|${report.contiguousCount}|` +
-      `${report.deliveredCount}|${report.persistedVersion}|${report.stabilityFrontierMicros}`;
+    const rowKey = this.rowKey(report);
     if (entries.length === 0) {
       if (rowKey === this.lastRowKey) return;
       this.lastRowKey = rowKey;
@@ -665,7 +663,7 @@ export class MulticastCore {
     let batch: SmcEntry[] = [];
     let bytes = 0;
     for (const entry of entries) {
-      const size = entry.kind === 'message' ? smcEntryBytes(entry.payload.length) : NULL_RUN_BYTES;
+      const size = entry.kind === 'message' ? entry.payload.length + SMC_ENTRY_OVERHEAD_BYTES : NULL_RUN_BYTES;
       if (bytes + size > budget && batch.length > 0) {
         this.pushDataPacket(report, batch);
         batch = [];
@@ -675,6 +673,11 @@ export class MulticastCore {
       bytes += size;
     }
     this.pushDataPacket(report, batch);
+  }
+
+  private rowKey(report: ReceiveReport): string {
+    return `${report.receivedCounts.join(',')}|${report.contiguousCount}|` +
+      `${report.deliveredCount}|${report.persistedVersion}|${report.stabilityFrontierMicros}`;
   }
 
   private pushDataPacket(report: ReceiveReport, entries: SmcEntry[]): void {

@@ -10,7 +10,7 @@
  */
 import { SeededRandom } from '../../src/core/random.js';
 import { nodeId, viewId, type NodeId } from '../../src/core/ids.js';
-import { MulticastCore, type MulticastMode } from '../../src/multicast/multicast-core.js';
+import { MulticastCore, type MulticastMode, type MulticastReady } from '../../src/multicast/multicast-core.js';
 import { multicastLimits, type MulticastLimits } from '../../src/multicast/config.js';
 import { decodePacket, encodePacket } from '../../src/multicast/codec.js';
 import { computeTrim } from '../../src/multicast/ragged-edge.js';
@@ -136,7 +136,11 @@ export class MulticastNet {
   /** Runs ready() on `rank` and puts its packets on the wire. */
   flush(rank: number): void {
     if (this.failed.has(rank)) return;
-    const ready = this.cores[rank]!.ready();
+    this.absorb(rank, this.cores[rank]!.ready());
+  }
+
+  /** Records the deliveries of a ready() the caller took itself and puts its packets on the wire. */
+  absorb(rank: number, ready: MulticastReady): void {
     for (const d of ready.deliveries) this.recordDelivery(rank, d);
     for (const out of ready.packets) {
       const bytes = encodePacket(out.packet);
