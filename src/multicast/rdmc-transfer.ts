@@ -17,7 +17,10 @@ export class RdmcTransferState {
   private nextSendIndex = 0;
   private readonly present: Uint8Array;
   private presentCount = 0;
-  private buffer: Uint8Array;
+  /** At the origin: the whole message. At a receiver: null until complete, then the reassembly. */
+  private buffer: Uint8Array | null;
+  /** At a receiver: each block as it arrived (views into packet buffers, never copied twice). */
+  private readonly blocks: (Uint8Array | undefined)[];
 
   /**
    * `outgoing`: this member's transfers in step order (from `outgoingByRank`). `payload` is
@@ -36,13 +39,15 @@ export class RdmcTransferState {
     this.blockCount = Math.ceil(totalBytes / blockBytes);
     this.outgoing = outgoing;
     this.present = new Uint8Array(this.blockCount);
+    this.blocks = [];
     if (payload !== undefined) {
       assert(payload.length === totalBytes, 'origin payload length matches totalBytes');
       this.buffer = payload;
       this.present.fill(1);
       this.presentCount = this.blockCount;
     } else {
-      this.buffer = new Uint8Array(totalBytes);
+      this.buffer = null;
+      this.blocks.length = this.blockCount;
     }
   }
 
@@ -52,14 +57,15 @@ export class RdmcTransferState {
   }
 
   /**
-   * Stores a block. Returns false (and changes nothing) for a duplicate; throws AssertionError
-   * for a block that does not fit this transfer (callers validate packets first).
+   * Stores a block (keeping `bytes` itself: the caller hands over ownership). Returns false (and
+   * changes nothing) for a duplicate; throws AssertionError for a block that does not fit this
+   * transfer (callers validate packets first).
    */
   receiveBlock(block: number, bytes: Uint8Array): boolean {
     assert(block >= 0 && block < this.blockCount, `block ${block} out of range`);
     assert(bytes.length === this.blockLength(block), `block ${block} has the wrong length`);
     if (this.present[block]) return false;
-    this.buffer.set(bytes, block * this.blockBytes);
+    this.blocks[block] = bytes;
     this.present[block] = 1;
     this.presentCount++;
     return true;
@@ -72,8 +78,10 @@ export class RdmcTransferState {
   /** A view of a present block (valid for as long as the state lives; never rewritten). */
   blockView(block: number): Uint8Array {
     assert(this.hasBlock(block), `block ${block} is not present`);
+    const received = this.blocks[block];
+    if (received !== undefined) return received;
     const start = block * this.blockBytes;
-    return this.buffer.subarray(start, start + this.blockLength(block));
+    return this.buffer!.subarray(start, start + this.blockLength(block));
   }
 
   /** The scheduled sends whose blocks are now present, in schedule order; each is returned once. */
@@ -97,9 +105,20 @@ export class RdmcTransferState {
     return this.complete && this.nextSendIndex === this.outgoing.length;
   }
 
-  /** The reassembled message (the same buffer every call). */
+  /**
+   * The reassembled message (the same buffer every call). A one-block message is the block
+   * itself; a longer one is copied once into a new buffer.
+   */
   message(): Uint8Array {
     assert(this.complete, 'RDMC message is not complete');
+    if (this.buffer === null) {
+      if (this.blockCount === 1) {
+        this.buffer = this.blocks[0]!;
+      } else {
+        this.buffer = new Uint8Array(this.totalBytes);
+        this.blocks.forEach((bytes, block) => this.buffer!.set(bytes!, block * this.blockBytes));
+      }
+    }
     return this.buffer;
   }
 }
