@@ -4,7 +4,8 @@
  * and throws MulticastDecodeError for anything else, which a driver counts and drops.
  *
  *   data:  [1, viewId, fromRank, report | null, [entry...]]
- *          report = [receivedCounts[], contiguousCount, deliveredCount, persistedVersion, frontierMicros]
+ *          report = [receivedCounts[], contiguousCount, deliveredCount,
+ *                    persistedVersion, frontierMicros]
  *          entry  = [index, wallMicros, logical, payload]   (a message)
  *                 | [index, count]                          (a null run)
  *   block: [2, viewId, fromRank, senderIndex, index, wallMicros, logical, totalBytes, block, bytes]

@@ -80,7 +80,9 @@ export function multicastLimits(
     problems.push({ key: `${prefix}.max_payload_size`, message: 'must be at most 2 GiB' });
   }
   const packetProblem = smcPacketProblem(limits, 1);
-  if (packetProblem !== null) problems.push({ key: `${prefix}.smc_packet_size`, message: packetProblem });
+  if (packetProblem !== null) {
+    problems.push({ key: `${prefix}.smc_packet_size`, message: packetProblem });
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   return limits;
 }

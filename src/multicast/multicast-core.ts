@@ -184,7 +184,9 @@ export class MulticastCore {
     }));
     this.lastRowKey = this.rowKey(this.report());
     const packetProblem = smcPacketProblem(limits, senderRanks.length);
-    if (packetProblem !== null) throw new ConfigError([{ key: 'multicast.smc_packet_size', message: packetProblem }]);
+    if (packetProblem !== null) {
+      throw new ConfigError([{ key: 'multicast.smc_packet_size', message: packetProblem }]);
+    }
   }
 
   get senderCount(): number {
@@ -211,7 +213,10 @@ export class MulticastCore {
         'multicast payload', payload.length, this.limits.payloadBytesMax, 'max_payload_size',
       );
     }
-    assert(this.mySenderIndex >= 0, `node ${this.members[this.myRank]} is not a sender in this shard`);
+    assert(
+      this.mySenderIndex >= 0,
+      `node ${this.members[this.myRank]} is not a sender in this shard`,
+    );
     if (this.wedged) return { accepted: false, reason: 'wedged' };
     if (this.queuedMessageCount >= this.limits.sendQueueCountMax) {
       return { accepted: false, reason: 'queue-full' };
@@ -229,7 +234,10 @@ export class MulticastCore {
     return { accepted: true, index, position: this.positionOf(this.mySenderIndex, index) };
   }
 
-  /** A packet from another member of this shard. Stale views and malformed packets are counted and dropped. */
+  /**
+   * A packet from another member of this shard. Packets of other views and malformed ones are
+   * counted and dropped; duplicates and any arrival order are fine.
+   */
   receive(packet: Packet): void {
     this.counters.packetsReceived++;
     if (packet.viewId !== this.viewId) {
@@ -296,7 +304,9 @@ export class MulticastCore {
     if (this.mySenderIndex >= 0) {
       const cut = trim[this.mySenderIndex]!;
       for (const m of this.ownInFlight) {
-        if (m.index >= cut) resend.push({ index: m.index, timestamp: m.timestamp, payload: m.payload });
+        if (m.index >= cut) {
+          resend.push({ index: m.index, timestamp: m.timestamp, payload: m.payload });
+        }
       }
       for (const q of this.transmitQueue) {
         if (q.kind === 'message' && q.index >= cut) {
@@ -354,7 +364,11 @@ export class MulticastCore {
   }
 
   /** Messages buffered for delivery or relaying (for memory-bound checks). */
-  bufferedCounts(): { readonly outOfOrderEntries: number; readonly rdmcTransfers: number; readonly ownInFlight: number } {
+  bufferedCounts(): {
+    readonly outOfOrderEntries: number;
+    readonly rdmcTransfers: number;
+    readonly ownInFlight: number;
+  } {
     return {
       outOfOrderEntries: this.streams.reduce((n, s) => n + s.bufferedEntryCount, 0),
       rdmcTransfers: this.rdmc.size,
@@ -381,7 +395,7 @@ export class MulticastCore {
       }
       const stored: StoredEntry =
         entry.kind === 'message'
-          ? { kind: 'message', index: entry.index, timestamp: entry.timestamp, payload: entry.payload, large: false }
+          ? { ...entry, large: false }
           : { kind: 'null', index: entry.index, count: entry.count };
       if (!stream.insert(stored)) {
         this.counters.duplicatesDropped++;
@@ -400,7 +414,8 @@ export class MulticastCore {
       packet.totalBytes <= limits.smcPayloadBytesMax ||
       packet.totalBytes > limits.payloadBytesMax ||
       packet.block >= Math.ceil(packet.totalBytes / limits.blockBytes) ||
-      packet.bytes.length !== Math.min(limits.blockBytes, packet.totalBytes - packet.block * limits.blockBytes)
+      packet.bytes.length !==
+        Math.min(limits.blockBytes, packet.totalBytes - packet.block * limits.blockBytes)
     ) {
       this.counters.malformedDropped++;
       return;
@@ -409,7 +424,7 @@ export class MulticastCore {
     let transfer = this.rdmc.get(key);
     if (transfer === undefined) {
       // Already complete here and every relay done: a late duplicate.
-      if (this.streams[s]!.has(packet.index) || packet.index < this.streams[s]!.deliveredIndexCount) {
+      if (this.streams[s]!.has(packet.index)) {
         this.counters.duplicatesDropped++;
         return;
       }
@@ -418,7 +433,8 @@ export class MulticastCore {
       const blockCount = Math.ceil(packet.totalBytes / limits.blockBytes);
       const outgoing = this.outgoingFor(blockCount)[relativeRank]!;
       const state = new RdmcTransferState(packet.totalBytes, limits.blockBytes, outgoing);
-      transfer = { state, senderIndex: s, index: packet.index, originRank, timestamp: packet.timestamp };
+      const timestamp = packet.timestamp;
+      transfer = { state, senderIndex: s, index: packet.index, originRank, timestamp };
       this.rdmc.set(key, transfer);
     } else if (transfer.state.totalBytes !== packet.totalBytes) {
       this.counters.malformedDropped++;
@@ -444,7 +460,8 @@ export class MulticastCore {
    * position before (i, r) in the round robin gets filled. Nulls are thus only ever a reaction.
    */
   private noteReceived(senderIndex: number, lastIndex: number): void {
-    if (this.mode !== 'ordered' || this.mySenderIndex < 0 || senderIndex === this.mySenderIndex) return;
+    if (this.mode !== 'ordered' || this.mySenderIndex < 0) return;
+    if (senderIndex === this.mySenderIndex) return;
     const need = this.mySenderIndex < senderIndex ? lastIndex + 1 : lastIndex;
     if (need > this.requiredNextIndex) this.requiredNextIndex = need;
   }
@@ -460,7 +477,9 @@ export class MulticastCore {
     });
     row.contiguousCount = Math.max(row.contiguousCount, report.contiguousCount);
     row.deliveredCount = Math.max(row.deliveredCount, report.deliveredCount);
-    if (report.persistedVersion > row.persistedVersion) row.persistedVersion = report.persistedVersion;
+    if (report.persistedVersion > row.persistedVersion) {
+      row.persistedVersion = report.persistedVersion;
+    }
     if (report.stabilityFrontierMicros > row.stabilityFrontierMicros) {
       row.stabilityFrontierMicros = report.stabilityFrontierMicros;
     }
@@ -568,15 +587,20 @@ export class MulticastCore {
     this.counters.nullsSent += count;
   }
 
-  /** Own messages done everywhere leave the window: delivered by all (ordered) or received by all (raw). */
+  /**
+   * Own messages done everywhere leave the window: delivered by every member (ordered) or
+   * received by every member (raw).
+   */
   private pruneInFlight(): void {
     let done = 0;
     if (this.mode === 'ordered') {
       const deliveredEverywhere = this.minOverRows((r) => r.deliveredCount);
-      while (done < this.ownInFlight.length && this.ownInFlight[done]!.position < deliveredEverywhere) done++;
+      const inFlight = this.ownInFlight;
+      while (done < inFlight.length && inFlight[done]!.position < deliveredEverywhere) done++;
     } else {
       const receivedEverywhere = this.minOverRows((r) => r.receivedCounts[this.mySenderIndex]!);
-      while (done < this.ownInFlight.length && this.ownInFlight[done]!.index < receivedEverywhere) done++;
+      const inFlight = this.ownInFlight;
+      while (done < inFlight.length && inFlight[done]!.index < receivedEverywhere) done++;
     }
     if (done > 0) this.ownInFlight.splice(0, done);
   }
@@ -592,7 +616,8 @@ export class MulticastCore {
       if (item.kind === 'null') {
         const last = entries[entries.length - 1];
         if (last !== undefined && last.kind === 'null' && last.index + last.count === item.index) {
-          entries[entries.length - 1] = { kind: 'null', index: last.index, count: last.count + item.count };
+          const count = last.count + item.count;
+          entries[entries.length - 1] = { kind: 'null', index: last.index, count };
         } else {
           entries.push({ kind: 'null', index: item.index, count: item.count });
         }
@@ -602,16 +627,20 @@ export class MulticastCore {
       if (this.ownInFlight.length >= this.limits.windowSize) break;
       const timestamp = item.timestamp!;
       const payload = item.payload!;
-      this.ownInFlight.push({ index: item.index, position: this.positionOf(this.mySenderIndex, item.index), timestamp, payload });
+      const position = this.positionOf(this.mySenderIndex, item.index);
+      this.ownInFlight.push({ index: item.index, position, timestamp, payload });
       this.queuedMessageCount--;
       taken++;
       if (payload.length <= this.limits.smcPayloadBytesMax) {
         entries.push({ kind: 'message', index: item.index, timestamp, payload });
       } else if (this.members.length > 1) {
         const blockCount = Math.ceil(payload.length / this.limits.blockBytes);
-        const state = new RdmcTransferState(payload.length, this.limits.blockBytes, this.outgoingFor(blockCount)[0]!, payload);
-        this.rdmc.set(this.mySenderIndex * 2 ** 32 + item.index, {
-          state, senderIndex: this.mySenderIndex, index: item.index, originRank: this.myRank, timestamp,
+        const outgoing = this.outgoingFor(blockCount)[0]!;
+        const blockBytes = this.limits.blockBytes;
+        const state = new RdmcTransferState(payload.length, blockBytes, outgoing, payload);
+        const senderIndex = this.mySenderIndex;
+        this.rdmc.set(senderIndex * 2 ** 32 + item.index, {
+          state, senderIndex, index: item.index, originRank: this.myRank, timestamp,
         });
       }
     }
@@ -663,7 +692,8 @@ export class MulticastCore {
     let batch: SmcEntry[] = [];
     let bytes = 0;
     for (const entry of entries) {
-      const size = entry.kind === 'message' ? entry.payload.length + SMC_ENTRY_OVERHEAD_BYTES : NULL_RUN_BYTES;
+      const size =
+        entry.kind === 'message' ? entry.payload.length + SMC_ENTRY_OVERHEAD_BYTES : NULL_RUN_BYTES;
       if (bytes + size > budget && batch.length > 0) {
         this.pushDataPacket(report, batch);
         batch = [];
@@ -699,9 +729,12 @@ export class MulticastCore {
     // Time-based stability: no message stamped below this can still be delivered anywhere
     // because of this member (its unfinished messages and its future ones are all later).
     let frontier = this.nowMicros;
-    for (const m of this.ownInFlight) if (m.timestamp.wallMicros < frontier) frontier = m.timestamp.wallMicros;
+    for (const m of this.ownInFlight) {
+      if (m.timestamp.wallMicros < frontier) frontier = m.timestamp.wallMicros;
+    }
     for (const q of this.transmitQueue) {
-      if (q.timestamp !== null && q.timestamp.wallMicros < frontier) frontier = q.timestamp.wallMicros;
+      const wall = q.timestamp?.wallMicros;
+      if (wall !== undefined && wall < frontier) frontier = wall;
     }
     if (frontier > row.stabilityFrontierMicros) row.stabilityFrontierMicros = frontier;
   }
@@ -721,7 +754,8 @@ export class MulticastCore {
     let outgoing = this.scheduleCache.get(key);
     if (outgoing === undefined) {
       if (this.scheduleCache.size >= SCHEDULE_CACHE_MAX) this.scheduleCache.clear();
-      outgoing = outgoingByRank(rdmcSchedule(this.limits.rdmcAlgorithm, this.members.length, blockCount));
+      const n = this.members.length;
+      outgoing = outgoingByRank(rdmcSchedule(this.limits.rdmcAlgorithm, n, blockCount));
       this.scheduleCache.set(key, outgoing);
     }
     return outgoing;

@@ -45,8 +45,8 @@ export function rdmcSchedule(
   memberCount: number,
   blockCount: number,
 ): RdmcSchedule {
-  assert(Number.isInteger(memberCount) && memberCount >= 1, `memberCount must be >= 1, got ${memberCount}`);
-  assert(Number.isInteger(blockCount) && blockCount >= 1, `blockCount must be >= 1, got ${blockCount}`);
+  assert(Number.isInteger(memberCount) && memberCount >= 1, `memberCount ${memberCount} < 1`);
+  assert(Number.isInteger(blockCount) && blockCount >= 1, `blockCount ${blockCount} < 1`);
   assert(
     memberCount * blockCount <= RDMC_SCHEDULE_TRANSFERS_MAX,
     `RDMC schedule of ${memberCount} members x ${blockCount} blocks is too large`,
@@ -70,7 +70,7 @@ function sequential(n: number, blocks: number): RdmcTransfer[][] {
   return steps;
 }
 
-/** Pipeline along the ranks: rank i forwards block b to rank i+1 at step b+i; blocks+n−2 steps. */
+/** Pipeline along the ranks: rank i forwards block b to rank i+1 at step b+i; b+n−2 steps. */
 function chain(n: number, blocks: number): RdmcTransfer[][] {
   const steps: RdmcTransfer[][] = [];
   for (let t = 0; t < blocks + n - 2; t++) {
@@ -151,9 +151,8 @@ function binomialPipeline(n: number, blocks: number): RdmcTransfer[][] {
       assert(!has[transfer.to]![transfer.block], 'a block is received at most once');
       has[transfer.to]![transfer.block] = 1;
       missingTotal--;
-      while (lowestMissing[transfer.to]! < blocks && has[transfer.to]![lowestMissing[transfer.to]!]) {
-        lowestMissing[transfer.to]!++;
-      }
+      const to = transfer.to;
+      while (lowestMissing[to]! < blocks && has[to]![lowestMissing[to]!]) lowestMissing[to]!++;
     }
     steps.push(step);
   }
@@ -173,7 +172,8 @@ export function checkSchedule(schedule: RdmcSchedule): string[] {
     const arriving: RdmcTransfer[] = [];
     for (const transfer of step) {
       const { from, to, block } = transfer;
-      if (from < 0 || from >= n || to < 0 || to >= n || from === to || block < 0 || block >= blocks) {
+      const rankOk = from >= 0 && from < n && to >= 0 && to < n && from !== to;
+      if (!rankOk || block < 0 || block >= blocks) {
         problems.push(`step ${t}: malformed transfer ${JSON.stringify(transfer)}`);
         continue;
       }
@@ -190,9 +190,11 @@ export function checkSchedule(schedule: RdmcSchedule): string[] {
   return problems;
 }
 
-/** The transfers each relative rank sends, in step order (what a member's transfer machine runs). */
+/** The transfers each relative rank sends, in step order (what its transfer machine runs). */
 export function outgoingByRank(schedule: RdmcSchedule): RdmcTransfer[][] {
   const out: RdmcTransfer[][] = Array.from({ length: schedule.memberCount }, () => []);
-  for (const step of schedule.steps) for (const transfer of step) out[transfer.from]!.push(transfer);
+  for (const step of schedule.steps) {
+    for (const transfer of step) out[transfer.from]!.push(transfer);
+  }
   return out;
 }
