@@ -81,6 +81,9 @@ export class MulticastNet {
   /** Violations found while running (checked at the moment of delivery). */
   readonly problems: string[] = [];
   readonly failed = new Set<number>();
+  /** Per member, the last time-based stability frontier and persisted frontier it published. */
+  readonly frontierMicros: bigint[];
+  readonly persistedFrontier: bigint[];
   inFlight: InFlight[] = [];
   held: InFlight[] = [];
   nowMicros = 1_000_000n;
@@ -107,6 +110,8 @@ export class MulticastNet {
         }),
     );
     this.delivered = this.nodes.map(() => []);
+    this.frontierMicros = this.nodes.map(() => 0n);
+    this.persistedFrontier = this.nodes.map(() => -1n);
     this.sent = this.nodes.map(() => []);
   }
 
@@ -141,7 +146,24 @@ export class MulticastNet {
 
   /** Records the deliveries of a ready() the caller took itself and puts its packets on the wire. */
   absorb(rank: number, ready: MulticastReady): void {
-    for (const d of ready.deliveries) this.recordDelivery(rank, d);
+    for (const d of ready.deliveries) {
+      // Time-based stability: a frontier F promised that nothing stamped below F comes later.
+      if (d.timestamp.wallMicros < this.frontierMicros[rank]!) {
+        this.problems.push(
+          `rank ${rank} delivered a message stamped ${d.timestamp.wallMicros} after publishing ` +
+            `the stability frontier ${this.frontierMicros[rank]}`,
+        );
+      }
+      this.recordDelivery(rank, d);
+    }
+    if (ready.stabilityFrontierMicros < this.frontierMicros[rank]!) {
+      this.problems.push(`rank ${rank}: the stability frontier went backwards`);
+    }
+    this.frontierMicros[rank] = ready.stabilityFrontierMicros;
+    if (ready.globalPersistedVersion < this.persistedFrontier[rank]!) {
+      this.problems.push(`rank ${rank}: the persisted frontier went backwards`);
+    }
+    this.persistedFrontier[rank] = ready.globalPersistedVersion;
     for (const out of ready.packets) {
       const bytes = encodePacket(out.packet);
       if (out.packet.kind === 'data' && bytes.length > this.limits.packetBytesMax) {
@@ -194,6 +216,10 @@ export class MulticastNet {
       for (let i = 0; i < burst; i++) this.deliverOne();
     } else if (roll < 0.99) {
       this.tick(BigInt(1 + this.rng.int(500)));
+      // Persistence completes for some member, up to what it delivered.
+      const r = alive[this.rng.int(alive.length)]!;
+      const last = this.delivered[r]!.at(-1)?.version;
+      if (last !== undefined && last !== null) this.cores[r]!.persisted(last);
     } else {
       this.releaseHeld(0.5);
     }

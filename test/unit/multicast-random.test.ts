@@ -2,7 +2,8 @@
 // duplication and long hold-backs ("loss" that the transport later repairs), for several shard
 // shapes, send algorithms, SMC/RDMC mixes and raw mode: every member delivers the same sequence,
 // per-sender FIFO, nothing before global stability, no nulls, strictly increasing versions,
-// intact payloads, bounded windows, and everything sent is delivered once the network drains.
+// intact payloads, bounded windows, frontiers that never go back (no delivery stamped below a
+// published time-stability frontier), and everything sent is delivered once the network drains.
 import test from 'ava';
 import { MulticastNet, sequenceOf, type NetOptions } from '../support/multicast-net.js';
 import { RDMC_ALGORITHMS } from '../../src/multicast/rdmc-schedule.js';
