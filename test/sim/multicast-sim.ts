@@ -19,6 +19,7 @@
  *  - exactly once and FIFO: no node delivers a message twice, and each origin's messages arrive
  *    in submission order, across views and re-sends;
  *  - versions strictly increase at each node, across views;
+ *  - time stability: no delivery is stamped below a stability frontier the node already published;
  *  - nothing lost: after faults stop, every message submitted by a node still in its submitting
  *    incarnation is delivered (by itself, and hence, by total order, by the final view).
  */
@@ -70,6 +71,8 @@ export class MulticastSimNode implements SimNode<McMessage> {
   private readonly lastSeqByOrigin = new Map<number, number>();
   private links = new Map<number, Link>();
   private readonly appQueue: Uint8Array[] = [];
+  /** The time-based stability frontier this node's core last published in this view. */
+  private frontierMicros = 0n;
 
   constructor(
     readonly ctx: NodeContext<McMessage>,
@@ -90,6 +93,7 @@ export class MulticastSimNode implements SimNode<McMessage> {
     });
     this.view = view;
     this.viewDeliveries = [];
+    this.frontierMicros = 0n;
     this.links = new Map(members.filter((m) => m !== this.ctx.id).map((m) => [m, { nextSeq: 0, unacked: new Map() }]));
     this.appQueue.unshift(...resend);
     this.pump();
@@ -139,6 +143,10 @@ export class MulticastSimNode implements SimNode<McMessage> {
     }
     const ready = core.ready();
     for (const d of ready.deliveries) this.onDelivery(d);
+    if (ready.stabilityFrontierMicros < this.frontierMicros) {
+      throw new InvariantViolation('time stability', `node ${this.ctx.id}: frontier went backwards`);
+    }
+    this.frontierMicros = ready.stabilityFrontierMicros;
     for (const out of ready.packets) {
       const bytes = encodePacket(out.packet);
       for (const to of out.to) {
@@ -162,6 +170,9 @@ export class MulticastSimNode implements SimNode<McMessage> {
     this.deliveredIds.add(key);
     if ((this.lastSeqByOrigin.get(origin) ?? -1) >= seq) fail('FIFO per origin', `${key} after a later one`);
     this.lastSeqByOrigin.set(origin, seq);
+    if (d.timestamp.wallMicros < this.frontierMicros) {
+      fail('time stability', `${key} stamped ${d.timestamp.wallMicros} < frontier ${this.frontierMicros}`);
+    }
     const version = d.version as Version as bigint;
     if (version <= this.lastVersion) fail('versions increase', `${version} after ${this.lastVersion}`);
     this.lastVersion = version;
