@@ -1,0 +1,16 @@
+export { MulticastCore } from './multicast-core.js';
+export type {
+  MulticastCoreOptions,
+  MulticastCounters,
+  MulticastMode,
+  MulticastReady,
+  SendResult,
+} from './multicast-core.js';
+export { computeTrim } from './ragged-edge.js';
+export { encodePacket, decodePacket, MulticastDecodeError } from './codec.js';
+export { multicastLimits, DEFAULT_MULTICAST_LIMITS } from './config.js';
+export type { MulticastLimits } from './config.js';
+export { rdmcSchedule, checkSchedule, outgoingByRank, RDMC_ALGORITHMS } from './rdmc-schedule.js';
+export type { RdmcAlgorithm, RdmcSchedule, RdmcTransfer } from './rdmc-schedule.js';
+export { RdmcTransferState } from './rdmc-transfer.js';
+export type * from './types.js';

@@ -1,0 +1,763 @@
+/**
+ * The ordering core of one shard in one view: SMC batching, RDMC relaying, round-robin total
+ * order, stability, null messages, windows, frontiers and the ragged-edge cleanup. Pure and
+ * synchronous (STYLE.md): inputs are method calls, outputs are collected by `ready()`.
+ * README.md in this directory narrates the model, the invariants and the driver's duties.
+ */
+import { assert } from '../core/assert.js';
+import { ConfigError, PayloadTooLargeError } from '../core/errors.js';
+import { makeVersion, VERSION_NONE, type NodeId, type Version, type ViewId } from '../core/ids.js';
+import {
+  NULL_RUN_BYTES,
+  SMC_ENTRY_OVERHEAD_BYTES,
+  packetOverheadBytes,
+  smcPacketProblem,
+  type MulticastLimits,
+} from './config.js';
+import { outgoingByRank, rdmcSchedule, type RdmcTransfer } from './rdmc-schedule.js';
+import { RdmcTransferState } from './rdmc-transfer.js';
+import { SenderStream, entryLength, type StoredEntry } from './sender-stream.js';
+import type {
+  BlockPacket,
+  DataPacket,
+  Delivery,
+  MessageTimestamp,
+  OutgoingPacket,
+  Packet,
+  ReceiveReport,
+  ResendMessage,
+  SmcEntry,
+} from './types.js';
+
+export type MulticastMode = 'ordered' | 'raw';
+
+export interface MulticastCoreOptions {
+  readonly viewId: ViewId;
+  /** The shard's members in rank order. */
+  readonly members: readonly NodeId[];
+  /** The members that may send, a subset of `members`; their order is taken from `members`. */
+  readonly senders: readonly NodeId[];
+  readonly self: NodeId;
+  readonly mode: MulticastMode;
+  readonly limits: MulticastLimits;
+}
+
+export type SendResult =
+  | { readonly accepted: true; readonly index: number; readonly position: number }
+  | { readonly accepted: false; readonly reason: 'wedged' | 'queue-full' };
+
+/** What the driver must do after a batch of inputs (see README, "The driver's duties"). */
+export interface MulticastReady {
+  /** Packets to send; each to every node in `to`. Order within the list does not matter. */
+  readonly packets: OutgoingPacket[];
+  /** Newly delivered messages, in delivery order: hand them to the application in this order. */
+  readonly deliveries: Delivery[];
+  /** Positions delivered so far (nulls included). */
+  readonly deliveredCount: number;
+  /** Version of the last delivered message in this view, VERSION_NONE if none (or raw mode). */
+  readonly lastDeliveredVersion: Version;
+  /** Min over members of their reported persisted version. */
+  readonly globalPersistedVersion: Version;
+  /** Min over members of their time-based stability frontier (µs): see README. */
+  readonly stabilityFrontierMicros: bigint;
+  /** How many more messages send() would accept now (0 when wedged). */
+  readonly sendCapacity: number;
+}
+
+export interface MulticastCounters {
+  packetsReceived: number;
+  duplicatesDropped: number;
+  otherViewDropped: number;
+  malformedDropped: number;
+  nullsSent: number;
+  dataPacketsSent: number;
+  reportPacketsSent: number;
+  blockPacketsSent: number;
+}
+
+interface OwnQueued {
+  readonly kind: 'message' | 'null';
+  readonly index: number;
+  readonly count: number;
+  readonly timestamp: MessageTimestamp | null;
+  readonly payload: Uint8Array | null;
+}
+
+interface OwnInFlight {
+  readonly index: number;
+  readonly position: number;
+  readonly timestamp: MessageTimestamp;
+  readonly payload: Uint8Array;
+}
+
+interface RdmcInFlight {
+  readonly state: RdmcTransferState;
+  readonly senderIndex: number;
+  readonly index: number;
+  readonly originRank: number;
+  readonly timestamp: MessageTimestamp;
+}
+
+interface MutableRow {
+  receivedCounts: number[];
+  contiguousCount: number;
+  deliveredCount: number;
+  persistedVersion: Version;
+  stabilityFrontierMicros: bigint;
+}
+
+const SCHEDULE_CACHE_MAX = 64;
+
+export class MulticastCore {
+  readonly viewId: ViewId;
+  readonly members: readonly NodeId[];
+  readonly mode: MulticastMode;
+  readonly limits: MulticastLimits;
+  readonly myRank: number;
+  /** This member's index among the senders, or -1 for a non-sender. */
+  readonly mySenderIndex: number;
+  /** senderRanks[s] = member rank of sender index s. */
+  readonly senderRanks: readonly number[];
+  readonly counters: MulticastCounters = {
+    packetsReceived: 0,
+    duplicatesDropped: 0,
+    otherViewDropped: 0,
+    malformedDropped: 0,
+    nullsSent: 0,
+    dataPacketsSent: 0,
+    reportPacketsSent: 0,
+    blockPacketsSent: 0,
+  };
+
+  private readonly senderIndexOfRank: readonly number[];
+  private readonly peers: readonly NodeId[];
+  private readonly streams: SenderStream[];
+  /** Rows last heard from each member; rows[myRank] is refreshed from local state. */
+  private readonly rows: MutableRow[];
+  private deliveredCount = 0;
+  private lastDeliveredVersion: Version = VERSION_NONE;
+  private nextIndex = 0;
+  private requiredNextIndex = 0;
+  private readonly transmitQueue: OwnQueued[] = [];
+  private queuedMessageCount = 0;
+  private readonly ownInFlight: OwnInFlight[] = [];
+  private readonly rdmc = new Map<number, RdmcInFlight>();
+  private readonly scheduleCache = new Map<string, RdmcTransfer[][]>();
+  private packets: OutgoingPacket[] = [];
+  private deliveries: Delivery[] = [];
+  private nowMicros = 0n;
+  private lastRowKey = '';
+  private wedged = false;
+  private trimmed = false;
+
+  constructor(options: MulticastCoreOptions) {
+    const { members, senders, self, limits } = options;
+    assert(members.length >= 1, 'a shard has at least one member');
+    assert(new Set(members).size === members.length, 'shard members are distinct');
+    const myRank = members.indexOf(self);
+    assert(myRank >= 0, `node ${self} is not a member of the shard`);
+    const senderSet = new Set(senders);
+    assert(senderSet.size === senders.length, 'senders are distinct');
+    for (const s of senders) assert(members.includes(s), `sender ${s} is not a shard member`);
+    this.viewId = options.viewId;
+    this.members = [...members];
+    this.mode = options.mode;
+    this.limits = limits;
+    this.myRank = myRank;
+    const senderRanks: number[] = [];
+    const senderIndexOfRank: number[] = [];
+    members.forEach((m, rank) => {
+      senderIndexOfRank.push(senderSet.has(m) ? senderRanks.length : -1);
+      if (senderSet.has(m)) senderRanks.push(rank);
+    });
+    this.senderRanks = senderRanks;
+    this.senderIndexOfRank = senderIndexOfRank;
+    this.mySenderIndex = senderIndexOfRank[myRank]!;
+    this.peers = members.filter((m) => m !== self);
+    this.streams = senderRanks.map(() => new SenderStream());
+    this.rows = members.map(() => ({
+      receivedCounts: senderRanks.map(() => 0),
+      contiguousCount: 0,
+      deliveredCount: 0,
+      persistedVersion: VERSION_NONE,
+      stabilityFrontierMicros: 0n,
+    }));
+    this.lastRowKey = this.rowKey(this.report());
+    const packetProblem = smcPacketProblem(limits, senderRanks.length);
+    if (packetProblem !== null) {
+      throw new ConfigError([{ key: 'multicast.smc_packet_size', message: packetProblem }]);
+    }
+  }
+
+  get senderCount(): number {
+    return this.senderRanks.length;
+  }
+
+  get isWedged(): boolean {
+    return this.wedged;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Inputs
+
+  /**
+   * Accepts a message for multicast, numbering it at once; it goes out when the window allows.
+   * Throws PayloadTooLargeError above `max_payload_size` and AssertionError if this member is
+   * not a sender. Returns `accepted: false` when wedged (send it in the next view) or when the
+   * send queue is full (wait for `sendCapacity` > 0). The core keeps `payload`: do not change it.
+   * `timestamp.wallMicros` must not be below the last tick's time (the HLC guarantees it).
+   */
+  send(payload: Uint8Array, timestamp: MessageTimestamp): SendResult {
+    if (payload.length > this.limits.payloadBytesMax) {
+      throw new PayloadTooLargeError(
+        'multicast payload', payload.length, this.limits.payloadBytesMax, 'max_payload_size',
+      );
+    }
+    assert(
+      this.mySenderIndex >= 0,
+      `node ${this.members[this.myRank]} is not a sender in this shard`,
+    );
+    if (this.wedged) return { accepted: false, reason: 'wedged' };
+    if (this.queuedMessageCount >= this.limits.sendQueueCountMax) {
+      return { accepted: false, reason: 'queue-full' };
+    }
+    assert(
+      timestamp.wallMicros >= this.rows[this.myRank]!.stabilityFrontierMicros,
+      'message timestamp is below the stability frontier this member already published ' +
+        '(the driver must stamp messages with an HLC fed the same clock as tick())',
+    );
+    const index = this.nextIndex++;
+    const large = payload.length > this.limits.smcPayloadBytesMax;
+    this.streams[this.mySenderIndex]!.insert({ kind: 'message', index, timestamp, payload, large });
+    this.transmitQueue.push({ kind: 'message', index, count: 1, timestamp, payload });
+    this.queuedMessageCount++;
+    return { accepted: true, index, position: this.positionOf(this.mySenderIndex, index) };
+  }
+
+  /**
+   * A packet from another member of this shard. Packets of other views and malformed ones are
+   * counted and dropped; duplicates and any arrival order are fine.
+   */
+  receive(packet: Packet): void {
+    this.counters.packetsReceived++;
+    if (packet.viewId !== this.viewId) {
+      this.counters.otherViewDropped++;
+      return;
+    }
+    if (this.trimmed) return;
+    if (packet.fromRank >= this.members.length || packet.fromRank === this.myRank) {
+      this.counters.malformedDropped++;
+      return;
+    }
+    if (packet.kind === 'data') this.receiveData(packet);
+    else this.receiveBlock(packet);
+  }
+
+  /** This member made every version up to `version` durable (from the persistence layer). */
+  persisted(version: Version): void {
+    const row = this.rows[this.myRank]!;
+    if (version > row.persistedVersion) row.persistedVersion = version;
+  }
+
+  /**
+   * The current wall time in µs (abstract time: the driver's HLC physical component). Drives the
+   * time-based stability frontier; call it about every heartbeat.
+   */
+  tick(nowMicros: bigint): void {
+    if (nowMicros > this.nowMicros) this.nowMicros = nowMicros;
+  }
+
+  /**
+   * Stops this member sending anything (data, nulls, relays, reports) and delivering on
+   * stability; packets still arriving are recorded. Idempotent.
+   */
+  wedge(): void {
+    this.wedged = true;
+  }
+
+  /** After wedge(): what this member received from each sender, for the trim computation. */
+  receiveState(): { readonly receivedCounts: number[] } {
+    assert(this.wedged, 'receiveState() is for a wedged core');
+    return { receivedCounts: this.streams.map((s) => s.receivedCount) };
+  }
+
+  /**
+   * The ragged-edge cleanup: delivers, in position order, exactly the messages with index below
+   * `trim[s]` for every sender s (see `computeTrim`), then stops for good. Returns this member's
+   * own messages beyond the trim (sent or still queued), in index order, to send again in the
+   * next view. Deliveries come out of the next ready().
+   */
+  applyTrim(trim: readonly number[]): { readonly resend: ResendMessage[] } {
+    assert(this.wedged && !this.trimmed, 'applyTrim() once, after wedge()');
+    assert(trim.length === this.senderCount, 'trim has one count per sender');
+    trim.forEach((count, s) =>
+      assert(
+        Number.isInteger(count) && count >= 0 && count <= this.streams[s]!.receivedCount,
+        `trim for sender ${s} (${count}) exceeds what this member received ` +
+          `(${this.streams[s]!.receivedCount}): trims are minima over survivors' reports`,
+      ),
+    );
+    if (this.mode === 'ordered') this.deliverUpToTrim(trim);
+    else this.streams.forEach((stream, s) => this.deliverRawUpTo(s, trim[s]!));
+    this.trimmed = true;
+    const resend: ResendMessage[] = [];
+    if (this.mySenderIndex >= 0) {
+      const cut = trim[this.mySenderIndex]!;
+      for (const m of this.ownInFlight) {
+        if (m.index >= cut) {
+          resend.push({ index: m.index, timestamp: m.timestamp, payload: m.payload });
+        }
+      }
+      for (const q of this.transmitQueue) {
+        if (q.kind === 'message' && q.index >= cut) {
+          resend.push({ index: q.index, timestamp: q.timestamp!, payload: q.payload! });
+        }
+      }
+    }
+    this.transmitQueue.length = 0;
+    this.queuedMessageCount = 0;
+    this.rdmc.clear();
+    return { resend };
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Output
+
+  /** Runs the protocol on everything that arrived since the last call and drains the outputs. */
+  ready(): MulticastReady {
+    if (!this.wedged) {
+      this.fillNulls();
+      if (this.mode === 'ordered') this.deliverStable();
+      else this.streams.forEach((stream, s) => this.deliverRawUpTo(s, stream.receivedCount));
+      const entries = this.transmit();
+      this.relayBlocks();
+      this.emitDataPackets(entries);
+    }
+    const packets = this.packets;
+    const deliveries = this.deliveries;
+    this.packets = [];
+    this.deliveries = [];
+    return {
+      packets,
+      deliveries,
+      deliveredCount: this.deliveredCount,
+      lastDeliveredVersion: this.lastDeliveredVersion,
+      globalPersistedVersion: this.minOverRows((r) => r.persistedVersion),
+      stabilityFrontierMicros: this.minOverRows((r) => r.stabilityFrontierMicros),
+      sendCapacity:
+        this.wedged || this.mySenderIndex < 0
+          ? 0
+          : this.limits.sendQueueCountMax - this.queuedMessageCount,
+    };
+  }
+
+  /** This member's current row (what its next report will say). */
+  report(): ReceiveReport {
+    this.refreshOwnRow();
+    const row = this.rows[this.myRank]!;
+    return { ...row, receivedCounts: [...row.receivedCounts] };
+  }
+
+  /** How many messages (nulls included) of sender index `s` arrived here contiguously. */
+  receivedCount(senderIndex: number): number {
+    return this.streams[senderIndex]!.receivedCount;
+  }
+
+  /** Messages buffered for delivery or relaying (for memory-bound checks). */
+  bufferedCounts(): {
+    readonly outOfOrderEntries: number;
+    readonly rdmcTransfers: number;
+    readonly ownInFlight: number;
+  } {
+    return {
+      outOfOrderEntries: this.streams.reduce((n, s) => n + s.bufferedEntryCount, 0),
+      rdmcTransfers: this.rdmc.size,
+      ownInFlight: this.ownInFlight.length,
+    };
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Receiving
+
+  private receiveData(packet: DataPacket): void {
+    if (packet.report !== null) this.mergeRow(packet.fromRank, packet.report);
+    if (packet.entries.length === 0) return;
+    const s = this.senderIndexOfRank[packet.fromRank]!;
+    if (s < 0) {
+      this.counters.malformedDropped++;
+      return;
+    }
+    const stream = this.streams[s]!;
+    for (const entry of packet.entries) {
+      if (entry.kind === 'message' && entry.payload.length > this.limits.smcPayloadBytesMax) {
+        this.counters.malformedDropped++;
+        continue;
+      }
+      const stored: StoredEntry =
+        entry.kind === 'message'
+          ? { ...entry, large: false }
+          : { kind: 'null', index: entry.index, count: entry.count };
+      if (!stream.insert(stored)) {
+        this.counters.duplicatesDropped++;
+        continue;
+      }
+      this.noteReceived(s, entry.index + entryLength(stored) - 1);
+    }
+  }
+
+  private receiveBlock(packet: BlockPacket): void {
+    const s = packet.senderIndex;
+    const limits = this.limits;
+    if (
+      s >= this.senderCount ||
+      this.senderRanks[s] === this.myRank ||
+      packet.totalBytes <= limits.smcPayloadBytesMax ||
+      packet.totalBytes > limits.payloadBytesMax ||
+      packet.block >= Math.ceil(packet.totalBytes / limits.blockBytes) ||
+      packet.bytes.length !==
+        Math.min(limits.blockBytes, packet.totalBytes - packet.block * limits.blockBytes)
+    ) {
+      this.counters.malformedDropped++;
+      return;
+    }
+    const key = s * 2 ** 32 + packet.index;
+    let transfer = this.rdmc.get(key);
+    if (transfer === undefined) {
+      // Already complete here and every relay done: a late duplicate.
+      if (this.streams[s]!.has(packet.index)) {
+        this.counters.duplicatesDropped++;
+        return;
+      }
+      const originRank = this.senderRanks[s]!;
+      const relativeRank = (this.myRank - originRank + this.members.length) % this.members.length;
+      const blockCount = Math.ceil(packet.totalBytes / limits.blockBytes);
+      const outgoing = this.outgoingFor(blockCount)[relativeRank]!;
+      const state = new RdmcTransferState(packet.totalBytes, limits.blockBytes, outgoing);
+      const timestamp = packet.timestamp;
+      transfer = { state, senderIndex: s, index: packet.index, originRank, timestamp };
+      this.rdmc.set(key, transfer);
+    } else if (transfer.state.totalBytes !== packet.totalBytes) {
+      this.counters.malformedDropped++;
+      return;
+    }
+    if (!transfer.state.receiveBlock(packet.block, packet.bytes)) {
+      this.counters.duplicatesDropped++;
+      return;
+    }
+    if (transfer.state.complete) {
+      const payload = transfer.state.message();
+      const stored: StoredEntry = {
+        kind: 'message', index: packet.index, timestamp: transfer.timestamp, payload, large: true,
+      };
+      if (this.streams[s]!.insert(stored)) this.noteReceived(s, packet.index);
+      if (transfer.state.finished) this.rdmc.delete(key);
+    }
+  }
+
+  /**
+   * The null rule (Derecho, research §1.2): having received index i from sender r, a sender
+   * ranked before r must itself have sent index i, one ranked after r index i−1, so that every
+   * position before (i, r) in the round robin gets filled. Nulls are thus only ever a reaction.
+   */
+  private noteReceived(senderIndex: number, lastIndex: number): void {
+    if (this.mode !== 'ordered' || this.mySenderIndex < 0) return;
+    if (senderIndex === this.mySenderIndex) return;
+    const need = this.mySenderIndex < senderIndex ? lastIndex + 1 : lastIndex;
+    if (need > this.requiredNextIndex) this.requiredNextIndex = need;
+  }
+
+  private mergeRow(rank: number, report: ReceiveReport): void {
+    if (report.receivedCounts.length !== this.senderCount) {
+      this.counters.malformedDropped++;
+      return;
+    }
+    const row = this.rows[rank]!;
+    report.receivedCounts.forEach((c, s) => {
+      if (c > row.receivedCounts[s]!) row.receivedCounts[s] = c;
+    });
+    row.contiguousCount = Math.max(row.contiguousCount, report.contiguousCount);
+    row.deliveredCount = Math.max(row.deliveredCount, report.deliveredCount);
+    if (report.persistedVersion > row.persistedVersion) {
+      row.persistedVersion = report.persistedVersion;
+    }
+    if (report.stabilityFrontierMicros > row.stabilityFrontierMicros) {
+      row.stabilityFrontierMicros = report.stabilityFrontierMicros;
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Delivering
+
+  private positionOf(senderIndex: number, index: number): number {
+    return index * this.senderCount + senderIndex;
+  }
+
+  /** Positions below this all arrived here: min over senders of their first missing position. */
+  private contiguousCount(): number {
+    let count = Infinity;
+    this.streams.forEach((stream, s) => {
+      count = Math.min(count, this.positionOf(s, stream.receivedCount));
+    });
+    return count === Infinity ? 0 : count;
+  }
+
+  /** Delivers every position that every member has received (global stability). */
+  private deliverStable(): void {
+    this.refreshOwnRow();
+    const stableCount = this.minOverRows((r) => r.contiguousCount);
+    while (this.deliveredCount < stableCount) this.deliverNextPosition();
+  }
+
+  private deliverNextPosition(): void {
+    const position = this.deliveredCount;
+    const s = position % this.senderCount;
+    const index = (position - s) / this.senderCount;
+    const stream = this.streams[s]!;
+    assert(stream.deliveredIndexCount === index, 'round-robin delivery walks each sender in order');
+    const entry = stream.advance();
+    this.deliveredCount = position + 1;
+    if (entry.kind === 'message') {
+      const version = makeVersion(this.viewId, position);
+      this.lastDeliveredVersion = version;
+      this.deliveries.push(this.deliveryOf(s, entry, position, version));
+    }
+  }
+
+  private deliveryOf(
+    s: number,
+    entry: Extract<StoredEntry, { kind: 'message' }>,
+    position: number,
+    version: Version | null,
+  ): Delivery {
+    return {
+      sender: this.members[this.senderRanks[s]!]!,
+      senderIndex: s,
+      index: entry.index,
+      position,
+      version,
+      timestamp: entry.timestamp,
+      payload: entry.payload,
+      large: entry.large,
+    };
+  }
+
+  /** Raw mode: deliver sender s's messages as they arrive, in its own order. */
+  private deliverRawUpTo(s: number, countMax: number): void {
+    const stream = this.streams[s]!;
+    while (stream.deliveredIndexCount < countMax) {
+      const index = stream.deliveredIndexCount;
+      const entry = stream.advance();
+      if (entry.kind === 'message') {
+        this.deliveries.push(this.deliveryOf(s, entry, this.positionOf(s, index), null));
+      }
+    }
+  }
+
+  /** Ordered mode, ragged edge: the positions of every (s, i) with i < trim[s], in order. */
+  private deliverUpToTrim(trim: readonly number[]): void {
+    let end = 0;
+    trim.forEach((count, s) => {
+      if (count > 0) end = Math.max(end, this.positionOf(s, count - 1) + 1);
+    });
+    // Everything delivered so far was stable, hence received by every survivor: within the trim.
+    this.streams.forEach((stream, s) =>
+      assert(stream.deliveredIndexCount <= trim[s]!, `sender ${s} delivered beyond the trim`),
+    );
+    for (let position = this.deliveredCount; position < end; position++) {
+      const s = position % this.senderCount;
+      const index = (position - s) / this.senderCount;
+      if (index < trim[s]!) {
+        this.deliveredCount = position;
+        this.deliverNextPosition();
+      }
+    }
+    this.deliveredCount = Math.max(this.deliveredCount, end);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Sending
+
+  private fillNulls(): void {
+    if (this.requiredNextIndex <= this.nextIndex) return;
+    const count = this.requiredNextIndex - this.nextIndex;
+    const index = this.nextIndex;
+    this.streams[this.mySenderIndex]!.insert({ kind: 'null', index, count });
+    this.transmitQueue.push({ kind: 'null', index, count, timestamp: null, payload: null });
+    this.nextIndex = this.requiredNextIndex;
+    this.counters.nullsSent += count;
+  }
+
+  /**
+   * Own messages done everywhere leave the window: delivered by every member (ordered) or
+   * received by every member (raw).
+   */
+  private pruneInFlight(): void {
+    let done = 0;
+    if (this.mode === 'ordered') {
+      const deliveredEverywhere = this.minOverRows((r) => r.deliveredCount);
+      const inFlight = this.ownInFlight;
+      while (done < inFlight.length && inFlight[done]!.position < deliveredEverywhere) done++;
+    } else {
+      const receivedEverywhere = this.minOverRows((r) => r.receivedCounts[this.mySenderIndex]!);
+      const inFlight = this.ownInFlight;
+      while (done < inFlight.length && inFlight[done]!.index < receivedEverywhere) done++;
+    }
+    if (done > 0) this.ownInFlight.splice(0, done);
+  }
+
+  /** Moves queued own messages and nulls out while the window allows; starts RDMC transfers. */
+  private transmit(): SmcEntry[] {
+    const entries: SmcEntry[] = [];
+    if (this.mySenderIndex < 0) return entries;
+    this.refreshOwnRow();
+    this.pruneInFlight();
+    let taken = 0;
+    for (const item of this.transmitQueue) {
+      if (item.kind === 'null') {
+        const last = entries[entries.length - 1];
+        if (last !== undefined && last.kind === 'null' && last.index + last.count === item.index) {
+          const count = last.count + item.count;
+          entries[entries.length - 1] = { kind: 'null', index: last.index, count };
+        } else {
+          entries.push({ kind: 'null', index: item.index, count: item.count });
+        }
+        taken++;
+        continue;
+      }
+      if (this.ownInFlight.length >= this.limits.windowSize) break;
+      const timestamp = item.timestamp!;
+      const payload = item.payload!;
+      const position = this.positionOf(this.mySenderIndex, item.index);
+      this.ownInFlight.push({ index: item.index, position, timestamp, payload });
+      this.queuedMessageCount--;
+      taken++;
+      if (payload.length <= this.limits.smcPayloadBytesMax) {
+        entries.push({ kind: 'message', index: item.index, timestamp, payload });
+      } else if (this.members.length > 1) {
+        const blockCount = Math.ceil(payload.length / this.limits.blockBytes);
+        const outgoing = this.outgoingFor(blockCount)[0]!;
+        const blockBytes = this.limits.blockBytes;
+        const state = new RdmcTransferState(payload.length, blockBytes, outgoing, payload);
+        const senderIndex = this.mySenderIndex;
+        this.rdmc.set(senderIndex * 2 ** 32 + item.index, {
+          state, senderIndex, index: item.index, originRank: this.myRank, timestamp,
+        });
+      }
+    }
+    this.transmitQueue.splice(0, taken);
+    return entries;
+  }
+
+  private relayBlocks(): void {
+    for (const [key, transfer] of this.rdmc) {
+      for (const t of transfer.state.takeDueSends()) {
+        const to = this.members[(transfer.originRank + t.to) % this.members.length]!;
+        this.packets.push({
+          to: [to],
+          packet: {
+            kind: 'block',
+            viewId: this.viewId,
+            fromRank: this.myRank,
+            senderIndex: transfer.senderIndex,
+            index: transfer.index,
+            timestamp: transfer.timestamp,
+            totalBytes: transfer.state.totalBytes,
+            block: t.block,
+            bytes: transfer.state.blockView(t.block),
+          },
+        });
+        this.counters.blockPacketsSent++;
+      }
+      if (transfer.state.finished) this.rdmc.delete(key);
+    }
+  }
+
+  /**
+   * Packs entries into as few packets as the byte budget allows, each carrying this member's
+   * report; with nothing to send, a report goes alone, and only if the row changed.
+   */
+  private emitDataPackets(entries: SmcEntry[]): void {
+    if (this.peers.length === 0) return;
+    const report = this.report();
+    const rowKey = this.rowKey(report);
+    if (entries.length === 0) {
+      if (rowKey === this.lastRowKey) return;
+      this.lastRowKey = rowKey;
+      this.pushDataPacket(report, []);
+      this.counters.reportPacketsSent++;
+      return;
+    }
+    this.lastRowKey = rowKey;
+    const budget = this.limits.packetBytesMax - packetOverheadBytes(this.senderCount);
+    let batch: SmcEntry[] = [];
+    let bytes = 0;
+    for (const entry of entries) {
+      const size =
+        entry.kind === 'message' ? entry.payload.length + SMC_ENTRY_OVERHEAD_BYTES : NULL_RUN_BYTES;
+      if (bytes + size > budget && batch.length > 0) {
+        this.pushDataPacket(report, batch);
+        batch = [];
+        bytes = 0;
+      }
+      batch.push(entry);
+      bytes += size;
+    }
+    this.pushDataPacket(report, batch);
+  }
+
+  private rowKey(report: ReceiveReport): string {
+    return `${report.receivedCounts.join(',')}|${report.contiguousCount}|` +
+      `${report.deliveredCount}|${report.persistedVersion}|${report.stabilityFrontierMicros}`;
+  }
+
+  private pushDataPacket(report: ReceiveReport, entries: SmcEntry[]): void {
+    this.packets.push({
+      to: this.peers,
+      packet: { kind: 'data', viewId: this.viewId, fromRank: this.myRank, report, entries },
+    });
+    if (entries.length > 0) this.counters.dataPacketsSent++;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Rows and frontiers
+
+  private refreshOwnRow(): void {
+    const row = this.rows[this.myRank]!;
+    row.receivedCounts = this.streams.map((s) => s.receivedCount);
+    row.contiguousCount = this.contiguousCount();
+    row.deliveredCount = this.deliveredCount;
+    // Time-based stability: no message stamped below this can still be delivered anywhere
+    // because of this member (its unfinished messages and its future ones are all later).
+    let frontier = this.nowMicros;
+    for (const m of this.ownInFlight) {
+      if (m.timestamp.wallMicros < frontier) frontier = m.timestamp.wallMicros;
+    }
+    for (const q of this.transmitQueue) {
+      const wall = q.timestamp?.wallMicros;
+      if (wall !== undefined && wall < frontier) frontier = wall;
+    }
+    if (frontier > row.stabilityFrontierMicros) row.stabilityFrontierMicros = frontier;
+  }
+
+  private minOverRows<T extends number | bigint>(field: (row: MutableRow) => T): T {
+    this.refreshOwnRow();
+    let min = field(this.rows[0]!);
+    for (const row of this.rows) {
+      const value = field(row);
+      if (value < min) min = value;
+    }
+    return min;
+  }
+
+  private outgoingFor(blockCount: number): RdmcTransfer[][] {
+    const key = `${this.limits.rdmcAlgorithm}:${blockCount}`;
+    let outgoing = this.scheduleCache.get(key);
+    if (outgoing === undefined) {
+      if (this.scheduleCache.size >= SCHEDULE_CACHE_MAX) this.scheduleCache.clear();
+      const n = this.members.length;
+      outgoing = outgoingByRank(rdmcSchedule(this.limits.rdmcAlgorithm, n, blockCount));
+      this.scheduleCache.set(key, outgoing);
+    }
+    return outgoing;
+  }
+}

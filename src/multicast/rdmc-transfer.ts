@@ -1,0 +1,124 @@
+/**
+ * One member's part in one RDMC transfer: which blocks it holds, which of its scheduled sends
+ * are due, when the message is complete. Pure and synchronous; the multicast core owns one per
+ * large message in flight and turns `takeDueSends()` into block packets.
+ *
+ * Sends run in schedule order and a send waits until its block is present (see the contract in
+ * rdmc-schedule.ts: that order can never deadlock). Blocks may arrive in any order and twice.
+ */
+import { assert } from '../core/assert.js';
+import type { RdmcTransfer } from './rdmc-schedule.js';
+
+export class RdmcTransferState {
+  readonly totalBytes: number;
+  readonly blockBytes: number;
+  readonly blockCount: number;
+  private readonly outgoing: readonly RdmcTransfer[];
+  private nextSendIndex = 0;
+  private readonly present: Uint8Array;
+  private presentCount = 0;
+  /** At the origin: the whole message. At a receiver: null until complete, then the reassembly. */
+  private buffer: Uint8Array | null;
+  /** At a receiver: each block as it arrived (views into packet buffers, never copied twice). */
+  private readonly blocks: (Uint8Array | undefined)[];
+
+  /**
+   * `outgoing`: this member's transfers in step order (from `outgoingByRank`). `payload` is
+   * given at the origin only; the state then holds every block and keeps the caller's buffer
+   * (the caller must not change it afterwards).
+   */
+  constructor(
+    totalBytes: number,
+    blockBytes: number,
+    outgoing: readonly RdmcTransfer[],
+    payload?: Uint8Array,
+  ) {
+    assert(totalBytes >= 1 && blockBytes >= 1, 'RDMC transfer needs bytes and a block size');
+    this.totalBytes = totalBytes;
+    this.blockBytes = blockBytes;
+    this.blockCount = Math.ceil(totalBytes / blockBytes);
+    this.outgoing = outgoing;
+    this.present = new Uint8Array(this.blockCount);
+    this.blocks = [];
+    if (payload !== undefined) {
+      assert(payload.length === totalBytes, 'origin payload length matches totalBytes');
+      this.buffer = payload;
+      this.present.fill(1);
+      this.presentCount = this.blockCount;
+    } else {
+      this.buffer = null;
+      this.blocks.length = this.blockCount;
+    }
+  }
+
+  /** The byte length block `block` must have. */
+  blockLength(block: number): number {
+    return Math.min(this.blockBytes, this.totalBytes - block * this.blockBytes);
+  }
+
+  /**
+   * Stores a block (keeping `bytes` itself: the caller hands over ownership). Returns false (and
+   * changes nothing) for a duplicate; throws AssertionError for a block that does not fit this
+   * transfer (callers validate packets first).
+   */
+  receiveBlock(block: number, bytes: Uint8Array): boolean {
+    assert(block >= 0 && block < this.blockCount, `block ${block} out of range`);
+    assert(bytes.length === this.blockLength(block), `block ${block} has the wrong length`);
+    if (this.present[block]) return false;
+    this.blocks[block] = bytes;
+    this.present[block] = 1;
+    this.presentCount++;
+    return true;
+  }
+
+  hasBlock(block: number): boolean {
+    return this.present[block] === 1;
+  }
+
+  /** A view of a present block (valid for as long as the state lives; never rewritten). */
+  blockView(block: number): Uint8Array {
+    assert(this.hasBlock(block), `block ${block} is not present`);
+    const received = this.blocks[block];
+    if (received !== undefined) return received;
+    const start = block * this.blockBytes;
+    return this.buffer!.subarray(start, start + this.blockLength(block));
+  }
+
+  /** The scheduled sends whose blocks are now present, in schedule order; each is returned once. */
+  takeDueSends(): RdmcTransfer[] {
+    const due: RdmcTransfer[] = [];
+    while (this.nextSendIndex < this.outgoing.length) {
+      const transfer = this.outgoing[this.nextSendIndex]!;
+      if (!this.present[transfer.block]) break;
+      due.push(transfer);
+      this.nextSendIndex++;
+    }
+    return due;
+  }
+
+  get complete(): boolean {
+    return this.presentCount === this.blockCount;
+  }
+
+  /** Complete and every scheduled send taken: the state can be dropped. */
+  get finished(): boolean {
+    return this.complete && this.nextSendIndex === this.outgoing.length;
+  }
+
+  /**
+   * The reassembled message (the same buffer every call). A one-block message is the block
+   * itself; a longer one is copied once into a new buffer.
+   */
+  message(): Uint8Array {
+    assert(this.complete, 'RDMC message is not complete');
+    if (this.buffer === null) {
+      if (this.blockCount === 1) {
+        this.buffer = this.blocks[0]!;
+      } else {
+        this.buffer = new Uint8Array(this.totalBytes);
+        this.blocks.forEach((bytes, block) => this.buffer!.set(bytes!, block * this.blockBytes));
+      }
+    }
+    return this.buffer;
+  }
+}

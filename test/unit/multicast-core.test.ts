@@ -1,0 +1,269 @@
+// Proves the ordering core's individual rules with hand-driven schedules: limits and
+// PayloadTooLargeError, round-robin positions and versions with non-senders, no delivery before
+// every member reported receipt, reactive and compressed nulls, SMC batching under the packet
+// budget with reports piggybacked (one report per flush, not per message), the window and send
+// queue, raw mode, RDMC mixed with SMC, frontiers (persisted, time), the trim function, and the
+// codec's round trip and rejection of malformed input.
+import test from 'ava';
+import { MulticastNet, makePayload, readPayload, sequenceOf } from '../support/multicast-net.js';
+import { MulticastCore } from '../../src/multicast/multicast-core.js';
+import {
+  multicastLimits,
+  packetOverheadBytes,
+  SMC_ENTRY_OVERHEAD_BYTES,
+  type MulticastLimits,
+} from '../../src/multicast/config.js';
+import { computeTrim } from '../../src/multicast/ragged-edge.js';
+import { decodePacket, encodePacket, MulticastDecodeError } from '../../src/multicast/codec.js';
+import { AssertionError, ConfigError, PayloadTooLargeError } from '../../src/core/errors.js';
+import { makeVersion, nodeId, viewId, VERSION_NONE, type Version } from '../../src/core/ids.js';
+import type { DataPacket, Packet } from '../../src/multicast/types.js';
+
+const LIMITS: Partial<MulticastLimits> = {
+  payloadBytesMax: 4000,
+  smcPayloadBytesMax: 200,
+  blockBytes: 128,
+  windowSize: 4,
+  packetBytesMax: 2048,
+  sendQueueCountMax: 6,
+};
+
+/** Flushes everyone and delivers everything, in order, until quiet (no faults). */
+function settle(net: MulticastNet): void {
+  net.drain();
+}
+
+test('limits: payload above max_payload_size fails at once; bad config names its keys', (t) => {
+  const net = new MulticastNet({ seed: 1, memberCount: 2, limits: LIMITS });
+  const error = t.throws(() => net.cores[0]!.send(new Uint8Array(4001), { wallMicros: 1n, logical: 0 }), {
+    instanceOf: PayloadTooLargeError,
+  });
+  t.regex(error!.message, /max_payload_size/);
+  t.true(net.send(0, 4000), 'exactly the maximum is accepted');
+  const config = t.throws(() => multicastLimits({ windowSize: 0, rdmcAlgorithm: 'x' as never }), { instanceOf: ConfigError });
+  t.deepEqual((config as ConfigError).problems.map((p) => p.key).sort(), [
+    'multicast.rdmc_send_algorithm',
+    'multicast.window_size',
+  ]);
+  t.throws(() => multicastLimits({ packetBytesMax: 1000, smcPayloadBytesMax: 1000 }), { instanceOf: ConfigError });
+});
+
+test('round robin over senders only: positions i·n+r, versions from the view id, non-senders receive', (t) => {
+  const net = new MulticastNet({ seed: 2, memberCount: 3, senderRanks: [0, 2], limits: LIMITS, viewNumber: 9 });
+  t.throws(() => net.cores[1]!.send(new Uint8Array(1), { wallMicros: 1n, logical: 0 }), { instanceOf: AssertionError });
+  net.send(2, 10);
+  net.send(2, 10);
+  net.send(0, 10);
+  settle(net);
+  const got = net.delivered[1]!.map((d) => [d.sender, d.index, d.position, d.version]);
+  // Sender 0 (rank 0) sent 1 real message then a null (reacting to rank 2's index 1).
+  t.deepEqual(got, [
+    [net.nodes[0], 0, 0, makeVersion(viewId(9), 0)],
+    [net.nodes[2], 0, 1, makeVersion(viewId(9), 1)],
+    [net.nodes[2], 1, 3, makeVersion(viewId(9), 3)],
+  ]);
+  t.deepEqual(sequenceOf(net.delivered[0]!), sequenceOf(net.delivered[1]!));
+  t.deepEqual(sequenceOf(net.delivered[2]!), sequenceOf(net.delivered[1]!));
+  t.is(net.cores[0]!.counters.nullsSent, 1);
+});
+
+test('nothing is delivered until every member reported receipt', (t) => {
+  const net = new MulticastNet({ seed: 3, memberCount: 3, senderRanks: [0], limits: LIMITS });
+  net.send(0, 50);
+  net.flush(0);
+  // Deliver rank 0's data to rank 1 only; rank 2 never hears of it.
+  const toTwo = net.inFlight.filter((p) => p.to === 2);
+  net.inFlight = net.inFlight.filter((p) => p.to !== 2);
+  for (let round = 0; round < 5; round++) {
+    for (const r of [0, 1]) net.flush(r);
+    net.inFlight = net.inFlight.filter((p) => p.to !== 2);
+    while (net.deliverOne()) { /* */ }
+  }
+  t.deepEqual(net.delivered.map((d) => d.length), [0, 0, 0]);
+  net.inFlight.push(...toTwo);
+  settle(net);
+  t.deepEqual(net.delivered.map((d) => d.length), [1, 1, 1]);
+});
+
+test('nulls: only in reaction to others, compressed into one run per flush, never delivered', (t) => {
+  const net = new MulticastNet({ seed: 4, memberCount: 2, limits: { ...LIMITS, windowSize: 50, sendQueueCountMax: 50 } });
+  settle(net);
+  t.is(net.packetsSent, 0, 'an idle shard sends nothing at all: no timer-driven nulls');
+  for (let i = 0; i < 40; i++) net.send(0, 8);
+  net.flush(0);
+  while (net.deliverOne()) { /* */ }
+  const ready = net.cores[1]!.ready();
+  const data = ready.packets.map((p) => p.packet).filter((p): p is DataPacket => p.kind === 'data');
+  const runs = data.flatMap((p) => p.entries).filter((e) => e.kind === 'null');
+  t.deepEqual(runs, [{ kind: 'null', index: 0, count: 39 }], 'rank 1 > rank 0: fills up to index 38');
+  net.absorb(1, ready);
+  settle(net);
+  t.is(net.delivered[0]!.length, 40);
+  t.is(net.delivered[1]!.length, 40);
+  t.true(net.delivered[1]!.every((d) => d.sender === net.nodes[0]), 'no null was delivered');
+  const before = net.packetsSent;
+  settle(net);
+  t.is(net.packetsSent, before, 'quiescent again: no null storm');
+});
+
+test('SMC batching: a burst fills few packets under the budget, each carrying the report', (t) => {
+  const limits = { ...LIMITS, windowSize: 100, sendQueueCountMax: 100 };
+  const net = new MulticastNet({ seed: 5, memberCount: 3, senderRanks: [0], limits });
+  for (let i = 0; i < 100; i++) net.send(0, 100);
+  const ready = net.cores[0]!.ready();
+  const packets = ready.packets.map((p) => p.packet) as DataPacket[];
+  const encoded = packets.map((p) => encodePacket(p).length);
+  t.true(encoded.every((bytes) => bytes <= 2048), `sizes ${encoded}`);
+  const perPacket = Math.floor((2048 - packetOverheadBytes(1)) / (100 + SMC_ENTRY_OVERHEAD_BYTES));
+  t.is(packets.length, Math.ceil(100 / perPacket), `${packets.length} packets for 100 messages`);
+  t.true(packets.every((p) => p.report !== null && p.entries.length > 1));
+  t.true(ready.packets.every((p) => p.to.length === 2), 'one encoding goes to both peers');
+  // A receiver of the whole burst answers with one report in its next flush, not 100 acks.
+  for (const p of packets) net.cores[1]!.receive(decodePacket(encodePacket(p)));
+  const answer = net.cores[1]!.ready();
+  t.is(answer.packets.length, 1);
+  const report = (answer.packets[0]!.packet as DataPacket).report!;
+  t.deepEqual(report.receivedCounts, [100]);
+});
+
+test('window: at most window_size messages in flight; the queue holds the rest, then refuses', (t) => {
+  const net = new MulticastNet({ seed: 6, memberCount: 2, senderRanks: [0], limits: LIMITS });
+  for (let i = 0; i < 6; i++) t.true(net.send(0, 10));
+  t.false(net.send(0, 10), 'queue of 6 full');
+  t.deepEqual(net.cores[0]!.send(new Uint8Array(3), { wallMicros: net.nowMicros, logical: 0 }), {
+    accepted: false,
+    reason: 'queue-full',
+  });
+  const ready = net.cores[0]!.ready();
+  const entries = ready.packets.flatMap((p) => (p.packet as DataPacket).entries);
+  t.is(entries.length, 4, 'window_size = 4 go out');
+  t.is(ready.sendCapacity, 4);
+  net.absorb(0, ready);
+  settle(net);
+  t.is(net.delivered[1]!.length, 6);
+  t.is(net.cores[0]!.ready().sendCapacity, 6);
+});
+
+test('raw mode: delivers on receipt without waiting for others, per-sender FIFO', (t) => {
+  const net = new MulticastNet({ seed: 7, memberCount: 3, mode: 'raw', limits: LIMITS });
+  net.send(0, 10);
+  net.send(0, 10);
+  net.send(1, 10);
+  net.flush(0);
+  net.flush(1);
+  const toTwo = net.inFlight.filter((p) => p.to === 2);
+  for (const p of toTwo) net.cores[2]!.receive(decodePacket(p.bytes));
+  net.flush(2);
+  t.is(net.delivered[2]!.length, 3, 'rank 2 delivered without anyone else acknowledging');
+  t.true(net.delivered[2]!.every((d) => d.version === null));
+  t.deepEqual(net.delivered[0]!.map((d) => d.index), [0, 1], 'a raw sender delivers its own at once');
+});
+
+test('RDMC: large messages split into blocks, ordered with SMC ones, intact, origin uploads once', (t) => {
+  const net = new MulticastNet({ seed: 8, memberCount: 4, limits: { ...LIMITS, rdmcAlgorithm: 'binomial_send' } });
+  net.send(0, 100);
+  net.send(0, 3000); // 24 blocks
+  net.send(0, 100);
+  net.send(1, 1000);
+  settle(net);
+  const seq = net.delivered[3]!.map((d) => [d.sender, d.index, d.large]);
+  t.deepEqual(seq, [
+    [net.nodes[0], 0, false],
+    [net.nodes[1], 0, true],
+    [net.nodes[0], 1, true],
+    [net.nodes[0], 2, false],
+  ]);
+  for (const list of net.delivered) for (const d of list) t.not(readPayload(d.payload), null);
+  // Each non-origin receives each block exactly once: 3 receivers x (24 + 8) blocks in all.
+  const blockPackets = net.cores.map((c) => c.counters.blockPacketsSent);
+  t.is(blockPackets.reduce((a, b) => a + b, 0), 3 * (24 + 8));
+  t.true(blockPackets[0]! <= 24 + 2 + 8, `origin uploads its 24 blocks about once (${blockPackets[0]})`);
+  t.is(net.check(true).length, 0);
+});
+
+test('frontiers: global persisted = min over members; time stability waits for undelivered messages', (t) => {
+  const net = new MulticastNet({ seed: 9, memberCount: 2, limits: LIMITS });
+  net.tick(1000n);
+  net.send(0, 10);
+  const sentAt = net.nowMicros;
+  net.tick(5000n);
+  net.cores[0]!.persisted(7n as Version);
+  net.flush(0);
+  net.flush(1);
+  let ready = net.cores[1]!.ready();
+  t.is(ready.globalPersistedVersion, VERSION_NONE, 'rank 1 persisted nothing yet');
+  t.true(ready.stabilityFrontierMicros <= sentAt, 'an undelivered message holds the time frontier back');
+  settle(net);
+  net.cores[1]!.persisted(5n as Version);
+  net.tick(10n);
+  settle(net);
+  ready = net.cores[0]!.ready();
+  t.is(ready.globalPersistedVersion, 5n as Version);
+  t.is(ready.stabilityFrontierMicros, net.nowMicros, 'everything delivered: the frontier is now');
+  t.throws(() => net.cores[0]!.send(new Uint8Array(1), { wallMicros: 1n, logical: 0 }), { instanceOf: AssertionError });
+});
+
+test('computeTrim takes the per-sender minimum; applyTrim refuses a trim above what arrived', (t) => {
+  t.deepEqual(computeTrim([[3, 5, 0], [4, 2, 1], [3, 9, 1]]), [3, 2, 0]);
+  const net = new MulticastNet({ seed: 10, memberCount: 2, limits: LIMITS });
+  net.send(0, 10);
+  net.cores[1]!.wedge();
+  t.deepEqual(net.cores[1]!.receiveState().receivedCounts, [0, 0]);
+  t.throws(() => net.cores[1]!.applyTrim([1, 0]), { instanceOf: AssertionError });
+  t.deepEqual(net.cores[1]!.applyTrim([0, 0]).resend, []);
+  net.cores[0]!.wedge();
+  t.deepEqual(net.cores[0]!.send(new Uint8Array(1), { wallMicros: net.nowMicros, logical: 0 }), {
+    accepted: false,
+    reason: 'wedged',
+  });
+  const { resend } = net.cores[0]!.applyTrim([0, 0]);
+  t.deepEqual(resend.map((m) => readPayload(m.payload)), [[0, 0]], 'the queued message comes back');
+  t.is(net.cores[0]!.ready().packets.length, 0, 'a wedged core sends nothing');
+});
+
+test('codec: round trip of every packet kind; malformed input is a typed error', (t) => {
+  const packets: Packet[] = [
+    {
+      kind: 'data', viewId: 3, fromRank: 1,
+      report: { receivedCounts: [1, 2], contiguousCount: 3, deliveredCount: 2, persistedVersion: makeVersion(viewId(3), 1), stabilityFrontierMicros: 123456789012345n },
+      entries: [
+        { kind: 'message', index: 0, timestamp: { wallMicros: 2n ** 50n, logical: 4 }, payload: makePayload(1, 0, 30) },
+        { kind: 'null', index: 1, count: 17 },
+      ],
+    },
+    { kind: 'data', viewId: 0, fromRank: 0, report: null, entries: [] },
+    {
+      kind: 'block', viewId: 1, fromRank: 2, senderIndex: 0, index: 5, timestamp: { wallMicros: 9n, logical: 0 },
+      totalBytes: 1000, block: 3, bytes: new Uint8Array([1, 2, 3]),
+    },
+  ];
+  for (const p of packets) {
+    const back = decodePacket(encodePacket(p));
+    t.deepEqual(plain(back), plain(p));
+  }
+  const good = encodePacket(packets[0]!);
+  t.throws(() => decodePacket(good.subarray(0, good.length - 5)), { instanceOf: MulticastDecodeError });
+  t.throws(() => decodePacket(encodePacket({ ...(packets[1] as DataPacket), fromRank: -1 })), { instanceOf: MulticastDecodeError });
+  t.throws(() => decodePacket(new Uint8Array([0x93, 9, 9, 9])), { instanceOf: MulticastDecodeError });
+});
+
+/** Bytes as arrays (decoded Buffers vs sent Uint8Arrays), everything else as is. */
+function plain(value: unknown): unknown {
+  if (value instanceof Uint8Array) return Array.from(value);
+  if (Array.isArray(value)) return value.map(plain);
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plain(v)]));
+  }
+  return value;
+}
+
+test('a packet from another view or a non-member rank is counted and dropped', (t) => {
+  const limits = multicastLimits(LIMITS);
+  const members = [nodeId(1), nodeId(2)];
+  const core = new MulticastCore({ viewId: viewId(2), members, senders: members, self: nodeId(2), mode: 'ordered', limits });
+  core.receive({ kind: 'data', viewId: 1, fromRank: 0, report: null, entries: [{ kind: 'null', index: 0, count: 1 }] });
+  core.receive({ kind: 'data', viewId: 2, fromRank: 5, report: null, entries: [] });
+  t.is(core.counters.otherViewDropped, 1);
+  t.is(core.counters.malformedDropped, 1);
+  t.is(core.receivedCount(0), 0);
+});
