@@ -57,6 +57,18 @@ function memberLabel(target: object, key: string | symbol): string {
 
 /** Classes with member decorators whose @replicated is checked once their module has run. */
 const awaitingClassDecorator = new Set<RuntimeType>();
+/** Classes whose definition already threw a DecoratorUsageError: one error per mistake. */
+const failedDefinitions = new WeakSet<RuntimeType>();
+
+/** Runs a decorator body; if it throws, the class is marked failed (no follow-up error). */
+function guarded<R>(ctor: RuntimeType, body: () => R): R {
+  try {
+    return body();
+  } catch (error) {
+    failedDefinitions.add(ctor);
+    throw error;
+  }
+}
 
 function expectClassDecorator(ctor: RuntimeType, what: string): void {
   if (awaitingClassDecorator.has(ctor)) return;
@@ -65,7 +77,7 @@ function expectClassDecorator(ctor: RuntimeType, what: string): void {
   // definition; by the next microtask a @replicated class has been marked.
   queueMicrotask(() => {
     awaitingClassDecorator.delete(ctor);
-    if (!isReplicated(ctor)) {
+    if (!isReplicated(ctor) && !failedDefinitions.has(ctor)) {
       const name = ctor.name || '(anonymous class)';
       throw new DecoratorUsageError(
         `${name} has ${what} members but no @replicated decorator, so no replica will ever run ` +
@@ -202,7 +214,8 @@ function checkSerializable(label: string, index: number, type: RuntimeType): voi
 
 function methodDecorator(kind: MethodKind, options: MethodOptions): MethodDecorator {
   const decorator = kind === 'ordered' ? '@ordered' : '@p2p';
-  return (target, key, descriptor) => {
+  return (target, key, descriptor) =>
+    guarded(typeof target === 'function' ? target : target.constructor, () => {
     checkReflectMetadata();
     checkMethodTarget(decorator, target, key, descriptor);
     const methodName = key as string;
@@ -236,7 +249,7 @@ function methodDecorator(kind: MethodKind, options: MethodOptions): MethodDecora
     const record: MethodRecord = { kind, methodName, wireName, paramTypes, returnType, declaringClass: ctor };
     addMethodRecord(ctor, record);
     expectClassDecorator(ctor, decorator);
-  };
+  });
 }
 
 /**
@@ -275,7 +288,8 @@ export function persistent(
 ): (target: object, key: string | symbol, descriptor?: PropertyDescriptor) => void {
   // A field decorator gets no descriptor; methods and accessors get one (the typing admits them
   // so that the misuse reaches this check and its message).
-  return (target, key, descriptor) => {
+  return (target, key, descriptor) =>
+    guarded(typeof target === 'function' ? target : target.constructor, () => {
     checkReflectMetadata();
     const label = memberLabel(target, key);
     if (typeof target === 'function') {
@@ -303,7 +317,7 @@ export function persistent(
     }
     addPersistentRecord(ctor, { fieldName: key, name: options.name ?? key, declaringClass: ctor });
     expectClassDecorator(ctor, '@persistent');
-  };
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -423,7 +437,8 @@ function checkReplicatedOptions(ctor: AnyClass, options: ReplicatedOptions): { n
  * freezes the class's ReplicatedClassInfo (see replicatedClassInfo()).
  */
 export function replicated<T extends object>(options: ReplicatedOptions<T> = {}) {
-  return <C extends AnyClass<T>>(ctor: C): void => {
+  return <C extends AnyClass<T>>(ctor: C): void =>
+    guarded(ctor, () => {
     checkReflectMetadata();
     const { name, version } = checkReplicatedOptions(ctor, options as ReplicatedOptions);
     const methods = collectMethods(ctor, name);
@@ -454,5 +469,5 @@ export function replicated<T extends object>(options: ReplicatedOptions<T> = {})
     });
     registerReplicatedName(name, ctor);
     setReplicatedInfo(ctor, info as unknown as ReplicatedClassInfo);
-  };
+  });
 }
