@@ -265,10 +265,11 @@ export function decodeValue(bytes: Uint8Array): unknown {
  * Encodes `value` so that equal states give equal bytes on every replica: plain-object and
  * class-instance fields in sorted key order, Map entries and Set members sorted by the canonical
  * bytes of their key/member. Refuses what it cannot reproduce on another node (functions,
- * symbols, instances of unregistered classes, cycles). For snapshots and digests, not hot paths.
+ * symbols, instances of unregistered classes, cycles), naming the place from `path` on.
+ * For snapshots and digests, not hot paths.
  */
-export function encodeCanonical(value: unknown): Uint8Array {
-  return encodeValue(canonicalize(value, new Set(), '$'));
+export function encodeCanonical(value: unknown, path = '$'): Uint8Array {
+  return encodeValue(canonicalize(value, new Set(), path));
 }
 
 function compareBytes(a: Uint8Array, b: Uint8Array): number {

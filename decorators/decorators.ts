@@ -216,39 +216,39 @@ function methodDecorator(kind: MethodKind, options: MethodOptions): MethodDecora
   const decorator = kind === 'ordered' ? '@ordered' : '@p2p';
   return (target, key, descriptor) =>
     guarded(typeof target === 'function' ? target : target.constructor, () => {
-    checkReflectMetadata();
-    checkMethodTarget(decorator, target, key, descriptor);
-    const methodName = key as string;
-    const ctor = target.constructor as AnyClass;
-    const label = memberLabel(target, key);
-    const previous = ownMethodRecords(ctor).find((r) => r.methodName === methodName);
-    if (previous !== undefined) {
-      const both = previous.kind === kind ? `${decorator} twice` : '@ordered and @p2p';
-      throw new DecoratorUsageError(
-        `${label} has ${both}; a method is either ordered (may change state, delivered in ` +
-          `order everywhere) or p2p (read-only, served by one member). ` +
-          `Fix: keep ${previous.kind === kind ? 'one' : '@ordered if it writes state, else @p2p'}.`,
-      );
-    }
-    const wireName = options.name ?? methodName;
-    if (typeof wireName !== 'string' || wireName.length === 0) {
-      throw new DecoratorUsageError(
-        `${label}: ${decorator}({ name }) must be a non-empty string. Fix: pass a name or omit it.`,
-      );
-    }
-    const reflected = Reflect.getMetadata(DesignKey.paramTypes, target, key) as unknown[] | undefined;
-    const method = (descriptor as PropertyDescriptor).value as (...args: unknown[]) => unknown;
-    const paramTypes = resolveParamTypes(decorator, label, method, reflected, options);
-    let returnType = options.returns ??
-      (Reflect.getMetadata(DesignKey.returnType, target, key) as RuntimeType | undefined);
-    if (returnType !== undefined && !isBuiltinType(returnType) && nonSerializableReason(returnType) === undefined &&
-        returnType !== Promise && returnType !== Function && !isSerializableClass(returnType)) {
-      registerSerializable(returnType as AnyClass);
-    }
-    if (returnType === Object) returnType = undefined;
-    const record: MethodRecord = { kind, methodName, wireName, paramTypes, returnType, declaringClass: ctor };
-    addMethodRecord(ctor, record);
-    expectClassDecorator(ctor, decorator);
+      checkReflectMetadata();
+      checkMethodTarget(decorator, target, key, descriptor);
+      const methodName = key as string;
+      const ctor = target.constructor as AnyClass;
+      const label = memberLabel(target, key);
+      const previous = ownMethodRecords(ctor).find((r) => r.methodName === methodName);
+      if (previous !== undefined) {
+        const both = previous.kind === kind ? `${decorator} twice` : '@ordered and @p2p';
+        throw new DecoratorUsageError(
+          `${label} has ${both}; a method is either ordered (may change state, delivered in ` +
+            `order everywhere) or p2p (read-only, served by one member). ` +
+            `Fix: keep ${previous.kind === kind ? 'one' : '@ordered if it writes state, else @p2p'}.`,
+        );
+      }
+      const wireName = options.name ?? methodName;
+      if (typeof wireName !== 'string' || wireName.length === 0) {
+        throw new DecoratorUsageError(
+          `${label}: ${decorator}({ name }) must be a non-empty string. Fix: pass a name or omit it.`,
+        );
+      }
+      const reflected = Reflect.getMetadata(DesignKey.paramTypes, target, key) as unknown[] | undefined;
+      const method = (descriptor as PropertyDescriptor).value as (...args: unknown[]) => unknown;
+      const paramTypes = resolveParamTypes(decorator, label, method, reflected, options);
+      let returnType = options.returns ??
+        (Reflect.getMetadata(DesignKey.returnType, target, key) as RuntimeType | undefined);
+      if (returnType !== undefined && !isBuiltinType(returnType) && nonSerializableReason(returnType) === undefined &&
+          returnType !== Promise && returnType !== Function && !isSerializableClass(returnType)) {
+        registerSerializable(returnType as AnyClass);
+      }
+      if (returnType === Object) returnType = undefined;
+      const record: MethodRecord = { kind, methodName, wireName, paramTypes, returnType, declaringClass: ctor };
+      addMethodRecord(ctor, record);
+      expectClassDecorator(ctor, decorator);
   });
 }
 
@@ -290,33 +290,33 @@ export function persistent(
   // so that the misuse reaches this check and its message).
   return (target, key, descriptor) =>
     guarded(typeof target === 'function' ? target : target.constructor, () => {
-    checkReflectMetadata();
-    const label = memberLabel(target, key);
-    if (typeof target === 'function') {
-      throw new DecoratorUsageError(
-        `@persistent on static field ${label}: persistent state belongs to each replica. ` +
-          `Fix: remove "static" from ${String(key)}.`,
-      );
-    }
-    if (typeof key === 'symbol') {
-      throw new DecoratorUsageError(
-        `@persistent on ${label}: a symbol-keyed field has no stable name for the version log. ` +
-          `Fix: give the field a string name.`,
-      );
-    }
-    if (descriptor !== undefined) {
-      throw new DecoratorUsageError(
-        `@persistent on ${label}, which is a method or accessor: @persistent marks a field that ` +
-          `holds a Persistent<T> or Volatile<T>. ` +
-          `Fix: declare a field: ${key} = new Persistent<T>(...).`,
-      );
-    }
-    const ctor = target.constructor as AnyClass;
-    if (ownPersistentRecords(ctor).some((r) => r.fieldName === key)) {
-      throw new DecoratorUsageError(`${label} has @persistent twice. Fix: keep one.`);
-    }
-    addPersistentRecord(ctor, { fieldName: key, name: options.name ?? key, declaringClass: ctor });
-    expectClassDecorator(ctor, '@persistent');
+      checkReflectMetadata();
+      const label = memberLabel(target, key);
+      if (typeof target === 'function') {
+        throw new DecoratorUsageError(
+          `@persistent on static field ${label}: persistent state belongs to each replica. ` +
+            `Fix: remove "static" from ${String(key)}.`,
+        );
+      }
+      if (typeof key === 'symbol') {
+        throw new DecoratorUsageError(
+          `@persistent on ${label}: a symbol-keyed field has no stable name for the version log. ` +
+            `Fix: give the field a string name.`,
+        );
+      }
+      if (descriptor !== undefined) {
+        throw new DecoratorUsageError(
+          `@persistent on ${label}, which is a method or accessor: @persistent marks a field that ` +
+            `holds a Persistent<T> or Volatile<T>. ` +
+            `Fix: declare a field: ${key} = new Persistent<T>(...).`,
+        );
+      }
+      const ctor = target.constructor as AnyClass;
+      if (ownPersistentRecords(ctor).some((r) => r.fieldName === key)) {
+        throw new DecoratorUsageError(`${label} has @persistent twice. Fix: keep one.`);
+      }
+      addPersistentRecord(ctor, { fieldName: key, name: options.name ?? key, declaringClass: ctor });
+      expectClassDecorator(ctor, '@persistent');
   });
 }
 
@@ -439,35 +439,35 @@ function checkReplicatedOptions(ctor: AnyClass, options: ReplicatedOptions): { n
 export function replicated<T extends object>(options: ReplicatedOptions<T> = {}) {
   return <C extends AnyClass<T>>(ctor: C): void =>
     guarded(ctor, () => {
-    checkReflectMetadata();
-    const { name, version } = checkReplicatedOptions(ctor, options as ReplicatedOptions);
-    const methods = collectMethods(ctor, name);
-    const persistentFields = collectPersistentFields(ctor, name);
-    checkSetSemantics(ctor, persistentFields.map((f) => f.fieldName));
-    const transient = new Set(options.transient ?? []);
-    for (const f of persistentFields) {
-      if (transient.has(f.fieldName)) {
-        throw new DecoratorUsageError(
-          `${name}.${f.fieldName} is both @persistent and transient. Fix: drop one of them.`,
-        );
+      checkReflectMetadata();
+      const { name, version } = checkReplicatedOptions(ctor, options as ReplicatedOptions);
+      const methods = collectMethods(ctor, name);
+      const persistentFields = collectPersistentFields(ctor, name);
+      checkSetSemantics(ctor, persistentFields.map((f) => f.fieldName));
+      const transient = new Set(options.transient ?? []);
+      for (const f of persistentFields) {
+        if (transient.has(f.fieldName)) {
+          throw new DecoratorUsageError(
+            `${name}.${f.fieldName} is both @persistent and transient. Fix: drop one of them.`,
+          );
+        }
       }
-    }
-    const factory = options.factory;
-    const info: ReplicatedClassInfo<T> = Object.freeze({
-      ctor: ctor as AnyClass<T>,
-      name,
-      version,
-      methods: Object.freeze(methods),
-      ordered: new Map(methods.filter((m) => m.kind === 'ordered').map((m) => [m.wireName, m])),
-      p2p: new Map(methods.filter((m) => m.kind === 'p2p').map((m) => [m.wireName, m])),
-      persistentFields: Object.freeze(persistentFields),
-      transientFields: transient,
-      create(context?: unknown): T {
-        if (factory !== undefined) return factory(context);
-        return new (ctor as unknown as new () => T)();
-      },
-    });
-    registerReplicatedName(name, ctor);
-    setReplicatedInfo(ctor, info as unknown as ReplicatedClassInfo);
+      const factory = options.factory;
+      const info: ReplicatedClassInfo<T> = Object.freeze({
+        ctor: ctor as AnyClass<T>,
+        name,
+        version,
+        methods: Object.freeze(methods),
+        ordered: new Map(methods.filter((m) => m.kind === 'ordered').map((m) => [m.wireName, m])),
+        p2p: new Map(methods.filter((m) => m.kind === 'p2p').map((m) => [m.wireName, m])),
+        persistentFields: Object.freeze(persistentFields),
+        transientFields: transient,
+        create(context?: unknown): T {
+          if (factory !== undefined) return factory(context);
+          return new (ctor as unknown as new () => T)();
+        },
+      });
+      registerReplicatedName(name, ctor);
+      setReplicatedInfo(ctor, info as unknown as ReplicatedClassInfo);
   });
 }

@@ -57,7 +57,8 @@ export function fieldSnapshots(target: object): Map<string, Uint8Array> {
     out.set(`persistent:${field.name}`, hooks[i]!.snapshotCurrent());
   });
   for (const name of plainFieldNames(info, target)) {
-    out.set(`plain:${name}`, encodeCanonical((target as Record<string, unknown>)[name]));
+    const value = (target as Record<string, unknown>)[name];
+    out.set(`plain:${name}`, encodeCanonical(value, `${info.name}.${name}`));
   }
   return out;
 }
