@@ -12,8 +12,11 @@
  * settles for an async method); a difference fails the call with P2PWriteError. In 'strict'
  * mode it also compares canonical bytes of every plain field before and after (O(state) per
  * call: for tests and debugging), and on a violation restores the state it saw before the call.
- * Writes made by an async p2p method after it resolves, or interleaved calls running while it
- * awaits, are outside what it can attribute.
+ * For an async p2p method the part before its first await is checked at once; the rest is
+ * checked when it settles unless an ordered call through this dispatcher started, ran or settled
+ * meanwhile (then the writes cannot be attributed, and that part goes unchecked rather than
+ * failing a correct call). A write made by other code (not through this dispatcher) while it
+ * awaits is attributed to it.
  */
 import { SquallError } from '../src/core/errors.js';
 import { DispatchError, P2PWriteError, SerializationError } from './errors.js';
@@ -38,6 +41,10 @@ export interface DispatcherOptions {
 export type DispatchResult = Uint8Array | Promise<Uint8Array>;
 
 interface WriteWatch {
+  /** Dispatcher.orderedActivity when the p2p call started. */
+  activity: number;
+  /** No ordered call was in flight when the p2p call started. */
+  quiet: boolean;
   /** The persistent field values before the call (a reassigned field is a write). */
   values: unknown[];
   counts: number[];
@@ -53,6 +60,8 @@ export class Dispatcher<T extends object> {
   readonly info: ReplicatedClassInfo<T>;
   readonly target: T;
   private readonly strict: boolean;
+  private orderedActivity = 0;
+  private orderedInFlight = 0;
 
   constructor(target: T, options: DispatcherOptions = {}) {
     this.target = target;
@@ -70,7 +79,7 @@ export class Dispatcher<T extends object> {
     } catch (error) {
       return encodeFrameworkError(asFrameworkError(error));
     }
-    if (kind === 'ordered') return this.invoke(method, args, undefined);
+    if (kind === 'ordered') return this.trackOrdered(this.invoke(method, args, undefined));
     let watch: WriteWatch;
     try {
       watch = this.watchWrites();
@@ -78,6 +87,17 @@ export class Dispatcher<T extends object> {
       return encodeFrameworkError(asFrameworkError(error));
     }
     return this.invoke(method, args, watch);
+  }
+
+  /** Counts ordered calls starting and settling, so p2p checks know what ran meanwhile. */
+  private trackOrdered(result: DispatchResult): DispatchResult {
+    this.orderedActivity++;
+    if (!(result instanceof Promise)) return result;
+    this.orderedInFlight++;
+    return result.finally(() => {
+      this.orderedInFlight--;
+      this.orderedActivity++;
+    });
   }
 
   private unknownMethod(kind: MethodKind, wireName: string): DispatchError {
@@ -109,9 +129,16 @@ export class Dispatcher<T extends object> {
       return this.finish(method, watch, false, error);
     }
     if (isPromiseLike(result)) {
+      // The part before the first await ran alone: check it now. After that, ordered calls may
+      // run while this one awaits; its writes can be told apart only if none did.
+      const early = watch === undefined ? undefined : this.checkWrites(method, watch);
+      if (early !== undefined) {
+        const refuse = (): Uint8Array => encodeFrameworkError(early);
+        return Promise.resolve(result).then(refuse, refuse);
+      }
       return Promise.resolve(result).then(
-        (value) => this.finish(method, watch, true, value),
-        (error: unknown) => this.finish(method, watch, false, error),
+        (value) => this.finish(method, this.attributable(watch), true, value),
+        (error: unknown) => this.finish(method, this.attributable(watch), false, error),
       );
     }
     return this.finish(method, watch, true, result);
@@ -135,10 +162,18 @@ export class Dispatcher<T extends object> {
     }
   }
 
+  /** The watch if no ordered call ran or was running since it started, else undefined. */
+  private attributable(watch: WriteWatch | undefined): WriteWatch | undefined {
+    if (watch === undefined || !watch.quiet || watch.activity !== this.orderedActivity) return undefined;
+    return watch;
+  }
+
   private watchWrites(): WriteWatch {
     const hooks = persistentHooks(this.info, this.target);
     const record = this.target as Record<string, unknown>;
     const watch: WriteWatch = {
+      activity: this.orderedActivity,
+      quiet: this.orderedInFlight === 0,
       values: this.info.persistentFields.map((f) => record[f.fieldName]),
       counts: hooks.map((h) => h.writeCount),
     };

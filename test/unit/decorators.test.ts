@@ -62,6 +62,8 @@ class AppError extends Error {
   }
 }
 
+const gates = new Map<string, Promise<void>>();
+
 @replicated({ version: 3 })
 class Store {
   @persistent() entries = new FakePersistent(new Map<string, string>());
@@ -103,6 +105,14 @@ class Store {
     await Promise.resolve();
     this.hits.set(this.hits.value + 1);
   }
+  @p2p() async sneakyWriteFirst(): Promise<void> {
+    this.hits.set(this.hits.value + 1);
+    await Promise.resolve();
+  }
+  @p2p() async readAfter(gate: string): Promise<number> {
+    await gates.get(gate);
+    return this.hits.value;
+  }
   @p2p() touchNote(note: string): void {
     this.note = note;
   }
@@ -126,7 +136,10 @@ test('the metadata storage answers every runtime query about a class', (t) => {
   t.is(info.version, 3);
   t.is(replicatedClassByName('Store'), Store);
   t.deepEqual([...info.ordered.keys()], ['fail', 'failLater', 'put', 'put-key', 'putLater']);
-  t.deepEqual([...info.p2p.keys()], ['get', 'getLater', 'lookup', 'sneakyWrite', 'sneakyWriteLater', 'touchNote']);
+  t.deepEqual([...info.p2p.keys()], [
+    'get', 'getLater', 'lookup', 'readAfter', 'sneakyWrite', 'sneakyWriteFirst', 'sneakyWriteLater',
+    'touchNote',
+  ]);
   const putKey = info.ordered.get('put-key')!;
   t.is(putKey.methodName, 'putKey');
   t.is(putKey.kind, 'ordered');
@@ -289,6 +302,10 @@ test('a p2p method that writes a persistent field fails, sync or after an await'
     instanceOf: P2PWriteError,
     message: /^Store\.sneakyWriteLater is @p2p \(read-only\) but wrote hits while/,
   });
+  await t.throwsAsync(async () => decodeReply(await call(d, 'p2p', 'sneakyWriteFirst', [])), {
+    instanceOf: P2PWriteError,
+    message: /^Store\.sneakyWriteFirst is @p2p \(read-only\) but wrote hits while/,
+  });
   // Reads do not trip it, and reassigning a persistent field counts as a write.
   t.is(decodeReply(await call(d, 'p2p', 'getLater', ['k'])), 'x');
   @replicated()
@@ -300,6 +317,19 @@ test('a p2p method that writes a persistent field fails, sync or after an await'
   }
   t.throws(() => decodeReply(new Dispatcher(new Swapper()).dispatch('p2p', 'swap', encodeArguments(
     replicatedClassInfo(Swapper).p2p.get('swap')!, [])) as Uint8Array), { instanceOf: P2PWriteError });
+});
+
+test('an ordered call running while an async p2p read awaits is not blamed on the read', async (t) => {
+  const d = new Dispatcher(new Store());
+  let open!: () => void;
+  gates.set('g1', new Promise<void>((resolve) => (open = resolve)));
+  const read = call(d, 'p2p', 'readAfter', ['g1']);
+  t.true(decodeReply(call(d, 'ordered', 'put', ['k', 'v']) as Uint8Array));
+  open();
+  t.is(decodeReply(await read), 0);
+  // With no ordered call in between, the same read is checked and passes.
+  gates.set('g2', Promise.resolve());
+  t.is(decodeReply(await call(d, 'p2p', 'readAfter', ['g2'])), 0);
 });
 
 test('plain-field writes in p2p calls are caught and rolled back in strict mode only', (t) => {
