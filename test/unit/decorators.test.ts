@@ -157,6 +157,29 @@ test('the metadata storage answers every runtime query about a class', (t) => {
   t.true(Object.isFrozen(info));
 });
 
+test('common parameter types reflect to checkable runtime types', (t) => {
+  enum Color {
+    Red,
+  }
+  @replicated()
+  class Typed {
+    @ordered() all(
+      a: bigint, b: string, c: number[], d: Map<string, number>, e: Set<string>,
+      f: Date, g: Uint8Array, h: Float64Array, i: boolean, j: Color, k?: string,
+    ): void {
+      void [a, b, c, d, e, f, g, h, i, j, k];
+    }
+  }
+  const method = replicatedClassInfo(Typed).ordered.get('all')!;
+  t.deepEqual(method.paramTypes, [
+    BigInt, String, Array, Map, Set, Date, Uint8Array, Float64Array, Boolean, Number, String,
+  ]);
+  const d = new Dispatcher(new Typed());
+  const args = [1n, 'b', [1], new Map([['a', 1]]), new Set(['s']), new Date(0),
+    new Uint8Array(1), new Float64Array(1), true, Color.Red];
+  t.is(decodeReply(d.dispatch('ordered', 'all', encodeArguments(method, args)) as Uint8Array), undefined);
+});
+
 test('a factory builds replicas with the runtime context', (t) => {
   @replicated({ factory: (context) => new Built(String(context)) })
   class Built {
