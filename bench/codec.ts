@@ -81,13 +81,19 @@ export async function run(args: string[]): Promise<void> {
   const service = new BenchService();
   const raw = new Packr({ useRecords: false });
   const cases: Case[] = [
-    { name: 'small-call-16B-key-64B-value', args: ['k'.repeat(16), Buffer.alloc(64, 7)], method: info.ordered.get('put')! },
+    {
+      name: 'small-call-16B-key-64B-value',
+      args: ['k'.repeat(16), Buffer.alloc(64, 7)],
+      method: info.ordered.get('put')!,
+    },
     { name: 'nested-class-instance', args: [new BenchOrder()], method: info.ordered.get('place')! },
     { name: 'buffer-1MiB', args: [Buffer.alloc(1 << 20, 1)], method: info.ordered.get('upload')! },
   ];
   for (const c of cases) {
     const wire = c.method.wireName;
-    const fn = (service as unknown as Record<string, (...a: unknown[]) => unknown>)[c.method.methodName]!;
+    const fn = (service as unknown as Record<string, (...a: unknown[]) => unknown>)[
+      c.method.methodName
+    ]!;
     const callPath = (): void => {
       const reply = dispatcher.dispatch('ordered', wire, encodeArguments(c.method, c.args));
       decodeReply(reply as Uint8Array);
@@ -123,7 +129,9 @@ export async function run(args: string[]): Promise<void> {
       rounds,
       secondsPerRound,
       loadavg1: Number(loadavg()[0]!.toFixed(2)),
-      note: nested ? 'msgpackr baseline loses the classes; class-transformer one keeps them' : undefined,
+      note: nested
+        ? 'msgpackr baseline loses the classes; class-transformer one keeps them'
+        : undefined,
     });
   }
 }

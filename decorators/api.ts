@@ -42,12 +42,18 @@ export type P2PMethodName<C> = C extends { readonly [P2P_METHODS]: infer K }
   ? Extract<K, MethodNames<C>>
   : MethodNames<C>;
 
-export type MethodParams<C, K extends keyof C> = C[K] extends (...args: infer A) => unknown ? A : never;
-export type MethodResult<C, K extends keyof C> = C[K] extends (...args: never[]) => infer R ? Awaited<R> : never;
+export type MethodParams<C, K extends keyof C> = C[K] extends (...args: infer A) => unknown
+  ? A
+  : never;
+export type MethodResult<C, K extends keyof C> = C[K] extends (...args: never[]) => infer R
+  ? Awaited<R>
+  : never;
 
 /** Ordered calls on C: each returns a promise of the method's (awaited) result. */
 export type OrderedApi<C> = {
-  readonly [K in OrderedMethodName<C>]: (...args: MethodParams<C, K>) => Promise<MethodResult<C, K>>;
+  readonly [K in OrderedMethodName<C>]: (
+    ...args: MethodParams<C, K>
+  ) => Promise<MethodResult<C, K>>;
 };
 
 /** Point-to-point calls on C: each returns a promise of the method's (awaited) result. */
@@ -56,7 +62,9 @@ export type P2PApi<C> = {
 };
 
 /** The method names a decorator may be applied to on class instance type T. */
-export type DecoratableMethod<T, Marker extends symbol> = T extends { readonly [M in Marker]: infer K }
+export type DecoratableMethod<T, Marker extends symbol> = T extends {
+  readonly [M in Marker]: infer K;
+}
   ? K
   : string | symbol;
 

@@ -60,9 +60,31 @@ const pendingDiscovery = new Set<AnyClass>();
 
 /** Types the codec carries natively: never registered, never tagged. */
 const BUILTIN_TYPES: ReadonlySet<RuntimeType> = new Set<RuntimeType>([
-  String, Number, Boolean, BigInt, Object, Array, Date, Map, Set, Buffer, ArrayBuffer, DataView,
-  RegExp, Error, Uint8Array, Int8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array,
-  Uint32Array, Float32Array, Float64Array, BigInt64Array, BigUint64Array,
+  String,
+  Number,
+  Boolean,
+  BigInt,
+  Object,
+  Array,
+  Date,
+  Map,
+  Set,
+  Buffer,
+  ArrayBuffer,
+  DataView,
+  RegExp,
+  Error,
+  Uint8Array,
+  Int8Array,
+  Uint8ClampedArray,
+  Int16Array,
+  Uint16Array,
+  Int32Array,
+  Uint32Array,
+  Float32Array,
+  Float64Array,
+  BigInt64Array,
+  BigUint64Array,
 ]);
 
 /** Types no codec can carry between processes. */
@@ -96,7 +118,7 @@ const ctStorage = defaultMetadataStorage as unknown as ClassTransformerStorage;
 
 function ancestry(ctor: RuntimeType): RuntimeType[] {
   const chain: RuntimeType[] = [];
-  for (let c: unknown = ctor; typeof c === 'function' && c !== Function.prototype; ) {
+  for (let c: unknown = ctor; typeof c === 'function' && c !== Function.prototype;) {
     chain.push(c as RuntimeType);
     c = Object.getPrototypeOf(c);
   }
@@ -126,7 +148,11 @@ function discoverNested(ctor: AnyClass): void {
         continue;
       }
       if (nested === undefined) {
-        nested = Reflect.getMetadata(DesignKey.type, (c as { prototype: object }).prototype, property);
+        nested = Reflect.getMetadata(
+          DesignKey.type,
+          (c as { prototype: object }).prototype,
+          property,
+        );
       }
       if (typeof nested === 'function' && !isBuiltinType(nested) && !recordsByCtor.has(nested)) {
         registerSerializable(nested as AnyClass);
@@ -182,7 +208,11 @@ export function registerSerializable(ctor: AnyClass, options: SerializableOption
         `Fix: give one a stable name: @serializable({ name: 'Other${name}' }).`,
     );
   }
-  const record: SerializableRecord = { name, ctor, viaClassTransformer: usesClassTransformer(ctor) };
+  const record: SerializableRecord = {
+    name,
+    ctor,
+    viaClassTransformer: usesClassTransformer(ctor),
+  };
   recordsByName.set(name, record);
   recordsByCtor.set(ctor, record);
   Reflect.defineMetadata(MetadataKey.serializable, record, ctor);
@@ -285,7 +315,12 @@ function sortedCanonical(items: unknown[], seen: Set<object>, path: string): unk
   return keyed.map((k) => k.canonical);
 }
 
-function canonicalFields(source: object, target: Record<string, unknown>, seen: Set<object>, path: string): void {
+function canonicalFields(
+  source: object,
+  target: Record<string, unknown>,
+  seen: Set<object>,
+  path: string,
+): void {
   for (const key of Object.keys(source).sort()) {
     target[key] = canonicalize((source as Record<string, unknown>)[key], seen, `${path}.${key}`);
   }
@@ -305,11 +340,14 @@ function canonicalize(value: unknown, seen: Set<object>, path: string): unknown 
       return value;
   }
   if (value === null) return null;
-  if (ArrayBuffer.isView(value) || value instanceof Date || value instanceof ArrayBuffer) return value;
+  if (ArrayBuffer.isView(value) || value instanceof Date || value instanceof ArrayBuffer)
+    return value;
   if (value instanceof RegExp || value instanceof Error) return value;
   if (seen.has(value)) {
-    throw new SerializationError(`${path} refers back to an enclosing value (a cycle). ` +
-      `Fix: break the cycle, e.g. store ids instead of references.`);
+    throw new SerializationError(
+      `${path} refers back to an enclosing value (a cycle). ` +
+        `Fix: break the cycle, e.g. store ids instead of references.`,
+    );
   }
   seen.add(value);
   try {
@@ -334,7 +372,9 @@ function canonicalize(value: unknown, seen: Set<object>, path: string): unknown 
       );
     }
     if (NON_SERIALIZABLE_TYPES.has((value as object).constructor)) {
-      throw new SerializationError(`${path} is a ${(value as object).constructor.name}, which cannot be copied.`);
+      throw new SerializationError(
+        `${path} is a ${(value as object).constructor.name}, which cannot be copied.`,
+      );
     }
     const out = Object.create(proto) as Record<string, unknown>;
     canonicalFields(value, out, seen, path);
@@ -403,7 +443,11 @@ export function encodeArguments(method: MethodInfo, args: readonly unknown[]): U
  * Decodes and checks a call's arguments (the dispatcher side). Throws DispatchError if they are
  * not an array, are too many, or one has the wrong runtime type.
  */
-export function decodeArguments(method: MethodInfo, bytes: Uint8Array, className: string): unknown[] {
+export function decodeArguments(
+  method: MethodInfo,
+  bytes: Uint8Array,
+  className: string,
+): unknown[] {
   const args = decodeValue(bytes);
   const plan = method.plan;
   if (!Array.isArray(args) || args.length > plan.paramCount) {

@@ -132,12 +132,16 @@ function paramTypeProblem(type: unknown): string | undefined {
     return 'has no runtime type (reflection gave undefined: void, null or undefined type)';
   }
   if (type === Object) {
-    return 'has no runtime type (design:paramtypes gave Object). This happens when the type is ' +
-      'an interface, a union, a type alias of an object type, any or unknown';
+    return (
+      'has no runtime type (design:paramtypes gave Object). This happens when the type is ' +
+      'an interface, a union, a type alias of an object type, any or unknown'
+    );
   }
   if (type === Function) {
-    return 'has no runtime type (design:paramtypes gave Function). This happens when the type is ' +
-      'imported with "import type" or is a function type';
+    return (
+      'has no runtime type (design:paramtypes gave Function). This happens when the type is ' +
+      'imported with "import type" or is a function type'
+    );
   }
   if (typeof type !== 'function') return `has no runtime type (reflection gave ${String(type)})`;
   return undefined;
@@ -183,7 +187,9 @@ function resolveParamTypes(
   reflected.forEach((type, index) => {
     const problem = paramTypeProblem(type);
     if (problem !== undefined) {
-      const example = reflected.map((t, i) => (i === index || paramTypeProblem(t) ? 'Type' : (t as RuntimeType).name));
+      const example = reflected.map((t, i) =>
+        i === index || paramTypeProblem(t) ? 'Type' : (t as RuntimeType).name,
+      );
       throw new DecoratorUsageError(
         `${label} parameter ${index} ${problem}. Fix: import the class as a value, or ` +
           `declare it: ${decorator}({ params: [${example.join(', ')}] }) (Object accepts any ` +
@@ -223,33 +229,50 @@ function methodDecorator(kind: MethodKind, options: MethodOptions): MethodDecora
       const label = memberLabel(target, key);
       const previous = ownMethodRecords(ctor).find((r) => r.methodName === methodName);
       if (previous !== undefined) {
+        const keepAdvice = '@ordered if it writes state, else @p2p';
         const both = previous.kind === kind ? `${decorator} twice` : '@ordered and @p2p';
         throw new DecoratorUsageError(
           `${label} has ${both}; a method is either ordered (may change state, delivered in ` +
             `order everywhere) or p2p (read-only, served by one member). ` +
-            `Fix: keep ${previous.kind === kind ? 'one' : '@ordered if it writes state, else @p2p'}.`,
+            `Fix: keep ${previous.kind === kind ? 'one' : keepAdvice}.`,
         );
       }
       const wireName = options.name ?? methodName;
       if (typeof wireName !== 'string' || wireName.length === 0) {
         throw new DecoratorUsageError(
-          `${label}: ${decorator}({ name }) must be a non-empty string. Fix: pass a name or omit it.`,
+          `${label}: ${decorator}({ name }) must be a non-empty string. ` +
+            `Fix: pass a name or omit it.`,
         );
       }
-      const reflected = Reflect.getMetadata(DesignKey.paramTypes, target, key) as unknown[] | undefined;
+      const reflected = Reflect.getMetadata(DesignKey.paramTypes, target, key) as
+        unknown[] | undefined;
       const method = (descriptor as PropertyDescriptor).value as (...args: unknown[]) => unknown;
       const paramTypes = resolveParamTypes(decorator, label, method, reflected, options);
-      let returnType = options.returns ??
+      let returnType =
+        options.returns ??
         (Reflect.getMetadata(DesignKey.returnType, target, key) as RuntimeType | undefined);
-      if (returnType !== undefined && !isBuiltinType(returnType) && nonSerializableReason(returnType) === undefined &&
-          returnType !== Promise && returnType !== Function && !isSerializableClass(returnType)) {
+      if (
+        returnType !== undefined &&
+        !isBuiltinType(returnType) &&
+        nonSerializableReason(returnType) === undefined &&
+        returnType !== Promise &&
+        returnType !== Function &&
+        !isSerializableClass(returnType)
+      ) {
         registerSerializable(returnType as AnyClass);
       }
       if (returnType === Object) returnType = undefined;
-      const record: MethodRecord = { kind, methodName, wireName, paramTypes, returnType, declaringClass: ctor };
+      const record: MethodRecord = {
+        kind,
+        methodName,
+        wireName,
+        paramTypes,
+        returnType,
+        declaringClass: ctor,
+      };
       addMethodRecord(ctor, record);
       expectClassDecorator(ctor, decorator);
-  });
+    });
 }
 
 /**
@@ -306,7 +329,8 @@ export function persistent(
       }
       if (descriptor !== undefined) {
         throw new DecoratorUsageError(
-          `@persistent on ${label}, which is a method or accessor: @persistent marks a field that ` +
+          `@persistent on ${label}, which is a method or accessor: ` +
+            `@persistent marks a field that ` +
             `holds a Persistent<T> or Volatile<T>. ` +
             `Fix: declare a field: ${key} = new Persistent<T>(...).`,
         );
@@ -315,9 +339,13 @@ export function persistent(
       if (ownPersistentRecords(ctor).some((r) => r.fieldName === key)) {
         throw new DecoratorUsageError(`${label} has @persistent twice. Fix: keep one.`);
       }
-      addPersistentRecord(ctor, { fieldName: key, name: options.name ?? key, declaringClass: ctor });
+      addPersistentRecord(ctor, {
+        fieldName: key,
+        name: options.name ?? key,
+        declaringClass: ctor,
+      });
       expectClassDecorator(ctor, '@persistent');
-  });
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -330,7 +358,10 @@ export function persistent(
 export function definesClassField(ctor: RuntimeType, field: string): boolean {
   const source = Function.prototype.toString.call(ctor);
   const escaped = field.replace(/[$]/g, '\\$');
-  const classField = new RegExp(`(^|[;{}\\n])\\s*(?:readonly\\s+)?["']?${escaped}["']?\\s*[=;]`, 'm');
+  const classField = new RegExp(
+    `(^|[;{}\\n])\\s*(?:readonly\\s+)?["']?${escaped}["']?\\s*[=;]`,
+    'm',
+  );
   const bodyStart = source.indexOf('{');
   const defineProperty = new RegExp(`Object\\.defineProperty\\(this,\\s*["']${escaped}["']`);
   return classField.test(source.slice(bodyStart + 1)) || defineProperty.test(source);
@@ -352,7 +383,7 @@ function checkSetSemantics(ctor: AnyClass, fields: readonly string[]): void {
 function collectMethods(ctor: AnyClass, className: string): MethodInfo[] {
   const byMethod = new Map<string, MethodRecord>();
   const chain: RuntimeType[] = [];
-  for (let c: unknown = ctor; typeof c === 'function' && c !== Function.prototype; ) {
+  for (let c: unknown = ctor; typeof c === 'function' && c !== Function.prototype;) {
     chain.unshift(c as RuntimeType);
     c = Object.getPrototypeOf(c);
   }
@@ -383,14 +414,21 @@ function collectMethods(ctor: AnyClass, className: string): MethodInfo[] {
   }
   return [...byMethod.values()]
     .sort((a, b) => (a.wireName < b.wireName ? -1 : a.wireName > b.wireName ? 1 : 0))
-    .map((r) => Object.freeze({ ...r, paramTypes: Object.freeze([...r.paramTypes]), plan: makeCallPlan(r.paramTypes) }));
+    .map((r) =>
+      Object.freeze({
+        ...r,
+        paramTypes: Object.freeze([...r.paramTypes]),
+        plan: makeCallPlan(r.paramTypes),
+      }),
+    );
 }
 
 function collectPersistentFields(ctor: AnyClass, className: string): PersistentFieldInfo[] {
   const byField = new Map<string, PersistentFieldInfo>();
-  for (let c: unknown = ctor; typeof c === 'function' && c !== Function.prototype; ) {
+  for (let c: unknown = ctor; typeof c === 'function' && c !== Function.prototype;) {
     for (const record of ownPersistentRecords(c as RuntimeType)) {
-      if (!byField.has(record.fieldName)) byField.set(record.fieldName, Object.freeze({ ...record }));
+      if (!byField.has(record.fieldName))
+        byField.set(record.fieldName, Object.freeze({ ...record }));
     }
     c = Object.getPrototypeOf(c);
   }
@@ -399,7 +437,8 @@ function collectPersistentFields(ctor: AnyClass, className: string): PersistentF
     const other = names.get(f.name);
     if (other !== undefined) {
       throw new DecoratorUsageError(
-        `${className}.${other} and ${className}.${f.fieldName} are both persistent as "${f.name}". ` +
+        `${className}.${other} and ${className}.${f.fieldName} are both persistent as ` +
+          `"${f.name}". ` +
           `Fix: give one its own name: @persistent({ name: '${f.fieldName}' }).`,
       );
     }
@@ -408,7 +447,10 @@ function collectPersistentFields(ctor: AnyClass, className: string): PersistentF
   return [...byField.values()].sort((a, b) => (a.fieldName < b.fieldName ? -1 : 1));
 }
 
-function checkReplicatedOptions(ctor: AnyClass, options: ReplicatedOptions): { name: string; version: number } {
+function checkReplicatedOptions(
+  ctor: AnyClass,
+  options: ReplicatedOptions,
+): { name: string; version: number } {
   const name = options.name ?? ctor.name;
   if (typeof name !== 'string' || name.length === 0) {
     throw new DecoratorUsageError(
@@ -443,7 +485,10 @@ export function replicated<T extends object>(options: ReplicatedOptions<T> = {})
       const { name, version } = checkReplicatedOptions(ctor, options as ReplicatedOptions);
       const methods = collectMethods(ctor, name);
       const persistentFields = collectPersistentFields(ctor, name);
-      checkSetSemantics(ctor, persistentFields.map((f) => f.fieldName));
+      checkSetSemantics(
+        ctor,
+        persistentFields.map((f) => f.fieldName),
+      );
       const transient = new Set(options.transient ?? []);
       for (const f of persistentFields) {
         if (transient.has(f.fieldName)) {
@@ -469,5 +514,5 @@ export function replicated<T extends object>(options: ReplicatedOptions<T> = {})
       });
       registerReplicatedName(name, ctor);
       setReplicatedInfo(ctor, info as unknown as ReplicatedClassInfo);
-  });
+    });
 }

@@ -26,7 +26,12 @@ import {
   encodeFrameworkError,
   encodeResult,
 } from './codec.js';
-import { replicatedClassInfoOf, type MethodInfo, type MethodKind, type ReplicatedClassInfo } from './metadata.js';
+import {
+  replicatedClassInfoOf,
+  type MethodInfo,
+  type MethodKind,
+  type ReplicatedClassInfo,
+} from './metadata.js';
 import { fieldSnapshots, persistentHooks, restoreObject, snapshotObject } from './snapshot.js';
 import { fieldHooksOf } from './field-hooks.js';
 
@@ -53,7 +58,11 @@ interface WriteWatch {
 }
 
 function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
-  return value !== null && typeof value === 'object' && typeof (value as { then?: unknown }).then === 'function';
+  return (
+    value !== null &&
+    typeof value === 'object' &&
+    typeof (value as { then?: unknown }).then === 'function'
+  );
 }
 
 export class Dispatcher<T extends object> {
@@ -120,8 +129,14 @@ export class Dispatcher<T extends object> {
     );
   }
 
-  private invoke(method: MethodInfo, args: unknown[], watch: WriteWatch | undefined): DispatchResult {
-    const fn = (this.target as Record<string, unknown>)[method.methodName] as (...a: unknown[]) => unknown;
+  private invoke(
+    method: MethodInfo,
+    args: unknown[],
+    watch: WriteWatch | undefined,
+  ): DispatchResult {
+    const fn = (this.target as Record<string, unknown>)[method.methodName] as (
+      ...a: unknown[]
+    ) => unknown;
     let result: unknown;
     try {
       result = fn.apply(this.target, args);
@@ -144,7 +159,12 @@ export class Dispatcher<T extends object> {
     return this.finish(method, watch, true, result);
   }
 
-  private finish(method: MethodInfo, watch: WriteWatch | undefined, ok: boolean, value: unknown): Uint8Array {
+  private finish(
+    method: MethodInfo,
+    watch: WriteWatch | undefined,
+    ok: boolean,
+    value: unknown,
+  ): Uint8Array {
     if (watch !== undefined) {
       const violation = this.checkWrites(method, watch);
       if (violation !== undefined) return encodeFrameworkError(violation);
@@ -164,7 +184,8 @@ export class Dispatcher<T extends object> {
 
   /** The watch if no ordered call ran or was running since it started, else undefined. */
   private attributable(watch: WriteWatch | undefined): WriteWatch | undefined {
-    if (watch === undefined || !watch.quiet || watch.activity !== this.orderedActivity) return undefined;
+    if (watch === undefined || !watch.quiet || watch.activity !== this.orderedActivity)
+      return undefined;
     return watch;
   }
 

@@ -54,7 +54,8 @@ export class P2PWriteError extends SquallError {
   readonly fields: readonly string[];
   constructor(className: string, methodName: string, fields: readonly string[]) {
     super(
-      `${className}.${methodName} is @p2p (read-only) but wrote ${fields.join(', ')} while it ran. ` +
+      `${className}.${methodName} is @p2p (read-only) but wrote ${fields.join(', ')} ` +
+        `while it ran. ` +
         `A p2p call is served by one replica, so a write there makes the replicas diverge. ` +
         `Fix: make ${methodName} @ordered, or move the write out of it.`,
       'P2P_WRITE',

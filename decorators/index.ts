@@ -28,8 +28,19 @@ export {
   type CallPlan,
   type SerializableOptions,
 } from './codec.js';
-export { Dispatcher, type DispatcherOptions, type DispatchResult, type P2PWriteCheck } from './dispatcher.js';
-export { fieldSnapshots, objectDigest, restoreObject, snapshotDigest, snapshotObject } from './snapshot.js';
+export {
+  Dispatcher,
+  type DispatcherOptions,
+  type DispatchResult,
+  type P2PWriteCheck,
+} from './dispatcher.js';
+export {
+  fieldSnapshots,
+  objectDigest,
+  restoreObject,
+  snapshotDigest,
+  snapshotObject,
+} from './snapshot.js';
 export {
   buildCallProxy,
   ORDERED_METHODS,

@@ -131,8 +131,7 @@ export function addMethodRecord(ctor: RuntimeType, record: MethodRecord): void {
 export function ownPersistentRecords(ctor: RuntimeType): readonly PersistentFieldRecord[] {
   return (
     (Reflect.getOwnMetadata(MetadataKey.persistentFields, ctor) as
-      | PersistentFieldRecord[]
-      | undefined) ?? []
+      PersistentFieldRecord[] | undefined) ?? []
   );
 }
 
@@ -159,8 +158,7 @@ export function isReplicated(ctor: RuntimeType): boolean {
  */
 export function replicatedClassInfo<T extends object>(ctor: AnyClass<T>): ReplicatedClassInfo<T> {
   const info = Reflect.getOwnMetadata(MetadataKey.replicated, ctor) as
-    | ReplicatedClassInfo<T>
-    | undefined;
+    ReplicatedClassInfo<T> | undefined;
   if (info === undefined) {
     const name = typeof ctor === 'function' ? ctor.name || '(anonymous class)' : String(ctor);
     throw new DecoratorUsageError(

@@ -25,9 +25,10 @@ export function persistentHooks(info: ReplicatedClassInfo, target: object): Fiel
     const value = (target as Record<string, unknown>)[field.fieldName];
     const hooks = fieldHooksOf(value);
     if (hooks === undefined) {
-      const holds = value === null || typeof value !== 'object'
-        ? String(value)
-        : `a ${(value as object).constructor?.name ?? 'object'}`;
+      const holds =
+        value === null || typeof value !== 'object'
+          ? String(value)
+          : `a ${(value as object).constructor?.name ?? 'object'}`;
       throw new DecoratorUsageError(
         `${info.name}.${field.fieldName} is @persistent but holds ${holds}, which has no field ` +
           `hooks. Fix: initialise it with a Persistent<T> or Volatile<T> in the constructor.`,
@@ -84,10 +85,17 @@ export function restoreObject(target: object, snapshot: Uint8Array): void {
   const decoded = decodeValue(snapshot);
   if (!Array.isArray(decoded) || decoded[0] !== SNAPSHOT_MAGIC || decoded[1] !== SNAPSHOT_FORMAT) {
     throw new SerializationError(
-      `not a Squall object snapshot (format ${SNAPSHOT_FORMAT}). Fix: pass bytes from snapshotObject().`,
+      `not a Squall object snapshot (format ${SNAPSHOT_FORMAT}). ` +
+        `Fix: pass bytes from snapshotObject().`,
     );
   }
-  const [, , className, version, entries] = decoded as [string, number, string, number, [number, string, Uint8Array][]];
+  const [, , className, version, entries] = decoded as [
+    string,
+    number,
+    string,
+    number,
+    [number, string, Uint8Array][],
+  ];
   if (className !== info.name || version !== info.version) {
     throw new SerializationError(
       `snapshot of ${className} version ${version} cannot restore ${info.name} version ` +
@@ -102,7 +110,9 @@ export function restoreObject(target: object, snapshot: Uint8Array): void {
     if (kind === KIND_PERSISTENT) {
       const h = byName.get(name);
       if (h === undefined) {
-        throw new SerializationError(`snapshot has persistent field "${name}", unknown to ${info.name}`);
+        throw new SerializationError(
+          `snapshot has persistent field "${name}", unknown to ${info.name}`,
+        );
       }
       h.restoreCurrent(bytes);
       seenPersistent.add(name);
@@ -112,7 +122,9 @@ export function restoreObject(target: object, snapshot: Uint8Array): void {
   }
   for (const field of info.persistentFields) {
     if (!seenPersistent.has(field.name)) {
-      throw new SerializationError(`snapshot lacks persistent field "${field.name}" of ${info.name}`);
+      throw new SerializationError(
+        `snapshot lacks persistent field "${field.name}" of ${info.name}`,
+      );
     }
   }
   const record = target as Record<string, unknown>;

@@ -48,5 +48,5 @@ export async function calls(
   const value: string | undefined = await point.get('k');
   const sum: number = await unmarked.add(1);
   await unmarked.add(1, 'note');
-  void done, removed, value, sum;
+  (void done, removed, value, sum);
 }

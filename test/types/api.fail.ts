@@ -1,7 +1,15 @@
 // Must NOT compile: test/unit/decorators-types.test.ts compiles this file and checks that every
 // line marked "expect-error" has a type error and no other line does. (tsconfig excludes it.)
 import 'reflect-metadata';
-import { ORDERED_METHODS, ordered, P2P_METHODS, p2p, replicated, type OrderedApi, type P2PApi } from '../../decorators/index.js';
+import {
+  ORDERED_METHODS,
+  ordered,
+  P2P_METHODS,
+  p2p,
+  replicated,
+  type OrderedApi,
+  type P2PApi,
+} from '../../decorators/index.js';
 import type { TypedCache, Unmarked } from './api-ok.js';
 
 export async function wrongCalls(
@@ -19,7 +27,7 @@ export async function wrongCalls(
   const n: number = await point.get('k'); // expect-error: the result is string | undefined
   const b: string = await cache.invalidate('k'); // expect-error: the result is boolean
   await unmarked.add('1'); // expect-error: a string amount
-  void n, b;
+  (void n, b);
 }
 
 @replicated()

@@ -96,19 +96,45 @@ test('a nested class instance round-trips with every class and built-in type int
 
 test('top-level built-ins round-trip with their types', (t) => {
   const values: unknown[] = [
-    'text', 42, -1.5, 2 ** 40, -(2 ** 40), true, null, undefined,
-    5n, -(2n ** 63n), 2n ** 64n - 1n, 2n ** 100n, -(2n ** 100n),
-    new Date(1700000000000), new Map<unknown, unknown>([[1, 'a'], ['b', new Set([1n])]]),
-    new Set(['a', 1]), Buffer.from([9, 8]), new Uint8Array([7]), new Int8Array([-1]),
-    new Uint8ClampedArray([255]), new Int16Array([-300]), new Uint16Array([60000]),
-    new Int32Array([-70000]), new Uint32Array([4000000000]), new Float32Array([1.5]),
-    new Float64Array([Math.PI]), new BigInt64Array([-5n]), new BigUint64Array([2n ** 64n - 1n]),
-    { plain: { nested: [1, 'two', { three: 3n }] } }, [new Address('x', 1), [new Map()]],
+    'text',
+    42,
+    -1.5,
+    2 ** 40,
+    -(2 ** 40),
+    true,
+    null,
+    undefined,
+    5n,
+    -(2n ** 63n),
+    2n ** 64n - 1n,
+    2n ** 100n,
+    -(2n ** 100n),
+    new Date(1700000000000),
+    new Map<unknown, unknown>([
+      [1, 'a'],
+      ['b', new Set([1n])],
+    ]),
+    new Set(['a', 1]),
+    Buffer.from([9, 8]),
+    new Uint8Array([7]),
+    new Int8Array([-1]),
+    new Uint8ClampedArray([255]),
+    new Int16Array([-300]),
+    new Uint16Array([60000]),
+    new Int32Array([-70000]),
+    new Uint32Array([4000000000]),
+    new Float32Array([1.5]),
+    new Float64Array([Math.PI]),
+    new BigInt64Array([-5n]),
+    new BigUint64Array([2n ** 64n - 1n]),
+    { plain: { nested: [1, 'two', { three: 3n }] } },
+    [new Address('x', 1), [new Map()]],
   ];
   for (const value of values) {
     const back = roundTrip(value);
     t.deepEqual(back, value);
-    if (value !== null && typeof value === 'object') t.is((back as object).constructor, value.constructor);
+    if (value !== null && typeof value === 'object')
+      t.is((back as object).constructor, value.constructor);
     else t.is(typeof back, typeof value);
   }
   // A plain object stays a plain object, a Map stays a Map.
@@ -146,7 +172,8 @@ test('an unknown class name or an unregistered subclass is refused with the fix'
   class Unregistered extends Address {}
   t.throws(() => encodeValue(new Unregistered()), {
     instanceOf: SerializationError,
-    message: /Unregistered: it extends a serializable class.*Fix: add @serializable\(\) above "class Unregistered"\.$/,
+    message:
+      /Unregistered: it extends a serializable class.*Fix: add @serializable\(\) above "class Unregistered"\.$/,
   });
   // Bytes naming a class this process never registered (another node's class).
   @serializable({ name: 'Elsewhere' })
@@ -177,8 +204,26 @@ test('two classes registered under one name are refused', (t) => {
 });
 
 test('canonical encoding ignores insertion order of keys, Map entries and Set members', (t) => {
-  const a = { m: new Map<unknown, unknown>([['x', 1], [2, 'y'], [3n, { q: 1, p: 2 }]]), s: new Set([3, 1, 2]), z: 1, a: new Address('s', 1) };
-  const b = { a: new Address('s', 1), z: 1, s: new Set([2, 3, 1]), m: new Map<unknown, unknown>([[3n, { p: 2, q: 1 }], [2, 'y'], ['x', 1]]) };
+  const a = {
+    m: new Map<unknown, unknown>([
+      ['x', 1],
+      [2, 'y'],
+      [3n, { q: 1, p: 2 }],
+    ]),
+    s: new Set([3, 1, 2]),
+    z: 1,
+    a: new Address('s', 1),
+  };
+  const b = {
+    a: new Address('s', 1),
+    z: 1,
+    s: new Set([2, 3, 1]),
+    m: new Map<unknown, unknown>([
+      [3n, { p: 2, q: 1 }],
+      [2, 'y'],
+      ['x', 1],
+    ]),
+  };
   const address = new Address();
   address.zip = 1;
   address.street = 's'; // fields assigned in the other order
@@ -194,7 +239,8 @@ test('canonical encoding ignores insertion order of keys, Map entries and Set me
 test('canonical encoding refuses what another node could not rebuild', (t) => {
   class NotRegistered {}
   t.throws(() => encodeCanonical({ f: new NotRegistered() }), {
-    message: /\$\.f holds an instance of NotRegistered.*Fix: add @serializable\(\) above "class NotRegistered"\.$/,
+    message:
+      /\$\.f holds an instance of NotRegistered.*Fix: add @serializable\(\) above "class NotRegistered"\.$/,
   });
   t.throws(() => encodeCanonical({ f: () => 1 }), { message: /\$\.f is a function.*Fix: / });
   const cycle: Record<string, unknown> = {};
@@ -203,7 +249,13 @@ test('canonical encoding refuses what another node could not rebuild', (t) => {
 });
 
 test('the protocol codec round-trips messages and aliases binary fields of its input', (t) => {
-  const message = { type: 'append', term: 3, version: 2n ** 40n + 7n, entries: [Buffer.from('e1')], from: 0 };
+  const message = {
+    type: 'append',
+    term: 3,
+    version: 2n ** 40n + 7n,
+    entries: [Buffer.from('e1')],
+    from: 0,
+  };
   const bytes = encodeMessage(message);
   const back = decodeMessage<typeof message>(bytes);
   t.deepEqual(back, message);

@@ -121,7 +121,8 @@ test('a snapshot of another class or version, or garbage, is refused', (t) => {
   const snapshot = snapshotObject(build('forward'));
   t.throws(() => restoreObject(new Vault(), snapshot), {
     instanceOf: SerializationError,
-    message: 'snapshot of Bank version 2 cannot restore Vault version 1. Fix: transfer state ' +
+    message:
+      'snapshot of Bank version 2 cannot restore Vault version 1. Fix: transfer state ' +
       'between replicas running the same class version.',
   });
   const fields = decodeValue(snapshot) as unknown[];
@@ -141,6 +142,7 @@ test('state a snapshot cannot carry is reported with the field and the fix', (t)
   (bank as unknown as Record<string, unknown>)['callback'] = () => 1;
   t.throws(() => snapshotObject(bank), {
     instanceOf: SerializationError,
-    message: /^Bank\.callback is a function, which cannot be copied to another node\. Fix: keep it out of replicated state \(ReplicatedOptions\.transient\)\.$/,
+    message:
+      /^Bank\.callback is a function, which cannot be copied to another node\. Fix: keep it out of replicated state \(ReplicatedOptions\.transient\)\.$/,
   });
 });

@@ -14,14 +14,20 @@ test('OrderedApi/P2PApi accept right calls and reject wrong ones at compile time
   const okFile = `${root}test/types/api-ok.ts`;
   const failFile = `${root}test/types/api.fail.ts`;
   const ambient = `${root}decorators/class-transformer-storage.d.ts`;
-  const program = ts.createProgram([okFile, failFile, ambient], { ...parsed.options, noEmit: true });
+  const program = ts.createProgram([okFile, failFile, ambient], {
+    ...parsed.options,
+    noEmit: true,
+  });
   const diagnostics = ts.getPreEmitDiagnostics(program);
   const linesWithErrors = (file: string): Map<number, string[]> => {
     const lines = new Map<number, string[]>();
     for (const d of diagnostics) {
       if (d.file?.fileName !== file || d.start === undefined) continue;
       const line = d.file.getLineAndCharacterOfPosition(d.start).line + 1;
-      lines.set(line, [...(lines.get(line) ?? []), ts.flattenDiagnosticMessageText(d.messageText, ' ')]);
+      lines.set(line, [
+        ...(lines.get(line) ?? []),
+        ts.flattenDiagnosticMessageText(d.messageText, ' '),
+      ]);
     }
     return lines;
   };
@@ -37,5 +43,8 @@ test('OrderedApi/P2PApi accept right calls and reject wrong ones at compile time
     t.true(expected.includes(line), `unexpected error on line ${line}: ${messages.join('; ')}`);
   }
   const elsewhere = diagnostics.filter((d) => d.file?.fileName !== failFile);
-  t.deepEqual(elsewhere.map((d) => ts.flattenDiagnosticMessageText(d.messageText, ' ')), []);
+  t.deepEqual(
+    elsewhere.map((d) => ts.flattenDiagnosticMessageText(d.messageText, ' ')),
+    [],
+  );
 });

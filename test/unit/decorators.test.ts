@@ -136,10 +136,19 @@ test('the metadata storage answers every runtime query about a class', (t) => {
   t.is(info.version, 3);
   t.is(replicatedClassByName('Store'), Store);
   t.deepEqual([...info.ordered.keys()], ['fail', 'failLater', 'put', 'put-key', 'putLater']);
-  t.deepEqual([...info.p2p.keys()], [
-    'get', 'getLater', 'lookup', 'readAfter', 'sneakyWrite', 'sneakyWriteFirst', 'sneakyWriteLater',
-    'touchNote',
-  ]);
+  t.deepEqual(
+    [...info.p2p.keys()],
+    [
+      'get',
+      'getLater',
+      'lookup',
+      'readAfter',
+      'sneakyWrite',
+      'sneakyWriteFirst',
+      'sneakyWriteLater',
+      'touchNote',
+    ],
+  );
   const putKey = info.ordered.get('put-key')!;
   t.is(putKey.methodName, 'putKey');
   t.is(putKey.kind, 'ordered');
@@ -150,7 +159,10 @@ test('the metadata storage answers every runtime query about a class', (t) => {
   t.is(putKey.declaringClass, Store);
   t.deepEqual(
     info.persistentFields.map((f) => [f.fieldName, f.name]),
-    [['entries', 'entries'], ['hits', 'hits-v1']],
+    [
+      ['entries', 'entries'],
+      ['hits', 'hits-v1'],
+    ],
   );
   t.false(info.methods.some((m) => m.methodName === 'helper'));
   t.true(info.create() instanceof Store);
@@ -164,20 +176,52 @@ test('common parameter types reflect to checkable runtime types', (t) => {
   @replicated()
   class Typed {
     @ordered() all(
-      a: bigint, b: string, c: number[], d: Map<string, number>, e: Set<string>,
-      f: Date, g: Uint8Array, h: Float64Array, i: boolean, j: Color, k?: string,
+      a: bigint,
+      b: string,
+      c: number[],
+      d: Map<string, number>,
+      e: Set<string>,
+      f: Date,
+      g: Uint8Array,
+      h: Float64Array,
+      i: boolean,
+      j: Color,
+      k?: string,
     ): void {
       void [a, b, c, d, e, f, g, h, i, j, k];
     }
   }
   const method = replicatedClassInfo(Typed).ordered.get('all')!;
   t.deepEqual(method.paramTypes, [
-    BigInt, String, Array, Map, Set, Date, Uint8Array, Float64Array, Boolean, Number, String,
+    BigInt,
+    String,
+    Array,
+    Map,
+    Set,
+    Date,
+    Uint8Array,
+    Float64Array,
+    Boolean,
+    Number,
+    String,
   ]);
   const d = new Dispatcher(new Typed());
-  const args = [1n, 'b', [1], new Map([['a', 1]]), new Set(['s']), new Date(0),
-    new Uint8Array(1), new Float64Array(1), true, Color.Red];
-  t.is(decodeReply(d.dispatch('ordered', 'all', encodeArguments(method, args)) as Uint8Array), undefined);
+  const args = [
+    1n,
+    'b',
+    [1],
+    new Map([['a', 1]]),
+    new Set(['s']),
+    new Date(0),
+    new Uint8Array(1),
+    new Float64Array(1),
+    true,
+    Color.Red,
+  ];
+  t.is(
+    decodeReply(d.dispatch('ordered', 'all', encodeArguments(method, args)) as Uint8Array),
+    undefined,
+  );
 });
 
 test('a factory builds replicas with the runtime context', (t) => {
@@ -214,7 +258,8 @@ test('a subclass inherits its base class methods and adds its own; the base is u
   t.is(replicatedClassInfo(Derived).ordered.get('write')!.declaringClass, Base);
   class Undecorated extends Derived {}
   t.throws(() => replicatedClassInfo(Undecorated), {
-    message: /^Undecorated is not a replicated class.*Fix: add @replicated\(\) above "class Undecorated"\.$/,
+    message:
+      /^Undecorated is not a replicated class.*Fix: add @replicated\(\) above "class Undecorated"\.$/,
   });
 });
 
@@ -256,9 +301,12 @@ test('dispatch runs sync and async methods and returns their results', async (t)
 
 test('a thrown error comes back as a RemoteError with name, message, code and node', async (t) => {
   const d = new Dispatcher(new Store());
-  const error = t.throws(() => decodeReply(call(d, 'ordered', 'fail', ['full']) as Uint8Array, nodeId(7)), {
-    instanceOf: RemoteError,
-  });
+  const error = t.throws(
+    () => decodeReply(call(d, 'ordered', 'fail', ['full']) as Uint8Array, nodeId(7)),
+    {
+      instanceOf: RemoteError,
+    },
+  );
   t.is(error.remoteName, 'AppError');
   t.is(error.remoteMessage, 'full');
   t.is(error.remoteCode, 'APP_FULL');
@@ -284,22 +332,38 @@ test('the dispatcher refuses unknown methods, the wrong kind and badly typed arg
   const encoded = encodeArguments(replicatedClassInfo(Store).ordered.get('put')!, ['a', 'b']);
   t.throws(() => decodeReply(d.dispatch('p2p', 'put', encoded) as Uint8Array), {
     instanceOf: DispatchError,
-    message: 'Store.put is @ordered but was called as p2p. Fix: call it through the ordered interface.',
+    message:
+      'Store.put is @ordered but was called as p2p. Fix: call it through the ordered interface.',
   });
   t.throws(() => decodeReply(d.dispatch('ordered', 'helper', encoded) as Uint8Array), {
     instanceOf: DispatchError,
     message: /^Store has no @ordered method with wire name "helper"\. Fix: .*decorated @ordered\.$/,
   });
   const wrongTypes = encodeArguments(replicatedClassInfo(Store).ordered.get('put')!, ['a', 5]);
-  const refused = t.throws(() => decodeReply(d.dispatch('ordered', 'put', wrongTypes) as Uint8Array), {
-    instanceOf: DispatchError,
-    message: /^Store\.put parameter 1 must be String, got number\. Fix: pass a String/,
-  });
+  const refused = t.throws(
+    () => decodeReply(d.dispatch('ordered', 'put', wrongTypes) as Uint8Array),
+    {
+      instanceOf: DispatchError,
+      message: /^Store\.put parameter 1 must be String, got number\. Fix: pass a String/,
+    },
+  );
   t.is(refused.wireName, 'put');
-  t.throws(() => decodeReply(d.dispatch('ordered', 'put-key', encodeArguments(
-    replicatedClassInfo(Store).ordered.get('put-key')!, [{ id: 'plain object' }, Buffer.alloc(1)])) as Uint8Array), {
-    message: /parameter 0 must be Key, got Object/,
-  });
+  t.throws(
+    () =>
+      decodeReply(
+        d.dispatch(
+          'ordered',
+          'put-key',
+          encodeArguments(replicatedClassInfo(Store).ordered.get('put-key')!, [
+            { id: 'plain object' },
+            Buffer.alloc(1),
+          ]),
+        ) as Uint8Array,
+      ),
+    {
+      message: /parameter 0 must be Key, got Object/,
+    },
+  );
   t.throws(() => encodeArguments(replicatedClassInfo(Store).ordered.get('put')!, ['a', 'b', 'c']), {
     instanceOf: DispatchError,
     message: 'Store.put takes 2 arguments, got 3. Fix: pass at most 2.',
@@ -338,8 +402,17 @@ test('a p2p method that writes a persistent field fails, sync or after an await'
       this.value = new FakePersistent(1);
     }
   }
-  t.throws(() => decodeReply(new Dispatcher(new Swapper()).dispatch('p2p', 'swap', encodeArguments(
-    replicatedClassInfo(Swapper).p2p.get('swap')!, [])) as Uint8Array), { instanceOf: P2PWriteError });
+  t.throws(
+    () =>
+      decodeReply(
+        new Dispatcher(new Swapper()).dispatch(
+          'p2p',
+          'swap',
+          encodeArguments(replicatedClassInfo(Swapper).p2p.get('swap')!, []),
+        ) as Uint8Array,
+      ),
+    { instanceOf: P2PWriteError },
+  );
 });
 
 test('an ordered call running while an async p2p read awaits is not blamed on the read', async (t) => {
@@ -357,13 +430,19 @@ test('an ordered call running while an async p2p read awaits is not blamed on th
 
 test('plain-field writes in p2p calls are caught and rolled back in strict mode only', (t) => {
   const relaxed = new Store();
-  t.is(decodeReply(call(new Dispatcher(relaxed), 'p2p', 'touchNote', ['changed']) as Uint8Array), undefined);
+  t.is(
+    decodeReply(call(new Dispatcher(relaxed), 'p2p', 'touchNote', ['changed']) as Uint8Array),
+    undefined,
+  );
   t.is(relaxed.note, 'changed');
   const strict = new Store();
   const d = new Dispatcher(strict, { p2pWriteCheck: 'strict' });
-  const error = t.throws(() => decodeReply(call(d, 'p2p', 'touchNote', ['changed']) as Uint8Array), {
-    instanceOf: P2PWriteError,
-  });
+  const error = t.throws(
+    () => decodeReply(call(d, 'p2p', 'touchNote', ['changed']) as Uint8Array),
+    {
+      instanceOf: P2PWriteError,
+    },
+  );
   t.deepEqual(error.fields, ['note']);
   t.is(strict.note, 'plain', 'strict mode restored the state seen before the call');
   t.is(decodeReply(call(d, 'p2p', 'get', ['nothing']) as Uint8Array), undefined);
@@ -377,10 +456,20 @@ test('a persistent field without hooks is reported with the fix', (t) => {
       return 1;
     }
   }
-  t.throws(() => decodeReply(new Dispatcher(new Forgot()).dispatch('p2p', 'read', encodeArguments(
-    replicatedClassInfo(Forgot).p2p.get('read')!, [])) as Uint8Array), {
-    message: /^Forgot\.value is @persistent but holds a Map, which has no field hooks\. Fix: initialise it with a Persistent<T> or Volatile<T> in the constructor\.$/,
-  });
+  t.throws(
+    () =>
+      decodeReply(
+        new Dispatcher(new Forgot()).dispatch(
+          'p2p',
+          'read',
+          encodeArguments(replicatedClassInfo(Forgot).p2p.get('read')!, []),
+        ) as Uint8Array,
+      ),
+    {
+      message:
+        /^Forgot\.value is @persistent but holds a Map, which has no field hooks\. Fix: initialise it with a Persistent<T> or Volatile<T> in the constructor\.$/,
+    },
+  );
 });
 
 test('a call proxy encodes arguments and hands them to the transport', async (t) => {
