@@ -499,8 +499,7 @@ export function encodeApplicationError(error: unknown): Uint8Array {
     const c = (error as { code?: unknown }).code;
     if (typeof c === 'string') code = c;
   } else {
-    name = typeof error;
-    message = String(error);
+    message = String(error); // a thrown string, number, ...: name stays "Error"
   }
   return encodeValue([REPLY_APPLICATION_ERROR, name, message, code]);
 }

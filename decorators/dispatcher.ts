@@ -32,7 +32,7 @@ import {
   type MethodKind,
   type ReplicatedClassInfo,
 } from './metadata.js';
-import { fieldSnapshots, persistentHooks, restoreObject, snapshotObject } from './snapshot.js';
+import { fieldSnapshots, persistentHooks, restoreObject, snapshotFromFields } from './snapshot.js';
 import { fieldHooksOf } from './field-hooks.js';
 
 export type P2PWriteCheck = 'persistent' | 'strict';
@@ -200,7 +200,7 @@ export class Dispatcher<T extends object> {
     };
     if (this.strict) {
       watch.fields = fieldSnapshots(this.target);
-      watch.snapshot = snapshotObject(this.target);
+      watch.snapshot = snapshotFromFields(this.info, watch.fields);
     }
     return watch;
   }

@@ -59,6 +59,13 @@ export function fieldSnapshots(target: object): Map<string, Uint8Array> {
   });
   for (const name of plainFieldNames(info, target)) {
     const value = (target as Record<string, unknown>)[name];
+    if (fieldHooksOf(value) !== undefined) {
+      throw new DecoratorUsageError(
+        `${info.name}.${name} holds a Persistent<T> or Volatile<T> but is not @persistent, so ` +
+          `its history would be lost and p2p writes to it missed. ` +
+          `Fix: add @persistent() above the field ${name}.`,
+      );
+    }
     out.set(`plain:${name}`, encodeCanonical(value, `${info.name}.${name}`));
   }
   return out;
@@ -66,9 +73,16 @@ export function fieldSnapshots(target: object): Map<string, Uint8Array> {
 
 /** Deterministic bytes of the object's whole state (see the file header). */
 export function snapshotObject(target: object): Uint8Array {
-  const info = replicatedClassInfoOf(target);
+  return snapshotFromFields(replicatedClassInfoOf(target), fieldSnapshots(target));
+}
+
+/** The snapshot bytes for field bytes from fieldSnapshots() of an object of class `info`. */
+export function snapshotFromFields(
+  info: ReplicatedClassInfo,
+  fields: ReadonlyMap<string, Uint8Array>,
+): Uint8Array {
   const entries: [number, string, Uint8Array][] = [];
-  for (const [key, bytes] of fieldSnapshots(target)) {
+  for (const [key, bytes] of fields) {
     const plain = key.startsWith('plain:');
     entries.push([plain ? KIND_PLAIN : KIND_PERSISTENT, key.slice(key.indexOf(':') + 1), bytes]);
   }

@@ -137,6 +137,20 @@ test('a snapshot of another class or version, or garbage, is refused', (t) => {
   });
 });
 
+test('a Persistent/Volatile field without @persistent is reported with the fix', (t) => {
+  @replicated()
+  class Unmarked {
+    history = new FakeVolatile(1);
+    @ordered() noop(): void {}
+  }
+  t.throws(() => snapshotObject(new Unmarked()), {
+    message:
+      'Unmarked.history holds a Persistent<T> or Volatile<T> but is not @persistent, so its ' +
+      'history would be lost and p2p writes to it missed. Fix: add @persistent() above the ' +
+      'field history.',
+  });
+});
+
 test('state a snapshot cannot carry is reported with the field and the fix', (t) => {
   const bank = build('forward');
   (bank as unknown as Record<string, unknown>)['callback'] = () => 1;

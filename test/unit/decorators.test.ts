@@ -87,6 +87,9 @@ class Store {
   @ordered() fail(message: string): void {
     throw new AppError(message);
   }
+  @ordered() failWithString(message: string): void {
+    throw message; // eslint-disable-line no-throw-literal
+  }
   @ordered() async failLater(message: string): Promise<void> {
     await Promise.resolve();
     throw new RangeError(message);
@@ -135,7 +138,10 @@ test('the metadata storage answers every runtime query about a class', (t) => {
   t.is(info.name, 'Store');
   t.is(info.version, 3);
   t.is(replicatedClassByName('Store'), Store);
-  t.deepEqual([...info.ordered.keys()], ['fail', 'failLater', 'put', 'put-key', 'putLater']);
+  t.deepEqual(
+    [...info.ordered.keys()],
+    ['fail', 'failLater', 'failWithString', 'put', 'put-key', 'putLater'],
+  );
   t.deepEqual(
     [...info.p2p.keys()],
     [
@@ -313,6 +319,17 @@ test('a thrown error comes back as a RemoteError with name, message, code and no
   t.is(error.nodeId, nodeId(7));
   t.is(error.code, 'REMOTE');
   t.is(error.message, 'AppError thrown on node 7: full');
+  const bare = t.throws(
+    () => decodeReply(call(d, 'ordered', 'failWithString', ['oops']) as Uint8Array),
+    {
+      instanceOf: RemoteError,
+    },
+  );
+  t.is(bare.remoteName, 'Error');
+  t.is(bare.remoteMessage, 'oops');
+  t.is(bare.remoteCode, undefined);
+  t.is(bare.nodeId, undefined);
+  t.is(bare.message, 'Error thrown on a replica: oops');
   const asyncError = await (async () => {
     try {
       decodeReply(await call(d, 'ordered', 'failLater', ['too far']), nodeId(2));
@@ -480,7 +497,14 @@ test('a call proxy encodes arguments and hands them to the transport', async (t)
     sent.push(method.wireName);
     return decodeReply(await replica.dispatch('ordered', method.wireName, bytes));
   });
-  t.deepEqual(Object.keys(api).sort(), ['fail', 'failLater', 'put', 'putKey', 'putLater']);
+  t.deepEqual(Object.keys(api).sort(), [
+    'fail',
+    'failLater',
+    'failWithString',
+    'put',
+    'putKey',
+    'putLater',
+  ]);
   t.true(await api['put']!('a', 'b'));
   t.is(await api['putKey']!(new Key('z'), Buffer.alloc(3)), 'z:3');
   t.deepEqual(sent, ['put', 'put-key']);
