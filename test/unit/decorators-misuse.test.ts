@@ -404,10 +404,6 @@ test('@ordered in a class without @replicated fails when its module finishes loa
   const child = spawnSync(process.execPath, [file], {
     encoding: 'utf8',
     cwd: fileURLToPath(new URL('../../../', import.meta.url)),
-    env: {
-      ...process.env,
-      NODE_PATH: fileURLToPath(new URL('../../../node_modules', import.meta.url)),
-    },
   });
   t.not(child.status, 0);
   t.regex(
