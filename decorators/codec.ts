@@ -188,7 +188,13 @@ export function registerSerializable(ctor: AnyClass, options: SerializableOption
         `Fix: register it once, before it is used as a parameter type.`,
     );
   }
-  if (isBuiltinType(ctor) || NON_SERIALIZABLE_TYPES.has(ctor)) {
+  const unserializable = NON_SERIALIZABLE_TYPES.get(ctor);
+  if (unserializable !== undefined) {
+    throw new DecoratorUsageError(
+      `${ctor.name} cannot be serialized: ${unserializable}. Fix: remove the registration.`,
+    );
+  }
+  if (isBuiltinType(ctor)) {
     throw new DecoratorUsageError(
       `${ctor.name} is a built-in type; the codec handles it without registration. ` +
         `Fix: remove the registration.`,

@@ -146,7 +146,7 @@ export class Dispatcher<T extends object> {
     if (isPromiseLike(result)) {
       // The part before the first await ran alone: check it now. After that, ordered calls may
       // run while this one awaits; its writes can be told apart only if none did.
-      const early = watch === undefined ? undefined : this.checkWrites(method, watch);
+      const early = watch === undefined ? undefined : this.safeCheckWrites(method, watch);
       if (early !== undefined) {
         const refuse = (): Uint8Array => encodeFrameworkError(early);
         return Promise.resolve(result).then(refuse, refuse);
@@ -166,7 +166,7 @@ export class Dispatcher<T extends object> {
     value: unknown,
   ): Uint8Array {
     if (watch !== undefined) {
-      const violation = this.checkWrites(method, watch);
+      const violation = this.safeCheckWrites(method, watch);
       if (violation !== undefined) return encodeFrameworkError(violation);
     }
     if (!ok) return encodeApplicationError(value);
@@ -203,6 +203,18 @@ export class Dispatcher<T extends object> {
       watch.snapshot = snapshotFromFields(this.info, watch.fields);
     }
     return watch;
+  }
+
+  /** checkWrites, with a failure of the check itself (e.g. unencodable state) as its error. */
+  private safeCheckWrites(method: MethodInfo, watch: WriteWatch): SquallError | undefined {
+    try {
+      return this.checkWrites(method, watch);
+    } catch (error) {
+      // The state changed into something that cannot even be encoded: a write. Strict mode
+      // still holds the state from before the call and puts it back.
+      if (watch.snapshot !== undefined) restoreObject(this.target, watch.snapshot);
+      return asFrameworkError(error);
+    }
   }
 
   private checkWrites(method: MethodInfo, watch: WriteWatch): P2PWriteError | undefined {

@@ -20,6 +20,7 @@ import {
   persistent,
   RemoteError,
   replicated,
+  SerializationError,
   replicatedClassByName,
   replicatedClassInfo,
   type FieldHooks,
@@ -116,6 +117,9 @@ class Store {
     await gates.get(gate);
     return this.hits.value;
   }
+  @p2p() storeCallback(): void {
+    (this as unknown as Record<string, unknown>)['callback'] = () => 1;
+  }
   @p2p() touchNote(note: string): void {
     this.note = note;
   }
@@ -152,6 +156,7 @@ test('the metadata storage answers every runtime query about a class', (t) => {
       'sneakyWrite',
       'sneakyWriteFirst',
       'sneakyWriteLater',
+      'storeCallback',
       'touchNote',
     ],
   );
@@ -462,6 +467,13 @@ test('plain-field writes in p2p calls are caught and rolled back in strict mode 
   );
   t.deepEqual(error.fields, ['note']);
   t.is(strict.note, 'plain', 'strict mode restored the state seen before the call');
+  // A check that cannot even encode the new state still ends as a reply, never a throw.
+  const reply = call(d, 'p2p', 'storeCallback', []) as Uint8Array;
+  t.throws(() => decodeReply(reply), {
+    instanceOf: SerializationError,
+    message: /^Store\.callback is a function/,
+  });
+  t.false('callback' in strict, 'and the state from before the call is back');
   t.is(decodeReply(call(d, 'p2p', 'get', ['nothing']) as Uint8Array), undefined);
 });
 
