@@ -79,10 +79,10 @@ inline SessionPair MakeSessionPair(CryptoCounters* client_counters,
       RunHandshake(ring, ring, client_counters, server_counters, config, config);
   SessionPair pair;
   if (!outcome.client_keys || !outcome.server_keys) return pair;
-  pair.client =
-      SessionCrypto::Create(Role::kClient, std::move(*outcome.client_keys), client_counters, limits);
-  pair.server =
-      SessionCrypto::Create(Role::kServer, std::move(*outcome.server_keys), server_counters, limits);
+  pair.client = SessionCrypto::Create(Role::kClient, std::move(*outcome.client_keys),
+                                      client_counters, limits);
+  pair.server = SessionCrypto::Create(Role::kServer, std::move(*outcome.server_keys),
+                                      server_counters, limits);
   return pair;
 }
 

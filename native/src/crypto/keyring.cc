@@ -192,7 +192,8 @@ KeyringStatus Keyring::Rotate(const GroupKey& new_key, uint64_t now_ms, uint64_t
   if (status != KeyringStatus::kOk) return status;
   const uint64_t until_ms = grace_ms > UINT64_MAX - now_ms ? UINT64_MAX : now_ms + grace_ms;
   for (KeyringEntry& entry : entries_) {
-    if (entry.key_id != new_key.key_id) entry.accept_until_ms = std::min(entry.accept_until_ms, until_ms);
+    if (entry.key_id == new_key.key_id) continue;
+    entry.accept_until_ms = std::min(entry.accept_until_ms, until_ms);
   }
   primary_key_id_ = new_key.key_id;
   return KeyringStatus::kOk;
