@@ -62,11 +62,14 @@ TEST(cc_timing_wheel_skips_idle_slots) {
   CHECK(wheel.Insert(5'500, 1) == WheelInsertStatus::kOk);
   CHECK(wheel.Insert(5'100, 2) == WheelInsertStatus::kOk);  // same slot: FIFO, not time sort
   CHECK(wheel.Insert(7'000'000, 3) == WheelInsertStatus::kOk);
+  CHECK_EQ(wheel.NextDueNs(), uint64_t{5'000});
   std::vector<WheelEntry> ready;
   CHECK_EQ(wheel.Reap(4'999, ready), size_t{0});
   CHECK_EQ(wheel.Reap(5'000, ready), size_t{2});
   CHECK(ready.size() == 2 && ready[0].payload == 1 && ready[1].payload == 2);
+  CHECK_EQ(wheel.NextDueNs(), uint64_t{7'000'000});
   CHECK_EQ(wheel.Reap(7'500'000, ready), size_t{1});
+  CHECK_EQ(wheel.NextDueNs(), UINT64_MAX);
   CHECK_EQ(wheel.occupied_slot_visits(), uint64_t{2});
   // Hours of idle time: nothing to visit.
   CHECK_EQ(wheel.Reap(3'600'000'000'000ull, ready), size_t{0});

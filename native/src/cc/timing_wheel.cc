@@ -90,6 +90,13 @@ void TimingWheel::ReleaseSlot(uint32_t slot_index, std::vector<WheelEntry>& read
   occupied_[slot_index / 64] &= ~(uint64_t{1} << (slot_index % 64));
 }
 
+uint64_t TimingWheel::NextDueNs() const {
+  if (size_ == 0) return UINT64_MAX;
+  const uint64_t offset = NextOccupied(current_slot_, config_.slot_count);
+  Require(offset < config_.slot_count, "a non-empty wheel has an occupied slot");
+  return (current_slot_ + offset) * config_.slot_width_ns;
+}
+
 size_t TimingWheel::Reap(uint64_t now_ns, std::vector<WheelEntry>& ready) {
   const uint64_t now_slot = now_ns / config_.slot_width_ns;
   Require(now_slot + 1 >= current_slot_, "time never goes backwards");

@@ -45,6 +45,11 @@ class TimingWheel {
   // Returns the number appended. now_ns must not go backwards (asserted).
   size_t Reap(uint64_t now_ns, std::vector<WheelEntry>& ready);
 
+  // Start time of the earliest occupied slot: when the event loop must wake to release it (use
+  // it as the blocking wait's timeout, so pacing never needs busy polling). UINT64_MAX if empty.
+  // Costs at most slot_count / 64 word tests.
+  uint64_t NextDueNs() const;
+
   size_t size() const { return size_; }
   bool empty() const { return size_ == 0; }
   uint64_t horizon_ns() const { return config_.slot_width_ns * config_.slot_count; }
