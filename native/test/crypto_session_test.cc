@@ -183,6 +183,10 @@ TEST(crypto_nonce_unique_under_retransmission) {
       if (!outcome.client_keys || !outcome.server_keys) return;
       CHECK(pair.client->Adopt(std::move(*outcome.client_keys)));
       CHECK(pair.server->Adopt(std::move(*outcome.server_keys)));
+      // A server response under the new epoch moves the client's sending onto it.
+      std::vector<uint8_t> response = SealPacket(*pair.server, 8, 1);
+      CHECK_STATUS(pair.client->Open(response, kTestHeaderBytes).status, OpenStatus::kOk);
+      CHECK_EQ(static_cast<int>(pair.client->send_epoch()), 1);
       rekeyed = true;
     }
     // Send the window [next_unacked, next_unacked + 32); each is lost with probability 0.3.
@@ -252,15 +256,21 @@ TEST(crypto_key_exhaustion_forces_rekey) {
   CHECK(pair.client->Adopt(std::move(*outcome.client_keys)));
   CHECK(pair.server->Adopt(std::move(*outcome.server_keys)));
   CHECK(!pair.client->RekeyDue());
-  CHECK_EQ(static_cast<int>(pair.client->send_epoch()), 1);
+  // The client waits for in-band proof before switching, but its old key is spent: the next
+  // Seal switches at once rather than refusing.
+  CHECK(pair.client->send_switch_pending());
   std::vector<uint8_t> packet = MakePacket(10, 2);
   CHECK_STATUS(pair.client->Seal(packet, kTestHeaderBytes, 10), SealStatus::kOk);
+  CHECK_EQ(static_cast<int>(pair.client->send_epoch()), 1);
+  CHECK(!pair.client->send_switch_pending());
   CHECK_STATUS(pair.server->Open(packet, kTestHeaderBytes).status, OpenStatus::kOk);
 }
 
-// Proves: after a rekey, packets sealed under the previous epoch and still in flight open; once
-// the previous key is retired they are dropped as unknown epoch.
-TEST(crypto_adopt_keeps_previous_epoch_for_in_flight_packets) {
+// Proves: a rekey in a busy session drops nothing. The server switches sending at once; the
+// client keeps sending under the old key (accepted through the server's previous receive key)
+// until a server packet under the new epoch proves the server has it, then switches. Packets
+// in flight under the old epoch open until the previous key is retired, then are refused.
+TEST(crypto_rekey_switches_in_band_without_drops) {
   CryptoCounters client_counters, server_counters;
   SessionPair pair = MakeSessionPair(&client_counters, &server_counters);
   if (!pair.client || !pair.server) {
@@ -277,13 +287,30 @@ TEST(crypto_adopt_keeps_previous_epoch_for_in_flight_packets) {
     CHECK(false);
     return;
   }
+  // The client adopts on the ServerHello, before the server has seen the Confirm.
   CHECK(pair.client->Adopt(std::move(*outcome.client_keys)));
+  CHECK(pair.client->send_switch_pending());
+  std::vector<uint8_t> before_confirm = SealPacket(*pair.client, 20, 3);
+  CHECK_STATUS(pair.server->Open(before_confirm, kTestHeaderBytes).status, OpenStatus::kOk);
+  // The server adopts on the Confirm and answers under the new epoch.
   CHECK(pair.server->Adopt(std::move(*outcome.server_keys)));
-  std::vector<uint8_t> fresh = SealPacket(*pair.client, 20, 3);
+  CHECK_EQ(static_cast<int>(pair.server->send_epoch()), 1);
+  std::vector<uint8_t> from_client_old = SealPacket(*pair.client, 20, 4);
+  CHECK_STATUS(pair.server->Open(from_client_old, kTestHeaderBytes).status, OpenStatus::kOk);
+  std::vector<uint8_t> response = SealPacket(*pair.server, 20, 5);
+  CHECK_STATUS(pair.client->Open(response, kTestHeaderBytes).status, OpenStatus::kOk);
+  CHECK(!pair.client->send_switch_pending());
+  CHECK_EQ(static_cast<int>(pair.client->send_epoch()), 1);
+  std::vector<uint8_t> fresh = SealPacket(*pair.client, 20, 6);
   CHECK_STATUS(pair.server->Open(fresh, kTestHeaderBytes).status, OpenStatus::kOk);
   std::vector<uint8_t> a = in_flight_a;
   CHECK_STATUS(pair.server->Open(a, kTestHeaderBytes).status, OpenStatus::kOk);
+  CHECK_EQ(TotalDrops(server_counters) + TotalDrops(client_counters), uint64_t{0});
   pair.server->RetirePreviousReceiveKey();
   std::vector<uint8_t> b = in_flight_b;
   CHECK_STATUS(pair.server->Open(b, kTestHeaderBytes).status, OpenStatus::kUnknownEpoch);
+  // ActivatePendingSend is the fallback for a session with no server traffic.
+  CHECK(!pair.client->send_switch_pending());
+  pair.client->ActivatePendingSend();  // nothing pending: no-op
+  CHECK_EQ(static_cast<int>(pair.client->send_epoch()), 1);
 }

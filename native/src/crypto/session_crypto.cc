@@ -70,32 +70,37 @@ std::unique_ptr<SessionCrypto> SessionCrypto::Create(Role role, SessionKeys&& ke
   std::unique_ptr<SessionCrypto> session(new (std::nothrow) SessionCrypto(role, counters, limits));
   if (session == nullptr) return nullptr;
   session->highest_epoch_ = keys.epoch;
-  const bool ok = session->Install(keys);
+  const bool ok = session->Install(keys, /*defer_send=*/false);
   keys.Wipe();
   if (!ok) return nullptr;
   return session;
 }
 
-// Sets up the send key and the current receive key from keys (which the caller wipes).
-bool SessionCrypto::Install(SessionKeys& keys) {
+// Sets up the send key (now, or pending) and the current receive key from keys (which the
+// caller wipes).
+bool SessionCrypto::Install(SessionKeys& keys, bool defer_send) {
   const size_t key_bytes = KeyBytes(keys.algorithm);
   SQUALL_CRYPTO_ASSERT(key_bytes != 0, "session keys name a known algorithm");
   const DirectionKey& send = role_ == Role::kClient ? keys.client_to_server : keys.server_to_client;
   const DirectionKey& receive =
       role_ == Role::kClient ? keys.server_to_client : keys.client_to_server;
-  AeadContext send_context;
+  SendKey send_key;
   AeadContext receive_context;
-  if (!send_context.Init(keys.algorithm, Bytes(send.key.data(), key_bytes),
-                         AeadContext::Direction::kSeal) ||
+  if (!send_key.context.Init(keys.algorithm, Bytes(send.key.data(), key_bytes),
+                             AeadContext::Direction::kSeal) ||
       !receive_context.Init(keys.algorithm, Bytes(receive.key.data(), key_bytes),
                             AeadContext::Direction::kOpen)) {
     return false;
   }
-  send_context_ = std::move(send_context);
-  send_salt_ = send.salt;
-  send_epoch_ = keys.epoch;
-  // A fresh key starts its counter at 0: the nonce space is per key, and this key is new.
-  send_counter_next_ = 0;
+  send_key.in_use = true;
+  send_key.epoch = keys.epoch;
+  send_key.salt = send.salt;
+  if (defer_send) {
+    pending_send_ = std::move(send_key);
+  } else {
+    UseSendKey(send_key);
+    pending_send_ = SendKey{};
+  }
   // The new receive key replaces the older of the two slots; the other keeps the previous epoch.
   const size_t slot = receive_keys_[current_receive_].in_use ? 1 - current_receive_ : 0;
   ReceiveKey& target = receive_keys_[slot];
@@ -110,13 +115,28 @@ bool SessionCrypto::Install(SessionKeys& keys) {
   return true;
 }
 
+void SessionCrypto::UseSendKey(SendKey& key) {
+  SQUALL_CRYPTO_ASSERT(key.in_use && (!send_context_.ready() || key.epoch > send_epoch_),
+                       "a send key is only replaced by one of a newer epoch");
+  send_context_ = std::move(key.context);
+  send_salt_ = key.salt;
+  send_epoch_ = key.epoch;
+  // A fresh key starts its counter at 0: the nonce space is per key, and this key is new.
+  send_counter_next_ = 0;
+  key.in_use = false;
+}
+
 bool SessionCrypto::Adopt(SessionKeys&& keys) {
   SQUALL_CRYPTO_ASSERT(keys.epoch > highest_epoch_,
                        "a new key's epoch is above every epoch in use (nonce uniqueness)");
-  const bool ok = Install(keys);
+  const bool ok = Install(keys, /*defer_send=*/role_ == Role::kClient);
   if (ok) highest_epoch_ = keys.epoch;
   keys.Wipe();
   return ok;
+}
+
+void SessionCrypto::ActivatePendingSend() {
+  if (pending_send_.in_use) UseSendKey(pending_send_);
 }
 
 void SessionCrypto::RetirePreviousReceiveKey() {
@@ -136,6 +156,11 @@ SealStatus SessionCrypto::Seal(MutableBytes packet, size_t header_bytes, size_t 
   SQUALL_CRYPTO_ASSERT(header_bytes <= kHeaderBytesMax, "header size limit");
   SQUALL_CRYPTO_ASSERT(body_bytes <= kAeadBodyBytesMax, "body size limit");
   if (packet.size() < SealedBytes(header_bytes, body_bytes)) return SealStatus::kBufferTooSmall;
+  if (send_counter_next_ >= limits_.seal_limit_packets && pending_send_.in_use) {
+    // The old key ran out before the server's traffic proved it has the new one: switch now
+    // (at worst a few packets arrive before the server's Confirm and are retransmitted).
+    ActivatePendingSend();
+  }
   if (send_counter_next_ >= limits_.seal_limit_packets) {
     ++counters_->seal_refused_key_exhausted;
     return SealStatus::kKeyExhausted;
@@ -201,6 +226,8 @@ OpenResult SessionCrypto::Open(MutableBytes packet, size_t header_bytes) {
   }
   // Only an authenticated packet moves the window.
   key->window.Mark(counter);
+  // The peer sealed under the pending epoch, so it holds the new keys: send under them too.
+  if (pending_send_.in_use && epoch == pending_send_.epoch) ActivatePendingSend();
   ++counters_->opened_packets;
   result.status = OpenStatus::kOk;
   result.body_bytes = body_bytes;

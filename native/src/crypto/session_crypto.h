@@ -125,15 +125,27 @@ class SessionCrypto {
 
   // Switches to keys from a new handshake on this session (rekey or group-key rotation).
   // keys.epoch must be greater than every epoch in use (asserted; the handshake negotiates it
-  // from NextEpoch() of both sides). Sending moves to the new epoch at once with counter 0; the
-  // previous receive key stays valid for packets already in flight until the next Adopt() or
-  // RetirePreviousReceiveKey(). Returns false only if OpenSSL fails (keys unchanged).
+  // from NextEpoch() of both sides). Returns false only if OpenSSL fails (keys unchanged).
+  //  * Receiving: the new epoch's key is installed at once; the previous epoch's key stays
+  //    valid for packets already in flight until the next Adopt() or RetirePreviousReceiveKey().
+  //  * Sending, server: moves to the new epoch at once (the server adopts on the Confirm, and
+  //    the client installed its receive key before sending the Confirm).
+  //  * Sending, client: stays on the old key until the server is known to have the new one:
+  //    the first packet opened under the new epoch switches it (the server's responses carry
+  //    the proof in-band), or ActivatePendingSend(), or the old key running out. So a rekey
+  //    in a busy session drops nothing.
   bool Adopt(SessionKeys&& keys);
+  // Client: start sending under the adopted keys now (e.g. one RTO after the Confirm went out
+  // on a session with no server traffic). No-op if nothing is pending.
+  void ActivatePendingSend();
+  bool send_switch_pending() const { return pending_send_.in_use; }
   // Stops accepting packets under the previous epoch (call about one RTO after Adopt()).
   void RetirePreviousReceiveKey();
 
-  // True when the send key is near its packet limit: start a rekey handshake.
-  bool RekeyDue() const { return send_counter_next_ >= limits_.rekey_after_packets; }
+  // True when the send key is near its packet limit and no switch is pending: start a rekey.
+  bool RekeyDue() const {
+    return !pending_send_.in_use && send_counter_next_ >= limits_.rekey_after_packets;
+  }
   // Smallest epoch a rekey handshake on this session may use. Above 0xFFFF the epochs are spent
   // (after 65535 rekeys): close the session and create a new one.
   uint32_t NextEpoch() const { return uint32_t{highest_epoch_} + 1; }
@@ -151,8 +163,16 @@ class SessionCrypto {
     ReplayWindow window;
   };
 
+  struct SendKey {
+    bool in_use = false;
+    uint16_t epoch = 0;
+    std::array<uint8_t, kSaltBytes> salt{};
+    AeadContext context;
+  };
+
   SessionCrypto(Role role, CryptoCounters* counters, const SessionLimits& limits);
-  bool Install(SessionKeys& keys);
+  bool Install(SessionKeys& keys, bool defer_send);
+  void UseSendKey(SendKey& key);
   ReceiveKey* FindReceiveKey(uint16_t epoch);
 
   Role role_;
@@ -165,6 +185,7 @@ class SessionCrypto {
   uint64_t send_counter_next_ = 0;
   std::array<uint8_t, kSaltBytes> send_salt_{};
   AeadContext send_context_;
+  SendKey pending_send_;  // client only: adopted but not yet used for sending
   // [current_receive_] is the newest epoch's key; the other slot holds the previous epoch.
   std::array<ReceiveKey, 2> receive_keys_;
   size_t current_receive_ = 0;
