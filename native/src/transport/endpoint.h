@@ -152,6 +152,11 @@ class Endpoint {
   // `timeout_us` 0 means no deadline. `tag` identifies the call in its kResponse event.
   CallStatus Call(uint32_t session, uint8_t request_type, uint64_t tag,
                   std::span<const uint8_t> request, uint64_t timeout_us, uint64_t now_us);
+  // Reports a call that Call() refused at once as an ordinary completion event (for drivers
+  // that deliver every outcome the same way).
+  void FailCall(uint32_t session, uint64_t tag, CallStatus status) {
+    EmitResponse(session, tag, status);
+  }
   // Fails the session's pending calls with kSessionClosed and tells the peer. Idempotent.
   void Disconnect(uint32_t session, uint64_t now_us);
 
