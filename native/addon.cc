@@ -223,6 +223,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     Napi::Env env = env_;
     Napi::HandleScope scope(env);
     Napi::Value batch = TakeBatch(env);
+    ++batches_delivered_;
     on_events_.MakeCallback(Value(), {batch}, async_context_);
     if (env.IsExceptionPending()) {
       Napi::Error error = env.GetAndClearPendingException();
@@ -364,6 +365,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
                           payload, now);
       }
     }
+    ++submits_;
     driver_->socket->Flush();
     ArmTimer();
     return env.Undefined();
@@ -434,6 +436,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       set("received." + name, s.packets_received_by_type[t]);
     }
     const UdpStats& u = driver_->socket->stats();
+    set("jsBatchesDelivered", batches_delivered_);
+    set("jsSubmits", submits_);
     set("udpSendErrors", u.send_errors);
     set("udpTruncated", u.truncated_rx);
     set("udpSendCalls", u.send_calls);
@@ -477,6 +481,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
   }
 
   Driver* driver_ = nullptr;
+  uint64_t batches_delivered_ = 0;  // native -> JS crossings from the loop
+  uint64_t submits_ = 0;            // JS -> native submissions
   Napi::Env env_ = Napi::Env(nullptr);
   Napi::FunctionReference on_events_;
   Napi::AsyncContext async_context_;
