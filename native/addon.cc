@@ -216,37 +216,63 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     uv_timer_start(&driver_->timer, &NativeEndpoint::OnTimer, delay_ms, 0);
   }
 
-  // Called from a libuv callback: hand every pending event to JS in one call.
+  // Called from a libuv callback: hand every pending event to JS in one call. Uses the C API
+  // with explicit status checks: while a worker terminates, every call into JS fails, and the
+  // events are then simply dropped (the endpoint is about to be torn down anyway).
   void DeliverFromLoop() {
     ArmTimer();
     if (driver_ == nullptr || !driver_->endpoint->HasEvents()) return;
-    Napi::Env env = env_;
-    Napi::HandleScope scope(env);
-    Napi::Value batch = TakeBatch(env);
-    ++batches_delivered_;
-    on_events_.MakeCallback(Value(), {batch}, async_context_);
-    if (env.IsExceptionPending()) {
-      Napi::Error error = env.GetAndClearPendingException();
-      napi_fatal_exception(env, error.Value());
+    napi_env env = env_;
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+    napi_value batch = TakeBatchRaw(env);
+    if (batch != nullptr) {
+      ++batches_delivered_;
+      napi_value argv[1] = {batch};
+      napi_value result;
+      const napi_status status = napi_make_callback(env, async_context_, Value(),
+                                                    on_events_.Value(), 1, argv, &result);
+      if (status == napi_pending_exception) {
+        // A JS error escaped the event handler: report it like any uncaught exception.
+        napi_value error;
+        if (napi_get_and_clear_last_exception(env, &error) == napi_ok) {
+          napi_valuetype type;
+          if (napi_typeof(env, error, &type) == napi_ok && type != napi_undefined) {
+            napi_fatal_exception(env, error);
+          }
+        }
+      }
     }
+    napi_close_handle_scope(env, scope);
     ArmTimer();  // JS may have submitted work that moved the next deadline
   }
 
-  // Returns undefined, or [records: ArrayBuffer, extras: ArrayBuffer[]].
   Napi::Value TakeBatch(Napi::Env env) {
-    if (driver_ == nullptr) return env.Undefined();
+    napi_value batch = TakeBatchRaw(env);
+    return batch == nullptr ? env.Undefined() : Napi::Value(env, batch);
+  }
+
+  // Returns nullptr (nothing to deliver, or JS unavailable), or [records, extras].
+  napi_value TakeBatchRaw(napi_env env) {
+    if (driver_ == nullptr) return nullptr;
     std::vector<Event>& events = driver_->events;
     events.clear();
     driver_->endpoint->TakeEvents(&events);
-    if (events.empty()) return env.Undefined();
+    if (events.empty()) return nullptr;
     size_t bytes = 0;
     for (const Event& e : events) {
       bytes += kRecordHeaderBytes;
       if (e.bytes.size() < kExternalPayloadBytesMin) bytes += Pad8(e.bytes.size());
     }
-    Napi::ArrayBuffer records = Napi::ArrayBuffer::New(env, bytes);
-    Napi::Array extras = Napi::Array::New(env);
-    uint8_t* out = static_cast<uint8_t*>(records.Data());
+    void* data = nullptr;
+    napi_value records, extras, result;
+    if (napi_create_arraybuffer(env, bytes, &data, &records) != napi_ok ||
+        napi_create_array(env, &extras) != napi_ok ||
+        napi_create_array_with_length(env, 2, &result) != napi_ok) {
+      events.clear();
+      return nullptr;
+    }
+    uint8_t* out = static_cast<uint8_t*>(data);
     uint32_t extra_count = 0;
     for (Event& e : events) {
       const bool external = e.bytes.size() >= kExternalPayloadBytesMin;
@@ -264,21 +290,23 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       if (external) {
         // The core's buffer becomes the ArrayBuffer's memory; freed when JS collects it.
         auto* owned = new std::vector<uint8_t>(std::move(e.bytes));
-        extras.Set(extra_count++,
-                   Napi::ArrayBuffer::New(env, owned->data(), owned->size(),
-                                          [](Napi::Env, void*, std::vector<uint8_t>* v) {
-                                            delete v;
-                                          },
-                                          owned));
+        napi_value buffer;
+        if (napi_create_external_arraybuffer(
+                env, owned->data(), owned->size(),
+                [](napi_env, void*, void* hint) { delete static_cast<std::vector<uint8_t>*>(hint); },
+                owned, &buffer) != napi_ok) {
+          delete owned;
+          napi_get_undefined(env, &buffer);
+        }
+        napi_set_element(env, extras, extra_count++, buffer);
       } else {
         if (!e.bytes.empty()) std::memcpy(out, e.bytes.data(), e.bytes.size());
         out += Pad8(e.bytes.size());
       }
     }
     events.clear();
-    Napi::Array result = Napi::Array::New(env, 2);
-    result.Set(0u, records);
-    result.Set(1u, extras);
+    napi_set_element(env, result, 0, records);
+    napi_set_element(env, result, 1, extras);
     return result;
   }
 
