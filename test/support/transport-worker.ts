@@ -2,7 +2,8 @@
  * A worker thread that owns its own transport endpoint (one endpoint per thread is how a
  * process uses more cores). Modes, chosen by workerData.mode:
  *   "server": echo on type 1, never answers type 2 (for failure tests), counts handler runs;
- *   "client": connects to workerData.target and calls type 1 `workerData.calls` times.
+ *   "client": connects to workerData.target and calls type 1 `workerData.calls` times;
+ *   "flood": connects to workerData.target and keeps 64 calls in flight until terminated.
  * It posts {address} once ready, then {done, ...} results; "close" closes the endpoint.
  */
 import { parentPort, workerData } from 'node:worker_threads';
@@ -36,4 +37,14 @@ if (workerData.mode === 'client') {
   );
   for (const r of results) replies.push(Buffer.from(r).toString());
   port.postMessage({ kind: 'done', replies });
+}
+
+if (workerData.mode === 'flood') {
+  const session = await endpoint.connect(workerData.target);
+  port.postMessage({ kind: 'flooding' });
+  await Promise.all(
+    Array.from({ length: 64 }, async () => {
+      for (;;) await session.call(1, Buffer.alloc(100));
+    }),
+  );
 }

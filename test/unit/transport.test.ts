@@ -214,3 +214,26 @@ test('endpoints run in worker threads and talk to each other and to the main thr
     await worker.terminate();
   }
 });
+
+test('terminating a worker whose endpoint is busy does not disturb the process or its peer', async (t) => {
+  const server = await Endpoint.create({});
+  let handled = 0;
+  server.handle(1, (bytes) => {
+    handled++;
+    return bytes;
+  });
+  for (let round = 0; round < 4; round++) {
+    const worker = new Worker(new URL('../support/transport-worker.js', import.meta.url), {
+      workerData: { mode: 'flood', target: server.address },
+    });
+    await new Promise<void>((resolve) => worker.on('message', (m) => m.kind === 'flooding' && resolve()));
+    await new Promise((resolve) => setTimeout(resolve, 30 + round * 20));
+    await worker.terminate();
+  }
+  t.true(handled > 100, `handled ${handled}`);
+  const client = await Endpoint.create({});
+  const session = await client.connect(server.address);
+  t.is(Buffer.from(await session.call(1, Buffer.from('alive'))).toString(), 'alive');
+  await client.close();
+  await server.close();
+});
