@@ -469,6 +469,9 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("udpSendErrors", u.send_errors);
     set("udpTruncated", u.truncated_rx);
     set("udpSendCalls", u.send_calls);
+    set("udpDatagramsSent", u.datagrams_sent);
+    set("udpBundledPackets", u.bundled_packets);
+    set("udpBadBundles", u.bad_bundles);
     set("udpReceiveCalls", u.receive_calls);
     return out;
   }

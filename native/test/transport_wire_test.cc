@@ -278,7 +278,8 @@ void UdpEcho(const char* host, const char* server_text_prefix) {
   const uint64_t start = MonotonicNowUs();
   const uint32_t session = client.endpoint->Connect(server_address, start);
   client.socket->Flush();
-  const std::vector<size_t> sizes = {0, 1, 100, 64'000, 1u << 20};
+  std::vector<size_t> sizes = {0, 1, 100, 64'000, 1u << 20};
+  for (int i = 0; i < 100; ++i) sizes.push_back(static_cast<size_t>(i));  // bundled together
   std::map<uint64_t, std::vector<uint8_t>> received;
   for (size_t i = 0; i < sizes.size(); ++i) {
     CHECK(client.endpoint->Call(session, 1, i, Pattern(sizes[i], static_cast<uint8_t>(i)), 0,
@@ -311,6 +312,23 @@ void UdpEcho(const char* host, const char* server_text_prefix) {
   }
   // Loopback: the session uses large datagrams (about 64 KB), so 1 MiB is ~17 packets.
   CHECK(client.endpoint->SessionDataBytesPerPacket(session) > 60'000);
+  // Small packets to one peer shared datagrams.
+  CHECK(client.socket->stats().bundled_packets > 50);
+  CHECK(client.socket->stats().datagrams_sent < client.endpoint->stats().packets_sent);
+  // A bundle whose framing overruns the datagram: the rest is dropped and counted.
+  std::vector<uint8_t> bad(kHeaderBytes + 10, 0);
+  Header h;
+  Encode(h, bad.data());
+  bad[3] = kBundleType;
+  bad[kHeaderBytes] = 200;  // item length beyond the datagram
+  sendto(client.socket->fd(), bad.data(), bad.size(), 0,
+         reinterpret_cast<const sockaddr*>(&server_address.storage), server_address.length);
+  for (int i = 0; i < 100 && server.socket->stats().bad_bundles == 0; ++i) {
+    pollfd fd = {server.socket->fd(), POLLIN, 0};
+    poll(&fd, 1, 10);
+    server.Pump(MonotonicNowUs());
+  }
+  CHECK_EQ(server.socket->stats().bad_bundles, 1u);
 }
 }  // namespace
 

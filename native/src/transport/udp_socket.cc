@@ -7,9 +7,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 
 namespace squall::transport {
+// Bundle item lengths are copied with memcpy in host order; the wire is little-endian.
+static_assert(std::endian::native == std::endian::little, "bundle framing assumes little-endian");
 namespace {
 constexpr size_t kTxBatchPacketsMax = 64;
 constexpr size_t kTxBatchBytes = 1u << 20;
@@ -50,8 +53,10 @@ std::unique_ptr<UdpSocket> UdpSocket::Open(const std::string& host, uint16_t por
   }
   s->local_.length = sizeof(s->local_.storage);
   getsockname(s->fd_, reinterpret_cast<sockaddr*>(&s->local_.storage), &s->local_.length);
-  // One byte more than the largest accepted datagram, so oversize ones show up as truncated.
-  s->rx_buffer_bytes_ = std::min<uint32_t>(packet_bytes_max, kDatagramBytesMax) + 1;
+  // Room for any UDP datagram (bundles from a peer may exceed our own packet size); the core
+  // checks each packet against the session's packet size.
+  (void)packet_bytes_max;
+  s->rx_buffer_bytes_ = kDatagramBytesMax + 1;
   s->rx_count_ = std::clamp<size_t>(kRxBatchBytes / s->rx_buffer_bytes_, 8, 64);
   s->rx_buffers_.resize(s->rx_count_ * s->rx_buffer_bytes_);
   s->rx_from_.resize(s->rx_count_);
@@ -76,8 +81,47 @@ bool UdpSocket::Normalize(const PeerAddress& peer, PeerAddress* out) const {
   return false;  // an IPv4 socket cannot send to an IPv6 peer
 }
 
+bool UdpSocket::TryBundle(const PeerAddress& to, std::span<const uint8_t> header,
+                          std::span<const uint8_t> payload) {
+  const size_t bytes = header.size() + payload.size();
+  if (tx_packets_.empty() || bytes > kBundleItemBytesMax) return false;
+  TxPacket& last = tx_packets_.back();
+  if (!(last.to == to)) return false;
+  if (last.bundled == 0 && last.bytes > kBundleItemBytesMax) return false;
+  const size_t limit = to.IsLoopback() ? kBundleBytesMaxLoopback : kBundleBytesMaxPath;
+  const size_t grow = (last.bundled == 0 ? kHeaderBytes + 2 : 0) + 2 + bytes;
+  if (last.bytes + grow > limit || last.offset + last.bytes + grow > tx_buffer_.size()) {
+    return false;
+  }
+  uint8_t* base = tx_buffer_.data() + last.offset;
+  if (last.bundled == 0) {
+    // Turn the lone packet into the first item of a bundle.
+    std::memmove(base + kHeaderBytes + 2, base, last.bytes);
+    Header h;
+    h.type = PacketType::kRequest;  // placeholder; the type byte is overwritten below
+    Encode(h, base);
+    base[3] = kBundleType;
+    const uint16_t first = static_cast<uint16_t>(last.bytes);
+    std::memcpy(base + kHeaderBytes, &first, 2);
+    last.bytes += kHeaderBytes + 2;
+    last.bundled = 1;
+  }
+  uint8_t* out = base + last.bytes;
+  const uint16_t item = static_cast<uint16_t>(bytes);
+  std::memcpy(out, &item, 2);
+  std::memcpy(out + 2, header.data(), header.size());
+  if (!payload.empty()) std::memcpy(out + 2 + header.size(), payload.data(), payload.size());
+  last.bytes += 2 + bytes;
+  ++last.bundled;
+  const uint32_t count = last.bundled;
+  std::memcpy(base + 12, &count, 4);  // message bytes field = packets in the bundle
+  tx_used_ = last.offset + ((last.bytes + 7) & ~size_t{7});
+  return true;
+}
+
 void UdpSocket::Send(const PeerAddress& to, std::span<const uint8_t> header,
                      std::span<const uint8_t> payload) {
+  if (TryBundle(to, header, payload)) return;
   const size_t bytes = header.size() + payload.size();
   if (tx_packets_.size() == kTxBatchPacketsMax || tx_used_ + bytes > tx_buffer_.size()) Flush();
   // Copied, so the caller may free or reuse the message right away (a response can complete
@@ -105,6 +149,10 @@ void UdpSocket::Flush() {
     messages[i].msg_hdr.msg_iov = &vectors[i];
     messages[i].msg_hdr.msg_iovlen = 1;
   }
+  for (size_t i = 0; i < n; ++i) {
+    if (tx_packets_[i].bundled > 0) stats_.bundled_packets += tx_packets_[i].bundled;
+  }
+  stats_.datagrams_sent += n;
   size_t done = 0;
   while (done < n) {
     ++stats_.send_calls;
@@ -150,10 +198,25 @@ size_t UdpSocket::Receive(
         ++stats_.truncated_rx;
         continue;
       }
-      on_packet(rx_from_[static_cast<size_t>(i)],
-                std::span<const uint8_t>(
-                    rx_buffers_.data() + static_cast<size_t>(i) * rx_buffer_bytes_,
-                    messages[i].msg_len));
+      const uint8_t* data = rx_buffers_.data() + static_cast<size_t>(i) * rx_buffer_bytes_;
+      const size_t length = messages[i].msg_len;
+      const PeerAddress& from = rx_from_[static_cast<size_t>(i)];
+      if (length >= kHeaderBytes && data[3] == kBundleType && data[0] == (kMagic & 0xff) &&
+          data[1] == (kMagic >> 8) && data[2] == kWireVersion) {
+        size_t offset = kHeaderBytes;
+        while (offset + 2 <= length) {
+          uint16_t item;
+          std::memcpy(&item, data + offset, 2);
+          if (offset + 2 + item > length) {
+            ++stats_.bad_bundles;
+            break;
+          }
+          on_packet(from, std::span<const uint8_t>(data + offset + 2, item));
+          offset += 2 + item;
+        }
+        continue;
+      }
+      on_packet(from, std::span<const uint8_t>(data, length));
     }
     total += static_cast<size_t>(got);
     if (static_cast<size_t>(got) < want) break;

@@ -21,6 +21,9 @@ struct UdpStats {
   uint64_t truncated_rx = 0;    // datagrams larger than our receive buffers
   uint64_t send_calls = 0;      // sendmmsg system calls
   uint64_t receive_calls = 0;   // recvmmsg system calls
+  uint64_t datagrams_sent = 0;
+  uint64_t bundled_packets = 0; // packets that shared a datagram with others
+  uint64_t bad_bundles = 0;     // bundles whose framing did not add up (rest dropped)
 };
 
 class UdpSocket final : public PacketIo {
@@ -60,7 +63,10 @@ class UdpSocket final : public PacketIo {
     PeerAddress to;
     size_t offset;
     size_t bytes;
+    uint32_t bundled = 0;  // packets in this bundle datagram; 0: a plain packet
   };
+  bool TryBundle(const PeerAddress& to, std::span<const uint8_t> header,
+                 std::span<const uint8_t> payload);
   std::vector<TxPacket> tx_packets_;
   size_t tx_used_ = 0;
   UdpStats stats_;
