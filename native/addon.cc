@@ -338,7 +338,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     return Napi::Number::New(env, session);
   }
 
-  // submit(slab: ArrayBuffer, byteLength, extras: Uint8Array[]) -> undefined.
+  // submit(slab: ArrayBuffer, byteLength, extras: Uint8Array[]) -> a batch, like drain().
   Napi::Value Submit(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!CheckOpen(env)) return env.Undefined();
@@ -396,7 +396,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     ++submits_;
     driver_->socket->Flush();
     ArmTimer();
-    return env.Undefined();
+    return TakeBatch(env);  // events the submissions produced (e.g. refusals), saving a drain()
   }
 
   // drain() -> undefined or [records, extras]: events produced by the last synchronous calls.

@@ -13,7 +13,8 @@ export type NativeBatch = [ArrayBuffer, ArrayBuffer[]] | undefined;
 export interface NativeEndpointHandle {
   address(): string;
   connect(address: string): number;
-  submit(slab: ArrayBuffer, byteLength: number, extras: Uint8Array[]): void;
+  /** Hands over a slab of submissions; returns the events they produced at once. */
+  submit(slab: ArrayBuffer, byteLength: number, extras: Uint8Array[]): NativeBatch;
   drain(): NativeBatch;
   disconnect(session: number): void;
   setHandled(type: number, handled: boolean): void;

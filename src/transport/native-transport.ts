@@ -161,14 +161,15 @@ class Outbox {
     return external;
   }
 
-  flushTo(native: NativeEndpointHandle): void {
-    if (this.offset === 0) return;
+  flushTo(native: NativeEndpointHandle): NativeBatch {
+    if (this.offset === 0) return undefined;
     const length = this.offset;
     const extras = this.extras;
     this.offset = 0;
     this.extras = [];
-    native.submit(this.buffer, length, extras);
+    const batch = native.submit(this.buffer, length, extras);
     if (this.buffer.byteLength > SLAB_BYTES_KEEP_MAX) this.resize(SLAB_BYTES_INITIAL);
+    return batch;
   }
 
   private reserve(bytes: number): void {
@@ -385,8 +386,7 @@ export class Endpoint implements Transport {
   private flush(): void {
     this.flushScheduled = false;
     if (this.closed || this.outbox.empty) return;
-    this.outbox.flushTo(this.native);
-    this.process(this.native.drain());
+    this.process(this.outbox.flushTo(this.native));
   }
 
   private respond(session: number, slot: number, requestNumber: number, status: Status, bytes: Uint8Array): void {

@@ -237,3 +237,19 @@ test('terminating a worker whose endpoint is busy does not disturb the process o
   await client.close();
   await server.close();
 });
+
+test('calls beyond the queue limit are refused with BACKLOG_FULL', async (t) => {
+  const options = { slotsPerSession: 1, queuedRequestsPerSessionMax: 1 };
+  const server = await Endpoint.create(options);
+  server.handle(1, () => new Promise<Uint8Array>(() => {}));
+  const client = await Endpoint.create(options);
+  const session = await client.connect(server.address);
+  const first = session.call(1, Buffer.alloc(1), { timeoutMs: 100 });
+  const second = session.call(1, Buffer.alloc(1), { timeoutMs: 100 });
+  const third = await t.throwsAsync(session.call(1, Buffer.alloc(1)), { instanceOf: TransportError });
+  t.is(third!.code, 'BACKLOG_FULL');
+  await t.throwsAsync(first, { instanceOf: TimeoutError });
+  await t.throwsAsync(second, { instanceOf: TimeoutError });
+  await client.close();
+  await server.close();
+});
