@@ -253,3 +253,21 @@ test('calls beyond the queue limit are refused with BACKLOG_FULL', async (t) => 
   await client.close();
   await server.close();
 });
+
+test('an idle session wakes the loop only for its keepalives (no polling)', async (t) => {
+  const { server, client, session } = await pair({ peerFailureTimeoutMs: 400 });
+  t.is(Buffer.from(await session.call(1, Buffer.from('x'))).toString(), 'x');
+  const before = { client: client.stats(), server: server.stats() };
+  await new Promise((resolve) => setTimeout(resolve, 600));
+  const after = { client: client.stats(), server: server.stats() };
+  const wakeups = (side: 'client' | 'server'): number =>
+    after[side].udpReceiveCalls! - before[side].udpReceiveCalls! +
+    (after[side].jsBatchesDelivered! - before[side].jsBatchesDelivered!);
+  // Keepalives every peerFailureTimeoutMs / 4 = 100 ms: about 6 pings and 6 pongs in 600 ms.
+  t.true(wakeups('client') <= 30, `client woke ${wakeups('client')} times`);
+  t.true(wakeups('server') <= 30, `server woke ${wakeups('server')} times`);
+  t.true(after.client['sent.PING']! - before.client['sent.PING']! >= 3, 'keepalives were sent');
+  t.is(after.client.sessionsClient, 1, 'the idle session is still alive');
+  await client.close();
+  await server.close();
+});
