@@ -40,6 +40,10 @@ TEST(crypto_handshake_same_key_talks) {
       return;
     }
     CHECK_EQ(first.client_keys->forward_secret, forward_secrecy);
+    // The authenticated identity reaches both sides (RunHandshake: client 7, server 9).
+    CHECK_EQ(first.client_keys->server_session, 9u);
+    CHECK_EQ(first.server_keys->client_session, 7u);
+    CHECK(first.server_keys->client_address == MakeParams(7).client_address.bytes);
     CHECK(first.client_keys->session_id == first.server_keys->session_id);
     CHECK(first.client_keys->client_to_server.key == first.server_keys->client_to_server.key);
     CHECK(first.client_keys->client_to_server.key != first.client_keys->server_to_client.key);
@@ -102,6 +106,29 @@ TEST(crypto_handshake_wrong_key_refused_both_sides) {
   HandshakeStep server_verdict = server2.OnMessage(client_verdict.reply);
   CHECK_STATUS(server_verdict.status, HandshakeStatus::kRefusedByPeer);
   CHECK_STATUS(server_verdict.peer_reason, HandshakeStatus::kBadMac);
+}
+
+// Proves: forward secrecy is used only when both sides enable it, and either way the two sides
+// agree on the keys.
+TEST(crypto_handshake_forward_secrecy_negotiation) {
+  Keyring ring;
+  ring.Install(MakeGroupKey(1, 0x11));
+  CryptoCounters client_counters, server_counters;
+  HandshakeConfig on, off;
+  off.forward_secrecy = false;
+  for (int mode = 0; mode < 4; ++mode) {
+    const HandshakeConfig& client_config = (mode & 1) ? on : off;
+    const HandshakeConfig& server_config = (mode & 2) ? on : off;
+    HandshakeOutcome outcome = RunHandshake(ring, ring, &client_counters, &server_counters,
+                                            client_config, server_config);
+    if (!outcome.client_keys || !outcome.server_keys) {
+      CHECK(false);
+      continue;
+    }
+    CHECK_EQ(outcome.client_keys->forward_secret, mode == 3);
+    CHECK_EQ(outcome.server_keys->forward_secret, mode == 3);
+    CHECK(outcome.client_keys->client_to_server.key == outcome.server_keys->client_to_server.key);
+  }
 }
 
 // Proves: a key id the server does not hold is refused as unknown; a cipher mismatch is refused
