@@ -110,7 +110,7 @@ struct OpenResult {
 
 // Protection state of one session on one endpoint. Owned by the transport's session object and
 // used only from the endpoint's thread. Memory: three AES-GCM contexts plus two replay windows
-// (~2 KiB; see bytes_per_session in the README).
+// (3.0 KiB of heap, measured by crypto_bench; README "Costs").
 class SessionCrypto {
  public:
   // Returns nullptr only if OpenSSL cannot set up a key (out of memory). counters must outlive
