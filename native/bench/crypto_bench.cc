@@ -3,6 +3,8 @@
 // session. Prints one JSON line per case. Usage: crypto_bench [--quick]
 #include <malloc.h>
 
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -56,18 +58,39 @@ Sessions Connect(const Keyring& ring, CryptoCounters* counters, AeadAlgorithm al
   return sessions;
 }
 
-// Runs body() in batches until target_ns has passed; returns ns per call.
+double ThreadCpuNs() {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) * 1e9 + static_cast<double>(now.tv_nsec);
+}
+
+struct PerCall {
+  double cpu_ns;        // this thread's CPU time per call: the cost, unaffected by preemption
+  double wall_best_ns;  // best of 20 wall-clock windows: the closest to an idle machine
+};
+
+// Runs body() for about target_ns of wall time in 20 windows. On 2 cores shared by several
+// engineers wall time mostly measures the other processes, so the CPU time is the headline;
+// the load average is printed beside every line.
 template <typename Body>
-double TimePerCall(double target_ns, Body body) {
-  uint64_t calls = 0;
-  const Clock::time_point start = Clock::now();
-  double elapsed = 0;
-  do {
-    for (int i = 0; i < 64; ++i) body();
-    calls += 64;
-    elapsed = ElapsedNs(start);
-  } while (elapsed < target_ns);
-  return elapsed / static_cast<double>(calls);
+PerCall TimePerCall(double target_ns, Body body) {
+  PerCall result{0, 1e300};
+  uint64_t calls_total = 0;
+  const double cpu_start = ThreadCpuNs();
+  for (int window = 0; window < 20; ++window) {
+    uint64_t calls = 0;
+    const Clock::time_point start = Clock::now();
+    double elapsed = 0;
+    do {
+      for (int i = 0; i < 16; ++i) body();
+      calls += 16;
+      elapsed = ElapsedNs(start);
+    } while (elapsed < target_ns / 20);
+    result.wall_best_ns = std::min(result.wall_best_ns, elapsed / static_cast<double>(calls));
+    calls_total += calls;
+  }
+  result.cpu_ns = (ThreadCpuNs() - cpu_start) / static_cast<double>(calls_total);
+  return result;
 }
 
 void BenchSealOpen(const Keyring& ring, AeadAlgorithm algorithm, size_t body_bytes,
@@ -82,41 +105,46 @@ void BenchSealOpen(const Keyring& ring, AeadAlgorithm algorithm, size_t body_byt
   std::vector<uint8_t> packet(SealedBytes(kHeaderBytes, body_bytes), 0x5a);
   std::vector<uint8_t> copy(packet.size());
   bool failed = false;
-  const double crypto_ns = TimePerCall(target_ns, [&] {
+  const PerCall crypto = TimePerCall(target_ns, [&] {
     failed |= sessions.client->Seal(packet, kHeaderBytes, body_bytes) != SealStatus::kOk;
     failed |= sessions.server->Open(packet, kHeaderBytes).status != OpenStatus::kOk;
   });
   // Seal and open timed apart: seal a batch of distinct packets, then open them all (a packet
-  // can be opened once: the replay window would refuse a second open).
-  const size_t batch = std::max<size_t>(64, std::min<size_t>(20000, (32u << 20) / packet.size()));
+  // can be opened once: the replay window would refuse a second open). Best of 5 rounds, since
+  // one round is short enough for a preemption on the shared cores to dominate it.
+  const size_t batch = std::max<size_t>(64, std::min<size_t>(4000, (8u << 20) / packet.size()));
   std::vector<std::vector<uint8_t>> packets(batch, std::vector<uint8_t>(packet.size(), 0x5a));
-  Clock::time_point start = Clock::now();
-  for (auto& one : packets) {
-    failed |= sessions.client->Seal(one, kHeaderBytes, body_bytes) != SealStatus::kOk;
+  double seal_ns = 1e300, open_ns = 1e300;
+  for (int round = 0; round < 5; ++round) {
+    for (auto& one : packets) std::memset(one.data(), 0x5a, one.size());
+    Clock::time_point start = Clock::now();
+    for (auto& one : packets) {
+      failed |= sessions.client->Seal(one, kHeaderBytes, body_bytes) != SealStatus::kOk;
+    }
+    seal_ns = std::min(seal_ns, ElapsedNs(start) / static_cast<double>(batch));
+    start = Clock::now();
+    for (auto& one : packets) {
+      failed |= sessions.server->Open(one, kHeaderBytes).status != OpenStatus::kOk;
+    }
+    open_ns = std::min(open_ns, ElapsedNs(start) / static_cast<double>(batch));
   }
-  const double seal_ns = ElapsedNs(start) / static_cast<double>(batch);
-  start = Clock::now();
-  for (auto& one : packets) {
-    failed |= sessions.server->Open(one, kHeaderBytes).status != OpenStatus::kOk;
-  }
-  const double open_ns = ElapsedNs(start) / static_cast<double>(batch);
   // Baseline: the same bytes copied twice (one pass each for seal and open).
-  const double memcpy_ns = TimePerCall(target_ns, [&] {
+  const PerCall copy_cost = TimePerCall(target_ns, [&] {
     std::memcpy(copy.data(), packet.data(), packet.size());
     Escape(copy.data());
     std::memcpy(packet.data(), copy.data(), packet.size());
     Escape(packet.data());
   });
+  const double bytes = static_cast<double>(body_bytes);
   std::printf(
       "{\"bench\":\"crypto\",\"case\":\"seal_open\",\"cipher\":\"%s\",\"body_bytes\":%zu,"
-      "\"header_bytes\":%zu,\"seal_open_ns_per_packet\":%.1f,\"seal_open_mb_per_s\":%.1f,"
-      "\"seal_ns\":%.1f,\"open_ns\":%.1f,\"baseline_2x_memcpy_ns_per_packet\":%.1f,"
-      "\"baseline_mb_per_s\":%.1f,\"ok\":%s,"
+      "\"header_bytes\":%zu,\"seal_open_cpu_ns_per_packet\":%.1f,\"seal_open_mb_per_s\":%.1f,"
+      "\"seal_open_wall_best_ns\":%.1f,\"seal_batch_best_ns\":%.1f,\"open_batch_best_ns\":%.1f,"
+      "\"baseline_2x_memcpy_cpu_ns\":%.1f,\"baseline_mb_per_s\":%.1f,\"ok\":%s,"
       "\"load1\":%s}\n",
-      AlgorithmName(algorithm), body_bytes, kHeaderBytes, crypto_ns,
-      static_cast<double>(body_bytes) / crypto_ns * 1e3, seal_ns, open_ns, memcpy_ns,
-      static_cast<double>(body_bytes) / memcpy_ns * 1e3, failed ? "false" : "true",
-      load.c_str());
+      AlgorithmName(algorithm), body_bytes, kHeaderBytes, crypto.cpu_ns,
+      bytes / crypto.cpu_ns * 1e3, crypto.wall_best_ns, seal_ns, open_ns, copy_cost.cpu_ns,
+      bytes / copy_cost.cpu_ns * 1e3, failed ? "false" : "true", load.c_str());
   std::fflush(stdout);
 }
 
@@ -127,7 +155,7 @@ void BenchHandshake(const Keyring& ring, bool forward_secrecy, double target_ns,
   config.forward_secrecy = forward_secrecy;
   ClientHelloParams params;
   bool failed = false;
-  const double ns = TimePerCall(target_ns, [&] {
+  const PerCall handshake = TimePerCall(target_ns, [&] {
     ClientHandshake client(config, &counters);
     ServerHandshake server(config, &counters);
     HandshakeStep hello = client.Start(ring, params);
@@ -138,8 +166,10 @@ void BenchHandshake(const Keyring& ring, bool forward_secrecy, double target_ns,
   });
   std::printf(
       "{\"bench\":\"crypto\",\"case\":\"handshake\",\"forward_secrecy\":%s,"
-      "\"both_sides_us\":%.1f,\"per_side_us\":%.1f,\"ok\":%s,\"load1\":%s}\n",
-      forward_secrecy ? "true" : "false", ns / 1e3, ns / 2e3, failed ? "false" : "true",
+      "\"both_sides_cpu_us\":%.1f,\"per_side_cpu_us\":%.1f,\"both_sides_wall_best_us\":%.1f,"
+      "\"ok\":%s,\"load1\":%s}\n",
+      forward_secrecy ? "true" : "false", handshake.cpu_ns / 1e3, handshake.cpu_ns / 2e3,
+      handshake.wall_best_ns / 1e3, failed ? "false" : "true",
       load.c_str());
   std::fflush(stdout);
 }

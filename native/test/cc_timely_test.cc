@@ -123,3 +123,22 @@ TEST(cc_pacer_spacing) {
   CHECK_EQ(pacer.Schedule(5'000'000, 1000, rate), uint64_t{5'000'000});
   CHECK_EQ(pacer.Schedule(5'000'000, 1000, rate), uint64_t{5'010'000});
 }
+
+// Proves: many samples inside one base RTT do not multiply the reaction: 100 samples spaced
+// base/100 apart cut the rate about as much as a single sample one base RTT later.
+TEST(cc_timely_reaction_scaled_by_time_since_update) {
+  const TimelyConfig config = TimelyConfig::FromMeasuredRtt(kBaseRttNs, kMaxRate);
+  Timely dense(config);
+  Timely sparse(config);
+  uint64_t now_ns = 1'000'000;
+  // Both start with one congested sample far above t_high.
+  dense.OnRttSample(now_ns, 3 * config.t_high_ns);
+  sparse.OnRttSample(now_ns, 3 * config.t_high_ns);
+  for (int i = 1; i <= 100; ++i) {
+    dense.OnRttSample(now_ns + static_cast<uint64_t>(i) * kBaseRttNs / 100, 3 * config.t_high_ns);
+  }
+  sparse.OnRttSample(now_ns + kBaseRttNs, 3 * config.t_high_ns);
+  const double ratio = dense.rate_bytes_per_s() / sparse.rate_bytes_per_s();
+  CHECK(ratio > 0.8 && ratio < 1.25);
+  CHECK(dense.rate_bytes_per_s() < kMaxRate);
+}

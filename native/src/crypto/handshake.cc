@@ -98,6 +98,10 @@ SessionKeys DeriveSessionKeys(AeadAlgorithm algorithm, uint32_t key_id, uint16_t
   keys.forward_secret = !shared_secret.empty();
   const Digest transcript = Sha256({client_hello, server_hello});
   keys.session_id = transcript;
+  keys.client_session = LoadLe32(client_hello.data() + kChSession);
+  keys.server_session = LoadLe32(server_hello.data() + kShSession);
+  std::memcpy(keys.client_address.data(), client_hello.data() + kChClientAddress, 18);
+  std::memcpy(keys.server_address.data(), client_hello.data() + kChServerAddress, 18);
   uint8_t salt[2 * kNonceFieldBytes];
   std::memcpy(salt, client_hello.data() + kChNonce, kNonceFieldBytes);
   std::memcpy(salt + kNonceFieldBytes, server_hello.data() + kShNonce, kNonceFieldBytes);

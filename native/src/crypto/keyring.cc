@@ -89,7 +89,6 @@ KeyFileResult ParseKeyFile(std::string_view text, std::string_view source_name) 
       if (secret_ok) key.secret[i] = static_cast<uint8_t>(high * 16 + low);
     }
     if (!secret_ok) {
-      Cleanse(key.secret);
       return Failure(KeyFileStatus::kBadSecret, source_name, line_number,
                      "the secret of key " + std::to_string(key_id) + " is " +
                          std::to_string(hex.size()) + " characters, not 64 hex digits",
@@ -102,15 +101,12 @@ KeyFileResult ParseKeyFile(std::string_view text, std::string_view source_name) 
     }
     for (const GroupKey& seen : result.keys) {
       if (seen.key_id == key.key_id) {
-        Cleanse(key.secret);
-        for (GroupKey& wipe : result.keys) Cleanse(wipe.secret);
         return Failure(KeyFileStatus::kDuplicateKeyId, source_name, line_number,
                        "key id " + std::to_string(key_id) + " appears twice",
                        "give the new key the next unused id");
       }
     }
     result.keys.push_back(key);
-    Cleanse(key.secret);
   }
   if (result.keys.empty()) {
     return Failure(KeyFileStatus::kNoKeys, source_name, line_number, "no key lines", kLineFix);
@@ -146,13 +142,6 @@ std::string FormatKeyLine(const GroupKey& key) {
   return line;
 }
 
-Keyring::~Keyring() {
-  for (KeyringEntry& entry : entries_) {
-    Cleanse(entry.handshake_mac_key);
-    Cleanse(entry.session_base_key);
-  }
-}
-
 KeyringStatus Keyring::Install(const GroupKey& key) {
   if (key.key_id == 0) return KeyringStatus::kZeroKeyId;
   if (entries_.size() >= kKeysMax) return KeyringStatus::kFull;
@@ -170,8 +159,6 @@ KeyringStatus Keyring::Install(const GroupKey& key) {
   HkdfExpand(group_prk, {Label("squall session base v1"), id_bytes}, entry.session_base_key);
   Cleanse(group_prk);
   entries_.push_back(entry);
-  Cleanse(entry.handshake_mac_key);
-  Cleanse(entry.session_base_key);
   if (primary_key_id_ == 0) primary_key_id_ = key.key_id;
   return KeyringStatus::kOk;
 }
@@ -202,8 +189,6 @@ KeyringStatus Keyring::Rotate(const GroupKey& new_key, uint64_t now_ms, uint64_t
 void Keyring::PruneExpired(uint64_t now_ms) {
   for (auto it = entries_.begin(); it != entries_.end();) {
     if (it->key_id != primary_key_id_ && now_ms >= it->accept_until_ms) {
-      Cleanse(it->handshake_mac_key);
-      Cleanse(it->session_base_key);
       it = entries_.erase(it);
     } else {
       ++it;

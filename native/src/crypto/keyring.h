@@ -21,6 +21,10 @@ inline constexpr size_t kGroupSecretBytes = 32;
 struct GroupKey {
   uint32_t key_id = 0;
   std::array<uint8_t, kGroupSecretBytes> secret{};
+  GroupKey() = default;
+  GroupKey(const GroupKey&) = default;
+  GroupKey& operator=(const GroupKey&) = default;
+  ~GroupKey() { Cleanse(secret); }  // every copy wipes itself (parser results, keyring input)
 };
 
 // Key file, UTF-8 text, one key per line:
@@ -60,6 +64,13 @@ struct KeyringEntry {
   Digest session_base_key{};
   // Handshakes naming this key are accepted while now_ms < accept_until_ms.
   uint64_t accept_until_ms = std::numeric_limits<uint64_t>::max();
+  KeyringEntry() = default;
+  KeyringEntry(const KeyringEntry&) = default;
+  KeyringEntry& operator=(const KeyringEntry&) = default;
+  ~KeyringEntry() {
+    Cleanse(handshake_mac_key);
+    Cleanse(session_base_key);
+  }
 };
 
 enum class KeyringStatus : uint8_t { kOk, kDuplicateKeyId, kZeroKeyId, kFull };
@@ -70,10 +81,13 @@ class Keyring {
  public:
   static constexpr size_t kKeysMax = 16;  // a rotation needs 2; the rest is operator slack
 
-  Keyring() = default;
-  ~Keyring();
+  Keyring() { entries_.reserve(kKeysMax); }  // no reallocation leaves stale copies behind
+  ~Keyring() = default;
   Keyring(const Keyring&) = delete;
   Keyring& operator=(const Keyring&) = delete;
+
+  // Pointers returned by Primary() and FindAccepted() stay valid until the next Install,
+  // Rotate or PruneExpired; handshakes copy what they need, so none is held across calls.
 
   // Installs every key of a parsed key file; the highest key id becomes primary.
   KeyringStatus InstallAll(const std::vector<GroupKey>& keys);

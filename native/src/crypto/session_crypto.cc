@@ -21,6 +21,10 @@ SessionKeys& SessionKeys::operator=(SessionKeys&& other) noexcept {
     client_to_server = other.client_to_server;
     server_to_client = other.server_to_client;
     session_id = other.session_id;
+    client_session = other.client_session;
+    server_session = other.server_session;
+    client_address = other.client_address;
+    server_address = other.server_address;
     other.Wipe();
   }
   return *this;
