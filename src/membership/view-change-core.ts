@@ -369,7 +369,9 @@ export class ViewChangeCore {
 
   /**
    * The next committed entry of the membership log. Indexes must increase by one; an entry at or
-   * below the last applied index is a replay and is ignored.
+   * below the last applied index is a replay and is ignored. Throws ViewChangeBacklogError, and
+   * does not consume the entry, if pendingMax entries already wait behind a sealed view: feed it
+   * again after delivered().
    */
   committed(index: number, entry: MembershipEntry): void {
     if (index <= this.appliedIndex) return;
@@ -377,16 +379,16 @@ export class ViewChangeCore {
       index === this.appliedIndex + 1,
       `membership log entries arrive in order (got ${index} after ${this.appliedIndex})`,
     );
+    if (this.state !== 'removed' && this.sealed !== undefined) {
+      if (this.afterSeal.length >= this.pendingMax) {
+        throw new ViewChangeBacklogError('entries behind a sealed view', this.pendingMax);
+      }
+    }
     this.appliedIndex = index;
     if (this.state === 'removed') return;
     this.forgetCommitted(entry);
-    if (this.sealed !== undefined) {
-      if (this.afterSeal.length >= this.pendingMax)
-        throw new ViewChangeBacklogError('entries behind a sealed view', this.pendingMax);
-      this.afterSeal.push({ index, entry });
-      return;
-    }
-    this.apply(index, entry);
+    if (this.sealed !== undefined) this.afterSeal.push({ index, entry });
+    else this.apply(index, entry);
   }
 
   /** The driver wedged multicast for `viewId`; one report per shard this node belongs to. */

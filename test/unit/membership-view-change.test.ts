@@ -34,6 +34,7 @@ import {
   initialView,
   leavesMajority,
   NodeIdInUseError,
+  ViewChangeBacklogError,
   stateTransfers,
   ViewChangeCore,
   type MembershipChange,
@@ -418,6 +419,64 @@ test('joins: an id in use is refused with a named error; duplicates commit once'
     { subgroupId: subgroupId(1), shardIndex: shardIndex(0), from: nodeId(3), to: ids(7) },
   ]);
   t.deepEqual(install.view.layout.inadequate, []);
+});
+
+test('backlogs are bounded: too many waiting changes or entries behind a seal are refused', (t) => {
+  const v0 = firstView([1, 2, 3, 4, 5]);
+  const c = new ViewChangeCore({
+    self: nodeId(1),
+    view: v0,
+    allocator: defaultAllocator(POLICIES),
+    computeTrim: minTrim,
+    votersCount: 3,
+    proposalRetryTicks: 5,
+    pendingMax: 2,
+  });
+  c.requestJoin(nodeId(10), address(10));
+  c.requestJoin(nodeId(11), address(11));
+  t.throws(() => c.requestJoin(nodeId(12), address(12)), {
+    instanceOf: ViewChangeBacklogError,
+    message:
+      /membership changes: more than 2 are waiting\. Fix: retry after the current view change/,
+  });
+  // Seal view 0, then queue entries behind the seal.
+  c.committed(1, { kind: 'change', changes: [remove(5)] });
+  c.wedged(
+    viewId(0),
+    reportsFor(v0, nodeId(1), () => 1),
+  );
+  c.receive(nodeId(5), {
+    kind: 'receive-report',
+    report: {
+      viewId: viewId(0),
+      subgroupId: subgroupId(0),
+      shardIndex: shardIndex(0),
+      reporter: nodeId(5),
+      received: [1, 1],
+    },
+  });
+  const trims = c.ready().proposals.filter((p) => p.kind === 'trim');
+  t.is(trims.length, 1);
+  c.committed(2, trims[0]!);
+  c.committed(3, {
+    kind: 'trim',
+    viewId: viewId(0),
+    subgroupId: subgroupId(0),
+    shardIndex: shardIndex(1),
+    trim: [1],
+  });
+  t.is(c.phase, 'delivering');
+  c.committed(4, { kind: 'change', changes: [] });
+  c.committed(5, { kind: 'change', changes: [] });
+  t.throws(() => c.committed(6, { kind: 'change', changes: [] }), {
+    instanceOf: ViewChangeBacklogError,
+    message: /entries behind a sealed view: more than 2 are waiting/,
+  });
+  t.is(c.lastAppliedIndex, 5, 'the refused entry was not consumed');
+  c.delivered(viewId(0));
+  c.committed(6, { kind: 'change', changes: [] });
+  t.is(c.lastAppliedIndex, 6);
+  t.is(c.view.id, viewId(1));
 });
 
 test('a node that learns it was removed stops, and a clean leave says so', (t) => {
