@@ -125,7 +125,9 @@ export type ViewChangeEffect =
     }
   /**
    * This node suspects half or more of the view: it is on a minority side. Stop delivering ordered
-   * calls (keep the shards wedged) until a view is installed or the node learns it was removed.
+   * calls and stop sending heartbeats, until a view is installed or the node learns it was
+   * removed. Going silent lets the majority remove this node even if the partition was one-sided
+   * (the majority heard from it all along); the node then rejoins as a new member.
    */
   | { readonly kind: 'partitioned'; readonly viewId: ViewId; readonly suspects: readonly NodeId[] }
   /** This node is not in the next view: stop serving and say so. */
@@ -257,6 +259,7 @@ export class ViewChangeCore {
   private leaving = false;
   private proposedTrimSurvivors = new Map<string, number>();
   private nowTicks = 0;
+  private reportsSentAtTicks = 0;
   /** Changes proposed but not yet seen committed, with the tick they were (re)proposed at. */
   private inFlight: { change: MembershipChange; proposedAtTicks: number }[] = [];
   private inFlightTrims = new Map<string, { entry: MembershipEntry; proposedAtTicks: number }>();
@@ -365,6 +368,8 @@ export class ViewChangeCore {
         this.proposals.push(f.entry);
       }
     }
+    const wedged = this.state === 'wedging' && this.wedgedViewId === this.current.id;
+    if (wedged && this.nowTicks - this.reportsSentAtTicks >= this.retryTicks) this.sendReports();
   }
 
   /**
@@ -407,13 +412,29 @@ export class ViewChangeCore {
         'report for one of my shards',
       );
       this.storeReport(report);
-      const shard = this.current.shard(r.subgroupId, r.shardIndex)!;
-      for (const to of shard.members) {
-        if (to !== this.self && this.survives(to))
+    }
+    this.sendReports();
+    this.proposeTrims();
+  }
+
+  /**
+   * Sends this node's reports to the other survivors of each of its shards whose trim has not
+   * committed. Called at the wedge and again every proposalRetryTicks: a report lost in a
+   * partition must not stall the round once a new shard leader needs it.
+   */
+  private sendReports(): void {
+    this.reportsSentAtTicks = this.nowTicks;
+    const byShard = this.reports.get(this.current.id);
+    for (const s of this.current.shardsOf(this.self)) {
+      const key = shardKey(s.subgroupId, s.shardIndex);
+      const report = byShard?.get(key)?.get(this.self);
+      if (report === undefined || this.trims.has(key)) continue;
+      for (const to of this.current.shard(s.subgroupId, s.shardIndex)!.members) {
+        if (to !== this.self && this.survives(to)) {
           this.messages.push({ to, message: { kind: 'receive-report', report } });
+        }
       }
     }
-    this.proposeTrims();
   }
 
   /** A message from another member's core. */
