@@ -304,8 +304,11 @@ export class ViewChangeCore {
   suspect(node: NodeId): void {
     if (this.state === 'removed' || !this.current.isMember(node) || node === this.self) return;
     this.suspected.add(node);
-    const failed = [...new Set([...this.pending.failed, ...this.suspected])];
-    if (!this.partitioned && !leavesMajority(this.current, this.pending.departed, failed)) {
+    const departed = this.pending.departed;
+    const failed = [...new Set([...this.pending.failed, ...this.suspected])].filter(
+      (n) => !departed.includes(n),
+    );
+    if (!this.partitioned && !leavesMajority(this.current, departed, failed)) {
       this.partitioned = true;
       this.effects.push({
         kind: 'partitioned',
@@ -516,6 +519,36 @@ export class ViewChangeCore {
   }
 
   private applyChange(changes: readonly MembershipChange[]): void {
+    let next = this.pendingWith(changes);
+    if (next === undefined) return;
+    if (!leavesMajority(this.current, next.departed, next.failed)) {
+      // Joins do not weaken the quorum: only the leaves and removals of the entry are refused.
+      const refused = changes.filter((c) => c.kind !== 'join');
+      this.effects.push({
+        kind: 'refused',
+        viewId: this.current.id,
+        changes: refused,
+        reason: 'minority',
+      });
+      next = this.pendingWith(changes.filter((c) => c.kind === 'join'));
+      if (next === undefined) return;
+    }
+    this.pending = next;
+    if (next.departed.includes(this.self) || next.failed.includes(this.self)) {
+      this.state = 'removed';
+      const reason = next.departed.includes(this.self) ? 'left' : 'failed';
+      this.effects.push({ kind: 'removed', viewId: this.current.id, reason });
+      return;
+    }
+    if (this.state === 'idle') {
+      this.state = 'wedging';
+      this.effects.push({ kind: 'wedge', viewId: this.current.id });
+    }
+    this.proposeTrims();
+  }
+
+  /** The pending changes with `changes` applied in order, or undefined if none applies. */
+  private pendingWith(changes: readonly MembershipChange[]): Pending | undefined {
     const next: Pending = {
       joins: [...this.pending.joins],
       departed: [...this.pending.departed],
@@ -543,23 +576,7 @@ export class ViewChangeCore {
         accepted = true;
       }
     }
-    if (!accepted) return;
-    if (!leavesMajority(this.current, next.departed, next.failed)) {
-      this.effects.push({ kind: 'refused', viewId: this.current.id, changes, reason: 'minority' });
-      return;
-    }
-    this.pending = next;
-    if (next.departed.includes(this.self) || next.failed.includes(this.self)) {
-      this.state = 'removed';
-      const reason = next.departed.includes(this.self) ? 'left' : 'failed';
-      this.effects.push({ kind: 'removed', viewId: this.current.id, reason });
-      return;
-    }
-    if (this.state === 'idle') {
-      this.state = 'wedging';
-      this.effects.push({ kind: 'wedge', viewId: this.current.id });
-    }
-    this.proposeTrims();
+    return accepted ? next : undefined;
   }
 
   private applyTrim(entry: Extract<MembershipEntry, { kind: 'trim' }>): void {

@@ -530,7 +530,21 @@ test('partition safety: a change that leaves a minority is refused by all; a min
   const refused = c.ready().effects;
   t.deepEqual(kinds(refused), ['refused']);
   t.is(c.phase, 'idle', 'a refused change does not wedge');
-  t.deepEqual(c.view.memberIds, ids(1, 2, 3, 4, 5));
+  // Joins in a refused entry still apply: they do not weaken the quorum.
+  c.committed(2, {
+    kind: 'change',
+    changes: [
+      remove(3),
+      remove(4),
+      remove(5),
+      { kind: 'join', node: nodeId(9), address: address(9) },
+    ],
+  });
+  const mixed = c.ready().effects;
+  t.deepEqual(
+    mixed.map((e) => (e.kind === 'refused' ? e.changes.length : e.kind)),
+    [3, 'wedge'],
+  );
   // Removals one at a time: the one that would cross the line is refused, the others apply.
   const d = core(1, firstView([1, 2, 3, 4, 5]));
   d.committed(1, { kind: 'change', changes: [remove(5)] });
