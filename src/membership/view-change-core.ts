@@ -81,10 +81,14 @@ export interface ReceiveReport {
 }
 
 /**
- * The ragged trim of one shard from the reports of all its survivors (the multicast layer owns
- * the rule: per sender, the minimum received over the survivors). Must be pure.
+ * The ragged trim of one shard: given each survivor's received counts (per sender index, the
+ * survivors in shard-rank order), how many messages of each sender every survivor delivers. The
+ * multicast layer owns the rule (`computeTrim` in src/multicast/ragged-edge.ts: per sender, the
+ * minimum over the survivors); the driver passes it in. Must be pure.
  */
-export type TrimFunction = (reports: readonly ReceiveReport[]) => readonly number[];
+export type TrimFunction = (
+  survivorReceivedCounts: readonly (readonly number[])[],
+) => readonly number[];
 
 /** The only message cores send each other: a receive report, to every member of the shard. */
 export interface ReceiveReportMessage {
@@ -682,7 +686,7 @@ export class ViewChangeCore {
       const byReporter = byShard?.get(key);
       if (byReporter === undefined || !survivors.every((n) => byReporter.has(n))) continue;
       // Survivors in shard-rank order, so computeTrim sees the same input on every leader.
-      const trim = this.computeTrim(survivors.map((n) => byReporter.get(n)!));
+      const trim = this.computeTrim(survivors.map((n) => byReporter.get(n)!.received));
       const entry: MembershipEntry = {
         kind: 'trim',
         viewId: this.current.id,

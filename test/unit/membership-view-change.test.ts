@@ -39,7 +39,6 @@ import {
   ViewChangeCore,
   type MembershipChange,
   type MembershipEntry,
-  type ReceiveReport,
   type ReceiveReportMessage,
   type ViewChangeEffect,
 } from '../../src/membership/view-change-core.js';
@@ -49,8 +48,8 @@ const ids = (...values: number[]): NodeId[] => values.map(nodeId);
 const address = (n: number): string => `10.0.0.${n}:7000`;
 
 /** Per sender, the minimum received over the survivors (the multicast layer's rule). */
-const minTrim = (reports: readonly ReceiveReport[]): number[] =>
-  reports[0]!.received.map((_, i) => Math.min(...reports.map((r) => r.received[i]!)));
+const minTrim = (survivorReceivedCounts: readonly (readonly number[])[]): number[] =>
+  survivorReceivedCounts[0]!.map((_, i) => Math.min(...survivorReceivedCounts.map((r) => r[i]!)));
 
 const POLICIES: LayoutPolicies = {
   Kv: oneSubgroup(flexibleEvenShards(2, 1, 3)),
