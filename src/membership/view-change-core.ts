@@ -380,17 +380,14 @@ export class ViewChangeCore {
   }
 
   /**
-   * The next committed entry of the membership log. Indexes must increase by one; an entry at or
-   * below the last applied index is a replay and is ignored. Throws ViewChangeBacklogError, and
-   * does not consume the entry, if pendingMax entries already wait behind a sealed view: feed it
-   * again after delivered().
+   * The next committed entry of the membership log, by its Raft index. Indexes increase but may
+   * skip (Raft's own entries, such as configuration changes and a new leader's empty entry, are
+   * not membership entries); an entry at or below the last applied index is a replay and is
+   * ignored. Throws ViewChangeBacklogError, and does not consume the entry, if pendingMax entries
+   * already wait behind a sealed view: feed it again after delivered().
    */
   committed(index: number, entry: MembershipEntry): void {
     if (index <= this.appliedIndex) return;
-    assert(
-      index === this.appliedIndex + 1,
-      `membership log entries arrive in order (got ${index} after ${this.appliedIndex})`,
-    );
     if (this.state !== 'removed' && this.sealed !== undefined) {
       if (this.afterSeal.length >= this.pendingMax) {
         throw new ViewChangeBacklogError('entries behind a sealed view', this.pendingMax);
