@@ -353,8 +353,9 @@ export class ViewChangeCore {
     const same = (c: MembershipChange): boolean => sameChange(c, change);
     if (this.toPropose.some(same) || this.inFlight.some((f) => same(f.change))) return;
     if (change.kind !== 'join' && this.isLeaving(change.node)) return;
-    if (this.toPropose.length >= this.pendingMax)
+    if (this.toPropose.length + this.inFlight.length >= this.pendingMax) {
       throw new ViewChangeBacklogError('membership changes', this.pendingMax);
+    }
     this.toPropose.push(change);
   }
 

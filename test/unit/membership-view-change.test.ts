@@ -440,6 +440,8 @@ test('backlogs are bounded: too many waiting changes or entries behind a seal ar
     message:
       /membership changes: more than 2 are waiting\. Fix: retry after the current view change/,
   });
+  c.ready(); // proposed, not yet committed: still waiting
+  t.throws(() => c.requestJoin(nodeId(12), address(12)), { instanceOf: ViewChangeBacklogError });
   // Seal view 0, then queue entries behind the seal.
   c.committed(1, { kind: 'change', changes: [remove(5)] });
   c.wedged(
