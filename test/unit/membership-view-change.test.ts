@@ -482,6 +482,23 @@ test('backlogs are bounded: too many waiting changes or entries behind a seal ar
   t.is(c.view.id, viewId(1));
 });
 
+test('a joiner removed before its view is installed never joins', (t) => {
+  const c = core(1, firstView([1, 2, 3]));
+  c.committed(1, {
+    kind: 'change',
+    changes: [{ kind: 'join', node: nodeId(9), address: address(9) }],
+  });
+  c.committed(2, {
+    kind: 'change',
+    changes: [{ kind: 'join', node: nodeId(8), address: address(8) }, remove(9)],
+  });
+  const install = finishRound(c, 2).effects.find((e) => e.kind === 'install');
+  assertKind(install, 'install');
+  t.deepEqual(install.view.memberIds, ids(1, 2, 3, 8));
+  t.deepEqual(install.view.joined, ids(8));
+  t.deepEqual(install.view.failed, []);
+});
+
 test('a node that learns it was removed stops, and a clean leave says so', (t) => {
   const failed = core(2, firstView([1, 2, 3]));
   failed.committed(1, { kind: 'change', changes: [remove(2)] });
