@@ -11,6 +11,7 @@
  * Types are always processed sorted by name, whatever order the caller listed them in, so that
  * nodes that registered their types in a different order still compute the same layout.
  */
+import { Packr } from 'msgpackr';
 import { SquallError } from '../core/errors.js';
 import { shardIndex, subgroupId, type NodeId } from '../core/ids.js';
 import {
@@ -562,4 +563,30 @@ function finish(slots: readonly Slot[]): Layout {
     })),
     inadequate,
   };
+}
+
+const policyPackr = new Packr({ useRecords: false, mapsAsObjects: false, variableMapSize: true });
+
+/**
+ * Deterministic bytes of compiled policies (nested arrays in a fixed order, types by name), for
+ * the layout hash a joiner must match: nodes whose policies differ would compute different views.
+ */
+export function encodePolicies(policies: CompiledPolicies): Uint8Array {
+  const senders = (s: SendersPolicy): unknown =>
+    s === 'all' ? 0 : 'shardRanks' in s ? [1, [...s.shardRanks]] : [2, [...s.nodeIds]];
+  const canonical = policies.types.map((t) => [
+    t.typeName,
+    t.subgroups.map((s) =>
+      s.shards.map((sh) => [
+        sh.nodesMin,
+        sh.nodesMax,
+        DELIVERY_MODES.indexOf(sh.mode),
+        sh.profile,
+        [...sh.reservedNodeIds],
+        senders(sh.senders),
+      ]),
+    ),
+  ]);
+  // msgpackr packs into a shared scratch buffer that the next pack() overwrites: copy out.
+  return Uint8Array.from(policyPackr.pack([1, canonical]));
 }

@@ -81,10 +81,14 @@ export interface ReceiveReport {
 }
 
 /**
- * The ragged trim of one shard from the reports of all its survivors (the multicast layer owns
- * the rule: per sender, the minimum received over the survivors). Must be pure.
+ * The ragged trim of one shard: given each survivor's received counts (per sender index, the
+ * survivors in shard-rank order), how many messages of each sender every survivor delivers. The
+ * multicast layer owns the rule (`computeTrim` in src/multicast/ragged-edge.ts: per sender, the
+ * minimum over the survivors); the driver passes it in. Must be pure.
  */
-export type TrimFunction = (reports: readonly ReceiveReport[]) => readonly number[];
+export type TrimFunction = (
+  survivorReceivedCounts: readonly (readonly number[])[],
+) => readonly number[];
 
 /** The only message cores send each other: a receive report, to every member of the shard. */
 export interface ReceiveReportMessage {
@@ -125,7 +129,9 @@ export type ViewChangeEffect =
     }
   /**
    * This node suspects half or more of the view: it is on a minority side. Stop delivering ordered
-   * calls (keep the shards wedged) until a view is installed or the node learns it was removed.
+   * calls and stop sending heartbeats, until a view is installed or the node learns it was
+   * removed. Going silent lets the majority remove this node even if the partition was one-sided
+   * (the majority heard from it all along); the node then rejoins as a new member.
    */
   | { readonly kind: 'partitioned'; readonly viewId: ViewId; readonly suspects: readonly NodeId[] }
   /** This node is not in the next view: stop serving and say so. */
@@ -257,6 +263,7 @@ export class ViewChangeCore {
   private leaving = false;
   private proposedTrimSurvivors = new Map<string, number>();
   private nowTicks = 0;
+  private reportsSentAtTicks = 0;
   /** Changes proposed but not yet seen committed, with the tick they were (re)proposed at. */
   private inFlight: { change: MembershipChange; proposedAtTicks: number }[] = [];
   private inFlightTrims = new Map<string, { entry: MembershipEntry; proposedAtTicks: number }>();
@@ -301,8 +308,11 @@ export class ViewChangeCore {
   suspect(node: NodeId): void {
     if (this.state === 'removed' || !this.current.isMember(node) || node === this.self) return;
     this.suspected.add(node);
-    const failed = [...new Set([...this.pending.failed, ...this.suspected])];
-    if (!this.partitioned && !leavesMajority(this.current, this.pending.departed, failed)) {
+    const departed = this.pending.departed;
+    const failed = [...new Set([...this.pending.failed, ...this.suspected])].filter(
+      (n) => !departed.includes(n),
+    );
+    if (!this.partitioned && !leavesMajority(this.current, departed, failed)) {
       this.partitioned = true;
       this.effects.push({
         kind: 'partitioned',
@@ -343,8 +353,9 @@ export class ViewChangeCore {
     const same = (c: MembershipChange): boolean => sameChange(c, change);
     if (this.toPropose.some(same) || this.inFlight.some((f) => same(f.change))) return;
     if (change.kind !== 'join' && this.isLeaving(change.node)) return;
-    if (this.toPropose.length >= this.pendingMax)
+    if (this.toPropose.length + this.inFlight.length >= this.pendingMax) {
       throw new ViewChangeBacklogError('membership changes', this.pendingMax);
+    }
     this.toPropose.push(change);
   }
 
@@ -365,28 +376,29 @@ export class ViewChangeCore {
         this.proposals.push(f.entry);
       }
     }
+    const wedged = this.state === 'wedging' && this.wedgedViewId === this.current.id;
+    if (wedged && this.nowTicks - this.reportsSentAtTicks >= this.retryTicks) this.sendReports();
   }
 
   /**
-   * The next committed entry of the membership log. Indexes must increase by one; an entry at or
-   * below the last applied index is a replay and is ignored.
+   * The next committed entry of the membership log, by its Raft index. Indexes increase but may
+   * skip (Raft's own entries, such as configuration changes and a new leader's empty entry, are
+   * not membership entries); an entry at or below the last applied index is a replay and is
+   * ignored. Throws ViewChangeBacklogError, and does not consume the entry, if pendingMax entries
+   * already wait behind a sealed view: feed it again after delivered().
    */
   committed(index: number, entry: MembershipEntry): void {
     if (index <= this.appliedIndex) return;
-    assert(
-      index === this.appliedIndex + 1,
-      `membership log entries arrive in order (got ${index} after ${this.appliedIndex})`,
-    );
+    if (this.state !== 'removed' && this.sealed !== undefined) {
+      if (this.afterSeal.length >= this.pendingMax) {
+        throw new ViewChangeBacklogError('entries behind a sealed view', this.pendingMax);
+      }
+    }
     this.appliedIndex = index;
     if (this.state === 'removed') return;
     this.forgetCommitted(entry);
-    if (this.sealed !== undefined) {
-      if (this.afterSeal.length >= this.pendingMax)
-        throw new ViewChangeBacklogError('entries behind a sealed view', this.pendingMax);
-      this.afterSeal.push({ index, entry });
-      return;
-    }
-    this.apply(index, entry);
+    if (this.sealed !== undefined) this.afterSeal.push({ index, entry });
+    else this.apply(index, entry);
   }
 
   /** The driver wedged multicast for `viewId`; one report per shard this node belongs to. */
@@ -405,13 +417,29 @@ export class ViewChangeCore {
         'report for one of my shards',
       );
       this.storeReport(report);
-      const shard = this.current.shard(r.subgroupId, r.shardIndex)!;
-      for (const to of shard.members) {
-        if (to !== this.self && this.survives(to))
+    }
+    this.sendReports();
+    this.proposeTrims();
+  }
+
+  /**
+   * Sends this node's reports to the other survivors of each of its shards whose trim has not
+   * committed. Called at the wedge and again every proposalRetryTicks: a report lost in a
+   * partition must not stall the round once a new shard leader needs it.
+   */
+  private sendReports(): void {
+    this.reportsSentAtTicks = this.nowTicks;
+    const byShard = this.reports.get(this.current.id);
+    for (const s of this.current.shardsOf(this.self)) {
+      const key = shardKey(s.subgroupId, s.shardIndex);
+      const report = byShard?.get(key)?.get(this.self);
+      if (report === undefined || this.trims.has(key)) continue;
+      for (const to of this.current.shard(s.subgroupId, s.shardIndex)!.members) {
+        if (to !== this.self && this.survives(to)) {
           this.messages.push({ to, message: { kind: 'receive-report', report } });
+        }
       }
     }
-    this.proposeTrims();
   }
 
   /** A message from another member's core. */
@@ -493,6 +521,36 @@ export class ViewChangeCore {
   }
 
   private applyChange(changes: readonly MembershipChange[]): void {
+    let next = this.pendingWith(changes);
+    if (next === undefined) return;
+    if (!leavesMajority(this.current, next.departed, next.failed)) {
+      // Joins do not weaken the quorum: only the leaves and removals of the entry are refused.
+      const refused = changes.filter((c) => c.kind !== 'join');
+      this.effects.push({
+        kind: 'refused',
+        viewId: this.current.id,
+        changes: refused,
+        reason: 'minority',
+      });
+      next = this.pendingWith(changes.filter((c) => c.kind === 'join'));
+      if (next === undefined) return;
+    }
+    this.pending = next;
+    if (next.departed.includes(this.self) || next.failed.includes(this.self)) {
+      this.state = 'removed';
+      const reason = next.departed.includes(this.self) ? 'left' : 'failed';
+      this.effects.push({ kind: 'removed', viewId: this.current.id, reason });
+      return;
+    }
+    if (this.state === 'idle') {
+      this.state = 'wedging';
+      this.effects.push({ kind: 'wedge', viewId: this.current.id });
+    }
+    this.proposeTrims();
+  }
+
+  /** The pending changes with `changes` applied in order, or undefined if none applies. */
+  private pendingWith(changes: readonly MembershipChange[]): Pending | undefined {
     const next: Pending = {
       joins: [...this.pending.joins],
       departed: [...this.pending.departed],
@@ -520,23 +578,7 @@ export class ViewChangeCore {
         accepted = true;
       }
     }
-    if (!accepted) return;
-    if (!leavesMajority(this.current, next.departed, next.failed)) {
-      this.effects.push({ kind: 'refused', viewId: this.current.id, changes, reason: 'minority' });
-      return;
-    }
-    this.pending = next;
-    if (next.departed.includes(this.self) || next.failed.includes(this.self)) {
-      this.state = 'removed';
-      const reason = next.departed.includes(this.self) ? 'left' : 'failed';
-      this.effects.push({ kind: 'removed', viewId: this.current.id, reason });
-      return;
-    }
-    if (this.state === 'idle') {
-      this.state = 'wedging';
-      this.effects.push({ kind: 'wedge', viewId: this.current.id });
-    }
-    this.proposeTrims();
+    return accepted ? next : undefined;
   }
 
   private applyTrim(entry: Extract<MembershipEntry, { kind: 'trim' }>): void {
@@ -642,7 +684,7 @@ export class ViewChangeCore {
       const byReporter = byShard?.get(key);
       if (byReporter === undefined || !survivors.every((n) => byReporter.has(n))) continue;
       // Survivors in shard-rank order, so computeTrim sees the same input on every leader.
-      const trim = this.computeTrim(survivors.map((n) => byReporter.get(n)!));
+      const trim = this.computeTrim(survivors.map((n) => byReporter.get(n)!.received));
       const entry: MembershipEntry = {
         kind: 'trim',
         viewId: this.current.id,

@@ -12,6 +12,7 @@ import {
   compilePolicies,
   customShards,
   defaultAllocator,
+  encodePolicies,
   fixedEvenShards,
   flexibleEvenShards,
   identicalSubgroups,
@@ -495,6 +496,30 @@ test('policy validation lists every problem at once and defaultAllocator validat
     error!.problems.map((p) => p.path),
     ['A.subgroups[0].shards[0]', 'B.subgroups[0]'],
   );
+});
+
+test('policies encode to the same bytes whatever order types were listed in, and differ when a policy does', (t) => {
+  const a = compilePolicies({
+    A: oneSubgroup(fixedEvenShards(2, 2)),
+    B: identicalSubgroups(2, flexibleEvenShards(1, 1, 3, { senders: { shardRanks: [0] } })),
+  });
+  const b = compilePolicies(
+    new Map([
+      ['B', identicalSubgroups(2, flexibleEvenShards(1, 1, 3, { senders: { shardRanks: [0] } }))],
+      ['A', oneSubgroup(fixedEvenShards(2, 2))],
+    ]),
+  );
+  t.deepEqual(encodePolicies(a), encodePolicies(b));
+  const c = compilePolicies({
+    A: oneSubgroup(fixedEvenShards(2, 2)),
+    B: identicalSubgroups(2, flexibleEvenShards(1, 1, 4, { senders: { shardRanks: [0] } })),
+  });
+  t.notDeepEqual(encodePolicies(a), encodePolicies(c));
+  const d = compilePolicies({
+    A: oneSubgroup(fixedEvenShards(2, 2, { mode: 'raw' })),
+    B: identicalSubgroups(2, flexibleEvenShards(1, 1, 3, { senders: { shardRanks: [0] } })),
+  });
+  t.notDeepEqual(encodePolicies(a), encodePolicies(d));
 });
 
 // ---- User-supplied allocators ---------------------------------------------------------------
