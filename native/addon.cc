@@ -405,10 +405,11 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
   Napi::Value Disconnect(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!CheckOpen(env)) return env.Undefined();
-    driver_->endpoint->Disconnect(info[0].As<Napi::Number>().Uint32Value(), MonotonicNowUs());
+    const bool started =
+        driver_->endpoint->Disconnect(info[0].As<Napi::Number>().Uint32Value(), MonotonicNowUs());
     driver_->socket->Flush();
     ArmTimer();
-    return env.Undefined();
+    return Napi::Boolean::New(env, started);
   }
 
   Napi::Value SetHandled(const Napi::CallbackInfo& info) {

@@ -191,6 +191,7 @@ void Endpoint::EmitResponse(uint32_t session, uint64_t tag, CallStatus status,
   e.session = session;
   e.id = tag;
   e.bytes = std::move(bytes);
+  deadline_tags_.erase(tag);
   ++stats_.requests_completed;
   if (status == CallStatus::kTimeout) ++stats_.timeouts;
   Emit(std::move(e));
@@ -328,7 +329,11 @@ CallStatus Endpoint::Call(uint32_t number, uint8_t request_type, uint64_t tag,
   ++stats_.requests_started;
   s->backlog.push_back(
       QueuedCall{tag, request_type, std::vector<uint8_t>(request.begin(), request.end())});
-  if (timeout_us > 0) timers_.push(Timer{now_us + timeout_us, TimerKind::kDeadline, number, tag});
+  if (timeout_us > 0) {
+    deadline_tags_.insert(tag);
+    timers_.push(Timer{now_us + timeout_us, TimerKind::kDeadline, number, tag});
+    CompactTimers();
+  }
   if (s->state == Session::State::kConnected) {
     StartQueued(s, now_us);
     Kick(s, now_us);
@@ -426,9 +431,10 @@ void Endpoint::FailSession(Session* s, CallStatus status, SessionEventKind kind,
   Bury(s, now_us);
 }
 
-void Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
+bool Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
   Session* s = Find(number);
-  if (s == nullptr || !s->is_client || s->state == Session::State::kDisconnecting) return;
+  if (s == nullptr || !s->is_client) return false;
+  if (s->state == Session::State::kDisconnecting) return true;
   for (ClientSlot& slot : s->client_slots) {
     if (slot.busy) {
       s->credits += slot.num_tx - slot.num_rx;
@@ -443,12 +449,13 @@ void Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
   if (s->state == Session::State::kConnecting) {
     EmitSession(s->number, SessionEventKind::kDisconnected, 0);
     Bury(s, now_us);
-    return;
+    return true;
   }
   s->state = Session::State::kDisconnecting;
   s->disconnect_tries = 0;
   s->last_handshake_tx_us = 0;
   OnClientSessionTimer(s, now_us);
+  return true;
 }
 
 void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
@@ -526,7 +533,29 @@ void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
   ArmSessionTimer(s, std::max(next, now_us + 1));
 }
 
+void Endpoint::CompactTimers() {
+  // Completed calls leave their deadline entries behind; with long deadlines and a high call
+  // rate they would pile up. Rebuild the heap from live entries once dead ones dominate, which
+  // keeps its size within a constant factor of what is pending (amortised O(log n) per call).
+  const size_t live_bound = 2 * (deadline_tags_.size() + sessions_.size()) + 4096;
+  if (timers_.size() <= live_bound) return;
+  std::vector<Timer> live;
+  live.reserve(deadline_tags_.size() + sessions_.size());
+  while (!timers_.empty()) {
+    const Timer t = timers_.top();
+    timers_.pop();
+    if (t.kind == TimerKind::kDeadline) {
+      if (deadline_tags_.count(t.key) != 0) live.push_back(t);
+    } else {
+      const Session* s = Find(t.session);
+      if (s != nullptr && s->timer_generation == t.key) live.push_back(t);
+    }
+  }
+  timers_ = decltype(timers_)(std::greater<Timer>(), std::move(live));
+}
+
 void Endpoint::OnDeadline(uint32_t number, uint64_t tag, uint64_t now_us) {
+  if (deadline_tags_.count(tag) == 0) return;  // the call completed before its deadline
   Session* s = Find(number);
   if (s == nullptr) return;
   for (ClientSlot& slot : s->client_slots) {
