@@ -346,12 +346,16 @@ TEST(transport_client_credits_multi_packet_and_go_back_n) {
   CHECK_LINES(c.io, {"REQ s=55 r=16 p=0 m=500 a=0 len=208", "REQ s=55 r=16 p=1 m=500 a=0 len=208"});
   c.Send(PacketType::kCreditReturn, 16, 0, 0, 0, 2100);
   CHECK_LINES(c.io, {"REQ s=55 r=16 p=2 m=500 a=0 len=84"});
+  // The scan runs every half timeout; a slot stuck for a full timeout is rolled back at the
+  // first scan after that (here at 16,000 µs: scans at 6,000, 11,000, 16,000).
   c.RunTimersUntil(2100 + config.retransmit_timeout_us);
+  CHECK_EQ(c.endpoint.stats().retransmissions, 0u);
+  c.RunTimersUntil(2100 + config.retransmit_timeout_us * 3 / 2);
   CHECK_EQ(c.endpoint.stats().retransmissions, 1u);
   CHECK_LINES(c.io, {"REQ s=55 r=16 p=1 m=500 a=0 len=208", "REQ s=55 r=16 p=2 m=500 a=0 len=84"});
   // The late answer to the first transmission of packet 1 is still in order: accepted.
-  c.Send(PacketType::kCreditReturn, 16, 1, 0, 0, 13000);
-  c.Send(PacketType::kResponse, 16, 2, 0, 0, 13100);
+  c.Send(PacketType::kCreditReturn, 16, 1, 0, 0, 17000);
+  c.Send(PacketType::kResponse, 16, 2, 0, 0, 17100);
   events = c.Take();
   CHECK(events.size() == 1 && events[0].id == 8 && events[0].bytes.empty());
 }

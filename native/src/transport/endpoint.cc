@@ -128,6 +128,7 @@ struct Endpoint::Session {
   uint64_t started_us = 0, last_rx_us = 0, last_ping_us = 0, last_handshake_tx_us = 0;
   uint32_t disconnect_tries = 0;
   uint32_t kick_cursor = 0;
+  bool active = false;  // listed in active_sessions_
   uint64_t timer_at_us = kNever;
   uint64_t timer_generation = 0;
 };
@@ -395,7 +396,7 @@ void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
     --s->credits;
     sent = true;
   }
-  if (sent) ArmSessionTimer(s, now_us + config_.retransmit_timeout_us);
+  if (sent) MarkActive(s, now_us);
 }
 
 void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uint64_t now_us) {
@@ -506,18 +507,6 @@ void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
     return;
   }
   uint64_t next = s->last_rx_us + config_.peer_failure_timeout_us;
-  for (ClientSlot& slot : s->client_slots) {
-    if (!slot.busy || slot.num_tx == slot.num_rx) continue;  // idle or waiting for credits
-    if (now_us - slot.progress_us >= config_.retransmit_timeout_us) {
-      // Go-Back-N: forget everything after the first unanswered packet and resend from there.
-      s->credits += slot.num_tx - slot.num_rx;
-      slot.num_tx = slot.num_rx;
-      slot.progress_us = now_us;
-      ++stats_.retransmissions;
-    }
-    next = std::min(next, slot.progress_us + config_.retransmit_timeout_us);
-  }
-  Kick(s, now_us);
   // Keepalive: ask for a pong when we have heard nothing for a quarter of the failure timeout,
   // so a live peer whose handler runs long is not declared failed.
   const uint64_t keepalive_us = config_.peer_failure_timeout_us / 4;
@@ -546,12 +535,62 @@ void Endpoint::CompactTimers() {
     timers_.pop();
     if (t.kind == TimerKind::kDeadline) {
       if (deadline_tags_.count(t.key) != 0) live.push_back(t);
+    } else if (t.kind == TimerKind::kRetransmitScan) {
+      live.push_back(t);
     } else {
       const Session* s = Find(t.session);
       if (s != nullptr && s->timer_generation == t.key) live.push_back(t);
     }
   }
   timers_ = decltype(timers_)(std::greater<Timer>(), std::move(live));
+}
+
+void Endpoint::MarkActive(Session* s, uint64_t now_us) {
+  if (!s->active) {
+    s->active = true;
+    active_sessions_.push_back(s->number);
+  }
+  if (!scan_armed_) {
+    scan_armed_ = true;
+    timers_.push(Timer{now_us + config_.retransmit_timeout_us / 2, TimerKind::kRetransmitScan, 0, 0});
+  }
+}
+
+void Endpoint::OnRetransmitScan(uint64_t now_us) {
+  scan_armed_ = false;
+  size_t kept = 0;
+  for (size_t i = 0; i < active_sessions_.size(); ++i) {
+    Session* s = Find(active_sessions_[i]);
+    if (s == nullptr) continue;  // buried since
+    bool busy = false;
+    bool rolled_back = false;
+    if (s->state == Session::State::kConnected) {
+      for (ClientSlot& slot : s->client_slots) {
+        if (!slot.busy) continue;
+        busy = true;
+        if (slot.num_tx == slot.num_rx) continue;  // waiting for credits, nothing unanswered
+        if (now_us - slot.progress_us >= config_.retransmit_timeout_us) {
+          // Go-Back-N: forget everything after the first unanswered packet, resend from there.
+          s->credits += slot.num_tx - slot.num_rx;
+          slot.num_tx = slot.num_rx;
+          slot.progress_us = now_us;
+          ++stats_.retransmissions;
+          rolled_back = true;
+        }
+      }
+    }
+    if (!busy) {
+      s->active = false;
+      continue;
+    }
+    active_sessions_[kept++] = s->number;
+    if (rolled_back) Kick(s, now_us);
+  }
+  active_sessions_.resize(kept);
+  if (!active_sessions_.empty() && !scan_armed_) {
+    scan_armed_ = true;
+    timers_.push(Timer{now_us + config_.retransmit_timeout_us / 2, TimerKind::kRetransmitScan, 0, 0});
+  }
 }
 
 void Endpoint::OnDeadline(uint32_t number, uint64_t tag, uint64_t now_us) {
@@ -950,6 +989,10 @@ void Endpoint::OnTimers(uint64_t now_us) {
       OnDeadline(t.session, t.key, now_us);
       continue;
     }
+    if (t.kind == TimerKind::kRetransmitScan) {
+      OnRetransmitScan(now_us);
+      continue;
+    }
     Session* s = Find(t.session);
     if (s == nullptr || s->timer_generation != t.key) continue;  // stale entry
     s->timer_at_us = kNever;
@@ -996,6 +1039,8 @@ void Endpoint::Shutdown(bool tell_peers, uint64_t now_us) {
   }
   shut_down_ = true;
   while (!timers_.empty()) timers_.pop();
+  active_sessions_.clear();
+  scan_armed_ = false;
 }
 
 }  // namespace squall::transport

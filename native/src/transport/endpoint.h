@@ -198,7 +198,7 @@ class Endpoint {
   struct ServerSlot;
   struct Session;
   struct QueuedCall;
-  enum class TimerKind : uint8_t { kSession, kDeadline };
+  enum class TimerKind : uint8_t { kSession, kDeadline, kRetransmitScan };
   struct Timer {
     uint64_t when_us;
     TimerKind kind;
@@ -234,6 +234,8 @@ class Endpoint {
   void CompleteSlot(Session* session, ClientSlot* slot, CallStatus status, uint64_t now_us);
   void FailSession(Session* session, CallStatus status, SessionEventKind kind, uint64_t now_us);
   void OnClientSessionTimer(Session* session, uint64_t now_us);
+  void MarkActive(Session* session, uint64_t now_us);
+  void OnRetransmitScan(uint64_t now_us);
   void OnDeadline(uint32_t session_number, uint64_t tag, uint64_t now_us);
   void HandleCreditReturn(Session* session, const Header& header,
                           std::span<const uint8_t> payload, uint64_t now_us);
@@ -262,6 +264,12 @@ class Endpoint {
   // in the heap until it fires or CompactTimers() drops it; this set tells which are live.
   std::unordered_set<uint64_t> deadline_tags_;
   std::vector<bool> handled_types_;
+  // Client sessions that had a request in flight since the last retransmission scan. The scan
+  // runs every retransmit_timeout_us / 2 while this is non-empty and looks only at these
+  // sessions (eRPC scans its active-RPC list the same way), so the per-call cost of loss
+  // detection is a flag check, not a timer-heap operation.
+  std::vector<uint32_t> active_sessions_;
+  bool scan_armed_ = false;
   std::vector<PeerAddress> failed_peers_;
   uint32_t next_session_number_ = 1;
   uint64_t rng_state_;
