@@ -876,6 +876,44 @@ void Endpoint::Respond(const ServerRequest& request, CallStatus status,
 // Driver entry points
 // ------------------------------------------------------------------------------------------
 
+void Endpoint::HandleConnectResponse(Session* s, const Header& h, uint64_t now_us) {
+  using State = Session::State;
+  if (s->state != State::kConnecting || h.request_number != s->token) {
+    return Drop(DropReason::kDuplicate);
+  }
+  if (h.aux == kNoSession) {
+    EmitSession(s->number, SessionEventKind::kConnectFailed, h.message_bytes);
+    return Bury(s, now_us);
+  }
+  if (h.packet_number < kPacketBytesMin || h.packet_number > s->packet_bytes) {
+    return Drop(DropReason::kBadState);
+  }
+  s->remote_number = h.aux;
+  s->packet_bytes = h.packet_number;
+  s->data_bytes_per_packet = s->packet_bytes - kHeaderBytes - kTagBytes;
+  s->state = State::kConnected;
+  s->last_rx_us = now_us;
+  s->timer_at_us = kNever;  // the connect retry entry is now stale
+  ++s->timer_generation;
+  EmitSession(s->number, SessionEventKind::kConnected, 0);
+  StartQueued(s, now_us);
+  Kick(s, now_us);
+  ArmSessionTimer(s, now_us + config_.peer_failure_timeout_us / 4);
+}
+
+void Endpoint::HandleDisconnectResponse(Session* s, const Header& h, uint64_t now_us) {
+  using State = Session::State;
+  if (s->state == State::kDisconnecting) {
+    EmitSession(s->number, SessionEventKind::kDisconnected, 0);
+    return Bury(s, now_us);
+  }
+  if (s->state == State::kConnected && h.aux == 1 && h.request_number == s->token) {
+    // The server is closing and told us: fail now rather than after the failure timeout.
+    return FailSession(s, CallStatus::kSessionClosed, SessionEventKind::kDisconnected, now_us);
+  }
+  return Drop(DropReason::kDuplicate);
+}
+
 void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet,
                         uint64_t now_us) {
   ++stats_.packets_received;
@@ -926,41 +964,8 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
                           h.type == PacketType::kDisconnectResponse || h.type == PacketType::kPong;
   if (for_client != s->is_client) return Drop(DropReason::kBadState);
   using State = Session::State;
-  if (h.type == PacketType::kConnectResponse) {
-    if (s->state != State::kConnecting || h.request_number != s->token) {
-      return Drop(DropReason::kDuplicate);
-    }
-    if (h.aux == kNoSession) {
-      EmitSession(s->number, SessionEventKind::kConnectFailed, h.message_bytes);
-      return Bury(s, now_us);
-    }
-    if (h.packet_number < kPacketBytesMin || h.packet_number > s->packet_bytes) {
-      return Drop(DropReason::kBadState);
-    }
-    s->remote_number = h.aux;
-    s->packet_bytes = h.packet_number;
-    s->data_bytes_per_packet = s->packet_bytes - kHeaderBytes - kTagBytes;
-    s->state = State::kConnected;
-    s->last_rx_us = now_us;
-    s->timer_at_us = kNever;  // the connect retry entry is now stale
-    ++s->timer_generation;
-    EmitSession(s->number, SessionEventKind::kConnected, 0);
-    StartQueued(s, now_us);
-    Kick(s, now_us);
-    ArmSessionTimer(s, now_us + config_.peer_failure_timeout_us / 4);
-    return;
-  }
-  if (h.type == PacketType::kDisconnectResponse) {
-    if (s->state == State::kDisconnecting) {
-      EmitSession(s->number, SessionEventKind::kDisconnected, 0);
-      return Bury(s, now_us);
-    }
-    if (s->state == State::kConnected && h.aux == 1 && h.request_number == s->token) {
-      // The server is closing and told us: fail now rather than after the failure timeout.
-      return FailSession(s, CallStatus::kSessionClosed, SessionEventKind::kDisconnected, now_us);
-    }
-    return Drop(DropReason::kDuplicate);
-  }
+  if (h.type == PacketType::kConnectResponse) return HandleConnectResponse(s, h, now_us);
+  if (h.type == PacketType::kDisconnectResponse) return HandleDisconnectResponse(s, h, now_us);
   if (s->state != State::kConnected) return Drop(DropReason::kBadState);
   s->last_rx_us = now_us;
   switch (h.type) {

@@ -242,6 +242,8 @@ class Endpoint {
   void HandleResponse(Session* session, const Header& header, std::span<const uint8_t> payload,
                       uint64_t now_us);
   ClientSlot* InOrderClientSlot(Session* session, const Header& header);
+  void HandleConnectResponse(Session* session, const Header& header, uint64_t now_us);
+  void HandleDisconnectResponse(Session* session, const Header& header, uint64_t now_us);
 
   // server side
   void HandleConnectRequest(const PeerAddress& from, const Header& header, uint64_t now_us);
