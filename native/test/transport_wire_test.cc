@@ -116,6 +116,26 @@ TEST(transport_memory_wire_30_percent_loss_every_call_exactly_once) {
   CHECK_EQ(p.client.stats().drops[static_cast<size_t>(DropReason::kUnknownSession)], 0u);
 }
 
+TEST(transport_completed_deadlines_do_not_pile_up_in_the_timer_heap) {
+  EndpointConfig config;
+  Pair p(0.0, config, 5);
+  const uint32_t session = p.client.Connect(p.server_address, 0);
+  std::vector<uint8_t> request = {0, 0, 0, 0};
+  size_t heap_max = 0;
+  for (uint64_t tag = 1; tag <= 50'000; ++tag) {
+    p.expected[tag] = {};
+    // A one-minute deadline each; every call completes long before it.
+    CHECK(p.client.Call(session, 3, tag, request, 60'000'000, p.now_us) == CallStatus::kOk);
+    if (tag % 100 == 0) {
+      CHECK(p.Run(p.now_us + 1'000'000, tag));
+      heap_max = std::max(heap_max, p.client.timer_entries());
+    }
+  }
+  CHECK_EQ(p.received.size(), 50'000u);
+  CHECK(heap_max < 10'000);
+  CHECK_EQ(p.client.stats().timeouts, 0u);
+}
+
 TEST(transport_memory_wire_nested_call_from_a_handler) {
   // Server B handles type 3 by calling server C first and answering with C's response: the
   // handler responds later, after its own call completed.
