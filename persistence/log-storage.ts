@@ -101,7 +101,10 @@ export class LmdbLogStorage implements LogStorage {
   get(seq: number): Buffer | undefined {
     const pending = this.overlay.get(seq);
     if (pending) return pending.record;
-    return this.db.getBinaryFast(seq) ?? undefined;
+    const bytes = this.db.getBinaryFast(seq);
+    // lmdb-js returns a reused buffer whose `length` property is overridden to the value's size
+    // while its byteLength is the whole scratch area: take a real view of just the value.
+    return bytes === undefined ? undefined : bytes.subarray(0, bytes.length);
   }
 
   put(seq: number, record: Buffer): void {
