@@ -31,7 +31,7 @@ export const HLC_ZERO: Hlc = Object.freeze({ micros: 0, logical: 0 });
 /** After every real timestamp (used as "no limit"). */
 export const HLC_MAX: Hlc = Object.freeze({ micros: Number.MAX_SAFE_INTEGER, logical: LOGICAL_MAX });
 
-/** Checks the ranges and returns a frozen timestamp. */
+/** Checks the ranges and returns a timestamp (not frozen: freezing costs on the hot path). */
 export function hlc(micros: number, logical = 0): Hlc {
   assert(
     Number.isSafeInteger(micros) && micros >= 0,
@@ -41,7 +41,7 @@ export function hlc(micros: number, logical = 0): Hlc {
     Number.isInteger(logical) && logical >= 0 && logical <= LOGICAL_MAX,
     `HLC logical counter must be a uint32, got ${logical}`,
   );
-  return Object.freeze({ micros, logical });
+  return { micros, logical };
 }
 
 /** Negative if a is before b, zero if equal, positive if after. */
