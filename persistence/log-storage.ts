@@ -50,7 +50,8 @@ export class MemoryLogStorage implements LogStorage {
       firstSeq = Math.min(firstSeq, seq);
       nextSeq = Math.max(nextSeq, seq + 1);
     }
-    return { firstSeq: firstSeq === Infinity ? nextSeq : firstSeq, nextSeq, meta: { ...this.meta } };
+    if (firstSeq === Infinity) firstSeq = nextSeq;
+    return { firstSeq, nextSeq, meta: { ...this.meta } };
   }
   get(seq: number): Buffer | undefined {
     return this.records.get(seq);

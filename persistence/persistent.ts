@@ -195,7 +195,13 @@ export class Persistent<T> implements HasFieldHooks {
    * @internal Appends a record shipped from another node (state transfer) and keeps `current`
    * in step. The sender's effective time is carried over so temporal reads agree.
    */
-  appendTransferred(kind: number, version: Version, time: Hlc, effectiveTime: Hlc, payload: Buffer): void {
+  appendTransferred(
+    kind: number,
+    version: Version,
+    time: Hlc,
+    effectiveTime: Hlc,
+    payload: Buffer,
+  ): void {
     const log = this.attachedLog('applyChunk');
     if (kind === RECORD_FULL) this.current = this.codec.decode(payload);
     else {
@@ -290,7 +296,9 @@ export class Persistent<T> implements HasFieldHooks {
   }
 
   private attachedLog(operation: string): VersionLog {
-    if (!this.binding || !this.binding.isOpen()) throw new FieldNotAttachedError(this.name, operation);
+    if (!this.binding || !this.binding.isOpen()) {
+      throw new FieldNotAttachedError(this.name, operation);
+    }
     return this.binding.log;
   }
 
@@ -415,7 +423,9 @@ export class Persistent<T> implements HasFieldHooks {
     if (version > latest) throw new VersionBeyondLatestError(this.name, version, latest);
     const seq = log.floorSeqByVersion(version);
     if (seq < 0) {
-      if (log.meta.trimmed) throw new VersionTrimmedError(this.name, version, this.earliestVersion());
+      if (log.meta.trimmed) {
+        throw new VersionTrimmedError(this.name, version, this.earliestVersion());
+      }
       throw new VersionNotFoundError(this.name, `version ${version}`);
     }
     return seq;

@@ -60,7 +60,11 @@ export function recordEffectiveTime(record: Buffer): Hlc {
   return decodeHlc(record, 21);
 }
 /** Effective time compared with (micros, logical) without allocating. */
-export function compareRecordEffectiveTime(record: Buffer, micros: number, logical: number): number {
+export function compareRecordEffectiveTime(
+  record: Buffer,
+  micros: number,
+  logical: number,
+): number {
   const recordMicros = record.readUInt32BE(21) * 0x1_0000_0000 + record.readUInt32BE(25);
   if (recordMicros !== micros) return recordMicros < micros ? -1 : 1;
   return record.readUInt32BE(29) - logical;

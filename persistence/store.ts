@@ -75,7 +75,7 @@ export class PersistenceStore {
     this.checkFormat();
   }
 
-  /** Opens (creating if needed) the node's store. Throws ForeignDataDirError/CorruptDataDirError. */
+  /** Opens (creating if needed) the node's store. Throws Foreign/CorruptDataDirError. */
   static open(config: PersistenceConfig): PersistenceStore {
     const full: Required<PersistenceConfig> = {
       reset: false,

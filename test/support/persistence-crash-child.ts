@@ -3,8 +3,8 @@
  * Appends versions in a loop (a burst per event turn) and prints each new persisted frontier on
  * stdout as "frontier <version>". The parent SIGKILLs it at random points.
  *
- * The i-th version ever written has contents that depend only on i, so the parent can check every kept version: doc = { i, pad } and the
- * delta map sets key k(i % 37) to i.
+ * The i-th version ever written has contents that depend only on i, so the parent can check
+ * every kept version: doc = { i, pad } and the delta map sets key k(i % 37) to i.
  */
 import { hlc } from '../../src/core/hlc.js';
 import { makeVersion, viewId } from '../../src/core/ids.js';

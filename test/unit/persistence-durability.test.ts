@@ -7,10 +7,16 @@ import { fileURLToPath } from 'node:url';
 import { HLC_MAX } from '../../src/core/hlc.js';
 import { SeededRandom } from '../../src/core/random.js';
 import { PersistenceStore, PersistentMap } from '../../persistence/index.js';
-import { attachAll, makeFields, Scenario, sortedEntries, tempDir } from '../support/persistence-harness.js';
+import {
+  attachAll,
+  makeFields,
+  Scenario,
+  sortedEntries,
+  tempDir,
+} from '../support/persistence-harness.js';
 import { crashFields, crashPad, crashTime } from '../support/persistence-crash-child.js';
 
-test('restart: write, close, reopen gives the same answers and the same current values', async (t) => {
+test('restart: write, close, reopen gives the same answers and current values', async (t) => {
   const dataDir = tempDir(t, 'restart');
   for (const syncMode of ['durable', 'buffered'] as const) {
     const store = PersistenceStore.open({ dataDir, syncMode, reset: true });
@@ -81,7 +87,7 @@ function runChildUntilKilled(dataDir: string, run: number, killAfterMs: number):
   });
 }
 
-test('crash: SIGKILL at random points loses nothing at or below the reported frontier', async (t) => {
+test('crash: SIGKILL at random points loses nothing at or below the frontier', async (t) => {
   t.timeout(60_000);
   const dataDir = tempDir(t, 'crash');
   const random = new SeededRandom(2026);
@@ -102,7 +108,8 @@ test('crash: SIGKILL at random points loses nothing at or below the reported fro
     t.true(child.lastFrontier <= doc.latestVersion(), `run ${run}: frontier beyond the log`);
     // (A frontier below the earliest kept version was trimmed on purpose, not lost.)
     if (child.lastFrontier >= doc.earliestVersion()) {
-      t.is(doc.versionAt(child.lastFrontier) as bigint, child.lastFrontier, `run ${run}: frontier kept`);
+      const kept = doc.versionAt(child.lastFrontier) as bigint;
+      t.is(kept, child.lastFrontier, `run ${run}: frontier kept`);
     }
     // The whole log is consistent: contiguous i, increasing versions, the map is the replay
     // of every version ever written (trimmed ones included).
@@ -117,16 +124,21 @@ test('crash: SIGKILL at random points loses nothing at or below the reported fro
       previous = info.version;
       t.deepEqual(info.time, crashTime(i));
       const value = doc.getByIndex(index);
-      if (value.i !== i || value.pad !== crashPad(i)) t.fail(`run ${run}: doc ${index} is ${value.i}`);
+      if (value.i !== i || value.pad !== crashPad(i)) {
+        t.fail(`run ${run}: doc ${index} is ${value.i}`);
+      }
       expected.set(`k${i % 37}`, i);
       if (index % 97 === 0 || index === count - 1) {
-        t.deepEqual(sortedEntries(map.getByIndex(index)), sortedEntries(expected), `run ${run}: map ${i}`);
+        const actual = sortedEntries(map.getByIndex(index));
+        t.deepEqual(actual, sortedEntries(expected), `run ${run}: map ${i}`);
         t.is(map.versionOfIndex(index), info.version);
       }
     }
     t.is(map.count(), count);
-    t.log(`run ${run}: killed with ${count} versions kept (first ${first}), last frontier ${child.lastFrontier}`);
-    if (count > 0) t.deepEqual(sortedEntries(map.value), sortedEntries(expected), 'current map restored');
+    t.log(`run ${run}: ${count} versions kept (first ${first}), frontier ${child.lastFrontier}`);
+    if (count > 0) {
+      t.deepEqual(sortedEntries(map.value), sortedEntries(expected), 'current map restored');
+    }
     await store.close();
   }
   t.true(killed >= 3, `only ${killed} kills ran`);

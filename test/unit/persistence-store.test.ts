@@ -21,7 +21,13 @@ import {
   VersionOrderError,
   VersionTrimmedError,
 } from '../../persistence/index.js';
-import { attachAll, makeFields, Scenario, sortedEntries, tempDir } from '../support/persistence-harness.js';
+import {
+  attachAll,
+  makeFields,
+  Scenario,
+  sortedEntries,
+  tempDir,
+} from '../support/persistence-harness.js';
 import type { Fields } from '../support/persistence-harness.js';
 
 /** A read's result, with "no version there" the same whether trimmed here or never received. */
@@ -38,13 +44,15 @@ function sameReads(t: import('ava').ExecutionContext, a: Fields, b: Fields): voi
   for (const name of ['doc', 'map', 'plainMap'] as const) {
     const fa = a[name] as Persistent<unknown>;
     const fb = b[name] as Persistent<unknown>;
-    const view = (v: unknown) => (v instanceof Map || v instanceof PersistentMap ? sortedEntries(v as Map<string, number>) : v);
+    const view = (v: unknown) =>
+      v instanceof Map || v instanceof PersistentMap ? sortedEntries(v as Map<string, number>) : v;
     t.is(fb.count(), fa.count(), `${name} count`);
     for (let i = 0; i < fa.count(); i++) {
       t.deepEqual(fb.infoByIndex(i), fa.infoByIndex(i), `${name} info ${i}`);
       t.deepEqual(view(fb.getByIndex(i)), view(fa.getByIndex(i)), `${name} value ${i}`);
       const time = fa.infoByIndex(i).time;
-      t.is(outcome(() => fb.versionAtTime(time)), outcome(() => fa.versionAtTime(time)), `${name} time ${i}`);
+      const expected = outcome(() => fa.versionAtTime(time));
+      t.is(outcome(() => fb.versionAtTime(time)), expected, `${name} time ${i}`);
     }
     t.deepEqual(view(fb.value), view(fa.value), `${name} current`);
   }
@@ -63,7 +71,8 @@ test('chunked suffix transfer between two LMDB stores gives identical reads', as
   for (let i = 0; i < 150; i++) scenario.step();
   const middle = scenario.lastVersion;
   for (let i = 0; i < 150; i++) scenario.step();
-  await from.trim(scenario.models.doc.entries[10]!.version); // a delta first record must become full
+  // A delta that becomes the first record must be rewritten as a full one.
+  await from.trim(scenario.models.doc.entries[10]!.version);
 
   // A joiner with nothing: the whole log, in small chunks.
   const to = target.registry('Kv/0/0');
@@ -135,7 +144,7 @@ test('temporal query before the first version, after trim, and a Date argument',
   t.is(field.getByTime(hlc(5_500_000)), 5);
 });
 
-test('field hooks: writeCount grows on every change, snapshots are deterministic and restore', (t) => {
+test('field hooks: writeCount grows, snapshots are deterministic and restore', (t) => {
   const registry = memoryRegistry('Hooks/0/0');
   const map = registry.attach('m', new Persistent(() => new PersistentMap<string, number>(), {
     delta: PersistentMap.codec(),
@@ -146,10 +155,13 @@ test('field hooks: writeCount grows on every change, snapshots are deterministic
   map.value.set('b', 2);
   map.value.set('a', 1);
   t.true(hooks.writeCount > before);
-  const other = new Persistent(() => new PersistentMap<string, number>(), { delta: PersistentMap.codec() });
+  const other = new Persistent(() => new PersistentMap<string, number>(), {
+    delta: PersistentMap.codec(),
+  });
   other.value.set('a', 1);
   other.value.set('b', 2);
-  t.deepEqual(fieldHooksOf(other)!.snapshotCurrent(), hooks.snapshotCurrent(), 'insertion order does not matter');
+  const snapshot = fieldHooksOf(other)!.snapshotCurrent();
+  t.deepEqual(snapshot, hooks.snapshotCurrent(), 'insertion order does not matter');
   const count = fieldHooksOf(other)!.writeCount;
   fieldHooksOf(other)!.restoreCurrent(hooks.snapshotCurrent());
   t.true(fieldHooksOf(other)!.writeCount > count);
@@ -174,7 +186,9 @@ test('a data dir written by something else is refused as foreign', async (t) => 
   const env = open({ path: join(dataDir, 'squall.mdb') });
   await env.put('someone', 'else');
   await env.close();
-  const error = t.throws(() => PersistenceStore.open({ dataDir }), { instanceOf: ForeignDataDirError });
+  const error = t.throws(() => PersistenceStore.open({ dataDir }), {
+    instanceOf: ForeignDataDirError,
+  });
   t.regex(error!.message, /Fix: .*reset: true/);
   // reset wipes it and opens cleanly.
   const store = PersistenceStore.open({ dataDir, reset: true });
@@ -186,7 +200,9 @@ test('a corrupt data file is refused with CorruptDataDirError', (t) => {
   const dataDir = tempDir(t, 'corrupt');
   mkdirSync(dataDir, { recursive: true });
   writeFileSync(join(dataDir, 'squall.mdb'), Buffer.alloc(64 * 1024, 0x5a));
-  const error = t.throws(() => PersistenceStore.open({ dataDir }), { instanceOf: CorruptDataDirError });
+  const error = t.throws(() => PersistenceStore.open({ dataDir }), {
+    instanceOf: CorruptDataDirError,
+  });
   t.regex(error!.message, /Fix:/);
 });
 
