@@ -310,11 +310,11 @@ export class Persistent<T> implements HasFieldHooks {
     assert(this.delta !== undefined, `${this.name}: delta record ${seq} in a full-mode field`);
     // After a trim the first kept record is full and later deltas may name a dropped base.
     const baseSeq = Math.max(recordBaseSeq(record), log.firstSeq);
-    assert(baseSeq >= log.firstSeq && baseSeq < seq, `${this.name}: delta base ${baseSeq} kept`);
+    if (baseSeq >= seq) assert(false, `${this.name}: delta base ${baseSeq} is not below ${seq}`);
     const value = this.delta.decode(recordPayload(log.record(baseSeq)));
     for (let s = baseSeq + 1; s <= seq; s++) {
       const step = log.record(s);
-      assert(recordKind(step) === RECORD_DELTA, `${this.name}: record ${s} continues a chain`);
+      if (recordKind(step) !== RECORD_DELTA) assert(false, `${this.name}: record ${s} not a delta`);
       this.delta.applyDelta(value, recordPayload(step));
     }
     this.delta.takeDelta(value);

@@ -36,6 +36,11 @@ export const HLC_MAX: Hlc = Object.freeze({
 
 /** Checks the ranges and returns a timestamp (not frozen: freezing costs on the hot path). */
 export function hlc(micros: number, logical = 0): Hlc {
+  // Checked first without building messages: this runs for every version.
+  const valid =
+    Number.isSafeInteger(micros) && micros >= 0 &&
+    Number.isInteger(logical) && logical >= 0 && logical <= LOGICAL_MAX;
+  if (valid) return { micros, logical };
   assert(
     Number.isSafeInteger(micros) && micros >= 0,
     `HLC micros must be a non-negative safe integer, got ${micros}`,
@@ -129,7 +134,7 @@ export class HybridLogicalClock {
 
   private wallMicros(): number {
     const micros = Number(this.clock.wallMicros());
-    assert(Number.isSafeInteger(micros) && micros >= 0, `wall clock gave ${micros} µs`);
+    if (!Number.isSafeInteger(micros) || micros < 0) assert(false, `wall clock gave ${micros} µs`);
     return micros;
   }
 }
