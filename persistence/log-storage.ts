@@ -50,7 +50,8 @@ export class MemoryLogStorage implements LogStorage {
       firstSeq = Math.min(firstSeq, seq);
       nextSeq = Math.max(nextSeq, seq + 1);
     }
-    return { firstSeq: firstSeq === Infinity ? nextSeq : firstSeq, nextSeq, meta: { ...this.meta } };
+    if (firstSeq === Infinity) firstSeq = nextSeq;
+    return { firstSeq, nextSeq, meta: { ...this.meta } };
   }
   get(seq: number): Buffer | undefined {
     return this.records.get(seq);
@@ -76,10 +77,15 @@ export class MemoryLogStorage implements LogStorage {
  */
 export class LmdbLogStorage implements LogStorage {
   readonly durable = true;
-  private readonly overlay = new Map<number, { record: Buffer; writeId: number }>();
-  private writeId = 0;
-  private lastPut: Promise<unknown> | undefined;
+  // Uncommitted appends, contiguous: pending[i - pendingHead] is seq pendingFirstSeq + i. An
+  // array, not a Map, because this is on the append path of every version.
+  private pending: (Buffer | undefined)[] = [];
+  private pendingHead = 0;
+  private pendingFirstSeq = 0;
+  // Uncommitted puts that are not appends (trim rewriting a record), by seq.
+  private replaced = new Map<number, Buffer>();
   private cleanupScheduled = false;
+  private lastPut: Promise<unknown> | undefined;
 
   constructor(
     private readonly db: Database<Buffer, number>,
@@ -94,24 +100,46 @@ export class LmdbLogStorage implements LogStorage {
     for (const key of this.db.getKeys({ limit: 1 })) firstSeq = key;
     for (const key of this.db.getKeys({ limit: 1, reverse: true })) nextSeq = key + 1;
     if (nextSeq === 0) firstSeq = 0;
+    this.pendingFirstSeq = nextSeq;
     const meta = (this.metaDb.get(this.metaKey) as FieldMeta | undefined) ?? { trimmed: false };
     return { firstSeq, nextSeq, meta };
   }
 
   get(seq: number): Buffer | undefined {
-    const pending = this.overlay.get(seq);
-    if (pending) return pending.record;
-    return this.db.getBinaryFast(seq) ?? undefined;
+    if (this.replaced.size > 0) {
+      const replaced = this.replaced.get(seq);
+      if (replaced) return replaced;
+    }
+    const index = seq - this.pendingFirstSeq + this.pendingHead;
+    if (index >= this.pendingHead && index < this.pending.length) {
+      const pending = this.pending[index];
+      if (pending) return pending;
+    }
+    const bytes = this.db.getBinaryFast(seq);
+    // lmdb-js returns a reused buffer whose `length` property is overridden to the value's size
+    // while its byteLength is the whole scratch area: take a real view of just the value.
+    return bytes === undefined ? undefined : bytes.subarray(0, bytes.length);
   }
 
   put(seq: number, record: Buffer): void {
-    this.writeId += 1;
-    this.overlay.set(seq, { record, writeId: this.writeId });
+    const end = this.pendingFirstSeq + this.pending.length - this.pendingHead;
+    if (seq === end) this.pending.push(record);
+    else if (seq > end || seq < this.pendingFirstSeq) {
+      // Not an append after the pending run (after a truncate, or a rewrite of an old record).
+      if (seq > end || this.pending.length === this.pendingHead) this.restartPending(seq, record);
+      else this.replaced.set(seq, record);
+    } else {
+      // Rewriting a record that is itself still pending (trim's rewrite, truncate then
+      // append). The pending array only grows, so commits can drop a prefix by count.
+      this.replaced.set(seq, record);
+    }
     this.track(this.db.put(seq, record));
   }
 
   remove(seq: number): void {
-    this.overlay.delete(seq);
+    this.replaced.delete(seq);
+    const index = seq - this.pendingFirstSeq + this.pendingHead;
+    if (index >= this.pendingHead && index < this.pending.length) this.pending[index] = undefined;
     this.track(this.db.remove(seq));
   }
 
@@ -119,21 +147,44 @@ export class LmdbLogStorage implements LogStorage {
     this.track(this.metaDb.put(this.metaKey, meta));
   }
 
+  private restartPending(seq: number, record: Buffer): void {
+    // Keep what is still uncommitted readable through the replaced map.
+    for (let i = this.pendingHead; i < this.pending.length; i++) {
+      const pending = this.pending[i];
+      if (pending) this.replaced.set(this.pendingFirstSeq + i - this.pendingHead, pending);
+    }
+    this.pending = [record];
+    this.pendingHead = 0;
+    this.pendingFirstSeq = seq;
+  }
+
   private track(promise: Promise<unknown>): void {
     this.lastPut = promise;
     this.onWrite(promise);
     if (this.cleanupScheduled) return;
     this.cleanupScheduled = true;
-    // One cleanup per event turn: when the turn's transaction commits, its puts are readable
-    // from LMDB and can leave the overlay.
+    // One cleanup per event turn: when the turn's transaction commits, what it wrote is
+    // readable from LMDB and can leave the overlay.
     queueMicrotask(() => {
       this.cleanupScheduled = false;
-      const committedWriteId = this.writeId;
-      const committed = this.lastPut!;
-      committed.then(
+      const pendingEnd = this.pending.length;
+      const pendingArray = this.pending;
+      const replaced = [...this.replaced];
+      this.lastPut!.then(
         () => {
-          for (const [seq, pending] of this.overlay) {
-            if (pending.writeId <= committedWriteId) this.overlay.delete(seq);
+          if (this.pending === pendingArray) {
+            this.pendingFirstSeq += pendingEnd - this.pendingHead;
+            this.pendingHead = pendingEnd;
+            if (this.pendingHead === this.pending.length) {
+              this.pending = [];
+              this.pendingHead = 0;
+            } else if (this.pendingHead > 4096) {
+              this.pending = this.pending.slice(this.pendingHead);
+              this.pendingHead = 0;
+            }
+          }
+          for (const [seq, record] of replaced) {
+            if (this.replaced.get(seq) === record) this.replaced.delete(seq);
           }
         },
         () => undefined, // the registry reports write failures

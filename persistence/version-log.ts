@@ -46,7 +46,8 @@ export class VersionLog {
 
   /** The record at seq, which must be kept. Transient buffer (see LogStorage.get). */
   record(seq: number): Buffer {
-    assert(seq >= this.firstSeq && seq < this.nextSeq, `seq ${seq} outside the kept log`);
+    // Hot path: build the message only on failure (a template literal is evaluated eagerly).
+    if (seq < this.firstSeq || seq >= this.nextSeq) assert(false, `seq ${seq} outside the log`);
     const record = this.storage.get(seq);
     if (!record) {
       throw new CorruptDataDirError(this.where, `record ${seq} is missing from the log`);

@@ -3,7 +3,13 @@
 // truncates, in memory and in LMDB; and that delta mode answers exactly like full mode.
 import test from 'ava';
 import { PersistenceStore, memoryRegistry } from '../../persistence/index.js';
-import { attachAll, makeFields, Scenario, sortedEntries, tempDir } from '../support/persistence-harness.js';
+import {
+  attachAll,
+  makeFields,
+  Scenario,
+  sortedEntries,
+  tempDir,
+} from '../support/persistence-harness.js';
 
 const SEEDS = [1, 2, 3, 4, 5, 6, 7, 8];
 const STEPS = 160;
