@@ -121,11 +121,13 @@ export class RaftCore {
   /** Entries up to here are durable (reported by advance()). */
   stableIndex: number;
   private prevHardState: HardState;
+  /** The highest term known to be on disk (messages of this term need not wait for a flush). */
+  private durableTerm: number;
   private prevSoftState: SoftState = { lead: NONE, role: 'follower' };
   private pendingInstall: Snapshot | undefined;
   private pendingCompacted: Snapshot | undefined;
   private broadcastNeeded = false;
-  private inProgress: { stableTo: number; appliedTo: number } | undefined;
+  private inProgress: { stableTo: number; appliedTo: number; term: number } | undefined;
 
   /**
    * Restarts from `state`, or bootstraps a new group when state is empty and `voters` is given:
@@ -160,6 +162,7 @@ export class RaftCore {
     this.stableIndex = this.log.lastIndex();
     this.unstableFrom = this.log.lastIndex() + 1;
     this.prevHardState = { term: this.term, vote: this.vote, commit: this.commit };
+    this.durableTerm = this.term;
 
     const empty = this.term === 0 && this.log.lastIndex() === 0 && snap === undefined;
     if (empty && voters.length > 0) {
@@ -256,6 +259,7 @@ export class RaftCore {
    * {id, index}, the read may be served once the state machine has applied `index`. On a
    * follower the request is forwarded to the leader. Throws RaftProposalError if no leader is known.
    * A read whose leader loses leadership is never answered: the caller retries after a timeout.
+   * Ids must be unique across this node's restarts too (a late answer matches by id).
    */
   readIndex(id: number): void {
     if (this.role === 'leader') {
@@ -317,12 +321,20 @@ export class RaftCore {
     const committed = this.commit > this.applied ? this.log.slice(this.applied + 1, this.commit + 1) : [];
     const soft: SoftState = { lead: this.lead, role: this.role };
     const softChanged = soft.lead !== this.prevSoftState.lead || soft.role !== this.prevSoftState.role;
+    const messagesNow: Message[] = [];
+    const messages: Message[] = [];
+    for (const m of this.outbox) {
+      const early = m.from === this.id && m.term <= this.durableTerm && this.role === 'leader' &&
+        (m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot');
+      (early ? messagesNow : messages).push(m);
+    }
     const rd: Ready = {
       hardState,
       snapshot: this.pendingInstall,
       compacted: this.pendingCompacted,
       entries,
-      messages: this.outbox,
+      messagesNow,
+      messages,
       committed,
       readStates: this.readStates,
       softState: softChanged ? soft : undefined,
@@ -335,7 +347,7 @@ export class RaftCore {
     this.pendingCompacted = undefined;
     this.unstableFrom = this.log.lastIndex() + 1;
     const appliedTo = committed.length ? committed[committed.length - 1]!.index : this.applied;
-    this.inProgress = { stableTo: this.log.lastIndex(), appliedTo };
+    this.inProgress = { stableTo: this.log.lastIndex(), appliedTo, term: hs.term };
     return rd;
   }
 
@@ -350,6 +362,7 @@ export class RaftCore {
     this.inProgress = undefined;
     this.stableIndex = Math.max(this.stableIndex, Math.min(p.stableTo, this.unstableFrom - 1));
     this.applied = Math.max(this.applied, p.appliedTo);
+    this.durableTerm = Math.max(this.durableTerm, p.term);
     if (this.role === 'leader' && this.maybeCommit()) this.afterCommit();
   }
 

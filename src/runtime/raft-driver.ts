@@ -64,7 +64,9 @@ export class RaftDriver {
   private readonly proposals = new Map<number, PendingProposal>();
   private readonly reads = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly readsAwaitingApply: Array<{ index: number; resolve: () => void }> = [];
-  private readIdNext = 1;
+  /** Random start: ids must not repeat across restarts, or a late answer to a read of an
+   *  earlier run of this node could satisfy a new read. */
+  private readIdNext = randomInt(2 ** 47);
   private running = false;
   private scheduled = false;
   private closed = false;
@@ -201,6 +203,7 @@ export class RaftDriver {
       while (!this.closed && this.core.hasReady()) {
         const rd = this.core.ready();
         this.counters.readies++;
+        this.send(rd.messagesNow); // a leader's appends go out while it writes its own log
         if (readyNeedsPersist(rd)) {
           // Duty 1, persist before send (Raft §5.1 / thesis §3.8): a vote, a term or an
           // acknowledged entry must be durable before any message that reveals it leaves.

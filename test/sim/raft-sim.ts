@@ -104,6 +104,9 @@ export class RaftSimNode implements SimNode<Message> {
       FOUNDERS.includes(ctx.id) ? FOUNDERS : [],
     );
     this.compactEvery = 10 + r.int(40);
+    // Read ids must not repeat across restarts: a late answer to an earlier incarnation's read
+    // would otherwise satisfy a new one.
+    this.readId = ctx.incarnation * 1_000_000;
     this.appliedIndex = snapshot?.meta.index ?? 0;
     this.chain = snapshot ? decodeSnapData(snapshot.data).chain : 0;
     this.pump();
@@ -167,6 +170,7 @@ export class RaftSimNode implements SimNode<Message> {
     while (this.waiting === undefined && this.core.hasReady()) {
       const rd = this.core.ready();
       this.observePersist(rd);
+      for (const m of rd.messagesNow) this.ctx.send(m.to, m);
       // Fault hooks: the workload may crash this node before this Ready is durable and sent.
       if (rd.softState?.role === 'leader') this.world.onNewLeader?.(this.ctx.id);
       else if (rd.hardState && this.core.role === 'leader' && rd.committed.length > 0) this.world.onLeaderApplied?.(this.ctx.id);

@@ -36,7 +36,7 @@ export class Net {
     for (const [id, core] of this.cores) {
       while (core.hasReady()) {
         const rd = core.ready();
-        for (const m of rd.messages) this.queue.push(m);
+        for (const m of [...rd.messagesNow, ...rd.messages]) this.queue.push(m);
         this.applied.get(id)!.push(...rd.committed);
         this.reads.get(id)!.push(...rd.readStates);
         core.advance();
