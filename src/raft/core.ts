@@ -481,10 +481,11 @@ export class RaftCore {
     for (const id of this.members()) {
       if (id !== this.id) this.progress.set(id, new Progress(this.log.lastIndex() + 1, this.inflightMax));
     }
-    // A conf change may sit uncommitted in our log; no new one until everything so far commits.
-    this.pendingConfIndex = this.log.lastIndex();
     // Thesis §6.4 / Figure 8: a no-op in our own term lets us commit (and serve reads) at once.
     this.appendLocal(EntryType.Normal, new Uint8Array(0));
+    // No membership change until this no-op commits: that settles any change left uncommitted
+    // in our log, and is the fix for the one-server-change bug (thesis errata, raft-dev 2015).
+    this.pendingConfIndex = this.log.lastIndex();
   }
 
   private clearLeaderState(): void {
