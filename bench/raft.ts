@@ -133,7 +133,7 @@ export async function run(args: string[]): Promise<void> {
       await Promise.all(Array.from({ length: outstanding }, worker));
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
       report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(done / seconds), unit: 'commits/s',
-        fsync, flushesPerNodeLeader: leader.counters.flushes, ...env });
+        fsync, leaderFlushesTotal: leader.counters.flushes, ...env });
     } finally {
       await g.close();
     }

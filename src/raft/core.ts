@@ -627,7 +627,7 @@ export class RaftCore {
       throw new RaftProposalError('transferring', this.lead, `leadership is moving to ${this.leadTransferee}; retry there`);
     }
     if (this.log.lastIndex() - this.commit >= this.uncommittedEntriesMax) {
-      throw new RaftProposalError('transferring', this.lead, 'too many uncommitted entries; retry after commits catch up');
+      throw new RaftProposalError('overloaded', this.lead, `${this.uncommittedEntriesMax} entries are uncommitted; retry after commits catch up, or raise uncommittedEntriesMax`);
     }
   }
 
