@@ -219,7 +219,7 @@ export class RaftDriver {
     } catch (e) {
       // A failed flush leaves the disk state unknown: stop this node rather than diverge.
       this.failure = e instanceof Error ? e : new Error(String(e));
-      await this.close();
+      void this.close(); // not awaited: close() waits for this loop to finish
     } finally {
       this.running = false;
     }

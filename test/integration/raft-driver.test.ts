@@ -124,3 +124,24 @@ test('a group on LMDB storage comes back with its log after all nodes stop', asy
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   }
 });
+
+test('a failed flush stops the node: it never sends what it could not persist, and calls fail', async (t) => {
+  class FailingStorage extends MemoryStorage {
+    fail = false;
+    override async flush(): Promise<void> {
+      if (this.fail) throw new Error('disk full');
+      return super.flush();
+    }
+  }
+  const net = new MemoryNetwork();
+  const storage = new FailingStorage();
+  const d = await RaftDriver.start({
+    id: 1, peers: new Map([[1, 'mem:1']]), voters: [1], transport: net.endpoint(1), storage,
+    stateMachine: new Log(), tickMs: 5, core: { electionTicks: 4, heartbeatTicks: 1 },
+  });
+  await until('single-node leader', () => d.core.role === 'leader');
+  await d.propose(text('ok'));
+  storage.fail = true;
+  await t.throwsAsync(d.propose(text('lost')), { instanceOf: Error });
+  t.throws(() => d.propose(text('after')), { message: 'disk full' });
+});

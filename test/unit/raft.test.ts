@@ -293,3 +293,23 @@ test('propose on a follower fails with NOT_LEADER naming the leader', (t) => {
   t.is(err!.code, 'NOT_LEADER');
   t.is(err!.leader, 1);
 });
+
+test('§5.3 a duplicated or reordered shorter append never truncates a longer matching log', (t) => {
+  const core = new RaftCore({ id: 2, random: new SeededRandom(1) }, stateWith(2, []), ids);
+  const app = (n: number): Message => ({
+    type: 'append', from: 1, to: 2, term: 2, prevIndex: 3, prevTerm: 1, commit: 3,
+    entries: Array.from({ length: n }, (_, i) => ({ index: 4 + i, term: 2, type: EntryType.Normal, data: new Uint8Array([i]) })),
+  });
+  core.step(app(3));
+  core.step(app(1)); // an older, shorter copy arrives late
+  t.is(core.log.lastIndex(), 6);
+});
+
+test('§5.3 followers learn the commit index from heartbeats and apply', (t) => {
+  const net = new Net(ids);
+  net.campaign(1);
+  net.propose(1, 'x');
+  t.deepEqual(net.appliedData(2), [], 'the append that carried x could not yet carry its commit');
+  net.tick(1);
+  t.deepEqual(net.appliedData(2), ['x']);
+});
