@@ -145,3 +145,27 @@ test('a failed flush stops the node: it never sends what it could not persist, a
   await t.throwsAsync(d.propose(text('lost')), { instanceOf: Error });
   t.throws(() => d.propose(text('after')), { message: 'disk full' });
 });
+
+test('a node added later as a learner is caught up by snapshot through the driver, then promoted', async (t) => {
+  const net = new MemoryNetwork();
+  const all = new Map([...peers, [4, 'mem:4']]);
+  const sms = new Map([1, 2, 3, 4].map((id) => [id, new Log()]));
+  const ds = new Map<number, RaftDriver>();
+  const start = (id: number, voters: number[]) => RaftDriver.start({
+    id, peers: all, voters, transport: net.endpoint(id), storage: new MemoryStorage(), stateMachine: sms.get(id)!,
+    tickMs: 5, compactEvery: 20, core: { electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 64 },
+  });
+  for (const id of ids) ds.set(id, await start(id, ids));
+  await until('a leader', () => leaderOf(ds) !== undefined);
+  for (let i = 0; i < 60; i++) await proposeSomewhere(ds, `v${i}`);
+  ds.set(4, await start(4, []));
+  await leaderOf(ds)!.proposeConfChange({ op: 'addLearner', node: 4 });
+  await until('learner caught up', () => sms.get(4)!.items.length === 60);
+  t.true(ds.get(4)!.core.log.snapIndex > 0, 'it started from a snapshot, not from entry 1');
+  await leaderOf(ds)!.proposeConfChange({ op: 'addVoter', node: 4 });
+  await proposeSomewhere(ds, 'w');
+  await until('new voter applied', () => sms.get(4)!.items.at(-1) === 'w');
+  t.deepEqual(ds.get(4)!.core.conf.voters, [1, 2, 3, 4]);
+  t.deepEqual(sms.get(4)!.items, sms.get(1)!.items);
+  for (const d of ds.values()) await d.close();
+});
