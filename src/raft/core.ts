@@ -328,7 +328,11 @@ export class RaftCore {
         (m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot');
       (early ? messagesNow : messages).push(m);
     }
+    const p = this.prevHardState;
+    const mustSync = entries.length > 0 || this.pendingInstall !== undefined ||
+      this.pendingCompacted !== undefined || p.term !== hs.term || p.vote !== hs.vote;
     const rd: Ready = {
+      mustSync,
       hardState,
       snapshot: this.pendingInstall,
       compacted: this.pendingCompacted,

@@ -147,6 +147,13 @@ export interface Ready {
   readonly readStates: readonly ReadState[];
   /** Present if leader or role changed. */
   readonly softState: SoftState | undefined;
+  /**
+   * Whether the driver must wait for the writes above to be durable before sending `messages`
+   * and applying `committed`. False when the only change is the hard state's commit index: a
+   * commit index is a fact about a majority's logs, not a promise this node made, so it may be
+   * written lazily (a crash that loses it only makes the node re-learn it).
+   */
+  readonly mustSync: boolean;
 }
 
 export function encodeConfChange(cc: ConfChange): Uint8Array {

@@ -208,8 +208,13 @@ export class RaftDriver {
           // Duty 1, persist before send (Raft §5.1 / thesis §3.8): a vote, a term or an
           // acknowledged entry must be durable before any message that reveals it leaves.
           bufferReady(this.options.storage, rd);
-          await this.options.storage.flush();
           this.counters.flushes++;
+          if (rd.mustSync) {
+            await this.options.storage.flush();
+          } else {
+            // Only the commit index changed: write it in the background (README, duty 2).
+            this.options.storage.flush().catch((e: unknown) => this.fail(e));
+          }
         }
         this.send(rd.messages); // duty 2
         this.apply(rd); // duty 3
@@ -217,13 +222,18 @@ export class RaftDriver {
         this.maybeCompact();
       }
     } catch (e) {
-      // A failed flush leaves the disk state unknown: stop this node rather than diverge.
-      this.failure = e instanceof Error ? e : new Error(String(e));
-      void this.close(); // not awaited: close() waits for this loop to finish
+      this.fail(e);
     } finally {
       this.running = false;
     }
     if (!this.closed && this.core.hasReady()) this.schedule();
+  }
+
+  /** A failed flush leaves the disk state unknown: stop this node rather than diverge. */
+  private fail(e: unknown): void {
+    if (this.failure) return;
+    this.failure = e instanceof Error ? e : new Error(String(e));
+    void this.close(); // not awaited: close() waits for the loop to finish
   }
 
   private send(messages: readonly Message[]): void {

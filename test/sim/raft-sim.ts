@@ -200,10 +200,11 @@ export class RaftSimNode implements SimNode<Message> {
         disk.put('hs', rd.hardState);
         wrote = true;
       }
-      if (wrote) {
+      if (wrote && rd.mustSync) {
         this.waiting = { token: disk.sync(), rd };
         return;
       }
+      // A commit-only hard state rides along with the next sync (or is lost in a crash).
       this.finish(rd);
     }
   }
