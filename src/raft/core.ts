@@ -189,6 +189,7 @@ export class RaftCore {
 
   /** A message from a peer (or forwarded locally). Never throws for stale or unknown peers. */
   step(m: Message): void {
+    if (m.to !== this.id) return; // misrouted: not ours to act on
     if (!this.stepTerm(m)) return;
     switch (m.type) {
       case 'vote':
