@@ -7,7 +7,7 @@ import test from 'ava';
 import { runSeed } from './raft-sim.js';
 import { SimFailure } from './simulation.js';
 
-const SEEDS = Number(process.env['RAFT_SIM_SEEDS'] ?? 1200);
+const SEEDS = Number(process.env['RAFT_SIM_SEEDS'] ?? 2500);
 
 test(`raft: ${SEEDS} seeds with crashes, partitions, loss, duplication, membership changes`, (t) => {
   const failures: string[] = [];
