@@ -58,6 +58,14 @@ export const EMPTY_STATE: RaftInitialState = {
   entries: [],
 };
 
+interface IncomingSnapshot {
+  index: number;
+  term: number;
+  from: number;
+  chunks: Uint8Array[];
+  offset: number;
+}
+
 interface PendingRead {
   id: number;
   index: number;
@@ -107,7 +115,7 @@ export class RaftCore {
   private step_: StepFn = stepFollower;
 
   // Snapshot being received (follower).
-  private incoming: { index: number; term: number; from: number; chunks: Uint8Array[]; offset: number } | undefined;
+  private incoming: IncomingSnapshot | undefined;
 
   // ReadIndex (thesis §6.4).
   private readCtx = 0;
@@ -251,8 +259,11 @@ export class RaftCore {
     this.leadTransferee = target;
     this.transferElapsed = 0;
     const pr = this.progress.get(target)!;
-    if (pr.match === this.log.lastIndex()) this.send({ type: 'timeoutNow', from: this.id, to: target, term: this.term });
-    else this.sendAppend(target);
+    if (pr.match === this.log.lastIndex()) {
+      this.send({ type: 'timeoutNow', from: this.id, to: target, term: this.term });
+    } else {
+      this.sendAppend(target);
+    }
   }
 
   /**
@@ -411,7 +422,7 @@ export class RaftCore {
       if ((this.checkQuorum || this.preVote) && (m.type === 'append' || m.type === 'heartbeat')) {
         // A stale leader (e.g. after a partition) learns the new term from this response; without
         // it, with pre-vote, it could stay leader of a term no one else follows.
-        this.send({ type: 'appendResp', from: this.id, to: m.from, term: this.term, index: 0, reject: true, hintIndex: 0, hintTerm: 0 });
+        this.sendAppendResp(m.from, 0, true);
       } else if (m.type === 'prevote') {
         this.send({ type: 'prevoteResp', from: this.id, to: m.from, term: this.term, reject: true });
       }
@@ -541,7 +552,9 @@ export class RaftCore {
     }
     for (const to of this.conf.voters) {
       if (to === this.id) continue;
-      this.send({ type, from: this.id, to, term, lastIndex: this.log.lastIndex(), lastTerm: this.log.lastTerm(), transfer });
+      const lastIndex = this.log.lastIndex();
+      const lastTerm = this.log.lastTerm();
+      this.send({ type, from: this.id, to, term, lastIndex, lastTerm, transfer });
     }
   }
 
@@ -629,10 +642,12 @@ export class RaftCore {
   private checkCanPropose(): void {
     if (this.role !== 'leader') throw new RaftProposalError('not-leader', this.lead, 'propose at the leader');
     if (this.leadTransferee !== NONE) {
-      throw new RaftProposalError('transferring', this.lead, `leadership is moving to ${this.leadTransferee}; retry there`);
+      throw new RaftProposalError('transferring', this.lead,
+        `leadership is moving to ${this.leadTransferee}; retry there`);
     }
     if (this.log.lastIndex() - this.commit >= this.uncommittedEntriesMax) {
-      throw new RaftProposalError('overloaded', this.lead, `${this.uncommittedEntriesMax} entries are uncommitted; retry after commits catch up, or raise uncommittedEntriesMax`);
+      throw new RaftProposalError('overloaded', this.lead, `${this.uncommittedEntriesMax} entries ` +
+        'are uncommitted; retry after commits catch up, or raise uncommittedEntriesMax');
     }
   }
 
@@ -651,7 +666,9 @@ export class RaftCore {
 
   private broadcastHeartbeat(ctx: number): void {
     for (const [id, pr] of this.progress) {
-      this.send({ type: 'heartbeat', from: this.id, to: id, term: this.term, commit: Math.min(pr.match, this.commit), ctx });
+      // Never a commit index beyond what the follower is known to hold (it may lack those entries).
+      const commit = Math.min(pr.match, this.commit);
+      this.send({ type: 'heartbeat', from: this.id, to: id, term: this.term, commit, ctx });
     }
   }
 
@@ -668,7 +685,8 @@ export class RaftCore {
       }
       const entries = this.log.slice(pr.next, Infinity, this.entriesPerMessageMax, this.bytesPerMessageMax);
       if (entries.length === 0 && (sent > 0 || pr.state === 'replicate')) return;
-      this.send({ type: 'append', from: this.id, to, term: this.term, prevIndex, prevTerm, entries, commit: this.commit });
+      const commit = this.commit;
+      this.send({ type: 'append', from: this.id, to, term: this.term, prevIndex, prevTerm, entries, commit });
       pr.sent(prevIndex + entries.length, entries.length);
       if (entries.length === 0) return;
     }
@@ -757,7 +775,8 @@ export class RaftCore {
 
   /** Figure 2 / §5.4.2: commit the highest index on a majority, but only if it is from our term. */
   private maybeCommit(): boolean {
-    const matches = this.conf.voters.map((id) => (id === this.id ? this.stableIndex : this.progress.get(id)?.match ?? 0));
+    const matches = this.conf.voters.map((id) =>
+      id === this.id ? this.stableIndex : this.progress.get(id)?.match ?? 0);
     if (matches.length === 0) return false;
     matches.sort((a, b) => b - a);
     const index = matches[quorum(matches.length) - 1]!;
@@ -812,12 +831,12 @@ export class RaftCore {
 
   private answerRead(read: PendingRead): void {
     if (read.from === this.id) this.readStates.push({ id: read.id, index: read.index });
-    else this.send({ type: 'readIndexResp', from: this.id, to: read.from, term: 0, id: read.id, index: read.index, reject: false });
+    else this.sendReadIndexResp(read.from, read.id, read.index, false);
   }
 
   handleReadIndexRequest(m: Extract<Message, { type: 'readIndex' }>): void {
     if (this.role === 'leader') this.leaderRead(m.id, m.from);
-    else this.send({ type: 'readIndexResp', from: this.id, to: m.from, term: 0, id: m.id, index: 0, reject: true });
+    else this.sendReadIndexResp(m.from, m.id, 0, true);
   }
 
   handleReadIndexResponse(m: Extract<Message, { type: 'readIndexResp' }>): void {
@@ -838,7 +857,7 @@ export class RaftCore {
 
   handleAppend(m: Extract<Message, { type: 'append' }>): void {
     const reply = (index: number, reject: boolean, hintIndex = 0, hintTerm = 0): void =>
-      this.send({ type: 'appendResp', from: this.id, to: m.from, term: this.term, index, reject, hintIndex, hintTerm });
+      this.sendAppendResp(m.from, index, reject, hintIndex, hintTerm);
     if (m.prevIndex < this.commit) {
       reply(this.commit, false); // everything up to our commit is known to match
       return;
@@ -887,14 +906,16 @@ export class RaftCore {
     if (meta.index <= this.commit) {
       // We already have everything it covers (§7 rule 6 in spirit): tell the leader where we are.
       this.incoming = undefined;
-      this.send({ type: 'appendResp', from: this.id, to: m.from, term: this.term, index: this.commit, reject: false, hintIndex: 0, hintTerm: 0 });
+      this.sendAppendResp(m.from, this.commit, false);
       return;
     }
     let inc = this.incoming;
-    if (m.offset === 0 && (inc === undefined || inc.index !== meta.index || inc.term !== this.term || inc.from !== m.from)) {
+    const sameTransfer = (i: IncomingSnapshot | undefined): i is IncomingSnapshot =>
+      i !== undefined && i.index === meta.index && i.term === this.term && i.from === m.from;
+    if (m.offset === 0 && !sameTransfer(inc)) {
       inc = this.incoming = { index: meta.index, term: this.term, from: m.from, chunks: [], offset: 0 };
     }
-    if (inc === undefined || inc.index !== meta.index || inc.term !== this.term || inc.from !== m.from || m.offset !== inc.offset) {
+    if (!sameTransfer(inc) || m.offset !== inc.offset) {
       // Out of order, a duplicate, or from another leader: say what we expect next.
       const offset = inc !== undefined && inc.index === meta.index ? inc.offset : 0;
       this.send({ type: 'snapshotResp', from: this.id, to: m.from, term: this.term, index: meta.index, offset });
@@ -903,13 +924,14 @@ export class RaftCore {
     inc.chunks.push(m.chunk.slice());
     inc.offset += m.chunk.length;
     if (inc.offset < m.totalBytes) {
-      this.send({ type: 'snapshotResp', from: this.id, to: m.from, term: this.term, index: meta.index, offset: inc.offset });
+      const offset = inc.offset;
+      this.send({ type: 'snapshotResp', from: this.id, to: m.from, term: this.term, index: meta.index, offset });
       return;
     }
     this.incoming = undefined;
     const data = concat(inc.chunks, m.totalBytes);
     this.installSnapshot({ meta, data });
-    this.send({ type: 'appendResp', from: this.id, to: m.from, term: this.term, index: this.log.lastIndex(), reject: false, hintIndex: 0, hintTerm: 0 });
+    this.sendAppendResp(m.from, this.log.lastIndex(), false);
   }
 
   private installSnapshot(snap: Snapshot): void {
@@ -952,7 +974,7 @@ export class RaftCore {
       for (const id of [...this.progress.keys()]) {
         if (!this.conf.voters.includes(id) && !this.conf.learners.includes(id)) this.progress.delete(id);
       }
-      if (this.leadTransferee !== NONE && !this.conf.voters.includes(this.leadTransferee)) this.leadTransferee = NONE;
+      if (!this.conf.voters.includes(this.leadTransferee)) this.leadTransferee = NONE;
     }
   }
 
@@ -969,6 +991,14 @@ export class RaftCore {
 
   private send(m: Message): void {
     this.outbox.push(m);
+  }
+
+  private sendAppendResp(to: number, index: number, reject: boolean, hintIndex = 0, hintTerm = 0): void {
+    this.send({ type: 'appendResp', from: this.id, to, term: this.term, index, reject, hintIndex, hintTerm });
+  }
+
+  private sendReadIndexResp(to: number, id: number, index: number, reject: boolean): void {
+    this.send({ type: 'readIndexResp', from: this.id, to, term: 0, id, index, reject });
   }
 
   private hardStateChanged(): boolean {
