@@ -250,7 +250,8 @@ export class RaftDriver {
       const bytes = encodeMessages(list);
       this.counters.sends++;
       session
-        .then((s) => s.call(RAFT_REQUEST_TYPE, bytes))
+        // A deadline so a lost message's call does not stay pending forever (Raft resends).
+        .then((s) => s.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS }))
         .catch(() => {
           this.counters.sendErrors++;
           this.sessions.delete(to); // reconnect next time
@@ -320,3 +321,4 @@ export class RaftDriver {
 }
 
 const EMPTY = new Uint8Array(0);
+const SEND_TIMEOUT_MS = 2000;
