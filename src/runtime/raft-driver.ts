@@ -13,6 +13,7 @@
  * their loss, duplication and reordering, so send errors are only counted.
  */
 import { randomInt } from 'node:crypto';
+import { TimeoutError } from '../core/errors.js';
 import { SeededRandom } from '../core/random.js';
 import { RaftCore, type RaftConfig } from '../raft/core.js';
 import { decodeMessages, encodeMessages } from '../raft/codec.js';
@@ -252,9 +253,12 @@ export class RaftDriver {
       session
         // A deadline so a lost message's call does not stay pending forever (Raft resends).
         .then((s) => s.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS }))
-        .catch(() => {
+        .catch((e: unknown) => {
           this.counters.sendErrors++;
-          this.sessions.delete(to); // reconnect next time
+          if (e instanceof TimeoutError) return; // lost: Raft resends what matters
+          // The session is broken: drop it and reconnect on the next send.
+          if (this.sessions.get(to) === session) this.sessions.delete(to);
+          session.then((x) => x.close(), () => undefined);
         });
     }
   }
