@@ -20,7 +20,7 @@ import {
 } from './types.js';
 
 /** Test-only rule breaks, used to prove the simulator catches a broken protocol. */
-export type RaftMutation = 'commitPreviousTerm' | 'voteWithoutLogCheck';
+export type RaftMutation = 'commitPreviousTerm' | 'voteWithoutLogCheck' | 'sendBeforePersist';
 
 export interface RaftConfig {
   id: number;
@@ -336,8 +336,9 @@ export class RaftCore {
     const messagesNow: Message[] = [];
     const messages: Message[] = [];
     for (const m of this.outbox) {
-      const early = m.from === this.id && m.term <= this.durableTerm && this.role === 'leader' &&
-        (m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot');
+      const early = this.mutation === 'sendBeforePersist' ||
+        (m.from === this.id && m.term <= this.durableTerm && this.role === 'leader' &&
+          (m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot'));
       (early ? messagesNow : messages).push(m);
     }
     const p = this.prevHardState;

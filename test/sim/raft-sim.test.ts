@@ -58,3 +58,9 @@ test('mutation: granting votes without the up-to-date log check is caught', (t) 
   t.truthy(failure);
   t.log(`caught at seed ${failure!.seed}: ${failure!.message.split('\n')[0]}`);
 });
+
+test('mutation: sending votes and acknowledgements before they are durable is caught (the disk model matters)', (t) => {
+  const failure = firstFailure('sendBeforePersist', SEEDS);
+  t.truthy(failure, `the simulator missed persist-before-send in ${SEEDS} seeds`);
+  t.log(`caught at seed ${failure!.seed}: ${failure!.message.split('\n')[0]}`);
+});
