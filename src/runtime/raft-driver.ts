@@ -15,7 +15,7 @@
 import { randomInt } from 'node:crypto';
 import { TimeoutError } from '../core/errors.js';
 import { SeededRandom } from '../core/random.js';
-import { RaftCore, type RaftConfig } from '../raft/core.js';
+import { RaftCore, type RaftConfig } from '../raft/raft-core.js';
 import { decodeMessages, encodeMessages } from '../raft/codec.js';
 import { RaftProposalError } from '../raft/errors.js';
 import { bufferReady, loadInitialState, readyNeedsPersist, type RaftStorage } from '../raft/storage.js';

@@ -21,7 +21,7 @@
  *   liveness              once faults stop, a leader is elected and a new proposal is applied on
  *                         every member within a bounded simulated time.
  */
-import { RaftCore, type RaftMutation } from '../../src/raft/core.js';
+import { RaftCore, type RaftMutation } from '../../src/raft/raft-core.js';
 import {
   EntryType, type Entry, type HardState, type Message, type Ready, type Snapshot,
 } from '../../src/raft/types.js';

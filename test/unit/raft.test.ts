@@ -3,7 +3,7 @@
 // instantly and can cut links, and each test drives ticks, campaigns and proposals by hand.
 import test from 'ava';
 import { SeededRandom } from '../../src/core/random.js';
-import { RaftCore } from '../../src/raft/core.js';
+import { RaftCore } from '../../src/raft/raft-core.js';
 import { RaftProposalError } from '../../src/raft/errors.js';
 import { EntryType, type Message } from '../../src/raft/types.js';
 import { Net, stateWith } from './raft-helpers.js';
