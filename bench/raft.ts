@@ -7,9 +7,11 @@
  * with fsync on (LMDB durable) and off (noSync), and beside them the raw round trip of the same
  * transport (the floor: a commit needs one round trip to a majority).
  *
- * The native transport is not on main yet, so this runs over MemoryTransport (in-process,
- * setImmediate delivery) and says so in every line ("transport":"memory"). The real-transport
- * version replaces the endpoint factory when the native transport lands.
+ * `--transport native` runs over the native UDP transport on loopback (src/transport/
+ * native-transport.ts, loaded dynamically so this file also builds where it is absent);
+ * `--transport memory` over MemoryTransport (in-process, setImmediate delivery). The default is
+ * native when it loads, else memory. Every line names the transport ("transport":...). All three
+ * nodes and the client share one process and thread.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -18,6 +20,7 @@ import { LmdbStorage } from '../src/raft/lmdb-storage.js';
 import type { Entry, Snapshot } from '../src/raft/types.js';
 import { RaftDriver, type StateMachine } from '../src/runtime/raft-driver.js';
 import { MemoryNetwork } from '../src/transport/memory-transport.js';
+import type { Transport } from '../src/transport/transport.js';
 import { report } from './_report.js';
 
 class CountingMachine implements StateMachine {
@@ -41,10 +44,30 @@ function payload(i: number): Uint8Array {
   return out;
 }
 
-async function rawRoundTrip(n: number): Promise<number> {
-  const net = new MemoryNetwork();
-  const a = net.endpoint();
-  const b = net.endpoint();
+type Factory = () => Promise<Transport>;
+
+interface NativeModule {
+  Endpoint: { create(options: { host?: string; port?: number }): Promise<Transport> };
+}
+
+/** The transport factory for `name`, or undefined if it is not available in this build. */
+async function transportFactory(name: string): Promise<Factory | undefined> {
+  if (name === 'memory') {
+    const net = new MemoryNetwork();
+    return async () => net.endpoint();
+  }
+  const path = '../src/transport/native-transport.js'; // not a literal: may be absent
+  try {
+    const mod = (await import(path)) as NativeModule;
+    return () => mod.Endpoint.create({ host: '127.0.0.1', port: 0 });
+  } catch {
+    return undefined;
+  }
+}
+
+async function rawRoundTrip(make: Factory, n: number): Promise<number> {
+  const a = await make();
+  const b = await make();
   b.handle(1, () => new Uint8Array(0));
   const s = await a.connect(b.address);
   const req = payload(0);
@@ -59,16 +82,16 @@ async function rawRoundTrip(n: number): Promise<number> {
   return percentile(lat.sort((x, y) => x - y), 50);
 }
 
-async function group(fsync: boolean): Promise<{ drivers: RaftDriver[]; close: () => Promise<void> }> {
+async function group(make: Factory, fsync: boolean): Promise<{ drivers: RaftDriver[]; close: () => Promise<void> }> {
   const ids = [1, 2, 3];
-  const net = new MemoryNetwork();
+  const transports = [await make(), await make(), await make()];
   const dirs = ids.map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
   const storages = dirs.map((path) => new LmdbStorage({ path, durable: fsync }));
-  const peers = new Map(ids.map((id) => [id, `mem:${id}`]));
+  const peers = new Map(ids.map((id) => [id, transports[id - 1]!.address]));
   const drivers: RaftDriver[] = [];
   for (const id of ids) {
     drivers.push(await RaftDriver.start({
-      id, peers, voters: ids, transport: net.endpoint(id), storage: storages[id - 1]!,
+      id, peers, voters: ids, transport: transports[id - 1]!, storage: storages[id - 1]!,
       stateMachine: new CountingMachine(), tickMs: 10, compactEvery: 50_000,
       core: { electionTicks: 30, heartbeatTicks: 3, inflightMax: 256 },
     }));
@@ -78,6 +101,7 @@ async function group(fsync: boolean): Promise<{ drivers: RaftDriver[]; close: ()
     drivers,
     close: async () => {
       for (const d of drivers) await d.close();
+      for (const t of transports) await t.close();
       for (const s of storages) await s.close();
       for (const d of dirs) rmSync(d, { recursive: true, force: true });
     },
@@ -95,14 +119,23 @@ async function leaderOf(drivers: RaftDriver[]): Promise<RaftDriver> {
 
 export async function run(args: string[]): Promise<void> {
   const quick = args.includes('--quick');
+  const at = args.indexOf('--transport');
+  const asked = at >= 0 ? args[at + 1]! : undefined;
+  let transport = asked ?? 'native';
+  let make = await transportFactory(transport);
+  if (make === undefined && asked === undefined) {
+    transport = 'memory';
+    make = await transportFactory(transport);
+  }
+  if (make === undefined) throw new Error(`transport "${transport}" is not available in this build`);
   const latencyOps = quick ? 300 : 3000;
   const throughputOps = quick ? 5000 : 50_000;
-  const env = { transport: 'memory', nodes: 3, payloadBytes: 80, load1: Number(loadavg()[0]!.toFixed(2)), quick };
-  const rttP50 = await rawRoundTrip(quick ? 2000 : 20_000);
+  const env = { transport, nodes: 3, payloadBytes: 80, load1: Number(loadavg()[0]!.toFixed(2)), quick };
+  const rttP50 = await rawRoundTrip(make, quick ? 2000 : 20_000);
   report({ suite: 'raft', case: 'transport-rtt-p50', value: Number(rttP50.toFixed(1)), unit: 'us', ...env });
 
   for (const fsync of [true, false]) {
-    const g = await group(fsync);
+    const g = await group(make, fsync);
     try {
       const leader = await leaderOf(g.drivers);
       for (let i = 0; i < 50; i++) await leader.propose(payload(i)); // warm-up
