@@ -267,3 +267,22 @@ test('a packet from another view or a non-member rank is counted and dropped', (
   t.is(core.counters.malformedDropped, 1);
   t.is(core.receivedCount(0), 0);
 });
+
+test('edge shapes: empty payloads, a one-member shard, a shard whose only sender is idle', (t) => {
+  const limits = multicastLimits(LIMITS);
+  const one = [nodeId(4)];
+  const solo = new MulticastCore({ viewId: viewId(1), members: one, senders: one, self: nodeId(4), mode: 'ordered', limits });
+  solo.send(new Uint8Array(0), { wallMicros: 1n, logical: 0 });
+  solo.send(new Uint8Array(3000).fill(9), { wallMicros: 1n, logical: 1 });
+  const ready = solo.ready();
+  t.is(ready.packets.length, 0, 'nobody to send to');
+  t.deepEqual(ready.deliveries.map((d) => [d.index, d.payload.length, d.large]), [[0, 0, false], [1, 3000, true]]);
+
+  const net = new MulticastNet({
+    seed: 12, memberCount: 3, senderRanks: [1], limits: LIMITS, allowEmptyPayloads: true,
+  });
+  net.cores[1]!.send(new Uint8Array(0), { wallMicros: net.nowMicros, logical: 0 });
+  settle(net);
+  t.deepEqual(net.delivered.map((list) => list.map((d) => d.payload.length)), [[0], [0], [0]]);
+  t.is(net.cores.reduce((n, c) => n + c.counters.nullsSent, 0), 0, 'a lone sender needs no nulls');
+});
