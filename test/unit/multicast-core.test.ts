@@ -9,6 +9,7 @@ import { MulticastNet, makePayload, readPayload, sequenceOf } from '../support/m
 import { MulticastCore } from '../../src/multicast/multicast-core.js';
 import {
   multicastLimits,
+  multicastLimitsFromConfig,
   packetOverheadBytes,
   SMC_ENTRY_OVERHEAD_BYTES,
   type MulticastLimits,
@@ -46,6 +47,16 @@ test('limits: payload above max_payload_size fails at once; bad config names its
     'multicast.window_size',
   ]);
   t.throws(() => multicastLimits({ packetBytesMax: 1000, smcPayloadBytesMax: 1000 }), { instanceOf: ConfigError });
+  // The config loader's keys map one to one; problems name the section they came from.
+  const fromConfig = multicastLimitsFromConfig({
+    max_payload_size: 1 << 20, max_smc_payload_size: 512, block_size: 4096, window_size: 8,
+    rdmc_send_algorithm: 'chain',
+  });
+  t.like(fromConfig, {
+    payloadBytesMax: 1 << 20, smcPayloadBytesMax: 512, blockBytes: 4096, windowSize: 8, rdmcAlgorithm: 'chain',
+  });
+  const bad = t.throws(() => multicastLimitsFromConfig({ window_size: -1 }, 'profile.big'), { instanceOf: ConfigError });
+  t.deepEqual((bad as ConfigError).problems.map((p) => p.key), ['profile.big.window_size']);
 });
 
 test('round robin over senders only: positions i·n+r, versions from the view id, non-senders receive', (t) => {
@@ -160,7 +171,7 @@ test('raw mode: delivers on receipt without waiting for others, per-sender FIFO'
 });
 
 test('RDMC: large messages split into blocks, ordered with SMC ones, intact, origin uploads once', (t) => {
-  const net = new MulticastNet({ seed: 8, memberCount: 4, limits: { ...LIMITS, rdmcAlgorithm: 'binomial_send' } });
+  const net = new MulticastNet({ seed: 8, memberCount: 4, limits: { ...LIMITS, rdmcAlgorithm: 'binomial' } });
   net.send(0, 100);
   net.send(0, 3000); // 24 blocks
   net.send(0, 100);
