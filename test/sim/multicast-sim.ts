@@ -62,6 +62,8 @@ class World {
     readonly limits: MulticastLimits,
     /** Nodes that send when they are members; the others only receive. */
     readonly senderIds: readonly number[],
+    /** `--flag mutation=drop-resend`: a deliberately broken view change, to test the checks. */
+    readonly mutation: string | undefined,
   ) {}
 }
 
@@ -248,7 +250,8 @@ function finishViewChange(sim: Simulation<McMessage, MulticastSimNode>, world: W
       const node = sim.node(id)!;
       const cut = node.core!.applyTrim(trim).resend;
       world.resent += cut.length;
-      resend.set(id, cut.map((m) => m.payload));
+      // Test-only mutation: forget what the trim cut off (the checks must notice).
+      if (world.mutation !== 'drop-resend') resend.set(id, cut.map((m) => m.payload));
       node.pump();
     }
     const lengths = survivors.map((id) => sim.node(id)!.viewDeliveries.length);
@@ -287,7 +290,8 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   // Every fourth seed, only the odd-numbered nodes send.
   const senderIds = seed % 4 === 3 ? ids.filter((id) => id % 2 === 1) : ids;
   const limits = multicastLimits({ ...LIMITS, rdmcAlgorithm: RDMC_ALGORITHMS[seed % 4]! });
-  const world = new World(limits, senderIds);
+  const mutation = options.flags?.['mutation'];
+  const world = new World(limits, senderIds, typeof mutation === 'string' ? mutation : undefined);
   let sim!: Simulation<McMessage, MulticastSimNode>;
   sim = new Simulation<McMessage, MulticastSimNode>({
     seed,
