@@ -1,12 +1,528 @@
 // The only file that includes napi.h: it binds the plain C++ core to JavaScript.
+//
+// Driving model: the endpoint lives on the thread that created it and is driven by that thread's
+// own libuv loop -- a uv_poll on the UDP socket and one uv_timer for the core's next deadline.
+// No thread hop per batch and no CPU while idle (the loop sleeps in epoll). The alternative, a
+// native I/O thread handing batches over a ThreadSafeFunction, costs a cross-thread wakeup per
+// batch (~25-50 µs on these VMs, NOTES.md) and locking around the core; the uv_poll route needs
+// Node's own uv.h (/usr/include/node), which is outside Node-API's ABI promise but stable in
+// practice. Worker threads each have their own loop, so one endpoint per worker scales out.
+//
+// Crossings are batched both ways. Native -> JS: after each poll/timer wakeup, every event the
+// core produced (responses, incoming requests, session events) goes to JS in one call as one
+// ArrayBuffer of records; payloads of 64 KiB or more travel as separate external ArrayBuffers
+// that own the core's memory (no copy). JS -> native: JS queues calls and responses into one
+// slab during a tick and submits it with one call. Record layout (both ways, little-endian):
+//   0 u8 kind | 1 u8 code | 2 u16 flags (bit 0: payload is extras[index]) | 4 u32 session
+//   8 u32 slot or timeout ms | 12 u32 payload bytes | 16 f64 id (tag or request number)
+//  24 payload, padded to 8 bytes (absent when in extras)
 #include <napi.h>
+#include <uv.h>
 
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "transport/endpoint.h"
+#include "transport/udp_socket.h"
 #include "version.h"
 
 namespace {
+using namespace squall::transport;
+
+constexpr size_t kRecordHeaderBytes = 24;
+constexpr size_t kExternalPayloadBytesMin = 64 * 1024;
+constexpr size_t kReceivePacketsPerWakeup = 1024;
+constexpr uint16_t kFlagPayloadInExtras = 1;
+constexpr uint8_t kSubmitCall = 1;
+constexpr uint8_t kSubmitRespond = 2;
+
+size_t Pad8(size_t n) { return (n + 7) & ~size_t{7}; }
+
+void Put32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }  // x86-64/arm64: little-endian
+uint32_t Get32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+class NativeEndpoint;
+
+// Owns the socket, the core and the libuv handles; freed when both handles have closed.
+struct Driver {
+  NativeEndpoint* owner = nullptr;
+  std::unique_ptr<UdpSocket> socket;
+  std::unique_ptr<Endpoint> endpoint;
+  uv_poll_t poll{};
+  uv_timer_t timer{};
+  int open_handles = 0;
+  uint64_t timer_armed_us = UINT64_MAX;
+  std::vector<Event> events;
+};
+
+class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeEndpoint",
+                       {InstanceMethod("address", &NativeEndpoint::Address),
+                        InstanceMethod("connect", &NativeEndpoint::Connect),
+                        InstanceMethod("submit", &NativeEndpoint::Submit),
+                        InstanceMethod("drain", &NativeEndpoint::Drain),
+                        InstanceMethod("disconnect", &NativeEndpoint::Disconnect),
+                        InstanceMethod("setHandled", &NativeEndpoint::SetHandled),
+                        InstanceMethod("stats", &NativeEndpoint::Stats),
+                        InstanceMethod("inject", &NativeEndpoint::Inject),
+                        InstanceMethod("sessionInfo", &NativeEndpoint::SessionInfo),
+                        InstanceMethod("close", &NativeEndpoint::Close)});
+  }
+
+  // new NativeEndpoint(options, onEvents)
+  explicit NativeEndpoint(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<NativeEndpoint>(info), async_context_(info.Env(), "squall.transport") {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+      Napi::TypeError::New(env, "NativeEndpoint(options, onEvents)").ThrowAsJavaScriptException();
+      return;
+    }
+    Napi::Object o = info[0].As<Napi::Object>();
+    auto number = [&](const char* key, double fallback) {
+      Napi::Value v = o.Get(key);
+      return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
+    };
+    EndpointConfig c;
+    c.packet_bytes_max = static_cast<uint32_t>(number("packetBytesMax", c.packet_bytes_max));
+    c.message_bytes_max = static_cast<uint32_t>(number("messageBytesMax", c.message_bytes_max));
+    c.slots_per_session = static_cast<uint32_t>(number("slotsPerSession", c.slots_per_session));
+    c.credits_per_session =
+        static_cast<uint32_t>(number("creditsPerSession", c.credits_per_session));
+    c.sessions_max = static_cast<uint32_t>(number("sessionsMax", c.sessions_max));
+    c.queued_requests_per_session_max = static_cast<uint32_t>(
+        number("queuedRequestsPerSessionMax", c.queued_requests_per_session_max));
+    auto ms = [&](const char* key, uint64_t fallback_us) {
+      return static_cast<uint64_t>(number(key, static_cast<double>(fallback_us) / 1000) * 1000);
+    };
+    c.retransmit_timeout_us = ms("retransmitTimeoutMs", c.retransmit_timeout_us);
+    c.peer_failure_timeout_us = ms("peerFailureTimeoutMs", c.peer_failure_timeout_us);
+    c.connect_timeout_us = ms("connectTimeoutMs", c.connect_timeout_us);
+    c.connect_retry_us = ms("connectRetryMs", c.connect_retry_us);
+    c.seed = static_cast<uint64_t>(number("seed", 1));
+    const std::string problem = ValidateConfig(c);
+    if (!problem.empty()) {
+      Napi::RangeError::New(env, "invalid transport limits: " + problem)
+          .ThrowAsJavaScriptException();
+      return;
+    }
+    Napi::Value host_value = o.Get("host");
+    const std::string host = host_value.IsString() ? host_value.As<Napi::String>().Utf8Value()
+                                                   : std::string("127.0.0.1");
+    const double port = number("port", 0);
+    if (port < 0 || port > 65535 || std::floor(port) != port) {
+      Napi::RangeError::New(env, "port must be an integer in [0, 65535]")
+          .ThrowAsJavaScriptException();
+      return;
+    }
+    std::string error;
+    auto socket = UdpSocket::Open(host, static_cast<uint16_t>(port), c.packet_bytes_max, &error);
+    if (!socket) {
+      Napi::Error::New(env, error).ThrowAsJavaScriptException();
+      return;
+    }
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+      Napi::Error::New(env, "no libuv loop on this thread").ThrowAsJavaScriptException();
+      return;
+    }
+    driver_ = new Driver();
+    driver_->owner = this;
+    driver_->socket = std::move(socket);
+    driver_->endpoint = std::make_unique<Endpoint>(c, driver_->socket.get());
+    uv_poll_init(loop, &driver_->poll, driver_->socket->fd());
+    uv_timer_init(loop, &driver_->timer);
+    driver_->poll.data = driver_;
+    driver_->timer.data = driver_;
+    driver_->open_handles = 2;
+    uv_poll_start(&driver_->poll, UV_READABLE, &NativeEndpoint::OnReadable);
+    on_events_ = Napi::Persistent(info[1].As<Napi::Function>());
+    env_ = env;
+    // While open, the JS object must not be collected: libuv callbacks point at it.
+    Ref();
+    napi_add_env_cleanup_hook(env, &NativeEndpoint::OnEnvCleanup, this);
+  }
+
+  ~NativeEndpoint() override { Shutdown(false); }
+
+ private:
+  static void OnEnvCleanup(void* self) {
+    static_cast<NativeEndpoint*>(self)->Shutdown(false);
+  }
+
+  // Stops the endpoint: fails pending work locally, optionally tells peers, closes handles.
+  void Shutdown(bool tell_peers) {
+    if (driver_ == nullptr) return;
+    Driver* d = driver_;
+    driver_ = nullptr;
+    d->endpoint->Shutdown(tell_peers, MonotonicNowUs());
+    d->socket->Flush();
+    d->owner = nullptr;
+    uv_poll_stop(&d->poll);
+    uv_timer_stop(&d->timer);
+    uv_close(reinterpret_cast<uv_handle_t*>(&d->poll), &NativeEndpoint::OnHandleClosed);
+    uv_close(reinterpret_cast<uv_handle_t*>(&d->timer), &NativeEndpoint::OnHandleClosed);
+    napi_remove_env_cleanup_hook(env_, &NativeEndpoint::OnEnvCleanup, this);
+  }
+
+  static void OnHandleClosed(uv_handle_t* handle) {
+    Driver* d = static_cast<Driver*>(handle->data);
+    if (--d->open_handles == 0) delete d;
+  }
+
+  static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
+    Driver* d = static_cast<Driver*>(handle->data);
+    if (d->owner == nullptr || status < 0) return;
+    const uint64_t now = MonotonicNowUs();
+    Endpoint* endpoint = d->endpoint.get();
+    d->socket->Receive(
+        [endpoint, now](const PeerAddress& from, std::span<const uint8_t> bytes) {
+          endpoint->OnPacket(from, bytes, now);
+        },
+        kReceivePacketsPerWakeup);
+    endpoint->OnTimers(now);
+    d->socket->Flush();
+    d->owner->DeliverFromLoop();
+  }
+
+  static void OnTimer(uv_timer_t* handle) {
+    Driver* d = static_cast<Driver*>(handle->data);
+    if (d->owner == nullptr) return;
+    d->timer_armed_us = UINT64_MAX;
+    d->endpoint->OnTimers(MonotonicNowUs());
+    d->socket->Flush();
+    d->owner->DeliverFromLoop();
+  }
+
+  void ArmTimer() {
+    if (driver_ == nullptr) return;
+    const uint64_t next = driver_->endpoint->NextTimerUs();
+    if (next == driver_->timer_armed_us) return;
+    driver_->timer_armed_us = next;
+    if (next == UINT64_MAX) {
+      uv_timer_stop(&driver_->timer);
+      return;
+    }
+    const uint64_t now = MonotonicNowUs();
+    const uint64_t delay_ms = next <= now ? 0 : (next - now + 999) / 1000;
+    uv_timer_start(&driver_->timer, &NativeEndpoint::OnTimer, delay_ms, 0);
+  }
+
+  // Called from a libuv callback: hand every pending event to JS in one call. Uses the C API
+  // with explicit status checks: while a worker terminates, every call into JS fails, and the
+  // events are then simply dropped (the endpoint is about to be torn down anyway).
+  void DeliverFromLoop() {
+    ArmTimer();
+    if (driver_ == nullptr || !driver_->endpoint->HasEvents()) return;
+    napi_env env = env_;
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+    napi_value batch = TakeBatchRaw(env);
+    if (batch != nullptr) {
+      ++batches_delivered_;
+      napi_value argv[1] = {batch};
+      napi_value result;
+      const napi_status status = napi_make_callback(env, async_context_, Value(),
+                                                    on_events_.Value(), 1, argv, &result);
+      if (status == napi_pending_exception) {
+        // A JS error escaped the event handler: report it like any uncaught exception.
+        napi_value error;
+        if (napi_get_and_clear_last_exception(env, &error) == napi_ok) {
+          napi_valuetype type;
+          if (napi_typeof(env, error, &type) == napi_ok && type != napi_undefined) {
+            napi_fatal_exception(env, error);
+          }
+        }
+      }
+    }
+    napi_close_handle_scope(env, scope);
+    ArmTimer();  // JS may have submitted work that moved the next deadline
+  }
+
+  Napi::Value TakeBatch(Napi::Env env) {
+    napi_value batch = TakeBatchRaw(env);
+    return batch == nullptr ? env.Undefined() : Napi::Value(env, batch);
+  }
+
+  // Returns nullptr (nothing to deliver, or JS unavailable), or [records, extras].
+  napi_value TakeBatchRaw(napi_env env) {
+    if (driver_ == nullptr) return nullptr;
+    std::vector<Event>& events = driver_->events;
+    events.clear();
+    driver_->endpoint->TakeEvents(&events);
+    if (events.empty()) return nullptr;
+    size_t bytes = 0;
+    for (const Event& e : events) {
+      bytes += kRecordHeaderBytes;
+      if (e.bytes.size() < kExternalPayloadBytesMin) bytes += Pad8(e.bytes.size());
+    }
+    void* data = nullptr;
+    napi_value records, extras, result;
+    if (napi_create_arraybuffer(env, bytes, &data, &records) != napi_ok ||
+        napi_create_array(env, &extras) != napi_ok ||
+        napi_create_array_with_length(env, 2, &result) != napi_ok) {
+      events.clear();
+      return nullptr;
+    }
+    uint8_t* out = static_cast<uint8_t*>(data);
+    uint32_t extra_count = 0;
+    for (Event& e : events) {
+      const bool external = e.bytes.size() >= kExternalPayloadBytesMin;
+      out[0] = static_cast<uint8_t>(e.kind);
+      out[1] = e.code;
+      const uint16_t flags = external ? kFlagPayloadInExtras : 0;
+      std::memcpy(out + 2, &flags, 2);
+      Put32(out + 4, e.session);
+      Put32(out + 8, e.slot);
+      // An external payload's length is its ArrayBuffer's; the field holds its extras index.
+      Put32(out + 12, external ? extra_count : static_cast<uint32_t>(e.bytes.size()));
+      const double id = static_cast<double>(e.id);
+      std::memcpy(out + 16, &id, 8);
+      out += kRecordHeaderBytes;
+      if (external) {
+        // The core's buffer becomes the ArrayBuffer's memory; freed when JS collects it.
+        auto* owned = new std::vector<uint8_t>(std::move(e.bytes));
+        napi_value buffer;
+        if (napi_create_external_arraybuffer(
+                env, owned->data(), owned->size(),
+                [](napi_env, void*, void* hint) { delete static_cast<std::vector<uint8_t>*>(hint); },
+                owned, &buffer) != napi_ok) {
+          delete owned;
+          napi_get_undefined(env, &buffer);
+        }
+        napi_set_element(env, extras, extra_count++, buffer);
+      } else {
+        if (!e.bytes.empty()) std::memcpy(out, e.bytes.data(), e.bytes.size());
+        out += Pad8(e.bytes.size());
+      }
+    }
+    events.clear();
+    napi_set_element(env, result, 0, records);
+    napi_set_element(env, result, 1, extras);
+    return result;
+  }
+
+  bool CheckOpen(Napi::Env env) {
+    if (driver_ != nullptr) return true;
+    Napi::Error::New(env, "the endpoint is closed").ThrowAsJavaScriptException();
+    return false;
+  }
+
+  Napi::Value Address(const Napi::CallbackInfo& info) {
+    if (!CheckOpen(info.Env())) return info.Env().Undefined();
+    return Napi::String::New(info.Env(), driver_->socket->local().ToString());
+  }
+
+  // connect(address) -> session number, or -1 if the address is malformed or unreachable
+  // from this socket's address family.
+  Napi::Value Connect(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!CheckOpen(env)) return env.Undefined();
+    PeerAddress peer, normalized;
+    if (!info[0].IsString() ||
+        !PeerAddress::Parse(info[0].As<Napi::String>().Utf8Value(), &peer) ||
+        !driver_->socket->Normalize(peer, &normalized)) {
+      return Napi::Number::New(env, -1);
+    }
+    const uint32_t session = driver_->endpoint->Connect(normalized, MonotonicNowUs());
+    driver_->socket->Flush();
+    ArmTimer();
+    return Napi::Number::New(env, session);
+  }
+
+  // submit(slab: ArrayBuffer, byteLength, extras: Uint8Array[]) -> a batch, like drain().
+  Napi::Value Submit(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!CheckOpen(env)) return env.Undefined();
+    if (!info[0].IsArrayBuffer() || !info[1].IsNumber()) {
+      Napi::TypeError::New(env, "submit(slab, byteLength, extras)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Napi::ArrayBuffer slab = info[0].As<Napi::ArrayBuffer>();
+    const size_t length = info[1].As<Napi::Number>().Uint32Value();
+    Napi::Array extras = info[2].IsArray() ? info[2].As<Napi::Array>() : Napi::Array();
+    if (length > slab.ByteLength()) {
+      Napi::RangeError::New(env, "submit: byteLength beyond the slab").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    const uint8_t* p = static_cast<const uint8_t*>(slab.Data());
+    const uint8_t* end = p + length;
+    const uint64_t now = MonotonicNowUs();
+    Endpoint* endpoint = driver_->endpoint.get();
+    while (p + kRecordHeaderBytes <= end) {
+      const uint8_t kind = p[0];
+      const uint8_t code = p[1];
+      uint16_t flags;
+      std::memcpy(&flags, p + 2, 2);
+      const uint32_t session = Get32(p + 4);
+      const uint32_t slot_or_timeout = Get32(p + 8);
+      const uint32_t bytes = Get32(p + 12);
+      double id;
+      std::memcpy(&id, p + 16, 8);
+      p += kRecordHeaderBytes;
+      std::span<const uint8_t> payload;
+      if ((flags & kFlagPayloadInExtras) != 0) {
+        const uint32_t index = bytes;  // the record's length field holds the extras index
+        Napi::Value v = extras.IsEmpty() ? env.Undefined() : extras.Get(index);
+        if (!v.IsTypedArray()) {
+          Napi::TypeError::New(env, "submit: missing extra payload").ThrowAsJavaScriptException();
+          return env.Undefined();
+        }
+        Napi::Uint8Array array = v.As<Napi::Uint8Array>();
+        payload = std::span<const uint8_t>(array.Data(), array.ByteLength());
+      } else {
+        if (p + bytes > end) break;  // malformed tail: ignore
+        payload = std::span<const uint8_t>(p, bytes);
+        p += Pad8(bytes);
+      }
+      const uint64_t id_u64 = static_cast<uint64_t>(id);
+      if (kind == kSubmitCall) {
+        const CallStatus status = endpoint->Call(session, code, id_u64, payload,
+                                                 uint64_t{slot_or_timeout} * 1000, now);
+        if (status != CallStatus::kOk) endpoint->FailCall(session, id_u64, status);
+      } else if (kind == kSubmitRespond) {
+        endpoint->Respond({session, slot_or_timeout, id_u64}, static_cast<CallStatus>(code),
+                          payload, now);
+      }
+    }
+    ++submits_;
+    driver_->socket->Flush();
+    ArmTimer();
+    return TakeBatch(env);  // events the submissions produced (e.g. refusals), saving a drain()
+  }
+
+  // drain() -> undefined or [records, extras]: events produced by the last synchronous calls.
+  Napi::Value Drain(const Napi::CallbackInfo& info) { return TakeBatch(info.Env()); }
+
+  Napi::Value Disconnect(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!CheckOpen(env)) return env.Undefined();
+    driver_->endpoint->Disconnect(info[0].As<Napi::Number>().Uint32Value(), MonotonicNowUs());
+    driver_->socket->Flush();
+    ArmTimer();
+    return env.Undefined();
+  }
+
+  Napi::Value SetHandled(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!CheckOpen(env)) return env.Undefined();
+    driver_->endpoint->SetHandled(static_cast<uint8_t>(info[0].As<Napi::Number>().Uint32Value()),
+                                  info[1].ToBoolean().Value());
+    return env.Undefined();
+  }
+
+  Napi::Value SessionInfo(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object out = Napi::Object::New(env);
+    if (driver_ == nullptr) return out;
+    const uint32_t session = info[0].As<Napi::Number>().Uint32Value();
+    out.Set("dataBytesPerPacket",
+            Napi::Number::New(env, driver_->endpoint->SessionDataBytesPerPacket(session)));
+    out.Set("connected", Napi::Boolean::New(env, driver_->endpoint->SessionIsConnected(session)));
+    return out;
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object out = Napi::Object::New(env);
+    if (driver_ == nullptr) return out;
+    const squall::transport::Stats& s = driver_->endpoint->stats();
+    auto set = [&](const std::string& key, uint64_t v) {
+      out.Set(key, Napi::Number::New(env, static_cast<double>(v)));
+    };
+    set("packetsSent", s.packets_sent);
+    set("bytesSent", s.bytes_sent);
+    set("packetsReceived", s.packets_received);
+    set("bytesReceived", s.bytes_received);
+    set("retransmissions", s.retransmissions);
+    set("duplicateResponses", s.duplicate_responses);
+    set("requestsStarted", s.requests_started);
+    set("requestsCompleted", s.requests_completed);
+    set("handlersRun", s.handlers_run);
+    set("timeouts", s.timeouts);
+    set("peerFailures", s.peer_failures);
+    set("staleResponds", s.stale_responds);
+    set("sessionsClient", s.sessions_client);
+    set("sessionsServer", s.sessions_server);
+    set("sessionsOpened", s.sessions_opened);
+    set("sessionsClosed", s.sessions_closed);
+    set("dropsTotal", s.DropsTotal());
+    for (size_t r = 0; r < static_cast<size_t>(DropReason::kCount); ++r) {
+      set(std::string("drops.") + DropReasonName(static_cast<DropReason>(r)), s.drops[r]);
+    }
+    for (uint8_t t = 0; t < kPacketTypeCount; ++t) {
+      const std::string name = PacketTypeName(static_cast<PacketType>(t));
+      set("sent." + name, s.packets_sent_by_type[t]);
+      set("received." + name, s.packets_received_by_type[t]);
+    }
+    const UdpStats& u = driver_->socket->stats();
+    set("jsBatchesDelivered", batches_delivered_);
+    set("jsSubmits", submits_);
+    set("udpSendErrors", u.send_errors);
+    set("udpTruncated", u.truncated_rx);
+    set("udpSendCalls", u.send_calls);
+    set("udpDatagramsSent", u.datagrams_sent);
+    set("udpBundledPackets", u.bundled_packets);
+    set("udpBadBundles", u.bad_bundles);
+    set("udpReceiveCalls", u.receive_calls);
+    return out;
+  }
+
+  // inject({ dropProbability?, dropNext?, failPeer?, restorePeer? })
+  Napi::Value Inject(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!CheckOpen(env) || !info[0].IsObject()) return env.Undefined();
+    Napi::Object o = info[0].As<Napi::Object>();
+    if (o.Get("dropProbability").IsNumber()) {
+      driver_->endpoint->SetDropProbability(
+          o.Get("dropProbability").As<Napi::Number>().DoubleValue());
+    }
+    if (o.Get("dropNext").IsNumber()) {
+      driver_->endpoint->DropNext(o.Get("dropNext").As<Napi::Number>().Uint32Value());
+    }
+    for (const char* key : {"failPeer", "restorePeer"}) {
+      Napi::Value v = o.Get(key);
+      PeerAddress peer, normalized;
+      if (v.IsString() && PeerAddress::Parse(v.As<Napi::String>().Utf8Value(), &peer) &&
+          driver_->socket->Normalize(peer, &normalized)) {
+        driver_->endpoint->SetPeerFailed(normalized, std::strcmp(key, "failPeer") == 0);
+      }
+    }
+    return env.Undefined();
+  }
+
+  // close(tellPeers) -> the final batch of events (failed calls, session ends) or undefined.
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (driver_ == nullptr) return env.Undefined();
+    const bool tell_peers = info.Length() == 0 || info[0].ToBoolean().Value();
+    driver_->endpoint->Shutdown(tell_peers, MonotonicNowUs());
+    Napi::Value batch = TakeBatch(env);
+    Shutdown(tell_peers);
+    Unref();
+    return batch;
+  }
+
+  Driver* driver_ = nullptr;
+  uint64_t batches_delivered_ = 0;  // native -> JS crossings from the loop
+  uint64_t submits_ = 0;            // JS -> native submissions
+  Napi::Env env_ = Napi::Env(nullptr);
+  Napi::FunctionReference on_events_;
+  Napi::AsyncContext async_context_;
+};
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("wireVersion", Napi::Number::New(env, squall::kWireVersion));
   exports.Set("build", Napi::String::New(env, squall::BuildDescription()));
+  exports.Set("NativeEndpoint", NativeEndpoint::Define(env));
   return exports;
 }
 }  // namespace

@@ -46,7 +46,10 @@ export interface FailureDetectorReady {
 /** The failure detector's settings contradict each other. */
 export class FailureDetectorConfigError extends SquallError {
   constructor(problem: string, fix: string) {
-    super(`invalid failure detector configuration: ${problem}. Fix: ${fix}`, 'FAILURE_DETECTOR_CONFIG');
+    super(
+      `invalid failure detector configuration: ${problem}. Fix: ${fix}`,
+      'FAILURE_DETECTOR_CONFIG',
+    );
   }
 }
 
@@ -67,11 +70,15 @@ export class FailureDetectorCore {
   constructor(config: FailureDetectorConfig) {
     const { heartbeatTicks, timeoutTicks } = config;
     if (!Number.isInteger(heartbeatTicks) || heartbeatTicks < 1) {
-      throw new FailureDetectorConfigError(`heartbeatTicks is ${heartbeatTicks}`, 'use an integer >= 1');
+      throw new FailureDetectorConfigError(
+        `heartbeatTicks is ${heartbeatTicks}`,
+        'use an integer >= 1',
+      );
     }
     if (!Number.isInteger(timeoutTicks) || timeoutTicks <= heartbeatTicks) {
       throw new FailureDetectorConfigError(
-        `timeoutTicks (${timeoutTicks}) must be an integer above heartbeatTicks (${heartbeatTicks}), ` +
+        `timeoutTicks (${timeoutTicks}) must be an integer above ` +
+          `heartbeatTicks (${heartbeatTicks}), ` +
           'or live peers are suspected between two heartbeats',
         'raise the timeout to a few heartbeat periods (3x or more tolerates a lost heartbeat)',
       );

@@ -25,12 +25,11 @@ import {
 
 /**
  * Who may send ordered calls in a shard. 'all': every member. `shardRanks`: the members at these
- * shard ranks (rank 0 is the longest-serving member). `nodeIds`: these reserved nodes, when present.
+ * shard ranks (rank 0 is the longest-serving member). `nodeIds`: these reserved nodes, when
+ * present.
  */
 export type SendersPolicy =
-  | 'all'
-  | { readonly shardRanks: readonly number[] }
-  | { readonly nodeIds: readonly NodeId[] };
+  'all' | { readonly shardRanks: readonly number[] } | { readonly nodeIds: readonly NodeId[] };
 
 export interface ShardPolicy {
   /** Fewer members than this makes the shard's subgroup inadequately provisioned. */
@@ -82,7 +81,11 @@ export function identicalSubgroups(count: number, subgroup: SubgroupPolicy): Typ
 }
 
 /** `shardCount` shards of exactly `nodesPerShard` members each. */
-export function fixedEvenShards(shardCount: number, nodesPerShard: number, options: EvenShardOptions = {}): SubgroupPolicy {
+export function fixedEvenShards(
+  shardCount: number,
+  nodesPerShard: number,
+  options: EvenShardOptions = {},
+): SubgroupPolicy {
   return flexibleEvenShards(shardCount, nodesPerShard, nodesPerShard, options);
 }
 
@@ -111,7 +114,9 @@ export function flexibleEvenShards(
     throw new LayoutPolicyError([
       {
         path: 'reservedNodeIdsByShard',
-        message: `has ${byShard.length} lists for ${shardCount} shards. Fix: give one list per shard (an empty list for none).`,
+        message:
+          `has ${byShard.length} lists for ${shardCount} shards. ` +
+          'Fix: give one list per shard (an empty list for none).',
       },
     ]);
   }
@@ -127,7 +132,10 @@ export function customShards(shards: readonly ShardPolicy[]): SubgroupPolicy {
 export class LayoutPolicyError extends SquallError {
   readonly problems: readonly { path: string; message: string }[];
   constructor(problems: readonly { path: string; message: string }[]) {
-    super(`invalid layout policy:\n${problems.map((p) => `  ${p.path}: ${p.message}`).join('\n')}`, 'LAYOUT_POLICY');
+    super(
+      `invalid layout policy:\n${problems.map((p) => `  ${p.path}: ${p.message}`).join('\n')}`,
+      'LAYOUT_POLICY',
+    );
     this.problems = problems;
   }
 }
@@ -137,7 +145,8 @@ export class AllocatorOutputError extends SquallError {
   constructor(problem: string, options?: { cause?: unknown }) {
     super(
       `the layout allocator returned an invalid layout: ${problem}. ` +
-        'Fix: correct the allocator function (see checkLayout in src/membership/view.ts for the rules).',
+        'Fix: correct the allocator function ' +
+        '(see checkLayout in src/membership/view.ts for the rules).',
       'ALLOCATOR_OUTPUT',
       options,
     );
@@ -180,33 +189,49 @@ export interface CompiledPolicies {
   readonly reservedNodeIds: readonly NodeId[];
 }
 
-const isUint = (n: unknown): n is number => typeof n === 'number' && Number.isInteger(n) && n >= 0 && n <= 0xffff_ffff;
+const isUint = (n: unknown): n is number =>
+  typeof n === 'number' && Number.isInteger(n) && n >= 0 && n <= 0xffff_ffff;
 
 /** Validates policies and fills in defaults. Throws LayoutPolicyError listing every problem. */
 export function compilePolicies(policies: LayoutPolicies): CompiledPolicies {
   const entries: [string, TypePolicy][] =
-    policies instanceof Map ? [...policies.entries()] : Object.entries(policies as Record<string, TypePolicy>);
+    policies instanceof Map
+      ? [...policies.entries()]
+      : Object.entries(policies as Record<string, TypePolicy>);
   entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   const problems: { path: string; message: string }[] = [];
   const types: NormalTypePolicy[] = [];
   const reservedAll = new Set<NodeId>();
   if (entries.length === 0) {
-    problems.push({ path: '(policies)', message: 'no replicated types. Fix: give a policy for each registered type.' });
+    problems.push({
+      path: '(policies)',
+      message: 'no replicated types. Fix: give a policy for each registered type.',
+    });
   }
   for (const [typeName, policy] of entries) {
     if (typeName.length === 0) {
-      problems.push({ path: '(policies)', message: 'a type has an empty name. Fix: use the registered type name.' });
+      problems.push({
+        path: '(policies)',
+        message: 'a type has an empty name. Fix: use the registered type name.',
+      });
     }
     const subgroups = policy?.subgroups ?? [];
     if (subgroups.length === 0) {
-      problems.push({ path: typeName, message: 'has no subgroups. Fix: use oneSubgroup(...) or identicalSubgroups(n, ...) with n >= 1.' });
+      problems.push({
+        path: typeName,
+        message:
+          'has no subgroups. Fix: use oneSubgroup(...) or identicalSubgroups(n, ...) with n >= 1.',
+      });
     }
     types.push({
       typeName,
       subgroups: subgroups.map((s, i) => {
         const path = `${typeName}.subgroups[${i}]`;
         if ((s?.shards ?? []).length === 0) {
-          problems.push({ path, message: 'has no shards. Fix: give at least one shard, e.g. fixedEvenShards(1, 3).' });
+          problems.push({
+            path,
+            message: 'has no shards. Fix: give at least one shard, e.g. fixedEvenShards(1, 3).',
+          });
         }
         const inSubgroup = new Map<NodeId, number>();
         return {
@@ -217,7 +242,10 @@ export function compilePolicies(policies: LayoutPolicies): CompiledPolicies {
               if (other !== undefined && other !== j) {
                 problems.push({
                   path: `${path}.shards[${j}]`,
-                  message: `reserves node ${n}, already reserved by shard ${other} of the same subgroup. Fix: shards of one subgroup are disjoint; reserve the node in one of them.`,
+                  message:
+                    `reserves node ${n}, already reserved by shard ${other} of the same ` +
+                    'subgroup. Fix: shards of one subgroup are disjoint; ' +
+                    'reserve the node in one of them.',
                 });
               }
               inSubgroup.set(n, j);
@@ -233,58 +261,95 @@ export function compilePolicies(policies: LayoutPolicies): CompiledPolicies {
   return { types, reservedNodeIds: [...reservedAll].sort((a, b) => a - b) };
 }
 
-function normalizeShard(sh: ShardPolicy, path: string, problems: { path: string; message: string }[]): NormalShardPolicy {
+function normalizeShard(
+  sh: ShardPolicy,
+  path: string,
+  problems: { path: string; message: string }[],
+): NormalShardPolicy {
   const say = (message: string): void => {
     problems.push({ path, message });
   };
   const { nodesMin, nodesMax } = sh;
-  if (!isUint(nodesMin) || nodesMin < 1) say(`nodesMin is ${String(nodesMin)}. Fix: use an integer >= 1.`);
-  if (!isUint(nodesMax) || nodesMax < 1) say(`nodesMax is ${String(nodesMax)}. Fix: use an integer >= 1.`);
+  if (!isUint(nodesMin) || nodesMin < 1)
+    say(`nodesMin is ${String(nodesMin)}. Fix: use an integer >= 1.`);
+  if (!isUint(nodesMax) || nodesMax < 1)
+    say(`nodesMax is ${String(nodesMax)}. Fix: use an integer >= 1.`);
   if (isUint(nodesMin) && isUint(nodesMax) && nodesMin > nodesMax) {
-    say(`nodesMin (${nodesMin}) is greater than nodesMax (${nodesMax}). Fix: make nodesMin <= nodesMax.`);
+    say(
+      `nodesMin (${nodesMin}) is greater than nodesMax (${nodesMax}). ` +
+        'Fix: make nodesMin <= nodesMax.',
+    );
   }
   const mode = sh.mode ?? 'ordered';
-  if (!DELIVERY_MODES.includes(mode)) say(`mode is "${String(mode)}". Fix: use one of ${DELIVERY_MODES.join(', ')}.`);
+  if (!DELIVERY_MODES.includes(mode))
+    say(`mode is "${String(mode)}". Fix: use one of ${DELIVERY_MODES.join(', ')}.`);
   const profile = sh.profile ?? 'default';
-  if (typeof profile !== 'string' || profile.length === 0) say('profile is empty. Fix: name a profile or leave it out for "default".');
+  if (typeof profile !== 'string' || profile.length === 0)
+    say('profile is empty. Fix: name a profile or leave it out for "default".');
   const reserved = sh.reservedNodeIds ?? [];
   const seen = new Set<NodeId>();
   for (const n of reserved) {
-    if (!isUint(n)) say(`reserved node id ${String(n)} is not a uint32. Fix: use node ids from the configuration.`);
-    else if (seen.has(n)) say(`reserves node ${n} twice. Fix: list each reserved node once per shard.`);
+    if (!isUint(n))
+      say(
+        `reserved node id ${String(n)} is not a uint32. Fix: use node ids from the configuration.`,
+      );
+    else if (seen.has(n))
+      say(`reserves node ${n} twice. Fix: list each reserved node once per shard.`);
     seen.add(n);
   }
   if (isUint(nodesMax) && seen.size > nodesMax) {
-    say(`reserves ${seen.size} nodes but nodesMax is ${nodesMax}. Fix: raise nodesMax or reserve fewer nodes.`);
+    say(
+      `reserves ${seen.size} nodes but nodesMax is ${nodesMax}. ` +
+        'Fix: raise nodesMax or reserve fewer nodes.',
+    );
   }
   const senders = sh.senders ?? 'all';
   checkSenders(senders, seen, isUint(nodesMax) ? nodesMax : Infinity, say);
   return { nodesMin, nodesMax, mode, profile, reservedNodeIds: [...seen], senders };
 }
 
-function checkSenders(senders: SendersPolicy, reserved: ReadonlySet<NodeId>, nodesMax: number, say: (m: string) => void): void {
+function checkSenders(
+  senders: SendersPolicy,
+  reserved: ReadonlySet<NodeId>,
+  nodesMax: number,
+  say: (m: string) => void,
+): void {
   if (senders === 'all') return;
   if (typeof senders !== 'object' || senders === null) {
-    say(`senders is ${String(senders)}. Fix: use 'all', { shardRanks: [...] } or { nodeIds: [...] }.`);
+    say(
+      `senders is ${String(senders)}. Fix: use 'all', { shardRanks: [...] } or { nodeIds: [...] }.`,
+    );
     return;
   }
   if ('shardRanks' in senders) {
     const ranks = senders.shardRanks;
-    if (ranks.length === 0) say('senders.shardRanks is empty. Fix: list at least one shard rank (0 is the shard leader).');
+    if (ranks.length === 0)
+      say(
+        'senders.shardRanks is empty. Fix: list at least one shard rank (0 is the shard leader).',
+      );
     const seen = new Set<number>();
     for (const r of ranks) {
-      if (!isUint(r) || r >= nodesMax) say(`sender shard rank ${String(r)} is outside 0..${nodesMax - 1}. Fix: use ranks below nodesMax.`);
-      else if (seen.has(r)) say(`sender shard rank ${r} is listed twice. Fix: list each rank once.`);
+      if (!isUint(r) || r >= nodesMax)
+        say(
+          `sender shard rank ${String(r)} is outside 0..${nodesMax - 1}. ` +
+            'Fix: use ranks below nodesMax.',
+        );
+      else if (seen.has(r))
+        say(`sender shard rank ${r} is listed twice. Fix: list each rank once.`);
       seen.add(r);
     }
     return;
   }
   const ids = senders.nodeIds;
-  if (ids.length === 0) say('senders.nodeIds is empty. Fix: list at least one reserved node, or use \'all\'.');
+  if (ids.length === 0)
+    say("senders.nodeIds is empty. Fix: list at least one reserved node, or use 'all'.");
   const seen = new Set<NodeId>();
   for (const n of ids) {
     if (!reserved.has(n)) {
-      say(`sender node ${String(n)} is not reserved in this shard, so it may never be a member. Fix: add it to reservedNodeIds.`);
+      say(
+        `sender node ${String(n)} is not reserved in this shard, so it may never be a member. ` +
+          'Fix: add it to reservedNodeIds.',
+      );
     } else if (seen.has(n)) say(`sender node ${n} is listed twice. Fix: list each sender once.`);
     seen.add(n);
   }
@@ -305,7 +370,9 @@ export function runAllocator(allocator: Allocator, input: AllocationInput): Layo
   try {
     layout = allocator(input);
   } catch (error) {
-    throw new AllocatorOutputError(`it threw ${(error as Error)?.message ?? String(error)}`, { cause: error });
+    throw new AllocatorOutputError(`it threw ${(error as Error)?.message ?? String(error)}`, {
+      cause: error,
+    });
   }
   try {
     checkLayout(layout, input.members);
@@ -329,7 +396,11 @@ interface Slot {
  * The default allocation (see the file comment). Pure and deterministic: the output depends only
  * on the arguments' values, never on Map/Set insertion order.
  */
-export function allocateLayout(policies: CompiledPolicies, previous: Layout | undefined, members: readonly NodeId[]): Layout {
+export function allocateLayout(
+  policies: CompiledPolicies,
+  previous: Layout | undefined,
+  members: readonly NodeId[],
+): Layout {
   const present = new Set(members);
   const reservedAnywhere = new Set(policies.reservedNodeIds);
   const slots = keepSurvivors(policies, previous, present, reservedAnywhere);
@@ -342,7 +413,10 @@ export function allocateLayout(policies: CompiledPolicies, previous: Layout | un
   const short: Slot[][] = [];
   // Pass 1: fill whole subgroups to their minimum, in layout order, when the pool can.
   for (const shards of bySubgroup) {
-    const deficit = shards.reduce((sum, s) => sum + Math.max(0, s.policy.nodesMin - s.members.length), 0);
+    const deficit = shards.reduce(
+      (sum, s) => sum + Math.max(0, s.policy.nodesMin - s.members.length),
+      0,
+    );
     if (deficit > pool.length - next) {
       short.push(shards);
       continue;
@@ -351,7 +425,8 @@ export function allocateLayout(policies: CompiledPolicies, previous: Layout | un
   }
   // Pass 2: give what is left to short subgroups, so that fewer joins make them whole later.
   for (const shards of short) {
-    for (const s of shards) while (s.members.length < s.policy.nodesMin && next < pool.length) s.members.push(take());
+    for (const s of shards)
+      while (s.members.length < s.policy.nodesMin && next < pool.length) s.members.push(take());
   }
   // Pass 3: grow shards round-robin up to their maximum with spare members.
   let grew = true;
@@ -394,12 +469,20 @@ function keepSurvivors(
           if (!present.has(n) || kept.includes(n)) continue;
           if (reservedAnywhere.has(n) ? reserved.has(n) : !claimed.has(n)) kept.push(n);
         }
-        for (const n of policy.reservedNodeIds) if (present.has(n) && !kept.includes(n)) kept.push(n);
+        for (const n of policy.reservedNodeIds)
+          if (present.has(n) && !kept.includes(n)) kept.push(n);
         for (let i = kept.length - 1; kept.length > policy.nodesMax && i >= 0; i--) {
           if (!reserved.has(kept[i]!)) kept.splice(i, 1);
         }
         for (const n of kept) if (!reservedAnywhere.has(n)) claimed.add(n);
-        slots.push({ typeName: type.typeName, subgroupIndex, subgroupId: id, shardIndex: index, policy, members: kept });
+        slots.push({
+          typeName: type.typeName,
+          subgroupIndex,
+          subgroupId: id,
+          shardIndex: index,
+          policy,
+          members: kept,
+        });
       });
     });
   }
@@ -407,10 +490,15 @@ function keepSurvivors(
 }
 
 /** The previous layout of a type, if its shape (subgroup and shard counts) still matches. */
-function matchingPrevious(type: NormalTypePolicy, previous: Layout | undefined): TypeLayout | undefined {
+function matchingPrevious(
+  type: NormalTypePolicy,
+  previous: Layout | undefined,
+): TypeLayout | undefined {
   const before = previous?.types.find((t) => t.typeName === type.typeName);
   if (before === undefined || before.subgroups.length !== type.subgroups.length) return undefined;
-  const same = type.subgroups.every((s, i) => before.subgroups[i]!.shards.length === s.shards.length);
+  const same = type.subgroups.every(
+    (s, i) => before.subgroups[i]!.shards.length === s.shards.length,
+  );
   return same ? before : undefined;
 }
 
@@ -431,7 +519,8 @@ function sendersOf(members: readonly NodeId[], policy: SendersPolicy): NodeId[] 
 }
 
 function finish(slots: readonly Slot[]): Layout {
-  const types: { typeName: string; subgroups: { subgroupId: number; shards: ShardLayout[] }[] }[] = [];
+  const types: { typeName: string; subgroups: { subgroupId: number; shards: ShardLayout[] }[] }[] =
+    [];
   const inadequate: Inadequacy[] = [];
   for (const slot of slots) {
     let type = types[types.length - 1];
@@ -445,7 +534,12 @@ function finish(slots: readonly Slot[]): Layout {
       type.subgroups.push(subgroup);
     }
     const senders = sendersOf(slot.members, slot.policy.senders);
-    subgroup.shards.push({ members: slot.members, senders, mode: slot.policy.mode, profile: slot.policy.profile });
+    subgroup.shards.push({
+      members: slot.members,
+      senders,
+      mode: slot.policy.mode,
+      profile: slot.policy.profile,
+    });
     const base = {
       typeName: slot.typeName,
       subgroupIndex: slot.subgroupIndex,
@@ -454,13 +548,17 @@ function finish(slots: readonly Slot[]): Layout {
       nodesHave: slot.members.length,
       nodesMin: slot.policy.nodesMin,
     };
-    if (slot.members.length < slot.policy.nodesMin) inadequate.push({ ...base, reason: 'too-few-nodes' });
+    if (slot.members.length < slot.policy.nodesMin)
+      inadequate.push({ ...base, reason: 'too-few-nodes' });
     else if (senders.length === 0) inadequate.push({ ...base, reason: 'no-senders' });
   }
   return {
     types: types.map((t) => ({
       typeName: t.typeName,
-      subgroups: t.subgroups.map((s) => ({ subgroupId: subgroupId(s.subgroupId), shards: s.shards })),
+      subgroups: t.subgroups.map((s) => ({
+        subgroupId: subgroupId(s.subgroupId),
+        shards: s.shards,
+      })),
     })),
     inadequate,
   };

@@ -151,18 +151,32 @@ export class View {
     const ranks = new Map<NodeId, number>();
     this.members.forEach((m, rank) => {
       if (ranks.has(m.id)) {
-        throw new InvalidViewError(`node ${m.id} is listed twice among the members of view ${init.id}`, 'list each member once');
+        throw new InvalidViewError(
+          `node ${m.id} is listed twice among the members of view ${init.id}`,
+          'list each member once',
+        );
       }
       ranks.set(m.id, rank);
     });
     this.rankByNode = ranks;
     for (const n of this.joined) {
-      if (!ranks.has(n)) throw new InvalidViewError(`joined node ${n} is not a member of view ${init.id}`, 'list only members as joined');
+      if (!ranks.has(n))
+        throw new InvalidViewError(
+          `joined node ${n} is not a member of view ${init.id}`,
+          'list only members as joined',
+        );
     }
     for (const n of [...this.departed, ...this.failed]) {
-      if (ranks.has(n)) throw new InvalidViewError(`removed node ${n} is still a member of view ${init.id}`, 'drop departed and failed nodes from the members');
+      if (ranks.has(n))
+        throw new InvalidViewError(
+          `removed node ${n} is still a member of view ${init.id}`,
+          'drop departed and failed nodes from the members',
+        );
     }
-    checkLayout(this.layout, this.members.map((m) => m.id));
+    checkLayout(
+      this.layout,
+      this.members.map((m) => m.id),
+    );
     this.shardsByNode = indexShards(this.layout);
     this.inadequateSubgroups = new Set(this.layout.inadequate.map((i) => i.subgroupId));
   }
@@ -297,22 +311,33 @@ function indexShards(layout: Layout): Map<NodeId, ShardMembership[]> {
  */
 export function checkLayout(layout: Layout, members: readonly NodeId[]): void {
   const present = new Set(members);
+  for (let i = 1; i < layout.types.length; i++) {
+    if (!(layout.types[i - 1]!.typeName < layout.types[i]!.typeName)) {
+      throw new InvalidViewError(
+        `type "${layout.types[i]!.typeName}" is out of order or repeated in the layout`,
+        'list types once each, sorted by name',
+      );
+    }
+  }
   let nextSubgroupId = 0;
-  let previousName: string | undefined;
   for (const t of layout.types) {
     const where = `type "${t.typeName}"`;
-    if (previousName !== undefined && !(previousName < t.typeName)) {
-      throw new InvalidViewError(`${where} is out of order or repeated in the layout`, 'list types once each, sorted by name');
-    }
-    previousName = t.typeName;
-    if (t.subgroups.length === 0) throw new InvalidViewError(`${where} has no subgroups`, 'give every type at least one subgroup');
+    if (t.subgroups.length === 0)
+      throw new InvalidViewError(
+        `${where} has no subgroups`,
+        'give every type at least one subgroup',
+      );
     t.subgroups.forEach((s, subgroupIndex) => {
       const at = `${where} subgroup ${subgroupIndex}`;
       if (s.subgroupId !== nextSubgroupId) {
-        throw new InvalidViewError(`${at} has subgroup id ${s.subgroupId}, expected ${nextSubgroupId}`, 'number subgroups consecutively from 0 over types sorted by name');
+        throw new InvalidViewError(
+          `${at} has subgroup id ${s.subgroupId}, expected ${nextSubgroupId}`,
+          'number subgroups consecutively from 0 over types sorted by name',
+        );
       }
       nextSubgroupId += 1;
-      if (s.shards.length === 0) throw new InvalidViewError(`${at} has no shards`, 'give every subgroup at least one shard');
+      if (s.shards.length === 0)
+        throw new InvalidViewError(`${at} has no shards`, 'give every subgroup at least one shard');
       const inSubgroup = new Set<NodeId>();
       s.shards.forEach((sh, index) => checkShard(sh, `${at} shard ${index}`, present, inSubgroup));
     });
@@ -321,25 +346,53 @@ export function checkLayout(layout: Layout, members: readonly NodeId[]): void {
     const t = layout.types.find((x) => x.typeName === i.typeName);
     const s = t?.subgroups[i.subgroupIndex];
     if (s === undefined || s.subgroupId !== i.subgroupId || s.shards[i.shardIndex] === undefined) {
-      throw new InvalidViewError(`an inadequacy names ${i.typeName} subgroup ${i.subgroupIndex} shard ${i.shardIndex}, which is not in the layout`, 'report inadequacies only for shards of the layout');
+      throw new InvalidViewError(
+        `an inadequacy names ${i.typeName} subgroup ${i.subgroupIndex} shard ${i.shardIndex}, ` +
+          'which is not in the layout',
+        'report inadequacies only for shards of the layout',
+      );
     }
   }
 }
 
-function checkShard(sh: ShardLayout, at: string, present: ReadonlySet<NodeId>, inSubgroup: Set<NodeId>): void {
+function checkShard(
+  sh: ShardLayout,
+  at: string,
+  present: ReadonlySet<NodeId>,
+  inSubgroup: Set<NodeId>,
+): void {
   if (!DELIVERY_MODES.includes(sh.mode)) {
-    throw new InvalidViewError(`${at} has delivery mode "${String(sh.mode)}"`, `use one of ${DELIVERY_MODES.join(', ')}`);
+    throw new InvalidViewError(
+      `${at} has delivery mode "${String(sh.mode)}"`,
+      `use one of ${DELIVERY_MODES.join(', ')}`,
+    );
   }
   for (const n of sh.members) {
-    if (!present.has(n)) throw new InvalidViewError(`${at} contains node ${n}, which is not a view member`, 'assign only members of the view');
-    if (inSubgroup.has(n)) throw new InvalidViewError(`${at}: node ${n} appears twice in one subgroup`, 'keep the shards of a subgroup disjoint');
+    if (!present.has(n))
+      throw new InvalidViewError(
+        `${at} contains node ${n}, which is not a view member`,
+        'assign only members of the view',
+      );
+    if (inSubgroup.has(n))
+      throw new InvalidViewError(
+        `${at}: node ${n} appears twice in one subgroup`,
+        'keep the shards of a subgroup disjoint',
+      );
     inSubgroup.add(n);
   }
   let lastRank = -1;
   for (const n of sh.senders) {
     const rank = sh.members.indexOf(n);
-    if (rank < 0) throw new InvalidViewError(`${at}: sender ${n} is not a member of the shard`, 'choose senders among the shard members');
-    if (rank <= lastRank) throw new InvalidViewError(`${at}: senders are repeated or not in shard-rank order`, 'list senders once each, in shard-rank order');
+    if (rank < 0)
+      throw new InvalidViewError(
+        `${at}: sender ${n} is not a member of the shard`,
+        'choose senders among the shard members',
+      );
+    if (rank <= lastRank)
+      throw new InvalidViewError(
+        `${at}: senders are repeated or not in shard-rank order`,
+        'list senders once each, in shard-rank order',
+      );
     lastRank = rank;
   }
 }
@@ -368,11 +421,22 @@ export function canonicalView(view: View): CanonicalView {
       t.typeName,
       t.subgroups.map((s) => [
         s.subgroupId,
-        s.shards.map((sh) => [[...sh.members], [...sh.senders], DELIVERY_MODES.indexOf(sh.mode), sh.profile]),
+        s.shards.map((sh) => [
+          [...sh.members],
+          [...sh.senders],
+          DELIVERY_MODES.indexOf(sh.mode),
+          sh.profile,
+        ]),
       ]),
     ]),
     view.layout.inadequate.map((i) => [
-      i.typeName, i.subgroupIndex, i.subgroupId, i.shardIndex, REASONS.indexOf(i.reason), i.nodesHave, i.nodesMin,
+      i.typeName,
+      i.subgroupIndex,
+      i.subgroupId,
+      i.shardIndex,
+      REASONS.indexOf(i.reason),
+      i.nodesHave,
+      i.nodesMin,
     ]),
   ];
 }
@@ -389,7 +453,9 @@ export function encodeView(view: View): Uint8Array {
 export function decodeView(bytes: Uint8Array): View {
   let raw: unknown;
   try {
-    raw = packr.unpack(bytes);
+    // A fresh wrapper over the same memory: msgpackr caches a DataView as a property on the
+    // object it decodes, and the caller's buffer should come back untouched.
+    raw = packr.unpack(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
   } catch (error) {
     throw new ViewDecodeError(`not msgpack (${(error as Error).message})`);
   }
@@ -410,13 +476,16 @@ function str(value: unknown, what: string): string {
   if (typeof value !== 'string') throw new ViewDecodeError(`${what} is not a string`);
   return value;
 }
-const nodes = (value: unknown, what: string): NodeId[] => arr(value, what).map((n) => nodeId(num(n, what)));
+const nodes = (value: unknown, what: string): NodeId[] =>
+  arr(value, what).map((n) => nodeId(num(n, what)));
 
 function fromCanonical(raw: unknown): View {
   const top = arr(raw, 'the view');
   if (top.length !== 8) throw new ViewDecodeError(`the view has ${top.length} fields, expected 8`);
   if (top[0] !== VIEW_FORMAT_VERSION) {
-    throw new ViewDecodeError(`format version ${String(top[0])}, this build reads ${VIEW_FORMAT_VERSION}`);
+    throw new ViewDecodeError(
+      `format version ${String(top[0])}, this build reads ${VIEW_FORMAT_VERSION}`,
+    );
   }
   const members = arr(top[2], 'members').map((m) => {
     const pair = arr(m, 'a member');
@@ -433,8 +502,14 @@ function fromCanonical(raw: unknown): View {
           shards: arr(shards, 'shards').map((sh) => {
             const [m, senders, mode, profile] = arr(sh, 'a shard');
             const modeName = DELIVERY_MODES[num(mode, 'delivery mode')];
-            if (modeName === undefined) throw new ViewDecodeError(`unknown delivery mode ${String(mode)}`);
-            return { members: nodes(m, 'shard members'), senders: nodes(senders, 'senders'), mode: modeName, profile: str(profile, 'profile') };
+            if (modeName === undefined)
+              throw new ViewDecodeError(`unknown delivery mode ${String(mode)}`);
+            return {
+              members: nodes(m, 'shard members'),
+              senders: nodes(senders, 'senders'),
+              mode: modeName,
+              profile: str(profile, 'profile'),
+            };
           }),
         };
       }),
@@ -443,7 +518,8 @@ function fromCanonical(raw: unknown): View {
   const inadequate = arr(top[7], 'inadequacies').map((i) => {
     const f = arr(i, 'an inadequacy');
     const reason = REASONS[num(f[4], 'reason')];
-    if (reason === undefined) throw new ViewDecodeError(`unknown inadequacy reason ${String(f[4])}`);
+    if (reason === undefined)
+      throw new ViewDecodeError(`unknown inadequacy reason ${String(f[4])}`);
     return {
       typeName: str(f[0], 'type name'),
       subgroupIndex: num(f[1], 'subgroup index'),
@@ -468,7 +544,8 @@ function fromCanonical(raw: unknown): View {
 export function describeInadequacy(i: Inadequacy): string {
   const where = `${i.typeName} subgroup ${i.subgroupIndex} shard ${i.shardIndex}`;
   if (i.reason === 'too-few-nodes') {
-    return `${where} has ${i.nodesHave} of at least ${i.nodesMin} nodes (${i.nodesMin - i.nodesHave} more must join)`;
+    const { nodesHave: have, nodesMin: min } = i;
+    return `${where} has ${have} of at least ${min} nodes (${min - have} more must join)`;
   }
   return `${where} has ${i.nodesHave} nodes but none of its configured senders is present`;
 }

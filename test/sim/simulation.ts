@@ -310,9 +310,13 @@ export class Simulation<M, N extends SimNode<M>> {
     const untilMs = limits.untilMs ?? Infinity;
     const stepsMax = limits.stepsMax ?? Infinity;
     let ran = 0;
+    let timeUp = false;
     while (ran < stepsMax) {
       const at = this.queue.peekTimeMs();
-      if (at === undefined || at > untilMs) break;
+      if (at === undefined || at > untilMs) {
+        timeUp = true;
+        break;
+      }
       const event = this.queue.pop()!;
       this.now = event.atMs;
       this.stepCount++;
@@ -325,7 +329,12 @@ export class Simulation<M, N extends SimNode<M>> {
       }
       if (limits.stopWhen?.()) break;
     }
-    if (untilMs !== Infinity && ran < stepsMax && this.now < untilMs) this.now = untilMs;
+    if (timeUp && untilMs !== Infinity && this.now < untilMs) this.now = untilMs;
+  }
+
+  /** A SimFailure for a check made outside the step loop (e.g. liveness at the end of a run). */
+  failure(error: unknown): SimFailure {
+    return new SimFailure(this.seed, this.stepCount, this.now, error, [...this.recent]);
   }
 
   /** Stops fault injection now: heals the network, zeroes loss and duplication, restarts all. */

@@ -1,0 +1,65 @@
+#pragma once
+// AES-GCM with one OpenSSL EVP context per key and direction, initialised once with the key
+// schedule and reused for every packet: a packet only sets the 96-bit nonce, feeds the associated
+// data and transforms the body in place. No allocation per packet.
+#include <array>
+#include <cstdint>
+
+#include "crypto/crypto_common.h"
+
+typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
+
+namespace squall::crypto {
+
+enum class AeadAlgorithm : uint8_t {
+  kAes128Gcm = 1,  // default: AES-NI makes both fast; 128-bit keys are ample for session keys
+  kAes256Gcm = 2,
+};
+inline constexpr size_t kTagBytes = 16;
+inline constexpr size_t kNonceBytes = 12;
+inline constexpr size_t kKeyBytesMax = 32;
+// Largest body one call accepts; EVP takes int lengths, and no packet comes near this.
+inline constexpr size_t kAeadBodyBytesMax = size_t{1} << 24;
+
+// Key length of the algorithm, in bytes; 0 for a value that names no algorithm.
+size_t KeyBytes(AeadAlgorithm algorithm);
+// True if the byte read off the wire names an algorithm this build supports.
+bool IsKnownAlgorithm(uint8_t value);
+const char* AlgorithmName(AeadAlgorithm algorithm);
+
+using Nonce = std::array<uint8_t, kNonceBytes>;
+using Tag = std::array<uint8_t, kTagBytes>;
+
+// One AES-GCM key in one direction (seal or open). Move-only; frees its EVP context.
+// Not thread-safe: one context serves one thread at a time (the endpoint's thread).
+class AeadContext {
+ public:
+  enum class Direction : uint8_t { kSeal, kOpen };
+
+  AeadContext() = default;
+  ~AeadContext();
+  AeadContext(AeadContext&& other) noexcept;
+  AeadContext& operator=(AeadContext&& other) noexcept;
+  AeadContext(const AeadContext&) = delete;
+  AeadContext& operator=(const AeadContext&) = delete;
+
+  // Runs the key schedule. key.size() must equal KeyBytes(algorithm). Returns false only if
+  // OpenSSL fails (out of memory); the context is then unusable.
+  bool Init(AeadAlgorithm algorithm, Bytes key, Direction direction);
+  bool ready() const { return context_ != nullptr; }
+
+  // Encrypts body in place and writes the tag. Associated data is aad_first then aad_second
+  // (either may be empty). Returns false only on an OpenSSL failure.
+  bool Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body, Tag& tag);
+  // Decrypts body in place and checks the tag. Returns false if authentication fails; the body
+  // bytes are then unspecified and must be discarded.
+  bool Open(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body,
+            const Tag& tag);
+
+ private:
+  void Free();
+  EVP_CIPHER_CTX* context_ = nullptr;
+  Direction direction_ = Direction::kSeal;
+};
+
+}  // namespace squall::crypto

@@ -1,0 +1,265 @@
+#pragma once
+// The eRPC-style protocol core: sessions, request slots, credits, multi-packet messages,
+// Go-Back-N, at-most-once execution, failure detection and deadlines.
+//
+// It does no I/O and reads no clock. A driver feeds it received packets (OnPacket), the time
+// (every call takes `now_us` on a monotonic clock) and timer expiries (OnTimers at
+// NextTimerUs()); it sends through the PacketIo it was given and leaves what the application
+// must see (incoming requests, completed calls, session events) in an outbox the driver takes
+// with TakeEvents() -- etcd raft's Ready() in miniature. The same code therefore runs over real
+// UDP (udp_io.h, the addon) and over the in-memory wire of the C++ tests.
+//
+// Flow of one request with N request packets and M response packets (eRPC's, digest §1.3):
+// the client sends REQ 0..N-1; the server answers each non-last REQ with a credit return (CR)
+// carrying the same packet number, and the last one with RESP N-1 (response packet 0) once the
+// handler has responded; the client then pulls RESP N..N+M-2 with request-for-response packets
+// (RFR) carrying those numbers. Every server packet answers one client packet, so only the
+// client keeps timers. Each client packet consumes one of the session's credits until its
+// answer arrives. On a retransmission timeout the client rolls back to the first unanswered
+// packet (Go-Back-N). The server keeps the last response of each slot until the next request on
+// that slot arrives and answers duplicates from it, so a handler never runs twice.
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <queue>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "address.h"
+#include "wire.h"
+
+namespace squall::transport {
+
+struct EndpointConfig {
+  // Largest datagram this endpoint sends or accepts, header included. A session uses the
+  // smaller of both ends' values, further capped by the path (1472 bytes off loopback).
+  uint32_t packet_bytes_max = 65000;
+  uint32_t message_bytes_max = 8u << 20;
+  uint32_t slots_per_session = 8;       // concurrent requests per session (power of two)
+  uint32_t credits_per_session = 32;    // unanswered client packets per session
+  uint32_t sessions_max = 4096;         // client and server sessions together
+  uint32_t queued_requests_per_session_max = 1u << 16;
+  uint64_t retransmit_timeout_us = 10'000;
+  uint64_t peer_failure_timeout_us = 2'000'000;
+  uint64_t connect_timeout_us = 2'000'000;
+  uint64_t connect_retry_us = 50'000;
+  uint64_t seed = 1;  // fault-injection PRNG and handshake tokens
+};
+
+// Checks limits; returns an empty string if the config is usable, else what is wrong.
+std::string ValidateConfig(const EndpointConfig& config);
+
+// How a call ended. The numeric values cross into JS and onto the wire (response status).
+enum class CallStatus : uint8_t {
+  kOk = 0,
+  kNoHandler = 1,        // the server has no handler for the request type
+  kHandlerError = 2,     // the handler failed; the response bytes carry its message
+  kTimeout = 3,          // the call's deadline passed
+  kPeerFailed = 4,       // the peer stopped answering
+  kSessionClosed = 5,    // the session was closed locally or by the peer
+  kTooLarge = 6,         // request or response above message_bytes_max
+  kUnknownSession = 7,   // no such (connected) client session
+  kBacklogFull = 8,      // queued_requests_per_session_max reached
+};
+
+enum class SessionEventKind : uint8_t {
+  kConnected = 1,
+  kConnectFailed = 2,
+  kDisconnected = 3,
+  kPeerFailed = 4,
+  kAccepted = 5,  // server side: a peer opened a session to us (bytes = its address)
+};
+
+// Reasons carried with kConnectFailed (also the error codes of a connect response).
+enum class ConnectError : uint32_t {
+  kNone = 0,
+  kTooManySessions = 1,   // the server reached sessions_max
+  kTimedOut = 2,          // no answer within connect_timeout_us
+  kRefused = 3,           // the server is closing
+  kBadAddress = 4,        // the address cannot be reached from this socket's family
+};
+
+enum class EventKind : uint8_t { kResponse = 1, kRequest = 2, kSession = 3 };
+
+// One thing the application must see. `bytes` is owned by the event.
+struct Event {
+  EventKind kind = EventKind::kResponse;
+  uint8_t code = 0;       // CallStatus, request type, or SessionEventKind
+  uint32_t session = 0;   // client session (response, session event) or server session (request)
+  uint32_t slot = 0;      // request: the server slot to respond on
+  uint64_t id = 0;        // response: the call's tag; request: request number; event: reason
+  std::vector<uint8_t> bytes;
+};
+
+// Where a server-side request must be answered; stale handles are ignored by Respond().
+struct ServerRequest {
+  uint32_t session = 0;
+  uint32_t slot = 0;
+  uint64_t request_number = 0;
+};
+
+// The packet sender. Implementations must finish with (or copy) both spans before returning.
+class PacketIo {
+ public:
+  virtual ~PacketIo() = default;
+  virtual void Send(const PeerAddress& to, std::span<const uint8_t> header,
+                    std::span<const uint8_t> payload) = 0;
+};
+
+// The hook through which a congestion controller (the Timely issue) will pace client packets.
+// The core asks before sending each REQ/RFR; the default admits everything.
+class SendGate {
+ public:
+  virtual ~SendGate() = default;
+  virtual bool MaySend(uint32_t session, size_t bytes, uint64_t now_us) = 0;
+};
+
+// Drop reasons, each with its own counter.
+enum class DropReason : uint8_t {
+  kTruncated, kBadMagic, kBadVersion, kBadType, kBadFlags, kUnknownSession, kWrongPeer,
+  kTooLarge, kBadLength, kBadPacketNumber, kStale, kInjected, kFailedPeer, kDuplicate,
+  kHandlerRunning, kBadState, kOutOfOrder, kCount
+};
+const char* DropReasonName(DropReason reason);
+
+struct Stats {
+  uint64_t packets_sent = 0, bytes_sent = 0, packets_received = 0, bytes_received = 0;
+  uint64_t packets_sent_by_type[kPacketTypeCount] = {};
+  uint64_t packets_received_by_type[kPacketTypeCount] = {};
+  uint64_t retransmissions = 0;     // Go-Back-N rollbacks
+  uint64_t duplicate_responses = 0; // responses re-sent from the kept copy
+  uint64_t drops[static_cast<size_t>(DropReason::kCount)] = {};
+  uint64_t requests_started = 0, requests_completed = 0, handlers_run = 0;
+  uint64_t timeouts = 0, peer_failures = 0, stale_responds = 0;
+  uint64_t sessions_client = 0, sessions_server = 0;  // currently open
+  uint64_t sessions_opened = 0, sessions_closed = 0;
+  uint64_t DropsTotal() const;
+};
+
+class Endpoint {
+ public:
+  Endpoint(const EndpointConfig& config, PacketIo* io);
+  ~Endpoint();
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+
+  // --- client API ---
+  // Starts a session to `peer`; its outcome arrives as a kConnected / kConnectFailed event.
+  uint32_t Connect(const PeerAddress& peer, uint64_t now_us);
+  // Enqueues a call. Returns kOk, or the reason it was refused at once (then no event follows).
+  // `timeout_us` 0 means no deadline. `tag` identifies the call in its kResponse event.
+  CallStatus Call(uint32_t session, uint8_t request_type, uint64_t tag,
+                  std::span<const uint8_t> request, uint64_t timeout_us, uint64_t now_us);
+  // Reports a call that Call() refused at once as an ordinary completion event (for drivers
+  // that deliver every outcome the same way).
+  void FailCall(uint32_t session, uint64_t tag, CallStatus status) {
+    EmitResponse(session, tag, status);
+  }
+  // Fails the session's pending calls with kSessionClosed and tells the peer. Idempotent.
+  void Disconnect(uint32_t session, uint64_t now_us);
+
+  // --- server API ---
+  void SetHandled(uint8_t request_type, bool handled);
+  // Answers a request event; ignored (and counted) if the session or slot moved on.
+  void Respond(const ServerRequest& request, CallStatus status,
+               std::span<const uint8_t> response, uint64_t now_us);
+
+  // --- driver API ---
+  void OnPacket(const PeerAddress& from, std::span<const uint8_t> packet, uint64_t now_us);
+  void OnTimers(uint64_t now_us);
+  uint64_t NextTimerUs() const;  // UINT64_MAX when nothing is scheduled
+  void TakeEvents(std::vector<Event>* out);
+  bool HasEvents() const { return !events_.empty(); }
+  // Fails every call and session (without telling peers when `tell_peers` is false).
+  void Shutdown(bool tell_peers, uint64_t now_us);
+
+  // --- fault injection (off by default) ---
+  void SetDropProbability(double probability) { drop_probability_ = probability; }
+  void DropNext(uint64_t count) { drop_next_count_ = count; }
+  // Drops everything to and from `peer`, as if it had crashed; false undoes it.
+  void SetPeerFailed(const PeerAddress& peer, bool failed);
+
+  void SetSendGate(SendGate* gate) { gate_ = gate; }
+  const Stats& stats() const { return stats_; }
+  const EndpointConfig& config() const { return config_; }
+  // Data bytes per packet of a session (0 if unknown), for tests and the JS wrapper.
+  uint32_t SessionDataBytesPerPacket(uint32_t session) const;
+  bool SessionIsConnected(uint32_t session) const;
+  std::string SessionPeer(uint32_t session) const;
+
+ private:
+  struct ClientSlot;
+  struct ServerSlot;
+  struct Session;
+  struct QueuedCall;
+  enum class TimerKind : uint8_t { kSession, kDeadline };
+  struct Timer {
+    uint64_t when_us;
+    TimerKind kind;
+    uint32_t session;
+    uint64_t key;  // session timer generation, or the call's tag
+    bool operator>(const Timer& other) const { return when_us > other.when_us; }
+  };
+
+  Session* Find(uint32_t session_number);
+  const Session* Find(uint32_t session_number) const;
+  uint32_t NewSessionNumber();
+  void Bury(Session* session, uint64_t now_us);
+  void Drop(DropReason reason) { ++stats_.drops[static_cast<size_t>(reason)]; }
+  void Emit(Event event) { events_.push_back(std::move(event)); }
+  void EmitSession(uint32_t session, SessionEventKind kind, uint64_t reason,
+                   std::vector<uint8_t> bytes = {});
+  void EmitResponse(uint32_t session, uint64_t tag, CallStatus status,
+                    std::vector<uint8_t> bytes = {});
+  void SendPacket(const Session& session, const Header& header,
+                  std::span<const uint8_t> payload = {});
+  void SendRaw(const PeerAddress& to, const Header& header, std::span<const uint8_t> payload);
+  bool RollDrop();
+  void ArmSessionTimer(Session* session, uint64_t when_us);
+  uint32_t PacketsFor(const Session& session, uint32_t message_bytes) const;
+  std::span<const uint8_t> Slice(const Session& session, const std::vector<uint8_t>& message,
+                                 uint32_t packet_index) const;
+
+  // client side
+  void StartQueued(Session* session, uint64_t now_us);
+  void Kick(Session* session, uint64_t now_us);
+  void KickSlot(Session* session, ClientSlot* slot, uint64_t now_us);
+  void CompleteSlot(Session* session, ClientSlot* slot, CallStatus status, uint64_t now_us);
+  void FailSession(Session* session, CallStatus status, SessionEventKind kind, uint64_t now_us);
+  void OnClientSessionTimer(Session* session, uint64_t now_us);
+  void OnDeadline(uint32_t session_number, uint64_t tag, uint64_t now_us);
+  void HandleCreditReturn(Session* session, const Header& header,
+                          std::span<const uint8_t> payload, uint64_t now_us);
+  void HandleResponse(Session* session, const Header& header, std::span<const uint8_t> payload,
+                      uint64_t now_us);
+  ClientSlot* InOrderClientSlot(Session* session, const Header& header);
+
+  // server side
+  void HandleConnectRequest(const PeerAddress& from, const Header& header, uint64_t now_us);
+  void HandleRequest(Session* session, const Header& header, std::span<const uint8_t> payload,
+                     uint64_t now_us);
+  void HandleRequestForResponse(Session* session, const Header& header, uint64_t now_us);
+  void SendResponsePacket(Session* session, ServerSlot* slot, uint32_t packet_number);
+  void SendCreditReturn(Session* session, const Header& request_header);
+
+  EndpointConfig config_;
+  PacketIo* io_;
+  SendGate* gate_ = nullptr;
+  Stats stats_;
+  std::unordered_map<uint32_t, std::unique_ptr<Session>> sessions_;
+  // Server sessions by (peer, token), so duplicate connect requests get the same answer.
+  std::unordered_map<std::string, uint32_t> accepted_by_token_;
+  std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
+  std::vector<Event> events_;
+  std::vector<bool> handled_types_;
+  std::vector<PeerAddress> failed_peers_;
+  uint32_t next_session_number_ = 1;
+  uint64_t rng_state_;
+  double drop_probability_ = 0;
+  uint64_t drop_next_count_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace squall::transport

@@ -1,0 +1,227 @@
+#include "udp_socket.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+
+namespace squall::transport {
+// Bundle item lengths are copied with memcpy in host order; the wire is little-endian.
+static_assert(std::endian::native == std::endian::little, "bundle framing assumes little-endian");
+namespace {
+constexpr size_t kTxBatchPacketsMax = 64;
+constexpr size_t kTxBatchBytes = 1u << 20;
+constexpr size_t kRxBatchBytes = 2u << 20;
+constexpr int kSocketBufferBytes = 8 << 20;
+
+void SetBuffer(int fd, int option, int force_option, int bytes) {
+  // SO_*BUFFORCE passes net.core.*mem_max when we are privileged; otherwise take what we get.
+  if (setsockopt(fd, SOL_SOCKET, force_option, &bytes, sizeof(bytes)) != 0) {
+    setsockopt(fd, SOL_SOCKET, option, &bytes, sizeof(bytes));
+  }
+}
+}  // namespace
+
+std::unique_ptr<UdpSocket> UdpSocket::Open(const std::string& host, uint16_t port,
+                                           uint32_t packet_bytes_max, std::string* error) {
+  PeerAddress bind_address;
+  if (!PeerAddress::FromHostPort(host, port, &bind_address)) {
+    *error = "host \"" + host + "\" is not a numeric IPv4 or IPv6 address";
+    return nullptr;
+  }
+  std::unique_ptr<UdpSocket> s(new UdpSocket());
+  s->fd_ = socket(bind_address.family(), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s->fd_ < 0) {
+    *error = std::string("socket() failed: ") + std::strerror(errno);
+    return nullptr;
+  }
+  if (bind_address.family() == AF_INET6) {
+    int v6only = 0;  // accept IPv4 peers too, as ::ffff:a.b.c.d
+    setsockopt(s->fd_, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
+  }
+  SetBuffer(s->fd_, SO_RCVBUF, SO_RCVBUFFORCE, kSocketBufferBytes);
+  SetBuffer(s->fd_, SO_SNDBUF, SO_SNDBUFFORCE, kSocketBufferBytes);
+  if (bind(s->fd_, reinterpret_cast<const sockaddr*>(&bind_address.storage),
+           bind_address.length) != 0) {
+    *error = "bind(" + bind_address.ToString() + ") failed: " + std::strerror(errno);
+    return nullptr;
+  }
+  s->local_.length = sizeof(s->local_.storage);
+  getsockname(s->fd_, reinterpret_cast<sockaddr*>(&s->local_.storage), &s->local_.length);
+  // Room for any UDP datagram (bundles from a peer may exceed our own packet size); the core
+  // checks each packet against the session's packet size.
+  (void)packet_bytes_max;
+  s->rx_buffer_bytes_ = kDatagramBytesMax + 1;
+  s->rx_count_ = std::clamp<size_t>(kRxBatchBytes / s->rx_buffer_bytes_, 8, 64);
+  s->rx_buffers_.resize(s->rx_count_ * s->rx_buffer_bytes_);
+  s->rx_from_.resize(s->rx_count_);
+  s->tx_buffer_.resize(kTxBatchBytes);
+  s->tx_packets_.reserve(kTxBatchPacketsMax);
+  return s;
+}
+
+UdpSocket::~UdpSocket() {
+  if (fd_ >= 0) close(fd_);
+}
+
+bool UdpSocket::Normalize(const PeerAddress& peer, PeerAddress* out) const {
+  if (local_.family() == peer.family()) {
+    *out = peer;
+    return true;
+  }
+  if (local_.family() == AF_INET6 && peer.family() == AF_INET) {
+    *out = peer.ToV4Mapped();
+    return true;
+  }
+  return false;  // an IPv4 socket cannot send to an IPv6 peer
+}
+
+bool UdpSocket::TryBundle(const PeerAddress& to, std::span<const uint8_t> header,
+                          std::span<const uint8_t> payload) {
+  const size_t bytes = header.size() + payload.size();
+  if (tx_packets_.empty() || bytes > kBundleItemBytesMax) return false;
+  TxPacket& last = tx_packets_.back();
+  if (!(last.to == to)) return false;
+  if (last.bundled == 0 && last.bytes > kBundleItemBytesMax) return false;
+  const size_t limit = to.IsLoopback() ? kBundleBytesMaxLoopback : kBundleBytesMaxPath;
+  const size_t grow = (last.bundled == 0 ? kHeaderBytes + 2 : 0) + 2 + bytes;
+  if (last.bytes + grow > limit || last.offset + last.bytes + grow > tx_buffer_.size()) {
+    return false;
+  }
+  uint8_t* base = tx_buffer_.data() + last.offset;
+  if (last.bundled == 0) {
+    // Turn the lone packet into the first item of a bundle.
+    std::memmove(base + kHeaderBytes + 2, base, last.bytes);
+    Header h;
+    h.type = PacketType::kRequest;  // placeholder; the type byte is overwritten below
+    Encode(h, base);
+    base[3] = kBundleType;
+    const uint16_t first = static_cast<uint16_t>(last.bytes);
+    std::memcpy(base + kHeaderBytes, &first, 2);
+    last.bytes += kHeaderBytes + 2;
+    last.bundled = 1;
+  }
+  uint8_t* out = base + last.bytes;
+  const uint16_t item = static_cast<uint16_t>(bytes);
+  std::memcpy(out, &item, 2);
+  std::memcpy(out + 2, header.data(), header.size());
+  if (!payload.empty()) std::memcpy(out + 2 + header.size(), payload.data(), payload.size());
+  last.bytes += 2 + bytes;
+  ++last.bundled;
+  const uint32_t count = last.bundled;
+  std::memcpy(base + 12, &count, 4);  // message bytes field = packets in the bundle
+  tx_used_ = last.offset + ((last.bytes + 7) & ~size_t{7});
+  return true;
+}
+
+void UdpSocket::Send(const PeerAddress& to, std::span<const uint8_t> header,
+                     std::span<const uint8_t> payload) {
+  if (TryBundle(to, header, payload)) return;
+  const size_t bytes = header.size() + payload.size();
+  if (tx_packets_.size() == kTxBatchPacketsMax || tx_used_ + bytes > tx_buffer_.size()) Flush();
+  // Copied, so the caller may free or reuse the message right away (a response can complete
+  // and free its request while a retransmitted packet of it is still queued here).
+  std::memcpy(tx_buffer_.data() + tx_used_, header.data(), header.size());
+  if (!payload.empty()) {
+    std::memcpy(tx_buffer_.data() + tx_used_ + header.size(), payload.data(), payload.size());
+  }
+  tx_packets_.push_back(TxPacket{to, tx_used_, bytes});
+  tx_used_ += (bytes + 7) & ~size_t{7};
+}
+
+void UdpSocket::Flush() {
+  if (tx_packets_.empty()) return;
+  mmsghdr messages[kTxBatchPacketsMax];
+  iovec vectors[kTxBatchPacketsMax];
+  const size_t n = tx_packets_.size();
+  for (size_t i = 0; i < n; ++i) {
+    TxPacket& p = tx_packets_[i];
+    vectors[i].iov_base = tx_buffer_.data() + p.offset;
+    vectors[i].iov_len = p.bytes;
+    std::memset(&messages[i], 0, sizeof(mmsghdr));
+    messages[i].msg_hdr.msg_name = &p.to.storage;
+    messages[i].msg_hdr.msg_namelen = p.to.length;
+    messages[i].msg_hdr.msg_iov = &vectors[i];
+    messages[i].msg_hdr.msg_iovlen = 1;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (tx_packets_[i].bundled > 0) stats_.bundled_packets += tx_packets_[i].bundled;
+  }
+  stats_.datagrams_sent += n;
+  size_t done = 0;
+  while (done < n) {
+    ++stats_.send_calls;
+    const int sent = sendmmsg(fd_, messages + done, static_cast<unsigned>(n - done), 0);
+    if (sent < 0) {
+      if (errno == EINTR) continue;
+      // The datagram at `done` failed (full buffer, unreachable peer): it counts as lost and
+      // the protocol's retransmission recovers it.
+      ++stats_.send_errors;
+      ++done;
+      continue;
+    }
+    done += static_cast<size_t>(sent);
+  }
+  tx_packets_.clear();
+  tx_used_ = 0;
+}
+
+size_t UdpSocket::Receive(
+    const std::function<void(const PeerAddress&, std::span<const uint8_t>)>& on_packet,
+    size_t max_packets) {
+  size_t total = 0;
+  mmsghdr messages[64];
+  iovec vectors[64];
+  while (total < max_packets) {
+    const size_t want = std::min(rx_count_, max_packets - total);
+    for (size_t i = 0; i < want; ++i) {
+      vectors[i].iov_base = rx_buffers_.data() + i * rx_buffer_bytes_;
+      vectors[i].iov_len = rx_buffer_bytes_;
+      std::memset(&messages[i], 0, sizeof(mmsghdr));
+      messages[i].msg_hdr.msg_name = &rx_from_[i].storage;
+      messages[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage);
+      messages[i].msg_hdr.msg_iov = &vectors[i];
+      messages[i].msg_hdr.msg_iovlen = 1;
+    }
+    ++stats_.receive_calls;
+    const int got = recvmmsg(fd_, messages, static_cast<unsigned>(want), MSG_DONTWAIT, nullptr);
+    if (got <= 0) break;
+    for (int i = 0; i < got; ++i) {
+      rx_from_[static_cast<size_t>(i)].length = messages[i].msg_hdr.msg_namelen;
+      if ((messages[i].msg_hdr.msg_flags & MSG_TRUNC) != 0 ||
+          messages[i].msg_len >= rx_buffer_bytes_) {
+        ++stats_.truncated_rx;
+        continue;
+      }
+      const uint8_t* data = rx_buffers_.data() + static_cast<size_t>(i) * rx_buffer_bytes_;
+      const size_t length = messages[i].msg_len;
+      const PeerAddress& from = rx_from_[static_cast<size_t>(i)];
+      if (length >= kHeaderBytes && data[3] == kBundleType && data[0] == (kMagic & 0xff) &&
+          data[1] == (kMagic >> 8) && data[2] == kWireVersion) {
+        size_t offset = kHeaderBytes;
+        while (offset + 2 <= length) {
+          uint16_t item;
+          std::memcpy(&item, data + offset, 2);
+          if (offset + 2 + item > length) {
+            ++stats_.bad_bundles;
+            break;
+          }
+          on_packet(from, std::span<const uint8_t>(data + offset + 2, item));
+          offset += 2 + item;
+        }
+        continue;
+      }
+      on_packet(from, std::span<const uint8_t>(data, length));
+    }
+    total += static_cast<size_t>(got);
+    if (static_cast<size_t>(got) < want) break;
+  }
+  return total;
+}
+
+}  // namespace squall::transport

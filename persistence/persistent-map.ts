@@ -1,0 +1,109 @@
+/**
+ * PersistentMap<K, V>: a Map that records which keys changed, so a Persistent field holding it
+ * can store only those keys per version (delta mode).
+ *
+ *   entries = new Persistent(() => new PersistentMap<string, string>(), {
+ *     delta: PersistentMap.codec(),
+ *   });
+ *   entries.value.set('a', '1');          // logged as a one-key delta at the next makeVersion
+ */
+import { Packr } from 'msgpackr';
+import type { DeltaCodec } from './codec.js';
+
+const packr = new Packr({ moreTypes: true });
+
+const SET = 1;
+const DELETE = 0;
+type DeltaItem = [unknown, number, unknown?];
+
+function compareKeys(a: unknown, b: unknown): number {
+  if (typeof a === 'string' && typeof b === 'string') return a < b ? -1 : a > b ? 1 : 0;
+  if (typeof a === 'number' && typeof b === 'number') return a - b;
+  return Buffer.compare(packr.pack(a), packr.pack(b));
+}
+
+export class PersistentMap<K, V> implements Iterable<[K, V]> {
+  private readonly map = new Map<K, V>();
+  private changed = new Set<K>();
+  private changes = 0;
+
+  constructor(entries?: Iterable<[K, V]>) {
+    if (entries) for (const [key, value] of entries) this.map.set(key, value);
+  }
+
+  get size(): number {
+    return this.map.size;
+  }
+  get(key: K): V | undefined {
+    return this.map.get(key);
+  }
+  has(key: K): boolean {
+    return this.map.has(key);
+  }
+  set(key: K, value: V): this {
+    this.map.set(key, value);
+    this.note(key);
+    return this;
+  }
+  delete(key: K): boolean {
+    const existed = this.map.delete(key);
+    if (existed) this.note(key);
+    return existed;
+  }
+  clear(): void {
+    for (const key of this.map.keys()) this.note(key);
+    this.map.clear();
+  }
+  keys(): IterableIterator<K> {
+    return this.map.keys();
+  }
+  values(): IterableIterator<V> {
+    return this.map.values();
+  }
+  entries(): IterableIterator<[K, V]> {
+    return this.map.entries();
+  }
+  [Symbol.iterator](): IterableIterator<[K, V]> {
+    return this.map.entries();
+  }
+  /** A plain Map copy (for comparisons and tests). */
+  toMap(): Map<K, V> {
+    return new Map(this.map);
+  }
+
+  private note(key: K): void {
+    this.changed.add(key);
+    this.changes += 1;
+  }
+
+  /** The delta codec for Persistent's delta mode. Full encodings are sorted by key. */
+  static codec<K, V>(): DeltaCodec<PersistentMap<K, V>> {
+    return {
+      encode(value) {
+        const entries = [...value.map.entries()].sort((a, b) => compareKeys(a[0], b[0]));
+        return packr.pack(entries);
+      },
+      decode(bytes) {
+        const entries = packr.unpack(Uint8Array.prototype.slice.call(bytes)) as [K, V][];
+        return new PersistentMap<K, V>(entries);
+      },
+      takeDelta(value) {
+        if (value.changed.size === 0) return null;
+        const items: DeltaItem[] = [];
+        for (const key of value.changed) {
+          items.push(value.map.has(key) ? [key, SET, value.map.get(key)] : [key, DELETE]);
+        }
+        value.changed = new Set();
+        return packr.pack(items);
+      },
+      applyDelta(value, delta) {
+        const items = packr.unpack(Uint8Array.prototype.slice.call(delta)) as DeltaItem[];
+        for (const [key, op, item] of items) {
+          if (op === SET) value.map.set(key as K, item as V);
+          else value.map.delete(key as K);
+        }
+      },
+      changeCount: (value) => value.changes,
+    };
+  }
+}

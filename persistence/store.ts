@@ -1,0 +1,205 @@
+/**
+ * The node's persistence store: one LMDB environment per node (file `<dataDir>/squall.mdb`),
+ * one named database per persistent field (named by registry and field), and one `squall.meta`
+ * database holding the format marker and per-field facts.
+ */
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import { assert } from '../src/core/assert.js';
+import { ConfigError } from '../src/core/errors.js';
+import { CorruptDataDirError, ForeignDataDirError, MapFullError } from './errors.js';
+import { LmdbLogStorage, MemoryLogStorage, type LogStorage } from './log-storage.js';
+import { PersistentRegistry, type RegistryBackend } from './registry.js';
+
+/**
+ * How the persisted frontier relates to the disk:
+ * - 'durable': a version is reported persisted only after its LMDB commit was fsynced
+ *   (survives power loss and kernel crashes);
+ * - 'buffered': reported at commit without fsync (noSync); survives the process being killed,
+ *   not the machine losing power. Faster; for tests and volatile deployments.
+ */
+export type SyncMode = 'durable' | 'buffered';
+
+export interface PersistenceConfig {
+  /** Directory for this node's store; created if missing. */
+  dataDir: string;
+  /** Wipe the store when opening (Derecho's PERS/reset). Default false. */
+  reset?: boolean;
+  /** Refuse new versions once the file reaches this size. Default 16 GiB. */
+  mapSizeBytes?: number;
+  /** Default 'durable'. */
+  syncMode?: SyncMode;
+  /** Named databases the environment can hold (one per field, plus one). Default 1000. */
+  fieldsMax?: number;
+}
+
+export const STORE_FILE = 'squall.mdb';
+const META_DB = 'squall.meta';
+const FORMAT_KEY = 'format';
+const FORMAT = { magic: 'squall-persistence', formatVersion: 1 } as const;
+const CAPACITY_CHECK_INTERVAL_MS = 100;
+
+export class PersistenceStore {
+  private readonly root: RootDatabase;
+  private readonly metaDb: Database;
+  private readonly fieldDbs = new Map<string, Database<Buffer, number>>();
+  private readonly registries = new Map<string, PersistentRegistry>();
+  private open = true;
+  private lastWrite: Promise<unknown> = Promise.resolve();
+  private capacityCheckedAtMs = -Infinity;
+  private full: MapFullError | undefined;
+  readonly path: string;
+  readonly syncMode: SyncMode;
+  readonly mapSizeBytes: number;
+
+  private constructor(config: Required<PersistenceConfig>) {
+    this.path = join(config.dataDir, STORE_FILE);
+    this.syncMode = config.syncMode;
+    this.mapSizeBytes = config.mapSizeBytes;
+    try {
+      this.root = open({
+        path: this.path,
+        maxDbs: config.fieldsMax + 1,
+        mapSize: Math.min(config.mapSizeBytes, 1 << 30),
+        noSync: config.syncMode === 'buffered',
+        // Group commit: all writes of one event turn go in one transaction.
+        eventTurnBatching: true,
+      });
+      this.metaDb = this.root.openDB(META_DB, {});
+    } catch (error) {
+      throw new CorruptDataDirError(this.path, `LMDB cannot open it (${String(error)})`, error);
+    }
+    this.checkFormat();
+  }
+
+  /** Opens (creating if needed) the node's store. Throws ForeignDataDirError/CorruptDataDirError. */
+  static open(config: PersistenceConfig): PersistenceStore {
+    const full: Required<PersistenceConfig> = {
+      reset: false,
+      mapSizeBytes: 16 * 2 ** 30,
+      syncMode: 'durable',
+      fieldsMax: 1000,
+      ...config,
+    };
+    const problems: { key: string; message: string }[] = [];
+    if (!full.dataDir) problems.push({ key: 'persistence.dataDir', message: 'is required' });
+    if (!(full.mapSizeBytes >= 1 << 20)) {
+      problems.push({ key: 'persistence.mapSizeBytes', message: 'must be at least 1 MiB' });
+    }
+    if (full.syncMode !== 'durable' && full.syncMode !== 'buffered') {
+      problems.push({ key: 'persistence.syncMode', message: 'must be "durable" or "buffered"' });
+    }
+    if (problems.length > 0) throw new ConfigError(problems);
+    if (full.reset) {
+      rmSync(join(full.dataDir, STORE_FILE), { force: true });
+      rmSync(join(full.dataDir, `${STORE_FILE}-lock`), { force: true });
+    }
+    if (!existsSync(full.dataDir)) mkdirSync(full.dataDir, { recursive: true });
+    return new PersistenceStore(full);
+  }
+
+  private checkFormat(): void {
+    let marker: unknown;
+    try {
+      marker = this.metaDb.get(FORMAT_KEY);
+    } catch (error) {
+      throw new CorruptDataDirError(this.path, 'its format marker cannot be read', error);
+    }
+    if (marker === undefined) {
+      // A new store holds only the meta database we just created; anything else is foreign.
+      const names = [...this.root.getKeys({ limit: 10 })].filter((k) => k !== META_DB);
+      const metaKeys = [...this.metaDb.getKeys({ limit: 1 })];
+      if (names.length > 0 || metaKeys.length > 0) {
+        this.root.close();
+        throw new ForeignDataDirError(this.path, 'data without a Squall format marker');
+      }
+      this.metaDb.putSync(FORMAT_KEY, FORMAT);
+      return;
+    }
+    const found = marker as { magic?: unknown; formatVersion?: unknown };
+    if (found.magic !== FORMAT.magic || found.formatVersion !== FORMAT.formatVersion) {
+      this.root.close();
+      throw new ForeignDataDirError(
+        this.path,
+        `marker ${JSON.stringify(marker)}, expected ${JSON.stringify(FORMAT)}`,
+      );
+    }
+  }
+
+  /** The registry for one replicated-object instance, e.g. "Cache/0/1" (type/subgroup/shard). */
+  registry(name: string): PersistentRegistry {
+    assert(this.open, 'the persistence store is closed');
+    let registry = this.registries.get(name);
+    if (!registry) {
+      registry = new PersistentRegistry(name, this.backend());
+      this.registries.set(name, registry);
+    }
+    return registry;
+  }
+
+  /** Bytes the LMDB file uses (its high-water mark). */
+  usedBytes(): number {
+    const stats = this.root.getStats() as { pageSize: number; lastPageNumber: number };
+    return (stats.lastPageNumber + 1) * stats.pageSize;
+  }
+
+  /** Resolves when every write issued so far is durable (per syncMode). */
+  whenWritesDurable(): Promise<void> {
+    const last = this.lastWrite;
+    const durable = this.syncMode === 'durable' ? this.root.flushed : this.root.committed;
+    return Promise.all([last, durable]).then(() => undefined);
+  }
+
+  /** Waits for pending writes, then closes LMDB. Fields attached to it stop working. */
+  async close(): Promise<void> {
+    if (!this.open) return;
+    await this.whenWritesDurable().catch(() => undefined);
+    this.open = false;
+    await this.root.close();
+  }
+
+  private backend(): RegistryBackend {
+    return {
+      where: this.path,
+      openStorage: (registry, field, kind) => this.openStorage(registry, field, kind),
+      whenWritesDurable: () => this.whenWritesDurable(),
+      checkCapacity: () => this.checkCapacity(),
+      isOpen: () => this.open,
+    };
+  }
+
+  private openStorage(registry: string, field: string, kind: 'lmdb' | 'memory'): LogStorage {
+    if (kind === 'memory') return new MemoryLogStorage();
+    const dbName = JSON.stringify([registry, field]);
+    assert(!this.fieldDbs.has(dbName), `${registry}/${field} is already open`);
+    const db = this.root.openDB<Buffer, number>(dbName, { encoding: 'binary' });
+    this.fieldDbs.set(dbName, db);
+    return new LmdbLogStorage(db, this.metaDb, `field:${dbName}`, (promise) => {
+      this.lastWrite = promise;
+    });
+  }
+
+  private checkCapacity(): void {
+    if (this.full) throw this.full;
+    const nowMs = performance.now();
+    if (nowMs - this.capacityCheckedAtMs < CAPACITY_CHECK_INTERVAL_MS) return;
+    this.capacityCheckedAtMs = nowMs;
+    const used = this.usedBytes();
+    if (used >= this.mapSizeBytes) {
+      this.full = new MapFullError(this.path, used, this.mapSizeBytes);
+      throw this.full;
+    }
+  }
+}
+
+/** A registry whose fields all keep history in memory (tests, simulation, Volatile-only use). */
+export function memoryRegistry(name: string): PersistentRegistry {
+  return new PersistentRegistry(name, {
+    where: `memory registry ${name}`,
+    openStorage: () => new MemoryLogStorage(),
+    whenWritesDurable: () => Promise.resolve(),
+    checkCapacity: () => undefined,
+    isOpen: () => true,
+  });
+}

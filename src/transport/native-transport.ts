@@ -1,0 +1,550 @@
+/**
+ * NativeTransport: the Transport interface over the native eRPC-style core (native/).
+ *
+ * Threading: an Endpoint belongs to the thread (main or worker) that created it; the addon is
+ * driven by that thread's event loop and uses no CPU while idle. Use one endpoint per worker to
+ * use more cores.
+ *
+ * Batching (the expensive part is crossing into C++): calls and responses made during one tick
+ * are written into one slab and handed to native in a single submit() from a microtask; every
+ * response, request and session event the native side produced in one loop wakeup arrives in a
+ * single onEvents() call. Payloads of 64 KiB or more bypass the slab both ways (no extra copy).
+ *
+ * Buffers: request/response bytes passed in are copied before call()/the handler's return
+ * completes (large ones synchronously), so the caller may reuse them. Buffers handed out are
+ * views into a batch buffer owned by the receiver.
+ */
+import { PayloadTooLargeError, TimeoutError } from '../core/errors.js';
+import { assert } from '../core/assert.js';
+import { PeerFailedError, TransportError } from './errors.js';
+import { loadNativeAddon, type NativeBatch, type NativeEndpointHandle } from './native-binding.js';
+import type {
+  CallOptions,
+  RequestHandler,
+  RequestType,
+  SessionEvent,
+  Transport,
+  TransportAddress,
+  TransportSession,
+  TransportStats,
+} from './transport.js';
+
+export interface EndpointOptions {
+  /** Numeric address to bind: "127.0.0.1", "0.0.0.0", "::" (dual-stack) or "::1". */
+  host?: string;
+  /** 0 picks a free port (see `address`). */
+  port?: number;
+  /** Largest datagram, header included (a session also caps it by the path: 1472 off loopback). */
+  packetBytesMax?: number;
+  messageBytesMax?: number;
+  /** Concurrent requests per session (power of two, ≤ 64); the rest queue. */
+  slotsPerSession?: number;
+  /** Unanswered client packets per session (about one bandwidth-delay product). */
+  creditsPerSession?: number;
+  sessionsMax?: number;
+  queuedRequestsPerSessionMax?: number;
+  retransmitTimeoutMs?: number;
+  peerFailureTimeoutMs?: number;
+  connectTimeoutMs?: number;
+  connectRetryMs?: number;
+  /** Seeds the fault-injection PRNG and handshake tokens. */
+  seed?: number;
+}
+
+/** Test-only faults; all off by default. */
+export interface FaultInjection {
+  /** Each sent packet is dropped with this probability (seeded PRNG). */
+  dropProbability?: number;
+  /** Drops the next N packets this endpoint sends. */
+  dropNext?: number;
+  /** Drops everything to and from this peer, as if it had crashed. */
+  failPeer?: TransportAddress;
+  restorePeer?: TransportAddress;
+}
+
+const DEFAULTS = {
+  messageBytesMax: 8 * 1024 * 1024,
+  peerFailureTimeoutMs: 2000,
+};
+
+const RECORD_HEADER_BYTES = 24;
+const EXTERNAL_PAYLOAD_BYTES_MIN = 64 * 1024;
+const FLAG_PAYLOAD_IN_EXTRAS = 1;
+const SLAB_BYTES_INITIAL = 64 * 1024;
+const SLAB_BYTES_KEEP_MAX = 4 * 1024 * 1024;
+const REQUEST_TYPE_MAX = 255;
+const TIMEOUT_MS_MAX = 0xffff_ffff;
+
+const enum EventKind {
+  Response = 1,
+  Request = 2,
+  Session = 3,
+}
+const enum SubmitKind {
+  Call = 1,
+  Respond = 2,
+}
+const enum Status {
+  Ok = 0,
+  NoHandler = 1,
+  HandlerError = 2,
+  Timeout = 3,
+  PeerFailed = 4,
+  SessionClosed = 5,
+  TooLarge = 6,
+  UnknownSession = 7,
+  BacklogFull = 8,
+}
+const enum SessionEventCode {
+  Connected = 1,
+  ConnectFailed = 2,
+  Disconnected = 3,
+  PeerFailed = 4,
+  Accepted = 5,
+}
+const CONNECT_FAILURES: Record<number, string> = {
+  1: 'the server has reached sessionsMax. Fix: raise sessionsMax on the server or close idle sessions.',
+  2: 'no answer within connectTimeoutMs. Fix: check that an endpoint listens at that address and is reachable.',
+  3: 'the server is closing. Fix: connect to another replica or retry later.',
+  4: 'the address family does not match this endpoint. Fix: bind to "::" to reach IPv6 and IPv4 peers.',
+};
+
+const pad8 = (n: number): number => (n + 7) & ~7;
+
+interface PendingCall {
+  resolve: (bytes: Uint8Array) => void;
+  reject: (error: Error) => void;
+  session: NativeSession;
+  type: number;
+  timeoutMs: number;
+}
+
+/** Submissions of one tick, written into one slab and flushed once. */
+class Outbox {
+  private buffer = new ArrayBuffer(SLAB_BYTES_INITIAL);
+  private bytes = new Uint8Array(this.buffer);
+  private view = new DataView(this.buffer);
+  private offset = 0;
+  private extras: Uint8Array[] = [];
+
+  get empty(): boolean {
+    return this.offset === 0;
+  }
+
+  /** Appends a record; returns true if its payload went to extras (the caller flushes now). */
+  append(
+    kind: SubmitKind,
+    code: number,
+    session: number,
+    slotOrTimeout: number,
+    id: number,
+    payload: Uint8Array,
+  ): boolean {
+    const external = payload.byteLength >= EXTERNAL_PAYLOAD_BYTES_MIN;
+    this.reserve(RECORD_HEADER_BYTES + (external ? 0 : pad8(payload.byteLength)));
+    const o = this.offset;
+    const v = this.view;
+    v.setUint8(o, kind);
+    v.setUint8(o + 1, code);
+    v.setUint16(o + 2, external ? FLAG_PAYLOAD_IN_EXTRAS : 0, true);
+    v.setUint32(o + 4, session, true);
+    v.setUint32(o + 8, slotOrTimeout, true);
+    v.setUint32(o + 12, external ? this.extras.length : payload.byteLength, true);
+    v.setFloat64(o + 16, id, true);
+    this.offset += RECORD_HEADER_BYTES;
+    if (external) {
+      this.extras.push(payload);
+    } else {
+      this.bytes.set(payload, this.offset);
+      this.offset += pad8(payload.byteLength);
+    }
+    return external;
+  }
+
+  flushTo(native: NativeEndpointHandle): NativeBatch {
+    if (this.offset === 0) return undefined;
+    const length = this.offset;
+    const extras = this.extras;
+    this.offset = 0;
+    this.extras = [];
+    const batch = native.submit(this.buffer, length, extras);
+    if (this.buffer.byteLength > SLAB_BYTES_KEEP_MAX) this.resize(SLAB_BYTES_INITIAL);
+    return batch;
+  }
+
+  private reserve(bytes: number): void {
+    if (this.offset + bytes <= this.buffer.byteLength) return;
+    let size = this.buffer.byteLength * 2;
+    while (size < this.offset + bytes) size *= 2;
+    this.resize(size);
+  }
+
+  private resize(size: number): void {
+    const next = new ArrayBuffer(size);
+    new Uint8Array(next).set(this.bytes.subarray(0, this.offset));
+    this.buffer = next;
+    this.bytes = new Uint8Array(next);
+    this.view = new DataView(next);
+  }
+}
+
+export class NativeSession implements TransportSession {
+  readonly remote: TransportAddress;
+  /** The client-side session number. */
+  readonly id: number;
+  private readonly endpoint: Endpoint;
+  private readonly listeners: ((event: SessionEvent) => void)[] = [];
+  closed = false;
+  private closeWaiters: (() => void)[] = [];
+
+  constructor(endpoint: Endpoint, id: number, remote: TransportAddress) {
+    this.endpoint = endpoint;
+    this.id = id;
+    this.remote = remote;
+  }
+
+  call(type: RequestType, request: Uint8Array, options?: CallOptions): Promise<Uint8Array> {
+    return this.endpoint.enqueueCall(this, type, request, options?.timeoutMs ?? 0);
+  }
+
+  onEvent(listener: (event: SessionEvent) => void): void {
+    this.listeners.push(listener);
+  }
+
+  /** Data bytes per packet negotiated for this session (path- and limit-derived). */
+  get dataBytesPerPacket(): number {
+    return this.endpoint.sessionInfo(this.id).dataBytesPerPacket;
+  }
+
+  close(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.closeWaiters.push(resolve);
+      if (this.closeWaiters.length === 1) this.endpoint.disconnectSession(this);
+    });
+  }
+
+  /** @internal */
+  ended(event: SessionEvent): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const listener of this.listeners) listener(event);
+    for (const resolve of this.closeWaiters) resolve();
+    this.closeWaiters = [];
+  }
+}
+
+/** An endpoint of the native transport: one UDP socket, its sessions and handlers. */
+export class Endpoint implements Transport {
+  readonly address: TransportAddress;
+  private readonly native: NativeEndpointHandle;
+  private readonly options: Required<Pick<EndpointOptions, 'messageBytesMax' | 'peerFailureTimeoutMs'>>;
+  private readonly outbox = new Outbox();
+  private flushScheduled = false;
+  private readonly handlers: (RequestHandler | undefined)[] = new Array(REQUEST_TYPE_MAX + 1);
+  private readonly calls = new Map<number, PendingCall>();
+  private nextTag = 1;
+  private readonly sessions = new Map<number, NativeSession>();
+  private readonly connects = new Map<
+    number,
+    { resolve: (s: NativeSession) => void; reject: (e: Error) => void; remote: string }
+  >();
+  private readonly serverPeers = new Map<number, string>();
+  private closed = false;
+  private readonly flushBound = (): void => this.flush();
+  private readonly onEventsBound = (batch: NativeBatch): void => this.process(batch);
+
+  private constructor(options: EndpointOptions) {
+    this.options = {
+      messageBytesMax: options.messageBytesMax ?? DEFAULTS.messageBytesMax,
+      peerFailureTimeoutMs: options.peerFailureTimeoutMs ?? DEFAULTS.peerFailureTimeoutMs,
+    };
+    const addon = loadNativeAddon();
+    try {
+      this.native = new addon.NativeEndpoint(
+        { ...options, ...this.options, host: options.host ?? '127.0.0.1', port: options.port ?? 0 },
+        this.onEventsBound,
+      );
+    } catch (error) {
+      throw new TransportError(
+        `cannot open a transport endpoint on ${options.host ?? '127.0.0.1'}:${options.port ?? 0}: ` +
+          `${(error as Error).message}. Fix: use a free port (or 0) and a numeric local address.`,
+        'ENDPOINT_OPEN',
+        { cause: error },
+      );
+    }
+    this.address = this.native.address();
+  }
+
+  /** Opens an endpoint bound to `host:port`. Throws TransportError if the socket cannot bind. */
+  static async create(options: EndpointOptions = {}): Promise<Endpoint> {
+    return new Endpoint(options);
+  }
+
+  handle(type: RequestType, handler: RequestHandler): void {
+    assert(Number.isInteger(type) && type >= 0 && type <= REQUEST_TYPE_MAX, 'request type is 0..255');
+    assert(this.handlers[type] === undefined, `request type ${type} already has a handler`);
+    this.handlers[type] = handler;
+    this.native.setHandled(type, true);
+  }
+
+  connect(remote: TransportAddress): Promise<NativeSession> {
+    if (this.closed) return Promise.reject(this.closedError());
+    const id = this.native.connect(remote);
+    if (id < 0) {
+      return Promise.reject(
+        new TransportError(
+          `cannot connect to "${remote}": not a numeric "host:port" / "[v6]:port" reachable from ` +
+            `${this.address}. Fix: pass an address like "127.0.0.1:7000" or "[::1]:7000".`,
+          'BAD_ADDRESS',
+        ),
+      );
+    }
+    const promise = new Promise<NativeSession>((resolve, reject) => {
+      this.connects.set(id, { resolve, reject, remote });
+    });
+    this.process(this.native.drain());
+    return promise;
+  }
+
+  stats(): TransportStats {
+    return this.closed ? {} : this.native.stats();
+  }
+
+  /** Turns test faults on or off (see FaultInjection). */
+  injectFault(faults: FaultInjection): void {
+    if (!this.closed) this.native.inject(faults);
+  }
+
+  /** @internal */
+  sessionInfo(id: number): { dataBytesPerPacket: number; connected: boolean } {
+    return this.closed ? { dataBytesPerPacket: 0, connected: false } : this.native.sessionInfo(id);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.flush();
+    this.closed = true;
+    this.process(this.native.close(true));
+    for (const [, pending] of this.connects) pending.reject(this.closedError());
+    this.connects.clear();
+    for (const [, call] of this.calls) call.reject(this.closedError());
+    this.calls.clear();
+  }
+
+  /** @internal */
+  enqueueCall(
+    session: NativeSession,
+    type: RequestType,
+    request: Uint8Array,
+    timeoutMs: number,
+  ): Promise<Uint8Array> {
+    if (this.closed || session.closed) {
+      return Promise.reject(
+        new TransportError(
+          `session to ${session.remote} is closed. Fix: connect again before calling.`,
+          'SESSION_CLOSED',
+        ),
+      );
+    }
+    if (request.byteLength > this.options.messageBytesMax) {
+      return Promise.reject(
+        new PayloadTooLargeError('request', request.byteLength, this.options.messageBytesMax, 'messageBytesMax'),
+      );
+    }
+    assert(Number.isInteger(type) && type >= 0 && type <= REQUEST_TYPE_MAX, 'request type is 0..255');
+    assert(timeoutMs >= 0 && timeoutMs <= TIMEOUT_MS_MAX, 'timeoutMs is 0..2^32-1');
+    const tag = this.nextTag++;
+    const promise = new Promise<Uint8Array>((resolve, reject) => {
+      this.calls.set(tag, { resolve, reject, session, type, timeoutMs });
+    });
+    const external = this.outbox.append(SubmitKind.Call, type, session.id, Math.ceil(timeoutMs), tag, request);
+    // A large payload is not copied into the slab: submit it now, while the caller's buffer is
+    // still unchanged.
+    if (external) this.flush();
+    else this.scheduleFlush();
+    return promise;
+  }
+
+  /** @internal */
+  disconnectSession(session: NativeSession): void {
+    if (this.closed) {
+      session.ended({ kind: 'disconnected' });
+      return;
+    }
+    this.flush();
+    this.native.disconnect(session.id);
+    this.process(this.native.drain());
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    queueMicrotask(this.flushBound);
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.closed || this.outbox.empty) return;
+    this.process(this.outbox.flushTo(this.native));
+  }
+
+  private respond(session: number, slot: number, requestNumber: number, status: Status, bytes: Uint8Array): void {
+    if (this.closed) return;
+    const external = this.outbox.append(SubmitKind.Respond, status, session, slot, requestNumber, bytes);
+    if (external) this.flush();
+    else this.scheduleFlush();
+  }
+
+  private process(batch: NativeBatch): void {
+    if (batch === undefined) return;
+    const [records, extras] = batch;
+    const view = new DataView(records);
+    let offset = 0;
+    while (offset < records.byteLength) {
+      const kind = view.getUint8(offset);
+      const code = view.getUint8(offset + 1);
+      const flags = view.getUint16(offset + 2, true);
+      const session = view.getUint32(offset + 4, true);
+      const slot = view.getUint32(offset + 8, true);
+      const length = view.getUint32(offset + 12, true);
+      const id = view.getFloat64(offset + 16, true);
+      offset += RECORD_HEADER_BYTES;
+      let payload: Buffer;
+      if ((flags & FLAG_PAYLOAD_IN_EXTRAS) !== 0) {
+        payload = Buffer.from(extras[length]!);
+      } else {
+        payload = Buffer.from(records, offset, length);
+        offset += pad8(length);
+      }
+      if (kind === EventKind.Response) this.onResponse(id, code, payload);
+      else if (kind === EventKind.Request) this.onRequest(session, slot, id, code, payload);
+      else if (kind === EventKind.Session) this.onSessionEvent(session, code, id, payload);
+    }
+  }
+
+  private onResponse(tag: number, status: number, payload: Buffer): void {
+    const call = this.calls.get(tag);
+    if (call === undefined) return;
+    this.calls.delete(tag);
+    if (status === Status.Ok) {
+      call.resolve(payload);
+      return;
+    }
+    call.reject(this.callError(call, status, payload));
+  }
+
+  private callError(call: PendingCall, status: number, payload: Buffer): Error {
+    const where = `call of request type ${call.type} to ${call.session.remote}`;
+    switch (status) {
+      case Status.NoHandler:
+        return new TransportError(
+          `${where} failed: the server has no handler for type ${call.type}. ` +
+            'Fix: register it with endpoint.handle() on the server before clients call it.',
+          'NO_HANDLER',
+        );
+      case Status.HandlerError:
+        return new TransportError(
+          `${where} failed: the server's handler threw: ${payload.toString('utf8')}. ` +
+            'Fix: see the server-side error; the handler ran once and will not be retried.',
+          'HANDLER_FAILED',
+        );
+      case Status.Timeout:
+        return new TimeoutError(where, call.timeoutMs);
+      case Status.PeerFailed:
+        return new PeerFailedError(call.session.remote, this.options.peerFailureTimeoutMs);
+      case Status.TooLarge:
+        return new PayloadTooLargeError(
+          `response to ${where}`,
+          payload.byteLength,
+          this.options.messageBytesMax,
+          'messageBytesMax (on both endpoints)',
+        );
+      case Status.BacklogFull:
+        return new TransportError(
+          `${where} refused: too many calls queued on the session. ` +
+            'Fix: wait for responses before issuing more, or raise queuedRequestsPerSessionMax.',
+          'BACKLOG_FULL',
+        );
+      default:
+        return new TransportError(
+          `${where} failed: the session is closed. Fix: connect again and retry if the call is idempotent.`,
+          'SESSION_CLOSED',
+        );
+    }
+  }
+
+  private onRequest(session: number, slot: number, requestNumber: number, type: number, payload: Buffer): void {
+    const handler = this.handlers[type];
+    if (handler === undefined) {
+      this.respond(session, slot, requestNumber, Status.NoHandler, new Uint8Array(0));
+      return;
+    }
+    const context = { peer: this.serverPeers.get(session) ?? '?', sessionId: session };
+    const fail = (error: unknown): void => {
+      const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+      this.respond(session, slot, requestNumber, Status.HandlerError, Buffer.from(text.slice(0, 4096)));
+    };
+    let result: Uint8Array | Promise<Uint8Array>;
+    try {
+      result = handler(payload, context);
+    } catch (error) {
+      fail(error);
+      return;
+    }
+    if (result instanceof Uint8Array) {
+      this.respond(session, slot, requestNumber, Status.Ok, result);
+    } else {
+      result.then((bytes) => this.respond(session, slot, requestNumber, Status.Ok, bytes), fail);
+    }
+  }
+
+  private onSessionEvent(session: number, code: number, reason: number, payload: Buffer): void {
+    switch (code) {
+      case SessionEventCode.Connected: {
+        const pending = this.connects.get(session);
+        if (pending === undefined) return;
+        this.connects.delete(session);
+        const s = new NativeSession(this, session, pending.remote);
+        this.sessions.set(session, s);
+        pending.resolve(s);
+        return;
+      }
+      case SessionEventCode.ConnectFailed: {
+        const pending = this.connects.get(session);
+        if (pending === undefined) return;
+        this.connects.delete(session);
+        pending.reject(
+          new TransportError(
+            `connect to ${pending.remote} failed: ${CONNECT_FAILURES[reason] ?? `reason ${reason}`}`,
+            'CONNECT_FAILED',
+          ),
+        );
+        return;
+      }
+      case SessionEventCode.Accepted:
+        this.serverPeers.set(session, payload.toString('utf8'));
+        return;
+      case SessionEventCode.Disconnected:
+      case SessionEventCode.PeerFailed: {
+        this.serverPeers.delete(session);
+        const s = this.sessions.get(session);
+        if (s === undefined) return;
+        this.sessions.delete(session);
+        s.ended(
+          code === SessionEventCode.Disconnected
+            ? { kind: 'disconnected' }
+            : { kind: 'peer-failed', reason: `nothing heard for ${this.options.peerFailureTimeoutMs} ms` },
+        );
+        return;
+      }
+    }
+  }
+
+  private closedError(): TransportError {
+    return new TransportError(
+      `endpoint ${this.address} is closed. Fix: create a new endpoint.`,
+      'ENDPOINT_CLOSED',
+    );
+  }
+}

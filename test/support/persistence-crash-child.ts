@@ -1,0 +1,58 @@
+/**
+ * Child process for the crash test: `node persistence-crash-child.js <dataDir> <run>`.
+ * Appends versions in a loop (a burst per event turn) and prints each new persisted frontier on
+ * stdout as "frontier <version>". The parent SIGKILLs it at random points.
+ *
+ * The i-th version ever written (i = the log's count, which survives restarts) has contents
+ * that depend only on i, so the parent can check every kept version: doc = { i, pad } and the
+ * delta map sets key k(i % 37) to i.
+ */
+import { hlc } from '../../src/core/hlc.js';
+import { makeVersion, viewId } from '../../src/core/ids.js';
+import { Persistent, PersistenceStore, PersistentMap } from '../../persistence/index.js';
+
+export interface CrashDoc {
+  i: number;
+  pad: string;
+}
+
+export function crashFields(): {
+  doc: Persistent<CrashDoc>;
+  map: Persistent<PersistentMap<string, number>>;
+} {
+  return {
+    doc: new Persistent<CrashDoc>(() => ({ i: -1, pad: '' })),
+    map: new Persistent(() => new PersistentMap<string, number>(), {
+      delta: PersistentMap.codec(),
+      checkpointEvery: 16,
+    }),
+  };
+}
+
+export const crashTime = (i: number) => hlc(1_700_000_000_000_000 + i * 10, i % 3);
+export const crashPad = (i: number) => 'x'.repeat(i % 200);
+
+async function main(): Promise<void> {
+  const [dataDir, runText] = process.argv.slice(2);
+  const run = Number(runText);
+  const store = PersistenceStore.open({ dataDir: dataDir!, syncMode: 'durable' });
+  const registry = store.registry('Crash/0/0');
+  const { doc, map } = crashFields();
+  registry.attach('doc', doc);
+  registry.attach('map', map);
+  registry.onPersisted((version) => process.stdout.write(`frontier ${version}\n`));
+  let i = doc.count();
+  let position = 0;
+  process.stdout.write(`start ${i}\n`);
+  for (;;) {
+    const burst = 1 + (i % 7);
+    for (let b = 0; b < burst; b++, i++) {
+      doc.value = { i, pad: crashPad(i) };
+      map.value.set(`k${i % 37}`, i);
+      registry.makeVersion(makeVersion(viewId(run), position++), crashTime(i));
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+if (process.argv[1]?.endsWith('persistence-crash-child.js')) await main();
