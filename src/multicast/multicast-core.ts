@@ -721,7 +721,8 @@ export class MulticastCore {
 
   private refreshOwnRow(): void {
     const row = this.rows[this.myRank]!;
-    row.receivedCounts = this.streams.map((s) => s.receivedCount);
+    const counts = row.receivedCounts;
+    for (let s = 0; s < this.streams.length; s++) counts[s] = this.streams[s]!.receivedCount;
     row.contiguousCount = this.contiguousCount();
     row.deliveredCount = this.deliveredCount;
     // Time-based stability: no message stamped below this can still be delivered anywhere
