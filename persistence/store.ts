@@ -9,7 +9,8 @@ import { open, type Database, type RootDatabase } from 'lmdb';
 import { assert } from '../src/core/assert.js';
 import { ConfigError } from '../src/core/errors.js';
 import { CorruptDataDirError, ForeignDataDirError, MapFullError } from './errors.js';
-import { LmdbLogStorage, MemoryLogStorage, type LogStorage } from './log-storage.js';
+import { MemoryLogStorage, type LogStorage } from './log-storage.js';
+import { LmdbLogStorage } from './lmdb-storage.js';
 import { PersistentRegistry, type RegistryBackend } from './registry.js';
 
 /**
