@@ -4,7 +4,8 @@
  * effective times are non-decreasing along the sequence, so by-version and by-time are binary
  * searches. To keep those at a handful of record reads, an in-memory fence table holds the
  * version and effective time of every FENCE_STRIDE-th record (n / 32 entries, 24 bytes each):
- * a search is a binary search over the fences, then one over at most 32 records (5 reads).
+ * a search is a binary search over the fences, then one over at most 32 records (5 reads,
+ * all in one LMDB segment: see lmdb-storage.ts).
  */
 import { assert } from '../src/core/assert.js';
 import type { Hlc } from '../src/core/hlc.js';
