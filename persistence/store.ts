@@ -158,6 +158,7 @@ export class PersistenceStore {
   /** Waits for pending writes, then closes LMDB. Fields attached to it stop working. */
   async close(): Promise<void> {
     if (!this.open) return;
+    await Promise.resolve(); // let this turn's segment flushes (microtasks) reach LMDB first
     await this.whenWritesDurable().catch(() => undefined);
     this.open = false;
     await this.root.close();
