@@ -145,7 +145,7 @@ test('crash: SIGKILL at random points loses nothing at or below the frontier', a
   t.true(killed >= 3, `only ${killed} kills ran`);
 });
 
-test('close() right after makeVersion and truncate, in the same turn, keeps exactly that', async (t) => {
+test('close() in the same turn as makeVersion and truncate keeps exactly that', async (t) => {
   const dataDir = tempDir(t, 'close');
   const store = PersistenceStore.open({ dataDir });
   const registry = store.registry('Close/0/0');
