@@ -207,7 +207,7 @@ export class PersistentRegistry {
       log.setMeta({ ...log.meta, trimmed: true });
     }
     this.scheduleWatch();
-    return this.backend.whenWritesDurable();
+    return this.afterFlush();
   }
 
   /**
@@ -226,7 +226,15 @@ export class PersistentRegistry {
     }
     if (version < this.lastVersion) this.lastVersion = version as Version;
     if (version < this.persisted) this.persisted = version as Version;
-    return this.backend.whenWritesDurable();
+    return this.afterFlush();
+  }
+
+  /**
+   * Durability of everything issued so far, taken after the storages' per-turn flush microtasks
+   * (queued while issuing) have handed their segment writes to LMDB.
+   */
+  private afterFlush(): Promise<void> {
+    return Promise.resolve().then(() => this.backend.whenWritesDurable());
   }
 
   // ---- state transfer ---------------------------------------------------------------------

@@ -9,7 +9,8 @@ import { open, type Database, type RootDatabase } from 'lmdb';
 import { assert } from '../src/core/assert.js';
 import { ConfigError } from '../src/core/errors.js';
 import { CorruptDataDirError, ForeignDataDirError, MapFullError } from './errors.js';
-import { LmdbLogStorage, MemoryLogStorage, type LogStorage } from './log-storage.js';
+import { MemoryLogStorage, type LogStorage } from './log-storage.js';
+import { LmdbLogStorage } from './lmdb-storage.js';
 import { PersistentRegistry, type RegistryBackend } from './registry.js';
 
 /**
@@ -157,6 +158,7 @@ export class PersistenceStore {
   /** Waits for pending writes, then closes LMDB. Fields attached to it stop working. */
   async close(): Promise<void> {
     if (!this.open) return;
+    await Promise.resolve(); // let this turn's segment flushes (microtasks) reach LMDB first
     await this.whenWritesDurable().catch(() => undefined);
     this.open = false;
     await this.root.close();

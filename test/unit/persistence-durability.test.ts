@@ -4,9 +4,10 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { HLC_MAX } from '../../src/core/hlc.js';
+import { hlc, HLC_MAX } from '../../src/core/hlc.js';
+import { makeVersion, viewId } from '../../src/core/ids.js';
 import { SeededRandom } from '../../src/core/random.js';
-import { PersistenceStore, PersistentMap } from '../../persistence/index.js';
+import { Persistent, PersistenceStore, PersistentMap } from '../../persistence/index.js';
 import {
   attachAll,
   makeFields,
@@ -142,4 +143,27 @@ test('crash: SIGKILL at random points loses nothing at or below the frontier', a
     await store.close();
   }
   t.true(killed >= 3, `only ${killed} kills ran`);
+});
+
+test('close() in the same turn as makeVersion and truncate keeps exactly that', async (t) => {
+  const dataDir = tempDir(t, 'close');
+  const store = PersistenceStore.open({ dataDir });
+  const registry = store.registry('Close/0/0');
+  const field = registry.attach('n', new Persistent(() => 0));
+  for (let i = 1; i <= 100; i++) {
+    field.value = i;
+    registry.makeVersion(makeVersion(viewId(1), i), hlc(i));
+  }
+  void registry.truncate(makeVersion(viewId(1), 70));
+  field.value = 1000;
+  registry.makeVersion(makeVersion(viewId(2), 0), hlc(500));
+  await store.close(); // no await between the writes and close
+
+  const reopened = PersistenceStore.open({ dataDir });
+  const again = reopened.registry('Close/0/0').attach('n', new Persistent(() => 0));
+  t.is(again.count(), 71);
+  t.is(again.value, 1000);
+  t.is(again.get(makeVersion(viewId(1), 99)), 70);
+  t.is(again.getByIndex(-2), 70);
+  await reopened.close();
 });
