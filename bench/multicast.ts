@@ -67,8 +67,9 @@ export async function run(args: string[]): Promise<void> {
   const timeoutMs = quick ? 20_000 : 60_000;
   const members = await startMembers(3);
   try {
-    await startShard(members, ORDERED, { mode: 'ordered', limits: LIMITS });
-    await startShard(members, RAW, { mode: 'raw', limits: LIMITS });
+    const driverOptions = process.env.MC_DRIVER ? JSON.parse(process.env.MC_DRIVER) as object : undefined;
+    await startShard(members, ORDERED, { mode: 'ordered', limits: LIMITS, driverOptions });
+    await startShard(members, RAW, { mode: 'raw', limits: LIMITS, driverOptions });
     const peersOf1 = [members[1]!.address, members[2]!.address];
 
     // The ceiling: raw transport calls from member 1 to the two others.
