@@ -183,6 +183,7 @@ process.on('message', (raw: unknown) => {
             addresses,
           },
           onDeliver: (d) => onDeliver(state, d),
+          ...(message.driverOptions as object | undefined),
         });
         shards.set(message.shard as number, state);
         reply({ ok: true });

@@ -80,7 +80,7 @@ export async function startMembers(count: number): Promise<MemberProcess[]> {
 export async function startShard(
   members: MemberProcess[],
   shard: number,
-  options: { mode: 'ordered' | 'raw'; limits: object; senders?: number[]; viewId?: number },
+  options: { mode: 'ordered' | 'raw'; limits: object; senders?: number[]; viewId?: number; driverOptions?: object },
 ): Promise<void> {
   const nodes = members.map((m) => m.node);
   const addresses = members.map((m) => [m.node, m.address]);
@@ -88,7 +88,7 @@ export async function startShard(
     members.map((m) =>
       m.request({
         cmd: 'start', shard, self: m.node, viewId: options.viewId ?? 1, members: nodes,
-        senders: options.senders ?? nodes, addresses, mode: options.mode, limits: options.limits,
+        senders: options.senders ?? nodes, addresses, mode: options.mode, limits: options.limits, driverOptions: options.driverOptions,
       }),
     ),
   );
