@@ -13,7 +13,7 @@
  * native when it loads, else memory. Every line names the transport ("transport":...). All three
  * nodes and the client share one process and thread.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
@@ -82,6 +82,26 @@ async function rawRoundTrip(make: Factory, n: number): Promise<number> {
   return percentile(lat.sort((x, y) => x - y), 50);
 }
 
+/** p50 of write(4 KiB) + fdatasync on this run's temp disk: the floor of one durable round. */
+function fdatasyncP50(n: number): number {
+  const dir = mkdtempSync(join(tmpdir(), 'squall-bench-fsync-'));
+  const fd = openSync(join(dir, 'f'), 'w');
+  const block = new Uint8Array(4096);
+  const lat: number[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const t0 = process.hrtime.bigint();
+      writeSync(fd, block, 0, block.length, (i % 16) * 4096);
+      fdatasyncSync(fd);
+      lat.push(Number(process.hrtime.bigint() - t0) / 1000);
+    }
+  } finally {
+    closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return percentile(lat.sort((x, y) => x - y), 50);
+}
+
 async function group(make: Factory, fsync: boolean): Promise<{ drivers: RaftDriver[]; close: () => Promise<void> }> {
   const ids = [1, 2, 3];
   const transports = [await make(), await make(), await make()];
@@ -133,6 +153,8 @@ export async function run(args: string[]): Promise<void> {
   const env = { transport, nodes: 3, payloadBytes: 80, load1: Number(loadavg()[0]!.toFixed(2)), quick };
   const rttP50 = await rawRoundTrip(make, quick ? 2000 : 20_000);
   report({ suite: 'raft', case: 'transport-rtt-p50', value: Number(rttP50.toFixed(1)), unit: 'us', ...env });
+  const fsyncP50 = fdatasyncP50(quick ? 200 : 1000);
+  report({ suite: 'raft', case: 'disk-fdatasync-p50', value: Number(fsyncP50.toFixed(1)), unit: 'us', ...env });
 
   for (const fsync of [true, false]) {
     const g = await group(make, fsync);
@@ -149,7 +171,8 @@ export async function run(args: string[]): Promise<void> {
       const p50 = percentile(lat, 50);
       const p99 = percentile(lat, 99);
       report({ suite: 'raft', case: 'commit-latency-p50', value: Number(p50.toFixed(1)), unit: 'us', fsync,
-        baselines: { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...env });
+        baselines: fsync ? { transport_rtt_p50: Number(rttP50.toFixed(1)), disk_fdatasync_p50: Number(fsyncP50.toFixed(1)) }
+          : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...env });
       report({ suite: 'raft', case: 'commit-latency-p99', value: Number(p99.toFixed(1)), unit: 'us', fsync, ...env });
 
       const outstanding = 64;
@@ -166,7 +189,9 @@ export async function run(args: string[]): Promise<void> {
       await Promise.all(Array.from({ length: outstanding }, worker));
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
       report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(done / seconds), unit: 'commits/s',
-        fsync, leaderFlushesTotal: leader.counters.flushes, ...env });
+        fsync, baselines: fsync ? { disk_fdatasync_p50: Number(fsyncP50.toFixed(1)), transport_rtt_p50: Number(rttP50.toFixed(1)) }
+          : { transport_rtt_p50: Number(rttP50.toFixed(1)) },
+        leaderFlushesTotal: leader.counters.flushes, ...env });
     } finally {
       await g.close();
     }
