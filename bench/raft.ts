@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- raft [--quick]`: a 3-node Raft group in one process, each node with its own
+ * `npm run bench -- raft [--quick] [--threads]`: a 3-node Raft group in one process, each node with its own
  * LMDB environment, proposals of a 16-byte key + 64-byte value, measured at the leader from
  * propose() to applied:
  *   - commit latency p50/p99 with one proposal outstanding,
@@ -11,11 +11,14 @@
  * native-transport.ts, loaded dynamically so this file also builds where it is absent);
  * `--transport memory` over MemoryTransport (in-process, setImmediate delivery). The default is
  * native when it loads, else memory. Every line names the transport ("transport":...). All three
- * nodes and the client share one process and thread.
+ * nodes and the client share one process and thread, unless `--threads` puts each node (the
+ * leader with the client) on its own worker thread (bench/_raft-node.ts; native only).
  */
 import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
 import type { Entry, Snapshot } from '../src/raft/types.js';
 import { RaftDriver, type StateMachine } from '../src/runtime/raft-driver.js';
@@ -128,6 +131,33 @@ async function group(make: Factory, fsync: boolean): Promise<{ drivers: RaftDriv
   };
 }
 
+/** `--threads`: each node on its own worker thread (own event loop, own endpoint). */
+async function threadedGroup(fsync: boolean, latencyOps: number, throughputOps: number): Promise<{ lat: number[]; rate: number }> {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
+  const workers = [1, 2, 3].map((id) => new Worker(join(here, '_raft-node.js'),
+    { workerData: { id, dir: dirs[id - 1], fsync, latencyOps, throughputOps } }));
+  const next = (w: Worker): Promise<any> => new Promise((resolve, reject) => {
+    w.once('message', resolve);
+    w.once('error', reject);
+  });
+  try {
+    const addresses = await Promise.all(workers.map((w) => next(w)));
+    const peers = addresses.map((a, i) => [i + 1, a.address]);
+    const result = next(workers[0]!);
+    for (const w of workers) w.postMessage({ peers });
+    return (await result).result;
+  } finally {
+    for (const w of workers) {
+      const closed = next(w);
+      w.postMessage({ close: true });
+      await closed;
+      await w.terminate();
+    }
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  }
+}
+
 async function leaderOf(drivers: RaftDriver[]): Promise<RaftDriver> {
   for (let i = 0; i < 1000; i++) {
     const l = drivers.find((d) => d.core.role === 'leader');
@@ -156,6 +186,22 @@ export async function run(args: string[]): Promise<void> {
   const fsyncP50 = fdatasyncP50(quick ? 200 : 1000);
   report({ suite: 'raft', case: 'disk-fdatasync-p50', value: Number(fsyncP50.toFixed(1)), unit: 'us', ...env });
 
+  if (args.includes('--threads')) {
+    if (transport !== 'native') throw new Error('--threads needs the native transport');
+    const tenv = { ...env, threads: true };
+    for (const fsync of [true, false]) {
+      const r = await threadedGroup(fsync, latencyOps, throughputOps);
+      const lat = r.lat.sort((a, b) => a - b);
+      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', fsync,
+        baselines: fsync ? { transport_rtt_p50: Number(rttP50.toFixed(1)), disk_fdatasync_p50: Number(fsyncP50.toFixed(1)) }
+          : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...tenv });
+      report({ suite: 'raft', case: 'commit-latency-p99', value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', fsync, ...tenv });
+      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', fsync,
+        baselines: fsync ? { disk_fdatasync_p50: Number(fsyncP50.toFixed(1)), transport_rtt_p50: Number(rttP50.toFixed(1)) }
+          : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...tenv });
+    }
+    return;
+  }
   for (const fsync of [true, false]) {
     const g = await group(make, fsync);
     try {
