@@ -50,3 +50,21 @@ export { SquallConfig } from './config/schema.js';
 export type { Transport, TransportSession, RequestHandler, CallOptions } from './transport/transport.js';
 export { Endpoint, NativeSession, type EndpointOptions } from './transport/native-transport.js';
 export { TransportError, PeerFailedError } from './transport/errors.js';
+
+// The group API.
+export * from './group/index.js';
+export {
+  oneSubgroup,
+  identicalSubgroups,
+  fixedEvenShards,
+  flexibleEvenShards,
+  customShards,
+  LayoutPolicyError,
+  type LayoutPolicies,
+  type TypePolicy,
+  type SubgroupPolicy,
+  type ShardPolicy,
+  type Allocator,
+} from './membership/layout.js';
+export { View, type Layout, type ShardMembership } from './membership/view.js';
+export { HLC_MAX, HLC_ZERO, hlcAtOrBefore, formatHlc, compareHlc } from './core/hlc.js';

@@ -1,0 +1,84 @@
+/**
+ * The group layer's own messages over the transport (request types beside Raft's 40 and the
+ * multicast driver's 48), and the small waiting list the frontiers use.
+ *
+ *   ordered call (inside a multicast payload):  [callId, wireName, encodedArgs]
+ *       the caller is the delivery's sender; callId is unique per caller node
+ *   ORDERED_REPLY_TYPE request:  [[callId, fromNode, replyBytes], ...]   response: empty
+ *       every member sends its reply to the caller; replies to one caller leave together, one
+ *       transport call per destination per event-loop turn
+ *   P2P_REQUEST_TYPE request:  [subgroupId, shardIndex, wireName, encodedArgs]
+ *       response: [P2P_OK, replyBytes] | [P2P_REPLY_TOO_LARGE, bytes] | [P2P_NOT_HOSTED, message]
+ *   READY_TYPE request: empty   response: [1] once every local shard's driver exists, else [0]
+ *
+ * replyBytes are decorators/' reply encoding (result, application error or framework error).
+ */
+import type { Version } from '../core/ids.js';
+
+export const P2P_REQUEST_TYPE = 60;
+export const ORDERED_REPLY_TYPE = 61;
+export const READY_TYPE = 62;
+
+export const P2P_OK = 0;
+export const P2P_REPLY_TOO_LARGE = 1;
+export const P2P_NOT_HOSTED = 2;
+
+export type OrderedCallMessage = [callId: number, wireName: string, args: Uint8Array];
+export type OrderedReply = [callId: number, fromNode: number, reply: Uint8Array];
+export type P2PRequest = [subgroupId: number, shardIndex: number, wireName: string, args: Uint8Array];
+
+/** The multicast driver's shard number for one shard: unique per node's transport. */
+export function driverShardNumber(subgroupId: number, shardIndex: number): number {
+  return subgroupId * 0x1_0000 + shardIndex;
+}
+
+/** Promises waiting for a frontier (a version) to reach them. */
+export class FrontierWaiters {
+  private waiters: { version: Version; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private frontier: Version;
+  private failure: unknown;
+
+  constructor(initial: Version) {
+    this.frontier = initial;
+  }
+
+  get current(): Version {
+    return this.frontier;
+  }
+
+  wait(version: Version): Promise<void> {
+    if (version <= this.frontier) return Promise.resolve();
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => this.waiters.push({ version, resolve, reject }));
+  }
+
+  advance(version: Version): void {
+    if (version <= this.frontier) return;
+    this.frontier = version;
+    if (this.waiters.length === 0) return;
+    const keep = [];
+    for (const w of this.waiters) {
+      if (w.version <= version) w.resolve();
+      else keep.push(w);
+    }
+    this.waiters = keep;
+  }
+
+  failAll(error: unknown): void {
+    this.failure = error;
+    for (const w of this.waiters) w.reject(error);
+    this.waiters = [];
+  }
+}
+
+/** A stable 32-bit FNV-1a hash of a key (strings as UTF-8), for hash-sharded layouts. */
+export function hashKey(key: string | Uint8Array | number | bigint): number {
+  const bytes =
+    key instanceof Uint8Array ? key : Buffer.from(typeof key === 'string' ? key : String(key));
+  let hash = 0x811c9dc5;
+  for (const byte of bytes) {
+    hash ^= byte;
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return hash;
+}
