@@ -16,6 +16,7 @@ import {
   ordered,
   p2p,
   persistent,
+  objectDigest,
   replicated,
 } from '../../src/index.js';
 
@@ -27,7 +28,7 @@ export class KeyMissingError extends Error {
 @replicated({ name: 'KvStore' })
 export class KvStore {
   declare readonly [ORDERED_METHODS]: 'put' | 'remove' | 'update' | 'putMany';
-  declare readonly [P2P_METHODS]: 'get' | 'getAt' | 'size';
+  declare readonly [P2P_METHODS]: 'get' | 'getAt' | 'size' | 'stateDigest';
 
   @persistent() entries = new Persistent(() => new PersistentMap<string, string>(), {
     delta: PersistentMap.codec<string, string>(),
@@ -80,6 +81,11 @@ export class KvStore {
 
   @p2p() size(): number {
     return this.entries.value.size;
+  }
+
+  /** SHA-256 of this replica's whole state: equal on replicas that applied the same calls. */
+  @p2p() stateDigest(): string {
+    return objectDigest(this);
   }
 }
 

@@ -9,7 +9,7 @@ import { main } from '../../src/cli/main.js';
 function run(argv: string[], env: Record<string, string> = {}): { code: number; out: string; err: string } {
   const out: string[] = [];
   const err: string[] = [];
-  const code = main(argv, { out: (l) => out.push(l), err: (l) => err.push(l), env });
+  const code = main(argv, { out: (l) => out.push(l), err: (l) => err.push(l), env }) as number;
   return { code, out: out.join('\n'), err: err.join('\n') };
 }
 
