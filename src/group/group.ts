@@ -183,7 +183,7 @@ export class Group {
       else {
         await viewSource.close();
         await store?.close();
-        await transport.close();
+        await closeTransport(transport);
       }
       throw error;
     }
@@ -262,7 +262,7 @@ export class Group {
     }
     await this.viewSource.close();
     await this.store.close();
-    await this.transport.close();
+    await closeTransport(this.transport);
   }
 
   // ------------------------------------------------------------------------------------------
@@ -557,6 +557,16 @@ export class Group {
     }
     return subgroup;
   }
+}
+
+/**
+ * Closes the endpoint. Its socket is released when libuv runs the handles' close callbacks, at
+ * the end of the current loop iteration; a timer fires after that, so the port is free again
+ * when this resolves (a node restarted in the same process can bind it).
+ */
+async function closeTransport(transport: Transport): Promise<void> {
+  await transport.close();
+  await new Promise((resolve) => setTimeout(resolve, 1));
 }
 
 function replicaKey(typeName: string, subgroupIndex: number): string {
