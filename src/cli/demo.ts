@@ -46,14 +46,30 @@ function startChild(cli: string, config: string, app: string, index: number, io:
   return child;
 }
 
-/** A closed loop with `outstanding` puts in flight for `seconds`; latencies at delivered and persisted. */
-async function workload(kv: Replicated<KvStore>, io: CliIo, outstanding: number, seconds: number, live: boolean) {
+export interface WorkloadResult {
+  readonly count: number;
+  readonly rate: number;
+  /** Sorted latencies in ms to delivered() (every call) and to persisted() (if waited for). */
+  readonly delivered: number[];
+  readonly persisted: number[];
+}
+
+/**
+ * A closed loop of `outstanding` workers putting 16-byte keys and 64-byte values for `seconds`;
+ * each worker waits for its call's delivered() and, if `until` is 'persisted', persisted(),
+ * before its next call. `progress` is called about every 500 ms with the recent rate.
+ */
+export async function workload(
+  kv: Replicated<KvStore>,
+  options: { outstanding: number; seconds: number; until: 'delivered' | 'persisted'; progress?: (elapsedS: number, rate: number) => void },
+): Promise<WorkloadResult> {
   const delivered: number[] = [];
   const persisted: number[] = [];
   const value = 'v'.repeat(64);
   let sequence = 0;
+  let done = 0;
   const started = process.hrtime.bigint();
-  const end = started + BigInt(Math.round(seconds * 1e9));
+  const end = started + BigInt(Math.round(options.seconds * 1e9));
   let lastReport = started;
   let lastCount = 0;
   const worker = async (): Promise<void> => {
@@ -63,22 +79,45 @@ async function workload(kv: Replicated<KvStore>, io: CliIo, outstanding: number,
       const results = kv.ordered.put(key, value);
       await results.delivered();
       delivered.push(ms(process.hrtime.bigint() - t0));
-      await results.persisted();
+      if (options.until === 'persisted') {
+        await results.persisted();
+        persisted.push(ms(process.hrtime.bigint() - t0));
+      }
+      done++;
       const now = process.hrtime.bigint();
-      persisted.push(ms(now - t0));
-      if (live && now - lastReport >= 500_000_000n) {
-        const rate = ((persisted.length - lastCount) * 1e9) / Number(now - lastReport);
-        io.out(`  ${(Number(now - started) / 1e9).toFixed(1)} s: ${Math.round(rate).toLocaleString('en-US')} puts/s persisted on all 3`);
+      if (options.progress !== undefined && now - lastReport >= 500_000_000n) {
+        options.progress(Number(now - started) / 1e9, ((done - lastCount) * 1e9) / Number(now - lastReport));
         lastReport = now;
-        lastCount = persisted.length;
+        lastCount = done;
       }
     }
   };
-  await Promise.all(Array.from({ length: outstanding }, worker));
+  await Promise.all(Array.from({ length: options.outstanding }, worker));
   const elapsedS = Number(process.hrtime.bigint() - started) / 1e9;
   delivered.sort((a, b) => a - b);
   persisted.sort((a, b) => a - b);
-  return { count: persisted.length, rate: persisted.length / elapsedS, delivered, persisted };
+  return { count: done, rate: done / elapsedS, delivered, persisted };
+}
+
+/**
+ * Writes configs for a local group of NODE_COUNT nodes and starts nodes 1.. as `squall node`
+ * child processes hosting the kv-store app; node 0's config file is returned for this process.
+ */
+export async function startLocalNodes(dataRoot: string, sync: 'durable' | 'nosync', io: CliIo) {
+  const cli = fileURLToPath(new URL('./main.js', import.meta.url));
+  const appPath = fileURLToPath(new URL('../../examples/kv-store/app.js', import.meta.url));
+  const ports = await freeUdpPorts(NODE_COUNT);
+  const files = ports.map((_, i) => {
+    const file = join(dataRoot, `node${i}.toml`);
+    writeFileSync(file, localConfigToml(i, ports, { dataRoot, sync }));
+    return file;
+  });
+  const children = files.slice(1).map((file, i) => startChild(cli, file, appPath, i + 1, io));
+  const stop = async (): Promise<void> => {
+    for (const child of children) if (child.connected) child.disconnect();
+    await Promise.all(children.map((c) => (c.exitCode !== null ? null : new Promise((r) => c.once('exit', r)))));
+  };
+  return { appPath, configFile: files[0]!, stop };
 }
 
 async function runDemo(args: string[], io: CliIo): Promise<number> {
@@ -88,25 +127,17 @@ async function runDemo(args: string[], io: CliIo): Promise<number> {
   if (!(seconds > 0 && seconds <= 60)) throw new UsageError('--seconds must be a number in (0, 60]');
   const sync = flags.get('sync') ?? 'durable';
   if (sync !== 'durable' && sync !== 'nosync') throw new UsageError('--sync must be "durable" or "nosync"');
-  const cli = fileURLToPath(new URL('./main.js', import.meta.url));
-  const appPath = fileURLToPath(new URL('../../examples/kv-store/app.js', import.meta.url));
   const dataRoot = mkdtempSync(join(tmpdir(), 'squall-demo-'));
-  const ports = await freeUdpPorts(NODE_COUNT);
-  const files = ports.map((_, i) => {
-    const file = join(dataRoot, `node${i}.toml`);
-    writeFileSync(file, localConfigToml(i, ports, { dataRoot, sync }));
-    return file;
-  });
   io.out(`Squall demo: a replicated key-value store (examples/kv-store/app.ts) on ${NODE_COUNT} nodes on loopback.`);
   io.out(`Configs and LMDB data in ${dataRoot}; persistence.sync = "${sync}".`);
-  io.out(`Nodes 1 and 2 run as separate processes ("squall node --config nodeN.toml --app ${appPath}");`);
+  const nodes = await startLocalNodes(dataRoot, sync, io);
+  io.out(`Nodes 1 and 2 run as separate processes ("squall node --config nodeN.toml --app ${nodes.appPath}");`);
   io.out(`this process is node 0 and makes the calls.\n`);
-  const children = [1, 2].map((i) => startChild(cli, files[i]!, appPath, i, io));
   let group: Group | undefined;
   try {
-    const app = await loadApp(appPath);
+    const app = await loadApp(nodes.appPath);
     const t0 = Date.now();
-    group = await Group.start(loadConfig(files[0]!), { types: app.types, layout: app.layout });
+    group = await Group.start(loadConfig(nodes.configFile), { types: app.types, layout: app.layout });
     io.out(`1. The group is up after ${Date.now() - t0} ms. View 1 comes from group.members (a static view):`);
     for (const line of describeNode(group)) io.out(`  ${line}`);
     const kv = group.subgroup(app.types[0] as typeof KvStore);
@@ -114,8 +145,7 @@ async function runDemo(args: string[], io: CliIo): Promise<number> {
     return 0;
   } finally {
     await group?.close();
-    for (const child of children) child.disconnect?.();
-    await Promise.all(children.map((c) => (c.exitCode !== null ? null : new Promise((r) => c.once('exit', r)))));
+    await nodes.stop();
     if (!switches.has('keep')) rmSync(dataRoot, { recursive: true, force: true });
   }
 }
@@ -141,10 +171,13 @@ async function explain(kv: Replicated<KvStore>, io: CliIo, seconds: number): Pro
   io.out(`  persisted()      after ${stamp()}: durable on all 3 replicas`);
 
   io.out(`\n4. Workload: 16-byte keys, 64-byte values, 64 puts in flight for ${seconds} s, each waited to persisted():`);
-  const load = await workload(kv, io, 64, seconds, true);
+  const load = await workload(kv, {
+    outstanding: 64, seconds, until: 'persisted',
+    progress: (at, rate) => io.out(`  ${at.toFixed(1)} s: ${Math.round(rate).toLocaleString('en-US')} puts/s persisted on all 3`),
+  });
   io.out(`  ${load.count.toLocaleString('en-US')} puts, ${Math.round(load.rate).toLocaleString('en-US')} puts/s persisted on all 3 replicas`);
   io.out(`  latency p50/p99: delivered ${fmt(quantile(load.delivered, 0.5))}/${fmt(quantile(load.delivered, 0.99))} ms, persisted ${fmt(quantile(load.persisted, 0.5))}/${fmt(quantile(load.persisted, 0.99))} ms`);
-  const single = await workload(kv, io, 1, Math.min(1, seconds), false);
+  const single = await workload(kv, { outstanding: 1, seconds: Math.min(1, seconds), until: 'persisted' });
   io.out(`  one put at a time: p50 delivered ${fmt(quantile(single.delivered, 0.5))} ms, persisted ${fmt(quantile(single.persisted, 0.5))} ms (${single.count} puts)`);
   io.out(`  (a shared 2-core VM; load average ${(await import('node:os')).loadavg()[0]!.toFixed(1)}: numbers vary with load)`);
 

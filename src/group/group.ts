@@ -26,7 +26,8 @@ import type { SquallConfig } from '../config/schema.js';
 import { defaultAllocator, type Allocator, type LayoutPolicies } from '../membership/layout.js';
 import type { ShardMembership, View } from '../membership/view.js';
 import { multicastLimitsFromConfig, type MulticastLimits } from '../multicast/config.js';
-import { MulticastDriver } from '../runtime/multicast-driver.js';
+import { MULTICAST_REQUEST_TYPE_DEFAULT, MulticastDriver } from '../runtime/multicast-driver.js';
+import { ShardGate } from './shard-gate.js';
 import { Endpoint } from '../transport/native-transport.js';
 import type { Transport, TransportSession } from '../transport/transport.js';
 import { GroupClosedError, GroupStartError, NotMemberError, OrderedCallInOrderedError } from './errors.js';
@@ -108,6 +109,8 @@ export class Group {
   private ready = false;
   private closed = false;
   private currentView: View;
+  /** The transport the multicast drivers use: holds frames of shards whose driver is not up. */
+  private readonly gate: ShardGate;
 
   private constructor(
     private readonly config: SquallConfig,
@@ -124,6 +127,7 @@ export class Group {
     this.viewSource = viewSource;
     this.infos = infos;
     this.currentView = view;
+    this.gate = new ShardGate(transport, MULTICAST_REQUEST_TYPE_DEFAULT);
     viewSource.on('view', (next) => {
       this.currentView = next;
       for (const listener of this.viewListeners) listener(next);
@@ -491,16 +495,20 @@ export class Group {
         throw new GroupStartError(`${replica.info.name} subgroup ${replica.subgroupIndex} uses mode 'raft', which the group layer does not run yet. Fix: use mode 'ordered'.`);
       }
       const addresses = new Map(shard.members.map((n) => [n, view.addressOf(n)!]));
-      const driver = await MulticastDriver.create({
-        transport: this.transport,
+      const shardNumber = driverShardNumber(replica.subgroupId, replica.shardIndex);
+      const created = MulticastDriver.create({
+        transport: this.gate,
         self: this.nodeId,
-        shard: driverShardNumber(replica.subgroupId, replica.shardIndex),
+        shard: shardNumber,
         view: { viewId: view.id, members: shard.members, senders: shard.senders, addresses },
         mode: shard.mode,
         limits: this.limitsFor(shard.profile),
         onDeliver: (delivery) => replica.deliver(delivery),
       });
-      replica.attachDriver(driver);
+      // The driver registered its shard synchronously inside create(): release held frames now,
+      // before any other frame can arrive, so the core sees them in arrival order.
+      this.gate.openShard(shardNumber);
+      replica.attachDriver(await created);
     }
   }
 
