@@ -218,6 +218,7 @@ export class Group {
   /** This node's shard of `Type`'s subgroup `index`. Throws NotMemberError if it has none. */
   subgroup<T extends object>(type: AnyClass<T>, index = 0): Replicated<T> {
     const info = this.infoOf(type);
+    this.subgroupLayout(info.name, index);
     const replica = this.replicas.get(replicaKey(info.name, index)) as ShardReplica<T> | undefined;
     if (replica === undefined) {
       throw new NotMemberError(this.nodeId, info.name, index,

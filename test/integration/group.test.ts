@@ -26,6 +26,7 @@ import {
   replicated,
   nodeId,
   type NodeId,
+  type ReplicaContext,
 } from '../../src/index.js';
 import { localGroupConfigs } from '../../src/group/local.js';
 import { KvStore } from '../../examples/kv-store/app.js';
@@ -58,6 +59,20 @@ class Counter {
   }
 }
 interface Context { group: Group }
+
+/** Receives its ReplicaContext through the factory and reports the ordered call's version. */
+@replicated({ name: 'GroupTestStamped', factory: (c) => new Stamped(c as ReplicaContext) })
+class Stamped {
+  declare readonly [ORDERED_METHODS]: 'stamp';
+  declare readonly [P2P_METHODS]: 'where';
+  constructor(private readonly replica: ReplicaContext) {}
+  @ordered() stamp(): string {
+    return `${this.replica.version}@${this.replica.timestamp?.micros}.${this.replica.timestamp?.logical}`;
+  }
+  @p2p() where(): string {
+    return `${this.replica.nodeId}/${this.replica.typeName}/${this.replica.subgroupIndex}/${this.replica.shardIndex}/view${this.replica.view.id}/${String(this.replica.version)}`;
+  }
+}
 let context: Context | undefined;
 
 const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-'));
@@ -73,8 +88,9 @@ test.before(async () => {
   const layout = {
     KvStore: oneSubgroup(fixedEvenShards(1, 3, everyone)),
     GroupTestCounter: oneSubgroup(fixedEvenShards(1, 3, everyone)),
+    GroupTestStamped: oneSubgroup(fixedEvenShards(1, 3, everyone)),
   };
-  groups = await Promise.all(configs.map((config) => Group.start(config, { types: [KvStore, Counter], layout })));
+  groups = await Promise.all(configs.map((config) => Group.start(config, { types: [KvStore, Counter, Stamped], layout })));
   context = { group: groups[0]! };
 });
 
@@ -181,6 +197,24 @@ test.serial('payload limits: ordered above max_payload_size, p2p request above i
   const big = 'x'.repeat(70_000);
   await t.throwsAsync(kv.ordered.put('big', big).version, { instanceOf: PayloadTooLargeError, message: /max_payload_size/ });
   await t.throwsAsync(kv.p2p(1).get('y'.repeat(4096)), { instanceOf: PayloadTooLargeError, message: /p2p\.max_p2p_request_payload_size/ });
+});
+
+test.serial('a replica gets its context: node, shard, view, and the ordered call\'s version and time', async (t) => {
+  const stamped = groups[1]!.subgroup(Stamped);
+  const results = stamped.ordered.stamp();
+  const expected = `${await results.version}@${(await results.timestamp).micros}.${(await results.timestamp).logical}`;
+  t.deepEqual([...(await results).values()], [expected, expected, expected]);
+  t.is(await stamped.p2p(2).where(), '2/GroupTestStamped/0/0/view1/undefined');
+});
+
+test.serial('members, shardOf, view, rank and shards describe the layout', (t) => {
+  const g = groups[2]!;
+  t.deepEqual(g.members(KvStore), [[0, 1, 2]]);
+  t.is(g.shardOf(KvStore, 'any key') as number, 0);
+  t.is(g.view.id as number, 1);
+  t.is(g.rank, 2);
+  t.deepEqual(g.shards.map((s) => s.typeName), ['GroupTestCounter', 'GroupTestStamped', 'KvStore']);
+  t.throws(() => g.subgroup(KvStore, 1), { instanceOf: NotMemberError, message: /no such subgroup/ });
 });
 
 async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
