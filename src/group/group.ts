@@ -21,10 +21,10 @@ import { PersistenceStore } from '../../persistence/store.js';
 import { decodeMessage, decodeMessageCopy, encodeMessage } from '../core/codec.js';
 import { ConfigError, PayloadTooLargeError, SquallError } from '../core/errors.js';
 import type { Hlc } from '../core/hlc.js';
-import { makeVersion, nodeId, VERSION_NONE, type NodeId, type ShardIndex } from '../core/ids.js';
+import { makeVersion, nodeId, VERSION_NONE, type NodeId, type ShardIndex, type SubgroupId } from '../core/ids.js';
 import type { SquallConfig } from '../config/schema.js';
 import { defaultAllocator, type Allocator, type LayoutPolicies } from '../membership/layout.js';
-import type { ShardMembership, View } from '../membership/view.js';
+import { encodeView, type ShardMembership, type View } from '../membership/view.js';
 import { multicastLimitsFromConfig, type MulticastLimits } from '../multicast/config.js';
 import { MULTICAST_REQUEST_TYPE_DEFAULT, MulticastDriver } from '../runtime/multicast-driver.js';
 import { ShardGate } from './shard-gate.js';
@@ -43,7 +43,12 @@ import {
   P2P_REPLY_TOO_LARGE,
   P2P_REQUEST_TYPE,
   READY_TYPE,
+  RELAY_OK,
+  RELAY_REFUSED,
+  RELAY_TYPE,
+  VIEW_TYPE,
   type OrderedReply,
+  type RelayRequest,
   type P2PRequest,
 } from './wire.js';
 
@@ -134,6 +139,8 @@ export class Group {
     });
     transport.handle(READY_TYPE, () => encodeMessage([this.ready ? 1 : 0]));
     transport.handle(P2P_REQUEST_TYPE, (request) => this.serveP2P(request));
+    transport.handle(VIEW_TYPE, () => encodeView(this.currentView));
+    transport.handle(RELAY_TYPE, (request) => this.relay(request));
     transport.handle(ORDERED_REPLY_TYPE, (request) => {
       for (const [callId, from, reply] of decodeMessageCopy<OrderedReply[]>(request)) {
         this.settleReply(callId, nodeId(from), reply);
@@ -275,7 +282,8 @@ export class Group {
 
   private replicatedHandle<T extends object>(replica: ShardReplica<T>): Replicated<T> {
     const info = replica.info;
-    const ordered = buildCallProxy(info, 'ordered', (method, bytes) => this.orderedCall(replica, method, bytes));
+    const ordered = buildCallProxy(info, 'ordered', (method, bytes) =>
+      this.orderedCall(replica, method.wireName, `${info.name}.${method.methodName}`, bytes));
     return {
       typeName: info.name,
       subgroupIndex: replica.subgroupIndex,
@@ -296,17 +304,23 @@ export class Group {
     };
   }
 
-  private orderedCall(replica: ShardReplica, method: MethodInfo, args: Uint8Array): QueryResults<unknown> {
+  private orderedCall(
+    replica: ShardReplica,
+    wireName: string,
+    label: string,
+    args: Uint8Array,
+    relayKey?: readonly [clientId: string, requestId: number],
+  ): QueryResults<unknown> {
     const outer = orderedCallContext.getStore();
-    if (outer !== undefined) throw new OrderedCallInOrderedError(outer.method, `${replica.info.name}.${method.methodName}`);
-    if (this.closed) throw new GroupClosedError(`${replica.info.name}.${method.methodName}`);
+    if (outer !== undefined) throw new OrderedCallInOrderedError(outer.method, label);
+    if (this.closed) throw new GroupClosedError(label);
     const callId = this.nextCallId++;
-    const payload = encodeMessage([callId, method.wireName, args]);
+    const payload = encodeMessage(relayKey === undefined ? [callId, wireName, args] : [callId, wireName, args, ...relayKey]);
     const sent: Promise<OrderedReceipt> = replica.driver.send(payload).then((receipt) => ({
       version: makeVersion(receipt.viewId, receipt.position),
       timestamp: receipt.timestamp,
     }));
-    const results = new QueryResults<unknown>(`${replica.info.name}.${method.methodName}`, replica.members, sent, {
+    const results = new QueryResults<unknown>(label, replica.members, sent, {
       whenDelivered: (v) => replica.deliveredWaiters.wait(v),
       whenLocalPersisted: (v) => replica.registry.whenPersisted(v),
       whenPersisted: (v) => replica.persistedWaiters.wait(v),
@@ -314,6 +328,30 @@ export class Group {
     this.calls.set(callId, results);
     sent.catch(() => this.calls.delete(callId));
     return results;
+  }
+
+  /**
+   * A client's ordered call relayed into the shard with its idempotency key; answers with every
+   * member's raw reply once all arrived (see wire.ts). A retry of the same key, through this or
+   * another member, gets the replies of the first execution (ShardReplica dedupes).
+   */
+  private async relay(request: Uint8Array): Promise<Uint8Array> {
+    const [clientId, requestId, subgroupId, shardIndex, wireName, args] = decodeMessageCopy<RelayRequest>(request);
+    const replica = [...this.replicas.values()].find((r) => r.subgroupId === subgroupId && r.shardIndex === shardIndex);
+    const shard = this.currentView.shard(subgroupId as SubgroupId, shardIndex as ShardIndex);
+    if (replica === undefined || shard === undefined || !shard.senders.includes(this.nodeId)) {
+      return encodeMessage([RELAY_REFUSED, 'NOT_MEMBER', `node ${this.nodeId} is not a sender of shard ${shardIndex} of subgroup ${subgroupId}`]);
+    }
+    try {
+      const results = this.orderedCall(replica, wireName, `${replica.info.name}.${wireName} (relayed)`, args, [clientId, requestId]);
+      const [version, timestamp] = await Promise.all([results.version, results.timestamp]);
+      await Promise.allSettled(results.replies.values());
+      const replies = [...results.rawReplies].map(([node, bytes]) => [node, bytes]);
+      return encodeMessage([RELAY_OK, version, timestamp.micros, timestamp.logical, replies]);
+    } catch (error) {
+      const code = error instanceof SquallError ? error.code : 'INTERNAL';
+      return encodeMessage([RELAY_REFUSED, code, String((error as Error)?.message ?? error)]);
+    }
   }
 
   private settleReply(callId: number, from: NodeId, reply: Uint8Array): void {

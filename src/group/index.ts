@@ -5,3 +5,4 @@ export { type ReplicaContext, type ShardFrontier } from './replica.js';
 export { StaticViewSource, staticMembersFromConfig, type ViewSource, type ViewListener } from './view-source.js';
 export { GroupClosedError, GroupStartError, NodeRemovedError, NotMemberError, OrderedCallInOrderedError } from './errors.js';
 export { hashKey } from './wire.js';
+export { Client, RelayFailedError, type ClientOptions, type ClientOrderedResult, type ClientOrderedApi, type ClientSubgroup } from './client.js';

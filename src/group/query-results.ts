@@ -71,6 +71,8 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
   /** The sender's HLC time stamped on the call (the same on every replica). */
   readonly timestamp: Promise<Hlc>;
   private readonly pending = new Map<NodeId, Deferred<R>>();
+  /** @internal Each member's reply bytes as they arrived (a relaying member forwards them). */
+  readonly rawReplies = new Map<NodeId, Uint8Array>();
   private all: Promise<ReadonlyMap<NodeId, R>> | undefined;
 
   /** @internal Built by the group layer; `sent` resolves when the multicast numbered the call. */
@@ -124,6 +126,7 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
   settleReply(node: NodeId, replyBytes: Uint8Array): void {
     const d = this.pending.get(node);
     if (d === undefined || d.settled) return;
+    this.rawReplies.set(node, replyBytes);
     try {
       d.resolve(decodeReply<R>(replyBytes, node));
     } catch (error) {

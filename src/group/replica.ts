@@ -18,6 +18,9 @@ import type { View } from '../membership/view.js';
 import type { MulticastDelivery, MulticastDriver, MulticastFrontiers } from '../runtime/multicast-driver.js';
 import { FrontierWaiters, type OrderedCallMessage } from './wire.js';
 
+/** Relayed replies kept per client for deduplication (a client retries only recent calls). */
+export const RELAYED_PER_CLIENT_MAX = 4096;
+
 /** Set while an ordered call runs on a replica (and in everything it awaits). */
 export const orderedCallContext = new AsyncLocalStorage<{ readonly method: string }>();
 
@@ -63,6 +66,12 @@ export class ShardReplica<T extends object = object> {
   private currentVersion: Version | undefined;
   private currentTimestamp: Hlc | undefined;
   private readonly stableWaiters: { time: Hlc; resolve: () => void }[] = [];
+  /**
+   * Replies to relayed calls by client id and request id, so a client's retry (through another
+   * member, after a failure) is answered without running the call twice. Every replica fills it
+   * in delivery order, so all of them agree on what is a duplicate. Bounded per client.
+   */
+  private readonly relayed = new Map<string, Map<number, DispatchResult>>();
   readonly context: ReplicaContext;
 
   constructor(
@@ -136,7 +145,8 @@ export class ShardReplica<T extends object = object> {
     let message: OrderedCallMessage;
     try {
       message = decodeMessage<OrderedCallMessage>(delivery.payload);
-      if (!Array.isArray(message) || typeof message[0] !== 'number' || typeof message[1] !== 'string' || !(message[2] instanceof Uint8Array)) {
+      if (!Array.isArray(message) || typeof message[0] !== 'number' || typeof message[1] !== 'string' || !(message[2] instanceof Uint8Array) ||
+          (message.length === 5 && (typeof message[3] !== 'string' || typeof message[4] !== 'number'))) {
         throw new Error('not an ordered call');
       }
     } catch {
@@ -144,18 +154,15 @@ export class ShardReplica<T extends object = object> {
       this.counters.malformed++;
       return;
     }
-    const [callId, wireName, args] = message;
+    const [callId, wireName, args, clientId, requestId] = message;
     const version = delivery.version as Version;
-    this.currentVersion = version;
-    this.currentTimestamp = delivery.timestamp;
+    const earlier = clientId === undefined ? undefined : this.relayed.get(clientId)?.get(requestId!);
     let result: DispatchResult;
-    try {
-      result = orderedCallContext.run({ method: `${this.info.name}.${wireName}` }, () =>
-        this.dispatcher.dispatch('ordered', wireName, args),
-      );
-    } finally {
-      this.currentVersion = undefined;
-      this.currentTimestamp = undefined;
+    if (earlier !== undefined) {
+      result = earlier; // a retried relayed call: answer as the first time, do not run it again
+    } else {
+      result = this.dispatch(wireName, args, version, delivery.timestamp);
+      if (clientId !== undefined) this.rememberRelayed(clientId, requestId!, result);
     }
     // The version holds what the call changed before it returned (or before its first await).
     this.registry.makeVersion(version, delivery.timestamp);
@@ -166,6 +173,27 @@ export class ShardReplica<T extends object = object> {
     } else {
       this.reply(delivery.sender, callId, result);
     }
+  }
+
+  private dispatch(wireName: string, args: Uint8Array, version: Version, timestamp: Hlc): DispatchResult {
+    this.currentVersion = version;
+    this.currentTimestamp = timestamp;
+    try {
+      return orderedCallContext.run({ method: `${this.info.name}.${wireName}` }, () =>
+        this.dispatcher.dispatch('ordered', wireName, args),
+      );
+    } finally {
+      this.currentVersion = undefined;
+      this.currentTimestamp = undefined;
+    }
+  }
+
+  private rememberRelayed(clientId: string, requestId: number, result: DispatchResult): void {
+    let byRequest = this.relayed.get(clientId);
+    if (byRequest === undefined) this.relayed.set(clientId, (byRequest = new Map()));
+    byRequest.set(requestId, result);
+    // Oldest first (insertion = delivery order, the same on every replica).
+    if (byRequest.size > RELAYED_PER_CLIENT_MAX) byRequest.delete(byRequest.keys().next().value!);
   }
 
   private onFrontiers(f: MulticastFrontiers): void {

@@ -10,6 +10,11 @@
  *   P2P_REQUEST_TYPE request:  [subgroupId, shardIndex, wireName, encodedArgs]
  *       response: [P2P_OK, replyBytes] | [P2P_REPLY_TOO_LARGE, bytes] | [P2P_NOT_HOSTED, message]
  *   READY_TYPE request: empty   response: [1] once every local shard's driver exists, else [0]
+ *   VIEW_TYPE request: empty    response: encodeView(current view)   (for external clients)
+ *   RELAY_TYPE request: [clientId, requestId, subgroupId, shardIndex, wireName, encodedArgs]
+ *       a member sends it into the shard as an ordered call carrying the idempotency key
+ *       (clientId, requestId); response [RELAY_OK, version, micros, logical, [[node, replyBytes]...]]
+ *       | [RELAY_REFUSED, code, message]
  *
  * replyBytes are decorators/' reply encoding (result, application error or framework error).
  */
@@ -18,12 +23,26 @@ import type { Version } from '../core/ids.js';
 export const P2P_REQUEST_TYPE = 60;
 export const ORDERED_REPLY_TYPE = 61;
 export const READY_TYPE = 62;
+export const VIEW_TYPE = 63;
+export const RELAY_TYPE = 64;
+
+export const RELAY_OK = 0;
+export const RELAY_REFUSED = 1;
 
 export const P2P_OK = 0;
 export const P2P_REPLY_TOO_LARGE = 1;
 export const P2P_NOT_HOSTED = 2;
 
-export type OrderedCallMessage = [callId: number, wireName: string, args: Uint8Array];
+/** An ordered call; a relayed one also carries its client's idempotency key. */
+export type OrderedCallMessage =
+  | [callId: number, wireName: string, args: Uint8Array]
+  | [callId: number, wireName: string, args: Uint8Array, clientId: string, requestId: number];
+export type RelayRequest = [
+  clientId: string, requestId: number, subgroupId: number, shardIndex: number, wireName: string, args: Uint8Array,
+];
+export type RelayResponse =
+  | [status: typeof RELAY_OK, version: bigint, micros: number, logical: number, replies: [number, Uint8Array][]]
+  | [status: typeof RELAY_REFUSED, code: string, message: string];
 export type OrderedReply = [callId: number, fromNode: number, reply: Uint8Array];
 export type P2PRequest = [subgroupId: number, shardIndex: number, wireName: string, args: Uint8Array];
 
