@@ -1,0 +1,38 @@
+// Proves the examples run as documented: the sharded key-value store puts every key into the
+// shard shardOf() names, gets replies only from that shard's members and ends with equal replica
+// digests per shard; the external client learns the view, has its ordered put relayed with every
+// member's reply, reads from every member and sees an application error as RemoteError.
+import test from 'ava';
+import { execFile } from 'node:child_process';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+
+function runExample(path: string): Promise<{ code: number; out: string; err: string }> {
+  return new Promise((done) => {
+    execFile(process.execPath, [join(root, path)], { timeout: 60_000 }, (error, out, err) => {
+      done({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, out, err });
+    });
+  });
+}
+
+test('examples/kv-store/sharded: 2 shards x 3 replicas, keys routed by shardOf, equal digests', async (t) => {
+  const { code, out, err } = await runExample('dist/examples/kv-store/sharded.js');
+  t.is(code, 0, err);
+  t.regex(out, /shard 0 = nodes \[0, 1, 2\]; shard 1 = nodes \[3, 4, 5\]/);
+  const puts = [...out.matchAll(/put \w+ -> shard (\d): replies from nodes \[([\d, ]+)\]/g)];
+  t.is(puts.length, 8);
+  for (const [, shard, nodes] of puts) t.is(nodes, shard === '0' ? '0, 1, 2' : '3, 4, 5');
+  t.is(out.match(/replica digests equal/g)?.length, 2);
+  t.regex(out, /get fig from shard \d: FIG/);
+});
+
+test('examples/external-client: relayed ordered put, p2p reads, RemoteError', async (t) => {
+  const { code, out, err } = await runExample('dist/examples/external-client.js');
+  t.is(code, 0, err);
+  t.regex(out, /client learned view 1: members 0@127\.0\.0\.1:\d+, 1@/);
+  t.regex(out, /ordered put relayed into the shard: version \d+, replies \["","",""\]/);
+  t.is(out.match(/p2p get from node \d: Ithaca/g)?.length, 3);
+  t.regex(out, /update of a missing key: RemoteError KeyMissingError/);
+});
