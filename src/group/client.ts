@@ -29,6 +29,7 @@ import { Endpoint } from '../transport/native-transport.js';
 import type { TransportSession } from '../transport/transport.js';
 import { GroupClosedError, NotMemberError } from './errors.js';
 import { staticMembersFromConfig } from './view-source.js';
+import { SessionCache } from './sessions.js';
 import {
   P2P_NOT_HOSTED,
   P2P_OK,
@@ -87,15 +88,17 @@ export class Client {
   /** Random per client: with the request number, the idempotency key of each ordered call. */
   readonly clientId = randomBytes(8).toString('hex');
   private nextRequestId = 1;
-  private readonly sessions = new Map<string, Promise<TransportSession>>();
   private closed = false;
+  private readonly sessions: SessionCache;
 
   private constructor(
     private readonly endpoint: Endpoint,
     private currentView: View,
     private readonly contacts: readonly string[],
     private readonly options: ClientOptions,
-  ) {}
+  ) {
+    this.sessions = new SessionCache(endpoint);
+  }
 
   /** Connects to a group: `options.contacts`, or a node config's `group.members` addresses. */
   static async connect(source: ClientOptions | SquallConfig): Promise<Client> {
@@ -230,16 +233,7 @@ export class Client {
   }
 
   private session(address: string): Promise<TransportSession> {
-    let session = this.sessions.get(address);
-    if (session === undefined) {
-      session = this.endpoint.connect(address);
-      this.sessions.set(address, session);
-      session.then(
-        (s) => s.onEvent(() => this.sessions.delete(address)),
-        () => this.sessions.delete(address),
-      );
-    }
-    return session;
+    return this.sessions.get(address);
   }
 
   private addressOf(node: NodeId): string {

@@ -28,6 +28,7 @@ import { encodeView, type ShardMembership, type View } from '../membership/view.
 import { multicastLimitsFromConfig, type MulticastLimits } from '../multicast/config.js';
 import { MULTICAST_REQUEST_TYPE_DEFAULT, MulticastDriver } from '../runtime/multicast-driver.js';
 import { ShardGate } from './shard-gate.js';
+import { SessionCache } from './sessions.js';
 import { Endpoint } from '../transport/native-transport.js';
 import type { Transport, TransportSession } from '../transport/transport.js';
 import { GroupClosedError, GroupStartError, NotMemberError, OrderedCallInOrderedError } from './errors.js';
@@ -105,7 +106,6 @@ export class Group {
   private readonly viewSource: ViewSource;
   private readonly infos: ReadonlyMap<string, ReplicatedClassInfo>;
   private readonly replicas = new Map<string, ShardReplica>();
-  private readonly sessions = new Map<NodeId, Promise<TransportSession>>();
   private readonly calls = new Map<number, QueryResults<unknown>>();
   private readonly replyQueues = new Map<NodeId, OrderedReply[]>();
   private readonly viewListeners: ((view: View) => void)[] = [];
@@ -116,6 +116,7 @@ export class Group {
   private currentView: View;
   /** The transport the multicast drivers use: holds frames of shards whose driver is not up. */
   private readonly gate: ShardGate;
+  private readonly sessions: SessionCache;
 
   private constructor(
     private readonly config: SquallConfig,
@@ -133,6 +134,7 @@ export class Group {
     this.infos = infos;
     this.currentView = view;
     this.gate = new ShardGate(transport, MULTICAST_REQUEST_TYPE_DEFAULT);
+    this.sessions = new SessionCache(transport);
     viewSource.on('view', (next) => {
       this.currentView = next;
       for (const listener of this.viewListeners) listener(next);
@@ -485,20 +487,11 @@ export class Group {
   }
 
   private session(node: NodeId): Promise<TransportSession> {
-    let session = this.sessions.get(node);
-    if (session === undefined) {
-      const address = this.currentView.addressOf(node);
-      if (address === undefined) {
-        return Promise.reject(new NotMemberError(node, 'the group', 0, 'is not a member of the current view'));
-      }
-      session = this.transport.connect(address);
-      this.sessions.set(node, session);
-      session.then(
-        (s) => s.onEvent(() => this.sessions.delete(node)),
-        () => this.sessions.delete(node),
-      );
+    const address = this.currentView.addressOf(node);
+    if (address === undefined) {
+      return Promise.reject(new NotMemberError(node, 'the group', 0, 'is not a member of the current view'));
     }
-    return session;
+    return this.sessions.get(address);
   }
 
   private deadlineMs(): number {
