@@ -10,6 +10,7 @@ import { UsageError, type CliIo, type Command } from './command.js';
 import { loadConfig } from '../config/load.js';
 import { nodeCommand } from './node.js';
 import { demoCommand } from './demo.js';
+import { statusCommand } from './status.js';
 
 export type { CliIo, Command } from './command.js';
 export { UsageError } from './command.js';
@@ -49,6 +50,7 @@ const commands: Record<string, Command> = {
   'config check': configCheck,
   node: nodeCommand,
   demo: demoCommand,
+  status: statusCommand,
 };
 
 function topHelp(): string {

@@ -47,7 +47,9 @@ import {
   RELAY_OK,
   RELAY_REFUSED,
   RELAY_TYPE,
+  STATUS_TYPE,
   VIEW_TYPE,
+  type NodeStatus,
   type OrderedReply,
   type RelayRequest,
   type P2PRequest,
@@ -143,6 +145,7 @@ export class Group {
     transport.handle(P2P_REQUEST_TYPE, (request) => this.serveP2P(request));
     transport.handle(VIEW_TYPE, () => encodeView(this.currentView));
     transport.handle(RELAY_TYPE, (request) => this.relay(request));
+    transport.handle(STATUS_TYPE, () => encodeMessage(this.status()));
     transport.handle(ORDERED_REPLY_TYPE, (request) => {
       for (const [callId, from, reply] of decodeMessageCopy<OrderedReply[]>(request)) {
         this.settleReply(callId, nodeId(from), reply);
@@ -261,6 +264,26 @@ export class Group {
   /** This node's frontiers in its shard of `Type`'s subgroup `index`. */
   frontier(type: AnyClass, index = 0): ShardFrontier {
     return this.subgroup(type, index).frontier();
+  }
+
+  /** The current view and this node's frontiers in each of its shards (`squall status`). */
+  status(): NodeStatus {
+    return {
+      node: this.nodeId,
+      view: encodeView(this.currentView),
+      shards: [...this.replicas.values()].map((r) => {
+        const f = r.frontier();
+        return {
+          typeName: r.info.name,
+          subgroupIndex: r.subgroupIndex,
+          shardIndex: r.shardIndex,
+          delivered: f.delivered,
+          localPersisted: f.localPersisted,
+          persisted: f.persisted,
+          stableMicros: f.stableTime.micros,
+        };
+      }),
+    };
   }
 
   /** Stops the drivers, fails outstanding calls with GroupClosedError, closes store and socket. */

@@ -25,6 +25,23 @@ export const ORDERED_REPLY_TYPE = 61;
 export const READY_TYPE = 62;
 export const VIEW_TYPE = 63;
 export const RELAY_TYPE = 64;
+/** Request empty; response: a NodeStatus (msgpack) for `squall status`. */
+export const STATUS_TYPE = 65;
+
+/** What a node reports to `squall status`. */
+export interface NodeStatus {
+  readonly node: number;
+  readonly view: Uint8Array;
+  readonly shards: readonly {
+    readonly typeName: string;
+    readonly subgroupIndex: number;
+    readonly shardIndex: number;
+    readonly delivered: bigint;
+    readonly localPersisted: bigint;
+    readonly persisted: bigint;
+    readonly stableMicros: number;
+  }[];
+}
 
 export const RELAY_OK = 0;
 export const RELAY_REFUSED = 1;

@@ -95,3 +95,19 @@ test.serial('when the relaying member does not answer, the client retries throug
     endpoint.injectFault({ restorePeer: groups[0]!.transport.address });
   }
 });
+
+test.serial('squall status prints the view, the layout with leaders, and every node\'s frontiers', async (t) => {
+  const { main } = await import('../../src/cli/main.js');
+  const { writeFileSync } = await import('node:fs');
+  const members = groups.map((g, i) => `"${i}@${g.transport.address}"`).join(', ');
+  const file = join(dataRoot, 'status.toml');
+  const port = groups[0]!.transport.address.split(':')[1];
+  writeFileSync(file, `[node]\nport = ${port}\n[group]\nmembers = [${members}]\n[transport]\nencryption = false\n`);
+  const out: string[] = [];
+  const code = await main(['status', '--config', file], { out: (l) => out.push(l), err: (l) => out.push(l), env: {} });
+  t.is(code, 0, out.join('\n'));
+  const text = out.join('\n');
+  t.regex(text, /^view 1: 0@127\.0\.0\.1:\d+, 1@/m);
+  t.regex(text, /ClientTestTally subgroup 0 shard 0: members \[0, 1, 2\], leader 0, senders \[0, 1, 2\], mode ordered/);
+  for (const node of [0, 1, 2]) t.regex(text, new RegExp(`node ${node} ClientTestTally/0/0: delivered 1:\\d+, persisted here 1:\\d+, persisted on all`));
+});
