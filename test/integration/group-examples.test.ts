@@ -36,3 +36,23 @@ test('examples/external-client: relayed ordered put, p2p reads, RemoteError', as
   t.is(out.match(/p2p get from node \d: Ithaca/g)?.length, 3);
   t.regex(out, /update of a missing key: RemoteError KeyMissingError/);
 });
+
+test('examples/simple-replicated-objects: Foo and Bar on disjoint nodes, cross reads by p2p', async (t) => {
+  const { code, out, err } = await runExample('dist/examples/simple-replicated-objects.js');
+  t.is(code, 0, err);
+  t.regex(out, /Bar is replicated on nodes \[0, 1, 2\], Foo on nodes \[3, 4, 5\]/);
+  t.regex(out, /foo\.changeState\(1\) -> node 3: true, node 4: true, node 5: true\n.*changeState\(1\) -> node 3: false, node 4: false, node 5: false/);
+  t.regex(out, /reads Foo from node 5 \(p2p, not a Foo member\): 3/);
+  t.regex(out, /reads Bar from node 0 \(p2p, not a Bar member\): "Write from node 1\. Another write\. "/);
+  t.regex(out, /after clear: ""; Bar's log has 3 versions/);
+});
+
+test('examples/temporal-queries: every replica answers by version, index and time alike', async (t) => {
+  const { code, out, err } = await runExample('dist/examples/temporal-queries.js');
+  t.is(code, 0, err);
+  const lines = out.split('\n').filter((l) => l.startsWith('node '));
+  t.is(lines.length, 3);
+  for (const line of lines) {
+    t.regex(line, /by version 5,15,35,75; by index 5,15,35,75; by time 5,15,35,75; just before the 3rd call 15; latest 75$/);
+  }
+});
