@@ -56,3 +56,14 @@ test('examples/temporal-queries: every replica answers by version, index and tim
     t.regex(line, /by version 5,15,35,75; by index 5,15,35,75; by time 5,15,35,75; just before the 3rd call 15; latest 75$/);
   }
 });
+
+test('examples/overlapping-subgroups: nodes 1 and 2 replicate both types and call both', async (t) => {
+  const { code, out, err } = await runExample('dist/examples/overlapping-subgroups.js');
+  t.is(code, 0, err);
+  t.regex(out, /Inventory on nodes \[0, 1, 2\], Orders on nodes \[1, 2, 3\]/);
+  t.regex(out, /node 1 holds: Inventory and Orders/);
+  t.regex(out, /node 3 holds: Orders\n/);
+  t.regex(out, /took 3, 1 left; order #3 recorded on nodes \[1, 2, 3\]/);
+  t.regex(out, /node 3 \(Orders only\) reads Inventory from node 0: 1 left/);
+  t.regex(out, /node 0 \(Inventory only\) reads Orders from node 3: 3 orders/);
+});
