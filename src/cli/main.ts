@@ -11,6 +11,7 @@ import { loadConfig } from '../config/load.js';
 import { nodeCommand } from './node.js';
 import { demoCommand } from './demo.js';
 import { statusCommand } from './status.js';
+import { inspectCommand } from './inspect.js';
 
 export type { CliIo, Command } from './command.js';
 export { UsageError } from './command.js';
@@ -51,6 +52,7 @@ const commands: Record<string, Command> = {
   node: nodeCommand,
   demo: demoCommand,
   status: statusCommand,
+  inspect: inspectCommand,
 };
 
 function topHelp(): string {

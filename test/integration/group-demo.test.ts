@@ -23,8 +23,10 @@ function squall(args: string[], timeoutMs = 60_000): Promise<{ code: number; out
 }
 
 test('squall demo runs a 3-process group: replies, stages, temporal query, equal digests', async (t) => {
-  const { code, out, err } = await squall(['demo', '--seconds', '0.3', '--sync', 'nosync']);
+  const { code, out, err } = await squall(['demo', '--seconds', '0.3', '--sync', 'nosync', '--keep']);
   t.is(code, 0, err);
+  const dataRoot = /Configs and LMDB data in (\S+);/.exec(out)![1]!;
+  t.teardown(() => rmSync(dataRoot, { recursive: true, force: true }));
   t.regex(out, /node 1 replied "" \(the previous value\)/);
   t.regex(out, /persisted\(\)\s+after [\d.]+ ms: durable on all 3 replicas/);
   t.regex(out, /node 2: RemoteError KeyMissingError/);
@@ -34,6 +36,19 @@ test('squall demo runs a 3-process group: replies, stages, temporal query, equal
   t.is(new Set(digests).size, 1, 'the replicas hold equal state');
   t.regex(out, /\[node 1 process\] node 1 left the group/);
   t.regex(out, /\[node 2 process\] node 2 left the group/);
+
+  // squall inspect reads a stopped node's store: the history the demo wrote, value by version.
+  const app = join(root, 'dist/examples/kv-store/app.js');
+  const listing = await squall(['inspect', '--data', join(dataRoot, 'node2'), '--app', app]);
+  t.is(listing.code, 0, listing.err);
+  t.regex(listing.out, /KvStore\/0\/0 \(class KvStore v1\)\n  entries: \d+ version\(s\), 1:0 \(4294967296\) … 1:\d+/);
+  const first = await squall(['inspect', '--data', join(dataRoot, 'node2'), '--app', app, '--field', 'entries', '--index', '0']);
+  t.regex(first.out, /entries at index 0, version 1:0 \(4294967296\): Map\(1\) \{ 'greeting' => 'hello' \}/);
+  const latest = await squall(['inspect', '--data', join(dataRoot, 'node2'), '--app', app, '--field', 'entries']);
+  t.regex(latest.out, /'color' => 'blue'/);
+  const noData = await squall(['inspect', '--data', join(dataRoot, 'nowhere'), '--app', app]);
+  t.is(noData.code, 2);
+  t.regex(noData.err, /holds no squall\.mdb/);
 });
 
 test('squall node: missing flags exit 2 naming them; a bad config exits 1 naming the key', async (t) => {
