@@ -211,9 +211,9 @@ export class Client {
     const response = await session.call(P2P_REQUEST_TYPE, encodeMessage([subgroupId, shard, method.wireName, args]), {
       timeoutMs: this.options.requestTimeoutMs ?? 10_000,
     });
-    const [status, body] = decodeMessageCopy<[number, Uint8Array | number | string]>(response);
+    const [status, body, limit] = decodeMessageCopy<[number, Uint8Array | number | string, number?]>(response);
     if (status === P2P_OK) return decodeReply(body as Uint8Array, node);
-    if (status === P2P_REPLY_TOO_LARGE) throw new PayloadTooLargeError(`reply to ${what}`, body as number, body as number, 'p2p.max_p2p_reply_payload_size');
+    if (status === P2P_REPLY_TOO_LARGE) throw new PayloadTooLargeError(`reply to ${what}`, body as number, limit ?? -1, 'p2p.max_p2p_reply_payload_size');
     if (status === P2P_NOT_HOSTED) throw new NotMemberError(node, info.name, index, String(body));
     throw new SquallError(`malformed p2p response from node ${node}`, 'MALFORMED');
   }

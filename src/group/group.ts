@@ -450,11 +450,11 @@ export class Group {
         timeoutMs: this.config.transport.request_timeout_ms,
       });
     }
-    const [status, body] = decodeMessageCopy<[number, Uint8Array | number | string]>(response);
+    const [status, body, limit] = decodeMessageCopy<[number, Uint8Array | number | string, number?]>(response);
     if (status === P2P_OK) return decodeReply(body as Uint8Array, node);
     if (status === P2P_REPLY_TOO_LARGE) {
-      throw new PayloadTooLargeError(`reply to ${what}`, body as number,
-        this.config.p2p.max_p2p_reply_payload_size, 'p2p.max_p2p_reply_payload_size');
+      // The serving node's limit (its config) is the one that applies.
+      throw new PayloadTooLargeError(`reply to ${what}`, body as number, limit ?? -1, 'p2p.max_p2p_reply_payload_size');
     }
     throw new NotMemberError(node, info.name, -1, String(body));
   }
@@ -473,7 +473,7 @@ export class Group {
       reply = encodeFrameworkError(error instanceof SquallError ? error : new SquallError(String(error), 'INTERNAL'));
     }
     if (reply.byteLength > this.config.p2p.max_p2p_reply_payload_size) {
-      return encodeMessage([P2P_REPLY_TOO_LARGE, reply.byteLength]);
+      return encodeMessage([P2P_REPLY_TOO_LARGE, reply.byteLength, this.config.p2p.max_p2p_reply_payload_size]);
     }
     return encodeMessage([P2P_OK, reply]);
   }

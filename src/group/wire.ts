@@ -8,7 +8,7 @@
  *       every member sends its reply to the caller; replies to one caller leave together, one
  *       transport call per destination per event-loop turn
  *   P2P_REQUEST_TYPE request:  [subgroupId, shardIndex, wireName, encodedArgs]
- *       response: [P2P_OK, replyBytes] | [P2P_REPLY_TOO_LARGE, bytes] | [P2P_NOT_HOSTED, message]
+ *       response: [P2P_OK, replyBytes] | [P2P_REPLY_TOO_LARGE, bytes, bytesMax] | [P2P_NOT_HOSTED, message]
  *   READY_TYPE request: empty   response: [1] once every local shard's driver exists, else [0]
  *   VIEW_TYPE request: empty    response: encodeView(current view)   (for external clients)
  *   RELAY_TYPE request: [clientId, requestId, subgroupId, shardIndex, wireName, encodedArgs]

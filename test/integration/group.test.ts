@@ -81,7 +81,7 @@ let groups: Group[] = [];
 test.before(async () => {
   const configs = await localGroupConfigs(3, {
     dataRoot,
-    extraToml: '[p2p]\nmax_p2p_request_payload_size = 2048\n[multicast]\nmax_payload_size = 65536\n',
+    extraToml: '[p2p]\nmax_p2p_request_payload_size = 2048\nmax_p2p_reply_payload_size = 4096\n[multicast]\nmax_payload_size = 65536\n',
   });
   // Both types on all three nodes: overlapping subgroups through reserved ids.
   const everyone = { reservedNodeIdsByShard: [[0, 1, 2].map(nodeId)] };
@@ -192,11 +192,13 @@ test.serial('temporal queries give identical answers on every replica', async (t
   t.deepEqual(answers, Array(6).fill('middle'));
 });
 
-test.serial('payload limits: ordered above max_payload_size, p2p request above its limit', async (t) => {
+test.serial('payload limits: ordered above max_payload_size, p2p request and reply above theirs', async (t) => {
   const kv = groups[0]!.subgroup(KvStore);
   const big = 'x'.repeat(70_000);
   await t.throwsAsync(kv.ordered.put('big', big).version, { instanceOf: PayloadTooLargeError, message: /max_payload_size/ });
   await t.throwsAsync(kv.p2p(1).get('y'.repeat(4096)), { instanceOf: PayloadTooLargeError, message: /p2p\.max_p2p_request_payload_size/ });
+  await kv.ordered.put('wide', 'w'.repeat(5000)).persisted();
+  await t.throwsAsync(kv.p2p(1).get('wide'), { instanceOf: PayloadTooLargeError, message: /reply to p2p call KvStore\.get to node 1 is \d+ bytes, above the limit of 4096 bytes.*p2p\.max_p2p_reply_payload_size/ });
 });
 
 test.serial('a replica gets its context: node, shard, view, and the ordered call\'s version and time', async (t) => {
