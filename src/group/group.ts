@@ -24,7 +24,7 @@ import type { Hlc } from '../core/hlc.js';
 import { makeVersion, nodeId, VERSION_NONE, type NodeId, type ShardIndex, type SubgroupId } from '../core/ids.js';
 import type { SquallConfig } from '../config/schema.js';
 import { defaultAllocator, type Allocator, type LayoutPolicies } from '../membership/layout.js';
-import { encodeView, type ShardMembership, type View } from '../membership/view.js';
+import { describeInadequacy, encodeView, type ShardMembership, type View } from '../membership/view.js';
 import { multicastLimitsFromConfig, type MulticastLimits } from '../multicast/config.js';
 import { MULTICAST_REQUEST_TYPE_DEFAULT, MulticastDriver } from '../runtime/multicast-driver.js';
 import { ShardGate } from './shard-gate.js';
@@ -182,6 +182,7 @@ export class Group {
     try {
       const view = await viewSource.start();
       checkLayoutTypes(view, infos);
+      checkAdequate(view, options.viewSource === undefined);
       store = PersistenceStore.open({
         dataDir: config.persistence.data_dir,
         reset: config.persistence.reset,
@@ -666,6 +667,18 @@ function checkLayoutTypes(view: View, infos: ReadonlyMap<string, ReplicatedClass
       throw new ConfigError([{ key: `layout.${t.typeName}`, message: 'the allocator laid out a type that is not in types. Fix: add the class to types' }]);
     }
   }
+}
+
+/**
+ * A static view never changes, so a shard short of nodes would stay unusable: refuse at start.
+ * (A dynamic view source may start inadequate and wait for joins; that is its job.)
+ */
+function checkAdequate(view: View, isStatic: boolean): void {
+  if (view.isAdequate || !isStatic) return;
+  throw new ConfigError(view.layout.inadequate.map((i) => ({
+    key: 'group.members',
+    message: `lists ${view.members.length} nodes, too few for the layout: ${describeInadequacy(i)}. Fix: list more members or lower the layout's nodesMin`,
+  })));
 }
 
 function checkTransportConfig(config: SquallConfig): void {

@@ -66,12 +66,14 @@ test('a static member list is required and checked against node.id/host/port', a
   t.deepEqual(malformed?.problems.map((p) => p.key), ['group.members']);
 });
 
-test('encryption on, a layout that does not match the types, and an undecorated type are refused', async (t) => {
+test('encryption on, a layout that does not match the types or needs more nodes, and an undecorated type are refused', async (t) => {
   const members = '[group]\nmembers = ["0@127.0.0.1:7000"]\n';
   const encrypted = parseConfig(`[transport]\nkey_file = "k"\n${members}`, 'test.toml');
   t.deepEqual(await problemKeys(Group.start(encrypted, { types: [Box], layout })), ['transport.encryption']);
   const keys = await problemKeys(Group.start(config(members), { types: [Box], layout: { Other: oneSubgroup(fixedEvenShards(1, 1)) } }));
   t.deepEqual(keys.sort(), ['layout.GroupConfigTestBox', 'layout.Other']);
+  const short = await problemKeys(Group.start(config(members), { types: [Box], layout: { GroupConfigTestBox: oneSubgroup(fixedEvenShards(1, 3)) } }));
+  t.deepEqual(short, ['group.members'], 'a layout needing 3 nodes with 1 listed');
   class Plain {}
   await t.throwsAsync(Group.start(config(members), { types: [Plain], layout }), { instanceOf: DecoratorUsageError });
 });
