@@ -31,7 +31,7 @@ import { ShardGate } from './shard-gate.js';
 import { SessionCache } from './sessions.js';
 import { Endpoint } from '../transport/native-transport.js';
 import type { Transport, TransportSession } from '../transport/transport.js';
-import { GroupClosedError, GroupStartError, NotMemberError, OrderedCallInOrderedError } from './errors.js';
+import { GroupClosedError, GroupStartError, NodeRemovedError, NotMemberError, OrderedCallInOrderedError } from './errors.js';
 import { QueryResults, type OrderedReceipt } from './query-results.js';
 import { orderedCallContext, ShardReplica, type ShardFrontier } from './replica.js';
 import { StaticViewSource, type ViewSource } from './view-source.js';
@@ -139,6 +139,7 @@ export class Group {
     this.sessions = new SessionCache(transport);
     viewSource.on('view', (next) => {
       this.currentView = next;
+      this.failRemovedMembers(next);
       for (const listener of this.viewListeners) listener(next);
     });
     transport.handle(READY_TYPE, () => encodeMessage([this.ready ? 1 : 0]));
@@ -377,6 +378,14 @@ export class Group {
     } catch (error) {
       const code = error instanceof SquallError ? error.code : 'INTERNAL';
       return encodeMessage([RELAY_REFUSED, code, String((error as Error)?.message ?? error)]);
+    }
+  }
+
+  /** Replies awaited from members a new view no longer has will never come: NodeRemovedError. */
+  private failRemovedMembers(view: View): void {
+    for (const [callId, results] of this.calls) {
+      results.failMembersWhere((node) => !view.isMember(node), (node) => new NodeRemovedError(node, results.method));
+      if (results.complete) this.calls.delete(callId);
     }
   }
 

@@ -139,6 +139,11 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     this.pending.get(node)?.reject(error);
   }
 
+  /** @internal Fails the replies still awaited from the nodes `removed` selects. */
+  failMembersWhere(removed: (node: NodeId) => boolean, error: (node: NodeId) => unknown): void {
+    for (const [node, d] of this.pending) if (!d.settled && removed(node)) d.reject(error(node));
+  }
+
   /** @internal */
   failAll(error: unknown): void {
     for (const d of this.pending.values()) d.reject(error);
