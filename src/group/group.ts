@@ -1,7 +1,9 @@
 /**
  * Group: a node's handle on a running Squall group (see README.md in this directory).
  *
- *   const group = await Group.start(config, { types: [KvStore], layout: { KvStore: oneSubgroup(fixedEvenShards(1, 3)) } });
+ *   const group = await Group.start(config, {
+ *     types: [KvStore], layout: { KvStore: oneSubgroup(fixedEvenShards(1, 3)) },
+ *   });
  *   const kv = group.subgroup(KvStore);          // Replicated<KvStore>: this node is a member
  *   const replies = await kv.ordered.put('k', 'v');
  *   const value = await kv.p2p(otherNode).get('k');
@@ -12,16 +14,34 @@
  * create one multicast driver per local shard, then wait until every member has its drivers
  * (a frame for a shard whose driver does not exist yet would be dropped).
  */
-import { buildCallProxy, type MethodParams, type MethodResult, type OrderedMethodName, type P2PApi } from '../../decorators/api.js';
+import {
+  buildCallProxy,
+  type MethodParams,
+  type MethodResult,
+  type OrderedMethodName,
+  type P2PApi,
+} from '../../decorators/api.js';
 import { decodeReply, encodeFrameworkError } from '../../decorators/codec.js';
-import { replicatedClassInfo, type AnyClass, type MethodInfo, type ReplicatedClassInfo } from '../../decorators/metadata.js';
+import {
+  replicatedClassInfo,
+  type AnyClass,
+  type MethodInfo,
+  type ReplicatedClassInfo,
+} from '../../decorators/metadata.js';
 import { objectDigest } from '../../decorators/snapshot.js';
 import type { P2PWriteCheck } from '../../decorators/dispatcher.js';
 import { PersistenceStore } from '../../persistence/store.js';
 import { decodeMessage, decodeMessageCopy, encodeMessage } from '../core/codec.js';
 import { ConfigError, PayloadTooLargeError, SquallError } from '../core/errors.js';
 import type { Hlc } from '../core/hlc.js';
-import { makeVersion, nodeId, VERSION_NONE, type NodeId, type ShardIndex, type SubgroupId } from '../core/ids.js';
+import {
+  makeVersion,
+  nodeId,
+  VERSION_NONE,
+  type NodeId,
+  type ShardIndex,
+  type SubgroupId,
+} from '../core/ids.js';
 import type { SquallConfig } from '../config/schema.js';
 import { defaultAllocator, type Allocator, type LayoutPolicies } from '../membership/layout.js';
 import { describeInadequacy, encodeView, type ShardMembership, type View } from '../membership/view.js';
@@ -31,7 +51,13 @@ import { ShardGate } from './shard-gate.js';
 import { SessionCache } from './sessions.js';
 import { Endpoint } from '../transport/native-transport.js';
 import type { Transport, TransportSession } from '../transport/transport.js';
-import { GroupClosedError, GroupStartError, NodeRemovedError, NotMemberError, OrderedCallInOrderedError } from './errors.js';
+import {
+  GroupClosedError,
+  GroupStartError,
+  NodeRemovedError,
+  NotMemberError,
+  OrderedCallInOrderedError,
+} from './errors.js';
 import { QueryResults, type OrderedReceipt } from './query-results.js';
 import { orderedCallContext, ShardReplica, type ShardFrontier } from './replica.js';
 import { StaticViewSource, type ViewSource } from './view-source.js';
@@ -342,7 +368,8 @@ export class Group {
     if (outer !== undefined) throw new OrderedCallInOrderedError(outer.method, label);
     if (this.closed) throw new GroupClosedError(label);
     const callId = this.nextCallId++;
-    const payload = encodeMessage(relayKey === undefined ? [callId, wireName, args] : [callId, wireName, args, ...relayKey]);
+    const message = relayKey === undefined ? [callId, wireName, args] : [callId, wireName, args, ...relayKey];
+    const payload = encodeMessage(message);
     const sent: Promise<OrderedReceipt> = replica.driver.send(payload).then((receipt) => ({
       version: makeVersion(receipt.viewId, receipt.position),
       timestamp: receipt.timestamp,
@@ -363,14 +390,17 @@ export class Group {
    * another member, gets the replies of the first execution (ShardReplica dedupes).
    */
   private async relay(request: Uint8Array): Promise<Uint8Array> {
-    const [clientId, requestId, subgroupId, shardIndex, wireName, args] = decodeMessageCopy<RelayRequest>(request);
-    const replica = [...this.replicas.values()].find((r) => r.subgroupId === subgroupId && r.shardIndex === shardIndex);
+    const [clientId, requestId, subgroupId, shardIndex, wireName, args] =
+      decodeMessageCopy<RelayRequest>(request);
+    const replica = this.replicaOf(subgroupId, shardIndex);
     const shard = this.currentView.shard(subgroupId as SubgroupId, shardIndex as ShardIndex);
     if (replica === undefined || shard === undefined || !shard.senders.includes(this.nodeId)) {
-      return encodeMessage([RELAY_REFUSED, 'NOT_MEMBER', `node ${this.nodeId} is not a sender of shard ${shardIndex} of subgroup ${subgroupId}`]);
+      const why = `node ${this.nodeId} is not a sender of shard ${shardIndex} of subgroup ${subgroupId}`;
+      return encodeMessage([RELAY_REFUSED, 'NOT_MEMBER', why]);
     }
     try {
-      const results = this.orderedCall(replica, wireName, `${replica.info.name}.${wireName} (relayed)`, args, [clientId, requestId]);
+      const label = `${replica.info.name}.${wireName} (relayed)`;
+      const results = this.orderedCall(replica, wireName, label, args, [clientId, requestId]);
       const [version, timestamp] = await Promise.all([results.version, results.timestamp]);
       await Promise.allSettled(results.replies.values());
       const replies = [...results.rawReplies].map(([node, bytes]) => [node, bytes]);
@@ -384,7 +414,10 @@ export class Group {
   /** Replies awaited from members a new view no longer has will never come: NodeRemovedError. */
   private failRemovedMembers(view: View): void {
     for (const [callId, results] of this.calls) {
-      results.failMembersWhere((node) => !view.isMember(node), (node) => new NodeRemovedError(node, results.method));
+      results.failMembersWhere(
+        (node) => !view.isMember(node),
+        (node) => new NodeRemovedError(node, results.method),
+      );
       if (results.complete) this.calls.delete(callId);
     }
   }
@@ -472,7 +505,7 @@ export class Group {
   /** The p2p handler: runs a read-only call on the local replica. */
   private async serveP2P(request: Uint8Array): Promise<Uint8Array> {
     const [subgroupId, shardIndex, wireName, args] = decodeMessage<P2PRequest>(request);
-    const replica = [...this.replicas.values()].find((r) => r.subgroupId === subgroupId && r.shardIndex === shardIndex);
+    const replica = this.replicaOf(subgroupId, shardIndex);
     if (replica === undefined) {
       return encodeMessage([P2P_NOT_HOSTED, `does not host shard ${shardIndex} of subgroup ${subgroupId}`]);
     }
@@ -480,10 +513,12 @@ export class Group {
     try {
       reply = await replica.dispatcher.dispatch('p2p', wireName, args);
     } catch (error) {
-      reply = encodeFrameworkError(error instanceof SquallError ? error : new SquallError(String(error), 'INTERNAL'));
+      const framework = error instanceof SquallError ? error : new SquallError(String(error), 'INTERNAL');
+      reply = encodeFrameworkError(framework);
     }
     if (reply.byteLength > this.config.p2p.max_p2p_reply_payload_size) {
-      return encodeMessage([P2P_REPLY_TOO_LARGE, reply.byteLength, this.config.p2p.max_p2p_reply_payload_size]);
+      const limit = this.config.p2p.max_p2p_reply_payload_size;
+      return encodeMessage([P2P_REPLY_TOO_LARGE, reply.byteLength, limit]);
     }
     return encodeMessage([P2P_OK, reply]);
   }
@@ -593,7 +628,8 @@ export class Group {
       for (;;) {
         try {
           const session = await this.session(node);
-          const [ready] = decodeMessage<[number]>(await session.call(READY_TYPE, new Uint8Array(0), { timeoutMs: 1000 }));
+          const answer = await session.call(READY_TYPE, new Uint8Array(0), { timeoutMs: 1000 });
+          const [ready] = decodeMessage<[number]>(answer);
           if (ready === 1) return;
         } catch (error) {
           if (this.closed) throw new GroupClosedError('Group.start');
@@ -612,6 +648,13 @@ export class Group {
         `listed in group.members, check their addresses, or raise group.restart_timeout_s.`,
       { cause },
     );
+  }
+
+  private replicaOf(subgroupId: number, shardIndex: number): ShardReplica | undefined {
+    for (const r of this.replicas.values()) {
+      if (r.subgroupId === subgroupId && r.shardIndex === shardIndex) return r;
+    }
+    return undefined;
   }
 
   private infoOf<T extends object>(type: AnyClass<T>): ReplicatedClassInfo<T> {
