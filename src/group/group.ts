@@ -59,7 +59,7 @@ import {
   OrderedCallInOrderedError,
 } from './errors.js';
 import { QueryResults, type OrderedReceipt } from './query-results.js';
-import { orderedCallContext, ShardReplica, type ShardFrontier } from './replica.js';
+import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.js';
 import { StaticViewSource, type ViewSource } from './view-source.js';
 import {
   driverShardNumber,
@@ -364,8 +364,8 @@ export class Group {
     args: Uint8Array,
     relayKey?: readonly [clientId: string, requestId: number],
   ): QueryResults<unknown> {
-    const outer = orderedCallContext.getStore();
-    if (outer !== undefined) throw new OrderedCallInOrderedError(outer.method, label);
+    const outer = currentOrderedCall();
+    if (outer !== undefined) throw new OrderedCallInOrderedError(outer, label);
     if (this.closed) throw new GroupClosedError(label);
     const callId = this.nextCallId++;
     const message = relayKey === undefined ? [callId, wireName, args] : [callId, wireName, args, ...relayKey];

@@ -21,8 +21,22 @@ import { FrontierWaiters, type OrderedCallMessage } from './wire.js';
 /** Relayed replies kept per client for deduplication (a client retries only recent calls). */
 export const RELAYED_PER_CLIENT_MAX = 4096;
 
-/** Set while an ordered call runs on a replica (and in everything it awaits). */
-export const orderedCallContext = new AsyncLocalStorage<{ readonly method: string }>();
+/**
+ * The ordered call running on a replica, for refusing ordered calls made from inside one.
+ * A synchronous method is tracked with a plain variable (it cannot be interleaved). A method
+ * declared to return a Promise (async) runs inside an AsyncLocalStorage, which follows it across
+ * its awaits. The storage is used only for those: once used, Node runs promise hooks for every
+ * promise in the process, which measured ~12 µs per ordered call over 3 in-process replicas
+ * (20,000 vs 9,200 calls/s). A method whose declared result type hides a Promise (a union, an
+ * interface) is tracked only up to its first await.
+ */
+const orderedCallContext = new AsyncLocalStorage<{ readonly method: string }>();
+let synchronousOrderedCall: string | undefined;
+
+/** The ordered call this code runs inside ("Type.method"), or undefined. */
+export function currentOrderedCall(): string | undefined {
+  return synchronousOrderedCall ?? orderedCallContext.getStore()?.method;
+}
 
 /** Where a replica sits, handed to the application's factory (@replicated({ factory })). */
 export interface ReplicaContext {
@@ -178,11 +192,18 @@ export class ShardReplica<T extends object = object> {
   private dispatch(wireName: string, args: Uint8Array, version: Version, timestamp: Hlc): DispatchResult {
     this.currentVersion = version;
     this.currentTimestamp = timestamp;
+    const method = `${this.info.name}.${wireName}`;
+    const outer = synchronousOrderedCall;
     try {
-      return orderedCallContext.run({ method: `${this.info.name}.${wireName}` }, () =>
-        this.dispatcher.dispatch('ordered', wireName, args),
-      );
+      if (this.info.ordered.get(wireName)?.returnType === Promise) {
+        return orderedCallContext.run({ method }, () =>
+          this.dispatcher.dispatch('ordered', wireName, args),
+        );
+      }
+      synchronousOrderedCall = method;
+      return this.dispatcher.dispatch('ordered', wireName, args);
     } finally {
+      synchronousOrderedCall = outer;
       this.currentVersion = undefined;
       this.currentTimestamp = undefined;
     }

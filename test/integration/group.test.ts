@@ -33,7 +33,7 @@ import { KvStore } from '../../examples/kv-store/app.js';
 
 @replicated({ name: 'GroupTestCounter' })
 class Counter {
-  declare readonly [ORDERED_METHODS]: 'add' | 'addTwice' | 'addAfterPeek';
+  declare readonly [ORDERED_METHODS]: 'add' | 'addTwice' | 'addAfterPeek' | 'addLater';
   declare readonly [P2P_METHODS]: 'read';
   @persistent() total = new Persistent(() => 0);
   peer: Counter | null = null;
@@ -53,6 +53,12 @@ class Counter {
     this.total.value += n;
     const seen = await (context as Context).group.subgroup(Counter).p2p(node).read();
     return seen;
+  }
+  /** Wrong on purpose too: the inner ordered call comes after an await (async method). */
+  @ordered() async addLater(n: number): Promise<number> {
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    await (context as Context).group.subgroup(Counter).ordered.add(n);
+    return this.total.value;
   }
   @p2p() read(): number {
     return this.total.value;
@@ -173,6 +179,10 @@ test.serial('an ordered call inside an ordered call is refused; a p2p call there
   t.regex(error?.remoteMessage ?? '', /from inside the ordered call GroupTestCounter\.addTwice/);
   const peek = await counter.ordered.addAfterPeek(1, groups[1]!.nodeId);
   t.is(peek.size, 3);
+  const later = await t.throwsAsync(counter.ordered.addLater(2).replies.get(groups[0]!.nodeId)!, { instanceOf: RemoteError });
+  t.is(later?.remoteName, 'OrderedCallInOrderedError', 'refused after an await too');
+  // Outside any ordered call, ordered calls work again (the tracking was reset).
+  t.is((await counter.ordered.add(0)).size, 3);
 });
 
 test.serial('temporal queries give identical answers on every replica', async (t) => {
