@@ -84,9 +84,9 @@ export class ManagedProcess {
     return this.paused;
   }
 
-  /** The last lines printed (stdout and stderr interleaved as they arrived). */
+  /** The last lines printed (stdout and stderr interleaved as they arrived), each cut to 300 characters. */
   tail(count = 30): string[] {
-    return this.lines.slice(-count);
+    return this.lines.slice(-count).map((l) => (l.length > 300 ? `${l.slice(0, 300)}… (${l.length} chars)` : l));
   }
 
   start(): void {
@@ -97,7 +97,7 @@ export class ManagedProcess {
     const child = spawn(netns ? 'ip' : command, argv, {
       cwd: this.spec.cwd,
       env: { ...process.env, ...this.spec.env },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['pipe', 'pipe', 'pipe'],
       detached: true,
     });
     this.child = child;
@@ -117,7 +117,12 @@ export class ManagedProcess {
           pending = pending.slice(newline + 1);
         }
       });
+      stream.on('end', () => {
+        if (pending !== '') this.addLine(pending);
+        pending = '';
+      });
     };
+    child.stdin!.on('error', () => undefined); // EPIPE when it dies first: the exit record tells.
     onData(child.stdout!);
     onData(child.stderr!);
     child.on('error', (error) => this.addLine(`[harness] spawn error: ${error.message}`));
@@ -159,6 +164,11 @@ export class ManagedProcess {
       const m = line.match(re);
       if (m) return Promise.resolve(m);
     }
+    return this.waitForNextLine(re, timeoutMs);
+  }
+
+  /** Resolves with the first line printed from now on matching `re` (for command answers). */
+  waitForNextLine(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
     return new Promise((resolve, reject) => {
       const waiter = {
         re,
@@ -180,6 +190,14 @@ export class ManagedProcess {
     });
   }
 
+  /** Writes one line to the process's stdin (its command channel); false if it is not running. */
+  send(line: string): boolean {
+    const stdin = this.child?.stdin;
+    if (!stdin || stdin.destroyed) return false;
+    stdin.write(line + '\n');
+    return true;
+  }
+
   /** Sends `signal` to the whole process group now (no waiting); safe if already gone. */
   killGroupNow(signal: NodeJS.Signals): void {
     const pid = this.child?.pid;
@@ -190,6 +208,11 @@ export class ManagedProcess {
     } catch {
       // Already gone: the exit event will (or did) record it.
     }
+  }
+
+  /** Marks the coming exit of this incarnation as asked for (e.g. after a `stop` command). */
+  expectExit(): void {
+    this.killRequested = true;
   }
 
   /** SIGKILL (or another terminating signal) and wait until the exit is recorded. */
