@@ -1,5 +1,6 @@
 /**
- * `npm run chaos -- --minutes N [--seed S] [--scenario NAME] [--fault-seconds F] [--verbose]`
+ * `npm run chaos -- --minutes N [--seed S] [--runs K] [--scenario NAME] [--fault-seconds F]
+ *                  [--network auto|netns|loopback] [--verbose]`
  *
  * Runs the fault scenarios back to back for N minutes (fractions allowed), one JSON line per run,
  * and ends with `chaos: N runs passed, N failed` naming the seeds that failed. A failed seed
@@ -16,6 +17,7 @@ export interface ChaosOptions {
   runs: number;
   scenario?: string;
   faultMs: number;
+  network: 'auto' | 'netns' | 'loopback';
   verbose: boolean;
 }
 
@@ -29,7 +31,7 @@ export async function runChaos(options: ChaosOptions, print: (line: string) => v
   for (let i = 0; i < options.runs && (i === 0 || Date.now() < deadline); i++) {
     const scenario = chosen[i % chosen.length]!;
     const log = options.verbose ? (line: string) => print(`  [${scenario.name} ${options.seed + i}] ${line}`) : () => undefined;
-    const report = await scenario.run(options.seed + i, { faultMs: options.faultMs, log });
+    const report = await scenario.run(options.seed + i, { faultMs: options.faultMs, log, network: options.network });
     reports.push(report);
     print(JSON.stringify(report));
   }
@@ -39,6 +41,12 @@ export async function runChaos(options: ChaosOptions, print: (line: string) => v
       (failed.length ? ` (seeds: ${failed.map((r) => `${r.scenario}:${r.seed}`).join(', ')})` : ''),
   );
   return reports;
+}
+
+function network(text: string | undefined): ChaosOptions['network'] {
+  if (text === undefined) return 'auto';
+  if (text === 'auto' || text === 'netns' || text === 'loopback') return text;
+  throw new Error(`--network must be auto, netns or loopback, got ${text}`);
 }
 
 function parse(argv: string[]): ChaosOptions {
@@ -60,6 +68,7 @@ function parse(argv: string[]): ChaosOptions {
     runs: runs === undefined ? Number.MAX_SAFE_INTEGER : number('runs', 1),
     scenario: value('scenario'),
     faultMs: number('fault-seconds', 6) * 1000,
+    network: network(value('network')),
     verbose: argv.includes('--verbose'),
   };
 }

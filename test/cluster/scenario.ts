@@ -22,6 +22,8 @@ export interface ScenarioOptions {
   /** How long the fault phase lasts; healing and checks come after. */
   faultMs: number;
   log: (line: string) => void;
+  /** Where nodes run: 'auto' (namespaces when available), or forced. Default 'auto'. */
+  network?: 'auto' | 'netns' | 'loopback';
   /** Extra environment for every node process (used by the harness's own mutation tests). */
   nodeEnv?: Record<string, string>;
 }

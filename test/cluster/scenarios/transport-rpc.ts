@@ -43,10 +43,10 @@ async function ask(p: ManagedProcess, command: 'report' | 'stop', timeoutMs = 10
 
 export const transportRpc: Scenario = {
   name: 'transport-rpc',
-  async run(seed, { faultMs, log, nodeEnv }) {
+  async run(seed, { faultMs, log, nodeEnv, network = 'auto' }) {
     const started = Date.now();
     const random = new SeededRandom(seed);
-    const useNetns = NetLab.available().ok;
+    const useNetns = network === 'netns' || (network === 'auto' && NetLab.available().ok);
     const lab = useNetns ? NetLab.create({ count: nodeCount }) : null;
     const basePort = 20_000 + random.int(40_000);
     const address = (i: number): { host: string; port: number } =>
