@@ -35,7 +35,8 @@ const peers = arg('peers')
   });
 const incarnation = randomBytes(6).toString('hex');
 const concurrency = 4;
-const callTimeoutMs = 400;
+// Calls outlive a quick restart (kill + 300 ms), so retransmissions reach the new incarnation.
+const callTimeoutMs = 1500;
 
 const endpoint = await Endpoint.create({
   host: arg('host'),
@@ -60,22 +61,29 @@ endpoint.handle(1, (request) => {
 const acked: [string, number, string][] = [];
 const failures: Record<string, number> = {};
 const okSinceCalm = new Map<number, number>();
-const sessions = new Map<number, Promise<NativeSession>>();
+/**
+ * Two sessions per peer (lanes alternate), so that after a peer restarts, one session can still
+ * be retransmitting to the old incarnation while the other reconnects to the new one: stale
+ * packets must never be taken for the new session's.
+ */
+const sessionsPerPeer = 2;
+const sessions = new Map<string, Promise<NativeSession>>();
 let seq = 0;
 let running = true;
 
-function session(peer: { id: number; address: string }): Promise<NativeSession> {
-  let s = sessions.get(peer.id);
+function session(peer: { id: number; address: string }, lane: number): [string, Promise<NativeSession>] {
+  const name = `${peer.id}/${lane % sessionsPerPeer}`;
+  let s = sessions.get(name);
   if (!s) {
     s = endpoint.connect(peer.address);
-    sessions.set(peer.id, s);
+    sessions.set(name, s);
   }
-  return s;
+  return [name, s];
 }
 
-async function dropSession(peerId: number, s: Promise<NativeSession>): Promise<void> {
-  if (sessions.get(peerId) !== s) return;
-  sessions.delete(peerId);
+async function dropSession(name: string, s: Promise<NativeSession>): Promise<void> {
+  if (sessions.get(name) !== s) return;
+  sessions.delete(name);
   try {
     await (await s).close();
   } catch {
@@ -95,7 +103,7 @@ async function caller(lane: number): Promise<void> {
   while (running && peers.length > 0) {
     const peer = peers[turn++ % peers.length]!;
     const key = `${id}:${incarnation}:${seq++}`;
-    const s = session(peer);
+    const [name, s] = session(peer, lane);
     try {
       phase(lane, `connect to ${peer.id}`);
       const connected = await s;
@@ -107,7 +115,7 @@ async function caller(lane: number): Promise<void> {
       const code = (error as { code?: string }).code ?? (error as Error).name;
       failures[code] = (failures[code] ?? 0) + 1;
       phase(lane, `close session to ${peer.id}`);
-      await dropSession(peer.id, s);
+      await dropSession(name, s);
       phase(lane, 'back-off');
       await new Promise((r) => setTimeout(r, 20));
     }
