@@ -73,6 +73,15 @@ export class ShardSessionExpiredError extends SquallError {
   }
 }
 
+interface ClientSession {
+  id: number;
+  seq: number;
+  /** Calls in flight, by seq. */
+  open: Set<number>;
+  /** No seq below this is in flight (advanced lazily). */
+  lowestOpen: number;
+}
+
 type Forward =
   | { k: 'register' }
   | { k: 'call'; client: number; seq: number; ackedBelow: number; payload: Uint8Array };
@@ -92,7 +101,7 @@ export class RaftShardDriver {
   /** Calls proposed at this member (as leader), waiting for their apply outcome. */
   private readonly waiters = new Map<string, ((a: ForwardAnswer) => void)[]>();
   private readonly sessions = new Map<number, Promise<TransportSession>>();
-  private client: { id: number; seq: number; open: Set<number> } | undefined;
+  private client: ClientSession | undefined;
   private registering: Promise<void> | undefined;
   /** Highest log index whose entry the machine has observed for stamping. */
   private observedIndex = 0;
@@ -157,7 +166,9 @@ export class RaftShardDriver {
     const seq = ++client.seq;
     client.open.add(seq);
     try {
-      const call: Forward = { k: 'call', client: client.id, seq, ackedBelow: Math.min(...client.open), payload };
+      // Every seq below the lowest still open has its outcome here: the shard may forget them.
+      while (client.lowestOpen < seq && !client.open.has(client.lowestOpen)) client.lowestOpen++;
+      const call: Forward = { k: 'call', client: client.id, seq, ackedBelow: client.lowestOpen, payload };
       const answer = await this.submit(call, deadline, `ordered call ${client.id}:${seq}`);
       if (answer.s === 'expired') {
         this.counters.expired++;
@@ -198,11 +209,11 @@ export class RaftShardDriver {
     if (this.closed) throw new RaftProposalError('not-leader', 0, 'the raft shard driver is closed');
   }
 
-  private async session(deadline: number): Promise<{ id: number; seq: number; open: Set<number> }> {
+  private async session(deadline: number): Promise<ClientSession> {
     while (this.client === undefined) {
       this.registering ??= this.submit({ k: 'register' }, deadline, 'session registration').then((answer) => {
         if (answer.s !== 'registered') throw new Error(`unexpected answer ${answer.s} to a registration`);
-        this.client = { id: answer.client, seq: 0, open: new Set() };
+        this.client = { id: answer.client, seq: 0, open: new Set(), lowestOpen: 1 };
       }).finally(() => {
         this.registering = undefined;
       });
