@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,10 @@ struct Driver {
   uv_poll_t poll{};
   uv_timer_t timer{};
   int open_handles = 0;
+  // Registered while the handles are open. Node waits for it at environment teardown (a worker
+  // ending, or the process exiting) until the handles have closed: their close callbacks live in
+  // this addon, which is unloaded right after, so closing must finish first.
+  napi_async_cleanup_hook_handle cleanup = nullptr;
   uint64_t timer_armed_us = UINT64_MAX;
   std::vector<Event> events;
 };
@@ -108,6 +113,11 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     c.connect_timeout_us = ms("connectTimeoutMs", c.connect_timeout_us);
     c.connect_retry_us = ms("connectRetryMs", c.connect_retry_us);
     c.seed = static_cast<uint64_t>(number("seed", 1));
+    // A fresh incarnation per endpoint: a process restarted at the same address must not reuse
+    // the handshake tokens and session numbers of its previous life (see EndpointConfig).
+    std::random_device entropy;
+    c.incarnation = (static_cast<uint64_t>(entropy()) << 32) ^ entropy();
+    if (c.incarnation == 0) c.incarnation = 1;
     const std::string problem = ValidateConfig(c);
     if (!problem.empty()) {
       Napi::RangeError::New(env, "invalid transport limits: " + problem)
@@ -148,14 +158,17 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     env_ = env;
     // While open, the JS object must not be collected: libuv callbacks point at it.
     Ref();
-    napi_add_env_cleanup_hook(env, &NativeEndpoint::OnEnvCleanup, this);
+    napi_add_async_cleanup_hook(env, &NativeEndpoint::OnEnvTeardown, driver_, &driver_->cleanup);
   }
 
   ~NativeEndpoint() override { Shutdown(false); }
 
  private:
-  static void OnEnvCleanup(void* self) {
-    static_cast<NativeEndpoint*>(self)->Shutdown(false);
+  // Environment teardown with the endpoint still open: close it; the last handle's close
+  // callback then tells Node that teardown may go on.
+  static void OnEnvTeardown(napi_async_cleanup_hook_handle /*handle*/, void* arg) {
+    Driver* d = static_cast<Driver*>(arg);
+    if (d->owner != nullptr) d->owner->Shutdown(false);
   }
 
   // Stops the endpoint: fails pending work locally, optionally tells peers, closes handles.
@@ -170,12 +183,13 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     uv_timer_stop(&d->timer);
     uv_close(reinterpret_cast<uv_handle_t*>(&d->poll), &NativeEndpoint::OnHandleClosed);
     uv_close(reinterpret_cast<uv_handle_t*>(&d->timer), &NativeEndpoint::OnHandleClosed);
-    napi_remove_env_cleanup_hook(env_, &NativeEndpoint::OnEnvCleanup, this);
   }
 
   static void OnHandleClosed(uv_handle_t* handle) {
     Driver* d = static_cast<Driver*>(handle->data);
-    if (--d->open_handles == 0) delete d;
+    if (--d->open_handles != 0) return;
+    if (d->cleanup != nullptr) napi_remove_async_cleanup_hook(d->cleanup);
+    delete d;
   }
 
   static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {

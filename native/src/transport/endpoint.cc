@@ -134,9 +134,20 @@ struct Endpoint::Session {
 };
 
 Endpoint::Endpoint(const EndpointConfig& config, PacketIo* io)
-    : config_(config), io_(io), handled_types_(256, false), rng_state_(config.seed) {
+    : config_(config), io_(io), handled_types_(256, false), rng_state_(config.seed),
+      token_state_(config.incarnation) {
   const std::string problem = ValidateConfig(config);
   if (!problem.empty()) throw std::invalid_argument("EndpointConfig: " + problem);
+  // Incarnation 0 (tests) keeps the seed-only sequences: numbers from 1, tokens from the seed.
+  if (config.incarnation != 0) {
+    uint64_t state = config.incarnation ^ 0x5bd1e9955bd1e995ull;
+    const uint32_t first = static_cast<uint32_t>(SplitMix(&state));
+    next_session_number_ = (first == 0 || first == kNoSession) ? 1 : first;
+  }
+}
+
+uint64_t Endpoint::NewToken() {
+  return config_.incarnation == 0 ? SplitMix(&rng_state_) : SplitMix(&token_state_);
 }
 
 Endpoint::~Endpoint() = default;
@@ -300,7 +311,7 @@ uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
   s->is_client = true;
   s->state = Session::State::kConnecting;
   s->peer = peer;
-  s->token = SplitMix(&rng_state_);
+  s->token = NewToken();
   s->packet_bytes = std::min(config_.packet_bytes_max, PathPacketBytes(peer));
   s->started_us = now_us;
   s->client_slots.resize(config_.slots_per_session);

@@ -46,7 +46,12 @@ struct EndpointConfig {
   uint64_t peer_failure_timeout_us = 2'000'000;
   uint64_t connect_timeout_us = 2'000'000;
   uint64_t connect_retry_us = 50'000;
-  uint64_t seed = 1;  // fault-injection PRNG and handshake tokens
+  uint64_t seed = 1;  // fault-injection PRNG
+  // A value no earlier incarnation of this endpoint at this address used (the binding draws it
+  // from the OS at creation). Handshake tokens and session numbers derive from it, so a process
+  // restarted at the same address never presents the token or session number of a session the
+  // peer still holds from before the restart (which would hand it that session's cached answers).
+  uint64_t incarnation = 0;
 };
 
 // Checks limits; returns an empty string if the config is usable, else what is wrong.
@@ -210,6 +215,7 @@ class Endpoint {
   Session* Find(uint32_t session_number);
   const Session* Find(uint32_t session_number) const;
   uint32_t NewSessionNumber();
+  uint64_t NewToken();
   void Bury(Session* session, uint64_t now_us);
   void Drop(DropReason reason) { ++stats_.drops[static_cast<size_t>(reason)]; }
   void Emit(Event event) { events_.push_back(std::move(event)); }
@@ -275,6 +281,7 @@ class Endpoint {
   std::vector<PeerAddress> failed_peers_;
   uint32_t next_session_number_ = 1;
   uint64_t rng_state_;
+  uint64_t token_state_;  // handshake tokens when config_.incarnation != 0
   double drop_probability_ = 0;
   uint64_t drop_next_count_ = 0;
   bool shut_down_ = false;
