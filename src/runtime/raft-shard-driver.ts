@@ -27,7 +27,7 @@ import type { TransportSession } from '../transport/transport.js';
 import { RaftDriver, type RaftDriverOptions, type StateMachine } from './raft-driver.js';
 
 /** The request type a raft shard registers for calls forwarded to its leader. */
-export const SHARD_FORWARD_TYPE = 41;
+export const SHARD_FORWARD_TYPE = 44;
 
 /** The application behind a raft shard: deterministic, so every member computes the same. */
 export interface ShardApplication {
