@@ -2,7 +2,8 @@
  * RaftDriver: runs one RaftCore over a Transport, a RaftStorage and real timers. It is the only
  * Raft code with I/O. Its loop does the duties of src/raft/README.md in order, for each Ready:
  *
- *   1. persist hard state, snapshot and entries, and await the flush (durable);
+ *   1. persist hard state, snapshot and entries, and await the flush (durable); a Ready whose
+ *      only change is the commit index is left buffered for the next flush or tick;
  *   2. only then send the Ready's messages (one transport call per peer, all messages batched);
  *   3. restore a received snapshot, then apply committed entries, in order;
  *   4. advance() the core.
@@ -70,6 +71,8 @@ export class RaftDriver {
   private readIdNext = randomInt(2 ** 47);
   private running = false;
   private scheduled = false;
+  /** A commit-index-only write is buffered in storage and not yet flushed. */
+  private lazyFlushPending = false;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   private failure: Error | undefined;
@@ -184,6 +187,11 @@ export class RaftDriver {
 
   private onTick(): void {
     if (this.closed) return;
+    if (this.lazyFlushPending) {
+      this.lazyFlushPending = false;
+      this.counters.flushes++;
+      this.options.storage.flush().catch((e: unknown) => this.fail(e));
+    }
     this.core.tick();
     this.schedule();
   }
@@ -209,12 +217,15 @@ export class RaftDriver {
           // Duty 1, persist before send (Raft §5.1 / thesis §3.8): a vote, a term or an
           // acknowledged entry must be durable before any message that reveals it leaves.
           bufferReady(this.options.storage, rd);
-          this.counters.flushes++;
           if (rd.mustSync) {
+            this.counters.flushes++;
+            this.lazyFlushPending = false; // this flush carries any buffered commit index too
             await this.options.storage.flush();
           } else {
-            // Only the commit index changed: write it in the background (README, duty 2).
-            this.options.storage.flush().catch((e: unknown) => this.fail(e));
+            // Only the commit index changed: leave it buffered. The next flush that must
+            // happen (the next entries) carries it, or the next tick writes it (README, duty 2).
+            // One commit then costs one LMDB transaction per node, not two.
+            this.lazyFlushPending = true;
           }
         }
         this.send(rd.messages); // duty 2

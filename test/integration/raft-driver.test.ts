@@ -169,3 +169,30 @@ test('a node added later as a learner is caught up by snapshot through the drive
   t.deepEqual(sms.get(4)!.items, sms.get(1)!.items);
   for (const d of ds.values()) await d.close();
 });
+
+test('a commit-index-only change costs no flush of its own: it rides on the next one, or the next tick', async (t) => {
+  const net = new MemoryNetwork();
+  const storages = new Map(ids.map((id) => [id, new MemoryStorage()]));
+  const ds = new Map<number, RaftDriver>();
+  for (const id of ids) ds.set(id, await startNode(net, id, storages.get(id)!, new Log()));
+  await until('a leader', () => leaderOf(ds) !== undefined);
+  await proposeSomewhere(ds, 'warm');
+  const leader = leaderOf(ds)!;
+  const storage = storages.get(leader.core.id)!;
+  const before = storage.stats.flushes;
+  const proposals = 50;
+  for (let i = 0; i < proposals; i++) await leader.propose(text(`c${i}`));
+  // One flush per proposal (its entry), not two (entry, then the new commit index); ticks may
+  // add a few lazy ones while this runs.
+  const flushes = storage.stats.flushes - before;
+  t.true(flushes < proposals * 1.5, `${flushes} flushes for ${proposals} proposals`);
+  // The last commit index is still written within a tick or two, without any new proposal.
+  const last = leader.core.log.lastIndex();
+  let onDisk = -1;
+  for (let i = 0; i < 200 && onDisk !== last; i++) {
+    await new Promise((r) => setTimeout(r, 5));
+    onDisk = (await storage.loadHardState())?.commit ?? -1;
+  }
+  t.is(onDisk, last, 'the commit index reached storage without a further proposal');
+  for (const d of ds.values()) await d.close();
+});
