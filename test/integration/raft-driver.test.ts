@@ -196,3 +196,50 @@ test('a commit-index-only change costs no flush of its own: it rides on the next
   t.is(onDisk, last, 'the commit index reached storage without a further proposal');
   for (const d of ds.values()) await d.close();
 });
+
+/** MemoryStorage whose flush takes a few ms and which records how far its log is durable. */
+class SlowStorage extends MemoryStorage {
+  durableLast = 0;
+  private pendingLast = 0;
+  override append(entries: readonly Entry[]): void {
+    super.append(entries);
+    if (entries.length) this.pendingLast = entries[entries.length - 1]!.index;
+  }
+  override async flush(): Promise<void> {
+    const last = this.pendingLast;
+    await new Promise((r) => setTimeout(r, 3));
+    await super.flush();
+    this.durableLast = Math.max(this.durableLast, last);
+  }
+}
+
+test('committed entries are applied early only if already durable here (a lagging follower waits)', async (t) => {
+  // A follower cut off while entries commit receives them later together with their commit
+  // index: it must not apply them before its own copy is durable. The leader applies committed
+  // entries while its next batch is still being written.
+  const net = new MemoryNetwork();
+  const storages = new Map(ids.map((id) => [id, new SlowStorage()]));
+  const violations: string[] = [];
+  const machines = new Map(ids.map((id) => {
+    const sm = new Log();
+    const apply = sm.apply.bind(sm);
+    sm.apply = (e: Entry) => {
+      const durable = storages.get(id)!.durableLast;
+      if (e.index > durable) violations.push(`node ${id} applied ${e.index} with ${durable} durable`);
+      apply(e);
+    };
+    return [id, sm];
+  }));
+  const ds = new Map<number, RaftDriver>();
+  for (const id of ids) ds.set(id, await startNode(net, id, storages.get(id)!, machines.get(id)!));
+  await until('a leader', () => leaderOf(ds) !== undefined);
+  const leader = leaderOf(ds)!;
+  const lagging = ids.find((id) => id !== leader.core.id)!;
+  for (const id of ids) if (id !== lagging) net.cut(`mem:${id}`, `mem:${lagging}`);
+  await Promise.all(Array.from({ length: 30 }, (_, i) => leader.propose(text(`p${i}`))));
+  net.heal();
+  await until('the lagging follower caught up', () => machines.get(lagging)!.items.length === 30);
+  t.deepEqual(violations, []);
+  t.deepEqual(machines.get(lagging)!.items, machines.get(leader.core.id)!.items);
+  for (const d of ds.values()) await d.close();
+});
