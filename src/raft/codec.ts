@@ -40,6 +40,7 @@ const ENTRY_HEADER_BYTES = 2 * F64 + 1 + 4;
 type Append = Extract<Message, { type: 'append' }>;
 
 function encodedBytes(m: Message, other: Map<Message, Uint8Array>): number {
+  // (`other` collects the msgpack bytes of the rare kinds, so they are packed once.)
   switch (m.type) {
     case 'append': {
       let bytes = 1 + 6 * F64 + 4;
@@ -64,8 +65,9 @@ export function encodeMessages(messages: readonly Message[]): Uint8Array {
   const other = new Map<Message, Uint8Array>();
   let bytes = 5;
   for (const m of messages) bytes += encodedBytes(m, other);
-  const out = new Uint8Array(bytes);
-  const view = new DataView(out.buffer);
+  // Pooled and not zero-filled: every byte is written below. The transport copies it at call().
+  const out = Buffer.allocUnsafe(bytes);
+  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
   out[0] = VERSION;
   view.setUint32(1, messages.length);
   let at = 5;
