@@ -63,6 +63,8 @@ interface PendingProposal {
 export class RaftDriver {
   readonly core: RaftCore;
   private readonly sessions = new Map<number, Promise<TransportSession>>();
+  /** The sessions of `sessions` that are connected, to call without a promise hop. */
+  private readonly connected = new Map<number, TransportSession>();
   private readonly proposals = new Map<number, PendingProposal>();
   private readonly reads = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly readsAwaitingApply: Array<{ index: number; resolve: () => void }> = [];
@@ -216,6 +218,9 @@ export class RaftDriver {
         const rd = this.core.ready();
         this.counters.readies++;
         this.send(rd.messagesNow); // a leader's appends go out while it writes its own log
+        // Let the transport's flush (a microtask queued by the calls above) put them on the wire
+        // before a synchronous commit below holds the thread.
+        if (rd.messagesNow.length > 0 && readyNeedsPersist(rd)) await undefined;
         // Committed entries already durable here need not wait for this Ready's new entries to
         // be written: apply them now, so a commit costs no extra flush (see applyFrom).
         const early = this.appliableBeforePersist(rd);
@@ -270,16 +275,29 @@ export class RaftDriver {
       if (session === undefined) continue;
       const bytes = encodeMessages(list);
       this.counters.sends++;
-      session
-        // A deadline so a lost message's call does not stay pending forever (Raft resends).
-        .then((s) => s.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS }))
-        .catch((e: unknown) => {
-          this.counters.sendErrors++;
-          if (e instanceof TimeoutError) return; // lost: Raft resends what matters
-          // The session is broken: drop it and reconnect on the next send.
-          if (this.sessions.get(to) === session) this.sessions.delete(to);
-          session.then((x) => x.close(), () => undefined);
-        });
+      const failed = (e: unknown): void => {
+        this.counters.sendErrors++;
+        if (e instanceof TimeoutError) return; // lost: Raft resends what matters
+        // The session is broken: drop it and reconnect on the next send.
+        if (this.sessions.get(to) === session) {
+          this.sessions.delete(to);
+          this.connected.delete(to);
+        }
+        session.then((x) => x.close(), () => undefined);
+      };
+      // A deadline so a lost message's call does not stay pending forever (Raft resends).
+      const open = this.connected.get(to);
+      if (open !== undefined) {
+        // Connected: call now, so the request is queued on the transport in this microtask
+        // (the loop yields once after sending messagesNow to let it leave before persisting).
+        try {
+          open.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS }).then(undefined, failed);
+        } catch (e) {
+          failed(e); // as the promise path would: a send error never stops the node
+        }
+      } else {
+        session.then((s) => s.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS })).then(undefined, failed);
+      }
     }
   }
 
@@ -288,9 +306,17 @@ export class RaftDriver {
     if (s === undefined) {
       const address = this.options.peers.get(to);
       if (address === undefined) return undefined;
-      s = this.options.transport.connect(address);
-      s.catch(() => this.sessions.delete(to));
-      this.sessions.set(to, s);
+      const promise = this.options.transport.connect(address);
+      s = promise;
+      promise.then(
+        (session) => {
+          if (this.sessions.get(to) === promise) this.connected.set(to, session);
+        },
+        () => {
+          if (this.sessions.get(to) === promise) this.sessions.delete(to);
+        },
+      );
+      this.sessions.set(to, promise);
     }
     return s;
   }
