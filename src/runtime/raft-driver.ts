@@ -222,7 +222,7 @@ export class RaftDriver {
         // before a synchronous commit below holds the thread.
         if (rd.messagesNow.length > 0 && readyNeedsPersist(rd)) await undefined;
         // Committed entries already durable here need not wait for this Ready's new entries to
-        // be written: apply them now, so a commit costs no extra flush (see applyFrom).
+        // be written: apply them now, so a commit costs no extra flush (appliableBeforePersist).
         const early = this.appliableBeforePersist(rd);
         if (early > 0) this.applyEntries(rd.committed, 0, early);
         if (readyNeedsPersist(rd)) {
