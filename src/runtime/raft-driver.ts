@@ -10,8 +10,9 @@
  *
  * While a flush is in flight, incoming messages, ticks and proposals keep stepping the core and
  * accumulate into the next Ready, so one fsync covers every proposal that arrived meanwhile.
- * Messages are one-way requests (type RAFT_REQUEST_TYPE) whose response is empty; Raft tolerates
- * their loss, duplication and reordering, so send errors are only counted.
+ * Messages travel as requests (type RAFT_REQUEST_TYPE); the response to a request carries what
+ * the receiver sends back to that peer next (an append's ack rides on the append's response), or
+ * nothing. Raft tolerates loss, duplication and reordering, so send errors are only counted.
  */
 import { randomInt } from 'node:crypto';
 import { TimeoutError } from '../core/errors.js';
@@ -20,7 +21,7 @@ import { RaftCore, type RaftConfig } from '../raft/raft-core.js';
 import { decodeMessages, encodeMessages } from '../raft/codec.js';
 import { RaftProposalError } from '../raft/errors.js';
 import { bufferReady, loadInitialState, readyNeedsPersist, type RaftStorage } from '../raft/storage.js';
-import type { ConfChange, Entry, Message, Ready, Snapshot, SoftState } from '../raft/types.js';
+import { NONE, type ConfChange, type Entry, type Message, type Ready, type Snapshot, type SoftState } from '../raft/types.js';
 import type { Transport, TransportAddress, TransportSession } from '../transport/transport.js';
 
 /** The request type Raft registers on the transport. */
@@ -65,6 +66,11 @@ export class RaftDriver {
   private readonly sessions = new Map<number, Promise<TransportSession>>();
   /** The sessions of `sessions` that are connected, to call without a promise hop. */
   private readonly connected = new Map<number, TransportSession>();
+  /** Per peer, the response to its latest request, still open (see receive). */
+  private readonly replies = new Map<number, (bytes: Uint8Array) => void>();
+  private readonly onReply = (response: Uint8Array): void => this.receiveReply(response);
+  /** The sender of the batch stepBatch() last stepped, or NONE. */
+  private batchFrom = NONE;
   private readonly proposals = new Map<number, PendingProposal>();
   private readonly reads = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly readsAwaitingApply: Array<{ index: number; resolve: () => void }> = [];
@@ -80,7 +86,7 @@ export class RaftDriver {
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   private failure: Error | undefined;
-  readonly counters = { readies: 0, flushes: 0, sends: 0, sendErrors: 0, decodeErrors: 0, applied: 0 };
+  readonly counters = { readies: 0, flushes: 0, sends: 0, replies: 0, sendErrors: 0, decodeErrors: 0, applied: 0 };
 
   private constructor(private readonly options: RaftDriverOptions, core: RaftCore) {
     this.core = core;
@@ -94,10 +100,7 @@ export class RaftDriver {
     const driver = new RaftDriver(options, core);
     driver.durableIndex = core.log.lastIndex(); // loaded from storage: durable
     if (state.snapshot) options.stateMachine.restore(state.snapshot);
-    options.transport.handle(RAFT_REQUEST_TYPE, (request) => {
-      driver.receive(request);
-      return EMPTY;
-    });
+    options.transport.handle(RAFT_REQUEST_TYPE, (request) => driver.receive(request));
     driver.timer = setInterval(() => driver.onTick(), options.tickMs ?? 10);
     driver.schedule();
     return driver;
@@ -155,6 +158,7 @@ export class RaftDriver {
     this.proposals.clear();
     this.reads.clear();
     for (const s of this.sessions.values()) s.then((x) => x.close(), () => undefined);
+    this.closeReplies();
     while (this.running) await new Promise((r) => setTimeout(r, 1));
   }
 
@@ -177,17 +181,54 @@ export class RaftDriver {
     if (this.closed) throw new RaftProposalError('not-leader', 0, 'the raft driver is closed');
   }
 
-  private receive(request: Uint8Array): void {
-    if (this.closed) return;
+  /**
+   * A request from a peer. Its response carries what this node sends to that peer next (usually
+   * the ack of what the request carried, after it is durable), so an append and its ack cost one
+   * transport round trip instead of two calls, each with an empty response. Raft tolerates a
+   * lost or empty response: the leader resends.
+   */
+  private receive(request: Uint8Array): Uint8Array | Promise<Uint8Array> {
+    if (this.closed || !this.stepBatch(request)) return EMPTY;
+    const from = this.batchFrom;
+    if (from === NONE) return EMPTY;
+    this.replies.get(from)?.(EMPTY); // an older request's answer rides on this one
+    return new Promise<Uint8Array>((resolve) => this.replies.set(from, resolve));
+  }
+
+  /** A response to one of our calls: the messages the peer had for us (see receive). */
+  private receiveReply(response: Uint8Array): void {
+    if (this.closed || response.byteLength === 0) return;
+    this.stepBatch(response);
+  }
+
+  /**
+   * Decodes and steps a batch; false if malformed (counted). Sets batchFrom to the sender if
+   * every message came from one node addressed to this one, else NONE (no reply slot then).
+   */
+  private stepBatch(bytes: Uint8Array): boolean {
     let messages: Message[];
     try {
-      messages = decodeMessages(request);
+      messages = decodeMessages(bytes);
     } catch {
       this.counters.decodeErrors++;
-      return;
+      return false;
     }
-    for (const m of messages) this.core.step(m);
+    let from = messages.length > 0 ? messages[0]!.from : NONE;
+    for (const m of messages) {
+      if (m.from !== from || m.to !== this.core.id) from = NONE;
+      this.core.step(m);
+    }
+    this.batchFrom = from;
     this.schedule();
+    return true;
+  }
+
+  /** Answers every open request with nothing (the loop went idle, or the driver closed). */
+  private closeReplies(): void {
+    if (this.replies.size === 0) return;
+    const open = [...this.replies.values()];
+    this.replies.clear();
+    for (const resolve of open) resolve(EMPTY);
   }
 
   private onTick(): void {
@@ -253,6 +294,7 @@ export class RaftDriver {
       this.running = false;
     }
     if (!this.closed && this.core.hasReady()) this.schedule();
+    else this.closeReplies(); // nothing more will be sent to them in answer
   }
 
   /** A failed flush leaves the disk state unknown: stop this node rather than diverge. */
@@ -274,6 +316,14 @@ export class RaftDriver {
       const session = this.session(to);
       if (session === undefined) continue;
       const bytes = encodeMessages(list);
+      const reply = this.replies.get(to);
+      if (reply !== undefined) {
+        // The peer is waiting for the response to its request: answer with these.
+        this.replies.delete(to);
+        this.counters.replies++;
+        reply(bytes);
+        continue;
+      }
       this.counters.sends++;
       const failed = (e: unknown): void => {
         this.counters.sendErrors++;
@@ -291,12 +341,12 @@ export class RaftDriver {
         // Connected: call now, so the request is queued on the transport in this microtask
         // (the loop yields once after sending messagesNow to let it leave before persisting).
         try {
-          open.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS }).then(undefined, failed);
+          open.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS }).then(this.onReply, failed);
         } catch (e) {
           failed(e); // as the promise path would: a send error never stops the node
         }
       } else {
-        session.then((s) => s.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS })).then(undefined, failed);
+        session.then((s) => s.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS })).then(this.onReply, failed);
       }
     }
   }

@@ -10,7 +10,8 @@ import { SeededRandom } from '../../src/core/random.js';
 import { LmdbStorage } from '../../src/raft/lmdb-storage.js';
 import { MemoryStorage, type RaftStorage } from '../../src/raft/storage.js';
 import type { Entry, Snapshot } from '../../src/raft/types.js';
-import { RaftDriver, type StateMachine } from '../../src/runtime/raft-driver.js';
+import { encodeMessages } from '../../src/raft/codec.js';
+import { RAFT_REQUEST_TYPE, RaftDriver, type StateMachine } from '../../src/runtime/raft-driver.js';
 import { MemoryNetwork } from '../../src/transport/memory-transport.js';
 
 class Log implements StateMachine {
@@ -241,5 +242,34 @@ test('committed entries are applied early only if already durable here (a laggin
   await until('the lagging follower caught up', () => machines.get(lagging)!.items.length === 30);
   t.deepEqual(violations, []);
   t.deepEqual(machines.get(lagging)!.items, machines.get(leader.core.id)!.items);
+  for (const d of ds.values()) await d.close();
+});
+
+test('acks ride on the responses to the appends; a request with nothing to answer gets an empty response', async (t) => {
+  const net = new MemoryNetwork();
+  const ds = new Map<number, RaftDriver>();
+  for (const id of ids) ds.set(id, await startNode(net, id, new MemoryStorage(), new Log()));
+  await until('a leader', () => leaderOf(ds) !== undefined);
+  await proposeSomewhere(ds, 'warm');
+  const leader = leaderOf(ds)!;
+  const followers = [...ds.values()].filter((d) => d !== leader);
+  const before = followers.map((d) => ({ ...d.counters }));
+  for (let i = 0; i < 40; i++) await leader.propose(text(`r${i}`));
+  followers.forEach((d, i) => {
+    const replies = d.counters.replies - before[i]!.replies;
+    const sends = d.counters.sends - before[i]!.sends;
+    // Every append was acknowledged in its response; a follower starts no calls of its own.
+    t.true(replies >= 40, `follower ${d.core.id}: ${replies} replies`);
+    t.is(sends, 0, `follower ${d.core.id} made ${sends} calls`);
+  });
+  t.is(leader.counters.sendErrors, 0, 'no call of the leader went unanswered');
+  // A message that needs no answer (a stale-term heartbeat response) is answered at once, empty.
+  const follower = followers[0]!;
+  const stranger = net.endpoint(99);
+  const session = await stranger.connect(`mem:${follower.core.id}`);
+  // (From a node no one else talks to, so only the idle loop can answer it, not later traffic.)
+  const stale = encodeMessages([{ type: 'heartbeatResp', from: 99, to: follower.core.id, term: 0, ctx: 0 }]);
+  const response = await session.call(RAFT_REQUEST_TYPE, stale, { timeoutMs: 1000 });
+  t.is(response.byteLength, 0);
   for (const d of ds.values()) await d.close();
 });
