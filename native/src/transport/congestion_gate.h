@@ -1,0 +1,119 @@
+#pragma once
+// The SendGate that runs Timely per client session with one timing wheel per endpoint
+// (native/src/cc/README.md, eRPC §3): the transport's congestion control.
+//
+// Per session: a Timely rate, a Pacer (next transmit time), the minimum RTT seen, and whether
+// the session waits in the wheel. MaySend:
+//   - bypass: while the session is uncongested (at its maximum rate) and not waiting, admit at
+//     once, with no pacing arithmetic (eRPC's kCcOptWheelBypass);
+//   - otherwise pace: admit if the session's next transmit time has come (advancing it by
+//     bytes / rate), else put the session in the wheel at that time and refuse. The core stops
+//     sending for the session; TakeDue() hands it back when its slot is reaped, and the core
+//     kicks it. The wheel holds one entry per waiting session (not per packet), so its pool is
+//     bounded by the sessions, and an idle or uncongested session costs the wheel nothing.
+// Rates move only on RTT samples (OnRttSample); an uncongested sample below t_low is counted
+// and skipped (Timely's own bypass).
+//
+// Thresholds: unless configured, each session derives them from its measured path RTT
+// (TimelyConfig::FromMeasuredRtt on the handshake round trip), and scales them down when a
+// later sample shows the path is faster (a handshake timed in a connect storm).
+//
+// Pure: no clock, no I/O; time is the core's microseconds.
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+#include "cc/timely.h"
+#include "cc/timing_wheel.h"
+#include "transport/endpoint.h"
+
+namespace squall::transport {
+
+struct CongestionConfig {
+  bool enabled = true;
+  // A session's ceiling and starting rate. Uncongested sessions run here and bypass pacing.
+  double rate_max_bytes_per_s = 5e9;
+  // 0: derived from the path (min(15 MB/s, max / 4)).
+  double rate_min_bytes_per_s = 0;
+  // 0: derived from the session's measured RTT (t_low = 4 x RTT, t_high = 40 x RTT). Set both
+  // to fix the thresholds (e.g. eRPC's 50 µs / 1 ms).
+  uint64_t t_low_us = 0;
+  uint64_t t_high_us = 0;
+  // RTT assumed when a session's handshake could not be timed (it was retried).
+  uint64_t default_rtt_us = 100;
+  // After a late wakeup a paced session may catch up on this much of its schedule at once: the
+  // event loop's timers tick in milliseconds (libuv), so strict spacing would cap a paced
+  // session at one packet per tick.
+  uint64_t burst_us = 1'000;
+  // Wheel: slot width and count (horizon = width x count must cover credits x packet bytes /
+  // rate_min; later entries are clamped to the horizon and simply re-checked when released).
+  uint64_t wheel_slot_us = 2;
+  uint32_t wheel_slots = 8192;
+};
+
+// Empty if usable, else what is wrong (names the config key's meaning).
+std::string ValidateCongestionConfig(const CongestionConfig& config);
+
+struct CongestionStats {
+  uint64_t bypassed_sends = 0;   // admitted on the uncongested fast path
+  uint64_t paced_sends = 0;      // admitted by the pacer
+  uint64_t deferrals = 0;        // refused: the session went into the wheel
+  uint64_t wheel_inserts = 0;
+  uint64_t wheel_full = 0;       // wheel pool exhausted: admitted instead (fail open)
+  uint64_t rate_updates = 0;     // samples that ran the Timely computation
+  uint64_t bypassed_samples = 0; // uncongested samples below t_low (skipped)
+  uint64_t rebases = 0;          // thresholds scaled down to a faster measured path
+  uint64_t congested_sessions = 0;  // sessions currently below their maximum rate
+};
+
+struct SessionCongestion {
+  double rate_bytes_per_s = 0;
+  uint64_t last_rtt_us = 0;
+  uint64_t min_rtt_us = 0;
+  uint64_t t_low_us = 0;
+  uint64_t t_high_us = 0;
+  bool waiting = false;
+};
+
+class CongestionGate final : public SendGate {
+ public:
+  CongestionGate(const CongestionConfig& config, uint32_t sessions_max, uint64_t now_us);
+
+  bool MaySend(uint32_t session, size_t bytes, uint64_t now_us) override;
+  void OnConnected(uint32_t session, uint64_t rtt_us, uint64_t now_us) override;
+  void OnRttSample(uint32_t session, uint64_t rtt_us, uint64_t now_us) override;
+  void OnClosed(uint32_t session) override;
+  void TakeDue(uint64_t now_us, std::vector<uint32_t>* sessions) override;
+  uint64_t NextDueUs() const override;
+  size_t BytesPerSession() const override;
+
+  // False if the session is unknown (not a connected client session).
+  bool Session(uint32_t session, SessionCongestion* out) const;
+  const CongestionStats& stats() const { return stats_; }
+  const CongestionConfig& config() const { return config_; }
+  size_t waiting() const { return wheel_.size(); }
+
+ private:
+  struct State {
+    explicit State(const cc::TimelyConfig& c) : timely(c) {}
+    cc::Timely timely;
+    cc::Pacer pacer;
+    uint64_t min_rtt_ns = 0;
+    bool waiting = false;  // has an entry in the wheel
+    bool congested = false;  // counted in stats_.congested_sessions
+  };
+  cc::TimelyConfig TimelyFor(uint64_t rtt_us) const;
+  void Track(State* state);
+  // Releases due wheel entries into due_ (the wheel must be caught up before an insert, or a
+  // time beyond its stale horizon would be clamped short).
+  void Advance(uint64_t now_us);
+
+  CongestionConfig config_;
+  cc::TimingWheel wheel_;
+  std::unordered_map<uint32_t, State> sessions_;
+  std::vector<cc::WheelEntry> reaped_;
+  std::vector<uint32_t> due_;  // released, not yet handed out by TakeDue
+  CongestionStats stats_;
+};
+
+}  // namespace squall::transport
