@@ -308,3 +308,124 @@ TEST(transport_incast_16_to_1_congestion_control_keeps_the_buffer_from_overflowi
   CHECK(with.net.now * 10 <= without.net.now * 11);
   CHECK(with.clients[0].gate->stats().rate_updates > 100);
 }
+
+TEST(transport_8mib_transfers_under_injected_loss_keep_their_goodput) {
+  // One client, 8 MiB requests over the 1 GB/s bottleneck (16 KiB packets), each endpoint
+  // dropping its own sends at the given rate. Goodput in virtual time, against the lossless run.
+  auto goodput = [](double loss, uint64_t* retransmissions) {
+    Bottleneck::Config link;
+    link.buffer_bytes = 16u << 20;
+    EndpointConfig config = IncastConfig();
+    config.packet_bytes_max = 16384;  // 513 packets per transfer: enough for 1e-4 to bite
+    Incast run(1, config, true, link);
+    run.server.SetDropProbability(loss);
+    run.clients[0].endpoint->SetDropProbability(loss);
+    const uint64_t transfers = 60;
+    const bool done = run.Run(transfers, 8u << 20, 60'000'000);
+    CHECK(done);
+    CHECK_EQ(run.failures, 0u);
+    CHECK_EQ(run.handler_runs, transfers);  // exactly once, whatever was lost
+    *retransmissions = run.Retransmissions();
+    return done ? static_cast<double>(transfers * (8u << 20)) / static_cast<double>(run.net.now) : 0.0;
+  };
+  uint64_t rtx[4] = {};
+  const double lossless = goodput(0, &rtx[0]);
+  const double e5 = goodput(1e-5, &rtx[1]);
+  const double e4 = goodput(1e-4, &rtx[2]);
+  const double e3 = goodput(1e-3, &rtx[3]);
+  std::printf("  8 MiB goodput MB/s: %.0f, 1e-5 %.0f, 1e-4 %.0f, 1e-3 %.0f (rollbacks %llu %llu %llu %llu)\n",
+              lossless, e5, e4, e3, U(rtx[0]), U(rtx[1]), U(rtx[2]), U(rtx[3]));
+  CHECK_EQ(rtx[0], 0u);
+  CHECK(rtx[2] > 0 && rtx[3] > rtx[2]);  // the loss was real
+  CHECK(e5 >= 0.9 * lossless);
+  CHECK(e4 >= 0.7 * lossless);
+  CHECK(e3 > 0.3 * lossless);
+}
+
+TEST(transport_20000_sessions_on_one_endpoint_connect_call_and_disconnect) {
+  EndpointConfig config;
+  config.sessions_max = 20'000;
+  config.peer_failure_timeout_us = 600'000'000;
+  config.connect_timeout_us = 600'000'000;
+  MemoryWire wire(0.0, false, 3);
+  const PeerAddress client_address = Addr("127.0.0.1:1000");
+  const PeerAddress server_address = Addr("127.0.0.1:2000");
+  MemoryWire::Port client_port(&wire, client_address), server_port(&wire, server_address);
+  Endpoint client(config, &client_port), server(config, &server_port);
+  CongestionGate gate(CongestionConfig{}, config.sessions_max, 0);
+  client.SetSendGate(&gate);
+  wire.Attach(client_address, &client);
+  wire.Attach(server_address, &server);
+  server.SetHandled(3, true);
+  const uint32_t sessions = 20'000;
+  std::vector<uint32_t> numbers(sessions);
+  for (uint32_t i = 0; i < sessions; ++i) numbers[i] = client.Connect(server_address, 0);
+  uint64_t now = 0;
+  uint64_t connected = 0, responses = 0, disconnected = 0, server_closed = 0;
+  size_t heap_max = 0;
+  std::vector<Event> events;
+  auto pump = [&]() {
+    for (;;) {
+      const bool delivered = wire.DeliverOne(now);
+      now += 1;
+      events.clear();
+      server.TakeEvents(&events);
+      for (Event& e : events) {
+        if (e.kind == EventKind::kRequest) {
+          server.Respond({e.session, e.slot, e.id}, CallStatus::kOk, e.bytes, now);
+        } else if (e.kind == EventKind::kSession &&
+                   e.code == static_cast<uint8_t>(SessionEventKind::kDisconnected)) {
+          ++server_closed;
+        }
+      }
+      events.clear();
+      client.TakeEvents(&events);
+      for (Event& e : events) {
+        if (e.kind == EventKind::kResponse) {
+          if (e.code == 0 && e.bytes.size() == 32 && e.bytes[0] == static_cast<uint8_t>(e.id)) ++responses;
+        } else if (e.code == static_cast<uint8_t>(SessionEventKind::kConnected)) {
+          ++connected;
+        } else if (e.code == static_cast<uint8_t>(SessionEventKind::kDisconnected)) {
+          ++disconnected;
+        }
+      }
+      heap_max = std::max(heap_max, client.timer_entries());
+      if (!delivered && wire.in_flight() == 0) return;
+    }
+  };
+  pump();
+  CHECK_EQ(connected, sessions);
+  CHECK_EQ(server.stats().sessions_server, sessions);
+  // Two calls on every session.
+  for (uint64_t round = 0; round < 2; ++round) {
+    for (uint32_t i = 0; i < sessions; ++i) {
+      const uint64_t tag = round * sessions + i + 1;
+      std::vector<uint8_t> request(32, static_cast<uint8_t>(tag));
+      CHECK(client.Call(numbers[i], 3, tag, request, 0, now) == CallStatus::kOk);
+    }
+    pump();
+  }
+  CHECK_EQ(responses, 2u * sessions);
+  CHECK_EQ(server.stats().handlers_run, 2u * sessions);
+  CHECK_EQ(client.stats().retransmissions, 0u);
+  // Memory per session, reported and bounded (no per-session buffers beyond the slots).
+  const size_t client_bytes = client.BytesPerSession(), server_bytes = server.BytesPerSession();
+  std::printf("  bytes per session: client %zu, server %zu\n", client_bytes, server_bytes);
+  CHECK(client_bytes > 500 && client_bytes < 4096);
+  CHECK(server_bytes > 500 && server_bytes < 4096);
+  // One session timer and at most one retransmit timer per session (plus stale entries that
+  // compaction bounds): timers never need a walk over all sessions.
+  CHECK(heap_max <= 3u * sessions + 4096);
+  // Idle now: firing the due timers touches only sessions whose entries are due.
+  const uint64_t fires = client.stats().retransmit_timer_fires;
+  client.OnTimers(now + config.retransmit_timeout_us + 1);
+  CHECK(client.stats().retransmit_timer_fires - fires <= sessions);
+  CHECK_EQ(client.stats().retransmissions, 0u);
+  for (uint32_t i = 0; i < sessions; ++i) CHECK(client.Disconnect(numbers[i], now));
+  pump();
+  CHECK_EQ(disconnected, sessions);
+  CHECK_EQ(server_closed, sessions);
+  CHECK_EQ(client.stats().sessions_client, 0u);
+  CHECK_EQ(server.stats().sessions_server, 0u);
+  CHECK_EQ(client.BytesPerSession(), 0u);
+}
