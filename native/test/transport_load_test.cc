@@ -39,7 +39,7 @@ TEST(cc_gate_bypasses_uncongested_sessions_and_paces_congested_ones) {
   uint64_t now = 1000;
   for (int i = 0; i < 200; ++i, now += 100) gate.OnRttSample(1, 20'000, now);
   CHECK(gate.Session(1, &info));
-  CHECK(info.rate_bytes_per_s < 1e9 && info.rate_bytes_per_s >= 15e6);
+  CHECK(info.rate_bytes_per_s < 1e9 && info.rate_bytes_per_s >= config.rate_min_bytes_per_s);
   CHECK_EQ(gate.stats().congested_sessions, 1u);
   const double rate = info.rate_bytes_per_s;
   // Congested: packets are spaced by bytes / rate. 1 ms of schedule may be caught up at once
@@ -303,7 +303,7 @@ TEST(transport_incast_16_to_1_congestion_control_keeps_the_buffer_from_overflowi
   CHECK(without.net.late_drops > 1000);
   CHECK_EQ(with.net.late_drops, 0u);
   CHECK(with.net.overflow_drops * 4 < without.net.overflow_drops);
-  CHECK(queue_with * 4 < queue_without);
+  CHECK(queue_with * 2 < queue_without);  // Timely holds the RTT inside [t_low, t_high]
   // Goodput kept (the link stays busy): within 10% of the uncontrolled run's completion time.
   CHECK(with.net.now * 10 <= without.net.now * 11);
   CHECK(with.clients[0].gate->stats().rate_updates > 100);

@@ -17,7 +17,7 @@ std::string ValidateCongestionConfig(const CongestionConfig& c) {
     return "set both congestion thresholds (t_low and t_high) or neither";
   }
   if (c.t_low_us != 0 && c.t_high_us <= c.t_low_us) return "t_high must be above t_low";
-  if (c.default_rtt_us == 0) return "the default RTT must be positive";
+  if (c.default_rtt_us == 0 || c.derived_rtt_max_us == 0) return "RTT defaults must be positive";
   if (c.wheel_slot_us == 0) return "the wheel slot width must be positive";
   if (c.wheel_slots < 64 || (c.wheel_slots & (c.wheel_slots - 1)) != 0) {
     return "the wheel slot count must be a power of two, at least 64";
@@ -34,8 +34,10 @@ CongestionGate::CongestionGate(const CongestionConfig& config, uint32_t sessions
              now_us * kNs) {}
 
 cc::TimelyConfig CongestionGate::TimelyFor(uint64_t rtt_us) const {
-  cc::TimelyConfig c = cc::TimelyConfig::FromMeasuredRtt(
-      (rtt_us == 0 ? config_.default_rtt_us : rtt_us) * kNs, config_.rate_max_bytes_per_s);
+  const uint64_t base_us =
+      rtt_us == 0 ? config_.default_rtt_us : std::min(rtt_us, config_.derived_rtt_max_us);
+  cc::TimelyConfig c =
+      cc::TimelyConfig::FromMeasuredRtt(base_us * kNs, config_.rate_max_bytes_per_s);
   if (config_.rate_min_bytes_per_s > 0) c.rate_min_bytes_per_s = config_.rate_min_bytes_per_s;
   if (config_.t_low_us != 0) {
     c.t_low_ns = config_.t_low_us * kNs;

@@ -33,14 +33,21 @@ struct CongestionConfig {
   bool enabled = true;
   // A session's ceiling and starting rate. Uncongested sessions run here and bypass pacing.
   double rate_max_bytes_per_s = 5e9;
-  // 0: derived from the path (min(15 MB/s, max / 4)).
-  double rate_min_bytes_per_s = 0;
+  // The floor. eRPC's 15 MB/s assumes a receiver that drains at NIC speed; a kernel-UDP
+  // receiver on a shared core may drain a few hundred MB/s, so a 50-way incast needs a floor
+  // well below that / 50. 0: derived (min(15 MB/s, max / 4)).
+  double rate_min_bytes_per_s = 2e6;
   // 0: derived from the session's measured RTT (t_low = 4 x RTT, t_high = 40 x RTT). Set both
   // to fix the thresholds (e.g. eRPC's 50 µs / 1 ms).
   uint64_t t_low_us = 0;
   uint64_t t_high_us = 0;
   // RTT assumed when a session's handshake could not be timed (it was retried).
   uint64_t default_rtt_us = 100;
+  // A handshake RTT above this is taken as this when deriving thresholds: sessions opened in a
+  // burst (a connect storm, a busy event loop) time their handshakes in milliseconds, and
+  // thresholds derived from that would never see congestion. Later uncongested samples lower
+  // the base further (rebase). Paths really slower than this should set t_low/t_high.
+  uint64_t derived_rtt_max_us = 250;
   // After a late wakeup a paced session may catch up on this much of its schedule at once: the
   // event loop's timers tick in milliseconds (libuv), so strict spacing would cap a paced
   // session at one packet per tick.

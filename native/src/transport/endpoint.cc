@@ -604,7 +604,7 @@ void Endpoint::CompactTimers() {
 
 void Endpoint::MarkActive(Session* s, uint64_t now_us) {
   if (s->rto_us == 0) s->rto_us = config_.retransmit_timeout_us;
-  if (s->rto_at_us == kNever) ArmRetransmitTimer(s, now_us + s->rto_us);
+  ArmRetransmitTimer(s, now_us + s->rto_us);  // no-op unless earlier than the live entry
 }
 
 void Endpoint::ArmRetransmitTimer(Session* s, uint64_t when_us) {
@@ -640,25 +640,22 @@ void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
   if (rolled_back) {
     // Back off until a fresh sample (RFC 6298 5.5): a peer slower than our estimate must not
     // see the same window again every RTO.
-    s->rto_us = std::min(2 * s->rto_us, config_.retransmit_timeout_us);
+    s->rto_us = std::min(2 * s->rto_us, RtoMaxUs());
     Kick(s, now_us);  // re-arms through MarkActive when it sends
   }
   if (next != kNever) ArmRetransmitTimer(s, next);
 }
 
 void Endpoint::OnConnectedRtt(Session* s, uint64_t now_us) {
+  // The RTO starts at retransmit_timeout_us and adapts from data samples only: a handshake
+  // is a few small packets, while a session's first window of data may queue behind other
+  // senders' at the receiver (an incast) for far longer, and an RTO derived from the
+  // handshake would roll that window back while it is merely queued. The congestion gate
+  // takes the handshake RTT (if the request was sent once: Karn) as the path's base RTT.
   s->rto_us = config_.retransmit_timeout_us;
-  // The handshake is the first sample when it was sent once (otherwise the answer may be to
-  // either attempt: Karn).
   const bool sent_once = s->last_handshake_tx_us <= s->started_us + 1;
   const uint64_t rtt = sent_once && now_us > s->last_handshake_tx_us
                            ? now_us - s->last_handshake_tx_us : 0;
-  if (rtt > 0) {
-    s->srtt_us = rtt;
-    s->rttvar_us = rtt / 2;
-    s->rto_us = std::clamp(s->srtt_us + 4 * s->rttvar_us, config_.retransmit_timeout_min_us,
-                           config_.retransmit_timeout_us);
-  }
   if (gate_ != nullptr) gate_->OnConnected(s->number, rtt, now_us);
 }
 
@@ -679,7 +676,7 @@ void Endpoint::OnAnswered(Session* s, const ClientSlot& slot, const Header& h,
     s->srtt_us = (7 * s->srtt_us + rtt) / 8;
   }
   s->rto_us = std::clamp(s->srtt_us + 4 * s->rttvar_us, config_.retransmit_timeout_min_us,
-                         config_.retransmit_timeout_us);
+                         RtoMaxUs());
   if (gate_ != nullptr && !via_handler) gate_->OnRttSample(s->number, rtt, now_us);
 }
 

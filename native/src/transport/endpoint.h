@@ -43,9 +43,12 @@ struct EndpointConfig {
   uint32_t sessions_max = 4096;         // client and server sessions together
   uint32_t queued_requests_per_session_max = 1u << 16;
   // Retransmission timeout: each client session keeps an adaptive RTO, srtt + 4 x rttvar of
-  // its measured round trips (RFC 6298, one timed packet per round trip, Karn's rule), clamped
-  // to [retransmit_timeout_min_us, retransmit_timeout_us] and doubled on each rollback until a
-  // fresh sample arrives. retransmit_timeout_us is also the RTO before the first sample.
+  // its measured round trips (RFC 6298; every answered packet is timed, Karn's rule), at least
+  // retransmit_timeout_min_us and at most peer_failure_timeout_us / 4, doubled on each rollback
+  // until a fresh sample arrives. retransmit_timeout_us is the RTO before the first sample.
+  // (Under an incast the queue at the receiver can hold tens of ms of packets: a fixed ceiling
+  // near the idle RTT would roll back packets that are only queued, and the duplicates would
+  // lengthen the queue further.)
   uint64_t retransmit_timeout_us = 10'000;
   uint64_t retransmit_timeout_min_us = 2'000;
   uint64_t peer_failure_timeout_us = 2'000'000;
@@ -270,6 +273,7 @@ class Endpoint {
                   uint64_t now_us);
   void KickDue(uint64_t now_us);
   void OnConnectedRtt(Session* session, uint64_t now_us);
+  uint64_t RtoMaxUs() const { return config_.peer_failure_timeout_us / 4; }
   void OnDeadline(uint32_t session_number, uint64_t tag, uint64_t now_us);
   void HandleCreditReturn(Session* session, const Header& header,
                           std::span<const uint8_t> payload, uint64_t now_us);

@@ -37,7 +37,7 @@ struct UdpStats {
 // keeps the queue well below it). Set as root with SO_RCVBUFFORCE, else capped by
 // net.core.rmem_max.
 struct SocketBuffers {
-  int receive_bytes = 32 << 20;
+  int receive_bytes = 128 << 20;
   int send_bytes = 8 << 20;
 };
 
