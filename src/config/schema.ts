@@ -58,7 +58,7 @@ export class TransportSection {
   @IsInt() @Min(10) peer_failure_timeout_ms = 2000;
   /** Default deadline for one RPC, in milliseconds. */
   @IsInt() @Min(1) request_timeout_ms = 10_000;
-  /** Ceiling (and first value) of the adaptive retransmission timeout, in milliseconds. */
+  /** Retransmission timeout before a session's first RTT sample, in milliseconds (then adaptive). */
   @IsInt() @Min(1) retransmit_timeout_ms = 10;
   /** Floor of the adaptive retransmission timeout, in milliseconds. */
   @IsInt() @Min(1) retransmit_timeout_min_ms = 2;
@@ -71,7 +71,7 @@ export class TransportSection {
   /** Timely's high RTT threshold in µs; 0 derives it per session (40 x the measured path RTT). */
   @IsInt() @Min(0) cc_t_high_us = 0;
   /** Kernel receive buffer of the transport socket in bytes (absorbs incast bursts). */
-  @IsInt() @Min(65536) socket_receive_buffer_bytes = 32 * MIB;
+  @IsInt() @Min(65536) socket_receive_buffer_bytes = 128 * MIB;
   /** Kernel send buffer of the transport socket in bytes. */
   @IsInt() @Min(65536) socket_send_buffer_bytes = 8 * MIB;
   /** Sessions (client and server together) one endpoint holds at most. */

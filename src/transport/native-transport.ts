@@ -50,8 +50,8 @@ export interface EndpointOptions {
   queuedRequestsPerSessionMax?: number;
   /**
    * Retransmission timeout: adaptive per session (srtt + 4 x rttvar of measured round trips),
-   * clamped to [retransmitTimeoutMinMs, retransmitTimeoutMs] and doubled on each rollback.
-   * retransmitTimeoutMs is also the timeout before the first sample. Defaults 10 and 2.
+   * at least retransmitTimeoutMinMs and at most peerFailureTimeoutMs / 4, doubled on each
+   * rollback. retransmitTimeoutMs is the timeout before the first sample. Defaults 10 and 2.
    */
   retransmitTimeoutMs?: number;
   retransmitTimeoutMinMs?: number;
@@ -72,7 +72,7 @@ export interface EndpointOptions {
    */
   ccTLowUs?: number;
   ccTHighUs?: number;
-  /** Kernel socket buffers (SO_RCVBUF/SO_SNDBUF, forced when privileged). Defaults 32 MiB / 8 MiB. */
+  /** Kernel socket buffers (SO_RCVBUF/SO_SNDBUF, forced when privileged). Defaults 128 MiB / 8 MiB. */
   socketReceiveBufferBytes?: number;
   socketSendBufferBytes?: number;
 }

@@ -19,6 +19,7 @@ std::string ValidateCongestionConfig(const CongestionConfig& c) {
   if (c.t_low_us != 0 && c.t_high_us <= c.t_low_us) return "t_high must be above t_low";
   if (c.default_rtt_us == 0 || c.derived_rtt_max_us == 0) return "RTT defaults must be positive";
   if (c.wheel_slot_us == 0) return "the wheel slot width must be positive";
+  if (!(c.size_ns_per_byte_max >= 0)) return "the size correction must not be negative";
   if (c.wheel_slots < 64 || (c.wheel_slots & (c.wheel_slots - 1)) != 0) {
     return "the wheel slot count must be a power of two, at least 64";
   }
@@ -33,25 +34,31 @@ CongestionGate::CongestionGate(const CongestionConfig& config, uint32_t sessions
                                    std::max<uint32_t>(sessions_max, 1)},
              now_us * kNs) {}
 
-cc::TimelyConfig CongestionGate::TimelyFor(uint64_t rtt_us) const {
+cc::TimelyConfig CongestionGate::TimelyFor(uint64_t rtt_us, uint64_t base_floor_ns) const {
   const uint64_t base_us =
       rtt_us == 0 ? config_.default_rtt_us : std::min(rtt_us, config_.derived_rtt_max_us);
-  cc::TimelyConfig c =
-      cc::TimelyConfig::FromMeasuredRtt(base_us * kNs, config_.rate_max_bytes_per_s);
+  // The base RTT is at least the session's own window drain time, so a lone session that
+  // fills its window stays below t_low (4 x base) and the gradient is normalised on that scale.
+  cc::TimelyConfig c = cc::TimelyConfig::FromMeasuredRtt(
+      std::max(base_us * kNs, base_floor_ns), config_.rate_max_bytes_per_s);
   if (config_.rate_min_bytes_per_s > 0) c.rate_min_bytes_per_s = config_.rate_min_bytes_per_s;
   if (config_.t_low_us != 0) {
     c.t_low_ns = config_.t_low_us * kNs;
     c.t_high_ns = config_.t_high_us * kNs;
-    c.base_rtt_ns = std::min(c.base_rtt_ns, c.t_low_ns);
+    c.base_rtt_ns = std::min(c.base_rtt_ns, std::max<uint64_t>(c.t_low_ns / 4, 1));  // t_low = 4 x base
     c.rtt_sample_min_ns = std::min(c.rtt_sample_min_ns, c.base_rtt_ns / 4);
   }
   return c;
 }
 
-void CongestionGate::OnConnected(uint32_t session, uint64_t rtt_us, uint64_t /*now_us*/) {
-  auto [it, inserted] = sessions_.try_emplace(session, TimelyFor(rtt_us));
-  if (!inserted) it->second = State(TimelyFor(rtt_us));
-  it->second.min_rtt_ns = rtt_us * kNs;
+void CongestionGate::OnConnected(uint32_t session, uint64_t rtt_us, size_t window_bytes,
+                                 uint64_t /*now_us*/) {
+  const uint64_t floor_ns =
+      static_cast<uint64_t>(static_cast<double>(window_bytes) * config_.size_ns_per_byte_max);
+  auto [it, inserted] = sessions_.try_emplace(session, TimelyFor(rtt_us, floor_ns));
+  if (!inserted) it->second = State(TimelyFor(rtt_us, floor_ns));
+  it->second.min_rtt_ns = it->second.timely.config().base_rtt_ns;
+  it->second.base_floor_ns = floor_ns;
 }
 
 void CongestionGate::OnClosed(uint32_t session) {
@@ -111,14 +118,31 @@ bool CongestionGate::MaySend(uint32_t session, size_t bytes, uint64_t now_us) {
   return false;
 }
 
-void CongestionGate::OnRttSample(uint32_t session, uint64_t rtt_us, uint64_t now_us) {
+void CongestionGate::OnRttSample(uint32_t session, uint64_t rtt_us, size_t bytes,
+                                 uint64_t now_us) {
   auto it = sessions_.find(session);
   if (it == sessions_.end()) return;
   State& s = it->second;
-  const uint64_t rtt_ns = rtt_us * kNs;
+  uint64_t rtt_ns = rtt_us * kNs;
+  if (bytes > kSmallBytes) {
+    if (s.min_large_rtt_ns == 0 || rtt_ns < s.min_large_rtt_ns) {
+      s.min_large_rtt_ns = rtt_ns;
+      s.large_bytes = bytes;
+    }
+    // Remove the size-dependent part: (min large RTT - base) scaled to this packet's bytes.
+    const uint64_t base = s.min_rtt_ns != 0 ? s.min_rtt_ns : s.timely.config().base_rtt_ns;
+    if (s.min_large_rtt_ns > base) {
+      const double per_byte = std::min(static_cast<double>(s.min_large_rtt_ns - base) /
+                                           static_cast<double>(s.large_bytes),
+                                       config_.size_ns_per_byte_max);
+      const uint64_t size_ns = static_cast<uint64_t>(per_byte * static_cast<double>(bytes));
+      rtt_ns = rtt_ns > size_ns + 1 ? rtt_ns - size_ns : 1;
+    }
+  }
   if (s.min_rtt_ns == 0 || rtt_ns < s.min_rtt_ns) s.min_rtt_ns = rtt_ns;
-  if (config_.t_low_us == 0 && 2 * s.min_rtt_ns < s.timely.config().base_rtt_ns) {
-    s.timely.Rebase(s.min_rtt_ns);
+  const uint64_t base_ns = std::max(s.min_rtt_ns, s.base_floor_ns);
+  if (config_.t_low_us == 0 && 2 * base_ns < s.timely.config().base_rtt_ns) {
+    s.timely.Rebase(base_ns);
     ++stats_.rebases;
   }
   const uint64_t updates = s.timely.updates();

@@ -16,7 +16,20 @@
 //
 // Thresholds: unless configured, each session derives them from its measured path RTT
 // (TimelyConfig::FromMeasuredRtt on the handshake round trip), and scales them down when a
-// later sample shows the path is faster (a handshake timed in a connect storm).
+// later sample shows the path is faster (a handshake timed in a connect storm). The base RTT
+// is never below the time the session's own full window (credits x packet size) takes to
+// drain at size_ns_per_byte_max: with 64 KB packets the window is ~2 MB, and a lone session
+// that fills it queues behind itself for ~2 ms (more on a busy VM). Thresholds below that --
+// from a small packet's tens of µs -- ratchet every large transfer down (measured: 900 MB/s
+// fell to 300 MB/s in eight 8 MiB calls), the collapse the issue warns of. The congestion that
+// matters, many sessions' windows at one receiver, still shows as RTTs far above t_low.
+//
+// Packet size: on kernel UDP a 64 KB datagram's round trip includes copying it through the
+// kernel (~50-100 µs here), several times a small packet's RTT. Thresholds derived from small
+// packets would call every large packet congested (eRPC's collapse to the floor, NOTES.md). So
+// each session also keeps the smallest RTT of a large packet and its size, and subtracts that
+// per-byte excess (min large RTT - base RTT, in proportion to the sample's bytes) from every
+// sample before Timely sees it: the rate reacts to queueing, not to size.
 //
 // Pure: no clock, no I/O; time is the core's microseconds.
 #include <cstdint>
@@ -28,6 +41,9 @@
 #include "transport/endpoint.h"
 
 namespace squall::transport {
+
+// Packets up to this payload count as small (their RTT is the path's base RTT).
+constexpr size_t kSmallBytes = 1024;
 
 struct CongestionConfig {
   bool enabled = true;
@@ -52,6 +68,10 @@ struct CongestionConfig {
   // event loop's timers tick in milliseconds (libuv), so strict spacing would cap a paced
   // session at one packet per tick.
   uint64_t burst_us = 1'000;
+  // The most of a large packet's RTT that may be put down to its size rather than to queueing,
+  // per byte (1 ns/byte = carrying it at 1 GB/s). Bounds the correction when a session's first
+  // large packets were already queued (an incast), so queueing is not mistaken for size.
+  double size_ns_per_byte_max = 1.0;
   // Wheel: slot width and count (horizon = width x count must cover credits x packet bytes /
   // rate_min; later entries are clamped to the horizon and simply re-checked when released).
   uint64_t wheel_slot_us = 2;
@@ -87,8 +107,9 @@ class CongestionGate final : public SendGate {
   CongestionGate(const CongestionConfig& config, uint32_t sessions_max, uint64_t now_us);
 
   bool MaySend(uint32_t session, size_t bytes, uint64_t now_us) override;
-  void OnConnected(uint32_t session, uint64_t rtt_us, uint64_t now_us) override;
-  void OnRttSample(uint32_t session, uint64_t rtt_us, uint64_t now_us) override;
+  void OnConnected(uint32_t session, uint64_t rtt_us, size_t window_bytes,
+                   uint64_t now_us) override;
+  void OnRttSample(uint32_t session, uint64_t rtt_us, size_t bytes, uint64_t now_us) override;
   void OnClosed(uint32_t session) override;
   void TakeDue(uint64_t now_us, std::vector<uint32_t>* sessions) override;
   uint64_t NextDueUs() const override;
@@ -105,11 +126,14 @@ class CongestionGate final : public SendGate {
     explicit State(const cc::TimelyConfig& c) : timely(c) {}
     cc::Timely timely;
     cc::Pacer pacer;
-    uint64_t min_rtt_ns = 0;
+    uint64_t min_rtt_ns = 0;        // smallest (size-adjusted) RTT: the path's base RTT
+    uint64_t base_floor_ns = 0;     // the session's own window, drained at 1 ns/byte
+    uint64_t min_large_rtt_ns = 0;  // smallest RTT of a packet above kSmallBytes ...
+    size_t large_bytes = 0;         // ... and that packet's size
     bool waiting = false;  // has an entry in the wheel
     bool congested = false;  // counted in stats_.congested_sessions
   };
-  cc::TimelyConfig TimelyFor(uint64_t rtt_us) const;
+  cc::TimelyConfig TimelyFor(uint64_t rtt_us, uint64_t base_floor_ns) const;
   void Track(State* state);
   // Releases due wheel entries into due_ (the wheel must be caught up before an insert, or a
   // time beyond its stale horizon would be clamped short).

@@ -656,10 +656,13 @@ void Endpoint::OnConnectedRtt(Session* s, uint64_t now_us) {
   const bool sent_once = s->last_handshake_tx_us <= s->started_us + 1;
   const uint64_t rtt = sent_once && now_us > s->last_handshake_tx_us
                            ? now_us - s->last_handshake_tx_us : 0;
-  if (gate_ != nullptr) gate_->OnConnected(s->number, rtt, now_us);
+  if (gate_ != nullptr) {
+    gate_->OnConnected(s->number, rtt, size_t{config_.credits_per_session} * s->packet_bytes,
+                       now_us);
+  }
 }
 
-void Endpoint::OnAnswered(Session* s, const ClientSlot& slot, const Header& h,
+void Endpoint::OnAnswered(Session* s, const ClientSlot& slot, const Header& h, size_t bytes,
                           uint64_t now_us) {
   if (h.packet_number < slot.rtx_until || slot.tx_us.empty()) return;  // Karn's rule
   const uint32_t sent = slot.tx_us[h.packet_number % config_.credits_per_session];
@@ -677,7 +680,7 @@ void Endpoint::OnAnswered(Session* s, const ClientSlot& slot, const Header& h,
   }
   s->rto_us = std::clamp(s->srtt_us + 4 * s->rttvar_us, config_.retransmit_timeout_min_us,
                          RtoMaxUs());
-  if (gate_ != nullptr && !via_handler) gate_->OnRttSample(s->number, rtt, now_us);
+  if (gate_ != nullptr && !via_handler) gate_->OnRttSample(s->number, rtt, bytes, now_us);
 }
 
 void Endpoint::KickDue(uint64_t now_us) {
@@ -727,7 +730,10 @@ void Endpoint::HandleCreditReturn(Session* s, const Header& h, std::span<const u
   ++slot->num_rx;
   ++s->credits;
   slot->progress_us = now_us;
-  OnAnswered(s, *slot, h, now_us);
+  OnAnswered(s, *slot, h,
+             SliceBytes(static_cast<uint32_t>(slot->request.size()), s->data_bytes_per_packet,
+                        h.packet_number),
+             now_us);
   Kick(s, now_us);
 }
 
@@ -768,7 +774,7 @@ void Endpoint::HandleResponse(Session* s, const Header& h, std::span<const uint8
   ++slot->num_rx;
   ++s->credits;
   slot->progress_us = now_us;
-  OnAnswered(s, *slot, h, now_us);
+  OnAnswered(s, *slot, h, payload.size(), now_us);
   if (slot->num_rx == slot->request_packets + slot->response_packets - 1) {
     return CompleteSlot(s, slot, slot->response_status, now_us);
   }

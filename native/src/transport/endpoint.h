@@ -126,11 +126,15 @@ class SendGate {
   virtual ~SendGate() = default;
   virtual bool MaySend(uint32_t session, size_t bytes, uint64_t now_us) = 0;
   // A client session connected; `rtt_us` is its handshake round trip (0 when unknown: the
-  // connect request was retried, so the answer may belong to either).
-  virtual void OnConnected(uint32_t /*session*/, uint64_t /*rtt_us*/, uint64_t /*now_us*/) {}
+  // connect request was retried, so the answer may belong to either); `window_bytes` is the
+  // most it can have in flight (credits x packet size).
+  virtual void OnConnected(uint32_t /*session*/, uint64_t /*rtt_us*/, size_t /*window_bytes*/,
+                           uint64_t /*now_us*/) {}
   // A round trip of one client packet answered by the peer's transport itself (a credit
   // return, or a response packet pulled by an RFR): network delay only, no handler time.
-  virtual void OnRttSample(uint32_t /*session*/, uint64_t /*rtt_us*/, uint64_t /*now_us*/) {}
+  // `bytes`: the larger payload of the two packets (what the kernel had to carry).
+  virtual void OnRttSample(uint32_t /*session*/, uint64_t /*rtt_us*/, size_t /*bytes*/,
+                           uint64_t /*now_us*/) {}
   virtual void OnClosed(uint32_t /*session*/) {}
   // Appends the sessions whose wait ended by now_us; the core kicks each.
   virtual void TakeDue(uint64_t /*now_us*/, std::vector<uint32_t>* /*sessions*/) {}
@@ -270,7 +274,7 @@ class Endpoint {
   void OnRetransmitTimer(Session* session, uint64_t now_us);
   void ArmRetransmitTimer(Session* session, uint64_t when_us);
   void OnAnswered(Session* session, const ClientSlot& slot, const Header& header,
-                  uint64_t now_us);
+                  size_t bytes, uint64_t now_us);
   void KickDue(uint64_t now_us);
   void OnConnectedRtt(Session* session, uint64_t now_us);
   uint64_t RtoMaxUs() const { return config_.peer_failure_timeout_us / 4; }
