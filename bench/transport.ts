@@ -11,7 +11,8 @@
  *     lossless;
  *   - incast: 50 sender endpoints (5 worker threads x 10) each sending 1 MiB requests to one
  *     server vs one sender endpoint, with the server's kernel drops (SO_RXQ_OVFL);
- *   - the 32-byte rate with 2 client/server endpoint pairs in 4 worker threads vs 1 pair.
+ *   - the 32-byte rate with 2 client/server endpoint pairs in 4 worker threads vs 1 pair;
+ *   - UDP_SEGMENT (GSO) vs sendmmsg for a bulk stream of 1,472-byte datagrams (raw sockets).
  * Each line carries the 1-minute load average: these VMs are shared, so numbers are noisy.
  */
 import { execFileSync } from 'node:child_process';
@@ -270,6 +271,14 @@ export async function run(args: string[]): Promise<void> {
     kernel_drop_fraction: Number((fifty.kernelDrops / Math.max(1, fifty.packetsSent)).toExponential(2)),
     retransmissions: fifty.retransmissions, requests: fifty.completed, failed: fifty.failed,
     baseline_kernel_drops: single.kernelDrops, load1: load() });
+
+  // Segmentation offload, at the socket level (native/bench/udp_gso_bench.cc): bulk 1,472-byte
+  // datagrams (the off-loopback packet size) sent as 64 KB UDP_SEGMENT buffers vs sendmmsg
+  // batches, and the 65,000-byte datagrams the transport uses on loopback.
+  const gso = JSON.parse(execFileSync(join(root, 'build', 'bin', 'udp_gso_bench'), [quick ? '128' : '512']).toString()) as
+    { mmsg_1472_MBps: number; gso_1472_MBps: number; mmsg_65000_MBps: number };
+  report({ suite, case: 'udp_stream_1472B_datagrams_gso', value: gso.gso_1472_MBps, unit: 'MB/s',
+    baselines: { sendmmsg_1472B: gso.mmsg_1472_MBps, sendmmsg_65000B: gso.mmsg_65000_MBps }, load1: load() });
 
   const pairOne = await parallelRate(1, seconds);
   const pairTwo = await parallelRate(2, seconds);

@@ -66,9 +66,9 @@ export class TransportSection {
   @IsBoolean() congestion_control = true;
   /** A session's maximum and starting rate in bytes/s; uncongested sessions bypass pacing. */
   @IsInt() @Min(1_000_000) cc_rate_max_bytes_per_s = 5_000_000_000;
-  /** Timely's low RTT threshold in µs; 0 derives it per session (4 x the measured path RTT). */
+  /** Timely's low RTT threshold in µs; 0 derives it per session (4 x max(path RTT, window drain time)). */
   @IsInt() @Min(0) cc_t_low_us = 0;
-  /** Timely's high RTT threshold in µs; 0 derives it per session (40 x the measured path RTT). */
+  /** Timely's high RTT threshold in µs; 0 derives it per session (10 x t_low). */
   @IsInt() @Min(0) cc_t_high_us = 0;
   /** Kernel receive buffer of the transport socket in bytes (absorbs incast bursts). */
   @IsInt() @Min(65536) socket_receive_buffer_bytes = 128 * MIB;

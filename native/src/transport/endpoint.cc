@@ -97,6 +97,10 @@ struct Endpoint::ClientSlot {
   // answer is an RTT sample (eRPC's per-slot tx_ts). Allocated on the slot's first send.
   std::vector<uint32_t> tx_us;
   uint32_t rtx_until = 0;  // packets below this were sent more than once: no samples (Karn)
+  // After a rollback the slot sends one packet until an answer arrives (TCP's loss window): if
+  // the originals were only queued at the receiver (an incast), resending the whole window
+  // would add a window of duplicates to that queue at every timeout.
+  bool loss_window = false;
 };
 
 struct Endpoint::QueuedCall {
@@ -412,6 +416,7 @@ void Endpoint::StartQueued(Session* s, uint64_t now_us) {
     slot.num_tx = 0;
     slot.num_rx = 0;
     slot.rtx_until = 0;
+    slot.loss_window = false;
     slot.progress_us = now_us;
   }
 }
@@ -431,6 +436,7 @@ void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
                              : slot->request_packets + slot->response_packets - 1;
   bool sent = false;
   while (slot->num_tx < total && s->credits > 0) {
+    if (slot->loss_window && slot->num_tx > slot->num_rx) break;
     const bool is_request = slot->num_tx < slot->request_packets;
     std::span<const uint8_t> payload;
     if (is_request) payload = Slice(*s, slot->request, slot->num_tx);
@@ -631,6 +637,7 @@ void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
     }
     // Go-Back-N: forget everything after the first unanswered packet, resend from there.
     slot.rtx_until = std::max(slot.rtx_until, slot.num_tx);
+    slot.loss_window = true;
     s->credits += slot.num_tx - slot.num_rx;
     slot.num_tx = slot.num_rx;
     slot.progress_us = now_us;
@@ -662,8 +669,9 @@ void Endpoint::OnConnectedRtt(Session* s, uint64_t now_us) {
   }
 }
 
-void Endpoint::OnAnswered(Session* s, const ClientSlot& slot, const Header& h, size_t bytes,
+void Endpoint::OnAnswered(Session* s, ClientSlot& slot, const Header& h, size_t bytes,
                           uint64_t now_us) {
+  slot.loss_window = false;  // the peer is answering: the whole window may go again
   if (h.packet_number < slot.rtx_until || slot.tx_us.empty()) return;  // Karn's rule
   const uint32_t sent = slot.tx_us[h.packet_number % config_.credits_per_session];
   const uint64_t rtt = std::max<uint32_t>(static_cast<uint32_t>(now_us) - sent, 1);

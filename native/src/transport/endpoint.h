@@ -273,7 +273,7 @@ class Endpoint {
   void MarkActive(Session* session, uint64_t now_us);
   void OnRetransmitTimer(Session* session, uint64_t now_us);
   void ArmRetransmitTimer(Session* session, uint64_t when_us);
-  void OnAnswered(Session* session, const ClientSlot& slot, const Header& header,
+  void OnAnswered(Session* session, ClientSlot& slot, const Header& header,
                   size_t bytes, uint64_t now_us);
   void KickDue(uint64_t now_us);
   void OnConnectedRtt(Session* session, uint64_t now_us);
