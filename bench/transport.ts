@@ -24,6 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { report } from './_report.js';
 import { Endpoint, type NativeSession } from '../src/transport/native-transport.js';
+import { stopWorker, workerMessage } from '../test/support/worker-messages.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
@@ -288,25 +289,6 @@ export async function run(args: string[]): Promise<void> {
 
 const SESSIONS_MANY = 20_000;
 const loadWorker = join(root, 'dist', 'test', 'support', 'transport-load-worker.js');
-
-function workerMessage<T>(worker: Worker, kind: string): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const listener = (m: { kind: string }): void => {
-      if (m.kind !== kind) return;
-      worker.off('message', listener);
-      resolve(m as T);
-    };
-    worker.on('message', listener);
-    worker.once('error', reject);
-  });
-}
-
-async function stopWorker(worker: Worker): Promise<void> {
-  const closed = workerMessage(worker, 'closed');
-  worker.postMessage({ kind: 'close' });
-  await closed;
-  await worker.terminate();
-}
 
 async function lossGoodput(loss: number, seconds: number): Promise<{ goodput: number; retransmissions: number }> {
   const server = await startServer('squall', {}, loss);

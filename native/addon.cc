@@ -19,6 +19,7 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -106,17 +107,19 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       return static_cast<uint64_t>(number(key, static_cast<double>(fallback_us) / 1000) * 1000);
     };
     c.retransmit_timeout_us = ms("retransmitTimeoutMs", c.retransmit_timeout_us);
-    c.retransmit_timeout_min_us = ms("retransmitTimeoutMinMs", c.retransmit_timeout_min_us);
+    // An initial RTO set below the default floor lowers the floor with it unless given.
+    c.retransmit_timeout_min_us = ms("retransmitTimeoutMinMs",
+                                     std::min(c.retransmit_timeout_min_us, c.retransmit_timeout_us));
     c.peer_failure_timeout_us = ms("peerFailureTimeoutMs", c.peer_failure_timeout_us);
     c.connect_timeout_us = ms("connectTimeoutMs", c.connect_timeout_us);
     c.connect_retry_us = ms("connectRetryMs", c.connect_retry_us);
     c.seed = static_cast<uint64_t>(number("seed", 1));
-    const std::string problem = ValidateConfig(c);
-    if (!problem.empty()) {
-      Napi::RangeError::New(env, "invalid transport limits: " + problem)
-          .ThrowAsJavaScriptException();
-      return;
-    }
+    auto invalid = [&](const char* what, const std::string& problem) {
+      if (problem.empty()) return false;
+      Napi::RangeError::New(env, std::string(what) + problem).ThrowAsJavaScriptException();
+      return true;
+    };
+    if (invalid("invalid transport limits: ", ValidateConfig(c))) return;
     CongestionConfig cc;
     Napi::Value cc_enabled = o.Get("congestionControl");
     if (cc_enabled.IsBoolean()) cc.enabled = cc_enabled.As<Napi::Boolean>().Value();
@@ -124,12 +127,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     cc.rate_min_bytes_per_s = number("ccRateMinBytesPerSecond", cc.rate_min_bytes_per_s);
     cc.t_low_us = static_cast<uint64_t>(number("ccTLowUs", static_cast<double>(cc.t_low_us)));
     cc.t_high_us = static_cast<uint64_t>(number("ccTHighUs", static_cast<double>(cc.t_high_us)));
-    const std::string cc_problem = ValidateCongestionConfig(cc);
-    if (!cc_problem.empty()) {
-      Napi::RangeError::New(env, "invalid congestion control settings: " + cc_problem)
-          .ThrowAsJavaScriptException();
-      return;
-    }
+    if (invalid("invalid congestion control settings: ", ValidateCongestionConfig(cc))) return;
     SocketBuffers buffers;
     buffers.receive_bytes =
         static_cast<int>(number("socketReceiveBufferBytes", buffers.receive_bytes));

@@ -61,7 +61,7 @@ export class TransportSection {
   /** Retransmission timeout before a session's first RTT sample, in milliseconds (then adaptive). */
   @IsInt() @Min(1) retransmit_timeout_ms = 10;
   /** Floor of the adaptive retransmission timeout, in milliseconds. */
-  @IsInt() @Min(1) retransmit_timeout_min_ms = 2;
+  @IsInt() @Min(1) retransmit_timeout_min_ms = 5;
   /** Timely rate control per client session (off: every packet leaves at once). */
   @IsBoolean() congestion_control = true;
   /** A session's maximum and starting rate in bytes/s; uncongested sessions bypass pacing. */

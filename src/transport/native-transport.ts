@@ -51,7 +51,7 @@ export interface EndpointOptions {
   /**
    * Retransmission timeout: adaptive per session (srtt + 4 x rttvar of measured round trips),
    * at least retransmitTimeoutMinMs and at most peerFailureTimeoutMs / 4, doubled on each
-   * rollback. retransmitTimeoutMs is the timeout before the first sample. Defaults 10 and 2.
+   * rollback. retransmitTimeoutMs is the timeout before the first sample. Defaults 10 and 5.
    */
   retransmitTimeoutMs?: number;
   retransmitTimeoutMinMs?: number;

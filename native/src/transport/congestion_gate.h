@@ -53,8 +53,9 @@ struct CongestionConfig {
   // receiver on a shared core may drain a few hundred MB/s, so a 50-way incast needs a floor
   // well below that / 50. 0: derived (min(15 MB/s, max / 4)).
   double rate_min_bytes_per_s = 2e6;
-  // 0: derived from the session's measured RTT (t_low = 4 x RTT, t_high = 40 x RTT). Set both
-  // to fix the thresholds (e.g. eRPC's 50 µs / 1 ms).
+  // 0: derived per session (t_low = 4 x base, t_high = 40 x base, base = the larger of the
+  // measured path RTT and the window's drain time; see above). Set both to fix the thresholds
+  // (e.g. eRPC's 50 µs / 1 ms); the base RTT is then t_low / 4.
   uint64_t t_low_us = 0;
   uint64_t t_high_us = 0;
   // RTT assumed when a session's handshake could not be timed (it was retried).

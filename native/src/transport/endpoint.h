@@ -50,7 +50,9 @@ struct EndpointConfig {
   // near the idle RTT would roll back packets that are only queued, and the duplicates would
   // lengthen the queue further.)
   uint64_t retransmit_timeout_us = 10'000;
-  uint64_t retransmit_timeout_min_us = 2'000;
+  // 5 ms: a 2 MB window of 64 KB packets queues ~1-2 ms behind itself, and a shared VM stalls
+  // a thread for milliseconds; at 2 ms, lossless 8 MiB transfers rolled back ~60 times/s.
+  uint64_t retransmit_timeout_min_us = 5'000;
   uint64_t peer_failure_timeout_us = 2'000'000;
   uint64_t connect_timeout_us = 2'000'000;
   uint64_t connect_retry_us = 50'000;
