@@ -41,6 +41,9 @@ cc::TimelyConfig CongestionGate::TimelyFor(uint64_t rtt_us, uint64_t base_floor_
   // fills its window stays below t_low (4 x base) and the gradient is normalised on that scale.
   cc::TimelyConfig c = cc::TimelyConfig::FromMeasuredRtt(
       std::max(base_us * kNs, base_floor_ns), config_.rate_max_bytes_per_s);
+  // Samples below a quarter of the path's RTT cannot be round trips; the window floor does not
+  // change what the path can do, so it does not raise this.
+  c.rtt_sample_min_ns = base_us * kNs / 4;
   if (config_.rate_min_bytes_per_s > 0) c.rate_min_bytes_per_s = config_.rate_min_bytes_per_s;
   if (config_.t_low_us != 0) {
     c.t_low_ns = config_.t_low_us * kNs;
