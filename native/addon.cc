@@ -202,14 +202,16 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
   static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
     Driver* d = static_cast<Driver*>(handle->data);
     if (d->owner == nullptr || status < 0) return;
-    const uint64_t now = MonotonicNowUs();
     Endpoint* endpoint = d->endpoint.get();
+    // The clock is read per packet: a wakeup can last long enough (up to 1,024 packets, sends
+    // flushed on the way) for an answer to a packet sent in it to arrive in it, and a stale time
+    // would make that round trip 0 µs (RTT samples feed the RTO and congestion control).
     d->socket->Receive(
-        [endpoint, now](const PeerAddress& from, std::span<const uint8_t> bytes) {
-          endpoint->OnPacket(from, bytes, now);
+        [endpoint](const PeerAddress& from, std::span<const uint8_t> bytes) {
+          endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
-    endpoint->OnTimers(now);
+    endpoint->OnTimers(MonotonicNowUs());
     d->socket->Flush();
     d->owner->DeliverFromLoop();
   }
@@ -221,14 +223,13 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     // Read what is already queued first: after a stall of this thread (a busy VM, a long JS
     // task) the peer's answers may be waiting in the socket, and the timers must not declare
     // it failed or retransmit before they have been seen.
-    const uint64_t now = MonotonicNowUs();
     Endpoint* endpoint = d->endpoint.get();
     d->socket->Receive(
-        [endpoint, now](const PeerAddress& from, std::span<const uint8_t> bytes) {
-          endpoint->OnPacket(from, bytes, now);
+        [endpoint](const PeerAddress& from, std::span<const uint8_t> bytes) {
+          endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
-    d->endpoint->OnTimers(now);
+    d->endpoint->OnTimers(MonotonicNowUs());
     d->socket->Flush();
     d->owner->DeliverFromLoop();
   }

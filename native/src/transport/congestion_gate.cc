@@ -60,7 +60,10 @@ void CongestionGate::OnConnected(uint32_t session, uint64_t rtt_us, size_t windo
       static_cast<uint64_t>(static_cast<double>(window_bytes) * config_.size_ns_per_byte_max);
   auto [it, inserted] = sessions_.try_emplace(session, TimelyFor(rtt_us, floor_ns));
   if (!inserted) it->second = State(TimelyFor(rtt_us, floor_ns));
-  it->second.min_rtt_ns = it->second.timely.config().base_rtt_ns;
+  const uint64_t path_ns =
+      (rtt_us == 0 ? config_.default_rtt_us : std::min(rtt_us, config_.derived_rtt_max_us)) * kNs;
+  it->second.min_rtt_ns = path_ns;
+  it->second.min_small_rtt_ns = path_ns;
   it->second.base_floor_ns = floor_ns;
 }
 
@@ -127,19 +130,25 @@ void CongestionGate::OnRttSample(uint32_t session, uint64_t rtt_us, size_t bytes
   if (it == sessions_.end()) return;
   State& s = it->second;
   uint64_t rtt_ns = rtt_us * kNs;
-  if (bytes > kSmallBytes) {
+  if (bytes <= kSmallBytes) {
+    if (s.min_small_rtt_ns == 0 || rtt_ns < s.min_small_rtt_ns) s.min_small_rtt_ns = rtt_ns;
+  } else {
     if (s.min_large_rtt_ns == 0 || rtt_ns < s.min_large_rtt_ns) {
       s.min_large_rtt_ns = rtt_ns;
       s.large_bytes = bytes;
     }
-    // Remove the size-dependent part: (min large RTT - base) scaled to this packet's bytes.
-    const uint64_t base = s.min_rtt_ns != 0 ? s.min_rtt_ns : s.timely.config().base_rtt_ns;
+    // Remove the size-dependent part: (min large RTT - min small RTT) scaled to this packet's
+    // bytes. Only raw samples feed these minima, so the correction cannot feed on itself.
+    const uint64_t base = s.min_small_rtt_ns;
     if (s.min_large_rtt_ns > base) {
       const double per_byte = std::min(static_cast<double>(s.min_large_rtt_ns - base) /
                                            static_cast<double>(s.large_bytes),
                                        config_.size_ns_per_byte_max);
       const uint64_t size_ns = static_cast<uint64_t>(per_byte * static_cast<double>(bytes));
-      rtt_ns = rtt_ns > size_ns + 1 ? rtt_ns - size_ns : 1;
+      // Never below the small-packet minimum: a per-byte cost estimated from a short "large"
+      // packet overstates it for a full one.
+      rtt_ns = std::max(rtt_ns > size_ns ? rtt_ns - size_ns : 0,
+                        std::min(rtt_ns, s.min_small_rtt_ns));
     }
   }
   if (s.min_rtt_ns == 0 || rtt_ns < s.min_rtt_ns) s.min_rtt_ns = rtt_ns;

@@ -128,6 +128,7 @@ class CongestionGate final : public SendGate {
     cc::Timely timely;
     cc::Pacer pacer;
     uint64_t min_rtt_ns = 0;        // smallest (size-adjusted) RTT: the path's base RTT
+    uint64_t min_small_rtt_ns = 0;  // smallest RTT of a small packet (handshake included)
     uint64_t base_floor_ns = 0;     // the session's own window, drained at 1 ns/byte
     uint64_t min_large_rtt_ns = 0;  // smallest RTT of a packet above kSmallBytes ...
     size_t large_bytes = 0;         // ... and that packet's size
