@@ -114,12 +114,12 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     c.connect_timeout_us = ms("connectTimeoutMs", c.connect_timeout_us);
     c.connect_retry_us = ms("connectRetryMs", c.connect_retry_us);
     c.seed = static_cast<uint64_t>(number("seed", 1));
-    auto invalid = [&](const char* what, const std::string& problem) {
-      if (problem.empty()) return false;
-      Napi::RangeError::New(env, std::string(what) + problem).ThrowAsJavaScriptException();
-      return true;
-    };
-    if (invalid("invalid transport limits: ", ValidateConfig(c))) return;
+    const std::string problem = ValidateConfig(c);
+    if (!problem.empty()) {
+      Napi::RangeError::New(env, "invalid transport limits: " + problem)
+          .ThrowAsJavaScriptException();
+      return;
+    }
     CongestionConfig cc;
     Napi::Value cc_enabled = o.Get("congestionControl");
     if (cc_enabled.IsBoolean()) cc.enabled = cc_enabled.As<Napi::Boolean>().Value();
@@ -127,7 +127,12 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     cc.rate_min_bytes_per_s = number("ccRateMinBytesPerSecond", cc.rate_min_bytes_per_s);
     cc.t_low_us = static_cast<uint64_t>(number("ccTLowUs", static_cast<double>(cc.t_low_us)));
     cc.t_high_us = static_cast<uint64_t>(number("ccTHighUs", static_cast<double>(cc.t_high_us)));
-    if (invalid("invalid congestion control settings: ", ValidateCongestionConfig(cc))) return;
+    const std::string cc_problem = ValidateCongestionConfig(cc);
+    if (!cc_problem.empty()) {
+      Napi::RangeError::New(env, "invalid congestion control settings: " + cc_problem)
+          .ThrowAsJavaScriptException();
+      return;
+    }
     SocketBuffers buffers;
     buffers.receive_bytes =
         static_cast<int>(number("socketReceiveBufferBytes", buffers.receive_bytes));
