@@ -320,6 +320,14 @@ export class Endpoint implements Transport {
         this.onEventsBound,
       );
     } catch (error) {
+      if (error instanceof RangeError && /^invalid (transport limits|congestion control)/.test(error.message)) {
+        throw new TransportError(
+          `${error.message}. Fix: correct that endpoint option (EndpointOptions, or the ` +
+            `[transport] section of the node configuration).`,
+          'BAD_OPTIONS',
+          { cause: error },
+        );
+      }
       throw new TransportError(
         `cannot open a transport endpoint on ${options.host ?? '127.0.0.1'}:${options.port ?? 0}: ` +
           `${(error as Error).message}. Fix: use a free port (or 0) and a numeric local address.`,

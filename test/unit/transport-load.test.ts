@@ -5,6 +5,7 @@
 import test from 'ava';
 import { Worker } from 'node:worker_threads';
 import { Endpoint } from '../../src/transport/native-transport.js';
+import type { TransportError } from '../../src/transport/errors.js';
 import { endpointOptionsFromConfig } from '../../src/transport/config-options.js';
 import { TransportSection } from '../../src/config/schema.js';
 import { stopWorker, workerMessage } from '../support/worker-messages.js';
@@ -109,6 +110,8 @@ test.serial('sessions publish rate, RTT and RTO; the endpoint publishes bytes pe
 });
 
 test.serial('congestion settings are checked at open', async (t) => {
-  await t.throwsAsync(() => Endpoint.create({ ccTLowUs: 100 }), { message: /set both congestion thresholds/ });
+  const both = await t.throwsAsync(() => Endpoint.create({ ccTLowUs: 100 }), { message: /set both congestion thresholds/ });
+  t.is((both as TransportError).code, 'BAD_OPTIONS');
+  t.regex(both!.message, /Fix: correct that endpoint option/);
   await t.throwsAsync(() => Endpoint.create({ retransmitTimeoutMinMs: 20 }), { message: /retransmit_timeout_min_us/ });
 });
