@@ -19,6 +19,7 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -26,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "transport/congestion_gate.h"
 #include "transport/endpoint.h"
 #include "transport/udp_socket.h"
 #include "version.h"
@@ -55,6 +57,7 @@ class NativeEndpoint;
 struct Driver {
   NativeEndpoint* owner = nullptr;
   std::unique_ptr<UdpSocket> socket;
+  std::unique_ptr<CongestionGate> gate;  // outlives nothing it is handed to: freed with the core
   std::unique_ptr<Endpoint> endpoint;
   uv_poll_t poll{};
   uv_timer_t timer{};
@@ -109,6 +112,9 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       return static_cast<uint64_t>(number(key, static_cast<double>(fallback_us) / 1000) * 1000);
     };
     c.retransmit_timeout_us = ms("retransmitTimeoutMs", c.retransmit_timeout_us);
+    // An initial RTO set below the default floor lowers the floor with it unless given.
+    c.retransmit_timeout_min_us = ms("retransmitTimeoutMinMs",
+                                     std::min(c.retransmit_timeout_min_us, c.retransmit_timeout_us));
     c.peer_failure_timeout_us = ms("peerFailureTimeoutMs", c.peer_failure_timeout_us);
     c.connect_timeout_us = ms("connectTimeoutMs", c.connect_timeout_us);
     c.connect_retry_us = ms("connectRetryMs", c.connect_retry_us);
@@ -124,6 +130,23 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
           .ThrowAsJavaScriptException();
       return;
     }
+    CongestionConfig cc;
+    Napi::Value cc_enabled = o.Get("congestionControl");
+    if (cc_enabled.IsBoolean()) cc.enabled = cc_enabled.As<Napi::Boolean>().Value();
+    cc.rate_max_bytes_per_s = number("ccRateMaxBytesPerSecond", cc.rate_max_bytes_per_s);
+    cc.rate_min_bytes_per_s = number("ccRateMinBytesPerSecond", cc.rate_min_bytes_per_s);
+    cc.t_low_us = static_cast<uint64_t>(number("ccTLowUs", static_cast<double>(cc.t_low_us)));
+    cc.t_high_us = static_cast<uint64_t>(number("ccTHighUs", static_cast<double>(cc.t_high_us)));
+    const std::string cc_problem = ValidateCongestionConfig(cc);
+    if (!cc_problem.empty()) {
+      Napi::RangeError::New(env, "invalid congestion control settings: " + cc_problem)
+          .ThrowAsJavaScriptException();
+      return;
+    }
+    SocketBuffers buffers;
+    buffers.receive_bytes =
+        static_cast<int>(number("socketReceiveBufferBytes", buffers.receive_bytes));
+    buffers.send_bytes = static_cast<int>(number("socketSendBufferBytes", buffers.send_bytes));
     Napi::Value host_value = o.Get("host");
     const std::string host = host_value.IsString() ? host_value.As<Napi::String>().Utf8Value()
                                                    : std::string("127.0.0.1");
@@ -134,7 +157,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       return;
     }
     std::string error;
-    auto socket = UdpSocket::Open(host, static_cast<uint16_t>(port), c.packet_bytes_max, &error);
+    auto socket =
+        UdpSocket::Open(host, static_cast<uint16_t>(port), c.packet_bytes_max, &error, buffers);
     if (!socket) {
       Napi::Error::New(env, error).ThrowAsJavaScriptException();
       return;
@@ -148,6 +172,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     driver_->owner = this;
     driver_->socket = std::move(socket);
     driver_->endpoint = std::make_unique<Endpoint>(c, driver_->socket.get());
+    driver_->gate = std::make_unique<CongestionGate>(cc, c.sessions_max, MonotonicNowUs());
+    driver_->endpoint->SetSendGate(driver_->gate.get());
     uv_poll_init(loop, &driver_->poll, driver_->socket->fd());
     uv_timer_init(loop, &driver_->timer);
     driver_->poll.data = driver_;
@@ -195,14 +221,16 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
   static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
     Driver* d = static_cast<Driver*>(handle->data);
     if (d->owner == nullptr || status < 0) return;
-    const uint64_t now = MonotonicNowUs();
     Endpoint* endpoint = d->endpoint.get();
+    // The clock is read per packet: a wakeup can last long enough (up to 1,024 packets, sends
+    // flushed on the way) for an answer to a packet sent in it to arrive in it, and a stale time
+    // would make that round trip 0 µs (RTT samples feed the RTO and congestion control).
     d->socket->Receive(
-        [endpoint, now](const PeerAddress& from, std::span<const uint8_t> bytes) {
-          endpoint->OnPacket(from, bytes, now);
+        [endpoint](const PeerAddress& from, std::span<const uint8_t> bytes) {
+          endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
-    endpoint->OnTimers(now);
+    endpoint->OnTimers(MonotonicNowUs());
     d->socket->Flush();
     d->owner->DeliverFromLoop();
   }
@@ -214,14 +242,13 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     // Read what is already queued first: after a stall of this thread (a busy VM, a long JS
     // task) the peer's answers may be waiting in the socket, and the timers must not declare
     // it failed or retransmit before they have been seen.
-    const uint64_t now = MonotonicNowUs();
     Endpoint* endpoint = d->endpoint.get();
     d->socket->Receive(
-        [endpoint, now](const PeerAddress& from, std::span<const uint8_t> bytes) {
-          endpoint->OnPacket(from, bytes, now);
+        [endpoint](const PeerAddress& from, std::span<const uint8_t> bytes) {
+          endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
-    d->endpoint->OnTimers(now);
+    d->endpoint->OnTimers(MonotonicNowUs());
     d->socket->Flush();
     d->owner->DeliverFromLoop();
   }
@@ -452,6 +479,17 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     out.Set("dataBytesPerPacket",
             Napi::Number::New(env, driver_->endpoint->SessionDataBytesPerPacket(session)));
     out.Set("connected", Napi::Boolean::New(env, driver_->endpoint->SessionIsConnected(session)));
+    auto set = [&](const char* key, double v) { out.Set(key, Napi::Number::New(env, v)); };
+    set("srttUs", static_cast<double>(driver_->endpoint->SessionSrttUs(session)));
+    set("rtoUs", static_cast<double>(driver_->endpoint->SessionRtoUs(session)));
+    SessionCongestion cc;
+    if (driver_->gate->Session(session, &cc)) {
+      set("rateBytesPerSecond", cc.rate_bytes_per_s);
+      set("lastRttUs", static_cast<double>(cc.last_rtt_us));
+      set("minRttUs", static_cast<double>(cc.min_rtt_us));
+      set("tLowUs", static_cast<double>(cc.t_low_us));
+      set("tHighUs", static_cast<double>(cc.t_high_us));
+    }
     return out;
   }
 
@@ -498,6 +536,23 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("udpBundledPackets", u.bundled_packets);
     set("udpBadBundles", u.bad_bundles);
     set("udpReceiveCalls", u.receive_calls);
+    set("udpKernelDrops", u.kernel_drops);
+    set("udpReceiveBufferBytes", u.receive_buffer_bytes);
+    set("udpSendBufferBytes", u.send_buffer_bytes);
+    set("rttSamples", s.rtt_samples);
+    set("retransmitTimerFires", s.retransmit_timer_fires);
+    set("bytesPerSession", driver_->endpoint->BytesPerSession());
+    const CongestionStats& cc = driver_->gate->stats();
+    set("cc.bypassedSends", cc.bypassed_sends);
+    set("cc.pacedSends", cc.paced_sends);
+    set("cc.deferrals", cc.deferrals);
+    set("cc.wheelInserts", cc.wheel_inserts);
+    set("cc.wheelFull", cc.wheel_full);
+    set("cc.rateUpdates", cc.rate_updates);
+    set("cc.bypassedSamples", cc.bypassed_samples);
+    set("cc.rebases", cc.rebases);
+    set("cc.congestedSessions", cc.congested_sessions);
+    set("cc.waitingSessions", driver_->gate->waiting());
     return out;
   }
 
