@@ -14,10 +14,11 @@ const mode = workerData.mode as string;
 let close: () => Promise<void> = async () => {};
 
 if (mode === 'squall') {
-  const endpoint = await Endpoint.create({ sessionsMax: 4096, ...(workerData.options ?? {}) });
+  const endpoint = await Endpoint.create({ sessionsMax: 30_000, ...(workerData.options ?? {}) });
   const ack = Buffer.alloc(8);
   endpoint.handle(1, (bytes) => bytes);
   endpoint.handle(2, () => ack);
+  if (workerData.dropProbability) endpoint.injectFault({ dropProbability: workerData.dropProbability });
   close = () => endpoint.close();
   port.postMessage({ address: endpoint.address });
 } else if (mode === 'dgram') {

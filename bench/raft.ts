@@ -5,7 +5,9 @@
  *   - commit latency p50/p99 with one proposal outstanding,
  *   - throughput with 64 outstanding,
  * with fsync on (LMDB durable) and off (noSync), and beside them the raw round trip of the same
- * transport (the floor: a commit needs one round trip to a majority).
+ * transport (the floor: a commit needs one round trip to a majority). A third group on
+ * MemoryStorage ("storage":"MemoryStorage", no LMDB) shows how much of the fsync-off figure is
+ * the log writes and how much the rest (transport, codec, core, event loop).
  *
  * `--transport native` runs over the native UDP transport on loopback (src/transport/
  * native-transport.ts, loaded dynamically so this file also builds where it is absent);
@@ -20,6 +22,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
+import { MemoryStorage, type RaftStorage } from '../src/raft/storage.js';
 import type { Entry, Snapshot } from '../src/raft/types.js';
 import { RaftDriver, type StateMachine } from '../src/runtime/raft-driver.js';
 import { MemoryNetwork } from '../src/transport/memory-transport.js';
@@ -105,11 +108,15 @@ function fdatasyncP50(n: number): number {
   return percentile(lat.sort((x, y) => x - y), 50);
 }
 
-async function group(make: Factory, fsync: boolean): Promise<{ drivers: RaftDriver[]; close: () => Promise<void> }> {
+/** fsync on / off: LmdbStorage durable or noSync; 'memory': MemoryStorage (no LMDB at all). */
+type Persist = boolean | 'memory';
+
+async function group(make: Factory, fsync: Persist): Promise<{ drivers: RaftDriver[]; close: () => Promise<void> }> {
   const ids = [1, 2, 3];
   const transports = [await make(), await make(), await make()];
   const dirs = ids.map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
-  const storages = dirs.map((path) => new LmdbStorage({ path, durable: fsync }));
+  const storages: RaftStorage[] = dirs.map((path) =>
+    fsync === 'memory' ? new MemoryStorage() : new LmdbStorage({ path, durable: fsync }));
   const peers = new Map(ids.map((id) => [id, transports[id - 1]!.address]));
   const drivers: RaftDriver[] = [];
   for (const id of ids) {
@@ -202,8 +209,12 @@ export async function run(args: string[]): Promise<void> {
     }
     return;
   }
-  for (const fsync of [true, false]) {
+  // 'memory' is a floor for the fsync-off figure: the same group without LMDB, to show what the
+  // log writes cost next to the rest (transport, codec, core, event loop).
+  for (const fsync of [true, false, 'memory'] as const) {
     const g = await group(make, fsync);
+    const durable = fsync === true;
+    const storage = fsync === 'memory' ? 'MemoryStorage' : 'LmdbStorage';
     try {
       const leader = await leaderOf(g.drivers);
       for (let i = 0; i < 50; i++) await leader.propose(payload(i)); // warm-up
@@ -216,10 +227,10 @@ export async function run(args: string[]): Promise<void> {
       lat.sort((a, b) => a - b);
       const p50 = percentile(lat, 50);
       const p99 = percentile(lat, 99);
-      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(p50.toFixed(1)), unit: 'us', fsync,
-        baselines: fsync ? { transport_rtt_p50: Number(rttP50.toFixed(1)), disk_fdatasync_p50: Number(fsyncP50.toFixed(1)) }
+      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(p50.toFixed(1)), unit: 'us', fsync: durable, storage,
+        baselines: durable ? { transport_rtt_p50: Number(rttP50.toFixed(1)), disk_fdatasync_p50: Number(fsyncP50.toFixed(1)) }
           : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...env });
-      report({ suite: 'raft', case: 'commit-latency-p99', value: Number(p99.toFixed(1)), unit: 'us', fsync, ...env });
+      report({ suite: 'raft', case: 'commit-latency-p99', value: Number(p99.toFixed(1)), unit: 'us', fsync: durable, storage, ...env });
 
       const outstanding = 64;
       let next = 0;
@@ -235,7 +246,7 @@ export async function run(args: string[]): Promise<void> {
       await Promise.all(Array.from({ length: outstanding }, worker));
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
       report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(done / seconds), unit: 'commits/s',
-        fsync, baselines: fsync ? { disk_fdatasync_p50: Number(fsyncP50.toFixed(1)), transport_rtt_p50: Number(rttP50.toFixed(1)) }
+        fsync: durable, storage, baselines: durable ? { disk_fdatasync_p50: Number(fsyncP50.toFixed(1)), transport_rtt_p50: Number(rttP50.toFixed(1)) }
           : { transport_rtt_p50: Number(rttP50.toFixed(1)) },
         leaderFlushesTotal: leader.counters.flushes, ...env });
     } finally {

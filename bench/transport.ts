@@ -6,18 +6,25 @@
  *     pipelined echo (no protocol, the kernel's ceiling) and Node dgram pipelined echo;
  *   - 32-byte round-trip latency p50/p99 with one call outstanding vs C++ and dgram ping-pong;
  *   - 8 MiB request bandwidth vs Node net TCP with length-prefixed messages;
- *   - the 32-byte rate over 2,000 sessions vs over 1 session.
+ *   - the 32-byte rate over 20,000 sessions vs over 1 session, and bytes per session;
+ *   - 8 MiB goodput at injected loss 1e-5, 1e-4, 1e-3 (both ends drop their own sends) vs
+ *     lossless;
+ *   - incast: 50 sender endpoints (5 worker threads x 10) each sending 1 MiB requests to one
+ *     server vs one sender endpoint, with the server's kernel drops (SO_RXQ_OVFL);
+ *   - the 32-byte rate with 2 client/server endpoint pairs in 4 worker threads vs 1 pair;
+ *   - UDP_SEGMENT (GSO) vs sendmmsg for a bulk stream of 1,472-byte datagrams (raw sockets).
  * Each line carries the 1-minute load average: these VMs are shared, so numbers are noisy.
  */
 import { execFileSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { connect as tcpConnect } from 'node:net';
-import { loadavg } from 'node:os';
+import { availableParallelism, loadavg } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { report } from './_report.js';
 import { Endpoint, type NativeSession } from '../src/transport/native-transport.js';
+import { stopWorker, workerMessage } from '../test/support/worker-messages.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
@@ -30,8 +37,8 @@ interface Server {
   stop(): Promise<void>;
 }
 
-async function startServer(mode: string, options: object = {}): Promise<Server> {
-  const worker = new Worker(join(here, '_transport-worker.js'), { workerData: { mode, options } });
+async function startServer(mode: string, options: object = {}, dropProbability = 0): Promise<Server> {
+  const worker = new Worker(join(here, '_transport-worker.js'), { workerData: { mode, options, dropProbability } });
   const address = await new Promise<string>((resolve) => worker.once('message', (m) => resolve(m.address)));
   return {
     address,
@@ -205,7 +212,7 @@ export async function run(args: string[]): Promise<void> {
   await tcpServer.stop();
 
   const server = await startServer('squall');
-  const client = await Endpoint.create({ sessionsMax: 4096 });
+  const client = await Endpoint.create({ sessionsMax: 30_000 });
   const one = [await client.connect(server.address)];
   const rateOne = await squallRate(one, seconds);
   const rateBaselines = { cpp_udp_pipelined: cpp.pipelined_per_s, node_dgram_pipelined: dgram.rate };
@@ -230,13 +237,111 @@ export async function run(args: string[]): Promise<void> {
     baselines: { node_net_tcp: Number(tcp.toFixed(1)) }, load1: load() });
 
   const many = [...eight];
-  while (many.length < 2000) {
-    many.push(...(await Promise.all(Array.from({ length: Math.min(200, 2000 - many.length) }, () => client.connect(server.address)))));
+  while (many.length < SESSIONS_MANY) {
+    const batch = Math.min(500, SESSIONS_MANY - many.length);
+    many.push(...(await Promise.all(Array.from({ length: batch }, () => client.connect(server.address)))));
   }
   const rateMany = await squallRate(many, seconds);
-  report({ suite, case: 'rpc_rate_32B_64_outstanding_2000_sessions', value: Math.round(rateMany), unit: 'calls/s',
+  report({ suite, case: `rpc_rate_32B_64_outstanding_${SESSIONS_MANY}_sessions`, value: Math.round(rateMany), unit: 'calls/s',
     baselines: { squall_1_session: Math.round(rateOne) }, load1: load() });
+  report({ suite, case: `bytes_per_session_${SESSIONS_MANY}_sessions_client`, value: client.stats().bytesPerSession!, unit: 'bytes',
+    sessions: client.stats().sessionsClient, load1: load() });
+  await Promise.all(many.slice(8).map((s) => s.close()));
 
   await client.close();
   await server.stop();
+
+  // 8 MiB goodput under loss: a fresh server per loss rate, dropping its own sends at the same
+  // rate as the client.
+  const lossless = await lossGoodput(0, seconds);
+  report({ suite, case: 'request_bandwidth_8MiB_loss_0', value: Number(lossless.goodput.toFixed(1)), unit: 'MB/s',
+    retransmissions: lossless.retransmissions, load1: load() });
+  for (const loss of [1e-5, 1e-4, 1e-3]) {
+    const lossy = await lossGoodput(loss, seconds);
+    report({ suite, case: `request_bandwidth_8MiB_loss_${loss}`, value: Number(lossy.goodput.toFixed(1)), unit: 'MB/s',
+      baselines: { squall_lossless: Number(lossless.goodput.toFixed(1)) }, retransmissions: lossy.retransmissions,
+      load1: load() });
+  }
+
+  const requests = quick ? 4 : 10;
+  const single = await incast(1, 1, 50 * requests);
+  const fifty = await incast(5, 10, requests);
+  report({ suite, case: 'incast_goodput_50_senders_1MiB', value: Number(fifty.goodput.toFixed(1)), unit: 'MB/s',
+    baselines: { squall_1_sender: Number(single.goodput.toFixed(1)) },
+    kernel_drops: fifty.kernelDrops, packets_sent: fifty.packetsSent,
+    kernel_drop_fraction: Number((fifty.kernelDrops / Math.max(1, fifty.packetsSent)).toExponential(2)),
+    retransmissions: fifty.retransmissions, requests: fifty.completed, failed: fifty.failed,
+    baseline_kernel_drops: single.kernelDrops, load1: load() });
+
+  // Segmentation offload, at the socket level (native/bench/udp_gso_bench.cc): bulk 1,472-byte
+  // datagrams (the off-loopback packet size) sent as 64 KB UDP_SEGMENT buffers vs sendmmsg
+  // batches, and the 65,000-byte datagrams the transport uses on loopback.
+  const gso = JSON.parse(execFileSync(join(root, 'build', 'bin', 'udp_gso_bench'), [quick ? '128' : '512']).toString()) as
+    { mmsg_1472_MBps: number; gso_1472_MBps: number; mmsg_65000_MBps: number };
+  report({ suite, case: 'udp_stream_1472B_datagrams_gso', value: gso.gso_1472_MBps, unit: 'MB/s',
+    baselines: { sendmmsg_1472B: gso.mmsg_1472_MBps, sendmmsg_65000B: gso.mmsg_65000_MBps }, load1: load() });
+
+  const pairOne = await parallelRate(1, seconds);
+  const pairTwo = await parallelRate(2, seconds);
+  report({ suite, case: 'rpc_rate_32B_2_endpoint_pairs_in_workers', value: Math.round(pairTwo), unit: 'calls/s',
+    baselines: { squall_1_pair_in_workers: Math.round(pairOne) }, cores: availableParallelism(), load1: load() });
+}
+
+const SESSIONS_MANY = 20_000;
+const loadWorker = join(root, 'dist', 'test', 'support', 'transport-load-worker.js');
+
+async function lossGoodput(loss: number, seconds: number): Promise<{ goodput: number; retransmissions: number }> {
+  const server = await startServer('squall', {}, loss);
+  const client = await Endpoint.create({});
+  client.injectFault({ dropProbability: loss });
+  const session = await client.connect(server.address);
+  const goodput = await squallBandwidth(session, seconds);
+  const retransmissions = client.stats().retransmissions ?? 0;
+  await client.close();
+  await server.stop();
+  return { goodput, retransmissions };
+}
+
+interface IncastResult {
+  goodput: number;
+  completed: number;
+  failed: number;
+  retransmissions: number;
+  packetsSent: number;
+  kernelDrops: number;
+}
+
+/** `workers` threads of `endpoints` sender endpoints each, `requests` 1 MiB calls per endpoint. */
+async function incast(workers: number, endpoints: number, requests: number): Promise<IncastResult> {
+  const server = await Endpoint.create({ sessionsMax: 256 });
+  const ack = Buffer.alloc(8, 1);
+  server.handle(2, () => ack);
+  const senders = Array.from({ length: workers }, () =>
+    new Worker(loadWorker, { workerData: { mode: 'senders', target: server.address, endpoints, requests, bytes: 1 << 20 } }));
+  await Promise.all(senders.map((w) => workerMessage(w, 'ready')));
+  const done = senders.map((w) => workerMessage<{ completed: number; failed: number; retransmissions: number; packetsSent: number; bytes: number }>(w, 'done'));
+  const started = performance.now();
+  for (const w of senders) w.postMessage({ kind: 'start' });
+  const results = await Promise.all(done);
+  const elapsed = (performance.now() - started) / 1000;
+  const sum = (key: 'completed' | 'failed' | 'retransmissions' | 'packetsSent' | 'bytes'): number =>
+    results.reduce((a, r) => a + r[key], 0);
+  const kernelDrops = server.stats().udpKernelDrops ?? 0;
+  await Promise.all(senders.map(stopWorker));
+  await server.close();
+  return { goodput: sum('bytes') / elapsed / 1e6, completed: sum('completed'), failed: sum('failed'),
+    retransmissions: sum('retransmissions'), packetsSent: sum('packetsSent'), kernelDrops };
+}
+
+/** `pairs` client/server endpoint pairs, each endpoint on its own worker thread and socket. */
+async function parallelRate(pairs: number, seconds: number): Promise<number> {
+  const servers = Array.from({ length: pairs }, () => new Worker(loadWorker, { workerData: { mode: 'server' } }));
+  const addresses = await Promise.all(servers.map((w) => workerMessage<{ address: string }>(w, 'ready')));
+  const clients = addresses.map((a) => new Worker(loadWorker, { workerData: { mode: 'rate', target: a.address, seconds } }));
+  await Promise.all(clients.map((w) => workerMessage(w, 'ready')));
+  const done = clients.map((w) => workerMessage<{ calls: number; elapsedMs: number }>(w, 'done'));
+  for (const w of clients) w.postMessage({ kind: 'start' });
+  const results = await Promise.all(done);
+  await Promise.all([...clients, ...servers].map(stopWorker));
+  return results.reduce((a, r) => a + r.calls / (r.elapsedMs / 1000), 0);
 }

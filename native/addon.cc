@@ -19,12 +19,15 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "transport/congestion_gate.h"
 #include "transport/endpoint.h"
 #include "transport/udp_socket.h"
 #include "version.h"
@@ -54,10 +57,15 @@ class NativeEndpoint;
 struct Driver {
   NativeEndpoint* owner = nullptr;
   std::unique_ptr<UdpSocket> socket;
+  std::unique_ptr<CongestionGate> gate;  // outlives nothing it is handed to: freed with the core
   std::unique_ptr<Endpoint> endpoint;
   uv_poll_t poll{};
   uv_timer_t timer{};
   int open_handles = 0;
+  // Registered while the handles are open. Node waits for it at environment teardown (a worker
+  // ending, or the process exiting) until the handles have closed: their close callbacks live in
+  // this addon, which is unloaded right after, so closing must finish first.
+  napi_async_cleanup_hook_handle cleanup = nullptr;
   uint64_t timer_armed_us = UINT64_MAX;
   std::vector<Event> events;
 };
@@ -104,16 +112,41 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       return static_cast<uint64_t>(number(key, static_cast<double>(fallback_us) / 1000) * 1000);
     };
     c.retransmit_timeout_us = ms("retransmitTimeoutMs", c.retransmit_timeout_us);
+    // An initial RTO set below the default floor lowers the floor with it unless given.
+    c.retransmit_timeout_min_us = ms("retransmitTimeoutMinMs",
+                                     std::min(c.retransmit_timeout_min_us, c.retransmit_timeout_us));
     c.peer_failure_timeout_us = ms("peerFailureTimeoutMs", c.peer_failure_timeout_us);
     c.connect_timeout_us = ms("connectTimeoutMs", c.connect_timeout_us);
     c.connect_retry_us = ms("connectRetryMs", c.connect_retry_us);
     c.seed = static_cast<uint64_t>(number("seed", 1));
+    // A fresh incarnation per endpoint: a process restarted at the same address must not reuse
+    // the handshake tokens and session numbers of its previous life (see EndpointConfig).
+    std::random_device entropy;
+    c.incarnation = (static_cast<uint64_t>(entropy()) << 32) ^ entropy();
+    if (c.incarnation == 0) c.incarnation = 1;
     const std::string problem = ValidateConfig(c);
     if (!problem.empty()) {
       Napi::RangeError::New(env, "invalid transport limits: " + problem)
           .ThrowAsJavaScriptException();
       return;
     }
+    CongestionConfig cc;
+    Napi::Value cc_enabled = o.Get("congestionControl");
+    if (cc_enabled.IsBoolean()) cc.enabled = cc_enabled.As<Napi::Boolean>().Value();
+    cc.rate_max_bytes_per_s = number("ccRateMaxBytesPerSecond", cc.rate_max_bytes_per_s);
+    cc.rate_min_bytes_per_s = number("ccRateMinBytesPerSecond", cc.rate_min_bytes_per_s);
+    cc.t_low_us = static_cast<uint64_t>(number("ccTLowUs", static_cast<double>(cc.t_low_us)));
+    cc.t_high_us = static_cast<uint64_t>(number("ccTHighUs", static_cast<double>(cc.t_high_us)));
+    const std::string cc_problem = ValidateCongestionConfig(cc);
+    if (!cc_problem.empty()) {
+      Napi::RangeError::New(env, "invalid congestion control settings: " + cc_problem)
+          .ThrowAsJavaScriptException();
+      return;
+    }
+    SocketBuffers buffers;
+    buffers.receive_bytes =
+        static_cast<int>(number("socketReceiveBufferBytes", buffers.receive_bytes));
+    buffers.send_bytes = static_cast<int>(number("socketSendBufferBytes", buffers.send_bytes));
     Napi::Value host_value = o.Get("host");
     const std::string host = host_value.IsString() ? host_value.As<Napi::String>().Utf8Value()
                                                    : std::string("127.0.0.1");
@@ -124,7 +157,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       return;
     }
     std::string error;
-    auto socket = UdpSocket::Open(host, static_cast<uint16_t>(port), c.packet_bytes_max, &error);
+    auto socket =
+        UdpSocket::Open(host, static_cast<uint16_t>(port), c.packet_bytes_max, &error, buffers);
     if (!socket) {
       Napi::Error::New(env, error).ThrowAsJavaScriptException();
       return;
@@ -138,6 +172,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     driver_->owner = this;
     driver_->socket = std::move(socket);
     driver_->endpoint = std::make_unique<Endpoint>(c, driver_->socket.get());
+    driver_->gate = std::make_unique<CongestionGate>(cc, c.sessions_max, MonotonicNowUs());
+    driver_->endpoint->SetSendGate(driver_->gate.get());
     uv_poll_init(loop, &driver_->poll, driver_->socket->fd());
     uv_timer_init(loop, &driver_->timer);
     driver_->poll.data = driver_;
@@ -148,14 +184,17 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     env_ = env;
     // While open, the JS object must not be collected: libuv callbacks point at it.
     Ref();
-    napi_add_env_cleanup_hook(env, &NativeEndpoint::OnEnvCleanup, this);
+    napi_add_async_cleanup_hook(env, &NativeEndpoint::OnEnvTeardown, driver_, &driver_->cleanup);
   }
 
   ~NativeEndpoint() override { Shutdown(false); }
 
  private:
-  static void OnEnvCleanup(void* self) {
-    static_cast<NativeEndpoint*>(self)->Shutdown(false);
+  // Environment teardown with the endpoint still open: close it; the last handle's close
+  // callback then tells Node that teardown may go on.
+  static void OnEnvTeardown(napi_async_cleanup_hook_handle /*handle*/, void* arg) {
+    Driver* d = static_cast<Driver*>(arg);
+    if (d->owner != nullptr) d->owner->Shutdown(false);
   }
 
   // Stops the endpoint: fails pending work locally, optionally tells peers, closes handles.
@@ -170,25 +209,28 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     uv_timer_stop(&d->timer);
     uv_close(reinterpret_cast<uv_handle_t*>(&d->poll), &NativeEndpoint::OnHandleClosed);
     uv_close(reinterpret_cast<uv_handle_t*>(&d->timer), &NativeEndpoint::OnHandleClosed);
-    napi_remove_env_cleanup_hook(env_, &NativeEndpoint::OnEnvCleanup, this);
   }
 
   static void OnHandleClosed(uv_handle_t* handle) {
     Driver* d = static_cast<Driver*>(handle->data);
-    if (--d->open_handles == 0) delete d;
+    if (--d->open_handles != 0) return;
+    if (d->cleanup != nullptr) napi_remove_async_cleanup_hook(d->cleanup);
+    delete d;
   }
 
   static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
     Driver* d = static_cast<Driver*>(handle->data);
     if (d->owner == nullptr || status < 0) return;
-    const uint64_t now = MonotonicNowUs();
     Endpoint* endpoint = d->endpoint.get();
+    // The clock is read per packet: a wakeup can last long enough (up to 1,024 packets, sends
+    // flushed on the way) for an answer to a packet sent in it to arrive in it, and a stale time
+    // would make that round trip 0 µs (RTT samples feed the RTO and congestion control).
     d->socket->Receive(
-        [endpoint, now](const PeerAddress& from, std::span<const uint8_t> bytes) {
-          endpoint->OnPacket(from, bytes, now);
+        [endpoint](const PeerAddress& from, std::span<const uint8_t> bytes) {
+          endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
-    endpoint->OnTimers(now);
+    endpoint->OnTimers(MonotonicNowUs());
     d->socket->Flush();
     d->owner->DeliverFromLoop();
   }
@@ -200,14 +242,13 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     // Read what is already queued first: after a stall of this thread (a busy VM, a long JS
     // task) the peer's answers may be waiting in the socket, and the timers must not declare
     // it failed or retransmit before they have been seen.
-    const uint64_t now = MonotonicNowUs();
     Endpoint* endpoint = d->endpoint.get();
     d->socket->Receive(
-        [endpoint, now](const PeerAddress& from, std::span<const uint8_t> bytes) {
-          endpoint->OnPacket(from, bytes, now);
+        [endpoint](const PeerAddress& from, std::span<const uint8_t> bytes) {
+          endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
-    d->endpoint->OnTimers(now);
+    d->endpoint->OnTimers(MonotonicNowUs());
     d->socket->Flush();
     d->owner->DeliverFromLoop();
   }
@@ -438,6 +479,17 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     out.Set("dataBytesPerPacket",
             Napi::Number::New(env, driver_->endpoint->SessionDataBytesPerPacket(session)));
     out.Set("connected", Napi::Boolean::New(env, driver_->endpoint->SessionIsConnected(session)));
+    auto set = [&](const char* key, double v) { out.Set(key, Napi::Number::New(env, v)); };
+    set("srttUs", static_cast<double>(driver_->endpoint->SessionSrttUs(session)));
+    set("rtoUs", static_cast<double>(driver_->endpoint->SessionRtoUs(session)));
+    SessionCongestion cc;
+    if (driver_->gate->Session(session, &cc)) {
+      set("rateBytesPerSecond", cc.rate_bytes_per_s);
+      set("lastRttUs", static_cast<double>(cc.last_rtt_us));
+      set("minRttUs", static_cast<double>(cc.min_rtt_us));
+      set("tLowUs", static_cast<double>(cc.t_low_us));
+      set("tHighUs", static_cast<double>(cc.t_high_us));
+    }
     return out;
   }
 
@@ -484,6 +536,23 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("udpBundledPackets", u.bundled_packets);
     set("udpBadBundles", u.bad_bundles);
     set("udpReceiveCalls", u.receive_calls);
+    set("udpKernelDrops", u.kernel_drops);
+    set("udpReceiveBufferBytes", u.receive_buffer_bytes);
+    set("udpSendBufferBytes", u.send_buffer_bytes);
+    set("rttSamples", s.rtt_samples);
+    set("retransmitTimerFires", s.retransmit_timer_fires);
+    set("bytesPerSession", driver_->endpoint->BytesPerSession());
+    const CongestionStats& cc = driver_->gate->stats();
+    set("cc.bypassedSends", cc.bypassed_sends);
+    set("cc.pacedSends", cc.paced_sends);
+    set("cc.deferrals", cc.deferrals);
+    set("cc.wheelInserts", cc.wheel_inserts);
+    set("cc.wheelFull", cc.wheel_full);
+    set("cc.rateUpdates", cc.rate_updates);
+    set("cc.bypassedSamples", cc.bypassed_samples);
+    set("cc.rebases", cc.rebases);
+    set("cc.congestedSessions", cc.congested_sessions);
+    set("cc.waitingSessions", driver_->gate->waiting());
     return out;
   }
 

@@ -12,8 +12,13 @@
  * its own under the key -(seq + 1), and its slot in the segment holds a marker. Segments thus
  * stay small, so a read never copies someone else's large value.
  *
- * The open segment (the one the next append goes to) lives in memory as `tail` and is written
- * once per event turn. Every write goes through lmdb-js's batched puts: all writes of one event
+ * The open segment (the one the next append goes to) lives in memory as `tail`, already in its
+ * LMDB form: makeVersion writes each record straight into the segment's buffer (no Buffer per
+ * record, no second copy when the segment is written), and the tail is put once per event turn.
+ * lmdb-js does not copy a put value: it reads it from our buffer when the transaction commits.
+ * So bytes of a segment buffer, once written, never change: appends write above them, a full
+ * buffer is replaced by a bigger copy, and anything else (replace, truncate) builds a new
+ * segment. Every write goes through lmdb-js's batched puts: all writes of one event
  * turn land in one transaction (the flush runs as a microtask, before lmdb-js closes the batch
  * in setImmediate). That gives group commit, and atomic multi-field versions and trims.
  * Segments written but not yet committed stay readable from `overlay`.
@@ -24,25 +29,142 @@
 import type { Database, RootDatabase } from 'lmdb';
 import { assert } from '../src/core/assert.js';
 import type { FieldMeta, LogBounds, LogStorage } from './log-storage.js';
+import { encodeRecord, RECORD_HEADER_BYTES, writeRecordInto, type RecordHeader } from './record.js';
 
 export const SEGMENT_RECORDS = 32;
 export const INLINE_BYTES_MAX = 1024;
 const EXTERNAL = 0xffff_ffff;
-const HOLE: Buffer = Buffer.alloc(0);
 
 const segmentOf = (seq: number) => Math.floor(seq / SEGMENT_RECORDS);
 const externalKey = (seq: number) => -(seq + 1);
 
-/** A record slot in memory: the record, HOLE, or the record stored outside the segment. */
-type Slot = Buffer;
+/**
+ * One segment in memory, as the bytes of its LMDB value ([u32le length][record] per slot) plus
+ * where each slot starts. Bytes below `used` never change (see the file comment); `value()` is
+ * what goes to LMDB.
+ */
+class Segment {
+  private bytes: Buffer;
+  private view: DataView;
+  private used = 0;
+  private readonly starts: number[] = [];
+  // Records stored under their own key (above INLINE_BYTES_MAX), by slot index.
+  private externals: Map<number, Buffer> | undefined;
+
+  constructor(capacity = 0) {
+    this.bytes = Buffer.allocUnsafeSlow(capacity);
+    this.view = new DataView(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength);
+  }
+
+  /** A segment holding these slots (records, undefined for a hole), for rebuilds. */
+  static of(slots: (Buffer | undefined)[]): Segment {
+    let bytes = 0;
+    for (const slot of slots) bytes += 4 + (slot && slot.byteLength <= INLINE_BYTES_MAX ? slot.byteLength : 0);
+    const segment = new Segment(bytes);
+    for (const slot of slots) {
+      if (slot) segment.pushRecord(slot);
+      else segment.pushHole();
+    }
+    return segment;
+  }
+
+  /** Parses a stored segment value (copied), fetching external records with `readExternal`. */
+  static parse(value: Buffer, readExternal: (index: number) => Buffer | undefined): Segment {
+    const slots: (Buffer | undefined)[] = [];
+    let offset = 0;
+    while (offset + 4 <= value.byteLength) {
+      const length = value.readUInt32LE(offset);
+      if (length === EXTERNAL) {
+        const external = readExternal(slots.length);
+        slots.push(external ? Buffer.from(external) : undefined);
+        offset += 4;
+        continue;
+      }
+      slots.push(length === 0 ? undefined : value.subarray(offset + 4, offset + 4 + length));
+      offset += 4 + length;
+    }
+    return Segment.of(slots);
+  }
+
+  get count(): number {
+    return this.starts.length;
+  }
+
+  /** The record in slot `index` (a view: valid as long as this segment), or undefined. */
+  get(index: number): Buffer | undefined {
+    if (index >= this.starts.length) return undefined;
+    const start = this.starts[index]!;
+    const length = this.view.getUint32(start, true);
+    if (length === 0) return undefined;
+    if (length === EXTERNAL) return this.externals?.get(index);
+    return this.bytes.subarray(start + 4, start + 4 + length);
+  }
+
+  /** The slots 0 .. count-1 (undefined for holes), for rebuilds. */
+  slots(count = this.count): (Buffer | undefined)[] {
+    const slots: (Buffer | undefined)[] = [];
+    for (let i = 0; i < count; i++) slots.push(this.get(i));
+    return slots;
+  }
+
+  /** The LMDB value: the bytes written so far. */
+  value(): Buffer {
+    return this.bytes.subarray(0, this.used);
+  }
+
+  pushHole(): void {
+    const start = this.reserve(4);
+    this.view.setUint32(start, 0, true);
+    this.used = start + 4;
+  }
+
+  /** Appends a record: inline, or as a marker (the caller stores it under its own key). */
+  pushRecord(record: Buffer): void {
+    if (record.byteLength > INLINE_BYTES_MAX) {
+      const start = this.reserve(4);
+      this.view.setUint32(start, EXTERNAL, true);
+      (this.externals ??= new Map()).set(this.starts.length - 1, record);
+      this.used = start + 4;
+      return;
+    }
+    const start = this.reserve(4 + record.byteLength);
+    this.view.setUint32(start, record.byteLength, true);
+    this.bytes.set(record, start + 4);
+    this.used = start + 4 + record.byteLength;
+  }
+
+  /** Appends the record for header + payload, written in place. Must be inline-sized. */
+  pushNew(header: RecordHeader, payload: Uint8Array): void {
+    const length = RECORD_HEADER_BYTES + payload.byteLength;
+    const start = this.reserve(4 + length);
+    this.view.setUint32(start, length, true);
+    writeRecordInto(this.bytes, this.view, start + 4, header, payload);
+    this.used = start + 4 + length;
+  }
+
+  /** Room for `bytes` more at `used`, in a bigger copy if needed; records the slot start. */
+  private reserve(bytes: number): number {
+    const needed = this.used + bytes;
+    if (needed > this.bytes.byteLength) {
+      // Room for the whole segment at this record size, so a segment grows about once.
+      const capacity = Math.max(needed, this.bytes.byteLength * 2, bytes * SEGMENT_RECORDS);
+      const next = Buffer.allocUnsafeSlow(capacity);
+      this.bytes.copy(next, 0, 0, this.used);
+      this.bytes = next;
+      this.view = new DataView(next.buffer, next.byteOffset, next.byteLength);
+    }
+    this.starts.push(this.used);
+    return this.used;
+  }
+}
 
 export class LmdbLogStorage implements LogStorage {
   readonly durable = true;
   private tailKey = 0;
-  private tail: Slot[] = [];
+  private tail = new Segment();
   private tailDirty = false;
   // Segments other than the tail that were written and may not be committed yet.
-  private readonly overlay = new Map<number, Slot[]>();
+  private readonly overlay = new Map<number, Segment>();
   private meta: FieldMeta = { trimmed: false };
   private flushScheduled = false;
   private lastPut: Promise<unknown> | undefined;
@@ -63,12 +185,12 @@ export class LmdbLogStorage implements LogStorage {
     if (lastKey < 0) {
       const seq = this.meta.firstSeq ?? 0;
       this.tailKey = segmentOf(seq);
-      this.tail = [];
+      this.tail = new Segment();
       return { firstSeq: seq, nextSeq: seq, meta: { trimmed: this.meta.trimmed } };
     }
     this.tailKey = lastKey;
-    this.tail = this.readSegment(lastKey, true);
-    const nextSeq = lastKey * SEGMENT_RECORDS + this.tail.length;
+    this.tail = this.readSegment(lastKey);
+    const nextSeq = lastKey * SEGMENT_RECORDS + this.tail.count;
     const firstSeq = this.meta.firstSeq ?? firstKey * SEGMENT_RECORDS;
     return { firstSeq, nextSeq, meta: { trimmed: this.meta.trimmed } };
   }
@@ -76,16 +198,12 @@ export class LmdbLogStorage implements LogStorage {
   get(seq: number): Buffer | undefined {
     const key = segmentOf(seq);
     const index = seq - key * SEGMENT_RECORDS;
-    const slots = key === this.tailKey ? this.tail : this.overlay.get(key);
-    if (slots) {
-      const slot = slots[index];
-      if (slot === undefined || slot === HOLE) return undefined;
-      return slot;
-    }
-    const segment = this.db.getBinaryFast(key);
-    if (segment === undefined) return undefined;
+    const segment = key === this.tailKey ? this.tail : this.overlay.get(key);
+    if (segment) return segment.get(index);
+    const stored = this.db.getBinaryFast(key);
+    if (stored === undefined) return undefined;
     // lmdb-js reuses one buffer and overrides its `length` to the value's size.
-    const view = segment.subarray(0, segment.length);
+    const view = stored.subarray(0, stored.length);
     let offset = 0;
     for (let i = 0; i < index; i++) {
       if (offset + 4 > view.byteLength) return undefined;
@@ -100,18 +218,19 @@ export class LmdbLogStorage implements LogStorage {
   }
 
   append(seq: number, record: Buffer): void {
-    const key = segmentOf(seq);
-    if (key !== this.tailKey) {
-      assert(key > this.tailKey, 'appends move forward');
-      this.retireTail();
-      this.tailKey = key;
-      this.tail = [];
-    }
-    const index = seq - key * SEGMENT_RECORDS;
-    assert(index >= this.tail.length, 'append after the newest record');
-    while (this.tail.length < index) this.tail.push(HOLE);
-    this.tail.push(record);
+    this.openSlot(seq);
+    this.tail.pushRecord(record);
     this.writeExternalIfLarge(seq, record);
+    this.markTailDirty();
+  }
+
+  appendRecord(seq: number, header: RecordHeader, payload: Uint8Array): void {
+    if (RECORD_HEADER_BYTES + payload.byteLength > INLINE_BYTES_MAX) {
+      this.append(seq, encodeRecord(header, payload));
+      return;
+    }
+    this.openSlot(seq);
+    this.tail.pushNew(header, payload);
     this.markTailDirty();
   }
 
@@ -119,14 +238,14 @@ export class LmdbLogStorage implements LogStorage {
     const key = segmentOf(seq);
     const index = seq - key * SEGMENT_RECORDS;
     this.writeExternalIfLarge(seq, record);
-    if (key === this.tailKey) {
-      this.tail[index] = record;
-      this.markTailDirty();
-      return;
-    }
-    const slots = [...(this.overlay.get(key) ?? this.readSegment(key, true))];
+    const old = key === this.tailKey ? this.tail : (this.overlay.get(key) ?? this.readSegment(key));
+    const slots = old.slots();
     slots[index] = record;
-    this.writeSegment(key, slots);
+    const rebuilt = Segment.of(slots);
+    if (key === this.tailKey) {
+      this.tail = rebuilt;
+      this.markTailDirty();
+    } else this.writeSegment(key, rebuilt);
   }
 
   dropBefore(firstSeq: number, newFirstSeq: number): void {
@@ -137,7 +256,7 @@ export class LmdbLogStorage implements LogStorage {
       this.overlay.delete(key);
       if (key === this.tailKey) {
         this.tailKey = keepKey;
-        this.tail = [];
+        this.tail = new Segment();
         this.tailDirty = false;
       }
       this.track(this.db.remove(key));
@@ -155,12 +274,13 @@ export class LmdbLogStorage implements LogStorage {
       this.overlay.delete(key);
       this.track(this.db.remove(key));
     }
-    let slots: Slot[];
-    if (keepKey === this.tailKey) slots = this.tail;
-    else slots = this.overlay.get(keepKey) ?? this.readSegment(keepKey, true);
+    let kept: Segment;
+    if (keepKey === this.tailKey) kept = this.tail;
+    else kept = this.overlay.get(keepKey) ?? this.readSegment(keepKey);
     this.overlay.delete(keepKey);
     this.tailKey = keepKey;
-    this.tail = slots.slice(0, newNextSeq - keepKey * SEGMENT_RECORDS);
+    // A new segment: the old buffer may still be read by an uncommitted put.
+    this.tail = Segment.of(kept.slots(newNextSeq - keepKey * SEGMENT_RECORDS));
     this.markTailDirty();
     if (this.meta.firstSeq !== undefined && newNextSeq < this.meta.firstSeq) {
       this.meta = { ...this.meta, firstSeq: newNextSeq };
@@ -175,9 +295,23 @@ export class LmdbLogStorage implements LogStorage {
 
   // ---- internals ---------------------------------------------------------------------------
 
+  /** Makes the tail the segment of `seq` (retiring a full one) and fills holes before it. */
+  private openSlot(seq: number): void {
+    const key = segmentOf(seq);
+    if (key !== this.tailKey) {
+      assert(key > this.tailKey, 'appends move forward');
+      this.retireTail();
+      this.tailKey = key;
+      this.tail = new Segment();
+    }
+    const index = seq - key * SEGMENT_RECORDS;
+    if (index < this.tail.count) assert(false, 'append after the newest record');
+    while (this.tail.count < index) this.tail.pushHole();
+  }
+
   /** The open segment is full (or abandoned): write it now and keep it readable until commit. */
   private retireTail(): void {
-    if (this.tail.length === 0) return;
+    if (this.tail.count === 0) return;
     // Written in an earlier turn, it may still be uncommitted: keep it in the overlay anyway.
     if (this.tailDirty) this.writeSegment(this.tailKey, this.tail);
     else this.overlay.set(this.tailKey, this.tail);
@@ -201,24 +335,24 @@ export class LmdbLogStorage implements LogStorage {
     this.flushScheduled = false;
     if (this.tailDirty) {
       this.tailDirty = false;
-      if (this.tail.length === 0) this.track(this.db.remove(this.tailKey));
-      else this.track(this.db.put(this.tailKey, encodeSegment(this.tail)));
+      if (this.tail.count === 0) this.track(this.db.remove(this.tailKey));
+      else this.track(this.db.put(this.tailKey, this.tail.value()));
     }
     if (this.overlay.size === 0 || !this.lastPut) return;
     const written = [...this.overlay];
     this.lastPut.then(
       () => {
-        for (const [key, slots] of written) {
-          if (this.overlay.get(key) === slots) this.overlay.delete(key);
+        for (const [key, segment] of written) {
+          if (this.overlay.get(key) === segment) this.overlay.delete(key);
         }
       },
       () => undefined, // the registry reports write failures
     );
   }
 
-  private writeSegment(key: number, slots: Slot[]): void {
-    this.overlay.set(key, slots);
-    this.track(this.db.put(key, encodeSegment(slots)));
+  private writeSegment(key: number, segment: Segment): void {
+    this.overlay.set(key, segment);
+    this.track(this.db.put(key, segment.value()));
     this.scheduleFlush();
   }
 
@@ -237,48 +371,15 @@ export class LmdbLogStorage implements LogStorage {
     return bytes === undefined ? undefined : bytes.subarray(0, bytes.length);
   }
 
-  /** Slots of a stored segment, copied out of LMDB's transient buffer. */
-  private readSegment(key: number, copy: boolean): Slot[] {
-    const segment = this.db.getBinary(key);
-    if (!segment) return [];
-    const slots: Slot[] = [];
-    let offset = 0;
-    while (offset + 4 <= segment.byteLength) {
-      const length = segment.readUInt32LE(offset);
-      const seq = key * SEGMENT_RECORDS + slots.length;
-      if (length === EXTERNAL) {
-        const external = this.readExternal(seq);
-        slots.push(external ? Buffer.from(external) : HOLE);
-        offset += 4;
-        continue;
-      }
-      const bytes = segment.subarray(offset + 4, offset + 4 + length);
-      slots.push(length === 0 ? HOLE : copy ? Buffer.from(bytes) : bytes);
-      offset += 4 + length;
-    }
-    return slots;
+  /** A stored segment, copied out of LMDB's transient buffer. */
+  private readSegment(key: number): Segment {
+    const stored = this.db.getBinary(key);
+    if (!stored) return new Segment();
+    return Segment.parse(stored, (index) => this.readExternal(key * SEGMENT_RECORDS + index));
   }
 
   private track(promise: Promise<unknown>): void {
     this.lastPut = promise;
     this.onWrite(promise);
   }
-}
-
-function encodeSegment(slots: Slot[]): Buffer {
-  let bytes = 0;
-  for (const slot of slots) bytes += 4 + (slot.byteLength > INLINE_BYTES_MAX ? 0 : slot.byteLength);
-  const segment = Buffer.allocUnsafe(bytes);
-  let offset = 0;
-  for (const slot of slots) {
-    if (slot.byteLength > INLINE_BYTES_MAX) {
-      segment.writeUInt32LE(EXTERNAL, offset);
-      offset += 4;
-      continue;
-    }
-    segment.writeUInt32LE(slot.byteLength, offset);
-    segment.set(slot, offset + 4);
-    offset += 4 + slot.byteLength;
-  }
-  return segment;
 }

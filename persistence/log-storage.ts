@@ -6,6 +6,8 @@
  * Two implementations: MemoryLogStorage (Volatile<T>, in-memory registries) and LmdbLogStorage
  * (lmdb-storage.ts: one LMDB named database per field, in the node's single environment).
  */
+import { encodeRecord, type RecordHeader } from './record.js';
+
 /** Per-field facts kept beside the records. */
 export interface FieldMeta {
   /** True once trim() removed anything: reads below the first kept version then say "trimmed". */
@@ -32,6 +34,12 @@ export interface LogStorage {
   get(seq: number): Buffer | undefined;
   /** Stores the record after the newest; visible to get() at once, durable after the commit. */
   append(seq: number, record: Buffer): void;
+  /**
+   * Same as append(seq, encodeRecord(header, payload)), but the storage may write the record
+   * straight into its own buffers (the append path of makeVersion: no Buffer per record).
+   * `payload` is copied; the caller may reuse it.
+   */
+  appendRecord(seq: number, header: RecordHeader, payload: Uint8Array): void;
   /** Overwrites a kept record. */
   replace(seq: number, record: Buffer): void;
   /** Removes the records in [firstSeq, newFirstSeq) (trim). */
@@ -63,6 +71,9 @@ export class MemoryLogStorage implements LogStorage {
   }
   append(seq: number, record: Buffer): void {
     this.records.set(seq, record);
+  }
+  appendRecord(seq: number, header: RecordHeader, payload: Uint8Array): void {
+    this.records.set(seq, encodeRecord(header, payload));
   }
   replace(seq: number, record: Buffer): void {
     this.records.set(seq, record);

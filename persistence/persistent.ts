@@ -235,7 +235,7 @@ export class Persistent<T> implements HasFieldHooks {
     const effectiveTime = this.lastEffectiveTime ? maxHlc(this.lastEffectiveTime, time) : time;
     const seq = log.nextSeq;
     const baseSeq = kind === RECORD_FULL ? seq : this.lastCheckpointSeq;
-    log.append(encodeRecord({ kind, version, time, effectiveTime, baseSeq }, payload));
+    log.appendRecord({ kind, version, time, effectiveTime, baseSeq }, payload);
     if (kind === RECORD_FULL) this.lastCheckpointSeq = seq;
     this.lastEffectiveTime = effectiveTime;
   }

@@ -11,7 +11,12 @@ import { assert } from '../src/core/assert.js';
 import type { Hlc } from '../src/core/hlc.js';
 import type { Version } from '../src/core/ids.js';
 import type { FieldMeta, LogStorage } from './log-storage.js';
-import { compareRecordEffectiveTime, recordEffectiveTime, recordVersion } from './record.js';
+import {
+  compareRecordEffectiveTime,
+  recordEffectiveTime,
+  recordVersion,
+  type RecordHeader,
+} from './record.js';
 import { CorruptDataDirError } from './errors.js';
 
 export const FENCE_STRIDE = 32;
@@ -63,11 +68,12 @@ export class VersionLog {
     return recordEffectiveTime(this.record(seq));
   }
 
-  append(record: Buffer): number {
+  /** Appends the record for header + payload (written straight into storage's buffers). */
+  appendRecord(header: RecordHeader, payload: Uint8Array): number {
     const seq = this.nextSeq;
-    this.storage.append(seq, record);
+    this.storage.appendRecord(seq, header, payload);
     this.nextSeq += 1;
-    if (seq % FENCE_STRIDE === 0) this.pushFence(seq, record);
+    if (seq % FENCE_STRIDE === 0) this.pushFenceValues(seq, header.version, header.effectiveTime);
     return seq;
   }
 
@@ -186,6 +192,10 @@ export class VersionLog {
   }
 
   private pushFence(seq: number, record: Buffer): void {
+    this.pushFenceValues(seq, recordVersion(record), recordEffectiveTime(record));
+  }
+
+  private pushFenceValues(seq: number, version: Version, effectiveTime: Hlc): void {
     if (this.fenceCount() === 0) {
       this.fenceVersions = [];
       this.fenceMicros = [];
@@ -194,10 +204,9 @@ export class VersionLog {
       this.fenceFirstIndex = seq / FENCE_STRIDE;
     }
     assert(this.fenceSeq(this.fenceVersions.length) === seq, 'fences are contiguous');
-    const time = recordEffectiveTime(record);
-    this.fenceVersions.push(recordVersion(record));
-    this.fenceMicros.push(time.micros);
-    this.fenceLogical.push(time.logical);
+    this.fenceVersions.push(version);
+    this.fenceMicros.push(effectiveTime.micros);
+    this.fenceLogical.push(effectiveTime.logical);
   }
 
   private rebuildFences(): void {

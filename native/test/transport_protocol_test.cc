@@ -346,15 +346,27 @@ TEST(transport_client_credits_multi_packet_and_go_back_n) {
   CHECK_LINES(c.io, {"REQ s=55 r=16 p=0 m=500 a=0 len=208", "REQ s=55 r=16 p=1 m=500 a=0 len=208"});
   c.Send(PacketType::kCreditReturn, 16, 0, 0, 0, 2100);
   CHECK_LINES(c.io, {"REQ s=55 r=16 p=2 m=500 a=0 len=84"});
-  // The scan runs every half timeout; a slot stuck for a full timeout is rolled back at the
-  // first scan after that (here at 16,000 µs: scans at 6,000, 11,000, 16,000).
-  c.RunTimersUntil(2100 + config.retransmit_timeout_us);
+  // Adaptive RTO: the handshake and the answers so far took ~100 µs, so srtt + 4 x rttvar is
+  // below the floor and the RTO is retransmit_timeout_min_us. The session's one timer entry,
+  // armed when the call started, finds progress at 2,100 µs, moves itself to 2,100 + RTO and
+  // rolls the slot back exactly then.
+  const uint64_t rto = c.endpoint.SessionRtoUs(c.session);
+  CHECK_EQ(rto, config.retransmit_timeout_min_us);
+  CHECK(c.endpoint.SessionSrttUs(c.session) > 0 && c.endpoint.SessionSrttUs(c.session) < 200);
+  c.RunTimersUntil(2100 + rto - 1);
   CHECK_EQ(c.endpoint.stats().retransmissions, 0u);
-  c.RunTimersUntil(2100 + config.retransmit_timeout_us * 3 / 2);
+  c.RunTimersUntil(2100 + rto);
   CHECK_EQ(c.endpoint.stats().retransmissions, 1u);
-  CHECK_LINES(c.io, {"REQ s=55 r=16 p=1 m=500 a=0 len=208", "REQ s=55 r=16 p=2 m=500 a=0 len=84"});
+  // Loss window: after a rollback the slot resends one packet until something is answered.
+  CHECK_LINES(c.io, {"REQ s=55 r=16 p=1 m=500 a=0 len=208"});
+  // Backoff: the next rollback waits twice as long, until a fresh sample arrives.
+  CHECK_EQ(c.endpoint.SessionRtoUs(c.session), 2 * rto);
+  c.RunTimersUntil(2100 + rto + 2 * rto - 1);
+  CHECK_EQ(c.endpoint.stats().retransmissions, 1u);
+  c.io.Take();
   // The late answer to the first transmission of packet 1 is still in order: accepted.
   c.Send(PacketType::kCreditReturn, 16, 1, 0, 0, 17000);
+  CHECK_LINES(c.io, {"REQ s=55 r=16 p=2 m=500 a=0 len=84"});  // the window opens again
   c.Send(PacketType::kResponse, 16, 2, 0, 0, 17100);
   events = c.Take();
   CHECK(events.size() == 1 && events[0].id == 8 && events[0].bytes.empty());
@@ -363,6 +375,7 @@ TEST(transport_client_credits_multi_packet_and_go_back_n) {
 TEST(transport_client_deadlines_fail_running_and_queued_calls) {
   EndpointConfig config = SmallPackets();
   config.slots_per_session = 1;
+  config.retransmit_timeout_min_us = config.retransmit_timeout_us;  // no rollback before 6 ms
   Client c(config);
   c.Accept();
   c.Take();

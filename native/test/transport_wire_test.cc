@@ -91,6 +91,7 @@ TEST(transport_memory_wire_30_percent_loss_every_call_exactly_once) {
   EndpointConfig config;
   config.packet_bytes_max = 512;  // 464 data bytes: multi-packet messages stay cheap to simulate
   config.retransmit_timeout_us = 2000;
+  config.retransmit_timeout_min_us = 1000;
   config.peer_failure_timeout_us = 60'000'000;
   config.connect_timeout_us = 60'000'000;
   Pair p(0.30, config, 12345);
@@ -366,6 +367,7 @@ TEST(transport_fuzzed_packets_from_the_real_peer_never_break_the_endpoints) {
   EndpointConfig config;
   config.packet_bytes_max = 1024;
   config.retransmit_timeout_us = 2000;
+  config.retransmit_timeout_min_us = 1000;
   Pair p(0.0, config, 77);
   const uint32_t session = p.client.Connect(p.server_address, 0);
   std::vector<uint8_t> request = {20, 0, 0, 0, 9, 9, 9};

@@ -192,6 +192,15 @@ function crossChecks(config: SquallConfig, problems: ConfigProblem[]): void {
   for (const key of ['max_p2p_request_payload_size', 'max_p2p_reply_payload_size'] as const) {
     if (config.p2p[key] > t.max_message_size) problems.push({ key: `p2p.${key}`, message: `(${config.p2p[key]}) is above transport.max_message_size (${t.max_message_size}). Fix: lower it or raise transport.max_message_size` });
   }
+  if (t.retransmit_timeout_min_ms > t.retransmit_timeout_ms) {
+    problems.push({ key: 'transport.retransmit_timeout_min_ms', message: `(${t.retransmit_timeout_min_ms}) is above transport.retransmit_timeout_ms (${t.retransmit_timeout_ms}). Fix: lower it or raise retransmit_timeout_ms` });
+  }
+  if (t.peer_failure_timeout_ms < 4 * t.retransmit_timeout_ms) {
+    problems.push({ key: 'transport.peer_failure_timeout_ms', message: `(${t.peer_failure_timeout_ms}) must be at least 4 x transport.retransmit_timeout_ms (${t.retransmit_timeout_ms}), or one slow round trip fails a peer. Fix: raise it or lower retransmit_timeout_ms` });
+  }
+  if ((t.cc_t_low_us === 0) !== (t.cc_t_high_us === 0) || (t.cc_t_low_us > 0 && t.cc_t_high_us <= t.cc_t_low_us)) {
+    problems.push({ key: 'transport.cc_t_high_us', message: `(${t.cc_t_high_us}) with cc_t_low_us = ${t.cc_t_low_us}: set both thresholds (t_high above t_low) or leave both 0 to derive them from the measured RTT` });
+  }
   if (config.timeouts.failure_timeout_ms < 2 * config.timeouts.heartbeat_ms) {
     problems.push({ key: 'timeouts.failure_timeout_ms', message: `(${config.timeouts.failure_timeout_ms}) must be at least twice timeouts.heartbeat_ms (${config.timeouts.heartbeat_ms}), or one late heartbeat removes a healthy node. Fix: raise it or lower heartbeat_ms` });
   }

@@ -64,6 +64,24 @@ export class TransportSection {
   @IsInt() @Min(10) peer_failure_timeout_ms = 2000;
   /** Default deadline for one RPC, in milliseconds. */
   @IsInt() @Min(1) request_timeout_ms = 10_000;
+  /** Retransmission timeout before a session's first RTT sample, in milliseconds (then adaptive). */
+  @IsInt() @Min(1) retransmit_timeout_ms = 10;
+  /** Floor of the adaptive retransmission timeout, in milliseconds. */
+  @IsInt() @Min(1) retransmit_timeout_min_ms = 5;
+  /** Timely rate control per client session (off: every packet leaves at once). */
+  @IsBoolean() congestion_control = true;
+  /** A session's maximum and starting rate in bytes/s; uncongested sessions bypass pacing. */
+  @IsInt() @Min(1_000_000) cc_rate_max_bytes_per_s = 5_000_000_000;
+  /** Timely's low RTT threshold in µs; 0 derives it per session (4 x max(path RTT, window drain time)). */
+  @IsInt() @Min(0) cc_t_low_us = 0;
+  /** Timely's high RTT threshold in µs; 0 derives it per session (10 x t_low). */
+  @IsInt() @Min(0) cc_t_high_us = 0;
+  /** Kernel receive buffer of the transport socket in bytes (absorbs incast bursts). */
+  @IsInt() @Min(65536) socket_receive_buffer_bytes = 128 * MIB;
+  /** Kernel send buffer of the transport socket in bytes. */
+  @IsInt() @Min(65536) socket_send_buffer_bytes = 8 * MIB;
+  /** Sessions (client and server together) one endpoint holds at most. */
+  @IsInt() @Min(1) @Max(1 << 20) sessions_max = 4096;
 }
 
 export class MulticastSection {

@@ -94,6 +94,8 @@ export class MemoryStorage implements RaftStorage {
   private hs: HardState | undefined;
   private snap: Snapshot | undefined;
   private ops: Op[] = [];
+  /** Highest index stored (0 when empty): no key above it. */
+  private lastIndex = 0;
   readonly stats = { flushes: 0 };
 
   append(entries: readonly Entry[]): void {
@@ -119,10 +121,16 @@ export class MemoryStorage implements RaftStorage {
     for (const op of ops) {
       switch (op.kind) {
         case 'append':
-          for (const e of op.entries) this.log.set(e.index, e);
+          for (const e of op.entries) {
+            this.log.set(e.index, e);
+            if (e.index > this.lastIndex) this.lastIndex = e.index;
+          }
           break;
         case 'truncate':
+          // Appends truncate from their first index; skip the scan when nothing is there.
+          if (op.index > this.lastIndex) break;
           for (const i of [...this.log.keys()]) if (i >= op.index) this.log.delete(i);
+          this.lastIndex = Math.max(0, op.index - 1);
           break;
         case 'compact':
           for (const i of [...this.log.keys()]) if (i <= op.index) this.log.delete(i);

@@ -2,15 +2,17 @@
  * RaftDriver: runs one RaftCore over a Transport, a RaftStorage and real timers. It is the only
  * Raft code with I/O. Its loop does the duties of src/raft/README.md in order, for each Ready:
  *
- *   1. persist hard state, snapshot and entries, and await the flush (durable);
+ *   1. persist hard state, snapshot and entries, and await the flush (durable); a Ready whose
+ *      only change is the commit index is left buffered for the next flush or tick;
  *   2. only then send the Ready's messages (one transport call per peer, all messages batched);
  *   3. restore a received snapshot, then apply committed entries, in order;
  *   4. advance() the core.
  *
  * While a flush is in flight, incoming messages, ticks and proposals keep stepping the core and
  * accumulate into the next Ready, so one fsync covers every proposal that arrived meanwhile.
- * Messages are one-way requests (type RAFT_REQUEST_TYPE) whose response is empty; Raft tolerates
- * their loss, duplication and reordering, so send errors are only counted.
+ * Messages travel as requests (type RAFT_REQUEST_TYPE); the response to a request carries what
+ * the receiver sends back to that peer next (an append's ack rides on the append's response), or
+ * nothing. Raft tolerates loss, duplication and reordering, so send errors are only counted.
  */
 import { randomInt } from 'node:crypto';
 import { TimeoutError } from '../core/errors.js';
@@ -19,7 +21,7 @@ import { RaftCore, type RaftConfig } from '../raft/raft-core.js';
 import { decodeMessages, encodeMessages } from '../raft/codec.js';
 import { RaftProposalError } from '../raft/errors.js';
 import { bufferReady, loadInitialState, readyNeedsPersist, type RaftStorage } from '../raft/storage.js';
-import type { ConfChange, Entry, Message, Ready, Snapshot, SoftState } from '../raft/types.js';
+import { NONE, type ConfChange, type Entry, type Message, type Ready, type Snapshot, type SoftState } from '../raft/types.js';
 import type { Transport, TransportAddress, TransportSession } from '../transport/transport.js';
 
 /** The request type Raft registers on the transport. */
@@ -62,6 +64,13 @@ interface PendingProposal {
 export class RaftDriver {
   readonly core: RaftCore;
   private readonly sessions = new Map<number, Promise<TransportSession>>();
+  /** The sessions of `sessions` that are connected, to call without a promise hop. */
+  private readonly connected = new Map<number, TransportSession>();
+  /** Per peer, the response to its latest request, still open (see receive). */
+  private readonly replies = new Map<number, (bytes: Uint8Array) => void>();
+  private readonly onReply = (response: Uint8Array): void => this.receiveReply(response);
+  /** The sender of the batch stepBatch() last stepped, or NONE. */
+  private batchFrom = NONE;
   private readonly proposals = new Map<number, PendingProposal>();
   private readonly reads = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly readsAwaitingApply: Array<{ index: number; resolve: () => void }> = [];
@@ -70,10 +79,14 @@ export class RaftDriver {
   private readIdNext = randomInt(2 ** 47);
   private running = false;
   private scheduled = false;
+  /** The local log is durable up to here (what storage held at start, then each flush). */
+  private durableIndex = 0;
+  /** A commit-index-only write is buffered in storage and not yet flushed. */
+  private lazyFlushPending = false;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   private failure: Error | undefined;
-  readonly counters = { readies: 0, flushes: 0, sends: 0, sendErrors: 0, decodeErrors: 0, applied: 0 };
+  readonly counters = { readies: 0, flushes: 0, sends: 0, replies: 0, sendErrors: 0, decodeErrors: 0, applied: 0 };
 
   private constructor(private readonly options: RaftDriverOptions, core: RaftCore) {
     this.core = core;
@@ -85,11 +98,9 @@ export class RaftDriver {
     const random = new SeededRandom(randomInt(2 ** 32 - 1));
     const core = new RaftCore({ ...options.core, id: options.id, random }, state, options.voters);
     const driver = new RaftDriver(options, core);
+    driver.durableIndex = core.log.lastIndex(); // loaded from storage: durable
     if (state.snapshot) options.stateMachine.restore(state.snapshot);
-    options.transport.handle(RAFT_REQUEST_TYPE, (request) => {
-      driver.receive(request);
-      return EMPTY;
-    });
+    options.transport.handle(RAFT_REQUEST_TYPE, (request) => driver.receive(request));
     driver.timer = setInterval(() => driver.onTick(), options.tickMs ?? 10);
     driver.schedule();
     return driver;
@@ -147,6 +158,7 @@ export class RaftDriver {
     this.proposals.clear();
     this.reads.clear();
     for (const s of this.sessions.values()) s.then((x) => x.close(), () => undefined);
+    this.closeReplies();
     while (this.running) await new Promise((r) => setTimeout(r, 1));
   }
 
@@ -169,21 +181,63 @@ export class RaftDriver {
     if (this.closed) throw new RaftProposalError('not-leader', 0, 'the raft driver is closed');
   }
 
-  private receive(request: Uint8Array): void {
-    if (this.closed) return;
+  /**
+   * A request from a peer. Its response carries what this node sends to that peer next (usually
+   * the ack of what the request carried, after it is durable), so an append and its ack cost one
+   * transport round trip instead of two calls, each with an empty response. Raft tolerates a
+   * lost or empty response: the leader resends.
+   */
+  private receive(request: Uint8Array): Uint8Array | Promise<Uint8Array> {
+    if (this.closed || !this.stepBatch(request)) return EMPTY;
+    const from = this.batchFrom;
+    if (from === NONE) return EMPTY;
+    this.replies.get(from)?.(EMPTY); // an older request's answer rides on this one
+    return new Promise<Uint8Array>((resolve) => this.replies.set(from, resolve));
+  }
+
+  /** A response to one of our calls: the messages the peer had for us (see receive). */
+  private receiveReply(response: Uint8Array): void {
+    if (this.closed || response.byteLength === 0) return;
+    this.stepBatch(response);
+  }
+
+  /**
+   * Decodes and steps a batch; false if malformed (counted). Sets batchFrom to the sender if
+   * every message came from one node addressed to this one, else NONE (no reply slot then).
+   */
+  private stepBatch(bytes: Uint8Array): boolean {
     let messages: Message[];
     try {
-      messages = decodeMessages(request);
+      messages = decodeMessages(bytes);
     } catch {
       this.counters.decodeErrors++;
-      return;
+      return false;
     }
-    for (const m of messages) this.core.step(m);
+    let from = messages.length > 0 ? messages[0]!.from : NONE;
+    for (const m of messages) {
+      if (m.from !== from || m.to !== this.core.id) from = NONE;
+      this.core.step(m);
+    }
+    this.batchFrom = from;
     this.schedule();
+    return true;
+  }
+
+  /** Answers every open request with nothing (the loop went idle, or the driver closed). */
+  private closeReplies(): void {
+    if (this.replies.size === 0) return;
+    const open = [...this.replies.values()];
+    this.replies.clear();
+    for (const resolve of open) resolve(EMPTY);
   }
 
   private onTick(): void {
     if (this.closed) return;
+    if (this.lazyFlushPending) {
+      this.lazyFlushPending = false;
+      this.counters.flushes++;
+      this.options.storage.flush().catch((e: unknown) => this.fail(e));
+    }
     this.core.tick();
     this.schedule();
   }
@@ -205,20 +259,32 @@ export class RaftDriver {
         const rd = this.core.ready();
         this.counters.readies++;
         this.send(rd.messagesNow); // a leader's appends go out while it writes its own log
+        // Let the transport's flush (a microtask queued by the calls above) put them on the wire
+        // before a synchronous commit below holds the thread.
+        if (rd.messagesNow.length > 0 && readyNeedsPersist(rd)) await undefined;
+        // Committed entries already durable here need not wait for this Ready's new entries to
+        // be written: apply them now, so a commit costs no extra flush (appliableBeforePersist).
+        const early = this.appliableBeforePersist(rd);
+        if (early > 0) this.applyEntries(rd.committed, 0, early);
         if (readyNeedsPersist(rd)) {
           // Duty 1, persist before send (Raft §5.1 / thesis §3.8): a vote, a term or an
           // acknowledged entry must be durable before any message that reveals it leaves.
           bufferReady(this.options.storage, rd);
-          this.counters.flushes++;
           if (rd.mustSync) {
+            this.counters.flushes++;
+            this.lazyFlushPending = false; // this flush carries any buffered commit index too
             await this.options.storage.flush();
+            if (rd.snapshot) this.durableIndex = rd.snapshot.meta.index;
+            if (rd.entries.length > 0) this.durableIndex = rd.entries[rd.entries.length - 1]!.index;
           } else {
-            // Only the commit index changed: write it in the background (README, duty 2).
-            this.options.storage.flush().catch((e: unknown) => this.fail(e));
+            // Only the commit index changed: leave it buffered. The next flush that must
+            // happen (the next entries) carries it, or the next tick writes it (README, duty 2).
+            // One commit then costs one LMDB transaction per node, not two.
+            this.lazyFlushPending = true;
           }
         }
         this.send(rd.messages); // duty 2
-        this.apply(rd); // duty 3
+        this.apply(rd, early); // duty 3
         this.core.advance(); // duty 4
         this.maybeCompact();
       }
@@ -228,6 +294,7 @@ export class RaftDriver {
       this.running = false;
     }
     if (!this.closed && this.core.hasReady()) this.schedule();
+    else this.closeReplies(); // nothing more will be sent to them in answer
   }
 
   /** A failed flush leaves the disk state unknown: stop this node rather than diverge. */
@@ -249,17 +316,38 @@ export class RaftDriver {
       const session = this.session(to);
       if (session === undefined) continue;
       const bytes = encodeMessages(list);
+      const reply = this.replies.get(to);
+      if (reply !== undefined) {
+        // The peer is waiting for the response to its request: answer with these.
+        this.replies.delete(to);
+        this.counters.replies++;
+        reply(bytes);
+        continue;
+      }
       this.counters.sends++;
-      session
-        // A deadline so a lost message's call does not stay pending forever (Raft resends).
-        .then((s) => s.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS }))
-        .catch((e: unknown) => {
-          this.counters.sendErrors++;
-          if (e instanceof TimeoutError) return; // lost: Raft resends what matters
-          // The session is broken: drop it and reconnect on the next send.
-          if (this.sessions.get(to) === session) this.sessions.delete(to);
-          session.then((x) => x.close(), () => undefined);
-        });
+      const failed = (e: unknown): void => {
+        this.counters.sendErrors++;
+        if (e instanceof TimeoutError) return; // lost: Raft resends what matters
+        // The session is broken: drop it and reconnect on the next send.
+        if (this.sessions.get(to) === session) {
+          this.sessions.delete(to);
+          this.connected.delete(to);
+        }
+        session.then((x) => x.close(), () => undefined);
+      };
+      // A deadline so a lost message's call does not stay pending forever (Raft resends).
+      const open = this.connected.get(to);
+      if (open !== undefined) {
+        // Connected: call now, so the request is queued on the transport in this microtask
+        // (the loop yields once after sending messagesNow to let it leave before persisting).
+        try {
+          open.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS }).then(this.onReply, failed);
+        } catch (e) {
+          failed(e); // as the promise path would: a send error never stops the node
+        }
+      } else {
+        session.then((s) => s.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS })).then(this.onReply, failed);
+      }
     }
   }
 
@@ -268,17 +356,44 @@ export class RaftDriver {
     if (s === undefined) {
       const address = this.options.peers.get(to);
       if (address === undefined) return undefined;
-      s = this.options.transport.connect(address);
-      s.catch(() => this.sessions.delete(to));
-      this.sessions.set(to, s);
+      const promise = this.options.transport.connect(address);
+      s = promise;
+      promise.then(
+        (session) => {
+          if (this.sessions.get(to) === promise) this.connected.set(to, session);
+        },
+        () => {
+          if (this.sessions.get(to) === promise) this.sessions.delete(to);
+        },
+      );
+      this.sessions.set(to, promise);
     }
     return s;
   }
 
-  private apply(rd: Ready): void {
+  /**
+   * How many of rd.committed may be applied before this Ready's writes are durable: those whose
+   * entry is already durable in the local log (at or below durableIndex, and not about to be
+   * overwritten by this Ready's entries). They are committed, so durable on a majority, and
+   * durable here, so a crash right after applying them replays them from the local log: the
+   * same guarantees as applying after the flush, one flush sooner. Without this, with
+   * proposals streaming in, every commit would wait for the next batch's fsync before it is
+   * applied. A leader's committed entries are always durable here (it counts itself toward a
+   * quorum only after advance()); a follower may learn a commit before its copy is durable.
+   */
+  private appliableBeforePersist(rd: Ready): number {
+    if (rd.snapshot || rd.committed.length === 0) return 0;
+    let limit = this.durableIndex;
+    if (rd.entries.length > 0) limit = Math.min(limit, rd.entries[0]!.index - 1);
+    let n = 0;
+    while (n < rd.committed.length && rd.committed[n]!.index <= limit) n++;
+    return n;
+  }
+
+  private applyEntries(committed: readonly Entry[], from: number, to: number): void {
     const sm = this.options.stateMachine;
-    if (rd.snapshot) sm.restore(rd.snapshot);
-    for (const e of rd.committed) {
+    for (let i = from; i < to; i++) {
+      const e = committed[i]!;
       if (e.type === 0 && e.data.length > 0) sm.apply(e);
       this.counters.applied++;
       const p = this.proposals.get(e.index);
@@ -288,6 +403,13 @@ export class RaftDriver {
         else p.reject(new RaftProposalError('not-leader', this.core.lead, `entry ${e.index} was superseded by a later leader`));
       }
     }
+  }
+
+  /** Duty 3 for rd, whose first `appliedEarly` committed entries were applied already. */
+  private apply(rd: Ready, appliedEarly: number): void {
+    const sm = this.options.stateMachine;
+    if (rd.snapshot) sm.restore(rd.snapshot);
+    this.applyEntries(rd.committed, appliedEarly, rd.committed.length);
     if (rd.snapshot) {
       // Proposals at or below the snapshot were decided by others: we cannot tell their fate.
       for (const [index, p] of this.proposals) {

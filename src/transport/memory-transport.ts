@@ -51,6 +51,10 @@ export class MemoryNetwork {
     this.cuts.add(`${a}|${b}`);
     this.cuts.add(`${b}|${a}`);
   }
+  /** Drops everything from `from` to `to` (requests and responses alike); the other way works. */
+  cutOneWay(from: TransportAddress, to: TransportAddress): void {
+    this.cuts.add(`${from}|${to}`);
+  }
   heal(): void {
     this.cuts.clear();
   }

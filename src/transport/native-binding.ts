@@ -10,6 +10,19 @@ import { dirname, join } from 'node:path';
 /** A batch of events from native: one ArrayBuffer of records plus large payloads. */
 export type NativeBatch = [ArrayBuffer, ArrayBuffer[]] | undefined;
 
+/** Per-session state; the congestion fields are absent for server sessions. */
+export interface NativeSessionInfo {
+  dataBytesPerPacket: number;
+  connected: boolean;
+  srttUs?: number;
+  rtoUs?: number;
+  rateBytesPerSecond?: number;
+  lastRttUs?: number;
+  minRttUs?: number;
+  tLowUs?: number;
+  tHighUs?: number;
+}
+
 export interface NativeEndpointHandle {
   address(): string;
   connect(address: string): number;
@@ -21,7 +34,7 @@ export interface NativeEndpointHandle {
   setHandled(type: number, handled: boolean): void;
   stats(): Record<string, number>;
   inject(faults: object): void;
-  sessionInfo(session: number): { dataBytesPerPacket: number; connected: boolean };
+  sessionInfo(session: number): NativeSessionInfo;
   close(tellPeers: boolean): NativeBatch;
 }
 

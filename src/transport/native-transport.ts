@@ -17,7 +17,12 @@
 import { PayloadTooLargeError, TimeoutError } from '../core/errors.js';
 import { assert } from '../core/assert.js';
 import { PeerFailedError, TransportError } from './errors.js';
-import { loadNativeAddon, type NativeBatch, type NativeEndpointHandle } from './native-binding.js';
+import {
+  loadNativeAddon,
+  type NativeBatch,
+  type NativeEndpointHandle,
+  type NativeSessionInfo,
+} from './native-binding.js';
 import type {
   CallOptions,
   RequestHandler,
@@ -43,12 +48,47 @@ export interface EndpointOptions {
   creditsPerSession?: number;
   sessionsMax?: number;
   queuedRequestsPerSessionMax?: number;
+  /**
+   * Retransmission timeout: adaptive per session (srtt + 4 x rttvar of measured round trips),
+   * at least retransmitTimeoutMinMs and at most peerFailureTimeoutMs / 4, doubled on each
+   * rollback. retransmitTimeoutMs is the timeout before the first sample. Defaults 10 and 5.
+   */
   retransmitTimeoutMs?: number;
+  retransmitTimeoutMinMs?: number;
   peerFailureTimeoutMs?: number;
   connectTimeoutMs?: number;
   connectRetryMs?: number;
   /** Seeds the fault-injection PRNG and handshake tokens. */
   seed?: number;
+  /** Timely rate control per client session (default on). Off: every packet goes at once. */
+  congestionControl?: boolean;
+  /** A session's maximum (and starting) rate; uncongested sessions bypass pacing. Default 5e9. */
+  ccRateMaxBytesPerSecond?: number;
+  /** The rate floor; 0 (default) = min(15 MB/s, max / 4). */
+  ccRateMinBytesPerSecond?: number;
+  /**
+   * Timely's RTT thresholds in µs. 0 (default): derived per session from the path's measured
+   * RTT (4x and 40x). Set both to fix them.
+   */
+  ccTLowUs?: number;
+  ccTHighUs?: number;
+  /** Kernel socket buffers (SO_RCVBUF/SO_SNDBUF, forced when privileged). Defaults 128 MiB / 8 MiB. */
+  socketReceiveBufferBytes?: number;
+  socketSendBufferBytes?: number;
+}
+
+/** A client session's congestion and RTT state, from `NativeSession.congestion()`. */
+export interface SessionCongestionInfo {
+  /** Current Timely rate (bytes/s); equal to the maximum while uncongested. */
+  rateBytesPerSecond: number;
+  /** Latest network RTT sample, minimum RTT, smoothed RTT and retransmission timeout, µs. */
+  lastRttUs: number;
+  minRttUs: number;
+  srttUs: number;
+  rtoUs: number;
+  /** The Timely thresholds in force for this session, µs. */
+  tLowUs: number;
+  tHighUs: number;
 }
 
 /** Test-only faults; all off by default. */
@@ -216,6 +256,20 @@ export class NativeSession implements TransportSession {
     return this.endpoint.sessionInfo(this.id).dataBytesPerPacket;
   }
 
+  /** Rate and RTT of this session (zeros once it ended). */
+  congestion(): SessionCongestionInfo {
+    const info = this.endpoint.sessionInfo(this.id);
+    return {
+      rateBytesPerSecond: info.rateBytesPerSecond ?? 0,
+      lastRttUs: info.lastRttUs ?? 0,
+      minRttUs: info.minRttUs ?? 0,
+      srttUs: info.srttUs ?? 0,
+      rtoUs: info.rtoUs ?? 0,
+      tLowUs: info.tLowUs ?? 0,
+      tHighUs: info.tHighUs ?? 0,
+    };
+  }
+
   close(): Promise<void> {
     if (this.closed) return Promise.resolve();
     return new Promise((resolve) => {
@@ -266,6 +320,14 @@ export class Endpoint implements Transport {
         this.onEventsBound,
       );
     } catch (error) {
+      if (error instanceof RangeError && /^invalid (transport limits|congestion control)/.test(error.message)) {
+        throw new TransportError(
+          `${error.message}. Fix: correct that endpoint option (EndpointOptions, or the ` +
+            `[transport] section of the node configuration).`,
+          'BAD_OPTIONS',
+          { cause: error },
+        );
+      }
       throw new TransportError(
         `cannot open a transport endpoint on ${options.host ?? '127.0.0.1'}:${options.port ?? 0}: ` +
           `${(error as Error).message}. Fix: use a free port (or 0) and a numeric local address.`,
@@ -317,7 +379,7 @@ export class Endpoint implements Transport {
   }
 
   /** @internal */
-  sessionInfo(id: number): { dataBytesPerPacket: number; connected: boolean } {
+  sessionInfo(id: number): NativeSessionInfo {
     return this.closed ? { dataBytesPerPacket: 0, connected: false } : this.native.sessionInfo(id);
   }
 

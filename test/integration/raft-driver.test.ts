@@ -10,7 +10,8 @@ import { SeededRandom } from '../../src/core/random.js';
 import { LmdbStorage } from '../../src/raft/lmdb-storage.js';
 import { MemoryStorage, type RaftStorage } from '../../src/raft/storage.js';
 import type { Entry, Snapshot } from '../../src/raft/types.js';
-import { RaftDriver, type StateMachine } from '../../src/runtime/raft-driver.js';
+import { encodeMessages } from '../../src/raft/codec.js';
+import { RAFT_REQUEST_TYPE, RaftDriver, type StateMachine } from '../../src/runtime/raft-driver.js';
 import { MemoryNetwork } from '../../src/transport/memory-transport.js';
 
 class Log implements StateMachine {
@@ -167,5 +168,108 @@ test('a node added later as a learner is caught up by snapshot through the drive
   await until('new voter applied', () => sms.get(4)!.items.at(-1) === 'w');
   t.deepEqual(ds.get(4)!.core.conf.voters, [1, 2, 3, 4]);
   t.deepEqual(sms.get(4)!.items, sms.get(1)!.items);
+  for (const d of ds.values()) await d.close();
+});
+
+test('a commit-index-only change costs no flush of its own: it rides on the next one, or the next tick', async (t) => {
+  const net = new MemoryNetwork();
+  const storages = new Map(ids.map((id) => [id, new MemoryStorage()]));
+  const ds = new Map<number, RaftDriver>();
+  for (const id of ids) ds.set(id, await startNode(net, id, storages.get(id)!, new Log()));
+  await until('a leader', () => leaderOf(ds) !== undefined);
+  await proposeSomewhere(ds, 'warm');
+  const leader = leaderOf(ds)!;
+  const storage = storages.get(leader.core.id)!;
+  const before = storage.stats.flushes;
+  const proposals = 50;
+  for (let i = 0; i < proposals; i++) await leader.propose(text(`c${i}`));
+  // One flush per proposal (its entry), not two (entry, then the new commit index); ticks may
+  // add a few lazy ones while this runs.
+  const flushes = storage.stats.flushes - before;
+  t.true(flushes < proposals * 1.5, `${flushes} flushes for ${proposals} proposals`);
+  // The last commit index is still written within a tick or two, without any new proposal.
+  const last = leader.core.log.lastIndex();
+  let onDisk = -1;
+  for (let i = 0; i < 200 && onDisk !== last; i++) {
+    await new Promise((r) => setTimeout(r, 5));
+    onDisk = (await storage.loadHardState())?.commit ?? -1;
+  }
+  t.is(onDisk, last, 'the commit index reached storage without a further proposal');
+  for (const d of ds.values()) await d.close();
+});
+
+/** MemoryStorage whose flush takes a few ms and which records how far its log is durable. */
+class SlowStorage extends MemoryStorage {
+  durableLast = 0;
+  private pendingLast = 0;
+  override append(entries: readonly Entry[]): void {
+    super.append(entries);
+    if (entries.length) this.pendingLast = entries[entries.length - 1]!.index;
+  }
+  override async flush(): Promise<void> {
+    const last = this.pendingLast;
+    await new Promise((r) => setTimeout(r, 3));
+    await super.flush();
+    this.durableLast = Math.max(this.durableLast, last);
+  }
+}
+
+test('committed entries are applied early only if already durable here (a lagging follower waits)', async (t) => {
+  // A follower cut off while entries commit receives them later together with their commit
+  // index: it must not apply them before its own copy is durable. The leader applies committed
+  // entries while its next batch is still being written.
+  const net = new MemoryNetwork();
+  const storages = new Map(ids.map((id) => [id, new SlowStorage()]));
+  const violations: string[] = [];
+  const machines = new Map(ids.map((id) => {
+    const sm = new Log();
+    const apply = sm.apply.bind(sm);
+    sm.apply = (e: Entry) => {
+      const durable = storages.get(id)!.durableLast;
+      if (e.index > durable) violations.push(`node ${id} applied ${e.index} with ${durable} durable`);
+      apply(e);
+    };
+    return [id, sm];
+  }));
+  const ds = new Map<number, RaftDriver>();
+  for (const id of ids) ds.set(id, await startNode(net, id, storages.get(id)!, machines.get(id)!));
+  await until('a leader', () => leaderOf(ds) !== undefined);
+  const leader = leaderOf(ds)!;
+  const lagging = ids.find((id) => id !== leader.core.id)!;
+  for (const id of ids) if (id !== lagging) net.cut(`mem:${id}`, `mem:${lagging}`);
+  await Promise.all(Array.from({ length: 30 }, (_, i) => leader.propose(text(`p${i}`))));
+  net.heal();
+  await until('the lagging follower caught up', () => machines.get(lagging)!.items.length === 30);
+  t.deepEqual(violations, []);
+  t.deepEqual(machines.get(lagging)!.items, machines.get(leader.core.id)!.items);
+  for (const d of ds.values()) await d.close();
+});
+
+test('acks ride on the responses to the appends; a request with nothing to answer gets an empty response', async (t) => {
+  const net = new MemoryNetwork();
+  const ds = new Map<number, RaftDriver>();
+  for (const id of ids) ds.set(id, await startNode(net, id, new MemoryStorage(), new Log()));
+  await until('a leader', () => leaderOf(ds) !== undefined);
+  await proposeSomewhere(ds, 'warm');
+  const leader = leaderOf(ds)!;
+  const followers = [...ds.values()].filter((d) => d !== leader);
+  const before = followers.map((d) => ({ ...d.counters }));
+  for (let i = 0; i < 40; i++) await leader.propose(text(`r${i}`));
+  followers.forEach((d, i) => {
+    const replies = d.counters.replies - before[i]!.replies;
+    const sends = d.counters.sends - before[i]!.sends;
+    // Every append was acknowledged in its response; a follower starts no calls of its own.
+    t.true(replies >= 40, `follower ${d.core.id}: ${replies} replies`);
+    t.is(sends, 0, `follower ${d.core.id} made ${sends} calls`);
+  });
+  t.is(leader.counters.sendErrors, 0, 'no call of the leader went unanswered');
+  // A message that needs no answer (a stale-term heartbeat response) is answered at once, empty.
+  const follower = followers[0]!;
+  const stranger = net.endpoint(99);
+  const session = await stranger.connect(`mem:${follower.core.id}`);
+  // (From a node no one else talks to, so only the idle loop can answer it, not later traffic.)
+  const stale = encodeMessages([{ type: 'heartbeatResp', from: 99, to: follower.core.id, term: 0, ctx: 0 }]);
+  const response = await session.call(RAFT_REQUEST_TYPE, stale, { timeoutMs: 1000 });
+  t.is(response.byteLength, 0);
   for (const d of ds.values()) await d.close();
 });

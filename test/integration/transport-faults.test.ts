@@ -53,7 +53,13 @@ function header(fields: {
 
 test('100,000 bad packets are dropped and counted; the endpoint still serves', async (t) => {
   const server = await Endpoint.create({});
-  server.handle(1, (bytes) => bytes);
+  // The server's number for the client's session: packets aimed at it from a stranger must be
+  // dropped as wrong_peer (numbers start at a random point per endpoint incarnation).
+  let sessionNumber = 0;
+  server.handle(1, (bytes, context) => {
+    sessionNumber = context.sessionId;
+    return bytes;
+  });
   const client = await Endpoint.create({});
   const session = await client.connect(server.address);
   t.is(Buffer.from(await session.call(1, Buffer.from('before'))).toString(), 'before');
@@ -74,8 +80,8 @@ test('100,000 bad packets are dropped and counted; the endpoint still serves', a
       case 2: return header({ magic: rand() & 0xfff0 });
       case 3: return header({ version: 2 + (rand() % 200) });
       case 4: return header({ session: 1000 + (rand() % 100000), type: rand() % 4 });
-      case 5: return Buffer.concat([header({ session: 1, messageBytes: (8 << 20) + 1 + (rand() % 1000) }), Buffer.alloc(64)]);
-      default: return header({ session: 1, type: rand() % 4, requestNumber: rand(), packetNumber: rand() % 5 });
+      case 5: return Buffer.concat([header({ session: sessionNumber, messageBytes: (8 << 20) + 1 + (rand() % 1000) }), Buffer.alloc(64)]);
+      default: return header({ session: sessionNumber, type: rand() % 4, requestNumber: rand(), packetNumber: rand() % 5 });
     }
   };
   const before = server.stats().dropsTotal!;

@@ -23,7 +23,7 @@
  */
 import { RaftCore, type RaftMutation } from '../../src/raft/raft-core.js';
 import {
-  EntryType, type Entry, type HardState, type Message, type Ready, type Snapshot,
+  EntryType, type Entry, type HardState, type Message, type Ready, type ReadState, type Snapshot,
 } from '../../src/raft/types.js';
 import { RaftProposalError } from '../../src/raft/errors.js';
 import { SeededRandom } from '../../src/core/random.js';
@@ -66,6 +66,20 @@ export class RaftWorld {
   stats = { proposals: 0, confChanges: 0, transfers: 0, snapshotsInstalled: 0, compactions: 0, reads: 0, readsAnswered: 0 };
 }
 
+/**
+ * An application riding on a RaftSimNode (the raft-shard simulation's key-value machine): it sees
+ * every appended entry, applies committed ones in order, and lives in the snapshots.
+ */
+export interface RaftSimApp {
+  /** From the snapshot's application bytes at start-up or on InstallSnapshot (undefined: none). */
+  restore(data: Uint8Array | undefined): void;
+  appended(entries: readonly Entry[]): void;
+  apply(entry: Entry): void;
+  snapshot(): Uint8Array;
+  /** A ReadIndex answer for a read the application issued. */
+  readState(rs: ReadState): void;
+}
+
 export class RaftSimNode implements SimNode<Message> {
   readonly core: RaftCore;
   private waiting: { token: number; rd: Ready } | undefined;
@@ -81,6 +95,7 @@ export class RaftSimNode implements SimNode<Message> {
     private readonly world: RaftWorld,
     mutation: RaftMutation | undefined,
     private readonly tuning: { entriesMax?: number; inflightMax?: number; preVote?: boolean; checkQuorum?: boolean } = {},
+    private readonly app?: RaftSimApp,
   ) {
     const disk = ctx.disk;
     const hardState = disk.get<HardState>('hs') ?? { term: 0, vote: 0, commit: 0 };
@@ -109,6 +124,8 @@ export class RaftSimNode implements SimNode<Message> {
     this.readId = ctx.incarnation * 1_000_000;
     this.appliedIndex = snapshot?.meta.index ?? 0;
     this.chain = snapshot ? decodeSnapData(snapshot.data).chain : 0;
+    this.app?.restore(snapshot ? decodeSnapData(snapshot.data).app : undefined);
+    this.app?.appended(entries);
     this.pump();
   }
 
@@ -170,6 +187,7 @@ export class RaftSimNode implements SimNode<Message> {
     while (this.waiting === undefined && this.core.hasReady()) {
       const rd = this.core.ready();
       this.observePersist(rd);
+      this.app?.appended(rd.entries);
       for (const m of rd.messagesNow) this.ctx.send(m.to, m);
       // Fault hooks: the workload may crash this node before this Ready is durable and sent.
       if (rd.softState?.role === 'leader') this.world.onNewLeader?.(this.ctx.id);
@@ -213,10 +231,11 @@ export class RaftSimNode implements SimNode<Message> {
   private finish(rd: Ready): void {
     for (const m of rd.messages) this.ctx.send(m.to, m);
     if (rd.snapshot) {
-      const { index, chain } = decodeSnapData(rd.snapshot.data);
+      const { index, chain, app } = decodeSnapData(rd.snapshot.data);
       this.checkChain(index, chain);
       this.appliedIndex = index;
       this.chain = chain;
+      this.app?.restore(app);
       this.world.stats.snapshotsInstalled++;
     }
     for (const e of rd.committed) {
@@ -227,13 +246,17 @@ export class RaftSimNode implements SimNode<Message> {
       this.chain = chainNext(this.chain, e);
       this.appliedIndex = e.index;
       this.checkChain(e.index, this.chain);
+      this.app?.apply(e);
       if (e.data.length > 0 && e.data[0] === 0x4c /* 'L' */ && this.world.markersProposed.has(String(fnv(e.data)))) {
         this.world.livenessAppliedBy.add(this.ctx.id);
       }
     }
     for (const rs of rd.readStates) {
       const floor = this.readFloors.get(rs.id);
-      if (floor === undefined) continue;
+      if (floor === undefined) {
+        this.app?.readState(rs);
+        continue;
+      }
       this.readFloors.delete(rs.id);
       this.world.stats.readsAnswered++;
       if (rs.index < floor) {
@@ -243,7 +266,9 @@ export class RaftSimNode implements SimNode<Message> {
     }
     this.core.advance();
     if (this.core.applied - this.core.log.snapIndex >= this.compactEvery) {
-      this.core.compact(this.core.applied, encodeSnapData(this.core.applied, this.chain, this.ctx.random.int(1500)));
+      const padding = this.ctx.random.int(1500);
+      const data = this.app ? encodeSnapData(this.core.applied, this.chain, 0, this.app.snapshot()) : encodeSnapData(this.core.applied, this.chain, padding);
+      this.core.compact(this.core.applied, data);
       this.world.stats.compactions++;
     }
   }
@@ -303,21 +328,24 @@ function checkNewCommitAgainstLeaders(world: RaftWorld, index: number, term: num
   void world;
 }
 
-function encodeSnapData(index: number, chain: number, padding: number): Uint8Array {
-  const out = new Uint8Array(8 + padding);
+/** Snapshot bytes: index, hash chain, a flag, then the application's bytes or filler. */
+function encodeSnapData(index: number, chain: number, padding: number, app?: Uint8Array): Uint8Array {
+  const body = app ?? new Uint8Array(padding).map((_, i) => (i * 31 + index) & 0xff);
+  const out = new Uint8Array(9 + body.length);
   const dv = new DataView(out.buffer);
   dv.setUint32(0, index);
   dv.setUint32(4, chain);
-  for (let i = 8; i < out.length; i++) out[i] = (i * 31 + index) & 0xff;
+  out[8] = app ? 1 : 0;
+  out.set(body, 9);
   return out;
 }
 
-function decodeSnapData(data: Uint8Array): { index: number; chain: number } {
+function decodeSnapData(data: Uint8Array): { index: number; chain: number; app: Uint8Array | undefined } {
   const dv = new DataView(data.buffer, data.byteOffset, data.length);
-  return { index: dv.getUint32(0), chain: dv.getUint32(4) };
+  return { index: dv.getUint32(0), chain: dv.getUint32(4), app: data[8] === 1 ? data.subarray(9) : undefined };
 }
 
-function describe(m: Message): string {
+export function describeRaftMessage(m: Message): string {
   switch (m.type) {
     case 'append':
       return `app t${m.term} p${m.prevIndex}/${m.prevTerm} n${m.entries.length} c${m.commit}`;
@@ -341,11 +369,11 @@ function describe(m: Message): string {
 }
 
 /** The per-step checkers: election safety, leader append-only, leader completeness at election. */
-function makeCheckers(world: RaftWorld) {
+export function makeRaftCheckers(world: RaftWorld, ids: readonly number[] = ALL) {
   return [
     (sim: Simulation<Message, RaftSimNode>): void => {
       liveLeaders = [];
-      for (const id of ALL) {
+      for (const id of ids) {
         const node = sim.node(id);
         if (node === undefined) {
           world.leaderLogs.delete(id);
@@ -489,8 +517,8 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     tickMs: 10,
     diskLatencyMs: [1, 6],
     keepUnreportedRate: 0.5,
-    describeMessage: describe,
-    checkers: makeCheckers(world),
+    describeMessage: describeRaftMessage,
+    checkers: makeRaftCheckers(world),
     faults: {
       untilMs: FAULTS_UNTIL_MS, meanIntervalMs: 120, crashedMax: 2, lossRateMax: 0.25, duplicateRateMax: 0.15,
       weights: { crash: 3, restart: 4, partition: 2, isolate: 2, oneWay: 1, heal: 3, lossy: 2 },

@@ -5,6 +5,7 @@ import test from 'ava';
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { open } from 'lmdb';
+import { Packr } from 'msgpackr';
 import { hlc, HLC_MAX } from '../../src/core/hlc.js';
 import { makeVersion, viewId } from '../../src/core/ids.js';
 import { FIELD_HOOKS, fieldHooksOf } from '../../decorators/field-hooks.js';
@@ -13,6 +14,7 @@ import {
   ForeignDataDirError,
   MapFullError,
   memoryRegistry,
+  msgpackCodec,
   Persistent,
   PersistenceStore,
   PersistentMap,
@@ -228,4 +230,23 @@ test('a full map refuses new versions with MapFullError', async (t) => {
   }
   t.true(error instanceof MapFullError, `got ${String(error)}`);
   t.regex((error as Error).message, /Fix: raise persistence mapSizeBytes/);
+});
+
+test('the default codec writes a Uint8Array exactly as msgpackr does, at every size class', (t) => {
+  // msgpackCodec builds Uint8Array bytes itself (the append fast path); stored data must not
+  // depend on which path wrote it. Sizes straddle ext8 / ext16 / ext32.
+  const packr = new Packr({ moreTypes: true });
+  const codec = msgpackCodec<unknown>();
+  for (const size of [0, 1, 64, 253, 254, 255, 256, 65533, 65534, 65535, 65536, 70_000]) {
+    const value = new Uint8Array(size).map((_, i) => (i * 7 + size) & 0xff);
+    const bytes = codec.encode(value);
+    t.deepEqual(Buffer.from(bytes), packr.pack(value), `size ${size}`);
+    const back = codec.decode(bytes) as Uint8Array;
+    t.is(back.constructor, Uint8Array);
+    t.deepEqual(back, value);
+  }
+  // Other byte-like values keep msgpackr's own encodings.
+  for (const value of [Buffer.from([1, 2, 3]), new Uint16Array([1, 2]), { a: new Uint8Array(2) }]) {
+    t.deepEqual(Buffer.from(codec.encode(value)), packr.pack(value));
+  }
 });

@@ -93,11 +93,25 @@ void Timely::OnRttSample(uint64_t now_ns, uint64_t rtt_ns) {
       std::max(std::min(new_rate, config_.rate_max_bytes_per_s), config_.rate_min_bytes_per_s);
 }
 
-uint64_t Pacer::Schedule(uint64_t now_ns, uint64_t packet_bytes, double rate_bytes_per_s) {
+void Timely::Rebase(uint64_t base_rtt_ns) {
+  if (base_rtt_ns == 0 || base_rtt_ns >= config_.base_rtt_ns) return;
+  const double ratio = static_cast<double>(base_rtt_ns) / static_cast<double>(config_.base_rtt_ns);
+  auto scale = [ratio](uint64_t v) {
+    return std::max<uint64_t>(1, static_cast<uint64_t>(static_cast<double>(v) * ratio));
+  };
+  config_.base_rtt_ns = base_rtt_ns;
+  config_.t_low_ns = std::max(scale(config_.t_low_ns), base_rtt_ns);
+  config_.t_high_ns = std::max(scale(config_.t_high_ns), config_.t_low_ns + 1);
+  config_.rtt_sample_min_ns = scale(config_.rtt_sample_min_ns);
+}
+
+uint64_t Pacer::Schedule(uint64_t now_ns, uint64_t packet_bytes, double rate_bytes_per_s,
+                         uint64_t burst_ns) {
   Require(rate_bytes_per_s > 0, "pacing rate is positive");
   const double gap_ns = static_cast<double>(packet_bytes) * 1e9 / rate_bytes_per_s;
   // Kept in double so sub-nanosecond gaps do not truncate and drift the rate over a burst.
-  const double desired = std::max(next_free_ns_, static_cast<double>(now_ns));
+  const double earliest = static_cast<double>(now_ns) - static_cast<double>(std::min(burst_ns, now_ns));
+  const double desired = std::max(next_free_ns_, earliest);
   next_free_ns_ = desired + gap_ns;
   return static_cast<uint64_t>(desired);
 }

@@ -53,6 +53,11 @@ class Timely {
   bool uncongested() const { return rate_bytes_per_s_ >= config_.rate_max_bytes_per_s; }
   uint64_t last_rtt_ns() const { return last_rtt_ns_; }
   const TimelyConfig& config() const { return config_; }
+  // The path turned out faster than the base RTT the thresholds were derived from: scale
+  // base, t_low, t_high and the sample floor down by new / old (never up). For sessions whose
+  // first RTT was measured under load (a connect storm), so their thresholds come down to the
+  // path's real RTT once an uncongested sample shows it.
+  void Rebase(uint64_t base_rtt_ns);
 
   // Stats (publish per session).
   uint64_t updates() const { return updates_; }
@@ -78,8 +83,11 @@ class Timely {
 // Session::cc_getupdate_tx_tsc.
 class Pacer {
  public:
-  // Desired transmit time of the next packet of packet_bytes at rate.
-  uint64_t Schedule(uint64_t now_ns, uint64_t packet_bytes, double rate_bytes_per_s);
+  // Desired transmit time of the next packet of packet_bytes at rate. `burst_ns` lets a session
+  // whose sender woke late (an event loop whose timers tick in milliseconds) catch up on at most
+  // that much of its schedule, so the average rate holds; 0 = strict spacing, no catching up.
+  uint64_t Schedule(uint64_t now_ns, uint64_t packet_bytes, double rate_bytes_per_s,
+                    uint64_t burst_ns = 0);
   uint64_t next_free_ns() const { return static_cast<uint64_t>(next_free_ns_); }
 
  private:

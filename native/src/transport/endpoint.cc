@@ -66,6 +66,10 @@ std::string ValidateConfig(const EndpointConfig& c) {
   if (c.sessions_max == 0 || c.sessions_max > (1u << 20)) return "sessions_max out of range";
   if (c.queued_requests_per_session_max == 0) return "queued_requests_per_session_max is 0";
   if (c.retransmit_timeout_us < 100) return "retransmit_timeout_us must be at least 100";
+  if (c.retransmit_timeout_min_us < 100 ||
+      c.retransmit_timeout_min_us > c.retransmit_timeout_us) {
+    return "retransmit_timeout_min_us must be in [100, retransmit_timeout_us]";
+  }
   if (c.peer_failure_timeout_us < 4 * c.retransmit_timeout_us) {
     return "peer_failure_timeout_us must be at least 4 retransmit timeouts";
   }
@@ -89,6 +93,14 @@ struct Endpoint::ClientSlot {
   uint32_t num_tx = 0;  // client packets sent (REQ + RFR) in the current Go-Back-N window
   uint32_t num_rx = 0;  // server packets received in order
   uint64_t progress_us = 0;
+  // Transmit time (µs, mod 2^32) of each packet in flight, by packet number % credits: every
+  // answer is an RTT sample (eRPC's per-slot tx_ts). Allocated on the slot's first send.
+  std::vector<uint32_t> tx_us;
+  uint32_t rtx_until = 0;  // packets below this were sent more than once: no samples (Karn)
+  // After a rollback the slot sends one packet until an answer arrives (TCP's loss window): if
+  // the originals were only queued at the receiver (an incast), resending the whole window
+  // would add a window of duplicates to that queue at every timeout.
+  bool loss_window = false;
 };
 
 struct Endpoint::QueuedCall {
@@ -128,15 +140,28 @@ struct Endpoint::Session {
   uint64_t started_us = 0, last_rx_us = 0, last_ping_us = 0, last_handshake_tx_us = 0;
   uint32_t disconnect_tries = 0;
   uint32_t kick_cursor = 0;
-  bool active = false;  // listed in active_sessions_
   uint64_t timer_at_us = kNever;
   uint64_t timer_generation = 0;
+  // Client: round-trip estimate and retransmission timer (see ArmRetransmitTimer).
+  uint64_t srtt_us = 0, rttvar_us = 0, rto_us = 0;
+  uint64_t rto_at_us = kNever;  // when the live retransmit timer entry fires; kNever: none
 };
 
 Endpoint::Endpoint(const EndpointConfig& config, PacketIo* io)
-    : config_(config), io_(io), handled_types_(256, false), rng_state_(config.seed) {
+    : config_(config), io_(io), handled_types_(256, false), rng_state_(config.seed),
+      token_state_(config.incarnation) {
   const std::string problem = ValidateConfig(config);
   if (!problem.empty()) throw std::invalid_argument("EndpointConfig: " + problem);
+  // Incarnation 0 (tests) keeps the seed-only sequences: numbers from 1, tokens from the seed.
+  if (config.incarnation != 0) {
+    uint64_t state = config.incarnation ^ 0x5bd1e9955bd1e995ull;
+    const uint32_t first = static_cast<uint32_t>(SplitMix(&state));
+    next_session_number_ = (first == 0 || first == kNoSession) ? 1 : first;
+  }
+}
+
+uint64_t Endpoint::NewToken() {
+  return config_.incarnation == 0 ? SplitMix(&rng_state_) : SplitMix(&token_state_);
 }
 
 Endpoint::~Endpoint() = default;
@@ -168,6 +193,44 @@ bool Endpoint::SessionIsConnected(uint32_t number) const {
   const Session* s = Find(number);
   return s != nullptr && s->state == Session::State::kConnected;
 }
+uint64_t Endpoint::SessionSrttUs(uint32_t number) const {
+  const Session* s = Find(number);
+  return s == nullptr ? 0 : s->srtt_us;
+}
+uint64_t Endpoint::SessionRtoUs(uint32_t number) const {
+  const Session* s = Find(number);
+  return s == nullptr ? 0 : s->rto_us;
+}
+
+size_t Endpoint::BytesPerSession() const {
+  if (sessions_.empty()) return 0;
+  // Hash-table nodes: the value plus a next pointer and cached hash, rounded to the allocator's
+  // 16-byte granule; buckets are a pointer each.
+  auto node = [](size_t value_bytes) { return (value_bytes + 16 + 15) & ~size_t{15}; };
+  size_t total = sessions_.bucket_count() * sizeof(void*) +
+                 accepted_by_token_.bucket_count() * sizeof(void*);
+  for (const auto& [number, s] : sessions_) {
+    total += node(sizeof(std::pair<const uint32_t, std::unique_ptr<Session>>)) + sizeof(Session);
+    total += s->client_slots.capacity() * sizeof(ClientSlot) +
+             s->server_slots.capacity() * sizeof(ServerSlot);
+    for (const ClientSlot& slot : s->client_slots) {
+      total += slot.request.capacity() + slot.response.capacity() +
+               slot.tx_us.capacity() * sizeof(uint32_t);
+    }
+    for (const ServerSlot& slot : s->server_slots) {
+      total += slot.request.capacity() + slot.response.capacity();
+    }
+    for (const QueuedCall& call : s->backlog) total += sizeof(QueuedCall) + call.request.capacity();
+    if (!s->is_client) {
+      // accepted_by_token_: "<peer>/<token>" key (heap-allocated beyond 15 characters).
+      total += node(sizeof(std::pair<const std::string, uint32_t>)) + 48;
+    } else if (gate_ != nullptr) {
+      total += gate_->BytesPerSession();
+    }
+  }
+  return total / sessions_.size();
+}
+
 std::string Endpoint::SessionPeer(uint32_t number) const {
   const Session* s = Find(number);
   return s == nullptr ? "" : s->peer.ToString();
@@ -253,7 +316,10 @@ void Endpoint::ArmSessionTimer(Session* session, uint64_t when_us) {
   timers_.push(Timer{when_us, TimerKind::kSession, session->number, session->timer_generation});
 }
 
-uint64_t Endpoint::NextTimerUs() const { return timers_.empty() ? kNever : timers_.top().when_us; }
+uint64_t Endpoint::NextTimerUs() const {
+  const uint64_t heap = timers_.empty() ? kNever : timers_.top().when_us;
+  return gate_ == nullptr ? heap : std::min(heap, gate_->NextDueUs());
+}
 
 uint32_t Endpoint::PacketsFor(const Session& session, uint32_t message_bytes) const {
   if (message_bytes == 0) return 1;
@@ -279,6 +345,7 @@ void Endpoint::Bury(Session* session, uint64_t /*now_us*/) {
     accepted_by_token_.erase(session->peer.ToString() + "/" + std::to_string(session->token));
   }
   ++stats_.sessions_closed;
+  if (gate_ != nullptr && session->is_client) gate_->OnClosed(session->number);
   sessions_.erase(session->number);  // pending timer entries become stale
 }
 
@@ -300,7 +367,7 @@ uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
   s->is_client = true;
   s->state = Session::State::kConnecting;
   s->peer = peer;
-  s->token = SplitMix(&rng_state_);
+  s->token = NewToken();
   s->packet_bytes = std::min(config_.packet_bytes_max, PathPacketBytes(peer));
   s->started_us = now_us;
   s->client_slots.resize(config_.slots_per_session);
@@ -359,6 +426,8 @@ void Endpoint::StartQueued(Session* s, uint64_t now_us) {
     slot.response_status = CallStatus::kOk;
     slot.num_tx = 0;
     slot.num_rx = 0;
+    slot.rtx_until = 0;
+    slot.loss_window = false;
     slot.progress_us = now_us;
   }
 }
@@ -378,11 +447,13 @@ void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
                              : slot->request_packets + slot->response_packets - 1;
   bool sent = false;
   while (slot->num_tx < total && s->credits > 0) {
+    if (slot->loss_window && slot->num_tx > slot->num_rx) break;
     const bool is_request = slot->num_tx < slot->request_packets;
     std::span<const uint8_t> payload;
     if (is_request) payload = Slice(*s, slot->request, slot->num_tx);
     if (gate_ != nullptr && !gate_->MaySend(s->number, kHeaderBytes + payload.size(), now_us)) {
-      break;  // the congestion controller will kick again when it admits more
+      ++stats_.gate_deferrals;
+      break;  // the gate lists the session in TakeDue() when it may send again (KickDue)
     }
     Header h;
     h.type = is_request ? PacketType::kRequest : PacketType::kRequestForResponse;
@@ -392,6 +463,8 @@ void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
     h.packet_number = slot->num_tx;
     h.request_number = slot->request_number;
     SendPacket(*s, h, payload);
+    if (slot->tx_us.empty()) slot->tx_us.resize(config_.credits_per_session);
+    slot->tx_us[slot->num_tx % config_.credits_per_session] = static_cast<uint32_t>(now_us);
     ++slot->num_tx;
     --s->credits;
     sent = true;
@@ -535,8 +608,9 @@ void Endpoint::CompactTimers() {
     timers_.pop();
     if (t.kind == TimerKind::kDeadline) {
       if (deadline_tags_.count(t.key) != 0) live.push_back(t);
-    } else if (t.kind == TimerKind::kRetransmitScan) {
-      live.push_back(t);
+    } else if (t.kind == TimerKind::kRetransmit) {
+      const Session* s = Find(t.session);
+      if (s != nullptr && s->rto_at_us == t.when_us) live.push_back(t);
     } else {
       const Session* s = Find(t.session);
       if (s != nullptr && s->timer_generation == t.key) live.push_back(t);
@@ -546,50 +620,95 @@ void Endpoint::CompactTimers() {
 }
 
 void Endpoint::MarkActive(Session* s, uint64_t now_us) {
-  if (!s->active) {
-    s->active = true;
-    active_sessions_.push_back(s->number);
+  if (s->rto_us == 0) s->rto_us = config_.retransmit_timeout_us;
+  ArmRetransmitTimer(s, now_us + s->rto_us);  // no-op unless earlier than the live entry
+}
+
+void Endpoint::ArmRetransmitTimer(Session* s, uint64_t when_us) {
+  // One live heap entry per client session with packets in flight, as for the session timer.
+  // Progress only moves a slot's progress_us; the entry is checked and moved when it fires, so
+  // loss detection costs O(log n) per timeout per session, never a scan of all sessions and
+  // nothing per packet.
+  if (when_us >= s->rto_at_us) return;
+  s->rto_at_us = when_us;
+  timers_.push(Timer{when_us, TimerKind::kRetransmit, s->number, 0});
+}
+
+void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
+  s->rto_at_us = kNever;
+  if (s->state != Session::State::kConnected) return;
+  ++stats_.retransmit_timer_fires;
+  uint64_t next = kNever;
+  bool rolled_back = false;
+  for (ClientSlot& slot : s->client_slots) {
+    if (!slot.busy || slot.num_tx == slot.num_rx) continue;  // idle, or waiting for credits
+    if (now_us - slot.progress_us < s->rto_us) {
+      next = std::min(next, slot.progress_us + s->rto_us);
+      continue;
+    }
+    // Go-Back-N: forget everything after the first unanswered packet, resend from there.
+    slot.rtx_until = std::max(slot.rtx_until, slot.num_tx);
+    slot.loss_window = true;
+    s->credits += slot.num_tx - slot.num_rx;
+    slot.num_tx = slot.num_rx;
+    slot.progress_us = now_us;
+    ++stats_.retransmissions;
+    rolled_back = true;
   }
-  if (!scan_armed_) {
-    scan_armed_ = true;
-    timers_.push(Timer{now_us + config_.retransmit_timeout_us / 2, TimerKind::kRetransmitScan, 0, 0});
+  if (rolled_back) {
+    // Back off until a fresh sample (RFC 6298 5.5): a peer slower than our estimate must not
+    // see the same window again every RTO.
+    s->rto_us = std::min(2 * s->rto_us, RtoMaxUs());
+    Kick(s, now_us);  // re-arms through MarkActive when it sends
+  }
+  if (next != kNever) ArmRetransmitTimer(s, next);
+}
+
+void Endpoint::OnConnectedRtt(Session* s, uint64_t now_us) {
+  // The RTO starts at retransmit_timeout_us and adapts from data samples only: a handshake
+  // is a few small packets, while a session's first window of data may queue behind other
+  // senders' at the receiver (an incast) for far longer, and an RTO derived from the
+  // handshake would roll that window back while it is merely queued. The congestion gate
+  // takes the handshake RTT (if the request was sent once: Karn) as the path's base RTT.
+  s->rto_us = config_.retransmit_timeout_us;
+  const bool sent_once = s->last_handshake_tx_us <= s->started_us + 1;
+  const uint64_t rtt = sent_once && now_us > s->last_handshake_tx_us
+                           ? now_us - s->last_handshake_tx_us : 0;
+  if (gate_ != nullptr) {
+    gate_->OnConnected(s->number, rtt, size_t{config_.credits_per_session} * s->packet_bytes,
+                       now_us);
   }
 }
 
-void Endpoint::OnRetransmitScan(uint64_t now_us) {
-  scan_armed_ = false;
-  size_t kept = 0;
-  for (size_t i = 0; i < active_sessions_.size(); ++i) {
-    Session* s = Find(active_sessions_[i]);
-    if (s == nullptr) continue;  // buried since
-    bool busy = false;
-    bool rolled_back = false;
-    if (s->state == Session::State::kConnected) {
-      for (ClientSlot& slot : s->client_slots) {
-        if (!slot.busy) continue;
-        busy = true;
-        if (slot.num_tx == slot.num_rx) continue;  // waiting for credits, nothing unanswered
-        if (now_us - slot.progress_us >= config_.retransmit_timeout_us) {
-          // Go-Back-N: forget everything after the first unanswered packet, resend from there.
-          s->credits += slot.num_tx - slot.num_rx;
-          slot.num_tx = slot.num_rx;
-          slot.progress_us = now_us;
-          ++stats_.retransmissions;
-          rolled_back = true;
-        }
-      }
-    }
-    if (!busy) {
-      s->active = false;
-      continue;
-    }
-    active_sessions_[kept++] = s->number;
-    if (rolled_back) Kick(s, now_us);
+void Endpoint::OnAnswered(Session* s, ClientSlot& slot, const Header& h, size_t bytes,
+                          uint64_t now_us) {
+  slot.loss_window = false;  // the peer is answering: the whole window may go again
+  if (h.packet_number < slot.rtx_until || slot.tx_us.empty()) return;  // Karn's rule
+  const uint32_t sent = slot.tx_us[h.packet_number % config_.credits_per_session];
+  const uint64_t rtt = std::max<uint32_t>(static_cast<uint32_t>(now_us) - sent, 1);
+  // An answer that waited for the handler (response packet 0) tells the RTO, not congestion.
+  const bool via_handler = h.packet_number + 1 == slot.request_packets;
+  ++stats_.rtt_samples;
+  if (s->srtt_us == 0) {
+    s->srtt_us = rtt;
+    s->rttvar_us = rtt / 2;
+  } else {
+    const uint64_t error = s->srtt_us > rtt ? s->srtt_us - rtt : rtt - s->srtt_us;
+    s->rttvar_us = (3 * s->rttvar_us + error) / 4;
+    s->srtt_us = (7 * s->srtt_us + rtt) / 8;
   }
-  active_sessions_.resize(kept);
-  if (!active_sessions_.empty() && !scan_armed_) {
-    scan_armed_ = true;
-    timers_.push(Timer{now_us + config_.retransmit_timeout_us / 2, TimerKind::kRetransmitScan, 0, 0});
+  s->rto_us = std::clamp(s->srtt_us + 4 * s->rttvar_us, config_.retransmit_timeout_min_us,
+                         RtoMaxUs());
+  if (gate_ != nullptr && !via_handler) gate_->OnRttSample(s->number, rtt, bytes, now_us);
+}
+
+void Endpoint::KickDue(uint64_t now_us) {
+  if (gate_ == nullptr) return;
+  due_sessions_.clear();
+  gate_->TakeDue(now_us, &due_sessions_);
+  for (uint32_t number : due_sessions_) {
+    Session* s = Find(number);
+    if (s != nullptr && s->is_client && s->state == Session::State::kConnected) Kick(s, now_us);
   }
 }
 
@@ -630,6 +749,10 @@ void Endpoint::HandleCreditReturn(Session* s, const Header& h, std::span<const u
   ++slot->num_rx;
   ++s->credits;
   slot->progress_us = now_us;
+  OnAnswered(s, *slot, h,
+             SliceBytes(static_cast<uint32_t>(slot->request.size()), s->data_bytes_per_packet,
+                        h.packet_number),
+             now_us);
   Kick(s, now_us);
 }
 
@@ -670,6 +793,7 @@ void Endpoint::HandleResponse(Session* s, const Header& h, std::span<const uint8
   ++slot->num_rx;
   ++s->credits;
   slot->progress_us = now_us;
+  OnAnswered(s, *slot, h, payload.size(), now_us);
   if (slot->num_rx == slot->request_packets + slot->response_packets - 1) {
     return CompleteSlot(s, slot, slot->response_status, now_us);
   }
@@ -895,6 +1019,7 @@ void Endpoint::HandleConnectResponse(Session* s, const Header& h, uint64_t now_u
   s->last_rx_us = now_us;
   s->timer_at_us = kNever;  // the connect retry entry is now stale
   ++s->timer_generation;
+  OnConnectedRtt(s, now_us);
   EmitSession(s->number, SessionEventKind::kConnected, 0);
   StartQueued(s, now_us);
   Kick(s, now_us);
@@ -994,8 +1119,9 @@ void Endpoint::OnTimers(uint64_t now_us) {
       OnDeadline(t.session, t.key, now_us);
       continue;
     }
-    if (t.kind == TimerKind::kRetransmitScan) {
-      OnRetransmitScan(now_us);
+    if (t.kind == TimerKind::kRetransmit) {
+      Session* s = Find(t.session);
+      if (s != nullptr && s->rto_at_us == t.when_us) OnRetransmitTimer(s, now_us);
       continue;
     }
     Session* s = Find(t.session);
@@ -1011,6 +1137,7 @@ void Endpoint::OnTimers(uint64_t now_us) {
       ArmSessionTimer(s, s->last_rx_us + config_.peer_failure_timeout_us);
     }
   }
+  KickDue(now_us);
 }
 
 void Endpoint::Shutdown(bool tell_peers, uint64_t now_us) {
@@ -1044,8 +1171,6 @@ void Endpoint::Shutdown(bool tell_peers, uint64_t now_us) {
   }
   shut_down_ = true;
   while (!timers_.empty()) timers_.pop();
-  active_sessions_.clear();
-  scan_armed_ = false;
 }
 
 }  // namespace squall::transport

@@ -42,11 +42,26 @@ struct EndpointConfig {
   uint32_t credits_per_session = 32;    // unanswered client packets per session
   uint32_t sessions_max = 4096;         // client and server sessions together
   uint32_t queued_requests_per_session_max = 1u << 16;
+  // Retransmission timeout: each client session keeps an adaptive RTO, srtt + 4 x rttvar of
+  // its measured round trips (RFC 6298; every answered packet is timed, Karn's rule), at least
+  // retransmit_timeout_min_us and at most peer_failure_timeout_us / 4, doubled on each rollback
+  // until a fresh sample arrives. retransmit_timeout_us is the RTO before the first sample.
+  // (Under an incast the queue at the receiver can hold tens of ms of packets: a fixed ceiling
+  // near the idle RTT would roll back packets that are only queued, and the duplicates would
+  // lengthen the queue further.)
   uint64_t retransmit_timeout_us = 10'000;
+  // 5 ms: a 2 MB window of 64 KB packets queues ~1-2 ms behind itself, and a shared VM stalls
+  // a thread for milliseconds; at 2 ms, lossless 8 MiB transfers rolled back ~60 times/s.
+  uint64_t retransmit_timeout_min_us = 5'000;
   uint64_t peer_failure_timeout_us = 2'000'000;
   uint64_t connect_timeout_us = 2'000'000;
   uint64_t connect_retry_us = 50'000;
-  uint64_t seed = 1;  // fault-injection PRNG and handshake tokens
+  uint64_t seed = 1;  // fault-injection PRNG
+  // A value no earlier incarnation of this endpoint at this address used (the binding draws it
+  // from the OS at creation). Handshake tokens and session numbers derive from it, so a process
+  // restarted at the same address never presents the token or session number of a session the
+  // peer still holds from before the restart (which would hand it that session's cached answers).
+  uint64_t incarnation = 0;
 };
 
 // Checks limits; returns an empty string if the config is usable, else what is wrong.
@@ -109,12 +124,30 @@ class PacketIo {
                     std::span<const uint8_t> payload) = 0;
 };
 
-// The hook through which a congestion controller (the Timely issue) will pace client packets.
-// The core asks before sending each REQ/RFR; the default admits everything.
+// The hook through which a congestion controller paces client packets (congestion_gate.h runs
+// Timely behind it). The core asks before sending each REQ/RFR; a refused session stops
+// sending, and the core kicks it again once the gate lists it in TakeDue(). Without a gate
+// everything is admitted.
 class SendGate {
  public:
   virtual ~SendGate() = default;
   virtual bool MaySend(uint32_t session, size_t bytes, uint64_t now_us) = 0;
+  // A client session connected; `rtt_us` is its handshake round trip (0 when unknown: the
+  // connect request was retried, so the answer may belong to either); `window_bytes` is the
+  // most it can have in flight (credits x packet size).
+  virtual void OnConnected(uint32_t /*session*/, uint64_t /*rtt_us*/, size_t /*window_bytes*/,
+                           uint64_t /*now_us*/) {}
+  // A round trip of one client packet answered by the peer's transport itself (a credit
+  // return, or a response packet pulled by an RFR): network delay only, no handler time.
+  // `bytes`: the larger payload of the two packets (what the kernel had to carry).
+  virtual void OnRttSample(uint32_t /*session*/, uint64_t /*rtt_us*/, size_t /*bytes*/,
+                           uint64_t /*now_us*/) {}
+  virtual void OnClosed(uint32_t /*session*/) {}
+  // Appends the sessions whose wait ended by now_us; the core kicks each.
+  virtual void TakeDue(uint64_t /*now_us*/, std::vector<uint32_t>* /*sessions*/) {}
+  virtual uint64_t NextDueUs() const { return UINT64_MAX; }
+  // Memory the gate keeps per session, for Stats.
+  virtual size_t BytesPerSession() const { return 0; }
 };
 
 // Drop reasons, each with its own counter.
@@ -136,6 +169,9 @@ struct Stats {
   uint64_t timeouts = 0, peer_failures = 0, stale_responds = 0;
   uint64_t sessions_client = 0, sessions_server = 0;  // currently open
   uint64_t sessions_opened = 0, sessions_closed = 0;
+  uint64_t rtt_samples = 0;        // timed client packets answered (RTO and congestion input)
+  uint64_t gate_deferrals = 0;     // client packets the SendGate held back
+  uint64_t retransmit_timer_fires = 0;
   uint64_t DropsTotal() const;
 };
 
@@ -191,6 +227,13 @@ class Endpoint {
   uint32_t SessionDataBytesPerPacket(uint32_t session) const;
   bool SessionIsConnected(uint32_t session) const;
   size_t timer_entries() const { return timers_.size(); }  // heap size, for tests
+  // A client session's smoothed RTT and current retransmission timeout (0 if unknown).
+  uint64_t SessionSrttUs(uint32_t session) const;
+  uint64_t SessionRtoUs(uint32_t session) const;
+  // Memory held per open session: the session record, its slots, queued calls and kept
+  // messages, the lookup tables' entries and the gate's state, averaged over open sessions
+  // (walks every session: for stats, not for the data path). 0 with no sessions.
+  size_t BytesPerSession() const;
   std::string SessionPeer(uint32_t session) const;
 
  private:
@@ -198,7 +241,7 @@ class Endpoint {
   struct ServerSlot;
   struct Session;
   struct QueuedCall;
-  enum class TimerKind : uint8_t { kSession, kDeadline, kRetransmitScan };
+  enum class TimerKind : uint8_t { kSession, kDeadline, kRetransmit };
   struct Timer {
     uint64_t when_us;
     TimerKind kind;
@@ -210,6 +253,7 @@ class Endpoint {
   Session* Find(uint32_t session_number);
   const Session* Find(uint32_t session_number) const;
   uint32_t NewSessionNumber();
+  uint64_t NewToken();
   void Bury(Session* session, uint64_t now_us);
   void Drop(DropReason reason) { ++stats_.drops[static_cast<size_t>(reason)]; }
   void Emit(Event event) { events_.push_back(std::move(event)); }
@@ -235,7 +279,13 @@ class Endpoint {
   void FailSession(Session* session, CallStatus status, SessionEventKind kind, uint64_t now_us);
   void OnClientSessionTimer(Session* session, uint64_t now_us);
   void MarkActive(Session* session, uint64_t now_us);
-  void OnRetransmitScan(uint64_t now_us);
+  void OnRetransmitTimer(Session* session, uint64_t now_us);
+  void ArmRetransmitTimer(Session* session, uint64_t when_us);
+  void OnAnswered(Session* session, ClientSlot& slot, const Header& header,
+                  size_t bytes, uint64_t now_us);
+  void KickDue(uint64_t now_us);
+  void OnConnectedRtt(Session* session, uint64_t now_us);
+  uint64_t RtoMaxUs() const { return config_.peer_failure_timeout_us / 4; }
   void OnDeadline(uint32_t session_number, uint64_t tag, uint64_t now_us);
   void HandleCreditReturn(Session* session, const Header& header,
                           std::span<const uint8_t> payload, uint64_t now_us);
@@ -266,15 +316,11 @@ class Endpoint {
   // in the heap until it fires or CompactTimers() drops it; this set tells which are live.
   std::unordered_set<uint64_t> deadline_tags_;
   std::vector<bool> handled_types_;
-  // Client sessions that had a request in flight since the last retransmission scan. The scan
-  // runs every retransmit_timeout_us / 2 while this is non-empty and looks only at these
-  // sessions (eRPC scans its active-RPC list the same way), so the per-call cost of loss
-  // detection is a flag check, not a timer-heap operation.
-  std::vector<uint32_t> active_sessions_;
-  bool scan_armed_ = false;
+  std::vector<uint32_t> due_sessions_;  // scratch for SendGate::TakeDue
   std::vector<PeerAddress> failed_peers_;
   uint32_t next_session_number_ = 1;
   uint64_t rng_state_;
+  uint64_t token_state_;  // handshake tokens when config_.incarnation != 0
   double drop_probability_ = 0;
   uint64_t drop_next_count_ = 0;
   bool shut_down_ = false;

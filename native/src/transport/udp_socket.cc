@@ -17,7 +17,7 @@ namespace {
 constexpr size_t kTxBatchPacketsMax = 64;
 constexpr size_t kTxBatchBytes = 1u << 20;
 constexpr size_t kRxBatchBytes = 2u << 20;
-constexpr int kSocketBufferBytes = 8 << 20;
+constexpr size_t kControlBytes = CMSG_SPACE(sizeof(uint32_t));
 
 void SetBuffer(int fd, int option, int force_option, int bytes) {
   // SO_*BUFFORCE passes net.core.*mem_max when we are privileged; otherwise take what we get.
@@ -28,7 +28,8 @@ void SetBuffer(int fd, int option, int force_option, int bytes) {
 }  // namespace
 
 std::unique_ptr<UdpSocket> UdpSocket::Open(const std::string& host, uint16_t port,
-                                           uint32_t packet_bytes_max, std::string* error) {
+                                           uint32_t packet_bytes_max, std::string* error,
+                                           const SocketBuffers& buffers) {
   PeerAddress bind_address;
   if (!PeerAddress::FromHostPort(host, port, &bind_address)) {
     *error = "host \"" + host + "\" is not a numeric IPv4 or IPv6 address";
@@ -44,8 +45,19 @@ std::unique_ptr<UdpSocket> UdpSocket::Open(const std::string& host, uint16_t por
     int v6only = 0;  // accept IPv4 peers too, as ::ffff:a.b.c.d
     setsockopt(s->fd_, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
   }
-  SetBuffer(s->fd_, SO_RCVBUF, SO_RCVBUFFORCE, kSocketBufferBytes);
-  SetBuffer(s->fd_, SO_SNDBUF, SO_SNDBUFFORCE, kSocketBufferBytes);
+  SetBuffer(s->fd_, SO_RCVBUF, SO_RCVBUFFORCE, buffers.receive_bytes);
+  SetBuffer(s->fd_, SO_SNDBUF, SO_SNDBUFFORCE, buffers.send_bytes);
+  int granted = 0;
+  socklen_t granted_length = sizeof(granted);
+  if (getsockopt(s->fd_, SOL_SOCKET, SO_RCVBUF, &granted, &granted_length) == 0) {
+    s->stats_.receive_buffer_bytes = static_cast<uint64_t>(granted);
+  }
+  granted_length = sizeof(granted);
+  if (getsockopt(s->fd_, SOL_SOCKET, SO_SNDBUF, &granted, &granted_length) == 0) {
+    s->stats_.send_buffer_bytes = static_cast<uint64_t>(granted);
+  }
+  int on = 1;  // ask for the socket's drop counter with each datagram
+  setsockopt(s->fd_, SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof(on));
   if (bind(s->fd_, reinterpret_cast<const sockaddr*>(&bind_address.storage),
            bind_address.length) != 0) {
     *error = "bind(" + bind_address.ToString() + ") failed: " + std::strerror(errno);
@@ -60,6 +72,7 @@ std::unique_ptr<UdpSocket> UdpSocket::Open(const std::string& host, uint16_t por
   s->rx_count_ = std::clamp<size_t>(kRxBatchBytes / s->rx_buffer_bytes_, 8, 64);
   s->rx_buffers_.resize(s->rx_count_ * s->rx_buffer_bytes_);
   s->rx_from_.resize(s->rx_count_);
+  s->rx_control_.resize(s->rx_count_ * kControlBytes);
   s->tx_buffer_.resize(kTxBatchBytes);
   s->tx_packets_.reserve(kTxBatchPacketsMax);
   return s;
@@ -187,12 +200,22 @@ size_t UdpSocket::Receive(
       messages[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage);
       messages[i].msg_hdr.msg_iov = &vectors[i];
       messages[i].msg_hdr.msg_iovlen = 1;
+      messages[i].msg_hdr.msg_control = rx_control_.data() + i * kControlBytes;
+      messages[i].msg_hdr.msg_controllen = kControlBytes;
     }
     ++stats_.receive_calls;
     const int got = recvmmsg(fd_, messages, static_cast<unsigned>(want), MSG_DONTWAIT, nullptr);
     if (got <= 0) break;
     for (int i = 0; i < got; ++i) {
       rx_from_[static_cast<size_t>(i)].length = messages[i].msg_hdr.msg_namelen;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&messages[i].msg_hdr); c != nullptr;
+           c = CMSG_NXTHDR(&messages[i].msg_hdr, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
+          uint32_t dropped;
+          std::memcpy(&dropped, CMSG_DATA(c), sizeof(dropped));
+          stats_.kernel_drops = std::max<uint64_t>(stats_.kernel_drops, dropped);
+        }
+      }
       if ((messages[i].msg_hdr.msg_flags & MSG_TRUNC) != 0 ||
           messages[i].msg_len >= rx_buffer_bytes_) {
         ++stats_.truncated_rx;

@@ -24,6 +24,21 @@ struct UdpStats {
   uint64_t datagrams_sent = 0;
   uint64_t bundled_packets = 0; // packets that shared a datagram with others
   uint64_t bad_bundles = 0;     // bundles whose framing did not add up (rest dropped)
+  // Datagrams the kernel dropped because our receive buffer was full (SO_RXQ_OVFL: the count
+  // as of the latest datagram received, so drops show once the next datagram arrives).
+  uint64_t kernel_drops = 0;
+  uint64_t receive_buffer_bytes = 0;  // as granted by the kernel (getsockopt)
+  uint64_t send_buffer_bytes = 0;
+};
+
+// Socket buffer sizes. The receive buffer is what absorbs a burst while the loop is busy: the
+// only place a datagram is lost on one machine. Size it for the fan-in you expect: senders x
+// creditsPerSession x packet size is the most that can arrive unanswered (congestion control
+// keeps the queue well below it). Set as root with SO_RCVBUFFORCE, else capped by
+// net.core.rmem_max.
+struct SocketBuffers {
+  int receive_bytes = 128 << 20;
+  int send_bytes = 8 << 20;
 };
 
 class UdpSocket final : public PacketIo {
@@ -31,7 +46,8 @@ class UdpSocket final : public PacketIo {
   // `host` is a numeric address: "0.0.0.0"/"127.0.0.1" (IPv4), "::" (dual-stack) or any IPv6.
   // Returns nullptr and sets `error` if the socket cannot be opened or bound.
   static std::unique_ptr<UdpSocket> Open(const std::string& host, uint16_t port,
-                                         uint32_t packet_bytes_max, std::string* error);
+                                         uint32_t packet_bytes_max, std::string* error,
+                                         const SocketBuffers& buffers = {});
   ~UdpSocket() override;
 
   int fd() const { return fd_; }
@@ -58,6 +74,7 @@ class UdpSocket final : public PacketIo {
   size_t rx_count_ = 0;
   std::vector<uint8_t> rx_buffers_;
   std::vector<PeerAddress> rx_from_;
+  std::vector<uint8_t> rx_control_;  // one SO_RXQ_OVFL control message per receive buffer
   std::vector<uint8_t> tx_buffer_;
   struct TxPacket {
     PeerAddress to;

@@ -1,0 +1,101 @@
+/**
+ * `npm run bench -- kv --mode raft [--quick]`: the eRPC paper's replicated key-value workload on a
+ * raft-ordered shard (issue #12): 3 replicas in separate processes over the native transport on
+ * loopback, one caller, puts of a 16-byte key and a 64-byte value, committed by a majority:
+ *   - latency p50/p99 with one call outstanding, from the leader's process and from a follower's
+ *     (a follower forwards to the leader: one more hop);
+ *   - throughput with 64 outstanding (from the leader's process);
+ * with the Raft log fsync'd (durable) and not. Beside them, in the same run: the raw transport
+ * round trip between the same processes, and the disk's write+fdatasync latency.
+ * (`--mode ordered`, the same workload through the group API on SMC, comes with the group API.)
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { report } from './_report.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
+}
+
+function fdatasyncP50(n: number): number {
+  const dir = mkdtempSync(join(tmpdir(), 'squall-bench-fsync-'));
+  const fd = openSync(join(dir, 'f'), 'w');
+  const block = new Uint8Array(4096);
+  const lat: number[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const t0 = process.hrtime.bigint();
+      writeSync(fd, block, 0, block.length, (i % 16) * 4096);
+      fdatasyncSync(fd);
+      lat.push(Number(process.hrtime.bigint() - t0) / 1000);
+    }
+  } finally {
+    closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return percentile(lat.sort((x, y) => x - y), 50);
+}
+
+class Replica {
+  readonly child: ChildProcess;
+  constructor(readonly id: number, durable: boolean) {
+    this.child = fork(join(here, '_kv-replica.js'), [String(id), durable ? 'durable' : 'volatile'], { stdio: 'inherit' });
+  }
+  ask<T = Record<string, any>>(message: Record<string, unknown>): Promise<T> {
+    return new Promise((resolve, reject) => {
+      const onExit = (code: number | null): void => reject(new Error(`replica ${this.id} exited with ${code}`));
+      this.child.once('exit', onExit);
+      this.child.once('message', (answer: Record<string, unknown>) => {
+        this.child.off('exit', onExit);
+        if (answer.error) reject(new Error(`replica ${this.id}: ${String(answer.error)}`));
+        else resolve(answer as T);
+      });
+      this.child.send(message);
+    });
+  }
+}
+
+export async function run(args: string[]): Promise<void> {
+  const modeAt = args.indexOf('--mode');
+  const mode = modeAt >= 0 ? args[modeAt + 1] : 'raft';
+  if (mode !== 'raft') {
+    throw new Error(`--mode ${mode}: only "raft" is measured by this suite so far; the SMC (ordered) mode is measured through the group API`);
+  }
+  const quick = args.includes('--quick');
+  const latencyOps = quick ? 300 : 3000;
+  const throughputOps = quick ? 5000 : 40_000;
+  const fsyncP50 = fdatasyncP50(quick ? 200 : 1000);
+  const env = { mode, replicas: 3, keyBytes: 16, valueBytes: 64, load1: Number(loadavg()[0]!.toFixed(2)), quick };
+  report({ suite: 'kv', case: 'disk-fdatasync-p50', value: Number(fsyncP50.toFixed(1)), unit: 'us', ...env });
+  for (const durable of [false, true]) {
+    const replicas = [1, 2, 3].map((id) => new Replica(id, durable));
+    try {
+      const addresses = await Promise.all(replicas.map((r) => r.ask<{ address: string }>({ cmd: 'init' })));
+      const peers = addresses.map((a, i) => [i + 1, a.address]);
+      await Promise.all(replicas.map((r) => r.ask({ cmd: 'start', peers, campaign: r.id === 1 })));
+      const { p50: rtt } = await replicas[0]!.ask<{ p50: number }>({ cmd: 'rtt', to: 2, n: quick ? 2000 : 10_000 });
+      const baselines: Record<string, number> = { transport_rtt_p50: Number(rtt.toFixed(1)) };
+      if (durable) baselines.disk_fdatasync_p50 = Number(fsyncP50.toFixed(1));
+      const denv = { ...env, durable, load1: Number(loadavg()[0]!.toFixed(2)) };
+      report({ suite: 'kv', case: 'transport-rtt-p50', value: Number(rtt.toFixed(1)), unit: 'us', ...denv });
+      for (const [from, who] of [[0, 'leader'], [1, 'follower']] as const) {
+        const r = await replicas[from]!.ask<{ lat: number[]; rate: number }>({
+          cmd: 'run', latencyOps, throughputOps: from === 0 ? throughputOps : 1000, outstanding: 64,
+        });
+        const lat = r.lat.sort((a, b) => a - b);
+        report({ suite: 'kv', case: `put-latency-p50-from-${who}`, value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', baselines, ...denv });
+        report({ suite: 'kv', case: `put-latency-p99-from-${who}`, value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', ...denv });
+        if (from === 0) {
+          report({ suite: 'kv', case: 'put-throughput-64-outstanding', value: Math.round(r.rate), unit: 'puts/s', baselines, ...denv });
+        }
+      }
+    } finally {
+      await Promise.all(replicas.map((r) => r.ask({ cmd: 'close' }).catch(() => r.child.kill('SIGKILL'))));
+    }
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * `npm run chaos -- --minutes N [--seed S] [--runs K] [--scenario NAME] [--fault-seconds F]
+ *                  [--network auto|netns|loopback] [--verbose]`
+ *
+ * Runs the fault scenarios back to back for N minutes (fractions allowed), one JSON line per run,
+ * and ends with `chaos: N runs passed, N failed` naming the seeds that failed. A failed seed
+ * reruns the same fault schedule with `--seed S --runs 1`. Exit status 1 if any run failed.
+ */
+import { transportRpc } from './scenarios/transport-rpc.js';
+import type { RunReport, Scenario } from './scenario.js';
+
+export const scenarios: Scenario[] = [transportRpc];
+
+export interface ChaosOptions {
+  minutes: number;
+  seed: number;
+  runs: number;
+  scenario?: string;
+  faultMs: number;
+  network: 'auto' | 'netns' | 'loopback';
+  verbose: boolean;
+}
+
+export async function runChaos(options: ChaosOptions, print: (line: string) => void): Promise<RunReport[]> {
+  const chosen = options.scenario ? scenarios.filter((s) => s.name === options.scenario) : scenarios;
+  if (chosen.length === 0) {
+    throw new Error(`no scenario named ${options.scenario}; known: ${scenarios.map((s) => s.name).join(', ')}`);
+  }
+  const deadline = Date.now() + options.minutes * 60_000;
+  const reports: RunReport[] = [];
+  for (let i = 0; i < options.runs && (i === 0 || Date.now() < deadline); i++) {
+    const scenario = chosen[i % chosen.length]!;
+    const log = options.verbose ? (line: string) => print(`  [${scenario.name} ${options.seed + i}] ${line}`) : () => undefined;
+    const report = await scenario.run(options.seed + i, { faultMs: options.faultMs, log, network: options.network });
+    reports.push(report);
+    print(JSON.stringify(report));
+  }
+  const failed = reports.filter((r) => !r.passed);
+  print(
+    `chaos: ${reports.length - failed.length} runs passed, ${failed.length} failed` +
+      (failed.length ? ` (seeds: ${failed.map((r) => `${r.scenario}:${r.seed}`).join(', ')})` : ''),
+  );
+  return reports;
+}
+
+function network(text: string | undefined): ChaosOptions['network'] {
+  if (text === undefined) return 'auto';
+  if (text === 'auto' || text === 'netns' || text === 'loopback') return text;
+  throw new Error(`--network must be auto, netns or loopback, got ${text}`);
+}
+
+function parse(argv: string[]): ChaosOptions {
+  const value = (name: string): string | undefined => {
+    const at = argv.indexOf(`--${name}`);
+    return at >= 0 ? argv[at + 1] : undefined;
+  };
+  const number = (name: string, fallback: number): number => {
+    const text = value(name);
+    if (text === undefined) return fallback;
+    const n = Number(text);
+    if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} must be a non-negative number, got ${text}`);
+    return n;
+  };
+  const runs = value('runs');
+  return {
+    minutes: number('minutes', 1),
+    seed: number('seed', Date.now() % 1_000_000),
+    runs: runs === undefined ? Number.MAX_SAFE_INTEGER : number('runs', 1),
+    scenario: value('scenario'),
+    faultMs: number('fault-seconds', 6) * 1000,
+    network: network(value('network')),
+    verbose: argv.includes('--verbose'),
+  };
+}
+
+if (process.argv[1]?.endsWith('/chaos.js')) {
+  try {
+    const reports = await runChaos(parse(process.argv.slice(2)), (line) => console.log(line));
+    process.exitCode = reports.every((r) => r.passed) ? 0 : 1;
+  } catch (error) {
+    console.error((error as Error).message);
+    process.exitCode = 2;
+  }
+}
