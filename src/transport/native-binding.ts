@@ -21,13 +21,17 @@ export interface NativeEndpointHandle {
   setHandled(type: number, handled: boolean): void;
   stats(): Record<string, number>;
   inject(faults: object): void;
-  sessionInfo(session: number): { dataBytesPerPacket: number; connected: boolean };
+  sessionInfo(session: number): { dataBytesPerPacket: number; connected: boolean; sendEpoch: number; keyId: number };
+  /** Installs the highest-id key of keyText as primary; false if refused. */
+  rotateKey(keyText: string, graceMs: number): boolean;
   close(tellPeers: boolean): NativeBatch;
 }
 
 export interface NativeAddon {
   wireVersion: number;
   build: string;
+  /** "" if text is a valid key file, else what is wrong (source, line, fix). */
+  checkKeyFile(text: string, source: string): string;
   NativeEndpoint: new (
     options: object,
     onEvents: (batch: NativeBatch) => void,

@@ -57,7 +57,6 @@ std::span<const uint8_t> EndpointSecurity::Seal(crypto::SessionCrypto* session,
   const crypto::SealStatus status =
       session->Seal(crypto::MutableBytes(out, sealed_bytes), kHeaderBytes, payload.size());
   if (status != crypto::SealStatus::kOk) return {};
-  ++counters_.sealed_packets;
   return std::span<const uint8_t>(out, sealed_bytes);
 }
 
@@ -73,7 +72,6 @@ std::span<const uint8_t> EndpointSecurity::Open(crypto::SessionCrypto* session,
   const crypto::OpenResult result =
       session->Open(crypto::MutableBytes(buffer, packet.size()), kHeaderBytes);
   if (result.status != crypto::OpenStatus::kOk) return {};
-  ++counters_.opened_packets;
   return std::span<const uint8_t>(buffer, kHeaderBytes + result.body_bytes);
 }
 
