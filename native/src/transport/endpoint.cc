@@ -946,7 +946,9 @@ bool Endpoint::OpenIncoming(Header* h, std::span<const uint8_t>* packet, uint64_
     Drop(DropReason::kUnsealed);  // we have no keys for it (or do not encrypt at all)
     return false;
   }
-  const std::span<const uint8_t> plain = security_->Open(sec->crypto.get(), *packet);
+  // Decrypted in place: OnPacket's contract gives the endpoint the datagram's buffer.
+  const crypto::MutableBytes writable(const_cast<uint8_t*>(packet->data()), packet->size());
+  const std::span<const uint8_t> plain = security_->Open(sec->crypto.get(), writable);
   if (plain.empty()) {
     Drop(DropReason::kCrypto);  // the reason is in CryptoCounters
     return false;

@@ -188,6 +188,8 @@ class Endpoint {
                std::span<const uint8_t> response, uint64_t now_us);
 
   // --- driver API ---
+  // `packet` must be writable memory the endpoint may change for the duration of the call: an
+  // encrypting endpoint decrypts a sealed packet in place (the driver's receive buffer).
   void OnPacket(const PeerAddress& from, std::span<const uint8_t> packet, uint64_t now_us);
   void OnTimers(uint64_t now_us);
   uint64_t NextTimerUs() const;  // UINT64_MAX when nothing is scheduled

@@ -42,7 +42,6 @@ EndpointSecurity::EndpointSecurity(const EncryptionConfig& config)
   handshake_config_.algorithm = config.algorithm;
   handshake_config_.forward_secrecy = config.forward_secrecy;
   send_buffer_.resize(kDatagramBytesMax + kSealTrailerBytes);
-  receive_buffer_.resize(kDatagramBytesMax + kSealTrailerBytes);
 }
 
 std::span<const uint8_t> EndpointSecurity::Seal(crypto::SessionCrypto* session,
@@ -61,18 +60,10 @@ std::span<const uint8_t> EndpointSecurity::Seal(crypto::SessionCrypto* session,
 }
 
 std::span<const uint8_t> EndpointSecurity::Open(crypto::SessionCrypto* session,
-                                                std::span<const uint8_t> packet) {
-  if (packet.size() > receive_buffer_.size()) {
-    ++counters_.drop_truncated;  // larger than any datagram: cannot be ours
-    return {};
-  }
-  // Open works in place; the received datagram is the socket's, so work on a copy.
-  uint8_t* buffer = receive_buffer_.data();
-  std::memcpy(buffer, packet.data(), packet.size());
-  const crypto::OpenResult result =
-      session->Open(crypto::MutableBytes(buffer, packet.size()), kHeaderBytes);
+                                                crypto::MutableBytes packet) {
+  const crypto::OpenResult result = session->Open(packet, kHeaderBytes);
   if (result.status != crypto::OpenStatus::kOk) return {};
-  return std::span<const uint8_t>(buffer, kHeaderBytes + result.body_bytes);
+  return std::span<const uint8_t>(packet.data(), kHeaderBytes + result.body_bytes);
 }
 
 crypto::EndpointAddress EndpointSecurity::Identity(const PeerAddress& address) {

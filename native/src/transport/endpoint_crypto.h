@@ -106,9 +106,10 @@ class EndpointSecurity {
   // span if the session's key refused (counted in CryptoCounters).
   std::span<const uint8_t> Seal(crypto::SessionCrypto* session, const uint8_t* header,
                                 std::span<const uint8_t> payload);
-  // Opens a copy of packet in this object's receive buffer. Returns header + plaintext body
-  // (valid until the next Open), or an empty span if it failed (counted in CryptoCounters).
-  std::span<const uint8_t> Open(crypto::SessionCrypto* session, std::span<const uint8_t> packet);
+  // Opens packet in place (the body is decrypted where it lies: no copy of a 64 KB datagram).
+  // Returns header + plaintext body within packet, or an empty span if it failed (counted in
+  // CryptoCounters; the bytes may then be garbage).
+  std::span<const uint8_t> Open(crypto::SessionCrypto* session, crypto::MutableBytes packet);
 
   // The session identity the handshake binds: the server's address as the client dialled it.
   static crypto::EndpointAddress Identity(const PeerAddress& address);
@@ -125,7 +126,7 @@ class EndpointSecurity {
   crypto::HandshakeConfig handshake_config_;
   crypto::SessionLimits limits_;
   uint32_t pending_handshakes_max_;
-  std::vector<uint8_t> send_buffer_, receive_buffer_;
+  std::vector<uint8_t> send_buffer_;
 };
 
 // The sentence for a refused connect, for the session event's bytes.
