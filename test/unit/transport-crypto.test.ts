@@ -17,6 +17,7 @@ import {
 } from '../../src/transport/native-transport.js';
 import { TransportError } from '../../src/transport/errors.js';
 import { loadNativeAddon } from '../../src/transport/native-binding.js';
+import { parseConfig } from '../../src/config/load.js';
 
 const secret = Buffer.alloc(32, 0).map((_, i) => (i * 7 + 1) & 0xff);
 const keyText = keyFileLine(1, secret);
@@ -195,16 +196,14 @@ test('calls survive 20% loss and a key rotation while traffic flows', async (t) 
 });
 
 test('endpointOptionsFromConfig turns encryption on with the configured key file', (t) => {
-  const options = endpointOptionsFromConfig({
-    encryption: true,
-    key_file: '/etc/squall/group.key',
-    max_message_size: 1 << 20,
-    peer_failure_timeout_ms: 3000,
-  });
-  t.is(options.encryption, true);
+  const config = parseConfig('[transport]\nkey_file = "/etc/squall/group.key"\nmax_message_size = 16777216\n', 'n');
+  const options = endpointOptionsFromConfig(config.transport);
+  t.is(options.encryption, true, 'on by default');
   t.is(options.keyFile, '/etc/squall/group.key');
   t.is(options.forwardSecrecy, true);
-  t.is(options.messageBytesMax, 1 << 20);
+  t.is(options.messageBytesMax, 16 << 20);
+  const noForwardSecrecy = parseConfig('[transport]\nkey_file = "/k"\nforward_secrecy = false\n', 'n');
+  t.is(endpointOptionsFromConfig(noForwardSecrecy.transport).forwardSecrecy, false);
   const off = endpointOptionsFromConfig({ encryption: false, max_message_size: 1024, peer_failure_timeout_ms: 10 });
   t.is(off.encryption, false);
   t.is(off.keyFile, undefined);
