@@ -353,6 +353,7 @@ export class Endpoint implements Transport {
   private readonly refusedListeners: ((reason: string) => void)[] = [];
   /** True when every packet is sealed (a key was given and encryption was not turned off). */
   readonly encrypted: boolean;
+  private readonly keyFile: string | undefined;
   private closed = false;
   private readonly flushBound = (): void => this.flush();
   private readonly onEventsBound = (batch: NativeBatch): void => this.process(batch);
@@ -365,6 +366,7 @@ export class Endpoint implements Transport {
     const addon = loadNativeAddon();
     const key = resolveKey(options);
     this.encrypted = key !== undefined;
+    this.keyFile = key !== undefined ? options.keyFile : undefined;
     const { key: _bytes, keyFile: _file, ...plain } = options;
     try {
       this.native = new addon.NativeEndpoint(
@@ -443,6 +445,24 @@ export class Endpoint implements Transport {
         'BAD_KEY',
       );
     }
+  }
+
+  /**
+   * Re-reads the key file the endpoint was created with and, if its highest key id is new,
+   * rotates to that key as rotateKey() does (the operator appended a line on every node).
+   * Returns false if there is no new key. Throws TransportError (BAD_KEY) if the file is now
+   * unreadable or malformed, or the endpoint was not created from a key file.
+   */
+  reloadKeyFile(graceMs: number): boolean {
+    if (this.closed) throw this.closedError();
+    if (this.keyFile === undefined) {
+      throw new TransportError(
+        'this endpoint was not created from a key file. Fix: use rotateKey(key, graceMs).',
+        'BAD_KEY',
+      );
+    }
+    const key = resolveKey({ keyFile: this.keyFile });
+    return key !== undefined && this.native.rotateKey(key.keyText, graceMs);
   }
 
   /** Called with the reason whenever this endpoint refuses a peer's session (wrong key, plaintext peer). */

@@ -195,6 +195,25 @@ test('calls survive 20% loss and a key rotation while traffic flows', async (t) 
   await server.close();
 });
 
+test('appending a key to the key file and reloading rotates without dropping the session', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'squall-key-'));
+  const keyFile = join(dir, 'group.key');
+  writeFileSync(keyFile, keyText);
+  const { server, client } = await pair({ keyFile });
+  const session = await client.connect(server.address);
+  t.false(client.reloadKeyFile(1000), 'nothing new in the file');
+  writeFileSync(keyFile, keyText + keyFileLine(5, randomBytes(32)));
+  t.true(server.reloadKeyFile(60_000));
+  t.true(client.reloadKeyFile(60_000));
+  for (let i = 0; i < 20; i++) t.is(Buffer.from(await session.call(1, Buffer.from(`${i}`))).toString(), `${i}`);
+  t.is(client.sessionInfo(session.id).keyId, 5);
+  t.is(client.stats().sessionsClosed, 0);
+  writeFileSync(keyFile, 'squall-key v1 6 xyz\n');
+  t.throws(() => client.reloadKeyFile(1000), { instanceOf: TransportError, message: /line 1/ });
+  await client.close();
+  await server.close();
+});
+
 test('endpointOptionsFromConfig turns encryption on with the configured key file', (t) => {
   const config = parseConfig('[transport]\nkey_file = "/etc/squall/group.key"\nmax_message_size = 16777216\n', 'n');
   const options = endpointOptionsFromConfig(config.transport);
