@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { connect as tcpConnect } from 'node:net';
-import { loadavg } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
@@ -210,14 +210,20 @@ async function cryptoRound(
   encrypted: boolean,
   key: string,
   seconds: number,
-): Promise<{ rate: number; cpuUs: number; p50: number; p99: number; bandwidth: number }> {
+): Promise<{ rate: number; cpuUs: number; p50: number; p99: number; bandwidth: number; cores: number }> {
   const options = encrypted ? { key } : { encryption: false };
   const server = await startServer('squall', options);
   const client = await Endpoint.create({ sessionsMax: 64, ...options });
   const session = await client.connect(server.address);
   const rated = await cpuPerCall(async () => Math.round((await squallRate([session], seconds)) * seconds));
   const samples = await squallLatency(session, seconds / 2);
+  // Cores this process kept busy during the bandwidth phase (client and server threads): if
+  // it is near the machine's vCPU count, a background crypto thread would have no core to use.
+  const cpuBefore = process.cpuUsage();
+  const wallBefore = performance.now();
   const bandwidth = await squallBandwidth(session, seconds);
+  const cpu = process.cpuUsage(cpuBefore);
+  const cores = (cpu.user + cpu.system) / 1000 / (performance.now() - wallBefore);
   const stats = client.stats();
   if (encrypted !== (stats.encrypted === 1) || (encrypted && stats['crypto.sealed']! === 0)) {
     throw new Error(`bench: the ${encrypted ? 'encrypted' : 'plaintext'} round did not run as such`);
@@ -230,6 +236,7 @@ async function cryptoRound(
     p50: percentile(samples, 0.5),
     p99: percentile(samples, 0.99),
     bandwidth,
+    cores,
   };
 }
 
@@ -271,7 +278,13 @@ async function cryptoComparison(seconds: number, rounds: number): Promise<void> 
   report({ suite, case: 'encrypted_request_bandwidth_8MiB', value: Number(bwOn.toFixed(1)), unit: 'MB/s',
     baselines: { plaintext_same_run: Number(bwOff.toFixed(1)) },
     cost_percent: Number((100 * (1 - bwOn / bwOff)).toFixed(1)), target_cost_percent_max: 25,
-    ns_added_per_byte: Number((1000 / bwOn - 1000 / bwOff).toFixed(3)), rounds, load1: load() });
+    ns_added_per_byte: Number((1000 / bwOn - 1000 / bwOff).toFixed(3)),
+    // CPU per byte (both threads) is the figure that survives a loaded machine's noise.
+    cpu_ns_per_byte: Number(pick(on, (r) => (1000 * r.cores) / r.bandwidth).toFixed(3)),
+    cpu_ns_per_byte_plaintext: Number(pick(off, (r) => (1000 * r.cores) / r.bandwidth).toFixed(3)),
+    cores_busy: Number(pick(on, (r) => r.cores).toFixed(2)),
+    cores_busy_plaintext: Number(pick(off, (r) => r.cores).toFixed(2)), vcpus: cpus().length,
+    rounds, load1: load() });
 }
 
 export async function run(args: string[]): Promise<void> {
