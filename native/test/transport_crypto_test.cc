@@ -487,3 +487,59 @@ TEST(crypto_transport_session_on_a_retired_key_is_closed_after_the_grace) {
   CHECK_EQ(net.server.security_stats().endpoint.sessions_closed_key_retired, 1u);
   CHECK_EQ(net.server.stats().sessions_server, 0u);
 }
+
+TEST(crypto_transport_50000_hostile_packets_never_break_an_encrypting_endpoint) {
+  Net net(Encrypted({MakeGroupKey(1, 0x11)}), Encrypted({MakeGroupKey(1, 0x11)}));
+  const uint32_t session = net.Connect();
+  CHECK(net.client.Call(session, 3, 1, Marked(50, 1), 0, net.now_us) == CallStatus::kOk);
+  CHECK(net.RunUntil(net.now_us + 1'000'000, [&] { return net.responses.size() == 1; }));
+  const uint32_t server_session = net.server_events.empty() ? 0 : net.server_events[0].session;
+  std::mt19937_64 rng(5);
+  auto random_bytes = [&](size_t n) {
+    std::vector<uint8_t> out(n);
+    for (auto& b : out) b = static_cast<uint8_t>(rng());
+    return out;
+  };
+  const uint64_t drops_before = net.server.stats().DropsTotal() + net.client.stats().DropsTotal();
+  const uint64_t packets = 50'000;
+  uint64_t answered_handshakes = 0;
+  for (uint64_t i = 0; i < packets; ++i) {
+    Header h;
+    const PacketType types[] = {PacketType::kConnectRequest, PacketType::kConnectConfirm,
+                                PacketType::kRequest, PacketType::kRekey,
+                                PacketType::kConnectResponse};
+    h.type = types[rng() % 5];
+    h.dest_session = rng() % 3 == 0 ? server_session : static_cast<uint32_t>(rng() % 8);
+    h.aux = 1 + static_cast<uint32_t>(rng() % 100);
+    h.packet_number = 256 + static_cast<uint32_t>(rng() % 2000);
+    h.request_type = 8;
+    h.request_number = rng();
+    h.flags = static_cast<uint8_t>(rng() % 4);
+    // Handshake-sized payloads half the time, so the MAC checks (not the size checks) are hit.
+    const size_t sizes[] = {squall::crypto::kClientHelloBytes, squall::crypto::kConfirmBytes,
+                            squall::crypto::kServerHelloBytes, 8, static_cast<size_t>(rng() % 300)};
+    std::vector<uint8_t> packet = Packet(h, random_bytes(sizes[rng() % 5]));
+    if (rng() % 2 == 0 && packet.size() > kHeaderBytes) packet[kHeaderBytes] = static_cast<uint8_t>(1 + rng() % 4);
+    const PeerAddress from = rng() % 4 == 0 ? net.client_address
+                                           : Addr(("10.7." + std::to_string(rng() % 200) + ".1:" +
+                                                   std::to_string(1 + rng() % 60000)).c_str());
+    Endpoint& target = h.type == PacketType::kConnectResponse ? net.client : net.server;
+    const size_t sent_before = net.queue.size();
+    target.OnPacket(from, packet, net.now_us);
+    answered_handshakes += net.queue.size() - sent_before;
+    net.queue.clear();  // answers to forged peers go nowhere
+  }
+  net.Step();
+  // Every hostile packet was dropped or answered with a refusal; nothing was accepted.
+  const uint64_t drops = net.server.stats().DropsTotal() + net.client.stats().DropsTotal() - drops_before;
+  CHECK(drops + answered_handshakes >= packets);
+  CHECK_EQ(net.server.stats().sessions_server, 1u);
+  CHECK_EQ(net.server.stats().sessions_opened, 1u);
+  CHECK_EQ(net.handler_runs, 1u);
+  CHECK(!net.HasEvent(net.client_events, SessionEventKind::kDisconnected));
+  CHECK_EQ(net.server.security_stats().crypto.handshake_ok, 1u);
+  CHECK(net.server.security_stats().endpoint.handshakes_refused > 1000);
+  // The session still serves.
+  CHECK(net.client.Call(session, 3, 2, Marked(70, 2), 0, net.now_us) == CallStatus::kOk);
+  CHECK(net.RunUntil(net.now_us + 1'000'000, [&] { return net.responses.size() == 2; }));
+}
