@@ -7,10 +7,11 @@
  *   - 32-byte round-trip latency p50/p99 with one call outstanding vs C++ and dgram ping-pong;
  *   - 8 MiB request bandwidth vs Node net TCP with length-prefixed messages;
  *   - the 32-byte rate over 2,000 sessions vs over 1 session;
- *   - encryption (AES-128-GCM, X25519 handshake): the 32-byte rate, 32-byte latency and 8 MiB
- *     bandwidth with encryption on, each beside the same case with encryption off measured in
- *     the same run (alternating off/on rounds, so load drift hits both), plus the CPU time per
- *     call and the µs added per request beside eeRPC's ~8 µs for TLS.
+ *   - encryption (AES-128-GCM, X25519 handshake): every case above (32-byte rate over 1, 8 and
+ *     2,000 sessions, 32-byte latency, 8 MiB bandwidth) plus the time to connect 2,000 sessions,
+ *     with encryption on, each beside the same case with encryption off measured in the same run
+ *     (alternating off/on rounds, so load drift hits both), plus CPU time per call and per byte
+ *     and the µs added per request beside eeRPC's ~8 µs for TLS.
  * `--crypto` runs only the encryption comparison. Each line carries the 1-minute load average:
  * these VMs are shared, so numbers are noisy.
  */
@@ -210,7 +211,9 @@ async function cryptoRound(
   encrypted: boolean,
   key: string,
   seconds: number,
-): Promise<{ rate: number; cpuUs: number; p50: number; p99: number; bandwidth: number; cores: number }> {
+): Promise<{
+  rate: number; cpuUs: number; p50: number; p99: number; bandwidth: number; cores: number; rate8: number;
+}> {
   const options = encrypted ? { key } : { encryption: false };
   const server = await startServer('squall', options);
   const client = await Endpoint.create({ sessionsMax: 64, ...options });
@@ -224,6 +227,8 @@ async function cryptoRound(
   const bandwidth = await squallBandwidth(session, seconds);
   const cpu = process.cpuUsage(cpuBefore);
   const cores = (cpu.user + cpu.system) / 1000 / (performance.now() - wallBefore);
+  const eight = [session, ...(await Promise.all(Array.from({ length: 7 }, () => client.connect(server.address))))];
+  const rate8 = await squallRate(eight, seconds);
   const stats = client.stats();
   if (encrypted !== (stats.encrypted === 1) || (encrypted && stats['crypto.sealed']! === 0)) {
     throw new Error(`bench: the ${encrypted ? 'encrypted' : 'plaintext'} round did not run as such`);
@@ -237,7 +242,29 @@ async function cryptoRound(
     p99: percentile(samples, 0.99),
     bandwidth,
     cores,
+    rate8,
   };
+}
+
+/** Connects 2,000 sessions (handshakes with X25519 when encrypted), then the 32 B rate over them. */
+async function manySessionsRound(
+  encrypted: boolean,
+  key: string,
+  seconds: number,
+): Promise<{ connectMs: number; rate: number }> {
+  const options = encrypted ? { key } : { encryption: false };
+  const server = await startServer('squall', options);
+  const client = await Endpoint.create({ sessionsMax: 4096, ...options });
+  const sessions: NativeSession[] = [];
+  const started = performance.now();
+  while (sessions.length < 2000) {
+    sessions.push(...(await Promise.all(Array.from({ length: 200 }, () => client.connect(server.address)))));
+  }
+  const connectMs = performance.now() - started;
+  const rate = await squallRate(sessions, seconds);
+  await client.close();
+  await server.stop();
+  return { connectMs, rate };
 }
 
 const median = (values: number[]): number => percentile(values, 0.5);
@@ -273,6 +300,12 @@ async function cryptoComparison(seconds: number, rounds: number): Promise<void> 
     us_added_per_request: Number((p50On - p50Off).toFixed(1)), eerpc_paper_tls_us_added: 8,
     p99_us: Number(pick(on, (r) => r.p99).toFixed(1)),
     p99_us_plaintext: Number(pick(off, (r) => r.p99).toFixed(1)), rounds, load1: load() });
+  const rate8Off = pick(off, (r) => r.rate8);
+  const rate8On = pick(on, (r) => r.rate8);
+  report({ suite, case: 'encrypted_rpc_rate_32B_64_outstanding_8_sessions', value: Math.round(rate8On),
+    unit: 'calls/s', baselines: { plaintext_same_run: Math.round(rate8Off) },
+    cost_percent: Number((100 * (1 - rate8On / rate8Off)).toFixed(1)), target_cost_percent_max: 15,
+    rounds, load1: load() });
   const bwOff = pick(off, (r) => r.bandwidth);
   const bwOn = pick(on, (r) => r.bandwidth);
   report({ suite, case: 'encrypted_request_bandwidth_8MiB', value: Number(bwOn.toFixed(1)), unit: 'MB/s',
@@ -285,6 +318,18 @@ async function cryptoComparison(seconds: number, rounds: number): Promise<void> 
     cores_busy: Number(pick(on, (r) => r.cores).toFixed(2)),
     cores_busy_plaintext: Number(pick(off, (r) => r.cores).toFixed(2)), vcpus: cpus().length,
     rounds, load1: load() });
+  // One round each: 2,000 handshakes cost seconds of CPU with X25519 (crypto/README.md).
+  const manyOff = await manySessionsRound(false, key, seconds);
+  const manyOn = await manySessionsRound(true, key, seconds);
+  report({ suite, case: 'encrypted_connect_2000_sessions', value: Math.round(manyOn.connectMs), unit: 'ms',
+    baselines: { plaintext_same_run: Math.round(manyOff.connectMs) },
+    us_per_session: Number(((1000 * manyOn.connectMs) / 2000).toFixed(1)),
+    us_per_session_plaintext: Number(((1000 * manyOff.connectMs) / 2000).toFixed(1)),
+    forward_secrecy: true, load1: load() });
+  report({ suite, case: 'encrypted_rpc_rate_32B_64_outstanding_2000_sessions', value: Math.round(manyOn.rate),
+    unit: 'calls/s', baselines: { plaintext_same_run: Math.round(manyOff.rate) },
+    cost_percent: Number((100 * (1 - manyOn.rate / manyOff.rate)).toFixed(1)), target_cost_percent_max: 15,
+    rounds: 1, load1: load() });
 }
 
 export async function run(args: string[]): Promise<void> {
