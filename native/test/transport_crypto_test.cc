@@ -543,3 +543,25 @@ TEST(crypto_transport_50000_hostile_packets_never_break_an_encrypting_endpoint) 
   CHECK(net.client.Call(session, 3, 2, Marked(70, 2), 0, net.now_us) == CallStatus::kOk);
   CHECK(net.RunUntil(net.now_us + 1'000'000, [&] { return net.responses.size() == 2; }));
 }
+
+TEST(crypto_transport_a_tampered_confirm_is_refused_on_both_sides) {
+  Net net(Encrypted({MakeGroupKey(1, 0x11)}), Encrypted({MakeGroupKey(1, 0x11)}));
+  // Flip one bit of the Confirm's MAC on its way to the server.
+  net.hold = [&](const Datagram& d) { return HeaderOf(d).type == PacketType::kConnectConfirm; };
+  const uint32_t session = net.client.Connect(net.server_address, 0);
+  net.RunUntil(100'000, [&] { return !net.held.empty(); });
+  CHECK(!net.held.empty());
+  if (net.held.empty()) return;
+  net.hold = nullptr;
+  Datagram confirm = net.held[0];
+  confirm.bytes.back() ^= 0x01;
+  net.Deliver(confirm);
+  net.RunUntil(net.now_us + 1'000'000, [&] { return !net.client_events.empty(); });
+  const Event* failed = net.FindEvent(net.client_events, SessionEventKind::kConnectFailed);
+  CHECK(failed != nullptr && failed->session == session &&
+        failed->id == static_cast<uint64_t>(ConnectError::kAuthenticationFailed));
+  CHECK(net.HasEvent(net.server_events, SessionEventKind::kRefused));
+  CHECK(!net.HasEvent(net.server_events, SessionEventKind::kAccepted));
+  CHECK_EQ(net.server.stats().sessions_opened, 0u);
+  CHECK_EQ(net.server.security_stats().crypto.handshake_bad_mac, 1u);
+}

@@ -1139,6 +1139,14 @@ void Endpoint::HandleHandshakeReply(Session* s, const Header& h,
     if (sec.client_handshake != nullptr && !payload.empty()) {
       step = sec.client_handshake->OnMessage(payload);
     }
+    if (step.status == crypto::HandshakeStatus::kWrongState) {
+      // Our handshake already completed: the server refused our Confirm. Its reason byte is
+      // informative only (unauthenticated), as for every refusal.
+      step.status = crypto::HandshakeStatus::kRefusedByPeer;
+      step.peer_reason = payload.size() >= 3 ? static_cast<crypto::HandshakeStatus>(payload[2])
+                                             : crypto::HandshakeStatus::kOk;
+      step.reply.clear();
+    }
   } else if (sec.client_handshake == nullptr) {
     return Drop(DropReason::kBadState);
   } else {
