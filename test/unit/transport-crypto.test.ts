@@ -114,6 +114,10 @@ test('bad keys throw BAD_KEY errors that say what to fix', async (t) => {
   await bad({ keyFile: '/nonexistent/group.key' }, /cannot read the group key file \/nonexistent\/group\.key/);
   const plain = await Endpoint.create({});
   t.false(plain.encrypted, 'no key and no encryption option: plaintext (the config layer requires a key)');
+  const off = await Endpoint.create({ key: keyText, encryption: false });
+  t.false(off.encrypted, 'encryption: false wins over a key');
+  t.is(off.stats().encrypted, 0);
+  await off.close();
   t.throws(() => plain.rotateKey(secret, 1000), { message: /does not encrypt/ });
   await plain.close();
 });
