@@ -1,8 +1,9 @@
 #pragma once
 // The wire header every Squall transport packet starts with. The layout is explicit and
-// little-endian (eRPC used host-order bitfields, which are not portable), versioned, and has
-// room for the two features that come in later issues: an encryption flag with a 16-byte tag
-// trailer after the payload, and a reserved field for congestion feedback.
+// little-endian (eRPC used host-order bitfields, which are not portable) and versioned. A sealed
+// packet (flag bit 0) is this header as associated data, the encrypted body, and a 24-byte
+// trailer (sequence and AES-GCM tag; endpoint_crypto.h). Bytes 6-7 are reserved for congestion
+// feedback.
 //
 //  offset size field
 //   0     2    magic            0x5153 ("SQ" as bytes 'S','Q')
