@@ -23,7 +23,6 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
-#include <fstream>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -32,9 +31,11 @@
 #include "crypto/handshake.h"
 #include "crypto/keyring.h"
 #include "crypto/session_crypto.h"
+#include "crypto_bench_support.h"
 
 using namespace squall::crypto;
 using Clock = std::chrono::steady_clock;
+using squall::crypto::bench::LoadAverage;
 
 namespace {
 
@@ -44,13 +45,6 @@ constexpr size_t kPacketBytes = kHeaderBytes + kBodyBytes + kTrailerBytes;
 constexpr size_t kBatchPackets = 64;
 constexpr size_t kBatchBytes = kPacketBytes * kBatchPackets;
 constexpr size_t kQueueBatchesMax = 64;
-
-std::string LoadAverage() {
-  std::ifstream file("/proc/loadavg");
-  std::string one;
-  file >> one;
-  return one.empty() ? "null" : one;
-}
 
 double ProcessCpuSeconds() {
   rusage usage{};
@@ -90,28 +84,6 @@ class BatchQueue {
   std::deque<std::vector<uint8_t>> batches_;
   bool closed_ = false;
 };
-
-struct Pair {
-  std::unique_ptr<SessionCrypto> client, server;
-};
-
-// Each side gets its own counters: in the background mode sealing and opening run on two
-// threads, and CryptoCounters is single-threaded.
-Pair Connect(const Keyring& ring, CryptoCounters* counters, CryptoCounters* client_counters,
-             CryptoCounters* server_counters) {
-  HandshakeConfig config;
-  ClientHandshake client(config, counters);
-  ServerHandshake server(config, counters);
-  HandshakeStep hello = client.Start(ring, ClientHelloParams{});
-  HandshakeStep server_hello = server.OnClientHello(hello.reply, ring, 1, 0, 0);
-  HandshakeStep confirm = client.OnMessage(server_hello.reply);
-  HandshakeStep done = server.OnMessage(confirm.reply);
-  Pair pair;
-  if (!confirm.keys || !done.keys) return pair;
-  pair.client = SessionCrypto::Create(Role::kClient, std::move(*confirm.keys), client_counters);
-  pair.server = SessionCrypto::Create(Role::kServer, std::move(*done.keys), server_counters);
-  return pair;
-}
 
 int UdpSocketOn(uint16_t* port) {
   const int fd = socket(AF_INET, SOCK_DGRAM, 0);
@@ -165,7 +137,8 @@ uint64_t OpenBatch(SessionCrypto* session, std::vector<uint8_t>* batch, size_t b
 // One round of `seconds`: returns packets delivered (opened, or received in plaintext) per second.
 double Round(Mode mode, double seconds, const Keyring& ring, double* cpu_us_per_packet) {
   CryptoCounters counters, client_counters, server_counters;
-  Pair pair = Connect(ring, &counters, &client_counters, &server_counters);
+  bench::Sessions pair = bench::Connect(ring, AeadAlgorithm::kAes128Gcm, &counters,
+                                        &client_counters, &server_counters);
   uint16_t receive_port = 0, send_port = 0;
   const int receive_fd = UdpSocketOn(&receive_port);
   const int send_fd = UdpSocketOn(&send_port);
