@@ -60,7 +60,7 @@ test('same key: echo up to 8 MiB, every packet sealed and opened, none dropped',
     c.packetsSent! - c['sent.CONNECT']! - c['sent.CONNECT_CONFIRM']!,
     'every packet but the handshake is sealed',
   );
-  t.is(c['sent.CONNECT_CONFIRM'], 1);
+  t.true(c['sent.CONNECT_CONFIRM']! >= 1, 'resent only if the sealed answer was slow');
   t.is(s['crypto.handshakeOk'], 2);
   // (Go-Back-N may drop stale duplicates on a loaded machine; nothing fails to open.)
   for (const stats of [c, s]) {
@@ -80,10 +80,14 @@ test('a wrong key is refused on both sides with the reason', async (t) => {
   t.is(error?.code, 'CONNECT_FAILED');
   t.regex(error?.message ?? '', /does not hold the group key/);
   await new Promise((resolve) => setTimeout(resolve, 20));
-  t.is(refused.length, 1);
-  t.regex(refused[0] ?? '', /refused a session from 127\.0\.0\.1:\d+: peer does not hold the group key/);
+  // On a loaded machine the client may have resent its hello before the refusal came back:
+  // every copy is refused the same way.
+  t.true(refused.length >= 1);
+  for (const reason of refused) {
+    t.regex(reason, /refused a session from 127\.0\.0\.1:\d+: peer does not hold the group key/);
+  }
   t.is(server.stats().sessionsServer, 0);
-  t.is(server.stats()['crypto.handshakeBadMac'], 1);
+  t.is(server.stats()['crypto.handshakeBadMac'], refused.length);
   await client.close();
   await server.close();
 });
