@@ -3,7 +3,7 @@
 // every packet sealed; a wrong key or a plaintext peer is refused on both sides with a reason;
 // bad keys throw named errors; forged datagrams are dropped and counted; calls survive loss and
 // a key rotation while traffic flows.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -28,9 +28,19 @@ function pattern(bytes: number, seed: number): Buffer {
   return out;
 }
 
-async function pair(serverOptions: EndpointOptions, clientOptions: EndpointOptions = serverOptions) {
-  const server = await Endpoint.create(serverOptions);
-  const client = await Endpoint.create(clientOptions);
+/**
+ * Creates an endpoint that is closed when the test ends, pass or fail (ava 7 assertions throw,
+ * and an endpoint left open keeps the test worker alive).
+ */
+async function open(t: ExecutionContext, options: EndpointOptions): Promise<Endpoint> {
+  const endpoint = await Endpoint.create(options);
+  t.teardown(() => endpoint.close());
+  return endpoint;
+}
+
+async function pair(t: ExecutionContext, serverOptions: EndpointOptions, clientOptions: EndpointOptions = serverOptions) {
+  const server = await open(t, serverOptions);
+  const client = await open(t, clientOptions);
   server.handle(1, (bytes) => bytes);
   return { server, client };
 }
@@ -40,8 +50,8 @@ test('same key: echo up to 8 MiB, every packet sealed and opened, none dropped',
   const keyFile = join(dir, 'group.key');
   writeFileSync(keyFile, `# test key\n${keyText}`);
   // Three ways to give the same key interoperate.
-  const { server, client } = await pair({ keyFile }, { key: secret });
-  const other = await Endpoint.create({ key: keyText });
+  const { server, client } = await pair(t, { keyFile }, { key: secret });
+  const other = await open(t, { key: keyText });
   t.true(server.encrypted && client.encrypted && other.encrypted);
   const session = await client.connect(server.address);
   const session2 = await other.connect(server.address);
@@ -73,7 +83,7 @@ test('same key: echo up to 8 MiB, every packet sealed and opened, none dropped',
 });
 
 test('a wrong key is refused on both sides with the reason', async (t) => {
-  const { server, client } = await pair({ key: keyText }, { key: randomBytes(32) });
+  const { server, client } = await pair(t, { key: keyText }, { key: randomBytes(32) });
   const refused: string[] = [];
   server.onRefused((reason) => refused.push(reason));
   const error = await t.throwsAsync(client.connect(server.address), { instanceOf: TransportError });
@@ -93,7 +103,7 @@ test('a wrong key is refused on both sides with the reason', async (t) => {
 });
 
 test('a plaintext peer and an encrypting one refuse each other', async (t) => {
-  const { server, client } = await pair({ key: keyText }, { encryption: false });
+  const { server, client } = await pair(t, { key: keyText }, { encryption: false });
   t.false(client.encrypted);
   const refused: string[] = [];
   server.onRefused((reason) => refused.push(reason));
@@ -116,9 +126,9 @@ test('bad keys throw BAD_KEY errors that say what to fix', async (t) => {
   await bad({ key: 'squall-key v1 1 abcd\n' }, /key text line 1.*Fix/);
   await bad({ key: 'squall-key v1 1 ' + '00'.repeat(32) + '\n' }, /zero/);
   await bad({ keyFile: '/nonexistent/group.key' }, /cannot read the group key file \/nonexistent\/group\.key/);
-  const plain = await Endpoint.create({});
+  const plain = await open(t, {});
   t.false(plain.encrypted, 'no key and no encryption option: plaintext (the config layer requires a key)');
-  const off = await Endpoint.create({ key: keyText, encryption: false });
+  const off = await open(t, { key: keyText, encryption: false });
   t.false(off.encrypted, 'encryption: false wins over a key');
   t.is(off.stats().encrypted, 0);
   await off.close();
@@ -127,7 +137,7 @@ test('bad keys throw BAD_KEY errors that say what to fix', async (t) => {
 });
 
 test('forged datagrams into a live session are dropped and counted; the handler never runs', async (t) => {
-  const { server, client } = await pair({ key: keyText });
+  const { server, client } = await pair(t, { key: keyText });
   let handled = 0;
   let serverSession = -1;
   server.handle(2, (bytes, context) => {
@@ -172,7 +182,7 @@ test('forged datagrams into a live session are dropped and counted; the handler 
 });
 
 test('calls survive 20% loss and a key rotation while traffic flows', async (t) => {
-  const { server, client } = await pair({ key: keyText, retransmitTimeoutMs: 5 });
+  const { server, client } = await pair(t, { key: keyText, retransmitTimeoutMs: 5 });
   const session = await client.connect(server.address);
   client.injectFault({ dropProbability: 0.2 });
   server.injectFault({ dropProbability: 0.2 });
@@ -207,7 +217,7 @@ test('appending a key to the key file and reloading rotates without dropping the
   const dir = mkdtempSync(join(tmpdir(), 'squall-key-'));
   const keyFile = join(dir, 'group.key');
   writeFileSync(keyFile, keyText);
-  const { server, client } = await pair({ keyFile });
+  const { server, client } = await pair(t, { keyFile });
   const session = await client.connect(server.address);
   t.false(client.reloadKeyFile(1000), 'nothing new in the file');
   writeFileSync(keyFile, keyText + keyFileLine(5, randomBytes(32)));
