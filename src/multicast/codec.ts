@@ -6,9 +6,9 @@
  *   data:  [1, viewId, fromRank, report | null, [entry...]]
  *          report = [receivedCounts[], contiguousCount, deliveredCount,
  *                    persistedVersion, frontierMicros]
- *          entry  = [index, wallMicros, logical, payload]   (a message)
+ *          entry  = [index, micros, logical, payload]   (a message; micros, logical = HLC)
  *                 | [index, count]                          (a null run)
- *   block: [2, viewId, fromRank, senderIndex, index, wallMicros, logical, totalBytes, block, bytes]
+ *   block: [2, viewId, fromRank, senderIndex, index, micros, logical, totalBytes, block, bytes]
  *
  * Decoded payloads are views into the input buffer (msgpackr does not copy), so the driver hands
  * the core ownership of the buffer it decodes.
@@ -42,7 +42,7 @@ export function encodePacket(packet: Packet): Uint8Array {
     const report = packet.report === null ? null : encodeReport(packet.report);
     const entries = packet.entries.map((e) =>
       e.kind === 'message'
-        ? [e.index, e.timestamp.wallMicros, e.timestamp.logical, e.payload]
+        ? [e.index, e.timestamp.micros, e.timestamp.logical, e.payload]
         : [e.index, e.count],
     );
     return packr.pack([TAG_DATA, packet.viewId, packet.fromRank, report, entries]);
@@ -50,7 +50,7 @@ export function encodePacket(packet: Packet): Uint8Array {
   const p = packet;
   return packr.pack([
     TAG_BLOCK, p.viewId, p.fromRank, p.senderIndex, p.index,
-    p.timestamp.wallMicros, p.timestamp.logical, p.totalBytes, p.block, p.bytes,
+    p.timestamp.micros, p.timestamp.logical, p.totalBytes, p.block, p.bytes,
   ]);
 }
 
@@ -93,7 +93,9 @@ function bytesOf(value: unknown, what: string): Uint8Array {
 }
 
 function timestampOf(wall: unknown, logical: unknown): MessageTimestamp {
-  return { wallMicros: big(wall, 'wallMicros'), logical: uint(logical, 'logical') };
+  const logicalCount = uint(logical, 'logical');
+  if (logicalCount > 0xffff_ffff) throw new MulticastDecodeError('logical is not a uint32');
+  return { micros: uint(wall, 'micros'), logical: logicalCount };
 }
 
 function decodeData(v: unknown[]): DataPacket {
@@ -135,7 +137,7 @@ function decodeReport(value: unknown): ReceiveReport {
     contiguousCount: uint(value[1], 'contiguousCount'),
     deliveredCount: uint(value[2], 'deliveredCount'),
     persistedVersion: big(value[3], 'persistedVersion') as Version,
-    stabilityFrontierMicros: big(value[4], 'stabilityFrontierMicros'),
+    stabilityFrontierMicros: uint(value[4], 'stabilityFrontierMicros'),
   };
 }
 

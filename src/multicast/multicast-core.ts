@@ -59,7 +59,7 @@ export interface MulticastReady {
   /** Min over members of their reported persisted version. */
   readonly globalPersistedVersion: Version;
   /** Min over members of their time-based stability frontier (µs): see README. */
-  readonly stabilityFrontierMicros: bigint;
+  readonly stabilityFrontierMicros: number;
   /** How many more messages send() would accept now (0 when wedged). */
   readonly sendCapacity: number;
 }
@@ -103,7 +103,7 @@ interface MutableRow {
   contiguousCount: number;
   deliveredCount: number;
   persistedVersion: Version;
-  stabilityFrontierMicros: bigint;
+  stabilityFrontierMicros: number;
 }
 
 const SCHEDULE_CACHE_MAX = 64;
@@ -145,7 +145,7 @@ export class MulticastCore {
   private readonly scheduleCache = new Map<string, RdmcTransfer[][]>();
   private packets: OutgoingPacket[] = [];
   private deliveries: Delivery[] = [];
-  private nowMicros = 0n;
+  private nowMicros = 0;
   private lastRowKey = '';
   private wedged = false;
   private trimmed = false;
@@ -180,7 +180,7 @@ export class MulticastCore {
       contiguousCount: 0,
       deliveredCount: 0,
       persistedVersion: VERSION_NONE,
-      stabilityFrontierMicros: 0n,
+      stabilityFrontierMicros: 0,
     }));
     this.lastRowKey = this.rowKey(this.report());
     const packetProblem = smcPacketProblem(limits, senderRanks.length);
@@ -205,7 +205,7 @@ export class MulticastCore {
    * Throws PayloadTooLargeError above `max_payload_size` and AssertionError if this member is
    * not a sender. Returns `accepted: false` when wedged (send it in the next view) or when the
    * send queue is full (wait for `sendCapacity` > 0). The core keeps `payload`: do not change it.
-   * `timestamp.wallMicros` must not be below the last tick's time (the HLC guarantees it).
+   * `timestamp.micros` must not be below the last tick's time (the HLC guarantees it).
    */
   send(payload: Uint8Array, timestamp: MessageTimestamp): SendResult {
     if (payload.length > this.limits.payloadBytesMax) {
@@ -222,7 +222,7 @@ export class MulticastCore {
       return { accepted: false, reason: 'queue-full' };
     }
     assert(
-      timestamp.wallMicros >= this.rows[this.myRank]!.stabilityFrontierMicros,
+      timestamp.micros >= this.rows[this.myRank]!.stabilityFrontierMicros,
       'message timestamp is below the stability frontier this member already published ' +
         '(the driver must stamp messages with an HLC fed the same clock as tick())',
     );
@@ -263,7 +263,7 @@ export class MulticastCore {
    * The current wall time in µs (abstract time: the driver's HLC physical component). Drives the
    * time-based stability frontier; call it about every heartbeat.
    */
-  tick(nowMicros: bigint): void {
+  tick(nowMicros: number): void {
     if (nowMicros > this.nowMicros) this.nowMicros = nowMicros;
   }
 
@@ -729,10 +729,10 @@ export class MulticastCore {
     // because of this member (its unfinished messages and its future ones are all later).
     let frontier = this.nowMicros;
     for (const m of this.ownInFlight) {
-      if (m.timestamp.wallMicros < frontier) frontier = m.timestamp.wallMicros;
+      if (m.timestamp.micros < frontier) frontier = m.timestamp.micros;
     }
     for (const q of this.transmitQueue) {
-      const wall = q.timestamp?.wallMicros;
+      const wall = q.timestamp?.micros;
       if (wall !== undefined && wall < frontier) frontier = wall;
     }
     if (frontier > row.stabilityFrontierMicros) row.stabilityFrontierMicros = frontier;

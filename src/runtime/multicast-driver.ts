@@ -19,7 +19,7 @@
 import { assert } from '../core/assert.js';
 import { PayloadTooLargeError } from '../core/errors.js';
 import { SystemClock, type Clock } from '../core/clock.js';
-import { HybridLogicalClock, hlc, type Hlc } from '../core/hlc.js';
+import { HybridLogicalClock, compareHlc, type Hlc } from '../core/hlc.js';
 import { VERSION_NONE, type NodeId, type Version, type ViewId } from '../core/ids.js';
 import {
   MulticastCore,
@@ -32,7 +32,6 @@ import {
   type Packet,
 } from '../multicast/index.js';
 import { DEFAULT_MULTICAST_LIMITS } from '../multicast/config.js';
-import type { MessageTimestamp } from '../multicast/types.js';
 import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
 
 export const MULTICAST_REQUEST_TYPE_DEFAULT = 48;
@@ -73,7 +72,7 @@ export interface MulticastFrontiers {
   /** Min over members of their persisted version (never decreases across views). */
   readonly globalPersistedVersion: Version;
   /** Time-based stability frontier in µs (never decreases across views). */
-  readonly stabilityFrontierMicros: bigint;
+  readonly stabilityFrontierMicros: number;
 }
 
 export interface SendReceipt {
@@ -183,12 +182,6 @@ function muxFor(transport: Transport, requestType: RequestType): MulticastMux {
   return mux;
 }
 
-const toTimestamp = (time: Hlc): MessageTimestamp => ({
-  wallMicros: BigInt(time.micros),
-  logical: time.logical,
-});
-const fromTimestamp = (t: MessageTimestamp): Hlc => hlc(Number(t.wallMicros), t.logical);
-
 export class MulticastDriver {
   readonly self: NodeId;
   readonly shard: number;
@@ -227,7 +220,7 @@ export class MulticastDriver {
   private deliveredMessages = 0;
   private lastDeliveredVersion: Version = VERSION_NONE;
   private globalPersistedVersion: Version = VERSION_NONE;
-  private stabilityFrontierMicros = 0n;
+  private stabilityFrontierMicros = 0;
   private persistedVersion: Version = VERSION_NONE;
   private frontierListeners: ((frontiers: MulticastFrontiers) => void)[] = [];
   private lastFrontierKey = '';
@@ -468,12 +461,11 @@ export class MulticastDriver {
 
   private deliver(ready: MulticastReady): void {
     const viewId = this.view.viewId;
-    let newest: MessageTimestamp | null = null;
+    let newest: Hlc | null = null;
     for (const d of ready.deliveries) {
       this.deliveredMessages++;
       if (d.version !== null) this.lastDeliveredVersion = d.version;
-      if (newest === null || d.timestamp.wallMicros > newest.wallMicros ||
-          (d.timestamp.wallMicros === newest.wallMicros && d.timestamp.logical > newest.logical)) {
+      if (newest === null || compareHlc(d.timestamp, newest) > 0) {
         newest = d.timestamp;
       }
       this.options.onDeliver({
@@ -483,12 +475,12 @@ export class MulticastDriver {
         index: d.index,
         position: d.position,
         version: d.version,
-        timestamp: fromTimestamp(d.timestamp),
+        timestamp: d.timestamp,
         payload: d.payload,
         large: d.large,
       });
     }
-    if (newest !== null) this.hlc.observe(fromTimestamp(newest));
+    if (newest !== null) this.hlc.observe(newest);
     if (ready.lastDeliveredVersion > this.lastDeliveredVersion) this.lastDeliveredVersion = ready.lastDeliveredVersion;
     if (ready.globalPersistedVersion > this.globalPersistedVersion) {
       this.globalPersistedVersion = ready.globalPersistedVersion;
@@ -530,7 +522,7 @@ export class MulticastDriver {
     const core = this.core;
     if (core === null || core.isWedged) return null;
     const timestamp = this.hlc.now();
-    const result = core.send(payload, toTimestamp(timestamp));
+    const result = core.send(payload, timestamp);
     if (!result.accepted) return null;
     this.schedulePump();
     return { viewId: this.view.viewId, index: result.index, position: result.position, timestamp };
@@ -539,7 +531,7 @@ export class MulticastDriver {
   private onTick(): void {
     if (this.core === null || this.closed) return;
     // The HLC never runs behind the wall clock, so stamps are never below this tick (core rule).
-    this.core.tick(BigInt(Math.floor(Number(this.clock.wallMicros()))));
+    this.core.tick(Math.floor(Number(this.clock.wallMicros())));
     this.schedulePump();
   }
 

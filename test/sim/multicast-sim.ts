@@ -78,7 +78,7 @@ export class MulticastSimNode implements SimNode<McMessage> {
   private links = new Map<number, Link>();
   private readonly appQueue: Uint8Array[] = [];
   /** The time-based stability frontier this node's core last published in this view. */
-  private frontierMicros = 0n;
+  private frontierMicros = 0;
 
   constructor(
     readonly ctx: NodeContext<McMessage>,
@@ -105,7 +105,7 @@ export class MulticastSimNode implements SimNode<McMessage> {
     });
     this.view = view;
     this.viewDeliveries = [];
-    this.frontierMicros = 0n;
+    this.frontierMicros = 0;
     this.links = new Map(members.filter((m) => m !== this.ctx.id).map((m) => [m, { nextSeq: 0, unacked: new Map() }]));
     this.appQueue.unshift(...resend);
     this.pump();
@@ -130,7 +130,7 @@ export class MulticastSimNode implements SimNode<McMessage> {
 
   tick(): void {
     if (this.core === null) return;
-    this.core.tick(BigInt(this.ctx.nowMs()) * 1000n);
+    this.core.tick(this.ctx.nowMs() * 1000);
     const now = this.ctx.nowMs();
     for (const [peer, link] of this.links) {
       for (const [seq, entry] of link.unacked) {
@@ -149,7 +149,7 @@ export class MulticastSimNode implements SimNode<McMessage> {
     const core = this.core;
     if (core === null) return;
     while (this.appQueue.length > 0 && !core.isWedged) {
-      const result = core.send(this.appQueue[0]!, { wallMicros: BigInt(this.ctx.nowMs()) * 1000n, logical: 0 });
+      const result = core.send(this.appQueue[0]!, { micros: this.ctx.nowMs() * 1000, logical: 0 });
       if (!result.accepted) break;
       this.appQueue.shift();
     }
@@ -182,8 +182,8 @@ export class MulticastSimNode implements SimNode<McMessage> {
     this.deliveredIds.add(key);
     if ((this.lastSeqByOrigin.get(origin) ?? -1) >= seq) fail('FIFO per origin', `${key} after a later one`);
     this.lastSeqByOrigin.set(origin, seq);
-    if (d.timestamp.wallMicros < this.frontierMicros) {
-      fail('time stability', `${key} stamped ${d.timestamp.wallMicros} < frontier ${this.frontierMicros}`);
+    if (d.timestamp.micros < this.frontierMicros) {
+      fail('time stability', `${key} stamped ${d.timestamp.micros} < frontier ${this.frontierMicros}`);
     }
     const version = d.version as Version as bigint;
     if (version <= this.lastVersion) fail('versions increase', `${version} after ${this.lastVersion}`);

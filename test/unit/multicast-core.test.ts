@@ -36,7 +36,7 @@ function settle(net: MulticastNet): void {
 
 test('limits: payload above max_payload_size fails at once; bad config names its keys', (t) => {
   const net = new MulticastNet({ seed: 1, memberCount: 2, limits: LIMITS });
-  const error = t.throws(() => net.cores[0]!.send(new Uint8Array(4001), { wallMicros: 1n, logical: 0 }), {
+  const error = t.throws(() => net.cores[0]!.send(new Uint8Array(4001), { micros: 1, logical: 0 }), {
     instanceOf: PayloadTooLargeError,
   });
   t.regex(error!.message, /max_payload_size/);
@@ -61,7 +61,7 @@ test('limits: payload above max_payload_size fails at once; bad config names its
 
 test('round robin over senders only: positions i·n+r, versions from the view id, non-senders receive', (t) => {
   const net = new MulticastNet({ seed: 2, memberCount: 3, senderRanks: [0, 2], limits: LIMITS, viewNumber: 9 });
-  t.throws(() => net.cores[1]!.send(new Uint8Array(1), { wallMicros: 1n, logical: 0 }), { instanceOf: AssertionError });
+  t.throws(() => net.cores[1]!.send(new Uint8Array(1), { micros: 1, logical: 0 }), { instanceOf: AssertionError });
   net.send(2, 10);
   net.send(2, 10);
   net.send(0, 10);
@@ -141,7 +141,7 @@ test('window: at most window_size messages in flight; the queue holds the rest, 
   const net = new MulticastNet({ seed: 6, memberCount: 2, senderRanks: [0], limits: LIMITS });
   for (let i = 0; i < 6; i++) t.true(net.send(0, 10));
   t.false(net.send(0, 10), 'queue of 6 full');
-  t.deepEqual(net.cores[0]!.send(new Uint8Array(3), { wallMicros: net.nowMicros, logical: 0 }), {
+  t.deepEqual(net.cores[0]!.send(new Uint8Array(3), { micros: net.nowMicros, logical: 0 }), {
     accepted: false,
     reason: 'queue-full',
   });
@@ -194,10 +194,10 @@ test('RDMC: large messages split into blocks, ordered with SMC ones, intact, ori
 
 test('frontiers: global persisted = min over members; time stability waits for undelivered messages', (t) => {
   const net = new MulticastNet({ seed: 9, memberCount: 2, limits: LIMITS });
-  net.tick(1000n);
+  net.tick(1000);
   net.send(0, 10);
   const sentAt = net.nowMicros;
-  net.tick(5000n);
+  net.tick(5000);
   net.cores[0]!.persisted(7n as Version);
   net.flush(0);
   net.flush(1);
@@ -206,12 +206,12 @@ test('frontiers: global persisted = min over members; time stability waits for u
   t.true(ready.stabilityFrontierMicros <= sentAt, 'an undelivered message holds the time frontier back');
   settle(net);
   net.cores[1]!.persisted(5n as Version);
-  net.tick(10n);
+  net.tick(10);
   settle(net);
   ready = net.cores[0]!.ready();
   t.is(ready.globalPersistedVersion, 5n as Version);
   t.is(ready.stabilityFrontierMicros, net.nowMicros, 'everything delivered: the frontier is now');
-  t.throws(() => net.cores[0]!.send(new Uint8Array(1), { wallMicros: 1n, logical: 0 }), { instanceOf: AssertionError });
+  t.throws(() => net.cores[0]!.send(new Uint8Array(1), { micros: 1, logical: 0 }), { instanceOf: AssertionError });
 });
 
 test('computeTrim takes the per-sender minimum; applyTrim refuses a trim above what arrived', (t) => {
@@ -223,7 +223,7 @@ test('computeTrim takes the per-sender minimum; applyTrim refuses a trim above w
   t.throws(() => net.cores[1]!.applyTrim([1, 0]), { instanceOf: AssertionError });
   t.deepEqual(net.cores[1]!.applyTrim([0, 0]).resend, []);
   net.cores[0]!.wedge();
-  t.deepEqual(net.cores[0]!.send(new Uint8Array(1), { wallMicros: net.nowMicros, logical: 0 }), {
+  t.deepEqual(net.cores[0]!.send(new Uint8Array(1), { micros: net.nowMicros, logical: 0 }), {
     accepted: false,
     reason: 'wedged',
   });
@@ -236,15 +236,15 @@ test('codec: round trip of every packet kind; malformed input is a typed error',
   const packets: Packet[] = [
     {
       kind: 'data', viewId: 3, fromRank: 1,
-      report: { receivedCounts: [1, 2], contiguousCount: 3, deliveredCount: 2, persistedVersion: makeVersion(viewId(3), 1), stabilityFrontierMicros: 123456789012345n },
+      report: { receivedCounts: [1, 2], contiguousCount: 3, deliveredCount: 2, persistedVersion: makeVersion(viewId(3), 1), stabilityFrontierMicros: 123456789012345 },
       entries: [
-        { kind: 'message', index: 0, timestamp: { wallMicros: 2n ** 50n, logical: 4 }, payload: makePayload(1, 0, 30) },
+        { kind: 'message', index: 0, timestamp: { micros: 2 ** 50, logical: 4 }, payload: makePayload(1, 0, 30) },
         { kind: 'null', index: 1, count: 17 },
       ],
     },
     { kind: 'data', viewId: 0, fromRank: 0, report: null, entries: [] },
     {
-      kind: 'block', viewId: 1, fromRank: 2, senderIndex: 0, index: 5, timestamp: { wallMicros: 9n, logical: 0 },
+      kind: 'block', viewId: 1, fromRank: 2, senderIndex: 0, index: 5, timestamp: { micros: 9, logical: 0 },
       totalBytes: 1000, block: 3, bytes: new Uint8Array([1, 2, 3]),
     },
   ];
@@ -283,8 +283,8 @@ test('edge shapes: empty payloads, a one-member shard, a shard whose only sender
   const limits = multicastLimits(LIMITS);
   const one = [nodeId(4)];
   const solo = new MulticastCore({ viewId: viewId(1), members: one, senders: one, self: nodeId(4), mode: 'ordered', limits });
-  solo.send(new Uint8Array(0), { wallMicros: 1n, logical: 0 });
-  solo.send(new Uint8Array(3000).fill(9), { wallMicros: 1n, logical: 1 });
+  solo.send(new Uint8Array(0), { micros: 1, logical: 0 });
+  solo.send(new Uint8Array(3000).fill(9), { micros: 1, logical: 1 });
   const ready = solo.ready();
   t.is(ready.packets.length, 0, 'nobody to send to');
   t.deepEqual(ready.deliveries.map((d) => [d.index, d.payload.length, d.large]), [[0, 0, false], [1, 3000, true]]);
@@ -292,7 +292,7 @@ test('edge shapes: empty payloads, a one-member shard, a shard whose only sender
   const net = new MulticastNet({
     seed: 12, memberCount: 3, senderRanks: [1], limits: LIMITS, allowEmptyPayloads: true,
   });
-  net.cores[1]!.send(new Uint8Array(0), { wallMicros: net.nowMicros, logical: 0 });
+  net.cores[1]!.send(new Uint8Array(0), { micros: net.nowMicros, logical: 0 });
   settle(net);
   t.deepEqual(net.delivered.map((list) => list.map((d) => d.payload.length)), [[0], [0], [0]]);
   t.is(net.cores.reduce((n, c) => n + c.counters.nullsSent, 0), 0, 'a lone sender needs no nulls');
