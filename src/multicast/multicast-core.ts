@@ -40,6 +40,12 @@ export interface MulticastCoreOptions {
   readonly self: NodeId;
   readonly mode: MulticastMode;
   readonly limits: MulticastLimits;
+  /**
+   * This member's messages that the previous view's ragged edge cut off (`applyTrim().resend`),
+   * to send first in this view. They keep their original HLC stamps: they are queued here,
+   * before any tick() can move this member's time frontier past them (see README, "Re-sends").
+   */
+  readonly resend?: readonly ResendMessage[];
 }
 
 export type SendResult =
@@ -187,6 +193,29 @@ export class MulticastCore {
     if (packetProblem !== null) {
       throw new ConfigError([{ key: 'multicast.smc_packet_size', message: packetProblem }]);
     }
+    this.queueResends(options.resend ?? []);
+  }
+
+  /**
+   * Queues the previous view's cut-off messages ahead of everything, with their own stamps.
+   * They may exceed `send_queue_size` (up to window + queue of the previous view): send()
+   * then refuses new messages until they have gone out.
+   */
+  private queueResends(resend: readonly ResendMessage[]): void {
+    if (resend.length === 0) return;
+    assert(
+      this.mySenderIndex >= 0,
+      `node ${this.members[this.myRank]} has messages to re-send but is not a sender in view ` +
+        `${this.viewId}: keep it a sender until its re-sends are delivered`,
+    );
+    for (const m of resend) {
+      if (m.payload.length > this.limits.payloadBytesMax) {
+        throw new PayloadTooLargeError(
+          'multicast re-send', m.payload.length, this.limits.payloadBytesMax, 'max_payload_size',
+        );
+      }
+      this.enqueueOwn(m.payload, m.timestamp);
+    }
   }
 
   get senderCount(): number {
@@ -226,12 +255,17 @@ export class MulticastCore {
       'message timestamp is below the stability frontier this member already published ' +
         '(the driver must stamp messages with an HLC fed the same clock as tick())',
     );
+    const index = this.enqueueOwn(payload, timestamp);
+    return { accepted: true, index, position: this.positionOf(this.mySenderIndex, index) };
+  }
+
+  private enqueueOwn(payload: Uint8Array, timestamp: MessageTimestamp): number {
     const index = this.nextIndex++;
     const large = payload.length > this.limits.smcPayloadBytesMax;
     this.streams[this.mySenderIndex]!.insert({ kind: 'message', index, timestamp, payload, large });
     this.transmitQueue.push({ kind: 'message', index, count: 1, timestamp, payload });
     this.queuedMessageCount++;
-    return { accepted: true, index, position: this.positionOf(this.mySenderIndex, index) };
+    return index;
   }
 
   /**
@@ -347,7 +381,7 @@ export class MulticastCore {
       sendCapacity:
         this.wedged || this.mySenderIndex < 0
           ? 0
-          : this.limits.sendQueueCountMax - this.queuedMessageCount,
+          : Math.max(0, this.limits.sendQueueCountMax - this.queuedMessageCount),
     };
   }
 

@@ -31,6 +31,7 @@ import {
   type MulticastReady,
   type Packet,
 } from '../multicast/index.js';
+import type { ResendMessage } from '../multicast/types.js';
 import { DEFAULT_MULTICAST_LIMITS } from '../multicast/config.js';
 import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
 
@@ -210,8 +211,10 @@ export class MulticastDriver {
   private view: MulticastView;
   private core: MulticastCore | null;
   private peers = new Map<NodeId, Peer>();
-  /** Sends not yet accepted by a core (full queue, wedged, between views); re-sends first. */
+  /** Sends not yet accepted by a core (full queue, wedged, between views). */
   private readonly pending: PendingSend[] = [];
+  /** Own messages the last trim cut off, for the next view's core (they keep their stamps). */
+  private carryOver: ResendMessage[] = [];
   private pendingHead = 0;
   private held: Packet[] = [];
   private pumpScheduled = false;
@@ -340,12 +343,9 @@ export class MulticastDriver {
     const { resend } = this.core.applyTrim(trim);
     this.pumpCore(this.core);
     this.core = null;
-    // Cut-off own messages go first in the next view, in their original order.
-    const unsent = this.pending.slice(this.pendingHead);
-    this.pending.length = 0;
-    this.pendingHead = 0;
-    for (const m of resend) this.pending.push({ payload: m.payload, resolve: null, reject: null });
-    this.pending.push(...unsent);
+    // Cut-off own messages go first in the next view, in their original order and with their
+    // original stamps (the next core queues them before anything else).
+    this.carryOver = resend;
     this.counters.resent += resend.length;
     this.emitFrontiers();
     return { resendCount: resend.length };
@@ -353,8 +353,9 @@ export class MulticastDriver {
 
   /**
    * Installs the next view (after applyTrim): connects to new members, feeds the packets of that
-   * view that arrived early, and re-sends the cut-off messages first (stamped anew: a re-sent
-   * message is a new message of the new view).
+   * view that arrived early, and re-sends the cut-off messages first. A re-sent message keeps its
+   * HLC stamp (the receipt's `timestamp`) but gets a new index, position and version in this
+   * view: a receipt's numbering is final only if its view's trim did not cut the message off.
    */
   async installView(view: MulticastView): Promise<void> {
     assert(this.core === null, 'installView() after applyTrim()');
@@ -363,7 +364,8 @@ export class MulticastDriver {
     this.view = view;
     const old = this.peers;
     this.peers = this.makePeers(view, old);
-    const core = this.makeCore(view);
+    const core = this.makeCore(view, this.carryOver);
+    this.carryOver = [];
     this.core = core;
     if (this.persistedVersion !== VERSION_NONE) core.persisted(this.persistedVersion);
     const held = this.held;
@@ -602,8 +604,9 @@ export class MulticastDriver {
     this.options.onPeerFailed?.(peer.node, error);
   }
 
-  private makeCore(view: MulticastView): MulticastCore {
+  private makeCore(view: MulticastView, resend: readonly ResendMessage[] = []): MulticastCore {
     return new MulticastCore({
+      resend,
       viewId: view.viewId,
       members: view.members,
       senders: view.senders ?? view.members,

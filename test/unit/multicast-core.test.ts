@@ -3,7 +3,8 @@
 // every member reported receipt, reactive and compressed nulls, SMC batching under the packet
 // budget with reports piggybacked (one report per flush, not per message), the window and send
 // queue, raw mode, RDMC mixed with SMC, frontiers (persisted, time), the trim function, and the
-// codec's round trip and rejection of malformed input.
+// codec's round trip and rejection of malformed input, and re-sends carried into the next view
+// with their original stamps.
 import test from 'ava';
 import { MulticastNet, makePayload, readPayload, sequenceOf } from '../support/multicast-net.js';
 import { MulticastCore } from '../../src/multicast/multicast-core.js';
@@ -18,7 +19,7 @@ import { computeTrim } from '../../src/multicast/ragged-edge.js';
 import { decodePacket, encodePacket, MulticastDecodeError } from '../../src/multicast/codec.js';
 import { AssertionError, ConfigError, PayloadTooLargeError } from '../../src/core/errors.js';
 import { makeVersion, nodeId, viewId, VERSION_NONE, type Version } from '../../src/core/ids.js';
-import type { DataPacket, Packet } from '../../src/multicast/types.js';
+import type { DataPacket, Delivery, Packet, ResendMessage } from '../../src/multicast/types.js';
 
 const LIMITS: Partial<MulticastLimits> = {
   payloadBytesMax: 4000,
@@ -296,4 +297,48 @@ test('edge shapes: empty payloads, a one-member shard, a shard whose only sender
   settle(net);
   t.deepEqual(net.delivered.map((list) => list.map((d) => d.payload.length)), [[0], [0], [0]]);
   t.is(net.cores.reduce((n, c) => n + c.counters.nullsSent, 0), 0, 'a lone sender needs no nulls');
+});
+
+test('re-sends keep their stamps: the next core queues them before any tick can pass them', (t) => {
+  const limits = multicastLimits(LIMITS);
+  const members = [nodeId(1), nodeId(2)];
+  const make = (view: number, self: number, resend?: ResendMessage[]): MulticastCore =>
+    new MulticastCore({ viewId: viewId(view), members, senders: members, self: nodeId(self), mode: 'ordered', limits, resend });
+  // View 1: member 1 sends three messages that never reach member 2; the trim cuts them all.
+  const old = make(1, 1);
+  old.tick(100);
+  for (let i = 0; i < 3; i++) old.send(makePayload(0, i, 20), { micros: 200 + i, logical: 0 });
+  old.ready();
+  old.wedge();
+  const { resend } = old.applyTrim([0, 0]);
+  t.deepEqual(resend.map((m) => m.timestamp.micros), [200, 201, 202]);
+
+  // The old way (send() after the new core ticked) trips the time-stability assertion...
+  const late = make(2, 1);
+  late.tick(5000);
+  late.ready();
+  t.throws(() => late.send(resend[0]!.payload, resend[0]!.timestamp), { instanceOf: AssertionError });
+
+  // ...while carried over at construction they go first, hold the frontier back, and arrive
+  // with the stamps they were first sent with.
+  const a = make(2, 1, resend);
+  const b = make(2, 2);
+  a.tick(5000);
+  b.tick(5000);
+  const delivered: Delivery[] = [];
+  for (let round = 0; round < 6; round++) {
+    const ra = a.ready();
+    const rb = b.ready();
+    if (round === 0) t.true(ra.stabilityFrontierMicros <= 200, 'queued re-sends hold the frontier');
+    for (const p of ra.packets) b.receive(decodePacket(encodePacket(p.packet)));
+    for (const p of rb.packets) a.receive(decodePacket(encodePacket(p.packet)));
+    delivered.push(...rb.deliveries);
+  }
+  t.deepEqual(delivered.map((d) => [readPayload(d.payload)![1], d.timestamp.micros, d.index]), [
+    [0, 200, 0], [1, 201, 1], [2, 202, 2],
+  ]);
+  const demoted = (): MulticastCore => new MulticastCore({
+    viewId: viewId(2), members, senders: [nodeId(2)], self: nodeId(1), mode: 'ordered', limits, resend,
+  });
+  t.throws(demoted, { instanceOf: AssertionError, message: /not a sender/ });
 });
