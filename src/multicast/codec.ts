@@ -1,19 +1,26 @@
 /**
- * Wire encoding of multicast packets: msgpack tuples (compact, no field names), one encode per
- * packet however many members it goes to. Decoding validates the shape and every number's range,
- * and throws MulticastDecodeError for anything else, which a driver counts and drops.
+ * Wire encoding of multicast packets, one encode per packet however many members it goes to.
+ * Decoding validates the shape and every number's range, and throws MulticastDecodeError for
+ * anything else, which a driver counts and drops.
  *
- *   data:  [1, viewId, fromRank, report | null, [entry...]]
+ *   data:  msgpack tuple (compact, no field names)
+ *          [1, viewId, fromRank, report | null, [entry...]]
  *          report = [receivedCounts[], contiguousCount, deliveredCount,
  *                    persistedVersion, frontierMicros]
  *          entry  = [index, micros, logical, payload]   (a message; micros, logical = HLC)
- *                 | [index, count]                          (a null run)
- *   block: [2, viewId, fromRank, senderIndex, index, micros, logical, totalBytes, block, bytes]
+ *                 | [index, count]                      (a null run)
+ *   block: a fixed 36-byte little-endian header, then the block's bytes (to the end):
+ *          u8 0xb2 | u8 0 | u16 fromRank | u32 viewId | u32 senderIndex | u32 index |
+ *          f64 micros | u32 logical | u32 totalBytes | u32 block
+ *          Not msgpack, so that a block (up to `block_size`, a MiB by default) is copied once,
+ *          straight into the driver's frame (`encodeBlockInto`), instead of once into msgpack's
+ *          buffer and again into the frame. A data packet starts with 0x95 (a 5-tuple).
  *
- * Decoded payloads are views into the input buffer (msgpackr does not copy), so the driver hands
- * the core ownership of the buffer it decodes.
+ * Decoded payloads and blocks are views into the input buffer (msgpackr does not copy), so the
+ * driver hands the core ownership of the buffer it decodes.
  */
 import { Packr } from 'msgpackr';
+import { assert } from '../core/assert.js';
 import { SquallError } from '../core/errors.js';
 import type { Version } from '../core/ids.js';
 import type {
@@ -26,7 +33,9 @@ import type {
 } from './types.js';
 
 const TAG_DATA = 1;
-const TAG_BLOCK = 2;
+const BLOCK_MAGIC = 0xb2;
+/** Bytes of a block packet before its block bytes. */
+export const BLOCK_HEADER_BYTES = 36;
 
 /** A packet that is not a well-formed multicast packet (truncated, corrupt, wrong version). */
 export class MulticastDecodeError extends SquallError {
@@ -47,11 +56,34 @@ export function encodePacket(packet: Packet): Uint8Array {
     );
     return packr.pack([TAG_DATA, packet.viewId, packet.fromRank, report, entries]);
   }
-  const p = packet;
-  return packr.pack([
-    TAG_BLOCK, p.viewId, p.fromRank, p.senderIndex, p.index,
-    p.timestamp.micros, p.timestamp.logical, p.totalBytes, p.block, p.bytes,
-  ]);
+  const out = new Uint8Array(encodedBlockBytes(packet));
+  encodeBlockInto(packet, out, 0);
+  return out;
+}
+
+/** The encoded size of a block packet. */
+export function encodedBlockBytes(packet: BlockPacket): number {
+  return BLOCK_HEADER_BYTES + packet.bytes.byteLength;
+}
+
+/**
+ * Writes a block packet at `target[offset ..]` (encodedBlockBytes(packet) bytes): the one copy
+ * of the block's bytes that the sending side makes.
+ */
+export function encodeBlockInto(packet: BlockPacket, target: Uint8Array, offset: number): void {
+  assert(packet.fromRank <= 0xffff && packet.viewId <= 0xffff_ffff, 'block header fields fit');
+  const view = new DataView(target.buffer, target.byteOffset + offset, BLOCK_HEADER_BYTES);
+  view.setUint8(0, BLOCK_MAGIC);
+  view.setUint8(1, 0);
+  view.setUint16(2, packet.fromRank, true);
+  view.setUint32(4, packet.viewId, true);
+  view.setUint32(8, packet.senderIndex, true);
+  view.setUint32(12, packet.index, true);
+  view.setFloat64(16, packet.timestamp.micros, true);
+  view.setUint32(24, packet.timestamp.logical, true);
+  view.setUint32(28, packet.totalBytes, true);
+  view.setUint32(32, packet.block, true);
+  target.set(packet.bytes, offset + BLOCK_HEADER_BYTES);
 }
 
 function encodeReport(r: ReceiveReport): unknown[] {
@@ -62,6 +94,7 @@ function encodeReport(r: ReceiveReport): unknown[] {
 }
 
 export function decodePacket(bytes: Uint8Array): Packet {
+  if (bytes.byteLength > 0 && bytes[0] === BLOCK_MAGIC) return decodeBlock(bytes);
   let value: unknown;
   try {
     value = packr.unpack(bytes);
@@ -70,7 +103,6 @@ export function decodePacket(bytes: Uint8Array): Packet {
   }
   if (!Array.isArray(value)) throw new MulticastDecodeError('not a tuple');
   if (value[0] === TAG_DATA) return decodeData(value);
-  if (value[0] === TAG_BLOCK) return decodeBlock(value);
   throw new MulticastDecodeError(`unknown tag ${String(value[0])}`);
 }
 
@@ -141,18 +173,22 @@ function decodeReport(value: unknown): ReceiveReport {
   };
 }
 
-function decodeBlock(v: unknown[]): BlockPacket {
-  if (v.length !== 10) throw new MulticastDecodeError('block packet has the wrong length');
+function decodeBlock(bytes: Uint8Array): BlockPacket {
+  if (bytes.byteLength < BLOCK_HEADER_BYTES) {
+    throw new MulticastDecodeError(`block packet of ${bytes.byteLength} bytes is shorter than its header`);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, BLOCK_HEADER_BYTES);
+  if (view.getUint8(1) !== 0) throw new MulticastDecodeError('block packet has an unknown format');
   return {
     kind: 'block',
-    viewId: uint(v[1], 'viewId'),
-    fromRank: uint(v[2], 'fromRank'),
-    senderIndex: uint(v[3], 'senderIndex'),
-    index: uint(v[4], 'index'),
-    timestamp: timestampOf(v[5], v[6]),
-    totalBytes: uint(v[7], 'totalBytes'),
-    block: uint(v[8], 'block'),
-    bytes: bytesOf(v[9], 'block bytes'),
+    viewId: view.getUint32(4, true),
+    fromRank: view.getUint16(2, true),
+    senderIndex: view.getUint32(8, true),
+    index: view.getUint32(12, true),
+    timestamp: timestampOf(view.getFloat64(16, true), view.getUint32(24, true)),
+    totalBytes: view.getUint32(28, true),
+    block: view.getUint32(32, true),
+    bytes: bytes.subarray(BLOCK_HEADER_BYTES),
   };
 }
 

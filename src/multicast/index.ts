@@ -7,7 +7,9 @@ export type {
   SendResult,
 } from './multicast-core.js';
 export { computeTrim } from './ragged-edge.js';
-export { encodePacket, decodePacket, MulticastDecodeError } from './codec.js';
+export {
+  encodePacket, decodePacket, encodeBlockInto, encodedBlockBytes, MulticastDecodeError,
+} from './codec.js';
 export { multicastLimits, multicastLimitsFromConfig, DEFAULT_MULTICAST_LIMITS } from './config.js';
 export type { MulticastLimits, MulticastConfigSection } from './config.js';
 export { rdmcSchedule, checkSchedule, outgoingByRank, RDMC_ALGORITHMS } from './rdmc-schedule.js';

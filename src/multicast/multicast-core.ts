@@ -15,6 +15,7 @@ import {
   type MulticastLimits,
 } from './config.js';
 import { outgoingByRank, rdmcSchedule, type RdmcTransfer } from './rdmc-schedule.js';
+import { Fifo } from './fifo.js';
 import { RdmcTransferState } from './rdmc-transfer.js';
 import { SenderStream, entryLength, type StoredEntry } from './sender-stream.js';
 import type {
@@ -81,20 +82,8 @@ export interface MulticastCounters {
   blockPacketsSent: number;
 }
 
-interface OwnQueued {
-  readonly kind: 'message' | 'null';
-  readonly index: number;
-  readonly count: number;
-  readonly timestamp: MessageTimestamp | null;
-  readonly payload: Uint8Array | null;
-}
-
-interface OwnInFlight {
-  readonly index: number;
-  readonly position: number;
-  readonly timestamp: MessageTimestamp;
-  readonly payload: Uint8Array;
-}
+/** An own message; the same object is stored in the own stream, queued, in flight and sent. */
+type OwnMessage = Extract<StoredEntry, { kind: 'message' }>;
 
 interface RdmcInFlight {
   readonly state: RdmcTransferState;
@@ -144,15 +133,20 @@ export class MulticastCore {
   private lastDeliveredVersion: Version = VERSION_NONE;
   private nextIndex = 0;
   private requiredNextIndex = 0;
-  private readonly transmitQueue: OwnQueued[] = [];
+  /** Own messages and null runs numbered but not sent yet, in index order. */
+  private readonly transmitQueue = new Fifo<StoredEntry>();
   private queuedMessageCount = 0;
-  private readonly ownInFlight: OwnInFlight[] = [];
+  /** Own messages sent and not yet done everywhere (the window), in index order. */
+  private readonly ownInFlight = new Fifo<OwnMessage>();
   private readonly rdmc = new Map<number, RdmcInFlight>();
   private readonly scheduleCache = new Map<string, RdmcTransfer[][]>();
   private packets: OutgoingPacket[] = [];
   private deliveries: Delivery[] = [];
   private nowMicros = 0;
-  private lastRowKey = '';
+  /** The row this member last published (a report goes alone only when the row changed). */
+  private lastSentRow: ReceiveReport;
+  /** The stamp of this member's newest own message: stamps never decrease (HLC). */
+  private lastOwnMicros = 0;
   private wedged = false;
   private trimmed = false;
 
@@ -188,7 +182,7 @@ export class MulticastCore {
       persistedVersion: VERSION_NONE,
       stabilityFrontierMicros: 0,
     }));
-    this.lastRowKey = this.rowKey(this.report());
+    this.lastSentRow = this.report();
     const packetProblem = smcPacketProblem(limits, senderRanks.length);
     if (packetProblem !== null) {
       throw new ConfigError([{ key: 'multicast.smc_packet_size', message: packetProblem }]);
@@ -242,10 +236,9 @@ export class MulticastCore {
         'multicast payload', payload.length, this.limits.payloadBytesMax, 'max_payload_size',
       );
     }
-    assert(
-      this.mySenderIndex >= 0,
-      `node ${this.members[this.myRank]} is not a sender in this shard`,
-    );
+    if (this.mySenderIndex < 0) {
+      assert(false, `node ${this.members[this.myRank]} is not a sender in this shard`);
+    }
     if (this.wedged) return { accepted: false, reason: 'wedged' };
     if (this.queuedMessageCount >= this.limits.sendQueueCountMax) {
       return { accepted: false, reason: 'queue-full' };
@@ -260,10 +253,21 @@ export class MulticastCore {
   }
 
   private enqueueOwn(payload: Uint8Array, timestamp: MessageTimestamp): number {
+    // Monotone stamps keep the oldest unfinished own message at the head of the queues, so the
+    // time frontier costs O(1) per report (refreshOwnRow).
+    if (timestamp.micros < this.lastOwnMicros) {
+      assert(
+        false,
+        `own message stamps never decrease (got ${timestamp.micros} after ` +
+          `${this.lastOwnMicros}): stamp with one hybrid logical clock`,
+      );
+    }
+    this.lastOwnMicros = timestamp.micros;
     const index = this.nextIndex++;
     const large = payload.length > this.limits.smcPayloadBytesMax;
-    this.streams[this.mySenderIndex]!.insert({ kind: 'message', index, timestamp, payload, large });
-    this.transmitQueue.push({ kind: 'message', index, count: 1, timestamp, payload });
+    const entry: OwnMessage = { kind: 'message', index, timestamp, payload, large };
+    this.streams[this.mySenderIndex]!.insert(entry);
+    this.transmitQueue.push(entry);
     this.queuedMessageCount++;
     return index;
   }
@@ -337,18 +341,13 @@ export class MulticastCore {
     const resend: ResendMessage[] = [];
     if (this.mySenderIndex >= 0) {
       const cut = trim[this.mySenderIndex]!;
-      for (const m of this.ownInFlight) {
-        if (m.index >= cut) {
+      for (const m of [...this.ownInFlight, ...this.transmitQueue]) {
+        if (m.kind === 'message' && m.index >= cut) {
           resend.push({ index: m.index, timestamp: m.timestamp, payload: m.payload });
         }
       }
-      for (const q of this.transmitQueue) {
-        if (q.kind === 'message' && q.index >= cut) {
-          resend.push({ index: q.index, timestamp: q.timestamp!, payload: q.payload! });
-        }
-      }
     }
-    this.transmitQueue.length = 0;
+    this.transmitQueue.clear();
     this.queuedMessageCount = 0;
     this.rdmc.clear();
     return { resend };
@@ -562,6 +561,7 @@ export class MulticastCore {
     version: Version | null,
   ): Delivery {
     return {
+      viewId: this.viewId,
       sender: this.members[this.senderRanks[s]!]!,
       senderIndex: s,
       index: entry.index,
@@ -614,7 +614,7 @@ export class MulticastCore {
     const count = this.requiredNextIndex - this.nextIndex;
     const index = this.nextIndex;
     this.streams[this.mySenderIndex]!.insert({ kind: 'null', index, count });
-    this.transmitQueue.push({ kind: 'null', index, count, timestamp: null, payload: null });
+    this.transmitQueue.push({ kind: 'null', index, count });
     this.nextIndex = this.requiredNextIndex;
     this.counters.nullsSent += count;
   }
@@ -624,17 +624,17 @@ export class MulticastCore {
    * received by every member (raw).
    */
   private pruneInFlight(): void {
+    // Ordered: done once delivered everywhere, i.e. its position is below every member's
+    // delivered count; raw: once its index is below every member's received count.
+    const s = this.mySenderIndex;
+    const indexEnd =
+      this.mode === 'ordered'
+        ? Math.ceil((this.minOverRows((r) => r.deliveredCount) - s) / this.senderCount)
+        : this.minOverRows((r) => r.receivedCounts[s]!);
+    const inFlight = this.ownInFlight;
     let done = 0;
-    if (this.mode === 'ordered') {
-      const deliveredEverywhere = this.minOverRows((r) => r.deliveredCount);
-      const inFlight = this.ownInFlight;
-      while (done < inFlight.length && inFlight[done]!.position < deliveredEverywhere) done++;
-    } else {
-      const receivedEverywhere = this.minOverRows((r) => r.receivedCounts[this.mySenderIndex]!);
-      const inFlight = this.ownInFlight;
-      while (done < inFlight.length && inFlight[done]!.index < receivedEverywhere) done++;
-    }
-    if (done > 0) this.ownInFlight.splice(0, done);
+    while (done < inFlight.length && inFlight.at(done)!.index < indexEnd) done++;
+    inFlight.drop(done);
   }
 
   /** Moves queued own messages and nulls out while the window allows; starts RDMC transfers. */
@@ -657,14 +657,12 @@ export class MulticastCore {
         continue;
       }
       if (this.ownInFlight.length >= this.limits.windowSize) break;
-      const timestamp = item.timestamp!;
-      const payload = item.payload!;
-      const position = this.positionOf(this.mySenderIndex, item.index);
-      this.ownInFlight.push({ index: item.index, position, timestamp, payload });
+      const { timestamp, payload } = item;
+      this.ownInFlight.push(item);
       this.queuedMessageCount--;
       taken++;
-      if (payload.length <= this.limits.smcPayloadBytesMax) {
-        entries.push({ kind: 'message', index: item.index, timestamp, payload });
+      if (!item.large) {
+        entries.push(item);
       } else if (this.members.length > 1) {
         const blockCount = Math.ceil(payload.length / this.limits.blockBytes);
         const outgoing = this.outgoingFor(blockCount)[0]!;
@@ -676,7 +674,7 @@ export class MulticastCore {
         });
       }
     }
-    this.transmitQueue.splice(0, taken);
+    this.transmitQueue.drop(taken);
     return entries;
   }
 
@@ -711,15 +709,15 @@ export class MulticastCore {
   private emitDataPackets(entries: SmcEntry[]): void {
     if (this.peers.length === 0) return;
     const report = this.report();
-    const rowKey = this.rowKey(report);
+    const changed = !sameRow(report, this.lastSentRow);
     if (entries.length === 0) {
-      if (rowKey === this.lastRowKey) return;
-      this.lastRowKey = rowKey;
+      if (!changed) return;
+      this.lastSentRow = report;
       this.pushDataPacket(report, []);
       this.counters.reportPacketsSent++;
       return;
     }
-    this.lastRowKey = rowKey;
+    this.lastSentRow = report;
     const budget = this.limits.packetBytesMax - packetOverheadBytes(this.senderCount);
     let batch: SmcEntry[] = [];
     let bytes = 0;
@@ -737,10 +735,6 @@ export class MulticastCore {
     this.pushDataPacket(report, batch);
   }
 
-  private rowKey(report: ReceiveReport): string {
-    return `${report.receivedCounts.join(',')}|${report.contiguousCount}|` +
-      `${report.deliveredCount}|${report.persistedVersion}|${report.stabilityFrontierMicros}`;
-  }
 
   private pushDataPacket(report: ReceiveReport, entries: SmcEntry[]): void {
     this.packets.push({
@@ -761,15 +755,19 @@ export class MulticastCore {
     row.deliveredCount = this.deliveredCount;
     // Time-based stability: no message stamped below this can still be delivered anywhere
     // because of this member (its unfinished messages and its future ones are all later).
+    // Own stamps never decrease and both queues are in index order, so the oldest unfinished
+    // own message is the head of the in-flight list, or else the first queued message.
     let frontier = this.nowMicros;
-    for (const m of this.ownInFlight) {
-      if (m.timestamp.micros < frontier) frontier = m.timestamp.micros;
-    }
-    for (const q of this.transmitQueue) {
-      const wall = q.timestamp?.micros;
-      if (wall !== undefined && wall < frontier) frontier = wall;
-    }
+    const oldest = this.ownInFlight.at(0)?.timestamp.micros ?? this.firstQueuedMicros();
+    if (oldest < frontier) frontier = oldest;
     if (frontier > row.stabilityFrontierMicros) row.stabilityFrontierMicros = frontier;
+  }
+
+  private firstQueuedMicros(): number {
+    for (const q of this.transmitQueue) {
+      if (q.kind === 'message') return q.timestamp.micros;
+    }
+    return Infinity;
   }
 
   private minOverRows<T extends number | bigint>(field: (row: MutableRow) => T): T {
@@ -793,4 +791,18 @@ export class MulticastCore {
     }
     return outgoing;
   }
+}
+
+function sameRow(a: ReceiveReport, b: ReceiveReport): boolean {
+  if (
+    a.contiguousCount !== b.contiguousCount || a.deliveredCount !== b.deliveredCount ||
+    a.persistedVersion !== b.persistedVersion ||
+    a.stabilityFrontierMicros !== b.stabilityFrontierMicros
+  ) {
+    return false;
+  }
+  for (let s = 0; s < a.receivedCounts.length; s++) {
+    if (a.receivedCounts[s] !== b.receivedCounts[s]) return false;
+  }
+  return true;
 }

@@ -3,7 +3,7 @@
  * All plain data, so the simulator and the codec can handle them without the core.
  */
 import type { Hlc } from '../core/hlc.js';
-import type { NodeId, Version } from '../core/ids.js';
+import type { NodeId, Version, ViewId } from '../core/ids.js';
 
 /**
  * The sender's hybrid-logical-clock stamp (src/core/hlc.ts), carried with the message and handed
@@ -87,6 +87,8 @@ export interface OutgoingPacket {
 
 /** One delivered message, handed to the application in the order of `position`. */
 export interface Delivery {
+  /** The view it was delivered in. */
+  readonly viewId: ViewId;
   readonly sender: NodeId;
   readonly senderIndex: number;
   /** Index in the sender's own sequence (SMC and RDMC share it). */

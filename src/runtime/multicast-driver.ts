@@ -25,7 +25,10 @@ import {
   MulticastCore,
   MulticastDecodeError,
   decodePacket,
+  encodeBlockInto,
   encodePacket,
+  encodedBlockBytes,
+  type BlockPacket,
   type MulticastLimits,
   type MulticastMode,
   type MulticastReady,
@@ -125,7 +128,8 @@ interface Peer {
   readonly node: NodeId;
   readonly address: TransportAddress;
   session: TransportSession | null;
-  queue: Uint8Array[];
+  /** Encoded packets, or block packets to encode straight into the frame (one copy). */
+  queue: (Uint8Array | BlockPacket)[];
   queuedBytes: number;
   inFlight: number;
   failed: boolean;
@@ -181,6 +185,10 @@ function muxFor(transport: Transport, requestType: RequestType): MulticastMux {
   let mux = byType.get(requestType);
   if (mux === undefined) byType.set(requestType, (mux = new MulticastMux(transport, requestType)));
   return mux;
+}
+
+function itemBytes(item: Uint8Array | BlockPacket): number {
+  return item instanceof Uint8Array ? item.byteLength : encodedBlockBytes(item);
 }
 
 export class MulticastDriver {
@@ -462,7 +470,6 @@ export class MulticastDriver {
   }
 
   private deliver(ready: MulticastReady): void {
-    const viewId = this.view.viewId;
     let newest: Hlc | null = null;
     for (const d of ready.deliveries) {
       this.deliveredMessages++;
@@ -470,17 +477,8 @@ export class MulticastDriver {
       if (newest === null || compareHlc(d.timestamp, newest) > 0) {
         newest = d.timestamp;
       }
-      this.options.onDeliver({
-        viewId,
-        sender: d.sender,
-        senderIndex: d.senderIndex,
-        index: d.index,
-        position: d.position,
-        version: d.version,
-        timestamp: d.timestamp,
-        payload: d.payload,
-        large: d.large,
-      });
+      // The core's own object (it carries the view id): no copy per delivery.
+      this.options.onDeliver(d);
     }
     if (newest !== null) this.hlc.observe(newest);
     if (ready.lastDeliveredVersion > this.lastDeliveredVersion) this.lastDeliveredVersion = ready.lastDeliveredVersion;
@@ -542,12 +540,14 @@ export class MulticastDriver {
 
   private sendPackets(ready: MulticastReady): void {
     for (const out of ready.packets) {
-      const bytes = encodePacket(out.packet);
+      // A block goes to one member: it is encoded straight into that member's frame.
+      const item = out.packet.kind === 'block' ? out.packet : encodePacket(out.packet);
+      const bytes = itemBytes(item);
       for (const node of out.to) {
         const peer = this.peers.get(node);
         if (peer === undefined || peer.failed) continue;
-        peer.queue.push(bytes);
-        peer.queuedBytes += bytes.byteLength;
+        peer.queue.push(item);
+        peer.queuedBytes += bytes;
       }
     }
     for (const peer of this.peers.values()) this.flush(peer);
@@ -561,7 +561,7 @@ export class MulticastDriver {
       let bytes = FRAME_HEADER_BYTES;
       let count = 0;
       while (count < peer.queue.length) {
-        const next = LENGTH_BYTES + peer.queue[count]!.byteLength;
+        const next = LENGTH_BYTES + itemBytes(peer.queue[count]!);
         if (count > 0 && bytes + next > this.frameBytesMax) break;
         bytes += next;
         count++;
@@ -571,11 +571,13 @@ export class MulticastDriver {
       view.setUint32(0, this.shard, true);
       let offset = FRAME_HEADER_BYTES;
       for (let i = 0; i < count; i++) {
-        const packet = peer.queue[i]!;
-        view.setUint32(offset, packet.byteLength, true);
-        frame.set(packet, offset + LENGTH_BYTES);
-        offset += LENGTH_BYTES + packet.byteLength;
-        peer.queuedBytes -= packet.byteLength;
+        const item = peer.queue[i]!;
+        const length = itemBytes(item);
+        view.setUint32(offset, length, true);
+        if (item instanceof Uint8Array) frame.set(item, offset + LENGTH_BYTES);
+        else encodeBlockInto(item, frame, offset + LENGTH_BYTES);
+        offset += LENGTH_BYTES + length;
+        peer.queuedBytes -= length;
       }
       peer.queue.splice(0, count);
       peer.inFlight++;

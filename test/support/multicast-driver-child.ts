@@ -88,6 +88,7 @@ async function runPlan(message: {
     if (state.delivered >= state.expect) resolve();
   });
   const started = performance.now();
+  const cpuStart = process.cpuUsage();
   const { count, sizes, ratePerSec } = message.plan;
   const sending = (async () => {
     const gapMs = ratePerSec > 0 ? 1000 / ratePerSec : 0;
@@ -109,6 +110,7 @@ async function runPlan(message: {
   ]);
   clearTimeout(timer);
   const elapsedMs = performance.now() - started;
+  const cpu = process.cpuUsage(cpuStart);
   const sorted = state.latencies.sort((a, b) => a - b);
   const q = (p: number): number => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
   reply({
@@ -116,6 +118,7 @@ async function runPlan(message: {
     delivered: state.delivered,
     bytes: state.bytes,
     elapsedMs,
+    cpuMicros: cpu.user + cpu.system,
     digest: state.hash?.digest('hex') ?? null,
     latency: { p50: q(0.5), p99: q(0.99), samples: sorted.length },
     counters: state.driver.counters,
