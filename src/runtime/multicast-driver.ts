@@ -107,6 +107,12 @@ export interface MulticastDriverOptions {
   readonly tickIntervalMs?: number;
   readonly callsInFlightPerPeerMax?: number;
   readonly frameBytesMax?: number;
+  /**
+   * Bytes of frames outstanding per peer before new packets wait (one frame always may go).
+   * The transport has no congestion control yet (issue #3): bursts of many MiB to one peer
+   * overflow loopback socket buffers, and each loss costs a retransmission timeout.
+   */
+  readonly bytesInFlightPerPeerMax?: number;
   /** Packets of views not installed yet, held until installView (beyond: dropped, counted). */
   readonly heldPacketsMax?: number;
 }
@@ -132,6 +138,7 @@ interface Peer {
   queue: (Uint8Array | BlockPacket)[];
   queuedBytes: number;
   inFlight: number;
+  inFlightBytes: number;
   failed: boolean;
 }
 
@@ -215,6 +222,7 @@ export class MulticastDriver {
   private readonly hlc: HybridLogicalClock;
   private readonly callsInFlightMax: number;
   private readonly frameBytesMax: number;
+  private readonly bytesInFlightMax: number;
   private readonly heldPacketsMax: number;
   private view: MulticastView;
   private core: MulticastCore | null;
@@ -252,7 +260,8 @@ export class MulticastDriver {
     this.clock = options.clock ?? SystemClock;
     this.hlc = options.hlc ?? new HybridLogicalClock(this.clock);
     this.callsInFlightMax = options.callsInFlightPerPeerMax ?? 8;
-    this.frameBytesMax = options.frameBytesMax ?? 4 * 1024 * 1024;
+    this.frameBytesMax = options.frameBytesMax ?? 256 * 1024;
+    this.bytesInFlightMax = options.bytesInFlightPerPeerMax ?? 1024 * 1024;
     this.heldPacketsMax = options.heldPacketsMax ?? 65_536;
     assert(Number.isInteger(options.shard) && options.shard >= 0 && options.shard <= 0xffff_ffff, 'shard is a uint32');
     this.mux = muxFor(options.transport, options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT);
@@ -556,7 +565,10 @@ export class MulticastDriver {
   private flush(peer: Peer): void {
     const session = peer.session;
     if (session === null || peer.failed) return;
-    while (peer.inFlight < this.callsInFlightMax && peer.queue.length > 0) {
+    while (
+      peer.inFlight < this.callsInFlightMax && peer.queue.length > 0 &&
+      (peer.inFlight === 0 || peer.inFlightBytes < this.bytesInFlightMax)
+    ) {
       // Take packets up to the frame budget (always at least one).
       let bytes = FRAME_HEADER_BYTES;
       let count = 0;
@@ -581,16 +593,19 @@ export class MulticastDriver {
       }
       peer.queue.splice(0, count);
       peer.inFlight++;
+      peer.inFlightBytes += bytes;
       this.counters.framesSent++;
       this.counters.packetsSent += count;
       this.counters.bytesSent += bytes;
       session.call(this.options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT, frame).then(
         () => {
           peer.inFlight--;
+          peer.inFlightBytes -= bytes;
           this.flush(peer);
         },
         (error: Error) => {
           peer.inFlight--;
+          peer.inFlightBytes -= bytes;
           this.peerFailed(peer, error);
         },
       );
@@ -629,7 +644,7 @@ export class MulticastDriver {
       if (known !== undefined && known.address === address && !known.failed) {
         peers.set(node, known);
       } else {
-        peers.set(node, { node, address, session: null, queue: [], queuedBytes: 0, inFlight: 0, failed: false });
+        peers.set(node, { node, address, session: null, queue: [], queuedBytes: 0, inFlight: 0, inFlightBytes: 0, failed: false });
       }
     }
     return peers;

@@ -67,6 +67,12 @@ function payloadOf(size: number, seq: number): Uint8Array {
   return payload;
 }
 
+function statsDelta(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
+  const delta: Record<string, number> = {};
+  for (const [key, value] of Object.entries(after)) delta[key] = value - (before[key] ?? 0);
+  return delta;
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function runPlan(message: {
@@ -89,6 +95,7 @@ async function runPlan(message: {
   });
   const started = performance.now();
   const cpuStart = process.cpuUsage();
+  const transportStart = endpoint!.stats();
   const { count, sizes, ratePerSec } = message.plan;
   const sending = (async () => {
     const gapMs = ratePerSec > 0 ? 1000 / ratePerSec : 0;
@@ -119,6 +126,7 @@ async function runPlan(message: {
     bytes: state.bytes,
     elapsedMs,
     cpuMicros: cpu.user + cpu.system,
+    transport: statsDelta(transportStart, endpoint!.stats()),
     digest: state.hash?.digest('hex') ?? null,
     latency: { p50: q(0.5), p99: q(0.99), samples: sorted.length },
     counters: state.driver.counters,

@@ -255,8 +255,22 @@ test('codec: round trip of every packet kind; malformed input is a typed error',
   }
   const good = encodePacket(packets[0]!);
   t.throws(() => decodePacket(good.subarray(0, good.length - 5)), { instanceOf: MulticastDecodeError });
-  t.throws(() => decodePacket(encodePacket({ ...(packets[1] as DataPacket), fromRank: -1 })), { instanceOf: MulticastDecodeError });
+  t.throws(() => encodePacket({ ...(packets[1] as DataPacket), fromRank: -1 }), { instanceOf: AssertionError });
   t.throws(() => decodePacket(new Uint8Array([0x93, 9, 9, 9])), { instanceOf: MulticastDecodeError });
+  t.throws(() => decodePacket(new Uint8Array(0)), { instanceOf: MulticastDecodeError });
+  const corrupt = (at: number, value: number): Uint8Array => {
+    const copy = good.slice();
+    copy[at] = value;
+    return copy;
+  };
+  t.throws(() => decodePacket(corrupt(1, 6)), { instanceOf: MulticastDecodeError, message: /flags/ });
+  t.throws(() => decodePacket(corrupt(8, 200)), { instanceOf: MulticastDecodeError, message: /entries/ });
+  t.throws(() => decodePacket(Uint8Array.of(...good, 0)), { instanceOf: MulticastDecodeError, message: /trailing/ });
+  const block = encodePacket(packets[2]!);
+  t.throws(() => decodePacket(block.subarray(0, 20)), { instanceOf: MulticastDecodeError, message: /truncated/ });
+  const badStamp = block.slice();
+  new DataView(badStamp.buffer).setFloat64(16, 0.5, true);
+  t.throws(() => decodePacket(badStamp), { instanceOf: MulticastDecodeError, message: /micros/ });
 });
 
 /** Bytes as arrays (decoded Buffers vs sent Uint8Arrays), everything else as is. */
