@@ -26,6 +26,13 @@ export interface MulticastLimits {
    * queue is full too, send() says so and the caller waits for `sendCapacity` in ready().
    */
   readonly sendQueueCountMax: number;
+  /**
+   * `rdmc_repair_ms` (in µs here, whole ms): how long a member that holds a large message waits
+   * for another member's reports to show progress on that sender's stream before it sends the
+   * blocks straight to it (staggered by rank; see README, "RDMC repair"). Shorter sends more
+   * duplicates on a congested transfer; longer waits more when a relay died.
+   */
+  readonly rdmcRepairMicros: number;
 }
 
 /**
@@ -41,6 +48,7 @@ export const DEFAULT_MULTICAST_LIMITS: MulticastLimits = {
   rdmcAlgorithm: 'binomial',
   packetBytesMax: 64 * 1024,
   sendQueueCountMax: 1024,
+  rdmcRepairMicros: 250_000,
 };
 
 /**
@@ -55,6 +63,7 @@ export interface MulticastConfigSection {
   readonly rdmc_send_algorithm?: string | undefined;
   readonly smc_packet_size?: number | undefined;
   readonly send_queue_size?: number | undefined;
+  readonly rdmc_repair_ms?: number | undefined;
 }
 
 /** multicastLimits() from config keys; ConfigError names `<prefix>.<key>` for each problem. */
@@ -74,6 +83,7 @@ export function multicastLimitsFromConfig(
   }
   if (section.smc_packet_size !== undefined) overrides.packetBytesMax = section.smc_packet_size;
   if (section.send_queue_size !== undefined) overrides.sendQueueCountMax = section.send_queue_size;
+  if (section.rdmc_repair_ms !== undefined) overrides.rdmcRepairMicros = section.rdmc_repair_ms * 1000;
   return multicastLimits(overrides, prefix);
 }
 
@@ -107,6 +117,7 @@ export function multicastLimits(
   positiveInt(limits.windowSize, 'window_size');
   positiveInt(limits.packetBytesMax, 'smc_packet_size');
   positiveInt(limits.sendQueueCountMax, 'send_queue_size');
+  positiveInt(limits.rdmcRepairMicros / 1000, 'rdmc_repair_ms');
   if (!RDMC_ALGORITHMS.includes(limits.rdmcAlgorithm)) {
     problems.push({
       key: `${prefix}.rdmc_send_algorithm`,

@@ -80,6 +80,8 @@ export interface MulticastCounters {
   dataPacketsSent: number;
   reportPacketsSent: number;
   blockPacketsSent: number;
+  /** Large messages this member sent straight to a member whose reports still lacked them. */
+  rdmcRepairs: number;
 }
 
 /** An own message; the same object is stored in the own stream, queued, in flight and sent. */
@@ -91,6 +93,19 @@ interface RdmcInFlight {
   readonly index: number;
   readonly originRank: number;
   readonly timestamp: MessageTimestamp;
+}
+
+/** A large message this member holds whole, until every member's report shows it arrived. */
+interface RepairCandidate {
+  readonly senderIndex: number;
+  readonly index: number;
+  readonly originRank: number;
+  readonly timestamp: MessageTimestamp;
+  readonly payload: Uint8Array;
+  /** When this member first held it whole (0: before any tick; set at the first check). */
+  heldSinceMicros: number;
+  /** Ranks this member already sent it to directly (at most once each). */
+  readonly repaired: Set<number>;
 }
 
 interface MutableRow {
@@ -122,6 +137,7 @@ export class MulticastCore {
     dataPacketsSent: 0,
     reportPacketsSent: 0,
     blockPacketsSent: 0,
+    rdmcRepairs: 0,
   };
 
   private readonly senderIndexOfRank: readonly number[];
@@ -140,6 +156,11 @@ export class MulticastCore {
   private readonly ownInFlight = new Fifo<OwnMessage>();
   private readonly rdmc = new Map<number, RdmcInFlight>();
   private readonly scheduleCache = new Map<string, RdmcTransfer[][]>();
+  /** Large messages held whole here that some member's report still lacks (see README). */
+  private readonly repairs = new Map<number, RepairCandidate>();
+  private repairCheckedMicros = 0;
+  /** progressMicros[rank][s]: when rank's report last showed more of sender s's messages. */
+  private readonly progressMicros: number[][];
   private packets: OutgoingPacket[] = [];
   private deliveries: Delivery[] = [];
   private nowMicros = 0;
@@ -182,6 +203,7 @@ export class MulticastCore {
       persistedVersion: VERSION_NONE,
       stabilityFrontierMicros: 0,
     }));
+    this.progressMicros = members.map(() => senderRanks.map(() => 0));
     this.lastSentRow = this.report();
     const packetProblem = smcPacketProblem(limits, senderRanks.length);
     if (packetProblem !== null) {
@@ -350,6 +372,7 @@ export class MulticastCore {
     this.transmitQueue.clear();
     this.queuedMessageCount = 0;
     this.rdmc.clear();
+    this.repairs.clear();
     return { resend };
   }
 
@@ -364,6 +387,7 @@ export class MulticastCore {
       else this.streams.forEach((stream, s) => this.deliverRawUpTo(s, stream.receivedCount));
       const entries = this.transmit();
       this.relayBlocks();
+      this.repairStalledTransfers();
       this.emitDataPackets(entries);
     }
     const packets = this.packets;
@@ -480,7 +504,10 @@ export class MulticastCore {
       const stored: StoredEntry = {
         kind: 'message', index: packet.index, timestamp: transfer.timestamp, payload, large: true,
       };
-      if (this.streams[s]!.insert(stored)) this.noteReceived(s, packet.index);
+      if (this.streams[s]!.insert(stored)) {
+        this.noteReceived(s, packet.index);
+        this.holdForRepair(key, transfer, payload);
+      }
       if (transfer.state.finished) this.rdmc.delete(key);
     }
   }
@@ -503,8 +530,12 @@ export class MulticastCore {
       return;
     }
     const row = this.rows[rank]!;
+    const progress = this.progressMicros[rank]!;
     report.receivedCounts.forEach((c, s) => {
-      if (c > row.receivedCounts[s]!) row.receivedCounts[s] = c;
+      if (c > row.receivedCounts[s]!) {
+        row.receivedCounts[s] = c;
+        progress[s] = this.nowMicros;
+      }
     });
     row.contiguousCount = Math.max(row.contiguousCount, report.contiguousCount);
     row.deliveredCount = Math.max(row.deliveredCount, report.deliveredCount);
@@ -669,13 +700,85 @@ export class MulticastCore {
         const blockBytes = this.limits.blockBytes;
         const state = new RdmcTransferState(payload.length, blockBytes, outgoing, payload);
         const senderIndex = this.mySenderIndex;
-        this.rdmc.set(senderIndex * 2 ** 32 + item.index, {
-          state, senderIndex, index: item.index, originRank: this.myRank, timestamp,
-        });
+        const key = senderIndex * 2 ** 32 + item.index;
+        const transfer = { state, senderIndex, index: item.index, originRank: this.myRank, timestamp };
+        this.rdmc.set(key, transfer);
+        this.holdForRepair(key, transfer, payload);
       }
     }
     this.transmitQueue.drop(taken);
     return entries;
+  }
+
+  private holdForRepair(key: number, transfer: RdmcInFlight, payload: Uint8Array): void {
+    this.repairs.set(key, {
+      senderIndex: transfer.senderIndex,
+      index: transfer.index,
+      originRank: transfer.originRank,
+      timestamp: transfer.timestamp,
+      payload,
+      heldSinceMicros: this.nowMicros,
+      repaired: new Set(),
+    });
+  }
+
+  /**
+   * RDMC repair (see README): the relay schedule makes each member depend on one upstream
+   * member per block, so a relay that died (or whose link did) strands everyone behind it until
+   * the view change, which then trims the message off and has its origin send it again. Here a
+   * member that holds a large message whole sends all its blocks straight to every member whose
+   * report still lacks it, once per member, when that member's reports have shown no progress
+   * on the sender's stream for (1 + this member's rank relative to the origin) ×
+   * `rdmc_repair_ms`: the origin first, the others only if that did not help. Checked once per
+   * clock advance; duplicates are harmless (receivers drop blocks they hold).
+   */
+  private repairStalledTransfers(): void {
+    if (this.repairs.size === 0 || this.nowMicros === this.repairCheckedMicros) return;
+    this.repairCheckedMicros = this.nowMicros;
+    const n = this.members.length;
+    for (const [key, c] of this.repairs) {
+      if (c.heldSinceMicros === 0) c.heldSinceMicros = this.nowMicros;
+      const relativeRank = (this.myRank - c.originRank + n) % n;
+      const waitMicros = this.limits.rdmcRepairMicros * (1 + relativeRank);
+      let missing = 0;
+      for (let rank = 0; rank < n; rank++) {
+        if (rank === this.myRank || this.rows[rank]!.receivedCounts[c.senderIndex]! > c.index) {
+          continue;
+        }
+        missing++;
+        // Stalled: no progress on this sender's stream at that member for the whole wait (a
+        // slow but moving transfer, e.g. a queue of large messages, is left alone).
+        const since = Math.max(c.heldSinceMicros, this.progressMicros[rank]![c.senderIndex]!);
+        if (this.nowMicros - since < waitMicros || c.repaired.has(rank)) continue;
+        c.repaired.add(rank);
+        this.sendWhole(c, rank);
+        this.counters.rdmcRepairs++;
+      }
+      if (missing === 0) this.repairs.delete(key);
+    }
+  }
+
+  private sendWhole(c: RepairCandidate, rank: number): void {
+    const blockBytes = this.limits.blockBytes;
+    const totalBytes = c.payload.length;
+    for (let block = 0; block * blockBytes < totalBytes; block++) {
+      const start = block * blockBytes;
+      this.packets.push({
+        to: [this.members[rank]!],
+        packet: {
+          kind: 'block',
+          viewId: this.viewId,
+          fromRank: this.myRank,
+          senderIndex: c.senderIndex,
+          index: c.index,
+          timestamp: c.timestamp,
+          totalBytes,
+          block,
+          bytes: c.payload.subarray(start, Math.min(totalBytes, start + blockBytes)),
+        },
+      });
+      this.counters.blockPacketsSent++;
+    }
   }
 
   private relayBlocks(): void {

@@ -60,6 +60,9 @@ class World {
   largeDelivered = 0;
   trimDelivered = 0;
   resent = 0;
+  /** RDMC repairs counted from cores at the end of their view. */
+  rdmcRepairs = 0;
+  slowMembership = false;
   /** The HLC micros each message was stamped with when its origin's core accepted it. */
   readonly stamps = new Map<string, number>();
   constructor(
@@ -240,11 +243,14 @@ const LIMITS: Partial<MulticastLimits> = {
   windowSize: 4,
   packetBytesMax: 4096,
   sendQueueCountMax: 8,
+  rdmcRepairMicros: 30_000,
 };
 
 /** The membership oracle: a view change whenever live nodes and view members differ. */
 function watchMembership(sim: Simulation<McMessage, MulticastSimNode>, world: World): void {
-  sim.schedule(20 + sim.random.int(40), 'membership check', () => {
+  // A slow failure detector (every third seed) leaves time for RDMC repair before the wedge.
+  const intervalMs = (world.slowMembership ? 150 : 20) + sim.random.int(40);
+  sim.schedule(intervalMs, 'membership check', () => {
     watchMembership(sim, world);
     if (world.changing) return;
     const up = sim.upIds();
@@ -268,6 +274,7 @@ function finishViewChange(sim: Simulation<McMessage, MulticastSimNode>, world: W
     for (const id of survivors) {
       const node = sim.node(id)!;
       const cut = node.core!.applyTrim(trim).resend;
+      world.rdmcRepairs += node.core!.counters.rdmcRepairs;
       world.resent += cut.length;
       // Test-only mutation: forget what the trim cut off (the checks must notice).
       if (world.mutation !== 'drop-resend') resend.set(id, cut);
@@ -316,6 +323,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   });
   const mutation = options.flags?.['mutation'];
   const world = new World(limits, senderIds, typeof mutation === 'string' ? mutation : undefined);
+  world.slowMembership = seed % 3 === 1;
   let sim!: Simulation<McMessage, MulticastSimNode>;
   sim = new Simulation<McMessage, MulticastSimNode>({
     seed,
@@ -350,6 +358,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   // time the backlog drained is recorded here.)
   sim.run({ untilMs: 60_000, stepsMax, stopWhen: drained });
   checkNothingLost(sim, world);
+  for (const id of world.view.members) world.rdmcRepairs += sim.node(id)!.core!.counters.rdmcRepairs;
   return {
     seed,
     traceHash: sim.traceHash(),
@@ -358,7 +367,8 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     summary:
       `${ids.length} nodes (${senderIds.length} senders), ${world.submitted.length} submitted, ${world.delivered} deliveries ` +
       `(${world.largeDelivered} RDMC, ${world.trimDelivered} at ragged edges), ` +
-      `${world.viewChanges} view changes, ${world.resent} re-sent, ${sim.stats.crashes} crashes, ` +
+      `${world.viewChanges} view changes, ${world.resent} re-sent, ${world.rdmcRepairs} RDMC repairs, ` +
+      `${sim.stats.crashes} crashes, ` +
       `drained at ${drainedAtMs} ms`,
   };
 }

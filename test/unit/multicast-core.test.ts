@@ -356,3 +356,33 @@ test('re-sends keep their stamps: the next core queues them before any tick can 
   });
   t.throws(demoted, { instanceOf: AssertionError, message: /not a sender/ });
 });
+
+test('RDMC repair: a relay that died mid-transfer does not strand the members behind it', (t) => {
+  // Chain schedule 0 -> 1 -> 2 -> 3: rank 1 dies before relaying. Without repair, ranks 2 and 3
+  // would wait for its blocks until a view change trims the message off and the origin re-sends
+  // it in the next view; with it, the origin sends them the blocks itself after rdmc_repair_ms.
+  const net = new MulticastNet({
+    seed: 5, memberCount: 4, senderRanks: [0],
+    limits: { ...LIMITS, rdmcAlgorithm: 'chain', rdmcRepairMicros: 50_000 },
+  });
+  net.failed.add(1);
+  net.tick(10);
+  t.true(net.send(0, 3 * 128 + 7));
+  net.drain();
+  t.deepEqual([2, 3].map((r) => net.cores[r]!.receivedCount(0)), [0, 0], 'stranded behind the dead relay');
+  net.tick(20_000);
+  net.drain();
+  t.deepEqual([2, 3].map((r) => net.cores[r]!.receivedCount(0)), [0, 0], 'no repair before rdmc_repair_ms');
+  net.tick(40_000);
+  net.drain();
+  t.deepEqual([2, 3].map((r) => net.cores[r]!.receivedCount(0)), [1, 1], 'repaired from the origin');
+  t.is(net.cores[0]!.counters.rdmcRepairs, 3, 'the origin repaired ranks 1 (dead), 2 and 3 once each');
+  net.tick(500_000);
+  net.drain();
+  t.is(net.cores[0]!.counters.rdmcRepairs, 3, 'once per member and message');
+  // Holders repair in rank order, each after (1 + its rank from the origin) x rdmc_repair_ms,
+  // and only members still missing it: here just the dead one, once each (the driver drops
+  // packets to a failed peer; the view change ends it).
+  t.deepEqual([2, 3].map((r) => net.cores[r]!.counters.rdmcRepairs), [1, 1]);
+  t.true(net.delivered.every((list) => list.length === 0), 'no delivery: the dead member never received it');
+});
