@@ -87,6 +87,48 @@ export function multicastLimitsFromConfig(
   return multicastLimits(overrides, prefix);
 }
 
+/**
+ * The parts of a loaded configuration (src/config's SquallConfig) that hold multicast limits:
+ * `[multicast]` and the `[subgroup.<profile>]` profiles. Structural, so this layer stays pure.
+ */
+export interface MulticastConfigSource {
+  readonly multicast: MulticastConfigSection;
+  readonly subgroup?: Readonly<Record<string, MulticastConfigSection>>;
+}
+
+/**
+ * The limits of a shard whose layout names `profile` (Derecho's `[SUBGROUP/<profile>]`), or of
+ * `[multicast]` when it names none: each key the profile leaves unset comes from `[multicast]`,
+ * and keys neither sets take DEFAULT_MULTICAST_LIMITS (which equal src/config's defaults).
+ * Throws ConfigError naming `subgroup.<profile>` when the profile does not exist, and the
+ * dotted key of every bad value (`multicast.window_size`, `subgroup.big.block_size`).
+ */
+export function multicastLimitsForProfile(
+  config: MulticastConfigSource,
+  profile?: string,
+): MulticastLimits {
+  if (profile === undefined) return multicastLimitsFromConfig(config.multicast, 'multicast');
+  const section = config.subgroup?.[profile];
+  if (section === undefined) {
+    const known = Object.keys(config.subgroup ?? {}).sort();
+    throw new ConfigError([{
+      key: `subgroup.${profile}`,
+      message:
+        `no such profile (a layout names it). Fix: add a [subgroup.${profile}] table` +
+        (known.length > 0 ? ` or use one of ${known.join(', ')}` : ''),
+    }]);
+  }
+  // Validate [multicast] on its own first, so its errors name its own keys.
+  multicastLimitsFromConfig(config.multicast, 'multicast');
+  const merged: { -readonly [K in keyof MulticastConfigSection]: MulticastConfigSection[K] } = {
+    ...config.multicast,
+  };
+  for (const [key, value] of Object.entries(section) as [keyof MulticastConfigSection, never][]) {
+    if (value !== undefined) merged[key] = value;
+  }
+  return multicastLimitsFromConfig(merged, `subgroup.${profile}`);
+}
+
 /** Bytes a packet spends besides payloads (headers, report), for `senderCount` senders. */
 export function packetOverheadBytes(senderCount: number): number {
   return 64 + 10 * senderCount;
