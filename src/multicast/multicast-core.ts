@@ -146,6 +146,8 @@ export class MulticastCore {
   /** Rows last heard from each member; rows[myRank] is refreshed from local state. */
   private readonly rows: MutableRow[];
   private deliveredCount = 0;
+  /** makeVersion(viewId, 0): a version is this | position. */
+  private readonly versionBase: bigint;
   private lastDeliveredVersion: Version = VERSION_NONE;
   private nextIndex = 0;
   private requiredNextIndex = 0;
@@ -181,6 +183,7 @@ export class MulticastCore {
     assert(senderSet.size === senders.length, 'senders are distinct');
     for (const s of senders) assert(members.includes(s), `sender ${s} is not a shard member`);
     this.viewId = options.viewId;
+    this.versionBase = makeVersion(options.viewId, 0);
     this.members = [...members];
     this.mode = options.mode;
     this.limits = limits;
@@ -579,7 +582,9 @@ export class MulticastCore {
     const entry = stream.advance();
     this.deliveredCount = position + 1;
     if (entry.kind === 'message') {
-      const version = makeVersion(this.viewId, position);
+      // makeVersion(viewId, position), with the view's half computed once (BigInts allocate).
+      assert(position <= 0xffff_ffff, 'a view ends before 2^32 positions');
+      const version = (this.versionBase | BigInt(position)) as Version;
       this.lastDeliveredVersion = version;
       this.deliveries.push(this.deliveryOf(s, entry, position, version));
     }

@@ -7,9 +7,10 @@
  *   {cmd:'run', shard, plan, expect, digest, timeoutMs}
  *        sends plan.count messages (sizes cycle through plan.sizes) at plan.ratePerSec (0: as fast
  *        as the window allows) and waits until `expect` deliveries arrived on that shard
- *                                               -> {delivered, bytes, elapsedMs, digest, latency}
+ *                                               -> {delivered, bytes, elapsedMs, cpuMicros,
+ *                                                   transport (counter deltas), digest, latency}
  *   {cmd:'ceiling', peers, size, seconds}       -> raw transport one-way calls to the peers
- *                                               -> {messages, bytes, elapsedMs}
+ *                                               -> {messages, bytes, elapsedMs, cpuMicros}
  *   {cmd:'exit'}
  * The sink handler (request type 49) answers the ceiling calls of the other members.
  */
@@ -140,6 +141,7 @@ async function ceiling(message: { peers: string[]; size: number; seconds: number
   const payload = new Uint8Array(message.size).fill(7);
   let messages = 0;
   const started = performance.now();
+  const cpuStart = process.cpuUsage();
   const end = started + message.seconds * 1000;
   await Promise.all(
     sessions.flatMap((session) =>
@@ -152,8 +154,9 @@ async function ceiling(message: { peers: string[]; size: number; seconds: number
     ),
   );
   const elapsedMs = performance.now() - started;
+  const cpu = process.cpuUsage(cpuStart);
   for (const s of sessions) await s.close();
-  reply({ messages, bytes: messages * message.size, elapsedMs });
+  reply({ messages, bytes: messages * message.size, elapsedMs, cpuMicros: cpu.user + cpu.system });
 }
 
 process.on('message', (raw: unknown) => {
