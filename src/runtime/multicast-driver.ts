@@ -578,8 +578,10 @@ export class MulticastDriver {
         bytes += next;
         count++;
       }
-      const frame = new Uint8Array(bytes);
-      const view = new DataView(frame.buffer);
+      // A large frame is not zero-filled (every byte is written below: a 1 MiB block frame
+      // skips a memset); small ones come from the ordinary allocator.
+      const frame = bytes >= 64 * 1024 ? Buffer.allocUnsafeSlow(bytes) : new Uint8Array(bytes);
+      const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
       view.setUint32(0, this.shard, true);
       let offset = FRAME_HEADER_BYTES;
       for (let i = 0; i < count; i++) {

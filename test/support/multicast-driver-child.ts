@@ -170,6 +170,8 @@ process.on('message', (raw: unknown) => {
           seed: message.seed as number,
           messageBytesMax: 32 * 1024 * 1024,
           peerFailureTimeoutMs: 10_000,
+          // Endpoint options for experiments (e.g. '{"retransmitTimeoutMs":40}'), from the parent.
+          ...(process.env.MC_ENDPOINT ? JSON.parse(process.env.MC_ENDPOINT) as object : {}),
         });
         endpoint.handle(SINK_TYPE, () => EMPTY);
         reply({ address: endpoint.address });
