@@ -83,7 +83,9 @@ export function multicastLimitsFromConfig(
   }
   if (section.smc_packet_size !== undefined) overrides.packetBytesMax = section.smc_packet_size;
   if (section.send_queue_size !== undefined) overrides.sendQueueCountMax = section.send_queue_size;
-  if (section.rdmc_repair_ms !== undefined) overrides.rdmcRepairMicros = section.rdmc_repair_ms * 1000;
+  if (section.rdmc_repair_ms !== undefined) {
+    overrides.rdmcRepairMicros = section.rdmc_repair_ms * 1000;
+  }
   return multicastLimits(overrides, prefix);
 }
 

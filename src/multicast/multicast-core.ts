@@ -706,7 +706,8 @@ export class MulticastCore {
         const state = new RdmcTransferState(payload.length, blockBytes, outgoing, payload);
         const senderIndex = this.mySenderIndex;
         const key = senderIndex * 2 ** 32 + item.index;
-        const transfer = { state, senderIndex, index: item.index, originRank: this.myRank, timestamp };
+        const index = item.index;
+        const transfer = { state, senderIndex, index, originRank: this.myRank, timestamp };
         this.rdmc.set(key, transfer);
         this.holdForRepair(key, transfer, payload);
       }

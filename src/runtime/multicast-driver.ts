@@ -646,7 +646,10 @@ export class MulticastDriver {
       if (known !== undefined && known.address === address && !known.failed) {
         peers.set(node, known);
       } else {
-        peers.set(node, { node, address, session: null, queue: [], queuedBytes: 0, inFlight: 0, inFlightBytes: 0, failed: false });
+        peers.set(node, {
+          node, address, session: null, queue: [], queuedBytes: 0, inFlight: 0, inFlightBytes: 0,
+          failed: false,
+        });
       }
     }
     return peers;
