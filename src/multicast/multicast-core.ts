@@ -733,8 +733,8 @@ export class MulticastCore {
    * member per block, so a relay that died (or whose link did) strands everyone behind it until
    * the view change, which then trims the message off and has its origin send it again. Here a
    * member that holds a large message whole sends all its blocks straight to every member whose
-   * report still lacks it, once per member, when that member's reports have shown no progress
-   * on the sender's stream for (1 + this member's rank relative to the origin) ×
+   * report shows it stuck at that very message, once per member, when its reports have shown no
+   * progress on the sender's stream for (1 + this member's rank relative to the origin) ×
    * `rdmc_repair_ms`: the origin first, the others only if that did not help. Checked once per
    * clock advance; duplicates are harmless (receivers drop blocks they hold).
    */
@@ -748,10 +748,13 @@ export class MulticastCore {
       const waitMicros = this.limits.rdmcRepairMicros * (1 + relativeRank);
       let missing = 0;
       for (let rank = 0; rank < n; rank++) {
-        if (rank === this.myRank || this.rows[rank]!.receivedCounts[c.senderIndex]! > c.index) {
-          continue;
-        }
+        const count = this.rows[rank]!.receivedCounts[c.senderIndex]!;
+        if (rank === this.myRank || count > c.index) continue;
         missing++;
+        // Only the message the member is stuck at (its next one from this sender): later ones
+        // may simply be queued behind it, and a burst of large messages must not all be
+        // repaired at once.
+        if (count !== c.index) continue;
         // Stalled: no progress on this sender's stream at that member for the whole wait (a
         // slow but moving transfer, e.g. a queue of large messages, is left alone).
         const since = Math.max(c.heldSinceMicros, this.progressMicros[rank]![c.senderIndex]!);

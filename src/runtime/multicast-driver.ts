@@ -134,8 +134,10 @@ interface Peer {
   readonly node: NodeId;
   readonly address: TransportAddress;
   session: TransportSession | null;
-  /** Encoded packets, or block packets to encode straight into the frame (one copy). */
-  queue: (Uint8Array | BlockPacket)[];
+  /** Encoded SMC packets (messages, nulls, reports): they leave before any block. */
+  queue: Uint8Array[];
+  /** RDMC block packets, encoded straight into the frame (one copy). */
+  blocks: BlockPacket[];
   queuedBytes: number;
   inFlight: number;
   inFlightBytes: number;
@@ -555,7 +557,8 @@ export class MulticastDriver {
       for (const node of out.to) {
         const peer = this.peers.get(node);
         if (peer === undefined || peer.failed) continue;
-        peer.queue.push(item);
+        if (item instanceof Uint8Array) peer.queue.push(item);
+        else peer.blocks.push(item);
         peer.queuedBytes += bytes;
       }
     }
@@ -565,27 +568,37 @@ export class MulticastDriver {
   private flush(peer: Peer): void {
     const session = peer.session;
     if (session === null || peer.failed) return;
-    while (
-      peer.inFlight < this.callsInFlightMax && peer.queue.length > 0 &&
-      (peer.inFlight === 0 || peer.inFlightBytes < this.bytesInFlightMax)
-    ) {
-      // Take packets up to the frame budget (always at least one).
+    while (peer.inFlight < this.callsInFlightMax) {
+      // SMC packets first, and past the byte cap: stability and RDMC repair wait on the
+      // reports they carry, which must not queue behind MiBs of blocks. Blocks only while the
+      // bytes in flight allow. Packets up to the frame budget (always at least one).
+      const blocksAllowed = peer.inFlight === 0 || peer.inFlightBytes < this.bytesInFlightMax;
+      if (peer.queue.length === 0 && (!blocksAllowed || peer.blocks.length === 0)) break;
+      const items: (Uint8Array | BlockPacket)[] = [];
       let bytes = FRAME_HEADER_BYTES;
-      let count = 0;
-      while (count < peer.queue.length) {
-        const next = LENGTH_BYTES + itemBytes(peer.queue[count]!);
-        if (count > 0 && bytes + next > this.frameBytesMax) break;
+      const take = (item: Uint8Array | BlockPacket): boolean => {
+        const next = LENGTH_BYTES + itemBytes(item);
+        if (items.length > 0 && bytes + next > this.frameBytesMax) return false;
         bytes += next;
-        count++;
+        items.push(item);
+        return true;
+      };
+      let smcCount = 0;
+      while (smcCount < peer.queue.length && take(peer.queue[smcCount]!)) smcCount++;
+      let blockCount = 0;
+      while (blocksAllowed && blockCount < peer.blocks.length && take(peer.blocks[blockCount]!)) {
+        blockCount++;
       }
+      peer.queue.splice(0, smcCount);
+      peer.blocks.splice(0, blockCount);
+      const count = items.length;
       // A large frame is not zero-filled (every byte is written below: a 1 MiB block frame
       // skips a memset); small ones come from the ordinary allocator.
       const frame = bytes >= 64 * 1024 ? Buffer.allocUnsafeSlow(bytes) : new Uint8Array(bytes);
       const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
       view.setUint32(0, this.shard, true);
       let offset = FRAME_HEADER_BYTES;
-      for (let i = 0; i < count; i++) {
-        const item = peer.queue[i]!;
+      for (const item of items) {
         const length = itemBytes(item);
         view.setUint32(offset, length, true);
         if (item instanceof Uint8Array) frame.set(item, offset + LENGTH_BYTES);
@@ -593,7 +606,6 @@ export class MulticastDriver {
         offset += LENGTH_BYTES + length;
         peer.queuedBytes -= length;
       }
-      peer.queue.splice(0, count);
       peer.inFlight++;
       peer.inFlightBytes += bytes;
       this.counters.framesSent++;
@@ -619,6 +631,7 @@ export class MulticastDriver {
     if (peer.failed || this.closed) return;
     peer.failed = true;
     peer.queue = [];
+    peer.blocks = [];
     peer.queuedBytes = 0;
     this.options.onPeerFailed?.(peer.node, error);
   }
@@ -647,7 +660,8 @@ export class MulticastDriver {
         peers.set(node, known);
       } else {
         peers.set(node, {
-          node, address, session: null, queue: [], queuedBytes: 0, inFlight: 0, inFlightBytes: 0,
+          node, address, session: null, queue: [], blocks: [], queuedBytes: 0, inFlight: 0,
+          inFlightBytes: 0,
           failed: false,
         });
       }
