@@ -28,8 +28,8 @@ export interface MulticastLimits {
   readonly sendQueueCountMax: number;
   /**
    * `rdmc_repair_ms` (in µs here, whole ms): how long a member that holds a large message waits
-   * for another member's reports to show progress on that sender's stream before it sends the
-   * blocks straight to it (staggered by rank; see README, "RDMC repair"). Shorter sends more
+   * per block of the message for another member's reports to show progress on that sender's
+   * stream before it sends the blocks straight to it (staggered by rank; see README, "RDMC repair"). Shorter sends more
    * duplicates on a congested transfer; longer waits more when a relay died.
    */
   readonly rdmcRepairMicros: number;

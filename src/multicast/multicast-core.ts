@@ -735,7 +735,7 @@ export class MulticastCore {
    * member that holds a large message whole sends all its blocks straight to every member whose
    * report shows it stuck at that very message, once per member, when its reports have shown no
    * progress on the sender's stream for (1 + this member's rank relative to the origin) ×
-   * `rdmc_repair_ms`: the origin first, the others only if that did not help. Checked once per
+   * `rdmc_repair_ms` × the message's block count: the origin first, the others only if that did not help. Checked once per
    * clock advance; duplicates are harmless (receivers drop blocks they hold).
    */
   private repairStalledTransfers(): void {
@@ -745,7 +745,9 @@ export class MulticastCore {
     for (const [key, c] of this.repairs) {
       if (c.heldSinceMicros === 0) c.heldSinceMicros = this.nowMicros;
       const relativeRank = (this.myRank - c.originRank + n) % n;
-      const waitMicros = this.limits.rdmcRepairMicros * (1 + relativeRank);
+      // Per block: a member legitimately shows no progress for as long as one message takes.
+      const blockCount = Math.ceil(c.payload.length / this.limits.blockBytes);
+      const waitMicros = this.limits.rdmcRepairMicros * (1 + relativeRank) * blockCount;
       let missing = 0;
       for (let rank = 0; rank < n; rank++) {
         const count = this.rows[rank]!.receivedCounts[c.senderIndex]!;

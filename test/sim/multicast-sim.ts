@@ -243,7 +243,7 @@ const LIMITS: Partial<MulticastLimits> = {
   windowSize: 4,
   packetBytesMax: 4096,
   sendQueueCountMax: 8,
-  rdmcRepairMicros: 30_000,
+  rdmcRepairMicros: 10_000,
 };
 
 /** The membership oracle: a view change whenever live nodes and view members differ. */
