@@ -5,10 +5,12 @@
  * README.md in this directory lists the core's duties it fulfils and its limits.
  *
  * Wire: every transport call is one *frame* of request type `requestType` (default 48):
- *   u32 shard | repeated { u32 length | one encodePacket() packet }
+ *   u32 shard | repeated { u32 length | one packet (encodePacket / encodeBlockInto) }
  * The driver coalesces every packet queued for a peer into as few frames as `frameBytesMax`
  * allows, with at most `callsInFlightPerPeerMax` calls outstanding per peer: while calls are in
- * flight, new packets wait and leave together in the next frame. The core's own SMC packet
+ * flight, new packets wait and leave together in the next frame. SMC packets (which carry the
+ * receive reports) go ahead of RDMC blocks; blocks also wait while `bytesInFlightPerPeerMax`
+ * is reached (the transport has no congestion control yet). The core's own SMC packet
  * budget (`smc_packet_size`) bounds each packet; the frame only groups them. The handler answers
  * with an empty response (one-way message); the transport's sessions make each frame reliable
  * (retransmission, at most once), which is the reliability the core relies on (duty 4).
