@@ -13,17 +13,24 @@
  *     server vs one sender endpoint, with the server's kernel drops (SO_RXQ_OVFL);
  *   - the 32-byte rate with 2 client/server endpoint pairs in 4 worker threads vs 1 pair;
  *   - UDP_SEGMENT (GSO) vs sendmmsg for a bulk stream of 1,472-byte datagrams (raw sockets).
- * Each line carries the 1-minute load average: these VMs are shared, so numbers are noisy.
+ *   - encryption (AES-128-GCM, X25519 handshake): every case above (32-byte rate over 1, 8 and
+ *     2,000 sessions, 32-byte latency, 8 MiB bandwidth) plus the time to connect 2,000 sessions,
+ *     with encryption on, each beside the same case with encryption off measured in the same run
+ *     (alternating off/on rounds, so load drift hits both), plus CPU time per call and per byte
+ *     and the µs added per request beside eeRPC's ~8 µs for TLS.
+ * `--crypto` runs only the encryption comparison. Each line carries the 1-minute load average:
+ * these VMs are shared, so numbers are noisy.
  */
+import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { connect as tcpConnect } from 'node:net';
-import { availableParallelism, loadavg } from 'node:os';
+import { availableParallelism, cpus, loadavg } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { report } from './_report.js';
-import { Endpoint, type NativeSession } from '../src/transport/native-transport.js';
+import { Endpoint, keyFileLine, type NativeSession } from '../src/transport/native-transport.js';
 import { stopWorker, workerMessage } from '../test/support/worker-messages.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -198,10 +205,145 @@ function cppBaseline(seconds: number): { pingpong_p50_us: number; pingpong_p99_u
   return JSON.parse(execFileSync(binary, [String(seconds), String(OUTSTANDING)]).toString());
 }
 
+/** CPU time of this process (client thread and server worker together) per call, in µs. */
+async function cpuPerCall(work: () => Promise<number>): Promise<{ count: number; cpuUs: number }> {
+  const before = process.cpuUsage();
+  const count = await work();
+  const used = process.cpuUsage(before);
+  return { count, cpuUs: (used.user + used.system) / Math.max(1, count) };
+}
+
+/** One round of the encryption comparison on one fresh server/client pair. */
+async function cryptoRound(
+  encrypted: boolean,
+  key: string,
+  seconds: number,
+): Promise<{
+  rate: number; cpuUs: number; p50: number; p99: number; bandwidth: number; cores: number; rate8: number;
+}> {
+  const options = encrypted ? { key } : { encryption: false };
+  const server = await startServer('squall', options);
+  const client = await Endpoint.create({ sessionsMax: 64, ...options });
+  const session = await client.connect(server.address);
+  const rated = await cpuPerCall(async () => Math.round((await squallRate([session], seconds)) * seconds));
+  const samples = await squallLatency(session, seconds / 2);
+  // Cores this process kept busy during the bandwidth phase (client and server threads): if
+  // it is near the machine's vCPU count, a background crypto thread would have no core to use.
+  const cpuBefore = process.cpuUsage();
+  const wallBefore = performance.now();
+  const bandwidth = await squallBandwidth(session, seconds);
+  const cpu = process.cpuUsage(cpuBefore);
+  const cores = (cpu.user + cpu.system) / 1000 / (performance.now() - wallBefore);
+  const eight = [session, ...(await Promise.all(Array.from({ length: 7 }, () => client.connect(server.address))))];
+  const rate8 = await squallRate(eight, seconds);
+  const stats = client.stats();
+  if (encrypted !== (stats.encrypted === 1) || (encrypted && stats['crypto.sealed']! === 0)) {
+    throw new Error(`bench: the ${encrypted ? 'encrypted' : 'plaintext'} round did not run as such`);
+  }
+  await client.close();
+  await server.stop();
+  return {
+    rate: rated.count / seconds,
+    cpuUs: rated.cpuUs,
+    p50: percentile(samples, 0.5),
+    p99: percentile(samples, 0.99),
+    bandwidth,
+    cores,
+    rate8,
+  };
+}
+
+/** Connects 2,000 sessions (handshakes with X25519 when encrypted), then the 32 B rate over them. */
+async function manySessionsRound(
+  encrypted: boolean,
+  key: string,
+  seconds: number,
+): Promise<{ connectMs: number; rate: number }> {
+  const options = encrypted ? { key } : { encryption: false };
+  const server = await startServer('squall', options);
+  const client = await Endpoint.create({ sessionsMax: 4096, ...options });
+  const sessions: NativeSession[] = [];
+  const started = performance.now();
+  while (sessions.length < 2000) {
+    sessions.push(...(await Promise.all(Array.from({ length: 200 }, () => client.connect(server.address)))));
+  }
+  const connectMs = performance.now() - started;
+  const rate = await squallRate(sessions, seconds);
+  await client.close();
+  await server.stop();
+  return { connectMs, rate };
+}
+
+const median = (values: number[]): number => percentile(values, 0.5);
+
+/**
+ * Encryption on vs off, same run. Rounds alternate off/on (3 each; 2 with --quick) and each
+ * figure is the median over its rounds. Costs: the rate ratio, µs added per 32-byte request
+ * (from the p50 round trip, and from CPU per call), ns added per byte (from 8 MiB bandwidth).
+ */
+async function cryptoComparison(seconds: number, rounds: number): Promise<void> {
+  const suite = 'transport';
+  const key = keyFileLine(1, randomBytes(32));
+  const off: Awaited<ReturnType<typeof cryptoRound>>[] = [];
+  const on: Awaited<ReturnType<typeof cryptoRound>>[] = [];
+  for (let i = 0; i < rounds; i++) {
+    off.push(await cryptoRound(false, key, seconds));
+    on.push(await cryptoRound(true, key, seconds));
+  }
+  const pick = (runs: typeof off, f: (r: (typeof off)[number]) => number): number => median(runs.map(f));
+  const rateOff = pick(off, (r) => r.rate);
+  const rateOn = pick(on, (r) => r.rate);
+  const cpuOff = pick(off, (r) => r.cpuUs);
+  const cpuOn = pick(on, (r) => r.cpuUs);
+  report({ suite, case: 'encrypted_rpc_rate_32B_64_outstanding_1_session', value: Math.round(rateOn),
+    unit: 'calls/s', baselines: { plaintext_same_run: Math.round(rateOff) },
+    cost_percent: Number((100 * (1 - rateOn / rateOff)).toFixed(1)), target_cost_percent_max: 15,
+    cpu_us_per_call: Number(cpuOn.toFixed(2)), cpu_us_per_call_plaintext: Number(cpuOff.toFixed(2)),
+    cpu_us_added_per_call: Number((cpuOn - cpuOff).toFixed(2)), rounds, load1: load() });
+  const p50Off = pick(off, (r) => r.p50);
+  const p50On = pick(on, (r) => r.p50);
+  report({ suite, case: 'encrypted_rpc_latency_32B_p50', value: Number(p50On.toFixed(1)), unit: 'us',
+    baselines: { plaintext_same_run: Number(p50Off.toFixed(1)) },
+    us_added_per_request: Number((p50On - p50Off).toFixed(1)), eerpc_paper_tls_us_added: 8,
+    p99_us: Number(pick(on, (r) => r.p99).toFixed(1)),
+    p99_us_plaintext: Number(pick(off, (r) => r.p99).toFixed(1)), rounds, load1: load() });
+  const rate8Off = pick(off, (r) => r.rate8);
+  const rate8On = pick(on, (r) => r.rate8);
+  report({ suite, case: 'encrypted_rpc_rate_32B_64_outstanding_8_sessions', value: Math.round(rate8On),
+    unit: 'calls/s', baselines: { plaintext_same_run: Math.round(rate8Off) },
+    cost_percent: Number((100 * (1 - rate8On / rate8Off)).toFixed(1)), target_cost_percent_max: 15,
+    rounds, load1: load() });
+  const bwOff = pick(off, (r) => r.bandwidth);
+  const bwOn = pick(on, (r) => r.bandwidth);
+  report({ suite, case: 'encrypted_request_bandwidth_8MiB', value: Number(bwOn.toFixed(1)), unit: 'MB/s',
+    baselines: { plaintext_same_run: Number(bwOff.toFixed(1)) },
+    cost_percent: Number((100 * (1 - bwOn / bwOff)).toFixed(1)), target_cost_percent_max: 25,
+    ns_added_per_byte: Number((1000 / bwOn - 1000 / bwOff).toFixed(3)),
+    // CPU per byte (both threads) is the figure that survives a loaded machine's noise.
+    cpu_ns_per_byte: Number(pick(on, (r) => (1000 * r.cores) / r.bandwidth).toFixed(3)),
+    cpu_ns_per_byte_plaintext: Number(pick(off, (r) => (1000 * r.cores) / r.bandwidth).toFixed(3)),
+    cores_busy: Number(pick(on, (r) => r.cores).toFixed(2)),
+    cores_busy_plaintext: Number(pick(off, (r) => r.cores).toFixed(2)), vcpus: cpus().length,
+    rounds, load1: load() });
+  // One round each: 2,000 handshakes cost seconds of CPU with X25519 (crypto/README.md).
+  const manyOff = await manySessionsRound(false, key, seconds);
+  const manyOn = await manySessionsRound(true, key, seconds);
+  report({ suite, case: 'encrypted_connect_2000_sessions', value: Math.round(manyOn.connectMs), unit: 'ms',
+    baselines: { plaintext_same_run: Math.round(manyOff.connectMs) },
+    us_per_session: Number(((1000 * manyOn.connectMs) / 2000).toFixed(1)),
+    us_per_session_plaintext: Number(((1000 * manyOff.connectMs) / 2000).toFixed(1)),
+    forward_secrecy: true, load1: load() });
+  report({ suite, case: 'encrypted_rpc_rate_32B_64_outstanding_2000_sessions', value: Math.round(manyOn.rate),
+    unit: 'calls/s', baselines: { plaintext_same_run: Math.round(manyOff.rate) },
+    cost_percent: Number((100 * (1 - manyOn.rate / manyOff.rate)).toFixed(1)), target_cost_percent_max: 15,
+    rounds: 1, load1: load() });
+}
+
 export async function run(args: string[]): Promise<void> {
   const quick = args.includes('--quick');
   const seconds = quick ? 1.5 : 5;
   const suite = 'transport';
+  if (args.includes('--crypto')) return cryptoComparison(quick ? 1 : 3, quick ? 2 : 3);
 
   const cpp = cppBaseline(seconds);
   const dgramServer = await startServer('dgram');
@@ -285,6 +427,8 @@ export async function run(args: string[]): Promise<void> {
   const pairTwo = await parallelRate(2, seconds);
   report({ suite, case: 'rpc_rate_32B_2_endpoint_pairs_in_workers', value: Math.round(pairTwo), unit: 'calls/s',
     baselines: { squall_1_pair_in_workers: Math.round(pairOne) }, cores: availableParallelism(), load1: load() });
+
+  await cryptoComparison(quick ? 1 : 3, quick ? 2 : 3);
 }
 
 const SESSIONS_MANY = 20_000;

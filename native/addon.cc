@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "transport/congestion_gate.h"
+#include "crypto/keyring.h"
 #include "transport/endpoint.h"
 #include "transport/udp_socket.h"
 #include "version.h"
@@ -83,6 +84,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
                         InstanceMethod("stats", &NativeEndpoint::Stats),
                         InstanceMethod("inject", &NativeEndpoint::Inject),
                         InstanceMethod("sessionInfo", &NativeEndpoint::SessionInfo),
+                        InstanceMethod("rotateKey", &NativeEndpoint::RotateKey),
                         InstanceMethod("close", &NativeEndpoint::Close)});
   }
 
@@ -124,6 +126,24 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     std::random_device entropy;
     c.incarnation = (static_cast<uint64_t>(entropy()) << 32) ^ entropy();
     if (c.incarnation == 0) c.incarnation = 1;
+    // Encryption: JS resolves the key (file, text or raw bytes) into key-file text and checks it
+    // with checkKeyFile() first, so a parse error here is a bug in that layer.
+    if (o.Get("encryption").ToBoolean().Value()) {
+      Napi::Value text = o.Get("keyText");
+      const squall::crypto::KeyFileResult keys = squall::crypto::ParseKeyFile(
+          text.IsString() ? text.As<Napi::String>().Utf8Value() : std::string(), "key");
+      if (keys.status != squall::crypto::KeyFileStatus::kOk) {
+        Napi::Error::New(env, keys.error).ThrowAsJavaScriptException();
+        return;
+      }
+      c.encryption.enabled = true;
+      c.encryption.keys = keys.keys;
+      Napi::Value forward_secrecy = o.Get("forwardSecrecy");
+      c.encryption.forward_secrecy =
+          forward_secrecy.IsBoolean() ? forward_secrecy.As<Napi::Boolean>().Value() : true;
+      const double rekey_after = number("rekeyAfterPackets", 0);
+      if (rekey_after >= 1) c.encryption.limits.rekey_after_packets = static_cast<uint64_t>(rekey_after);
+    }
     const std::string problem = ValidateConfig(c);
     if (!problem.empty()) {
       Napi::RangeError::New(env, "invalid transport limits: " + problem)
@@ -490,7 +510,31 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       set("tLowUs", static_cast<double>(cc.t_low_us));
       set("tHighUs", static_cast<double>(cc.t_high_us));
     }
+    out.Set("sendEpoch", Napi::Number::New(env, driver_->endpoint->SessionSendEpoch(session)));
+    out.Set("keyId", Napi::Number::New(env, driver_->endpoint->SessionKeyId(session)));
     return out;
+  }
+
+  // rotateKey(keyText, graceMs) -> false if the key is bad, already installed, or encryption is
+  // off. The highest key id in keyText becomes primary.
+  Napi::Value RotateKey(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!CheckOpen(env)) return env.Undefined();
+    const squall::crypto::KeyFileResult keys =
+        squall::crypto::ParseKeyFile(info[0].As<Napi::String>().Utf8Value(), "key");
+    if (keys.status != squall::crypto::KeyFileStatus::kOk || keys.keys.empty()) {
+      return Napi::Boolean::New(env, false);
+    }
+    const squall::crypto::GroupKey* newest = &keys.keys[0];
+    for (const auto& key : keys.keys) {
+      if (key.key_id > newest->key_id) newest = &key;
+    }
+    const double grace_ms = info[1].As<Napi::Number>().DoubleValue();
+    const bool ok = driver_->endpoint->RotateKey(
+        *newest, static_cast<uint64_t>(grace_ms < 0 ? 0 : grace_ms * 1000), MonotonicNowUs());
+    driver_->socket->Flush();
+    ArmTimer();
+    return Napi::Boolean::New(env, ok);
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {
@@ -553,6 +597,33 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("cc.rebases", cc.rebases);
     set("cc.congestedSessions", cc.congested_sessions);
     set("cc.waitingSessions", driver_->gate->waiting());
+    const SecurityStats sec = driver_->endpoint->security_stats();
+    set("encrypted", sec.enabled ? 1 : 0);
+    const squall::crypto::CryptoCounters& k = sec.crypto;
+    set("crypto.sealed", k.sealed_packets);
+    set("crypto.opened", k.opened_packets);
+    set("crypto.dropTruncated", k.drop_truncated);
+    set("crypto.dropUnknownEpoch", k.drop_unknown_epoch);
+    set("crypto.dropReplay", k.drop_replay);
+    set("crypto.dropTooOld", k.drop_too_old);
+    set("crypto.dropBadTag", k.drop_bad_tag);
+    set("crypto.sealRefusedKeyExhausted", k.seal_refused_key_exhausted);
+    set("crypto.handshakeOk", k.handshake_ok);
+    set("crypto.handshakeMalformed", k.handshake_malformed);
+    set("crypto.handshakeUnknownKeyId", k.handshake_unknown_key_id);
+    set("crypto.handshakeBadMac", k.handshake_bad_mac);
+    set("crypto.handshakeCipherMismatch", k.handshake_cipher_mismatch);
+    set("crypto.handshakeBadPeerKey", k.handshake_bad_peer_key);
+    set("crypto.handshakeRefusedByPeer", k.handshake_refused_by_peer);
+    const EncryptionStats& e = sec.endpoint;
+    set("crypto.handshakesRefused", e.handshakes_refused);
+    set("crypto.connectsRefusedByPeer", e.connects_refused_by_peer);
+    set("crypto.rekeysStarted", e.rekeys_started);
+    set("crypto.rekeysCompleted", e.rekeys_completed);
+    set("crypto.rekeysFailed", e.rekeys_failed);
+    set("crypto.keyRotations", e.key_rotations);
+    set("crypto.sessionsClosedKeyRetired", e.sessions_closed_key_retired);
+    set("crypto.pendingHandshakes", e.pending_handshakes);
     return out;
   }
 
@@ -599,7 +670,21 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
   Napi::AsyncContext async_context_;
 };
 
+// checkKeyFile(text, source) -> "" if the text is a valid key file, else what is wrong (names
+// the source and line, ends with the fix).
+Napi::Value CheckKeyFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
+    Napi::TypeError::New(env, "checkKeyFile(text, source)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const squall::crypto::KeyFileResult result = squall::crypto::ParseKeyFile(
+      info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value());
+  return Napi::String::New(env, result.error);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("checkKeyFile", Napi::Function::New(env, CheckKeyFile));
   exports.Set("wireVersion", Napi::Number::New(env, squall::kWireVersion));
   exports.Set("build", Napi::String::New(env, squall::BuildDescription()));
   exports.Set("NativeEndpoint", NativeEndpoint::Define(env));

@@ -48,7 +48,14 @@ export { SquallConfig } from './config/schema.js';
 
 // The transport.
 export type { Transport, TransportSession, RequestHandler, CallOptions } from './transport/transport.js';
-export { Endpoint, NativeSession, type EndpointOptions } from './transport/native-transport.js';
+export {
+  Endpoint,
+  NativeSession,
+  endpointOptionsFromConfig,
+  keyFileLine,
+  type EndpointOptions,
+  type TransportConfigKeys,
+} from './transport/native-transport.js';
 export { TransportError, PeerFailedError } from './transport/errors.js';
 
 // The group API.

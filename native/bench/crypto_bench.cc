@@ -16,18 +16,14 @@
 #include "crypto/handshake.h"
 #include "crypto/keyring.h"
 #include "crypto/session_crypto.h"
+#include "crypto_bench_support.h"
 
 using namespace squall::crypto;
 using Clock = std::chrono::steady_clock;
+using squall::crypto::bench::LoadAverage;
+using squall::crypto::bench::Sessions;
 
 namespace {
-
-std::string LoadAverage() {
-  std::ifstream file("/proc/loadavg");
-  std::string one;
-  file >> one;
-  return one.empty() ? "null" : one;
-}
 
 // Keeps the compiler from eliding benchmark work.
 void Escape(void* pointer) { asm volatile("" : : "g"(pointer) : "memory"); }
@@ -36,26 +32,8 @@ double ElapsedNs(Clock::time_point start) {
   return std::chrono::duration<double, std::nano>(Clock::now() - start).count();
 }
 
-struct Sessions {
-  std::unique_ptr<SessionCrypto> client;
-  std::unique_ptr<SessionCrypto> server;
-};
-
 Sessions Connect(const Keyring& ring, CryptoCounters* counters, AeadAlgorithm algorithm) {
-  HandshakeConfig config;
-  config.algorithm = algorithm;
-  ClientHandshake client(config, counters);
-  ServerHandshake server(config, counters);
-  ClientHelloParams params;
-  HandshakeStep hello = client.Start(ring, params);
-  HandshakeStep server_hello = server.OnClientHello(hello.reply, ring, 1, 0, 0);
-  HandshakeStep confirm = client.OnMessage(server_hello.reply);
-  HandshakeStep done = server.OnMessage(confirm.reply);
-  Sessions sessions;
-  if (!confirm.keys || !done.keys) return sessions;
-  sessions.client = SessionCrypto::Create(Role::kClient, std::move(*confirm.keys), counters);
-  sessions.server = SessionCrypto::Create(Role::kServer, std::move(*done.keys), counters);
-  return sessions;
+  return bench::Connect(ring, algorithm, counters, counters, counters);
 }
 
 double ThreadCpuNs() {

@@ -103,7 +103,9 @@ TEST(transport_wire_header_round_trips_little_endian) {
   bytes[3] = 200;
   CHECK(Decode(bytes, &back) == DecodeError::kBadType);
   bytes[3] = 0;
-  bytes[4] = kFlagEncrypted;
+  bytes[4] = kFlagEncrypted | kFlagRekeyRequested;  // known flags: the endpoint decides
+  CHECK(Decode(bytes, &back) == DecodeError::kNone);
+  bytes[4] = 0x04;
   CHECK(Decode(bytes, &back) == DecodeError::kBadFlags);
   bytes[0] = 0;
   CHECK(Decode(bytes, &back) == DecodeError::kBadMagic);

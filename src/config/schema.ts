@@ -60,6 +60,8 @@ export class TransportSection {
   @IsBoolean() encryption = true;
   /** The group key file (required when encryption is on). Relative to the config file. */
   @IsOptional() @IsString() key_file?: string;
+  /** Ephemeral X25519 in each session handshake (forward secrecy); ~0.1 ms CPU per handshake. */
+  @IsBoolean() forward_secrecy = true;
   /** Milliseconds without any answer from a peer before its sessions are declared failed. */
   @IsInt() @Min(10) peer_failure_timeout_ms = 2000;
   /** Default deadline for one RPC, in milliseconds. */

@@ -26,6 +26,13 @@ export interface MulticastLimits {
    * queue is full too, send() says so and the caller waits for `sendCapacity` in ready().
    */
   readonly sendQueueCountMax: number;
+  /**
+   * `rdmc_repair_ms` (in µs here, whole ms): how long a member that holds a large message waits
+   * per block of the message for another member's reports to show progress on that sender's
+   * stream before it sends the blocks straight to it (staggered by rank; see README, "RDMC repair"). Shorter sends more
+   * duplicates on a congested transfer; longer waits more when a relay died.
+   */
+  readonly rdmcRepairMicros: number;
 }
 
 /**
@@ -41,6 +48,7 @@ export const DEFAULT_MULTICAST_LIMITS: MulticastLimits = {
   rdmcAlgorithm: 'binomial',
   packetBytesMax: 64 * 1024,
   sendQueueCountMax: 1024,
+  rdmcRepairMicros: 250_000,
 };
 
 /**
@@ -55,6 +63,7 @@ export interface MulticastConfigSection {
   readonly rdmc_send_algorithm?: string | undefined;
   readonly smc_packet_size?: number | undefined;
   readonly send_queue_size?: number | undefined;
+  readonly rdmc_repair_ms?: number | undefined;
 }
 
 /** multicastLimits() from config keys; ConfigError names `<prefix>.<key>` for each problem. */
@@ -74,7 +83,52 @@ export function multicastLimitsFromConfig(
   }
   if (section.smc_packet_size !== undefined) overrides.packetBytesMax = section.smc_packet_size;
   if (section.send_queue_size !== undefined) overrides.sendQueueCountMax = section.send_queue_size;
+  if (section.rdmc_repair_ms !== undefined) {
+    overrides.rdmcRepairMicros = section.rdmc_repair_ms * 1000;
+  }
   return multicastLimits(overrides, prefix);
+}
+
+/**
+ * The parts of a loaded configuration (src/config's SquallConfig) that hold multicast limits:
+ * `[multicast]` and the `[subgroup.<profile>]` profiles. Structural, so this layer stays pure.
+ */
+export interface MulticastConfigSource {
+  readonly multicast: MulticastConfigSection;
+  readonly subgroup?: Readonly<Record<string, MulticastConfigSection>>;
+}
+
+/**
+ * The limits of a shard whose layout names `profile` (Derecho's `[SUBGROUP/<profile>]`), or of
+ * `[multicast]` when it names none: each key the profile leaves unset comes from `[multicast]`,
+ * and keys neither sets take DEFAULT_MULTICAST_LIMITS (which equal src/config's defaults).
+ * Throws ConfigError naming `subgroup.<profile>` when the profile does not exist, and the
+ * dotted key of every bad value (`multicast.window_size`, `subgroup.big.block_size`).
+ */
+export function multicastLimitsForProfile(
+  config: MulticastConfigSource,
+  profile?: string,
+): MulticastLimits {
+  if (profile === undefined) return multicastLimitsFromConfig(config.multicast, 'multicast');
+  const section = config.subgroup?.[profile];
+  if (section === undefined) {
+    const known = Object.keys(config.subgroup ?? {}).sort();
+    throw new ConfigError([{
+      key: `subgroup.${profile}`,
+      message:
+        `no such profile (a layout names it). Fix: add a [subgroup.${profile}] table` +
+        (known.length > 0 ? ` or use one of ${known.join(', ')}` : ''),
+    }]);
+  }
+  // Validate [multicast] on its own first, so its errors name its own keys.
+  multicastLimitsFromConfig(config.multicast, 'multicast');
+  const merged: { -readonly [K in keyof MulticastConfigSection]: MulticastConfigSection[K] } = {
+    ...config.multicast,
+  };
+  for (const [key, value] of Object.entries(section) as [keyof MulticastConfigSection, never][]) {
+    if (value !== undefined) merged[key] = value;
+  }
+  return multicastLimitsFromConfig(merged, `subgroup.${profile}`);
 }
 
 /** Bytes a packet spends besides payloads (headers, report), for `senderCount` senders. */
@@ -107,6 +161,7 @@ export function multicastLimits(
   positiveInt(limits.windowSize, 'window_size');
   positiveInt(limits.packetBytesMax, 'smc_packet_size');
   positiveInt(limits.sendQueueCountMax, 'send_queue_size');
+  positiveInt(limits.rdmcRepairMicros / 1000, 'rdmc_repair_ms');
   if (!RDMC_ALGORITHMS.includes(limits.rdmcAlgorithm)) {
     problems.push({
       key: `${prefix}.rdmc_send_algorithm`,

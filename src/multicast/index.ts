@@ -7,9 +7,13 @@ export type {
   SendResult,
 } from './multicast-core.js';
 export { computeTrim } from './ragged-edge.js';
-export { encodePacket, decodePacket, MulticastDecodeError } from './codec.js';
-export { multicastLimits, multicastLimitsFromConfig, DEFAULT_MULTICAST_LIMITS } from './config.js';
-export type { MulticastLimits, MulticastConfigSection } from './config.js';
+export {
+  encodePacket, decodePacket, encodeBlockInto, encodedBlockBytes, MulticastDecodeError,
+} from './codec.js';
+export {
+  multicastLimits, multicastLimitsFromConfig, multicastLimitsForProfile, DEFAULT_MULTICAST_LIMITS,
+} from './config.js';
+export type { MulticastLimits, MulticastConfigSection, MulticastConfigSource } from './config.js';
 export { rdmcSchedule, checkSchedule, outgoingByRank, RDMC_ALGORITHMS } from './rdmc-schedule.js';
 export type { RdmcAlgorithm, RdmcSchedule, RdmcTransfer } from './rdmc-schedule.js';
 export { RdmcTransferState } from './rdmc-transfer.js';

@@ -15,6 +15,7 @@ import {
   type MulticastLimits,
 } from './config.js';
 import { outgoingByRank, rdmcSchedule, type RdmcTransfer } from './rdmc-schedule.js';
+import { Fifo } from './fifo.js';
 import { RdmcTransferState } from './rdmc-transfer.js';
 import { SenderStream, entryLength, type StoredEntry } from './sender-stream.js';
 import type {
@@ -40,6 +41,12 @@ export interface MulticastCoreOptions {
   readonly self: NodeId;
   readonly mode: MulticastMode;
   readonly limits: MulticastLimits;
+  /**
+   * This member's messages that the previous view's ragged edge cut off (`applyTrim().resend`),
+   * to send first in this view. They keep their original HLC stamps: they are queued here,
+   * before any tick() can move this member's time frontier past them (see README, "Re-sends").
+   */
+  readonly resend?: readonly ResendMessage[];
 }
 
 export type SendResult =
@@ -59,7 +66,7 @@ export interface MulticastReady {
   /** Min over members of their reported persisted version. */
   readonly globalPersistedVersion: Version;
   /** Min over members of their time-based stability frontier (µs): see README. */
-  readonly stabilityFrontierMicros: bigint;
+  readonly stabilityFrontierMicros: number;
   /** How many more messages send() would accept now (0 when wedged). */
   readonly sendCapacity: number;
 }
@@ -73,22 +80,12 @@ export interface MulticastCounters {
   dataPacketsSent: number;
   reportPacketsSent: number;
   blockPacketsSent: number;
+  /** Large messages this member sent straight to a member whose reports still lacked them. */
+  rdmcRepairs: number;
 }
 
-interface OwnQueued {
-  readonly kind: 'message' | 'null';
-  readonly index: number;
-  readonly count: number;
-  readonly timestamp: MessageTimestamp | null;
-  readonly payload: Uint8Array | null;
-}
-
-interface OwnInFlight {
-  readonly index: number;
-  readonly position: number;
-  readonly timestamp: MessageTimestamp;
-  readonly payload: Uint8Array;
-}
+/** An own message; the same object is stored in the own stream, queued, in flight and sent. */
+type OwnMessage = Extract<StoredEntry, { kind: 'message' }>;
 
 interface RdmcInFlight {
   readonly state: RdmcTransferState;
@@ -98,12 +95,25 @@ interface RdmcInFlight {
   readonly timestamp: MessageTimestamp;
 }
 
+/** A large message this member holds whole, until every member's report shows it arrived. */
+interface RepairCandidate {
+  readonly senderIndex: number;
+  readonly index: number;
+  readonly originRank: number;
+  readonly timestamp: MessageTimestamp;
+  readonly payload: Uint8Array;
+  /** When this member first held it whole (0: before any tick; set at the first check). */
+  heldSinceMicros: number;
+  /** Ranks this member already sent it to directly (at most once each). */
+  readonly repaired: Set<number>;
+}
+
 interface MutableRow {
   receivedCounts: number[];
   contiguousCount: number;
   deliveredCount: number;
   persistedVersion: Version;
-  stabilityFrontierMicros: bigint;
+  stabilityFrontierMicros: number;
 }
 
 const SCHEDULE_CACHE_MAX = 64;
@@ -127,6 +137,7 @@ export class MulticastCore {
     dataPacketsSent: 0,
     reportPacketsSent: 0,
     blockPacketsSent: 0,
+    rdmcRepairs: 0,
   };
 
   private readonly senderIndexOfRank: readonly number[];
@@ -135,18 +146,30 @@ export class MulticastCore {
   /** Rows last heard from each member; rows[myRank] is refreshed from local state. */
   private readonly rows: MutableRow[];
   private deliveredCount = 0;
+  /** makeVersion(viewId, 0): a version is this | position. */
+  private readonly versionBase: bigint;
   private lastDeliveredVersion: Version = VERSION_NONE;
   private nextIndex = 0;
   private requiredNextIndex = 0;
-  private readonly transmitQueue: OwnQueued[] = [];
+  /** Own messages and null runs numbered but not sent yet, in index order. */
+  private readonly transmitQueue = new Fifo<StoredEntry>();
   private queuedMessageCount = 0;
-  private readonly ownInFlight: OwnInFlight[] = [];
+  /** Own messages sent and not yet done everywhere (the window), in index order. */
+  private readonly ownInFlight = new Fifo<OwnMessage>();
   private readonly rdmc = new Map<number, RdmcInFlight>();
   private readonly scheduleCache = new Map<string, RdmcTransfer[][]>();
+  /** Large messages held whole here that some member's report still lacks (see README). */
+  private readonly repairs = new Map<number, RepairCandidate>();
+  private repairCheckedMicros = 0;
+  /** progressMicros[rank][s]: when rank's report last showed more of sender s's messages. */
+  private readonly progressMicros: number[][];
   private packets: OutgoingPacket[] = [];
   private deliveries: Delivery[] = [];
-  private nowMicros = 0n;
-  private lastRowKey = '';
+  private nowMicros = 0;
+  /** The row this member last published (a report goes alone only when the row changed). */
+  private lastSentRow: ReceiveReport;
+  /** The stamp of this member's newest own message: stamps never decrease (HLC). */
+  private lastOwnMicros = 0;
   private wedged = false;
   private trimmed = false;
 
@@ -160,6 +183,7 @@ export class MulticastCore {
     assert(senderSet.size === senders.length, 'senders are distinct');
     for (const s of senders) assert(members.includes(s), `sender ${s} is not a shard member`);
     this.viewId = options.viewId;
+    this.versionBase = makeVersion(options.viewId, 0);
     this.members = [...members];
     this.mode = options.mode;
     this.limits = limits;
@@ -180,12 +204,36 @@ export class MulticastCore {
       contiguousCount: 0,
       deliveredCount: 0,
       persistedVersion: VERSION_NONE,
-      stabilityFrontierMicros: 0n,
+      stabilityFrontierMicros: 0,
     }));
-    this.lastRowKey = this.rowKey(this.report());
+    this.progressMicros = members.map(() => senderRanks.map(() => 0));
+    this.lastSentRow = this.report();
     const packetProblem = smcPacketProblem(limits, senderRanks.length);
     if (packetProblem !== null) {
       throw new ConfigError([{ key: 'multicast.smc_packet_size', message: packetProblem }]);
+    }
+    this.queueResends(options.resend ?? []);
+  }
+
+  /**
+   * Queues the previous view's cut-off messages ahead of everything, with their own stamps.
+   * They may exceed `send_queue_size` (up to window + queue of the previous view): send()
+   * then refuses new messages until they have gone out.
+   */
+  private queueResends(resend: readonly ResendMessage[]): void {
+    if (resend.length === 0) return;
+    assert(
+      this.mySenderIndex >= 0,
+      `node ${this.members[this.myRank]} has messages to re-send but is not a sender in view ` +
+        `${this.viewId}: keep it a sender until its re-sends are delivered`,
+    );
+    for (const m of resend) {
+      if (m.payload.length > this.limits.payloadBytesMax) {
+        throw new PayloadTooLargeError(
+          'multicast re-send', m.payload.length, this.limits.payloadBytesMax, 'max_payload_size',
+        );
+      }
+      this.enqueueOwn(m.payload, m.timestamp);
     }
   }
 
@@ -205,7 +253,7 @@ export class MulticastCore {
    * Throws PayloadTooLargeError above `max_payload_size` and AssertionError if this member is
    * not a sender. Returns `accepted: false` when wedged (send it in the next view) or when the
    * send queue is full (wait for `sendCapacity` > 0). The core keeps `payload`: do not change it.
-   * `timestamp.wallMicros` must not be below the last tick's time (the HLC guarantees it).
+   * `timestamp.micros` must not be below the last tick's time (the HLC guarantees it).
    */
   send(payload: Uint8Array, timestamp: MessageTimestamp): SendResult {
     if (payload.length > this.limits.payloadBytesMax) {
@@ -213,25 +261,40 @@ export class MulticastCore {
         'multicast payload', payload.length, this.limits.payloadBytesMax, 'max_payload_size',
       );
     }
-    assert(
-      this.mySenderIndex >= 0,
-      `node ${this.members[this.myRank]} is not a sender in this shard`,
-    );
+    if (this.mySenderIndex < 0) {
+      assert(false, `node ${this.members[this.myRank]} is not a sender in this shard`);
+    }
     if (this.wedged) return { accepted: false, reason: 'wedged' };
     if (this.queuedMessageCount >= this.limits.sendQueueCountMax) {
       return { accepted: false, reason: 'queue-full' };
     }
     assert(
-      timestamp.wallMicros >= this.rows[this.myRank]!.stabilityFrontierMicros,
+      timestamp.micros >= this.rows[this.myRank]!.stabilityFrontierMicros,
       'message timestamp is below the stability frontier this member already published ' +
         '(the driver must stamp messages with an HLC fed the same clock as tick())',
     );
+    const index = this.enqueueOwn(payload, timestamp);
+    return { accepted: true, index, position: this.positionOf(this.mySenderIndex, index) };
+  }
+
+  private enqueueOwn(payload: Uint8Array, timestamp: MessageTimestamp): number {
+    // Monotone stamps keep the oldest unfinished own message at the head of the queues, so the
+    // time frontier costs O(1) per report (refreshOwnRow).
+    if (timestamp.micros < this.lastOwnMicros) {
+      assert(
+        false,
+        `own message stamps never decrease (got ${timestamp.micros} after ` +
+          `${this.lastOwnMicros}): stamp with one hybrid logical clock`,
+      );
+    }
+    this.lastOwnMicros = timestamp.micros;
     const index = this.nextIndex++;
     const large = payload.length > this.limits.smcPayloadBytesMax;
-    this.streams[this.mySenderIndex]!.insert({ kind: 'message', index, timestamp, payload, large });
-    this.transmitQueue.push({ kind: 'message', index, count: 1, timestamp, payload });
+    const entry: OwnMessage = { kind: 'message', index, timestamp, payload, large };
+    this.streams[this.mySenderIndex]!.insert(entry);
+    this.transmitQueue.push(entry);
     this.queuedMessageCount++;
-    return { accepted: true, index, position: this.positionOf(this.mySenderIndex, index) };
+    return index;
   }
 
   /**
@@ -263,7 +326,7 @@ export class MulticastCore {
    * The current wall time in µs (abstract time: the driver's HLC physical component). Drives the
    * time-based stability frontier; call it about every heartbeat.
    */
-  tick(nowMicros: bigint): void {
+  tick(nowMicros: number): void {
     if (nowMicros > this.nowMicros) this.nowMicros = nowMicros;
   }
 
@@ -303,20 +366,16 @@ export class MulticastCore {
     const resend: ResendMessage[] = [];
     if (this.mySenderIndex >= 0) {
       const cut = trim[this.mySenderIndex]!;
-      for (const m of this.ownInFlight) {
-        if (m.index >= cut) {
+      for (const m of [...this.ownInFlight, ...this.transmitQueue]) {
+        if (m.kind === 'message' && m.index >= cut) {
           resend.push({ index: m.index, timestamp: m.timestamp, payload: m.payload });
         }
       }
-      for (const q of this.transmitQueue) {
-        if (q.kind === 'message' && q.index >= cut) {
-          resend.push({ index: q.index, timestamp: q.timestamp!, payload: q.payload! });
-        }
-      }
     }
-    this.transmitQueue.length = 0;
+    this.transmitQueue.clear();
     this.queuedMessageCount = 0;
     this.rdmc.clear();
+    this.repairs.clear();
     return { resend };
   }
 
@@ -331,6 +390,7 @@ export class MulticastCore {
       else this.streams.forEach((stream, s) => this.deliverRawUpTo(s, stream.receivedCount));
       const entries = this.transmit();
       this.relayBlocks();
+      this.repairStalledTransfers();
       this.emitDataPackets(entries);
     }
     const packets = this.packets;
@@ -347,7 +407,7 @@ export class MulticastCore {
       sendCapacity:
         this.wedged || this.mySenderIndex < 0
           ? 0
-          : this.limits.sendQueueCountMax - this.queuedMessageCount,
+          : Math.max(0, this.limits.sendQueueCountMax - this.queuedMessageCount),
     };
   }
 
@@ -447,7 +507,10 @@ export class MulticastCore {
       const stored: StoredEntry = {
         kind: 'message', index: packet.index, timestamp: transfer.timestamp, payload, large: true,
       };
-      if (this.streams[s]!.insert(stored)) this.noteReceived(s, packet.index);
+      if (this.streams[s]!.insert(stored)) {
+        this.noteReceived(s, packet.index);
+        this.holdForRepair(key, transfer, payload);
+      }
       if (transfer.state.finished) this.rdmc.delete(key);
     }
   }
@@ -470,8 +533,12 @@ export class MulticastCore {
       return;
     }
     const row = this.rows[rank]!;
+    const progress = this.progressMicros[rank]!;
     report.receivedCounts.forEach((c, s) => {
-      if (c > row.receivedCounts[s]!) row.receivedCounts[s] = c;
+      if (c > row.receivedCounts[s]!) {
+        row.receivedCounts[s] = c;
+        progress[s] = this.nowMicros;
+      }
     });
     row.contiguousCount = Math.max(row.contiguousCount, report.contiguousCount);
     row.deliveredCount = Math.max(row.deliveredCount, report.deliveredCount);
@@ -515,7 +582,9 @@ export class MulticastCore {
     const entry = stream.advance();
     this.deliveredCount = position + 1;
     if (entry.kind === 'message') {
-      const version = makeVersion(this.viewId, position);
+      // makeVersion(viewId, position), with the view's half computed once (BigInts allocate).
+      assert(position <= 0xffff_ffff, 'a view ends before 2^32 positions');
+      const version = (this.versionBase | BigInt(position)) as Version;
       this.lastDeliveredVersion = version;
       this.deliveries.push(this.deliveryOf(s, entry, position, version));
     }
@@ -528,6 +597,7 @@ export class MulticastCore {
     version: Version | null,
   ): Delivery {
     return {
+      viewId: this.viewId,
       sender: this.members[this.senderRanks[s]!]!,
       senderIndex: s,
       index: entry.index,
@@ -580,7 +650,7 @@ export class MulticastCore {
     const count = this.requiredNextIndex - this.nextIndex;
     const index = this.nextIndex;
     this.streams[this.mySenderIndex]!.insert({ kind: 'null', index, count });
-    this.transmitQueue.push({ kind: 'null', index, count, timestamp: null, payload: null });
+    this.transmitQueue.push({ kind: 'null', index, count });
     this.nextIndex = this.requiredNextIndex;
     this.counters.nullsSent += count;
   }
@@ -590,17 +660,17 @@ export class MulticastCore {
    * received by every member (raw).
    */
   private pruneInFlight(): void {
+    // Ordered: done once delivered everywhere, i.e. its position is below every member's
+    // delivered count; raw: once its index is below every member's received count.
+    const s = this.mySenderIndex;
+    const indexEnd =
+      this.mode === 'ordered'
+        ? Math.ceil((this.minOverRows((r) => r.deliveredCount) - s) / this.senderCount)
+        : this.minOverRows((r) => r.receivedCounts[s]!);
+    const inFlight = this.ownInFlight;
     let done = 0;
-    if (this.mode === 'ordered') {
-      const deliveredEverywhere = this.minOverRows((r) => r.deliveredCount);
-      const inFlight = this.ownInFlight;
-      while (done < inFlight.length && inFlight[done]!.position < deliveredEverywhere) done++;
-    } else {
-      const receivedEverywhere = this.minOverRows((r) => r.receivedCounts[this.mySenderIndex]!);
-      const inFlight = this.ownInFlight;
-      while (done < inFlight.length && inFlight[done]!.index < receivedEverywhere) done++;
-    }
-    if (done > 0) this.ownInFlight.splice(0, done);
+    while (done < inFlight.length && inFlight.at(done)!.index < indexEnd) done++;
+    inFlight.drop(done);
   }
 
   /** Moves queued own messages and nulls out while the window allows; starts RDMC transfers. */
@@ -623,27 +693,103 @@ export class MulticastCore {
         continue;
       }
       if (this.ownInFlight.length >= this.limits.windowSize) break;
-      const timestamp = item.timestamp!;
-      const payload = item.payload!;
-      const position = this.positionOf(this.mySenderIndex, item.index);
-      this.ownInFlight.push({ index: item.index, position, timestamp, payload });
+      const { timestamp, payload } = item;
+      this.ownInFlight.push(item);
       this.queuedMessageCount--;
       taken++;
-      if (payload.length <= this.limits.smcPayloadBytesMax) {
-        entries.push({ kind: 'message', index: item.index, timestamp, payload });
+      if (!item.large) {
+        entries.push(item);
       } else if (this.members.length > 1) {
         const blockCount = Math.ceil(payload.length / this.limits.blockBytes);
         const outgoing = this.outgoingFor(blockCount)[0]!;
         const blockBytes = this.limits.blockBytes;
         const state = new RdmcTransferState(payload.length, blockBytes, outgoing, payload);
         const senderIndex = this.mySenderIndex;
-        this.rdmc.set(senderIndex * 2 ** 32 + item.index, {
-          state, senderIndex, index: item.index, originRank: this.myRank, timestamp,
-        });
+        const key = senderIndex * 2 ** 32 + item.index;
+        const index = item.index;
+        const transfer = { state, senderIndex, index, originRank: this.myRank, timestamp };
+        this.rdmc.set(key, transfer);
+        this.holdForRepair(key, transfer, payload);
       }
     }
-    this.transmitQueue.splice(0, taken);
+    this.transmitQueue.drop(taken);
     return entries;
+  }
+
+  private holdForRepair(key: number, transfer: RdmcInFlight, payload: Uint8Array): void {
+    this.repairs.set(key, {
+      senderIndex: transfer.senderIndex,
+      index: transfer.index,
+      originRank: transfer.originRank,
+      timestamp: transfer.timestamp,
+      payload,
+      heldSinceMicros: this.nowMicros,
+      repaired: new Set(),
+    });
+  }
+
+  /**
+   * RDMC repair (see README): the relay schedule makes each member depend on one upstream
+   * member per block, so a relay that died (or whose link did) strands everyone behind it until
+   * the view change, which then trims the message off and has its origin send it again. Here a
+   * member that holds a large message whole sends all its blocks straight to every member whose
+   * report shows it stuck at that very message, once per member, when its reports have shown no
+   * progress on the sender's stream for (1 + this member's rank relative to the origin) ×
+   * `rdmc_repair_ms` × the message's block count: the origin first, the others only if that did not help. Checked once per
+   * clock advance; duplicates are harmless (receivers drop blocks they hold).
+   */
+  private repairStalledTransfers(): void {
+    if (this.repairs.size === 0 || this.nowMicros === this.repairCheckedMicros) return;
+    this.repairCheckedMicros = this.nowMicros;
+    const n = this.members.length;
+    for (const [key, c] of this.repairs) {
+      if (c.heldSinceMicros === 0) c.heldSinceMicros = this.nowMicros;
+      const relativeRank = (this.myRank - c.originRank + n) % n;
+      // Per block: a member legitimately shows no progress for as long as one message takes.
+      const blockCount = Math.ceil(c.payload.length / this.limits.blockBytes);
+      const waitMicros = this.limits.rdmcRepairMicros * (1 + relativeRank) * blockCount;
+      let missing = 0;
+      for (let rank = 0; rank < n; rank++) {
+        const count = this.rows[rank]!.receivedCounts[c.senderIndex]!;
+        if (rank === this.myRank || count > c.index) continue;
+        missing++;
+        // Only the message the member is stuck at (its next one from this sender): later ones
+        // may simply be queued behind it, and a burst of large messages must not all be
+        // repaired at once.
+        if (count !== c.index) continue;
+        // Stalled: no progress on this sender's stream at that member for the whole wait (a
+        // slow but moving transfer, e.g. a queue of large messages, is left alone).
+        const since = Math.max(c.heldSinceMicros, this.progressMicros[rank]![c.senderIndex]!);
+        if (this.nowMicros - since < waitMicros || c.repaired.has(rank)) continue;
+        c.repaired.add(rank);
+        this.sendWhole(c, rank);
+        this.counters.rdmcRepairs++;
+      }
+      if (missing === 0) this.repairs.delete(key);
+    }
+  }
+
+  private sendWhole(c: RepairCandidate, rank: number): void {
+    const blockBytes = this.limits.blockBytes;
+    const totalBytes = c.payload.length;
+    for (let block = 0; block * blockBytes < totalBytes; block++) {
+      const start = block * blockBytes;
+      this.packets.push({
+        to: [this.members[rank]!],
+        packet: {
+          kind: 'block',
+          viewId: this.viewId,
+          fromRank: this.myRank,
+          senderIndex: c.senderIndex,
+          index: c.index,
+          timestamp: c.timestamp,
+          totalBytes,
+          block,
+          bytes: c.payload.subarray(start, Math.min(totalBytes, start + blockBytes)),
+        },
+      });
+      this.counters.blockPacketsSent++;
+    }
   }
 
   private relayBlocks(): void {
@@ -677,15 +823,15 @@ export class MulticastCore {
   private emitDataPackets(entries: SmcEntry[]): void {
     if (this.peers.length === 0) return;
     const report = this.report();
-    const rowKey = this.rowKey(report);
+    const changed = !sameRow(report, this.lastSentRow);
     if (entries.length === 0) {
-      if (rowKey === this.lastRowKey) return;
-      this.lastRowKey = rowKey;
+      if (!changed) return;
+      this.lastSentRow = report;
       this.pushDataPacket(report, []);
       this.counters.reportPacketsSent++;
       return;
     }
-    this.lastRowKey = rowKey;
+    this.lastSentRow = report;
     const budget = this.limits.packetBytesMax - packetOverheadBytes(this.senderCount);
     let batch: SmcEntry[] = [];
     let bytes = 0;
@@ -703,10 +849,6 @@ export class MulticastCore {
     this.pushDataPacket(report, batch);
   }
 
-  private rowKey(report: ReceiveReport): string {
-    return `${report.receivedCounts.join(',')}|${report.contiguousCount}|` +
-      `${report.deliveredCount}|${report.persistedVersion}|${report.stabilityFrontierMicros}`;
-  }
 
   private pushDataPacket(report: ReceiveReport, entries: SmcEntry[]): void {
     this.packets.push({
@@ -727,15 +869,19 @@ export class MulticastCore {
     row.deliveredCount = this.deliveredCount;
     // Time-based stability: no message stamped below this can still be delivered anywhere
     // because of this member (its unfinished messages and its future ones are all later).
+    // Own stamps never decrease and both queues are in index order, so the oldest unfinished
+    // own message is the head of the in-flight list, or else the first queued message.
     let frontier = this.nowMicros;
-    for (const m of this.ownInFlight) {
-      if (m.timestamp.wallMicros < frontier) frontier = m.timestamp.wallMicros;
-    }
-    for (const q of this.transmitQueue) {
-      const wall = q.timestamp?.wallMicros;
-      if (wall !== undefined && wall < frontier) frontier = wall;
-    }
+    const oldest = this.ownInFlight.at(0)?.timestamp.micros ?? this.firstQueuedMicros();
+    if (oldest < frontier) frontier = oldest;
     if (frontier > row.stabilityFrontierMicros) row.stabilityFrontierMicros = frontier;
+  }
+
+  private firstQueuedMicros(): number {
+    for (const q of this.transmitQueue) {
+      if (q.kind === 'message') return q.timestamp.micros;
+    }
+    return Infinity;
   }
 
   private minOverRows<T extends number | bigint>(field: (row: MutableRow) => T): T {
@@ -759,4 +905,18 @@ export class MulticastCore {
     }
     return outgoing;
   }
+}
+
+function sameRow(a: ReceiveReport, b: ReceiveReport): boolean {
+  if (
+    a.contiguousCount !== b.contiguousCount || a.deliveredCount !== b.deliveredCount ||
+    a.persistedVersion !== b.persistedVersion ||
+    a.stabilityFrontierMicros !== b.stabilityFrontierMicros
+  ) {
+    return false;
+  }
+  for (let s = 0; s < a.receivedCounts.length; s++) {
+    if (a.receivedCounts[s] !== b.receivedCounts[s]) return false;
+  }
+  return true;
 }

@@ -78,9 +78,10 @@ export class SenderStream {
    */
   advance(): StoredEntry {
     const index = this.deliveredIndexCount;
-    assert(index < this.receivedCount, `sender stream: index ${index} has not arrived`);
+    // (Constant messages: a template literal would be built on every delivery.)
+    assert(index < this.receivedCount, 'sender stream: the next index has not arrived');
     const entry = this.queue[this.queueHead];
-    assert(entry !== undefined && entry.index <= index, `sender stream: no entry holds ${index}`);
+    assert(entry !== undefined && entry.index <= index, 'sender stream: no entry holds the index');
     this.deliveredIndexCount = index + 1;
     if (index + 1 === entry.index + entryLength(entry)) {
       this.queueHead++;

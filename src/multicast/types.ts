@@ -2,17 +2,15 @@
  * The data a multicast core consumes and produces: wire packets, receive reports, deliveries.
  * All plain data, so the simulator and the codec can handle them without the core.
  */
-import type { NodeId, Version } from '../core/ids.js';
+import type { Hlc } from '../core/hlc.js';
+import type { NodeId, Version, ViewId } from '../core/ids.js';
 
 /**
- * The sender's hybrid-logical-clock stamp, carried with the message and handed back with its
- * delivery so that every replica stamps the version with the same time. Opaque to ordering; the
- * time-based stability frontier reads `wallMicros`. The driver converts from src/core/hlc.ts.
+ * The sender's hybrid-logical-clock stamp (src/core/hlc.ts), carried with the message and handed
+ * back with its delivery so that every replica stamps the version with the same time. Opaque to
+ * ordering; the time-based stability frontier reads `micros`.
  */
-export interface MessageTimestamp {
-  readonly wallMicros: bigint;
-  readonly logical: number;
-}
+export type MessageTimestamp = Hlc;
 
 /**
  * One member's row of the shared state table (Derecho's SST row), as the member last published
@@ -31,7 +29,7 @@ export interface ReceiveReport {
    * Microseconds of wall time below which this member will neither send nor still be waiting
    * for the delivery of its own messages (see README, "time-based stability").
    */
-  readonly stabilityFrontierMicros: bigint;
+  readonly stabilityFrontierMicros: number;
 }
 
 /** A small message inside an SMC packet; its sender is the packet's origin. */
@@ -89,6 +87,8 @@ export interface OutgoingPacket {
 
 /** One delivered message, handed to the application in the order of `position`. */
 export interface Delivery {
+  /** The view it was delivered in. */
+  readonly viewId: ViewId;
   readonly sender: NodeId;
   readonly senderIndex: number;
   /** Index in the sender's own sequence (SMC and RDMC share it). */

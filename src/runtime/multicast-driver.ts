@@ -5,10 +5,12 @@
  * README.md in this directory lists the core's duties it fulfils and its limits.
  *
  * Wire: every transport call is one *frame* of request type `requestType` (default 48):
- *   u32 shard | repeated { u32 length | one encodePacket() packet }
+ *   u32 shard | repeated { u32 length | one packet (encodePacket / encodeBlockInto) }
  * The driver coalesces every packet queued for a peer into as few frames as `frameBytesMax`
  * allows, with at most `callsInFlightPerPeerMax` calls outstanding per peer: while calls are in
- * flight, new packets wait and leave together in the next frame. The core's own SMC packet
+ * flight, new packets wait and leave together in the next frame. SMC packets (which carry the
+ * receive reports) go ahead of RDMC blocks; blocks also wait while `bytesInFlightPerPeerMax`
+ * is reached (the transport has no congestion control yet). The core's own SMC packet
  * budget (`smc_packet_size`) bounds each packet; the frame only groups them. The handler answers
  * with an empty response (one-way message); the transport's sessions make each frame reliable
  * (retransmission, at most once), which is the reliability the core relies on (duty 4).
@@ -19,20 +21,23 @@
 import { assert } from '../core/assert.js';
 import { PayloadTooLargeError } from '../core/errors.js';
 import { SystemClock, type Clock } from '../core/clock.js';
-import { HybridLogicalClock, hlc, type Hlc } from '../core/hlc.js';
+import { HybridLogicalClock, compareHlc, type Hlc } from '../core/hlc.js';
 import { VERSION_NONE, type NodeId, type Version, type ViewId } from '../core/ids.js';
 import {
   MulticastCore,
   MulticastDecodeError,
   decodePacket,
+  encodeBlockInto,
   encodePacket,
+  encodedBlockBytes,
+  type BlockPacket,
   type MulticastLimits,
   type MulticastMode,
   type MulticastReady,
   type Packet,
 } from '../multicast/index.js';
+import type { ResendMessage } from '../multicast/types.js';
 import { DEFAULT_MULTICAST_LIMITS } from '../multicast/config.js';
-import type { MessageTimestamp } from '../multicast/types.js';
 import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
 
 export const MULTICAST_REQUEST_TYPE_DEFAULT = 48;
@@ -73,7 +78,7 @@ export interface MulticastFrontiers {
   /** Min over members of their persisted version (never decreases across views). */
   readonly globalPersistedVersion: Version;
   /** Time-based stability frontier in µs (never decreases across views). */
-  readonly stabilityFrontierMicros: bigint;
+  readonly stabilityFrontierMicros: number;
 }
 
 export interface SendReceipt {
@@ -104,6 +109,12 @@ export interface MulticastDriverOptions {
   readonly tickIntervalMs?: number;
   readonly callsInFlightPerPeerMax?: number;
   readonly frameBytesMax?: number;
+  /**
+   * Bytes of frames outstanding per peer before new packets wait (one frame always may go).
+   * The transport has no congestion control yet (issue #3): bursts of many MiB to one peer
+   * overflow loopback socket buffers, and each loss costs a retransmission timeout.
+   */
+  readonly bytesInFlightPerPeerMax?: number;
   /** Packets of views not installed yet, held until installView (beyond: dropped, counted). */
   readonly heldPacketsMax?: number;
 }
@@ -125,9 +136,13 @@ interface Peer {
   readonly node: NodeId;
   readonly address: TransportAddress;
   session: TransportSession | null;
+  /** Encoded SMC packets (messages, nulls, reports): they leave before any block. */
   queue: Uint8Array[];
+  /** RDMC block packets, encoded straight into the frame (one copy). */
+  blocks: BlockPacket[];
   queuedBytes: number;
   inFlight: number;
+  inFlightBytes: number;
   failed: boolean;
 }
 
@@ -183,11 +198,9 @@ function muxFor(transport: Transport, requestType: RequestType): MulticastMux {
   return mux;
 }
 
-const toTimestamp = (time: Hlc): MessageTimestamp => ({
-  wallMicros: BigInt(time.micros),
-  logical: time.logical,
-});
-const fromTimestamp = (t: MessageTimestamp): Hlc => hlc(Number(t.wallMicros), t.logical);
+function itemBytes(item: Uint8Array | BlockPacket): number {
+  return item instanceof Uint8Array ? item.byteLength : encodedBlockBytes(item);
+}
 
 export class MulticastDriver {
   readonly self: NodeId;
@@ -213,12 +226,15 @@ export class MulticastDriver {
   private readonly hlc: HybridLogicalClock;
   private readonly callsInFlightMax: number;
   private readonly frameBytesMax: number;
+  private readonly bytesInFlightMax: number;
   private readonly heldPacketsMax: number;
   private view: MulticastView;
   private core: MulticastCore | null;
   private peers = new Map<NodeId, Peer>();
-  /** Sends not yet accepted by a core (full queue, wedged, between views); re-sends first. */
+  /** Sends not yet accepted by a core (full queue, wedged, between views). */
   private readonly pending: PendingSend[] = [];
+  /** Own messages the last trim cut off, for the next view's core (they keep their stamps). */
+  private carryOver: ResendMessage[] = [];
   private pendingHead = 0;
   private held: Packet[] = [];
   private pumpScheduled = false;
@@ -227,7 +243,7 @@ export class MulticastDriver {
   private deliveredMessages = 0;
   private lastDeliveredVersion: Version = VERSION_NONE;
   private globalPersistedVersion: Version = VERSION_NONE;
-  private stabilityFrontierMicros = 0n;
+  private stabilityFrontierMicros = 0;
   private persistedVersion: Version = VERSION_NONE;
   private frontierListeners: ((frontiers: MulticastFrontiers) => void)[] = [];
   private lastFrontierKey = '';
@@ -248,7 +264,8 @@ export class MulticastDriver {
     this.clock = options.clock ?? SystemClock;
     this.hlc = options.hlc ?? new HybridLogicalClock(this.clock);
     this.callsInFlightMax = options.callsInFlightPerPeerMax ?? 8;
-    this.frameBytesMax = options.frameBytesMax ?? 4 * 1024 * 1024;
+    this.frameBytesMax = options.frameBytesMax ?? 256 * 1024;
+    this.bytesInFlightMax = options.bytesInFlightPerPeerMax ?? 1024 * 1024;
     this.heldPacketsMax = options.heldPacketsMax ?? 65_536;
     assert(Number.isInteger(options.shard) && options.shard >= 0 && options.shard <= 0xffff_ffff, 'shard is a uint32');
     this.mux = muxFor(options.transport, options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT);
@@ -347,12 +364,9 @@ export class MulticastDriver {
     const { resend } = this.core.applyTrim(trim);
     this.pumpCore(this.core);
     this.core = null;
-    // Cut-off own messages go first in the next view, in their original order.
-    const unsent = this.pending.slice(this.pendingHead);
-    this.pending.length = 0;
-    this.pendingHead = 0;
-    for (const m of resend) this.pending.push({ payload: m.payload, resolve: null, reject: null });
-    this.pending.push(...unsent);
+    // Cut-off own messages go first in the next view, in their original order and with their
+    // original stamps (the next core queues them before anything else).
+    this.carryOver = resend;
     this.counters.resent += resend.length;
     this.emitFrontiers();
     return { resendCount: resend.length };
@@ -360,8 +374,9 @@ export class MulticastDriver {
 
   /**
    * Installs the next view (after applyTrim): connects to new members, feeds the packets of that
-   * view that arrived early, and re-sends the cut-off messages first (stamped anew: a re-sent
-   * message is a new message of the new view).
+   * view that arrived early, and re-sends the cut-off messages first. A re-sent message keeps its
+   * HLC stamp (the receipt's `timestamp`) but gets a new index, position and version in this
+   * view: a receipt's numbering is final only if its view's trim did not cut the message off.
    */
   async installView(view: MulticastView): Promise<void> {
     assert(this.core === null, 'installView() after applyTrim()');
@@ -370,7 +385,8 @@ export class MulticastDriver {
     this.view = view;
     const old = this.peers;
     this.peers = this.makePeers(view, old);
-    const core = this.makeCore(view);
+    const core = this.makeCore(view, this.carryOver);
+    this.carryOver = [];
     this.core = core;
     if (this.persistedVersion !== VERSION_NONE) core.persisted(this.persistedVersion);
     const held = this.held;
@@ -467,28 +483,17 @@ export class MulticastDriver {
   }
 
   private deliver(ready: MulticastReady): void {
-    const viewId = this.view.viewId;
-    let newest: MessageTimestamp | null = null;
+    let newest: Hlc | null = null;
     for (const d of ready.deliveries) {
       this.deliveredMessages++;
       if (d.version !== null) this.lastDeliveredVersion = d.version;
-      if (newest === null || d.timestamp.wallMicros > newest.wallMicros ||
-          (d.timestamp.wallMicros === newest.wallMicros && d.timestamp.logical > newest.logical)) {
+      if (newest === null || compareHlc(d.timestamp, newest) > 0) {
         newest = d.timestamp;
       }
-      this.options.onDeliver({
-        viewId,
-        sender: d.sender,
-        senderIndex: d.senderIndex,
-        index: d.index,
-        position: d.position,
-        version: d.version,
-        timestamp: fromTimestamp(d.timestamp),
-        payload: d.payload,
-        large: d.large,
-      });
+      // The core's own object (it carries the view id): no copy per delivery.
+      this.options.onDeliver(d);
     }
-    if (newest !== null) this.hlc.observe(fromTimestamp(newest));
+    if (newest !== null) this.hlc.observe(newest);
     if (ready.lastDeliveredVersion > this.lastDeliveredVersion) this.lastDeliveredVersion = ready.lastDeliveredVersion;
     if (ready.globalPersistedVersion > this.globalPersistedVersion) {
       this.globalPersistedVersion = ready.globalPersistedVersion;
@@ -530,7 +535,7 @@ export class MulticastDriver {
     const core = this.core;
     if (core === null || core.isWedged) return null;
     const timestamp = this.hlc.now();
-    const result = core.send(payload, toTimestamp(timestamp));
+    const result = core.send(payload, timestamp);
     if (!result.accepted) return null;
     this.schedulePump();
     return { viewId: this.view.viewId, index: result.index, position: result.position, timestamp };
@@ -539,7 +544,7 @@ export class MulticastDriver {
   private onTick(): void {
     if (this.core === null || this.closed) return;
     // The HLC never runs behind the wall clock, so stamps are never below this tick (core rule).
-    this.core.tick(BigInt(Math.floor(Number(this.clock.wallMicros()))));
+    this.core.tick(Math.floor(Number(this.clock.wallMicros())));
     this.schedulePump();
   }
 
@@ -548,12 +553,15 @@ export class MulticastDriver {
 
   private sendPackets(ready: MulticastReady): void {
     for (const out of ready.packets) {
-      const bytes = encodePacket(out.packet);
+      // A block goes to one member: it is encoded straight into that member's frame.
+      const item = out.packet.kind === 'block' ? out.packet : encodePacket(out.packet);
+      const bytes = itemBytes(item);
       for (const node of out.to) {
         const peer = this.peers.get(node);
         if (peer === undefined || peer.failed) continue;
-        peer.queue.push(bytes);
-        peer.queuedBytes += bytes.byteLength;
+        if (item instanceof Uint8Array) peer.queue.push(item);
+        else peer.blocks.push(item);
+        peer.queuedBytes += bytes;
       }
     }
     for (const peer of this.peers.values()) this.flush(peer);
@@ -562,39 +570,58 @@ export class MulticastDriver {
   private flush(peer: Peer): void {
     const session = peer.session;
     if (session === null || peer.failed) return;
-    while (peer.inFlight < this.callsInFlightMax && peer.queue.length > 0) {
-      // Take packets up to the frame budget (always at least one).
+    while (peer.inFlight < this.callsInFlightMax) {
+      // SMC packets first, and past the byte cap: stability and RDMC repair wait on the
+      // reports they carry, which must not queue behind MiBs of blocks. Blocks only while the
+      // bytes in flight allow. Packets up to the frame budget (always at least one).
+      const blocksAllowed = peer.inFlight === 0 || peer.inFlightBytes < this.bytesInFlightMax;
+      if (peer.queue.length === 0 && (!blocksAllowed || peer.blocks.length === 0)) break;
+      const items: (Uint8Array | BlockPacket)[] = [];
       let bytes = FRAME_HEADER_BYTES;
-      let count = 0;
-      while (count < peer.queue.length) {
-        const next = LENGTH_BYTES + peer.queue[count]!.byteLength;
-        if (count > 0 && bytes + next > this.frameBytesMax) break;
+      const take = (item: Uint8Array | BlockPacket): boolean => {
+        const next = LENGTH_BYTES + itemBytes(item);
+        if (items.length > 0 && bytes + next > this.frameBytesMax) return false;
         bytes += next;
-        count++;
+        items.push(item);
+        return true;
+      };
+      let smcCount = 0;
+      while (smcCount < peer.queue.length && take(peer.queue[smcCount]!)) smcCount++;
+      let blockCount = 0;
+      while (blocksAllowed && blockCount < peer.blocks.length && take(peer.blocks[blockCount]!)) {
+        blockCount++;
       }
-      const frame = new Uint8Array(bytes);
-      const view = new DataView(frame.buffer);
+      peer.queue.splice(0, smcCount);
+      peer.blocks.splice(0, blockCount);
+      const count = items.length;
+      // A large frame is not zero-filled (every byte is written below: a 1 MiB block frame
+      // skips a memset); small ones come from the ordinary allocator.
+      const frame = bytes >= 64 * 1024 ? Buffer.allocUnsafeSlow(bytes) : new Uint8Array(bytes);
+      const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
       view.setUint32(0, this.shard, true);
       let offset = FRAME_HEADER_BYTES;
-      for (let i = 0; i < count; i++) {
-        const packet = peer.queue[i]!;
-        view.setUint32(offset, packet.byteLength, true);
-        frame.set(packet, offset + LENGTH_BYTES);
-        offset += LENGTH_BYTES + packet.byteLength;
-        peer.queuedBytes -= packet.byteLength;
+      for (const item of items) {
+        const length = itemBytes(item);
+        view.setUint32(offset, length, true);
+        if (item instanceof Uint8Array) frame.set(item, offset + LENGTH_BYTES);
+        else encodeBlockInto(item, frame, offset + LENGTH_BYTES);
+        offset += LENGTH_BYTES + length;
+        peer.queuedBytes -= length;
       }
-      peer.queue.splice(0, count);
       peer.inFlight++;
+      peer.inFlightBytes += bytes;
       this.counters.framesSent++;
       this.counters.packetsSent += count;
       this.counters.bytesSent += bytes;
       session.call(this.options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT, frame).then(
         () => {
           peer.inFlight--;
+          peer.inFlightBytes -= bytes;
           this.flush(peer);
         },
         (error: Error) => {
           peer.inFlight--;
+          peer.inFlightBytes -= bytes;
           this.peerFailed(peer, error);
         },
       );
@@ -606,12 +633,14 @@ export class MulticastDriver {
     if (peer.failed || this.closed) return;
     peer.failed = true;
     peer.queue = [];
+    peer.blocks = [];
     peer.queuedBytes = 0;
     this.options.onPeerFailed?.(peer.node, error);
   }
 
-  private makeCore(view: MulticastView): MulticastCore {
+  private makeCore(view: MulticastView, resend: readonly ResendMessage[] = []): MulticastCore {
     return new MulticastCore({
+      resend,
       viewId: view.viewId,
       members: view.members,
       senders: view.senders ?? view.members,
@@ -632,7 +661,11 @@ export class MulticastDriver {
       if (known !== undefined && known.address === address && !known.failed) {
         peers.set(node, known);
       } else {
-        peers.set(node, { node, address, session: null, queue: [], queuedBytes: 0, inFlight: 0, failed: false });
+        peers.set(node, {
+          node, address, session: null, queue: [], blocks: [], queuedBytes: 0, inFlight: 0,
+          inFlightBytes: 0,
+          failed: false,
+        });
       }
     }
     return peers;

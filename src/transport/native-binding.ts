@@ -14,6 +14,9 @@ export type NativeBatch = [ArrayBuffer, ArrayBuffer[]] | undefined;
 export interface NativeSessionInfo {
   dataBytesPerPacket: number;
   connected: boolean;
+  /** Encrypting endpoints: the session key's epoch and key id (-1 / 0 otherwise). */
+  sendEpoch?: number;
+  keyId?: number;
   srttUs?: number;
   rtoUs?: number;
   rateBytesPerSecond?: number;
@@ -35,12 +38,16 @@ export interface NativeEndpointHandle {
   stats(): Record<string, number>;
   inject(faults: object): void;
   sessionInfo(session: number): NativeSessionInfo;
+  /** Installs the highest-id key of keyText as primary; false if refused. */
+  rotateKey(keyText: string, graceMs: number): boolean;
   close(tellPeers: boolean): NativeBatch;
 }
 
 export interface NativeAddon {
   wireVersion: number;
   build: string;
+  /** "" if text is a valid key file, else what is wrong (source, line, fix). */
+  checkKeyFile(text: string, source: string): string;
   NativeEndpoint: new (
     options: object,
     onEvents: (batch: NativeBatch) => void,

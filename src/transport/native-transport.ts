@@ -13,7 +13,13 @@
  * Buffers: request/response bytes passed in are copied before call()/the handler's return
  * completes (large ones synchronously), so the caller may reuse them. Buffers handed out are
  * views into a batch buffer owned by the receiver.
+ *
+ * Encryption (eeRPC): with a group key (keyFile or key) every packet is AES-GCM sealed in the
+ * addon and every session runs an authenticated handshake; a peer without the key is refused on
+ * both sides (its connect() rejects with code CONNECT_FAILED and the reason; this endpoint's
+ * onRefused listeners hear why). See native/src/crypto/README.md.
  */
+import { readFileSync } from 'node:fs';
 import { PayloadTooLargeError, TimeoutError } from '../core/errors.js';
 import { assert } from '../core/assert.js';
 import { PeerFailedError, TransportError } from './errors.js';
@@ -60,6 +66,20 @@ export interface EndpointOptions {
   connectRetryMs?: number;
   /** Seeds the fault-injection PRNG and handshake tokens. */
   seed?: number;
+  /**
+   * AES-GCM on every packet with an authenticated session handshake. Default: on whenever a
+   * key is given (keyFile or key). true without a key throws; false sends plaintext (benchmarks
+   * and trusted networks only) and refuses peers that encrypt. `encrypted` says which it is.
+   */
+  encryption?: boolean;
+  /** The group key file: lines "squall-key v1 <key-id> <64 hex digits>" (native/src/crypto). */
+  keyFile?: string;
+  /** The group key itself: key-file text, or the 32-byte secret (used as key id 1). */
+  key?: string | Uint8Array;
+  /** Ephemeral X25519 in each handshake (forward secrecy; ~0.1 ms of CPU per side). Default true. */
+  forwardSecrecy?: boolean;
+  /** @internal Rekey each session key after this many packets (tests exercise rekeying). */
+  rekeyAfterPackets?: number;
   /** Timely rate control per client session (default on). Off: every packet goes at once. */
   congestionControl?: boolean;
   /** A session's maximum (and starting) rate; uncongested sessions bypass pacing. Default 5e9. */
@@ -75,6 +95,83 @@ export interface EndpointOptions {
   /** Kernel socket buffers (SO_RCVBUF/SO_SNDBUF, forced when privileged). Defaults 128 MiB / 8 MiB. */
   socketReceiveBufferBytes?: number;
   socketSendBufferBytes?: number;
+}
+
+/** The transport keys of the node config (src/config TransportSection), structurally. */
+export interface TransportConfigKeys {
+  encryption: boolean;
+  key_file?: string | undefined;
+  forward_secrecy?: boolean | undefined;
+  max_message_size: number;
+  peer_failure_timeout_ms: number;
+}
+
+/**
+ * Endpoint options from the node config: encryption on by default, with the key file the
+ * config names (the config loader already refuses encryption without key_file).
+ */
+export function endpointOptionsFromConfig(
+  transport: TransportConfigKeys,
+  options: EndpointOptions = {},
+): EndpointOptions {
+  return {
+    ...options,
+    messageBytesMax: transport.max_message_size,
+    peerFailureTimeoutMs: transport.peer_failure_timeout_ms,
+    encryption: transport.encryption,
+    ...(transport.encryption && transport.key_file !== undefined ? { keyFile: transport.key_file } : {}),
+    forwardSecrecy: transport.forward_secrecy ?? true,
+  };
+}
+
+const GROUP_SECRET_BYTES = 32;
+
+/** Resolves keyFile / key into key-file text the addon parses, or undefined for plaintext. */
+function resolveKey(options: EndpointOptions): { keyText: string; source: string } | undefined {
+  if (options.keyFile !== undefined && options.key !== undefined) {
+    throw new TransportError('both keyFile and key were given. Fix: pass one of them.', 'BAD_KEY');
+  }
+  const wanted = options.encryption ?? (options.keyFile !== undefined || options.key !== undefined);
+  if (!wanted) return undefined;
+  let resolved: { keyText: string; source: string };
+  if (options.keyFile !== undefined) {
+    try {
+      resolved = { keyText: readFileSync(options.keyFile, 'utf8'), source: `key file ${options.keyFile}` };
+    } catch (error) {
+      throw new TransportError(
+        `cannot read the group key file ${options.keyFile}: ${(error as Error).message}. Fix: name ` +
+          'a readable key file (one line "squall-key v1 1 <64 hex digits>"; make the secret with ' +
+          '"openssl rand -hex 32").',
+        'BAD_KEY',
+        { cause: error },
+      );
+    }
+  } else if (options.key instanceof Uint8Array) {
+    resolved = { keyText: keyFileLine(1, options.key), source: 'key bytes' };
+  } else if (typeof options.key === 'string') {
+    resolved = { keyText: options.key, source: 'key text' };
+  } else {
+    throw new TransportError(
+      'encryption is on but no group key was given. Fix: pass keyFile (or key), or set ' +
+        'encryption: false on trusted networks.',
+      'BAD_KEY',
+    );
+  }
+  const problem = loadNativeAddon().checkKeyFile(resolved.keyText, resolved.source);
+  if (problem !== '') throw new TransportError(problem, 'BAD_KEY');
+  return resolved;
+}
+
+/** One key-file line for a raw 32-byte secret. */
+export function keyFileLine(keyId: number, secret: Uint8Array): string {
+  if (secret.byteLength !== GROUP_SECRET_BYTES) {
+    throw new TransportError(
+      `a group key is ${GROUP_SECRET_BYTES} bytes, got ${secret.byteLength}. Fix: use ` +
+        'crypto.randomBytes(32), or a key file made with "openssl rand -hex 32".',
+      'BAD_KEY',
+    );
+  }
+  return `squall-key v1 ${keyId} ${Buffer.from(secret).toString('hex')}\n`;
 }
 
 /** A client session's congestion and RTT state, from `NativeSession.congestion()`. */
@@ -141,12 +238,15 @@ const enum SessionEventCode {
   Disconnected = 3,
   PeerFailed = 4,
   Accepted = 5,
+  Refused = 6,
 }
 const CONNECT_FAILURES: Record<number, string> = {
   1: 'the server has reached sessionsMax. Fix: raise sessionsMax on the server or close idle sessions.',
   2: 'no answer within connectTimeoutMs. Fix: check that an endpoint listens at that address and is reachable.',
   3: 'the server is closing. Fix: connect to another replica or retry later.',
   4: 'the address family does not match this endpoint. Fix: bind to "::" to reach IPv6 and IPv4 peers.',
+  5: 'one endpoint encrypts and the other does not. Fix: give both the group key file with encryption on, or turn it off on both.',
+  6: 'the authenticated handshake was refused. Fix: give both nodes the same group key file.',
 };
 
 const pad8 = (n: number): number => (n + 7) & ~7;
@@ -304,6 +404,10 @@ export class Endpoint implements Transport {
     { resolve: (s: NativeSession) => void; reject: (e: Error) => void; remote: string }
   >();
   private readonly serverPeers = new Map<number, string>();
+  private readonly refusedListeners: ((reason: string) => void)[] = [];
+  /** True when every packet is sealed (a key was given and encryption was not turned off). */
+  readonly encrypted: boolean;
+  private readonly keyFile: string | undefined;
   private closed = false;
   private readonly flushBound = (): void => this.flush();
   private readonly onEventsBound = (batch: NativeBatch): void => this.process(batch);
@@ -314,9 +418,20 @@ export class Endpoint implements Transport {
       peerFailureTimeoutMs: options.peerFailureTimeoutMs ?? DEFAULTS.peerFailureTimeoutMs,
     };
     const addon = loadNativeAddon();
+    const key = resolveKey(options);
+    this.encrypted = key !== undefined;
+    this.keyFile = key !== undefined ? options.keyFile : undefined;
+    const { key: _bytes, keyFile: _file, ...plain } = options;
     try {
       this.native = new addon.NativeEndpoint(
-        { ...options, ...this.options, host: options.host ?? '127.0.0.1', port: options.port ?? 0 },
+        {
+          ...plain,
+          ...this.options,
+          host: options.host ?? '127.0.0.1',
+          port: options.port ?? 0,
+          encryption: key !== undefined,
+          keyText: key?.keyText,
+        },
         this.onEventsBound,
       );
     } catch (error) {
@@ -373,6 +488,50 @@ export class Endpoint implements Transport {
     return this.closed ? {} : this.native.stats();
   }
 
+  /**
+   * Installs a new group key (key-file text, or 32 bytes as `keyId`) as primary: sessions rekey
+   * under it without dropping, and the previous keys stay accepted for graceMs, after which
+   * sessions still on them are closed. Throws TransportError (BAD_KEY) if the key is malformed,
+   * its id is already installed, or this endpoint does not encrypt.
+   */
+  rotateKey(key: string | Uint8Array, graceMs: number, keyId = 2): void {
+    if (this.closed) throw this.closedError();
+    const text = key instanceof Uint8Array ? keyFileLine(keyId, key) : key;
+    const problem = loadNativeAddon().checkKeyFile(text, 'rotated key');
+    if (problem !== '') throw new TransportError(problem, 'BAD_KEY');
+    if (!this.native.rotateKey(text, graceMs)) {
+      throw new TransportError(
+        this.encrypted
+          ? 'the rotated key id is already installed. Fix: give the new key a higher key id.'
+          : 'this endpoint does not encrypt. Fix: create it with a group key to rotate keys.',
+        'BAD_KEY',
+      );
+    }
+  }
+
+  /**
+   * Re-reads the key file the endpoint was created with and, if its highest key id is new,
+   * rotates to that key as rotateKey() does (the operator appended a line on every node).
+   * Returns false if there is no new key. Throws TransportError (BAD_KEY) if the file is now
+   * unreadable or malformed, or the endpoint was not created from a key file.
+   */
+  reloadKeyFile(graceMs: number): boolean {
+    if (this.closed) throw this.closedError();
+    if (this.keyFile === undefined) {
+      throw new TransportError(
+        'this endpoint was not created from a key file. Fix: use rotateKey(key, graceMs).',
+        'BAD_KEY',
+      );
+    }
+    const key = resolveKey({ keyFile: this.keyFile });
+    return key !== undefined && this.native.rotateKey(key.keyText, graceMs);
+  }
+
+  /** Called with the reason whenever this endpoint refuses a peer's session (wrong key, plaintext peer). */
+  onRefused(listener: (reason: string) => void): void {
+    this.refusedListeners.push(listener);
+  }
+
   /** Turns test faults on or off (see FaultInjection). */
   injectFault(faults: FaultInjection): void {
     if (!this.closed) this.native.inject(faults);
@@ -380,7 +539,9 @@ export class Endpoint implements Transport {
 
   /** @internal */
   sessionInfo(id: number): NativeSessionInfo {
-    return this.closed ? { dataBytesPerPacket: 0, connected: false } : this.native.sessionInfo(id);
+    return this.closed
+      ? { dataBytesPerPacket: 0, connected: false, sendEpoch: -1, keyId: 0 }
+      : this.native.sessionInfo(id);
   }
 
   async close(): Promise<void> {
@@ -580,7 +741,10 @@ export class Endpoint implements Transport {
         this.connects.delete(session);
         pending.reject(
           new TransportError(
-            `connect to ${pending.remote} failed: ${CONNECT_FAILURES[reason] ?? `reason ${reason}`}`,
+            `connect to ${pending.remote} failed: ` +
+              (payload.length > 0
+                ? `${payload.toString('utf8')}.`
+                : (CONNECT_FAILURES[reason] ?? `reason ${reason}`)),
             'CONNECT_FAILED',
           ),
         );
@@ -589,6 +753,11 @@ export class Endpoint implements Transport {
       case SessionEventCode.Accepted:
         this.serverPeers.set(session, payload.toString('utf8'));
         return;
+      case SessionEventCode.Refused: {
+        const text = payload.toString('utf8');
+        for (const listener of this.refusedListeners) listener(text);
+        return;
+      }
       case SessionEventCode.Disconnected:
       case SessionEventCode.PeerFailed: {
         this.serverPeers.delete(session);

@@ -1,6 +1,6 @@
 /**
  * `npm run chaos -- --minutes N [--seed S] [--runs K] [--scenario NAME] [--fault-seconds F]
- *                  [--network auto|netns|loopback] [--verbose]`
+ *                  [--network auto|netns|loopback] [--encryption auto|on|off] [--verbose]`
  *
  * Runs the fault scenarios back to back for N minutes (fractions allowed), one JSON line per run,
  * and ends with `chaos: N runs passed, N failed` naming the seeds that failed. A failed seed
@@ -18,6 +18,7 @@ export interface ChaosOptions {
   scenario?: string;
   faultMs: number;
   network: 'auto' | 'netns' | 'loopback';
+  encryption: 'auto' | 'on' | 'off';
   verbose: boolean;
 }
 
@@ -31,7 +32,7 @@ export async function runChaos(options: ChaosOptions, print: (line: string) => v
   for (let i = 0; i < options.runs && (i === 0 || Date.now() < deadline); i++) {
     const scenario = chosen[i % chosen.length]!;
     const log = options.verbose ? (line: string) => print(`  [${scenario.name} ${options.seed + i}] ${line}`) : () => undefined;
-    const report = await scenario.run(options.seed + i, { faultMs: options.faultMs, log, network: options.network });
+    const report = await scenario.run(options.seed + i, { faultMs: options.faultMs, log, network: options.network, encryption: options.encryption });
     reports.push(report);
     print(JSON.stringify(report));
   }
@@ -47,6 +48,12 @@ function network(text: string | undefined): ChaosOptions['network'] {
   if (text === undefined) return 'auto';
   if (text === 'auto' || text === 'netns' || text === 'loopback') return text;
   throw new Error(`--network must be auto, netns or loopback, got ${text}`);
+}
+
+function encryption(text: string | undefined): ChaosOptions['encryption'] {
+  if (text === undefined) return 'auto';
+  if (text === 'auto' || text === 'on' || text === 'off') return text;
+  throw new Error(`--encryption must be auto, on or off, got ${text}`);
 }
 
 function parse(argv: string[]): ChaosOptions {
@@ -69,6 +76,7 @@ function parse(argv: string[]): ChaosOptions {
     scenario: value('scenario'),
     faultMs: number('fault-seconds', 6) * 1000,
     network: network(value('network')),
+    encryption: encryption(value('encryption')),
     verbose: argv.includes('--verbose'),
   };
 }

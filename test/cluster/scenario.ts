@@ -8,6 +8,8 @@ export interface RunReport {
   seed: number;
   /** "netns" when nodes ran in network namespaces, "loopback" otherwise. */
   network: 'netns' | 'loopback';
+  /** Whether the nodes sealed every packet. */
+  encrypted?: boolean;
   passed: boolean;
   /** Each broken guarantee, in words, with enough detail to start debugging. */
   violations: string[];
@@ -24,6 +26,8 @@ export interface ScenarioOptions {
   log: (line: string) => void;
   /** Where nodes run: 'auto' (namespaces when available), or forced. Default 'auto'. */
   network?: 'auto' | 'netns' | 'loopback';
+  /** 'auto' (half the seeds), or forced on/off. Default 'auto'. */
+  encryption?: 'auto' | 'on' | 'off';
   /** Extra environment for every node process (used by the harness's own mutation tests). */
   nodeEnv?: Record<string, string>;
 }

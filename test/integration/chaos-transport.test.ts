@@ -5,8 +5,9 @@
 import test from 'ava';
 import { transportRpc } from '../cluster/scenarios/transport-rpc.js';
 
-test.serial('transport chaos: a fixed seed passes every check with faults injected', async (t) => {
-  const report = await transportRpc.run(4242, { faultMs: 3000, log: (l) => t.log(l) });
+test.serial('transport chaos: a fixed seed passes every check with faults injected, every packet sealed', async (t) => {
+  const report = await transportRpc.run(4242, { faultMs: 3000, log: (l) => t.log(l), encryption: 'on' });
+  t.true(report.encrypted);
   t.deepEqual(report.violations, []);
   t.true(report.passed);
   const injected = Object.entries(report.faults).filter(([kind]) => kind !== 'quiet');

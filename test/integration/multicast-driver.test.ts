@@ -1,7 +1,8 @@
 // The multicast driver over the real native transport: a 3-member shard in 3 processes with a
 // mixed SMC/RDMC workload ends with one delivered-sequence digest everywhere; in-process shards
 // under injected packet loss deliver identical sequences; and a driver-level view change (wedge,
-// trim, apply, install a 2-member view) re-sends the cut-off messages exactly once.
+// trim, apply, install a 2-member view) re-sends the cut-off messages exactly once, with the
+// stamps their receipts gave.
 import test from 'ava';
 import { computeTrim } from '../../src/multicast/ragged-edge.js';
 import { nodeId, viewId } from '../../src/core/ids.js';
@@ -91,8 +92,13 @@ test.serial('view change: wedge, trim, apply, 2-member next view delivers the re
   const members = await startLocalShard(3, { endpoint: { retransmitTimeoutMs: 5 } });
   const [m1, m2, m3] = members as [LocalMember, LocalMember, LocalMember];
   try {
+    const stamps = new Map<string, string>();
     const send = async (m: LocalMember, from: number, to: number): Promise<void> => {
-      for (let i = from; i < to; i++) await m.driver.send(taggedPayload(m.node, i, MIXED_SIZES[i % MIXED_SIZES.length]!));
+      for (let i = from; i < to; i++) {
+        const payload = taggedPayload(m.node, i, MIXED_SIZES[i % MIXED_SIZES.length]!);
+        const receipt = await m.driver.send(payload);
+        stamps.set(tagOf(payload), `${receipt.timestamp.micros}.${receipt.timestamp.logical}`);
+      }
     };
     // A first stretch delivered everywhere.
     await Promise.all(members.map((m) => send(m, 0, 30)));
@@ -147,6 +153,10 @@ test.serial('view change: wedge, trim, apply, 2-member next view delivers the re
         t.deepEqual(seqs, Array.from({ length: 55 }, (_, i) => i), `sender ${sender}: every message once, in order`);
       }
       t.true(m.deliveries.every((d) => payloadIntact(d.payload)));
+      t.true(
+        m.deliveries.every((d) => stamps.get(tagOf(d.payload)) === `${d.timestamp.micros}.${d.timestamp.logical}`),
+        're-sent messages keep the stamp of their receipt',
+      );
       t.true(m.driver.counters.heldPackets > 0 || m.node === 1, 'the later installer held early packets');
     }
   } finally {

@@ -1,8 +1,9 @@
 // Runs the multicast cores under the deterministic simulator (crashes, restarts, partitions,
 // loss, duplication, reordering; view changes with the ragged edge) for a fixed seed budget,
 // checking total order, virtual synchrony, stability, exactly-once FIFO, increasing versions and
-// that nothing a live node submitted is lost (see multicast-sim.ts); and that a seed replays to
-// the same trace hash. Longer runs: npm run sim -- multicast --seeds 1000.
+// that nothing a live node submitted is lost and re-sends keep their stamps (see
+// multicast-sim.ts); that two deliberately broken view changes are caught; and that a seed
+// replays to the same trace hash. Longer runs: npm run sim -- multicast --seeds 1000.
 import test from 'ava';
 import { runSeed } from './multicast-sim.js';
 
@@ -26,4 +27,10 @@ test('the checks catch a view change that forgets the cut-off messages', (t) => 
   t.regex(runSeed(1).summary, /[1-9]\d* re-sent/);
   const error = t.throws(() => runSeed(1, { flags: { mutation: 'drop-resend' } }));
   t.regex(String(error), /nothing lost/);
+});
+
+test('the checks catch re-sends that lose their original stamps', (t) => {
+  // The driver once re-sent cut-off messages as new messages with new HLC stamps.
+  const error = t.throws(() => runSeed(1, { flags: { mutation: 'restamp-resend' } }));
+  t.regex(String(error), /stamps kept/);
 });

@@ -19,7 +19,9 @@
  *  - exactly once and FIFO: no node delivers a message twice, and each origin's messages arrive
  *    in submission order, across views and re-sends;
  *  - versions strictly increase at each node, across views;
- *  - time stability: no delivery is stamped below a stability frontier the node already published;
+ *  - time stability: no delivery is stamped below a stability frontier the node already published
+ *    (in any view: the frontier is kept across views, as the driver keeps it);
+ *  - stamps kept: a message is delivered with the HLC stamp it was first sent with, re-sends too;
  *  - nothing lost: after faults stop, every message submitted by a node still in its submitting
  *    incarnation is delivered (by itself, and hence, by total order, by the final view).
  */
@@ -29,7 +31,7 @@ import { multicastLimits, type MulticastLimits } from '../../src/multicast/confi
 import { computeTrim } from '../../src/multicast/ragged-edge.js';
 import { decodePacket, encodePacket } from '../../src/multicast/codec.js';
 import { RDMC_ALGORITHMS } from '../../src/multicast/rdmc-schedule.js';
-import type { Delivery } from '../../src/multicast/types.js';
+import type { Delivery, ResendMessage } from '../../src/multicast/types.js';
 import { makePayload, readPayload } from '../support/multicast-net.js';
 import { InvariantViolation, Simulation, type NodeContext, type SimNode } from './simulation.js';
 import type { SeedOptions, SeedResult } from './protocol.js';
@@ -58,11 +60,19 @@ class World {
   largeDelivered = 0;
   trimDelivered = 0;
   resent = 0;
+  /** RDMC repairs counted from cores at the end of their view. */
+  rdmcRepairs = 0;
+  slowMembership = false;
+  /** The HLC micros each message was stamped with when its origin's core accepted it. */
+  readonly stamps = new Map<string, number>();
   constructor(
     readonly limits: MulticastLimits,
     /** Nodes that send when they are members; the others only receive. */
     readonly senderIds: readonly number[],
-    /** `--flag mutation=drop-resend`: a deliberately broken view change, to test the checks. */
+    /**
+     * `--flag mutation=drop-resend` (forget cut-off messages) or `restamp-resend` (re-send them
+     * with new stamps): deliberately broken view changes, to test the checks.
+     */
     readonly mutation: string | undefined,
   ) {}
 }
@@ -78,7 +88,9 @@ export class MulticastSimNode implements SimNode<McMessage> {
   private links = new Map<number, Link>();
   private readonly appQueue: Uint8Array[] = [];
   /** The time-based stability frontier this node's core last published in this view. */
-  private frontierMicros = 0n;
+  private viewFrontierMicros = 0;
+  /** The highest frontier published in any view of this incarnation (as the driver keeps it). */
+  private frontierMicros = 0;
 
   constructor(
     readonly ctx: NodeContext<McMessage>,
@@ -92,8 +104,8 @@ export class MulticastSimNode implements SimNode<McMessage> {
     return this.core.bufferedCounts().ownInFlight === 0;
   }
 
-  /** The membership oracle installs a view here; `resend` goes out first. */
-  install(view: number, members: readonly number[], resend: readonly Uint8Array[]): void {
+  /** The membership oracle installs a view here; `resend` goes out first, with its own stamps. */
+  install(view: number, members: readonly number[], resend: readonly ResendMessage[]): void {
     const nodes = members.map(nodeId);
     this.core = new MulticastCore({
       viewId: viewId(view),
@@ -102,12 +114,14 @@ export class MulticastSimNode implements SimNode<McMessage> {
       self: nodeId(this.ctx.id),
       mode: 'ordered',
       limits: this.world.limits,
+      // Test-only mutation: the old driver's way, re-sending as new messages with new stamps.
+      resend: this.world.mutation === 'restamp-resend' ? [] : resend,
     });
+    if (this.world.mutation === 'restamp-resend') this.appQueue.unshift(...resend.map((m) => m.payload));
     this.view = view;
     this.viewDeliveries = [];
-    this.frontierMicros = 0n;
+    this.viewFrontierMicros = 0;
     this.links = new Map(members.filter((m) => m !== this.ctx.id).map((m) => [m, { nextSeq: 0, unacked: new Map() }]));
-    this.appQueue.unshift(...resend);
     this.pump();
   }
 
@@ -130,7 +144,7 @@ export class MulticastSimNode implements SimNode<McMessage> {
 
   tick(): void {
     if (this.core === null) return;
-    this.core.tick(BigInt(this.ctx.nowMs()) * 1000n);
+    this.core.tick(this.ctx.nowMs() * 1000);
     const now = this.ctx.nowMs();
     for (const [peer, link] of this.links) {
       for (const [seq, entry] of link.unacked) {
@@ -149,16 +163,21 @@ export class MulticastSimNode implements SimNode<McMessage> {
     const core = this.core;
     if (core === null) return;
     while (this.appQueue.length > 0 && !core.isWedged) {
-      const result = core.send(this.appQueue[0]!, { wallMicros: BigInt(this.ctx.nowMs()) * 1000n, logical: 0 });
+      const micros = this.ctx.nowMs() * 1000;
+      const result = core.send(this.appQueue[0]!, { micros, logical: 0 });
       if (!result.accepted) break;
+      const [origin, seq] = readPayload(this.appQueue[0]!)!;
+      // First acceptance only: a re-send must not change the stamp.
+      if (!this.world.stamps.has(`${origin}/${seq}`)) this.world.stamps.set(`${origin}/${seq}`, micros);
       this.appQueue.shift();
     }
     const ready = core.ready();
     for (const d of ready.deliveries) this.onDelivery(d);
-    if (ready.stabilityFrontierMicros < this.frontierMicros) {
+    if (ready.stabilityFrontierMicros < this.viewFrontierMicros) {
       throw new InvariantViolation('time stability', `node ${this.ctx.id}: frontier went backwards`);
     }
-    this.frontierMicros = ready.stabilityFrontierMicros;
+    this.viewFrontierMicros = ready.stabilityFrontierMicros;
+    this.frontierMicros = Math.max(this.frontierMicros, ready.stabilityFrontierMicros);
     for (const out of ready.packets) {
       const bytes = encodePacket(out.packet);
       for (const to of out.to) {
@@ -182,8 +201,11 @@ export class MulticastSimNode implements SimNode<McMessage> {
     this.deliveredIds.add(key);
     if ((this.lastSeqByOrigin.get(origin) ?? -1) >= seq) fail('FIFO per origin', `${key} after a later one`);
     this.lastSeqByOrigin.set(origin, seq);
-    if (d.timestamp.wallMicros < this.frontierMicros) {
-      fail('time stability', `${key} stamped ${d.timestamp.wallMicros} < frontier ${this.frontierMicros}`);
+    if (d.timestamp.micros !== this.world.stamps.get(key)) {
+      fail('stamps kept', `${key} delivered stamped ${d.timestamp.micros}, sent with ${this.world.stamps.get(key)}`);
+    }
+    if (d.timestamp.micros < this.frontierMicros) {
+      fail('time stability', `${key} stamped ${d.timestamp.micros} < frontier ${this.frontierMicros}`);
     }
     const version = d.version as Version as bigint;
     if (version <= this.lastVersion) fail('versions increase', `${version} after ${this.lastVersion}`);
@@ -221,11 +243,14 @@ const LIMITS: Partial<MulticastLimits> = {
   windowSize: 4,
   packetBytesMax: 4096,
   sendQueueCountMax: 8,
+  rdmcRepairMicros: 10_000,
 };
 
 /** The membership oracle: a view change whenever live nodes and view members differ. */
 function watchMembership(sim: Simulation<McMessage, MulticastSimNode>, world: World): void {
-  sim.schedule(20 + sim.random.int(40), 'membership check', () => {
+  // A slow failure detector (every third seed) leaves time for RDMC repair before the wedge.
+  const intervalMs = (world.slowMembership ? 150 : 20) + sim.random.int(40);
+  sim.schedule(intervalMs, 'membership check', () => {
     watchMembership(sim, world);
     if (world.changing) return;
     const up = sim.upIds();
@@ -243,15 +268,16 @@ function watchMembership(sim: Simulation<McMessage, MulticastSimNode>, world: Wo
 function finishViewChange(sim: Simulation<McMessage, MulticastSimNode>, world: World, wedged: number[]): void {
   const old = world.view.id;
   const survivors = wedged.filter((id) => sim.node(id)?.view === old);
-  const resend = new Map<number, Uint8Array[]>();
+  const resend = new Map<number, ResendMessage[]>();
   if (survivors.length > 0) {
     const trim = computeTrim(survivors.map((id) => sim.node(id)!.core!.receiveState().receivedCounts));
     for (const id of survivors) {
       const node = sim.node(id)!;
       const cut = node.core!.applyTrim(trim).resend;
+      world.rdmcRepairs += node.core!.counters.rdmcRepairs;
       world.resent += cut.length;
       // Test-only mutation: forget what the trim cut off (the checks must notice).
-      if (world.mutation !== 'drop-resend') resend.set(id, cut.map((m) => m.payload));
+      if (world.mutation !== 'drop-resend') resend.set(id, cut);
       node.pump();
     }
     const lengths = survivors.map((id) => sim.node(id)!.viewDeliveries.length);
@@ -289,9 +315,15 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   const ids = [1, 2, 3, 4, 5].slice(0, 3 + (seed % 3));
   // Every fourth seed, only the odd-numbered nodes send.
   const senderIds = seed % 4 === 3 ? ids.filter((id) => id % 2 === 1) : ids;
-  const limits = multicastLimits({ ...LIMITS, rdmcAlgorithm: RDMC_ALGORITHMS[seed % 4]! });
+  // Every fifth seed has a send queue shorter than the window, so a view change cuts off more
+  // own messages than a new core's queue takes at once (re-sends then wait across ticks).
+  const sendQueueCountMax = seed % 5 === 2 ? 2 : LIMITS.sendQueueCountMax!;
+  const limits = multicastLimits({
+    ...LIMITS, sendQueueCountMax, rdmcAlgorithm: RDMC_ALGORITHMS[seed % 4]!,
+  });
   const mutation = options.flags?.['mutation'];
   const world = new World(limits, senderIds, typeof mutation === 'string' ? mutation : undefined);
+  world.slowMembership = seed % 3 === 1;
   let sim!: Simulation<McMessage, MulticastSimNode>;
   sim = new Simulation<McMessage, MulticastSimNode>({
     seed,
@@ -326,6 +358,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   // time the backlog drained is recorded here.)
   sim.run({ untilMs: 60_000, stepsMax, stopWhen: drained });
   checkNothingLost(sim, world);
+  for (const id of world.view.members) world.rdmcRepairs += sim.node(id)!.core!.counters.rdmcRepairs;
   return {
     seed,
     traceHash: sim.traceHash(),
@@ -334,7 +367,8 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     summary:
       `${ids.length} nodes (${senderIds.length} senders), ${world.submitted.length} submitted, ${world.delivered} deliveries ` +
       `(${world.largeDelivered} RDMC, ${world.trimDelivered} at ragged edges), ` +
-      `${world.viewChanges} view changes, ${world.resent} re-sent, ${sim.stats.crashes} crashes, ` +
+      `${world.viewChanges} view changes, ${world.resent} re-sent, ${world.rdmcRepairs} RDMC repairs, ` +
+      `${sim.stats.crashes} crashes, ` +
       `drained at ${drainedAtMs} ms`,
   };
 }

@@ -7,9 +7,10 @@
  *   {cmd:'run', shard, plan, expect, digest, timeoutMs}
  *        sends plan.count messages (sizes cycle through plan.sizes) at plan.ratePerSec (0: as fast
  *        as the window allows) and waits until `expect` deliveries arrived on that shard
- *                                               -> {delivered, bytes, elapsedMs, digest, latency}
+ *                                               -> {delivered, bytes, elapsedMs, cpuMicros,
+ *                                                   transport (counter deltas), digest, latency}
  *   {cmd:'ceiling', peers, size, seconds}       -> raw transport one-way calls to the peers
- *                                               -> {messages, bytes, elapsedMs}
+ *                                               -> {messages, bytes, elapsedMs, cpuMicros}
  *   {cmd:'exit'}
  * The sink handler (request type 49) answers the ceiling calls of the other members.
  */
@@ -67,6 +68,12 @@ function payloadOf(size: number, seq: number): Uint8Array {
   return payload;
 }
 
+function statsDelta(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
+  const delta: Record<string, number> = {};
+  for (const [key, value] of Object.entries(after)) delta[key] = value - (before[key] ?? 0);
+  return delta;
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function runPlan(message: {
@@ -88,6 +95,8 @@ async function runPlan(message: {
     if (state.delivered >= state.expect) resolve();
   });
   const started = performance.now();
+  const cpuStart = process.cpuUsage();
+  const transportStart = endpoint!.stats();
   const { count, sizes, ratePerSec } = message.plan;
   const sending = (async () => {
     const gapMs = ratePerSec > 0 ? 1000 / ratePerSec : 0;
@@ -109,6 +118,7 @@ async function runPlan(message: {
   ]);
   clearTimeout(timer);
   const elapsedMs = performance.now() - started;
+  const cpu = process.cpuUsage(cpuStart);
   const sorted = state.latencies.sort((a, b) => a - b);
   const q = (p: number): number => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
   reply({
@@ -116,6 +126,8 @@ async function runPlan(message: {
     delivered: state.delivered,
     bytes: state.bytes,
     elapsedMs,
+    cpuMicros: cpu.user + cpu.system,
+    transport: statsDelta(transportStart, endpoint!.stats()),
     digest: state.hash?.digest('hex') ?? null,
     latency: { p50: q(0.5), p99: q(0.99), samples: sorted.length },
     counters: state.driver.counters,
@@ -129,6 +141,7 @@ async function ceiling(message: { peers: string[]; size: number; seconds: number
   const payload = new Uint8Array(message.size).fill(7);
   let messages = 0;
   const started = performance.now();
+  const cpuStart = process.cpuUsage();
   const end = started + message.seconds * 1000;
   await Promise.all(
     sessions.flatMap((session) =>
@@ -141,8 +154,9 @@ async function ceiling(message: { peers: string[]; size: number; seconds: number
     ),
   );
   const elapsedMs = performance.now() - started;
+  const cpu = process.cpuUsage(cpuStart);
   for (const s of sessions) await s.close();
-  reply({ messages, bytes: messages * message.size, elapsedMs });
+  reply({ messages, bytes: messages * message.size, elapsedMs, cpuMicros: cpu.user + cpu.system });
 }
 
 process.on('message', (raw: unknown) => {
@@ -156,6 +170,8 @@ process.on('message', (raw: unknown) => {
           seed: message.seed as number,
           messageBytesMax: 32 * 1024 * 1024,
           peerFailureTimeoutMs: 10_000,
+          // Endpoint options for experiments (e.g. '{"retransmitTimeoutMs":40}'), from the parent.
+          ...(process.env.MC_ENDPOINT ? JSON.parse(process.env.MC_ENDPOINT) as object : {}),
         });
         endpoint.handle(SINK_TYPE, () => EMPTY);
         reply({ address: endpoint.address });

@@ -13,6 +13,10 @@ export interface RunResult {
   delivered: number;
   bytes: number;
   elapsedMs: number;
+  /** CPU time (user + system) this member's process used during the run, in µs. */
+  cpuMicros: number;
+  /** The change in this member's transport counters (TransportStats) during the run. */
+  transport: Record<string, number>;
   digest: string | null;
   latency: { p50: number; p99: number; samples: number };
   counters: Record<string, number>;

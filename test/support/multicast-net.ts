@@ -84,11 +84,11 @@ export class MulticastNet {
   readonly problems: string[] = [];
   readonly failed = new Set<number>();
   /** Per member, the last time-based stability frontier and persisted frontier it published. */
-  readonly frontierMicros: bigint[];
+  readonly frontierMicros: number[];
   readonly persistedFrontier: bigint[];
   inFlight: InFlight[] = [];
   held: InFlight[] = [];
-  nowMicros = 1_000_000n;
+  nowMicros = 1_000_000;
   packetsSent = 0;
   private readonly faults: NetFaults;
   private readonly allowEmptyPayloads: boolean;
@@ -114,7 +114,7 @@ export class MulticastNet {
         }),
     );
     this.delivered = this.nodes.map(() => []);
-    this.frontierMicros = this.nodes.map(() => 0n);
+    this.frontierMicros = this.nodes.map(() => 0);
     this.persistedFrontier = this.nodes.map(() => -1n);
     this.sent = this.nodes.map(() => []);
   }
@@ -129,7 +129,7 @@ export class MulticastNet {
     this.logical++;
     const payload = makePayload(rank, seq, bytes);
     const result = this.cores[rank]!.send(payload, {
-      wallMicros: this.nowMicros,
+      micros: this.nowMicros,
       logical: this.logical,
     });
     if (!result.accepted) return false;
@@ -137,7 +137,7 @@ export class MulticastNet {
     return true;
   }
 
-  tick(micros = 100n): void {
+  tick(micros = 100): void {
     this.nowMicros += micros;
     for (const r of this.alive) this.cores[r]!.tick(this.nowMicros);
   }
@@ -152,9 +152,9 @@ export class MulticastNet {
   absorb(rank: number, ready: MulticastReady): void {
     for (const d of ready.deliveries) {
       // Time-based stability: a frontier F promised that nothing stamped below F comes later.
-      if (d.timestamp.wallMicros < this.frontierMicros[rank]!) {
+      if (d.timestamp.micros < this.frontierMicros[rank]!) {
         this.problems.push(
-          `rank ${rank} delivered a message stamped ${d.timestamp.wallMicros} after publishing ` +
+          `rank ${rank} delivered a message stamped ${d.timestamp.micros} after publishing ` +
             `the stability frontier ${this.frontierMicros[rank]}`,
         );
       }
@@ -219,7 +219,7 @@ export class MulticastNet {
       const burst = 1 + this.rng.int(6);
       for (let i = 0; i < burst; i++) this.deliverOne();
     } else if (roll < 0.99) {
-      this.tick(BigInt(1 + this.rng.int(500)));
+      this.tick(1 + this.rng.int(500));
       // Persistence completes for some member, up to what it delivered.
       const r = alive[this.rng.int(alive.length)]!;
       const last = this.delivered[r]!.at(-1)?.version;

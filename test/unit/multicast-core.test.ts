@@ -3,7 +3,8 @@
 // every member reported receipt, reactive and compressed nulls, SMC batching under the packet
 // budget with reports piggybacked (one report per flush, not per message), the window and send
 // queue, raw mode, RDMC mixed with SMC, frontiers (persisted, time), the trim function, and the
-// codec's round trip and rejection of malformed input.
+// codec's round trip and rejection of malformed input, and re-sends carried into the next view
+// with their original stamps.
 import test from 'ava';
 import { MulticastNet, makePayload, readPayload, sequenceOf } from '../support/multicast-net.js';
 import { MulticastCore } from '../../src/multicast/multicast-core.js';
@@ -18,7 +19,7 @@ import { computeTrim } from '../../src/multicast/ragged-edge.js';
 import { decodePacket, encodePacket, MulticastDecodeError } from '../../src/multicast/codec.js';
 import { AssertionError, ConfigError, PayloadTooLargeError } from '../../src/core/errors.js';
 import { makeVersion, nodeId, viewId, VERSION_NONE, type Version } from '../../src/core/ids.js';
-import type { DataPacket, Packet } from '../../src/multicast/types.js';
+import type { DataPacket, Delivery, Packet, ResendMessage } from '../../src/multicast/types.js';
 
 const LIMITS: Partial<MulticastLimits> = {
   payloadBytesMax: 4000,
@@ -36,7 +37,7 @@ function settle(net: MulticastNet): void {
 
 test('limits: payload above max_payload_size fails at once; bad config names its keys', (t) => {
   const net = new MulticastNet({ seed: 1, memberCount: 2, limits: LIMITS });
-  const error = t.throws(() => net.cores[0]!.send(new Uint8Array(4001), { wallMicros: 1n, logical: 0 }), {
+  const error = t.throws(() => net.cores[0]!.send(new Uint8Array(4001), { micros: 1, logical: 0 }), {
     instanceOf: PayloadTooLargeError,
   });
   t.regex(error!.message, /max_payload_size/);
@@ -61,7 +62,7 @@ test('limits: payload above max_payload_size fails at once; bad config names its
 
 test('round robin over senders only: positions i·n+r, versions from the view id, non-senders receive', (t) => {
   const net = new MulticastNet({ seed: 2, memberCount: 3, senderRanks: [0, 2], limits: LIMITS, viewNumber: 9 });
-  t.throws(() => net.cores[1]!.send(new Uint8Array(1), { wallMicros: 1n, logical: 0 }), { instanceOf: AssertionError });
+  t.throws(() => net.cores[1]!.send(new Uint8Array(1), { micros: 1, logical: 0 }), { instanceOf: AssertionError });
   net.send(2, 10);
   net.send(2, 10);
   net.send(0, 10);
@@ -141,7 +142,7 @@ test('window: at most window_size messages in flight; the queue holds the rest, 
   const net = new MulticastNet({ seed: 6, memberCount: 2, senderRanks: [0], limits: LIMITS });
   for (let i = 0; i < 6; i++) t.true(net.send(0, 10));
   t.false(net.send(0, 10), 'queue of 6 full');
-  t.deepEqual(net.cores[0]!.send(new Uint8Array(3), { wallMicros: net.nowMicros, logical: 0 }), {
+  t.deepEqual(net.cores[0]!.send(new Uint8Array(3), { micros: net.nowMicros, logical: 0 }), {
     accepted: false,
     reason: 'queue-full',
   });
@@ -194,10 +195,10 @@ test('RDMC: large messages split into blocks, ordered with SMC ones, intact, ori
 
 test('frontiers: global persisted = min over members; time stability waits for undelivered messages', (t) => {
   const net = new MulticastNet({ seed: 9, memberCount: 2, limits: LIMITS });
-  net.tick(1000n);
+  net.tick(1000);
   net.send(0, 10);
   const sentAt = net.nowMicros;
-  net.tick(5000n);
+  net.tick(5000);
   net.cores[0]!.persisted(7n as Version);
   net.flush(0);
   net.flush(1);
@@ -206,12 +207,12 @@ test('frontiers: global persisted = min over members; time stability waits for u
   t.true(ready.stabilityFrontierMicros <= sentAt, 'an undelivered message holds the time frontier back');
   settle(net);
   net.cores[1]!.persisted(5n as Version);
-  net.tick(10n);
+  net.tick(10);
   settle(net);
   ready = net.cores[0]!.ready();
   t.is(ready.globalPersistedVersion, 5n as Version);
   t.is(ready.stabilityFrontierMicros, net.nowMicros, 'everything delivered: the frontier is now');
-  t.throws(() => net.cores[0]!.send(new Uint8Array(1), { wallMicros: 1n, logical: 0 }), { instanceOf: AssertionError });
+  t.throws(() => net.cores[0]!.send(new Uint8Array(1), { micros: 1, logical: 0 }), { instanceOf: AssertionError });
 });
 
 test('computeTrim takes the per-sender minimum; applyTrim refuses a trim above what arrived', (t) => {
@@ -223,7 +224,7 @@ test('computeTrim takes the per-sender minimum; applyTrim refuses a trim above w
   t.throws(() => net.cores[1]!.applyTrim([1, 0]), { instanceOf: AssertionError });
   t.deepEqual(net.cores[1]!.applyTrim([0, 0]).resend, []);
   net.cores[0]!.wedge();
-  t.deepEqual(net.cores[0]!.send(new Uint8Array(1), { wallMicros: net.nowMicros, logical: 0 }), {
+  t.deepEqual(net.cores[0]!.send(new Uint8Array(1), { micros: net.nowMicros, logical: 0 }), {
     accepted: false,
     reason: 'wedged',
   });
@@ -236,15 +237,15 @@ test('codec: round trip of every packet kind; malformed input is a typed error',
   const packets: Packet[] = [
     {
       kind: 'data', viewId: 3, fromRank: 1,
-      report: { receivedCounts: [1, 2], contiguousCount: 3, deliveredCount: 2, persistedVersion: makeVersion(viewId(3), 1), stabilityFrontierMicros: 123456789012345n },
+      report: { receivedCounts: [1, 2], contiguousCount: 3, deliveredCount: 2, persistedVersion: makeVersion(viewId(3), 1), stabilityFrontierMicros: 123456789012345 },
       entries: [
-        { kind: 'message', index: 0, timestamp: { wallMicros: 2n ** 50n, logical: 4 }, payload: makePayload(1, 0, 30) },
+        { kind: 'message', index: 0, timestamp: { micros: 2 ** 50, logical: 4 }, payload: makePayload(1, 0, 30) },
         { kind: 'null', index: 1, count: 17 },
       ],
     },
     { kind: 'data', viewId: 0, fromRank: 0, report: null, entries: [] },
     {
-      kind: 'block', viewId: 1, fromRank: 2, senderIndex: 0, index: 5, timestamp: { wallMicros: 9n, logical: 0 },
+      kind: 'block', viewId: 1, fromRank: 2, senderIndex: 0, index: 5, timestamp: { micros: 9, logical: 0 },
       totalBytes: 1000, block: 3, bytes: new Uint8Array([1, 2, 3]),
     },
   ];
@@ -254,8 +255,22 @@ test('codec: round trip of every packet kind; malformed input is a typed error',
   }
   const good = encodePacket(packets[0]!);
   t.throws(() => decodePacket(good.subarray(0, good.length - 5)), { instanceOf: MulticastDecodeError });
-  t.throws(() => decodePacket(encodePacket({ ...(packets[1] as DataPacket), fromRank: -1 })), { instanceOf: MulticastDecodeError });
+  t.throws(() => encodePacket({ ...(packets[1] as DataPacket), fromRank: -1 }), { instanceOf: AssertionError });
   t.throws(() => decodePacket(new Uint8Array([0x93, 9, 9, 9])), { instanceOf: MulticastDecodeError });
+  t.throws(() => decodePacket(new Uint8Array(0)), { instanceOf: MulticastDecodeError });
+  const corrupt = (at: number, value: number): Uint8Array => {
+    const copy = good.slice();
+    copy[at] = value;
+    return copy;
+  };
+  t.throws(() => decodePacket(corrupt(1, 6)), { instanceOf: MulticastDecodeError, message: /flags/ });
+  t.throws(() => decodePacket(corrupt(8, 200)), { instanceOf: MulticastDecodeError, message: /entries/ });
+  t.throws(() => decodePacket(Uint8Array.of(...good, 0)), { instanceOf: MulticastDecodeError, message: /trailing/ });
+  const block = encodePacket(packets[2]!);
+  t.throws(() => decodePacket(block.subarray(0, 20)), { instanceOf: MulticastDecodeError, message: /truncated/ });
+  const badStamp = block.slice();
+  new DataView(badStamp.buffer).setFloat64(16, 0.5, true);
+  t.throws(() => decodePacket(badStamp), { instanceOf: MulticastDecodeError, message: /micros/ });
 });
 
 /** Bytes as arrays (decoded Buffers vs sent Uint8Arrays), everything else as is. */
@@ -283,8 +298,8 @@ test('edge shapes: empty payloads, a one-member shard, a shard whose only sender
   const limits = multicastLimits(LIMITS);
   const one = [nodeId(4)];
   const solo = new MulticastCore({ viewId: viewId(1), members: one, senders: one, self: nodeId(4), mode: 'ordered', limits });
-  solo.send(new Uint8Array(0), { wallMicros: 1n, logical: 0 });
-  solo.send(new Uint8Array(3000).fill(9), { wallMicros: 1n, logical: 1 });
+  solo.send(new Uint8Array(0), { micros: 1, logical: 0 });
+  solo.send(new Uint8Array(3000).fill(9), { micros: 1, logical: 1 });
   const ready = solo.ready();
   t.is(ready.packets.length, 0, 'nobody to send to');
   t.deepEqual(ready.deliveries.map((d) => [d.index, d.payload.length, d.large]), [[0, 0, false], [1, 3000, true]]);
@@ -292,8 +307,83 @@ test('edge shapes: empty payloads, a one-member shard, a shard whose only sender
   const net = new MulticastNet({
     seed: 12, memberCount: 3, senderRanks: [1], limits: LIMITS, allowEmptyPayloads: true,
   });
-  net.cores[1]!.send(new Uint8Array(0), { wallMicros: net.nowMicros, logical: 0 });
+  net.cores[1]!.send(new Uint8Array(0), { micros: net.nowMicros, logical: 0 });
   settle(net);
   t.deepEqual(net.delivered.map((list) => list.map((d) => d.payload.length)), [[0], [0], [0]]);
   t.is(net.cores.reduce((n, c) => n + c.counters.nullsSent, 0), 0, 'a lone sender needs no nulls');
+});
+
+test('re-sends keep their stamps: the next core queues them before any tick can pass them', (t) => {
+  const limits = multicastLimits(LIMITS);
+  const members = [nodeId(1), nodeId(2)];
+  const make = (view: number, self: number, resend?: ResendMessage[]): MulticastCore =>
+    new MulticastCore({ viewId: viewId(view), members, senders: members, self: nodeId(self), mode: 'ordered', limits, resend });
+  // View 1: member 1 sends three messages that never reach member 2; the trim cuts them all.
+  const old = make(1, 1);
+  old.tick(100);
+  for (let i = 0; i < 3; i++) old.send(makePayload(0, i, 20), { micros: 200 + i, logical: 0 });
+  old.ready();
+  old.wedge();
+  const { resend } = old.applyTrim([0, 0]);
+  t.deepEqual(resend.map((m) => m.timestamp.micros), [200, 201, 202]);
+
+  // The old way (send() after the new core ticked) trips the time-stability assertion...
+  const late = make(2, 1);
+  late.tick(5000);
+  late.ready();
+  t.throws(() => late.send(resend[0]!.payload, resend[0]!.timestamp), { instanceOf: AssertionError });
+
+  // ...while carried over at construction they go first, hold the frontier back, and arrive
+  // with the stamps they were first sent with.
+  const a = make(2, 1, resend);
+  const b = make(2, 2);
+  a.tick(5000);
+  b.tick(5000);
+  const delivered: Delivery[] = [];
+  for (let round = 0; round < 6; round++) {
+    const ra = a.ready();
+    const rb = b.ready();
+    if (round === 0) t.true(ra.stabilityFrontierMicros <= 200, 'queued re-sends hold the frontier');
+    for (const p of ra.packets) b.receive(decodePacket(encodePacket(p.packet)));
+    for (const p of rb.packets) a.receive(decodePacket(encodePacket(p.packet)));
+    delivered.push(...rb.deliveries);
+  }
+  t.deepEqual(delivered.map((d) => [readPayload(d.payload)![1], d.timestamp.micros, d.index]), [
+    [0, 200, 0], [1, 201, 1], [2, 202, 2],
+  ]);
+  const demoted = (): MulticastCore => new MulticastCore({
+    viewId: viewId(2), members, senders: [nodeId(2)], self: nodeId(1), mode: 'ordered', limits, resend,
+  });
+  t.throws(demoted, { instanceOf: AssertionError, message: /not a sender/ });
+});
+
+test('RDMC repair: a relay that died mid-transfer does not strand the members behind it', (t) => {
+  // Chain schedule 0 -> 1 -> 2 -> 3: rank 1 dies before relaying. Without repair, ranks 2 and 3
+  // would wait for its blocks until a view change trims the message off and the origin re-sends
+  // it in the next view; with it, the origin sends them the blocks itself after rdmc_repair_ms
+  // per block (here 10 ms x 4 blocks).
+  const net = new MulticastNet({
+    seed: 5, memberCount: 4, senderRanks: [0],
+    limits: { ...LIMITS, rdmcAlgorithm: 'chain', rdmcRepairMicros: 10_000 },
+  });
+  net.failed.add(1);
+  net.tick(10);
+  t.true(net.send(0, 3 * 128 + 7));
+  net.drain();
+  t.deepEqual([2, 3].map((r) => net.cores[r]!.receivedCount(0)), [0, 0], 'stranded behind the dead relay');
+  net.tick(20_000);
+  net.drain();
+  t.deepEqual([2, 3].map((r) => net.cores[r]!.receivedCount(0)), [0, 0], 'no repair before rdmc_repair_ms');
+  net.tick(40_000);
+  net.drain();
+  t.deepEqual([2, 3].map((r) => net.cores[r]!.receivedCount(0)), [1, 1], 'repaired from the origin');
+  t.is(net.cores[0]!.counters.rdmcRepairs, 3, 'the origin repaired ranks 1 (dead), 2 and 3 once each');
+  net.tick(500_000);
+  net.drain();
+  t.is(net.cores[0]!.counters.rdmcRepairs, 3, 'once per member and message');
+  // Holders repair in rank order, each after (1 + its rank from the origin) x rdmc_repair_ms,
+  // and only members still missing it: here just the dead one, once each (the driver drops
+  // packets to a failed peer; the view change ends it).
+  t.deepEqual([2, 3].map((r) => net.cores[r]!.counters.rdmcRepairs), [1, 1]);
+  t.true(net.delivered.every((list) => list.length === 0), 'no delivery: the dead member never received it');
 });

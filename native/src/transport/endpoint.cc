@@ -39,7 +39,8 @@ const char* DropReasonName(DropReason reason) {
   static const char* const kNames[] = {
       "truncated", "bad_magic", "bad_version", "bad_type", "bad_flags", "unknown_session",
       "wrong_peer", "too_large", "bad_length", "bad_packet_number", "stale", "injected",
-      "failed_peer", "duplicate", "handler_running", "bad_state", "out_of_order"};
+      "failed_peer", "duplicate", "handler_running", "bad_state", "out_of_order", "unsealed",
+      "crypto"};
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(DropReason::kCount));
   return kNames[static_cast<size_t>(reason)];
 }
@@ -76,7 +77,7 @@ std::string ValidateConfig(const EndpointConfig& c) {
   if (c.connect_retry_us == 0 || c.connect_timeout_us < c.connect_retry_us) {
     return "connect_timeout_us must be at least connect_retry_us (> 0)";
   }
-  return "";
+  return ValidateEncryption(c.encryption);
 }
 
 struct Endpoint::ClientSlot {
@@ -145,6 +146,7 @@ struct Endpoint::Session {
   // Client: round-trip estimate and retransmission timer (see ArmRetransmitTimer).
   uint64_t srtt_us = 0, rttvar_us = 0, rto_us = 0;
   uint64_t rto_at_us = kNever;  // when the live retransmit timer entry fires; kNever: none
+  std::unique_ptr<SessionSecurity> security;  // encrypting endpoints only
 };
 
 Endpoint::Endpoint(const EndpointConfig& config, PacketIo* io)
@@ -152,6 +154,8 @@ Endpoint::Endpoint(const EndpointConfig& config, PacketIo* io)
       token_state_(config.incarnation) {
   const std::string problem = ValidateConfig(config);
   if (!problem.empty()) throw std::invalid_argument("EndpointConfig: " + problem);
+  if (config.encryption.enabled) security_ = std::make_unique<EndpointSecurity>(config.encryption);
+  config_.encryption.keys.clear();  // the keyring holds what it needs; drop the copies
   // Incarnation 0 (tests) keeps the seed-only sequences: numbers from 1, tokens from the seed.
   if (config.incarnation != 0) {
     uint64_t state = config.incarnation ^ 0x5bd1e9955bd1e995ull;
@@ -290,19 +294,27 @@ void Endpoint::SendRaw(const PeerAddress& to, const Header& header,
                        std::span<const uint8_t> payload) {
   uint8_t bytes[kHeaderBytes];
   Encode(header, bytes);
-  ++stats_.packets_sent_by_type[static_cast<size_t>(header.type)];
+  Transmit(to, header.type, std::span<const uint8_t>(bytes, kHeaderBytes), payload);
+}
+
+void Endpoint::Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
+                        std::span<const uint8_t> payload) {
+  ++stats_.packets_sent_by_type[static_cast<size_t>(type)];
   if (RollDrop() ||
       std::find(failed_peers_.begin(), failed_peers_.end(), to) != failed_peers_.end()) {
     Drop(DropReason::kInjected);
     return;
   }
   ++stats_.packets_sent;
-  stats_.bytes_sent += kHeaderBytes + payload.size();
-  io_->Send(to, std::span<const uint8_t>(bytes, kHeaderBytes), payload);
+  stats_.bytes_sent += header.size() + payload.size();
+  io_->Send(to, header, payload);
 }
 
 void Endpoint::SendPacket(const Session& session, const Header& header,
                           std::span<const uint8_t> payload) {
+  if (session.security != nullptr && session.security->crypto != nullptr) {
+    return SendSealed(session, header, payload);
+  }
   SendRaw(session.peer, header, payload);
 }
 
@@ -551,7 +563,8 @@ void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
       h.request_type = static_cast<uint8_t>(config_.slots_per_session);
       h.message_bytes = config_.message_bytes_max;
       h.request_number = s->token;
-      SendPacket(*s, h);
+      SendConnectAttempt(s, h);
+      if (sessions_.count(s->number) == 0) return;  // the handshake could not start
       s->last_handshake_tx_us = now_us == 0 ? 1 : now_us;
     }
     ArmSessionTimer(s, std::min(s->last_handshake_tx_us + config_.connect_retry_us,
@@ -574,6 +587,7 @@ void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
     ArmSessionTimer(s, now_us + config_.connect_retry_us);
     return;
   }
+  if (s->security != nullptr && s->security->rekeying) ResendHandshake(s);
   // Connected. A peer that has sent nothing (not even a pong) for the failure timeout is dead.
   if (now_us - s->last_rx_us >= config_.peer_failure_timeout_us) {
     FailSession(s, CallStatus::kPeerFailed, SessionEventKind::kPeerFailed, now_us);
@@ -808,7 +822,9 @@ void Endpoint::SetHandled(uint8_t request_type, bool handled) {
   handled_types_[request_type] = handled;
 }
 
-void Endpoint::HandleConnectRequest(const PeerAddress& from, const Header& h, uint64_t now_us) {
+void Endpoint::HandleConnectRequest(const PeerAddress& from, const Header& h,
+                                    std::span<const uint8_t> payload, uint64_t now_us,
+                                    PendingAccept* confirmed) {
   Header reply;
   reply.type = PacketType::kConnectResponse;
   reply.dest_session = h.aux;
@@ -826,7 +842,7 @@ void Endpoint::HandleConnectRequest(const PeerAddress& from, const Header& h, ui
     if (s != nullptr) {
       reply.aux = s->number;
       reply.packet_number = s->packet_bytes;
-      SendRaw(from, reply, {});
+      SendPacket(*s, reply);  // sealed when the session has keys
       return;
     }
   }
@@ -837,16 +853,28 @@ void Endpoint::HandleConnectRequest(const PeerAddress& from, const Header& h, ui
     SendRaw(from, reply, {});
     return;
   }
+  if (security_ != nullptr && confirmed == nullptr) {
+    return BeginAccept(from, h, payload, reply, key, now_us);  // the session comes on Confirm
+  }
+  if (security_ == nullptr && !payload.empty()) {
+    return RefuseConnect(from, reply, ConnectError::kEncryptionMismatch,
+                         "the peer encrypts and this endpoint does not. Fix: turn encryption on "
+                         "(with the group key file) on both nodes, or off on both", {});
+  }
   auto owned = std::make_unique<Session>();
   Session* s = owned.get();
-  s->number = NewSessionNumber();
+  s->number = confirmed != nullptr ? confirmed->number : NewSessionNumber();
+  if (confirmed != nullptr) {
+    s->security = std::make_unique<SessionSecurity>();
+    s->security->crypto = std::move(confirmed->crypto);
+  }
   s->is_client = false;
   s->state = Session::State::kConnected;
   s->peer = from;
   s->remote_number = h.aux;
   s->token = h.request_number;
   s->packet_bytes = std::min({h.packet_number, config_.packet_bytes_max, PathPacketBytes(from)});
-  s->data_bytes_per_packet = s->packet_bytes - kHeaderBytes - kTagBytes;
+  s->data_bytes_per_packet = s->packet_bytes - kHeaderBytes - TrailerReserveBytes();
   s->server_slots.resize(slots);
   for (uint32_t i = 0; i < slots; ++i) s->server_slots[i].request_number = i;
   s->started_us = now_us;
@@ -861,7 +889,7 @@ void Endpoint::HandleConnectRequest(const PeerAddress& from, const Header& h, ui
   ArmSessionTimer(s, now_us + config_.peer_failure_timeout_us);
   reply.aux = s->number;
   reply.packet_number = s->packet_bytes;
-  SendRaw(from, reply, {});
+  SendPacket(*s, reply);  // sealed when the session has keys: the client's proof
 }
 
 void Endpoint::SendCreditReturn(Session* s, const Header& request_header) {
@@ -997,13 +1025,489 @@ void Endpoint::Respond(const ServerRequest& request, CallStatus status,
 }
 
 // ------------------------------------------------------------------------------------------
+// Encryption (endpoint_crypto.h): the seal/open step at the PacketIo boundary, the handshake
+// inside session management, rekeying and group-key rotation.
+// ------------------------------------------------------------------------------------------
+
+void Endpoint::SendSealed(const Session& s, Header h, std::span<const uint8_t> payload) {
+  h.flags |= kFlagEncrypted;
+  crypto::SessionCrypto* session_crypto = s.security->crypto.get();
+  if (!s.is_client && (session_crypto->RekeyDue() ||
+                       session_crypto->key_id() != security_->keyring().Primary()->key_id)) {
+    h.flags |= kFlagRekeyRequested;  // only the client starts handshakes; ask it to
+  }
+  uint8_t header[kHeaderBytes];
+  Encode(h, header);
+  const std::span<const uint8_t> sealed = security_->Seal(session_crypto, header, payload);
+  if (sealed.empty()) {
+    // The key reached its hard limit (a rekey is overdue): nothing unsealed ever leaves. The
+    // packet counts as lost; Go-Back-N resends it once the rekey has switched keys.
+    ++stats_.packets_sent_by_type[static_cast<size_t>(h.type)];
+    return Drop(DropReason::kCrypto);
+  }
+  Transmit(s.peer, h.type, sealed.first(kHeaderBytes), sealed.subspan(kHeaderBytes));
+}
+
+bool Endpoint::OpenIncoming(Header* h, std::span<const uint8_t>* packet, uint64_t now_us) {
+  if ((h->flags & kFlagEncrypted) == 0) {
+    // Only the handshake travels in plaintext: a connect request (ClientHello), the server's
+    // ServerHello or refusal, and the client's Confirm. Each carries its own MAC; a plaintext
+    // connect response is accepted only by a client session still connecting.
+    const bool handshake = h->type == PacketType::kConnectRequest ||
+                           h->type == PacketType::kConnectResponse ||
+                           h->type == PacketType::kConnectConfirm;
+    if (handshake && (h->flags & kFlagRekeyRequested) == 0) return true;
+    Drop(DropReason::kUnsealed);
+    return false;
+  }
+  Session* s = Find(h->dest_session);
+  if (s == nullptr) {
+    Drop(DropReason::kUnknownSession);
+    return false;
+  }
+  SessionSecurity* sec = s->security.get();
+  if (security_ == nullptr || sec == nullptr || sec->crypto == nullptr) {
+    Drop(DropReason::kUnsealed);  // we have no keys for it (or do not encrypt at all)
+    return false;
+  }
+  // Decrypted in place: OnPacket's contract gives the endpoint the datagram's buffer.
+  const crypto::MutableBytes writable(const_cast<uint8_t*>(packet->data()), packet->size());
+  const std::span<const uint8_t> plain = security_->Open(sec->crypto.get(), writable);
+  if (plain.empty()) {
+    Drop(DropReason::kCrypto);  // the reason is in CryptoCounters
+    return false;
+  }
+  *packet = plain;  // only now are the header's fields (and the rekey bit) trusted
+  if (sec->retire_previous_at_us != 0 && now_us >= sec->retire_previous_at_us) {
+    sec->crypto->RetirePreviousReceiveKey();
+    sec->retire_previous_at_us = 0;
+  }
+  if (!s->is_client || s->state != Session::State::kConnected) return true;
+  if (sec->rekeying && sec->rekey_adopted && !sec->crypto->send_switch_pending()) {
+    // The server's packet opened under the new epoch: it has the Confirm, we send under the
+    // new key now (SessionCrypto switched). The old receive key serves packets in flight.
+    sec->rekeying = false;
+    sec->rekey_adopted = false;
+    sec->client_handshake.reset();
+    sec->resend.clear();
+    sec->retire_previous_at_us = now_us + config_.retransmit_timeout_us * 4;
+    ++security_->stats().rekeys_completed;
+  }
+  if (sec->rekeying) {
+    // Rekey messages travel in sealed packets that may be lost like any other. While the
+    // session is busy, resend after a retransmission timeout without an answer (the keepalive
+    // timer covers idle sessions).
+    if (now_us - sec->rekey_sent_us >= config_.retransmit_timeout_us) {
+      sec->rekey_sent_us = now_us;
+      ResendHandshake(s);
+    }
+    return true;
+  }
+  const bool requested = (h->flags & kFlagRekeyRequested) != 0 &&
+                         now_us >= sec->rekey_request_ignored_until_us;
+  if (requested || sec->crypto->RekeyDue()) {
+    if (requested) {
+      sec->rekey_request_ignored_until_us = now_us + config_.peer_failure_timeout_us / 4;
+    }
+    StartRekey(s, now_us);
+  }
+  return true;
+}
+
+void Endpoint::SendConnectAttempt(Session* s, const Header& connect) {
+  if (security_ == nullptr) return SendPacket(*s, connect);
+  if (s->security == nullptr) s->security = std::make_unique<SessionSecurity>();
+  SessionSecurity& sec = *s->security;
+  if (sec.crypto != nullptr) return ResendHandshake(s);  // keys derived; Confirm unanswered
+  if (sec.client_handshake == nullptr) {
+    sec.client_handshake = std::make_unique<crypto::ClientHandshake>(
+        security_->handshake_config(), &security_->counters());
+    crypto::ClientHelloParams params;
+    params.client_session = s->number;
+    params.server_address = EndpointSecurity::Identity(s->peer);
+    params.epoch_proposed = 0;
+    crypto::HandshakeStep step = sec.client_handshake->Start(security_->keyring(), params);
+    if (step.status != crypto::HandshakeStatus::kInProgress) {
+      const std::string why = RefusalText(s->peer.ToString(), step.status, step.peer_reason);
+      EmitSession(s->number, SessionEventKind::kConnectFailed,
+                  static_cast<uint64_t>(ConnectError::kAuthenticationFailed),
+                  std::vector<uint8_t>(why.begin(), why.end()));
+      return Bury(s, 0);
+    }
+    sec.resend = std::move(step.reply);  // the same ClientHello on every retry
+  }
+  SendRaw(s->peer, connect, sec.resend);
+}
+
+void Endpoint::ResendHandshake(Session* s) {
+  SessionSecurity& sec = *s->security;
+  if (sec.resend.empty()) return;
+  if (s->state == Session::State::kConnected) return SendRekeyMessage(s, sec.resend);
+  Header confirm;
+  confirm.type = PacketType::kConnectConfirm;
+  confirm.dest_session = s->remote_number;
+  confirm.aux = s->number;
+  confirm.request_number = s->token;
+  SendRaw(s->peer, confirm, sec.resend);
+}
+
+void Endpoint::BeginAccept(const PeerAddress& from, const Header& h,
+                           std::span<const uint8_t> payload, Header reply,
+                           const std::string& key, uint64_t now_us) {
+  if (payload.empty()) {
+    return RefuseConnect(from, reply, ConnectError::kEncryptionMismatch,
+                         "the peer does not encrypt and this endpoint requires it. Fix: give "
+                         "both nodes the group key file with encryption on",
+                         {});
+  }
+  auto it = pending_accepts_.find(key);
+  if (it == pending_accepts_.end()) {
+    if (pending_accepts_.size() >= security_->pending_handshakes_max()) {
+      // Forget handshakes whose client has given up (a replayed hello never confirms).
+      std::erase_if(pending_accepts_, [&](const auto& entry) {
+        return now_us - entry.second.started_us >= config_.connect_timeout_us;
+      });
+    }
+    if (pending_accepts_.size() >= security_->pending_handshakes_max()) {
+      reply.aux = kNoSession;
+      reply.message_bytes = static_cast<uint32_t>(ConnectError::kTooManySessions);
+      return SendRaw(from, reply, {});
+    }
+    PendingAccept pending;
+    pending.number = NewSessionNumber();
+    pending.connect = h;
+    pending.started_us = now_us;
+    pending.handshake = std::make_unique<crypto::ServerHandshake>(security_->handshake_config(),
+                                                                  &security_->counters());
+    it = pending_accepts_.emplace(key, std::move(pending)).first;
+  }
+  PendingAccept& pending = it->second;
+  // A repeated hello (our ServerHello was lost) gets the same ServerHello again.
+  crypto::HandshakeStep step = pending.handshake->OnClientHello(
+      payload, security_->keyring(), pending.number, 0, EndpointSecurity::KeyringMs(now_us));
+  if (step.status == crypto::HandshakeStatus::kInProgress) {
+    reply.aux = pending.number;
+    reply.packet_number = std::min({h.packet_number, config_.packet_bytes_max,
+                                    PathPacketBytes(from)});
+    security_->stats().pending_handshakes = pending_accepts_.size();
+    return SendRaw(from, reply, step.reply);
+  }
+  pending_accepts_.erase(it);
+  security_->stats().pending_handshakes = pending_accepts_.size();
+  RefuseConnect(from, reply, ConnectError::kAuthenticationFailed,
+                crypto::Describe(step.status), step.reply);
+}
+
+void Endpoint::RefuseConnect(const PeerAddress& from, Header reply, ConnectError error,
+                             const std::string& why, std::span<const uint8_t> refuse_message) {
+  reply.aux = kNoSession;
+  reply.message_bytes = static_cast<uint32_t>(error);
+  SendRaw(from, reply, refuse_message);
+  if (security_ != nullptr) ++security_->stats().handshakes_refused;
+  const std::string text = "refused a session from " + from.ToString() + ": " + why;
+  EmitSession(0, SessionEventKind::kRefused, static_cast<uint64_t>(error),
+              std::vector<uint8_t>(text.begin(), text.end()));
+}
+
+void Endpoint::HandleConnectConfirm(const PeerAddress& from, const Header& h,
+                                    std::span<const uint8_t> payload, uint64_t now_us) {
+  if (security_ == nullptr) return Drop(DropReason::kBadType);
+  const std::string key = from.ToString() + "/" + std::to_string(h.request_number);
+  auto it = pending_accepts_.find(key);
+  if (it == pending_accepts_.end() || it->second.number != h.dest_session) {
+    auto known = accepted_by_token_.find(key);
+    Session* s = known == accepted_by_token_.end() ? nullptr : Find(known->second);
+    if (s == nullptr) return Drop(DropReason::kUnknownSession);
+    // A repeated Confirm: our sealed answer was lost. Answer again.
+    if (s->is_client || !(s->peer == from)) return Drop(DropReason::kWrongPeer);
+    Header reply;
+    reply.type = PacketType::kConnectResponse;
+    reply.dest_session = h.aux;
+    reply.request_number = h.request_number;
+    reply.aux = s->number;
+    reply.packet_number = s->packet_bytes;
+    return SendPacket(*s, reply);
+  }
+  crypto::HandshakeStep step = it->second.handshake->OnMessage(payload);
+  if (step.status == crypto::HandshakeStatus::kOk) {
+    it->second.crypto = crypto::SessionCrypto::Create(crypto::Role::kServer, std::move(*step.keys),
+                                                      &security_->counters(), security_->limits());
+    PendingAccept accepted = std::move(it->second);
+    pending_accepts_.erase(it);
+    security_->stats().pending_handshakes = pending_accepts_.size();
+    if (accepted.crypto == nullptr) return Drop(DropReason::kCrypto);  // out of memory
+    return HandleConnectRequest(from, accepted.connect, {}, now_us, &accepted);
+  }
+  if (step.status == crypto::HandshakeStatus::kWrongState ||
+      step.status == crypto::HandshakeStatus::kInProgress) {
+    return Drop(DropReason::kDuplicate);
+  }
+  pending_accepts_.erase(it);
+  security_->stats().pending_handshakes = pending_accepts_.size();
+  Header reply;
+  reply.type = PacketType::kConnectResponse;
+  reply.dest_session = h.aux;
+  reply.request_number = h.request_number;
+  RefuseConnect(from, reply, ConnectError::kAuthenticationFailed,
+                RefusalText(from.ToString(), step.status, step.peer_reason), step.reply);
+}
+
+void Endpoint::HandleHandshakeReply(Session* s, const Header& h,
+                                    std::span<const uint8_t> payload, uint64_t now_us) {
+  SessionSecurity& sec = *s->security;
+  crypto::HandshakeStep step;
+  if (h.aux == kNoSession) {
+    // Refused. The Refuse message (if any) says why; it is unauthenticated (the peer may share
+    // no key with us), so it only ever ends this attempt.
+    step.status = crypto::HandshakeStatus::kRefusedByPeer;
+    if (sec.client_handshake != nullptr && !payload.empty()) {
+      step = sec.client_handshake->OnMessage(payload);
+    }
+    if (step.status == crypto::HandshakeStatus::kWrongState) {
+      // Our handshake already completed: the server refused our Confirm. Its reason byte is
+      // informative only (unauthenticated), as for every refusal.
+      step.status = crypto::HandshakeStatus::kRefusedByPeer;
+      step.peer_reason = payload.size() >= 3 ? static_cast<crypto::HandshakeStatus>(payload[2])
+                                             : crypto::HandshakeStatus::kOk;
+      step.reply.clear();
+    }
+  } else if (sec.client_handshake == nullptr) {
+    return Drop(DropReason::kBadState);
+  } else {
+    step = sec.client_handshake->OnMessage(payload);
+  }
+  using Status = crypto::HandshakeStatus;
+  if (step.status == Status::kOk && step.keys->server_session != h.aux) {
+    step.status = Status::kMalformed;  // the MAC'd hello names another session than the header
+    step.reply = crypto::EncodeRefuse(Status::kMalformed, step.keys->key_id);
+  }
+  if (step.status == Status::kOk) {
+    sec.crypto = crypto::SessionCrypto::Create(crypto::Role::kClient, std::move(*step.keys),
+                                               &security_->counters(), security_->limits());
+    if (sec.crypto == nullptr) return Drop(DropReason::kCrypto);  // out of memory; retried
+    s->remote_number = h.aux;
+    sec.resend = std::move(step.reply);  // the Confirm, resent until the sealed answer
+    return ResendHandshake(s);
+  }
+  if (step.status == Status::kInProgress) return ResendHandshake(s);  // repeated ServerHello
+  if (step.status == Status::kWrongState) return Drop(DropReason::kDuplicate);
+  std::string why;
+  ConnectError error = ConnectError::kAuthenticationFailed;
+  if (h.aux == kNoSession && payload.empty()) {
+    error = static_cast<ConnectError>(h.message_bytes);  // sessions_max, closing, mismatch
+    why = "session with " + s->peer.ToString() + " refused by the peer (connect error " +
+          std::to_string(h.message_bytes) + ")";
+  } else {
+    why = RefusalText(s->peer.ToString(), step.status, step.peer_reason);
+  }
+  if (!step.reply.empty()) {
+    Header refuse;
+    refuse.type = PacketType::kConnectConfirm;
+    refuse.dest_session = h.aux;
+    refuse.aux = s->number;
+    refuse.request_number = s->token;
+    SendRaw(s->peer, refuse, step.reply);
+  }
+  ++security_->stats().connects_refused_by_peer;
+  EmitSession(s->number, SessionEventKind::kConnectFailed, static_cast<uint64_t>(error),
+              std::vector<uint8_t>(why.begin(), why.end()));
+  Bury(s, now_us);
+}
+
+void Endpoint::SendRekeyMessage(Session* s, std::span<const uint8_t> message) {
+  Header h;
+  h.type = PacketType::kRekey;
+  h.dest_session = s->remote_number;
+  SendPacket(*s, h, message);
+}
+
+bool Endpoint::StartRekey(Session* s, uint64_t now_us) {
+  SessionSecurity* sec = s->security.get();
+  if (!s->is_client || s->state != Session::State::kConnected || sec == nullptr ||
+      sec->crypto == nullptr || sec->rekeying) {
+    return false;
+  }
+  if (sec->crypto->NextEpoch() > 0xFFFF) {
+    // 65,535 rekeys spent the epochs: a new session gets new keys from epoch 0.
+    FailSession(s, CallStatus::kSessionClosed, SessionEventKind::kDisconnected, now_us);
+    return false;
+  }
+  sec->client_handshake = std::make_unique<crypto::ClientHandshake>(
+      security_->handshake_config(), &security_->counters());
+  crypto::ClientHelloParams params;
+  params.client_session = s->number;
+  params.server_address = EndpointSecurity::Identity(s->peer);
+  params.epoch_proposed = static_cast<uint16_t>(sec->crypto->NextEpoch());
+  crypto::HandshakeStep step = sec->client_handshake->Start(security_->keyring(), params);
+  if (step.status != crypto::HandshakeStatus::kInProgress) return false;
+  sec->rekeying = true;
+  sec->rekey_adopted = false;
+  sec->resend = std::move(step.reply);
+  sec->rekey_sent_us = now_us;
+  ++security_->stats().rekeys_started;
+  SendRekeyMessage(s, sec->resend);
+  return true;
+}
+
+void Endpoint::HandleRekey(Session* s, std::span<const uint8_t> payload, uint64_t now_us) {
+  if (s->security == nullptr || s->security->crypto == nullptr || payload.empty()) {
+    return Drop(DropReason::kBadState);
+  }
+  if (s->is_client) return HandleClientRekey(s, payload, now_us);
+  SessionSecurity& sec = *s->security;
+  using Type = crypto::HandshakeMessageType;
+  const auto type = static_cast<Type>(payload[0]);
+  if (type == Type::kClientHello) {
+    const bool repeated = sec.server_handshake != nullptr &&
+                          std::equal(payload.begin(), payload.end(),
+                                     sec.server_hello_request.begin(),
+                                     sec.server_hello_request.end());
+    if (!repeated) {
+      sec.server_handshake = std::make_unique<crypto::ServerHandshake>(
+          security_->handshake_config(), &security_->counters());
+      sec.server_hello_request.assign(payload.begin(), payload.end());
+    }
+    crypto::HandshakeStep step = sec.server_handshake->OnClientHello(
+        payload, security_->keyring(), s->number,
+        static_cast<uint16_t>(std::min<uint32_t>(sec.crypto->NextEpoch(), 0xFFFF)),
+        EndpointSecurity::KeyringMs(now_us));
+    if (step.status != crypto::HandshakeStatus::kInProgress) {
+      if (repeated && step.status == crypto::HandshakeStatus::kWrongState) {
+        return Drop(DropReason::kDuplicate);  // a late copy of a rekey that completed
+      }
+      ++security_->stats().rekeys_failed;
+    }
+    if (!step.reply.empty()) SendRekeyMessage(s, step.reply);
+    return;
+  }
+  if (sec.server_handshake == nullptr) return Drop(DropReason::kBadState);
+  crypto::HandshakeStep step = sec.server_handshake->OnMessage(payload);
+  if (step.status == crypto::HandshakeStatus::kOk) {
+    if (!sec.crypto->Adopt(std::move(*step.keys))) return Drop(DropReason::kCrypto);
+    sec.retire_previous_at_us = now_us + config_.retransmit_timeout_us * 4;
+    ++security_->stats().rekeys_completed;
+  } else if (step.status != crypto::HandshakeStatus::kWrongState) {
+    ++security_->stats().rekeys_failed;
+    return;
+  }
+  // Answer every Confirm (repeats too) with a packet under the new epoch: the client's proof
+  // that we switched, so it switches its sending key even on an idle session.
+  Header pong;
+  pong.type = PacketType::kPong;
+  pong.dest_session = s->remote_number;
+  SendPacket(*s, pong);
+}
+
+void Endpoint::HandleClientRekey(Session* s, std::span<const uint8_t> payload,
+                                 uint64_t /*now_us*/) {
+  SessionSecurity& sec = *s->security;
+  if (!sec.rekeying || sec.client_handshake == nullptr) return Drop(DropReason::kDuplicate);
+  crypto::HandshakeStep step = sec.client_handshake->OnMessage(payload);
+  switch (step.status) {
+    case crypto::HandshakeStatus::kOk:
+      if (!sec.crypto->Adopt(std::move(*step.keys))) return Drop(DropReason::kCrypto);
+      sec.rekey_adopted = true;
+      sec.resend = std::move(step.reply);  // Confirm, resent until the server's proof arrives
+      return SendRekeyMessage(s, sec.resend);
+    case crypto::HandshakeStatus::kInProgress: return SendRekeyMessage(s, sec.resend);
+    case crypto::HandshakeStatus::kWrongState: return Drop(DropReason::kDuplicate);
+    default:
+      // Refused (e.g. the server does not hold our new primary key yet). The session keeps its
+      // current keys; the next rotation step or the server's request starts another attempt.
+      if (!step.reply.empty()) SendRekeyMessage(s, step.reply);
+      sec.rekeying = false;
+      sec.client_handshake.reset();
+      sec.resend.clear();
+      ++security_->stats().rekeys_failed;
+      return;
+  }
+}
+
+bool Endpoint::RotateKey(const crypto::GroupKey& new_key, uint64_t grace_us, uint64_t now_us) {
+  if (security_ == nullptr) return false;
+  const uint64_t grace_ms = grace_us / 1000;
+  if (security_->keyring().Rotate(new_key, EndpointSecurity::KeyringMs(now_us), grace_ms) !=
+      crypto::KeyringStatus::kOk) {
+    return false;
+  }
+  ++security_->stats().key_rotations;
+  security_->grace_end_us = now_us + grace_us;
+  if (security_->grace_end_us == 0) security_->grace_end_us = 1;
+  std::vector<uint32_t> numbers;
+  for (auto& [number, session] : sessions_) {
+    if (session->is_client) numbers.push_back(number);
+  }
+  std::sort(numbers.begin(), numbers.end());
+  for (uint32_t number : numbers) StartRekey(Find(number), now_us);
+  return true;
+}
+
+bool Endpoint::Rekey(uint32_t number, uint64_t now_us) {
+  Session* s = Find(number);
+  return s != nullptr && StartRekey(s, now_us);
+}
+
+void Endpoint::MaintainCrypto(uint64_t now_us) {
+  if (security_->grace_end_us == 0 || now_us < security_->grace_end_us) return;
+  // The rotation's grace is over: superseded keys go, and so do sessions still keyed from one
+  // (their peer never took the new key; it must reconnect with the current key file).
+  security_->grace_end_us = 0;
+  security_->keyring().PruneExpired(EndpointSecurity::KeyringMs(now_us));
+  std::vector<uint32_t> numbers;
+  for (auto& [number, session] : sessions_) {
+    const SessionSecurity* sec = session->security.get();
+    if (sec != nullptr && sec->crypto != nullptr &&
+        security_->keyring().FindAccepted(sec->crypto->key_id(),
+                                          EndpointSecurity::KeyringMs(now_us)) == nullptr) {
+      numbers.push_back(number);
+    }
+  }
+  std::sort(numbers.begin(), numbers.end());
+  for (uint32_t number : numbers) {
+    Session* s = Find(number);
+    ++security_->stats().sessions_closed_key_retired;
+    if (s->is_client) {
+      FailSession(s, CallStatus::kSessionClosed, SessionEventKind::kDisconnected, now_us);
+    } else {
+      EmitSession(s->number, SessionEventKind::kDisconnected, 0);
+      Bury(s, now_us);
+    }
+  }
+}
+
+SecurityStats Endpoint::security_stats() const {
+  SecurityStats out;
+  if (security_ == nullptr) return out;
+  out.enabled = true;
+  out.crypto = security_->counters();
+  out.endpoint = security_->stats();
+  return out;
+}
+
+int Endpoint::SessionSendEpoch(uint32_t number) const {
+  const Session* s = Find(number);
+  if (s == nullptr || s->security == nullptr || s->security->crypto == nullptr) return -1;
+  return s->security->crypto->send_epoch();
+}
+
+uint32_t Endpoint::SessionKeyId(uint32_t number) const {
+  const Session* s = Find(number);
+  if (s == nullptr || s->security == nullptr || s->security->crypto == nullptr) return 0;
+  return s->security->crypto->key_id();
+}
+
+// ------------------------------------------------------------------------------------------
 // Driver entry points
 // ------------------------------------------------------------------------------------------
 
-void Endpoint::HandleConnectResponse(Session* s, const Header& h, uint64_t now_us) {
+void Endpoint::HandleConnectResponse(Session* s, const Header& h,
+                                     std::span<const uint8_t> payload, uint64_t now_us) {
   using State = Session::State;
   if (s->state != State::kConnecting || h.request_number != s->token) {
     return Drop(DropReason::kDuplicate);
+  }
+  if (s->security != nullptr && (h.flags & kFlagEncrypted) == 0) {
+    return HandleHandshakeReply(s, h, payload, now_us);  // ServerHello or refusal
   }
   if (h.aux == kNoSession) {
     EmitSession(s->number, SessionEventKind::kConnectFailed, h.message_bytes);
@@ -1014,8 +1518,12 @@ void Endpoint::HandleConnectResponse(Session* s, const Header& h, uint64_t now_u
   }
   s->remote_number = h.aux;
   s->packet_bytes = h.packet_number;
-  s->data_bytes_per_packet = s->packet_bytes - kHeaderBytes - kTagBytes;
+  s->data_bytes_per_packet = s->packet_bytes - kHeaderBytes - TrailerReserveBytes();
   s->state = State::kConnected;
+  if (s->security != nullptr) {
+    s->security->client_handshake.reset();  // done: the server proved it holds the keys
+    s->security->resend.clear();
+  }
   s->last_rx_us = now_us;
   s->timer_at_us = kNever;  // the connect retry entry is now stale
   ++s->timer_generation;
@@ -1058,25 +1566,32 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
   }
   if (shut_down_) return Drop(DropReason::kBadState);
   ++stats_.packets_received_by_type[static_cast<size_t>(h.type)];
+  if ((security_ != nullptr || (h.flags & kFlagEncrypted) != 0) &&
+      !OpenIncoming(&h, &packet, now_us)) {
+    return;  // dropped and counted
+  }
   const std::span<const uint8_t> payload = packet.subspan(kHeaderBytes);
   if (h.type == PacketType::kConnectRequest) {
-    if (!payload.empty()) return Drop(DropReason::kBadLength);
-    return HandleConnectRequest(from, h, now_us);
+    if (payload.size() > crypto::kClientHelloBytes) return Drop(DropReason::kBadLength);
+    return HandleConnectRequest(from, h, payload, now_us);
   }
+  if (h.type == PacketType::kConnectConfirm) return HandleConnectConfirm(from, h, payload, now_us);
   if (h.type == PacketType::kDisconnectRequest) {
     // Answered even for a session we no longer know, so a client whose first answer was lost
-    // still completes its disconnect.
-    Session* s = Find(h.dest_session);
-    if (s != nullptr && !s->is_client && s->peer == from && s->token == h.request_number) {
-      EmitSession(s->number, SessionEventKind::kDisconnected, 0);
-      Bury(s, now_us);
-    } else if (s != nullptr) {
-      return Drop(DropReason::kWrongPeer);
-    }
+    // still completes its disconnect (an encrypting endpoint only answers sealed requests of
+    // sessions it knows: it has no keys for the others).
     Header reply;
     reply.type = PacketType::kDisconnectResponse;
     reply.dest_session = h.aux;
     reply.request_number = h.request_number;
+    Session* s = Find(h.dest_session);
+    if (s != nullptr && !s->is_client && s->peer == from && s->token == h.request_number) {
+      EmitSession(s->number, SessionEventKind::kDisconnected, 0);
+      SendPacket(*s, reply);
+      return Bury(s, now_us);
+    } else if (s != nullptr) {
+      return Drop(DropReason::kWrongPeer);
+    }
     return SendRaw(from, reply, {});
   }
   Session* s = Find(h.dest_session);
@@ -1087,9 +1602,11 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
                           h.type == PacketType::kResponse ||
                           h.type == PacketType::kConnectResponse ||
                           h.type == PacketType::kDisconnectResponse || h.type == PacketType::kPong;
-  if (for_client != s->is_client) return Drop(DropReason::kBadState);
+  if (for_client != s->is_client && h.type != PacketType::kRekey) {
+    return Drop(DropReason::kBadState);
+  }
   using State = Session::State;
-  if (h.type == PacketType::kConnectResponse) return HandleConnectResponse(s, h, now_us);
+  if (h.type == PacketType::kConnectResponse) return HandleConnectResponse(s, h, payload, now_us);
   if (h.type == PacketType::kDisconnectResponse) return HandleDisconnectResponse(s, h, now_us);
   if (s->state != State::kConnected) return Drop(DropReason::kBadState);
   s->last_rx_us = now_us;
@@ -1107,11 +1624,13 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
       return SendPacket(*s, reply);
     }
     case PacketType::kPong: return;
+    case PacketType::kRekey: return HandleRekey(s, payload, now_us);
     default: return Drop(DropReason::kBadType);
   }
 }
 
 void Endpoint::OnTimers(uint64_t now_us) {
+  if (security_ != nullptr) MaintainCrypto(now_us);
   while (!timers_.empty() && timers_.top().when_us <= now_us) {
     const Timer t = timers_.top();
     timers_.pop();

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "address.h"
+#include "endpoint_crypto.h"
 #include "wire.h"
 
 namespace squall::transport {
@@ -62,6 +63,9 @@ struct EndpointConfig {
   // restarted at the same address never presents the token or session number of a session the
   // peer still holds from before the restart (which would hand it that session's cached answers).
   uint64_t incarnation = 0;
+  // Authenticated encryption of every packet (endpoint_crypto.h). Off unless enabled with keys;
+  // the JS layer and the config (transport.encryption) turn it on by default.
+  EncryptionConfig encryption;
 };
 
 // Checks limits; returns an empty string if the config is usable, else what is wrong.
@@ -86,6 +90,8 @@ enum class SessionEventKind : uint8_t {
   kDisconnected = 3,
   kPeerFailed = 4,
   kAccepted = 5,  // server side: a peer opened a session to us (bytes = its address)
+  // Server side: a peer's connect was refused (session 0, reason = ConnectError, bytes = why).
+  kRefused = 6,
 };
 
 // Reasons carried with kConnectFailed (also the error codes of a connect response).
@@ -95,6 +101,8 @@ enum class ConnectError : uint32_t {
   kTimedOut = 2,          // no answer within connect_timeout_us
   kRefused = 3,           // the server is closing
   kBadAddress = 4,        // the address cannot be reached from this socket's family
+  kEncryptionMismatch = 5,  // one end encrypts and the other does not
+  kAuthenticationFailed = 6,  // the handshake was refused; the event's bytes say why
 };
 
 enum class EventKind : uint8_t { kResponse = 1, kRequest = 2, kSession = 3 };
@@ -154,7 +162,10 @@ class SendGate {
 enum class DropReason : uint8_t {
   kTruncated, kBadMagic, kBadVersion, kBadType, kBadFlags, kUnknownSession, kWrongPeer,
   kTooLarge, kBadLength, kBadPacketNumber, kStale, kInjected, kFailedPeer, kDuplicate,
-  kHandlerRunning, kBadState, kOutOfOrder, kCount
+  kHandlerRunning, kBadState, kOutOfOrder,
+  kUnsealed,  // plaintext where a sealed packet is required, or sealed without session keys
+  kCrypto,    // failed to open: forged, tampered, truncated, replayed (CryptoCounters says which)
+  kCount
 };
 const char* DropReasonName(DropReason reason);
 
@@ -173,6 +184,13 @@ struct Stats {
   uint64_t gate_deferrals = 0;     // client packets the SendGate held back
   uint64_t retransmit_timer_fires = 0;
   uint64_t DropsTotal() const;
+};
+
+// What an encrypting endpoint counts (all zero when encryption is off).
+struct SecurityStats {
+  bool enabled = false;
+  crypto::CryptoCounters crypto;
+  EncryptionStats endpoint;
 };
 
 class Endpoint {
@@ -206,6 +224,8 @@ class Endpoint {
                std::span<const uint8_t> response, uint64_t now_us);
 
   // --- driver API ---
+  // `packet` must be writable memory the endpoint may change for the duration of the call: an
+  // encrypting endpoint decrypts a sealed packet in place (the driver's receive buffer).
   void OnPacket(const PeerAddress& from, std::span<const uint8_t> packet, uint64_t now_us);
   void OnTimers(uint64_t now_us);
   uint64_t NextTimerUs() const;  // UINT64_MAX when nothing is scheduled
@@ -219,6 +239,21 @@ class Endpoint {
   void DropNext(uint64_t count) { drop_next_count_ = count; }
   // Drops everything to and from `peer`, as if it had crashed; false undoes it.
   void SetPeerFailed(const PeerAddress& peer, bool failed);
+
+  // --- encryption (no-ops returning false when it is off) ---
+  bool encrypted() const { return security_ != nullptr; }
+  SecurityStats security_stats() const;
+  // Installs new_key as the primary group key; the others stay accepted for grace_us. Client
+  // sessions rekey under it at once, server sessions ask their clients to (kFlagRekeyRequested);
+  // sessions still on a superseded key when the grace ends are closed. False if the key id is
+  // 0 or already installed, or encryption is off.
+  bool RotateKey(const crypto::GroupKey& new_key, uint64_t grace_us, uint64_t now_us);
+  // Client: starts a rekey handshake on a connected session now (tests; normally driven by the
+  // key's packet limit, the server's request or a rotation). False if not possible now.
+  bool Rekey(uint32_t session, uint64_t now_us);
+  // The session's send epoch and group key id (-1 / 0 without keys), for tests and stats.
+  int SessionSendEpoch(uint32_t session) const;
+  uint32_t SessionKeyId(uint32_t session) const;
 
   void SetSendGate(SendGate* gate) { gate_ = gate; }
   const Stats& stats() const { return stats_; }
@@ -264,6 +299,8 @@ class Endpoint {
   void SendPacket(const Session& session, const Header& header,
                   std::span<const uint8_t> payload = {});
   void SendRaw(const PeerAddress& to, const Header& header, std::span<const uint8_t> payload);
+  void Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
+                std::span<const uint8_t> payload);
   bool RollDrop();
   void CompactTimers();
   void ArmSessionTimer(Session* session, uint64_t when_us);
@@ -292,19 +329,46 @@ class Endpoint {
   void HandleResponse(Session* session, const Header& header, std::span<const uint8_t> payload,
                       uint64_t now_us);
   ClientSlot* InOrderClientSlot(Session* session, const Header& header);
-  void HandleConnectResponse(Session* session, const Header& header, uint64_t now_us);
+  void HandleConnectResponse(Session* session, const Header& header,
+                             std::span<const uint8_t> payload, uint64_t now_us);
   void HandleDisconnectResponse(Session* session, const Header& header, uint64_t now_us);
 
   // server side
-  void HandleConnectRequest(const PeerAddress& from, const Header& header, uint64_t now_us);
+  void HandleConnectRequest(const PeerAddress& from, const Header& header,
+                            std::span<const uint8_t> payload, uint64_t now_us,
+                            PendingAccept* confirmed = nullptr);
   void HandleRequest(Session* session, const Header& header, std::span<const uint8_t> payload,
                      uint64_t now_us);
   void HandleRequestForResponse(Session* session, const Header& header, uint64_t now_us);
   void SendResponsePacket(Session* session, ServerSlot* slot, uint32_t packet_number);
   void SendCreditReturn(Session* session, const Header& request_header);
 
+  // encryption (endpoint.cc, section "Encryption")
+  uint32_t TrailerReserveBytes() const { return security_ ? kSealTrailerBytes : kTagBytes; }
+  void SendSealed(const Session& session, Header header, std::span<const uint8_t> payload);
+  bool OpenIncoming(Header* header, std::span<const uint8_t>* packet, uint64_t now_us);
+  void SendConnectAttempt(Session* session, const Header& connect);
+  void BeginAccept(const PeerAddress& from, const Header& header,
+                   std::span<const uint8_t> payload, Header reply, const std::string& key,
+                   uint64_t now_us);
+  void RefuseConnect(const PeerAddress& from, Header reply, ConnectError error,
+                     const std::string& why, std::span<const uint8_t> refuse_message);
+  void HandleConnectConfirm(const PeerAddress& from, const Header& header,
+                            std::span<const uint8_t> payload, uint64_t now_us);
+  void HandleHandshakeReply(Session* session, const Header& header,
+                            std::span<const uint8_t> payload, uint64_t now_us);
+  void HandleRekey(Session* session, std::span<const uint8_t> payload, uint64_t now_us);
+  void HandleClientRekey(Session* session, std::span<const uint8_t> payload, uint64_t now_us);
+  void SendRekeyMessage(Session* session, std::span<const uint8_t> message);
+  bool StartRekey(Session* session, uint64_t now_us);
+  void ResendHandshake(Session* session);
+  void MaintainCrypto(uint64_t now_us);
+
   EndpointConfig config_;
   PacketIo* io_;
+  std::unique_ptr<EndpointSecurity> security_;  // null when encryption is off
+  // Server handshakes awaiting their Confirm, by (peer, token) like accepted_by_token_.
+  std::unordered_map<std::string, PendingAccept> pending_accepts_;
   SendGate* gate_ = nullptr;
   Stats stats_;
   std::unordered_map<uint32_t, std::unique_ptr<Session>> sessions_;

@@ -37,6 +37,8 @@ const char* PacketTypeName(PacketType type) {
     case PacketType::kDisconnectResponse: return "DISCONNECT_RESP";
     case PacketType::kPing: return "PING";
     case PacketType::kPong: return "PONG";
+    case PacketType::kConnectConfirm: return "CONNECT_CONFIRM";
+    case PacketType::kRekey: return "REKEY";
   }
   return "?";
 }
@@ -65,8 +67,8 @@ DecodeError Decode(std::span<const uint8_t> packet, Header* h) {
   if (in[3] >= kPacketTypeCount) return DecodeError::kBadType;
   h->type = static_cast<PacketType>(in[3]);
   h->flags = in[4];
-  // Encryption is not implemented yet: an encrypted packet cannot be read, so it is dropped.
-  if (h->flags != 0) return DecodeError::kBadFlags;
+  // Whether a sealed packet is acceptable depends on the session: the endpoint decides.
+  if ((h->flags & ~kFlagsKnown) != 0) return DecodeError::kBadFlags;
   h->request_type = in[5];
   h->reserved = Get16(in + 6);
   h->dest_session = Get32(in + 8);

@@ -1,14 +1,16 @@
 #pragma once
 // The wire header every Squall transport packet starts with. The layout is explicit and
-// little-endian (eRPC used host-order bitfields, which are not portable), versioned, and has
-// room for the two features that come in later issues: an encryption flag with a 16-byte tag
-// trailer after the payload, and a reserved field for congestion feedback.
+// little-endian (eRPC used host-order bitfields, which are not portable) and versioned. A sealed
+// packet (flag bit 0) is this header as associated data, the encrypted body, and a 24-byte
+// trailer (sequence and AES-GCM tag; endpoint_crypto.h). Bytes 6-7 are reserved for congestion
+// feedback.
 //
 //  offset size field
 //   0     2    magic            0x5153 ("SQ" as bytes 'S','Q')
 //   2     1    version          kWireVersion
 //   3     1    packet type      PacketType
-//   4     1    flags            bit 0: payload encrypted, 16-byte tag follows it; others zero
+//   4     1    flags            bit 0: sealed (AES-GCM, 24-byte trailer follows the body);
+//                                 bit 1: rekey requested (server -> client); others zero
 //   5     1    request type     handler id, 0..255
 //   6     2    reserved         zero (room for congestion feedback)
 //   8     4    dest session     the receiver's session number (kNoSession in a connect request)
@@ -27,10 +29,19 @@ namespace squall::transport {
 
 inline constexpr uint16_t kMagic = 0x5153;
 inline constexpr size_t kHeaderBytes = 32;
-// Space kept free in every packet for the AES-GCM tag of the encryption issue, so that turning
-// encryption on later does not change how messages are cut into packets.
+// Space kept free in every plaintext packet (the wire format before encryption existed).
 inline constexpr size_t kTagBytes = 16;
+// What a sealed packet carries after its body: 8-byte sequence and 16-byte AES-GCM tag
+// (crypto::kTrailerBytes; endpoint_crypto.cc asserts they agree). A session of an encrypting
+// endpoint keeps this much free in every packet.
+inline constexpr size_t kSealTrailerBytes = 24;
+// The packet is sealed: header authenticated as associated data, body encrypted, trailer after
+// it (native/src/crypto/session_crypto.h). Set by the sender's seal step, never by protocol code.
 inline constexpr uint8_t kFlagEncrypted = 0x01;
+// Sealed server packets only: the server wants the client to run a rekey handshake (its group
+// key rotated or its send key is near its limit). Covered by the tag, so it cannot be forged.
+inline constexpr uint8_t kFlagRekeyRequested = 0x02;
+inline constexpr uint8_t kFlagsKnown = kFlagEncrypted | kFlagRekeyRequested;
 inline constexpr uint32_t kNoSession = 0xFFFFFFFFu;
 // Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP).
 inline constexpr uint32_t kDatagramBytesMax = 65507;
@@ -46,8 +57,11 @@ enum class PacketType : uint8_t {
   kDisconnectResponse = 7, // server -> client
   kPing = 8,               // client -> server keepalive, answered by kPong
   kPong = 9,
+  // Encrypting endpoints only (handshake messages of native/src/crypto/handshake.h as payload):
+  kConnectConfirm = 10,    // client -> server, plaintext: the handshake's Confirm (or Refuse)
+  kRekey = 11,             // either way, sealed: a rekey handshake message on a live session
 };
-inline constexpr uint8_t kPacketTypeCount = 10;
+inline constexpr uint8_t kPacketTypeCount = 12;
 
 // A bundle datagram carries several small packets to one destination, so that the kernel's
 // per-datagram cost (~3 µs here, NOTES.md) is paid once per bundle rather than once per packet.

@@ -4,7 +4,8 @@
  * acknowledged, so the harness can check at-most-once and exactly-once-if-acknowledged across
  * kills, restarts, pauses, loss and partitions.
  *
- *   node rpc-node.js --id N --host H --port P --peers id@addr,id@addr --seed S
+ *   node rpc-node.js --id N --host H --port P --peers id@addr,id@addr --seed S [--key-file F]
+ * With --key-file every packet is sealed (AES-GCM, handshake in CONNECT); without, plaintext.
  *
  * A request is "<origin id>:<origin incarnation>:<seq>"; the response is the server's incarnation.
  * Commands on stdin, one per line: `loss <p>` (transport fault injection), `calm` (reset the
@@ -14,6 +15,11 @@
 import { createInterface } from 'node:readline';
 import { randomBytes } from 'node:crypto';
 import { Endpoint, type NativeSession } from '../../../src/transport/native-transport.js';
+
+function optionalArg(name: string): string | undefined {
+  const at = process.argv.indexOf(`--${name}`);
+  return at >= 0 ? process.argv[at + 1] : undefined;
+}
 
 function arg(name: string): string {
   const at = process.argv.indexOf(`--${name}`);
@@ -44,6 +50,7 @@ const endpoint = await Endpoint.create({
   peerFailureTimeoutMs: 800,
   connectTimeoutMs: 500,
   seed: Number(arg('seed')),
+  ...(optionalArg('key-file') !== undefined ? { keyFile: optionalArg('key-file')! } : { encryption: false }),
 });
 
 /** request key → times handled, for requests this incarnation served. */

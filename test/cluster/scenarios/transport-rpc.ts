@@ -10,7 +10,11 @@
  * A restarted node reuses its address, so a stale session or retransmission reaching the new
  * incarnation would show up as a double handling or an acknowledgement nobody handled.
  */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { keyFileLine } from '../../../src/transport/native-transport.js';
 import { fileURLToPath } from 'node:url';
 import { SeededRandom } from '../../../src/core/random.js';
 import { NetLab } from '../netns.js';
@@ -43,7 +47,7 @@ async function ask(p: ManagedProcess, command: 'report' | 'stop', timeoutMs = 10
 
 export const transportRpc: Scenario = {
   name: 'transport-rpc',
-  async run(seed, { faultMs, log, nodeEnv, network = 'auto' }) {
+  async run(seed, { faultMs, log, nodeEnv, network = 'auto', encryption = 'auto' }) {
     const started = Date.now();
     const random = new SeededRandom(seed);
     const useNetns = network === 'netns' || (network === 'auto' && NetLab.available().ok);
@@ -56,6 +60,11 @@ export const transportRpc: Scenario = {
     const violations: string[] = [];
     const count = (kind: string): void => void (faults[kind] = (faults[kind] ?? 0) + 1);
     let operations = 0;
+    // Half of the runs seal every packet (a fresh group key per run), half run in plaintext.
+    const encrypted = encryption === 'on' || (encryption === 'auto' && random.int(2) === 0);
+    const keyDir = mkdtempSync(join(tmpdir(), 'squall-chaos-key-'));
+    const keyFile = join(keyDir, 'group.key');
+    writeFileSync(keyFile, keyFileLine(1, randomBytes(32)), { mode: 0o600 });
     try {
       for (let i = 1; i <= nodeCount; i++) {
         const peers = [];
@@ -63,6 +72,7 @@ export const transportRpc: Scenario = {
         const { host, port } = address(i);
         const args = [rpcNode, '--id', String(i), '--host', host, '--port', String(port)];
         args.push('--peers', peers.join(','), '--seed', String(seed * 31 + i));
+        if (encrypted) args.push('--key-file', keyFile);
         cluster.add({ name: `node-${i}`, command: process.execPath, args, netns: lab?.netns(i), env: nodeEnv });
       }
       const nodes = cluster.processes;
@@ -155,11 +165,13 @@ export const transportRpc: Scenario = {
     } finally {
       await cluster.close();
       lab?.close();
+      rmSync(keyDir, { recursive: true, force: true });
     }
     const report: RunReport = {
       scenario: 'transport-rpc',
       seed,
       network: useNetns ? 'netns' : 'loopback',
+      encrypted,
       passed: violations.length === 0,
       violations: firstOfEachKind(violations, 5),
       faults,

@@ -1,0 +1,568 @@
+// Encryption in the endpoint (eeRPC issue), on an in-memory wire in virtual time: the same key
+// talks and nothing readable crosses the wire; a wrong key or a plaintext peer is refused with an
+// event on both sides; flipped bits, truncation, forgery and replay are dropped and counted and
+// never reach a handler; sequence numbers never repeat under one key through heavy loss; a
+// re-created session has fresh keys; rekeying and group-key rotation under traffic drop nothing.
+#include <algorithm>
+#include <map>
+#include <random>
+#include <set>
+#include <tuple>
+
+#include "crypto_test_support.h"
+#include "test.h"
+#include "transport_support.h"
+
+using namespace squall::test;
+using namespace squall::transport;
+using squall::crypto::testing::MakeGroupKey;
+
+namespace {
+
+struct Datagram {
+  PeerAddress from, to;
+  std::vector<uint8_t> bytes;
+};
+
+// Two endpoints over a lossy in-memory wire. Every datagram is recorded as sent (before loss),
+// and `hold` lets a test take packets off the wire instead of delivering them.
+struct Net {
+  class Port : public PacketIo {
+   public:
+    Port(Net* net, PeerAddress self) : net_(net), self_(self) {}
+    void Send(const PeerAddress& to, std::span<const uint8_t> header,
+              std::span<const uint8_t> payload) override {
+      Datagram d{self_, to, std::vector<uint8_t>(header.begin(), header.end())};
+      d.bytes.insert(d.bytes.end(), payload.begin(), payload.end());
+      net_->Push(std::move(d));
+    }
+
+   private:
+    Net* net_;
+    PeerAddress self_;
+  };
+
+  PeerAddress client_address = Addr("10.0.0.1:1000");
+  PeerAddress server_address = Addr("10.0.0.2:2000");
+  Port client_port{this, client_address};
+  Port server_port{this, server_address};
+  Endpoint client;
+  Endpoint server;
+  double loss = 0;
+  std::mt19937_64 rng{99};
+  std::deque<Datagram> queue;
+  std::vector<Datagram> sent;  // everything either side sent, in order
+  std::function<bool(const Datagram&)> hold;  // true: keep it in `held`, do not deliver
+  std::vector<Datagram> held;
+  uint64_t now_us = 0;
+  std::vector<Event> client_events, server_events;
+  std::map<uint64_t, std::vector<uint8_t>> responses;  // tag -> bytes
+  uint64_t handler_runs = 0;
+
+  Net(const EndpointConfig& client_config, const EndpointConfig& server_config)
+      : client(client_config, &client_port), server(server_config, &server_port) {
+    server.SetHandled(3, true);
+  }
+  void Push(Datagram d) {
+    sent.push_back(d);
+    if (loss > 0 && std::uniform_real_distribution<double>(0, 1)(rng) < loss) return;
+    queue.push_back(std::move(d));
+  }
+  void Deliver(const Datagram& d) {
+    Endpoint* to = d.to == client_address ? &client : &server;
+    to->OnPacket(d.from, d.bytes, now_us);
+  }
+  void Step() {
+    std::vector<Event> events;
+    server.TakeEvents(&events);
+    for (auto& e : events) {
+      if (e.kind == EventKind::kRequest) {
+        ++handler_runs;
+        std::vector<uint8_t> answer(e.bytes.rbegin(), e.bytes.rend());
+        server.Respond({e.session, e.slot, e.id}, CallStatus::kOk, answer, now_us);
+      } else {
+        server_events.push_back(std::move(e));
+      }
+    }
+    events.clear();
+    client.TakeEvents(&events);
+    for (auto& e : events) {
+      if (e.kind == EventKind::kResponse && e.code == 0) responses[e.id] = e.bytes;
+      client_events.push_back(std::move(e));
+    }
+  }
+  // Runs until `done` holds or the virtual time budget is spent; 5 µs per delivered packet.
+  bool RunUntil(uint64_t until_us, const std::function<bool()>& done) {
+    while (now_us < until_us) {
+      Step();
+      if (done()) return true;
+      if (!queue.empty()) {
+        Datagram d = std::move(queue.front());
+        queue.pop_front();
+        if (hold && hold(d)) {
+          held.push_back(std::move(d));
+        } else {
+          Deliver(d);
+        }
+        now_us += 5;
+      } else {
+        const uint64_t next = std::min(client.NextTimerUs(), server.NextTimerUs());
+        if (next == UINT64_MAX) {
+          Step();
+          return done();
+        }
+        now_us = std::max(now_us + 1, next);
+      }
+      client.OnTimers(now_us);
+      server.OnTimers(now_us);
+    }
+    return false;
+  }
+  uint32_t Connect() {
+    const uint32_t session = client.Connect(server_address, now_us);
+    RunUntil(now_us + 5'000'000, [&] { return client.SessionIsConnected(session); });
+    return session;
+  }
+  bool HasEvent(const std::vector<Event>& events, SessionEventKind kind) const {
+    return std::any_of(events.begin(), events.end(), [&](const Event& e) {
+      return e.kind == EventKind::kSession && e.code == static_cast<uint8_t>(kind);
+    });
+  }
+  const Event* FindEvent(const std::vector<Event>& events, SessionEventKind kind) const {
+    for (const Event& e : events) {
+      if (e.kind == EventKind::kSession && e.code == static_cast<uint8_t>(kind)) return &e;
+    }
+    return nullptr;
+  }
+};
+
+EndpointConfig Encrypted(std::vector<squall::crypto::GroupKey> keys, bool forward_secrecy = true) {
+  EndpointConfig c;
+  c.packet_bytes_max = 1024;
+  c.retransmit_timeout_us = 2000;
+  c.retransmit_timeout_min_us = 1000;
+  c.peer_failure_timeout_us = 60'000'000;
+  c.connect_timeout_us = 30'000'000;
+  c.connect_retry_us = 5000;
+  c.encryption.enabled = true;
+  c.encryption.keys = std::move(keys);
+  c.encryption.forward_secrecy = forward_secrecy;
+  return c;
+}
+
+std::vector<uint8_t> Marked(size_t bytes, uint8_t seed) {
+  // A recognisable pattern, so a test can tell whether plaintext crossed the wire.
+  std::vector<uint8_t> out(bytes);
+  for (size_t i = 0; i < bytes; ++i) out[i] = static_cast<uint8_t>(0xA0 ^ seed ^ (i * 13));
+  return out;
+}
+
+bool Contains(const std::vector<uint8_t>& haystack, const std::vector<uint8_t>& needle) {
+  return std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end()) !=
+         haystack.end();
+}
+
+uint64_t Drops(const Endpoint& e, DropReason r) { return e.stats().drops[static_cast<size_t>(r)]; }
+
+Header HeaderOf(const Datagram& d) {
+  Header h;
+  Decode(d.bytes, &h);
+  return h;
+}
+
+uint64_t SequenceOf(const Datagram& d) {
+  const uint8_t* trailer = d.bytes.data() + d.bytes.size() - kSealTrailerBytes;
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | trailer[i];
+  return v;
+}
+
+std::string Text(const Event& e) { return std::string(e.bytes.begin(), e.bytes.end()); }
+}  // namespace
+
+TEST(crypto_transport_same_key_talks_and_nothing_readable_crosses_the_wire) {
+  Net net(Encrypted({MakeGroupKey(1, 0x11)}), Encrypted({MakeGroupKey(1, 0x11)}));
+  const uint32_t session = net.Connect();
+  CHECK(net.client.SessionIsConnected(session));
+  CHECK(net.HasEvent(net.server_events, SessionEventKind::kAccepted));
+  std::vector<std::vector<uint8_t>> requests;
+  for (uint64_t tag = 1; tag <= 20; ++tag) {
+    requests.push_back(Marked(tag % 4 == 0 ? 5000 : 40 + tag, static_cast<uint8_t>(tag)));
+    CHECK(net.client.Call(session, 3, tag, requests.back(), 0, net.now_us) == CallStatus::kOk);
+  }
+  CHECK(net.RunUntil(net.now_us + 5'000'000, [&] { return net.responses.size() == 20; }));
+  for (uint64_t tag = 1; tag <= 20; ++tag) {
+    const auto& request = requests[tag - 1];
+    CHECK(net.responses[tag] == std::vector<uint8_t>(request.rbegin(), request.rend()));
+  }
+  // Every packet but the handshake is sealed, and no 32-byte run of any request or response
+  // appears on the wire.
+  size_t sealed = 0;
+  for (const Datagram& d : net.sent) {
+    const Header h = HeaderOf(d);
+    const bool handshake = (h.type == PacketType::kConnectRequest ||
+                            h.type == PacketType::kConnectResponse ||
+                            h.type == PacketType::kConnectConfirm) &&
+                           (h.flags & kFlagEncrypted) == 0;
+    CHECK(handshake || (h.flags & kFlagEncrypted) != 0);
+    if (!handshake) ++sealed;
+    for (const auto& request : requests) {
+      const std::vector<uint8_t> run(request.begin() + 8, request.begin() + 40);
+      CHECK(!Contains(d.bytes, run));
+      CHECK(!Contains(d.bytes, std::vector<uint8_t>(run.rbegin(), run.rend())));
+    }
+  }
+  CHECK(sealed >= 40);
+  const SecurityStats cs = net.client.security_stats();
+  const SecurityStats ss = net.server.security_stats();
+  CHECK(cs.enabled && ss.enabled);
+  CHECK_EQ(cs.crypto.sealed_packets, ss.crypto.opened_packets);
+  CHECK_EQ(ss.crypto.sealed_packets, cs.crypto.opened_packets);
+  CHECK_EQ(cs.crypto.handshake_ok, 1u);
+  CHECK_EQ(ss.crypto.handshake_ok, 1u);
+  CHECK_EQ(net.client.stats().DropsTotal() + net.server.stats().DropsTotal(), 0u);
+  // A sealed packet keeps within the session's datagram limit.
+  for (const Datagram& d : net.sent) CHECK(d.bytes.size() <= 1024);
+}
+
+TEST(crypto_transport_wrong_key_is_refused_on_both_sides) {
+  // Same key id, different secret: the server's MAC check fails.
+  Net net(Encrypted({MakeGroupKey(1, 0x11)}), Encrypted({MakeGroupKey(1, 0x99)}));
+  const uint32_t session = net.client.Connect(net.server_address, 0);
+  net.RunUntil(1'000'000, [&] { return !net.client_events.empty(); });
+  const Event* failed = net.FindEvent(net.client_events, SessionEventKind::kConnectFailed);
+  CHECK(failed != nullptr);
+  if (failed != nullptr) {
+    CHECK_EQ(failed->session, session);
+    CHECK_EQ(failed->id, static_cast<uint64_t>(ConnectError::kAuthenticationFailed));
+    CHECK(Text(*failed).find("does not hold the group key") != std::string::npos);
+  }
+  const Event* refused = net.FindEvent(net.server_events, SessionEventKind::kRefused);
+  CHECK(refused != nullptr);
+  if (refused != nullptr) {
+    CHECK(Text(*refused).find("10.0.0.1:1000") != std::string::npos);
+    CHECK(Text(*refused).find("does not hold the group key") != std::string::npos);
+  }
+  CHECK(!net.HasEvent(net.server_events, SessionEventKind::kAccepted));
+  CHECK_EQ(net.server.stats().sessions_opened, 0u);
+  CHECK_EQ(net.server.security_stats().crypto.handshake_bad_mac, 1u);
+  CHECK_EQ(net.server.security_stats().endpoint.handshakes_refused, 1u);
+  CHECK_EQ(net.client.stats().sessions_client, 0u);
+
+  // A key id the server does not hold at all.
+  Net other(Encrypted({MakeGroupKey(7, 0x11)}), Encrypted({MakeGroupKey(1, 0x11)}));
+  other.client.Connect(other.server_address, 0);
+  other.RunUntil(1'000'000, [&] { return !other.client_events.empty(); });
+  const Event* unknown = other.FindEvent(other.client_events, SessionEventKind::kConnectFailed);
+  CHECK(unknown != nullptr && Text(*unknown).find("key id") != std::string::npos);
+  CHECK(other.HasEvent(other.server_events, SessionEventKind::kRefused));
+}
+
+TEST(crypto_transport_plaintext_and_encrypting_peers_refuse_each_other) {
+  EndpointConfig plain = Encrypted({});
+  plain.encryption.enabled = false;
+  for (int encrypted_server = 0; encrypted_server < 2; ++encrypted_server) {
+    Net net(encrypted_server ? plain : Encrypted({MakeGroupKey(1, 0x11)}),
+            encrypted_server ? Encrypted({MakeGroupKey(1, 0x11)}) : plain);
+    net.client.Connect(net.server_address, 0);
+    net.RunUntil(1'000'000, [&] { return !net.client_events.empty(); });
+    const Event* failed = net.FindEvent(net.client_events, SessionEventKind::kConnectFailed);
+    CHECK(failed != nullptr &&
+          failed->id == static_cast<uint64_t>(ConnectError::kEncryptionMismatch));
+    const Event* refused = net.FindEvent(net.server_events, SessionEventKind::kRefused);
+    CHECK(refused != nullptr && Text(*refused).find("encrypt") != std::string::npos);
+    CHECK_EQ(net.server.stats().sessions_opened, 0u);
+  }
+}
+
+TEST(crypto_transport_flipped_bits_truncation_forgery_and_replay_are_dropped_and_counted) {
+  Net net(Encrypted({MakeGroupKey(1, 0x11)}), Encrypted({MakeGroupKey(1, 0x11)}));
+  const uint32_t session = net.Connect();
+  // Take the client's request off the wire before the server sees it.
+  net.hold = [&](const Datagram& d) { return HeaderOf(d).type == PacketType::kRequest; };
+  const std::vector<uint8_t> request = Marked(100, 1);
+  CHECK(net.client.Call(session, 3, 1, request, 0, net.now_us) == CallStatus::kOk);
+  net.RunUntil(net.now_us + 100, [&] { return !net.held.empty(); });
+  CHECK_EQ(net.held.size(), 1u);
+  if (net.held.empty()) return;
+  const Datagram original = net.held[0];
+  net.hold = nullptr;
+  auto deliver = [&](std::vector<uint8_t> bytes) {
+    net.server.OnPacket(net.client_address, bytes, net.now_us);
+    net.Step();
+  };
+  // Every single flipped bit: dropped, counted, no handler, no answer.
+  const uint64_t drops_before = net.server.stats().DropsTotal();
+  const size_t sent_before = net.sent.size();
+  const size_t bits = original.bytes.size() * 8;
+  for (size_t bit = 0; bit < bits; ++bit) {
+    std::vector<uint8_t> bytes = original.bytes;
+    bytes[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    deliver(bytes);
+  }
+  CHECK_EQ(net.server.stats().DropsTotal() - drops_before, bits);
+  CHECK_EQ(net.handler_runs, 0u);
+  CHECK_EQ(net.sent.size(), sent_before);
+  // Flips in the body, trailer or authenticated header fields fail the tag.
+  CHECK(net.server.security_stats().crypto.drop_bad_tag > original.bytes.size() * 8 / 2);
+  // Every truncation: dropped.
+  for (size_t length = 0; length < original.bytes.size(); ++length) {
+    deliver(std::vector<uint8_t>(original.bytes.begin(), original.bytes.begin() + length));
+  }
+  CHECK_EQ(net.server.stats().DropsTotal() - drops_before, bits + original.bytes.size());
+  // A forgery: a well-formed header for the live session with a made-up body and trailer.
+  std::vector<uint8_t> forged = original.bytes;
+  for (size_t i = kHeaderBytes; i < forged.size(); ++i) forged[i] = static_cast<uint8_t>(i * 31);
+  deliver(forged);
+  // The header without the sealed flag (a plaintext packet for an encrypted session).
+  std::vector<uint8_t> unsealed(original.bytes.begin(), original.bytes.begin() + kHeaderBytes);
+  unsealed.insert(unsealed.end(), request.begin(), request.end());
+  unsealed.at(4) = 0;
+  deliver(unsealed);
+  CHECK(Drops(net.server, DropReason::kUnsealed) >= 1);
+  CHECK_EQ(net.handler_runs, 0u);
+  // The untouched packet is accepted exactly once; its replay is dropped as a replay.
+  deliver(original.bytes);
+  CHECK_EQ(net.handler_runs, 1u);
+  const uint64_t replays = net.server.security_stats().crypto.drop_replay;
+  deliver(original.bytes);
+  CHECK_EQ(net.server.security_stats().crypto.drop_replay, replays + 1);
+  CHECK_EQ(net.handler_runs, 1u);
+  // The session still serves, and the endpoint never aborted.
+  CHECK(net.RunUntil(net.now_us + 1'000'000, [&] { return net.responses.size() == 1; }));
+  CHECK(net.responses[1] == std::vector<uint8_t>(request.rbegin(), request.rend()));
+}
+
+TEST(crypto_transport_replayed_packet_later_is_dropped_and_handler_never_reruns) {
+  Net net(Encrypted({MakeGroupKey(1, 0x11)}), Encrypted({MakeGroupKey(1, 0x11)}));
+  const uint32_t session = net.Connect();
+  for (uint64_t tag = 1; tag <= 50; ++tag) {
+    CHECK(net.client.Call(session, 3, tag, Marked(60, static_cast<uint8_t>(tag)), 0,
+                          net.now_us) == CallStatus::kOk);
+  }
+  CHECK(net.RunUntil(net.now_us + 5'000'000, [&] { return net.responses.size() == 50; }));
+  CHECK_EQ(net.handler_runs, 50u);
+  // Replay every client packet of the run, long after, into the live session.
+  const uint64_t drops = net.server.stats().DropsTotal();
+  uint64_t replayed = 0;
+  for (const Datagram& d : std::vector<Datagram>(net.sent)) {
+    if (d.from == net.client_address && (HeaderOf(d).flags & kFlagEncrypted) != 0) {
+      net.server.OnPacket(d.from, d.bytes, net.now_us + 1'000'000);
+      ++replayed;
+    }
+  }
+  net.Step();
+  CHECK(replayed >= 50);
+  CHECK_EQ(net.server.stats().DropsTotal() - drops, replayed);
+  CHECK_EQ(net.handler_runs, 50u);
+}
+
+TEST(crypto_transport_sequence_never_repeats_under_heavy_retransmission_and_recreation) {
+  // 30% loss both ways: Go-Back-N resends a lot, and every resend is sealed again.
+  EndpointConfig config = Encrypted({MakeGroupKey(1, 0x11)}, false);
+  config.encryption.limits.rekey_after_packets = 300;  // a few rekeys midway, too
+  Net net(config, config);
+  net.loss = 0.3;
+  std::set<std::tuple<std::string, uint32_t, uint64_t>> seen;  // (sender, dest session, seq)
+  uint64_t sealed = 0, repeats = 0;
+  auto record = [&](size_t from_index) {
+    for (size_t i = from_index; i < net.sent.size(); ++i) {
+      const Datagram& d = net.sent[i];
+      const Header h = HeaderOf(d);
+      if ((h.flags & kFlagEncrypted) == 0) continue;
+      ++sealed;
+      if (!seen.insert({d.from.ToString(), h.dest_session, SequenceOf(d)}).second) ++repeats;
+    }
+  };
+  uint64_t tag = 0;
+  std::vector<uint8_t> first_request_of_session[2];
+  for (int round = 0; round < 2; ++round) {  // the second round re-creates the session
+    const size_t start = net.sent.size();
+    const uint32_t session = net.Connect();
+    CHECK(net.client.SessionIsConnected(session));
+    for (int i = 0; i < 150; ++i) {
+      ++tag;
+      CHECK(net.client.Call(session, 3, tag, Marked(i % 10 == 0 ? 3000 : 50, 7), 0,
+                            net.now_us) == CallStatus::kOk);
+    }
+    CHECK(net.RunUntil(net.now_us + 600'000'000, [&] { return net.responses.size() == tag; }));
+    record(start);
+    for (size_t i = start; i < net.sent.size(); ++i) {
+      if (HeaderOf(net.sent[i]).type == PacketType::kRequest) {
+        first_request_of_session[round] = net.sent[i].bytes;
+        break;
+      }
+    }
+    net.client.Disconnect(session, net.now_us);
+    net.loss = 0;
+    net.RunUntil(net.now_us + 1'000'000, [&] { return net.client.stats().sessions_client == 0; });
+    net.loss = 0.3;
+  }
+  CHECK_EQ(repeats, 0u);
+  CHECK(sealed > 1500);
+  CHECK(net.client.stats().retransmissions > 50);
+  CHECK(net.client.security_stats().endpoint.rekeys_completed >= 2);
+  CHECK_EQ(net.handler_runs, tag);  // at-most-once held through loss and rekeys
+  // The re-created session started its counter again, under a new key: the first session's
+  // first request, addressed to the second session, does not open.
+  const auto& old_packet = first_request_of_session[0];
+  const auto& new_packet = first_request_of_session[1];
+  CHECK(!old_packet.empty() && !new_packet.empty());
+  if (old_packet.empty() || new_packet.empty()) return;
+  std::vector<uint8_t> moved = old_packet;
+  std::copy(new_packet.begin() + 8, new_packet.begin() + 12, moved.begin() + 8);
+  const uint64_t bad_tags = net.server.security_stats().crypto.drop_bad_tag;
+  const uint64_t unknown = Drops(net.server, DropReason::kUnknownSession);
+  net.server.OnPacket(net.client_address, moved, net.now_us);
+  CHECK(net.server.security_stats().crypto.drop_bad_tag + Drops(net.server, DropReason::kUnknownSession) ==
+        bad_tags + unknown + 1);
+}
+
+TEST(crypto_transport_rekey_and_group_key_rotation_while_traffic_flows) {
+  EndpointConfig config = Encrypted({MakeGroupKey(1, 0x11)});
+  Net net(config, config);
+  const uint32_t session = net.Connect();
+  uint64_t tag = 0;
+  auto traffic = [&](int calls) {
+    const uint64_t want = tag + static_cast<uint64_t>(calls);
+    for (int i = 0; i < calls; ++i) {
+      ++tag;
+      CHECK(net.client.Call(session, 3, tag, Marked(i % 8 == 0 ? 2500 : 80, 3), 0, net.now_us) ==
+            CallStatus::kOk);
+    }
+    return want;
+  };
+  // Explicit rekey with calls in flight.
+  uint64_t want = traffic(40);
+  CHECK(net.client.Rekey(session, net.now_us));
+  CHECK(net.RunUntil(net.now_us + 10'000'000, [&] { return net.responses.size() == want; }));
+  CHECK_EQ(net.client.SessionSendEpoch(session), 1);
+  CHECK_EQ(net.client.security_stats().endpoint.rekeys_completed, 1u);
+  CHECK_EQ(net.server.security_stats().endpoint.rekeys_completed, 1u);
+  // Rotation: the server takes key 2 first (its session asks the client to rekey, which can
+  // only rekey under key 1 until it has key 2 too), then the client; traffic flows throughout.
+  const uint64_t grace_us = 50'000'000;
+  CHECK(net.server.RotateKey(MakeGroupKey(2, 0x22), grace_us, net.now_us));
+  want = traffic(30);
+  CHECK(net.RunUntil(net.now_us + 10'000'000, [&] { return net.responses.size() == want; }));
+  CHECK_EQ(net.client.SessionKeyId(session), 1u);  // still the old key: client lacks key 2
+  CHECK(net.client.RotateKey(MakeGroupKey(2, 0x22), grace_us, net.now_us));
+  want = traffic(30);
+  CHECK(net.RunUntil(net.now_us + 10'000'000, [&] { return net.responses.size() == want; }));
+  CHECK_EQ(net.client.SessionKeyId(session), 2u);
+  CHECK_EQ(net.server.SessionKeyId(net.server_events.empty() ? 0 : net.server_events[0].session),
+           2u);
+  // Past the grace: key 1 is pruned on both, the session (already on key 2) lives on.
+  net.now_us += grace_us;
+  net.client.OnTimers(net.now_us);
+  net.server.OnTimers(net.now_us);
+  want = traffic(10);
+  CHECK(net.RunUntil(net.now_us + 10'000'000, [&] { return net.responses.size() == want; }));
+  CHECK(net.client.SessionIsConnected(session));
+  CHECK_EQ(net.client.stats().sessions_closed, 0u);
+  CHECK_EQ(net.server.stats().sessions_closed, 0u);
+  CHECK_EQ(net.handler_runs, tag);
+  CHECK_EQ(net.client.stats().DropsTotal(), 0u);
+  // A node that never learned key 2 can no longer connect after the grace.
+  Net late(Encrypted({MakeGroupKey(1, 0x11)}), config);
+  CHECK(late.server.RotateKey(MakeGroupKey(2, 0x22), 1000, 0));
+  late.now_us = 5000;
+  late.server.OnTimers(late.now_us);
+  late.client.Connect(late.server_address, late.now_us);
+  late.RunUntil(late.now_us + 1'000'000, [&] { return !late.client_events.empty(); });
+  CHECK(late.HasEvent(late.client_events, SessionEventKind::kConnectFailed));
+  CHECK(late.HasEvent(late.server_events, SessionEventKind::kRefused));
+}
+
+TEST(crypto_transport_session_on_a_retired_key_is_closed_after_the_grace) {
+  EndpointConfig config = Encrypted({MakeGroupKey(1, 0x11)});
+  Net net(config, config);
+  const uint32_t session = net.Connect();
+  CHECK(net.client.SessionIsConnected(session));
+  // Only the server rotates; the client never takes key 2, so its session stays on key 1.
+  CHECK(net.server.RotateKey(MakeGroupKey(2, 0x22), 100'000, net.now_us));
+  net.now_us += 200'000;
+  net.server.OnTimers(net.now_us);
+  net.Step();
+  CHECK(net.HasEvent(net.server_events, SessionEventKind::kDisconnected));
+  CHECK_EQ(net.server.security_stats().endpoint.sessions_closed_key_retired, 1u);
+  CHECK_EQ(net.server.stats().sessions_server, 0u);
+}
+
+TEST(crypto_transport_50000_hostile_packets_never_break_an_encrypting_endpoint) {
+  Net net(Encrypted({MakeGroupKey(1, 0x11)}), Encrypted({MakeGroupKey(1, 0x11)}));
+  const uint32_t session = net.Connect();
+  CHECK(net.client.Call(session, 3, 1, Marked(50, 1), 0, net.now_us) == CallStatus::kOk);
+  CHECK(net.RunUntil(net.now_us + 1'000'000, [&] { return net.responses.size() == 1; }));
+  const uint32_t server_session = net.server_events.empty() ? 0 : net.server_events[0].session;
+  std::mt19937_64 rng(5);
+  auto random_bytes = [&](size_t n) {
+    std::vector<uint8_t> out(n);
+    for (auto& b : out) b = static_cast<uint8_t>(rng());
+    return out;
+  };
+  const uint64_t drops_before = net.server.stats().DropsTotal() + net.client.stats().DropsTotal();
+  const uint64_t packets = 50'000;
+  uint64_t answered_handshakes = 0;
+  for (uint64_t i = 0; i < packets; ++i) {
+    Header h;
+    const PacketType types[] = {PacketType::kConnectRequest, PacketType::kConnectConfirm,
+                                PacketType::kRequest, PacketType::kRekey,
+                                PacketType::kConnectResponse};
+    h.type = types[rng() % 5];
+    h.dest_session = rng() % 3 == 0 ? server_session : static_cast<uint32_t>(rng() % 8);
+    h.aux = 1 + static_cast<uint32_t>(rng() % 100);
+    h.packet_number = 256 + static_cast<uint32_t>(rng() % 2000);
+    h.request_type = 8;
+    h.request_number = rng();
+    h.flags = static_cast<uint8_t>(rng() % 4);
+    // Handshake-sized payloads half the time, so the MAC checks (not the size checks) are hit.
+    const size_t sizes[] = {squall::crypto::kClientHelloBytes, squall::crypto::kConfirmBytes,
+                            squall::crypto::kServerHelloBytes, 8, static_cast<size_t>(rng() % 300)};
+    std::vector<uint8_t> packet = Packet(h, random_bytes(sizes[rng() % 5]));
+    if (rng() % 2 == 0 && packet.size() > kHeaderBytes) packet[kHeaderBytes] = static_cast<uint8_t>(1 + rng() % 4);
+    const PeerAddress from = rng() % 4 == 0 ? net.client_address
+                                           : Addr(("10.7." + std::to_string(rng() % 200) + ".1:" +
+                                                   std::to_string(1 + rng() % 60000)).c_str());
+    Endpoint& target = h.type == PacketType::kConnectResponse ? net.client : net.server;
+    const size_t sent_before = net.queue.size();
+    target.OnPacket(from, packet, net.now_us);
+    answered_handshakes += net.queue.size() - sent_before;
+    net.queue.clear();  // answers to forged peers go nowhere
+  }
+  net.Step();
+  // Every hostile packet was dropped or answered with a refusal; nothing was accepted.
+  const uint64_t drops = net.server.stats().DropsTotal() + net.client.stats().DropsTotal() - drops_before;
+  CHECK(drops + answered_handshakes >= packets);
+  CHECK_EQ(net.server.stats().sessions_server, 1u);
+  CHECK_EQ(net.server.stats().sessions_opened, 1u);
+  CHECK_EQ(net.handler_runs, 1u);
+  CHECK(!net.HasEvent(net.client_events, SessionEventKind::kDisconnected));
+  CHECK_EQ(net.server.security_stats().crypto.handshake_ok, 1u);
+  CHECK(net.server.security_stats().endpoint.handshakes_refused > 1000);
+  // The session still serves.
+  CHECK(net.client.Call(session, 3, 2, Marked(70, 2), 0, net.now_us) == CallStatus::kOk);
+  CHECK(net.RunUntil(net.now_us + 1'000'000, [&] { return net.responses.size() == 2; }));
+}
+
+TEST(crypto_transport_a_tampered_confirm_is_refused_on_both_sides) {
+  Net net(Encrypted({MakeGroupKey(1, 0x11)}), Encrypted({MakeGroupKey(1, 0x11)}));
+  // Flip one bit of the Confirm's MAC on its way to the server.
+  net.hold = [&](const Datagram& d) { return HeaderOf(d).type == PacketType::kConnectConfirm; };
+  const uint32_t session = net.client.Connect(net.server_address, 0);
+  net.RunUntil(100'000, [&] { return !net.held.empty(); });
+  CHECK(!net.held.empty());
+  if (net.held.empty()) return;
+  net.hold = nullptr;
+  Datagram confirm = net.held[0];
+  confirm.bytes.back() ^= 0x01;
+  net.Deliver(confirm);
+  net.RunUntil(net.now_us + 1'000'000, [&] { return !net.client_events.empty(); });
+  const Event* failed = net.FindEvent(net.client_events, SessionEventKind::kConnectFailed);
+  CHECK(failed != nullptr && failed->session == session &&
+        failed->id == static_cast<uint64_t>(ConnectError::kAuthenticationFailed));
+  CHECK(net.HasEvent(net.server_events, SessionEventKind::kRefused));
+  CHECK(!net.HasEvent(net.server_events, SessionEventKind::kAccepted));
+  CHECK_EQ(net.server.stats().sessions_opened, 0u);
+  CHECK_EQ(net.server.security_stats().crypto.handshake_bad_mac, 1u);
+}
