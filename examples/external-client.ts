@@ -8,13 +8,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client, Group, RemoteError } from '../src/index.js';
-import { localGroupConfigs } from '../src/group/local.js';
+import { localGroupConfigs, localGroupKeyFile } from '../src/group/local.js';
 import { KvStore, layout } from './kv-store/app.js';
 
 const dataRoot = mkdtempSync(join(tmpdir(), 'squall-client-example-'));
 const configs = await localGroupConfigs(3, { dataRoot });
 const groups = await Promise.all(configs.map((config) => Group.start(config, { types: [KvStore], layout })));
-const client = await Client.connect({ contacts: [groups[1]!.transport.address] });
+// The client holds the group key (every packet is sealed); a client without it is refused.
+const client = await Client.connect({ contacts: [groups[1]!.transport.address], keyFile: localGroupKeyFile(dataRoot) });
 try {
   console.log(`client learned view ${client.view.id}: members ${client.view.members.map((m) => `${m.id}@${m.address}`).join(', ')}`);
   const kv = client.subgroup(KvStore);

@@ -12,6 +12,7 @@ import { nodeCommand } from './node.js';
 import { demoCommand } from './demo.js';
 import { statusCommand } from './status.js';
 import { inspectCommand } from './inspect.js';
+import { keygenCommand } from './keygen.js';
 
 export type { CliIo, Command } from './command.js';
 export { UsageError } from './command.js';
@@ -53,6 +54,7 @@ const commands: Record<string, Command> = {
   demo: demoCommand,
   status: statusCommand,
   inspect: inspectCommand,
+  keygen: keygenCommand,
 };
 
 function topHelp(): string {

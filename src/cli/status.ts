@@ -8,7 +8,7 @@ import { decodeMessageCopy } from '../core/codec.js';
 import { staticMembersFromConfig } from '../group/view-source.js';
 import { STATUS_TYPE, type NodeStatus } from '../group/wire.js';
 import { decodeView, type View } from '../membership/view.js';
-import { Endpoint } from '../transport/native-transport.js';
+import { Endpoint, endpointOptionsFromConfig } from '../transport/native-transport.js';
 import { UsageError, type CliIo, type Command } from './command.js';
 import { parseArgs } from './args.js';
 
@@ -32,7 +32,9 @@ async function runStatus(args: string[], io: CliIo): Promise<number> {
   const timeoutMs = Number(flags.get('timeout-ms') ?? '2000');
   const config = loadConfig(configPath, { env: io.env, args: overrides });
   const members = staticMembersFromConfig(config);
-  const endpoint = await Endpoint.create({ host: config.node.host.includes(':') ? '::' : '127.0.0.1', port: 0 });
+  const endpoint = await Endpoint.create(
+    endpointOptionsFromConfig(config.transport, { host: config.node.host.includes(':') ? '::' : '127.0.0.1', port: 0 }),
+  );
   let answered = 0;
   try {
     const statuses = await Promise.all(members.map(async (m) => {

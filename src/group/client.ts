@@ -50,6 +50,13 @@ export interface ClientOptions {
   readonly requestTimeoutMs?: number;
   /** Largest p2p request, bytes (default 1 MiB). */
   readonly p2pRequestBytesMax?: number;
+  /**
+   * The group key (the members' transport.key_file, or the key text/bytes): required unless the
+   * group runs with transport.encryption = false, in which case pass `encryption: false`.
+   */
+  readonly keyFile?: string;
+  readonly key?: string | Uint8Array;
+  readonly encryption?: boolean;
 }
 
 /** What an ordered call through a client resolves to. */
@@ -108,8 +115,16 @@ export class Client {
           contacts: staticMembersFromConfig(source).map((m) => m.address),
           requestTimeoutMs: source.transport.request_timeout_ms,
           p2pRequestBytesMax: source.p2p.max_p2p_request_payload_size,
+          encryption: source.transport.encryption,
+          ...(source.transport.key_file !== undefined ? { keyFile: source.transport.key_file } : {}),
         };
-    const endpoint = await Endpoint.create({ host: options.host ?? '127.0.0.1', port: 0 });
+    const endpoint = await Endpoint.create({
+      host: options.host ?? '127.0.0.1',
+      port: 0,
+      ...(options.encryption !== undefined ? { encryption: options.encryption } : {}),
+      ...(options.keyFile !== undefined ? { keyFile: options.keyFile } : {}),
+      ...(options.key !== undefined ? { key: options.key } : {}),
+    });
     const client = new Client(endpoint, undefined as unknown as View, options.contacts, options);
     try {
       client.currentView = await client.fetchView();

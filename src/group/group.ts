@@ -49,7 +49,7 @@ import { multicastLimitsFromConfig, type MulticastLimits } from '../multicast/co
 import { MULTICAST_REQUEST_TYPE_DEFAULT, MulticastDriver } from '../runtime/multicast-driver.js';
 import { ShardGate } from './shard-gate.js';
 import { SessionCache } from './sessions.js';
-import { Endpoint } from '../transport/native-transport.js';
+import { Endpoint, endpointOptionsFromConfig } from '../transport/native-transport.js';
 import type { Transport, TransportSession } from '../transport/transport.js';
 import {
   GroupClosedError,
@@ -193,17 +193,14 @@ export class Group {
    */
   static async start(config: SquallConfig, options: GroupOptions): Promise<Group> {
     const infos = typeInfos(options);
-    checkTransportConfig(config);
     const allocator = typeof options.layout === 'function'
       ? (options.layout as Allocator)
       : defaultAllocator(options.layout as LayoutPolicies);
     const viewSource = options.viewSource ?? StaticViewSource.fromConfig(config, allocator);
-    const transport = await Endpoint.create({
-      host: config.node.host,
-      port: config.node.port,
-      messageBytesMax: config.transport.max_message_size,
-      peerFailureTimeoutMs: config.transport.peer_failure_timeout_ms,
-    });
+    // Sealed (AES-GCM, authenticated handshake) unless transport.encryption = false.
+    const transport = await Endpoint.create(
+      endpointOptionsFromConfig(config.transport, { host: config.node.host, port: config.node.port }),
+    );
     let store: PersistenceStore | undefined;
     let group: Group | undefined;
     try {
@@ -731,14 +728,5 @@ function checkAdequate(view: View, isStatic: boolean): void {
     key: 'group.members',
     message: `lists ${view.members.length} nodes, too few for the layout: ${describeInadequacy(i)}. Fix: list more members or lower the layout's nodesMin`,
   })));
-}
-
-function checkTransportConfig(config: SquallConfig): void {
-  if (config.transport.encryption) {
-    throw new ConfigError([{
-      key: 'transport.encryption',
-      message: 'is true, but the native endpoint does not seal packets yet (AES-GCM is built and tested as a native module, not wired into the endpoint). Fix: set transport.encryption = false on a trusted network (loopback, a private LAN) until it is',
-    }]);
-  }
 }
 

@@ -1,11 +1,14 @@
 /**
  * Configs for a group of `count` nodes on this machine (loopback), for tests, the demo and
- * benchmarks: free UDP ports, one data directory per node under `dataRoot`, no encryption
- * (the endpoint does not seal packets yet), `persistence.reset` on, and `sync = "nosync"` unless
- * asked otherwise.
+ * benchmarks: free UDP ports, one data directory per node under `dataRoot`, every packet sealed
+ * with a group key written to `<dataRoot>/group.key` (unless `encryption: false`),
+ * `persistence.reset` on, and `sync = "nosync"` unless asked otherwise.
  */
+import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { keyFileLine } from '../transport/native-transport.js';
 import { parseConfig } from '../config/load.js';
 import type { SquallConfig } from '../config/schema.js';
 
@@ -31,6 +34,18 @@ export interface LocalGroupOptions {
   readonly extraToml?: string;
   readonly sync?: 'durable' | 'nosync';
   readonly ports?: readonly number[];
+  /** Seal every packet with the group key `<dataRoot>/group.key` (created if missing). Default true. */
+  readonly encryption?: boolean;
+}
+
+/** The group key file of a local group: `<dataRoot>/group.key`, a fresh secret if missing. */
+export function localGroupKeyFile(dataRoot: string): string {
+  const file = join(dataRoot, 'group.key');
+  if (!existsSync(file)) {
+    mkdirSync(dataRoot, { recursive: true });
+    writeFileSync(file, keyFileLine(1, randomBytes(32)), { mode: 0o600 });
+  }
+  return file;
 }
 
 /** The TOML of node `index` of a local group over `ports`. */
@@ -45,7 +60,9 @@ export function localConfigToml(index: number, ports: readonly number[], options
     `members = [${members}]`,
     'restart_timeout_s = 20',
     '[transport]',
-    'encryption = false',
+    ...(options.encryption === false
+      ? ['encryption = false']
+      : ['encryption = true', `key_file = ${JSON.stringify(localGroupKeyFile(options.dataRoot))}`]),
     '[persistence]',
     `data_dir = ${JSON.stringify(join(options.dataRoot, `node${index}`))}`,
     'reset = true',

@@ -24,7 +24,7 @@ import {
   persistent,
   replicated,
 } from '../../src/index.js';
-import { freeUdpPorts, localGroupConfigs } from '../../src/group/local.js';
+import { freeUdpPorts, localGroupConfigs, localGroupKeyFile } from '../../src/group/local.js';
 
 @replicated({ name: 'ClientTestTally' })
 class Tally {
@@ -50,7 +50,11 @@ test.before(async () => {
   const layout = { ClientTestTally: oneSubgroup(fixedEvenShards(1, 3)) };
   groups = await Promise.all(configs.map((c) => Group.start(c, { types: [Tally], layout })));
   const [silent] = await freeUdpPorts(1);
-  client = await Client.connect({ contacts: [`127.0.0.1:${silent}`, groups[2]!.transport.address], requestTimeoutMs: 1000 });
+  client = await Client.connect({
+    contacts: [`127.0.0.1:${silent}`, groups[2]!.transport.address],
+    requestTimeoutMs: 1000,
+    keyFile: localGroupKeyFile(dataRoot),
+  });
 });
 
 test.after.always(async () => {
@@ -102,7 +106,8 @@ test.serial('squall status prints the view, the layout with leaders, and every n
   const members = groups.map((g, i) => `"${i}@${g.transport.address}"`).join(', ');
   const file = join(dataRoot, 'status.toml');
   const port = groups[0]!.transport.address.split(':')[1];
-  writeFileSync(file, `[node]\nport = ${port}\n[group]\nmembers = [${members}]\n[transport]\nencryption = false\n`);
+  const keyFile = JSON.stringify(localGroupKeyFile(dataRoot));
+  writeFileSync(file, `[node]\nport = ${port}\n[group]\nmembers = [${members}]\n[transport]\nkey_file = ${keyFile}\n`);
   const out: string[] = [];
   const code = await main(['status', '--config', file], { out: (l) => out.push(l), err: (l) => out.push(l), env: {} });
   t.is(code, 0, out.join('\n'));

@@ -1,6 +1,6 @@
 // Proves Group.start refuses what cannot run before it opens anything, each refusal naming what
 // to change: an empty or malformed static member list, this node missing from it or listed at
-// another port, encryption on (the endpoint does not seal yet), a layout that does not match the
+// another port, encryption on with an unreadable key file, a layout that does not match the
 // types, an undecorated type; that an unreachable member fails the start with GroupStartError
 // naming it; and that restarting over old data is refused while reset = true starts clean.
 import test from 'ava';
@@ -66,10 +66,12 @@ test('a static member list is required and checked against node.id/host/port', a
   t.deepEqual(malformed?.problems.map((p) => p.key), ['group.members']);
 });
 
-test('encryption on, a layout that does not match the types or needs more nodes, and an undecorated type are refused', async (t) => {
+test('a missing key file, a layout that does not match the types or needs more nodes, and an undecorated type are refused', async (t) => {
   const members = '[group]\nmembers = ["0@127.0.0.1:7000"]\n';
-  const encrypted = parseConfig(`[transport]\nkey_file = "k"\n${members}`, 'test.toml');
-  t.deepEqual(await problemKeys(Group.start(encrypted, { types: [Box], layout })), ['transport.encryption']);
+  // Encryption is on by default; without key_file the loader refuses, with a missing file the start does.
+  t.throws(() => parseConfig(members, 'test.toml'), { instanceOf: ConfigError, message: /transport\.key_file/ });
+  const encrypted = parseConfig(`[transport]\nkey_file = "${dataRoot}/no-such.key"\n${members}`, 'test.toml');
+  await t.throwsAsync(Group.start(encrypted, { types: [Box], layout }), { code: 'BAD_KEY', message: /no-such\.key/ });
   const keys = await problemKeys(Group.start(config(members), { types: [Box], layout: { Other: oneSubgroup(fixedEvenShards(1, 1)) } }));
   t.deepEqual(keys.sort(), ['layout.GroupConfigTestBox', 'layout.Other']);
   const short = await problemKeys(Group.start(config(members), { types: [Box], layout: { GroupConfigTestBox: oneSubgroup(fixedEvenShards(1, 3)) } }));
