@@ -7,7 +7,8 @@
  *   - throughput with 64 outstanding (from the leader's process);
  * with the Raft log fsync'd (durable) and not. Beside them, in the same run: the raw transport
  * round trip between the same processes, and the disk's write+fdatasync latency.
- * (`--mode ordered`, the same workload through the group API on SMC, comes with the group API.)
+ * `--mode ordered` runs the same workload through the group API on SMC (bench/group.ts, nosync
+ * and durable).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
@@ -63,6 +64,14 @@ class Replica {
 export async function run(args: string[]): Promise<void> {
   const modeAt = args.indexOf('--mode');
   const mode = modeAt >= 0 ? args[modeAt + 1] : 'raft';
+  if (mode === 'ordered') {
+    // The same workload through the public group API on SMC: bench/group.ts, both sync modes.
+    const group = (await import('./group.js')) as { run(args: string[]): Promise<void> };
+    const rest = args.filter((a, i) => i !== modeAt && i !== modeAt + 1);
+    await group.run(rest);
+    await group.run([...rest, '--durable']);
+    return;
+  }
   if (mode !== 'raft') {
     throw new Error(`--mode ${mode}: only "raft" is measured by this suite so far; the SMC (ordered) mode is measured through the group API`);
   }

@@ -57,3 +57,21 @@ export {
   type TransportConfigKeys,
 } from './transport/native-transport.js';
 export { TransportError, PeerFailedError } from './transport/errors.js';
+
+// The group API.
+export * from './group/index.js';
+export {
+  oneSubgroup,
+  identicalSubgroups,
+  fixedEvenShards,
+  flexibleEvenShards,
+  customShards,
+  LayoutPolicyError,
+  type LayoutPolicies,
+  type TypePolicy,
+  type SubgroupPolicy,
+  type ShardPolicy,
+  type Allocator,
+} from './membership/layout.js';
+export { View, type Layout, type ShardMembership } from './membership/view.js';
+export { HLC_MAX, HLC_ZERO, hlcAtOrBefore, formatHlc, compareHlc } from './core/hlc.js';

@@ -3,28 +3,19 @@
  * The `squall` command. Each subcommand parses its own flags, prints `--help`, and exits non-zero with a clear message on bad arguments (exit 2) or a failed check
  * (exit 1).
  */
+import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { SquallError } from '../core/errors.js';
+import { UsageError, type CliIo, type Command } from './command.js';
 import { loadConfig } from '../config/load.js';
+import { nodeCommand } from './node.js';
+import { demoCommand } from './demo.js';
+import { statusCommand } from './status.js';
+import { inspectCommand } from './inspect.js';
+import { keygenCommand } from './keygen.js';
 
-export interface CliIo {
-  out(line: string): void;
-  err(line: string): void;
-  env: Record<string, string | undefined>;
-}
-
-interface Command {
-  summary: string;
-  usage: string;
-  run(args: string[], io: CliIo): number;
-}
-
-/** Thrown for bad command-line usage; printed with the command's usage, exit code 2. */
-class UsageError extends SquallError {
-  constructor(message: string) {
-    super(message, 'USAGE');
-  }
-}
+export type { CliIo, Command } from './command.js';
+export { UsageError } from './command.js';
 
 const configCheck: Command = {
   summary: 'validate a node config file (with SQUALL_* and --section.key overrides) and print it',
@@ -57,15 +48,25 @@ its dotted key. Exit status: 0 valid, 1 invalid, 2 bad arguments.`,
   },
 };
 
-const commands: Record<string, Command> = { 'config check': configCheck };
+const commands: Record<string, Command> = {
+  'config check': configCheck,
+  node: nodeCommand,
+  demo: demoCommand,
+  status: statusCommand,
+  inspect: inspectCommand,
+  keygen: keygenCommand,
+};
 
 function topHelp(): string {
   const lines = Object.entries(commands).map(([name, c]) => `  squall ${name.padEnd(14)} ${c.summary}`);
   return `usage: squall <command> [options]\n\ncommands:\n${lines.join('\n')}\n\nRun "squall <command> --help" for a command's options.`;
 }
 
-/** Runs the CLI with the given arguments; returns the exit code (never calls process.exit). */
-export function main(argv: string[], io: CliIo): number {
+/**
+ * Runs the CLI with the given arguments; returns the exit code, or a promise of it for the
+ * long-running commands (never calls process.exit).
+ */
+export function main(argv: string[], io: CliIo): number | Promise<number> {
   if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
     io.out(topHelp());
     return argv.length === 0 ? 2 : 0;
@@ -81,9 +82,7 @@ export function main(argv: string[], io: CliIo): number {
     io.out(command.usage);
     return 0;
   }
-  try {
-    return command.run(rest, io);
-  } catch (error) {
+  const fail = (error: unknown): number => {
     if (error instanceof UsageError) {
       io.err(`squall ${name}: ${error.message}\n\n${command.usage}`);
       return 2;
@@ -93,13 +92,20 @@ export function main(argv: string[], io: CliIo): number {
       return 1;
     }
     throw error;
+  };
+  try {
+    const code = command.run(rest, io);
+    return code instanceof Promise ? code.catch(fail) : code;
+  } catch (error) {
+    return fail(error);
   }
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  process.exitCode = main(process.argv.slice(2), {
+if (import.meta.url === pathToFileURL(realpathSync(process.argv[1] ?? '.')).href) {
+  const code = await main(process.argv.slice(2), {
     out: (line) => console.log(line),
     err: (line) => console.error(line),
     env: process.env,
   });
+  process.exitCode = code;
 }

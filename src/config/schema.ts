@@ -43,6 +43,12 @@ export class GroupSection {
   seeds: string[] = ['127.0.0.1:7000'];
   /** How many members replicate the membership log (the first N members; odd is best). */
   @IsInt() @Min(1) @Max(9) voters = 3;
+  /**
+   * Every member of a group started from a static member list, as "<id>@<host>:<port>" in rank
+   * order (src/group StaticViewSource). Empty: membership is dynamic (joins through seeds).
+   */
+  @IsString({ each: true }) @Matches(/^\d+@(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, { each: true, message: 'each member must be "<id>@<host>:<port>", e.g. "1@127.0.0.1:7001"' })
+  members: string[] = [];
   /** Seconds a restarting group waits for a majority of every shard before giving up. */
   @IsInt() @Min(1) restart_timeout_s = 60;
 }

@@ -1,15 +1,16 @@
 // Proves the squall command prints help, refuses bad usage with exit 2 and the usage text, and
 // that `config check` reports a valid config (exit 0) or every problem with its key (exit 1).
 import test from 'ava';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { main } from '../../src/cli/main.js';
+import { Endpoint } from '../../src/transport/native-transport.js';
 
 function run(argv: string[], env: Record<string, string> = {}): { code: number; out: string; err: string } {
   const out: string[] = [];
   const err: string[] = [];
-  const code = main(argv, { out: (l) => out.push(l), err: (l) => err.push(l), env });
+  const code = main(argv, { out: (l) => out.push(l), err: (l) => err.push(l), env }) as number;
   return { code, out: out.join('\n'), err: err.join('\n') };
 }
 
@@ -48,4 +49,29 @@ test('config check lists every problem and exits 1; missing --config exits 2', (
   t.is(usage.code, 2);
   t.regex(usage.err, /--config <file> is required/);
   t.regex(run(['config', 'check', '--help']).out, /usage: squall config check/);
+});
+
+test('keygen writes a group key the loader and the transport accept, and will not overwrite it', async (t) => {
+  const keyFile = join(dir, 'group.key');
+  const made = run(['keygen', '--out', keyFile, '--key-id', '7']);
+  t.is(made.code, 0, made.err);
+  const text = readFileSync(keyFile, 'utf8');
+  t.regex(text, /^squall-key v1 7 [0-9a-f]{64}\n$/);
+  t.is(statSync(keyFile).mode & 0o777, 0o600);
+  t.is(run(['keygen', '--out', keyFile]).code, 2, 'an existing key is not overwritten');
+  t.is(run(['keygen', '--out', keyFile, '--force']).code, 0);
+  t.is(run(['keygen', '--out', keyFile, '--key-id', '0', '--force']).code, 2);
+  t.is(run(['keygen']).code, 2);
+  // Two endpoints holding that file talk, sealed.
+  const server = await Endpoint.create({ keyFile });
+  const client = await Endpoint.create({ keyFile });
+  try {
+    server.handle(1, (b) => b);
+    const session = await client.connect(server.address);
+    t.deepEqual(Buffer.from(await session.call(1, Buffer.from('hi'))).toString(), 'hi');
+    t.true(server.encrypted && client.encrypted);
+  } finally {
+    await client.close();
+    await server.close();
+  }
 });

@@ -1,0 +1,98 @@
+/**
+ * The replicated key-value store: the app module `squall node --app` loads. It exports the types
+ * a node hosts (`types`) and their layout (`layout`): one subgroup of one shard of 3 replicas.
+ *
+ * `entries` is a Persistent PersistentMap in delta mode: every ordered call that changes it adds
+ * one version holding only the changed keys, so reads by version, index and time are cheap.
+ */
+import 'reflect-metadata';
+import {
+  ORDERED_METHODS,
+  P2P_METHODS,
+  Persistent,
+  PersistentMap,
+  fixedEvenShards,
+  oneSubgroup,
+  ordered,
+  p2p,
+  persistent,
+  objectDigest,
+  replicated,
+} from '../../src/index.js';
+
+/** An application error: thrown by a replica, it reaches the caller as that replica's RemoteError. */
+export class KeyMissingError extends Error {
+  override name = 'KeyMissingError';
+}
+
+@replicated({ name: 'KvStore' })
+export class KvStore {
+  declare readonly [ORDERED_METHODS]: 'put' | 'remove' | 'update' | 'putMany';
+  declare readonly [P2P_METHODS]: 'get' | 'getAt' | 'size' | 'stateDigest';
+
+  // A checkpoint writes the whole map. With thousands of keys, one every 64 versions (the
+  // default) writes far more than the puts themselves: 3 nodes in one process did 1,800 puts/s
+  // with it and 8,700 puts/s with one every 1,024 (2026-11-21, load 12). Reading an old version
+  // then applies up to 1,023 deltas.
+  @persistent() entries = new Persistent(() => new PersistentMap<string, string>(), {
+    delta: PersistentMap.codec<string, string>(),
+    checkpointEvery: 1024,
+  });
+
+  /** Sets a key; returns the previous value ('' when there was none). */
+  @ordered() put(key: string, value: string): string {
+    const previous = this.entries.value.get(key) ?? '';
+    this.entries.update((map) => {
+      map.set(key, value);
+    });
+    return previous;
+  }
+
+  /** Sets many keys in one ordered call (one version). */
+  @ordered({ params: [Array] }) putMany(pairs: [string, string][]): number {
+    this.entries.update((map) => {
+      for (const [key, value] of pairs) map.set(key, value);
+    });
+    return pairs.length;
+  }
+
+  /** Changes an existing key; throws KeyMissingError (on every replica alike) if it is absent. */
+  @ordered() update(key: string, value: string): string {
+    const previous = this.entries.value.get(key);
+    if (previous === undefined) throw new KeyMissingError(`no key "${key}" to update`);
+    this.entries.update((map) => {
+      map.set(key, value);
+    });
+    return previous;
+  }
+
+  @ordered() remove(key: string): boolean {
+    if (!this.entries.value.has(key)) return false;
+    this.entries.update((map) => {
+      map.delete(key);
+    });
+    return true;
+  }
+
+  /** The current value ('' when absent). */
+  @p2p() get(key: string): string {
+    return this.entries.value.get(key) ?? '';
+  }
+
+  /** The value at HLC time `micros` (epoch µs): a temporal query over the version history. */
+  @p2p() getAt(key: string, micros: number): string {
+    return this.entries.getByTime(micros).get(key) ?? '';
+  }
+
+  @p2p() size(): number {
+    return this.entries.value.size;
+  }
+
+  /** SHA-256 of this replica's whole state: equal on replicas that applied the same calls. */
+  @p2p() stateDigest(): string {
+    return objectDigest(this);
+  }
+}
+
+export const types = [KvStore];
+export const layout = { KvStore: oneSubgroup(fixedEvenShards(1, 3)) };

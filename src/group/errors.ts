@@ -1,0 +1,66 @@
+/**
+ * Errors of the group API. Operating errors carry what a caller needs to act (the node, the
+ * subgroup); programmer errors say what to change. Application exceptions never appear here:
+ * they reach the caller as decorators/'s RemoteError.
+ */
+import { SquallError } from '../core/errors.js';
+import type { NodeId } from '../core/ids.js';
+
+/** This node is not where the call needs it: not a member (or sender) of the shard. */
+export class NotMemberError extends SquallError {
+  readonly nodeId: NodeId;
+  readonly typeName: string;
+  readonly subgroupIndex: number;
+  constructor(nodeId: NodeId, typeName: string, subgroupIndex: number, detail: string) {
+    super(`node ${nodeId} ${detail} of ${typeName} subgroup ${subgroupIndex}`, 'NOT_MEMBER');
+    this.nodeId = nodeId;
+    this.typeName = typeName;
+    this.subgroupIndex = subgroupIndex;
+  }
+}
+
+/**
+ * An ordered call was made while an ordered call was running on this replica. Every replica
+ * runs the outer call, so each would send the inner one again (n copies), and the outer call's
+ * reply would depend on a delivery that comes later in the order. p2p calls are allowed there.
+ */
+export class OrderedCallInOrderedError extends SquallError {
+  constructor(outer: string, inner: string) {
+    super(
+      `${inner} was called as an ordered call from inside the ordered call ${outer}. Every ` +
+        `replica runs ${outer}, so each would multicast ${inner} again, and ${outer} cannot wait ` +
+        `for a delivery ordered after itself. Fix: make the change inside ${outer} directly, ` +
+        `return what the caller needs and let the caller make the second ordered call, or use a ` +
+        `p2p call (allowed here) for reads.`,
+      'ORDERED_IN_ORDERED',
+    );
+  }
+}
+
+/** A member left the view before it replied (the reply will never come). */
+export class NodeRemovedError extends SquallError {
+  readonly nodeId: NodeId;
+  constructor(nodeId: NodeId, what: string) {
+    super(
+      `node ${nodeId} was removed from the group before it replied to ${what}. ` +
+        `Fix: use the other members' replies; the call itself was delivered in order to every ` +
+        `member that stayed.`,
+      'NODE_REMOVED',
+    );
+    this.nodeId = nodeId;
+  }
+}
+
+/** The group was closed while a call or wait was outstanding, or used after close(). */
+export class GroupClosedError extends SquallError {
+  constructor(what: string) {
+    super(`${what}: the group on this node is closed. Fix: start a new group.`, 'GROUP_CLOSED');
+  }
+}
+
+/** Group.start could not reach every member of the static view in time. */
+export class GroupStartError extends SquallError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, 'GROUP_START', options);
+  }
+}

@@ -1,0 +1,732 @@
+/**
+ * Group: a node's handle on a running Squall group (see README.md in this directory).
+ *
+ *   const group = await Group.start(config, {
+ *     types: [KvStore], layout: { KvStore: oneSubgroup(fixedEvenShards(1, 3)) },
+ *   });
+ *   const kv = group.subgroup(KvStore);          // Replicated<KvStore>: this node is a member
+ *   const replies = await kv.ordered.put('k', 'v');
+ *   const value = await kv.p2p(otherNode).get('k');
+ *   await group.close();
+ *
+ * Start: open the transport endpoint, take the first view from the ViewSource, open the
+ * persistence store, build this node's replicas (one per shard it is in), reach every member,
+ * create one multicast driver per local shard, then wait until every member has its drivers
+ * (a frame for a shard whose driver does not exist yet would be dropped).
+ */
+import {
+  buildCallProxy,
+  type MethodParams,
+  type MethodResult,
+  type OrderedMethodName,
+  type P2PApi,
+} from '../../decorators/api.js';
+import { decodeReply, encodeFrameworkError } from '../../decorators/codec.js';
+import {
+  replicatedClassInfo,
+  type AnyClass,
+  type MethodInfo,
+  type ReplicatedClassInfo,
+} from '../../decorators/metadata.js';
+import { objectDigest } from '../../decorators/snapshot.js';
+import type { P2PWriteCheck } from '../../decorators/dispatcher.js';
+import { PersistenceStore } from '../../persistence/store.js';
+import { decodeMessage, decodeMessageCopy, encodeMessage } from '../core/codec.js';
+import { ConfigError, PayloadTooLargeError, SquallError } from '../core/errors.js';
+import type { Hlc } from '../core/hlc.js';
+import {
+  makeVersion,
+  nodeId,
+  VERSION_NONE,
+  type NodeId,
+  type ShardIndex,
+  type SubgroupId,
+} from '../core/ids.js';
+import type { SquallConfig } from '../config/schema.js';
+import { defaultAllocator, type Allocator, type LayoutPolicies } from '../membership/layout.js';
+import { describeInadequacy, encodeView, type ShardMembership, type View } from '../membership/view.js';
+import { multicastLimitsFromConfig, type MulticastLimits } from '../multicast/config.js';
+import { MULTICAST_REQUEST_TYPE_DEFAULT, MulticastDriver } from '../runtime/multicast-driver.js';
+import { ShardGate } from './shard-gate.js';
+import { SessionCache } from './sessions.js';
+import { Endpoint, endpointOptionsFromConfig } from '../transport/native-transport.js';
+import type { Transport, TransportSession } from '../transport/transport.js';
+import {
+  GroupClosedError,
+  GroupStartError,
+  NodeRemovedError,
+  NotMemberError,
+  OrderedCallInOrderedError,
+} from './errors.js';
+import { QueryResults, type OrderedReceipt } from './query-results.js';
+import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.js';
+import { StaticViewSource, type ViewSource } from './view-source.js';
+import {
+  driverShardNumber,
+  hashKey,
+  ORDERED_REPLY_TYPE,
+  P2P_NOT_HOSTED,
+  P2P_OK,
+  P2P_REPLY_TOO_LARGE,
+  P2P_REQUEST_TYPE,
+  READY_TYPE,
+  RELAY_OK,
+  RELAY_REFUSED,
+  RELAY_TYPE,
+  STATUS_TYPE,
+  VIEW_TYPE,
+  type NodeStatus,
+  type OrderedReply,
+  type RelayRequest,
+  type P2PRequest,
+} from './wire.js';
+
+/** Ordered calls on C: each method returns a QueryResults of its result. */
+export type OrderedQueryApi<C> = {
+  readonly [K in OrderedMethodName<C>]: (...args: MethodParams<C, K>) => QueryResults<MethodResult<C, K>>;
+};
+
+export interface GroupOptions {
+  /** The @replicated classes this group hosts. */
+  readonly types: readonly AnyClass[];
+  /** Layout policy per type name (src/membership/layout.ts helpers), or a custom Allocator. */
+  readonly layout: LayoutPolicies | Allocator;
+  /** Where views come from; default: StaticViewSource over `group.members`. */
+  readonly viewSource?: ViewSource;
+  /** The dispatcher's p2p write check (decorators/README.md); default 'persistent'. */
+  readonly p2pWriteCheck?: P2PWriteCheck;
+}
+
+/** A shard this node replicates, with its typed call interfaces. */
+export interface Replicated<T> {
+  readonly typeName: string;
+  readonly subgroupIndex: number;
+  readonly shardIndex: ShardIndex;
+  /** The shard's members in shard-rank order. */
+  readonly members: readonly NodeId[];
+  /** Ordered calls: delivered in one total order to every member of the shard. */
+  readonly ordered: OrderedQueryApi<T>;
+  /** Read-only calls served by one member of this shard (this node included). */
+  p2p(node: NodeId | number): P2PApi<T>;
+  /** The local Persistent<T> of a @persistent field: reads by version, index and time. */
+  versions<K extends keyof T & string>(field: K): T[K];
+  /** This replica's frontiers. */
+  frontier(): ShardFrontier;
+  /** Resolves once temporal reads at `time` are final on this replica. */
+  whenStable(time: Hlc): Promise<void>;
+  /** SHA-256 of the local replica's state (decorators/snapshot.ts): equal on equal replicas. */
+  digest(): string;
+}
+
+/** p2p calls into a subgroup this node is not a member of. */
+export interface ExternalCaller<T> {
+  readonly typeName: string;
+  readonly subgroupIndex: number;
+  p2p(node: NodeId | number): P2PApi<T>;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class Group {
+  readonly nodeId: NodeId;
+  readonly transport: Transport;
+  private readonly store: PersistenceStore;
+  private readonly viewSource: ViewSource;
+  private readonly infos: ReadonlyMap<string, ReplicatedClassInfo>;
+  private readonly replicas = new Map<string, ShardReplica>();
+  private readonly calls = new Map<number, QueryResults<unknown>>();
+  private readonly replyQueues = new Map<NodeId, OrderedReply[]>();
+  private readonly viewListeners: ((view: View) => void)[] = [];
+  private replyFlushScheduled = false;
+  private nextCallId = 1;
+  private ready = false;
+  private closed = false;
+  private currentView: View;
+  /** The transport the multicast drivers use: holds frames of shards whose driver is not up. */
+  private readonly gate: ShardGate;
+  private readonly sessions: SessionCache;
+
+  private constructor(
+    private readonly config: SquallConfig,
+    options: GroupOptions,
+    transport: Transport,
+    store: PersistenceStore,
+    view: View,
+    viewSource: ViewSource,
+    infos: ReadonlyMap<string, ReplicatedClassInfo>,
+  ) {
+    this.nodeId = nodeId(config.node.id);
+    this.transport = transport;
+    this.store = store;
+    this.viewSource = viewSource;
+    this.infos = infos;
+    this.currentView = view;
+    this.gate = new ShardGate(transport, MULTICAST_REQUEST_TYPE_DEFAULT);
+    this.sessions = new SessionCache(transport);
+    viewSource.on('view', (next) => {
+      this.currentView = next;
+      this.failRemovedMembers(next);
+      for (const listener of this.viewListeners) listener(next);
+    });
+    transport.handle(READY_TYPE, () => encodeMessage([this.ready ? 1 : 0]));
+    transport.handle(P2P_REQUEST_TYPE, (request) => this.serveP2P(request));
+    transport.handle(VIEW_TYPE, () => encodeView(this.currentView));
+    transport.handle(RELAY_TYPE, (request) => this.relay(request));
+    transport.handle(STATUS_TYPE, () => encodeMessage(this.status()));
+    transport.handle(ORDERED_REPLY_TYPE, (request) => {
+      for (const [callId, from, reply] of decodeMessageCopy<OrderedReply[]>(request)) {
+        this.settleReply(callId, nodeId(from), reply);
+      }
+      return new Uint8Array(0);
+    });
+    for (const membership of view.shardsOf(this.nodeId)) {
+      const replica = this.makeReplica(membership, view, options.p2pWriteCheck ?? 'persistent');
+      this.replicas.set(replicaKey(membership.typeName, membership.subgroupIndex), replica);
+    }
+  }
+
+  /**
+   * Starts this node's part of the group and resolves once every member of its first view is
+   * running (see the file comment). Throws ConfigError (config, with the dotted keys),
+   * DecoratorUsageError (a type without @replicated), LayoutPolicyError (bad layout),
+   * GroupStartError (members unreachable within group.restart_timeout_s, or old data).
+   */
+  static async start(config: SquallConfig, options: GroupOptions): Promise<Group> {
+    const infos = typeInfos(options);
+    const allocator = typeof options.layout === 'function'
+      ? (options.layout as Allocator)
+      : defaultAllocator(options.layout as LayoutPolicies);
+    const viewSource = options.viewSource ?? StaticViewSource.fromConfig(config, allocator);
+    // Sealed (AES-GCM, authenticated handshake) unless transport.encryption = false.
+    const transport = await Endpoint.create(
+      endpointOptionsFromConfig(config.transport, { host: config.node.host, port: config.node.port }),
+    );
+    let store: PersistenceStore | undefined;
+    let group: Group | undefined;
+    try {
+      const view = await viewSource.start();
+      checkLayoutTypes(view, infos);
+      checkAdequate(view, options.viewSource === undefined);
+      store = PersistenceStore.open({
+        dataDir: config.persistence.data_dir,
+        reset: config.persistence.reset,
+        mapSizeBytes: config.persistence.map_size_mib * 1024 * 1024,
+        syncMode: config.persistence.sync === 'durable' ? 'durable' : 'buffered',
+      });
+      group = new Group(config, options, transport, store, view, viewSource, infos);
+      await group.connectMembers();
+      await group.createDrivers();
+      group.ready = true;
+      await group.awaitMembersReady();
+      return group;
+    } catch (error) {
+      if (group !== undefined) await group.close();
+      else {
+        await viewSource.close();
+        await store?.close();
+        await closeTransport(transport);
+      }
+      throw error;
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Public API
+
+  get view(): View {
+    return this.currentView;
+  }
+
+  /** This node's rank in the current view. */
+  get rank(): number {
+    return this.currentView.rankOf(this.nodeId);
+  }
+
+  /** Every shard this node is in (type, subgroup, shard, rank, sender). */
+  get shards(): readonly ShardMembership[] {
+    return this.currentView.shardsOf(this.nodeId);
+  }
+
+  /** Calls `listener` for every view installed after this call. */
+  on(_event: 'view', listener: (view: View) => void): void {
+    this.viewListeners.push(listener);
+  }
+
+  /** This node's shard of `Type`'s subgroup `index`. Throws NotMemberError if it has none. */
+  subgroup<T extends object>(type: AnyClass<T>, index = 0): Replicated<T> {
+    const info = this.infoOf(type);
+    this.subgroupLayout(info.name, index);
+    const replica = this.replicas.get(replicaKey(info.name, index)) as ShardReplica<T> | undefined;
+    if (replica === undefined) {
+      throw new NotMemberError(this.nodeId, info.name, index,
+        `is not a member of any shard; use group.nonmember(${info.name}, ${index}) for p2p calls`);
+    }
+    return this.replicatedHandle(replica);
+  }
+
+  /** p2p access to `Type`'s subgroup `index` from any node (member or not). */
+  nonmember<T extends object>(type: AnyClass<T>, index = 0): ExternalCaller<T> {
+    const info = this.infoOf(type);
+    this.subgroupLayout(info.name, index);
+    return {
+      typeName: info.name,
+      subgroupIndex: index,
+      p2p: (node) => this.p2pProxy<T>(info as ReplicatedClassInfo<T>, index, undefined, nodeId(node)),
+    };
+  }
+
+  /** The members of each shard of `Type`'s subgroup `index`, in shard-rank order. */
+  members(type: AnyClass, index = 0): NodeId[][] {
+    return this.subgroupLayout(this.infoOf(type).name, index).shards.map((s) => [...s.members]);
+  }
+
+  /** The shard a key belongs to in a hash-sharded subgroup (stable FNV-1a of the key). */
+  shardOf(type: AnyClass, key: string | Uint8Array | number | bigint, index = 0): ShardIndex {
+    const shards = this.subgroupLayout(this.infoOf(type).name, index).shards.length;
+    return (hashKey(key) % shards) as ShardIndex;
+  }
+
+  /** This node's frontiers in its shard of `Type`'s subgroup `index`. */
+  frontier(type: AnyClass, index = 0): ShardFrontier {
+    return this.subgroup(type, index).frontier();
+  }
+
+  /** The current view and this node's frontiers in each of its shards (`squall status`). */
+  status(): NodeStatus {
+    return {
+      node: this.nodeId,
+      view: encodeView(this.currentView),
+      shards: [...this.replicas.values()].map((r) => {
+        const f = r.frontier();
+        return {
+          typeName: r.info.name,
+          subgroupIndex: r.subgroupIndex,
+          shardIndex: r.shardIndex,
+          delivered: f.delivered,
+          localPersisted: f.localPersisted,
+          persisted: f.persisted,
+          stableMicros: f.stableTime.micros,
+        };
+      }),
+    };
+  }
+
+  /** Stops the drivers, fails outstanding calls with GroupClosedError, closes store and socket. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const error = new GroupClosedError('call outstanding at close');
+    for (const results of this.calls.values()) results.failAll(error);
+    this.calls.clear();
+    for (const replica of this.replicas.values()) {
+      replica.failWaiters(error);
+      await replica.driver?.close();
+    }
+    await this.viewSource.close();
+    await this.store.close();
+    await closeTransport(this.transport);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Handles
+
+  private replicatedHandle<T extends object>(replica: ShardReplica<T>): Replicated<T> {
+    const info = replica.info;
+    const ordered = buildCallProxy(info, 'ordered', (method, bytes) =>
+      this.orderedCall(replica, method.wireName, `${info.name}.${method.methodName}`, bytes));
+    return {
+      typeName: info.name,
+      subgroupIndex: replica.subgroupIndex,
+      shardIndex: replica.shardIndex,
+      members: replica.members,
+      ordered: ordered as unknown as OrderedQueryApi<T>,
+      p2p: (node) => this.p2pProxy(info, replica.subgroupIndex, replica, nodeId(node)),
+      versions: <K extends keyof T & string>(field: K): T[K] => {
+        if (!info.persistentFields.some((f) => f.fieldName === field)) {
+          throw new NotMemberError(this.nodeId, info.name, replica.subgroupIndex,
+            `asked for versions of ${info.name}.${field}, which is not a @persistent field,`);
+        }
+        return (replica.object as Record<string, unknown>)[field] as T[K];
+      },
+      frontier: () => replica.frontier(),
+      whenStable: (time) => replica.whenStable(time),
+      digest: () => objectDigest(replica.object),
+    };
+  }
+
+  private orderedCall(
+    replica: ShardReplica,
+    wireName: string,
+    label: string,
+    args: Uint8Array,
+    relayKey?: readonly [clientId: string, requestId: number],
+  ): QueryResults<unknown> {
+    const outer = currentOrderedCall();
+    if (outer !== undefined) throw new OrderedCallInOrderedError(outer, label);
+    if (this.closed) throw new GroupClosedError(label);
+    const callId = this.nextCallId++;
+    const message = relayKey === undefined ? [callId, wireName, args] : [callId, wireName, args, ...relayKey];
+    const payload = encodeMessage(message);
+    const sent: Promise<OrderedReceipt> = replica.driver.send(payload).then((receipt) => ({
+      version: makeVersion(receipt.viewId, receipt.position),
+      timestamp: receipt.timestamp,
+    }));
+    const results = new QueryResults<unknown>(label, replica.members, sent, {
+      whenDelivered: (v) => replica.deliveredWaiters.wait(v),
+      whenLocalPersisted: (v) => replica.registry.whenPersisted(v),
+      whenPersisted: (v) => replica.persistedWaiters.wait(v),
+    });
+    this.calls.set(callId, results);
+    sent.catch(() => this.calls.delete(callId));
+    return results;
+  }
+
+  /**
+   * A client's ordered call relayed into the shard with its idempotency key; answers with every
+   * member's raw reply once all arrived (see wire.ts). A retry of the same key, through this or
+   * another member, gets the replies of the first execution (ShardReplica dedupes).
+   */
+  private async relay(request: Uint8Array): Promise<Uint8Array> {
+    const [clientId, requestId, subgroupId, shardIndex, wireName, args] =
+      decodeMessageCopy<RelayRequest>(request);
+    const replica = this.replicaOf(subgroupId, shardIndex);
+    const shard = this.currentView.shard(subgroupId as SubgroupId, shardIndex as ShardIndex);
+    if (replica === undefined || shard === undefined || !shard.senders.includes(this.nodeId)) {
+      const why = `node ${this.nodeId} is not a sender of shard ${shardIndex} of subgroup ${subgroupId}`;
+      return encodeMessage([RELAY_REFUSED, 'NOT_MEMBER', why]);
+    }
+    try {
+      const label = `${replica.info.name}.${wireName} (relayed)`;
+      const results = this.orderedCall(replica, wireName, label, args, [clientId, requestId]);
+      const [version, timestamp] = await Promise.all([results.version, results.timestamp]);
+      await Promise.allSettled(results.replies.values());
+      const replies = [...results.rawReplies].map(([node, bytes]) => [node, bytes]);
+      return encodeMessage([RELAY_OK, version, timestamp.micros, timestamp.logical, replies]);
+    } catch (error) {
+      const code = error instanceof SquallError ? error.code : 'INTERNAL';
+      return encodeMessage([RELAY_REFUSED, code, String((error as Error)?.message ?? error)]);
+    }
+  }
+
+  /** Replies awaited from members a new view no longer has will never come: NodeRemovedError. */
+  private failRemovedMembers(view: View): void {
+    for (const [callId, results] of this.calls) {
+      results.failMembersWhere(
+        (node) => !view.isMember(node),
+        (node) => new NodeRemovedError(node, results.method),
+      );
+      if (results.complete) this.calls.delete(callId);
+    }
+  }
+
+  private settleReply(callId: number, from: NodeId, reply: Uint8Array): void {
+    const results = this.calls.get(callId);
+    if (results === undefined) return;
+    results.settleReply(from, reply);
+    if (results.complete) this.calls.delete(callId);
+  }
+
+  /** A member's reply to `caller`: local at once, remote batched per destination per turn. */
+  private sendReply(caller: NodeId, callId: number, reply: Uint8Array): void {
+    if (caller === this.nodeId) {
+      this.settleReply(callId, caller, reply);
+      return;
+    }
+    let queue = this.replyQueues.get(caller);
+    if (queue === undefined) this.replyQueues.set(caller, (queue = []));
+    queue.push([callId, this.nodeId, reply]);
+    if (this.replyFlushScheduled) return;
+    this.replyFlushScheduled = true;
+    setImmediate(() => {
+      this.replyFlushScheduled = false;
+      for (const [to, replies] of this.replyQueues) {
+        this.replyQueues.delete(to);
+        void this.session(to)
+          .then((s) => s.call(ORDERED_REPLY_TYPE, encodeMessage(replies)))
+          .catch(() => undefined); // the caller's membership layer handles a lost member
+      }
+    });
+  }
+
+  private p2pProxy<T extends object>(
+    info: ReplicatedClassInfo<T>,
+    subgroupIndex: number,
+    replica: ShardReplica | undefined,
+    node: NodeId,
+  ): P2PApi<T> {
+    const subgroup = this.subgroupLayout(info.name, subgroupIndex);
+    const shardIndex = replica !== undefined
+      ? replica.shardIndex
+      : subgroup.shards.findIndex((s) => s.members.includes(node));
+    if (shardIndex < 0 || !subgroup.shards[shardIndex]!.members.includes(node)) {
+      throw new NotMemberError(node, info.name, subgroupIndex,
+        replica !== undefined ? `is not in shard ${replica.shardIndex}` : 'is not in any shard');
+    }
+    const send = (method: MethodInfo, args: Uint8Array): Promise<unknown> =>
+      this.p2pCall(info, subgroup.subgroupId, shardIndex, node, method, args);
+    return buildCallProxy(info, 'p2p', send) as unknown as P2PApi<T>;
+  }
+
+  private async p2pCall(
+    info: ReplicatedClassInfo,
+    subgroupId: number,
+    shardIndex: number,
+    node: NodeId,
+    method: MethodInfo,
+    args: Uint8Array,
+  ): Promise<unknown> {
+    if (this.closed) throw new GroupClosedError(`${info.name}.${method.methodName}`);
+    const what = `p2p call ${info.name}.${method.methodName} to node ${node}`;
+    const requestMax = this.config.p2p.max_p2p_request_payload_size;
+    if (args.byteLength > requestMax) {
+      throw new PayloadTooLargeError(what, args.byteLength, requestMax, 'p2p.max_p2p_request_payload_size');
+    }
+    let response: Uint8Array;
+    if (node === this.nodeId) {
+      response = await this.serveP2P(encodeMessage([subgroupId, shardIndex, method.wireName, args]));
+    } else {
+      const session = await this.session(node);
+      response = await session.call(P2P_REQUEST_TYPE, encodeMessage([subgroupId, shardIndex, method.wireName, args]), {
+        timeoutMs: this.config.transport.request_timeout_ms,
+      });
+    }
+    const [status, body, limit] = decodeMessageCopy<[number, Uint8Array | number | string, number?]>(response);
+    if (status === P2P_OK) return decodeReply(body as Uint8Array, node);
+    if (status === P2P_REPLY_TOO_LARGE) {
+      // The serving node's limit (its config) is the one that applies.
+      throw new PayloadTooLargeError(`reply to ${what}`, body as number, limit ?? -1, 'p2p.max_p2p_reply_payload_size');
+    }
+    throw new NotMemberError(node, info.name, -1, String(body));
+  }
+
+  /** The p2p handler: runs a read-only call on the local replica. */
+  private async serveP2P(request: Uint8Array): Promise<Uint8Array> {
+    const [subgroupId, shardIndex, wireName, args] = decodeMessage<P2PRequest>(request);
+    const replica = this.replicaOf(subgroupId, shardIndex);
+    if (replica === undefined) {
+      return encodeMessage([P2P_NOT_HOSTED, `does not host shard ${shardIndex} of subgroup ${subgroupId}`]);
+    }
+    let reply: Uint8Array;
+    try {
+      reply = await replica.dispatcher.dispatch('p2p', wireName, args);
+    } catch (error) {
+      const framework = error instanceof SquallError ? error : new SquallError(String(error), 'INTERNAL');
+      reply = encodeFrameworkError(framework);
+    }
+    if (reply.byteLength > this.config.p2p.max_p2p_reply_payload_size) {
+      const limit = this.config.p2p.max_p2p_reply_payload_size;
+      return encodeMessage([P2P_REPLY_TOO_LARGE, reply.byteLength, limit]);
+    }
+    return encodeMessage([P2P_OK, reply]);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Start
+
+  private makeReplica(membership: ShardMembership, view: View, p2pWriteCheck: P2PWriteCheck): ShardReplica {
+    const info = this.infos.get(membership.typeName)!;
+    const registryName = `${membership.typeName}/${membership.subgroupIndex}/${membership.shardIndex}`;
+    const registry = this.store.registry(registryName);
+    const shard = view.shard(membership.subgroupId, membership.shardIndex)!;
+    const replica = new ShardReplica(
+      info,
+      membership.subgroupIndex,
+      membership.subgroupId,
+      membership.shardIndex,
+      shard.members,
+      registry,
+      this.nodeId,
+      { current: () => this.currentView, onView: (listener) => this.on('view', listener) },
+      (caller, callId, reply) => this.sendReply(caller, callId, reply),
+      p2pWriteCheck,
+    );
+    if (registry.latestVersion !== VERSION_NONE) {
+      throw new GroupStartError(
+        `${this.config.persistence.data_dir} already holds versions of ${registryName} (up to ` +
+          `${registry.latestVersion}). A group started from a static member list always starts at ` +
+          `view 1, and restarting over old state needs the membership service's restart protocol ` +
+          `(not wired in yet). Fix: set persistence.reset = true, or use an empty data_dir.`,
+      );
+    }
+    return replica;
+  }
+
+  private session(node: NodeId): Promise<TransportSession> {
+    const address = this.currentView.addressOf(node);
+    if (address === undefined) {
+      return Promise.reject(new NotMemberError(node, 'the group', 0, 'is not a member of the current view'));
+    }
+    return this.sessions.get(address);
+  }
+
+  private deadlineMs(): number {
+    return Date.now() + this.config.group.restart_timeout_s * 1000;
+  }
+
+  private peers(): NodeId[] {
+    return this.currentView.memberIds.filter((n) => n !== this.nodeId);
+  }
+
+  /** Opens a session to every other member, retrying until group.restart_timeout_s. */
+  private async connectMembers(): Promise<void> {
+    const deadline = this.deadlineMs();
+    await Promise.all(this.peers().map(async (node) => {
+      for (;;) {
+        try {
+          await this.session(node);
+          return;
+        } catch (error) {
+          if (this.closed) throw new GroupClosedError('Group.start');
+          if (Date.now() > deadline) throw this.unreachable(node, error);
+          await sleep(50);
+        }
+      }
+    }));
+  }
+
+  private async createDrivers(): Promise<void> {
+    const view = this.currentView;
+    for (const replica of this.replicas.values()) {
+      const shard = view.shard(replica.subgroupId, replica.shardIndex)!;
+      if (shard.mode === 'raft') {
+        throw new GroupStartError(`${replica.info.name} subgroup ${replica.subgroupIndex} uses mode 'raft', which the group layer does not run yet. Fix: use mode 'ordered'.`);
+      }
+      const addresses = new Map(shard.members.map((n) => [n, view.addressOf(n)!]));
+      const shardNumber = driverShardNumber(replica.subgroupId, replica.shardIndex);
+      const created = MulticastDriver.create({
+        transport: this.gate,
+        self: this.nodeId,
+        shard: shardNumber,
+        view: { viewId: view.id, members: shard.members, senders: shard.senders, addresses },
+        mode: shard.mode,
+        limits: this.limitsFor(shard.profile),
+        onDeliver: (delivery) => replica.deliver(delivery),
+      });
+      // The driver registered its shard synchronously inside create(): release held frames now,
+      // before any other frame can arrive, so the core sees them in arrival order.
+      this.gate.openShard(shardNumber);
+      replica.attachDriver(await created);
+    }
+  }
+
+  private limitsFor(profile: string): MulticastLimits {
+    if (profile === 'default') return multicastLimitsFromConfig(this.config.multicast);
+    const section = this.config.subgroup[profile];
+    if (section === undefined) {
+      throw new ConfigError([{ key: `subgroup.${profile}`, message: `is named by the layout as a profile but is not in the config. Fix: add a [subgroup.${profile}] section (it may be empty)` }]);
+    }
+    return multicastLimitsFromConfig({ ...this.config.multicast, ...stripUndefined(section) }, `subgroup.${profile}`);
+  }
+
+  /** Waits until every other member answers READY with 1 (its drivers exist). */
+  private async awaitMembersReady(): Promise<void> {
+    const deadline = this.deadlineMs();
+    await Promise.all(this.peers().map(async (node) => {
+      for (;;) {
+        try {
+          const session = await this.session(node);
+          const answer = await session.call(READY_TYPE, new Uint8Array(0), { timeoutMs: 1000 });
+          const [ready] = decodeMessage<[number]>(answer);
+          if (ready === 1) return;
+        } catch (error) {
+          if (this.closed) throw new GroupClosedError('Group.start');
+          if (Date.now() > deadline) throw this.unreachable(node, error);
+        }
+        if (Date.now() > deadline) throw this.unreachable(node, undefined);
+        await sleep(20);
+      }
+    }));
+  }
+
+  private unreachable(node: NodeId, cause: unknown): GroupStartError {
+    return new GroupStartError(
+      `node ${node} (${this.currentView.addressOf(node)}) did not come up within ` +
+        `group.restart_timeout_s (${this.config.group.restart_timeout_s} s). Fix: start every node ` +
+        `listed in group.members, check their addresses, or raise group.restart_timeout_s.`,
+      { cause },
+    );
+  }
+
+  private replicaOf(subgroupId: number, shardIndex: number): ShardReplica | undefined {
+    for (const r of this.replicas.values()) {
+      if (r.subgroupId === subgroupId && r.shardIndex === shardIndex) return r;
+    }
+    return undefined;
+  }
+
+  private infoOf<T extends object>(type: AnyClass<T>): ReplicatedClassInfo<T> {
+    const info = replicatedClassInfo(type);
+    if (this.infos.get(info.name) !== (info as ReplicatedClassInfo)) {
+      throw new NotMemberError(this.nodeId, info.name, 0,
+        `was not given ${info.name} in Group.start's types, so it hosts no subgroup`);
+    }
+    return info;
+  }
+
+  private subgroupLayout(typeName: string, index: number) {
+    const subgroup = this.currentView.subgroup(typeName, index);
+    if (subgroup === undefined) {
+      throw new NotMemberError(this.nodeId, typeName, index, 'found no such subgroup in the layout; check the index');
+    }
+    return subgroup;
+  }
+}
+
+/**
+ * Closes the endpoint. Its socket is released when libuv runs the handles' close callbacks, at
+ * the end of the current loop iteration; a timer fires after that, so the port is free again
+ * when this resolves (a node restarted in the same process can bind it).
+ */
+async function closeTransport(transport: Transport): Promise<void> {
+  await transport.close();
+  await new Promise((resolve) => setTimeout(resolve, 1));
+}
+
+function replicaKey(typeName: string, subgroupIndex: number): string {
+  return `${typeName}/${subgroupIndex}`;
+}
+
+function stripUndefined<T extends object>(section: T): Partial<T> {
+  return Object.fromEntries(Object.entries(section).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+function typeInfos(options: GroupOptions): Map<string, ReplicatedClassInfo> {
+  const infos = new Map<string, ReplicatedClassInfo>();
+  for (const type of options.types) {
+    const info = replicatedClassInfo(type);
+    infos.set(info.name, info as ReplicatedClassInfo);
+  }
+  if (typeof options.layout !== 'function') {
+    const policies = options.layout instanceof Map ? [...options.layout.keys()] : Object.keys(options.layout);
+    const problems: { key: string; message: string }[] = [];
+    for (const name of policies) {
+      if (!infos.has(name)) problems.push({ key: `layout.${name}`, message: `names a type that is not in types (${[...infos.keys()].join(', ')}). Fix: add the class to types or remove the policy` });
+    }
+    for (const name of infos.keys()) {
+      if (!policies.includes(name)) problems.push({ key: `layout.${name}`, message: `is missing: ${name} is in types but has no layout policy. Fix: add e.g. ${name}: oneSubgroup(fixedEvenShards(1, 3))` });
+    }
+    if (problems.length > 0) throw new ConfigError(problems);
+  }
+  return infos;
+}
+
+function checkLayoutTypes(view: View, infos: ReadonlyMap<string, ReplicatedClassInfo>): void {
+  for (const t of view.layout.types) {
+    if (!infos.has(t.typeName)) {
+      throw new ConfigError([{ key: `layout.${t.typeName}`, message: 'the allocator laid out a type that is not in types. Fix: add the class to types' }]);
+    }
+  }
+}
+
+/**
+ * A static view never changes, so a shard short of nodes would stay unusable: refuse at start.
+ * (A dynamic view source may start inadequate and wait for joins; that is its job.)
+ */
+function checkAdequate(view: View, isStatic: boolean): void {
+  if (view.isAdequate || !isStatic) return;
+  throw new ConfigError(view.layout.inadequate.map((i) => ({
+    key: 'group.members',
+    message: `lists ${view.members.length} nodes, too few for the layout: ${describeInadequacy(i)}. Fix: list more members or lower the layout's nodesMin`,
+  })));
+}
+

@@ -1,0 +1,8 @@
+/** src/group: the public runtime API (Group, Replicated<T>, QueryResults, ExternalCaller). */
+export { Group, type GroupOptions, type Replicated, type ExternalCaller, type OrderedQueryApi } from './group.js';
+export { QueryResults, type OrderedReceipt } from './query-results.js';
+export { type ReplicaContext, type ShardFrontier } from './replica.js';
+export { StaticViewSource, staticMembersFromConfig, type ViewSource, type ViewListener } from './view-source.js';
+export { GroupClosedError, GroupStartError, NodeRemovedError, NotMemberError, OrderedCallInOrderedError } from './errors.js';
+export { hashKey } from './wire.js';
+export { Client, RelayFailedError, type ClientOptions, type ClientOrderedResult, type ClientOrderedApi, type ClientSubgroup } from './client.js';

@@ -1,0 +1,263 @@
+/**
+ * ShardReplica: this node's replica of one shard of one subgroup. It owns the application
+ * object, its Dispatcher, its PersistentRegistry and the shard's MulticastDriver, and turns each
+ * delivered ordered call into: dispatch (inside the ordered-call context), one new version of
+ * every changed persistent field, the frontiers moving, and the reply sent to the caller.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { Dispatcher, type DispatchResult } from '../../decorators/dispatcher.js';
+import { fieldHooksOf } from '../../decorators/field-hooks.js';
+import type { ReplicatedClassInfo } from '../../decorators/metadata.js';
+import type { Persistent } from '../../persistence/persistent.js';
+import type { PersistentRegistry } from '../../persistence/registry.js';
+import { decodeMessage } from '../core/codec.js';
+import { DecoratorUsageError } from '../../decorators/errors.js';
+import { hlc, HLC_MAX, type Hlc } from '../core/hlc.js';
+import { VERSION_NONE, type NodeId, type ShardIndex, type SubgroupId, type Version } from '../core/ids.js';
+import type { View } from '../membership/view.js';
+import type { MulticastDelivery, MulticastDriver, MulticastFrontiers } from '../runtime/multicast-driver.js';
+import { FrontierWaiters, type OrderedCallMessage } from './wire.js';
+
+/** Relayed replies kept per client for deduplication (a client retries only recent calls). */
+export const RELAYED_PER_CLIENT_MAX = 4096;
+
+/**
+ * The ordered call running on a replica, for refusing ordered calls made from inside one.
+ * A synchronous method is tracked with a plain variable (it cannot be interleaved). A method
+ * declared to return a Promise (async) runs inside an AsyncLocalStorage, which follows it across
+ * its awaits. The storage is used only for those: once used, Node runs promise hooks for every
+ * promise in the process, which measured ~12 µs per ordered call over 3 in-process replicas
+ * (20,000 vs 9,200 calls/s). A method whose declared result type hides a Promise (a union, an
+ * interface) is tracked only up to its first await.
+ */
+const orderedCallContext = new AsyncLocalStorage<{ readonly method: string }>();
+let synchronousOrderedCall: string | undefined;
+
+/** The ordered call this code runs inside ("Type.method"), or undefined. */
+export function currentOrderedCall(): string | undefined {
+  return synchronousOrderedCall ?? orderedCallContext.getStore()?.method;
+}
+
+/** Where a replica sits, handed to the application's factory (@replicated({ factory })). */
+export interface ReplicaContext {
+  readonly nodeId: NodeId;
+  readonly typeName: string;
+  readonly subgroupIndex: number;
+  readonly subgroupId: SubgroupId;
+  readonly shardIndex: ShardIndex;
+  /** The current view. */
+  readonly view: View;
+  /** Inside an ordered call: its version; otherwise undefined. */
+  readonly version: Version | undefined;
+  /** Inside an ordered call: its HLC time (the sender's stamp); otherwise undefined. */
+  readonly timestamp: Hlc | undefined;
+  /** Calls `listener` with every view installed after this one. */
+  onViewChange(listener: (view: View) => void): void;
+}
+
+export interface ShardFrontier {
+  /** The last version delivered and applied here. */
+  readonly delivered: Version;
+  /** The highest version durable on this node. */
+  readonly localPersisted: Version;
+  /** The highest version durable on every member of the shard. */
+  readonly persisted: Version;
+  /** Temporal reads at or before this time give final answers. */
+  readonly stableTime: Hlc;
+}
+
+export interface ReplicaCounters {
+  delivered: number;
+  malformed: number;
+}
+
+export class ShardReplica<T extends object = object> {
+  readonly dispatcher: Dispatcher<T>;
+  readonly counters: ReplicaCounters = { delivered: 0, malformed: 0 };
+  readonly deliveredWaiters = new FrontierWaiters(VERSION_NONE);
+  readonly persistedWaiters = new FrontierWaiters(VERSION_NONE);
+  private driverRef: MulticastDriver | undefined;
+  private currentVersion: Version | undefined;
+  private currentTimestamp: Hlc | undefined;
+  private readonly stableWaiters: { time: Hlc; resolve: () => void }[] = [];
+  /**
+   * Replies to relayed calls by client id and request id, so a client's retry (through another
+   * member, after a failure) is answered without running the call twice. Every replica fills it
+   * in delivery order, so all of them agree on what is a duplicate. Bounded per client.
+   */
+  private readonly relayed = new Map<string, Map<number, DispatchResult>>();
+  readonly context: ReplicaContext;
+
+  constructor(
+    readonly info: ReplicatedClassInfo<T>,
+    readonly subgroupIndex: number,
+    readonly subgroupId: SubgroupId,
+    readonly shardIndex: ShardIndex,
+    readonly members: readonly NodeId[],
+    readonly registry: PersistentRegistry,
+    private readonly self: NodeId,
+    private readonly views: { current(): View; onView(listener: (view: View) => void): void },
+    /** Sends a reply to the caller (or settles it locally when the caller is this node). */
+    private readonly reply: (caller: NodeId, callId: number, reply: Uint8Array) => void,
+    p2pWriteCheck: 'persistent' | 'strict',
+  ) {
+    const replica = this; // eslint-disable-line @typescript-eslint/no-this-alias
+    this.context = Object.freeze({
+      nodeId: self,
+      typeName: info.name,
+      subgroupIndex,
+      subgroupId,
+      shardIndex,
+      get view() {
+        return views.current();
+      },
+      get version() {
+        return replica.currentVersion;
+      },
+      get timestamp() {
+        return replica.currentTimestamp;
+      },
+      onViewChange: (listener: (view: View) => void) => views.onView(listener),
+    });
+    this.object = info.create(this.context);
+    this.attachFields();
+    this.dispatcher = new Dispatcher(this.object, { p2pWriteCheck });
+  }
+
+  readonly object: T;
+
+  get driver(): MulticastDriver {
+    return this.driverRef!;
+  }
+
+  /** Connects the shard's multicast driver (created after this replica: it delivers into it). */
+  attachDriver(driver: MulticastDriver): void {
+    this.driverRef = driver;
+    this.registry.onPersisted((version) => driver.persisted(version));
+    // What was already durable (nothing, for a fresh store) counts from the start.
+    if (this.registry.persistedFrontier !== VERSION_NONE) driver.persisted(this.registry.persistedFrontier);
+    driver.onFrontiers((f) => this.onFrontiers(f));
+  }
+
+  private attachFields(): void {
+    const record = this.object as Record<string, unknown>;
+    for (const field of this.info.persistentFields) {
+      const value = record[field.fieldName];
+      if (fieldHooksOf(value) === undefined) {
+        throw new DecoratorUsageError(
+          `${this.info.name}.${field.fieldName} is @persistent but does not hold a Persistent<T> ` +
+            `or Volatile<T> after construction. Fix: initialise it in the field declaration or ` +
+            `the constructor: ${field.fieldName} = new Persistent(() => ...).`,
+        );
+      }
+      this.registry.attach(field.name, value as Persistent<unknown>);
+    }
+  }
+
+  /** A delivered ordered call (from the driver, in delivery order). */
+  deliver(delivery: MulticastDelivery): void {
+    let message: OrderedCallMessage;
+    try {
+      message = decodeMessage<OrderedCallMessage>(delivery.payload);
+      if (!Array.isArray(message) || typeof message[0] !== 'number' || typeof message[1] !== 'string' || !(message[2] instanceof Uint8Array) ||
+          (message.length === 5 && (typeof message[3] !== 'string' || typeof message[4] !== 'number'))) {
+        throw new Error('not an ordered call');
+      }
+    } catch {
+      // Every replica drops it alike (same bytes, same decision): the state stays identical.
+      this.counters.malformed++;
+      return;
+    }
+    const [callId, wireName, args, clientId, requestId] = message;
+    const version = delivery.version as Version;
+    const earlier = clientId === undefined ? undefined : this.relayed.get(clientId)?.get(requestId!);
+    let result: DispatchResult;
+    if (earlier !== undefined) {
+      result = earlier; // a retried relayed call: answer as the first time, do not run it again
+    } else {
+      result = this.dispatch(wireName, args, version, delivery.timestamp);
+      if (clientId !== undefined) this.rememberRelayed(clientId, requestId!, result);
+    }
+    // The version holds what the call changed before it returned (or before its first await).
+    this.registry.makeVersion(version, delivery.timestamp);
+    this.counters.delivered++;
+    this.deliveredWaiters.advance(version);
+    if (result instanceof Promise) {
+      void result.then((bytes) => this.reply(delivery.sender, callId, bytes));
+    } else {
+      this.reply(delivery.sender, callId, result);
+    }
+  }
+
+  private dispatch(wireName: string, args: Uint8Array, version: Version, timestamp: Hlc): DispatchResult {
+    this.currentVersion = version;
+    this.currentTimestamp = timestamp;
+    const method = `${this.info.name}.${wireName}`;
+    const outer = synchronousOrderedCall;
+    try {
+      if (this.info.ordered.get(wireName)?.returnType === Promise) {
+        return orderedCallContext.run({ method }, () =>
+          this.dispatcher.dispatch('ordered', wireName, args),
+        );
+      }
+      synchronousOrderedCall = method;
+      return this.dispatcher.dispatch('ordered', wireName, args);
+    } finally {
+      synchronousOrderedCall = outer;
+      this.currentVersion = undefined;
+      this.currentTimestamp = undefined;
+    }
+  }
+
+  private rememberRelayed(clientId: string, requestId: number, result: DispatchResult): void {
+    let byRequest = this.relayed.get(clientId);
+    if (byRequest === undefined) this.relayed.set(clientId, (byRequest = new Map()));
+    byRequest.set(requestId, result);
+    // Oldest first (insertion = delivery order, the same on every replica).
+    if (byRequest.size > RELAYED_PER_CLIENT_MAX) byRequest.delete(byRequest.keys().next().value!);
+  }
+
+  private onFrontiers(f: MulticastFrontiers): void {
+    this.persistedWaiters.advance(f.globalPersistedVersion);
+    // The core's frontier F: no message stamped below F µs can still be delivered.
+    if (f.stabilityFrontierMicros > 0n) {
+      const stable = hlc(Number(f.stabilityFrontierMicros) - 1, HLC_MAX.logical);
+      this.registry.setStabilityFrontier(stable);
+      this.releaseStable();
+    }
+  }
+
+  private releaseStable(): void {
+    const stable = this.registry.stabilityFrontier;
+    for (let i = this.stableWaiters.length - 1; i >= 0; i--) {
+      const w = this.stableWaiters[i]!;
+      if (w.time.micros < stable.micros || (w.time.micros === stable.micros && w.time.logical <= stable.logical)) {
+        this.stableWaiters.splice(i, 1);
+        w.resolve();
+      }
+    }
+  }
+
+  /** Resolves once temporal reads at `time` are final on this replica. */
+  whenStable(time: Hlc): Promise<void> {
+    return new Promise((resolve) => {
+      this.stableWaiters.push({ time, resolve });
+      this.releaseStable();
+    });
+  }
+
+  frontier(): ShardFrontier {
+    return {
+      delivered: this.deliveredWaiters.current,
+      localPersisted: this.registry.persistedFrontier,
+      persisted: this.persistedWaiters.current,
+      stableTime: this.registry.stabilityFrontier,
+    };
+  }
+
+  /** Fails everything waiting on this replica (the group is closing). */
+  failWaiters(error: unknown): void {
+    this.deliveredWaiters.failAll(error);
+    this.persistedWaiters.failAll(error);
+  }
+}

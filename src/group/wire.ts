@@ -1,0 +1,120 @@
+/**
+ * The group layer's own messages over the transport (request types beside Raft's 40 and the
+ * multicast driver's 48), and the small waiting list the frontiers use.
+ *
+ *   ordered call (inside a multicast payload):  [callId, wireName, encodedArgs]
+ *       the caller is the delivery's sender; callId is unique per caller node
+ *   ORDERED_REPLY_TYPE request:  [[callId, fromNode, replyBytes], ...]   response: empty
+ *       every member sends its reply to the caller; replies to one caller leave together, one
+ *       transport call per destination per event-loop turn
+ *   P2P_REQUEST_TYPE request:  [subgroupId, shardIndex, wireName, encodedArgs]
+ *       response: [P2P_OK, replyBytes] | [P2P_REPLY_TOO_LARGE, bytes, bytesMax] | [P2P_NOT_HOSTED, message]
+ *   READY_TYPE request: empty   response: [1] once every local shard's driver exists, else [0]
+ *   VIEW_TYPE request: empty    response: encodeView(current view)   (for external clients)
+ *   RELAY_TYPE request: [clientId, requestId, subgroupId, shardIndex, wireName, encodedArgs]
+ *       a member sends it into the shard as an ordered call carrying the idempotency key
+ *       (clientId, requestId); response [RELAY_OK, version, micros, logical, [[node, replyBytes]...]]
+ *       | [RELAY_REFUSED, code, message]
+ *
+ * replyBytes are decorators/' reply encoding (result, application error or framework error).
+ */
+import type { Version } from '../core/ids.js';
+
+export const P2P_REQUEST_TYPE = 60;
+export const ORDERED_REPLY_TYPE = 61;
+export const READY_TYPE = 62;
+export const VIEW_TYPE = 63;
+export const RELAY_TYPE = 64;
+/** Request empty; response: a NodeStatus (msgpack) for `squall status`. */
+export const STATUS_TYPE = 65;
+
+/** What a node reports to `squall status`. */
+export interface NodeStatus {
+  readonly node: number;
+  readonly view: Uint8Array;
+  readonly shards: readonly {
+    readonly typeName: string;
+    readonly subgroupIndex: number;
+    readonly shardIndex: number;
+    readonly delivered: bigint;
+    readonly localPersisted: bigint;
+    readonly persisted: bigint;
+    readonly stableMicros: number;
+  }[];
+}
+
+export const RELAY_OK = 0;
+export const RELAY_REFUSED = 1;
+
+export const P2P_OK = 0;
+export const P2P_REPLY_TOO_LARGE = 1;
+export const P2P_NOT_HOSTED = 2;
+
+/** An ordered call; a relayed one also carries its client's idempotency key. */
+export type OrderedCallMessage =
+  | [callId: number, wireName: string, args: Uint8Array]
+  | [callId: number, wireName: string, args: Uint8Array, clientId: string, requestId: number];
+export type RelayRequest = [
+  clientId: string, requestId: number, subgroupId: number, shardIndex: number, wireName: string, args: Uint8Array,
+];
+export type RelayResponse =
+  | [status: typeof RELAY_OK, version: bigint, micros: number, logical: number, replies: [number, Uint8Array][]]
+  | [status: typeof RELAY_REFUSED, code: string, message: string];
+export type OrderedReply = [callId: number, fromNode: number, reply: Uint8Array];
+export type P2PRequest = [subgroupId: number, shardIndex: number, wireName: string, args: Uint8Array];
+
+/** The multicast driver's shard number for one shard: unique per node's transport. */
+export function driverShardNumber(subgroupId: number, shardIndex: number): number {
+  return subgroupId * 0x1_0000 + shardIndex;
+}
+
+/** Promises waiting for a frontier (a version) to reach them. */
+export class FrontierWaiters {
+  private waiters: { version: Version; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private frontier: Version;
+  private failure: unknown;
+
+  constructor(initial: Version) {
+    this.frontier = initial;
+  }
+
+  get current(): Version {
+    return this.frontier;
+  }
+
+  wait(version: Version): Promise<void> {
+    if (version <= this.frontier) return Promise.resolve();
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => this.waiters.push({ version, resolve, reject }));
+  }
+
+  advance(version: Version): void {
+    if (version <= this.frontier) return;
+    this.frontier = version;
+    if (this.waiters.length === 0) return;
+    const keep = [];
+    for (const w of this.waiters) {
+      if (w.version <= version) w.resolve();
+      else keep.push(w);
+    }
+    this.waiters = keep;
+  }
+
+  failAll(error: unknown): void {
+    this.failure = error;
+    for (const w of this.waiters) w.reject(error);
+    this.waiters = [];
+  }
+}
+
+/** A stable 32-bit FNV-1a hash of a key (strings as UTF-8), for hash-sharded layouts. */
+export function hashKey(key: string | Uint8Array | number | bigint): number {
+  const bytes =
+    key instanceof Uint8Array ? key : Buffer.from(typeof key === 'string' ? key : String(key));
+  let hash = 0x811c9dc5;
+  for (const byte of bytes) {
+    hash ^= byte;
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return hash;
+}
