@@ -61,7 +61,7 @@ class World implements MembershipObserver {
   readonly stateAtStart = new Map<string, { digest: number; count: number }>();
   readonly minoritySince = new Map<number, number>();
   readonly markers = new Map<string, Set<string>>();
-  stats = { installs: 0, deliveries: 0, atTrim: 0, removed: 0, left: 0, refused: 0, partitioned: 0, stateTransfers: 0, stateLost: 0, maxView: 0 };
+  stats = { installs: 0, deliveries: 0, atTrim: 0, removed: 0, left: 0, refused: 0, partitioned: 0, stateTransfers: 0, stateLost: 0, maxView: 0, cuts: 0 };
   sim!: Sim;
   latest: View | undefined;
 
@@ -219,6 +219,7 @@ function faults(sim: Sim, world: World): void {
     const up = sim.upIds();
     const victim = up[r.int(up.length)]!;
     const roll = r.next();
+    if (roll >= 0.45) world.stats.cuts++;
     const heal = (): void => sim.schedule(100 + r.int(500), 'heal', () => sim.network.heal());
     if (roll < 0.45) {
       sim.crash(victim);
@@ -361,7 +362,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     summary: `${s.maxView} views, ${s.installs} installs, ${s.deliveries} deliveries (${s.atTrim} at trims), ` +
       `${s.removed} removed (${s.left} left), ${s.refused} refused, ${s.partitioned} partitioned, ` +
       `${s.stateTransfers} state transfers, ${s.stateLost} stateless starts, crashes ${sim.stats.crashes}, ` +
-      `partitions ${sim.stats.partitions}, settled at ${markersSentAtMs} ms`,
+      `partitions/cuts ${s.cuts}, settled at ${markersSentAtMs} ms`,
   };
 }
 
