@@ -345,7 +345,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
       if (n === undefined) return `n${id} ${sim.incarnation(id) < 0 ? 'never started' : 'down'}`;
       const raft = n.raft ? ` raft ${n.raft.role} t${n.raft.term} lead ${n.raft.lead} commit ${n.raft.commit}` : '';
       return `n${id}#${sim.incarnation(id)} ${n.state} view ${n.core?.view.id}:[${n.core?.view.memberIds}] ` +
-        `phase ${n.core?.phase} applied ${n.core?.lastAppliedIndex} shards [${[...n.shards.keys()]}]${raft}`;
+        `phase ${n.core?.phase}${n.partitioned ? " PARTITIONED" : ""} applied ${n.core?.lastAppliedIndex} shards [${[...n.shards.keys()]}]${raft}`;
     });
     throw sim.failure(new InvariantViolation('liveness',
       `${LIVENESS_MS} ms after faults stopped: ${markersSentAtMs < 0 ? 'no common view of the live nodes' : 'markers not delivered'}` +
