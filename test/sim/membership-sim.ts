@@ -348,7 +348,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
         `phase ${n.core?.phase}${n.partitioned ? " PARTITIONED" : ""} applied ${n.core?.lastAppliedIndex} shards [${[...n.shards.keys()]}]${raft}`;
     });
     throw sim.failure(new InvariantViolation('liveness',
-      `${LIVENESS_MS} ms after faults stopped: ${markersSentAtMs < 0 ? 'no common view of the live nodes' : 'markers not delivered'}` +
+      `${LIVENESS_MS} ms after faults stopped: ${markersSentAtMs < 0 ? 'no common view of the live nodes' : `markers not delivered: ${markersFor.filter((m) => !m.shardMembers.every((n) => world.markers.get(m.key)!.has(`${n}`))).map((m) => `${m.key} to [${m.shardMembers}] got [${[...world.markers.get(m.key)!]}]`).join('; ')}`}` +
       `\n  ${states.join('\n  ')}`));
   }
   void markersFor;
