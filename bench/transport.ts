@@ -31,7 +31,7 @@ interface Server {
 }
 
 async function startServer(mode: string, options: object = {}): Promise<Server> {
-  const worker = new Worker(join(here, 'transport-worker.js'), { workerData: { mode, options } });
+  const worker = new Worker(join(here, '_transport-worker.js'), { workerData: { mode, options } });
   const address = await new Promise<string>((resolve) => worker.once('message', (m) => resolve(m.address)));
   return {
     address,

@@ -197,7 +197,17 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     Driver* d = static_cast<Driver*>(handle->data);
     if (d->owner == nullptr) return;
     d->timer_armed_us = UINT64_MAX;
-    d->endpoint->OnTimers(MonotonicNowUs());
+    // Read what is already queued first: after a stall of this thread (a busy VM, a long JS
+    // task) the peer's answers may be waiting in the socket, and the timers must not declare
+    // it failed or retransmit before they have been seen.
+    const uint64_t now = MonotonicNowUs();
+    Endpoint* endpoint = d->endpoint.get();
+    d->socket->Receive(
+        [endpoint, now](const PeerAddress& from, std::span<const uint8_t> bytes) {
+          endpoint->OnPacket(from, bytes, now);
+        },
+        kReceivePacketsPerWakeup);
+    d->endpoint->OnTimers(now);
     d->socket->Flush();
     d->owner->DeliverFromLoop();
   }
@@ -405,10 +415,11 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
   Napi::Value Disconnect(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!CheckOpen(env)) return env.Undefined();
-    driver_->endpoint->Disconnect(info[0].As<Napi::Number>().Uint32Value(), MonotonicNowUs());
+    const bool started =
+        driver_->endpoint->Disconnect(info[0].As<Napi::Number>().Uint32Value(), MonotonicNowUs());
     driver_->socket->Flush();
     ArmTimer();
-    return env.Undefined();
+    return Napi::Boolean::New(env, started);
   }
 
   Napi::Value SetHandled(const Napi::CallbackInfo& info) {

@@ -40,3 +40,15 @@ export function msgpackCodec<T>(): ValueCodec<T> {
     decode: (bytes) => packr.unpack(Uint8Array.prototype.slice.call(bytes)) as T,
   };
 }
+
+/**
+ * For Uint8Array fields (Derecho's Bytes): the bytes are stored as they are, with no encoding
+ * step. The field keeps a reference to the value it logged, so replace the array rather than
+ * mutating it in place.
+ */
+export function bytesCodec(): ValueCodec<Uint8Array> {
+  return {
+    encode: (value) => value,
+    decode: (bytes) => Uint8Array.prototype.slice.call(bytes),
+  };
+}

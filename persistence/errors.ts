@@ -6,7 +6,8 @@ import { SquallError } from '../src/core/errors.js';
 import { formatHlc, type Hlc } from '../src/core/hlc.js';
 
 function describeVersion(version: bigint): string {
-  return version < 0n ? 'none' : `${version} (view ${version >> 32n}, position ${version & 0xffff_ffffn})`;
+  if (version < 0n) return 'none';
+  return `${version} (view ${version >> 32n}, position ${version & 0xffff_ffffn})`;
 }
 
 /** The requested version existed but trim() has dropped it. */
@@ -16,8 +17,8 @@ export class VersionTrimmedError extends SquallError {
   constructor(field: string, version: bigint, earliestVersion: bigint) {
     super(
       `${field}: version ${describeVersion(version)} was trimmed; the earliest kept version is ` +
-        `${describeVersion(earliestVersion)}. Fix: read at or after the earliest version, or trim ` +
-        `less history.`,
+        `${describeVersion(earliestVersion)}. Fix: read at or after the earliest version, ` +
+        `or trim less history.`,
       'VERSION_TRIMMED',
     );
     this.version = version;

@@ -6,6 +6,6 @@ export type { TrimPoint, RegistryBackend } from './registry.js';
 export { PersistenceStore, memoryRegistry, STORE_FILE } from './store.js';
 export type { PersistenceConfig, SyncMode } from './store.js';
 export { PersistentMap } from './persistent-map.js';
-export { msgpackCodec } from './codec.js';
+export { bytesCodec, msgpackCodec } from './codec.js';
 export type { ValueCodec, DeltaCodec } from './codec.js';
 export * from './errors.js';

@@ -4,14 +4,14 @@
  * last kept one), so the i-th kept version is simply `firstSeq + i`.
  *
  * Two implementations: MemoryLogStorage (Volatile<T>, in-memory registries) and LmdbLogStorage
- * (one LMDB named database per field, in the node's single environment).
+ * (lmdb-storage.ts: one LMDB named database per field, in the node's single environment).
  */
-import type { Database, RootDatabase } from 'lmdb';
-
 /** Per-field facts kept beside the records. */
 export interface FieldMeta {
   /** True once trim() removed anything: reads below the first kept version then say "trimmed". */
   trimmed: boolean;
+  /** The first kept sequence number, once a trim moved it (LMDB storage keeps it here). */
+  firstSeq?: number;
 }
 
 export interface LogBounds {
@@ -30,9 +30,14 @@ export interface LogStorage {
    * this storage): callers copy what they keep.
    */
   get(seq: number): Buffer | undefined;
-  /** Stores a record; visible to get() at once, durable after the next group commit. */
-  put(seq: number, record: Buffer): void;
-  remove(seq: number): void;
+  /** Stores the record after the newest; visible to get() at once, durable after the commit. */
+  append(seq: number, record: Buffer): void;
+  /** Overwrites a kept record. */
+  replace(seq: number, record: Buffer): void;
+  /** Removes the records in [firstSeq, newFirstSeq) (trim). */
+  dropBefore(firstSeq: number, newFirstSeq: number): void;
+  /** Removes the records in [newNextSeq, nextSeq) (truncate). */
+  dropFrom(newNextSeq: number, nextSeq: number): void;
   putMeta(meta: FieldMeta): void;
   /** True if records survive a restart (LMDB), false for memory. */
   readonly durable: boolean;
@@ -50,16 +55,23 @@ export class MemoryLogStorage implements LogStorage {
       firstSeq = Math.min(firstSeq, seq);
       nextSeq = Math.max(nextSeq, seq + 1);
     }
-    return { firstSeq: firstSeq === Infinity ? nextSeq : firstSeq, nextSeq, meta: { ...this.meta } };
+    if (firstSeq === Infinity) firstSeq = nextSeq;
+    return { firstSeq, nextSeq, meta: { ...this.meta } };
   }
   get(seq: number): Buffer | undefined {
     return this.records.get(seq);
   }
-  put(seq: number, record: Buffer): void {
+  append(seq: number, record: Buffer): void {
     this.records.set(seq, record);
   }
-  remove(seq: number): void {
-    this.records.delete(seq);
+  replace(seq: number, record: Buffer): void {
+    this.records.set(seq, record);
+  }
+  dropBefore(firstSeq: number, newFirstSeq: number): void {
+    for (let seq = firstSeq; seq < newFirstSeq; seq++) this.records.delete(seq);
+  }
+  dropFrom(newNextSeq: number, nextSeq: number): void {
+    for (let seq = newNextSeq; seq < nextSeq; seq++) this.records.delete(seq);
   }
   putMeta(meta: FieldMeta): void {
     this.meta = { ...meta };
@@ -74,70 +86,3 @@ export class MemoryLogStorage implements LogStorage {
  * A put is not readable from LMDB until its transaction commits, so puts also sit in an overlay
  * map until then; get() looks there first.
  */
-export class LmdbLogStorage implements LogStorage {
-  readonly durable = true;
-  private readonly overlay = new Map<number, { record: Buffer; writeId: number }>();
-  private writeId = 0;
-  private lastPut: Promise<unknown> | undefined;
-  private cleanupScheduled = false;
-
-  constructor(
-    private readonly db: Database<Buffer, number>,
-    private readonly metaDb: RootDatabase | Database,
-    private readonly metaKey: string,
-    private readonly onWrite: (promise: Promise<unknown>) => void,
-  ) {}
-
-  load(): LogBounds {
-    let firstSeq = 0;
-    let nextSeq = 0;
-    for (const key of this.db.getKeys({ limit: 1 })) firstSeq = key;
-    for (const key of this.db.getKeys({ limit: 1, reverse: true })) nextSeq = key + 1;
-    if (nextSeq === 0) firstSeq = 0;
-    const meta = (this.metaDb.get(this.metaKey) as FieldMeta | undefined) ?? { trimmed: false };
-    return { firstSeq, nextSeq, meta };
-  }
-
-  get(seq: number): Buffer | undefined {
-    const pending = this.overlay.get(seq);
-    if (pending) return pending.record;
-    return this.db.getBinaryFast(seq) ?? undefined;
-  }
-
-  put(seq: number, record: Buffer): void {
-    this.writeId += 1;
-    this.overlay.set(seq, { record, writeId: this.writeId });
-    this.track(this.db.put(seq, record));
-  }
-
-  remove(seq: number): void {
-    this.overlay.delete(seq);
-    this.track(this.db.remove(seq));
-  }
-
-  putMeta(meta: FieldMeta): void {
-    this.track(this.metaDb.put(this.metaKey, meta));
-  }
-
-  private track(promise: Promise<unknown>): void {
-    this.lastPut = promise;
-    this.onWrite(promise);
-    if (this.cleanupScheduled) return;
-    this.cleanupScheduled = true;
-    // One cleanup per event turn: when the turn's transaction commits, its puts are readable
-    // from LMDB and can leave the overlay.
-    queueMicrotask(() => {
-      this.cleanupScheduled = false;
-      const committedWriteId = this.writeId;
-      const committed = this.lastPut!;
-      committed.then(
-        () => {
-          for (const [seq, pending] of this.overlay) {
-            if (pending.writeId <= committedWriteId) this.overlay.delete(seq);
-          }
-        },
-        () => undefined, // the registry reports write failures
-      );
-    });
-  }
-}

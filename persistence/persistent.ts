@@ -195,7 +195,13 @@ export class Persistent<T> implements HasFieldHooks {
    * @internal Appends a record shipped from another node (state transfer) and keeps `current`
    * in step. The sender's effective time is carried over so temporal reads agree.
    */
-  appendTransferred(kind: number, version: Version, time: Hlc, effectiveTime: Hlc, payload: Buffer): void {
+  appendTransferred(
+    kind: number,
+    version: Version,
+    time: Hlc,
+    effectiveTime: Hlc,
+    payload: Buffer,
+  ): void {
     const log = this.attachedLog('applyChunk');
     if (kind === RECORD_FULL) this.current = this.codec.decode(payload);
     else {
@@ -290,7 +296,9 @@ export class Persistent<T> implements HasFieldHooks {
   }
 
   private attachedLog(operation: string): VersionLog {
-    if (!this.binding || !this.binding.isOpen()) throw new FieldNotAttachedError(this.name, operation);
+    if (!this.binding || !this.binding.isOpen()) {
+      throw new FieldNotAttachedError(this.name, operation);
+    }
     return this.binding.log;
   }
 
@@ -302,11 +310,11 @@ export class Persistent<T> implements HasFieldHooks {
     assert(this.delta !== undefined, `${this.name}: delta record ${seq} in a full-mode field`);
     // After a trim the first kept record is full and later deltas may name a dropped base.
     const baseSeq = Math.max(recordBaseSeq(record), log.firstSeq);
-    assert(baseSeq >= log.firstSeq && baseSeq < seq, `${this.name}: delta base ${baseSeq} kept`);
+    if (baseSeq >= seq) assert(false, `${this.name}: delta base ${baseSeq} is not below ${seq}`);
     const value = this.delta.decode(recordPayload(log.record(baseSeq)));
     for (let s = baseSeq + 1; s <= seq; s++) {
       const step = log.record(s);
-      assert(recordKind(step) === RECORD_DELTA, `${this.name}: record ${s} continues a chain`);
+      if (recordKind(step) !== RECORD_DELTA) assert(false, `${this.name}: record ${s} not a delta`);
       this.delta.applyDelta(value, recordPayload(step));
     }
     this.delta.takeDelta(value);
@@ -415,7 +423,9 @@ export class Persistent<T> implements HasFieldHooks {
     if (version > latest) throw new VersionBeyondLatestError(this.name, version, latest);
     const seq = log.floorSeqByVersion(version);
     if (seq < 0) {
-      if (log.meta.trimmed) throw new VersionTrimmedError(this.name, version, this.earliestVersion());
+      if (log.meta.trimmed) {
+        throw new VersionTrimmedError(this.name, version, this.earliestVersion());
+      }
       throw new VersionNotFoundError(this.name, `version ${version}`);
     }
     return seq;

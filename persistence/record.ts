@@ -13,13 +13,18 @@
  * The effective time is non-decreasing along the log even if sender timestamps are not, which
  * is what lets a temporal query binary-search (see README.md, "Time").
  */
-import { decodeHlc, encodeHlc, type Hlc } from '../src/core/hlc.js';
+import { decodeHlc, type Hlc } from '../src/core/hlc.js';
 import { assert } from '../src/core/assert.js';
 import type { Version } from '../src/core/ids.js';
 
 export const RECORD_FULL = 1;
 export const RECORD_DELTA = 2;
 export const RECORD_HEADER_BYTES = 41;
+
+// Buffer's writeBigInt64BE/readBigInt64BE do bigint arithmetic per call (measured: the largest
+// single cost of an append); a DataView's setBigInt64/getBigInt64 do not.
+const scratchBytes = new Uint8Array(8);
+const scratchView = new DataView(scratchBytes.buffer);
 
 export interface RecordHeader {
   kind: number;
@@ -32,19 +37,28 @@ export interface RecordHeader {
 export function encodeRecord(header: RecordHeader, payload: Uint8Array): Buffer {
   const record = Buffer.allocUnsafe(RECORD_HEADER_BYTES + payload.byteLength);
   record[0] = header.kind;
-  record.writeBigInt64BE(header.version, 1);
-  encodeHlc(header.time, record, 9);
-  encodeHlc(header.effectiveTime, record, 21);
+  scratchView.setBigInt64(0, header.version);
+  record.set(scratchBytes, 1);
+  writeHlc(record, header.time, 9);
+  writeHlc(record, header.effectiveTime, 21);
   record.writeDoubleBE(header.baseSeq, 33);
   record.set(payload, RECORD_HEADER_BYTES);
   return record;
+}
+
+/** Same bytes as encodeHlc(), without a DataView per call (this is on the append path). */
+function writeHlc(record: Buffer, time: Hlc, offset: number): void {
+  record.writeUInt32BE(Math.floor(time.micros / 0x1_0000_0000), offset);
+  record.writeUInt32BE(time.micros >>> 0, offset + 4);
+  record.writeUInt32BE(time.logical, offset + 8);
 }
 
 export function recordKind(record: Buffer): number {
   return record[0]!;
 }
 export function recordVersion(record: Buffer): Version {
-  return record.readBigInt64BE(1) as Version;
+  scratchBytes.set(record.subarray(1, 9));
+  return scratchView.getBigInt64(0) as Version;
 }
 export function recordTime(record: Buffer): Hlc {
   return decodeHlc(record, 9);
@@ -53,7 +67,11 @@ export function recordEffectiveTime(record: Buffer): Hlc {
   return decodeHlc(record, 21);
 }
 /** Effective time compared with (micros, logical) without allocating. */
-export function compareRecordEffectiveTime(record: Buffer, micros: number, logical: number): number {
+export function compareRecordEffectiveTime(
+  record: Buffer,
+  micros: number,
+  logical: number,
+): number {
   const recordMicros = record.readUInt32BE(21) * 0x1_0000_0000 + record.readUInt32BE(25);
   if (recordMicros !== micros) return recordMicros < micros ? -1 : 1;
   return record.readUInt32BE(29) - logical;

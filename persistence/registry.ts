@@ -18,7 +18,15 @@ import { Packr } from 'msgpackr';
 import { MapFullError, VersionOrderError } from './errors.js';
 import type { LogStorage } from './log-storage.js';
 import type { Persistent } from './persistent.js';
-import { checkRecord, RECORD_FULL, recordEffectiveTime, recordKind, recordPayload, recordTime, recordVersion } from './record.js';
+import {
+  checkRecord,
+  RECORD_FULL,
+  recordEffectiveTime,
+  recordKind,
+  recordPayload,
+  recordTime,
+  recordVersion,
+} from './record.js';
 import { VersionLog } from './version-log.js';
 
 /** What a registry needs from where it lives (an LMDB environment, or nothing: memory). */
@@ -103,7 +111,9 @@ export class PersistentRegistry {
    */
   makeVersion(version: Version, time: Hlc): void {
     if (this.failure) throw this.failure;
-    if (version <= this.lastVersion) throw new VersionOrderError(this.name, version, this.lastVersion);
+    if (version <= this.lastVersion) {
+      throw new VersionOrderError(this.name, version, this.lastVersion);
+    }
     this.backend.checkCapacity();
     // Sorted by name: every replica writes the fields in the same order.
     for (const field of this.sortedFields) field.makeVersion(version, time);
@@ -188,7 +198,8 @@ export class PersistentRegistry {
     for (const name of this.fieldNames()) {
       const field = this.fields.get(name)!;
       const log = field.log;
-      const seq = typeof point === 'bigint' ? log.floorSeqByVersion(point) : log.floorSeqByTime(point);
+      const seq =
+        typeof point === 'bigint' ? log.floorSeqByVersion(point) : log.floorSeqByTime(point);
       if (seq <= log.firstSeq) continue;
       if (recordKind(log.record(seq)) !== RECORD_FULL) log.replace(seq, field.fullRecordAt(seq));
       field.noteCheckpointAt(seq);
@@ -196,7 +207,7 @@ export class PersistentRegistry {
       log.setMeta({ ...log.meta, trimmed: true });
     }
     this.scheduleWatch();
-    return this.backend.whenWritesDurable();
+    return this.afterFlush();
   }
 
   /**
@@ -215,7 +226,15 @@ export class PersistentRegistry {
     }
     if (version < this.lastVersion) this.lastVersion = version as Version;
     if (version < this.persisted) this.persisted = version as Version;
-    return this.backend.whenWritesDurable();
+    return this.afterFlush();
+  }
+
+  /**
+   * Durability of everything issued so far, taken after the storages' per-turn flush microtasks
+   * (queued while issuing) have handed their segment writes to LMDB.
+   */
+  private afterFlush(): Promise<void> {
+    return Promise.resolve().then(() => this.backend.whenWritesDurable());
   }
 
   // ---- state transfer ---------------------------------------------------------------------
@@ -226,7 +245,10 @@ export class PersistentRegistry {
    * becoming one buffer. Each field's first record in the suffix is sent as a full value, so the
    * receiver needs nothing older. Chunks must be applied in order with applyChunk().
    */
-  *serializeSuffix(afterVersion: bigint, chunkBytesMax = CHUNK_BYTES_DEFAULT): Generator<Uint8Array> {
+  *serializeSuffix(
+    afterVersion: bigint,
+    chunkBytesMax = CHUNK_BYTES_DEFAULT,
+  ): Generator<Uint8Array> {
     assert(chunkBytesMax > 0, 'chunkBytesMax must be positive');
     // Merge all fields' suffixes by version so the receiver appends in version order.
     const cursors = this.fieldNames().map((name) => {

@@ -3,13 +3,14 @@
  * one named database per persistent field (named by registry and field), and one `squall.meta`
  * database holding the format marker and per-field facts.
  */
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { assert } from '../src/core/assert.js';
 import { ConfigError } from '../src/core/errors.js';
 import { CorruptDataDirError, ForeignDataDirError, MapFullError } from './errors.js';
-import { LmdbLogStorage, MemoryLogStorage, type LogStorage } from './log-storage.js';
+import { MemoryLogStorage, type LogStorage } from './log-storage.js';
+import { LmdbLogStorage } from './lmdb-storage.js';
 import { PersistentRegistry, type RegistryBackend } from './registry.js';
 
 /**
@@ -38,6 +39,7 @@ export const STORE_FILE = 'squall.mdb';
 const META_DB = 'squall.meta';
 const FORMAT_KEY = 'format';
 const FORMAT = { magic: 'squall-persistence', formatVersion: 1 } as const;
+// Looking at LMDB's stats costs ~70 µs: do it every 256 writes and at most every 100 ms.
 const CAPACITY_CHECK_INTERVAL_MS = 100;
 
 export class PersistenceStore {
@@ -48,6 +50,7 @@ export class PersistenceStore {
   private open = true;
   private lastWrite: Promise<unknown> = Promise.resolve();
   private capacityCheckedAtMs = -Infinity;
+  private capacityCalls = 255;
   private full: MapFullError | undefined;
   readonly path: string;
   readonly syncMode: SyncMode;
@@ -73,7 +76,7 @@ export class PersistenceStore {
     this.checkFormat();
   }
 
-  /** Opens (creating if needed) the node's store. Throws ForeignDataDirError/CorruptDataDirError. */
+  /** Opens (creating if needed) the node's store. Throws Foreign/CorruptDataDirError. */
   static open(config: PersistenceConfig): PersistenceStore {
     const full: Required<PersistenceConfig> = {
       reset: false,
@@ -96,6 +99,7 @@ export class PersistenceStore {
       rmSync(join(full.dataDir, `${STORE_FILE}-lock`), { force: true });
     }
     if (!existsSync(full.dataDir)) mkdirSync(full.dataDir, { recursive: true });
+    checkLmdbHeader(join(full.dataDir, STORE_FILE));
     return new PersistenceStore(full);
   }
 
@@ -154,6 +158,7 @@ export class PersistenceStore {
   /** Waits for pending writes, then closes LMDB. Fields attached to it stop working. */
   async close(): Promise<void> {
     if (!this.open) return;
+    await Promise.resolve(); // let this turn's segment flushes (microtasks) reach LMDB first
     await this.whenWritesDurable().catch(() => undefined);
     this.open = false;
     await this.root.close();
@@ -182,6 +187,7 @@ export class PersistenceStore {
 
   private checkCapacity(): void {
     if (this.full) throw this.full;
+    if ((this.capacityCalls = (this.capacityCalls + 1) & 255) !== 0) return;
     const nowMs = performance.now();
     if (nowMs - this.capacityCheckedAtMs < CAPACITY_CHECK_INTERVAL_MS) return;
     this.capacityCheckedAtMs = nowMs;
@@ -190,6 +196,33 @@ export class PersistenceStore {
       this.full = new MapFullError(this.path, used, this.mapSizeBytes);
       throw this.full;
     }
+  }
+}
+
+/**
+ * LMDB trusts its file: opening garbage can crash the process (seen here: a segfault), so look
+ * at the first meta page before handing the file to LMDB. Page 0 holds MDB_meta after a 16-byte
+ * page header: magic 0xBEEFC0DE, then the data format version (2 for lmdb-js's LMDB).
+ */
+function checkLmdbHeader(path: string): void {
+  if (!existsSync(path)) return;
+  const size = statSync(path).size;
+  if (size === 0) return;
+  const header = Buffer.alloc(32);
+  const fd = openSync(path, 'r');
+  try {
+    readSync(fd, header, 0, header.byteLength, 0);
+  } finally {
+    closeSync(fd);
+  }
+  const magic = header.readUInt32LE(24);
+  const formatVersion = header.readUInt32LE(28);
+  if (size < 2 * 4096 || magic !== 0xbeefc0de || formatVersion !== 2) {
+    throw new CorruptDataDirError(
+      path,
+      `it is not an LMDB file of this version (size ${size}, magic 0x${magic.toString(16)}, ` +
+        `format ${formatVersion})`,
+    );
   }
 }
 

@@ -4,7 +4,8 @@
  * effective times are non-decreasing along the sequence, so by-version and by-time are binary
  * searches. To keep those at a handful of record reads, an in-memory fence table holds the
  * version and effective time of every FENCE_STRIDE-th record (n / 32 entries, 24 bytes each):
- * a search is a binary search over the fences, then one over at most 32 records (5 reads).
+ * a search is a binary search over the fences, then one over at most 32 records (5 reads,
+ * all in one LMDB segment: see lmdb-storage.ts).
  */
 import { assert } from '../src/core/assert.js';
 import type { Hlc } from '../src/core/hlc.js';
@@ -46,7 +47,8 @@ export class VersionLog {
 
   /** The record at seq, which must be kept. Transient buffer (see LogStorage.get). */
   record(seq: number): Buffer {
-    assert(seq >= this.firstSeq && seq < this.nextSeq, `seq ${seq} outside the kept log`);
+    // Hot path: build the message only on failure (a template literal is evaluated eagerly).
+    if (seq < this.firstSeq || seq >= this.nextSeq) assert(false, `seq ${seq} outside the log`);
     const record = this.storage.get(seq);
     if (!record) {
       throw new CorruptDataDirError(this.where, `record ${seq} is missing from the log`);
@@ -63,7 +65,7 @@ export class VersionLog {
 
   append(record: Buffer): number {
     const seq = this.nextSeq;
-    this.storage.put(seq, record);
+    this.storage.append(seq, record);
     this.nextSeq += 1;
     if (seq % FENCE_STRIDE === 0) this.pushFence(seq, record);
     return seq;
@@ -72,13 +74,13 @@ export class VersionLog {
   /** Replaces a kept record in place (trim uses it to turn a delta into a full record). */
   replace(seq: number, record: Buffer): void {
     assert(seq >= this.firstSeq && seq < this.nextSeq, `seq ${seq} outside the kept log`);
-    this.storage.put(seq, record);
+    this.storage.replace(seq, record);
   }
 
   /** Drops records below newFirstSeq. The caller issues it in one event turn (one txn). */
   dropBefore(newFirstSeq: number): void {
     assert(newFirstSeq >= this.firstSeq && newFirstSeq <= this.nextSeq, 'trim point inside log');
-    for (let seq = this.firstSeq; seq < newFirstSeq; seq++) this.storage.remove(seq);
+    this.storage.dropBefore(this.firstSeq, newFirstSeq);
     this.firstSeq = newFirstSeq;
     while (this.fenceCount() > 0 && this.fenceSeq(this.fenceHead) < newFirstSeq) {
       this.fenceHead += 1;
@@ -95,7 +97,7 @@ export class VersionLog {
   /** Drops records at and above newNextSeq. */
   dropFrom(newNextSeq: number): void {
     assert(newNextSeq >= this.firstSeq && newNextSeq <= this.nextSeq, 'truncate point inside log');
-    for (let seq = newNextSeq; seq < this.nextSeq; seq++) this.storage.remove(seq);
+    this.storage.dropFrom(newNextSeq, this.nextSeq);
     this.nextSeq = newNextSeq;
     while (this.fenceCount() > 0 && this.fenceSeq(this.fenceVersions.length - 1) >= newNextSeq) {
       this.fenceVersions.pop();

@@ -346,12 +346,16 @@ TEST(transport_client_credits_multi_packet_and_go_back_n) {
   CHECK_LINES(c.io, {"REQ s=55 r=16 p=0 m=500 a=0 len=208", "REQ s=55 r=16 p=1 m=500 a=0 len=208"});
   c.Send(PacketType::kCreditReturn, 16, 0, 0, 0, 2100);
   CHECK_LINES(c.io, {"REQ s=55 r=16 p=2 m=500 a=0 len=84"});
+  // The scan runs every half timeout; a slot stuck for a full timeout is rolled back at the
+  // first scan after that (here at 16,000 µs: scans at 6,000, 11,000, 16,000).
   c.RunTimersUntil(2100 + config.retransmit_timeout_us);
+  CHECK_EQ(c.endpoint.stats().retransmissions, 0u);
+  c.RunTimersUntil(2100 + config.retransmit_timeout_us * 3 / 2);
   CHECK_EQ(c.endpoint.stats().retransmissions, 1u);
   CHECK_LINES(c.io, {"REQ s=55 r=16 p=1 m=500 a=0 len=208", "REQ s=55 r=16 p=2 m=500 a=0 len=84"});
   // The late answer to the first transmission of packet 1 is still in order: accepted.
-  c.Send(PacketType::kCreditReturn, 16, 1, 0, 0, 13000);
-  c.Send(PacketType::kResponse, 16, 2, 0, 0, 13100);
+  c.Send(PacketType::kCreditReturn, 16, 1, 0, 0, 17000);
+  c.Send(PacketType::kResponse, 16, 2, 0, 0, 17100);
   events = c.Take();
   CHECK(events.size() == 1 && events[0].id == 8 && events[0].bytes.empty());
 }
@@ -440,4 +444,82 @@ TEST(transport_client_connect_times_out_or_is_refused) {
   events = refused.Take();
   CHECK(events.size() == 1 && events[0].id == static_cast<uint64_t>(
                                                   ConnectError::kTooManySessions));
+}
+
+TEST(transport_session_management_packets_ping_disconnect_and_late_connect_response) {
+  // Server side: PING is answered with PONG; DISCONNECT ends the session and is answered even
+  // when repeated (the first answer may have been lost).
+  Server s;
+  s.io.Take();
+  Header ping;
+  ping.type = PacketType::kPing;
+  ping.dest_session = s.session;
+  s.endpoint.OnPacket(s.client, Packet(ping), 1);
+  CHECK_LINES(s.io, {"PONG s=77 r=0 p=0 m=0 a=0 len=0"});
+  Header bye;
+  bye.type = PacketType::kDisconnectRequest;
+  bye.dest_session = s.session;
+  bye.aux = 77;
+  bye.request_number = 0xABCD;
+  s.endpoint.OnPacket(s.client, Packet(bye), 2);
+  CHECK_LINES(s.io, {"DISCONNECT_RESP s=77 r=43981 p=0 m=0 a=0 len=0"});
+  auto events = s.Take();
+  CHECK(events.size() == 1 && events[0].code == static_cast<uint8_t>(SessionEventKind::kDisconnected));
+  CHECK_EQ(s.endpoint.stats().sessions_server, 0u);
+  s.endpoint.OnPacket(s.client, Packet(bye), 3);
+  CHECK_LINES(s.io, {"DISCONNECT_RESP s=77 r=43981 p=0 m=0 a=0 len=0"});
+  CHECK(s.Take().empty());
+
+  // Client side: a duplicate connect response after connecting is dropped; disconnect fails
+  // the pending call, sends DISCONNECT and completes on DISCONNECT_RESP.
+  Client c;
+  c.Accept();
+  c.Take();
+  c.Accept();
+  CHECK_EQ(DropCount(c.endpoint, DropReason::kDuplicate), 1u);
+  CHECK(c.Take().empty());
+  CHECK(c.endpoint.Call(c.session, 1, 42, Pattern(4, 1), 0, 300) == CallStatus::kOk);
+  c.io.Take();
+  CHECK(c.endpoint.Disconnect(c.session, 400));
+  CHECK_LINES(c.io, {"DISCONNECT s=55 r=" + std::to_string(c.token) + " p=0 m=0 a=1 len=0"});
+  events = c.Take();
+  CHECK(events.size() == 1 && events[0].id == 42 &&
+        events[0].code == static_cast<uint8_t>(CallStatus::kSessionClosed));
+  Header done;
+  done.type = PacketType::kDisconnectResponse;
+  done.dest_session = c.session;
+  done.request_number = c.token;
+  c.endpoint.OnPacket(c.server, Packet(done), 500);
+  events = c.Take();
+  CHECK(events.size() == 1 && events[0].code == static_cast<uint8_t>(SessionEventKind::kDisconnected));
+  CHECK(!c.endpoint.Disconnect(c.session, 600));  // gone
+  CHECK_EQ(c.endpoint.stats().sessions_client, 0u);
+}
+
+TEST(transport_server_forgets_a_silent_client_and_closing_server_tells_clients) {
+  Server s;
+  s.io.Take();
+  // Default failure timeout 2 s: nothing heard from the client -> the session is dropped.
+  while (s.endpoint.NextTimerUs() <= 2'100'000) s.endpoint.OnTimers(s.endpoint.NextTimerUs());
+  auto events = s.Take();
+  CHECK(events.size() == 1 && events[0].code == static_cast<uint8_t>(SessionEventKind::kPeerFailed));
+  CHECK_EQ(s.endpoint.stats().sessions_server, 0u);
+  Server closing;
+  closing.io.Take();
+  closing.endpoint.Shutdown(true, 10);
+  CHECK_LINES(closing.io, {"DISCONNECT_RESP s=77 r=43981 p=0 m=0 a=1 len=0"});
+  Client c;
+  c.Accept();
+  c.Take();
+  CHECK(c.endpoint.Call(c.session, 1, 9, Pattern(4, 1), 0, 300) == CallStatus::kOk);
+  c.Take();
+  Header told;
+  told.type = PacketType::kDisconnectResponse;
+  told.dest_session = c.session;
+  told.aux = 1;
+  told.request_number = c.token;
+  c.endpoint.OnPacket(c.server, Packet(told), 400);
+  events = c.Take();
+  CHECK_EQ(events.size(), 2u);  // the call fails at once, then the session ends
+  CHECK(events.size() == 2 && events[0].code == static_cast<uint8_t>(CallStatus::kSessionClosed));
 }

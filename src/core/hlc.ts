@@ -29,10 +29,18 @@ const LOGICAL_MAX = 0xffff_ffff;
 /** Before every real timestamp. */
 export const HLC_ZERO: Hlc = Object.freeze({ micros: 0, logical: 0 });
 /** After every real timestamp (used as "no limit"). */
-export const HLC_MAX: Hlc = Object.freeze({ micros: Number.MAX_SAFE_INTEGER, logical: LOGICAL_MAX });
+export const HLC_MAX: Hlc = Object.freeze({
+  micros: Number.MAX_SAFE_INTEGER,
+  logical: LOGICAL_MAX,
+});
 
-/** Checks the ranges and returns a frozen timestamp. */
+/** Checks the ranges and returns a timestamp (not frozen: freezing costs on the hot path). */
 export function hlc(micros: number, logical = 0): Hlc {
+  // Checked first without building messages: this runs for every version.
+  const valid =
+    Number.isSafeInteger(micros) && micros >= 0 &&
+    Number.isInteger(logical) && logical >= 0 && logical <= LOGICAL_MAX;
+  if (valid) return { micros, logical };
   assert(
     Number.isSafeInteger(micros) && micros >= 0,
     `HLC micros must be a non-negative safe integer, got ${micros}`,
@@ -41,7 +49,7 @@ export function hlc(micros: number, logical = 0): Hlc {
     Number.isInteger(logical) && logical >= 0 && logical <= LOGICAL_MAX,
     `HLC logical counter must be a uint32, got ${logical}`,
   );
-  return Object.freeze({ micros, logical });
+  return { micros, logical };
 }
 
 /** Negative if a is before b, zero if equal, positive if after. */
@@ -64,7 +72,11 @@ export function hlcAtOrBefore(instant: Date | number): Hlc {
  * Writes the 12-byte big-endian form at `offset`. Byte order equals time order, so encoded
  * timestamps can be LMDB keys or compared with Buffer.compare.
  */
-export function encodeHlc(time: Hlc, target: Uint8Array = new Uint8Array(HLC_BYTES), offset = 0): Uint8Array {
+export function encodeHlc(
+  time: Hlc,
+  target: Uint8Array = new Uint8Array(HLC_BYTES),
+  offset = 0,
+): Uint8Array {
   const view = new DataView(target.buffer, target.byteOffset, target.byteLength);
   view.setUint32(offset, Math.floor(time.micros / 0x1_0000_0000));
   view.setUint32(offset + 4, time.micros >>> 0);
@@ -116,12 +128,13 @@ export class HybridLogicalClock {
     // The counter only grows while the wall clock lags the largest timestamp seen; overflowing
     // 2^32 events in one microsecond means a peer's clock is wildly ahead. Move to the next
     // microsecond rather than wrap.
-    return time.logical < LOGICAL_MAX ? hlc(time.micros, time.logical + 1) : hlc(time.micros + 1, 0);
+    if (time.logical < LOGICAL_MAX) return hlc(time.micros, time.logical + 1);
+    return hlc(time.micros + 1, 0);
   }
 
   private wallMicros(): number {
     const micros = Number(this.clock.wallMicros());
-    assert(Number.isSafeInteger(micros) && micros >= 0, `wall clock gave ${micros} µs`);
+    if (!Number.isSafeInteger(micros) || micros < 0) assert(false, `wall clock gave ${micros} µs`);
     return micros;
   }
 }

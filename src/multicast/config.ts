@@ -28,16 +28,54 @@ export interface MulticastLimits {
   readonly sendQueueCountMax: number;
 }
 
-/** Derecho's defaults, except the packet budget and send queue, which Derecho does not have. */
+/**
+ * The defaults of src/config's [multicast] section (so a core built without a config behaves
+ * like one built from the default config), plus the packet budget and send queue, which are
+ * this layer's own.
+ */
 export const DEFAULT_MULTICAST_LIMITS: MulticastLimits = {
-  payloadBytesMax: 10240,
-  smcPayloadBytesMax: 10240,
-  blockBytes: 1 << 20,
-  windowSize: 16,
-  rdmcAlgorithm: 'binomial_send',
+  payloadBytesMax: 8 * 1024 * 1024,
+  smcPayloadBytesMax: 10 * 1024,
+  blockBytes: 1024 * 1024,
+  windowSize: 1024,
+  rdmcAlgorithm: 'binomial',
   packetBytesMax: 64 * 1024,
-  sendQueueCountMax: 64,
+  sendQueueCountMax: 1024,
 };
+
+/**
+ * The config keys as src/config spells them ([multicast] or a [profile.<name>] section); unset
+ * keys take the defaults. Structural, so this pure layer does not import the config loader.
+ */
+export interface MulticastConfigSection {
+  readonly max_payload_size?: number | undefined;
+  readonly max_smc_payload_size?: number | undefined;
+  readonly block_size?: number | undefined;
+  readonly window_size?: number | undefined;
+  readonly rdmc_send_algorithm?: string | undefined;
+  readonly smc_packet_size?: number | undefined;
+  readonly send_queue_size?: number | undefined;
+}
+
+/** multicastLimits() from config keys; ConfigError names `<prefix>.<key>` for each problem. */
+export function multicastLimitsFromConfig(
+  section: MulticastConfigSection,
+  prefix = 'multicast',
+): MulticastLimits {
+  const overrides: { -readonly [K in keyof MulticastLimits]?: MulticastLimits[K] } = {};
+  if (section.max_payload_size !== undefined) overrides.payloadBytesMax = section.max_payload_size;
+  if (section.max_smc_payload_size !== undefined) {
+    overrides.smcPayloadBytesMax = section.max_smc_payload_size;
+  }
+  if (section.block_size !== undefined) overrides.blockBytes = section.block_size;
+  if (section.window_size !== undefined) overrides.windowSize = section.window_size;
+  if (section.rdmc_send_algorithm !== undefined) {
+    overrides.rdmcAlgorithm = section.rdmc_send_algorithm as RdmcAlgorithm;
+  }
+  if (section.smc_packet_size !== undefined) overrides.packetBytesMax = section.smc_packet_size;
+  if (section.send_queue_size !== undefined) overrides.sendQueueCountMax = section.send_queue_size;
+  return multicastLimits(overrides, prefix);
+}
 
 /** Bytes a packet spends besides payloads (headers, report), for `senderCount` senders. */
 export function packetOverheadBytes(senderCount: number): number {

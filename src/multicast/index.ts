@@ -8,8 +8,8 @@ export type {
 } from './multicast-core.js';
 export { computeTrim } from './ragged-edge.js';
 export { encodePacket, decodePacket, MulticastDecodeError } from './codec.js';
-export { multicastLimits, DEFAULT_MULTICAST_LIMITS } from './config.js';
-export type { MulticastLimits } from './config.js';
+export { multicastLimits, multicastLimitsFromConfig, DEFAULT_MULTICAST_LIMITS } from './config.js';
+export type { MulticastLimits, MulticastConfigSection } from './config.js';
 export { rdmcSchedule, checkSchedule, outgoingByRank, RDMC_ALGORITHMS } from './rdmc-schedule.js';
 export type { RdmcAlgorithm, RdmcSchedule, RdmcTransfer } from './rdmc-schedule.js';
 export { RdmcTransferState } from './rdmc-transfer.js';

@@ -393,10 +393,8 @@ export class MulticastCore {
         this.counters.malformedDropped++;
         continue;
       }
-      const stored: StoredEntry =
-        entry.kind === 'message'
-          ? { ...entry, large: false }
-          : { kind: 'null', index: entry.index, count: entry.count };
+      // The decoded entry is stored as is: one object per message on the hot path.
+      const stored: StoredEntry = entry;
       if (!stream.insert(stored)) {
         this.counters.duplicatesDropped++;
         continue;
@@ -537,7 +535,7 @@ export class MulticastCore {
       version,
       timestamp: entry.timestamp,
       payload: entry.payload,
-      large: entry.large,
+      large: entry.large === true,
     };
   }
 
@@ -723,7 +721,8 @@ export class MulticastCore {
 
   private refreshOwnRow(): void {
     const row = this.rows[this.myRank]!;
-    row.receivedCounts = this.streams.map((s) => s.receivedCount);
+    const counts = row.receivedCounts;
+    for (let s = 0; s < this.streams.length; s++) counts[s] = this.streams[s]!.receivedCount;
     row.contiguousCount = this.contiguousCount();
     row.deliveredCount = this.deliveredCount;
     // Time-based stability: no message stamped below this can still be delivered anywhere

@@ -15,12 +15,12 @@
  */
 import { assert, unreachable } from '../core/assert.js';
 
-export type RdmcAlgorithm = 'binomial_send' | 'chain_send' | 'sequential_send' | 'tree_send';
+export type RdmcAlgorithm = 'binomial' | 'chain' | 'sequential' | 'tree';
 export const RDMC_ALGORITHMS: readonly RdmcAlgorithm[] = [
-  'binomial_send',
-  'chain_send',
-  'sequential_send',
-  'tree_send',
+  'binomial',
+  'chain',
+  'sequential',
+  'tree',
 ];
 
 export interface RdmcTransfer {
@@ -53,10 +53,10 @@ export function rdmcSchedule(
   );
   let steps: RdmcTransfer[][];
   if (memberCount === 1) steps = [];
-  else if (algorithm === 'sequential_send') steps = sequential(memberCount, blockCount);
-  else if (algorithm === 'chain_send') steps = chain(memberCount, blockCount);
-  else if (algorithm === 'tree_send') steps = tree(memberCount, blockCount);
-  else if (algorithm === 'binomial_send') steps = binomialPipeline(memberCount, blockCount);
+  else if (algorithm === 'sequential') steps = sequential(memberCount, blockCount);
+  else if (algorithm === 'chain') steps = chain(memberCount, blockCount);
+  else if (algorithm === 'tree') steps = tree(memberCount, blockCount);
+  else if (algorithm === 'binomial') steps = binomialPipeline(memberCount, blockCount);
   else return unreachable(algorithm, 'unknown RDMC algorithm');
   return { algorithm, memberCount, blockCount, steps };
 }

@@ -2,6 +2,9 @@
  * One sender's messages as seen by one member: which indices arrived (contiguously or not) and
  * which are still to be delivered. Nulls are kept as runs, so an idle sender's nulls cost one
  * entry per run, not one per index.
+ *
+ * The common case (entries arriving in order) touches only an array queue; entries that arrive
+ * ahead of a gap wait in a map until the gap fills.
  */
 import { assert } from '../core/assert.js';
 import type { MessageTimestamp } from './types.js';
@@ -12,7 +15,8 @@ export type StoredEntry =
       readonly index: number;
       readonly timestamp: MessageTimestamp;
       readonly payload: Uint8Array;
-      readonly large: boolean;
+      /** True if it came (or goes) by RDMC. */
+      readonly large?: boolean;
     }
   | { readonly kind: 'null'; readonly index: number; readonly count: number };
 
@@ -21,14 +25,15 @@ export function entryLength(entry: StoredEntry): number {
 }
 
 export class SenderStream {
-  /** Undelivered entries that arrived, by their first index. */
-  private readonly entries = new Map<number, StoredEntry>();
+  /** Entries that arrived contiguously and are not fully delivered, in index order. */
+  private queue: StoredEntry[] = [];
+  private queueHead = 0;
+  /** Entries that arrived beyond a gap, by their first index. */
+  private readonly ahead = new Map<number, StoredEntry>();
   /** Every index below this has arrived. */
   receivedCount = 0;
   /** Every index below this has been delivered (or skipped, for nulls). */
   deliveredIndexCount = 0;
-  /** First index of the entry that holds `deliveredIndexCount`. */
-  private cursorStart = 0;
 
   /**
    * Stores an entry that arrived. Returns false for one already here (a duplicate). A correct
@@ -36,25 +41,35 @@ export class SenderStream {
    * another entry would be a bug in the sender, not an attack to survive).
    */
   insert(entry: StoredEntry): boolean {
-    if (entry.index < this.receivedCount || this.entries.has(entry.index)) return false;
-    this.entries.set(entry.index, entry);
-    for (;;) {
-      const next = this.entries.get(this.receivedCount);
+    if (entry.index < this.receivedCount) return false;
+    if (entry.index > this.receivedCount) {
+      if (this.ahead.has(entry.index)) return false;
+      this.ahead.set(entry.index, entry);
+      return true;
+    }
+    this.append(entry);
+    while (this.ahead.size > 0) {
+      const next = this.ahead.get(this.receivedCount);
       if (next === undefined) break;
-      this.receivedCount += entryLength(next);
+      this.ahead.delete(this.receivedCount);
+      this.append(next);
     }
     return true;
   }
 
-  /** True if index `index` arrived. */
-  has(index: number): boolean {
-    if (index < this.receivedCount) return true;
-    return this.entries.has(index);
+  private append(entry: StoredEntry): void {
+    this.queue.push(entry);
+    this.receivedCount += entryLength(entry);
   }
 
-  /** Undelivered entries that arrived out of order (for bounds and tests). */
+  /** True if index `index` arrived. */
+  has(index: number): boolean {
+    return index < this.receivedCount || this.ahead.has(index);
+  }
+
+  /** Entries that arrived ahead of a gap (for bounds and tests). */
   get bufferedEntryCount(): number {
-    return this.entries.size;
+    return this.ahead.size;
   }
 
   /**
@@ -64,12 +79,16 @@ export class SenderStream {
   advance(): StoredEntry {
     const index = this.deliveredIndexCount;
     assert(index < this.receivedCount, `sender stream: index ${index} has not arrived`);
-    const entry = this.entries.get(this.cursorStart);
-    assert(entry !== undefined, `sender stream: no entry at ${this.cursorStart}`);
+    const entry = this.queue[this.queueHead];
+    assert(entry !== undefined && entry.index <= index, `sender stream: no entry holds ${index}`);
     this.deliveredIndexCount = index + 1;
     if (index + 1 === entry.index + entryLength(entry)) {
-      this.entries.delete(this.cursorStart);
-      this.cursorStart = index + 1;
+      this.queueHead++;
+      // Compact now and then, so the queue's memory follows what is undelivered.
+      if (this.queueHead >= 1024 && this.queueHead * 2 >= this.queue.length) {
+        this.queue = this.queue.slice(this.queueHead);
+        this.queueHead = 0;
+      }
     }
     return entry;
   }

@@ -1,7 +1,7 @@
 import { SquallError } from '../core/errors.js';
 
 /** Why a proposal or request was refused by the Raft core. */
-export type RaftRefusal = 'not-leader' | 'transferring' | 'conf-change-pending' | 'bad-conf-change';
+export type RaftRefusal = 'not-leader' | 'transferring' | 'conf-change-pending' | 'bad-conf-change' | 'overloaded';
 
 /**
  * A proposal, membership change, leader transfer or read was refused. `leader` is the leader this

@@ -16,7 +16,7 @@
  * an unknown disk state). Methods are not re-entrant across an unresolved flush() except that
  * writes may be buffered for the next flush.
  */
-import type { RaftInitialState } from './core.js';
+import type { RaftInitialState } from './raft-core.js';
 import type { Entry, HardState, Ready, Snapshot } from './types.js';
 
 export interface LogStore {

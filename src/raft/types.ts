@@ -134,13 +134,26 @@ export interface Ready {
   readonly compacted: Snapshot | undefined;
   /** Append to the log; entries[0].index may overwrite (truncate) an existing suffix. */
   readonly entries: readonly Entry[];
-  /** Send only after hardState, snapshot and entries above are durable. */
+  /**
+   * May be sent at once, before or while the above is persisted: a leader's appends, heartbeats
+   * and snapshot chunks of a term that is already durable (thesis §10.2.1: the leader writes its
+   * own log in parallel with replicating it; it counts itself toward commit only after advance()).
+   */
+  readonly messagesNow: readonly Message[];
+  /** Send only after hardState, snapshot and entries above are durable (votes, acknowledgements). */
   readonly messages: readonly Message[];
   /** Apply in order (after the snapshot, if any). ConfChange entries are informational. */
   readonly committed: readonly Entry[];
   readonly readStates: readonly ReadState[];
   /** Present if leader or role changed. */
   readonly softState: SoftState | undefined;
+  /**
+   * Whether the driver must wait for the writes above to be durable before sending `messages`
+   * and applying `committed`. False when the only change is the hard state's commit index: a
+   * commit index is a fact about a majority's logs, not a promise this node made, so it may be
+   * written lazily (a crash that loses it only makes the node re-learn it).
+   */
+  readonly mustSync: boolean;
 }
 
 export function encodeConfChange(cc: ConfChange): Uint8Array {

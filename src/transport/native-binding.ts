@@ -16,7 +16,8 @@ export interface NativeEndpointHandle {
   /** Hands over a slab of submissions; returns the events they produced at once. */
   submit(slab: ArrayBuffer, byteLength: number, extras: Uint8Array[]): NativeBatch;
   drain(): NativeBatch;
-  disconnect(session: number): void;
+  /** False if native no longer knows the session (it already ended). */
+  disconnect(session: number): boolean;
   setHandled(type: number, handled: boolean): void;
   stats(): Record<string, number>;
   inject(faults: object): void;

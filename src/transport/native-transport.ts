@@ -373,8 +373,10 @@ export class Endpoint implements Transport {
       return;
     }
     this.flush();
-    this.native.disconnect(session.id);
+    const started = this.native.disconnect(session.id);
     this.process(this.native.drain());
+    // Already ended natively (its end event is being delivered): nothing will answer.
+    if (!started) session.ended({ kind: 'disconnected' });
   }
 
   private scheduleFlush(): void {

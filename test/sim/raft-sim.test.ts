@@ -7,7 +7,7 @@ import test from 'ava';
 import { runSeed } from './raft-sim.js';
 import { SimFailure } from './simulation.js';
 
-const SEEDS = Number(process.env['RAFT_SIM_SEEDS'] ?? 1200);
+const SEEDS = Number(process.env['RAFT_SIM_SEEDS'] ?? 2500);
 
 test(`raft: ${SEEDS} seeds with crashes, partitions, loss, duplication, membership changes`, (t) => {
   const failures: string[] = [];
@@ -56,5 +56,11 @@ test('mutation: committing a previous-term entry by counting (Figure 8) is caugh
 test('mutation: granting votes without the up-to-date log check is caught', (t) => {
   const failure = firstFailure('voteWithoutLogCheck', 200);
   t.truthy(failure);
+  t.log(`caught at seed ${failure!.seed}: ${failure!.message.split('\n')[0]}`);
+});
+
+test('mutation: sending votes and acknowledgements before they are durable is caught (the disk model matters)', (t) => {
+  const failure = firstFailure('sendBeforePersist', SEEDS);
+  t.truthy(failure, `the simulator missed persist-before-send in ${SEEDS} seeds`);
   t.log(`caught at seed ${failure!.seed}: ${failure!.message.split('\n')[0]}`);
 });

@@ -32,6 +32,8 @@ export interface NetOptions {
   readonly limits?: Partial<MulticastLimits>;
   readonly faults?: NetFaults;
   readonly viewNumber?: number;
+  /** Accept empty payloads (which carry no sender/seq) that a test sends directly. */
+  readonly allowEmptyPayloads?: boolean;
 }
 
 interface InFlight {
@@ -89,12 +91,14 @@ export class MulticastNet {
   nowMicros = 1_000_000n;
   packetsSent = 0;
   private readonly faults: NetFaults;
+  private readonly allowEmptyPayloads: boolean;
   private logical = 0;
 
   constructor(options: NetOptions) {
     this.rng = new SeededRandom(options.seed);
     this.limits = multicastLimits(options.limits ?? {});
     this.faults = options.faults ?? { duplicate: 0, holdBack: 0 };
+    this.allowEmptyPayloads = options.allowEmptyPayloads ?? false;
     this.nodes = Array.from({ length: options.memberCount }, (_, r) => nodeId(100 + r * 3));
     this.senderRanks = options.senderRanks ?? this.nodes.map((_, r) => r);
     const senders = this.senderRanks.map((r) => this.nodes[r]!);
@@ -238,6 +242,10 @@ export class MulticastNet {
 
   private recordDelivery(rank: number, d: Delivery): void {
     const id = readPayload(d.payload);
+    if (id === null && d.payload.length === 0 && this.allowEmptyPayloads) {
+      this.delivered[rank]!.push(d); // an empty payload a test sent directly
+      return;
+    }
     if (id === null) {
       this.problems.push(`rank ${rank} delivered a corrupt or null payload at position ${d.position}`);
       return;

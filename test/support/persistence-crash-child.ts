@@ -3,9 +3,8 @@
  * Appends versions in a loop (a burst per event turn) and prints each new persisted frontier on
  * stdout as "frontier <version>". The parent SIGKILLs it at random points.
  *
- * The i-th version ever written (i = the log's count, which survives restarts) has contents
- * that depend only on i, so the parent can check every kept version: doc = { i, pad } and the
- * delta map sets key k(i % 37) to i.
+ * The i-th version ever written has contents that depend only on i, so the parent can check
+ * every kept version: doc = { i, pad } and the delta map sets key k(i % 37) to i.
  */
 import { hlc } from '../../src/core/hlc.js';
 import { makeVersion, viewId } from '../../src/core/ids.js';
@@ -41,7 +40,8 @@ async function main(): Promise<void> {
   registry.attach('doc', doc);
   registry.attach('map', map);
   registry.onPersisted((version) => process.stdout.write(`frontier ${version}\n`));
-  let i = doc.count();
+  // The i of the next version: one past the newest kept (trim removes old ones, not the count).
+  let i = doc.count() === 0 ? 0 : doc.getByIndex(-1).i + 1;
   let position = 0;
   process.stdout.write(`start ${i}\n`);
   for (;;) {
@@ -50,6 +50,8 @@ async function main(): Promise<void> {
       doc.value = { i, pad: crashPad(i) };
       map.value.set(`k${i % 37}`, i);
       registry.makeVersion(makeVersion(viewId(run), position++), crashTime(i));
+      // Trim now and then, so kills also land on trims (which must be all-or-nothing).
+      if (i % 1000 === 999) void registry.trim(doc.versionOfIndex(-300));
     }
     await new Promise((resolve) => setImmediate(resolve));
   }

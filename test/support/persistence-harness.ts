@@ -71,7 +71,7 @@ export class Scenario {
   };
   private view = 1;
   private position = 0;
-  private counter = 0;
+  private counter = 1; // never the initial values (0, -1): every write is a change
   private timeMicros = 1_000_000_000_000;
   lastVersion: Version = makeVersion(viewId(1), 0);
 

@@ -97,7 +97,8 @@ export function checkField<T, V>(
   for (let i = 0; i < Math.min(n, queries); i++) {
     const index = random.int(n);
     t.deepEqual(view(field.getByIndex(index)), entries[index]!.value, `${label} index ${index}`);
-    t.deepEqual(view(field.getByIndex(index - n)), entries[index]!.value, `${label} index ${index - n}`);
+    const fromEnd = view(field.getByIndex(index - n));
+    t.deepEqual(fromEnd, entries[index]!.value, `${label} index ${index - n}`);
     t.is(field.versionOfIndex(index), entries[index]!.version);
   }
   throwsNamed(t, () => field.getByIndex(n), 'IndexOutOfRangeError', `${label} index n`);

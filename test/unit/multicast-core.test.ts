@@ -9,6 +9,7 @@ import { MulticastNet, makePayload, readPayload, sequenceOf } from '../support/m
 import { MulticastCore } from '../../src/multicast/multicast-core.js';
 import {
   multicastLimits,
+  multicastLimitsFromConfig,
   packetOverheadBytes,
   SMC_ENTRY_OVERHEAD_BYTES,
   type MulticastLimits,
@@ -46,6 +47,16 @@ test('limits: payload above max_payload_size fails at once; bad config names its
     'multicast.window_size',
   ]);
   t.throws(() => multicastLimits({ packetBytesMax: 1000, smcPayloadBytesMax: 1000 }), { instanceOf: ConfigError });
+  // The config loader's keys map one to one; problems name the section they came from.
+  const fromConfig = multicastLimitsFromConfig({
+    max_payload_size: 1 << 20, max_smc_payload_size: 512, block_size: 4096, window_size: 8,
+    rdmc_send_algorithm: 'chain',
+  });
+  t.like(fromConfig, {
+    payloadBytesMax: 1 << 20, smcPayloadBytesMax: 512, blockBytes: 4096, windowSize: 8, rdmcAlgorithm: 'chain',
+  });
+  const bad = t.throws(() => multicastLimitsFromConfig({ window_size: -1 }, 'profile.big'), { instanceOf: ConfigError });
+  t.deepEqual((bad as ConfigError).problems.map((p) => p.key), ['profile.big.window_size']);
 });
 
 test('round robin over senders only: positions i·n+r, versions from the view id, non-senders receive', (t) => {
@@ -160,7 +171,7 @@ test('raw mode: delivers on receipt without waiting for others, per-sender FIFO'
 });
 
 test('RDMC: large messages split into blocks, ordered with SMC ones, intact, origin uploads once', (t) => {
-  const net = new MulticastNet({ seed: 8, memberCount: 4, limits: { ...LIMITS, rdmcAlgorithm: 'binomial_send' } });
+  const net = new MulticastNet({ seed: 8, memberCount: 4, limits: { ...LIMITS, rdmcAlgorithm: 'binomial' } });
   net.send(0, 100);
   net.send(0, 3000); // 24 blocks
   net.send(0, 100);
@@ -266,4 +277,23 @@ test('a packet from another view or a non-member rank is counted and dropped', (
   t.is(core.counters.otherViewDropped, 1);
   t.is(core.counters.malformedDropped, 1);
   t.is(core.receivedCount(0), 0);
+});
+
+test('edge shapes: empty payloads, a one-member shard, a shard whose only sender is idle', (t) => {
+  const limits = multicastLimits(LIMITS);
+  const one = [nodeId(4)];
+  const solo = new MulticastCore({ viewId: viewId(1), members: one, senders: one, self: nodeId(4), mode: 'ordered', limits });
+  solo.send(new Uint8Array(0), { wallMicros: 1n, logical: 0 });
+  solo.send(new Uint8Array(3000).fill(9), { wallMicros: 1n, logical: 1 });
+  const ready = solo.ready();
+  t.is(ready.packets.length, 0, 'nobody to send to');
+  t.deepEqual(ready.deliveries.map((d) => [d.index, d.payload.length, d.large]), [[0, 0, false], [1, 3000, true]]);
+
+  const net = new MulticastNet({
+    seed: 12, memberCount: 3, senderRanks: [1], limits: LIMITS, allowEmptyPayloads: true,
+  });
+  net.cores[1]!.send(new Uint8Array(0), { wallMicros: net.nowMicros, logical: 0 });
+  settle(net);
+  t.deepEqual(net.delivered.map((list) => list.map((d) => d.payload.length)), [[0], [0], [0]]);
+  t.is(net.cores.reduce((n, c) => n + c.counters.nullsSent, 0), 0, 'a lone sender needs no nulls');
 });

@@ -35,10 +35,10 @@ test('the origin sends each block about once, except for sequential and tree', (
     for (const blocks of BLOCKS) {
       const originSends = (a: RdmcAlgorithm): number =>
         rdmcSchedule(a, n, blocks).steps.flat().filter((x) => x.from === 0).length;
-      t.is(originSends('chain_send'), blocks, `chain n=${n}`);
-      t.true(originSends('binomial_send') <= blocks + log2, `binomial n=${n} b=${blocks}`);
-      t.is(originSends('tree_send'), blocks * Math.ceil(Math.log2(n)), `tree n=${n}`);
-      t.is(originSends('sequential_send'), blocks * (n - 1), `sequential n=${n}`);
+      t.is(originSends('chain'), blocks, `chain n=${n}`);
+      t.true(originSends('binomial') <= blocks + log2, `binomial n=${n} b=${blocks}`);
+      t.is(originSends('tree'), blocks * Math.ceil(Math.log2(n)), `tree n=${n}`);
+      t.is(originSends('sequential'), blocks * (n - 1), `sequential n=${n}`);
     }
   }
 });
@@ -47,13 +47,13 @@ test('step counts: chain b+n−2, sequential b(n−1), tree b⌈log2 n⌉, binom
   for (const n of SIZES.filter((x) => x >= 2)) {
     for (const blocks of BLOCKS) {
       const steps = (a: RdmcAlgorithm): number => rdmcSchedule(a, n, blocks).steps.length;
-      t.is(steps('chain_send'), blocks + n - 2);
-      t.is(steps('sequential_send'), blocks * (n - 1));
-      t.is(steps('tree_send'), blocks * Math.ceil(Math.log2(n)));
+      t.is(steps('chain'), blocks + n - 2);
+      t.is(steps('sequential'), blocks * (n - 1));
+      t.is(steps('tree'), blocks * Math.ceil(Math.log2(n)));
       const log2 = Math.floor(Math.log2(n));
-      t.true(steps('binomial_send') <= blocks + log2 + 1, `binomial n=${n} b=${blocks}: ${steps('binomial_send')}`);
+      t.true(steps('binomial') <= blocks + log2 + 1, `binomial n=${n} b=${blocks}: ${steps('binomial')}`);
       // Each member sends at most two blocks per step (one to its hypercube partner, one to a twin).
-      for (const step of rdmcSchedule('binomial_send', n, blocks).steps) {
+      for (const step of rdmcSchedule('binomial', n, blocks).steps) {
         const perSender = new Map<number, number>();
         for (const x of step) perSender.set(x.from, (perSender.get(x.from) ?? 0) + 1);
         t.true(Math.max(...perSender.values()) <= (2 ** log2 === n ? 1 : 2));
@@ -93,7 +93,7 @@ test('transfer machines relay by schedule and reassemble intact under random arr
         t.true(states[r]!.finished, `${algorithm} n=${n}: rank ${r} finished`);
         t.deepEqual(states[r]!.message(), payload);
       }
-      if (algorithm === 'chain_send') t.is(outgoing[0]!.length, blocks);
+      if (algorithm === 'chain') t.is(outgoing[0]!.length, blocks);
     }
   }
 });

@@ -4,13 +4,20 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { HLC_MAX } from '../../src/core/hlc.js';
+import { hlc, HLC_MAX } from '../../src/core/hlc.js';
+import { makeVersion, viewId } from '../../src/core/ids.js';
 import { SeededRandom } from '../../src/core/random.js';
-import { PersistenceStore, PersistentMap } from '../../persistence/index.js';
-import { attachAll, makeFields, Scenario, sortedEntries, tempDir } from '../support/persistence-harness.js';
+import { Persistent, PersistenceStore, PersistentMap } from '../../persistence/index.js';
+import {
+  attachAll,
+  makeFields,
+  Scenario,
+  sortedEntries,
+  tempDir,
+} from '../support/persistence-harness.js';
 import { crashFields, crashPad, crashTime } from '../support/persistence-crash-child.js';
 
-test('restart: write, close, reopen gives the same answers and the same current values', async (t) => {
+test('restart: write, close, reopen gives the same answers and current values', async (t) => {
   const dataDir = tempDir(t, 'restart');
   for (const syncMode of ['durable', 'buffered'] as const) {
     const store = PersistenceStore.open({ dataDir, syncMode, reset: true });
@@ -81,7 +88,7 @@ function runChildUntilKilled(dataDir: string, run: number, killAfterMs: number):
   });
 }
 
-test('crash: SIGKILL at random points loses nothing at or below the reported frontier', async (t) => {
+test('crash: SIGKILL at random points loses nothing at or below the frontier', async (t) => {
   t.timeout(60_000);
   const dataDir = tempDir(t, 'crash');
   const random = new SeededRandom(2026);
@@ -100,29 +107,63 @@ test('crash: SIGKILL at random points loses nothing at or below the reported fro
     registry.setStabilityFrontier(HLC_MAX);
     const count = doc.count();
     t.true(child.lastFrontier <= doc.latestVersion(), `run ${run}: frontier beyond the log`);
-    if (child.lastFrontier >= 0n) {
-      t.is(doc.versionAt(child.lastFrontier) as bigint, child.lastFrontier, `run ${run}: frontier kept`);
+    // (A frontier below the earliest kept version was trimmed on purpose, not lost.)
+    if (child.lastFrontier >= doc.earliestVersion()) {
+      const kept = doc.versionAt(child.lastFrontier) as bigint;
+      t.is(kept, child.lastFrontier, `run ${run}: frontier kept`);
     }
-    // The whole log is consistent: contiguous i, increasing versions, the map is the replay.
+    // The whole log is consistent: contiguous i, increasing versions, the map is the replay
+    // of every version ever written (trimmed ones included).
+    const first = count > 0 ? doc.getByIndex(0).i : 0;
     const expected = new PersistentMap<string, number>();
+    for (let i = 0; i < first; i++) expected.set(`k${i % 37}`, i);
     let previous = -1n;
-    for (let i = 0; i < count; i++) {
-      const info = doc.infoByIndex(i);
+    for (let index = 0; index < count; index++) {
+      const i = first + index;
+      const info = doc.infoByIndex(index);
       t.true(info.version > previous, 'versions increase');
       previous = info.version;
       t.deepEqual(info.time, crashTime(i));
-      const value = doc.getByIndex(i);
-      if (value.i !== i || value.pad !== crashPad(i)) t.fail(`run ${run}: doc ${i} is ${value.i}`);
+      const value = doc.getByIndex(index);
+      if (value.i !== i || value.pad !== crashPad(i)) {
+        t.fail(`run ${run}: doc ${index} is ${value.i}`);
+      }
       expected.set(`k${i % 37}`, i);
-      if (i % 97 === 0 || i === count - 1) {
-        t.deepEqual(sortedEntries(map.getByIndex(i)), sortedEntries(expected), `run ${run}: map at ${i}`);
-        t.is(map.versionOfIndex(i), info.version);
+      if (index % 97 === 0 || index === count - 1) {
+        const actual = sortedEntries(map.getByIndex(index));
+        t.deepEqual(actual, sortedEntries(expected), `run ${run}: map ${i}`);
+        t.is(map.versionOfIndex(index), info.version);
       }
     }
     t.is(map.count(), count);
-    t.log(`run ${run}: killed with ${count} versions kept, last frontier ${child.lastFrontier}`);
-    if (count > 0) t.deepEqual(sortedEntries(map.value), sortedEntries(expected), 'current map restored');
+    t.log(`run ${run}: ${count} versions kept (first ${first}), frontier ${child.lastFrontier}`);
+    if (count > 0) {
+      t.deepEqual(sortedEntries(map.value), sortedEntries(expected), 'current map restored');
+    }
     await store.close();
   }
   t.true(killed >= 3, `only ${killed} kills ran`);
+});
+
+test('close() in the same turn as makeVersion and truncate keeps exactly that', async (t) => {
+  const dataDir = tempDir(t, 'close');
+  const store = PersistenceStore.open({ dataDir });
+  const registry = store.registry('Close/0/0');
+  const field = registry.attach('n', new Persistent(() => 0));
+  for (let i = 1; i <= 100; i++) {
+    field.value = i;
+    registry.makeVersion(makeVersion(viewId(1), i), hlc(i));
+  }
+  void registry.truncate(makeVersion(viewId(1), 70));
+  field.value = 1000;
+  registry.makeVersion(makeVersion(viewId(2), 0), hlc(500));
+  await store.close(); // no await between the writes and close
+
+  const reopened = PersistenceStore.open({ dataDir });
+  const again = reopened.registry('Close/0/0').attach('n', new Persistent(() => 0));
+  t.is(again.count(), 71);
+  t.is(again.value, 1000);
+  t.is(again.get(makeVersion(viewId(1), 99)), 70);
+  t.is(again.getByIndex(-2), 70);
+  await reopened.close();
 });

@@ -2,8 +2,16 @@
 // previous/next, count) matches a reference model over seeded random histories with trims and
 // truncates, in memory and in LMDB; and that delta mode answers exactly like full mode.
 import test from 'ava';
-import { PersistenceStore, memoryRegistry } from '../../persistence/index.js';
-import { attachAll, makeFields, Scenario, sortedEntries, tempDir } from '../support/persistence-harness.js';
+import { hlc, HLC_MAX } from '../../src/core/hlc.js';
+import { makeVersion, viewId } from '../../src/core/ids.js';
+import { Persistent, PersistenceStore, memoryRegistry } from '../../persistence/index.js';
+import {
+  attachAll,
+  makeFields,
+  Scenario,
+  sortedEntries,
+  tempDir,
+} from '../support/persistence-harness.js';
 
 const SEEDS = [1, 2, 3, 4, 5, 6, 7, 8];
 const STEPS = 160;
@@ -59,4 +67,36 @@ test('delta mode equals full mode at every version and index of one history', (t
     const version = map.versionOfIndex(index);
     t.deepEqual(sortedEntries(map.get(version)), sortedEntries(plainMap.get(version)));
   }
+});
+
+test('long log: fence table survives a trim of 1,000+ fences and a truncate (LMDB)', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'long'), syncMode: 'buffered' });
+  t.teardown(() => store.close());
+  const registry = store.registry('Long/0/0');
+  registry.setStabilityFrontier(HLC_MAX);
+  const field = registry.attach('n', new Persistent(() => -1));
+  const count = 40_000;
+  const version = (i: number) => makeVersion(viewId(1 + Math.floor(i / 1000)), (i % 1000) * 3);
+  for (let i = 0; i < count; i++) {
+    field.value = i;
+    registry.makeVersion(version(i), hlc(1_000_000 + i * 10));
+    if (i % 4096 === 0) await registry.whenPersisted(version(i));
+  }
+  await registry.trim(version(35_000));
+  await registry.truncate(version(39_000));
+  const check = () => {
+    t.is(field.count(), 4001);
+    t.is(field.earliestVersion(), version(35_000));
+    for (const i of [35_000, 35_031, 35_032, 36_500, 38_999, 39_000]) {
+      t.is(field.get(version(i)), i);
+      if (i < 39_000) t.is(field.get(version(i) + 1n), i, 'between versions');
+      t.is(field.getByTime(hlc(1_000_000 + i * 10 + 5)), i);
+      t.is(field.getByIndex(i - 35_000), i);
+    }
+    t.throws(() => field.get(version(34_999)), { name: 'VersionTrimmedError' });
+    t.throws(() => field.get(version(39_001)), { name: 'VersionBeyondLatestError' });
+  };
+  check();
+  await registry.whenPersisted(registry.latestVersion);
+  check();
 });

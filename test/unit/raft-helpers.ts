@@ -2,7 +2,7 @@
 // every core persists instantly (ready → advance), messages are delivered in FIFO order, and a
 // filter can drop any message (cut links, isolate nodes, drop types).
 import { SeededRandom } from '../../src/core/random.js';
-import { EMPTY_STATE, RaftCore, type RaftConfig, type RaftInitialState } from '../../src/raft/core.js';
+import { EMPTY_STATE, RaftCore, type RaftConfig, type RaftInitialState } from '../../src/raft/raft-core.js';
 import { EntryType, type Entry, type Message, type ReadState } from '../../src/raft/types.js';
 
 export type Filter = (m: Message) => boolean; // true = drop
@@ -36,7 +36,7 @@ export class Net {
     for (const [id, core] of this.cores) {
       while (core.hasReady()) {
         const rd = core.ready();
-        for (const m of rd.messages) this.queue.push(m);
+        for (const m of [...rd.messagesNow, ...rd.messages]) this.queue.push(m);
         this.applied.get(id)!.push(...rd.committed);
         this.reads.get(id)!.push(...rd.readStates);
         core.advance();

@@ -3,7 +3,7 @@
 // instantly and can cut links, and each test drives ticks, campaigns and proposals by hand.
 import test from 'ava';
 import { SeededRandom } from '../../src/core/random.js';
-import { RaftCore } from '../../src/raft/core.js';
+import { RaftCore } from '../../src/raft/raft-core.js';
 import { RaftProposalError } from '../../src/raft/errors.js';
 import { EntryType, type Message } from '../../src/raft/types.js';
 import { Net, stateWith } from './raft-helpers.js';
@@ -292,4 +292,24 @@ test('propose on a follower fails with NOT_LEADER naming the leader', (t) => {
   const err = t.throws(() => net.core(2).propose(new Uint8Array([1])), { instanceOf: RaftProposalError });
   t.is(err!.code, 'NOT_LEADER');
   t.is(err!.leader, 1);
+});
+
+test('§5.3 a duplicated or reordered shorter append never truncates a longer matching log', (t) => {
+  const core = new RaftCore({ id: 2, random: new SeededRandom(1) }, stateWith(2, []), ids);
+  const app = (n: number): Message => ({
+    type: 'append', from: 1, to: 2, term: 2, prevIndex: 3, prevTerm: 1, commit: 3,
+    entries: Array.from({ length: n }, (_, i) => ({ index: 4 + i, term: 2, type: EntryType.Normal, data: new Uint8Array([i]) })),
+  });
+  core.step(app(3));
+  core.step(app(1)); // an older, shorter copy arrives late
+  t.is(core.log.lastIndex(), 6);
+});
+
+test('§5.3 followers learn the commit index from heartbeats and apply', (t) => {
+  const net = new Net(ids);
+  net.campaign(1);
+  net.propose(1, 'x');
+  t.deepEqual(net.appliedData(2), [], 'the append that carried x could not yet carry its commit');
+  net.tick(1);
+  t.deepEqual(net.appliedData(2), ['x']);
 });

@@ -128,6 +128,7 @@ struct Endpoint::Session {
   uint64_t started_us = 0, last_rx_us = 0, last_ping_us = 0, last_handshake_tx_us = 0;
   uint32_t disconnect_tries = 0;
   uint32_t kick_cursor = 0;
+  bool active = false;  // listed in active_sessions_
   uint64_t timer_at_us = kNever;
   uint64_t timer_generation = 0;
 };
@@ -191,6 +192,7 @@ void Endpoint::EmitResponse(uint32_t session, uint64_t tag, CallStatus status,
   e.session = session;
   e.id = tag;
   e.bytes = std::move(bytes);
+  deadline_tags_.erase(tag);
   ++stats_.requests_completed;
   if (status == CallStatus::kTimeout) ++stats_.timeouts;
   Emit(std::move(e));
@@ -328,7 +330,11 @@ CallStatus Endpoint::Call(uint32_t number, uint8_t request_type, uint64_t tag,
   ++stats_.requests_started;
   s->backlog.push_back(
       QueuedCall{tag, request_type, std::vector<uint8_t>(request.begin(), request.end())});
-  if (timeout_us > 0) timers_.push(Timer{now_us + timeout_us, TimerKind::kDeadline, number, tag});
+  if (timeout_us > 0) {
+    deadline_tags_.insert(tag);
+    timers_.push(Timer{now_us + timeout_us, TimerKind::kDeadline, number, tag});
+    CompactTimers();
+  }
   if (s->state == Session::State::kConnected) {
     StartQueued(s, now_us);
     Kick(s, now_us);
@@ -390,7 +396,7 @@ void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
     --s->credits;
     sent = true;
   }
-  if (sent) ArmSessionTimer(s, now_us + config_.retransmit_timeout_us);
+  if (sent) MarkActive(s, now_us);
 }
 
 void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uint64_t now_us) {
@@ -426,9 +432,10 @@ void Endpoint::FailSession(Session* s, CallStatus status, SessionEventKind kind,
   Bury(s, now_us);
 }
 
-void Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
+bool Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
   Session* s = Find(number);
-  if (s == nullptr || !s->is_client || s->state == Session::State::kDisconnecting) return;
+  if (s == nullptr || !s->is_client) return false;
+  if (s->state == Session::State::kDisconnecting) return true;
   for (ClientSlot& slot : s->client_slots) {
     if (slot.busy) {
       s->credits += slot.num_tx - slot.num_rx;
@@ -443,12 +450,13 @@ void Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
   if (s->state == Session::State::kConnecting) {
     EmitSession(s->number, SessionEventKind::kDisconnected, 0);
     Bury(s, now_us);
-    return;
+    return true;
   }
   s->state = Session::State::kDisconnecting;
   s->disconnect_tries = 0;
   s->last_handshake_tx_us = 0;
   OnClientSessionTimer(s, now_us);
+  return true;
 }
 
 void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
@@ -499,18 +507,6 @@ void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
     return;
   }
   uint64_t next = s->last_rx_us + config_.peer_failure_timeout_us;
-  for (ClientSlot& slot : s->client_slots) {
-    if (!slot.busy || slot.num_tx == slot.num_rx) continue;  // idle or waiting for credits
-    if (now_us - slot.progress_us >= config_.retransmit_timeout_us) {
-      // Go-Back-N: forget everything after the first unanswered packet and resend from there.
-      s->credits += slot.num_tx - slot.num_rx;
-      slot.num_tx = slot.num_rx;
-      slot.progress_us = now_us;
-      ++stats_.retransmissions;
-    }
-    next = std::min(next, slot.progress_us + config_.retransmit_timeout_us);
-  }
-  Kick(s, now_us);
   // Keepalive: ask for a pong when we have heard nothing for a quarter of the failure timeout,
   // so a live peer whose handler runs long is not declared failed.
   const uint64_t keepalive_us = config_.peer_failure_timeout_us / 4;
@@ -526,7 +522,79 @@ void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
   ArmSessionTimer(s, std::max(next, now_us + 1));
 }
 
+void Endpoint::CompactTimers() {
+  // Completed calls leave their deadline entries behind; with long deadlines and a high call
+  // rate they would pile up. Rebuild the heap from live entries once dead ones dominate, which
+  // keeps its size within a constant factor of what is pending (amortised O(log n) per call).
+  const size_t live_bound = 2 * (deadline_tags_.size() + sessions_.size()) + 4096;
+  if (timers_.size() <= live_bound) return;
+  std::vector<Timer> live;
+  live.reserve(deadline_tags_.size() + sessions_.size());
+  while (!timers_.empty()) {
+    const Timer t = timers_.top();
+    timers_.pop();
+    if (t.kind == TimerKind::kDeadline) {
+      if (deadline_tags_.count(t.key) != 0) live.push_back(t);
+    } else if (t.kind == TimerKind::kRetransmitScan) {
+      live.push_back(t);
+    } else {
+      const Session* s = Find(t.session);
+      if (s != nullptr && s->timer_generation == t.key) live.push_back(t);
+    }
+  }
+  timers_ = decltype(timers_)(std::greater<Timer>(), std::move(live));
+}
+
+void Endpoint::MarkActive(Session* s, uint64_t now_us) {
+  if (!s->active) {
+    s->active = true;
+    active_sessions_.push_back(s->number);
+  }
+  if (!scan_armed_) {
+    scan_armed_ = true;
+    timers_.push(Timer{now_us + config_.retransmit_timeout_us / 2, TimerKind::kRetransmitScan, 0, 0});
+  }
+}
+
+void Endpoint::OnRetransmitScan(uint64_t now_us) {
+  scan_armed_ = false;
+  size_t kept = 0;
+  for (size_t i = 0; i < active_sessions_.size(); ++i) {
+    Session* s = Find(active_sessions_[i]);
+    if (s == nullptr) continue;  // buried since
+    bool busy = false;
+    bool rolled_back = false;
+    if (s->state == Session::State::kConnected) {
+      for (ClientSlot& slot : s->client_slots) {
+        if (!slot.busy) continue;
+        busy = true;
+        if (slot.num_tx == slot.num_rx) continue;  // waiting for credits, nothing unanswered
+        if (now_us - slot.progress_us >= config_.retransmit_timeout_us) {
+          // Go-Back-N: forget everything after the first unanswered packet, resend from there.
+          s->credits += slot.num_tx - slot.num_rx;
+          slot.num_tx = slot.num_rx;
+          slot.progress_us = now_us;
+          ++stats_.retransmissions;
+          rolled_back = true;
+        }
+      }
+    }
+    if (!busy) {
+      s->active = false;
+      continue;
+    }
+    active_sessions_[kept++] = s->number;
+    if (rolled_back) Kick(s, now_us);
+  }
+  active_sessions_.resize(kept);
+  if (!active_sessions_.empty() && !scan_armed_) {
+    scan_armed_ = true;
+    timers_.push(Timer{now_us + config_.retransmit_timeout_us / 2, TimerKind::kRetransmitScan, 0, 0});
+  }
+}
+
 void Endpoint::OnDeadline(uint32_t number, uint64_t tag, uint64_t now_us) {
+  if (deadline_tags_.count(tag) == 0) return;  // the call completed before its deadline
   Session* s = Find(number);
   if (s == nullptr) return;
   for (ClientSlot& slot : s->client_slots) {
@@ -808,6 +876,44 @@ void Endpoint::Respond(const ServerRequest& request, CallStatus status,
 // Driver entry points
 // ------------------------------------------------------------------------------------------
 
+void Endpoint::HandleConnectResponse(Session* s, const Header& h, uint64_t now_us) {
+  using State = Session::State;
+  if (s->state != State::kConnecting || h.request_number != s->token) {
+    return Drop(DropReason::kDuplicate);
+  }
+  if (h.aux == kNoSession) {
+    EmitSession(s->number, SessionEventKind::kConnectFailed, h.message_bytes);
+    return Bury(s, now_us);
+  }
+  if (h.packet_number < kPacketBytesMin || h.packet_number > s->packet_bytes) {
+    return Drop(DropReason::kBadState);
+  }
+  s->remote_number = h.aux;
+  s->packet_bytes = h.packet_number;
+  s->data_bytes_per_packet = s->packet_bytes - kHeaderBytes - kTagBytes;
+  s->state = State::kConnected;
+  s->last_rx_us = now_us;
+  s->timer_at_us = kNever;  // the connect retry entry is now stale
+  ++s->timer_generation;
+  EmitSession(s->number, SessionEventKind::kConnected, 0);
+  StartQueued(s, now_us);
+  Kick(s, now_us);
+  ArmSessionTimer(s, now_us + config_.peer_failure_timeout_us / 4);
+}
+
+void Endpoint::HandleDisconnectResponse(Session* s, const Header& h, uint64_t now_us) {
+  using State = Session::State;
+  if (s->state == State::kDisconnecting) {
+    EmitSession(s->number, SessionEventKind::kDisconnected, 0);
+    return Bury(s, now_us);
+  }
+  if (s->state == State::kConnected && h.aux == 1 && h.request_number == s->token) {
+    // The server is closing and told us: fail now rather than after the failure timeout.
+    return FailSession(s, CallStatus::kSessionClosed, SessionEventKind::kDisconnected, now_us);
+  }
+  return Drop(DropReason::kDuplicate);
+}
+
 void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet,
                         uint64_t now_us) {
   ++stats_.packets_received;
@@ -858,41 +964,8 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
                           h.type == PacketType::kDisconnectResponse || h.type == PacketType::kPong;
   if (for_client != s->is_client) return Drop(DropReason::kBadState);
   using State = Session::State;
-  if (h.type == PacketType::kConnectResponse) {
-    if (s->state != State::kConnecting || h.request_number != s->token) {
-      return Drop(DropReason::kDuplicate);
-    }
-    if (h.aux == kNoSession) {
-      EmitSession(s->number, SessionEventKind::kConnectFailed, h.message_bytes);
-      return Bury(s, now_us);
-    }
-    if (h.packet_number < kPacketBytesMin || h.packet_number > s->packet_bytes) {
-      return Drop(DropReason::kBadState);
-    }
-    s->remote_number = h.aux;
-    s->packet_bytes = h.packet_number;
-    s->data_bytes_per_packet = s->packet_bytes - kHeaderBytes - kTagBytes;
-    s->state = State::kConnected;
-    s->last_rx_us = now_us;
-    s->timer_at_us = kNever;  // the connect retry entry is now stale
-    ++s->timer_generation;
-    EmitSession(s->number, SessionEventKind::kConnected, 0);
-    StartQueued(s, now_us);
-    Kick(s, now_us);
-    ArmSessionTimer(s, now_us + config_.peer_failure_timeout_us / 4);
-    return;
-  }
-  if (h.type == PacketType::kDisconnectResponse) {
-    if (s->state == State::kDisconnecting) {
-      EmitSession(s->number, SessionEventKind::kDisconnected, 0);
-      return Bury(s, now_us);
-    }
-    if (s->state == State::kConnected && h.aux == 1 && h.request_number == s->token) {
-      // The server is closing and told us: fail now rather than after the failure timeout.
-      return FailSession(s, CallStatus::kSessionClosed, SessionEventKind::kDisconnected, now_us);
-    }
-    return Drop(DropReason::kDuplicate);
-  }
+  if (h.type == PacketType::kConnectResponse) return HandleConnectResponse(s, h, now_us);
+  if (h.type == PacketType::kDisconnectResponse) return HandleDisconnectResponse(s, h, now_us);
   if (s->state != State::kConnected) return Drop(DropReason::kBadState);
   s->last_rx_us = now_us;
   switch (h.type) {
@@ -919,6 +992,10 @@ void Endpoint::OnTimers(uint64_t now_us) {
     timers_.pop();
     if (t.kind == TimerKind::kDeadline) {
       OnDeadline(t.session, t.key, now_us);
+      continue;
+    }
+    if (t.kind == TimerKind::kRetransmitScan) {
+      OnRetransmitScan(now_us);
       continue;
     }
     Session* s = Find(t.session);
@@ -967,6 +1044,8 @@ void Endpoint::Shutdown(bool tell_peers, uint64_t now_us) {
   }
   shut_down_ = true;
   while (!timers_.empty()) timers_.pop();
+  active_sessions_.clear();
+  scan_armed_ = false;
 }
 
 }  // namespace squall::transport

@@ -25,6 +25,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "address.h"
@@ -149,7 +150,8 @@ class Endpoint {
   // Starts a session to `peer`; its outcome arrives as a kConnected / kConnectFailed event.
   uint32_t Connect(const PeerAddress& peer, uint64_t now_us);
   // Enqueues a call. Returns kOk, or the reason it was refused at once (then no event follows).
-  // `timeout_us` 0 means no deadline. `tag` identifies the call in its kResponse event.
+  // `timeout_us` 0 means no deadline. `tag` identifies the call in its kResponse event and must
+  // be unique on this endpoint among pending calls.
   CallStatus Call(uint32_t session, uint8_t request_type, uint64_t tag,
                   std::span<const uint8_t> request, uint64_t timeout_us, uint64_t now_us);
   // Reports a call that Call() refused at once as an ordinary completion event (for drivers
@@ -157,8 +159,9 @@ class Endpoint {
   void FailCall(uint32_t session, uint64_t tag, CallStatus status) {
     EmitResponse(session, tag, status);
   }
-  // Fails the session's pending calls with kSessionClosed and tells the peer. Idempotent.
-  void Disconnect(uint32_t session, uint64_t now_us);
+  // Fails the session's pending calls with kSessionClosed and tells the peer; a kDisconnected
+  // event follows. Returns false (and does nothing) if there is no such client session.
+  bool Disconnect(uint32_t session, uint64_t now_us);
 
   // --- server API ---
   void SetHandled(uint8_t request_type, bool handled);
@@ -187,6 +190,7 @@ class Endpoint {
   // Data bytes per packet of a session (0 if unknown), for tests and the JS wrapper.
   uint32_t SessionDataBytesPerPacket(uint32_t session) const;
   bool SessionIsConnected(uint32_t session) const;
+  size_t timer_entries() const { return timers_.size(); }  // heap size, for tests
   std::string SessionPeer(uint32_t session) const;
 
  private:
@@ -194,7 +198,7 @@ class Endpoint {
   struct ServerSlot;
   struct Session;
   struct QueuedCall;
-  enum class TimerKind : uint8_t { kSession, kDeadline };
+  enum class TimerKind : uint8_t { kSession, kDeadline, kRetransmitScan };
   struct Timer {
     uint64_t when_us;
     TimerKind kind;
@@ -217,6 +221,7 @@ class Endpoint {
                   std::span<const uint8_t> payload = {});
   void SendRaw(const PeerAddress& to, const Header& header, std::span<const uint8_t> payload);
   bool RollDrop();
+  void CompactTimers();
   void ArmSessionTimer(Session* session, uint64_t when_us);
   uint32_t PacketsFor(const Session& session, uint32_t message_bytes) const;
   std::span<const uint8_t> Slice(const Session& session, const std::vector<uint8_t>& message,
@@ -229,12 +234,16 @@ class Endpoint {
   void CompleteSlot(Session* session, ClientSlot* slot, CallStatus status, uint64_t now_us);
   void FailSession(Session* session, CallStatus status, SessionEventKind kind, uint64_t now_us);
   void OnClientSessionTimer(Session* session, uint64_t now_us);
+  void MarkActive(Session* session, uint64_t now_us);
+  void OnRetransmitScan(uint64_t now_us);
   void OnDeadline(uint32_t session_number, uint64_t tag, uint64_t now_us);
   void HandleCreditReturn(Session* session, const Header& header,
                           std::span<const uint8_t> payload, uint64_t now_us);
   void HandleResponse(Session* session, const Header& header, std::span<const uint8_t> payload,
                       uint64_t now_us);
   ClientSlot* InOrderClientSlot(Session* session, const Header& header);
+  void HandleConnectResponse(Session* session, const Header& header, uint64_t now_us);
+  void HandleDisconnectResponse(Session* session, const Header& header, uint64_t now_us);
 
   // server side
   void HandleConnectRequest(const PeerAddress& from, const Header& header, uint64_t now_us);
@@ -253,7 +262,16 @@ class Endpoint {
   std::unordered_map<std::string, uint32_t> accepted_by_token_;
   std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
   std::vector<Event> events_;
+  // Tags of pending calls that have a deadline entry in timers_. A completed call's entry stays
+  // in the heap until it fires or CompactTimers() drops it; this set tells which are live.
+  std::unordered_set<uint64_t> deadline_tags_;
   std::vector<bool> handled_types_;
+  // Client sessions that had a request in flight since the last retransmission scan. The scan
+  // runs every retransmit_timeout_us / 2 while this is non-empty and looks only at these
+  // sessions (eRPC scans its active-RPC list the same way), so the per-call cost of loss
+  // detection is a flag check, not a timer-heap operation.
+  std::vector<uint32_t> active_sessions_;
+  bool scan_armed_ = false;
   std::vector<PeerAddress> failed_peers_;
   uint32_t next_session_number_ = 1;
   uint64_t rng_state_;

@@ -20,7 +20,7 @@ import {
 } from './types.js';
 
 /** Test-only rule breaks, used to prove the simulator catches a broken protocol. */
-export type RaftMutation = 'commitPreviousTerm' | 'voteWithoutLogCheck';
+export type RaftMutation = 'commitPreviousTerm' | 'voteWithoutLogCheck' | 'sendBeforePersist';
 
 export interface RaftConfig {
   id: number;
@@ -57,6 +57,14 @@ export const EMPTY_STATE: RaftInitialState = {
   snapshot: undefined,
   entries: [],
 };
+
+interface IncomingSnapshot {
+  index: number;
+  term: number;
+  from: number;
+  chunks: Uint8Array[];
+  offset: number;
+}
 
 interface PendingRead {
   id: number;
@@ -107,7 +115,7 @@ export class RaftCore {
   private step_: StepFn = stepFollower;
 
   // Snapshot being received (follower).
-  private incoming: { index: number; term: number; from: number; chunks: Uint8Array[]; offset: number } | undefined;
+  private incoming: IncomingSnapshot | undefined;
 
   // ReadIndex (thesis §6.4).
   private readCtx = 0;
@@ -121,11 +129,13 @@ export class RaftCore {
   /** Entries up to here are durable (reported by advance()). */
   stableIndex: number;
   private prevHardState: HardState;
+  /** The highest term known to be on disk (messages of this term need not wait for a flush). */
+  private durableTerm: number;
   private prevSoftState: SoftState = { lead: NONE, role: 'follower' };
   private pendingInstall: Snapshot | undefined;
   private pendingCompacted: Snapshot | undefined;
   private broadcastNeeded = false;
-  private inProgress: { stableTo: number; appliedTo: number } | undefined;
+  private inProgress: { stableTo: number; appliedTo: number; term: number } | undefined;
 
   /**
    * Restarts from `state`, or bootstraps a new group when state is empty and `voters` is given:
@@ -160,6 +170,7 @@ export class RaftCore {
     this.stableIndex = this.log.lastIndex();
     this.unstableFrom = this.log.lastIndex() + 1;
     this.prevHardState = { term: this.term, vote: this.vote, commit: this.commit };
+    this.durableTerm = this.term;
 
     const empty = this.term === 0 && this.log.lastIndex() === 0 && snap === undefined;
     if (empty && voters.length > 0) {
@@ -186,6 +197,7 @@ export class RaftCore {
 
   /** A message from a peer (or forwarded locally). Never throws for stale or unknown peers. */
   step(m: Message): void {
+    if (m.to !== this.id) return; // misrouted: not ours to act on
     if (!this.stepTerm(m)) return;
     switch (m.type) {
       case 'vote':
@@ -247,8 +259,11 @@ export class RaftCore {
     this.leadTransferee = target;
     this.transferElapsed = 0;
     const pr = this.progress.get(target)!;
-    if (pr.match === this.log.lastIndex()) this.send({ type: 'timeoutNow', from: this.id, to: target, term: this.term });
-    else this.sendAppend(target);
+    if (pr.match === this.log.lastIndex()) {
+      this.send({ type: 'timeoutNow', from: this.id, to: target, term: this.term });
+    } else {
+      this.sendAppend(target);
+    }
   }
 
   /**
@@ -256,6 +271,7 @@ export class RaftCore {
    * {id, index}, the read may be served once the state machine has applied `index`. On a
    * follower the request is forwarded to the leader. Throws RaftProposalError if no leader is known.
    * A read whose leader loses leadership is never answered: the caller retries after a timeout.
+   * Ids must be unique across this node's restarts too (a late answer matches by id).
    */
   readIndex(id: number): void {
     if (this.role === 'leader') {
@@ -317,12 +333,25 @@ export class RaftCore {
     const committed = this.commit > this.applied ? this.log.slice(this.applied + 1, this.commit + 1) : [];
     const soft: SoftState = { lead: this.lead, role: this.role };
     const softChanged = soft.lead !== this.prevSoftState.lead || soft.role !== this.prevSoftState.role;
+    const messagesNow: Message[] = [];
+    const messages: Message[] = [];
+    for (const m of this.outbox) {
+      const early = this.mutation === 'sendBeforePersist' ||
+        (m.from === this.id && m.term <= this.durableTerm && this.role === 'leader' &&
+          (m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot'));
+      (early ? messagesNow : messages).push(m);
+    }
+    const p = this.prevHardState;
+    const mustSync = entries.length > 0 || this.pendingInstall !== undefined ||
+      this.pendingCompacted !== undefined || p.term !== hs.term || p.vote !== hs.vote;
     const rd: Ready = {
+      mustSync,
       hardState,
       snapshot: this.pendingInstall,
       compacted: this.pendingCompacted,
       entries,
-      messages: this.outbox,
+      messagesNow,
+      messages,
       committed,
       readStates: this.readStates,
       softState: softChanged ? soft : undefined,
@@ -335,7 +364,7 @@ export class RaftCore {
     this.pendingCompacted = undefined;
     this.unstableFrom = this.log.lastIndex() + 1;
     const appliedTo = committed.length ? committed[committed.length - 1]!.index : this.applied;
-    this.inProgress = { stableTo: this.log.lastIndex(), appliedTo };
+    this.inProgress = { stableTo: this.log.lastIndex(), appliedTo, term: hs.term };
     return rd;
   }
 
@@ -350,6 +379,7 @@ export class RaftCore {
     this.inProgress = undefined;
     this.stableIndex = Math.max(this.stableIndex, Math.min(p.stableTo, this.unstableFrom - 1));
     this.applied = Math.max(this.applied, p.appliedTo);
+    this.durableTerm = Math.max(this.durableTerm, p.term);
     if (this.role === 'leader' && this.maybeCommit()) this.afterCommit();
   }
 
@@ -393,7 +423,7 @@ export class RaftCore {
       if ((this.checkQuorum || this.preVote) && (m.type === 'append' || m.type === 'heartbeat')) {
         // A stale leader (e.g. after a partition) learns the new term from this response; without
         // it, with pre-vote, it could stay leader of a term no one else follows.
-        this.send({ type: 'appendResp', from: this.id, to: m.from, term: this.term, index: 0, reject: true, hintIndex: 0, hintTerm: 0 });
+        this.sendAppendResp(m.from, 0, true);
       } else if (m.type === 'prevote') {
         this.send({ type: 'prevoteResp', from: this.id, to: m.from, term: this.term, reject: true });
       }
@@ -468,10 +498,11 @@ export class RaftCore {
     for (const id of this.members()) {
       if (id !== this.id) this.progress.set(id, new Progress(this.log.lastIndex() + 1, this.inflightMax));
     }
-    // A conf change may sit uncommitted in our log; no new one until everything so far commits.
-    this.pendingConfIndex = this.log.lastIndex();
     // Thesis §6.4 / Figure 8: a no-op in our own term lets us commit (and serve reads) at once.
     this.appendLocal(EntryType.Normal, new Uint8Array(0));
+    // No membership change until this no-op commits: that settles any change left uncommitted
+    // in our log, and is the fix for the one-server-change bug (thesis errata, raft-dev 2015).
+    this.pendingConfIndex = this.log.lastIndex();
   }
 
   private clearLeaderState(): void {
@@ -522,7 +553,9 @@ export class RaftCore {
     }
     for (const to of this.conf.voters) {
       if (to === this.id) continue;
-      this.send({ type, from: this.id, to, term, lastIndex: this.log.lastIndex(), lastTerm: this.log.lastTerm(), transfer });
+      const lastIndex = this.log.lastIndex();
+      const lastTerm = this.log.lastTerm();
+      this.send({ type, from: this.id, to, term, lastIndex, lastTerm, transfer });
     }
   }
 
@@ -610,10 +643,12 @@ export class RaftCore {
   private checkCanPropose(): void {
     if (this.role !== 'leader') throw new RaftProposalError('not-leader', this.lead, 'propose at the leader');
     if (this.leadTransferee !== NONE) {
-      throw new RaftProposalError('transferring', this.lead, `leadership is moving to ${this.leadTransferee}; retry there`);
+      throw new RaftProposalError('transferring', this.lead,
+        `leadership is moving to ${this.leadTransferee}; retry there`);
     }
     if (this.log.lastIndex() - this.commit >= this.uncommittedEntriesMax) {
-      throw new RaftProposalError('transferring', this.lead, 'too many uncommitted entries; retry after commits catch up');
+      throw new RaftProposalError('overloaded', this.lead, `${this.uncommittedEntriesMax} entries ` +
+        'are uncommitted; retry after commits catch up, or raise uncommittedEntriesMax');
     }
   }
 
@@ -632,7 +667,9 @@ export class RaftCore {
 
   private broadcastHeartbeat(ctx: number): void {
     for (const [id, pr] of this.progress) {
-      this.send({ type: 'heartbeat', from: this.id, to: id, term: this.term, commit: Math.min(pr.match, this.commit), ctx });
+      // Never a commit index beyond what the follower is known to hold (it may lack those entries).
+      const commit = Math.min(pr.match, this.commit);
+      this.send({ type: 'heartbeat', from: this.id, to: id, term: this.term, commit, ctx });
     }
   }
 
@@ -649,7 +686,8 @@ export class RaftCore {
       }
       const entries = this.log.slice(pr.next, Infinity, this.entriesPerMessageMax, this.bytesPerMessageMax);
       if (entries.length === 0 && (sent > 0 || pr.state === 'replicate')) return;
-      this.send({ type: 'append', from: this.id, to, term: this.term, prevIndex, prevTerm, entries, commit: this.commit });
+      const commit = this.commit;
+      this.send({ type: 'append', from: this.id, to, term: this.term, prevIndex, prevTerm, entries, commit });
       pr.sent(prevIndex + entries.length, entries.length);
       if (entries.length === 0) return;
     }
@@ -738,7 +776,8 @@ export class RaftCore {
 
   /** Figure 2 / §5.4.2: commit the highest index on a majority, but only if it is from our term. */
   private maybeCommit(): boolean {
-    const matches = this.conf.voters.map((id) => (id === this.id ? this.stableIndex : this.progress.get(id)?.match ?? 0));
+    const matches = this.conf.voters.map((id) =>
+      id === this.id ? this.stableIndex : this.progress.get(id)?.match ?? 0);
     if (matches.length === 0) return false;
     matches.sort((a, b) => b - a);
     const index = matches[quorum(matches.length) - 1]!;
@@ -793,12 +832,12 @@ export class RaftCore {
 
   private answerRead(read: PendingRead): void {
     if (read.from === this.id) this.readStates.push({ id: read.id, index: read.index });
-    else this.send({ type: 'readIndexResp', from: this.id, to: read.from, term: 0, id: read.id, index: read.index, reject: false });
+    else this.sendReadIndexResp(read.from, read.id, read.index, false);
   }
 
   handleReadIndexRequest(m: Extract<Message, { type: 'readIndex' }>): void {
     if (this.role === 'leader') this.leaderRead(m.id, m.from);
-    else this.send({ type: 'readIndexResp', from: this.id, to: m.from, term: 0, id: m.id, index: 0, reject: true });
+    else this.sendReadIndexResp(m.from, m.id, 0, true);
   }
 
   handleReadIndexResponse(m: Extract<Message, { type: 'readIndexResp' }>): void {
@@ -819,7 +858,7 @@ export class RaftCore {
 
   handleAppend(m: Extract<Message, { type: 'append' }>): void {
     const reply = (index: number, reject: boolean, hintIndex = 0, hintTerm = 0): void =>
-      this.send({ type: 'appendResp', from: this.id, to: m.from, term: this.term, index, reject, hintIndex, hintTerm });
+      this.sendAppendResp(m.from, index, reject, hintIndex, hintTerm);
     if (m.prevIndex < this.commit) {
       reply(this.commit, false); // everything up to our commit is known to match
       return;
@@ -868,14 +907,16 @@ export class RaftCore {
     if (meta.index <= this.commit) {
       // We already have everything it covers (§7 rule 6 in spirit): tell the leader where we are.
       this.incoming = undefined;
-      this.send({ type: 'appendResp', from: this.id, to: m.from, term: this.term, index: this.commit, reject: false, hintIndex: 0, hintTerm: 0 });
+      this.sendAppendResp(m.from, this.commit, false);
       return;
     }
     let inc = this.incoming;
-    if (m.offset === 0 && (inc === undefined || inc.index !== meta.index || inc.term !== this.term || inc.from !== m.from)) {
+    const sameTransfer = (i: IncomingSnapshot | undefined): i is IncomingSnapshot =>
+      i !== undefined && i.index === meta.index && i.term === this.term && i.from === m.from;
+    if (m.offset === 0 && !sameTransfer(inc)) {
       inc = this.incoming = { index: meta.index, term: this.term, from: m.from, chunks: [], offset: 0 };
     }
-    if (inc === undefined || inc.index !== meta.index || inc.term !== this.term || inc.from !== m.from || m.offset !== inc.offset) {
+    if (!sameTransfer(inc) || m.offset !== inc.offset) {
       // Out of order, a duplicate, or from another leader: say what we expect next.
       const offset = inc !== undefined && inc.index === meta.index ? inc.offset : 0;
       this.send({ type: 'snapshotResp', from: this.id, to: m.from, term: this.term, index: meta.index, offset });
@@ -884,13 +925,14 @@ export class RaftCore {
     inc.chunks.push(m.chunk.slice());
     inc.offset += m.chunk.length;
     if (inc.offset < m.totalBytes) {
-      this.send({ type: 'snapshotResp', from: this.id, to: m.from, term: this.term, index: meta.index, offset: inc.offset });
+      const offset = inc.offset;
+      this.send({ type: 'snapshotResp', from: this.id, to: m.from, term: this.term, index: meta.index, offset });
       return;
     }
     this.incoming = undefined;
     const data = concat(inc.chunks, m.totalBytes);
     this.installSnapshot({ meta, data });
-    this.send({ type: 'appendResp', from: this.id, to: m.from, term: this.term, index: this.log.lastIndex(), reject: false, hintIndex: 0, hintTerm: 0 });
+    this.sendAppendResp(m.from, this.log.lastIndex(), false);
   }
 
   private installSnapshot(snap: Snapshot): void {
@@ -933,7 +975,7 @@ export class RaftCore {
       for (const id of [...this.progress.keys()]) {
         if (!this.conf.voters.includes(id) && !this.conf.learners.includes(id)) this.progress.delete(id);
       }
-      if (this.leadTransferee !== NONE && !this.conf.voters.includes(this.leadTransferee)) this.leadTransferee = NONE;
+      if (!this.conf.voters.includes(this.leadTransferee)) this.leadTransferee = NONE;
     }
   }
 
@@ -950,6 +992,14 @@ export class RaftCore {
 
   private send(m: Message): void {
     this.outbox.push(m);
+  }
+
+  private sendAppendResp(to: number, index: number, reject: boolean, hintIndex = 0, hintTerm = 0): void {
+    this.send({ type: 'appendResp', from: this.id, to, term: this.term, index, reject, hintIndex, hintTerm });
+  }
+
+  private sendReadIndexResp(to: number, id: number, index: number, reject: boolean): void {
+    this.send({ type: 'readIndexResp', from: this.id, to, term: 0, id, index, reject });
   }
 
   private hardStateChanged(): boolean {

@@ -1,0 +1,64 @@
+/**
+ * One Raft node of the raft benchmark's `--threads` mode, on its own worker thread (its own event
+ * loop and native endpoint, LMDB env in workerData.dir). Posts {address}; then takes {peers} and
+ * starts. Node 1 campaigns and, once leader, runs the measurement and posts {result}. "close"
+ * stops it.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { LmdbStorage } from '../src/raft/lmdb-storage.js';
+import { RaftDriver } from '../src/runtime/raft-driver.js';
+import { Endpoint } from '../src/transport/native-transport.js';
+
+const port = parentPort!;
+const { id, dir, fsync, latencyOps, throughputOps } = workerData as {
+  id: number; dir: string; fsync: boolean; latencyOps: number; throughputOps: number;
+};
+const endpoint = await Endpoint.create({ host: '127.0.0.1', port: 0 });
+const storage = new LmdbStorage({ path: dir, durable: fsync });
+let driver: RaftDriver | undefined;
+const machine = { apply(): void {}, restore(): void {}, snapshot: () => new Uint8Array(8) };
+
+function payload(i: number): Uint8Array {
+  const out = new Uint8Array(80);
+  new DataView(out.buffer).setUint32(0, i);
+  return out;
+}
+
+port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean }) => {
+  if (m.close) {
+    await driver?.close();
+    await endpoint.close();
+    await storage.close();
+    port.postMessage({ closed: true });
+    return;
+  }
+  const ids = m.peers!.map(([i]) => i);
+  driver = await RaftDriver.start({
+    id, peers: new Map(m.peers!), voters: ids, transport: endpoint, storage, stateMachine: machine,
+    tickMs: 10, compactEvery: 50_000, core: { electionTicks: 30, heartbeatTicks: 3, inflightMax: 256 },
+  });
+  if (id !== 1) return;
+  driver.core.campaign();
+  while (driver.core.role !== 'leader') await new Promise((r) => setTimeout(r, 5));
+  for (let i = 0; i < 50; i++) await driver.propose(payload(i));
+  const lat: number[] = [];
+  for (let i = 0; i < latencyOps; i++) {
+    const t0 = process.hrtime.bigint();
+    await driver.propose(payload(i));
+    lat.push(Number(process.hrtime.bigint() - t0) / 1000);
+  }
+  let next = 0;
+  let done = 0;
+  const t0 = process.hrtime.bigint();
+  const worker = async (): Promise<void> => {
+    while (next < throughputOps) {
+      next++;
+      await driver!.propose(payload(next));
+      done++;
+    }
+  };
+  await Promise.all(Array.from({ length: 64 }, worker));
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  port.postMessage({ result: { lat, rate: done / seconds } });
+});
+port.postMessage({ address: endpoint.address });

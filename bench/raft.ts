@@ -1,0 +1,245 @@
+/**
+ * `npm run bench -- raft [--quick] [--threads]`: a 3-node Raft group in one process, each node with its own
+ * LMDB environment, proposals of a 16-byte key + 64-byte value, measured at the leader from
+ * propose() to applied:
+ *   - commit latency p50/p99 with one proposal outstanding,
+ *   - throughput with 64 outstanding,
+ * with fsync on (LMDB durable) and off (noSync), and beside them the raw round trip of the same
+ * transport (the floor: a commit needs one round trip to a majority).
+ *
+ * `--transport native` runs over the native UDP transport on loopback (src/transport/
+ * native-transport.ts, loaded dynamically so this file also builds where it is absent);
+ * `--transport memory` over MemoryTransport (in-process, setImmediate delivery). The default is
+ * native when it loads, else memory. Every line names the transport ("transport":...). All three
+ * nodes and the client share one process and thread, unless `--threads` puts each node (the
+ * leader with the client) on its own worker thread (bench/_raft-node.ts; native only).
+ */
+import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { LmdbStorage } from '../src/raft/lmdb-storage.js';
+import type { Entry, Snapshot } from '../src/raft/types.js';
+import { RaftDriver, type StateMachine } from '../src/runtime/raft-driver.js';
+import { MemoryNetwork } from '../src/transport/memory-transport.js';
+import type { Transport } from '../src/transport/transport.js';
+import { report } from './_report.js';
+
+class CountingMachine implements StateMachine {
+  count = 0;
+  apply(_e: Entry): void {
+    this.count++;
+  }
+  restore(_s: Snapshot): void {}
+  snapshot(): Uint8Array {
+    return new Uint8Array(8);
+  }
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
+}
+
+function payload(i: number): Uint8Array {
+  const out = new Uint8Array(80); // 16-byte key + 64-byte value
+  new DataView(out.buffer).setUint32(0, i);
+  return out;
+}
+
+type Factory = () => Promise<Transport>;
+
+interface NativeModule {
+  Endpoint: { create(options: { host?: string; port?: number }): Promise<Transport> };
+}
+
+/** The transport factory for `name`, or undefined if it is not available in this build. */
+async function transportFactory(name: string): Promise<Factory | undefined> {
+  if (name === 'memory') {
+    const net = new MemoryNetwork();
+    return async () => net.endpoint();
+  }
+  const path = '../src/transport/native-transport.js'; // not a literal: may be absent
+  try {
+    const mod = (await import(path)) as NativeModule;
+    return () => mod.Endpoint.create({ host: '127.0.0.1', port: 0 });
+  } catch {
+    return undefined;
+  }
+}
+
+async function rawRoundTrip(make: Factory, n: number): Promise<number> {
+  const a = await make();
+  const b = await make();
+  b.handle(1, () => new Uint8Array(0));
+  const s = await a.connect(b.address);
+  const req = payload(0);
+  const lat: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = process.hrtime.bigint();
+    await s.call(1, req);
+    lat.push(Number(process.hrtime.bigint() - t0) / 1000);
+  }
+  await a.close();
+  await b.close();
+  return percentile(lat.sort((x, y) => x - y), 50);
+}
+
+/** p50 of write(4 KiB) + fdatasync on this run's temp disk: the floor of one durable round. */
+function fdatasyncP50(n: number): number {
+  const dir = mkdtempSync(join(tmpdir(), 'squall-bench-fsync-'));
+  const fd = openSync(join(dir, 'f'), 'w');
+  const block = new Uint8Array(4096);
+  const lat: number[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const t0 = process.hrtime.bigint();
+      writeSync(fd, block, 0, block.length, (i % 16) * 4096);
+      fdatasyncSync(fd);
+      lat.push(Number(process.hrtime.bigint() - t0) / 1000);
+    }
+  } finally {
+    closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return percentile(lat.sort((x, y) => x - y), 50);
+}
+
+async function group(make: Factory, fsync: boolean): Promise<{ drivers: RaftDriver[]; close: () => Promise<void> }> {
+  const ids = [1, 2, 3];
+  const transports = [await make(), await make(), await make()];
+  const dirs = ids.map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
+  const storages = dirs.map((path) => new LmdbStorage({ path, durable: fsync }));
+  const peers = new Map(ids.map((id) => [id, transports[id - 1]!.address]));
+  const drivers: RaftDriver[] = [];
+  for (const id of ids) {
+    drivers.push(await RaftDriver.start({
+      id, peers, voters: ids, transport: transports[id - 1]!, storage: storages[id - 1]!,
+      stateMachine: new CountingMachine(), tickMs: 10, compactEvery: 50_000,
+      core: { electionTicks: 30, heartbeatTicks: 3, inflightMax: 256 },
+    }));
+  }
+  drivers[0]!.core.campaign();
+  return {
+    drivers,
+    close: async () => {
+      for (const d of drivers) await d.close();
+      for (const t of transports) await t.close();
+      for (const s of storages) await s.close();
+      for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    },
+  };
+}
+
+/** `--threads`: each node on its own worker thread (own event loop, own endpoint). */
+async function threadedGroup(fsync: boolean, latencyOps: number, throughputOps: number): Promise<{ lat: number[]; rate: number }> {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
+  const workers = [1, 2, 3].map((id) => new Worker(join(here, '_raft-node.js'),
+    { workerData: { id, dir: dirs[id - 1], fsync, latencyOps, throughputOps } }));
+  const next = (w: Worker): Promise<any> => new Promise((resolve, reject) => {
+    w.once('message', resolve);
+    w.once('error', reject);
+  });
+  try {
+    const addresses = await Promise.all(workers.map((w) => next(w)));
+    const peers = addresses.map((a, i) => [i + 1, a.address]);
+    const result = next(workers[0]!);
+    for (const w of workers) w.postMessage({ peers });
+    return (await result).result;
+  } finally {
+    for (const w of workers) {
+      const closed = next(w);
+      w.postMessage({ close: true });
+      await closed;
+      await w.terminate();
+    }
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  }
+}
+
+async function leaderOf(drivers: RaftDriver[]): Promise<RaftDriver> {
+  for (let i = 0; i < 1000; i++) {
+    const l = drivers.find((d) => d.core.role === 'leader');
+    if (l) return l;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error('no leader elected within 5 s');
+}
+
+export async function run(args: string[]): Promise<void> {
+  const quick = args.includes('--quick');
+  const at = args.indexOf('--transport');
+  const asked = at >= 0 ? args[at + 1]! : undefined;
+  let transport = asked ?? 'native';
+  let make = await transportFactory(transport);
+  if (make === undefined && asked === undefined) {
+    transport = 'memory';
+    make = await transportFactory(transport);
+  }
+  if (make === undefined) throw new Error(`transport "${transport}" is not available in this build`);
+  const latencyOps = quick ? 300 : 3000;
+  const throughputOps = quick ? 5000 : 50_000;
+  const env = { transport, nodes: 3, payloadBytes: 80, load1: Number(loadavg()[0]!.toFixed(2)), quick };
+  const rttP50 = await rawRoundTrip(make, quick ? 2000 : 20_000);
+  report({ suite: 'raft', case: 'transport-rtt-p50', value: Number(rttP50.toFixed(1)), unit: 'us', ...env });
+  const fsyncP50 = fdatasyncP50(quick ? 200 : 1000);
+  report({ suite: 'raft', case: 'disk-fdatasync-p50', value: Number(fsyncP50.toFixed(1)), unit: 'us', ...env });
+
+  if (args.includes('--threads')) {
+    if (transport !== 'native') throw new Error('--threads needs the native transport');
+    const tenv = { ...env, threads: true };
+    for (const fsync of [true, false]) {
+      const r = await threadedGroup(fsync, latencyOps, throughputOps);
+      const lat = r.lat.sort((a, b) => a - b);
+      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', fsync,
+        baselines: fsync ? { transport_rtt_p50: Number(rttP50.toFixed(1)), disk_fdatasync_p50: Number(fsyncP50.toFixed(1)) }
+          : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...tenv });
+      report({ suite: 'raft', case: 'commit-latency-p99', value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', fsync, ...tenv });
+      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', fsync,
+        baselines: fsync ? { disk_fdatasync_p50: Number(fsyncP50.toFixed(1)), transport_rtt_p50: Number(rttP50.toFixed(1)) }
+          : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...tenv });
+    }
+    return;
+  }
+  for (const fsync of [true, false]) {
+    const g = await group(make, fsync);
+    try {
+      const leader = await leaderOf(g.drivers);
+      for (let i = 0; i < 50; i++) await leader.propose(payload(i)); // warm-up
+      const lat: number[] = [];
+      for (let i = 0; i < latencyOps; i++) {
+        const t0 = process.hrtime.bigint();
+        await leader.propose(payload(i));
+        lat.push(Number(process.hrtime.bigint() - t0) / 1000);
+      }
+      lat.sort((a, b) => a - b);
+      const p50 = percentile(lat, 50);
+      const p99 = percentile(lat, 99);
+      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(p50.toFixed(1)), unit: 'us', fsync,
+        baselines: fsync ? { transport_rtt_p50: Number(rttP50.toFixed(1)), disk_fdatasync_p50: Number(fsyncP50.toFixed(1)) }
+          : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...env });
+      report({ suite: 'raft', case: 'commit-latency-p99', value: Number(p99.toFixed(1)), unit: 'us', fsync, ...env });
+
+      const outstanding = 64;
+      let next = 0;
+      let done = 0;
+      const t0 = process.hrtime.bigint();
+      const worker = async (): Promise<void> => {
+        while (next < throughputOps) {
+          next++;
+          await leader.propose(payload(next));
+          done++;
+        }
+      };
+      await Promise.all(Array.from({ length: outstanding }, worker));
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(done / seconds), unit: 'commits/s',
+        fsync, baselines: fsync ? { disk_fdatasync_p50: Number(fsyncP50.toFixed(1)), transport_rtt_p50: Number(rttP50.toFixed(1)) }
+          : { transport_rtt_p50: Number(rttP50.toFixed(1)) },
+        leaderFlushesTotal: leader.counters.flushes, ...env });
+    } finally {
+      await g.close();
+    }
+  }
+}

@@ -1,0 +1,658 @@
+/**
+ * The multicast driver: runs one MulticastCore (src/multicast/) per shard and view over the
+ * Transport interface, with real timers. It is the only multicast code with timers and sockets
+ * (STYLE.md); the ordering, stability, RDMC and ragged-edge logic all stay in the pure core.
+ * README.md in this directory lists the core's duties it fulfils and its limits.
+ *
+ * Wire: every transport call is one *frame* of request type `requestType` (default 48):
+ *   u32 shard | repeated { u32 length | one encodePacket() packet }
+ * The driver coalesces every packet queued for a peer into as few frames as `frameBytesMax`
+ * allows, with at most `callsInFlightPerPeerMax` calls outstanding per peer: while calls are in
+ * flight, new packets wait and leave together in the next frame. The core's own SMC packet
+ * budget (`smc_packet_size`) bounds each packet; the frame only groups them. The handler answers
+ * with an empty response (one-way message); the transport's sessions make each frame reliable
+ * (retransmission, at most once), which is the reliability the core relies on (duty 4).
+ *
+ * Several shards may share one transport: one handler per transport demultiplexes frames by
+ * shard number, and sessions to a peer are shared.
+ */
+import { assert } from '../core/assert.js';
+import { PayloadTooLargeError } from '../core/errors.js';
+import { SystemClock, type Clock } from '../core/clock.js';
+import { HybridLogicalClock, hlc, type Hlc } from '../core/hlc.js';
+import { VERSION_NONE, type NodeId, type Version, type ViewId } from '../core/ids.js';
+import {
+  MulticastCore,
+  MulticastDecodeError,
+  decodePacket,
+  encodePacket,
+  type MulticastLimits,
+  type MulticastMode,
+  type MulticastReady,
+  type Packet,
+} from '../multicast/index.js';
+import { DEFAULT_MULTICAST_LIMITS } from '../multicast/config.js';
+import type { MessageTimestamp } from '../multicast/types.js';
+import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
+
+export const MULTICAST_REQUEST_TYPE_DEFAULT = 48;
+
+/** One view of one shard, as the membership layer installs it. */
+export interface MulticastView {
+  readonly viewId: ViewId;
+  /** Members in rank order. */
+  readonly members: readonly NodeId[];
+  /** Members that may send (a subset of `members`). Defaults to all members. */
+  readonly senders?: readonly NodeId[];
+  /** Transport address of every member (this node's own entry is not used). */
+  readonly addresses: ReadonlyMap<NodeId, TransportAddress>;
+}
+
+/** A delivered message, handed to `onDeliver` in delivery order. */
+export interface MulticastDelivery {
+  readonly viewId: ViewId;
+  readonly sender: NodeId;
+  readonly senderIndex: number;
+  readonly index: number;
+  readonly position: number;
+  /** view id << 32 | position; null in raw mode. */
+  readonly version: Version | null;
+  /** The sender's HLC stamp (the same on every member). */
+  readonly timestamp: Hlc;
+  /** Owned by the receiver; a view into a received frame (copy it to keep it long). */
+  readonly payload: Uint8Array;
+  readonly large: boolean;
+}
+
+export interface MulticastFrontiers {
+  readonly viewId: ViewId;
+  /** Messages delivered by this driver since it started (nulls excluded, all views). */
+  readonly deliveredMessages: number;
+  /** The version of the last delivered message (all views), VERSION_NONE if none. */
+  readonly lastDeliveredVersion: Version;
+  /** Min over members of their persisted version (never decreases across views). */
+  readonly globalPersistedVersion: Version;
+  /** Time-based stability frontier in µs (never decreases across views). */
+  readonly stabilityFrontierMicros: bigint;
+}
+
+export interface SendReceipt {
+  readonly viewId: ViewId;
+  readonly index: number;
+  readonly position: number;
+  readonly timestamp: Hlc;
+}
+
+export interface MulticastDriverOptions {
+  readonly transport: Transport;
+  readonly self: NodeId;
+  /** Shard number carried in every frame, for several shards over one transport. */
+  readonly shard: number;
+  readonly view: MulticastView;
+  readonly mode?: MulticastMode;
+  /** From multicastLimitsFromConfig(); Derecho's defaults otherwise. */
+  readonly limits?: MulticastLimits;
+  /** Called in delivery order, synchronously from the driver's pump. */
+  readonly onDeliver: (delivery: MulticastDelivery) => void;
+  /** Called once when a call to a member fails (the membership layer's input). */
+  readonly onPeerFailed?: (node: NodeId, error: Error) => void;
+  readonly clock?: Clock;
+  /** Replaceable HLC (a node shares one across its layers); one over `clock` by default. */
+  readonly hlc?: HybridLogicalClock;
+  readonly requestType?: RequestType;
+  /** How often the core's clock input advances (and reports with the stability frontier go). */
+  readonly tickIntervalMs?: number;
+  readonly callsInFlightPerPeerMax?: number;
+  readonly frameBytesMax?: number;
+  /** Packets of views not installed yet, held until installView (beyond: dropped, counted). */
+  readonly heldPacketsMax?: number;
+}
+
+export interface MulticastDriverCounters {
+  framesSent: number;
+  framesReceived: number;
+  packetsSent: number;
+  bytesSent: number;
+  decodeErrors: number;
+  heldPackets: number;
+  heldDropped: number;
+  oldViewDropped: number;
+  callFailures: number;
+  resent: number;
+}
+
+interface Peer {
+  readonly node: NodeId;
+  readonly address: TransportAddress;
+  session: TransportSession | null;
+  queue: Uint8Array[];
+  queuedBytes: number;
+  inFlight: number;
+  failed: boolean;
+}
+
+interface PendingSend {
+  readonly payload: Uint8Array;
+  readonly resolve: ((receipt: SendReceipt) => void) | null;
+  readonly reject: ((error: Error) => void) | null;
+}
+
+const EMPTY = new Uint8Array(0);
+const FRAME_HEADER_BYTES = 4;
+const LENGTH_BYTES = 4;
+
+/** One handler per transport, shared by the shards over it; sessions shared per address. */
+class MulticastMux {
+  readonly drivers = new Map<number, MulticastDriver>();
+  private readonly sessions = new Map<TransportAddress, Promise<TransportSession>>();
+  unknownShardFrames = 0;
+
+  constructor(private readonly transport: Transport, requestType: RequestType) {
+    transport.handle(requestType, (frame) => {
+      if (frame.byteLength >= FRAME_HEADER_BYTES) {
+        const shard = new DataView(frame.buffer, frame.byteOffset, frame.byteLength).getUint32(0, true);
+        const driver = this.drivers.get(shard);
+        if (driver !== undefined) driver.receiveFrame(frame);
+        else this.unknownShardFrames++;
+      }
+      return EMPTY;
+    });
+  }
+
+  session(address: TransportAddress): Promise<TransportSession> {
+    let session = this.sessions.get(address);
+    if (session === undefined) {
+      session = this.transport.connect(address);
+      this.sessions.set(address, session);
+      session.then(
+        (s) => s.onEvent(() => this.sessions.delete(address)),
+        () => this.sessions.delete(address),
+      );
+    }
+    return session;
+  }
+}
+
+const muxes = new WeakMap<Transport, Map<RequestType, MulticastMux>>();
+
+function muxFor(transport: Transport, requestType: RequestType): MulticastMux {
+  let byType = muxes.get(transport);
+  if (byType === undefined) muxes.set(transport, (byType = new Map()));
+  let mux = byType.get(requestType);
+  if (mux === undefined) byType.set(requestType, (mux = new MulticastMux(transport, requestType)));
+  return mux;
+}
+
+const toTimestamp = (time: Hlc): MessageTimestamp => ({
+  wallMicros: BigInt(time.micros),
+  logical: time.logical,
+});
+const fromTimestamp = (t: MessageTimestamp): Hlc => hlc(Number(t.wallMicros), t.logical);
+
+export class MulticastDriver {
+  readonly self: NodeId;
+  readonly shard: number;
+  readonly mode: MulticastMode;
+  readonly limits: MulticastLimits;
+  readonly counters: MulticastDriverCounters = {
+    framesSent: 0,
+    framesReceived: 0,
+    packetsSent: 0,
+    bytesSent: 0,
+    decodeErrors: 0,
+    heldPackets: 0,
+    heldDropped: 0,
+    oldViewDropped: 0,
+    callFailures: 0,
+    resent: 0,
+  };
+
+  private readonly options: MulticastDriverOptions;
+  private readonly mux: MulticastMux;
+  private readonly clock: Clock;
+  private readonly hlc: HybridLogicalClock;
+  private readonly callsInFlightMax: number;
+  private readonly frameBytesMax: number;
+  private readonly heldPacketsMax: number;
+  private view: MulticastView;
+  private core: MulticastCore | null;
+  private peers = new Map<NodeId, Peer>();
+  /** Sends not yet accepted by a core (full queue, wedged, between views); re-sends first. */
+  private readonly pending: PendingSend[] = [];
+  private pendingHead = 0;
+  private held: Packet[] = [];
+  private pumpScheduled = false;
+  private readonly ticker: ReturnType<typeof setInterval>;
+  private closed = false;
+  private deliveredMessages = 0;
+  private lastDeliveredVersion: Version = VERSION_NONE;
+  private globalPersistedVersion: Version = VERSION_NONE;
+  private stabilityFrontierMicros = 0n;
+  private persistedVersion: Version = VERSION_NONE;
+  private frontierListeners: ((frontiers: MulticastFrontiers) => void)[] = [];
+  private lastFrontierKey = '';
+
+  /** Creates the driver, installs `options.view` and connects to its members. */
+  static async create(options: MulticastDriverOptions): Promise<MulticastDriver> {
+    const driver = new MulticastDriver(options);
+    await driver.connectAll();
+    return driver;
+  }
+
+  private constructor(options: MulticastDriverOptions) {
+    this.options = options;
+    this.self = options.self;
+    this.shard = options.shard;
+    this.mode = options.mode ?? 'ordered';
+    this.limits = options.limits ?? DEFAULT_MULTICAST_LIMITS;
+    this.clock = options.clock ?? SystemClock;
+    this.hlc = options.hlc ?? new HybridLogicalClock(this.clock);
+    this.callsInFlightMax = options.callsInFlightPerPeerMax ?? 8;
+    this.frameBytesMax = options.frameBytesMax ?? 4 * 1024 * 1024;
+    this.heldPacketsMax = options.heldPacketsMax ?? 65_536;
+    assert(Number.isInteger(options.shard) && options.shard >= 0 && options.shard <= 0xffff_ffff, 'shard is a uint32');
+    this.mux = muxFor(options.transport, options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT);
+    assert(!this.mux.drivers.has(options.shard), `shard ${options.shard} already has a driver on this transport`);
+    this.mux.drivers.set(options.shard, this);
+    this.view = options.view;
+    this.core = this.makeCore(options.view);
+    this.peers = this.makePeers(options.view, new Map());
+    this.ticker = setInterval(() => this.onTick(), options.tickIntervalMs ?? 50);
+    this.ticker.unref?.();
+    this.onTick();
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Application API
+
+  /**
+   * Multicasts `payload` (the driver keeps it: do not change it). Resolves when the core has
+   * accepted and numbered it (at once while the window and send queue have room; otherwise
+   * when room frees up or, if the view is wedged, in the next view). Throws PayloadTooLargeError
+   * above `max_payload_size`.
+   */
+  send(payload: Uint8Array): Promise<SendReceipt> {
+    if (this.closed) return Promise.reject(new Error('multicast driver is closed'));
+    if (payload.length > this.limits.payloadBytesMax) {
+      return Promise.reject(
+        new PayloadTooLargeError('multicast payload', payload.length, this.limits.payloadBytesMax, 'max_payload_size'),
+      );
+    }
+    if (this.pendingHead === this.pending.length) {
+      const receipt = this.offerToCore(payload);
+      if (receipt !== null) return Promise.resolve(receipt);
+    }
+    return new Promise((resolve, reject) => {
+      this.pending.push({ payload, resolve, reject });
+    });
+  }
+
+  /** The persistence layer made every version up to `version` durable on this node. */
+  persisted(version: Version): void {
+    if (version > this.persistedVersion) this.persistedVersion = version;
+    this.core?.persisted(version);
+    this.schedulePump();
+  }
+
+  frontiers(): MulticastFrontiers {
+    return {
+      viewId: this.view.viewId,
+      deliveredMessages: this.deliveredMessages,
+      lastDeliveredVersion: this.lastDeliveredVersion,
+      globalPersistedVersion: this.globalPersistedVersion,
+      stabilityFrontierMicros: this.stabilityFrontierMicros,
+    };
+  }
+
+  /** Called whenever a frontier moves (after the deliveries that moved it). */
+  onFrontiers(listener: (frontiers: MulticastFrontiers) => void): void {
+    this.frontierListeners.push(listener);
+  }
+
+  get currentView(): MulticastView {
+    return this.view;
+  }
+
+  get isWedged(): boolean {
+    return this.core === null || this.core.isWedged;
+  }
+
+  /** The core's counters for the current view (packets, duplicates, nulls, other views). */
+  coreCounters(): MulticastCore['counters'] | null {
+    return this.core === null ? null : { ...this.core.counters };
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // View change, driven by the membership layer (README of src/multicast, duty 5)
+
+  /** Stops sending and delivering in the current view; arriving packets are still recorded. */
+  wedge(): void {
+    assert(this.core !== null, 'wedge() needs an installed view');
+    this.core.wedge();
+  }
+
+  /** After wedge(): what this member received from each sender, for computeTrim. */
+  receiveState(): { readonly receivedCounts: number[] } {
+    assert(this.core !== null, 'receiveState() needs an installed view');
+    return this.core.receiveState();
+  }
+
+  /**
+   * Delivers exactly up to the agreed trim (synchronously, through onDeliver), ends the view and
+   * keeps this member's cut-off messages to re-send first in the next view. Returns how many of
+   * them there are.
+   */
+  applyTrim(trim: readonly number[]): { readonly resendCount: number } {
+    assert(this.core !== null, 'applyTrim() needs an installed view');
+    const { resend } = this.core.applyTrim(trim);
+    this.pumpCore(this.core);
+    this.core = null;
+    // Cut-off own messages go first in the next view, in their original order.
+    const unsent = this.pending.slice(this.pendingHead);
+    this.pending.length = 0;
+    this.pendingHead = 0;
+    for (const m of resend) this.pending.push({ payload: m.payload, resolve: null, reject: null });
+    this.pending.push(...unsent);
+    this.counters.resent += resend.length;
+    this.emitFrontiers();
+    return { resendCount: resend.length };
+  }
+
+  /**
+   * Installs the next view (after applyTrim): connects to new members, feeds the packets of that
+   * view that arrived early, and re-sends the cut-off messages first (stamped anew: a re-sent
+   * message is a new message of the new view).
+   */
+  async installView(view: MulticastView): Promise<void> {
+    assert(this.core === null, 'installView() after applyTrim()');
+    assert(view.viewId > this.view.viewId, 'views only move forward');
+    assert(view.members.includes(this.self), 'this node is a member of the new view');
+    this.view = view;
+    const old = this.peers;
+    this.peers = this.makePeers(view, old);
+    const core = this.makeCore(view);
+    this.core = core;
+    if (this.persistedVersion !== VERSION_NONE) core.persisted(this.persistedVersion);
+    const held = this.held;
+    this.held = [];
+    for (const packet of held) {
+      if (packet.viewId === view.viewId) core.receive(packet);
+      else if (packet.viewId > view.viewId) this.held.push(packet);
+      else this.counters.oldViewDropped++;
+    }
+    this.drainPending();
+    this.onTick();
+    await this.connectAll();
+  }
+
+  /** Stops timers and unregisters the shard; does not close the transport. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.ticker);
+    this.mux.drivers.delete(this.shard);
+    const error = new Error('multicast driver closed');
+    for (let i = this.pendingHead; i < this.pending.length; i++) this.pending[i]!.reject?.(error);
+    this.pending.length = 0;
+    this.pendingHead = 0;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Inputs from the transport
+
+  /** A frame from the transport handler (called by the mux). */
+  receiveFrame(frame: Uint8Array): void {
+    if (this.closed) return;
+    this.counters.framesReceived++;
+    const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+    let offset = FRAME_HEADER_BYTES;
+    while (offset + LENGTH_BYTES <= frame.byteLength) {
+      const length = view.getUint32(offset, true);
+      offset += LENGTH_BYTES;
+      if (offset + length > frame.byteLength) {
+        this.counters.decodeErrors++;
+        break;
+      }
+      let packet: Packet;
+      try {
+        packet = decodePacket(frame.subarray(offset, offset + length));
+      } catch (error) {
+        if (!(error instanceof MulticastDecodeError)) throw error;
+        this.counters.decodeErrors++;
+        offset += length;
+        continue;
+      }
+      offset += length;
+      this.receivePacket(packet);
+    }
+    this.schedulePump();
+  }
+
+  private receivePacket(packet: Packet): void {
+    const core = this.core;
+    if (core !== null && packet.viewId === core.viewId) {
+      core.receive(packet);
+    } else if (packet.viewId > this.view.viewId) {
+      // A view this node has not installed yet: hold it for installView (duty 5).
+      if (this.held.length < this.heldPacketsMax) {
+        this.held.push(packet);
+        this.counters.heldPackets++;
+      } else {
+        this.counters.heldDropped++;
+      }
+    } else {
+      this.counters.oldViewDropped++;
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // The pump: one ready() per event-loop turn with inputs
+
+  private schedulePump(): void {
+    if (this.pumpScheduled || this.closed) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      if (this.closed) return;
+      this.drainPending();
+      this.pumpScheduled = false;
+      if (this.core !== null) this.pumpCore(this.core);
+    });
+  }
+
+  private pumpCore(core: MulticastCore): void {
+    const ready = core.ready();
+    this.sendPackets(ready);
+    this.deliver(ready);
+    if (ready.sendCapacity > 0 && this.pendingHead < this.pending.length) this.schedulePump();
+  }
+
+  private deliver(ready: MulticastReady): void {
+    const viewId = this.view.viewId;
+    let newest: MessageTimestamp | null = null;
+    for (const d of ready.deliveries) {
+      this.deliveredMessages++;
+      if (d.version !== null) this.lastDeliveredVersion = d.version;
+      if (newest === null || d.timestamp.wallMicros > newest.wallMicros ||
+          (d.timestamp.wallMicros === newest.wallMicros && d.timestamp.logical > newest.logical)) {
+        newest = d.timestamp;
+      }
+      this.options.onDeliver({
+        viewId,
+        sender: d.sender,
+        senderIndex: d.senderIndex,
+        index: d.index,
+        position: d.position,
+        version: d.version,
+        timestamp: fromTimestamp(d.timestamp),
+        payload: d.payload,
+        large: d.large,
+      });
+    }
+    if (newest !== null) this.hlc.observe(fromTimestamp(newest));
+    if (ready.lastDeliveredVersion > this.lastDeliveredVersion) this.lastDeliveredVersion = ready.lastDeliveredVersion;
+    if (ready.globalPersistedVersion > this.globalPersistedVersion) {
+      this.globalPersistedVersion = ready.globalPersistedVersion;
+    }
+    if (ready.stabilityFrontierMicros > this.stabilityFrontierMicros) {
+      this.stabilityFrontierMicros = ready.stabilityFrontierMicros;
+    }
+    this.emitFrontiers();
+  }
+
+  private emitFrontiers(): void {
+    if (this.frontierListeners.length === 0) return;
+    const key = `${this.deliveredMessages}/${this.globalPersistedVersion}/${this.stabilityFrontierMicros}`;
+    if (key === this.lastFrontierKey) return;
+    this.lastFrontierKey = key;
+    const frontiers = this.frontiers();
+    for (const listener of this.frontierListeners) listener(frontiers);
+  }
+
+  /** Hands queued sends to the core while it accepts them. */
+  private drainPending(): void {
+    while (this.pendingHead < this.pending.length) {
+      const item = this.pending[this.pendingHead]!;
+      const receipt = this.offerToCore(item.payload);
+      if (receipt === null) break;
+      this.pending[this.pendingHead++] = undefined as unknown as PendingSend;
+      item.resolve?.(receipt);
+    }
+    if (this.pendingHead === this.pending.length) {
+      this.pending.length = 0;
+      this.pendingHead = 0;
+    } else if (this.pendingHead > 4096) {
+      this.pending.splice(0, this.pendingHead);
+      this.pendingHead = 0;
+    }
+  }
+
+  private offerToCore(payload: Uint8Array): SendReceipt | null {
+    const core = this.core;
+    if (core === null || core.isWedged) return null;
+    const timestamp = this.hlc.now();
+    const result = core.send(payload, toTimestamp(timestamp));
+    if (!result.accepted) return null;
+    this.schedulePump();
+    return { viewId: this.view.viewId, index: result.index, position: result.position, timestamp };
+  }
+
+  private onTick(): void {
+    if (this.core === null || this.closed) return;
+    // The HLC never runs behind the wall clock, so stamps are never below this tick (core rule).
+    this.core.tick(BigInt(Math.floor(Number(this.clock.wallMicros()))));
+    this.schedulePump();
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Sending
+
+  private sendPackets(ready: MulticastReady): void {
+    for (const out of ready.packets) {
+      const bytes = encodePacket(out.packet);
+      for (const node of out.to) {
+        const peer = this.peers.get(node);
+        if (peer === undefined || peer.failed) continue;
+        peer.queue.push(bytes);
+        peer.queuedBytes += bytes.byteLength;
+      }
+    }
+    for (const peer of this.peers.values()) this.flush(peer);
+  }
+
+  private flush(peer: Peer): void {
+    const session = peer.session;
+    if (session === null || peer.failed) return;
+    while (peer.inFlight < this.callsInFlightMax && peer.queue.length > 0) {
+      // Take packets up to the frame budget (always at least one).
+      let bytes = FRAME_HEADER_BYTES;
+      let count = 0;
+      while (count < peer.queue.length) {
+        const next = LENGTH_BYTES + peer.queue[count]!.byteLength;
+        if (count > 0 && bytes + next > this.frameBytesMax) break;
+        bytes += next;
+        count++;
+      }
+      const frame = new Uint8Array(bytes);
+      const view = new DataView(frame.buffer);
+      view.setUint32(0, this.shard, true);
+      let offset = FRAME_HEADER_BYTES;
+      for (let i = 0; i < count; i++) {
+        const packet = peer.queue[i]!;
+        view.setUint32(offset, packet.byteLength, true);
+        frame.set(packet, offset + LENGTH_BYTES);
+        offset += LENGTH_BYTES + packet.byteLength;
+        peer.queuedBytes -= packet.byteLength;
+      }
+      peer.queue.splice(0, count);
+      peer.inFlight++;
+      this.counters.framesSent++;
+      this.counters.packetsSent += count;
+      this.counters.bytesSent += bytes;
+      session.call(this.options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT, frame).then(
+        () => {
+          peer.inFlight--;
+          this.flush(peer);
+        },
+        (error: Error) => {
+          peer.inFlight--;
+          this.peerFailed(peer, error);
+        },
+      );
+    }
+  }
+
+  private peerFailed(peer: Peer, error: Error): void {
+    this.counters.callFailures++;
+    if (peer.failed || this.closed) return;
+    peer.failed = true;
+    peer.queue = [];
+    peer.queuedBytes = 0;
+    this.options.onPeerFailed?.(peer.node, error);
+  }
+
+  private makeCore(view: MulticastView): MulticastCore {
+    return new MulticastCore({
+      viewId: view.viewId,
+      members: view.members,
+      senders: view.senders ?? view.members,
+      self: this.self,
+      mode: this.mode,
+      limits: this.limits,
+    });
+  }
+
+  /** Peers of `view`, keeping the state (session, queue) of those already known. */
+  private makePeers(view: MulticastView, old: Map<NodeId, Peer>): Map<NodeId, Peer> {
+    const peers = new Map<NodeId, Peer>();
+    for (const node of view.members) {
+      if (node === this.self) continue;
+      const address = view.addresses.get(node);
+      assert(address !== undefined, `no address for member ${node}`);
+      const known = old.get(node);
+      if (known !== undefined && known.address === address && !known.failed) {
+        peers.set(node, known);
+      } else {
+        peers.set(node, { node, address, session: null, queue: [], queuedBytes: 0, inFlight: 0, failed: false });
+      }
+    }
+    return peers;
+  }
+
+  private async connectAll(): Promise<void> {
+    await Promise.all(
+      [...this.peers.values()].map(async (peer) => {
+        if (peer.session !== null) return;
+        try {
+          peer.session = await this.mux.session(peer.address);
+          peer.session.onEvent((event) => {
+            if (event.kind === 'peer-failed') this.peerFailed(peer, new Error(event.reason));
+          });
+        } catch (error) {
+          this.peerFailed(peer, error as Error);
+          throw error;
+        }
+        this.flush(peer);
+      }),
+    );
+  }
+}

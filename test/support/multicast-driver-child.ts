@@ -1,0 +1,207 @@
+/**
+ * One shard member in its own process, for the 3-process multicast test and bench/multicast.ts.
+ * Driven by its parent over the IPC channel (child_process.fork):
+ *   {cmd:'init', seed}                          -> {address}
+ *   {cmd:'start', shard, self, viewId, members, senders, addresses, mode, limits}
+ *                                               -> {ok}
+ *   {cmd:'run', shard, plan, expect, digest, timeoutMs}
+ *        sends plan.count messages (sizes cycle through plan.sizes) at plan.ratePerSec (0: as fast
+ *        as the window allows) and waits until `expect` deliveries arrived on that shard
+ *                                               -> {delivered, bytes, elapsedMs, digest, latency}
+ *   {cmd:'ceiling', peers, size, seconds}       -> raw transport one-way calls to the peers
+ *                                               -> {messages, bytes, elapsedMs}
+ *   {cmd:'exit'}
+ * The sink handler (request type 49) answers the ceiling calls of the other members.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { Endpoint, type NativeSession } from '../../src/transport/native-transport.js';
+import { MulticastDriver, type MulticastDelivery } from '../../src/runtime/multicast-driver.js';
+import { multicastLimits } from '../../src/multicast/config.js';
+import { nodeId, viewId, type NodeId } from '../../src/core/ids.js';
+
+const SINK_TYPE = 49;
+const EMPTY = new Uint8Array(0);
+
+interface ShardState {
+  driver: MulticastDriver;
+  delivered: number;
+  bytes: number;
+  hash: Hash | null;
+  digestMode: 'full' | 'order' | 'none';
+  latencies: number[];
+  waiter: (() => void) | null;
+  expect: number;
+}
+
+let endpoint: Endpoint | null = null;
+const shards = new Map<number, ShardState>();
+let self = 0;
+
+const reply = (message: unknown): void => {
+  process.send!(message);
+};
+
+function onDeliver(state: ShardState, d: MulticastDelivery): void {
+  state.delivered++;
+  state.bytes += d.payload.byteLength;
+  if (state.hash !== null) {
+    state.hash.update(`${d.sender}/${d.index}/${d.position}/${d.version}/${d.timestamp.micros}.${d.timestamp.logical}/${d.payload.byteLength};`);
+    if (state.digestMode === 'full') state.hash.update(d.payload);
+  }
+  if (d.sender === self && d.payload.byteLength >= 8) {
+    const sentAt = new DataView(d.payload.buffer, d.payload.byteOffset, 8).getFloat64(0, true);
+    state.latencies.push(performance.now() - sentAt);
+  }
+  if (state.waiter !== null && state.delivered >= state.expect) {
+    const w = state.waiter;
+    state.waiter = null;
+    w();
+  }
+}
+
+function payloadOf(size: number, seq: number): Uint8Array {
+  const payload = new Uint8Array(Math.max(size, 8));
+  // Content depends on sender and sequence, so the full digest checks payload integrity.
+  payload.fill((self * 31 + seq) & 0xff);
+  if (size >= 16) new DataView(payload.buffer).setUint32(8, seq, true);
+  return payload;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function runPlan(message: {
+  shard: number;
+  plan: { count: number; sizes: number[]; ratePerSec: number };
+  expect: number;
+  digest: 'full' | 'order' | 'none';
+  timeoutMs: number;
+}): Promise<void> {
+  const state = shards.get(message.shard)!;
+  state.delivered = 0;
+  state.bytes = 0;
+  state.latencies = [];
+  state.digestMode = message.digest;
+  state.hash = message.digest === 'none' ? null : createHash('sha256');
+  state.expect = message.expect;
+  const done = new Promise<void>((resolve) => {
+    state.waiter = resolve;
+    if (state.delivered >= state.expect) resolve();
+  });
+  const started = performance.now();
+  const { count, sizes, ratePerSec } = message.plan;
+  const sending = (async () => {
+    const gapMs = ratePerSec > 0 ? 1000 / ratePerSec : 0;
+    for (let i = 0; i < count; i++) {
+      if (gapMs > 0) {
+        const due = started + i * gapMs;
+        const wait = due - performance.now();
+        if (wait > 1) await sleep(wait);
+      }
+      const payload = payloadOf(sizes[i % sizes.length]!, i);
+      new DataView(payload.buffer).setFloat64(0, performance.now(), true);
+      await state.driver.send(payload);
+    }
+  })();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timedOut = await Promise.race([
+    Promise.all([done, sending]).then(() => false),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), message.timeoutMs))),
+  ]);
+  clearTimeout(timer);
+  const elapsedMs = performance.now() - started;
+  const sorted = state.latencies.sort((a, b) => a - b);
+  const q = (p: number): number => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
+  reply({
+    timedOut,
+    delivered: state.delivered,
+    bytes: state.bytes,
+    elapsedMs,
+    digest: state.hash?.digest('hex') ?? null,
+    latency: { p50: q(0.5), p99: q(0.99), samples: sorted.length },
+    counters: state.driver.counters,
+    core: state.driver.coreCounters(),
+  });
+}
+
+async function ceiling(message: { peers: string[]; size: number; seconds: number; outstanding: number }): Promise<void> {
+  const sessions: NativeSession[] = [];
+  for (const peer of message.peers) sessions.push(await endpoint!.connect(peer));
+  const payload = new Uint8Array(message.size).fill(7);
+  let messages = 0;
+  const started = performance.now();
+  const end = started + message.seconds * 1000;
+  await Promise.all(
+    sessions.flatMap((session) =>
+      Array.from({ length: message.outstanding }, async () => {
+        while (performance.now() < end) {
+          await session.call(SINK_TYPE, payload);
+          messages++;
+        }
+      }),
+    ),
+  );
+  const elapsedMs = performance.now() - started;
+  for (const s of sessions) await s.close();
+  reply({ messages, bytes: messages * message.size, elapsedMs });
+}
+
+process.on('message', (raw: unknown) => {
+  const message = raw as { cmd: string } & Record<string, unknown>;
+  void (async () => {
+    switch (message.cmd) {
+      case 'init': {
+        endpoint = await Endpoint.create({
+          host: '127.0.0.1',
+          port: 0,
+          seed: message.seed as number,
+          messageBytesMax: 32 * 1024 * 1024,
+          peerFailureTimeoutMs: 10_000,
+        });
+        endpoint.handle(SINK_TYPE, () => EMPTY);
+        reply({ address: endpoint.address });
+        break;
+      }
+      case 'start': {
+        self = message.self as number;
+        const addresses = new Map<NodeId, string>(
+          (message.addresses as [number, string][]).map(([n, a]) => [nodeId(n), a]),
+        );
+        const state: ShardState = {
+          driver: null as unknown as MulticastDriver,
+          delivered: 0, bytes: 0, hash: null, digestMode: 'none', latencies: [], waiter: null, expect: 0,
+        };
+        state.driver = await MulticastDriver.create({
+          transport: endpoint!,
+          self: nodeId(self),
+          shard: message.shard as number,
+          mode: message.mode as 'ordered' | 'raw',
+          limits: multicastLimits(message.limits as object),
+          view: {
+            viewId: viewId(message.viewId as number),
+            members: (message.members as number[]).map(nodeId),
+            senders: (message.senders as number[]).map(nodeId),
+            addresses,
+          },
+          onDeliver: (d) => onDeliver(state, d),
+          ...(message.driverOptions as object | undefined),
+        });
+        shards.set(message.shard as number, state);
+        reply({ ok: true });
+        break;
+      }
+      case 'run':
+        await runPlan(message as never);
+        break;
+      case 'ceiling':
+        await ceiling(message as never);
+        break;
+      case 'exit':
+        for (const s of shards.values()) await s.driver.close();
+        await endpoint?.close();
+        process.exit(0);
+    }
+  })().catch((error: Error) => {
+    reply({ error: error.stack ?? String(error) });
+  });
+});
+process.on('disconnect', () => process.exit(0));

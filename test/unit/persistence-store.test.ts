@@ -1,0 +1,231 @@
+// Proves state transfer (chunked suffix between two stores gives identical reads), temporal
+// queries at exact/between/out-of-range times and the stability frontier, the field hooks
+// contract, and the named errors: foreign and corrupt data dirs, a full map, version order.
+import test from 'ava';
+import { writeFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { open } from 'lmdb';
+import { hlc, HLC_MAX } from '../../src/core/hlc.js';
+import { makeVersion, viewId } from '../../src/core/ids.js';
+import { FIELD_HOOKS, fieldHooksOf } from '../../decorators/field-hooks.js';
+import {
+  CorruptDataDirError,
+  ForeignDataDirError,
+  MapFullError,
+  memoryRegistry,
+  Persistent,
+  PersistenceStore,
+  PersistentMap,
+  TimeNotStableError,
+  VersionNotFoundError,
+  VersionOrderError,
+  VersionTrimmedError,
+} from '../../persistence/index.js';
+import {
+  attachAll,
+  makeFields,
+  Scenario,
+  sortedEntries,
+  tempDir,
+} from '../support/persistence-harness.js';
+import type { Fields } from '../support/persistence-harness.js';
+
+/** A read's result, with "no version there" the same whether trimmed here or never received. */
+function outcome(read: () => bigint): string {
+  try {
+    return String(read());
+  } catch (error) {
+    const name = (error as Error).name;
+    return name === 'VersionTrimmedError' || name === 'VersionNotFoundError' ? 'missing' : name;
+  }
+}
+
+function sameReads(t: import('ava').ExecutionContext, a: Fields, b: Fields): void {
+  for (const name of ['doc', 'map', 'plainMap'] as const) {
+    const fa = a[name] as Persistent<unknown>;
+    const fb = b[name] as Persistent<unknown>;
+    const view = (v: unknown) =>
+      v instanceof Map || v instanceof PersistentMap ? sortedEntries(v as Map<string, number>) : v;
+    t.is(fb.count(), fa.count(), `${name} count`);
+    for (let i = 0; i < fa.count(); i++) {
+      t.deepEqual(fb.infoByIndex(i), fa.infoByIndex(i), `${name} info ${i}`);
+      t.deepEqual(view(fb.getByIndex(i)), view(fa.getByIndex(i)), `${name} value ${i}`);
+      const time = fa.infoByIndex(i).time;
+      const expected = outcome(() => fa.versionAtTime(time));
+      t.is(outcome(() => fb.versionAtTime(time)), expected, `${name} time ${i}`);
+    }
+    t.deepEqual(view(fb.value), view(fa.value), `${name} current`);
+  }
+}
+
+test('chunked suffix transfer between two LMDB stores gives identical reads', async (t) => {
+  const source = PersistenceStore.open({ dataDir: tempDir(t, 'src'), syncMode: 'buffered' });
+  const target = PersistenceStore.open({ dataDir: tempDir(t, 'dst'), syncMode: 'buffered' });
+  t.teardown(async () => {
+    await source.close();
+    await target.close();
+  });
+  const from = source.registry('Kv/0/0');
+  const scenario = new Scenario(5, from, makeFields(4), false);
+  attachAll(from, scenario.fields);
+  for (let i = 0; i < 150; i++) scenario.step();
+  const middle = scenario.lastVersion;
+  for (let i = 0; i < 150; i++) scenario.step();
+  // A delta that becomes the first record must be rewritten as a full one.
+  await from.trim(scenario.models.doc.entries[10]!.version);
+
+  // A joiner with nothing: the whole log, in small chunks.
+  const to = target.registry('Kv/0/0');
+  const fields = makeFields(4);
+  attachAll(to, fields);
+  let chunks = 0;
+  for (const chunk of from.serializeSuffix(-1n, 2048)) {
+    t.true(chunk.byteLength < 2048 + 1024, 'chunks stay near the limit');
+    to.applyChunk(chunk);
+    chunks += 1;
+  }
+  t.true(chunks > 5, `only ${chunks} chunks`);
+  await to.whenPersisted(to.latestVersion);
+  sameReads(t, scenario.fields, fields);
+
+  // A member that has the prefix up to `middle` receives only the rest; re-applying is harmless.
+  const partial = memoryRegistry('Kv/0/0');
+  const partialFields = makeFields(4);
+  attachAll(partial, partialFields);
+  for (const chunk of from.serializeSuffix(-1n)) partial.applyChunk(chunk);
+  await partial.truncate(middle);
+  const suffix = [...from.serializeSuffix(middle, 4096)];
+  for (const chunk of suffix) partial.applyChunk(chunk);
+  for (const chunk of suffix) partial.applyChunk(chunk);
+  sameReads(t, scenario.fields, partialFields);
+});
+
+test('temporal queries: exact, between, before the first, beyond the stability frontier', (t) => {
+  const registry = memoryRegistry('Time/0/0');
+  const field = registry.attach('x', new Persistent(() => 0));
+  const times = [100, 200, 200, 350];
+  times.forEach((micros, i) => {
+    field.value = i + 1;
+    registry.makeVersion(makeVersion(viewId(1), i), hlc(micros, i === 2 ? 5 : 0));
+  });
+  t.throws(() => field.getByTime(hlc(150)), { instanceOf: TimeNotStableError });
+  registry.setStabilityFrontier(hlc(300));
+  t.is(field.getByTime(hlc(100)), 1, 'exact');
+  t.is(field.getByTime(hlc(150)), 1, 'between');
+  t.is(field.getByTime(hlc(200)), 2, 'same micros, lower logical');
+  t.is(field.getByTime(hlc(200, 5)), 3, 'same micros, equal logical');
+  t.is(field.getByTime(hlc(300)), 3, 'at the frontier');
+  t.is(field.indexAtTime(hlc(300)), 2);
+  t.throws(() => field.getByTime(hlc(50)), { instanceOf: VersionNotFoundError });
+  const error = t.throws(() => field.getByTime(hlc(301)), { instanceOf: TimeNotStableError });
+  t.regex(error!.message, /Fix:/);
+  registry.setStabilityFrontier(hlc(10)); // the frontier never moves back
+  t.is(registry.stabilityFrontier.micros, 300);
+  registry.setStabilityFrontier(hlc(1000));
+  t.is(field.getByTime(hlc(400)), 4, 'after the latest version');
+  t.is(field.versionAtTime(hlc(400)), makeVersion(viewId(1), 3));
+});
+
+test('temporal query before the first version, after trim, and a Date argument', (t) => {
+  const registry = memoryRegistry('Time/0/1');
+  registry.setStabilityFrontier(HLC_MAX);
+  const field = registry.attach('x', new Persistent(() => 0));
+  for (let i = 0; i < 10; i++) {
+    field.value = i + 1;
+    registry.makeVersion(makeVersion(viewId(1), i), hlc(1_000_000 * (i + 1)));
+  }
+  t.throws(() => field.getByTime(hlc(10)), { instanceOf: VersionNotFoundError });
+  t.is(field.getByTime(new Date(3500)), 3, 'a Date means at or before its millisecond');
+  t.is(field.getByTime(3_000_000), 3, 'a number is epoch microseconds');
+  void registry.trim(hlc(5_500_000));
+  t.is(field.earliestVersion(), makeVersion(viewId(1), 4));
+  t.throws(() => field.getByTime(hlc(3_000_000)), { instanceOf: VersionTrimmedError });
+  t.throws(() => field.get(makeVersion(viewId(1), 2)), { instanceOf: VersionTrimmedError });
+  t.is(field.getByTime(hlc(5_500_000)), 5);
+});
+
+test('field hooks: writeCount grows, snapshots are deterministic and restore', (t) => {
+  const registry = memoryRegistry('Hooks/0/0');
+  const map = registry.attach('m', new Persistent(() => new PersistentMap<string, number>(), {
+    delta: PersistentMap.codec(),
+  }));
+  const hooks = fieldHooksOf(map)!;
+  t.is(hooks, map[FIELD_HOOKS]);
+  const before = hooks.writeCount;
+  map.value.set('b', 2);
+  map.value.set('a', 1);
+  t.true(hooks.writeCount > before);
+  const other = new Persistent(() => new PersistentMap<string, number>(), {
+    delta: PersistentMap.codec(),
+  });
+  other.value.set('a', 1);
+  other.value.set('b', 2);
+  const snapshot = fieldHooksOf(other)!.snapshotCurrent();
+  t.deepEqual(snapshot, hooks.snapshotCurrent(), 'insertion order does not matter');
+  const count = fieldHooksOf(other)!.writeCount;
+  fieldHooksOf(other)!.restoreCurrent(hooks.snapshotCurrent());
+  t.true(fieldHooksOf(other)!.writeCount > count);
+  const plain = new Persistent(() => ({ n: 1 }));
+  const plainCount = fieldHooksOf(plain)!.writeCount;
+  plain.update((v) => void (v.n = 2));
+  t.true(fieldHooksOf(plain)!.writeCount > plainCount);
+});
+
+test('makeVersion refuses versions that do not increase', (t) => {
+  const registry = memoryRegistry('Order/0/0');
+  registry.attach('x', new Persistent(() => 0));
+  registry.makeVersion(makeVersion(viewId(2), 5), hlc(1));
+  const error = t.throws(() => registry.makeVersion(makeVersion(viewId(2), 5), hlc(2)), {
+    instanceOf: VersionOrderError,
+  });
+  t.regex(error!.message, /Fix:/);
+});
+
+test('a data dir written by something else is refused as foreign', async (t) => {
+  const dataDir = tempDir(t, 'foreign');
+  const env = open({ path: join(dataDir, 'squall.mdb') });
+  await env.put('someone', 'else');
+  await env.close();
+  const error = t.throws(() => PersistenceStore.open({ dataDir }), {
+    instanceOf: ForeignDataDirError,
+  });
+  t.regex(error!.message, /Fix: .*reset: true/);
+  // reset wipes it and opens cleanly.
+  const store = PersistenceStore.open({ dataDir, reset: true });
+  await store.close();
+  await t.notThrowsAsync(async () => (await PersistenceStore.open({ dataDir })).close());
+});
+
+test('a corrupt data file is refused with CorruptDataDirError', (t) => {
+  const dataDir = tempDir(t, 'corrupt');
+  mkdirSync(dataDir, { recursive: true });
+  writeFileSync(join(dataDir, 'squall.mdb'), Buffer.alloc(64 * 1024, 0x5a));
+  const error = t.throws(() => PersistenceStore.open({ dataDir }), {
+    instanceOf: CorruptDataDirError,
+  });
+  t.regex(error!.message, /Fix:/);
+});
+
+test('a full map refuses new versions with MapFullError', async (t) => {
+  const store = PersistenceStore.open({
+    dataDir: tempDir(t, 'full'),
+    mapSizeBytes: 2 * 1024 * 1024,
+    syncMode: 'buffered',
+  });
+  t.teardown(() => store.close());
+  const registry = store.registry('Full/0/0');
+  const field = registry.attach('blob', new Persistent(() => ''));
+  let error: unknown;
+  for (let i = 0; i < 2000 && !error; i++) {
+    try {
+      field.value = `${i}`.padEnd(16 * 1024, 'z');
+      registry.makeVersion(makeVersion(viewId(1), i), hlc(i + 1));
+    } catch (caught) {
+      error = caught;
+    }
+    await registry.whenPersisted(registry.latestVersion);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  t.true(error instanceof MapFullError, `got ${String(error)}`);
+  t.regex((error as Error).message, /Fix: raise persistence mapSizeBytes/);
+});
