@@ -48,7 +48,7 @@
  * is synchronous (the "persist" step is instantaneous here).
  */
 import { nodeId, viewId as makeViewId, type NodeId, type ShardIndex, type SubgroupId, type ViewId } from '../../src/core/ids.js';
-import { RaftCore } from '../../src/raft/core.js';
+import { RaftCore } from '../../src/raft/raft-core.js';
 import { RaftProposalError } from '../../src/raft/errors.js';
 import { EntryType, type Entry, type HardState, type Message as RaftMessage, type Ready } from '../../src/raft/types.js';
 import { FailureDetectorCore } from '../../src/membership/failure-detector-core.js';
@@ -77,7 +77,9 @@ export type MemMessage =
   | { readonly kind: 'pkt'; readonly ch: string; readonly seq: number; readonly bytes: Uint8Array }
   | { readonly kind: 'ack'; readonly ch: string; readonly seq: number }
   | { readonly kind: 'state'; readonly view: number; readonly shard: string; readonly digest: number; readonly count: number; readonly lost: boolean }
-  | { readonly kind: 'stateReq'; readonly view: number; readonly shard: string };
+  | { readonly kind: 'stateReq'; readonly view: number; readonly shard: string }
+  /** The answer to `stateReq` of a member that does not hold the shard's state either. */
+  | { readonly kind: 'stateNone'; readonly view: number; readonly shard: string };
 
 export interface MembershipSimConfig {
   readonly voters: readonly number[];
@@ -142,6 +144,8 @@ export interface ShardRun {
   countAtStart: number;
   statelessAtStart: boolean;
   stateAskedAtMs: number;
+  /** Members of the shard that answered they lack its state too (in this view). */
+  readonly noStateFrom: Set<number>;
 }
 
 interface Link {
@@ -183,6 +187,8 @@ export class MembershipSimNode implements SimNode<MemMessage> {
   readonly lastVersion = new Map<string, bigint>();
   /** Incremented at every (re)join: checks key per-membership state on it. */
   membershipEpoch = 0;
+  private pumping = false;
+  private pumpAgain = false;
 
   constructor(
     readonly ctx: NodeContext<MemMessage>,
@@ -251,6 +257,8 @@ export class MembershipSimNode implements SimNode<MemMessage> {
         return this.onState(msg);
       case 'stateReq':
         return this.onStateReq(from, msg.view, msg.shard);
+      case 'stateNone':
+        return this.onStateNone(from, msg.view, msg.shard);
     }
   }
 
@@ -314,11 +322,14 @@ export class MembershipSimNode implements SimNode<MemMessage> {
 
   // ---- Raft driver ------------------------------------------------------------------------------
 
+  /** Raft duty 1: persist, and wait for durability before anything of this Ready that needs it. */
   private pumpRaft(): void {
     const raft = this.raft;
     if (raft === undefined) return;
     while (this.raftWaiting === undefined && raft.hasReady()) {
       const rd = raft.ready();
+      // A leader's appends and heartbeats of a durable term go out while it writes its own log.
+      for (const m of rd.messagesNow) this.ctx.send(m.to, { kind: 'raft', m });
       const disk = this.ctx.disk;
       let wrote = false;
       if (rd.entries.length) {
@@ -332,10 +343,11 @@ export class MembershipSimNode implements SimNode<MemMessage> {
         disk.put('hs', rd.hardState);
         wrote = true;
       }
-      if (wrote) {
+      if (wrote && rd.mustSync) {
         this.raftWaiting = { token: disk.sync(), rd };
         return;
       }
+      // A commit-only hard state rides along with the next sync (or is lost in a crash).
       this.finishRaft(rd);
     }
   }
@@ -407,6 +419,7 @@ export class MembershipSimNode implements SimNode<MemMessage> {
     for (let i = Math.max(from, this.core.lastAppliedIndex + 1); i <= this.knownUpTo; i++) {
       const entry = this.log.get(i);
       if (entry === undefined || this.core === undefined) continue;
+      this.ctx.trace(`commit ${i} ${describeEntry(entry)}`);
       this.core.committed(i, entry);
       this.pumpCore();
     }
@@ -479,8 +492,30 @@ export class MembershipSimNode implements SimNode<MemMessage> {
     this.ctx.trace(`welcomed into view ${view.id} at ${msg.sealedAtIndex}`);
   }
 
-  /** Drains the failure detector and the view-change core, and acts on what they ask. */
+  /**
+   * Drains the failure detector and the view-change core, and acts on what they ask. Not
+   * re-entrant: a proposal can commit at once (a leader's Raft applies synchronously) and feed
+   * the core again from inside this loop; a nested pump would then act on later effects (say, a
+   * `deliver` for the next view) before this one has acted on earlier ones (that view's
+   * `install`). A nested call only asks the running loop to go round again.
+   */
   private pumpCore(): void {
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    try {
+      do {
+        this.pumpAgain = false;
+        this.pumpCoreOnce();
+      } while (this.pumpAgain && this.state === 'member');
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private pumpCoreOnce(): void {
     for (;;) {
       if (this.state !== 'member') return;
       const fd = this.fd!.ready();
@@ -495,6 +530,7 @@ export class MembershipSimNode implements SimNode<MemMessage> {
       if (rd.effects.length === 0 && rd.proposals.length === 0 && fd.suspicions.length === 0) return;
       for (const effect of rd.effects) {
         this.observer.effect(this, effect);
+        this.ctx.trace(`effect ${describeEffect(effect)}`);
         this.applyEffect(effect);
         if (this.state !== 'member') return;
       }
@@ -588,7 +624,7 @@ export class MembershipSimNode implements SimNode<MemMessage> {
         awaitingState: (before?.awaitingState ?? false) || (joiningShard && view.id !== 0 && transfer?.from !== undefined),
         stateless: before?.stateless ?? false, held: [],
         digestAtStart: before?.digest ?? 0, countAtStart: before?.count ?? 0, statelessAtStart: before?.stateless ?? false,
-        stateAskedAtMs: this.ctx.nowMs(),
+        stateAskedAtMs: this.ctx.nowMs(), noStateFrom: new Set(),
       };
       this.shards.set(key, run);
       this.ctx.trace(`view ${view.id} shard ${key}: ${joiningShard ? `joins, state from ${transfer?.from}` : 'stays'}`);
@@ -602,7 +638,9 @@ export class MembershipSimNode implements SimNode<MemMessage> {
       if (run.awaitingState && early !== undefined) this.takeState(run, early);
       else if (!run.awaitingState) this.observer.stateReady(this, view, key, run.digest, run.count, run.stateless);
       for (const t of transfers) {
-        if (shardKeyOf(t.subgroupId, t.shardIndex) !== key || t.from !== self) continue;
+        // A source that is itself still waiting for the shard's state cannot give it: the
+        // joiners ask the shard's members (stateReq) until someone has it or all say none.
+        if (shardKeyOf(t.subgroupId, t.shardIndex) !== key || t.from !== self || run.awaitingState) continue;
         for (const to of t.to) this.sendState(to, view.id, run);
       }
     }
@@ -632,9 +670,26 @@ export class MembershipSimNode implements SimNode<MemMessage> {
   private onStateReq(from: number, view: number, shard: string): void {
     if (this.state !== 'member' || this.core!.view.id !== view) return;
     const run = this.shards.get(shard);
+    if (run === undefined) return;
     // Only a node that holds the shard's state as of the start of the view can give it.
-    if (run === undefined || run.awaitingState) return;
-    this.sendState(from, view, run);
+    if (run.awaitingState) this.ctx.send(from, { kind: 'stateNone', view, shard });
+    else this.sendState(from, view, run);
+  }
+
+  /**
+   * Every other member of the shard in this view lacks its state: nobody can ever give it (only
+   * the shard's members of the current view answer, and one that held the state at the start of
+   * the view always does), so it is lost (every holder failed). Start stateless.
+   */
+  private onStateNone(from: number, view: number, shard: string): void {
+    if (this.state !== 'member' || this.core!.view.id !== view) return;
+    const run = this.shards.get(shard);
+    if (run === undefined || !run.awaitingState) return;
+    run.noStateFrom.add(from);
+    const others = this.core!.view.shard(run.subgroupId, run.shardIndex)!.members.filter((m) => m !== this.id);
+    if (!others.every((m) => run.noStateFrom.has(m))) return;
+    this.ctx.trace(`shard ${shard}: no member of view ${view} holds its state`);
+    this.takeState(run, { kind: 'state', view, shard, digest: 0, count: 0, lost: true });
   }
 
   private onState(msg: Extract<MemMessage, { kind: 'state' }>): void {
@@ -741,3 +796,19 @@ export function readPayloadId(payload: Uint8Array): [number, number] {
 }
 
 export type { ViewId };
+
+function describeEntry(entry: MembershipEntry): string {
+  if (entry.kind === 'trim') return `trim v${entry.viewId} ${entry.subgroupId}/${entry.shardIndex} [${entry.trim}]`;
+  return entry.changes.map((c) => c.kind === 'join' ? `join ${c.node}` : `${c.kind} ${c.node}@v${c.viewId}`).join(', ');
+}
+
+function describeEffect(effect: ViewChangeEffect): string {
+  switch (effect.kind) {
+    case 'wedge': return `wedge v${effect.viewId}`;
+    case 'deliver': return `deliver v${effect.viewId} ${effect.trims.map((t) => `${t.subgroupId}/${t.shardIndex}[${t.trim}]`).join(' ')}`;
+    case 'install': return `install v${effect.view.id} [${effect.view.memberIds}] @${effect.sealedAtIndex}`;
+    case 'partitioned': return `partitioned v${effect.viewId} suspects [${effect.suspects}]`;
+    case 'removed': return `removed v${effect.viewId} ${effect.reason}`;
+    case 'refused': return `refused v${effect.viewId} ${effect.changes.map((c) => `${c.kind} ${c.node}`).join(', ')}`;
+  }
+}
