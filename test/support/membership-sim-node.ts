@@ -798,6 +798,7 @@ export function readPayloadId(payload: Uint8Array): [number, number] {
 export type { ViewId };
 
 function describeEntry(entry: MembershipEntry): string {
+  if (entry.kind === 'wedged') return `wedged v${entry.viewId} ${entry.node}`;
   if (entry.kind === 'trim') return `trim v${entry.viewId} ${entry.subgroupId}/${entry.shardIndex} [${entry.trim}]`;
   return entry.changes.map((c) => c.kind === 'join' ? `join ${c.node}` : `${c.kind} ${c.node}@v${c.viewId}`).join(', ');
 }
