@@ -1,0 +1,130 @@
+// The membership driver over the real native transport on loopback (5 in-process nodes, each its
+// own endpoint): the group forms view 0; killing a shard member and then the membership log's Raft
+// leader each leads to one next view, byte-identical everywhere, with virtual synchrony (the
+// survivors delivered the same messages in each shard of the old view); a new node joins, gets
+// its shard's state by chunked transfer and ends with the same state digest as the shard's other
+// members; a clean leave; a joiner with another layout hash, or a live member's id, is refused
+// with a named error.
+import test from 'ava';
+import { encodeView } from '../../src/membership/view.js';
+import {
+  createEndpoint, createNode, kill, sendSome, shardKey, waitFor, type LocalNode,
+} from '../support/membership-local.js';
+import { JoinRefusedError } from '../../src/runtime/membership-driver.js';
+import { NodeIdInUseError } from '../../src/membership/view-change-core.js';
+
+const viewBytes = (node: LocalNode): string => Buffer.from(encodeView(node.driver.current())).toString('hex');
+
+function live(nodes: LocalNode[]): LocalNode[] {
+  return nodes.filter((n) => n.alive && n.removed === undefined);
+}
+
+/** Every live node installed view `id` with the same bytes, and nothing beyond it. */
+function agreeOn(t: import('ava').ExecutionContext, nodes: LocalNode[], id: number): void {
+  const bytes = new Set(live(nodes).map(viewBytes));
+  const seen = live(nodes).map((n) => `n${n.id}: v${n.driver.current().id} [${n.driver.current().memberIds}]`);
+  t.is(bytes.size, 1, `one view ${id} everywhere (${seen.join('; ')})`);
+  for (const n of live(nodes)) t.is(Number(n.driver.current().id), id);
+}
+
+/** Members of consecutive views delivered identical sequences in each shard of the older one. */
+function checkVirtualSynchrony(t: import('ava').ExecutionContext, nodes: LocalNode[]): void {
+  for (const n of live(nodes)) {
+    for (let i = 0; i + 1 < n.views.length; i++) {
+      const v = n.views[i]!.id;
+      for (const m of live(nodes)) {
+        const has = (id: number): boolean => m.views.some((x) => x.id === id);
+        if (m === n || !has(v) || !has(v + 1)) continue;
+        for (const [shard, list] of n.delivered.get(v) ?? new Map<string, string[]>()) {
+          const other = m.delivered.get(v)?.get(shard);
+          if (other === undefined) continue;
+          t.deepEqual(other, list, `n${n.id} and n${m.id} delivered the same in view ${v} shard ${shard}`);
+        }
+      }
+    }
+  }
+}
+
+test.serial('5 nodes on loopback: failures of a member and of the leader, a join with state, a leave', async (t) => {
+  t.timeout(60_000);
+  const endpoints = await Promise.all([1, 2, 3, 4, 5].map((i) => createEndpoint(700 + i)));
+  const founders = endpoints.map((e, i) => ({ id: (i + 1) as never, address: e.address }));
+  const nodes = endpoints.map((e, i) => createNode(i + 1, e, { founders, found: true }));
+  const extra: LocalNode[] = [];
+  try {
+    await Promise.all(nodes.map((n) => n.driver.start()));
+    agreeOn(t, nodes, 0);
+    t.deepEqual(nodes[0]!.driver.current().memberIds, [1, 2, 3, 4, 5]);
+
+    const sent0 = (await Promise.all(nodes.map((n) => sendSome(n, 30, 'v0')))).flat();
+    await waitFor('view 0 deliveries', () => nodes.every((n) => n.driver.current().shardsOf(n.id).every((s) =>
+      (n.delivered.get(0)?.get(shardKey(s))?.length ?? 0) === 30 * n.driver.current().shard(s.subgroupId, s.shardIndex)!.senders.length)));
+    t.true(sent0.length > 0, 'every node sent');
+
+    // Kill a shard member that is not a voter: node 5.
+    const v0 = nodes[0]!.driver.current();
+    t.true(v0.shardsOf(nodes[4]!.id).length > 0, 'node 5 serves a shard');
+    const killedAt = performance.now();
+    // Messages in flight while it dies: cut at the ragged edge, re-sent in the next view.
+    await Promise.all(live(nodes).map((n) => sendSome(n, 10, 'mid')));
+    await kill(nodes[4]!);
+    await waitFor('view 1 without node 5', () => live(nodes).every((n) => n.driver.current().id >= 1));
+    const failoverMs = performance.now() - killedAt;
+    agreeOn(t, nodes, 1);
+    t.deepEqual(nodes[0]!.driver.current().failed, [5]);
+    t.log(`member kill → view 1 on every survivor: ${failoverMs.toFixed(0)} ms (heartbeat 20 ms, timeout 300 ms)`);
+
+    // Kill the membership log's Raft leader.
+    const leader = live(nodes).find((n) => (n.driver as unknown as { raft?: { core: { role: string } } }).raft?.core.role === 'leader');
+    t.truthy(leader, 'one voter leads the membership log');
+    await Promise.all(live(nodes).map((n) => sendSome(n, 10, 'v1')));
+    await kill(leader!);
+    await waitFor('view 2 without the leader', () => live(nodes).every((n) => n.driver.current().id >= 2), 15_000);
+    agreeOn(t, nodes, 2);
+    t.deepEqual(nodes.find((n) => n.alive)!.driver.current().failed, [leader!.id]);
+
+    // A new node joins: it enters a shard (the shards are below their maximum) and gets its state.
+    const e6 = await createEndpoint(706);
+    const n6 = createNode(6, e6, { founders, found: false, seeds: live(nodes).map((n) => n.endpoint.address) });
+    extra.push(n6);
+    await n6.driver.start();
+    const all = [...nodes, n6];
+    await waitFor('view 3 with node 6', () => live(all).every((n) => n.driver.current().id >= 3));
+    agreeOn(t, all, 3);
+    const mine = n6.driver.current().shardsOf(n6.id);
+    t.is(mine.length, 1, 'node 6 fills a shard');
+    await waitFor('state transfer', () => !n6.driver.awaitingState(mine[0]!));
+    t.true(n6.driver.counters.stateChunks > 1, 'the state came in several chunks');
+    await Promise.all(live(all).map((n) => sendSome(n, 10, 'v3')));
+    const shard = shardKey(mine[0]!);
+    const peers = () => live(all).filter((n) => n.driver.current().shardsOf(n.id).some((s) => shardKey(s) === shard));
+    await waitFor('same state in the joined shard', () => new Set(peers().map((n) => n.state.digest(shard))).size === 1);
+    t.true(peers().length >= 2, `the shard has other members (${peers().map((n) => n.id)})`);
+    t.is(n6.state.digest(shard), peers()[0]!.state.digest(shard), "the joiner's state equals the others'");
+
+    // A clean leave.
+    const leaver = live(all).find((n) => n.id !== n6.id && n.driver.current().memberIds.length > 3)!;
+    leaver.driver.leave();
+    await waitFor('removed after leaving', () => leaver.removed !== undefined);
+    t.regex(leaver.removed!.message, /removed in view 3 \(left\)/);
+    await waitFor('view 4 without the leaver', () => live(all).every((n) => n.driver.current().id >= 4));
+    agreeOn(t, all, 4);
+    t.deepEqual(n6.driver.current().departed, [leaver.id]);
+    checkVirtualSynchrony(t, all);
+
+    // Refusals: another layout hash; the id of a live member.
+    const e7 = await createEndpoint(707);
+    const wrong = createNode(7, e7, { founders, found: false, seeds: [n6.endpoint.address], layoutHash: 'other' });
+    extra.push(wrong);
+    await t.throwsAsync(wrong.driver.start(), { instanceOf: JoinRefusedError, message: /layout hash other.*Fix: run the same build/ });
+    const e8 = await createEndpoint(708);
+    const dup = createNode(Number(n6.id), e8, { founders, found: false, seeds: [live(all)[0]!.endpoint.address], joinTimeoutMs: 800 });
+    extra.push(dup);
+    await t.throwsAsync(dup.driver.start(), { instanceOf: NodeIdInUseError, message: /node id 6 is already a member/ });
+  } finally {
+    for (const n of [...nodes, ...extra]) {
+      t.log(`n${n.id}: ${n.views.map((v) => `v${v.id}[${v.memberIds}]-${v.failed}`).join(' ')}${n.removed ? ` REMOVED ${n.removed.message.slice(0, 60)}` : ''}`);
+    }
+    for (const n of [...nodes, ...extra]) if (n.alive) await kill(n);
+  }
+});

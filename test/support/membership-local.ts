@@ -1,0 +1,137 @@
+/**
+ * In-process members for the membership driver tests: one native Endpoint on 127.0.0.1 and one
+ * MembershipDriver per node, each with a small versioned key-value state per shard (the state
+ * transfer source and target) and a record of what it delivered in which view.
+ */
+import { Packr } from 'msgpackr';
+import { nodeId, type NodeId } from '../../src/core/ids.js';
+import { defaultAllocator, flexibleEvenShards, oneSubgroup } from '../../src/membership/layout.js';
+import type { View } from '../../src/membership/view.js';
+import { multicastLimits } from '../../src/multicast/config.js';
+import {
+  MembershipDriver, type MembershipDriverOptions, type ShardRef, type ShardStateStore,
+} from '../../src/runtime/membership-driver.js';
+import type { MulticastDelivery } from '../../src/runtime/multicast-driver.js';
+import { Endpoint } from '../../src/transport/native-transport.js';
+
+const packr = new Packr({ useRecords: false });
+export const shardKey = (s: ShardRef): string => `${s.subgroupId}/${s.shardIndex}`;
+
+/** A shard's state: every delivered payload tag by version (the log), digested. */
+export class KvState implements ShardStateStore {
+  readonly shards = new Map<string, { version: bigint; tag: string }[]>();
+  chunkRecords = 50;
+
+  latestVersion(shard: ShardRef): bigint {
+    const log = this.shards.get(shardKey(shard));
+    return log === undefined || log.length === 0 ? -1n : log[log.length - 1]!.version;
+  }
+
+  *stateChunks(shard: ShardRef, afterVersion: bigint): Iterable<Uint8Array> {
+    const log = this.shards.get(shardKey(shard)) ?? [];
+    const suffix = log.filter((r) => r.version > afterVersion);
+    for (let i = 0; i < suffix.length; i += this.chunkRecords) {
+      yield Uint8Array.from(packr.pack(suffix.slice(i, i + this.chunkRecords).map((r) => [String(r.version), r.tag])));
+    }
+  }
+
+  applyStateChunk(shard: ShardRef, chunk: Uint8Array): void {
+    for (const [version, tag] of packr.unpack(chunk) as [string, string][]) this.append(shard, BigInt(version), tag);
+  }
+
+  append(shard: ShardRef, version: bigint, tag: string): void {
+    const log = this.shards.get(shardKey(shard)) ?? [];
+    this.shards.set(shardKey(shard), log);
+    if (log.length > 0 && version <= log[log.length - 1]!.version) return;
+    log.push({ version, tag });
+  }
+
+  digest(shard: string): string {
+    const log = this.shards.get(shard) ?? [];
+    let h = 0x811c9dc5;
+    for (const r of log) for (const c of `${r.version}:${r.tag};`) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0;
+    return `${log.length}:${h.toString(16)}`;
+  }
+}
+
+export interface LocalNode {
+  readonly id: NodeId;
+  readonly endpoint: Endpoint;
+  readonly driver: MembershipDriver;
+  readonly state: KvState;
+  /** View id → shard key → delivered tags, in order. */
+  readonly delivered: Map<number, Map<string, string[]>>;
+  readonly views: View[];
+  removed: Error | undefined;
+  alive: boolean;
+}
+
+export const LAYOUT_HASH = 'kv:2x(2..3)';
+export const ALLOCATOR = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(2, 2, 3)) });
+
+export async function createEndpoint(seed: number): Promise<Endpoint> {
+  return Endpoint.create({ host: '127.0.0.1', port: 0, seed, peerFailureTimeoutMs: 1000 });
+}
+
+export function createNode(
+  id: number,
+  endpoint: Endpoint,
+  options: Omit<MembershipDriverOptions, 'self' | 'transport' | 'allocator' | 'layoutHash' | 'state' | 'onDeliver'> & { layoutHash?: string },
+): LocalNode {
+  const state = new KvState();
+  const delivered = new Map<number, Map<string, string[]>>();
+  const node: LocalNode = {
+    id: nodeId(id), endpoint, state, delivered, views: [], removed: undefined, alive: true,
+    driver: new MembershipDriver({
+      layoutHash: LAYOUT_HASH, ...options, self: nodeId(id), transport: endpoint, allocator: ALLOCATOR, state,
+      multicastLimits: multicastLimits({ windowSize: 16, sendQueueCountMax: 64 }),
+      heartbeatMs: 20, failureTimeoutMs: 300, tickMs: 10,
+      onDeliver: (shard: ShardRef, d: MulticastDelivery) => {
+        const tag = new TextDecoder().decode(d.payload);
+        state.append(shard, d.version!, tag);
+        const byShard = delivered.get(d.viewId) ?? new Map<string, string[]>();
+        delivered.set(d.viewId, byShard);
+        const list = byShard.get(shardKey(shard)) ?? [];
+        byShard.set(shardKey(shard), list);
+        list.push(tag);
+      },
+    }),
+  };
+  node.driver.on('view', (view) => node.views.push(view));
+  node.driver.on('removed', (error) => {
+    node.removed = error;
+  });
+  return node;
+}
+
+/** Stops a node as kill -9 would look to the others: its endpoint goes silent at once. */
+export async function kill(node: LocalNode): Promise<void> {
+  node.alive = false;
+  await node.endpoint.close();
+  await node.driver.close();
+}
+
+export async function waitFor(what: string, done: () => boolean, timeoutMs = 10_000): Promise<number> {
+  const started = performance.now();
+  while (!done()) {
+    if (performance.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  return performance.now() - started;
+}
+
+/** Sends `count` tagged messages from `node` to each of its shards. */
+export async function sendSome(node: LocalNode, count: number, label: string): Promise<string[]> {
+  const tags: string[] = [];
+  const view = node.driver.current();
+  for (const s of view.shardsOf(node.id)) {
+    const driver = node.driver.multicast(s);
+    if (driver === undefined) continue;
+    for (let i = 0; i < count; i++) {
+      const tag = `${label}:${node.id}:${i}`;
+      tags.push(tag);
+      await driver.send(new TextEncoder().encode(tag));
+    }
+  }
+  return tags;
+}
