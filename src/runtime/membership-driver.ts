@@ -27,6 +27,7 @@ import { Packr } from 'msgpackr';
 import { SquallError, TimeoutError } from '../core/errors.js';
 import { nodeId, viewId as makeViewId, type NodeId, type ShardIndex, type SubgroupId, type ViewId } from '../core/ids.js';
 import { FailureDetectorCore } from '../membership/failure-detector-core.js';
+import { SerialPump } from '../membership/serial-pump.js';
 import type { Allocator } from '../membership/layout.js';
 import {
   NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry, initialView,
@@ -169,8 +170,7 @@ export class MembershipDriver {
   private readonly transfers = new Map<number, { chunks: Iterator<Uint8Array>; at: number }>();
   private transferToken = 1;
   private effects: Promise<void> = Promise.resolve();
-  private pumping = false;
-  private pumpAgain = false;
+  private readonly pumper = new SerialPump(() => this.pumpOnce(), () => this.status === 'member');
   private timer: NodeJS.Timeout | undefined;
   private readonly listeners: { [K in keyof Listener]: Listener[K][] } = { view: [], removed: [] };
   private failure: Error | undefined;
@@ -530,24 +530,9 @@ export class MembershipDriver {
     this.feed();
   }
 
-  /**
-   * Drains the failure detector and the core. Not re-entrant (a proposal may commit at once and
-   * feed the core from inside the loop): a nested call asks the running loop to go round again.
-   */
+  /** Drains the failure detector and the core (see SerialPump: never nested). */
   private pump(): void {
-    if (this.pumping) {
-      this.pumpAgain = true;
-      return;
-    }
-    this.pumping = true;
-    try {
-      do {
-        this.pumpAgain = false;
-        this.pumpOnce();
-      } while (this.pumpAgain && this.status === 'member');
-    } finally {
-      this.pumping = false;
-    }
+    this.pumper.run();
   }
 
   private pumpOnce(): void {

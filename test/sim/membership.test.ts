@@ -3,17 +3,17 @@
 // restarts, joins, clean leaves, partitions, loss, duplication, reordering. Checks same views,
 // total order, virtual synchrony, nothing delivered missing at survivors, exactly once, versions,
 // state digests, minority silence and liveness (see membership-sim.ts). Longer runs:
-// npm run sim -- membership --seeds 500.
+// npm run sim -- membership --seeds 1000.
 import test from 'ava';
 import { runSeed } from './membership-sim.js';
 
-test('membership under faults: 12 seeds keep every invariant and recover', (t) => {
+test('membership under faults: 8 seeds keep every invariant and recover', (t) => {
   let views = 0;
-  for (let seed = 1; seed <= 12; seed++) {
+  for (let seed = 1; seed <= 8; seed++) {
     const result = runSeed(seed);
     views += Number(/^(\d+) views/.exec(result.summary)?.[1] ?? 0);
   }
-  t.true(views >= 40, `the budget exercised view changes (${views})`);
+  t.true(views >= 30, `the budget exercised view changes (${views})`);
 });
 
 test('the trim-agreement mutation is caught', (t) => {

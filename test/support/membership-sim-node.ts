@@ -52,6 +52,7 @@ import { RaftCore } from '../../src/raft/raft-core.js';
 import { RaftProposalError } from '../../src/raft/errors.js';
 import { EntryType, type Entry, type HardState, type Message as RaftMessage, type Ready } from '../../src/raft/types.js';
 import { FailureDetectorCore } from '../../src/membership/failure-detector-core.js';
+import { SerialPump } from '../../src/membership/serial-pump.js';
 import {
   NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry,
   type MembershipEntry, type ReceiveReportMessage, type ViewChangeEffect,
@@ -187,8 +188,7 @@ export class MembershipSimNode implements SimNode<MemMessage> {
   readonly lastVersion = new Map<string, bigint>();
   /** Incremented at every (re)join: checks key per-membership state on it. */
   membershipEpoch = 0;
-  private pumping = false;
-  private pumpAgain = false;
+  private readonly pumper = new SerialPump(() => this.pumpCoreOnce(), () => this.state === 'member');
 
   constructor(
     readonly ctx: NodeContext<MemMessage>,
@@ -492,27 +492,9 @@ export class MembershipSimNode implements SimNode<MemMessage> {
     this.ctx.trace(`welcomed into view ${view.id} at ${msg.sealedAtIndex}`);
   }
 
-  /**
-   * Drains the failure detector and the view-change core, and acts on what they ask. Not
-   * re-entrant: a proposal can commit at once (a leader's Raft applies synchronously) and feed
-   * the core again from inside this loop; a nested pump would then act on later effects (say, a
-   * `deliver` for the next view) before this one has acted on earlier ones (that view's
-   * `install`). A nested call only asks the running loop to go round again.
-   */
+  /** Drains the failure detector and the view-change core, and acts on what they ask. */
   private pumpCore(): void {
-    if (this.pumping) {
-      this.pumpAgain = true;
-      return;
-    }
-    this.pumping = true;
-    try {
-      do {
-        this.pumpAgain = false;
-        this.pumpCoreOnce();
-      } while (this.pumpAgain && this.state === 'member');
-    } finally {
-      this.pumping = false;
-    }
+    this.pumper.run();
   }
 
   private pumpCoreOnce(): void {
