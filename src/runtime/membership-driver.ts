@@ -137,6 +137,7 @@ type JoinReply =
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 const EMPTY = new Uint8Array(0);
 const FETCH_BATCH = 256;
+const FETCH_BACKOFF_MS = 1000;
 const shardNumber = (s: ShardRef): number => s.subgroupId * 1024 + s.shardIndex;
 const shardName = (s: ShardRef): string => `${s.subgroupId}/${s.shardIndex}`;
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -162,8 +163,8 @@ export class MembershipDriver {
   /** Committed membership entries by Raft index; every index up to knownUpTo is known. */
   private readonly log = new Map<number, Uint8Array>();
   private knownUpTo = 0;
-  private fetchTurn = 0;
-  private fetching = false;
+  private readonly fetching = new Set<NodeId>();
+  private readonly fetchFailedAt = new Map<NodeId, number>();
   private readonly history: { view: View; sealedAtIndex: number }[] = [];
   private shards = new Map<string, ShardRun>();
   private readonly sessions = new Map<TransportAddress, Promise<TransportSession>>();
@@ -198,6 +199,11 @@ export class MembershipDriver {
 
   get isMember(): boolean {
     return this.status === 'member';
+  }
+
+  /** Whether this node leads the membership log's Raft group (it is then the group leader). */
+  get isLeader(): boolean {
+    return this.raft?.core.role === 'leader';
   }
 
   /** The multicast driver of a shard of the current view this node belongs to. */
@@ -443,26 +449,37 @@ export class MembershipDriver {
     return packr.pack({ upTo: Math.max(upTo, from - 1), list });
   }
 
-  /** A non-voter pulls the committed entries after knownUpTo from the voters, in turn. */
-  private async fetch(): Promise<void> {
-    if (this.fetching || this.raft !== undefined) return;
-    this.fetching = true;
-    try {
-      const voter = this.voters[this.fetchTurn++ % this.voters.length]!;
+  /**
+   * A non-voter pulls the committed entries after knownUpTo from every voter at once (one call
+   * outstanding per voter): a dead voter's calls time out without slowing the others. A voter
+   * that failed is skipped for a while.
+   */
+  private fetch(): void {
+    if (this.raft !== undefined) return;
+    const now = Date.now();
+    for (const voter of this.voters) {
       const address = this.options.founders.find((f) => f.id === voter)!.address;
+      if (this.fetching.has(voter) || (this.fetchFailedAt.get(voter) ?? -Infinity) > now - FETCH_BACKOFF_MS) continue;
+      this.fetching.add(voter);
+      void this.fetchFrom(voter, address).finally(() => this.fetching.delete(voter));
+    }
+  }
+
+  private async fetchFrom(voter: NodeId, address: TransportAddress): Promise<void> {
+    try {
       const session = await this.session(address);
-      const reply = packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, pack({ t: 'fetch', from: this.knownUpTo + 1 }), { timeoutMs: 500 })) as {
-        upTo: number; list: [number, Uint8Array][];
-      };
+      const bytes = await session.call(MEMBERSHIP_REQUEST_TYPE, pack({ t: 'fetch', from: this.knownUpTo + 1 }), { timeoutMs: 500 });
+      const reply = packr.unpack(bytes) as { upTo: number; list: [number, Uint8Array][] };
+      // A reply covers (from - 1, upTo] completely, and `from` was at most knownUpTo + 1 then:
+      // knownUpTo only grows, so it covers everything from the current knownUpTo on.
       if (reply.upTo > this.knownUpTo) {
-        for (const [index, bytes] of reply.list) if (index > this.knownUpTo) this.log.set(index, bytes);
+        for (const [index, entry] of reply.list) if (index > this.knownUpTo) this.log.set(index, entry);
         this.knownUpTo = reply.upTo;
         this.feed();
       }
     } catch {
       this.counters.sendErrors++;
-    } finally {
-      this.fetching = false;
+      this.fetchFailedAt.set(voter, Date.now());
     }
   }
 
@@ -514,7 +531,7 @@ export class MembershipDriver {
       this.core!.tick();
       this.pump();
     }
-    if (this.status === 'member') void this.fetch();
+    if (this.status === 'member') this.fetch();
   }
 
   private async becomeMember(view: View, sealedAtIndex: number): Promise<void> {

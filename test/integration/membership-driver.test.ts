@@ -4,7 +4,8 @@
 // survivors delivered the same messages in each shard of the old view); a new node joins, gets
 // its shard's state by chunked transfer and ends with the same state digest as the shard's other
 // members; a clean leave; a joiner with another layout hash, or a live member's id, is refused
-// with a named error.
+// with a named error. Then the same with 5 processes and kill -9 (a member, then the leader) and a
+// joiner that receives 400 KB of initial state plus what was delivered since, by transfer.
 import test from 'ava';
 import { encodeView } from '../../src/membership/view.js';
 import {
@@ -12,6 +13,9 @@ import {
 } from '../support/membership-local.js';
 import { JoinRefusedError } from '../../src/runtime/membership-driver.js';
 import { NodeIdInUseError } from '../../src/membership/view-change-core.js';
+import {
+  forkNodes, foundersOf, nowMs, startGroup, startJoiner, stopAll, type NodeProcess, type NodeStatus,
+} from '../support/membership-cluster.js';
 
 const viewBytes = (node: LocalNode): string => Buffer.from(encodeView(node.driver.current())).toString('hex');
 
@@ -126,5 +130,56 @@ test.serial('5 nodes on loopback: failures of a member and of the leader, a join
       t.log(`n${n.id}: ${n.views.map((v) => `v${v.id}[${v.memberIds}]-${v.failed}`).join(' ')}${n.removed ? ` REMOVED ${n.removed.message.slice(0, 60)}` : ''}`);
     }
     for (const n of [...nodes, ...extra]) if (n.alive) await kill(n);
+  }
+});
+
+test.serial('5 processes on loopback: kill -9 a member and the leader, a joiner gets the state', async (t) => {
+  t.timeout(90_000);
+  const timeouts = { heartbeatMs: 20, failureTimeoutMs: 300 };
+  const all = await forkNodes([1, 2, 3, 4, 5, 6]);
+  const founders = all.slice(0, 5);
+  try {
+    await startGroup(founders, timeouts, { records: 200, recordBytes: 2000 });
+    for (const n of founders) await n.request({ cmd: 'load', everyMs: 10 });
+    const live = (): NodeProcess[] => all.filter((n) => n.alive && n.address !== '' && n !== all[5]);
+    const sameView = async (id: number): Promise<NodeStatus[]> => {
+      const views = await Promise.all(live().map((n) => n.request<NodeStatus>({ cmd: 'waitView', atLeast: id, timeoutMs: 15_000 })));
+      const statuses = await Promise.all(live().map((n) => n.status()));
+      t.true(statuses.every((s) => s.viewId === id), `every survivor is in view ${id}: ${statuses.map((s) => s.viewId)}`);
+      t.is(new Set(statuses.map((s) => `${s.members}`)).size, 1, 'with the same members');
+      return views;
+    };
+    const killMember = founders[4]!.kill();
+    const v1 = await sameView(1);
+    t.deepEqual((await live()[0]!.status()).failed, [5]);
+    t.log(`kill -9 of node 5 → view 1 everywhere: ${(Math.max(...v1.map((v) => v.atMs)) - killMember).toFixed(0)} ms`);
+    const statuses = await Promise.all(live().map(async (n) => ({ n, s: await n.status() })));
+    const leader = statuses.find((x) => x.s.leader)?.n;
+    t.truthy(leader, 'a voter leads the membership log');
+    const killLeader = leader!.kill();
+    const v2 = await sameView(2);
+    t.log(`kill -9 of the leader (node ${leader!.id}) → view 2 everywhere: ${(Math.max(...v2.map((v) => v.atMs)) - killLeader).toFixed(0)} ms`);
+    const joiner = all[5]!;
+    await startJoiner(joiner, foundersOf(founders), live().map((n) => n.address), timeouts);
+    const everyone = (): NodeProcess[] => [...live(), joiner];
+    await Promise.all(everyone().map((n) => n.request({ cmd: 'waitView', atLeast: 3, timeoutMs: 15_000 })));
+    for (const n of everyone()) await n.request({ cmd: 'stopLoad' });
+    // Once the load stops and the joiner has its state, each shard's members agree on it.
+    const deadline = nowMs() + 15_000;
+    let agreed = false;
+    let last: NodeStatus[] = [];
+    while (!agreed && nowMs() < deadline) {
+      last = await Promise.all(everyone().map((n) => n.status()));
+      const byShard = new Map<string, Set<string>>();
+      for (const s of last) for (const [k, d] of Object.entries(s.digests)) byShard.set(k, (byShard.get(k) ?? new Set()).add(d));
+      agreed = last.every((s) => !s.awaiting && s.viewId === last[0]!.viewId) && [...byShard.values()].every((d) => d.size === 1);
+      if (!agreed) await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    t.true(agreed, `every shard's members hold one state: ${JSON.stringify(last.map((s) => [s.viewId, s.members, s.failed, s.removed, s.awaiting, s.digests]))}`);
+    const j = last[last.length - 1]!;
+    t.true(Object.keys(j.digests).length === 1 && j.stateChunks >= 1, 'the joiner entered a shard and received state');
+    t.true(Number(Object.values(j.digests)[0]!.split(':')[0]) >= 200, 'including the founders\' initial records');
+  } finally {
+    await stopAll(all);
   }
 });

@@ -15,28 +15,46 @@ import type { MulticastDelivery } from '../../src/runtime/multicast-driver.js';
 import { Endpoint } from '../../src/transport/native-transport.js';
 
 const packr = new Packr({ useRecords: false });
+/** Below every version, the seeded ones included (those are negative: see seed()). */
+export const NO_VERSION = -(1n << 62n);
 export const shardKey = (s: ShardRef): string => `${s.subgroupId}/${s.shardIndex}`;
 
 /** A shard's state: every delivered payload tag by version (the log), digested. */
 export class KvState implements ShardStateStore {
   readonly shards = new Map<string, { version: bigint; tag: string }[]>();
   chunkRecords = 50;
+  chunkBytes = 1 << 20;
 
   latestVersion(shard: ShardRef): bigint {
     const log = this.shards.get(shardKey(shard));
-    return log === undefined || log.length === 0 ? -1n : log[log.length - 1]!.version;
+    return log === undefined || log.length === 0 ? NO_VERSION : log[log.length - 1]!.version;
   }
 
   *stateChunks(shard: ShardRef, afterVersion: bigint): Iterable<Uint8Array> {
     const log = this.shards.get(shardKey(shard)) ?? [];
-    const suffix = log.filter((r) => r.version > afterVersion);
-    for (let i = 0; i < suffix.length; i += this.chunkRecords) {
-      yield Uint8Array.from(packr.pack(suffix.slice(i, i + this.chunkRecords).map((r) => [String(r.version), r.tag])));
+    let items: [string, string][] = [];
+    let bytes = 0;
+    for (const r of log) {
+      if (r.version <= afterVersion) continue;
+      items.push([String(r.version), r.tag]);
+      bytes += r.tag.length + 24;
+      if (items.length >= this.chunkRecords || bytes >= this.chunkBytes) {
+        yield Uint8Array.from(packr.pack(items));
+        items = [];
+        bytes = 0;
+      }
     }
+    if (items.length > 0) yield Uint8Array.from(packr.pack(items));
   }
 
   applyStateChunk(shard: ShardRef, chunk: Uint8Array): void {
     for (const [version, tag] of packr.unpack(chunk) as [string, string][]) this.append(shard, BigInt(version), tag);
+  }
+
+  /** Initial state of a founder's shard, below every multicast version (which are >= 0). */
+  seed(shard: ShardRef, records: number, bytes: number): void {
+    const filler = 'x'.repeat(bytes);
+    for (let i = 0; i < records; i++) this.append(shard, BigInt(i) - (1n << 40n), `${i}:${filler}`);
   }
 
   append(shard: ShardRef, version: bigint, tag: string): void {
@@ -64,6 +82,8 @@ export interface LocalNode {
   readonly views: View[];
   removed: Error | undefined;
   alive: boolean;
+  /** Called with the view id of every delivery. */
+  onAnyDelivery?: (viewId: number) => void;
 }
 
 export const LAYOUT_HASH = 'kv:2x(2..3)';
@@ -94,6 +114,7 @@ export function createNode(
         const list = byShard.get(shardKey(shard)) ?? [];
         byShard.set(shardKey(shard), list);
         list.push(tag);
+        node.onAnyDelivery?.(d.viewId);
       },
     }),
   };
