@@ -89,14 +89,18 @@ export interface MembershipDriverOptions {
   readonly heartbeatMs?: number;
   readonly failureTimeoutMs?: number;
   readonly joinTimeoutMs?: number;
+  /** Re-propose a membership change or trim that has not committed after this long (default 50). */
+  readonly proposalRetryMs?: number;
   readonly multicastLimits?: MulticastLimits;
   readonly state?: ShardStateStore;
   /** Ordered deliveries of this node's shards, in order (held while a state transfer runs). */
   readonly onDeliver?: (shard: ShardRef, delivery: MulticastDelivery) => void;
   /** Persist everything delivered up to the trims before the next view is installed. */
   readonly persist?: (viewId: ViewId) => Promise<void>;
-  /** Bytes per state-transfer chunk request (the store decides chunk sizes; this bounds waiting). */
+  /** How long one state-transfer call may take before the joiner asks again. */
   readonly stateTransferTimeoutMs?: number;
+  /** Progress lines (committed entries, effects, suspicions), for operators and debugging. */
+  readonly log?: (line: string) => void;
 }
 
 /** The node was removed from the group (it failed, was suspected, or left). */
@@ -231,7 +235,9 @@ export class MembershipDriver {
       this.raft = await RaftDriver.start({
         id: this.self, peers, voters: this.voters.map(Number), transport: this.transport,
         storage: this.options.raftStorage ?? new MemoryStorage(), tickMs: this.tickMs,
-        core: { electionTicks: 10, heartbeatTicks: 2 },
+        // A leader's failure is noticed by Raft's election timeout: keep it near the failure
+        // detector's (a membership change waits for a new leader), but at least 5 ticks.
+        core: { electionTicks: this.electionTicks(), heartbeatTicks: this.electionTicks() > 5 ? 2 : 1 },
         stateMachine: {
           apply: (entry: Entry) => this.onRaftEntry(entry),
           restore: (snapshot: Snapshot) => this.onRaftSnapshot(snapshot),
@@ -265,6 +271,11 @@ export class MembershipDriver {
     for (const run of this.shards.values()) await run.driver.close();
     this.shards.clear();
     for (const s of this.sessions.values()) s.then((x) => x.close(), () => undefined);
+  }
+
+  private electionTicks(): number {
+    const timeoutTicks = Math.round((this.options.failureTimeoutMs ?? 500) / this.tickMs);
+    return Math.min(10, Math.max(5, timeoutTicks));
   }
 
   // ---- Joining ------------------------------------------------------------------------------
@@ -497,6 +508,7 @@ export class MembershipDriver {
         this.counters.messagesDropped++;
         continue;
       }
+      this.options.log?.(`committed ${i}: ${entry.kind}${entry.kind === 'wedged' ? ` ${entry.node}` : ''}`);
       core.committed(i, entry);
       this.pump();
     }
@@ -539,7 +551,10 @@ export class MembershipDriver {
     const timeoutTicks = Math.max(heartbeatTicks + 1, Math.round((this.options.failureTimeoutMs ?? 500) / this.tickMs));
     this.core = new ViewChangeCore({
       self: this.self, view, allocator: this.options.allocator, computeTrim,
-      votersCount: this.voters.length, proposalRetryTicks: Math.max(5, timeoutTicks >> 1), appliedIndex: sealedAtIndex,
+      votersCount: this.voters.length, appliedIndex: sealedAtIndex,
+      // Retries are cheap (a duplicate is a no-op when applied) and a proposal sent while the
+      // log has no leader is lost: retry soon.
+      proposalRetryTicks: Math.max(1, Math.round((this.options.proposalRetryMs ?? 50) / this.tickMs)),
     });
     this.fd = new FailureDetectorCore({ self: this.self, heartbeatTicks, timeoutTicks });
     this.status = 'member';
@@ -562,7 +577,10 @@ export class MembershipDriver {
       }
     }
     const core = this.core!;
-    for (const s of fd.suspicions) core.suspect(s.node);
+    for (const s of fd.suspicions) {
+      this.options.log?.(`suspect ${s.node} in view ${core.view.id}: ${s.cause}, silent ${s.silentTicks} ticks`);
+      core.suspect(s.node);
+    }
     const rd = core.ready();
     for (const p of rd.proposals) this.propose(p);
     for (const m of rd.messages) {
@@ -580,6 +598,7 @@ export class MembershipDriver {
 
   private async applyEffect(effect: ViewChangeEffect): Promise<void> {
     if (this.status !== 'member') return;
+    this.options.log?.(`effect ${effect.kind} ${'viewId' in effect ? effect.viewId : effect.view.id}`);
     const core = this.core!;
     switch (effect.kind) {
       case 'wedge': {

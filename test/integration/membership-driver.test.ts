@@ -53,7 +53,11 @@ test.serial('5 nodes on loopback: failures of a member and of the leader, a join
   t.timeout(60_000);
   const endpoints = await Promise.all([1, 2, 3, 4, 5].map((i) => createEndpoint(700 + i)));
   const founders = endpoints.map((e, i) => ({ id: (i + 1) as never, address: e.address }));
-  const nodes = endpoints.map((e, i) => createNode(i + 1, e, { founders, found: true }));
+  const t0 = performance.now();
+  const nodes = endpoints.map((e, i) => createNode(i + 1, e, {
+    founders, found: true,
+    ...(process.env['MEMBERSHIP_LOG'] ? { log: (line: string) => console.log(`${(performance.now() - t0).toFixed(1)} n${i + 1} ${line}`) } : {}),
+  }));
   const extra: LocalNode[] = [];
   try {
     await Promise.all(nodes.map((n) => n.driver.start()));
@@ -69,6 +73,7 @@ test.serial('5 nodes on loopback: failures of a member and of the leader, a join
     const v0 = nodes[0]!.driver.current();
     t.true(v0.shardsOf(nodes[4]!.id).length > 0, 'node 5 serves a shard');
     const killedAt = performance.now();
+    if (process.env['MEMBERSHIP_LOG']) console.log(`${(killedAt - t0).toFixed(1)} kill n5`);
     // Messages in flight while it dies: cut at the ragged edge, re-sent in the next view.
     await Promise.all(live(nodes).map((n) => sendSome(n, 10, 'mid')));
     await kill(nodes[4]!);

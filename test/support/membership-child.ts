@@ -65,6 +65,7 @@ async function handle(message: Record<string, unknown>): Promise<void> {
         founders, found: Boolean(message['found']),
         ...(message['seeds'] ? { seeds: message['seeds'] as string[] } : {}),
         heartbeatMs: Number(message['heartbeatMs'] ?? 50), failureTimeoutMs: Number(message['failureTimeoutMs'] ?? 500),
+        ...(process.env['MEMBERSHIP_LOG'] ? { log: (line: string) => console.error(`${now().toFixed(1)} n${String(message['self'])} ${line}`) } : {}),
       });
       node.driver.on('view', (view: View) => viewAt.set(view.id, now()));
       const recordDelivery = (viewId: number): void => {

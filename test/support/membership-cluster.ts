@@ -73,6 +73,7 @@ export class NodeProcess {
   /** kill -9: the process and its endpoint vanish without a word. Returns the time. */
   kill(): number {
     const at = nowMs();
+    if (process.env['MEMBERSHIP_LOG']) console.error(`${at.toFixed(1)} kill -9 n${this.id}`);
     if (this.child.exitCode === null) this.child.kill('SIGKILL');
     this.alive = false;
     return at;

@@ -67,7 +67,11 @@ export class KvState implements ShardStateStore {
   digest(shard: string): string {
     const log = this.shards.get(shard) ?? [];
     let h = 0x811c9dc5;
-    for (const r of log) for (const c of `${r.version}:${r.tag};`) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0;
+    // Version, length and head of each record: cheap on megabyte records (a status call must not
+    // stall the event loop, or heartbeats stop), and the heads carry the payload tags.
+    for (const r of log) {
+      for (const c of `${r.version}:${r.tag.length}:${r.tag.slice(0, 64)};`) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0;
+    }
     return `${log.length}:${h.toString(16)}`;
   }
 }
@@ -103,9 +107,9 @@ export function createNode(
   const node: LocalNode = {
     id: nodeId(id), endpoint, state, delivered, views: [], removed: undefined, alive: true,
     driver: new MembershipDriver({
-      layoutHash: LAYOUT_HASH, ...options, self: nodeId(id), transport: endpoint, allocator: ALLOCATOR, state,
+      layoutHash: LAYOUT_HASH, heartbeatMs: 20, failureTimeoutMs: 300, tickMs: 10,
+      ...options, self: nodeId(id), transport: endpoint, allocator: ALLOCATOR, state,
       multicastLimits: multicastLimits({ windowSize: 16, sendQueueCountMax: 64 }),
-      heartbeatMs: 20, failureTimeoutMs: 300, tickMs: 10,
       onDeliver: (shard: ShardRef, d: MulticastDelivery) => {
         const tag = new TextDecoder().decode(d.payload);
         state.append(shard, d.version!, tag);
