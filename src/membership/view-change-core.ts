@@ -12,13 +12,16 @@
  *  1. A change entry (joins, clean leaves, removals of suspected nodes) commits. Every member
  *     applies it; the first accepted change after v was installed wedges v (effect `wedge`).
  *  2. The driver wedges multicast for v, and reports what each of the node's shards received from
- *     each sender (`wedged`). The core sends the reports to the other members of the shard.
+ *     each sender (`wedged`). The core sends the reports to the other members of the shard and
+ *     proposes a `wedged` entry for itself.
  *  3. The shard leader (the lowest-ranked surviving shard member) waits for the reports of every
  *     survivor of the shard, computes the ragged trim with the injected `computeTrim`, and
  *     proposes it. The first trim committed for a shard is final; later ones are ignored. A
  *     failure in the middle is one more change entry: the survivors shrink, a new shard leader may
  *     take over, and trims already committed stay valid (a minimum over more nodes).
- *  4. When a trim has committed for every shard that needs one, the next view is sealed: its
+ *  4. When a trim has committed for every shard that needs one, and every survivor's `wedged`
+ *     acknowledgement has committed (survivors are a majority of v, so a side of a partition
+ *     that cannot reach a majority never seals), the next view is sealed: its
  *     members are v's survivors in rank order then the joiners in commit order, and its layout
  *     comes from the allocator. The core asks the driver to deliver up to the trims and persist
  *     (`deliver`), and once told `delivered`, installs the next view (`install`). Entries
