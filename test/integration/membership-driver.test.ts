@@ -5,7 +5,10 @@
 // its shard's state by chunked transfer and ends with the same state digest as the shard's other
 // members; a clean leave; a joiner with another layout hash, or a live member's id, is refused
 // with a named error. Then the same with 5 processes and kill -9 (a member, then the leader) and a
-// joiner that receives 400 KB of initial state plus what was delivered since, by transfer.
+// joiner that receives 400 KB of initial state plus what was delivered since, by transfer. And a
+// partition that leaves voters 1 and 2 (the Raft majority) cut off from nodes 3–5: no view is
+// installed, the minority delivers nothing, and after the heal one view with a majority of view 0
+// is installed and every node knows whether it is in it.
 import test from 'ava';
 import { encodeView } from '../../src/membership/view.js';
 import {
@@ -186,5 +189,53 @@ test.serial('5 processes on loopback: kill -9 a member and the leader, a joiner 
     t.true(Number(Object.values(j.digests)[0]!.split(':')[0]) >= 200, 'including the founders\' initial records');
   } finally {
     await stopAll(all);
+  }
+});
+
+test.serial('a partition that leaves two voters with the minority: no view is installed, the minority delivers nothing, the group resumes after the heal', async (t) => {
+  t.timeout(60_000);
+  const endpoints = await Promise.all([1, 2, 3, 4, 5].map((i) => createEndpoint(720 + i)));
+  const founders = endpoints.map((e, i) => ({ id: (i + 1) as never, address: e.address }));
+  const t0 = performance.now();
+  const nodes = endpoints.map((e, i) => createNode(i + 1, e, {
+    founders, found: true,
+    ...(process.env['MEMBERSHIP_LOG'] ? { log: (line: string) => console.log(`${(performance.now() - t0).toFixed(1)} n${i + 1} ${line}`) } : {}),
+  }));
+  const delivered = (n: LocalNode): number => [...n.delivered.values()].reduce((a, m) => a + [...m.values()].reduce((b, l) => b + l.length, 0), 0);
+  try {
+    await Promise.all(nodes.map((n) => n.driver.start()));
+    await waitFor('a membership log leader', () => nodes.some((n) => n.driver.isLeader));
+    const minority = nodes.slice(0, 2); // voters 1 and 2: the Raft majority is on this side
+    const majority = nodes.slice(2);
+    const cut = (fault: 'failPeer' | 'restorePeer'): void => {
+      for (const a of minority) for (const b of majority) {
+        a.endpoint.injectFault({ [fault]: b.endpoint.address });
+        b.endpoint.injectFault({ [fault]: a.endpoint.address });
+      }
+    };
+    cut('failPeer');
+    if (process.env['MEMBERSHIP_LOG']) console.log(`${(performance.now() - t0).toFixed(1)} cut`);
+    // Within the failure timeout (300 ms) a shard that lies wholly on one side still delivers,
+    // as in Derecho; once the minority suspects half the view it wedges (effect partitioned).
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    const before = nodes.map(delivered);
+    // Both sides keep sending.
+    // (A wedged shard accepts a send only in the next view: do not wait for the receipts.)
+    for (const n of nodes) sendSome(n, 5, 'cut').catch(() => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    t.deepEqual(nodes.map((n) => Number(n.driver.current().id)), [0, 0, 0, 0, 0], 'no side installed a view');
+    // The majority side may go on delivering in a shard that lies wholly on it (it is not cut
+    // off from a majority of the view); the minority side must not deliver at all.
+    t.deepEqual(minority.map(delivered), before.slice(0, 2), 'the minority side delivered nothing');
+    cut('restorePeer');
+    const survivors = (): LocalNode[] => nodes.filter((n) => n.removed === undefined);
+    await waitFor('a next view after the heal', () => survivors().length > 0 && survivors().every((n) => n.driver.current().id >= 1), 15_000);
+    agreeOn(t, survivors(), Number(survivors()[0]!.driver.current().id));
+    const view = survivors()[0]!.driver.current();
+    t.true(2 * view.memberIds.length > 5, `view ${view.id} keeps a majority of view 0: [${view.memberIds}]`);
+    for (const n of nodes) t.is(n.removed !== undefined, !view.isMember(n.id), `node ${n.id} knows whether it is in`);
+    checkVirtualSynchrony(t, survivors());
+  } finally {
+    for (const n of nodes) if (n.alive) await kill(n);
   }
 });
