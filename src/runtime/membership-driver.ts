@@ -287,7 +287,10 @@ export class MembershipDriver {
     for (let turn = 0; this.status === 'joining'; turn++) {
       if (Date.now() > deadline) throw lastProblem ?? new TimeoutError(`joining through ${seeds.join(', ')}`, this.options.joinTimeoutMs ?? 30_000);
       const seed = seeds[turn % seeds.length]!;
-      if (seed === this.transport.address) continue;
+      if (seed === this.transport.address) {
+        await sleep(10);
+        continue;
+      }
       let reply: JoinReply;
       try {
         const session = await this.session(seed);
