@@ -30,7 +30,7 @@ import { FailureDetectorCore } from '../membership/failure-detector-core.js';
 import { SerialPump } from '../membership/serial-pump.js';
 import type { Allocator } from '../membership/layout.js';
 import {
-  NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry, initialView,
+  NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry, initialView, votersOf,
   type MembershipEntry, type ReceiveReportMessage, type StateTransfer, type ViewChangeEffect,
 } from '../membership/view-change-core.js';
 import { decodeView, encodeView, type View } from '../membership/view.js';
@@ -158,7 +158,12 @@ export class MembershipDriver {
   private readonly self: NodeId;
   private readonly transport: Transport;
   private readonly tickMs: number;
-  private readonly voters: readonly NodeId[];
+  /** The membership log's voters as of the installed view (the first votersCount members). */
+  private voters: readonly NodeId[];
+  private readonly votersCount: number;
+  /** Raft id → address of every node Raft may talk to (grows with the views). */
+  private readonly raftPeers = new Map<number, TransportAddress>();
+  private raftStarting = false;
   private raft: RaftDriver | undefined;
   private core: ViewChangeCore | undefined;
   private fd: FailureDetectorCore | undefined;
@@ -186,7 +191,9 @@ export class MembershipDriver {
     this.self = options.self;
     this.transport = options.transport;
     this.tickMs = options.tickMs ?? 10;
-    this.voters = options.founders.slice(0, options.votersCount ?? 3).map((f) => f.id);
+    this.votersCount = options.votersCount ?? 3;
+    this.voters = options.founders.slice(0, this.votersCount).map((f) => f.id);
+    for (const f of options.founders) this.raftPeers.set(Number(f.id), f.address);
   }
 
   // ---- Public API ---------------------------------------------------------------------------
@@ -230,21 +237,7 @@ export class MembershipDriver {
     if (this.status !== 'new') throw new SquallError('start() was called twice', 'ALREADY_STARTED');
     this.transport.handle(MEMBERSHIP_REQUEST_TYPE, (request, context) => this.onRequest(request, context));
     prepareMulticastTransport(this.transport);
-    if (this.voters.includes(this.self)) {
-      const peers = new Map(this.options.founders.filter((f) => this.voters.includes(f.id)).map((f) => [Number(f.id), f.address]));
-      this.raft = await RaftDriver.start({
-        id: this.self, peers, voters: this.voters.map(Number), transport: this.transport,
-        storage: this.options.raftStorage ?? new MemoryStorage(), tickMs: this.tickMs,
-        // A leader's failure is noticed by Raft's election timeout: keep it near the failure
-        // detector's (a membership change waits for a new leader), but at least 5 ticks.
-        core: { electionTicks: this.electionTicks(), heartbeatTicks: this.electionTicks() > 5 ? 2 : 1 },
-        stateMachine: {
-          apply: (entry: Entry) => this.onRaftEntry(entry),
-          restore: (snapshot: Snapshot) => this.onRaftSnapshot(snapshot),
-          snapshot: () => packr.pack([this.knownUpTo, [...this.log]]),
-        },
-      });
-    }
+    if (this.voters.includes(this.self)) await this.startRaft(this.voters);
     this.timer = setInterval(() => this.onTick(), this.tickMs);
     if (this.options.found) {
       const view = initialView(this.options.founders, this.options.allocator);
@@ -271,6 +264,55 @@ export class MembershipDriver {
     for (const run of this.shards.values()) await run.driver.close();
     this.shards.clear();
     for (const s of this.sessions.values()) s.then((x) => x.close(), () => undefined);
+  }
+
+  /**
+   * Runs Raft here: as a founding voter (`founding` = the founding voters), or with no voters as a
+   * node the leader is about to add (it is caught up as a learner, then promoted).
+   */
+  private async startRaft(founding: readonly NodeId[]): Promise<void> {
+    if (this.raft !== undefined || this.raftStarting) return;
+    this.raftStarting = true;
+    try {
+      this.raft = await RaftDriver.start({
+        id: this.self, peers: this.raftPeers, voters: founding.map(Number), transport: this.transport,
+        storage: this.options.raftStorage ?? new MemoryStorage(), tickMs: this.tickMs,
+        // A leader's failure is noticed by Raft's election timeout: keep it near the failure
+        // detector's (a membership change waits for a new leader), but at least 5 ticks.
+        core: { electionTicks: this.electionTicks(), heartbeatTicks: this.electionTicks() > 5 ? 2 : 1 },
+        stateMachine: {
+          apply: (entry: Entry) => this.onRaftEntry(entry),
+          restore: (snapshot: Snapshot) => this.onRaftSnapshot(snapshot),
+          snapshot: () => packr.pack([this.knownUpTo, [...this.log]]),
+        },
+      });
+    } finally {
+      this.raftStarting = false;
+    }
+  }
+
+  /**
+   * Voter replacement (the install effect's voters): the Raft leader moves the log's voter set
+   * toward the view's first votersCount members one step at a time: add a missing one as a
+   * learner, promote it once it has caught up, then remove voters that left the view. Called on
+   * every tick; a step waits while an earlier one is uncommitted (proposeConfChange refuses).
+   */
+  private reconfigureVoters(): void {
+    const raft = this.raft;
+    if (raft === undefined || raft.core.role !== 'leader' || this.status !== 'member') return;
+    const status = raft.core.status();
+    const want = this.voters.map(Number);
+    const { voters, learners } = status.conf;
+    let change: { op: 'addLearner' | 'addVoter' | 'remove'; node: number } | undefined;
+    const missing = want.find((n) => !voters.includes(n) && !learners.includes(n));
+    const ready = want.find((n) => learners.includes(n) && (status.progress[n]?.match ?? 0) >= status.commit);
+    const extra = voters.find((n) => !want.includes(n) && n !== this.self);
+    if (missing !== undefined) change = { op: 'addLearner', node: missing };
+    else if (ready !== undefined) change = { op: 'addVoter', node: ready };
+    else if (extra !== undefined && want.every((n) => voters.includes(n))) change = { op: 'remove', node: extra };
+    if (change === undefined) return;
+    this.options.log?.(`voters: ${change.op} ${change.node} (want [${want}], have [${voters}] + learners [${learners}])`);
+    raft.proposeConfChange(change).catch(() => undefined);
   }
 
   private electionTicks(): number {
@@ -472,7 +514,8 @@ export class MembershipDriver {
     if (this.raft !== undefined) return;
     const now = Date.now();
     for (const voter of this.voters) {
-      const address = this.options.founders.find((f) => f.id === voter)!.address;
+      const address = this.raftPeers.get(Number(voter));
+      if (address === undefined || voter === this.self) continue;
       if (this.fetching.has(voter) || (this.fetchFailedAt.get(voter) ?? -Infinity) > now - FETCH_BACKOFF_MS) continue;
       this.fetching.add(voter);
       void this.fetchFrom(voter, address).finally(() => this.fetching.delete(voter));
@@ -534,7 +577,7 @@ export class MembershipDriver {
     const lead = raft?.core.lead ?? 0;
     const to = lead !== 0 && lead !== this.self ? lead : this.voters[Math.floor(Math.random() * this.voters.length)]!;
     if (to === this.self) return;
-    this.post(this.options.founders.find((f) => f.id === to)?.address, { t: 'propose', entry: bytes, hops: hops + 1 });
+    this.post(this.raftPeers.get(Number(to)), { t: 'propose', entry: bytes, hops: hops + 1 });
   }
 
   // ---- The cores ------------------------------------------------------------------------------
@@ -545,6 +588,7 @@ export class MembershipDriver {
       this.fd!.tick();
       this.core!.tick();
       this.pump();
+      this.reconfigureVoters();
     }
     if (this.status === 'member') this.fetch();
   }
@@ -627,6 +671,7 @@ export class MembershipDriver {
         break;
       }
       case 'install':
+        this.voters = effect.voters;
         await this.startView(effect.view, effect.previous, effect.sealedAtIndex, effect.stateTransfers);
         break;
       case 'partitioned':
@@ -636,6 +681,11 @@ export class MembershipDriver {
         break;
       case 'removed': {
         this.status = 'removed';
+        // A removed node keeps serving Raft until the new leader takes it out of the
+        // configuration; if it leads, it hands over first (only a leader reconfigures).
+        const raft = this.raft;
+        const heir = raft?.core.status().conf.voters.find((v) => v !== this.self && this.voters.includes(nodeId(v)));
+        if (raft?.core.role === 'leader' && heir !== undefined) raft.transferLeadership(heir);
         for (const run of this.shards.values()) await run.driver.close();
         this.shards.clear();
         const error = new NodeRemovedError(this.self, effect.viewId, effect.reason);
@@ -694,6 +744,9 @@ export class MembershipDriver {
       this.shards.set(shardName(s), run);
       if (run.held !== undefined) void this.pullState(run, view, sources);
     }
+    for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
+    if (previous === undefined && view.id !== 0) this.voters = votersOf(view, this.votersCount);
+    if (this.voters.includes(this.self)) await this.startRaft([]);
     this.history.push({ view, sealedAtIndex });
     if (this.history.length > 16) this.history.shift();
     this.counters.installs++;

@@ -8,7 +8,8 @@
 // joiner that receives 400 KB of initial state plus what was delivered since, by transfer. And a
 // partition that leaves voters 1 and 2 (the Raft majority) cut off from nodes 3–5: no view is
 // installed, the minority delivers nothing, and after the heal one view with a majority of view 0
-// is installed and every node knows whether it is in it.
+// is installed and every node knows whether it is in it. And voter replacement: the log survives
+// the loss of two of its three founding voters, one after the other.
 import test from 'ava';
 import { encodeView } from '../../src/membership/view.js';
 import {
@@ -235,6 +236,34 @@ test.serial('a partition that leaves two voters with the minority: no view is in
     t.true(2 * view.memberIds.length > 5, `view ${view.id} keeps a majority of view 0: [${view.memberIds}]`);
     for (const n of nodes) t.is(n.removed !== undefined, !view.isMember(n.id), `node ${n.id} knows whether it is in`);
     checkVirtualSynchrony(t, survivors());
+  } finally {
+    for (const n of nodes) if (n.alive) await kill(n);
+  }
+});
+
+test.serial('voters are replaced as they fail: the log survives two of its three founding voters', async (t) => {
+  t.timeout(60_000);
+  const endpoints = await Promise.all([1, 2, 3, 4, 5].map((i) => createEndpoint(740 + i)));
+  const founders = endpoints.map((e, i) => ({ id: (i + 1) as never, address: e.address }));
+  const nodes = endpoints.map((e, i) => createNode(i + 1, e, { founders, found: true }));
+  type Raft = { core: { role: string; status(): { conf: { voters: number[] } } } } | undefined;
+  const raftOf = (n: LocalNode): Raft => (n.driver as unknown as { raft: Raft }).raft;
+  const confOfLeader = (): number[] | undefined =>
+    nodes.filter((n) => n.alive).map(raftOf).find((r) => r?.core.role === 'leader')?.core.status().conf.voters;
+  try {
+    await Promise.all(nodes.map((n) => n.driver.start()));
+    await waitFor('a membership log leader', () => confOfLeader() !== undefined);
+    t.deepEqual(confOfLeader(), [1, 2, 3]);
+    await kill(nodes[2]!); // voter 3
+    await waitFor('view 1', () => live(nodes).every((n) => n.driver.current().id >= 1));
+    await waitFor('voter 4 replaces voter 3', () => `${confOfLeader()}` === '1,2,4', 10_000);
+    await kill(nodes[0]!); // voter 1: with fixed voters, 2 of {1, 2, 3} would be gone
+    await waitFor('view 2 without nodes 1 and 3', () => live(nodes).every((n) => n.driver.current().id >= 2), 15_000);
+    agreeOn(t, nodes, 2);
+    t.deepEqual(live(nodes)[0]!.driver.current().memberIds, [2, 4, 5]);
+    await waitFor('voters 2, 4, 5', () => `${confOfLeader()}` === '2,4,5', 10_000);
+    await Promise.all(live(nodes).map((n) => sendSome(n, 5, 'after')));
+    checkVirtualSynchrony(t, nodes);
   } finally {
     for (const n of nodes) if (n.alive) await kill(n);
   }
