@@ -13,7 +13,7 @@
 import test from 'ava';
 import { encodeView } from '../../src/membership/view.js';
 import {
-  createEndpoint, createNode, kill, sendSome, shardKey, waitFor, type LocalNode,
+  createEndpoint, createFounders, createNode, kill, sendSome, shardKey, waitFor, type LocalNode,
 } from '../support/membership-local.js';
 import { JoinRefusedError } from '../../src/runtime/membership-driver.js';
 import { NodeIdInUseError } from '../../src/membership/view-change-core.js';
@@ -55,13 +55,8 @@ function checkVirtualSynchrony(t: import('ava').ExecutionContext, nodes: LocalNo
 
 test.serial('5 nodes on loopback: failures of a member and of the leader, a join with state, a leave', async (t) => {
   t.timeout(60_000);
-  const endpoints = await Promise.all([1, 2, 3, 4, 5].map((i) => createEndpoint(700 + i)));
-  const founders = endpoints.map((e, i) => ({ id: (i + 1) as never, address: e.address }));
+  const { nodes, founders } = await createFounders(700);
   const t0 = performance.now();
-  const nodes = endpoints.map((e, i) => createNode(i + 1, e, {
-    founders, found: true,
-    ...(process.env['MEMBERSHIP_LOG'] ? { log: (line: string) => console.log(`${(performance.now() - t0).toFixed(1)} n${i + 1} ${line}`) } : {}),
-  }));
   const extra: LocalNode[] = [];
   try {
     await Promise.all(nodes.map((n) => n.driver.start()));
@@ -195,13 +190,8 @@ test.serial('5 processes on loopback: kill -9 a member and the leader, a joiner 
 
 test.serial('a partition that leaves two voters with the minority: no view is installed, the minority delivers nothing, the group resumes after the heal', async (t) => {
   t.timeout(60_000);
-  const endpoints = await Promise.all([1, 2, 3, 4, 5].map((i) => createEndpoint(720 + i)));
-  const founders = endpoints.map((e, i) => ({ id: (i + 1) as never, address: e.address }));
+  const { nodes } = await createFounders(720);
   const t0 = performance.now();
-  const nodes = endpoints.map((e, i) => createNode(i + 1, e, {
-    founders, found: true,
-    ...(process.env['MEMBERSHIP_LOG'] ? { log: (line: string) => console.log(`${(performance.now() - t0).toFixed(1)} n${i + 1} ${line}`) } : {}),
-  }));
   const delivered = (n: LocalNode): number => [...n.delivered.values()].reduce((a, m) => a + [...m.values()].reduce((b, l) => b + l.length, 0), 0);
   try {
     await Promise.all(nodes.map((n) => n.driver.start()));
@@ -243,9 +233,7 @@ test.serial('a partition that leaves two voters with the minority: no view is in
 
 test.serial('voters are replaced as they fail: the log survives two of its three founding voters', async (t) => {
   t.timeout(60_000);
-  const endpoints = await Promise.all([1, 2, 3, 4, 5].map((i) => createEndpoint(740 + i)));
-  const founders = endpoints.map((e, i) => ({ id: (i + 1) as never, address: e.address }));
-  const nodes = endpoints.map((e, i) => createNode(i + 1, e, { founders, found: true }));
+  const { nodes } = await createFounders(740);
   type Raft = { core: { role: string; status(): { conf: { voters: number[] } } } } | undefined;
   const raftOf = (n: LocalNode): Raft => (n.driver as unknown as { raft: Raft }).raft;
   const confOfLeader = (): number[] | undefined =>
