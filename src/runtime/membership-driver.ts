@@ -25,7 +25,9 @@
  */
 import { Packr } from 'msgpackr';
 import { SquallError, TimeoutError } from '../core/errors.js';
-import { nodeId, viewId as makeViewId, type NodeId, type ShardIndex, type SubgroupId, type ViewId } from '../core/ids.js';
+import {
+  nodeId, viewId as makeViewId, type NodeId, type ShardIndex, type SubgroupId, type ViewId,
+} from '../core/ids.js';
 import { FailureDetectorCore } from '../membership/failure-detector-core.js';
 import { SerialPump } from '../membership/serial-pump.js';
 import type { Allocator } from '../membership/layout.js';
@@ -184,7 +186,9 @@ export class MembershipDriver {
   private timer: NodeJS.Timeout | undefined;
   private readonly listeners: { [K in keyof Listener]: Listener[K][] } = { view: [], removed: [] };
   private failure: Error | undefined;
-  readonly counters = { heartbeatsSent: 0, messagesDropped: 0, sendErrors: 0, proposals: 0, installs: 0, stateChunks: 0 };
+  readonly counters = {
+    heartbeatsSent: 0, messagesDropped: 0, sendErrors: 0, proposals: 0, installs: 0, stateChunks: 0,
+  };
 
   constructor(options: MembershipDriverOptions) {
     this.options = options;
@@ -311,7 +315,9 @@ export class MembershipDriver {
     else if (ready !== undefined) change = { op: 'addVoter', node: ready };
     else if (extra !== undefined && want.every((n) => voters.includes(n))) change = { op: 'remove', node: extra };
     if (change === undefined) return;
-    this.options.log?.(`voters: ${change.op} ${change.node} (want [${want}], have [${voters}] + learners [${learners}])`);
+    this.options.log?.(
+      `voters: ${change.op} ${change.node} (want [${want}], have [${voters}], learners [${learners}])`,
+    );
     raft.proposeConfChange(change).catch(() => undefined);
   }
 
@@ -327,7 +333,9 @@ export class MembershipDriver {
     const deadline = Date.now() + (this.options.joinTimeoutMs ?? 30_000);
     let lastProblem: Error | undefined;
     for (let turn = 0; this.status === 'joining'; turn++) {
-      if (Date.now() > deadline) throw lastProblem ?? new TimeoutError(`joining through ${seeds.join(', ')}`, this.options.joinTimeoutMs ?? 30_000);
+      if (Date.now() > deadline) {
+        throw lastProblem ?? new TimeoutError(`joining through ${seeds.join(', ')}`, this.options.joinTimeoutMs ?? 30_000);
+      }
       const seed = seeds[turn % seeds.length]!;
       if (seed === this.transport.address) {
         await sleep(10);
@@ -525,7 +533,8 @@ export class MembershipDriver {
   private async fetchFrom(voter: NodeId, address: TransportAddress): Promise<void> {
     try {
       const session = await this.session(address);
-      const bytes = await session.call(MEMBERSHIP_REQUEST_TYPE, pack({ t: 'fetch', from: this.knownUpTo + 1 }), { timeoutMs: 500 });
+      const request = pack({ t: 'fetch', from: this.knownUpTo + 1 });
+      const bytes = await session.call(MEMBERSHIP_REQUEST_TYPE, request, { timeoutMs: 500 });
       const reply = packr.unpack(bytes) as { upTo: number; list: [number, Uint8Array][] };
       // A reply covers (from - 1, upTo] completely, and `from` was at most knownUpTo + 1 then:
       // knownUpTo only grows, so it covers everything from the current knownUpTo on.
@@ -631,7 +640,8 @@ export class MembershipDriver {
     const rd = core.ready();
     for (const p of rd.proposals) this.propose(p);
     for (const m of rd.messages) {
-      this.post(core.view.addressOf(m.to), { t: 'report', from: this.self, address: this.transport.address, message: m.message });
+      const report: Wire = { t: 'report', from: this.self, address: this.transport.address, message: m.message };
+      this.post(core.view.addressOf(m.to), report);
     }
     for (const effect of rd.effects) {
       this.effects = this.effects.then(() => this.applyEffect(effect)).catch((error) => this.fail(error));
@@ -652,7 +662,8 @@ export class MembershipDriver {
         const reports = core.view.shardsOf(this.self).map((s) => {
           const run = this.shards.get(shardName(s))!;
           if (!run.driver.isWedged) run.driver.wedge();
-          return { subgroupId: s.subgroupId, shardIndex: s.shardIndex, received: run.driver.receiveState().receivedCounts };
+          const received = run.driver.receiveState().receivedCounts;
+          return { subgroupId: s.subgroupId, shardIndex: s.shardIndex, received };
         });
         core.wedged(effect.viewId, reports);
         break;
@@ -699,7 +710,9 @@ export class MembershipDriver {
   }
 
   /** Starts `view` here: multicast per shard (new, moved on, or closed), state transfers. */
-  private async startView(view: View, previous: View | undefined, sealedAtIndex: number, transfers: readonly StateTransfer[]): Promise<void> {
+  private async startView(
+    view: View, previous: View | undefined, sealedAtIndex: number, transfers: readonly StateTransfer[],
+  ): Promise<void> {
     const old = this.shards;
     this.shards = new Map();
     this.partitioned = false;
@@ -729,9 +742,14 @@ export class MembershipDriver {
       const sources = previous !== undefined
         ? (transfer?.from !== undefined ? [transfer.from] : [])
         : layout.members.filter((m) => !view.joined.includes(m));
-      const run: ShardRun = { ref: { subgroupId: s.subgroupId, shardIndex: s.shardIndex }, driver: undefined as never, held: sources.length > 0 && view.id !== 0 ? [] : undefined };
+      const run: ShardRun = {
+        ref: { subgroupId: s.subgroupId, shardIndex: s.shardIndex },
+        driver: undefined as never, // set just below: onDeliver needs `run`
+        held: sources.length > 0 && view.id !== 0 ? [] : undefined,
+      };
       run.driver = await MulticastDriver.create({
-        transport: this.transport, self: this.self, shard: shardNumber(s), view: mview, mode: layout.mode === 'raw' ? 'raw' : 'ordered',
+        transport: this.transport, self: this.self, shard: shardNumber(s), view: mview,
+        mode: layout.mode === 'raw' ? 'raw' : 'ordered',
         ...(this.options.multicastLimits ? { limits: this.options.multicastLimits } : {}),
         onDeliver: (d) => this.onDelivery(run, d),
         onPeerFailed: (node) => {
@@ -780,9 +798,12 @@ export class MembershipDriver {
             t: 'stateOpen', view: view.id, subgroupId: run.ref.subgroupId, shardIndex: run.ref.shardIndex,
             after: String(store.latestVersion(run.ref)),
           }), { timeoutMs })) as { token: number } | { none: true };
-          if ('none' in open) throw new SquallError(`node ${source} has no state for ${shardName(run.ref)} yet`, 'NO_STATE');
+          if ('none' in open) {
+            throw new SquallError(`node ${source} has no state for ${shardName(run.ref)} yet`, 'NO_STATE');
+          }
           for (;;) {
-            const next = packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, pack({ t: 'stateNext', token: open.token }), { timeoutMs })) as {
+            const ask = pack({ t: 'stateNext', token: open.token });
+            const next = packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, ask, { timeoutMs })) as {
               chunk?: Uint8Array; done: boolean;
             };
             if (next.chunk !== undefined) {
@@ -806,12 +827,15 @@ export class MembershipDriver {
   }
 
   private openTransfer(request: Extract<Wire, { t: 'stateOpen' }>): { token: number } | { none: true } {
-    const ref: ShardRef = { subgroupId: request.subgroupId as SubgroupId, shardIndex: request.shardIndex as ShardIndex };
+    const ref: ShardRef = {
+      subgroupId: request.subgroupId as SubgroupId, shardIndex: request.shardIndex as ShardIndex,
+    };
     const run = this.shards.get(shardName(ref));
     const store = this.options.state;
     if (store === undefined || run === undefined || run.held !== undefined) return { none: true };
     const token = this.transferToken++;
-    this.transfers.set(token, { chunks: store.stateChunks(ref, BigInt(request.after))[Symbol.iterator](), at: Date.now() });
+    const chunks = store.stateChunks(ref, BigInt(request.after))[Symbol.iterator]();
+    this.transfers.set(token, { chunks, at: Date.now() });
     // Forget transfers abandoned by their joiner.
     for (const [t, x] of this.transfers) if (Date.now() - x.at > 60_000) this.transfers.delete(t);
     return { token };
