@@ -163,6 +163,12 @@ export class MembershipDriver {
   /** The membership log's voters as of the installed view (the first votersCount members). */
   private voters: readonly NodeId[];
   private readonly votersCount: number;
+  /**
+   * Every node known to have been a voter: they hold the log even after leaving the voters (a
+   * view change may remove all of them at once, and the Raft leader may then be a node that is
+   * rejoining), so fetches and proposals go to them too.
+   */
+  private readonly logHolders = new Set<NodeId>();
   /** Raft id → address of every node Raft may talk to (grows with the views). */
   private readonly raftPeers = new Map<number, TransportAddress>();
   private raftStarting = false;
@@ -198,6 +204,7 @@ export class MembershipDriver {
     this.votersCount = options.votersCount ?? 3;
     this.voters = options.founders.slice(0, this.votersCount).map((f) => f.id);
     for (const f of options.founders) this.raftPeers.set(Number(f.id), f.address);
+    for (const v of this.voters) this.logHolders.add(v);
   }
 
   // ---- Public API ---------------------------------------------------------------------------
@@ -314,7 +321,14 @@ export class MembershipDriver {
     if (missing !== undefined) change = { op: 'addLearner', node: missing };
     else if (ready !== undefined) change = { op: 'addVoter', node: ready };
     else if (extra !== undefined && want.every((n) => voters.includes(n))) change = { op: 'remove', node: extra };
-    if (change === undefined) return;
+    if (change === undefined) {
+      // Only the leader itself is left to remove: hand the log to a voter that stays.
+      const onlySelf = voters.every((n) => n === this.self || want.includes(n));
+      if (!want.includes(this.self) && want.every((n) => voters.includes(n)) && onlySelf) {
+        raft.transferLeadership(want[0]!);
+      }
+      return;
+    }
     this.options.log?.(
       `voters: ${change.op} ${change.node} (want [${want}], have [${voters}], learners [${learners}])`,
     );
@@ -514,14 +528,26 @@ export class MembershipDriver {
   }
 
   /**
+   * Whether this node's own Raft feeds it the log. A node that left the voters may never hear of
+   * its removal from the configuration (the installed view decides), and one removed while it
+   * lagged hears from no leader at all (found by the simulation): both fetch instead.
+   */
+  private fedByRaft(): boolean {
+    const raft = this.raft;
+    if (raft === undefined || raft.core.lead === 0 || !this.voters.includes(this.self)) return false;
+    const { voters, learners } = raft.core.conf;
+    return voters.includes(this.self) || learners.includes(this.self);
+  }
+
+  /**
    * A non-voter pulls the committed entries after knownUpTo from every voter at once (one call
    * outstanding per voter): a dead voter's calls time out without slowing the others. A voter
    * that failed is skipped for a while.
    */
   private fetch(): void {
-    if (this.raft !== undefined) return;
+    if (this.fedByRaft()) return;
     const now = Date.now();
-    for (const voter of this.voters) {
+    for (const voter of new Set([...this.voters, ...this.logHolders])) {
       const address = this.raftPeers.get(Number(voter));
       if (address === undefined || voter === this.self) continue;
       if (this.fetching.has(voter) || (this.fetchFailedAt.get(voter) ?? -Infinity) > now - FETCH_BACKOFF_MS) continue;
@@ -584,7 +610,8 @@ export class MembershipDriver {
     }
     if (hops > 1) return; // lost: the core proposes again after proposalRetryTicks
     const lead = raft?.core.lead ?? 0;
-    const to = lead !== 0 && lead !== this.self ? lead : this.voters[Math.floor(Math.random() * this.voters.length)]!;
+    const holders = [...new Set([...this.voters, ...this.logHolders])];
+    const to = lead !== 0 && lead !== this.self ? lead : holders[Math.floor(Math.random() * holders.length)]!;
     if (to === this.self) return;
     this.post(this.raftPeers.get(Number(to)), { t: 'propose', entry: bytes, hops: hops + 1 });
   }
@@ -683,6 +710,7 @@ export class MembershipDriver {
       }
       case 'install':
         this.voters = effect.voters;
+        for (const v of this.voters) this.logHolders.add(v);
         await this.startView(effect.view, effect.previous, effect.sealedAtIndex, effect.stateTransfers);
         break;
       case 'partitioned':
@@ -764,6 +792,7 @@ export class MembershipDriver {
     }
     for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
     if (previous === undefined && view.id !== 0) this.voters = votersOf(view, this.votersCount);
+    for (const v of this.voters) this.logHolders.add(v);
     if (this.voters.includes(this.self)) await this.startRaft([]);
     this.history.push({ view, sealedAtIndex });
     if (this.history.length > 16) this.history.shift();

@@ -39,9 +39,11 @@
  * again if it does not). A shard whose every old member is gone has lost its state; its nodes
  * are marked stateless and the digest check skips them.
  *
- * Voters: the Raft voter set is fixed (the configured voters at formation). A voter that crashes
- * restarts as a Raft voter from its disk and as a joiner of the group. Replacing voters as they
- * fail (the install effect's `voters`) is not modelled: see the report.
+ * Voters: the founding voters first, then the installed view's (the install effect's `voters`):
+ * the Raft leader adds a learner, promotes it once caught up, removes voters that left the view,
+ * and hands over leadership if it must go itself. A node runs Raft from its disk if it has Raft
+ * state; it fetches the log whenever its own Raft does not feed it. Former voters keep serving
+ * the log (fetch and proposals go to them too).
  *
  * Persistence of the membership layer: not modelled beyond Raft. A restarted node has lost its
  * view and its shard state and rejoins as a new member (Derecho's model); `deliver` → `delivered`
@@ -54,7 +56,7 @@ import { EntryType, type Entry, type HardState, type Message as RaftMessage, typ
 import { FailureDetectorCore } from '../../src/membership/failure-detector-core.js';
 import { SerialPump } from '../../src/membership/serial-pump.js';
 import {
-  NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry,
+  NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry, votersOf,
   type MembershipEntry, type ReceiveReportMessage, type ViewChangeEffect,
 } from '../../src/membership/view-change-core.js';
 import { decodeView, encodeView, View } from '../../src/membership/view.js';
@@ -156,7 +158,15 @@ interface Link {
 
 export class MembershipSimNode implements SimNode<MemMessage> {
   readonly id: number;
-  readonly raft: RaftCore | undefined;
+  raft: RaftCore | undefined;
+  /** The membership log's voters as of the installed view (founding voters at first). */
+  voters: readonly number[];
+  /**
+   * Every node known to have been a voter: they hold the log even after they left the voters (a
+   * view change may remove all of them at once, and the Raft leader may then be a node that is
+   * rejoining): fetches and proposals go to them too.
+   */
+  private readonly logHolders = new Set<number>();
   private raftWaiting: { token: number; rd: Ready } | undefined;
   private raftDiskLast = 0;
   /** The committed membership log as far as this node knows it: Raft index → entry. */
@@ -197,17 +207,11 @@ export class MembershipSimNode implements SimNode<MemMessage> {
   ) {
     this.id = ctx.id;
     this.address = `sim://${ctx.id}/${ctx.incarnation}.0`;
-    if (config.voters.includes(ctx.id)) {
-      const disk = ctx.disk;
-      const hardState = disk.get<HardState>('hs') ?? { term: 0, vote: 0, commit: 0 };
-      const entries: Entry[] = [];
-      for (const key of disk.keys('log/')) entries.push(disk.get<Entry>(key)!);
-      this.raftDiskLast = entries.length ? entries[entries.length - 1]!.index : 0;
-      this.raft = new RaftCore(
-        { id: ctx.id, random: ctx.random, electionTicks: 10, heartbeatTicks: 2, preVote: true, checkQuorum: true },
-        { hardState, snapshot: undefined, entries },
-        config.voters,
-      );
+    this.voters = config.voters;
+    for (const v of config.voters) this.logHolders.add(v);
+    // A founding voter, or a node whose disk holds Raft state (it was made a voter later).
+    if (config.voters.includes(ctx.id) || ctx.disk.get<HardState>('hs') !== undefined) {
+      this.startRaft(config.voters.includes(ctx.id) ? config.voters : []);
     }
     if (ctx.incarnation === 0 && config.founders.includes(ctx.id)) {
       // Formation: every founder computes view 0 itself.
@@ -267,10 +271,13 @@ export class MembershipSimNode implements SimNode<MemMessage> {
     if (this.raft) {
       this.raft.tick();
       this.pumpRaft();
-    } else if (now - this.lastFetchMs >= FETCH_EVERY_MS && (this.state === 'member' || this.knownUpTo > 0)) {
+      this.reconfigureVoters();
+    }
+    if (!this.inLog() && now - this.lastFetchMs >= FETCH_EVERY_MS && (this.state === 'member' || this.knownUpTo > 0)) {
       this.lastFetchMs = now;
-      const voter = this.config.voters[this.fetchTurn++ % this.config.voters.length]!;
-      this.ctx.send(voter, { kind: 'fetch', from: this.knownUpTo + 1 });
+      const holders = [...this.voters, ...[...this.logHolders].sort((a, b) => a - b).filter((v) => !this.voters.includes(v))]
+        .filter((v) => v !== this.id);
+      if (holders.length > 0) this.ctx.send(holders[this.fetchTurn++ % holders.length]!, { kind: 'fetch', from: this.knownUpTo + 1 });
     }
     if (this.state === 'member') {
       this.fd!.tick();
@@ -321,6 +328,65 @@ export class MembershipSimNode implements SimNode<MemMessage> {
   }
 
   // ---- Raft driver ------------------------------------------------------------------------------
+
+  /** Raft from this node's disk; `founding` bootstraps a new log if the disk is empty. */
+  private startRaft(founding: readonly number[]): void {
+    const disk = this.ctx.disk;
+    const hardState = disk.get<HardState>('hs') ?? { term: 0, vote: 0, commit: 0 };
+    const entries: Entry[] = [];
+    for (const key of disk.keys('log/')) entries.push(disk.get<Entry>(key)!);
+    this.raftDiskLast = entries.length ? entries[entries.length - 1]!.index : 0;
+    this.raft = new RaftCore(
+      { id: this.id, random: this.ctx.random, electionTicks: 10, heartbeatTicks: 2, preVote: true, checkQuorum: true },
+      { hardState, snapshot: undefined, entries },
+      founding,
+    );
+  }
+
+  /** Whether this node's Raft is in the log's configuration (else it fetches the entries). */
+  private inLog(): boolean {
+    // A node that left the voters may never hear of its removal from the configuration (the
+    // installed view decides), and one removed while it lagged hears from no leader at all
+    // (seed 90): both fetch.
+    const raft = this.raft;
+    return raft !== undefined && raft.lead !== 0 && this.voters.includes(this.id) &&
+      (raft.conf.voters.includes(this.id) || raft.conf.learners.includes(this.id));
+  }
+
+  /**
+   * Voter replacement, as in the runtime driver: the Raft leader moves the configuration toward
+   * the installed view's voters one step at a time (add a learner, promote it once caught up,
+   * then remove voters that left the view).
+   */
+  private reconfigureVoters(): void {
+    const raft = this.raft;
+    if (raft === undefined || raft.role !== 'leader' || this.state !== 'member') return;
+    const status = raft.status();
+    const { voters, learners } = status.conf;
+    const want = this.voters;
+    const missing = want.find((n) => !voters.includes(n) && !learners.includes(n));
+    const ready = want.find((n) => learners.includes(n) && (status.progress[n]?.match ?? 0) >= status.commit);
+    const extra = voters.find((n) => !want.includes(n) && n !== this.id);
+    const change = missing !== undefined ? { op: 'addLearner' as const, node: missing }
+      : ready !== undefined ? { op: 'addVoter' as const, node: ready }
+      : extra !== undefined && want.every((n) => voters.includes(n)) ? { op: 'remove' as const, node: extra }
+      : undefined;
+    if (change === undefined) {
+      // Only the leader itself is left to remove: hand the log to a voter that stays.
+      if (!want.includes(this.id) && want.every((n) => voters.includes(n)) && voters.every((n) => n === this.id || want.includes(n))) {
+        raft.transferLeadership(want[0]!);
+        this.pumpRaft();
+      }
+      return;
+    }
+    try {
+      raft.proposeConfChange(change);
+      this.ctx.trace(`voters: ${change.op} ${change.node}`);
+      this.pumpRaft();
+    } catch (e) {
+      if (!(e instanceof RaftProposalError)) throw e;
+    }
+  }
 
   /** Raft duty 1: persist, and wait for durability before anything of this Ready that needs it. */
   private pumpRaft(): void {
@@ -379,13 +445,20 @@ export class MembershipSimNode implements SimNode<MemMessage> {
     }
   }
 
+  /** A current voter at random, or now and then an older log holder (it may lead the log). */
+  private proposalTarget(): number {
+    const older = [...this.logHolders].sort((a, b) => a - b).filter((v) => !this.voters.includes(v));
+    if (older.length > 0 && this.ctx.random.next() < 0.5) return older[this.ctx.random.int(older.length)]!;
+    return this.voters[this.ctx.random.int(this.voters.length)]!;
+  }
+
   private propose(entry: MembershipEntry): void {
     const bytes = encodeEntry(entry);
     if (this.raft !== undefined && this.raft.role === 'leader') return this.proposeBytes(bytes, 0);
     const lead = this.raft?.lead ?? 0;
     const to = lead !== 0 && lead !== this.id
       ? lead
-      : this.config.voters[this.ctx.random.int(this.config.voters.length)]!;
+      : this.proposalTarget();
     if (to === this.id) return this.proposeBytes(bytes, 0);
     this.ctx.send(to, { kind: 'propose', bytes, hops: 0 });
   }
@@ -393,7 +466,7 @@ export class MembershipSimNode implements SimNode<MemMessage> {
   // ---- Log follower -----------------------------------------------------------------------------
 
   private serveFetch(to: number, from: number): void {
-    if (this.raft === undefined || from > this.knownUpTo) return;
+    if (from > this.knownUpTo) return;
     const upTo = Math.min(this.knownUpTo, from + FETCH_BATCH - 1);
     const list: [number, Uint8Array][] = [];
     for (let i = from; i <= upTo; i++) {
@@ -544,6 +617,8 @@ export class MembershipSimNode implements SimNode<MemMessage> {
         return;
       }
       case 'install':
+        this.voters = effect.voters.map(Number);
+        for (const v of this.voters) this.logHolders.add(v);
         this.startView(effect.view, effect.previous, effect.sealedAtIndex, effect.stateTransfers);
         return;
       case 'partitioned':
@@ -551,10 +626,17 @@ export class MembershipSimNode implements SimNode<MemMessage> {
         this.partitioned = true;
         for (const run of this.shards.values()) run.core.wedge();
         return;
-      case 'removed':
+      case 'removed': {
         this.observer.removed(this, effect.viewId, effect.reason);
+        // Only a leader reconfigures the log: a removed leader hands over to a voter that stays.
+        const heir = this.raft?.conf.voters.find((v) => v !== this.id && this.voters.includes(v));
+        if (this.raft?.role === 'leader' && heir !== undefined) {
+          this.raft.transferLeadership(heir);
+          this.pumpRaft();
+        }
         this.becomeJoiner(effect.reason === 'left' ? 200 + this.ctx.random.int(400) : 50);
         return;
+      }
       case 'refused':
         return;
     }
@@ -628,6 +710,12 @@ export class MembershipSimNode implements SimNode<MemMessage> {
     }
     this.resend = new Map();
     this.earlyStates.clear();
+    if (previous === undefined && view.id !== 0) {
+      this.voters = votersOf(view, this.config.voters.length).map(Number);
+      for (const v of this.voters) this.logHolders.add(v);
+    }
+    // Named a voter: run Raft (from this node's disk, if it was one before); the leader adds it.
+    if (this.voters.includes(this.id) && this.raft === undefined) this.startRaft([]);
     this.history.push({ view, sealedAtIndex });
     if (this.history.length > 8) this.history.shift();
     this.fd!.resetView(view.id, view.memberIds);
