@@ -30,6 +30,7 @@ import {
 } from '../core/ids.js';
 import { FailureDetectorCore } from '../membership/failure-detector-core.js';
 import { SerialPump } from '../membership/serial-pump.js';
+import { nextVoterStep } from '../membership/voter-plan.js';
 import type { Allocator } from '../membership/layout.js';
 import {
   NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry, initialView, votersOf,
@@ -312,26 +313,21 @@ export class MembershipDriver {
     const raft = this.raft;
     if (raft === undefined || raft.core.role !== 'leader' || this.status !== 'member') return;
     const status = raft.core.status();
-    const want = this.voters.map(Number);
-    const { voters, learners } = status.conf;
-    let change: { op: 'addLearner' | 'addVoter' | 'remove'; node: number } | undefined;
-    const missing = want.find((n) => !voters.includes(n) && !learners.includes(n));
-    const ready = want.find((n) => learners.includes(n) && (status.progress[n]?.match ?? 0) >= status.commit);
-    const extra = voters.find((n) => !want.includes(n) && n !== this.self);
-    if (missing !== undefined) change = { op: 'addLearner', node: missing };
-    else if (ready !== undefined) change = { op: 'addVoter', node: ready };
-    else if (extra !== undefined && want.every((n) => voters.includes(n))) change = { op: 'remove', node: extra };
-    if (change === undefined) {
-      // Only the leader itself is left to remove: hand the log to a voter that stays.
-      const onlySelf = voters.every((n) => n === this.self || want.includes(n));
-      if (!want.includes(this.self) && want.every((n) => voters.includes(n)) && onlySelf) {
-        raft.transferLeadership(want[0]!);
+    const step = nextVoterStep({
+      self: this.self, voters: status.conf.voters, learners: status.conf.learners, want: this.voters.map(Number),
+      matchIndex: (n) => status.progress[n]?.match ?? 0, commitIndex: status.commit,
+    });
+    if (step === undefined) return;
+    if (step.kind === 'transferLeadership') {
+      try {
+        raft.transferLeadership(step.node);
+      } catch (error) {
+        if (!(error instanceof RaftProposalError)) throw error;
       }
       return;
     }
-    this.options.log?.(
-      `voters: ${change.op} ${change.node} (want [${want}], have [${voters}], learners [${learners}])`,
-    );
+    this.options.log?.(`voters: ${step.kind} ${step.node} (want [${this.voters}], have [${status.conf.voters}])`);
+    const change = { op: step.kind, node: step.node };
     raft.proposeConfChange(change).catch(() => undefined);
   }
 

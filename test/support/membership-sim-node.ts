@@ -55,6 +55,7 @@ import { RaftProposalError } from '../../src/raft/errors.js';
 import { EntryType, type Entry, type HardState, type Message as RaftMessage, type Ready } from '../../src/raft/types.js';
 import { FailureDetectorCore } from '../../src/membership/failure-detector-core.js';
 import { SerialPump } from '../../src/membership/serial-pump.js';
+import { nextVoterStep } from '../../src/membership/voter-plan.js';
 import {
   NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry, votersOf,
   type MembershipEntry, type ReceiveReportMessage, type ViewChangeEffect,
@@ -362,23 +363,21 @@ export class MembershipSimNode implements SimNode<MemMessage> {
     const raft = this.raft;
     if (raft === undefined || raft.role !== 'leader' || this.state !== 'member') return;
     const status = raft.status();
-    const { voters, learners } = status.conf;
-    const want = this.voters;
-    const missing = want.find((n) => !voters.includes(n) && !learners.includes(n));
-    const ready = want.find((n) => learners.includes(n) && (status.progress[n]?.match ?? 0) >= status.commit);
-    const extra = voters.find((n) => !want.includes(n) && n !== this.id);
-    const change = missing !== undefined ? { op: 'addLearner' as const, node: missing }
-      : ready !== undefined ? { op: 'addVoter' as const, node: ready }
-      : extra !== undefined && want.every((n) => voters.includes(n)) ? { op: 'remove' as const, node: extra }
-      : undefined;
-    if (change === undefined) {
-      // Only the leader itself is left to remove: hand the log to a voter that stays.
-      if (!want.includes(this.id) && want.every((n) => voters.includes(n)) && voters.every((n) => n === this.id || want.includes(n))) {
-        raft.transferLeadership(want[0]!);
-        this.pumpRaft();
+    const step = nextVoterStep({
+      self: this.id, voters: status.conf.voters, learners: status.conf.learners, want: this.voters,
+      matchIndex: (n) => status.progress[n]?.match ?? 0, commitIndex: status.commit,
+    });
+    if (step === undefined) return;
+    if (step.kind === 'transferLeadership') {
+      try {
+        raft.transferLeadership(step.node);
+      } catch (e) {
+        if (!(e instanceof RaftProposalError)) throw e;
       }
+      this.pumpRaft();
       return;
     }
+    const change = { op: step.kind, node: step.node };
     try {
       raft.proposeConfChange(change);
       this.ctx.trace(`voters: ${change.op} ${change.node}`);
