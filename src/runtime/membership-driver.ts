@@ -637,7 +637,11 @@ export class MembershipDriver {
     });
     this.fd = new FailureDetectorCore({ self: this.self, heartbeatTicks, timeoutTicks });
     this.status = 'member';
-    await this.startView(view, undefined, sealedAtIndex, []);
+    // On the effect chain like every install: the timer may pump the cores (and queue a wedge)
+    // while this view's multicast drivers are still connecting.
+    const started = this.effects.then(() => this.startView(view, undefined, sealedAtIndex, []));
+    this.effects = started.catch((error) => this.fail(error));
+    await started;
     this.feed();
   }
 
