@@ -676,6 +676,7 @@ export class MembershipDriver {
   }
 
   private fail(error: unknown): void {
+    if (this.status === 'closed') return; // shutting down: pending effects fail on a closed transport
     this.failure ??= error as Error;
     process.emitWarning(`membership driver of node ${this.self} failed: ${String(error)}`);
   }
