@@ -12,13 +12,16 @@
  *  1. A change entry (joins, clean leaves, removals of suspected nodes) commits. Every member
  *     applies it; the first accepted change after v was installed wedges v (effect `wedge`).
  *  2. The driver wedges multicast for v, and reports what each of the node's shards received from
- *     each sender (`wedged`). The core sends the reports to the other members of the shard.
+ *     each sender (`wedged`). The core sends the reports to the other members of the shard and
+ *     proposes a `wedged` entry for itself.
  *  3. The shard leader (the lowest-ranked surviving shard member) waits for the reports of every
  *     survivor of the shard, computes the ragged trim with the injected `computeTrim`, and
  *     proposes it. The first trim committed for a shard is final; later ones are ignored. A
  *     failure in the middle is one more change entry: the survivors shrink, a new shard leader may
  *     take over, and trims already committed stay valid (a minimum over more nodes).
- *  4. When a trim has committed for every shard that needs one, the next view is sealed: its
+ *  4. When a trim has committed for every shard that needs one, and every survivor's `wedged`
+ *     acknowledgement has committed (survivors are a majority of v, so a side of a partition
+ *     that cannot reach a majority never seals), the next view is sealed: its
  *     members are v's survivors in rank order then the joiners in commit order, and its layout
  *     comes from the allocator. The core asks the driver to deliver up to the trims and persist
  *     (`deliver`), and once told `delivered`, installs the next view (`install`). Entries
@@ -68,7 +71,13 @@ export type MembershipEntry =
       readonly shardIndex: ShardIndex;
       /** Per sender (index in the shard's sender list): messages every survivor delivers. */
       readonly trim: readonly number[];
-    };
+    }
+  /**
+   * `node` wedged `viewId`. The next view is sealed only once every survivor's acknowledgement
+   * has committed: survivors are a majority of the view, so a side of a partition that cannot
+   * reach a majority never seals, however its removals happen to commit one by one.
+   */
+  | { readonly kind: 'wedged'; readonly viewId: ViewId; readonly node: NodeId };
 
 /** What one member of a wedged shard received: per sender, the count of messages (final). */
 export interface ReceiveReport {
@@ -202,6 +211,8 @@ interface Pending {
 }
 
 const shardKey = (subgroup: SubgroupId, shard: ShardIndex): string => `${subgroup}/${shard}`;
+/** This node's own `wedged` acknowledgement, kept with the trims it proposes. */
+const ACK_KEY = 'wedged';
 
 /** A majority of the view's members, clean leavers excepted, must survive a change. */
 export function leavesMajority(
@@ -267,6 +278,8 @@ export class ViewChangeCore {
   /** Changes proposed but not yet seen committed, with the tick they were (re)proposed at. */
   private inFlight: { change: MembershipChange; proposedAtTicks: number }[] = [];
   private inFlightTrims = new Map<string, { entry: MembershipEntry; proposedAtTicks: number }>();
+  /** Survivors whose `wedged` entry for the current view has committed. */
+  private acks = new Set<NodeId>();
   private toPropose: MembershipChange[] = [];
   private proposals: MembershipEntry[] = [];
   private messages: { to: NodeId; message: ReceiveReportMessage }[] = [];
@@ -419,6 +432,10 @@ export class ViewChangeCore {
       this.storeReport(report);
     }
     this.sendReports();
+    // Our acknowledgement rides in the trim map: retried like a trim until it commits.
+    const ack: MembershipEntry = { kind: 'wedged', viewId, node: this.self };
+    this.inFlightTrims.set(ACK_KEY, { entry: ack, proposedAtTicks: this.nowTicks });
+    this.proposals.push(ack);
     this.proposeTrims();
   }
 
@@ -477,6 +494,7 @@ export class ViewChangeCore {
     this.trims = new Map();
     this.proposedTrimSurvivors = new Map();
     this.inFlightTrims = new Map();
+    this.acks = new Set();
     this.wedgedViewId = undefined;
     this.suspected = new Set();
     this.partitioned = false;
@@ -516,7 +534,8 @@ export class ViewChangeCore {
 
   private apply(index: number, entry: MembershipEntry): void {
     if (entry.kind === 'change') this.applyChange(entry.changes);
-    else this.applyTrim(entry);
+    else if (entry.kind === 'trim') this.applyTrim(entry);
+    else if (this.state === 'wedging' && entry.viewId === this.current.id) this.acks.add(entry.node);
     this.maybeSeal(index);
   }
 
@@ -627,6 +646,7 @@ export class ViewChangeCore {
     if (this.state !== 'wedging') return;
     const needed = this.shardsNeedingTrim();
     if (!needed.every((s) => this.trims.has(shardKey(s.subgroupId, s.shardIndex)))) return;
+    if (!this.current.memberIds.every((n) => !this.survives(n) || this.acks.has(n))) return;
     const view = this.nextView();
     this.sealed = { view, index };
     this.state = 'delivering';
@@ -703,6 +723,8 @@ export class ViewChangeCore {
       this.inFlight = this.inFlight.filter(
         (f) => !entry.changes.some((c) => sameChange(c, f.change)),
       );
+    } else if (entry.kind === 'wedged') {
+      if (entry.viewId === this.current.id && entry.node === this.self) this.inFlightTrims.delete(ACK_KEY);
     } else if (entry.viewId === this.current.id) {
       this.inFlightTrims.delete(shardKey(entry.subgroupId, entry.shardIndex));
     }
@@ -746,6 +768,9 @@ export class EntryDecodeError extends SquallError {
 
 /** Deterministic bytes of a log entry (arrays only, fixed order); the caller owns the buffer. */
 export function encodeEntry(entry: MembershipEntry): Uint8Array {
+  if (entry.kind === 'wedged') {
+    return Uint8Array.from(entryPackr.pack([ENTRY_FORMAT_VERSION, 2, entry.viewId, entry.node]));
+  }
   const canonical =
     entry.kind === 'change'
       ? [
@@ -816,6 +841,13 @@ export function decodeEntry(bytes: Uint8Array): MembershipEntry {
       subgroupId: uint(top[3], 'subgroup id') as SubgroupId,
       shardIndex: uint(top[4], 'shard index') as ShardIndex,
       trim: list(top[5], 'trim').map((n) => uint(n, 'a trim count')),
+    };
+  }
+  if (top[1] === 2) {
+    return {
+      kind: 'wedged',
+      viewId: uint(top[2], 'view id') as ViewId,
+      node: uint(top[3], 'node id') as NodeId,
     };
   }
   throw new EntryDecodeError(`unknown entry kind ${String(top[1])}`);

@@ -161,6 +161,13 @@ class MulticastMux {
   readonly drivers = new Map<number, MulticastDriver>();
   private readonly sessions = new Map<TransportAddress, Promise<TransportSession>>();
   unknownShardFrames = 0;
+  /**
+   * Frames for a shard that has no driver here yet, kept (bounded) for the driver created next
+   * for it: a node that joins a shard hears from the shard's members, who installed the view
+   * first, before it has installed that view itself (the transport already acknowledged them).
+   */
+  readonly early = new Map<number, Uint8Array[]>();
+  earlyCount = 0;
 
   constructor(private readonly transport: Transport, requestType: RequestType) {
     transport.handle(requestType, (frame) => {
@@ -168,7 +175,12 @@ class MulticastMux {
         const shard = new DataView(frame.buffer, frame.byteOffset, frame.byteLength).getUint32(0, true);
         const driver = this.drivers.get(shard);
         if (driver !== undefined) driver.receiveFrame(frame);
-        else this.unknownShardFrames++;
+        else if (this.earlyCount < EARLY_FRAMES_MAX) {
+          const list = this.early.get(shard) ?? [];
+          this.early.set(shard, list);
+          list.push(frame.slice());
+          this.earlyCount++;
+        } else this.unknownShardFrames++;
       }
       return EMPTY;
     });
@@ -188,7 +200,17 @@ class MulticastMux {
   }
 }
 
+const EARLY_FRAMES_MAX = 4096;
 const muxes = new WeakMap<Transport, Map<RequestType, MulticastMux>>();
+
+/**
+ * Registers the multicast handler on `transport` now (the first driver does it otherwise), so
+ * that frames for shards this node is about to enter are kept until their driver exists, not
+ * refused. The membership driver calls it before it joins.
+ */
+export function prepareMulticastTransport(transport: Transport, requestType: RequestType = MULTICAST_REQUEST_TYPE_DEFAULT): void {
+  muxFor(transport, requestType);
+}
 
 function muxFor(transport: Transport, requestType: RequestType): MulticastMux {
   let byType = muxes.get(transport);
@@ -276,6 +298,12 @@ export class MulticastDriver {
     this.peers = this.makePeers(options.view, new Map());
     this.ticker = setInterval(() => this.onTick(), options.tickIntervalMs ?? 50);
     this.ticker.unref?.();
+    const early = this.mux.early.get(options.shard);
+    if (early !== undefined) {
+      this.mux.early.delete(options.shard);
+      this.mux.earlyCount -= early.length;
+      for (const frame of early) this.receiveFrame(frame);
+    }
     this.onTick();
   }
 

@@ -94,6 +94,15 @@ const leave = (n: number, v = 0): MembershipChange => ({
   viewId: viewId(v),
 });
 const kinds = (effects: readonly ViewChangeEffect[]): string[] => effects.map((e) => e.kind);
+/** Proposals other than the node's own `wedged` acknowledgement. */
+const withoutAcks = (proposals: readonly MembershipEntry[]): MembershipEntry[] =>
+  proposals.filter((p) => p.kind !== 'wedged');
+/** Commits the `wedged` acknowledgements of `nodes` for the core's view; returns the last index. */
+function ack(c: ViewChangeCore, index: number, nodes: readonly number[]): number {
+  let i = index;
+  for (const n of nodes) c.committed(++i, { kind: 'wedged', viewId: c.view.id, node: nodeId(n) });
+  return i;
+}
 
 /** Reports for every shard of `node` in `view`, with `received` per sender. */
 function reportsFor(view: View, node: NodeId, received: (sender: number) => number) {
@@ -129,7 +138,11 @@ test('a committed removal wedges, trims, seals, delivers and installs the next v
     afterWedge.messages.map((m) => m.to),
     ids(5),
   );
-  t.deepEqual(afterWedge.proposals, [], 'the shard leader waits for every survivor');
+  t.deepEqual(
+    afterWedge.proposals,
+    [{ kind: 'wedged', viewId: viewId(0), node: nodeId(1) }],
+    'its own acknowledgement only: the shard leader waits for every survivor',
+  );
   c.receive(nodeId(5), {
     kind: 'receive-report',
     report: {
@@ -158,6 +171,10 @@ test('a committed removal wedges, trims, seals, delivers and installs the next v
     shardIndex: shardIndex(1),
     trim: [4],
   });
+  t.deepEqual(c.ready().effects, [], "the seal waits for every survivor's acknowledgement");
+  ack(c, 3, [1, 2, 3]);
+  t.deepEqual(c.ready().effects, [], 'node 5 has not acknowledged yet; node 4 need not');
+  ack(c, 6, [5]);
   const sealed = c.ready().effects;
   t.deepEqual(sealed, [
     {
@@ -174,7 +191,7 @@ test('a committed removal wedges, trims, seals, delivers and installs the next v
   t.is(install.view.id, viewId(1));
   t.deepEqual(install.view.memberIds, ids(1, 2, 3, 5));
   t.deepEqual(install.view.failed, ids(4));
-  t.is(install.sealedAtIndex, 3);
+  t.is(install.sealedAtIndex, 7);
   t.deepEqual(install.voters, ids(1, 2, 3));
   t.deepEqual(
     install.view.subgroup('Kv', 0)!.shards.map((s) => s.members),
@@ -211,7 +228,7 @@ function finishRound(
     const r = c.ready();
     effects.push(...r.effects);
     for (const p of r.proposals) {
-      if (p.kind === 'trim') c.committed(++index, p);
+      if (p.kind !== 'change') c.committed(++index, p);
       else proposals.push(p);
     }
   };
@@ -235,6 +252,8 @@ function finishRound(
       });
     }
   }
+  // The other members' acknowledgements (those of removed nodes are not needed, and harmless).
+  index = ack(c, index, view.memberIds.filter((n) => n !== self));
   // Reports of the other members of node 1's shards.
   for (const s of view.shardsOf(self)) {
     for (const n of view.shard(s.subgroupId, s.shardIndex)!.members) {
@@ -301,7 +320,7 @@ test('entries committed after the seal start the next round right after the inst
         received: [1, 1, 1],
       },
     });
-  c.committed(2, c.ready().proposals[0]!);
+  c.committed(2, withoutAcks(c.ready().proposals)[0]!);
   c.committed(3, {
     kind: 'trim',
     viewId: viewId(0),
@@ -309,13 +328,14 @@ test('entries committed after the seal start the next round right after the inst
     shardIndex: shardIndex(1),
     trim: [1, 1],
   });
+  ack(c, 3, [1, 2, 3, 4]);
   t.is(c.phase, 'delivering');
-  // Index 4 is a Raft entry of its own (say, a new leader's empty entry): indexes may skip.
-  c.committed(5, {
+  // Index 8 is a Raft entry of its own (say, a new leader's empty entry): indexes may skip.
+  c.committed(9, {
     kind: 'change',
     changes: [{ kind: 'join', node: nodeId(9), address: address(9) }],
   });
-  c.committed(5, { kind: 'change', changes: [leave(1)] }); // a replay of index 5: ignored
+  c.committed(9, { kind: 'change', changes: [leave(1)] }); // a replay of index 9: ignored
   t.deepEqual(kinds(c.ready().effects), ['deliver']);
   c.delivered(viewId(0));
   const effects = c.ready().effects;
@@ -323,7 +343,7 @@ test('entries committed after the seal start the next round right after the inst
   assertKind(effects[0], 'install');
   t.deepEqual(effects[0].view.memberIds, ids(1, 2, 3, 4), 'the join is not in view 1');
   t.deepEqual(effects[1], { kind: 'wedge', viewId: viewId(1) });
-  t.is(c.lastAppliedIndex, 5);
+  t.is(c.lastAppliedIndex, 9);
 });
 
 test('the first committed trim of a shard is final; a new shard leader takes over after a failure', (t) => {
@@ -335,7 +355,7 @@ test('the first committed trim of a shard is final; a new shard leader takes ove
     viewId(0),
     reportsFor(v0, nodeId(5), () => 7),
   );
-  t.deepEqual(c.ready().proposals, [], 'node 5 is not the shard leader yet');
+  t.deepEqual(withoutAcks(c.ready().proposals), [], 'node 5 is not the shard leader yet');
   c.committed(2, { kind: 'change', changes: [remove(1)] });
   const proposals = c.ready().proposals;
   t.deepEqual(proposals, [
@@ -363,6 +383,7 @@ test('the first committed trim of a shard is final; a new shard leader takes ove
     shardIndex: shardIndex(1),
     trim: [3],
   });
+  ack(c, 5, [2, 3, 5]);
   const [deliver] = c.ready().effects;
   assertKind(deliver, 'deliver');
   t.deepEqual(
@@ -468,17 +489,18 @@ test('backlogs are bounded: too many waiting changes or entries behind a seal ar
     shardIndex: shardIndex(1),
     trim: [1],
   });
+  ack(c, 3, [1, 2, 3, 4]);
   t.is(c.phase, 'delivering');
-  c.committed(4, { kind: 'change', changes: [] });
-  c.committed(5, { kind: 'change', changes: [] });
-  t.throws(() => c.committed(6, { kind: 'change', changes: [] }), {
+  c.committed(8, { kind: 'change', changes: [] });
+  c.committed(9, { kind: 'change', changes: [] });
+  t.throws(() => c.committed(10, { kind: 'change', changes: [] }), {
     instanceOf: ViewChangeBacklogError,
     message: /entries behind a sealed view: more than 2 are waiting/,
   });
-  t.is(c.lastAppliedIndex, 5, 'the refused entry was not consumed');
+  t.is(c.lastAppliedIndex, 9, 'the refused entry was not consumed');
   c.delivered(viewId(0));
-  c.committed(6, { kind: 'change', changes: [] });
-  t.is(c.lastAppliedIndex, 6);
+  c.committed(10, { kind: 'change', changes: [] });
+  t.is(c.lastAppliedIndex, 10);
   t.is(c.view.id, viewId(1));
 });
 
@@ -577,6 +599,30 @@ test('partition safety: a change that leaves a minority is refused by all; a min
   t.deepEqual(install.view.memberIds, ids(1, 2, 3));
 });
 
+test('partition safety: a minority side that removes the far side piece by piece never seals', (t) => {
+  // Seed 96 of the membership simulation: nodes 1, 2, 7 of seven are cut off from 3, 4, 5, 6,
+  // hold the Raft majority, and commit remove 4, then remove 3 and 6 (still four of seven
+  // survive: 1, 2, 5, 7), then remove 5 (refused). Every shard's trim can commit from their own
+  // reports (5 is in no shard), but 5 never acknowledges, so the side never seals a view.
+  const c = core(1, firstView([1, 2, 3, 4, 5, 6, 7], { Kv: oneSubgroup(flexibleEvenShards(2, 1, 1)) }));
+  c.committed(1, { kind: 'change', changes: [remove(4)] });
+  c.committed(2, { kind: 'change', changes: [remove(3), remove(6)] });
+  c.committed(3, { kind: 'change', changes: [remove(5)] });
+  t.deepEqual(kinds(c.ready().effects), ['wedge', 'refused']);
+  c.wedged(viewId(0), reportsFor(c.view, nodeId(1), () => 2));
+  let index = 3;
+  for (const p of withoutAcks(c.ready().proposals)) c.committed(++index, p);
+  for (const s of c.view.layout.types[0]!.subgroups[0]!.shards.keys()) {
+    c.committed(++index, { kind: 'trim', viewId: viewId(0), subgroupId: subgroupId(0), shardIndex: shardIndex(s), trim: [2] });
+  }
+  index = ack(c, index, [1, 2, 7]);
+  for (let i = 0; i < 50; i++) c.tick();
+  t.deepEqual(kinds(c.ready().effects), [], 'no deliver, no install without node 5');
+  t.is(c.phase, 'wedging');
+  ack(c, index, [5]);
+  t.deepEqual(kinds(c.ready().effects), ['deliver'], 'once the far survivor acknowledges, the round ends');
+});
+
 test('state transfers name the surviving shard member with the lowest shard rank', (t) => {
   const policies = { Kv: oneSubgroup(fixedEvenShards(1, 3)) };
   const v0 = firstView([1, 2, 3, 4], policies);
@@ -608,6 +654,7 @@ test('membership log entries encode deterministically and round-trip; bad bytes 
       trim: [0, 17, 3],
     },
     { kind: 'change', changes: [] },
+    { kind: 'wedged', viewId: viewId(4), node: nodeId(7) },
   ];
   for (const entry of entries) {
     const bytes = encodeEntry(entry);
@@ -679,10 +726,10 @@ test('receive reports from nodes outside the shard are ignored', (t) => {
   });
   c.receive(nodeId(2), forged(2)); // node 2 is in Kv shard 1, not shard 0
   c.receive(nodeId(3), forged(5)); // reporter and sender disagree
-  t.deepEqual(c.ready().proposals, []);
+  t.deepEqual(withoutAcks(c.ready().proposals), []);
   c.receive(nodeId(5), forged(5));
   t.deepEqual(
-    c.ready().proposals.map((p) => p.kind === 'trim' && p.trim),
+    withoutAcks(c.ready().proposals).map((p) => p.kind === 'trim' && p.trim),
     [[0, 0]],
   );
 });

@@ -1,0 +1,889 @@
+/**
+ * MembershipDriver: runs one node's membership layer over the Transport, with real timers. It
+ * composes the pure cores exactly as the membership simulation does (test/sim/membership-sim.ts
+ * and its node, test/support/membership-sim-node.ts, are this file's blueprint and proof):
+ *
+ *  - the membership log: a RaftDriver among the configured voters (the first `votersCount`
+ *    founders, a fixed set: see "Limits" in README.md). A voter feeds the committed membership
+ *    entries from its own Raft; any other node pulls them from the voters (`fetch`). Either way
+ *    the entries reach the ViewChangeCore in log order, by Raft index;
+ *  - proposals: the core's `ready().proposals` go to the Raft leader (a voter that leads proposes;
+ *    everyone else sends `propose` to the leader it knows, or to a voter, which forwards once);
+ *  - FailureDetectorCore over `hb` messages (with the sender's address, so that a restarted
+ *    process is never taken for the member it replaced); transport `peer-failed` events and
+ *    messages from a member's id under another address count as failures at once;
+ *  - ViewChangeCore: suspicions → suspect(); `wedge` → wedge every MulticastDriver of the view and
+ *    report receiveState(); `deliver` → applyTrim per shard, persist (the `persist` hook), then
+ *    delivered(); `install` → installView / create / close the MulticastDrivers of the new view,
+ *    start state transfers, reset the failure detector, emit `view`;
+ *  - joins: a node that is not a member calls `join` on its seeds until one welcomes it with the
+ *    view it joined in and that view's seal index; state transfer (chunked, pulled by the joiner
+ *    from the shard's source) runs before the joiner's held deliveries are handed over.
+ *
+ * The effects of the core run one at a time in order on an async chain (creating a multicast
+ * driver connects sessions), while ticks, heartbeats and log entries keep arriving.
+ */
+import { Packr } from 'msgpackr';
+import { SquallError, TimeoutError } from '../core/errors.js';
+import {
+  nodeId, viewId as makeViewId, type NodeId, type ShardIndex, type SubgroupId, type ViewId,
+} from '../core/ids.js';
+import { FailureDetectorCore } from '../membership/failure-detector-core.js';
+import { SerialPump } from '../membership/serial-pump.js';
+import { nextVoterStep } from '../membership/voter-plan.js';
+import type { Allocator } from '../membership/layout.js';
+import {
+  NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry, initialView, votersOf,
+  type MembershipEntry, type ReceiveReportMessage, type StateTransfer, type ViewChangeEffect,
+} from '../membership/view-change-core.js';
+import { decodeView, encodeView, type View } from '../membership/view.js';
+import type { MulticastLimits } from '../multicast/config.js';
+import { computeTrim } from '../multicast/ragged-edge.js';
+import { RaftProposalError } from '../raft/errors.js';
+import { MemoryStorage, type RaftStorage } from '../raft/storage.js';
+import type { Entry, Snapshot } from '../raft/types.js';
+import type { RequestContext, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
+import {
+  MulticastDriver, prepareMulticastTransport, type MulticastDelivery, type MulticastView,
+} from './multicast-driver.js';
+import { RaftDriver } from './raft-driver.js';
+
+/** The request type of membership messages (Raft uses 40, multicast 48). */
+export const MEMBERSHIP_REQUEST_TYPE = 41;
+
+/** Identifies a shard of the layout. */
+export interface ShardRef {
+  readonly subgroupId: SubgroupId;
+  readonly shardIndex: ShardIndex;
+}
+
+/**
+ * The replicated state of this node's shards, for state transfer. Versions are the multicast
+ * versions of delivered messages (view id << 32 | position): they only grow.
+ */
+export interface ShardStateStore {
+  /** The newest version this node holds for the shard (-1n if none). */
+  latestVersion(shard: ShardRef): bigint;
+  /** Every version above `afterVersion`, in chunks, in order (may be built lazily). */
+  stateChunks(shard: ShardRef, afterVersion: bigint): Iterable<Uint8Array>;
+  /** Applies one chunk from another node's stateChunks(); re-applying one is harmless. */
+  applyStateChunk(shard: ShardRef, chunk: Uint8Array): void;
+}
+
+export interface MembershipDriverOptions {
+  readonly self: NodeId;
+  readonly transport: Transport;
+  readonly allocator: Allocator;
+  /**
+   * A hash of the registered types and their method signatures and of the layout policies:
+   * a joiner whose hash differs is refused (JoinRefusedError), since it would compute other views.
+   */
+  readonly layoutHash: string;
+  /** The founding members with their addresses (every node passes the same list). */
+  readonly founders: readonly { readonly id: NodeId; readonly address: TransportAddress }[];
+  /** True on a founder starting a new group; a node that joins later (or restarts) passes false. */
+  readonly found: boolean;
+  /** Members' addresses to ask for a join (any member will do). */
+  readonly seeds?: readonly TransportAddress[];
+  /** How many founders replicate the membership log (default 3). */
+  readonly votersCount?: number;
+  readonly raftStorage?: RaftStorage;
+  readonly tickMs?: number;
+  readonly heartbeatMs?: number;
+  readonly failureTimeoutMs?: number;
+  readonly joinTimeoutMs?: number;
+  /** Re-propose a membership change or trim that has not committed after this long (default 50). */
+  readonly proposalRetryMs?: number;
+  readonly multicastLimits?: MulticastLimits;
+  readonly state?: ShardStateStore;
+  /** Ordered deliveries of this node's shards, in order (held while a state transfer runs). */
+  readonly onDeliver?: (shard: ShardRef, delivery: MulticastDelivery) => void;
+  /** Persist everything delivered up to the trims before the next view is installed. */
+  readonly persist?: (viewId: ViewId) => Promise<void>;
+  /** How long one state-transfer call may take before the joiner asks again. */
+  readonly stateTransferTimeoutMs?: number;
+  /** Progress lines (committed entries, effects, suspicions), for operators and debugging. */
+  readonly log?: (line: string) => void;
+}
+
+/** The node was removed from the group (it failed, was suspected, or left). */
+export class NodeRemovedError extends SquallError {
+  constructor(node: NodeId, viewIdValue: ViewId, reason: string) {
+    super(
+      `node ${node} is no longer a member: removed in view ${viewIdValue} (${reason}). ` +
+        'Fix: start the node again so that it rejoins as a new member (it receives state by transfer).',
+      'NODE_REMOVED',
+    );
+  }
+}
+
+/** A member refused this node's join for a reason that retrying cannot fix. */
+export class JoinRefusedError extends SquallError {
+  constructor(by: TransportAddress, reason: string) {
+    super(`join refused by ${by}: ${reason}`, 'JOIN_REFUSED');
+  }
+}
+
+type Listener = { view: (view: View) => void; removed: (error: NodeRemovedError) => void };
+
+type Wire =
+  | { t: 'hb'; from: number; address: string }
+  | { t: 'report'; from: number; address: string; message: ReceiveReportMessage }
+  | { t: 'propose'; entry: Uint8Array; hops: number }
+  | { t: 'fetch'; from: number }
+  | { t: 'join'; node: number; address: string; layoutHash: string }
+  | { t: 'stateOpen'; view: number; subgroupId: number; shardIndex: number; after: string }
+  | { t: 'stateNext'; token: number };
+
+type JoinReply =
+  | { t: 'welcome'; view: Uint8Array; sealedAtIndex: number }
+  | { t: 'pending' }
+  | { t: 'notMember' }
+  | { t: 'refused'; code: string; message: string };
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+const EMPTY = new Uint8Array(0);
+const FETCH_BATCH = 256;
+const FETCH_BACKOFF_MS = 1000;
+const shardNumber = (s: ShardRef): number => s.subgroupId * 1024 + s.shardIndex;
+const shardName = (s: ShardRef): string => `${s.subgroupId}/${s.shardIndex}`;
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface ShardRun {
+  readonly ref: ShardRef;
+  driver: MulticastDriver;
+  /** Deliveries held while this node waits for the shard's state. */
+  held: { shard: ShardRef; delivery: MulticastDelivery }[] | undefined;
+}
+
+export class MembershipDriver {
+  private readonly options: MembershipDriverOptions;
+  private readonly self: NodeId;
+  private readonly transport: Transport;
+  private readonly tickMs: number;
+  /** The membership log's voters as of the installed view (the first votersCount members). */
+  private voters: readonly NodeId[];
+  private readonly votersCount: number;
+  /**
+   * Every node known to have been a voter: they hold the log even after leaving the voters (a
+   * view change may remove all of them at once, and the Raft leader may then be a node that is
+   * rejoining), so fetches and proposals go to them too.
+   */
+  private readonly logHolders = new Set<NodeId>();
+  /** Raft id → address of every node Raft may talk to (grows with the views). */
+  private readonly raftPeers = new Map<number, TransportAddress>();
+  private raftStarting = false;
+  private raft: RaftDriver | undefined;
+  private core: ViewChangeCore | undefined;
+  private fd: FailureDetectorCore | undefined;
+  private status: 'new' | 'joining' | 'member' | 'removed' | 'closed' = 'new';
+  private partitioned = false;
+  /** Committed membership entries by Raft index; every index up to knownUpTo is known. */
+  private readonly log = new Map<number, Uint8Array>();
+  private knownUpTo = 0;
+  private readonly fetching = new Set<NodeId>();
+  private readonly fetchFailedAt = new Map<NodeId, number>();
+  private readonly history: { view: View; sealedAtIndex: number }[] = [];
+  private shards = new Map<string, ShardRun>();
+  private readonly sessions = new Map<TransportAddress, Promise<TransportSession>>();
+  private readonly transfers = new Map<number, { chunks: Iterator<Uint8Array>; at: number }>();
+  private transferToken = 1;
+  private effects: Promise<void> = Promise.resolve();
+  private readonly pumper = new SerialPump(() => this.pumpOnce(), () => this.status === 'member');
+  private timer: NodeJS.Timeout | undefined;
+  private readonly listeners: { [K in keyof Listener]: Listener[K][] } = { view: [], removed: [] };
+  private failure: Error | undefined;
+  readonly counters = {
+    heartbeatsSent: 0, messagesDropped: 0, sendErrors: 0, proposals: 0, installs: 0, stateChunks: 0,
+  };
+
+  constructor(options: MembershipDriverOptions) {
+    this.options = options;
+    this.self = options.self;
+    this.transport = options.transport;
+    this.tickMs = options.tickMs ?? 10;
+    this.votersCount = options.votersCount ?? 3;
+    this.voters = options.founders.slice(0, this.votersCount).map((f) => f.id);
+    for (const f of options.founders) this.raftPeers.set(Number(f.id), f.address);
+    for (const v of this.voters) this.logHolders.add(v);
+  }
+
+  // ---- Public API ---------------------------------------------------------------------------
+
+  /** The installed view. Throws before start() resolved. */
+  current(): View {
+    if (this.core === undefined) throw new SquallError('no view yet: await start() first', 'NO_VIEW');
+    return this.core.view;
+  }
+
+  on<K extends keyof Listener>(event: K, listener: Listener[K]): void {
+    this.listeners[event].push(listener);
+  }
+
+  get isMember(): boolean {
+    return this.status === 'member';
+  }
+
+  /** Whether this node leads the membership log's Raft group (it is then the group leader). */
+  get isLeader(): boolean {
+    return this.raft?.core.role === 'leader';
+  }
+
+  /** The multicast driver of a shard of the current view this node belongs to. */
+  multicast(shard: ShardRef): MulticastDriver | undefined {
+    return this.shards.get(shardName(shard))?.driver;
+  }
+
+  /** Whether this node still waits for the state of `shard`. */
+  awaitingState(shard: ShardRef): boolean {
+    return this.shards.get(shardName(shard))?.held !== undefined;
+  }
+
+  /**
+   * Starts Raft (on a voter), the timers and the transport handler; a founder installs view 0, a
+   * joiner asks its seeds until it is welcomed. Resolves once this node is a member; rejects with
+   * JoinRefusedError (incompatible layout hash) or NodeIdInUseError / TimeoutError after
+   * joinTimeoutMs.
+   */
+  async start(): Promise<void> {
+    if (this.status !== 'new') throw new SquallError('start() was called twice', 'ALREADY_STARTED');
+    this.transport.handle(MEMBERSHIP_REQUEST_TYPE, (request, context) => this.onRequest(request, context));
+    prepareMulticastTransport(this.transport);
+    if (this.voters.includes(this.self)) await this.startRaft(this.voters);
+    this.timer = setInterval(() => this.onTick(), this.tickMs);
+    if (this.options.found) {
+      const view = initialView(this.options.founders, this.options.allocator);
+      await this.becomeMember(view, 0);
+      return;
+    }
+    this.status = 'joining';
+    await this.join();
+  }
+
+  /** Asks to leave the group cleanly; the `removed` event follows once the change commits. */
+  leave(): void {
+    if (this.status !== 'member') return;
+    this.core!.leave();
+    this.pump();
+  }
+
+  /** Stops timers, Raft and the multicast drivers; does not close the transport. */
+  async close(): Promise<void> {
+    if (this.status === 'closed') return;
+    this.status = 'closed';
+    if (this.timer) clearInterval(this.timer);
+    await this.raft?.close();
+    for (const run of this.shards.values()) await run.driver.close();
+    this.shards.clear();
+    for (const s of this.sessions.values()) s.then((x) => x.close(), () => undefined);
+  }
+
+  /**
+   * Runs Raft here: as a founding voter (`founding` = the founding voters), or with no voters as a
+   * node the leader is about to add (it is caught up as a learner, then promoted).
+   */
+  private async startRaft(founding: readonly NodeId[]): Promise<void> {
+    if (this.raft !== undefined || this.raftStarting) return;
+    this.raftStarting = true;
+    try {
+      this.raft = await RaftDriver.start({
+        id: this.self, peers: this.raftPeers, voters: founding.map(Number), transport: this.transport,
+        storage: this.options.raftStorage ?? new MemoryStorage(), tickMs: this.tickMs,
+        // A leader's failure is noticed by Raft's election timeout: keep it near the failure
+        // detector's (a membership change waits for a new leader), but at least 5 ticks.
+        core: { electionTicks: this.electionTicks(), heartbeatTicks: this.electionTicks() > 5 ? 2 : 1 },
+        stateMachine: {
+          apply: (entry: Entry) => this.onRaftEntry(entry),
+          restore: (snapshot: Snapshot) => this.onRaftSnapshot(snapshot),
+          snapshot: () => packr.pack([this.knownUpTo, [...this.log]]),
+        },
+      });
+    } finally {
+      this.raftStarting = false;
+    }
+  }
+
+  /**
+   * Voter replacement (the install effect's voters): the Raft leader moves the log's voter set
+   * toward the view's first votersCount members one step at a time: add a missing one as a
+   * learner, promote it once it has caught up, then remove voters that left the view. Called on
+   * every tick; a step waits while an earlier one is uncommitted (proposeConfChange refuses).
+   */
+  private reconfigureVoters(): void {
+    const raft = this.raft;
+    if (raft === undefined || raft.core.role !== 'leader' || this.status !== 'member') return;
+    const status = raft.core.status();
+    const step = nextVoterStep({
+      self: this.self, voters: status.conf.voters, learners: status.conf.learners, want: this.voters.map(Number),
+      matchIndex: (n) => status.progress[n]?.match ?? 0, commitIndex: status.commit,
+    });
+    if (step === undefined) return;
+    if (step.kind === 'transferLeadership') {
+      try {
+        raft.transferLeadership(step.node);
+      } catch (error) {
+        if (!(error instanceof RaftProposalError)) throw error;
+      }
+      return;
+    }
+    this.options.log?.(`voters: ${step.kind} ${step.node} (want [${this.voters}], have [${status.conf.voters}])`);
+    const change = { op: step.kind, node: step.node };
+    raft.proposeConfChange(change).catch(() => undefined);
+  }
+
+  private electionTicks(): number {
+    const timeoutTicks = Math.round((this.options.failureTimeoutMs ?? 500) / this.tickMs);
+    return Math.min(10, Math.max(5, timeoutTicks));
+  }
+
+  // ---- Joining ------------------------------------------------------------------------------
+
+  private async join(): Promise<void> {
+    const seeds = this.options.seeds ?? this.options.founders.map((f) => f.address);
+    const deadline = Date.now() + (this.options.joinTimeoutMs ?? 30_000);
+    let lastProblem: Error | undefined;
+    for (let turn = 0; this.status === 'joining'; turn++) {
+      if (Date.now() > deadline) {
+        throw lastProblem ?? new TimeoutError(`joining through ${seeds.join(', ')}`, this.options.joinTimeoutMs ?? 30_000);
+      }
+      const seed = seeds[turn % seeds.length]!;
+      if (seed === this.transport.address) {
+        await sleep(10);
+        continue;
+      }
+      let reply: JoinReply;
+      try {
+        const session = await this.session(seed);
+        const bytes = await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
+          t: 'join', node: this.self, address: this.transport.address, layoutHash: this.options.layoutHash,
+        }), { timeoutMs: 1000 });
+        reply = packr.unpack(bytes) as JoinReply;
+      } catch (error) {
+        lastProblem = error as Error;
+        this.sessions.delete(seed);
+        await sleep(50);
+        continue;
+      }
+      if (reply.t === 'welcome') {
+        await this.becomeMember(decodeView(reply.view), reply.sealedAtIndex);
+        return;
+      }
+      if (reply.t === 'refused' && reply.code === 'NODE_ID_IN_USE') {
+        lastProblem = new NodeIdInUseError(this.self, makeViewId(0));
+      } else if (reply.t === 'refused') {
+        this.status = 'removed';
+        throw new JoinRefusedError(seed, reply.message);
+      }
+      await sleep(reply.t === 'pending' ? 20 : 50);
+    }
+  }
+
+  private answerJoin(request: Extract<Wire, { t: 'join' }>): JoinReply {
+    if (this.status !== 'member') return { t: 'notMember' };
+    if (request.layoutHash !== this.options.layoutHash) {
+      return {
+        t: 'refused', code: 'LAYOUT_MISMATCH',
+        message: `node ${request.node} has layout hash ${request.layoutHash}, the group ${this.options.layoutHash}. ` +
+          'Fix: run the same build (registered types, methods and layout policies) on every node.',
+      };
+    }
+    const node = nodeId(request.node);
+    for (let i = this.history.length - 1; i >= 0; i--) {
+      const h = this.history[i]!;
+      if (h.view.joined.includes(node) && h.view.addressOf(node) === request.address) {
+        return { t: 'welcome', view: encodeView(h.view), sealedAtIndex: h.sealedAtIndex };
+      }
+    }
+    const core = this.core!;
+    const known = core.view.addressOf(node);
+    if (known !== undefined && known !== request.address) {
+      // The id is taken by a member under another address. If that member is this node's
+      // restarted self, the old process is gone: let the failure detector act at once; either
+      // way the joiner hears the id is in use and retries until the old member is removed.
+      return { t: 'refused', code: 'NODE_ID_IN_USE', message: new NodeIdInUseError(node, core.view.id).message };
+    }
+    if (known === undefined) {
+      try {
+        core.requestJoin(node, request.address);
+      } catch (error) {
+        if (!(error instanceof NodeIdInUseError)) throw error;
+      }
+      this.pump();
+    }
+    return { t: 'pending' };
+  }
+
+  // ---- Transport ------------------------------------------------------------------------------
+
+  private session(address: TransportAddress): Promise<TransportSession> {
+    let s = this.sessions.get(address);
+    if (s === undefined) {
+      s = this.transport.connect(address);
+      this.sessions.set(address, s);
+      s.then((session) => session.onEvent((event) => {
+        if (event.kind !== 'peer-failed') return;
+        this.sessions.delete(address);
+        this.onPeerUnreachable(address);
+      }), () => this.sessions.delete(address));
+    }
+    return s;
+  }
+
+  /** One-way message: failures are counted (and a dead session reported), never thrown. */
+  private post(address: TransportAddress | undefined, message: Wire): void {
+    if (address === undefined || this.status === 'closed') return;
+    const bytes = pack(message);
+    this.session(address).then((s) => s.call(MEMBERSHIP_REQUEST_TYPE, bytes, { timeoutMs: 2000 })).catch(() => {
+      this.counters.sendErrors++;
+    });
+  }
+
+  private onPeerUnreachable(address: TransportAddress): void {
+    if (this.status !== 'member') return;
+    const member = this.core!.view.members.find((m) => m.address === address);
+    if (member === undefined) return;
+    this.fd!.peerFailed(member.id);
+    this.pump();
+  }
+
+  private onRequest(request: Uint8Array, context: RequestContext): Uint8Array | Promise<Uint8Array> {
+    let message: Wire;
+    try {
+      message = packr.unpack(request) as Wire;
+    } catch {
+      this.counters.messagesDropped++;
+      return EMPTY;
+    }
+    if (this.status === 'closed') return EMPTY;
+    switch (message.t) {
+      case 'hb':
+        this.fromPeer(message.from, message.address);
+        return EMPTY;
+      case 'report':
+        if (this.fromPeer(message.from, message.address)) {
+          this.core!.receive(nodeId(message.from), message.message);
+          this.pump();
+        }
+        return EMPTY;
+      case 'propose':
+        this.proposeBytes(message.entry, message.hops);
+        return EMPTY;
+      case 'fetch':
+        return this.serveFetch(message.from);
+      case 'join':
+        return pack(this.answerJoin(message));
+      case 'stateOpen':
+        return pack(this.openTransfer(message));
+      case 'stateNext':
+        return pack(this.nextChunk(message.token));
+      default:
+        this.counters.messagesDropped++;
+        void context;
+        return EMPTY;
+    }
+  }
+
+  /** A heartbeat or report from a member: true if it is from the member we know. */
+  private fromPeer(from: number, address: string): boolean {
+    if (this.status !== 'member') return false;
+    const expected = this.core!.view.addressOf(nodeId(from));
+    if (expected === undefined) return false;
+    if (expected !== address) {
+      this.fd!.peerFailed(nodeId(from)); // another process under a member's id: the member is gone
+      this.pump();
+      return false;
+    }
+    this.fd!.heartbeatReceived(nodeId(from));
+    return true;
+  }
+
+  // ---- Membership log ---------------------------------------------------------------------------
+
+  private onRaftEntry(entry: Entry): void {
+    if (entry.data.length === 0) return;
+    this.log.set(entry.index, entry.data.slice());
+    this.knownUpTo = Math.max(this.knownUpTo, entry.index);
+    this.feed();
+  }
+
+  private onRaftSnapshot(snapshot: Snapshot): void {
+    const [upTo, entries] = packr.unpack(snapshot.data) as [number, [number, Uint8Array][]];
+    for (const [index, bytes] of entries) this.log.set(index, bytes);
+    this.knownUpTo = Math.max(this.knownUpTo, upTo);
+    this.feed();
+  }
+
+  private serveFetch(from: number): Uint8Array {
+    const upTo = Math.min(this.knownUpTo, from + FETCH_BATCH - 1);
+    const list: [number, Uint8Array][] = [];
+    for (let i = from; i <= upTo; i++) {
+      const bytes = this.log.get(i);
+      if (bytes !== undefined) list.push([i, bytes]);
+    }
+    return packr.pack({ upTo: Math.max(upTo, from - 1), list });
+  }
+
+  /**
+   * Whether this node's own Raft feeds it the log. A node that left the voters may never hear of
+   * its removal from the configuration (the installed view decides), and one removed while it
+   * lagged hears from no leader at all (found by the simulation): both fetch instead.
+   */
+  private fedByRaft(): boolean {
+    const raft = this.raft;
+    if (raft === undefined || raft.core.lead === 0 || !this.voters.includes(this.self)) return false;
+    const { voters, learners } = raft.core.conf;
+    return voters.includes(this.self) || learners.includes(this.self);
+  }
+
+  /**
+   * A non-voter pulls the committed entries after knownUpTo from every voter at once (one call
+   * outstanding per voter): a dead voter's calls time out without slowing the others. A voter
+   * that failed is skipped for a while.
+   */
+  private fetch(): void {
+    if (this.fedByRaft()) return;
+    const now = Date.now();
+    for (const voter of new Set([...this.voters, ...this.logHolders])) {
+      const address = this.raftPeers.get(Number(voter));
+      if (address === undefined || voter === this.self) continue;
+      if (this.fetching.has(voter) || (this.fetchFailedAt.get(voter) ?? -Infinity) > now - FETCH_BACKOFF_MS) continue;
+      this.fetching.add(voter);
+      void this.fetchFrom(voter, address).finally(() => this.fetching.delete(voter));
+    }
+  }
+
+  private async fetchFrom(voter: NodeId, address: TransportAddress): Promise<void> {
+    try {
+      const session = await this.session(address);
+      const request = pack({ t: 'fetch', from: this.knownUpTo + 1 });
+      const bytes = await session.call(MEMBERSHIP_REQUEST_TYPE, request, { timeoutMs: 500 });
+      const reply = packr.unpack(bytes) as { upTo: number; list: [number, Uint8Array][] };
+      // A reply covers (from - 1, upTo] completely, and `from` was at most knownUpTo + 1 then:
+      // knownUpTo only grows, so it covers everything from the current knownUpTo on.
+      if (reply.upTo > this.knownUpTo) {
+        for (const [index, entry] of reply.list) if (index > this.knownUpTo) this.log.set(index, entry);
+        this.knownUpTo = reply.upTo;
+        this.feed();
+      }
+    } catch {
+      this.counters.sendErrors++;
+      this.fetchFailedAt.set(voter, Date.now());
+    }
+  }
+
+  /** Feeds the known committed entries to the core in log order. */
+  private feed(): void {
+    const core = this.core;
+    if (core === undefined || this.status !== 'member') return;
+    for (let i = core.lastAppliedIndex + 1; i <= this.knownUpTo && this.core === core; i++) {
+      const bytes = this.log.get(i);
+      if (bytes === undefined) continue;
+      let entry: MembershipEntry;
+      try {
+        entry = decodeEntry(bytes);
+      } catch {
+        this.counters.messagesDropped++;
+        continue;
+      }
+      this.options.log?.(`committed ${i}: ${entry.kind}${entry.kind === 'wedged' ? ` ${entry.node}` : ''}`);
+      core.committed(i, entry);
+      this.pump();
+    }
+  }
+
+  private propose(entry: MembershipEntry): void {
+    this.counters.proposals++;
+    this.proposeBytes(encodeEntry(entry), 0);
+  }
+
+  private proposeBytes(bytes: Uint8Array, hops: number): void {
+    const raft = this.raft;
+    if (raft !== undefined && raft.core.role === 'leader') {
+      raft.propose(bytes).catch((error) => {
+        if (!(error instanceof RaftProposalError)) this.counters.sendErrors++;
+      });
+      return;
+    }
+    if (hops > 1) return; // lost: the core proposes again after proposalRetryTicks
+    const lead = raft?.core.lead ?? 0;
+    const holders = [...new Set([...this.voters, ...this.logHolders])];
+    const to = lead !== 0 && lead !== this.self ? lead : holders[Math.floor(Math.random() * holders.length)]!;
+    if (to === this.self) return;
+    this.post(this.raftPeers.get(Number(to)), { t: 'propose', entry: bytes, hops: hops + 1 });
+  }
+
+  // ---- The cores ------------------------------------------------------------------------------
+
+  private onTick(): void {
+    if (this.status === 'closed') return;
+    if (this.status === 'member') {
+      this.fd!.tick();
+      this.core!.tick();
+      this.pump();
+      this.reconfigureVoters();
+    }
+    if (this.status === 'member') this.fetch();
+  }
+
+  private async becomeMember(view: View, sealedAtIndex: number): Promise<void> {
+    const heartbeatTicks = Math.max(1, Math.round((this.options.heartbeatMs ?? 50) / this.tickMs));
+    const timeoutTicks = Math.max(heartbeatTicks + 1, Math.round((this.options.failureTimeoutMs ?? 500) / this.tickMs));
+    this.core = new ViewChangeCore({
+      self: this.self, view, allocator: this.options.allocator, computeTrim,
+      votersCount: this.voters.length, appliedIndex: sealedAtIndex,
+      // Retries are cheap (a duplicate is a no-op when applied) and a proposal sent while the
+      // log has no leader is lost: retry soon.
+      proposalRetryTicks: Math.max(1, Math.round((this.options.proposalRetryMs ?? 50) / this.tickMs)),
+    });
+    this.fd = new FailureDetectorCore({ self: this.self, heartbeatTicks, timeoutTicks });
+    this.status = 'member';
+    // On the effect chain like every install: the timer may pump the cores (and queue a wedge)
+    // while this view's multicast drivers are still connecting.
+    const started = this.effects.then(() => this.startView(view, undefined, sealedAtIndex, []));
+    this.effects = started.catch((error) => this.fail(error));
+    await started;
+    this.feed();
+  }
+
+  /** Drains the failure detector and the core (see SerialPump: never nested). */
+  private pump(): void {
+    this.pumper.run();
+  }
+
+  private pumpOnce(): void {
+    if (this.status !== 'member') return;
+    const fd = this.fd!.ready();
+    if (!this.partitioned) {
+      for (const to of fd.heartbeatsTo) {
+        this.counters.heartbeatsSent++;
+        this.post(this.core!.view.addressOf(to), { t: 'hb', from: this.self, address: this.transport.address });
+      }
+    }
+    const core = this.core!;
+    for (const s of fd.suspicions) {
+      this.options.log?.(`suspect ${s.node} in view ${core.view.id}: ${s.cause}, silent ${s.silentTicks} ticks`);
+      core.suspect(s.node);
+    }
+    const rd = core.ready();
+    for (const p of rd.proposals) this.propose(p);
+    for (const m of rd.messages) {
+      const report: Wire = { t: 'report', from: this.self, address: this.transport.address, message: m.message };
+      this.post(core.view.addressOf(m.to), report);
+    }
+    for (const effect of rd.effects) {
+      this.effects = this.effects.then(() => this.applyEffect(effect)).catch((error) => this.fail(error));
+    }
+  }
+
+  private fail(error: unknown): void {
+    if (this.status === 'closed') return; // shutting down: pending effects fail on a closed transport
+    this.failure ??= error as Error;
+    process.emitWarning(`membership driver of node ${this.self} failed: ${String(error)}`);
+  }
+
+  private async applyEffect(effect: ViewChangeEffect): Promise<void> {
+    if (this.status !== 'member') return;
+    this.options.log?.(`effect ${effect.kind} ${'viewId' in effect ? effect.viewId : effect.view.id}`);
+    const core = this.core!;
+    switch (effect.kind) {
+      case 'wedge': {
+        const reports = core.view.shardsOf(this.self).map((s) => {
+          const run = this.shards.get(shardName(s))!;
+          if (!run.driver.isWedged) run.driver.wedge();
+          const received = run.driver.receiveState().receivedCounts;
+          return { subgroupId: s.subgroupId, shardIndex: s.shardIndex, received };
+        });
+        core.wedged(effect.viewId, reports);
+        break;
+      }
+      case 'deliver': {
+        for (const s of core.view.shardsOf(this.self)) {
+          const run = this.shards.get(shardName(s))!;
+          // A shard without senders needs no trim (it has nothing to deliver).
+          const trim = effect.trims.find((t) => shardName(t) === shardName(s))?.trim ??
+            core.view.shard(s.subgroupId, s.shardIndex)!.senders.map(() => 0);
+          if (!run.driver.isWedged) run.driver.wedge();
+          run.driver.applyTrim(trim);
+        }
+        await this.options.persist?.(effect.viewId);
+        core.delivered(effect.viewId);
+        break;
+      }
+      case 'install':
+        this.voters = effect.voters;
+        for (const v of this.voters) this.logHolders.add(v);
+        await this.startView(effect.view, effect.previous, effect.sealedAtIndex, effect.stateTransfers);
+        break;
+      case 'partitioned':
+        // A minority side: stop delivering and go silent until a view is installed or removal.
+        this.partitioned = true;
+        for (const run of this.shards.values()) if (!run.driver.isWedged) run.driver.wedge();
+        break;
+      case 'removed': {
+        this.status = 'removed';
+        // A removed node keeps serving Raft until the new leader takes it out of the
+        // configuration; if it leads, it hands over first (only a leader reconfigures).
+        const raft = this.raft;
+        const heir = raft?.core.status().conf.voters.find((v) => v !== this.self && this.voters.includes(nodeId(v)));
+        if (raft?.core.role === 'leader' && heir !== undefined) raft.transferLeadership(heir);
+        for (const run of this.shards.values()) await run.driver.close();
+        this.shards.clear();
+        const error = new NodeRemovedError(this.self, effect.viewId, effect.reason);
+        for (const l of this.listeners.removed) l(error);
+        return;
+      }
+      case 'refused':
+        break;
+    }
+    this.pump();
+  }
+
+  /** Starts `view` here: multicast per shard (new, moved on, or closed), state transfers. */
+  private async startView(
+    view: View, previous: View | undefined, sealedAtIndex: number, transfers: readonly StateTransfer[],
+  ): Promise<void> {
+    const old = this.shards;
+    this.shards = new Map();
+    this.partitioned = false;
+    // Heartbeats of the new view first: connecting the multicast sessions below takes time, and
+    // the other members' failure detectors already count it.
+    this.fd!.resetView(view.id, view.memberIds);
+    this.pump();
+    const mine = view.shardsOf(this.self);
+    for (const [key, run] of old) {
+      if (!mine.some((s) => shardName(s) === key)) await run.driver.close();
+    }
+    for (const s of mine) {
+      const layout = view.shard(s.subgroupId, s.shardIndex)!;
+      const mview: MulticastView = {
+        viewId: view.id, members: layout.members, senders: layout.senders,
+        addresses: new Map(layout.members.map((m) => [m, view.addressOf(m)!])),
+      };
+      const before = old.get(shardName(s));
+      if (before !== undefined) {
+        await before.driver.installView(mview);
+        this.shards.set(shardName(s), before);
+        continue;
+      }
+      // A shard this node enters: its state comes from the core's StateTransfer at an install,
+      // or, for a node welcomed into `view`, from the shard's members that did not join with it.
+      const transfer = previous !== undefined ? transfers.find((t) => shardName(t) === shardName(s)) : undefined;
+      const sources = previous !== undefined
+        ? (transfer?.from !== undefined ? [transfer.from] : [])
+        : layout.members.filter((m) => !view.joined.includes(m));
+      const run: ShardRun = {
+        ref: { subgroupId: s.subgroupId, shardIndex: s.shardIndex },
+        driver: undefined as never, // set just below: onDeliver needs `run`
+        held: sources.length > 0 && view.id !== 0 ? [] : undefined,
+      };
+      run.driver = await MulticastDriver.create({
+        transport: this.transport, self: this.self, shard: shardNumber(s), view: mview,
+        mode: layout.mode === 'raw' ? 'raw' : 'ordered',
+        ...(this.options.multicastLimits ? { limits: this.options.multicastLimits } : {}),
+        onDeliver: (d) => this.onDelivery(run, d),
+        onPeerFailed: (node) => {
+          if (this.status === 'member' && this.core!.view.isMember(node)) {
+            this.fd!.peerFailed(node);
+            this.pump();
+          }
+        },
+      });
+      this.shards.set(shardName(s), run);
+      if (run.held !== undefined) void this.pullState(run, view, sources);
+    }
+    for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
+    if (previous === undefined && view.id !== 0) this.voters = votersOf(view, this.votersCount);
+    for (const v of this.voters) this.logHolders.add(v);
+    if (this.voters.includes(this.self)) await this.startRaft([]);
+    this.history.push({ view, sealedAtIndex });
+    if (this.history.length > 16) this.history.shift();
+    this.counters.installs++;
+    for (const l of this.listeners.view) l(view);
+  }
+
+  private onDelivery(run: ShardRun, delivery: MulticastDelivery): void {
+    if (run.held !== undefined) {
+      run.held.push({ shard: run.ref, delivery: { ...delivery, payload: delivery.payload.slice() } });
+      return;
+    }
+    this.options.onDeliver?.(run.ref, delivery);
+  }
+
+  // ---- State transfer -------------------------------------------------------------------------
+
+  /**
+   * Pulls the shard's state from `sources` (the first that answers), chunk by chunk, then hands
+   * over the deliveries held meanwhile that are newer than the transferred state.
+   */
+  private async pullState(run: ShardRun, view: View, sources: readonly NodeId[]): Promise<void> {
+    const store = this.options.state;
+    for (let attempt = 0; run.held !== undefined && this.status === 'member'; attempt++) {
+      const source = sources[attempt % sources.length]!;
+      const address = view.addressOf(source);
+      try {
+        if (store !== undefined && address !== undefined) {
+          const session = await this.session(address);
+          const timeoutMs = this.options.stateTransferTimeoutMs ?? 10_000;
+          const open = packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
+            t: 'stateOpen', view: view.id, subgroupId: run.ref.subgroupId, shardIndex: run.ref.shardIndex,
+            after: String(store.latestVersion(run.ref)),
+          }), { timeoutMs })) as { token: number } | { none: true };
+          if ('none' in open) {
+            throw new SquallError(`node ${source} has no state for ${shardName(run.ref)} yet`, 'NO_STATE');
+          }
+          for (;;) {
+            const ask = pack({ t: 'stateNext', token: open.token });
+            const next = packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, ask, { timeoutMs })) as {
+              chunk?: Uint8Array; done: boolean;
+            };
+            if (next.chunk !== undefined) {
+              store.applyStateChunk(run.ref, next.chunk);
+              this.counters.stateChunks++;
+            }
+            if (next.done) break;
+          }
+        }
+        const held = run.held ?? [];
+        run.held = undefined;
+        const latest = store?.latestVersion(run.ref) ?? -1n;
+        for (const h of held) {
+          if (h.delivery.version === null || h.delivery.version > latest) this.options.onDeliver?.(h.shard, h.delivery);
+        }
+        return;
+      } catch {
+        await sleep(100);
+      }
+    }
+  }
+
+  private openTransfer(request: Extract<Wire, { t: 'stateOpen' }>): { token: number } | { none: true } {
+    const ref: ShardRef = {
+      subgroupId: request.subgroupId as SubgroupId, shardIndex: request.shardIndex as ShardIndex,
+    };
+    const run = this.shards.get(shardName(ref));
+    const store = this.options.state;
+    if (store === undefined || run === undefined || run.held !== undefined) return { none: true };
+    const token = this.transferToken++;
+    const chunks = store.stateChunks(ref, BigInt(request.after))[Symbol.iterator]();
+    this.transfers.set(token, { chunks, at: Date.now() });
+    // Forget transfers abandoned by their joiner.
+    for (const [t, x] of this.transfers) if (Date.now() - x.at > 60_000) this.transfers.delete(t);
+    return { token };
+  }
+
+  private nextChunk(token: number): { chunk?: Uint8Array; done: boolean } {
+    const transfer = this.transfers.get(token);
+    if (transfer === undefined) return { done: true };
+    transfer.at = Date.now();
+    const next = transfer.chunks.next();
+    if (next.done) {
+      this.transfers.delete(token);
+      return { done: true };
+    }
+    return { chunk: next.value, done: false };
+  }
+}
+
+function pack(message: Wire | JoinReply | object): Uint8Array {
+  return Uint8Array.from(packr.pack(message));
+}
