@@ -11,36 +11,15 @@
  * and durable).
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
+import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fdatasyncP50, percentile } from './_measure.js';
 import { report } from './_report.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
-}
 
-function fdatasyncP50(n: number): number {
-  const dir = mkdtempSync(join(tmpdir(), 'squall-bench-fsync-'));
-  const fd = openSync(join(dir, 'f'), 'w');
-  const block = new Uint8Array(4096);
-  const lat: number[] = [];
-  try {
-    for (let i = 0; i < n; i++) {
-      const t0 = process.hrtime.bigint();
-      writeSync(fd, block, 0, block.length, (i % 16) * 4096);
-      fdatasyncSync(fd);
-      lat.push(Number(process.hrtime.bigint() - t0) / 1000);
-    }
-  } finally {
-    closeSync(fd);
-    rmSync(dir, { recursive: true, force: true });
-  }
-  return percentile(lat.sort((x, y) => x - y), 50);
-}
 
 class Replica {
   readonly child: ChildProcess;

@@ -16,7 +16,7 @@
  * nodes and the client share one process and thread, unless `--threads` puts each node (the
  * leader with the client) on its own worker thread (bench/_raft-node.ts; native only).
  */
-import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,6 +27,7 @@ import type { Entry, Snapshot } from '../src/raft/types.js';
 import { RaftDriver, type StateMachine } from '../src/runtime/raft-driver.js';
 import { MemoryNetwork } from '../src/transport/memory-transport.js';
 import type { Transport } from '../src/transport/transport.js';
+import { fdatasyncP50, percentile } from './_measure.js';
 import { report } from './_report.js';
 
 class CountingMachine implements StateMachine {
@@ -40,9 +41,6 @@ class CountingMachine implements StateMachine {
   }
 }
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
-}
 
 function payload(i: number): Uint8Array {
   const out = new Uint8Array(80); // 16-byte key + 64-byte value
@@ -88,25 +86,6 @@ async function rawRoundTrip(make: Factory, n: number): Promise<number> {
   return percentile(lat.sort((x, y) => x - y), 50);
 }
 
-/** p50 of write(4 KiB) + fdatasync on this run's temp disk: the floor of one durable round. */
-function fdatasyncP50(n: number): number {
-  const dir = mkdtempSync(join(tmpdir(), 'squall-bench-fsync-'));
-  const fd = openSync(join(dir, 'f'), 'w');
-  const block = new Uint8Array(4096);
-  const lat: number[] = [];
-  try {
-    for (let i = 0; i < n; i++) {
-      const t0 = process.hrtime.bigint();
-      writeSync(fd, block, 0, block.length, (i % 16) * 4096);
-      fdatasyncSync(fd);
-      lat.push(Number(process.hrtime.bigint() - t0) / 1000);
-    }
-  } finally {
-    closeSync(fd);
-    rmSync(dir, { recursive: true, force: true });
-  }
-  return percentile(lat.sort((x, y) => x - y), 50);
-}
 
 /** fsync on / off: LmdbStorage durable or noSync; 'memory': MemoryStorage (no LMDB at all). */
 type Persist = boolean | 'memory';

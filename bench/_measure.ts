@@ -1,0 +1,29 @@
+/** Measurement helpers shared by the benchmark suites. */
+import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** The p-th percentile (0–100) of ascending samples. */
+export function percentile(sorted: readonly number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
+}
+
+/** p50 of write(4 KiB) + fdatasync on this run's temp disk, µs: the floor of one durable round. */
+export function fdatasyncP50(n: number): number {
+  const dir = mkdtempSync(join(tmpdir(), 'squall-bench-fsync-'));
+  const fd = openSync(join(dir, 'f'), 'w');
+  const block = new Uint8Array(4096);
+  const lat: number[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const t0 = process.hrtime.bigint();
+      writeSync(fd, block, 0, block.length, (i % 16) * 4096);
+      fdatasyncSync(fd);
+      lat.push(Number(process.hrtime.bigint() - t0) / 1000);
+    }
+  } finally {
+    closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return percentile(lat.sort((x, y) => x - y), 50);
+}
