@@ -129,7 +129,8 @@ async function runDemo(args: string[], io: CliIo): Promise<number> {
   if (sync !== 'durable' && sync !== 'nosync') throw new UsageError('--sync must be "durable" or "nosync"');
   const dataRoot = mkdtempSync(join(tmpdir(), 'squall-demo-'));
   io.out(`Squall demo: a replicated key-value store (examples/kv-store/app.ts) on ${NODE_COUNT} nodes on loopback.`);
-  io.out(`Configs and LMDB data in ${dataRoot}; persistence.sync = "${sync}".`);
+  io.out(`Configs, LMDB data and the group key (group.key) in ${dataRoot}; persistence.sync = "${sync}".`);
+  io.out('Every packet between the nodes is sealed with AES-GCM under that key (transport.key_file).');
   const nodes = await startLocalNodes(dataRoot, sync, io);
   io.out(`Nodes 1 and 2 run as separate processes ("squall node --config nodeN.toml --app ${nodes.appPath}");`);
   io.out(`this process is node 0 and makes the calls.\n`);
