@@ -5,7 +5,7 @@
 // naming the key.
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,7 +25,9 @@ function squall(args: string[], timeoutMs = 60_000): Promise<{ code: number; out
 test('squall demo runs a 3-process group: replies, stages, temporal query, equal digests', async (t) => {
   const { code, out, err } = await squall(['demo', '--seconds', '0.3', '--sync', 'nosync', '--keep']);
   t.is(code, 0, err);
-  const dataRoot = /Configs and LMDB data in (\S+);/.exec(out)![1]!;
+  const dataRoot = /Configs, LMDB data and the group key \(group\.key\) in (\S+);/.exec(out)![1]!;
+  t.regex(out, /Every packet between the nodes is sealed with AES-GCM/);
+  t.true(existsSync(join(dataRoot, 'group.key')), 'the demo wrote its group key');
   t.teardown(() => rmSync(dataRoot, { recursive: true, force: true }));
   t.regex(out, /node 1 replied "" \(the previous value\)/);
   t.regex(out, /persisted\(\)\s+after [\d.]+ ms: durable on all 3 replicas/);
