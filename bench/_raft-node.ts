@@ -1,19 +1,30 @@
 /**
- * One Raft node of the raft benchmark's `--threads` mode, on its own worker thread (its own event
- * loop and native endpoint, LMDB env in workerData.dir). Posts {address}; then takes {peers} and
- * starts. Node 1 campaigns and, once leader, runs the measurement and posts {result}. "close"
- * stops it.
+ * One Raft node of the raft benchmark's `--threads` mode (a worker thread: workerData) or
+ * `--processes` mode (a child process: the same fields as JSON in argv[2], messages over IPC).
+ * Either way it has its own event loop, native endpoint and LMDB env in `dir`. Posts {address};
+ * then takes {peers} and starts. Node 1 measures the raw round trip to node 2 (an echo of the same
+ * 80-byte payload between the same processes: the floor), campaigns and, once leader, runs the
+ * measurement and posts {result}. "close" stops it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
 import { RaftDriver } from '../src/runtime/raft-driver.js';
 import { Endpoint } from '../src/transport/native-transport.js';
 
-const port = parentPort!;
-const { id, dir, fsync, latencyOps, throughputOps } = workerData as {
+interface Channel {
+  postMessage(message: unknown): void;
+  on(event: 'message', listener: (m: any) => void): void;
+}
+const port: Channel = parentPort ?? {
+  postMessage: (message) => process.send!(message),
+  on: (event, listener) => void process.on(event, listener),
+};
+const { id, dir, fsync, latencyOps, throughputOps } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
   id: number; dir: string; fsync: boolean; latencyOps: number; throughputOps: number;
 };
 const endpoint = await Endpoint.create({ host: '127.0.0.1', port: 0 });
+const ECHO_TYPE = 99;
+endpoint.handle(ECHO_TYPE, () => new Uint8Array(0));
 const storage = new LmdbStorage({ path: dir, durable: fsync });
 let driver: RaftDriver | undefined;
 const machine = { apply(): void {}, restore(): void {}, snapshot: () => new Uint8Array(8) };
@@ -30,6 +41,7 @@ port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean 
     await endpoint.close();
     await storage.close();
     port.postMessage({ closed: true });
+    if (!parentPort) setImmediate(() => process.exit(0));
     return;
   }
   const ids = m.peers!.map(([i]) => i);
@@ -38,6 +50,16 @@ port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean 
     tickMs: 10, compactEvery: 50_000, core: { electionTicks: 30, heartbeatTicks: 3, inflightMax: 256 },
   });
   if (id !== 1) return;
+  const echo = await endpoint.connect(m.peers!.find(([i]) => i === 2)![1]);
+  const rtt: number[] = [];
+  for (let i = 0; i < Math.max(2000, latencyOps); i++) {
+    const t0 = process.hrtime.bigint();
+    await echo.call(ECHO_TYPE, payload(i));
+    rtt.push(Number(process.hrtime.bigint() - t0) / 1000);
+  }
+  await echo.close();
+  rtt.sort((a, b) => a - b);
+  const rttP50 = rtt[Math.floor(rtt.length / 2)]!;
   driver.core.campaign();
   while (driver.core.role !== 'leader') await new Promise((r) => setTimeout(r, 5));
   for (let i = 0; i < 50; i++) await driver.propose(payload(i));
@@ -59,6 +81,6 @@ port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean 
   };
   await Promise.all(Array.from({ length: 64 }, worker));
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  port.postMessage({ result: { lat, rate: done / seconds } });
+  port.postMessage({ result: { lat, rate: done / seconds, rttP50 } });
 });
 port.postMessage({ address: endpoint.address });

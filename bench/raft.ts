@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- raft [--quick] [--threads]`: a 3-node Raft group in one process, each node with its own
+ * `npm run bench -- raft [--quick] [--threads | --processes]`: a 3-node Raft group in one process, each node with its own
  * LMDB environment, proposals of a 16-byte key + 64-byte value, measured at the leader from
  * propose() to applied:
  *   - commit latency p50/p99 with one proposal outstanding,
@@ -14,12 +14,14 @@
  * `--transport memory` over MemoryTransport (in-process, setImmediate delivery). The default is
  * native when it loads, else memory. Every line names the transport ("transport":...). All three
  * nodes and the client share one process and thread, unless `--threads` puts each node (the
- * leader with the client) on its own worker thread (bench/_raft-node.ts; native only).
+ * leader with the client) on its own worker thread (bench/_raft-node.ts; native only), or
+ * `--processes` in its own child process, beside the raw round trip between those processes.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fork, type ChildProcess } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
 import { MemoryStorage, type RaftStorage } from '../src/raft/storage.js';
@@ -144,6 +146,34 @@ async function threadedGroup(fsync: boolean, latencyOps: number, throughputOps: 
   }
 }
 
+/** `--processes`: each node in its own child process (bench/_raft-node.ts over IPC). */
+async function processGroup(fsync: boolean, latencyOps: number, throughputOps: number): Promise<{ lat: number[]; rate: number; rttP50: number }> {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
+  const children = [1, 2, 3].map((id) => fork(join(here, '_raft-node.js'),
+    [JSON.stringify({ id, dir: dirs[id - 1], fsync, latencyOps, throughputOps })], { stdio: 'inherit' }));
+  const next = (c: ChildProcess): Promise<any> => new Promise((resolve, reject) => {
+    c.once('message', resolve);
+    c.once('exit', (code) => reject(new Error(`raft node exited with ${code}`)));
+  });
+  try {
+    const addresses = await Promise.all(children.map((c) => next(c)));
+    const peers = addresses.map((a, i) => [i + 1, a.address]);
+    const result = next(children[0]!);
+    for (const c of children) c.send({ peers });
+    return (await result).result;
+  } finally {
+    for (const c of children) {
+      if (c.exitCode !== null) continue;
+      const exited = new Promise((resolve) => c.once('exit', resolve));
+      c.send({ close: true });
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+      c.kill('SIGKILL');
+    }
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  }
+}
+
 async function leaderOf(drivers: RaftDriver[]): Promise<RaftDriver> {
   for (let i = 0; i < 1000; i++) {
     const l = drivers.find((d) => d.core.role === 'leader');
@@ -172,6 +202,22 @@ export async function run(args: string[]): Promise<void> {
   const fsyncP50 = fdatasyncP50(quick ? 200 : 1000);
   report({ suite: 'raft', case: 'disk-fdatasync-p50', value: Number(fsyncP50.toFixed(1)), unit: 'us', ...env });
 
+  if (args.includes('--processes')) {
+    if (transport !== 'native') throw new Error('--processes needs the native transport');
+    for (const fsync of [false, true]) {
+      const r = await processGroup(fsync, latencyOps, throughputOps);
+      const penv = { ...env, processes: true, load1: Number(loadavg()[0]!.toFixed(2)) };
+      const lat = r.lat.sort((a, b) => a - b);
+      // The floor here is the round trip between these processes (measured by node 1 to node 2
+      // just before), not the in-process one above: every hop wakes another process.
+      const baselines: Record<string, number> = { transport_rtt_p50_between_processes: Number(r.rttP50.toFixed(1)) };
+      if (fsync) baselines.disk_fdatasync_p50 = Number(fsyncP50.toFixed(1));
+      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', fsync, baselines, ...penv });
+      report({ suite: 'raft', case: 'commit-latency-p99', value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', fsync, ...penv });
+      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', fsync, baselines, ...penv });
+    }
+    return;
+  }
   if (args.includes('--threads')) {
     if (transport !== 'native') throw new Error('--threads needs the native transport');
     const tenv = { ...env, threads: true };
