@@ -61,6 +61,7 @@ import {
 import { QueryResults, type OrderedReceipt } from './query-results.js';
 import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.js';
 import { StaticViewSource, type ViewSource } from './view-source.js';
+import { layoutHashOf, MembershipViewSource } from './membership-view-source.js';
 import {
   driverShardNumber,
   hashKey,
@@ -93,6 +94,12 @@ export interface GroupOptions {
   readonly layout: LayoutPolicies | Allocator;
   /** Where views come from; default: StaticViewSource over `group.members`. */
   readonly viewSource?: ViewSource;
+  /**
+   * Run the membership driver (MembershipViewSource): `group.members` are the founders of view 0,
+   * a member that fails is removed by a view change and the others go on. `true`, or options
+   * (`log` receives the driver's progress lines). Not together with `viewSource`.
+   */
+  readonly membership?: boolean | { readonly log?: (line: string) => void };
   /** The dispatcher's p2p write check (decorators/README.md); default 'persistent'. */
   readonly p2pWriteCheck?: P2PWriteCheck;
 }
@@ -142,8 +149,12 @@ export class Group {
   private ready = false;
   private closed = false;
   private currentView: View;
-  /** The transport the multicast drivers use: holds frames of shards whose driver is not up. */
-  private readonly gate: ShardGate;
+  /**
+   * The transport the group's own multicast drivers use: holds frames of shards whose driver is
+   * not up. Undefined with the membership view source, whose driver owns the multicast drivers.
+   */
+  private readonly gate: ShardGate | undefined;
+  private readonly membership: MembershipViewSource | undefined;
   private readonly sessions: SessionCache;
 
   private constructor(
@@ -161,10 +172,12 @@ export class Group {
     this.viewSource = viewSource;
     this.infos = infos;
     this.currentView = view;
-    this.gate = new ShardGate(transport, MULTICAST_REQUEST_TYPE_DEFAULT);
+    this.membership = viewSource instanceof MembershipViewSource ? viewSource : undefined;
+    this.gate = this.membership === undefined ? new ShardGate(transport, MULTICAST_REQUEST_TYPE_DEFAULT) : undefined;
     this.sessions = new SessionCache(transport);
     viewSource.on('view', (next) => {
       this.currentView = next;
+      this.attachMembershipDrivers();
       this.failRemovedMembers(next);
       for (const listener of this.viewListeners) listener(next);
     });
@@ -196,17 +209,34 @@ export class Group {
     const allocator = typeof options.layout === 'function'
       ? (options.layout as Allocator)
       : defaultAllocator(options.layout as LayoutPolicies);
-    const viewSource = options.viewSource ?? StaticViewSource.fromConfig(config, allocator);
+    if (options.membership && options.viewSource !== undefined) {
+      throw new ConfigError([{ key: 'membership', message: 'and viewSource were both given to Group.start. Fix: pass one of them (membership runs its own view source)' }]);
+    }
+    const membership = options.membership ? options.membership : undefined;
+    // The static source checks group.members before the endpoint opens (a config error first).
+    let viewSource: ViewSource | undefined = options.viewSource ??
+      (membership === undefined ? StaticViewSource.fromConfig(config, allocator) : undefined);
     // Sealed (AES-GCM, authenticated handshake) unless transport.encryption = false.
     const transport = await Endpoint.create(
       endpointOptionsFromConfig(config.transport, { host: config.node.host, port: config.node.port }),
     );
+    if (viewSource === undefined) {
+      try {
+        viewSource = new MembershipViewSource({
+          config, transport, allocator, layoutHash: layoutHashOf(infos, options.layout),
+          ...(typeof membership === 'object' && membership.log !== undefined ? { log: membership.log } : {}),
+        });
+      } catch (error) {
+        await closeTransport(transport);
+        throw error;
+      }
+    }
     let store: PersistenceStore | undefined;
     let group: Group | undefined;
     try {
       const view = await viewSource.start();
       checkLayoutTypes(view, infos);
-      checkAdequate(view, options.viewSource === undefined);
+      checkAdequate(view, viewSource instanceof StaticViewSource);
       store = PersistenceStore.open({
         dataDir: config.persistence.data_dir,
         reset: config.persistence.reset,
@@ -320,7 +350,8 @@ export class Group {
     this.calls.clear();
     for (const replica of this.replicas.values()) {
       replica.failWaiters(error);
-      await replica.driver?.close();
+      // The membership driver closes the drivers it owns (viewSource.close below).
+      if (this.membership === undefined) await replica.driver?.close();
     }
     await this.viewSource.close();
     await this.store.close();
@@ -338,7 +369,7 @@ export class Group {
       typeName: info.name,
       subgroupIndex: replica.subgroupIndex,
       shardIndex: replica.shardIndex,
-      members: replica.members,
+      members: this.shardMembers(replica),
       ordered: ordered as unknown as OrderedQueryApi<T>,
       p2p: (node) => this.p2pProxy(info, replica.subgroupIndex, replica, nodeId(node)),
       versions: <K extends keyof T & string>(field: K): T[K] => {
@@ -371,7 +402,7 @@ export class Group {
       version: makeVersion(receipt.viewId, receipt.position),
       timestamp: receipt.timestamp,
     }));
-    const results = new QueryResults<unknown>(label, replica.members, sent, {
+    const results = new QueryResults<unknown>(label, this.shardMembers(replica), sent, {
       whenDelivered: (v) => replica.deliveredWaiters.wait(v),
       whenLocalPersisted: (v) => replica.registry.whenPersisted(v),
       whenPersisted: (v) => replica.persistedWaiters.wait(v),
@@ -406,6 +437,11 @@ export class Group {
       const code = error instanceof SquallError ? error.code : 'INTERNAL';
       return encodeMessage([RELAY_REFUSED, code, String((error as Error)?.message ?? error)]);
     }
+  }
+
+  /** The replica's shard members in the current view (the view it started in lists them all). */
+  private shardMembers(replica: ShardReplica): readonly NodeId[] {
+    return this.currentView.shard(replica.subgroupId, replica.shardIndex)?.members ?? replica.members;
   }
 
   /** Replies awaited from members a new view no longer has will never come: NodeRemovedError. */
@@ -591,21 +627,48 @@ export class Group {
       if (shard.mode === 'raft') {
         throw new GroupStartError(`${replica.info.name} subgroup ${replica.subgroupIndex} uses mode 'raft', which the group layer does not run yet. Fix: use mode 'ordered'.`);
       }
+    }
+    if (this.membership !== undefined) {
+      this.membership.attach({
+        deliver: (ref, delivery) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.deliver(delivery),
+        persist: async () => {
+          await Promise.all([...this.replicas.values()].map((r) => r.persistDelivered()));
+        },
+      });
+      this.attachMembershipDrivers();
+      return;
+    }
+    const gate = this.gate!;
+    for (const replica of this.replicas.values()) {
+      const shard = view.shard(replica.subgroupId, replica.shardIndex)!;
       const addresses = new Map(shard.members.map((n) => [n, view.addressOf(n)!]));
       const shardNumber = driverShardNumber(replica.subgroupId, replica.shardIndex);
       const created = MulticastDriver.create({
-        transport: this.gate,
+        transport: gate,
         self: this.nodeId,
         shard: shardNumber,
         view: { viewId: view.id, members: shard.members, senders: shard.senders, addresses },
-        mode: shard.mode,
+        mode: shard.mode === 'raw' ? 'raw' : 'ordered', // raft was refused above
         limits: this.limitsFor(shard.profile),
         onDeliver: (delivery) => replica.deliver(delivery),
       });
       // The driver registered its shard synchronously inside create(): release held frames now,
       // before any other frame can arrive, so the core sees them in arrival order.
-      this.gate.openShard(shardNumber);
+      gate.openShard(shardNumber);
       replica.attachDriver(await created);
+    }
+  }
+
+  /**
+   * With the membership view source: each replica sends through the membership driver's
+   * multicast driver of its shard; a view that brought a new driver re-attaches it.
+   */
+  private attachMembershipDrivers(): void {
+    if (this.membership === undefined) return;
+    for (const replica of this.replicas.values()) {
+      const ref = { subgroupId: replica.subgroupId, shardIndex: replica.shardIndex };
+      const driver = this.membership.multicast(ref);
+      if (driver !== undefined && driver !== replica.driverOrUndefined) replica.attachDriver(driver);
     }
   }
 

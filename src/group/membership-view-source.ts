@@ -1,0 +1,137 @@
+/**
+ * MembershipViewSource: the ViewSource seam (view-source.ts) over a MembershipDriver
+ * (src/runtime/membership-driver.ts). Views come from the membership log: view 0 from the
+ * founders (`group.members`), then one view per committed change (a failed member removed, a
+ * clean leave). The membership driver owns each local shard's MulticastDriver and runs wedge →
+ * receive state → committed trim → applyTrim → persist → installView; the group takes the
+ * drivers from `multicast(shard)` and re-attaches its replicas when an install brings new ones.
+ *
+ * Deliveries reach the group through `attach(sink)`; ones that arrive before the group attached
+ * (possible between start() and the group's construction) are held and replayed in order.
+ */
+import { createHash } from 'node:crypto';
+import { ConfigError } from '../core/errors.js';
+import type { ReplicatedClassInfo } from '../../decorators/metadata.js';
+import type { SquallConfig } from '../config/schema.js';
+import { compilePolicies, encodePolicies, type Allocator, type LayoutPolicies } from '../membership/layout.js';
+import type { View } from '../membership/view.js';
+import { multicastLimitsFromConfig } from '../multicast/config.js';
+import {
+  MembershipDriver, type NodeRemovedError as DriverRemovedError, type ShardRef,
+} from '../runtime/membership-driver.js';
+import type { MulticastDelivery, MulticastDriver } from '../runtime/multicast-driver.js';
+import type { Transport } from '../transport/transport.js';
+import { staticMembersFromConfig, type ViewListener, type ViewSource } from './view-source.js';
+
+/** What the group hands the membership view source (Group.start builds it). */
+export interface MembershipViewSourceOptions {
+  readonly config: SquallConfig;
+  readonly transport: Transport;
+  readonly allocator: Allocator;
+  /** Hash of the hosted types and layout policies (layoutHashOf): joiners must match it. */
+  readonly layoutHash: string;
+  /** Progress lines of the membership driver (committed entries, effects, suspicions). */
+  readonly log?: (line: string) => void;
+}
+
+/** Where the group takes deliveries and the persist step of a view change. */
+export interface MembershipSink {
+  deliver(shard: ShardRef, delivery: MulticastDelivery): void;
+  /** Everything delivered so far is durable (called before a new view installs). */
+  persist(): Promise<void>;
+}
+
+export class MembershipViewSource implements ViewSource {
+  readonly driver: MembershipDriver;
+  private readonly listeners: ViewListener[] = [];
+  private sink: MembershipSink | undefined;
+  private early: { shard: ShardRef; delivery: MulticastDelivery }[] = [];
+  private started = false;
+  /** Set once the membership log removed this node (it failed, was suspected, or left). */
+  removed: DriverRemovedError | undefined;
+
+  constructor(options: MembershipViewSourceOptions) {
+    const { config } = options;
+    const founders = staticMembersFromConfig(config).map((m) => ({ id: m.id, address: m.address }));
+    const zero = founders.findIndex((f) => f.id === 0);
+    if (zero >= 0) {
+      // The membership log's Raft uses id 0 for "no node".
+      throw new ConfigError([{ key: `group.members[${zero}]`, message: 'has node id 0, which the membership driver cannot use (its Raft log reserves 0 for "no node"). Fix: number the nodes from 1' }]);
+    }
+    this.driver = new MembershipDriver({
+      self: founders.find((f) => f.id === config.node.id)!.id,
+      transport: options.transport,
+      allocator: options.allocator,
+      layoutHash: options.layoutHash,
+      founders,
+      found: true,
+      votersCount: Math.min(config.group.voters, founders.length),
+      heartbeatMs: config.timeouts.heartbeat_ms,
+      failureTimeoutMs: config.timeouts.failure_timeout_ms,
+      multicastLimits: multicastLimitsFromConfig(config.multicast),
+      onDeliver: (shard, delivery) => this.onDeliver(shard, delivery),
+      persist: () => this.sink?.persist() ?? Promise.resolve(),
+      ...(options.log !== undefined ? { log: options.log } : {}),
+    });
+    this.driver.on('view', (view) => {
+      if (!this.started) return; // the first view is start()'s result
+      for (const listener of this.listeners) listener(view);
+    });
+    this.driver.on('removed', (error) => {
+      this.removed = error;
+    });
+  }
+
+  current(): View | undefined {
+    return this.started ? this.driver.current() : undefined;
+  }
+
+  on(_event: 'view', listener: ViewListener): void {
+    this.listeners.push(listener);
+  }
+
+  async start(): Promise<View> {
+    await this.driver.start();
+    this.started = true;
+    return this.driver.current();
+  }
+
+  /** The multicast driver of a shard of the current view this node is in. */
+  multicast(shard: ShardRef): MulticastDriver | undefined {
+    return this.driver.multicast(shard);
+  }
+
+  /** Routes deliveries to the group from now on (held ones first, in order). */
+  attach(sink: MembershipSink): void {
+    this.sink = sink;
+    const early = this.early;
+    this.early = [];
+    for (const { shard, delivery } of early) sink.deliver(shard, delivery);
+  }
+
+  close(): Promise<void> {
+    return this.driver.close();
+  }
+
+  private onDeliver(shard: ShardRef, delivery: MulticastDelivery): void {
+    if (this.sink !== undefined) this.sink.deliver(shard, delivery);
+    else this.early.push({ shard, delivery: { ...delivery, payload: delivery.payload.slice() } });
+  }
+}
+
+/**
+ * SHA-256 over the hosted types (name, ordered and p2p wire names) and the layout policies: two
+ * nodes with the same hash compute the same views. A custom Allocator function counts by name.
+ */
+export function layoutHashOf(
+  infos: ReadonlyMap<string, ReplicatedClassInfo>,
+  layout: LayoutPolicies | Allocator,
+): string {
+  const hash = createHash('sha256');
+  for (const [name, info] of [...infos].sort(([a], [b]) => a.localeCompare(b))) {
+    hash.update(`${name}|${[...info.ordered.keys()].join(',')}|${[...info.p2p.keys()].join(',')}\n`);
+  }
+  if (typeof layout === 'function') hash.update(`allocator:${layout.name}`);
+  else hash.update(encodePolicies(compilePolicies(layout as LayoutPolicies)));
+  return hash.digest('hex');
+}

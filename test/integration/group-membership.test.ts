@@ -1,0 +1,132 @@
+// The group API over the membership driver (Group.start(..., { membership: true })): 3 nodes in
+// this process on loopback, each with its own native endpoint. Ordered calls succeed on view 0;
+// node 3's endpoint is closed abruptly (no leave); the two survivors install a view without it
+// within a few seconds; a call whose reply node 3 still owed fails at that reply with
+// NodeRemovedError while the survivors' replies arrive; ordered calls issued after the view
+// change complete with exactly the survivors' replies, and their replica digests are equal.
+import test from 'ava';
+import 'reflect-metadata';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  Group,
+  NodeRemovedError,
+  ORDERED_METHODS,
+  Persistent,
+  ConfigError,
+  flexibleEvenShards,
+  oneSubgroup,
+  ordered,
+  persistent,
+  replicated,
+  type NodeId,
+  type ReplicaContext,
+} from '../../src/index.js';
+import { localGroupConfigs } from '../../src/group/local.js';
+
+/** Per node: the release of a parked call (the test decides which nodes answer). */
+const parked = new Map<number, () => void>();
+
+@replicated({ name: 'GroupMembershipCell', transient: ['context'], factory: (c) => new Cell(c as ReplicaContext) })
+class Cell {
+  declare readonly [ORDERED_METHODS]: 'add' | 'park';
+  @persistent() total = new Persistent(() => 0);
+  constructor(private readonly context: ReplicaContext) {}
+
+  @ordered() add(n: number): number {
+    this.total.value = this.total.value + n;
+    return this.total.value;
+  }
+
+  /** Changes nothing; replies once the test releases this node. */
+  @ordered() async park(): Promise<number> {
+    const node = Number(this.context.nodeId);
+    await new Promise<void>((resolve) => parked.set(node, resolve));
+    return node;
+  }
+}
+
+const layout = { GroupMembershipCell: oneSubgroup(flexibleEvenShards(1, 2, 3)) };
+const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-membership-'));
+test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
+
+async function waitFor(what: string, done: () => boolean, timeoutMs = 10_000): Promise<number> {
+  const started = performance.now();
+  while (!done()) {
+    if (performance.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  return performance.now() - started;
+}
+
+const sortedKeys = (replies: ReadonlyMap<NodeId, unknown>): number[] => [...replies.keys()].map(Number).sort();
+
+test.serial('a member that dies is removed by a view change; the survivors keep serving ordered calls', async (t) => {
+  t.timeout(60_000);
+  const configs = await localGroupConfigs(3, {
+    dataRoot, firstId: 1, extraToml: '[timeouts]\nheartbeat_ms = 20\nfailure_timeout_ms = 300',
+  });
+  const groups = await Promise.all(configs.map((config) =>
+    Group.start(config, { types: [Cell], layout, membership: true })));
+  const [g1, g2, g3] = groups as [Group, Group, Group];
+  try {
+    t.deepEqual(g1.view.memberIds.map(Number), [1, 2, 3]);
+    const startView = g1.view.id;
+    t.true(groups.every((g) => g.view.id === startView), 'every node starts in the same view');
+
+    // Ordered calls in the first view: replies from all three members.
+    for (let i = 1; i <= 5; i++) {
+      const replies = await groups[i % 3]!.subgroup(Cell).ordered.add(i);
+      t.deepEqual(sortedKeys(replies), [1, 2, 3]);
+    }
+    t.deepEqual([...(await g1.subgroup(Cell).ordered.add(0)).values()], [15, 15, 15]);
+
+    // A call whose reply node 3 will owe: delivered everywhere, answered by 1 and 2 only.
+    const pending = g1.subgroup(Cell).ordered.park();
+    await waitFor('park delivered on every node', () => parked.size === 3);
+    parked.get(1)!();
+    parked.get(2)!();
+    t.is(await pending.replies.get(1 as NodeId), 1);
+    t.is(await pending.replies.get(2 as NodeId), 2);
+
+    // Node 3 dies: its endpoint closes without a leave.
+    const killedAt = performance.now();
+    await g3.transport.close();
+    const survivors = [g1, g2];
+    await waitFor('a view without node 3 on both survivors', () =>
+      survivors.every((g) => !g.view.memberIds.map(Number).includes(3)), 5_000);
+    const viewChangeMs = performance.now() - killedAt;
+    t.log(`view without node 3 installed on both survivors ${viewChangeMs.toFixed(0)} ms after the kill`);
+    t.deepEqual(g1.view.memberIds.map(Number), [1, 2]);
+    t.is(g1.view.id, g2.view.id, 'the survivors installed the same view');
+    t.true(g1.view.id > startView);
+
+    const error = await t.throwsAsync(pending.replies.get(3 as NodeId)!, { instanceOf: NodeRemovedError });
+    t.regex(error?.message ?? '', /node 3/);
+
+    // Ordered calls after the view change: both survivors reply, node 3 is not asked.
+    for (let i = 0; i < 10; i++) {
+      const replies = await survivors[i % 2]!.subgroup(Cell).ordered.add(1);
+      t.deepEqual(sortedKeys(replies), [1, 2]);
+    }
+    const last = await g2.subgroup(Cell).ordered.add(0);
+    t.deepEqual([...last.values()], [25, 25]);
+    t.deepEqual(g1.subgroup(Cell).members.map(Number), [1, 2]);
+    await waitFor('node 1 delivered what node 2 did', () =>
+      g1.subgroup(Cell).frontier().delivered === g2.subgroup(Cell).frontier().delivered);
+    t.is(g1.subgroup(Cell).digest(), g2.subgroup(Cell).digest(), 'survivors hold equal replicas');
+  } finally {
+    parked.get(3)?.();
+    parked.clear();
+    await Promise.all(groups.map((g) => g.close().catch(() => undefined)));
+  }
+});
+
+test.serial('membership mode refuses node id 0, naming the key', async (t) => {
+  const configs = await localGroupConfigs(1, { dataRoot: join(dataRoot, 'zero') });
+  const error = await t.throwsAsync(Group.start(configs[0]!, { types: [Cell], layout, membership: true }), {
+    instanceOf: ConfigError,
+  });
+  t.regex(error?.message ?? '', /group\.members\[0\].*node id 0/s);
+});
