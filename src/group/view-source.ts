@@ -5,9 +5,9 @@
  *   - StaticViewSource (here): every member is listed in the config (`group.members`) and all of
  *     them start together. There is one view, id 1: those members in the listed order, with the
  *     layout the allocator computes for them. No joins, no failures handled, no view changes.
- *   - The membership driver (src/runtime/membership-*, being built) will implement the same
- *     interface: start() resolves with the first view this node is a member of (after joining
- *     and state transfer), and 'view' fires for every view installed afterwards.
+ *   - MembershipViewSource (membership-view-source.ts) over the membership driver
+ *     (src/runtime/membership-driver.ts): start() resolves with view 0 of the founders, and
+ *     'view' fires for every view installed afterwards (a failed member removed).
  *
  * Contract: current() is undefined before start() resolves and the latest installed view after;
  * views only move forward (ids increase); listeners run synchronously when a view is installed,
