@@ -631,11 +631,13 @@ export class Group {
     if (this.membership !== undefined) {
       this.membership.attach({
         deliver: (ref, delivery) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.deliver(delivery),
+        registry: (ref) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.registry,
         persist: async () => {
           await Promise.all([...this.replicas.values()].map((r) => r.persistDelivered()));
         },
       });
       this.attachMembershipDrivers();
+      await this.awaitStateTransfers(this.membership);
       return;
     }
     const gate = this.gate!;
@@ -669,6 +671,25 @@ export class Group {
       const ref = { subgroupId: replica.subgroupId, shardIndex: replica.shardIndex };
       const driver = this.membership.multicast(ref);
       if (driver !== undefined && driver !== replica.driverOrUndefined) replica.attachDriver(driver);
+    }
+  }
+
+  /** A joiner: waits until every local shard's state arrived by transfer. */
+  private async awaitStateTransfers(membership: MembershipViewSource): Promise<void> {
+    const deadline = this.deadlineMs();
+    for (const replica of this.replicas.values()) {
+      const ref = { subgroupId: replica.subgroupId, shardIndex: replica.shardIndex };
+      while (membership.awaitingState(ref)) {
+        if (this.closed) throw new GroupClosedError('Group.start');
+        if (Date.now() > deadline) {
+          throw new GroupStartError(
+            `the state of ${replica.info.name} shard ${replica.shardIndex} did not arrive within ` +
+              `group.restart_timeout_s (${this.config.group.restart_timeout_s} s). Fix: check that ` +
+              `the shard's members are reachable, or raise group.restart_timeout_s.`,
+          );
+        }
+        await sleep(10);
+      }
     }
   }
 

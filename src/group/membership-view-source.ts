@@ -8,16 +8,22 @@
  *
  * Deliveries reach the group through `attach(sink)`; ones that arrive before the group attached
  * (possible between start() and the group's construction) are held and replayed in order.
+ *
+ * A node that `group.members` does not list joins: it asks the founders (then `group.seeds`) until
+ * one welcomes it, and pulls the state of each shard it enters, in chunks, from a member of that
+ * shard (the sink's PersistentRegistry: serializeSuffix → applyChunk) before its deliveries start.
  */
 import { createHash } from 'node:crypto';
-import { ConfigError } from '../core/errors.js';
+import type { PersistentRegistry } from '../../persistence/registry.js';
+import { ConfigError, SquallError } from '../core/errors.js';
+import { nodeId } from '../core/ids.js';
 import type { ReplicatedClassInfo } from '../../decorators/metadata.js';
 import type { SquallConfig } from '../config/schema.js';
 import { compilePolicies, encodePolicies, type Allocator, type LayoutPolicies } from '../membership/layout.js';
 import type { View } from '../membership/view.js';
 import { multicastLimitsFromConfig } from '../multicast/config.js';
 import {
-  MembershipDriver, type NodeRemovedError as DriverRemovedError, type ShardRef,
+  MembershipDriver, type NodeRemovedError as DriverRemovedError, type ShardRef, type ShardStateStore,
 } from '../runtime/membership-driver.js';
 import type { MulticastDelivery, MulticastDriver } from '../runtime/multicast-driver.js';
 import type { Transport } from '../transport/transport.js';
@@ -37,6 +43,8 @@ export interface MembershipViewSourceOptions {
 /** Where the group takes deliveries and the persist step of a view change. */
 export interface MembershipSink {
   deliver(shard: ShardRef, delivery: MulticastDelivery): void;
+  /** The persistent state of a local shard, for state transfer (undefined: not hosted here). */
+  registry(shard: ShardRef): PersistentRegistry | undefined;
   /** Everything delivered so far is durable (called before a new view installs). */
   persist(): Promise<void>;
 }
@@ -52,19 +60,25 @@ export class MembershipViewSource implements ViewSource {
 
   constructor(options: MembershipViewSourceOptions) {
     const { config } = options;
-    const founders = staticMembersFromConfig(config).map((m) => ({ id: m.id, address: m.address }));
+    const founders = staticMembersFromConfig(config, false).map((m) => ({ id: m.id, address: m.address }));
+    const found = founders.some((f) => f.id === config.node.id);
     const zero = founders.findIndex((f) => f.id === 0);
-    if (zero >= 0) {
+    if (zero >= 0 || config.node.id === 0) {
       // The membership log's Raft uses id 0 for "no node".
-      throw new ConfigError([{ key: `group.members[${zero}]`, message: 'has node id 0, which the membership driver cannot use (its Raft log reserves 0 for "no node"). Fix: number the nodes from 1' }]);
+      throw new ConfigError([{
+        key: zero >= 0 ? `group.members[${zero}]` : 'node.id',
+        message: 'has node id 0, which the membership driver cannot use (its Raft log reserves 0 for "no node"). Fix: number the nodes from 1',
+      }]);
     }
     this.driver = new MembershipDriver({
-      self: founders.find((f) => f.id === config.node.id)!.id,
+      self: nodeId(config.node.id),
       transport: options.transport,
       allocator: options.allocator,
       layoutHash: options.layoutHash,
       founders,
-      found: true,
+      found,
+      seeds: [...new Set([...founders.map((f) => f.address), ...config.group.seeds])],
+      state: this.stateStore(),
       votersCount: Math.min(config.group.voters, founders.length),
       heartbeatMs: config.timeouts.heartbeat_ms,
       failureTimeoutMs: config.timeouts.failure_timeout_ms,
@@ -111,6 +125,27 @@ export class MembershipViewSource implements ViewSource {
 
   close(): Promise<void> {
     return this.driver.close();
+  }
+
+  /** Whether this node still waits for the state of `shard` (a joiner's transfer). */
+  awaitingState(shard: ShardRef): boolean {
+    return this.driver.awaitingState(shard);
+  }
+
+  /** State transfer over the group's registries; throws (the joiner retries) until attached. */
+  private stateStore(): ShardStateStore {
+    const registry = (shard: ShardRef): PersistentRegistry => {
+      const found = this.sink?.registry(shard);
+      if (found === undefined) {
+        throw new SquallError(`shard ${shard.subgroupId}/${shard.shardIndex} has no replica here yet`, 'NO_STATE');
+      }
+      return found;
+    };
+    return {
+      latestVersion: (shard) => registry(shard).latestVersion,
+      stateChunks: (shard, afterVersion) => registry(shard).serializeSuffix(afterVersion),
+      applyStateChunk: (shard, chunk) => registry(shard).applyChunk(chunk),
+    };
   }
 
   private onDeliver(shard: ShardRef, delivery: MulticastDelivery): void {

@@ -4,6 +4,7 @@
 // within a few seconds; a call whose reply node 3 still owed fails at that reply with
 // NodeRemovedError while the survivors' replies arrive; ordered calls issued after the view
 // change complete with exactly the survivors' replies, and their replica digests are equal.
+// Then node 4 (not in group.members) joins: it receives the state by transfer and serves calls.
 import test from 'ava';
 import 'reflect-metadata';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -62,12 +63,13 @@ async function waitFor(what: string, done: () => boolean, timeoutMs = 10_000): P
 
 const sortedKeys = (replies: ReadonlyMap<NodeId, unknown>): number[] => [...replies.keys()].map(Number).sort();
 
-test.serial('a member that dies is removed by a view change; the survivors keep serving ordered calls', async (t) => {
+test.serial('a member that dies is removed by a view change, the survivors keep serving ordered calls, a new node joins with the state', async (t) => {
   t.timeout(60_000);
-  const configs = await localGroupConfigs(3, {
-    dataRoot, firstId: 1, extraToml: '[timeouts]\nheartbeat_ms = 20\nfailure_timeout_ms = 300',
+  // Nodes 1-3 are the founders (group.members); node 4 lists them and joins later.
+  const configs = await localGroupConfigs(4, {
+    dataRoot, firstId: 1, listed: 3, extraToml: '[timeouts]\nheartbeat_ms = 20\nfailure_timeout_ms = 300',
   });
-  const groups = await Promise.all(configs.map((config) =>
+  const groups = await Promise.all(configs.slice(0, 3).map((config) =>
     Group.start(config, { types: [Cell], layout, membership: true })));
   const [g1, g2, g3] = groups as [Group, Group, Group];
   try {
@@ -116,6 +118,25 @@ test.serial('a member that dies is removed by a view change; the survivors keep 
     await waitFor('node 1 delivered what node 2 did', () =>
       g1.subgroup(Cell).frontier().delivered === g2.subgroup(Cell).frontier().delivered);
     t.is(g1.subgroup(Cell).digest(), g2.subgroup(Cell).digest(), 'survivors hold equal replicas');
+
+    // Node 4 joins the running group: welcomed into a view [1, 2, 4], it receives the shard's
+    // state by chunked transfer before Group.start resolves, then serves ordered calls.
+    const beforeJoin = g1.view.id;
+    const g4 = await Group.start(configs[3]!, { types: [Cell], layout, membership: true });
+    groups.push(g4);
+    t.deepEqual(g4.view.memberIds.map(Number), [1, 2, 4]);
+    t.true(g4.view.id > beforeJoin);
+    t.is(g4.subgroup(Cell).versions('total').value, 25, 'the joiner holds the transferred state');
+    t.is(g4.subgroup(Cell).digest(), g1.subgroup(Cell).digest());
+    await waitFor('the survivors installed the join view', () => g1.view.id === g4.view.id && g2.view.id === g4.view.id);
+    for (const g of [g1, g2, g4]) {
+      const replies = await g.subgroup(Cell).ordered.add(2);
+      t.deepEqual(sortedKeys(replies), [1, 2, 4]);
+    }
+    await waitFor('every member delivered the last call', () =>
+      new Set([g1, g2, g4].map((g) => g.subgroup(Cell).frontier().delivered)).size === 1);
+    t.deepEqual(new Set([g1, g2, g4].map((g) => g.subgroup(Cell).digest())).size, 1, 'equal replicas after the join');
+    t.is(g4.subgroup(Cell).versions('total').value, 31);
   } finally {
     parked.get(3)?.();
     parked.clear();
