@@ -155,6 +155,8 @@ export class Group {
    */
   private readonly gate: ShardGate | undefined;
   private readonly membership: MembershipViewSource | undefined;
+  /** Set once the membership log removed this node: ordered calls throw it. */
+  private removed: SquallError | undefined;
   private readonly sessions: SessionCache;
 
   private constructor(
@@ -175,6 +177,12 @@ export class Group {
     this.membership = viewSource instanceof MembershipViewSource ? viewSource : undefined;
     this.gate = this.membership === undefined ? new ShardGate(transport, MULTICAST_REQUEST_TYPE_DEFAULT) : undefined;
     this.sessions = new SessionCache(transport);
+    // Removed (it left, or the others took it for failed): stop serving ordered calls, say why.
+    this.membership?.onRemoved((error) => {
+      this.removed = error;
+      for (const results of this.calls.values()) results.failAll(error);
+      this.calls.clear();
+    });
     viewSource.on('view', (next) => {
       this.currentView = next;
       this.attachMembershipDrivers();
@@ -341,6 +349,18 @@ export class Group {
     };
   }
 
+  /**
+   * Leaves the group cleanly, then closes. With `membership: true` the other members install a
+   * view without this node at once (no failure timeout); resolves false if no such view
+   * committed within `timeoutMs` (this node closes anyway and is then removed as failed). With
+   * the static view source there is nothing to leave: the same as close().
+   */
+  async leave(timeoutMs = 5_000): Promise<boolean> {
+    const left = this.membership !== undefined && !this.closed ? await this.membership.leave(timeoutMs) : true;
+    await this.close();
+    return left;
+  }
+
   /** Stops the drivers, fails outstanding calls with GroupClosedError, closes store and socket. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -395,6 +415,7 @@ export class Group {
     const outer = currentOrderedCall();
     if (outer !== undefined) throw new OrderedCallInOrderedError(outer, label);
     if (this.closed) throw new GroupClosedError(label);
+    if (this.removed !== undefined) throw this.removed;
     const callId = this.nextCallId++;
     const message = relayKey === undefined ? [callId, wireName, args] : [callId, wireName, args, ...relayKey];
     const payload = encodeMessage(message);

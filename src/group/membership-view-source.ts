@@ -52,6 +52,7 @@ export interface MembershipSink {
 export class MembershipViewSource implements ViewSource {
   readonly driver: MembershipDriver;
   private readonly listeners: ViewListener[] = [];
+  private readonly removedListeners: ((error: DriverRemovedError) => void)[] = [];
   private sink: MembershipSink | undefined;
   private early: { shard: ShardRef; delivery: MulticastDelivery }[] = [];
   private started = false;
@@ -93,6 +94,7 @@ export class MembershipViewSource implements ViewSource {
     });
     this.driver.on('removed', (error) => {
       this.removed = error;
+      for (const listener of this.removedListeners) listener(error);
     });
   }
 
@@ -108,6 +110,27 @@ export class MembershipViewSource implements ViewSource {
     await this.driver.start();
     this.started = true;
     return this.driver.current();
+  }
+
+  /** Calls `listener` once the membership log removed this node (failure, suspicion or leave). */
+  onRemoved(listener: (error: DriverRemovedError) => void): void {
+    this.removedListeners.push(listener);
+  }
+
+  /**
+   * Asks to leave cleanly and resolves once a view without this node committed (true), or after
+   * `timeoutMs` without one (false: e.g. no majority of the voters is reachable).
+   */
+  leave(timeoutMs: number): Promise<boolean> {
+    if (this.removed !== undefined) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.onRemoved(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+      this.driver.leave();
+    });
   }
 
   /** The multicast driver of a shard of the current view this node is in. */

@@ -4,7 +4,8 @@
 // within a few seconds; a call whose reply node 3 still owed fails at that reply with
 // NodeRemovedError while the survivors' replies arrive; ordered calls issued after the view
 // change complete with exactly the survivors' replies, and their replica digests are equal.
-// Then node 4 (not in group.members) joins: it receives the state by transfer and serves calls.
+// Then node 4 (not in group.members) joins: it receives the state by transfer and serves calls;
+// then it leaves cleanly and the others go on without it.
 import test from 'ava';
 import 'reflect-metadata';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -63,7 +64,7 @@ async function waitFor(what: string, done: () => boolean, timeoutMs = 10_000): P
 
 const sortedKeys = (replies: ReadonlyMap<NodeId, unknown>): number[] => [...replies.keys()].map(Number).sort();
 
-test.serial('a member that dies is removed by a view change, the survivors keep serving ordered calls, a new node joins with the state', async (t) => {
+test.serial('a member that dies is removed by a view change, the survivors keep serving ordered calls, a new node joins with the state and leaves', async (t) => {
   t.timeout(60_000);
   // Nodes 1-3 are the founders (group.members); node 4 lists them and joins later.
   const configs = await localGroupConfigs(4, {
@@ -137,6 +138,14 @@ test.serial('a member that dies is removed by a view change, the survivors keep 
       new Set([g1, g2, g4].map((g) => g.subgroup(Cell).frontier().delivered)).size === 1);
     t.deepEqual(new Set([g1, g2, g4].map((g) => g.subgroup(Cell).digest())).size, 1, 'equal replicas after the join');
     t.is(g4.subgroup(Cell).versions('total').value, 31);
+
+    // Node 4 leaves cleanly: a view without it commits at once (no failure timeout to wait).
+    const leftAt = performance.now();
+    t.true(await g4.leave(), 'the leave committed');
+    await waitFor('a view without node 4 on both survivors', () =>
+      [g1, g2].every((g) => g.view.memberIds.map(Number).join() === '1,2'), 5_000);
+    t.log(`view without node 4 installed ${(performance.now() - leftAt).toFixed(0)} ms after leave()`);
+    t.deepEqual(sortedKeys(await g1.subgroup(Cell).ordered.add(1)), [1, 2]);
   } finally {
     parked.get(3)?.();
     parked.clear();
