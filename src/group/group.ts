@@ -155,6 +155,7 @@ export class Group {
    */
   private readonly gate: ShardGate | undefined;
   private readonly membership: MembershipViewSource | undefined;
+  private readonly p2pWriteCheck: P2PWriteCheck;
   /** Set once the membership log removed this node: ordered calls throw it. */
   private removed: SquallError | undefined;
   private readonly sessions: SessionCache;
@@ -169,6 +170,7 @@ export class Group {
     infos: ReadonlyMap<string, ReplicatedClassInfo>,
   ) {
     this.nodeId = nodeId(config.node.id);
+    this.p2pWriteCheck = options.p2pWriteCheck ?? 'persistent';
     this.transport = transport;
     this.store = store;
     this.viewSource = viewSource;
@@ -185,6 +187,7 @@ export class Group {
     });
     viewSource.on('view', (next) => {
       this.currentView = next;
+      this.followShards(next);
       this.attachMembershipDrivers();
       this.failRemovedMembers(next);
       for (const listener of this.viewListeners) listener(next);
@@ -201,7 +204,7 @@ export class Group {
       return new Uint8Array(0);
     });
     for (const membership of view.shardsOf(this.nodeId)) {
-      const replica = this.makeReplica(membership, view, options.p2pWriteCheck ?? 'persistent');
+      const replica = this.makeReplica(membership, view);
       this.replicas.set(replicaKey(membership.typeName, membership.subgroupIndex), replica);
     }
   }
@@ -580,7 +583,7 @@ export class Group {
   // ------------------------------------------------------------------------------------------
   // Start
 
-  private makeReplica(membership: ShardMembership, view: View, p2pWriteCheck: P2PWriteCheck): ShardReplica {
+  private makeReplica(membership: ShardMembership, view: View): ShardReplica {
     const info = this.infos.get(membership.typeName)!;
     const registryName = `${membership.typeName}/${membership.subgroupIndex}/${membership.shardIndex}`;
     const registry = this.store.registry(registryName);
@@ -595,7 +598,7 @@ export class Group {
       this.nodeId,
       { current: () => this.currentView, onView: (listener) => this.on('view', listener) },
       (caller, callId, reply) => this.sendReply(caller, callId, reply),
-      p2pWriteCheck,
+      this.p2pWriteCheck,
     );
     if (registry.latestVersion !== VERSION_NONE) {
       throw new GroupStartError(
@@ -679,6 +682,33 @@ export class Group {
       // before any other frame can arrive, so the core sees them in arrival order.
       gate.openShard(shardNumber);
       replica.attachDriver(await created);
+    }
+  }
+
+  /**
+   * With the membership view source, a view may move this node into a shard (the allocator
+   * filled a gap with it) or out of one: a replica is built for each shard it enters (the
+   * membership driver pulls the state into its registry and holds the deliveries meanwhile),
+   * and the replica of a shard it left is dropped (its waiters fail with NotMemberError).
+   */
+  private followShards(view: View): void {
+    if (this.membership === undefined) return;
+    const mine = view.shardsOf(this.nodeId);
+    for (const [key, replica] of this.replicas) {
+      if (mine.some((m) => replicaKey(m.typeName, m.subgroupIndex) === key && m.shardIndex === replica.shardIndex)) continue;
+      replica.failWaiters(new NotMemberError(this.nodeId, replica.info.name, replica.subgroupIndex,
+        `left shard ${replica.shardIndex} in view ${view.id}`));
+      this.replicas.delete(key);
+    }
+    for (const m of mine) {
+      const key = replicaKey(m.typeName, m.subgroupIndex);
+      if (this.replicas.has(key)) continue;
+      try {
+        this.replicas.set(key, this.makeReplica(m, view));
+      } catch (error) {
+        // Re-entering a shard whose old versions this store holds: the restart protocol's job.
+        process.emitWarning(`node ${this.nodeId} cannot serve ${key} shard ${m.shardIndex} in view ${view.id}: ${String(error)}`);
+      }
     }
   }
 

@@ -5,7 +5,8 @@
 // NodeRemovedError while the survivors' replies arrive; ordered calls issued after the view
 // change complete with exactly the survivors' replies, and their replica digests are equal.
 // Then node 4 (not in group.members) joins: it receives the state by transfer and serves calls;
-// then it leaves cleanly and the others go on without it.
+// then it leaves cleanly and the others go on without it. And a spare member that the allocator
+// moves into a shard whose member failed: it gets a replica with the shard's state by transfer.
 import test from 'ava';
 import 'reflect-metadata';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -17,7 +18,9 @@ import {
   ORDERED_METHODS,
   Persistent,
   ConfigError,
+  fixedEvenShards,
   flexibleEvenShards,
+  NotMemberError,
   oneSubgroup,
   ordered,
   persistent,
@@ -149,6 +152,37 @@ test.serial('a member that dies is removed by a view change, the survivors keep 
   } finally {
     parked.get(3)?.();
     parked.clear();
+    await Promise.all(groups.map((g) => g.close().catch(() => undefined)));
+  }
+});
+
+test.serial('a spare node fills the place of a failed shard member, with the shard state by transfer', async (t) => {
+  t.timeout(60_000);
+  // One shard of exactly 2: nodes 1 and 2 serve it, node 3 is a spare member of the group.
+  const pairLayout = { GroupMembershipCell: oneSubgroup(fixedEvenShards(1, 2)) };
+  const configs = await localGroupConfigs(3, {
+    dataRoot: join(dataRoot, 'spare'), firstId: 1,
+    extraToml: '[timeouts]\nheartbeat_ms = 20\nfailure_timeout_ms = 300',
+  });
+  const groups = await Promise.all(configs.map((config) =>
+    Group.start(config, { types: [Cell], layout: pairLayout, membership: true })));
+  const [g1, g2, g3] = groups as [Group, Group, Group];
+  try {
+    t.deepEqual(g1.members(Cell).map((s) => s.map(Number)), [[1, 2]]);
+    t.throws(() => g3.subgroup(Cell), { instanceOf: NotMemberError });
+    for (let i = 1; i <= 4; i++) t.deepEqual(sortedKeys(await g1.subgroup(Cell).ordered.add(i)), [1, 2]);
+
+    await g2.transport.close();
+    await waitFor('node 3 in the shard on nodes 1 and 3', () =>
+      [g1, g3].every((g) => g.members(Cell)[0]!.map(Number).sort().join() === '1,3'), 5_000);
+    // The shard's state reaches node 3 by transfer; then both serve ordered calls.
+    await waitFor('the transferred state on node 3', () => g3.subgroup(Cell).versions('total').value === 10);
+    for (const g of [g1, g3, g1]) t.deepEqual(sortedKeys(await g.subgroup(Cell).ordered.add(5)), [1, 3]);
+    await waitFor('node 3 delivered what node 1 did', () =>
+      g1.subgroup(Cell).frontier().delivered === g3.subgroup(Cell).frontier().delivered);
+    t.is(g3.subgroup(Cell).versions('total').value, 25);
+    t.is(g3.subgroup(Cell).digest(), g1.subgroup(Cell).digest());
+  } finally {
     await Promise.all(groups.map((g) => g.close().catch(() => undefined)));
   }
 });
