@@ -99,6 +99,9 @@ test.serial('a member that dies is removed by a view change, the survivors keep 
     // Node 3 dies: its endpoint closes without a leave.
     const killedAt = performance.now();
     await g3.transport.close();
+    // Sent while node 3 is dead but still in the view: it is delivered in this view up to the
+    // ragged trim or re-sent in the next one; the survivors answer, node 3's reply fails.
+    const during = g2.subgroup(Cell).ordered.add(0);
     const survivors = [g1, g2];
     await waitFor('a view without node 3 on both survivors', () =>
       survivors.every((g) => !g.view.memberIds.map(Number).includes(3)), 5_000);
@@ -110,6 +113,9 @@ test.serial('a member that dies is removed by a view change, the survivors keep 
 
     const error = await t.throwsAsync(pending.replies.get(3 as NodeId)!, { instanceOf: NodeRemovedError });
     t.regex(error?.message ?? '', /node 3/);
+    t.is(await during.replies.get(1 as NodeId), 15);
+    t.is(await during.replies.get(2 as NodeId), 15);
+    await t.throwsAsync(during.replies.get(3 as NodeId)!, { instanceOf: NodeRemovedError });
 
     // Ordered calls after the view change: both survivors reply, node 3 is not asked.
     for (let i = 0; i < 10; i++) {
