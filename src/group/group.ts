@@ -45,7 +45,6 @@ import {
 import type { SquallConfig } from '../config/schema.js';
 import { defaultAllocator, type Allocator, type LayoutPolicies } from '../membership/layout.js';
 import { describeInadequacy, encodeView, type ShardMembership, type View } from '../membership/view.js';
-import { multicastLimitsFromConfig, type MulticastLimits } from '../multicast/config.js';
 import { MULTICAST_REQUEST_TYPE_DEFAULT, MulticastDriver } from '../runtime/multicast-driver.js';
 import { ShardGate } from './shard-gate.js';
 import { SessionCache } from './sessions.js';
@@ -62,6 +61,7 @@ import { QueryResults, type OrderedReceipt } from './query-results.js';
 import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.js';
 import { StaticViewSource, type ViewSource } from './view-source.js';
 import { layoutHashOf, MembershipViewSource } from './membership-view-source.js';
+import { multicastLimitsForProfile } from './limits.js';
 import {
   driverShardNumber,
   hashKey,
@@ -675,7 +675,7 @@ export class Group {
         shard: shardNumber,
         view: { viewId: view.id, members: shard.members, senders: shard.senders, addresses },
         mode: shard.mode === 'raw' ? 'raw' : 'ordered', // raft was refused above
-        limits: this.limitsFor(shard.profile),
+        limits: multicastLimitsForProfile(this.config, shard.profile),
         onDeliver: (delivery) => replica.deliver(delivery),
       });
       // The driver registered its shard synchronously inside create(): release held frames now,
@@ -742,15 +742,6 @@ export class Group {
         await sleep(10);
       }
     }
-  }
-
-  private limitsFor(profile: string): MulticastLimits {
-    if (profile === 'default') return multicastLimitsFromConfig(this.config.multicast);
-    const section = this.config.subgroup[profile];
-    if (section === undefined) {
-      throw new ConfigError([{ key: `subgroup.${profile}`, message: `is named by the layout as a profile but is not in the config. Fix: add a [subgroup.${profile}] section (it may be empty)` }]);
-    }
-    return multicastLimitsFromConfig({ ...this.config.multicast, ...stripUndefined(section) }, `subgroup.${profile}`);
   }
 
   /** Waits until every other member answers READY with 1 (its drivers exist). */
@@ -821,9 +812,6 @@ function replicaKey(typeName: string, subgroupIndex: number): string {
   return `${typeName}/${subgroupIndex}`;
 }
 
-function stripUndefined<T extends object>(section: T): Partial<T> {
-  return Object.fromEntries(Object.entries(section).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
 
 function typeInfos(options: GroupOptions): Map<string, ReplicatedClassInfo> {
   const infos = new Map<string, ReplicatedClassInfo>();

@@ -19,9 +19,11 @@ import { ConfigError, SquallError } from '../core/errors.js';
 import { nodeId } from '../core/ids.js';
 import type { ReplicatedClassInfo } from '../../decorators/metadata.js';
 import type { SquallConfig } from '../config/schema.js';
-import { compilePolicies, encodePolicies, type Allocator, type LayoutPolicies } from '../membership/layout.js';
+import {
+  compilePolicies, encodePolicies, runAllocator, type Allocator, type LayoutPolicies,
+} from '../membership/layout.js';
 import type { View } from '../membership/view.js';
-import { multicastLimitsFromConfig } from '../multicast/config.js';
+import { multicastLimitsForProfile } from './limits.js';
 import {
   MembershipDriver, type NodeRemovedError as DriverRemovedError, type ShardRef, type ShardStateStore,
 } from '../runtime/membership-driver.js';
@@ -63,6 +65,12 @@ export class MembershipViewSource implements ViewSource {
     const { config } = options;
     const founders = staticMembersFromConfig(config, false).map((m) => ({ id: m.id, address: m.address }));
     const found = founders.some((f) => f.id === config.node.id);
+    // Every profile the founders' layout names needs its [subgroup.<profile>] section: checked
+    // here, before the driver builds multicast drivers with it (a ConfigError naming the key).
+    const firstLayout = runAllocator(options.allocator, { previous: undefined, members: founders.map((f) => f.id) });
+    for (const type of firstLayout.types) {
+      for (const subgroup of type.subgroups) for (const shard of subgroup.shards) multicastLimitsForProfile(config, shard.profile);
+    }
     const zero = founders.findIndex((f) => f.id === 0);
     if (zero >= 0 || config.node.id === 0) {
       // The membership log's Raft uses id 0 for "no node".
@@ -83,7 +91,7 @@ export class MembershipViewSource implements ViewSource {
       votersCount: Math.min(config.group.voters, founders.length),
       heartbeatMs: config.timeouts.heartbeat_ms,
       failureTimeoutMs: config.timeouts.failure_timeout_ms,
-      multicastLimits: multicastLimitsFromConfig(config.multicast),
+      multicastLimitsFor: (profile) => multicastLimitsForProfile(config, profile),
       onDeliver: (shard, delivery) => this.onDeliver(shard, delivery),
       persist: () => this.sink?.persist() ?? Promise.resolve(),
       ...(options.log !== undefined ? { log: options.log } : {}),

@@ -21,6 +21,7 @@ import {
   fixedEvenShards,
   flexibleEvenShards,
   NotMemberError,
+  PayloadTooLargeError,
   oneSubgroup,
   ordered,
   persistent,
@@ -199,4 +200,23 @@ test.serial('membership mode refuses node id 0, naming the key', async (t) => {
     instanceOf: ConfigError,
   });
   t.regex(error?.message ?? '', /group\.members\[0\].*node id 0/s);
+});
+
+test.serial('membership mode applies the layout profile\'s [subgroup.<profile>] limits (a missing section is named)', async (t) => {
+  const profiled = { GroupMembershipCell: oneSubgroup(flexibleEvenShards(1, 1, 1, { profile: 'bulk' })) };
+  const missing = await localGroupConfigs(1, { dataRoot: join(dataRoot, 'profile-missing'), firstId: 1 });
+  const error = await t.throwsAsync(Group.start(missing[0]!, { types: [Cell], layout: profiled, membership: true }), {
+    instanceOf: ConfigError,
+  });
+  t.regex(error?.message ?? '', /subgroup\.bulk/);
+  // A profile whose max_payload_size no call fits: the shard's driver was built with it.
+  const present = await localGroupConfigs(1, {
+    dataRoot: join(dataRoot, 'profile-present'), firstId: 1, extraToml: '[subgroup.bulk]\nmax_payload_size = 4\nmax_smc_payload_size = 4',
+  });
+  const group = await Group.start(present[0]!, { types: [Cell], layout: profiled, membership: true });
+  try {
+    await t.throwsAsync(group.subgroup(Cell).ordered.add(3).version, { instanceOf: PayloadTooLargeError });
+  } finally {
+    await group.close();
+  }
 });
