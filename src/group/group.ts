@@ -45,7 +45,6 @@ import {
 import type { SquallConfig } from '../config/schema.js';
 import { defaultAllocator, type Allocator, type LayoutPolicies } from '../membership/layout.js';
 import { describeInadequacy, encodeView, type ShardMembership, type View } from '../membership/view.js';
-import { multicastLimitsFromConfig, type MulticastLimits } from '../multicast/config.js';
 import { MULTICAST_REQUEST_TYPE_DEFAULT, MulticastDriver } from '../runtime/multicast-driver.js';
 import { ShardGate } from './shard-gate.js';
 import { SessionCache } from './sessions.js';
@@ -61,6 +60,8 @@ import {
 import { QueryResults, type OrderedReceipt } from './query-results.js';
 import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.js';
 import { StaticViewSource, type ViewSource } from './view-source.js';
+import { layoutHashOf, MembershipViewSource } from './membership-view-source.js';
+import { multicastLimitsForProfile } from './limits.js';
 import {
   driverShardNumber,
   hashKey,
@@ -93,6 +94,12 @@ export interface GroupOptions {
   readonly layout: LayoutPolicies | Allocator;
   /** Where views come from; default: StaticViewSource over `group.members`. */
   readonly viewSource?: ViewSource;
+  /**
+   * Run the membership driver (MembershipViewSource): `group.members` are the founders of view 0,
+   * a member that fails is removed by a view change and the others go on. `true`, or options
+   * (`log` receives the driver's progress lines). Not together with `viewSource`.
+   */
+  readonly membership?: boolean | { readonly log?: (line: string) => void };
   /** The dispatcher's p2p write check (decorators/README.md); default 'persistent'. */
   readonly p2pWriteCheck?: P2PWriteCheck;
 }
@@ -142,8 +149,15 @@ export class Group {
   private ready = false;
   private closed = false;
   private currentView: View;
-  /** The transport the multicast drivers use: holds frames of shards whose driver is not up. */
-  private readonly gate: ShardGate;
+  /**
+   * The transport the group's own multicast drivers use: holds frames of shards whose driver is
+   * not up. Undefined with the membership view source, whose driver owns the multicast drivers.
+   */
+  private readonly gate: ShardGate | undefined;
+  private readonly membership: MembershipViewSource | undefined;
+  private readonly p2pWriteCheck: P2PWriteCheck;
+  /** Set once the membership log removed this node: ordered calls throw it. */
+  private removed: SquallError | undefined;
   private readonly sessions: SessionCache;
 
   private constructor(
@@ -156,15 +170,25 @@ export class Group {
     infos: ReadonlyMap<string, ReplicatedClassInfo>,
   ) {
     this.nodeId = nodeId(config.node.id);
+    this.p2pWriteCheck = options.p2pWriteCheck ?? 'persistent';
     this.transport = transport;
     this.store = store;
     this.viewSource = viewSource;
     this.infos = infos;
     this.currentView = view;
-    this.gate = new ShardGate(transport, MULTICAST_REQUEST_TYPE_DEFAULT);
+    this.membership = viewSource instanceof MembershipViewSource ? viewSource : undefined;
+    this.gate = this.membership === undefined ? new ShardGate(transport, MULTICAST_REQUEST_TYPE_DEFAULT) : undefined;
     this.sessions = new SessionCache(transport);
+    // Removed (it left, or the others took it for failed): stop serving ordered calls, say why.
+    this.membership?.onRemoved((error) => {
+      this.removed = error;
+      for (const results of this.calls.values()) results.failAll(error);
+      this.calls.clear();
+    });
     viewSource.on('view', (next) => {
       this.currentView = next;
+      this.followShards(next);
+      this.attachMembershipDrivers();
       this.failRemovedMembers(next);
       for (const listener of this.viewListeners) listener(next);
     });
@@ -180,7 +204,7 @@ export class Group {
       return new Uint8Array(0);
     });
     for (const membership of view.shardsOf(this.nodeId)) {
-      const replica = this.makeReplica(membership, view, options.p2pWriteCheck ?? 'persistent');
+      const replica = this.makeReplica(membership, view);
       this.replicas.set(replicaKey(membership.typeName, membership.subgroupIndex), replica);
     }
   }
@@ -196,17 +220,34 @@ export class Group {
     const allocator = typeof options.layout === 'function'
       ? (options.layout as Allocator)
       : defaultAllocator(options.layout as LayoutPolicies);
-    const viewSource = options.viewSource ?? StaticViewSource.fromConfig(config, allocator);
+    if (options.membership && options.viewSource !== undefined) {
+      throw new ConfigError([{ key: 'membership', message: 'and viewSource were both given to Group.start. Fix: pass one of them (membership runs its own view source)' }]);
+    }
+    const membership = options.membership ? options.membership : undefined;
+    // The static source checks group.members before the endpoint opens (a config error first).
+    let viewSource: ViewSource | undefined = options.viewSource ??
+      (membership === undefined ? StaticViewSource.fromConfig(config, allocator) : undefined);
     // Sealed (AES-GCM, authenticated handshake) unless transport.encryption = false.
     const transport = await Endpoint.create(
       endpointOptionsFromConfig(config.transport, { host: config.node.host, port: config.node.port }),
     );
+    if (viewSource === undefined) {
+      try {
+        viewSource = new MembershipViewSource({
+          config, transport, allocator, layoutHash: layoutHashOf(infos, options.layout),
+          ...(typeof membership === 'object' && membership.log !== undefined ? { log: membership.log } : {}),
+        });
+      } catch (error) {
+        await closeTransport(transport);
+        throw error;
+      }
+    }
     let store: PersistenceStore | undefined;
     let group: Group | undefined;
     try {
       const view = await viewSource.start();
       checkLayoutTypes(view, infos);
-      checkAdequate(view, options.viewSource === undefined);
+      checkAdequate(view, viewSource instanceof StaticViewSource);
       store = PersistenceStore.open({
         dataDir: config.persistence.data_dir,
         reset: config.persistence.reset,
@@ -311,6 +352,18 @@ export class Group {
     };
   }
 
+  /**
+   * Leaves the group cleanly, then closes. With `membership: true` the other members install a
+   * view without this node at once (no failure timeout); resolves false if no such view
+   * committed within `timeoutMs` (this node closes anyway and is then removed as failed). With
+   * the static view source there is nothing to leave: the same as close().
+   */
+  async leave(timeoutMs = 5_000): Promise<boolean> {
+    const left = this.membership !== undefined && !this.closed ? await this.membership.leave(timeoutMs) : true;
+    await this.close();
+    return left;
+  }
+
   /** Stops the drivers, fails outstanding calls with GroupClosedError, closes store and socket. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -320,7 +373,8 @@ export class Group {
     this.calls.clear();
     for (const replica of this.replicas.values()) {
       replica.failWaiters(error);
-      await replica.driver?.close();
+      // The membership driver closes the drivers it owns (viewSource.close below).
+      if (this.membership === undefined) await replica.driver?.close();
     }
     await this.viewSource.close();
     await this.store.close();
@@ -338,7 +392,7 @@ export class Group {
       typeName: info.name,
       subgroupIndex: replica.subgroupIndex,
       shardIndex: replica.shardIndex,
-      members: replica.members,
+      members: this.shardMembers(replica),
       ordered: ordered as unknown as OrderedQueryApi<T>,
       p2p: (node) => this.p2pProxy(info, replica.subgroupIndex, replica, nodeId(node)),
       versions: <K extends keyof T & string>(field: K): T[K] => {
@@ -364,6 +418,7 @@ export class Group {
     const outer = currentOrderedCall();
     if (outer !== undefined) throw new OrderedCallInOrderedError(outer, label);
     if (this.closed) throw new GroupClosedError(label);
+    if (this.removed !== undefined) throw this.removed;
     const callId = this.nextCallId++;
     const message = relayKey === undefined ? [callId, wireName, args] : [callId, wireName, args, ...relayKey];
     const payload = encodeMessage(message);
@@ -371,7 +426,7 @@ export class Group {
       version: makeVersion(receipt.viewId, receipt.position),
       timestamp: receipt.timestamp,
     }));
-    const results = new QueryResults<unknown>(label, replica.members, sent, {
+    const results = new QueryResults<unknown>(label, this.shardMembers(replica), sent, {
       whenDelivered: (v) => replica.deliveredWaiters.wait(v),
       whenLocalPersisted: (v) => replica.registry.whenPersisted(v),
       whenPersisted: (v) => replica.persistedWaiters.wait(v),
@@ -406,6 +461,11 @@ export class Group {
       const code = error instanceof SquallError ? error.code : 'INTERNAL';
       return encodeMessage([RELAY_REFUSED, code, String((error as Error)?.message ?? error)]);
     }
+  }
+
+  /** The replica's shard members in the current view (the view it started in lists them all). */
+  private shardMembers(replica: ShardReplica): readonly NodeId[] {
+    return this.currentView.shard(replica.subgroupId, replica.shardIndex)?.members ?? replica.members;
   }
 
   /** Replies awaited from members a new view no longer has will never come: NodeRemovedError. */
@@ -523,7 +583,7 @@ export class Group {
   // ------------------------------------------------------------------------------------------
   // Start
 
-  private makeReplica(membership: ShardMembership, view: View, p2pWriteCheck: P2PWriteCheck): ShardReplica {
+  private makeReplica(membership: ShardMembership, view: View): ShardReplica {
     const info = this.infos.get(membership.typeName)!;
     const registryName = `${membership.typeName}/${membership.subgroupIndex}/${membership.shardIndex}`;
     const registry = this.store.registry(registryName);
@@ -538,7 +598,7 @@ export class Group {
       this.nodeId,
       { current: () => this.currentView, onView: (listener) => this.on('view', listener) },
       (caller, callId, reply) => this.sendReply(caller, callId, reply),
-      p2pWriteCheck,
+      this.p2pWriteCheck,
     );
     if (registry.latestVersion !== VERSION_NONE) {
       throw new GroupStartError(
@@ -591,31 +651,97 @@ export class Group {
       if (shard.mode === 'raft') {
         throw new GroupStartError(`${replica.info.name} subgroup ${replica.subgroupIndex} uses mode 'raft', which the group layer does not run yet. Fix: use mode 'ordered'.`);
       }
+    }
+    if (this.membership !== undefined) {
+      this.membership.attach({
+        deliver: (ref, delivery) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.deliver(delivery),
+        registry: (ref) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.registry,
+        persist: async () => {
+          await Promise.all([...this.replicas.values()].map((r) => r.persistDelivered()));
+        },
+      });
+      this.attachMembershipDrivers();
+      await this.awaitStateTransfers(this.membership);
+      return;
+    }
+    const gate = this.gate!;
+    for (const replica of this.replicas.values()) {
+      const shard = view.shard(replica.subgroupId, replica.shardIndex)!;
       const addresses = new Map(shard.members.map((n) => [n, view.addressOf(n)!]));
       const shardNumber = driverShardNumber(replica.subgroupId, replica.shardIndex);
       const created = MulticastDriver.create({
-        transport: this.gate,
+        transport: gate,
         self: this.nodeId,
         shard: shardNumber,
         view: { viewId: view.id, members: shard.members, senders: shard.senders, addresses },
-        mode: shard.mode,
-        limits: this.limitsFor(shard.profile),
+        mode: shard.mode === 'raw' ? 'raw' : 'ordered', // raft was refused above
+        limits: multicastLimitsForProfile(this.config, shard.profile),
         onDeliver: (delivery) => replica.deliver(delivery),
       });
       // The driver registered its shard synchronously inside create(): release held frames now,
       // before any other frame can arrive, so the core sees them in arrival order.
-      this.gate.openShard(shardNumber);
+      gate.openShard(shardNumber);
       replica.attachDriver(await created);
     }
   }
 
-  private limitsFor(profile: string): MulticastLimits {
-    if (profile === 'default') return multicastLimitsFromConfig(this.config.multicast);
-    const section = this.config.subgroup[profile];
-    if (section === undefined) {
-      throw new ConfigError([{ key: `subgroup.${profile}`, message: `is named by the layout as a profile but is not in the config. Fix: add a [subgroup.${profile}] section (it may be empty)` }]);
+  /**
+   * With the membership view source, a view may move this node into a shard (the allocator
+   * filled a gap with it) or out of one: a replica is built for each shard it enters (the
+   * membership driver pulls the state into its registry and holds the deliveries meanwhile),
+   * and the replica of a shard it left is dropped (its waiters fail with NotMemberError).
+   */
+  private followShards(view: View): void {
+    if (this.membership === undefined) return;
+    const mine = view.shardsOf(this.nodeId);
+    for (const [key, replica] of this.replicas) {
+      if (mine.some((m) => replicaKey(m.typeName, m.subgroupIndex) === key && m.shardIndex === replica.shardIndex)) continue;
+      replica.failWaiters(new NotMemberError(this.nodeId, replica.info.name, replica.subgroupIndex,
+        `left shard ${replica.shardIndex} in view ${view.id}`));
+      this.replicas.delete(key);
     }
-    return multicastLimitsFromConfig({ ...this.config.multicast, ...stripUndefined(section) }, `subgroup.${profile}`);
+    for (const m of mine) {
+      const key = replicaKey(m.typeName, m.subgroupIndex);
+      if (this.replicas.has(key)) continue;
+      try {
+        this.replicas.set(key, this.makeReplica(m, view));
+      } catch (error) {
+        // Re-entering a shard whose old versions this store holds: the restart protocol's job.
+        process.emitWarning(`node ${this.nodeId} cannot serve ${key} shard ${m.shardIndex} in view ${view.id}: ${String(error)}`);
+      }
+    }
+  }
+
+  /**
+   * With the membership view source: each replica sends through the membership driver's
+   * multicast driver of its shard; a view that brought a new driver re-attaches it.
+   */
+  private attachMembershipDrivers(): void {
+    if (this.membership === undefined) return;
+    for (const replica of this.replicas.values()) {
+      const ref = { subgroupId: replica.subgroupId, shardIndex: replica.shardIndex };
+      const driver = this.membership.multicast(ref);
+      if (driver !== undefined && driver !== replica.driverOrUndefined) replica.attachDriver(driver);
+    }
+  }
+
+  /** A joiner: waits until every local shard's state arrived by transfer. */
+  private async awaitStateTransfers(membership: MembershipViewSource): Promise<void> {
+    const deadline = this.deadlineMs();
+    for (const replica of this.replicas.values()) {
+      const ref = { subgroupId: replica.subgroupId, shardIndex: replica.shardIndex };
+      while (membership.awaitingState(ref)) {
+        if (this.closed) throw new GroupClosedError('Group.start');
+        if (Date.now() > deadline) {
+          throw new GroupStartError(
+            `the state of ${replica.info.name} shard ${replica.shardIndex} did not arrive within ` +
+              `group.restart_timeout_s (${this.config.group.restart_timeout_s} s). Fix: check that ` +
+              `the shard's members are reachable, or raise group.restart_timeout_s.`,
+          );
+        }
+        await sleep(10);
+      }
+    }
   }
 
   /** Waits until every other member answers READY with 1 (its drivers exist). */
@@ -686,9 +812,6 @@ function replicaKey(typeName: string, subgroupIndex: number): string {
   return `${typeName}/${subgroupIndex}`;
 }
 
-function stripUndefined<T extends object>(section: T): Partial<T> {
-  return Object.fromEntries(Object.entries(section).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
 
 function typeInfos(options: GroupOptions): Map<string, ReplicatedClassInfo> {
   const infos = new Map<string, ReplicatedClassInfo>();

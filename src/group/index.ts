@@ -6,3 +6,4 @@ export { StaticViewSource, staticMembersFromConfig, type ViewSource, type ViewLi
 export { GroupClosedError, GroupStartError, NodeRemovedError, NotMemberError, OrderedCallInOrderedError } from './errors.js';
 export { hashKey } from './wire.js';
 export { Client, RelayFailedError, type ClientOptions, type ClientOrderedResult, type ClientOrderedApi, type ClientSubgroup } from './client.js';
+export { MembershipViewSource, layoutHashOf, type MembershipViewSourceOptions, type MembershipSink } from './membership-view-source.js';

@@ -36,6 +36,10 @@ export interface LocalGroupOptions {
   readonly ports?: readonly number[];
   /** Seal every packet with the group key `<dataRoot>/group.key` (created if missing). Default true. */
   readonly encryption?: boolean;
+  /** Node id of the first node (the others follow); default 0. The membership driver needs ≥ 1. */
+  readonly firstId?: number;
+  /** How many of the nodes `group.members` lists (the rest join later); default all. */
+  readonly listed?: number;
 }
 
 /** The group key file of a local group: `<dataRoot>/group.key`, a fresh secret if missing. */
@@ -50,10 +54,12 @@ export function localGroupKeyFile(dataRoot: string): string {
 
 /** The TOML of node `index` of a local group over `ports`. */
 export function localConfigToml(index: number, ports: readonly number[], options: LocalGroupOptions): string {
-  const members = ports.map((port, i) => `"${i}@127.0.0.1:${port}"`).join(', ');
+  const first = options.firstId ?? 0;
+  const members = ports.slice(0, options.listed ?? ports.length)
+    .map((port, i) => `"${first + i}@127.0.0.1:${port}"`).join(', ');
   return [
     '[node]',
-    `id = ${index}`,
+    `id = ${first + index}`,
     'host = "127.0.0.1"',
     `port = ${ports[index]}`,
     '[group]',

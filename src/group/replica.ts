@@ -77,6 +77,7 @@ export class ShardReplica<T extends object = object> {
   readonly deliveredWaiters = new FrontierWaiters(VERSION_NONE);
   readonly persistedWaiters = new FrontierWaiters(VERSION_NONE);
   private driverRef: MulticastDriver | undefined;
+  private detachPersisted: (() => void) | undefined;
   private currentVersion: Version | undefined;
   private currentTimestamp: Hlc | undefined;
   private readonly stableWaiters: { time: Hlc; resolve: () => void }[] = [];
@@ -130,10 +131,20 @@ export class ShardReplica<T extends object = object> {
     return this.driverRef!;
   }
 
-  /** Connects the shard's multicast driver (created after this replica: it delivers into it). */
+  /** The attached driver, or undefined before the first attachDriver. */
+  get driverOrUndefined(): MulticastDriver | undefined {
+    return this.driverRef;
+  }
+
+  /**
+   * Connects the shard's multicast driver (created after this replica: it delivers into it).
+   * Called again when a view change brings a new driver: the persistence frontier then feeds
+   * the new one only.
+   */
   attachDriver(driver: MulticastDriver): void {
     this.driverRef = driver;
-    this.registry.onPersisted((version) => driver.persisted(version));
+    this.detachPersisted?.();
+    this.detachPersisted = this.registry.onPersisted((version) => driver.persisted(version));
     // What was already durable (nothing, for a fresh store) counts from the start.
     if (this.registry.persistedFrontier !== VERSION_NONE) driver.persisted(this.registry.persistedFrontier);
     driver.onFrontiers((f) => this.onFrontiers(f));
@@ -253,6 +264,12 @@ export class ShardReplica<T extends object = object> {
       persisted: this.persistedWaiters.current,
       stableTime: this.registry.stabilityFrontier,
     };
+  }
+
+  /** Resolves once everything delivered here is durable (before a view change installs). */
+  async persistDelivered(): Promise<void> {
+    const latest = this.registry.latestVersion;
+    if (latest !== VERSION_NONE) await this.registry.whenPersisted(latest);
   }
 
   /** Fails everything waiting on this replica (the group is closing). */

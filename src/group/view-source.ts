@@ -5,9 +5,9 @@
  *   - StaticViewSource (here): every member is listed in the config (`group.members`) and all of
  *     them start together. There is one view, id 1: those members in the listed order, with the
  *     layout the allocator computes for them. No joins, no failures handled, no view changes.
- *   - The membership driver (src/runtime/membership-*, being built) will implement the same
- *     interface: start() resolves with the first view this node is a member of (after joining
- *     and state transfer), and 'view' fires for every view installed afterwards.
+ *   - MembershipViewSource (membership-view-source.ts) over the membership driver
+ *     (src/runtime/membership-driver.ts): start() resolves with view 0 of the founders, and
+ *     'view' fires for every view installed afterwards (a failed member removed).
  *
  * Contract: current() is undefined before start() resolves and the latest installed view after;
  * views only move forward (ids increase); listeners run synchronously when a view is installed,
@@ -36,8 +36,9 @@ const MEMBER_PATTERN = /^(\d+)@((?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5})$/
 /**
  * The members listed in `group.members` ("<id>@<host>:<port>", in rank order), checked against
  * this node's own `node.id`, `node.host` and `node.port`. Throws ConfigError naming each key.
+ * With `selfListed: false` (a node joining a membership group) the list need not name this node.
  */
-export function staticMembersFromConfig(config: SquallConfig): Member[] {
+export function staticMembersFromConfig(config: SquallConfig, selfListed = true): Member[] {
   const problems: { key: string; message: string }[] = [];
   const listed = config.group.members;
   if (listed.length === 0) {
@@ -75,7 +76,7 @@ export function staticMembersFromConfig(config: SquallConfig): Member[] {
     members.push({ id: nodeId(id), address: match[2]! });
   });
   const self = members.find((m) => m.id === config.node.id);
-  if (problems.length === 0 && self === undefined) {
+  if (problems.length === 0 && self === undefined && selfListed) {
     problems.push({
       key: 'group.members',
       message: `does not list this node (node.id = ${config.node.id}). Fix: add "${config.node.id}@${config.node.host}:${config.node.port}"`,

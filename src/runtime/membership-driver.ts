@@ -95,6 +95,8 @@ export interface MembershipDriverOptions {
   /** Re-propose a membership change or trim that has not committed after this long (default 50). */
   readonly proposalRetryMs?: number;
   readonly multicastLimits?: MulticastLimits;
+  /** The limits of a shard's layout profile (the group's `[subgroup.<profile>]`); else multicastLimits. */
+  readonly multicastLimitsFor?: (profile: string) => MulticastLimits;
   readonly state?: ShardStateStore;
   /** Ordered deliveries of this node's shards, in order (held while a state transfer runs). */
   readonly onDeliver?: (shard: ShardRef, delivery: MulticastDelivery) => void;
@@ -759,6 +761,7 @@ export class MembershipDriver {
         viewId: view.id, members: layout.members, senders: layout.senders,
         addresses: new Map(layout.members.map((m) => [m, view.addressOf(m)!])),
       };
+      const limits = this.options.multicastLimitsFor?.(layout.profile) ?? this.options.multicastLimits;
       const before = old.get(shardName(s));
       if (before !== undefined) {
         await before.driver.installView(mview);
@@ -779,7 +782,7 @@ export class MembershipDriver {
       run.driver = await MulticastDriver.create({
         transport: this.transport, self: this.self, shard: shardNumber(s), view: mview,
         mode: layout.mode === 'raw' ? 'raw' : 'ordered',
-        ...(this.options.multicastLimits ? { limits: this.options.multicastLimits } : {}),
+        ...(limits ? { limits } : {}),
         onDeliver: (d) => this.onDelivery(run, d),
         onPeerFailed: (node) => {
           if (this.status === 'member' && this.core!.view.isMember(node)) {

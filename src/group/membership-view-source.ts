@@ -1,0 +1,203 @@
+/**
+ * MembershipViewSource: the ViewSource seam (view-source.ts) over a MembershipDriver
+ * (src/runtime/membership-driver.ts). Views come from the membership log: view 0 from the
+ * founders (`group.members`), then one view per committed change (a failed member removed, a
+ * clean leave). The membership driver owns each local shard's MulticastDriver and runs wedge →
+ * receive state → committed trim → applyTrim → persist → installView; the group takes the
+ * drivers from `multicast(shard)` and re-attaches its replicas when an install brings new ones.
+ *
+ * Deliveries reach the group through `attach(sink)`; ones that arrive before the group attached
+ * (possible between start() and the group's construction) are held and replayed in order.
+ *
+ * A node that `group.members` does not list joins: it asks the founders (then `group.seeds`) until
+ * one welcomes it, and pulls the state of each shard it enters, in chunks, from a member of that
+ * shard (the sink's PersistentRegistry: serializeSuffix → applyChunk) before its deliveries start.
+ */
+import { createHash } from 'node:crypto';
+import type { PersistentRegistry } from '../../persistence/registry.js';
+import { ConfigError, SquallError } from '../core/errors.js';
+import { nodeId } from '../core/ids.js';
+import type { ReplicatedClassInfo } from '../../decorators/metadata.js';
+import type { SquallConfig } from '../config/schema.js';
+import {
+  compilePolicies, encodePolicies, runAllocator, type Allocator, type LayoutPolicies,
+} from '../membership/layout.js';
+import type { View } from '../membership/view.js';
+import { multicastLimitsForProfile } from './limits.js';
+import {
+  MembershipDriver, type NodeRemovedError as DriverRemovedError, type ShardRef, type ShardStateStore,
+} from '../runtime/membership-driver.js';
+import type { MulticastDelivery, MulticastDriver } from '../runtime/multicast-driver.js';
+import type { Transport } from '../transport/transport.js';
+import { staticMembersFromConfig, type ViewListener, type ViewSource } from './view-source.js';
+
+/** What the group hands the membership view source (Group.start builds it). */
+export interface MembershipViewSourceOptions {
+  readonly config: SquallConfig;
+  readonly transport: Transport;
+  readonly allocator: Allocator;
+  /** Hash of the hosted types and layout policies (layoutHashOf): joiners must match it. */
+  readonly layoutHash: string;
+  /** Progress lines of the membership driver (committed entries, effects, suspicions). */
+  readonly log?: (line: string) => void;
+}
+
+/** Where the group takes deliveries and the persist step of a view change. */
+export interface MembershipSink {
+  deliver(shard: ShardRef, delivery: MulticastDelivery): void;
+  /** The persistent state of a local shard, for state transfer (undefined: not hosted here). */
+  registry(shard: ShardRef): PersistentRegistry | undefined;
+  /** Everything delivered so far is durable (called before a new view installs). */
+  persist(): Promise<void>;
+}
+
+export class MembershipViewSource implements ViewSource {
+  readonly driver: MembershipDriver;
+  private readonly listeners: ViewListener[] = [];
+  private readonly removedListeners: ((error: DriverRemovedError) => void)[] = [];
+  private sink: MembershipSink | undefined;
+  private early: { shard: ShardRef; delivery: MulticastDelivery }[] = [];
+  private started = false;
+  /** Set once the membership log removed this node (it failed, was suspected, or left). */
+  removed: DriverRemovedError | undefined;
+
+  constructor(options: MembershipViewSourceOptions) {
+    const { config } = options;
+    const founders = staticMembersFromConfig(config, false).map((m) => ({ id: m.id, address: m.address }));
+    const found = founders.some((f) => f.id === config.node.id);
+    // Every profile the founders' layout names needs its [subgroup.<profile>] section: checked
+    // here, before the driver builds multicast drivers with it (a ConfigError naming the key).
+    const firstLayout = runAllocator(options.allocator, { previous: undefined, members: founders.map((f) => f.id) });
+    for (const type of firstLayout.types) {
+      for (const subgroup of type.subgroups) for (const shard of subgroup.shards) multicastLimitsForProfile(config, shard.profile);
+    }
+    const zero = founders.findIndex((f) => f.id === 0);
+    if (zero >= 0 || config.node.id === 0) {
+      // The membership log's Raft uses id 0 for "no node".
+      throw new ConfigError([{
+        key: zero >= 0 ? `group.members[${zero}]` : 'node.id',
+        message: 'has node id 0, which the membership driver cannot use (its Raft log reserves 0 for "no node"). Fix: number the nodes from 1',
+      }]);
+    }
+    this.driver = new MembershipDriver({
+      self: nodeId(config.node.id),
+      transport: options.transport,
+      allocator: options.allocator,
+      layoutHash: options.layoutHash,
+      founders,
+      found,
+      seeds: [...new Set([...founders.map((f) => f.address), ...config.group.seeds])],
+      state: this.stateStore(),
+      votersCount: Math.min(config.group.voters, founders.length),
+      heartbeatMs: config.timeouts.heartbeat_ms,
+      failureTimeoutMs: config.timeouts.failure_timeout_ms,
+      multicastLimitsFor: (profile) => multicastLimitsForProfile(config, profile),
+      onDeliver: (shard, delivery) => this.onDeliver(shard, delivery),
+      persist: () => this.sink?.persist() ?? Promise.resolve(),
+      ...(options.log !== undefined ? { log: options.log } : {}),
+    });
+    this.driver.on('view', (view) => {
+      if (!this.started) return; // the first view is start()'s result
+      for (const listener of this.listeners) listener(view);
+    });
+    this.driver.on('removed', (error) => {
+      this.removed = error;
+      for (const listener of this.removedListeners) listener(error);
+    });
+  }
+
+  current(): View | undefined {
+    return this.started ? this.driver.current() : undefined;
+  }
+
+  on(_event: 'view', listener: ViewListener): void {
+    this.listeners.push(listener);
+  }
+
+  async start(): Promise<View> {
+    await this.driver.start();
+    this.started = true;
+    return this.driver.current();
+  }
+
+  /** Calls `listener` once the membership log removed this node (failure, suspicion or leave). */
+  onRemoved(listener: (error: DriverRemovedError) => void): void {
+    this.removedListeners.push(listener);
+  }
+
+  /**
+   * Asks to leave cleanly and resolves once a view without this node committed (true), or after
+   * `timeoutMs` without one (false: e.g. no majority of the voters is reachable).
+   */
+  leave(timeoutMs: number): Promise<boolean> {
+    if (this.removed !== undefined) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.onRemoved(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+      this.driver.leave();
+    });
+  }
+
+  /** The multicast driver of a shard of the current view this node is in. */
+  multicast(shard: ShardRef): MulticastDriver | undefined {
+    return this.driver.multicast(shard);
+  }
+
+  /** Routes deliveries to the group from now on (held ones first, in order). */
+  attach(sink: MembershipSink): void {
+    this.sink = sink;
+    const early = this.early;
+    this.early = [];
+    for (const { shard, delivery } of early) sink.deliver(shard, delivery);
+  }
+
+  close(): Promise<void> {
+    return this.driver.close();
+  }
+
+  /** Whether this node still waits for the state of `shard` (a joiner's transfer). */
+  awaitingState(shard: ShardRef): boolean {
+    return this.driver.awaitingState(shard);
+  }
+
+  /** State transfer over the group's registries; throws (the joiner retries) until attached. */
+  private stateStore(): ShardStateStore {
+    const registry = (shard: ShardRef): PersistentRegistry => {
+      const found = this.sink?.registry(shard);
+      if (found === undefined) {
+        throw new SquallError(`shard ${shard.subgroupId}/${shard.shardIndex} has no replica here yet`, 'NO_STATE');
+      }
+      return found;
+    };
+    return {
+      latestVersion: (shard) => registry(shard).latestVersion,
+      stateChunks: (shard, afterVersion) => registry(shard).serializeSuffix(afterVersion),
+      applyStateChunk: (shard, chunk) => registry(shard).applyChunk(chunk),
+    };
+  }
+
+  private onDeliver(shard: ShardRef, delivery: MulticastDelivery): void {
+    if (this.sink !== undefined) this.sink.deliver(shard, delivery);
+    else this.early.push({ shard, delivery: { ...delivery, payload: delivery.payload.slice() } });
+  }
+}
+
+/**
+ * SHA-256 over the hosted types (name, ordered and p2p wire names) and the layout policies: two
+ * nodes with the same hash compute the same views. A custom Allocator function counts by name.
+ */
+export function layoutHashOf(
+  infos: ReadonlyMap<string, ReplicatedClassInfo>,
+  layout: LayoutPolicies | Allocator,
+): string {
+  const hash = createHash('sha256');
+  for (const [name, info] of [...infos].sort(([a], [b]) => a.localeCompare(b))) {
+    hash.update(`${name}|${[...info.ordered.keys()].join(',')}|${[...info.p2p.keys()].join(',')}\n`);
+  }
+  if (typeof layout === 'function') hash.update(`allocator:${layout.name}`);
+  else hash.update(encodePolicies(compilePolicies(layout as LayoutPolicies)));
+  return hash.digest('hex');
+}
