@@ -1,10 +1,11 @@
 /**
- * `squall demo` (what `npm start` runs): a real 3-node group on loopback. Nodes 1 and 2 are
- * separate processes running `squall node` with the key-value store of examples/kv-store; this
- * process is node 0 and drives the workload through the public API: ordered puts with every
- * member's reply, delivered/persisted waits, a timed workload of 16-byte keys and 64-byte values,
- * p2p reads from each member, an application error coming back as RemoteError, a temporal query
- * answered alike by every replica, and the replicas' state digests. Then every node leaves.
+ * `squall demo` (what `npm start` runs): a real 3-node group on loopback, on the membership
+ * service. Nodes 2 and 3 are separate processes running `squall node --membership` with the
+ * key-value store of examples/kv-store; this process is node 1 and drives the workload through the
+ * public API: ordered puts with every member's reply, delivered/persisted waits, a timed workload
+ * of 16-byte keys and 64-byte values, p2p reads from each member, an application error coming
+ * back as RemoteError, a temporal query answered alike by every replica, the replicas' state
+ * digests, then kill -9 of node 3 and the view change that removes it while the others serve on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -27,8 +28,8 @@ const ms = (nanos: bigint): number => Number(nanos) / 1e6;
 const quantile = (sorted: number[], q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
 const fmt = (n: number): string => (n < 10 ? n.toFixed(2) : n.toFixed(1));
 
-function startChild(cli: string, config: string, app: string, index: number, io: CliIo): ChildProcess {
-  const child = spawn(process.execPath, [cli, 'node', '--config', config, '--app', app], {
+function startChild(cli: string, config: string, app: string, index: number, io: CliIo, membership: boolean): ChildProcess {
+  const child = spawn(process.execPath, [cli, 'node', '--config', config, '--app', app, ...(membership ? ['--membership'] : [])], {
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
   });
   const prefix = (stream: NodeJS.ReadableStream, print: (line: string) => void): void => {
@@ -103,21 +104,26 @@ export async function workload(
  * Writes configs for a local group of NODE_COUNT nodes and starts nodes 1.. as `squall node`
  * child processes hosting the kv-store app; node 0's config file is returned for this process.
  */
-export async function startLocalNodes(dataRoot: string, sync: 'durable' | 'nosync', io: CliIo) {
+export async function startLocalNodes(dataRoot: string, sync: 'durable' | 'nosync', io: CliIo, membership = false) {
   const cli = fileURLToPath(new URL('./main.js', import.meta.url));
   const appPath = fileURLToPath(new URL('../../examples/kv-store/app.js', import.meta.url));
   const ports = await freeUdpPorts(NODE_COUNT);
   const files = ports.map((_, i) => {
     const file = join(dataRoot, `node${i}.toml`);
-    writeFileSync(file, localConfigToml(i, ports, { dataRoot, sync }));
+    // A shared 2-core VM can stall a process for hundreds of ms under the workload: a 2 s failure
+    // timeout keeps the demo from removing a live node (detection then takes about 2 s).
+    const timeouts = '[timeouts]\nheartbeat_ms = 100\nfailure_timeout_ms = 2000\n';
+    writeFileSync(file, localConfigToml(i, ports, { dataRoot, sync, ...(membership ? { firstId: 1, extraToml: timeouts } : {}) }));
     return file;
   });
-  const children = files.slice(1).map((file, i) => startChild(cli, file, appPath, i + 1, io));
+  const firstId = membership ? 1 : 0;
+  const children = files.slice(1).map((file, i) => startChild(cli, file, appPath, firstId + i + 1, io, membership));
   const stop = async (): Promise<void> => {
     for (const child of children) if (child.connected) child.disconnect();
-    await Promise.all(children.map((c) => (c.exitCode !== null ? null : new Promise((r) => c.once('exit', r)))));
+    const exited = (c: ChildProcess): boolean => c.exitCode !== null || c.signalCode !== null;
+    await Promise.all(children.map((c) => (exited(c) ? null : new Promise((r) => c.once('exit', r)))));
   };
-  return { appPath, configFile: files[0]!, stop };
+  return { appPath, configFile: files[0]!, stop, children };
 }
 
 async function runDemo(args: string[], io: CliIo): Promise<number> {
@@ -131,18 +137,20 @@ async function runDemo(args: string[], io: CliIo): Promise<number> {
   io.out(`Squall demo: a replicated key-value store (examples/kv-store/app.ts) on ${NODE_COUNT} nodes on loopback.`);
   io.out(`Configs, LMDB data and the group key (group.key) in ${dataRoot}; persistence.sync = "${sync}".`);
   io.out('Every packet between the nodes is sealed with AES-GCM under that key (transport.key_file).');
-  const nodes = await startLocalNodes(dataRoot, sync, io);
-  io.out(`Nodes 1 and 2 run as separate processes ("squall node --config nodeN.toml --app ${nodes.appPath}");`);
-  io.out(`this process is node 0 and makes the calls.\n`);
+  const nodes = await startLocalNodes(dataRoot, sync, io, true);
+  io.out(`Nodes 2 and 3 run as separate processes ("squall node --membership --config nodeN.toml --app ${nodes.appPath}");`);
+  io.out(`this process is node 1 and makes the calls.\n`);
   let group: Group | undefined;
   try {
     const app = await loadApp(nodes.appPath);
     const t0 = Date.now();
-    group = await Group.start(loadConfig(nodes.configFile), { types: app.types, layout: app.layout });
-    io.out(`1. The group is up after ${Date.now() - t0} ms. View 1 comes from group.members (a static view):`);
+    group = await Group.start(loadConfig(nodes.configFile), { types: app.types, layout: app.layout, membership: true });
+    io.out(`1. The group is up after ${Date.now() - t0} ms. The founders are group.members; the membership`);
+    io.out(`   service (a Raft log among them) installs every view:`);
     for (const line of describeNode(group)) io.out(`  ${line}`);
     const kv = group.subgroup(app.types[0] as typeof KvStore);
     await explain(kv, io, seconds);
+    await failure(group, kv, nodes.children[1]!, io);
     return 0;
   } finally {
     await group?.close();
@@ -209,8 +217,28 @@ async function explain(kv: Replicated<KvStore>, io: CliIo, seconds: number): Pro
   // up to it: with nothing else in flight, their states must be equal.
   await kv.ordered.put('last', 'call').persisted();
   for (const node of kv.members) io.out(`  node ${node}: ${await kv.p2p(node).stateDigest()}`);
-  io.out(`\nNot shown yet: a node failing and the view change that removes it, and restarts; those come with`);
-  io.out(`the membership service (this build starts from the static member list in group.members).`);
+}
+
+/** kill -9 of the last member's process; the view change that removes it; the rest serve on. */
+async function failure(group: Group, kv: Replicated<KvStore>, victim: ChildProcess, io: CliIo): Promise<void> {
+  const dead = group.view.members.at(-1)!.id;
+  io.out(`\n9. kill -9 of node ${dead}'s process; the others detect it and install a view without it:`);
+  const removed = new Promise<void>((resolve) => {
+    group.on('view', (view) => {
+      if (!view.members.some((m) => m.id === dead)) resolve();
+    });
+  });
+  const killedAt = process.hrtime.bigint();
+  victim.kill('SIGKILL');
+  await removed;
+  io.out(`  after ${fmt(ms(process.hrtime.bigint() - killedAt))} ms: view ${group.view.id} = [${group.view.members.map((m) => m.id).join(', ')}]`);
+  const after = kv.ordered.put('after-failure', 'still served');
+  const replies = await after;
+  await after.persisted();
+  io.out(`  kv.ordered.put("after-failure", ...) -> replies from nodes [${[...replies.keys()].join(', ')}], persisted on both`);
+  for (const node of replies.keys()) io.out(`  node ${node}: ${await kv.p2p(node).stateDigest()}`);
+  io.out(`\nNot shown: a restart from disk (a node restarts as a new member and receives the state; a`);
+  io.out(`whole-group restart from the logs is not built yet).`);
 }
 
 async function retryNotStable<T>(call: () => Promise<T>): Promise<T> {
@@ -228,11 +256,12 @@ export const demoCommand: Command = {
   summary: 'run a 3-node replicated key-value store on loopback and show what it does',
   usage: `usage: squall demo [--seconds <n>] [--sync durable|nosync] [--keep]
 
-Starts nodes 1 and 2 of a 3-node group as child processes ("squall node") and runs node 0 in this
-process, with the replicated key-value store of examples/kv-store. Node 0 makes ordered puts,
+Starts nodes 2 and 3 of a 3-node group as child processes ("squall node --membership") and runs node 1 in this
+process, with the replicated key-value store of examples/kv-store. Node 1 makes ordered puts,
 waits for delivered/persisted, runs a timed workload (--seconds, default 3), reads from each
-member, shows an application error and a temporal query, prints the replicas' digests, and every
-node leaves. --sync nosync skips fsync (persisted() then means written, not fsynced). --keep
+member, shows an application error and a temporal query, prints the replicas' digests, kills
+node 3 with SIGKILL and shows the view change that removes it while nodes 1 and 2 serve on, and
+the rest leave. --sync nosync skips fsync (persisted() then means written, not fsynced). --keep
 keeps the configs and data in the temporary directory. Exit status: 0 done, 1 failed, 2 bad
 arguments.`,
   run: runDemo,

@@ -44,14 +44,16 @@ export function describeNode(group: Group): string[] {
 }
 
 async function runNode(args: string[], io: CliIo): Promise<number> {
-  const { flags, overrides } = parseArgs(args, ['config', 'app']);
+  const { flags, switches, overrides } = parseArgs(args, ['config', 'app'], ['membership']);
   const configPath = flags.get('config');
   const appPath = flags.get('app');
   if (!configPath) throw new UsageError('--config <file> is required');
   if (!appPath) throw new UsageError('--app <module.js> is required');
   const config = loadConfig(configPath, { env: io.env, args: overrides });
   const app = await loadApp(appPath);
-  const group = await Group.start(config, { types: app.types, layout: app.layout });
+  const group = await Group.start(config, {
+    types: app.types, layout: app.layout, ...(switches.has('membership') ? { membership: true } : {}),
+  });
   for (const line of describeNode(group)) io.out(line);
   await new Promise<void>((done) => {
     const stop = (): void => done();
@@ -66,7 +68,10 @@ async function runNode(args: string[], io: CliIo): Promise<number> {
 
 export const nodeCommand: Command = {
   summary: 'start a node from its config file, hosting the types an app module exports',
-  usage: `usage: squall node --config <file> --app <module.js> [--<section>.<key>=<value> ...]
+  usage: `usage: squall node --config <file> --app <module.js> [--membership] [--<section>.<key>=<value> ...]
+
+--membership runs the node on the membership service (failures removed by view changes, joins
+with state transfer; node ids from 1); without it the group is the static list group.members.
 
 Starts this node's part of the group described by the config (every member listed in
 group.members starts the same way) and hosts the @replicated types that the app module exports as

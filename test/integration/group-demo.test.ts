@@ -22,7 +22,7 @@ function squall(args: string[], timeoutMs = 60_000): Promise<{ code: number; out
   });
 }
 
-test('squall demo runs a 3-process group: replies, stages, temporal query, equal digests', async (t) => {
+test('squall demo runs a 3-process group: replies, stages, temporal query, equal digests, a kill -9 and the view change', async (t) => {
   const { code, out, err } = await squall(['demo', '--seconds', '0.3', '--sync', 'nosync', '--keep']);
   t.is(code, 0, err);
   const dataRoot = /Configs, LMDB data and the group key \(group\.key\) in (\S+);/.exec(out)![1]!;
@@ -33,20 +33,26 @@ test('squall demo runs a 3-process group: replies, stages, temporal query, equal
   t.regex(out, /persisted\(\)\s+after [\d.]+ ms: durable on all 3 replicas/);
   t.regex(out, /node 2: RemoteError KeyMissingError/);
   t.is(out.match(/color at [\d.]+ = "red", now = "blue"/g)?.length, 3);
-  const digests = [...out.matchAll(/node \d: ([0-9a-f]{64})/g)].map((m) => m[1]);
-  t.is(digests.length, 3);
-  t.is(new Set(digests).size, 1, 'the replicas hold equal state');
-  t.regex(out, /\[node 1 process\] node 1 left the group/);
+  const [beforeKill, afterKill] = out.split(/^9\. /m);
+  const digests = (text: string): string[] => [...text!.matchAll(/node \d: ([0-9a-f]{64})/g)].map((m) => m[1]!);
+  t.is(digests(beforeKill!).length, 3);
+  t.is(new Set(digests(beforeKill!)).size, 1, 'the replicas hold equal state');
+  // Node 3 is killed; the other two install a view without it and keep serving, equal.
+  t.regex(afterKill!, /after [\d.]+ ms: view \d+ = \[1, 2\]/);
+  t.regex(afterKill!, /replies from nodes \[1, 2\], persisted on both/);
+  t.is(digests(afterKill!).length, 2);
+  t.is(new Set(digests(afterKill!)).size, 1, 'the survivors hold equal state');
   t.regex(out, /\[node 2 process\] node 2 left the group/);
 
   // squall inspect reads a stopped node's store: the history the demo wrote, value by version.
   const app = join(root, 'dist/examples/kv-store/app.js');
-  const listing = await squall(['inspect', '--data', join(dataRoot, 'node2'), '--app', app]);
+  // (node1/ is node 2's directory: the demo's nodes have ids 1..3.)
+  const listing = await squall(['inspect', '--data', join(dataRoot, 'node1'), '--app', app]);
   t.is(listing.code, 0, listing.err);
-  t.regex(listing.out, /KvStore\/0\/0 \(class KvStore v1\)\n  entries: \d+ version\(s\), 1:0 \(4294967296\) … 1:\d+/);
-  const first = await squall(['inspect', '--data', join(dataRoot, 'node2'), '--app', app, '--field', 'entries', '--index', '0']);
-  t.regex(first.out, /entries at index 0, version 1:0 \(4294967296\): Map\(1\) \{ 'greeting' => 'hello' \}/);
-  const latest = await squall(['inspect', '--data', join(dataRoot, 'node2'), '--app', app, '--field', 'entries']);
+  t.regex(listing.out, /KvStore\/0\/0 \(class KvStore v1\)\n  entries: \d+ version\(s\), \d+:0 \(\d+\) … \d+:\d+/);
+  const first = await squall(['inspect', '--data', join(dataRoot, 'node1'), '--app', app, '--field', 'entries', '--index', '0']);
+  t.regex(first.out, /entries at index 0, version \d+:0 \(\d+\): Map\(1\) \{ 'greeting' => 'hello' \}/);
+  const latest = await squall(['inspect', '--data', join(dataRoot, 'node1'), '--app', app, '--field', 'entries']);
   t.regex(latest.out, /'color' => 'blue'/);
   const noData = await squall(['inspect', '--data', join(dataRoot, 'nowhere'), '--app', app]);
   t.is(noData.code, 2);
