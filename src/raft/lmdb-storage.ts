@@ -12,7 +12,7 @@
  */
 import { open, type Database, type RootDatabase } from 'lmdb';
 import type { Entry, HardState, Snapshot, SnapshotMeta } from './types.js';
-import type { RaftStorage } from './storage.js';
+import { QueuedStorage, type RaftStorage, type StorageOp } from './storage.js';
 
 interface StoredEntry {
   t: number;
@@ -20,29 +20,22 @@ interface StoredEntry {
   d: Uint8Array;
 }
 
-type Op =
-  | { kind: 'append'; entries: readonly Entry[] }
-  | { kind: 'truncate'; index: number }
-  | { kind: 'compact'; index: number }
-  | { kind: 'hs'; hs: HardState }
-  | { kind: 'snap'; snapshot: Snapshot };
-
 export interface LmdbStorageOptions {
   path: string;
   /** fsync every flush (default true). */
   durable?: boolean;
 }
 
-export class LmdbStorage implements RaftStorage {
+export class LmdbStorage extends QueuedStorage implements RaftStorage {
   private readonly root: RootDatabase;
   private readonly log: Database<StoredEntry, number>;
   private readonly meta: Database<unknown, string>;
   private readonly durable: boolean;
-  private ops: Op[] = [];
   /** Highest index written so far (for truncation ranges). */
   private lastIndex = -1;
 
   constructor(options: LmdbStorageOptions) {
+    super();
     this.durable = options.durable ?? true;
     this.root = open({
       path: options.path,
@@ -59,25 +52,8 @@ export class LmdbStorage implements RaftStorage {
     this.meta = this.root.openDB<unknown, string>({ name: 'meta' });
   }
 
-  append(entries: readonly Entry[]): void {
-    this.ops.push({ kind: 'append', entries });
-  }
-  truncateFrom(index: number): void {
-    this.ops.push({ kind: 'truncate', index });
-  }
-  compactTo(index: number): void {
-    this.ops.push({ kind: 'compact', index });
-  }
-  setHardState(hs: HardState): void {
-    this.ops.push({ kind: 'hs', hs });
-  }
-  saveSnapshot(snapshot: Snapshot): void {
-    this.ops.push({ kind: 'snap', snapshot });
-  }
-
   async flush(): Promise<void> {
-    const ops = this.ops;
-    this.ops = [];
+    const ops = this.takeOps();
     if (ops.length === 0) return;
     if (this.lastIndex < 0) this.lastIndex = this.highestStoredIndex();
     if (this.durable) {
@@ -96,7 +72,7 @@ export class LmdbStorage implements RaftStorage {
     }
   }
 
-  private applyOp(op: Op): void {
+  private applyOp(op: StorageOp): void {
     switch (op.kind) {
       case 'append':
         for (const e of op.entries) this.log.put(e.index, { t: e.term, y: e.type, d: e.data });

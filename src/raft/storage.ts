@@ -81,22 +81,20 @@ export async function loadInitialState(storage: RaftStorage): Promise<RaftInitia
   return { hardState, snapshot, entries };
 }
 
-type Op =
+/** A write queued until flush(), in the order the driver made it. */
+export type StorageOp =
   | { kind: 'append'; entries: readonly Entry[] }
   | { kind: 'truncate'; index: number }
   | { kind: 'compact'; index: number }
   | { kind: 'hs'; hs: HardState }
   | { kind: 'snap'; snapshot: Snapshot };
 
-/** The in-memory implementation: for tests, the simulator-free driver tests and benchmarks. */
-export class MemoryStorage implements RaftStorage {
-  private log = new Map<number, Entry>();
-  private hs: HardState | undefined;
-  private snap: Snapshot | undefined;
-  private ops: Op[] = [];
-  /** Highest index stored (0 when empty): no key above it. */
-  private lastIndex = 0;
-  readonly stats = { flushes: 0 };
+/**
+ * The write half every storage shares: the five write calls only queue, and flush() takes the
+ * queue (`takeOps`) and makes it durable in one batch.
+ */
+export abstract class QueuedStorage {
+  private ops: StorageOp[] = [];
 
   append(entries: readonly Entry[]): void {
     this.ops.push({ kind: 'append', entries });
@@ -114,9 +112,25 @@ export class MemoryStorage implements RaftStorage {
     this.ops.push({ kind: 'snap', snapshot });
   }
 
-  async flush(): Promise<void> {
+  /** The writes queued since the last call, oldest first; the queue is left empty. */
+  protected takeOps(): StorageOp[] {
     const ops = this.ops;
     this.ops = [];
+    return ops;
+  }
+}
+
+/** The in-memory implementation: for tests, the simulator-free driver tests and benchmarks. */
+export class MemoryStorage extends QueuedStorage implements RaftStorage {
+  private log = new Map<number, Entry>();
+  private hs: HardState | undefined;
+  private snap: Snapshot | undefined;
+  /** Highest index stored (0 when empty): no key above it. */
+  private lastIndex = 0;
+  readonly stats = { flushes: 0 };
+
+  async flush(): Promise<void> {
+    const ops = this.takeOps();
     this.stats.flushes++;
     for (const op of ops) {
       switch (op.kind) {
