@@ -29,7 +29,7 @@ import { Endpoint } from '../transport/native-transport.js';
 import type { TransportSession } from '../transport/transport.js';
 import { GroupClosedError, NotMemberError } from './errors.js';
 import { staticMembersFromConfig } from './view-source.js';
-import { SessionCache } from './sessions.js';
+import { SessionCache } from '../transport/session-cache.js';
 import {
   P2P_NOT_HOSTED,
   P2P_OK,

@@ -47,7 +47,7 @@ import { defaultAllocator, type Allocator, type LayoutPolicies } from '../member
 import { describeInadequacy, encodeView, type ShardMembership, type View } from '../membership/view.js';
 import { MULTICAST_REQUEST_TYPE_DEFAULT, MulticastDriver } from '../runtime/multicast-driver.js';
 import { ShardGate } from './shard-gate.js';
-import { SessionCache } from './sessions.js';
+import { SessionCache } from '../transport/session-cache.js';
 import { Endpoint, endpointOptionsFromConfig } from '../transport/native-transport.js';
 import type { Transport, TransportSession } from '../transport/transport.js';
 import {

@@ -38,6 +38,7 @@ import {
 } from '../multicast/index.js';
 import type { ResendMessage } from '../multicast/types.js';
 import { DEFAULT_MULTICAST_LIMITS } from '../multicast/config.js';
+import { SessionCache } from '../transport/session-cache.js';
 import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
 
 export const MULTICAST_REQUEST_TYPE_DEFAULT = 48;
@@ -159,7 +160,7 @@ const LENGTH_BYTES = 4;
 /** One handler per transport, shared by the shards over it; sessions shared per address. */
 class MulticastMux {
   readonly drivers = new Map<number, MulticastDriver>();
-  private readonly sessions = new Map<TransportAddress, Promise<TransportSession>>();
+  private readonly sessions: SessionCache;
   unknownShardFrames = 0;
   /**
    * Frames for a shard that has no driver here yet, kept (bounded) for the driver created next
@@ -169,7 +170,8 @@ class MulticastMux {
   readonly early = new Map<number, Uint8Array[]>();
   earlyCount = 0;
 
-  constructor(private readonly transport: Transport, requestType: RequestType) {
+  constructor(transport: Transport, requestType: RequestType) {
+    this.sessions = new SessionCache(transport);
     transport.handle(requestType, (frame) => {
       if (frame.byteLength >= FRAME_HEADER_BYTES) {
         const shard = new DataView(frame.buffer, frame.byteOffset, frame.byteLength).getUint32(0, true);
@@ -187,16 +189,7 @@ class MulticastMux {
   }
 
   session(address: TransportAddress): Promise<TransportSession> {
-    let session = this.sessions.get(address);
-    if (session === undefined) {
-      session = this.transport.connect(address);
-      this.sessions.set(address, session);
-      session.then(
-        (s) => s.onEvent(() => this.sessions.delete(address)),
-        () => this.sessions.delete(address),
-      );
-    }
-    return session;
+    return this.sessions.get(address);
   }
 }
 

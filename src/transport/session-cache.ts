@@ -1,5 +1,5 @@
 /** One transport session per peer address, opened on first use and forgotten when it ends. */
-import type { Transport, TransportSession } from '../transport/transport.js';
+import type { Transport, TransportSession } from './transport.js';
 
 export class SessionCache {
   private readonly sessions = new Map<string, Promise<TransportSession>>();
