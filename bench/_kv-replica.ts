@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
 import { RaftShardDriver, type ShardApplication } from '../src/runtime/raft-shard-driver.js';
 import { Endpoint } from '../src/transport/native-transport.js';
+import { closedLoopRate, percentile, sequentialLatencies } from './_measure.js';
 
 const id = Number(process.argv[2]);
 const durable = process.argv[3] === 'durable';
@@ -45,7 +46,6 @@ function put(i: number): Uint8Array {
   return out;
 }
 
-const micros = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1000;
 
 async function handle(m: Record<string, any>): Promise<Record<string, unknown>> {
   switch (m.cmd) {
@@ -67,31 +67,15 @@ async function handle(m: Record<string, any>): Promise<Record<string, unknown>> 
       return { role: shard!.raft.core.role };
     case 'rtt': {
       const session = await endpoint.connect(peers.get(m.to)!);
-      const lat: number[] = [];
-      for (let i = 0; i < m.n; i++) {
-        const t0 = process.hrtime.bigint();
-        await session.call(ECHO_TYPE, put(i));
-        lat.push(micros(t0));
-      }
+      const lat = await sequentialLatencies(m.n, (i) => session.call(ECHO_TYPE, put(i)));
       await session.close();
-      lat.sort((a, b) => a - b);
-      return { p50: lat[Math.floor(lat.length / 2)] };
+      return { p50: percentile(lat.sort((a, b) => a - b), 50) };
     }
     case 'run': {
       for (let i = 0; i < 100; i++) await shard!.call(put(i)); // warm up (session, JIT)
-      const lat: number[] = [];
-      for (let i = 0; i < m.latencyOps; i++) {
-        const t0 = process.hrtime.bigint();
-        await shard!.call(put(i));
-        lat.push(micros(t0));
-      }
-      let next = 0;
-      const t0 = process.hrtime.bigint();
-      await Promise.all(Array.from({ length: m.outstanding }, async () => {
-        while (next < m.throughputOps) await shard!.call(put(next++));
-      }));
-      const seconds = micros(t0) / 1e6;
-      return { lat, rate: m.throughputOps / seconds, counters: shard!.counters };
+      const lat = await sequentialLatencies(m.latencyOps, (i) => shard!.call(put(i)));
+      const rate = await closedLoopRate(m.throughputOps, m.outstanding, (i) => shard!.call(put(i)));
+      return { lat, rate, counters: shard!.counters };
     }
     case 'close':
       await shard?.close();

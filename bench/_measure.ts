@@ -27,3 +27,24 @@ export function fdatasyncP50(n: number): number {
   }
   return percentile(lat.sort((x, y) => x - y), 50);
 }
+
+/** µs of each of `count` calls made one at a time (call i gets i), in call order. */
+export async function sequentialLatencies(count: number, call: (i: number) => Promise<unknown>): Promise<number[]> {
+  const lat: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const t0 = process.hrtime.bigint();
+    await call(i);
+    lat.push(Number(process.hrtime.bigint() - t0) / 1000);
+  }
+  return lat;
+}
+
+/** Calls per second with `outstanding` calls in flight until `total` have completed. */
+export async function closedLoopRate(total: number, outstanding: number, call: (i: number) => Promise<unknown>): Promise<number> {
+  let next = 0;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(Array.from({ length: outstanding }, async () => {
+    while (next < total) await call(++next);
+  }));
+  return total / (Number(process.hrtime.bigint() - t0) / 1e9);
+}

@@ -10,6 +10,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
 import { RaftDriver } from '../src/runtime/raft-driver.js';
 import { Endpoint } from '../src/transport/native-transport.js';
+import { closedLoopRate, percentile, sequentialLatencies } from './_measure.js';
 
 interface Channel {
   postMessage(message: unknown): void;
@@ -51,36 +52,15 @@ port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean 
   });
   if (id !== 1) return;
   const echo = await endpoint.connect(m.peers!.find(([i]) => i === 2)![1]);
-  const rtt: number[] = [];
-  for (let i = 0; i < Math.max(2000, latencyOps); i++) {
-    const t0 = process.hrtime.bigint();
-    await echo.call(ECHO_TYPE, payload(i));
-    rtt.push(Number(process.hrtime.bigint() - t0) / 1000);
-  }
+  const rtt = await sequentialLatencies(Math.max(2000, latencyOps), (i) => echo.call(ECHO_TYPE, payload(i)));
   await echo.close();
-  rtt.sort((a, b) => a - b);
-  const rttP50 = rtt[Math.floor(rtt.length / 2)]!;
+  const rttP50 = percentile(rtt.sort((a, b) => a - b), 50);
   driver.core.campaign();
   while (driver.core.role !== 'leader') await new Promise((r) => setTimeout(r, 5));
   for (let i = 0; i < 50; i++) await driver.propose(payload(i));
-  const lat: number[] = [];
-  for (let i = 0; i < latencyOps; i++) {
-    const t0 = process.hrtime.bigint();
-    await driver.propose(payload(i));
-    lat.push(Number(process.hrtime.bigint() - t0) / 1000);
-  }
-  let next = 0;
-  let done = 0;
-  const t0 = process.hrtime.bigint();
-  const worker = async (): Promise<void> => {
-    while (next < throughputOps) {
-      next++;
-      await driver!.propose(payload(next));
-      done++;
-    }
-  };
-  await Promise.all(Array.from({ length: 64 }, worker));
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  port.postMessage({ result: { lat, rate: done / seconds, rttP50 } });
+  const leader = driver;
+  const lat = await sequentialLatencies(latencyOps, (i) => leader.propose(payload(i)));
+  const rate = await closedLoopRate(throughputOps, 64, (i) => leader.propose(payload(i)));
+  port.postMessage({ result: { lat, rate, rttP50 } });
 });
 port.postMessage({ address: endpoint.address });

@@ -29,7 +29,7 @@ import type { Entry, Snapshot } from '../src/raft/types.js';
 import { RaftDriver, type StateMachine } from '../src/runtime/raft-driver.js';
 import { MemoryNetwork } from '../src/transport/memory-transport.js';
 import type { Transport } from '../src/transport/transport.js';
-import { fdatasyncP50, percentile } from './_measure.js';
+import { closedLoopRate, fdatasyncP50, percentile, sequentialLatencies } from './_measure.js';
 import { report } from './_report.js';
 
 class CountingMachine implements StateMachine {
@@ -243,12 +243,7 @@ export async function run(args: string[]): Promise<void> {
     try {
       const leader = await leaderOf(g.drivers);
       for (let i = 0; i < 50; i++) await leader.propose(payload(i)); // warm-up
-      const lat: number[] = [];
-      for (let i = 0; i < latencyOps; i++) {
-        const t0 = process.hrtime.bigint();
-        await leader.propose(payload(i));
-        lat.push(Number(process.hrtime.bigint() - t0) / 1000);
-      }
+      const lat = await sequentialLatencies(latencyOps, (i) => leader.propose(payload(i)));
       lat.sort((a, b) => a - b);
       const p50 = percentile(lat, 50);
       const p99 = percentile(lat, 99);
@@ -257,20 +252,8 @@ export async function run(args: string[]): Promise<void> {
           : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...env });
       report({ suite: 'raft', case: 'commit-latency-p99', value: Number(p99.toFixed(1)), unit: 'us', fsync: durable, storage, ...env });
 
-      const outstanding = 64;
-      let next = 0;
-      let done = 0;
-      const t0 = process.hrtime.bigint();
-      const worker = async (): Promise<void> => {
-        while (next < throughputOps) {
-          next++;
-          await leader.propose(payload(next));
-          done++;
-        }
-      };
-      await Promise.all(Array.from({ length: outstanding }, worker));
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(done / seconds), unit: 'commits/s',
+      const rate = await closedLoopRate(throughputOps, 64, (i) => leader.propose(payload(i)));
+      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(rate), unit: 'commits/s',
         fsync: durable, storage, baselines: durable ? { disk_fdatasync_p50: Number(fsyncP50.toFixed(1)), transport_rtt_p50: Number(rttP50.toFixed(1)) }
           : { transport_rtt_p50: Number(rttP50.toFixed(1)) },
         leaderFlushesTotal: leader.counters.flushes, ...env });
