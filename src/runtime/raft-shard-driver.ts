@@ -227,7 +227,7 @@ export class RaftShardDriver {
     const members = [...this.options.peers.keys()].sort((a, b) => a - b);
     let target = this.raft.core.lead || this.options.id;
     for (let attempt = 0; ; attempt++) {
-      if (this.closed) throw new RaftProposalError('not-leader', 0, 'the raft shard driver is closed');
+      this.checkOpen();
       if (Date.now() >= deadline) throw new TimeoutError(`${what} on raft shard (last tried member ${target})`, this.options.callTimeoutMs ?? 5000);
       if (attempt > 0) this.counters.retries++;
       let answer: ForwardAnswer | undefined;
