@@ -66,16 +66,24 @@ function deferred<T>(): Deferred<T> {
 export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
   /** Each member's reply, keyed by node id, in shard-rank order. */
   readonly replies: ReadonlyMap<NodeId, Promise<R>>;
-  /** The call's version (view id << 32 | position in the view), once it is numbered. */
+  /**
+   * The call's version (view id << 32 | position in the view), once it is delivered on this
+   * node: a call that a view change cut off is re-sent with a new number, so the send's is not
+   * final.
+   */
   readonly version: Promise<Version>;
   /** The sender's HLC time stamped on the call (the same on every replica). */
   readonly timestamp: Promise<Hlc>;
   private readonly pending = new Map<NodeId, Deferred<R>>();
+  private readonly numbering = deferred<Version>();
   /** @internal Each member's reply bytes as they arrived (a relaying member forwards them). */
   readonly rawReplies = new Map<NodeId, Uint8Array>();
   private all: Promise<ReadonlyMap<NodeId, R>> | undefined;
 
-  /** @internal Built by the group layer; `sent` resolves when the multicast numbered the call. */
+  /**
+   * @internal Built by the group layer; `sent` resolves when the multicast took the call (its
+   * timestamp is final, its version only once `numbered()` confirms it at delivery).
+   */
   constructor(
     readonly method: string,
     members: readonly NodeId[],
@@ -89,7 +97,7 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
       replies.set(node, d.promise);
     }
     this.replies = replies;
-    this.version = sent.then((r) => r.version);
+    this.version = this.numbering.promise;
     this.timestamp = sent.then((r) => r.timestamp);
     // If sending fails, every reply fails with the same error.
     sent.catch((error: unknown) => this.failAll(error));
@@ -122,6 +130,11 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     return this.all.then(onFulfilled, onRejected);
   }
 
+  /** @internal The call was delivered on this node at `version`. */
+  numbered(version: Version): void {
+    this.numbering.resolve(version);
+  }
+
   /** @internal A member's reply bytes arrived (decoded here, with that member's node id). */
   settleReply(node: NodeId, replyBytes: Uint8Array): void {
     const d = this.pending.get(node);
@@ -144,8 +157,9 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     for (const [node, d] of this.pending) if (!d.settled && removed(node)) d.reject(error(node));
   }
 
-  /** @internal */
+  /** @internal Also the version, if the call was not delivered here. */
   failAll(error: unknown): void {
+    this.numbering.reject(error);
     for (const d of this.pending.values()) d.reject(error);
   }
 
