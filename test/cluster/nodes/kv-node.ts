@@ -21,8 +21,9 @@
  * Times are `performance.timeOrigin + performance.now()` (ms, shared by every process here).
  *
  * Commands on stdin: `loss <p>` (the endpoint's fault injection), `quiet` (stop the clients,
- * answer `quiet` once the in-flight calls settled or after 5 s), `report` (`report <json>`:
- * view, leader, shard, frontier, digest, version history), `values [[key, version], …]` (the
+ * answer `quiet` once the in-flight calls settled or after 5 s), `report [full]` (`report <json>`:
+ * view, leader, shard, frontier, digest; `full` adds the version history),
+ * `where [[key, value], …]` (the first version holding each), `values [[key, version], …]` (the
  * value of each key at each version: `values <json>`), `at [[key, micros], …]` (temporal reads:
  * `at <json>`), `stop` (exit 0).
  *
@@ -61,7 +62,9 @@ export class ChaosKv {
 
   @persistent() entries = new Persistent(() => new PersistentMap<string, string>(), {
     delta: PersistentMap.codec<string, string>(),
-    checkpointEvery: 256,
+    // The map holds a few keys, so a full record is small: a checkpoint every 8 versions keeps
+    // reading any old version (the harness reads thousands) to at most 7 deltas.
+    checkpointEvery: 8,
   });
 
   @ordered() put(key: string, value: string): boolean {
@@ -123,7 +126,9 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
   const self = config.node.id;
   const print = (line: string): void => void process.stdout.write(`${line}\n`);
 
-  const group = await Group.start(config, { types: [ChaosKv], layout: chaosKvLayout, membership: true });
+  // KV_NODE_LOG=1: the membership driver's progress lines on stderr (for debugging a run).
+  const membershipOption = process.env['KV_NODE_LOG'] === '1' ? { log: (line: string) => console.error(`[membership ${self}] ${line}`) } : true;
+  const group = await Group.start(config, { types: [ChaosKv], layout: chaosKvLayout, membership: membershipOption });
   const endpoint = group.transport as Endpoint;
   let removed = false;
   // The Group keeps its view source private; the harness only needs to know who leads the log.
@@ -207,19 +212,19 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
   };
   const loops = Array.from({ length: clients }, (_, c) => client(c));
 
-  const report = (): Record<string, unknown> => {
+  const report = (full: boolean): Record<string, unknown> => {
     const view = group.view;
     const base = { id: self, viewId: view.id, members: view.memberIds.map(Number), shard: shardMembers(), leader: membership?.driver?.isLeader === true, removed };
     if (!inShard() || removed) return base;
     const kv = group.subgroup(ChaosKv);
     const entries = kv.versions('entries');
     const versions: [string, number, number][] = [];
-    for (let i = 0; i <= entries.latestIndex(); i++) {
+    for (let i = 0; full && i <= entries.latestIndex(); i++) {
       const info = entries.infoByIndex(i);
       versions.push([String(info.version), info.time.micros, info.time.logical]);
     }
     const f = kv.frontier();
-    return { ...base, delivered: String(f.delivered), persisted: String(f.persisted), stableMicros: f.stableTime.micros, digest: kv.digest(), versions };
+    return { ...base, delivered: String(f.delivered), persisted: String(f.persisted), stableMicros: f.stableTime.micros, digest: kv.digest(), ...(full ? { versions } : {}) };
   };
 
   createInterface({ input: process.stdin }).on('line', (line) => {
@@ -228,7 +233,7 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
     const rest = space < 0 ? '' : line.slice(space + 1);
     try {
       if (command === 'loss') endpoint.injectFault({ dropProbability: Number(rest) });
-      else if (command === 'report') print(`report ${JSON.stringify(report())}`);
+      else if (command === 'report') print(`report ${JSON.stringify(report(rest === 'full'))}`);
       else if (command === 'quiet') {
         running = false;
         void Promise.race([Promise.allSettled([...loops, ...inFlight]), sleep(5000)]).then(() => print('quiet'));

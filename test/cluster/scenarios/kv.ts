@@ -156,6 +156,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
         const args = [kvNode, '--config-file', configFile, '--clients', '2', '--keys', String(keys), '--seed', String(seed * 101 + nodeId)];
         const p = cluster.add({ name: `node-${nodeId}`, command: process.execPath, args, netns: lab?.netns(slot), env: nodeEnv });
         p.onLine((line) => listen(line, nodeId));
+        if (process.env['KV_CHAOS_TRACE'] === '1') p.onLine((line) => line.startsWith('[') && log(`node ${nodeId}: ${line}`));
         p.start();
         const s: Slot = { index: slot, nodeId, process: p, removed: false };
         slotList[slot - 1] = s;
@@ -168,7 +169,8 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
       await Promise.all(slotList.map((s) => s.process.waitForLine(/^ready /, 60_000)));
       log(`group up: nodes ${slotList.map((s) => s.nodeId).join(', ')} (${encrypted ? 'sealed' : 'plaintext'}, ${lab ? 'netns' : 'loopback'})`);
 
-      const reportOf = async (s: Slot): Promise<NodeReport> => JSON.parse(await ask(s.process, 'report', /^report (.*)$/)) as NodeReport;
+      const reportOf = async (s: Slot, full = false): Promise<NodeReport> =>
+        JSON.parse(await ask(s.process, full ? 'report full' : 'report', /^report (.*)$/)) as NodeReport;
       const live = (): Slot[] => slotList.filter((s) => s.process.running && !s.removed);
 
       /** Kills nodes the group removed (they cannot come back under their id) and replaces them. */
@@ -188,20 +190,35 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
       };
 
       /** Waits until every live node reports the same view holding exactly the live nodes. */
-      const settle = async (timeoutMs: number): Promise<NodeReport[] | undefined> => {
+      /**
+       * Waits until every live node reports the same view holding exactly the live nodes. A node
+       * that the newest view lacks but that was never told (no `removed` line) after the timeout
+       * is a violation; it is then killed and replaced so the run can go on.
+       */
+      const settle = async (timeoutMs: number, retry = true): Promise<void> => {
         const deadline = Date.now() + timeoutMs;
         let last = '';
+        let reports: NodeReport[] = [];
         while (Date.now() < deadline) {
-          const reports = await Promise.all(live().map(reportOf));
+          reports = await Promise.all(live().map((s) => reportOf(s)));
           const ids = live().map((s) => s.nodeId).sort((a, b) => a - b).join(',');
           const views = new Set(reports.map((r) => `${r.viewId}:${[...r.members].sort((a, b) => a - b).join(',')}`));
           last = [...views].join(' | ');
-          if (views.size === 1 && [...views][0]!.endsWith(`:${ids}`) && reports.every((r) => !r.removed)) return reports;
-          if (removedLines.size > 0 && live().some((s) => removedLines.has(s.nodeId))) await replaceRemoved();
+          if (views.size === 1 && [...views][0]!.endsWith(`:${ids}`) && reports.every((r) => !r.removed)) return;
+          if (live().some((s) => removedLines.has(s.nodeId))) await replaceRemoved();
           await sleep(300);
         }
+        const newest = reports.reduce((a, b) => (b.viewId > a.viewId ? b : a), reports[0]!);
+        const untold = reports.filter((r) => !newest.members.includes(r.id) && !r.removed);
+        for (const r of untold) {
+          violations.push(`removal-unnoticed: node ${r.id} still shows view ${r.viewId} (members ${r.members.join(',')}) ${timeoutMs} ms after the others installed view ${newest.viewId} without it, and was never told it was removed`);
+          removedLines.set(r.id, 'never told');
+        }
+        if (untold.length > 0 && retry) {
+          await replaceRemoved();
+          return settle(timeoutMs, false);
+        }
         violations.push(`liveness: the group did not settle on one view of the live nodes within ${timeoutMs} ms (views: ${last})`);
-        return undefined;
       };
 
       // The external client: relayed puts and CAS with idempotency keys, acknowledged when every
@@ -248,7 +265,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           log(`kill -9 node ${target.nodeId}`);
           await target.process.kill('SIGKILL');
         } else if (kind === 1) {
-          const reports = await Promise.all(targets.map(reportOf));
+          const reports = await Promise.all(targets.map((s) => reportOf(s)));
           const leader = targets[reports.findIndex((r) => r.leader)] ?? target;
           count('kill-leader');
           log(`kill -9 the membership leader, node ${leader.nodeId}`);
@@ -274,7 +291,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           await sleep(500 + random.int(1000));
         } else {
           // Cut one node (sometimes the leader) off from the others, long enough to be removed.
-          const reports = await Promise.all(targets.map(reportOf));
+          const reports = await Promise.all(targets.map((s) => reportOf(s)));
           const alone = random.int(2) === 0 ? (targets[reports.findIndex((r) => r.leader)] ?? target) : target;
           const holdMs = failureTimeoutMs + 1000 + random.int(1500);
           count('partition');
@@ -282,7 +299,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           const from = now();
           lab!.partition([[alone.index]]);
           await sleep(holdMs);
-          const minority = await reportOf(alone).catch(() => undefined);
+          const minority = await reportOf(alone, true).catch(() => undefined);
           const to = now();
           lab!.heal();
           partitionWindows.push({ node: alone.nodeId, from, to });
@@ -311,10 +328,11 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
       let reports: NodeReport[] = [];
       const deadline = Date.now() + 15_000;
       for (;;) {
-        reports = (await Promise.all(live().map(reportOf))).filter((r) => r.digest !== undefined);
+        reports = (await Promise.all(live().map((s) => reportOf(s)))).filter((r) => r.digest !== undefined);
         if (new Set(reports.map((r) => r.delivered)).size <= 1 || Date.now() > deadline) break;
         await sleep(200);
       }
+      reports = (await Promise.all(live().map((s) => reportOf(s, true)))).filter((r) => r.digest !== undefined);
       const shardSlots = live().filter((s) => reports.some((r) => r.id === s.nodeId));
       if (reports.length < 2) violations.push(`liveness: only ${reports.length} live shard members at the end`);
       const [reference] = reports;
@@ -363,19 +381,22 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
         const latest = BigInt(reports.find((r) => r.id === base.nodeId)!.delivered!);
         const reads = p2pReads.filter((r) => BigInt(r.at) > 0n && BigInt(r.at) <= latest);
         const writes = [...completions.values()].filter((c) => invocations.get(c.o)!.op === 'put');
+        // Many reads share a version: ask for each (key, version) once.
+        const readQueries = [...new Set(reads.map((r) => `${r.key}@${r.at}`))];
+        const readIndex = new Map(readQueries.map((q, i) => [q, i]));
         const answers = JSON.parse(await ask(base.process, `values ${JSON.stringify([
-          ...reads.map((r) => [r.key, r.at]),
+          ...readQueries.map((q) => q.split('@')),
           ...writes.map((w) => [invocations.get(w.o)!.key, w.v]),
-        ])}`, /^values (.*)$/, 30_000)) as (string | null)[];
-        reads.forEach((r, i) => {
-          const expected = answers[i];
+        ])}`, /^values (.*)$/, 60_000)) as (string | null)[];
+        reads.forEach((r) => {
+          const expected = answers[readIndex.get(`${r.key}@${r.at}`)!];
           if (expected === null || expected === undefined) return;
           operations++;
           if (expected !== r.value) violations.push(`p2p-read: node ${r.node} answered ${r.key} = "${r.value}" at version ${r.at}, but the total order has "${expected}" there`);
         });
         const lost: { inv: Invocation; w: Completion; found: string }[] = [];
         writes.forEach((w, i) => {
-          const found = answers[reads.length + i];
+          const found = answers[readQueries.length + i];
           if (found === null || found === undefined) return;
           operations++;
           const inv = invocations.get(w.o)!;
@@ -461,9 +482,11 @@ function firstDifference(a: [string, number, number][], b: [string, number, numb
   if (ai < 0 || bi < 0) return undefined;
   const x = a.slice(ai);
   const y = b.slice(bi);
-  if (x.length !== y.length) return `${x.length} versions from ${start} against ${y.length}`;
-  for (let i = 0; i < x.length; i++) {
-    if (x[i]!.join() !== y[i]!.join()) return `at index ${i} from version ${start}: ${x[i]!.join('/')} against ${y[i]!.join('/')}`;
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    if (x[i]!.join() !== y[i]!.join()) {
+      return `at index ${i} from version ${start}: ${x[i]!.join('/')} against ${y[i]!.join('/')} (neighbours ${x.slice(Math.max(0, i - 2), i + 3).map((e) => e[0]).join(',')} against ${y.slice(Math.max(0, i - 2), i + 3).map((e) => e[0]).join(',')})`;
+    }
   }
+  if (x.length !== y.length) return `${x.length} versions from ${start} against ${y.length}; the longer one ends ${(x.length > y.length ? x : y).slice(-3).map((e) => e.join('/')).join(', ')}`;
   return undefined;
 }
