@@ -28,6 +28,7 @@ import {
   persistent,
   replicated,
 } from '../../src/index.js';
+import { waitFor } from '../support/membership-local.js';
 import { localGroupConfigs, localGroupKeyFile } from '../../src/group/local.js';
 
 @replicated({ name: 'GroupRelayRetryTally' })
@@ -43,14 +44,6 @@ class Tally {
 const layout = { GroupRelayRetryTally: oneSubgroup(flexibleEvenShards(1, 2, 2)) };
 const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-relay-retry-'));
 test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
-
-async function waitFor(what: string, done: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const started = performance.now();
-  while (!done()) {
-    if (performance.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 test.failing('a relayed call retried after a spare entered the shard by state transfer is not applied again on the newcomer', async (t) => {
   t.timeout(90_000);

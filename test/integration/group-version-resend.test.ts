@@ -27,6 +27,7 @@ import {
   type NodeId,
   type ReplicaContext,
 } from '../../src/index.js';
+import { waitFor } from '../support/membership-local.js';
 import { localGroupConfigs } from '../../src/group/local.js';
 import type { Endpoint } from '../../src/transport/native-transport.js';
 
@@ -46,14 +47,6 @@ class Cell {
 const layout = { GroupVersionResendCell: oneSubgroup(flexibleEvenShards(1, 2, 4)) };
 const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-version-resend-'));
 test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
-
-async function waitFor(what: string, done: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const started = performance.now();
-  while (!done()) {
-    if (performance.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 test('a call cut off by a view change and re-sent in the next view reports the version it was applied at', async (t) => {
   t.timeout(90_000);

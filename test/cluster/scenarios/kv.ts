@@ -38,7 +38,7 @@ import { SeededRandom } from '../../../src/core/random.js';
 import { checkLinearizable, kvModel, type KvInput, type KvOutput, type Operation } from '../../support/linearizability.js';
 import { NetLab } from '../netns.js';
 import { ProcessCluster, type ManagedProcess } from '../process-cluster.js';
-import { firstOfEachKind, type RunReport, type Scenario, type ScenarioOptions } from '../scenario.js';
+import { crashViolations, firstOfEachKind, type RunReport, type Scenario, type ScenarioOptions } from '../scenario.js';
 import { ChaosKv } from '../nodes/kv-node.js';
 
 const kvNode = join(dirname(fileURLToPath(import.meta.url)), '../nodes/kv-node.js');
@@ -487,9 +487,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           }
         }
       }
-      for (const e of cluster.unexpectedExits()) {
-        violations.push(`crash: ${e.name} exited by itself (code ${e.code}, signal ${e.signal}); last lines:\n    ${e.tail.slice(-8).join('\n    ')}`);
-      }
+      violations.push(...crashViolations(cluster.unexpectedExits()));
       if (completed === 0) violations.push('liveness: no operation completed in the whole run');
     } catch (error) {
       violations.push(`harness: ${(error as Error).message}`);
