@@ -417,7 +417,8 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           lost.forEach(({ inv, w, found }, i) => {
             const at = where[i];
             const v = (s: string): string => `${s} (view ${BigInt(s) >> 32n}, position ${BigInt(s) & 0xffffffffn})`;
-            violations.push(`acked-write: put(${inv.key}, ${inv.value}) was acknowledged (persisted() resolved) at version ${v(w.v)}, but node ${base.nodeId} has "${found}" there` +
+            const how = inv.c === 0 ? 'relayed for the external client, every member replied' : 'persisted() resolved';
+            violations.push(`acked-write: put(${inv.key}, ${inv.value}) was acknowledged (${how}) at version ${v(w.v)}, but node ${base.nodeId} has "${found}" there` +
               (at === undefined ? '' : at === null ? '; the value is nowhere in its history' : `; the value first appears at version ${v(at)}`));
           });
         }
