@@ -157,7 +157,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
         const args = [kvNode, '--config-file', configFile, '--clients', '2', '--keys', String(keys), '--seed', String(seed * 101 + nodeId)];
         const p = cluster.add({ name: `node-${nodeId}`, command: process.execPath, args, netns: lab?.netns(slot), env: nodeEnv });
         p.onLine((line) => listen(line, nodeId));
-        if (process.env['KV_CHAOS_TRACE'] === '1') p.onLine((line) => line.startsWith('[') && log(`node ${nodeId}: ${line}`));
+        if (process.env['KV_CHAOS_TRACE'] === '1') p.onLine((line) => (line.startsWith('[') || /Warning|Error/.test(line)) && log(`node ${nodeId}: ${line}`));
         p.start();
         const s: Slot = { index: slot, nodeId, process: p, removed: false };
         slotList[slot - 1] = s;
