@@ -7,8 +7,8 @@
  *   - throughput with 64 outstanding (from the leader's process);
  * with the Raft log fsync'd (durable) and not. Beside them, in the same run: the raw transport
  * round trip between the same processes, and the disk's write+fdatasync latency.
- * `--mode ordered` runs the same workload through the group API on SMC (bench/group.ts, nosync
- * and durable).
+ * `--mode ordered` runs the same workload through the group API on SMC (bench/group.ts): nosync
+ * and durable with encryption (the group default), then nosync in plaintext.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { loadavg } from 'node:os';
@@ -44,11 +44,13 @@ export async function run(args: string[]): Promise<void> {
   const modeAt = args.indexOf('--mode');
   const mode = modeAt >= 0 ? args[modeAt + 1] : 'raft';
   if (mode === 'ordered') {
-    // The same workload through the public group API on SMC: bench/group.ts, both sync modes.
+    // The same workload through the public group API on SMC: bench/group.ts, both sync modes
+    // with encryption (the group default), and nosync without it (what sealing costs).
     const group = (await import('./group.js')) as { run(args: string[]): Promise<void> };
     const rest = args.filter((a, i) => i !== modeAt && i !== modeAt + 1);
     await group.run(rest);
     await group.run([...rest, '--durable']);
+    await group.run([...rest, '--plaintext']);
     return;
   }
   if (mode !== 'raft') {

@@ -13,8 +13,9 @@ export interface ValueCodec<T> {
 
 /**
  * Delta mode (Derecho's IDeltaSupport): the value records its own changes, and each version
- * stores only those changes; every `checkpointEvery` versions a full copy is stored, so reading
- * any version costs one decode plus fewer than `checkpointEvery` applyDelta calls.
+ * stores only those changes; a full copy is stored once the deltas since the last one add up to
+ * its size (or every `checkpointEvery` versions, if set), so reading any version costs one
+ * decode plus applyDelta calls over at most that many bytes.
  */
 export interface DeltaCodec<T> extends ValueCodec<T> {
   /**

@@ -38,9 +38,22 @@ export interface PersistentOptions<T> {
   codec?: ValueCodec<T>;
   /** Delta mode: store only changes per version (the codec then comes from here). */
   delta?: DeltaCodec<T>;
-  /** Delta mode: a full checkpoint at least every this many versions (default 64). */
+  /**
+   * Delta mode: also a full checkpoint at least every this many versions (default: no count
+   * bound). Without it the byte budget alone decides (see CHECKPOINT_BYTES_MIN).
+   */
   checkpointEvery?: number;
 }
+
+/**
+ * Delta mode's checkpoint rule: a full record is written once the deltas since the last one
+ * would exceed that full record's size (and at least this many bytes). Writing then costs
+ * O(delta) amortized, however large the value (a checkpoint every N versions costs O(value)
+ * per N versions: a 100,000-key map re-encoded every 1,024 puts cost more than the puts), and
+ * reading any version costs one full decode plus at most as many delta bytes as the full
+ * record holds: about twice a full decode.
+ */
+export const CHECKPOINT_BYTES_MIN = 1024;
 
 /** What the registry gives a field when it attaches it. */
 export interface FieldBinding {
@@ -74,6 +87,9 @@ export class Persistent<T> implements HasFieldHooks {
   private readonly codec: ValueCodec<T>;
   private readonly delta: DeltaCodec<T> | undefined;
   private readonly checkpointEvery: number;
+  // Delta mode: the size of the last full record and the delta bytes logged after it.
+  private checkpointBytes = 0;
+  private deltaBytesSinceCheckpoint = 0;
   private binding: FieldBinding | undefined;
   private writes = 0;
   // Full mode: bytes of the last logged value, to log only real changes.
@@ -89,9 +105,10 @@ export class Persistent<T> implements HasFieldHooks {
   ) {
     this.delta = options.delta;
     this.codec = options.delta ?? options.codec ?? msgpackCodec<T>();
-    this.checkpointEvery = options.checkpointEvery ?? 64;
+    this.checkpointEvery = options.checkpointEvery ?? Number.POSITIVE_INFINITY;
     assert(
-      Number.isInteger(this.checkpointEvery) && this.checkpointEvery >= 1,
+      this.checkpointEvery === Number.POSITIVE_INFINITY ||
+        (Number.isInteger(this.checkpointEvery) && this.checkpointEvery >= 1),
       'checkpointEvery must be a positive integer',
     );
     this.current = factory();
@@ -153,10 +170,7 @@ export class Persistent<T> implements HasFieldHooks {
     this.binding = binding;
     const log = binding.log;
     if (log.count > 0) {
-      const last = log.record(log.lastSeq);
-      this.lastEffectiveTime = recordEffectiveTime(last);
-      this.lastCheckpointSeq = recordKind(last) === RECORD_FULL ? log.lastSeq : recordBaseSeq(last);
-      this.resetCurrentTo(log.lastSeq);
+      this.loadTailCursors();
     } else {
       // Nothing logged yet: the initial value is not a version; only changes to it are.
       this.replaced = false;
@@ -174,9 +188,8 @@ export class Persistent<T> implements HasFieldHooks {
       const delta = this.delta.takeDelta(this.current);
       if (delta === null && !this.replaced) return false;
       const needsCheckpoint =
-        this.replaced || this.lastCheckpointSeq < log.firstSeq ||
-        log.nextSeq - this.lastCheckpointSeq >= this.checkpointEvery;
-      if (needsCheckpoint || delta === null) payload = this.delta.encode(this.current);
+        this.replaced || delta === null || this.checkpointDue(log, delta.byteLength);
+      if (needsCheckpoint) payload = this.delta.encode(this.current);
       else {
         kind = RECORD_DELTA;
         payload = delta;
@@ -213,10 +226,7 @@ export class Persistent<T> implements HasFieldHooks {
     let bytes: Uint8Array = payload;
     if (this.delta) {
       this.delta.takeDelta(this.current);
-      const needsCheckpoint =
-        this.lastCheckpointSeq < log.firstSeq ||
-        log.nextSeq - this.lastCheckpointSeq >= this.checkpointEvery;
-      if (kind === RECORD_DELTA && needsCheckpoint) {
+      if (kind === RECORD_DELTA && this.checkpointDue(log, payload.byteLength)) {
         ownKind = RECORD_FULL;
         bytes = this.codec.encode(this.current);
       }
@@ -236,8 +246,47 @@ export class Persistent<T> implements HasFieldHooks {
     const seq = log.nextSeq;
     const baseSeq = kind === RECORD_FULL ? seq : this.lastCheckpointSeq;
     log.appendRecord({ kind, version, time, effectiveTime, baseSeq }, payload);
-    if (kind === RECORD_FULL) this.lastCheckpointSeq = seq;
+    if (kind === RECORD_FULL) {
+      this.lastCheckpointSeq = seq;
+      this.checkpointBytes = payload.byteLength;
+      this.deltaBytesSinceCheckpoint = 0;
+    } else {
+      this.deltaBytesSinceCheckpoint += payload.byteLength;
+    }
     this.lastEffectiveTime = effectiveTime;
+  }
+
+  /** Delta mode: whether the next record must be full instead of a delta of `deltaBytes`. */
+  private checkpointDue(log: VersionLog, deltaBytes: number): boolean {
+    return (
+      this.lastCheckpointSeq < log.firstSeq ||
+      log.nextSeq - this.lastCheckpointSeq >= this.checkpointEvery ||
+      this.deltaBytesSinceCheckpoint + deltaBytes > Math.max(this.checkpointBytes, CHECKPOINT_BYTES_MIN)
+    );
+  }
+
+  /**
+   * The cursors of a non-empty log's tail (at attach and after a truncate): effective time, last
+   * checkpoint and the bytes after it (so the checkpoint rule holds across restarts), current value.
+   */
+  private loadTailCursors(): void {
+    const log = this.attachedLog('history');
+    const last = log.record(log.lastSeq);
+    this.lastEffectiveTime = recordEffectiveTime(last);
+    this.lastCheckpointSeq = recordKind(last) === RECORD_FULL ? log.lastSeq : recordBaseSeq(last);
+    this.measureSinceCheckpoint();
+    this.resetCurrentTo(log.lastSeq);
+  }
+
+  private measureSinceCheckpoint(): void {
+    const log = this.attachedLog('history');
+    this.checkpointBytes = 0;
+    this.deltaBytesSinceCheckpoint = 0;
+    if (!this.delta || this.lastCheckpointSeq < log.firstSeq) return; // the next record is full
+    this.checkpointBytes = recordPayload(log.record(this.lastCheckpointSeq)).byteLength;
+    for (let seq = this.lastCheckpointSeq + 1; seq <= log.lastSeq; seq++) {
+      this.deltaBytesSinceCheckpoint += recordPayload(log.record(seq)).byteLength;
+    }
   }
 
   /** @internal Rebuilds `current` from the record at seq (after truncate or attach). */
@@ -256,6 +305,8 @@ export class Persistent<T> implements HasFieldHooks {
     this.replaced = false;
     if (this.delta) this.delta.takeDelta(this.current);
     this.lastCheckpointSeq = -1;
+    this.checkpointBytes = 0;
+    this.deltaBytesSinceCheckpoint = 0;
     this.lastEffectiveTime = undefined;
     this.lastLoggedBytes = this.delta ? undefined : this.codec.encode(this.current);
   }
@@ -264,10 +315,7 @@ export class Persistent<T> implements HasFieldHooks {
   reloadTail(): void {
     const log = this.attachedLog('truncate');
     if (log.count === 0) return this.resetToInitial();
-    const last = log.record(log.lastSeq);
-    this.lastEffectiveTime = recordEffectiveTime(last);
-    this.lastCheckpointSeq = recordKind(last) === RECORD_FULL ? log.lastSeq : recordBaseSeq(last);
-    this.resetCurrentTo(log.lastSeq);
+    this.loadTailCursors();
   }
 
   /** @internal The full record for seq (materializing a delta chain), for trim and transfer. */
@@ -287,7 +335,9 @@ export class Persistent<T> implements HasFieldHooks {
 
   /** @internal After trim made `seq` the first record, a delta there must become full. */
   noteCheckpointAt(seq: number): void {
-    if (this.lastCheckpointSeq < seq) this.lastCheckpointSeq = seq;
+    if (this.lastCheckpointSeq >= seq) return;
+    this.lastCheckpointSeq = seq;
+    this.measureSinceCheckpoint();
   }
 
   /** @internal */

@@ -104,7 +104,9 @@ export async function workload(
  * Writes configs for a local group of NODE_COUNT nodes and starts nodes 1.. as `squall node`
  * child processes hosting the kv-store app; node 0's config file is returned for this process.
  */
-export async function startLocalNodes(dataRoot: string, sync: 'durable' | 'nosync', io: CliIo, membership = false) {
+export async function startLocalNodes(
+  dataRoot: string, sync: 'durable' | 'nosync', io: CliIo, membership = false, encryption = true,
+) {
   const cli = fileURLToPath(new URL('./main.js', import.meta.url));
   const appPath = fileURLToPath(new URL('../../examples/kv-store/app.js', import.meta.url));
   const ports = await freeUdpPorts(NODE_COUNT);
@@ -113,7 +115,7 @@ export async function startLocalNodes(dataRoot: string, sync: 'durable' | 'nosyn
     // A shared 2-core VM can stall a process for hundreds of ms under the workload: a 2 s failure
     // timeout keeps the demo from removing a live node (detection then takes about 2 s).
     const timeouts = '[timeouts]\nheartbeat_ms = 100\nfailure_timeout_ms = 2000\n';
-    writeFileSync(file, localConfigToml(i, ports, { dataRoot, sync, ...(membership ? { firstId: 1, extraToml: timeouts } : {}) }));
+    writeFileSync(file, localConfigToml(i, ports, { dataRoot, sync, encryption, ...(membership ? { firstId: 1, extraToml: timeouts } : {}) }));
     return file;
   });
   const firstId = membership ? 1 : 0;

@@ -17,6 +17,7 @@ import { parse as parseToml } from 'smol-toml';
 import { plainToInstance } from 'class-transformer';
 import { getMetadataStorage, validateSync, type ValidationError } from 'class-validator';
 import { ConfigError } from '../core/errors.js';
+import { multicastLimitsForProfile } from '../multicast/config.js';
 import { ProfileSection, SECTIONS, SquallConfig, type SectionName } from './schema.js';
 
 export interface ConfigProblem {
@@ -189,6 +190,19 @@ function crossChecks(config: SquallConfig, problems: ConfigProblem[]): void {
   };
   checkMulticast('multicast', config.multicast);
   for (const [name, profile] of Object.entries(config.subgroup)) checkMulticast(`subgroup.${name}`, profile);
+  // What the multicast core itself checks (one SMC message must fit an SMC packet), at start
+  // rather than when a shard of that profile is first created; only for sections whose keys
+  // passed the checks above, so one mistake is reported once.
+  const reported = new Set(problems.map((p) => p.key.split('.').slice(0, p.key.startsWith('subgroup.') ? 2 : 1).join('.')));
+  for (const profile of [undefined, ...Object.keys(config.subgroup)]) {
+    if (reported.has(profile === undefined ? 'multicast' : `subgroup.${profile}`)) continue;
+    try {
+      multicastLimitsForProfile(config, profile);
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      for (const p of error.problems) if (!problems.some((q) => q.key === p.key)) problems.push(p);
+    }
+  }
   for (const key of ['max_p2p_request_payload_size', 'max_p2p_reply_payload_size'] as const) {
     if (config.p2p[key] > t.max_message_size) problems.push({ key: `p2p.${key}`, message: `(${config.p2p[key]}) is above transport.max_message_size (${t.max_message_size}). Fix: lower it or raise transport.max_message_size` });
   }

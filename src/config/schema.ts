@@ -97,6 +97,12 @@ export class MulticastSection {
   @IsInt() @Min(1) @Max(1 << 20) window_size = 1024;
   /** RDMC relay schedule. */
   @IsIn(['binomial', 'chain', 'sequential', 'tree']) rdmc_send_algorithm = 'binomial';
+  /** Byte budget of one SMC packet (coalesced small messages, nulls and the receive report). */
+  @IsInt() @Min(1024) @Max(1024 * MIB) smc_packet_size = 64 * 1024;
+  /** Messages send() accepts beyond a full window; past that, senders wait for capacity. */
+  @IsInt() @Min(1) @Max(1 << 20) send_queue_size = 1024;
+  /** Milliseconds per block a member holding a large message waits before repairing a stuck peer. */
+  @IsInt() @Min(1) rdmc_repair_ms = 250;
 }
 
 export class P2pSection {
@@ -143,6 +149,9 @@ export class ProfileSection {
   @IsOptional() @IsInt() @Min(1024) block_size?: number;
   @IsOptional() @IsInt() @Min(1) @Max(1 << 20) window_size?: number;
   @IsOptional() @IsIn(['binomial', 'chain', 'sequential', 'tree']) rdmc_send_algorithm?: string;
+  @IsOptional() @IsInt() @Min(1024) @Max(1024 * MIB) smc_packet_size?: number;
+  @IsOptional() @IsInt() @Min(1) @Max(1 << 20) send_queue_size?: number;
+  @IsOptional() @IsInt() @Min(1) rdmc_repair_ms?: number;
 }
 
 export class SquallConfig {

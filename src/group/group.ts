@@ -198,7 +198,9 @@ export class Group {
     transport.handle(RELAY_TYPE, (request) => this.relay(request));
     transport.handle(STATUS_TYPE, () => encodeMessage(this.status()));
     transport.handle(ORDERED_REPLY_TYPE, (request) => {
-      for (const [callId, from, reply] of decodeMessageCopy<OrderedReply[]>(request)) {
+      // One copy of the frame (the replies' bytes alias it and may be kept by QueryResults),
+      // not one allocation per reply.
+      for (const [callId, from, reply] of decodeMessage<OrderedReply[]>(request.slice())) {
         this.settleReply(callId, nodeId(from), reply);
       }
       return new Uint8Array(0);
@@ -426,11 +428,7 @@ export class Group {
       version: makeVersion(receipt.viewId, receipt.position),
       timestamp: receipt.timestamp,
     }));
-    const results = new QueryResults<unknown>(label, this.shardMembers(replica), sent, {
-      whenDelivered: (v) => replica.deliveredWaiters.wait(v),
-      whenLocalPersisted: (v) => replica.registry.whenPersisted(v),
-      whenPersisted: (v) => replica.persistedWaiters.wait(v),
-    });
+    const results = new QueryResults<unknown>(label, this.shardMembers(replica), sent, replica.frontierWaits);
     this.calls.set(callId, results);
     sent.catch(() => this.calls.delete(callId));
     return results;

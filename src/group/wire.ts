@@ -68,9 +68,16 @@ export function driverShardNumber(subgroupId: number, shardIndex: number): numbe
   return subgroupId * 0x1_0000 + shardIndex;
 }
 
-/** Promises waiting for a frontier (a version) to reach them. */
+/**
+ * Promises waiting for a frontier (a version) to reach them. Waiters are kept sorted by version
+ * (calls wait in about the order they were numbered, so an insert is almost always an append),
+ * and advance() resolves from the front: O(resolved) per advance, not O(waiting). The frontier
+ * moves once per delivery, so with 64 calls outstanding a full scan cost 64 steps per call.
+ */
 export class FrontierWaiters {
   private waiters: { version: Version; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  /** Waiters before this index are resolved (their slots are cleared, compacted lazily). */
+  private head = 0;
   private frontier: Version;
   private failure: unknown;
 
@@ -82,28 +89,51 @@ export class FrontierWaiters {
     return this.frontier;
   }
 
+  /** Waiting, not yet resolved or failed. */
+  get waitingCount(): number {
+    return this.waiters.length - this.head;
+  }
+
   wait(version: Version): Promise<void> {
     if (version <= this.frontier) return Promise.resolve();
     if (this.failure !== undefined) return Promise.reject(this.failure);
-    return new Promise((resolve, reject) => this.waiters.push({ version, resolve, reject }));
+    return new Promise((resolve, reject) => {
+      const waiter = { version, resolve, reject };
+      const waiters = this.waiters;
+      let at = waiters.length;
+      // After every waiter of the same or a lower version: equal versions resolve in call order.
+      while (at > this.head && waiters[at - 1]!.version > version) at--;
+      if (at === waiters.length) waiters.push(waiter);
+      else waiters.splice(at, 0, waiter);
+    });
   }
 
   advance(version: Version): void {
     if (version <= this.frontier) return;
     this.frontier = version;
-    if (this.waiters.length === 0) return;
-    const keep = [];
-    for (const w of this.waiters) {
-      if (w.version <= version) w.resolve();
-      else keep.push(w);
+    const waiters = this.waiters;
+    let head = this.head;
+    while (head < waiters.length && waiters[head]!.version <= version) {
+      const waiter = waiters[head]!;
+      waiters[head++] = undefined as never;
+      waiter.resolve();
     }
-    this.waiters = keep;
+    if (head === waiters.length) {
+      waiters.length = 0;
+      head = 0;
+    } else if (head >= 1024 && head * 2 >= waiters.length) {
+      waiters.splice(0, head);
+      head = 0;
+    }
+    this.head = head;
   }
 
   failAll(error: unknown): void {
     this.failure = error;
-    for (const w of this.waiters) w.reject(error);
+    const waiters = this.waiters;
+    for (let i = this.head; i < waiters.length; i++) waiters[i]!.reject(error);
     this.waiters = [];
+    this.head = 0;
   }
 }
 

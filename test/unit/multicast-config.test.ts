@@ -48,15 +48,28 @@ test('a profile inherits unset keys from [multicast]; [multicast] alone maps as 
 
 test('an unknown profile, and values the core cannot use, name their keys', (t) => {
   const config = parseConfig(
-    BASE + ['[subgroup.big]', 'max_smc_payload_size = 1048576'].join('\n'),
-    'bad.toml',
+    BASE + ['[subgroup.big]', 'max_smc_payload_size = 8192', 'smc_packet_size = 9000'].join('\n'),
+    'profiles.toml',
   );
   const unknown = t.throws(() => multicastLimitsForProfile(config, 'huge'), { instanceOf: ConfigError });
   t.deepEqual((unknown as ConfigError).problems.map((p) => p.key), ['subgroup.huge']);
   t.regex(unknown!.message, /Fix: add a \[subgroup.huge\] table or use one of big/);
-  // The loader accepts it (below max_payload_size), but one SMC message must fit an SMC packet.
-  const tooBig = t.throws(() => multicastLimitsForProfile(config, 'big'), { instanceOf: ConfigError });
+  t.is(multicastLimitsForProfile(config, 'big').packetBytesMax, 9000);
+  // Below max_payload_size, so the per-key checks pass, but one SMC message must fit an SMC
+  // packet: the loader runs the core's own check at start and names the key to change.
+  const tooBig = t.throws(
+    () => parseConfig(BASE + ['[subgroup.big]', 'max_smc_payload_size = 1048576'].join('\n'), 'bad.toml'),
+    { instanceOf: ConfigError },
+  );
   t.deepEqual((tooBig as ConfigError).problems.map((p) => p.key), ['subgroup.big.smc_packet_size']);
+  const packet = t.throws(
+    () => parseConfig(BASE + ['[multicast]', 'smc_packet_size = 4096', 'max_smc_payload_size = 8192'].join('\n'), 'bad.toml'),
+    { instanceOf: ConfigError },
+  );
+  t.deepEqual((packet as ConfigError).problems.map((p) => p.key), ['multicast.smc_packet_size']);
+  t.regex(packet!.message, /raise it to at least \d+ or lower max_smc_payload_size/);
+  const fromFile = parseConfig(BASE + ['[multicast]', 'send_queue_size = 7', 'rdmc_repair_ms = 40'].join('\n'), 'ok.toml');
+  t.like(multicastLimitsForProfile(fromFile), { sendQueueCountMax: 7, rdmcRepairMicros: 40_000 });
   const repair = t.throws(() => multicastLimitsFromConfig({ rdmc_repair_ms: 0.5 }), { instanceOf: ConfigError });
   t.deepEqual((repair as ConfigError).problems.map((p) => p.key), ['multicast.rdmc_repair_ms']);
   t.is(multicastLimitsFromConfig({ rdmc_repair_ms: 40 }).rdmcRepairMicros, 40_000);

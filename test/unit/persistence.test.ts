@@ -4,7 +4,9 @@
 import test from 'ava';
 import { hlc, HLC_MAX } from '../../src/core/hlc.js';
 import { makeVersion, viewId } from '../../src/core/ids.js';
-import { Persistent, PersistenceStore, memoryRegistry } from '../../persistence/index.js';
+import { Persistent, PersistenceStore, PersistentMap, memoryRegistry } from '../../persistence/index.js';
+import { CHECKPOINT_BYTES_MIN } from '../../persistence/persistent.js';
+import { RECORD_FULL, recordKind, recordPayload } from '../../persistence/record.js';
 import {
   attachAll,
   makeFields,
@@ -67,6 +69,67 @@ test('delta mode equals full mode at every version and index of one history', (t
     const version = map.versionOfIndex(index);
     t.deepEqual(sortedEntries(map.get(version)), sortedEntries(plainMap.get(version)));
   }
+});
+
+test('delta mode checkpoints by bytes: a full copy once the deltas reach its size, also after a restart', async (t) => {
+  const dataDir = tempDir(t, 'budget');
+  const version = (i: number) => makeVersion(viewId(1), i);
+  const model = new Map<string, string>();
+  const open = () => {
+    const store = PersistenceStore.open({ dataDir, syncMode: 'buffered' });
+    const registry = store.registry('Budget/0/0');
+    registry.setStabilityFrontier(HLC_MAX);
+    const field = registry.attach('map', new Persistent(() => new PersistentMap<string, string>(), {
+      delta: PersistentMap.codec<string, string>(),
+    }));
+    return { store, registry, field };
+  };
+  const write = async (node: ReturnType<typeof open>, from: number, to: number) => {
+    for (let i = from; i < to; i++) {
+      // 300 keys at first (one version), then one changed key per version.
+      const keys = i === 0 ? Array.from({ length: 300 }, (_, k) => k) : [i % 300];
+      node.field.update((map) => { for (const k of keys) map.set(`key-${k}`, `value-${i}-${k}`); });
+      for (const k of keys) model.set(`key-${k}`, `value-${i}-${k}`);
+      node.registry.makeVersion(version(i), hlc(1_000 + i));
+    }
+    await node.registry.whenPersisted(version(to - 1));
+  };
+  // Between two full records the deltas stay within the first one's budget, and reach it
+  // (less one delta) before the next full record: not too late (slow reads), not too early.
+  const checkSpacing = (node: ReturnType<typeof open>) => {
+    const log = node.field.log;
+    let budget = 0;
+    let deltas = 0;
+    let fulls = 0;
+    let lastDelta = 0;
+    for (let seq = log.firstSeq; seq <= log.lastSeq; seq++) {
+      const record = log.record(seq);
+      const bytes = recordPayload(record).byteLength;
+      if (recordKind(record) === RECORD_FULL) {
+        if (fulls > 0) t.true(deltas + lastDelta > budget, `full record ${seq} came early: ${deltas} delta bytes of ${budget}`);
+        budget = Math.max(bytes, CHECKPOINT_BYTES_MIN);
+        deltas = 0;
+        fulls += 1;
+      } else {
+        deltas += bytes;
+        lastDelta = bytes;
+        t.true(deltas <= budget, `record ${seq}: ${deltas} delta bytes since the last full record, budget ${budget}`);
+      }
+    }
+    return fulls;
+  };
+  let node = open();
+  await write(node, 0, 1500);
+  const fullsBefore = checkSpacing(node);
+  t.true(fullsBefore >= 3 && fullsBefore < 100, `${fullsBefore} full records in 1,500 versions`);
+  await node.store.close();
+  node = open(); // restart: the byte count since the last full record is measured again
+  await write(node, 1500, 3000);
+  t.true(checkSpacing(node) > fullsBefore);
+  t.deepEqual(sortedEntries(node.field.value), sortedEntries(model));
+  t.deepEqual(node.field.get(version(1499)).get('key-299'), 'value-1499-299');
+  t.deepEqual(node.field.get(version(2)).get('key-2'), 'value-2-2');
+  await node.store.close();
 });
 
 test('long log: fence table survives a trim of 1,000+ fences and a truncate (LMDB)', async (t) => {

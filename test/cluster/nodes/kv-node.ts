@@ -166,7 +166,7 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
     const expected = op === 'cas' ? (lastSeen.get(key) ?? '') : undefined;
     print(`h inv ${JSON.stringify({ o, c: self * 100 + client, op, key, value: op === 'read' ? undefined : value, expected, t: now() })}`);
     try {
-      const results: QueryResults<unknown> = op === 'put' ? kv.ordered.put(key, value) : op === 'cas' ? kv.ordered.cas(key, expected!, value) : kv.ordered.read(key);
+      const results = (op === 'put' ? kv.ordered.put(key, value) : op === 'cas' ? kv.ordered.cas(key, expected!, value) : kv.ordered.read(key)) as QueryResults<unknown>;
       const own = await within(results.replies.get(group.nodeId)!, opTimeoutMs);
       const version = await within(results.version, opTimeoutMs);
       // A write is acknowledged only once durable on every member; a read once answered.
