@@ -598,6 +598,7 @@ export class Group {
       (caller, callId, reply) => this.sendReply(caller, callId, reply),
       this.p2pWriteCheck,
     );
+    replica.onOwnDelivered = (callId, version) => this.calls.get(callId)?.numbered(version);
     if (registry.latestVersion !== VERSION_NONE) {
       throw new GroupStartError(
         `${this.config.persistence.data_dir} already holds versions of ${registryName} (up to ` +

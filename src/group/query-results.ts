@@ -138,12 +138,18 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
   /** @internal Each member's reply bytes as they arrived (a relaying member forwards them). */
   readonly rawReplies = new Map<NodeId, Uint8Array>();
   private all: Promise<ReadonlyMap<NodeId, R>> | undefined;
-  private receipt: OrderedReceipt | undefined;
+  /** The version the call was delivered at on this node (numbered()), or the send's failure. */
+  private deliveredAt: Version | undefined;
+  private failure: { readonly error: unknown } | undefined;
+  private numbering: { promise: Promise<Version>; resolve(v: Version): void; reject(e: unknown): void } | undefined;
   private versionPromise: Promise<Version> | undefined;
   private timestampPromise: Promise<Hlc> | undefined;
   private unsettledCount: number;
 
-  /** @internal Built by the group layer; `sent` resolves when the multicast numbered the call. */
+  /**
+   * @internal Built by the group layer; `sent` resolves when the multicast took the call (its
+   * timestamp is final, its version only once `numbered()` confirms it at delivery).
+   */
   constructor(
     readonly method: string,
     members: readonly NodeId[],
@@ -154,18 +160,28 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     this.unsettledCount = this.slots.size;
     this.replies = new ReplyMap(this.slots);
     // If sending fails, every reply fails with the same error.
-    sent.then(
-      (receipt) => {
-        this.receipt = receipt;
-      },
-      (error: unknown) => this.failAll(error),
-    );
+    sent.catch((error: unknown) => this.failAll(error));
   }
 
-  /** The call's version (view id << 32 | position in the view), once it is numbered. */
+  /**
+   * The call's version (view id << 32 | position in the view), once it is delivered on this
+   * node: a call that a view change cut off is re-sent with a new number, so the send's is not
+   * final.
+   */
   get version(): Promise<Version> {
     if (this.versionPromise === undefined) {
-      this.versionPromise = this.sent.then((r) => r.version);
+      if (this.deliveredAt !== undefined) this.versionPromise = Promise.resolve(this.deliveredAt);
+      else if (this.failure !== undefined) this.versionPromise = Promise.reject(this.failure.error);
+      else {
+        let resolve!: (v: Version) => void;
+        let reject!: (e: unknown) => void;
+        const promise = new Promise<Version>((res, rej) => {
+          resolve = res;
+          reject = rej;
+        });
+        this.numbering = { promise, resolve, reject };
+        this.versionPromise = promise;
+      }
       this.versionPromise.catch(() => undefined);
     }
     return this.versionPromise;
@@ -197,12 +213,9 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
 
   /** `wait(version)`, then the version; rejects if sending failed. */
   private afterNumbered(wait: (version: Version) => Promise<void>): Promise<Version> {
-    const receipt = this.receipt;
-    if (receipt !== undefined) {
-      const version = receipt.version;
-      return wait(version).then(() => version);
-    }
-    return this.sent.then((r) => wait(r.version).then(() => r.version));
+    const version = this.deliveredAt;
+    if (version !== undefined) return wait(version).then(() => version);
+    return this.version.then((v) => wait(v).then(() => v));
   }
 
   then<A = ReadonlyMap<NodeId, R>, B = never>(
@@ -213,6 +226,13 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
       [...this.replies].map(async ([node, p]) => [node, await p] as const),
     ).then((entries) => new Map(entries) as ReadonlyMap<NodeId, R>);
     return this.all.then(onFulfilled, onRejected);
+  }
+
+  /** @internal The call was delivered on this node at `version`. */
+  numbered(version: Version): void {
+    if (this.deliveredAt !== undefined || this.failure !== undefined) return;
+    this.deliveredAt = version;
+    this.numbering?.resolve(version);
   }
 
   /** @internal A member's reply bytes arrived (decoded when asked for, with that member's id). */
@@ -237,8 +257,12 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     for (const [node, slot] of this.slots) if (slot.state === 0 && removed(node)) this.failReply(node, error(node));
   }
 
-  /** @internal */
+  /** @internal Also the version, if the call was not delivered here. */
   failAll(error: unknown): void {
+    if (this.deliveredAt === undefined && this.failure === undefined) {
+      this.failure = { error };
+      this.numbering?.reject(error);
+    }
     for (const node of this.slots.keys()) this.failReply(node, error);
   }
 

@@ -95,6 +95,12 @@ export class ShardReplica<T extends object = object> {
    */
   private readonly relayed = new Map<string, Map<number, DispatchResult>>();
   readonly context: ReplicaContext;
+  /**
+   * Told the version of each of this node's own calls as it is delivered here: the number a
+   * send receipt gives is not final (a call cut off by a view change's trim is re-sent with a
+   * new one), the delivered one is.
+   */
+  onOwnDelivered: ((callId: number, version: Version) => void) | undefined;
 
   constructor(
     readonly info: ReplicatedClassInfo<T>,
@@ -200,6 +206,7 @@ export class ShardReplica<T extends object = object> {
     this.registry.makeVersion(version, delivery.timestamp);
     this.counters.delivered++;
     this.deliveredWaiters.advance(version);
+    if (delivery.sender === this.self) this.onOwnDelivered?.(callId, version);
     if (result instanceof Promise) {
       void result.then((bytes) => this.reply(delivery.sender, callId, bytes));
     } else {

@@ -1,15 +1,21 @@
 /**
- * `npm run chaos -- --minutes N [--seed S] [--runs K] [--scenario NAME] [--fault-seconds F]
- *                  [--network auto|netns|loopback] [--encryption auto|on|off] [--verbose]`
+ * `npm run chaos -- --minutes N [--seed S] [--runs K] [--scenario kv|rpc|all] [--fault-seconds F]
+ *                  [--network auto|netns|loopback] [--encryption auto|on|off] [--restart-check]
+ *                  [--verbose]`
  *
- * Runs the fault scenarios back to back for N minutes (fractions allowed), one JSON line per run,
- * and ends with `chaos: N runs passed, N failed` naming the seeds that failed. A failed seed
- * reruns the same fault schedule with `--seed S --runs 1`. Exit status 1 if any run failed.
+ * Runs the fault scenarios back to back for N minutes (fractions allowed), alternating between
+ * them with `all` (the default), one JSON line per run, and ends with `chaos: N runs passed,
+ * N failed` naming the seeds that failed. A failed seed reruns the same fault schedule with
+ * `--scenario NAME --seed S --runs 1`. Exit status 1 if any run failed. `--restart-check` turns
+ * on the kv scenario's "every acknowledged write survives a total restart" check.
  */
+import { kvChaos } from './scenarios/kv.js';
 import { transportRpc } from './scenarios/transport-rpc.js';
-import type { RunReport, Scenario } from './scenario.js';
+import type { RunReport, Scenario, ScenarioOptions } from './scenario.js';
 
-export const scenarios: Scenario[] = [transportRpc];
+export const scenarios: Scenario[] = [kvChaos, transportRpc];
+/** Short names for --scenario. */
+const aliases: Record<string, string> = { rpc: 'transport-rpc' };
 
 export interface ChaosOptions {
   minutes: number;
@@ -20,19 +26,24 @@ export interface ChaosOptions {
   network: 'auto' | 'netns' | 'loopback';
   encryption: 'auto' | 'on' | 'off';
   verbose: boolean;
+  restartCheck?: boolean;
 }
 
 export async function runChaos(options: ChaosOptions, print: (line: string) => void): Promise<RunReport[]> {
-  const chosen = options.scenario ? scenarios.filter((s) => s.name === options.scenario) : scenarios;
+  const wanted = options.scenario === undefined || options.scenario === 'all' ? undefined : (aliases[options.scenario] ?? options.scenario);
+  const chosen = wanted === undefined ? scenarios : scenarios.filter((s) => s.name === wanted);
   if (chosen.length === 0) {
-    throw new Error(`no scenario named ${options.scenario}; known: ${scenarios.map((s) => s.name).join(', ')}`);
+    throw new Error(`--scenario must be all, ${scenarios.map((s) => s.name).join(', ')} or rpc, got ${options.scenario}`);
   }
   const deadline = Date.now() + options.minutes * 60_000;
   const reports: RunReport[] = [];
   for (let i = 0; i < options.runs && (i === 0 || Date.now() < deadline); i++) {
     const scenario = chosen[i % chosen.length]!;
     const log = options.verbose ? (line: string) => print(`  [${scenario.name} ${options.seed + i}] ${line}`) : () => undefined;
-    const report = await scenario.run(options.seed + i, { faultMs: options.faultMs, log, network: options.network, encryption: options.encryption });
+    const runOptions: ScenarioOptions & { restartCheck?: boolean } = {
+      faultMs: options.faultMs, log, network: options.network, encryption: options.encryption, restartCheck: options.restartCheck === true,
+    };
+    const report = await scenario.run(options.seed + i, runOptions);
     reports.push(report);
     print(JSON.stringify(report));
   }
@@ -78,6 +89,7 @@ function parse(argv: string[]): ChaosOptions {
     network: network(value('network')),
     encryption: encryption(value('encryption')),
     verbose: argv.includes('--verbose'),
+    restartCheck: argv.includes('--restart-check'),
   };
 }
 

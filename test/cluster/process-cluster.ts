@@ -63,6 +63,7 @@ export class ManagedProcess {
   private child: ChildProcess | null = null;
   private lines: string[] = [];
   private lineWaiters: { re: RegExp; resolve: (m: RegExpMatchArray) => void }[] = [];
+  private lineListeners: ((line: string) => void)[] = [];
   private exitWaiters: ((r: ExitRecord) => void)[] = [];
   private killRequested = false;
   private paused = false;
@@ -146,7 +147,13 @@ export class ManagedProcess {
     });
   }
 
+  /** Calls `listener` with every line any incarnation prints from now on (whole, not cut). */
+  onLine(listener: (line: string) => void): void {
+    this.lineListeners.push(listener);
+  }
+
   private addLine(line: string): void {
+    for (const listener of this.lineListeners) listener(line);
     this.lines.push(line);
     if (this.lines.length > outputLinesMax) this.lines.shift();
     const still: typeof this.lineWaiters = [];

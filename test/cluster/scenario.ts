@@ -1,3 +1,5 @@
+import type { ExitRecord } from './process-cluster.js';
+
 /**
  * What a chaos scenario is: given a seed and a time budget, start real node processes, run a
  * workload while injecting faults, heal, and check. A run is reproducible in its fault schedule
@@ -50,4 +52,9 @@ export function firstOfEachKind(violations: string[], n: number): string[] {
   }
   for (const [kind, k] of seen) if (k > n) kept.push(`${kind}: … and ${k - n} more`);
   return kept;
+}
+
+/** "No process crashed except those killed": one violation per exit the harness did not cause. */
+export function crashViolations(exits: readonly ExitRecord[]): string[] {
+  return exits.map((e) => `crash: ${e.name} exited by itself (code ${e.code}, signal ${e.signal}); last lines:\n    ${e.tail.slice(-8).join('\n    ')}`);
 }

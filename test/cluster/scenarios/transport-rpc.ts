@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { SeededRandom } from '../../../src/core/random.js';
 import { NetLab } from '../netns.js';
 import { ProcessCluster, type ManagedProcess } from '../process-cluster.js';
-import { firstOfEachKind, type RunReport, type Scenario } from '../scenario.js';
+import { crashViolations, firstOfEachKind, type RunReport, type Scenario } from '../scenario.js';
 
 const rpcNode = join(dirname(fileURLToPath(import.meta.url)), '../nodes/rpc-node.js');
 const nodeCount = 3;
@@ -157,9 +157,7 @@ export const transportRpc: Scenario = {
           }
         }
       }
-      for (const e of cluster.unexpectedExits()) {
-        violations.push(`crash: ${e.name} exited by itself (code ${e.code}, signal ${e.signal}); last lines:\n    ${e.tail.slice(-8).join('\n    ')}`);
-      }
+      violations.push(...crashViolations(cluster.unexpectedExits()));
     } catch (error) {
       violations.push(`harness: ${(error as Error).message}`);
     } finally {

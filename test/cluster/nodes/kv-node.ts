@@ -1,0 +1,282 @@
+/**
+ * A node for the key-value chaos scenario (scenarios/kv.ts): one member of a group on the
+ * membership service (`Group.start(config, { membership: true })`) hosting `ChaosKv`, a
+ * replicated register map with put, compare-and-set and reads both ordered and p2p. While it is
+ * in the shard it runs `--clients` closed-loop clients doing puts, CAS, ordered reads and p2p
+ * reads of other members; outside the shard (a spare) it does p2p reads only.
+ *
+ *   node kv-node.js --config-file F --clients N --keys K --seed S
+ *
+ * Every operation goes to stdout as it happens, so a SIGKILL loses nothing the harness needs
+ * (writes to a pipe are synchronous on Linux):
+ *   `h inv {"o":…,"c":…,"op":…,"key":…,"value"?,"expected"?,"t":ms}` before the call is issued;
+ *   `h ok {"o":…,"out":…,"v":"<version>","t":ms}` once it is acknowledged (a write: once
+ *     `persisted()` resolved, i.e. durable on every member of the shard);
+ *   `h unk {"o":…,"why":…}` when its outcome is unknown (an error or a timeout; it may have
+ *     taken effect): the harness keeps it open.
+ *   `p2p {"key","value","at":"<version>","node","t0","t1"}` for each p2p read: the value and the
+ *     version of the state it was read from.
+ *   `disagree {...}` when members replied differently to one ordered call.
+ *   `removed <reason>` once the membership log removed this node.
+ * Times are `performance.timeOrigin + performance.now()` (ms, shared by every process here).
+ *
+ * Commands on stdin: `loss <p>` (the endpoint's fault injection), `quiet` (stop the clients,
+ * answer `quiet` once the in-flight calls settled or after 5 s), `report [full]` (`report <json>`:
+ * view, leader, shard, frontier, digest; `full` adds the version history),
+ * `where [[key, value], …]` (the first version holding each), `values [[key, version], …]` (the
+ * value of each key at each version: `values <json>`), `at [[key, micros], …]` (temporal reads:
+ * `at <json>`), `stop` (exit 0).
+ *
+ * KV_NODE_MUTATION=cas-ignores-expected breaks compare-and-set on purpose (it always swaps, on
+ * every replica alike, so replicas agree and only the linearizability check can notice): the
+ * scenario's own test shows the checks catch it.
+ */
+import 'reflect-metadata';
+import { readFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import {
+  Group,
+  ORDERED_METHODS,
+  P2P_METHODS,
+  Persistent,
+  PersistentMap,
+  flexibleEvenShards,
+  objectDigest,
+  oneSubgroup,
+  ordered,
+  p2p,
+  persistent,
+  replicated,
+} from '../../../src/index.js';
+import { parseConfig } from '../../../src/config/load.js';
+import { SeededRandom } from '../../../src/core/random.js';
+import type { Endpoint } from '../../../src/transport/native-transport.js';
+import type { QueryResults } from '../../../src/group/query-results.js';
+
+const casIgnoresExpected = process.env['KV_NODE_MUTATION'] === 'cas-ignores-expected';
+
+@replicated({ name: 'ChaosKv' })
+export class ChaosKv {
+  declare readonly [ORDERED_METHODS]: 'put' | 'cas' | 'read';
+  declare readonly [P2P_METHODS]: 'get' | 'getAt' | 'stateDigest';
+
+  @persistent() entries = new Persistent(() => new PersistentMap<string, string>(), {
+    delta: PersistentMap.codec<string, string>(),
+    // The map holds a few keys, so a full record is small: a checkpoint every 8 versions keeps
+    // reading any old version (the harness reads thousands) to at most 7 deltas.
+    checkpointEvery: 8,
+  });
+
+  @ordered() put(key: string, value: string): boolean {
+    this.entries.update((map) => {
+      map.set(key, value);
+    });
+    return true;
+  }
+
+  /** Sets `key` to `value` if it holds `expected` ('' = absent); whether it swapped. */
+  @ordered() cas(key: string, expected: string, value: string): boolean {
+    const current = this.entries.value.get(key) ?? '';
+    if (current !== expected && !casIgnoresExpected) return false;
+    this.entries.update((map) => {
+      map.set(key, value);
+    });
+    return true;
+  }
+
+  /** An ordered read: '' when absent. */
+  @ordered() read(key: string): string {
+    return this.entries.value.get(key) ?? '';
+  }
+
+  /** A p2p read: [value ('' when absent), the version of the state it came from]. */
+  @p2p() get(key: string): string[] {
+    return [this.entries.value.get(key) ?? '', String(this.entries.latestVersion())];
+  }
+
+  @p2p() getAt(key: string, micros: number): string {
+    return this.entries.getByTime(micros).get(key) ?? '';
+  }
+
+  @p2p() stateDigest(): string {
+    return objectDigest(this);
+  }
+}
+
+/** One shard of at most 3 members (at least 2); the other nodes are spares that fill in. */
+export const chaosKvLayout = { ChaosKv: oneSubgroup(flexibleEvenShards(1, 2, 3)) };
+
+function arg(name: string, fallback?: string): string {
+  const at = process.argv.indexOf(`--${name}`);
+  const value = at >= 0 ? process.argv[at + 1] : fallback;
+  if (value === undefined) {
+    console.error(`kv-node: missing --${name}`);
+    process.exit(2);
+  }
+  return value;
+}
+
+if (process.argv[1]?.endsWith('/kv-node.js')) {
+  const configFile = arg('config-file');
+  const config = parseConfig(readFileSync(configFile, 'utf8'), configFile);
+  const clients = Number(arg('clients', '2'));
+  const keys = Number(arg('keys', '4'));
+  const random = new SeededRandom(Number(arg('seed', '1')));
+  const now = (): number => performance.timeOrigin + performance.now();
+  const self = config.node.id;
+  const print = (line: string): void => void process.stdout.write(`${line}\n`);
+
+  // KV_NODE_LOG=1: the membership driver's progress lines on stderr (for debugging a run).
+  const membershipOption = process.env['KV_NODE_LOG'] === '1' ? { log: (line: string) => console.error(`[membership ${self}] ${line}`) } : true;
+  const group = await Group.start(config, { types: [ChaosKv], layout: chaosKvLayout, membership: membershipOption });
+  const endpoint = group.transport as Endpoint;
+  let removed = false;
+  // The Group keeps its view source private; the harness only needs to know who leads the log.
+  const membership = (group as unknown as { membership?: { driver?: { isLeader?: boolean } } }).membership;
+  (group as unknown as { membership?: { onRemoved(cb: (e: Error) => void): void } }).membership?.onRemoved((error) => {
+    removed = true;
+    print(`removed ${error.message.replace(/\s+/g, ' ')}`);
+  });
+
+  const opTimeoutMs = 8000;
+  let running = true;
+  let seq = 0;
+  const inFlight = new Set<Promise<unknown>>();
+  const shardMembers = (): number[] => (group.members(ChaosKv)[0] ?? []).map(Number);
+  const inShard = (): boolean => shardMembers().includes(self);
+
+  /** Resolves with p's value, or rejects after `ms` (the call itself goes on). */
+  const within = <T>(p: Promise<T>, ms: number): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+      p.then(
+        (v) => (clearTimeout(timer), resolve(v)),
+        (e) => (clearTimeout(timer), reject(e as Error)),
+      );
+    });
+
+  const oneOrdered = async (client: number): Promise<void> => {
+    const kv = group.subgroup(ChaosKv);
+    const key = `k${random.int(keys)}`;
+    const o = `${self}.${seq++}`;
+    const value = `${o}`;
+    const pick = random.int(10);
+    const op = pick < 4 ? 'put' : pick < 7 ? 'cas' : 'read';
+    // A CAS expects a value this node last saw for the key (often stale: that is the point).
+    const expected = op === 'cas' ? (lastSeen.get(key) ?? '') : undefined;
+    print(`h inv ${JSON.stringify({ o, c: self * 100 + client, op, key, value: op === 'read' ? undefined : value, expected, t: now() })}`);
+    try {
+      const results: QueryResults<unknown> = op === 'put' ? kv.ordered.put(key, value) : op === 'cas' ? kv.ordered.cas(key, expected!, value) : kv.ordered.read(key);
+      const own = await within(results.replies.get(group.nodeId)!, opTimeoutMs);
+      const version = await within(results.version, opTimeoutMs);
+      // A write is acknowledged only once durable on every member; a read once answered.
+      if (op !== 'read') await within(results.persisted(), opTimeoutMs);
+      const t = now();
+      const settled = await Promise.allSettled(results.replies.values());
+      const answers = new Set(settled.filter((s) => s.status === 'fulfilled').map((s) => JSON.stringify((s as PromiseFulfilledResult<unknown>).value)));
+      if (answers.size > 1) print(`disagree ${JSON.stringify({ o, answers: [...answers] })}`);
+      if (op === 'read') lastSeen.set(key, own as string);
+      else if (op === 'put' || own === true) lastSeen.set(key, value);
+      print(`h ok ${JSON.stringify({ o, out: own, v: String(version), t })}`);
+    } catch (error) {
+      print(`h unk ${JSON.stringify({ o, why: `${(error as Error).name}: ${(error as Error).message}`.slice(0, 200) })}`);
+      await sleep(50);
+    }
+  };
+
+  const oneP2P = async (): Promise<void> => {
+    const members = shardMembers();
+    if (members.length === 0) return sleep(50);
+    const node = members[random.int(members.length)]!;
+    const key = `k${random.int(keys)}`;
+    const t0 = now();
+    try {
+      const [value, at] = await within(group.nonmember(ChaosKv).p2p(node).get(key), opTimeoutMs);
+      print(`p2p ${JSON.stringify({ key, value, at, node, t0, t1: now() })}`);
+      lastSeen.set(key, value!);
+    } catch {
+      await sleep(50);
+    }
+  };
+
+  const lastSeen = new Map<string, string>();
+  const client = async (c: number): Promise<void> => {
+    while (running) {
+      if (removed) return;
+      const call = inShard() && random.int(4) !== 0 ? oneOrdered(c) : oneP2P();
+      inFlight.add(call);
+      await call;
+      inFlight.delete(call);
+      await sleep(2 + random.int(6));
+    }
+  };
+  const loops = Array.from({ length: clients }, (_, c) => client(c));
+
+  const report = (full: boolean): Record<string, unknown> => {
+    const view = group.view;
+    const base = { id: self, viewId: view.id, members: view.memberIds.map(Number), shard: shardMembers(), leader: membership?.driver?.isLeader === true, removed };
+    if (!inShard() || removed) return base;
+    const kv = group.subgroup(ChaosKv);
+    const entries = kv.versions('entries');
+    const versions: [string, number, number][] = [];
+    for (let i = 0; full && i <= entries.latestIndex(); i++) {
+      const info = entries.infoByIndex(i);
+      versions.push([String(info.version), info.time.micros, info.time.logical]);
+    }
+    const f = kv.frontier();
+    return { ...base, delivered: String(f.delivered), persisted: String(f.persisted), stableMicros: f.stableTime.micros, digest: kv.digest(), ...(full ? { versions } : {}) };
+  };
+
+  createInterface({ input: process.stdin }).on('line', (line) => {
+    const space = line.indexOf(' ');
+    const command = space < 0 ? line.trim() : line.slice(0, space);
+    const rest = space < 0 ? '' : line.slice(space + 1);
+    try {
+      if (command === 'loss') endpoint.injectFault({ dropProbability: Number(rest) });
+      else if (command === 'report') print(`report ${JSON.stringify(report(rest === 'full'))}`);
+      else if (command === 'quiet') {
+        running = false;
+        void Promise.race([Promise.allSettled([...loops, ...inFlight]), sleep(5000)]).then(() => print('quiet'));
+      } else if (command === 'values') {
+        const entries = group.subgroup(ChaosKv).versions('entries');
+        const earliest = entries.earliestVersion();
+        const answers = (JSON.parse(rest) as [string, string][]).map(([key, version]) => {
+          const v = BigInt(version);
+          if (v < earliest) return null; // before this replica's kept history
+          return entries.get(v).get(key) ?? '';
+        });
+        print(`values ${JSON.stringify(answers)}`);
+      } else if (command === 'where') {
+        // The first version at which each key took each value (for a violation's report).
+        const entries = group.subgroup(ChaosKv).versions('entries');
+        const answers = (JSON.parse(rest) as [string, string][]).map(([key, value]) => {
+          for (let i = 0; i <= entries.latestIndex(); i++) {
+            if (entries.getByIndex(i).get(key) === value) return String(entries.infoByIndex(i).version);
+          }
+          return null;
+        });
+        print(`where ${JSON.stringify(answers)}`);
+      } else if (command === 'at') {
+        const entries = group.subgroup(ChaosKv).versions('entries');
+        const answers = (JSON.parse(rest) as [string, number][]).map(([key, micros]) => {
+          try {
+            return entries.getByTime(micros).get(key) ?? '';
+          } catch (error) {
+            return `!${(error as Error).name}`;
+          }
+        });
+        print(`at ${JSON.stringify(answers)}`);
+      } else if (command === 'stop') {
+        running = false;
+        process.stdout.write('', () => process.exit(0));
+      } else console.error(`kv-node: unknown command ${line}`);
+    } catch (error) {
+      print(`error ${command}: ${(error as Error).name}: ${(error as Error).message}`);
+    }
+  });
+  print(`ready ${self}`);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
