@@ -38,14 +38,22 @@ export interface ShardFrontierWaits {
  * kv-store bench saved ~3 decodes and ~6 promises per call). The outcome is the same either way:
  * decoding is a pure function of the bytes, and a rejection made later is observed the same way.
  */
+/**
+ * A pending promise's settle functions. Method signatures (bivariant), so QueryResults<string>
+ * stays assignable to QueryResults<unknown> as a covariant result type should be.
+ */
+interface Settlers<R> {
+  resolve(value: R): void;
+  reject(error: unknown): void;
+}
+
 class ReplySlot<R> {
   /** 0 pending, 1 bytes arrived, 2 failed (removed, closed, not sent). */
   state: 0 | 1 | 2 = 0;
   bytes: Uint8Array | undefined;
   error: unknown;
   private promise: Promise<R> | undefined;
-  private resolve: ((value: R) => void) | undefined;
-  private reject: ((error: unknown) => void) | undefined;
+  private settlers: Settlers<R> | undefined;
 
   constructor(readonly node: NodeId) {}
 
@@ -56,8 +64,7 @@ class ReplySlot<R> {
     else if (this.state === 2) this.promise = Promise.reject(this.error);
     else {
       this.promise = new Promise<R>((resolve, reject) => {
-        this.resolve = resolve;
-        this.reject = reject;
+        this.settlers = { resolve, reject };
       });
     }
     this.promise.catch(() => undefined); // observed: a caller that never looks gets no unhandled error
@@ -67,14 +74,13 @@ class ReplySlot<R> {
   settle(bytes: Uint8Array): void {
     this.state = 1;
     this.bytes = bytes;
-    if (this.resolve !== undefined) {
-      const resolve = this.resolve;
-      const reject = this.reject!;
-      this.resolve = this.reject = undefined;
+    const settlers = this.settlers;
+    if (settlers !== undefined) {
+      this.settlers = undefined;
       try {
-        resolve(decodeReply<R>(bytes, this.node));
+        settlers.resolve(decodeReply<R>(bytes, this.node));
       } catch (error) {
-        reject(error);
+        settlers.reject(error);
       }
     }
   }
@@ -82,10 +88,10 @@ class ReplySlot<R> {
   fail(error: unknown): void {
     this.state = 2;
     this.error = error;
-    if (this.reject !== undefined) {
-      const reject = this.reject;
-      this.resolve = this.reject = undefined;
-      reject(error);
+    const settlers = this.settlers;
+    if (settlers !== undefined) {
+      this.settlers = undefined;
+      settlers.reject(error);
     }
   }
 
