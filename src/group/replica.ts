@@ -18,9 +18,12 @@ import type { View } from '../membership/view.js';
 import type { MulticastDelivery, MulticastDriver, MulticastFrontiers } from '../runtime/multicast-driver.js';
 import type { ShardFrontierWaits } from './query-results.js';
 import { FrontierWaiters, type OrderedCallMessage } from './wire.js';
+import { RELAY_WINDOW, RelayTable } from './relay-table.js';
+import { RelayedReplyUnavailableError } from './errors.js';
+import { encodeFrameworkError } from '../../decorators/codec.js';
 
-/** Relayed replies kept per client for deduplication (a client retries only recent calls). */
-export const RELAYED_PER_CLIENT_MAX = 4096;
+/** Relayed replies kept in memory per client (a client retries only recent calls). */
+export const RELAYED_PER_CLIENT_MAX = RELAY_WINDOW;
 
 /**
  * The ordered call running on a replica, for refusing ordered calls made from inside one.
@@ -89,9 +92,14 @@ export class ShardReplica<T extends object = object> {
   private currentTimestamp: Hlc | undefined;
   private readonly stableWaiters: { time: Hlc; resolve: () => void }[] = [];
   /**
-   * Replies to relayed calls by client id and request id, so a client's retry (through another
-   * member, after a failure) is answered without running the call twice. Every replica fills it
-   * in delivery order, so all of them agree on what is a duplicate. Bounded per client.
+   * Which relayed calls (client id, request id) the shard already ran: replicated state, so
+   * every replica, also one that joined by state transfer or restarted, decides alike whether a
+   * client's retry is a duplicate (relay-table.ts).
+   */
+  private readonly relayTable: RelayTable;
+  /**
+   * Replies to relayed calls by client id and request id, so a retry is answered as the first
+   * run was. In memory only; bounded per client.
    */
   private readonly relayed = new Map<string, Map<number, DispatchResult>>();
   readonly context: ReplicaContext;
@@ -135,6 +143,7 @@ export class ShardReplica<T extends object = object> {
     });
     this.object = info.create(this.context);
     this.attachFields();
+    this.relayTable = new RelayTable(registry);
     this.dispatcher = new Dispatcher(this.object, { p2pWriteCheck });
   }
 
@@ -194,13 +203,18 @@ export class ShardReplica<T extends object = object> {
     }
     const [callId, wireName, args, clientId, requestId] = message;
     const version = delivery.version as Version;
-    const earlier = clientId === undefined ? undefined : this.relayed.get(clientId)?.get(requestId!);
     let result: DispatchResult;
-    if (earlier !== undefined) {
-      result = earlier; // a retried relayed call: answer as the first time, do not run it again
+    if (clientId !== undefined && this.relayTable.has(clientId, requestId!)) {
+      // A retried relayed call: do not run it again; answer as the first time if this replica
+      // was there (every replica skips it alike: the table is replicated state).
+      result = this.relayed.get(clientId)?.get(requestId!) ??
+        encodeFrameworkError(new RelayedReplyUnavailableError(this.self, clientId, requestId!));
     } else {
       result = this.dispatch(wireName, args, version, delivery.timestamp);
-      if (clientId !== undefined) this.rememberRelayed(clientId, requestId!, result);
+      if (clientId !== undefined) {
+        this.relayTable.add(clientId, requestId!);
+        this.rememberRelayed(clientId, requestId!, result);
+      }
     }
     // The version holds what the call changed before it returned (or before its first await).
     this.registry.makeVersion(version, delivery.timestamp);
