@@ -62,6 +62,7 @@ import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.
 import { StaticViewSource, type ViewSource } from './view-source.js';
 import { layoutHashOf, MembershipViewSource } from './membership-view-source.js';
 import { multicastLimitsForProfile } from './limits.js';
+import { P2P_READ_LOCAL, startRaftShard, type P2POptions } from './raft-shard.js';
 import {
   driverShardNumber,
   hashKey,
@@ -113,8 +114,11 @@ export interface Replicated<T> {
   readonly members: readonly NodeId[];
   /** Ordered calls: delivered in one total order to every member of the shard. */
   readonly ordered: OrderedQueryApi<T>;
-  /** Read-only calls served by one member of this shard (this node included). */
-  p2p(node: NodeId | number): P2PApi<T>;
+  /**
+   * Read-only calls served by one member of this shard (this node included). On a raft-ordered
+   * shard the read is linearizable unless `options.read` is 'local' (raft-shard.ts).
+   */
+  p2p(node: NodeId | number, options?: P2POptions): P2PApi<T>;
   /** The local Persistent<T> of a @persistent field: reads by version, index and time. */
   versions<K extends keyof T & string>(field: K): T[K];
   /** This replica's frontiers. */
@@ -129,7 +133,7 @@ export interface Replicated<T> {
 export interface ExternalCaller<T> {
   readonly typeName: string;
   readonly subgroupIndex: number;
-  p2p(node: NodeId | number): P2PApi<T>;
+  p2p(node: NodeId | number, options?: P2POptions): P2PApi<T>;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -312,7 +316,7 @@ export class Group {
     return {
       typeName: info.name,
       subgroupIndex: index,
-      p2p: (node) => this.p2pProxy<T>(info as ReplicatedClassInfo<T>, index, undefined, nodeId(node)),
+      p2p: (node, options) => this.p2pProxy<T>(info as ReplicatedClassInfo<T>, index, undefined, nodeId(node), options),
     };
   }
 
@@ -394,7 +398,7 @@ export class Group {
       shardIndex: replica.shardIndex,
       members: this.shardMembers(replica),
       ordered: ordered as unknown as OrderedQueryApi<T>,
-      p2p: (node) => this.p2pProxy(info, replica.subgroupIndex, replica, nodeId(node)),
+      p2p: (node, options) => this.p2pProxy(info, replica.subgroupIndex, replica, nodeId(node), options),
       versions: <K extends keyof T & string>(field: K): T[K] => {
         if (!info.persistentFields.some((f) => f.fieldName === field)) {
           throw new NotMemberError(this.nodeId, info.name, replica.subgroupIndex,
@@ -513,6 +517,7 @@ export class Group {
     subgroupIndex: number,
     replica: ShardReplica | undefined,
     node: NodeId,
+    options?: P2POptions,
   ): P2PApi<T> {
     const subgroup = this.subgroupLayout(info.name, subgroupIndex);
     const shardIndex = replica !== undefined
@@ -522,8 +527,9 @@ export class Group {
       throw new NotMemberError(node, info.name, subgroupIndex,
         replica !== undefined ? `is not in shard ${replica.shardIndex}` : 'is not in any shard');
     }
+    const local = options?.read === 'local';
     const send = (method: MethodInfo, args: Uint8Array): Promise<unknown> =>
-      this.p2pCall(info, subgroup.subgroupId, shardIndex, node, method, args);
+      this.p2pCall(info, subgroup.subgroupId, shardIndex, node, method, args, local);
     return buildCallProxy(info, 'p2p', send) as unknown as P2PApi<T>;
   }
 
@@ -534,6 +540,7 @@ export class Group {
     node: NodeId,
     method: MethodInfo,
     args: Uint8Array,
+    local = false,
   ): Promise<unknown> {
     if (this.closed) throw new GroupClosedError(`${info.name}.${method.methodName}`);
     const what = `p2p call ${info.name}.${method.methodName} to node ${node}`;
@@ -542,11 +549,14 @@ export class Group {
       throw new PayloadTooLargeError(what, args.byteLength, requestMax, 'p2p.max_p2p_request_payload_size');
     }
     let response: Uint8Array;
+    const request: P2PRequest = local
+      ? [subgroupId, shardIndex, method.wireName, args, P2P_READ_LOCAL]
+      : [subgroupId, shardIndex, method.wireName, args];
     if (node === this.nodeId) {
-      response = await this.serveP2P(encodeMessage([subgroupId, shardIndex, method.wireName, args]));
+      response = await this.serveP2P(encodeMessage(request));
     } else {
       const session = await this.session(node);
-      response = await session.call(P2P_REQUEST_TYPE, encodeMessage([subgroupId, shardIndex, method.wireName, args]), {
+      response = await session.call(P2P_REQUEST_TYPE, encodeMessage(request), {
         timeoutMs: this.config.transport.request_timeout_ms,
       });
     }
@@ -561,13 +571,15 @@ export class Group {
 
   /** The p2p handler: runs a read-only call on the local replica. */
   private async serveP2P(request: Uint8Array): Promise<Uint8Array> {
-    const [subgroupId, shardIndex, wireName, args] = decodeMessage<P2PRequest>(request);
+    const [subgroupId, shardIndex, wireName, args, readMode] = decodeMessage<P2PRequest>(request);
     const replica = this.replicaOf(subgroupId, shardIndex);
     if (replica === undefined) {
       return encodeMessage([P2P_NOT_HOSTED, `does not host shard ${shardIndex} of subgroup ${subgroupId}`]);
     }
     let reply: Uint8Array;
     try {
+      // A raft shard's linearizable read (the default): ReadIndex through the leader first.
+      if (readMode !== P2P_READ_LOCAL && replica.driver?.readBarrier !== undefined) await replica.driver.readBarrier();
       reply = await replica.dispatcher.dispatch('p2p', wireName, args);
     } catch (error) {
       const framework = error instanceof SquallError ? error : new SquallError(String(error), 'INTERNAL');
@@ -646,13 +658,12 @@ export class Group {
 
   private async createDrivers(): Promise<void> {
     const view = this.currentView;
-    for (const replica of this.replicas.values()) {
-      const shard = view.shard(replica.subgroupId, replica.shardIndex)!;
-      if (shard.mode === 'raft') {
-        throw new GroupStartError(`${replica.info.name} subgroup ${replica.subgroupIndex} uses mode 'raft', which the group layer does not run yet. Fix: use mode 'ordered'.`);
-      }
-    }
     if (this.membership !== undefined) {
+      for (const replica of this.replicas.values()) {
+        if (view.shard(replica.subgroupId, replica.shardIndex)!.mode === 'raft') {
+          throw new GroupStartError(`${replica.info.name} subgroup ${replica.subgroupIndex} uses mode 'raft', which groups with membership: true do not run yet (static groups do). Fix: use mode 'ordered', or start the group without membership.`);
+        }
+      }
       this.membership.attach({
         deliver: (ref, delivery) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.deliver(delivery),
         registry: (ref) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.registry,
@@ -667,6 +678,11 @@ export class Group {
     const gate = this.gate!;
     for (const replica of this.replicas.values()) {
       const shard = view.shard(replica.subgroupId, replica.shardIndex)!;
+      if (shard.mode === 'raft') {
+        // The shard's members form a Raft group (raft-shard.ts): same replica, another engine.
+        replica.attachDriver(await startRaftShard(replica, view, this.config, this.transport, this.nodeId));
+        continue;
+      }
       const addresses = new Map(shard.members.map((n) => [n, view.addressOf(n)!]));
       const shardNumber = driverShardNumber(replica.subgroupId, replica.shardIndex);
       const created = MulticastDriver.create({
@@ -674,7 +690,7 @@ export class Group {
         self: this.nodeId,
         shard: shardNumber,
         view: { viewId: view.id, members: shard.members, senders: shard.senders, addresses },
-        mode: shard.mode === 'raw' ? 'raw' : 'ordered', // raft was refused above
+        mode: shard.mode === 'raw' ? 'raw' : 'ordered',
         limits: multicastLimitsForProfile(this.config, shard.profile),
         onDeliver: (delivery) => replica.deliver(delivery),
       });

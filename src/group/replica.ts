@@ -15,7 +15,7 @@ import { DecoratorUsageError } from '../../decorators/errors.js';
 import { hlc, HLC_MAX, type Hlc } from '../core/hlc.js';
 import { VERSION_NONE, type NodeId, type ShardIndex, type SubgroupId, type Version } from '../core/ids.js';
 import type { View } from '../membership/view.js';
-import type { MulticastDelivery, MulticastDriver, MulticastFrontiers } from '../runtime/multicast-driver.js';
+import type { EngineFrontiers, OrderedDelivery, OrderingEngine } from '../runtime/ordering-engine.js';
 import { FrontierWaiters, type OrderedCallMessage } from './wire.js';
 
 /** Relayed replies kept per client for deduplication (a client retries only recent calls). */
@@ -76,7 +76,8 @@ export class ShardReplica<T extends object = object> {
   readonly counters: ReplicaCounters = { delivered: 0, malformed: 0 };
   readonly deliveredWaiters = new FrontierWaiters(VERSION_NONE);
   readonly persistedWaiters = new FrontierWaiters(VERSION_NONE);
-  private driverRef: MulticastDriver | undefined;
+  /** The shard's ordering engine: its MulticastDriver, or a RaftOrderingEngine in raft mode. */
+  private driverRef: OrderingEngine | undefined;
   private detachPersisted: (() => void) | undefined;
   private currentVersion: Version | undefined;
   private currentTimestamp: Hlc | undefined;
@@ -127,12 +128,12 @@ export class ShardReplica<T extends object = object> {
 
   readonly object: T;
 
-  get driver(): MulticastDriver {
+  get driver(): OrderingEngine {
     return this.driverRef!;
   }
 
   /** The attached driver, or undefined before the first attachDriver. */
-  get driverOrUndefined(): MulticastDriver | undefined {
+  get driverOrUndefined(): OrderingEngine | undefined {
     return this.driverRef;
   }
 
@@ -141,7 +142,7 @@ export class ShardReplica<T extends object = object> {
    * Called again when a view change brings a new driver: the persistence frontier then feeds
    * the new one only.
    */
-  attachDriver(driver: MulticastDriver): void {
+  attachDriver(driver: OrderingEngine): void {
     this.driverRef = driver;
     this.detachPersisted?.();
     this.detachPersisted = this.registry.onPersisted((version) => driver.persisted(version));
@@ -166,7 +167,7 @@ export class ShardReplica<T extends object = object> {
   }
 
   /** A delivered ordered call (from the driver, in delivery order). */
-  deliver(delivery: MulticastDelivery): void {
+  deliver(delivery: OrderedDelivery): void {
     let message: OrderedCallMessage;
     try {
       message = decodeMessage<OrderedCallMessage>(delivery.payload);
@@ -228,7 +229,7 @@ export class ShardReplica<T extends object = object> {
     if (byRequest.size > RELAYED_PER_CLIENT_MAX) byRequest.delete(byRequest.keys().next().value!);
   }
 
-  private onFrontiers(f: MulticastFrontiers): void {
+  private onFrontiers(f: EngineFrontiers): void {
     this.persistedWaiters.advance(f.globalPersistedVersion);
     // The core's frontier F: no message stamped below F µs can still be delivered.
     if (f.stabilityFrontierMicros > 0n) {

@@ -239,9 +239,14 @@ export class RaftShardDriver {
       if (attempt > 0) this.counters.retries++;
       let answer: ForwardAnswer | undefined;
       try {
-        answer = target === this.options.id
-          ? await withTimeout(this.decide(request), Math.min(this.attemptTimeoutMs, deadline - Date.now()))
-          : await this.forward(target, request, deadline);
+        // Our own timer on both paths: with only the transport's deadline, a call to a peer whose
+        // endpoint had closed failed after ~2 s (the transport's peer-failure timeout) instead
+        // of the attempt's 300 ms in test/integration/group-raft.test.ts.
+        const attemptMs = Math.min(this.attemptTimeoutMs, deadline - Date.now());
+        answer = await withTimeout(
+          target === this.options.id ? this.decide(request) : this.forward(target, request, deadline),
+          attemptMs,
+        );
       } catch {
         answer = undefined; // lost, timed out, or the member is down: try another
       }
