@@ -62,7 +62,7 @@ import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.
 import { StaticViewSource, type ViewSource } from './view-source.js';
 import { layoutHashOf, MembershipViewSource } from './membership-view-source.js';
 import { multicastLimitsForProfile } from './limits.js';
-import { P2P_READ_LOCAL, startRaftShard, type P2POptions } from './raft-shard.js';
+import { majoritySettled, P2P_READ_LOCAL, startRaftShard, type P2POptions } from './raft-shard.js';
 import {
   driverShardNumber,
   hashKey,
@@ -458,7 +458,8 @@ export class Group {
       const label = `${replica.info.name}.${wireName} (relayed)`;
       const results = this.orderedCall(replica, wireName, label, args, [clientId, requestId]);
       const [version, timestamp] = await Promise.all([results.version, results.timestamp]);
-      await Promise.allSettled(results.replies.values());
+      // A raft shard answers once a majority replied (a dead member must not hold the client).
+      await (shard.mode === 'raft' ? majoritySettled([...results.replies.values()]) : Promise.allSettled(results.replies.values()));
       const replies = [...results.rawReplies].map(([node, bytes]) => [node, bytes]);
       return encodeMessage([RELAY_OK, version, timestamp.micros, timestamp.logical, replies]);
     } catch (error) {

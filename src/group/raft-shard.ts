@@ -96,3 +96,18 @@ function replicaState(replica: ShardReplica): EngineState {
     },
   };
 }
+
+/**
+ * Resolves once a majority of `replies` settled (either way). A client's call relayed into a raft
+ * shard is answered then, with the replies that arrived: a dead minority must not hold it.
+ */
+export function majoritySettled(replies: readonly Promise<unknown>[]): Promise<void> {
+  const needed = Math.floor(replies.length / 2) + 1;
+  return new Promise((resolve) => {
+    let settled = 0;
+    const one = (): void => {
+      if (++settled === needed) resolve();
+    };
+    for (const reply of replies) reply.then(one, one);
+  });
+}
