@@ -139,6 +139,11 @@ export class RaftOrderingEngine implements OrderingEngine {
     return this.shard.raft;
   }
 
+  /** The shard driver's counters (forwarded, retries, duplicates answered from the cache, ...). */
+  get shardCounters(): RaftShardDriver['counters'] {
+    return this.shard.counters;
+  }
+
   async send(payload: Uint8Array): Promise<EngineReceipt> {
     const framed = new Uint8Array(CALLER_BYTES + payload.byteLength);
     new DataView(framed.buffer).setUint32(0, this.options.self);
