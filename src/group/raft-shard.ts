@@ -12,7 +12,8 @@
  *     replicas do), so the file is wiped at start.
  *   - Timing: ticks of 10 ms; `timeouts.heartbeat_ms` and `timeouts.failure_timeout_ms` give the
  *     heartbeat and election timeouts (and one forwarding attempt's timeout);
- *     `transport.request_timeout_ms` bounds an ordered call.
+ *     `timeouts.ordered_call_timeout_ms` bounds an ordered call; `raft.compact_every` sets when
+ *     the log is compacted.
  *   - Compaction snapshot: the replica's persistent fields as state-transfer chunks (the same
  *     bytes a joiner receives) and its delivered version; a member that fell behind the
  *     compacted log gets them by InstallSnapshot. Plain (non-@persistent) fields are not in it.
@@ -77,7 +78,8 @@ export function startRaftShard(
     tickMs,
     heartbeatTicks,
     electionTicks: Math.max(2 * heartbeatTicks + 1, Math.round(config.timeouts.failure_timeout_ms / tickMs)),
-    callTimeoutMs: config.transport.request_timeout_ms,
+    callTimeoutMs: config.timeouts.ordered_call_timeout_ms,
+    compactEvery: config.raft.compact_every,
     // A dead leader costs one attempt: about one failure timeout, as its election does.
     attemptTimeoutMs: Math.max(100, config.timeouts.failure_timeout_ms),
   });

@@ -83,7 +83,7 @@ const REPORT_ACK = Uint8Array.of(1);
 export const raftIdOf = (node: NodeId): number => node + 1;
 
 export class RaftOrderingEngine implements OrderingEngine {
-  readonly counters = { reportsSent: 0, reportsReceived: 0, reportsMalformed: 0, malformedCalls: 0 };
+  readonly counters = { reportsSent: 0, reportsReceived: 0, reportsMalformed: 0, malformedCalls: 0, snapshotsRestored: 0 };
   private shard!: RaftShardDriver;
   private members: readonly NodeId[];
   private readonly reported = new Map<NodeId, Version>();
@@ -200,7 +200,10 @@ export class RaftOrderingEngine implements OrderingEngine {
         return receipt;
       },
       snapshot: () => this.options.state.snapshot(),
-      restore: (bytes) => this.options.state.restore(bytes),
+      restore: (bytes) => {
+        this.counters.snapshotsRestored++;
+        this.options.state.restore(bytes);
+      },
     };
   }
 

@@ -173,3 +173,43 @@ test.serial('a raft shard keeps committing with one of three members dead (its l
     await Promise.all(groups.map((g) => g.close().catch(() => undefined)));
   }
 });
+
+test.serial('a member cut off while the log was compacted catches up by snapshot (the replica\'s persistent state), then applies again', async (t) => {
+  t.timeout(60_000);
+  const configs = await localGroupConfigs(3, { dataRoot: join(dataRoot, 'snap'), extraToml: `${timeouts}\n[raft]\ncompact_every = 20` });
+  const groups = await Promise.all(configs.map((config) => Group.start(config, { types: [RaftCounter], layout })));
+  try {
+    const handles = groups.map((g) => g.subgroup(RaftCounter));
+    await handles[0]!.ordered.add(1);
+    const engineOf = (g: Group) => (g as unknown as { replicas: Map<string, { driver: { raft: { core: { role: string; log: { snapIndex: number } } }; counters: { snapshotsRestored: number } } }> })
+      .replicas.get('GroupRaftCounter/0')!.driver;
+    const lagger = groups.findIndex((g) => engineOf(g).raft.core.role !== 'leader');
+    const others = [0, 1, 2].filter((i) => i !== lagger);
+    const address = (i: number): string => groups[i]!.transport.address;
+    const fault = (op: 'failPeer' | 'restorePeer'): void => {
+      for (const i of others) {
+        (groups[i]!.transport as unknown as { injectFault(f: object): void }).injectFault({ [op]: address(lagger) });
+        (groups[lagger]!.transport as unknown as { injectFault(f: object): void }).injectFault({ [op]: address(i) });
+      }
+    };
+    fault('failPeer');
+    let total = 1;
+    for (let i = 0; i < 60; i++) {
+      const results = handles[others[i % 2]!]!.ordered.add(1);
+      total += 1;
+      await results.delivered();
+    }
+    t.true(engineOf(groups[others[0]!]!).raft.core.log.snapIndex > 1, 'the others compacted their logs');
+    t.true(objectOf(groups[lagger]!).total.value < total, 'the cut-off member is behind');
+    fault('restorePeer');
+    await waitFor('the lagging member caught up', () => objectOf(groups[lagger]!).total.value === total, 20_000);
+    t.true(engineOf(groups[lagger]!).counters.snapshotsRestored > 0, 'by snapshot');
+    t.is(handles[lagger]!.digest(), handles[others[0]!]!.digest(), 'equal replicas');
+    // And it applies (and replies to) new calls like the others.
+    const results = handles[others[0]!]!.ordered.add(5);
+    t.is(await results.replies.get(lagger as NodeId)!, total + 5);
+    t.is(await handles[lagger]!.p2p(lagger).read(), total + 5, 'linearizable read on the member that was behind');
+  } finally {
+    await Promise.all(groups.map((g) => g.close().catch(() => undefined)));
+  }
+});
