@@ -62,7 +62,8 @@ import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.
 import { StaticViewSource, type ViewSource } from './view-source.js';
 import { layoutHashOf, MembershipViewSource } from './membership-view-source.js';
 import { multicastLimitsForProfile } from './limits.js';
-import { majoritySettled, P2P_READ_LOCAL, startRaftShard, type P2POptions } from './raft-shard.js';
+import { followRaftShardView, majoritySettled, P2P_READ_LOCAL, startRaftShard, type P2POptions } from './raft-shard.js';
+import { RaftOrderingEngine } from '../runtime/raft-ordering-engine.js';
 import {
   driverShardNumber,
   hashKey,
@@ -163,6 +164,8 @@ export class Group {
   /** Set once the membership log removed this node: ordered calls throw it. */
   private removed: SquallError | undefined;
   private readonly sessions: SessionCache;
+  /** Raft shards this node entered by a view change whose engine is starting. */
+  private readonly raftStarting = new Set<ShardReplica>();
 
   private constructor(
     private readonly config: SquallConfig,
@@ -378,7 +381,9 @@ export class Group {
     for (const replica of this.replicas.values()) {
       replica.failWaiters(error);
       // The membership driver closes the drivers it owns (viewSource.close below).
-      if (this.membership === undefined) await replica.driver?.close();
+      if (this.membership === undefined || replica.driverOrUndefined instanceof RaftOrderingEngine) {
+        await replica.driverOrUndefined?.close();
+      }
     }
     await this.viewSource.close();
     await this.store.close();
@@ -660,11 +665,6 @@ export class Group {
   private async createDrivers(): Promise<void> {
     const view = this.currentView;
     if (this.membership !== undefined) {
-      for (const replica of this.replicas.values()) {
-        if (view.shard(replica.subgroupId, replica.shardIndex)!.mode === 'raft') {
-          throw new GroupStartError(`${replica.info.name} subgroup ${replica.subgroupIndex} uses mode 'raft', which groups with membership: true do not run yet (static groups do). Fix: use mode 'ordered', or start the group without membership.`);
-        }
-      }
       this.membership.attach({
         deliver: (ref, delivery) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.deliver(delivery),
         registry: (ref) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.registry,
@@ -674,6 +674,11 @@ export class Group {
       });
       this.attachMembershipDrivers();
       await this.awaitStateTransfers(this.membership);
+      // Raft shards: founders (view 0) form the Raft group; a joiner joins it with its state.
+      for (const replica of this.replicas.values()) {
+        if (view.shard(replica.subgroupId, replica.shardIndex)!.mode !== 'raft') continue;
+        replica.attachDriver(await startRaftShard(replica, view, this.config, this.transport, this.nodeId, view.id !== 0));
+      }
       return;
     }
     const gate = this.gate!;
@@ -715,6 +720,7 @@ export class Group {
       if (mine.some((m) => replicaKey(m.typeName, m.subgroupIndex) === key && m.shardIndex === replica.shardIndex)) continue;
       replica.failWaiters(new NotMemberError(this.nodeId, replica.info.name, replica.subgroupIndex,
         `left shard ${replica.shardIndex} in view ${view.id}`));
+      if (replica.driverOrUndefined instanceof RaftOrderingEngine) void replica.driver.close();
       this.replicas.delete(key);
     }
     for (const m of mine) {
@@ -737,9 +743,36 @@ export class Group {
     if (this.membership === undefined) return;
     for (const replica of this.replicas.values()) {
       const ref = { subgroupId: replica.subgroupId, shardIndex: replica.shardIndex };
+      if (this.currentView.shard(ref.subgroupId, ref.shardIndex)?.mode === 'raft') {
+        this.followRaftShard(replica, this.membership); // its own engine, not the multicast driver
+        continue;
+      }
       const driver = this.membership.multicast(ref);
       if (driver !== undefined && driver !== replica.driverOrUndefined) replica.attachDriver(driver);
     }
+  }
+
+  /**
+   * A raft shard after a view change: its engine follows the shard's members; a replica without
+   * an engine yet (a shard this node entered) starts one in join mode once its state arrived.
+   */
+  private followRaftShard(replica: ShardReplica, membership: MembershipViewSource): void {
+    const engine = replica.driverOrUndefined;
+    if (engine instanceof RaftOrderingEngine) {
+      followRaftShardView(engine, replica, this.currentView);
+      return;
+    }
+    if (!this.ready || this.raftStarting.has(replica)) return; // Group.start starts founders' engines
+    this.raftStarting.add(replica);
+    void (async () => {
+      const ref = { subgroupId: replica.subgroupId, shardIndex: replica.shardIndex };
+      while (membership.awaitingState(ref) && !this.closed) await sleep(10);
+      if (this.closed || !this.replicas.has(replicaKey(replica.info.name, replica.subgroupIndex))) return;
+      const started = await startRaftShard(replica, this.currentView, this.config, this.transport, this.nodeId, true);
+      if (this.closed) await started.close();
+      else replica.attachDriver(started);
+    })().catch((error: unknown) => process.emitWarning(`node ${this.nodeId}: raft shard ${replica.shardIndex} of ${replica.info.name} did not start: ${String(error)}`))
+      .finally(() => this.raftStarting.delete(replica));
   }
 
   /** A joiner: waits until every local shard's state arrived by transfer. */

@@ -7,6 +7,10 @@
  *
  *   - Raft group id: the shard's multicast shard number + 1 (unique per node; 0 is the
  *     membership log), so several shards and the membership Raft share one endpoint.
+ *   - With the membership service (`membership: true`), view changes change the Raft
+ *     configuration (`RaftOrderingEngine.setMembers`): a member that left is removed, a node the
+ *     allocator puts in the shard receives the state by the membership driver's transfer, then
+ *     starts as a learner (`join`), catches up by log or snapshot and is promoted.
  *   - Raft log: LMDB file `raft-<subgroupId>-<shardIndex>.mdb` in `persistence.data_dir`, fsynced
  *     per flush with `persistence.sync = "durable"`. A static group always starts fresh (as its
  *     replicas do), so the file is wiped at start.
@@ -52,18 +56,25 @@ export function raftGroupIdOf(subgroupId: number, shardIndex: number): number {
   return driverShardNumber(subgroupId, shardIndex) + 1;
 }
 
-/** Starts the raft engine for `replica` (a member of a raft-mode shard in `view`). */
+/**
+ * Starts the raft engine for `replica` (a member of a raft-mode shard in `view`). `joining`: the
+ * shard runs already and this node was added by a view change (membership service): its replica
+ * holds the state transferred up to some version, so it starts outside the Raft configuration,
+ * and calls at or below that version, which Raft replays to it, are not delivered again.
+ */
 export function startRaftShard(
   replica: ShardReplica,
   view: View,
   config: SquallConfig,
   transport: Transport,
   self: NodeId,
+  joining = false,
 ): Promise<RaftOrderingEngine> {
   const shard = view.shard(replica.subgroupId, replica.shardIndex)!;
   const path = join(config.persistence.data_dir, `raft-${replica.subgroupId}-${replica.shardIndex}.mdb`);
   rmSync(path, { force: true });
   rmSync(`${path}-lock`, { force: true });
+  const floor = joining ? replica.registry.latestVersion : VERSION_NONE;
   const tickMs = 10;
   const heartbeatTicks = Math.max(1, Math.round(config.timeouts.heartbeat_ms / tickMs));
   return RaftOrderingEngine.start({
@@ -73,8 +84,13 @@ export function startRaftShard(
     groupId: raftGroupIdOf(replica.subgroupId, replica.shardIndex),
     transport,
     storage: new LmdbStorage({ path, durable: config.persistence.sync === 'durable' }),
-    onDeliver: (delivery) => replica.deliver(delivery),
+    onDeliver: floor === VERSION_NONE
+      ? (delivery) => replica.deliver(delivery)
+      : (delivery) => {
+        if (delivery.version! > floor) replica.deliver(delivery);
+      },
     state: replicaState(replica),
+    join: joining,
     tickMs,
     heartbeatTicks,
     electionTicks: Math.max(2 * heartbeatTicks + 1, Math.round(config.timeouts.failure_timeout_ms / tickMs)),
@@ -112,4 +128,11 @@ export function majoritySettled(replies: readonly Promise<unknown>[]): Promise<v
     };
     for (const reply of replies) reply.then(one, one);
   });
+}
+
+/** The members of `replica`'s shard in `view` changed: tell its engine. */
+export function followRaftShardView(engine: RaftOrderingEngine, replica: ShardReplica, view: View): void {
+  const shard = view.shard(replica.subgroupId, replica.shardIndex);
+  if (shard === undefined) return;
+  engine.setMembers(shard.members, new Map(shard.members.map((n) => [n, view.addressOf(n)!])));
 }

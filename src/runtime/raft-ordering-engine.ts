@@ -27,6 +27,8 @@
 import { SquallError } from '../core/errors.js';
 import { decodeHlc, encodeHlc, HLC_BYTES, type Hlc } from '../core/hlc.js';
 import { VERSION_NONE, versionPosition, versionViewId, type NodeId, type Version } from '../core/ids.js';
+import { nextVoterStep } from '../membership/voter-plan.js';
+import { RaftProposalError } from '../raft/errors.js';
 import type { RaftStorage } from '../raft/storage.js';
 import { SessionCache } from '../transport/session-cache.js';
 import type { Transport, TransportAddress } from '../transport/transport.js';
@@ -57,6 +59,12 @@ export interface RaftOrderingEngineOptions {
   readonly storage: RaftStorage;
   readonly onDeliver: (delivery: OrderedDelivery) => void;
   readonly state: EngineState;
+  /**
+   * Join a running shard (a view change added this node): start outside the Raft configuration
+   * and wait for the leader to add it as a learner, send it the log (or a snapshot) and promote
+   * it. Default false: `members` are the founding voters.
+   */
+  readonly join?: boolean;
   /** Raft tick length (default 10 ms); heartbeat and election timeouts count in ticks. */
   readonly tickMs?: number;
   readonly heartbeatTicks?: number;
@@ -86,6 +94,8 @@ export class RaftOrderingEngine implements OrderingEngine {
   readonly counters = { reportsSent: 0, reportsReceived: 0, reportsMalformed: 0, malformedCalls: 0, snapshotsRestored: 0 };
   private shard!: RaftShardDriver;
   private members: readonly NodeId[];
+  /** Raft id → address of every member, kept current by setMembers (the Raft driver reads it). */
+  private readonly peers = new Map<number, TransportAddress>();
   private readonly reported = new Map<NodeId, Version>();
   /** What each peer acknowledged of our reports. */
   private readonly confirmed = new Map<NodeId, Version>();
@@ -101,7 +111,10 @@ export class RaftOrderingEngine implements OrderingEngine {
   private constructor(private readonly options: RaftOrderingEngineOptions) {
     this.members = options.members;
     this.sessions = new SessionCache(options.transport);
-    for (const m of options.members) this.reported.set(m, VERSION_NONE);
+    for (const m of options.members) {
+      this.reported.set(m, VERSION_NONE);
+      this.peers.set(raftIdOf(m), options.addresses.get(m)!);
+    }
   }
 
   /** Starts this member's Raft (the first member campaigns at once, to elect without waiting). */
@@ -110,15 +123,14 @@ export class RaftOrderingEngine implements OrderingEngine {
       throw new SquallError(`raft shard group id ${options.groupId} must be 1..2^32-1 (0 is the membership log)`, 'CONFIG');
     }
     const engine = new RaftOrderingEngine(options);
-    const peers = new Map(options.members.map((m) => [raftIdOf(m), options.addresses.get(m)!]));
     const tickMs = options.tickMs ?? 10;
     const heartbeatTicks = options.heartbeatTicks ?? 5;
     engine.unregister = RequestMux.on(options.transport, SHARD_REPORT_TYPE, prefixedGroup)
       .register(options.groupId, (request) => engine.receiveReport(request));
     engine.shard = await RaftShardDriver.start({
       id: raftIdOf(options.self),
-      peers,
-      voters: options.members.map(raftIdOf),
+      peers: engine.peers,
+      voters: options.join === true ? [] : options.members.map(raftIdOf),
       transport: options.transport,
       storage: options.storage,
       groupId: options.groupId,
@@ -129,8 +141,10 @@ export class RaftOrderingEngine implements OrderingEngine {
       callTimeoutMs: options.callTimeoutMs ?? 10_000,
       attemptTimeoutMs: options.attemptTimeoutMs ?? 1000,
     });
-    if (options.members[0] === options.self && options.members.length > 1) engine.shard.raft.core.campaign();
-    engine.timer = setInterval(() => engine.resendReports(), options.reportRetryMs ?? 100);
+    if (options.join !== true && options.members[0] === options.self && options.members.length > 1) {
+      engine.shard.raft.core.campaign();
+    }
+    engine.timer = setInterval(() => engine.onTimer(), options.reportRetryMs ?? 100);
     return engine;
   }
 
@@ -166,11 +180,19 @@ export class RaftOrderingEngine implements OrderingEngine {
     this.listeners.push(listener);
   }
 
-  /** The shard's members changed (a view change): the persisted frontier covers these only. */
-  setMembers(members: readonly NodeId[]): void {
+  /**
+   * The shard's members changed (a view change): the persisted frontier covers these only, and
+   * the Raft leader moves the configuration toward them one step at a time (add a new member as
+   * a learner, promote it once its log matches, remove members that left: `nextVoterStep`, the
+   * rule the membership log's voters follow), on its timer until they match.
+   */
+  setMembers(members: readonly NodeId[], addresses: ReadonlyMap<NodeId, TransportAddress> = new Map()): void {
     this.members = members;
-    for (const m of members) if (!this.reported.has(m)) this.reported.set(m, VERSION_NONE);
-    for (const m of [...this.reported.keys()]) if (!members.includes(m)) this.reported.delete(m);
+    for (const m of members) {
+      const address = addresses.get(m);
+      if (address !== undefined) this.peers.set(raftIdOf(m), address);
+    }
+    this.reconfigure();
     this.recomputeGlobal();
   }
 
@@ -215,9 +237,12 @@ export class RaftOrderingEngine implements OrderingEngine {
     }
   }
 
+  /**
+   * Kept for any node: a member's report may arrive before this member installs the view that
+   * adds it (the report is acknowledged, so it is not sent again until the frontier moves).
+   */
   private noteReport(node: NodeId, version: Version): void {
-    const before = this.reported.get(node);
-    if (before === undefined || version <= before) return; // not a member, or old news
+    if (version <= (this.reported.get(node) ?? VERSION_NONE)) return; // old news
     this.reported.set(node, version);
     this.recomputeGlobal();
   }
@@ -255,7 +280,7 @@ export class RaftOrderingEngine implements OrderingEngine {
     if (own === VERSION_NONE) return;
     for (const peer of this.members) {
       if (peer === this.options.self || (this.confirmed.get(peer) ?? VERSION_NONE) >= own) continue;
-      const address = this.options.addresses.get(peer);
+      const address = this.peers.get(raftIdOf(peer));
       if (address === undefined) continue;
       const body = new Uint8Array(REPORT_BYTES);
       const view = new DataView(body.buffer);
@@ -271,8 +296,29 @@ export class RaftOrderingEngine implements OrderingEngine {
     }
   }
 
-  private resendReports(): void {
-    if (!this.closed) this.sendReports();
+  private onTimer(): void {
+    if (this.closed) return;
+    this.sendReports();
+    this.reconfigure();
+  }
+
+  /** On the leader: the next step of the Raft configuration toward the shard's members. */
+  private reconfigure(): void {
+    const raft = this.shard?.raft;
+    if (raft === undefined || this.closed || raft.core.role !== 'leader') return;
+    const status = raft.core.status();
+    const step = nextVoterStep({
+      self: status.id, voters: status.conf.voters, learners: status.conf.learners,
+      want: this.members.map(raftIdOf),
+      matchIndex: (n) => status.progress[n]?.match ?? 0, commitIndex: status.commit,
+    });
+    if (step === undefined) return;
+    try {
+      if (step.kind === 'transferLeadership') raft.transferLeadership(step.node);
+      else raft.proposeConfChange({ op: step.kind, node: step.node }).catch(() => undefined);
+    } catch (error) {
+      if (!(error instanceof RaftProposalError)) throw error; // one change at a time: next tick
+    }
   }
 
   private receiveReport(request: Uint8Array): Uint8Array {
