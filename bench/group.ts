@@ -1,6 +1,8 @@
 /**
- * `npm run bench -- group [--quick] [--durable]`: ordered calls through the public group API
- * beside the raw multicast driver, in the same run on the same machine.
+ * `npm run bench -- group [--quick] [--durable] [--raft]`: ordered calls through the public group
+ * API beside the raw multicast driver, in the same run on the same machine. `--raft` runs the
+ * same workload on examples/kv-store/raft.js (one raft-ordered shard: commit on a majority)
+ * instead of app.js (SMC); the multicast baselines stay the same.
  *
  * Group cases: the kv-store app (examples/kv-store) on 3 nodes on loopback, nodes 1 and 2 as
  * `squall node` processes, node 0 in this process making every call (16-byte keys, 64-byte
@@ -37,13 +39,15 @@ interface GroupFigures {
   p2p: number[];
 }
 
-async function measureGroup(seconds: number, sync: 'durable' | 'nosync'): Promise<GroupFigures> {
+async function measureGroup(seconds: number, sync: 'durable' | 'nosync', raft: boolean): Promise<GroupFigures> {
   const dataRoot = mkdtempSync(join(tmpdir(), 'squall-bench-group-'));
   const quiet = { out: () => undefined, err: (line: string) => console.error(line), env: {} };
-  const nodes = await startLocalNodes(dataRoot, sync, quiet);
+  const app = raft ? 'raft.js' : 'app.js';
+  const nodes = await startLocalNodes(dataRoot, sync, quiet, false, app);
   let group: Group | undefined;
   try {
-    group = await Group.start(loadConfig(nodes.configFile), { types: [KvStore], layout: { KvStore: (await import('../examples/kv-store/app.js')).layout.KvStore } });
+    const layout = raft ? (await import('../examples/kv-store/raft.js')).layout : (await import('../examples/kv-store/app.js')).layout;
+    group = await Group.start(loadConfig(nodes.configFile), { types: [KvStore], layout });
     const kv = group.subgroup(KvStore);
     await workload(kv, { outstanding: 8, seconds: 0.5, until: 'persisted' }); // warm-up
     const single = await workload(kv, { outstanding: 1, seconds, until: 'persisted' });
@@ -112,8 +116,9 @@ function diskSyncP50Ms(samples: number): number {
 export async function run(args: string[]): Promise<void> {
   const quick = args.includes('--quick');
   const sync = args.includes('--durable') ? 'durable' : 'nosync';
+  const raft = args.includes('--raft');
   const seconds = quick ? 1.5 : 4;
-  const g = await measureGroup(seconds, sync);
+  const g = await measureGroup(seconds, sync, raft);
   const d = await measureDriver(quick);
   const syncMs = diskSyncP50Ms(quick ? 100 : 400);
   const rttMs = q(g.p2p, 0.5);
@@ -121,7 +126,7 @@ export async function run(args: string[]): Promise<void> {
   const persistedTarget = { p2p_round_trip_p50_us: us(rttMs), fdatasync_p50_us: us(syncMs), target_rtt_plus_2_fdatasync_us: us(rttMs + 2 * syncMs) };
   const base = { multicast_driver_one_sender_msg_per_s: Math.round(d.rate) };
   const baseLatency = { multicast_driver_latency_p50_us: us(d.latencyP50Ms) };
-  const common = { sync, load: load() };
+  const common = { sync, shardMode: raft ? 'raft' : 'ordered', load: load() };
   report({ suite: 'group', case: 'ordered put latency p50, 1 outstanding, at delivered()', value: us(q(g.latency.delivered, 0.5)), unit: 'us', baselines: baseLatency, ...common });
   report({ suite: 'group', case: 'ordered put latency p99, 1 outstanding, at delivered()', value: us(q(g.latency.delivered, 0.99)), unit: 'us', ...common });
   report({ suite: 'group', case: 'ordered put latency p50, 1 outstanding, at persisted()', value: us(q(g.latency.persisted, 0.5)), unit: 'us', baselines: { ...baseLatency, ...persistedTarget }, ...common });

@@ -104,9 +104,9 @@ export async function workload(
  * Writes configs for a local group of NODE_COUNT nodes and starts nodes 1.. as `squall node`
  * child processes hosting the kv-store app; node 0's config file is returned for this process.
  */
-export async function startLocalNodes(dataRoot: string, sync: 'durable' | 'nosync', io: CliIo, membership = false) {
+export async function startLocalNodes(dataRoot: string, sync: 'durable' | 'nosync', io: CliIo, membership = false, app = 'app.js') {
   const cli = fileURLToPath(new URL('./main.js', import.meta.url));
-  const appPath = fileURLToPath(new URL('../../examples/kv-store/app.js', import.meta.url));
+  const appPath = fileURLToPath(new URL(`../../examples/kv-store/${app}`, import.meta.url));
   const ports = await freeUdpPorts(NODE_COUNT);
   const files = ports.map((_, i) => {
     const file = join(dataRoot, `node${i}.toml`);
