@@ -27,7 +27,7 @@
 import { SquallError } from '../core/errors.js';
 import { decodeHlc, encodeHlc, HLC_BYTES, type Hlc } from '../core/hlc.js';
 import { VERSION_NONE, versionPosition, versionViewId, type NodeId, type Version } from '../core/ids.js';
-import { nextVoterStep } from '../membership/voter-plan.js';
+import { nextVoterStep, voterPlanInputOf } from '../membership/voter-plan.js';
 import { RaftProposalError } from '../raft/errors.js';
 import type { RaftStorage } from '../raft/storage.js';
 import { SessionCache } from '../transport/session-cache.js';
@@ -306,12 +306,7 @@ export class RaftOrderingEngine implements OrderingEngine {
   private reconfigure(): void {
     const raft = this.shard?.raft;
     if (raft === undefined || this.closed || raft.core.role !== 'leader') return;
-    const status = raft.core.status();
-    const step = nextVoterStep({
-      self: status.id, voters: status.conf.voters, learners: status.conf.learners,
-      want: this.members.map(raftIdOf),
-      matchIndex: (n) => status.progress[n]?.match ?? 0, commitIndex: status.commit,
-    });
+    const step = nextVoterStep(voterPlanInputOf(raft.core.status(), this.members.map(raftIdOf)));
     if (step === undefined) return;
     try {
       if (step.kind === 'transferLeadership') raft.transferLeadership(step.node);

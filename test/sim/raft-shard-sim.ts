@@ -30,7 +30,7 @@
  */
 import { SeededRandom } from '../../src/core/random.js';
 import { compareHlc, hlc, type Hlc } from '../../src/core/hlc.js';
-import { nextVoterStep } from '../../src/membership/voter-plan.js';
+import { nextVoterStep, voterPlanInputOf } from '../../src/membership/voter-plan.js';
 import { RaftProposalError } from '../../src/raft/errors.js';
 import { ShardMachine, encodeRegister, type ShardCall } from '../../src/raft/shard-core.js';
 import type { Entry, Message, ReadState } from '../../src/raft/types.js';
@@ -430,11 +430,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   const reconfigure = (): void => {
     const leader = sim.upIds().map((id) => sim.node(id)!).find((n) => n.core.role === 'leader');
     if (leader !== undefined && options.flags?.['mutation'] !== 'noReconfigure') {
-      const status = leader.core.status();
-      const step = nextVoterStep({
-        self: status.id, voters: status.conf.voters, learners: status.conf.learners, want: members,
-        matchIndex: (n) => status.progress[n]?.match ?? 0, commitIndex: status.commit,
-      });
+      const step = nextVoterStep(voterPlanInputOf(leader.core.status(), members));
       if (step?.kind === 'transferLeadership') leader.act((c) => c.transferLeadership(step.node));
       else if (step !== undefined) leader.act((c) => c.proposeConfChange({ op: step.kind, node: step.node }));
     }
