@@ -15,7 +15,7 @@ import { DecoratorUsageError } from '../../decorators/errors.js';
 import { hlc, HLC_MAX, type Hlc } from '../core/hlc.js';
 import { VERSION_NONE, type NodeId, type ShardIndex, type SubgroupId, type Version } from '../core/ids.js';
 import type { View } from '../membership/view.js';
-import type { MulticastDelivery, MulticastDriver, MulticastFrontiers } from '../runtime/multicast-driver.js';
+import type { EngineFrontiers, OrderedDelivery, OrderingEngine } from '../runtime/ordering-engine.js';
 import type { ShardFrontierWaits } from './query-results.js';
 import { FrontierWaiters, type OrderedCallMessage } from './wire.js';
 import { RELAY_WINDOW, RelayTable } from './relay-table.js';
@@ -86,7 +86,8 @@ export class ShardReplica<T extends object = object> {
     whenLocalPersisted: (version) => this.registry.whenPersisted(version),
     whenPersisted: (version) => this.persistedWaiters.wait(version),
   };
-  private driverRef: MulticastDriver | undefined;
+  /** The shard's ordering engine: its MulticastDriver, or a RaftOrderingEngine in raft mode. */
+  private driverRef: OrderingEngine | undefined;
   private detachPersisted: (() => void) | undefined;
   private currentVersion: Version | undefined;
   private currentTimestamp: Hlc | undefined;
@@ -149,12 +150,12 @@ export class ShardReplica<T extends object = object> {
 
   readonly object: T;
 
-  get driver(): MulticastDriver {
+  get driver(): OrderingEngine {
     return this.driverRef!;
   }
 
   /** The attached driver, or undefined before the first attachDriver. */
-  get driverOrUndefined(): MulticastDriver | undefined {
+  get driverOrUndefined(): OrderingEngine | undefined {
     return this.driverRef;
   }
 
@@ -163,7 +164,7 @@ export class ShardReplica<T extends object = object> {
    * Called again when a view change brings a new driver: the persistence frontier then feeds
    * the new one only.
    */
-  attachDriver(driver: MulticastDriver): void {
+  attachDriver(driver: OrderingEngine): void {
     this.driverRef = driver;
     this.detachPersisted?.();
     this.detachPersisted = this.registry.onPersisted((version) => driver.persisted(version));
@@ -188,7 +189,7 @@ export class ShardReplica<T extends object = object> {
   }
 
   /** A delivered ordered call (from the driver, in delivery order). */
-  deliver(delivery: MulticastDelivery): void {
+  deliver(delivery: OrderedDelivery): void {
     let message: OrderedCallMessage;
     try {
       message = decodeMessage<OrderedCallMessage>(delivery.payload);
@@ -256,7 +257,7 @@ export class ShardReplica<T extends object = object> {
     if (byRequest.size > RELAYED_PER_CLIENT_MAX) byRequest.delete(byRequest.keys().next().value!);
   }
 
-  private onFrontiers(f: MulticastFrontiers): void {
+  private onFrontiers(f: EngineFrontiers): void {
     this.persistedWaiters.advance(f.globalPersistedVersion);
     // The core's frontier F: no message stamped below F µs can still be delivered.
     if (f.stabilityFrontierMicros > 0n) {
