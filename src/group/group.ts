@@ -600,7 +600,17 @@ export class Group {
       (caller, callId, reply) => this.sendReply(caller, callId, reply),
       this.p2pWriteCheck,
     );
-    if (registry.latestVersion !== VERSION_NONE) {
+    // With the membership service, a node whose data dir holds a view record restarts over its
+    // state: the driver reconciles it (truncates past the committed trim, pulls what it lacks).
+    if (registry.latestVersion !== VERSION_NONE && this.membership?.restarted !== true) {
+      if (this.membership !== undefined) {
+        throw new GroupStartError(
+          `${this.config.persistence.data_dir} holds versions of ${registryName} (up to ` +
+            `${registry.latestVersion}) but no membership view record, so they cannot be ` +
+            `reconciled with the group's (they were written by a static group, or the record was ` +
+            `deleted). Fix: set persistence.reset = true, or use an empty data_dir.`,
+        );
+      }
       throw new GroupStartError(
         `${this.config.persistence.data_dir} already holds versions of ${registryName} (up to ` +
           `${registry.latestVersion}). A group started from a static member list always starts at ` +

@@ -28,6 +28,7 @@ import {
   MembershipDriver, type NodeRemovedError as DriverRemovedError, type ShardRef, type ShardStateStore,
 } from '../runtime/membership-driver.js';
 import type { MulticastDelivery, MulticastDriver } from '../runtime/multicast-driver.js';
+import { MembershipStore } from '../runtime/membership-store.js';
 import type { Transport } from '../transport/transport.js';
 import { staticMembersFromConfig, type ViewListener, type ViewSource } from './view-source.js';
 
@@ -53,6 +54,12 @@ export interface MembershipSink {
 
 export class MembershipViewSource implements ViewSource {
   readonly driver: MembershipDriver;
+  /**
+   * True if this node's data dir held a view record: it restarts (rejoins a running group, or
+   * takes part in a total restart) over the state it persisted, instead of starting empty.
+   */
+  readonly restarted: boolean;
+  private readonly store: MembershipStore;
   private readonly listeners: ViewListener[] = [];
   private readonly removedListeners: ((error: DriverRemovedError) => void)[] = [];
   private sink: MembershipSink | undefined;
@@ -79,6 +86,10 @@ export class MembershipViewSource implements ViewSource {
         message: 'has node id 0, which the membership driver cannot use (its Raft log reserves 0 for "no node"). Fix: number the nodes from 1',
       }]);
     }
+    const durable = config.persistence.sync === 'durable';
+    this.store = MembershipStore.open(config.persistence.data_dir, { reset: config.persistence.reset, durable });
+    const record = this.store.load();
+    this.restarted = record !== undefined;
     this.driver = new MembershipDriver({
       self: nodeId(config.node.id),
       transport: options.transport,
@@ -91,6 +102,10 @@ export class MembershipViewSource implements ViewSource {
       votersCount: Math.min(config.group.voters, founders.length),
       heartbeatMs: config.timeouts.heartbeat_ms,
       failureTimeoutMs: config.timeouts.failure_timeout_ms,
+      ...(record !== undefined ? { record } : {}),
+      saveRecord: (r) => this.store.save(r),
+      raftStorageFor: (epoch) => this.store.raftStorage(epoch, durable),
+      restartTimeoutMs: config.group.restart_timeout_s * 1000,
       multicastLimitsFor: (profile) => multicastLimitsForProfile(config, profile),
       onDeliver: (shard, delivery) => this.onDeliver(shard, delivery),
       persist: () => this.sink?.persist() ?? Promise.resolve(),
@@ -154,8 +169,9 @@ export class MembershipViewSource implements ViewSource {
     for (const { shard, delivery } of early) sink.deliver(shard, delivery);
   }
 
-  close(): Promise<void> {
-    return this.driver.close();
+  async close(): Promise<void> {
+    await this.driver.close();
+    await this.store.close();
   }
 
   /** Whether this node still waits for the state of `shard` (a joiner's transfer). */
@@ -176,6 +192,7 @@ export class MembershipViewSource implements ViewSource {
       latestVersion: (shard) => registry(shard).latestVersion,
       stateChunks: (shard, afterVersion) => registry(shard).serializeSuffix(afterVersion),
       applyStateChunk: (shard, chunk) => registry(shard).applyChunk(chunk),
+      truncate: (shard, version) => registry(shard).truncate(version),
     };
   }
 

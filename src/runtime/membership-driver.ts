@@ -36,11 +36,15 @@ import {
   NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry, initialView, votersOf,
   type MembershipEntry, type ReceiveReportMessage, type StateTransfer, type ViewChangeEffect,
 } from '../membership/view-change-core.js';
+import {
+  keptVersion, reconcileShard, restartLeader, restartQuorum, restartView, type PeerVersion, type RestartTrim,
+} from '../membership/restart.js';
 import { decodeView, encodeView, type View } from '../membership/view.js';
 import type { MulticastLimits } from '../multicast/config.js';
 import { computeTrim } from '../multicast/ragged-edge.js';
 import { RaftProposalError } from '../raft/errors.js';
 import { MemoryStorage, type RaftStorage } from '../raft/storage.js';
+import type { MembershipRecord } from './membership-store.js';
 import type { Entry, Snapshot } from '../raft/types.js';
 import type { RequestContext, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
 import {
@@ -68,6 +72,8 @@ export interface ShardStateStore {
   stateChunks(shard: ShardRef, afterVersion: bigint): Iterable<Uint8Array>;
   /** Applies one chunk from another node's stateChunks(); re-applying one is harmless. */
   applyStateChunk(shard: ShardRef, chunk: Uint8Array): void;
+  /** Drops every version above `version` (restart reconciliation); resolves once durable. */
+  truncate?(shard: ShardRef, version: bigint): Promise<void>;
 }
 
 export interface MembershipDriverOptions {
@@ -88,6 +94,20 @@ export interface MembershipDriverOptions {
   /** How many founders replicate the membership log (default 3). */
   readonly votersCount?: number;
   readonly raftStorage?: RaftStorage;
+  /**
+   * The membership log's Raft storage of an epoch (MembershipStore.raftStorage); takes
+   * precedence over raftStorage. An epoch is one Raft group: 0 from the founding, the restart
+   * view's id after a total restart.
+   */
+  readonly raftStorageFor?: (epoch: number) => RaftStorage;
+  /** The view record this node persisted in an earlier run: it restarts (see restart()). */
+  readonly record?: MembershipRecord;
+  /** Makes a view record durable: on every install (before its multicast) and after a trim. */
+  readonly saveRecord?: (record: MembershipRecord) => Promise<void>;
+  /** How long a total restart waits for a majority of the last view and of each shard (60 s). */
+  readonly restartTimeoutMs?: number;
+  /** Once that majority is back, how long the restart leader waits for the others (1 s). */
+  readonly restartGraceMs?: number;
   readonly tickMs?: number;
   readonly heartbeatMs?: number;
   readonly failureTimeoutMs?: number;
@@ -119,6 +139,19 @@ export class NodeRemovedError extends SquallError {
   }
 }
 
+/** A total restart did not find enough of the last view's members back in time. */
+export class RestartTimeoutError extends SquallError {
+  constructor(viewIdValue: number, missing: readonly NodeId[], short: string, timeoutMs: number) {
+    super(
+      `restart of view ${viewIdValue}: after ${timeoutMs} ms, members [${missing.join(', ')}] are not back` +
+        `${short ? ` and ${short} lack a majority` : ''}. The group resumes once a majority of the ` +
+        'view and of every shard restarted from their data dirs. Fix: start those nodes with their ' +
+        'data dirs, or raise group.restart_timeout_s.',
+      'RESTART_TIMEOUT',
+    );
+  }
+}
+
 /** A member refused this node's join for a reason that retrying cannot fix. */
 export class JoinRefusedError extends SquallError {
   constructor(by: TransportAddress, reason: string) {
@@ -135,10 +168,42 @@ type Wire =
   | { t: 'fetch'; from: number }
   | { t: 'join'; node: number; address: string; layoutHash: string }
   | { t: 'stateOpen'; view: number; subgroupId: number; shardIndex: number; after: string }
-  | { t: 'stateNext'; token: number };
+  | { t: 'stateNext'; token: number }
+  | { t: 'stateLatest'; view: number; subgroupId: number; shardIndex: number }
+  | { t: 'restartHello'; node: number; address: string; view: Uint8Array; trims?: MembershipRecord['trims'] }
+  | { t: 'restartDecision'; view: Uint8Array; from: Uint8Array; trims: ShardTrimWire[] };
+
+/** Answers to restartHello. */
+type RestartReply =
+  | { t: 'restartWait'; node: number; address: string; view: Uint8Array; trims?: MembershipRecord['trims'] }
+  | { t: 'restartDecided'; view: Uint8Array; from: Uint8Array; trims: ShardTrimWire[] }
+  | { t: 'live' }
+  | { t: 'notMember' };
+
+interface ShardTrimWire { subgroupId: number; shardIndex: number; trim: number[] }
+
+/** What a restarting node knows while the group agrees on the view to resume in. */
+interface RestartRun {
+  last: View;
+  trims: MembershipRecord['trims'];
+  /** Nodes heard from (hello or answer) with their address and when. */
+  readonly back: Map<NodeId, { address: TransportAddress; atMs: number }>;
+  quorumSinceMs: number | undefined;
+  decided: { view: View; from: View; trims: ShardTrimWire[] } | undefined;
+  live: boolean;
+}
+
+/** Reconciliation of the restart view's shards: the trims of the view the group restarted from. */
+interface Restarted {
+  readonly viewId: number;
+  readonly from: View;
+  readonly trims: ReadonlyMap<string, RestartTrim>;
+  /** This node delivered up to those trims itself before it went down. */
+  readonly trimApplied: boolean;
+}
 
 type JoinReply =
-  | { t: 'welcome'; view: Uint8Array; sealedAtIndex: number }
+  | { t: 'welcome'; view: Uint8Array; sealedAtIndex: number; epoch?: number }
   | { t: 'pending' }
   | { t: 'notMember' }
   | { t: 'refused'; code: string; message: string };
@@ -156,6 +221,8 @@ interface ShardRun {
   driver: MulticastDriver;
   /** Deliveries held while this node waits for the shard's state. */
   held: { shard: ShardRef; delivery: MulticastDelivery }[] | undefined;
+  /** In the restart view: the version kept after truncation (set once truncated). */
+  restartKept?: bigint;
 }
 
 export class MembershipDriver {
@@ -178,7 +245,11 @@ export class MembershipDriver {
   private raft: RaftDriver | undefined;
   private core: ViewChangeCore | undefined;
   private fd: FailureDetectorCore | undefined;
-  private status: 'new' | 'joining' | 'member' | 'removed' | 'closed' = 'new';
+  private status: 'new' | 'restarting' | 'joining' | 'member' | 'removed' | 'closed' = 'new';
+  /** The membership log's epoch (see raftStorageFor). */
+  private epoch = 0;
+  private restarting: RestartRun | undefined;
+  private restarted: Restarted | undefined;
   private partitioned = false;
   /** Committed membership entries by Raft index; every index up to knownUpTo is known. */
   private readonly log = new Map<number, Uint8Array>();
@@ -251,6 +322,11 @@ export class MembershipDriver {
     if (this.status !== 'new') throw new SquallError('start() was called twice', 'ALREADY_STARTED');
     this.transport.handle(MEMBERSHIP_REQUEST_TYPE, (request, context) => this.onRequest(request, context));
     prepareMulticastTransport(this.transport);
+    if (this.options.record !== undefined) {
+      this.timer = setInterval(() => this.onTick(), this.tickMs);
+      await this.restart(this.options.record);
+      return;
+    }
     if (this.voters.includes(this.self)) await this.startRaft(this.voters);
     this.timer = setInterval(() => this.onTick(), this.tickMs);
     if (this.options.found) {
@@ -290,7 +366,8 @@ export class MembershipDriver {
     try {
       this.raft = await RaftDriver.start({
         id: this.self, peers: this.raftPeers, voters: founding.map(Number), transport: this.transport,
-        storage: this.options.raftStorage ?? new MemoryStorage(), tickMs: this.tickMs,
+        storage: this.options.raftStorageFor?.(this.epoch) ?? this.options.raftStorage ?? new MemoryStorage(),
+        tickMs: this.tickMs,
         // A leader's failure is noticed by Raft's election timeout: keep it near the failure
         // detector's (a membership change waits for a new leader), but at least 5 ticks.
         core: { electionTicks: this.electionTicks(), heartbeatTicks: this.electionTicks() > 5 ? 2 : 1 },
@@ -338,6 +415,250 @@ export class MembershipDriver {
     return Math.min(10, Math.max(5, timeoutTicks));
   }
 
+  // ---- Total restart (src/membership/restart.ts) -----------------------------------------------
+
+  /**
+   * A node with a view record restarts: it says hello to the members of its last view (and the
+   * seeds). If one of them is a live member of a running group, this node rejoins it like any
+   * joiner (its shards then transfer only what it lacks). If they are all restarting, the restart
+   * leader decides the view to resume in once a majority of the last view and of every shard is
+   * back; every node adopts that decision, founds the next membership-log epoch in it and
+   * reconciles its shards (reconcile()). Throws RestartTimeoutError after restartTimeoutMs.
+   */
+  private async restart(record: MembershipRecord): Promise<void> {
+    this.status = 'restarting';
+    this.epoch = record.epoch;
+    const run: RestartRun = {
+      last: decodeView(record.view), trims: record.trims, back: new Map(), quorumSinceMs: undefined,
+      decided: undefined, live: false,
+    };
+    this.restarting = run;
+    const timeoutMs = this.options.restartTimeoutMs ?? 60_000;
+    const deadline = Date.now() + timeoutMs;
+    let loggedAtMs = -Infinity;
+    const hellos = new Set<TransportAddress>();
+    this.options.log?.(`restart: last view ${run.last.id} [${run.last.memberIds}], epoch ${record.epoch}`);
+    for (;;) {
+      if (this.status !== 'restarting') throw new SquallError('closed while restarting', 'CLOSED');
+      if (run.live) {
+        this.options.log?.('restart: a live member answered; rejoining the running group');
+        this.restarting = undefined;
+        this.status = 'joining';
+        await this.join();
+        return;
+      }
+      if (run.decided !== undefined) {
+        this.restarting = undefined;
+        await this.adoptRestart(run.decided, record);
+        return;
+      }
+      const quorum = restartQuorum(run.last, this.backSet(run));
+      if (Date.now() > deadline) {
+        const short = quorum.shortShards.map((x) => `${x.typeName}/${x.subgroupIndex}/${x.shardIndex} (${x.back} of ${x.needed})`).join(', ');
+        throw new RestartTimeoutError(run.last.id, quorum.missing, short, timeoutMs);
+      }
+      const addresses = new Set([
+        ...run.last.members.filter((m) => m.id !== this.self).map((m) => m.address),
+        ...(this.options.seeds ?? []),
+      ]);
+      addresses.delete(this.transport.address);
+      // One hello outstanding per address: connecting to a node that is not up yet may take a
+      // while, and must not hold up the others.
+      for (const address of addresses) {
+        if (hellos.has(address)) continue;
+        hellos.add(address);
+        void this.sayHello(run, address).finally(() => hellos.delete(address));
+      }
+      this.decideRestart(run);
+      if (Date.now() - loggedAtMs >= 1000 && run.decided === undefined && !run.live) {
+        loggedAtMs = Date.now();
+        const q = restartQuorum(run.last, this.backSet(run));
+        this.options.log?.(`restart: view ${run.last.id}: back [${[...this.backSet(run)]}], waiting for ` +
+          `[${q.missing}]${q.ready ? ' (quorum reached)' : ''}, leader ${restartLeader(run.last, this.backSet(run))}`);
+      }
+      if (run.decided === undefined && !run.live) await sleep(100);
+    }
+  }
+
+  /** The members of the last view heard from in the last 3 s, and this node. */
+  private backSet(run: RestartRun): Set<NodeId> {
+    const now = Date.now();
+    const back = new Set<NodeId>([this.self]);
+    for (const [node, b] of run.back) if (now - b.atMs < 3000) back.add(node);
+    return back;
+  }
+
+  private async sayHello(run: RestartRun, address: TransportAddress): Promise<void> {
+    let reply: RestartReply;
+    try {
+      const session = await this.session(address);
+      const bytes = await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
+        t: 'restartHello', node: this.self, address: this.transport.address, view: encodeView(run.last),
+        ...(run.trims !== undefined ? { trims: run.trims } : {}),
+      }), { timeoutMs: 500 });
+      reply = packr.unpack(bytes) as RestartReply;
+    } catch {
+      this.sessions.delete(address);
+      return;
+    }
+    if (reply.t === 'live') run.live = true;
+    else if (reply.t === 'restartDecided') this.learnDecision(run, reply);
+    else if (reply.t === 'restartWait') this.learnPeer(run, reply.node, reply.address, reply.view, reply.trims);
+  }
+
+  private learnPeer(
+    run: RestartRun, node: number, address: string, viewBytes: Uint8Array, trims: MembershipRecord['trims'],
+  ): void {
+    run.back.set(nodeId(node), { address, atMs: Date.now() });
+    const view = decodeView(viewBytes);
+    if (view.id > run.last.id) {
+      run.last = view;
+      run.trims = undefined;
+      run.quorumSinceMs = undefined;
+    }
+    if (trims !== undefined && trims.viewId === run.last.id && run.trims?.viewId !== run.last.id) run.trims = trims;
+  }
+
+  private learnDecision(run: RestartRun, reply: Extract<RestartReply, { t: 'restartDecided' }>): void {
+    if (run.decided !== undefined) return;
+    const view = decodeView(reply.view);
+    // Not in the restart view (it was not back in time): join the group that resumed.
+    if (view.addressOf(this.self) !== this.transport.address) {
+      run.live = true;
+      return;
+    }
+    run.decided = { view, from: decodeView(reply.from), trims: reply.trims };
+  }
+
+  /** The restart leader decides once the quorum is back and the grace period passed (or all are). */
+  private decideRestart(run: RestartRun): void {
+    if (run.decided !== undefined || run.live) return;
+    const back = this.backSet(run);
+    if (restartLeader(run.last, back) !== this.self) return;
+    const quorum = restartQuorum(run.last, back);
+    if (!quorum.ready) {
+      run.quorumSinceMs = undefined;
+      return;
+    }
+    run.quorumSinceMs ??= Date.now();
+    if (quorum.missing.length > 0 && Date.now() - run.quorumSinceMs < (this.options.restartGraceMs ?? 1000)) return;
+    const addresses = new Map<NodeId, string>();
+    for (const node of back) {
+      if (!run.last.isMember(node)) continue;
+      addresses.set(node, node === this.self ? this.transport.address : run.back.get(node)!.address);
+    }
+    const view = restartView(run.last, addresses, this.options.allocator);
+    const trims = run.trims?.viewId === run.last.id
+      ? run.trims.trims.map((t) => ({ subgroupId: t.subgroupId, shardIndex: t.shardIndex, trim: [...t.trim] }))
+      : [];
+    this.options.log?.(`restart: leader decides view ${view.id} [${view.memberIds}] from view ${run.last.id}` +
+      ` (failed [${view.failed}], ${trims.length} committed trims)`);
+    run.decided = { view, from: run.last, trims };
+    // Tell every node that is back at once: the new view's failure detector is running here.
+    const decision = this.decisionReply(run.decided) as Extract<RestartReply, { t: 'restartDecided' }>;
+    for (const m of view.members) {
+      if (m.id !== this.self) this.post(m.address, { ...decision, t: 'restartDecision' });
+    }
+  }
+
+  private answerRestartHello(hello: Extract<Wire, { t: 'restartHello' }>): RestartReply {
+    const run = this.restarting;
+    if (this.status === 'restarting' && run !== undefined) {
+      if (run.decided !== undefined) return this.decisionReply(run.decided);
+      this.learnPeer(run, hello.node, hello.address, hello.view, hello.trims);
+      return {
+        t: 'restartWait', node: this.self, address: this.transport.address, view: encodeView(run.last),
+        ...(run.trims !== undefined ? { trims: run.trims } : {}),
+      };
+    }
+    if (this.status !== 'member') return { t: 'notMember' };
+    // A node the restart view names that missed the decision (the leader went down meanwhile)
+    // gets it from any member still in that view; anyone else joins the running group.
+    const restarted = this.restarted;
+    if (restarted !== undefined && this.core!.view.id === restarted.viewId &&
+      this.core!.view.addressOf(nodeId(hello.node)) === hello.address) {
+      const trims = [...restarted.trims].map(([key, t]) => {
+        const [subgroupId, shardIndex] = key.split('/').map(Number) as [number, number];
+        return { subgroupId, shardIndex, trim: [...t.trim] };
+      });
+      return this.decisionReply({ view: this.core!.view, from: restarted.from, trims });
+    }
+    return { t: 'live' };
+  }
+
+  private decisionReply(d: NonNullable<RestartRun['decided']>): RestartReply {
+    return { t: 'restartDecided', view: encodeView(d.view), from: encodeView(d.from), trims: d.trims };
+  }
+
+  /** Founds the membership log's next epoch in the restart view and becomes a member of it. */
+  private async adoptRestart(decided: NonNullable<RestartRun['decided']>, record: MembershipRecord): Promise<void> {
+    const { view, from } = decided;
+    this.epoch = view.id;
+    this.restarted = {
+      viewId: view.id, from,
+      trims: new Map(decided.trims.map((t) => [`${t.subgroupId}/${t.shardIndex}`, { viewId: from.id, trim: t.trim }])),
+      trimApplied: record.trims?.viewId === from.id,
+    };
+    // The decision stays answerable (answerRestartHello) while this node starts.
+    this.restarting = { last: from, trims: undefined, back: new Map(), quorumSinceMs: undefined, decided, live: false };
+    this.status = 'restarting';
+    this.voters = votersOf(view, this.votersCount);
+    for (const v of this.voters) this.logHolders.add(v);
+    for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
+    if (this.voters.includes(this.self)) await this.startRaft(this.voters);
+    this.options.log?.(`restart: resuming in view ${view.id} [${view.memberIds}], voters [${this.voters}]`);
+    this.restarting = undefined;
+    await this.becomeMember(view, 0);
+  }
+
+  /**
+   * Reconciles one shard of the restart view: truncate past the committed trim, learn the other
+   * members' kept versions, pull the suffix this node lacks from the lowest-ranked member holding
+   * the newest, then hand over the deliveries held meanwhile (as a joiner does).
+   */
+  private async reconcile(run: ShardRun, view: View): Promise<void> {
+    const restarted = this.restarted!;
+    const store = this.options.state;
+    const name = shardName(run.ref);
+    const members = view.shard(run.ref.subgroupId, run.ref.shardIndex)!.members;
+    for (;;) {
+      if (this.status !== 'member' || this.shards.get(name) !== run) return;
+      try {
+        if (store !== undefined && run.restartKept === undefined) {
+          const latest = store.latestVersion(run.ref);
+          const kept = keptVersion({ latest, trimApplied: restarted.trimApplied }, restarted.trims.get(name));
+          if (kept < latest) {
+            this.options.log?.(`restart: shard ${name} truncates ${latest} → ${kept} (past the committed trim)`);
+            await store.truncate?.(run.ref, kept);
+          }
+          run.restartKept = kept;
+        }
+        const kept = run.restartKept ?? -1n;
+        const peers: PeerVersion[] = [];
+        for (const m of members) {
+          if (m === this.self) continue;
+          const session = await this.session(view.addressOf(m)!);
+          const answer = packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
+            t: 'stateLatest', view: view.id, subgroupId: run.ref.subgroupId, shardIndex: run.ref.shardIndex,
+          }), { timeoutMs: 1000 })) as { kept: string | null };
+          if (answer.kept === null) throw new SquallError(`node ${m} is not reconciled yet`, 'NO_STATE');
+          peers.push({ node: m, kept: BigInt(answer.kept) });
+        }
+        const plan = reconcileShard(kept, peers);
+        if (plan.kind === 'pull') {
+          this.options.log?.(`restart: shard ${name} pulls ${plan.after} → ${plan.target} from node ${plan.from}`);
+          await this.pullState(run, view, [plan.from]);
+        } else {
+          this.options.log?.(`restart: shard ${name} holds the newest version (${kept})`);
+          this.release(run);
+        }
+        return;
+      } catch {
+        await sleep(100);
+      }
+    }
+  }
+
   // ---- Joining ------------------------------------------------------------------------------
 
   private async join(): Promise<void> {
@@ -367,6 +688,7 @@ export class MembershipDriver {
         continue;
       }
       if (reply.t === 'welcome') {
+        this.epoch = reply.epoch ?? 0;
         await this.becomeMember(decodeView(reply.view), reply.sealedAtIndex);
         return;
       }
@@ -393,7 +715,7 @@ export class MembershipDriver {
     for (let i = this.history.length - 1; i >= 0; i--) {
       const h = this.history[i]!;
       if (h.view.joined.includes(node) && h.view.addressOf(node) === request.address) {
-        return { t: 'welcome', view: encodeView(h.view), sealedAtIndex: h.sealedAtIndex };
+        return { t: 'welcome', view: encodeView(h.view), sealedAtIndex: h.sealedAtIndex, epoch: this.epoch };
       }
     }
     const core = this.core!;
@@ -478,6 +800,20 @@ export class MembershipDriver {
         return pack(this.openTransfer(message));
       case 'stateNext':
         return pack(this.nextChunk(message.token));
+      case 'stateLatest': {
+        const run = this.shards.get(shardName({
+          subgroupId: message.subgroupId as SubgroupId, shardIndex: message.shardIndex as ShardIndex,
+        }));
+        const kept = this.core?.view.id === message.view ? run?.restartKept : undefined;
+        return pack({ kept: kept === undefined ? null : String(kept) });
+      }
+      case 'restartHello':
+        return pack(this.answerRestartHello(message));
+      case 'restartDecision':
+        if (this.status === 'restarting' && this.restarting !== undefined) {
+          this.learnDecision(this.restarting, { ...message, t: 'restartDecided' });
+        }
+        return EMPTY;
       default:
         this.counters.messagesDropped++;
         void context;
@@ -708,6 +1044,12 @@ export class MembershipDriver {
           run.driver.applyTrim(trim);
         }
         await this.options.persist?.(effect.viewId);
+        // The trims are committed and applied: a total restart from this view truncates the
+        // others to them (src/membership/restart.ts, keptVersion).
+        await this.options.saveRecord?.({
+          view: encodeView(core.view), epoch: this.epoch,
+          trims: { viewId: effect.viewId, trims: effect.trims },
+        });
         core.delivered(effect.viewId);
         break;
       }
@@ -751,6 +1093,9 @@ export class MembershipDriver {
     // the other members' failure detectors already count it.
     this.fd!.resetView(view.id, view.memberIds);
     this.pump();
+    // Before any multicast of the view exists: every member of a view that delivered anything
+    // has recorded it (the total restart's argument, src/membership/restart.ts).
+    await this.options.saveRecord?.({ view: encodeView(view), epoch: this.epoch });
     const mine = view.shardsOf(this.self);
     for (const [key, run] of old) {
       if (!mine.some((s) => shardName(s) === key)) await run.driver.close();
@@ -774,10 +1119,11 @@ export class MembershipDriver {
       const sources = previous !== undefined
         ? (transfer?.from !== undefined ? [transfer.from] : [])
         : layout.members.filter((m) => !view.joined.includes(m));
+      const reconciling = this.restarted?.viewId === view.id;
       const run: ShardRun = {
         ref: { subgroupId: s.subgroupId, shardIndex: s.shardIndex },
         driver: undefined as never, // set just below: onDeliver needs `run`
-        held: sources.length > 0 && view.id !== 0 ? [] : undefined,
+        held: (sources.length > 0 && view.id !== 0) || reconciling ? [] : undefined,
       };
       run.driver = await MulticastDriver.create({
         transport: this.transport, self: this.self, shard: shardNumber(s), view: mview,
@@ -792,7 +1138,8 @@ export class MembershipDriver {
         },
       });
       this.shards.set(shardName(s), run);
-      if (run.held !== undefined) void this.pullState(run, view, sources);
+      if (reconciling) void this.reconcile(run, view);
+      else if (run.held !== undefined) void this.pullState(run, view, sources);
     }
     for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
     if (previous === undefined && view.id !== 0) this.voters = votersOf(view, this.votersCount);
@@ -846,16 +1193,21 @@ export class MembershipDriver {
             if (next.done) break;
           }
         }
-        const held = run.held ?? [];
-        run.held = undefined;
-        const latest = store?.latestVersion(run.ref) ?? -1n;
-        for (const h of held) {
-          if (h.delivery.version === null || h.delivery.version > latest) this.options.onDeliver?.(h.shard, h.delivery);
-        }
+        this.release(run);
         return;
       } catch {
         await sleep(100);
       }
+    }
+  }
+
+  /** The shard's state is here: hand over the deliveries held meanwhile that are newer. */
+  private release(run: ShardRun): void {
+    const held = run.held ?? [];
+    run.held = undefined;
+    const latest = this.options.state?.latestVersion(run.ref) ?? -1n;
+    for (const h of held) {
+      if (h.delivery.version === null || h.delivery.version > latest) this.options.onDeliver?.(h.shard, h.delivery);
     }
   }
 
@@ -865,7 +1217,9 @@ export class MembershipDriver {
     };
     const run = this.shards.get(shardName(ref));
     const store = this.options.state;
-    if (store === undefined || run === undefined || run.held !== undefined) return { none: true };
+    // A member still reconciling the restart view serves what it kept (it has truncated).
+    const serves = run !== undefined && (run.held === undefined || run.restartKept !== undefined);
+    if (store === undefined || run === undefined || !serves) return { none: true };
     const token = this.transferToken++;
     const chunks = store.stateChunks(ref, BigInt(request.after))[Symbol.iterator]();
     this.transfers.set(token, { chunks, at: Date.now() });
