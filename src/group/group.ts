@@ -261,7 +261,7 @@ export class Group {
       await group.awaitMembersReady();
       return group;
     } catch (error) {
-      if (group !== undefined) await group.close();
+      if (group !== undefined) await group.close({ leave: false });
       else {
         await viewSource.close();
         await store?.close();
@@ -360,12 +360,23 @@ export class Group {
    */
   async leave(timeoutMs = 5_000): Promise<boolean> {
     const left = this.membership !== undefined && !this.closed ? await this.membership.leave(timeoutMs) : true;
-    await this.close();
+    await this.close({ leave: false });
     return left;
   }
 
-  /** Stops the drivers, fails outstanding calls with GroupClosedError, closes store and socket. */
-  async close(): Promise<void> {
+  /**
+   * Stops the drivers, fails outstanding calls with GroupClosedError, closes store and socket.
+   * With `membership: true` it first leaves cleanly (as leave(), waiting up to `leaveTimeoutMs`,
+   * default 2000), so the others go on at once instead of after the failure timeout; pass
+   * `{ leave: false }` to stop as if the process died (the others remove it as failed). A leave
+   * that would leave fewer than a majority of the view is refused by the group: the node then
+   * closes without it, and restarts from its data dir later like a failed one.
+   */
+  async close(options: { readonly leave?: boolean; readonly leaveTimeoutMs?: number } = {}): Promise<void> {
+    if (this.closed) return;
+    if (this.membership !== undefined && options.leave !== false && this.removed === undefined) {
+      await this.membership.leave(options.leaveTimeoutMs ?? 2_000);
+    }
     if (this.closed) return;
     this.closed = true;
     const error = new GroupClosedError('call outstanding at close');

@@ -146,12 +146,16 @@ export class MembershipViewSource implements ViewSource {
    */
   leave(timeoutMs: number): Promise<boolean> {
     if (this.removed !== undefined) return Promise.resolve(true);
+    if (!this.driver.isMember) return Promise.resolve(false);
     return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs);
-      this.onRemoved(() => {
+      const done = (left: boolean): void => {
         clearTimeout(timer);
-        resolve(true);
-      });
+        resolve(left);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.onRemoved(() => done(true));
+      // Refused: leaving would leave fewer than a majority of the view (the others are gone).
+      this.driver.on('leaveRefused', () => done(false));
       this.driver.leave();
     });
   }

@@ -159,7 +159,12 @@ export class JoinRefusedError extends SquallError {
   }
 }
 
-type Listener = { view: (view: View) => void; removed: (error: NodeRemovedError) => void };
+type Listener = {
+  view: (view: View) => void;
+  removed: (error: NodeRemovedError) => void;
+  /** This node's clean leave was refused (it would have left a minority). */
+  leaveRefused: () => void;
+};
 
 type Wire =
   | { t: 'hb'; from: number; address: string }
@@ -264,16 +269,31 @@ export class MembershipDriver {
   private effects: Promise<void> = Promise.resolve();
   private readonly pumper = new SerialPump(() => this.pumpOnce(), () => this.status === 'member');
   private timer: NodeJS.Timeout | undefined;
-  private readonly listeners: { [K in keyof Listener]: Listener[K][] } = { view: [], removed: [] };
+  private readonly listeners: { [K in keyof Listener]: Listener[K][] } = { view: [], removed: [], leaveRefused: [] };
+  /**
+   * The transport the driver's Raft, multicast and membership handlers use: every request that
+   * arrives through it proves its sender alive to the failure detector (a busy member's
+   * multicast and Raft traffic count, not only its heartbeats).
+   */
+  private readonly watched: Transport;
+  /** Member addresses of the installed view → node, for the activity above. */
+  private memberByAddress = new Map<TransportAddress, NodeId>();
+  private lastTickAtMs = 0;
   private failure: Error | undefined;
   readonly counters = {
     heartbeatsSent: 0, messagesDropped: 0, sendErrors: 0, proposals: 0, installs: 0, stateChunks: 0,
+    /** Ticks skipped because this node's event loop had stalled (see onTick). */
+    stalls: 0,
   };
 
   constructor(options: MembershipDriverOptions) {
     this.options = options;
     this.self = options.self;
     this.transport = options.transport;
+    this.watched = watchTransport(options.transport, (peer) => {
+      const node = this.memberByAddress.get(peer);
+      if (node !== undefined && this.status === 'member') this.fd!.heartbeatReceived(node);
+    });
     this.tickMs = options.tickMs ?? 10;
     this.votersCount = options.votersCount ?? 3;
     this.voters = options.founders.slice(0, this.votersCount).map((f) => f.id);
@@ -320,8 +340,8 @@ export class MembershipDriver {
    */
   async start(): Promise<void> {
     if (this.status !== 'new') throw new SquallError('start() was called twice', 'ALREADY_STARTED');
-    this.transport.handle(MEMBERSHIP_REQUEST_TYPE, (request, context) => this.onRequest(request, context));
-    prepareMulticastTransport(this.transport);
+    this.watched.handle(MEMBERSHIP_REQUEST_TYPE, (request, context) => this.onRequest(request, context));
+    prepareMulticastTransport(this.watched);
     if (this.options.record !== undefined) {
       this.timer = setInterval(() => this.onTick(), this.tickMs);
       await this.restart(this.options.record);
@@ -365,7 +385,7 @@ export class MembershipDriver {
     this.raftStarting = true;
     try {
       this.raft = await RaftDriver.start({
-        id: this.self, peers: this.raftPeers, voters: founding.map(Number), transport: this.transport,
+        id: this.self, peers: this.raftPeers, voters: founding.map(Number), transport: this.watched,
         storage: this.options.raftStorageFor?.(this.epoch) ?? this.options.raftStorage ?? new MemoryStorage(),
         tickMs: this.tickMs,
         // A leader's failure is noticed by Raft's election timeout: keep it near the failure
@@ -954,7 +974,15 @@ export class MembershipDriver {
 
   private onTick(): void {
     if (this.status === 'closed') return;
-    if (this.status === 'member') {
+    // The failure detector counts this node's own ticks, so a stall of this event loop does not
+    // count as the peers' silence, except on the first tick after it: timers run before the
+    // loop reads the sockets, so the heartbeats that arrived meanwhile are not read yet. Skip
+    // that one tick (the next one sees them).
+    const nowMs = Date.now();
+    const stalled = this.lastTickAtMs > 0 && nowMs - this.lastTickAtMs > Math.max(4 * this.tickMs, 50);
+    this.lastTickAtMs = nowMs;
+    if (stalled) this.counters.stalls++;
+    if (this.status === 'member' && !stalled) {
       this.fd!.tick();
       this.core!.tick();
       this.pump();
@@ -1077,6 +1105,9 @@ export class MembershipDriver {
         return;
       }
       case 'refused':
+        if (effect.changes.some((c) => c.kind === 'leave' && c.node === this.self)) {
+          for (const l of this.listeners.leaveRefused) l();
+        }
         break;
     }
     this.pump();
@@ -1126,7 +1157,7 @@ export class MembershipDriver {
         held: (sources.length > 0 && view.id !== 0) || reconciling ? [] : undefined,
       };
       run.driver = await MulticastDriver.create({
-        transport: this.transport, self: this.self, shard: shardNumber(s), view: mview,
+        transport: this.watched, self: this.self, shard: shardNumber(s), view: mview,
         mode: layout.mode === 'raw' ? 'raw' : 'ordered',
         ...(limits ? { limits } : {}),
         onDeliver: (d) => this.onDelivery(run, d),
@@ -1142,6 +1173,7 @@ export class MembershipDriver {
       else if (run.held !== undefined) void this.pullState(run, view, sources);
     }
     for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
+    this.memberByAddress = new Map(view.members.filter((m) => m.id !== this.self).map((m) => [m.address, m.id]));
     if (previous === undefined && view.id !== 0) this.voters = votersOf(view, this.votersCount);
     for (const v of this.voters) this.logHolders.add(v);
     if (this.voters.includes(this.self)) await this.startRaft([]);
@@ -1239,6 +1271,25 @@ export class MembershipDriver {
     }
     return { chunk: next.value, done: false };
   }
+}
+
+/**
+ * `transport` with every handler registered through it wrapped so that `heard(peer)` runs for
+ * each request before the handler (the transport's address of the sender).
+ */
+function watchTransport(transport: Transport, heard: (peer: TransportAddress) => void): Transport {
+  const handle: Transport['handle'] = (type, handler) =>
+    transport.handle(type, (request, context) => {
+      heard(context.peer);
+      return handler(request, context);
+    });
+  return new Proxy(transport, {
+    get(target, property) {
+      if (property === 'handle') return handle;
+      const value = Reflect.get(target, property, target) as unknown;
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
 }
 
 function pack(message: Wire | JoinReply | object): Uint8Array {
