@@ -15,6 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { PersistentRegistry } from '../../persistence/registry.js';
+import { VersionNotFoundError, VersionTrimmedError } from '../../persistence/errors.js';
 import { ConfigError, SquallError } from '../core/errors.js';
 import { nodeId } from '../core/ids.js';
 import type { ReplicatedClassInfo } from '../../decorators/metadata.js';
@@ -197,6 +198,7 @@ export class MembershipViewSource implements ViewSource {
       stateChunks: (shard, afterVersion) => registry(shard).serializeSuffix(afterVersion),
       applyStateChunk: (shard, chunk) => registry(shard).applyChunk(chunk),
       truncate: (shard, version) => registry(shard).truncate(version),
+      floorVersion: (shard, version) => floorVersion(registry(shard), version),
     };
   }
 
@@ -204,6 +206,32 @@ export class MembershipViewSource implements ViewSource {
     if (this.sink !== undefined) this.sink.deliver(shard, delivery);
     else this.early.push({ shard, delivery: { ...delivery, payload: delivery.payload.slice() } });
   }
+}
+
+/**
+ * The newest version at or below `version` in any field of `registry` (-1n: none), or undefined
+ * when a field's history was trimmed past it (then nobody can tell what lies below).
+ */
+function floorVersion(registry: PersistentRegistry, version: bigint): bigint | undefined {
+  let floor = -1n;
+  for (const name of registry.fieldNames()) {
+    const field = registry.field(name)!;
+    const latest = field.latestVersion();
+    if (latest < 0n) continue;
+    let found: bigint;
+    if (version >= latest) found = latest;
+    else {
+      try {
+        found = field.versionAt(version);
+      } catch (error) {
+        if (error instanceof VersionNotFoundError) continue;
+        if (error instanceof VersionTrimmedError) return undefined;
+        throw error;
+      }
+    }
+    if (found > floor) floor = found;
+  }
+  return floor;
 }
 
 /**

@@ -74,6 +74,12 @@ export interface ShardStateStore {
   applyStateChunk(shard: ShardRef, chunk: Uint8Array): void;
   /** Drops every version above `version` (restart reconciliation); resolves once durable. */
   truncate?(shard: ShardRef, version: bigint): Promise<void>;
+  /**
+   * The newest version at or below `version` this node holds (-1n: none), or undefined if it
+   * cannot tell (history trimmed). Replicas record the same versions for the same calls, so a
+   * joiner whose latest version the source lacks holds versions the group never delivered.
+   */
+  floorVersion?(shard: ShardRef, version: bigint): bigint | undefined;
 }
 
 export interface MembershipDriverOptions {
@@ -681,19 +687,22 @@ export class MembershipDriver {
 
   // ---- Joining ------------------------------------------------------------------------------
 
+  /**
+   * Asks every seed at once, one call outstanding per seed, until one welcomes this node. A seed
+   * that does not answer (a dead address in the list costs a whole connect timeout) must not
+   * delay hearing the welcome from the others: the members start counting this node's silence
+   * when they install the view it joined in.
+   */
   private async join(): Promise<void> {
-    const seeds = this.options.seeds ?? this.options.founders.map((f) => f.address);
-    const deadline = Date.now() + (this.options.joinTimeoutMs ?? 30_000);
+    const seeds = [...new Set(this.options.seeds ?? this.options.founders.map((f) => f.address))]
+      .filter((seed) => seed !== this.transport.address);
+    const timeoutMs = this.options.joinTimeoutMs ?? 30_000;
+    const deadline = Date.now() + timeoutMs;
     let lastProblem: Error | undefined;
-    for (let turn = 0; this.status === 'joining'; turn++) {
-      if (Date.now() > deadline) {
-        throw lastProblem ?? new TimeoutError(`joining through ${seeds.join(', ')}`, this.options.joinTimeoutMs ?? 30_000);
-      }
-      const seed = seeds[turn % seeds.length]!;
-      if (seed === this.transport.address) {
-        await sleep(10);
-        continue;
-      }
+    let welcome: { view: Uint8Array; sealedAtIndex: number; epoch: number } | undefined;
+    let refused: JoinRefusedError | undefined;
+    const asking = new Set<TransportAddress>();
+    const ask = async (seed: TransportAddress): Promise<void> => {
       let reply: JoinReply;
       try {
         const session = await this.session(seed);
@@ -703,22 +712,30 @@ export class MembershipDriver {
         reply = packr.unpack(bytes) as JoinReply;
       } catch (error) {
         lastProblem = error as Error;
-        this.sessions.delete(seed);
         await sleep(50);
-        continue;
-      }
-      if (reply.t === 'welcome') {
-        this.epoch = reply.epoch ?? 0;
-        await this.becomeMember(decodeView(reply.view), reply.sealedAtIndex);
         return;
       }
-      if (reply.t === 'refused' && reply.code === 'NODE_ID_IN_USE') {
-        lastProblem = new NodeIdInUseError(this.self, makeViewId(0));
-      } else if (reply.t === 'refused') {
-        this.status = 'removed';
-        throw new JoinRefusedError(seed, reply.message);
+      if (reply.t === 'welcome') welcome ??= { view: reply.view, sealedAtIndex: reply.sealedAtIndex, epoch: reply.epoch ?? 0 };
+      else if (reply.t === 'refused' && reply.code === 'NODE_ID_IN_USE') lastProblem = new NodeIdInUseError(this.self, makeViewId(0));
+      else if (reply.t === 'refused') refused ??= new JoinRefusedError(seed, reply.message);
+    };
+    while (this.status === 'joining') {
+      if (welcome !== undefined) {
+        this.epoch = welcome.epoch;
+        await this.becomeMember(decodeView(welcome.view), welcome.sealedAtIndex);
+        return;
       }
-      await sleep(reply.t === 'pending' ? 20 : 50);
+      if (refused !== undefined) {
+        this.status = 'removed';
+        throw refused;
+      }
+      if (Date.now() > deadline) throw lastProblem ?? new TimeoutError(`joining through ${seeds.join(', ')}`, timeoutMs);
+      for (const seed of seeds) {
+        if (asking.has(seed)) continue;
+        asking.add(seed);
+        void ask(seed).finally(() => asking.delete(seed));
+      }
+      await sleep(20);
     }
   }
 
@@ -764,11 +781,17 @@ export class MembershipDriver {
     if (s === undefined) {
       s = this.transport.connect(address);
       this.sessions.set(address, s);
+      const opened = s;
+      const forget = (): void => {
+        if (this.sessions.get(address) === opened) this.sessions.delete(address);
+      };
+      // Any end of the session forgets it: a session the peer disconnected (e.g. its transport
+      // tore down the sessions of a dead process at this address after a new one had connected)
+      // would otherwise fail every later message to that address, silently for one-way ones.
       s.then((session) => session.onEvent((event) => {
-        if (event.kind !== 'peer-failed') return;
-        this.sessions.delete(address);
-        this.onPeerUnreachable(address);
-      }), () => this.sessions.delete(address));
+        forget();
+        if (event.kind === 'peer-failed') this.onPeerUnreachable(address);
+      }), forget);
     }
     return s;
   }
@@ -1206,12 +1229,21 @@ export class MembershipDriver {
         if (store !== undefined && address !== undefined) {
           const session = await this.session(address);
           const timeoutMs = this.options.stateTransferTimeoutMs ?? 10_000;
+          const after = store.latestVersion(run.ref);
           const open = packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
             t: 'stateOpen', view: view.id, subgroupId: run.ref.subgroupId, shardIndex: run.ref.shardIndex,
-            after: String(store.latestVersion(run.ref)),
-          }), { timeoutMs })) as { token: number } | { none: true };
+            after: String(after),
+          }), { timeoutMs })) as { token: number; from?: string } | { none: true };
           if ('none' in open) {
             throw new SquallError(`node ${source} has no state for ${shardName(run.ref)} yet`, 'NO_STATE');
+          }
+          // The source lacks this node's latest version: what this node holds above the source's
+          // floor was never delivered by the group (e.g. it was absent from a total restart that
+          // resumed from older state). Drop it; the chunks start there.
+          const from = open.from !== undefined ? BigInt(open.from) : after;
+          if (from < after) {
+            this.options.log?.(`state: shard ${shardName(run.ref)} truncates ${after} → ${from} (node ${source} lacks the rest)`);
+            await store.truncate?.(run.ref, from);
           }
           for (;;) {
             const ask = pack({ t: 'stateNext', token: open.token });
@@ -1243,7 +1275,7 @@ export class MembershipDriver {
     }
   }
 
-  private openTransfer(request: Extract<Wire, { t: 'stateOpen' }>): { token: number } | { none: true } {
+  private openTransfer(request: Extract<Wire, { t: 'stateOpen' }>): { token: number; from: string } | { none: true } {
     const ref: ShardRef = {
       subgroupId: request.subgroupId as SubgroupId, shardIndex: request.shardIndex as ShardIndex,
     };
@@ -1253,11 +1285,14 @@ export class MembershipDriver {
     const serves = run !== undefined && (run.held === undefined || run.restartKept !== undefined);
     if (store === undefined || run === undefined || !serves) return { none: true };
     const token = this.transferToken++;
-    const chunks = store.stateChunks(ref, BigInt(request.after))[Symbol.iterator]();
+    const after = BigInt(request.after);
+    const floor = store.floorVersion?.(ref, after);
+    const from = floor !== undefined && floor < after ? floor : after;
+    const chunks = store.stateChunks(ref, from)[Symbol.iterator]();
     this.transfers.set(token, { chunks, at: Date.now() });
     // Forget transfers abandoned by their joiner.
     for (const [t, x] of this.transfers) if (Date.now() - x.at > 60_000) this.transfers.delete(t);
-    return { token };
+    return { token, from: String(from) };
   }
 
   private nextChunk(token: number): { chunk?: Uint8Array; done: boolean } {

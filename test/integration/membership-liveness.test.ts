@@ -49,6 +49,9 @@ async function group(seedBase: number, shardNodes: number) {
   const drivers = endpoints.map((e, i) => new MembershipDriver({
     self: nodeId(i + 1), transport: i === 2 ? withoutHeartbeats(e) : e, allocator, layoutHash: 'kv', founders,
     found: true, heartbeatMs: 20, failureTimeoutMs: 200, tickMs: 10,
+    // Node 1 alone holds the log: node 3 then never leads Raft (a leader's appends reach both
+    // others) and its fetches reach node 1 only.
+    votersCount: 1,
   }));
   const close = async (): Promise<void> => {
     for (const d of drivers) await d.close();
@@ -82,9 +85,8 @@ test('a member whose heartbeats are lost but whose multicast flows is not suspec
 
 test('control: the same member outside every shard (no multicast) is removed', async (t) => {
   t.timeout(30_000);
-  // Layout of one shard of 2: node 3 is a spare, so only its (dropped) heartbeats and, as a
-  // voter, Raft replies to the leader leave it: the follower that is not the Raft leader hears
-  // nothing and suspects it.
+  // Layout of one shard of 2: node 3 is a spare, so only its (dropped) heartbeats and its log
+  // fetches (to node 1) leave it: node 2 hears nothing from it and suspects it.
   const { drivers, close } = await group(950, 2);
   try {
     await waitFor('node 3 removed', () => drivers.slice(0, 2).every((d) => !d.current().isMember(nodeId(3))), 10_000);
