@@ -7,7 +7,7 @@
 // work. Then one node is killed and restarted alone while the others serve: it rejoins the
 // running group, gets what it lacks, and ends with the others' digest.
 import 'reflect-metadata';
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { Group, fixedEvenShards, oneSubgroup } from '../../src/index.js';
 import { parseConfig } from '../../src/config/load.js';
 import { freeUdpPorts, localConfigToml } from '../../src/group/local.js';
+import { ChildNode, waitUntil } from '../support/child-node.js';
 import { KvStore } from '../../examples/kv-store/app.js';
 
 const layout = { KvStore: oneSubgroup(fixedEvenShards(1, 3)) };
@@ -58,33 +59,7 @@ if (process.env['GRST_CHILD'] !== undefined) {
 } else {
   const { default: test } = await import('ava');
 
-  class Node {
-    private nextId = 1;
-    private readonly pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
-    readonly ready: Promise<void>;
-    constructor(readonly id: number, readonly child: ChildProcess) {
-      this.ready = new Promise((resolve, reject) => {
-        child.once('exit', (code, signal) => {
-          reject(new Error(`node ${id} exited (${code ?? signal}) before it was ready`));
-          for (const p of this.pending.values()) p.reject(new Error(`node ${id} exited`));
-          this.pending.clear();
-        });
-        child.on('message', (m: { ready?: true; id?: number; result?: unknown; error?: string }) => {
-          if (m.ready) return resolve();
-          const p = this.pending.get(m.id!);
-          this.pending.delete(m.id!);
-          if (m.error !== undefined) p?.reject(new Error(`node ${id}: ${m.error}`));
-          else p?.resolve(m.result);
-        });
-      });
-    }
-    ask<R>(request: { op: 'put'; key: string; value: string } | { op: 'state' }): Promise<R> {
-      const id = this.nextId++;
-      return new Promise((resolve, reject) => {
-        this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-        this.child.send({ ...request, id });
-      });
-    }
+  class Node extends ChildNode<{ op: 'put'; key: string; value: string } | { op: 'state' }> {
     put(key: string, value: string): Promise<boolean> {
       return this.ask({ op: 'put', key, value });
     }
@@ -92,14 +67,7 @@ if (process.env['GRST_CHILD'] !== undefined) {
       return this.ask({ op: 'state' });
     }
   }
-
-  async function waitFor(what: string, done: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-    const started = performance.now();
-    while (!(await done())) {
-      if (performance.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
+  const waitFor = waitUntil;
 
   const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-restart-process-'));
   test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
