@@ -356,12 +356,36 @@ export class MembershipDriver {
     if (this.voters.includes(this.self)) await this.startRaft(this.voters);
     this.timer = setInterval(() => this.onTick(), this.tickMs);
     if (this.options.found) {
+      await this.awaitFounders();
       const view = initialView(this.options.founders, this.options.allocator);
       await this.becomeMember(view, 0);
       return;
     }
     this.status = 'joining';
     await this.join();
+  }
+
+  /**
+   * A founder waits until every other founder's endpoint answers (retrying until
+   * restartTimeoutMs): view 0's multicast connects to all of them at once, and a founder whose
+   * process is still starting would fail that connect and be suspected at once (seen with
+   * `squall demo` at load 12).
+   */
+  private async awaitFounders(): Promise<void> {
+    const timeoutMs = this.options.restartTimeoutMs ?? 60_000;
+    const deadline = Date.now() + timeoutMs;
+    await Promise.all(this.options.founders.filter((f) => f.id !== this.self).map(async (f) => {
+      for (;;) {
+        try {
+          await this.session(f.address);
+          return;
+        } catch {
+          if (this.status === 'closed') throw new SquallError('closed while starting', 'CLOSED');
+          if (Date.now() > deadline) throw new TimeoutError(`waiting for founder ${f.id} at ${f.address}`, timeoutMs);
+          await sleep(50);
+        }
+      }
+    }));
   }
 
   /** Asks to leave the group cleanly; the `removed` event follows once the change commits. */
