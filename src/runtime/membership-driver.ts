@@ -1164,8 +1164,12 @@ export class MembershipDriver {
   private async startView(
     view: View, previous: View | undefined, sealedAtIndex: number, transfers: readonly StateTransfer[],
   ): Promise<void> {
+    // The new view's runs are built in `next` and published at once at the end: while this
+    // install awaits (connects, installView), awaitingState() and multicast() must keep answering
+    // for the shards (a joiner's Group.start took a half-built map for "state arrived").
     const old = this.shards;
-    this.shards = new Map();
+    const next = new Map<string, ShardRun>();
+    const pulls: (() => void)[] = [];
     this.partitioned = false;
     // Heartbeats of the new view first: connecting the multicast sessions below takes time, and
     // the other members' failure detectors already count it.
@@ -1188,7 +1192,7 @@ export class MembershipDriver {
       const before = old.get(shardName(s));
       if (before !== undefined) {
         await before.driver.installView(mview);
-        this.shards.set(shardName(s), before);
+        next.set(shardName(s), before);
         continue;
       }
       // A shard this node enters: its state comes from the core's StateTransfer at an install,
@@ -1215,15 +1219,21 @@ export class MembershipDriver {
           }
         },
       });
-      this.shards.set(shardName(s), run);
-      if (reconciling) void this.reconcile(run, view);
-      else if (run.held !== undefined) void this.pullState(run, view, sources);
+      next.set(shardName(s), run);
+      if (reconciling) pulls.push(() => void this.reconcile(run, view));
+      else if (run.held !== undefined) pulls.push(() => void this.pullState(run, view, sources));
     }
     for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
     this.memberByAddress = new Map(view.members.filter((m) => m.id !== this.self).map((m) => [m.address, m.id]));
     if (previous === undefined && view.id !== 0) this.voters = votersOf(view, this.votersCount);
     for (const v of this.voters) this.logHolders.add(v);
     if (this.voters.includes(this.self)) await this.startRaft([]);
+    if (this.status === 'closed') {
+      for (const run of next.values()) await run.driver.close(); // close() ran during the install
+      return;
+    }
+    this.shards = next;
+    for (const pull of pulls) pull();
     this.history.push({ view, sealedAtIndex });
     if (this.history.length > 16) this.history.shift();
     this.counters.installs++;
