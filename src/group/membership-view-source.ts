@@ -110,7 +110,7 @@ export class MembershipViewSource implements ViewSource {
       multicastLimitsFor: (profile) => multicastLimitsForProfile(config, profile),
       onDeliver: (shard, delivery) => this.onDeliver(shard, delivery),
       persist: () => this.sink?.persist() ?? Promise.resolve(),
-      ...(options.log !== undefined ? { log: options.log } : {}),
+      log: options.log ?? restartProgress(config),
     });
     this.driver.on('view', (view) => {
       if (!this.started) return; // the first view is start()'s result
@@ -206,6 +206,18 @@ export class MembershipViewSource implements ViewSource {
     if (this.sink !== undefined) this.sink.deliver(shard, delivery);
     else this.early.push({ shard, delivery: { ...delivery, payload: delivery.payload.slice() } });
   }
+}
+
+/**
+ * Without a `log` option, a restarting node still says what it waits for: the driver's
+ * `restart:` lines (who is back, who is missing, the decision, each shard's reconciliation) go
+ * to stderr when `logging.level` is info or more verbose.
+ */
+function restartProgress(config: SquallConfig): (line: string) => void {
+  const verbose = ['info', 'debug', 'trace'].includes(config.logging.level);
+  return (line) => {
+    if (verbose && line.startsWith('restart:')) process.stderr.write(`squall node ${config.node.id}: ${line}\n`);
+  };
 }
 
 /**
