@@ -666,14 +666,18 @@ export class MembershipDriver {
    * members' kept versions, pull the suffix this node lacks from the lowest-ranked member holding
    * the newest, then hand over the deliveries held meanwhile (as a joiner does).
    */
-  private async reconcile(run: ShardRun, view: View): Promise<void> {
+  private async reconcile(run: ShardRun): Promise<void> {
     const restarted = this.restarted!;
     const store = this.options.state;
     const name = shardName(run.ref);
-    const members = view.shard(run.ref.subgroupId, run.ref.shardIndex)!.members;
     for (;;) {
       if (this.status !== 'member' || this.shards.get(name) !== run) return;
+      // The members of the shard now: a member that fails meanwhile is removed by a view change,
+      // after which this node asks the rest (the run carries over into the next view).
+      const current = this.core!.view;
+      const members = current.shard(run.ref.subgroupId, run.ref.shardIndex)?.members ?? [];
       try {
+        if (store === undefined) run.restartKept ??= -1n;
         if (store !== undefined && run.restartKept === undefined) {
           const latest = store.latestVersion(run.ref);
           const kept = keptVersion({ latest, trimApplied: restarted.trimApplied }, restarted.trims.get(name));
@@ -687,9 +691,9 @@ export class MembershipDriver {
         const peers: PeerVersion[] = [];
         for (const m of members) {
           if (m === this.self) continue;
-          const session = await this.session(view.addressOf(m)!);
+          const session = await this.session(current.addressOf(m)!);
           const answer = packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
-            t: 'stateLatest', view: view.id, subgroupId: run.ref.subgroupId, shardIndex: run.ref.shardIndex,
+            t: 'stateLatest', view: current.id, subgroupId: run.ref.subgroupId, shardIndex: run.ref.shardIndex,
           }), { timeoutMs: 1000 })) as { kept: string | null };
           if (answer.kept === null) throw new SquallError(`node ${m} is not reconciled yet`, 'NO_STATE');
           peers.push({ node: m, kept: BigInt(answer.kept) });
@@ -697,7 +701,8 @@ export class MembershipDriver {
         const plan = reconcileShard(kept, peers);
         if (plan.kind === 'pull') {
           this.options.log?.(`restart: shard ${name} pulls ${plan.after} → ${plan.target} from node ${plan.from}`);
-          await this.pullState(run, view, [plan.from]);
+          await this.pullState(run, current, [plan.from], 1);
+          if (run.held !== undefined) throw new SquallError(`pull from node ${plan.from} failed`, 'NO_STATE');
         } else {
           this.options.log?.(`restart: shard ${name} holds the newest version (${kept})`);
           this.release(run);
@@ -1220,7 +1225,7 @@ export class MembershipDriver {
         },
       });
       next.set(shardName(s), run);
-      if (reconciling) pulls.push(() => void this.reconcile(run, view));
+      if (reconciling) pulls.push(() => void this.reconcile(run));
       else if (run.held !== undefined) pulls.push(() => void this.pullState(run, view, sources));
     }
     for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
@@ -1254,9 +1259,9 @@ export class MembershipDriver {
    * Pulls the shard's state from `sources` (the first that answers), chunk by chunk, then hands
    * over the deliveries held meanwhile that are newer than the transferred state.
    */
-  private async pullState(run: ShardRun, view: View, sources: readonly NodeId[]): Promise<void> {
+  private async pullState(run: ShardRun, view: View, sources: readonly NodeId[], attemptsMax = Infinity): Promise<void> {
     const store = this.options.state;
-    for (let attempt = 0; run.held !== undefined && this.status === 'member'; attempt++) {
+    for (let attempt = 0; run.held !== undefined && this.status === 'member' && attempt < attemptsMax; attempt++) {
       const source = sources[attempt % sources.length]!;
       const address = view.addressOf(source);
       try {
