@@ -14,7 +14,7 @@
  *     rank order under their current addresses, the others failed, the allocator's layout. The
  *     decision goes to every node that is back; any node that holds it hands it on.
  *  3. Every member of the restart view starts a new membership log (a new Raft group, its
- *     `epoch` is the restart view's id) and runs its shards from the restart view on. Before a
+ *     `epoch` names the decision) and runs its shards from the restart view on. Before a
  *     shard serves, its members reconcile it: a node whose log runs past the ragged trim that
  *     was committed for `R` truncates to what the trim keeps (`keptVersion`), every node learns
  *     the others' latest versions and pulls the suffix it lacks from one that holds the newest

@@ -102,10 +102,12 @@ export interface MembershipDriverOptions {
   readonly raftStorage?: RaftStorage;
   /**
    * The membership log's Raft storage of an epoch (MembershipStore.raftStorage); takes
-   * precedence over raftStorage. An epoch is one Raft group: 0 from the founding, the restart
+   * precedence over raftStorage. An epoch is one Raft group: '0' from the founding; a total
+   * restart's decision names a new one (restart view id, leader, time: two decisions never share
+   * a Raft state, an aborted restart's included).
    * view's id after a total restart.
    */
-  readonly raftStorageFor?: (epoch: number) => RaftStorage;
+  readonly raftStorageFor?: (epoch: string) => RaftStorage;
   /** The view record this node persisted in an earlier run: it restarts (see restart()). */
   readonly record?: MembershipRecord;
   /** Makes a view record durable: on every install (before its multicast) and after a trim. */
@@ -182,12 +184,12 @@ type Wire =
   | { t: 'stateNext'; token: number }
   | { t: 'stateLatest'; view: number; subgroupId: number; shardIndex: number }
   | { t: 'restartHello'; node: number; address: string; view: Uint8Array; trims?: MembershipRecord['trims'] }
-  | { t: 'restartDecision'; view: Uint8Array; from: Uint8Array; trims: ShardTrimWire[] };
+  | { t: 'restartDecision'; view: Uint8Array; from: Uint8Array; trims: ShardTrimWire[]; epoch: string };
 
 /** Answers to restartHello. */
 type RestartReply =
   | { t: 'restartWait'; node: number; address: string; view: Uint8Array; trims?: MembershipRecord['trims'] }
-  | { t: 'restartDecided'; view: Uint8Array; from: Uint8Array; trims: ShardTrimWire[] }
+  | { t: 'restartDecided'; view: Uint8Array; from: Uint8Array; trims: ShardTrimWire[]; epoch: string }
   | { t: 'live' }
   | { t: 'notMember' };
 
@@ -200,7 +202,7 @@ interface RestartRun {
   /** Nodes heard from (hello or answer) with their address and when. */
   readonly back: Map<NodeId, { address: TransportAddress; atMs: number }>;
   quorumSinceMs: number | undefined;
-  decided: { view: View; from: View; trims: ShardTrimWire[] } | undefined;
+  decided: { view: View; from: View; trims: ShardTrimWire[]; epoch: string } | undefined;
   live: boolean;
 }
 
@@ -214,7 +216,7 @@ interface Restarted {
 }
 
 type JoinReply =
-  | { t: 'welcome'; view: Uint8Array; sealedAtIndex: number; epoch?: number }
+  | { t: 'welcome'; view: Uint8Array; sealedAtIndex: number; epoch?: string }
   | { t: 'pending' }
   | { t: 'notMember' }
   | { t: 'refused'; code: string; message: string };
@@ -258,7 +260,7 @@ export class MembershipDriver {
   private fd: FailureDetectorCore | undefined;
   private status: 'new' | 'restarting' | 'joining' | 'member' | 'removed' | 'closed' = 'new';
   /** The membership log's epoch (see raftStorageFor). */
-  private epoch = 0;
+  private epoch = '0';
   private restarting: RestartRun | undefined;
   private restarted: Restarted | undefined;
   private partitioned = false;
@@ -577,7 +579,7 @@ export class MembershipDriver {
       run.live = true;
       return;
     }
-    run.decided = { view, from: decodeView(reply.from), trims: reply.trims };
+    run.decided = { view, from: decodeView(reply.from), trims: reply.trims, epoch: reply.epoch };
   }
 
   /** The restart leader decides once the quorum is back and the grace period passed (or all are). */
@@ -603,7 +605,7 @@ export class MembershipDriver {
       : [];
     this.options.log?.(`restart: leader decides view ${view.id} [${view.memberIds}] from view ${run.last.id}` +
       ` (failed [${view.failed}], ${trims.length} committed trims)`);
-    run.decided = { view, from: run.last, trims };
+    run.decided = { view, from: run.last, trims, epoch: `${view.id}-${this.self}-${Date.now()}` };
     // Tell every node that is back at once: the new view's failure detector is running here.
     const decision = this.decisionReply(run.decided) as Extract<RestartReply, { t: 'restartDecided' }>;
     for (const m of view.members) {
@@ -631,19 +633,19 @@ export class MembershipDriver {
         const [subgroupId, shardIndex] = key.split('/').map(Number) as [number, number];
         return { subgroupId, shardIndex, trim: [...t.trim] };
       });
-      return this.decisionReply({ view: this.core!.view, from: restarted.from, trims });
+      return this.decisionReply({ view: this.core!.view, from: restarted.from, trims, epoch: this.epoch });
     }
     return { t: 'live' };
   }
 
   private decisionReply(d: NonNullable<RestartRun['decided']>): RestartReply {
-    return { t: 'restartDecided', view: encodeView(d.view), from: encodeView(d.from), trims: d.trims };
+    return { t: 'restartDecided', view: encodeView(d.view), from: encodeView(d.from), trims: d.trims, epoch: d.epoch };
   }
 
   /** Founds the membership log's next epoch in the restart view and becomes a member of it. */
   private async adoptRestart(decided: NonNullable<RestartRun['decided']>, record: MembershipRecord): Promise<void> {
     const { view, from } = decided;
-    this.epoch = view.id;
+    this.epoch = decided.epoch;
     this.restarted = {
       viewId: view.id, from,
       trims: new Map(decided.trims.map((t) => [`${t.subgroupId}/${t.shardIndex}`, { viewId: from.id, trim: t.trim }])),
@@ -728,7 +730,7 @@ export class MembershipDriver {
     const timeoutMs = this.options.joinTimeoutMs ?? 30_000;
     const deadline = Date.now() + timeoutMs;
     let lastProblem: Error | undefined;
-    let welcome: { view: Uint8Array; sealedAtIndex: number; epoch: number } | undefined;
+    let welcome: { view: Uint8Array; sealedAtIndex: number; epoch: string } | undefined;
     let refused: JoinRefusedError | undefined;
     const asking = new Set<TransportAddress>();
     const ask = async (seed: TransportAddress): Promise<void> => {
@@ -744,7 +746,7 @@ export class MembershipDriver {
         await sleep(50);
         return;
       }
-      if (reply.t === 'welcome') welcome ??= { view: reply.view, sealedAtIndex: reply.sealedAtIndex, epoch: reply.epoch ?? 0 };
+      if (reply.t === 'welcome') welcome ??= { view: reply.view, sealedAtIndex: reply.sealedAtIndex, epoch: reply.epoch ?? '0' };
       else if (reply.t === 'refused' && reply.code === 'NODE_ID_IN_USE') lastProblem = new NodeIdInUseError(this.self, makeViewId(0));
       else if (reply.t === 'refused') refused ??= new JoinRefusedError(seed, reply.message);
     };

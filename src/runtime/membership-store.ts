@@ -6,10 +6,11 @@
  *    it belongs to, and the ragged trims committed for that view once this node delivered up to
  *    them. A node restarted with its data dir knows from it the last view it was part of.
  *  - `membership-raft-<epoch>.mdb`: the membership log's Raft state (hard state, entries,
- *    snapshot: `LmdbStorage`) of that epoch. An epoch is one Raft group: a total restart founds
- *    a new one (src/membership/restart.ts), a node that rejoins a running group keeps its own.
+ *    snapshot: `LmdbStorage`) of that epoch. An epoch is one Raft group: '0' from the founding,
+ *    and each total restart's decision founds a new one (src/membership/restart.ts), never
+ *    sharing a file with another decision; a node that rejoins a running group keeps its own.
  */
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import type { ShardTrim } from '../membership/view-change-core.js';
@@ -19,8 +20,11 @@ import type { RaftStorage } from '../raft/storage.js';
 export interface MembershipRecord {
   /** encodeView of the last installed view. */
   readonly view: Uint8Array;
-  /** The membership log's epoch: the id of the view its Raft group was founded in. */
-  readonly epoch: number;
+  /**
+   * The membership log's epoch: '0' for the founding, else the total restart's decision
+   * (restart view id, leader, time) that founded its Raft group.
+   */
+  readonly epoch: string;
   /** The committed trims of `view`, once this node delivered up to them (before the next install). */
   readonly trims?: { readonly viewId: number; readonly trims: readonly ShardTrim[] };
 }
@@ -64,7 +68,7 @@ export class MembershipStore {
   }
 
   /** The membership log's Raft storage of `epoch`; older epochs' files are deleted. */
-  raftStorage(epoch: number, durable = true): RaftStorage {
+  raftStorage(epoch: string, durable = true): RaftStorage {
     const name = `membership-raft-${epoch}.mdb`;
     for (const file of readdirSync(this.dir)) {
       if (file.startsWith('membership-raft-') && !file.startsWith(name)) {
@@ -72,10 +76,6 @@ export class MembershipStore {
       }
     }
     return new LmdbStorage({ path: join(this.dir, name), durable });
-  }
-
-  hasRaftStorage(epoch: number): boolean {
-    return existsSync(join(this.dir, `membership-raft-${epoch}.mdb`));
   }
 
   async close(): Promise<void> {

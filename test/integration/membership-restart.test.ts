@@ -30,9 +30,9 @@ test('diverging replicas restart to one history: truncation past the trim, pulls
   const logs = [[...v3, ...v4([0, 1, 3])], [...v3, ...v4([0, 1, 2])], [...v3]];
   const trims = { viewId: 4, trims: [{ ...shard, trim: [2, 1, 0] }] };
   const records: MembershipRecord[] = [
-    { view: encodeView(last), epoch: 2, trims },
-    { view: encodeView(last), epoch: 2 },
-    { view: encodeView(last), epoch: 2 },
+    { view: encodeView(last), epoch: '2', trims },
+    { view: encodeView(last), epoch: '2' },
+    { view: encodeView(last), epoch: '2' },
   ];
   const states = logs.map((log) => {
     const state = new KvState();
@@ -57,7 +57,7 @@ test('diverging replicas restart to one history: truncation past the trim, pulls
     }
     t.true(lines.some((l) => l.startsWith('n2 restart: shard 0/0 truncates')), 'node 2 truncated past the trim');
     t.true(lines.some((l) => l.startsWith('n3 restart: shard 0/0 pulls')), 'node 3 pulled');
-    // The new membership log (epoch 5) drives the next view change.
+    // The new membership log (the restart's epoch) drives the next view change.
     await endpoints[2]!.close();
     await drivers[2]!.close();
     await waitFor('view 6 without node 3', () => drivers.slice(0, 2).every((d) => d.current().id === viewId(6)), 10_000);
@@ -83,7 +83,7 @@ async function restartingGroup(seedBase: number) {
   const lines: string[] = [];
   const driver = (i: number, restartTimeoutMs = 20_000): MembershipDriver => new MembershipDriver({
     self: nodeId(i + 1), transport: endpoints[i]!, allocator, layoutHash: 'kv', founders: members, found: false,
-    heartbeatMs: 20, failureTimeoutMs: 400, tickMs: 10, record: { view: encodeView(last), epoch: 2 },
+    heartbeatMs: 20, failureTimeoutMs: 400, tickMs: 10, record: { view: encodeView(last), epoch: '2' },
     state: states[i]!, restartTimeoutMs, restartGraceMs: 300,
     onDeliver: (s, d) => states[i]!.append(s, d.version!, new TextDecoder().decode(d.payload)),
     log: (line) => lines.push(`n${i + 1} ${line}`),
