@@ -114,7 +114,7 @@ export class TimeoutsSection {
   /** Milliseconds between failure-detector heartbeats. */
   @IsInt() @Min(1) heartbeat_ms = 50;
   /** Milliseconds without a heartbeat before a member is suspected and removed. */
-  @IsInt() @Min(1) failure_timeout_ms = 300;
+  @IsInt() @Min(1) failure_timeout_ms = 1000;
   /** Default deadline of an ordered call, in milliseconds (it waits through view changes). */
   @IsInt() @Min(1) ordered_call_timeout_ms = 30_000;
 }

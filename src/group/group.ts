@@ -270,7 +270,7 @@ export class Group {
       await group.awaitMembersReady();
       return group;
     } catch (error) {
-      if (group !== undefined) await group.close();
+      if (group !== undefined) await group.close({ leave: false });
       else {
         await viewSource.close();
         await store?.close();
@@ -369,12 +369,23 @@ export class Group {
    */
   async leave(timeoutMs = 5_000): Promise<boolean> {
     const left = this.membership !== undefined && !this.closed ? await this.membership.leave(timeoutMs) : true;
-    await this.close();
+    await this.close({ leave: false });
     return left;
   }
 
-  /** Stops the drivers, fails outstanding calls with GroupClosedError, closes store and socket. */
-  async close(): Promise<void> {
+  /**
+   * Stops the drivers, fails outstanding calls with GroupClosedError, closes store and socket.
+   * With `membership: true` it first leaves cleanly (as leave(), waiting up to `leaveTimeoutMs`,
+   * default 2000), so the others go on at once instead of after the failure timeout; pass
+   * `{ leave: false }` to stop as if the process died (the others remove it as failed). A leave
+   * that would leave fewer than a majority of the view is refused by the group: the node then
+   * closes without it, and restarts from its data dir later like a failed one.
+   */
+  async close(options: { readonly leave?: boolean; readonly leaveTimeoutMs?: number } = {}): Promise<void> {
+    if (this.closed) return;
+    if (this.membership !== undefined && options.leave !== false && this.removed === undefined) {
+      await this.membership.leave(options.leaveTimeoutMs ?? 2_000);
+    }
     if (this.closed) return;
     this.closed = true;
     const error = new GroupClosedError('call outstanding at close');
@@ -617,12 +628,31 @@ export class Group {
       this.p2pWriteCheck,
     );
     replica.onOwnDelivered = (callId, version) => this.calls.get(callId)?.numbered(version);
-    if (registry.latestVersion !== VERSION_NONE) {
+    // With the membership service, a node whose data dir holds a view record restarts over its
+    // state: the driver reconciles it (truncates past the committed trim, pulls what it lacks).
+    if (registry.latestVersion !== VERSION_NONE && this.membership?.restarted !== true) {
+      if (this.membership !== undefined) {
+        throw new GroupStartError(
+          `${this.config.persistence.data_dir} holds versions of ${registryName} (up to ` +
+            `${registry.latestVersion}) but no membership view record, so they cannot be ` +
+            `reconciled with the group's (they were written by a static group, or the record was ` +
+            `deleted). Fix: set persistence.reset = true, or use an empty data_dir.`,
+        );
+      }
       throw new GroupStartError(
         `${this.config.persistence.data_dir} already holds versions of ${registryName} (up to ` +
           `${registry.latestVersion}). A group started from a static member list always starts at ` +
-          `view 1, and restarting over old state needs the membership service's restart protocol ` +
-          `(not wired in yet). Fix: set persistence.reset = true, or use an empty data_dir.`,
+          `view 1 and cannot reconcile replicas that persisted different suffixes (the membership ` +
+          `service can: membership: true). Fix: set persistence.reset = true, or use an empty data_dir.`,
+      );
+    }
+    if (registry.latestVersion !== VERSION_NONE && shard.mode === 'raft') {
+      // Its Raft log starts empty, so new versions (term << 32 | index) would sort below the kept ones.
+      throw new GroupStartError(
+        `${this.config.persistence.data_dir} holds versions of ${registryName} (up to ` +
+          `${registry.latestVersion}), a raft-ordered shard, and raft-ordered shards do not restart ` +
+          `over old data yet (their Raft log starts empty). Fix: set persistence.reset = true, or ` +
+          `use an empty data_dir; its state returns by transfer from the shard's other members.`,
       );
     }
     return replica;
