@@ -46,7 +46,7 @@ import { RaftProposalError } from '../raft/errors.js';
 import { MemoryStorage, type RaftStorage } from '../raft/storage.js';
 import type { MembershipRecord } from './membership-store.js';
 import type { Entry, Snapshot } from '../raft/types.js';
-import type { RequestContext, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
+import { WRAPPED_TRANSPORT, type RequestContext, type Transport, type TransportAddress, type TransportSession } from '../transport/transport.js';
 import {
   MulticastDriver, prepareMulticastTransport, type MulticastDelivery, type MulticastView,
 } from './multicast-driver.js';
@@ -1362,6 +1362,7 @@ function watchTransport(transport: Transport, heard: (peer: TransportAddress) =>
   return new Proxy(transport, {
     get(target, property) {
       if (property === 'handle') return handle;
+      if (property === WRAPPED_TRANSPORT) return target;
       const value = Reflect.get(target, property, target) as unknown;
       return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
     },

@@ -14,7 +14,7 @@
  * Responses need no group id: the caller's own instance made the call and receives the answer.
  */
 import { assert } from '../core/assert.js';
-import type { RequestHandler, RequestType, Transport } from '../transport/transport.js';
+import { underlyingTransport, type RequestHandler, type RequestType, type Transport } from '../transport/transport.js';
 
 /** Reads the group id a request is for; -1 when it cannot (malformed). */
 export type GroupOf = (request: Uint8Array) => number;
@@ -36,12 +36,17 @@ export class RequestMux {
   private constructor(readonly type: RequestType, private readonly groupOf: GroupOf) {}
 
   /**
-   * The mux for `type` on `transport`, registering its handler on first use. Every user of one
+   * The mux for `type` on `transport` (on the endpoint under any wrappers), registering its
+   * handler on first use. Every user of one
    * type must read group ids the same way (the same `groupOf` function).
    */
   static on(transport: Transport, type: RequestType, groupOf: GroupOf): RequestMux {
-    let byType = muxes.get(transport);
-    if (byType === undefined) muxes.set(transport, (byType = new Map()));
+    // Keyed by the endpoint, not the wrapper: the membership driver reaches the node's endpoint
+    // through a wrapper that notes each request as a sign of life, the group's raft shards
+    // directly. The handler is registered through whichever came first.
+    const endpoint = underlyingTransport(transport);
+    let byType = muxes.get(endpoint);
+    if (byType === undefined) muxes.set(endpoint, (byType = new Map()));
     let mux = byType.get(type);
     if (mux === undefined) {
       const created = new RequestMux(type, groupOf);
