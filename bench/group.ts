@@ -1,6 +1,8 @@
 /**
- * `npm run bench -- group [--quick] [--durable] [--plaintext]`: ordered calls through the public group API
- * beside the raw multicast driver, in the same run on the same machine.
+ * `npm run bench -- group [--quick] [--durable] [--plaintext] [--raft]`: ordered calls through
+ * the public group API beside the raw multicast driver, in the same run on the same machine.
+ * `--raft` runs the same workload on examples/kv-store/raft.js (one raft-ordered shard: commit
+ * on a majority) instead of app.js (SMC); the multicast baselines stay the same.
  *
  * Group cases: the kv-store app (examples/kv-store) on 3 nodes on loopback, nodes 1 and 2 as
  * `squall node` processes, node 0 in this process making every call (16-byte keys, 64-byte
@@ -82,14 +84,16 @@ async function withCpu<T extends { count: number }>(pids: (number | undefined)[]
   }];
 }
 
-async function measureGroup(seconds: number, sync: 'durable' | 'nosync', encryption: boolean): Promise<GroupFigures> {
+async function measureGroup(seconds: number, sync: 'durable' | 'nosync', encryption: boolean, raft: boolean): Promise<GroupFigures> {
   const dataRoot = mkdtempSync(join(tmpdir(), 'squall-bench-group-'));
   const quiet = { out: () => undefined, err: (line: string) => console.error(line), env: {} };
-  const nodes = await startLocalNodes(dataRoot, sync, quiet, false, encryption);
+  const app = raft ? 'raft.js' : 'app.js';
+  const nodes = await startLocalNodes(dataRoot, sync, quiet, false, encryption, app);
   const pids = nodes.children.map((c) => c.pid);
   let group: Group | undefined;
   try {
-    group = await Group.start(loadConfig(nodes.configFile), { types: [KvStore], layout: { KvStore: (await import('../examples/kv-store/app.js')).layout.KvStore } });
+    const layout = raft ? (await import('../examples/kv-store/raft.js')).layout : (await import('../examples/kv-store/app.js')).layout;
+    group = await Group.start(loadConfig(nodes.configFile), { types: [KvStore], layout });
     const kv = group.subgroup(KvStore);
     await workload(kv, { outstanding: 8, seconds: 0.5, until: 'persisted' }); // warm-up
     const single = await workload(kv, { outstanding: 1, seconds, until: 'persisted' });
@@ -192,8 +196,9 @@ export async function run(args: string[]): Promise<void> {
   const quick = args.includes('--quick');
   const sync = args.includes('--durable') ? 'durable' : 'nosync';
   const encryption = !args.includes('--plaintext');
+  const raft = args.includes('--raft');
   const seconds = quick ? 1.5 : 4;
-  const g = await measureGroup(seconds, sync, encryption);
+  const g = await measureGroup(seconds, sync, encryption, raft);
   const d = await measureDriver(quick);
   const syncMs = diskSyncP50Ms(quick ? 100 : 400);
   const rttMs = await rawRoundTripP50Ms(encryption, quick ? 1000 : 5000);
@@ -204,7 +209,7 @@ export async function run(args: string[]): Promise<void> {
   };
   const base = { multicast_driver_one_sender_msg_per_s: Math.round(d.rate) };
   const baseLatency = { multicast_driver_latency_p50_us: us(d.latencyP50Ms) };
-  const common = { sync, encryption, load: load() };
+  const common = { sync, encryption, shardMode: raft ? 'raft' : 'ordered', load: load() };
   const cpu = (c: CpuPerCall) => ({ cpu_us_per_call_caller: c.caller, cpu_us_per_call_members: c.members, kv_keys: g.keys });
   report({ suite: 'group', case: 'ordered put latency p50, 1 outstanding, at delivered()', value: us(q(g.latency.delivered, 0.5)), unit: 'us', baselines: baseLatency, ...common });
   report({ suite: 'group', case: 'ordered put latency p99, 1 outstanding, at delivered()', value: us(q(g.latency.delivered, 0.99)), unit: 'us', ...common });

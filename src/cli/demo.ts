@@ -105,10 +105,10 @@ export async function workload(
  * child processes hosting the kv-store app; node 0's config file is returned for this process.
  */
 export async function startLocalNodes(
-  dataRoot: string, sync: 'durable' | 'nosync', io: CliIo, membership = false, encryption = true,
+  dataRoot: string, sync: 'durable' | 'nosync', io: CliIo, membership = false, encryption = true, app = 'app.js',
 ) {
   const cli = fileURLToPath(new URL('./main.js', import.meta.url));
-  const appPath = fileURLToPath(new URL('../../examples/kv-store/app.js', import.meta.url));
+  const appPath = fileURLToPath(new URL(`../../examples/kv-store/${app}`, import.meta.url));
   const ports = await freeUdpPorts(NODE_COUNT);
   const files = ports.map((_, i) => {
     const file = join(dataRoot, `node${i}.toml`);

@@ -114,9 +114,15 @@ export class TimeoutsSection {
   /** Milliseconds between failure-detector heartbeats. */
   @IsInt() @Min(1) heartbeat_ms = 50;
   /** Milliseconds without a heartbeat before a member is suspected and removed. */
-  @IsInt() @Min(1) failure_timeout_ms = 300;
+  @IsInt() @Min(1) failure_timeout_ms = 1000;
   /** Default deadline of an ordered call, in milliseconds (it waits through view changes). */
   @IsInt() @Min(1) ordered_call_timeout_ms = 30_000;
+}
+
+/** Raft-ordered shards (layout `mode: 'raft'`, src/group/raft-shard.ts). */
+export class RaftSection {
+  /** Compact a raft shard's log (snapshot the replica) after this many applied entries. */
+  @IsInt() @Min(1) compact_every = 20_000;
 }
 
 export class PersistenceSection {
@@ -161,6 +167,7 @@ export class SquallConfig {
   @ValidateNested() @Type(() => MulticastSection) multicast = new MulticastSection();
   @ValidateNested() @Type(() => P2pSection) p2p = new P2pSection();
   @ValidateNested() @Type(() => TimeoutsSection) timeouts = new TimeoutsSection();
+  @ValidateNested() @Type(() => RaftSection) raft = new RaftSection();
   @ValidateNested() @Type(() => PersistenceSection) persistence = new PersistenceSection();
   @ValidateNested() @Type(() => LoggingSection) logging = new LoggingSection();
   @ValidateNested() @Type(() => MetricsSection) metrics = new MetricsSection();
@@ -176,6 +183,7 @@ export const SECTIONS = {
   multicast: MulticastSection,
   p2p: P2pSection,
   timeouts: TimeoutsSection,
+  raft: RaftSection,
   persistence: PersistenceSection,
   logging: LoggingSection,
   metrics: MetricsSection,

@@ -177,6 +177,9 @@ export class Client {
     return this.relayVia<R>(info, index, shard, via, method, encodeArguments(method, args), requestId);
   }
 
+  /** Index among a shard's senders where the next relayed call starts. */
+  private relayStart = 0;
+
   private async ordered(info: ReplicatedClassInfo, index: number, shard: number, method: MethodInfo, args: Uint8Array): Promise<ClientOrderedResult<unknown>> {
     if (this.closed) throw new GroupClosedError(`${info.name}.${method.methodName}`);
     const requestId = this.nextRequestId++;
@@ -184,9 +187,14 @@ export class Client {
     let lastError: unknown;
     for (let attempt = 0; attempt < 2 * this.currentView.members.length; attempt++) {
       const senders = this.shardLayout(info.name, index, shard).senders;
-      const via = senders[attempt % senders.length]!;
+      // Start at the sender that answered last: a dead one (a static view keeps listing it)
+      // then costs one timeout, not one per call.
+      const at = (this.relayStart + attempt) % senders.length;
+      const via = senders[at]!;
       try {
-        return await this.relayVia(info, index, shard, via, method, args, requestId);
+        const result = await this.relayVia(info, index, shard, via, method, args, requestId);
+        this.relayStart = at;
+        return result;
       } catch (error) {
         const code = error instanceof SquallError ? error.code : '';
         if (!RETRYABLE.has(code)) throw error;

@@ -64,3 +64,19 @@ export class GroupStartError extends SquallError {
     super(message, 'GROUP_START', options);
   }
 }
+
+/**
+ * A relayed call was retried, and this replica knows the shard already ran it (so it did not
+ * run it again), but it holds no copy of the first reply: it entered the shard by state
+ * transfer or restarted since. The other members' replies are the call's answer.
+ */
+export class RelayedReplyUnavailableError extends SquallError {
+  constructor(nodeId: NodeId, clientId: string, requestId: number) {
+    super(
+      `node ${nodeId} did not run retried call ${requestId} of client ${clientId} again (the ` +
+        `shard already ran it) and keeps no copy of its first reply (it joined or restarted ` +
+        `since); take another member's reply`,
+      'RELAYED_REPLY_UNAVAILABLE',
+    );
+  }
+}

@@ -62,6 +62,8 @@ import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.
 import { StaticViewSource, type ViewSource } from './view-source.js';
 import { layoutHashOf, MembershipViewSource } from './membership-view-source.js';
 import { multicastLimitsForProfile } from './limits.js';
+import { followRaftShardView, majoritySettled, P2P_READ_LOCAL, startRaftShard, type P2POptions } from './raft-shard.js';
+import { RaftOrderingEngine } from '../runtime/raft-ordering-engine.js';
 import {
   driverShardNumber,
   hashKey,
@@ -113,8 +115,11 @@ export interface Replicated<T> {
   readonly members: readonly NodeId[];
   /** Ordered calls: delivered in one total order to every member of the shard. */
   readonly ordered: OrderedQueryApi<T>;
-  /** Read-only calls served by one member of this shard (this node included). */
-  p2p(node: NodeId | number): P2PApi<T>;
+  /**
+   * Read-only calls served by one member of this shard (this node included). On a raft-ordered
+   * shard the read is linearizable unless `options.read` is 'local' (raft-shard.ts).
+   */
+  p2p(node: NodeId | number, options?: P2POptions): P2PApi<T>;
   /** The local Persistent<T> of a @persistent field: reads by version, index and time. */
   versions<K extends keyof T & string>(field: K): T[K];
   /** This replica's frontiers. */
@@ -129,7 +134,7 @@ export interface Replicated<T> {
 export interface ExternalCaller<T> {
   readonly typeName: string;
   readonly subgroupIndex: number;
-  p2p(node: NodeId | number): P2PApi<T>;
+  p2p(node: NodeId | number, options?: P2POptions): P2PApi<T>;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -159,6 +164,8 @@ export class Group {
   /** Set once the membership log removed this node: ordered calls throw it. */
   private removed: SquallError | undefined;
   private readonly sessions: SessionCache;
+  /** Raft shards this node entered by a view change whose engine is starting. */
+  private readonly raftStarting = new Set<ShardReplica>();
 
   private constructor(
     private readonly config: SquallConfig,
@@ -263,7 +270,7 @@ export class Group {
       await group.awaitMembersReady();
       return group;
     } catch (error) {
-      if (group !== undefined) await group.close();
+      if (group !== undefined) await group.close({ leave: false });
       else {
         await viewSource.close();
         await store?.close();
@@ -314,7 +321,7 @@ export class Group {
     return {
       typeName: info.name,
       subgroupIndex: index,
-      p2p: (node) => this.p2pProxy<T>(info as ReplicatedClassInfo<T>, index, undefined, nodeId(node)),
+      p2p: (node, options) => this.p2pProxy<T>(info as ReplicatedClassInfo<T>, index, undefined, nodeId(node), options),
     };
   }
 
@@ -362,12 +369,23 @@ export class Group {
    */
   async leave(timeoutMs = 5_000): Promise<boolean> {
     const left = this.membership !== undefined && !this.closed ? await this.membership.leave(timeoutMs) : true;
-    await this.close();
+    await this.close({ leave: false });
     return left;
   }
 
-  /** Stops the drivers, fails outstanding calls with GroupClosedError, closes store and socket. */
-  async close(): Promise<void> {
+  /**
+   * Stops the drivers, fails outstanding calls with GroupClosedError, closes store and socket.
+   * With `membership: true` it first leaves cleanly (as leave(), waiting up to `leaveTimeoutMs`,
+   * default 2000), so the others go on at once instead of after the failure timeout; pass
+   * `{ leave: false }` to stop as if the process died (the others remove it as failed). A leave
+   * that would leave fewer than a majority of the view is refused by the group: the node then
+   * closes without it, and restarts from its data dir later like a failed one.
+   */
+  async close(options: { readonly leave?: boolean; readonly leaveTimeoutMs?: number } = {}): Promise<void> {
+    if (this.closed) return;
+    if (this.membership !== undefined && options.leave !== false && this.removed === undefined) {
+      await this.membership.leave(options.leaveTimeoutMs ?? 2_000);
+    }
     if (this.closed) return;
     this.closed = true;
     const error = new GroupClosedError('call outstanding at close');
@@ -376,7 +394,9 @@ export class Group {
     for (const replica of this.replicas.values()) {
       replica.failWaiters(error);
       // The membership driver closes the drivers it owns (viewSource.close below).
-      if (this.membership === undefined) await replica.driver?.close();
+      if (this.membership === undefined || replica.driverOrUndefined instanceof RaftOrderingEngine) {
+        await replica.driverOrUndefined?.close();
+      }
     }
     await this.viewSource.close();
     await this.store.close();
@@ -396,7 +416,7 @@ export class Group {
       shardIndex: replica.shardIndex,
       members: this.shardMembers(replica),
       ordered: ordered as unknown as OrderedQueryApi<T>,
-      p2p: (node) => this.p2pProxy(info, replica.subgroupIndex, replica, nodeId(node)),
+      p2p: (node, options) => this.p2pProxy(info, replica.subgroupIndex, replica, nodeId(node), options),
       versions: <K extends keyof T & string>(field: K): T[K] => {
         if (!info.persistentFields.some((f) => f.fieldName === field)) {
           throw new NotMemberError(this.nodeId, info.name, replica.subgroupIndex,
@@ -452,7 +472,8 @@ export class Group {
       const label = `${replica.info.name}.${wireName} (relayed)`;
       const results = this.orderedCall(replica, wireName, label, args, [clientId, requestId]);
       const [version, timestamp] = await Promise.all([results.version, results.timestamp]);
-      await Promise.allSettled(results.replies.values());
+      // A raft shard answers once a majority replied (a dead member must not hold the client).
+      await (shard.mode === 'raft' ? majoritySettled([...results.replies.values()]) : Promise.allSettled(results.replies.values()));
       const replies = [...results.rawReplies].map(([node, bytes]) => [node, bytes]);
       return encodeMessage([RELAY_OK, version, timestamp.micros, timestamp.logical, replies]);
     } catch (error) {
@@ -511,6 +532,7 @@ export class Group {
     subgroupIndex: number,
     replica: ShardReplica | undefined,
     node: NodeId,
+    options?: P2POptions,
   ): P2PApi<T> {
     const subgroup = this.subgroupLayout(info.name, subgroupIndex);
     const shardIndex = replica !== undefined
@@ -520,8 +542,9 @@ export class Group {
       throw new NotMemberError(node, info.name, subgroupIndex,
         replica !== undefined ? `is not in shard ${replica.shardIndex}` : 'is not in any shard');
     }
+    const local = options?.read === 'local';
     const send = (method: MethodInfo, args: Uint8Array): Promise<unknown> =>
-      this.p2pCall(info, subgroup.subgroupId, shardIndex, node, method, args);
+      this.p2pCall(info, subgroup.subgroupId, shardIndex, node, method, args, local);
     return buildCallProxy(info, 'p2p', send) as unknown as P2PApi<T>;
   }
 
@@ -532,6 +555,7 @@ export class Group {
     node: NodeId,
     method: MethodInfo,
     args: Uint8Array,
+    local = false,
   ): Promise<unknown> {
     if (this.closed) throw new GroupClosedError(`${info.name}.${method.methodName}`);
     const what = `p2p call ${info.name}.${method.methodName} to node ${node}`;
@@ -540,11 +564,14 @@ export class Group {
       throw new PayloadTooLargeError(what, args.byteLength, requestMax, 'p2p.max_p2p_request_payload_size');
     }
     let response: Uint8Array;
+    const request: P2PRequest = local
+      ? [subgroupId, shardIndex, method.wireName, args, P2P_READ_LOCAL]
+      : [subgroupId, shardIndex, method.wireName, args];
     if (node === this.nodeId) {
-      response = await this.serveP2P(encodeMessage([subgroupId, shardIndex, method.wireName, args]));
+      response = await this.serveP2P(encodeMessage(request));
     } else {
       const session = await this.session(node);
-      response = await session.call(P2P_REQUEST_TYPE, encodeMessage([subgroupId, shardIndex, method.wireName, args]), {
+      response = await session.call(P2P_REQUEST_TYPE, encodeMessage(request), {
         timeoutMs: this.config.transport.request_timeout_ms,
       });
     }
@@ -559,13 +586,15 @@ export class Group {
 
   /** The p2p handler: runs a read-only call on the local replica. */
   private async serveP2P(request: Uint8Array): Promise<Uint8Array> {
-    const [subgroupId, shardIndex, wireName, args] = decodeMessage<P2PRequest>(request);
+    const [subgroupId, shardIndex, wireName, args, readMode] = decodeMessage<P2PRequest>(request);
     const replica = this.replicaOf(subgroupId, shardIndex);
     if (replica === undefined) {
       return encodeMessage([P2P_NOT_HOSTED, `does not host shard ${shardIndex} of subgroup ${subgroupId}`]);
     }
     let reply: Uint8Array;
     try {
+      // A raft shard's linearizable read (the default): ReadIndex through the leader first.
+      if (readMode !== P2P_READ_LOCAL && replica.driver?.readBarrier !== undefined) await replica.driver.readBarrier();
       reply = await replica.dispatcher.dispatch('p2p', wireName, args);
     } catch (error) {
       const framework = error instanceof SquallError ? error : new SquallError(String(error), 'INTERNAL');
@@ -599,12 +628,31 @@ export class Group {
       this.p2pWriteCheck,
     );
     replica.onOwnDelivered = (callId, version) => this.calls.get(callId)?.numbered(version);
-    if (registry.latestVersion !== VERSION_NONE) {
+    // With the membership service, a node whose data dir holds a view record restarts over its
+    // state: the driver reconciles it (truncates past the committed trim, pulls what it lacks).
+    if (registry.latestVersion !== VERSION_NONE && this.membership?.restarted !== true) {
+      if (this.membership !== undefined) {
+        throw new GroupStartError(
+          `${this.config.persistence.data_dir} holds versions of ${registryName} (up to ` +
+            `${registry.latestVersion}) but no membership view record, so they cannot be ` +
+            `reconciled with the group's (they were written by a static group, or the record was ` +
+            `deleted). Fix: set persistence.reset = true, or use an empty data_dir.`,
+        );
+      }
       throw new GroupStartError(
         `${this.config.persistence.data_dir} already holds versions of ${registryName} (up to ` +
           `${registry.latestVersion}). A group started from a static member list always starts at ` +
-          `view 1, and restarting over old state needs the membership service's restart protocol ` +
-          `(not wired in yet). Fix: set persistence.reset = true, or use an empty data_dir.`,
+          `view 1 and cannot reconcile replicas that persisted different suffixes (the membership ` +
+          `service can: membership: true). Fix: set persistence.reset = true, or use an empty data_dir.`,
+      );
+    }
+    if (registry.latestVersion !== VERSION_NONE && shard.mode === 'raft') {
+      // Its Raft log starts empty, so new versions (term << 32 | index) would sort below the kept ones.
+      throw new GroupStartError(
+        `${this.config.persistence.data_dir} holds versions of ${registryName} (up to ` +
+          `${registry.latestVersion}), a raft-ordered shard, and raft-ordered shards do not restart ` +
+          `over old data yet (their Raft log starts empty). Fix: set persistence.reset = true, or ` +
+          `use an empty data_dir; its state returns by transfer from the shard's other members.`,
       );
     }
     return replica;
@@ -645,12 +693,6 @@ export class Group {
 
   private async createDrivers(): Promise<void> {
     const view = this.currentView;
-    for (const replica of this.replicas.values()) {
-      const shard = view.shard(replica.subgroupId, replica.shardIndex)!;
-      if (shard.mode === 'raft') {
-        throw new GroupStartError(`${replica.info.name} subgroup ${replica.subgroupIndex} uses mode 'raft', which the group layer does not run yet. Fix: use mode 'ordered'.`);
-      }
-    }
     if (this.membership !== undefined) {
       this.membership.attach({
         deliver: (ref, delivery) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.deliver(delivery),
@@ -661,11 +703,21 @@ export class Group {
       });
       this.attachMembershipDrivers();
       await this.awaitStateTransfers(this.membership);
+      // Raft shards: founders (view 0) form the Raft group; a joiner joins it with its state.
+      for (const replica of this.replicas.values()) {
+        if (view.shard(replica.subgroupId, replica.shardIndex)!.mode !== 'raft') continue;
+        replica.attachDriver(await startRaftShard(replica, view, this.config, this.transport, this.nodeId, view.id !== 0));
+      }
       return;
     }
     const gate = this.gate!;
     for (const replica of this.replicas.values()) {
       const shard = view.shard(replica.subgroupId, replica.shardIndex)!;
+      if (shard.mode === 'raft') {
+        // The shard's members form a Raft group (raft-shard.ts): same replica, another engine.
+        replica.attachDriver(await startRaftShard(replica, view, this.config, this.transport, this.nodeId));
+        continue;
+      }
       const addresses = new Map(shard.members.map((n) => [n, view.addressOf(n)!]));
       const shardNumber = driverShardNumber(replica.subgroupId, replica.shardIndex);
       const created = MulticastDriver.create({
@@ -673,7 +725,7 @@ export class Group {
         self: this.nodeId,
         shard: shardNumber,
         view: { viewId: view.id, members: shard.members, senders: shard.senders, addresses },
-        mode: shard.mode === 'raw' ? 'raw' : 'ordered', // raft was refused above
+        mode: shard.mode === 'raw' ? 'raw' : 'ordered',
         limits: multicastLimitsForProfile(this.config, shard.profile),
         onDeliver: (delivery) => replica.deliver(delivery),
       });
@@ -697,6 +749,7 @@ export class Group {
       if (mine.some((m) => replicaKey(m.typeName, m.subgroupIndex) === key && m.shardIndex === replica.shardIndex)) continue;
       replica.failWaiters(new NotMemberError(this.nodeId, replica.info.name, replica.subgroupIndex,
         `left shard ${replica.shardIndex} in view ${view.id}`));
+      if (replica.driverOrUndefined instanceof RaftOrderingEngine) void replica.driver.close();
       this.replicas.delete(key);
     }
     for (const m of mine) {
@@ -719,9 +772,36 @@ export class Group {
     if (this.membership === undefined) return;
     for (const replica of this.replicas.values()) {
       const ref = { subgroupId: replica.subgroupId, shardIndex: replica.shardIndex };
+      if (this.currentView.shard(ref.subgroupId, ref.shardIndex)?.mode === 'raft') {
+        this.followRaftShard(replica, this.membership); // its own engine, not the multicast driver
+        continue;
+      }
       const driver = this.membership.multicast(ref);
       if (driver !== undefined && driver !== replica.driverOrUndefined) replica.attachDriver(driver);
     }
+  }
+
+  /**
+   * A raft shard after a view change: its engine follows the shard's members; a replica without
+   * an engine yet (a shard this node entered) starts one in join mode once its state arrived.
+   */
+  private followRaftShard(replica: ShardReplica, membership: MembershipViewSource): void {
+    const engine = replica.driverOrUndefined;
+    if (engine instanceof RaftOrderingEngine) {
+      followRaftShardView(engine, replica, this.currentView);
+      return;
+    }
+    if (!this.ready || this.raftStarting.has(replica)) return; // Group.start starts founders' engines
+    this.raftStarting.add(replica);
+    void (async () => {
+      const ref = { subgroupId: replica.subgroupId, shardIndex: replica.shardIndex };
+      while (membership.awaitingState(ref) && !this.closed) await sleep(10);
+      if (this.closed || !this.replicas.has(replicaKey(replica.info.name, replica.subgroupIndex))) return;
+      const started = await startRaftShard(replica, this.currentView, this.config, this.transport, this.nodeId, true);
+      if (this.closed) await started.close();
+      else replica.attachDriver(started);
+    })().catch((error: unknown) => process.emitWarning(`node ${this.nodeId}: raft shard ${replica.shardIndex} of ${replica.info.name} did not start: ${String(error)}`))
+      .finally(() => this.raftStarting.delete(replica));
   }
 
   /** A joiner: waits until every local shard's state arrived by transfer. */

@@ -40,6 +40,8 @@ export interface LocalGroupOptions {
   readonly firstId?: number;
   /** How many of the nodes `group.members` lists (the rest join later); default all. */
   readonly listed?: number;
+  /** Wipe each node's data dir at start (`persistence.reset`); default true. False: restart over it. */
+  readonly reset?: boolean;
 }
 
 /** The group key file of a local group: `<dataRoot>/group.key`, a fresh secret if missing. */
@@ -71,7 +73,7 @@ export function localConfigToml(index: number, ports: readonly number[], options
       : ['encryption = true', `key_file = ${JSON.stringify(localGroupKeyFile(options.dataRoot))}`]),
     '[persistence]',
     `data_dir = ${JSON.stringify(join(options.dataRoot, `node${index}`))}`,
-    'reset = true',
+    `reset = ${options.reset ?? true}`,
     `sync = "${options.sync ?? 'nosync'}"`,
     '[logging]',
     'level = "warn"',

@@ -15,6 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { PersistentRegistry } from '../../persistence/registry.js';
+import { VersionNotFoundError, VersionTrimmedError } from '../../persistence/errors.js';
 import { ConfigError, SquallError } from '../core/errors.js';
 import { nodeId } from '../core/ids.js';
 import type { ReplicatedClassInfo } from '../../decorators/metadata.js';
@@ -28,6 +29,7 @@ import {
   MembershipDriver, type NodeRemovedError as DriverRemovedError, type ShardRef, type ShardStateStore,
 } from '../runtime/membership-driver.js';
 import type { MulticastDelivery, MulticastDriver } from '../runtime/multicast-driver.js';
+import { MembershipStore } from '../runtime/membership-store.js';
 import type { Transport } from '../transport/transport.js';
 import { staticMembersFromConfig, type ViewListener, type ViewSource } from './view-source.js';
 
@@ -53,6 +55,12 @@ export interface MembershipSink {
 
 export class MembershipViewSource implements ViewSource {
   readonly driver: MembershipDriver;
+  /**
+   * True if this node's data dir held a view record: it restarts (rejoins a running group, or
+   * takes part in a total restart) over the state it persisted, instead of starting empty.
+   */
+  readonly restarted: boolean;
+  private readonly store: MembershipStore;
   private readonly listeners: ViewListener[] = [];
   private readonly removedListeners: ((error: DriverRemovedError) => void)[] = [];
   private sink: MembershipSink | undefined;
@@ -79,6 +87,10 @@ export class MembershipViewSource implements ViewSource {
         message: 'has node id 0, which the membership driver cannot use (its Raft log reserves 0 for "no node"). Fix: number the nodes from 1',
       }]);
     }
+    const durable = config.persistence.sync === 'durable';
+    this.store = MembershipStore.open(config.persistence.data_dir, { reset: config.persistence.reset, durable });
+    const record = this.store.load();
+    this.restarted = record !== undefined;
     this.driver = new MembershipDriver({
       self: nodeId(config.node.id),
       transport: options.transport,
@@ -91,10 +103,14 @@ export class MembershipViewSource implements ViewSource {
       votersCount: Math.min(config.group.voters, founders.length),
       heartbeatMs: config.timeouts.heartbeat_ms,
       failureTimeoutMs: config.timeouts.failure_timeout_ms,
+      ...(record !== undefined ? { record } : {}),
+      saveRecord: (r) => this.store.save(r),
+      raftStorageFor: (epoch) => this.store.raftStorage(epoch, durable),
+      restartTimeoutMs: config.group.restart_timeout_s * 1000,
       multicastLimitsFor: (profile) => multicastLimitsForProfile(config, profile),
       onDeliver: (shard, delivery) => this.onDeliver(shard, delivery),
       persist: () => this.sink?.persist() ?? Promise.resolve(),
-      ...(options.log !== undefined ? { log: options.log } : {}),
+      log: options.log ?? restartProgress(config),
     });
     this.driver.on('view', (view) => {
       if (!this.started) return; // the first view is start()'s result
@@ -131,12 +147,16 @@ export class MembershipViewSource implements ViewSource {
    */
   leave(timeoutMs: number): Promise<boolean> {
     if (this.removed !== undefined) return Promise.resolve(true);
+    if (!this.driver.isMember) return Promise.resolve(false);
     return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs);
-      this.onRemoved(() => {
+      const done = (left: boolean): void => {
         clearTimeout(timer);
-        resolve(true);
-      });
+        resolve(left);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.onRemoved(() => done(true));
+      // Refused: leaving would leave fewer than a majority of the view (the others are gone).
+      this.driver.on('leaveRefused', () => done(false));
       this.driver.leave();
     });
   }
@@ -154,8 +174,9 @@ export class MembershipViewSource implements ViewSource {
     for (const { shard, delivery } of early) sink.deliver(shard, delivery);
   }
 
-  close(): Promise<void> {
-    return this.driver.close();
+  async close(): Promise<void> {
+    await this.driver.close();
+    await this.store.close();
   }
 
   /** Whether this node still waits for the state of `shard` (a joiner's transfer). */
@@ -176,6 +197,8 @@ export class MembershipViewSource implements ViewSource {
       latestVersion: (shard) => registry(shard).latestVersion,
       stateChunks: (shard, afterVersion) => registry(shard).serializeSuffix(afterVersion),
       applyStateChunk: (shard, chunk) => registry(shard).applyChunk(chunk),
+      truncate: (shard, version) => registry(shard).truncate(version),
+      floorVersion: (shard, version) => floorVersion(registry(shard), version),
     };
   }
 
@@ -183,6 +206,44 @@ export class MembershipViewSource implements ViewSource {
     if (this.sink !== undefined) this.sink.deliver(shard, delivery);
     else this.early.push({ shard, delivery: { ...delivery, payload: delivery.payload.slice() } });
   }
+}
+
+/**
+ * Without a `log` option, a restarting node still says what it waits for: the driver's
+ * `restart:` lines (who is back, who is missing, the decision, each shard's reconciliation) go
+ * to stderr when `logging.level` is info or more verbose.
+ */
+function restartProgress(config: SquallConfig): (line: string) => void {
+  const verbose = ['info', 'debug', 'trace'].includes(config.logging.level);
+  return (line) => {
+    if (verbose && line.startsWith('restart:')) process.stderr.write(`squall node ${config.node.id}: ${line}\n`);
+  };
+}
+
+/**
+ * The newest version at or below `version` in any field of `registry` (-1n: none), or undefined
+ * when a field's history was trimmed past it (then nobody can tell what lies below).
+ */
+function floorVersion(registry: PersistentRegistry, version: bigint): bigint | undefined {
+  let floor = -1n;
+  for (const name of registry.fieldNames()) {
+    const field = registry.field(name)!;
+    const latest = field.latestVersion();
+    if (latest < 0n) continue;
+    let found: bigint;
+    if (version >= latest) found = latest;
+    else {
+      try {
+        found = field.versionAt(version);
+      } catch (error) {
+        if (error instanceof VersionNotFoundError) continue;
+        if (error instanceof VersionTrimmedError) return undefined;
+        throw error;
+      }
+    }
+    if (found > floor) floor = found;
+  }
+  return floor;
 }
 
 /**

@@ -4,7 +4,7 @@
  *   const results = kv.ordered.put('k', 'v');
  *   const replies = await results;            // Map<NodeId, R>: every shard member's reply
  *   await results.replies.get(node);          // one member's reply, on its own
- *   await results.version;                    // the version it was delivered at on this node
+ *   await results.version;                    // the version the call was numbered with
  *   await results.delivered();                // delivered (and applied) on this node
  *   await results.localPersisted();           // its version is durable on this node
  *   await results.persisted();                // durable on every member of the shard
@@ -38,14 +38,22 @@ export interface ShardFrontierWaits {
  * kv-store bench saved ~3 decodes and ~6 promises per call). The outcome is the same either way:
  * decoding is a pure function of the bytes, and a rejection made later is observed the same way.
  */
+/**
+ * A pending promise's settle functions. Method signatures (bivariant), so QueryResults<string>
+ * stays assignable to QueryResults<unknown> as a covariant result type should be.
+ */
+interface Settlers<R> {
+  resolve(value: R): void;
+  reject(error: unknown): void;
+}
+
 class ReplySlot<R> {
   /** 0 pending, 1 bytes arrived, 2 failed (removed, closed, not sent). */
   state: 0 | 1 | 2 = 0;
   bytes: Uint8Array | undefined;
   error: unknown;
   private promise: Promise<R> | undefined;
-  private resolve: ((value: R) => void) | undefined;
-  private reject: ((error: unknown) => void) | undefined;
+  private settlers: Settlers<R> | undefined;
 
   constructor(readonly node: NodeId) {}
 
@@ -56,8 +64,7 @@ class ReplySlot<R> {
     else if (this.state === 2) this.promise = Promise.reject(this.error);
     else {
       this.promise = new Promise<R>((resolve, reject) => {
-        this.resolve = resolve;
-        this.reject = reject;
+        this.settlers = { resolve, reject };
       });
     }
     this.promise.catch(() => undefined); // observed: a caller that never looks gets no unhandled error
@@ -67,14 +74,13 @@ class ReplySlot<R> {
   settle(bytes: Uint8Array): void {
     this.state = 1;
     this.bytes = bytes;
-    if (this.resolve !== undefined) {
-      const resolve = this.resolve;
-      const reject = this.reject!;
-      this.resolve = this.reject = undefined;
+    const settlers = this.settlers;
+    if (settlers !== undefined) {
+      this.settlers = undefined;
       try {
-        resolve(decodeReply<R>(bytes, this.node));
+        settlers.resolve(decodeReply<R>(bytes, this.node));
       } catch (error) {
-        reject(error);
+        settlers.reject(error);
       }
     }
   }
@@ -82,10 +88,10 @@ class ReplySlot<R> {
   fail(error: unknown): void {
     this.state = 2;
     this.error = error;
-    if (this.reject !== undefined) {
-      const reject = this.reject;
-      this.resolve = this.reject = undefined;
-      reject(error);
+    const settlers = this.settlers;
+    if (settlers !== undefined) {
+      this.settlers = undefined;
+      settlers.reject(error);
     }
   }
 
@@ -138,13 +144,10 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
   /** @internal Each member's reply bytes as they arrived (a relaying member forwards them). */
   readonly rawReplies = new Map<NodeId, Uint8Array>();
   private all: Promise<ReadonlyMap<NodeId, R>> | undefined;
-  /**
-   * The version the call was delivered at on this node (`numbered()`). Not the send receipt's:
-   * a call that a view change's trim cut off is re-sent in the next view with a new number.
-   */
-  private numberedVersion: Version | undefined;
+  /** The version the call was delivered at on this node (numbered()), or the send's failure. */
+  private deliveredAt: Version | undefined;
+  private failure: { readonly error: unknown } | undefined;
   private numbering: { promise: Promise<Version>; resolve(v: Version): void; reject(e: unknown): void } | undefined;
-  private numberingFailure: { error: unknown } | undefined;
   private versionPromise: Promise<Version> | undefined;
   private timestampPromise: Promise<Hlc> | undefined;
   private unsettledCount: number;
@@ -166,37 +169,28 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     sent.catch((error: unknown) => this.failAll(error));
   }
 
-  /** The call's version (view id << 32 | position in the view), once it is delivered here. */
+  /**
+   * The call's version (view id << 32 | position in the view), once it is delivered on this
+   * node: a call that a view change cut off is re-sent with a new number, so the send's is not
+   * final.
+   */
   get version(): Promise<Version> {
-    this.versionPromise ??= this.numberingPromise();
+    if (this.versionPromise === undefined) {
+      if (this.deliveredAt !== undefined) this.versionPromise = Promise.resolve(this.deliveredAt);
+      else if (this.failure !== undefined) this.versionPromise = Promise.reject(this.failure.error);
+      else {
+        let resolve!: (v: Version) => void;
+        let reject!: (e: unknown) => void;
+        const promise = new Promise<Version>((res, rej) => {
+          resolve = res;
+          reject = rej;
+        });
+        this.numbering = { promise, resolve, reject };
+        this.versionPromise = promise;
+      }
+      this.versionPromise.catch(() => undefined);
+    }
     return this.versionPromise;
-  }
-
-  private numberingPromise(): Promise<Version> {
-    if (this.numberedVersion !== undefined) return Promise.resolve(this.numberedVersion);
-    if (this.numberingFailure !== undefined) {
-      const failed = Promise.reject(this.numberingFailure.error);
-      failed.catch(() => undefined);
-      return failed;
-    }
-    if (this.numbering === undefined) {
-      let resolve!: (v: Version) => void;
-      let reject!: (e: unknown) => void;
-      const promise = new Promise<Version>((res, rej) => {
-        resolve = res;
-        reject = rej;
-      });
-      promise.catch(() => undefined);
-      this.numbering = { promise, resolve, reject };
-    }
-    return this.numbering.promise;
-  }
-
-  /** @internal The call was delivered on this node at `version`. */
-  numbered(version: Version): void {
-    if (this.numberedVersion !== undefined || this.numberingFailure !== undefined) return;
-    this.numberedVersion = version;
-    this.numbering?.resolve(version);
   }
 
   /** The sender's HLC time stamped on the call (the same on every replica). */
@@ -223,11 +217,11 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     return this.afterNumbered((v) => this.waits.whenPersisted(v));
   }
 
-  /** `wait(version)`, then the version; rejects if the call failed before it was delivered here. */
+  /** `wait(version)`, then the version; rejects if sending failed. */
   private afterNumbered(wait: (version: Version) => Promise<void>): Promise<Version> {
-    const version = this.numberedVersion;
+    const version = this.deliveredAt;
     if (version !== undefined) return wait(version).then(() => version);
-    return this.numberingPromise().then((v) => wait(v).then(() => v));
+    return this.version.then((v) => wait(v).then(() => v));
   }
 
   then<A = ReadonlyMap<NodeId, R>, B = never>(
@@ -238,6 +232,13 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
       [...this.replies].map(async ([node, p]) => [node, await p] as const),
     ).then((entries) => new Map(entries) as ReadonlyMap<NodeId, R>);
     return this.all.then(onFulfilled, onRejected);
+  }
+
+  /** @internal The call was delivered on this node at `version`. */
+  numbered(version: Version): void {
+    if (this.deliveredAt !== undefined || this.failure !== undefined) return;
+    this.deliveredAt = version;
+    this.numbering?.resolve(version);
   }
 
   /** @internal A member's reply bytes arrived (decoded when asked for, with that member's id). */
@@ -264,8 +265,8 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
 
   /** @internal Also the version, if the call was not delivered here. */
   failAll(error: unknown): void {
-    if (this.numberedVersion === undefined && this.numberingFailure === undefined) {
-      this.numberingFailure = { error };
+    if (this.deliveredAt === undefined && this.failure === undefined) {
+      this.failure = { error };
       this.numbering?.reject(error);
     }
     for (const node of this.slots.keys()) this.failReply(node, error);

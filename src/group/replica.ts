@@ -15,12 +15,15 @@ import { DecoratorUsageError } from '../../decorators/errors.js';
 import { hlc, HLC_MAX, type Hlc } from '../core/hlc.js';
 import { VERSION_NONE, type NodeId, type ShardIndex, type SubgroupId, type Version } from '../core/ids.js';
 import type { View } from '../membership/view.js';
-import type { MulticastDelivery, MulticastDriver, MulticastFrontiers } from '../runtime/multicast-driver.js';
+import type { EngineFrontiers, OrderedDelivery, OrderingEngine } from '../runtime/ordering-engine.js';
 import type { ShardFrontierWaits } from './query-results.js';
 import { FrontierWaiters, type OrderedCallMessage } from './wire.js';
+import { RELAY_WINDOW, RelayTable } from './relay-table.js';
+import { RelayedReplyUnavailableError } from './errors.js';
+import { encodeFrameworkError } from '../../decorators/codec.js';
 
-/** Relayed replies kept per client for deduplication (a client retries only recent calls). */
-export const RELAYED_PER_CLIENT_MAX = 4096;
+/** Relayed replies kept in memory per client (a client retries only recent calls). */
+export const RELAYED_PER_CLIENT_MAX = RELAY_WINDOW;
 
 /**
  * The ordered call running on a replica, for refusing ordered calls made from inside one.
@@ -83,15 +86,21 @@ export class ShardReplica<T extends object = object> {
     whenLocalPersisted: (version) => this.registry.whenPersisted(version),
     whenPersisted: (version) => this.persistedWaiters.wait(version),
   };
-  private driverRef: MulticastDriver | undefined;
+  /** The shard's ordering engine: its MulticastDriver, or a RaftOrderingEngine in raft mode. */
+  private driverRef: OrderingEngine | undefined;
   private detachPersisted: (() => void) | undefined;
   private currentVersion: Version | undefined;
   private currentTimestamp: Hlc | undefined;
   private readonly stableWaiters: { time: Hlc; resolve: () => void }[] = [];
   /**
-   * Replies to relayed calls by client id and request id, so a client's retry (through another
-   * member, after a failure) is answered without running the call twice. Every replica fills it
-   * in delivery order, so all of them agree on what is a duplicate. Bounded per client.
+   * Which relayed calls (client id, request id) the shard already ran: replicated state, so
+   * every replica, also one that joined by state transfer or restarted, decides alike whether a
+   * client's retry is a duplicate (relay-table.ts).
+   */
+  private readonly relayTable: RelayTable;
+  /**
+   * Replies to relayed calls by client id and request id, so a retry is answered as the first
+   * run was. In memory only; bounded per client.
    */
   private readonly relayed = new Map<string, Map<number, DispatchResult>>();
   readonly context: ReplicaContext;
@@ -135,17 +144,18 @@ export class ShardReplica<T extends object = object> {
     });
     this.object = info.create(this.context);
     this.attachFields();
+    this.relayTable = new RelayTable(registry);
     this.dispatcher = new Dispatcher(this.object, { p2pWriteCheck });
   }
 
   readonly object: T;
 
-  get driver(): MulticastDriver {
+  get driver(): OrderingEngine {
     return this.driverRef!;
   }
 
   /** The attached driver, or undefined before the first attachDriver. */
-  get driverOrUndefined(): MulticastDriver | undefined {
+  get driverOrUndefined(): OrderingEngine | undefined {
     return this.driverRef;
   }
 
@@ -154,7 +164,7 @@ export class ShardReplica<T extends object = object> {
    * Called again when a view change brings a new driver: the persistence frontier then feeds
    * the new one only.
    */
-  attachDriver(driver: MulticastDriver): void {
+  attachDriver(driver: OrderingEngine): void {
     this.driverRef = driver;
     this.detachPersisted?.();
     this.detachPersisted = this.registry.onPersisted((version) => driver.persisted(version));
@@ -179,7 +189,7 @@ export class ShardReplica<T extends object = object> {
   }
 
   /** A delivered ordered call (from the driver, in delivery order). */
-  deliver(delivery: MulticastDelivery): void {
+  deliver(delivery: OrderedDelivery): void {
     let message: OrderedCallMessage;
     try {
       message = decodeMessage<OrderedCallMessage>(delivery.payload);
@@ -194,13 +204,18 @@ export class ShardReplica<T extends object = object> {
     }
     const [callId, wireName, args, clientId, requestId] = message;
     const version = delivery.version as Version;
-    const earlier = clientId === undefined ? undefined : this.relayed.get(clientId)?.get(requestId!);
     let result: DispatchResult;
-    if (earlier !== undefined) {
-      result = earlier; // a retried relayed call: answer as the first time, do not run it again
+    if (clientId !== undefined && this.relayTable.has(clientId, requestId!)) {
+      // A retried relayed call: do not run it again; answer as the first time if this replica
+      // was there (every replica skips it alike: the table is replicated state).
+      result = this.relayed.get(clientId)?.get(requestId!) ??
+        encodeFrameworkError(new RelayedReplyUnavailableError(this.self, clientId, requestId!));
     } else {
       result = this.dispatch(wireName, args, version, delivery.timestamp);
-      if (clientId !== undefined) this.rememberRelayed(clientId, requestId!, result);
+      if (clientId !== undefined) {
+        this.relayTable.add(clientId, requestId!);
+        this.rememberRelayed(clientId, requestId!, result);
+      }
     }
     // The version holds what the call changed before it returned (or before its first await).
     this.registry.makeVersion(version, delivery.timestamp);
@@ -242,7 +257,7 @@ export class ShardReplica<T extends object = object> {
     if (byRequest.size > RELAYED_PER_CLIENT_MAX) byRequest.delete(byRequest.keys().next().value!);
   }
 
-  private onFrontiers(f: MulticastFrontiers): void {
+  private onFrontiers(f: EngineFrontiers): void {
     this.persistedWaiters.advance(f.globalPersistedVersion);
     // The core's frontier F: no message stamped below F µs can still be delivered.
     if (f.stabilityFrontierMicros > 0n) {

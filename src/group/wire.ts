@@ -61,7 +61,8 @@ export type RelayResponse =
   | [status: typeof RELAY_OK, version: bigint, micros: number, logical: number, replies: [number, Uint8Array][]]
   | [status: typeof RELAY_REFUSED, code: string, message: string];
 export type OrderedReply = [callId: number, fromNode: number, reply: Uint8Array];
-export type P2PRequest = [subgroupId: number, shardIndex: number, wireName: string, args: Uint8Array];
+/** readMode (raft-shard.ts): absent or 0 = the shard's default (linearizable on raft shards), 1 = local. */
+export type P2PRequest = [subgroupId: number, shardIndex: number, wireName: string, args: Uint8Array, readMode?: number];
 
 /** The multicast driver's shard number for one shard: unique per node's transport. */
 export function driverShardNumber(subgroupId: number, shardIndex: number): number {

@@ -37,3 +37,19 @@ export function nextVoterStep(input: VoterPlanInput): VoterStep | undefined {
   }
   return undefined;
 }
+
+/** What `nextVoterStep` needs, read from a Raft leader's `status()`, toward the voters `want`. */
+export function voterPlanInputOf(
+  status: {
+    readonly id: number;
+    readonly commit: number;
+    readonly conf: { readonly voters: readonly number[]; readonly learners: readonly number[] };
+    readonly progress: Readonly<Record<number, { readonly match: number }>>;
+  },
+  want: readonly number[],
+): VoterPlanInput {
+  return {
+    self: status.id, voters: status.conf.voters, learners: status.conf.learners, want,
+    matchIndex: (n) => status.progress[n]?.match ?? 0, commitIndex: status.commit,
+  };
+}

@@ -7,8 +7,10 @@
  * the raft benchmark (one encode and one decode per message, objects with string keys). The
  * rare ones (votes, snapshots, reads, timeoutNow) stay msgpack inside the batch.
  *
- * Batch: u8 version (2), u32 message count, then the messages back to back, each a u8 kind and
- * its body. Numbers are
+ * Batch: u8 version (3), u32 Raft group id, u32 message count, then the messages back to back,
+ * each a u8 kind and its body. The group id lets several Raft groups (the membership log and
+ * each raft-ordered shard) share one endpoint and one request type: the driver's mux reads it
+ * (`batchGroup`) before decoding and hands the batch to that group's driver. Numbers are
  * float64 (terms and indexes are JS numbers; node ids too), big-endian.
  *   append        from to term prevIndex prevTerm commit, u32 count,
  *                 count × (index term, u8 type, u32 length, data)
@@ -25,8 +27,12 @@ import type { Entry, EntryType, Message } from './types.js';
 
 const packr = new Packr({ useRecords: false, int64AsType: 'number', mapsAsObjects: true });
 
-/** Wire format version: the first byte of a batch. */
-const VERSION = 2;
+/** Wire format version: the first byte of a batch (3: with the group id). */
+const VERSION = 3;
+/** Bytes before the first message: version, group id, count. */
+const BATCH_HEADER_BYTES = 1 + 4 + 4;
+/** The largest group id (u32). */
+export const RAFT_GROUP_ID_MAX = 0xffff_ffff;
 
 const KIND_APPEND = 1;
 const KIND_APPEND_RESP = 2;
@@ -61,16 +67,18 @@ function encodedBytes(m: Message, other: Map<Message, Uint8Array>): number {
   }
 }
 
-export function encodeMessages(messages: readonly Message[]): Uint8Array {
+/** Encodes one batch for the Raft group `groupId` (default 0: the membership log). */
+export function encodeMessages(messages: readonly Message[], groupId = 0): Uint8Array {
   const other = new Map<Message, Uint8Array>();
-  let bytes = 5;
+  let bytes = BATCH_HEADER_BYTES;
   for (const m of messages) bytes += encodedBytes(m, other);
   // Pooled and not zero-filled: every byte is written below. The transport copies it at call().
   const out = Buffer.allocUnsafe(bytes);
   const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
   out[0] = VERSION;
-  view.setUint32(1, messages.length);
-  let at = 5;
+  view.setUint32(1, groupId);
+  view.setUint32(5, messages.length);
+  let at = BATCH_HEADER_BYTES;
   const f64 = (value: number): void => {
     view.setFloat64(at, value);
     at += F64;
@@ -117,15 +125,21 @@ export function encodeMessages(messages: readonly Message[]): Uint8Array {
   return out;
 }
 
+/** The Raft group a batch is for, or -1 if it is too short or of another version. */
+export function batchGroup(bytes: Uint8Array): number {
+  if (bytes.byteLength < BATCH_HEADER_BYTES || bytes[0] !== VERSION) return -1;
+  return ((bytes[1]! << 24) >>> 0) + (bytes[2]! << 16) + (bytes[3]! << 8) + bytes[4]!;
+}
+
 /** Throws on anything that is not a well-formed batch (bounds, kinds, entry types, lengths). */
 export function decodeMessages(bytes: Uint8Array): Message[] {
-  if (bytes.byteLength < 1 || bytes[0] !== VERSION) {
+  if (bytes.byteLength < BATCH_HEADER_BYTES || bytes[0] !== VERSION) {
     throw new Error(`not a raft message batch (version ${bytes.byteLength ? bytes[0] : '?'}, expected ${VERSION})`);
   }
   // DataView reads past the end throw RangeError: every bound below is checked by them.
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const expected = view.getUint32(1);
-  let at = 5;
+  const expected = view.getUint32(5);
+  let at = BATCH_HEADER_BYTES;
   const f64 = (): number => {
     const value = view.getFloat64(at);
     at += F64;

@@ -725,6 +725,8 @@ export class RaftCore {
       if (pr.state === 'probe') pr.becomeReplicate();
       else if (pr.state === 'snapshot' && pr.match >= pr.snapshotIndex) pr.becomeProbe();
       if (this.maybeCommit()) this.afterCommit();
+      // The last follower to catch up on entries already committed learns the commit now too.
+      else if (pr.match <= this.commit) this.noticeCommit(m.from, pr);
       if (m.from === this.leadTransferee && pr.match === this.log.lastIndex()) {
         this.send({ type: 'timeoutNow', from: this.id, to: m.from, term: this.term });
       }
@@ -787,9 +789,20 @@ export class RaftCore {
     return true;
   }
 
+  /** Tells a follower that holds every entry the commit index (see afterCommit). */
+  private noticeCommit(id: number, pr: Progress): void {
+    if (id === this.id || pr.state !== 'replicate' || pr.match !== this.log.lastIndex()) return;
+    this.send({ type: 'heartbeat', from: this.id, to: id, term: this.term, commit: Math.min(pr.match, this.commit), ctx: 0 });
+  }
+
   private afterCommit(): void {
-    // Followers learn the new commit index with the next append or heartbeat; reads waiting for
-    // our first commit in this term can now start.
+    // Followers that hold every entry get the new commit index now, in a heartbeat (ctx 0: no
+    // read round). A follower still receiving entries learns it with its next append; one that
+    // holds them all would otherwise wait for the next heartbeat tick (measured: a raft shard's
+    // persisted() waited ~50 ms, one heartbeat interval, for its followers to apply an idle
+    // call). etcd sends an (empty) append to every follower for the same reason.
+    for (const [id, pr] of this.progress) this.noticeCommit(id, pr);
+    // Reads waiting for our first commit in this term can now start.
     if (this.readsAwaitingCommit.length && this.log.term(this.commit) === this.term) {
       const waiting = this.readsAwaitingCommit;
       this.readsAwaitingCommit = [];

@@ -36,13 +36,17 @@ import {
   NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry, initialView, votersOf,
   type MembershipEntry, type ReceiveReportMessage, type StateTransfer, type ViewChangeEffect,
 } from '../membership/view-change-core.js';
+import {
+  keptVersion, reconcileShard, restartLeader, restartQuorum, restartView, type PeerVersion, type RestartTrim,
+} from '../membership/restart.js';
 import { decodeView, encodeView, type View } from '../membership/view.js';
 import type { MulticastLimits } from '../multicast/config.js';
 import { computeTrim } from '../multicast/ragged-edge.js';
 import { RaftProposalError } from '../raft/errors.js';
 import { MemoryStorage, type RaftStorage } from '../raft/storage.js';
+import type { MembershipRecord } from './membership-store.js';
 import type { Entry, Snapshot } from '../raft/types.js';
-import type { RequestContext, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
+import { WRAPPED_TRANSPORT, type RequestContext, type Transport, type TransportAddress, type TransportSession } from '../transport/transport.js';
 import {
   MulticastDriver, prepareMulticastTransport, type MulticastDelivery, type MulticastView,
 } from './multicast-driver.js';
@@ -68,6 +72,14 @@ export interface ShardStateStore {
   stateChunks(shard: ShardRef, afterVersion: bigint): Iterable<Uint8Array>;
   /** Applies one chunk from another node's stateChunks(); re-applying one is harmless. */
   applyStateChunk(shard: ShardRef, chunk: Uint8Array): void;
+  /** Drops every version above `version` (restart reconciliation); resolves once durable. */
+  truncate?(shard: ShardRef, version: bigint): Promise<void>;
+  /**
+   * The newest version at or below `version` this node holds (-1n: none), or undefined if it
+   * cannot tell (history trimmed). Replicas record the same versions for the same calls, so a
+   * joiner whose latest version the source lacks holds versions the group never delivered.
+   */
+  floorVersion?(shard: ShardRef, version: bigint): bigint | undefined;
 }
 
 export interface MembershipDriverOptions {
@@ -88,6 +100,22 @@ export interface MembershipDriverOptions {
   /** How many founders replicate the membership log (default 3). */
   readonly votersCount?: number;
   readonly raftStorage?: RaftStorage;
+  /**
+   * The membership log's Raft storage of an epoch (MembershipStore.raftStorage); takes
+   * precedence over raftStorage. An epoch is one Raft group: '0' from the founding; a total
+   * restart's decision names a new one (restart view id, leader, time: two decisions never share
+   * a Raft state, an aborted restart's included).
+   * view's id after a total restart.
+   */
+  readonly raftStorageFor?: (epoch: string) => RaftStorage;
+  /** The view record this node persisted in an earlier run: it restarts (see restart()). */
+  readonly record?: MembershipRecord;
+  /** Makes a view record durable: on every install (before its multicast) and after a trim. */
+  readonly saveRecord?: (record: MembershipRecord) => Promise<void>;
+  /** How long a total restart waits for a majority of the last view and of each shard (60 s). */
+  readonly restartTimeoutMs?: number;
+  /** Once that majority is back, how long the restart leader waits for the others (1 s). */
+  readonly restartGraceMs?: number;
   readonly tickMs?: number;
   readonly heartbeatMs?: number;
   readonly failureTimeoutMs?: number;
@@ -119,6 +147,19 @@ export class NodeRemovedError extends SquallError {
   }
 }
 
+/** A total restart did not find enough of the last view's members back in time. */
+export class RestartTimeoutError extends SquallError {
+  constructor(viewIdValue: number, missing: readonly NodeId[], short: string, timeoutMs: number) {
+    super(
+      `restart of view ${viewIdValue}: after ${timeoutMs} ms, members [${missing.join(', ')}] are not back` +
+        `${short ? ` and ${short} lack a majority` : ''}. The group resumes once a majority of the ` +
+        'view and of every shard restarted from their data dirs. Fix: start those nodes with their ' +
+        'data dirs, or raise group.restart_timeout_s.',
+      'RESTART_TIMEOUT',
+    );
+  }
+}
+
 /** A member refused this node's join for a reason that retrying cannot fix. */
 export class JoinRefusedError extends SquallError {
   constructor(by: TransportAddress, reason: string) {
@@ -126,7 +167,12 @@ export class JoinRefusedError extends SquallError {
   }
 }
 
-type Listener = { view: (view: View) => void; removed: (error: NodeRemovedError) => void };
+type Listener = {
+  view: (view: View) => void;
+  removed: (error: NodeRemovedError) => void;
+  /** This node's clean leave was refused (it would have left a minority). */
+  leaveRefused: () => void;
+};
 
 type Wire =
   | { t: 'hb'; from: number; address: string }
@@ -135,10 +181,42 @@ type Wire =
   | { t: 'fetch'; from: number }
   | { t: 'join'; node: number; address: string; layoutHash: string }
   | { t: 'stateOpen'; view: number; subgroupId: number; shardIndex: number; after: string }
-  | { t: 'stateNext'; token: number };
+  | { t: 'stateNext'; token: number }
+  | { t: 'stateLatest'; view: number; subgroupId: number; shardIndex: number }
+  | { t: 'restartHello'; node: number; address: string; view: Uint8Array; trims?: MembershipRecord['trims'] }
+  | { t: 'restartDecision'; view: Uint8Array; from: Uint8Array; trims: ShardTrimWire[]; epoch: string };
+
+/** Answers to restartHello. */
+type RestartReply =
+  | { t: 'restartWait'; node: number; address: string; view: Uint8Array; trims?: MembershipRecord['trims'] }
+  | { t: 'restartDecided'; view: Uint8Array; from: Uint8Array; trims: ShardTrimWire[]; epoch: string }
+  | { t: 'live' }
+  | { t: 'notMember' };
+
+interface ShardTrimWire { subgroupId: number; shardIndex: number; trim: number[] }
+
+/** What a restarting node knows while the group agrees on the view to resume in. */
+interface RestartRun {
+  last: View;
+  trims: MembershipRecord['trims'];
+  /** Nodes heard from (hello or answer) with their address and when. */
+  readonly back: Map<NodeId, { address: TransportAddress; atMs: number }>;
+  quorumSinceMs: number | undefined;
+  decided: { view: View; from: View; trims: ShardTrimWire[]; epoch: string } | undefined;
+  live: boolean;
+}
+
+/** Reconciliation of the restart view's shards: the trims of the view the group restarted from. */
+interface Restarted {
+  readonly viewId: number;
+  readonly from: View;
+  readonly trims: ReadonlyMap<string, RestartTrim>;
+  /** This node delivered up to those trims itself before it went down. */
+  readonly trimApplied: boolean;
+}
 
 type JoinReply =
-  | { t: 'welcome'; view: Uint8Array; sealedAtIndex: number }
+  | { t: 'welcome'; view: Uint8Array; sealedAtIndex: number; epoch?: string }
   | { t: 'pending' }
   | { t: 'notMember' }
   | { t: 'refused'; code: string; message: string };
@@ -156,6 +234,8 @@ interface ShardRun {
   driver: MulticastDriver;
   /** Deliveries held while this node waits for the shard's state. */
   held: { shard: ShardRef; delivery: MulticastDelivery }[] | undefined;
+  /** In the restart view: the version kept after truncation (set once truncated). */
+  restartKept?: bigint;
 }
 
 export class MembershipDriver {
@@ -178,7 +258,11 @@ export class MembershipDriver {
   private raft: RaftDriver | undefined;
   private core: ViewChangeCore | undefined;
   private fd: FailureDetectorCore | undefined;
-  private status: 'new' | 'joining' | 'member' | 'removed' | 'closed' = 'new';
+  private status: 'new' | 'restarting' | 'joining' | 'member' | 'removed' | 'closed' = 'new';
+  /** The membership log's epoch (see raftStorageFor). */
+  private epoch = '0';
+  private restarting: RestartRun | undefined;
+  private restarted: Restarted | undefined;
   private partitioned = false;
   /** Committed membership entries by Raft index; every index up to knownUpTo is known. */
   private readonly log = new Map<number, Uint8Array>();
@@ -193,16 +277,31 @@ export class MembershipDriver {
   private effects: Promise<void> = Promise.resolve();
   private readonly pumper = new SerialPump(() => this.pumpOnce(), () => this.status === 'member');
   private timer: NodeJS.Timeout | undefined;
-  private readonly listeners: { [K in keyof Listener]: Listener[K][] } = { view: [], removed: [] };
+  private readonly listeners: { [K in keyof Listener]: Listener[K][] } = { view: [], removed: [], leaveRefused: [] };
+  /**
+   * The transport the driver's Raft, multicast and membership handlers use: every request that
+   * arrives through it proves its sender alive to the failure detector (a busy member's
+   * multicast and Raft traffic count, not only its heartbeats).
+   */
+  private readonly watched: Transport;
+  /** Member addresses of the installed view → node, for the activity above. */
+  private memberByAddress = new Map<TransportAddress, NodeId>();
+  private lastTickAtMs = 0;
   private failure: Error | undefined;
   readonly counters = {
     heartbeatsSent: 0, messagesDropped: 0, sendErrors: 0, proposals: 0, installs: 0, stateChunks: 0,
+    /** Ticks skipped because this node's event loop had stalled (see onTick). */
+    stalls: 0,
   };
 
   constructor(options: MembershipDriverOptions) {
     this.options = options;
     this.self = options.self;
     this.transport = options.transport;
+    this.watched = watchTransport(options.transport, (peer) => {
+      const node = this.memberByAddress.get(peer);
+      if (node !== undefined && this.status === 'member') this.fd!.heartbeatReceived(node);
+    });
     this.tickMs = options.tickMs ?? 10;
     this.votersCount = options.votersCount ?? 3;
     this.voters = options.founders.slice(0, this.votersCount).map((f) => f.id);
@@ -249,17 +348,46 @@ export class MembershipDriver {
    */
   async start(): Promise<void> {
     if (this.status !== 'new') throw new SquallError('start() was called twice', 'ALREADY_STARTED');
-    this.transport.handle(MEMBERSHIP_REQUEST_TYPE, (request, context) => this.onRequest(request, context));
-    prepareMulticastTransport(this.transport);
+    this.watched.handle(MEMBERSHIP_REQUEST_TYPE, (request, context) => this.onRequest(request, context));
+    prepareMulticastTransport(this.watched);
+    if (this.options.record !== undefined) {
+      this.timer = setInterval(() => this.onTick(), this.tickMs);
+      await this.restart(this.options.record);
+      return;
+    }
     if (this.voters.includes(this.self)) await this.startRaft(this.voters);
     this.timer = setInterval(() => this.onTick(), this.tickMs);
     if (this.options.found) {
+      await this.awaitFounders();
       const view = initialView(this.options.founders, this.options.allocator);
       await this.becomeMember(view, 0);
       return;
     }
     this.status = 'joining';
     await this.join();
+  }
+
+  /**
+   * A founder waits until every other founder's endpoint answers (retrying until
+   * restartTimeoutMs): view 0's multicast connects to all of them at once, and a founder whose
+   * process is still starting would fail that connect and be suspected at once (seen with
+   * `squall demo` at load 12).
+   */
+  private async awaitFounders(): Promise<void> {
+    const timeoutMs = this.options.restartTimeoutMs ?? 60_000;
+    const deadline = Date.now() + timeoutMs;
+    await Promise.all(this.options.founders.filter((f) => f.id !== this.self).map(async (f) => {
+      for (;;) {
+        try {
+          await this.session(f.address);
+          return;
+        } catch {
+          if (this.status === 'closed') throw new SquallError('closed while starting', 'CLOSED');
+          if (Date.now() > deadline) throw new TimeoutError(`waiting for founder ${f.id} at ${f.address}`, timeoutMs);
+          await sleep(50);
+        }
+      }
+    }));
   }
 
   /** Asks to leave the group cleanly; the `removed` event follows once the change commits. */
@@ -289,8 +417,9 @@ export class MembershipDriver {
     this.raftStarting = true;
     try {
       this.raft = await RaftDriver.start({
-        id: this.self, peers: this.raftPeers, voters: founding.map(Number), transport: this.transport,
-        storage: this.options.raftStorage ?? new MemoryStorage(), tickMs: this.tickMs,
+        id: this.self, peers: this.raftPeers, voters: founding.map(Number), transport: this.watched,
+        storage: this.options.raftStorageFor?.(this.epoch) ?? this.options.raftStorage ?? new MemoryStorage(),
+        tickMs: this.tickMs,
         // A leader's failure is noticed by Raft's election timeout: keep it near the failure
         // detector's (a membership change waits for a new leader), but at least 5 ticks.
         core: { electionTicks: this.electionTicks(), heartbeatTicks: this.electionTicks() > 5 ? 2 : 1 },
@@ -338,21 +467,273 @@ export class MembershipDriver {
     return Math.min(10, Math.max(5, timeoutTicks));
   }
 
+  // ---- Total restart (src/membership/restart.ts) -----------------------------------------------
+
+  /**
+   * A node with a view record restarts: it says hello to the members of its last view (and the
+   * seeds). If one of them is a live member of a running group, this node rejoins it like any
+   * joiner (its shards then transfer only what it lacks). If they are all restarting, the restart
+   * leader decides the view to resume in once a majority of the last view and of every shard is
+   * back; every node adopts that decision, founds the next membership-log epoch in it and
+   * reconciles its shards (reconcile()). Throws RestartTimeoutError after restartTimeoutMs.
+   */
+  private async restart(record: MembershipRecord): Promise<void> {
+    this.status = 'restarting';
+    this.epoch = record.epoch;
+    const run: RestartRun = {
+      last: decodeView(record.view), trims: record.trims, back: new Map(), quorumSinceMs: undefined,
+      decided: undefined, live: false,
+    };
+    this.restarting = run;
+    const timeoutMs = this.options.restartTimeoutMs ?? 60_000;
+    const deadline = Date.now() + timeoutMs;
+    let loggedAtMs = -Infinity;
+    const hellos = new Set<TransportAddress>();
+    this.options.log?.(`restart: last view ${run.last.id} [${run.last.memberIds}], epoch ${record.epoch}`);
+    for (;;) {
+      if (this.status !== 'restarting') throw new SquallError('closed while restarting', 'CLOSED');
+      if (run.live) {
+        this.options.log?.('restart: a live member answered; rejoining the running group');
+        this.restarting = undefined;
+        this.status = 'joining';
+        await this.join();
+        return;
+      }
+      if (run.decided !== undefined) {
+        this.restarting = undefined;
+        await this.adoptRestart(run.decided, record);
+        return;
+      }
+      const quorum = restartQuorum(run.last, this.backSet(run));
+      if (Date.now() > deadline) {
+        const short = quorum.shortShards.map((x) => `${x.typeName}/${x.subgroupIndex}/${x.shardIndex} (${x.back} of ${x.needed})`).join(', ');
+        throw new RestartTimeoutError(run.last.id, quorum.missing, short, timeoutMs);
+      }
+      const addresses = new Set([
+        ...run.last.members.filter((m) => m.id !== this.self).map((m) => m.address),
+        ...(this.options.seeds ?? []),
+      ]);
+      addresses.delete(this.transport.address);
+      // One hello outstanding per address: connecting to a node that is not up yet may take a
+      // while, and must not hold up the others.
+      for (const address of addresses) {
+        if (hellos.has(address)) continue;
+        hellos.add(address);
+        void this.sayHello(run, address).finally(() => hellos.delete(address));
+      }
+      this.decideRestart(run);
+      if (Date.now() - loggedAtMs >= 1000 && run.decided === undefined && !run.live) {
+        loggedAtMs = Date.now();
+        const q = restartQuorum(run.last, this.backSet(run));
+        this.options.log?.(`restart: view ${run.last.id}: back [${[...this.backSet(run)]}], waiting for ` +
+          `[${q.missing}]${q.ready ? ' (quorum reached)' : ''}, leader ${restartLeader(run.last, this.backSet(run))}`);
+      }
+      if (run.decided === undefined && !run.live) await sleep(100);
+    }
+  }
+
+  /** The members of the last view heard from in the last 3 s, and this node. */
+  private backSet(run: RestartRun): Set<NodeId> {
+    const now = Date.now();
+    const back = new Set<NodeId>([this.self]);
+    for (const [node, b] of run.back) if (now - b.atMs < 3000) back.add(node);
+    return back;
+  }
+
+  private async sayHello(run: RestartRun, address: TransportAddress): Promise<void> {
+    let reply: RestartReply;
+    try {
+      const session = await this.session(address);
+      const bytes = await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
+        t: 'restartHello', node: this.self, address: this.transport.address, view: encodeView(run.last),
+        ...(run.trims !== undefined ? { trims: run.trims } : {}),
+      }), { timeoutMs: 500 });
+      reply = packr.unpack(bytes) as RestartReply;
+    } catch {
+      this.sessions.delete(address);
+      return;
+    }
+    if (reply.t === 'live') run.live = true;
+    else if (reply.t === 'restartDecided') this.learnDecision(run, reply);
+    else if (reply.t === 'restartWait') this.learnPeer(run, reply.node, reply.address, reply.view, reply.trims);
+  }
+
+  private learnPeer(
+    run: RestartRun, node: number, address: string, viewBytes: Uint8Array, trims: MembershipRecord['trims'],
+  ): void {
+    run.back.set(nodeId(node), { address, atMs: Date.now() });
+    const view = decodeView(viewBytes);
+    if (view.id > run.last.id) {
+      run.last = view;
+      run.trims = undefined;
+      run.quorumSinceMs = undefined;
+    }
+    if (trims !== undefined && trims.viewId === run.last.id && run.trims?.viewId !== run.last.id) run.trims = trims;
+  }
+
+  private learnDecision(run: RestartRun, reply: Extract<RestartReply, { t: 'restartDecided' }>): void {
+    if (run.decided !== undefined) return;
+    const view = decodeView(reply.view);
+    // Not in the restart view (it was not back in time): join the group that resumed.
+    if (view.addressOf(this.self) !== this.transport.address) {
+      run.live = true;
+      return;
+    }
+    run.decided = { view, from: decodeView(reply.from), trims: reply.trims, epoch: reply.epoch };
+  }
+
+  /** The restart leader decides once the quorum is back and the grace period passed (or all are). */
+  private decideRestart(run: RestartRun): void {
+    if (run.decided !== undefined || run.live) return;
+    const back = this.backSet(run);
+    if (restartLeader(run.last, back) !== this.self) return;
+    const quorum = restartQuorum(run.last, back);
+    if (!quorum.ready) {
+      run.quorumSinceMs = undefined;
+      return;
+    }
+    run.quorumSinceMs ??= Date.now();
+    if (quorum.missing.length > 0 && Date.now() - run.quorumSinceMs < (this.options.restartGraceMs ?? 1000)) return;
+    const addresses = new Map<NodeId, string>();
+    for (const node of back) {
+      if (!run.last.isMember(node)) continue;
+      addresses.set(node, node === this.self ? this.transport.address : run.back.get(node)!.address);
+    }
+    const view = restartView(run.last, addresses, this.options.allocator);
+    const trims = run.trims?.viewId === run.last.id
+      ? run.trims.trims.map((t) => ({ subgroupId: t.subgroupId, shardIndex: t.shardIndex, trim: [...t.trim] }))
+      : [];
+    this.options.log?.(`restart: leader decides view ${view.id} [${view.memberIds}] from view ${run.last.id}` +
+      ` (failed [${view.failed}], ${trims.length} committed trims)`);
+    run.decided = { view, from: run.last, trims, epoch: `${view.id}-${this.self}-${Date.now()}` };
+    // Tell every node that is back at once: the new view's failure detector is running here.
+    const decision = this.decisionReply(run.decided) as Extract<RestartReply, { t: 'restartDecided' }>;
+    for (const m of view.members) {
+      if (m.id !== this.self) this.post(m.address, { ...decision, t: 'restartDecision' });
+    }
+  }
+
+  private answerRestartHello(hello: Extract<Wire, { t: 'restartHello' }>): RestartReply {
+    const run = this.restarting;
+    if (this.status === 'restarting' && run !== undefined) {
+      if (run.decided !== undefined) return this.decisionReply(run.decided);
+      this.learnPeer(run, hello.node, hello.address, hello.view, hello.trims);
+      return {
+        t: 'restartWait', node: this.self, address: this.transport.address, view: encodeView(run.last),
+        ...(run.trims !== undefined ? { trims: run.trims } : {}),
+      };
+    }
+    if (this.status !== 'member') return { t: 'notMember' };
+    // A node the restart view names that missed the decision (the leader went down meanwhile)
+    // gets it from any member still in that view; anyone else joins the running group.
+    const restarted = this.restarted;
+    if (restarted !== undefined && this.core!.view.id === restarted.viewId &&
+      this.core!.view.addressOf(nodeId(hello.node)) === hello.address) {
+      const trims = [...restarted.trims].map(([key, t]) => {
+        const [subgroupId, shardIndex] = key.split('/').map(Number) as [number, number];
+        return { subgroupId, shardIndex, trim: [...t.trim] };
+      });
+      return this.decisionReply({ view: this.core!.view, from: restarted.from, trims, epoch: this.epoch });
+    }
+    return { t: 'live' };
+  }
+
+  private decisionReply(d: NonNullable<RestartRun['decided']>): RestartReply {
+    return { t: 'restartDecided', view: encodeView(d.view), from: encodeView(d.from), trims: d.trims, epoch: d.epoch };
+  }
+
+  /** Founds the membership log's next epoch in the restart view and becomes a member of it. */
+  private async adoptRestart(decided: NonNullable<RestartRun['decided']>, record: MembershipRecord): Promise<void> {
+    const { view, from } = decided;
+    this.epoch = decided.epoch;
+    this.restarted = {
+      viewId: view.id, from,
+      trims: new Map(decided.trims.map((t) => [`${t.subgroupId}/${t.shardIndex}`, { viewId: from.id, trim: t.trim }])),
+      trimApplied: record.trims?.viewId === from.id,
+    };
+    // The decision stays answerable (answerRestartHello) while this node starts.
+    this.restarting = { last: from, trims: undefined, back: new Map(), quorumSinceMs: undefined, decided, live: false };
+    this.status = 'restarting';
+    this.voters = votersOf(view, this.votersCount);
+    for (const v of this.voters) this.logHolders.add(v);
+    for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
+    if (this.voters.includes(this.self)) await this.startRaft(this.voters);
+    this.options.log?.(`restart: resuming in view ${view.id} [${view.memberIds}], voters [${this.voters}]`);
+    this.restarting = undefined;
+    await this.becomeMember(view, 0);
+  }
+
+  /**
+   * Reconciles one shard of the restart view: truncate past the committed trim, learn the other
+   * members' kept versions, pull the suffix this node lacks from the lowest-ranked member holding
+   * the newest, then hand over the deliveries held meanwhile (as a joiner does).
+   */
+  private async reconcile(run: ShardRun): Promise<void> {
+    const restarted = this.restarted!;
+    const store = this.options.state;
+    const name = shardName(run.ref);
+    for (;;) {
+      if (this.status !== 'member' || this.shards.get(name) !== run) return;
+      // The members of the shard now: a member that fails meanwhile is removed by a view change,
+      // after which this node asks the rest (the run carries over into the next view).
+      const current = this.core!.view;
+      const members = current.shard(run.ref.subgroupId, run.ref.shardIndex)?.members ?? [];
+      try {
+        if (store === undefined) run.restartKept ??= -1n;
+        if (store !== undefined && run.restartKept === undefined) {
+          const latest = store.latestVersion(run.ref);
+          const kept = keptVersion({ latest, trimApplied: restarted.trimApplied }, restarted.trims.get(name));
+          if (kept < latest) {
+            this.options.log?.(`restart: shard ${name} truncates ${latest} → ${kept} (past the committed trim)`);
+            await store.truncate?.(run.ref, kept);
+          }
+          run.restartKept = kept;
+        }
+        const kept = run.restartKept ?? -1n;
+        const peers: PeerVersion[] = [];
+        for (const m of members) {
+          if (m === this.self) continue;
+          const session = await this.session(current.addressOf(m)!);
+          const answer = packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
+            t: 'stateLatest', view: current.id, subgroupId: run.ref.subgroupId, shardIndex: run.ref.shardIndex,
+          }), { timeoutMs: 1000 })) as { kept: string | null };
+          if (answer.kept === null) throw new SquallError(`node ${m} is not reconciled yet`, 'NO_STATE');
+          peers.push({ node: m, kept: BigInt(answer.kept) });
+        }
+        const plan = reconcileShard(kept, peers);
+        if (plan.kind === 'pull') {
+          this.options.log?.(`restart: shard ${name} pulls ${plan.after} → ${plan.target} from node ${plan.from}`);
+          await this.pullState(run, current, [plan.from], 1);
+          if (run.held !== undefined) throw new SquallError(`pull from node ${plan.from} failed`, 'NO_STATE');
+        } else {
+          this.options.log?.(`restart: shard ${name} holds the newest version (${kept})`);
+          this.release(run);
+        }
+        return;
+      } catch {
+        await sleep(100);
+      }
+    }
+  }
+
   // ---- Joining ------------------------------------------------------------------------------
 
+  /**
+   * Asks every seed at once, one call outstanding per seed, until one welcomes this node. A seed
+   * that does not answer (a dead address in the list costs a whole connect timeout) must not
+   * delay hearing the welcome from the others: the members start counting this node's silence
+   * when they install the view it joined in.
+   */
   private async join(): Promise<void> {
-    const seeds = this.options.seeds ?? this.options.founders.map((f) => f.address);
-    const deadline = Date.now() + (this.options.joinTimeoutMs ?? 30_000);
+    const seeds = [...new Set(this.options.seeds ?? this.options.founders.map((f) => f.address))]
+      .filter((seed) => seed !== this.transport.address);
+    const timeoutMs = this.options.joinTimeoutMs ?? 30_000;
+    const deadline = Date.now() + timeoutMs;
     let lastProblem: Error | undefined;
-    for (let turn = 0; this.status === 'joining'; turn++) {
-      if (Date.now() > deadline) {
-        throw lastProblem ?? new TimeoutError(`joining through ${seeds.join(', ')}`, this.options.joinTimeoutMs ?? 30_000);
-      }
-      const seed = seeds[turn % seeds.length]!;
-      if (seed === this.transport.address) {
-        await sleep(10);
-        continue;
-      }
+    let welcome: { view: Uint8Array; sealedAtIndex: number; epoch: string } | undefined;
+    let refused: JoinRefusedError | undefined;
+    const asking = new Set<TransportAddress>();
+    const ask = async (seed: TransportAddress): Promise<void> => {
       let reply: JoinReply;
       try {
         const session = await this.session(seed);
@@ -362,21 +743,30 @@ export class MembershipDriver {
         reply = packr.unpack(bytes) as JoinReply;
       } catch (error) {
         lastProblem = error as Error;
-        this.sessions.delete(seed);
         await sleep(50);
-        continue;
-      }
-      if (reply.t === 'welcome') {
-        await this.becomeMember(decodeView(reply.view), reply.sealedAtIndex);
         return;
       }
-      if (reply.t === 'refused' && reply.code === 'NODE_ID_IN_USE') {
-        lastProblem = new NodeIdInUseError(this.self, makeViewId(0));
-      } else if (reply.t === 'refused') {
-        this.status = 'removed';
-        throw new JoinRefusedError(seed, reply.message);
+      if (reply.t === 'welcome') welcome ??= { view: reply.view, sealedAtIndex: reply.sealedAtIndex, epoch: reply.epoch ?? '0' };
+      else if (reply.t === 'refused' && reply.code === 'NODE_ID_IN_USE') lastProblem = new NodeIdInUseError(this.self, makeViewId(0));
+      else if (reply.t === 'refused') refused ??= new JoinRefusedError(seed, reply.message);
+    };
+    while (this.status === 'joining') {
+      if (welcome !== undefined) {
+        this.epoch = welcome.epoch;
+        await this.becomeMember(decodeView(welcome.view), welcome.sealedAtIndex);
+        return;
       }
-      await sleep(reply.t === 'pending' ? 20 : 50);
+      if (refused !== undefined) {
+        this.status = 'removed';
+        throw refused;
+      }
+      if (Date.now() > deadline) throw lastProblem ?? new TimeoutError(`joining through ${seeds.join(', ')}`, timeoutMs);
+      for (const seed of seeds) {
+        if (asking.has(seed)) continue;
+        asking.add(seed);
+        void ask(seed).finally(() => asking.delete(seed));
+      }
+      await sleep(20);
     }
   }
 
@@ -393,7 +783,7 @@ export class MembershipDriver {
     for (let i = this.history.length - 1; i >= 0; i--) {
       const h = this.history[i]!;
       if (h.view.joined.includes(node) && h.view.addressOf(node) === request.address) {
-        return { t: 'welcome', view: encodeView(h.view), sealedAtIndex: h.sealedAtIndex };
+        return { t: 'welcome', view: encodeView(h.view), sealedAtIndex: h.sealedAtIndex, epoch: this.epoch };
       }
     }
     const core = this.core!;
@@ -422,11 +812,17 @@ export class MembershipDriver {
     if (s === undefined) {
       s = this.transport.connect(address);
       this.sessions.set(address, s);
+      const opened = s;
+      const forget = (): void => {
+        if (this.sessions.get(address) === opened) this.sessions.delete(address);
+      };
+      // Any end of the session forgets it: a session the peer disconnected (e.g. its transport
+      // tore down the sessions of a dead process at this address after a new one had connected)
+      // would otherwise fail every later message to that address, silently for one-way ones.
       s.then((session) => session.onEvent((event) => {
-        if (event.kind !== 'peer-failed') return;
-        this.sessions.delete(address);
-        this.onPeerUnreachable(address);
-      }), () => this.sessions.delete(address));
+        forget();
+        if (event.kind === 'peer-failed') this.onPeerUnreachable(address);
+      }), forget);
     }
     return s;
   }
@@ -478,6 +874,20 @@ export class MembershipDriver {
         return pack(this.openTransfer(message));
       case 'stateNext':
         return pack(this.nextChunk(message.token));
+      case 'stateLatest': {
+        const run = this.shards.get(shardName({
+          subgroupId: message.subgroupId as SubgroupId, shardIndex: message.shardIndex as ShardIndex,
+        }));
+        const kept = this.core?.view.id === message.view ? run?.restartKept : undefined;
+        return pack({ kept: kept === undefined ? null : String(kept) });
+      }
+      case 'restartHello':
+        return pack(this.answerRestartHello(message));
+      case 'restartDecision':
+        if (this.status === 'restarting' && this.restarting !== undefined) {
+          this.learnDecision(this.restarting, { ...message, t: 'restartDecided' });
+        }
+        return EMPTY;
       default:
         this.counters.messagesDropped++;
         void context;
@@ -618,7 +1028,15 @@ export class MembershipDriver {
 
   private onTick(): void {
     if (this.status === 'closed') return;
-    if (this.status === 'member') {
+    // The failure detector counts this node's own ticks, so a stall of this event loop does not
+    // count as the peers' silence, except on the first tick after it: timers run before the
+    // loop reads the sockets, so the heartbeats that arrived meanwhile are not read yet. Skip
+    // that one tick (the next one sees them).
+    const nowMs = Date.now();
+    const stalled = this.lastTickAtMs > 0 && nowMs - this.lastTickAtMs > Math.max(4 * this.tickMs, 50);
+    this.lastTickAtMs = nowMs;
+    if (stalled) this.counters.stalls++;
+    if (this.status === 'member' && !stalled) {
       this.fd!.tick();
       this.core!.tick();
       this.pump();
@@ -708,6 +1126,12 @@ export class MembershipDriver {
           run.driver.applyTrim(trim);
         }
         await this.options.persist?.(effect.viewId);
+        // The trims are committed and applied: a total restart from this view truncates the
+        // others to them (src/membership/restart.ts, keptVersion).
+        await this.options.saveRecord?.({
+          view: encodeView(core.view), epoch: this.epoch,
+          trims: { viewId: effect.viewId, trims: effect.trims },
+        });
         core.delivered(effect.viewId);
         break;
       }
@@ -735,6 +1159,9 @@ export class MembershipDriver {
         return;
       }
       case 'refused':
+        if (effect.changes.some((c) => c.kind === 'leave' && c.node === this.self)) {
+          for (const l of this.listeners.leaveRefused) l();
+        }
         break;
     }
     this.pump();
@@ -744,13 +1171,20 @@ export class MembershipDriver {
   private async startView(
     view: View, previous: View | undefined, sealedAtIndex: number, transfers: readonly StateTransfer[],
   ): Promise<void> {
+    // The new view's runs are built in `next` and published at once at the end: while this
+    // install awaits (connects, installView), awaitingState() and multicast() must keep answering
+    // for the shards (a joiner's Group.start took a half-built map for "state arrived").
     const old = this.shards;
-    this.shards = new Map();
+    const next = new Map<string, ShardRun>();
+    const pulls: (() => void)[] = [];
     this.partitioned = false;
     // Heartbeats of the new view first: connecting the multicast sessions below takes time, and
     // the other members' failure detectors already count it.
     this.fd!.resetView(view.id, view.memberIds);
     this.pump();
+    // Before any multicast of the view exists: every member of a view that delivered anything
+    // has recorded it (the total restart's argument, src/membership/restart.ts).
+    await this.options.saveRecord?.({ view: encodeView(view), epoch: this.epoch });
     const mine = view.shardsOf(this.self);
     for (const [key, run] of old) {
       if (!mine.some((s) => shardName(s) === key)) await run.driver.close();
@@ -765,7 +1199,7 @@ export class MembershipDriver {
       const before = old.get(shardName(s));
       if (before !== undefined) {
         await before.driver.installView(mview);
-        this.shards.set(shardName(s), before);
+        next.set(shardName(s), before);
         continue;
       }
       // A shard this node enters: its state comes from the core's StateTransfer at an install,
@@ -774,13 +1208,14 @@ export class MembershipDriver {
       const sources = previous !== undefined
         ? (transfer?.from !== undefined ? [transfer.from] : [])
         : layout.members.filter((m) => !view.joined.includes(m));
+      const reconciling = this.restarted?.viewId === view.id;
       const run: ShardRun = {
         ref: { subgroupId: s.subgroupId, shardIndex: s.shardIndex },
         driver: undefined as never, // set just below: onDeliver needs `run`
-        held: sources.length > 0 && view.id !== 0 ? [] : undefined,
+        held: (sources.length > 0 && view.id !== 0) || reconciling ? [] : undefined,
       };
       run.driver = await MulticastDriver.create({
-        transport: this.transport, self: this.self, shard: shardNumber(s), view: mview,
+        transport: this.watched, self: this.self, shard: shardNumber(s), view: mview,
         mode: layout.mode === 'raw' ? 'raw' : 'ordered',
         ...(limits ? { limits } : {}),
         onDeliver: (d) => this.onDelivery(run, d),
@@ -791,13 +1226,21 @@ export class MembershipDriver {
           }
         },
       });
-      this.shards.set(shardName(s), run);
-      if (run.held !== undefined) void this.pullState(run, view, sources);
+      next.set(shardName(s), run);
+      if (reconciling) pulls.push(() => void this.reconcile(run));
+      else if (run.held !== undefined) pulls.push(() => void this.pullState(run, view, sources));
     }
     for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
+    this.memberByAddress = new Map(view.members.filter((m) => m.id !== this.self).map((m) => [m.address, m.id]));
     if (previous === undefined && view.id !== 0) this.voters = votersOf(view, this.votersCount);
     for (const v of this.voters) this.logHolders.add(v);
     if (this.voters.includes(this.self)) await this.startRaft([]);
+    if (this.status === 'closed') {
+      for (const run of next.values()) await run.driver.close(); // close() ran during the install
+      return;
+    }
+    this.shards = next;
+    for (const pull of pulls) pull();
     this.history.push({ view, sealedAtIndex });
     if (this.history.length > 16) this.history.shift();
     this.counters.installs++;
@@ -818,21 +1261,30 @@ export class MembershipDriver {
    * Pulls the shard's state from `sources` (the first that answers), chunk by chunk, then hands
    * over the deliveries held meanwhile that are newer than the transferred state.
    */
-  private async pullState(run: ShardRun, view: View, sources: readonly NodeId[]): Promise<void> {
+  private async pullState(run: ShardRun, view: View, sources: readonly NodeId[], attemptsMax = Infinity): Promise<void> {
     const store = this.options.state;
-    for (let attempt = 0; run.held !== undefined && this.status === 'member'; attempt++) {
+    for (let attempt = 0; run.held !== undefined && this.status === 'member' && attempt < attemptsMax; attempt++) {
       const source = sources[attempt % sources.length]!;
       const address = view.addressOf(source);
       try {
         if (store !== undefined && address !== undefined) {
           const session = await this.session(address);
           const timeoutMs = this.options.stateTransferTimeoutMs ?? 10_000;
+          const after = store.latestVersion(run.ref);
           const open = packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
             t: 'stateOpen', view: view.id, subgroupId: run.ref.subgroupId, shardIndex: run.ref.shardIndex,
-            after: String(store.latestVersion(run.ref)),
-          }), { timeoutMs })) as { token: number } | { none: true };
+            after: String(after),
+          }), { timeoutMs })) as { token: number; from?: string } | { none: true };
           if ('none' in open) {
             throw new SquallError(`node ${source} has no state for ${shardName(run.ref)} yet`, 'NO_STATE');
+          }
+          // The source lacks this node's latest version: what this node holds above the source's
+          // floor was never delivered by the group (e.g. it was absent from a total restart that
+          // resumed from older state). Drop it; the chunks start there.
+          const from = open.from !== undefined ? BigInt(open.from) : after;
+          if (from < after) {
+            this.options.log?.(`state: shard ${shardName(run.ref)} truncates ${after} → ${from} (node ${source} lacks the rest)`);
+            await store.truncate?.(run.ref, from);
           }
           for (;;) {
             const ask = pack({ t: 'stateNext', token: open.token });
@@ -846,12 +1298,7 @@ export class MembershipDriver {
             if (next.done) break;
           }
         }
-        const held = run.held ?? [];
-        run.held = undefined;
-        const latest = store?.latestVersion(run.ref) ?? -1n;
-        for (const h of held) {
-          if (h.delivery.version === null || h.delivery.version > latest) this.options.onDeliver?.(h.shard, h.delivery);
-        }
+        this.release(run);
         return;
       } catch {
         await sleep(100);
@@ -859,19 +1306,34 @@ export class MembershipDriver {
     }
   }
 
-  private openTransfer(request: Extract<Wire, { t: 'stateOpen' }>): { token: number } | { none: true } {
+  /** The shard's state is here: hand over the deliveries held meanwhile that are newer. */
+  private release(run: ShardRun): void {
+    const held = run.held ?? [];
+    run.held = undefined;
+    const latest = this.options.state?.latestVersion(run.ref) ?? -1n;
+    for (const h of held) {
+      if (h.delivery.version === null || h.delivery.version > latest) this.options.onDeliver?.(h.shard, h.delivery);
+    }
+  }
+
+  private openTransfer(request: Extract<Wire, { t: 'stateOpen' }>): { token: number; from: string } | { none: true } {
     const ref: ShardRef = {
       subgroupId: request.subgroupId as SubgroupId, shardIndex: request.shardIndex as ShardIndex,
     };
     const run = this.shards.get(shardName(ref));
     const store = this.options.state;
-    if (store === undefined || run === undefined || run.held !== undefined) return { none: true };
+    // A member still reconciling the restart view serves what it kept (it has truncated).
+    const serves = run !== undefined && (run.held === undefined || run.restartKept !== undefined);
+    if (store === undefined || run === undefined || !serves) return { none: true };
     const token = this.transferToken++;
-    const chunks = store.stateChunks(ref, BigInt(request.after))[Symbol.iterator]();
+    const after = BigInt(request.after);
+    const floor = store.floorVersion?.(ref, after);
+    const from = floor !== undefined && floor < after ? floor : after;
+    const chunks = store.stateChunks(ref, from)[Symbol.iterator]();
     this.transfers.set(token, { chunks, at: Date.now() });
     // Forget transfers abandoned by their joiner.
     for (const [t, x] of this.transfers) if (Date.now() - x.at > 60_000) this.transfers.delete(t);
-    return { token };
+    return { token, from: String(from) };
   }
 
   private nextChunk(token: number): { chunk?: Uint8Array; done: boolean } {
@@ -885,6 +1347,26 @@ export class MembershipDriver {
     }
     return { chunk: next.value, done: false };
   }
+}
+
+/**
+ * `transport` with every handler registered through it wrapped so that `heard(peer)` runs for
+ * each request before the handler (the transport's address of the sender).
+ */
+function watchTransport(transport: Transport, heard: (peer: TransportAddress) => void): Transport {
+  const handle: Transport['handle'] = (type, handler) =>
+    transport.handle(type, (request, context) => {
+      heard(context.peer);
+      return handler(request, context);
+    });
+  return new Proxy(transport, {
+    get(target, property) {
+      if (property === 'handle') return handle;
+      if (property === WRAPPED_TRANSPORT) return target;
+      const value = Reflect.get(target, property, target) as unknown;
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
 }
 
 function pack(message: Wire | JoinReply | object): Uint8Array {

@@ -10,19 +10,25 @@
  *
  * While a flush is in flight, incoming messages, ticks and proposals keep stepping the core and
  * accumulate into the next Ready, so one fsync covers every proposal that arrived meanwhile.
- * Messages travel as requests (type RAFT_REQUEST_TYPE); the response to a request carries what
- * the receiver sends back to that peer next (an append's ack rides on the append's response), or
- * nothing. Raft tolerates loss, duplication and reordering, so send errors are only counted.
+ * Messages travel as requests (type RAFT_REQUEST_TYPE unless `requestType` says otherwise); the
+ * response to a request carries what the receiver sends back to that peer next (an append's ack
+ * rides on the append's response), or nothing. Raft tolerates loss, duplication and reordering,
+ * so send errors are only counted.
+ *
+ * Several Raft groups share one endpoint and one request type (the membership log is group 0,
+ * each raft-ordered shard its own `groupId`): every batch carries its group id in the codec's
+ * header and a RequestMux (request-mux.ts) on the transport hands it to that group's driver.
  */
 import { randomInt } from 'node:crypto';
 import { TimeoutError } from '../core/errors.js';
 import { SeededRandom } from '../core/random.js';
 import { RaftCore, type RaftConfig } from '../raft/raft-core.js';
-import { decodeMessages, encodeMessages } from '../raft/codec.js';
+import { batchGroup, decodeMessages, encodeMessages } from '../raft/codec.js';
 import { RaftProposalError } from '../raft/errors.js';
 import { bufferReady, loadInitialState, readyNeedsPersist, type RaftStorage } from '../raft/storage.js';
 import { NONE, type ConfChange, type Entry, type Message, type Ready, type Snapshot, type SoftState } from '../raft/types.js';
-import type { Transport, TransportAddress, TransportSession } from '../transport/transport.js';
+import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
+import { RequestMux } from './request-mux.js';
 
 /** The request type Raft registers on the transport. */
 export const RAFT_REQUEST_TYPE = 40;
@@ -45,6 +51,13 @@ export interface RaftDriverOptions {
   transport: Transport;
   storage: RaftStorage;
   stateMachine: StateMachine;
+  /**
+   * This Raft group's id on the shared endpoint (default 0, the membership log). Every member of
+   * a group uses the same id; groups on one endpoint use different ids.
+   */
+  groupId?: number;
+  /** The request type its batches travel as (default RAFT_REQUEST_TYPE, shared by every group). */
+  requestType?: RequestType;
   /** Length of one tick in ms (default 10); election timeout = electionTicks × tickMs. */
   tickMs?: number;
   /** Compact the log when this many entries were applied since the last snapshot (default 10,000). */
@@ -86,10 +99,15 @@ export class RaftDriver {
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   private failure: Error | undefined;
+  private readonly groupId: number;
+  private readonly requestType: RequestType;
+  private unregister: (() => void) | undefined;
   readonly counters = { readies: 0, flushes: 0, sends: 0, replies: 0, sendErrors: 0, decodeErrors: 0, applied: 0 };
 
   private constructor(private readonly options: RaftDriverOptions, core: RaftCore) {
     this.core = core;
+    this.groupId = options.groupId ?? 0;
+    this.requestType = options.requestType ?? RAFT_REQUEST_TYPE;
   }
 
   /** Loads state from storage, registers the transport handler and starts ticking. */
@@ -100,7 +118,8 @@ export class RaftDriver {
     const driver = new RaftDriver(options, core);
     driver.durableIndex = core.log.lastIndex(); // loaded from storage: durable
     if (state.snapshot) options.stateMachine.restore(state.snapshot);
-    options.transport.handle(RAFT_REQUEST_TYPE, (request) => driver.receive(request));
+    driver.unregister = RequestMux.on(options.transport, driver.requestType, batchGroup)
+      .register(driver.groupId, (request) => driver.receive(request));
     driver.timer = setInterval(() => driver.onTick(), options.tickMs ?? 10);
     driver.schedule();
     return driver;
@@ -152,6 +171,7 @@ export class RaftDriver {
     if (this.closed) return;
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
+    this.unregister?.();
     const error = new RaftProposalError('not-leader', 0, 'the raft driver was closed');
     for (const p of this.proposals.values()) p.reject(error);
     for (const r of this.reads.values()) r.reject(error);
@@ -315,7 +335,7 @@ export class RaftDriver {
     for (const [to, list] of byPeer) {
       const session = this.session(to);
       if (session === undefined) continue;
-      const bytes = encodeMessages(list);
+      const bytes = encodeMessages(list, this.groupId);
       const reply = this.replies.get(to);
       if (reply !== undefined) {
         // The peer is waiting for the response to its request: answer with these.
@@ -341,12 +361,12 @@ export class RaftDriver {
         // Connected: call now, so the request is queued on the transport in this microtask
         // (the loop yields once after sending messagesNow to let it leave before persisting).
         try {
-          open.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS }).then(this.onReply, failed);
+          open.call(this.requestType, bytes, { timeoutMs: SEND_TIMEOUT_MS }).then(this.onReply, failed);
         } catch (e) {
           failed(e); // as the promise path would: a send error never stops the node
         }
       } else {
-        session.then((s) => s.call(RAFT_REQUEST_TYPE, bytes, { timeoutMs: SEND_TIMEOUT_MS })).then(this.onReply, failed);
+        session.then((s) => s.call(this.requestType, bytes, { timeoutMs: SEND_TIMEOUT_MS })).then(this.onReply, failed);
       }
     }
   }

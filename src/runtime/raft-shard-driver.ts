@@ -25,8 +25,12 @@ import { ShardMachine, encodeRegister, type ShardApplied, type ShardCall, type S
 import type { Entry, Snapshot } from '../raft/types.js';
 import type { TransportSession } from '../transport/transport.js';
 import { RaftDriver, type RaftDriverOptions, type StateMachine } from './raft-driver.js';
+import { GROUP_PREFIX_BYTES, prefixedGroup, prefixGroup, RequestMux } from './request-mux.js';
 
-/** The request type a raft shard registers for calls forwarded to its leader. */
+/**
+ * The request type for calls forwarded to a raft shard's leader; every shard on an endpoint shares
+ * it, each request starting with the shard's Raft group id (request-mux.ts).
+ */
 export const SHARD_FORWARD_TYPE = 44;
 
 /** The application behind a raft shard: deterministic, so every member computes the same. */
@@ -106,6 +110,7 @@ export class RaftShardDriver {
   /** Highest log index whose entry the machine has observed for stamping. */
   private observedIndex = 0;
   private closed = false;
+  private unregister: (() => void) | undefined;
   readonly counters = { forwarded: 0, served: 0, retries: 0, duplicates: 0, expired: 0, badRequests: 0 };
 
   private constructor(
@@ -144,10 +149,11 @@ export class RaftShardDriver {
     const raft = await RaftDriver.start({ ...options, stateMachine });
     driver = new RaftShardDriver(options, machine, raft);
     const self = driver;
-    options.transport.handle(SHARD_FORWARD_TYPE, async (request) => {
+    const mux = RequestMux.on(options.transport, SHARD_FORWARD_TYPE, prefixedGroup);
+    driver.unregister = mux.register(options.groupId ?? 0, async (request) => {
       let forward: Forward;
       try {
-        forward = decodeMessage<Forward>(request);
+        forward = decodeMessage<Forward>(request.subarray(GROUP_PREFIX_BYTES));
       } catch {
         self.counters.badRequests++;
         return encodeMessage({ s: 'not-leader', leader: 0 } satisfies ForwardAnswer);
@@ -195,6 +201,7 @@ export class RaftShardDriver {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.unregister?.();
     for (const list of this.waiters.values()) for (const w of list) w({ s: 'not-leader', leader: 0 });
     this.waiters.clear();
     for (const s of this.sessions.values()) s.then((x) => x.close(), () => undefined);
@@ -232,9 +239,14 @@ export class RaftShardDriver {
       if (attempt > 0) this.counters.retries++;
       let answer: ForwardAnswer | undefined;
       try {
-        answer = target === this.options.id
-          ? await withTimeout(this.decide(request), Math.min(this.attemptTimeoutMs, deadline - Date.now()))
-          : await this.forward(target, request, deadline);
+        // Our own timer on both paths: with only the transport's deadline, a call to a peer whose
+        // endpoint had closed failed after ~2 s (the transport's peer-failure timeout) instead
+        // of the attempt's 300 ms in test/integration/group-raft.test.ts.
+        const attemptMs = Math.min(this.attemptTimeoutMs, deadline - Date.now());
+        answer = await withTimeout(
+          target === this.options.id ? this.decide(request) : this.forward(target, request, deadline),
+          attemptMs,
+        );
       } catch {
         answer = undefined; // lost, timed out, or the member is down: try another
       }
@@ -255,7 +267,7 @@ export class RaftShardDriver {
     this.counters.forwarded++;
     const timeoutMs = Math.max(1, Math.min(this.attemptTimeoutMs, deadline - Date.now()));
     try {
-      const bytes = await (await s).call(SHARD_FORWARD_TYPE, encodeMessage(request), { timeoutMs });
+      const bytes = await (await s).call(SHARD_FORWARD_TYPE, prefixGroup(this.options.groupId ?? 0, encodeMessage(request)), { timeoutMs });
       return decodeMessage<ForwardAnswer>(bytes);
     } catch (error) {
       this.sessions.delete(to);

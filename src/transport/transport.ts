@@ -58,6 +58,23 @@ export interface TransportStats {
   [counter: string]: number;
 }
 
+/**
+ * A wrapper of a transport (a Proxy that, say, observes requests) answers this property with the
+ * transport it wraps, so code that keeps per-transport state (RequestMux) finds one endpoint's
+ * state however many wrappers reach it. `underlyingTransport(t)` reads it.
+ */
+export const WRAPPED_TRANSPORT: unique symbol = Symbol('squall.wrappedTransport');
+
+/** The transport a wrapper wraps (through any number of wrappers), or `transport` itself. */
+export function underlyingTransport(transport: Transport): Transport {
+  let t = transport;
+  for (;;) {
+    const inner = (t as { [WRAPPED_TRANSPORT]?: Transport })[WRAPPED_TRANSPORT];
+    if (inner === undefined || inner === t) return t;
+    t = inner;
+  }
+}
+
 export interface Transport {
   /** The address other endpoints connect to (with the real port if 0 was asked for). */
   readonly address: TransportAddress;

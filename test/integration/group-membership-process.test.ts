@@ -4,7 +4,7 @@
 // both survivors install a view without it within a few seconds, ordered calls issued after that
 // get replies from exactly the two survivors, and the survivors' digests are equal.
 import 'reflect-metadata';
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +21,7 @@ import {
 } from '../../src/index.js';
 import { parseConfig } from '../../src/config/load.js';
 import { freeUdpPorts, localConfigToml } from '../../src/group/local.js';
+import { ChildNode, waitUntil } from '../support/child-node.js';
 
 @replicated({ name: 'GroupMembershipProcessCell' })
 class Cell {
@@ -34,7 +35,8 @@ class Cell {
 }
 
 const layout = { GroupMembershipProcessCell: oneSubgroup(flexibleEvenShards(1, 2, 3)) };
-const TOML = '[timeouts]\nheartbeat_ms = 20\nfailure_timeout_ms = 300';
+// A 300 ms timeout removed live members of this test at load 10+ (event-loop stalls).
+const TOML = '[timeouts]\nheartbeat_ms = 50\nfailure_timeout_ms = 1000';
 
 type Request = { id: number; op: 'add'; n: number } | { id: number; op: 'state' };
 interface NodeState { viewId: number; members: number[]; total: number; digest: string; delivered: string }
@@ -67,29 +69,7 @@ if (process.env['GMEM_CHILD'] !== undefined) {
 } else {
   const { default: test } = await import('ava');
 
-  class Node {
-    private nextId = 1;
-    private readonly pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
-    readonly ready: Promise<void>;
-    constructor(readonly id: number, readonly child: ChildProcess) {
-      this.ready = new Promise((resolve, reject) => {
-        child.once('exit', (code) => reject(new Error(`node ${id} exited with ${code} before it was ready`)));
-        child.on('message', (m: { ready?: true; id?: number; result?: unknown; error?: string }) => {
-          if (m.ready) return resolve();
-          const p = this.pending.get(m.id!);
-          this.pending.delete(m.id!);
-          if (m.error !== undefined) p?.reject(new Error(`node ${id}: ${m.error}`));
-          else p?.resolve(m.result);
-        });
-      });
-    }
-    ask<R>(request: { op: 'add'; n: number } | { op: 'state' }): Promise<R> {
-      const id = this.nextId++;
-      return new Promise((resolve, reject) => {
-        this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-        this.child.send({ ...request, id });
-      });
-    }
+  class Node extends ChildNode<{ op: 'add'; n: number } | { op: 'state' }> {
     add(n: number): Promise<[number, number][]> {
       return this.ask({ op: 'add', n });
     }
@@ -97,14 +77,7 @@ if (process.env['GMEM_CHILD'] !== undefined) {
       return this.ask({ op: 'state' });
     }
   }
-
-  async function waitFor(what: string, done: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-    const started = performance.now();
-    while (!(await done())) {
-      if (performance.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
+  const waitFor = waitUntil;
 
   const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-membership-process-'));
   test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));

@@ -1,16 +1,17 @@
 // Found by the kv chaos scenario (test/cluster/scenarios/kv.ts, seed 12 in network namespaces):
-// replicas of one shard DIVERGE when a client retries a relayed call after a spare entered the
-// shard by state transfer. Every replica keeps the replies of relayed calls by idempotency key so
-// that a retry is not run twice (ShardReplica.relayed), but that table is not part of the state a
-// joining replica receives. So the old members skip the retry and the newcomer runs it: a write
-// applied once on some replicas and twice on another, an extra version in one history, members
-// answering later calls differently.
+// replicas of one shard DIVERGED when a client retried a relayed call after a spare entered the
+// shard by state transfer. Every replica kept the replies of relayed calls by idempotency key so
+// that a retry is not run twice, but that table was not part of the state a joining replica
+// received: the old members skipped the retry and the newcomer ran it (a write applied twice on
+// one replica, an extra version in its history, members answering later calls differently).
+// Fixed: the table of (client, request) pairs run is replicated state (src/group/relay-table.ts,
+// a Persistent field of the shard's registry), so it travels with the state; the newcomer skips
+// the retry too and, holding no copy of the first reply, answers RelayedReplyUnavailableError.
 //
 // Reproduced here deterministically: 3 founders in this process, one shard of 2 (node 3 a
 // spare). A relayed call with key K is delivered; node 2 dies, the allocator moves node 3 into
 // the shard with the state by transfer; the client retries K through node 1. Replicas must hold
-// the same state and histories afterwards. `test.failing` until the table travels with the state
-// (the group layer's fix): ava reports it as a known failure, and as an error once it passes.
+// the same state and histories afterwards.
 import test from 'ava';
 import 'reflect-metadata';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -45,7 +46,7 @@ const layout = { GroupRelayRetryTally: oneSubgroup(flexibleEvenShards(1, 2, 2)) 
 const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-relay-retry-'));
 test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
 
-test.failing('a relayed call retried after a spare entered the shard by state transfer is not applied again on the newcomer', async (t) => {
+test('a relayed call retried after a spare entered the shard by state transfer is not applied again on the newcomer', async (t) => {
   t.timeout(90_000);
   const configs = await localGroupConfigs(3, {
     dataRoot, firstId: 1, extraToml: '[timeouts]\nheartbeat_ms = 20\nfailure_timeout_ms = 300',
@@ -75,8 +76,9 @@ test.failing('a relayed call retried after a spare entered the shard by state tr
 
     // The client retries key 77 (its first answer was lost, say) through node 1.
     const retry = await client.relayOnce<number>(Tally, 0, 0, nodeId(1), 'add', [10], 77);
-    const replies = await Promise.all(retry.replies.values());
-    t.log(`retry answered ${JSON.stringify(replies)}; totals: node 1 ${g1.subgroup(Tally).versions('sum').value}, node 3 ${g3.subgroup(Tally).versions('sum').value}`);
+    t.is(await retry.replies.get(nodeId(1)), 10, 'node 1 answers as the first run did');
+    await t.throwsAsync(retry.replies.get(nodeId(3))!, { message: /did not run retried call 77 .* keeps no copy of its first reply/ });
+    t.is(g1.subgroup(Tally).versions('sum').value, 11, 'not run again on node 1');
     await g1.subgroup(Tally).ordered.add(0);
     await waitFor('equal delivered frontiers', () => g1.subgroup(Tally).frontier().delivered === g3.subgroup(Tally).frontier().delivered);
     t.is(g3.subgroup(Tally).versions('sum').value, g1.subgroup(Tally).versions('sum').value, 'node 3 holds what node 1 holds');

@@ -1,7 +1,8 @@
 // The raft-ordered shard under the CI budget (`npm run sim -- raft-shard --seeds N` runs more):
 // at-most-once across retries, identical replies for duplicates, linearizable key-value history
 // (ordered calls and ReadIndex reads), ordered timestamps, replica agreement and liveness, under
-// crashes, partitions and loss. Both deliberate breaks must be caught.
+// crashes, partitions and loss, across a view change that replaces member 3 by member 4 in the
+// Raft configuration. All three deliberate breaks must be caught.
 import test from 'ava';
 import { runSeed } from './raft-shard-sim.js';
 import { SimFailure } from './simulation.js';
@@ -28,7 +29,7 @@ test('raft shard: a seed replays to the same trace', (t) => {
   t.is(runSeed(77).traceHash, runSeed(77).traceHash);
 });
 
-for (const [mutation, invariant] of [['noDedup', 'at most once'], ['localReads', 'linearizability']] as const) {
+for (const [mutation, invariant] of [['noDedup', 'at most once'], ['localReads', 'linearizability'], ['noReconfigure', 'reconfigured']] as const) {
   test(`raft shard: the break "${mutation}" is caught as ${invariant}`, (t) => {
     let caught: SimFailure | undefined;
     for (let seed = 1; seed <= 50 && !caught; seed++) {

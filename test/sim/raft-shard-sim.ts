@@ -17,11 +17,20 @@
  *   ordered times         timestamps strictly increase along the applied log;
  *   replica agreement     replicas at the same applied index hold identical key-value state;
  *   liveness              after faults stop, every client completes new calls.
+ *   reconfigured          a view change (at a random time while faults run) moves the shard from
+ *                         members [1, 2, 3] to [1, 2, 4]: member 4 starts outside the Raft
+ *                         configuration and every leader steps it toward the view with the
+ *                         group layer's rule (`nextVoterStep`, as RaftOrderingEngine.setMembers
+ *                         does): add 4 as a learner, promote it, remove 3. Clients then call the
+ *                         view's members. After the faults stop the configuration must be
+ *                         exactly [1, 2, 4], with every check above holding throughout.
  * Mutations (`--flag mutation=...`): `noDedup` runs retries again; `localReads` serves gets from
- * local state without ReadIndex. The checks must catch both.
+ * local state without ReadIndex; `noReconfigure` ignores the view change. The checks must catch
+ * all three.
  */
 import { SeededRandom } from '../../src/core/random.js';
 import { compareHlc, hlc, type Hlc } from '../../src/core/hlc.js';
+import { nextVoterStep, voterPlanInputOf } from '../../src/membership/voter-plan.js';
 import { RaftProposalError } from '../../src/raft/errors.js';
 import { ShardMachine, encodeRegister, type ShardCall } from '../../src/raft/shard-core.js';
 import type { Entry, Message, ReadState } from '../../src/raft/types.js';
@@ -30,13 +39,16 @@ import type { SeedOptions, SeedResult } from './protocol.js';
 import { describeRaftMessage, makeRaftCheckers, RaftSimNode, RaftWorld, type RaftSimApp } from './raft-sim.js';
 import { InvariantViolation, Simulation, type NodeContext } from './simulation.js';
 
+/** The shard's members before and after the view change (node 4 exists from the start). */
 const MEMBERS = [1, 2, 3];
+const MEMBERS_AFTER = [1, 2, 4];
+const NODES = [1, 2, 3, 4];
 const FAULTS_UNTIL_MS = 4000;
 const LIVENESS_MS = 6000;
 const CLIENTS = 4;
 const REPLY_TIMEOUT_MS = 150;
 
-type Mutation = 'noDedup' | 'localReads';
+type Mutation = 'noDedup' | 'localReads' | 'noReconfigure';
 
 const text = new TextEncoder();
 const untext = new TextDecoder();
@@ -260,6 +272,8 @@ class Client {
     private readonly apps: () => Map<number, KvShardApp>,
     private readonly history: HistoryRecorder<KvInput, KvOutput>,
     private readonly lossRate: number,
+    /** The shard's members in the current view. */
+    private readonly members: () => readonly number[],
   ) {}
 
   start(): void {
@@ -268,8 +282,9 @@ class Client {
 
   private target(): number {
     const r = this.sim.random;
-    if (this.leaderHint !== 0 && r.next() < 0.8) return this.leaderHint;
-    return MEMBERS[r.int(MEMBERS.length)]!;
+    const members = this.members();
+    if (this.leaderHint !== 0 && r.next() < 0.8 && members.includes(this.leaderHint)) return this.leaderHint;
+    return members[r.int(members.length)]!;
   }
 
   /** Sends to a member over a lossy client link; the answer comes back over one too. */
@@ -380,7 +395,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   const lossRate = [0, 0.02, 0.1][swarm.int(3)]!;
   const sim: Simulation<Message, RaftSimNode> = new Simulation<Message, RaftSimNode>({
     seed,
-    nodeIds: MEMBERS,
+    nodeIds: NODES,
     createNode: (ctx) => {
       const app = new KvShardApp(ctx, shard, mutation);
       apps.set(ctx.id, app);
@@ -393,7 +408,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     diskLatencyMs: [1, 6],
     keepUnreportedRate: 0.5,
     describeMessage: describeRaftMessage,
-    checkers: makeRaftCheckers(world, MEMBERS),
+    checkers: makeRaftCheckers(world, NODES),
     faults: {
       untilMs: FAULTS_UNTIL_MS, meanIntervalMs: 150, crashedMax: 1, lossRateMax: 0.2, duplicateRateMax: 0.1,
       weights: { crash: 3, restart: 4, partition: 2, isolate: 2, oneWay: 1, heal: 3, lossy: 2 },
@@ -401,11 +416,35 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   });
   const recorder = new HistoryRecorder<KvInput, KvOutput>(() => sim.nowMs);
   // apps holds each member's current incarnation (createNode replaces it on restart).
-  const clients = Array.from({ length: CLIENTS }, (_, i) => new Client(i + 1, sim, () => apps, recorder, lossRate));
+  let members: readonly number[] = MEMBERS;
+  const clients = Array.from({ length: CLIENTS }, (_, i) => new Client(i + 1, sim, () => apps, recorder, lossRate, () => members));
   for (const c of clients) c.start();
-  const live = (): boolean => sim.isQuiesced && clients.every((c) => c.completedAfterQuiesce >= 3);
+  sim.schedule(300 + swarm.int(3000), 'view change: member 3 leaves the shard, 4 enters', () => {
+    members = MEMBERS_AFTER;
+  });
+  const leaderConf = (): readonly number[] | undefined => {
+    const leader = sim.upIds().map((id) => sim.node(id)!).find((n) => n.core.role === 'leader');
+    return leader === undefined ? undefined : [...leader.core.conf.voters].sort();
+  };
+  // Every 20 ms, the leader (if any) takes the next step toward the view's members.
+  const reconfigure = (): void => {
+    const leader = sim.upIds().map((id) => sim.node(id)!).find((n) => n.core.role === 'leader');
+    if (leader !== undefined && options.flags?.['mutation'] !== 'noReconfigure') {
+      const step = nextVoterStep(voterPlanInputOf(leader.core.status(), members));
+      if (step?.kind === 'transferLeadership') leader.act((c) => c.transferLeadership(step.node));
+      else if (step !== undefined) leader.act((c) => c.proposeConfChange({ op: step.kind, node: step.node }));
+    }
+    sim.schedule(20, 'reconfigure', reconfigure);
+  };
+  sim.schedule(20, 'reconfigure', reconfigure);
+  const reconfigured = (): boolean => leaderConf()?.join() === MEMBERS_AFTER.join();
+  const live = (): boolean => sim.isQuiesced && reconfigured() && clients.every((c) => c.completedAfterQuiesce >= 3);
   sim.run({ untilMs: FAULTS_UNTIL_MS + LIVENESS_MS, stopWhen: live, ...(options.steps ? { stepsMax: options.steps } : {}) });
   const stepsCapped = options.steps !== undefined && sim.steps >= options.steps;
+  if (!reconfigured() && !stepsCapped) {
+    throw sim.failure(new InvariantViolation('reconfigured',
+      `${LIVENESS_MS} ms after faults stopped, the leader's voters are [${leaderConf() ?? 'no leader'}], the view wants [${MEMBERS_AFTER}]`));
+  }
   if (!live() && !stepsCapped) {
     throw sim.failure(new InvariantViolation('liveness',
       `${LIVENESS_MS} ms after faults stopped, clients completed [${clients.map((c) => c.completedAfterQuiesce)}] calls`));
@@ -422,7 +461,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     steps: sim.steps,
     simulatedMs: sim.nowMs,
     summary: `calls run ${shard.ranAt.size}, duplicates answered ${shard.duplicatesAnswered}, expired ${shard.expired}, ` +
-      `history ${ops.length} ops (${verdict.verdict}), crashes ${sim.stats.crashes}, faults ${sim.stats.faults}, loss ${lossRate}`,
+      `history ${ops.length} ops (${verdict.verdict}), voters ${leaderConf()}, crashes ${sim.stats.crashes}, faults ${sim.stats.faults}, loss ${lossRate}`,
   };
 }
 

@@ -57,6 +57,17 @@ export class KvState implements ShardStateStore {
     for (let i = 0; i < records; i++) this.append(shard, BigInt(i) - (1n << 40n), `${i}:${filler}`);
   }
 
+  async truncate(shard: ShardRef, version: bigint): Promise<void> {
+    const log = this.shards.get(shardKey(shard)) ?? [];
+    this.shards.set(shardKey(shard), log.filter((r) => r.version <= version));
+  }
+
+  floorVersion(shard: ShardRef, version: bigint): bigint {
+    let floor = -1n;
+    for (const r of this.shards.get(shardKey(shard)) ?? []) if (r.version <= version) floor = r.version;
+    return floor;
+  }
+
   append(shard: ShardRef, version: bigint, tag: string): void {
     const log = this.shards.get(shardKey(shard)) ?? [];
     this.shards.set(shardKey(shard), log);

@@ -3,7 +3,7 @@
 // wrong version, unknown kind, lengths past the end, random bytes) throws instead of yielding
 // messages, so the driver drops and counts it.
 import test from 'ava';
-import { decodeMessages, encodeMessages } from '../../src/raft/codec.js';
+import { batchGroup, decodeMessages, encodeMessages } from '../../src/raft/codec.js';
 import type { Message } from '../../src/raft/types.js';
 import { SeededRandom } from '../../src/core/random.js';
 
@@ -48,6 +48,17 @@ test('every message type survives a round trip in one batch', (t) => {
   t.true(entry.data instanceof Uint8Array);
 });
 
+test('a batch names its Raft group: batchGroup reads it without decoding; other bytes give -1', (t) => {
+  t.is(batchGroup(encodeMessages(all)), 0);
+  t.is(batchGroup(encodeMessages(all, 7)), 7);
+  t.is(batchGroup(encodeMessages([], 0xffff_fffe)), 0xffff_fffe);
+  t.deepEqual(plain(decodeMessages(encodeMessages(all, 123_456))), plain(all));
+  t.is(batchGroup(new Uint8Array(4)), -1);
+  const other = encodeMessages(all, 5);
+  other[0] = 2;
+  t.is(batchGroup(other), -1);
+});
+
 test('a malformed batch throws: truncated anywhere, wrong version, unknown kind, bad lengths', (t) => {
   const good = encodeMessages(all);
   for (let cut = 0; cut < good.byteLength; cut++) {
@@ -55,13 +66,13 @@ test('a malformed batch throws: truncated anywhere, wrong version, unknown kind,
   }
   const wrongVersion = Uint8Array.from(good);
   wrongVersion[0] = 1;
-  t.throws(() => decodeMessages(wrongVersion), { message: /version 1, expected 2/ });
+  t.throws(() => decodeMessages(wrongVersion), { message: /version 1, expected 3/ });
   const unknownKind = Uint8Array.from(good);
-  unknownKind[5] = 77;
+  unknownKind[9] = 77;
   t.throws(() => decodeMessages(unknownKind), { message: /unknown raft message kind 77/ });
   // The first append's entry count (after kind + 6 float64s) set huge.
   const hugeCount = Uint8Array.from(good);
-  new DataView(hugeCount.buffer).setUint32(5 + 1 + 48, 0xffff_ff00);
+  new DataView(hugeCount.buffer).setUint32(9 + 1 + 48, 0xffff_ff00);
   t.throws(() => decodeMessages(hugeCount), { message: /claims/ });
   const extra = new Uint8Array(good.byteLength + 1);
   extra.set(good);
@@ -73,7 +84,7 @@ test('random bytes never decode into messages silently wrong in shape', (t) => {
   let rejected = 0;
   for (let i = 0; i < 2000; i++) {
     const junk = new Uint8Array(1 + random.int(120)).map(() => random.int(256));
-    junk[0] = 2;
+    junk[0] = 3;
     try {
       for (const m of decodeMessages(junk)) t.is(typeof m.type, 'string');
     } catch {

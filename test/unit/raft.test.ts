@@ -308,8 +308,28 @@ test('§5.3 a duplicated or reordered shorter append never truncates a longer ma
 test('§5.3 followers learn the commit index from heartbeats and apply', (t) => {
   const net = new Net(ids);
   net.campaign(1);
+  // Without the leader's commit notice (a heartbeat with ctx 0 right after the commit), only the
+  // next heartbeat tick tells them.
+  net.filters.push((m) => m.type === 'heartbeat' && m.ctx === 0);
   net.propose(1, 'x');
   t.deepEqual(net.appliedData(2), [], 'the append that carried x could not yet carry its commit');
+  net.heal();
   net.tick(1);
   t.deepEqual(net.appliedData(2), ['x']);
+});
+
+test('followers that hold every entry learn a new commit at once (commit notice), without a tick', (t) => {
+  const net = new Net(ids);
+  net.campaign(1);
+  net.propose(1, 'x');
+  for (const id of [2, 3]) t.deepEqual(net.appliedData(id), ['x'], `follower ${id} applied x before any tick`);
+  // A follower that was cut off catches up by appends; once it holds everything it learns the
+  // commit too, still without a tick.
+  net.cut(1, 3);
+  net.propose(1, 'y');
+  t.deepEqual(net.appliedData(3), ['x']);
+  net.heal();
+  net.propose(1, 'z');
+  t.deepEqual(net.appliedData(2), ['x', 'y', 'z']);
+  t.deepEqual(net.appliedData(3), ['x', 'y', 'z']);
 });

@@ -1,0 +1,138 @@
+/**
+ * Raft-ordered shards in the group layer (issue #12): a shard whose layout says `mode: 'raft'`
+ * runs its replica over a RaftOrderingEngine (src/runtime/raft-ordering-engine.ts) instead of a
+ * MulticastDriver. The replica, QueryResults, versions, timestamps and frontiers are the same
+ * code either way (the OrderingEngine seam, src/runtime/ordering-engine.ts); this file only
+ * builds the engine for a replica.
+ *
+ *   - Raft group id: the shard's multicast shard number + 1 (unique per node; 0 is the
+ *     membership log), so several shards and the membership Raft share one endpoint.
+ *   - With the membership service (`membership: true`), view changes change the Raft
+ *     configuration (`RaftOrderingEngine.setMembers`): a member that left is removed, a node the
+ *     allocator puts in the shard receives the state by the membership driver's transfer, then
+ *     starts as a learner (`join`), catches up by log or snapshot and is promoted.
+ *   - Raft log: LMDB file `raft-<subgroupId>-<shardIndex>.mdb` in `persistence.data_dir`, fsynced
+ *     per flush with `persistence.sync = "durable"`. A static group always starts fresh (as its
+ *     replicas do), so the file is wiped at start.
+ *   - Timing: ticks of 10 ms; `timeouts.heartbeat_ms` and `timeouts.failure_timeout_ms` give the
+ *     heartbeat and election timeouts (and one forwarding attempt's timeout);
+ *     `timeouts.ordered_call_timeout_ms` bounds an ordered call; `raft.compact_every` sets when
+ *     the log is compacted.
+ *   - Compaction snapshot: the replica's persistent fields as state-transfer chunks (the same
+ *     bytes a joiner receives) and its delivered version; a member that fell behind the
+ *     compacted log gets them by InstallSnapshot. Plain (non-@persistent) fields are not in it.
+ */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { Packr } from 'msgpackr';
+import { VERSION_NONE, type NodeId, type Version } from '../core/ids.js';
+import type { SquallConfig } from '../config/schema.js';
+import type { View } from '../membership/view.js';
+import { LmdbStorage } from '../raft/lmdb-storage.js';
+import { RaftOrderingEngine, type EngineState } from '../runtime/raft-ordering-engine.js';
+import type { Transport } from '../transport/transport.js';
+import type { ShardReplica } from './replica.js';
+import { driverShardNumber } from './wire.js';
+
+/** p2p read modes (the optional fifth element of a P2PRequest). */
+export type P2PReadMode = 'linearizable' | 'local';
+export const P2P_READ_LINEARIZABLE = 0;
+export const P2P_READ_LOCAL = 1;
+
+export interface P2POptions {
+  /**
+   * For a raft-ordered shard: 'linearizable' (the default) makes the serving member wait for a
+   * ReadIndex round through the leader, so the read sees every call committed before it was
+   * made; 'local' answers from the member's state at once (it may lag the leader by the calls in
+   * flight). Multicast shards always answer locally.
+   */
+  readonly read?: P2PReadMode;
+}
+
+const packr = new Packr({ useRecords: false });
+
+/** The Raft group id of a shard on a node's endpoint (≥ 1; 0 is the membership log). */
+export function raftGroupIdOf(subgroupId: number, shardIndex: number): number {
+  return driverShardNumber(subgroupId, shardIndex) + 1;
+}
+
+/**
+ * Starts the raft engine for `replica` (a member of a raft-mode shard in `view`). `joining`: the
+ * shard runs already and this node was added by a view change (membership service): its replica
+ * holds the state transferred up to some version, so it starts outside the Raft configuration,
+ * and calls at or below that version, which Raft replays to it, are not delivered again.
+ */
+export function startRaftShard(
+  replica: ShardReplica,
+  view: View,
+  config: SquallConfig,
+  transport: Transport,
+  self: NodeId,
+  joining = false,
+): Promise<RaftOrderingEngine> {
+  const shard = view.shard(replica.subgroupId, replica.shardIndex)!;
+  const path = join(config.persistence.data_dir, `raft-${replica.subgroupId}-${replica.shardIndex}.mdb`);
+  rmSync(path, { force: true });
+  rmSync(`${path}-lock`, { force: true });
+  const floor = joining ? replica.registry.latestVersion : VERSION_NONE;
+  const tickMs = 10;
+  const heartbeatTicks = Math.max(1, Math.round(config.timeouts.heartbeat_ms / tickMs));
+  return RaftOrderingEngine.start({
+    self,
+    members: shard.members,
+    addresses: new Map(shard.members.map((n) => [n, view.addressOf(n)!])),
+    groupId: raftGroupIdOf(replica.subgroupId, replica.shardIndex),
+    transport,
+    storage: new LmdbStorage({ path, durable: config.persistence.sync === 'durable' }),
+    onDeliver: floor === VERSION_NONE
+      ? (delivery) => replica.deliver(delivery)
+      : (delivery) => {
+        if (delivery.version! > floor) replica.deliver(delivery);
+      },
+    state: replicaState(replica),
+    join: joining,
+    tickMs,
+    heartbeatTicks,
+    electionTicks: Math.max(2 * heartbeatTicks + 1, Math.round(config.timeouts.failure_timeout_ms / tickMs)),
+    callTimeoutMs: config.timeouts.ordered_call_timeout_ms,
+    compactEvery: config.raft.compact_every,
+    // A dead leader costs one attempt: about one failure timeout, as its election does.
+    attemptTimeoutMs: Math.max(100, config.timeouts.failure_timeout_ms),
+  });
+}
+
+/** The replica's state for Raft snapshots: [delivered version, state-transfer chunks]. */
+function replicaState(replica: ShardReplica): EngineState {
+  return {
+    snapshot: () => packr.pack([replica.deliveredWaiters.current, [...replica.registry.serializeSuffix(VERSION_NONE)]]),
+    restore: (bytes) => {
+      const [deliveredRaw, chunks] = packr.unpack(bytes) as [bigint | number, Uint8Array[]];
+      const delivered = BigInt(deliveredRaw) as Version;
+      // Records at or below what this replica already holds are skipped: it keeps its prefix.
+      for (const chunk of chunks) replica.registry.applyChunk(chunk);
+      if (delivered !== VERSION_NONE) replica.deliveredWaiters.advance(delivered);
+    },
+  };
+}
+
+/**
+ * Resolves once a majority of `replies` settled (either way). A client's call relayed into a raft
+ * shard is answered then, with the replies that arrived: a dead minority must not hold it.
+ */
+export function majoritySettled(replies: readonly Promise<unknown>[]): Promise<void> {
+  const needed = Math.floor(replies.length / 2) + 1;
+  return new Promise((resolve) => {
+    let settled = 0;
+    const one = (): void => {
+      if (++settled === needed) resolve();
+    };
+    for (const reply of replies) reply.then(one, one);
+  });
+}
+
+/** The members of `replica`'s shard in `view` changed: tell its engine. */
+export function followRaftShardView(engine: RaftOrderingEngine, replica: ShardReplica, view: View): void {
+  const shard = view.shard(replica.subgroupId, replica.shardIndex);
+  if (shard === undefined) return;
+  engine.setMembers(shard.members, new Map(shard.members.map((n) => [n, view.addressOf(n)!])));
+}

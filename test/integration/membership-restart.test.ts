@@ -1,0 +1,142 @@
+// Total restart with diverging replicas (src/membership/restart.ts, the driver's restart()): three
+// in-process nodes restart from view records of view 4 (one shard of three, all sending) whose
+// shard logs differ: node 1 applied the committed trim [2, 1, 0] (it holds positions 0, 1, 3 of
+// view 4), node 2 did not and holds positions 0, 1, 2 (2 is past the trim's first cut), node 3
+// holds only view 3. They resume in view 5, node 2 truncates position 2, nodes 2 and 3 pull what
+// they lack from node 1, and all three end with identical logs: view 3, then positions 0, 1, 3.
+// Then the resumed group handles a failure (its new membership log works): node 3 is stopped and
+// nodes 1 and 2 install view 6. Also: with one node of three missing, the other two resume after
+// the grace period without it, and the late one, restarted later, rejoins the running group and
+// drops the version the group never had; alone, a node gives up with RestartTimeoutError naming
+// the members it waited for.
+import test from 'ava';
+import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
+import { defaultAllocator, fixedEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
+import { encodeView, View } from '../../src/membership/view.js';
+import { MembershipDriver, RestartTimeoutError } from '../../src/runtime/membership-driver.js';
+import type { MembershipRecord } from '../../src/runtime/membership-store.js';
+import { createEndpoint, KvState, waitFor } from '../support/membership-local.js';
+
+test('diverging replicas restart to one history: truncation past the trim, pulls of what is missing', async (t) => {
+  t.timeout(30_000);
+  const endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(980 + i)));
+  const members = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
+  const allocator = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 3)) });
+  const layout = runAllocator(allocator, { previous: undefined, members: members.map((m) => m.id) });
+  const last = new View({ id: viewId(4), members, joined: [], departed: [], failed: [], layout });
+  const shard = { subgroupId: layout.types[0]!.subgroups[0]!.subgroupId as SubgroupId, shardIndex: 0 as ShardIndex };
+  const v3 = [0, 1, 2].map((p) => ({ version: makeVersion(viewId(3), p), tag: `v3:${p}` }));
+  const v4 = (positions: number[]) => positions.map((p) => ({ version: makeVersion(viewId(4), p), tag: `v4:${p}` }));
+  const logs = [[...v3, ...v4([0, 1, 3])], [...v3, ...v4([0, 1, 2])], [...v3]];
+  const trims = { viewId: 4, trims: [{ ...shard, trim: [2, 1, 0] }] };
+  const records: MembershipRecord[] = [
+    { view: encodeView(last), epoch: '2', trims },
+    { view: encodeView(last), epoch: '2' },
+    { view: encodeView(last), epoch: '2' },
+  ];
+  const states = logs.map((log) => {
+    const state = new KvState();
+    for (const r of log) state.append(shard, r.version, r.tag);
+    return state;
+  });
+  const lines: string[] = [];
+  const drivers = endpoints.map((e, i) => new MembershipDriver({
+    self: nodeId(i + 1), transport: e, allocator, layoutHash: 'kv', founders: members, found: false,
+    heartbeatMs: 20, failureTimeoutMs: 400, tickMs: 10, record: records[i]!, state: states[i]!,
+    onDeliver: (s, d) => states[i]!.append(s, d.version!, new TextDecoder().decode(d.payload)),
+    log: (line) => lines.push(`n${i + 1} ${line}`),
+  }));
+  try {
+    await Promise.all(drivers.map((d) => d.start()));
+    for (const d of drivers) t.is(d.current().id, viewId(5), 'resumed in view 5');
+    t.deepEqual(drivers[0]!.current().memberIds.map(Number), [1, 2, 3]);
+    await waitFor('every shard reconciled', () => drivers.every((d) => !d.awaitingState(shard)), 10_000);
+    const expected = [...v3, ...v4([0, 1, 3])].map((r) => r.tag);
+    for (const [i, s] of states.entries()) {
+      t.deepEqual(s.shards.get('0/0')!.map((r) => r.tag), expected, `node ${i + 1} holds the reconciled history`);
+    }
+    t.true(lines.some((l) => l.startsWith('n2 restart: shard 0/0 truncates')), 'node 2 truncated past the trim');
+    t.true(lines.some((l) => l.startsWith('n3 restart: shard 0/0 pulls')), 'node 3 pulled');
+    // The new membership log (the restart's epoch) drives the next view change.
+    await endpoints[2]!.close();
+    await drivers[2]!.close();
+    await waitFor('view 6 without node 3', () => drivers.slice(0, 2).every((d) => d.current().id === viewId(6)), 10_000);
+    t.deepEqual(drivers[0]!.current().memberIds.map(Number), [1, 2]);
+  } catch (error) {
+    t.log(lines.join('\n'));
+    throw error;
+  } finally {
+    for (const d of drivers) await d.close();
+    for (const e of endpoints) await e.close().catch(() => undefined);
+  }
+});
+
+/** Three endpoints, the view-4 record for them, and a driver factory over per-node KV states. */
+async function restartingGroup(seedBase: number) {
+  const endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(seedBase + i)));
+  const members = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
+  const allocator = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 3)) });
+  const layout = runAllocator(allocator, { previous: undefined, members: members.map((m) => m.id) });
+  const last = new View({ id: viewId(4), members, joined: [], departed: [], failed: [], layout });
+  const shard = { subgroupId: layout.types[0]!.subgroups[0]!.subgroupId as SubgroupId, shardIndex: 0 as ShardIndex };
+  const states = [0, 1, 2].map(() => new KvState());
+  const lines: string[] = [];
+  const driver = (i: number, restartTimeoutMs = 20_000): MembershipDriver => new MembershipDriver({
+    self: nodeId(i + 1), transport: endpoints[i]!, allocator, layoutHash: 'kv', founders: members, found: false,
+    heartbeatMs: 20, failureTimeoutMs: 400, tickMs: 10, record: { view: encodeView(last), epoch: '2' },
+    state: states[i]!, restartTimeoutMs, restartGraceMs: 300,
+    onDeliver: (s, d) => states[i]!.append(s, d.version!, new TextDecoder().decode(d.payload)),
+    log: (line) => lines.push(`n${i + 1} ${line}`),
+  });
+  return { endpoints, shard, states, lines, driver };
+}
+
+test('two of three restart without the third after the grace period; the third rejoins later', async (t) => {
+  t.timeout(30_000);
+  const { endpoints, shard, states, lines, driver } = await restartingGroup(990);
+  const v = (view: number, p: number) => makeVersion(viewId(view), p);
+  states[0]!.append(shard, v(4, 0), 'a');
+  states[0]!.append(shard, v(4, 1), 'b');
+  states[1]!.append(shard, v(4, 0), 'a');
+  // Node 3 holds one version more than the others: it was never acknowledged (persisted() waits
+  // for every member), and the group resumes without it.
+  for (const [p, tag] of [[0, 'a'], [1, 'b'], [2, 'c']] as const) states[2]!.append(shard, v(4, p), tag);
+  const drivers = [driver(0), driver(1)];
+  try {
+    const started = performance.now();
+    await Promise.all(drivers.map((d) => d.start()));
+    t.log(`resumed without node 3 after ${(performance.now() - started).toFixed(0)} ms`);
+    for (const d of drivers) t.deepEqual(d.current().memberIds.map(Number), [1, 2]);
+    t.deepEqual(drivers[0]!.current().failed.map(Number), [3]);
+    await waitFor('reconciled', () => drivers.every((d) => !d.awaitingState(shard)));
+    t.deepEqual(states[1]!.shards.get('0/0')!.map((r) => r.tag), ['a', 'b'], 'node 2 pulled from node 1');
+    // A delivery in the resumed view, then node 3 comes back and rejoins.
+    await drivers[0]!.multicast(shard)!.send(new TextEncoder().encode('d'));
+    await waitFor('delivered on both', () => states.slice(0, 2).every((s) => s.shards.get('0/0')!.length === 3));
+    drivers.push(driver(2));
+    await drivers[2]!.start();
+    await waitFor('node 3 has its state', () => !drivers[2]!.awaitingState(shard) && drivers[0]!.current().isMember(nodeId(3)));
+    t.deepEqual(states[2]!.shards.get('0/0')!.map((r) => r.tag), ['a', 'b', 'd'],
+      'node 3 dropped the version the group never had and received the rest');
+    t.true(lines.some((l) => l.startsWith('n3 state: shard 0/0 truncates')));
+  } catch (error) {
+    t.log(lines.join('\n'));
+    throw error;
+  } finally {
+    for (const d of drivers) await d.close();
+    for (const e of endpoints) await e.close();
+  }
+});
+
+test('a node alone gives up after the restart timeout, naming who it waited for', async (t) => {
+  const { endpoints, driver } = await restartingGroup(995);
+  const d = driver(0, 800);
+  try {
+    const error = await t.throwsAsync(d.start(), { instanceOf: RestartTimeoutError });
+    t.regex(error!.message, /members \[2, 3\] are not back/);
+    t.regex(error!.message, /Fix: start those nodes/);
+  } finally {
+    await d.close();
+    for (const e of endpoints) await e.close();
+  }
+});

@@ -1,0 +1,114 @@
+// The total restart's decisions (src/membership/restart.ts): when the quorum is back, who leads,
+// the view the group resumes in, how far each node truncates past the committed trim, and whom
+// it pulls from. The last test runs random shard histories through truncation and
+// reconciliation and checks that every node ends with the same versions, all inside the trim,
+// none of which a node that applied the trim held is lost.
+import test from 'ava';
+import { makeVersion, nodeId, viewId, type NodeId } from '../../src/core/ids.js';
+import { SeededRandom } from '../../src/core/random.js';
+import { customShards, defaultAllocator, fixedEvenShards, oneSubgroup } from '../../src/membership/layout.js';
+import {
+  keptVersion, reconcileShard, restartLeader, restartQuorum, restartView,
+} from '../../src/membership/restart.js';
+import { initialView } from '../../src/membership/view-change-core.js';
+
+const ids = (...xs: number[]): NodeId[] => xs.map((x) => nodeId(x));
+const allocator = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(2, 2)) });
+const view = initialView([1, 2, 3, 4].map((i) => ({ id: nodeId(i), address: `127.0.0.1:${7000 + i}` })), allocator);
+
+test('the quorum needs a majority of the view and of every shard', (t) => {
+  // Shards [1, 2] and [3, 4].
+  t.deepEqual(view.layout.types[0]!.subgroups[0]!.shards.map((s) => s.members.map(Number)), [[1, 2], [3, 4]]);
+  const q1 = restartQuorum(view, new Set(ids(1, 2, 3)));
+  t.false(q1.ready, '3 of 4 back, but shard [3, 4] has only one of two');
+  t.deepEqual(q1.missing, ids(4));
+  t.deepEqual(q1.shortShards, [{ typeName: 'KV', subgroupIndex: 0, shardIndex: 1, back: 1, needed: 2 }]);
+  t.true(restartQuorum(view, new Set(ids(1, 2, 3, 4))).ready);
+  t.false(restartQuorum(view, new Set(ids(1))).ready);
+  const three = initialView([1, 2, 3].map((i) => ({ id: nodeId(i), address: `a${i}` })),
+    defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 3)) }));
+  t.true(restartQuorum(three, new Set(ids(2, 3))).ready, 'two of three');
+  t.false(restartQuorum(three, new Set(ids(3))).ready);
+});
+
+test('the leader is the lowest-ranked member that is back', (t) => {
+  t.is(restartLeader(view, new Set(ids(3, 2, 4))), nodeId(2));
+  t.is(restartLeader(view, new Set(ids(9))), undefined);
+});
+
+test('the restart view: next id, members back in rank order at their new addresses, survivors keep their shards', (t) => {
+  const spare = defaultAllocator({ KV: oneSubgroup(customShards([{ nodesMin: 1, nodesMax: 2 }, { nodesMin: 1, nodesMax: 2 }])) });
+  const last = initialView([1, 2, 3, 4, 5].map((i) => ({ id: nodeId(i), address: `a${i}` })), spare);
+  const next = restartView(last, new Map([[nodeId(4), 'b4'], [nodeId(1), 'b1'], [nodeId(5), 'b5']]), spare);
+  t.is(next.id, viewId(1));
+  t.deepEqual(next.members.map((m) => [Number(m.id), m.address]), [[1, 'b1'], [4, 'b4'], [5, 'b5']]);
+  t.deepEqual(next.failed.map(Number), [2, 3]);
+  t.deepEqual(next.joined, []);
+  const before = last.layout.types[0]!.subgroups[0]!.shards.map((s) => s.members.map(Number));
+  const after = next.layout.types[0]!.subgroups[0]!.shards.map((s) => s.members.map(Number));
+  for (const [i, members] of after.entries()) {
+    for (const m of members) if (before.flat().includes(m) && before[i]!.includes(m) === false) t.fail(`node ${m} moved`);
+  }
+  t.true(after.every((members) => members.length >= 1), 'every shard has a member');
+});
+
+test('keptVersion truncates a node that did not apply the trim to the first position the trim cut', (t) => {
+  const v = (position: number): bigint => makeVersion(viewId(5), position);
+  // Two senders; trim [2, 1]: sender 0 delivers positions 0, 2; sender 1 position 1; position 3
+  // (sender 1's second) is the first cut, so position 4 (sender 0's third) is cut too.
+  const trim = { viewId: 5, trim: [2, 1] };
+  t.is(keptVersion({ latest: v(4), trimApplied: false }, trim), v(2));
+  t.is(keptVersion({ latest: v(3), trimApplied: false }, trim), v(2));
+  t.is(keptVersion({ latest: v(1), trimApplied: false }, trim), v(1), 'a shorter prefix stays');
+  t.is(keptVersion({ latest: v(4), trimApplied: true }, trim), v(4), 'a node that applied the trim holds only trim messages');
+  t.is(keptVersion({ latest: makeVersion(viewId(4), 9), trimApplied: false }, trim), makeVersion(viewId(4), 9),
+    'versions of earlier views stay');
+  t.is(keptVersion({ latest: v(4), trimApplied: false }, undefined), v(4), 'no committed trim: nothing to cut');
+  t.is(keptVersion({ latest: v(0), trimApplied: false }, { viewId: 5, trim: [0, 0] }), v(0) - 1n,
+    'an empty trim cuts the whole view');
+  t.is(keptVersion({ latest: -1n, trimApplied: false }, trim), -1n);
+});
+
+test('reconcileShard pulls from the lowest-ranked member holding the newest version', (t) => {
+  t.deepEqual(reconcileShard(5n, [{ node: nodeId(1), kept: 7n }, { node: nodeId(3), kept: 9n }, { node: nodeId(4), kept: 9n }]),
+    { kind: 'pull', from: nodeId(3), after: 5n, target: 9n });
+  t.deepEqual(reconcileShard(9n, [{ node: nodeId(1), kept: 7n }, { node: nodeId(3), kept: 9n }]), { kind: 'current' });
+  t.deepEqual(reconcileShard(-1n, []), { kind: 'current' });
+});
+
+test('random shard histories: after truncation and reconciliation every node holds the same versions, inside the trim', (t) => {
+  for (let seed = 1; seed <= 500; seed++) {
+    const r = new SeededRandom(seed);
+    const senders = 1 + r.int(3);
+    const R = 7;
+    // Messages every survivor received: per sender, a count; the trim is the committed one.
+    const trim = Array.from({ length: senders }, () => r.int(5));
+    const underTrim = (p: number): boolean => Math.floor(p / senders) < trim[p % senders]!;
+    const end = Math.max(0, ...trim.map((c, s) => (c > 0 ? (c - 1) * senders + s + 1 : 0)));
+    const trimSet = Array.from({ length: end }, (_, p) => p).filter(underTrim);
+    const nodes = Array.from({ length: 2 + r.int(3) }, (_, i) => {
+      const applied = r.next() < 0.4;
+      // A node that applied the trim holds exactly the trim's positions; one that did not
+      // delivered a prefix in position order (raw mode may run past the trim).
+      const positions = applied ? trimSet : Array.from({ length: r.int(end + 3) }, (_, p) => p);
+      return { node: nodeId(i + 1), applied, positions };
+    });
+    const versions = (ps: readonly number[]): bigint[] => ps.map((p) => makeVersion(viewId(R), p));
+    const latest = (ps: readonly number[]): bigint => (ps.length === 0 ? makeVersion(viewId(R - 1), 3) : versions(ps).at(-1)!);
+    const kept = nodes.map((n) => keptVersion({ latest: latest(n.positions), trimApplied: n.applied }, { viewId: R, trim }));
+    const after = nodes.map((n, i) => versions(n.positions).filter((v) => v <= kept[i]!));
+    const finals = nodes.map((n, i) => {
+      const plan = reconcileShard(kept[i]!, nodes.flatMap((m, j) => (j === i ? [] : [{ node: m.node, kept: kept[j]! }])));
+      if (plan.kind === 'current') return after[i]!;
+      const source = nodes.findIndex((m) => m.node === plan.from);
+      return [...after[i]!, ...after[source]!.filter((v) => v > plan.after)];
+    });
+    const first = JSON.stringify(finals[0]!.map(String));
+    for (const f of finals) t.is(JSON.stringify(f.map(String)), first, `seed ${seed}: every node ends equal`);
+    const inTrim = new Set(versions(trimSet).map(String));
+    t.true(finals[0]!.every((v) => inTrim.has(String(v))), `seed ${seed}: nothing past the trim survives`);
+    if (nodes.some((n) => n.applied)) {
+      t.is(finals[0]!.length, trimSet.length, `seed ${seed}: a node that applied the trim keeps all of it`);
+    }
+  }
+});
