@@ -1,6 +1,6 @@
 // The short, fixed key-value chaos run that `npm test` includes (`npm run chaos -- --scenario kv
 // --minutes N` runs more): five real node processes on the membership service under a fixed
-// seed's faults, then linearizability, p2p reads against the total order, acknowledged writes,
+// seed's faults and a total restart from disk, then linearizability, p2p reads against the total order, acknowledged writes,
 // identical replicas and version histories, temporal reads, partition safety and no-crash
 // checks. A node broken on purpose (compare-and-set that ignores its expected value, alike on
 // every replica, so only the history can tell) shows the checks can fail.
@@ -9,13 +9,15 @@ import { kvChaos } from '../cluster/scenarios/kv.js';
 
 test.serial('kv chaos: a fixed seed passes every check with faults injected', async (t) => {
   t.timeout(240_000);
-  // Seed 4's schedule starts with a kill -9 of a member (then a replacement joins).
-  const report = await kvChaos.run(4, { faultMs: 2500, log: (l) => t.log(l), encryption: 'on', network: 'loopback' });
+  // Seed 4's schedule starts with a kill -9 of a member (then a replacement joins); at the end
+  // every node is killed and restarted over its data, and every acknowledged write checked again.
+  const report = await kvChaos.run(4, { faultMs: 2500, log: (l) => t.log(l), encryption: 'on', network: 'loopback', restartCheck: true });
   t.deepEqual(report.violations, []);
   t.true(report.passed);
   const injected = Object.entries(report.faults).filter(([kind]) => kind !== 'quiet');
   t.true(injected.length > 0, `faults injected: ${JSON.stringify(report.faults)}`);
   t.true(report.operations > 200, `${report.operations} operations checked`);
+  t.is(report.faults['total-restart'], 1);
 });
 
 test.serial('kv chaos: a compare-and-set that ignores its expected value is caught by the linearizability check', async (t) => {

@@ -32,6 +32,7 @@
  * scenario's own test shows the checks catch it.
  */
 import 'reflect-metadata';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import {
@@ -141,6 +142,8 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
   const opTimeoutMs = 8000;
   let running = true;
   let seq = 0;
+  // Values stay unique when a node restarts over its data (the restart check) and counts again.
+  const incarnation = randomBytes(2).toString('hex');
   const inFlight = new Set<Promise<unknown>>();
   const shardMembers = (): number[] => (group.members(ChaosKv)[0] ?? []).map(Number);
   const inShard = (): boolean => shardMembers().includes(self);
@@ -158,7 +161,7 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
   const oneOrdered = async (client: number): Promise<void> => {
     const kv = group.subgroup(ChaosKv);
     const key = `k${random.int(keys)}`;
-    const o = `${self}.${seq++}`;
+    const o = `${self}.${incarnation}.${seq++}`;
     const value = `${o}`;
     const pick = random.int(10);
     const op = pick < 4 ? 'put' : pick < 7 ? 'cas' : 'read';

@@ -23,10 +23,9 @@
  *   - liveness: after healing, ordered calls complete again; no process crashed except those
  *     the harness killed.
  *
- * `restartCheck` (off until total restart from disk exists on main; today a group refuses to
- * start over old data, which this check reports): after the checks, SIGKILL every node, start
- * each again over its own data directory, and check every write acknowledged at `persisted()`
- * against a restarted replica.
+ * `restartCheck` (`--restart-check`; on in npm test's fixed run since total restart from disk
+ * landed): after the checks, SIGKILL every node, start each again over its own data directory
+ * (reset off), and check every write acknowledged at `persisted()` against a restarted replica.
  */
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -479,10 +478,13 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           if (slot === undefined) violations.push('restart: no shard member after the restart');
           else {
             const found = JSON.parse(await ask(slot.process, `values ${JSON.stringify(persistedPuts.map((w) => [invocations.get(w.o)!.key, w.v]))}`, /^values (.*)$/, 60_000)) as (string | null)[];
-            persistedPuts.forEach((w, i) => {
+            const missing = persistedPuts.filter((w, i) => { operations++; return found[i] !== invocations.get(w.o)!.value; });
+            const where = missing.length === 0 ? [] : JSON.parse(await ask(slot.process, `where ${JSON.stringify(missing.slice(0, 5).map((w) => [invocations.get(w.o)!.key, invocations.get(w.o)!.value]))}`, /^where (.*)$/, 60_000)) as (string | null)[];
+            missing.forEach((w, i) => {
               const inv = invocations.get(w.o)!;
-              operations++;
-              if (found[i] !== inv.value) violations.push(`restart-lost-write: put(${inv.key}, ${inv.value}) was acknowledged at version ${w.v}, but after a total restart node ${slot.nodeId} has ${JSON.stringify(found[i])} there`);
+              const at = where[i];
+              violations.push(`restart-lost-write: put(${inv.key}, ${inv.value}) was acknowledged at version ${w.v}, but after a total restart node ${slot.nodeId} has ${JSON.stringify(found[persistedPuts.indexOf(w)])} there` +
+                (at === undefined ? '' : at === null ? '; the value is nowhere in its history' : `; the value first appears at version ${at}`));
             });
             log(`after a total restart: ${persistedPuts.length} acknowledged puts checked on node ${slot.nodeId}`);
           }
