@@ -1,6 +1,7 @@
 #include "endpoint.h"
 
 #include <algorithm>
+#include <bit>
 #include <cassert>
 #include <cstring>
 #include <limits>
@@ -33,6 +34,8 @@ uint32_t SliceBytes(uint32_t message_bytes, uint32_t data_bytes_per_packet, uint
   return static_cast<uint32_t>(
       std::min<uint64_t>(data_bytes_per_packet, message_bytes - offset));
 }
+// The low n bits (n <= 64).
+uint64_t SlotMask(uint32_t n) { return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1; }
 }  // namespace
 
 const char* DropReasonName(DropReason reason) {
@@ -80,9 +83,56 @@ std::string ValidateConfig(const EndpointConfig& c) {
   return ValidateEncryption(c.encryption);
 }
 
+struct Endpoint::QueuedCall {
+  uint64_t tag;
+  uint8_t request_type;
+  std::vector<uint8_t> request;
+};
+
+// Calls waiting for a free slot: a vector with a moving front (std::deque allocates ~600 bytes
+// per session up front, for a queue that is empty in most sessions most of the time).
+class Endpoint::CallQueue {
+ public:
+  bool empty() const { return head_ == calls_.size(); }
+  size_t size() const { return calls_.size() - head_; }
+  void push_back(QueuedCall call) { calls_.push_back(std::move(call)); }
+  QueuedCall pop_front() {
+    QueuedCall call = std::move(calls_[head_++]);
+    if (head_ == calls_.size()) {
+      calls_.clear();
+      head_ = 0;
+    } else if (head_ >= 64 && 2 * head_ >= calls_.size()) {
+      calls_.erase(calls_.begin(), calls_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
+    }
+    return call;
+  }
+  void clear() {
+    std::vector<QueuedCall>().swap(calls_);
+    head_ = 0;
+  }
+  // Removes the call with this tag; false if there is none.
+  bool EraseTag(uint64_t tag) {
+    for (size_t i = head_; i < calls_.size(); ++i) {
+      if (calls_[i].tag != tag) continue;
+      calls_.erase(calls_.begin() + static_cast<std::ptrdiff_t>(i));
+      return true;
+    }
+    return false;
+  }
+  QueuedCall* begin() { return calls_.data() + head_; }
+  QueuedCall* end() { return calls_.data() + calls_.size(); }
+  const QueuedCall* begin() const { return calls_.data() + head_; }
+  const QueuedCall* end() const { return calls_.data() + calls_.size(); }
+  size_t CapacityBytes() const { return calls_.capacity() * sizeof(QueuedCall); }
+
+ private:
+  std::vector<QueuedCall> calls_;
+  size_t head_ = 0;
+};
+
 struct Endpoint::ClientSlot {
-  uint32_t index = 0;
-  bool busy = false;
+  uint32_t index = 0;  // busy when bit `index` of the session's busy_slots is set
   uint64_t request_number = 0;  // slot index + k * slots_per_session
   uint64_t tag = 0;
   uint8_t request_type = 0;
@@ -102,12 +152,6 @@ struct Endpoint::ClientSlot {
   // the originals were only queued at the receiver (an incast), resending the whole window
   // would add a window of duplicates to that queue at every timeout.
   bool loss_window = false;
-};
-
-struct Endpoint::QueuedCall {
-  uint64_t tag;
-  uint8_t request_type;
-  std::vector<uint8_t> request;
 };
 
 struct Endpoint::ServerSlot {
@@ -136,8 +180,11 @@ struct Endpoint::Session {
   uint32_t data_bytes_per_packet = 0;
   uint32_t credits = 0;
   std::vector<ClientSlot> client_slots;
+  // Bit i set: client_slots[i] holds a call. The packet path visits busy slots only, so a call
+  // touches its own slot's memory and not the other seven (20,000 sessions do not fit a cache).
+  uint64_t busy_slots = 0;
   std::vector<ServerSlot> server_slots;
-  std::deque<QueuedCall> backlog;
+  CallQueue backlog;
   uint64_t started_us = 0, last_rx_us = 0, last_ping_us = 0, last_handshake_tx_us = 0;
   uint32_t disconnect_tries = 0;
   uint32_t kick_cursor = 0;
@@ -170,14 +217,12 @@ uint64_t Endpoint::NewToken() {
 
 Endpoint::~Endpoint() = default;
 
-Endpoint::Session* Endpoint::Find(uint32_t number) {
-  auto it = sessions_.find(number);
-  return it == sessions_.end() ? nullptr : it->second.get();
+bool Endpoint::IsBusy(const Session& s, const ClientSlot& slot) {
+  return ((s.busy_slots >> slot.index) & 1) != 0;
 }
-const Endpoint::Session* Endpoint::Find(uint32_t number) const {
-  auto it = sessions_.find(number);
-  return it == sessions_.end() ? nullptr : it->second.get();
-}
+
+Endpoint::Session* Endpoint::Find(uint32_t number) { return sessions_.Find(number); }
+const Endpoint::Session* Endpoint::Find(uint32_t number) const { return sessions_.Find(number); }
 
 uint32_t Endpoint::NewSessionNumber() {
   // Numbers are not reused soon after a session ends, so late packets of an old session find no
@@ -185,7 +230,7 @@ uint32_t Endpoint::NewSessionNumber() {
   for (;;) {
     const uint32_t n = next_session_number_++;
     if (next_session_number_ == kNoSession) next_session_number_ = 1;
-    if (n != 0 && n != kNoSession && sessions_.count(n) == 0) return n;
+    if (n != 0 && n != kNoSession && !sessions_.Contains(n)) return n;
   }
 }
 
@@ -211,10 +256,10 @@ size_t Endpoint::BytesPerSession() const {
   // Hash-table nodes: the value plus a next pointer and cached hash, rounded to the allocator's
   // 16-byte granule; buckets are a pointer each.
   auto node = [](size_t value_bytes) { return (value_bytes + 16 + 15) & ~size_t{15}; };
-  size_t total = sessions_.bucket_count() * sizeof(void*) +
-                 accepted_by_token_.bucket_count() * sizeof(void*);
-  for (const auto& [number, s] : sessions_) {
-    total += node(sizeof(std::pair<const uint32_t, std::unique_ptr<Session>>)) + sizeof(Session);
+  size_t total = sessions_.TableBytes() + accepted_by_token_.bucket_count() * sizeof(void*);
+  sessions_.ForEach([&](uint32_t, const Session& session) {
+    const Session* s = &session;
+    total += sizeof(Session);
     total += s->client_slots.capacity() * sizeof(ClientSlot) +
              s->server_slots.capacity() * sizeof(ServerSlot);
     for (const ClientSlot& slot : s->client_slots) {
@@ -224,14 +269,15 @@ size_t Endpoint::BytesPerSession() const {
     for (const ServerSlot& slot : s->server_slots) {
       total += slot.request.capacity() + slot.response.capacity();
     }
-    for (const QueuedCall& call : s->backlog) total += sizeof(QueuedCall) + call.request.capacity();
+    total += s->backlog.CapacityBytes();
+    for (const QueuedCall& call : s->backlog) total += call.request.capacity();
     if (!s->is_client) {
       // accepted_by_token_: "<peer>/<token>" key (heap-allocated beyond 15 characters).
       total += node(sizeof(std::pair<const std::string, uint32_t>)) + 48;
     } else if (gate_ != nullptr) {
       total += gate_->BytesPerSession();
     }
-  }
+  });
   return total / sessions_.size();
 }
 
@@ -329,7 +375,8 @@ void Endpoint::ArmSessionTimer(Session* session, uint64_t when_us) {
 }
 
 uint64_t Endpoint::NextTimerUs() const {
-  const uint64_t heap = timers_.empty() ? kNever : timers_.top().when_us;
+  const uint64_t heap = std::min(timers_.empty() ? kNever : timers_.top().when_us,
+                                 rto_timers_.empty() ? kNever : rto_timers_.top().when_us);
   return gate_ == nullptr ? heap : std::min(heap, gate_->NextDueUs());
 }
 
@@ -358,7 +405,7 @@ void Endpoint::Bury(Session* session, uint64_t /*now_us*/) {
   }
   ++stats_.sessions_closed;
   if (gate_ != nullptr && session->is_client) gate_->OnClosed(session->number);
-  sessions_.erase(session->number);  // pending timer entries become stale
+  sessions_.Erase(session->number);  // pending timer entries become stale
 }
 
 // ------------------------------------------------------------------------------------------
@@ -388,7 +435,7 @@ uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
     s->client_slots[i].request_number = i;
   }
   s->credits = config_.credits_per_session;
-  sessions_.emplace(number, std::move(owned));
+  sessions_.Insert(number, std::move(owned));
   ++stats_.sessions_client;
   ++stats_.sessions_opened;
   OnClientSessionTimer(s, now_us);  // sends the first connect request and arms the retry
@@ -422,12 +469,12 @@ CallStatus Endpoint::Call(uint32_t number, uint8_t request_type, uint64_t tag,
 }
 
 void Endpoint::StartQueued(Session* s, uint64_t now_us) {
-  for (ClientSlot& slot : s->client_slots) {
-    if (s->backlog.empty()) return;
-    if (slot.busy) continue;
-    QueuedCall call = std::move(s->backlog.front());
-    s->backlog.pop_front();
-    slot.busy = true;
+  const uint64_t all = SlotMask(static_cast<uint32_t>(s->client_slots.size()));
+  while (!s->backlog.empty() && s->busy_slots != all) {
+    const uint32_t index = static_cast<uint32_t>(std::countr_one(s->busy_slots));
+    ClientSlot& slot = s->client_slots[index];
+    QueuedCall call = s->backlog.pop_front();
+    s->busy_slots |= uint64_t{1} << index;
     slot.request_number += config_.slots_per_session;
     slot.tag = call.tag;
     slot.request_type = call.request_type;
@@ -445,12 +492,17 @@ void Endpoint::StartQueued(Session* s, uint64_t now_us) {
 }
 
 void Endpoint::Kick(Session* s, uint64_t now_us) {
+  // Busy slots in round-robin order from the cursor: rotate the mask so the cursor is bit 0.
   const uint32_t n = static_cast<uint32_t>(s->client_slots.size());
-  for (uint32_t i = 0; i < n && s->credits > 0; ++i) {
-    ClientSlot& slot = s->client_slots[(s->kick_cursor + i) % n];
-    if (slot.busy) KickSlot(s, &slot, now_us);
+  const uint32_t cursor = s->kick_cursor;
+  s->kick_cursor = (cursor + 1) % n;
+  uint64_t pending = s->busy_slots;
+  if (cursor != 0) pending = ((pending >> cursor) | (pending << (n - cursor))) & SlotMask(n);
+  while (pending != 0 && s->credits > 0) {
+    const uint32_t offset = static_cast<uint32_t>(std::countr_zero(pending));
+    pending &= pending - 1;
+    KickSlot(s, &s->client_slots[(cursor + offset) % n], now_us);
   }
-  s->kick_cursor = (s->kick_cursor + 1) % n;
 }
 
 void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
@@ -488,7 +540,7 @@ void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uin
   // Packets still unanswered will be dropped as stale when their answers come; give their
   // credits back now.
   s->credits += slot->num_tx - slot->num_rx;
-  slot->busy = false;
+  s->busy_slots &= ~(uint64_t{1} << slot->index);
   std::vector<uint8_t> response;
   if (status == CallStatus::kOk || status == CallStatus::kHandlerError) {
     response.swap(slot->response);
@@ -505,11 +557,9 @@ void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uin
 void Endpoint::FailSession(Session* s, CallStatus status, SessionEventKind kind,
                            uint64_t now_us) {
   for (ClientSlot& slot : s->client_slots) {
-    if (slot.busy) {
-      slot.busy = false;
-      EmitResponse(s->number, slot.tag, status, {});
-    }
+    if (IsBusy(*s, slot)) EmitResponse(s->number, slot.tag, status, {});
   }
+  s->busy_slots = 0;
   for (QueuedCall& call : s->backlog) EmitResponse(s->number, call.tag, status, {});
   s->backlog.clear();
   if (kind == SessionEventKind::kPeerFailed) ++stats_.peer_failures;
@@ -522,12 +572,12 @@ bool Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
   if (s == nullptr || !s->is_client) return false;
   if (s->state == Session::State::kDisconnecting) return true;
   for (ClientSlot& slot : s->client_slots) {
-    if (slot.busy) {
+    if (IsBusy(*s, slot)) {
       s->credits += slot.num_tx - slot.num_rx;
-      slot.busy = false;
       EmitResponse(s->number, slot.tag, CallStatus::kSessionClosed, {});
     }
   }
+  s->busy_slots = 0;
   for (QueuedCall& call : s->backlog) {
     EmitResponse(s->number, call.tag, CallStatus::kSessionClosed, {});
   }
@@ -564,7 +614,7 @@ void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
       h.message_bytes = config_.message_bytes_max;
       h.request_number = s->token;
       SendConnectAttempt(s, h);
-      if (sessions_.count(s->number) == 0) return;  // the handshake could not start
+      if (!sessions_.Contains(s->number)) return;  // the handshake could not start
       s->last_handshake_tx_us = now_us == 0 ? 1 : now_us;
     }
     ArmSessionTimer(s, std::min(s->last_handshake_tx_us + config_.connect_retry_us,
@@ -622,9 +672,6 @@ void Endpoint::CompactTimers() {
     timers_.pop();
     if (t.kind == TimerKind::kDeadline) {
       if (deadline_tags_.count(t.key) != 0) live.push_back(t);
-    } else if (t.kind == TimerKind::kRetransmit) {
-      const Session* s = Find(t.session);
-      if (s != nullptr && s->rto_at_us == t.when_us) live.push_back(t);
     } else {
       const Session* s = Find(t.session);
       if (s != nullptr && s->timer_generation == t.key) live.push_back(t);
@@ -645,7 +692,7 @@ void Endpoint::ArmRetransmitTimer(Session* s, uint64_t when_us) {
   // nothing per packet.
   if (when_us >= s->rto_at_us) return;
   s->rto_at_us = when_us;
-  timers_.push(Timer{when_us, TimerKind::kRetransmit, s->number, 0});
+  rto_timers_.push(Timer{when_us, TimerKind::kRetransmit, s->number, 0});
 }
 
 void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
@@ -654,8 +701,9 @@ void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
   ++stats_.retransmit_timer_fires;
   uint64_t next = kNever;
   bool rolled_back = false;
-  for (ClientSlot& slot : s->client_slots) {
-    if (!slot.busy || slot.num_tx == slot.num_rx) continue;  // idle, or waiting for credits
+  for (uint64_t busy = s->busy_slots; busy != 0; busy &= busy - 1) {
+    ClientSlot& slot = s->client_slots[static_cast<size_t>(std::countr_zero(busy))];
+    if (slot.num_tx == slot.num_rx) continue;  // waiting for credits
     if (now_us - slot.progress_us < s->rto_us) {
       next = std::min(next, slot.progress_us + s->rto_us);
       continue;
@@ -731,25 +779,19 @@ void Endpoint::OnDeadline(uint32_t number, uint64_t tag, uint64_t now_us) {
   Session* s = Find(number);
   if (s == nullptr) return;
   for (ClientSlot& slot : s->client_slots) {
-    if (slot.busy && slot.tag == tag) {
+    if (IsBusy(*s, slot) && slot.tag == tag) {
       CompleteSlot(s, &slot, CallStatus::kTimeout, now_us);
       return;
     }
   }
-  for (auto it = s->backlog.begin(); it != s->backlog.end(); ++it) {
-    if (it->tag == tag) {
-      s->backlog.erase(it);
-      EmitResponse(number, tag, CallStatus::kTimeout, {});
-      return;
-    }
-  }
+  if (s->backlog.EraseTag(tag)) EmitResponse(number, tag, CallStatus::kTimeout, {});
 }
 
 Endpoint::ClientSlot* Endpoint::InOrderClientSlot(Session* s, const Header& h) {
   // eRPC's in_order_client: the packet must be for the slot's current request and be the next
   // one we are waiting for; anything else is a duplicate or from before a rollback.
   ClientSlot& slot = s->client_slots[h.request_number % s->client_slots.size()];
-  if (!slot.busy || slot.request_number != h.request_number) return nullptr;
+  if (!IsBusy(*s, slot) || slot.request_number != h.request_number) return nullptr;
   if (h.packet_number != slot.num_rx || h.packet_number >= slot.num_tx) return nullptr;
   return &slot;
 }
@@ -879,7 +921,7 @@ void Endpoint::HandleConnectRequest(const PeerAddress& from, const Header& h,
   for (uint32_t i = 0; i < slots; ++i) s->server_slots[i].request_number = i;
   s->started_us = now_us;
   s->last_rx_us = now_us;
-  sessions_.emplace(s->number, std::move(owned));
+  sessions_.Insert(s->number, std::move(owned));
   accepted_by_token_[key] = s->number;
   ++stats_.sessions_server;
   ++stats_.sessions_opened;
@@ -1434,9 +1476,9 @@ bool Endpoint::RotateKey(const crypto::GroupKey& new_key, uint64_t grace_us, uin
   security_->grace_end_us = now_us + grace_us;
   if (security_->grace_end_us == 0) security_->grace_end_us = 1;
   std::vector<uint32_t> numbers;
-  for (auto& [number, session] : sessions_) {
-    if (session->is_client) numbers.push_back(number);
-  }
+  sessions_.ForEach([&](uint32_t number, const Session& session) {
+    if (session.is_client) numbers.push_back(number);
+  });
   std::sort(numbers.begin(), numbers.end());
   for (uint32_t number : numbers) StartRekey(Find(number), now_us);
   return true;
@@ -1454,14 +1496,14 @@ void Endpoint::MaintainCrypto(uint64_t now_us) {
   security_->grace_end_us = 0;
   security_->keyring().PruneExpired(EndpointSecurity::KeyringMs(now_us));
   std::vector<uint32_t> numbers;
-  for (auto& [number, session] : sessions_) {
-    const SessionSecurity* sec = session->security.get();
+  sessions_.ForEach([&](uint32_t number, const Session& session) {
+    const SessionSecurity* sec = session.security.get();
     if (sec != nullptr && sec->crypto != nullptr &&
         security_->keyring().FindAccepted(sec->crypto->key_id(),
                                           EndpointSecurity::KeyringMs(now_us)) == nullptr) {
       numbers.push_back(number);
     }
-  }
+  });
   std::sort(numbers.begin(), numbers.end());
   for (uint32_t number : numbers) {
     Session* s = Find(number);
@@ -1631,16 +1673,19 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
 
 void Endpoint::OnTimers(uint64_t now_us) {
   if (security_ != nullptr) MaintainCrypto(now_us);
+  // Retransmission entries are at most one live per session with packets in flight (superseded
+  // ones are recognised by their time), so this heap never needs compaction.
+  while (!rto_timers_.empty() && rto_timers_.top().when_us <= now_us) {
+    const Timer t = rto_timers_.top();
+    rto_timers_.pop();
+    Session* s = Find(t.session);
+    if (s != nullptr && s->rto_at_us == t.when_us) OnRetransmitTimer(s, now_us);
+  }
   while (!timers_.empty() && timers_.top().when_us <= now_us) {
     const Timer t = timers_.top();
     timers_.pop();
     if (t.kind == TimerKind::kDeadline) {
       OnDeadline(t.session, t.key, now_us);
-      continue;
-    }
-    if (t.kind == TimerKind::kRetransmit) {
-      Session* s = Find(t.session);
-      if (s != nullptr && s->rto_at_us == t.when_us) OnRetransmitTimer(s, now_us);
       continue;
     }
     Session* s = Find(t.session);
@@ -1663,7 +1708,7 @@ void Endpoint::Shutdown(bool tell_peers, uint64_t now_us) {
   if (shut_down_) return;
   std::vector<uint32_t> numbers;
   numbers.reserve(sessions_.size());
-  for (auto& [number, session] : sessions_) numbers.push_back(number);
+  sessions_.ForEach([&](uint32_t number, const Session&) { numbers.push_back(number); });
   std::sort(numbers.begin(), numbers.end());
   for (uint32_t number : numbers) {
     Session* s = Find(number);
@@ -1690,6 +1735,7 @@ void Endpoint::Shutdown(bool tell_peers, uint64_t now_us) {
   }
   shut_down_ = true;
   while (!timers_.empty()) timers_.pop();
+  while (!rto_timers_.empty()) rto_timers_.pop();
 }
 
 }  // namespace squall::transport

@@ -30,6 +30,7 @@
 
 #include "address.h"
 #include "endpoint_crypto.h"
+#include "session_table.h"
 #include "wire.h"
 
 namespace squall::transport {
@@ -261,7 +262,7 @@ class Endpoint {
   // Data bytes per packet of a session (0 if unknown), for tests and the JS wrapper.
   uint32_t SessionDataBytesPerPacket(uint32_t session) const;
   bool SessionIsConnected(uint32_t session) const;
-  size_t timer_entries() const { return timers_.size(); }  // heap size, for tests
+  size_t timer_entries() const { return timers_.size() + rto_timers_.size(); }  // for tests
   // A client session's smoothed RTT and current retransmission timeout (0 if unknown).
   uint64_t SessionSrttUs(uint32_t session) const;
   uint64_t SessionRtoUs(uint32_t session) const;
@@ -276,6 +277,7 @@ class Endpoint {
   struct ServerSlot;
   struct Session;
   struct QueuedCall;
+  class CallQueue;
   enum class TimerKind : uint8_t { kSession, kDeadline, kRetransmit };
   struct Timer {
     uint64_t when_us;
@@ -285,6 +287,7 @@ class Endpoint {
     bool operator>(const Timer& other) const { return when_us > other.when_us; }
   };
 
+  static bool IsBusy(const Session& session, const ClientSlot& slot);
   Session* Find(uint32_t session_number);
   const Session* Find(uint32_t session_number) const;
   uint32_t NewSessionNumber();
@@ -371,10 +374,14 @@ class Endpoint {
   std::unordered_map<std::string, PendingAccept> pending_accepts_;
   SendGate* gate_ = nullptr;
   Stats stats_;
-  std::unordered_map<uint32_t, std::unique_ptr<Session>> sessions_;
+  SessionTable<Session> sessions_;
   // Server sessions by (peer, token), so duplicate connect requests get the same answer.
   std::unordered_map<std::string, uint32_t> accepted_by_token_;
-  std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
+  using TimerHeap = std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>>;
+  TimerHeap timers_;  // session timers (connect retry, keepalive, failure) and call deadlines
+  // Retransmission timers apart: one entry per client session with packets in flight, so this
+  // heap stays as small as the sessions in use (and hot in cache) however many sessions exist.
+  TimerHeap rto_timers_;
   std::vector<Event> events_;
   // Tags of pending calls that have a deadline entry in timers_. A completed call's entry stays
   // in the heap until it fires or CompactTimers() drops it; this set tells which are live.
