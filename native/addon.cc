@@ -245,12 +245,15 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     // The clock is read per packet: a wakeup can last long enough (up to 1,024 packets, sends
     // flushed on the way) for an answer to a packet sent in it to arrive in it, and a stale time
     // would make that round trip 0 µs (RTT samples feed the RTO and congestion control).
+    // One batch per wakeup: an encrypting endpoint seals what it sends to a session in it once.
+    endpoint->BeginBatch();
     d->socket->Receive(
         [endpoint](const PeerAddress& from, std::span<const uint8_t> bytes) {
           endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
     endpoint->OnTimers(MonotonicNowUs());
+    endpoint->EndBatch();
     d->socket->Flush();
     d->owner->DeliverFromLoop();
   }
@@ -263,12 +266,14 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     // task) the peer's answers may be waiting in the socket, and the timers must not declare
     // it failed or retransmit before they have been seen.
     Endpoint* endpoint = d->endpoint.get();
+    endpoint->BeginBatch();
     d->socket->Receive(
         [endpoint](const PeerAddress& from, std::span<const uint8_t> bytes) {
           endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
     d->endpoint->OnTimers(MonotonicNowUs());
+    endpoint->EndBatch();
     d->socket->Flush();
     d->owner->DeliverFromLoop();
   }
@@ -428,6 +433,16 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     const uint8_t* end = p + length;
     const uint64_t now = MonotonicNowUs();
     Endpoint* endpoint = driver_->endpoint.get();
+    // One batch for the whole submission (sealed per session together), ended on every return.
+    struct Batch {
+      explicit Batch(Endpoint* e) : endpoint(e) { e->BeginBatch(); }
+      ~Batch() { endpoint->EndBatch(); }
+      Batch(const Batch&) = delete;
+      Batch& operator=(const Batch&) = delete;
+      Endpoint* endpoint;
+    };
+    {
+    Batch batch(endpoint);
     while (p + kRecordHeaderBytes <= end) {
       const uint8_t kind = p[0];
       const uint8_t code = p[1];
@@ -464,6 +479,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
                           payload, now);
       }
     }
+    }  // the batch is sealed here, before the socket flushes
     ++submits_;
     driver_->socket->Flush();
     ArmTimer();
@@ -585,6 +601,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("udpSendBufferBytes", u.send_buffer_bytes);
     set("rttSamples", s.rtt_samples);
     set("retransmitTimerFires", s.retransmit_timer_fires);
+    set("sealedBatches", s.sealed_batches);
+    set("sealedBatchPackets", s.sealed_batch_packets);
     set("bytesPerSession", driver_->endpoint->BytesPerSession());
     const CongestionStats& cc = driver_->gate->stats();
     set("cc.bypassedSends", cc.bypassed_sends);

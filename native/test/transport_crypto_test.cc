@@ -399,7 +399,11 @@ TEST(crypto_transport_sequence_never_repeats_under_heavy_retransmission_and_recr
     net.loss = 0.3;
   }
   CHECK_EQ(repeats, 0u);
-  CHECK(sealed > 1500);
+  std::printf("  sealed datagrams %llu (%llu of them batches)\n",
+              static_cast<unsigned long long>(sealed),
+              static_cast<unsigned long long>(net.client.stats().sealed_batches +
+                                              net.server.stats().sealed_batches));
+  CHECK(sealed > 1000);  // sealed datagrams: a sealed batch of packets is one
   CHECK(net.client.stats().retransmissions > 50);
   CHECK(net.client.security_stats().endpoint.rekeys_completed >= 2);
   CHECK_EQ(net.handler_runs, tag);  // at-most-once held through loss and rekeys

@@ -12,6 +12,10 @@ constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
 constexpr uint32_t kPacketBytesMin = 256;
 constexpr uint32_t kSlotsMax = 64;
 constexpr uint32_t kDisconnectTriesMax = 3;
+// Packets up to this size (header included) may share a sealed batch; larger ones are sealed
+// alone (their AES-GCM cost is per byte, not per call). Small enough that a batch of them still
+// fits a 1,472-byte path datagram several times over.
+constexpr size_t kSealBatchItemBytesMax = 1024;
 // Off loopback the path MTU is unknown; 1500-byte Ethernet minus IP and UDP headers is the
 // largest datagram that is not fragmented on the networks we target.
 constexpr uint32_t kPathPacketBytesV4 = 1472;
@@ -344,14 +348,15 @@ void Endpoint::SendRaw(const PeerAddress& to, const Header& header,
 }
 
 void Endpoint::Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
-                        std::span<const uint8_t> payload) {
+                        std::span<const uint8_t> payload, uint32_t packets) {
   ++stats_.packets_sent_by_type[static_cast<size_t>(type)];
+  // Injected loss acts on the datagram, as the network would: a sealed batch is lost whole.
   if (RollDrop() ||
       std::find(failed_peers_.begin(), failed_peers_.end(), to) != failed_peers_.end()) {
     Drop(DropReason::kInjected);
     return;
   }
-  ++stats_.packets_sent;
+  stats_.packets_sent += packets;
   stats_.bytes_sent += header.size() + payload.size();
   io_->Send(to, header, payload);
 }
@@ -397,6 +402,7 @@ std::span<const uint8_t> Endpoint::Slice(const Session& session,
 }
 
 void Endpoint::Bury(Session* session, uint64_t /*now_us*/) {
+  FlushSealed();  // its queued packets (a disconnect, say) leave before its keys go
   if (session->is_client) {
     --stats_.sessions_client;
   } else {
@@ -413,6 +419,7 @@ void Endpoint::Bury(Session* session, uint64_t /*now_us*/) {
 // ------------------------------------------------------------------------------------------
 
 uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
+  BatchScope scope(this);
   const uint32_t number = NewSessionNumber();
   if (shut_down_ || sessions_.size() >= config_.sessions_max) {
     EmitSession(number, SessionEventKind::kConnectFailed,
@@ -445,6 +452,7 @@ uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
 CallStatus Endpoint::Call(uint32_t number, uint8_t request_type, uint64_t tag,
                           std::span<const uint8_t> request, uint64_t timeout_us,
                           uint64_t now_us) {
+  BatchScope scope(this);
   Session* s = Find(number);
   if (s == nullptr || !s->is_client || s->state == Session::State::kDisconnecting) {
     return CallStatus::kUnknownSession;
@@ -568,6 +576,7 @@ void Endpoint::FailSession(Session* s, CallStatus status, SessionEventKind kind,
 }
 
 bool Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
+  BatchScope scope(this);
   Session* s = Find(number);
   if (s == nullptr || !s->is_client) return false;
   if (s->state == Session::State::kDisconnecting) return true;
@@ -1043,6 +1052,7 @@ void Endpoint::HandleRequestForResponse(Session* s, const Header& h, uint64_t /*
 
 void Endpoint::Respond(const ServerRequest& request, CallStatus status,
                        std::span<const uint8_t> response, uint64_t /*now_us*/) {
+  BatchScope scope(this);
   Session* s = Find(request.session);
   if (s == nullptr || s->is_client || request.slot >= s->server_slots.size()) {
     ++stats_.stale_responds;
@@ -1078,16 +1088,106 @@ void Endpoint::SendSealed(const Session& s, Header h, std::span<const uint8_t> p
                        session_crypto->key_id() != security_->keyring().Primary()->key_id)) {
     h.flags |= kFlagRekeyRequested;  // only the client starts handshakes; ask it to
   }
-  uint8_t header[kHeaderBytes];
-  Encode(h, header);
-  const std::span<const uint8_t> sealed = security_->Seal(session_crypto, header, payload);
+  const size_t bytes = kHeaderBytes + payload.size();
+  if (batch_depth_ == 0 || bytes > kSealBatchItemBytesMax) {
+    // Alone: a large packet gains nothing from sharing a seal. Whatever is queued goes first,
+    // so the session's packets leave in the order they were sent.
+    FlushSealed();
+    uint8_t header[kHeaderBytes];
+    Encode(h, header);
+    return SealAndTransmit(s, header, payload, 1);
+  }
+  // Queued until the batch ends (FlushSealed): [u32 session][u16 bytes][header][payload].
+  const size_t at = seal_queue_.size();
+  seal_queue_.resize(at + 6 + bytes);
+  uint8_t* out = seal_queue_.data() + at;
+  std::memcpy(out, &s.number, 4);
+  const uint16_t length = static_cast<uint16_t>(bytes);
+  std::memcpy(out + 4, &length, 2);
+  Encode(h, out + 6);
+  if (!payload.empty()) std::memcpy(out + 6 + kHeaderBytes, payload.data(), payload.size());
+  ++seal_queued_packets_;
+}
+
+void Endpoint::SealAndTransmit(const Session& s, const uint8_t* header,
+                               std::span<const uint8_t> body, uint32_t packets) {
+  const std::span<const uint8_t> sealed =
+      security_->Seal(s.security->crypto.get(), header, body);
   if (sealed.empty()) {
     // The key reached its hard limit (a rekey is overdue): nothing unsealed ever leaves. The
-    // packet counts as lost; Go-Back-N resends it once the rekey has switched keys.
-    ++stats_.packets_sent_by_type[static_cast<size_t>(h.type)];
+    // packets count as lost; Go-Back-N resends them once the rekey has switched keys.
+    stats_.packets_sent_by_type[header[3] < kPacketTypeCount ? header[3] : 0] += packets;
     return Drop(DropReason::kCrypto);
   }
-  Transmit(s.peer, h.type, sealed.first(kHeaderBytes), sealed.subspan(kHeaderBytes));
+  Transmit(s.peer, static_cast<PacketType>(header[3]), sealed.first(kHeaderBytes),
+           sealed.subspan(kHeaderBytes), packets);
+}
+
+void Endpoint::FlushSealed() {
+  if (seal_queued_packets_ == 0) return;
+  // Group the queued packets by session, keeping each session's order: one sealed batch (or
+  // several, each within the session's packet size) per session.
+  seal_order_.clear();
+  for (size_t at = 0; at < seal_queue_.size();) {
+    uint32_t number;
+    uint16_t bytes;
+    std::memcpy(&number, seal_queue_.data() + at, 4);
+    std::memcpy(&bytes, seal_queue_.data() + at + 4, 2);
+    seal_order_.emplace_back(number, at);
+    at += 6 + size_t{bytes};
+  }
+  std::stable_sort(seal_order_.begin(), seal_order_.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (size_t i = 0; i < seal_order_.size();) {
+    const uint32_t number = seal_order_[i].first;
+    size_t end = i;
+    while (end < seal_order_.size() && seal_order_[end].first == number) ++end;
+    const Session* s = Find(number);
+    if (s != nullptr && s->security != nullptr && s->security->crypto != nullptr) {
+      SealRun(*s, i, end);
+    }
+    i = end;
+  }
+  seal_queue_.clear();
+  seal_queued_packets_ = 0;
+}
+
+void Endpoint::SealRun(const Session& s, size_t begin, size_t end) {
+  // Batches fill the session's packet size: what the path carries in one datagram.
+  const size_t limit = s.packet_bytes - kHeaderBytes - kSealTrailerBytes;
+  auto item = [&](size_t k) {
+    uint16_t bytes;
+    std::memcpy(&bytes, seal_queue_.data() + seal_order_[k].second + 4, 2);
+    return std::span<const uint8_t>(seal_queue_.data() + seal_order_[k].second + 6, bytes);
+  };
+  for (size_t k = begin; k < end;) {
+    size_t body = 0, last = k;
+    while (last < end && body + 2 + item(last).size() <= limit) body += 2 + item(last++).size();
+    if (last - k <= 1) {
+      const std::span<const uint8_t> one = item(k);
+      SealAndTransmit(s, one.data(), one.subspan(kHeaderBytes), 1);
+      k = std::max(last, k + 1);
+      continue;
+    }
+    // Outer header: the first packet's, marked as a batch (its fields route and authenticate).
+    uint8_t outer[kHeaderBytes];
+    std::memcpy(outer, item(k).data(), kHeaderBytes);
+    outer[4] = static_cast<uint8_t>(outer[4] | kFlagBatch);
+    seal_batch_.clear();
+    for (size_t j = k; j < last; ++j) {
+      const std::span<const uint8_t> one = item(j);
+      const uint16_t bytes = static_cast<uint16_t>(one.size());
+      const size_t at = seal_batch_.size();
+      seal_batch_.resize(at + 2 + one.size());
+      std::memcpy(seal_batch_.data() + at, &bytes, 2);
+      std::memcpy(seal_batch_.data() + at + 2, one.data(), one.size());
+      if (j > k) ++stats_.packets_sent_by_type[one[3] < kPacketTypeCount ? one[3] : 0];
+    }
+    ++stats_.sealed_batches;
+    stats_.sealed_batch_packets += last - k;
+    SealAndTransmit(s, outer, seal_batch_, static_cast<uint32_t>(last - k));
+    k = last;
+  }
 }
 
 bool Endpoint::OpenIncoming(Header* h, std::span<const uint8_t>* packet, uint64_t now_us) {
@@ -1466,6 +1566,7 @@ void Endpoint::HandleClientRekey(Session* s, std::span<const uint8_t> payload,
 }
 
 bool Endpoint::RotateKey(const crypto::GroupKey& new_key, uint64_t grace_us, uint64_t now_us) {
+  BatchScope scope(this);
   if (security_ == nullptr) return false;
   const uint64_t grace_ms = grace_us / 1000;
   if (security_->keyring().Rotate(new_key, EndpointSecurity::KeyringMs(now_us), grace_ms) !=
@@ -1485,6 +1586,7 @@ bool Endpoint::RotateKey(const crypto::GroupKey& new_key, uint64_t grace_us, uin
 }
 
 bool Endpoint::Rekey(uint32_t number, uint64_t now_us) {
+  BatchScope scope(this);
   Session* s = Find(number);
   return s != nullptr && StartRekey(s, now_us);
 }
@@ -1608,10 +1710,47 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
   }
   if (shut_down_) return Drop(DropReason::kBadState);
   ++stats_.packets_received_by_type[static_cast<size_t>(h.type)];
+  if ((h.flags & kFlagBatch) != 0 && (h.flags & kFlagEncrypted) == 0) {
+    return Drop(DropReason::kBadFlags);  // a batch exists only sealed
+  }
   if ((security_ != nullptr || (h.flags & kFlagEncrypted) != 0) &&
       !OpenIncoming(&h, &packet, now_us)) {
     return;  // dropped and counted
   }
+  BatchScope scope(this);
+  if ((h.flags & kFlagBatch) != 0) return DispatchBatch(from, h, packet, now_us);
+  Dispatch(from, h, packet, now_us);
+}
+
+void Endpoint::DispatchBatch(const PeerAddress& from, const Header& outer,
+                             std::span<const uint8_t> packet, uint64_t now_us) {
+  // Authenticated as a whole: each packet inside is handled as if it had arrived opened on its
+  // own. Its header must name the same session as the batch's (the one whose key opened it).
+  std::span<const uint8_t> rest = packet.subspan(kHeaderBytes);
+  bool first = true;
+  while (!rest.empty()) {
+    uint16_t bytes = 0;
+    if (rest.size() < 2) return Drop(DropReason::kBadLength);
+    std::memcpy(&bytes, rest.data(), 2);
+    if (rest.size() < size_t{2} + bytes) return Drop(DropReason::kBadLength);
+    const std::span<const uint8_t> item = rest.subspan(2, bytes);
+    rest = rest.subspan(size_t{2} + bytes);
+    Header h;
+    if (Decode(item, &h) != DecodeError::kNone || h.dest_session != outer.dest_session ||
+        (h.flags & kFlagBatch) != 0 || (h.flags & kFlagEncrypted) == 0) {
+      return Drop(DropReason::kBadState);
+    }
+    if (!first) {
+      ++stats_.packets_received;
+      ++stats_.packets_received_by_type[static_cast<size_t>(h.type)];
+    }
+    first = false;
+    Dispatch(from, h, item, now_us);
+  }
+}
+
+void Endpoint::Dispatch(const PeerAddress& from, const Header& h,
+                        std::span<const uint8_t> packet, uint64_t now_us) {
   const std::span<const uint8_t> payload = packet.subspan(kHeaderBytes);
   if (h.type == PacketType::kConnectRequest) {
     if (payload.size() > crypto::kClientHelloBytes) return Drop(DropReason::kBadLength);
@@ -1672,6 +1811,7 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
 }
 
 void Endpoint::OnTimers(uint64_t now_us) {
+  BatchScope scope(this);
   if (security_ != nullptr) MaintainCrypto(now_us);
   // Retransmission entries are at most one live per session with packets in flight (superseded
   // ones are recognised by their time), so this heap never needs compaction.
@@ -1705,6 +1845,7 @@ void Endpoint::OnTimers(uint64_t now_us) {
 }
 
 void Endpoint::Shutdown(bool tell_peers, uint64_t now_us) {
+  BatchScope scope(this);
   if (shut_down_) return;
   std::vector<uint32_t> numbers;
   numbers.reserve(sessions_.size());

@@ -184,6 +184,8 @@ struct Stats {
   uint64_t rtt_samples = 0;        // timed client packets answered (RTO and congestion input)
   uint64_t gate_deferrals = 0;     // client packets the SendGate held back
   uint64_t retransmit_timer_fires = 0;
+  uint64_t sealed_batches = 0;     // sealed datagrams carrying several packets (kFlagBatch)
+  uint64_t sealed_batch_packets = 0;  // the packets those carried
   uint64_t DropsTotal() const;
 };
 
@@ -225,6 +227,14 @@ class Endpoint {
                std::span<const uint8_t> response, uint64_t now_us);
 
   // --- driver API ---
+  // Optional: packets sealed between BeginBatch and EndBatch (e.g. while the driver hands over
+  // one receive batch and runs the timers) share AES-GCM invocations per session; EndBatch seals
+  // and sends them through the PacketIo (flush the PacketIo after it). Without it each entry
+  // point seals what it sent when it returns. Nests; no effect when encryption is off.
+  void BeginBatch() { ++batch_depth_; }
+  void EndBatch() {
+    if (batch_depth_ > 0 && --batch_depth_ == 0) FlushSealed();
+  }
   // `packet` must be writable memory the endpoint may change for the duration of the call: an
   // encrypting endpoint decrypts a sealed packet in place (the driver's receive buffer).
   void OnPacket(const PeerAddress& from, std::span<const uint8_t> packet, uint64_t now_us);
@@ -303,7 +313,11 @@ class Endpoint {
                   std::span<const uint8_t> payload = {});
   void SendRaw(const PeerAddress& to, const Header& header, std::span<const uint8_t> payload);
   void Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
-                std::span<const uint8_t> payload);
+                std::span<const uint8_t> payload, uint32_t packets = 1);
+  void Dispatch(const PeerAddress& from, const Header& header, std::span<const uint8_t> packet,
+                uint64_t now_us);
+  void DispatchBatch(const PeerAddress& from, const Header& outer,
+                     std::span<const uint8_t> packet, uint64_t now_us);
   bool RollDrop();
   void CompactTimers();
   void ArmSessionTimer(Session* session, uint64_t when_us);
@@ -349,6 +363,21 @@ class Endpoint {
   // encryption (endpoint.cc, section "Encryption")
   uint32_t TrailerReserveBytes() const { return security_ ? kSealTrailerBytes : kTagBytes; }
   void SendSealed(const Session& session, Header header, std::span<const uint8_t> payload);
+  void SealAndTransmit(const Session& session, const uint8_t* header,
+                       std::span<const uint8_t> body, uint32_t packets);
+  void FlushSealed();
+  void SealRun(const Session& session, size_t begin, size_t end);
+  // Every public entry point holds one: packets sealed inside it are queued and leave, grouped
+  // per session into sealed batches, when the outermost scope ends (or at EndBatch).
+  struct BatchScope {
+    explicit BatchScope(Endpoint* e) : endpoint(e) { ++e->batch_depth_; }
+    ~BatchScope() {
+      if (--endpoint->batch_depth_ == 0) endpoint->FlushSealed();
+    }
+    BatchScope(const BatchScope&) = delete;
+    BatchScope& operator=(const BatchScope&) = delete;
+    Endpoint* endpoint;
+  };
   bool OpenIncoming(Header* header, std::span<const uint8_t>* packet, uint64_t now_us);
   void SendConnectAttempt(Session* session, const Header& connect);
   void BeginAccept(const PeerAddress& from, const Header& header,
@@ -389,6 +418,13 @@ class Endpoint {
   std::vector<bool> handled_types_;
   std::vector<uint32_t> due_sessions_;  // scratch for SendGate::TakeDue
   std::vector<PeerAddress> failed_peers_;
+  // Sealed batches: packets queued while a BatchScope is open ([u32 session][u16 bytes][packet]
+  // each), the (session, offset) order they are sealed in, and the batch body being built.
+  int batch_depth_ = 0;
+  std::vector<uint8_t> seal_queue_;
+  size_t seal_queued_packets_ = 0;
+  std::vector<std::pair<uint32_t, size_t>> seal_order_;
+  std::vector<uint8_t> seal_batch_;
   uint32_t next_session_number_ = 1;
   uint64_t rng_state_;
   uint64_t token_state_;  // handshake tokens when config_.incarnation != 0
