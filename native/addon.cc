@@ -566,6 +566,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("packetsReceived", s.packets_received);
     set("bytesReceived", s.bytes_received);
     set("retransmissions", s.retransmissions);
+    set("fastRetransmits", s.fast_retransmits);
+    set("nacksSent", s.nacks_sent);
     set("duplicateResponses", s.duplicate_responses);
     set("requestsStarted", s.requests_started);
     set("requestsCompleted", s.requests_completed);
@@ -613,6 +615,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("cc.rateUpdates", cc.rate_updates);
     set("cc.bypassedSamples", cc.bypassed_samples);
     set("cc.rebases", cc.rebases);
+    set("cc.losses", cc.losses);
+    set("cc.lossDecreases", cc.loss_decreases);
     set("cc.congestedSessions", cc.congested_sessions);
     set("cc.waitingSessions", driver_->gate->waiting());
     const SecurityStats sec = driver_->endpoint->security_stats();

@@ -12,6 +12,13 @@ constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
 constexpr uint32_t kPacketBytesMin = 256;
 constexpr uint32_t kSlotsMax = 64;
 constexpr uint32_t kDisconnectTriesMax = 3;
+// Fast retransmit (TCP's three duplicate ACKs): a slot rolls back without waiting for its RTO
+// once this many packets after a missing one have shown up -- answers beyond the missing answer
+// at the client, or request packets beyond the missing one at the server (which then sends a
+// NACK). Three, not one, so that reordering on a real network does not trigger it.
+constexpr uint32_t kFastRetransmitEvidence = 3;
+// aux of a credit return that is a NACK: "packet `packet_number` of this request is missing".
+constexpr uint32_t kCreditReturnNack = 1;
 // Packets up to this size (header included) may share a sealed batch; larger ones are sealed
 // alone (their AES-GCM cost is per byte, not per call). Small enough that a batch of them still
 // fits a 1,472-byte path datagram several times over.
@@ -156,6 +163,8 @@ struct Endpoint::ClientSlot {
   // the originals were only queued at the receiver (an incast), resending the whole window
   // would add a window of duplicates to that queue at every timeout.
   bool loss_window = false;
+  // Answers that arrived for packets beyond num_rx since the last in-order one (fast retransmit).
+  uint32_t answers_beyond = 0;
 };
 
 struct Endpoint::ServerSlot {
@@ -170,6 +179,11 @@ struct Endpoint::ServerSlot {
   CallStatus status = CallStatus::kOk;
   std::vector<uint8_t> response;  // kept until the next request on this slot (at-most-once)
   uint32_t response_packets = 0;
+  // Client packets that arrived beyond the next expected one (Go-Back-N drops them); after
+  // kFastRetransmitEvidence of them one NACK names the missing packet. Reset by progress.
+  uint64_t gap_request_number = 0;
+  uint32_t gap_packet = 0, gap_seen = 0;
+  bool gap_nacked = false;
 };
 
 struct Endpoint::Session {
@@ -495,6 +509,7 @@ void Endpoint::StartQueued(Session* s, uint64_t now_us) {
     slot.num_rx = 0;
     slot.rtx_until = 0;
     slot.loss_window = false;
+    slot.answers_beyond = 0;
     slot.progress_us = now_us;
   }
 }
@@ -717,13 +732,7 @@ void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
       next = std::min(next, slot.progress_us + s->rto_us);
       continue;
     }
-    // Go-Back-N: forget everything after the first unanswered packet, resend from there.
-    slot.rtx_until = std::max(slot.rtx_until, slot.num_tx);
-    slot.loss_window = true;
-    s->credits += slot.num_tx - slot.num_rx;
-    slot.num_tx = slot.num_rx;
-    slot.progress_us = now_us;
-    ++stats_.retransmissions;
+    RollBack(s, &slot, now_us);
     rolled_back = true;
   }
   if (rolled_back) {
@@ -733,6 +742,26 @@ void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
     Kick(s, now_us);  // re-arms through MarkActive when it sends
   }
   if (next != kNever) ArmRetransmitTimer(s, next);
+}
+
+void Endpoint::RollBack(Session* s, ClientSlot* slot, uint64_t now_us) {
+  // Go-Back-N: forget everything after the first unanswered packet, resend from there.
+  slot->rtx_until = std::max(slot->rtx_until, slot->num_tx);
+  slot->loss_window = true;
+  s->credits += slot->num_tx - slot->num_rx;
+  slot->num_tx = slot->num_rx;
+  slot->progress_us = now_us;
+  slot->answers_beyond = 0;
+  ++stats_.retransmissions;
+}
+
+void Endpoint::FastRetransmit(Session* s, ClientSlot* slot, uint64_t now_us) {
+  // A loss shown by the packets after it, not by silence: resend now rather than after the RTO
+  // (>= 5 ms here), and do not back the RTO off (the path answered; only one packet was lost).
+  RollBack(s, slot, now_us);
+  ++stats_.fast_retransmits;
+  if (gate_ != nullptr) gate_->OnLoss(s->number, now_us);
+  Kick(s, now_us);
 }
 
 void Endpoint::OnConnectedRtt(Session* s, uint64_t now_us) {
@@ -754,6 +783,7 @@ void Endpoint::OnConnectedRtt(Session* s, uint64_t now_us) {
 void Endpoint::OnAnswered(Session* s, ClientSlot& slot, const Header& h, size_t bytes,
                           uint64_t now_us) {
   slot.loss_window = false;  // the peer is answering: the whole window may go again
+  slot.answers_beyond = 0;
   if (h.packet_number < slot.rtx_until || slot.tx_us.empty()) return;  // Karn's rule
   const uint32_t sent = slot.tx_us[h.packet_number % config_.credits_per_session];
   const uint64_t rtt = std::max<uint32_t>(static_cast<uint32_t>(now_us) - sent, 1);
@@ -796,11 +826,21 @@ void Endpoint::OnDeadline(uint32_t number, uint64_t tag, uint64_t now_us) {
   if (s->backlog.EraseTag(tag)) EmitResponse(number, tag, CallStatus::kTimeout, {});
 }
 
-Endpoint::ClientSlot* Endpoint::InOrderClientSlot(Session* s, const Header& h) {
+Endpoint::ClientSlot* Endpoint::InOrderClientSlot(Session* s, const Header& h,
+                                                  uint64_t now_us) {
   // eRPC's in_order_client: the packet must be for the slot's current request and be the next
   // one we are waiting for; anything else is a duplicate or from before a rollback.
   ClientSlot& slot = s->client_slots[h.request_number % s->client_slots.size()];
   if (!IsBusy(*s, slot) || slot.request_number != h.request_number) return nullptr;
+  if (h.packet_number > slot.num_rx && h.packet_number < slot.num_tx &&
+      !(h.type == PacketType::kCreditReturn && h.aux == kCreditReturnNack)) {
+    // An answer from beyond a missing one: the missing answer (or its packet) was lost, unless
+    // the network reordered them. Enough of these and the slot resends without its RTO.
+    if (++slot.answers_beyond == kFastRetransmitEvidence) {
+      FastRetransmit(s, &slot, now_us);
+    }
+    return nullptr;
+  }
   if (h.packet_number != slot.num_rx || h.packet_number >= slot.num_tx) return nullptr;
   return &slot;
 }
@@ -808,7 +848,8 @@ Endpoint::ClientSlot* Endpoint::InOrderClientSlot(Session* s, const Header& h) {
 void Endpoint::HandleCreditReturn(Session* s, const Header& h, std::span<const uint8_t> payload,
                                   uint64_t now_us) {
   if (!payload.empty()) return Drop(DropReason::kBadLength);
-  ClientSlot* slot = InOrderClientSlot(s, h);
+  if (h.aux == kCreditReturnNack) return HandleNack(s, h, now_us);
+  ClientSlot* slot = InOrderClientSlot(s, h, now_us);
   if (slot == nullptr) return Drop(DropReason::kStale);
   if (h.packet_number + 1 >= slot->request_packets) return Drop(DropReason::kBadPacketNumber);
   ++slot->num_rx;
@@ -821,9 +862,19 @@ void Endpoint::HandleCreditReturn(Session* s, const Header& h, std::span<const u
   Kick(s, now_us);
 }
 
+void Endpoint::HandleNack(Session* s, const Header& h, uint64_t now_us) {
+  // The server saw packets beyond packet_number of this request but not packet_number itself.
+  ClientSlot& slot = s->client_slots[h.request_number % s->client_slots.size()];
+  if (!IsBusy(*s, slot) || slot.request_number != h.request_number ||
+      h.packet_number != slot.num_rx || h.packet_number >= slot.num_tx) {
+    return Drop(DropReason::kStale);  // answered meanwhile, or already rolled back
+  }
+  FastRetransmit(s, &slot, now_us);
+}
+
 void Endpoint::HandleResponse(Session* s, const Header& h, std::span<const uint8_t> payload,
                               uint64_t now_us) {
-  ClientSlot* slot = InOrderClientSlot(s, h);
+  ClientSlot* slot = InOrderClientSlot(s, h, now_us);
   if (slot == nullptr) return Drop(DropReason::kStale);
   if (h.packet_number + 1 < slot->request_packets) return Drop(DropReason::kBadPacketNumber);
   const uint32_t index = h.packet_number - (slot->request_packets - 1);
@@ -953,6 +1004,30 @@ void Endpoint::SendCreditReturn(Session* s, const Header& request_header) {
   SendPacket(*s, h);
 }
 
+void Endpoint::NoteGap(Session* s, ServerSlot* slot, const Header& h, uint32_t expected) {
+  // Go-Back-N drops a packet beyond the expected one. After kFastRetransmitEvidence of them for
+  // the same missing packet, one NACK tells the client, which resends from there at once; the
+  // client's RTO remains the backstop if the NACK (or the resend) is lost too.
+  Drop(DropReason::kOutOfOrder);
+  if (slot->gap_request_number != h.request_number || slot->gap_packet != expected) {
+    slot->gap_request_number = h.request_number;
+    slot->gap_packet = expected;
+    slot->gap_seen = 0;
+    slot->gap_nacked = false;
+  }
+  if (slot->gap_nacked || ++slot->gap_seen < kFastRetransmitEvidence) return;
+  slot->gap_nacked = true;
+  ++stats_.nacks_sent;
+  Header nack;
+  nack.type = PacketType::kCreditReturn;
+  nack.request_type = h.request_type;
+  nack.dest_session = s->remote_number;
+  nack.packet_number = expected;
+  nack.request_number = h.request_number;
+  nack.aux = kCreditReturnNack;
+  SendPacket(*s, nack);
+}
+
 void Endpoint::SendResponsePacket(Session* s, ServerSlot* slot, uint32_t packet_number) {
   const uint32_t index = packet_number - (slot->request_packets - 1);
   Header h;
@@ -974,7 +1049,7 @@ void Endpoint::HandleRequest(Session* s, const Header& h, std::span<const uint8_
   if (h.request_number > slot.request_number) {
     // A new request on this slot. The client only moves to the next request number once the
     // previous call completed, so its arrival also tells us the kept response can go.
-    if (h.packet_number != 0) return Drop(DropReason::kOutOfOrder);
+    if (h.packet_number != 0) return NoteGap(s, &slot, h, 0);
     if (payload.size() != SliceBytes(h.message_bytes, s->data_bytes_per_packet, 0)) {
       return Drop(DropReason::kBadLength);
     }
@@ -1001,7 +1076,7 @@ void Endpoint::HandleRequest(Session* s, const Header& h, std::span<const uint8_
     ++stats_.duplicate_responses;
     return SendResponsePacket(s, &slot, h.packet_number);
   }
-  if (h.packet_number > slot.num_rx) return Drop(DropReason::kOutOfOrder);
+  if (h.packet_number > slot.num_rx) return NoteGap(s, &slot, h, slot.num_rx);
   if (payload.size() != SliceBytes(h.message_bytes, s->data_bytes_per_packet, h.packet_number)) {
     return Drop(DropReason::kBadLength);
   }
@@ -1041,7 +1116,7 @@ void Endpoint::HandleRequestForResponse(Session* s, const Header& h, uint64_t /*
       h.packet_number - (slot.request_packets - 1) >= slot.response_packets) {
     return Drop(DropReason::kBadPacketNumber);
   }
-  if (h.packet_number > slot.num_rx) return Drop(DropReason::kOutOfOrder);
+  if (h.packet_number > slot.num_rx) return NoteGap(s, &slot, h, slot.num_rx);
   if (h.packet_number < slot.num_rx) {
     ++stats_.duplicate_responses;
   } else {

@@ -151,6 +151,9 @@ class SendGate {
   // `bytes`: the larger payload of the two packets (what the kernel had to carry).
   virtual void OnRttSample(uint32_t /*session*/, uint64_t /*rtt_us*/, size_t /*bytes*/,
                            uint64_t /*now_us*/) {}
+  // The core detected a lost packet of this session from the packets after it (fast
+  // retransmit; not called on a retransmission timeout).
+  virtual void OnLoss(uint32_t /*session*/, uint64_t /*now_us*/) {}
   virtual void OnClosed(uint32_t /*session*/) {}
   // Appends the sessions whose wait ended by now_us; the core kicks each.
   virtual void TakeDue(uint64_t /*now_us*/, std::vector<uint32_t>* /*sessions*/) {}
@@ -174,7 +177,9 @@ struct Stats {
   uint64_t packets_sent = 0, bytes_sent = 0, packets_received = 0, bytes_received = 0;
   uint64_t packets_sent_by_type[kPacketTypeCount] = {};
   uint64_t packets_received_by_type[kPacketTypeCount] = {};
-  uint64_t retransmissions = 0;     // Go-Back-N rollbacks
+  uint64_t retransmissions = 0;     // Go-Back-N rollbacks (RTO and fast retransmit)
+  uint64_t fast_retransmits = 0;    // of those, started by a NACK or by later answers
+  uint64_t nacks_sent = 0;          // server: credit returns flagged as NACKs (aux 1)
   uint64_t duplicate_responses = 0; // responses re-sent from the kept copy
   uint64_t drops[static_cast<size_t>(DropReason::kCount)] = {};
   uint64_t requests_started = 0, requests_completed = 0, handlers_run = 0;
@@ -345,7 +350,10 @@ class Endpoint {
                           std::span<const uint8_t> payload, uint64_t now_us);
   void HandleResponse(Session* session, const Header& header, std::span<const uint8_t> payload,
                       uint64_t now_us);
-  ClientSlot* InOrderClientSlot(Session* session, const Header& header);
+  ClientSlot* InOrderClientSlot(Session* session, const Header& header, uint64_t now_us);
+  void HandleNack(Session* session, const Header& header, uint64_t now_us);
+  void RollBack(Session* session, ClientSlot* slot, uint64_t now_us);
+  void FastRetransmit(Session* session, ClientSlot* slot, uint64_t now_us);
   void HandleConnectResponse(Session* session, const Header& header,
                              std::span<const uint8_t> payload, uint64_t now_us);
   void HandleDisconnectResponse(Session* session, const Header& header, uint64_t now_us);
@@ -359,6 +367,7 @@ class Endpoint {
   void HandleRequestForResponse(Session* session, const Header& header, uint64_t now_us);
   void SendResponsePacket(Session* session, ServerSlot* slot, uint32_t packet_number);
   void SendCreditReturn(Session* session, const Header& request_header);
+  void NoteGap(Session* session, ServerSlot* slot, const Header& header, uint32_t expected);
 
   // encryption (endpoint.cc, section "Encryption")
   uint32_t TrailerReserveBytes() const { return security_ ? kSealTrailerBytes : kTagBytes; }
