@@ -54,6 +54,22 @@ uint32_t Get32(const uint8_t* p) {
 
 class NativeEndpoint;
 
+// Endpoint::BeginBatch/EndBatch for a scope with early returns; End() may come first.
+class EndpointBatch {
+ public:
+  explicit EndpointBatch(Endpoint* endpoint) : endpoint_(endpoint) { endpoint_->BeginBatch(); }
+  ~EndpointBatch() { End(); }
+  EndpointBatch(const EndpointBatch&) = delete;
+  EndpointBatch& operator=(const EndpointBatch&) = delete;
+  void End() {
+    if (endpoint_ != nullptr) endpoint_->EndBatch();
+    endpoint_ = nullptr;
+  }
+
+ private:
+  Endpoint* endpoint_;
+};
+
 // Owns the socket, the core and the libuv handles; freed when both handles have closed.
 struct Driver {
   NativeEndpoint* owner = nullptr;
@@ -434,15 +450,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     const uint64_t now = MonotonicNowUs();
     Endpoint* endpoint = driver_->endpoint.get();
     // One batch for the whole submission (sealed per session together), ended on every return.
-    struct Batch {
-      explicit Batch(Endpoint* e) : endpoint(e) { e->BeginBatch(); }
-      ~Batch() { endpoint->EndBatch(); }
-      Batch(const Batch&) = delete;
-      Batch& operator=(const Batch&) = delete;
-      Endpoint* endpoint;
-    };
-    {
-    Batch batch(endpoint);
+    EndpointBatch batch(endpoint);
     while (p + kRecordHeaderBytes <= end) {
       const uint8_t kind = p[0];
       const uint8_t code = p[1];
@@ -479,7 +487,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
                           payload, now);
       }
     }
-    }  // the batch is sealed here, before the socket flushes
+    batch.End();  // sealed here, before the socket flushes
     ++submits_;
     driver_->socket->Flush();
     ArmTimer();

@@ -833,9 +833,10 @@ Endpoint::ClientSlot* Endpoint::InOrderClientSlot(Session* s, const Header& h,
   ClientSlot& slot = s->client_slots[h.request_number % s->client_slots.size()];
   if (!IsBusy(*s, slot) || slot.request_number != h.request_number) return nullptr;
   if (h.packet_number > slot.num_rx && h.packet_number < slot.num_tx &&
-      !(h.type == PacketType::kCreditReturn && h.aux == kCreditReturnNack)) {
+      h.packet_number >= slot.rtx_until) {
     // An answer from beyond a missing one: the missing answer (or its packet) was lost, unless
-    // the network reordered them. Enough of these and the slot resends without its RTO.
+    // the network reordered them. Enough of these and the slot resends without its RTO. (Below
+    // rtx_until the answer may be a late one to a packet sent before the last rollback.)
     if (++slot.answers_beyond == kFastRetransmitEvidence) {
       FastRetransmit(s, &slot, now_us);
     }
