@@ -2,22 +2,12 @@
 // AES-GCM with one OpenSSL EVP context per key and direction, initialised once with the key
 // schedule and reused for every packet: a packet only sets the 96-bit nonce, feeds the associated
 // data and transforms the body in place. No allocation per packet.
-//
-// Small bodies take a second route to the same AES-GCM: OpenSSL's GCM mode functions
-// (CRYPTO_gcm128_*, GHASH with PCLMULQDQ) over an AES-ECB EVP context (AES-NI) that produces
-// the counter-mode key stream. OpenSSL 3's EVP GCM spends ~0.2 µs per call on provider dispatch
-// and parameter lookups (setting the IV asks for the IV length by name, the tag travels as a
-// named parameter): for a 32-byte body that is 85% of the call. The mode functions take about
-// half as long for bodies up to a few hundred bytes, and EVP's stitched AES-NI/GHASH is faster
-// per byte beyond that (crypto/README.md, "Costs"). Both produce standard AES-GCM: a packet
-// sealed by either opens with either (tested).
 #include <array>
 #include <cstdint>
 
 #include "crypto/crypto_common.h"
 
 typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
-typedef struct gcm128_context GCM128_CONTEXT;
 
 namespace squall::crypto {
 
@@ -30,9 +20,6 @@ inline constexpr size_t kNonceBytes = 12;
 inline constexpr size_t kKeyBytesMax = 32;
 // Largest body one call accepts; EVP takes int lengths, and no packet comes near this.
 inline constexpr size_t kAeadBodyBytesMax = size_t{1} << 24;
-// Bodies up to this size go through the GCM mode functions (see above); measured crossover
-// with EVP's GCM ~500 bytes on this machine, kept well below it.
-inline constexpr size_t kAeadSmallBodyBytesMax = 256;
 
 // Key length of the algorithm, in bytes; 0 for a value that names no algorithm.
 size_t KeyBytes(AeadAlgorithm algorithm);
@@ -68,20 +55,10 @@ class AeadContext {
   // bytes are then unspecified and must be discarded.
   bool Open(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body,
             const Tag& tag);
-  // Tests: bodies up to this size take the mode-function route (default
-  // kAeadSmallBodyBytesMax); 0 sends every body through EVP's GCM.
-  void set_small_body_bytes_max(size_t bytes) { small_body_bytes_max_ = bytes; }
 
  private:
   void Free();
-  bool SealSmall(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body,
-                 Tag& tag);
-  bool OpenSmall(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body,
-                 const Tag& tag);
   EVP_CIPHER_CTX* context_ = nullptr;
-  EVP_CIPHER_CTX* ecb_ = nullptr;     // the same key, AES-ECB: the small route's block cipher
-  GCM128_CONTEXT* gcm_ = nullptr;     // the small route's GCM state (H, GHASH tables)
-  size_t small_body_bytes_max_ = kAeadSmallBodyBytesMax;
   Direction direction_ = Direction::kSeal;
 };
 
