@@ -13,6 +13,8 @@
  *     server vs one sender endpoint, with the server's kernel drops (SO_RXQ_OVFL);
  *   - the 32-byte rate with 2 client/server endpoint pairs in 4 worker threads vs 1 pair;
  *   - UDP_SEGMENT (GSO) vs sendmmsg for a bulk stream of 1,472-byte datagrams (raw sockets).
+ *   - the protocol core alone (transport_core_bench): thread CPU per 32-byte call with 1, 64,
+ *     2,000 and 20,000 sessions, encryption off and on, beside AES-GCM alone.
  *   - encryption (AES-128-GCM, X25519 handshake): every case above (32-byte rate over 1, 8 and
  *     2,000 sessions, 32-byte latency, 8 MiB bandwidth) plus the time to connect 2,000 sessions,
  *     with encryption on, each beside the same case with encryption off measured in the same run
@@ -402,7 +404,7 @@ export async function run(args: string[]): Promise<void> {
     const lossy = await lossGoodput(loss, seconds);
     report({ suite, case: `request_bandwidth_8MiB_loss_${loss}`, value: Number(lossy.goodput.toFixed(1)), unit: 'MB/s',
       baselines: { squall_lossless: Number(lossless.goodput.toFixed(1)) }, retransmissions: lossy.retransmissions,
-      load1: load() });
+      fast_retransmits: lossy.fastRetransmits, load1: load() });
   }
 
   const requests = quick ? 4 : 10;
@@ -423,6 +425,8 @@ export async function run(args: string[]): Promise<void> {
   report({ suite, case: 'udp_stream_1472B_datagrams_gso', value: gso.gso_1472_MBps, unit: 'MB/s',
     baselines: { sendmmsg_1472B: gso.mmsg_1472_MBps, sendmmsg_65000B: gso.mmsg_65000_MBps }, load1: load() });
 
+  coreCost(quick);
+
   const pairOne = await parallelRate(1, seconds);
   const pairTwo = await parallelRate(2, seconds);
   report({ suite, case: 'rpc_rate_32B_2_endpoint_pairs_in_workers', value: Math.round(pairTwo), unit: 'calls/s',
@@ -431,19 +435,49 @@ export async function run(args: string[]): Promise<void> {
   await cryptoComparison(quick ? 1 : 3, quick ? 2 : 3);
 }
 
+/**
+ * The protocol core alone (native/bench/transport_core_bench.cc): thread CPU per 32-byte call
+ * over an in-memory wire, 64 calls outstanding round robin, encryption off and on, beside
+ * AES-GCM seal+open alone. Load-independent where the end-to-end rates are not: what grows with
+ * the session count, and what encryption adds per call.
+ */
+function coreCost(quick: boolean): void {
+  const binary = join(root, 'build', 'bin', 'transport_core_bench');
+  const lines = execFileSync(binary, [quick ? '100000' : '300000', `1,64,2000,${SESSIONS_MANY}`])
+    .toString().trim().split('\n');
+  const rows = lines.map((line) => JSON.parse(line) as {
+    case: string; value: number; encrypted_ns: number; added_by_encryption_ns: number;
+    seals_per_call: number; aead_seal_open_ns_per_packet: number;
+    bytes_per_session_client: number; bytes_per_session_server: number; load1: number;
+  });
+  const one = rows[0]!;
+  for (const row of rows) {
+    report({ suite: 'transport', case: row.case, value: row.value, unit: 'ns',
+      baselines: { core_1_session: one.value }, encrypted_ns: row.encrypted_ns,
+      added_by_encryption_ns: row.added_by_encryption_ns, seals_per_call: row.seals_per_call,
+      aead_seal_open_ns_per_packet: row.aead_seal_open_ns_per_packet,
+      bytes_per_session_client: row.bytes_per_session_client,
+      bytes_per_session_server: row.bytes_per_session_server, load1: row.load1 });
+  }
+}
+
 const SESSIONS_MANY = 20_000;
 const loadWorker = join(root, 'dist', 'test', 'support', 'transport-load-worker.js');
 
-async function lossGoodput(loss: number, seconds: number): Promise<{ goodput: number; retransmissions: number }> {
+async function lossGoodput(
+  loss: number,
+  seconds: number,
+): Promise<{ goodput: number; retransmissions: number; fastRetransmits: number }> {
   const server = await startServer('squall', {}, loss);
   const client = await Endpoint.create({});
   client.injectFault({ dropProbability: loss });
   const session = await client.connect(server.address);
   const goodput = await squallBandwidth(session, seconds);
   const retransmissions = client.stats().retransmissions ?? 0;
+  const fastRetransmits = client.stats().fastRetransmits ?? 0;
   await client.close();
   await server.stop();
-  return { goodput, retransmissions };
+  return { goodput, retransmissions, fastRetransmits };
 }
 
 interface IncastResult {

@@ -54,6 +54,22 @@ uint32_t Get32(const uint8_t* p) {
 
 class NativeEndpoint;
 
+// Endpoint::BeginBatch/EndBatch for a scope with early returns; End() may come first.
+class EndpointBatch {
+ public:
+  explicit EndpointBatch(Endpoint* endpoint) : endpoint_(endpoint) { endpoint_->BeginBatch(); }
+  ~EndpointBatch() { End(); }
+  EndpointBatch(const EndpointBatch&) = delete;
+  EndpointBatch& operator=(const EndpointBatch&) = delete;
+  void End() {
+    if (endpoint_ != nullptr) endpoint_->EndBatch();
+    endpoint_ = nullptr;
+  }
+
+ private:
+  Endpoint* endpoint_;
+};
+
 // Owns the socket, the core and the libuv handles; freed when both handles have closed.
 struct Driver {
   NativeEndpoint* owner = nullptr;
@@ -245,12 +261,15 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     // The clock is read per packet: a wakeup can last long enough (up to 1,024 packets, sends
     // flushed on the way) for an answer to a packet sent in it to arrive in it, and a stale time
     // would make that round trip 0 µs (RTT samples feed the RTO and congestion control).
+    // One batch per wakeup: an encrypting endpoint seals what it sends to a session in it once.
+    endpoint->BeginBatch();
     d->socket->Receive(
         [endpoint](const PeerAddress& from, std::span<const uint8_t> bytes) {
           endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
     endpoint->OnTimers(MonotonicNowUs());
+    endpoint->EndBatch();
     d->socket->Flush();
     d->owner->DeliverFromLoop();
   }
@@ -263,12 +282,14 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     // task) the peer's answers may be waiting in the socket, and the timers must not declare
     // it failed or retransmit before they have been seen.
     Endpoint* endpoint = d->endpoint.get();
+    endpoint->BeginBatch();
     d->socket->Receive(
         [endpoint](const PeerAddress& from, std::span<const uint8_t> bytes) {
           endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
     d->endpoint->OnTimers(MonotonicNowUs());
+    endpoint->EndBatch();
     d->socket->Flush();
     d->owner->DeliverFromLoop();
   }
@@ -428,6 +449,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     const uint8_t* end = p + length;
     const uint64_t now = MonotonicNowUs();
     Endpoint* endpoint = driver_->endpoint.get();
+    // One batch for the whole submission (sealed per session together), ended on every return.
+    EndpointBatch batch(endpoint);
     while (p + kRecordHeaderBytes <= end) {
       const uint8_t kind = p[0];
       const uint8_t code = p[1];
@@ -464,6 +487,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
                           payload, now);
       }
     }
+    batch.End();  // sealed here, before the socket flushes
     ++submits_;
     driver_->socket->Flush();
     ArmTimer();
@@ -550,6 +574,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("packetsReceived", s.packets_received);
     set("bytesReceived", s.bytes_received);
     set("retransmissions", s.retransmissions);
+    set("fastRetransmits", s.fast_retransmits);
+    set("nacksSent", s.nacks_sent);
     set("duplicateResponses", s.duplicate_responses);
     set("requestsStarted", s.requests_started);
     set("requestsCompleted", s.requests_completed);
@@ -585,6 +611,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("udpSendBufferBytes", u.send_buffer_bytes);
     set("rttSamples", s.rtt_samples);
     set("retransmitTimerFires", s.retransmit_timer_fires);
+    set("sealedBatches", s.sealed_batches);
+    set("sealedBatchPackets", s.sealed_batch_packets);
     set("bytesPerSession", driver_->endpoint->BytesPerSession());
     const CongestionStats& cc = driver_->gate->stats();
     set("cc.bypassedSends", cc.bypassed_sends);
@@ -595,6 +623,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("cc.rateUpdates", cc.rate_updates);
     set("cc.bypassedSamples", cc.bypassed_samples);
     set("cc.rebases", cc.rebases);
+    set("cc.losses", cc.losses);
+    set("cc.lossDecreases", cc.loss_decreases);
     set("cc.congestedSessions", cc.congested_sessions);
     set("cc.waitingSessions", driver_->gate->waiting());
     const SecurityStats sec = driver_->endpoint->security_stats();

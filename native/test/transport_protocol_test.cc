@@ -103,9 +103,9 @@ TEST(transport_wire_header_round_trips_little_endian) {
   bytes[3] = 200;
   CHECK(Decode(bytes, &back) == DecodeError::kBadType);
   bytes[3] = 0;
-  bytes[4] = kFlagEncrypted | kFlagRekeyRequested;  // known flags: the endpoint decides
+  bytes[4] = kFlagEncrypted | kFlagRekeyRequested | kFlagBatch;  // known: the endpoint decides
   CHECK(Decode(bytes, &back) == DecodeError::kNone);
-  bytes[4] = 0x04;
+  bytes[4] = 0x08;
   CHECK(Decode(bytes, &back) == DecodeError::kBadFlags);
   bytes[0] = 0;
   CHECK(Decode(bytes, &back) == DecodeError::kBadMagic);

@@ -105,6 +105,13 @@ void Timely::Rebase(uint64_t base_rtt_ns) {
   config_.rtt_sample_min_ns = scale(config_.rtt_sample_min_ns);
 }
 
+void Timely::OnLoss(uint64_t now_ns) {
+  rate_bytes_per_s_ = std::max(rate_bytes_per_s_ / 2, config_.rate_min_bytes_per_s);
+  negative_gradient_count_ = 0;
+  last_update_ns_ = now_ns;
+  ++updates_;
+}
+
 uint64_t Pacer::Schedule(uint64_t now_ns, uint64_t packet_bytes, double rate_bytes_per_s,
                          uint64_t burst_ns) {
   Require(rate_bytes_per_s > 0, "pacing rate is positive");

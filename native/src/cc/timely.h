@@ -58,6 +58,11 @@ class Timely {
   // first RTT was measured under load (a connect storm), so their thresholds come down to the
   // path's real RTT once an uncongested sample shows it.
   void Rebase(uint64_t base_rtt_ns);
+  // A packet of this session was lost (the transport's fast retransmit saw the gap): halve the
+  // rate, not below the floor, as TCP does on three duplicate ACKs. Timely itself only sees
+  // delay; without this a sender whose loss came from an overflowing queue would resend into it
+  // at full rate.
+  void OnLoss(uint64_t now_ns);
 
   // Stats (publish per session).
   uint64_t updates() const { return updates_; }

@@ -165,6 +165,21 @@ void CongestionGate::OnRttSample(uint32_t session, uint64_t rtt_us, size_t bytes
   Track(&s);
 }
 
+void CongestionGate::OnLoss(uint32_t session, uint64_t now_us) {
+  if (!config_.enabled) return;
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) return;
+  ++stats_.losses;
+  // Only a loss that comes with queueing (the latest RTT above t_low) is taken as congestion: a
+  // packet lost on an idle path (corruption, a random drop) says nothing about the rate.
+  State& s = it->second;
+  if (s.timely.last_rtt_ns() <= s.timely.config().t_low_ns) return;
+  s.timely.OnLoss(now_us * kNs);
+  ++stats_.rate_updates;
+  ++stats_.loss_decreases;
+  Track(&s);
+}
+
 void CongestionGate::Advance(uint64_t now_us) {
   reaped_.clear();
   wheel_.Reap(now_us * kNs, reaped_);

@@ -91,6 +91,8 @@ struct CongestionStats {
   uint64_t rate_updates = 0;     // samples that ran the Timely computation
   uint64_t bypassed_samples = 0; // uncongested samples below t_low (skipped)
   uint64_t rebases = 0;          // thresholds scaled down to a faster measured path
+  uint64_t losses = 0;           // fast retransmits reported
+  uint64_t loss_decreases = 0;   // of those, with the RTT above t_low: the rate was halved
   uint64_t congested_sessions = 0;  // sessions currently below their maximum rate
 };
 
@@ -111,6 +113,7 @@ class CongestionGate final : public SendGate {
   void OnConnected(uint32_t session, uint64_t rtt_us, size_t window_bytes,
                    uint64_t now_us) override;
   void OnRttSample(uint32_t session, uint64_t rtt_us, size_t bytes, uint64_t now_us) override;
+  void OnLoss(uint32_t session, uint64_t now_us) override;
   void OnClosed(uint32_t session) override;
   void TakeDue(uint64_t now_us, std::vector<uint32_t>* sessions) override;
   uint64_t NextDueUs() const override;

@@ -1,6 +1,7 @@
 #include "endpoint.h"
 
 #include <algorithm>
+#include <bit>
 #include <cassert>
 #include <cstring>
 #include <limits>
@@ -11,6 +12,17 @@ constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
 constexpr uint32_t kPacketBytesMin = 256;
 constexpr uint32_t kSlotsMax = 64;
 constexpr uint32_t kDisconnectTriesMax = 3;
+// Fast retransmit (TCP's three duplicate ACKs): a slot rolls back without waiting for its RTO
+// once this many packets after a missing one have shown up -- answers beyond the missing answer
+// at the client, or request packets beyond the missing one at the server (which then sends a
+// NACK). Three, not one, so that reordering on a real network does not trigger it.
+constexpr uint32_t kFastRetransmitEvidence = 3;
+// aux of a credit return that is a NACK: "packet `packet_number` of this request is missing".
+constexpr uint32_t kCreditReturnNack = 1;
+// Packets up to this size (header included) may share a sealed batch; larger ones are sealed
+// alone (their AES-GCM cost is per byte, not per call). Small enough that a batch of them still
+// fits a 1,472-byte path datagram several times over.
+constexpr size_t kSealBatchItemBytesMax = 1024;
 // Off loopback the path MTU is unknown; 1500-byte Ethernet minus IP and UDP headers is the
 // largest datagram that is not fragmented on the networks we target.
 constexpr uint32_t kPathPacketBytesV4 = 1472;
@@ -33,6 +45,8 @@ uint32_t SliceBytes(uint32_t message_bytes, uint32_t data_bytes_per_packet, uint
   return static_cast<uint32_t>(
       std::min<uint64_t>(data_bytes_per_packet, message_bytes - offset));
 }
+// The low n bits (n <= 64).
+uint64_t SlotMask(uint32_t n) { return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1; }
 }  // namespace
 
 const char* DropReasonName(DropReason reason) {
@@ -80,9 +94,56 @@ std::string ValidateConfig(const EndpointConfig& c) {
   return ValidateEncryption(c.encryption);
 }
 
+struct Endpoint::QueuedCall {
+  uint64_t tag;
+  uint8_t request_type;
+  std::vector<uint8_t> request;
+};
+
+// Calls waiting for a free slot: a vector with a moving front (std::deque allocates ~600 bytes
+// per session up front, for a queue that is empty in most sessions most of the time).
+class Endpoint::CallQueue {
+ public:
+  bool empty() const { return head_ == calls_.size(); }
+  size_t size() const { return calls_.size() - head_; }
+  void push_back(QueuedCall call) { calls_.push_back(std::move(call)); }
+  QueuedCall pop_front() {
+    QueuedCall call = std::move(calls_[head_++]);
+    if (head_ == calls_.size()) {
+      calls_.clear();
+      head_ = 0;
+    } else if (head_ >= 64 && 2 * head_ >= calls_.size()) {
+      calls_.erase(calls_.begin(), calls_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
+    }
+    return call;
+  }
+  void clear() {
+    std::vector<QueuedCall>().swap(calls_);
+    head_ = 0;
+  }
+  // Removes the call with this tag; false if there is none.
+  bool EraseTag(uint64_t tag) {
+    for (size_t i = head_; i < calls_.size(); ++i) {
+      if (calls_[i].tag != tag) continue;
+      calls_.erase(calls_.begin() + static_cast<std::ptrdiff_t>(i));
+      return true;
+    }
+    return false;
+  }
+  QueuedCall* begin() { return calls_.data() + head_; }
+  QueuedCall* end() { return calls_.data() + calls_.size(); }
+  const QueuedCall* begin() const { return calls_.data() + head_; }
+  const QueuedCall* end() const { return calls_.data() + calls_.size(); }
+  size_t CapacityBytes() const { return calls_.capacity() * sizeof(QueuedCall); }
+
+ private:
+  std::vector<QueuedCall> calls_;
+  size_t head_ = 0;
+};
+
 struct Endpoint::ClientSlot {
-  uint32_t index = 0;
-  bool busy = false;
+  uint32_t index = 0;  // busy when bit `index` of the session's busy_slots is set
   uint64_t request_number = 0;  // slot index + k * slots_per_session
   uint64_t tag = 0;
   uint8_t request_type = 0;
@@ -102,12 +163,8 @@ struct Endpoint::ClientSlot {
   // the originals were only queued at the receiver (an incast), resending the whole window
   // would add a window of duplicates to that queue at every timeout.
   bool loss_window = false;
-};
-
-struct Endpoint::QueuedCall {
-  uint64_t tag;
-  uint8_t request_type;
-  std::vector<uint8_t> request;
+  // Answers that arrived for packets beyond num_rx since the last in-order one (fast retransmit).
+  uint32_t answers_beyond = 0;
 };
 
 struct Endpoint::ServerSlot {
@@ -122,6 +179,11 @@ struct Endpoint::ServerSlot {
   CallStatus status = CallStatus::kOk;
   std::vector<uint8_t> response;  // kept until the next request on this slot (at-most-once)
   uint32_t response_packets = 0;
+  // Client packets that arrived beyond the next expected one (Go-Back-N drops them); after
+  // kFastRetransmitEvidence of them one NACK names the missing packet. Reset by progress.
+  uint64_t gap_request_number = 0;
+  uint32_t gap_packet = 0, gap_seen = 0;
+  bool gap_nacked = false;
 };
 
 struct Endpoint::Session {
@@ -136,8 +198,11 @@ struct Endpoint::Session {
   uint32_t data_bytes_per_packet = 0;
   uint32_t credits = 0;
   std::vector<ClientSlot> client_slots;
+  // Bit i set: client_slots[i] holds a call. The packet path visits busy slots only, so a call
+  // touches its own slot's memory and not the other seven (20,000 sessions do not fit a cache).
+  uint64_t busy_slots = 0;
   std::vector<ServerSlot> server_slots;
-  std::deque<QueuedCall> backlog;
+  CallQueue backlog;
   uint64_t started_us = 0, last_rx_us = 0, last_ping_us = 0, last_handshake_tx_us = 0;
   uint32_t disconnect_tries = 0;
   uint32_t kick_cursor = 0;
@@ -170,14 +235,12 @@ uint64_t Endpoint::NewToken() {
 
 Endpoint::~Endpoint() = default;
 
-Endpoint::Session* Endpoint::Find(uint32_t number) {
-  auto it = sessions_.find(number);
-  return it == sessions_.end() ? nullptr : it->second.get();
+bool Endpoint::IsBusy(const Session& s, const ClientSlot& slot) {
+  return ((s.busy_slots >> slot.index) & 1) != 0;
 }
-const Endpoint::Session* Endpoint::Find(uint32_t number) const {
-  auto it = sessions_.find(number);
-  return it == sessions_.end() ? nullptr : it->second.get();
-}
+
+Endpoint::Session* Endpoint::Find(uint32_t number) { return sessions_.Find(number); }
+const Endpoint::Session* Endpoint::Find(uint32_t number) const { return sessions_.Find(number); }
 
 uint32_t Endpoint::NewSessionNumber() {
   // Numbers are not reused soon after a session ends, so late packets of an old session find no
@@ -185,7 +248,7 @@ uint32_t Endpoint::NewSessionNumber() {
   for (;;) {
     const uint32_t n = next_session_number_++;
     if (next_session_number_ == kNoSession) next_session_number_ = 1;
-    if (n != 0 && n != kNoSession && sessions_.count(n) == 0) return n;
+    if (n != 0 && n != kNoSession && !sessions_.Contains(n)) return n;
   }
 }
 
@@ -211,10 +274,10 @@ size_t Endpoint::BytesPerSession() const {
   // Hash-table nodes: the value plus a next pointer and cached hash, rounded to the allocator's
   // 16-byte granule; buckets are a pointer each.
   auto node = [](size_t value_bytes) { return (value_bytes + 16 + 15) & ~size_t{15}; };
-  size_t total = sessions_.bucket_count() * sizeof(void*) +
-                 accepted_by_token_.bucket_count() * sizeof(void*);
-  for (const auto& [number, s] : sessions_) {
-    total += node(sizeof(std::pair<const uint32_t, std::unique_ptr<Session>>)) + sizeof(Session);
+  size_t total = sessions_.TableBytes() + accepted_by_token_.bucket_count() * sizeof(void*);
+  sessions_.ForEach([&](uint32_t, const Session& session) {
+    const Session* s = &session;
+    total += sizeof(Session);
     total += s->client_slots.capacity() * sizeof(ClientSlot) +
              s->server_slots.capacity() * sizeof(ServerSlot);
     for (const ClientSlot& slot : s->client_slots) {
@@ -224,14 +287,15 @@ size_t Endpoint::BytesPerSession() const {
     for (const ServerSlot& slot : s->server_slots) {
       total += slot.request.capacity() + slot.response.capacity();
     }
-    for (const QueuedCall& call : s->backlog) total += sizeof(QueuedCall) + call.request.capacity();
+    total += s->backlog.CapacityBytes();
+    for (const QueuedCall& call : s->backlog) total += call.request.capacity();
     if (!s->is_client) {
       // accepted_by_token_: "<peer>/<token>" key (heap-allocated beyond 15 characters).
       total += node(sizeof(std::pair<const std::string, uint32_t>)) + 48;
     } else if (gate_ != nullptr) {
       total += gate_->BytesPerSession();
     }
-  }
+  });
   return total / sessions_.size();
 }
 
@@ -298,14 +362,15 @@ void Endpoint::SendRaw(const PeerAddress& to, const Header& header,
 }
 
 void Endpoint::Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
-                        std::span<const uint8_t> payload) {
+                        std::span<const uint8_t> payload, uint32_t packets) {
   ++stats_.packets_sent_by_type[static_cast<size_t>(type)];
+  // Injected loss acts on the datagram, as the network would: a sealed batch is lost whole.
   if (RollDrop() ||
       std::find(failed_peers_.begin(), failed_peers_.end(), to) != failed_peers_.end()) {
     Drop(DropReason::kInjected);
     return;
   }
-  ++stats_.packets_sent;
+  stats_.packets_sent += packets;
   stats_.bytes_sent += header.size() + payload.size();
   io_->Send(to, header, payload);
 }
@@ -329,7 +394,8 @@ void Endpoint::ArmSessionTimer(Session* session, uint64_t when_us) {
 }
 
 uint64_t Endpoint::NextTimerUs() const {
-  const uint64_t heap = timers_.empty() ? kNever : timers_.top().when_us;
+  const uint64_t heap = std::min(timers_.empty() ? kNever : timers_.top().when_us,
+                                 rto_timers_.empty() ? kNever : rto_timers_.top().when_us);
   return gate_ == nullptr ? heap : std::min(heap, gate_->NextDueUs());
 }
 
@@ -350,6 +416,7 @@ std::span<const uint8_t> Endpoint::Slice(const Session& session,
 }
 
 void Endpoint::Bury(Session* session, uint64_t /*now_us*/) {
+  FlushSealed();  // its queued packets (a disconnect, say) leave before its keys go
   if (session->is_client) {
     --stats_.sessions_client;
   } else {
@@ -358,7 +425,7 @@ void Endpoint::Bury(Session* session, uint64_t /*now_us*/) {
   }
   ++stats_.sessions_closed;
   if (gate_ != nullptr && session->is_client) gate_->OnClosed(session->number);
-  sessions_.erase(session->number);  // pending timer entries become stale
+  sessions_.Erase(session->number);  // pending timer entries become stale
 }
 
 // ------------------------------------------------------------------------------------------
@@ -366,6 +433,7 @@ void Endpoint::Bury(Session* session, uint64_t /*now_us*/) {
 // ------------------------------------------------------------------------------------------
 
 uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
+  BatchScope scope(this);
   const uint32_t number = NewSessionNumber();
   if (shut_down_ || sessions_.size() >= config_.sessions_max) {
     EmitSession(number, SessionEventKind::kConnectFailed,
@@ -388,7 +456,7 @@ uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
     s->client_slots[i].request_number = i;
   }
   s->credits = config_.credits_per_session;
-  sessions_.emplace(number, std::move(owned));
+  sessions_.Insert(number, std::move(owned));
   ++stats_.sessions_client;
   ++stats_.sessions_opened;
   OnClientSessionTimer(s, now_us);  // sends the first connect request and arms the retry
@@ -398,6 +466,7 @@ uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
 CallStatus Endpoint::Call(uint32_t number, uint8_t request_type, uint64_t tag,
                           std::span<const uint8_t> request, uint64_t timeout_us,
                           uint64_t now_us) {
+  BatchScope scope(this);
   Session* s = Find(number);
   if (s == nullptr || !s->is_client || s->state == Session::State::kDisconnecting) {
     return CallStatus::kUnknownSession;
@@ -422,12 +491,12 @@ CallStatus Endpoint::Call(uint32_t number, uint8_t request_type, uint64_t tag,
 }
 
 void Endpoint::StartQueued(Session* s, uint64_t now_us) {
-  for (ClientSlot& slot : s->client_slots) {
-    if (s->backlog.empty()) return;
-    if (slot.busy) continue;
-    QueuedCall call = std::move(s->backlog.front());
-    s->backlog.pop_front();
-    slot.busy = true;
+  const uint64_t all = SlotMask(static_cast<uint32_t>(s->client_slots.size()));
+  while (!s->backlog.empty() && s->busy_slots != all) {
+    const uint32_t index = static_cast<uint32_t>(std::countr_one(s->busy_slots));
+    ClientSlot& slot = s->client_slots[index];
+    QueuedCall call = s->backlog.pop_front();
+    s->busy_slots |= uint64_t{1} << index;
     slot.request_number += config_.slots_per_session;
     slot.tag = call.tag;
     slot.request_type = call.request_type;
@@ -440,17 +509,23 @@ void Endpoint::StartQueued(Session* s, uint64_t now_us) {
     slot.num_rx = 0;
     slot.rtx_until = 0;
     slot.loss_window = false;
+    slot.answers_beyond = 0;
     slot.progress_us = now_us;
   }
 }
 
 void Endpoint::Kick(Session* s, uint64_t now_us) {
+  // Busy slots in round-robin order from the cursor: rotate the mask so the cursor is bit 0.
   const uint32_t n = static_cast<uint32_t>(s->client_slots.size());
-  for (uint32_t i = 0; i < n && s->credits > 0; ++i) {
-    ClientSlot& slot = s->client_slots[(s->kick_cursor + i) % n];
-    if (slot.busy) KickSlot(s, &slot, now_us);
+  const uint32_t cursor = s->kick_cursor;
+  s->kick_cursor = (cursor + 1) % n;
+  uint64_t pending = s->busy_slots;
+  if (cursor != 0) pending = ((pending >> cursor) | (pending << (n - cursor))) & SlotMask(n);
+  while (pending != 0 && s->credits > 0) {
+    const uint32_t offset = static_cast<uint32_t>(std::countr_zero(pending));
+    pending &= pending - 1;
+    KickSlot(s, &s->client_slots[(cursor + offset) % n], now_us);
   }
-  s->kick_cursor = (s->kick_cursor + 1) % n;
 }
 
 void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
@@ -488,7 +563,7 @@ void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uin
   // Packets still unanswered will be dropped as stale when their answers come; give their
   // credits back now.
   s->credits += slot->num_tx - slot->num_rx;
-  slot->busy = false;
+  s->busy_slots &= ~(uint64_t{1} << slot->index);
   std::vector<uint8_t> response;
   if (status == CallStatus::kOk || status == CallStatus::kHandlerError) {
     response.swap(slot->response);
@@ -505,11 +580,9 @@ void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uin
 void Endpoint::FailSession(Session* s, CallStatus status, SessionEventKind kind,
                            uint64_t now_us) {
   for (ClientSlot& slot : s->client_slots) {
-    if (slot.busy) {
-      slot.busy = false;
-      EmitResponse(s->number, slot.tag, status, {});
-    }
+    if (IsBusy(*s, slot)) EmitResponse(s->number, slot.tag, status, {});
   }
+  s->busy_slots = 0;
   for (QueuedCall& call : s->backlog) EmitResponse(s->number, call.tag, status, {});
   s->backlog.clear();
   if (kind == SessionEventKind::kPeerFailed) ++stats_.peer_failures;
@@ -518,16 +591,17 @@ void Endpoint::FailSession(Session* s, CallStatus status, SessionEventKind kind,
 }
 
 bool Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
+  BatchScope scope(this);
   Session* s = Find(number);
   if (s == nullptr || !s->is_client) return false;
   if (s->state == Session::State::kDisconnecting) return true;
   for (ClientSlot& slot : s->client_slots) {
-    if (slot.busy) {
+    if (IsBusy(*s, slot)) {
       s->credits += slot.num_tx - slot.num_rx;
-      slot.busy = false;
       EmitResponse(s->number, slot.tag, CallStatus::kSessionClosed, {});
     }
   }
+  s->busy_slots = 0;
   for (QueuedCall& call : s->backlog) {
     EmitResponse(s->number, call.tag, CallStatus::kSessionClosed, {});
   }
@@ -564,7 +638,7 @@ void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
       h.message_bytes = config_.message_bytes_max;
       h.request_number = s->token;
       SendConnectAttempt(s, h);
-      if (sessions_.count(s->number) == 0) return;  // the handshake could not start
+      if (!sessions_.Contains(s->number)) return;  // the handshake could not start
       s->last_handshake_tx_us = now_us == 0 ? 1 : now_us;
     }
     ArmSessionTimer(s, std::min(s->last_handshake_tx_us + config_.connect_retry_us,
@@ -622,9 +696,6 @@ void Endpoint::CompactTimers() {
     timers_.pop();
     if (t.kind == TimerKind::kDeadline) {
       if (deadline_tags_.count(t.key) != 0) live.push_back(t);
-    } else if (t.kind == TimerKind::kRetransmit) {
-      const Session* s = Find(t.session);
-      if (s != nullptr && s->rto_at_us == t.when_us) live.push_back(t);
     } else {
       const Session* s = Find(t.session);
       if (s != nullptr && s->timer_generation == t.key) live.push_back(t);
@@ -645,7 +716,7 @@ void Endpoint::ArmRetransmitTimer(Session* s, uint64_t when_us) {
   // nothing per packet.
   if (when_us >= s->rto_at_us) return;
   s->rto_at_us = when_us;
-  timers_.push(Timer{when_us, TimerKind::kRetransmit, s->number, 0});
+  rto_timers_.push(Timer{when_us, TimerKind::kRetransmit, s->number, 0});
 }
 
 void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
@@ -654,19 +725,14 @@ void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
   ++stats_.retransmit_timer_fires;
   uint64_t next = kNever;
   bool rolled_back = false;
-  for (ClientSlot& slot : s->client_slots) {
-    if (!slot.busy || slot.num_tx == slot.num_rx) continue;  // idle, or waiting for credits
+  for (uint64_t busy = s->busy_slots; busy != 0; busy &= busy - 1) {
+    ClientSlot& slot = s->client_slots[static_cast<size_t>(std::countr_zero(busy))];
+    if (slot.num_tx == slot.num_rx) continue;  // waiting for credits
     if (now_us - slot.progress_us < s->rto_us) {
       next = std::min(next, slot.progress_us + s->rto_us);
       continue;
     }
-    // Go-Back-N: forget everything after the first unanswered packet, resend from there.
-    slot.rtx_until = std::max(slot.rtx_until, slot.num_tx);
-    slot.loss_window = true;
-    s->credits += slot.num_tx - slot.num_rx;
-    slot.num_tx = slot.num_rx;
-    slot.progress_us = now_us;
-    ++stats_.retransmissions;
+    RollBack(s, &slot, now_us);
     rolled_back = true;
   }
   if (rolled_back) {
@@ -676,6 +742,26 @@ void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
     Kick(s, now_us);  // re-arms through MarkActive when it sends
   }
   if (next != kNever) ArmRetransmitTimer(s, next);
+}
+
+void Endpoint::RollBack(Session* s, ClientSlot* slot, uint64_t now_us) {
+  // Go-Back-N: forget everything after the first unanswered packet, resend from there.
+  slot->rtx_until = std::max(slot->rtx_until, slot->num_tx);
+  slot->loss_window = true;
+  s->credits += slot->num_tx - slot->num_rx;
+  slot->num_tx = slot->num_rx;
+  slot->progress_us = now_us;
+  slot->answers_beyond = 0;
+  ++stats_.retransmissions;
+}
+
+void Endpoint::FastRetransmit(Session* s, ClientSlot* slot, uint64_t now_us) {
+  // A loss shown by the packets after it, not by silence: resend now rather than after the RTO
+  // (>= 5 ms here), and do not back the RTO off (the path answered; only one packet was lost).
+  RollBack(s, slot, now_us);
+  ++stats_.fast_retransmits;
+  if (gate_ != nullptr) gate_->OnLoss(s->number, now_us);
+  Kick(s, now_us);
 }
 
 void Endpoint::OnConnectedRtt(Session* s, uint64_t now_us) {
@@ -697,6 +783,7 @@ void Endpoint::OnConnectedRtt(Session* s, uint64_t now_us) {
 void Endpoint::OnAnswered(Session* s, ClientSlot& slot, const Header& h, size_t bytes,
                           uint64_t now_us) {
   slot.loss_window = false;  // the peer is answering: the whole window may go again
+  slot.answers_beyond = 0;
   if (h.packet_number < slot.rtx_until || slot.tx_us.empty()) return;  // Karn's rule
   const uint32_t sent = slot.tx_us[h.packet_number % config_.credits_per_session];
   const uint64_t rtt = std::max<uint32_t>(static_cast<uint32_t>(now_us) - sent, 1);
@@ -731,25 +818,30 @@ void Endpoint::OnDeadline(uint32_t number, uint64_t tag, uint64_t now_us) {
   Session* s = Find(number);
   if (s == nullptr) return;
   for (ClientSlot& slot : s->client_slots) {
-    if (slot.busy && slot.tag == tag) {
+    if (IsBusy(*s, slot) && slot.tag == tag) {
       CompleteSlot(s, &slot, CallStatus::kTimeout, now_us);
       return;
     }
   }
-  for (auto it = s->backlog.begin(); it != s->backlog.end(); ++it) {
-    if (it->tag == tag) {
-      s->backlog.erase(it);
-      EmitResponse(number, tag, CallStatus::kTimeout, {});
-      return;
-    }
-  }
+  if (s->backlog.EraseTag(tag)) EmitResponse(number, tag, CallStatus::kTimeout, {});
 }
 
-Endpoint::ClientSlot* Endpoint::InOrderClientSlot(Session* s, const Header& h) {
+Endpoint::ClientSlot* Endpoint::InOrderClientSlot(Session* s, const Header& h,
+                                                  uint64_t now_us) {
   // eRPC's in_order_client: the packet must be for the slot's current request and be the next
   // one we are waiting for; anything else is a duplicate or from before a rollback.
   ClientSlot& slot = s->client_slots[h.request_number % s->client_slots.size()];
-  if (!slot.busy || slot.request_number != h.request_number) return nullptr;
+  if (!IsBusy(*s, slot) || slot.request_number != h.request_number) return nullptr;
+  if (h.packet_number > slot.num_rx && h.packet_number < slot.num_tx &&
+      h.packet_number >= slot.rtx_until) {
+    // An answer from beyond a missing one: the missing answer (or its packet) was lost, unless
+    // the network reordered them. Enough of these and the slot resends without its RTO. (Below
+    // rtx_until the answer may be a late one to a packet sent before the last rollback.)
+    if (++slot.answers_beyond == kFastRetransmitEvidence) {
+      FastRetransmit(s, &slot, now_us);
+    }
+    return nullptr;
+  }
   if (h.packet_number != slot.num_rx || h.packet_number >= slot.num_tx) return nullptr;
   return &slot;
 }
@@ -757,7 +849,8 @@ Endpoint::ClientSlot* Endpoint::InOrderClientSlot(Session* s, const Header& h) {
 void Endpoint::HandleCreditReturn(Session* s, const Header& h, std::span<const uint8_t> payload,
                                   uint64_t now_us) {
   if (!payload.empty()) return Drop(DropReason::kBadLength);
-  ClientSlot* slot = InOrderClientSlot(s, h);
+  if (h.aux == kCreditReturnNack) return HandleNack(s, h, now_us);
+  ClientSlot* slot = InOrderClientSlot(s, h, now_us);
   if (slot == nullptr) return Drop(DropReason::kStale);
   if (h.packet_number + 1 >= slot->request_packets) return Drop(DropReason::kBadPacketNumber);
   ++slot->num_rx;
@@ -770,9 +863,19 @@ void Endpoint::HandleCreditReturn(Session* s, const Header& h, std::span<const u
   Kick(s, now_us);
 }
 
+void Endpoint::HandleNack(Session* s, const Header& h, uint64_t now_us) {
+  // The server saw packets beyond packet_number of this request but not packet_number itself.
+  ClientSlot& slot = s->client_slots[h.request_number % s->client_slots.size()];
+  if (!IsBusy(*s, slot) || slot.request_number != h.request_number ||
+      h.packet_number != slot.num_rx || h.packet_number >= slot.num_tx) {
+    return Drop(DropReason::kStale);  // answered meanwhile, or already rolled back
+  }
+  FastRetransmit(s, &slot, now_us);
+}
+
 void Endpoint::HandleResponse(Session* s, const Header& h, std::span<const uint8_t> payload,
                               uint64_t now_us) {
-  ClientSlot* slot = InOrderClientSlot(s, h);
+  ClientSlot* slot = InOrderClientSlot(s, h, now_us);
   if (slot == nullptr) return Drop(DropReason::kStale);
   if (h.packet_number + 1 < slot->request_packets) return Drop(DropReason::kBadPacketNumber);
   const uint32_t index = h.packet_number - (slot->request_packets - 1);
@@ -879,7 +982,7 @@ void Endpoint::HandleConnectRequest(const PeerAddress& from, const Header& h,
   for (uint32_t i = 0; i < slots; ++i) s->server_slots[i].request_number = i;
   s->started_us = now_us;
   s->last_rx_us = now_us;
-  sessions_.emplace(s->number, std::move(owned));
+  sessions_.Insert(s->number, std::move(owned));
   accepted_by_token_[key] = s->number;
   ++stats_.sessions_server;
   ++stats_.sessions_opened;
@@ -900,6 +1003,30 @@ void Endpoint::SendCreditReturn(Session* s, const Header& request_header) {
   h.packet_number = request_header.packet_number;
   h.request_number = request_header.request_number;
   SendPacket(*s, h);
+}
+
+void Endpoint::NoteGap(Session* s, ServerSlot* slot, const Header& h, uint32_t expected) {
+  // Go-Back-N drops a packet beyond the expected one. After kFastRetransmitEvidence of them for
+  // the same missing packet, one NACK tells the client, which resends from there at once; the
+  // client's RTO remains the backstop if the NACK (or the resend) is lost too.
+  Drop(DropReason::kOutOfOrder);
+  if (slot->gap_request_number != h.request_number || slot->gap_packet != expected) {
+    slot->gap_request_number = h.request_number;
+    slot->gap_packet = expected;
+    slot->gap_seen = 0;
+    slot->gap_nacked = false;
+  }
+  if (slot->gap_nacked || ++slot->gap_seen < kFastRetransmitEvidence) return;
+  slot->gap_nacked = true;
+  ++stats_.nacks_sent;
+  Header nack;
+  nack.type = PacketType::kCreditReturn;
+  nack.request_type = h.request_type;
+  nack.dest_session = s->remote_number;
+  nack.packet_number = expected;
+  nack.request_number = h.request_number;
+  nack.aux = kCreditReturnNack;
+  SendPacket(*s, nack);
 }
 
 void Endpoint::SendResponsePacket(Session* s, ServerSlot* slot, uint32_t packet_number) {
@@ -923,7 +1050,7 @@ void Endpoint::HandleRequest(Session* s, const Header& h, std::span<const uint8_
   if (h.request_number > slot.request_number) {
     // A new request on this slot. The client only moves to the next request number once the
     // previous call completed, so its arrival also tells us the kept response can go.
-    if (h.packet_number != 0) return Drop(DropReason::kOutOfOrder);
+    if (h.packet_number != 0) return NoteGap(s, &slot, h, 0);
     if (payload.size() != SliceBytes(h.message_bytes, s->data_bytes_per_packet, 0)) {
       return Drop(DropReason::kBadLength);
     }
@@ -950,7 +1077,7 @@ void Endpoint::HandleRequest(Session* s, const Header& h, std::span<const uint8_
     ++stats_.duplicate_responses;
     return SendResponsePacket(s, &slot, h.packet_number);
   }
-  if (h.packet_number > slot.num_rx) return Drop(DropReason::kOutOfOrder);
+  if (h.packet_number > slot.num_rx) return NoteGap(s, &slot, h, slot.num_rx);
   if (payload.size() != SliceBytes(h.message_bytes, s->data_bytes_per_packet, h.packet_number)) {
     return Drop(DropReason::kBadLength);
   }
@@ -990,7 +1117,7 @@ void Endpoint::HandleRequestForResponse(Session* s, const Header& h, uint64_t /*
       h.packet_number - (slot.request_packets - 1) >= slot.response_packets) {
     return Drop(DropReason::kBadPacketNumber);
   }
-  if (h.packet_number > slot.num_rx) return Drop(DropReason::kOutOfOrder);
+  if (h.packet_number > slot.num_rx) return NoteGap(s, &slot, h, slot.num_rx);
   if (h.packet_number < slot.num_rx) {
     ++stats_.duplicate_responses;
   } else {
@@ -1001,6 +1128,7 @@ void Endpoint::HandleRequestForResponse(Session* s, const Header& h, uint64_t /*
 
 void Endpoint::Respond(const ServerRequest& request, CallStatus status,
                        std::span<const uint8_t> response, uint64_t /*now_us*/) {
+  BatchScope scope(this);
   Session* s = Find(request.session);
   if (s == nullptr || s->is_client || request.slot >= s->server_slots.size()) {
     ++stats_.stale_responds;
@@ -1036,16 +1164,106 @@ void Endpoint::SendSealed(const Session& s, Header h, std::span<const uint8_t> p
                        session_crypto->key_id() != security_->keyring().Primary()->key_id)) {
     h.flags |= kFlagRekeyRequested;  // only the client starts handshakes; ask it to
   }
-  uint8_t header[kHeaderBytes];
-  Encode(h, header);
-  const std::span<const uint8_t> sealed = security_->Seal(session_crypto, header, payload);
+  const size_t bytes = kHeaderBytes + payload.size();
+  if (batch_depth_ == 0 || bytes > kSealBatchItemBytesMax) {
+    // Alone: a large packet gains nothing from sharing a seal. Whatever is queued goes first,
+    // so the session's packets leave in the order they were sent.
+    FlushSealed();
+    uint8_t header[kHeaderBytes];
+    Encode(h, header);
+    return SealAndTransmit(s, header, payload, 1);
+  }
+  // Queued until the batch ends (FlushSealed): [u32 session][u16 bytes][header][payload].
+  const size_t at = seal_queue_.size();
+  seal_queue_.resize(at + 6 + bytes);
+  uint8_t* out = seal_queue_.data() + at;
+  std::memcpy(out, &s.number, 4);
+  const uint16_t length = static_cast<uint16_t>(bytes);
+  std::memcpy(out + 4, &length, 2);
+  Encode(h, out + 6);
+  if (!payload.empty()) std::memcpy(out + 6 + kHeaderBytes, payload.data(), payload.size());
+  ++seal_queued_packets_;
+}
+
+void Endpoint::SealAndTransmit(const Session& s, const uint8_t* header,
+                               std::span<const uint8_t> body, uint32_t packets) {
+  const std::span<const uint8_t> sealed =
+      security_->Seal(s.security->crypto.get(), header, body);
   if (sealed.empty()) {
     // The key reached its hard limit (a rekey is overdue): nothing unsealed ever leaves. The
-    // packet counts as lost; Go-Back-N resends it once the rekey has switched keys.
-    ++stats_.packets_sent_by_type[static_cast<size_t>(h.type)];
+    // packets count as lost; Go-Back-N resends them once the rekey has switched keys.
+    stats_.packets_sent_by_type[header[3] < kPacketTypeCount ? header[3] : 0] += packets;
     return Drop(DropReason::kCrypto);
   }
-  Transmit(s.peer, h.type, sealed.first(kHeaderBytes), sealed.subspan(kHeaderBytes));
+  Transmit(s.peer, static_cast<PacketType>(header[3]), sealed.first(kHeaderBytes),
+           sealed.subspan(kHeaderBytes), packets);
+}
+
+void Endpoint::FlushSealed() {
+  if (seal_queued_packets_ == 0) return;
+  // Group the queued packets by session, keeping each session's order: one sealed batch (or
+  // several, each within the session's packet size) per session.
+  seal_order_.clear();
+  for (size_t at = 0; at < seal_queue_.size();) {
+    uint32_t number;
+    uint16_t bytes;
+    std::memcpy(&number, seal_queue_.data() + at, 4);
+    std::memcpy(&bytes, seal_queue_.data() + at + 4, 2);
+    seal_order_.emplace_back(number, at);
+    at += 6 + size_t{bytes};
+  }
+  std::stable_sort(seal_order_.begin(), seal_order_.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (size_t i = 0; i < seal_order_.size();) {
+    const uint32_t number = seal_order_[i].first;
+    size_t end = i;
+    while (end < seal_order_.size() && seal_order_[end].first == number) ++end;
+    const Session* s = Find(number);
+    if (s != nullptr && s->security != nullptr && s->security->crypto != nullptr) {
+      SealRun(*s, i, end);
+    }
+    i = end;
+  }
+  seal_queue_.clear();
+  seal_queued_packets_ = 0;
+}
+
+void Endpoint::SealRun(const Session& s, size_t begin, size_t end) {
+  // Batches fill the session's packet size: what the path carries in one datagram.
+  const size_t limit = s.packet_bytes - kHeaderBytes - kSealTrailerBytes;
+  auto item = [&](size_t k) {
+    uint16_t bytes;
+    std::memcpy(&bytes, seal_queue_.data() + seal_order_[k].second + 4, 2);
+    return std::span<const uint8_t>(seal_queue_.data() + seal_order_[k].second + 6, bytes);
+  };
+  for (size_t k = begin; k < end;) {
+    size_t body = 0, last = k;
+    while (last < end && body + 2 + item(last).size() <= limit) body += 2 + item(last++).size();
+    if (last - k <= 1) {
+      const std::span<const uint8_t> one = item(k);
+      SealAndTransmit(s, one.data(), one.subspan(kHeaderBytes), 1);
+      k = std::max(last, k + 1);
+      continue;
+    }
+    // Outer header: the first packet's, marked as a batch (its fields route and authenticate).
+    uint8_t outer[kHeaderBytes];
+    std::memcpy(outer, item(k).data(), kHeaderBytes);
+    outer[4] = static_cast<uint8_t>(outer[4] | kFlagBatch);
+    seal_batch_.clear();
+    for (size_t j = k; j < last; ++j) {
+      const std::span<const uint8_t> one = item(j);
+      const uint16_t bytes = static_cast<uint16_t>(one.size());
+      const size_t at = seal_batch_.size();
+      seal_batch_.resize(at + 2 + one.size());
+      std::memcpy(seal_batch_.data() + at, &bytes, 2);
+      std::memcpy(seal_batch_.data() + at + 2, one.data(), one.size());
+      if (j > k) ++stats_.packets_sent_by_type[one[3] < kPacketTypeCount ? one[3] : 0];
+    }
+    ++stats_.sealed_batches;
+    stats_.sealed_batch_packets += last - k;
+    SealAndTransmit(s, outer, seal_batch_, static_cast<uint32_t>(last - k));
+    k = last;
+  }
 }
 
 bool Endpoint::OpenIncoming(Header* h, std::span<const uint8_t>* packet, uint64_t now_us) {
@@ -1424,6 +1642,7 @@ void Endpoint::HandleClientRekey(Session* s, std::span<const uint8_t> payload,
 }
 
 bool Endpoint::RotateKey(const crypto::GroupKey& new_key, uint64_t grace_us, uint64_t now_us) {
+  BatchScope scope(this);
   if (security_ == nullptr) return false;
   const uint64_t grace_ms = grace_us / 1000;
   if (security_->keyring().Rotate(new_key, EndpointSecurity::KeyringMs(now_us), grace_ms) !=
@@ -1434,15 +1653,16 @@ bool Endpoint::RotateKey(const crypto::GroupKey& new_key, uint64_t grace_us, uin
   security_->grace_end_us = now_us + grace_us;
   if (security_->grace_end_us == 0) security_->grace_end_us = 1;
   std::vector<uint32_t> numbers;
-  for (auto& [number, session] : sessions_) {
-    if (session->is_client) numbers.push_back(number);
-  }
+  sessions_.ForEach([&](uint32_t number, const Session& session) {
+    if (session.is_client) numbers.push_back(number);
+  });
   std::sort(numbers.begin(), numbers.end());
   for (uint32_t number : numbers) StartRekey(Find(number), now_us);
   return true;
 }
 
 bool Endpoint::Rekey(uint32_t number, uint64_t now_us) {
+  BatchScope scope(this);
   Session* s = Find(number);
   return s != nullptr && StartRekey(s, now_us);
 }
@@ -1454,14 +1674,14 @@ void Endpoint::MaintainCrypto(uint64_t now_us) {
   security_->grace_end_us = 0;
   security_->keyring().PruneExpired(EndpointSecurity::KeyringMs(now_us));
   std::vector<uint32_t> numbers;
-  for (auto& [number, session] : sessions_) {
-    const SessionSecurity* sec = session->security.get();
+  sessions_.ForEach([&](uint32_t number, const Session& session) {
+    const SessionSecurity* sec = session.security.get();
     if (sec != nullptr && sec->crypto != nullptr &&
         security_->keyring().FindAccepted(sec->crypto->key_id(),
                                           EndpointSecurity::KeyringMs(now_us)) == nullptr) {
       numbers.push_back(number);
     }
-  }
+  });
   std::sort(numbers.begin(), numbers.end());
   for (uint32_t number : numbers) {
     Session* s = Find(number);
@@ -1566,10 +1786,47 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
   }
   if (shut_down_) return Drop(DropReason::kBadState);
   ++stats_.packets_received_by_type[static_cast<size_t>(h.type)];
+  if ((h.flags & kFlagBatch) != 0 && (h.flags & kFlagEncrypted) == 0) {
+    return Drop(DropReason::kBadFlags);  // a batch exists only sealed
+  }
   if ((security_ != nullptr || (h.flags & kFlagEncrypted) != 0) &&
       !OpenIncoming(&h, &packet, now_us)) {
     return;  // dropped and counted
   }
+  BatchScope scope(this);
+  if ((h.flags & kFlagBatch) != 0) return DispatchBatch(from, h, packet, now_us);
+  Dispatch(from, h, packet, now_us);
+}
+
+void Endpoint::DispatchBatch(const PeerAddress& from, const Header& outer,
+                             std::span<const uint8_t> packet, uint64_t now_us) {
+  // Authenticated as a whole: each packet inside is handled as if it had arrived opened on its
+  // own. Its header must name the same session as the batch's (the one whose key opened it).
+  std::span<const uint8_t> rest = packet.subspan(kHeaderBytes);
+  bool first = true;
+  while (!rest.empty()) {
+    uint16_t bytes = 0;
+    if (rest.size() < 2) return Drop(DropReason::kBadLength);
+    std::memcpy(&bytes, rest.data(), 2);
+    if (rest.size() < size_t{2} + bytes) return Drop(DropReason::kBadLength);
+    const std::span<const uint8_t> item = rest.subspan(2, bytes);
+    rest = rest.subspan(size_t{2} + bytes);
+    Header h;
+    if (Decode(item, &h) != DecodeError::kNone || h.dest_session != outer.dest_session ||
+        (h.flags & kFlagBatch) != 0 || (h.flags & kFlagEncrypted) == 0) {
+      return Drop(DropReason::kBadState);
+    }
+    if (!first) {
+      ++stats_.packets_received;
+      ++stats_.packets_received_by_type[static_cast<size_t>(h.type)];
+    }
+    first = false;
+    Dispatch(from, h, item, now_us);
+  }
+}
+
+void Endpoint::Dispatch(const PeerAddress& from, const Header& h,
+                        std::span<const uint8_t> packet, uint64_t now_us) {
   const std::span<const uint8_t> payload = packet.subspan(kHeaderBytes);
   if (h.type == PacketType::kConnectRequest) {
     if (payload.size() > crypto::kClientHelloBytes) return Drop(DropReason::kBadLength);
@@ -1630,17 +1887,21 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
 }
 
 void Endpoint::OnTimers(uint64_t now_us) {
+  BatchScope scope(this);
   if (security_ != nullptr) MaintainCrypto(now_us);
+  // Retransmission entries are at most one live per session with packets in flight (superseded
+  // ones are recognised by their time), so this heap never needs compaction.
+  while (!rto_timers_.empty() && rto_timers_.top().when_us <= now_us) {
+    const Timer t = rto_timers_.top();
+    rto_timers_.pop();
+    Session* s = Find(t.session);
+    if (s != nullptr && s->rto_at_us == t.when_us) OnRetransmitTimer(s, now_us);
+  }
   while (!timers_.empty() && timers_.top().when_us <= now_us) {
     const Timer t = timers_.top();
     timers_.pop();
     if (t.kind == TimerKind::kDeadline) {
       OnDeadline(t.session, t.key, now_us);
-      continue;
-    }
-    if (t.kind == TimerKind::kRetransmit) {
-      Session* s = Find(t.session);
-      if (s != nullptr && s->rto_at_us == t.when_us) OnRetransmitTimer(s, now_us);
       continue;
     }
     Session* s = Find(t.session);
@@ -1660,10 +1921,11 @@ void Endpoint::OnTimers(uint64_t now_us) {
 }
 
 void Endpoint::Shutdown(bool tell_peers, uint64_t now_us) {
+  BatchScope scope(this);
   if (shut_down_) return;
   std::vector<uint32_t> numbers;
   numbers.reserve(sessions_.size());
-  for (auto& [number, session] : sessions_) numbers.push_back(number);
+  sessions_.ForEach([&](uint32_t number, const Session&) { numbers.push_back(number); });
   std::sort(numbers.begin(), numbers.end());
   for (uint32_t number : numbers) {
     Session* s = Find(number);
@@ -1690,6 +1952,7 @@ void Endpoint::Shutdown(bool tell_peers, uint64_t now_us) {
   }
   shut_down_ = true;
   while (!timers_.empty()) timers_.pop();
+  while (!rto_timers_.empty()) rto_timers_.pop();
 }
 
 }  // namespace squall::transport

@@ -30,6 +30,7 @@
 
 #include "address.h"
 #include "endpoint_crypto.h"
+#include "session_table.h"
 #include "wire.h"
 
 namespace squall::transport {
@@ -150,6 +151,9 @@ class SendGate {
   // `bytes`: the larger payload of the two packets (what the kernel had to carry).
   virtual void OnRttSample(uint32_t /*session*/, uint64_t /*rtt_us*/, size_t /*bytes*/,
                            uint64_t /*now_us*/) {}
+  // The core detected a lost packet of this session from the packets after it (fast
+  // retransmit; not called on a retransmission timeout).
+  virtual void OnLoss(uint32_t /*session*/, uint64_t /*now_us*/) {}
   virtual void OnClosed(uint32_t /*session*/) {}
   // Appends the sessions whose wait ended by now_us; the core kicks each.
   virtual void TakeDue(uint64_t /*now_us*/, std::vector<uint32_t>* /*sessions*/) {}
@@ -173,7 +177,9 @@ struct Stats {
   uint64_t packets_sent = 0, bytes_sent = 0, packets_received = 0, bytes_received = 0;
   uint64_t packets_sent_by_type[kPacketTypeCount] = {};
   uint64_t packets_received_by_type[kPacketTypeCount] = {};
-  uint64_t retransmissions = 0;     // Go-Back-N rollbacks
+  uint64_t retransmissions = 0;     // Go-Back-N rollbacks (RTO and fast retransmit)
+  uint64_t fast_retransmits = 0;    // of those, started by a NACK or by later answers
+  uint64_t nacks_sent = 0;          // server: credit returns flagged as NACKs (aux 1)
   uint64_t duplicate_responses = 0; // responses re-sent from the kept copy
   uint64_t drops[static_cast<size_t>(DropReason::kCount)] = {};
   uint64_t requests_started = 0, requests_completed = 0, handlers_run = 0;
@@ -183,6 +189,8 @@ struct Stats {
   uint64_t rtt_samples = 0;        // timed client packets answered (RTO and congestion input)
   uint64_t gate_deferrals = 0;     // client packets the SendGate held back
   uint64_t retransmit_timer_fires = 0;
+  uint64_t sealed_batches = 0;     // sealed datagrams carrying several packets (kFlagBatch)
+  uint64_t sealed_batch_packets = 0;  // the packets those carried
   uint64_t DropsTotal() const;
 };
 
@@ -224,6 +232,14 @@ class Endpoint {
                std::span<const uint8_t> response, uint64_t now_us);
 
   // --- driver API ---
+  // Optional: packets sealed between BeginBatch and EndBatch (e.g. while the driver hands over
+  // one receive batch and runs the timers) share AES-GCM invocations per session; EndBatch seals
+  // and sends them through the PacketIo (flush the PacketIo after it). Without it each entry
+  // point seals what it sent when it returns. Nests; no effect when encryption is off.
+  void BeginBatch() { ++batch_depth_; }
+  void EndBatch() {
+    if (batch_depth_ > 0 && --batch_depth_ == 0) FlushSealed();
+  }
   // `packet` must be writable memory the endpoint may change for the duration of the call: an
   // encrypting endpoint decrypts a sealed packet in place (the driver's receive buffer).
   void OnPacket(const PeerAddress& from, std::span<const uint8_t> packet, uint64_t now_us);
@@ -261,7 +277,7 @@ class Endpoint {
   // Data bytes per packet of a session (0 if unknown), for tests and the JS wrapper.
   uint32_t SessionDataBytesPerPacket(uint32_t session) const;
   bool SessionIsConnected(uint32_t session) const;
-  size_t timer_entries() const { return timers_.size(); }  // heap size, for tests
+  size_t timer_entries() const { return timers_.size() + rto_timers_.size(); }  // for tests
   // A client session's smoothed RTT and current retransmission timeout (0 if unknown).
   uint64_t SessionSrttUs(uint32_t session) const;
   uint64_t SessionRtoUs(uint32_t session) const;
@@ -276,6 +292,7 @@ class Endpoint {
   struct ServerSlot;
   struct Session;
   struct QueuedCall;
+  class CallQueue;
   enum class TimerKind : uint8_t { kSession, kDeadline, kRetransmit };
   struct Timer {
     uint64_t when_us;
@@ -285,6 +302,7 @@ class Endpoint {
     bool operator>(const Timer& other) const { return when_us > other.when_us; }
   };
 
+  static bool IsBusy(const Session& session, const ClientSlot& slot);
   Session* Find(uint32_t session_number);
   const Session* Find(uint32_t session_number) const;
   uint32_t NewSessionNumber();
@@ -300,7 +318,11 @@ class Endpoint {
                   std::span<const uint8_t> payload = {});
   void SendRaw(const PeerAddress& to, const Header& header, std::span<const uint8_t> payload);
   void Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
-                std::span<const uint8_t> payload);
+                std::span<const uint8_t> payload, uint32_t packets = 1);
+  void Dispatch(const PeerAddress& from, const Header& header, std::span<const uint8_t> packet,
+                uint64_t now_us);
+  void DispatchBatch(const PeerAddress& from, const Header& outer,
+                     std::span<const uint8_t> packet, uint64_t now_us);
   bool RollDrop();
   void CompactTimers();
   void ArmSessionTimer(Session* session, uint64_t when_us);
@@ -328,7 +350,10 @@ class Endpoint {
                           std::span<const uint8_t> payload, uint64_t now_us);
   void HandleResponse(Session* session, const Header& header, std::span<const uint8_t> payload,
                       uint64_t now_us);
-  ClientSlot* InOrderClientSlot(Session* session, const Header& header);
+  ClientSlot* InOrderClientSlot(Session* session, const Header& header, uint64_t now_us);
+  void HandleNack(Session* session, const Header& header, uint64_t now_us);
+  void RollBack(Session* session, ClientSlot* slot, uint64_t now_us);
+  void FastRetransmit(Session* session, ClientSlot* slot, uint64_t now_us);
   void HandleConnectResponse(Session* session, const Header& header,
                              std::span<const uint8_t> payload, uint64_t now_us);
   void HandleDisconnectResponse(Session* session, const Header& header, uint64_t now_us);
@@ -342,10 +367,26 @@ class Endpoint {
   void HandleRequestForResponse(Session* session, const Header& header, uint64_t now_us);
   void SendResponsePacket(Session* session, ServerSlot* slot, uint32_t packet_number);
   void SendCreditReturn(Session* session, const Header& request_header);
+  void NoteGap(Session* session, ServerSlot* slot, const Header& header, uint32_t expected);
 
   // encryption (endpoint.cc, section "Encryption")
   uint32_t TrailerReserveBytes() const { return security_ ? kSealTrailerBytes : kTagBytes; }
   void SendSealed(const Session& session, Header header, std::span<const uint8_t> payload);
+  void SealAndTransmit(const Session& session, const uint8_t* header,
+                       std::span<const uint8_t> body, uint32_t packets);
+  void FlushSealed();
+  void SealRun(const Session& session, size_t begin, size_t end);
+  // Every public entry point holds one: packets sealed inside it are queued and leave, grouped
+  // per session into sealed batches, when the outermost scope ends (or at EndBatch).
+  struct BatchScope {
+    explicit BatchScope(Endpoint* e) : endpoint(e) { ++e->batch_depth_; }
+    ~BatchScope() {
+      if (--endpoint->batch_depth_ == 0) endpoint->FlushSealed();
+    }
+    BatchScope(const BatchScope&) = delete;
+    BatchScope& operator=(const BatchScope&) = delete;
+    Endpoint* endpoint;
+  };
   bool OpenIncoming(Header* header, std::span<const uint8_t>* packet, uint64_t now_us);
   void SendConnectAttempt(Session* session, const Header& connect);
   void BeginAccept(const PeerAddress& from, const Header& header,
@@ -371,10 +412,14 @@ class Endpoint {
   std::unordered_map<std::string, PendingAccept> pending_accepts_;
   SendGate* gate_ = nullptr;
   Stats stats_;
-  std::unordered_map<uint32_t, std::unique_ptr<Session>> sessions_;
+  SessionTable<Session> sessions_;
   // Server sessions by (peer, token), so duplicate connect requests get the same answer.
   std::unordered_map<std::string, uint32_t> accepted_by_token_;
-  std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
+  using TimerHeap = std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>>;
+  TimerHeap timers_;  // session timers (connect retry, keepalive, failure) and call deadlines
+  // Retransmission timers apart: one entry per client session with packets in flight, so this
+  // heap stays as small as the sessions in use (and hot in cache) however many sessions exist.
+  TimerHeap rto_timers_;
   std::vector<Event> events_;
   // Tags of pending calls that have a deadline entry in timers_. A completed call's entry stays
   // in the heap until it fires or CompactTimers() drops it; this set tells which are live.
@@ -382,6 +427,13 @@ class Endpoint {
   std::vector<bool> handled_types_;
   std::vector<uint32_t> due_sessions_;  // scratch for SendGate::TakeDue
   std::vector<PeerAddress> failed_peers_;
+  // Sealed batches: packets queued while a BatchScope is open ([u32 session][u16 bytes][packet]
+  // each), the (session, offset) order they are sealed in, and the batch body being built.
+  int batch_depth_ = 0;
+  std::vector<uint8_t> seal_queue_;
+  size_t seal_queued_packets_ = 0;
+  std::vector<std::pair<uint32_t, size_t>> seal_order_;
+  std::vector<uint8_t> seal_batch_;
   uint32_t next_session_number_ = 1;
   uint64_t rng_state_;
   uint64_t token_state_;  // handshake tokens when config_.incarnation != 0
