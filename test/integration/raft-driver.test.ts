@@ -273,3 +273,40 @@ test('acks ride on the responses to the appends; a request with nothing to answe
   t.is(response.byteLength, 0);
   for (const d of ds.values()) await d.close();
 });
+
+test('followers learn a commit at once (a held commit notice), and the notices cost no calls of their own under a stream of proposals', async (t) => {
+  const net = new MemoryNetwork();
+  const ds = new Map<number, RaftDriver>();
+  const logs = new Map<number, Log>();
+  for (const id of ids) {
+    const log = new Log();
+    logs.set(id, log);
+    // A heartbeat every 100 ticks (500 ms): without the commit notice, idle followers would
+    // learn a commit only then.
+    ds.set(id, await RaftDriver.start({
+      id, peers, voters: ids, transport: net.endpoint(id), storage: new MemoryStorage(), stateMachine: log,
+      tickMs: 5, core: { electionTicks: 200, heartbeatTicks: 100 },
+    }));
+  }
+  try {
+    await until('a leader', () => leaderOf(ds) !== undefined, 10_000);
+    const leader = leaderOf(ds)!;
+    await leader.propose(text('warm'));
+    await until('followers applied the warm-up', () => [...logs.values()].every((l) => l.items.includes('warm')), 2000);
+    await new Promise((r) => setTimeout(r, 50));
+    await leader.propose(text('idle'));
+    const committedAt = Date.now();
+    await until('followers applied an idle commit', () => [...logs.values()].every((l) => l.items.includes('idle')), 2000);
+    const waited = Date.now() - committedAt;
+    t.true(waited < 250, `followers applied ${waited} ms after the commit (a heartbeat is 500 ms)`);
+    // 64 proposals in flight: the appends carry the commit index, so held notices are dropped.
+    const before = leader.counters.sends;
+    await Promise.all(Array.from({ length: 64 }, (_, i) => leader.propose(text(`s${i}`))));
+    for (let i = 0; i < 64; i++) await leader.propose(text(`q${i}`));
+    const calls = leader.counters.sends - before;
+    t.log(`leader calls for 128 proposals: ${calls}`);
+    t.true(calls <= 2 * 64 + 2 * 8 + 20, `the leader made ${calls} calls for 128 proposals`);
+  } finally {
+    for (const d of ds.values()) await d.close();
+  }
+});
