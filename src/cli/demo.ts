@@ -127,7 +127,7 @@ export async function startLocalNodes(
    * say persistence.reset = true for a clean first start; the restart overrides it).
    */
   const restart = (i: number): ChildProcess =>
-    (children[i] = startChild(cli, files[i + 1]!, appPath, firstId + i + 1, io, membership, ['--persistence.reset=false', '--logging.level=info']));
+    (children[i] = startChild(cli, files[i + 1]!, appPath, firstId + i + 1, io, membership, ['--persistence.reset=false']));
   const stop = async (): Promise<void> => {
     for (const child of children) if (child.connected) child.disconnect();
     const exited = (c: ChildProcess): boolean => c.exitCode !== null || c.signalCode !== null;
