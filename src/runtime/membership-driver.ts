@@ -48,7 +48,7 @@ import type { MembershipRecord } from './membership-store.js';
 import type { Entry, Snapshot } from '../raft/types.js';
 import { WRAPPED_TRANSPORT, type RequestContext, type Transport, type TransportAddress, type TransportSession } from '../transport/transport.js';
 import {
-  MulticastDriver, prepareMulticastTransport, type MulticastDelivery, type MulticastView,
+  MulticastDriver, forgetMulticastSession, prepareMulticastTransport, type MulticastDelivery, type MulticastView,
 } from './multicast-driver.js';
 import { RaftDriver } from './raft-driver.js';
 
@@ -806,7 +806,10 @@ export class MembershipDriver {
           return { t: 'welcome', view: encodeView(h.view), sealedAtIndex: h.sealedAtIndex, epoch: this.epoch };
         }
       }
-      if (request.after !== undefined) {
+      // This node may still be installing the view the joiner was let in (the core moved on,
+      // the history has not): then the next ask is welcomed.
+      const installing = this.history.at(-1)?.view.id !== core.view.id;
+      if (request.after !== undefined && !installing) {
         // The member at this address is the restarted node's earlier process: it is gone (its
         // address may still look alive, the new process's requests arrive from it). Remove it
         // now; the joiner asks again and is let in anew.
@@ -848,8 +851,10 @@ export class MembershipDriver {
       // tore down the sessions of a dead process at this address after a new one had connected)
       // would otherwise fail every later message to that address, silently for one-way ones.
       s.then((session) => session.onEvent((event) => {
+        // A session already replaced (see startView) speaks for an earlier process: ignore it.
+        const current = this.sessions.get(address) === opened;
         forget();
-        if (event.kind === 'peer-failed') this.onPeerUnreachable(address);
+        if (event.kind === 'peer-failed' && current) this.onPeerUnreachable(address);
       }), forget);
     }
     return s;
@@ -868,6 +873,7 @@ export class MembershipDriver {
     if (this.status !== 'member') return;
     const member = this.core!.view.members.find((m) => m.address === address);
     if (member === undefined) return;
+    this.options.log?.(`session to node ${member.id} at ${address} failed`);
     this.fd!.peerFailed(member.id);
     this.pump();
   }
@@ -1213,6 +1219,19 @@ export class MembershipDriver {
     // Before any multicast of the view exists: every member of a view that delivered anything
     // has recorded it (the total restart's argument, src/membership/restart.ts).
     await this.options.saveRecord?.({ view: encodeView(view), epoch: this.epoch });
+    // A node that joins at an address this node has sessions to (an earlier process of it, e.g.
+    // a member restarted there): those sessions lead nowhere, and their failure, a peer-failure
+    // timeout later, must not count as the new member's. Open new ones.
+    if (previous !== undefined) {
+      for (const node of view.joined) {
+        const address = view.addressOf(node);
+        if (node === this.self || address === undefined) continue;
+        const stale = this.sessions.get(address);
+        this.sessions.delete(address);
+        stale?.then((x) => x.close(), () => undefined);
+        forgetMulticastSession(this.watched, address);
+      }
+    }
     const mine = view.shardsOf(this.self);
     for (const [key, run] of old) {
       if (!mine.some((s) => shardName(s) === key)) await run.driver.close();
@@ -1247,8 +1266,9 @@ export class MembershipDriver {
         mode: layout.mode === 'raw' ? 'raw' : 'ordered',
         ...(limits ? { limits } : {}),
         onDeliver: (d) => this.onDelivery(run, d),
-        onPeerFailed: (node) => {
+        onPeerFailed: (node, error) => {
           if (this.status === 'member' && this.core!.view.isMember(node)) {
+            this.options.log?.(`multicast: shard ${shardName(s)} lost node ${node}: ${error.message}`);
             this.fd!.peerFailed(node);
             this.pump();
           }

@@ -177,8 +177,10 @@ async function killAndRestartFounder(t: ExecutionContext, seedBase: number, wait
     await send('before');
     await waitFor('delivered on all three', () => [0, 1, 2].every((i) => tags(i).includes('before')));
 
-    // Node 3 stops: its endpoint closes (the others' sessions to it end), its driver stops
-    // without leaving.
+    // kill -9 of node 3: its endpoint goes silent (no goodbye: the others' sessions to it stay
+    // open until the transport's peer-failure timeout), its driver stops without leaving.
+    for (const f of founders.slice(0, 2)) endpoints[2]!.injectFault({ failPeer: f.address });
+    const killedAt = performance.now();
     await endpoints[2]!.close();
     await drivers[2]!.close();
     if (waitForRemoval) {
@@ -215,6 +217,12 @@ async function killAndRestartFounder(t: ExecutionContext, seedBase: number, wait
     await send('after');
     await waitFor('delivered on all three again', () => [0, 1, 2].every((i) => tags(i).includes('after')));
     t.deepEqual(tags(2), tags(0), 'node 3 holds what the others delivered while it was down');
+    // The others' sessions to the killed process fail one peer-failure timeout (1 s) after the
+    // kill: that must not count as the new process's failure.
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, killedAt + 1500 - performance.now())));
+    await send('later');
+    await waitFor('delivered on all three later', () => [0, 1, 2].every((i) => tags(i).includes('later')));
+    for (const d of drivers) t.is(d.current().id, back.id, 'still in the view node 3 came back in');
   } catch (error) {
     t.log(lines.join('\n'));
     throw error;
@@ -226,4 +234,8 @@ async function killAndRestartFounder(t: ExecutionContext, seedBase: number, wait
 
 test('a member killed and restarted over its store after its removal rejoins in a new view', async (t) => {
   await killAndRestartFounder(t, 970, true);
+});
+
+test('a member killed and restarted over its store before its removal rejoins in a new view', async (t) => {
+  await killAndRestartFounder(t, 960, false);
 });
