@@ -5,7 +5,8 @@
  * public API: ordered puts with every member's reply, delivered/persisted waits, a timed workload
  * of 16-byte keys and 64-byte values, p2p reads from each member, an application error coming
  * back as RemoteError, a temporal query answered alike by every replica, the replicas' state
- * digests, then kill -9 of node 3 and the view change that removes it while the others serve on.
+ * digests, then kill -9 of node 3 and the view change that removes it while the others serve on,
+ * and node 3 started again over its data dir, rejoining with what it missed.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -14,6 +15,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../config/load.js';
 import { formatHlc } from '../core/hlc.js';
+import { nodeId } from '../core/ids.js';
 import { Group, type Replicated } from '../group/group.js';
 import { freeUdpPorts, localConfigToml } from '../group/local.js';
 import { RemoteError } from '../../decorators/errors.js';
@@ -28,8 +30,8 @@ const ms = (nanos: bigint): number => Number(nanos) / 1e6;
 const quantile = (sorted: number[], q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
 const fmt = (n: number): string => (n < 10 ? n.toFixed(2) : n.toFixed(1));
 
-function startChild(cli: string, config: string, app: string, index: number, io: CliIo, membership: boolean): ChildProcess {
-  const child = spawn(process.execPath, [cli, 'node', '--config', config, '--app', app, ...(membership ? ['--membership'] : [])], {
+function startChild(cli: string, config: string, app: string, index: number, io: CliIo, membership: boolean, extra: string[] = []): ChildProcess {
+  const child = spawn(process.execPath, [cli, 'node', '--config', config, '--app', app, ...(membership ? ['--membership'] : []), ...extra], {
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
   });
   const prefix = (stream: NodeJS.ReadableStream, print: (line: string) => void): void => {
@@ -120,12 +122,18 @@ export async function startLocalNodes(
   });
   const firstId = membership ? 1 : 0;
   const children = files.slice(1).map((file, i) => startChild(cli, file, appPath, firstId + i + 1, io, membership));
+  /**
+   * Starts child `i` (0 = node firstId + 1) again over its config and its data dir (the configs
+   * say persistence.reset = true for a clean first start; the restart overrides it).
+   */
+  const restart = (i: number): ChildProcess =>
+    (children[i] = startChild(cli, files[i + 1]!, appPath, firstId + i + 1, io, membership, ['--persistence.reset=false']));
   const stop = async (): Promise<void> => {
     for (const child of children) if (child.connected) child.disconnect();
     const exited = (c: ChildProcess): boolean => c.exitCode !== null || c.signalCode !== null;
     await Promise.all(children.map((c) => (exited(c) ? null : new Promise((r) => c.once('exit', r)))));
   };
-  return { appPath, configFile: files[0]!, stop, children };
+  return { appPath, configFile: files[0]!, stop, children, restart };
 }
 
 async function runDemo(args: string[], io: CliIo): Promise<number> {
@@ -153,6 +161,7 @@ async function runDemo(args: string[], io: CliIo): Promise<number> {
     const kv = group.subgroup(app.types[0] as typeof KvStore);
     await explain(kv, io, seconds);
     await failure(group, kv, nodes.children[1]!, io);
+    await restartFromDisk(group, kv, () => nodes.restart(1), io);
     return 0;
   } finally {
     await group?.close();
@@ -239,8 +248,28 @@ async function failure(group: Group, kv: Replicated<KvStore>, victim: ChildProce
   await after.persisted();
   io.out(`  kv.ordered.put("after-failure", ...) -> replies from nodes [${[...replies.keys()].join(', ')}], persisted on both`);
   for (const node of replies.keys()) io.out(`  node ${node}: ${await kv.p2p(node).stateDigest()}`);
-  io.out(`\nNot shown: a restart from disk (a node restarts as a new member and receives the state; a`);
-  io.out(`whole-group restart from the logs is not built yet).`);
+}
+
+/**
+ * The killed node's process starts again over its data dir: it finds its view record, asks the
+ * running group to let it back in, and its shard pulls only the versions it lacks.
+ */
+async function restartFromDisk(group: Group, kv: Replicated<KvStore>, restart: () => ChildProcess, io: CliIo): Promise<void> {
+  const node = 3;
+  io.out(`\n10. Node ${node} starts again over its data dir (same config): it rejoins the running group, and`);
+  io.out(`    its replica pulls only the versions written while it was down:`);
+  const back = new Promise<void>((resolve) => {
+    group.on('view', (view) => {
+      if (view.members.some((m) => m.id === node)) resolve();
+    });
+  });
+  const startedAt = process.hrtime.bigint();
+  restart();
+  await back;
+  io.out(`  after ${fmt(ms(process.hrtime.bigint() - startedAt))} ms: view ${group.view.id} = [${group.view.members.map((m) => m.id).join(', ')}]`);
+  await kv.ordered.put('after-restart', 'all three again').persisted();
+  io.out(`  kv.p2p(${node}).get("after-failure") -> ${JSON.stringify(await kv.p2p(nodeId(node)).get('after-failure'))} (written while it was down)`);
+  for (const member of kv.members) io.out(`  node ${member}: ${await kv.p2p(member).stateDigest()}`);
 }
 
 async function retryNotStable<T>(call: () => Promise<T>): Promise<T> {
@@ -262,8 +291,8 @@ Starts nodes 2 and 3 of a 3-node group as child processes ("squall node --member
 process, with the replicated key-value store of examples/kv-store. Node 1 makes ordered puts,
 waits for delivered/persisted, runs a timed workload (--seconds, default 3), reads from each
 member, shows an application error and a temporal query, prints the replicas' digests, kills
-node 3 with SIGKILL and shows the view change that removes it while nodes 1 and 2 serve on, and
-the rest leave. --sync nosync skips fsync (persisted() then means written, not fsynced). --keep
+node 3 with SIGKILL and shows the view change that removes it while nodes 1 and 2 serve on,
+starts node 3 again over its data dir (it rejoins and pulls what it missed), and the rest leave. --sync nosync skips fsync (persisted() then means written, not fsynced). --keep
 keeps the configs and data in the temporary directory. Exit status: 0 done, 1 failed, 2 bad
 arguments.`,
   run: runDemo,

@@ -48,7 +48,7 @@ import type { MembershipRecord } from './membership-store.js';
 import type { Entry, Snapshot } from '../raft/types.js';
 import { WRAPPED_TRANSPORT, type RequestContext, type Transport, type TransportAddress, type TransportSession } from '../transport/transport.js';
 import {
-  MulticastDriver, prepareMulticastTransport, type MulticastDelivery, type MulticastView,
+  MulticastDriver, forgetMulticastSession, prepareMulticastTransport, type MulticastDelivery, type MulticastView,
 } from './multicast-driver.js';
 import { RaftDriver } from './raft-driver.js';
 
@@ -179,7 +179,11 @@ type Wire =
   | { t: 'report'; from: number; address: string; message: ReceiveReportMessage }
   | { t: 'propose'; entry: Uint8Array; hops: number }
   | { t: 'fetch'; from: number }
-  | { t: 'join'; node: number; address: string; layoutHash: string }
+  /**
+   * `after`: sent by a node restarting over its data dir, the id of the last view its earlier
+   * process recorded; a welcome into that view or an earlier one would be that process's.
+   */
+  | { t: 'join'; node: number; address: string; layoutHash: string; after?: number }
   | { t: 'stateOpen'; view: number; subgroupId: number; shardIndex: number; after: string }
   | { t: 'stateNext'; token: number }
   | { t: 'stateLatest'; view: number; subgroupId: number; shardIndex: number }
@@ -489,6 +493,7 @@ export class MembershipDriver {
     const deadline = Date.now() + timeoutMs;
     let loggedAtMs = -Infinity;
     const hellos = new Set<TransportAddress>();
+    const recordedViewId = run.last.id;
     this.options.log?.(`restart: last view ${run.last.id} [${run.last.memberIds}], epoch ${record.epoch}`);
     for (;;) {
       if (this.status !== 'restarting') throw new SquallError('closed while restarting', 'CLOSED');
@@ -496,7 +501,7 @@ export class MembershipDriver {
         this.options.log?.('restart: a live member answered; rejoining the running group');
         this.restarting = undefined;
         this.status = 'joining';
-        await this.join();
+        await this.join(recordedViewId);
         return;
       }
       if (run.decided !== undefined) {
@@ -723,8 +728,12 @@ export class MembershipDriver {
    * that does not answer (a dead address in the list costs a whole connect timeout) must not
    * delay hearing the welcome from the others: the members start counting this node's silence
    * when they install the view it joined in.
+   *
+   * `after` (a restart over the data dir): the last view this node's earlier process recorded.
+   * A welcome into that view or an earlier one is the earlier process's membership, which the
+   * group may have ended since; this node must join anew, in a later view.
    */
-  private async join(): Promise<void> {
+  private async join(after?: number): Promise<void> {
     const seeds = [...new Set(this.options.seeds ?? this.options.founders.map((f) => f.address))]
       .filter((seed) => seed !== this.transport.address);
     const timeoutMs = this.options.joinTimeoutMs ?? 30_000;
@@ -739,6 +748,7 @@ export class MembershipDriver {
         const session = await this.session(seed);
         const bytes = await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
           t: 'join', node: this.self, address: this.transport.address, layoutHash: this.options.layoutHash,
+          ...(after !== undefined ? { after } : {}),
         }), { timeoutMs: 1000 });
         reply = packr.unpack(bytes) as JoinReply;
       } catch (error) {
@@ -746,6 +756,8 @@ export class MembershipDriver {
         await sleep(50);
         return;
       }
+      // A member that still lists the earlier process (not removed yet) answers pending.
+      if (reply.t === 'welcome' && after !== undefined && decodeView(reply.view).id <= after) return;
       if (reply.t === 'welcome') welcome ??= { view: reply.view, sealedAtIndex: reply.sealedAtIndex, epoch: reply.epoch ?? '0' };
       else if (reply.t === 'refused' && reply.code === 'NODE_ID_IN_USE') lastProblem = new NodeIdInUseError(this.self, makeViewId(0));
       else if (reply.t === 'refused') refused ??= new JoinRefusedError(seed, reply.message);
@@ -780,28 +792,47 @@ export class MembershipDriver {
       };
     }
     const node = nodeId(request.node);
-    for (let i = this.history.length - 1; i >= 0; i--) {
-      const h = this.history[i]!;
-      if (h.view.joined.includes(node) && h.view.addressOf(node) === request.address) {
-        return { t: 'welcome', view: encodeView(h.view), sealedAtIndex: h.sealedAtIndex, epoch: this.epoch };
-      }
-    }
     const core = this.core!;
     const known = core.view.addressOf(node);
-    if (known !== undefined && known !== request.address) {
+    if (known === request.address) {
+      // A joiner let in that did not hear it asks again: welcome it into the view it joined in.
+      // Only while it is still a member there (a view it was removed from since, e.g. view 0
+      // that lists every founder as joined, would put it back into a view the group left), and
+      // only into a view after the one a restarted process's earlier self recorded.
+      const after = request.after ?? -1;
+      for (let i = this.history.length - 1; i >= 0; i--) {
+        const h = this.history[i]!;
+        if (h.view.id > after && h.view.joined.includes(node) && h.view.addressOf(node) === request.address) {
+          return { t: 'welcome', view: encodeView(h.view), sealedAtIndex: h.sealedAtIndex, epoch: this.epoch };
+        }
+      }
+      // This node may still be installing the view the joiner was let in (the core moved on,
+      // the history has not): then the next ask is welcomed.
+      const installing = this.history.at(-1)?.view.id !== core.view.id;
+      if (request.after !== undefined && !installing) {
+        // The member at this address is the restarted node's earlier process: it is gone (its
+        // address may still look alive, the new process's requests arrive from it). Remove it
+        // now; the joiner asks again and is let in anew.
+        if (!this.fd!.isSuspected(node)) {
+          this.options.log?.(`join: node ${node} restarted over its data dir; its earlier process is gone`);
+        }
+        this.fd!.peerFailed(node);
+        this.pump();
+      }
+      return { t: 'pending' };
+    }
+    if (known !== undefined) {
       // The id is taken by a member under another address. If that member is this node's
       // restarted self, the old process is gone: let the failure detector act at once; either
       // way the joiner hears the id is in use and retries until the old member is removed.
       return { t: 'refused', code: 'NODE_ID_IN_USE', message: new NodeIdInUseError(node, core.view.id).message };
     }
-    if (known === undefined) {
-      try {
-        core.requestJoin(node, request.address);
-      } catch (error) {
-        if (!(error instanceof NodeIdInUseError)) throw error;
-      }
-      this.pump();
+    try {
+      core.requestJoin(node, request.address);
+    } catch (error) {
+      if (!(error instanceof NodeIdInUseError)) throw error;
     }
+    this.pump();
     return { t: 'pending' };
   }
 
@@ -820,8 +851,10 @@ export class MembershipDriver {
       // tore down the sessions of a dead process at this address after a new one had connected)
       // would otherwise fail every later message to that address, silently for one-way ones.
       s.then((session) => session.onEvent((event) => {
+        // A session already replaced (see startView) speaks for an earlier process: ignore it.
+        const current = this.sessions.get(address) === opened;
         forget();
-        if (event.kind === 'peer-failed') this.onPeerUnreachable(address);
+        if (event.kind === 'peer-failed' && current) this.onPeerUnreachable(address);
       }), forget);
     }
     return s;
@@ -840,6 +873,7 @@ export class MembershipDriver {
     if (this.status !== 'member') return;
     const member = this.core!.view.members.find((m) => m.address === address);
     if (member === undefined) return;
+    this.options.log?.(`session to node ${member.id} at ${address} failed`);
     this.fd!.peerFailed(member.id);
     this.pump();
   }
@@ -1185,6 +1219,19 @@ export class MembershipDriver {
     // Before any multicast of the view exists: every member of a view that delivered anything
     // has recorded it (the total restart's argument, src/membership/restart.ts).
     await this.options.saveRecord?.({ view: encodeView(view), epoch: this.epoch });
+    // A node that joins at an address this node has sessions to (an earlier process of it, e.g.
+    // a member restarted there): those sessions lead nowhere, and their failure, a peer-failure
+    // timeout later, must not count as the new member's. Open new ones.
+    if (previous !== undefined) {
+      for (const node of view.joined) {
+        const address = view.addressOf(node);
+        if (node === this.self || address === undefined) continue;
+        const stale = this.sessions.get(address);
+        this.sessions.delete(address);
+        stale?.then((x) => x.close(), () => undefined);
+        forgetMulticastSession(this.watched, address);
+      }
+    }
     const mine = view.shardsOf(this.self);
     for (const [key, run] of old) {
       if (!mine.some((s) => shardName(s) === key)) await run.driver.close();
@@ -1219,8 +1266,9 @@ export class MembershipDriver {
         mode: layout.mode === 'raw' ? 'raw' : 'ordered',
         ...(limits ? { limits } : {}),
         onDeliver: (d) => this.onDelivery(run, d),
-        onPeerFailed: (node) => {
+        onPeerFailed: (node, error) => {
           if (this.status === 'member' && this.core!.view.isMember(node)) {
+            this.options.log?.(`multicast: shard ${shardName(s)} lost node ${node}: ${error.message}`);
             this.fd!.peerFailed(node);
             this.pump();
           }

@@ -191,6 +191,10 @@ class MulticastMux {
   session(address: TransportAddress): Promise<TransportSession> {
     return this.sessions.get(address);
   }
+
+  forget(address: TransportAddress): void {
+    this.sessions.forget(address);
+  }
 }
 
 const EARLY_FRAMES_MAX = 4096;
@@ -203,6 +207,16 @@ const muxes = new WeakMap<Transport, Map<RequestType, MulticastMux>>();
  */
 export function prepareMulticastTransport(transport: Transport, requestType: RequestType = MULTICAST_REQUEST_TYPE_DEFAULT): void {
   muxFor(transport, requestType);
+}
+
+/**
+ * Drivers created or installed from now on open a new session to `address` (SessionCache.forget):
+ * for a node that joins at the address of an earlier process, e.g. a member restarted there.
+ */
+export function forgetMulticastSession(
+  transport: Transport, address: TransportAddress, requestType: RequestType = MULTICAST_REQUEST_TYPE_DEFAULT,
+): void {
+  muxes.get(transport)?.get(requestType)?.forget(address);
 }
 
 function muxFor(transport: Transport, requestType: RequestType): MulticastMux {
@@ -651,7 +665,9 @@ export class MulticastDriver {
 
   private peerFailed(peer: Peer, error: Error): void {
     this.counters.callFailures++;
-    if (peer.failed || this.closed) return;
+    // A peer of an earlier view, left behind by makePeers: its session (to a process that may
+    // have been replaced at that address since) no longer speaks for the node.
+    if (peer.failed || this.closed || this.peers.get(peer.node) !== peer) return;
     peer.failed = true;
     peer.queue = [];
     peer.blocks = [];

@@ -33,7 +33,8 @@ test('squall demo runs a 3-process group: replies, stages, temporal query, equal
   t.regex(out, /persisted\(\)\s+after [\d.]+ ms: durable on all 3 replicas/);
   t.regex(out, /node 2: RemoteError KeyMissingError/);
   t.is(out.match(/color at [\d.]+ = "red", now = "blue"/g)?.length, 3);
-  const [beforeKill, afterKill] = out.split(/^9\. /m);
+  const [beforeKill, afterKillAndRestart] = out.split(/^9\. /m);
+  const [afterKill, afterRestart] = afterKillAndRestart!.split(/^10\. /m);
   const digests = (text: string): string[] => [...text!.matchAll(/node \d: ([0-9a-f]{64})/g)].map((m) => m[1]!);
   t.is(digests(beforeKill!).length, 3);
   t.is(new Set(digests(beforeKill!)).size, 1, 'the replicas hold equal state');
@@ -42,6 +43,11 @@ test('squall demo runs a 3-process group: replies, stages, temporal query, equal
   t.regex(afterKill!, /replies from nodes \[1, 2\], persisted on both/);
   t.is(digests(afterKill!).length, 2);
   t.is(new Set(digests(afterKill!)).size, 1, 'the survivors hold equal state');
+  // Node 3 starts again over its data dir, rejoins, and holds what was written while it was down.
+  t.regex(afterRestart!, /after [\d.]+ ms: view \d+ = \[1, 2, 3\]/);
+  t.regex(afterRestart!, /kv\.p2p\(3\)\.get\("after-failure"\) -> "still served"/);
+  t.is(digests(afterRestart!).length, 3);
+  t.is(new Set(digests(afterRestart!)).size, 1, 'the restarted node holds what the others hold');
   t.regex(out, /\[node 2 process\] node 2 left the group/);
 
   // squall inspect reads a stopped node's store: the history the demo wrote, value by version.

@@ -8,13 +8,15 @@
 // nodes 1 and 2 install view 6. Also: with one node of three missing, the other two resume after
 // the grace period without it, and the late one, restarted later, rejoins the running group and
 // drops the version the group never had; alone, a node gives up with RestartTimeoutError naming
-// the members it waited for.
-import test from 'ava';
+// the members it waited for. And a founder stopped and restarted over its store after the others
+// removed it comes back in a new view (not its recorded view 0) with what it missed.
+import test, { type ExecutionContext } from 'ava';
 import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
 import { defaultAllocator, fixedEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
-import { encodeView, View } from '../../src/membership/view.js';
+import { decodeView, encodeView, View } from '../../src/membership/view.js';
 import { MembershipDriver, RestartTimeoutError } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
+import { Endpoint } from '../../src/transport/native-transport.js';
 import { createEndpoint, KvState, waitFor } from '../support/membership-local.js';
 
 test('diverging replicas restart to one history: truncation past the trim, pulls of what is missing', async (t) => {
@@ -139,4 +141,101 @@ test('a node alone gives up after the restart timeout, naming who it waited for'
     await d.close();
     for (const e of endpoints) await e.close();
   }
+});
+
+// A founder killed with kill -9 and restarted over its store and view record at the same address
+// (`squall demo` step 10). After its removal: the survivors' history still holds view 0, which
+// lists every founder as joined at that address, and they used to welcome the restarted process
+// back into its old view 0, where it stayed alone. Before its removal: the new process's requests
+// come from the old member's address and kept it looking alive. Either way it must come back in
+// a new view, with what the others delivered while it was down.
+async function killAndRestartFounder(t: ExecutionContext, seedBase: number, waitForRemoval: boolean): Promise<void> {
+  t.timeout(30_000);
+  const endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(seedBase + i)));
+  const founders = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
+  const allocator = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 3)) });
+  const states = [0, 1, 2].map(() => new KvState());
+  const records: (MembershipRecord | undefined)[] = [undefined, undefined, undefined];
+  const lines: string[] = [];
+  const driver = (i: number): MembershipDriver => new MembershipDriver({
+    self: nodeId(i + 1), transport: endpoints[i]!, allocator, layoutHash: 'kv', founders, found: true,
+    heartbeatMs: 20, failureTimeoutMs: 400, tickMs: 10, state: states[i]!,
+    ...(records[i] !== undefined ? { record: records[i] } : {}),
+    saveRecord: async (r) => {
+      records[i] = r;
+    },
+    onDeliver: (s, d) => states[i]!.append(s, d.version!, new TextDecoder().decode(d.payload)),
+    log: (line) => lines.push(`n${i + 1} ${line}`),
+  });
+  const drivers = [0, 1, 2].map(driver);
+  const tags = (i: number): string[] => (states[i]!.shards.get('0/0') ?? []).map((r) => r.tag);
+  const without3 = (): boolean => drivers.slice(0, 2).every((d) => d.current().memberIds.map(Number).join() === '1,2');
+  try {
+    await Promise.all(drivers.map((d) => d.start()));
+    const shard = drivers[0]!.current().shardsOf(nodeId(1))[0]!;
+    const send = (tag: string): Promise<unknown> => drivers[0]!.multicast(shard)!.send(new TextEncoder().encode(tag));
+    await send('before');
+    await waitFor('delivered on all three', () => [0, 1, 2].every((i) => tags(i).includes('before')));
+
+    // kill -9 of node 3: its endpoint goes silent (no goodbye: the others' sessions to it stay
+    // open until the transport's peer-failure timeout), its driver stops without leaving.
+    for (const f of founders.slice(0, 2)) endpoints[2]!.injectFault({ failPeer: f.address });
+    const killedAt = performance.now();
+    await endpoints[2]!.close();
+    await drivers[2]!.close();
+    if (waitForRemoval) {
+      await waitFor('nodes 1 and 2 in a view without node 3', without3);
+      await send('while-down');
+      await waitFor('delivered on both', () => [0, 1].every((i) => tags(i).includes('while-down')));
+      t.false(tags(2).includes('while-down'));
+    } else {
+      t.false(without3(), 'node 3 restarts before the others removed it');
+    }
+
+    // The process starts again at the same address, over its store and view record.
+    const port = Number(founders[2]!.address.split(':').pop());
+    // The closed endpoint's socket may take a moment to release its port.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        endpoints[2] = await Endpoint.create({ host: '127.0.0.1', port, seed: seedBase + 6, peerFailureTimeoutMs: 1000 });
+        break;
+      } catch (error) {
+        if (attempt >= 40) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
+    t.is(endpoints[2].address, founders[2]!.address, 'the restarted process listens at the same address');
+    t.is(decodeView(records[2]!.view).id, viewId(0), 'node 3 recorded view 0');
+    drivers[2] = driver(2);
+    await drivers[2].start();
+    const back = drivers[2].current();
+    t.true(back.id > 1, `node 3 came back in view ${back.id}, after the view 1 that removed it`);
+    t.deepEqual(back.memberIds.map(Number), [1, 2, 3]);
+    t.deepEqual(back.joined.map(Number), [3]);
+    await waitFor('the survivors installed it too', () => drivers.slice(0, 2).every((d) => d.current().id === back.id));
+    await waitFor('node 3 has its state', () => !drivers[2]!.awaitingState(shard));
+    await send('after');
+    await waitFor('delivered on all three again', () => [0, 1, 2].every((i) => tags(i).includes('after')));
+    t.deepEqual(tags(2), tags(0), 'node 3 holds what the others delivered while it was down');
+    // The others' sessions to the killed process fail one peer-failure timeout (1 s) after the
+    // kill: that must not count as the new process's failure.
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, killedAt + 1500 - performance.now())));
+    await send('later');
+    await waitFor('delivered on all three later', () => [0, 1, 2].every((i) => tags(i).includes('later')));
+    for (const d of drivers) t.is(d.current().id, back.id, 'still in the view node 3 came back in');
+  } catch (error) {
+    t.log(lines.join('\n'));
+    throw error;
+  } finally {
+    for (const d of drivers) await d.close();
+    for (const e of endpoints) await e.close().catch(() => undefined);
+  }
+}
+
+test('a member killed and restarted over its store after its removal rejoins in a new view', async (t) => {
+  await killAndRestartFounder(t, 970, true);
+});
+
+test('a member killed and restarted over its store before its removal rejoins in a new view', async (t) => {
+  await killAndRestartFounder(t, 960, false);
 });
