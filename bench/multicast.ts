@@ -18,7 +18,8 @@
  * Each line carries the 1-minute load average, the CPU time each member's process spent per
  * delivered message (user + system, all threads: it moves much less with the load than the
  * rates do, which on this shared 2-core VM follow what the other tenants run), and the transport
- * retransmissions during the case (each loss costs a 10 ms retransmission timeout).
+ * retransmissions during the case (rtoProbes + rollbacks: a retransmission timeout first resends
+ * one packet, a probe, and rolls the window back only if the answers then stop partway).
  */
 import { loadavg } from 'node:os';
 import { report } from './_report.js';
@@ -47,6 +48,8 @@ interface Throughput {
   readonly perMember: number[];
   readonly cpuUsPerMessage: number;
   readonly retransmissions: number;
+  readonly rtoProbes: number;
+  readonly rollbacks: number;
 }
 
 async function phase(
@@ -72,6 +75,9 @@ async function phase(
   );
 }
 
+const sumCounter = (results: RunResult[], key: string): number =>
+  results.reduce((n, r) => n + (r.transport[key] ?? 0), 0);
+
 function throughput(results: RunResult[]): Throughput {
   const perMember = results.map((r) => (r.delivered / r.elapsedMs) * 1000);
   const slowest = results.reduce((a, b) => (a.delivered / a.elapsedMs <= b.delivered / b.elapsedMs ? a : b));
@@ -81,7 +87,9 @@ function throughput(results: RunResult[]): Throughput {
     timedOut: results.some((r) => r.timedOut),
     perMember: perMember.map((x) => Math.round(x)),
     cpuUsPerMessage: Math.max(...results.map((r) => r.cpuMicros / Math.max(1, r.delivered))),
-    retransmissions: results.reduce((n, r) => n + (r.transport['retransmissions'] ?? 0), 0),
+    retransmissions: sumCounter(results, 'retransmissions'),
+    rtoProbes: sumCounter(results, 'rtoProbes'),
+    rollbacks: sumCounter(results, 'rollbacks'),
   };
 }
 
@@ -106,7 +114,8 @@ async function ceiling(members: MemberProcess[], size: number, seconds: number, 
 /** The figures every throughput line carries besides its value. */
 const details = (t: Throughput): Record<string, unknown> => ({
   perMember: t.perMember, cpuUsPerMessage: Number(t.cpuUsPerMessage.toFixed(2)),
-  retransmissions: t.retransmissions, timedOut: t.timedOut, load: load(),
+  retransmissions: t.retransmissions, rtoProbes: t.rtoProbes, rollbacks: t.rollbacks,
+  timedOut: t.timedOut, load: load(),
 });
 
 export async function run(args: string[]): Promise<void> {

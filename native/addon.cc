@@ -574,6 +574,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("packetsReceived", s.packets_received);
     set("bytesReceived", s.bytes_received);
     set("retransmissions", s.retransmissions);
+    set("rtoProbes", s.rto_probes);
+    set("rollbacks", s.rollbacks);
     set("fastRetransmits", s.fast_retransmits);
     set("nacksSent", s.nacks_sent);
     set("duplicateResponses", s.duplicate_responses);

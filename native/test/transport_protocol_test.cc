@@ -357,19 +357,37 @@ TEST(transport_client_credits_multi_packet_and_go_back_n) {
   CHECK(c.endpoint.SessionSrttUs(c.session) > 0 && c.endpoint.SessionSrttUs(c.session) < 200);
   c.RunTimersUntil(2100 + rto - 1);
   CHECK_EQ(c.endpoint.stats().retransmissions, 0u);
+  // RTO probe: the expiry resends only the first unanswered packet; packet 2 stays in flight
+  // (the peer may only have been descheduled, with the window in its socket buffer).
   c.RunTimersUntil(2100 + rto);
+  CHECK_EQ(c.endpoint.stats().rto_probes, 1u);
+  CHECK_EQ(c.endpoint.stats().rollbacks, 0u);
   CHECK_EQ(c.endpoint.stats().retransmissions, 1u);
-  // Loss window: after a rollback the slot resends one packet until something is answered.
   CHECK_LINES(c.io, {"REQ s=55 r=16 p=1 m=500 a=0 len=208"});
-  // Backoff: the next rollback waits twice as long, until a fresh sample arrives.
+  // Backoff: the next expiry waits twice as long, until a fresh sample arrives; with still no
+  // answer at all it probes again (the same one packet).
   CHECK_EQ(c.endpoint.SessionRtoUs(c.session), 2 * rto);
-  c.RunTimersUntil(2100 + rto + 2 * rto - 1);
+  const uint64_t second = 2100 + rto + 2 * rto;
+  c.RunTimersUntil(second - 1);
   CHECK_EQ(c.endpoint.stats().retransmissions, 1u);
-  c.io.Take();
-  // The late answer to the first transmission of packet 1 is still in order: accepted.
-  c.Send(PacketType::kCreditReturn, 16, 1, 0, 0, 17000);
-  CHECK_LINES(c.io, {"REQ s=55 r=16 p=2 m=500 a=0 len=84"});  // the window opens again
-  c.Send(PacketType::kResponse, 16, 2, 0, 0, 17100);
+  c.RunTimersUntil(second);
+  CHECK_EQ(c.endpoint.stats().rto_probes, 2u);
+  CHECK_LINES(c.io, {"REQ s=55 r=16 p=1 m=500 a=0 len=208"});
+  CHECK_EQ(c.endpoint.SessionRtoUs(c.session), 4 * rto);
+  // The answer to packet 1 (from either copy) is in order: accepted, and packet 2 is not resent.
+  c.Send(PacketType::kCreditReturn, 16, 1, 0, 0, second + 100);
+  CHECK_LINES(c.io, {});
+  // No sample from a resent packet (Karn), but the answer ends the backoff: the peer is alive.
+  CHECK_EQ(c.endpoint.SessionRtoUs(c.session), rto);
+  // Packet 2 stays unanswered for an RTO: the answers stopped partway through the window that
+  // was out at the probe, so the rest was lost. Go-Back-N resends from packet 2.
+  c.RunTimersUntil(second + 100 + rto - 1);
+  CHECK_EQ(c.endpoint.stats().rollbacks, 0u);
+  c.RunTimersUntil(second + 100 + rto);
+  CHECK_EQ(c.endpoint.stats().rollbacks, 1u);
+  CHECK_EQ(c.endpoint.stats().retransmissions, 3u);
+  CHECK_LINES(c.io, {"REQ s=55 r=16 p=2 m=500 a=0 len=84"});
+  c.Send(PacketType::kResponse, 16, 2, 0, 0, second + 200 + rto);
   events = c.Take();
   CHECK(events.size() == 1 && events[0].id == 8 && events[0].bytes.empty());
 }

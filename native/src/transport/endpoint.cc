@@ -165,6 +165,10 @@ struct Endpoint::ClientSlot {
   bool loss_window = false;
   // Answers that arrived for packets beyond num_rx since the last in-order one (fast retransmit).
   uint32_t answers_beyond = 0;
+  // An RTO expiry resent only packet probe_from (then num_rx: a probe) while packets up to
+  // probe_until were in flight. Cleared once all of those are answered, or by a rollback.
+  bool probed = false;
+  uint32_t probe_from = 0, probe_until = 0;
 };
 
 struct Endpoint::ServerSlot {
@@ -210,6 +214,7 @@ struct Endpoint::Session {
   uint64_t timer_generation = 0;
   // Client: round-trip estimate and retransmission timer (see ArmRetransmitTimer).
   uint64_t srtt_us = 0, rttvar_us = 0, rto_us = 0;
+  uint64_t rto_base_us = 0;  // rto_us before backoff: srtt + 4 x rttvar clamped, or the initial
   uint64_t rto_at_us = kNever;  // when the live retransmit timer entry fires; kNever: none
   std::unique_ptr<SessionSecurity> security;  // encrypting endpoints only
 };
@@ -510,6 +515,7 @@ void Endpoint::StartQueued(Session* s, uint64_t now_us) {
     slot.rtx_until = 0;
     slot.loss_window = false;
     slot.answers_beyond = 0;
+    slot.probed = false;
     slot.progress_us = now_us;
   }
 }
@@ -535,21 +541,13 @@ void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
   bool sent = false;
   while (slot->num_tx < total && s->credits > 0) {
     if (slot->loss_window && slot->num_tx > slot->num_rx) break;
-    const bool is_request = slot->num_tx < slot->request_packets;
-    std::span<const uint8_t> payload;
-    if (is_request) payload = Slice(*s, slot->request, slot->num_tx);
-    if (gate_ != nullptr && !gate_->MaySend(s->number, kHeaderBytes + payload.size(), now_us)) {
+    const size_t payload_bytes =
+        slot->num_tx < slot->request_packets ? Slice(*s, slot->request, slot->num_tx).size() : 0;
+    if (gate_ != nullptr && !gate_->MaySend(s->number, kHeaderBytes + payload_bytes, now_us)) {
       ++stats_.gate_deferrals;
       break;  // the gate lists the session in TakeDue() when it may send again (KickDue)
     }
-    Header h;
-    h.type = is_request ? PacketType::kRequest : PacketType::kRequestForResponse;
-    h.request_type = slot->request_type;
-    h.dest_session = s->remote_number;
-    h.message_bytes = static_cast<uint32_t>(slot->request.size());
-    h.packet_number = slot->num_tx;
-    h.request_number = slot->request_number;
-    SendPacket(*s, h, payload);
+    SendClientPacket(s, *slot, slot->num_tx);
     if (slot->tx_us.empty()) slot->tx_us.resize(config_.credits_per_session);
     slot->tx_us[slot->num_tx % config_.credits_per_session] = static_cast<uint32_t>(now_us);
     ++slot->num_tx;
@@ -557,6 +555,22 @@ void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
     sent = true;
   }
   if (sent) MarkActive(s, now_us);
+}
+
+void Endpoint::SendClientPacket(Session* s, const ClientSlot& slot, uint32_t packet_number) {
+  // REQ below request_packets, RFR from there (a retransmission is resealed by SendPacket with
+  // a fresh nonce like any other packet).
+  const bool is_request = packet_number < slot.request_packets;
+  std::span<const uint8_t> payload;
+  if (is_request) payload = Slice(*s, slot.request, packet_number);
+  Header h;
+  h.type = is_request ? PacketType::kRequest : PacketType::kRequestForResponse;
+  h.request_type = slot.request_type;
+  h.dest_session = s->remote_number;
+  h.message_bytes = static_cast<uint32_t>(slot.request.size());
+  h.packet_number = packet_number;
+  h.request_number = slot.request_number;
+  SendPacket(*s, h, payload);
 }
 
 void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uint64_t now_us) {
@@ -724,7 +738,7 @@ void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
   if (s->state != Session::State::kConnected) return;
   ++stats_.retransmit_timer_fires;
   uint64_t next = kNever;
-  bool rolled_back = false;
+  bool rolled_back = false, probed = false;
   for (uint64_t busy = s->busy_slots; busy != 0; busy &= busy - 1) {
     ClientSlot& slot = s->client_slots[static_cast<size_t>(std::countr_zero(busy))];
     if (slot.num_tx == slot.num_rx) continue;  // waiting for credits
@@ -732,16 +746,43 @@ void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
       next = std::min(next, slot.progress_us + s->rto_us);
       continue;
     }
-    RollBack(s, &slot, now_us);
-    rolled_back = true;
+    // Silence for an RTO is, on these machines, mostly a receiver that was descheduled with
+    // the window queued in its socket buffer, not a loss (losses in a window's middle are
+    // repaired by fast retransmit before any RTO). So an expiry resends one packet (the first
+    // unanswered) and keeps the window in flight; still no answer at the next (backed-off)
+    // expiry, it probes again (a rollback would also resend just that packet: loss window).
+    // Only a slot answered partway through the window it had out at its probe, then silent,
+    // rolls back: the answers stopped at a loss, and the packets after it need resending.
+    if ((slot.probed && slot.num_rx > slot.probe_from) || s->srtt_us == 0) {
+      RollBack(s, &slot, now_us);
+      rolled_back = true;
+    } else {
+      Probe(s, &slot, now_us);
+      probed = true;
+    }
   }
-  if (rolled_back) {
+  if (rolled_back || probed) {
     // Back off until a fresh sample (RFC 6298 5.5): a peer slower than our estimate must not
-    // see the same window again every RTO.
+    // see the same packets again every RTO.
     s->rto_us = std::min(2 * s->rto_us, RtoMaxUs());
-    Kick(s, now_us);  // re-arms through MarkActive when it sends
   }
+  if (probed) next = std::min(next, now_us + s->rto_us);
+  if (rolled_back) Kick(s, now_us);  // re-arms through MarkActive when it sends
   if (next != kNever) ArmRetransmitTimer(s, next);
+}
+
+void Endpoint::Probe(Session* s, ClientSlot* slot, uint64_t now_us) {
+  // Resend the first unanswered packet only, outside credits (its original holds one) and
+  // outside the send gate (one packet per RTO, as TCP's timeout retransmission ignores cwnd).
+  // Its answer, from whichever copy, gives no RTT sample (Karn).
+  SendClientPacket(s, *slot, slot->num_rx);
+  slot->rtx_until = std::max(slot->rtx_until, slot->num_rx + 1);
+  slot->probed = true;
+  slot->probe_from = slot->num_rx;
+  slot->probe_until = slot->num_tx;
+  slot->progress_us = now_us;
+  ++stats_.rto_probes;
+  ++stats_.retransmissions;
 }
 
 void Endpoint::RollBack(Session* s, ClientSlot* slot, uint64_t now_us) {
@@ -752,6 +793,8 @@ void Endpoint::RollBack(Session* s, ClientSlot* slot, uint64_t now_us) {
   slot->num_tx = slot->num_rx;
   slot->progress_us = now_us;
   slot->answers_beyond = 0;
+  slot->probed = false;
+  ++stats_.rollbacks;
   ++stats_.retransmissions;
 }
 
@@ -770,7 +813,7 @@ void Endpoint::OnConnectedRtt(Session* s, uint64_t now_us) {
   // senders' at the receiver (an incast) for far longer, and an RTO derived from the
   // handshake would roll that window back while it is merely queued. The congestion gate
   // takes the handshake RTT (if the request was sent once: Karn) as the path's base RTT.
-  s->rto_us = config_.retransmit_timeout_us;
+  s->rto_us = s->rto_base_us = config_.retransmit_timeout_us;
   const bool sent_once = s->last_handshake_tx_us <= s->started_us + 1;
   const uint64_t rtt = sent_once && now_us > s->last_handshake_tx_us
                            ? now_us - s->last_handshake_tx_us : 0;
@@ -784,6 +827,13 @@ void Endpoint::OnAnswered(Session* s, ClientSlot& slot, const Header& h, size_t 
                           uint64_t now_us) {
   slot.loss_window = false;  // the peer is answering: the whole window may go again
   slot.answers_beyond = 0;
+  if (slot.probed) {
+    // An answer after a probe ends the backoff even without a sample (Karn): the peer is alive,
+    // and a slot answered only partway must roll back one plain RTO later, not a backed-off one.
+    s->rto_us = s->rto_base_us;
+    if (slot.num_rx >= slot.probe_until) slot.probed = false;  // a stall, nothing lost
+    else ArmRetransmitTimer(s, now_us + s->rto_us);  // the live entry may be a backed-off one
+  }
   if (h.packet_number < slot.rtx_until || slot.tx_us.empty()) return;  // Karn's rule
   const uint32_t sent = slot.tx_us[h.packet_number % config_.credits_per_session];
   const uint64_t rtt = std::max<uint32_t>(static_cast<uint32_t>(now_us) - sent, 1);
@@ -798,8 +848,9 @@ void Endpoint::OnAnswered(Session* s, ClientSlot& slot, const Header& h, size_t 
     s->rttvar_us = (3 * s->rttvar_us + error) / 4;
     s->srtt_us = (7 * s->srtt_us + rtt) / 8;
   }
-  s->rto_us = std::clamp(s->srtt_us + 4 * s->rttvar_us, config_.retransmit_timeout_min_us,
-                         RtoMaxUs());
+  s->rto_base_us = std::clamp(s->srtt_us + 4 * s->rttvar_us, config_.retransmit_timeout_min_us,
+                              RtoMaxUs());
+  s->rto_us = s->rto_base_us;
   if (gate_ != nullptr && !via_handler) gate_->OnRttSample(s->number, rtt, bytes, now_us);
 }
 

@@ -15,8 +15,10 @@
 // handler has responded; the client then pulls RESP N..N+M-2 with request-for-response packets
 // (RFR) carrying those numbers. Every server packet answers one client packet, so only the
 // client keeps timers. Each client packet consumes one of the session's credits until its
-// answer arrives. On a retransmission timeout the client rolls back to the first unanswered
-// packet (Go-Back-N). The server keeps the last response of each slot until the next request on
+// answer arrives. On a retransmission timeout the client first resends only the first
+// unanswered packet (a probe: the peer may merely have been descheduled, its socket buffer
+// holding the window); if the next timeout finds the probed window still unanswered, it rolls
+// back to the first unanswered packet (Go-Back-N). The server keeps the last response of each slot until the next request on
 // that slot arrives and answers duplicates from it, so a handler never runs twice.
 #include <cstdint>
 #include <deque>
@@ -46,8 +48,8 @@ struct EndpointConfig {
   uint32_t queued_requests_per_session_max = 1u << 16;
   // Retransmission timeout: each client session keeps an adaptive RTO, srtt + 4 x rttvar of
   // its measured round trips (RFC 6298; every answered packet is timed, Karn's rule), at least
-  // retransmit_timeout_min_us and at most peer_failure_timeout_us / 4, doubled on each rollback
-  // until a fresh sample arrives. retransmit_timeout_us is the RTO before the first sample.
+  // retransmit_timeout_min_us and at most peer_failure_timeout_us / 4, doubled on each expiry
+  // (probe or rollback) until a fresh sample arrives. retransmit_timeout_us is the RTO before the first sample.
   // (Under an incast the queue at the receiver can hold tens of ms of packets: a fixed ceiling
   // near the idle RTT would roll back packets that are only queued, and the duplicates would
   // lengthen the queue further.)
@@ -177,8 +179,10 @@ struct Stats {
   uint64_t packets_sent = 0, bytes_sent = 0, packets_received = 0, bytes_received = 0;
   uint64_t packets_sent_by_type[kPacketTypeCount] = {};
   uint64_t packets_received_by_type[kPacketTypeCount] = {};
-  uint64_t retransmissions = 0;     // Go-Back-N rollbacks (RTO and fast retransmit)
-  uint64_t fast_retransmits = 0;    // of those, started by a NACK or by later answers
+  uint64_t retransmissions = 0;     // resends of any kind: rto_probes + rollbacks
+  uint64_t rto_probes = 0;          // RTO expiries that resent only the oldest unanswered packet
+  uint64_t rollbacks = 0;           // Go-Back-N rollbacks (RTO after a fruitless probe, and fast)
+  uint64_t fast_retransmits = 0;    // of the rollbacks, started by a NACK or by later answers
   uint64_t nacks_sent = 0;          // server: credit returns flagged as NACKs (aux 1)
   uint64_t duplicate_responses = 0; // responses re-sent from the kept copy
   uint64_t drops[static_cast<size_t>(DropReason::kCount)] = {};
@@ -353,6 +357,8 @@ class Endpoint {
   ClientSlot* InOrderClientSlot(Session* session, const Header& header, uint64_t now_us);
   void HandleNack(Session* session, const Header& header, uint64_t now_us);
   void RollBack(Session* session, ClientSlot* slot, uint64_t now_us);
+  void Probe(Session* session, ClientSlot* slot, uint64_t now_us);
+  void SendClientPacket(Session* session, const ClientSlot& slot, uint32_t packet_number);
   void FastRetransmit(Session* session, ClientSlot* slot, uint64_t now_us);
   void HandleConnectResponse(Session* session, const Header& header,
                              std::span<const uint8_t> payload, uint64_t now_us);
