@@ -31,3 +31,16 @@ test.serial('kv chaos: a compare-and-set that ignores its expected value is caug
   t.false(report.passed);
   t.true(report.violations.some((v) => v.startsWith('linearizability:')), report.violations.join('\n'));
 });
+
+test.serial('kv chaos: nodes that lose their data at a total restart are caught by the restart check', async (t) => {
+  t.timeout(240_000);
+  const report = await kvChaos.run(6, {
+    faultMs: 0,
+    log: (l) => t.log(l),
+    network: 'loopback',
+    restartCheck: true,
+    nodeEnv: { KV_NODE_MUTATION: 'forget-on-restart' },
+  });
+  t.false(report.passed);
+  t.true(report.violations.some((v) => v.startsWith('restart-lost-write:')), report.violations.join('\n'));
+});

@@ -29,7 +29,9 @@
  *
  * KV_NODE_MUTATION=cas-ignores-expected breaks compare-and-set on purpose (it always swaps, on
  * every replica alike, so replicas agree and only the linearizability check can notice): the
- * scenario's own test shows the checks catch it.
+ * scenario's own test shows the checks catch it. KV_NODE_MUTATION=forget-on-restart makes a node
+ * started over its data directory wipe it instead (as if its disk lost everything): the restart
+ * check must report the acknowledged writes as lost.
  */
 import 'reflect-metadata';
 import { randomBytes } from 'node:crypto';
@@ -120,6 +122,7 @@ function arg(name: string, fallback?: string): string {
 if (process.argv[1]?.endsWith('/kv-node.js')) {
   const configFile = arg('config-file');
   const config = parseConfig(readFileSync(configFile, 'utf8'), configFile);
+  if (process.env['KV_NODE_MUTATION'] === 'forget-on-restart') config.persistence.reset = true;
   const clients = Number(arg('clients', '2'));
   const keys = Number(arg('keys', '4'));
   const random = new SeededRandom(Number(arg('seed', '1')));
@@ -242,11 +245,14 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
         void Promise.race([Promise.allSettled([...loops, ...inFlight]), sleep(5000)]).then(() => print('quiet'));
       } else if (command === 'values') {
         const entries = group.subgroup(ChaosKv).versions('entries');
-        const earliest = entries.earliestVersion();
         const answers = (JSON.parse(rest) as [string, string][]).map(([key, version]) => {
-          const v = BigInt(version);
-          if (v < earliest) return null; // before this replica's kept history
-          return entries.get(v).get(key) ?? '';
+          // null: this replica cannot read that version (before its kept history, beyond its
+          // latest, or no history at all, as after a lost data directory).
+          try {
+            return entries.get(BigInt(version)).get(key) ?? '';
+          } catch {
+            return null;
+          }
         });
         print(`values ${JSON.stringify(answers)}`);
       } else if (command === 'where') {
