@@ -147,7 +147,7 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
   /** The version the call was delivered at on this node (numbered()), or the send's failure. */
   private deliveredAt: Version | undefined;
   private failure: { readonly error: unknown } | undefined;
-  private numbering: { promise: Promise<Version>; resolve(v: Version): void; reject(e: unknown): void } | undefined;
+  private numbering: Settlers<Version> | undefined;
   private versionPromise: Promise<Version> | undefined;
   private timestampPromise: Promise<Hlc> | undefined;
   private unsettledCount: number;
@@ -178,16 +178,7 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     if (this.versionPromise === undefined) {
       if (this.deliveredAt !== undefined) this.versionPromise = Promise.resolve(this.deliveredAt);
       else if (this.failure !== undefined) this.versionPromise = Promise.reject(this.failure.error);
-      else {
-        let resolve!: (v: Version) => void;
-        let reject!: (e: unknown) => void;
-        const promise = new Promise<Version>((res, rej) => {
-          resolve = res;
-          reject = rej;
-        });
-        this.numbering = { promise, resolve, reject };
-        this.versionPromise = promise;
-      }
+      else this.versionPromise = new Promise<Version>((resolve, reject) => (this.numbering = { resolve, reject }));
       this.versionPromise.catch(() => undefined);
     }
     return this.versionPromise;
