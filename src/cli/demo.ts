@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../config/load.js';
 import { formatHlc } from '../core/hlc.js';
-import { nodeId } from '../core/ids.js';
+import type { NodeId } from '../core/ids.js';
 import { Group, type Replicated } from '../group/group.js';
 import { freeUdpPorts, localConfigToml } from '../group/local.js';
 import { RemoteError } from '../../decorators/errors.js';
@@ -160,8 +160,8 @@ async function runDemo(args: string[], io: CliIo): Promise<number> {
     for (const line of describeNode(group)) io.out(`  ${line}`);
     const kv = group.subgroup(app.types[0] as typeof KvStore);
     await explain(kv, io, seconds);
-    await failure(group, kv, nodes.children[1]!, io);
-    await restartFromDisk(group, kv, () => nodes.restart(1), io);
+    const dead = await failure(group, kv, nodes.children[1]!, io);
+    await restartFromDisk(group, kv, dead, () => nodes.restart(1), io);
     return 0;
   } finally {
     await group?.close();
@@ -231,7 +231,7 @@ async function explain(kv: Replicated<KvStore>, io: CliIo, seconds: number): Pro
 }
 
 /** kill -9 of the last member's process; the view change that removes it; the rest serve on. */
-async function failure(group: Group, kv: Replicated<KvStore>, victim: ChildProcess, io: CliIo): Promise<void> {
+async function failure(group: Group, kv: Replicated<KvStore>, victim: ChildProcess, io: CliIo): Promise<NodeId> {
   const dead = group.view.members.at(-1)!.id;
   io.out(`\n9. kill -9 of node ${dead}'s process; the others detect it and install a view without it:`);
   const removed = new Promise<void>((resolve) => {
@@ -248,14 +248,14 @@ async function failure(group: Group, kv: Replicated<KvStore>, victim: ChildProce
   await after.persisted();
   io.out(`  kv.ordered.put("after-failure", ...) -> replies from nodes [${[...replies.keys()].join(', ')}], persisted on both`);
   for (const node of replies.keys()) io.out(`  node ${node}: ${await kv.p2p(node).stateDigest()}`);
+  return dead;
 }
 
 /**
  * The killed node's process starts again over its data dir: it finds its view record, asks the
  * running group to let it back in, and its shard pulls only the versions it lacks.
  */
-async function restartFromDisk(group: Group, kv: Replicated<KvStore>, restart: () => ChildProcess, io: CliIo): Promise<void> {
-  const node = 3;
+async function restartFromDisk(group: Group, kv: Replicated<KvStore>, node: NodeId, restart: () => ChildProcess, io: CliIo): Promise<void> {
   io.out(`\n10. Node ${node} starts again over its data dir (same config): it rejoins the running group, and`);
   io.out(`    its replica pulls only the versions written while it was down:`);
   const back = new Promise<void>((resolve) => {
@@ -268,7 +268,7 @@ async function restartFromDisk(group: Group, kv: Replicated<KvStore>, restart: (
   await back;
   io.out(`  after ${fmt(ms(process.hrtime.bigint() - startedAt))} ms: view ${group.view.id} = [${group.view.members.map((m) => m.id).join(', ')}]`);
   await kv.ordered.put('after-restart', 'all three again').persisted();
-  io.out(`  kv.p2p(${node}).get("after-failure") -> ${JSON.stringify(await kv.p2p(nodeId(node)).get('after-failure'))} (written while it was down)`);
+  io.out(`  kv.p2p(${node}).get("after-failure") -> ${JSON.stringify(await kv.p2p(node).get('after-failure'))} (written while it was down)`);
   for (const member of kv.members) io.out(`  node ${member}: ${await kv.p2p(member).stateDigest()}`);
 }
 
