@@ -51,6 +51,7 @@ import {
   MulticastDriver, forgetMulticastSession, prepareMulticastTransport, type MulticastDelivery, type MulticastView,
 } from './multicast-driver.js';
 import { RaftDriver } from './raft-driver.js';
+import { TransferGate } from './transfer-gate.js';
 
 /** The request type of membership messages (Raft uses 40, multicast 48). */
 export const MEMBERSHIP_REQUEST_TYPE = 41;
@@ -236,8 +237,8 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 interface ShardRun {
   readonly ref: ShardRef;
   driver: MulticastDriver;
-  /** Deliveries held while this node waits for the shard's state. */
-  held: { shard: ShardRef; delivery: MulticastDelivery }[] | undefined;
+  /** Holds deliveries while the shard's state is on its way, then skips those the state holds. */
+  readonly gate: TransferGate;
   /** In the restart view: the version kept after truncation (set once truncated). */
   restartKept?: bigint;
 }
@@ -341,7 +342,7 @@ export class MembershipDriver {
 
   /** Whether this node still waits for the state of `shard`. */
   awaitingState(shard: ShardRef): boolean {
-    return this.shards.get(shardName(shard))?.held !== undefined;
+    return this.shards.get(shardName(shard))?.gate.waiting === true;
   }
 
   /**
@@ -709,7 +710,7 @@ export class MembershipDriver {
         if (plan.kind === 'pull') {
           this.options.log?.(`restart: shard ${name} pulls ${plan.after} → ${plan.target} from node ${plan.from}`);
           await this.pullState(run, current, [plan.from], 1);
-          if (run.held !== undefined) throw new SquallError(`pull from node ${plan.from} failed`, 'NO_STATE');
+          if (run.gate.waiting) throw new SquallError(`pull from node ${plan.from} failed`, 'NO_STATE');
         } else {
           this.options.log?.(`restart: shard ${name} holds the newest version (${kept})`);
           this.release(run);
@@ -1259,7 +1260,7 @@ export class MembershipDriver {
       const run: ShardRun = {
         ref: { subgroupId: s.subgroupId, shardIndex: s.shardIndex },
         driver: undefined as never, // set just below: onDeliver needs `run`
-        held: (sources.length > 0 && view.id !== 0) || reconciling ? [] : undefined,
+        gate: new TransferGate((sources.length > 0 && view.id !== 0) || reconciling),
       };
       run.driver = await MulticastDriver.create({
         transport: this.watched, self: this.self, shard: shardNumber(s), view: mview,
@@ -1276,7 +1277,7 @@ export class MembershipDriver {
       });
       next.set(shardName(s), run);
       if (reconciling) pulls.push(() => void this.reconcile(run));
-      else if (run.held !== undefined) pulls.push(() => void this.pullState(run, view, sources));
+      else if (run.gate.waiting) pulls.push(() => void this.pullState(run, view, sources));
     }
     for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
     this.memberByAddress = new Map(view.members.filter((m) => m.id !== this.self).map((m) => [m.address, m.id]));
@@ -1296,10 +1297,7 @@ export class MembershipDriver {
   }
 
   private onDelivery(run: ShardRun, delivery: MulticastDelivery): void {
-    if (run.held !== undefined) {
-      run.held.push({ shard: run.ref, delivery: { ...delivery, payload: delivery.payload.slice() } });
-      return;
-    }
+    if (!run.gate.admit(delivery)) return;
     this.options.onDeliver?.(run.ref, delivery);
   }
 
@@ -1311,7 +1309,7 @@ export class MembershipDriver {
    */
   private async pullState(run: ShardRun, view: View, sources: readonly NodeId[], attemptsMax = Infinity): Promise<void> {
     const store = this.options.state;
-    for (let attempt = 0; run.held !== undefined && this.status === 'member' && attempt < attemptsMax; attempt++) {
+    for (let attempt = 0; run.gate.waiting && this.status === 'member' && attempt < attemptsMax; attempt++) {
       const source = sources[attempt % sources.length]!;
       const address = view.addressOf(source);
       try {
@@ -1354,14 +1352,10 @@ export class MembershipDriver {
     }
   }
 
-  /** The shard's state is here: hand over the deliveries held meanwhile that are newer. */
+  /** The shard's state is here: hand over the deliveries held meanwhile that are newer (TransferGate). */
   private release(run: ShardRun): void {
-    const held = run.held ?? [];
-    run.held = undefined;
     const latest = this.options.state?.latestVersion(run.ref) ?? -1n;
-    for (const h of held) {
-      if (h.delivery.version === null || h.delivery.version > latest) this.options.onDeliver?.(h.shard, h.delivery);
-    }
+    for (const delivery of run.gate.release(latest)) this.options.onDeliver?.(run.ref, delivery);
   }
 
   private openTransfer(request: Extract<Wire, { t: 'stateOpen' }>): { token: number; from: string } | { none: true } {
@@ -1371,7 +1365,7 @@ export class MembershipDriver {
     const run = this.shards.get(shardName(ref));
     const store = this.options.state;
     // A member still reconciling the restart view serves what it kept (it has truncated).
-    const serves = run !== undefined && (run.held === undefined || run.restartKept !== undefined);
+    const serves = run !== undefined && (!run.gate.waiting || run.restartKept !== undefined);
     if (store === undefined || run === undefined || !serves) return { none: true };
     const token = this.transferToken++;
     const after = BigInt(request.after);

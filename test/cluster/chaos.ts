@@ -1,6 +1,7 @@
 /**
  * `npm run chaos -- --minutes N [--seed S] [--runs K] [--scenario kv|rpc|all] [--fault-seconds F]
  *                  [--network auto|netns|loopback] [--encryption auto|on|off] [--restart-check]
+ *                  [--faults kill,kill-leader,pause,loss,quiet,leave,partition]
  *                  [--verbose]`
  *
  * Runs the fault scenarios back to back for N minutes (fractions allowed), alternating between
@@ -9,7 +10,7 @@
  * `--scenario NAME --seed S --runs 1`. Exit status 1 if any run failed. `--restart-check` turns
  * on the kv scenario's "every acknowledged write survives a total restart" check.
  */
-import { kvChaos } from './scenarios/kv.js';
+import { KV_FAULT_KINDS, kvChaos, type KvFaultKind } from './scenarios/kv.js';
 import { transportRpc } from './scenarios/transport-rpc.js';
 import type { RunReport, Scenario, ScenarioOptions } from './scenario.js';
 
@@ -27,6 +28,8 @@ export interface ChaosOptions {
   encryption: 'auto' | 'on' | 'off';
   verbose: boolean;
   restartCheck?: boolean;
+  /** kv only: draw faults from these kinds (`--faults kill,leave,partition`). */
+  faultKinds?: KvFaultKind[];
 }
 
 export async function runChaos(options: ChaosOptions, print: (line: string) => void): Promise<RunReport[]> {
@@ -35,13 +38,17 @@ export async function runChaos(options: ChaosOptions, print: (line: string) => v
   if (chosen.length === 0) {
     throw new Error(`--scenario must be all, ${scenarios.map((s) => s.name).join(', ')} or rpc, got ${options.scenario}`);
   }
+  if (options.faultKinds && chosen.some((s) => s !== kvChaos)) {
+    throw new Error('--faults chooses the kv scenario\'s faults: add --scenario kv');
+  }
   const deadline = Date.now() + options.minutes * 60_000;
   const reports: RunReport[] = [];
   for (let i = 0; i < options.runs && (i === 0 || Date.now() < deadline); i++) {
     const scenario = chosen[i % chosen.length]!;
     const log = options.verbose ? (line: string) => print(`  [${scenario.name} ${options.seed + i}] ${line}`) : () => undefined;
-    const runOptions: ScenarioOptions & { restartCheck?: boolean } = {
+    const runOptions: ScenarioOptions & { restartCheck?: boolean; faultKinds?: KvFaultKind[] } = {
       faultMs: options.faultMs, log, network: options.network, encryption: options.encryption, restartCheck: options.restartCheck === true,
+      ...(options.faultKinds ? { faultKinds: options.faultKinds } : {}),
     };
     const report = await scenario.run(options.seed + i, runOptions);
     reports.push(report);
@@ -67,6 +74,15 @@ function encryption(text: string | undefined): ChaosOptions['encryption'] {
   throw new Error(`--encryption must be auto, on or off, got ${text}`);
 }
 
+function faultKinds(text: string): KvFaultKind[] {
+  const kinds = text.split(',').map((k) => k.trim()).filter((k) => k !== '');
+  const unknown = kinds.filter((k) => !(KV_FAULT_KINDS as readonly string[]).includes(k));
+  if (kinds.length === 0 || unknown.length > 0) {
+    throw new Error(`--faults must be a comma-separated list of ${KV_FAULT_KINDS.join(', ')}, got ${text}`);
+  }
+  return kinds as KvFaultKind[];
+}
+
 function parse(argv: string[]): ChaosOptions {
   const value = (name: string): string | undefined => {
     const at = argv.indexOf(`--${name}`);
@@ -90,6 +106,7 @@ function parse(argv: string[]): ChaosOptions {
     encryption: encryption(value('encryption')),
     verbose: argv.includes('--verbose'),
     restartCheck: argv.includes('--restart-check'),
+    ...(value('faults') !== undefined ? { faultKinds: faultKinds(value('faults')!) } : {}),
   };
 }
 

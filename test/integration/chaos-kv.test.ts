@@ -5,6 +5,7 @@
 // checks. A node broken on purpose (compare-and-set that ignores its expected value, alike on
 // every replica, so only the history can tell) shows the checks can fail.
 import test from 'ava';
+import { NetLab } from '../cluster/netns.js';
 import { kvChaos } from '../cluster/scenarios/kv.js';
 
 test.serial('kv chaos: a fixed seed passes every check with faults injected', async (t) => {
@@ -43,4 +44,38 @@ test.serial('kv chaos: nodes that lose their data at a total restart are caught 
   });
   t.false(report.passed);
   t.true(report.violations.some((v) => v.startsWith('restart-lost-write:')), report.violations.join('\n'));
+});
+
+test.serial('kv chaos: a node that answers ordered reads locally when the shard stalls is caught by the partition check', async (t) => {
+  t.timeout(240_000);
+  const netns = NetLab.available();
+  if (!netns.ok) {
+    // Partitions need namespaces (root, iproute2): the scenario must refuse the fault by name.
+    await t.throwsAsync(
+      kvChaos.run(7, { faultMs: 1, log: () => undefined, faultKinds: ['partition'], network: 'loopback' }),
+      { message: /partition fault needs network namespaces/ },
+    );
+    t.log(`namespaces unavailable (${netns.reason}); checked the refusal only`);
+    return;
+  }
+  // One fault: a node (half the time the membership leader) cut off past the failure timeout.
+  const report = await kvChaos.run(7, {
+    faultMs: 1,
+    log: (l) => t.log(l),
+    network: 'netns',
+    faultKinds: ['partition'],
+    nodeEnv: { KV_NODE_MUTATION: 'read-local-when-stalled' },
+  });
+  t.is(report.faults['partition'], 1);
+  t.false(report.passed);
+  t.true(report.violations.some((v) => v.startsWith('partition:')), report.violations.join('\n'));
+});
+
+test.serial('kv chaos: clean leaves keep every check passing', async (t) => {
+  t.timeout(240_000);
+  const report = await kvChaos.run(8, { faultMs: 3000, log: (l) => t.log(l), network: 'loopback', faultKinds: ['leave'] });
+  t.deepEqual(report.violations, []);
+  t.true(report.passed);
+  t.true((report.faults['leave'] ?? 0) >= 1, JSON.stringify(report.faults));
+  t.is(report.faults['leave'], report.faults['replacement-join']);
 });

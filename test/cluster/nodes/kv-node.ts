@@ -25,13 +25,17 @@
  * view, leader, shard, frontier, digest; `full` adds the version history),
  * `where [[key, value], …]` (the first version holding each), `values [[key, version], …]` (the
  * value of each key at each version: `values <json>`), `at [[key, micros], …]` (temporal reads:
- * `at <json>`), `stop` (exit 0).
+ * `at <json>`), `leave` (leave the group cleanly with `group.close()`, print `left`, exit 0),
+ * `stop` (exit 0).
  *
  * KV_NODE_MUTATION=cas-ignores-expected breaks compare-and-set on purpose (it always swaps, on
  * every replica alike, so replicas agree and only the linearizability check can notice): the
  * scenario's own test shows the checks catch it. KV_NODE_MUTATION=forget-on-restart makes a node
  * started over its data directory wipe it instead (as if its disk lost everything): the restart
- * check must report the acknowledged writes as lost.
+ * check must report the acknowledged writes as lost. KV_NODE_MUTATION=read-local-when-stalled
+ * makes an ordered read that has no answer within 200 ms answer from this replica's own latest
+ * state instead (a tempting "fallback" that is a stale read on a node cut off from the others):
+ * the partition check must report it.
  */
 import 'reflect-metadata';
 import { randomBytes } from 'node:crypto';
@@ -57,6 +61,7 @@ import type { Endpoint } from '../../../src/transport/native-transport.js';
 import type { QueryResults } from '../../../src/group/query-results.js';
 
 const casIgnoresExpected = process.env['KV_NODE_MUTATION'] === 'cas-ignores-expected';
+const readLocalWhenStalled = process.env['KV_NODE_MUTATION'] === 'read-local-when-stalled';
 
 @replicated({ name: 'ChaosKv' })
 export class ChaosKv {
@@ -142,7 +147,9 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
     print(`removed ${error.message.replace(/\s+/g, ' ')}`);
   });
 
-  const opTimeoutMs = 8000;
+  // The read-local mutation gives up on every ordered call quickly, so that its clients go on
+  // issuing (and falling back to local reads) while the shard is stalled.
+  const opTimeoutMs = readLocalWhenStalled ? 300 : 8000;
   let running = true;
   let seq = 0;
   // Values stay unique when a node restarts over its data (the restart check) and counts again.
@@ -173,6 +180,19 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
     print(`h inv ${JSON.stringify({ o, c: self * 100 + client, op, key, value: op === 'read' ? undefined : value, expected, t: now() })}`);
     try {
       const results = (op === 'put' ? kv.ordered.put(key, value) : op === 'cas' ? kv.ordered.cas(key, expected!, value) : kv.ordered.read(key)) as QueryResults<unknown>;
+      if (op === 'read' && readLocalWhenStalled) {
+        const stalled = await within(results.replies.get(group.nodeId)!, 200).then(() => false, () => true);
+        if (stalled) {
+          // The mutation: answer from this replica's own latest state, as if it were ordered.
+          const entries = kv.versions('entries');
+          const latest = entries.latestIndex();
+          const local = latest < 0 ? '' : (entries.getByIndex(latest).get(key) ?? '');
+          const at = latest < 0 ? '0' : String(entries.infoByIndex(latest).version);
+          lastSeen.set(key, local);
+          print(`h ok ${JSON.stringify({ o, out: local, v: at, t: now() })}`);
+          return;
+        }
+      }
       const own = await within(results.replies.get(group.nodeId)!, opTimeoutMs);
       const version = await within(results.version, opTimeoutMs);
       // A write is acknowledged only once durable on every member; a read once answered.
@@ -275,6 +295,13 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
           }
         });
         print(`at ${JSON.stringify(answers)}`);
+      } else if (command === 'leave') {
+        // A clean leave: the group commits this node's departure, then it exits.
+        running = false;
+        void group.close().then(
+          () => process.stdout.write('left\n', () => process.exit(0)),
+          (error: Error) => print(`error leave: ${error.name}: ${error.message}`),
+        );
       } else if (command === 'stop') {
         running = false;
         process.stdout.write('', () => process.exit(0));

@@ -47,9 +47,18 @@ const failureTimeoutMs = 1500;
 const keys = 4;
 const checkerSteps = 3_000_000;
 
+/** The kv scenario's faults, in the order the seed's schedule draws them from. */
+export const KV_FAULT_KINDS = ['kill', 'kill-leader', 'pause', 'loss', 'quiet', 'leave', 'partition'] as const;
+export type KvFaultKind = (typeof KV_FAULT_KINDS)[number];
+
 export interface KvScenarioOptions extends ScenarioOptions {
   /** Restart every node from disk at the end and check acknowledged writes again (needs #restart). */
   restartCheck?: boolean;
+  /**
+   * Draw faults only from these kinds (default: all; `partition` only in network namespaces).
+   * A fault kind that needs namespaces without them is refused.
+   */
+  faultKinds?: readonly KvFaultKind[];
 }
 
 interface NodeReport {
@@ -93,6 +102,13 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
     const started = Date.now();
     const random = new SeededRandom(seed);
     const useNetns = network === 'netns' || (network === 'auto' && NetLab.available().ok);
+    for (const kind of options.faultKinds ?? []) {
+      if (!KV_FAULT_KINDS.includes(kind)) throw new Error(`kv scenario: unknown fault kind "${kind}"; use ${KV_FAULT_KINDS.join(', ')}`);
+    }
+    if (options.faultKinds?.includes('partition') && !useNetns) {
+      throw new Error(`kv scenario: the partition fault needs network namespaces (root and iproute2; ${NetLab.available().reason}); drop it or use --network netns`);
+    }
+    const kinds = (options.faultKinds ?? KV_FAULT_KINDS).filter((k) => useNetns || k !== 'partition');
     const encrypted = encryption === 'on' || (encryption === 'auto' && random.int(2) === 0);
     const faults: Record<string, number> = {};
     const violations: string[] = [];
@@ -257,20 +273,20 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
       // Faults, one at a time, each undone (and removed nodes replaced) before the next.
       const faultEnd = Date.now() + faultMs;
       while (Date.now() < faultEnd) {
-        const kind = random.int(lab ? 6 : 5);
+        const kind = kinds[random.int(kinds.length)]!;
         const targets = live();
         const target = targets[random.int(targets.length)]!;
-        if (kind === 0) {
+        if (kind === 'kill') {
           count('kill');
           log(`kill -9 node ${target.nodeId}`);
           await target.process.kill('SIGKILL');
-        } else if (kind === 1) {
+        } else if (kind === 'kill-leader') {
           const reports = await Promise.all(targets.map((s) => reportOf(s)));
           const leader = targets[reports.findIndex((r) => r.leader)] ?? target;
           count('kill-leader');
           log(`kill -9 the membership leader, node ${leader.nodeId}`);
           await leader.process.kill('SIGKILL');
-        } else if (kind === 2) {
+        } else if (kind === 'pause') {
           const pauseMs = failureTimeoutMs + 500 + random.int(1000);
           count('pause');
           log(`SIGSTOP node ${target.nodeId} for ${pauseMs} ms`);
@@ -278,7 +294,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           await sleep(pauseMs);
           target.process.resume();
           await sleep(500);
-        } else if (kind === 3) {
+        } else if (kind === 'loss') {
           const loss = 0.05 + random.int(20) / 100;
           const holdMs = 500 + random.int(1500);
           count('loss');
@@ -286,13 +302,38 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           target.process.send(`loss ${loss}`);
           await sleep(holdMs);
           target.process.send('loss 0');
-        } else if (kind === 4) {
+        } else if (kind === 'quiet') {
           count('quiet');
           await sleep(500 + random.int(1000));
-        } else {
-          // Cut one node (sometimes the leader) off from the others, long enough to be removed.
+        } else if (kind === 'leave') {
+          // A clean leave: the node's group.close() commits its departure and returns; the others
+          // go on without it (no failure timeout), and a fresh node later takes its slot.
+          // A shard member (a spare leaving changes no shard).
           const reports = await Promise.all(targets.map((s) => reportOf(s)));
-          const alone = random.int(2) === 0 ? (targets[reports.findIndex((r) => r.leader)] ?? target) : target;
+          const shard = targets.filter((s, i) => reports[i]!.shard.includes(s.nodeId));
+          const leaving = shard[random.int(Math.max(1, shard.length))] ?? target;
+          count('leave');
+          log(`node ${leaving.nodeId} leaves cleanly`);
+          leaving.process.expectExit();
+          const left = leaving.process.waitForNextLine(/^left$/, 20_000);
+          leaving.process.send('leave');
+          try {
+            await left;
+            await leaving.process.waitForExit(10_000);
+          } catch (error) {
+            violations.push(`leave: node ${leaving.nodeId} did not finish leaving (group.close() and exit) within 30 s: ${(error as Error).message}`);
+            await leaving.process.kill('SIGKILL');
+          }
+          removedLines.set(leaving.nodeId, 'left');
+        } else {
+          // Cut one node off from the others, long enough to be removed: half the time the
+          // membership leader, else a member of the shard (a spare does no ordered calls, so
+          // cutting it off tests less).
+          const reports = await Promise.all(targets.map((s) => reportOf(s)));
+          const shard = targets.filter((s, i) => reports[i]!.shard.includes(s.nodeId));
+          const alone = random.int(2) === 0
+            ? (targets[reports.findIndex((r) => r.leader)] ?? target)
+            : (shard[random.int(Math.max(1, shard.length))] ?? target);
           const holdMs = failureTimeoutMs + 1000 + random.int(1500);
           count('partition');
           log(`partition node ${alone.nodeId} (slot ${alone.index}) from the rest for ${holdMs} ms`);
