@@ -51,6 +51,11 @@ export class GroupSection {
   members: string[] = [];
   /** Seconds a restarting group waits for a majority of every shard before giving up. */
   @IsInt() @Min(1) restart_timeout_s = 60;
+  /**
+   * Milliseconds a total restart waits, once a majority of the last view and of every shard is
+   * back, for the members still missing (they then rejoin as new members).
+   */
+  @IsInt() @Min(0) @Max(600_000) restart_grace_ms = 1000;
 }
 
 export class TransportSection {

@@ -107,6 +107,7 @@ export class MembershipViewSource implements ViewSource {
       saveRecord: (r) => this.store.save(r),
       raftStorageFor: (epoch) => this.store.raftStorage(epoch, durable),
       restartTimeoutMs: config.group.restart_timeout_s * 1000,
+      restartGraceMs: config.group.restart_grace_ms,
       multicastLimitsFor: (profile) => multicastLimitsForProfile(config, profile),
       onDeliver: (shard, delivery) => this.onDeliver(shard, delivery),
       persist: () => this.sink?.persist() ?? Promise.resolve(),

@@ -32,6 +32,7 @@ test('an almost empty file gives every default', (t) => {
   t.deepEqual(config.group.seeds, ['127.0.0.1:7000']);
   t.is(config.multicast.window_size, 1024);
   t.is(config.persistence.sync, 'durable');
+  t.is(config.group.restart_grace_ms, 1000);
   t.deepEqual(config.subgroup, {});
 });
 
@@ -62,7 +63,7 @@ test('profiles are validated and inherit unset keys', (t) => {
 });
 
 test('every problem is reported at once with its dotted key', (t) => {
-  const text = '[node]\nid = -1\nport = "x"\nbogus = 1\n[mystery]\na = 1\n[multicast]\nrdmc_send_algorithm = "fast"\n[group]\nseeds = ["nohost"]\n';
+  const text = '[node]\nid = -1\nport = "x"\nbogus = 1\n[mystery]\na = 1\n[multicast]\nrdmc_send_algorithm = "fast"\n[group]\nseeds = ["nohost"]\nrestart_grace_ms = -5\n';
   const problems = problemsOf(() =>
     parseConfig(text, 'node.toml', {
       env: { SQUALL_NODE_PORTT: '1', SQUALL_METRICS_PORT: 'abc' },
@@ -75,6 +76,7 @@ test('every problem is reported at once with its dotted key', (t) => {
   t.regex(problems['mystery']!, /not a configuration section\. Fix: use one of node, group/);
   t.regex(problems['multicast.rdmc_send_algorithm']!, /binomial, chain, sequential, tree/);
   t.regex(problems['group.seeds']!, /host:port/);
+  t.regex(problems['group.restart_grace_ms']!, /must not be less than 0; got -5/);
   t.regex(problems['env.SQUALL_NODE_PORTT']!, /not a configuration variable/);
   t.regex(problems['env.SQUALL_METRICS_PORT']!, /expected a number, got "abc"/);
   t.regex(problems['--bad']!, /--<section>\.<key>=<value>/);
