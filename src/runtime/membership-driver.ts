@@ -30,7 +30,7 @@ import {
 } from '../core/ids.js';
 import { FailureDetectorCore } from '../membership/failure-detector-core.js';
 import { SerialPump } from '../membership/serial-pump.js';
-import { nextVoterStep } from '../membership/voter-plan.js';
+import { nextVoterStep, voterPlanInputOf } from '../membership/voter-plan.js';
 import type { Allocator } from '../membership/layout.js';
 import {
   NodeIdInUseError, ViewChangeCore, decodeEntry, encodeEntry, initialView, votersOf,
@@ -449,10 +449,7 @@ export class MembershipDriver {
     const raft = this.raft;
     if (raft === undefined || raft.core.role !== 'leader' || this.status !== 'member') return;
     const status = raft.core.status();
-    const step = nextVoterStep({
-      self: this.self, voters: status.conf.voters, learners: status.conf.learners, want: this.voters.map(Number),
-      matchIndex: (n) => status.progress[n]?.match ?? 0, commitIndex: status.commit,
-    });
+    const step = nextVoterStep(voterPlanInputOf(status, this.voters.map(Number)));
     if (step === undefined) return;
     if (step.kind === 'transferLeadership') {
       try {
