@@ -23,6 +23,7 @@
  * The effects of the core run one at a time in order on an async chain (creating a multicast
  * driver connects sessions), while ticks, heartbeats and log entries keep arriving.
  */
+import { randomBytes } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { SquallError, TimeoutError } from '../core/errors.js';
 import {
@@ -176,15 +177,18 @@ type Listener = {
 };
 
 type Wire =
-  | { t: 'hb'; from: number; address: string }
-  | { t: 'report'; from: number; address: string; message: ReceiveReportMessage }
+  /** `inc`: the sender process's incarnation (random per driver): see `speaking`. */
+  | { t: 'hb'; from: number; address: string; inc: string }
+  | { t: 'report'; from: number; address: string; inc: string; message: ReceiveReportMessage }
   | { t: 'propose'; entry: Uint8Array; hops: number }
   | { t: 'fetch'; from: number }
   /**
    * `after`: sent by a node restarting over its data dir, the id of the last view its earlier
    * process recorded; a welcome into that view or an earlier one would be that process's.
    */
-  | { t: 'join'; node: number; address: string; layoutHash: string; after?: number }
+  | { t: 'join'; node: number; address: string; layoutHash: string; after?: number; inc: string }
+  /** A founder without a view record asks whether the group already runs (see start()). */
+  | { t: 'founding'; node: number; address: string; inc: string }
   | { t: 'stateOpen'; view: number; subgroupId: number; shardIndex: number; after: string }
   | { t: 'stateNext'; token: number }
   | { t: 'stateLatest'; view: number; subgroupId: number; shardIndex: number }
@@ -276,6 +280,14 @@ export class MembershipDriver {
   private readonly fetchFailedAt = new Map<NodeId, number>();
   private readonly history: { view: View; sealedAtIndex: number }[] = [];
   private shards = new Map<string, ShardRun>();
+  /**
+   * This process's incarnation: random per driver, carried by heartbeats, reports and joins, so
+   * that a member tells a node's new process (one that lost its data dir, or is retrying a join
+   * its earlier process made) from the process it has been hearing.
+   */
+  private readonly incarnation = randomBytes(8).toString('hex');
+  /** Per member of the installed view, the incarnation its heartbeats and reports carry. */
+  private readonly speaking = new Map<NodeId, string>();
   private readonly sessions = new Map<TransportAddress, Promise<TransportSession>>();
   private readonly transfers = new Map<number, { chunks: Iterator<Uint8Array>; at: number }>();
   private transferToken = 1;
@@ -360,14 +372,25 @@ export class MembershipDriver {
       await this.restart(this.options.record);
       return;
     }
-    if (this.voters.includes(this.self)) await this.startRaft(this.voters);
-    this.timer = setInterval(() => this.onTick(), this.tickMs);
     if (this.options.found) {
-      await this.awaitFounders();
+      this.timer = setInterval(() => this.onTick(), this.tickMs);
+      // A founder without a view record whose group already runs lost its data dir (or was
+      // started with persistence.reset): founding view 0 again would put a process that forgot
+      // its Raft term and vote, and its shards' state, back as that member. It joins instead, as
+      // a new member once the group removed its earlier process (answerJoin).
+      if (await this.awaitFounders()) {
+        this.options.log?.('start: the group already runs with an earlier process of this node; joining as a new member');
+        this.status = 'joining';
+        await this.join();
+        return;
+      }
+      if (this.voters.includes(this.self)) await this.startRaft(this.voters);
       const view = initialView(this.options.founders, this.options.allocator);
       await this.becomeMember(view, 0);
       return;
     }
+    if (this.voters.includes(this.self)) await this.startRaft(this.voters);
+    this.timer = setInterval(() => this.onTick(), this.tickMs);
     this.status = 'joining';
     await this.join();
   }
@@ -376,15 +399,20 @@ export class MembershipDriver {
    * A founder waits until every other founder's endpoint answers (retrying until
    * restartTimeoutMs): view 0's multicast connects to all of them at once, and a founder whose
    * process is still starting would fail that connect and be suspected at once (seen with
-   * `squall demo` at load 12).
+   * `squall demo` at load 12). Each is asked whether the group already runs with an earlier
+   * process of this node (`founding`); true if one says so.
    */
-  private async awaitFounders(): Promise<void> {
+  private async awaitFounders(): Promise<boolean> {
     const timeoutMs = this.options.restartTimeoutMs ?? 60_000;
     const deadline = Date.now() + timeoutMs;
+    let running = false;
+    const ask = pack({ t: 'founding', node: this.self, address: this.transport.address, inc: this.incarnation });
     await Promise.all(this.options.founders.filter((f) => f.id !== this.self).map(async (f) => {
       for (;;) {
         try {
-          await this.session(f.address);
+          const session = await this.session(f.address);
+          const answer = packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, ask, { timeoutMs: 1000 })) as { running?: boolean };
+          if (answer.running === true) running = true;
           return;
         } catch {
           if (this.status === 'closed') throw new SquallError('closed while starting', 'CLOSED');
@@ -393,6 +421,7 @@ export class MembershipDriver {
         }
       }
     }));
+    return running;
   }
 
   /** Asks to leave the group cleanly; the `removed` event follows once the change commits. */
@@ -746,7 +775,7 @@ export class MembershipDriver {
         const session = await this.session(seed);
         const bytes = await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
           t: 'join', node: this.self, address: this.transport.address, layoutHash: this.options.layoutHash,
-          ...(after !== undefined ? { after } : {}),
+          inc: this.incarnation, ...(after !== undefined ? { after } : {}),
         }), { timeoutMs: 1000 });
         reply = packr.unpack(bytes) as JoinReply;
       } catch (error) {
@@ -796,9 +825,12 @@ export class MembershipDriver {
       // A joiner let in that did not hear it asks again: welcome it into the view it joined in.
       // Only while it is still a member there (a view it was removed from since, e.g. view 0
       // that lists every founder as joined, would put it back into a view the group left), and
-      // only into a view after the one a restarted process's earlier self recorded.
+      // only into a view after the one a restarted process's earlier self recorded. Not if the
+      // member there spoke as another process: this one lost its data dir (below).
       const after = request.after ?? -1;
-      for (let i = this.history.length - 1; i >= 0; i--) {
+      const heard = this.speaking.get(node);
+      const newProcess = heard !== undefined && heard !== request.inc;
+      for (let i = this.history.length - 1; i >= 0 && !newProcess; i--) {
         const h = this.history[i]!;
         if (h.view.id > after && h.view.joined.includes(node) && h.view.addressOf(node) === request.address) {
           return { t: 'welcome', view: encodeView(h.view), sealedAtIndex: h.sealedAtIndex, epoch: this.epoch };
@@ -807,12 +839,12 @@ export class MembershipDriver {
       // This node may still be installing the view the joiner was let in (the core moved on,
       // the history has not): then the next ask is welcomed.
       const installing = this.history.at(-1)?.view.id !== core.view.id;
-      if (request.after !== undefined && !installing) {
+      if ((request.after !== undefined || newProcess) && !installing) {
         // The member at this address is the restarted node's earlier process: it is gone (its
         // address may still look alive, the new process's requests arrive from it). Remove it
         // now; the joiner asks again and is let in anew.
         if (!this.fd!.isSuspected(node)) {
-          this.options.log?.(`join: node ${node} restarted over its data dir; its earlier process is gone`);
+          this.options.log?.(`join: node ${node} restarted ${newProcess && request.after === undefined ? 'without its data dir' : 'over its data dir'}; its earlier process is gone`);
         }
         this.fd!.peerFailed(node);
         this.pump();
@@ -887,10 +919,10 @@ export class MembershipDriver {
     if (this.status === 'closed') return EMPTY;
     switch (message.t) {
       case 'hb':
-        this.fromPeer(message.from, message.address);
+        this.fromPeer(message.from, message.address, message.inc);
         return EMPTY;
       case 'report':
-        if (this.fromPeer(message.from, message.address)) {
+        if (this.fromPeer(message.from, message.address, message.inc)) {
           this.core!.receive(nodeId(message.from), message.message);
           this.pump();
         }
@@ -902,6 +934,8 @@ export class MembershipDriver {
         return this.serveFetch(message.from);
       case 'join':
         return pack(this.answerJoin(message));
+      case 'founding':
+        return pack({ running: this.runsWithEarlierProcessOf(message.node, message.inc) });
       case 'stateOpen':
         return pack(this.openTransfer(message));
       case 'stateNext':
@@ -928,7 +962,7 @@ export class MembershipDriver {
   }
 
   /** A heartbeat or report from a member: true if it is from the member we know. */
-  private fromPeer(from: number, address: string): boolean {
+  private fromPeer(from: number, address: string, inc: string): boolean {
     if (this.status !== 'member') return false;
     const expected = this.core!.view.addressOf(nodeId(from));
     if (expected === undefined) return false;
@@ -937,8 +971,22 @@ export class MembershipDriver {
       this.pump();
       return false;
     }
+    this.speaking.set(nodeId(from), inc);
     this.fd!.heartbeatReceived(nodeId(from));
     return true;
+  }
+
+  /**
+   * Whether the group runs here with `node` as a member whose process is not the asking one
+   * (incarnation `inc`): a later view than the founders', or heartbeats from another incarnation
+   * of it. Then the asker lost its data dir (a founder without a view record while its earlier
+   * process was a member) and must not found view 0 again: it joins as a new member.
+   */
+  private runsWithEarlierProcessOf(node: number, inc: string): boolean {
+    if (this.status !== 'member') return false;
+    if (this.core!.view.id > 0) return true;
+    const heard = this.speaking.get(nodeId(node));
+    return heard !== undefined && heard !== inc;
   }
 
   // ---- Membership log ---------------------------------------------------------------------------
@@ -1108,7 +1156,7 @@ export class MembershipDriver {
     if (!this.partitioned) {
       for (const to of fd.heartbeatsTo) {
         this.counters.heartbeatsSent++;
-        this.post(this.core!.view.addressOf(to), { t: 'hb', from: this.self, address: this.transport.address });
+        this.post(this.core!.view.addressOf(to), { t: 'hb', from: this.self, address: this.transport.address, inc: this.incarnation });
       }
     }
     const core = this.core!;
@@ -1119,7 +1167,7 @@ export class MembershipDriver {
     const rd = core.ready();
     for (const p of rd.proposals) this.propose(p);
     for (const m of rd.messages) {
-      const report: Wire = { t: 'report', from: this.self, address: this.transport.address, message: m.message };
+      const report: Wire = { t: 'report', from: this.self, address: this.transport.address, inc: this.incarnation, message: m.message };
       this.post(core.view.addressOf(m.to), report);
     }
     for (const effect of rd.effects) {
@@ -1213,6 +1261,7 @@ export class MembershipDriver {
     // Heartbeats of the new view first: connecting the multicast sessions below takes time, and
     // the other members' failure detectors already count it.
     this.fd!.resetView(view.id, view.memberIds);
+    for (const node of this.speaking.keys()) if (!view.isMember(node)) this.speaking.delete(node);
     this.pump();
     // Before any multicast of the view exists: every member of a view that delivered anything
     // has recorded it (the total restart's argument, src/membership/restart.ts).
