@@ -384,8 +384,10 @@ TEST(transport_udp_a_pending_socket_error_does_not_hold_back_queued_datagrams) {
   b->Flush();
   pollfd in = {a->fd(), POLLIN, 0};
   CHECK(poll(&in, 1, 5000) == 1);
+  // One datagram (the three packets travel as one bundle): the kernel reports a pending error
+  // in place of the datagram when a receive asks for just one.
   size_t received = 0;
-  a->Receive([&](const PeerAddress&, std::span<const uint8_t>) { ++received; }, 64);
+  a->Receive([&](const PeerAddress&, std::span<const uint8_t>) { ++received; }, 1);
   CHECK_EQ(received, 3u);
   CHECK_EQ(reports, 1u);
   CHECK(a->stats().receive_errors >= 1);
