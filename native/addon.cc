@@ -283,14 +283,15 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     // would make that round trip 0 µs (RTT samples feed the RTO and congestion control).
     // One batch per wakeup: an encrypting endpoint seals what it sends to a session in it once.
     endpoint->BeginBatch();
-    // Errors first (Receive would meet them anyway, as a failed receive): a confirming PING
-    // they trigger leaves with this wakeup's flush.
-    if ((events & UV_PRIORITIZED) != 0) d->socket->DrainErrors();
     d->socket->Receive(
         [endpoint](const PeerAddress& from, std::span<const uint8_t> bytes) {
           endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
+    // ICMP reports after the datagrams: a packet that arrived before them (a peer's goodbye
+    // before it closed its socket) is handled first. A confirming PING they trigger leaves
+    // with this wakeup's flush.
+    if ((events & UV_PRIORITIZED) != 0) d->socket->DrainErrors();
     endpoint->OnTimers(MonotonicNowUs());
     endpoint->EndBatch();
     d->socket->Flush();

@@ -236,10 +236,10 @@ struct Node {
   bool ok() const { return endpoint != nullptr; }
   void Pump() {
     const uint64_t now = MonotonicNowUs();
-    socket->DrainErrors();
     socket->Receive([&](const PeerAddress& from, std::span<const uint8_t> bytes) {
       endpoint->OnPacket(from, bytes, now);
     }, 256);
+    socket->DrainErrors();
     endpoint->OnTimers(now);
     std::vector<Event> fresh;
     endpoint->TakeEvents(&fresh);

@@ -215,6 +215,7 @@ size_t UdpSocket::Receive(
   mmsghdr messages[64];
   iovec vectors[64];
   int error_retries = 0;
+  bool errors_seen = false;
   while (total < max_packets) {
     const size_t want = std::min(rx_count_, max_packets - total);
     for (size_t i = 0; i < want; ++i) {
@@ -234,11 +235,15 @@ size_t UdpSocket::Receive(
         error_retries < kReceiveErrorRetries) {
       // With IP_RECVERR every ICMP error also sets the socket's pending error, and the next
       // receive returns it (ECONNREFUSED for a port unreachable) instead of the datagrams
-      // queued behind it, consuming it. Read the error queue and receive again: data waiting
-      // must not wait for the next wakeup (the timers run right after this).
+      // queued behind it, consuming it. Receive again: data waiting must not wait for the next
+      // wakeup (the timers run right after this). The reports themselves are read after the
+      // data, so a packet that arrived before them (a peer's goodbye) is handled first; if
+      // errors keep coming (each new one sets the pending error again), read them now, which
+      // clears it.
       ++error_retries;
       ++stats_.receive_errors;
-      if (errno != EINTR) DrainErrors();
+      if (errno != EINTR) errors_seen = true;
+      if (errors_seen && error_retries >= 2) DrainErrors();
       continue;
     }
     if (got <= 0) break;
@@ -280,6 +285,7 @@ size_t UdpSocket::Receive(
     total += static_cast<size_t>(got);
     if (static_cast<size_t>(got) < want) break;
   }
+  if (errors_seen) DrainErrors();
   return total;
 }
 

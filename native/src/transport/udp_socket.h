@@ -75,7 +75,8 @@ class UdpSocket final : public PacketIo {
   void Flush();
   // Receives up to `max_packets` datagrams, calling `on_packet` for each. Returns how many were
   // received (0: nothing pending). An error the kernel holds for the socket (an ICMP report,
-  // below) does not end the receive: the queue is drained and the receive retried.
+  // below) does not end the receive: the receive is retried, and the error queue drained after
+  // the datagrams (so packets that arrived before the reports are handled before them).
   size_t Receive(const std::function<void(const PeerAddress&, std::span<const uint8_t>)>&
                      on_packet,
                  size_t max_packets);
