@@ -193,14 +193,7 @@ TEST(transport_unreachable_server_sessions_fail_by_the_same_rule) {
   RecordingIo io;
   Endpoint server(EndpointConfig{}, &io);
   const PeerAddress client = Addr("127.0.0.1:5000");
-  Header h;
-  h.type = PacketType::kConnectRequest;
-  h.dest_session = kNoSession;
-  h.aux = 77;
-  h.packet_number = 1024;
-  h.request_type = 8;
-  h.request_number = 0xABCD;
-  server.OnPacket(client, Packet(h), 0);
+  server.OnPacket(client, ConnectRequest(77, 1024), 0);
   std::vector<Event> events;
   server.TakeEvents(&events);
   CHECK(events.size() == 1);
@@ -347,11 +340,14 @@ TEST(transport_udp_connect_to_a_port_bound_later_still_connects) {
   CHECK(client.Find(SessionEventKind::kPeerFailed) == nullptr);
   CHECK(client.Find(SessionEventKind::kConnectFailed) == nullptr);
   // And it serves.
-  CHECK(client.endpoint->Call(session, 1, 5, Pattern(64, 5), 0, MonotonicNowUs()) == CallStatus::kOk);
+  CHECK(client.endpoint->Call(session, 1, 5, Pattern(64, 5), 0, MonotonicNowUs()) ==
+        CallStatus::kOk);
   client.socket->Flush();
   bool answered = false;
   CHECK(Node::PumpUntil({&client, &server}, 20'000'000, [&] {
-    for (const Event& e : client.events) answered |= e.kind == EventKind::kResponse && e.id == 5 && e.code == 0;
+    for (const Event& e : client.events) {
+      answered |= e.kind == EventKind::kResponse && e.id == 5 && e.code == 0;
+    }
     return answered;
   }));
   CHECK(client.socket->stats().port_unreachable >= 3);
