@@ -395,3 +395,66 @@ TEST(transport_udp_a_pending_socket_error_does_not_hold_back_queued_datagrams) {
   a->Flush();
   CHECK_EQ(a->stats().send_errors, 0u);
 }
+
+TEST(transport_udp_a_peer_restarted_at_the_same_address_is_not_failed_by_old_reports) {
+  // The peer dies and a new process binds the same port (as a node restarted over its data
+  // dir). Reports about datagrams of the session to the earlier process -- late ones too --
+  // name that process's session number and never touch the session to the new one.
+  EndpointConfig config;
+  config.peer_failure_timeout_us = 30'000'000;
+  EndpointConfig first = config, second = config;
+  first.incarnation = 11;  // the addon draws these from the OS per endpoint
+  second.incarnation = 22;
+  Node client("127.0.0.1", 0, config);
+  auto old_peer = std::make_unique<Node>("127.0.0.1", 0, first);
+  CHECK(client.ok() && old_peer->ok());
+  if (!client.ok() || !old_peer->ok()) return;
+  const PeerAddress address = Local("127.0.0.1:", *old_peer->socket);
+  const uint32_t old_session = client.endpoint->Connect(address, MonotonicNowUs());
+  CHECK(Node::PumpUntil({&client, old_peer.get()}, 10'000'000, [&] {
+    return client.endpoint->SessionIsConnected(old_session) &&
+           old_peer->Find(SessionEventKind::kAccepted) != nullptr;
+  }));
+  // The number the client's datagrams on the old session carry (the old server's session).
+  const Event* accepted = old_peer->Find(SessionEventKind::kAccepted);
+  const uint32_t old_number = accepted != nullptr ? accepted->session : 0;
+  old_peer.reset();
+  Node new_peer("127.0.0.1", address.port(), second);  // restarted before anything bounced
+  CHECK(new_peer.ok());
+  if (!new_peer.ok()) return;
+  const uint32_t new_session = client.endpoint->Connect(address, MonotonicNowUs());
+  CHECK(Node::PumpUntil({&client, &new_peer}, 10'000'000, [&] {
+    return client.endpoint->SessionIsConnected(new_session) &&
+           new_peer.Find(SessionEventKind::kAccepted) != nullptr;
+  }));
+  const Event* renewed = new_peer.Find(SessionEventKind::kAccepted);
+  CHECK(renewed != nullptr && renewed->session != old_number);
+  // Late reports quoting the old session's datagrams.
+  Header old_request;
+  old_request.type = PacketType::kRequest;
+  old_request.dest_session = old_number;
+  const uint64_t unmatched_before = client.endpoint->stats().unreachable_unmatched;
+  for (int i = 0; i < 3; ++i) {
+    client.endpoint->OnUnreachable(address, Packet(old_request), MonotonicNowUs());
+  }
+  CHECK(client.endpoint->SessionIsConnected(new_session));
+  // The old session still looks connected to the client (its peer vanished silently), so the
+  // reports count against it, not the new one; two of them fail it.
+  CHECK(!client.endpoint->SessionIsConnected(old_session));
+  CHECK_EQ(client.endpoint->stats().unreachable_unmatched, unmatched_before + 1);
+  client.Pump();  // collects the events
+  const Event* failed = client.Find(SessionEventKind::kPeerFailed);
+  CHECK(failed != nullptr && failed->session == old_session);
+  // The new session serves.
+  CHECK(client.endpoint->Call(new_session, 1, 2, Pattern(10, 2), 0, MonotonicNowUs()) ==
+        CallStatus::kOk);
+  client.socket->Flush();
+  bool answered = false;
+  CHECK(Node::PumpUntil({&client, &new_peer}, 20'000'000, [&] {
+    for (const Event& e : client.events) {
+      answered |= e.kind == EventKind::kResponse && e.id == 2 && e.code == 0;
+    }
+    return answered;
+  }));
+  CHECK(client.endpoint->SessionIsConnected(new_session));
+}
