@@ -265,6 +265,22 @@ struct Node {
   }
 };
 
+// Makes one call with tag `tag` on `session` and pumps both until it is answered OK.
+bool CallAnswered(Node* client, Node* server, uint32_t session, uint64_t tag) {
+  const uint8_t seed = static_cast<uint8_t>(tag);
+  if (client->endpoint->Call(session, 1, tag, Pattern(64, seed), 0, MonotonicNowUs()) !=
+      CallStatus::kOk) {
+    return false;
+  }
+  client->socket->Flush();
+  return Node::PumpUntil({client, server}, 20'000'000, [&] {
+    for (const Event& e : client->events) {
+      if (e.kind == EventKind::kResponse && e.id == tag && e.code == 0) return true;
+    }
+    return false;
+  });
+}
+
 PeerAddress Local(const char* prefix, const UdpSocket& socket) {
   return Addr((std::string(prefix) + std::to_string(socket.local().port())).c_str());
 }
@@ -339,17 +355,7 @@ TEST(transport_udp_connect_to_a_port_bound_later_still_connects) {
                         [&] { return client.Find(SessionEventKind::kConnected) != nullptr; }));
   CHECK(client.Find(SessionEventKind::kPeerFailed) == nullptr);
   CHECK(client.Find(SessionEventKind::kConnectFailed) == nullptr);
-  // And it serves.
-  CHECK(client.endpoint->Call(session, 1, 5, Pattern(64, 5), 0, MonotonicNowUs()) ==
-        CallStatus::kOk);
-  client.socket->Flush();
-  bool answered = false;
-  CHECK(Node::PumpUntil({&client, &server}, 20'000'000, [&] {
-    for (const Event& e : client.events) {
-      answered |= e.kind == EventKind::kResponse && e.id == 5 && e.code == 0;
-    }
-    return answered;
-  }));
+  CHECK(CallAnswered(&client, &server, session, 5));  // and it serves
   CHECK(client.socket->stats().port_unreachable >= 3);
 }
 
@@ -445,16 +451,6 @@ TEST(transport_udp_a_peer_restarted_at_the_same_address_is_not_failed_by_old_rep
   client.Pump();  // collects the events
   const Event* failed = client.Find(SessionEventKind::kPeerFailed);
   CHECK(failed != nullptr && failed->session == old_session);
-  // The new session serves.
-  CHECK(client.endpoint->Call(new_session, 1, 2, Pattern(10, 2), 0, MonotonicNowUs()) ==
-        CallStatus::kOk);
-  client.socket->Flush();
-  bool answered = false;
-  CHECK(Node::PumpUntil({&client, &new_peer}, 20'000'000, [&] {
-    for (const Event& e : client.events) {
-      answered |= e.kind == EventKind::kResponse && e.id == 2 && e.code == 0;
-    }
-    return answered;
-  }));
+  CHECK(CallAnswered(&client, &new_peer, new_session, 2));  // the new session serves
   CHECK(client.endpoint->SessionIsConnected(new_session));
 }
