@@ -40,6 +40,9 @@ constexpr size_t kRecordHeaderBytes = 24;
 constexpr size_t kExternalPayloadBytesMin = 64 * 1024;
 constexpr size_t kReceivePacketsPerWakeup = 1024;
 constexpr uint16_t kFlagPayloadInExtras = 1;
+// UV_PRIORITIZED as well: a queued ICMP error polls as EPOLLERR | EPOLLPRI (SO_SELECT_ERR_QUEUE),
+// and libuv stops a poll handle that reports EPOLLERR without EPOLLPRI (udp_socket.h).
+constexpr int kPollEvents = UV_READABLE | UV_PRIORITIZED;
 constexpr uint8_t kSubmitCall = 1;
 constexpr uint8_t kSubmitRespond = 2;
 
@@ -84,6 +87,7 @@ struct Driver {
   // this addon, which is unloaded right after, so closing must finish first.
   napi_async_cleanup_hook_handle cleanup = nullptr;
   uint64_t timer_armed_us = UINT64_MAX;
+  uint64_t poll_restarts = 0;  // see OnReadable
   std::vector<Event> events;
 };
 
@@ -136,6 +140,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     c.peer_failure_timeout_us = ms("peerFailureTimeoutMs", c.peer_failure_timeout_us);
     c.connect_timeout_us = ms("connectTimeoutMs", c.connect_timeout_us);
     c.connect_retry_us = ms("connectRetryMs", c.connect_retry_us);
+    c.unreachable_reports_to_fail = static_cast<uint32_t>(
+        number("portUnreachableReports", c.unreachable_reports_to_fail));
     c.seed = static_cast<uint64_t>(number("seed", 1));
     // A fresh incarnation per endpoint: a process restarted at the same address must not reuse
     // the handshake tokens and session numbers of its previous life (see EndpointConfig).
@@ -210,12 +216,17 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     driver_->endpoint = std::make_unique<Endpoint>(c, driver_->socket.get());
     driver_->gate = std::make_unique<CongestionGate>(cc, c.sessions_max, MonotonicNowUs());
     driver_->endpoint->SetSendGate(driver_->gate.get());
+    Endpoint* endpoint = driver_->endpoint.get();
+    driver_->socket->SetUnreachableHandler(
+        [endpoint](const PeerAddress& to, std::span<const uint8_t> quoted) {
+          endpoint->OnUnreachable(to, quoted, MonotonicNowUs());
+        });
     uv_poll_init(loop, &driver_->poll, driver_->socket->fd());
     uv_timer_init(loop, &driver_->timer);
     driver_->poll.data = driver_;
     driver_->timer.data = driver_;
     driver_->open_handles = 2;
-    uv_poll_start(&driver_->poll, UV_READABLE, &NativeEndpoint::OnReadable);
+    uv_poll_start(&driver_->poll, kPollEvents, &NativeEndpoint::OnReadable);
     on_events_ = Napi::Persistent(info[1].As<Napi::Function>());
     env_ = env;
     // While open, the JS object must not be collected: libuv callbacks point at it.
@@ -254,9 +265,18 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     delete d;
   }
 
-  static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
+  static void OnReadable(uv_poll_t* handle, int status, int events) {
     Driver* d = static_cast<Driver*>(handle->data);
-    if (d->owner == nullptr || status < 0) return;
+    if (d->owner == nullptr) return;
+    if (status < 0) {
+      // libuv stopped the handle on a socket error it took for a dead descriptor (EPOLLERR
+      // without EPOLLPRI; should not happen with SO_SELECT_ERR_QUEUE). The socket is ours and
+      // open: read the errors and watch it again, or the endpoint would never receive again.
+      ++d->poll_restarts;
+      d->socket->DrainErrors();
+      uv_poll_start(handle, kPollEvents, &NativeEndpoint::OnReadable);
+      return;
+    }
     Endpoint* endpoint = d->endpoint.get();
     // The clock is read per packet: a wakeup can last long enough (up to 1,024 packets, sends
     // flushed on the way) for an answer to a packet sent in it to arrive in it, and a stale time
@@ -268,6 +288,10 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
           endpoint->OnPacket(from, bytes, MonotonicNowUs());
         },
         kReceivePacketsPerWakeup);
+    // ICMP reports after the datagrams: a packet that arrived before them (a peer's goodbye
+    // before it closed its socket) is handled first. A confirming PING they trigger leaves
+    // with this wakeup's flush.
+    if ((events & UV_PRIORITIZED) != 0) d->socket->DrainErrors();
     endpoint->OnTimers(MonotonicNowUs());
     endpoint->EndBatch();
     d->socket->Flush();
@@ -611,6 +635,13 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("udpKernelDrops", u.kernel_drops);
     set("udpReceiveBufferBytes", u.receive_buffer_bytes);
     set("udpSendBufferBytes", u.send_buffer_bytes);
+    set("udpPortUnreachable", u.port_unreachable);
+    set("udpErrorQueueOther", u.error_queue_other);
+    set("udpReceiveErrors", u.receive_errors);
+    set("udpPollRestarts", driver_->poll_restarts);
+    set("unreachableReports", s.unreachable_reports);
+    set("unreachableUnmatched", s.unreachable_unmatched);
+    set("peerFailuresUnreachable", s.peer_failures_unreachable);
     set("rttSamples", s.rtt_samples);
     set("retransmitTimerFires", s.retransmit_timer_fires);
     set("sealedBatches", s.sealed_batches);

@@ -46,14 +46,7 @@ struct Server {
 
   Server() {
     endpoint.SetHandled(1, true);
-    Header h;
-    h.type = PacketType::kConnectRequest;
-    h.dest_session = kNoSession;
-    h.aux = 77;
-    h.packet_number = 256;
-    h.request_type = 8;
-    h.request_number = 0xABCD;
-    endpoint.OnPacket(client, Packet(h), 0);
+    endpoint.OnPacket(client, ConnectRequest(77, 256), 0);
     endpoint.TakeEvents(&events);
     if (events.size() == 1) session = events[0].session;
     events.clear();

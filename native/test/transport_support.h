@@ -65,6 +65,18 @@ inline std::vector<uint8_t> Packet(const Header& h, const std::vector<uint8_t>& 
   return bytes;
 }
 
+// A plaintext connect request from client session `client_session` (8 slots, token 0xABCD).
+inline std::vector<uint8_t> ConnectRequest(uint32_t client_session, uint32_t packet_bytes) {
+  Header h;
+  h.type = PacketType::kConnectRequest;
+  h.dest_session = kNoSession;
+  h.aux = client_session;
+  h.packet_number = packet_bytes;
+  h.request_type = 8;
+  h.request_number = 0xABCD;
+  return Packet(h);
+}
+
 inline std::vector<uint8_t> Pattern(size_t bytes, uint8_t seed) {
   std::vector<uint8_t> out(bytes);
   for (size_t i = 0; i < bytes; ++i) out[i] = static_cast<uint8_t>(seed + i * 7 + (i >> 8));

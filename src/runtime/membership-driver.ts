@@ -309,6 +309,11 @@ export class MembershipDriver {
     heartbeatsSent: 0, messagesDropped: 0, sendErrors: 0, proposals: 0, installs: 0, stateChunks: 0,
     /** Ticks skipped because this node's event loop had stalled (see onTick). */
     stalls: 0,
+    /**
+     * Suspicions raised, by cause: a transport session to the member failed (its port reported
+     * closed, or the transport's own timeout), or the failure detector's timeout ran out.
+     */
+    suspicionsTransport: 0, suspicionsTimeout: 0,
   };
 
   constructor(options: MembershipDriverOptions) {
@@ -884,7 +889,7 @@ export class MembershipDriver {
         // A session already replaced (see startView) speaks for an earlier process: ignore it.
         const current = this.sessions.get(address) === opened;
         forget();
-        if (event.kind === 'peer-failed' && current) this.onPeerUnreachable(address);
+        if (event.kind === 'peer-failed' && current) this.onPeerUnreachable(address, event.reason);
       }), forget);
     }
     return s;
@@ -899,11 +904,11 @@ export class MembershipDriver {
     });
   }
 
-  private onPeerUnreachable(address: TransportAddress): void {
+  private onPeerUnreachable(address: TransportAddress, reason: string): void {
     if (this.status !== 'member') return;
     const member = this.core!.view.members.find((m) => m.address === address);
     if (member === undefined) return;
-    this.options.log?.(`session to node ${member.id} at ${address} failed`);
+    this.options.log?.(`session to node ${member.id} at ${address} failed: ${reason}`);
     this.fd!.peerFailed(member.id);
     this.pump();
   }
@@ -1161,6 +1166,8 @@ export class MembershipDriver {
     }
     const core = this.core!;
     for (const s of fd.suspicions) {
+      if (s.cause === 'transport') this.counters.suspicionsTransport++;
+      else this.counters.suspicionsTimeout++;
       this.options.log?.(`suspect ${s.node} in view ${core.view.id}: ${s.cause}, silent ${s.silentTicks} ticks`);
       core.suspect(s.node);
     }

@@ -31,6 +31,7 @@ import {
 } from './native-binding.js';
 import type {
   CallOptions,
+  PeerFailureSignal,
   RequestHandler,
   RequestType,
   SessionEvent,
@@ -61,7 +62,15 @@ export interface EndpointOptions {
    */
   retransmitTimeoutMs?: number;
   retransmitTimeoutMinMs?: number;
+  /** Silence after which a peer's sessions are declared failed (default 2000). */
   peerFailureTimeoutMs?: number;
+  /**
+   * ICMP "port unreachable" reports that fail an established session before that timeout:
+   * this many reports of its datagrams with nothing heard from the peer in between (default 2;
+   * 0 counts them and never acts). A session still connecting is never failed by them. See
+   * src/transport/README.md, "Failure".
+   */
+  portUnreachableReports?: number;
   connectTimeoutMs?: number;
   connectRetryMs?: number;
   /** Seeds the fault-injection PRNG and handshake tokens. */
@@ -250,6 +259,9 @@ const CONNECT_FAILURES: Record<number, string> = {
 };
 
 const pad8 = (n: number): number => (n + 7) & ~7;
+
+/** The native PeerFailure code (endpoint.h) of a peer-failed event or call. */
+const failureSignal = (code: number): PeerFailureSignal => (code === 1 ? 'port-unreachable' : 'silence');
 
 interface PendingCall {
   resolve: (bytes: Uint8Array) => void;
@@ -677,7 +689,7 @@ export class Endpoint implements Transport {
       case Status.Timeout:
         return new TimeoutError(where, call.timeoutMs);
       case Status.PeerFailed:
-        return new PeerFailedError(call.session.remote, this.options.peerFailureTimeoutMs);
+        return new PeerFailedError(call.session.remote, this.options.peerFailureTimeoutMs, failureSignal(payload[0] ?? 0));
       case Status.TooLarge:
         return new PayloadTooLargeError(
           `response to ${where}`,
@@ -764,10 +776,16 @@ export class Endpoint implements Transport {
         const s = this.sessions.get(session);
         if (s === undefined) return;
         this.sessions.delete(session);
+        const signal = failureSignal(reason);
         s.ended(
           code === SessionEventCode.Disconnected
             ? { kind: 'disconnected' }
-            : { kind: 'peer-failed', reason: `nothing heard for ${this.options.peerFailureTimeoutMs} ms` },
+            : {
+              kind: 'peer-failed', signal,
+              reason: signal === 'port-unreachable'
+                ? 'its port is closed (ICMP port unreachable)'
+                : `nothing heard for ${this.options.peerFailureTimeoutMs} ms`,
+            },
         );
         return;
       }

@@ -37,9 +37,16 @@ export interface CallOptions {
   timeoutMs?: number;
 }
 
+/**
+ * What told the transport a peer failed: `silence` (nothing heard for peerFailureTimeoutMs) or
+ * `port-unreachable` (the peer's host answered our datagrams with ICMP "port unreachable": its
+ * process is gone, see src/transport/README.md, "Failure").
+ */
+export type PeerFailureSignal = 'silence' | 'port-unreachable';
+
 export type SessionEvent =
   | { kind: 'disconnected' }
-  | { kind: 'peer-failed'; reason: string };
+  | { kind: 'peer-failed'; reason: string; signal: PeerFailureSignal };
 
 export interface TransportSession {
   readonly remote: TransportAddress;

@@ -327,6 +327,9 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     describeMessage: describe,
     recentMax: Number(process.env['SIM_RECENT'] ?? 40),
     checkers: [(s) => world.trackMinority(s)],
+    // Odd seeds: a crashed node's host answers "port unreachable", so its peers suspect it
+    // within a message delay (the native transport's fast path); even seeds: only the timeout.
+    portUnreachable: seed % 2 === 1,
     faults: {
       untilMs: FAULTS_UNTIL_MS, meanIntervalMs: 300, crashedMax: 1, lossRateMax: 0.15, duplicateRateMax: 0.1,
       // Crashes and partitions come from faults() above, which respects the liveness premise.
@@ -404,7 +407,8 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     simulatedMs: sim.nowMs,
     summary: `${s.maxView} views, ${s.installs} installs, ${s.deliveries} deliveries (${s.atTrim} at trims), ` +
       `${s.removed} removed (${s.left} left), ${s.refused} refused, ${s.partitioned} partitioned, ` +
-      `${s.stateTransfers} state transfers, ${s.stateLost} stateless starts, crashes ${sim.stats.crashes}, ` +
+      `${s.stateTransfers} state transfers, ${s.stateLost} stateless starts, crashes ${sim.stats.crashes} ` +
+      `(port-unreachable answers ${sim.stats.unreachable}), ` +
       `partitions/cuts ${s.cuts}, settled at ${markersSentAtMs} ms`,
   };
 }

@@ -23,6 +23,13 @@ export interface SimNode<M> {
   tick(): void;
   /** The disk batch `token` (from ctx.disk.sync()) and every earlier one are durable. */
   diskSynced(token: number): void;
+  /**
+   * With `portUnreachable` on: a message this node sent reached `to` while `to` was down, over a
+   * working link, and its host answered "port unreachable" (the transport's ICMP signal,
+   * src/transport/README.md, "Failure"; the answer travels back with its own delay and may be
+   * lost). A crashed host would answer nothing; the simulator models a process crash.
+   */
+  unreachable?(to: number): void;
 }
 
 /** What a node may use. It is the node's only way to touch the outside world. */
@@ -115,6 +122,8 @@ export interface SimulationOptions<M, N extends SimNode<M>> {
   onQuiesce?: (sim: Simulation<M, N>) => void;
   /** How many recent events a failure report shows. */
   recentMax?: number;
+  /** Tell senders of messages that reach a down node (SimNode.unreachable). Default off. */
+  portUnreachable?: boolean;
 }
 
 interface Slot<N> {
@@ -141,7 +150,7 @@ export class Simulation<M, N extends SimNode<M>> {
   private quiesced = false;
   private readonly tickMs: number;
   private readonly describe: (m: M) => string;
-  readonly stats = { crashes: 0, restarts: 0, partitions: 0, faults: 0 };
+  readonly stats = { crashes: 0, restarts: 0, partitions: 0, faults: 0, unreachable: 0 };
 
   constructor(private readonly options: SimulationOptions<M, N>) {
     this.seed = options.seed;
@@ -287,10 +296,14 @@ export class Simulation<M, N extends SimNode<M>> {
     const text = this.describe(message);
     const delays = this.network.plan();
     this.note(`send ${from}>${to} ${text}${delays.length === 0 ? ' LOST' : delays.length > 1 ? ' DUP' : ''}`);
+    const senderIncarnation = this.slot(from).incarnation;
     for (const delay of delays) {
       this.queue.push(this.now + delay, () => {
         const target = this.slots.get(to)!.node;
-        if (target === undefined) return;
+        if (target === undefined) {
+          if (this.options.portUnreachable) this.answerUnreachable(from, senderIncarnation, to);
+          return;
+        }
         if (!this.network.canDeliver(from, to)) {
           this.network.stats.cut++;
           return;
@@ -298,6 +311,24 @@ export class Simulation<M, N extends SimNode<M>> {
         this.network.stats.delivered++;
         this.note(`recv ${from}>${to} ${text}`);
         target.deliver(from, message);
+      });
+    }
+  }
+
+  /** The down node's host answers `from`'s message: back over the link, if it is up. */
+  private answerUnreachable(from: number, incarnation: number, to: number): void {
+    // A node that never ran had no session with anyone: the transport ignores such answers
+    // (connecting sessions are never failed by them).
+    if (this.slot(to).incarnation < 0) return;
+    if (!this.network.canDeliver(from, to) || !this.network.canDeliver(to, from)) return;
+    for (const delay of this.network.plan().slice(0, 1)) {
+      this.queue.push(this.now + delay, () => {
+        const sender = this.slot(from);
+        if (sender.node?.unreachable === undefined || sender.incarnation !== incarnation) return;
+        if (!this.network.canDeliver(to, from)) return;
+        this.stats.unreachable++;
+        this.note(`unreachable ${to}>${from}`);
+        sender.node.unreachable(to);
       });
     }
   }

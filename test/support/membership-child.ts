@@ -3,10 +3,11 @@
  * for the real-process membership test and bench/membership.ts. Driven by its parent over the
  * IPC channel (see membership-cluster.ts); every answer carries `atMs`, this process's clock as
  * epoch milliseconds (performance.timeOrigin + performance.now(): comparable across processes).
- *   {cmd:'init', seed}                                   -> {address}
+ *   {cmd:'init', seed, peerFailureTimeoutMs}             -> {address}   (transport timeout, 1000)
  *   {cmd:'start', self, founders, found, seeds, heartbeatMs, failureTimeoutMs, stateRecords,
  *    recordBytes}                                        -> {viewId}   (once a member)
- *   {cmd:'status'}                 -> {viewId, members, failed, digests, awaiting, stateChunks}
+ *   {cmd:'status'}                 -> {viewId, members, failed, digests, awaiting, stateChunks,
+ *                                       suspicions: {transport, timeout}, transport: {counters}}
  *   {cmd:'waitView', atLeast, timeoutMs}                 -> {viewId, atMs: when it installed}
  *   {cmd:'load', everyMs}          starts sending a small message to each of its shards
  *   {cmd:'stopLoad'}
@@ -39,6 +40,9 @@ async function poll<T>(get: () => T | undefined, timeoutMs: number, what: string
   }
 }
 
+const pick = (stats: Record<string, number>, keys: string[]): Record<string, number> =>
+  Object.fromEntries(keys.map((k) => [k, stats[k] ?? 0]));
+
 function status(): Record<string, unknown> {
   const view = node!.driver.current();
   const digests: Record<string, string> = {};
@@ -51,13 +55,17 @@ function status(): Record<string, unknown> {
     viewId: view.id, members: view.memberIds, failed: view.failed, digests, awaiting,
     stateChunks: node!.driver.counters.stateChunks, removed: node!.removed?.message ?? null,
     leader: node!.driver.isLeader,
+    suspicions: { transport: node!.driver.counters.suspicionsTransport, timeout: node!.driver.counters.suspicionsTimeout },
+    transport: pick(endpoint!.stats(), ['peerFailures', 'peerFailuresUnreachable', 'udpPortUnreachable', 'unreachableReports', 'unreachableUnmatched']),
   };
 }
 
 async function handle(message: Record<string, unknown>): Promise<void> {
   switch (message['cmd']) {
     case 'init':
-      endpoint = await Endpoint.create({ host: '127.0.0.1', port: 0, seed: Number(message['seed']), peerFailureTimeoutMs: 1000 });
+      endpoint = await Endpoint.create({
+        host: '127.0.0.1', port: 0, seed: Number(message['seed']), peerFailureTimeoutMs: Number(message['peerFailureTimeoutMs'] ?? 1000),
+      });
       return reply({ address: endpoint.address });
     case 'start': {
       const founders = (message['founders'] as [number, string][]).map(([id, address]) => ({ id: nodeId(id), address }));

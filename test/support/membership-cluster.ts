@@ -18,6 +18,10 @@ export interface NodeStatus {
   stateChunks: number;
   removed: string | null;
   leader: boolean;
+  /** The membership driver's suspicions by cause (counters.suspicionsTransport / Timeout). */
+  suspicions: { transport: number; timeout: number };
+  /** Transport counters: peerFailures, peerFailuresUnreachable, udpPortUnreachable, ... */
+  transport: Record<string, number>;
   atMs: number;
 }
 
@@ -70,6 +74,20 @@ export class NodeProcess {
     return this.request<NodeStatus>({ cmd: 'status' });
   }
 
+  /**
+   * SIGSTOP: the process stops but keeps its port bound (as a hung or descheduled process, or,
+   * to its peers, a host that crashed: no ICMP answers). Returns the time; resume() undoes it.
+   */
+  stop(): number {
+    const at = nowMs();
+    if (this.child.exitCode === null) this.child.kill('SIGSTOP');
+    return at;
+  }
+
+  resume(): void {
+    if (this.child.exitCode === null) this.child.kill('SIGCONT');
+  }
+
   /** kill -9: the process and its endpoint vanish without a word. Returns the time. */
   kill(): number {
     const at = nowMs();
@@ -80,12 +98,15 @@ export class NodeProcess {
   }
 }
 
-/** Forks and initializes `ids`, returning them with their addresses. */
-export async function forkNodes(ids: number[]): Promise<NodeProcess[]> {
+/**
+ * Forks and initializes `ids`, returning them with their addresses. `peerFailureTimeoutMs` is
+ * the transport's silence timeout (the child's default: 1000 ms).
+ */
+export async function forkNodes(ids: number[], options: { peerFailureTimeoutMs?: number } = {}): Promise<NodeProcess[]> {
   const nodes = ids.map((id) => new NodeProcess(id));
   try {
     await Promise.all(nodes.map(async (n) => {
-      n.address = (await n.request<{ address: string }>({ cmd: 'init', seed: n.id * 7919 })).address;
+      n.address = (await n.request<{ address: string }>({ cmd: 'init', seed: n.id * 7919, ...options })).address;
     }));
   } catch (error) {
     for (const n of nodes) n.kill();

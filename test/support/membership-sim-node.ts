@@ -183,6 +183,8 @@ export class MembershipSimNode implements SimNode<MemMessage> {
   address: string;
   private rejoins = 0;
   state: 'joining' | 'member' | 'removed' = 'joining';
+  /** Port-unreachable answers per peer since it was last heard from (see unreachable()). */
+  private readonly unreachableReports = new Map<number, number>();
   private rejoinAtMs = 0;
   private lastJoinMs = -1000;
   partitioned = false;
@@ -228,7 +230,24 @@ export class MembershipSimNode implements SimNode<MemMessage> {
 
   // ---- SimNode ----------------------------------------------------------------------------------
 
+  /**
+   * The transport's port-unreachable rule (src/transport/README.md, "Failure"): two answers for
+   * a peer with nothing heard from it in between fail its session, which the failure detector
+   * takes as a suspicion at once (the runtime driver's `peer-failed` path).
+   */
+  unreachable(to: number): void {
+    const reports = (this.unreachableReports.get(to) ?? 0) + 1;
+    this.unreachableReports.set(to, reports);
+    if (reports < 2) return;
+    this.unreachableReports.delete(to);
+    if (this.state !== 'member') return;
+    this.ctx.trace(`session to ${to} failed: port unreachable`);
+    this.fd!.peerFailed(nodeId(to));
+    this.pumpCore();
+  }
+
   deliver(from: number, msg: MemMessage): void {
+    this.unreachableReports.delete(from); // heard from: earlier reports are void
     switch (msg.kind) {
       case 'raft':
         if (this.raft) {

@@ -4,6 +4,7 @@
 #include <bit>
 #include <cassert>
 #include <cstring>
+#include <iterator>
 #include <limits>
 
 namespace squall::transport {
@@ -216,6 +217,9 @@ struct Endpoint::Session {
   uint64_t srtt_us = 0, rttvar_us = 0, rto_us = 0;
   uint64_t rto_base_us = 0;  // rto_us before backoff: srtt + 4 x rttvar clamped, or the initial
   uint64_t rto_at_us = kNever;  // when the live retransmit timer entry fires; kNever: none
+  // ICMP port-unreachable reports of this session's datagrams since the peer was last heard
+  // from (OnUnreachable); any packet from the peer resets it.
+  uint32_t unreachable_reports = 0;
   std::unique_ptr<SessionSecurity> security;  // encrypting endpoints only
 };
 
@@ -592,15 +596,26 @@ void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uin
 }
 
 void Endpoint::FailSession(Session* s, CallStatus status, SessionEventKind kind,
-                           uint64_t now_us) {
+                           uint64_t now_us, PeerFailure why) {
+  // A peer failure tells its calls why in one byte (JS names the signal in PeerFailedError).
+  const bool failed = kind == SessionEventKind::kPeerFailed;
+  auto detail = [&]() {
+    return failed ? std::vector<uint8_t>{static_cast<uint8_t>(why)} : std::vector<uint8_t>{};
+  };
   for (ClientSlot& slot : s->client_slots) {
-    if (IsBusy(*s, slot)) EmitResponse(s->number, slot.tag, status, {});
+    if (IsBusy(*s, slot)) EmitResponse(s->number, slot.tag, status, detail());
   }
   s->busy_slots = 0;
-  for (QueuedCall& call : s->backlog) EmitResponse(s->number, call.tag, status, {});
+  for (QueuedCall& call : s->backlog) EmitResponse(s->number, call.tag, status, detail());
   s->backlog.clear();
-  if (kind == SessionEventKind::kPeerFailed) ++stats_.peer_failures;
-  EmitSession(s->number, kind, 0);
+  if (failed) ++stats_.peer_failures;
+  EmitSession(s->number, kind, failed ? static_cast<uint64_t>(why) : 0);
+  Bury(s, now_us);
+}
+
+void Endpoint::FailServerSession(Session* s, PeerFailure why, uint64_t now_us) {
+  ++stats_.peer_failures;
+  EmitSession(s->number, SessionEventKind::kPeerFailed, static_cast<uint64_t>(why));
   Bury(s, now_us);
 }
 
@@ -1918,6 +1933,7 @@ void Endpoint::Dispatch(const PeerAddress& from, const Header& h,
   if (h.type == PacketType::kDisconnectResponse) return HandleDisconnectResponse(s, h, now_us);
   if (s->state != State::kConnected) return Drop(DropReason::kBadState);
   s->last_rx_us = now_us;
+  s->unreachable_reports = 0;  // heard from: earlier port-unreachable reports are void
   switch (h.type) {
     case PacketType::kRequest: return HandleRequest(s, h, payload, now_us);
     case PacketType::kRequestForResponse:
@@ -1961,14 +1977,134 @@ void Endpoint::OnTimers(uint64_t now_us) {
     if (s->is_client) {
       OnClientSessionTimer(s, now_us);
     } else if (now_us - s->last_rx_us >= config_.peer_failure_timeout_us) {
-      ++stats_.peer_failures;
-      EmitSession(s->number, SessionEventKind::kPeerFailed, 0);
-      Bury(s, now_us);
+      FailServerSession(s, PeerFailure::kSilence, now_us);
     } else {
       ArmSessionTimer(s, s->last_rx_us + config_.peer_failure_timeout_us);
     }
   }
   KickDue(now_us);
+}
+
+// ------------------------------------------------------------------------------------------
+// Unreachable peers
+// ------------------------------------------------------------------------------------------
+//
+// A process killed on a live host leaves its UDP port closed, and that host answers each
+// datagram sent to the port with ICMP "port unreachable". The rule that turns these reports
+// into a session failure, long before peer_failure_timeout_us:
+//
+//  1. Only a report that names one of our established sessions counts: the quoted datagram's
+//     header carries the destination session number, which for a client session is the
+//     server's number and for a server session the client's (both learnt in the handshake),
+//     and the report's address must be the session's peer. Connect requests name no session
+//     (kNoSession), so a session still connecting to a port nobody has bound yet -- founders
+//     starting in any order -- is never failed by reports; it retries until connect_timeout_us
+//     as before. A session to a process that restarted at the same address names the new
+//     process's session number, so reports about datagrams of the earlier process's sessions
+//     cannot touch it (incarnations draw session numbers afresh).
+//  2. A session fails after unreachable_reports_to_fail (2) reports of its own datagrams with
+//     nothing received from the peer in between (a received packet resets the count). The
+//     first report makes a client session send a PING at once, so the confirming report comes
+//     one round trip later instead of at the next retransmission or keepalive. Why two: one
+//     stray or forged report (ICMP is not authenticated; an attacker must still know the
+//     session numbers, and an on-path one could as well drop every packet) must not end a
+//     session, and two bounced datagrams with silence between them leave nothing to wait for:
+//     a socket that answered our handshake stays bound for the life of its endpoint, so its
+//     port reported closed means that endpoint is gone. No minimum time between the reports
+//     is asked for: a closed port is not a transient state a live peer passes through.
+//  3. The failure is the same kPeerFailed as the timeout's, with reason kPortUnreachable.
+//
+// What it does not cover: a crashed or powered-off host, a cut cable or a partition send no
+// ICMP (peer_failure_timeout_us remains the bound there); neither does a process that is
+// stopped (SIGSTOP) or hung, whose port stays bound. Hosts rate-limit ICMP errors
+// (net.ipv4.icmp_ratelimit per destination off loopback, icmp_msgs_per_sec globally), and a
+// firewall may drop them: the reports are a fast path, never a requirement.
+//
+// Cost: a report that names a session walks the session table once (reports are rare: they
+// stop once the sessions to the dead peer have failed, within a round trip or two).
+namespace {
+// The destination session numbers named by a quoted datagram: a packet's (plain or sealed
+// batch: its outer header names the session) or every packet's of a bundle, as far as the
+// quote reaches. kNoSession (a connect request) is skipped. Returns how many were written.
+size_t QuotedSessions(std::span<const uint8_t> quoted, uint32_t* out, size_t max) {
+  auto header_ok = [](std::span<const uint8_t> p) {
+    return p.size() >= 12 && p[0] == (kMagic & 0xff) && p[1] == (kMagic >> 8) &&
+           p[2] == kWireVersion;
+  };
+  size_t count = 0;
+  auto add = [&](std::span<const uint8_t> p) {
+    uint32_t session;
+    std::memcpy(&session, p.data() + 8, 4);  // dest session, little-endian (wire.h)
+    if (session == kNoSession || count == max) return;
+    if (std::find(out, out + count, session) == out + count) out[count++] = session;
+  };
+  if (!header_ok(quoted)) return 0;
+  if (quoted[3] != kBundleType) {
+    add(quoted);
+    return count;
+  }
+  size_t offset = kHeaderBytes;
+  while (offset + 2 <= quoted.size()) {
+    uint16_t item;
+    std::memcpy(&item, quoted.data() + offset, 2);
+    const std::span<const uint8_t> packet =
+        quoted.subspan(offset + 2, std::min<size_t>(item, quoted.size() - offset - 2));
+    if (header_ok(packet)) add(packet);
+    offset += 2 + size_t{item};
+  }
+  return count;
+}
+}  // namespace
+
+void Endpoint::OnUnreachable(const PeerAddress& to, std::span<const uint8_t> quoted,
+                             uint64_t now_us) {
+  BatchScope scope(this);
+  uint32_t named[8];
+  const size_t count = QuotedSessions(quoted, named, std::size(named));
+  std::vector<uint32_t> matched;
+  if (count > 0) {
+    sessions_.ForEach([&](uint32_t number, const Session& s) {
+      if (s.state == Session::State::kConnected && s.peer == to &&
+          std::find(named, named + count, s.remote_number) != named + count) {
+        matched.push_back(number);
+      }
+    });
+  }
+  if (matched.empty()) {
+    ++stats_.unreachable_unmatched;
+    return;
+  }
+  std::sort(matched.begin(), matched.end());  // deterministic order of any events
+  for (uint32_t number : matched) {
+    Session* s = Find(number);
+    if (s != nullptr) OnSessionUnreachable(s, now_us);
+  }
+}
+
+void Endpoint::OnSessionUnreachable(Session* s, uint64_t now_us) {
+  ++stats_.unreachable_reports;
+  ++s->unreachable_reports;
+  const uint32_t needed = config_.unreachable_reports_to_fail;
+  if (needed == 0) return;
+  if (s->unreachable_reports >= needed) {
+    ++stats_.peer_failures_unreachable;
+    if (s->is_client) {
+      FailSession(s, CallStatus::kPeerFailed, SessionEventKind::kPeerFailed, now_us,
+                  PeerFailure::kPortUnreachable);
+    } else {
+      FailServerSession(s, PeerFailure::kPortUnreachable, now_us);
+    }
+    return;
+  }
+  if (s->is_client && s->unreachable_reports == 1) {
+    // Ask for confirmation now: a live peer answers with a PONG (resetting the count), a closed
+    // port with the next report.
+    Header h;
+    h.type = PacketType::kPing;
+    h.dest_session = s->remote_number;
+    SendPacket(*s, h);
+    s->last_ping_us = now_us;
+  }
 }
 
 void Endpoint::Shutdown(bool tell_peers, uint64_t now_us) {

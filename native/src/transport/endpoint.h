@@ -58,6 +58,10 @@ struct EndpointConfig {
   // a thread for milliseconds; at 2 ms, lossless 8 MiB transfers rolled back ~60 times/s.
   uint64_t retransmit_timeout_min_us = 5'000;
   uint64_t peer_failure_timeout_us = 2'000'000;
+  // ICMP "port unreachable" reports (OnUnreachable) that fail an established session before
+  // the timeout: this many reports of datagrams the session sent, with nothing received from
+  // the peer in between. 0: reports are counted and never acted on.
+  uint32_t unreachable_reports_to_fail = 2;
   uint64_t connect_timeout_us = 2'000'000;
   uint64_t connect_retry_us = 50'000;
   uint64_t seed = 1;  // fault-injection PRNG
@@ -95,6 +99,13 @@ enum class SessionEventKind : uint8_t {
   kAccepted = 5,  // server side: a peer opened a session to us (bytes = its address)
   // Server side: a peer's connect was refused (session 0, reason = ConnectError, bytes = why).
   kRefused = 6,
+};
+
+// Why a session was declared failed: the reason of a kPeerFailed event (Event::id), and the
+// one byte of the kPeerFailed responses of its calls.
+enum class PeerFailure : uint8_t {
+  kSilence = 0,          // nothing heard for peer_failure_timeout_us
+  kPortUnreachable = 1,  // the peer's host reported its port closed (OnUnreachable)
 };
 
 // Reasons carried with kConnectFailed (also the error codes of a connect response).
@@ -195,6 +206,12 @@ struct Stats {
   uint64_t retransmit_timer_fires = 0;
   uint64_t sealed_batches = 0;     // sealed datagrams carrying several packets (kFlagBatch)
   uint64_t sealed_batch_packets = 0;  // the packets those carried
+  // OnUnreachable: reports that named a datagram of an established session (each counts toward
+  // failing it), reports that named none (a connect request to a port not bound yet, a session
+  // already gone, a quote too short to read), and sessions failed by the reports.
+  uint64_t unreachable_reports = 0;
+  uint64_t unreachable_unmatched = 0;
+  uint64_t peer_failures_unreachable = 0;
   uint64_t DropsTotal() const;
 };
 
@@ -248,6 +265,13 @@ class Endpoint {
   // encrypting endpoint decrypts a sealed packet in place (the driver's receive buffer).
   void OnPacket(const PeerAddress& from, std::span<const uint8_t> packet, uint64_t now_us);
   void OnTimers(uint64_t now_us);
+  // The host at `to` answered a datagram of ours with ICMP "port unreachable" (UdpSocket's
+  // error queue); `quoted` is the start of that datagram as the ICMP message quoted it (a
+  // packet, a bundle or a sealed batch). The sessions it names -- by the destination session
+  // numbers in the quoted headers, with `to` as their peer -- are judged by the rule in
+  // endpoint.cc ("Unreachable peers"); a quote that names no established session is counted
+  // and ignored (a session still connecting is never failed this way).
+  void OnUnreachable(const PeerAddress& to, std::span<const uint8_t> quoted, uint64_t now_us);
   uint64_t NextTimerUs() const;  // UINT64_MAX when nothing is scheduled
   void TakeEvents(std::vector<Event>* out);
   bool HasEvents() const { return !events_.empty(); }
@@ -339,7 +363,10 @@ class Endpoint {
   void Kick(Session* session, uint64_t now_us);
   void KickSlot(Session* session, ClientSlot* slot, uint64_t now_us);
   void CompleteSlot(Session* session, ClientSlot* slot, CallStatus status, uint64_t now_us);
-  void FailSession(Session* session, CallStatus status, SessionEventKind kind, uint64_t now_us);
+  void FailSession(Session* session, CallStatus status, SessionEventKind kind, uint64_t now_us,
+                   PeerFailure why = PeerFailure::kSilence);
+  void FailServerSession(Session* session, PeerFailure why, uint64_t now_us);
+  void OnSessionUnreachable(Session* session, uint64_t now_us);
   void OnClientSessionTimer(Session* session, uint64_t now_us);
   void MarkActive(Session* session, uint64_t now_us);
   void OnRetransmitTimer(Session* session, uint64_t now_us);

@@ -3,7 +3,10 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/errqueue.h>
+#include <netinet/icmp6.h>
 #include <netinet/in.h>
+#include <netinet/ip_icmp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +21,18 @@ constexpr size_t kTxBatchPacketsMax = 64;
 constexpr size_t kTxBatchBytes = 1u << 20;
 constexpr size_t kRxBatchBytes = 2u << 20;
 constexpr size_t kControlBytes = CMSG_SPACE(sizeof(uint32_t));
+// Room for the datagram an ICMPv6 error quotes (at most 1,280 bytes of IPv6 packet in all).
+constexpr size_t kErrorQuoteBytes = 1280;
+// Receives in a row that may fail with a pending socket error before Receive gives up (each
+// failure consumes the error and drains the queue, so one retry is normally enough).
+constexpr int kReceiveErrorRetries = 4;
+
+bool IsPortUnreachable(const sock_extended_err& e) {
+  return (e.ee_origin == SO_EE_ORIGIN_ICMP && e.ee_type == ICMP_DEST_UNREACH &&
+          e.ee_code == ICMP_PORT_UNREACH) ||
+         (e.ee_origin == SO_EE_ORIGIN_ICMP6 && e.ee_type == ICMP6_DST_UNREACH &&
+          e.ee_code == ICMP6_DST_UNREACH_NOPORT);
+}
 
 void SetBuffer(int fd, int option, int force_option, int bytes) {
   // SO_*BUFFORCE passes net.core.*mem_max when we are privileged; otherwise take what we get.
@@ -58,6 +73,14 @@ std::unique_ptr<UdpSocket> UdpSocket::Open(const std::string& host, uint16_t por
   }
   int on = 1;  // ask for the socket's drop counter with each datagram
   setsockopt(s->fd_, SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof(on));
+  // ICMP errors about our datagrams go to the error queue (DrainErrors). A dual-stack socket
+  // needs IP_RECVERR as well: errors about its IPv4 peers arrive as ICMPv4. SO_SELECT_ERR_QUEUE
+  // makes a pending error poll as EPOLLPRI besides EPOLLERR (see the header: libuv).
+  setsockopt(s->fd_, SOL_IP, IP_RECVERR, &on, sizeof(on));
+  if (bind_address.family() == AF_INET6) {
+    setsockopt(s->fd_, SOL_IPV6, IPV6_RECVERR, &on, sizeof(on));
+  }
+  setsockopt(s->fd_, SOL_SOCKET, SO_SELECT_ERR_QUEUE, &on, sizeof(on));
   if (bind(s->fd_, reinterpret_cast<const sockaddr*>(&bind_address.storage),
            bind_address.length) != 0) {
     *error = "bind(" + bind_address.ToString() + ") failed: " + std::strerror(errno);
@@ -75,6 +98,7 @@ std::unique_ptr<UdpSocket> UdpSocket::Open(const std::string& host, uint16_t por
   s->rx_control_.resize(s->rx_count_ * kControlBytes);
   s->tx_buffer_.resize(kTxBatchBytes);
   s->tx_packets_.reserve(kTxBatchPacketsMax);
+  s->error_buffer_.resize(kErrorQuoteBytes);
   return s;
 }
 
@@ -190,6 +214,8 @@ size_t UdpSocket::Receive(
   size_t total = 0;
   mmsghdr messages[64];
   iovec vectors[64];
+  int error_retries = 0;
+  bool errors_seen = false;
   while (total < max_packets) {
     const size_t want = std::min(rx_count_, max_packets - total);
     for (size_t i = 0; i < want; ++i) {
@@ -205,6 +231,21 @@ size_t UdpSocket::Receive(
     }
     ++stats_.receive_calls;
     const int got = recvmmsg(fd_, messages, static_cast<unsigned>(want), MSG_DONTWAIT, nullptr);
+    if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+        error_retries < kReceiveErrorRetries) {
+      // With IP_RECVERR every ICMP error also sets the socket's pending error, and the next
+      // receive returns it (ECONNREFUSED for a port unreachable) instead of the datagrams
+      // queued behind it, consuming it. Receive again: data waiting must not wait for the next
+      // wakeup (the timers run right after this). The reports themselves are read after the
+      // data, so a packet that arrived before them (a peer's goodbye) is handled first; if
+      // errors keep coming (each new one sets the pending error again), read them now, which
+      // clears it.
+      ++error_retries;
+      ++stats_.receive_errors;
+      if (errno != EINTR) errors_seen = true;
+      if (errors_seen && error_retries >= 2) DrainErrors();
+      continue;
+    }
     if (got <= 0) break;
     for (int i = 0; i < got; ++i) {
       rx_from_[static_cast<size_t>(i)].length = messages[i].msg_hdr.msg_namelen;
@@ -244,7 +285,51 @@ size_t UdpSocket::Receive(
     total += static_cast<size_t>(got);
     if (static_cast<size_t>(got) < want) break;
   }
+  if (errors_seen) DrainErrors();
   return total;
+}
+
+size_t UdpSocket::DrainErrors(size_t max_errors) {
+  size_t read = 0;
+  alignas(cmsghdr) uint8_t control[256];
+  while (read < max_errors) {
+    PeerAddress to;
+    iovec vector{error_buffer_.data(), error_buffer_.size()};
+    msghdr message{};
+    message.msg_name = &to.storage;
+    message.msg_namelen = sizeof(to.storage);
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    message.msg_control = control;
+    message.msg_controllen = sizeof(control);
+    const ssize_t got = recvmsg(fd_, &message, MSG_ERRQUEUE | MSG_DONTWAIT);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      break;  // EAGAIN: the queue is empty
+    }
+    ++read;
+    to.length = message.msg_namelen;
+    bool port_unreachable = false;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&message); c != nullptr; c = CMSG_NXTHDR(&message, c)) {
+      // A dual-stack socket reports ICMPv4 errors about its IPv4 peers as IPV6_RECVERR too.
+      const bool is_error = (c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR) ||
+                            (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR);
+      if (!is_error || c->cmsg_len < CMSG_LEN(sizeof(sock_extended_err))) continue;
+      sock_extended_err e;
+      std::memcpy(&e, CMSG_DATA(c), sizeof(e));
+      port_unreachable = IsPortUnreachable(e);
+    }
+    if (!port_unreachable) {
+      ++stats_.error_queue_other;
+      continue;
+    }
+    ++stats_.port_unreachable;
+    if (on_unreachable_) {
+      const size_t quoted = std::min(static_cast<size_t>(got), error_buffer_.size());
+      on_unreachable_(to, std::span<const uint8_t>(error_buffer_.data(), quoted));
+    }
+  }
+  return read;
 }
 
 }  // namespace squall::transport

@@ -18,6 +18,13 @@ namespace squall::transport {
 
 struct UdpStats {
   uint64_t send_errors = 0;     // datagrams the kernel refused (buffer full, unreachable)
+  // The socket's error queue (IP_RECVERR, see DrainErrors): ICMP/ICMPv6 "port unreachable"
+  // reports for datagrams we sent, every other queued error (host or network unreachable,
+  // fragmentation needed, local errors), and receive calls that returned such an error pending
+  // on the socket instead of data (retried after draining the queue).
+  uint64_t port_unreachable = 0;
+  uint64_t error_queue_other = 0;
+  uint64_t receive_errors = 0;
   uint64_t truncated_rx = 0;    // datagrams larger than our receive buffers
   uint64_t send_calls = 0;      // sendmmsg system calls
   uint64_t receive_calls = 0;   // recvmmsg system calls
@@ -41,6 +48,13 @@ struct SocketBuffers {
   int send_bytes = 8 << 20;
 };
 
+// One ICMP "port unreachable" the kernel reported for a datagram this socket sent: `to` is the
+// datagram's destination, `quoted` the start of its UDP payload as the ICMP message quoted it
+// (Linux quotes up to 576 bytes of the original IP packet for ICMPv4, 1,280 for ICMPv6; a
+// router may quote only 8 bytes of it, leaving nothing of ours). Valid during the call only.
+using UnreachableHandler =
+    std::function<void(const PeerAddress& to, std::span<const uint8_t> quoted)>;
+
 class UdpSocket final : public PacketIo {
  public:
   // `host` is a numeric address: "0.0.0.0"/"127.0.0.1" (IPv4), "::" (dual-stack) or any IPv6.
@@ -60,10 +74,25 @@ class UdpSocket final : public PacketIo {
             std::span<const uint8_t> payload) override;
   void Flush();
   // Receives up to `max_packets` datagrams, calling `on_packet` for each. Returns how many were
-  // received (0: nothing pending).
+  // received (0: nothing pending). An error the kernel holds for the socket (an ICMP report,
+  // below) does not end the receive: the receive is retried, and the error queue drained after
+  // the datagrams (so packets that arrived before the reports are handled before them).
   size_t Receive(const std::function<void(const PeerAddress&, std::span<const uint8_t>)>&
                      on_packet,
                  size_t max_packets);
+  // ICMP errors. The socket is opened with IP_RECVERR (and IPV6_RECVERR): the kernel queues the
+  // ICMP errors caused by our datagrams on the socket's error queue, which an unconnected UDP
+  // socket otherwise ignores. A killed process on a live host leaves its port closed, and the
+  // host answers every datagram to it with "port unreachable": the transport's fast sign that
+  // a peer is gone (Endpoint::OnUnreachable decides what it means for the sessions). With the
+  // queue non-empty the socket polls as EPOLLERR, and SO_SELECT_ERR_QUEUE adds EPOLLPRI, so a
+  // libuv poll must watch UV_PRIORITIZED too (libuv stops a poll handle that reports EPOLLERR
+  // without EPOLLPRI, with UV_EBADF). Each pending error also makes the next recvmmsg fail once
+  // (ECONNREFUSED, even with data queued); Receive handles that.
+  void SetUnreachableHandler(UnreachableHandler handler) { on_unreachable_ = std::move(handler); }
+  // Reads up to `max_errors` queued errors, calling the unreachable handler for each port
+  // unreachable report and counting the rest. Returns how many were read (0: queue empty).
+  size_t DrainErrors(size_t max_errors = 256);
   const UdpStats& stats() const { return stats_; }
 
  private:
@@ -86,6 +115,8 @@ class UdpSocket final : public PacketIo {
                  std::span<const uint8_t> payload);
   std::vector<TxPacket> tx_packets_;
   size_t tx_used_ = 0;
+  UnreachableHandler on_unreachable_;
+  std::vector<uint8_t> error_buffer_;  // one error queue message: the quoted datagram
   UdpStats stats_;
 };
 
