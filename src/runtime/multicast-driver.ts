@@ -343,7 +343,11 @@ export class MulticastDriver {
   persisted(version: Version): void {
     if (version > this.persistedVersion) this.persistedVersion = version;
     this.core?.persisted(version);
-    this.schedulePump();
+    // The report that carries it leaves in this turn (a microtask), not the next one: the
+    // callers' persisted() waits on it, and nothing else would batch with it by waiting.
+    if (this.pumpScheduled || this.closed) return;
+    this.pumpScheduled = true;
+    queueMicrotask(this.runPump);
   }
 
   frontiers(): MulticastFrontiers {
@@ -502,13 +506,15 @@ export class MulticastDriver {
   private schedulePump(): void {
     if (this.pumpScheduled || this.closed) return;
     this.pumpScheduled = true;
-    setImmediate(() => {
-      if (this.closed) return;
-      this.drainPending();
-      this.pumpScheduled = false;
-      if (this.core !== null) this.pumpCore(this.core);
-    });
+    setImmediate(this.runPump);
   }
+
+  private readonly runPump = (): void => {
+    if (this.closed) return;
+    this.drainPending();
+    this.pumpScheduled = false;
+    if (this.core !== null) this.pumpCore(this.core);
+  };
 
   private pumpCore(core: MulticastCore): void {
     const ready = core.ready();
