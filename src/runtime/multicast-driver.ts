@@ -343,11 +343,7 @@ export class MulticastDriver {
   persisted(version: Version): void {
     if (version > this.persistedVersion) this.persistedVersion = version;
     this.core?.persisted(version);
-    // The report that carries it leaves in this turn (a microtask), not the next one: the
-    // callers' persisted() waits on it, and nothing else would batch with it by waiting.
-    if (this.pumpScheduled || this.closed) return;
-    this.pumpScheduled = true;
-    queueMicrotask(this.runPump);
+    this.schedulePump();
   }
 
   frontiers(): MulticastFrontiers {
@@ -506,15 +502,13 @@ export class MulticastDriver {
   private schedulePump(): void {
     if (this.pumpScheduled || this.closed) return;
     this.pumpScheduled = true;
-    setImmediate(this.runPump);
+    setImmediate(() => {
+      if (this.closed) return;
+      this.drainPending();
+      this.pumpScheduled = false;
+      if (this.core !== null) this.pumpCore(this.core);
+    });
   }
-
-  private readonly runPump = (): void => {
-    if (this.closed) return;
-    this.drainPending();
-    this.pumpScheduled = false;
-    if (this.core !== null) this.pumpCore(this.core);
-  };
 
   private pumpCore(core: MulticastCore): void {
     const ready = core.ready();
