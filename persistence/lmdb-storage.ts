@@ -15,12 +15,12 @@
  * The open segment (the one the next append goes to) lives in memory as `tail`, already in its
  * LMDB form: makeVersion writes each record straight into the segment's buffer (no Buffer per
  * record, no second copy when the segment is written), and the tail is put once per event turn.
- * lmdb-js does not copy a put value: it reads it from our buffer when the transaction commits.
+ * A put value is read from our buffer when the turn's transaction commits, later in the turn.
  * So bytes of a segment buffer, once written, never change: appends write above them, a full
  * buffer is replaced by a bigger copy, and anything else (replace, truncate) builds a new
- * segment. Every write goes through lmdb-js's batched puts: all writes of one event
- * turn land in one transaction (the flush runs as a microtask, before lmdb-js closes the batch
- * in setImmediate). That gives group commit, and atomic multi-field versions and trims.
+ * segment. Every write goes through the store's TurnWriter: all writes of one event turn land
+ * in one synchronous LMDB transaction (store.ts, commitTurn; the flush runs as a microtask,
+ * before the commit). That gives group commit, and atomic multi-field versions and trims.
  * Segments written but not yet committed stay readable from `overlay`.
  *
  * Segment value: repeated [u32le length][record bytes]; length 0 is a hole (a seq below a trim
@@ -28,6 +28,7 @@
  */
 import type { Database, RootDatabase } from 'lmdb';
 import { assert } from '../src/core/assert.js';
+import type { TurnWriter } from './store.js';
 import type { FieldMeta, LogBounds, LogStorage } from './log-storage.js';
 import { encodeRecord, RECORD_HEADER_BYTES, writeRecordInto, type RecordHeader } from './record.js';
 
@@ -167,13 +168,13 @@ export class LmdbLogStorage implements LogStorage {
   private readonly overlay = new Map<number, Segment>();
   private meta: FieldMeta = { trimmed: false };
   private flushScheduled = false;
-  private lastPut: Promise<unknown> | undefined;
 
   constructor(
     private readonly db: Database<Buffer, number>,
     private readonly metaDb: RootDatabase | Database,
     private readonly metaKey: string,
-    private readonly onWrite: (promise: Promise<unknown>) => void,
+    /** The store's per-turn transaction: every put and removal goes through it. */
+    private readonly writer: TurnWriter,
   ) {}
 
   load(): LogBounds {
@@ -259,11 +260,11 @@ export class LmdbLogStorage implements LogStorage {
         this.tail = new Segment();
         this.tailDirty = false;
       }
-      this.track(this.db.remove(key));
+      this.writer.remove(this.db, key);
     }
     // Records below newFirstSeq in segment keepKey stay in place; bounds come from meta.
     this.meta = { ...this.meta, firstSeq: newFirstSeq };
-    this.track(this.metaDb.put(this.metaKey, this.meta));
+    this.writer.put(this.metaDb, this.metaKey, this.meta);
   }
 
   dropFrom(newNextSeq: number, nextSeq: number): void {
@@ -272,7 +273,7 @@ export class LmdbLogStorage implements LogStorage {
     const keepKey = segmentOf(newNextSeq);
     for (let key = keepKey + 1; key <= segmentOf(nextSeq - 1); key++) {
       this.overlay.delete(key);
-      this.track(this.db.remove(key));
+      this.writer.remove(this.db, key);
     }
     let kept: Segment;
     if (keepKey === this.tailKey) kept = this.tail;
@@ -284,13 +285,13 @@ export class LmdbLogStorage implements LogStorage {
     this.markTailDirty();
     if (this.meta.firstSeq !== undefined && newNextSeq < this.meta.firstSeq) {
       this.meta = { ...this.meta, firstSeq: newNextSeq };
-      this.track(this.metaDb.put(this.metaKey, this.meta));
+      this.writer.put(this.metaDb, this.metaKey, this.meta);
     }
   }
 
   putMeta(meta: FieldMeta): void {
     this.meta = { ...meta, firstSeq: this.meta.firstSeq };
-    this.track(this.metaDb.put(this.metaKey, this.meta));
+    this.writer.put(this.metaDb, this.metaKey, this.meta);
   }
 
   // ---- internals ---------------------------------------------------------------------------
@@ -335,12 +336,12 @@ export class LmdbLogStorage implements LogStorage {
     this.flushScheduled = false;
     if (this.tailDirty) {
       this.tailDirty = false;
-      if (this.tail.count === 0) this.track(this.db.remove(this.tailKey));
-      else this.track(this.db.put(this.tailKey, this.tail.value()));
+      if (this.tail.count === 0) this.writer.remove(this.db, this.tailKey);
+      else this.writer.put(this.db, this.tailKey, this.tail.value());
     }
-    if (this.overlay.size === 0 || !this.lastPut) return;
+    if (this.overlay.size === 0) return;
     const written = [...this.overlay];
-    this.lastPut.then(
+    this.writer.whenWritten().then(
       () => {
         for (const [key, segment] of written) {
           if (this.overlay.get(key) === segment) this.overlay.delete(key);
@@ -352,18 +353,18 @@ export class LmdbLogStorage implements LogStorage {
 
   private writeSegment(key: number, segment: Segment): void {
     this.overlay.set(key, segment);
-    this.track(this.db.put(key, segment.value()));
+    this.writer.put(this.db, key, segment.value());
     this.scheduleFlush();
   }
 
   private writeExternalIfLarge(seq: number, record: Buffer): void {
-    if (record.byteLength > INLINE_BYTES_MAX) this.track(this.db.put(externalKey(seq), record));
+    if (record.byteLength > INLINE_BYTES_MAX) this.writer.put(this.db, externalKey(seq), record);
   }
 
   private removeExternal(fromSeq: number, toSeq: number): void {
     // External keys -(seq + 1) for seq in [fromSeq, toSeq) lie in [-toSeq, -fromSeq - 1].
     const keys = [...this.db.getKeys({ start: -toSeq, end: -fromSeq })];
-    for (const key of keys) if (key < 0) this.track(this.db.remove(key));
+    for (const key of keys) if (key < 0) this.writer.remove(this.db, key);
   }
 
   private readExternal(seq: number): Buffer | undefined {
@@ -376,10 +377,5 @@ export class LmdbLogStorage implements LogStorage {
     const stored = this.db.getBinary(key);
     if (!stored) return new Segment();
     return Segment.parse(stored, (index) => this.readExternal(key * SEGMENT_RECORDS + index));
-  }
-
-  private track(promise: Promise<unknown>): void {
-    this.lastPut = promise;
-    this.onWrite(promise);
   }
 }

@@ -519,11 +519,16 @@ export class MulticastCore {
    * The null rule (Derecho, research §1.2): having received index i from sender r, a sender
    * ranked before r must itself have sent index i, one ranked after r index i−1, so that every
    * position before (i, r) in the round robin gets filled. Nulls are thus only ever a reaction.
+   * Here every other sender fills through index i, also one ranked after r (one null more, in
+   * the same run): then the positions before r's *next* message are already filled when it
+   * arrives, and a lone sender's message is stable after one exchange (its packet out, every
+   * member's report back) instead of two. Still only a reaction: an index is only ever filled
+   * up to one some member really sent (or that one of these nulls reacts to, no further).
    */
   private noteReceived(senderIndex: number, lastIndex: number): void {
     if (this.mode !== 'ordered' || this.mySenderIndex < 0) return;
     if (senderIndex === this.mySenderIndex) return;
-    const need = this.mySenderIndex < senderIndex ? lastIndex + 1 : lastIndex;
+    const need = lastIndex + 1;
     if (need > this.requiredNextIndex) this.requiredNextIndex = need;
   }
 

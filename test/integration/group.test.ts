@@ -147,6 +147,39 @@ test.serial('delivered, localPersisted and persisted resolve once the frontiers 
   t.true(stamp.micros > 0);
 });
 
+test.serial('persisted() waits until every replica committed the version: one replica\'s commits held back', async (t) => {
+  // Node 2's store commits each turn's writes in commitTurn (one LMDB transaction, synced with
+  // sync = "durable"); holding those commits is a replica whose disk has not answered yet.
+  const store = (groups[2] as unknown as { store: { commitTurn(): void } }).store;
+  const held: (() => void)[] = [];
+  const commit = store.commitTurn;
+  store.commitTurn = function (this: typeof store) {
+    held.push(() => commit.call(this));
+  };
+  try {
+    const kv = groups[0]!.subgroup(KvStore);
+    const results = kv.ordered.put('held', 'back');
+    const version = await results.version;
+    let persisted = false;
+    void results.persisted().then(() => (persisted = true));
+    await Promise.all(groups.map((g) => waitFor(() => g.frontier(KvStore).delivered >= version)));
+    await results.localPersisted();
+    await waitFor(() => groups[1]!.frontier(KvStore).localPersisted >= version);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    t.true(held.length > 0, 'node 2 tried to commit');
+    t.true(groups[2]!.frontier(KvStore).localPersisted < version, 'node 2 has not made it durable');
+    t.false(persisted, 'persisted() resolved while a replica had not committed the version');
+    t.true(kv.frontier().persisted < version);
+    store.commitTurn = commit;
+    for (const release of held.splice(0)) release();
+    t.is(await results.persisted(), version);
+    t.true(groups[2]!.frontier(KvStore).localPersisted >= version);
+  } finally {
+    store.commitTurn = commit;
+    for (const release of held.splice(0)) release();
+  }
+});
+
 test.serial('p2p reads from every member; p2p to a non-member node is refused', async (t) => {
   const kv = groups[2]!.subgroup(KvStore);
   await groups[2]!.subgroup(KvStore).ordered.put('p2p-key', 'seen').persisted();

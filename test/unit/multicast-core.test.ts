@@ -107,7 +107,7 @@ test('nulls: only in reaction to others, compressed into one run per flush, neve
   const ready = net.cores[1]!.ready();
   const data = ready.packets.map((p) => p.packet).filter((p): p is DataPacket => p.kind === 'data');
   const runs = data.flatMap((p) => p.entries).filter((e) => e.kind === 'null');
-  t.deepEqual(runs, [{ kind: 'null', index: 0, count: 39 }], 'rank 1 > rank 0: fills up to index 38');
+  t.deepEqual(runs, [{ kind: 'null', index: 0, count: 40 }], 'rank 1 fills through index 39, the last it received');
   net.absorb(1, ready);
   settle(net);
   t.is(net.delivered[0]!.length, 40);
@@ -116,6 +116,37 @@ test('nulls: only in reaction to others, compressed into one run per flush, neve
   const before = net.packetsSent;
   settle(net);
   t.is(net.packetsSent, before, 'quiescent again: no null storm');
+});
+
+test('nulls fill through the received index: a lone sender\'s next message is stable after one exchange', (t) => {
+  // Three senders, only rank 0 talks. With the classic rule (fill through i - 1 when ranked
+  // after the sender) the positions before rank 0's message i are filled only in reaction to
+  // it, so every member needs a second round of reports: three one-way hops to delivery.
+  // Filling through i makes the next message's predecessors already filled when it arrives.
+  const net = new MulticastNet({ seed: 40, memberCount: 3, limits: { ...LIMITS, windowSize: 50, sendQueueCountMax: 50 } });
+  net.send(0, 8);
+  settle(net);
+  t.deepEqual(net.delivered.map((d) => d.length), [1, 1, 1]);
+  const before = net.packetsSent;
+  settle(net);
+  t.is(net.packetsSent, before, 'quiescent after the first message: no null storm');
+  for (let round = 2; round <= 4; round++) {
+    net.send(0, 8);
+    net.flush(0); // hop 1: rank 0's message (with its report) to ranks 1 and 2
+    while (net.deliverOne()) { /* */ }
+    net.flush(1); // hop 2: each receiver's null run and report to everyone
+    net.flush(2);
+    while (net.deliverOne()) { /* */ }
+    for (const r of [0, 1, 2]) net.flush(r); // no packet moves: only what each member knows now
+    t.deepEqual(net.delivered.map((d) => d.length), [round, round, round], `message ${round} delivered everywhere after one exchange`);
+    settle(net);
+  }
+  t.deepEqual(sequenceOf(net.delivered[1]!), sequenceOf(net.delivered[0]!));
+  t.deepEqual(sequenceOf(net.delivered[2]!), sequenceOf(net.delivered[0]!));
+  // One null per message per other sender, never more: the ranks after 0 fill index i, not i + 1.
+  t.is(net.cores[1]!.counters.nullsSent, 4);
+  t.is(net.cores[2]!.counters.nullsSent, 4);
+  t.is(net.cores[0]!.counters.nullsSent, 0);
 });
 
 test('SMC batching: a burst fills few packets under the budget, each carrying the report', (t) => {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { open } from 'lmdb';
 import { Packr } from 'msgpackr';
 import { hlc, HLC_MAX } from '../../src/core/hlc.js';
-import { makeVersion, viewId } from '../../src/core/ids.js';
+import { makeVersion, viewId, VERSION_NONE } from '../../src/core/ids.js';
 import { FIELD_HOOKS, fieldHooksOf } from '../../decorators/field-hooks.js';
 import {
   CorruptDataDirError,
@@ -249,4 +249,58 @@ test('the default codec writes a Uint8Array exactly as msgpackr does, at every s
   for (const value of [Buffer.from([1, 2, 3]), new Uint16Array([1, 2]), { a: new Uint8Array(2) }]) {
     t.deepEqual(Buffer.from(codec.encode(value)), packr.pack(value));
   }
+});
+
+for (const syncMode of ['buffered'] as const) {
+  test(`${syncMode}: one synchronous LMDB transaction per event turn, and the frontier moves only after it returned`, async (t) => {
+    const store = PersistenceStore.open({ dataDir: tempDir(t, `turn-${syncMode}`), syncMode });
+    t.teardown(() => store.close());
+    const registry = store.registry('Turn/0/0');
+    const a = registry.attach('a', new Persistent(() => 0));
+    const b = registry.attach('b', new Persistent(() => ''));
+    const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
+    const original = root.transactionSync.bind(root);
+    const commits: { frontierBefore: bigint; frontierAfter: bigint }[] = [];
+    root.transactionSync = (fn, flags) => {
+      const frontierBefore = registry.persistedFrontier;
+      const result = original(fn, flags);
+      commits.push({ frontierBefore, frontierAfter: registry.persistedFrontier });
+      return result;
+    };
+    const seen: bigint[] = [];
+    registry.onPersisted((version) => seen.push(version));
+    // Three versions of two fields in one turn: one transaction.
+    for (let i = 0; i < 3; i++) {
+      a.value = i + 1;
+      b.value = `v${i}`;
+      registry.makeVersion(makeVersion(viewId(1), i), hlc(i + 1));
+    }
+    t.is(registry.persistedFrontier, VERSION_NONE, 'nothing is durable before the turn commits');
+    await registry.whenPersisted(makeVersion(viewId(1), 2));
+    t.is(commits.length, 1, 'one transaction for the turn');
+    t.is(commits[0]!.frontierAfter, commits[0]!.frontierBefore, 'the frontier did not move during the commit');
+    t.deepEqual(seen, [makeVersion(viewId(1), 2)]);
+    // The next turn is the next transaction; reads see everything.
+    a.value = 10;
+    registry.makeVersion(makeVersion(viewId(1), 3), hlc(10));
+    await registry.whenPersisted(makeVersion(viewId(1), 3));
+    t.is(commits.length, 2);
+    t.is(a.get(makeVersion(viewId(1), 1)), 2);
+    t.is(b.get(makeVersion(viewId(1), 2)), 'v2');
+  });
+}
+
+test('a failed turn commit fails the registry with the error, and whenPersisted rejects', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-fail'), syncMode: 'buffered' });
+  t.teardown(() => store.close());
+  const registry = store.registry('Fail/0/0');
+  const a = registry.attach('a', new Persistent(() => 0));
+  const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
+  root.transactionSync = () => {
+    throw new Error('disk on fire');
+  };
+  a.value = 1;
+  registry.makeVersion(makeVersion(viewId(1), 0), hlc(1));
+  await t.throwsAsync(registry.whenPersisted(makeVersion(viewId(1), 0)), { message: 'disk on fire' });
+  t.is(registry.persistedFrontier, VERSION_NONE);
 });
