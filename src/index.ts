@@ -47,7 +47,7 @@ export { loadConfig, parseConfig, type LoadOptions } from './config/load.js';
 export { SquallConfig } from './config/schema.js';
 
 // The transport.
-export type { Transport, TransportSession, RequestHandler, CallOptions } from './transport/transport.js';
+export type { Transport, TransportSession, RequestHandler, CallOptions, PeerFailureSignal } from './transport/transport.js';
 export {
   Endpoint,
   NativeSession,

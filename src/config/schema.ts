@@ -69,6 +69,12 @@ export class TransportSection {
   @IsBoolean() forward_secrecy = true;
   /** Milliseconds without any answer from a peer before its sessions are declared failed. */
   @IsInt() @Min(10) peer_failure_timeout_ms = 2000;
+  /**
+   * ICMP port-unreachable reports (the peer's port closed: its process ended) that fail an
+   * established session before the timeout, with nothing heard from the peer in between; 0
+   * only counts them.
+   */
+  @IsInt() @Min(0) @Max(100) port_unreachable_reports = 2;
   /** Default deadline for one RPC, in milliseconds. */
   @IsInt() @Min(1) request_timeout_ms = 10_000;
   /** Retransmission timeout before a session's first RTT sample, in milliseconds (then adaptive). */

@@ -7,6 +7,7 @@ import type { EndpointOptions } from './native-transport.js';
 export interface TransportConfigSection {
   max_message_size: number;
   peer_failure_timeout_ms: number;
+  port_unreachable_reports: number;
   retransmit_timeout_ms: number;
   retransmit_timeout_min_ms: number;
   congestion_control: boolean;
@@ -27,6 +28,7 @@ export function endpointOptionsFromConfig(
     port: bind.port,
     messageBytesMax: t.max_message_size,
     peerFailureTimeoutMs: t.peer_failure_timeout_ms,
+    portUnreachableReports: t.port_unreachable_reports,
     retransmitTimeoutMs: t.retransmit_timeout_ms,
     retransmitTimeoutMinMs: t.retransmit_timeout_min_ms,
     congestionControl: t.congestion_control,

@@ -8,6 +8,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { configKeys, loadConfig, parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/core/errors.js';
+import { endpointOptionsFromConfig } from '../../src/transport/config-options.js';
 
 const plain = '[transport]\nencryption = false\n';
 
@@ -126,4 +127,10 @@ test('docs/configuration.md documents every key with its default', (t) => {
       t.true(row.includes(`\`${JSON.stringify(defaultValue)}\``), `${key}: docs do not show default ${JSON.stringify(defaultValue)}`);
     }
   }
+});
+
+test('transport.port_unreachable_reports reaches the endpoint options (0 counts reports only)', (t) => {
+  const config = parseConfig(`${plain}port_unreachable_reports = 0\n`, 'node.toml');
+  t.is(endpointOptionsFromConfig(config.transport, { host: '127.0.0.1', port: 0 }).portUnreachableReports, 0);
+  t.is(endpointOptionsFromConfig(parseConfig(plain, 'node.toml').transport, { host: '127.0.0.1', port: 0 }).portUnreachableReports, 2);
 });
