@@ -20,8 +20,8 @@ const port: Channel = parentPort ?? {
   postMessage: (message) => process.send!(message),
   on: (event, listener) => void process.on(event, listener),
 };
-const { id, dir, fsync, latencyOps, throughputOps } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
-  id: number; dir: string; fsync: boolean; latencyOps: number; throughputOps: number;
+const { id, dir, fsync, latencyOps, throughputOps, warmupOps } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
+  id: number; dir: string; fsync: boolean; latencyOps: number; throughputOps: number; warmupOps: number;
 };
 const endpoint = await Endpoint.create({ host: '127.0.0.1', port: 0 });
 const ECHO_TYPE = 99;
@@ -59,6 +59,7 @@ port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean 
   while (driver.core.role !== 'leader') await new Promise((r) => setTimeout(r, 5));
   for (let i = 0; i < 50; i++) await driver.propose(payload(i));
   const leader = driver;
+  await closedLoopRate(warmupOps, 64, (i) => leader.propose(payload(i))); // warm-up (JIT), as bench/raft.ts
   const lat = await sequentialLatencies(latencyOps, (i) => leader.propose(payload(i)));
   const rate = await closedLoopRate(throughputOps, 64, (i) => leader.propose(payload(i)));
   port.postMessage({ result: { lat, rate, rttP50 } });

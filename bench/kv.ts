@@ -75,7 +75,7 @@ export async function run(args: string[]): Promise<void> {
       report({ suite: 'kv', case: 'transport-rtt-p50', value: Number(rtt.toFixed(1)), unit: 'us', ...denv });
       for (const [from, who] of [[0, 'leader'], [1, 'follower']] as const) {
         const r = await replicas[from]!.ask<{ lat: number[]; rate: number }>({
-          cmd: 'run', latencyOps, throughputOps: from === 0 ? throughputOps : 1000, outstanding: 64,
+          cmd: 'run', latencyOps, throughputOps: from === 0 ? throughputOps : 1000, outstanding: 64, warmupOps: quick ? 3000 : 10_000,
         });
         const lat = r.lat.sort((a, b) => a - b);
         report({ suite: 'kv', case: `put-latency-p50-from-${who}`, value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', baselines, ...denv });

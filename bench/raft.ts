@@ -120,11 +120,11 @@ async function group(make: Factory, fsync: Persist): Promise<{ drivers: RaftDriv
 }
 
 /** `--threads`: each node on its own worker thread (own event loop, own endpoint). */
-async function threadedGroup(fsync: boolean, latencyOps: number, throughputOps: number): Promise<{ lat: number[]; rate: number }> {
+async function threadedGroup(fsync: boolean, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number }> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
   const workers = [1, 2, 3].map((id) => new Worker(join(here, '_raft-node.js'),
-    { workerData: { id, dir: dirs[id - 1], fsync, latencyOps, throughputOps } }));
+    { workerData: { id, dir: dirs[id - 1], fsync, latencyOps, throughputOps, warmupOps } }));
   const next = (w: Worker): Promise<any> => new Promise((resolve, reject) => {
     w.once('message', resolve);
     w.once('error', reject);
@@ -147,11 +147,11 @@ async function threadedGroup(fsync: boolean, latencyOps: number, throughputOps: 
 }
 
 /** `--processes`: each node in its own child process (bench/_raft-node.ts over IPC). */
-async function processGroup(fsync: boolean, latencyOps: number, throughputOps: number): Promise<{ lat: number[]; rate: number; rttP50: number }> {
+async function processGroup(fsync: boolean, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number }> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
   const children = [1, 2, 3].map((id) => fork(join(here, '_raft-node.js'),
-    [JSON.stringify({ id, dir: dirs[id - 1], fsync, latencyOps, throughputOps })], { stdio: 'inherit' }));
+    [JSON.stringify({ id, dir: dirs[id - 1], fsync, latencyOps, throughputOps, warmupOps })], { stdio: 'inherit' }));
   const next = (c: ChildProcess): Promise<any> => new Promise((resolve, reject) => {
     c.once('message', resolve);
     c.once('exit', (code) => reject(new Error(`raft node exited with ${code}`)));
@@ -196,6 +196,7 @@ export async function run(args: string[]): Promise<void> {
   if (make === undefined) throw new Error(`transport "${transport}" is not available in this build`);
   const latencyOps = quick ? 300 : 3000;
   const throughputOps = quick ? 5000 : 50_000;
+  const warmupOps = quick ? 3000 : 10_000;
   const env = { transport, nodes: 3, payloadBytes: 80, load1: Number(loadavg()[0]!.toFixed(2)), quick };
   const rttP50 = await rawRoundTrip(make, quick ? 2000 : 20_000);
   report({ suite: 'raft', case: 'transport-rtt-p50', value: Number(rttP50.toFixed(1)), unit: 'us', ...env });
@@ -205,7 +206,7 @@ export async function run(args: string[]): Promise<void> {
   if (args.includes('--processes')) {
     if (transport !== 'native') throw new Error('--processes needs the native transport');
     for (const fsync of [false, true]) {
-      const r = await processGroup(fsync, latencyOps, throughputOps);
+      const r = await processGroup(fsync, latencyOps, throughputOps, warmupOps);
       const penv = { ...env, processes: true, load1: Number(loadavg()[0]!.toFixed(2)) };
       const lat = r.lat.sort((a, b) => a - b);
       // The floor here is the round trip between these processes (measured by node 1 to node 2
@@ -222,7 +223,7 @@ export async function run(args: string[]): Promise<void> {
     if (transport !== 'native') throw new Error('--threads needs the native transport');
     const tenv = { ...env, threads: true };
     for (const fsync of [true, false]) {
-      const r = await threadedGroup(fsync, latencyOps, throughputOps);
+      const r = await threadedGroup(fsync, latencyOps, throughputOps, warmupOps);
       const lat = r.lat.sort((a, b) => a - b);
       report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', fsync,
         baselines: fsync ? { transport_rtt_p50: Number(rttP50.toFixed(1)), disk_fdatasync_p50: Number(fsyncP50.toFixed(1)) }
@@ -242,7 +243,11 @@ export async function run(args: string[]): Promise<void> {
     const storage = fsync === 'memory' ? 'MemoryStorage' : 'LmdbStorage';
     try {
       const leader = await leaderOf(g.drivers);
-      for (let i = 0; i < 50; i++) await leader.propose(payload(i)); // warm-up
+      // Warm-up: 50 sequential proposals, then a pipelined run, so the JIT has optimized the hot
+      // path before anything is timed (with only the 50, the kv suite's first latency figure
+      // was 2-3x its figure after a throughput run; see bench/_kv-replica.ts).
+      for (let i = 0; i < 50; i++) await leader.propose(payload(i));
+      await closedLoopRate(warmupOps, 64, (i) => leader.propose(payload(i)));
       const lat = await sequentialLatencies(latencyOps, (i) => leader.propose(payload(i)));
       lat.sort((a, b) => a - b);
       const p50 = percentile(lat, 50);

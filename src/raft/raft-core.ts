@@ -135,7 +135,7 @@ export class RaftCore {
   private pendingInstall: Snapshot | undefined;
   private pendingCompacted: Snapshot | undefined;
   private broadcastNeeded = false;
-  private inProgress: { stableTo: number; appliedTo: number; term: number } | undefined;
+  private inProgress: { stableTo: number; appliedTo: number; term: number; persistAsync: boolean; mustSync: boolean } | undefined;
 
   /**
    * Restarts from `state`, or bootstraps a new group when state is empty and `voters` is given:
@@ -344,6 +344,11 @@ export class RaftCore {
     const p = this.prevHardState;
     const mustSync = entries.length > 0 || this.pendingInstall !== undefined ||
       this.pendingCompacted !== undefined || p.term !== hs.term || p.vote !== hs.vote;
+    // A leader's own appends in a term already durable: nothing here waits for them but its own
+    // count toward commit (stableIndex, moved by persisted()). See Ready.persistAsync.
+    const persistAsync = this.role === 'leader' && messages.length === 0 && this.pendingInstall === undefined &&
+      p.term === hs.term && p.vote === hs.vote && hs.term <= this.durableTerm &&
+      entries.every((e) => e.term === hs.term);
     const rd: Ready = {
       mustSync,
       hardState,
@@ -355,6 +360,7 @@ export class RaftCore {
       committed,
       readStates: this.readStates,
       softState: softChanged ? soft : undefined,
+      persistAsync,
     };
     if (hardState) this.prevHardState = hardState;
     if (softChanged) this.prevSoftState = soft;
@@ -364,7 +370,7 @@ export class RaftCore {
     this.pendingCompacted = undefined;
     this.unstableFrom = this.log.lastIndex() + 1;
     const appliedTo = committed.length ? committed[committed.length - 1]!.index : this.applied;
-    this.inProgress = { stableTo: this.log.lastIndex(), appliedTo, term: hs.term };
+    this.inProgress = { stableTo: this.log.lastIndex(), appliedTo, term: hs.term, persistAsync, mustSync };
     return rd;
   }
 
@@ -373,13 +379,33 @@ export class RaftCore {
    * and its committed entries applied. This is the persistence-completion input: only now does
    * the leader count its own log toward a commit quorum.
    */
-  advance(): void {
+  advance(options: { persisted?: boolean } = {}): void {
     const p = this.inProgress;
     assert(p !== undefined, 'advance() without a ready()');
     this.inProgress = undefined;
-    this.stableIndex = Math.max(this.stableIndex, Math.min(p.stableTo, this.unstableFrom - 1));
     this.applied = Math.max(this.applied, p.appliedTo);
+    if (options.persisted === false) {
+      // Its writes are still in flight (Ready.persistAsync): persisted() will report them.
+      assert(p.persistAsync, 'advance({ persisted: false }) for a Ready that must be durable first (persistAsync is false)');
+      return;
+    }
+    // Durable now, and so is every earlier Ready's write (a driver's flushes complete in order).
+    // A Ready with nothing that must sync had no flush: it proves nothing about writes of
+    // earlier persistAsync Readies still in flight, so the log counts as durable only as before.
+    if (p.mustSync) this.stableIndex = Math.max(this.stableIndex, Math.min(p.stableTo, this.unstableFrom - 1));
     this.durableTerm = Math.max(this.durableTerm, p.term);
+    if (this.role === 'leader' && this.maybeCommit()) this.afterCommit();
+  }
+
+  /**
+   * The persistence-completion input for a Ready advanced with `{ persisted: false }`: the local
+   * log is durable up to `index`, whose entry had `term` when written. Ignored if the log has
+   * changed there since (the entry was overwritten: a later flush carries the new one). Only now
+   * does the leader count these entries as its own vote toward commit (thesis §10.2.1).
+   */
+  persisted(index: number, term: number): void {
+    if (index <= this.stableIndex || index >= this.unstableFrom || this.log.term(index) !== term) return;
+    this.stableIndex = index;
     if (this.role === 'leader' && this.maybeCommit()) this.afterCommit();
   }
 

@@ -42,8 +42,18 @@ export interface SnapshotStore {
 }
 
 export interface RaftStorage extends LogStore, StableStore, SnapshotStore {
-  /** Makes every buffered write durable, atomically. Resolves when durable. */
+  /**
+   * Makes every buffered write durable, atomically. Resolves when durable. Several flushes may
+   * be in flight at once; they become durable, and resolve, in the order they were called.
+   */
   flush(): Promise<void>;
+  /**
+   * True if a flush waits on the disk (fsync) for long enough that a leader should not hold its
+   * next appends behind it: the driver then lets a leader's own log writes overlap with
+   * replication and with each other (Ready.persistAsync). False or absent: flush() costs only
+   * CPU (MemoryStorage, LMDB without fsync) and the driver awaits each one.
+   */
+  readonly slowFlush?: boolean;
   close(): Promise<void>;
 }
 

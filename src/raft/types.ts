@@ -154,6 +154,17 @@ export interface Ready {
    * written lazily (a crash that loses it only makes the node re-learn it).
    */
   readonly mustSync: boolean;
+  /**
+   * The writes above are only the leader's own: new entries of its current term (and perhaps a
+   * commit index or a compaction), no term or vote change, no snapshot to install and nothing in
+   * `messages`. The driver may then finish this Ready — send, apply, `advance({ persisted:
+   * false })` — without waiting for the write, and report it later with `persisted(index,
+   * term)`; the leader counts itself toward commit only from then on (thesis §10.2.1: the leader
+   * writes its log in parallel with replicating it). Its committed entries may be applied before
+   * its own copy is durable: committed means durable on a majority, so a crash here only makes
+   * this node re-learn them (etcd raft applies such entries too with asynchronous storage).
+   */
+  readonly persistAsync: boolean;
 }
 
 export function encodeConfChange(cc: ConfChange): Uint8Array {

@@ -98,12 +98,23 @@ type ForwardAnswer =
 
 const RETRY_PAUSE_MS = 10;
 
+interface Waiter {
+  resolve: (a: ForwardAnswer) => void;
+  /** Date.now() after which the attempt gives up (the call's caller retries). */
+  deadline: number;
+}
+
 export class RaftShardDriver {
   readonly raft: RaftDriver;
   private readonly machine: ShardMachine;
   private readonly hlc: HybridLogicalClock;
   /** Calls proposed at this member (as leader), waiting for their apply outcome. */
-  private readonly waiters = new Map<string, ((a: ForwardAnswer) => void)[]>();
+  private readonly waiters = new Map<string, Waiter[]>();
+  /**
+   * Answers waiters whose attempt ran out (see sweepWaiters); runs while any wait. One timer
+   * for all of them: a timer per call cost a setTimeout and a clearTimeout on every put.
+   */
+  private sweeper: ReturnType<typeof setInterval> | undefined;
   private readonly sessions = new Map<number, Promise<TransportSession>>();
   private client: ClientSession | undefined;
   private registering: Promise<void> | undefined;
@@ -159,7 +170,7 @@ export class RaftShardDriver {
         return encodeMessage({ s: 'not-leader', leader: 0 } satisfies ForwardAnswer);
       }
       self.counters.served++;
-      return encodeMessage(await self.decide(forward));
+      return encodeMessage(await self.decide(forward, Date.now() + self.attemptTimeoutMs));
     });
     return driver;
   }
@@ -168,7 +179,7 @@ export class RaftShardDriver {
   async call(payload: Uint8Array): Promise<ShardReply> {
     this.checkOpen();
     const deadline = Date.now() + (this.options.callTimeoutMs ?? 5000);
-    const client = await this.session(deadline);
+    const client = this.client ?? await this.session(deadline);
     const seq = ++client.seq;
     client.open.add(seq);
     try {
@@ -202,7 +213,8 @@ export class RaftShardDriver {
     if (this.closed) return;
     this.closed = true;
     this.unregister?.();
-    for (const list of this.waiters.values()) for (const w of list) w({ s: 'not-leader', leader: 0 });
+    if (this.sweeper) clearInterval(this.sweeper);
+    for (const list of this.waiters.values()) for (const w of list) w.resolve({ s: 'not-leader', leader: 0 });
     this.waiters.clear();
     for (const s of this.sessions.values()) s.then((x) => x.close(), () => undefined);
     await this.raft.close();
@@ -243,10 +255,9 @@ export class RaftShardDriver {
         // endpoint had closed failed after ~2 s (the transport's peer-failure timeout) instead
         // of the attempt's 300 ms in test/integration/group-raft.test.ts.
         const attemptMs = Math.min(this.attemptTimeoutMs, deadline - Date.now());
-        answer = await withTimeout(
-          target === this.options.id ? this.decide(request) : this.forward(target, request, deadline),
-          attemptMs,
-        );
+        answer = target === this.options.id
+          ? await this.decide(request, Date.now() + attemptMs) // its waiter is swept at that time
+          : await withTimeout(this.forward(target, request, deadline), attemptMs);
       } catch {
         answer = undefined; // lost, timed out, or the member is down: try another
       }
@@ -275,32 +286,50 @@ export class RaftShardDriver {
     }
   }
 
-  /** Leader side: proposes a forwarded (or local) request and answers once it is applied here. */
-  private async decide(request: Forward): Promise<ForwardAnswer> {
+  /**
+   * Leader side: proposes a forwarded (or local) request and answers once it is applied here,
+   * or with not-leader if it was refused or superseded, or after `deadline` (the caller then
+   * retries the same seq: the session cache keeps it at most once).
+   */
+  private decide(request: Forward, deadline: number): Promise<ForwardAnswer> {
     const notLeader = (): ForwardAnswer => ({ s: 'not-leader', leader: this.raft.core.lead });
-    if (this.closed || this.raft.core.role !== 'leader') return notLeader();
+    if (this.closed || this.raft.core.role !== 'leader') return Promise.resolve(notLeader());
     if (request.k === 'register') {
-      try {
-        return { s: 'registered', client: await this.raft.propose(encodeRegister()) };
-      } catch {
-        return notLeader();
-      }
+      // Rare (once per member): its own timer.
+      return withTimeout(this.raft.propose(encodeRegister()), deadline - Date.now())
+        .then((client): ForwardAnswer => ({ s: 'registered', client }), notLeader);
     }
     const call: ShardCall = { client: request.client, seq: request.seq, ackedBelow: request.ackedBelow, payload: request.payload };
     const key = `${call.client}:${call.seq}`;
     const answered = new Promise<ForwardAnswer>((resolve) => {
-      const list = this.waiters.get(key) ?? [];
-      list.push(resolve);
-      this.waiters.set(key, list);
+      const list = this.waiters.get(key);
+      if (list) list.push({ resolve, deadline });
+      else this.waiters.set(key, [{ resolve, deadline }]);
     });
+    this.sweeper ??= setInterval(() => this.sweepWaiters(), Math.max(5, this.attemptTimeoutMs / 4));
     this.observeLog();
     const { data } = this.machine.stamp(call, this.hlc.now());
-    try {
-      await this.raft.propose(data);
-    } catch {
-      this.answer(key, notLeader()); // superseded or not leader: the caller retries
-    }
+    // Success is answered by applied(); only a refusal or a superseded entry is answered here.
+    this.raft.propose(data).catch(() => this.answer(key, notLeader()));
     return answered;
+  }
+
+  /** Gives up on waiters past their deadline; stops the sweeper once none wait. */
+  private sweepWaiters(): void {
+    const now = Date.now();
+    for (const [key, list] of this.waiters) {
+      const kept = list.filter((w) => {
+        if (w.deadline > now) return true;
+        w.resolve({ s: 'not-leader', leader: this.raft.core.lead });
+        return false;
+      });
+      if (kept.length === 0) this.waiters.delete(key);
+      else if (kept.length < list.length) this.waiters.set(key, kept);
+    }
+    if (this.waiters.size === 0 && this.sweeper) {
+      clearInterval(this.sweeper);
+      this.sweeper = undefined;
+    }
   }
 
   /** Lets the machine see every entry in the local log, so its stamps come after all of them. */
@@ -338,7 +367,7 @@ export class RaftShardDriver {
     const list = this.waiters.get(key);
     if (list === undefined) return;
     this.waiters.delete(key);
-    for (const w of list) w(a);
+    for (const w of list) w.resolve(a);
   }
 }
 

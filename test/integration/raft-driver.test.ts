@@ -310,3 +310,46 @@ test('followers learn a commit at once (a held commit notice), and the notices c
     for (const d of ds.values()) await d.close();
   }
 });
+
+test('on a slow disk the leader replicates and commits while its own log write is still in flight (thesis §10.2.1)', async (t) => {
+  /** A storage whose flushes wait, while `held`, until released (in order): a stalled fsync. */
+  class StalledStorage extends MemoryStorage {
+    readonly slowFlush = true;
+    held = false;
+    private waiting: Array<() => void> = [];
+    override async flush(): Promise<void> {
+      if (this.held) await new Promise<void>((resolve) => this.waiting.push(resolve));
+      return super.flush();
+    }
+    release(): void {
+      this.held = false;
+      for (const w of this.waiting.splice(0)) w();
+    }
+  }
+  const net = new MemoryNetwork();
+  const storages = new Map(ids.map((id) => [id, new StalledStorage()]));
+  const sms = new Map(ids.map((id) => [id, new Log()]));
+  const ds = new Map<number, RaftDriver>();
+  for (const id of ids) ds.set(id, await startNode(net, id, storages.get(id)!, sms.get(id)!));
+  try {
+    await until('a leader', () => leaderOf(ds) !== undefined);
+    await proposeSomewhere(ds, 'first');
+    const leader = leaderOf(ds)!;
+    const stalled = storages.get(leader.core.id)!;
+    stalled.held = true; // the leader's disk stalls; its followers' disks do not
+    const before = leader.counters.backgroundFlushes;
+    // Both resolve (applied at the leader) though the leader's own writes have not completed:
+    // the two followers are the majority. With the leader awaiting its flush, neither would.
+    const both = Promise.all([leader.propose(text('a')), leader.propose(text('b'))]);
+    const stuck = new Promise((_, reject) => setTimeout(() => reject(new Error('proposals waited for the leader\'s stalled disk')), 5000));
+    await Promise.race([both, stuck]);
+    t.deepEqual(sms.get(leader.core.id)!.items.slice(-2), ['a', 'b']);
+    t.true(leader.counters.backgroundFlushes > before);
+    t.true(leader.core.stableIndex < leader.core.commit, `the leader has not counted itself for them (stable ${leader.core.stableIndex}, commit ${leader.core.commit}, last ${leader.core.log.lastIndex()})`);
+    stalled.release();
+    await until('the leader counts its own log again', () => leader.core.stableIndex >= leader.core.commit);
+  } finally {
+    for (const s of storages.values()) s.release(); // else close() waits for a loop stuck on it
+    for (const d of ds.values()) await d.close();
+  }
+});

@@ -50,6 +50,35 @@ test('a flushed batch survives close and reopen: log, truncation, compaction, ha
   await r.close();
 });
 
+test('a store in format 1 (msgpack log and hard state) opens as format 2 with the same contents', async (t) => {
+  const path = tempDir();
+  const { open } = await import('lmdb');
+  const v1 = open({ path, compression: false });
+  const log = v1.openDB<{ t: number; y: number; d: Uint8Array }, number>({ name: 'log', keyEncoding: 'ordered-binary' });
+  const meta = v1.openDB<unknown, string>({ name: 'meta' });
+  await v1.transaction(() => {
+    for (const i of [3, 4, 5]) log.put(i, { t: i === 5 ? 2 : 1, y: EntryType.Normal, d: new TextEncoder().encode(`e${i}`) });
+    meta.put('hs', { term: 2, vote: 1, commit: 4 });
+    meta.put('snap', { meta: { index: 2, term: 1, conf: { voters: [1, 2, 3], learners: [] } }, data: new Uint8Array([5]) });
+  });
+  await v1.close();
+
+  for (let open = 0; open < 2; open++) { // the second open finds format 2 and migrates nothing
+    const r = new LmdbStorage({ path });
+    const state = await loadInitialState(r);
+    t.deepEqual(state.hardState, { term: 2, vote: 1, commit: 4 });
+    t.is(state.snapshot!.meta.index, 2);
+    const expected = [[3, 1, 'e3'], [4, 1, 'e4'], [5, 2, 'e5'], ...(open === 1 ? [[6, 2, 'e6']] : [])];
+    t.deepEqual(state.entries.map((e) => [e.index, e.term, new TextDecoder().decode(e.data)]), expected);
+    if (open === 0) {
+      r.truncateFrom(6);
+      r.append([entry(6, 2)]);
+      await r.flush();
+    }
+    await r.close();
+  }
+});
+
 test('unflushed writes are not visible after reopen', async (t) => {
   const path = tempDir();
   const s = new LmdbStorage({ path });

@@ -148,3 +148,27 @@ test('read() on a follower sees every call committed before it', async (t) => {
     for (const d of drivers.values()) await d.close();
   }
 });
+
+test('a call at a leader cut off from every follower gives up each attempt after attemptTimeoutMs and retries, then completes once healed', async (t) => {
+  const net = new MemoryNetwork({ delayMsMax: 1, random: new SeededRandom(4) });
+  const { apps, drivers } = await startShard(net);
+  try {
+    await put(drivers.get(1)!, 'warm', 'up');
+    const leaderId = ids.find((id) => drivers.get(id)!.raft.core.role === 'leader')!;
+    const leader = drivers.get(leaderId)!;
+    await put(leader, 'session', 'open');
+    for (const id of ids) if (id !== leaderId) net.cut(`mem:${leaderId}`, `mem:${id}`);
+    const attemptsBefore = leader.counters.retries;
+    const pending = put(leader, 'cut', 'off', 'the-call-at-a-cut-off-leader');
+    // Attempts are 150 ms (startShard): an attempt waiting at the leader itself must be given
+    // up (the waiter sweep) and retried, not wait for an outcome that cannot come.
+    await until('attempts given up and retried', () => leader.counters.retries - attemptsBefore >= 2, 3000);
+    net.heal();
+    t.deepEqual(untext((await pending).reply), 'ok');
+    await until('applied everywhere', () => ids.every((n) => apps.get(n)!.runs.get('the-call-at-a-cut-off-leader') !== undefined));
+    for (const n of ids) t.is(apps.get(n)!.runs.get('the-call-at-a-cut-off-leader'), 1, `member ${n} ran it once`);
+  } finally {
+    net.heal();
+    for (const d of drivers.values()) await d.close();
+  }
+});

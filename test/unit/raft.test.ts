@@ -176,6 +176,61 @@ test('§5.1 the leader counts its own log only once it is durable (advance)', (t
   t.true(core.ready().committed.some((e) => e.index === index));
 });
 
+/** A leader of [1,2,3] (term durable, no-op committed) with every Ready handled. */
+function settledLeader(): RaftCore {
+  const core = new RaftCore({ id: 1, random: new SeededRandom(1) }, undefined, [1, 2, 3]);
+  core.campaign();
+  const drain = (): void => {
+    while (core.hasReady()) {
+      const rd = core.ready();
+      for (const m of [...rd.messagesNow, ...rd.messages]) {
+        if (m.type === 'prevote' || m.type === 'vote') core.step({ type: m.type === 'vote' ? 'voteResp' : 'prevoteResp', from: m.to, to: 1, term: m.term, reject: false });
+        if (m.type === 'append') core.step({ type: 'appendResp', from: m.to, to: 1, term: m.term, index: m.prevIndex + m.entries.length, reject: false, hintIndex: 0, hintTerm: 0 });
+      }
+      core.advance();
+    }
+  };
+  drain();
+  drain();
+  return core;
+}
+
+test('§10.2.1 a leader may finish its own append before it is durable; it counts itself only at persisted()', (t) => {
+  const core = settledLeader();
+  t.is(core.role, 'leader');
+  const { index, term } = core.propose(new Uint8Array([1]));
+  const rd = core.ready();
+  t.true(rd.persistAsync, 'a leader\'s own append in a durable term may be written in the background');
+  t.true(rd.messagesNow.some((m) => m.type === 'append' && m.to === 2), 'replicated at once');
+  core.advance({ persisted: false });
+  // Follower 2 acknowledges: with the leader's own write still in flight, that is 1 of 3.
+  core.step({ type: 'appendResp', from: 2, to: 1, term, index, reject: false, hintIndex: 0, hintTerm: 0 });
+  t.true(core.commit < index, 'not committed: the leader\'s copy is not durable yet');
+  core.persisted(index, term + 1); // a write of another entry at that index: ignored
+  t.true(core.commit < index);
+  core.persisted(index, term);
+  t.is(core.commit, index, 'leader + follower 2 are a majority once the leader\'s write is durable');
+});
+
+test('§10.2.1 two followers commit an entry while the leader\'s own write is still in flight', (t) => {
+  const core = settledLeader();
+  const { index, term } = core.propose(new Uint8Array([1]));
+  core.ready();
+  core.advance({ persisted: false });
+  core.step({ type: 'appendResp', from: 2, to: 1, term, index, reject: false, hintIndex: 0, hintTerm: 0 });
+  core.step({ type: 'appendResp', from: 3, to: 1, term, index, reject: false, hintIndex: 0, hintTerm: 0 });
+  t.is(core.commit, index);
+  t.true(core.ready().committed.some((e) => e.index === index), 'applied without waiting for the local write');
+});
+
+test('a Ready that must be durable first (a vote, a new term) is not persistAsync and refuses advance({ persisted: false })', (t) => {
+  const core = new RaftCore({ id: 1, random: new SeededRandom(1), preVote: false }, undefined, [1, 2, 3]);
+  core.campaign();
+  const rd = core.ready();
+  t.false(rd.persistAsync, 'a new term and a vote for itself must be on disk before the vote requests leave');
+  t.throws(() => core.advance({ persisted: false }), { message: /persistAsync is false/ });
+});
+
 test('§7 a follower behind the log start gets the snapshot in chunks, installs it and catches up', (t) => {
   const net = new Net(ids, { snapshotChunkBytes: 100 });
   net.campaign(1);
