@@ -54,7 +54,7 @@ test('kill -9, pause/resume, restart, and an unexpected crash are told apart', a
     a.start();
     b.start();
     const port = Number((await a.waitForLine(/^listening \S+ (\d+)/, 10_000))[1]);
-    t.true(await ping(socket, '127.0.0.1', port, 'one', 2000));
+    t.true(await ping(socket, '127.0.0.1', port, 'one', 2000), 'a answers before the pause');
 
     // Paused: the datagram waits in the socket buffer and is answered only after SIGCONT.
     a.pause();
@@ -63,27 +63,27 @@ test('kill -9, pause/resume, restart, and an unexpected crash are told apart', a
       socket.once('message', (m) => resolve(m.toString() === 'echo:two')),
     );
     a.resume();
-    t.true(await late);
+    t.true(await late, 'the datagram sent while paused is answered after SIGCONT');
 
     // b dies by itself: recorded as unexpected, with its last words.
     const crash = await b.waitForExit(10_000);
     t.is(crash.code, 3);
     t.false(crash.expected);
-    t.true(crash.tail.some((l) => l.includes('crashing on purpose')));
+    t.true(crash.tail.some((l) => l.includes('crashing on purpose')), `b's last words in its tail: ${crash.tail.join(' | ')}`);
 
     // a is killed by the harness (even while paused): expected, by SIGKILL.
     const pid = a.pid!;
     a.pause();
     const killed = await a.kill();
     t.is(killed?.signal, 'SIGKILL');
-    t.true(killed?.expected);
+    t.true(killed?.expected, 'the kill is recorded as expected');
     t.false(alive(pid));
 
     // Restart gives a new incarnation that serves again.
     a.start();
     t.is(a.incarnation, 2);
     const port2 = Number((await a.waitForLine(/^listening \S+ (\d+)/, 10_000))[1]);
-    t.true(await ping(socket, '127.0.0.1', port2, 'three', 2000));
+    t.true(await ping(socket, '127.0.0.1', port2, 'three', 2000), 'the restarted a answers');
 
     t.deepEqual(
       cluster.unexpectedExits().map((e) => [e.name, e.code]),
@@ -94,7 +94,7 @@ test('kill -9, pause/resume, restart, and an unexpected crash are told apart', a
     socket.close();
     await cluster.close();
   }
-  t.true(cluster.processes.every((p) => !p.running));
+  t.true(cluster.processes.every((p) => !p.running), 'close() ended every process');
 });
 
 test('waitForLine times out with the process output in the error', async (t) => {

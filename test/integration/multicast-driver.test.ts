@@ -133,7 +133,9 @@ test.serial('view change: wedge, trim, apply, 2-member next view delivers the re
       addresses: new Map([[nodeId(1), m1.endpoint.address], [nodeId(2), m2.endpoint.address]]),
     };
     await m1.driver.installView(view2);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    // m1's re-sends reach m2 before m2 installs the view: m2 holds them (waited for, not timed,
+    // so a loaded machine does not turn this into a race).
+    await waitFor(() => m2.driver.counters.heldPackets > 0, 10_000);
     await m2.driver.installView(view2);
     // New sends after the re-sends, to check they come after them.
     await Promise.all([send(m1, 50, 55), send(m2, 50, 55)]);
