@@ -56,6 +56,11 @@ export class GroupSection {
    * back, for the members still missing (they then rejoin as new members).
    */
   @IsInt() @Min(0) @Max(600_000) restart_grace_ms = 1000;
+  /**
+   * Milliseconds an ordered call to an inadequately provisioned subgroup waits for enough nodes
+   * to join before it fails with SubgroupInadequateError (it is sent once the subgroup is whole).
+   */
+  @IsInt() @Min(0) inadequate_wait_ms = 30_000;
 }
 
 export class TransportSection {

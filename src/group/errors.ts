@@ -58,6 +58,37 @@ export class GroupClosedError extends SquallError {
   }
 }
 
+/**
+ * This member entered the shard by state transfer after the call had been applied by the member
+ * it got the state from: the call's effect is in its state, but it ran nothing and has no reply.
+ * The other members' replies are the call's answer.
+ */
+export class AppliedByTransferError extends SquallError {
+  constructor(nodeId: NodeId, version: bigint) {
+    super(
+      `node ${nodeId} holds this call's effect through the state it received when it entered the ` +
+        `shard (version ${version >> 32n}:${version & 0xffffffffn}), so it ran nothing and has no ` +
+        `reply; take another member's reply`,
+      'APPLIED_BY_TRANSFER',
+    );
+  }
+}
+
+/**
+ * An ordered call waited `waitedMs` for its subgroup to be adequately provisioned (every shard
+ * with the nodes and senders its policy asks for) and it was not: not sent, not applied.
+ */
+export class SubgroupInadequateError extends SquallError {
+  constructor(label: string, viewId: number, problems: readonly string[], waitedMs: number) {
+    super(
+      `${label}: not sent; its subgroup is inadequately provisioned in view ${viewId} (` +
+        `${problems.join('; ')}) and was still after ${waitedMs} ms. Fix: start more nodes ` +
+        `so that they join, lower the layout's minimum, or raise group.inadequate_wait_ms`,
+      'SUBGROUP_INADEQUATE',
+    );
+  }
+}
+
 /** Group.start could not reach every member of the static view in time. */
 export class GroupStartError extends SquallError {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -56,6 +56,7 @@ import {
   NodeRemovedError,
   NotMemberError,
   OrderedCallInOrderedError,
+  SubgroupInadequateError,
 } from './errors.js';
 import { QueryResults, type OrderedReceipt } from './query-results.js';
 import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.js';
@@ -166,6 +167,8 @@ export class Group {
   private readonly sessions: SessionCache;
   /** Raft shards this node entered by a view change whose engine is starting. */
   private readonly raftStarting = new Set<ShardReplica>();
+  /** Ordered calls held until their subgroup is adequately provisioned (see awaitAdequate). */
+  private readonly inadequateWaits = new Set<{ subgroupId: SubgroupId; release(error?: Error): void }>();
 
   private constructor(
     private readonly config: SquallConfig,
@@ -191,9 +194,11 @@ export class Group {
       this.removed = error;
       for (const results of this.calls.values()) results.failAll(error);
       this.calls.clear();
+      for (const wait of [...this.inadequateWaits]) wait.release(error);
     });
     viewSource.on('view', (next) => {
       this.currentView = next;
+      for (const wait of [...this.inadequateWaits]) if (next.isSubgroupAdequate(wait.subgroupId)) wait.release();
       this.followShards(next);
       this.attachMembershipDrivers();
       this.failRemovedMembers(next);
@@ -390,6 +395,7 @@ export class Group {
     this.closed = true;
     const error = new GroupClosedError('call outstanding at close');
     for (const results of this.calls.values()) results.failAll(error);
+    for (const wait of [...this.inadequateWaits]) wait.release(error);
     this.calls.clear();
     for (const replica of this.replicas.values()) {
       replica.failWaiters(error);
@@ -444,10 +450,17 @@ export class Group {
     const callId = this.nextCallId++;
     const message = relayKey === undefined ? [callId, wireName, args] : [callId, wireName, args, ...relayKey];
     const payload = encodeMessage(message);
-    const sent: Promise<OrderedReceipt> = replica.driver.send(payload).then((receipt) => ({
+    // An inadequately provisioned subgroup takes no ordered calls: held until it is whole.
+    const whole = this.currentView.isSubgroupAdequate(replica.subgroupId)
+      ? undefined : this.awaitAdequate(replica.subgroupId, label);
+    const send = (): Promise<OrderedReceipt> => replica.driver.send(payload).then((receipt) => ({
       version: makeVersion(receipt.viewId, receipt.position),
       timestamp: receipt.timestamp,
     }));
+    const sent: Promise<OrderedReceipt> = whole === undefined ? send() : whole.then(() => {
+      results.addMembers(this.shardMembers(replica));
+      return send();
+    });
     const results = new QueryResults<unknown>(label, this.shardMembers(replica), sent, replica.frontierWaits);
     this.calls.set(callId, results);
     sent.catch(() => this.calls.delete(callId));
@@ -480,6 +493,32 @@ export class Group {
       const code = error instanceof SquallError ? error.code : 'INTERNAL';
       return encodeMessage([RELAY_REFUSED, code, String((error as Error)?.message ?? error)]);
     }
+  }
+
+  /**
+   * Resolves once a view lays out subgroup `subgroupId` adequately (every shard with the nodes and
+   * senders its policy asks for); rejects with SubgroupInadequateError after
+   * group.inadequate_wait_ms, or with the reason if this node is removed or the group closes.
+   * The rest of the group takes calls meanwhile.
+   */
+  private awaitAdequate(subgroupId: SubgroupId, label: string): Promise<void> {
+    const waitMs = this.config.group.inadequate_wait_ms;
+    return new Promise<void>((resolve, reject) => {
+      const wait = {
+        subgroupId,
+        release: (error?: Error): void => {
+          clearTimeout(timer);
+          this.inadequateWaits.delete(wait);
+          if (error === undefined) resolve();
+          else reject(error);
+        },
+      };
+      const timer = setTimeout(() => {
+        const view = this.currentView;
+        wait.release(new SubgroupInadequateError(label, view.id, view.inadequaciesOf(subgroupId).map(describeInadequacy), waitMs));
+      }, waitMs);
+      this.inadequateWaits.add(wait);
+    });
   }
 
   /** The replica's shard members in the current view (the view it started in lists them all). */
@@ -696,6 +735,7 @@ export class Group {
     if (this.membership !== undefined) {
       this.membership.attach({
         deliver: (ref, delivery) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.deliver(delivery),
+        inState: (ref, delivery) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.inState(delivery),
         registry: (ref) => this.replicaOf(ref.subgroupId, ref.shardIndex)?.registry,
         persist: async () => {
           await Promise.all([...this.replicas.values()].map((r) => r.persistDelivered()));

@@ -47,6 +47,8 @@ export interface MembershipViewSourceOptions {
 /** Where the group takes deliveries and the persist step of a view change. */
 export interface MembershipSink {
   deliver(shard: ShardRef, delivery: MulticastDelivery): void;
+  /** A delivery the shard's transferred state already holds: answer its caller, apply nothing. */
+  inState(shard: ShardRef, delivery: MulticastDelivery): void;
   /** The persistent state of a local shard, for state transfer (undefined: not hosted here). */
   registry(shard: ShardRef): PersistentRegistry | undefined;
   /** Everything delivered so far is durable (called before a new view installs). */
@@ -110,6 +112,7 @@ export class MembershipViewSource implements ViewSource {
       restartGraceMs: config.group.restart_grace_ms,
       multicastLimitsFor: (profile) => multicastLimitsForProfile(config, profile),
       onDeliver: (shard, delivery) => this.onDeliver(shard, delivery),
+      onInState: (shard, delivery) => this.sink?.inState(shard, delivery),
       persist: () => this.sink?.persist() ?? Promise.resolve(),
       log: options.log ?? restartProgress(config),
     });

@@ -219,9 +219,10 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     onFulfilled?: ((value: ReadonlyMap<NodeId, R>) => A | PromiseLike<A>) | null,
     onRejected?: ((reason: unknown) => B | PromiseLike<B>) | null,
   ): Promise<A | B> {
-    this.all ??= Promise.all(
+    // After the send: a call held for an inadequate subgroup learns its members only then.
+    this.all ??= this.sent.then(() => Promise.all(
       [...this.replies].map(async ([node, p]) => [node, await p] as const),
-    ).then((entries) => new Map(entries) as ReadonlyMap<NodeId, R>);
+    )).then((entries) => new Map(entries) as ReadonlyMap<NodeId, R>);
     return this.all.then(onFulfilled, onRejected);
   }
 
@@ -247,6 +248,18 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     if (slot === undefined || slot.state !== 0) return;
     this.unsettledCount--;
     slot.fail(error);
+  }
+
+  /**
+   * @internal The shard's members when a held call is sent (see Group.awaitAdequate): a reply is
+   * awaited from each, also those that joined while it was held.
+   */
+  addMembers(members: readonly NodeId[]): void {
+    for (const node of members) {
+      if (this.slots.has(node)) continue;
+      this.slots.set(node, new ReplySlot<R>(node));
+      this.unsettledCount++;
+    }
   }
 
   /** @internal Fails the replies still awaited from the nodes `removed` selects. */

@@ -19,7 +19,7 @@ import type { EngineFrontiers, OrderedDelivery, OrderingEngine } from '../runtim
 import type { ShardFrontierWaits } from './query-results.js';
 import { FrontierWaiters, type OrderedCallMessage } from './wire.js';
 import { RELAY_WINDOW, RelayTable } from './relay-table.js';
-import { RelayedReplyUnavailableError } from './errors.js';
+import { AppliedByTransferError, RelayedReplyUnavailableError } from './errors.js';
 import { encodeFrameworkError } from '../../decorators/codec.js';
 
 /** Relayed replies kept in memory per client (a client retries only recent calls). */
@@ -188,20 +188,40 @@ export class ShardReplica<T extends object = object> {
     }
   }
 
-  /** A delivered ordered call (from the driver, in delivery order). */
-  deliver(delivery: OrderedDelivery): void {
-    let message: OrderedCallMessage;
+  /** The ordered call a delivery carries, or undefined (counted) if it is not one. */
+  private decodeCall(delivery: OrderedDelivery): OrderedCallMessage | undefined {
     try {
-      message = decodeMessage<OrderedCallMessage>(delivery.payload);
+      const message = decodeMessage<OrderedCallMessage>(delivery.payload);
       if (!Array.isArray(message) || typeof message[0] !== 'number' || typeof message[1] !== 'string' || !(message[2] instanceof Uint8Array) ||
           (message.length === 5 && (typeof message[3] !== 'string' || typeof message[4] !== 'number'))) {
         throw new Error('not an ordered call');
       }
+      return message;
     } catch {
       // Every replica drops it alike (same bytes, same decision): the state stays identical.
       this.counters.malformed++;
-      return;
+      return undefined;
     }
+  }
+
+  /**
+   * A delivery this replica's transferred state already holds (it entered the shard after the
+   * source applied the call): nothing is applied; the caller is told this member computed no
+   * reply (AppliedByTransferError), and an own call learns its version.
+   */
+  inState(delivery: OrderedDelivery): void {
+    const message = this.decodeCall(delivery);
+    if (message === undefined) return;
+    const [callId] = message;
+    const version = delivery.version as Version;
+    if (delivery.sender === this.self) this.onOwnDelivered?.(callId, version);
+    this.reply(delivery.sender, callId, encodeFrameworkError(new AppliedByTransferError(this.self, version)));
+  }
+
+  /** A delivered ordered call (from the driver, in delivery order). */
+  deliver(delivery: OrderedDelivery): void {
+    const message = this.decodeCall(delivery);
+    if (message === undefined) return;
     const [callId, wireName, args, clientId, requestId] = message;
     const version = delivery.version as Version;
     let result: DispatchResult;

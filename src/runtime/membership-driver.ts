@@ -130,6 +130,11 @@ export interface MembershipDriverOptions {
   readonly state?: ShardStateStore;
   /** Ordered deliveries of this node's shards, in order (held while a state transfer runs). */
   readonly onDeliver?: (shard: ShardRef, delivery: MulticastDelivery) => void;
+  /**
+   * A delivery that a state transfer already brought in (TransferGate): not applied again, but
+   * its sender may still await this node's reply.
+   */
+  readonly onInState?: (shard: ShardRef, delivery: MulticastDelivery) => void;
   /** Persist everything delivered up to the trims before the next view is installed. */
   readonly persist?: (viewId: ViewId) => Promise<void>;
   /** How long one state-transfer call may take before the joiner asks again. */
@@ -1313,7 +1318,7 @@ export class MembershipDriver {
       const run: ShardRun = {
         ref: { subgroupId: s.subgroupId, shardIndex: s.shardIndex },
         driver: undefined as never, // set just below: onDeliver needs `run`
-        gate: new TransferGate((sources.length > 0 && view.id !== 0) || reconciling),
+        gate: new TransferGate((sources.length > 0 && view.id !== 0) || reconciling, (d) => this.options.onInState?.(run.ref, d)),
       };
       run.driver = await MulticastDriver.create({
         transport: this.watched, self: this.self, shard: shardNumber(s), view: mview,

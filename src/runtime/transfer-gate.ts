@@ -16,7 +16,8 @@ export class TransferGate {
   /** Deliveries skipped because the transferred state already held them. */
   skipped = 0;
 
-  constructor(waiting: boolean) {
+  /** `skip`: told each delivery the state already held (its caller still awaits a reply). */
+  constructor(waiting: boolean, private readonly skip: (delivery: MulticastDelivery) => void = () => undefined) {
     this.held = waiting ? [] : undefined;
   }
 
@@ -34,6 +35,7 @@ export class TransferGate {
     if (this.skipThrough === undefined || delivery.version === null) return true;
     if (delivery.version <= this.skipThrough) {
       this.skipped++;
+      this.skip(delivery);
       return false;
     }
     this.skipThrough = undefined;

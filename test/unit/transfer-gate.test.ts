@@ -24,7 +24,8 @@ test('while the state is on its way deliveries are held as copies; the state rel
 test('deliveries the transferred state already holds are skipped after the release, until a newer one', (t) => {
   // The source answered after delivering (view 1, position 3); this node had delivered only up
   // to position 1 (held), so its multicast still delivers positions 2 and 3: the state holds them.
-  const gate = new TransferGate(true);
+  const told: MulticastDelivery[] = [];
+  const gate = new TransferGate(true, (d) => told.push(d));
   gate.admit(at(0));
   gate.admit(at(1));
   t.deepEqual(gate.release((1n << 32n) | 3n), []);
@@ -33,6 +34,7 @@ test('deliveries the transferred state already holds are skipped after the relea
   t.true(gate.admit(at(4)));
   t.true(gate.admit(at(5)));
   t.is(gate.skipped, 4);
+  t.deepEqual(positions(told), [0, 1, 2, 3], 'each skipped delivery is told (its caller awaits a reply)');
 });
 
 test('a gate that never waited admits everything; raw deliveries (no version) always pass', (t) => {
