@@ -38,6 +38,7 @@ import {
 } from '../multicast/index.js';
 import type { ResendMessage } from '../multicast/types.js';
 import { DEFAULT_MULTICAST_LIMITS } from '../multicast/config.js';
+import { BlockQueue } from '../multicast/block-queue.js';
 import { SessionCache } from '../transport/session-cache.js';
 import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
 
@@ -139,8 +140,8 @@ interface Peer {
   session: TransportSession | null;
   /** Encoded SMC packets (messages, nulls, reports): they leave before any block. */
   queue: Uint8Array[];
-  /** RDMC block packets, encoded straight into the frame (one copy). */
-  blocks: BlockPacket[];
+  /** RDMC block packets, in delivery order (BlockQueue), encoded straight into the frame. */
+  blocks: BlockQueue<BlockPacket>;
   queuedBytes: number;
   inFlight: number;
   inFlightBytes: number;
@@ -276,6 +277,9 @@ export class MulticastDriver {
   private persistedVersion: Version = VERSION_NONE;
   private frontierListeners: ((frontiers: MulticastFrontiers) => void)[] = [];
   private lastFrontierKey = '';
+  /** The buffer every outgoing frame is built in (see flush), grown to the largest frame. */
+  private frameScratch: Uint8Array = Buffer.allocUnsafeSlow(64 * 1024);
+  private frameScratchView = new DataView(this.frameScratch.buffer, this.frameScratch.byteOffset, this.frameScratch.byteLength);
 
   /** Creates the driver, installs `options.view` and connects to its members. */
   static async create(options: MulticastDriverOptions): Promise<MulticastDriver> {
@@ -512,7 +516,7 @@ export class MulticastDriver {
 
   private pumpCore(core: MulticastCore): void {
     const ready = core.ready();
-    this.sendPackets(ready);
+    this.sendPackets(ready, core.senderCount);
     this.deliver(ready);
     if (ready.sendCapacity > 0 && this.pendingHead < this.pending.length) this.schedulePump();
   }
@@ -586,16 +590,20 @@ export class MulticastDriver {
   // ------------------------------------------------------------------------------------------
   // Sending
 
-  private sendPackets(ready: MulticastReady): void {
+  private sendPackets(ready: MulticastReady, senderCount: number): void {
     for (const out of ready.packets) {
       // A block goes to one member: it is encoded straight into that member's frame.
-      const item = out.packet.kind === 'block' ? out.packet : encodePacket(out.packet);
+      const packet = out.packet;
+      const item = packet.kind === 'block' ? packet : encodePacket(packet);
       const bytes = itemBytes(item);
       for (const node of out.to) {
         const peer = this.peers.get(node);
         if (peer === undefined || peer.failed) continue;
-        if (item instanceof Uint8Array) peer.queue.push(item);
-        else peer.blocks.push(item);
+        if (packet.kind === 'block') {
+          peer.blocks.push(packet, packet.index * senderCount + packet.senderIndex);
+        } else {
+          peer.queue.push(item as Uint8Array);
+        }
         peer.queuedBytes += bytes;
       }
     }
@@ -622,17 +630,22 @@ export class MulticastDriver {
       };
       let smcCount = 0;
       while (smcCount < peer.queue.length && take(peer.queue[smcCount]!)) smcCount++;
-      let blockCount = 0;
-      while (blocksAllowed && blockCount < peer.blocks.length && take(peer.blocks[blockCount]!)) {
-        blockCount++;
+      if (blocksAllowed) {
+        for (let block = peer.blocks.peek(); block !== undefined && take(block); block = peer.blocks.peek()) {
+          peer.blocks.pop();
+        }
       }
       peer.queue.splice(0, smcCount);
-      peer.blocks.splice(0, blockCount);
       const count = items.length;
-      // A large frame is not zero-filled (every byte is written below: a 1 MiB block frame
-      // skips a memset); small ones come from the ordinary allocator.
-      const frame = bytes >= 64 * 1024 ? Buffer.allocUnsafeSlow(bytes) : new Uint8Array(bytes);
-      const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+      // Every frame is built in one reused buffer: the transport copies a request before call()
+      // returns (Transport's buffer rule), and a fresh MiB per block frame cost page faults
+      // and garbage collection. Not zero-filled: every byte is written below.
+      if (this.frameScratch.byteLength < bytes) {
+        this.frameScratch = Buffer.allocUnsafeSlow(bytes);
+        this.frameScratchView = new DataView(this.frameScratch.buffer, this.frameScratch.byteOffset, bytes);
+      }
+      const frame = this.frameScratch.subarray(0, bytes);
+      const view = this.frameScratchView;
       view.setUint32(0, this.shard, true);
       let offset = FRAME_HEADER_BYTES;
       for (const item of items) {
@@ -670,7 +683,7 @@ export class MulticastDriver {
     if (peer.failed || this.closed || this.peers.get(peer.node) !== peer) return;
     peer.failed = true;
     peer.queue = [];
-    peer.blocks = [];
+    peer.blocks = new BlockQueue();
     peer.queuedBytes = 0;
     this.options.onPeerFailed?.(peer.node, error);
   }
@@ -699,7 +712,7 @@ export class MulticastDriver {
         peers.set(node, known);
       } else {
         peers.set(node, {
-          node, address, session: null, queue: [], blocks: [], queuedBytes: 0, inFlight: 0,
+          node, address, session: null, queue: [], blocks: new BlockQueue(), queuedBytes: 0, inFlight: 0,
           inFlightBytes: 0,
           failed: false,
         });
