@@ -1,12 +1,20 @@
 // The large-message path's resource rules: blocks wait for a peer in delivery order (BlockQueue),
-// and delivered or acknowledged entries are let go at once (SenderStream, Fifo), so a member's
-// memory follows what is still undelivered rather than the last 1,024 messages.
+// delivered or acknowledged entries are let go at once (SenderStream, Fifo), so a member's
+// memory follows what is still undelivered rather than the last 1,024 messages; a multi-block
+// message is assembled in place as blocks arrive in any order, and relays forward exactly what
+// they received.
 import test from 'ava';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { BlockQueue } from '../../src/multicast/block-queue.js';
 import { SenderStream } from '../../src/multicast/sender-stream.js';
 import { Fifo } from '../../src/multicast/fifo.js';
+import { RdmcTransferState } from '../../src/multicast/rdmc-transfer.js';
+import { MulticastCore } from '../../src/multicast/multicast-core.js';
+import { multicastLimits } from '../../src/multicast/config.js';
+import { decodePacket, encodePacket } from '../../src/multicast/codec.js';
+import { nodeId, viewId } from '../../src/core/ids.js';
+import type { BlockPacket } from '../../src/multicast/types.js';
 
 setFlagsFromString('--expose-gc');
 const collectGarbage = runInNewContext('gc') as () => void;
@@ -112,4 +120,63 @@ test('fifo: dropped items are not kept alive until the next compaction', async (
   t.is(fifo.length, 5);
   t.is(await collected(refs), 15);
   t.is(fifo.at(0) as object | undefined, refs[15]!.deref());
+});
+
+test('RDMC reassembly: blocks arriving out of order (and twice) are copied in place; the packets may be reused at once', (t) => {
+  const blockBytes = 1000;
+  const totalBytes = 4 * blockBytes + 123;
+  const payload = new Uint8Array(totalBytes).map((_, i) => (i * 13 + 7) & 0xff);
+  const state = new RdmcTransferState(totalBytes, blockBytes, []);
+  // A packet buffer the transport (or the driver) reuses after each block: the state must have
+  // taken its copy, not a view.
+  const packet = new Uint8Array(blockBytes);
+  for (const block of [3, 0, 4, 0, 2, 1, 4]) {
+    const start = block * blockBytes;
+    const bytes = packet.subarray(0, state.blockLength(block));
+    bytes.set(payload.subarray(start, start + bytes.length));
+    const fresh = !state.hasBlock(block);
+    t.is(state.receiveBlock(block, bytes), fresh, `block ${block} ${fresh ? 'stored' : 'dropped as a duplicate'}`);
+    packet.fill(0xee);
+    // A relay forwards the block from the assembly: the bytes that arrived, not the reused buffer.
+    t.deepEqual(state.blockView(block), payload.subarray(start, start + state.blockLength(block)));
+  }
+  t.true(state.complete);
+  t.deepEqual(state.message(), payload);
+  t.is(state.message(), state.message(), 'one buffer');
+});
+
+test('RDMC reassembly: a one-block message is the received block itself (no copy)', (t) => {
+  const bytes = new Uint8Array(700).fill(9);
+  const state = new RdmcTransferState(700, 1000, []);
+  t.true(state.receiveBlock(0, bytes));
+  t.is(state.message(), bytes);
+  t.is(state.blockView(0).buffer, bytes.buffer, 'relayed from the same memory');
+});
+
+test('RDMC relay: a relay forwards exactly the bytes it received, under its own rank, on schedule', (t) => {
+  const limits = multicastLimits({ payloadBytesMax: 8192, smcPayloadBytesMax: 100, blockBytes: 1000, rdmcAlgorithm: 'chain' });
+  const members = [nodeId(1), nodeId(2), nodeId(3)];
+  const cores = members.map((self) => new MulticastCore({ viewId: viewId(1), members, senders: members, self, mode: 'ordered', limits }));
+  const payload = new Uint8Array(2500).map((_, i) => (i * 29 + 3) & 0xff);
+  t.true(cores[0]!.send(payload, { micros: 1, logical: 0 }).accepted);
+  const blocksTo = (rank: number, from: number): BlockPacket[] =>
+    cores[from]!.ready().packets
+      .filter((p) => p.packet.kind === 'block' && p.to.includes(members[rank]!))
+      .map((p) => p.packet as BlockPacket);
+  // Chain 0 -> 1 -> 2: the origin sends rank 1 all three blocks.
+  const fromOrigin = blocksTo(1, 0);
+  t.deepEqual(fromOrigin.map((p) => p.block), [0, 1, 2]);
+  // Rank 1 gets them out of order, each decoded from its own wire buffer.
+  for (const p of [fromOrigin[2]!, fromOrigin[0]!, fromOrigin[1]!]) cores[1]!.receive(decodePacket(encodePacket(p)));
+  const relayed = blocksTo(2, 1);
+  t.deepEqual(relayed.map((p) => p.block).sort(), [0, 1, 2]);
+  for (const p of relayed) {
+    t.is(p.fromRank, 1, 'sent under the relay\'s rank');
+    t.is(p.senderIndex, 0, 'for the origin\'s stream');
+    t.is(p.totalBytes, payload.length);
+    t.deepEqual(p.bytes, payload.subarray(p.block * 1000, Math.min(payload.length, (p.block + 1) * 1000)));
+    cores[2]!.receive(decodePacket(encodePacket(p)));
+  }
+  t.is(cores[2]!.receivedCount(0), 1);
+  t.is(cores[1]!.receivedCount(0), 1);
 });
