@@ -117,6 +117,15 @@ export interface MulticastDriverOptions {
    * overflow loopback socket buffers, and each loss costs a retransmission timeout.
    */
   readonly bytesInFlightPerPeerMax?: number;
+  /**
+   * Bytes of this member's own messages the core has accepted and this member has not yet
+   * delivered (default 16 MiB). While at or above it, send() waits (as when the send queue is
+   * full), so a burst of large messages enters the shard a few MiB at a time: the send queue and
+   * window count messages, and 1,024 of 1 MiB each had every member hold hundreds of MiB (each a
+   * fresh page, page faults were the largest CPU cost of the 1 MiB benchmark) and start every
+   * transfer at once. One message may always go when below it, whatever its size.
+   */
+  readonly ownBytesUndeliveredMax?: number;
   /** Packets of views not installed yet, held until installView (beyond: dropped, counted). */
   readonly heldPacketsMax?: number;
 }
@@ -257,6 +266,9 @@ export class MulticastDriver {
   private readonly callsInFlightMax: number;
   private readonly frameBytesMax: number;
   private readonly bytesInFlightMax: number;
+  private readonly ownBytesUndeliveredMax: number;
+  /** See MulticastDriverOptions.ownBytesUndeliveredMax. */
+  private ownBytesUndelivered = 0;
   private readonly heldPacketsMax: number;
   private view: MulticastView;
   private core: MulticastCore | null;
@@ -299,6 +311,7 @@ export class MulticastDriver {
     this.callsInFlightMax = options.callsInFlightPerPeerMax ?? 8;
     this.frameBytesMax = options.frameBytesMax ?? 256 * 1024;
     this.bytesInFlightMax = options.bytesInFlightPerPeerMax ?? 1024 * 1024;
+    this.ownBytesUndeliveredMax = options.ownBytesUndeliveredMax ?? 16 * 1024 * 1024;
     this.heldPacketsMax = options.heldPacketsMax ?? 65_536;
     assert(Number.isInteger(options.shard) && options.shard >= 0 && options.shard <= 0xffff_ffff, 'shard is a uint32');
     this.mux = muxFor(options.transport, options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT);
@@ -518,7 +531,8 @@ export class MulticastDriver {
     const ready = core.ready();
     this.sendPackets(ready, core.senderCount);
     this.deliver(ready);
-    if (ready.sendCapacity > 0 && this.pendingHead < this.pending.length) this.schedulePump();
+    const room = ready.sendCapacity > 0 && this.ownBytesUndelivered < this.ownBytesUndeliveredMax;
+    if (room && this.pendingHead < this.pending.length) this.schedulePump();
   }
 
   private deliver(ready: MulticastReady): void {
@@ -529,6 +543,7 @@ export class MulticastDriver {
       if (newest === null || compareHlc(d.timestamp, newest) > 0) {
         newest = d.timestamp;
       }
+      if (d.sender === this.self) this.ownBytesUndelivered -= d.payload.byteLength;
       // The core's own object (it carries the view id): no copy per delivery.
       this.options.onDeliver(d);
     }
@@ -572,10 +587,11 @@ export class MulticastDriver {
 
   private offerToCore(payload: Uint8Array): SendReceipt | null {
     const core = this.core;
-    if (core === null || core.isWedged) return null;
+    if (core === null || core.isWedged || this.ownBytesUndelivered >= this.ownBytesUndeliveredMax) return null;
     const timestamp = this.hlc.now();
     const result = core.send(payload, timestamp);
     if (!result.accepted) return null;
+    this.ownBytesUndelivered += payload.byteLength;
     this.schedulePump();
     return { viewId: this.view.viewId, index: result.index, position: result.position, timestamp };
   }
