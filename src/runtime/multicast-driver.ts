@@ -27,7 +27,9 @@ import {
   MulticastCore,
   MulticastDecodeError,
   decodePacket,
+  encodeBlockHeaderInto,
   encodeBlockInto,
+  BLOCK_HEADER_BYTES,
   encodePacket,
   encodedBlockBytes,
   type BlockPacket,
@@ -141,6 +143,8 @@ export interface MulticastDriverCounters {
   oldViewDropped: number;
   callFailures: number;
   resent: number;
+  /** RDMC blocks relayed in the frame they arrived in (header rewritten, no copy in JS). */
+  blocksRelayedInPlace: number;
 }
 
 interface Peer {
@@ -237,6 +241,16 @@ function muxFor(transport: Transport, requestType: RequestType): MulticastMux {
   return mux;
 }
 
+/**
+ * Blocks at least this large go alone in their frame: the transport hands such a request over
+ * in a buffer of its own (its slab limit is 64 KiB), and a relay can forward it in place.
+ */
+const LARGE_BLOCK_BYTES = 64 * 1024;
+
+function isLargeBlock(item: Uint8Array | BlockPacket): boolean {
+  return !(item instanceof Uint8Array) && item.bytes.byteLength >= LARGE_BLOCK_BYTES;
+}
+
 function itemBytes(item: Uint8Array | BlockPacket): number {
   return item instanceof Uint8Array ? item.byteLength : encodedBlockBytes(item);
 }
@@ -257,6 +271,7 @@ export class MulticastDriver {
     oldViewDropped: 0,
     callFailures: 0,
     resent: 0,
+    blocksRelayedInPlace: 0,
   };
 
   private readonly options: MulticastDriverOptions;
@@ -292,6 +307,12 @@ export class MulticastDriver {
   /** The buffer every outgoing frame is built in (see flush), grown to the largest frame. */
   private frameScratch: Uint8Array = Buffer.allocUnsafeSlow(64 * 1024);
   private frameScratchView = new DataView(this.frameScratch.buffer, this.frameScratch.byteOffset, this.frameScratch.byteLength);
+  /**
+   * Received frames that hold exactly one block packet and own their whole buffer (the
+   * transport hands large requests over that way), by buffer: a relay of that block can go
+   * out in the same frame, only its header rewritten (see relayFrame).
+   */
+  private readonly singleBlockFrames = new WeakMap<ArrayBufferLike, Uint8Array>();
 
   /** Creates the driver, installs `options.view` and connects to its members. */
   static async create(options: MulticastDriverOptions): Promise<MulticastDriver> {
@@ -491,9 +512,30 @@ export class MulticastDriver {
         continue;
       }
       offset += length;
+      if (
+        packet.kind === 'block' && length === frame.byteLength - FRAME_HEADER_BYTES - LENGTH_BYTES &&
+        frame.byteOffset === 0 && frame.byteLength === frame.buffer.byteLength
+      ) {
+        this.singleBlockFrames.set(frame.buffer, frame);
+      }
       this.receivePacket(packet);
     }
     this.schedulePump();
+  }
+
+  /**
+   * The received frame `block`'s bytes still sit in, laid out as this block's own frame would be
+   * ([shard][length][36-byte header][bytes], alone), or null. Rewriting the header there is safe:
+   * what else refers to that frame (the core's stored message, a delivered payload) are views of
+   * the block's bytes, which stay as they are, and the transport copies a request in call().
+   */
+  private relayFrame(block: BlockPacket): Uint8Array | null {
+    const frame = this.singleBlockFrames.get(block.bytes.buffer);
+    const start = FRAME_HEADER_BYTES + LENGTH_BYTES + BLOCK_HEADER_BYTES;
+    if (frame === undefined || block.bytes.byteOffset !== start || block.bytes.byteLength !== frame.byteLength - start) {
+      return null;
+    }
+    return frame;
   }
 
   private receivePacket(packet: Packet): void {
@@ -640,6 +682,8 @@ export class MulticastDriver {
       const take = (item: Uint8Array | BlockPacket): boolean => {
         const next = LENGTH_BYTES + itemBytes(item);
         if (items.length > 0 && bytes + next > this.frameBytesMax) return false;
+        // A large block travels alone, so that its receiver can relay it in that very frame.
+        if (items.length > 0 && (isLargeBlock(item) || isLargeBlock(items[0]!))) return false;
         bytes += next;
         items.push(item);
         return true;
@@ -653,6 +697,19 @@ export class MulticastDriver {
       }
       peer.queue.splice(0, smcCount);
       const count = items.length;
+      const inPlace = count === 1 && !(items[0] instanceof Uint8Array) ? this.relayFrame(items[0]!) : null;
+      if (inPlace !== null) {
+        // A relayed block alone in its frame: forward the frame it arrived in (no JS copy).
+        const block = items[0] as BlockPacket;
+        const view = new DataView(inPlace.buffer, inPlace.byteOffset, FRAME_HEADER_BYTES + LENGTH_BYTES);
+        view.setUint32(0, this.shard, true);
+        view.setUint32(FRAME_HEADER_BYTES, inPlace.byteLength - FRAME_HEADER_BYTES - LENGTH_BYTES, true);
+        encodeBlockHeaderInto(block, inPlace, FRAME_HEADER_BYTES + LENGTH_BYTES);
+        peer.queuedBytes -= itemBytes(block);
+        this.counters.blocksRelayedInPlace++;
+        this.callFrame(peer, session, inPlace, count);
+        continue;
+      }
       // Every frame is built in one reused buffer: the transport copies a request before call()
       // returns (Transport's buffer rule), and a fresh MiB per block frame cost page faults
       // and garbage collection. Not zero-filled: every byte is written below.
@@ -672,24 +729,30 @@ export class MulticastDriver {
         offset += LENGTH_BYTES + length;
         peer.queuedBytes -= length;
       }
-      peer.inFlight++;
-      peer.inFlightBytes += bytes;
-      this.counters.framesSent++;
-      this.counters.packetsSent += count;
-      this.counters.bytesSent += bytes;
-      session.call(this.options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT, frame).then(
-        () => {
-          peer.inFlight--;
-          peer.inFlightBytes -= bytes;
-          this.flush(peer);
-        },
-        (error: Error) => {
-          peer.inFlight--;
-          peer.inFlightBytes -= bytes;
-          this.peerFailed(peer, error);
-        },
-      );
+      this.callFrame(peer, session, frame, count);
     }
+  }
+
+  /** Sends one built frame of `count` packets to `peer` (the transport copies it at once). */
+  private callFrame(peer: Peer, session: TransportSession, frame: Uint8Array, count: number): void {
+    const bytes = frame.byteLength;
+    peer.inFlight++;
+    peer.inFlightBytes += bytes;
+    this.counters.framesSent++;
+    this.counters.packetsSent += count;
+    this.counters.bytesSent += bytes;
+    session.call(this.options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT, frame).then(
+      () => {
+        peer.inFlight--;
+        peer.inFlightBytes -= bytes;
+        this.flush(peer);
+      },
+      (error: Error) => {
+        peer.inFlight--;
+        peer.inFlightBytes -= bytes;
+        this.peerFailed(peer, error);
+      },
+    );
   }
 
   private peerFailed(peer: Peer, error: Error): void {
