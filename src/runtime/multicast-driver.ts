@@ -585,7 +585,8 @@ export class MulticastDriver {
       if (newest === null || compareHlc(d.timestamp, newest) > 0) {
         newest = d.timestamp;
       }
-      if (d.sender === this.self) this.ownBytesUndelivered -= d.payload.byteLength;
+      // (Never below 0: raw mode may deliver a re-sent message twice across a view change.)
+      if (d.sender === this.self) this.ownBytesUndelivered = Math.max(0, this.ownBytesUndelivered - d.payload.byteLength);
       // The core's own object (it carries the view id): no copy per delivery.
       this.options.onDeliver(d);
     }
