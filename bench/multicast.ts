@@ -20,8 +20,13 @@
  * rates do, which on this shared 2-core VM follow what the other tenants run), and the transport
  * retransmissions during the case (rtoProbes + rollbacks: a retransmission timeout first resends
  * one packet, a probe, and rolls the window back only if the answers then stop partway).
+ * Each line also carries the most page faults any member's process took per delivered message
+ * (`faultsPerMessage`, from /proc: at 1 MiB, freshly faulted pages were once the largest CPU
+ * cost) and the RDMC repairs the members made during the case (`rdmcRepairs`; each resends a
+ * whole message, and a busy machine must not trigger them).
  */
 import { loadavg } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { report } from './_report.js';
 import { DEFAULT_MULTICAST_LIMITS } from '../src/multicast/config.js';
 import {
@@ -50,6 +55,19 @@ interface Throughput {
   readonly retransmissions: number;
   readonly rtoProbes: number;
   readonly rollbacks: number;
+  /** Minor page faults of the slowest-CPU member's process per delivered message. */
+  readonly faultsPerMessage: number;
+  readonly rdmcRepairs: number;
+}
+
+/** A member process's minor page faults so far (/proc/<pid>/stat, field 10); 0 if unreadable. */
+function minorFaults(member: MemberProcess): number {
+  try {
+    const fields = readFileSync(`/proc/${member.child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return Number(fields[7]);
+  } catch {
+    return 0;
+  }
 }
 
 async function phase(
@@ -62,7 +80,8 @@ async function phase(
   timeoutMs: number,
 ): Promise<RunResult[]> {
   const total = perSender * senders;
-  return Promise.all(
+  const faultsBefore = members.map(minorFaults);
+  const results = await Promise.all(
     members.map((m, i) =>
       m.request<RunResult>(
         {
@@ -73,7 +92,18 @@ async function phase(
       ),
     ),
   );
+  return results.map((r, i) => {
+    // The core's counters count from the view's start: keep the case's share.
+    const repairs = r.core?.rdmcRepairs ?? 0;
+    const key = `${members[i]!.child.pid}/${shard}`;
+    const repairsDuring = repairs - (repairsSeen.get(key) ?? 0);
+    repairsSeen.set(key, repairs);
+    return { ...r, faults: minorFaults(members[i]!) - faultsBefore[i]!, repairsDuring };
+  });
 }
+
+/** RDMC repairs each member's core had counted at the end of the last case, by pid/shard. */
+const repairsSeen = new Map<string, number>();
 
 const sumCounter = (results: RunResult[], key: string): number =>
   results.reduce((n, r) => n + (r.transport[key] ?? 0), 0);
@@ -90,6 +120,8 @@ function throughput(results: RunResult[]): Throughput {
     retransmissions: sumCounter(results, 'retransmissions'),
     rtoProbes: sumCounter(results, 'rtoProbes'),
     rollbacks: sumCounter(results, 'rollbacks'),
+    rdmcRepairs: results.reduce((n, r) => n + ((r as RunResult & { repairsDuring?: number }).repairsDuring ?? 0), 0),
+    faultsPerMessage: Math.max(...results.map((r) => ((r as RunResult & { faults?: number }).faults ?? 0) / Math.max(1, r.delivered))),
   };
 }
 
@@ -115,6 +147,7 @@ async function ceiling(members: MemberProcess[], size: number, seconds: number, 
 const details = (t: Throughput): Record<string, unknown> => ({
   perMember: t.perMember, cpuUsPerMessage: Number(t.cpuUsPerMessage.toFixed(2)),
   retransmissions: t.retransmissions, rtoProbes: t.rtoProbes, rollbacks: t.rollbacks,
+  faultsPerMessage: Number(t.faultsPerMessage.toFixed(1)), rdmcRepairs: t.rdmcRepairs,
   timedOut: t.timedOut, load: load(),
 });
 

@@ -132,6 +132,15 @@ export function encodedBlockBytes(packet: BlockPacket): number {
  * of the block's bytes that the sending side makes.
  */
 export function encodeBlockInto(packet: BlockPacket, target: Uint8Array, offset: number): void {
+  encodeBlockHeaderInto(packet, target, offset);
+  target.set(packet.bytes, offset + BLOCK_HEADER_BYTES);
+}
+
+/**
+ * Writes only a block packet's header at `target[offset ..]` (BLOCK_HEADER_BYTES): for a relay
+ * that forwards a block in the very buffer it arrived in, whose bytes already follow.
+ */
+export function encodeBlockHeaderInto(packet: BlockPacket, target: Uint8Array, offset: number): void {
   checkHeader(packet.fromRank, packet.viewId);
   const view = new DataView(target.buffer, target.byteOffset + offset, BLOCK_HEADER_BYTES);
   view.setUint8(0, BLOCK_MAGIC);
@@ -144,7 +153,6 @@ export function encodeBlockInto(packet: BlockPacket, target: Uint8Array, offset:
   view.setUint32(24, packet.timestamp.logical, true);
   view.setUint32(28, packet.totalBytes, true);
   view.setUint32(32, packet.block, true);
-  target.set(packet.bytes, offset + BLOCK_HEADER_BYTES);
 }
 
 export function decodePacket(bytes: Uint8Array): Packet {

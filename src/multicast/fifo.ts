@@ -22,7 +22,11 @@ export class Fifo<T> {
 
   /** Removes the first `count` items. */
   drop(count: number): void {
-    this.head += Math.min(count, this.length);
+    // Dropped slots are cleared at once, so their items (payloads of up to a large message) can
+    // be collected before the next compaction.
+    const end = this.head + Math.min(count, this.length);
+    for (let i = this.head; i < end; i++) this.items[i] = undefined as T;
+    this.head = end;
     if (this.head === this.items.length) {
       this.items = [];
       this.head = 0;

@@ -8,7 +8,8 @@ export type {
 } from './multicast-core.js';
 export { computeTrim } from './ragged-edge.js';
 export {
-  encodePacket, decodePacket, encodeBlockInto, encodedBlockBytes, MulticastDecodeError,
+  encodePacket, decodePacket, encodeBlockInto, encodeBlockHeaderInto, encodedBlockBytes, MulticastDecodeError,
+  BLOCK_HEADER_BYTES,
 } from './codec.js';
 export {
   multicastLimits, multicastLimitsFromConfig, multicastLimitsForProfile, DEFAULT_MULTICAST_LIMITS,

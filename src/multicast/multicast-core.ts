@@ -163,6 +163,8 @@ export class MulticastCore {
   private repairCheckedMicros = 0;
   /** progressMicros[rank][s]: when rank's report last showed more of sender s's messages. */
   private readonly progressMicros: number[][];
+  /** heardMicros[rank]: when a packet from rank last arrived (RDMC repair: is it alive?). */
+  private readonly heardMicros: number[];
   private packets: OutgoingPacket[] = [];
   private deliveries: Delivery[] = [];
   private nowMicros = 0;
@@ -207,6 +209,7 @@ export class MulticastCore {
       stabilityFrontierMicros: 0,
     }));
     this.progressMicros = members.map(() => senderRanks.map(() => 0));
+    this.heardMicros = members.map(() => 0);
     this.lastSentRow = this.report();
     const packetProblem = smcPacketProblem(limits, senderRanks.length);
     if (packetProblem !== null) {
@@ -312,6 +315,7 @@ export class MulticastCore {
       this.counters.malformedDropped++;
       return;
     }
+    this.heardMicros[packet.fromRank] = this.nowMicros;
     if (packet.kind === 'data') this.receiveData(packet);
     else this.receiveBlock(packet);
   }
@@ -742,6 +746,11 @@ export class MulticastCore {
    * progress on the sender's stream for (1 + this member's rank relative to the origin) ×
    * `rdmc_repair_ms` × the message's block count: the origin first, the others only if that did not help. Checked once per
    * clock advance; duplicates are harmless (receivers drop blocks they hold).
+   * Only a dead upstream is repaired around: if every member the schedule has sending blocks of
+   * this message to the stuck one is this member itself (its sends are in the reliable
+   * transport's hands; sending again over the same session adds nothing) or has been heard
+   * from within the wait (alive: its sends will arrive), the stall is a slow link or a busy
+   * machine, and a repair would only add a duplicate MiB to the overload.
    */
   private repairStalledTransfers(): void {
     if (this.repairs.size === 0 || this.nowMicros === this.repairCheckedMicros) return;
@@ -766,12 +775,30 @@ export class MulticastCore {
         // slow but moving transfer, e.g. a queue of large messages, is left alone).
         const since = Math.max(c.heldSinceMicros, this.progressMicros[rank]![c.senderIndex]!);
         if (this.nowMicros - since < waitMicros || c.repaired.has(rank)) continue;
+        if (!this.upstreamSilent(c, rank, blockCount, waitMicros)) continue;
         c.repaired.add(rank);
         this.sendWhole(c, rank);
         this.counters.rdmcRepairs++;
       }
       if (missing === 0) this.repairs.delete(key);
     }
+  }
+
+  /**
+   * True if a member that the schedule has sending blocks of `c` to `rank` is another member
+   * whose reports have stopped for `waitMicros` (dead, or its link is).
+   */
+  private upstreamSilent(c: RepairCandidate, rank: number, blockCount: number, waitMicros: number): boolean {
+    const n = this.members.length;
+    const target = (rank - c.originRank + n) % n;
+    const outgoing = this.outgoingFor(blockCount);
+    for (let from = 0; from < n; from++) {
+      const upstream = (c.originRank + from) % n;
+      if (upstream === this.myRank || !outgoing[from]!.some((t) => t.to === target)) continue;
+      const heard = Math.max(c.heldSinceMicros, this.heardMicros[upstream]!);
+      if (this.nowMicros - heard >= waitMicros) return true;
+    }
+    return false;
   }
 
   private sendWhole(c: RepairCandidate, rank: number): void {

@@ -5,6 +5,13 @@
  *
  * Sends run in schedule order and a send waits until its block is present (see the contract in
  * rdmc-schedule.ts: that order can never deadlock). Blocks may arrive in any order and twice.
+ *
+ * Reassembly: a one-block message is the received block itself (no copy). A longer one is
+ * copied block by block, as each arrives, into one buffer of the message's size allocated at
+ * the first block; relays forward views of that buffer, and the packet buffers are let go at
+ * once. (It used to keep every block's packet until the last one and then copy them all into
+ * a fresh buffer: the same one copy, but a 16 MiB message held 32 MiB, and the packets of
+ * every transfer in flight stayed alive until their last block.)
  */
 import { assert } from '../core/assert.js';
 import type { RdmcTransfer } from './rdmc-schedule.js';
@@ -17,10 +24,11 @@ export class RdmcTransferState {
   private nextSendIndex = 0;
   private readonly present: Uint8Array;
   private presentCount = 0;
-  /** At the origin: the whole message. At a receiver: null until complete, then the reassembly. */
+  /**
+   * At the origin: the whole message. At a receiver: null until the first block arrives, then
+   * the message being assembled (a one-block message: that block).
+   */
   private buffer: Uint8Array | null;
-  /** At a receiver: each block as it arrived (views into packet buffers, never copied twice). */
-  private readonly blocks: (Uint8Array | undefined)[];
 
   /**
    * `outgoing`: this member's transfers in step order (from `outgoingByRank`). `payload` is
@@ -39,7 +47,6 @@ export class RdmcTransferState {
     this.blockCount = Math.ceil(totalBytes / blockBytes);
     this.outgoing = outgoing;
     this.present = new Uint8Array(this.blockCount);
-    this.blocks = [];
     if (payload !== undefined) {
       assert(payload.length === totalBytes, 'origin payload length matches totalBytes');
       this.buffer = payload;
@@ -47,7 +54,6 @@ export class RdmcTransferState {
       this.presentCount = this.blockCount;
     } else {
       this.buffer = null;
-      this.blocks.length = this.blockCount;
     }
   }
 
@@ -57,15 +63,22 @@ export class RdmcTransferState {
   }
 
   /**
-   * Stores a block (keeping `bytes` itself: the caller hands over ownership). Returns false (and
-   * changes nothing) for a duplicate; throws AssertionError for a block that does not fit this
-   * transfer (callers validate packets first).
+   * Stores a block: a one-block message keeps `bytes` itself (the caller hands over ownership),
+   * a longer one copies it into the message buffer (the caller may drop `bytes`). Returns false
+   * (and changes nothing) for a duplicate; throws AssertionError for a block that does not fit
+   * this transfer (callers validate packets first).
    */
   receiveBlock(block: number, bytes: Uint8Array): boolean {
     assert(block >= 0 && block < this.blockCount, `block ${block} out of range`);
     assert(bytes.length === this.blockLength(block), `block ${block} has the wrong length`);
     if (this.present[block]) return false;
-    this.blocks[block] = bytes;
+    if (this.blockCount === 1) {
+      this.buffer = bytes;
+    } else {
+      // Not zero-filled: every byte is written by some block before message() can return it.
+      this.buffer ??= new Uint8Array(Buffer.allocUnsafeSlow(this.totalBytes).buffer, 0, this.totalBytes);
+      this.buffer.set(bytes, block * this.blockBytes);
+    }
     this.present[block] = 1;
     this.presentCount++;
     return true;
@@ -75,11 +88,9 @@ export class RdmcTransferState {
     return this.present[block] === 1;
   }
 
-  /** A view of a present block (valid for as long as the state lives; never rewritten). */
+  /** A view of a present block (valid for as long as the buffer lives; never rewritten). */
   blockView(block: number): Uint8Array {
     assert(this.hasBlock(block), `block ${block} is not present`);
-    const received = this.blocks[block];
-    if (received !== undefined) return received;
     const start = block * this.blockBytes;
     return this.buffer!.subarray(start, start + this.blockLength(block));
   }
@@ -105,20 +116,9 @@ export class RdmcTransferState {
     return this.complete && this.nextSendIndex === this.outgoing.length;
   }
 
-  /**
-   * The reassembled message (the same buffer every call). A one-block message is the block
-   * itself; a longer one is copied once into a new buffer.
-   */
+  /** The reassembled message (the same buffer every call; see "Reassembly" above). */
   message(): Uint8Array {
     assert(this.complete, 'RDMC message is not complete');
-    if (this.buffer === null) {
-      if (this.blockCount === 1) {
-        this.buffer = this.blocks[0]!;
-      } else {
-        this.buffer = new Uint8Array(this.totalBytes);
-        this.blocks.forEach((bytes, block) => this.buffer!.set(bytes!, block * this.blockBytes));
-      }
-    }
-    return this.buffer;
+    return this.buffer!;
   }
 }

@@ -84,6 +84,9 @@ export class SenderStream {
     assert(entry !== undefined && entry.index <= index, 'sender stream: no entry holds the index');
     this.deliveredIndexCount = index + 1;
     if (index + 1 === entry.index + entryLength(entry)) {
+      // Let go of the entry at once: a delivered payload (up to a whole RDMC message) must not
+      // stay reachable until the next compaction, 1,024 entries later.
+      this.queue[this.queueHead] = undefined as unknown as StoredEntry;
       this.queueHead++;
       // Compact now and then, so the queue's memory follows what is undelivered.
       if (this.queueHead >= 1024 && this.queueHead * 2 >= this.queue.length) {

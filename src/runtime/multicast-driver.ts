@@ -27,7 +27,9 @@ import {
   MulticastCore,
   MulticastDecodeError,
   decodePacket,
+  encodeBlockHeaderInto,
   encodeBlockInto,
+  BLOCK_HEADER_BYTES,
   encodePacket,
   encodedBlockBytes,
   type BlockPacket,
@@ -38,6 +40,7 @@ import {
 } from '../multicast/index.js';
 import type { ResendMessage } from '../multicast/types.js';
 import { DEFAULT_MULTICAST_LIMITS } from '../multicast/config.js';
+import { BlockQueue } from '../multicast/block-queue.js';
 import { SessionCache } from '../transport/session-cache.js';
 import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
 
@@ -116,6 +119,15 @@ export interface MulticastDriverOptions {
    * overflow loopback socket buffers, and each loss costs a retransmission timeout.
    */
   readonly bytesInFlightPerPeerMax?: number;
+  /**
+   * Bytes of this member's own messages the core has accepted and this member has not yet
+   * delivered (default 16 MiB). While at or above it, send() waits (as when the send queue is
+   * full), so a burst of large messages enters the shard a few MiB at a time: the send queue and
+   * window count messages, and 1,024 of 1 MiB each had every member hold hundreds of MiB (each a
+   * fresh page, page faults were the largest CPU cost of the 1 MiB benchmark) and start every
+   * transfer at once. One message may always go when below it, whatever its size.
+   */
+  readonly ownBytesUndeliveredMax?: number;
   /** Packets of views not installed yet, held until installView (beyond: dropped, counted). */
   readonly heldPacketsMax?: number;
 }
@@ -131,6 +143,8 @@ export interface MulticastDriverCounters {
   oldViewDropped: number;
   callFailures: number;
   resent: number;
+  /** RDMC blocks relayed in the frame they arrived in (header rewritten, no copy in JS). */
+  blocksRelayedInPlace: number;
 }
 
 interface Peer {
@@ -139,8 +153,8 @@ interface Peer {
   session: TransportSession | null;
   /** Encoded SMC packets (messages, nulls, reports): they leave before any block. */
   queue: Uint8Array[];
-  /** RDMC block packets, encoded straight into the frame (one copy). */
-  blocks: BlockPacket[];
+  /** RDMC block packets, in delivery order (BlockQueue), encoded straight into the frame. */
+  blocks: BlockQueue<BlockPacket>;
   queuedBytes: number;
   inFlight: number;
   inFlightBytes: number;
@@ -227,6 +241,16 @@ function muxFor(transport: Transport, requestType: RequestType): MulticastMux {
   return mux;
 }
 
+/**
+ * Blocks at least this large go alone in their frame: the transport hands such a request over
+ * in a buffer of its own (its slab limit is 64 KiB), and a relay can forward it in place.
+ */
+const LARGE_BLOCK_BYTES = 64 * 1024;
+
+function isLargeBlock(item: Uint8Array | BlockPacket): boolean {
+  return !(item instanceof Uint8Array) && item.bytes.byteLength >= LARGE_BLOCK_BYTES;
+}
+
 function itemBytes(item: Uint8Array | BlockPacket): number {
   return item instanceof Uint8Array ? item.byteLength : encodedBlockBytes(item);
 }
@@ -247,6 +271,7 @@ export class MulticastDriver {
     oldViewDropped: 0,
     callFailures: 0,
     resent: 0,
+    blocksRelayedInPlace: 0,
   };
 
   private readonly options: MulticastDriverOptions;
@@ -256,6 +281,9 @@ export class MulticastDriver {
   private readonly callsInFlightMax: number;
   private readonly frameBytesMax: number;
   private readonly bytesInFlightMax: number;
+  private readonly ownBytesUndeliveredMax: number;
+  /** See MulticastDriverOptions.ownBytesUndeliveredMax. */
+  private ownBytesUndelivered = 0;
   private readonly heldPacketsMax: number;
   private view: MulticastView;
   private core: MulticastCore | null;
@@ -276,6 +304,15 @@ export class MulticastDriver {
   private persistedVersion: Version = VERSION_NONE;
   private frontierListeners: ((frontiers: MulticastFrontiers) => void)[] = [];
   private lastFrontierKey = '';
+  /** The buffer every outgoing frame is built in (see flush), grown to the largest frame. */
+  private frameScratch: Uint8Array = Buffer.allocUnsafeSlow(64 * 1024);
+  private frameScratchView = new DataView(this.frameScratch.buffer, this.frameScratch.byteOffset, this.frameScratch.byteLength);
+  /**
+   * Received frames that hold exactly one block packet and own their whole buffer (the
+   * transport hands large requests over that way), by buffer: a relay of that block can go
+   * out in the same frame, only its header rewritten (see relayFrame).
+   */
+  private readonly singleBlockFrames = new WeakMap<ArrayBufferLike, Uint8Array>();
 
   /** Creates the driver, installs `options.view` and connects to its members. */
   static async create(options: MulticastDriverOptions): Promise<MulticastDriver> {
@@ -295,6 +332,7 @@ export class MulticastDriver {
     this.callsInFlightMax = options.callsInFlightPerPeerMax ?? 8;
     this.frameBytesMax = options.frameBytesMax ?? 256 * 1024;
     this.bytesInFlightMax = options.bytesInFlightPerPeerMax ?? 1024 * 1024;
+    this.ownBytesUndeliveredMax = options.ownBytesUndeliveredMax ?? 16 * 1024 * 1024;
     this.heldPacketsMax = options.heldPacketsMax ?? 65_536;
     assert(Number.isInteger(options.shard) && options.shard >= 0 && options.shard <= 0xffff_ffff, 'shard is a uint32');
     this.mux = muxFor(options.transport, options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT);
@@ -474,9 +512,30 @@ export class MulticastDriver {
         continue;
       }
       offset += length;
+      if (
+        packet.kind === 'block' && length === frame.byteLength - FRAME_HEADER_BYTES - LENGTH_BYTES &&
+        frame.byteOffset === 0 && frame.byteLength === frame.buffer.byteLength
+      ) {
+        this.singleBlockFrames.set(frame.buffer, frame);
+      }
       this.receivePacket(packet);
     }
     this.schedulePump();
+  }
+
+  /**
+   * The received frame `block`'s bytes still sit in, laid out as this block's own frame would be
+   * ([shard][length][36-byte header][bytes], alone), or null. Rewriting the header there is safe:
+   * what else refers to that frame (the core's stored message, a delivered payload) are views of
+   * the block's bytes, which stay as they are, and the transport copies a request in call().
+   */
+  private relayFrame(block: BlockPacket): Uint8Array | null {
+    const frame = this.singleBlockFrames.get(block.bytes.buffer);
+    const start = FRAME_HEADER_BYTES + LENGTH_BYTES + BLOCK_HEADER_BYTES;
+    if (frame === undefined || block.bytes.byteOffset !== start || block.bytes.byteLength !== frame.byteLength - start) {
+      return null;
+    }
+    return frame;
   }
 
   private receivePacket(packet: Packet): void {
@@ -512,9 +571,10 @@ export class MulticastDriver {
 
   private pumpCore(core: MulticastCore): void {
     const ready = core.ready();
-    this.sendPackets(ready);
+    this.sendPackets(ready, core.senderCount);
     this.deliver(ready);
-    if (ready.sendCapacity > 0 && this.pendingHead < this.pending.length) this.schedulePump();
+    const room = ready.sendCapacity > 0 && this.ownBytesUndelivered < this.ownBytesUndeliveredMax;
+    if (room && this.pendingHead < this.pending.length) this.schedulePump();
   }
 
   private deliver(ready: MulticastReady): void {
@@ -525,6 +585,8 @@ export class MulticastDriver {
       if (newest === null || compareHlc(d.timestamp, newest) > 0) {
         newest = d.timestamp;
       }
+      // (Never below 0: raw mode may deliver a re-sent message twice across a view change.)
+      if (d.sender === this.self) this.ownBytesUndelivered = Math.max(0, this.ownBytesUndelivered - d.payload.byteLength);
       // The core's own object (it carries the view id): no copy per delivery.
       this.options.onDeliver(d);
     }
@@ -568,10 +630,11 @@ export class MulticastDriver {
 
   private offerToCore(payload: Uint8Array): SendReceipt | null {
     const core = this.core;
-    if (core === null || core.isWedged) return null;
+    if (core === null || core.isWedged || this.ownBytesUndelivered >= this.ownBytesUndeliveredMax) return null;
     const timestamp = this.hlc.now();
     const result = core.send(payload, timestamp);
     if (!result.accepted) return null;
+    this.ownBytesUndelivered += payload.byteLength;
     this.schedulePump();
     return { viewId: this.view.viewId, index: result.index, position: result.position, timestamp };
   }
@@ -586,16 +649,20 @@ export class MulticastDriver {
   // ------------------------------------------------------------------------------------------
   // Sending
 
-  private sendPackets(ready: MulticastReady): void {
+  private sendPackets(ready: MulticastReady, senderCount: number): void {
     for (const out of ready.packets) {
       // A block goes to one member: it is encoded straight into that member's frame.
-      const item = out.packet.kind === 'block' ? out.packet : encodePacket(out.packet);
+      const packet = out.packet;
+      const item = packet.kind === 'block' ? packet : encodePacket(packet);
       const bytes = itemBytes(item);
       for (const node of out.to) {
         const peer = this.peers.get(node);
         if (peer === undefined || peer.failed) continue;
-        if (item instanceof Uint8Array) peer.queue.push(item);
-        else peer.blocks.push(item);
+        if (packet.kind === 'block') {
+          peer.blocks.push(packet, packet.index * senderCount + packet.senderIndex);
+        } else {
+          peer.queue.push(item as Uint8Array);
+        }
         peer.queuedBytes += bytes;
       }
     }
@@ -616,23 +683,43 @@ export class MulticastDriver {
       const take = (item: Uint8Array | BlockPacket): boolean => {
         const next = LENGTH_BYTES + itemBytes(item);
         if (items.length > 0 && bytes + next > this.frameBytesMax) return false;
+        // A large block travels alone, so that its receiver can relay it in that very frame.
+        if (items.length > 0 && (isLargeBlock(item) || isLargeBlock(items[0]!))) return false;
         bytes += next;
         items.push(item);
         return true;
       };
       let smcCount = 0;
       while (smcCount < peer.queue.length && take(peer.queue[smcCount]!)) smcCount++;
-      let blockCount = 0;
-      while (blocksAllowed && blockCount < peer.blocks.length && take(peer.blocks[blockCount]!)) {
-        blockCount++;
+      if (blocksAllowed) {
+        for (let block = peer.blocks.peek(); block !== undefined && take(block); block = peer.blocks.peek()) {
+          peer.blocks.pop();
+        }
       }
       peer.queue.splice(0, smcCount);
-      peer.blocks.splice(0, blockCount);
       const count = items.length;
-      // A large frame is not zero-filled (every byte is written below: a 1 MiB block frame
-      // skips a memset); small ones come from the ordinary allocator.
-      const frame = bytes >= 64 * 1024 ? Buffer.allocUnsafeSlow(bytes) : new Uint8Array(bytes);
-      const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+      const inPlace = count === 1 && !(items[0] instanceof Uint8Array) ? this.relayFrame(items[0]!) : null;
+      if (inPlace !== null) {
+        // A relayed block alone in its frame: forward the frame it arrived in (no JS copy).
+        const block = items[0] as BlockPacket;
+        const view = new DataView(inPlace.buffer, inPlace.byteOffset, FRAME_HEADER_BYTES + LENGTH_BYTES);
+        view.setUint32(0, this.shard, true);
+        view.setUint32(FRAME_HEADER_BYTES, inPlace.byteLength - FRAME_HEADER_BYTES - LENGTH_BYTES, true);
+        encodeBlockHeaderInto(block, inPlace, FRAME_HEADER_BYTES + LENGTH_BYTES);
+        peer.queuedBytes -= itemBytes(block);
+        this.counters.blocksRelayedInPlace++;
+        this.callFrame(peer, session, inPlace, count);
+        continue;
+      }
+      // Every frame is built in one reused buffer: the transport copies a request before call()
+      // returns (Transport's buffer rule), and a fresh MiB per block frame cost page faults
+      // and garbage collection. Not zero-filled: every byte is written below.
+      if (this.frameScratch.byteLength < bytes) {
+        this.frameScratch = Buffer.allocUnsafeSlow(bytes);
+        this.frameScratchView = new DataView(this.frameScratch.buffer, this.frameScratch.byteOffset, bytes);
+      }
+      const frame = this.frameScratch.subarray(0, bytes);
+      const view = this.frameScratchView;
       view.setUint32(0, this.shard, true);
       let offset = FRAME_HEADER_BYTES;
       for (const item of items) {
@@ -643,24 +730,30 @@ export class MulticastDriver {
         offset += LENGTH_BYTES + length;
         peer.queuedBytes -= length;
       }
-      peer.inFlight++;
-      peer.inFlightBytes += bytes;
-      this.counters.framesSent++;
-      this.counters.packetsSent += count;
-      this.counters.bytesSent += bytes;
-      session.call(this.options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT, frame).then(
-        () => {
-          peer.inFlight--;
-          peer.inFlightBytes -= bytes;
-          this.flush(peer);
-        },
-        (error: Error) => {
-          peer.inFlight--;
-          peer.inFlightBytes -= bytes;
-          this.peerFailed(peer, error);
-        },
-      );
+      this.callFrame(peer, session, frame, count);
     }
+  }
+
+  /** Sends one built frame of `count` packets to `peer` (the transport copies it at once). */
+  private callFrame(peer: Peer, session: TransportSession, frame: Uint8Array, count: number): void {
+    const bytes = frame.byteLength;
+    peer.inFlight++;
+    peer.inFlightBytes += bytes;
+    this.counters.framesSent++;
+    this.counters.packetsSent += count;
+    this.counters.bytesSent += bytes;
+    session.call(this.options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT, frame).then(
+      () => {
+        peer.inFlight--;
+        peer.inFlightBytes -= bytes;
+        this.flush(peer);
+      },
+      (error: Error) => {
+        peer.inFlight--;
+        peer.inFlightBytes -= bytes;
+        this.peerFailed(peer, error);
+      },
+    );
   }
 
   private peerFailed(peer: Peer, error: Error): void {
@@ -670,7 +763,7 @@ export class MulticastDriver {
     if (peer.failed || this.closed || this.peers.get(peer.node) !== peer) return;
     peer.failed = true;
     peer.queue = [];
-    peer.blocks = [];
+    peer.blocks = new BlockQueue();
     peer.queuedBytes = 0;
     this.options.onPeerFailed?.(peer.node, error);
   }
@@ -699,7 +792,7 @@ export class MulticastDriver {
         peers.set(node, known);
       } else {
         peers.set(node, {
-          node, address, session: null, queue: [], blocks: [], queuedBytes: 0, inFlight: 0,
+          node, address, session: null, queue: [], blocks: new BlockQueue(), queuedBytes: 0, inFlight: 0,
           inFlightBytes: 0,
           failed: false,
         });
