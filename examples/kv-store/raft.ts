@@ -8,9 +8,9 @@
  * leader that it has applied everything committed before the read (`p2p(node, { read: 'local' })`
  * skips that).
  */
-import { fixedEvenShards, oneSubgroup } from '../../src/index.js';
+import { flexibleEvenShards, oneSubgroup } from '../../src/index.js';
 import { KvStore } from './app.js';
 
 export { KvStore };
 export const types = [KvStore];
-export const layout = { KvStore: oneSubgroup(fixedEvenShards(1, 3, { mode: 'raft' })) };
+export const layout = { KvStore: oneSubgroup(flexibleEvenShards(1, 2, 3, { mode: 'raft' })) };

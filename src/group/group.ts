@@ -197,6 +197,13 @@ export class Group {
       for (const wait of [...this.inadequateWaits]) wait.release(error);
     });
     viewSource.on('view', (next) => {
+      // A node that joins at an address this node has a session to (a member restarted there,
+      // faster than the session's peer-failure timeout): that session leads to the earlier
+      // process; p2p calls and replies open a new one.
+      for (const node of next.joined) {
+        const address = next.addressOf(node);
+        if (node !== this.nodeId && address !== undefined) this.sessions.forget(address);
+      }
       this.currentView = next;
       for (const wait of [...this.inadequateWaits]) if (next.isSubgroupAdequate(wait.subgroupId)) wait.release();
       this.followShards(next);
