@@ -4,9 +4,7 @@
 // timeout; traffic on one session keeps the idle others alive; a peer restarted at the same
 // address is another incarnation, whose traffic does not keep the old sessions alive; a session
 // the peer dropped still fails on its own once used, and a long handler keeps its session alive.
-// Virtual time over a small in-memory wire that can drop packets by type.
-#include <deque>
-#include <functional>
+// Virtual time over the in-memory wire, dropping packets by header where a test says so.
 #include <map>
 #include <memory>
 
@@ -20,47 +18,6 @@ namespace {
 constexpr uint64_t kFailureUs = 2'000'000;  // peer_failure_timeout_us (the default)
 constexpr uint64_t kKeepaliveUs = kFailureUs / 4;
 
-// A lossless FIFO wire; `drop` may discard packets (by header) on their way.
-class Wire {
- public:
-  struct InFlight {
-    PeerAddress from, to;
-    std::vector<uint8_t> bytes;
-  };
-  class Port : public PacketIo {
-   public:
-    Port(Wire* wire, PeerAddress self) : wire_(wire), self_(self) {}
-    void Send(const PeerAddress& to, std::span<const uint8_t> header,
-              std::span<const uint8_t> payload) override {
-      InFlight p{self_, to, std::vector<uint8_t>(header.begin(), header.end())};
-      p.bytes.insert(p.bytes.end(), payload.begin(), payload.end());
-      wire_->queue_.push_back(std::move(p));
-    }
-
-   private:
-    Wire* wire_;
-    PeerAddress self_;
-  };
-  void Attach(const PeerAddress& at, Endpoint* endpoint) { endpoints_[at.ToString()] = endpoint; }
-  void Detach(const PeerAddress& at) { endpoints_.erase(at.ToString()); }
-  void DeliverAll(uint64_t now_us) {
-    while (!queue_.empty()) {
-      InFlight p = std::move(queue_.front());
-      queue_.pop_front();
-      Header h;
-      if (Decode(p.bytes, &h) != DecodeError::kNone) continue;
-      if (drop && drop(p, h)) continue;
-      auto it = endpoints_.find(p.to.ToString());
-      if (it != endpoints_.end()) it->second->OnPacket(p.from, p.bytes, now_us);
-    }
-  }
-  std::function<bool(const InFlight&, const Header&)> drop;
-
- private:
-  std::deque<InFlight> queue_;
-  std::map<std::string, Endpoint*> endpoints_;
-};
-
 EndpointConfig Config(uint64_t incarnation) {
   EndpointConfig c;
   c.sessions_max = 8192;
@@ -71,11 +28,11 @@ EndpointConfig Config(uint64_t incarnation) {
 
 // A client endpoint with many sessions to one server endpoint, run in virtual time.
 struct Rig {
-  Wire wire;
+  MemoryWire wire{0.0, false, 5};  // lossless, in order; wire.drop filters
   PeerAddress client_address = Addr("10.0.0.1:1000");
   PeerAddress server_address = Addr("10.0.0.2:2000");
-  Wire::Port client_port{&wire, client_address};
-  Wire::Port server_port{&wire, server_address};
+  MemoryWire::Port client_port{&wire, client_address};
+  MemoryWire::Port server_port{&wire, server_address};
   Endpoint client{Config(0x1111), &client_port};
   std::unique_ptr<Endpoint> server;
   uint64_t now = 1;
@@ -202,7 +159,7 @@ TEST(keepalive_a_silent_peer_fails_every_session_within_the_failure_timeout) {
   r.RunUntil(r.now + 1000);
   // The peer stops answering (a hung or cut-off process: no ICMP, nothing at all).
   const uint64_t died = r.now;
-  r.wire.drop = [](const Wire::InFlight&, const Header&) { return true; };
+  r.wire.drop = [](const MemoryWire::InFlight&, const Header&) { return true; };
   r.RunUntil(died + kFailureUs + kKeepaliveUs);
   CHECK_EQ(r.client_failed_at.size(), 2000u);
   uint64_t last = 0;
@@ -223,7 +180,7 @@ TEST(keepalive_traffic_on_one_session_keeps_the_idle_others_alive) {
   Rig r;
   const std::vector<uint32_t> sessions = r.Connect(2000);
   // No PING or PONG gets through: only the shared "last heard" keeps the idle sessions alive.
-  r.wire.drop = [](const Wire::InFlight&, const Header& h) {
+  r.wire.drop = [](const MemoryWire::InFlight&, const Header& h) {
     return h.type == PacketType::kPing || h.type == PacketType::kPong;
   };
   const uint64_t start = r.now;
@@ -273,14 +230,14 @@ TEST(keepalive_a_session_the_peer_dropped_fails_alone_and_a_long_handler_stays_a
   // number is learnt from the first request on it.
   const uint32_t victim = sessions[5];
   uint32_t dropped_remote = kNoSession;
-  r.wire.drop = [&](const Wire::InFlight& p, const Header& h) {
+  r.wire.drop = [&](const MemoryWire::InFlight& p, const Header& h) {
     if (p.from == r.client_address && h.type == PacketType::kRequest) dropped_remote = h.dest_session;
     return false;
   };
   r.Call(victim);
   r.RunUntil(r.now + 1000);
   CHECK(dropped_remote != kNoSession);
-  r.wire.drop = [&](const Wire::InFlight& p, const Header& h) {
+  r.wire.drop = [&](const MemoryWire::InFlight& p, const Header& h) {
     return p.from == r.client_address && h.dest_session == dropped_remote;
   };
   const uint64_t start = r.now;
