@@ -6,7 +6,9 @@
  *     pipelined echo (no protocol, the kernel's ceiling) and Node dgram pipelined echo;
  *   - 32-byte round-trip latency p50/p99 with one call outstanding vs C++ and dgram ping-pong;
  *   - 8 MiB request bandwidth vs Node net TCP with length-prefixed messages;
- *   - the 32-byte rate over 20,000 sessions vs over 1 session, and bytes per session;
+ *   - the 32-byte rate over 20,000 sessions vs over 1 session (ratio, process CPU per call), bytes
+ *     per session, what 20,000 idle sessions cost per second (timer fires, PINGs, CPU), and the
+ *     1-session rate with them idle beside it (`--sessions` runs only these);
  *   - 8 MiB goodput at injected loss 1e-5, 1e-4, 1e-3 (both ends drop their own sends) vs
  *     lossless;
  *   - incast: 50 sender endpoints (5 worker threads x 10) each sending 1 MiB requests to one
@@ -346,6 +348,15 @@ export async function run(args: string[]): Promise<void> {
   const seconds = quick ? 1.5 : 5;
   const suite = 'transport';
   if (args.includes('--crypto')) return cryptoComparison(quick ? 1 : 3, quick ? 2 : 3);
+  if (args.includes('--sessions')) {
+    const server = await startServer('squall');
+    const client = await Endpoint.create({ sessionsMax: 30_000 });
+    const eight = await Promise.all(Array.from({ length: 8 }, () => client.connect(server.address)));
+    await sessionScale(client, server.address, eight[0]!, eight, seconds);
+    await client.close();
+    await server.stop();
+    return;
+  }
 
   const cpp = cppBaseline(seconds);
   const dgramServer = await startServer('dgram');
@@ -380,18 +391,7 @@ export async function run(args: string[]): Promise<void> {
   report({ suite, case: 'request_bandwidth_8MiB', value: Number(bandwidth.toFixed(1)), unit: 'MB/s',
     baselines: { node_net_tcp: Number(tcp.toFixed(1)) }, load1: load() });
 
-  const many = [...eight];
-  while (many.length < SESSIONS_MANY) {
-    const batch = Math.min(500, SESSIONS_MANY - many.length);
-    many.push(...(await Promise.all(Array.from({ length: batch }, () => client.connect(server.address)))));
-  }
-  const rateMany = await squallRate(many, seconds);
-  report({ suite, case: `rpc_rate_32B_64_outstanding_${SESSIONS_MANY}_sessions`, value: Math.round(rateMany), unit: 'calls/s',
-    baselines: { squall_1_session: Math.round(rateOne) }, load1: load() });
-  report({ suite, case: `bytes_per_session_${SESSIONS_MANY}_sessions_client`, value: client.stats().bytesPerSession!, unit: 'bytes',
-    sessions: client.stats().sessionsClient, load1: load() });
-  await Promise.all(many.slice(8).map((s) => s.close()));
-
+  await sessionScale(client, server.address, one[0]!, eight, seconds);
   await client.close();
   await server.stop();
 
@@ -462,6 +462,65 @@ function coreCost(quick: boolean): void {
 }
 
 const SESSIONS_MANY = 20_000;
+
+/** Closed-loop rate and process CPU (client + the server's worker thread) per call. */
+async function rateWithCpu(sessions: NativeSession[], seconds: number): Promise<{ rate: number; cpuUs: number }> {
+  const before = process.cpuUsage();
+  const started = performance.now();
+  const rate = await squallRate(sessions, seconds);
+  const used = process.cpuUsage(before);
+  const calls = rate * ((performance.now() - started) / 1000 - 0.3);  // squallRate warms up 0.3 s
+  return { rate, cpuUs: (used.user + used.system) / Math.max(1, calls) };
+}
+
+/**
+ * Session scale (issue #3): the 32-byte rate over 20,000 sessions vs over 1 session, with the
+ * process CPU per call of each; then, with the 20,000 sessions idle, what they cost per second
+ * (session + peer timer fires and PINGs of the client endpoint, process CPU), and the rate over
+ * 1 session again with the 20,000 idle beside it (keepalives that grow with the session count
+ * show here). Baselines are the 1-session figures of the same run.
+ */
+async function sessionScale(client: Endpoint, serverAddress: string, one: NativeSession, eight: NativeSession[],
+  seconds: number): Promise<void> {
+  const suite = 'transport';
+  const single = await rateWithCpu([one], seconds);
+  const many = [...eight];
+  while (many.length < SESSIONS_MANY) {
+    const batch = Math.min(500, SESSIONS_MANY - many.length);
+    many.push(...(await Promise.all(Array.from({ length: batch }, () => client.connect(serverAddress)))));
+  }
+  const manyRun = await rateWithCpu(many, seconds);
+  report({ suite, case: `rpc_rate_32B_64_outstanding_${SESSIONS_MANY}_sessions`, value: Math.round(manyRun.rate), unit: 'calls/s',
+    baselines: { squall_1_session: Math.round(single.rate) }, ratio: Number((manyRun.rate / single.rate).toFixed(3)),
+    target_ratio_min: 0.8, load1: load() });
+  report({ suite, case: `cpu_per_call_32B_${SESSIONS_MANY}_sessions`, value: Number(manyRun.cpuUs.toFixed(2)), unit: 'us',
+    baselines: { squall_1_session: Number(single.cpuUs.toFixed(2)) }, load1: load() });
+  report({ suite, case: `bytes_per_session_${SESSIONS_MANY}_sessions_client`, value: client.stats().bytesPerSession!, unit: 'bytes',
+    sessions: client.stats().sessionsClient, load1: load() });
+
+  // Idle: nothing but keepalives (peerFailureTimeoutMs / 4 = 500 ms by default).
+  const idleSeconds = Math.max(3, seconds);
+  const counters = (): number[] => {
+    const s = client.stats();
+    return [s.sessionTimerFires ?? NaN, s.peerTimerFires ?? NaN, s['sent.PING'] ?? 0, s['received.PING'] ?? 0];
+  };
+  const c0 = counters();
+  const cpu0 = process.cpuUsage();
+  await sleep(idleSeconds * 1000);
+  const cpu = process.cpuUsage(cpu0);
+  const c1 = counters();
+  const perSecond = (i: number): number => Number(((c1[i]! - c0[i]!) / idleSeconds).toFixed(1));
+  report({ suite, case: `idle_${SESSIONS_MANY}_sessions_pings_per_s`, value: perSecond(2), unit: '1/s',
+    session_timer_fires_per_s: perSecond(0), peer_timer_fires_per_s: perSecond(1),
+    pings_received_per_s: perSecond(3), process_cpu_ms_per_s: Number(((cpu.user + cpu.system) / 1000 / idleSeconds).toFixed(2)),
+    sessions: client.stats().sessionsClient, peers: client.stats().peers, load1: load() });
+
+  const beside = await rateWithCpu([one], seconds);
+  report({ suite, case: `rpc_rate_32B_64_outstanding_1_session_beside_${SESSIONS_MANY}_idle`, value: Math.round(beside.rate),
+    unit: 'calls/s', baselines: { squall_1_session: Math.round(single.rate) },
+    cpu_per_call_us: Number(beside.cpuUs.toFixed(2)), baseline_cpu_per_call_us: Number(single.cpuUs.toFixed(2)), load1: load() });
+  await Promise.all(many.slice(8).map((s) => s.close()));
+}
 const loadWorker = join(root, 'dist', 'test', 'support', 'transport-load-worker.js');
 
 async function lossGoodput(

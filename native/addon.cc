@@ -644,6 +644,9 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("peerFailuresUnreachable", s.peer_failures_unreachable);
     set("rttSamples", s.rtt_samples);
     set("retransmitTimerFires", s.retransmit_timer_fires);
+    set("sessionTimerFires", s.session_timer_fires);
+    set("peerTimerFires", s.peer_timer_fires);
+    set("peers", s.peers);
     set("sealedBatches", s.sealed_batches);
     set("sealedBatchPackets", s.sealed_batch_packets);
     set("bytesPerSession", driver_->endpoint->BytesPerSession());

@@ -293,7 +293,7 @@ struct Client {
 TEST(transport_client_handshake_and_small_response_order) {
   Client c;
   CHECK_LINES(c.io, {"CONNECT s=4294967295 r=" + std::to_string(c.token) +
-                         " p=256 m=8388608 a=1 len=0"});
+                         " p=256 m=0 a=1 len=0"});  // m: incarnation tag (0)
   c.Accept();
   auto events = c.Take();
   CHECK(events.size() == 1 && events[0].kind == EventKind::kSession &&

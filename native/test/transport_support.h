@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -126,11 +127,19 @@ class MemoryWire {
     }
     InFlight p = std::move(queue_[index]);
     queue_.erase(queue_.begin() + static_cast<long>(index));
+    Header h;
+    if (drop && Decode(p.bytes, &h) == DecodeError::kNone && drop(p, h)) return true;
     auto it = endpoints_.find(key(p.to));
     if (it != endpoints_.end()) it->second->OnPacket(p.from, p.bytes, now_us);
     return true;
   }
   size_t in_flight() const { return queue_.size(); }
+  void DeliverAll(uint64_t now_us) {
+    while (DeliverOne(now_us)) {
+    }
+  }
+  // Optional: discards the packets (by header) it returns true for, at delivery.
+  std::function<bool(const InFlight&, const Header&)> drop;
   uint64_t sent = 0, lost = 0;
 
  private:

@@ -220,7 +220,30 @@ struct Endpoint::Session {
   // ICMP port-unreachable reports of this session's datagrams since the peer was last heard
   // from (OnUnreachable); any packet from the peer resets it.
   uint32_t unreachable_reports = 0;
+  // Established sessions belong to the record of their remote endpoint incarnation, which owns
+  // keepalive and failure ("Peers"); peer_index is the session's place in its role's list there.
+  Peer* liveness = nullptr;
+  uint32_t peer_index = 0;
+  // Client: when the session last went from no call in a slot to one (StartQueued). A session
+  // waiting on answers that hears nothing for the failure timeout since the later of this and
+  // last_rx_us fails on its own, even while its peer answers on other sessions.
+  uint64_t busy_since_us = 0;
   std::unique_ptr<SessionSecurity> security;  // encrypting endpoints only
+};
+
+// One remote endpoint incarnation: every established session (either role) with the same peer
+// address and the same incarnation tag (learnt in the handshake). See "Peers".
+struct Endpoint::Peer {
+  uint32_t id = 0;
+  std::string key;  // peer_ids_ key: "<address>/<tag>"
+  PeerAddress address;
+  uint64_t last_rx_us = 0;    // the last packet on any established session of this peer
+  uint64_t last_ping_us = 0;  // the last keepalive sent to it
+  uint64_t timer_at_us = kNever;
+  uint64_t timer_generation = 0;
+  uint32_t ping_session = 0;  // client session last heard from: the next keepalive goes there
+  uint32_t ping_cursor = 0;   // after an unanswered keepalive, the next ones go round the rest
+  std::vector<uint32_t> clients, servers;  // established session numbers, by role
 };
 
 Endpoint::Endpoint(const EndpointConfig& config, PacketIo* io)
@@ -235,6 +258,8 @@ Endpoint::Endpoint(const EndpointConfig& config, PacketIo* io)
     uint64_t state = config.incarnation ^ 0x5bd1e9955bd1e995ull;
     const uint32_t first = static_cast<uint32_t>(SplitMix(&state));
     next_session_number_ = (first == 0 || first == kNoSession) ? 1 : first;
+    uint64_t tag_state = config.incarnation ^ 0x2545f4914f6cdd1dull;
+    incarnation_tag_ = static_cast<uint32_t>(SplitMix(&tag_state));
   }
 }
 
@@ -283,7 +308,12 @@ size_t Endpoint::BytesPerSession() const {
   // Hash-table nodes: the value plus a next pointer and cached hash, rounded to the allocator's
   // 16-byte granule; buckets are a pointer each.
   auto node = [](size_t value_bytes) { return (value_bytes + 16 + 15) & ~size_t{15}; };
-  size_t total = sessions_.TableBytes() + accepted_by_token_.bucket_count() * sizeof(void*);
+  size_t total = sessions_.TableBytes() + accepted_by_token_.bucket_count() * sizeof(void*) +
+                 peers_.TableBytes() + by_remote_.bucket_count() * sizeof(void*);
+  peers_.ForEach([&](uint32_t, const Peer& p) {
+    total += sizeof(Peer) + p.key.capacity() +
+             (p.clients.capacity() + p.servers.capacity()) * sizeof(uint32_t);
+  });
   sessions_.ForEach([&](uint32_t, const Session& session) {
     const Session* s = &session;
     total += sizeof(Session);
@@ -296,6 +326,7 @@ size_t Endpoint::BytesPerSession() const {
     for (const ServerSlot& slot : s->server_slots) {
       total += slot.request.capacity() + slot.response.capacity();
     }
+    if (s->liveness != nullptr) total += node(sizeof(std::pair<const uint64_t, uint32_t>));
     total += s->backlog.CapacityBytes();
     for (const QueuedCall& call : s->backlog) total += call.request.capacity();
     if (!s->is_client) {
@@ -426,6 +457,7 @@ std::span<const uint8_t> Endpoint::Slice(const Session& session,
 
 void Endpoint::Bury(Session* session, uint64_t /*now_us*/) {
   FlushSealed();  // its queued packets (a disconnect, say) leave before its keys go
+  if (session->liveness != nullptr) LeavePeer(session);
   if (session->is_client) {
     --stats_.sessions_client;
   } else {
@@ -501,6 +533,7 @@ CallStatus Endpoint::Call(uint32_t number, uint8_t request_type, uint64_t tag,
 
 void Endpoint::StartQueued(Session* s, uint64_t now_us) {
   const uint64_t all = SlotMask(static_cast<uint32_t>(s->client_slots.size()));
+  if (s->busy_slots == 0 && !s->backlog.empty()) s->busy_since_us = now_us;
   while (!s->backlog.empty() && s->busy_slots != all) {
     const uint32_t index = static_cast<uint32_t>(std::countr_one(s->busy_slots));
     ClientSlot& slot = s->client_slots[index];
@@ -664,7 +697,7 @@ void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
       h.aux = s->number;
       h.packet_number = s->packet_bytes;
       h.request_type = static_cast<uint8_t>(config_.slots_per_session);
-      h.message_bytes = config_.message_bytes_max;
+      h.message_bytes = incarnation_tag_;  // the server's session joins our peer record by it
       h.request_number = s->token;
       SendConnectAttempt(s, h);
       if (!sessions_.Contains(s->number)) return;  // the handshake could not start
@@ -690,33 +723,20 @@ void Endpoint::OnClientSessionTimer(Session* s, uint64_t now_us) {
     ArmSessionTimer(s, now_us + config_.connect_retry_us);
     return;
   }
-  if (s->security != nullptr && s->security->rekeying) ResendHandshake(s);
-  // Connected. A peer that has sent nothing (not even a pong) for the failure timeout is dead.
-  if (now_us - s->last_rx_us >= config_.peer_failure_timeout_us) {
-    FailSession(s, CallStatus::kPeerFailed, SessionEventKind::kPeerFailed, now_us);
-    return;
+  // Connected: keepalive and failure are the peer's (OnPeerTimer, "Peers"). This timer only
+  // resends a pending rekey message while the session is idle (busy sessions resend from
+  // OpenIncoming), once per keepalive interval.
+  if (s->security != nullptr && s->security->rekeying) {
+    ResendHandshake(s);
+    ArmSessionTimer(s, now_us + KeepaliveUs());
   }
-  uint64_t next = s->last_rx_us + config_.peer_failure_timeout_us;
-  // Keepalive: ask for a pong when we have heard nothing for a quarter of the failure timeout,
-  // so a live peer whose handler runs long is not declared failed.
-  const uint64_t keepalive_us = config_.peer_failure_timeout_us / 4;
-  const uint64_t quiet_since = std::max(s->last_rx_us, s->last_ping_us);
-  if (now_us - quiet_since >= keepalive_us) {
-    Header h;
-    h.type = PacketType::kPing;
-    h.dest_session = s->remote_number;
-    SendPacket(*s, h);
-    s->last_ping_us = now_us;
-  }
-  next = std::min(next, std::max(s->last_rx_us, s->last_ping_us) + keepalive_us);
-  ArmSessionTimer(s, std::max(next, now_us + 1));
 }
 
 void Endpoint::CompactTimers() {
   // Completed calls leave their deadline entries behind; with long deadlines and a high call
   // rate they would pile up. Rebuild the heap from live entries once dead ones dominate, which
   // keeps its size within a constant factor of what is pending (amortised O(log n) per call).
-  const size_t live_bound = 2 * (deadline_tags_.size() + sessions_.size()) + 4096;
+  const size_t live_bound = 2 * (deadline_tags_.size() + sessions_.size() + peers_.size()) + 4096;
   if (timers_.size() <= live_bound) return;
   std::vector<Timer> live;
   live.reserve(deadline_tags_.size() + sessions_.size());
@@ -725,6 +745,9 @@ void Endpoint::CompactTimers() {
     timers_.pop();
     if (t.kind == TimerKind::kDeadline) {
       if (deadline_tags_.count(t.key) != 0) live.push_back(t);
+    } else if (t.kind == TimerKind::kPeer) {
+      const Peer* p = peers_.Find(t.session);
+      if (p != nullptr && p->timer_generation == t.key) live.push_back(t);
     } else {
       const Session* s = Find(t.session);
       if (s != nullptr && s->timer_generation == t.key) live.push_back(t);
@@ -752,6 +775,15 @@ void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
   s->rto_at_us = kNever;
   if (s->state != Session::State::kConnected) return;
   ++stats_.retransmit_timer_fires;
+  // This session's own silence ("Peers"): its peer may answer on other sessions but not on this
+  // one (it dropped the session). Packets in flight and nothing heard on this session for the
+  // failure timeout since it got busy: it fails alone. Quiet for a keepalive interval: it PINGs
+  // on its own, so a live peer whose handler runs long keeps it alive with PONGs.
+  const uint64_t heard = std::max(s->last_rx_us, s->busy_since_us);
+  if (now_us - heard >= config_.peer_failure_timeout_us) {
+    return FailSession(s, CallStatus::kPeerFailed, SessionEventKind::kPeerFailed, now_us);
+  }
+  if (now_us - std::max(heard, s->last_ping_us) >= KeepaliveUs()) SendPing(s, now_us);
   uint64_t next = kNever;
   bool rolled_back = false, probed = false;
   for (uint64_t busy = s->busy_slots; busy != 0; busy &= busy - 1) {
@@ -1009,8 +1041,7 @@ void Endpoint::HandleConnectRequest(const PeerAddress& from, const Header& h,
     // A duplicate (our answer was lost or is late): answer again, do not open a second session.
     Session* s = Find(known->second);
     if (s != nullptr) {
-      reply.aux = s->number;
-      reply.packet_number = s->packet_bytes;
+      AcceptedReply(*s, &reply);
       SendPacket(*s, reply);  // sealed when the session has keys
       return;
     }
@@ -1055,10 +1086,15 @@ void Endpoint::HandleConnectRequest(const PeerAddress& from, const Header& h,
   const std::string peer_text = from.ToString();
   EmitSession(s->number, SessionEventKind::kAccepted, 0,
               std::vector<uint8_t>(peer_text.begin(), peer_text.end()));
-  ArmSessionTimer(s, now_us + config_.peer_failure_timeout_us);
-  reply.aux = s->number;
-  reply.packet_number = s->packet_bytes;
+  JoinPeer(s, h.message_bytes, now_us);  // the client's incarnation tag
+  AcceptedReply(*s, &reply);
   SendPacket(*s, reply);  // sealed when the session has keys: the client's proof
+}
+
+void Endpoint::AcceptedReply(const Session& s, Header* reply) const {
+  reply->aux = s.number;
+  reply->packet_number = s.packet_bytes;
+  reply->message_bytes = incarnation_tag_;  // the client's session joins our peer record by it
 }
 
 void Endpoint::SendCreditReturn(Session* s, const Header& request_header) {
@@ -1508,8 +1544,7 @@ void Endpoint::HandleConnectConfirm(const PeerAddress& from, const Header& h,
     reply.type = PacketType::kConnectResponse;
     reply.dest_session = h.aux;
     reply.request_number = h.request_number;
-    reply.aux = s->number;
-    reply.packet_number = s->packet_bytes;
+    AcceptedReply(*s, &reply);
     return SendPacket(*s, reply);
   }
   crypto::HandshakeStep step = it->second.handshake->OnMessage(payload);
@@ -1630,6 +1665,7 @@ bool Endpoint::StartRekey(Session* s, uint64_t now_us) {
   sec->rekey_sent_us = now_us;
   ++security_->stats().rekeys_started;
   SendRekeyMessage(s, sec->resend);
+  ArmSessionTimer(s, now_us + KeepaliveUs());  // resends it while the session is idle
   return true;
 }
 
@@ -1815,9 +1851,9 @@ void Endpoint::HandleConnectResponse(Session* s, const Header& h,
   ++s->timer_generation;
   OnConnectedRtt(s, now_us);
   EmitSession(s->number, SessionEventKind::kConnected, 0);
+  JoinPeer(s, h.message_bytes, now_us);  // the server's incarnation tag
   StartQueued(s, now_us);
   Kick(s, now_us);
-  ArmSessionTimer(s, now_us + config_.peer_failure_timeout_us / 4);
 }
 
 void Endpoint::HandleDisconnectResponse(Session* s, const Header& h, uint64_t now_us) {
@@ -1933,7 +1969,12 @@ void Endpoint::Dispatch(const PeerAddress& from, const Header& h,
   if (h.type == PacketType::kDisconnectResponse) return HandleDisconnectResponse(s, h, now_us);
   if (s->state != State::kConnected) return Drop(DropReason::kBadState);
   s->last_rx_us = now_us;
-  s->unreachable_reports = 0;  // heard from: earlier port-unreachable reports are void
+  // Heard from: the whole peer incarnation is alive ("Peers"), and earlier port-unreachable
+  // reports about this session are void.
+  Peer* peer = s->liveness;
+  peer->last_rx_us = now_us;
+  if (s->is_client) peer->ping_session = s->number;
+  s->unreachable_reports = 0;
   switch (h.type) {
     case PacketType::kRequest: return HandleRequest(s, h, payload, now_us);
     case PacketType::kRequestForResponse:
@@ -1971,18 +2012,162 @@ void Endpoint::OnTimers(uint64_t now_us) {
       OnDeadline(t.session, t.key, now_us);
       continue;
     }
+    if (t.kind == TimerKind::kPeer) {
+      Peer* p = peers_.Find(t.session);
+      if (p == nullptr || p->timer_generation != t.key) continue;  // stale entry
+      p->timer_at_us = kNever;
+      OnPeerTimer(p, now_us);
+      continue;
+    }
     Session* s = Find(t.session);
     if (s == nullptr || s->timer_generation != t.key) continue;  // stale entry
     s->timer_at_us = kNever;
-    if (s->is_client) {
-      OnClientSessionTimer(s, now_us);
-    } else if (now_us - s->last_rx_us >= config_.peer_failure_timeout_us) {
-      FailServerSession(s, PeerFailure::kSilence, now_us);
-    } else {
-      ArmSessionTimer(s, s->last_rx_us + config_.peer_failure_timeout_us);
-    }
+    ++stats_.session_timer_fires;
+    // Server sessions arm none: their liveness is the peer's.
+    if (s->is_client) OnClientSessionTimer(s, now_us);
   }
   KickDue(now_us);
+}
+
+// ------------------------------------------------------------------------------------------
+// Peers
+// ------------------------------------------------------------------------------------------
+//
+// Liveness is a property of the remote endpoint, not of each session: every established session
+// (either role) belongs to the record of its peer's incarnation -- the peer's address plus the
+// 32-bit incarnation tag it announced in the handshake (CONNECT's and an accepting CONNECT_RESP's
+// message bytes; derived from EndpointConfig::incarnation, 0 when that is 0). Any packet on any
+// of those sessions proves the incarnation alive, so:
+//
+//  - One timer per peer record (TimerKind::kPeer), not per session. When nothing has been heard
+//    from the peer for a keepalive interval (peer_failure_timeout_us / 4) and we hold client
+//    sessions to it, one PING goes out on one of them -- the client session last heard from,
+//    or, if the previous keepalive went unanswered, the next one in turn (so a session the peer
+//    has dropped cannot hold the PINGs). Nothing heard for peer_failure_timeout_us: every
+//    session of the record fails at once (kPeerFailed, kSilence). Idle sessions cost nothing:
+//    O(peers) PINGs and timer fires per interval, whatever the number of sessions. A server
+//    sends no PINGs (as before); its records are kept alive by the clients' packets.
+//  - A peer that restarted at the same address announces another tag: its sessions form a new
+//    record, and the old incarnation's record, hearing nothing (the new process drops packets
+//    for sessions it never had), fails its sessions after the timeout as before. (Endpoints
+//    with incarnation 0 -- tests only; the binding always draws one -- all announce tag 0.)
+//  - What changes for a single session whose peer stays alive but no longer answers on it (it
+//    dropped the session: a lost disconnect, a session it failed on its side): it is no longer
+//    kept alive or failed by its own keepalive. A client session waiting on answers is judged by
+//    its retransmission timer (OnRetransmitTimer): nothing heard on it for the failure timeout
+//    since it got busy (or last heard) and it fails alone; it PINGs on its own when quiet for a
+//    keepalive interval, so a long-running handler still keeps it alive. An idle client session
+//    the peer dropped lives on until it is used (its first call then fails after the timeout)
+//    or the peer goes. A server session whose client dropped it without a DISCONNECT getting
+//    through (three tries lost, or a connect the client gave up on after we accepted) now lives
+//    as long as the client's endpoint, where it used to expire after the failure timeout.
+//  - The session timer remains for the handshake, disconnect retries and rekey resends.
+
+void Endpoint::JoinPeer(Session* s, uint32_t remote_tag, uint64_t now_us) {
+  const std::string key = s->peer.ToString() + "/" + std::to_string(remote_tag);
+  auto it = peer_ids_.find(key);
+  Peer* p = it == peer_ids_.end() ? nullptr : peers_.Find(it->second);
+  if (p == nullptr) {
+    auto owned = std::make_unique<Peer>();
+    p = owned.get();
+    do {
+      p->id = next_peer_id_++;
+      if (next_peer_id_ == 0) next_peer_id_ = 1;
+    } while (p->id == 0 || peers_.Contains(p->id));
+    p->key = key;
+    p->address = s->peer;
+    p->last_rx_us = now_us;
+    peers_.Insert(p->id, std::move(owned));
+    peer_ids_[key] = p->id;
+    ++stats_.peers;
+  }
+  p->last_rx_us = std::max(p->last_rx_us, now_us);  // the handshake's answer is a packet
+  std::vector<uint32_t>& list = s->is_client ? p->clients : p->servers;
+  s->liveness = p;
+  s->peer_index = static_cast<uint32_t>(list.size());
+  list.push_back(s->number);
+  by_remote_.emplace(RemoteKey(p->id, s->remote_number), s->number);
+  if (s->is_client && p->ping_session == 0) p->ping_session = s->number;
+  ArmPeerTimer(p, p->last_rx_us + (p->clients.empty() ? config_.peer_failure_timeout_us
+                                                      : KeepaliveUs()));
+}
+
+void Endpoint::LeavePeer(Session* s) {
+  Peer* p = s->liveness;
+  s->liveness = nullptr;
+  std::vector<uint32_t>& list = s->is_client ? p->clients : p->servers;
+  const uint32_t moved = list.back();
+  list[s->peer_index] = moved;
+  list.pop_back();
+  if (moved != s->number) Find(moved)->peer_index = s->peer_index;
+  auto indexed = by_remote_.find(RemoteKey(p->id, s->remote_number));
+  if (indexed != by_remote_.end() && indexed->second == s->number) by_remote_.erase(indexed);
+  if (p->ping_session == s->number) p->ping_session = 0;
+  if (p->clients.empty() && p->servers.empty()) {
+    peer_ids_.erase(p->key);
+    peers_.Erase(p->id);  // its timer entry becomes stale
+    --stats_.peers;
+  }
+}
+
+void Endpoint::ArmPeerTimer(Peer* p, uint64_t when_us) {
+  // One live heap entry per peer record, as ArmSessionTimer does for sessions.
+  if (when_us >= p->timer_at_us) return;
+  p->timer_at_us = when_us;
+  ++p->timer_generation;
+  timers_.push(Timer{when_us, TimerKind::kPeer, p->id, p->timer_generation});
+}
+
+void Endpoint::SendPing(Session* s, uint64_t now_us) {
+  Header h;
+  h.type = PacketType::kPing;
+  h.dest_session = s->remote_number;
+  SendPacket(*s, h);
+  s->last_ping_us = now_us;
+}
+
+void Endpoint::OnPeerTimer(Peer* p, uint64_t now_us) {
+  ++stats_.peer_timer_fires;
+  const uint64_t failure_us = config_.peer_failure_timeout_us;
+  if (now_us - p->last_rx_us >= failure_us) {
+    // The incarnation is silent: all its sessions fail (in number order, deterministically).
+    // The record goes with its last session; a client session still disconnecting keeps it
+    // until its own retries end.
+    std::vector<uint32_t> numbers(p->clients);
+    numbers.insert(numbers.end(), p->servers.begin(), p->servers.end());
+    std::sort(numbers.begin(), numbers.end());
+    for (uint32_t number : numbers) {
+      Session* s = Find(number);
+      if (s == nullptr || s->state != Session::State::kConnected) continue;
+      if (s->is_client) {
+        FailSession(s, CallStatus::kPeerFailed, SessionEventKind::kPeerFailed, now_us);
+      } else {
+        FailServerSession(s, PeerFailure::kSilence, now_us);
+      }
+    }
+    return;
+  }
+  uint64_t next = p->last_rx_us + failure_us;
+  if (!p->clients.empty()) {
+    const uint64_t keepalive = KeepaliveUs();
+    if (now_us - std::max(p->last_rx_us, p->last_ping_us) >= keepalive) {
+      // The session last heard from, unless the last keepalive went unanswered: then the
+      // others in turn.
+      Session* target = nullptr;
+      if (p->ping_session != 0 && p->last_ping_us <= p->last_rx_us) target = Find(p->ping_session);
+      for (size_t tries = 0; (target == nullptr || target->state != Session::State::kConnected) &&
+                             tries < p->clients.size();
+           ++tries) {
+        target = Find(p->clients[p->ping_cursor++ % p->clients.size()]);
+      }
+      if (target != nullptr && target->state == Session::State::kConnected) {
+        SendPing(target, now_us);
+        p->last_ping_us = now_us;
+      }
+    }
+    next = std::min(next, std::max(p->last_rx_us, p->last_ping_us) + keepalive);
+  }
+  ArmPeerTimer(p, std::max(next, now_us + 1));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -2020,8 +2205,8 @@ void Endpoint::OnTimers(uint64_t now_us) {
 // (net.ipv4.icmp_ratelimit per destination off loopback, icmp_msgs_per_sec globally), and a
 // firewall may drop them: the reports are a fast path, never a requirement.
 //
-// Cost: a report that names a session walks the session table once (reports are rare: they
-// stop once the sessions to the dead peer have failed, within a round trip or two).
+// Cost: a report looks its session numbers up in the (peer incarnation, remote number) index
+// of each peer record at its address ("Peers"): nothing walks the sessions.
 namespace {
 // The destination session numbers named by a quoted datagram: a packet's (plain or sealed
 // batch: its outer header names the session) or every packet's of a bundle, as far as the
@@ -2063,10 +2248,15 @@ void Endpoint::OnUnreachable(const PeerAddress& to, std::span<const uint8_t> quo
   const size_t count = QuotedSessions(quoted, named, std::size(named));
   std::vector<uint32_t> matched;
   if (count > 0) {
-    sessions_.ForEach([&](uint32_t number, const Session& s) {
-      if (s.state == Session::State::kConnected && s.peer == to &&
-          std::find(named, named + count, s.remote_number) != named + count) {
-        matched.push_back(number);
+    // Established sessions are indexed by (peer incarnation, remote number): look the named
+    // numbers up in each peer record at this address (a few), not in every session.
+    peers_.ForEach([&](uint32_t id, const Peer& p) {
+      if (!(p.address == to)) return;
+      for (size_t i = 0; i < count; ++i) {
+        auto it = by_remote_.find(RemoteKey(id, named[i]));
+        if (it == by_remote_.end()) continue;
+        const Session* s = Find(it->second);
+        if (s != nullptr && s->state == Session::State::kConnected) matched.push_back(it->second);
       }
     });
   }
@@ -2099,11 +2289,7 @@ void Endpoint::OnSessionUnreachable(Session* s, uint64_t now_us) {
   if (s->is_client && s->unreachable_reports == 1) {
     // Ask for confirmation now: a live peer answers with a PONG (resetting the count), a closed
     // port with the next report.
-    Header h;
-    h.type = PacketType::kPing;
-    h.dest_session = s->remote_number;
-    SendPacket(*s, h);
-    s->last_ping_us = now_us;
+    SendPing(s, now_us);
   }
 }
 

@@ -212,6 +212,13 @@ struct Stats {
   uint64_t unreachable_reports = 0;
   uint64_t unreachable_unmatched = 0;
   uint64_t peer_failures_unreachable = 0;
+  // Liveness (endpoint.cc, "Peers"): live session timer entries that fired (handshake retry,
+  // disconnect retry, rekey resend: never for an established session's liveness) and live peer
+  // timer entries that fired (keepalive and failure, one entry per remote endpoint
+  // incarnation). PINGs sent are packets_sent_by_type[kPing].
+  uint64_t session_timer_fires = 0;
+  uint64_t peer_timer_fires = 0;
+  uint64_t peers = 0;  // remote endpoint incarnations with established sessions, now
   uint64_t DropsTotal() const;
 };
 
@@ -306,6 +313,8 @@ class Endpoint {
   uint32_t SessionDataBytesPerPacket(uint32_t session) const;
   bool SessionIsConnected(uint32_t session) const;
   size_t timer_entries() const { return timers_.size() + rto_timers_.size(); }  // for tests
+  // The incarnation tag this endpoint announces in its handshakes (endpoint.cc, "Peers").
+  uint32_t incarnation_tag() const { return incarnation_tag_; }
   // A client session's smoothed RTT and current retransmission timeout (0 if unknown).
   uint64_t SessionSrttUs(uint32_t session) const;
   uint64_t SessionRtoUs(uint32_t session) const;
@@ -321,7 +330,8 @@ class Endpoint {
   struct Session;
   struct QueuedCall;
   class CallQueue;
-  enum class TimerKind : uint8_t { kSession, kDeadline, kRetransmit };
+  struct Peer;
+  enum class TimerKind : uint8_t { kSession, kDeadline, kRetransmit, kPeer };
   struct Timer {
     uint64_t when_us;
     TimerKind kind;
@@ -368,6 +378,14 @@ class Endpoint {
   void FailServerSession(Session* session, PeerFailure why, uint64_t now_us);
   void OnSessionUnreachable(Session* session, uint64_t now_us);
   void OnClientSessionTimer(Session* session, uint64_t now_us);
+  // Peers (endpoint.cc, "Peers")
+  void JoinPeer(Session* session, uint32_t remote_tag, uint64_t now_us);
+  void LeavePeer(Session* session);
+  void ArmPeerTimer(Peer* peer, uint64_t when_us);
+  void OnPeerTimer(Peer* peer, uint64_t now_us);
+  void SendPing(Session* session, uint64_t now_us);
+  void AcceptedReply(const Session& session, Header* reply) const;
+  uint64_t KeepaliveUs() const { return config_.peer_failure_timeout_us / 4; }
   void MarkActive(Session* session, uint64_t now_us);
   void OnRetransmitTimer(Session* session, uint64_t now_us);
   void ArmRetransmitTimer(Session* session, uint64_t when_us);
@@ -446,6 +464,16 @@ class Endpoint {
   SendGate* gate_ = nullptr;
   Stats stats_;
   SessionTable<Session> sessions_;
+  // Remote endpoint incarnations by id (the peer timer's key), and by (address, tag).
+  SessionTable<Peer> peers_;
+  std::unordered_map<std::string, uint32_t> peer_ids_;
+  // Established sessions by (peer id << 32 | remote session number), for OnUnreachable.
+  std::unordered_map<uint64_t, uint32_t> by_remote_;
+  static uint64_t RemoteKey(uint32_t peer_id, uint32_t remote_number) {
+    return (uint64_t{peer_id} << 32) | remote_number;
+  }
+  uint32_t next_peer_id_ = 1;
+  uint32_t incarnation_tag_ = 0;
   // Server sessions by (peer, token), so duplicate connect requests get the same answer.
   std::unordered_map<std::string, uint32_t> accepted_by_token_;
   using TimerHeap = std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>>;

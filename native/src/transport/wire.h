@@ -58,7 +58,9 @@ enum class PacketType : uint8_t {
   kRequestForResponse = 1, // client -> server: "send me the next response packet"
   kCreditReturn = 2,       // server -> client: acknowledges a non-last request packet
   kResponse = 3,           // server -> client: a slice of the response message
-  kConnectRequest = 4,     // client -> server, aux = client session, message bytes = its limit
+  // Message bytes of CONNECT and of an accepting CONNECT_RESP: the sender's incarnation tag
+  // (endpoint.cc, "Peers": sessions to one remote endpoint incarnation share their liveness).
+  kConnectRequest = 4,     // client -> server, aux = client session
   kConnectResponse = 5,    // server -> client, aux = server session or error, see ConnectError
   kDisconnectRequest = 6,  // client -> server
   kDisconnectResponse = 7, // server -> client
