@@ -245,7 +245,7 @@ int main(int argc, char** argv) {
     const double best = *std::min_element(results[m].begin(), results[m].end());
     const double median = Median(results[m]);
     std::printf(
-        "{\"suite\":\"transport_bulk\",\"case\":\"core_cpu_per_byte_8MiB_%s\",\"value\":%.4f,"
+        "{\"suite\":\"transport\",\"case\":\"core_cpu_per_byte_8MiB_%s\",\"value\":%.4f,"
         "\"unit\":\"ns/B\",\"median\":%.4f,\"baselines\":{\"plaintext_same_run\":%.4f,"
         "\"plaintext_same_run_median\":%.4f},\"added_ns_per_byte\":%.4f,"
         "\"bandwidth_cost_percent_if_cpu_bound\":%.1f,\"rounds\":%d,\"calls_per_round\":%llu,"
@@ -254,7 +254,7 @@ int main(int argc, char** argv) {
         100.0 * (1.0 - plain_best / best), rounds, static_cast<unsigned long long>(calls), Load1());
   }
   std::printf(
-      "{\"suite\":\"transport_bulk\",\"case\":\"aes_128_gcm_floor_65000B\",\"value\":%.4f,"
+      "{\"suite\":\"transport\",\"case\":\"aes_128_gcm_floor_65000B\",\"value\":%.4f,"
       "\"unit\":\"ns/B\",\"seal_ns_per_byte\":%.4f,\"open_ns_per_byte\":%.4f,"
       "\"memcpy_ns_per_byte\":%.4f,\"floor_added_ns_per_byte_if_each_replaces_a_copy\":%.4f,"
       "\"load1\":%.2f}\n",
