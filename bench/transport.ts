@@ -239,7 +239,8 @@ async function cryptoRound(
   const eight = [session, ...(await Promise.all(Array.from({ length: 7 }, () => client.connect(server.address))))];
   const rate8 = await squallRate(eight, seconds);
   const stats = client.stats();
-  if (encrypted !== (stats.encrypted === 1) || (encrypted && stats['crypto.sealed']! === 0)) {
+  if (encrypted !== (stats.encrypted === 1) || (encrypted && stats['crypto.sealed']! === 0) ||
+      (encrypted && stats.sealedIntoSendBatch! === 0)) {
     throw new Error(`bench: the ${encrypted ? 'encrypted' : 'plaintext'} round did not run as such`);
   }
   await client.close();

@@ -431,6 +431,7 @@ TEST(crypto_transport_large_packets_seal_into_the_send_batch_and_open_into_the_r
   net.hold = nullptr;
   // Every request packet was sealed straight into the I/O's buffer, and is ciphertext.
   CHECK_EQ(net.reserved - reserved_before, 6u);
+  CHECK_EQ(net.client.stats().sealed_into_send_batch, 6u);
   const std::vector<uint8_t> marker(request.begin() + 1500, request.begin() + 1564);
   for (const Datagram& d : net.held) {
     CHECK(d.bytes.size() > 1024);
@@ -465,8 +466,10 @@ TEST(crypto_transport_large_packets_seal_into_the_send_batch_and_open_into_the_r
   CHECK_EQ(net.handler_runs, 0u);
   // The genuine packet 1 is opened out of place: its datagram buffer keeps the ciphertext.
   std::vector<uint8_t> genuine = second.bytes;
+  CHECK_EQ(net.server.stats().opened_into_message, 0u);
   deliver(genuine);
   CHECK(genuine == second.bytes);
+  CHECK_EQ(net.server.stats().opened_into_message, 1u);
   // Its replay is refused before decryption.
   const uint64_t replays = net.server.security_stats().crypto.drop_replay;
   deliver(genuine);
@@ -484,6 +487,12 @@ TEST(crypto_transport_large_packets_seal_into_the_send_batch_and_open_into_the_r
   CHECK(net.RunUntil(net.now_us + 2'000'000, [&] { return net.responses.size() == 1; }));
   CHECK_EQ(net.handler_runs, 1u);
   CHECK(net.responses[1] == std::vector<uint8_t>(request.rbegin(), request.rend()));
+  // Request packets 2-5 went straight into the request too (3-5 as resent), and the 6-packet
+  // response, sealed into the server's send batch, into the client's response buffer after its
+  // packet 0.
+  CHECK(net.server.stats().opened_into_message >= 5u);
+  CHECK(net.server.stats().sealed_into_send_batch >= 6u);
+  CHECK_EQ(net.client.stats().opened_into_message, 5u);
 }
 
 TEST(crypto_transport_replayed_packet_later_is_dropped_and_handler_never_reruns) {

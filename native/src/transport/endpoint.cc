@@ -973,9 +973,11 @@ void Endpoint::HandleResponse(Session* s, const Header& h, std::span<const uint8
       return Drop(DropReason::kBadLength);
     }
   }
-  if (!payload.empty()) {
-    std::memcpy(slot->response.data() + static_cast<size_t>(index) * s->data_bytes_per_packet,
-                payload.data(), payload.size());
+  uint8_t* const destination =
+      slot->response.data() + static_cast<size_t>(index) * s->data_bytes_per_packet;
+  // An encrypted packet may already have been opened straight into place (OpenDestination).
+  if (!payload.empty() && payload.data() != destination) {
+    std::memcpy(destination, payload.data(), payload.size());
   }
   ++slot->num_rx;
   ++s->credits;
@@ -1289,7 +1291,8 @@ void Endpoint::TransmitSealed(const Session& s, uint8_t* room, size_t bytes,
     return Drop(DropReason::kCrypto);
   }
   if (seal_room_in_io_) {
-    if (!Admit(s.peer, static_cast<PacketType>(type), bytes, packets)) io_->Unreserve();
+    if (!Admit(s.peer, static_cast<PacketType>(type), bytes, packets)) return io_->Unreserve();
+    ++stats_.sealed_into_send_batch;
     return;
   }
   Transmit(s.peer, static_cast<PacketType>(type), std::span<const uint8_t>(room, kHeaderBytes),
@@ -1368,27 +1371,44 @@ void Endpoint::SealRun(const Session& s, size_t begin, size_t end) {
 }
 
 crypto::MutableBytes Endpoint::OpenDestination(Session& s, const Header& h, size_t bytes) {
-  // Where a sealed request packet's plaintext belongs, if it is the next packet of the request
-  // its slot is assembling: then it is opened straight into the request's buffer and
-  // decryption replaces HandleRequest's copy. The header is not authenticated yet, so it only
-  // chooses where to write, never what is accepted: the place lies past everything accepted
-  // (packet_number == num_rx), so a packet that fails its tag leaves garbage only where the
-  // genuine packet will be written, and HandleRequest checks every field again once opened.
-  // Anything else (packet 0 of a new request, batches, duplicates) is opened in place.
-  if (s.is_client || h.type != PacketType::kRequest || (h.flags & kFlagBatch) != 0 ||
-      bytes < kHeaderBytes + kSealTrailerBytes || s.server_slots.empty()) {
-    return {};
-  }
-  ServerSlot& slot = s.server_slots[h.request_number % s.server_slots.size()];
+  // Where a sealed packet's plaintext belongs, if it is the next packet of a request (server) or
+  // response (client) its slot is assembling: then it is opened straight into the message's
+  // buffer and decryption replaces HandleRequest's / HandleResponse's copy. The header is not
+  // authenticated yet, so it only chooses where to write, never what is accepted: the place lies
+  // past everything accepted (the packet number is the next one expected), so a packet that
+  // fails its tag leaves garbage only where the genuine packet will be written, and the handler
+  // checks every field again once the packet opened. Anything else (packet 0 of a message,
+  // batches, duplicates, packets out of order) is opened in place.
+  if ((h.flags & kFlagBatch) != 0 || bytes <= kHeaderBytes + kSealTrailerBytes) return {};
   const size_t body = bytes - kHeaderBytes - kSealTrailerBytes;
-  if (slot.request_number != h.request_number || slot.handler_running ||
-      h.packet_number != slot.num_rx || h.packet_number >= slot.request_packets ||
-      h.message_bytes != slot.request_bytes || body == 0) {
+  std::vector<uint8_t>* message = nullptr;
+  size_t index = 0;
+  if (!s.is_client && h.type == PacketType::kRequest && !s.server_slots.empty()) {
+    ServerSlot& slot = s.server_slots[h.request_number % s.server_slots.size()];
+    if (slot.request_number != h.request_number || slot.handler_running ||
+        h.packet_number != slot.num_rx || h.packet_number >= slot.request_packets ||
+        h.message_bytes != slot.request_bytes) {
+      return {};
+    }
+    message = &slot.request;
+    index = h.packet_number;
+  } else if (s.is_client && h.type == PacketType::kResponse && !s.client_slots.empty()) {
+    ClientSlot& slot = s.client_slots[h.request_number % s.client_slots.size()];
+    // Response packet 0 sizes the response buffer (HandleResponse), so it opens in place.
+    if (!IsBusy(s, slot) || slot.request_number != h.request_number ||
+        h.packet_number != slot.num_rx || h.packet_number >= slot.num_tx ||
+        h.packet_number < slot.request_packets || h.message_bytes != slot.response.size()) {
+      return {};
+    }
+    index = h.packet_number - (slot.request_packets - 1);
+    if (index >= slot.response_packets) return {};
+    message = &slot.response;
+  } else {
     return {};
   }
-  const size_t offset = static_cast<size_t>(h.packet_number) * s.data_bytes_per_packet;
-  if (offset + body > slot.request.size()) return {};
-  return crypto::MutableBytes(slot.request.data() + offset, body);
+  const size_t offset = index * s.data_bytes_per_packet;
+  if (offset + body > message->size()) return {};
+  return crypto::MutableBytes(message->data() + offset, body);
 }
 
 bool Endpoint::OpenIncoming(Header* h, std::span<const uint8_t> packet,
@@ -1423,6 +1443,7 @@ bool Endpoint::OpenIncoming(Header* h, std::span<const uint8_t> packet,
     Drop(DropReason::kCrypto);  // the reason is in CryptoCounters
     return false;
   }
+  if (opened.body != packet.data() + kHeaderBytes) ++stats_.opened_into_message;
   // Only now are the header's fields (and the rekey bit) trusted.
   *payload = std::span<const uint8_t>(opened.body, opened.body_bytes);
   if (sec->retire_previous_at_us != 0 && now_us >= sec->retire_previous_at_us) {

@@ -213,6 +213,11 @@ struct Stats {
   uint64_t retransmit_timer_fires = 0;
   uint64_t sealed_batches = 0;     // sealed datagrams carrying several packets (kFlagBatch)
   uint64_t sealed_batch_packets = 0;  // the packets those carried
+  // Encryption without an extra copy: sealed datagrams written straight into the PacketIo's
+  // send batch (PacketIo::Reserve), and sealed packets decrypted straight into the request or
+  // response being assembled (instead of in place, then copied).
+  uint64_t sealed_into_send_batch = 0;
+  uint64_t opened_into_message = 0;
   // OnUnreachable: reports that named a datagram of an established session (each counts toward
   // failing it), reports that named none (a connect request to a port not bound yet, a session
   // already gone, a quote too short to read), and sessions failed by the reports.
