@@ -649,6 +649,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("peers", s.peers);
     set("sealedBatches", s.sealed_batches);
     set("sealedBatchPackets", s.sealed_batch_packets);
+    set("sealedIntoSendBatch", s.sealed_into_send_batch);
+    set("openedIntoMessage", s.opened_into_message);
     set("bytesPerSession", driver_->endpoint->BytesPerSession());
     const CongestionStats& cc = driver_->gate->stats();
     set("cc.bypassedSends", cc.bypassed_sends);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "crypto_bench_support.h"
+#include "transport_bench_support.h"
 #include "transport/congestion_gate.h"
 #include "transport/endpoint.h"
 #include "transport/udp_socket.h"  // MonotonicNowUs
@@ -27,11 +28,7 @@
 namespace {
 using namespace squall::transport;
 
-uint64_t ThreadCpuNs() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
-}
+using drive::ThreadCpuNs;
 
 // Packets queue here until the loop hands them to the receiving endpoint (a copy, as the kernel
 // makes one). Bundling is the UdpSocket's and stays out of this measurement.
@@ -63,20 +60,6 @@ class Wire : public PacketIo {
   std::vector<size_t> offsets_, rx_offsets_;
 };
 
-EndpointConfig Config(uint32_t sessions, bool encrypted) {
-  EndpointConfig c;
-  c.sessions_max = sessions + 16;
-  if (encrypted) {
-    squall::crypto::GroupKey key;
-    key.key_id = 1;
-    key.secret.fill(0x5a);
-    c.encryption.enabled = true;
-    c.encryption.keys = {key};
-    c.encryption.forward_secrecy = false;  // handshake cost is not what this measures
-  }
-  return c;
-}
-
 struct Result {
   double ns_per_call = 0;
   size_t bytes_per_session_client = 0, bytes_per_session_server = 0;
@@ -96,32 +79,18 @@ Result Run(uint32_t sessions, uint64_t calls, bool encrypted) {
     return a;
   }();
   Wire to_server, to_client;
-  Endpoint client(Config(sessions, encrypted), &to_server);
-  Endpoint server(Config(sessions, encrypted), &to_client);
+  Endpoint client(drive::BenchConfig(sessions, encrypted), &to_server);
+  Endpoint server(drive::BenchConfig(sessions, encrypted), &to_client);
   CongestionGate gate(CongestionConfig{}, sessions + 16, MonotonicNowUs());
   client.SetSendGate(&gate);
   server.SetHandled(1, true);
   std::vector<Event> events;
-  // As the addon drives an endpoint: one batch per receive wakeup (its packets and the timers),
-  // and one per submission of calls or responses from JavaScript.
+  // As the addon drives an endpoint (transport_bench_support.h); the server echoes.
   auto pump = [&](uint64_t now) {
-    server.BeginBatch();
-    size_t moved = to_server.DeliverTo(&server, client_address, now);
-    server.OnTimers(now);
-    server.EndBatch();
-    events.clear();
-    server.TakeEvents(&events);
-    server.BeginBatch();
-    for (const Event& e : events) {
-      if (e.kind != EventKind::kRequest) continue;
-      server.Respond(ServerRequest{e.session, e.slot, e.id}, CallStatus::kOk, e.bytes, now);
-    }
-    server.EndBatch();
-    client.BeginBatch();
-    moved += to_client.DeliverTo(&client, server_address, now);
-    client.OnTimers(now);
-    client.EndBatch();
-    return moved;
+    return drive::PumpOnce(client, server, to_server, to_client, client_address, server_address,
+                           now, &events, [](const Event& e) -> const std::vector<uint8_t>& {
+                             return e.bytes;
+                           });
   };
   std::vector<uint32_t> numbers;
   for (uint32_t i = 0; i < sessions; ++i) {
@@ -189,14 +158,8 @@ Result Run(uint32_t sessions, uint64_t calls, bool encrypted) {
 // Seal + open of one 56-byte packet (32-byte payload + the 24-byte header), AES-128-GCM.
 double AeadNsPerPacket(uint64_t packets) {
   using namespace squall::crypto;
-  Keyring ring;
-  GroupKey key;
-  key.key_id = 1;
-  key.secret.fill(0x5a);
-  ring.InstallAll({key});
-  CryptoCounters counters, client_counters, server_counters;
-  bench::Sessions s =
-      bench::Connect(ring, AeadAlgorithm::kAes128Gcm, &counters, &client_counters, &server_counters);
+  const std::unique_ptr<drive::AeadPair> pair = drive::MakeAeadPair();
+  bench::Sessions& s = pair->s;
   std::vector<uint8_t> packet(SealedBytes(kHeaderBytes, 32));
   const uint64_t before = ThreadCpuNs();
   for (uint64_t i = 0; i < packets; ++i) {

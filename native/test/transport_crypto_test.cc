@@ -32,14 +32,35 @@ struct Net {
     Port(Net* net, PeerAddress self) : net_(net), self_(self) {}
     void Send(const PeerAddress& to, std::span<const uint8_t> header,
               std::span<const uint8_t> payload) override {
+      Settle();
       Datagram d{self_, to, std::vector<uint8_t>(header.begin(), header.end())};
       d.bytes.insert(d.bytes.end(), payload.begin(), payload.end());
       net_->Push(std::move(d));
+    }
+    // With net.reserve, large sealed datagrams are written straight into a buffer of ours (as
+    // into UdpSocket's send batch); it goes on the wire at our next call or the next step.
+    uint8_t* Reserve(const PeerAddress& to, size_t bytes) override {
+      if (!net_->reserve) return nullptr;
+      Settle();
+      pending_ = Datagram{self_, to, std::vector<uint8_t>(bytes, 0xEE)};
+      has_pending_ = true;
+      ++net_->reserved;
+      return pending_.bytes.data();
+    }
+    void Unreserve() override {
+      has_pending_ = false;
+      --net_->reserved;
+    }
+    void Settle() {
+      if (has_pending_) net_->Push(std::move(pending_));
+      has_pending_ = false;
     }
 
    private:
     Net* net_;
     PeerAddress self_;
+    Datagram pending_;
+    bool has_pending_ = false;
   };
 
   PeerAddress client_address = Addr("10.0.0.1:1000");
@@ -49,6 +70,8 @@ struct Net {
   Endpoint client;
   Endpoint server;
   double loss = 0;
+  bool reserve = false;   // ports offer PacketIo::Reserve
+  uint64_t reserved = 0;  // datagrams written through it
   std::mt19937_64 rng{99};
   std::deque<Datagram> queue;
   std::vector<Datagram> sent;  // everything either side sent, in order
@@ -94,6 +117,8 @@ struct Net {
   // Runs until `done` holds or the virtual time budget is spent; 5 µs per delivered packet.
   bool RunUntil(uint64_t until_us, const std::function<bool()>& done) {
     while (now_us < until_us) {
+      client_port.Settle();
+      server_port.Settle();
       Step();
       if (done()) return true;
       if (!queue.empty()) {
@@ -387,6 +412,87 @@ TEST(crypto_transport_a_sealed_batch_carries_many_packets_under_one_tag) {
     std::vector<uint8_t> m = Marked(40, 8);
     return std::vector<uint8_t>(m.rbegin(), m.rend());
   }());
+}
+
+TEST(crypto_transport_large_packets_seal_into_the_send_batch_and_open_into_the_request) {
+  // Off loopback the path caps packets at 1,472 bytes (1,416 of data each).
+  EndpointConfig config = Encrypted({MakeGroupKey(1, 0x11)});
+  config.packet_bytes_max = 9000;
+  Net net(config, config);
+  net.reserve = true;
+  const uint32_t session = net.Connect();
+  net.hold = [&](const Datagram& d) { return HeaderOf(d).type == PacketType::kRequest; };
+  const std::vector<uint8_t> request = Marked(8200, 5);  // 6 packets, each sealed > 1 KiB
+  const uint64_t reserved_before = net.reserved;
+  CHECK(net.client.Call(session, 3, 1, request, 0, net.now_us) == CallStatus::kOk);
+  net.RunUntil(net.now_us + 1000, [&] { return net.held.size() == 6; });
+  CHECK_EQ(net.held.size(), 6u);
+  if (net.held.size() != 6) return;
+  net.hold = nullptr;
+  // Every request packet was sealed straight into the I/O's buffer, and is ciphertext.
+  CHECK_EQ(net.reserved - reserved_before, 6u);
+  CHECK_EQ(net.client.stats().sealed_into_send_batch, 6u);
+  const std::vector<uint8_t> marker(request.begin() + 1500, request.begin() + 1564);
+  for (const Datagram& d : net.held) {
+    CHECK(d.bytes.size() > 1024);
+    CHECK(!Contains(d.bytes, marker));
+  }
+  auto deliver = [&](std::vector<uint8_t>& bytes) {
+    net.server.OnPacket(net.client_address, bytes, net.now_us);
+    net.Step();
+  };
+  // Packet 0 starts the request: opened in place (its buffer now holds plaintext).
+  std::vector<uint8_t> first = net.held[0].bytes;
+  deliver(first);
+  CHECK(first != net.held[0].bytes);
+  // Packet 1 would be opened straight into the request's buffer. Tampered copies (every 97th
+  // bit, and every bit of the header and trailer) are refused and counted, and whatever they
+  // decrypted into the not-yet-accepted part of the buffer is overwritten by the genuine one.
+  const Datagram& second = net.held[1];
+  const uint64_t drops_before = net.server.stats().DropsTotal();
+  const uint64_t bad_tags = net.server.security_stats().crypto.drop_bad_tag;
+  uint64_t tampered = 0;
+  const size_t bits = second.bytes.size() * 8;
+  for (size_t bit = 0; bit < bits; ++bit) {
+    const bool edge = bit < kHeaderBytes * 8 || bit >= (second.bytes.size() - kSealTrailerBytes) * 8;
+    if (!edge && bit % 97 != 0) continue;
+    std::vector<uint8_t> bytes = second.bytes;
+    bytes[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    deliver(bytes);
+    ++tampered;
+  }
+  CHECK_EQ(net.server.stats().DropsTotal() - drops_before, tampered);
+  CHECK(net.server.security_stats().crypto.drop_bad_tag - bad_tags > tampered / 2);
+  CHECK_EQ(net.handler_runs, 0u);
+  // The genuine packet 1 is opened out of place: its datagram buffer keeps the ciphertext.
+  std::vector<uint8_t> genuine = second.bytes;
+  CHECK_EQ(net.server.stats().opened_into_message, 0u);
+  deliver(genuine);
+  CHECK(genuine == second.bytes);
+  CHECK_EQ(net.server.stats().opened_into_message, 1u);
+  // Its replay is refused before decryption.
+  const uint64_t replays = net.server.security_stats().crypto.drop_replay;
+  deliver(genuine);
+  CHECK_EQ(net.server.security_stats().crypto.drop_replay, replays + 1);
+  // Packet 3 before packet 2 (a gap): refused by Go-Back-N after opening, nothing accepted.
+  std::vector<uint8_t> early = net.held[3].bytes;
+  deliver(early);
+  for (size_t i = 2; i < 6; ++i) {
+    std::vector<uint8_t> bytes = net.held[i].bytes;
+    // Packet 3 was opened once already (as the early one): its sequence is now a replay, so the
+    // client's Go-Back-N retransmission (a fresh seal) has to bring it (4 and 5 are then gaps).
+    if (i == 3) continue;
+    deliver(bytes);
+  }
+  CHECK(net.RunUntil(net.now_us + 2'000'000, [&] { return net.responses.size() == 1; }));
+  CHECK_EQ(net.handler_runs, 1u);
+  CHECK(net.responses[1] == std::vector<uint8_t>(request.rbegin(), request.rend()));
+  // Request packets 2-5 went straight into the request too (3-5 as resent), and the 6-packet
+  // response, sealed into the server's send batch, into the client's response buffer after its
+  // packet 0.
+  CHECK(net.server.stats().opened_into_message >= 5u);
+  CHECK(net.server.stats().sealed_into_send_batch >= 6u);
+  CHECK_EQ(net.client.stats().opened_into_message, 5u);
 }
 
 TEST(crypto_transport_replayed_packet_later_is_dropped_and_handler_never_reruns) {

@@ -2,6 +2,8 @@
 
 #include <openssl/evp.h>
 
+#include <cstdint>
+
 namespace squall::crypto {
 
 size_t KeyBytes(AeadAlgorithm algorithm) {
@@ -72,19 +74,27 @@ bool FeedAad(EVP_CIPHER_CTX* context, Bytes aad) {
   return EVP_CipherUpdate(context, nullptr, &length, aad.data(), static_cast<int>(aad.size())) ==
          1;
 }
+
+// EVP transforms in place or between disjoint buffers; a partial overlap would corrupt the body.
+bool InPlaceOrDisjoint(Bytes in, const uint8_t* out) {
+  if (in.empty() || out == in.data()) return true;
+  const auto a = reinterpret_cast<uintptr_t>(in.data());
+  const auto b = reinterpret_cast<uintptr_t>(out);
+  return a + in.size() <= b || b + in.size() <= a;
+}
 }  // namespace
 
-bool AeadContext::Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body,
-                       Tag& tag) {
+bool AeadContext::Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, Bytes in,
+                       uint8_t* out, Tag& tag) {
   SQUALL_CRYPTO_ASSERT(context_ != nullptr && direction_ == Direction::kSeal, "seal context");
-  SQUALL_CRYPTO_ASSERT(body.size() <= kAeadBodyBytesMax, "AEAD body size limit");
+  SQUALL_CRYPTO_ASSERT(in.size() <= kAeadBodyBytesMax, "AEAD body size limit");
+  SQUALL_CRYPTO_ASSERT(InPlaceOrDisjoint(in, out), "seal in place or into a disjoint buffer");
   SQUALL_CRYPTO_ASSERT(aad_first.size() + aad_second.size() <= kAeadBodyBytesMax, "AAD limit");
   int length = 0;
   bool ok = EVP_EncryptInit_ex(context_, nullptr, nullptr, nullptr, nonce.data()) == 1 &&
             FeedAad(context_, aad_first) && FeedAad(context_, aad_second);
-  if (ok && !body.empty()) {
-    ok = EVP_EncryptUpdate(context_, body.data(), &length, body.data(),
-                           static_cast<int>(body.size())) == 1;
+  if (ok && !in.empty()) {
+    ok = EVP_EncryptUpdate(context_, out, &length, in.data(), static_cast<int>(in.size())) == 1;
   }
   uint8_t final_block[16];  // GCM emits nothing at final; EVP still wants a place to write
   ok = ok && EVP_EncryptFinal_ex(context_, final_block, &length) == 1 &&
@@ -92,18 +102,18 @@ bool AeadContext::Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, Mu
   return ok;
 }
 
-bool AeadContext::Open(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body,
-                       const Tag& tag) {
+bool AeadContext::Open(const Nonce& nonce, Bytes aad_first, Bytes aad_second, Bytes in,
+                       uint8_t* out, const Tag& tag) {
   SQUALL_CRYPTO_ASSERT(context_ != nullptr && direction_ == Direction::kOpen, "open context");
-  if (body.size() > kAeadBodyBytesMax) return false;
+  SQUALL_CRYPTO_ASSERT(InPlaceOrDisjoint(in, out), "open in place or into a disjoint buffer");
+  if (in.size() > kAeadBodyBytesMax) return false;
   if (aad_first.size() + aad_second.size() > kAeadBodyBytesMax) return false;
   Tag expected = tag;  // EVP's set-tag control takes a non-const pointer
   int length = 0;
   bool ok = EVP_DecryptInit_ex(context_, nullptr, nullptr, nullptr, nonce.data()) == 1 &&
             FeedAad(context_, aad_first) && FeedAad(context_, aad_second);
-  if (ok && !body.empty()) {
-    ok = EVP_DecryptUpdate(context_, body.data(), &length, body.data(),
-                           static_cast<int>(body.size())) == 1;
+  if (ok && !in.empty()) {
+    ok = EVP_DecryptUpdate(context_, out, &length, in.data(), static_cast<int>(in.size())) == 1;
   }
   ok = ok && EVP_CIPHER_CTX_ctrl(context_, EVP_CTRL_GCM_SET_TAG, kTagBytes, expected.data()) == 1;
   // DecryptFinal is where GCM compares tags (in constant time); it returns <= 0 on mismatch.

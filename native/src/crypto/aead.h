@@ -1,7 +1,8 @@
 #pragma once
 // AES-GCM with one OpenSSL EVP context per key and direction, initialised once with the key
 // schedule and reused for every packet: a packet only sets the 96-bit nonce, feeds the associated
-// data and transforms the body in place. No allocation per packet.
+// data and transforms the body, in place or from one buffer into another (one EVP update call per
+// body, however large). No allocation per packet.
 #include <array>
 #include <cstdint>
 
@@ -48,13 +49,23 @@ class AeadContext {
   bool Init(AeadAlgorithm algorithm, Bytes key, Direction direction);
   bool ready() const { return context_ != nullptr; }
 
-  // Encrypts body in place and writes the tag. Associated data is aad_first then aad_second
+  // Encrypts `in` into out[0, in.size()) and writes the tag. out == in.data() encrypts in place;
+  // any other overlap is refused (asserted). Associated data is aad_first then aad_second
   // (either may be empty). Returns false only on an OpenSSL failure.
-  bool Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body, Tag& tag);
-  // Decrypts body in place and checks the tag. Returns false if authentication fails; the body
-  // bytes are then unspecified and must be discarded.
-  bool Open(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body,
+  bool Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, Bytes in, uint8_t* out,
+            Tag& tag);
+  bool Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body, Tag& tag) {
+    return Seal(nonce, aad_first, aad_second, Bytes(body.data(), body.size()), body.data(), tag);
+  }
+  // Decrypts `in` into out[0, in.size()) (out == in.data(): in place; no other overlap) and checks
+  // the tag. Returns false if authentication fails; the bytes written to out are then unspecified
+  // and must be discarded (the caller only writes where nothing accepted lies yet).
+  bool Open(const Nonce& nonce, Bytes aad_first, Bytes aad_second, Bytes in, uint8_t* out,
             const Tag& tag);
+  bool Open(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body,
+            const Tag& tag) {
+    return Open(nonce, aad_first, aad_second, Bytes(body.data(), body.size()), body.data(), tag);
+  }
 
  private:
   void Free();

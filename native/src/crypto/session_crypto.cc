@@ -160,6 +160,16 @@ SealStatus SessionCrypto::Seal(MutableBytes packet, size_t header_bytes, size_t 
   SQUALL_CRYPTO_ASSERT(header_bytes <= kHeaderBytesMax, "header size limit");
   SQUALL_CRYPTO_ASSERT(body_bytes <= kAeadBodyBytesMax, "body size limit");
   if (packet.size() < SealedBytes(header_bytes, body_bytes)) return SealStatus::kBufferTooSmall;
+  return SealInto(packet, Bytes(packet.data(), header_bytes),
+                  Bytes(packet.data() + header_bytes, body_bytes));
+}
+
+SealStatus SessionCrypto::SealInto(MutableBytes out, Bytes header, Bytes body) {
+  const size_t header_bytes = header.size();
+  const size_t body_bytes = body.size();
+  SQUALL_CRYPTO_ASSERT(header_bytes <= kHeaderBytesMax, "header size limit");
+  SQUALL_CRYPTO_ASSERT(body_bytes <= kAeadBodyBytesMax, "body size limit");
+  if (out.size() < SealedBytes(header_bytes, body_bytes)) return SealStatus::kBufferTooSmall;
   if (send_counter_next_ >= limits_.seal_limit_packets && pending_send_.in_use) {
     // The old key ran out before the server's traffic proved it has the new one: switch now
     // (at worst a few packets arrive before the server's Confirm and are retransmitted).
@@ -169,20 +179,24 @@ SealStatus SessionCrypto::Seal(MutableBytes packet, size_t header_bytes, size_t 
     ++counters_->seal_refused_key_exhausted;
     return SealStatus::kKeyExhausted;
   }
+  if (header_bytes != 0 && header.data() != out.data()) {
+    std::memcpy(out.data(), header.data(), header_bytes);
+  }
   const uint64_t counter = send_counter_next_;
   // Nonce uniqueness: counter < 2^48 keeps the epoch bits intact, and the strictly increasing
   // send_counter_next_ (never reset except with a new key) means this value was never used.
+  // Sealing in place or out of place makes no difference here: one Seal call, one counter.
   SQUALL_CRYPTO_ASSERT(counter < kCounterLimit, "counter below 2^48");
   const uint64_t sequence = (uint64_t{send_epoch_} << kCounterBits) | counter;
-  uint8_t* trailer = packet.data() + header_bytes + body_bytes;
+  uint8_t* trailer = out.data() + header_bytes + body_bytes;
   StoreLe64(trailer, sequence);
   Nonce nonce;
   std::memcpy(nonce.data(), send_salt_.data(), kSaltBytes);
   std::memcpy(nonce.data() + kSaltBytes, trailer, kSequenceBytes);
   Tag tag;
-  const bool ok = send_context_.Seal(nonce, Bytes(packet.data(), header_bytes),
-                                     Bytes(trailer, kSequenceBytes),
-                                     MutableBytes(packet.data() + header_bytes, body_bytes), tag);
+  const bool ok = send_context_.Seal(nonce, Bytes(out.data(), header_bytes),
+                                     Bytes(trailer, kSequenceBytes), body,
+                                     out.data() + header_bytes, tag);
   // The counter is consumed even if OpenSSL failed: the nonce may have been used.
   send_counter_next_ = counter + 1;
   SQUALL_CRYPTO_ASSERT(send_counter_next_ > counter, "the send counter never wraps");
@@ -193,6 +207,10 @@ SealStatus SessionCrypto::Seal(MutableBytes packet, size_t header_bytes, size_t 
 }
 
 OpenResult SessionCrypto::Open(MutableBytes packet, size_t header_bytes) {
+  return Open(packet, header_bytes, MutableBytes());
+}
+
+OpenResult SessionCrypto::Open(MutableBytes packet, size_t header_bytes, MutableBytes body_out) {
   OpenResult result;
   if (header_bytes > kHeaderBytesMax || packet.size() < header_bytes + kTrailerBytes) {
     ++counters_->drop_truncated;
@@ -222,8 +240,10 @@ OpenResult SessionCrypto::Open(MutableBytes packet, size_t header_bytes) {
   std::memcpy(nonce.data() + kSaltBytes, trailer, kSequenceBytes);
   Tag tag;
   std::memcpy(tag.data(), trailer + kSequenceBytes, kTagBytes);
+  uint8_t* const body_in = packet.data() + header_bytes;
+  uint8_t* const out = body_bytes <= body_out.size() && body_bytes != 0 ? body_out.data() : body_in;
   if (!key->context.Open(nonce, Bytes(packet.data(), header_bytes), Bytes(trailer, kSequenceBytes),
-                         MutableBytes(packet.data() + header_bytes, body_bytes), tag)) {
+                         Bytes(body_in, body_bytes), out, tag)) {
     ++counters_->drop_bad_tag;
     result.status = OpenStatus::kBadTag;
     return result;
@@ -235,6 +255,7 @@ OpenResult SessionCrypto::Open(MutableBytes packet, size_t header_bytes) {
   ++counters_->opened_packets;
   result.status = OpenStatus::kOk;
   result.body_bytes = body_bytes;
+  result.body = out;
   return result;
 }
 

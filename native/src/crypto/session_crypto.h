@@ -105,7 +105,10 @@ const char* Describe(SealStatus status);
 
 struct OpenResult {
   OpenStatus status = OpenStatus::kTruncated;
-  size_t body_bytes = 0;  // valid when status == kOk; the plaintext is packet[header, +body)
+  size_t body_bytes = 0;  // valid when status == kOk
+  // Where the plaintext body is when status == kOk: packet[header_bytes, +body_bytes) after an
+  // in-place open, the caller's buffer after an out-of-place one.
+  const uint8_t* body = nullptr;
 };
 
 // Protection state of one session on one endpoint. Owned by the transport's session object and
@@ -123,11 +126,25 @@ class SessionCrypto {
   // packet[header_bytes, +body_bytes) is encrypted, the trailer written after it. The header is
   // authenticated, not encrypted; it must not change after sealing.
   SealStatus Seal(MutableBytes packet, size_t header_bytes, size_t body_bytes);
+  // Seals out of place: writes header, then body encrypted, then the trailer to
+  // out[0, SealedBytes(header.size(), body.size())), reading body once (encryption replaces the
+  // copy that would have put it there: the transport seals a message's slice straight into the
+  // socket's send batch). header and body may already lie at their places in out (that is the
+  // in-place Seal above); otherwise neither may overlap out. Same nonce rules and statuses as
+  // Seal: the ciphertext and tag are the ones the in-place Seal would produce at that counter.
+  SealStatus SealInto(MutableBytes out, Bytes header, Bytes body);
 
   // Opens a received datagram in place. packet is exactly the datagram; header_bytes is the
   // transport's header length (read from the header's own fixed fields). Never throws or aborts
   // on any input; every non-ok status is counted in CryptoCounters and means "drop it".
   OpenResult Open(MutableBytes packet, size_t header_bytes);
+  // As Open, but the plaintext body is written to body_out (which must not overlap packet)
+  // instead of over the ciphertext, when it fits (body_bytes <= body_out.size(); else in place):
+  // the receiver decrypts straight into the message being reassembled, and decryption replaces
+  // that copy. On any failure body_out[0, body_bytes) may hold garbage (nothing when the packet
+  // was refused before decryption: truncated, unknown epoch, replay), so pass only a region
+  // that holds nothing accepted yet. result.body says where the plaintext went.
+  OpenResult Open(MutableBytes packet, size_t header_bytes, MutableBytes body_out);
 
   // Switches to keys from a new handshake on this session (rekey or group-key rotation).
   // keys.epoch must be greater than every epoch in use (asserted; the handshake negotiates it

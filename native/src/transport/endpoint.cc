@@ -403,16 +403,20 @@ void Endpoint::SendRaw(const PeerAddress& to, const Header& header,
 
 void Endpoint::Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
                         std::span<const uint8_t> payload, uint32_t packets) {
+  if (Admit(to, type, header.size() + payload.size(), packets)) io_->Send(to, header, payload);
+}
+
+bool Endpoint::Admit(const PeerAddress& to, PacketType type, size_t bytes, uint32_t packets) {
   ++stats_.packets_sent_by_type[static_cast<size_t>(type)];
   // Injected loss acts on the datagram, as the network would: a sealed batch is lost whole.
   if (RollDrop() ||
       std::find(failed_peers_.begin(), failed_peers_.end(), to) != failed_peers_.end()) {
     Drop(DropReason::kInjected);
-    return;
+    return false;
   }
   stats_.packets_sent += packets;
-  stats_.bytes_sent += header.size() + payload.size();
-  io_->Send(to, header, payload);
+  stats_.bytes_sent += bytes;
+  return true;
 }
 
 void Endpoint::SendPacket(const Session& session, const Header& header,
@@ -1001,9 +1005,11 @@ void Endpoint::HandleResponse(Session* s, const Header& h, std::span<const uint8
       return Drop(DropReason::kBadLength);
     }
   }
-  if (!payload.empty()) {
-    std::memcpy(slot->response.data() + static_cast<size_t>(index) * s->data_bytes_per_packet,
-                payload.data(), payload.size());
+  uint8_t* const destination =
+      slot->response.data() + static_cast<size_t>(index) * s->data_bytes_per_packet;
+  // An encrypted packet may already have been opened straight into place (OpenDestination).
+  if (!payload.empty() && payload.data() != destination) {
+    std::memcpy(destination, payload.data(), payload.size());
   }
   ++slot->num_rx;
   ++s->credits;
@@ -1183,10 +1189,11 @@ void Endpoint::HandleRequest(Session* s, const Header& h, std::span<const uint8_
   if (payload.size() != SliceBytes(h.message_bytes, s->data_bytes_per_packet, h.packet_number)) {
     return Drop(DropReason::kBadLength);
   }
-  if (!payload.empty()) {
-    std::memcpy(slot.request.data() + static_cast<size_t>(h.packet_number) *
-                                          s->data_bytes_per_packet,
-                payload.data(), payload.size());
+  uint8_t* const destination =
+      slot.request.data() + static_cast<size_t>(h.packet_number) * s->data_bytes_per_packet;
+  // An encrypted packet may already have been opened straight into place (OpenDestination).
+  if (!payload.empty() && payload.data() != destination) {
+    std::memcpy(destination, payload.data(), payload.size());
   }
   ++slot.num_rx;
   if (!last) return SendCreditReturn(s, h);
@@ -1289,16 +1296,43 @@ void Endpoint::SendSealed(const Session& s, Header h, std::span<const uint8_t> p
 
 void Endpoint::SealAndTransmit(const Session& s, const uint8_t* header,
                                std::span<const uint8_t> body, uint32_t packets) {
-  const std::span<const uint8_t> sealed =
-      security_->Seal(s.security->crypto.get(), header, body);
-  if (sealed.empty()) {
+  // Out of place: the body (a message's slice, or a batch) is read once and written encrypted
+  // where the datagram will be sent from, so encryption replaces the copy a plaintext send
+  // makes instead of adding to it.
+  const size_t bytes = crypto::SealedBytes(kHeaderBytes, body.size());
+  uint8_t* room = SealRoom(s.peer, bytes);
+  const crypto::SealStatus status = s.security->crypto->SealInto(
+      crypto::MutableBytes(room, bytes), crypto::Bytes(header, kHeaderBytes), body);
+  TransmitSealed(s, room, bytes, status, packets);
+}
+
+uint8_t* Endpoint::SealRoom(const PeerAddress& to, size_t bytes) {
+  // Small datagrams go through PacketIo::Send, which bundles them (udp_socket.h).
+  seal_room_in_io_ = bytes > kBundleItemBytesMax;
+  uint8_t* room = seal_room_in_io_ ? io_->Reserve(to, bytes) : nullptr;
+  if (room != nullptr) return room;
+  seal_room_in_io_ = false;
+  if (seal_room_.size() < bytes) seal_room_.resize(bytes);
+  return seal_room_.data();
+}
+
+void Endpoint::TransmitSealed(const Session& s, uint8_t* room, size_t bytes,
+                              crypto::SealStatus status, uint32_t packets) {
+  const uint8_t type = room[3] < kPacketTypeCount ? room[3] : 0;
+  if (status != crypto::SealStatus::kOk) {
     // The key reached its hard limit (a rekey is overdue): nothing unsealed ever leaves. The
     // packets count as lost; Go-Back-N resends them once the rekey has switched keys.
-    stats_.packets_sent_by_type[header[3] < kPacketTypeCount ? header[3] : 0] += packets;
+    if (seal_room_in_io_) io_->Unreserve();
+    stats_.packets_sent_by_type[type] += packets;
     return Drop(DropReason::kCrypto);
   }
-  Transmit(s.peer, static_cast<PacketType>(header[3]), sealed.first(kHeaderBytes),
-           sealed.subspan(kHeaderBytes), packets);
+  if (seal_room_in_io_) {
+    if (!Admit(s.peer, static_cast<PacketType>(type), bytes, packets)) return io_->Unreserve();
+    ++stats_.sealed_into_send_batch;
+    return;
+  }
+  Transmit(s.peer, static_cast<PacketType>(type), std::span<const uint8_t>(room, kHeaderBytes),
+           std::span<const uint8_t>(room + kHeaderBytes, bytes - kHeaderBytes), packets);
 }
 
 void Endpoint::FlushSealed() {
@@ -1347,28 +1381,74 @@ void Endpoint::SealRun(const Session& s, size_t begin, size_t end) {
       k = std::max(last, k + 1);
       continue;
     }
-    // Outer header: the first packet's, marked as a batch (its fields route and authenticate).
-    uint8_t outer[kHeaderBytes];
-    std::memcpy(outer, item(k).data(), kHeaderBytes);
-    outer[4] = static_cast<uint8_t>(outer[4] | kFlagBatch);
-    seal_batch_.clear();
+    // Built where it is sent from (SealRoom) and sealed there in place: [outer header]
+    // [u16 length][packet]... [trailer]. The outer header is the first packet's, marked as a
+    // batch (its fields route and authenticate).
+    const size_t bytes = crypto::SealedBytes(kHeaderBytes, body);
+    uint8_t* room = SealRoom(s.peer, bytes);
+    std::memcpy(room, item(k).data(), kHeaderBytes);
+    room[4] = static_cast<uint8_t>(room[4] | kFlagBatch);
+    size_t at = kHeaderBytes;
     for (size_t j = k; j < last; ++j) {
       const std::span<const uint8_t> one = item(j);
-      const uint16_t bytes = static_cast<uint16_t>(one.size());
-      const size_t at = seal_batch_.size();
-      seal_batch_.resize(at + 2 + one.size());
-      std::memcpy(seal_batch_.data() + at, &bytes, 2);
-      std::memcpy(seal_batch_.data() + at + 2, one.data(), one.size());
+      const uint16_t length = static_cast<uint16_t>(one.size());
+      std::memcpy(room + at, &length, 2);
+      std::memcpy(room + at + 2, one.data(), one.size());
+      at += 2 + one.size();
       if (j > k) ++stats_.packets_sent_by_type[one[3] < kPacketTypeCount ? one[3] : 0];
     }
     ++stats_.sealed_batches;
     stats_.sealed_batch_packets += last - k;
-    SealAndTransmit(s, outer, seal_batch_, static_cast<uint32_t>(last - k));
+    const crypto::SealStatus status =
+        s.security->crypto->Seal(crypto::MutableBytes(room, bytes), kHeaderBytes, body);
+    TransmitSealed(s, room, bytes, status, static_cast<uint32_t>(last - k));
     k = last;
   }
 }
 
-bool Endpoint::OpenIncoming(Header* h, std::span<const uint8_t>* packet, uint64_t now_us) {
+crypto::MutableBytes Endpoint::OpenDestination(Session& s, const Header& h, size_t bytes) {
+  // Where a sealed packet's plaintext belongs, if it is the next packet of a request (server) or
+  // response (client) its slot is assembling: then it is opened straight into the message's
+  // buffer and decryption replaces HandleRequest's / HandleResponse's copy. The header is not
+  // authenticated yet, so it only chooses where to write, never what is accepted: the place lies
+  // past everything accepted (the packet number is the next one expected), so a packet that
+  // fails its tag leaves garbage only where the genuine packet will be written, and the handler
+  // checks every field again once the packet opened. Anything else (packet 0 of a message,
+  // batches, duplicates, packets out of order) is opened in place.
+  if ((h.flags & kFlagBatch) != 0 || bytes <= kHeaderBytes + kSealTrailerBytes) return {};
+  const size_t body = bytes - kHeaderBytes - kSealTrailerBytes;
+  std::vector<uint8_t>* message = nullptr;
+  size_t index = 0;
+  if (!s.is_client && h.type == PacketType::kRequest && !s.server_slots.empty()) {
+    ServerSlot& slot = s.server_slots[h.request_number % s.server_slots.size()];
+    if (slot.request_number != h.request_number || slot.handler_running ||
+        h.packet_number != slot.num_rx || h.packet_number >= slot.request_packets ||
+        h.message_bytes != slot.request_bytes) {
+      return {};
+    }
+    message = &slot.request;
+    index = h.packet_number;
+  } else if (s.is_client && h.type == PacketType::kResponse && !s.client_slots.empty()) {
+    ClientSlot& slot = s.client_slots[h.request_number % s.client_slots.size()];
+    // Response packet 0 sizes the response buffer (HandleResponse), so it opens in place.
+    if (!IsBusy(s, slot) || slot.request_number != h.request_number ||
+        h.packet_number != slot.num_rx || h.packet_number >= slot.num_tx ||
+        h.packet_number < slot.request_packets || h.message_bytes != slot.response.size()) {
+      return {};
+    }
+    index = h.packet_number - (slot.request_packets - 1);
+    if (index >= slot.response_packets) return {};
+    message = &slot.response;
+  } else {
+    return {};
+  }
+  const size_t offset = index * s.data_bytes_per_packet;
+  if (offset + body > message->size()) return {};
+  return crypto::MutableBytes(message->data() + offset, body);
+}
+
+bool Endpoint::OpenIncoming(Header* h, std::span<const uint8_t> packet,
+                            std::span<const uint8_t>* payload, uint64_t now_us) {
   if ((h->flags & kFlagEncrypted) == 0) {
     // Only the handshake travels in plaintext: a connect request (ClientHello), the server's
     // ServerHello or refusal, and the client's Confirm. Each carries its own MAC; a plaintext
@@ -1390,14 +1470,18 @@ bool Endpoint::OpenIncoming(Header* h, std::span<const uint8_t>* packet, uint64_
     Drop(DropReason::kUnsealed);  // we have no keys for it (or do not encrypt at all)
     return false;
   }
-  // Decrypted in place: OnPacket's contract gives the endpoint the datagram's buffer.
-  const crypto::MutableBytes writable(const_cast<uint8_t*>(packet->data()), packet->size());
-  const std::span<const uint8_t> plain = security_->Open(sec->crypto.get(), writable);
-  if (plain.empty()) {
+  // Decrypted into the request being assembled (OpenDestination), else in place: OnPacket's
+  // contract gives the endpoint the datagram's buffer.
+  const crypto::MutableBytes writable(const_cast<uint8_t*>(packet.data()), packet.size());
+  const crypto::OpenResult opened =
+      sec->crypto->Open(writable, kHeaderBytes, OpenDestination(*s, *h, packet.size()));
+  if (opened.status != crypto::OpenStatus::kOk) {
     Drop(DropReason::kCrypto);  // the reason is in CryptoCounters
     return false;
   }
-  *packet = plain;  // only now are the header's fields (and the rekey bit) trusted
+  if (opened.body != packet.data() + kHeaderBytes) ++stats_.opened_into_message;
+  // Only now are the header's fields (and the rekey bit) trusted.
+  *payload = std::span<const uint8_t>(opened.body, opened.body_bytes);
   if (sec->retire_previous_at_us != 0 && now_us >= sec->retire_previous_at_us) {
     sec->crypto->RetirePreviousReceiveKey();
     sec->retire_previous_at_us = 0;
@@ -1891,20 +1975,21 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
   if ((h.flags & kFlagBatch) != 0 && (h.flags & kFlagEncrypted) == 0) {
     return Drop(DropReason::kBadFlags);  // a batch exists only sealed
   }
+  std::span<const uint8_t> payload = packet.subspan(kHeaderBytes);
   if ((security_ != nullptr || (h.flags & kFlagEncrypted) != 0) &&
-      !OpenIncoming(&h, &packet, now_us)) {
+      !OpenIncoming(&h, packet, &payload, now_us)) {
     return;  // dropped and counted
   }
   BatchScope scope(this);
-  if ((h.flags & kFlagBatch) != 0) return DispatchBatch(from, h, packet, now_us);
-  Dispatch(from, h, packet, now_us);
+  if ((h.flags & kFlagBatch) != 0) return DispatchBatch(from, h, payload, now_us);
+  Dispatch(from, h, payload, now_us);
 }
 
 void Endpoint::DispatchBatch(const PeerAddress& from, const Header& outer,
-                             std::span<const uint8_t> packet, uint64_t now_us) {
+                             std::span<const uint8_t> body, uint64_t now_us) {
   // Authenticated as a whole: each packet inside is handled as if it had arrived opened on its
   // own. Its header must name the same session as the batch's (the one whose key opened it).
-  std::span<const uint8_t> rest = packet.subspan(kHeaderBytes);
+  std::span<const uint8_t> rest = body;
   bool first = true;
   while (!rest.empty()) {
     uint16_t bytes = 0;
@@ -1923,13 +2008,12 @@ void Endpoint::DispatchBatch(const PeerAddress& from, const Header& outer,
       ++stats_.packets_received_by_type[static_cast<size_t>(h.type)];
     }
     first = false;
-    Dispatch(from, h, item, now_us);
+    Dispatch(from, h, item.subspan(kHeaderBytes), now_us);
   }
 }
 
 void Endpoint::Dispatch(const PeerAddress& from, const Header& h,
-                        std::span<const uint8_t> packet, uint64_t now_us) {
-  const std::span<const uint8_t> payload = packet.subspan(kHeaderBytes);
+                        std::span<const uint8_t> payload, uint64_t now_us) {
   if (h.type == PacketType::kConnectRequest) {
     if (payload.size() > crypto::kClientHelloBytes) return Drop(DropReason::kBadLength);
     return HandleConnectRequest(from, h, payload, now_us);

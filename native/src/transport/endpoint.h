@@ -144,6 +144,13 @@ class PacketIo {
   virtual ~PacketIo() = default;
   virtual void Send(const PeerAddress& to, std::span<const uint8_t> header,
                     std::span<const uint8_t> payload) = 0;
+  // Zero-copy send (the sealing path, endpoint.cc "Encryption"): room for one whole datagram
+  // of `bytes` to `to` in the I/O's own send batch, queued as if Send had been called with it;
+  // the caller writes all of it before its next call on this PacketIo, or takes it back with
+  // Unreserve (then nothing is sent). nullptr: this I/O has no such room; use Send.
+  virtual uint8_t* Reserve(const PeerAddress& /*to*/, size_t /*bytes*/) { return nullptr; }
+  // Takes back the latest Reserve (only right after it, before any other call).
+  virtual void Unreserve() {}
 };
 
 // The hook through which a congestion controller paces client packets (congestion_gate.h runs
@@ -206,6 +213,11 @@ struct Stats {
   uint64_t retransmit_timer_fires = 0;
   uint64_t sealed_batches = 0;     // sealed datagrams carrying several packets (kFlagBatch)
   uint64_t sealed_batch_packets = 0;  // the packets those carried
+  // Encryption without an extra copy: sealed datagrams written straight into the PacketIo's
+  // send batch (PacketIo::Reserve), and sealed packets decrypted straight into the request or
+  // response being assembled (instead of in place, then copied).
+  uint64_t sealed_into_send_batch = 0;
+  uint64_t opened_into_message = 0;
   // OnUnreachable: reports that named a datagram of an established session (each counts toward
   // failing it), reports that named none (a connect request to a port not bound yet, a session
   // already gone, a quote too short to read), and sessions failed by the reports.
@@ -355,12 +367,15 @@ class Endpoint {
   void SendPacket(const Session& session, const Header& header,
                   std::span<const uint8_t> payload = {});
   void SendRaw(const PeerAddress& to, const Header& header, std::span<const uint8_t> payload);
+  // Counts a datagram about to leave and rolls injected loss: false if it is dropped.
+  bool Admit(const PeerAddress& to, PacketType type, size_t bytes, uint32_t packets);
   void Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
                 std::span<const uint8_t> payload, uint32_t packets = 1);
-  void Dispatch(const PeerAddress& from, const Header& header, std::span<const uint8_t> packet,
+  // payload: the packet's bytes after its header (plaintext, wherever it was opened to).
+  void Dispatch(const PeerAddress& from, const Header& header, std::span<const uint8_t> payload,
                 uint64_t now_us);
-  void DispatchBatch(const PeerAddress& from, const Header& outer,
-                     std::span<const uint8_t> packet, uint64_t now_us);
+  void DispatchBatch(const PeerAddress& from, const Header& outer, std::span<const uint8_t> body,
+                     uint64_t now_us);
   bool RollDrop();
   void CompactTimers();
   void ArmSessionTimer(Session* session, uint64_t when_us);
@@ -425,6 +440,11 @@ class Endpoint {
   void SendSealed(const Session& session, Header header, std::span<const uint8_t> payload);
   void SealAndTransmit(const Session& session, const uint8_t* header,
                        std::span<const uint8_t> body, uint32_t packets);
+  // Where a sealed datagram of `bytes` is written: the PacketIo's send batch (Reserve) when it
+  // is large and the I/O offers it, else seal_room_ (then sent with Send). Sets seal_room_in_io_.
+  uint8_t* SealRoom(const PeerAddress& to, size_t bytes);
+  void TransmitSealed(const Session& session, uint8_t* room, size_t bytes,
+                      crypto::SealStatus status, uint32_t packets);
   void FlushSealed();
   void SealRun(const Session& session, size_t begin, size_t end);
   // Every public entry point holds one: packets sealed inside it are queued and leave, grouped
@@ -438,7 +458,11 @@ class Endpoint {
     BatchScope& operator=(const BatchScope&) = delete;
     Endpoint* endpoint;
   };
-  bool OpenIncoming(Header* header, std::span<const uint8_t>* packet, uint64_t now_us);
+  // Opens a sealed datagram (or lets a plaintext handshake packet through): true with *payload
+  // set to the plaintext after the header, false if dropped (counted).
+  bool OpenIncoming(Header* header, std::span<const uint8_t> packet,
+                    std::span<const uint8_t>* payload, uint64_t now_us);
+  crypto::MutableBytes OpenDestination(Session& session, const Header& header, size_t bytes);
   void SendConnectAttempt(Session* session, const Header& connect);
   void BeginAccept(const PeerAddress& from, const Header& header,
                    std::span<const uint8_t> payload, Header reply, const std::string& key,
@@ -494,7 +518,8 @@ class Endpoint {
   std::vector<uint8_t> seal_queue_;
   size_t seal_queued_packets_ = 0;
   std::vector<std::pair<uint32_t, size_t>> seal_order_;
-  std::vector<uint8_t> seal_batch_;
+  std::vector<uint8_t> seal_room_;
+  bool seal_room_in_io_ = false;
   uint32_t next_session_number_ = 1;
   uint64_t rng_state_;
   uint64_t token_state_;  // handshake tokens when config_.incarnation != 0

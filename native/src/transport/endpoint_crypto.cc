@@ -41,29 +41,6 @@ EndpointSecurity::EndpointSecurity(const EncryptionConfig& config)
   }
   handshake_config_.algorithm = config.algorithm;
   handshake_config_.forward_secrecy = config.forward_secrecy;
-  send_buffer_.resize(kDatagramBytesMax + kSealTrailerBytes);
-}
-
-std::span<const uint8_t> EndpointSecurity::Seal(crypto::SessionCrypto* session,
-                                                const uint8_t* header,
-                                                std::span<const uint8_t> payload) {
-  const size_t sealed_bytes = crypto::SealedBytes(kHeaderBytes, payload.size());
-  // The endpoint cuts messages so that a sealed packet fits its datagram limit.
-  SQUALL_CRYPTO_ASSERT(sealed_bytes <= send_buffer_.size(), "sealed packet fits a datagram");
-  uint8_t* out = send_buffer_.data();
-  std::memcpy(out, header, kHeaderBytes);
-  if (!payload.empty()) std::memcpy(out + kHeaderBytes, payload.data(), payload.size());
-  const crypto::SealStatus status =
-      session->Seal(crypto::MutableBytes(out, sealed_bytes), kHeaderBytes, payload.size());
-  if (status != crypto::SealStatus::kOk) return {};
-  return std::span<const uint8_t>(out, sealed_bytes);
-}
-
-std::span<const uint8_t> EndpointSecurity::Open(crypto::SessionCrypto* session,
-                                                crypto::MutableBytes packet) {
-  const crypto::OpenResult result = session->Open(packet, kHeaderBytes);
-  if (result.status != crypto::OpenStatus::kOk) return {};
-  return std::span<const uint8_t>(packet.data(), kHeaderBytes + result.body_bytes);
 }
 
 crypto::EndpointAddress EndpointSecurity::Identity(const PeerAddress& address) {

@@ -1,15 +1,19 @@
 #pragma once
 // The endpoint's encryption state (the eeRPC issue): what an encrypting Endpoint owns besides
-// its sessions -- the keyring, the crypto counters, the seal/open buffers -- and what each of
+// its sessions -- the keyring, the crypto counters, the handshake limits -- and what each of
 // its sessions owns -- the handshake in progress and the session's SessionCrypto.
 //
 // The protocol core stays as it was; encryption sits at its two edges (endpoint.cc, section
 // "Encryption"):
 //  * send: every packet of a session with keys is sealed just before it reaches the PacketIo
 //    ([header as AAD][body encrypted][8-byte sequence][16-byte tag], session_crypto.h), so
-//    Go-Back-N's retransmissions are sealed again under fresh nonces;
+//    Go-Back-N's retransmissions are sealed again under fresh nonces. Sealing is out of place:
+//    the body is read from the message (or the batch queue) and written encrypted straight into
+//    the socket's send batch (PacketIo::Reserve), so it replaces the plaintext path's copy;
 //  * receive: every packet is opened right after the header is parsed and before any protocol
-//    logic sees it; anything that fails is dropped and counted, never handled.
+//    logic sees it; anything that fails is dropped and counted, never handled. The next packet
+//    of a request being assembled is opened straight into the request's buffer (replacing the
+//    copy), anything else in place in the datagram's buffer.
 // Session management carries the handshake of crypto/handshake.h:
 //   CONNECT (ClientHello) -> CONNECT_RESP (ServerHello, plaintext) -> CONNECT_CONFIRM (Confirm)
 //   -> CONNECT_RESP sealed under the new session keys: only then is the client connected, and
@@ -101,16 +105,6 @@ class EndpointSecurity {
   const crypto::SessionLimits& limits() const { return limits_; }
   uint32_t pending_handshakes_max() const { return pending_handshakes_max_; }
 
-  // Seals header (kHeaderBytes, already encoded with kFlagEncrypted) and payload into this
-  // object's send buffer. Returns the sealed datagram (valid until the next Seal), or an empty
-  // span if the session's key refused (counted in CryptoCounters).
-  std::span<const uint8_t> Seal(crypto::SessionCrypto* session, const uint8_t* header,
-                                std::span<const uint8_t> payload);
-  // Opens packet in place (the body is decrypted where it lies: no copy of a 64 KB datagram).
-  // Returns header + plaintext body within packet, or an empty span if it failed (counted in
-  // CryptoCounters; the bytes may then be garbage).
-  std::span<const uint8_t> Open(crypto::SessionCrypto* session, crypto::MutableBytes packet);
-
   // The session identity the handshake binds: the server's address as the client dialled it.
   static crypto::EndpointAddress Identity(const PeerAddress& address);
   // Keyring time (milliseconds) from the endpoint's clock (microseconds).
@@ -126,7 +120,6 @@ class EndpointSecurity {
   crypto::HandshakeConfig handshake_config_;
   crypto::SessionLimits limits_;
   uint32_t pending_handshakes_max_;
-  std::vector<uint8_t> send_buffer_;
 };
 
 // The sentence for a refused connect, for the session event's bytes.

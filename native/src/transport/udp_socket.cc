@@ -171,6 +171,21 @@ void UdpSocket::Send(const PeerAddress& to, std::span<const uint8_t> header,
   tx_used_ += (bytes + 7) & ~size_t{7};
 }
 
+uint8_t* UdpSocket::Reserve(const PeerAddress& to, size_t bytes) {
+  if (bytes > tx_buffer_.size()) return nullptr;
+  if (tx_packets_.size() == kTxBatchPacketsMax || tx_used_ + bytes > tx_buffer_.size()) Flush();
+  tx_used_before_reserve_ = tx_used_;
+  tx_packets_.push_back(TxPacket{to, tx_used_, bytes});
+  tx_used_ += (bytes + 7) & ~size_t{7};
+  return tx_buffer_.data() + tx_packets_.back().offset;
+}
+
+void UdpSocket::Unreserve() {
+  if (tx_packets_.empty()) return;
+  tx_packets_.pop_back();
+  tx_used_ = tx_used_before_reserve_;
+}
+
 void UdpSocket::Flush() {
   if (tx_packets_.empty()) return;
   mmsghdr messages[kTxBatchPacketsMax];

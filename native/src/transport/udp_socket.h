@@ -72,6 +72,9 @@ class UdpSocket final : public PacketIo {
 
   void Send(const PeerAddress& to, std::span<const uint8_t> header,
             std::span<const uint8_t> payload) override;
+  // A datagram's room in the send batch (never bundled: sealing writes datagrams > 1 KiB here).
+  uint8_t* Reserve(const PeerAddress& to, size_t bytes) override;
+  void Unreserve() override;
   void Flush();
   // Receives up to `max_packets` datagrams, calling `on_packet` for each. Returns how many were
   // received (0: nothing pending). An error the kernel holds for the socket (an ICMP report,
@@ -115,6 +118,7 @@ class UdpSocket final : public PacketIo {
                  std::span<const uint8_t> payload);
   std::vector<TxPacket> tx_packets_;
   size_t tx_used_ = 0;
+  size_t tx_used_before_reserve_ = 0;
   UnreachableHandler on_unreachable_;
   std::vector<uint8_t> error_buffer_;  // one error queue message: the quoted datagram
   UdpStats stats_;
