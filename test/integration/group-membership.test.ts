@@ -30,6 +30,7 @@ import {
   type ReplicaContext,
 } from '../../src/index.js';
 import { localGroupConfigs } from '../../src/group/local.js';
+import { waitFor } from '../support/membership-local.js';
 
 /** Per node: the release of a parked call (the test decides which nodes answer). */
 const parked = new Map<number, () => void>();
@@ -56,15 +57,6 @@ class Cell {
 const layout = { GroupMembershipCell: oneSubgroup(flexibleEvenShards(1, 2, 3)) };
 const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-membership-'));
 test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
-
-async function waitFor(what: string, done: () => boolean, timeoutMs = 10_000): Promise<number> {
-  const started = performance.now();
-  while (!done()) {
-    if (performance.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-  return performance.now() - started;
-}
 
 const sortedKeys = (replies: ReadonlyMap<NodeId, unknown>): number[] => [...replies.keys()].map(Number).sort();
 

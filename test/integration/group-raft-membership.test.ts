@@ -21,6 +21,7 @@ import {
   type NodeId,
 } from '../../src/index.js';
 import { localGroupConfigs } from '../../src/group/local.js';
+import { waitFor } from '../support/membership-local.js';
 
 @replicated({ name: 'GroupRaftMembershipCell' })
 class Cell {
@@ -35,14 +36,6 @@ class Cell {
 const layout = { GroupRaftMembershipCell: oneSubgroup(flexibleEvenShards(1, 2, 3, { mode: 'raft' })) };
 const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-raft-membership-'));
 test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
-
-async function waitFor(what: string, done: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!done()) {
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 const sortedKeys = (replies: ReadonlyMap<NodeId, unknown>): number[] => [...replies.keys()].map(Number).sort();
 type Conf = { role: string; conf: { voters: number[]; learners: number[] } };

@@ -29,6 +29,7 @@ import {
   type Version,
 } from '../../src/index.js';
 import { localGroupConfigs } from '../../src/group/local.js';
+import { waitFor } from '../support/membership-local.js';
 import { compareHlc, type Hlc } from '../../src/core/hlc.js';
 import { versionPosition, versionViewId } from '../../src/core/ids.js';
 
@@ -58,14 +59,6 @@ const layout = { GroupRaftCounter: oneSubgroup(fixedEvenShards(1, 3, { mode: 'ra
 const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-raft-'));
 test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
 const timeouts = '[timeouts]\nheartbeat_ms = 20\nfailure_timeout_ms = 300';
-
-async function waitFor(what: string, done: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!done()) {
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 /** The replica object of `group` (for checking its applied order). */
 const objectOf = (group: Group): RaftCounter =>
