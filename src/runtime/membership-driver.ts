@@ -377,30 +377,25 @@ export class MembershipDriver {
     if (this.status !== 'new') throw new SquallError('start() was called twice', 'ALREADY_STARTED');
     this.watched.handle(MEMBERSHIP_REQUEST_TYPE, (request, context) => this.onRequest(request, context));
     prepareMulticastTransport(this.watched);
+    this.timer = setInterval(() => this.onTick(), this.tickMs);
     if (this.options.record !== undefined) {
-      this.timer = setInterval(() => this.onTick(), this.tickMs);
       await this.restart(this.options.record);
       return;
     }
     if (this.options.found) {
-      this.timer = setInterval(() => this.onTick(), this.tickMs);
       // A founder without a view record whose group already runs lost its data dir (or was
       // started with persistence.reset): founding view 0 again would put a process that forgot
       // its Raft term and vote, and its shards' state, back as that member. It joins instead, as
       // a new member once the group removed its earlier process (answerJoin).
-      if (await this.awaitFounders()) {
-        this.options.log?.('start: the group already runs with an earlier process of this node; joining as a new member');
-        this.status = 'joining';
-        await this.join();
+      if (!(await this.awaitFounders())) {
+        if (this.voters.includes(this.self)) await this.startRaft(this.voters);
+        await this.becomeMember(initialView(this.options.founders, this.options.allocator), 0);
         return;
       }
-      if (this.voters.includes(this.self)) await this.startRaft(this.voters);
-      const view = initialView(this.options.founders, this.options.allocator);
-      await this.becomeMember(view, 0);
-      return;
+      this.options.log?.('start: the group already runs with an earlier process of this node; joining as a new member');
+    } else if (this.voters.includes(this.self)) {
+      await this.startRaft(this.voters);
     }
-    if (this.voters.includes(this.self)) await this.startRaft(this.voters);
-    this.timer = setInterval(() => this.onTick(), this.tickMs);
     this.status = 'joining';
     await this.join();
   }

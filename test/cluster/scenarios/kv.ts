@@ -188,6 +188,14 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
       const reportOf = async (s: Slot, full = false): Promise<NodeReport> =>
         JSON.parse(await ask(s.process, full ? 'report full' : 'report', /^report (.*)$/)) as NodeReport;
       const live = (): Slot[] => slotList.filter((s) => s.process.running && !s.removed);
+      /** The membership log's leader among `targets`, by what each reports, else `fallback`. */
+      const leaderOf = (targets: Slot[], reports: NodeReport[], fallback: Slot): Slot =>
+        targets[reports.findIndex((r) => r.leader)] ?? fallback;
+      /** A random member of the shard among `targets` (by their own reports), else `fallback`. */
+      const shardMemberOf = (targets: Slot[], reports: NodeReport[], fallback: Slot): Slot => {
+        const shard = targets.filter((s, i) => reports[i]!.shard.includes(s.nodeId));
+        return shard[random.int(Math.max(1, shard.length))] ?? fallback;
+      };
 
       /** Kills nodes the group removed (they cannot come back under their id) and replaces them. */
       const replaceRemoved = async (): Promise<void> => {
@@ -281,8 +289,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           log(`kill -9 node ${target.nodeId}`);
           await target.process.kill('SIGKILL');
         } else if (kind === 'kill-leader') {
-          const reports = await Promise.all(targets.map((s) => reportOf(s)));
-          const leader = targets[reports.findIndex((r) => r.leader)] ?? target;
+          const leader = leaderOf(targets, await Promise.all(targets.map((s) => reportOf(s))), target);
           count('kill-leader');
           log(`kill -9 the membership leader, node ${leader.nodeId}`);
           await leader.process.kill('SIGKILL');
@@ -309,9 +316,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           // A clean leave: the node's group.close() commits its departure and returns; the others
           // go on without it (no failure timeout), and a fresh node later takes its slot.
           // A shard member (a spare leaving changes no shard).
-          const reports = await Promise.all(targets.map((s) => reportOf(s)));
-          const shard = targets.filter((s, i) => reports[i]!.shard.includes(s.nodeId));
-          const leaving = shard[random.int(Math.max(1, shard.length))] ?? target;
+          const leaving = shardMemberOf(targets, await Promise.all(targets.map((s) => reportOf(s))), target);
           count('leave');
           log(`node ${leaving.nodeId} leaves cleanly`);
           leaving.process.expectExit();
@@ -330,10 +335,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           // membership leader, else a member of the shard (a spare does no ordered calls, so
           // cutting it off tests less).
           const reports = await Promise.all(targets.map((s) => reportOf(s)));
-          const shard = targets.filter((s, i) => reports[i]!.shard.includes(s.nodeId));
-          const alone = random.int(2) === 0
-            ? (targets[reports.findIndex((r) => r.leader)] ?? target)
-            : (shard[random.int(Math.max(1, shard.length))] ?? target);
+          const alone = random.int(2) === 0 ? leaderOf(targets, reports, target) : shardMemberOf(targets, reports, target);
           const holdMs = failureTimeoutMs + 1000 + random.int(1500);
           count('partition');
           log(`partition node ${alone.nodeId} (slot ${alone.index}) from the rest for ${holdMs} ms`);
