@@ -833,8 +833,7 @@ export class MembershipDriver {
       // only into a view after the one a restarted process's earlier self recorded. Not if the
       // member there spoke as another process: this one lost its data dir (below).
       const after = request.after ?? -1;
-      const heard = this.speaking.get(node);
-      const newProcess = heard !== undefined && heard !== request.inc;
+      const newProcess = this.spokeAsAnotherProcess(node, request.inc);
       for (let i = this.history.length - 1; i >= 0 && !newProcess; i--) {
         const h = this.history[i]!;
         if (h.view.id > after && h.view.joined.includes(node) && h.view.addressOf(node) === request.address) {
@@ -989,8 +988,12 @@ export class MembershipDriver {
    */
   private runsWithEarlierProcessOf(node: number, inc: string): boolean {
     if (this.status !== 'member') return false;
-    if (this.core!.view.id > 0) return true;
-    const heard = this.speaking.get(nodeId(node));
+    return this.core!.view.id > 0 || this.spokeAsAnotherProcess(nodeId(node), inc);
+  }
+
+  /** Whether `node`'s heartbeats and reports here came from another incarnation than `inc`. */
+  private spokeAsAnotherProcess(node: NodeId, inc: string): boolean {
+    const heard = this.speaking.get(node);
     return heard !== undefined && heard !== inc;
   }
 
