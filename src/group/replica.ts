@@ -233,7 +233,8 @@ export class ShardReplica<T extends object = object> {
     } else {
       result = this.dispatch(wireName, args, version, delivery.timestamp);
       if (clientId !== undefined) {
-        this.relayTable.add(clientId, requestId!);
+        const evicted = this.relayTable.add(clientId, requestId!);
+        for (const client of evicted) this.relayed.delete(client);
         this.rememberRelayed(clientId, requestId!, result);
       }
     }
@@ -273,8 +274,22 @@ export class ShardReplica<T extends object = object> {
     let byRequest = this.relayed.get(clientId);
     if (byRequest === undefined) this.relayed.set(clientId, (byRequest = new Map()));
     byRequest.set(requestId, result);
-    // Oldest first (insertion = delivery order, the same on every replica).
+    // Keep the replies the table can still recognise as retries: ids from its window's base up.
+    // Ids arrive nearly in order, so the old ones are at the front (each is deleted once); the
+    // size cap bounds a straggler behind a newer id.
+    const base = this.relayTable.windowBase(clientId) ?? requestId;
+    for (const id of byRequest.keys()) {
+      if (id >= base) break;
+      byRequest.delete(id);
+    }
     if (byRequest.size > RELAYED_PER_CLIENT_MAX) byRequest.delete(byRequest.keys().next().value!);
+  }
+
+  /** @internal Relayed replies held in memory: clients, and replies in all (tests). */
+  relayedHeld(): { readonly clients: number; readonly replies: number } {
+    let replies = 0;
+    for (const byRequest of this.relayed.values()) replies += byRequest.size;
+    return { clients: this.relayed.size, replies };
   }
 
   private onFrontiers(f: EngineFrontiers): void {

@@ -1,0 +1,76 @@
+// A shard replica's memory of relayed calls (src/group/replica.ts): replies are kept for the
+// ids the replicated table can still recognise as retries, and a client the table drops takes
+// its replies with it, so a long-running shard serving many short-lived clients stays bounded.
+import 'reflect-metadata';
+import test from 'ava';
+import { encodeArguments } from '../../decorators/codec.js';
+import { replicatedClassInfo } from '../../decorators/metadata.js';
+import { memoryRegistry } from '../../persistence/index.js';
+import { encodeMessage } from '../../src/core/codec.js';
+import { hlc } from '../../src/core/hlc.js';
+import { makeVersion, nodeId, shardIndex, subgroupId, viewId, type Version } from '../../src/core/ids.js';
+import { RELAY_CLIENTS_MAX, RELAY_EVICT_BATCH, RELAY_WINDOW } from '../../src/group/relay-table.js';
+import { ShardReplica } from '../../src/group/replica.js';
+import { Persistent, ordered, persistent, replicated } from '../../src/index.js';
+import type { View } from '../../src/membership/view.js';
+
+@replicated({ name: 'ReplicaRelayCounter' })
+class Counter {
+  @persistent() n = new Persistent(() => 0);
+  @ordered() inc(): number {
+    this.n.update((v) => v + 1);
+    return this.n.value;
+  }
+}
+
+function replicaOf(name: string) {
+  const info = replicatedClassInfo(Counter);
+  const replies: Uint8Array[] = [];
+  const replica = new ShardReplica(
+    info, 0, subgroupId(0), shardIndex(0), [nodeId(1)], memoryRegistry(name), nodeId(1),
+    { current: () => undefined as unknown as View, onView: () => undefined },
+    (_caller, _callId, reply) => replies.push(reply),
+    'persistent',
+  );
+  const method = info.ordered.get('inc') ?? [...info.ordered.values()].find((m) => m.methodName === 'inc')!;
+  const args = encodeArguments(method, []);
+  let position = 0;
+  const deliver = (clientId: string, requestId: number): void => {
+    replica.deliver({
+      sender: nodeId(1),
+      version: makeVersion(viewId(1), position) as Version,
+      timestamp: hlc(1000 + position, 0),
+      payload: encodeMessage([position++, method.wireName, args, clientId, requestId]),
+    });
+  };
+  return { replica, deliver, replies };
+}
+
+test('one client: replies below the window are dropped, a retry inside it is answered without running again', (t) => {
+  const { replica, deliver, replies } = replicaOf('ReplicaRelay/0');
+  const calls = 3 * RELAY_WINDOW;
+  for (let id = 1; id <= calls; id++) deliver('a', id);
+  t.is(replica.relayedHeld().replies, RELAY_WINDOW, 'exactly the window of replies is kept');
+  t.is((replica.object as Counter).n.value, calls);
+  deliver('a', calls - 5); // a retry inside the window
+  t.is((replica.object as Counter).n.value, calls, 'the retry did not run');
+  t.deepEqual(replies.at(-1), replies[calls - 6], 'it was answered with the first reply');
+});
+
+test('many clients: the table and the replies stay bounded, and a dropped client takes its replies', (t) => {
+  const { replica, deliver } = replicaOf('ReplicaRelay/1');
+  const clients = RELAY_CLIENTS_MAX + 2 * RELAY_EVICT_BATCH;
+  for (let c = 0; c < clients; c++) {
+    deliver(`client-${c}`, 1);
+    deliver(`client-${c}`, 2);
+  }
+  const held = replica.relayedHeld();
+  t.true(held.clients <= RELAY_CLIENTS_MAX, `held ${held.clients} clients`);
+  t.is(held.replies, 2 * held.clients);
+  // The newest client is remembered; the first ones were dropped, so their id 1 runs as new.
+  const before = (replica.object as Counter).n.value;
+  deliver(`client-${clients - 1}`, 1);
+  t.is((replica.object as Counter).n.value, before);
+  deliver('client-0', 1);
+  t.is((replica.object as Counter).n.value, before + 1);
+});
