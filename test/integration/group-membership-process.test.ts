@@ -35,8 +35,10 @@ class Cell {
 }
 
 const layout = { GroupMembershipProcessCell: oneSubgroup(flexibleEvenShards(1, 2, 3)) };
-// A 300 ms timeout removed live members of this test at load 10+ (event-loop stalls).
-const TOML = '[timeouts]\nheartbeat_ms = 50\nfailure_timeout_ms = 1000';
+// A 300 ms timeout removed live members of this test at load 10+ (event-loop stalls), and 1 s
+// once in CI at load 10 (a node removed in view 0). The kill below is seen through the dead
+// port's ICMP port-unreachable reports, not the timeout, so a long timeout costs nothing here.
+const TOML = '[timeouts]\nheartbeat_ms = 50\nfailure_timeout_ms = 3000';
 
 type Request = { id: number; op: 'add'; n: number } | { id: number; op: 'state' };
 interface NodeState { viewId: number; members: number[]; total: number; digest: string; delivered: string }
@@ -102,7 +104,7 @@ if (process.env['GMEM_CHILD'] !== undefined) {
       n3.child.kill('SIGKILL');
       const survivors = [n1, n2];
       await waitFor('a view without node 3 on both survivors', async () =>
-        (await Promise.all(survivors.map((n) => n.state()))).every((s) => s.members.join() === '1,2'), 5_000);
+        (await Promise.all(survivors.map((n) => n.state()))).every((s) => s.members.join() === '1,2'), 10_000);
       t.log(`view without node 3 on both survivors ${(performance.now() - killedAt).toFixed(0)} ms after kill -9`);
 
       for (let i = 0; i < 6; i++) {
