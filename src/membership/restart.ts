@@ -154,3 +154,173 @@ export function reconcileShard(kept: bigint, peers: readonly PeerVersion[]): Rec
   if (best === undefined || best.kept <= kept) return { kind: 'current' };
   return { kind: 'pull', from: best.node, after: kept, target: best.kept as Version };
 }
+
+// ---- The restart decision: single-decree Paxos over the last view's members -----------------
+
+/**
+ * A proposal number: `round`, then the proposing node's id, break ties, so no two proposers
+ * (nor one proposer before and after a crash: it promises its own ballot durably first) share one.
+ */
+export interface Ballot {
+  readonly round: number;
+  readonly node: number;
+}
+
+/** Negative, zero or positive as `a` is below, equal to or above `b`. */
+export function compareBallots(a: Ballot, b: Ballot): number {
+  return a.round !== b.round ? a.round - b.round : a.node - b.node;
+}
+
+/**
+ * Which restart a message belongs to: the view record the group restarts from (its id and the
+ * membership-log epoch it was installed in). Newer is a higher view id (then the epoch string,
+ * only so that the order is total).
+ */
+export interface RestartInstance {
+  readonly viewId: number;
+  readonly epoch: string;
+}
+
+export function compareInstances(a: RestartInstance, b: RestartInstance): number {
+  if (a.viewId !== b.viewId) return a.viewId - b.viewId;
+  return a.epoch < b.epoch ? -1 : a.epoch > b.epoch ? 1 : 0;
+}
+
+/** What a node persists as an acceptor of one restart's decision (in its view record). */
+export interface RestartAcceptorState<D> {
+  readonly instance: RestartInstance;
+  /** The highest ballot this node promised (it accepts nothing lower). */
+  readonly promised?: Ballot;
+  /** The decision it accepted last, with the ballot it came with. */
+  readonly accepted?: { readonly ballot: Ballot; readonly decision: D };
+}
+
+export type AcceptorReply<D> =
+  /** `prepare` answered: this node will accept nothing below the ballot; what it accepted before. */
+  | { readonly kind: 'promise'; readonly accepted?: { readonly ballot: Ballot; readonly decision: D } }
+  | { readonly kind: 'accepted' }
+  /** A higher ballot was promised: the proposer retries above it. */
+  | { readonly kind: 'nack'; readonly promised: Ballot }
+  /** This node knows a newer view record than the proposer's instance: it restarts from that. */
+  | { readonly kind: 'stale'; readonly newer: RestartInstance };
+
+export interface AcceptorStep<D> {
+  readonly state: RestartAcceptorState<D> | undefined;
+  readonly reply: AcceptorReply<D>;
+  /** The state changed: persist it (durably) before the reply leaves. */
+  readonly persist: boolean;
+}
+
+/**
+ * The acceptor's answer to `prepare(instance, ballot)`. `own` is the newest view record this node
+ * knows (its own or one it heard of). A message of an older instance is answered `stale`; one of
+ * a newer instance starts over (this node's accepted value of the older restart is dropped: see
+ * the header's argument for why that older restart cannot have been chosen); a ballot below the
+ * promised one is answered `nack`.
+ */
+export function acceptorPrepare<D>(
+  state: RestartAcceptorState<D> | undefined, own: RestartInstance, instance: RestartInstance, ballot: Ballot,
+): AcceptorStep<D> {
+  const current = enter(state, own, instance);
+  if (current === 'stale') return { state, reply: { kind: 'stale', newer: newest(state, own) }, persist: false };
+  if (current.promised !== undefined && compareBallots(ballot, current.promised) < 0) {
+    return { state: current, reply: { kind: 'nack', promised: current.promised }, persist: current !== state };
+  }
+  const next: RestartAcceptorState<D> = { ...current, promised: ballot };
+  return {
+    state: next,
+    reply: current.accepted !== undefined ? { kind: 'promise', accepted: current.accepted } : { kind: 'promise' },
+    persist: current.promised === undefined || compareBallots(ballot, current.promised) !== 0 || current !== state,
+  };
+}
+
+/** The acceptor's answer to `accept(instance, ballot, decision)` (the same rules as prepare). */
+export function acceptorAccept<D>(
+  state: RestartAcceptorState<D> | undefined, own: RestartInstance, instance: RestartInstance, ballot: Ballot, decision: D,
+): AcceptorStep<D> {
+  const current = enter(state, own, instance);
+  if (current === 'stale') return { state, reply: { kind: 'stale', newer: newest(state, own) }, persist: false };
+  if (current.promised !== undefined && compareBallots(ballot, current.promised) < 0) {
+    return { state: current, reply: { kind: 'nack', promised: current.promised }, persist: current !== state };
+  }
+  return { state: { instance: current.instance, promised: ballot, accepted: { ballot, decision } }, reply: { kind: 'accepted' }, persist: true };
+}
+
+function newest<D>(state: RestartAcceptorState<D> | undefined, own: RestartInstance): RestartInstance {
+  return state !== undefined && compareInstances(state.instance, own) > 0 ? state.instance : own;
+}
+
+/** The acceptor state for `instance`, or 'stale' if this node knows a newer one. */
+function enter<D>(
+  state: RestartAcceptorState<D> | undefined, own: RestartInstance, instance: RestartInstance,
+): RestartAcceptorState<D> | 'stale' {
+  if (compareInstances(newest(state, own), instance) > 0) return 'stale';
+  if (state !== undefined && compareInstances(state.instance, instance) === 0) return state;
+  return { instance };
+}
+
+export type ProposerStep<D> =
+  | { readonly kind: 'wait' }
+  /** Send `accept(ballot, decision)` to every node that is back (this node accepts it too). */
+  | { readonly kind: 'accept'; readonly ballot: Ballot; readonly decision: D; readonly adopted: boolean }
+  /** A quorum accepted `decision`: it is chosen; tell everyone, then act on it. */
+  | { readonly kind: 'chosen'; readonly decision: D }
+  /** Refused: start again with a higher ballot (`nextRound`), or with a newer instance. */
+  | { readonly kind: 'retry'; readonly nextRound: number; readonly newer?: RestartInstance };
+
+/**
+ * One ballot of the restart leader: phase 1 gathers promises from a quorum of the last view
+ * (`quorum`: restartQuorum(view, set).ready, a majority of the view and of every shard), then
+ * proposes the decision with the highest ballot any promiser accepted (or, if none did, the
+ * leader's own: `fresh()`, called only then); phase 2 gathers acceptances from a quorum. Its own
+ * promise and acceptance count only once the driver persisted them (it calls promise/accepted
+ * for itself like for any other node).
+ */
+export class RestartProposer<D> {
+  private readonly promises = new Set<number>();
+  private readonly accepts = new Set<number>();
+  private best: { readonly ballot: Ballot; readonly decision: D } | undefined;
+  private proposal: D | undefined;
+  private done = false;
+
+  constructor(
+    readonly instance: RestartInstance,
+    readonly ballot: Ballot,
+    private readonly quorum: (nodes: ReadonlySet<number>) => boolean,
+    private readonly fresh: () => D,
+  ) {}
+
+  /** The decision this ballot proposes, once phase 2 started. */
+  get proposing(): D | undefined {
+    return this.proposal;
+  }
+
+  onReply(from: number, reply: AcceptorReply<D>): ProposerStep<D> {
+    if (this.done) return { kind: 'wait' };
+    switch (reply.kind) {
+      case 'stale':
+        this.done = true;
+        return { kind: 'retry', nextRound: this.ballot.round + 1, newer: reply.newer };
+      case 'nack':
+        if (compareBallots(reply.promised, this.ballot) <= 0) return { kind: 'wait' };
+        this.done = true;
+        return { kind: 'retry', nextRound: reply.promised.round + 1 };
+      case 'promise': {
+        if (this.proposal !== undefined) return { kind: 'wait' };
+        this.promises.add(from);
+        if (reply.accepted !== undefined && (this.best === undefined || compareBallots(reply.accepted.ballot, this.best.ballot) > 0)) {
+          this.best = reply.accepted;
+        }
+        if (!this.quorum(this.promises)) return { kind: 'wait' };
+        this.proposal = this.best !== undefined ? this.best.decision : this.fresh();
+        return { kind: 'accept', ballot: this.ballot, decision: this.proposal, adopted: this.best !== undefined };
+      }
+      case 'accepted':
+        if (this.proposal === undefined) return { kind: 'wait' };
+        this.accepts.add(from);
+        if (!this.quorum(this.accepts)) return { kind: 'wait' };
+        this.done = true;
+        return { kind: 'chosen', decision: this.proposal };
+    }
+  }
+}
