@@ -9,10 +9,12 @@
  *     newest view any of them knows is `R`.
  *  2. The **restart leader**, the lowest-ranked member of `R` that is back, waits until a
  *     majority of `R`'s members and a majority of every shard's members are back
- *     (`restartQuorum`), then a grace period for the rest (or until all are back), and decides
- *     the restart view `restartView(R, back)`: id `R + 1`, the members that are back in `R`'s
- *     rank order under their current addresses, the others failed, the allocator's layout. The
- *     decision goes to every node that is back; any node that holds it hands it on.
+ *     (`restartQuorum`), then a grace period for the rest (or until all are back), and gets the
+ *     restart view agreed by **single-decree Paxos** among `R`'s members (below). The decision
+ *     it proposes if nobody accepted one is `restartView(R, back)`: id `R + 1`, the members that
+ *     are back in `R`'s rank order under their current addresses, the others failed, the
+ *     allocator's layout, and a new membership-log epoch. Only a chosen decision is acted on;
+ *     any node that knows it hands it on.
  *  3. Every member of the restart view starts a new membership log (a new Raft group, its
  *     `epoch` names the decision) and runs its shards from the restart view on. Before a
  *     shard serves, its members reconcile it: a node whose log runs past the ragged trim that
@@ -20,11 +22,41 @@
  *     the others' latest versions and pulls the suffix it lacks from one that holds the newest
  *     (`reconcileShard`). New versions start at view `R + 1`, above every old one.
  *
+ * **The decision** (acceptorPrepare, acceptorAccept, RestartProposer). A restart instance is
+ * named by the view record it restarts from (`R`'s id and epoch). A ballot is (round, node).
+ *  - Phase 1: the leader sends `prepare(instance, ballot)`; an acceptor promises never to accept
+ *    a lower ballot and answers with the decision it accepted last (and its ballot), if any.
+ *  - Once a **quorum** promised (restartQuorum(R, promisers).ready: a majority of `R` and of every
+ *    shard), the leader proposes the decision with the highest ballot among those answers, or
+ *    its own if none had one; phase 2 sends `accept(instance, ballot, decision)`.
+ *  - Once a quorum accepted, the decision is **chosen**: the leader tells every node of the
+ *    restart view, and only then does anyone adopt it (found the new epoch, reconcile, serve).
+ *  - An acceptor persists its promise and its acceptance (in its view record, MembershipRecord
+ *    `restart`) before it answers, and a leader promises its own ballot first, durably, so it
+ *    never reuses a ballot after a crash. A refused or stalled ballot is retried with a higher
+ *    round, by the same leader or by the next one when it stops hearing from it.
+ *  - A message of an older instance (the acceptor knows a newer record) is answered `stale`, and
+ *    the proposer moves to the newer record; one of a newer instance resets the acceptor.
+ *
+ * **Invariant** (Paxos): within one instance, at most one decision is chosen, and every node that
+ * adopts a decision adopts that one. Any two quorums of `R` share a member; a chosen decision
+ * was accepted by a quorum under ballot b, so every later ballot's phase 1 hears of it (or of one
+ * accepted at a higher ballot, which by induction is the same decision) and proposes it again. A
+ * leader that fails between promise, accept and adoption thus leaves either nothing chosen or
+ * the chosen decision on a quorum's disks. Checked by the restart simulator (test/sim/restart-sim.ts),
+ * which catches the earlier single-phase rule (`--flag mutation=singlePhase`).
+ *
  * Why `R + 1` cannot collide with a view some absent node used: a node writes the view record
  * before any multicast of that view exists, so every member of a view that delivered anything
  * recorded it; every installed view holds a majority of its predecessor, and the leader waits for
  * a majority of `R`. So if `R + 1` had been installed (and delivered), some node that is back
- * recorded it, and `R` would be that view instead.
+ * recorded it, and `R` would be that view instead. The same argument is why dropping an older
+ * instance's accepted decision is safe: it could only have been chosen if no later view ever
+ * delivered, and then the newer record belongs to a view that no quorum used. (Limit: a node
+ * that recorded such an undelivered view and comes back only after the older instance's decision
+ * was chosen makes the nodes that have not adopted it yet start a newer instance; those that
+ * adopted it hand it on, but the two may then differ. It needs a view installed by a minority
+ * only, just before every node crashed.)
  */
 import { makeVersion, viewId as makeViewId, type NodeId, type Version } from '../core/ids.js';
 import { runAllocator, type Allocator } from './layout.js';
