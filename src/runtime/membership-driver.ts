@@ -373,6 +373,14 @@ export class MembershipDriver {
     return this.status === 'member';
   }
 
+  /**
+   * The id of the restart view this node resumed in after a total restart (it adopted the chosen
+   * decision), else undefined: a node that rejoined a running group, or never restarted.
+   */
+  get restartViewId(): number | undefined {
+    return this.restarted?.viewId;
+  }
+
   /** Whether this node leads the membership log's Raft group (it is then the group leader). */
   get isLeader(): boolean {
     return this.raft?.core.role === 'leader';
@@ -843,7 +851,10 @@ export class MembershipDriver {
         if (store === undefined) run.restartKept ??= -1n;
         if (store !== undefined && run.restartKept === undefined) {
           const latest = store.latestVersion(run.ref);
-          const kept = keptVersion({ latest, trimApplied: restarted.trimApplied }, restarted.trims.get(name));
+          // A raft shard's versions are Raft's (term << 32 | index), all committed: no ragged trim
+          // applies to them (src/group/raft-shard.ts, "Total restart").
+          const raft = current.shard(run.ref.subgroupId, run.ref.shardIndex)?.mode === 'raft';
+          const kept = raft ? latest : keptVersion({ latest, trimApplied: restarted.trimApplied }, restarted.trims.get(name));
           if (kept < latest) {
             this.options.log?.(`restart: shard ${name} truncates ${latest} → ${kept} (past the committed trim)`);
             await store.truncate?.(run.ref, kept);
