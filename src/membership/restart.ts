@@ -218,6 +218,47 @@ export function compareInstances(a: RestartInstance, b: RestartInstance): number
   return a.epoch < b.epoch ? -1 : a.epoch > b.epoch ? 1 : 0;
 }
 
+export type RestartLeadStep =
+  /** Another member that is back ranks lower: it leads. */
+  | { readonly kind: 'follow' }
+  /** This node leads, but the quorum is not back, or the grace period for the others runs. */
+  | { readonly kind: 'wait'; readonly quorumSinceMs: number | undefined }
+  /** This node leads and may run a ballot now. */
+  | { readonly kind: 'decide'; readonly quorumSinceMs: number };
+
+/**
+ * One tick of a restarting node as a would-be leader: it leads if it is the lowest-ranked member
+ * of `view` that is back; it may decide once the quorum has been back for `graceMs` (since
+ * `quorumSinceMs`, which this returns updated), or at once if every member is back.
+ */
+export function restartLeadStep(input: {
+  readonly view: View;
+  readonly back: ReadonlySet<NodeId>;
+  readonly self: NodeId;
+  readonly nowMs: number;
+  readonly quorumSinceMs: number | undefined;
+  readonly graceMs: number;
+}): RestartLeadStep {
+  if (restartLeader(input.view, input.back) !== input.self) return { kind: 'follow' };
+  const quorum = restartQuorum(input.view, input.back);
+  if (!quorum.ready) return { kind: 'wait', quorumSinceMs: undefined };
+  const since = input.quorumSinceMs ?? input.nowMs;
+  if (quorum.missing.length > 0 && input.nowMs - since < input.graceMs) return { kind: 'wait', quorumSinceMs: since };
+  return { kind: 'decide', quorumSinceMs: since };
+}
+
+/**
+ * The ballot a leader runs next: round at least `nextRound` (above every refusal it saw) and above
+ * every round it promised in `instance` (its persisted acceptor state), so that it never reuses a
+ * ballot, also after a crash.
+ */
+export function nextBallot(
+  acceptor: RestartAcceptorState<unknown> | undefined, instance: RestartInstance, nextRound: number, self: number,
+): Ballot {
+  const promised = acceptor !== undefined && compareInstances(acceptor.instance, instance) === 0 ? acceptor.promised?.round ?? 0 : 0;
+  return { round: Math.max(nextRound, promised + 1), node: self };
+}
+
 /** What a node persists as an acceptor of one restart's decision (in its view record). */
 export interface RestartAcceptorState<D> {
   readonly instance: RestartInstance;

@@ -38,9 +38,9 @@ import {
   type MembershipEntry, type ReceiveReportMessage, type StateTransfer, type ViewChangeEffect,
 } from '../membership/view-change-core.js';
 import {
-  RestartProposer, acceptorAccept, acceptorPrepare, keptVersion, reconcileShard, restartLeader, restartQuorum,
-  restartView, type AcceptorReply, type Ballot, type PeerVersion, type ProposerStep, type RestartAcceptorState,
-  type RestartInstance, type RestartTrim,
+  RestartProposer, acceptorAccept, acceptorPrepare, keptVersion, nextBallot, reconcileShard, restartLeadStep,
+  restartLeader, restartQuorum, restartView, type AcceptorReply, type Ballot, type PeerVersion, type ProposerStep,
+  type RestartAcceptorState, type RestartInstance, type RestartTrim,
 } from '../membership/restart.js';
 import { decodeView, encodeView, type View } from '../membership/view.js';
 import type { MulticastLimits } from '../multicast/config.js';
@@ -660,24 +660,16 @@ export class MembershipDriver {
    */
   private decideRestart(run: RestartRun): void {
     if (run.decided !== undefined || run.live) return;
-    const back = this.backSet(run);
-    if (restartLeader(run.last, back) !== this.self) {
-      run.proposer = undefined;
-      return;
-    }
-    const quorum = restartQuorum(run.last, back);
-    if (!quorum.ready) {
-      run.quorumSinceMs = undefined;
-      return;
-    }
-    run.quorumSinceMs ??= Date.now();
-    if (quorum.missing.length > 0 && Date.now() - run.quorumSinceMs < (this.options.restartGraceMs ?? 1000)) return;
+    const step = restartLeadStep({
+      view: run.last, back: this.backSet(run), self: this.self, nowMs: Date.now(), quorumSinceMs: run.quorumSinceMs,
+      graceMs: this.options.restartGraceMs ?? 1000,
+    });
+    if (step.kind === 'follow') run.proposer = undefined;
+    else run.quorumSinceMs = step.quorumSinceMs;
+    if (step.kind !== 'decide') return;
     if (run.proposer !== undefined && Date.now() - run.ballotStartedMs < BALLOT_TIMEOUT_MS) return;
     const instance: RestartInstance = { viewId: run.last.id, epoch: run.lastEpoch };
-    // Above every round this node promised (persisted): a ballot is never reused after a crash.
-    const promised = run.acceptor?.instance.viewId === instance.viewId && run.acceptor.instance.epoch === instance.epoch
-      ? run.acceptor.promised?.round ?? 0 : 0;
-    const ballot: Ballot = { round: Math.max(run.nextRound, promised + 1), node: Number(this.self) };
+    const ballot = nextBallot(run.acceptor, instance, run.nextRound, Number(this.self));
     run.nextRound = ballot.round + 1;
     const proposer = new RestartProposer<RestartDecisionRecord>(
       instance, ballot, (nodes) => restartQuorum(run.last, nodes as ReadonlySet<NodeId>).ready, () => this.freshDecision(run),

@@ -37,7 +37,7 @@ import { nodeId, viewId as makeViewId, type NodeId } from '../../src/core/ids.js
 import { SeededRandom } from '../../src/core/random.js';
 import { defaultAllocator, flexibleEvenShards, oneSubgroup } from '../../src/membership/layout.js';
 import {
-  RestartProposer, acceptorAccept, acceptorPrepare, reconcileShard, restartLeader, restartQuorum, restartView,
+  RestartProposer, acceptorAccept, acceptorPrepare, nextBallot, reconcileShard, restartLeadStep, restartQuorum, restartView,
   type AcceptorReply, type Ballot, type RestartAcceptorState, type RestartInstance,
 } from '../../src/membership/restart.js';
 import { initialView } from '../../src/membership/view-change-core.js';
@@ -260,17 +260,10 @@ class RestartSimNode implements SimNode<Msg> {
   /** The restart leader's part (decideRestart in the driver). */
   private lead(now: number): void {
     const back = this.backSet(now);
-    if (restartLeader(this.last, back) !== nodeId(this.id)) {
-      this.proposer = undefined;
-      return;
-    }
-    const quorum = restartQuorum(this.last, back);
-    if (!quorum.ready) {
-      this.quorumSinceMs = undefined;
-      return;
-    }
-    this.quorumSinceMs ??= now;
-    if (quorum.missing.length > 0 && now - this.quorumSinceMs < GRACE_MS) return;
+    const step = restartLeadStep({ view: this.last, back, self: nodeId(this.id), nowMs: now, quorumSinceMs: this.quorumSinceMs, graceMs: GRACE_MS });
+    if (step.kind === 'follow') this.proposer = undefined;
+    else this.quorumSinceMs = step.quorumSinceMs;
+    if (step.kind !== 'decide') return;
     if (this.world.mutation === 'singlePhase') {
       const d = this.fresh(back);
       this.ctx.trace(`decides alone ${key(d)}`);
@@ -280,9 +273,7 @@ class RestartSimNode implements SimNode<Msg> {
     }
     if (this.proposer !== undefined && now - this.ballotAtMs < BALLOT_TIMEOUT_MS) return;
     const inst = this.instance;
-    const promised = this.acceptor !== undefined && this.acceptor.instance.viewId === inst.viewId && this.acceptor.instance.epoch === inst.epoch
-      ? this.acceptor.promised?.round ?? 0 : 0;
-    const b: Ballot = { round: Math.max(this.nextRound, promised + 1), node: this.id };
+    const b = nextBallot(this.acceptor, inst, this.nextRound, this.id);
     this.nextRound = b.round + 1;
     const view = this.last;
     const p = new RestartProposer<SimDecision>(inst, b, (nodes) => restartQuorum(view, nodes as ReadonlySet<NodeId>).ready,
@@ -610,13 +601,9 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     });
   }
   const s = world.stats;
-  return {
-    seed,
-    traceHash: sim.traceHash(),
-    steps: sim.steps,
-    simulatedMs: sim.nowMs,
-    summary: `profile ${world.profile}${world.secondCrash ? '+1' : ''}, stale ${stale ?? '-'}, ballots ${s.ballots}, refused ${s.refused}, ` +
+  return sim.result(
+    `profile ${world.profile}${world.secondCrash ? '+1' : ''}, stale ${stale ?? '-'}, ballots ${s.ballots}, refused ${s.refused}, ` +
       `re-proposed ${s.adoptedValues}, chosen ${s.chosen}, adoptions ${s.adoptions}, pulls ${s.pulls}, leader crashes ${s.leaderCrashes}, ` +
       `crashes ${sim.stats.crashes}, faults ${sim.stats.faults}; decided ${world.adopted?.key ?? '-'}`,
-  };
+  );
 }
