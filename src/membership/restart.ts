@@ -56,7 +56,10 @@
  * that recorded such an undelivered view and comes back only after the older instance's decision
  * was chosen makes the nodes that have not adopted it yet start a newer instance; those that
  * adopted it hand it on, but the two may then differ. It needs a view installed by a minority
- * only, just before every node crashed.)
+ * only, just before every node crashed; `npm run sim -- restart --flag newerRecord` reproduces it.
+ * A fix would keep an accepted decision across instances of the same epoch, order ballots by
+ * (instance, round, node), and make a ballot's quorum a quorum of every view of that epoch it
+ * knows a record of, so that it meets the quorum that may have chosen the older decision.)
  */
 import { makeVersion, viewId as makeViewId, type NodeId, type Version } from '../core/ids.js';
 import { runAllocator, type Allocator } from './layout.js';

@@ -523,7 +523,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   world.secondCrash = swarm.int(2) === 0;
   const founders = NODES.map((i) => ({ id: nodeId(i), address: `sim:${i}` }));
   const base = initialView(founders, allocator);
-  for (const id of [R_ID - 1, R_ID]) {
+  for (const id of [R_ID - 1, R_ID, R_ID + 1]) {
     world.views.set(id, new View({ id: makeViewId(id), members: base.members, joined: [], departed: [], failed: [], layout: base.layout }));
   }
   const R = world.views.get(R_ID)!;
@@ -562,9 +562,15 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
       sim.disk(m).put(`shard:${shard}`, world.history[shard]!.slice(0, n));
     }
   });
+  // `--flag newerRecord`: one node recorded view R + 1, which only a minority installed before the
+  // crash (it delivered nothing), and comes back part-way through: the limit the header of
+  // src/membership/restart.ts describes.
+  const newer = options.flags?.['newerRecord'] !== undefined
+    ? NODES.filter((id) => id !== stale)[swarm.int(NODES.length - (stale === undefined ? 0 : 1))]
+    : undefined;
   for (const id of NODES) {
     const disk = sim.disk(id);
-    disk.put('record', { viewId: id === stale ? R_ID - 1 : R_ID, epoch: EPOCH });
+    disk.put('record', { viewId: id === stale ? R_ID - 1 : id === newer ? R_ID + 1 : R_ID, epoch: EPOCH });
     disk.completeSync(disk.sync());
   }
   // Come back in a random order; one or two only after the faults stop.
@@ -573,7 +579,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   const early = world.profile === 'midChosen' || world.profile === 'midAccept';
   const late = new Set(NODES.filter(() => r.int(4) === 0).slice(0, early ? 0 : 2));
   for (const id of NODES) {
-    const at = late.has(id) ? FAULTS_UNTIL_MS + 50 + r.int(500) : r.int(early ? 300 : 1500);
+    const at = id === newer ? 300 + swarm.int(1500) : late.has(id) ? FAULTS_UNTIL_MS + 50 + r.int(500) : r.int(early ? 300 : 1500);
     sim.schedule(at, `start n${id}`, () => sim.start(id));
   }
   const live = (): boolean => {
