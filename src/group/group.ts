@@ -63,7 +63,7 @@ import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.
 import { StaticViewSource, type ViewSource } from './view-source.js';
 import { layoutHashOf, MembershipViewSource } from './membership-view-source.js';
 import { multicastLimitsForProfile } from './limits.js';
-import { followRaftShardView, majoritySettled, P2P_READ_LOCAL, startRaftShard, type P2POptions } from './raft-shard.js';
+import { followRaftShardView, hasRaftShardLog, majoritySettled, P2P_READ_LOCAL, startRaftShard, type P2POptions } from './raft-shard.js';
 import { RaftOrderingEngine } from '../runtime/raft-ordering-engine.js';
 import {
   driverShardNumber,
@@ -692,15 +692,10 @@ export class Group {
           `service can: membership: true). Fix: set persistence.reset = true, or use an empty data_dir.`,
       );
     }
-    if (registry.latestVersion !== VERSION_NONE && shard.mode === 'raft') {
-      // Its Raft log starts empty, so new versions (term << 32 | index) would sort below the kept ones.
-      throw new GroupStartError(
-        `${this.config.persistence.data_dir} holds versions of ${registryName} (up to ` +
-          `${registry.latestVersion}), a raft-ordered shard, and raft-ordered shards do not restart ` +
-          `over old data yet (their Raft log starts empty). Fix: set persistence.reset = true, or ` +
-          `use an empty data_dir; its state returns by transfer from the shard's other members.`,
-      );
-    }
+    // A raft shard's old versions are kept too (membership service only, above): a total restart
+    // resumes its Raft log (createDrivers; raft-shard.ts, "Total restart"), and a node that
+    // rejoins a running group starts an empty Raft log as a learner of the same Raft group, whose
+    // versions (term << 32 | index) run on above the ones it holds.
     return replica;
   }
 
@@ -750,10 +745,14 @@ export class Group {
       });
       this.attachMembershipDrivers();
       await this.awaitStateTransfers(this.membership);
-      // Raft shards: founders (view 0) form the Raft group; a joiner joins it with its state.
+      // Raft shards: founders (view 0) form the Raft group; a joiner joins it with its state; in
+      // the view a total restart resumed in, a member with the shard's Raft log restarts it
+      // (raft-shard.ts, "Total restart").
+      const restartView = this.membership.driver.restartViewId === view.id;
       for (const replica of this.replicas.values()) {
         if (view.shard(replica.subgroupId, replica.shardIndex)!.mode !== 'raft') continue;
-        replica.attachDriver(await startRaftShard(replica, view, this.config, this.transport, this.nodeId, view.id !== 0));
+        const resume = restartView && hasRaftShardLog(this.config, replica.subgroupId, replica.shardIndex);
+        replica.attachDriver(await startRaftShard(replica, view, this.config, this.transport, this.nodeId, view.id !== 0 && !resume, resume));
       }
       return;
     }

@@ -13,7 +13,18 @@
  *     starts as a learner (`join`), catches up by log or snapshot and is promoted.
  *   - Raft log: LMDB file `raft-<subgroupId>-<shardIndex>.mdb` in `persistence.data_dir`, fsynced
  *     per flush with `persistence.sync = "durable"`. A static group always starts fresh (as its
- *     replicas do), so the file is wiped at start.
+ *     replicas do), so the file is wiped at start; so does a node that joins a running shard.
+ *   - **Total restart** (membership service; src/membership/restart.ts): in the restart view,
+ *     each member that holds the shard's Raft log resumes it (`resume`): the Raft group is the
+ *     same one, restarted. Its configuration is the one in its log/snapshot (the voters of the
+ *     last view, not the restart view's members: `voters` only seeds an empty log), its term
+ *     and vote are the persisted hard state, and committed entries replay above the replica's
+ *     persisted version (below it, they are skipped). A majority of each shard's members is
+ *     back (the restart quorum), so a majority of its voters can elect a leader, whose log
+ *     holds every committed call; the leader then steps the configuration to the restart view's
+ *     members (`setMembers`, as after any view change: members not back are removed). Versions
+ *     stay monotonic: a version is term << 32 | index, the index keeps growing in the same log
+ *     and the term never goes down. A member without the log joins as a learner.
  *   - Timing: ticks of 10 ms; `timeouts.heartbeat_ms` and `timeouts.failure_timeout_ms` give the
  *     heartbeat and election timeouts (and one forwarding attempt's timeout);
  *     `timeouts.ordered_call_timeout_ms` bounds an ordered call; `raft.compact_every` sets when
@@ -22,7 +33,7 @@
  *     bytes a joiner receives) and its delivered version; a member that fell behind the
  *     compacted log gets them by InstallSnapshot. Plain (non-@persistent) fields are not in it.
  */
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { VERSION_NONE, type NodeId, type Version } from '../core/ids.js';
@@ -69,12 +80,17 @@ export function startRaftShard(
   transport: Transport,
   self: NodeId,
   joining = false,
+  resume = false,
 ): Promise<RaftOrderingEngine> {
   const shard = view.shard(replica.subgroupId, replica.shardIndex)!;
-  const path = join(config.persistence.data_dir, `raft-${replica.subgroupId}-${replica.shardIndex}.mdb`);
-  rmSync(path, { force: true });
-  rmSync(`${path}-lock`, { force: true });
-  const floor = joining ? replica.registry.latestVersion : VERSION_NONE;
+  const path = raftShardPath(config, replica.subgroupId, replica.shardIndex);
+  if (!resume) {
+    rmSync(path, { force: true });
+    rmSync(`${path}-lock`, { force: true });
+  }
+  // Calls Raft replays at or below what the replica holds are not delivered again: a joiner's
+  // transferred state, or a resumed member's own persisted versions (and what it pulled).
+  const floor = joining || resume ? replica.registry.latestVersion : VERSION_NONE;
   const tickMs = 10;
   const heartbeatTicks = Math.max(1, Math.round(config.timeouts.heartbeat_ms / tickMs));
   return RaftOrderingEngine.start({
@@ -99,6 +115,20 @@ export function startRaftShard(
     // A dead leader costs one attempt: about one failure timeout, as its election does.
     attemptTimeoutMs: Math.max(100, config.timeouts.failure_timeout_ms),
   });
+}
+
+/** The LMDB file of a raft shard's log on this node. */
+export function raftShardPath(config: SquallConfig, subgroupId: number, shardIndex: number): string {
+  return join(config.persistence.data_dir, `raft-${subgroupId}-${shardIndex}.mdb`);
+}
+
+/**
+ * True if this node's data dir holds a Raft log of the shard (a total restart resumes it; see
+ * the header). A node without one (it entered the shard in the restart view, or lost the file)
+ * joins the resumed Raft group as a learner instead of founding another.
+ */
+export function hasRaftShardLog(config: SquallConfig, subgroupId: number, shardIndex: number): boolean {
+  return existsSync(raftShardPath(config, subgroupId, shardIndex));
 }
 
 /** The replica's state for Raft snapshots: [delivered version, state-transfer chunks]. */

@@ -9,10 +9,12 @@
  *     newest view any of them knows is `R`.
  *  2. The **restart leader**, the lowest-ranked member of `R` that is back, waits until a
  *     majority of `R`'s members and a majority of every shard's members are back
- *     (`restartQuorum`), then a grace period for the rest (or until all are back), and decides
- *     the restart view `restartView(R, back)`: id `R + 1`, the members that are back in `R`'s
- *     rank order under their current addresses, the others failed, the allocator's layout. The
- *     decision goes to every node that is back; any node that holds it hands it on.
+ *     (`restartQuorum`), then a grace period for the rest (or until all are back), and gets the
+ *     restart view agreed by **single-decree Paxos** among `R`'s members (below). The decision
+ *     it proposes if nobody accepted one is `restartView(R, back)`: id `R + 1`, the members that
+ *     are back in `R`'s rank order under their current addresses, the others failed, the
+ *     allocator's layout, and a new membership-log epoch. Only a chosen decision is acted on;
+ *     any node that knows it hands it on.
  *  3. Every member of the restart view starts a new membership log (a new Raft group, its
  *     `epoch` names the decision) and runs its shards from the restart view on. Before a
  *     shard serves, its members reconcile it: a node whose log runs past the ragged trim that
@@ -20,11 +22,44 @@
  *     the others' latest versions and pulls the suffix it lacks from one that holds the newest
  *     (`reconcileShard`). New versions start at view `R + 1`, above every old one.
  *
+ * **The decision** (acceptorPrepare, acceptorAccept, RestartProposer). A restart instance is
+ * named by the view record it restarts from (`R`'s id and epoch). A ballot is (round, node).
+ *  - Phase 1: the leader sends `prepare(instance, ballot)`; an acceptor promises never to accept
+ *    a lower ballot and answers with the decision it accepted last (and its ballot), if any.
+ *  - Once a **quorum** promised (restartQuorum(R, promisers).ready: a majority of `R` and of every
+ *    shard), the leader proposes the decision with the highest ballot among those answers, or
+ *    its own if none had one; phase 2 sends `accept(instance, ballot, decision)`.
+ *  - Once a quorum accepted, the decision is **chosen**: the leader tells every node of the
+ *    restart view, and only then does anyone adopt it (found the new epoch, reconcile, serve).
+ *  - An acceptor persists its promise and its acceptance (in its view record, MembershipRecord
+ *    `restart`) before it answers, and a leader promises its own ballot first, durably, so it
+ *    never reuses a ballot after a crash. A refused or stalled ballot is retried with a higher
+ *    round, by the same leader or by the next one when it stops hearing from it.
+ *  - A message of an older instance (the acceptor knows a newer record) is answered `stale`, and
+ *    the proposer moves to the newer record; one of a newer instance resets the acceptor.
+ *
+ * **Invariant** (Paxos): within one instance, at most one decision is chosen, and every node that
+ * adopts a decision adopts that one. Any two quorums of `R` share a member; a chosen decision
+ * was accepted by a quorum under ballot b, so every later ballot's phase 1 hears of it (or of one
+ * accepted at a higher ballot, which by induction is the same decision) and proposes it again. A
+ * leader that fails between promise, accept and adoption thus leaves either nothing chosen or
+ * the chosen decision on a quorum's disks. Checked by the restart simulator (test/sim/restart-sim.ts),
+ * which catches the earlier single-phase rule (`--flag mutation=singlePhase`).
+ *
  * Why `R + 1` cannot collide with a view some absent node used: a node writes the view record
  * before any multicast of that view exists, so every member of a view that delivered anything
  * recorded it; every installed view holds a majority of its predecessor, and the leader waits for
  * a majority of `R`. So if `R + 1` had been installed (and delivered), some node that is back
- * recorded it, and `R` would be that view instead.
+ * recorded it, and `R` would be that view instead. The same argument is why dropping an older
+ * instance's accepted decision is safe: it could only have been chosen if no later view ever
+ * delivered, and then the newer record belongs to a view that no quorum used. (Limit: a node
+ * that recorded such an undelivered view and comes back only after the older instance's decision
+ * was chosen makes the nodes that have not adopted it yet start a newer instance; those that
+ * adopted it hand it on, but the two may then differ. It needs a view installed by a minority
+ * only, just before every node crashed; `npm run sim -- restart --flag newerRecord` reproduces it.
+ * A fix would keep an accepted decision across instances of the same epoch, order ballots by
+ * (instance, round, node), and make a ballot's quorum a quorum of every view of that epoch it
+ * knows a record of, so that it meets the quorum that may have chosen the older decision.)
  */
 import { makeVersion, viewId as makeViewId, type NodeId, type Version } from '../core/ids.js';
 import { runAllocator, type Allocator } from './layout.js';
@@ -153,4 +188,215 @@ export function reconcileShard(kept: bigint, peers: readonly PeerVersion[]): Rec
   for (const p of peers) if (best === undefined || p.kept > best.kept) best = p;
   if (best === undefined || best.kept <= kept) return { kind: 'current' };
   return { kind: 'pull', from: best.node, after: kept, target: best.kept as Version };
+}
+
+// ---- The restart decision: single-decree Paxos over the last view's members -----------------
+
+/**
+ * A proposal number: `round`, then the proposing node's id, break ties, so no two proposers
+ * (nor one proposer before and after a crash: it promises its own ballot durably first) share one.
+ */
+export interface Ballot {
+  readonly round: number;
+  readonly node: number;
+}
+
+/** Negative, zero or positive as `a` is below, equal to or above `b`. */
+export function compareBallots(a: Ballot, b: Ballot): number {
+  return a.round !== b.round ? a.round - b.round : a.node - b.node;
+}
+
+/**
+ * Which restart a message belongs to: the view record the group restarts from (its id and the
+ * membership-log epoch it was installed in). Newer is a higher view id (then the epoch string,
+ * only so that the order is total).
+ */
+export interface RestartInstance {
+  readonly viewId: number;
+  readonly epoch: string;
+}
+
+export function compareInstances(a: RestartInstance, b: RestartInstance): number {
+  if (a.viewId !== b.viewId) return a.viewId - b.viewId;
+  return a.epoch < b.epoch ? -1 : a.epoch > b.epoch ? 1 : 0;
+}
+
+export type RestartLeadStep =
+  /** Another member that is back ranks lower: it leads. */
+  | { readonly kind: 'follow' }
+  /** This node leads, but the quorum is not back, or the grace period for the others runs. */
+  | { readonly kind: 'wait'; readonly quorumSinceMs: number | undefined }
+  /** This node leads and may run a ballot now. */
+  | { readonly kind: 'decide'; readonly quorumSinceMs: number };
+
+/**
+ * One tick of a restarting node as a would-be leader: it leads if it is the lowest-ranked member
+ * of `view` that is back; it may decide once the quorum has been back for `graceMs` (since
+ * `quorumSinceMs`, which this returns updated), or at once if every member is back.
+ */
+export function restartLeadStep(input: {
+  readonly view: View;
+  readonly back: ReadonlySet<NodeId>;
+  readonly self: NodeId;
+  readonly nowMs: number;
+  readonly quorumSinceMs: number | undefined;
+  readonly graceMs: number;
+}): RestartLeadStep {
+  if (restartLeader(input.view, input.back) !== input.self) return { kind: 'follow' };
+  const quorum = restartQuorum(input.view, input.back);
+  if (!quorum.ready) return { kind: 'wait', quorumSinceMs: undefined };
+  const since = input.quorumSinceMs ?? input.nowMs;
+  if (quorum.missing.length > 0 && input.nowMs - since < input.graceMs) return { kind: 'wait', quorumSinceMs: since };
+  return { kind: 'decide', quorumSinceMs: since };
+}
+
+/**
+ * The ballot a leader runs next: round at least `nextRound` (above every refusal it saw) and above
+ * every round it promised in `instance` (its persisted acceptor state), so that it never reuses a
+ * ballot, also after a crash.
+ */
+export function nextBallot(
+  acceptor: RestartAcceptorState<unknown> | undefined, instance: RestartInstance, nextRound: number, self: number,
+): Ballot {
+  const promised = acceptor !== undefined && compareInstances(acceptor.instance, instance) === 0 ? acceptor.promised?.round ?? 0 : 0;
+  return { round: Math.max(nextRound, promised + 1), node: self };
+}
+
+/** What a node persists as an acceptor of one restart's decision (in its view record). */
+export interface RestartAcceptorState<D> {
+  readonly instance: RestartInstance;
+  /** The highest ballot this node promised (it accepts nothing lower). */
+  readonly promised?: Ballot;
+  /** The decision it accepted last, with the ballot it came with. */
+  readonly accepted?: { readonly ballot: Ballot; readonly decision: D };
+}
+
+export type AcceptorReply<D> =
+  /** `prepare` answered: this node will accept nothing below the ballot; what it accepted before. */
+  | { readonly kind: 'promise'; readonly accepted?: { readonly ballot: Ballot; readonly decision: D } }
+  | { readonly kind: 'accepted' }
+  /** A higher ballot was promised: the proposer retries above it. */
+  | { readonly kind: 'nack'; readonly promised: Ballot }
+  /** This node knows a newer view record than the proposer's instance: it restarts from that. */
+  | { readonly kind: 'stale'; readonly newer: RestartInstance };
+
+export interface AcceptorStep<D> {
+  readonly state: RestartAcceptorState<D> | undefined;
+  readonly reply: AcceptorReply<D>;
+  /** The state changed: persist it (durably) before the reply leaves. */
+  readonly persist: boolean;
+}
+
+/**
+ * The acceptor's answer to `prepare(instance, ballot)`. `own` is the newest view record this node
+ * knows (its own or one it heard of). A message of an older instance is answered `stale`; one of
+ * a newer instance starts over (this node's accepted value of the older restart is dropped: see
+ * the header's argument for why that older restart cannot have been chosen); a ballot below the
+ * promised one is answered `nack`.
+ */
+export function acceptorPrepare<D>(
+  state: RestartAcceptorState<D> | undefined, own: RestartInstance, instance: RestartInstance, ballot: Ballot,
+): AcceptorStep<D> {
+  const current = enter(state, own, instance);
+  if (current === 'stale') return { state, reply: { kind: 'stale', newer: newest(state, own) }, persist: false };
+  if (current.promised !== undefined && compareBallots(ballot, current.promised) < 0) {
+    return { state: current, reply: { kind: 'nack', promised: current.promised }, persist: current !== state };
+  }
+  const next: RestartAcceptorState<D> = { ...current, promised: ballot };
+  return {
+    state: next,
+    reply: current.accepted !== undefined ? { kind: 'promise', accepted: current.accepted } : { kind: 'promise' },
+    persist: current.promised === undefined || compareBallots(ballot, current.promised) !== 0 || current !== state,
+  };
+}
+
+/** The acceptor's answer to `accept(instance, ballot, decision)` (the same rules as prepare). */
+export function acceptorAccept<D>(
+  state: RestartAcceptorState<D> | undefined, own: RestartInstance, instance: RestartInstance, ballot: Ballot, decision: D,
+): AcceptorStep<D> {
+  const current = enter(state, own, instance);
+  if (current === 'stale') return { state, reply: { kind: 'stale', newer: newest(state, own) }, persist: false };
+  if (current.promised !== undefined && compareBallots(ballot, current.promised) < 0) {
+    return { state: current, reply: { kind: 'nack', promised: current.promised }, persist: current !== state };
+  }
+  return { state: { instance: current.instance, promised: ballot, accepted: { ballot, decision } }, reply: { kind: 'accepted' }, persist: true };
+}
+
+function newest<D>(state: RestartAcceptorState<D> | undefined, own: RestartInstance): RestartInstance {
+  return state !== undefined && compareInstances(state.instance, own) > 0 ? state.instance : own;
+}
+
+/** The acceptor state for `instance`, or 'stale' if this node knows a newer one. */
+function enter<D>(
+  state: RestartAcceptorState<D> | undefined, own: RestartInstance, instance: RestartInstance,
+): RestartAcceptorState<D> | 'stale' {
+  if (compareInstances(newest(state, own), instance) > 0) return 'stale';
+  if (state !== undefined && compareInstances(state.instance, instance) === 0) return state;
+  return { instance };
+}
+
+export type ProposerStep<D> =
+  | { readonly kind: 'wait' }
+  /** Send `accept(ballot, decision)` to every node that is back (this node accepts it too). */
+  | { readonly kind: 'accept'; readonly ballot: Ballot; readonly decision: D; readonly adopted: boolean }
+  /** A quorum accepted `decision`: it is chosen; tell everyone, then act on it. */
+  | { readonly kind: 'chosen'; readonly decision: D }
+  /** Refused: start again with a higher ballot (`nextRound`), or with a newer instance. */
+  | { readonly kind: 'retry'; readonly nextRound: number; readonly newer?: RestartInstance };
+
+/**
+ * One ballot of the restart leader: phase 1 gathers promises from a quorum of the last view
+ * (`quorum`: restartQuorum(view, set).ready, a majority of the view and of every shard), then
+ * proposes the decision with the highest ballot any promiser accepted (or, if none did, the
+ * leader's own: `fresh()`, called only then); phase 2 gathers acceptances from a quorum. Its own
+ * promise and acceptance count only once the driver persisted them (it calls promise/accepted
+ * for itself like for any other node).
+ */
+export class RestartProposer<D> {
+  private readonly promises = new Set<number>();
+  private readonly accepts = new Set<number>();
+  private best: { readonly ballot: Ballot; readonly decision: D } | undefined;
+  private proposal: D | undefined;
+  private done = false;
+
+  constructor(
+    readonly instance: RestartInstance,
+    readonly ballot: Ballot,
+    private readonly quorum: (nodes: ReadonlySet<number>) => boolean,
+    private readonly fresh: () => D,
+  ) {}
+
+  /** The decision this ballot proposes, once phase 2 started. */
+  get proposing(): D | undefined {
+    return this.proposal;
+  }
+
+  onReply(from: number, reply: AcceptorReply<D>): ProposerStep<D> {
+    if (this.done) return { kind: 'wait' };
+    switch (reply.kind) {
+      case 'stale':
+        this.done = true;
+        return { kind: 'retry', nextRound: this.ballot.round + 1, newer: reply.newer };
+      case 'nack':
+        if (compareBallots(reply.promised, this.ballot) <= 0) return { kind: 'wait' };
+        this.done = true;
+        return { kind: 'retry', nextRound: reply.promised.round + 1 };
+      case 'promise': {
+        if (this.proposal !== undefined) return { kind: 'wait' };
+        this.promises.add(from);
+        if (reply.accepted !== undefined && (this.best === undefined || compareBallots(reply.accepted.ballot, this.best.ballot) > 0)) {
+          this.best = reply.accepted;
+        }
+        if (!this.quorum(this.promises)) return { kind: 'wait' };
+        this.proposal = this.best !== undefined ? this.best.decision : this.fresh();
+        return { kind: 'accept', ballot: this.ballot, decision: this.proposal, adopted: this.best !== undefined };
+      }
+      case 'accepted':
+        if (this.proposal === undefined) return { kind: 'wait' };
+        this.accepts.add(from);
+        if (!this.quorum(this.accepts)) return { kind: 'wait' };
+        this.done = true;
+        return { kind: 'chosen', decision: this.proposal };
+    }
+  }
 }

@@ -38,14 +38,16 @@ import {
   type MembershipEntry, type ReceiveReportMessage, type StateTransfer, type ViewChangeEffect,
 } from '../membership/view-change-core.js';
 import {
-  keptVersion, reconcileShard, restartLeader, restartQuorum, restartView, type PeerVersion, type RestartTrim,
+  RestartProposer, acceptorAccept, acceptorPrepare, keptVersion, nextBallot, reconcileShard, restartLeadStep,
+  restartLeader, restartQuorum, restartView, type AcceptorReply, type Ballot, type PeerVersion, type ProposerStep,
+  type RestartAcceptorState, type RestartInstance, type RestartTrim,
 } from '../membership/restart.js';
 import { decodeView, encodeView, type View } from '../membership/view.js';
 import type { MulticastLimits } from '../multicast/config.js';
 import { computeTrim } from '../multicast/ragged-edge.js';
 import { RaftProposalError } from '../raft/errors.js';
 import { MemoryStorage, type RaftStorage } from '../raft/storage.js';
-import type { MembershipRecord } from './membership-store.js';
+import type { MembershipRecord, RestartDecisionRecord } from './membership-store.js';
 import type { Entry, Snapshot } from '../raft/types.js';
 import { WRAPPED_TRANSPORT, type RequestContext, type Transport, type TransportAddress, type TransportSession } from '../transport/transport.js';
 import {
@@ -197,28 +199,47 @@ type Wire =
   | { t: 'stateOpen'; view: number; subgroupId: number; shardIndex: number; after: string }
   | { t: 'stateNext'; token: number }
   | { t: 'stateLatest'; view: number; subgroupId: number; shardIndex: number }
-  | { t: 'restartHello'; node: number; address: string; view: Uint8Array; trims?: MembershipRecord['trims'] }
-  | { t: 'restartDecision'; view: Uint8Array; from: Uint8Array; trims: ShardTrimWire[]; epoch: string };
+  /** `epoch`: the membership-log epoch `view` was installed in (it names the restart instance). */
+  | { t: 'restartHello'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'] }
+  /** A chosen restart decision (accepted by a quorum): every node of its view adopts it. */
+  | { t: 'restartDecision'; decision: RestartDecisionRecord }
+  /** The restart leader's phase 1 and 2 (src/membership/restart.ts); answered `restartPaxos`. */
+  | { t: 'restartPrepare'; node: number; address: string; instance: RestartInstance; ballot: Ballot }
+  | { t: 'restartAccept'; node: number; address: string; instance: RestartInstance; ballot: Ballot; decision: RestartDecisionRecord };
 
-/** Answers to restartHello. */
+/** Answers to restartHello, restartPrepare and restartAccept. */
 type RestartReply =
-  | { t: 'restartWait'; node: number; address: string; view: Uint8Array; trims?: MembershipRecord['trims'] }
-  | { t: 'restartDecided'; view: Uint8Array; from: Uint8Array; trims: ShardTrimWire[]; epoch: string }
+  | { t: 'restartWait'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'] }
+  | { t: 'restartDecided'; decision: RestartDecisionRecord }
+  | { t: 'restartPaxos'; reply: AcceptorReply<RestartDecisionRecord> }
   | { t: 'live' }
   | { t: 'notMember' };
 
-interface ShardTrimWire { subgroupId: number; shardIndex: number; trim: number[] }
-
 /** What a restarting node knows while the group agrees on the view to resume in. */
 interface RestartRun {
+  /** The newest view record known (this node's or one heard of) and the epoch it was installed in. */
   last: View;
+  lastEpoch: string;
   trims: MembershipRecord['trims'];
+  /** This node's own record: persisted again with the acceptor state. */
+  readonly record: MembershipRecord;
   /** Nodes heard from (hello or answer) with their address and when. */
   readonly back: Map<NodeId, { address: TransportAddress; atMs: number }>;
   quorumSinceMs: number | undefined;
-  decided: { view: View; from: View; trims: ShardTrimWire[]; epoch: string } | undefined;
+  /** The chosen decision, once known (only a chosen one is acted on). */
+  decided: RestartDecisionRecord | undefined;
   live: boolean;
+  /** This node as an acceptor of the decision (persisted in the record before each answer). */
+  acceptor: RestartAcceptorState<RestartDecisionRecord> | undefined;
+  /** This node's ballot while it leads the decision. */
+  proposer: RestartProposer<RestartDecisionRecord> | undefined;
+  ballotStartedMs: number;
+  /** The lowest round this node's next ballot may use (above every round it has seen refused). */
+  nextRound: number;
 }
+
+/** A ballot that neither got its decision chosen nor was refused is abandoned after this long. */
+const BALLOT_TIMEOUT_MS = 1500;
 
 /** Reconciliation of the restart view's shards: the trims of the view the group restarted from. */
 interface Restarted {
@@ -350,6 +371,14 @@ export class MembershipDriver {
 
   get isMember(): boolean {
     return this.status === 'member';
+  }
+
+  /**
+   * The id of the restart view this node resumed in after a total restart (it adopted the chosen
+   * decision), else undefined: a node that rejoined a running group, or never restarted.
+   */
+  get restartViewId(): number | undefined {
+    return this.restarted?.viewId;
   }
 
   /** Whether this node leads the membership log's Raft group (it is then the group leader). */
@@ -517,8 +546,9 @@ export class MembershipDriver {
     this.status = 'restarting';
     this.epoch = record.epoch;
     const run: RestartRun = {
-      last: decodeView(record.view), trims: record.trims, back: new Map(), quorumSinceMs: undefined,
-      decided: undefined, live: false,
+      last: decodeView(record.view), lastEpoch: record.epoch, trims: record.trims, record, back: new Map(),
+      quorumSinceMs: undefined, decided: undefined, live: false, acceptor: record.restart, proposer: undefined,
+      ballotStartedMs: 0, nextRound: 1,
     };
     this.restarting = run;
     const timeoutMs = this.options.restartTimeoutMs ?? 60_000;
@@ -526,7 +556,8 @@ export class MembershipDriver {
     let loggedAtMs = -Infinity;
     const hellos = new Set<TransportAddress>();
     const recordedViewId = run.last.id;
-    this.options.log?.(`restart: last view ${run.last.id} [${run.last.memberIds}], epoch ${record.epoch}`);
+    this.options.log?.(`restart: last view ${run.last.id} [${run.last.memberIds}], epoch ${record.epoch}` +
+      (record.restart?.accepted !== undefined ? `, accepted a decision of ballot ${record.restart.accepted.ballot.round}.${record.restart.accepted.ballot.node}` : ''));
     for (;;) {
       if (this.status !== 'restarting') throw new SquallError('closed while restarting', 'CLOSED');
       if (run.live) {
@@ -577,62 +608,82 @@ export class MembershipDriver {
     return back;
   }
 
-  private async sayHello(run: RestartRun, address: TransportAddress): Promise<void> {
-    let reply: RestartReply;
+  private async ask(address: TransportAddress, message: Wire, timeoutMs = 500): Promise<RestartReply | undefined> {
     try {
       const session = await this.session(address);
-      const bytes = await session.call(MEMBERSHIP_REQUEST_TYPE, pack({
-        t: 'restartHello', node: this.self, address: this.transport.address, view: encodeView(run.last),
-        ...(run.trims !== undefined ? { trims: run.trims } : {}),
-      }), { timeoutMs: 500 });
-      reply = packr.unpack(bytes) as RestartReply;
+      return packr.unpack(await session.call(MEMBERSHIP_REQUEST_TYPE, pack(message), { timeoutMs })) as RestartReply;
     } catch {
       this.sessions.delete(address);
-      return;
+      return undefined;
     }
-    if (reply.t === 'live') run.live = true;
-    else if (reply.t === 'restartDecided') this.learnDecision(run, reply);
-    else if (reply.t === 'restartWait') this.learnPeer(run, reply.node, reply.address, reply.view, reply.trims);
+  }
+
+  private async sayHello(run: RestartRun, address: TransportAddress): Promise<void> {
+    const reply = await this.ask(address, {
+      t: 'restartHello', node: this.self, address: this.transport.address, view: encodeView(run.last), epoch: run.lastEpoch,
+      ...(run.trims !== undefined ? { trims: run.trims } : {}),
+    });
+    if (reply?.t === 'live') run.live = true;
+    else if (reply?.t === 'restartDecided') this.learnDecision(run, reply.decision);
+    else if (reply?.t === 'restartWait') this.learnPeer(run, reply.node, reply.address, reply.view, reply.epoch, reply.trims);
   }
 
   private learnPeer(
-    run: RestartRun, node: number, address: string, viewBytes: Uint8Array, trims: MembershipRecord['trims'],
+    run: RestartRun, node: number, address: string, viewBytes: Uint8Array, epoch: string, trims: MembershipRecord['trims'],
   ): void {
     run.back.set(nodeId(node), { address, atMs: Date.now() });
     const view = decodeView(viewBytes);
     if (view.id > run.last.id) {
       run.last = view;
+      run.lastEpoch = epoch;
       run.trims = undefined;
       run.quorumSinceMs = undefined;
+      run.proposer = undefined; // a ballot of the older instance: its acceptors answer `stale` now
     }
     if (trims !== undefined && trims.viewId === run.last.id && run.trims?.viewId !== run.last.id) run.trims = trims;
   }
 
-  private learnDecision(run: RestartRun, reply: Extract<RestartReply, { t: 'restartDecided' }>): void {
+  /** A chosen decision: adopt it, or (not in its view: not back in time) join the group that resumed. */
+  private learnDecision(run: RestartRun, decision: RestartDecisionRecord): void {
     if (run.decided !== undefined) return;
-    const view = decodeView(reply.view);
-    // Not in the restart view (it was not back in time): join the group that resumed.
-    if (view.addressOf(this.self) !== this.transport.address) {
+    if (decodeView(decision.view).addressOf(this.self) !== this.transport.address) {
       run.live = true;
       return;
     }
-    run.decided = { view, from: decodeView(reply.from), trims: reply.trims, epoch: reply.epoch };
+    run.decided = decision;
   }
 
-  /** The restart leader decides once the quorum is back and the grace period passed (or all are). */
+  /**
+   * The restart leader (the lowest-ranked member back) runs a ballot once the quorum is back and
+   * the grace period passed (or all are), and again with a higher round when one is refused or
+   * stalls (BALLOT_TIMEOUT_MS). A node that is not the leader only answers as an acceptor.
+   */
   private decideRestart(run: RestartRun): void {
     if (run.decided !== undefined || run.live) return;
-    const back = this.backSet(run);
-    if (restartLeader(run.last, back) !== this.self) return;
-    const quorum = restartQuorum(run.last, back);
-    if (!quorum.ready) {
-      run.quorumSinceMs = undefined;
-      return;
-    }
-    run.quorumSinceMs ??= Date.now();
-    if (quorum.missing.length > 0 && Date.now() - run.quorumSinceMs < (this.options.restartGraceMs ?? 1000)) return;
+    const step = restartLeadStep({
+      view: run.last, back: this.backSet(run), self: this.self, nowMs: Date.now(), quorumSinceMs: run.quorumSinceMs,
+      graceMs: this.options.restartGraceMs ?? 1000,
+    });
+    if (step.kind === 'follow') run.proposer = undefined;
+    else run.quorumSinceMs = step.quorumSinceMs;
+    if (step.kind !== 'decide') return;
+    if (run.proposer !== undefined && Date.now() - run.ballotStartedMs < BALLOT_TIMEOUT_MS) return;
+    const instance: RestartInstance = { viewId: run.last.id, epoch: run.lastEpoch };
+    const ballot = nextBallot(run.acceptor, instance, run.nextRound, Number(this.self));
+    run.nextRound = ballot.round + 1;
+    const proposer = new RestartProposer<RestartDecisionRecord>(
+      instance, ballot, (nodes) => restartQuorum(run.last, nodes as ReadonlySet<NodeId>).ready, () => this.freshDecision(run),
+    );
+    run.proposer = proposer;
+    run.ballotStartedMs = Date.now();
+    this.options.log?.(`restart: leader runs ballot ${ballot.round}.${ballot.node} for view ${instance.viewId} (epoch ${instance.epoch})`);
+    void this.runBallot(run, proposer, { t: 'restartPrepare', node: this.self, address: this.transport.address, instance, ballot });
+  }
+
+  /** The leader's own decision when no acceptor of the quorum accepted one: restartView over the nodes back. */
+  private freshDecision(run: RestartRun): RestartDecisionRecord {
     const addresses = new Map<NodeId, string>();
-    for (const node of back) {
+    for (const node of this.backSet(run)) {
       if (!run.last.isMember(node)) continue;
       addresses.set(node, node === this.self ? this.transport.address : run.back.get(node)!.address);
     }
@@ -640,56 +691,129 @@ export class MembershipDriver {
     const trims = run.trims?.viewId === run.last.id
       ? run.trims.trims.map((t) => ({ subgroupId: t.subgroupId, shardIndex: t.shardIndex, trim: [...t.trim] }))
       : [];
-    this.options.log?.(`restart: leader decides view ${view.id} [${view.memberIds}] from view ${run.last.id}` +
-      ` (failed [${view.failed}], ${trims.length} committed trims)`);
-    run.decided = { view, from: run.last, trims, epoch: `${view.id}-${this.self}-${Date.now()}` };
-    // Tell every node that is back at once: the new view's failure detector is running here.
-    const decision = this.decisionReply(run.decided) as Extract<RestartReply, { t: 'restartDecided' }>;
-    for (const m of view.members) {
-      if (m.id !== this.self) this.post(m.address, { ...decision, t: 'restartDecision' });
+    return { view: encodeView(view), from: encodeView(run.last), trims, epoch: `${view.id}-${this.self}-${Date.now()}` };
+  }
+
+  /** Sends one phase of a ballot to this node (first, persisted) and every member of the last view that is back. */
+  private async runBallot(run: RestartRun, proposer: RestartProposer<RestartDecisionRecord>, message: Wire): Promise<void> {
+    const own = await this.answerPaxos(message as Extract<Wire, { t: 'restartPrepare' | 'restartAccept' }>);
+    this.onBallotReply(run, proposer, this.self, own);
+    const back = this.backSet(run);
+    await Promise.all(run.last.members.filter((m) => m.id !== this.self && back.has(m.id)).map(async (m) => {
+      const address = run.back.get(m.id)?.address ?? m.address;
+      const reply = await this.ask(address, message, 1000);
+      if (reply !== undefined) this.onBallotReply(run, proposer, m.id, reply);
+    }));
+  }
+
+  private onBallotReply(run: RestartRun, proposer: RestartProposer<RestartDecisionRecord>, from: NodeId, reply: RestartReply): void {
+    if (run.proposer !== proposer || run.decided !== undefined) return;
+    if (reply.t === 'restartDecided') return this.learnDecision(run, reply.decision);
+    if (reply.t === 'live') {
+      run.live = true;
+      return;
     }
+    if (reply.t !== 'restartPaxos') return;
+    const step: ProposerStep<RestartDecisionRecord> = proposer.onReply(Number(from), reply.reply);
+    const ballot = proposer.ballot;
+    switch (step.kind) {
+      case 'wait':
+        return;
+      case 'retry':
+        run.nextRound = Math.max(run.nextRound, step.nextRound);
+        run.proposer = undefined;
+        this.options.log?.(`restart: ballot ${ballot.round}.${ballot.node} refused (${reply.reply.kind})`);
+        return;
+      case 'accept':
+        this.options.log?.(`restart: ballot ${ballot.round}.${ballot.node} proposes view ${decodeView(step.decision.view).id} ` +
+          `[${decodeView(step.decision.view).memberIds}]${step.adopted ? ' (accepted before: adopted)' : ''}`);
+        void this.runBallot(run, proposer, {
+          t: 'restartAccept', node: this.self, address: this.transport.address, instance: proposer.instance, ballot, decision: step.decision,
+        });
+        return;
+      case 'chosen': {
+        const view = decodeView(step.decision.view);
+        this.options.log?.(`restart: ballot ${ballot.round}.${ballot.node} chose view ${view.id} [${view.memberIds}] ` +
+          `(failed [${view.failed}], ${step.decision.trims.length} committed trims)`);
+        run.decided = step.decision;
+        // Tell every node that is back at once: the new view's failure detector is running here.
+        for (const m of view.members) {
+          if (m.id !== this.self) this.post(m.address, { t: 'restartDecision', decision: step.decision });
+        }
+      }
+    }
+  }
+
+  /**
+   * This node as an acceptor of a restart decision: answers after persisting its new promise or
+   * acceptance. A node that knows the chosen decision (or runs in a view after it) answers with
+   * that instead.
+   */
+  private async answerPaxos(message: Extract<Wire, { t: 'restartPrepare' | 'restartAccept' }>): Promise<RestartReply> {
+    const run = this.restarting;
+    if (this.status !== 'restarting' || run === undefined || run.decided !== undefined) {
+      return this.answerOutsideRestart(message.node, message.address);
+    }
+    const own: RestartInstance = { viewId: run.last.id, epoch: run.lastEpoch };
+    const step = message.t === 'restartPrepare'
+      ? acceptorPrepare(run.acceptor, own, message.instance, message.ballot)
+      : acceptorAccept(run.acceptor, own, message.instance, message.ballot, message.decision);
+    run.acceptor = step.state;
+    if (step.persist) {
+      const { restart: _, ...record } = run.record;
+      await this.options.saveRecord?.({ ...record, ...(step.state !== undefined ? { restart: step.state } : {}) });
+    }
+    return { t: 'restartPaxos', reply: step.reply };
   }
 
   private answerRestartHello(hello: Extract<Wire, { t: 'restartHello' }>): RestartReply {
     const run = this.restarting;
-    if (this.status === 'restarting' && run !== undefined) {
-      if (run.decided !== undefined) return this.decisionReply(run.decided);
-      this.learnPeer(run, hello.node, hello.address, hello.view, hello.trims);
+    if (this.status === 'restarting' && run !== undefined && run.decided === undefined) {
+      this.learnPeer(run, hello.node, hello.address, hello.view, hello.epoch, hello.trims);
       return {
-        t: 'restartWait', node: this.self, address: this.transport.address, view: encodeView(run.last),
+        t: 'restartWait', node: this.self, address: this.transport.address, view: encodeView(run.last), epoch: run.lastEpoch,
         ...(run.trims !== undefined ? { trims: run.trims } : {}),
       };
     }
+    return this.answerOutsideRestart(hello.node, hello.address);
+  }
+
+  /**
+   * A node that knows the chosen decision hands it on: one still restarting, or a member of the
+   * restart view (to a node the view names that missed it, the leader having gone down
+   * meanwhile); any other member says the group is live (the asker joins it).
+   */
+  private answerOutsideRestart(node: number, address: string): RestartReply {
+    const run = this.restarting;
+    if (this.status === 'restarting' && run?.decided !== undefined) return { t: 'restartDecided', decision: run.decided };
     if (this.status !== 'member') return { t: 'notMember' };
-    // A node the restart view names that missed the decision (the leader went down meanwhile)
-    // gets it from any member still in that view; anyone else joins the running group.
     const restarted = this.restarted;
     if (restarted !== undefined && this.core!.view.id === restarted.viewId &&
-      this.core!.view.addressOf(nodeId(hello.node)) === hello.address) {
+      this.core!.view.addressOf(nodeId(node)) === address) {
       const trims = [...restarted.trims].map(([key, t]) => {
         const [subgroupId, shardIndex] = key.split('/').map(Number) as [number, number];
         return { subgroupId, shardIndex, trim: [...t.trim] };
       });
-      return this.decisionReply({ view: this.core!.view, from: restarted.from, trims, epoch: this.epoch });
+      return { t: 'restartDecided', decision: { view: encodeView(this.core!.view), from: encodeView(restarted.from), trims, epoch: this.epoch } };
     }
     return { t: 'live' };
   }
 
-  private decisionReply(d: NonNullable<RestartRun['decided']>): RestartReply {
-    return { t: 'restartDecided', view: encodeView(d.view), from: encodeView(d.from), trims: d.trims, epoch: d.epoch };
-  }
-
   /** Founds the membership log's next epoch in the restart view and becomes a member of it. */
-  private async adoptRestart(decided: NonNullable<RestartRun['decided']>, record: MembershipRecord): Promise<void> {
-    const { view, from } = decided;
+  private async adoptRestart(decided: RestartDecisionRecord, record: MembershipRecord): Promise<void> {
+    const view = decodeView(decided.view);
+    const from = decodeView(decided.from);
     this.epoch = decided.epoch;
     this.restarted = {
       viewId: view.id, from,
-      trims: new Map(decided.trims.map((t) => [`${t.subgroupId}/${t.shardIndex}`, { viewId: from.id, trim: t.trim }])),
+      trims: new Map(decided.trims.map((t) => [`${t.subgroupId}/${t.shardIndex}`, { viewId: from.id, trim: [...t.trim] }])),
       trimApplied: record.trims?.viewId === from.id,
     };
-    // The decision stays answerable (answerRestartHello) while this node starts.
-    this.restarting = { last: from, trims: undefined, back: new Map(), quorumSinceMs: undefined, decided, live: false };
+    // The decision stays answerable (answerOutsideRestart) while this node starts.
+    this.restarting = {
+      last: from, lastEpoch: record.epoch, trims: undefined, record, back: new Map(), quorumSinceMs: undefined, decided,
+      live: false, acceptor: undefined, proposer: undefined, ballotStartedMs: 0, nextRound: 1,
+    };
     this.status = 'restarting';
     this.voters = votersOf(view, this.votersCount);
     for (const v of this.voters) this.logHolders.add(v);
@@ -719,7 +843,10 @@ export class MembershipDriver {
         if (store === undefined) run.restartKept ??= -1n;
         if (store !== undefined && run.restartKept === undefined) {
           const latest = store.latestVersion(run.ref);
-          const kept = keptVersion({ latest, trimApplied: restarted.trimApplied }, restarted.trims.get(name));
+          // A raft shard's versions are Raft's (term << 32 | index), all committed: no ragged trim
+          // applies to them (src/group/raft-shard.ts, "Total restart").
+          const raft = current.shard(run.ref.subgroupId, run.ref.shardIndex)?.mode === 'raft';
+          const kept = raft ? latest : keptVersion({ latest, trimApplied: restarted.trimApplied }, restarted.trims.get(name));
           if (kept < latest) {
             this.options.log?.(`restart: shard ${name} truncates ${latest} → ${kept} (past the committed trim)`);
             await store.truncate?.(run.ref, kept);
@@ -954,10 +1081,11 @@ export class MembershipDriver {
       case 'restartHello':
         return pack(this.answerRestartHello(message));
       case 'restartDecision':
-        if (this.status === 'restarting' && this.restarting !== undefined) {
-          this.learnDecision(this.restarting, { ...message, t: 'restartDecided' });
-        }
+        if (this.status === 'restarting' && this.restarting !== undefined) this.learnDecision(this.restarting, message.decision);
         return EMPTY;
+      case 'restartPrepare':
+      case 'restartAccept':
+        return this.answerPaxos(message).then(pack);
       default:
         this.counters.messagesDropped++;
         void context;

@@ -13,6 +13,7 @@
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
+import type { RestartAcceptorState } from '../membership/restart.js';
 import type { ShardTrim } from '../membership/view-change-core.js';
 import { LmdbStorage } from '../raft/lmdb-storage.js';
 import type { RaftStorage } from '../raft/storage.js';
@@ -27,6 +28,24 @@ export interface MembershipRecord {
   readonly epoch: string;
   /** The committed trims of `view`, once this node delivered up to them (before the next install). */
   readonly trims?: { readonly viewId: number; readonly trims: readonly ShardTrim[] };
+  /**
+   * While a total restart is being decided: this node's acceptor state (the ballot it promised,
+   * the decision it accepted; src/membership/restart.ts). Written before it answers; dropped by
+   * the next install (which writes a record without it).
+   */
+  readonly restart?: RestartAcceptorState<RestartDecisionRecord>;
+}
+
+/** A total restart's decision as it travels and is persisted (encodeView bytes). */
+export interface RestartDecisionRecord {
+  /** The restart view. */
+  readonly view: Uint8Array;
+  /** The view the group restarts from. */
+  readonly from: Uint8Array;
+  /** The committed trims of `from`, per shard. */
+  readonly trims: readonly { readonly subgroupId: number; readonly shardIndex: number; readonly trim: readonly number[] }[];
+  /** The new membership-log epoch (`<view>-<leader>-<ms>`). */
+  readonly epoch: string;
 }
 
 export const MEMBERSHIP_FILE = 'membership.mdb';

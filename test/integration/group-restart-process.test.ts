@@ -18,7 +18,8 @@ import { freeUdpPorts, localConfigToml } from '../../src/group/local.js';
 import { ChildNode, waitUntil } from '../support/child-node.js';
 import { KvStore } from '../../examples/kv-store/app.js';
 
-const layout = { KvStore: oneSubgroup(fixedEvenShards(1, 3)) };
+// GRST_MODE=raft: the one shard is raft-ordered; its members resume their Raft log at the restart.
+const layoutOf = (mode: string | undefined) => ({ KvStore: oneSubgroup(fixedEvenShards(1, 3, mode === 'raft' ? { mode: 'raft' } : {})) });
 // Generous for a loaded machine: a false suspicion would turn the test into a different one.
 const TOML = '[timeouts]\nheartbeat_ms = 50\nfailure_timeout_ms = 1500';
 
@@ -32,7 +33,7 @@ if (process.env['GRST_CHILD'] !== undefined) {
   const log = process.env['GRST_LOG'] !== undefined
     ? (line: string) => process.stderr.write(`[node ${config.node.id}] ${line}\n`)
     : undefined;
-  const group = await Group.start(config, { types: [KvStore], layout, membership: log ? { log } : true });
+  const group = await Group.start(config, { types: [KvStore], layout: layoutOf(process.env['GRST_MODE']), membership: log ? { log } : true });
   const kv = group.subgroup(KvStore);
   process.on('message', (message: Request) => {
     void (async () => {
@@ -58,6 +59,7 @@ if (process.env['GRST_CHILD'] !== undefined) {
   process.send!({ ready: true });
 } else {
   const { default: test } = await import('ava');
+  type ExecutionContext = import('ava').ExecutionContext;
 
   class Node extends ChildNode<{ op: 'put'; key: string; value: string } | { op: 'state' }> {
     put(key: string, value: string): Promise<boolean> {
@@ -72,14 +74,15 @@ if (process.env['GRST_CHILD'] !== undefined) {
   const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-restart-process-'));
   test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
 
-  test('3 processes: kill -9 of all, restart from the data dirs: every acknowledged put is there', async (t) => {
+  const killAllAndRestart = async (t: ExecutionContext, mode: 'ordered' | 'raft'): Promise<void> => {
     t.timeout(120_000);
     const ports = await freeUdpPorts(3);
     const file = fileURLToPath(import.meta.url);
     const spawn = (i: number, reset: boolean): Node => new Node(i + 1, fork(file, [], {
       env: {
         ...process.env,
-        GRST_CHILD: localConfigToml(i, ports, { dataRoot, firstId: 1, extraToml: TOML, reset }),
+        GRST_CHILD: localConfigToml(i, ports, { dataRoot: join(dataRoot, mode), firstId: 1, extraToml: TOML, reset }),
+        GRST_MODE: mode,
       },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     }));
@@ -138,5 +141,11 @@ if (process.env['GRST_CHILD'] !== undefined) {
     } finally {
       for (const n of nodes) n.child.kill('SIGKILL');
     }
-  });
+  };
+
+  test('3 processes: kill -9 of all, restart from the data dirs: every acknowledged put is there', (t) => killAllAndRestart(t, 'ordered'));
+  // The shard's Raft log is its durable state: its members resume the Raft group (same
+  // configuration, persisted term) and every acknowledged put is there, versions above the old.
+  test('3 processes, a raft shard: kill -9 of all, restart: the Raft log resumes, every acknowledged put is there',
+    (t) => killAllAndRestart(t, 'raft'));
 }

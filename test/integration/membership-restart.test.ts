@@ -13,8 +13,9 @@
 import test, { type ExecutionContext } from 'ava';
 import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
 import { defaultAllocator, fixedEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
+import { restartView } from '../../src/membership/restart.js';
 import { decodeView, encodeView, View } from '../../src/membership/view.js';
-import { MembershipDriver, RestartTimeoutError } from '../../src/runtime/membership-driver.js';
+import { MembershipDriver, RestartTimeoutError, type MembershipDriverOptions } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
 import { Endpoint } from '../../src/transport/native-transport.js';
 import { createEndpoint, KvState, waitFor } from '../support/membership-local.js';
@@ -83,14 +84,14 @@ async function restartingGroup(seedBase: number) {
   const shard = { subgroupId: layout.types[0]!.subgroups[0]!.subgroupId as SubgroupId, shardIndex: 0 as ShardIndex };
   const states = [0, 1, 2].map(() => new KvState());
   const lines: string[] = [];
-  const driver = (i: number, restartTimeoutMs = 20_000): MembershipDriver => new MembershipDriver({
+  const driver = (i: number, restartTimeoutMs = 20_000, extra: Partial<MembershipDriverOptions> = {}): MembershipDriver => new MembershipDriver({
     self: nodeId(i + 1), transport: endpoints[i]!, allocator, layoutHash: 'kv', founders: members, found: false,
     heartbeatMs: 20, failureTimeoutMs: 400, tickMs: 10, record: { view: encodeView(last), epoch: '2' },
-    state: states[i]!, restartTimeoutMs, restartGraceMs: 300,
+    state: states[i]!, restartTimeoutMs, restartGraceMs: 300, ...extra,
     onDeliver: (s, d) => states[i]!.append(s, d.version!, new TextDecoder().decode(d.payload)),
     log: (line) => lines.push(`n${i + 1} ${line}`),
   });
-  return { endpoints, shard, states, lines, driver };
+  return { endpoints, shard, states, lines, driver, last, members, allocator };
 }
 
 test('two of three restart without the third after the grace period; the third rejoins later', async (t) => {
@@ -121,6 +122,48 @@ test('two of three restart without the third after the grace period; the third r
     t.deepEqual(states[2]!.shards.get('0/0')!.map((r) => r.tag), ['a', 'b', 'd'],
       'node 3 dropped the version the group never had and received the rest');
     t.true(lines.some((l) => l.startsWith('n3 state: shard 0/0 truncates')));
+  } catch (error) {
+    t.log(lines.join('\n'));
+    throw error;
+  } finally {
+    for (const d of drivers) await d.close();
+    for (const e of endpoints) await e.close();
+  }
+});
+
+test('a decision accepted before the restart leader failed is the one the others resume in', async (t) => {
+  t.timeout(30_000);
+  const { endpoints, lines, driver, last, members, allocator } = await restartingGroup(1000);
+  // Node 1 led the restart of view 4 with all three back, got its decision (view 5 of [1, 2, 3])
+  // accepted by node 2 under ballot 1.1, and died before anyone adopted it. Nodes 2 and 3 are a
+  // quorum without it: node 2 leads now, and must propose that decision again, not its own
+  // (view 5 of [2, 3]), since a quorum may have accepted it and node 1 may have acted on it.
+  const addresses = new Map(members.map((m) => [m.id, m.address]));
+  const accepted = {
+    view: encodeView(restartView(last, addresses, allocator)), from: encodeView(last), trims: [], epoch: '5-1-1234',
+  };
+  const record2: MembershipRecord = {
+    view: encodeView(last), epoch: '2',
+    restart: { instance: { viewId: 4, epoch: '2' }, promised: { round: 1, node: 1 }, accepted: { ballot: { round: 1, node: 1 }, decision: accepted } },
+  };
+  const saved: MembershipRecord[] = [];
+  const drivers = [
+    driver(1, 20_000, { record: record2 }),
+    driver(2, 20_000, { saveRecord: async (r) => void saved.push(r) }),
+  ];
+  try {
+    await Promise.all(drivers.map((d) => d.start()));
+    for (const d of drivers) {
+      t.is(d.current().id, viewId(5));
+      t.deepEqual(d.current().memberIds.map(Number), [1, 2, 3], 'the accepted decision, with node 1');
+    }
+    t.true(lines.some((l) => /^n2 restart: ballot \d+\.2 proposes view 5 \[1,2,3\] \(accepted before: adopted\)/.test(l)));
+    // Node 3 persisted its promise and its acceptance before it answered.
+    const acceptance = saved.find((r) => r.restart?.accepted !== undefined);
+    t.is(acceptance?.restart?.accepted?.decision.epoch, '5-1-1234');
+    t.true(saved.indexOf(acceptance!) > saved.findIndex((r) => r.restart?.promised !== undefined && r.restart.accepted === undefined));
+    // Node 1 is not back: the resumed group removes it.
+    await waitFor('view 6 without node 1', () => drivers.every((d) => d.current().memberIds.map(Number).join() === '2,3'), 10_000);
   } catch (error) {
     t.log(lines.join('\n'));
     throw error;

@@ -400,17 +400,13 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   void markersFor;
   markersFor = [];
   const s = world.stats;
-  return {
-    seed,
-    traceHash: sim.traceHash(),
-    steps: sim.steps,
-    simulatedMs: sim.nowMs,
-    summary: `${s.maxView} views, ${s.installs} installs, ${s.deliveries} deliveries (${s.atTrim} at trims), ` +
+  return sim.result(
+    `${s.maxView} views, ${s.installs} installs, ${s.deliveries} deliveries (${s.atTrim} at trims), ` +
       `${s.removed} removed (${s.left} left), ${s.refused} refused, ${s.partitioned} partitioned, ` +
       `${s.stateTransfers} state transfers, ${s.stateLost} stateless starts, crashes ${sim.stats.crashes} ` +
       `(port-unreachable answers ${sim.stats.unreachable}), ` +
       `partitions/cuts ${s.cuts}, settled at ${markersSentAtMs} ms`,
-  };
+  );
 }
 
 function describe(m: MemMessage): string {

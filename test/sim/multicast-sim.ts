@@ -359,18 +359,13 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   sim.run({ untilMs: 60_000, stepsMax, stopWhen: drained });
   checkNothingLost(sim, world);
   for (const id of world.view.members) world.rdmcRepairs += sim.node(id)!.core!.counters.rdmcRepairs;
-  return {
-    seed,
-    traceHash: sim.traceHash(),
-    steps: sim.steps,
-    simulatedMs: sim.nowMs,
-    summary:
-      `${ids.length} nodes (${senderIds.length} senders), ${world.submitted.length} submitted, ${world.delivered} deliveries ` +
+  return sim.result(
+    `${ids.length} nodes (${senderIds.length} senders), ${world.submitted.length} submitted, ${world.delivered} deliveries ` +
       `(${world.largeDelivered} RDMC, ${world.trimDelivered} at ragged edges), ` +
       `${world.viewChanges} view changes, ${world.resent} re-sent, ${world.rdmcRepairs} RDMC repairs, ` +
       `${sim.stats.crashes} crashes, ` +
       `drained at ${drainedAtMs} ms`,
-  };
+  );
 }
 
 function checkNothingLost(sim: Simulation<McMessage, MulticastSimNode>, world: World): void {

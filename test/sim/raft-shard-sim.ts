@@ -455,13 +455,9 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     throw sim.failure(new InvariantViolation('linearizability',
       `not linearizable; the failing key's operations:\n  ${(verdict.failingPartition ?? []).slice(0, 40).join('\n  ')}`));
   }
-  return {
-    seed,
-    traceHash: sim.traceHash(),
-    steps: sim.steps,
-    simulatedMs: sim.nowMs,
-    summary: `calls run ${shard.ranAt.size}, duplicates answered ${shard.duplicatesAnswered}, expired ${shard.expired}, ` +
+  return sim.result(
+    `calls run ${shard.ranAt.size}, duplicates answered ${shard.duplicatesAnswered}, expired ${shard.expired}, ` +
       `history ${ops.length} ops (${verdict.verdict}), voters ${leaderConf()}, crashes ${sim.stats.crashes}, faults ${sim.stats.faults}, loss ${lossRate}`,
-  };
+  );
 }
 

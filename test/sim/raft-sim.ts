@@ -573,13 +573,9 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   }
   const terms = Math.max(0, ...world.leaders.keys());
   const s = world.stats;
-  return {
-    seed,
-    traceHash: sim.traceHash(),
-    steps: sim.steps,
-    simulatedMs: sim.nowMs,
-    summary: `terms ${terms}, leaders ${world.leaders.size}, committed ${world.committed.size}, proposals ${s.proposals}, ` +
+  return sim.result(
+    `terms ${terms}, leaders ${world.leaders.size}, committed ${world.committed.size}, proposals ${s.proposals}, ` +
       `conf ${s.confChanges}, transfers ${s.transfers}, compactions ${s.compactions}, snapshots installed ` +
       `${s.snapshotsInstalled}, reads ${s.readsAnswered}/${s.reads}, crashes ${sim.stats.crashes}, faults ${sim.stats.faults}`,
-  };
+  );
 }

@@ -13,6 +13,7 @@ import { SeededRandom } from '../../src/core/random.js';
 import { SimDisk } from './disk.js';
 import { EventQueue } from './event-queue.js';
 import { SimNetwork, type NetworkOptions } from './network.js';
+import type { SeedResult } from './protocol.js';
 import { TraceHash } from './trace.js';
 
 /** What the simulator calls on a node. A crash simply drops the object; restart builds a new one. */
@@ -361,6 +362,11 @@ export class Simulation<M, N extends SimNode<M>> {
       if (limits.stopWhen?.()) break;
     }
     if (timeUp && untilMs !== Infinity && this.now < untilMs) this.now = untilMs;
+  }
+
+  /** This run's SeedResult (seed, trace hash, steps, simulated time) with `summary`. */
+  result(summary: string): SeedResult {
+    return { seed: this.seed, traceHash: this.traceHash(), steps: this.steps, simulatedMs: this.nowMs, summary };
   }
 
   /** A SimFailure for a check made outside the step loop (e.g. liveness at the end of a run). */

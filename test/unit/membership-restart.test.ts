@@ -8,7 +8,7 @@ import { makeVersion, nodeId, viewId, type NodeId } from '../../src/core/ids.js'
 import { SeededRandom } from '../../src/core/random.js';
 import { customShards, defaultAllocator, fixedEvenShards, oneSubgroup } from '../../src/membership/layout.js';
 import {
-  keptVersion, reconcileShard, restartLeader, restartQuorum, restartView,
+  RestartProposer, acceptorAccept, acceptorPrepare, keptVersion, reconcileShard, restartLeader, restartQuorum, restartView,
 } from '../../src/membership/restart.js';
 import { initialView } from '../../src/membership/view-change-core.js';
 
@@ -111,4 +111,65 @@ test('random shard histories: after truncation and reconciliation every node hol
       t.is(finals[0]!.length, trimSet.length, `seed ${seed}: a node that applied the trim keeps all of it`);
     }
   }
+});
+
+// ---- The decision's ballots (acceptorPrepare, acceptorAccept, RestartProposer) ----------------
+
+const inst = (viewId: number, epoch = '0'): { viewId: number; epoch: string } => ({ viewId, epoch });
+const b = (round: number, node: number): { round: number; node: number } => ({ round, node });
+
+test('an acceptor promises only upward, and reports what it accepted', (t) => {
+  const p1 = acceptorPrepare<string>(undefined, inst(5), inst(5), b(1, 2));
+  t.deepEqual(p1.reply, { kind: 'promise' });
+  t.true(p1.persist, 'a new promise is persisted before the answer');
+  const lower = acceptorPrepare(p1.state, inst(5), inst(5), b(1, 1));
+  t.deepEqual(lower.reply, { kind: 'nack', promised: b(1, 2) }, 'round 1 of node 1 is below round 1 of node 2');
+  const acc = acceptorAccept(p1.state, inst(5), inst(5), b(1, 2), 'D1');
+  t.deepEqual(acc.reply, { kind: 'accepted' });
+  t.true(acc.persist);
+  t.deepEqual(acceptorAccept(acc.state, inst(5), inst(5), b(0, 9), 'D0').reply, { kind: 'nack', promised: b(1, 2) });
+  const p2 = acceptorPrepare(acc.state, inst(5), inst(5), b(2, 1));
+  t.deepEqual(p2.reply, { kind: 'promise', accepted: { ballot: b(1, 2), decision: 'D1' } });
+  t.false(acceptorPrepare(p2.state, inst(5), inst(5), b(2, 1)).persist, 'a repeated prepare changes nothing');
+});
+
+test('an acceptor answers an older instance stale and starts over for a newer one', (t) => {
+  const acc = acceptorAccept<string>(undefined, inst(5), inst(5), b(3, 1), 'D');
+  t.deepEqual(acceptorPrepare(acc.state, inst(6), inst(5), b(9, 1)).reply, { kind: 'stale', newer: inst(6) },
+    'this node heard of view 6: a restart from view 5 is stale');
+  t.deepEqual(acceptorPrepare(acc.state, inst(5), inst(4), b(9, 1)).reply, { kind: 'stale', newer: inst(5) });
+  const newer = acceptorPrepare(acc.state, inst(5), inst(6), b(1, 1));
+  t.deepEqual(newer.reply, { kind: 'promise' }, 'the decision of view 5 does not carry into view 6');
+  t.deepEqual(newer.state!.instance, inst(6));
+  // Its persisted instance counts even when its own record is older (it crashed and came back).
+  t.deepEqual(acceptorPrepare(newer.state, inst(5), inst(5), b(7, 1)).reply, { kind: 'stale', newer: inst(6) });
+});
+
+test('the proposer proposes the highest accepted decision of a quorum, else its own, and is chosen by a quorum', (t) => {
+  const quorum = (nodes: ReadonlySet<number>): boolean => restartQuorum(view, nodes as ReadonlySet<NodeId>).ready;
+  let freshCalls = 0;
+  const p = new RestartProposer<string>(inst(5), b(4, 1), quorum, () => {
+    freshCalls++;
+    return 'mine';
+  });
+  t.deepEqual(p.onReply(1, { kind: 'promise' }), { kind: 'wait' });
+  t.deepEqual(p.onReply(2, { kind: 'promise', accepted: { ballot: b(2, 3), decision: 'old' } }), { kind: 'wait' });
+  // Shards [1, 2] and [3, 4] of two each: only all four are a quorum.
+  t.deepEqual(p.onReply(3, { kind: 'promise', accepted: { ballot: b(3, 2), decision: 'newer' } }), { kind: 'wait' });
+  t.deepEqual(p.onReply(4, { kind: 'promise' }), { kind: 'accept', ballot: b(4, 1), decision: 'newer', adopted: true });
+  t.is(freshCalls, 0);
+  t.deepEqual(p.onReply(1, { kind: 'accepted' }), { kind: 'wait' });
+  t.deepEqual(p.onReply(1, { kind: 'accepted' }), { kind: 'wait' }, 'a duplicate counts once');
+  t.deepEqual(p.onReply(3, { kind: 'accepted' }), { kind: 'wait' });
+  t.deepEqual(p.onReply(4, { kind: 'accepted' }), { kind: 'wait' }, 'three of four, but one of shard [1, 2]');
+  t.deepEqual(p.onReply(2, { kind: 'accepted' }), { kind: 'chosen', decision: 'newer' });
+  t.deepEqual(p.onReply(2, { kind: 'accepted' }), { kind: 'wait' }, 'chosen once');
+
+  const q = new RestartProposer<string>(inst(5), b(1, 1), quorum, () => 'mine');
+  for (const n of [1, 2, 3]) q.onReply(n, { kind: 'promise' });
+  t.deepEqual(q.onReply(4, { kind: 'promise' }), { kind: 'accept', ballot: b(1, 1), decision: 'mine', adopted: false });
+  t.deepEqual(q.onReply(2, { kind: 'nack', promised: b(1, 1) }), { kind: 'wait' }, 'its own ballot is no refusal');
+  t.deepEqual(q.onReply(2, { kind: 'nack', promised: b(6, 3) }), { kind: 'retry', nextRound: 7 });
+  const s = new RestartProposer<string>(inst(5), b(1, 1), quorum, () => 'mine');
+  t.deepEqual(s.onReply(2, { kind: 'stale', newer: inst(8) }), { kind: 'retry', nextRound: 2, newer: inst(8) });
 });

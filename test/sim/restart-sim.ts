@@ -1,0 +1,615 @@
+/**
+ * The total restart's decision under the deterministic simulator: the real pure core
+ * (src/membership/restart.ts: restartQuorum, restartLeader, restartView, the acceptor steps and
+ * RestartProposer, reconcileShard) driven by `RestartSimNode`, a miniature of the restart path of
+ * src/runtime/membership-driver.ts. `npm run sim -- restart --seeds N [--flag mutation=singlePhase]`.
+ *
+ * The run: six nodes were members of the last view R (two shards of three: [1,2,3] and
+ * [4,5,6]); every one of them crashed. Each disk holds the view record (R, or for one node on some
+ * seeds R − 1: it crashed before recording R, which then only held versions of earlier views), the
+ * acceptor state (none at first) and each shard's log: a prefix of the shard's one history, at
+ * least as long as the acknowledged part (a write is acknowledged once durable on every member).
+ * The nodes come back in a random order at random times, some only after the faults stop;
+ * crashes (up to three down), restarts, partitions, loss and duplication run meanwhile; and each
+ * seed draws a swarm profile that crashes the restart leader in the middle of its decision:
+ * after sending its prepares, part-way through its accepts, or part-way through telling the
+ * chosen decision, followed (on half the seeds) by the crash of the nodes it reached.
+ *
+ * Checked (InvariantViolation fails the seed):
+ *  - agreement: every node that adopts a restart decision adopts the same one (its epoch, view
+ *    id and members), across all incarnations;
+ *  - chosen only: a node adopts only a decision a quorum accepted (not with the mutation);
+ *  - no acknowledged write lost: a shard member that finishes reconciling holds every
+ *    acknowledged version, and its log is a prefix of the shard's history (nothing invented);
+ *  - identical replicas: once faults stop, within LIVENESS_MS every node has adopted the
+ *    decision (or, not in its view, learned it) and every member of each shard of the restart
+ *    view has reconciled to the identical log.
+ *
+ * The model leaves out what the membership simulator covers (membership-sim.ts): after adopting,
+ * a node runs as a member of the restart view; a later crash of it is a member crash of a running
+ * group, so on restart it serves its adopted decision and its reconciled logs.
+ *
+ * `--flag mutation=singlePhase` is the decision before ballots: the leader decides alone once the
+ * quorum is back and tells the others, and a node that holds a decision hands it on. The ava test
+ * checks that the agreement check catches it within a few seeds.
+ */
+import { nodeId, viewId as makeViewId, type NodeId } from '../../src/core/ids.js';
+import { SeededRandom } from '../../src/core/random.js';
+import { defaultAllocator, flexibleEvenShards, oneSubgroup } from '../../src/membership/layout.js';
+import {
+  RestartProposer, acceptorAccept, acceptorPrepare, nextBallot, reconcileShard, restartLeadStep, restartQuorum, restartView,
+  type AcceptorReply, type Ballot, type RestartAcceptorState, type RestartInstance,
+} from '../../src/membership/restart.js';
+import { initialView } from '../../src/membership/view-change-core.js';
+import { View } from '../../src/membership/view.js';
+import type { SeedOptions, SeedResult } from './protocol.js';
+import { InvariantViolation, Simulation, type NodeContext, type SimNode } from './simulation.js';
+
+const NODES = [1, 2, 3, 4, 5, 6];
+const SHARDS = 2;
+const TICK_MS = 10;
+const HELLO_EVERY_TICKS = 3;
+/** A node heard from within this long counts as back (the driver: 3 s). */
+const BACK_MS = 300;
+/** Once the quorum is back, the leader waits this long for the others (group.restart_grace_ms). */
+const GRACE_MS = 60;
+const BALLOT_TIMEOUT_MS = 200;
+const FAULTS_UNTIL_MS = 2500;
+const LIVENESS_MS = 4000;
+const R_ID = 7;
+const EPOCH = '0';
+
+const allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(SHARDS, 1, 3)) });
+
+/** A restart decision as the simulated nodes carry it (the driver's RestartDecisionRecord). */
+interface SimDecision {
+  readonly viewId: number;
+  readonly fromViewId: number;
+  readonly members: readonly number[];
+  /** Per shard, its members in the restart view. */
+  readonly shards: readonly (readonly number[])[];
+  readonly epoch: string;
+}
+
+type Msg =
+  | { k: 'hello'; inst: RestartInstance }
+  | { k: 'wait'; inst: RestartInstance }
+  | { k: 'decided'; d: SimDecision }
+  | { k: 'prepare'; inst: RestartInstance; b: Ballot }
+  | { k: 'accept'; inst: RestartInstance; b: Ballot; d: SimDecision }
+  | { k: 'paxos'; b: Ballot; r: AcceptorReply<SimDecision> }
+  | { k: 'latest'; shard: number; epoch: string }
+  | { k: 'latestIs'; shard: number; epoch: string; kept: number }
+  | { k: 'pull'; shard: number; epoch: string; after: number; target: number }
+  | { k: 'state'; shard: number; epoch: string; suffix: number[]; after: number };
+
+const key = (d: SimDecision): string => `${d.viewId}/${d.epoch}/[${d.members}]`;
+
+type Profile = 'none' | 'afterPrepare' | 'midAccept' | 'midChosen';
+
+class World {
+  readonly views = new Map<number, View>();
+  /** Per shard, its history: version i is history[i]. */
+  readonly history: number[][] = [];
+  /** Per shard, how many versions were acknowledged before the crash (on every member). */
+  readonly acked: number[] = [];
+  readonly chosen = new Set<string>();
+  adopted: { key: string; by: number } | undefined;
+  readonly learned = new Set<number>();
+  readonly crashAfterActing = new Set<number>();
+  readonly reconciled = new Map<string, readonly number[]>();
+  profile: Profile = 'none';
+  secondCrash = false;
+  profileFired = false;
+  mutation: string | undefined;
+  sim!: Simulation<Msg, RestartSimNode>;
+  stats = { ballots: 0, refused: 0, adoptedValues: 0, chosen: 0, adoptions: 0, pulls: 0, leaderCrashes: 0 };
+
+  /** A node acted on a decision or an acceptance: the swarm profile may crash it now. */
+  acted(node: number, what: string): void {
+    if (this.crashAfterActing.delete(node)) this.sim.schedule(0, `profile: crash n${node} after ${what}`, () => this.sim.crash(node));
+  }
+
+  onAdopt(node: number, d: SimDecision): void {
+    this.acted(node, 'adopting');
+    const k = key(d);
+    this.stats.adoptions++;
+    if (this.mutation === undefined && !this.chosen.has(k)) {
+      throw new InvariantViolation('chosen only', `n${node} adopts ${k}, which no quorum accepted`);
+    }
+    if (this.adopted === undefined) this.adopted = { key: k, by: node };
+    else if (this.adopted.key !== k) {
+      throw new InvariantViolation('restart agreement', `n${node} adopts ${k}, but n${this.adopted.by} adopted ${this.adopted.key}`);
+    }
+  }
+
+  onReconciled(node: number, shard: number, log: readonly number[]): void {
+    const history = this.history[shard]!;
+    if (log.length < this.acked[shard]!) {
+      throw new InvariantViolation('acknowledged write lost', `n${node} shard ${shard} ends with ${log.length} versions, ${this.acked[shard]} were acknowledged`);
+    }
+    log.forEach((v, i) => {
+      if (history[i] !== v) throw new InvariantViolation('acknowledged write lost', `n${node} shard ${shard} version ${i} is ${v}, not ${history[i]}`);
+    });
+    this.reconciled.set(`${node}/${shard}`, log);
+  }
+
+  /** True if the swarm profile `at` crashes the leader now. */
+  fires(at: Profile): boolean {
+    return this.profile === at && !this.profileFired && !this.sim.isQuiesced;
+  }
+
+  /** How many of `n` recipients a leader that crashes part-way reaches: mostly 1 or 2. */
+  partWay(n: number): number {
+    return Math.min(n, this.sim.random.int(4) === 0 ? this.sim.random.int(n + 1) : 1 + this.sim.random.int(2));
+  }
+
+  /** The swarm profile: crash the leader in the middle of its decision (once per run). */
+  maybeCrashLeader(node: RestartSimNode, at: Profile, recipients: readonly number[]): void {
+    if (!this.fires(at)) return;
+    this.profileFired = true;
+    this.stats.leaderCrashes++;
+    this.sim.schedule(0, `profile ${at}: crash leader n${node.id}`, () => this.sim.crash(node.id));
+    this.sim.schedule(50 + this.sim.random.int(350), `profile: restart n${node.id}`, () => this.sim.restart(node.id));
+    // The others (that ever started) come back meanwhile, so that a quorum may decide without them.
+    for (const id of NODES) {
+      if (id !== node.id && !recipients.includes(id) && !this.sim.isUp(id) && this.sim.incarnation(id) >= 0) {
+        this.sim.schedule(1 + this.sim.random.int(30), `profile: restart n${id}`, () => this.sim.restart(id));
+      }
+    }
+    // Then the nodes it reached: each as soon as it acted on what it got (adopted it, or, for an
+    // accept, persisted its acceptance), or after 30–50 ms.
+    if (this.secondCrash) {
+      for (const other of recipients) {
+        this.crashAfterActing.add(other);
+        this.sim.schedule(30 + this.sim.random.int(20), `profile: crash n${other}`, () => {
+          if (this.crashAfterActing.delete(other)) this.sim.crash(other);
+        });
+        this.sim.schedule(300 + this.sim.random.int(600), `profile: restart n${other}`, () => this.sim.restart(other));
+      }
+    }
+  }
+}
+
+interface Reconciling {
+  readonly shard: number;
+  kept: number;
+  answers: Map<number, number>;
+  askedAtMs: number;
+  done: boolean;
+}
+
+class RestartSimNode implements SimNode<Msg> {
+  private last: View;
+  private lastEpoch: string;
+  private acceptor: RestartAcceptorState<SimDecision> | undefined;
+  private decided: SimDecision | undefined;
+  private adopted: SimDecision | undefined;
+  /**
+   * The decision this node hands on to hellos and ballots: once it adopted it durably (or, not in
+   * its view, learned it). The driver hands a chosen decision on as soon as it learns it, which
+   * only narrows the window the mutation needs; the miniature keeps it wide.
+   */
+  private handsOn: SimDecision | undefined;
+  private readonly back = new Map<number, number>();
+  private quorumSinceMs: number | undefined;
+  private proposer: RestartProposer<SimDecision> | undefined;
+  private ballotAtMs = 0;
+  private nextRound = 1;
+  private ticks = 0;
+  /** Replies and self-steps waiting for their disk batch. */
+  private readonly waiting = new Map<number, (() => void)[]>();
+  private readonly logs = new Map<number, number[]>();
+  private readonly reconciling = new Map<number, Reconciling>();
+
+  constructor(readonly ctx: NodeContext<Msg>, private readonly world: World) {
+    const record = ctx.disk.get<{ viewId: number; epoch: string }>('record')!;
+    this.last = world.views.get(record.viewId)!;
+    this.lastEpoch = record.epoch;
+    this.acceptor = ctx.disk.get('acceptor');
+    this.adopted = ctx.disk.get('adopted');
+    this.decided = this.adopted;
+    this.handsOn = this.adopted;
+    for (let s = 0; s < SHARDS; s++) this.logs.set(s, [...(ctx.disk.get<number[]>(`shard:${s}`) ?? [])]);
+    if (this.adopted !== undefined) this.startReconciling();
+  }
+
+  get id(): number {
+    return this.ctx.id;
+  }
+
+  private get instance(): RestartInstance {
+    return { viewId: this.last.id, epoch: this.lastEpoch };
+  }
+
+  private afterSync(fn: () => void): void {
+    const token = this.ctx.disk.sync();
+    const list = this.waiting.get(token) ?? [];
+    list.push(fn);
+    this.waiting.set(token, list);
+  }
+
+  diskSynced(token: number): void {
+    for (const [t, fns] of [...this.waiting].sort((a, b) => a[0] - b[0])) {
+      if (t > token) break;
+      this.waiting.delete(t);
+      for (const fn of fns) fn();
+    }
+  }
+
+  tick(): void {
+    this.ticks++;
+    const now = this.ctx.nowMs();
+    if (this.adopted !== undefined) {
+      for (const r of this.reconciling.values()) if (!r.done && now - r.askedAtMs > 100) this.askLatest(r);
+      return;
+    }
+    if (this.decided !== undefined) return;
+    if (this.ticks % HELLO_EVERY_TICKS === 0) {
+      for (const m of this.last.memberIds) if (Number(m) !== this.id) this.ctx.send(Number(m), { k: 'hello', inst: this.instance });
+    }
+    this.lead(now);
+  }
+
+  private backSet(now: number): Set<NodeId> {
+    const set = new Set<NodeId>([nodeId(this.id)]);
+    for (const [n, at] of this.back) if (now - at < BACK_MS) set.add(nodeId(n));
+    return set;
+  }
+
+  /** The restart leader's part (decideRestart in the driver). */
+  private lead(now: number): void {
+    const back = this.backSet(now);
+    const step = restartLeadStep({ view: this.last, back, self: nodeId(this.id), nowMs: now, quorumSinceMs: this.quorumSinceMs, graceMs: GRACE_MS });
+    if (step.kind === 'follow') this.proposer = undefined;
+    else this.quorumSinceMs = step.quorumSinceMs;
+    if (step.kind !== 'decide') return;
+    if (this.world.mutation === 'singlePhase') {
+      const d = this.fresh(back);
+      this.ctx.trace(`decides alone ${key(d)}`);
+      this.world.chosen.add(key(d));
+      this.tellChosen(d);
+      return;
+    }
+    if (this.proposer !== undefined && now - this.ballotAtMs < BALLOT_TIMEOUT_MS) return;
+    const inst = this.instance;
+    const b = nextBallot(this.acceptor, inst, this.nextRound, this.id);
+    this.nextRound = b.round + 1;
+    const view = this.last;
+    const p = new RestartProposer<SimDecision>(inst, b, (nodes) => restartQuorum(view, nodes as ReadonlySet<NodeId>).ready,
+      () => this.fresh(this.backSet(this.ctx.nowMs())));
+    this.proposer = p;
+    this.ballotAtMs = now;
+    this.world.stats.ballots++;
+    this.ctx.trace(`ballot ${b.round}.${b.node} for ${inst.viewId}`);
+    const msg: Msg = { k: 'prepare', inst, b };
+    this.acceptLocally(msg);
+    const sent: number[] = [];
+    for (const m of this.last.memberIds) {
+      if (Number(m) === this.id || !back.has(m)) continue;
+      this.ctx.send(Number(m), msg);
+      sent.push(Number(m));
+    }
+    this.world.maybeCrashLeader(this, 'afterPrepare', sent);
+  }
+
+  private fresh(back: ReadonlySet<NodeId>): SimDecision {
+    const addresses = new Map<NodeId, string>();
+    for (const n of back) if (this.last.isMember(n)) addresses.set(n, `sim:${n}`);
+    const view = restartView(this.last, addresses, allocator);
+    const shards = view.layout.types[0]!.subgroups[0]!.shards.map((s) => s.members.map(Number));
+    return { viewId: view.id, fromViewId: this.last.id, members: view.memberIds.map(Number), shards, epoch: `${view.id}-${this.id}-${this.ctx.nowMs()}` };
+  }
+
+  /** This node as an acceptor of its own ballot: the answer counts once persisted. */
+  private acceptLocally(msg: Extract<Msg, { k: 'prepare' | 'accept' }>): void {
+    this.answerPaxos(msg, (reply) => this.onPaxos(this.id, reply));
+  }
+
+  private answerPaxos(msg: Extract<Msg, { k: 'prepare' | 'accept' }>, reply: (r: Msg) => void): void {
+    if (this.decided !== undefined) {
+      if (this.handsOn !== undefined) reply({ k: 'decided', d: this.handsOn });
+      return;
+    }
+    const step = msg.k === 'prepare'
+      ? acceptorPrepare(this.acceptor, this.instance, msg.inst, msg.b)
+      : acceptorAccept(this.acceptor, this.instance, msg.inst, msg.b, msg.d);
+    this.acceptor = step.state;
+    const out: Msg = { k: 'paxos', b: msg.b, r: step.reply };
+    if (!step.persist) {
+      reply(out);
+      return;
+    }
+    this.ctx.disk.put('acceptor', step.state);
+    this.afterSync(() => {
+      reply(out);
+      if (msg.k === 'accept') this.world.acted(this.id, 'accepting');
+    });
+  }
+
+  private onPaxos(from: number, msg: Msg): void {
+    if (msg.k === 'decided') {
+      this.learn(msg.d);
+      return;
+    }
+    if (msg.k !== 'paxos') return;
+    const p = this.proposer;
+    if (p === undefined || this.decided !== undefined || p.ballot.round !== msg.b.round || p.ballot.node !== msg.b.node) return;
+    const step = p.onReply(from, msg.r);
+    switch (step.kind) {
+      case 'wait':
+        return;
+      case 'retry':
+        this.world.stats.refused++;
+        this.nextRound = Math.max(this.nextRound, step.nextRound);
+        this.proposer = undefined;
+        return;
+      case 'accept': {
+        if (step.adopted) this.world.stats.adoptedValues++;
+        const accept: Msg = { k: 'accept', inst: p.instance, b: p.ballot, d: step.decision };
+        this.acceptLocally(accept);
+        const targets = this.last.memberIds.map(Number).filter((m) => m !== this.id && this.backSet(this.ctx.nowMs()).has(nodeId(m)));
+        const cut = this.world.fires('midAccept') ? this.world.partWay(targets.length) : targets.length;
+        targets.slice(0, cut).forEach((m) => this.ctx.send(m, accept));
+        if (cut < targets.length) this.world.maybeCrashLeader(this, 'midAccept', targets.slice(0, cut));
+        return;
+      }
+      case 'chosen':
+        this.world.stats.chosen++;
+        this.world.chosen.add(key(step.decision));
+        this.ctx.trace(`chosen ${key(step.decision)}`);
+        this.tellChosen(step.decision);
+    }
+  }
+
+  /** Tells every member of the decision's view (the leader may crash part-way: swarm profile). */
+  private tellChosen(d: SimDecision): void {
+    const targets = d.members.filter((m) => m !== this.id);
+    const midChosen = this.world.fires('midChosen');
+    const cut = midChosen ? this.world.partWay(targets.length) : targets.length;
+    targets.slice(0, cut).forEach((m) => this.ctx.send(m, { k: 'decided', d }));
+    if (midChosen) {
+      this.world.maybeCrashLeader(this, 'midChosen', targets.slice(0, cut));
+      return; // crashes at +0: adopts nothing itself
+    }
+    this.learn(d);
+  }
+
+  /** A chosen decision: adopt it (persisted) if this node is in its view, else join later. */
+  private learn(d: SimDecision): void {
+    if (this.decided !== undefined) return;
+    this.decided = d;
+    if (!d.members.includes(this.id)) {
+      this.handsOn = d;
+      this.world.learned.add(this.id);
+      return;
+    }
+    this.ctx.disk.put('adopted', d);
+    this.afterSync(() => {
+      this.world.onAdopt(this.id, d);
+      this.adopted = d;
+      this.handsOn = d;
+      this.startReconciling();
+    });
+  }
+
+  private startReconciling(): void {
+    this.world.learned.add(this.id);
+    const d = this.adopted!;
+    d.shards.forEach((members, shard) => {
+      if (!members.includes(this.id) || this.reconciling.has(shard)) return;
+      const done = this.ctx.disk.get<string>(`reconciled:${shard}`) === d.epoch;
+      const r: Reconciling = { shard, kept: this.logs.get(shard)!.length, answers: new Map(), askedAtMs: -Infinity, done };
+      this.reconciling.set(shard, r);
+      if (done) this.world.onReconciled(this.id, shard, this.logs.get(shard)!);
+      else this.askLatest(r);
+    });
+  }
+
+  private askLatest(r: Reconciling): void {
+    r.askedAtMs = this.ctx.nowMs();
+    const d = this.adopted!;
+    for (const m of d.shards[r.shard]!) if (m !== this.id) this.ctx.send(m, { k: 'latest', shard: r.shard, epoch: d.epoch });
+  }
+
+  private onLatest(from: number, shard: number, kept: number): void {
+    const r = this.reconciling.get(shard);
+    if (r === undefined || r.done) return;
+    r.answers.set(from, kept);
+    const members = this.adopted!.shards[shard]!.filter((m) => m !== this.id);
+    if (!members.every((m) => r.answers.has(m))) return;
+    const plan = reconcileShard(BigInt(r.kept), members.map((m) => ({ node: nodeId(m), kept: BigInt(r.answers.get(m)!) })));
+    if (plan.kind === 'current') {
+      this.finish(r);
+      return;
+    }
+    this.world.stats.pulls++;
+    this.ctx.send(Number(plan.from), { k: 'pull', shard, epoch: this.adopted!.epoch, after: Number(plan.after), target: Number(plan.target) });
+  }
+
+  private finish(r: Reconciling): void {
+    this.ctx.disk.put(`reconciled:${r.shard}`, this.adopted!.epoch);
+    this.afterSync(() => {
+      if (r.done) return;
+      r.done = true;
+      this.world.onReconciled(this.id, r.shard, this.logs.get(r.shard)!);
+    });
+  }
+
+  deliver(from: number, msg: Msg): void {
+    switch (msg.k) {
+      case 'hello':
+      case 'wait': {
+        if (this.decided !== undefined) {
+          if (this.handsOn !== undefined) this.ctx.send(from, { k: 'decided', d: this.handsOn });
+          return;
+        }
+        this.back.set(from, this.ctx.nowMs());
+        if (msg.inst.viewId > this.last.id) {
+          this.last = this.world.views.get(msg.inst.viewId)!;
+          this.lastEpoch = msg.inst.epoch;
+          this.quorumSinceMs = undefined;
+          this.proposer = undefined;
+        }
+        if (msg.k === 'hello') this.ctx.send(from, { k: 'wait', inst: this.instance });
+        return;
+      }
+      case 'decided':
+        this.learn(msg.d);
+        return;
+      case 'prepare':
+      case 'accept':
+        this.answerPaxos(msg, (reply) => this.ctx.send(from, reply));
+        return;
+      case 'paxos':
+        this.onPaxos(from, msg);
+        return;
+      case 'latest': {
+        const r = this.reconciling.get(msg.shard);
+        if (this.adopted?.epoch !== msg.epoch || r === undefined) return;
+        this.ctx.send(from, { k: 'latestIs', shard: msg.shard, epoch: msg.epoch, kept: r.kept });
+        return;
+      }
+      case 'latestIs':
+        if (this.adopted?.epoch === msg.epoch) this.onLatest(from, msg.shard, msg.kept);
+        return;
+      case 'pull': {
+        const log = this.logs.get(msg.shard)!;
+        if (this.adopted?.epoch !== msg.epoch || log.length < msg.target) return;
+        this.ctx.send(from, { k: 'state', shard: msg.shard, epoch: msg.epoch, after: msg.after, suffix: log.slice(msg.after, msg.target) });
+        return;
+      }
+      case 'state': {
+        const r = this.reconciling.get(msg.shard);
+        const log = this.logs.get(msg.shard)!;
+        if (this.adopted?.epoch !== msg.epoch || r === undefined || r.done || log.length !== msg.after) return;
+        log.push(...msg.suffix);
+        this.ctx.disk.put(`shard:${msg.shard}`, [...log]);
+        this.finish(r);
+      }
+    }
+  }
+}
+
+function describe(m: Msg): string {
+  switch (m.k) {
+    case 'hello':
+    case 'wait':
+      return `${m.k} ${m.inst.viewId}`;
+    case 'decided':
+      return `decided ${key(m.d)}`;
+    case 'prepare':
+      return `prepare ${m.inst.viewId} ${m.b.round}.${m.b.node}`;
+    case 'accept':
+      return `accept ${m.inst.viewId} ${m.b.round}.${m.b.node} ${key(m.d)}`;
+    case 'paxos':
+      return `paxos ${m.b.round}.${m.b.node} ${m.r.kind}${m.r.kind === 'promise' && m.r.accepted ? ` had ${key(m.r.accepted.decision)}` : ''}`;
+    case 'latest':
+      return `latest ${m.shard}`;
+    case 'latestIs':
+      return `latestIs ${m.shard} ${m.kept}`;
+    case 'pull':
+      return `pull ${m.shard} ${m.after}..${m.target}`;
+    case 'state':
+      return `state ${m.shard} +${m.suffix.length}`;
+  }
+}
+
+export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
+  const world = new World();
+  world.mutation = options.flags?.['mutation'] as string | undefined;
+  const swarm = new SeededRandom(seed ^ 0x7e57a7);
+  world.profile = (['none', 'afterPrepare', 'midAccept', 'midChosen', 'midChosen'] as const)[swarm.int(5)]!;
+  world.secondCrash = swarm.int(2) === 0;
+  const founders = NODES.map((i) => ({ id: nodeId(i), address: `sim:${i}` }));
+  const base = initialView(founders, allocator);
+  for (const id of [R_ID - 1, R_ID, R_ID + 1]) {
+    world.views.set(id, new View({ id: makeViewId(id), members: base.members, joined: [], departed: [], failed: [], layout: base.layout }));
+  }
+  const R = world.views.get(R_ID)!;
+  const sim = new Simulation<Msg, RestartSimNode>({
+    seed,
+    nodeIds: NODES,
+    startIds: [],
+    createNode: (ctx) => new RestartSimNode(ctx, world),
+    network: { delayMsMin: 1, delayMsMax: 12 },
+    tickMs: TICK_MS,
+    diskLatencyMs: [1, 6],
+    keepUnreportedRate: 0.5,
+    describeMessage: describe,
+    checkers: [],
+    recentMax: Number(options.flags?.['recent'] ?? 60),
+    faults: {
+      untilMs: FAULTS_UNTIL_MS, meanIntervalMs: 150, crashedMax: 3, lossRateMax: 0.3, duplicateRateMax: 0.2,
+      // Seeds whose leader crashes part-way, and then the nodes it reached, crash nothing else:
+      // those nodes stay down until the profile restarts them.
+      weights: world.profile.startsWith('mid') && world.secondCrash
+        ? { partition: 1, isolate: 1, heal: 3, lossy: 3 }
+        : { crash: 3, restart: 4, partition: 1, isolate: 1, heal: 3, lossy: 3 },
+    },
+  });
+  world.sim = sim;
+  // The disks as the crash left them.
+  const r = sim.random;
+  const stale = swarm.int(3) === 0 ? 1 + r.int(NODES.length) : undefined;
+  const shards = R.layout.types[0]!.subgroups[0]!.shards.map((s) => s.members.map(Number));
+  shards.forEach((members, shard) => {
+    const length = 3 + r.int(8);
+    world.history[shard] = Array.from({ length }, (_, i) => shard * 1000 + i);
+    const held = new Map(members.map((m) => [m, m === stale ? r.int(3) : r.int(length + 1)]));
+    world.acked[shard] = Math.min(...held.values());
+    for (const [m, n] of held) {
+      sim.disk(m).put(`shard:${shard}`, world.history[shard]!.slice(0, n));
+    }
+  });
+  // `--flag newerRecord`: one node recorded view R + 1, which only a minority installed before the
+  // crash (it delivered nothing), and comes back part-way through: the limit the header of
+  // src/membership/restart.ts describes.
+  const newer = options.flags?.['newerRecord'] !== undefined
+    ? NODES.filter((id) => id !== stale)[swarm.int(NODES.length - (stale === undefined ? 0 : 1))]
+    : undefined;
+  for (const id of NODES) {
+    const disk = sim.disk(id);
+    disk.put('record', { viewId: id === stale ? R_ID - 1 : id === newer ? R_ID + 1 : R_ID, epoch: EPOCH });
+    disk.completeSync(disk.sync());
+  }
+  // Come back in a random order; one or two only after the faults stop.
+  // (Seeds whose leader crashes part-way bring every node back early: a second quorum without
+  // the nodes it reached can then form.)
+  const early = world.profile === 'midChosen' || world.profile === 'midAccept';
+  const late = new Set(NODES.filter(() => r.int(4) === 0).slice(0, early ? 0 : 2));
+  for (const id of NODES) {
+    const at = id === newer ? 300 + swarm.int(1500) : late.has(id) ? FAULTS_UNTIL_MS + 50 + r.int(500) : r.int(early ? 300 : 1500);
+    sim.schedule(at, `start n${id}`, () => sim.start(id));
+  }
+  const live = (): boolean => {
+    if (!sim.isQuiesced || sim.nowMs < FAULTS_UNTIL_MS + 600) return false;
+    if (!NODES.every((id) => world.learned.has(id))) return false;
+    const d = [...sim.upIds()].map((id) => sim.node(id)!).find((n) => n['adopted'] !== undefined)?.['adopted'];
+    if (d === undefined) return false;
+    return d.shards.every((members, s) => members.every((m) => world.reconciled.has(`${m}/${s}`)));
+  };
+  sim.run({ untilMs: FAULTS_UNTIL_MS + LIVENESS_MS, stopWhen: live, ...(options.steps ? { stepsMax: options.steps } : {}) });
+  const stepsCapped = options.steps !== undefined && sim.steps >= options.steps;
+  if (!live() && !stepsCapped) {
+    throw sim.failure(new InvariantViolation('liveness', `${LIVENESS_MS} ms after the faults stopped: learned [${[...world.learned].sort()}], ` +
+      `adopted ${world.adopted?.key ?? 'nothing'}, reconciled [${[...world.reconciled.keys()].sort()}]`));
+  }
+  if (options.flags?.['dump'] !== undefined) throw sim.failure(new Error('--flag dump: the run passed; its events follow'));
+  if (!stepsCapped) {
+    // Identical replicas: every member of each shard of the restart view ends with one log.
+    const d = sim.node(sim.upIds().find((id) => sim.node(id)!['adopted'] !== undefined)!)!['adopted']!;
+    d.shards.forEach((members, s) => {
+      const logs = members.map((m) => sim.node(m)!['logs'].get(s)!.join(','));
+      if (new Set(logs).size !== 1) {
+        throw sim.failure(new InvariantViolation('identical replicas', `shard ${s}: ${members.map((m, i) => `n${m} [${logs[i]}]`).join(', ')}`));
+      }
+    });
+  }
+  const s = world.stats;
+  return sim.result(
+    `profile ${world.profile}${world.secondCrash ? '+1' : ''}, stale ${stale ?? '-'}, ballots ${s.ballots}, refused ${s.refused}, ` +
+      `re-proposed ${s.adoptedValues}, chosen ${s.chosen}, adoptions ${s.adoptions}, pulls ${s.pulls}, leader crashes ${s.leaderCrashes}, ` +
+      `crashes ${sim.stats.crashes}, faults ${sim.stats.faults}; decided ${world.adopted?.key ?? '-'}`,
+  );
+}
