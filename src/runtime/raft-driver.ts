@@ -2,10 +2,12 @@
  * RaftDriver: runs one RaftCore over a Transport, a RaftStorage and real timers. It is the only
  * Raft code with I/O. Its loop does the duties of src/raft/README.md in order, for each Ready:
  *
- *   1. persist hard state, snapshot and entries, and await the flush (durable); a Ready whose
- *      only change is the commit index is left buffered for the next flush or tick;
+ *   1. persist hard state, snapshot and entries, and await the flush (durable; a storage that
+ *      writes synchronously returns no promise, and the loop goes on in the same turn); a Ready
+ *      whose only change is the commit index is left buffered for the next flush or tick;
  *   2. only then send the Ready's messages (one transport call per peer, all messages batched);
- *   3. restore a received snapshot, then apply committed entries, in order;
+ *   3. restore a received snapshot, then apply committed entries, in order (those already durable
+ *      here may be applied while an asynchronous flush is in flight);
  *   4. advance() the core.
  *
  * While a flush is in flight, incoming messages, ticks and proposals keep stepping the core and
@@ -272,7 +274,7 @@ export class RaftDriver {
     if (this.lazyFlushPending) {
       this.lazyFlushPending = false;
       this.counters.flushes++;
-      this.options.storage.flush().catch((e: unknown) => this.fail(e));
+      flushed(this.options.storage).catch((e: unknown) => this.fail(e));
     }
     this.core.tick();
     this.schedule();
@@ -307,14 +309,11 @@ export class RaftDriver {
           this.maybeCompact();
           continue;
         }
-        // Let the transport's flush (a microtask queued by the calls above) put them on the wire
-        // before a synchronous commit below holds the thread.
-        if (rd.messagesNow.length > 0 && readyNeedsPersist(rd)) await undefined;
-        // Committed entries already durable here need not wait for this Ready's new entries to
-        // be written: apply them now, so a commit costs no extra flush (appliableBeforePersist).
-        const early = this.appliableBeforePersist(rd);
-        if (early > 0) this.applyEntries(rd.committed, 0, early);
+        let early = 0; // how many of rd.committed were applied while its write was in flight
         if (readyNeedsPersist(rd)) {
+          // Let the transport's flush (a microtask queued by the calls above) put them on the
+          // wire before a synchronous commit below holds the thread.
+          if (rd.messagesNow.length > 0) await undefined;
           // Duty 1, persist before send (Raft §5.1 / thesis §3.8): a vote, a term or an
           // acknowledged entry must be durable before any message that reveals it leaves.
           bufferReady(this.options.storage, rd);
@@ -323,7 +322,20 @@ export class RaftDriver {
             this.lazyFlushPending = false; // this flush carries any buffered commit index too
             // Flushes resolve in order (RaftStorage.flush), so this one also waits for any
             // background write still in flight: advance() below declares all of them durable.
-            await this.options.storage.flush();
+            // A storage that wrote synchronously returns no promise: send at once, then apply
+            // (a follower's ack then waits for its write only, not for its state machine).
+            const flushing = this.options.storage.flush();
+            if (flushing !== undefined) {
+              // Committed entries already durable here need not wait for this write: apply
+              // them while it is in flight (appliableBeforePersist), so a commit costs no extra
+              // flush, and the await below covers whatever the apply throws too.
+              try {
+                early = this.appliableBeforePersist(rd);
+                this.applyEntries(rd.committed, 0, early);
+              } finally {
+                await flushing;
+              }
+            }
             if (rd.snapshot) this.durableIndex = rd.snapshot.meta.index;
             if (rd.entries.length > 0) this.durableIndex = rd.entries[rd.entries.length - 1]!.index;
           } else {
@@ -333,7 +345,7 @@ export class RaftDriver {
             this.lazyFlushPending = true;
           }
         }
-        this.send(rd.messages); // duty 2
+        this.send(rd.messages); // duty 2: acks and votes go before the apply below
         this.apply(rd, early); // duty 3
         this.core.advance(); // duty 4
         this.maybeCompact();
@@ -368,7 +380,7 @@ export class RaftDriver {
     this.backgroundLast = undefined;
     this.counters.flushes++;
     this.counters.backgroundFlushes++;
-    this.options.storage.flush().then(() => {
+    flushed(this.options.storage).then(() => {
       this.backgroundFlushing = false;
       if (this.closed) return;
       if (last !== undefined && this.core.log.term(last.index) === last.term) {
@@ -551,6 +563,16 @@ export class RaftDriver {
 
 const EMPTY = new Uint8Array(0);
 const SEND_TIMEOUT_MS = 2000;
+const DONE = Promise.resolve();
+
+/** storage.flush() as a promise, whether it wrote synchronously (or threw) or not. */
+function flushed(storage: RaftStorage): Promise<void> {
+  try {
+    return storage.flush() ?? DONE;
+  } catch (e) {
+    return Promise.reject(e as Error);
+  }
+}
 
 /** A heartbeat without a read round: safe to hold briefly or to drop for a later message. */
 function isPlainHeartbeat(m: Message): boolean {

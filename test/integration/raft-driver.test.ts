@@ -245,6 +245,57 @@ test('committed entries are applied early only if already durable here (a laggin
   for (const d of ds.values()) await d.close();
 });
 
+test('with a storage that writes synchronously, a follower writes and acks what it received before it applies', async (t) => {
+  // Each append tells a follower the commit index of the entries before it: the follower's ack
+  // of the new entry waits for its write only (persist before send), not for applying the
+  // entries that append committed (the application's work is off the leader's commit path).
+  /** MemoryStorage (flush() writes synchronously) that records how far its log is written. */
+  class TrackedStorage extends MemoryStorage {
+    writtenLast = 0;
+    appendFlushes = 0;
+    private pendingLast = 0;
+    override append(entries: readonly Entry[]): void {
+      super.append(entries);
+      if (entries.length) this.pendingLast = entries[entries.length - 1]!.index;
+    }
+    override flush(): Promise<void> | undefined {
+      const result = super.flush();
+      if (this.pendingLast > this.writtenLast) this.appendFlushes++;
+      this.writtenLast = Math.max(this.writtenLast, this.pendingLast);
+      return result;
+    }
+  }
+  const net = new MemoryNetwork();
+  const storages = new Map(ids.map((id) => [id, new TrackedStorage()]));
+  const ds = new Map<number, RaftDriver>();
+  const violations: string[] = [];
+  let checked = 0;
+  for (const id of ids) {
+    const sm = new Log();
+    const apply = sm.apply.bind(sm);
+    sm.apply = (e: Entry) => {
+      const d = ds.get(id);
+      if (d !== undefined && d.core.role === 'follower') {
+        checked++;
+        const s = storages.get(id)!;
+        const last = d.core.log.lastIndex();
+        if (s.writtenLast < last) violations.push(`follower ${id} applied ${e.index} holding ${last}, written ${s.writtenLast}`);
+        if (d.counters.replies < s.appendFlushes) violations.push(`follower ${id} applied ${e.index} with ${s.appendFlushes} writes, ${d.counters.replies} answered`);
+      }
+      apply(e);
+    };
+    ds.set(id, await startNode(net, id, storages.get(id)!, sm));
+  }
+  await until('a leader', () => leaderOf(ds) !== undefined);
+  await proposeSomewhere(ds, 'warm');
+  const leader = leaderOf(ds)!;
+  for (let i = 0; i < 30; i++) await leader.propose(text(`s${i}`));
+  await until('followers applied all', () => [...ds.values()].every((d) => d.core.applied === leader.core.applied));
+  t.true(checked >= 2 * 30, `${checked} follower applies checked`);
+  t.deepEqual(violations, []);
+  for (const d of ds.values()) await d.close();
+});
+
 test('acks ride on the responses to the appends; a request with nothing to answer gets an empty response', async (t) => {
   const net = new MemoryNetwork();
   const ds = new Map<number, RaftDriver>();
