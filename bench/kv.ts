@@ -79,7 +79,7 @@ export async function run(args: string[]): Promise<void> {
         await caller.ask({ cmd: 'warm', outstanding: 64, warmupOps: quick ? 3000 : 10_000 });
         const cpuBefore = await cpu();
         const { lat } = await caller.ask<{ lat: number[] }>({ cmd: 'latency', latencyOps });
-        // CPU time of each replica per put during the one-outstanding run (user + system, the
+        // CPU time of each replica's main thread per put during the one-outstanding run (the
         // IPC asking for it included: two messages per run), leader first.
         const cpuPerPutUs = (await cpu()).map((us, i) => Number(((us - cpuBefore[i]!) / latencyOps).toFixed(1)));
         lat.sort((a, b) => a - b);

@@ -67,9 +67,10 @@ export function readyNeedsPersist(rd: Ready): boolean {
 
 /**
  * Buffers one Ready's durable part into storage in the order that keeps it consistent (snapshot,
- * then log, then hard state). The caller then flushes (and awaits a returned promise) before sending.
+ * then log, then hard state). The caller then flushes (and awaits a returned promise) before
+ * sending. With `withHardState` false, rd.hardState is left for the caller to write later.
  */
-export function bufferReady(storage: RaftStorage, rd: Ready): void {
+export function bufferReady(storage: RaftStorage, rd: Ready, withHardState = true): void {
   if (rd.snapshot) {
     // An installed snapshot replaces the whole log.
     storage.saveSnapshot(rd.snapshot);
@@ -83,7 +84,7 @@ export function bufferReady(storage: RaftStorage, rd: Ready): void {
     storage.truncateFrom(rd.entries[0]!.index);
     storage.append(rd.entries);
   }
-  if (rd.hardState) storage.setHardState(rd.hardState);
+  if (withHardState && rd.hardState) storage.setHardState(rd.hardState);
 }
 
 /** Reads what RaftCore's constructor needs. */
