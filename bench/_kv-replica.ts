@@ -6,18 +6,16 @@
  *   {cmd:'warm', warmupOps, outstanding} → {}: JIT warm-up calls from here
  *   {cmd:'latency', latencyOps} → {lat: µs[]}: calls from here, one outstanding
  *   {cmd:'rate', throughputOps, outstanding} → {rate}: calls from here, `outstanding` at once
- *   {cmd:'cpu'} → {us}: this process's main thread's CPU time so far, µs (schedstat: the event
- *                     loop, where transport, Raft, LMDB and the map run; V8's GC and JIT helper
- *                     threads are not counted)
+ *   {cmd:'cpu'} → {us}: this process's main thread's CPU time so far, µs (mainThreadCpuUs)
  *   {cmd:'role'} → {role};  {cmd:'close'} → {closed}
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
 import { RaftShardDriver, type ShardApplication } from '../src/runtime/raft-shard-driver.js';
 import { Endpoint } from '../src/transport/native-transport.js';
-import { closedLoopRate, percentile, sequentialLatencies } from './_measure.js';
+import { closedLoopRate, mainThreadCpuUs, percentile, sequentialLatencies } from './_measure.js';
 
 const id = Number(process.argv[2]);
 const durable = process.argv[3] === 'durable';
@@ -88,9 +86,7 @@ async function handle(m: Record<string, any>): Promise<Record<string, unknown>> 
     case 'rate':
       return { rate: await closedLoopRate(m.throughputOps, m.outstanding, (i) => shard!.call(put(i))) };
     case 'cpu':
-      // Nanoseconds on a CPU, first field. process.cpuUsage() counts every thread, and in a
-      // 300-call run the GC and JIT threads finishing the warm-up's work outweighed the calls.
-      return { us: Number(readFileSync(`/proc/self/task/${process.pid}/schedstat`, 'utf8').split(' ')[0]) / 1000 };
+      return { us: mainThreadCpuUs() };
     case 'close':
       await shard?.close();
       await endpoint.close();
