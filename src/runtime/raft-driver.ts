@@ -3,8 +3,8 @@
  * Raft code with I/O. Its loop does the duties of src/raft/README.md in order, for each Ready:
  *
  *   1. persist hard state, snapshot and entries, and await the flush (durable; a storage that
- *      writes synchronously returns no promise, and the loop goes on in the same turn); a Ready
- *      whose only change is the commit index is left buffered for the next flush or tick;
+ *      writes synchronously returns no promise, and the loop goes on in the same turn); a hard
+ *      state that moves only the commit index is written at the next tick (bufferWrites);
  *   2. only then send the Ready's messages (one transport call per peer, all messages batched);
  *   3. restore a received snapshot, then apply committed entries, in order (those already durable
  *      here may be applied while an asynchronous flush is in flight);
