@@ -3,7 +3,10 @@
  * Raft log (fsync'd or not) and a RaftShardDriver in front of a key-value map. Driven over IPC:
  *   {cmd:'init'} → {address};  {cmd:'start', peers, campaign} → {started}
  *   {cmd:'rtt', to, n} → {p50}: raw transport round trips to another replica (the floor)
- *   {cmd:'run', latencyOps, throughputOps, outstanding} → {lat: µs[], rate}: calls from here
+ *   {cmd:'warm', warmupOps, outstanding} → {}: JIT warm-up calls from here
+ *   {cmd:'latency', latencyOps} → {lat: µs[]}: calls from here, one outstanding
+ *   {cmd:'rate', throughputOps, outstanding} → {rate}: calls from here, `outstanding` at once
+ *   {cmd:'cpu'} → {us}: this process's main thread's CPU time so far, µs (mainThreadCpuUs)
  *   {cmd:'role'} → {role};  {cmd:'close'} → {closed}
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -12,7 +15,7 @@ import { join } from 'node:path';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
 import { RaftShardDriver, type ShardApplication } from '../src/runtime/raft-shard-driver.js';
 import { Endpoint } from '../src/transport/native-transport.js';
-import { closedLoopRate, percentile, sequentialLatencies } from './_measure.js';
+import { closedLoopRate, mainThreadCpuUs, percentile, sequentialLatencies } from './_measure.js';
 
 const id = Number(process.argv[2]);
 const durable = process.argv[3] === 'durable';
@@ -71,16 +74,19 @@ async function handle(m: Record<string, any>): Promise<Record<string, unknown>> 
       await session.close();
       return { p50: percentile(lat.sort((a, b) => a - b), 50) };
     }
-    case 'run': {
+    case 'warm':
       // Warm up: the session, and the JIT. 100 sequential calls left the hot path half
       // optimized: the latency p50 measured right after was 2-3x the one measured after the
       // throughput run (530 vs 160-250 µs from the leader, load 9-15, 2026-11-22).
       for (let i = 0; i < 100; i++) await shard!.call(put(i));
       await closedLoopRate(m.warmupOps ?? 5000, m.outstanding, (i) => shard!.call(put(i)));
-      const lat = await sequentialLatencies(m.latencyOps, (i) => shard!.call(put(i)));
-      const rate = await closedLoopRate(m.throughputOps, m.outstanding, (i) => shard!.call(put(i)));
-      return { lat, rate, counters: shard!.counters };
-    }
+      return {};
+    case 'latency':
+      return { lat: await sequentialLatencies(m.latencyOps, (i) => shard!.call(put(i))) };
+    case 'rate':
+      return { rate: await closedLoopRate(m.throughputOps, m.outstanding, (i) => shard!.call(put(i))) };
+    case 'cpu':
+      return { us: mainThreadCpuUs() };
     case 'close':
       await shard?.close();
       await endpoint.close();

@@ -10,7 +10,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
 import { RaftDriver } from '../src/runtime/raft-driver.js';
 import { Endpoint } from '../src/transport/native-transport.js';
-import { closedLoopRate, percentile, sequentialLatencies } from './_measure.js';
+import { closedLoopRate, mainThreadCpuUs, percentile, sequentialLatencies } from './_measure.js';
 
 interface Channel {
   postMessage(message: unknown): void;
@@ -60,8 +60,11 @@ port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean 
   for (let i = 0; i < 50; i++) await driver.propose(payload(i));
   const leader = driver;
   await closedLoopRate(warmupOps, 64, (i) => leader.propose(payload(i))); // warm-up (JIT), as bench/raft.ts
+  const cpu0 = mainThreadCpuUs();
   const lat = await sequentialLatencies(latencyOps, (i) => leader.propose(payload(i)));
+  // This leader's CPU per commit (a process's main thread: not measured on a worker thread).
+  const cpuPerCommitUs = parentPort ? undefined : Number(((mainThreadCpuUs() - cpu0) / latencyOps).toFixed(1));
   const rate = await closedLoopRate(throughputOps, 64, (i) => leader.propose(payload(i)));
-  port.postMessage({ result: { lat, rate, rttP50 } });
+  port.postMessage({ result: { lat, rate, rttP50, cpuPerCommitUs } });
 });
 port.postMessage({ address: endpoint.address });

@@ -73,15 +73,21 @@ export async function run(args: string[]): Promise<void> {
       if (durable) baselines.disk_fdatasync_p50 = Number(fsyncP50.toFixed(1));
       const denv = { ...env, durable, load1: Number(loadavg()[0]!.toFixed(2)) };
       report({ suite: 'kv', case: 'transport-rtt-p50', value: Number(rtt.toFixed(1)), unit: 'us', ...denv });
+      const cpu = async (): Promise<number[]> => (await Promise.all(replicas.map((r) => r.ask<{ us: number }>({ cmd: 'cpu' })))).map((c) => c.us);
       for (const [from, who] of [[0, 'leader'], [1, 'follower']] as const) {
-        const r = await replicas[from]!.ask<{ lat: number[]; rate: number }>({
-          cmd: 'run', latencyOps, throughputOps: from === 0 ? throughputOps : 1000, outstanding: 64, warmupOps: quick ? 3000 : 10_000,
-        });
-        const lat = r.lat.sort((a, b) => a - b);
-        report({ suite: 'kv', case: `put-latency-p50-from-${who}`, value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', baselines, ...denv });
+        const caller = replicas[from]!;
+        await caller.ask({ cmd: 'warm', outstanding: 64, warmupOps: quick ? 3000 : 10_000 });
+        const cpuBefore = await cpu();
+        const { lat } = await caller.ask<{ lat: number[] }>({ cmd: 'latency', latencyOps });
+        // CPU time of each replica's main thread per put during the one-outstanding run (the
+        // IPC asking for it included: two messages per run), leader first.
+        const cpuPerPutUs = (await cpu()).map((us, i) => Number(((us - cpuBefore[i]!) / latencyOps).toFixed(1)));
+        lat.sort((a, b) => a - b);
+        report({ suite: 'kv', case: `put-latency-p50-from-${who}`, value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', baselines, cpuPerPutUs, ...denv });
         report({ suite: 'kv', case: `put-latency-p99-from-${who}`, value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', ...denv });
+        const { rate } = await caller.ask<{ rate: number }>({ cmd: 'rate', throughputOps: from === 0 ? throughputOps : 1000, outstanding: 64 });
         if (from === 0) {
-          report({ suite: 'kv', case: 'put-throughput-64-outstanding', value: Math.round(r.rate), unit: 'puts/s', baselines, ...denv });
+          report({ suite: 'kv', case: 'put-throughput-64-outstanding', value: Math.round(rate), unit: 'puts/s', baselines, ...denv });
         }
       }
     } finally {

@@ -29,7 +29,7 @@ import type { Entry, Snapshot } from '../src/raft/types.js';
 import { RaftDriver, type StateMachine } from '../src/runtime/raft-driver.js';
 import { MemoryNetwork } from '../src/transport/memory-transport.js';
 import type { Transport } from '../src/transport/transport.js';
-import { closedLoopRate, fdatasyncP50, percentile, sequentialLatencies } from './_measure.js';
+import { closedLoopRate, fdatasyncP50, mainThreadCpuUs, percentile, sequentialLatencies } from './_measure.js';
 import { report } from './_report.js';
 
 class CountingMachine implements StateMachine {
@@ -147,7 +147,7 @@ async function threadedGroup(fsync: boolean, latencyOps: number, throughputOps: 
 }
 
 /** `--processes`: each node in its own child process (bench/_raft-node.ts over IPC). */
-async function processGroup(fsync: boolean, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number }> {
+async function processGroup(fsync: boolean, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number; cpuPerCommitUs?: number }> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
   const children = [1, 2, 3].map((id) => fork(join(here, '_raft-node.js'),
@@ -213,7 +213,7 @@ export async function run(args: string[]): Promise<void> {
       // just before), not the in-process one above: every hop wakes another process.
       const baselines: Record<string, number> = { transport_rtt_p50_between_processes: Number(r.rttP50.toFixed(1)) };
       if (fsync) baselines.disk_fdatasync_p50 = Number(fsyncP50.toFixed(1));
-      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', fsync, baselines, ...penv });
+      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', fsync, baselines, leaderCpuPerCommitUs: r.cpuPerCommitUs, ...penv });
       report({ suite: 'raft', case: 'commit-latency-p99', value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', fsync, ...penv });
       report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', fsync, baselines, ...penv });
     }
@@ -248,11 +248,14 @@ export async function run(args: string[]): Promise<void> {
       // was 2-3x its figure after a throughput run; see bench/_kv-replica.ts).
       for (let i = 0; i < 50; i++) await leader.propose(payload(i));
       await closedLoopRate(warmupOps, 64, (i) => leader.propose(payload(i)));
+      const cpu0 = mainThreadCpuUs();
       const lat = await sequentialLatencies(latencyOps, (i) => leader.propose(payload(i)));
+      // The one thread's CPU per commit (all three nodes and the client), one outstanding.
+      const cpuPerCommitUs = Number(((mainThreadCpuUs() - cpu0) / latencyOps).toFixed(1));
       lat.sort((a, b) => a - b);
       const p50 = percentile(lat, 50);
       const p99 = percentile(lat, 99);
-      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(p50.toFixed(1)), unit: 'us', fsync: durable, storage,
+      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(p50.toFixed(1)), unit: 'us', fsync: durable, storage, cpuPerCommitUs,
         baselines: durable ? { transport_rtt_p50: Number(rttP50.toFixed(1)), disk_fdatasync_p50: Number(fsyncP50.toFixed(1)) }
           : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...env });
       report({ suite: 'raft', case: 'commit-latency-p99', value: Number(p99.toFixed(1)), unit: 'us', fsync: durable, storage, ...env });

@@ -45,7 +45,7 @@ export class LmdbStorage extends QueuedStorage implements RaftStorage {
   private readonly durable: boolean;
   /** With fsync, a flush waits on the disk: the driver overlaps a leader's writes (storage.ts). */
   readonly slowFlush: boolean;
-  /** The latest durable flush (resolved at once without fsync). */
+  /** The latest durable flush (fsync'd stores only). */
   private lastFlush: Promise<void> = Promise.resolve();
   /** Highest index written so far (for truncation ranges). */
   private lastIndex = -1;
@@ -89,10 +89,11 @@ export class LmdbStorage extends QueuedStorage implements RaftStorage {
     });
   }
 
-  flush(): Promise<void> {
+  flush(): Promise<void> | undefined {
     const ops = this.takeOps();
-    // Nothing new: resolve once every earlier flush has (flushes resolve in order).
-    if (ops.length === 0) return this.lastFlush;
+    // Nothing new: resolve once every earlier flush has (flushes resolve in order); without
+    // fsync every earlier flush was durable when it returned.
+    if (ops.length === 0) return this.durable ? this.lastFlush : undefined;
     if (this.lastIndex < 0) this.lastIndex = this.highestStoredIndex();
     if (this.durable) {
       // Asynchronous commit on lmdb-js's write thread, then wait for the fsync. lmdb-js commits
@@ -104,17 +105,14 @@ export class LmdbStorage extends QueuedStorage implements RaftStorage {
       this.lastFlush = committed.then(() => this.root.flushed).then(() => undefined);
       return this.lastFlush;
     } else {
-      // noSync: a synchronous commit (about 10 µs with the writable map) and no thread hop.
+      // noSync: a synchronous commit (about 10 µs with the writable map), no thread hop, and no
+      // promise: the caller goes on in the same turn (RaftStorage.flush); a failure throws.
       // lmdb-js's asynchronous transaction measured 3x slower per commit here (it waits for
       // its write thread and the next event turn).
-      try {
-        this.root.transactionSync(() => {
-          for (const op of ops) this.applyOp(op);
-        });
-      } catch (e) {
-        return Promise.reject(e);
-      }
-      return this.lastFlush;
+      this.root.transactionSync(() => {
+        for (const op of ops) this.applyOp(op);
+      });
+      return undefined;
     }
   }
 

@@ -88,10 +88,11 @@ export function encodeRegister(): Uint8Array {
 
 /** Encodes a call with its timestamp (leaders use `stamp`, which also keeps times ordered). */
 export function encodeCall(call: ShardCall, timestamp: Hlc): Uint8Array {
-  for (const [name, value] of [['client', call.client], ['seq', call.seq], ['ackedBelow', call.ackedBelow]] as const) {
-    assert(Number.isInteger(value) && value >= 0 && value <= 0xffff_ffff, `shard call ${name} must be a uint32, got ${value}`);
-  }
-  assert(call.seq >= 1 && call.ackedBelow <= call.seq, `shard call seq ${call.seq} must be ≥ 1 and ≥ ackedBelow ${call.ackedBelow}`);
+  // (Messages are built only on failure: this runs for every call a leader proposes.)
+  if (!isUint32(call.client)) assert(false, `shard call client must be a uint32, got ${call.client}`);
+  if (!isUint32(call.seq)) assert(false, `shard call seq must be a uint32, got ${call.seq}`);
+  if (!isUint32(call.ackedBelow)) assert(false, `shard call ackedBelow must be a uint32, got ${call.ackedBelow}`);
+  if (!(call.seq >= 1 && call.ackedBelow <= call.seq)) assert(false, `shard call seq ${call.seq} must be ≥ 1 and ≥ ackedBelow ${call.ackedBelow}`);
   const out = new Uint8Array(CALL_HEADER_BYTES + call.payload.length);
   const dv = new DataView(out.buffer);
   out[0] = KIND_CALL;
@@ -101,6 +102,10 @@ export function encodeCall(call: ShardCall, timestamp: Hlc): Uint8Array {
   encodeHlc(timestamp, out, 13);
   out.set(call.payload, CALL_HEADER_BYTES);
   return out;
+}
+
+function isUint32(value: number): boolean {
+  return Number.isInteger(value) && value >= 0 && value <= 0xffff_ffff;
 }
 
 /** Decodes entry data; undefined for an empty entry. Throws on data this module did not write. */

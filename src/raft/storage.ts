@@ -45,8 +45,11 @@ export interface RaftStorage extends LogStore, StableStore, SnapshotStore {
   /**
    * Makes every buffered write durable, atomically. Resolves when durable. Several flushes may
    * be in flight at once; they become durable, and resolve, in the order they were called.
+   * Returns undefined instead if every write was durable before it returned (a flush that costs
+   * only CPU: MemoryStorage, LMDB without fsync), and then throws on failure: the driver goes
+   * on in the same turn (a follower sends its ack at once, then applies) instead of awaiting.
    */
-  flush(): Promise<void>;
+  flush(): Promise<void> | undefined;
   /**
    * True if a flush waits on the disk (fsync) for long enough that a leader should not hold its
    * next appends behind it: the driver then lets a leader's own log writes overlap with
@@ -64,9 +67,10 @@ export function readyNeedsPersist(rd: Ready): boolean {
 
 /**
  * Buffers one Ready's durable part into storage in the order that keeps it consistent (snapshot,
- * then log, then hard state). The caller then awaits storage.flush() before sending.
+ * then log, then hard state). The caller then flushes (and awaits a returned promise) before
+ * sending. With `withHardState` false, rd.hardState is left for the caller to write later.
  */
-export function bufferReady(storage: RaftStorage, rd: Ready): void {
+export function bufferReady(storage: RaftStorage, rd: Ready, withHardState = true): void {
   if (rd.snapshot) {
     // An installed snapshot replaces the whole log.
     storage.saveSnapshot(rd.snapshot);
@@ -80,7 +84,7 @@ export function bufferReady(storage: RaftStorage, rd: Ready): void {
     storage.truncateFrom(rd.entries[0]!.index);
     storage.append(rd.entries);
   }
-  if (rd.hardState) storage.setHardState(rd.hardState);
+  if (withHardState && rd.hardState) storage.setHardState(rd.hardState);
 }
 
 /** Reads what RaftCore's constructor needs. */
@@ -139,7 +143,8 @@ export class MemoryStorage extends QueuedStorage implements RaftStorage {
   private lastIndex = 0;
   readonly stats = { flushes: 0 };
 
-  async flush(): Promise<void> {
+  /** Synchronous: returns undefined (see RaftStorage.flush). */
+  flush(): Promise<void> | undefined {
     const ops = this.takeOps();
     this.stats.flushes++;
     for (const op of ops) {
@@ -167,6 +172,7 @@ export class MemoryStorage extends QueuedStorage implements RaftStorage {
           break;
       }
     }
+    return undefined;
   }
 
   async loadEntries(after: number): Promise<Entry[]> {

@@ -243,7 +243,6 @@ export class RaftShardDriver {
 
   /** Sends to the leader (itself included), following redirects and retrying until the deadline. */
   private async submit(request: Forward, deadline: number, what: string): Promise<ForwardAnswer> {
-    const members = [...this.options.peers.keys()].sort((a, b) => a - b);
     let target = this.raft.core.lead || this.options.id;
     for (let attempt = 0; ; attempt++) {
       this.checkOpen();
@@ -263,7 +262,12 @@ export class RaftShardDriver {
       }
       if (answer !== undefined && answer.s !== 'not-leader') return answer;
       const hint = answer?.s === 'not-leader' ? answer.leader : 0;
-      target = hint !== 0 && hint !== target ? hint : members[(members.indexOf(target) + 1) % members.length]!;
+      if (hint !== 0 && hint !== target) {
+        target = hint;
+      } else {
+        const members = [...this.options.peers.keys()].sort((a, b) => a - b); // (only on a retry)
+        target = members[(members.indexOf(target) + 1) % members.length]!;
+      }
       await new Promise((r) => setTimeout(r, RETRY_PAUSE_MS));
     }
   }

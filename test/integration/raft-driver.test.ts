@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { SeededRandom } from '../../src/core/random.js';
 import { LmdbStorage } from '../../src/raft/lmdb-storage.js';
 import { MemoryStorage, type RaftStorage } from '../../src/raft/storage.js';
-import type { Entry, Snapshot } from '../../src/raft/types.js';
+import type { Entry, HardState, Snapshot } from '../../src/raft/types.js';
 import { encodeMessages } from '../../src/raft/codec.js';
 import { RAFT_REQUEST_TYPE, RaftDriver, type StateMachine } from '../../src/runtime/raft-driver.js';
 import { MemoryNetwork } from '../../src/transport/memory-transport.js';
@@ -198,6 +198,55 @@ test('a commit-index-only change costs no flush of its own: it rides on the next
   for (const d of ds.values()) await d.close();
 });
 
+test('a write of entries carries no hard state that only moves the commit index (the tick writes it alone)', async (t) => {
+  /** Counts flushes that write entries together with a hard state whose term and vote are unchanged. */
+  class HardStateWatch extends MemoryStorage {
+    mixed = 0;
+    entryFlushes = 0;
+    commitOnlyFlushes = 0;
+    /** The hard state last flushed. */
+    stored: HardState | undefined;
+    private pending: HardState | undefined;
+    private appended = false;
+    override append(entries: readonly Entry[]): void {
+      super.append(entries);
+      if (entries.length) this.appended = true;
+    }
+    override setHardState(hs: HardState): void {
+      super.setHardState(hs);
+      this.pending = hs;
+    }
+    override flush(): Promise<void> | undefined {
+      const { pending: hs, stored } = this;
+      const commitOnly = hs !== undefined && stored !== undefined && hs.term === stored.term && hs.vote === stored.vote;
+      if (this.appended) this.entryFlushes++;
+      if (this.appended && commitOnly) this.mixed++;
+      if (!this.appended && commitOnly) this.commitOnlyFlushes++;
+      if (hs) this.stored = hs;
+      this.pending = undefined;
+      this.appended = false;
+      return super.flush();
+    }
+  }
+  const net = new MemoryNetwork();
+  const storages = new Map(ids.map((id) => [id, new HardStateWatch()]));
+  const ds = new Map<number, RaftDriver>();
+  for (const id of ids) ds.set(id, await startNode(net, id, storages.get(id)!, new Log()));
+  await until('a leader', () => leaderOf(ds) !== undefined);
+  await proposeSomewhere(ds, 'warm');
+  const leader = leaderOf(ds)!;
+  for (let i = 0; i < 40; i++) await leader.propose(text(`h${i}`));
+  const last = leader.core.log.lastIndex();
+  // Every node still writes the latest commit index, at a tick, with no new proposal.
+  await until('the commit index on every disk', () => [...storages.values()].every((s) => s.stored?.commit === last));
+  for (const [id, s] of storages) {
+    t.true(s.entryFlushes >= 40, `node ${id}: ${s.entryFlushes} flushes with entries`);
+    t.is(s.mixed, 0, `node ${id}: ${s.mixed} flushes wrote entries and a commit-only hard state together`);
+    t.true(s.commitOnlyFlushes >= 1, `node ${id}: the commit index was written on its own`);
+  }
+  for (const d of ds.values()) await d.close();
+});
+
 /** MemoryStorage whose flush takes a few ms and which records how far its log is durable. */
 class SlowStorage extends MemoryStorage {
   durableLast = 0;
@@ -242,6 +291,57 @@ test('committed entries are applied early only if already durable here (a laggin
   await until('the lagging follower caught up', () => machines.get(lagging)!.items.length === 30);
   t.deepEqual(violations, []);
   t.deepEqual(machines.get(lagging)!.items, machines.get(leader.core.id)!.items);
+  for (const d of ds.values()) await d.close();
+});
+
+test('with a storage that writes synchronously, a follower writes and acks what it received before it applies', async (t) => {
+  // Each append tells a follower the commit index of the entries before it: the follower's ack
+  // of the new entry waits for its write only (persist before send), not for applying the
+  // entries that append committed (the application's work is off the leader's commit path).
+  /** MemoryStorage (flush() writes synchronously) that records how far its log is written. */
+  class TrackedStorage extends MemoryStorage {
+    writtenLast = 0;
+    appendFlushes = 0;
+    private pendingLast = 0;
+    override append(entries: readonly Entry[]): void {
+      super.append(entries);
+      if (entries.length) this.pendingLast = entries[entries.length - 1]!.index;
+    }
+    override flush(): Promise<void> | undefined {
+      const result = super.flush();
+      if (this.pendingLast > this.writtenLast) this.appendFlushes++;
+      this.writtenLast = Math.max(this.writtenLast, this.pendingLast);
+      return result;
+    }
+  }
+  const net = new MemoryNetwork();
+  const storages = new Map(ids.map((id) => [id, new TrackedStorage()]));
+  const ds = new Map<number, RaftDriver>();
+  const violations: string[] = [];
+  let checked = 0;
+  for (const id of ids) {
+    const sm = new Log();
+    const apply = sm.apply.bind(sm);
+    sm.apply = (e: Entry) => {
+      const d = ds.get(id);
+      if (d !== undefined && d.core.role === 'follower') {
+        checked++;
+        const s = storages.get(id)!;
+        const last = d.core.log.lastIndex();
+        if (s.writtenLast < last) violations.push(`follower ${id} applied ${e.index} holding ${last}, written ${s.writtenLast}`);
+        if (d.counters.replies < s.appendFlushes) violations.push(`follower ${id} applied ${e.index} with ${s.appendFlushes} writes, ${d.counters.replies} answered`);
+      }
+      apply(e);
+    };
+    ds.set(id, await startNode(net, id, storages.get(id)!, sm));
+  }
+  await until('a leader', () => leaderOf(ds) !== undefined);
+  await proposeSomewhere(ds, 'warm');
+  const leader = leaderOf(ds)!;
+  for (let i = 0; i < 30; i++) await leader.propose(text(`s${i}`));
+  await until('followers applied all', () => [...ds.values()].every((d) => d.core.applied === leader.core.applied));
+  t.true(checked >= 2 * 30, `${checked} follower applies checked`);
+  t.deepEqual(violations, []);
   for (const d of ds.values()) await d.close();
 });
 

@@ -90,7 +90,10 @@ test('misuse is an assertion, not silent corruption', (t) => {
   t.throws(() => m.apply(entry(2, encodeRegister())), { instanceOf: AssertionError, message: /in log order: 2 after 2/ });
   m.apply(entry(3, encodeCall(call(2, 1), hlc(1))));
   t.throws(() => m.apply(entry(4, encodeRegister())), { instanceOf: AssertionError, message: /never completed/ });
-  t.throws(() => encodeCall(call(1, 0), hlc(1)), { instanceOf: AssertionError });
+  t.throws(() => encodeCall(call(1, 0), hlc(1)), { instanceOf: AssertionError, message: /seq 0 must be ≥ 1/ });
+  t.throws(() => encodeCall(call(-1, 1), hlc(1)), { instanceOf: AssertionError, message: /client must be a uint32, got -1/ });
+  t.throws(() => encodeCall(call(1, 2 ** 32), hlc(1)), { instanceOf: AssertionError, message: /seq must be a uint32/ });
+  t.throws(() => encodeCall(call(1, 2, 1.5), hlc(1)), { instanceOf: AssertionError, message: /ackedBelow must be a uint32, got 1.5/ });
   t.throws(() => decodeShardEntry(Uint8Array.of(9, 9)), { instanceOf: AssertionError, message: /not a shard entry/ });
   t.throws(() => new ShardMachine({ clientsMax: 0 }), { instanceOf: AssertionError });
 });
