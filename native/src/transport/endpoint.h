@@ -231,6 +231,12 @@ struct Stats {
   uint64_t session_timer_fires = 0;
   uint64_t peer_timer_fires = 0;
   uint64_t peers = 0;  // remote endpoint incarnations with established sessions, now
+  // Orphan reaping (endpoint.cc, "Orphans"): audits started because a client's census disagreed
+  // with our server sessions of its incarnation (or never came), PINGs sent to the clients of
+  // the suspected sessions, and server sessions failed because their client no longer had them.
+  uint64_t orphan_audits = 0;
+  uint64_t orphan_probes = 0;
+  uint64_t orphans_reaped = 0;
   uint64_t DropsTotal() const;
 };
 
@@ -399,6 +405,12 @@ class Endpoint {
   void ArmPeerTimer(Peer* peer, uint64_t when_us);
   void OnPeerTimer(Peer* peer, uint64_t now_us);
   void SendPing(Session* session, uint64_t now_us);
+  // Orphans (endpoint.cc, "Orphans")
+  void Uncount(Session* session);
+  void OnCensus(Peer* peer, const Header& ping, uint64_t now_us);
+  void StartAudit(Peer* peer, const Session* named, bool walk, uint64_t now_us);
+  void ProbeSuspects(Peer* peer, uint64_t now_us);
+  void OnAudit(Peer* peer, uint64_t now_us);
   void AcceptedReply(const Session& session, Header* reply) const;
   uint64_t KeepaliveUs() const { return config_.peer_failure_timeout_us / 4; }
   void MarkActive(Session* session, uint64_t now_us);
