@@ -2158,8 +2158,8 @@ void Endpoint::OnTimers(uint64_t now_us) {
 //    keepalive interval, so a long-running handler still keeps it alive. An idle client session
 //    the peer dropped lives on until it is used (its first call then fails after the timeout)
 //    or the peer goes. A server session whose client dropped it without a DISCONNECT getting
-//    through (three tries lost, or a connect the client gave up on after we accepted) now lives
-//    as long as the client's endpoint, where it used to expire after the failure timeout.
+//    through (three tries lost, or a connect the client gave up on after we accepted) is found
+//    by the census the client's PINGs carry and reaped ("Orphans").
 //  - The session timer remains for the handshake, disconnect retries and rekey resends.
 
 void Endpoint::JoinPeer(Session* s, uint32_t remote_tag, uint64_t now_us) {
