@@ -217,6 +217,7 @@ struct Endpoint::Session {
   uint64_t srtt_us = 0, rttvar_us = 0, rto_us = 0;
   uint64_t rto_base_us = 0;  // rto_us before backoff: srtt + 4 x rttvar clamped, or the initial
   uint64_t rto_at_us = kNever;  // when the live retransmit timer entry fires; kNever: none
+  uint32_t rto_index = 0;       // client: its place in rto_due_ (see ArmRetransmitTimer)
   // ICMP port-unreachable reports of this session's datagrams since the peer was last heard
   // from (OnUnreachable); any packet from the peer resets it.
   uint32_t unreachable_reports = 0;
@@ -321,7 +322,8 @@ size_t Endpoint::BytesPerSession() const {
   // 16-byte granule; buckets are a pointer each.
   auto node = [](size_t value_bytes) { return (value_bytes + 16 + 15) & ~size_t{15}; };
   size_t total = sessions_.TableBytes() + accepted_by_token_.bucket_count() * sizeof(void*) +
-                 peers_.TableBytes() + by_remote_.bucket_count() * sizeof(void*);
+                 peers_.TableBytes() + by_remote_.bucket_count() * sizeof(void*) +
+                 rto_due_.capacity() * sizeof(RtoDue);
   peers_.ForEach([&](uint32_t, const Peer& p) {
     total += sizeof(Peer) + p.key.capacity() +
              (p.clients.capacity() + p.servers.capacity()) * sizeof(uint32_t);
@@ -476,6 +478,8 @@ void Endpoint::Bury(Session* session, uint64_t /*now_us*/) {
   if (session->liveness != nullptr) LeavePeer(session);
   if (session->is_client) {
     --stats_.sessions_client;
+    rto_due_[session->rto_index] = RtoDue{kNever, 0};
+    rto_free_.push_back(session->rto_index);
   } else {
     --stats_.sessions_server;
     accepted_by_token_.erase(session->peer.ToString() + "/" + std::to_string(session->token));
@@ -513,6 +517,14 @@ uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
     s->client_slots[i].request_number = i;
   }
   s->credits = config_.credits_per_session;
+  if (rto_free_.empty()) {
+    s->rto_index = static_cast<uint32_t>(rto_due_.size());
+    rto_due_.push_back(RtoDue{kNever, number});
+  } else {
+    s->rto_index = rto_free_.back();
+    rto_free_.pop_back();
+    rto_due_[s->rto_index] = RtoDue{kNever, number};
+  }
   sessions_.Insert(number, std::move(owned));
   ++stats_.sessions_client;
   ++stats_.sessions_opened;
@@ -641,6 +653,10 @@ void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uin
   if (s->state == Session::State::kConnected) {
     StartQueued(s, now_us);
     Kick(s, now_us);
+  }
+  if (s->busy_slots == 0) {  // idle: nothing for a retransmission timer to do
+    s->rto_at_us = kNever;
+    rto_due_[s->rto_index].when_us = kNever;
   }
 }
 
@@ -783,9 +799,13 @@ void Endpoint::ArmRetransmitTimer(Session* s, uint64_t when_us) {
   // Progress only moves a slot's progress_us; the entry is checked and moved when it fires, so
   // loss detection costs O(log n) per timeout per session, never a scan of all sessions and
   // nothing per packet.
+  // rto_due_ holds the live entry's time too, in a dense array of all client sessions, so that
+  // an entry left behind by a session that went idle (one per call when calls spread over
+  // thousands of sessions) is recognised and dropped without touching the session.
   if (when_us >= s->rto_at_us) return;
   s->rto_at_us = when_us;
-  rto_timers_.push(Timer{when_us, TimerKind::kRetransmit, s->number, 0});
+  rto_due_[s->rto_index].when_us = when_us;
+  rto_timers_.push(Timer{when_us, TimerKind::kRetransmit, s->number, s->rto_index});
 }
 
 void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
@@ -2101,6 +2121,8 @@ void Endpoint::OnTimers(uint64_t now_us) {
   while (!rto_timers_.empty() && rto_timers_.top().when_us <= now_us) {
     const Timer t = rto_timers_.top();
     rto_timers_.pop();
+    const RtoDue& due = rto_due_[t.key];
+    if (due.when_us != t.when_us || due.session != t.session) continue;  // superseded or idle
     Session* s = Find(t.session);
     if (s != nullptr && s->rto_at_us == t.when_us) OnRetransmitTimer(s, now_us);
   }

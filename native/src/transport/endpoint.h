@@ -517,6 +517,14 @@ class Endpoint {
   // Retransmission timers apart: one entry per client session with packets in flight, so this
   // heap stays as small as the sessions in use (and hot in cache) however many sessions exist.
   TimerHeap rto_timers_;
+  // Every client session's live retransmission entry time (kNever: none) and number, by
+  // Session::rto_index (freed indices are reused): checked before the session is looked up.
+  struct RtoDue {
+    uint64_t when_us;
+    uint32_t session;
+  };
+  std::vector<RtoDue> rto_due_;
+  std::vector<uint32_t> rto_free_;
   std::vector<Event> events_;
   // Tags of pending calls that have a deadline entry in timers_. A completed call's entry stays
   // in the heap until it fires or CompactTimers() drops it; this set tells which are live.
