@@ -281,12 +281,23 @@ void DisconnectLost(Rig& r, const std::vector<uint32_t>& victims) {
   r.wire.drop = nullptr;
 }
 
-// Runs until the server holds `sessions` server sessions or `until`; returns when it got there.
-uint64_t RunUntilServerHolds(Rig& r, uint64_t sessions, uint64_t until) {
-  while (r.now < until && r.server->stats().sessions_server != sessions) {
+// Runs until the server holds `sessions` server sessions (at most three failure timeouts after
+// the client gave up on its `orphans`) and checks they went within two, failed as orphans.
+void ExpectReaped(Rig& r, uint64_t gave_up, uint64_t sessions, uint64_t orphans) {
+  while (r.now < gave_up + 3 * kFailureUs && r.server->stats().sessions_server != sessions) {
     r.RunUntil(r.now + 10'000);
   }
-  return r.now;
+  std::printf("  %llu orphan(s) reaped %llu us after the client gave up (failure timeout %llu us); "
+              "%llu audits, %llu probe PINGs\n",
+              static_cast<unsigned long long>(orphans),
+              static_cast<unsigned long long>(r.now - gave_up),
+              static_cast<unsigned long long>(kFailureUs),
+              static_cast<unsigned long long>(r.server->stats().orphan_audits),
+              static_cast<unsigned long long>(r.server->stats().orphan_probes));
+  CHECK_EQ(r.server->stats().sessions_server, sessions);
+  CHECK(r.now <= gave_up + 2 * kFailureUs + kKeepaliveUs);
+  CHECK_EQ(r.server->stats().orphans_reaped, orphans);
+  CHECK_EQ(r.server_failed, orphans);
 }
 }  // namespace
 
@@ -299,17 +310,7 @@ TEST(orphan_a_server_session_whose_disconnects_were_lost_is_reaped_and_the_idle_
   DisconnectLost(r, {victim});
   const uint64_t gave_up = r.now;
   CHECK_EQ(r.server->stats().sessions_server, 2000u);  // the orphan
-  const uint64_t reaped = RunUntilServerHolds(r, 1999, gave_up + 3 * kFailureUs);
-  std::printf("  orphan reaped %llu us after the client gave up (failure timeout %llu us); "
-              "%llu audits, %llu probe PINGs\n",
-              static_cast<unsigned long long>(reaped - gave_up),
-              static_cast<unsigned long long>(kFailureUs),
-              static_cast<unsigned long long>(r.server->stats().orphan_audits),
-              static_cast<unsigned long long>(r.server->stats().orphan_probes));
-  CHECK_EQ(r.server->stats().sessions_server, 1999u);
-  CHECK(reaped <= gave_up + 2 * kFailureUs + kKeepaliveUs);
-  CHECK_EQ(r.server->stats().orphans_reaped, 1u);
-  CHECK_EQ(r.server_failed, 1u);
+  ExpectReaped(r, gave_up, 1999, 1);
   // One session differed: the census sums named it, so only it was asked about.
   CHECK_EQ(r.server->stats().orphan_audits, 1u);
   CHECK(r.server->stats().orphan_probes <= 4);
@@ -371,16 +372,9 @@ TEST(orphan_several_orphans_are_found_by_one_look_at_the_record_and_only_they_go
   const std::vector<uint32_t> victims = {sessions[3], sessions[77], sessions[250], sessions[499]};
   DisconnectLost(r, victims);
   const uint64_t gave_up = r.now;
-  // Calls on a few sessions keep some suspects busy; the rest are idle and must answer PINGs.
-  const uint64_t reaped = RunUntilServerHolds(r, 496, gave_up + 3 * kFailureUs);
-  std::printf("  4 orphans among 500 reaped %llu us after; %llu audits, %llu probe PINGs\n",
-              static_cast<unsigned long long>(reaped - gave_up),
-              static_cast<unsigned long long>(r.server->stats().orphan_audits),
-              static_cast<unsigned long long>(r.server->stats().orphan_probes));
-  CHECK_EQ(r.server->stats().sessions_server, 496u);
-  CHECK(reaped <= gave_up + 2 * kFailureUs + kKeepaliveUs);
-  CHECK_EQ(r.server->stats().orphans_reaped, 4u);
-  CHECK_EQ(r.server_failed, 4u);
+  // Four differ, so the sums name none: every idle session of the record is asked about, and
+  // the 496 live ones answer.
+  ExpectReaped(r, gave_up, 496, 4);
   r.RunUntil(r.now + 3 * kFailureUs);
   CHECK_EQ(r.server->stats().sessions_server, 496u);
   CHECK(r.client_failed_at.empty());
