@@ -408,7 +408,7 @@ class Endpoint {
   // Orphans (endpoint.cc, "Orphans")
   void Uncount(Session* session);
   void OnCensus(Peer* peer, const Header& ping, uint64_t now_us);
-  void StartAudit(Peer* peer, const Session* named, bool walk, uint64_t now_us);
+  void StartAudit(Peer* peer, const Session* named, uint32_t walk_every, uint64_t now_us);
   void ProbeSuspects(Peer* peer, uint64_t now_us);
   void OnAudit(Peer* peer, uint64_t now_us);
   void AcceptedReply(const Session& session, Header* reply) const;
