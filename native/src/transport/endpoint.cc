@@ -2337,8 +2337,9 @@ void Endpoint::OnPeerTimer(Peer* p, uint64_t now_us) {
 //    our side: the difference of the sums names it. Otherwise (or the named number is not one
 //    of ours), every server session of the record is looked at, at most once per failure
 //    timeout per record (once per 8 when we hold no more sessions than the census counts: then
-//    the difference may be only the client's, sessions we dropped that it still holds). No census for a failure timeout while we hold server sessions of the
-//    record (its client sessions are all gone, or its PINGs were lost) counts as a disagreement.
+//    the difference may be only the client's, sessions we dropped that it still holds). No
+//    census for a failure timeout while we hold server sessions of the record (its client
+//    sessions are all gone, or its PINGs were lost) counts as a disagreement.
 //  - Only sessions quiet for a keepalive interval are suspects (a session accepted a moment ago
 //    and not yet connected on the client differs for an RTT and is not one): the server PINGs
 //    each suspect's client (PING and PONG run either way; sealed under the session's keys), once
@@ -2381,7 +2382,8 @@ void Endpoint::StartAudit(Peer* p, const Session* named, uint32_t walk_every, ui
   if (named != nullptr && now_us - named->last_rx_us >= quiet_us) {
     p->suspects.push_back(named->number);
   } else if (walk_every != 0 &&
-             (p->walked_us == 0 || now_us - p->walked_us >= walk_every * config_.peer_failure_timeout_us)) {
+             (p->walked_us == 0 ||
+              now_us - p->walked_us >= walk_every * config_.peer_failure_timeout_us)) {
     p->walked_us = now_us;
     for (uint32_t number : p->servers) {
       if (now_us - Find(number)->last_rx_us >= quiet_us) p->suspects.push_back(number);
