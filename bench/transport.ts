@@ -6,7 +6,8 @@
  *     pipelined echo (no protocol, the kernel's ceiling) and Node dgram pipelined echo;
  *   - 32-byte round-trip latency p50/p99 with one call outstanding vs C++ and dgram ping-pong;
  *   - 8 MiB request bandwidth vs Node net TCP with length-prefixed messages;
- *   - the 32-byte rate over 20,000 sessions vs over 1 session (ratio, process CPU per call), bytes
+ *   - the 32-byte rate over 20,000 sessions vs over few at the same calls in flight (8: vs 1
+ *     session; 64: vs 8 sessions), with the process CPU per call of each, bytes
  *     per session, what 20,000 idle sessions cost per second (timer fires, PINGs, CPU), and the
  *     1-session rate with them idle beside it (`--sessions` runs only these);
  *   - 8 MiB goodput at injected loss 1e-5, 1e-4, 1e-3 (both ends drop their own sends) vs
@@ -22,11 +23,13 @@
  *     with encryption on, each beside the same case with encryption off measured in the same run
  *     (alternating off/on rounds, so load drift hits both), plus CPU time per call and per byte
  *     and the µs added per request beside eeRPC's ~8 µs for TLS.
- * `--crypto` runs only the encryption comparison. Each line carries the 1-minute load average:
+ * `--crypto` runs only the encryption comparison; `--loss`, `--incast` and `--sessions` only those
+ * cases. Each line carries the 1-minute load average:
  * these VMs are shared, so numbers are noisy.
  */
 import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createSocket } from 'node:dgram';
 import { connect as tcpConnect } from 'node:net';
 import { availableParallelism, cpus, loadavg } from 'node:os';
@@ -71,7 +74,7 @@ function percentile(samples: number[], q: number): number {
 }
 
 /** Closed loop: `outstanding` lanes, each issuing its next call when the previous completes. */
-async function squallRate(sessions: NativeSession[], seconds: number): Promise<number> {
+async function squallRate(sessions: NativeSession[], seconds: number, outstanding = OUTSTANDING): Promise<number> {
   const payload = Buffer.alloc(MESSAGE_BYTES, 1);
   let next = 0;
   let count = 0;
@@ -79,7 +82,7 @@ async function squallRate(sessions: NativeSession[], seconds: number): Promise<n
     const end = performance.now() + ms;
     const started = performance.now();
     await Promise.all(
-      Array.from({ length: OUTSTANDING }, async () => {
+      Array.from({ length: outstanding }, async () => {
         while (performance.now() < end) {
           await sessions[next++ % sessions.length]!.call(1, payload);
           if (counting) count++;
@@ -350,6 +353,8 @@ export async function run(args: string[]): Promise<void> {
   const seconds = quick ? 1.5 : 5;
   const suite = 'transport';
   if (args.includes('--crypto')) return cryptoComparison(quick ? 1 : 3, quick ? 2 : 3);
+  if (args.includes('--loss')) return lossCases(seconds);
+  if (args.includes('--incast')) return incastCase(quick);
   if (args.includes('--sessions')) {
     const server = await startServer('squall');
     const client = await Endpoint.create({ sessionsMax: 30_000 });
@@ -397,27 +402,8 @@ export async function run(args: string[]): Promise<void> {
   await client.close();
   await server.stop();
 
-  // 8 MiB goodput under loss: a fresh server per loss rate, dropping its own sends at the same
-  // rate as the client.
-  const lossless = await lossGoodput(0, seconds);
-  report({ suite, case: 'request_bandwidth_8MiB_loss_0', value: Number(lossless.goodput.toFixed(1)), unit: 'MB/s',
-    retransmissions: lossless.retransmissions, load1: load() });
-  for (const loss of [1e-5, 1e-4, 1e-3]) {
-    const lossy = await lossGoodput(loss, seconds);
-    report({ suite, case: `request_bandwidth_8MiB_loss_${loss}`, value: Number(lossy.goodput.toFixed(1)), unit: 'MB/s',
-      baselines: { squall_lossless: Number(lossless.goodput.toFixed(1)) }, retransmissions: lossy.retransmissions,
-      fast_retransmits: lossy.fastRetransmits, load1: load() });
-  }
-
-  const requests = quick ? 4 : 10;
-  const single = await incast(1, 1, 50 * requests);
-  const fifty = await incast(5, 10, requests);
-  report({ suite, case: 'incast_goodput_50_senders_1MiB', value: Number(fifty.goodput.toFixed(1)), unit: 'MB/s',
-    baselines: { squall_1_sender: Number(single.goodput.toFixed(1)) },
-    kernel_drops: fifty.kernelDrops, packets_sent: fifty.packetsSent,
-    kernel_drop_fraction: Number((fifty.kernelDrops / Math.max(1, fifty.packetsSent)).toExponential(2)),
-    retransmissions: fifty.retransmissions, requests: fifty.completed, failed: fifty.failed,
-    baseline_kernel_drops: single.kernelDrops, load1: load() });
+  await lossCases(seconds);
+  await incastCase(quick);
 
   // Segmentation offload, at the socket level (native/bench/udp_gso_bench.cc): bulk 1,472-byte
   // datagrams (the off-loopback packet size) sent as 64 KB UDP_SEGMENT buffers vs sendmmsg
@@ -476,40 +462,97 @@ function coreBulkCost(rounds: number): void {
   for (const line of lines) report(JSON.parse(line) as Parameters<typeof report>[0]);
 }
 
+/** 8 MiB goodput at loss 1e-5, 1e-4, 1e-3, each beside a lossless run just before it (`--loss`). */
+async function lossCases(seconds: number): Promise<void> {
+  const suite = 'transport';
+  // 8 MiB goodput under loss: a fresh server per run, dropping its own sends at the same rate as
+  // the client. Each lossy run is paired with a lossless run just before it (the baseline of its
+  // line), so load drift on this shared machine hits both; process CPU per MiB beside each says
+  // whether loss made the transport do more work or only wait.
+  for (const loss of [1e-5, 1e-4, 1e-3]) {
+    const lossless = await lossGoodput(0, seconds);
+    report({ suite, case: 'request_bandwidth_8MiB_loss_0', value: Number(lossless.goodput.toFixed(1)), unit: 'MB/s',
+      retransmissions: lossless.retransmissions, cpu_ms_per_MiB: lossless.cpuMsPerMiB, load1: load() });
+    const lossy = await lossGoodput(loss, seconds);
+    const target = loss <= 1e-5 ? 0.9 : loss <= 1e-4 ? 0.7 : undefined;
+    report({ suite, case: `request_bandwidth_8MiB_loss_${loss}`, value: Number(lossy.goodput.toFixed(1)), unit: 'MB/s',
+      baselines: { squall_lossless: Number(lossless.goodput.toFixed(1)) }, retransmissions: lossy.retransmissions,
+      fast_retransmits: lossy.fastRetransmits, cpu_ms_per_MiB: lossy.cpuMsPerMiB,
+      baseline_cpu_ms_per_MiB: lossless.cpuMsPerMiB, ...(target !== undefined ? { target_ratio_min: target } : {}),
+      load1: load() });
+  }
+}
+
+/** 50-way incast vs one sender (`--incast`). */
+async function incastCase(quick: boolean): Promise<void> {
+  const suite = 'transport';
+  const requests = quick ? 4 : 10;
+  const single = await incast(1, 1, 50 * requests);
+  const fifty = await incast(5, 10, requests);
+  report({ suite, case: 'incast_goodput_50_senders_1MiB', value: Number(fifty.goodput.toFixed(1)), unit: 'MB/s',
+    baselines: { squall_1_sender: Number(single.goodput.toFixed(1)) },
+    kernel_drops: fifty.kernelDrops, packets_sent: fifty.packetsSent,
+    kernel_drop_fraction: Number((fifty.kernelDrops / Math.max(1, fifty.packetsSent)).toExponential(2)),
+    retransmissions: fifty.retransmissions, requests: fifty.completed, failed: fifty.failed,
+    baseline_kernel_drops: single.kernelDrops, target_ratio_min: 0.7,
+    // The server's thread: CPU per MiB received (what the protocol costs it) and the share of a
+    // core it got (5 sender threads + the server on this machine's cores vs 1 + 1).
+    server_cpu_ms_per_MiB: fifty.serverCpuMsPerMiB, baseline_server_cpu_ms_per_MiB: single.serverCpuMsPerMiB,
+    server_cpu_share: fifty.serverCpuShare, baseline_server_cpu_share: single.serverCpuShare, load1: load() });
+}
+
 const SESSIONS_MANY = 20_000;
 
 /** Closed-loop rate and process CPU (client + the server's worker thread) per call. */
-async function rateWithCpu(sessions: NativeSession[], seconds: number): Promise<{ rate: number; cpuUs: number }> {
+async function rateWithCpu(sessions: NativeSession[], seconds: number, outstanding = OUTSTANDING):
+  Promise<{ rate: number; cpuUs: number }> {
   const before = process.cpuUsage();
   const started = performance.now();
-  const rate = await squallRate(sessions, seconds);
+  const rate = await squallRate(sessions, seconds, outstanding);
   const used = process.cpuUsage(before);
   const calls = rate * ((performance.now() - started) / 1000 - 0.3);  // squallRate warms up 0.3 s
   return { rate, cpuUs: (used.user + used.system) / Math.max(1, calls) };
 }
 
 /**
- * Session scale (issue #3): the 32-byte rate over 20,000 sessions vs over 1 session, with the
- * process CPU per call of each; then, with the 20,000 sessions idle, what they cost per second
- * (session + peer timer fires and PINGs of the client endpoint, process CPU), and the rate over
- * 1 session again with the 20,000 idle beside it (keepalives that grow with the session count
- * show here). Baselines are the 1-session figures of the same run.
+ * Session scale (issue #3): the 32-byte rate over 20,000 sessions vs over few, with the process
+ * CPU per call of each, at the same number of calls in flight on both sides. A session has 8
+ * slots, so one session with 64 calls outstanding has 8 on the wire and 56 queued (window-limited:
+ * a different load, not a fair baseline). Two fair pairs: 8 calls outstanding over 1 session
+ * (its full window) vs over 20,000 (round robin: 8 sessions busy at a time, each call on a
+ * session idle since its last use), and 64 outstanding over 8 sessions (8 x 8 slots) vs over
+ * 20,000; the window-limited 1-session/64 figure is reported beside them for continuity. Then,
+ * with the 20,000 sessions idle, what they cost per second (session + peer timer fires and PINGs
+ * of the client endpoint, process CPU), and the rate over 1 session again with the 20,000 idle
+ * beside it (keepalives that grow with the session count show here).
  */
 async function sessionScale(client: Endpoint, serverAddress: string, one: NativeSession, eight: NativeSession[],
   seconds: number): Promise<void> {
   const suite = 'transport';
-  const single = await rateWithCpu([one], seconds);
+  const window = 8;  // slotsPerSession (default): calls one session carries at once
+  const single = await rateWithCpu([one], seconds, window);
+  const fewAt64 = await rateWithCpu(eight, seconds, OUTSTANDING);
+  const singleAt64 = await rateWithCpu([one], seconds, OUTSTANDING);
   const many = [...eight];
   while (many.length < SESSIONS_MANY) {
     const batch = Math.min(500, SESSIONS_MANY - many.length);
     many.push(...(await Promise.all(Array.from({ length: batch }, () => client.connect(serverAddress)))));
   }
-  const manyRun = await rateWithCpu(many, seconds);
-  report({ suite, case: `rpc_rate_32B_64_outstanding_${SESSIONS_MANY}_sessions`, value: Math.round(manyRun.rate), unit: 'calls/s',
-    baselines: { squall_1_session: Math.round(single.rate) }, ratio: Number((manyRun.rate / single.rate).toFixed(3)),
-    target_ratio_min: 0.8, load1: load() });
-  report({ suite, case: `cpu_per_call_32B_${SESSIONS_MANY}_sessions`, value: Number(manyRun.cpuUs.toFixed(2)), unit: 'us',
-    baselines: { squall_1_session: Number(single.cpuUs.toFixed(2)) }, load1: load() });
+  const manyAt8 = await rateWithCpu(many, seconds, window);
+  const manyAt64 = await rateWithCpu(many, seconds, OUTSTANDING);
+  const pair = (name: string, value: { rate: number; cpuUs: number }, baselineName: string,
+    baseline: { rate: number; cpuUs: number }, measures: string, extra: object = {}): void => {
+    report({ suite, case: name, value: Math.round(value.rate), unit: 'calls/s',
+      baselines: { [baselineName]: Math.round(baseline.rate) }, ratio: Number((value.rate / baseline.rate).toFixed(3)),
+      target_ratio_min: 0.8, cpu_per_call_us: Number(value.cpuUs.toFixed(2)),
+      baseline_cpu_per_call_us: Number(baseline.cpuUs.toFixed(2)), measures, ...extra, load1: load() });
+  };
+  pair(`rpc_rate_32B_${window}_outstanding_${SESSIONS_MANY}_sessions`, manyAt8, `squall_1_session_${window}_outstanding`, single,
+    `${window} calls in flight both sides: value round robin over ${SESSIONS_MANY} sessions (one call per session), ` +
+    `baseline all on 1 session (its ${window} slots, nothing queued)`);
+  pair(`rpc_rate_32B_64_outstanding_${SESSIONS_MANY}_sessions`, manyAt64, 'squall_8_sessions_64_outstanding', fewAt64,
+    `64 calls in flight both sides: value round robin over ${SESSIONS_MANY} sessions, baseline 8 sessions x 8 slots`,
+    { squall_1_session_64_outstanding_window_limited: Math.round(singleAt64.rate) });
   report({ suite, case: `bytes_per_session_${SESSIONS_MANY}_sessions_client`, value: client.stats().bytesPerSession!, unit: 'bytes',
     sessions: client.stats().sessionsClient, load1: load() });
 
@@ -532,8 +575,8 @@ async function sessionScale(client: Endpoint, serverAddress: string, one: Native
 
   const beside = await rateWithCpu([one], seconds);
   report({ suite, case: `rpc_rate_32B_64_outstanding_1_session_beside_${SESSIONS_MANY}_idle`, value: Math.round(beside.rate),
-    unit: 'calls/s', baselines: { squall_1_session: Math.round(single.rate) },
-    cpu_per_call_us: Number(beside.cpuUs.toFixed(2)), baseline_cpu_per_call_us: Number(single.cpuUs.toFixed(2)), load1: load() });
+    unit: 'calls/s', baselines: { squall_1_session: Math.round(singleAt64.rate) },
+    cpu_per_call_us: Number(beside.cpuUs.toFixed(2)), baseline_cpu_per_call_us: Number(singleAt64.cpuUs.toFixed(2)), load1: load() });
   await Promise.all(many.slice(8).map((s) => s.close()));
 }
 const loadWorker = join(root, 'dist', 'test', 'support', 'transport-load-worker.js');
@@ -541,21 +584,34 @@ const loadWorker = join(root, 'dist', 'test', 'support', 'transport-load-worker.
 async function lossGoodput(
   loss: number,
   seconds: number,
-): Promise<{ goodput: number; retransmissions: number; fastRetransmits: number }> {
+): Promise<{ goodput: number; retransmissions: number; fastRetransmits: number; cpuMsPerMiB: number }> {
   const server = await startServer('squall', {}, loss);
   const client = await Endpoint.create({});
   client.injectFault({ dropProbability: loss });
   const session = await client.connect(server.address);
+  const cpu = process.cpuUsage();
+  const started = performance.now();
   const goodput = await squallBandwidth(session, seconds);
+  const used = process.cpuUsage(cpu);
+  const mib = (goodput * 1e6 * ((performance.now() - started) / 1000)) / (1 << 20);
   const retransmissions = client.stats().retransmissions ?? 0;
   const fastRetransmits = client.stats().fastRetransmits ?? 0;
   await client.close();
   await server.stop();
-  return { goodput, retransmissions, fastRetransmits };
+  return { goodput, retransmissions, fastRetransmits,
+    cpuMsPerMiB: Number(((used.user + used.system) / 1000 / Math.max(1, mib)).toFixed(3)) };
+}
+
+/** CPU time of this process's main thread so far, ms (/proc; 10 ms resolution). */
+function mainThreadCpuMs(): number {
+  const fields = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;  // utime + stime, USER_HZ 100
 }
 
 interface IncastResult {
   goodput: number;
+  serverCpuMsPerMiB: number;
+  serverCpuShare: number;
   completed: number;
   failed: number;
   retransmissions: number;
@@ -573,15 +629,19 @@ async function incast(workers: number, endpoints: number, requests: number): Pro
   await Promise.all(senders.map((w) => workerMessage(w, 'ready')));
   const done = senders.map((w) => workerMessage<{ completed: number; failed: number; retransmissions: number; packetsSent: number; bytes: number }>(w, 'done'));
   const started = performance.now();
+  const cpu0 = mainThreadCpuMs();  // the server's thread
   for (const w of senders) w.postMessage({ kind: 'start' });
   const results = await Promise.all(done);
   const elapsed = (performance.now() - started) / 1000;
+  const serverCpuMs = mainThreadCpuMs() - cpu0;
   const sum = (key: 'completed' | 'failed' | 'retransmissions' | 'packetsSent' | 'bytes'): number =>
     results.reduce((a, r) => a + r[key], 0);
   const kernelDrops = server.stats().udpKernelDrops ?? 0;
   await Promise.all(senders.map(stopWorker));
   await server.close();
   return { goodput: sum('bytes') / elapsed / 1e6, completed: sum('completed'), failed: sum('failed'),
+    serverCpuMsPerMiB: Number((serverCpuMs / Math.max(1, sum('bytes') / (1 << 20))).toFixed(3)),
+    serverCpuShare: Number((serverCpuMs / 1000 / elapsed).toFixed(2)),
     retransmissions: sum('retransmissions'), packetsSent: sum('packetsSent'), kernelDrops };
 }
 

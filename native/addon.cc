@@ -647,6 +647,9 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("sessionTimerFires", s.session_timer_fires);
     set("peerTimerFires", s.peer_timer_fires);
     set("peers", s.peers);
+    set("orphanAudits", s.orphan_audits);
+    set("orphanProbes", s.orphan_probes);
+    set("orphansReaped", s.orphans_reaped);
     set("sealedBatches", s.sealed_batches);
     set("sealedBatchPackets", s.sealed_batch_packets);
     set("sealedIntoSendBatch", s.sealed_into_send_batch);

@@ -753,3 +753,32 @@ TEST(crypto_transport_port_unreachable_reports_name_sealed_sessions_by_their_cle
   CHECK(failed != nullptr && failed->id == static_cast<uint64_t>(PeerFailure::kPortUnreachable));
   CHECK_EQ(net.client.stats().peer_failures_unreachable, 1u);
 }
+
+TEST(crypto_transport_an_orphaned_server_session_is_reaped_through_sealed_pings) {
+  // "Orphans" on an encrypting pair: the server's PINGs about a suspect and the client's PONGs
+  // are sealed under the session's keys like any other packet, so a live session answers and a
+  // session the client no longer has (its DISCONNECTs all lost) goes.
+  const auto key = MakeGroupKey(1, 0x11);
+  EndpointConfig config = Encrypted({key});
+  config.peer_failure_timeout_us = 2'000'000;
+  Net net(config, config);
+  const uint32_t kept = net.Connect();
+  const uint32_t orphan = net.Connect();
+  CHECK(net.client.SessionIsConnected(kept) && net.client.SessionIsConnected(orphan));
+  net.hold = [&](const Datagram& d) { return HeaderOf(d).type == PacketType::kDisconnectRequest; };
+  CHECK(net.client.Disconnect(orphan, net.now_us));
+  CHECK(net.RunUntil(net.now_us + 1'000'000, [&] {
+    return net.HasEvent(net.client_events, SessionEventKind::kDisconnected);
+  }));
+  net.hold = nullptr;
+  CHECK_EQ(net.server.stats().sessions_server, 2u);
+  const uint64_t failure_us = config.peer_failure_timeout_us;
+  net.RunUntil(net.now_us + 3 * failure_us, [&] { return false; });
+  CHECK_EQ(net.server.stats().sessions_server, 1u);
+  CHECK_EQ(net.server.stats().orphans_reaped, 1u);
+  CHECK(net.server.stats().orphan_probes >= 1);
+  CHECK(net.client.SessionIsConnected(kept));
+  CHECK_EQ(net.client.stats().drops[static_cast<size_t>(DropReason::kUnsealed)], 0u);
+  CHECK(net.client.Call(kept, 3, 1, Marked(40, 1), 0, net.now_us) == CallStatus::kOk);
+  CHECK(net.RunUntil(net.now_us + 1'000'000, [&] { return net.responses.size() == 1; }));
+}

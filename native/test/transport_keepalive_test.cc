@@ -4,6 +4,9 @@
 // timeout; traffic on one session keeps the idle others alive; a peer restarted at the same
 // address is another incarnation, whose traffic does not keep the old sessions alive; a session
 // the peer dropped still fails on its own once used, and a long handler keeps its session alive.
+// Orphans: a server session its client gave up on without the server hearing (lost DISCONNECTs,
+// a connect given up after the server accepted) is reaped within two failure timeouts, found by
+// the census the client's PINGs carry, while live idle sessions stay.
 // Virtual time over the in-memory wire, dropping packets by header where a test says so.
 #include <map>
 #include <memory>
@@ -179,9 +182,11 @@ TEST(keepalive_a_silent_peer_fails_every_session_within_the_failure_timeout) {
 TEST(keepalive_traffic_on_one_session_keeps_the_idle_others_alive) {
   Rig r;
   const std::vector<uint32_t> sessions = r.Connect(2000);
-  // No PING or PONG gets through: only the shared "last heard" keeps the idle sessions alive.
+  // No PONG gets through: only the shared "last heard" keeps the idle sessions alive. (The
+  // client's PINGs pass: they carry the census that tells the server its idle sessions are
+  // still the client's, "Orphans".)
   r.wire.drop = [](const MemoryWire::InFlight&, const Header& h) {
-    return h.type == PacketType::kPing || h.type == PacketType::kPong;
+    return h.type == PacketType::kPong;
   };
   const uint64_t start = r.now;
   while (r.now < start + 4 * kFailureUs) {
@@ -192,8 +197,9 @@ TEST(keepalive_traffic_on_one_session_keeps_the_idle_others_alive) {
   CHECK_EQ(r.server->stats().sessions_server, 2000u);
   CHECK(r.client_failed_at.empty());
   CHECK_EQ(r.server_failed, 0u);
-  // And they stay silent: the peer is heard from often enough that nobody needed a PING.
-  CHECK_EQ(r.Pings(), 0u);
+  // And no keepalive was needed: the only PINGs are the census, one per half failure timeout.
+  CHECK(r.Pings() <= 4 * kFailureUs / (kFailureUs / 2) + 1);
+  CHECK_EQ(r.server->stats().orphan_audits, 0u);
 }
 
 TEST(keepalive_a_peer_restarted_at_the_same_address_is_another_incarnation) {
@@ -260,4 +266,120 @@ TEST(keepalive_a_session_the_peer_dropped_fails_alone_and_a_long_handler_stays_a
   CHECK_EQ(r.client_failed_at.size(), 1u);
   CHECK(r.completed.count(slow_tag) == 1 && r.completed[slow_tag] == CallStatus::kOk);
   CHECK_EQ(CountConnected(r.client, sessions), 99u);
+}
+
+namespace {
+// Disconnects `victims` with every DISCONNECT of theirs lost: the client gives up after its
+// tries, the server keeps the sessions. Returns when the client has given up.
+void DisconnectLost(Rig& r, const std::vector<uint32_t>& victims) {
+  r.wire.drop = [](const MemoryWire::InFlight&, const Header& h) {
+    return h.type == PacketType::kDisconnectRequest;
+  };
+  for (uint32_t v : victims) CHECK(r.client.Disconnect(v, r.now));
+  r.RunUntil(r.now + 500'000);  // three tries 50 ms apart, then kDisconnected
+  for (uint32_t v : victims) CHECK(!r.client.SessionIsConnected(v));
+  r.wire.drop = nullptr;
+}
+
+// Runs until the server holds `sessions` server sessions (at most three failure timeouts after
+// the client gave up on its `orphans`) and checks they went within two, failed as orphans.
+void ExpectReaped(Rig& r, uint64_t gave_up, uint64_t sessions, uint64_t orphans) {
+  while (r.now < gave_up + 3 * kFailureUs && r.server->stats().sessions_server != sessions) {
+    r.RunUntil(r.now + 10'000);
+  }
+  std::printf("  %llu orphan(s) reaped %llu us after the client gave up (failure timeout %llu us); "
+              "%llu audits, %llu probe PINGs\n",
+              static_cast<unsigned long long>(orphans),
+              static_cast<unsigned long long>(r.now - gave_up),
+              static_cast<unsigned long long>(kFailureUs),
+              static_cast<unsigned long long>(r.server->stats().orphan_audits),
+              static_cast<unsigned long long>(r.server->stats().orphan_probes));
+  CHECK_EQ(r.server->stats().sessions_server, sessions);
+  CHECK(r.now <= gave_up + 2 * kFailureUs + kKeepaliveUs);
+  CHECK_EQ(r.server->stats().orphans_reaped, orphans);
+  CHECK_EQ(r.server_failed, orphans);
+}
+}  // namespace
+
+TEST(orphan_a_server_session_whose_disconnects_were_lost_is_reaped_and_the_idle_others_live) {
+  Rig r;
+  const std::vector<uint32_t> sessions = r.Connect(2000);
+  for (uint32_t s : sessions) r.Call(s);  // every session used once, then idle
+  r.RunUntil(r.now + 1000);
+  const uint32_t victim = sessions[1234];
+  DisconnectLost(r, {victim});
+  const uint64_t gave_up = r.now;
+  CHECK_EQ(r.server->stats().sessions_server, 2000u);  // the orphan
+  ExpectReaped(r, gave_up, 1999, 1);
+  // One session differed: the census sums named it, so only it was asked about.
+  CHECK_EQ(r.server->stats().orphan_audits, 1u);
+  CHECK(r.server->stats().orphan_probes <= 4);
+  // The live idle sessions stay, on both sides, long after, and all still answer.
+  r.RunUntil(r.now + 3 * kFailureUs);
+  CHECK_EQ(r.server->stats().sessions_server, 1999u);
+  CHECK(r.client_failed_at.empty());
+  CHECK_EQ(CountConnected(r.client, sessions), 1999u);
+  const size_t before = r.completed.size();
+  for (uint32_t s : sessions) {
+    if (s != victim) r.Call(s);
+  }
+  r.RunUntil(r.now + 1000);
+  CHECK_EQ(r.completed.size(), before + 1999);
+  for (const auto& [tag, status] : r.completed) CHECK(status == CallStatus::kOk);
+}
+
+TEST(orphan_a_connect_given_up_after_the_server_accepted_is_reaped_while_traffic_flows) {
+  Rig r;
+  const std::vector<uint32_t> sessions = r.Connect(200);
+  // Every answer to the next connect is lost: the client times out, the server holds it.
+  r.wire.drop = [](const MemoryWire::InFlight&, const Header& h) {
+    return h.type == PacketType::kConnectResponse;
+  };
+  const uint32_t lost = r.client.Connect(r.server_address, r.now);
+  const uint64_t start = r.now;
+  // Traffic all along (a call every 100 ms): no keepalive is ever due, the census still goes.
+  uint64_t gave_up = 0;
+  while (r.now < start + 5 * kFailureUs) {
+    r.Call(sessions[(r.now / 100'000) % sessions.size()]);
+    r.RunUntil(r.now + 100'000);
+    if (gave_up == 0 && !r.client.SessionIsConnected(lost) &&
+        r.client.SessionPeer(lost).empty()) {
+      gave_up = r.now;
+      r.wire.drop = nullptr;
+    }
+    if (gave_up != 0 && r.server->stats().sessions_server == 200) break;
+  }
+  CHECK(gave_up != 0 && gave_up >= start + 2'000'000);  // connect_timeout_us
+  std::printf("  connect given up at +%llu us, its server session reaped at +%llu us\n",
+              static_cast<unsigned long long>(gave_up - start),
+              static_cast<unsigned long long>(r.now - start));
+  CHECK_EQ(r.server->stats().sessions_server, 200u);
+  CHECK(r.now <= gave_up + 2 * kFailureUs + kKeepaliveUs);
+  CHECK_EQ(r.server->stats().orphans_reaped, 1u);
+  // Found by a census the busy client sent (the sums named it), not by the no-census fallback,
+  // which would have asked about every idle session.
+  CHECK_EQ(r.server->stats().orphan_audits, 1u);
+  CHECK(r.server->stats().orphan_probes <= 4);
+  CHECK(r.client_failed_at.empty());
+  CHECK_EQ(CountConnected(r.client, sessions), 200u);
+  for (const auto& [tag, status] : r.completed) CHECK(status == CallStatus::kOk);
+}
+
+TEST(orphan_several_orphans_are_found_by_one_look_at_the_record_and_only_they_go) {
+  Rig r;
+  const std::vector<uint32_t> sessions = r.Connect(500);
+  r.RunUntil(r.now + 1000);
+  const std::vector<uint32_t> victims = {sessions[3], sessions[77], sessions[250], sessions[499]};
+  DisconnectLost(r, victims);
+  const uint64_t gave_up = r.now;
+  // Four differ, so the sums name none: every idle session of the record is asked about, and
+  // the 496 live ones answer.
+  ExpectReaped(r, gave_up, 496, 4);
+  r.RunUntil(r.now + 3 * kFailureUs);
+  CHECK_EQ(r.server->stats().sessions_server, 496u);
+  CHECK(r.client_failed_at.empty());
+  CHECK_EQ(CountConnected(r.client, sessions), 496u);
+  // One look at every session, then one audit that PINGed each at most four times.
+  CHECK_EQ(r.server->stats().orphan_audits, 1u);
+  CHECK(r.server->stats().orphan_probes <= 4 * 500u);
 }

@@ -51,6 +51,30 @@ test('1,000 concurrent calls on one session complete in order-independent batche
   await server.close();
 });
 
+test('pending calls are matched by tag past the ring: long calls among many short ones, 5,000 at once', async (t) => {
+  // The client keeps pending calls in a ring of 1,024 by tag (PendingCalls): a call still
+  // waiting when its slot comes round again moves aside, and many waiting calls grow the ring.
+  // Each answer must still reach its own call.
+  const { server, client, session } = await pair();
+  let release: () => void = () => {};
+  const held = new Promise<void>((resolve) => { release = resolve; });
+  server.handle(2, async (bytes) => {
+    await held;
+    return bytes;
+  });
+  const slow = [session.call(2, Buffer.from('slow-a')), session.call(2, Buffer.from('slow-b'))];
+  for (let round = 0; round < 3; round++) {  // 3 x 1,000 short calls go by the slow ones' slots
+    const fast = await Promise.all(Array.from({ length: 1000 }, (_, i) => session.call(1, Buffer.from(`r${round}-${i}`))));
+    fast.forEach((r, i) => t.is(Buffer.from(r).toString(), `r${round}-${i}`));
+  }
+  const many = Array.from({ length: 5000 }, (_, i) => session.call(1, Buffer.from(`m${i}`)));
+  release();
+  (await Promise.all(many)).forEach((r, i) => t.is(Buffer.from(r).toString(), `m${i}`));
+  t.deepEqual((await Promise.all(slow)).map((r) => Buffer.from(r).toString()), ['slow-a', 'slow-b']);
+  await client.close();
+  await server.close();
+});
+
 test('200 sessions on one endpoint', async (t) => {
   const server = await Endpoint.create({});
   server.handle(1, (bytes, context) => Buffer.from(`${context.sessionId}:${Buffer.from(bytes).toString()}`));

@@ -217,6 +217,7 @@ struct Endpoint::Session {
   uint64_t srtt_us = 0, rttvar_us = 0, rto_us = 0;
   uint64_t rto_base_us = 0;  // rto_us before backoff: srtt + 4 x rttvar clamped, or the initial
   uint64_t rto_at_us = kNever;  // when the live retransmit timer entry fires; kNever: none
+  uint32_t rto_index = 0;       // client: its place in rto_due_ (see ArmRetransmitTimer)
   // ICMP port-unreachable reports of this session's datagrams since the peer was last heard
   // from (OnUnreachable); any packet from the peer resets it.
   uint32_t unreachable_reports = 0;
@@ -228,6 +229,8 @@ struct Endpoint::Session {
   // waiting on answers that hears nothing for the failure timeout since the later of this and
   // last_rx_us fails on its own, even while its peer answers on other sessions.
   uint64_t busy_since_us = 0;
+  // Client: counted in its peer record's census (connected; not once it starts disconnecting).
+  bool in_census = false;
   std::unique_ptr<SessionSecurity> security;  // encrypting endpoints only
 };
 
@@ -244,6 +247,16 @@ struct Endpoint::Peer {
   uint32_t ping_session = 0;  // client session last heard from: the next keepalive goes there
   uint32_t ping_cursor = 0;   // after an unanswered keepalive, the next ones go round the rest
   std::vector<uint32_t> clients, servers;  // established session numbers, by role
+  // Orphans: the census our PINGs carry (connected client sessions, and the sum of their remote
+  // session numbers), the sum of our server session numbers, and the server side's audit.
+  uint32_t census_count = 0;
+  uint64_t census_sum = 0;
+  uint64_t server_sum = 0;
+  uint64_t census_us = 0;   // the client's last census (or when our first server session joined)
+  uint64_t walked_us = 0;   // the last audit that looked at every server session of the record
+  uint64_t audit_us = 0;    // when the running audit started; 0: none
+  uint64_t probed_us = 0;   // its last round of PINGs
+  std::vector<uint32_t> suspects;  // the server sessions it asked about
 };
 
 Endpoint::Endpoint(const EndpointConfig& config, PacketIo* io)
@@ -309,7 +322,8 @@ size_t Endpoint::BytesPerSession() const {
   // 16-byte granule; buckets are a pointer each.
   auto node = [](size_t value_bytes) { return (value_bytes + 16 + 15) & ~size_t{15}; };
   size_t total = sessions_.TableBytes() + accepted_by_token_.bucket_count() * sizeof(void*) +
-                 peers_.TableBytes() + by_remote_.bucket_count() * sizeof(void*);
+                 peers_.TableBytes() + by_remote_.bucket_count() * sizeof(void*) +
+                 rto_due_.capacity() * sizeof(RtoDue);
   peers_.ForEach([&](uint32_t, const Peer& p) {
     total += sizeof(Peer) + p.key.capacity() +
              (p.clients.capacity() + p.servers.capacity()) * sizeof(uint32_t);
@@ -464,6 +478,8 @@ void Endpoint::Bury(Session* session, uint64_t /*now_us*/) {
   if (session->liveness != nullptr) LeavePeer(session);
   if (session->is_client) {
     --stats_.sessions_client;
+    rto_due_[session->rto_index] = RtoDue{kNever, 0};
+    rto_free_.push_back(session->rto_index);
   } else {
     --stats_.sessions_server;
     accepted_by_token_.erase(session->peer.ToString() + "/" + std::to_string(session->token));
@@ -501,6 +517,14 @@ uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
     s->client_slots[i].request_number = i;
   }
   s->credits = config_.credits_per_session;
+  if (rto_free_.empty()) {
+    s->rto_index = static_cast<uint32_t>(rto_due_.size());
+    rto_due_.push_back(RtoDue{kNever, number});
+  } else {
+    s->rto_index = rto_free_.back();
+    rto_free_.pop_back();
+    rto_due_[s->rto_index] = RtoDue{kNever, number};
+  }
   sessions_.Insert(number, std::move(owned));
   ++stats_.sessions_client;
   ++stats_.sessions_opened;
@@ -630,6 +654,10 @@ void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uin
     StartQueued(s, now_us);
     Kick(s, now_us);
   }
+  if (s->busy_slots == 0) {  // idle: nothing for a retransmission timer to do
+    s->rto_at_us = kNever;
+    rto_due_[s->rto_index].when_us = kNever;
+  }
 }
 
 void Endpoint::FailSession(Session* s, CallStatus status, SessionEventKind kind,
@@ -677,6 +705,7 @@ bool Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
     Bury(s, now_us);
     return true;
   }
+  Uncount(s);  // the server may drop it any moment now: no longer in our census
   s->state = Session::State::kDisconnecting;
   s->disconnect_tries = 0;
   s->last_handshake_tx_us = 0;
@@ -770,9 +799,13 @@ void Endpoint::ArmRetransmitTimer(Session* s, uint64_t when_us) {
   // Progress only moves a slot's progress_us; the entry is checked and moved when it fires, so
   // loss detection costs O(log n) per timeout per session, never a scan of all sessions and
   // nothing per packet.
+  // rto_due_ holds the live entry's time too, in a dense array of all client sessions, so that
+  // an entry left behind by a session that went idle (one per call when calls spread over
+  // thousands of sessions) is recognised and dropped without touching the session.
   if (when_us >= s->rto_at_us) return;
   s->rto_at_us = when_us;
-  rto_timers_.push(Timer{when_us, TimerKind::kRetransmit, s->number, 0});
+  rto_due_[s->rto_index].when_us = when_us;
+  rto_timers_.push(Timer{when_us, TimerKind::kRetransmit, s->number, s->rto_index});
 }
 
 void Endpoint::OnRetransmitTimer(Session* s, uint64_t now_us) {
@@ -2045,9 +2078,10 @@ void Endpoint::Dispatch(const PeerAddress& from, const Header& h,
                           h.type == PacketType::kResponse ||
                           h.type == PacketType::kConnectResponse ||
                           h.type == PacketType::kDisconnectResponse || h.type == PacketType::kPong;
-  if (for_client != s->is_client && h.type != PacketType::kRekey) {
-    return Drop(DropReason::kBadState);
-  }
+  // PING/PONG run either way: a server PINGs a client only to ask about a session ("Orphans").
+  const bool either_way = h.type == PacketType::kRekey || h.type == PacketType::kPing ||
+                          h.type == PacketType::kPong;
+  if (for_client != s->is_client && !either_way) return Drop(DropReason::kBadState);
   using State = Session::State;
   if (h.type == PacketType::kConnectResponse) return HandleConnectResponse(s, h, payload, now_us);
   if (h.type == PacketType::kDisconnectResponse) return HandleDisconnectResponse(s, h, now_us);
@@ -2067,6 +2101,7 @@ void Endpoint::Dispatch(const PeerAddress& from, const Header& h,
     case PacketType::kCreditReturn: return HandleCreditReturn(s, h, payload, now_us);
     case PacketType::kResponse: return HandleResponse(s, h, payload, now_us);
     case PacketType::kPing: {
+      if (!s->is_client) OnCensus(peer, h, now_us);
       Header reply;
       reply.type = PacketType::kPong;
       reply.dest_session = s->remote_number;
@@ -2086,6 +2121,8 @@ void Endpoint::OnTimers(uint64_t now_us) {
   while (!rto_timers_.empty() && rto_timers_.top().when_us <= now_us) {
     const Timer t = rto_timers_.top();
     rto_timers_.pop();
+    const RtoDue& due = rto_due_[t.key];
+    if (due.when_us != t.when_us || due.session != t.session) continue;  // superseded or idle
     Session* s = Find(t.session);
     if (s != nullptr && s->rto_at_us == t.when_us) OnRetransmitTimer(s, now_us);
   }
@@ -2143,8 +2180,8 @@ void Endpoint::OnTimers(uint64_t now_us) {
 //    keepalive interval, so a long-running handler still keeps it alive. An idle client session
 //    the peer dropped lives on until it is used (its first call then fails after the timeout)
 //    or the peer goes. A server session whose client dropped it without a DISCONNECT getting
-//    through (three tries lost, or a connect the client gave up on after we accepted) now lives
-//    as long as the client's endpoint, where it used to expire after the failure timeout.
+//    through (three tries lost, or a connect the client gave up on after we accepted) is found
+//    by the census the client's PINGs carry and reaped ("Orphans").
 //  - The session timer remains for the handshake, disconnect retries and rekey resends.
 
 void Endpoint::JoinPeer(Session* s, uint32_t remote_tag, uint64_t now_us) {
@@ -2167,6 +2204,14 @@ void Endpoint::JoinPeer(Session* s, uint32_t remote_tag, uint64_t now_us) {
   }
   p->last_rx_us = std::max(p->last_rx_us, now_us);  // the handshake's answer is a packet
   std::vector<uint32_t>& list = s->is_client ? p->clients : p->servers;
+  if (s->is_client) {
+    s->in_census = true;
+    ++p->census_count;
+    p->census_sum += s->remote_number;
+  } else {
+    if (p->servers.empty()) p->census_us = now_us;  // the client's census is due from now
+    p->server_sum += s->number;
+  }
   s->liveness = p;
   s->peer_index = static_cast<uint32_t>(list.size());
   list.push_back(s->number);
@@ -2177,8 +2222,10 @@ void Endpoint::JoinPeer(Session* s, uint32_t remote_tag, uint64_t now_us) {
 }
 
 void Endpoint::LeavePeer(Session* s) {
+  Uncount(s);
   Peer* p = s->liveness;
   s->liveness = nullptr;
+  if (!s->is_client) p->server_sum -= s->number;
   std::vector<uint32_t>& list = s->is_client ? p->clients : p->servers;
   const uint32_t moved = list.back();
   list[s->peer_index] = moved;
@@ -2206,6 +2253,10 @@ void Endpoint::SendPing(Session* s, uint64_t now_us) {
   Header h;
   h.type = PacketType::kPing;
   h.dest_session = s->remote_number;
+  if (s->is_client) {  // the census ("Orphans"); a server's PING carries none
+    h.message_bytes = s->liveness->census_count;
+    h.request_number = s->liveness->census_sum;
+  }
   SendPacket(*s, h);
   s->last_ping_us = now_us;
 }
@@ -2231,10 +2282,21 @@ void Endpoint::OnPeerTimer(Peer* p, uint64_t now_us) {
     }
     return;
   }
+  if (p->audit_us != 0 || (!p->servers.empty() && now_us - p->census_us >= failure_us)) {
+    const uint32_t id = p->id;
+    OnAudit(p, now_us);  // may fail the record's last sessions, and the record with them
+    p = peers_.Find(id);
+    if (p == nullptr) return;
+  }
   uint64_t next = p->last_rx_us + failure_us;
+  const uint64_t keepalive = KeepaliveUs();
+  if (p->audit_us != 0) next = std::min(next, p->probed_us + keepalive);
+  if (!p->servers.empty()) next = std::min(next, p->census_us + failure_us);
   if (!p->clients.empty()) {
-    const uint64_t keepalive = KeepaliveUs();
-    if (now_us - std::max(p->last_rx_us, p->last_ping_us) >= keepalive) {
+    // Quiet for a keepalive interval: a keepalive. Busy, the census still goes out every half
+    // failure timeout ("Orphans"): a client's traffic must not hide the server's orphans.
+    if (now_us - std::max(p->last_rx_us, p->last_ping_us) >= keepalive ||
+        now_us - p->last_ping_us >= failure_us / 2) {
       // The session last heard from, unless the last keepalive went unanswered: then the
       // others in turn.
       Session* target = nullptr;
@@ -2249,9 +2311,124 @@ void Endpoint::OnPeerTimer(Peer* p, uint64_t now_us) {
         p->last_ping_us = now_us;
       }
     }
-    next = std::min(next, std::max(p->last_rx_us, p->last_ping_us) + keepalive);
+    next = std::min({next, std::max(p->last_rx_us, p->last_ping_us) + keepalive,
+                     p->last_ping_us + failure_us / 2});
   }
   ArmPeerTimer(p, std::max(next, now_us + 1));
+}
+
+// ------------------------------------------------------------------------------------------
+// Orphans
+// ------------------------------------------------------------------------------------------
+//
+// A server session outlives its client's session when the client gives up on it without the
+// server hearing: its three DISCONNECT tries were all lost, or it gave up on a connect the
+// server had accepted (every answer lost). Its peer record stays alive on the client's other
+// traffic, so "Peers" alone keeps it -- and its place toward sessions_max -- for as long as the
+// client endpoint lives. It is found by a census, at O(1) cost per PING and per join/leave:
+//
+//  - Every PING a client sends carries, for the peer record it goes to, the number of its
+//    connected client sessions there (message bytes) and the sum of their remote (= our server)
+//    session numbers (request number, mod 2^64). Sessions leave the census when they start
+//    disconnecting. A record with client sessions PINGs when quiet for a keepalive interval (as
+//    before) and also, however busy, at least every half failure timeout.
+//  - The server compares a census with its own server sessions of the record (their count and
+//    the sum of their numbers, kept as they join and leave). Equal: done. One session more on
+//    our side: the difference of the sums names it. Otherwise (or the named number is not one
+//    of ours), every server session of the record is looked at, at most once per failure
+//    timeout per record (once per 8 when we hold no more sessions than the census counts: then
+//    the difference may be only the client's, sessions we dropped that it still holds). No
+//    census for a failure timeout while we hold server sessions of the record (its client
+//    sessions are all gone, or its PINGs were lost) counts as a disagreement.
+//  - Only sessions quiet for a keepalive interval are suspects (a session accepted a moment ago
+//    and not yet connected on the client differs for an RTT and is not one): the server PINGs
+//    each suspect's client (PING and PONG run either way; sealed under the session's keys), once
+//    per keepalive interval, and fails (kPeerFailed, kSilence) those that heard nothing in the
+//    failure timeout since the audit began. A live client session answers PONG (refreshing it);
+//    one the client no longer has is dropped there as unknown. So nothing is failed on the
+//    census alone, and a reset needs no new packet or unauthenticated path.
+//  - Bound: the orphan becomes a suspect at the first census after it has been quiet for a
+//    keepalive interval (at most half a failure timeout apart), and goes one failure timeout
+//    after that: within about two failure timeouts of the client giving up.
+
+void Endpoint::Uncount(Session* s) {
+  if (!s->in_census) return;
+  s->in_census = false;
+  --s->liveness->census_count;
+  s->liveness->census_sum -= s->remote_number;
+}
+
+void Endpoint::OnCensus(Peer* p, const Header& ping, uint64_t now_us) {
+  p->census_us = now_us;
+  const uint64_t ours = p->servers.size();
+  if (ping.message_bytes == ours && ping.request_number == p->server_sum) return;
+  const Session* named = nullptr;
+  if (ours == uint64_t{ping.message_bytes} + 1) {
+    const uint64_t number = p->server_sum - ping.request_number;
+    named = number <= UINT32_MAX ? Find(static_cast<uint32_t>(number)) : nullptr;
+    if (named != nullptr && (named->is_client || named->liveness != p)) named = nullptr;
+  }
+  // More sessions on our side than in the census: one of ours surely is an orphan. Otherwise the
+  // difference may be only the client's (sessions we dropped that it still holds idle), and a
+  // look at every session, which PINGs every idle one, is done 8 times more rarely.
+  const uint32_t walk_every = named != nullptr ? 0 : ours > ping.message_bytes ? 1 : 8;
+  StartAudit(p, named, walk_every, now_us);
+}
+
+void Endpoint::StartAudit(Peer* p, const Session* named, uint32_t walk_every, uint64_t now_us) {
+  if (p->audit_us != 0) return;  // one at a time; the next census looks again
+  const uint64_t quiet_us = KeepaliveUs();
+  p->suspects.clear();
+  if (named != nullptr && now_us - named->last_rx_us >= quiet_us) {
+    p->suspects.push_back(named->number);
+  } else if (walk_every != 0 &&
+             (p->walked_us == 0 ||
+              now_us - p->walked_us >= walk_every * config_.peer_failure_timeout_us)) {
+    p->walked_us = now_us;
+    for (uint32_t number : p->servers) {
+      if (now_us - Find(number)->last_rx_us >= quiet_us) p->suspects.push_back(number);
+    }
+  }
+  if (p->suspects.empty()) return;
+  ++stats_.orphan_audits;
+  p->audit_us = now_us;
+  ProbeSuspects(p, now_us);
+  ArmPeerTimer(p, now_us + quiet_us);
+}
+
+void Endpoint::ProbeSuspects(Peer* p, uint64_t now_us) {
+  p->probed_us = now_us;
+  for (uint32_t number : p->suspects) {
+    Session* s = Find(number);
+    if (s == nullptr || s->liveness != p || s->last_rx_us >= p->audit_us) continue;  // answered
+    SendPing(s, now_us);
+    ++stats_.orphan_probes;
+  }
+}
+
+void Endpoint::OnAudit(Peer* p, uint64_t now_us) {
+  if (p->audit_us == 0) {
+    // No census for a failure timeout while we hold server sessions of this incarnation.
+    p->census_us = now_us;
+    return StartAudit(p, nullptr, 1, now_us);
+  }
+  if (now_us - p->audit_us < config_.peer_failure_timeout_us) {
+    if (now_us - p->probed_us >= KeepaliveUs()) ProbeSuspects(p, now_us);
+    return;
+  }
+  // The audit is over: fail the suspects that stayed silent (in number order). The record may
+  // go with its last session, so everything needed is copied out first.
+  const uint64_t began = p->audit_us;
+  std::vector<uint32_t> suspects;
+  suspects.swap(p->suspects);
+  p->audit_us = 0;
+  std::sort(suspects.begin(), suspects.end());
+  for (uint32_t number : suspects) {
+    Session* s = Find(number);
+    if (s == nullptr || s->is_client || s->liveness == nullptr || s->last_rx_us >= began) continue;
+    ++stats_.orphans_reaped;
+    FailServerSession(s, PeerFailure::kSilence, now_us);
+  }
 }
 
 // ------------------------------------------------------------------------------------------

@@ -231,6 +231,12 @@ struct Stats {
   uint64_t session_timer_fires = 0;
   uint64_t peer_timer_fires = 0;
   uint64_t peers = 0;  // remote endpoint incarnations with established sessions, now
+  // Orphan reaping (endpoint.cc, "Orphans"): audits started because a client's census disagreed
+  // with our server sessions of its incarnation (or never came), PINGs sent to the clients of
+  // the suspected sessions, and server sessions failed because their client no longer had them.
+  uint64_t orphan_audits = 0;
+  uint64_t orphan_probes = 0;
+  uint64_t orphans_reaped = 0;
   uint64_t DropsTotal() const;
 };
 
@@ -399,6 +405,12 @@ class Endpoint {
   void ArmPeerTimer(Peer* peer, uint64_t when_us);
   void OnPeerTimer(Peer* peer, uint64_t now_us);
   void SendPing(Session* session, uint64_t now_us);
+  // Orphans (endpoint.cc, "Orphans")
+  void Uncount(Session* session);
+  void OnCensus(Peer* peer, const Header& ping, uint64_t now_us);
+  void StartAudit(Peer* peer, const Session* named, uint32_t walk_every, uint64_t now_us);
+  void ProbeSuspects(Peer* peer, uint64_t now_us);
+  void OnAudit(Peer* peer, uint64_t now_us);
   void AcceptedReply(const Session& session, Header* reply) const;
   uint64_t KeepaliveUs() const { return config_.peer_failure_timeout_us / 4; }
   void MarkActive(Session* session, uint64_t now_us);
@@ -505,6 +517,14 @@ class Endpoint {
   // Retransmission timers apart: one entry per client session with packets in flight, so this
   // heap stays as small as the sessions in use (and hot in cache) however many sessions exist.
   TimerHeap rto_timers_;
+  // Every client session's live retransmission entry time (kNever: none) and number, by
+  // Session::rto_index (freed indices are reused): checked before the session is looked up.
+  struct RtoDue {
+    uint64_t when_us;
+    uint32_t session;
+  };
+  std::vector<RtoDue> rto_due_;
+  std::vector<uint32_t> rto_free_;
   std::vector<Event> events_;
   // Tags of pending calls that have a deadline entry in timers_. A completed call's entry stays
   // in the heap until it fires or CompactTimers() drops it; this set tells which are live.

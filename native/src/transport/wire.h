@@ -64,7 +64,10 @@ enum class PacketType : uint8_t {
   kConnectResponse = 5,    // server -> client, aux = server session or error, see ConnectError
   kDisconnectRequest = 6,  // client -> server
   kDisconnectResponse = 7, // server -> client
-  kPing = 8,               // client -> server keepalive, answered by kPong
+  // A client's PING carries its census of the peer record (endpoint.cc, "Orphans"): message
+  // bytes = its connected client sessions there, request number = the sum of their server
+  // session numbers. A server PINGs a client only to ask about a suspected orphan.
+  kPing = 8,               // keepalive (either way), answered by kPong
   kPong = 9,
   // Encrypting endpoints only (handshake messages of native/src/crypto/handshake.h as payload):
   kConnectConfirm = 10,    // client -> server, plaintext: the handshake's Confirm (or Refuse)
