@@ -78,8 +78,8 @@ export class PersistenceStore implements TurnWriter {
   private turnsInFlight = 0;
   /** 'durable': the event loop's idle time (ms, cumulative) when the last turn committed. */
   private idleAtLastCommitMs: number;
-  /** 'durable': the last commit took longer than DURABLE_INLINE_COMMIT_MS_MAX. */
-  private diskSlow = false;
+  /** 'durable': how long the last commit took (inline: held the thread; else hand-off to sync). */
+  private lastCommitMs = 0;
   /** The event loop's cumulative idle time in ms (a seam for tests). */
   private loopIdleMs: () => number = () => performance.eventLoopUtilization().idle;
   private capacityCheckedAtMs = -Infinity;
@@ -228,15 +228,15 @@ export class PersistenceStore implements TurnWriter {
    * are committed ('buffered') or committed and synced ('durable'):
    * - 'buffered': synchronously, here on the JS thread (noSync: ~10 µs). No hand-off to
    *   lmdb-js's write thread and back, which cost 0.3-0.8 ms per turn on the shared VM.
-   * - 'durable', event loop idle since the last commit (nothing queued behind this turn: a
-   *   lone call, a sporadic writer), no turn in flight, and the last commit took at most
-   *   DURABLE_INLINE_COMMIT_MS_MAX: synchronously here too, syncs included (lmdb-js's
+   * - 'durable', when the node waits on others rather than on its own work (commitInline: the
+   *   loop idled since the last commit at least as long as that commit took; a lone call, a
+   *   sporadic writer): synchronously here too, syncs included (lmdb-js's
    *   overlappingSync commit: data pages, fdatasync, then the meta page through an O_DSYNC
    *   descriptor). The thread waits for the disk, but had nothing else to do, and the frontier
    *   moves without the two thread hand-offs (~0.3 ms at load 9 measured on tmpfs, where the
    *   syncs cost nothing; as much as the two syncs on this disk).
-   * - 'durable' otherwise (work queued behind this turn, or a turn already on lmdb-js's write
-   *   thread): lmdb-js's batched puts, committed and synced on its write thread while this
+   * - 'durable' otherwise (work keeps arriving, a turn already on lmdb-js's write thread, or
+   *   a slow disk): lmdb-js's batched puts, committed and synced on its write thread while this
    *   thread goes on, reported by its `flushed`. All-synchronous durable commits halved the
    *   persistence append rate (1.82 M -> 0.88 M versions/s): a streaming writer must not wait
    *   for the disk on every turn.
@@ -257,9 +257,9 @@ export class PersistenceStore implements TurnWriter {
       return;
     }
     const idleMs = this.loopIdleMs();
-    const loopWasIdle = idleMs > this.idleAtLastCommitMs;
+    const idleSinceLastCommitMs = idleMs - this.idleAtLastCommitMs;
     this.idleAtLastCommitMs = idleMs;
-    if (this.syncMode === 'durable' && (this.turnsInFlight > 0 || !loopWasIdle || this.diskSlow)) {
+    if (this.syncMode === 'durable' && !this.commitInline(idleSinceLastCommitMs)) {
       this.commitOnWriteThread(writes, turn);
       return;
     }
@@ -282,8 +282,23 @@ export class PersistenceStore implements TurnWriter {
     turn.resolve();
   }
 
+  /**
+   * 'durable': commit this turn inline? Only when the node is waiting on others, not on its own
+   * work: the loop sat idle since the last commit for at least as long as that commit took (a
+   * node with work arriving, e.g. many calls outstanding, idles less and keeps its loop running
+   * while lmdb-js's thread syncs); no turn is on the write thread (a later inline commit would
+   * report its versions durable before the earlier turn's sync was); and the last commit took
+   * at most DURABLE_INLINE_COMMIT_MS_MAX.
+   */
+  private commitInline(idleSinceLastCommitMs: number): boolean {
+    return this.turnsInFlight === 0
+      && idleSinceLastCommitMs > 0
+      && idleSinceLastCommitMs >= this.lastCommitMs
+      && this.lastCommitMs <= DURABLE_INLINE_COMMIT_MS_MAX;
+  }
+
   private noteCommitMs(ms: number): void {
-    this.diskSlow = ms > DURABLE_INLINE_COMMIT_MS_MAX;
+    this.lastCommitMs = ms;
   }
 
   /** 'durable': hands the turn to lmdb-js's write thread; settles once the commit is synced. */

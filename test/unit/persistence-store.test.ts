@@ -340,11 +340,14 @@ function holdSyncReports(store: PersistenceStore, registry: { latestVersion: big
   return { state, releaseAll, restore };
 }
 
-/** Makes the store see the event loop as busy (idle time frozen) or idle (always grown). */
-function setLoopIdle(store: PersistenceStore, idle: boolean): void {
+/**
+ * Makes the store see the event loop as busy (idle time frozen) or idle: `idleMs` more idle time
+ * at each look (default 1,000 ms, longer than any commit here).
+ */
+function setLoopIdle(store: PersistenceStore, idle: boolean, idleMs = 1000): void {
   const seam = store as unknown as { loopIdleMs: () => number; idleAtLastCommitMs: number };
-  let idleMs = seam.idleAtLastCommitMs;
-  seam.loopIdleMs = () => (idle ? (idleMs += 1) : idleMs);
+  let total = seam.idleAtLastCommitMs;
+  seam.loopIdleMs = () => (idle ? (total += idleMs) : total);
 }
 
 const settle = async (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -445,5 +448,35 @@ test('durable: after an inline commit that held the thread too long, the next tu
   registry.makeVersion(makeVersion(viewId(1), 1), hlc(2));
   await registry.whenPersisted(makeVersion(viewId(1), 1));
   t.is(syncCommits, 1, 'after a slow inline commit, the write thread');
+  t.is(a.get(makeVersion(viewId(1), 1)), 2);
+});
+
+test('durable: a turn commits inline only if the loop idled at least as long as the last commit took', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-durable-gap'), syncMode: 'durable' });
+  t.teardown(() => store.close());
+  const registry = store.registry('Gap/0/0');
+  const a = registry.attach('a', new Persistent(() => 0));
+  const seam = store as unknown as {
+    lastCommitMs: number;
+    root: { transactionSync(fn: () => unknown, flags?: number): unknown };
+  };
+  let syncCommits = 0;
+  const original = seam.root.transactionSync.bind(seam.root);
+  seam.root.transactionSync = (fn, flags) => {
+    syncCommits += 1;
+    return original(fn, flags);
+  };
+  const turn = async (i: number, idleMs: number) => {
+    setLoopIdle(store, true, idleMs);
+    seam.lastCommitMs = 3; // as if the last commit took 3 ms (under the 10 ms bound)
+    a.value = i + 1;
+    registry.makeVersion(makeVersion(viewId(1), i), hlc(i + 1));
+    await registry.whenPersisted(makeVersion(viewId(1), i));
+  };
+  // 1 ms idle since a 3 ms commit: calls keep this node busy; lmdb-js's thread syncs instead.
+  await turn(0, 1);
+  t.is(syncCommits, 0, 'idled less than the last commit took: the write thread');
+  await turn(1, 5);
+  t.is(syncCommits, 1, 'idled longer than the last commit took: inline');
   t.is(a.get(makeVersion(viewId(1), 1)), 2);
 });
