@@ -1,7 +1,7 @@
 // Proves state transfer (chunked suffix between two stores gives identical reads), temporal
 // queries at exact/between/out-of-range times and the stability frontier, the field hooks
 // contract, and the named errors: foreign and corrupt data dirs, a full map, version order.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { open } from 'lmdb';
@@ -350,20 +350,29 @@ function setLoopIdle(store: PersistenceStore, idle: boolean, idleMs = 1000): voi
   seam.loopIdleMs = () => (idle ? (total += idleMs) : total);
 }
 
+/** A durable store with one field, and a record of its inline (synchronous) commits. */
+function durableStore(t: ExecutionContext, name: string, afterInlineCommit?: () => void) {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, name), syncMode: 'durable' });
+  t.teardown(() => store.close());
+  const registry = store.registry(`${name}/0/0`);
+  const a = registry.attach('a', new Persistent(() => 0));
+  const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
+  const inline: { flags: number | undefined; frontierBefore: bigint; frontierAfter: bigint }[] = [];
+  const original = root.transactionSync.bind(root);
+  root.transactionSync = (fn, flags) => {
+    const frontierBefore = registry.persistedFrontier;
+    const result = original(fn, flags);
+    afterInlineCommit?.();
+    inline.push({ flags, frontierBefore, frontierAfter: registry.persistedFrontier });
+    return result;
+  };
+  return { store, registry, a, inline };
+}
+
 const settle = async (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 test('durable, busy loop: turns go to lmdb-js\'s write thread, and the frontier never moves before the sync that covers it', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-durable'), syncMode: 'durable' });
-  t.teardown(() => store.close());
-  const registry = store.registry('Durable/0/0');
-  const a = registry.attach('a', new Persistent(() => 0));
-  const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
-  let syncCommits = 0;
-  const original = root.transactionSync.bind(root);
-  root.transactionSync = (fn, flags) => {
-    syncCommits += 1;
-    return original(fn, flags);
-  };
+  const { store, registry, a, inline } = durableStore(t, 'Busy');
   const hold = holdSyncReports(store, registry);
   const ahead: bigint[] = [];
   registry.onPersisted((version) => {
@@ -377,7 +386,7 @@ test('durable, busy loop: turns go to lmdb-js\'s write thread, and the frontier 
   // lmdb-js commits the turn (visible to reads) while its sync report is held back.
   await settle(100);
   t.true(hold.state.held.length > 0, 'the turn waits on lmdb-js flushed');
-  t.is(syncCommits, 0, 'a busy loop does not wait for the disk');
+  t.is(inline.length, 0, 'a busy loop does not wait for the disk');
   t.is(registry.persistedFrontier, VERSION_NONE, 'committed but not synced: not persisted');
   // The loop goes idle, but a turn is still on the write thread: the next one follows it there
   // (a synchronous commit now would report v2 durable before v1's sync was reported).
@@ -385,7 +394,7 @@ test('durable, busy loop: turns go to lmdb-js\'s write thread, and the frontier 
   a.value = 3;
   registry.makeVersion(makeVersion(viewId(1), 2), hlc(3));
   await settle(100);
-  t.is(syncCommits, 0, 'behind a turn in flight, the next turn goes to the write thread too');
+  t.is(inline.length, 0, 'behind a turn in flight, the next turn goes to the write thread too');
   t.is(registry.persistedFrontier, VERSION_NONE);
   hold.releaseAll();
   await settle(20);
@@ -396,19 +405,7 @@ test('durable, busy loop: turns go to lmdb-js\'s write thread, and the frontier 
 });
 
 test('durable, idle loop: the turn commits synchronously, syncs included, and the frontier moves after', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-durable-idle'), syncMode: 'durable' });
-  t.teardown(() => store.close());
-  const registry = store.registry('Idle/0/0');
-  const a = registry.attach('a', new Persistent(() => 0));
-  const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
-  const commits: { flags: number | undefined; frontierBefore: bigint; frontierAfter: bigint }[] = [];
-  const original = root.transactionSync.bind(root);
-  root.transactionSync = (fn, flags) => {
-    const frontierBefore = registry.persistedFrontier;
-    const result = original(fn, flags);
-    commits.push({ flags, frontierBefore, frontierAfter: registry.persistedFrontier });
-    return result;
-  };
+  const { store, registry, a, inline: commits } = durableStore(t, 'Idle');
   setLoopIdle(store, true);
   for (let i = 0; i < 2; i++) {
     a.value = i + 1;
@@ -424,48 +421,26 @@ test('durable, idle loop: the turn commits synchronously, syncs included, and th
 });
 
 test('durable: after an inline commit that held the thread too long, the next turns go to the write thread', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-durable-slow'), syncMode: 'durable' });
-  t.teardown(() => store.close());
-  const registry = store.registry('Slow/0/0');
-  const a = registry.attach('a', new Persistent(() => 0));
-  const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
-  let syncCommits = 0;
-  const original = root.transactionSync.bind(root);
-  root.transactionSync = (fn, flags) => {
-    syncCommits += 1;
-    const result = original(fn, flags);
-    // A stalled disk: the synchronous commit held the JS thread beyond the bound.
+  // A stalled disk: each inline commit holds the JS thread beyond the bound.
+  const { store, registry, a, inline } = durableStore(t, 'Slow', () => {
     const until = performance.now() + DURABLE_INLINE_COMMIT_MS_MAX + 5;
     while (performance.now() < until);
-    return result;
-  };
+  });
   setLoopIdle(store, true);
   a.value = 1;
   registry.makeVersion(makeVersion(viewId(1), 0), hlc(1));
   await registry.whenPersisted(makeVersion(viewId(1), 0));
-  t.is(syncCommits, 1, 'an idle loop commits inline');
+  t.is(inline.length, 1, 'an idle loop commits inline');
   a.value = 2;
   registry.makeVersion(makeVersion(viewId(1), 1), hlc(2));
   await registry.whenPersisted(makeVersion(viewId(1), 1));
-  t.is(syncCommits, 1, 'after a slow inline commit, the write thread');
+  t.is(inline.length, 1, 'after a slow inline commit, the write thread');
   t.is(a.get(makeVersion(viewId(1), 1)), 2);
 });
 
 test('durable: a turn commits inline only if the loop idled at least as long as the last commit took', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-durable-gap'), syncMode: 'durable' });
-  t.teardown(() => store.close());
-  const registry = store.registry('Gap/0/0');
-  const a = registry.attach('a', new Persistent(() => 0));
-  const seam = store as unknown as {
-    lastCommitMs: number;
-    root: { transactionSync(fn: () => unknown, flags?: number): unknown };
-  };
-  let syncCommits = 0;
-  const original = seam.root.transactionSync.bind(seam.root);
-  seam.root.transactionSync = (fn, flags) => {
-    syncCommits += 1;
-    return original(fn, flags);
-  };
+  const { store, registry, a, inline } = durableStore(t, 'Gap');
+  const seam = store as unknown as { lastCommitMs: number };
   const turn = async (i: number, idleMs: number) => {
     setLoopIdle(store, true, idleMs);
     seam.lastCommitMs = 3; // as if the last commit took 3 ms (under the 10 ms bound)
@@ -475,8 +450,8 @@ test('durable: a turn commits inline only if the loop idled at least as long as 
   };
   // 1 ms idle since a 3 ms commit: calls keep this node busy; lmdb-js's thread syncs instead.
   await turn(0, 1);
-  t.is(syncCommits, 0, 'idled less than the last commit took: the write thread');
+  t.is(inline.length, 0, 'idled less than the last commit took: the write thread');
   await turn(1, 5);
-  t.is(syncCommits, 1, 'idled longer than the last commit took: inline');
+  t.is(inline.length, 1, 'idled longer than the last commit took: inline');
   t.is(a.get(makeVersion(viewId(1), 1)), 2);
 });
