@@ -278,7 +278,7 @@ export class PersistenceStore implements TurnWriter {
       turn.reject(error);
       return;
     }
-    if (this.syncMode === 'durable') this.noteCommitMs(performance.now() - startedMs);
+    if (this.syncMode === 'durable') this.lastCommitMs = performance.now() - startedMs;
     turn.resolve();
   }
 
@@ -295,10 +295,6 @@ export class PersistenceStore implements TurnWriter {
       && idleSinceLastCommitMs > 0
       && idleSinceLastCommitMs >= this.lastCommitMs
       && this.lastCommitMs <= DURABLE_INLINE_COMMIT_MS_MAX;
-  }
-
-  private noteCommitMs(ms: number): void {
-    this.lastCommitMs = ms;
   }
 
   /** 'durable': hands the turn to lmdb-js's write thread; settles once the commit is synced. */
@@ -322,7 +318,7 @@ export class PersistenceStore implements TurnWriter {
     Promise.all([committed, flushed]).then(
       () => {
         this.turnsInFlight -= 1;
-        this.noteCommitMs(performance.now() - startedMs);
+        this.lastCommitMs = performance.now() - startedMs;
         turn.resolve();
       },
       (error: unknown) => {
