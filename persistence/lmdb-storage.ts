@@ -15,12 +15,12 @@
  * The open segment (the one the next append goes to) lives in memory as `tail`, already in its
  * LMDB form: makeVersion writes each record straight into the segment's buffer (no Buffer per
  * record, no second copy when the segment is written), and the tail is put once per event turn.
- * A put value is read from our buffer when the turn's transaction commits: later in the turn,
- * or on lmdb-js's write thread (store.ts, 'durable'). So bytes of a segment buffer, once written, never change: appends write above them, a full
+ * A put value is read from our buffer when the turn's transaction commits, later in the turn.
+ * So bytes of a segment buffer, once written, never change: appends write above them, a full
  * buffer is replaced by a bigger copy, and anything else (replace, truncate) builds a new
  * segment. Every write goes through the store's TurnWriter: all writes of one event turn land
- * in one LMDB transaction (store.ts, commitTurn; the flush runs as a microtask, before the
- * commit). That gives group commit, and atomic multi-field versions and trims.
+ * in one synchronous LMDB transaction (store.ts, commitTurn; the flush runs as a microtask,
+ * before the commit). That gives group commit, and atomic multi-field versions and trims.
  * Segments written but not yet committed stay readable from `overlay`.
  *
  * Segment value: repeated [u32le length][record bytes]; length 0 is a hole (a seq below a trim

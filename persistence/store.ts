@@ -5,7 +5,7 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { open, type Database, type RootDatabase, type TransactionFlags } from 'lmdb';
+import { open, type Database, type RootDatabase } from 'lmdb';
 import { assert } from '../src/core/assert.js';
 import { ConfigError } from '../src/core/errors.js';
 import { CorruptDataDirError, ForeignDataDirError, MapFullError } from './errors.js';
@@ -41,12 +41,6 @@ const FORMAT_KEY = 'format';
 const FORMAT = { magic: 'squall-persistence', formatVersion: 1 } as const;
 // Looking at LMDB's stats costs ~70 µs: do it every 256 writes and at most every 100 ms.
 const CAPACITY_CHECK_INTERVAL_MS = 100;
-/**
- * 'durable': a commit (synchronous: the time it held the JS thread; on the write thread: from
- * hand-off to sync report) longer than this sends the following turns to the write thread until
- * one is quick again: a stalled disk must not stall the event loop (timers, the transport).
- */
-export const DURABLE_INLINE_COMMIT_MS_MAX = 10;
 
 /** One write of a turn's transaction: a put, or a removal when `value` is undefined. */
 interface TurnWrite {
@@ -74,14 +68,8 @@ export class PersistenceStore implements TurnWriter {
   private turn: { promise: Promise<void>; resolve: () => void; reject: (error: unknown) => void } | undefined;
   /** The outcome of the last committed turn: what whenWritten() answers between turns. */
   private lastTurn: Promise<void> = Promise.resolve();
-  /** 'durable': turns handed to lmdb-js's write thread whose sync was not reported yet. */
-  private turnsInFlight = 0;
-  /** 'durable': the event loop's idle time (ms, cumulative) when the last turn committed. */
-  private idleAtLastCommitMs: number;
-  /** 'durable': how long the last commit took (inline: held the thread; else hand-off to sync). */
-  private lastCommitMs = 0;
-  /** The event loop's cumulative idle time in ms (a seam for tests). */
-  private loopIdleMs: () => number = () => performance.eventLoopUtilization().idle;
+  /** 'durable': the last put handed to lmdb-js's batched writes. */
+  private lastWrite: Promise<unknown> = Promise.resolve();
   private capacityCheckedAtMs = -Infinity;
   private capacityCalls = 255;
   private full: MapFullError | undefined;
@@ -92,7 +80,6 @@ export class PersistenceStore implements TurnWriter {
   private constructor(config: Required<PersistenceConfig>) {
     this.path = join(config.dataDir, STORE_FILE);
     this.syncMode = config.syncMode;
-    this.idleAtLastCommitMs = this.loopIdleMs();
     this.mapSizeBytes = config.mapSizeBytes;
     try {
       this.root = open({
@@ -100,8 +87,7 @@ export class PersistenceStore implements TurnWriter {
         maxDbs: config.fieldsMax + 1,
         mapSize: Math.min(config.mapSizeBytes, 1 << 30),
         noSync: config.syncMode === 'buffered',
-        // 'durable' (overlappingSync, lmdb-js's default here): a turn handed to lmdb-js's write
-        // thread is one transaction (commitTurn issues all its puts in one microtask).
+        // 'durable': group commit by lmdb-js: all puts of one event turn go in one transaction.
         eventTurnBatching: true,
       });
       this.metaDb = this.root.openDB(META_DB, {});
@@ -190,20 +176,36 @@ export class PersistenceStore implements TurnWriter {
 
   // ---- one transaction per event turn ----------------------------------------------------
   //
-  // Every write of a turn is collected and committed at the end of the turn (commitTurn), in
-  // one transaction: group commit, and atomic multi-field versions and trims.
+  // 'buffered': the store commits the turn's writes itself, synchronously on this thread
+  // (commitTurn). 'durable': lmdb-js's batched puts (eventTurnBatching), committed and synced
+  // on its write thread while this thread goes on: a synchronous durable commit would hold this
+  // thread for two device syncs per turn, which halved the append rate of the persistence
+  // bench (1.82 M -> 0.88 M versions/s, same minute, load 3) and did not shorten persisted()
+  // measurably next to the syncs themselves.
 
   put(db: Database<any, any>, key: number | string, value: unknown): void {
+    if (this.syncMode === 'durable') {
+      this.lastWrite = db.put(key, value as never);
+      return;
+    }
     this.turnWrites.push({ db, key, value });
     this.scheduleCommit();
   }
 
   remove(db: Database<any, any>, key: number | string): void {
+    if (this.syncMode === 'durable') {
+      this.lastWrite = db.remove(key);
+      return;
+    }
     this.turnWrites.push({ db, key, value: undefined });
     this.scheduleCommit();
   }
 
   whenWritten(): Promise<void> {
+    if (this.syncMode === 'durable') {
+      // lmdb-js's put() promise resolves at commit; `flushed` once that commit is synced.
+      return Promise.all([this.lastWrite, this.root.flushed]).then(() => undefined);
+    }
     return this.turn?.promise ?? this.lastTurn;
   }
 
@@ -218,114 +220,41 @@ export class PersistenceStore implements TurnWriter {
     promise.catch(() => undefined); // registries observe it; an unobserved failure is not unhandled
     this.turn = { promise, resolve, reject };
     // In a microtask queued by the first write of the turn, so after the microtasks already
-    // queued (the storages' segment flushes that makeVersion queued): the commit comes in the
-    // very turn of the deliveries.
+    // queued (the storages' segment flushes that makeVersion queued): the commit costs ~10 µs
+    // and the frontier moves in the very turn of the deliveries.
     queueMicrotask(() => this.commitTurn());
   }
 
   /**
-   * Commits the turn's writes in one LMDB transaction and settles the turn's promise once they
-   * are committed ('buffered') or committed and synced ('durable'):
-   * - 'buffered': synchronously, here on the JS thread (noSync: ~10 µs). No hand-off to
-   *   lmdb-js's write thread and back, which cost 0.3-0.8 ms per turn on the shared VM.
-   * - 'durable', when the node waits on others rather than on its own work (commitInline: the
-   *   loop idled since the last commit at least as long as that commit took; a lone call, a
-   *   sporadic writer): synchronously here too, syncs included (lmdb-js's
-   *   overlappingSync commit: data pages, fdatasync, then the meta page through an O_DSYNC
-   *   descriptor). The thread waits for the disk, but had nothing else to do, and the frontier
-   *   moves without the two thread hand-offs (~0.3 ms at load 9 measured on tmpfs, where the
-   *   syncs cost nothing; as much as the two syncs on this disk).
-   * - 'durable' otherwise (work keeps arriving, a turn already on lmdb-js's write thread, or
-   *   a slow disk): lmdb-js's batched puts, committed and synced on its write thread while this
-   *   thread goes on, reported by its `flushed`. All-synchronous durable commits halved the
-   *   persistence append rate (1.82 M -> 0.88 M versions/s): a streaming writer must not wait
-   *   for the disk on every turn.
-   * LMDB offers no safe third way (commit here, sync later on another thread): a commit with
-   * MDB_NOSYNC followed by a background mdb_env_sync may leave the meta page on disk before the
-   * data pages it points to (LMDB: "a system crash can corrupt the database" unless the file
-   * system preserves write order, which ext4 does not promise), and lmdb-js's overlappingSync
-   * commit, which is crash-safe, syncs inside mdb_txn_commit on the committing thread.
+   * 'buffered': commits the turn's writes in one synchronous LMDB transaction, here on the JS
+   * thread, and settles the turn's promise. Group commit: every version delivered in the turn,
+   * every field, one transaction. The frontier moves in the same turn as the deliveries: no
+   * hand-off to lmdb-js's write thread and back, which cost 0.3-0.8 ms per turn on the shared
+   * VM (a wake-up of each thread), against ~10 µs for the commit itself.
    */
   private commitTurn(): void {
     const turn = this.turn!;
     const writes = this.turnWrites;
     this.turn = undefined;
     this.turnWrites = [];
-    this.lastTurn = turn.promise;
     if (!this.open) {
       turn.reject(new Error(`${this.path}: the persistence store is closed`));
       return;
     }
-    const idleMs = this.loopIdleMs();
-    const idleSinceLastCommitMs = idleMs - this.idleAtLastCommitMs;
-    this.idleAtLastCommitMs = idleMs;
-    if (this.syncMode === 'durable' && !this.commitInline(idleSinceLastCommitMs)) {
-      this.commitOnWriteThread(writes, turn);
-      return;
-    }
-    const startedMs = performance.now();
     try {
       this.root.transactionSync(() => {
         for (const write of writes) {
           if (write.value === undefined) write.db.remove(write.key);
           else write.db.put(write.key, write.value);
         }
-        // lmdb-js: not abortable (as its putSync). 'buffered': the environment is noSync.
-        // 'durable': a MDB_NOSYNC transaction in an overlappingSync environment, which LMDB
-        // syncs (data, then meta) inside the commit, before this call returns.
-      }, (this.syncMode === 'durable' ? 0x10002 : 2) as TransactionFlags);
+      }, 2); // lmdb-js: not abortable (as its putSync); the environment is noSync
     } catch (error) {
+      this.lastTurn = turn.promise;
       turn.reject(error);
       return;
     }
-    if (this.syncMode === 'durable') this.lastCommitMs = performance.now() - startedMs;
+    this.lastTurn = turn.promise;
     turn.resolve();
-  }
-
-  /**
-   * 'durable': commit this turn inline? Only when the node is waiting on others, not on its own
-   * work: the loop sat idle since the last commit for at least as long as that commit took (a
-   * node with work arriving, e.g. many calls outstanding, idles less and keeps its loop running
-   * while lmdb-js's thread syncs); no turn is on the write thread (a later inline commit would
-   * report its versions durable before the earlier turn's sync was); and the last commit took
-   * at most DURABLE_INLINE_COMMIT_MS_MAX.
-   */
-  private commitInline(idleSinceLastCommitMs: number): boolean {
-    return this.turnsInFlight === 0
-      && idleSinceLastCommitMs > 0
-      && idleSinceLastCommitMs >= this.lastCommitMs
-      && this.lastCommitMs <= DURABLE_INLINE_COMMIT_MS_MAX;
-  }
-
-  /** 'durable': hands the turn to lmdb-js's write thread; settles once the commit is synced. */
-  private commitOnWriteThread(writes: TurnWrite[], turn: NonNullable<typeof this.turn>): void {
-    let committed: Promise<unknown> = Promise.resolve();
-    try {
-      for (const write of writes) {
-        committed = write.value === undefined ? write.db.remove(write.key) : write.db.put(write.key, write.value);
-      }
-    } catch (error) {
-      turn.reject(error);
-      return;
-    }
-    // Taken now, after the turn's puts: lmdb-js's `flushed` resolves once everything written
-    // before it was committed and synced (a put's own promise resolves at commit).
-    const flushed = new Promise<void>((resolve, reject) => {
-      this.root.flushed.then(() => resolve(), reject);
-    });
-    this.turnsInFlight += 1;
-    const startedMs = performance.now();
-    Promise.all([committed, flushed]).then(
-      () => {
-        this.turnsInFlight -= 1;
-        this.lastCommitMs = performance.now() - startedMs;
-        turn.resolve();
-      },
-      (error: unknown) => {
-        this.turnsInFlight -= 1;
-        turn.reject(error);
-      },
-    );
   }
 
   /** Waits for pending writes, then closes LMDB. Fields attached to it stop working. */

@@ -1,7 +1,7 @@
 // Proves state transfer (chunked suffix between two stores gives identical reads), temporal
 // queries at exact/between/out-of-range times and the stability frontier, the field hooks
 // contract, and the named errors: foreign and corrupt data dirs, a full map, version order.
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { open } from 'lmdb';
@@ -23,7 +23,6 @@ import {
   VersionOrderError,
   VersionTrimmedError,
 } from '../../persistence/index.js';
-import { DURABLE_INLINE_COMMIT_MS_MAX } from '../../persistence/store.js';
 import {
   attachAll,
   makeFields,
@@ -306,152 +305,58 @@ test('a failed turn commit fails the registry with the error, and whenPersisted 
   t.is(registry.persistedFrontier, VERSION_NONE);
 });
 
-/**
- * Holds lmdb-js's sync reports back: every `flushed` the store takes resolves only once the test
- * releases it (and the real one resolved), and then counts as a completed sync of every version
- * made before it was taken (lmdb-js: `flushed` covers everything written before it).
- */
-function holdSyncReports(store: PersistenceStore, registry: { latestVersion: bigint }) {
+test('durable: the persisted frontier never moves before the sync that covers it completed', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-durable'), syncMode: 'durable' });
+  t.teardown(() => store.close());
+  const registry = store.registry('Durable/0/0');
+  const a = registry.attach('a', new Persistent(() => 0));
+  // lmdb-js reports a completed sync through `flushed`. Hold its answers back: each one resolves
+  // only when the test releases it, and counts as a completed sync of what was committed when
+  // it was asked for (lmdb-js: everything written before it was taken).
   const root = (store as unknown as { root: { flushed: PromiseLike<unknown> } }).root;
-  const real = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(root), 'flushed')!;
-  const held: { release: () => void }[] = [];
-  const state = { synced: VERSION_NONE as bigint, held };
+  const realFlushed = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(root), 'flushed')
+    ?? Object.getOwnPropertyDescriptor(root, 'flushed')!;
+  const held: { covers: bigint; release: () => void }[] = [];
+  let synced: bigint = VERSION_NONE;
   Object.defineProperty(root, 'flushed', {
     configurable: true,
     get() {
-      const flushed = (real.get ? real.get.call(root) : real.value) as PromiseLike<unknown>;
+      const real = (realFlushed.get ? realFlushed.get.call(root) : realFlushed.value) as PromiseLike<unknown>;
       const covers = registry.latestVersion;
       return {
         then(onDone: (v: unknown) => unknown, onFail: (e: unknown) => unknown) {
           return new Promise<void>((resolve, reject) => {
             held.push({
-              release: () => flushed.then(() => {
-                if (covers > state.synced) state.synced = covers;
-                resolve();
-              }, reject),
+              covers,
+              release: () => real.then(() => { if (covers > synced) synced = covers; resolve(); }, reject),
             });
           }).then(onDone, onFail);
         },
       };
     },
   });
-  const releaseAll = () => { for (const h of held.splice(0)) h.release(); };
-  const restore = () => { delete (root as { flushed?: unknown }).flushed; };
-  return { state, releaseAll, restore };
-}
-
-/**
- * Makes the store see the event loop as busy (idle time frozen) or idle: `idleMs` more idle time
- * at each look (default 1,000 ms, longer than any commit here).
- */
-function setLoopIdle(store: PersistenceStore, idle: boolean, idleMs = 1000): void {
-  const seam = store as unknown as { loopIdleMs: () => number; idleAtLastCommitMs: number };
-  let total = seam.idleAtLastCommitMs;
-  seam.loopIdleMs = () => (idle ? (total += idleMs) : total);
-}
-
-/** A durable store with one field, and a record of its inline (synchronous) commits. */
-function durableStore(t: ExecutionContext, name: string, afterInlineCommit?: () => void) {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, name), syncMode: 'durable' });
-  t.teardown(() => store.close());
-  const registry = store.registry(`${name}/0/0`);
-  const a = registry.attach('a', new Persistent(() => 0));
-  const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
-  const inline: { flags: number | undefined; frontierBefore: bigint; frontierAfter: bigint }[] = [];
-  const original = root.transactionSync.bind(root);
-  root.transactionSync = (fn, flags) => {
-    const frontierBefore = registry.persistedFrontier;
-    const result = original(fn, flags);
-    afterInlineCommit?.();
-    inline.push({ flags, frontierBefore, frontierAfter: registry.persistedFrontier });
-    return result;
-  };
-  return { store, registry, a, inline };
-}
-
-const settle = async (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-test('durable, busy loop: turns go to lmdb-js\'s write thread, and the frontier never moves before the sync that covers it', async (t) => {
-  const { store, registry, a, inline } = durableStore(t, 'Busy');
-  const hold = holdSyncReports(store, registry);
   const ahead: bigint[] = [];
   registry.onPersisted((version) => {
-    if (version > hold.state.synced) ahead.push(version);
+    if (version > synced) ahead.push(version);
   });
-  setLoopIdle(store, false);
   a.value = 1;
   registry.makeVersion(makeVersion(viewId(1), 0), hlc(1));
   a.value = 2;
   registry.makeVersion(makeVersion(viewId(1), 1), hlc(2));
-  // lmdb-js commits the turn (visible to reads) while its sync report is held back.
-  await settle(100);
-  t.true(hold.state.held.length > 0, 'the turn waits on lmdb-js flushed');
-  t.is(inline.length, 0, 'a busy loop does not wait for the disk');
+  // Let lmdb-js commit the turn (visible to reads) while its sync report is held back.
+  for (let i = 0; i < 20 && held.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  t.true(held.length > 0, 'the registry waits on lmdb-js flushed');
   t.is(registry.persistedFrontier, VERSION_NONE, 'committed but not synced: not persisted');
-  // The loop goes idle, but a turn is still on the write thread: the next one follows it there
-  // (a synchronous commit now would report v2 durable before v1's sync was reported).
-  setLoopIdle(store, true);
+  for (const h of held.splice(0)) h.release();
+  await registry.whenPersisted(makeVersion(viewId(1), 1));
   a.value = 3;
   registry.makeVersion(makeVersion(viewId(1), 2), hlc(3));
-  await settle(100);
-  t.is(inline.length, 0, 'behind a turn in flight, the next turn goes to the write thread too');
-  t.is(registry.persistedFrontier, VERSION_NONE);
-  hold.releaseAll();
-  await settle(20);
-  hold.releaseAll();
+  for (let i = 0; i < 20 && held.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.is(registry.persistedFrontier, makeVersion(viewId(1), 1), 'the next turn waits for its own sync');
+  for (const h of held.splice(0)) h.release();
   await registry.whenPersisted(makeVersion(viewId(1), 2));
   t.deepEqual(ahead, [], 'no frontier ran ahead of a completed sync');
-  hold.restore();
-});
-
-test('durable, idle loop: the turn commits synchronously, syncs included, and the frontier moves after', async (t) => {
-  const { store, registry, a, inline: commits } = durableStore(t, 'Idle');
-  setLoopIdle(store, true);
-  for (let i = 0; i < 2; i++) {
-    a.value = i + 1;
-    registry.makeVersion(makeVersion(viewId(1), i), hlc(i + 1));
-  }
-  t.is(registry.persistedFrontier, VERSION_NONE);
-  await registry.whenPersisted(makeVersion(viewId(1), 1));
-  t.is(commits.length, 1, 'one synchronous transaction for the turn');
-  // lmdb-js's putSync flags in an overlappingSync environment: the commit syncs before returning.
-  t.is(commits[0]!.flags, 0x10002);
-  t.is(commits[0]!.frontierAfter, commits[0]!.frontierBefore, 'the frontier did not move during the commit');
-  t.is(a.get(makeVersion(viewId(1), 1)), 2);
-});
-
-test('durable: after an inline commit that held the thread too long, the next turns go to the write thread', async (t) => {
-  // A stalled disk: each inline commit holds the JS thread beyond the bound.
-  const { store, registry, a, inline } = durableStore(t, 'Slow', () => {
-    const until = performance.now() + DURABLE_INLINE_COMMIT_MS_MAX + 5;
-    while (performance.now() < until);
-  });
-  setLoopIdle(store, true);
-  a.value = 1;
-  registry.makeVersion(makeVersion(viewId(1), 0), hlc(1));
-  await registry.whenPersisted(makeVersion(viewId(1), 0));
-  t.is(inline.length, 1, 'an idle loop commits inline');
-  a.value = 2;
-  registry.makeVersion(makeVersion(viewId(1), 1), hlc(2));
-  await registry.whenPersisted(makeVersion(viewId(1), 1));
-  t.is(inline.length, 1, 'after a slow inline commit, the write thread');
-  t.is(a.get(makeVersion(viewId(1), 1)), 2);
-});
-
-test('durable: a turn commits inline only if the loop idled at least as long as the last commit took', async (t) => {
-  const { store, registry, a, inline } = durableStore(t, 'Gap');
-  const seam = store as unknown as { lastCommitMs: number };
-  const turn = async (i: number, idleMs: number) => {
-    setLoopIdle(store, true, idleMs);
-    seam.lastCommitMs = 3; // as if the last commit took 3 ms (under the 10 ms bound)
-    a.value = i + 1;
-    registry.makeVersion(makeVersion(viewId(1), i), hlc(i + 1));
-    await registry.whenPersisted(makeVersion(viewId(1), i));
-  };
-  // 1 ms idle since a 3 ms commit: calls keep this node busy; lmdb-js's thread syncs instead.
-  await turn(0, 1);
-  t.is(inline.length, 0, 'idled less than the last commit took: the write thread');
-  await turn(1, 5);
-  t.is(inline.length, 1, 'idled longer than the last commit took: inline');
-  t.is(a.get(makeVersion(viewId(1), 1)), 2);
+  delete (root as { flushed?: unknown }).flushed;
 });
