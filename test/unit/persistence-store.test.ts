@@ -304,3 +304,59 @@ test('a failed turn commit fails the registry with the error, and whenPersisted 
   await t.throwsAsync(registry.whenPersisted(makeVersion(viewId(1), 0)), { message: 'disk on fire' });
   t.is(registry.persistedFrontier, VERSION_NONE);
 });
+
+test('durable: the persisted frontier never moves before the sync that covers it completed', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-durable'), syncMode: 'durable' });
+  t.teardown(() => store.close());
+  const registry = store.registry('Durable/0/0');
+  const a = registry.attach('a', new Persistent(() => 0));
+  // lmdb-js reports a completed sync through `flushed`. Hold its answers back: each one resolves
+  // only when the test releases it, and counts as a completed sync of what was committed when
+  // it was asked for (lmdb-js: everything written before it was taken).
+  const root = (store as unknown as { root: { flushed: PromiseLike<unknown> } }).root;
+  const realFlushed = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(root), 'flushed')
+    ?? Object.getOwnPropertyDescriptor(root, 'flushed')!;
+  const held: { covers: bigint; release: () => void }[] = [];
+  let synced: bigint = VERSION_NONE;
+  Object.defineProperty(root, 'flushed', {
+    configurable: true,
+    get() {
+      const real = (realFlushed.get ? realFlushed.get.call(root) : realFlushed.value) as PromiseLike<unknown>;
+      const covers = registry.latestVersion;
+      return {
+        then(onDone: (v: unknown) => unknown, onFail: (e: unknown) => unknown) {
+          return new Promise<void>((resolve, reject) => {
+            held.push({
+              covers,
+              release: () => real.then(() => { if (covers > synced) synced = covers; resolve(); }, reject),
+            });
+          }).then(onDone, onFail);
+        },
+      };
+    },
+  });
+  const ahead: bigint[] = [];
+  registry.onPersisted((version) => {
+    if (version > synced) ahead.push(version);
+  });
+  a.value = 1;
+  registry.makeVersion(makeVersion(viewId(1), 0), hlc(1));
+  a.value = 2;
+  registry.makeVersion(makeVersion(viewId(1), 1), hlc(2));
+  // Let lmdb-js commit the turn (visible to reads) while its sync report is held back.
+  for (let i = 0; i < 20 && held.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  t.true(held.length > 0, 'the registry waits on lmdb-js flushed');
+  t.is(registry.persistedFrontier, VERSION_NONE, 'committed but not synced: not persisted');
+  for (const h of held.splice(0)) h.release();
+  await registry.whenPersisted(makeVersion(viewId(1), 1));
+  a.value = 3;
+  registry.makeVersion(makeVersion(viewId(1), 2), hlc(3));
+  for (let i = 0; i < 20 && held.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.is(registry.persistedFrontier, makeVersion(viewId(1), 1), 'the next turn waits for its own sync');
+  for (const h of held.splice(0)) h.release();
+  await registry.whenPersisted(makeVersion(viewId(1), 2));
+  t.deepEqual(ahead, [], 'no frontier ran ahead of a completed sync');
+  delete (root as { flushed?: unknown }).flushed;
+});
