@@ -50,7 +50,7 @@ test.serial('3 processes, all sending mixed SMC and RDMC messages: one delivered
       ),
     );
     for (const r of results) {
-      t.false(r.timedOut, 'every member delivered everything in time');
+      t.false(r.timedOut, `every member delivered everything in time: ${JSON.stringify({ d: r.delivered, core: r.core })}`);
       t.is(r.delivered, 3 * perSender);
       t.true(r.core!.blockPacketsSent > 0, 'large messages went by RDMC');
     }
