@@ -405,11 +405,11 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       out += kRecordHeaderBytes;
       if (external) {
         // The core's buffer becomes the ArrayBuffer's memory; freed when JS collects it.
-        auto* owned = new std::vector<uint8_t>(std::move(e.bytes));
+        auto* owned = new Bytes(std::move(e.bytes));
         napi_value buffer;
         if (napi_create_external_arraybuffer(
                 env, owned->data(), owned->size(),
-                [](napi_env, void*, void* hint) { delete static_cast<std::vector<uint8_t>*>(hint); },
+                [](napi_env, void*, void* hint) { delete static_cast<Bytes*>(hint); },
                 owned, &buffer) != napi_ok) {
           delete owned;
           napi_get_undefined(env, &buffer);

@@ -110,7 +110,7 @@ struct Net {
     events.clear();
     client.TakeEvents(&events);
     for (auto& e : events) {
-      if (e.kind == EventKind::kResponse && e.code == 0) responses[e.id] = e.bytes;
+      if (e.kind == EventKind::kResponse && e.code == 0) responses[e.id].assign(e.bytes.begin(), e.bytes.end());
       client_events.push_back(std::move(e));
     }
   }

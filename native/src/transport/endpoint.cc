@@ -98,7 +98,7 @@ std::string ValidateConfig(const EndpointConfig& c) {
 struct Endpoint::QueuedCall {
   uint64_t tag;
   uint8_t request_type;
-  std::vector<uint8_t> request;
+  Bytes request;
 };
 
 // Calls waiting for a free slot: a vector with a moving front (std::deque allocates ~600 bytes
@@ -148,9 +148,9 @@ struct Endpoint::ClientSlot {
   uint64_t request_number = 0;  // slot index + k * slots_per_session
   uint64_t tag = 0;
   uint8_t request_type = 0;
-  std::vector<uint8_t> request;
+  Bytes request;
   uint32_t request_packets = 0;
-  std::vector<uint8_t> response;
+  Bytes response;
   uint32_t response_packets = 0;  // 0 until response packet 0 arrives
   CallStatus response_status = CallStatus::kOk;
   uint32_t num_tx = 0;  // client packets sent (REQ + RFR) in the current Go-Back-N window
@@ -178,11 +178,11 @@ struct Endpoint::ServerSlot {
   uint32_t request_packets = 0;
   uint32_t request_bytes = 0;
   uint8_t request_type = 0;
-  std::vector<uint8_t> request;
+  Bytes request;
   bool handler_running = false;
   bool response_ready = false;
   CallStatus status = CallStatus::kOk;
-  std::vector<uint8_t> response;  // kept until the next request on this slot (at-most-once)
+  Bytes response;  // kept until the next request on this slot (at-most-once)
   uint32_t response_packets = 0;
   // Client packets that arrived beyond the next expected one (Go-Back-N drops them); after
   // kFastRetransmitEvidence of them one NACK names the missing packet. Reset by progress.
@@ -351,12 +351,12 @@ void Endpoint::EmitSession(uint32_t session, SessionEventKind kind, uint64_t rea
   e.code = static_cast<uint8_t>(kind);
   e.session = session;
   e.id = reason;
-  e.bytes = std::move(bytes);
+  e.bytes.assign(bytes.begin(), bytes.end());
   Emit(std::move(e));
 }
 
 void Endpoint::EmitResponse(uint32_t session, uint64_t tag, CallStatus status,
-                            std::vector<uint8_t> bytes) {
+                            Bytes bytes) {
   Event e;
   e.kind = EventKind::kResponse;
   e.code = static_cast<uint8_t>(status);
@@ -449,7 +449,7 @@ uint32_t Endpoint::PacketsFor(const Session& session, uint32_t message_bytes) co
 }
 
 std::span<const uint8_t> Endpoint::Slice(const Session& session,
-                                         const std::vector<uint8_t>& message,
+                                         const Bytes& message,
                                          uint32_t index) const {
   const uint32_t size = static_cast<uint32_t>(message.size());
   const uint32_t bytes = SliceBytes(size, session.data_bytes_per_packet, index);
@@ -522,7 +522,7 @@ CallStatus Endpoint::Call(uint32_t number, uint8_t request_type, uint64_t tag,
   }
   ++stats_.requests_started;
   s->backlog.push_back(
-      QueuedCall{tag, request_type, std::vector<uint8_t>(request.begin(), request.end())});
+      QueuedCall{tag, request_type, Bytes(request.begin(), request.end())});
   if (timeout_us > 0) {
     deadline_tags_.insert(tag);
     timers_.push(Timer{now_us + timeout_us, TimerKind::kDeadline, number, tag});
@@ -619,12 +619,12 @@ void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uin
   // credits back now.
   s->credits += slot->num_tx - slot->num_rx;
   s->busy_slots &= ~(uint64_t{1} << slot->index);
-  std::vector<uint8_t> response;
+  Bytes response;
   if (status == CallStatus::kOk || status == CallStatus::kHandlerError) {
     response.swap(slot->response);
   }
-  std::vector<uint8_t>().swap(slot->request);
-  std::vector<uint8_t>().swap(slot->response);
+  Bytes().swap(slot->request);
+  Bytes().swap(slot->response);
   EmitResponse(s->number, slot->tag, status, std::move(response));
   if (s->state == Session::State::kConnected) {
     StartQueued(s, now_us);
@@ -637,7 +637,7 @@ void Endpoint::FailSession(Session* s, CallStatus status, SessionEventKind kind,
   // A peer failure tells its calls why in one byte (JS names the signal in PeerFailedError).
   const bool failed = kind == SessionEventKind::kPeerFailed;
   auto detail = [&]() {
-    return failed ? std::vector<uint8_t>{static_cast<uint8_t>(why)} : std::vector<uint8_t>{};
+    return failed ? Bytes{static_cast<uint8_t>(why)} : Bytes{};
   };
   for (ClientSlot& slot : s->client_slots) {
     if (IsBusy(*s, slot)) EmitResponse(s->number, slot.tag, status, detail());
@@ -1169,8 +1169,9 @@ void Endpoint::HandleRequest(Session* s, const Header& h, std::span<const uint8_
     slot.request_type = h.request_type;
     slot.handler_running = false;
     slot.response_ready = false;
-    std::vector<uint8_t>().swap(slot.response);
-    slot.request.assign(h.message_bytes, 0);
+    Bytes().swap(slot.response);
+    // Not zero-filled (bytes.h): the handler runs only once every packet was written in.
+    slot.request.resize(h.message_bytes);
   }
   if (h.message_bytes != slot.request_bytes || h.request_type != slot.request_type) {
     return Drop(DropReason::kBadState);
@@ -1201,7 +1202,7 @@ void Endpoint::HandleRequest(Session* s, const Header& h, std::span<const uint8_
     slot.status = CallStatus::kNoHandler;
     slot.response_ready = true;
     slot.response_packets = 1;
-    std::vector<uint8_t>().swap(slot.request);
+    Bytes().swap(slot.request);
     return SendResponsePacket(s, &slot, h.packet_number);
   }
   slot.handler_running = true;
@@ -1417,7 +1418,7 @@ crypto::MutableBytes Endpoint::OpenDestination(Session& s, const Header& h, size
   // batches, duplicates, packets out of order) is opened in place.
   if ((h.flags & kFlagBatch) != 0 || bytes <= kHeaderBytes + kSealTrailerBytes) return {};
   const size_t body = bytes - kHeaderBytes - kSealTrailerBytes;
-  std::vector<uint8_t>* message = nullptr;
+  Bytes* message = nullptr;
   size_t index = 0;
   if (!s.is_client && h.type == PacketType::kRequest && !s.server_slots.empty()) {
     ServerSlot& slot = s.server_slots[h.request_number % s.server_slots.size()];

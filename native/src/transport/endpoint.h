@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "address.h"
+#include "bytes.h"
 #include "endpoint_crypto.h"
 #include "session_table.h"
 #include "wire.h"
@@ -128,7 +129,7 @@ struct Event {
   uint32_t session = 0;   // client session (response, session event) or server session (request)
   uint32_t slot = 0;      // request: the server slot to respond on
   uint64_t id = 0;        // response: the call's tag; request: request number; event: reason
-  std::vector<uint8_t> bytes;
+  Bytes bytes;  // not zero-filled on resize (bytes.h)
 };
 
 // Where a server-side request must be answered; stale handles are ignored by Respond().
@@ -362,8 +363,7 @@ class Endpoint {
   void Emit(Event event) { events_.push_back(std::move(event)); }
   void EmitSession(uint32_t session, SessionEventKind kind, uint64_t reason,
                    std::vector<uint8_t> bytes = {});
-  void EmitResponse(uint32_t session, uint64_t tag, CallStatus status,
-                    std::vector<uint8_t> bytes = {});
+  void EmitResponse(uint32_t session, uint64_t tag, CallStatus status, Bytes bytes = {});
   void SendPacket(const Session& session, const Header& header,
                   std::span<const uint8_t> payload = {});
   void SendRaw(const PeerAddress& to, const Header& header, std::span<const uint8_t> payload);
@@ -380,7 +380,7 @@ class Endpoint {
   void CompactTimers();
   void ArmSessionTimer(Session* session, uint64_t when_us);
   uint32_t PacketsFor(const Session& session, uint32_t message_bytes) const;
-  std::span<const uint8_t> Slice(const Session& session, const std::vector<uint8_t>& message,
+  std::span<const uint8_t> Slice(const Session& session, const Bytes& message,
                                  uint32_t packet_index) const;
 
   // client side
