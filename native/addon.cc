@@ -16,6 +16,10 @@
 //   0 u8 kind | 1 u8 code | 2 u16 flags (bit 0: payload is extras[index]) | 4 u32 session
 //   8 u32 slot or timeout ms | 12 u32 payload bytes | 16 f64 id (tag or request number)
 //  24 payload, padded to 8 bytes (absent when in extras)
+// A lent call (JS -> native, flag bit 1): the payload is [u32 extras index][u32 0][head]; the
+// request is head ++ extras[index], and extras[index] is lent, not copied (Endpoint::CallLent):
+// a reference to it is held until the call ends, and JS must not change it before its promise
+// settles.
 #include <napi.h>
 #include <uv.h>
 
@@ -40,6 +44,7 @@ constexpr size_t kRecordHeaderBytes = 24;
 constexpr size_t kExternalPayloadBytesMin = 64 * 1024;
 constexpr size_t kReceivePacketsPerWakeup = 1024;
 constexpr uint16_t kFlagPayloadInExtras = 1;
+constexpr uint16_t kFlagLentBody = 2;
 // UV_PRIORITIZED as well: a queued ICMP error polls as EPOLLERR | EPOLLPRI (SO_SELECT_ERR_QUEUE),
 // and libuv stops a poll handle that reports EPOLLERR without EPOLLPRI (udp_socket.h).
 constexpr int kPollEvents = UV_READABLE | UV_PRIORITIZED;
@@ -56,6 +61,22 @@ uint32_t Get32(const uint8_t* p) {
 }
 
 class NativeEndpoint;
+
+// Keeps a lent JS buffer alive while the core reads it (Lender): a strong reference, deleted
+// when the core drops the call. After environment teardown began the reference is left to
+// Node (which frees every reference of the environment) instead of being deleted here.
+struct JsLender {
+  napi_env env;
+  napi_ref ref;
+  std::shared_ptr<const bool> env_alive;
+  JsLender(napi_env e, napi_ref r, std::shared_ptr<const bool> alive)
+      : env(e), ref(r), env_alive(std::move(alive)) {}
+  ~JsLender() {
+    if (*env_alive) napi_delete_reference(env, ref);
+  }
+  JsLender(const JsLender&) = delete;
+  JsLender& operator=(const JsLender&) = delete;
+};
 
 // Endpoint::BeginBatch/EndBatch for a scope with early returns; End() may come first.
 class EndpointBatch {
@@ -89,6 +110,7 @@ struct Driver {
   uint64_t timer_armed_us = UINT64_MAX;
   uint64_t poll_restarts = 0;  // see OnReadable
   std::vector<Event> events;
+  std::shared_ptr<bool> env_alive = std::make_shared<bool>(true);  // see JsLender
 };
 
 class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
@@ -242,6 +264,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
   static void OnEnvTeardown(napi_async_cleanup_hook_handle /*handle*/, void* arg) {
     Driver* d = static_cast<Driver*>(arg);
     if (d->owner != nullptr) d->owner->Shutdown(false);
+    *d->env_alive = false;  // lenders the core still holds leave their references to Node
   }
 
   // Stops the endpoint: fails pending work locally, optionally tells peers, closes handles.
@@ -487,6 +510,31 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       std::memcpy(&id, p + 16, 8);
       p += kRecordHeaderBytes;
       std::span<const uint8_t> payload;
+      if ((flags & kFlagLentBody) != 0 && kind == kSubmitCall) {
+        if (bytes < 8 || p + bytes > end) break;  // malformed tail: ignore
+        const uint32_t index = Get32(p);
+        const std::span<const uint8_t> head(p + 8, bytes - 8);
+        p += Pad8(bytes);
+        Napi::Value v = extras.IsEmpty() ? env.Undefined() : extras.Get(index);
+        if (!v.IsTypedArray()) {
+          Napi::TypeError::New(env, "submit: missing lent payload").ThrowAsJavaScriptException();
+          return env.Undefined();
+        }
+        Napi::Uint8Array array = v.As<Napi::Uint8Array>();
+        const std::span<const uint8_t> body(array.Data(), array.ByteLength());
+        napi_ref ref = nullptr;
+        if (napi_create_reference(env, v, 1, &ref) != napi_ok) {
+          Napi::Error::New(env, "submit: cannot reference a lent payload").ThrowAsJavaScriptException();
+          return env.Undefined();
+        }
+        Lender lender = std::make_shared<JsLender>(env, ref, driver_->env_alive);
+        const uint64_t tag = static_cast<uint64_t>(id);
+        const CallStatus status = endpoint->CallLent(session, code, tag, head, body,
+                                                     std::move(lender),
+                                                     uint64_t{slot_or_timeout} * 1000, now);
+        if (status != CallStatus::kOk) endpoint->FailCall(session, tag, status);
+        continue;
+      }
       if ((flags & kFlagPayloadInExtras) != 0) {
         const uint32_t index = bytes;  // the record's length field holds the extras index
         Napi::Value v = extras.IsEmpty() ? env.Undefined() : extras.Get(index);
@@ -604,6 +652,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("nacksSent", s.nacks_sent);
     set("duplicateResponses", s.duplicate_responses);
     set("requestsStarted", s.requests_started);
+    set("requestsLent", s.requests_lent);
     set("requestsCompleted", s.requests_completed);
     set("handlersRun", s.handlers_run);
     set("timeouts", s.timeouts);

@@ -95,10 +95,25 @@ std::string ValidateConfig(const EndpointConfig& c) {
   return ValidateEncryption(c.encryption);
 }
 
+// A request's bytes: `head`, a copy, followed by `body`, lent by the caller (CallLent) and kept
+// alive by `lender`; Call copies the whole request into `head`.
+struct Endpoint::RequestBytes {
+  Bytes head;
+  std::span<const uint8_t> body;
+  Lender lender;
+  size_t size() const { return head.size() + body.size(); }
+  size_t capacity() const { return head.capacity(); }  // lent bytes are the caller's memory
+  void Release() {
+    Bytes().swap(head);
+    body = {};
+    lender.reset();
+  }
+};
+
 struct Endpoint::QueuedCall {
   uint64_t tag;
   uint8_t request_type;
-  Bytes request;
+  RequestBytes request;
 };
 
 // Calls waiting for a free slot: a vector with a moving front (std::deque allocates ~600 bytes
@@ -148,7 +163,7 @@ struct Endpoint::ClientSlot {
   uint64_t request_number = 0;  // slot index + k * slots_per_session
   uint64_t tag = 0;
   uint8_t request_type = 0;
-  Bytes request;
+  RequestBytes request;
   uint32_t request_packets = 0;
   Bytes response;
   uint32_t response_packets = 0;  // 0 until response packet 0 arrives
@@ -448,6 +463,22 @@ uint32_t Endpoint::PacketsFor(const Session& session, uint32_t message_bytes) co
   return (message_bytes + session.data_bytes_per_packet - 1) / session.data_bytes_per_packet;
 }
 
+std::span<const uint8_t> Endpoint::RequestSlice(const Session& session,
+                                                const RequestBytes& request, uint32_t index) {
+  const size_t bytes =
+      SliceBytes(static_cast<uint32_t>(request.size()), session.data_bytes_per_packet, index);
+  const size_t begin = static_cast<size_t>(index) * session.data_bytes_per_packet;
+  const size_t head = request.head.size();
+  if (bytes == 0) return {};
+  if (begin + bytes <= head) return std::span<const uint8_t>(request.head.data() + begin, bytes);
+  if (begin >= head) return request.body.subspan(begin - head, bytes);
+  // The packet that spans both (a lent request's head is a few bytes: the first packet).
+  slice_scratch_.resize(bytes);
+  std::memcpy(slice_scratch_.data(), request.head.data() + begin, head - begin);
+  std::memcpy(slice_scratch_.data() + (head - begin), request.body.data(), bytes - (head - begin));
+  return std::span<const uint8_t>(slice_scratch_.data(), bytes);
+}
+
 std::span<const uint8_t> Endpoint::Slice(const Session& session,
                                          const Bytes& message,
                                          uint32_t index) const {
@@ -511,18 +542,26 @@ uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
 CallStatus Endpoint::Call(uint32_t number, uint8_t request_type, uint64_t tag,
                           std::span<const uint8_t> request, uint64_t timeout_us,
                           uint64_t now_us) {
+  return CallLent(number, request_type, tag, request, {}, nullptr, timeout_us, now_us);
+}
+
+CallStatus Endpoint::CallLent(uint32_t number, uint8_t request_type, uint64_t tag,
+                              std::span<const uint8_t> head, std::span<const uint8_t> body,
+                              Lender lender, uint64_t timeout_us, uint64_t now_us) {
   BatchScope scope(this);
   Session* s = Find(number);
   if (s == nullptr || !s->is_client || s->state == Session::State::kDisconnecting) {
     return CallStatus::kUnknownSession;
   }
-  if (request.size() > config_.message_bytes_max) return CallStatus::kTooLarge;
+  if (head.size() + body.size() > config_.message_bytes_max) return CallStatus::kTooLarge;
   if (s->backlog.size() >= config_.queued_requests_per_session_max) {
     return CallStatus::kBacklogFull;
   }
   ++stats_.requests_started;
-  s->backlog.push_back(
-      QueuedCall{tag, request_type, Bytes(request.begin(), request.end())});
+  if (body.empty()) lender.reset();  // nothing lent: nothing to keep
+  else ++stats_.requests_lent;
+  s->backlog.push_back(QueuedCall{
+      tag, request_type, RequestBytes{ToBytes(head), body, std::move(lender)}});
   if (timeout_us > 0) {
     deadline_tags_.insert(tag);
     timers_.push(Timer{now_us + timeout_us, TimerKind::kDeadline, number, tag});
@@ -583,7 +622,10 @@ void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
   while (slot->num_tx < total && s->credits > 0) {
     if (slot->loss_window && slot->num_tx > slot->num_rx) break;
     const size_t payload_bytes =
-        slot->num_tx < slot->request_packets ? Slice(*s, slot->request, slot->num_tx).size() : 0;
+        slot->num_tx < slot->request_packets
+            ? SliceBytes(static_cast<uint32_t>(slot->request.size()), s->data_bytes_per_packet,
+                         slot->num_tx)
+            : 0;
     if (gate_ != nullptr && !gate_->MaySend(s->number, kHeaderBytes + payload_bytes, now_us)) {
       ++stats_.gate_deferrals;
       break;  // the gate lists the session in TakeDue() when it may send again (KickDue)
@@ -603,7 +645,7 @@ void Endpoint::SendClientPacket(Session* s, const ClientSlot& slot, uint32_t pac
   // a fresh nonce like any other packet).
   const bool is_request = packet_number < slot.request_packets;
   std::span<const uint8_t> payload;
-  if (is_request) payload = Slice(*s, slot.request, packet_number);
+  if (is_request) payload = RequestSlice(*s, slot.request, packet_number);
   Header h;
   h.type = is_request ? PacketType::kRequest : PacketType::kRequestForResponse;
   h.request_type = slot.request_type;
@@ -623,7 +665,7 @@ void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uin
   if (status == CallStatus::kOk || status == CallStatus::kHandlerError) {
     response.swap(slot->response);
   }
-  Bytes().swap(slot->request);
+  slot->request.Release();  // a lent request goes back to its lender here
   Bytes().swap(slot->response);
   EmitResponse(s->number, slot->tag, status, std::move(response));
   if (s->state == Session::State::kConnected) {
@@ -664,6 +706,7 @@ bool Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
   for (ClientSlot& slot : s->client_slots) {
     if (IsBusy(*s, slot)) {
       s->credits += slot.num_tx - slot.num_rx;
+      slot.request.Release();  // ends here: a lent request goes back now
       EmitResponse(s->number, slot.tag, CallStatus::kSessionClosed, {});
     }
   }

@@ -139,6 +139,12 @@ struct ServerRequest {
   uint64_t request_number = 0;
 };
 
+// Keeps the bytes a caller lends to CallLent alive: the endpoint holds a reference until the
+// call ends (its kResponse event, whatever the status, or the endpoint's destruction) and then
+// drops it; the caller frees or reuses the bytes once its last reference is gone (a shared_ptr
+// whose deleter releases them, e.g. the addon's reference to a JS buffer).
+using Lender = std::shared_ptr<const void>;
+
 // The packet sender. Implementations must finish with (or copy) both spans before returning.
 class PacketIo {
  public:
@@ -206,6 +212,7 @@ struct Stats {
   uint64_t duplicate_responses = 0; // responses re-sent from the kept copy
   uint64_t drops[static_cast<size_t>(DropReason::kCount)] = {};
   uint64_t requests_started = 0, requests_completed = 0, handlers_run = 0;
+  uint64_t requests_lent = 0;  // of requests_started, calls whose body was lent (CallLent)
   uint64_t timeouts = 0, peer_failures = 0, stale_responds = 0;
   uint64_t sessions_client = 0, sessions_server = 0;  // currently open
   uint64_t sessions_opened = 0, sessions_closed = 0;
@@ -257,6 +264,13 @@ class Endpoint {
   // be unique on this endpoint among pending calls.
   CallStatus Call(uint32_t session, uint8_t request_type, uint64_t tag,
                   std::span<const uint8_t> request, uint64_t timeout_us, uint64_t now_us);
+  // Call with request = head ++ body, where only `head` is copied: `body` is lent, read in place
+  // (packets are sliced from it, or sealed straight from it) until the call ends, and must stay
+  // unchanged until the endpoint drops its reference to `lender`. A refused call (any status but
+  // kOk) keeps no reference.
+  CallStatus CallLent(uint32_t session, uint8_t request_type, uint64_t tag,
+                      std::span<const uint8_t> head, std::span<const uint8_t> body, Lender lender,
+                      uint64_t timeout_us, uint64_t now_us);
   // Reports a call that Call() refused at once as an ordinary completion event (for drivers
   // that deliver every outcome the same way).
   void FailCall(uint32_t session, uint64_t tag, CallStatus status) {
@@ -341,6 +355,7 @@ class Endpoint {
   struct ClientSlot;
   struct ServerSlot;
   struct Session;
+  struct RequestBytes;
   struct QueuedCall;
   class CallQueue;
   struct Peer;
@@ -382,6 +397,10 @@ class Endpoint {
   uint32_t PacketsFor(const Session& session, uint32_t message_bytes) const;
   std::span<const uint8_t> Slice(const Session& session, const Bytes& message,
                                  uint32_t packet_index) const;
+  // A request packet's bytes: a view of the copied head or of the lent body, or (for the one
+  // packet that spans both) the two joined in slice_scratch_, valid until the next call.
+  std::span<const uint8_t> RequestSlice(const Session& session, const RequestBytes& request,
+                                        uint32_t packet_index);
 
   // client side
   void StartQueued(Session* session, uint64_t now_us);
@@ -519,6 +538,7 @@ class Endpoint {
   size_t seal_queued_packets_ = 0;
   std::vector<std::pair<uint32_t, size_t>> seal_order_;
   std::vector<uint8_t> seal_room_;
+  Bytes slice_scratch_;  // RequestSlice: a packet that spans a lent request's head and body
   bool seal_room_in_io_ = false;
   uint32_t next_session_number_ = 1;
   uint64_t rng_state_;
