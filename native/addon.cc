@@ -42,6 +42,9 @@ using namespace squall::transport;
 
 constexpr size_t kRecordHeaderBytes = 24;
 constexpr size_t kExternalPayloadBytesMin = 64 * 1024;
+// Received messages handed to JS as external buffers go back to the endpoint's BufferPool when
+// JS collects them (bytes.h); at most this much is kept for reuse.
+constexpr size_t kReceivePoolBytesMax = 64u << 20;
 constexpr size_t kReceivePacketsPerWakeup = 1024;
 constexpr uint16_t kFlagPayloadInExtras = 1;
 constexpr uint16_t kFlagLentBody = 2;
@@ -111,6 +114,21 @@ struct Driver {
   uint64_t poll_restarts = 0;  // see OnReadable
   std::vector<Event> events;
   std::shared_ptr<bool> env_alive = std::make_shared<bool>(true);  // see JsLender
+  std::shared_ptr<BufferPool> pool =
+      std::make_shared<BufferPool>(kExternalPayloadBytesMin, kReceivePoolBytesMax);
+};
+
+// The memory of an external ArrayBuffer handed to JS: a message's buffer, given back to the
+// pool (not freed) once JS has collected the ArrayBuffer -- only then, so a buffer JS can still
+// read is never reused. The pool outlives the endpoint as long as such buffers exist.
+struct ExternalMessage {
+  Bytes bytes;
+  std::shared_ptr<BufferPool> pool;
+  static void Finalize(napi_env /*env*/, void* /*data*/, void* hint) {
+    auto* self = static_cast<ExternalMessage*>(hint);
+    self->pool->Give(std::move(self->bytes));
+    delete self;
+  }
 };
 
 class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
@@ -238,6 +256,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     driver_->endpoint = std::make_unique<Endpoint>(c, driver_->socket.get());
     driver_->gate = std::make_unique<CongestionGate>(cc, c.sessions_max, MonotonicNowUs());
     driver_->endpoint->SetSendGate(driver_->gate.get());
+    driver_->endpoint->SetBufferPool(driver_->pool);
     Endpoint* endpoint = driver_->endpoint.get();
     driver_->socket->SetUnreachableHandler(
         [endpoint](const PeerAddress& to, std::span<const uint8_t> quoted) {
@@ -427,13 +446,12 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       std::memcpy(out + 16, &id, 8);
       out += kRecordHeaderBytes;
       if (external) {
-        // The core's buffer becomes the ArrayBuffer's memory; freed when JS collects it.
-        auto* owned = new Bytes(std::move(e.bytes));
+        // The core's buffer becomes the ArrayBuffer's memory; back to the pool when JS collects it.
+        auto* owned = new ExternalMessage{std::move(e.bytes), driver_->pool};
         napi_value buffer;
-        if (napi_create_external_arraybuffer(
-                env, owned->data(), owned->size(),
-                [](napi_env, void*, void* hint) { delete static_cast<Bytes*>(hint); },
-                owned, &buffer) != napi_ok) {
+        if (napi_create_external_arraybuffer(env, owned->bytes.data(), owned->bytes.size(),
+                                             &ExternalMessage::Finalize, owned,
+                                             &buffer) != napi_ok) {
           delete owned;
           napi_get_undefined(env, &buffer);
         }
@@ -674,6 +692,9 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     const UdpStats& u = driver_->socket->stats();
     set("jsBatchesDelivered", batches_delivered_);
     set("jsSubmits", submits_);
+    // Large received messages assembled in a reused buffer vs a fresh one (BufferPool).
+    set("receiveBuffersReused", driver_->pool->reused());
+    set("receiveBuffersFresh", driver_->pool->fresh());
     set("udpSendErrors", u.send_errors);
     set("udpTruncated", u.truncated_rx);
     set("udpSendCalls", u.send_calls);

@@ -81,6 +81,7 @@ struct Net {
   std::vector<Event> client_events, server_events;
   std::map<uint64_t, std::vector<uint8_t>> responses;  // tag -> bytes
   uint64_t handler_runs = 0;
+  std::vector<Event>* kept_requests = nullptr;  // set: request events are kept here (answered)
 
   Net(const EndpointConfig& client_config, const EndpointConfig& server_config)
       : client(client_config, &client_port), server(server_config, &server_port) {
@@ -103,6 +104,7 @@ struct Net {
         ++handler_runs;
         std::vector<uint8_t> answer(e.bytes.rbegin(), e.bytes.rend());
         server.Respond({e.session, e.slot, e.id}, CallStatus::kOk, answer, now_us);
+        if (kept_requests != nullptr) kept_requests->push_back(std::move(e));
       } else {
         server_events.push_back(std::move(e));
       }
@@ -861,4 +863,74 @@ TEST(transport_lent_request_is_released_on_every_ending_and_never_kept_when_refu
     CHECK(!at_exit.released);
   }
   CHECK(at_exit.released);
+}
+
+// --- Large message buffers (BufferPool): reused only once given back ---
+
+TEST(transport_buffer_pool_reuses_fitting_buffers_within_its_bound) {
+  BufferPool pool(1000, 5000);
+  Bytes a = pool.Take(2000);
+  CHECK_EQ(a.size(), 2000u);
+  CHECK_EQ(pool.fresh(), 1u);
+  const uint8_t* memory = a.data();
+  pool.Give(std::move(a));
+  CHECK_EQ(pool.kept_bytes(), 2000u);
+  Bytes b = pool.Take(1500);  // fits: 2,000 is at least 1,500 and at most twice it
+  CHECK_EQ(pool.reused(), 1u);
+  CHECK(b.data() == memory);
+  CHECK_EQ(b.size(), 1500u);
+  CHECK_EQ(pool.kept_bytes(), 0u);
+  pool.Give(std::move(b));
+  Bytes c = pool.Take(900);  // 2,000 is more than twice 900: a fresh one
+  CHECK(c.data() != memory);
+  CHECK_EQ(pool.fresh(), 2u);
+  pool.Give(std::move(c));           // 900 < min_bytes: not kept
+  pool.Give(Bytes(2500));            // kept: 4,500 in all
+  pool.Give(Bytes(1000));            // beyond the 5,000 bound: freed
+  CHECK_EQ(pool.kept_bytes(), 4500u);
+}
+
+TEST(transport_large_requests_assemble_in_pooled_buffers_given_back_by_the_application) {
+  for (const bool encrypted : {false, true}) {
+    EndpointConfig config = encrypted ? Encrypted({MakeGroupKey(1, 0x11)}) : EndpointConfig{};
+    config.packet_bytes_max = encrypted ? 9000 : 1024;
+    config.retransmit_timeout_us = 2000;
+    config.retransmit_timeout_min_us = 1000;
+    config.peer_failure_timeout_us = 60'000'000;
+    Net net(config, config);
+    net.reserve = encrypted;
+    auto pool = std::make_shared<BufferPool>(10'000, 1u << 20);
+    net.server.SetBufferPool(pool);
+    const uint32_t session = net.Connect();
+    net.loss = 0.1;
+    // The server keeps each request's event (as the addon hands its buffer to JS) until the
+    // test gives the buffer back.
+    std::vector<Event> held;
+    net.kept_requests = &held;
+    auto run = [&](uint64_t tag, const std::vector<uint8_t>& request) {
+      CHECK(net.client.Call(session, 3, tag, request, 0, net.now_us) == CallStatus::kOk);
+      CHECK(net.RunUntil(net.now_us + 20'000'000, [&] { return net.responses.count(tag) == 1; }));
+    };
+    const std::vector<uint8_t> first = Marked(30'000, 1), second = Marked(30'000, 2);
+    run(1, first);
+    CHECK_EQ(held.size(), 1u);
+    CHECK(held[0].bytes == first);
+    const uint8_t* memory = held[0].bytes.data();
+    // Still held: the next request gets another buffer, and the held one is untouched.
+    run(2, second);
+    CHECK_EQ(held.size(), 2u);
+    CHECK(held[1].bytes.data() != memory);
+    CHECK(held[0].bytes == first);
+    CHECK(held[1].bytes == second);
+    CHECK_EQ(pool->reused(), 0u);
+    // Given back: the next request is assembled in that memory, and is exactly itself.
+    pool->Give(std::move(held[0].bytes));
+    const std::vector<uint8_t> third = Marked(25'000, 3);
+    run(3, third);
+    CHECK_EQ(held.size(), 3u);
+    CHECK_EQ(pool->reused(), 1u);
+    CHECK(held[2].bytes.data() == memory);
+    CHECK(held[2].bytes == third);
+    CHECK(held[1].bytes == second);
+  }
 }

@@ -463,6 +463,15 @@ uint32_t Endpoint::PacketsFor(const Session& session, uint32_t message_bytes) co
   return (message_bytes + session.data_bytes_per_packet - 1) / session.data_bytes_per_packet;
 }
 
+Bytes Endpoint::MessageBuffer(Bytes previous, size_t bytes) {
+  if (pool_ == nullptr || bytes < pool_->min_bytes()) {
+    previous.resize(bytes);
+    return previous;
+  }
+  pool_->Give(std::move(previous));
+  return pool_->Take(bytes);
+}
+
 std::span<const uint8_t> Endpoint::RequestSlice(const Session& session,
                                                 const RequestBytes& request, uint32_t index) {
   const size_t bytes =
@@ -1038,7 +1047,7 @@ void Endpoint::HandleResponse(Session* s, const Header& h, std::span<const uint8
       return Drop(DropReason::kBadLength);
     }
     slot->response_status = static_cast<CallStatus>(h.aux);
-    slot->response.resize(h.message_bytes);
+    slot->response = MessageBuffer(std::move(slot->response), h.message_bytes);
     slot->response_packets = PacketsFor(*s, h.message_bytes);
   } else {
     if (h.message_bytes != slot->response.size() || index >= slot->response_packets) {
@@ -1214,7 +1223,7 @@ void Endpoint::HandleRequest(Session* s, const Header& h, std::span<const uint8_
     slot.response_ready = false;
     Bytes().swap(slot.response);
     // Not zero-filled (bytes.h): the handler runs only once every packet was written in.
-    slot.request.resize(h.message_bytes);
+    slot.request = MessageBuffer(std::move(slot.request), h.message_bytes);
   }
   if (h.message_bytes != slot.request_bytes || h.request_type != slot.request_type) {
     return Drop(DropReason::kBadState);

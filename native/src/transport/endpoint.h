@@ -334,6 +334,9 @@ class Endpoint {
   uint32_t SessionKeyId(uint32_t session) const;
 
   void SetSendGate(SendGate* gate) { gate_ = gate; }
+  // Large requests and responses (at least pool->min_bytes()) are assembled in buffers taken
+  // from `pool`; the events carrying them hand those buffers over (the driver gives them back).
+  void SetBufferPool(std::shared_ptr<BufferPool> pool) { pool_ = std::move(pool); }
   const Stats& stats() const { return stats_; }
   const EndpointConfig& config() const { return config_; }
   // Data bytes per packet of a session (0 if unknown), for tests and the JS wrapper.
@@ -505,6 +508,10 @@ class Endpoint {
   // Server handshakes awaiting their Confirm, by (peer, token) like accepted_by_token_.
   std::unordered_map<std::string, PendingAccept> pending_accepts_;
   SendGate* gate_ = nullptr;
+  std::shared_ptr<BufferPool> pool_;  // null: plain allocations
+  // A buffer for an incoming message of `bytes`: from pool_ when large; `previous` (a slot's
+  // unfinished message, or empty) goes back first.
+  Bytes MessageBuffer(Bytes previous, size_t bytes);
   Stats stats_;
   SessionTable<Session> sessions_;
   // Remote endpoint incarnations by id (the peer timer's key), and by (address, tag).

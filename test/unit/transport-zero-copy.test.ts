@@ -1,7 +1,11 @@
+// The native transport's large-message buffers, both ways.
 // callLent: a request's body is lent to native, not copied. Native holds a strong reference to
 // the lent buffer until the call ends (so garbage collection cannot free bytes it still sends
 // from) and drops it then (so a lent buffer is not kept alive forever); the peer receives
 // head ++ body exactly, with encryption on and off.
+// Received large messages reach JS in native's buffer (an external ArrayBuffer) and go back to
+// native's buffer pool only when JS has collected that ArrayBuffer: a buffer the application
+// still holds is never reused, and collected ones are.
 import test from 'ava';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -85,3 +89,44 @@ test.serial('a lent body beyond messageBytesMax is refused at once and not kept'
     await server.close();
   }
 });
+
+for (const encryption of [false, true]) {
+  test.serial(`received buffers the application keeps are never reused; collected ones are (encryption ${encryption ? 'on' : 'off'})`, async (t) => {
+    t.timeout(60_000);
+    const options = { host: '127.0.0.1', port: 0, ...(encryption ? { key: KEY } : { encryption: false }) };
+    const server = await Endpoint.create(options);
+    const client = await Endpoint.create(options);
+    const kept: { index: number; bytes: Uint8Array }[] = [];
+    // Keeps every 10th request (as the application's own data); drops the rest.
+    server.handle(ECHO, (bytes) => {
+      if (kept.length < 6 && bytes[0]! % 10 === 0) kept.push({ index: bytes[0]!, bytes });
+      return new Uint8Array(0);
+    });
+    try {
+      const session = await client.connect(server.address);
+      const size = 200 * 1024;
+      const message = (i: number): Uint8Array => {
+        const out = pattern(size, i);
+        out[0] = i;
+        return out;
+      };
+      for (let i = 0; i < 60; i++) {
+        await session.call(ECHO, message(i));
+        if (i % 5 === 4) {
+          // Dropped requests' ArrayBuffers are collected: their buffers go back to the pool.
+          collectGarbage();
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+      }
+      const stats = server.stats();
+      t.true((stats.receiveBuffersReused ?? 0) > 20, `reused ${stats.receiveBuffersReused}, fresh ${stats.receiveBuffersFresh}`);
+      t.is(kept.length, 6);
+      for (const { index, bytes } of kept) {
+        t.true(Buffer.from(bytes).equals(message(index)), `request ${index} unchanged while held`);
+      }
+    } finally {
+      await client.close();
+      await server.close();
+    }
+  });
+}
