@@ -65,18 +65,30 @@ uint32_t Get32(const uint8_t* p) {
 
 class NativeEndpoint;
 
-// Keeps a lent JS buffer alive while the core reads it (Lender): a strong reference, deleted
-// when the core drops the call. After environment teardown began the reference is left to
-// Node (which frees every reference of the environment) instead of being deleted here.
-struct JsLender {
-  napi_env env;
-  napi_ref ref;
-  std::shared_ptr<const bool> env_alive;
-  JsLender(napi_env e, napi_ref r, std::shared_ptr<const bool> alive)
-      : env(e), ref(r), env_alive(std::move(alive)) {}
-  ~JsLender() {
-    if (*env_alive) napi_delete_reference(env, ref);
+// References to lent JS buffers the core has dropped (JsLender), deleted only after the next
+// socket flush: the core may have queued datagrams that point into a lent buffer
+// (PacketIo::SendPinned) and dropped the call before they left. After environment teardown
+// began, references are left to Node (which frees every reference of the environment).
+struct LentReferences {
+  napi_env env = nullptr;
+  bool env_alive = true;
+  std::vector<napi_ref> dropped;
+  void DeleteDropped() {
+    if (env_alive) {
+      for (napi_ref ref : dropped) napi_delete_reference(env, ref);
+    }
+    dropped.clear();
   }
+};
+
+// Keeps a lent JS buffer alive while the core reads it (Lender): a strong reference, handed to
+// LentReferences when the core drops the call.
+struct JsLender {
+  std::shared_ptr<LentReferences> references;
+  napi_ref ref;
+  JsLender(std::shared_ptr<LentReferences> r, napi_ref reference)
+      : references(std::move(r)), ref(reference) {}
+  ~JsLender() { references->dropped.push_back(ref); }
   JsLender(const JsLender&) = delete;
   JsLender& operator=(const JsLender&) = delete;
 };
@@ -113,10 +125,17 @@ struct Driver {
   uint64_t timer_armed_us = UINT64_MAX;
   uint64_t poll_restarts = 0;  // see OnReadable
   std::vector<Event> events;
-  std::shared_ptr<bool> env_alive = std::make_shared<bool>(true);  // see JsLender
+  std::shared_ptr<LentReferences> lent = std::make_shared<LentReferences>();  // see JsLender
   std::shared_ptr<BufferPool> pool =
       std::make_shared<BufferPool>(kExternalPayloadBytesMin, kReceivePoolBytesMax);
 };
+
+// Sends the queued datagrams, then deletes the references to lent buffers the core dropped
+// before (the datagrams may have pointed into them). Every socket flush of the addon is this.
+void FlushSocket(Driver* d) {
+  d->socket->Flush();
+  d->lent->DeleteDropped();
+}
 
 // The memory of an external ArrayBuffer handed to JS: a message's buffer, given back to the
 // pool (not freed) once JS has collected the ArrayBuffer -- only then, so a buffer JS can still
@@ -283,7 +302,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
   static void OnEnvTeardown(napi_async_cleanup_hook_handle /*handle*/, void* arg) {
     Driver* d = static_cast<Driver*>(arg);
     if (d->owner != nullptr) d->owner->Shutdown(false);
-    *d->env_alive = false;  // lenders the core still holds leave their references to Node
+    d->lent->env_alive = false;  // references still held are left to Node
   }
 
   // Stops the endpoint: fails pending work locally, optionally tells peers, closes handles.
@@ -292,7 +311,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     Driver* d = driver_;
     driver_ = nullptr;
     d->endpoint->Shutdown(tell_peers, MonotonicNowUs());
-    d->socket->Flush();
+    FlushSocket(d);
     d->owner = nullptr;
     uv_poll_stop(&d->poll);
     uv_timer_stop(&d->timer);
@@ -304,6 +323,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     Driver* d = static_cast<Driver*>(handle->data);
     if (--d->open_handles != 0) return;
     if (d->cleanup != nullptr) napi_remove_async_cleanup_hook(d->cleanup);
+    d->endpoint.reset();       // drops whatever it still lent (nothing is queued any more)
+    d->lent->DeleteDropped();
     delete d;
   }
 
@@ -336,7 +357,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     if ((events & UV_PRIORITIZED) != 0) d->socket->DrainErrors();
     endpoint->OnTimers(MonotonicNowUs());
     endpoint->EndBatch();
-    d->socket->Flush();
+    FlushSocket(d);
     d->owner->DeliverFromLoop();
   }
 
@@ -356,7 +377,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
         kReceivePacketsPerWakeup);
     d->endpoint->OnTimers(MonotonicNowUs());
     endpoint->EndBatch();
-    d->socket->Flush();
+    FlushSocket(d);
     d->owner->DeliverFromLoop();
   }
 
@@ -490,7 +511,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       return Napi::Number::New(env, -1);
     }
     const uint32_t session = driver_->endpoint->Connect(normalized, MonotonicNowUs());
-    driver_->socket->Flush();
+    FlushSocket(driver_);
     ArmTimer();
     return Napi::Number::New(env, session);
   }
@@ -545,7 +566,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
           Napi::Error::New(env, "submit: cannot reference a lent payload").ThrowAsJavaScriptException();
           return env.Undefined();
         }
-        Lender lender = std::make_shared<JsLender>(env, ref, driver_->env_alive);
+        driver_->lent->env = env;
+        Lender lender = std::make_shared<JsLender>(driver_->lent, ref);
         const uint64_t tag = static_cast<uint64_t>(id);
         const CallStatus status = endpoint->CallLent(session, code, tag, head, body,
                                                      std::move(lender),
@@ -579,7 +601,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     }
     batch.End();  // sealed here, before the socket flushes
     ++submits_;
-    driver_->socket->Flush();
+    FlushSocket(driver_);
     ArmTimer();
     return TakeBatch(env);  // events the submissions produced (e.g. refusals), saving a drain()
   }
@@ -592,7 +614,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     if (!CheckOpen(env)) return env.Undefined();
     const bool started =
         driver_->endpoint->Disconnect(info[0].As<Napi::Number>().Uint32Value(), MonotonicNowUs());
-    driver_->socket->Flush();
+    FlushSocket(driver_);
     ArmTimer();
     return Napi::Boolean::New(env, started);
   }
@@ -646,7 +668,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     const double grace_ms = info[1].As<Napi::Number>().DoubleValue();
     const bool ok = driver_->endpoint->RotateKey(
         *newest, static_cast<uint64_t>(grace_ms < 0 ? 0 : grace_ms * 1000), MonotonicNowUs());
-    driver_->socket->Flush();
+    FlushSocket(driver_);
     ArmTimer();
     return Napi::Boolean::New(env, ok);
   }
@@ -698,6 +720,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("udpSendErrors", u.send_errors);
     set("udpTruncated", u.truncated_rx);
     set("udpSendCalls", u.send_calls);
+    set("udpDatagramsPinned", u.datagrams_pinned);
     set("udpDatagramsSent", u.datagrams_sent);
     set("udpBundledPackets", u.bundled_packets);
     set("udpBadBundles", u.bad_bundles);

@@ -65,6 +65,11 @@ for (const encryption of [false, true]) {
       t.true(Buffer.from(response).equals(expected), 'the server got head ++ body');
       t.true(await collected(ref), 'released once the call ended');
       t.true((client.stats().requestsLent ?? 0) >= 1);
+      // Plaintext: the lent body's packets left from the lent bytes (no copy into the socket's
+      // batch); encrypted: sealing is the copy, straight into the batch.
+      const pinned = client.stats().udpDatagramsPinned ?? 0;
+      if (encryption) t.is(pinned, 0);
+      else t.true(pinned >= 4, `pinned ${pinned}`);
     } finally {
       await client.close();
       await server.close();

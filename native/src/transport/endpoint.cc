@@ -410,15 +410,20 @@ void Endpoint::SetPeerFailed(const PeerAddress& peer, bool failed) {
 }
 
 void Endpoint::SendRaw(const PeerAddress& to, const Header& header,
-                       std::span<const uint8_t> payload) {
+                       std::span<const uint8_t> payload, bool pinned) {
   uint8_t bytes[kHeaderBytes];
   Encode(header, bytes);
-  Transmit(to, header.type, std::span<const uint8_t>(bytes, kHeaderBytes), payload);
+  Transmit(to, header.type, std::span<const uint8_t>(bytes, kHeaderBytes), payload, 1, pinned);
 }
 
 void Endpoint::Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
-                        std::span<const uint8_t> payload, uint32_t packets) {
-  if (Admit(to, type, header.size() + payload.size(), packets)) io_->Send(to, header, payload);
+                        std::span<const uint8_t> payload, uint32_t packets, bool pinned) {
+  if (!Admit(to, type, header.size() + payload.size(), packets)) return;
+  if (pinned) {
+    io_->SendPinned(to, header, payload);
+  } else {
+    io_->Send(to, header, payload);
+  }
 }
 
 bool Endpoint::Admit(const PeerAddress& to, PacketType type, size_t bytes, uint32_t packets) {
@@ -435,11 +440,11 @@ bool Endpoint::Admit(const PeerAddress& to, PacketType type, size_t bytes, uint3
 }
 
 void Endpoint::SendPacket(const Session& session, const Header& header,
-                          std::span<const uint8_t> payload) {
+                          std::span<const uint8_t> payload, bool pinned) {
   if (session.security != nullptr && session.security->crypto != nullptr) {
-    return SendSealed(session, header, payload);
+    return SendSealed(session, header, payload);  // sealing is the copy (out of place)
   }
-  SendRaw(session.peer, header, payload);
+  SendRaw(session.peer, header, payload, pinned);
 }
 
 void Endpoint::ArmSessionTimer(Session* session, uint64_t when_us) {
@@ -473,14 +478,19 @@ Bytes Endpoint::MessageBuffer(Bytes previous, size_t bytes) {
 }
 
 std::span<const uint8_t> Endpoint::RequestSlice(const Session& session,
-                                                const RequestBytes& request, uint32_t index) {
+                                                const RequestBytes& request, uint32_t index,
+                                                bool* lent) {
+  if (lent != nullptr) *lent = false;
   const size_t bytes =
       SliceBytes(static_cast<uint32_t>(request.size()), session.data_bytes_per_packet, index);
   const size_t begin = static_cast<size_t>(index) * session.data_bytes_per_packet;
   const size_t head = request.head.size();
   if (bytes == 0) return {};
   if (begin + bytes <= head) return std::span<const uint8_t>(request.head.data() + begin, bytes);
-  if (begin >= head) return request.body.subspan(begin - head, bytes);
+  if (begin >= head) {
+    if (lent != nullptr) *lent = true;
+    return request.body.subspan(begin - head, bytes);
+  }
   // The packet that spans both (a lent request's head is a few bytes: the first packet).
   slice_scratch_.resize(bytes);
   std::memcpy(slice_scratch_.data(), request.head.data() + begin, head - begin);
@@ -654,7 +664,8 @@ void Endpoint::SendClientPacket(Session* s, const ClientSlot& slot, uint32_t pac
   // a fresh nonce like any other packet).
   const bool is_request = packet_number < slot.request_packets;
   std::span<const uint8_t> payload;
-  if (is_request) payload = RequestSlice(*s, slot.request, packet_number);
+  bool lent = false;
+  if (is_request) payload = RequestSlice(*s, slot.request, packet_number, &lent);
   Header h;
   h.type = is_request ? PacketType::kRequest : PacketType::kRequestForResponse;
   h.request_type = slot.request_type;
@@ -662,7 +673,7 @@ void Endpoint::SendClientPacket(Session* s, const ClientSlot& slot, uint32_t pac
   h.message_bytes = static_cast<uint32_t>(slot.request.size());
   h.packet_number = packet_number;
   h.request_number = slot.request_number;
-  SendPacket(*s, h, payload);
+  SendPacket(*s, h, payload, lent);
 }
 
 void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uint64_t now_us) {

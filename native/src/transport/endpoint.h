@@ -143,6 +143,8 @@ struct ServerRequest {
 // call ends (its kResponse event, whatever the status, or the endpoint's destruction) and then
 // drops it; the caller frees or reuses the bytes once its last reference is gone (a shared_ptr
 // whose deleter releases them, e.g. the addon's reference to a JS buffer).
+// A lender whose bytes the endpoint sent pinned (PacketIo::SendPinned) must keep them until the
+// I/O flushed them, even if the call ended meanwhile.
 using Lender = std::shared_ptr<const void>;
 
 // The packet sender. Implementations must finish with (or copy) both spans before returning.
@@ -158,6 +160,14 @@ class PacketIo {
   virtual uint8_t* Reserve(const PeerAddress& /*to*/, size_t /*bytes*/) { return nullptr; }
   // Takes back the latest Reserve (only right after it, before any other call).
   virtual void Unreserve() {}
+  // Send without copying `payload` (the header is copied): the endpoint uses it for packets of
+  // a lent request body (CallLent), and the lender guarantees those bytes stay valid and
+  // unchanged until this I/O has flushed them -- the addon defers releasing a lent JS buffer
+  // until after its next socket flush. The default copies, like Send.
+  virtual void SendPinned(const PeerAddress& to, std::span<const uint8_t> header,
+                          std::span<const uint8_t> payload) {
+    Send(to, header, payload);
+  }
 };
 
 // The hook through which a congestion controller paces client packets (congestion_gate.h runs
@@ -382,13 +392,15 @@ class Endpoint {
   void EmitSession(uint32_t session, SessionEventKind kind, uint64_t reason,
                    std::vector<uint8_t> bytes = {});
   void EmitResponse(uint32_t session, uint64_t tag, CallStatus status, Bytes bytes = {});
+  // pinned: `payload` lies in a lent request body (PacketIo::SendPinned; plaintext only).
   void SendPacket(const Session& session, const Header& header,
-                  std::span<const uint8_t> payload = {});
-  void SendRaw(const PeerAddress& to, const Header& header, std::span<const uint8_t> payload);
+                  std::span<const uint8_t> payload = {}, bool pinned = false);
+  void SendRaw(const PeerAddress& to, const Header& header, std::span<const uint8_t> payload,
+               bool pinned = false);
   // Counts a datagram about to leave and rolls injected loss: false if it is dropped.
   bool Admit(const PeerAddress& to, PacketType type, size_t bytes, uint32_t packets);
   void Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
-                std::span<const uint8_t> payload, uint32_t packets = 1);
+                std::span<const uint8_t> payload, uint32_t packets = 1, bool pinned = false);
   // payload: the packet's bytes after its header (plaintext, wherever it was opened to).
   void Dispatch(const PeerAddress& from, const Header& header, std::span<const uint8_t> payload,
                 uint64_t now_us);
@@ -403,7 +415,7 @@ class Endpoint {
   // A request packet's bytes: a view of the copied head or of the lent body, or (for the one
   // packet that spans both) the two joined in slice_scratch_, valid until the next call.
   std::span<const uint8_t> RequestSlice(const Session& session, const RequestBytes& request,
-                                        uint32_t packet_index);
+                                        uint32_t packet_index, bool* lent = nullptr);
 
   // client side
   void StartQueued(Session* session, uint64_t now_us);
