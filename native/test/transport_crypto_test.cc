@@ -780,14 +780,22 @@ std::vector<uint8_t> Joined(const std::vector<uint8_t>& head, const std::vector<
 }
 }  // namespace
 
+namespace {
+// Multi-packet messages under loss, sealed or not. Encrypted: packets large enough to be
+// sealed into the I/O's buffer (SealRoom).
+EndpointConfig LossyLarge(bool encrypted) {
+  EndpointConfig config = encrypted ? Encrypted({MakeGroupKey(1, 0x11)}) : EndpointConfig{};
+  config.packet_bytes_max = encrypted ? 9000 : 1024;
+  config.retransmit_timeout_us = 2000;
+  config.retransmit_timeout_min_us = 1000;
+  config.peer_failure_timeout_us = 60'000'000;
+  return config;
+}
+}  // namespace
+
 TEST(transport_lent_request_is_sent_from_the_lent_bytes_under_loss_and_released_at_its_end) {
   for (const bool encrypted : {false, true}) {
-    EndpointConfig config = encrypted ? Encrypted({MakeGroupKey(1, 0x11)}) : EndpointConfig{};
-    // Encrypted: packets large enough to be sealed into the I/O's buffer (SealRoom).
-    config.packet_bytes_max = encrypted ? 9000 : 1024;
-    config.retransmit_timeout_us = 2000;
-    config.retransmit_timeout_min_us = 1000;
-    config.peer_failure_timeout_us = 60'000'000;
+    const EndpointConfig config = LossyLarge(encrypted);
     Net net(config, config);
     net.reserve = encrypted;  // sealed straight from the lent bytes into the I/O's buffer
     const uint32_t session = net.Connect();
@@ -892,11 +900,7 @@ TEST(transport_buffer_pool_reuses_fitting_buffers_within_its_bound) {
 
 TEST(transport_large_requests_assemble_in_pooled_buffers_given_back_by_the_application) {
   for (const bool encrypted : {false, true}) {
-    EndpointConfig config = encrypted ? Encrypted({MakeGroupKey(1, 0x11)}) : EndpointConfig{};
-    config.packet_bytes_max = encrypted ? 9000 : 1024;
-    config.retransmit_timeout_us = 2000;
-    config.retransmit_timeout_min_us = 1000;
-    config.peer_failure_timeout_us = 60'000'000;
+    const EndpointConfig config = LossyLarge(encrypted);
     Net net(config, config);
     net.reserve = encrypted;
     auto pool = std::make_shared<BufferPool>(10'000, 1u << 20);
