@@ -735,27 +735,6 @@ TEST(crypto_transport_a_tampered_confirm_is_refused_on_both_sides) {
   CHECK_EQ(net.server.security_stats().crypto.handshake_bad_mac, 1u);
 }
 
-TEST(crypto_transport_port_unreachable_reports_name_sealed_sessions_by_their_clear_header) {
-  // An ICMP report quotes the sealed datagram: its header (associated data, in the clear)
-  // still names the session, so the port-unreachable rule works on encrypted sessions too.
-  const auto key = MakeGroupKey(1, 0x11);
-  Net net(Encrypted({key}), Encrypted({key}));
-  const uint32_t session = net.Connect();
-  CHECK(net.client.SessionIsConnected(session));
-  CHECK(net.client.Call(session, 3, 1, Marked(40, 1), 0, net.now_us) == CallStatus::kOk);
-  const Datagram request = net.sent.back();  // sealed, from the client
-  CHECK(request.from == net.client_address && (HeaderOf(request).flags & kFlagEncrypted) != 0);
-  net.queue.clear();  // the server is gone: nothing reaches it any more
-  net.client.OnUnreachable(net.server_address, request.bytes, net.now_us + 10);
-  const Datagram ping = net.sent.back();  // the confirming PING, sealed as well
-  CHECK(HeaderOf(ping).type == PacketType::kPing && (HeaderOf(ping).flags & kFlagEncrypted) != 0);
-  net.client.OnUnreachable(net.server_address, ping.bytes, net.now_us + 20);
-  net.Step();
-  const Event* failed = net.FindEvent(net.client_events, SessionEventKind::kPeerFailed);
-  CHECK(failed != nullptr && failed->id == static_cast<uint64_t>(PeerFailure::kPortUnreachable));
-  CHECK_EQ(net.client.stats().peer_failures_unreachable, 1u);
-}
-
 // --- Lent requests (Endpoint::CallLent): the body is read in place until the call ends ---
 
 namespace {
@@ -937,4 +916,25 @@ TEST(transport_large_requests_assemble_in_pooled_buffers_given_back_by_the_appli
     CHECK(held[2].bytes == third);
     CHECK(held[1].bytes == second);
   }
+}
+
+TEST(crypto_transport_port_unreachable_reports_name_sealed_sessions_by_their_clear_header) {
+  // An ICMP report quotes the sealed datagram: its header (associated data, in the clear)
+  // still names the session, so the port-unreachable rule works on encrypted sessions too.
+  const auto key = MakeGroupKey(1, 0x11);
+  Net net(Encrypted({key}), Encrypted({key}));
+  const uint32_t session = net.Connect();
+  CHECK(net.client.SessionIsConnected(session));
+  CHECK(net.client.Call(session, 3, 1, Marked(40, 1), 0, net.now_us) == CallStatus::kOk);
+  const Datagram request = net.sent.back();  // sealed, from the client
+  CHECK(request.from == net.client_address && (HeaderOf(request).flags & kFlagEncrypted) != 0);
+  net.queue.clear();  // the server is gone: nothing reaches it any more
+  net.client.OnUnreachable(net.server_address, request.bytes, net.now_us + 10);
+  const Datagram ping = net.sent.back();  // the confirming PING, sealed as well
+  CHECK(HeaderOf(ping).type == PacketType::kPing && (HeaderOf(ping).flags & kFlagEncrypted) != 0);
+  net.client.OnUnreachable(net.server_address, ping.bytes, net.now_us + 20);
+  net.Step();
+  const Event* failed = net.FindEvent(net.client_events, SessionEventKind::kPeerFailed);
+  CHECK(failed != nullptr && failed->id == static_cast<uint64_t>(PeerFailure::kPortUnreachable));
+  CHECK_EQ(net.client.stats().peer_failures_unreachable, 1u);
 }
