@@ -9,6 +9,9 @@
  *   - beside them, the raw transport's one-way rate from one member to the 2 others (the
  *     ceiling: total bytes/s leaving the sender), at 100 B and 1 MiB, each measured just before
  *     the ordered case it is the baseline of (the machine's load drifts within a run).
+ * `--mib N` runs only the 1 MiB ceiling and the ordered 1 MiB case, N rounds on the same members
+ * (for before/after comparisons of the large-message path; each line carries its own ceiling);
+ * `--mib N --no-ceiling` skips the ceilings (to profile the ordered case alone with perf).
  * Then the large cases again on fresh member processes whose endpoints use a 40 ms
  * retransmission timeout instead of the transport's 10 ms default, ceiling included: under the
  * load of this shared VM a process is often descheduled for more than 10 ms, the fixed timeout
@@ -155,6 +158,8 @@ export async function run(args: string[]): Promise<void> {
   const quick = args.includes('--quick');
   const timeoutMs = quick ? 20_000 : 60_000;
   const ceilingSeconds = quick ? 1.5 : 3;
+  const mibAt = args.indexOf('--mib');
+  if (mibAt >= 0) return mibRounds(Number(args[mibAt + 1] ?? 3), timeoutMs, args.includes('--no-ceiling') ? 0 : ceilingSeconds);
   const members = await startMembers(3);
   try {
     const driverOptions = process.env.MC_DRIVER ? JSON.parse(process.env.MC_DRIVER) as object : undefined;
@@ -207,6 +212,24 @@ export async function run(args: string[]): Promise<void> {
     await stopMembers(members);
   }
   await largeWithSlowerRetransmission(quick, timeoutMs, ceilingSeconds);
+}
+
+/** `--mib N`: the 1 MiB ceiling (unless ceilingSeconds is 0) and ordered 1 MiB case, N times. */
+async function mibRounds(rounds: number, timeoutMs: number, ceilingSeconds: number): Promise<void> {
+  const members = await startMembers(3);
+  try {
+    await startShard(members, ORDERED, { mode: 'ordered', limits: LIMITS });
+    for (let round = 0; round < rounds; round++) {
+      const c = ceilingSeconds > 0 ? await ceiling(members, MIB, ceilingSeconds) : null;
+      const t = throughput(await phase(members, ORDERED, MIB, 120, 3, 0, timeoutMs));
+      report({
+        suite: 'multicast', case: 'ordered all senders 1 MiB: delivered MB/s per member', value: Number(t.mbps.toFixed(2)), unit: 'MB/s',
+        baselines: c === null ? {} : { transport_ceiling_MBps: Number(c.mbps.toFixed(1)) }, ...details(t),
+      });
+    }
+  } finally {
+    await stopMembers(members);
+  }
 }
 
 /** The 1 MiB (and 16 MiB) cases on endpoints with a 40 ms retransmission timeout. */

@@ -16,6 +16,10 @@
 //   0 u8 kind | 1 u8 code | 2 u16 flags (bit 0: payload is extras[index]) | 4 u32 session
 //   8 u32 slot or timeout ms | 12 u32 payload bytes | 16 f64 id (tag or request number)
 //  24 payload, padded to 8 bytes (absent when in extras)
+// A lent call (JS -> native, flag bit 1): the payload is [u32 extras index][u32 0][head]; the
+// request is head ++ extras[index], and extras[index] is lent, not copied (Endpoint::CallLent):
+// a reference to it is held until the call ends, and JS must not change it before its promise
+// settles.
 #include <napi.h>
 #include <uv.h>
 
@@ -38,8 +42,12 @@ using namespace squall::transport;
 
 constexpr size_t kRecordHeaderBytes = 24;
 constexpr size_t kExternalPayloadBytesMin = 64 * 1024;
+// Received messages handed to JS as external buffers go back to the endpoint's BufferPool when
+// JS collects them (bytes.h); at most this much is kept for reuse.
+constexpr size_t kReceivePoolBytesMax = 64u << 20;
 constexpr size_t kReceivePacketsPerWakeup = 1024;
 constexpr uint16_t kFlagPayloadInExtras = 1;
+constexpr uint16_t kFlagLentBody = 2;
 // UV_PRIORITIZED as well: a queued ICMP error polls as EPOLLERR | EPOLLPRI (SO_SELECT_ERR_QUEUE),
 // and libuv stops a poll handle that reports EPOLLERR without EPOLLPRI (udp_socket.h).
 constexpr int kPollEvents = UV_READABLE | UV_PRIORITIZED;
@@ -56,6 +64,34 @@ uint32_t Get32(const uint8_t* p) {
 }
 
 class NativeEndpoint;
+
+// References to lent JS buffers the core has dropped (JsLender), deleted only after the next
+// socket flush: the core may have queued datagrams that point into a lent buffer
+// (PacketIo::SendPinned) and dropped the call before they left. After environment teardown
+// began, references are left to Node (which frees every reference of the environment).
+struct LentReferences {
+  napi_env env = nullptr;
+  bool env_alive = true;
+  std::vector<napi_ref> dropped;
+  void DeleteDropped() {
+    if (env_alive) {
+      for (napi_ref ref : dropped) napi_delete_reference(env, ref);
+    }
+    dropped.clear();
+  }
+};
+
+// Keeps a lent JS buffer alive while the core reads it (Lender): a strong reference, handed to
+// LentReferences when the core drops the call.
+struct JsLender {
+  std::shared_ptr<LentReferences> references;
+  napi_ref ref;
+  JsLender(std::shared_ptr<LentReferences> r, napi_ref reference)
+      : references(std::move(r)), ref(reference) {}
+  ~JsLender() { references->dropped.push_back(ref); }
+  JsLender(const JsLender&) = delete;
+  JsLender& operator=(const JsLender&) = delete;
+};
 
 // Endpoint::BeginBatch/EndBatch for a scope with early returns; End() may come first.
 class EndpointBatch {
@@ -89,6 +125,29 @@ struct Driver {
   uint64_t timer_armed_us = UINT64_MAX;
   uint64_t poll_restarts = 0;  // see OnReadable
   std::vector<Event> events;
+  std::shared_ptr<LentReferences> lent = std::make_shared<LentReferences>();  // see JsLender
+  std::shared_ptr<BufferPool> pool =
+      std::make_shared<BufferPool>(kExternalPayloadBytesMin, kReceivePoolBytesMax);
+};
+
+// Sends the queued datagrams, then deletes the references to lent buffers the core dropped
+// before (the datagrams may have pointed into them). Every socket flush of the addon is this.
+void FlushSocket(Driver* d) {
+  d->socket->Flush();
+  d->lent->DeleteDropped();
+}
+
+// The memory of an external ArrayBuffer handed to JS: a message's buffer, given back to the
+// pool (not freed) once JS has collected the ArrayBuffer -- only then, so a buffer JS can still
+// read is never reused. The pool outlives the endpoint as long as such buffers exist.
+struct ExternalMessage {
+  Bytes bytes;
+  std::shared_ptr<BufferPool> pool;
+  static void Finalize(napi_env /*env*/, void* /*data*/, void* hint) {
+    auto* self = static_cast<ExternalMessage*>(hint);
+    self->pool->Give(std::move(self->bytes));
+    delete self;
+  }
 };
 
 class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
@@ -216,6 +275,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     driver_->endpoint = std::make_unique<Endpoint>(c, driver_->socket.get());
     driver_->gate = std::make_unique<CongestionGate>(cc, c.sessions_max, MonotonicNowUs());
     driver_->endpoint->SetSendGate(driver_->gate.get());
+    driver_->endpoint->SetBufferPool(driver_->pool);
     Endpoint* endpoint = driver_->endpoint.get();
     driver_->socket->SetUnreachableHandler(
         [endpoint](const PeerAddress& to, std::span<const uint8_t> quoted) {
@@ -242,6 +302,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
   static void OnEnvTeardown(napi_async_cleanup_hook_handle /*handle*/, void* arg) {
     Driver* d = static_cast<Driver*>(arg);
     if (d->owner != nullptr) d->owner->Shutdown(false);
+    d->lent->env_alive = false;  // references still held are left to Node
   }
 
   // Stops the endpoint: fails pending work locally, optionally tells peers, closes handles.
@@ -250,7 +311,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     Driver* d = driver_;
     driver_ = nullptr;
     d->endpoint->Shutdown(tell_peers, MonotonicNowUs());
-    d->socket->Flush();
+    FlushSocket(d);
     d->owner = nullptr;
     uv_poll_stop(&d->poll);
     uv_timer_stop(&d->timer);
@@ -262,6 +323,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     Driver* d = static_cast<Driver*>(handle->data);
     if (--d->open_handles != 0) return;
     if (d->cleanup != nullptr) napi_remove_async_cleanup_hook(d->cleanup);
+    d->endpoint.reset();       // drops whatever it still lent (nothing is queued any more)
+    d->lent->DeleteDropped();
     delete d;
   }
 
@@ -294,7 +357,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     if ((events & UV_PRIORITIZED) != 0) d->socket->DrainErrors();
     endpoint->OnTimers(MonotonicNowUs());
     endpoint->EndBatch();
-    d->socket->Flush();
+    FlushSocket(d);
     d->owner->DeliverFromLoop();
   }
 
@@ -314,7 +377,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
         kReceivePacketsPerWakeup);
     d->endpoint->OnTimers(MonotonicNowUs());
     endpoint->EndBatch();
-    d->socket->Flush();
+    FlushSocket(d);
     d->owner->DeliverFromLoop();
   }
 
@@ -404,13 +467,12 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       std::memcpy(out + 16, &id, 8);
       out += kRecordHeaderBytes;
       if (external) {
-        // The core's buffer becomes the ArrayBuffer's memory; freed when JS collects it.
-        auto* owned = new std::vector<uint8_t>(std::move(e.bytes));
+        // The core's buffer becomes the ArrayBuffer's memory; back to the pool when JS collects it.
+        auto* owned = new ExternalMessage{std::move(e.bytes), driver_->pool};
         napi_value buffer;
-        if (napi_create_external_arraybuffer(
-                env, owned->data(), owned->size(),
-                [](napi_env, void*, void* hint) { delete static_cast<std::vector<uint8_t>*>(hint); },
-                owned, &buffer) != napi_ok) {
+        if (napi_create_external_arraybuffer(env, owned->bytes.data(), owned->bytes.size(),
+                                             &ExternalMessage::Finalize, owned,
+                                             &buffer) != napi_ok) {
           delete owned;
           napi_get_undefined(env, &buffer);
         }
@@ -449,7 +511,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       return Napi::Number::New(env, -1);
     }
     const uint32_t session = driver_->endpoint->Connect(normalized, MonotonicNowUs());
-    driver_->socket->Flush();
+    FlushSocket(driver_);
     ArmTimer();
     return Napi::Number::New(env, session);
   }
@@ -487,6 +549,32 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       std::memcpy(&id, p + 16, 8);
       p += kRecordHeaderBytes;
       std::span<const uint8_t> payload;
+      if ((flags & kFlagLentBody) != 0 && kind == kSubmitCall) {
+        if (bytes < 8 || p + bytes > end) break;  // malformed tail: ignore
+        const uint32_t index = Get32(p);
+        const std::span<const uint8_t> head(p + 8, bytes - 8);
+        p += Pad8(bytes);
+        Napi::Value v = extras.IsEmpty() ? env.Undefined() : extras.Get(index);
+        if (!v.IsTypedArray()) {
+          Napi::TypeError::New(env, "submit: missing lent payload").ThrowAsJavaScriptException();
+          return env.Undefined();
+        }
+        Napi::Uint8Array array = v.As<Napi::Uint8Array>();
+        const std::span<const uint8_t> body(array.Data(), array.ByteLength());
+        napi_ref ref = nullptr;
+        if (napi_create_reference(env, v, 1, &ref) != napi_ok) {
+          Napi::Error::New(env, "submit: cannot reference a lent payload").ThrowAsJavaScriptException();
+          return env.Undefined();
+        }
+        driver_->lent->env = env;
+        Lender lender = std::make_shared<JsLender>(driver_->lent, ref);
+        const uint64_t tag = static_cast<uint64_t>(id);
+        const CallStatus status = endpoint->CallLent(session, code, tag, head, body,
+                                                     std::move(lender),
+                                                     uint64_t{slot_or_timeout} * 1000, now);
+        if (status != CallStatus::kOk) endpoint->FailCall(session, tag, status);
+        continue;
+      }
       if ((flags & kFlagPayloadInExtras) != 0) {
         const uint32_t index = bytes;  // the record's length field holds the extras index
         Napi::Value v = extras.IsEmpty() ? env.Undefined() : extras.Get(index);
@@ -513,7 +601,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     }
     batch.End();  // sealed here, before the socket flushes
     ++submits_;
-    driver_->socket->Flush();
+    FlushSocket(driver_);
     ArmTimer();
     return TakeBatch(env);  // events the submissions produced (e.g. refusals), saving a drain()
   }
@@ -526,7 +614,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     if (!CheckOpen(env)) return env.Undefined();
     const bool started =
         driver_->endpoint->Disconnect(info[0].As<Napi::Number>().Uint32Value(), MonotonicNowUs());
-    driver_->socket->Flush();
+    FlushSocket(driver_);
     ArmTimer();
     return Napi::Boolean::New(env, started);
   }
@@ -580,7 +668,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     const double grace_ms = info[1].As<Napi::Number>().DoubleValue();
     const bool ok = driver_->endpoint->RotateKey(
         *newest, static_cast<uint64_t>(grace_ms < 0 ? 0 : grace_ms * 1000), MonotonicNowUs());
-    driver_->socket->Flush();
+    FlushSocket(driver_);
     ArmTimer();
     return Napi::Boolean::New(env, ok);
   }
@@ -604,6 +692,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("nacksSent", s.nacks_sent);
     set("duplicateResponses", s.duplicate_responses);
     set("requestsStarted", s.requests_started);
+    set("requestsLent", s.requests_lent);
     set("requestsCompleted", s.requests_completed);
     set("handlersRun", s.handlers_run);
     set("timeouts", s.timeouts);
@@ -625,9 +714,13 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     const UdpStats& u = driver_->socket->stats();
     set("jsBatchesDelivered", batches_delivered_);
     set("jsSubmits", submits_);
+    // Large received messages assembled in a reused buffer vs a fresh one (BufferPool).
+    set("receiveBuffersReused", driver_->pool->reused());
+    set("receiveBuffersFresh", driver_->pool->fresh());
     set("udpSendErrors", u.send_errors);
     set("udpTruncated", u.truncated_rx);
     set("udpSendCalls", u.send_calls);
+    set("udpDatagramsPinned", u.datagrams_pinned);
     set("udpDatagramsSent", u.datagrams_sent);
     set("udpBundledPackets", u.bundled_packets);
     set("udpBadBundles", u.bad_bundles);

@@ -88,7 +88,7 @@ Result Run(uint32_t sessions, uint64_t calls, bool encrypted) {
   // As the addon drives an endpoint (transport_bench_support.h); the server echoes.
   auto pump = [&](uint64_t now) {
     return drive::PumpOnce(client, server, to_server, to_client, client_address, server_address,
-                           now, &events, [](const Event& e) -> const std::vector<uint8_t>& {
+                           now, &events, [](const Event& e) -> const Bytes& {
                              return e.bytes;
                            });
   };

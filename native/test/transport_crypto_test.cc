@@ -81,6 +81,7 @@ struct Net {
   std::vector<Event> client_events, server_events;
   std::map<uint64_t, std::vector<uint8_t>> responses;  // tag -> bytes
   uint64_t handler_runs = 0;
+  std::vector<Event>* kept_requests = nullptr;  // set: request events are kept here (answered)
 
   Net(const EndpointConfig& client_config, const EndpointConfig& server_config)
       : client(client_config, &client_port), server(server_config, &server_port) {
@@ -103,6 +104,7 @@ struct Net {
         ++handler_runs;
         std::vector<uint8_t> answer(e.bytes.rbegin(), e.bytes.rend());
         server.Respond({e.session, e.slot, e.id}, CallStatus::kOk, answer, now_us);
+        if (kept_requests != nullptr) kept_requests->push_back(std::move(e));
       } else {
         server_events.push_back(std::move(e));
       }
@@ -110,7 +112,7 @@ struct Net {
     events.clear();
     client.TakeEvents(&events);
     for (auto& e : events) {
-      if (e.kind == EventKind::kResponse && e.code == 0) responses[e.id] = e.bytes;
+      if (e.kind == EventKind::kResponse && e.code == 0) responses[e.id].assign(e.bytes.begin(), e.bytes.end());
       client_events.push_back(std::move(e));
     }
   }
@@ -731,6 +733,189 @@ TEST(crypto_transport_a_tampered_confirm_is_refused_on_both_sides) {
   CHECK(!net.HasEvent(net.server_events, SessionEventKind::kAccepted));
   CHECK_EQ(net.server.stats().sessions_opened, 0u);
   CHECK_EQ(net.server.security_stats().crypto.handshake_bad_mac, 1u);
+}
+
+// --- Lent requests (Endpoint::CallLent): the body is read in place until the call ends ---
+
+namespace {
+// A lent body: its lender poisons the bytes (0xDD) when the endpoint drops its reference, so a
+// packet read from them afterwards carries the poison and the response check fails.
+struct LentBody {
+  std::vector<uint8_t> bytes;
+  bool released = false;
+  Lender Lend() {
+    return std::shared_ptr<const void>(this, [](const void* p) {
+      auto* self = static_cast<LentBody*>(const_cast<void*>(p));
+      std::fill(self->bytes.begin(), self->bytes.end(), uint8_t{0xDD});
+      self->released = true;
+    });
+  }
+};
+
+std::vector<uint8_t> Joined(const std::vector<uint8_t>& head, const std::vector<uint8_t>& body) {
+  std::vector<uint8_t> out = head;
+  out.insert(out.end(), body.begin(), body.end());
+  return out;
+}
+}  // namespace
+
+namespace {
+// Multi-packet messages under loss, sealed or not. Encrypted: packets large enough to be
+// sealed into the I/O's buffer (SealRoom).
+EndpointConfig LossyLarge(bool encrypted) {
+  EndpointConfig config = encrypted ? Encrypted({MakeGroupKey(1, 0x11)}) : EndpointConfig{};
+  config.packet_bytes_max = encrypted ? 9000 : 1024;
+  config.retransmit_timeout_us = 2000;
+  config.retransmit_timeout_min_us = 1000;
+  config.peer_failure_timeout_us = 60'000'000;
+  return config;
+}
+}  // namespace
+
+TEST(transport_lent_request_is_sent_from_the_lent_bytes_under_loss_and_released_at_its_end) {
+  for (const bool encrypted : {false, true}) {
+    const EndpointConfig config = LossyLarge(encrypted);
+    Net net(config, config);
+    net.reserve = encrypted;  // sealed straight from the lent bytes into the I/O's buffer
+    const uint32_t session = net.Connect();
+    CHECK(net.client.SessionIsConnected(session));
+    net.loss = 0.1;  // retransmissions read the lent bytes again, long after CallLent returned
+    // A 13-byte head (copied) and a body spanning many packets: packet 0 joins the two.
+    const std::vector<uint8_t> head = Marked(13, 1);
+    LentBody body{Marked(40'000, 2)};
+    const std::vector<uint8_t> request = Joined(head, body.bytes);
+    CHECK(net.client.CallLent(session, 3, 7, head, body.bytes, body.Lend(), 0, net.now_us) ==
+          CallStatus::kOk);
+    CHECK_EQ(net.client.stats().requests_lent, 1u);
+    CHECK(!body.released);
+    CHECK(net.RunUntil(net.now_us + 20'000'000, [&] { return net.responses.count(7) == 1; }));
+    CHECK(net.client.stats().retransmissions > 0);
+    CHECK_EQ(net.handler_runs, 1u);
+    CHECK(net.responses[7] == std::vector<uint8_t>(request.rbegin(), request.rend()));
+    CHECK(body.released);  // dropped when the call completed
+    // Encrypted: sealed out of place from the lent bytes, and no plaintext crossed the wire.
+    if (encrypted) {
+      CHECK(net.client.stats().sealed_into_send_batch > 0);
+      const std::vector<uint8_t> plain(request.begin() + 3000, request.begin() + 3064);
+      for (const Datagram& d : net.sent) CHECK(!Contains(d.bytes, plain));
+    }
+  }
+}
+
+TEST(transport_lent_request_is_released_on_every_ending_and_never_kept_when_refused) {
+  EndpointConfig config;
+  config.packet_bytes_max = 1024;
+  config.slots_per_session = 1;  // a second call waits in the backlog
+  config.retransmit_timeout_us = 2000;
+  config.retransmit_timeout_min_us = 1000;
+  config.peer_failure_timeout_us = 60'000'000;
+  config.message_bytes_max = 64 * 1024;
+  // Declared before the endpoints, so that they outlive every reference the endpoints hold.
+  LentBody huge{std::vector<uint8_t>(65 * 1024, 1)};
+  LentBody running{Marked(5000, 4)}, queued{Marked(5000, 5)};
+  LentBody closed_slot{Marked(5000, 6)}, closed_queue{Marked(5000, 7)};
+  LentBody at_exit{Marked(5000, 8)};
+  Net net(config, config);
+  uint32_t session = net.Connect();
+  const std::vector<uint8_t> head = Marked(8, 3);
+  // Refused at once (too large): no reference kept.
+  CHECK(net.client.CallLent(session, 3, 1, head, huge.bytes, huge.Lend(), 0, net.now_us) ==
+        CallStatus::kTooLarge);
+  CHECK(huge.released);
+  // The server hears nothing: the first call times out in its slot, the second in the backlog.
+  net.hold = [](const Datagram&) { return true; };
+  CHECK(net.client.CallLent(session, 3, 2, head, running.bytes, running.Lend(), 30'000,
+                            net.now_us) == CallStatus::kOk);
+  CHECK(net.client.CallLent(session, 3, 3, head, queued.bytes, queued.Lend(), 20'000,
+                            net.now_us) == CallStatus::kOk);
+  net.RunUntil(net.now_us + 25'000, [&] { return queued.released; });
+  CHECK(queued.released);  // its deadline passed while it waited for the slot
+  CHECK(!running.released);
+  net.RunUntil(net.now_us + 25'000, [&] { return running.released; });
+  CHECK(running.released);  // its deadline passed while its packets went unanswered
+  // Session closed locally (its calls end at once), and the endpoint destroyed.
+  CHECK(net.client.CallLent(session, 3, 4, head, closed_slot.bytes, closed_slot.Lend(), 0,
+                            net.now_us) == CallStatus::kOk);
+  CHECK(net.client.CallLent(session, 3, 5, head, closed_queue.bytes, closed_queue.Lend(), 0,
+                            net.now_us) == CallStatus::kOk);
+  CHECK(net.client.Disconnect(session, net.now_us));
+  CHECK(closed_slot.released && closed_queue.released);
+  {
+    Net other(config, config);
+    session = other.Connect();
+    other.hold = [](const Datagram&) { return true; };
+    CHECK(other.client.CallLent(session, 3, 6, head, at_exit.bytes, at_exit.Lend(), 0,
+                                other.now_us) == CallStatus::kOk);
+    other.RunUntil(other.now_us + 5'000, [] { return false; });
+    CHECK(!at_exit.released);
+  }
+  CHECK(at_exit.released);
+}
+
+// --- Large message buffers (BufferPool): reused only once given back ---
+
+TEST(transport_buffer_pool_reuses_fitting_buffers_within_its_bound) {
+  BufferPool pool(1000, 5000);
+  Bytes a = pool.Take(2000);
+  CHECK_EQ(a.size(), 2000u);
+  CHECK_EQ(pool.fresh(), 1u);
+  const uint8_t* memory = a.data();
+  pool.Give(std::move(a));
+  CHECK_EQ(pool.kept_bytes(), 2000u);
+  Bytes b = pool.Take(1500);  // fits: 2,000 is at least 1,500 and at most twice it
+  CHECK_EQ(pool.reused(), 1u);
+  CHECK(b.data() == memory);
+  CHECK_EQ(b.size(), 1500u);
+  CHECK_EQ(pool.kept_bytes(), 0u);
+  pool.Give(std::move(b));
+  Bytes c = pool.Take(900);  // 2,000 is more than twice 900: a fresh one
+  CHECK(c.data() != memory);
+  CHECK_EQ(pool.fresh(), 2u);
+  pool.Give(std::move(c));           // 900 < min_bytes: not kept
+  pool.Give(Bytes(2500));            // kept: 4,500 in all
+  pool.Give(Bytes(1000));            // beyond the 5,000 bound: freed
+  CHECK_EQ(pool.kept_bytes(), 4500u);
+}
+
+TEST(transport_large_requests_assemble_in_pooled_buffers_given_back_by_the_application) {
+  for (const bool encrypted : {false, true}) {
+    const EndpointConfig config = LossyLarge(encrypted);
+    Net net(config, config);
+    net.reserve = encrypted;
+    auto pool = std::make_shared<BufferPool>(10'000, 1u << 20);
+    net.server.SetBufferPool(pool);
+    const uint32_t session = net.Connect();
+    net.loss = 0.1;
+    // The server keeps each request's event (as the addon hands its buffer to JS) until the
+    // test gives the buffer back.
+    std::vector<Event> held;
+    net.kept_requests = &held;
+    auto run = [&](uint64_t tag, const std::vector<uint8_t>& request) {
+      CHECK(net.client.Call(session, 3, tag, request, 0, net.now_us) == CallStatus::kOk);
+      CHECK(net.RunUntil(net.now_us + 20'000'000, [&] { return net.responses.count(tag) == 1; }));
+    };
+    const std::vector<uint8_t> first = Marked(30'000, 1), second = Marked(30'000, 2);
+    run(1, first);
+    CHECK_EQ(held.size(), 1u);
+    CHECK(held[0].bytes == first);
+    const uint8_t* memory = held[0].bytes.data();
+    // Still held: the next request gets another buffer, and the held one is untouched.
+    run(2, second);
+    CHECK_EQ(held.size(), 2u);
+    CHECK(held[1].bytes.data() != memory);
+    CHECK(held[0].bytes == first);
+    CHECK(held[1].bytes == second);
+    CHECK_EQ(pool->reused(), 0u);
+    // Given back: the next request is assembled in that memory, and is exactly itself.
+    pool->Give(std::move(held[0].bytes));
+    const std::vector<uint8_t> third = Marked(25'000, 3);
+    run(3, third);
+    CHECK_EQ(held.size(), 3u);
+    CHECK_EQ(pool->reused(), 1u);
+    CHECK(held[2].bytes.data() == memory);
+    CHECK(held[2].bytes == third);
+    CHECK(held[1].bytes == second);
+  }
 }
 
 TEST(crypto_transport_port_unreachable_reports_name_sealed_sessions_by_their_clear_header) {

@@ -57,7 +57,7 @@ struct Restartable {
       events.clear();
       client->TakeEvents(&events);
       for (auto& e : events) {
-        if (e.kind == EventKind::kResponse) responses[e.id] = e.bytes;
+        if (e.kind == EventKind::kResponse) responses[e.id].assign(e.bytes.begin(), e.bytes.end());
       }
       if (!wire.DeliverOne(now_us)) now_us += 1000;
       now_us += 5;

@@ -16,7 +16,7 @@ using namespace squall::transport;
 namespace {
 // The server's answer to a request: its bytes reversed plus a size-derived tail, so a response
 // matched to the wrong request is detected.
-std::vector<uint8_t> Answer(const std::vector<uint8_t>& request, size_t response_bytes) {
+std::vector<uint8_t> Answer(std::span<const uint8_t> request, size_t response_bytes) {
   std::vector<uint8_t> out(response_bytes);
   for (size_t i = 0; i < response_bytes; ++i) {
     out[i] = request.empty() ? static_cast<uint8_t>(i)
@@ -63,7 +63,7 @@ struct Pair {
     events.clear();
     client.TakeEvents(&events);
     for (auto& e : events) {
-      if (e.kind == EventKind::kResponse) received[e.id] = std::move(e.bytes);
+      if (e.kind == EventKind::kResponse) received[e.id].assign(e.bytes.begin(), e.bytes.end());
       client_events.push_back(std::move(e));
     }
   }
@@ -175,14 +175,14 @@ TEST(transport_memory_wire_nested_call_from_a_handler) {
     c.TakeEvents(&events);
     for (auto& e : events) {
       if (e.kind != EventKind::kRequest) continue;
-      std::vector<uint8_t> doubled = e.bytes;
+      std::vector<uint8_t> doubled(e.bytes.begin(), e.bytes.end());
       doubled.insert(doubled.end(), e.bytes.begin(), e.bytes.end());
       c.Respond({e.session, e.slot, e.id}, CallStatus::kOk, doubled, 0);
     }
     events.clear();
     a.TakeEvents(&events);
     for (auto& e : events) {
-      if (e.kind == EventKind::kResponse) result = e.bytes;
+      if (e.kind == EventKind::kResponse) result.assign(e.bytes.begin(), e.bytes.end());
     }
   }
   std::vector<uint8_t> expected = Pattern(10, 1);
@@ -327,7 +327,7 @@ void UdpEcho(const char* host, const char* server_text_prefix) {
     events.clear();
     client.endpoint->TakeEvents(&events);
     for (auto& e : events) {
-      if (e.kind == EventKind::kResponse) received[e.id] = std::move(e.bytes);
+      if (e.kind == EventKind::kResponse) received[e.id].assign(e.bytes.begin(), e.bytes.end());
     }
   }
   CHECK_EQ(received.size(), sizes.size());

@@ -145,6 +145,11 @@ export interface MulticastDriverCounters {
   resent: number;
   /** RDMC blocks relayed in the frame they arrived in (header rewritten, no copy in JS). */
   blocksRelayedInPlace: number;
+  /**
+   * Large RDMC blocks (own or relayed) sent with the transport's callLent: only the 48-byte
+   * frame and block header is built, the block's bytes are sent from where they already are.
+   */
+  blocksLent: number;
 }
 
 interface Peer {
@@ -272,6 +277,7 @@ export class MulticastDriver {
     callFailures: 0,
     resent: 0,
     blocksRelayedInPlace: 0,
+    blocksLent: 0,
   };
 
   private readonly options: MulticastDriverOptions;
@@ -698,6 +704,21 @@ export class MulticastDriver {
       }
       peer.queue.splice(0, smcCount);
       const count = items.length;
+      if (count === 1 && isLargeBlock(items[0]!) && session.callLent !== undefined) {
+        // A large block alone, and a transport that sends from lent bytes: only the headers are
+        // built; the block's bytes (a view of the sender's payload or of the received frame,
+        // never changed: see send() and receiveFrame) are lent until the call settles.
+        const block = items[0] as BlockPacket;
+        const head = new Uint8Array(FRAME_HEADER_BYTES + LENGTH_BYTES + BLOCK_HEADER_BYTES);
+        const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+        view.setUint32(0, this.shard, true);
+        view.setUint32(FRAME_HEADER_BYTES, itemBytes(block), true);
+        encodeBlockHeaderInto(block, head, FRAME_HEADER_BYTES + LENGTH_BYTES);
+        peer.queuedBytes -= itemBytes(block);
+        this.counters.blocksLent++;
+        this.callFrame(peer, session, head, count, block.bytes);
+        continue;
+      }
       const inPlace = count === 1 && !(items[0] instanceof Uint8Array) ? this.relayFrame(items[0]!) : null;
       if (inPlace !== null) {
         // A relayed block alone in its frame: forward the frame it arrived in (no JS copy).
@@ -734,15 +755,20 @@ export class MulticastDriver {
     }
   }
 
-  /** Sends one built frame of `count` packets to `peer` (the transport copies it at once). */
-  private callFrame(peer: Peer, session: TransportSession, frame: Uint8Array, count: number): void {
-    const bytes = frame.byteLength;
+  /**
+   * Sends one built frame of `count` packets to `peer` (the transport copies it at once), or,
+   * with `lent`, the frame `frame` ++ `lent` through callLent (`lent` is held until it settles).
+   */
+  private callFrame(peer: Peer, session: TransportSession, frame: Uint8Array, count: number, lent?: Uint8Array): void {
+    const bytes = frame.byteLength + (lent?.byteLength ?? 0);
     peer.inFlight++;
     peer.inFlightBytes += bytes;
     this.counters.framesSent++;
     this.counters.packetsSent += count;
     this.counters.bytesSent += bytes;
-    session.call(this.options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT, frame).then(
+    const type = this.options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT;
+    const sent = lent === undefined ? session.call(type, frame) : session.callLent!(type, frame, lent);
+    sent.then(
       () => {
         peer.inFlight--;
         peer.inFlightBytes -= bytes;

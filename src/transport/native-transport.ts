@@ -11,8 +11,10 @@
  * single onEvents() call. Payloads of 64 KiB or more bypass the slab both ways (no extra copy).
  *
  * Buffers: request/response bytes passed in are copied before call()/the handler's return
- * completes (large ones synchronously), so the caller may reuse them. Buffers handed out are
- * views into a batch buffer owned by the receiver.
+ * completes (large ones synchronously), so the caller may reuse them. callLent()'s body is not
+ * copied: native holds a reference to it and sends from it until the call ends (the caller must
+ * not change it before the promise settles). Buffers handed out are views into a batch buffer,
+ * or (64 KiB and more) external buffers over the native message, owned by the receiver.
  *
  * Encryption (eeRPC): with a group key (keyFile or key) every packet is AES-GCM sealed in the
  * addon and every session runs an authenticated handshake; a peer without the key is refused on
@@ -217,6 +219,9 @@ const DEFAULTS = {
 const RECORD_HEADER_BYTES = 24;
 const EXTERNAL_PAYLOAD_BYTES_MIN = 64 * 1024;
 const FLAG_PAYLOAD_IN_EXTRAS = 1;
+/** A lent call: inline [u32 extras index][u32 0][head], the body extras[index] (addon.cc). */
+const FLAG_LENT_BODY = 2;
+const LENT_PREFIX_BYTES = 8;
 const SLAB_BYTES_INITIAL = 64 * 1024;
 const SLAB_BYTES_KEEP_MAX = 4 * 1024 * 1024;
 const REQUEST_TYPE_MAX = 255;
@@ -391,6 +396,26 @@ class Outbox {
     return external;
   }
 
+  /** Appends a call whose request is `head` (copied) followed by `body` (lent, in extras). */
+  appendLent(code: number, session: number, timeoutMs: number, id: number, head: Uint8Array, body: Uint8Array): void {
+    const inline = LENT_PREFIX_BYTES + head.byteLength;
+    this.reserve(RECORD_HEADER_BYTES + pad8(inline));
+    const o = this.offset;
+    const v = this.view;
+    v.setUint8(o, SubmitKind.Call);
+    v.setUint8(o + 1, code);
+    v.setUint16(o + 2, FLAG_LENT_BODY, true);
+    v.setUint32(o + 4, session, true);
+    v.setUint32(o + 8, timeoutMs, true);
+    v.setUint32(o + 12, inline, true);
+    v.setFloat64(o + 16, id, true);
+    v.setUint32(o + RECORD_HEADER_BYTES, this.extras.length, true);
+    v.setUint32(o + RECORD_HEADER_BYTES + 4, 0, true);
+    this.bytes.set(head, o + RECORD_HEADER_BYTES + LENT_PREFIX_BYTES);
+    this.offset += RECORD_HEADER_BYTES + pad8(inline);
+    this.extras.push(body);
+  }
+
   flushTo(native: NativeEndpointHandle): NativeBatch {
     if (this.offset === 0) return undefined;
     const length = this.offset;
@@ -435,6 +460,10 @@ export class NativeSession implements TransportSession {
 
   call(type: RequestType, request: Uint8Array, options?: CallOptions): Promise<Uint8Array> {
     return this.endpoint.enqueueCall(this, type, request, options?.timeoutMs ?? 0);
+  }
+
+  callLent(type: RequestType, head: Uint8Array, body: Uint8Array, options?: CallOptions): Promise<Uint8Array> {
+    return this.endpoint.enqueueCall(this, type, head, options?.timeoutMs ?? 0, body);
   }
 
   onEvent(listener: (event: SessionEvent) => void): void {
@@ -650,6 +679,7 @@ export class Endpoint implements Transport {
     type: RequestType,
     request: Uint8Array,
     timeoutMs: number,
+    lentBody?: Uint8Array,
   ): Promise<Uint8Array> {
     if (this.closed || session.closed) {
       return Promise.reject(
@@ -659,10 +689,9 @@ export class Endpoint implements Transport {
         ),
       );
     }
-    if (request.byteLength > this.options.messageBytesMax) {
-      return Promise.reject(
-        new PayloadTooLargeError('request', request.byteLength, this.options.messageBytesMax, 'messageBytesMax'),
-      );
+    const bytes = request.byteLength + (lentBody?.byteLength ?? 0);
+    if (bytes > this.options.messageBytesMax) {
+      return Promise.reject(new PayloadTooLargeError('request', bytes, this.options.messageBytesMax, 'messageBytesMax'));
     }
     assert(Number.isInteger(type) && type >= 0 && type <= REQUEST_TYPE_MAX, 'request type is 0..255');
     assert(timeoutMs >= 0 && timeoutMs <= TIMEOUT_MS_MAX, 'timeoutMs is 0..2^32-1');
@@ -670,6 +699,12 @@ export class Endpoint implements Transport {
     const promise = new Promise<Uint8Array>((resolve, reject) => {
       this.calls.set(tag, { resolve, reject, session, type, timeoutMs });
     });
+    if (lentBody !== undefined) {
+      // Submitted now: the body is referenced from native from then on, and a lent call is large.
+      this.outbox.appendLent(type, session.id, Math.ceil(timeoutMs), tag, request, lentBody);
+      this.flush();
+      return promise;
+    }
     const external = this.outbox.append(SubmitKind.Call, type, session.id, Math.ceil(timeoutMs), tag, request);
     // A large payload is not copied into the slab: submit it now, while the caller's buffer is
     // still unchanged.

@@ -9,8 +9,9 @@
  * request whose handler returns an empty response.
  *
  * Buffers: a request or response handed to the transport may be reused by the caller as soon as
- * the call returns (the transport copies or finishes with it synchronously). Buffers the transport
- * hands out are owned by the receiver.
+ * the call returns (the transport copies or finishes with it synchronously), except the body of
+ * callLent(), which is lent until its promise settles. Buffers the transport hands out are owned
+ * by the receiver.
  */
 
 /** A request type: an integer 0..255, chosen by the protocol layer that registers the handler. */
@@ -56,6 +57,14 @@ export interface TransportSession {
    * answering) or TransportError (session closed, or the server had no handler for the type).
    */
   call(type: RequestType, request: Uint8Array, options?: CallOptions): Promise<Uint8Array>;
+  /**
+   * Optional (a transport without it copies; use call() with the bytes joined): call() with the
+   * request `head` followed by `body`, where `head` is copied like call()'s request and `body` is
+   * lent: the transport sends straight from it and holds it until the returned promise settles
+   * (whatever the outcome), so the caller must not change it before then. For large payloads the
+   * caller keeps anyway (a multicast block), saving the copy call() makes.
+   */
+  callLent?(type: RequestType, head: Uint8Array, body: Uint8Array, options?: CallOptions): Promise<Uint8Array>;
   onEvent(listener: (event: SessionEvent) => void): void;
   /** Completes pending calls with TransportError and tells the peer. Idempotent. */
   close(): Promise<void>;

@@ -2,7 +2,8 @@
 // burst of large sends enters the shard a few MiB at a time instead of all at once (the send
 // queue and window count messages, not bytes), and every message still arrives intact, once,
 // in the same order on both members.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
+import type { Transport } from '../../src/transport/transport.js';
 import { Endpoint } from '../../src/transport/native-transport.js';
 import { MulticastDriver, type MulticastDelivery, type MulticastView } from '../../src/runtime/multicast-driver.js';
 import { MIXED_LIMITS, payloadIntact, tagOf, taggedPayload, waitFor } from '../support/multicast-driver-local.js';
@@ -61,11 +62,42 @@ test.serial('own undelivered bytes: sends beyond the bound wait for deliveries, 
   }
 });
 
+/** `transport` whose sessions lack callLent (a transport that copies every request). */
+function withoutLending(transport: Transport): Transport {
+  return new Proxy(transport, {
+    get(target, prop) {
+      if (prop === 'connect') {
+        return async (remote: string) => {
+          const session = await target.connect(remote);
+          return new Proxy(session, {
+            get: (s, p) => {
+              if (p === 'callLent') return undefined;
+              const value = Reflect.get(s, p) as unknown;
+              return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(s) : value;
+            },
+          });
+        };
+      }
+      const value = Reflect.get(target, prop) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
 test.serial('relays forward a one-block message in the frame it arrived in; every member gets it intact, in one order', async (t) => {
+  await relayCase(t, false);
+});
+
+test.serial('large blocks are lent to the transport, own and relayed: only headers are built; every member gets them intact, in one order', async (t) => {
+  await relayCase(t, true);
+});
+
+async function relayCase(t: ExecutionContext, lend: boolean): Promise<void> {
   t.timeout(60_000);
-  const endpoints = await Promise.all(
+  const native = await Promise.all(
     [0, 1, 2].map((i) => Endpoint.create({ host: '127.0.0.1', port: 0, seed: 310 + i, peerFailureTimeoutMs: 15_000 })),
   );
+  const endpoints = lend ? native : native.map(withoutLending);
   const nodes = [nodeId(1), nodeId(2), nodeId(3)];
   const view: MulticastView = {
     viewId: viewId(1), members: nodes, senders: nodes,
@@ -114,8 +146,14 @@ test.serial('relays forward a one-block message in the frame it arrived in; ever
     t.true(done, `delivered ${deliveries.map((list) => list.length).join(', ')} of ${total}`);
     t.deepEqual(drivers.map((d) => d.coreCounters()!.rdmcRepairs), [0, 0, 0], 'no repairs');
     const relayed = drivers.map((d) => d.counters.blocksRelayedInPlace);
-    // Each member relays the messages of the sender ranked just before it (20 each).
-    t.deepEqual(relayed, [perSender, perSender, perSender], 'relayed in place');
+    const lent = drivers.map((d) => d.counters.blocksLent);
+    // Each member relays the messages of the sender ranked just before it (20 each): in place
+    // without callLent; with it, every block it sends (its own 20 and the 20 relays) is lent.
+    t.deepEqual(relayed, lend ? [0, 0, 0] : [perSender, perSender, perSender], 'relayed in place');
+    t.deepEqual(lent, lend ? [2 * perSender, 2 * perSender, 2 * perSender] : [0, 0, 0], 'blocks lent');
+    // The transport sent each lent block from the lent bytes (no copy into its own buffer).
+    t.true(native.every((e) => (e.stats().requestsLent ?? 0) >= (lend ? 2 * perSender : 0)), 'lent calls reached native');
+    if (!lend) t.true(native.every((e) => (e.stats().requestsLent ?? 0) === 0));
     // Sender 1's blocks reach member 3 through member 2, under member 2's rank (the header is
     // rewritten in the forwarded frame); sender 2's come straight from it.
     const fromRanks = (s: number): number[] => [...new Set(seenAt3.filter((b) => b.senderIndex === s).map((b) => b.fromRank))];
@@ -127,6 +165,6 @@ test.serial('relays forward a one-block message in the frame it arrived in; ever
     for (const list of deliveries) t.true(list.every((d) => payloadIntact(d.payload)), 'payloads intact');
   } finally {
     for (const d of drivers) await d.close();
-    for (const e of endpoints) await e.close();
+    for (const e of native) await e.close();
   }
-});
+}

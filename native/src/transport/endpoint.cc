@@ -95,10 +95,25 @@ std::string ValidateConfig(const EndpointConfig& c) {
   return ValidateEncryption(c.encryption);
 }
 
+// A request's bytes: `head`, a copy, followed by `body`, lent by the caller (CallLent) and kept
+// alive by `lender`; Call copies the whole request into `head`.
+struct Endpoint::RequestBytes {
+  Bytes head;
+  std::span<const uint8_t> body;
+  Lender lender;
+  size_t size() const { return head.size() + body.size(); }
+  size_t capacity() const { return head.capacity(); }  // lent bytes are the caller's memory
+  void Release() {
+    Bytes().swap(head);
+    body = {};
+    lender.reset();
+  }
+};
+
 struct Endpoint::QueuedCall {
   uint64_t tag;
   uint8_t request_type;
-  std::vector<uint8_t> request;
+  RequestBytes request;
 };
 
 // Calls waiting for a free slot: a vector with a moving front (std::deque allocates ~600 bytes
@@ -148,9 +163,9 @@ struct Endpoint::ClientSlot {
   uint64_t request_number = 0;  // slot index + k * slots_per_session
   uint64_t tag = 0;
   uint8_t request_type = 0;
-  std::vector<uint8_t> request;
+  RequestBytes request;
   uint32_t request_packets = 0;
-  std::vector<uint8_t> response;
+  Bytes response;
   uint32_t response_packets = 0;  // 0 until response packet 0 arrives
   CallStatus response_status = CallStatus::kOk;
   uint32_t num_tx = 0;  // client packets sent (REQ + RFR) in the current Go-Back-N window
@@ -178,11 +193,11 @@ struct Endpoint::ServerSlot {
   uint32_t request_packets = 0;
   uint32_t request_bytes = 0;
   uint8_t request_type = 0;
-  std::vector<uint8_t> request;
+  Bytes request;
   bool handler_running = false;
   bool response_ready = false;
   CallStatus status = CallStatus::kOk;
-  std::vector<uint8_t> response;  // kept until the next request on this slot (at-most-once)
+  Bytes response;  // kept until the next request on this slot (at-most-once)
   uint32_t response_packets = 0;
   // Client packets that arrived beyond the next expected one (Go-Back-N drops them); after
   // kFastRetransmitEvidence of them one NACK names the missing packet. Reset by progress.
@@ -365,12 +380,12 @@ void Endpoint::EmitSession(uint32_t session, SessionEventKind kind, uint64_t rea
   e.code = static_cast<uint8_t>(kind);
   e.session = session;
   e.id = reason;
-  e.bytes = std::move(bytes);
+  e.bytes.assign(bytes.begin(), bytes.end());
   Emit(std::move(e));
 }
 
 void Endpoint::EmitResponse(uint32_t session, uint64_t tag, CallStatus status,
-                            std::vector<uint8_t> bytes) {
+                            Bytes bytes) {
   Event e;
   e.kind = EventKind::kResponse;
   e.code = static_cast<uint8_t>(status);
@@ -409,15 +424,20 @@ void Endpoint::SetPeerFailed(const PeerAddress& peer, bool failed) {
 }
 
 void Endpoint::SendRaw(const PeerAddress& to, const Header& header,
-                       std::span<const uint8_t> payload) {
+                       std::span<const uint8_t> payload, bool pinned) {
   uint8_t bytes[kHeaderBytes];
   Encode(header, bytes);
-  Transmit(to, header.type, std::span<const uint8_t>(bytes, kHeaderBytes), payload);
+  Transmit(to, header.type, std::span<const uint8_t>(bytes, kHeaderBytes), payload, 1, pinned);
 }
 
 void Endpoint::Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
-                        std::span<const uint8_t> payload, uint32_t packets) {
-  if (Admit(to, type, header.size() + payload.size(), packets)) io_->Send(to, header, payload);
+                        std::span<const uint8_t> payload, uint32_t packets, bool pinned) {
+  if (!Admit(to, type, header.size() + payload.size(), packets)) return;
+  if (pinned) {
+    io_->SendPinned(to, header, payload);
+  } else {
+    io_->Send(to, header, payload);
+  }
 }
 
 bool Endpoint::Admit(const PeerAddress& to, PacketType type, size_t bytes, uint32_t packets) {
@@ -434,11 +454,11 @@ bool Endpoint::Admit(const PeerAddress& to, PacketType type, size_t bytes, uint3
 }
 
 void Endpoint::SendPacket(const Session& session, const Header& header,
-                          std::span<const uint8_t> payload) {
+                          std::span<const uint8_t> payload, bool pinned) {
   if (session.security != nullptr && session.security->crypto != nullptr) {
-    return SendSealed(session, header, payload);
+    return SendSealed(session, header, payload);  // sealing is the copy (out of place)
   }
-  SendRaw(session.peer, header, payload);
+  SendRaw(session.peer, header, payload, pinned);
 }
 
 void Endpoint::ArmSessionTimer(Session* session, uint64_t when_us) {
@@ -462,8 +482,38 @@ uint32_t Endpoint::PacketsFor(const Session& session, uint32_t message_bytes) co
   return (message_bytes + session.data_bytes_per_packet - 1) / session.data_bytes_per_packet;
 }
 
+Bytes Endpoint::MessageBuffer(Bytes previous, size_t bytes) {
+  if (pool_ == nullptr || bytes < pool_->min_bytes()) {
+    previous.resize(bytes);
+    return previous;
+  }
+  pool_->Give(std::move(previous));
+  return pool_->Take(bytes);
+}
+
+std::span<const uint8_t> Endpoint::RequestSlice(const Session& session,
+                                                const RequestBytes& request, uint32_t index,
+                                                bool* lent) {
+  if (lent != nullptr) *lent = false;
+  const size_t bytes =
+      SliceBytes(static_cast<uint32_t>(request.size()), session.data_bytes_per_packet, index);
+  const size_t begin = static_cast<size_t>(index) * session.data_bytes_per_packet;
+  const size_t head = request.head.size();
+  if (bytes == 0) return {};
+  if (begin + bytes <= head) return std::span<const uint8_t>(request.head.data() + begin, bytes);
+  if (begin >= head) {
+    if (lent != nullptr) *lent = true;
+    return request.body.subspan(begin - head, bytes);
+  }
+  // The packet that spans both (a lent request's head is a few bytes: the first packet).
+  slice_scratch_.resize(bytes);
+  std::memcpy(slice_scratch_.data(), request.head.data() + begin, head - begin);
+  std::memcpy(slice_scratch_.data() + (head - begin), request.body.data(), bytes - (head - begin));
+  return std::span<const uint8_t>(slice_scratch_.data(), bytes);
+}
+
 std::span<const uint8_t> Endpoint::Slice(const Session& session,
-                                         const std::vector<uint8_t>& message,
+                                         const Bytes& message,
                                          uint32_t index) const {
   const uint32_t size = static_cast<uint32_t>(message.size());
   const uint32_t bytes = SliceBytes(size, session.data_bytes_per_packet, index);
@@ -535,18 +585,26 @@ uint32_t Endpoint::Connect(const PeerAddress& peer, uint64_t now_us) {
 CallStatus Endpoint::Call(uint32_t number, uint8_t request_type, uint64_t tag,
                           std::span<const uint8_t> request, uint64_t timeout_us,
                           uint64_t now_us) {
+  return CallLent(number, request_type, tag, request, {}, nullptr, timeout_us, now_us);
+}
+
+CallStatus Endpoint::CallLent(uint32_t number, uint8_t request_type, uint64_t tag,
+                              std::span<const uint8_t> head, std::span<const uint8_t> body,
+                              Lender lender, uint64_t timeout_us, uint64_t now_us) {
   BatchScope scope(this);
   Session* s = Find(number);
   if (s == nullptr || !s->is_client || s->state == Session::State::kDisconnecting) {
     return CallStatus::kUnknownSession;
   }
-  if (request.size() > config_.message_bytes_max) return CallStatus::kTooLarge;
+  if (head.size() + body.size() > config_.message_bytes_max) return CallStatus::kTooLarge;
   if (s->backlog.size() >= config_.queued_requests_per_session_max) {
     return CallStatus::kBacklogFull;
   }
   ++stats_.requests_started;
-  s->backlog.push_back(
-      QueuedCall{tag, request_type, std::vector<uint8_t>(request.begin(), request.end())});
+  if (body.empty()) lender.reset();  // nothing lent: nothing to keep
+  else ++stats_.requests_lent;
+  s->backlog.push_back(QueuedCall{
+      tag, request_type, RequestBytes{ToBytes(head), body, std::move(lender)}});
   if (timeout_us > 0) {
     deadline_tags_.insert(tag);
     timers_.push(Timer{now_us + timeout_us, TimerKind::kDeadline, number, tag});
@@ -607,7 +665,10 @@ void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
   while (slot->num_tx < total && s->credits > 0) {
     if (slot->loss_window && slot->num_tx > slot->num_rx) break;
     const size_t payload_bytes =
-        slot->num_tx < slot->request_packets ? Slice(*s, slot->request, slot->num_tx).size() : 0;
+        slot->num_tx < slot->request_packets
+            ? SliceBytes(static_cast<uint32_t>(slot->request.size()), s->data_bytes_per_packet,
+                         slot->num_tx)
+            : 0;
     if (gate_ != nullptr && !gate_->MaySend(s->number, kHeaderBytes + payload_bytes, now_us)) {
       ++stats_.gate_deferrals;
       break;  // the gate lists the session in TakeDue() when it may send again (KickDue)
@@ -627,7 +688,8 @@ void Endpoint::SendClientPacket(Session* s, const ClientSlot& slot, uint32_t pac
   // a fresh nonce like any other packet).
   const bool is_request = packet_number < slot.request_packets;
   std::span<const uint8_t> payload;
-  if (is_request) payload = Slice(*s, slot.request, packet_number);
+  bool lent = false;
+  if (is_request) payload = RequestSlice(*s, slot.request, packet_number, &lent);
   Header h;
   h.type = is_request ? PacketType::kRequest : PacketType::kRequestForResponse;
   h.request_type = slot.request_type;
@@ -635,7 +697,7 @@ void Endpoint::SendClientPacket(Session* s, const ClientSlot& slot, uint32_t pac
   h.message_bytes = static_cast<uint32_t>(slot.request.size());
   h.packet_number = packet_number;
   h.request_number = slot.request_number;
-  SendPacket(*s, h, payload);
+  SendPacket(*s, h, payload, lent);
 }
 
 void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uint64_t now_us) {
@@ -643,12 +705,12 @@ void Endpoint::CompleteSlot(Session* s, ClientSlot* slot, CallStatus status, uin
   // credits back now.
   s->credits += slot->num_tx - slot->num_rx;
   s->busy_slots &= ~(uint64_t{1} << slot->index);
-  std::vector<uint8_t> response;
+  Bytes response;
   if (status == CallStatus::kOk || status == CallStatus::kHandlerError) {
     response.swap(slot->response);
   }
-  std::vector<uint8_t>().swap(slot->request);
-  std::vector<uint8_t>().swap(slot->response);
+  slot->request.Release();  // a lent request goes back to its lender here
+  Bytes().swap(slot->response);
   EmitResponse(s->number, slot->tag, status, std::move(response));
   if (s->state == Session::State::kConnected) {
     StartQueued(s, now_us);
@@ -665,7 +727,7 @@ void Endpoint::FailSession(Session* s, CallStatus status, SessionEventKind kind,
   // A peer failure tells its calls why in one byte (JS names the signal in PeerFailedError).
   const bool failed = kind == SessionEventKind::kPeerFailed;
   auto detail = [&]() {
-    return failed ? std::vector<uint8_t>{static_cast<uint8_t>(why)} : std::vector<uint8_t>{};
+    return failed ? Bytes{static_cast<uint8_t>(why)} : Bytes{};
   };
   for (ClientSlot& slot : s->client_slots) {
     if (IsBusy(*s, slot)) EmitResponse(s->number, slot.tag, status, detail());
@@ -692,6 +754,7 @@ bool Endpoint::Disconnect(uint32_t number, uint64_t now_us) {
   for (ClientSlot& slot : s->client_slots) {
     if (IsBusy(*s, slot)) {
       s->credits += slot.num_tx - slot.num_rx;
+      slot.request.Release();  // ends here: a lent request goes back now
       EmitResponse(s->number, slot.tag, CallStatus::kSessionClosed, {});
     }
   }
@@ -1028,7 +1091,7 @@ void Endpoint::HandleResponse(Session* s, const Header& h, std::span<const uint8
       return Drop(DropReason::kBadLength);
     }
     slot->response_status = static_cast<CallStatus>(h.aux);
-    slot->response.resize(h.message_bytes);
+    slot->response = MessageBuffer(std::move(slot->response), h.message_bytes);
     slot->response_packets = PacketsFor(*s, h.message_bytes);
   } else {
     if (h.message_bytes != slot->response.size() || index >= slot->response_packets) {
@@ -1202,8 +1265,9 @@ void Endpoint::HandleRequest(Session* s, const Header& h, std::span<const uint8_
     slot.request_type = h.request_type;
     slot.handler_running = false;
     slot.response_ready = false;
-    std::vector<uint8_t>().swap(slot.response);
-    slot.request.assign(h.message_bytes, 0);
+    Bytes().swap(slot.response);
+    // Not zero-filled (bytes.h): the handler runs only once every packet was written in.
+    slot.request = MessageBuffer(std::move(slot.request), h.message_bytes);
   }
   if (h.message_bytes != slot.request_bytes || h.request_type != slot.request_type) {
     return Drop(DropReason::kBadState);
@@ -1234,7 +1298,7 @@ void Endpoint::HandleRequest(Session* s, const Header& h, std::span<const uint8_
     slot.status = CallStatus::kNoHandler;
     slot.response_ready = true;
     slot.response_packets = 1;
-    std::vector<uint8_t>().swap(slot.request);
+    Bytes().swap(slot.request);
     return SendResponsePacket(s, &slot, h.packet_number);
   }
   slot.handler_running = true;
@@ -1450,7 +1514,7 @@ crypto::MutableBytes Endpoint::OpenDestination(Session& s, const Header& h, size
   // batches, duplicates, packets out of order) is opened in place.
   if ((h.flags & kFlagBatch) != 0 || bytes <= kHeaderBytes + kSealTrailerBytes) return {};
   const size_t body = bytes - kHeaderBytes - kSealTrailerBytes;
-  std::vector<uint8_t>* message = nullptr;
+  Bytes* message = nullptr;
   size_t index = 0;
   if (!s.is_client && h.type == PacketType::kRequest && !s.server_slots.empty()) {
     ServerSlot& slot = s.server_slots[h.request_number % s.server_slots.size()];

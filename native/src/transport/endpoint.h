@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "address.h"
+#include "bytes.h"
 #include "endpoint_crypto.h"
 #include "session_table.h"
 #include "wire.h"
@@ -128,7 +129,7 @@ struct Event {
   uint32_t session = 0;   // client session (response, session event) or server session (request)
   uint32_t slot = 0;      // request: the server slot to respond on
   uint64_t id = 0;        // response: the call's tag; request: request number; event: reason
-  std::vector<uint8_t> bytes;
+  Bytes bytes;  // not zero-filled on resize (bytes.h)
 };
 
 // Where a server-side request must be answered; stale handles are ignored by Respond().
@@ -137,6 +138,14 @@ struct ServerRequest {
   uint32_t slot = 0;
   uint64_t request_number = 0;
 };
+
+// Keeps the bytes a caller lends to CallLent alive: the endpoint holds a reference until the
+// call ends (its kResponse event, whatever the status, or the endpoint's destruction) and then
+// drops it; the caller frees or reuses the bytes once its last reference is gone (a shared_ptr
+// whose deleter releases them, e.g. the addon's reference to a JS buffer).
+// A lender whose bytes the endpoint sent pinned (PacketIo::SendPinned) must keep them until the
+// I/O flushed them, even if the call ended meanwhile.
+using Lender = std::shared_ptr<const void>;
 
 // The packet sender. Implementations must finish with (or copy) both spans before returning.
 class PacketIo {
@@ -151,6 +160,14 @@ class PacketIo {
   virtual uint8_t* Reserve(const PeerAddress& /*to*/, size_t /*bytes*/) { return nullptr; }
   // Takes back the latest Reserve (only right after it, before any other call).
   virtual void Unreserve() {}
+  // Send without copying `payload` (the header is copied): the endpoint uses it for packets of
+  // a lent request body (CallLent), and the lender guarantees those bytes stay valid and
+  // unchanged until this I/O has flushed them -- the addon defers releasing a lent JS buffer
+  // until after its next socket flush. The default copies, like Send.
+  virtual void SendPinned(const PeerAddress& to, std::span<const uint8_t> header,
+                          std::span<const uint8_t> payload) {
+    Send(to, header, payload);
+  }
 };
 
 // The hook through which a congestion controller paces client packets (congestion_gate.h runs
@@ -205,6 +222,7 @@ struct Stats {
   uint64_t duplicate_responses = 0; // responses re-sent from the kept copy
   uint64_t drops[static_cast<size_t>(DropReason::kCount)] = {};
   uint64_t requests_started = 0, requests_completed = 0, handlers_run = 0;
+  uint64_t requests_lent = 0;  // of requests_started, calls whose body was lent (CallLent)
   uint64_t timeouts = 0, peer_failures = 0, stale_responds = 0;
   uint64_t sessions_client = 0, sessions_server = 0;  // currently open
   uint64_t sessions_opened = 0, sessions_closed = 0;
@@ -262,6 +280,13 @@ class Endpoint {
   // be unique on this endpoint among pending calls.
   CallStatus Call(uint32_t session, uint8_t request_type, uint64_t tag,
                   std::span<const uint8_t> request, uint64_t timeout_us, uint64_t now_us);
+  // Call with request = head ++ body, where only `head` is copied: `body` is lent, read in place
+  // (packets are sliced from it, or sealed straight from it) until the call ends, and must stay
+  // unchanged until the endpoint drops its reference to `lender`. A refused call (any status but
+  // kOk) keeps no reference.
+  CallStatus CallLent(uint32_t session, uint8_t request_type, uint64_t tag,
+                      std::span<const uint8_t> head, std::span<const uint8_t> body, Lender lender,
+                      uint64_t timeout_us, uint64_t now_us);
   // Reports a call that Call() refused at once as an ordinary completion event (for drivers
   // that deliver every outcome the same way).
   void FailCall(uint32_t session, uint64_t tag, CallStatus status) {
@@ -325,6 +350,9 @@ class Endpoint {
   uint32_t SessionKeyId(uint32_t session) const;
 
   void SetSendGate(SendGate* gate) { gate_ = gate; }
+  // Large requests and responses (at least pool->min_bytes()) are assembled in buffers taken
+  // from `pool`; the events carrying them hand those buffers over (the driver gives them back).
+  void SetBufferPool(std::shared_ptr<BufferPool> pool) { pool_ = std::move(pool); }
   const Stats& stats() const { return stats_; }
   const EndpointConfig& config() const { return config_; }
   // Data bytes per packet of a session (0 if unknown), for tests and the JS wrapper.
@@ -346,6 +374,7 @@ class Endpoint {
   struct ClientSlot;
   struct ServerSlot;
   struct Session;
+  struct RequestBytes;
   struct QueuedCall;
   class CallQueue;
   struct Peer;
@@ -368,15 +397,16 @@ class Endpoint {
   void Emit(Event event) { events_.push_back(std::move(event)); }
   void EmitSession(uint32_t session, SessionEventKind kind, uint64_t reason,
                    std::vector<uint8_t> bytes = {});
-  void EmitResponse(uint32_t session, uint64_t tag, CallStatus status,
-                    std::vector<uint8_t> bytes = {});
+  void EmitResponse(uint32_t session, uint64_t tag, CallStatus status, Bytes bytes = {});
+  // pinned: `payload` lies in a lent request body (PacketIo::SendPinned; plaintext only).
   void SendPacket(const Session& session, const Header& header,
-                  std::span<const uint8_t> payload = {});
-  void SendRaw(const PeerAddress& to, const Header& header, std::span<const uint8_t> payload);
+                  std::span<const uint8_t> payload = {}, bool pinned = false);
+  void SendRaw(const PeerAddress& to, const Header& header, std::span<const uint8_t> payload,
+               bool pinned = false);
   // Counts a datagram about to leave and rolls injected loss: false if it is dropped.
   bool Admit(const PeerAddress& to, PacketType type, size_t bytes, uint32_t packets);
   void Transmit(const PeerAddress& to, PacketType type, std::span<const uint8_t> header,
-                std::span<const uint8_t> payload, uint32_t packets = 1);
+                std::span<const uint8_t> payload, uint32_t packets = 1, bool pinned = false);
   // payload: the packet's bytes after its header (plaintext, wherever it was opened to).
   void Dispatch(const PeerAddress& from, const Header& header, std::span<const uint8_t> payload,
                 uint64_t now_us);
@@ -386,8 +416,12 @@ class Endpoint {
   void CompactTimers();
   void ArmSessionTimer(Session* session, uint64_t when_us);
   uint32_t PacketsFor(const Session& session, uint32_t message_bytes) const;
-  std::span<const uint8_t> Slice(const Session& session, const std::vector<uint8_t>& message,
+  std::span<const uint8_t> Slice(const Session& session, const Bytes& message,
                                  uint32_t packet_index) const;
+  // A request packet's bytes: a view of the copied head or of the lent body, or (for the one
+  // packet that spans both) the two joined in slice_scratch_, valid until the next call.
+  std::span<const uint8_t> RequestSlice(const Session& session, const RequestBytes& request,
+                                        uint32_t packet_index, bool* lent = nullptr);
 
   // client side
   void StartQueued(Session* session, uint64_t now_us);
@@ -498,6 +532,10 @@ class Endpoint {
   // Server handshakes awaiting their Confirm, by (peer, token) like accepted_by_token_.
   std::unordered_map<std::string, PendingAccept> pending_accepts_;
   SendGate* gate_ = nullptr;
+  std::shared_ptr<BufferPool> pool_;  // null: plain allocations
+  // A buffer for an incoming message of `bytes`: from pool_ when large; `previous` (a slot's
+  // unfinished message, or empty) goes back first.
+  Bytes MessageBuffer(Bytes previous, size_t bytes);
   Stats stats_;
   SessionTable<Session> sessions_;
   // Remote endpoint incarnations by id (the peer timer's key), and by (address, tag).
@@ -539,6 +577,7 @@ class Endpoint {
   size_t seal_queued_packets_ = 0;
   std::vector<std::pair<uint32_t, size_t>> seal_order_;
   std::vector<uint8_t> seal_room_;
+  Bytes slice_scratch_;  // RequestSlice: a packet that spans a lent request's head and body
   bool seal_room_in_io_ = false;
   uint32_t next_session_number_ = 1;
   uint64_t rng_state_;

@@ -125,6 +125,7 @@ bool UdpSocket::TryBundle(const PeerAddress& to, std::span<const uint8_t> header
   TxPacket& last = tx_packets_.back();
   if (!(last.to == to)) return false;
   if (last.bundled == 0 && last.bytes > kBundleItemBytesMax) return false;
+  if (!last.pinned.empty()) return false;  // its bytes are not in the batch buffer
   const size_t limit = to.IsLoopback() ? kBundleBytesMaxLoopback : kBundleBytesMaxPath;
   const size_t grow = (last.bundled == 0 ? kHeaderBytes + 2 : 0) + 2 + bytes;
   if (last.bytes + grow > limit || last.offset + last.bytes + grow > tx_buffer_.size()) {
@@ -167,15 +168,26 @@ void UdpSocket::Send(const PeerAddress& to, std::span<const uint8_t> header,
   if (!payload.empty()) {
     std::memcpy(tx_buffer_.data() + tx_used_ + header.size(), payload.data(), payload.size());
   }
-  tx_packets_.push_back(TxPacket{to, tx_used_, bytes});
+  tx_packets_.push_back(TxPacket{to, tx_used_, bytes, 0, {}});
   tx_used_ += (bytes + 7) & ~size_t{7};
+}
+
+void UdpSocket::SendPinned(const PeerAddress& to, std::span<const uint8_t> header,
+                           std::span<const uint8_t> payload) {
+  if (payload.size() <= kBundleItemBytesMax) return Send(to, header, payload);
+  if (tx_packets_.size() == kTxBatchPacketsMax || tx_used_ + header.size() > tx_buffer_.size()) {
+    Flush();
+  }
+  std::memcpy(tx_buffer_.data() + tx_used_, header.data(), header.size());
+  tx_packets_.push_back(TxPacket{to, tx_used_, header.size(), 0, payload});
+  tx_used_ += (header.size() + 7) & ~size_t{7};
 }
 
 uint8_t* UdpSocket::Reserve(const PeerAddress& to, size_t bytes) {
   if (bytes > tx_buffer_.size()) return nullptr;
   if (tx_packets_.size() == kTxBatchPacketsMax || tx_used_ + bytes > tx_buffer_.size()) Flush();
   tx_used_before_reserve_ = tx_used_;
-  tx_packets_.push_back(TxPacket{to, tx_used_, bytes});
+  tx_packets_.push_back(TxPacket{to, tx_used_, bytes, 0, {}});
   tx_used_ += (bytes + 7) & ~size_t{7};
   return tx_buffer_.data() + tx_packets_.back().offset;
 }
@@ -189,17 +201,21 @@ void UdpSocket::Unreserve() {
 void UdpSocket::Flush() {
   if (tx_packets_.empty()) return;
   mmsghdr messages[kTxBatchPacketsMax];
-  iovec vectors[kTxBatchPacketsMax];
+  iovec vectors[2 * kTxBatchPacketsMax];  // a pinned datagram: header, then the caller's bytes
   const size_t n = tx_packets_.size();
   for (size_t i = 0; i < n; ++i) {
     TxPacket& p = tx_packets_[i];
-    vectors[i].iov_base = tx_buffer_.data() + p.offset;
-    vectors[i].iov_len = p.bytes;
+    iovec* v = &vectors[2 * i];
+    v[0].iov_base = tx_buffer_.data() + p.offset;
+    v[0].iov_len = p.bytes;
+    v[1].iov_base = const_cast<uint8_t*>(p.pinned.data());
+    v[1].iov_len = p.pinned.size();
     std::memset(&messages[i], 0, sizeof(mmsghdr));
     messages[i].msg_hdr.msg_name = &p.to.storage;
     messages[i].msg_hdr.msg_namelen = p.to.length;
-    messages[i].msg_hdr.msg_iov = &vectors[i];
-    messages[i].msg_hdr.msg_iovlen = 1;
+    messages[i].msg_hdr.msg_iov = v;
+    messages[i].msg_hdr.msg_iovlen = p.pinned.empty() ? 1 : 2;
+    if (!p.pinned.empty()) ++stats_.datagrams_pinned;
   }
   for (size_t i = 0; i < n; ++i) {
     if (tx_packets_[i].bundled > 0) stats_.bundled_packets += tx_packets_[i].bundled;

@@ -29,6 +29,7 @@ struct UdpStats {
   uint64_t send_calls = 0;      // sendmmsg system calls
   uint64_t receive_calls = 0;   // recvmmsg system calls
   uint64_t datagrams_sent = 0;
+  uint64_t datagrams_pinned = 0;  // sent from the caller's bytes (SendPinned), not copied
   uint64_t bundled_packets = 0; // packets that shared a datagram with others
   uint64_t bad_bundles = 0;     // bundles whose framing did not add up (rest dropped)
   // Datagrams the kernel dropped because our receive buffer was full (SO_RXQ_OVFL: the count
@@ -72,6 +73,9 @@ class UdpSocket final : public PacketIo {
 
   void Send(const PeerAddress& to, std::span<const uint8_t> header,
             std::span<const uint8_t> payload) override;
+  // A large payload is not copied: the datagram is sent from it (a second iovec) at Flush.
+  void SendPinned(const PeerAddress& to, std::span<const uint8_t> header,
+                  std::span<const uint8_t> payload) override;
   // A datagram's room in the send batch (never bundled: sealing writes datagrams > 1 KiB here).
   uint8_t* Reserve(const PeerAddress& to, size_t bytes) override;
   void Unreserve() override;
@@ -113,6 +117,7 @@ class UdpSocket final : public PacketIo {
     size_t offset;
     size_t bytes;
     uint32_t bundled = 0;  // packets in this bundle datagram; 0: a plain packet
+    std::span<const uint8_t> pinned;  // SendPinned: sent after the `bytes` at `offset`
   };
   bool TryBundle(const PeerAddress& to, std::span<const uint8_t> header,
                  std::span<const uint8_t> payload);
