@@ -440,6 +440,35 @@ export class MulticastCore {
     };
   }
 
+  /**
+   * A snapshot of the core's state for diagnosing a stall (not for protocol decisions): every
+   * member's row as last heard, own queues, and what each RDMC transfer and repair waits for.
+   */
+  diagnostics(): Record<string, unknown> {
+    this.refreshOwnRow();
+    return {
+      myRank: this.myRank,
+      nowMicros: this.nowMicros,
+      deliveredCount: this.deliveredCount,
+      nextIndex: this.nextIndex,
+      requiredNextIndex: this.requiredNextIndex,
+      transmitQueue: this.transmitQueue.length,
+      queuedMessages: this.queuedMessageCount,
+      ownInFlight: this.ownInFlight.length,
+      ownInFlightHead: this.ownInFlight.at(0)?.index ?? null,
+      rows: this.rows.map((r, rank) => ({
+        rank,
+        received: [...r.receivedCounts],
+        contiguous: r.contiguousCount,
+        delivered: r.deliveredCount,
+        heardAgoMs: Math.round((this.nowMicros - this.heardMicros[rank]!) / 1000),
+      })),
+      buffered: this.streams.map((s) => s.bufferedEntryCount),
+      rdmc: [...this.rdmc.values()].map((t) => ({ s: t.senderIndex, i: t.index, ...t.state.progress() })),
+      repairs: [...this.repairs.values()].map((c) => ({ s: c.senderIndex, i: c.index, repaired: [...c.repaired] })),
+    };
+  }
+
   // ------------------------------------------------------------------------------------------
   // Receiving
 

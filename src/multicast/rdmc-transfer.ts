@@ -107,6 +107,17 @@ export class RdmcTransferState {
     return due;
   }
 
+  /** What this transfer is waiting for, for diagnostics (a stuck transfer's report). */
+  progress(): { readonly blocksPresent: number; readonly blockCount: number; readonly sendsTaken: number; readonly sendsTotal: number; readonly nextSend: RdmcTransfer | null } {
+    return {
+      blocksPresent: this.presentCount,
+      blockCount: this.blockCount,
+      sendsTaken: this.nextSendIndex,
+      sendsTotal: this.outgoing.length,
+      nextSend: this.outgoing[this.nextSendIndex] ?? null,
+    };
+  }
+
   get complete(): boolean {
     return this.presentCount === this.blockCount;
   }

@@ -42,6 +42,7 @@ import type { ResendMessage } from '../multicast/types.js';
 import { DEFAULT_MULTICAST_LIMITS } from '../multicast/config.js';
 import { BlockQueue } from '../multicast/block-queue.js';
 import { SessionCache } from '../transport/session-cache.js';
+import { TransportError } from '../transport/errors.js';
 import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
 
 export const MULTICAST_REQUEST_TYPE_DEFAULT = 48;
@@ -130,6 +131,14 @@ export interface MulticastDriverOptions {
   readonly ownBytesUndeliveredMax?: number;
   /** Packets of views not installed yet, held until installView (beyond: dropped, counted). */
   readonly heldPacketsMax?: number;
+  /**
+   * How long a member whose transport answers "no handler for this request type" (its process
+   * is up but has not created its first multicast driver yet: members start their drivers at
+   * slightly different times) is waited for, re-sending the refused frames every
+   * `notReadyRetryMs` (default 20), before it is reported failed. Default 30,000.
+   */
+  readonly peerNotReadyTimeoutMs?: number;
+  readonly notReadyRetryMs?: number;
 }
 
 export interface MulticastDriverCounters {
@@ -143,6 +152,11 @@ export interface MulticastDriverCounters {
   oldViewDropped: number;
   callFailures: number;
   resent: number;
+  /**
+   * Frames a member refused because it had no multicast handler yet (NO_HANDLER): their packets
+   * went back to the queue and were sent again (see peerNotReadyTimeoutMs).
+   */
+  notReadyRefusals: number;
   /** RDMC blocks relayed in the frame they arrived in (header rewritten, no copy in JS). */
   blocksRelayedInPlace: number;
   /**
@@ -164,6 +178,12 @@ interface Peer {
   inFlight: number;
   inFlightBytes: number;
   failed: boolean;
+  /** When the member first refused a frame for want of a handler (0: it has not, or took one since). */
+  notReadySinceMs: number;
+  /** A re-send after a refusal is scheduled: flush waits for it. */
+  retryTimer: ReturnType<typeof setTimeout> | null;
+  /** Why the member was reported failed (diagnostics). */
+  failure: string | null;
 }
 
 interface PendingSend {
@@ -256,6 +276,11 @@ function isLargeBlock(item: Uint8Array | BlockPacket): boolean {
   return !(item instanceof Uint8Array) && item.bytes.byteLength >= LARGE_BLOCK_BYTES;
 }
 
+/** The member answered that it has no handler for the multicast request type (not yet). */
+function isNoHandler(error: Error): boolean {
+  return error instanceof TransportError && error.code === 'NO_HANDLER';
+}
+
 function itemBytes(item: Uint8Array | BlockPacket): number {
   return item instanceof Uint8Array ? item.byteLength : encodedBlockBytes(item);
 }
@@ -276,6 +301,7 @@ export class MulticastDriver {
     oldViewDropped: 0,
     callFailures: 0,
     resent: 0,
+    notReadyRefusals: 0,
     blocksRelayedInPlace: 0,
     blocksLent: 0,
   };
@@ -291,6 +317,8 @@ export class MulticastDriver {
   /** See MulticastDriverOptions.ownBytesUndeliveredMax. */
   private ownBytesUndelivered = 0;
   private readonly heldPacketsMax: number;
+  private readonly peerNotReadyTimeoutMs: number;
+  private readonly notReadyRetryMs: number;
   private view: MulticastView;
   private core: MulticastCore | null;
   private peers = new Map<NodeId, Peer>();
@@ -340,6 +368,8 @@ export class MulticastDriver {
     this.bytesInFlightMax = options.bytesInFlightPerPeerMax ?? 1024 * 1024;
     this.ownBytesUndeliveredMax = options.ownBytesUndeliveredMax ?? 16 * 1024 * 1024;
     this.heldPacketsMax = options.heldPacketsMax ?? 65_536;
+    this.peerNotReadyTimeoutMs = options.peerNotReadyTimeoutMs ?? 30_000;
+    this.notReadyRetryMs = options.notReadyRetryMs ?? 20;
     assert(Number.isInteger(options.shard) && options.shard >= 0 && options.shard <= 0xffff_ffff, 'shard is a uint32');
     this.mux = muxFor(options.transport, options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT);
     assert(!this.mux.drivers.has(options.shard), `shard ${options.shard} already has a driver on this transport`);
@@ -414,6 +444,23 @@ export class MulticastDriver {
   }
 
   /** The core's counters for the current view (packets, duplicates, nulls, other views). */
+  /**
+   * A snapshot for diagnosing a stall: the core's state (MulticastCore.diagnostics), each
+   * peer's queues and calls in flight, and the sends waiting to enter the core.
+   */
+  diagnostics(): Record<string, unknown> {
+    return {
+      core: this.core?.diagnostics() ?? null,
+      pendingSends: this.pending.length - this.pendingHead,
+      ownBytesUndelivered: this.ownBytesUndelivered,
+      peers: [...this.peers.values()].map((p) => ({
+        node: p.node, connected: p.session !== null, failed: p.failed, smcQueued: p.queue.length,
+        blocksQueued: p.blocks.length, queuedBytes: p.queuedBytes, inFlight: p.inFlight, inFlightBytes: p.inFlightBytes,
+        notReadyForMs: p.notReadySinceMs === 0 ? 0 : Date.now() - p.notReadySinceMs, failure: p.failure,
+      })),
+    };
+  }
+
   coreCounters(): MulticastCore['counters'] | null {
     return this.core === null ? null : { ...this.core.counters };
   }
@@ -485,6 +532,10 @@ export class MulticastDriver {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.ticker);
+    for (const peer of this.peers.values()) {
+      if (peer.retryTimer !== null) clearTimeout(peer.retryTimer);
+      peer.retryTimer = null;
+    }
     this.mux.drivers.delete(this.shard);
     const error = new Error('multicast driver closed');
     for (let i = this.pendingHead; i < this.pending.length; i++) this.pending[i]!.reject?.(error);
@@ -677,7 +728,7 @@ export class MulticastDriver {
 
   private flush(peer: Peer): void {
     const session = peer.session;
-    if (session === null || peer.failed) return;
+    if (session === null || peer.failed || peer.retryTimer !== null) return;
     while (peer.inFlight < this.callsInFlightMax) {
       // SMC packets first, and past the byte cap: stability and RDMC repair wait on the
       // reports they carry, which must not queue behind MiBs of blocks. Blocks only while the
@@ -716,7 +767,7 @@ export class MulticastDriver {
         encodeBlockHeaderInto(block, head, FRAME_HEADER_BYTES + LENGTH_BYTES);
         peer.queuedBytes -= itemBytes(block);
         this.counters.blocksLent++;
-        this.callFrame(peer, session, head, count, block.bytes);
+        this.callFrame(peer, session, head, items, block.bytes);
         continue;
       }
       const inPlace = count === 1 && !(items[0] instanceof Uint8Array) ? this.relayFrame(items[0]!) : null;
@@ -729,7 +780,7 @@ export class MulticastDriver {
         encodeBlockHeaderInto(block, inPlace, FRAME_HEADER_BYTES + LENGTH_BYTES);
         peer.queuedBytes -= itemBytes(block);
         this.counters.blocksRelayedInPlace++;
-        this.callFrame(peer, session, inPlace, count);
+        this.callFrame(peer, session, inPlace, items);
         continue;
       }
       // Every frame is built in one reused buffer: the transport copies a request before call()
@@ -751,15 +802,18 @@ export class MulticastDriver {
         offset += LENGTH_BYTES + length;
         peer.queuedBytes -= length;
       }
-      this.callFrame(peer, session, frame, count);
+      this.callFrame(peer, session, frame, items);
     }
   }
 
   /**
-   * Sends one built frame of `count` packets to `peer` (the transport copies it at once), or,
+   * Sends one built frame of the packets `items` to `peer` (the transport copies it at once), or,
    * with `lent`, the frame `frame` ++ `lent` through callLent (`lent` is held until it settles).
    */
-  private callFrame(peer: Peer, session: TransportSession, frame: Uint8Array, count: number, lent?: Uint8Array): void {
+  private callFrame(
+    peer: Peer, session: TransportSession, frame: Uint8Array, items: (Uint8Array | BlockPacket)[], lent?: Uint8Array,
+  ): void {
+    const count = items.length;
     const bytes = frame.byteLength + (lent?.byteLength ?? 0);
     peer.inFlight++;
     peer.inFlightBytes += bytes;
@@ -772,14 +826,51 @@ export class MulticastDriver {
       () => {
         peer.inFlight--;
         peer.inFlightBytes -= bytes;
+        peer.notReadySinceMs = 0;
         this.flush(peer);
       },
       (error: Error) => {
         peer.inFlight--;
         peer.inFlightBytes -= bytes;
-        this.peerFailed(peer, error);
+        if (isNoHandler(error)) this.peerNotReady(peer, items, error);
+        else this.peerFailed(peer, error);
       },
     );
+  }
+
+  /**
+   * `peer` refused a frame because it has no multicast handler yet: its process runs but has not
+   * created a multicast driver (nor called prepareMulticastTransport). The frame did not reach
+   * its core, so its packets go back to the queues (the core relies on every packet arriving;
+   * duty 4) and are sent again after `notReadyRetryMs`. Reporting such a member failed, as this
+   * driver used to, dropped everything for it for good: a member that started its driver a
+   * moment after the others then never heard from one of them and the shard stalled
+   * (test/integration/multicast-driver.test.ts). After `peerNotReadyTimeoutMs` it is failed.
+   */
+  private peerNotReady(peer: Peer, items: (Uint8Array | BlockPacket)[], error: Error): void {
+    this.counters.notReadyRefusals++;
+    if (peer.failed || this.closed || this.peers.get(peer.node) !== peer) return;
+    const now = Date.now();
+    if (peer.notReadySinceMs === 0) peer.notReadySinceMs = now;
+    if (now - peer.notReadySinceMs >= this.peerNotReadyTimeoutMs) {
+      this.peerFailed(peer, error);
+      return;
+    }
+    const smc: Uint8Array[] = [];
+    for (const item of items) {
+      if (item instanceof Uint8Array) smc.push(item);
+      else peer.blocks.push(item, item.index * (this.core?.senderCount ?? 1) + item.senderIndex);
+      peer.queuedBytes += itemBytes(item);
+    }
+    // The refused SMC packets go first again, in their order (the core takes any arrival order,
+    // but reports should not fall behind).
+    if (smc.length > 0) peer.queue.unshift(...smc);
+    if (peer.retryTimer === null) {
+      peer.retryTimer = setTimeout(() => {
+        peer.retryTimer = null;
+        if (!this.closed) this.flush(peer);
+      }, this.notReadyRetryMs);
+    }
   }
 
   private peerFailed(peer: Peer, error: Error): void {
@@ -788,6 +879,9 @@ export class MulticastDriver {
     // have been replaced at that address since) no longer speaks for the node.
     if (peer.failed || this.closed || this.peers.get(peer.node) !== peer) return;
     peer.failed = true;
+    peer.failure = error.message;
+    if (peer.retryTimer !== null) clearTimeout(peer.retryTimer);
+    peer.retryTimer = null;
     peer.queue = [];
     peer.blocks = new BlockQueue();
     peer.queuedBytes = 0;
@@ -820,7 +914,7 @@ export class MulticastDriver {
         peers.set(node, {
           node, address, session: null, queue: [], blocks: new BlockQueue(), queuedBytes: 0, inFlight: 0,
           inFlightBytes: 0,
-          failed: false,
+          failed: false, notReadySinceMs: 0, retryTimer: null, failure: null,
         });
       }
     }

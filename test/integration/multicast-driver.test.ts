@@ -49,6 +49,9 @@ test.serial('3 processes, all sending mixed SMC and RDMC messages: one delivered
         ),
       ),
     );
+    if (results.some((r) => r.timedOut)) {
+      for (const [i, r] of results.entries()) t.log(`member ${i + 1}: ${JSON.stringify({ d: r.delivered, core: r.core, counters: r.counters, diagnostics: r.diagnostics })}`);
+    }
     for (const r of results) {
       t.false(r.timedOut, `every member delivered everything in time: ${JSON.stringify({ d: r.delivered, core: r.core })}`);
       t.is(r.delivered, 3 * perSender);

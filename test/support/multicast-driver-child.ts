@@ -132,6 +132,8 @@ async function runPlan(message: {
     latency: { p50: q(0.5), p99: q(0.99), samples: sorted.length },
     counters: state.driver.counters,
     core: state.driver.coreCounters(),
+    // On a timeout: what every layer was waiting for (the parent prints it).
+    diagnostics: timedOut ? { driver: state.driver.diagnostics(), transport: endpoint!.stats() } : undefined,
   });
 }
 

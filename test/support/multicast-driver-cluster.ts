@@ -21,6 +21,8 @@ export interface RunResult {
   latency: { p50: number; p99: number; samples: number };
   counters: Record<string, number>;
   core: Record<string, number> | null;
+  /** Only on a timeout: the driver's diagnostics() and the endpoint's stats. */
+  diagnostics?: Record<string, unknown>;
 }
 
 export class MemberProcess {
