@@ -1,7 +1,7 @@
 // Members start their multicast drivers at different moments: until a member has created its
 // first driver its transport answers the others' frames with NO_HANDLER. The driver must keep
 // those packets and send them again (it used to report the member failed and drop everything
-// for it for good: the 3-process test then stalled about one run in 30, a member delivering
+// for it for good: the 3-process test then stalled about one run in 15 to 30, a member delivering
 // nothing), and report the member failed only once it stays without a handler too long.
 import test from 'ava';
 import { Endpoint } from '../../src/transport/native-transport.js';
