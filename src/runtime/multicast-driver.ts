@@ -443,7 +443,6 @@ export class MulticastDriver {
     return this.core === null || this.core.isWedged;
   }
 
-  /** The core's counters for the current view (packets, duplicates, nulls, other views). */
   /**
    * A snapshot for diagnosing a stall: the core's state (MulticastCore.diagnostics), each
    * peer's queues and calls in flight, and the sends waiting to enter the core.
@@ -461,6 +460,7 @@ export class MulticastDriver {
     };
   }
 
+  /** The core's counters for the current view (packets, duplicates, nulls, other views). */
   coreCounters(): MulticastCore['counters'] | null {
     return this.core === null ? null : { ...this.core.counters };
   }
