@@ -10,7 +10,7 @@
 // over the survivors, which cuts node 1's call off. The link comes back, the call is re-sent in
 // the next view, and its version must be the one it was applied at (each replica returns
 // ReplicaContext.version from inside the call).
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import 'reflect-metadata';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -49,9 +49,23 @@ const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-version-resend-'));
 test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
 
 test('a call cut off by a view change and re-sent in the next view reports the version it was applied at', async (t) => {
-  t.timeout(90_000);
+  t.timeout(240_000);
+  // The cut depends on timing: the link to node 2 comes back once leave() resolved, and node 1's
+  // next retransmission can still reach node 2 before it reports what it received, so the trim
+  // keeps the call (CI at load ~5, once). Such a run checks nothing about re-sends: try again
+  // with a fresh group, up to three times.
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    const cutOff = await cutOffCall(t, attempt);
+    if (cutOff) return;
+    t.log(`attempt ${attempt}: the call was not cut off (applied in the first view); again`);
+  }
+  t.fail('no attempt cut the call off (re-sent in a later view)');
+});
+
+/** One run of the scenario; false when the call was not cut off (nothing was checked). */
+async function cutOffCall(t: ExecutionContext, attempt: number): Promise<boolean> {
   const configs = await localGroupConfigs(4, {
-    dataRoot, firstId: 1, extraToml: '[timeouts]\nheartbeat_ms = 50\nfailure_timeout_ms = 4000',
+    dataRoot: join(dataRoot, `attempt-${attempt}`), firstId: 1, extraToml: '[timeouts]\nheartbeat_ms = 50\nfailure_timeout_ms = 4000',
   });
   const groups = await Promise.all(configs.map((config) => Group.start(config, { types: [Cell], layout, membership: true })));
   const [g1, g2, , g4] = groups as [Group, Group, Group, Group];
@@ -76,8 +90,8 @@ test('a call cut off by a view change and re-sent in the next view reports the v
     t.is(version, own, 'the version the caller sees is the one the call was applied at');
     t.is(await cut.replies.get(2 as NodeId)!, own, 'node 2 applied it at the same version');
     t.is(String(await cut.persisted()), own);
-    t.true(BigInt(own) >> 32n > BigInt(startView), 'this run did cut the call off (re-sent in a later view)');
+    return BigInt(own) >> 32n > BigInt(startView);
   } finally {
     await Promise.all(groups.map((g) => g.close().catch(() => undefined)));
   }
-});
+}
