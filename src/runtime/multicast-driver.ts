@@ -276,6 +276,11 @@ function isLargeBlock(item: Uint8Array | BlockPacket): boolean {
   return !(item instanceof Uint8Array) && item.bytes.byteLength >= LARGE_BLOCK_BYTES;
 }
 
+/** Where a block's message stands in the round-robin delivery order (BlockQueue's key). */
+function deliveryRank(block: BlockPacket, senderCount: number): number {
+  return block.index * senderCount + block.senderIndex;
+}
+
 /** The member answered that it has no handler for the multicast request type (not yet). */
 function isNoHandler(error: Error): boolean {
   return error instanceof TransportError && error.code === 'NO_HANDLER';
@@ -716,7 +721,7 @@ export class MulticastDriver {
         const peer = this.peers.get(node);
         if (peer === undefined || peer.failed) continue;
         if (packet.kind === 'block') {
-          peer.blocks.push(packet, packet.index * senderCount + packet.senderIndex);
+          peer.blocks.push(packet, deliveryRank(packet, senderCount));
         } else {
           peer.queue.push(item as Uint8Array);
         }
@@ -760,12 +765,7 @@ export class MulticastDriver {
         // built; the block's bytes (a view of the sender's payload or of the received frame,
         // never changed: see send() and receiveFrame) are lent until the call settles.
         const block = items[0] as BlockPacket;
-        const head = new Uint8Array(FRAME_HEADER_BYTES + LENGTH_BYTES + BLOCK_HEADER_BYTES);
-        const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
-        view.setUint32(0, this.shard, true);
-        view.setUint32(FRAME_HEADER_BYTES, itemBytes(block), true);
-        encodeBlockHeaderInto(block, head, FRAME_HEADER_BYTES + LENGTH_BYTES);
-        peer.queuedBytes -= itemBytes(block);
+        const head = this.blockFrameHead(peer, new Uint8Array(FRAME_HEADER_BYTES + LENGTH_BYTES + BLOCK_HEADER_BYTES), block);
         this.counters.blocksLent++;
         this.callFrame(peer, session, head, items, block.bytes);
         continue;
@@ -773,12 +773,7 @@ export class MulticastDriver {
       const inPlace = count === 1 && !(items[0] instanceof Uint8Array) ? this.relayFrame(items[0]!) : null;
       if (inPlace !== null) {
         // A relayed block alone in its frame: forward the frame it arrived in (no JS copy).
-        const block = items[0] as BlockPacket;
-        const view = new DataView(inPlace.buffer, inPlace.byteOffset, FRAME_HEADER_BYTES + LENGTH_BYTES);
-        view.setUint32(0, this.shard, true);
-        view.setUint32(FRAME_HEADER_BYTES, inPlace.byteLength - FRAME_HEADER_BYTES - LENGTH_BYTES, true);
-        encodeBlockHeaderInto(block, inPlace, FRAME_HEADER_BYTES + LENGTH_BYTES);
-        peer.queuedBytes -= itemBytes(block);
+        this.blockFrameHead(peer, inPlace, items[0] as BlockPacket);
         this.counters.blocksRelayedInPlace++;
         this.callFrame(peer, session, inPlace, items);
         continue;
@@ -804,6 +799,20 @@ export class MulticastDriver {
       }
       this.callFrame(peer, session, frame, items);
     }
+  }
+
+  /**
+   * Writes the frame head of `block` travelling alone ([shard][length][block header]) at the start
+   * of `target` (its bytes follow there, or are lent), and takes the block off `peer`'s queued
+   * bytes. Returns `target`.
+   */
+  private blockFrameHead(peer: Peer, target: Uint8Array, block: BlockPacket): Uint8Array {
+    const view = new DataView(target.buffer, target.byteOffset, FRAME_HEADER_BYTES + LENGTH_BYTES);
+    view.setUint32(0, this.shard, true);
+    view.setUint32(FRAME_HEADER_BYTES, itemBytes(block), true);
+    encodeBlockHeaderInto(block, target, FRAME_HEADER_BYTES + LENGTH_BYTES);
+    peer.queuedBytes -= itemBytes(block);
+    return target;
   }
 
   /**
@@ -859,7 +868,7 @@ export class MulticastDriver {
     const smc: Uint8Array[] = [];
     for (const item of items) {
       if (item instanceof Uint8Array) smc.push(item);
-      else peer.blocks.push(item, item.index * (this.core?.senderCount ?? 1) + item.senderIndex);
+      else peer.blocks.push(item, deliveryRank(item, this.core?.senderCount ?? 1));
       peer.queuedBytes += itemBytes(item);
     }
     // The refused SMC packets go first again, in their order (the core takes any arrival order,
