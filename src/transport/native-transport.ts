@@ -377,16 +377,8 @@ class Outbox {
   ): boolean {
     const external = payload.byteLength >= EXTERNAL_PAYLOAD_BYTES_MIN;
     this.reserve(RECORD_HEADER_BYTES + (external ? 0 : pad8(payload.byteLength)));
-    const o = this.offset;
-    const v = this.view;
-    v.setUint8(o, kind);
-    v.setUint8(o + 1, code);
-    v.setUint16(o + 2, external ? FLAG_PAYLOAD_IN_EXTRAS : 0, true);
-    v.setUint32(o + 4, session, true);
-    v.setUint32(o + 8, slotOrTimeout, true);
-    v.setUint32(o + 12, external ? this.extras.length : payload.byteLength, true);
-    v.setFloat64(o + 16, id, true);
-    this.offset += RECORD_HEADER_BYTES;
+    this.writeHeader(kind, code, external ? FLAG_PAYLOAD_IN_EXTRAS : 0, session, slotOrTimeout,
+      external ? this.extras.length : payload.byteLength, id);
     if (external) {
       this.extras.push(payload);
     } else {
@@ -400,20 +392,29 @@ class Outbox {
   appendLent(code: number, session: number, timeoutMs: number, id: number, head: Uint8Array, body: Uint8Array): void {
     const inline = LENT_PREFIX_BYTES + head.byteLength;
     this.reserve(RECORD_HEADER_BYTES + pad8(inline));
+    this.writeHeader(SubmitKind.Call, code, FLAG_LENT_BODY, session, timeoutMs, inline, id);
+    const o = this.offset;
+    this.view.setUint32(o, this.extras.length, true);
+    this.view.setUint32(o + 4, 0, true);
+    this.bytes.set(head, o + LENT_PREFIX_BYTES);
+    this.offset += pad8(inline);
+    this.extras.push(body);
+  }
+
+  /** Writes a record header at the offset (room reserved) and moves past it. */
+  private writeHeader(
+    kind: SubmitKind, code: number, flags: number, session: number, slotOrTimeout: number, lengthOrIndex: number, id: number,
+  ): void {
     const o = this.offset;
     const v = this.view;
-    v.setUint8(o, SubmitKind.Call);
+    v.setUint8(o, kind);
     v.setUint8(o + 1, code);
-    v.setUint16(o + 2, FLAG_LENT_BODY, true);
+    v.setUint16(o + 2, flags, true);
     v.setUint32(o + 4, session, true);
-    v.setUint32(o + 8, timeoutMs, true);
-    v.setUint32(o + 12, inline, true);
+    v.setUint32(o + 8, slotOrTimeout, true);
+    v.setUint32(o + 12, lengthOrIndex, true);
     v.setFloat64(o + 16, id, true);
-    v.setUint32(o + RECORD_HEADER_BYTES, this.extras.length, true);
-    v.setUint32(o + RECORD_HEADER_BYTES + 4, 0, true);
-    this.bytes.set(head, o + RECORD_HEADER_BYTES + LENT_PREFIX_BYTES);
-    this.offset += RECORD_HEADER_BYTES + pad8(inline);
-    this.extras.push(body);
+    this.offset += RECORD_HEADER_BYTES;
   }
 
   flushTo(native: NativeEndpointHandle): NativeBatch {
