@@ -1313,10 +1313,45 @@ export class MembershipDriver {
     }
   }
 
+  /**
+   * An effect failed (a bug, or a resource this node cannot get: its disk, its transport). The
+   * node has applied part of a view change and cannot take part in the next one, so it stops as
+   * if removed: it says why (the `removed` event, with the cause), sends no more heartbeats, and
+   * the others remove it by their failure timeout. Going on would leave the node in its old view
+   * with no way out, and the group's next view change waiting for its wedge report.
+   */
   private fail(error: unknown): void {
     if (this.status === 'closed') return; // shutting down: pending effects fail on a closed transport
     this.failure ??= error as Error;
+    const message = error instanceof Error ? error.message : String(error);
+    this.options.log?.(`effect failed: ${message}`);
     process.emitWarning(`membership driver of node ${this.self} failed: ${String(error)}`);
+    if (this.status !== 'member') return; // joining or restarting: the caller's promise rejects
+    const viewIdValue = this.core?.view.id ?? makeViewId(0);
+    this.effects = this.effects
+      .then(() => this.stopRemoved(viewIdValue, `it stopped after an internal error: ${message}`))
+      .catch((closing) => process.emitWarning(`node ${this.self} stopping: ${String(closing)}`));
+  }
+
+  /**
+   * Stops this node as a member (removed by the group, or stopped by fail()): no more heartbeats
+   * or deliveries, the `removed` event with `reason`.
+   */
+  private async stopRemoved(viewIdValue: ViewId, reason: string): Promise<void> {
+    if (this.status !== 'member') return;
+    this.status = 'removed';
+    // A removed node keeps serving Raft until the new leader takes it out of the
+    // configuration; if it leads, it hands over first (only a leader reconfigures).
+    const raft = this.raft;
+    const heir = raft?.core.status().conf.voters.find((v) => v !== this.self && this.voters.includes(nodeId(v)));
+    if (raft?.core.role === 'leader' && heir !== undefined) raft.transferLeadership(heir);
+    const error = new NodeRemovedError(this.self, viewIdValue, reason);
+    try {
+      for (const run of this.shards.values()) await run.driver.close();
+    } finally {
+      this.shards.clear();
+      for (const l of this.listeners.removed) l(error);
+    }
   }
 
   private async applyEffect(effect: ViewChangeEffect): Promise<void> {
@@ -1363,19 +1398,9 @@ export class MembershipDriver {
         this.partitioned = true;
         for (const run of this.shards.values()) if (!run.driver.isWedged) run.driver.wedge();
         break;
-      case 'removed': {
-        this.status = 'removed';
-        // A removed node keeps serving Raft until the new leader takes it out of the
-        // configuration; if it leads, it hands over first (only a leader reconfigures).
-        const raft = this.raft;
-        const heir = raft?.core.status().conf.voters.find((v) => v !== this.self && this.voters.includes(nodeId(v)));
-        if (raft?.core.role === 'leader' && heir !== undefined) raft.transferLeadership(heir);
-        for (const run of this.shards.values()) await run.driver.close();
-        this.shards.clear();
-        const error = new NodeRemovedError(this.self, effect.viewId, effect.reason);
-        for (const l of this.listeners.removed) l(error);
+      case 'removed':
+        await this.stopRemoved(effect.viewId, effect.reason);
         return;
-      }
       case 'refused':
         if (effect.changes.some((c) => c.kind === 'leave' && c.node === this.self)) {
           for (const l of this.listeners.leaveRefused) l();

@@ -104,7 +104,12 @@ export interface MulticastDriverOptions {
   readonly limits?: MulticastLimits;
   /** Called in delivery order, synchronously from the driver's pump. */
   readonly onDeliver: (delivery: MulticastDelivery) => void;
-  /** Called once when a call to a member fails (the membership layer's input). */
+  /**
+   * Called once when a call to a member fails or its session cannot be opened (the membership
+   * layer's input). With it, create() and installView() resolve although a member is
+   * unreachable (its failure is reported here, and the owner removes it by a view change);
+   * without it they reject, as nobody else would act on it.
+   */
   readonly onPeerFailed?: (node: NodeId, error: Error) => void;
   readonly clock?: Clock;
   /** Replaceable HLC (a node shares one across its layers); one over `clock` by default. */
@@ -356,7 +361,12 @@ export class MulticastDriver {
   /** Creates the driver, installs `options.view` and connects to its members. */
   static async create(options: MulticastDriverOptions): Promise<MulticastDriver> {
     const driver = new MulticastDriver(options);
-    await driver.connectAll();
+    try {
+      await driver.connectAll();
+    } catch (error) {
+      await driver.close(); // its shard registration and ticker must not outlive the failure
+      throw error;
+    }
     return driver;
   }
 
@@ -941,6 +951,8 @@ export class MulticastDriver {
           });
         } catch (error) {
           this.peerFailed(peer, error as Error);
+          // Reported: the driver goes on without the peer (as when a call to it fails later).
+          if (this.options.onPeerFailed !== undefined) return;
           throw error;
         }
         this.flush(peer);

@@ -176,13 +176,17 @@ export async function sendSome(node: LocalNode, count: number, label: string): P
  * Five (or `count`) founders on fresh endpoints, not started yet. With MEMBERSHIP_LOG set, every
  * driver's progress lines go to stdout with the ms since creation.
  */
-export async function createFounders(seedBase: number, count = 5): Promise<{ nodes: LocalNode[]; founders: { id: NodeId; address: string }[] }> {
+export async function createFounders(
+  seedBase: number, count = 5,
+  extra: (id: number) => Partial<MembershipDriverOptions> = () => ({}),
+): Promise<{ nodes: LocalNode[]; founders: { id: NodeId; address: string }[] }> {
   const endpoints = await Promise.all(Array.from({ length: count }, (_, i) => createEndpoint(seedBase + i + 1)));
   const founders = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
   const t0 = performance.now();
   const nodes = endpoints.map((e, i) => createNode(i + 1, e, {
     founders, found: true,
     ...(process.env['MEMBERSHIP_LOG'] ? { log: (line: string) => console.log(`${(performance.now() - t0).toFixed(1)} n${i + 1} ${line}`) } : {}),
+    ...extra(i + 1),
   }));
   return { nodes, founders };
 }
