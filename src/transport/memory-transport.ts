@@ -8,17 +8,23 @@
  * timeoutMs, else the call never completes (as with a peer that stopped answering). Delivery is
  * on a later macrotask (setImmediate) or after the drawn delay (setTimeout).
  */
-import { SquallError, TimeoutError } from '../core/errors.js';
+import { TimeoutError } from '../core/errors.js';
+import { TransportError } from './errors.js';
 import type { Random } from '../core/random.js';
 import type {
   CallOptions, RequestContext, RequestHandler, RequestType, SessionEvent, Transport,
   TransportAddress, TransportSession, TransportStats,
 } from './transport.js';
 
-/** A memory-transport failure: no such endpoint, no handler, or a closed session/endpoint. */
-export class MemoryTransportError extends SquallError {
-  constructor(message: string) {
-    super(message, 'TRANSPORT');
+/**
+ * A memory-transport failure: no such endpoint, no handler, a handler that threw, or a closed
+ * session/endpoint. A TransportError with the codes the native transport uses where it has one
+ * (NO_HANDLER, HANDLER_FAILED), so code that tells them apart (the multicast driver retries a
+ * member that has no handler yet) behaves the same over both; TRANSPORT otherwise.
+ */
+export class MemoryTransportError extends TransportError {
+  constructor(message: string, code: 'TRANSPORT' | 'NO_HANDLER' | 'HANDLER_FAILED' = 'TRANSPORT') {
+    super(message, code);
   }
 }
 
@@ -129,9 +135,24 @@ export class MemoryTransport implements Transport {
   /** @internal: runs the handler for an arriving request. */
   async serve(type: RequestType, request: Uint8Array, context: RequestContext): Promise<Uint8Array> {
     const handler = this.handlers.get(type);
-    if (handler === undefined) throw new MemoryTransportError(`${this.address} has no handler for request type ${type}`);
+    if (handler === undefined) {
+      throw new MemoryTransportError(
+        `${this.address} has no handler for request type ${type}. ` +
+          'Fix: register it with handle() on the server before clients call it.',
+        'NO_HANDLER',
+      );
+    }
     this.counters.callsHandled++;
-    return handler(request, context);
+    try {
+      return await handler(request, context);
+    } catch (error) {
+      // As over the native transport: the caller learns the handler's message, not its object.
+      const message = error instanceof Error ? error.message : String(error);
+      throw new MemoryTransportError(
+        `call of request type ${type} to ${this.address} failed: the server's handler threw: ${message}`,
+        'HANDLER_FAILED',
+      );
+    }
   }
 }
 

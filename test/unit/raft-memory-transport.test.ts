@@ -1,10 +1,11 @@
 // Proves the in-process MemoryTransport (used by the Raft driver tests and benchmark) keeps the
 // Transport contract: asynchronous delivery, the caller's buffer may be reused at once, handler
-// errors and missing handlers reject, loss turns into TimeoutError, cut links are silent, and
-// closing fails pending calls.
+// errors and missing handlers reject with the native transport's codes, loss turns into
+// TimeoutError, cut links are silent, and closing fails pending calls.
 import test from 'ava';
 import { TimeoutError } from '../../src/core/errors.js';
 import { SeededRandom } from '../../src/core/random.js';
+import { TransportError } from '../../src/transport/errors.js';
 import { MemoryNetwork, MemoryTransportError } from '../../src/transport/memory-transport.js';
 
 test('a call reaches the handler asynchronously with a copy, and the response comes back', async (t) => {
@@ -37,8 +38,11 @@ test('missing handlers and handler errors reject; double registration is refused
   });
   t.throws(() => b.handle(1, () => new Uint8Array()), { instanceOf: MemoryTransportError });
   const s = await a.connect(b.address);
-  await t.throwsAsync(s.call(1, new Uint8Array()), { message: 'boom' });
-  await t.throwsAsync(s.call(2, new Uint8Array()), { instanceOf: MemoryTransportError });
+  // The native transport's codes: the multicast driver retries NO_HANDLER, not HANDLER_FAILED.
+  const threw = await t.throwsAsync(s.call(1, new Uint8Array()), { instanceOf: TransportError, message: /handler threw: boom/ });
+  t.is(threw?.code, 'HANDLER_FAILED');
+  const missing = await t.throwsAsync(s.call(2, new Uint8Array()), { instanceOf: MemoryTransportError });
+  t.is(missing?.code, 'NO_HANDLER');
   await t.throwsAsync(a.connect('mem:999'), { instanceOf: MemoryTransportError });
 });
 
