@@ -127,6 +127,8 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
     const p2pReads: P2PRead[] = [];
     const removedLines = new Map<number, string>();
     const disagreements: string[] = [];
+    /** A membership driver that failed an effect (it stops as removed, with the cause): a bug. */
+    const internalErrors: string[] = [];
     const partitionWindows: { node: number; from: number; to: number }[] = [];
     const minorityHistories: { node: number; versions: [string, number, number][] }[] = [];
     const listen = (line: string, nodeId: number): void => {
@@ -137,7 +139,10 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
         const ok = JSON.parse(line.slice(5)) as Completion;
         completions.set(ok.o, ok);
       } else if (line.startsWith('p2p ')) p2pReads.push(JSON.parse(line.slice(4)) as P2PRead);
-      else if (line.startsWith('removed ')) removedLines.set(nodeId, line.slice(8));
+      else if (line.startsWith('removed ')) {
+        removedLines.set(nodeId, line.slice(8));
+        if (line.includes('internal error')) internalErrors.push(`node ${nodeId}: ${line.slice(8)}`);
+      } else if (/membership driver of node \d+ failed/.test(line)) internalErrors.push(`node ${nodeId}: ${line}`);
       else if (line.startsWith('disagree ')) disagreements.push(`node ${nodeId}: ${line.slice(9)}`);
     };
 
@@ -492,6 +497,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
         }
       }
       for (const d of disagreements) violations.push(`replies: members answered one ordered call differently: ${d}`);
+      for (const e of internalErrors) violations.push(`internal-error: a membership effect failed and the node stopped: ${e}`);
 
       if (options.restartCheck) {
         // Total restart from disk: every node killed at once, then started again over its own
