@@ -55,13 +55,20 @@ async function runNode(args: string[], io: CliIo): Promise<number> {
     types: app.types, layout: app.layout, ...(switches.has('membership') ? { membership: true } : {}),
   });
   for (const line of describeNode(group)) io.out(line);
-  await new Promise<void>((done) => {
-    const stop = (): void => done();
+  const removed = await new Promise<Error | undefined>((done) => {
+    const stop = (): void => done(undefined);
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
     if (process.send !== undefined) process.once('disconnect', stop);
+    // Removed by the group (taken for failed, or stopped after an internal error): it serves
+    // nothing more, so the process says why and ends rather than idling as if it were a member.
+    group.on('removed', (error) => done(error));
   });
   await group.close();
+  if (removed !== undefined) {
+    io.err(removed.message);
+    return 3;
+  }
   io.out(`node ${group.nodeId} left the group`);
   return 0;
 }
@@ -77,6 +84,8 @@ Starts this node's part of the group described by the config (every member liste
 group.members starts the same way) and hosts the @replicated types that the app module exports as
 "types", laid out by its "layout" export (see examples/kv-store/app.ts). Runs until SIGINT or
 SIGTERM, then leaves cleanly. Exit status: 0 after a clean stop, 1 if the node cannot start
-(the message names the config key or the unreachable member), 2 bad arguments.`,
+(the message names the config key or the unreachable member), 2 bad arguments, 3 once the group
+removed this node (--membership: it was taken for failed; the message says why; start it again
+to rejoin as a new member).`,
   run: runNode,
 };

@@ -46,6 +46,7 @@ import type { SquallConfig } from '../config/schema.js';
 import { defaultAllocator, type Allocator, type LayoutPolicies } from '../membership/layout.js';
 import { describeInadequacy, encodeView, type ShardMembership, type View } from '../membership/view.js';
 import { MULTICAST_REQUEST_TYPE_DEFAULT, MulticastDriver } from '../runtime/multicast-driver.js';
+import type { RemovedFromGroupError } from '../runtime/membership-driver.js';
 import { ShardGate } from './shard-gate.js';
 import { SessionCache } from '../transport/session-cache.js';
 import { Endpoint, endpointOptionsFromConfig } from '../transport/native-transport.js';
@@ -163,7 +164,8 @@ export class Group {
   private readonly membership: MembershipViewSource | undefined;
   private readonly p2pWriteCheck: P2PWriteCheck;
   /** Set once the membership log removed this node: ordered calls throw it. */
-  private removed: SquallError | undefined;
+  private removed: RemovedFromGroupError | undefined;
+  private readonly removedListeners: ((error: RemovedFromGroupError) => void)[] = [];
   private readonly sessions: SessionCache;
   /** Raft shards this node entered by a view change whose engine is starting. */
   private readonly raftStarting = new Set<ShardReplica>();
@@ -195,6 +197,7 @@ export class Group {
       for (const results of this.calls.values()) results.failAll(error);
       this.calls.clear();
       for (const wait of [...this.inadequateWaits]) wait.release(error);
+      for (const listener of this.removedListeners.splice(0)) listener(error);
     });
     viewSource.on('view', (next) => {
       // A node that joins at an address this node has a session to (a member restarted there,
@@ -280,6 +283,9 @@ export class Group {
       await group.createDrivers();
       group.ready = true;
       await group.awaitMembersReady();
+      // Removed while it started (e.g. welcomed into a view, then taken for failed before its
+      // first heartbeats arrived): it is not a member, and Group.start says so.
+      if (group.removed !== undefined) throw group.removed;
       return group;
     } catch (error) {
       if (group !== undefined) await group.close({ leave: false });
@@ -310,8 +316,18 @@ export class Group {
   }
 
   /** Calls `listener` for every view installed after this call. */
-  on(_event: 'view', listener: (view: View) => void): void {
-    this.viewListeners.push(listener);
+  on(event: 'view', listener: (view: View) => void): void;
+  /**
+   * Calls `listener` once this node is no longer a member (the group removed it as failed, it
+   * left, or its membership driver stopped after an internal error), at once if it already is.
+   * A removed node serves no more ordered calls (they fail with the same error); start it again
+   * to rejoin as a new member. Only with `membership`: a static group never removes a node.
+   */
+  on(event: 'removed', listener: (error: RemovedFromGroupError) => void): void;
+  on(event: 'view' | 'removed', listener: ((view: View) => void) | ((error: RemovedFromGroupError) => void)): void {
+    if (event === 'view') this.viewListeners.push(listener as (view: View) => void);
+    else if (this.removed !== undefined) (listener as (error: RemovedFromGroupError) => void)(this.removed);
+    else this.removedListeners.push(listener as (error: RemovedFromGroupError) => void);
   }
 
   /** This node's shard of `Type`'s subgroup `index`. Throws NotMemberError if it has none. */
@@ -857,6 +873,7 @@ export class Group {
       const ref = { subgroupId: replica.subgroupId, shardIndex: replica.shardIndex };
       while (membership.awaitingState(ref)) {
         if (this.closed) throw new GroupClosedError('Group.start');
+        if (this.removed !== undefined) throw this.removed;
         if (Date.now() > deadline) {
           throw new GroupStartError(
             `the state of ${replica.info.name} shard ${replica.shardIndex} did not arrive within ` +

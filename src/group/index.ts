@@ -10,3 +10,4 @@ export {
 export { hashKey } from './wire.js';
 export { Client, RelayFailedError, type ClientOptions, type ClientOrderedResult, type ClientOrderedApi, type ClientSubgroup } from './client.js';
 export { MembershipViewSource, layoutHashOf, type MembershipViewSourceOptions, type MembershipSink } from './membership-view-source.js';
+export { RemovedFromGroupError } from '../runtime/membership-driver.js';

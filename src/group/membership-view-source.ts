@@ -26,7 +26,7 @@ import {
 import type { View } from '../membership/view.js';
 import { multicastLimitsForProfile } from './limits.js';
 import {
-  MembershipDriver, type NodeRemovedError as DriverRemovedError, type ShardRef, type ShardStateStore,
+  MembershipDriver, type RemovedFromGroupError as DriverRemovedError, type ShardRef, type ShardStateStore,
 } from '../runtime/membership-driver.js';
 import type { MulticastDelivery, MulticastDriver } from '../runtime/multicast-driver.js';
 import { MembershipStore } from '../runtime/membership-store.js';
@@ -140,9 +140,14 @@ export class MembershipViewSource implements ViewSource {
     return this.driver.current();
   }
 
-  /** Calls `listener` once the membership log removed this node (failure, suspicion or leave). */
+  /**
+   * Calls `listener` once the membership log removed this node (failure, suspicion or leave), at
+   * once if that already happened: a node can be removed while Group.start still waits for its
+   * state or its peers (a joiner welcomed late), before anyone listened.
+   */
   onRemoved(listener: (error: DriverRemovedError) => void): void {
-    this.removedListeners.push(listener);
+    if (this.removed !== undefined) listener(this.removed);
+    else this.removedListeners.push(listener);
   }
 
   /**

@@ -145,13 +145,17 @@ export interface MembershipDriverOptions {
   readonly log?: (line: string) => void;
 }
 
-/** The node was removed from the group (it failed, was suspected, or left). */
-export class NodeRemovedError extends SquallError {
+/**
+ * This node was removed from the group (it failed, was suspected, left, or stopped after an
+ * internal error). Not the group layer's NodeRemovedError, which names another member that left
+ * before it replied.
+ */
+export class RemovedFromGroupError extends SquallError {
   constructor(node: NodeId, viewIdValue: ViewId, reason: string) {
     super(
       `node ${node} is no longer a member: removed in view ${viewIdValue} (${reason}). ` +
         'Fix: start the node again so that it rejoins as a new member (it receives state by transfer).',
-      'NODE_REMOVED',
+      'REMOVED_FROM_GROUP',
     );
   }
 }
@@ -178,7 +182,7 @@ export class JoinRefusedError extends SquallError {
 
 type Listener = {
   view: (view: View) => void;
-  removed: (error: NodeRemovedError) => void;
+  removed: (error: RemovedFromGroupError) => void;
   /** This node's clean leave was refused (it would have left a minority). */
   leaveRefused: () => void;
 };
@@ -1345,7 +1349,7 @@ export class MembershipDriver {
     const raft = this.raft;
     const heir = raft?.core.status().conf.voters.find((v) => v !== this.self && this.voters.includes(nodeId(v)));
     if (raft?.core.role === 'leader' && heir !== undefined) raft.transferLeadership(heir);
-    const error = new NodeRemovedError(this.self, viewIdValue, reason);
+    const error = new RemovedFromGroupError(this.self, viewIdValue, reason);
     try {
       for (const run of this.shards.values()) await run.driver.close();
     } finally {

@@ -142,7 +142,7 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
   let removed = false;
   // The Group keeps its view source private; the harness only needs to know who leads the log.
   const membership = (group as unknown as { membership?: { driver?: { isLeader?: boolean } } }).membership;
-  (group as unknown as { membership?: { onRemoved(cb: (e: Error) => void): void } }).membership?.onRemoved((error) => {
+  group.on('removed', (error) => {
     removed = true;
     print(`removed ${error.message.replace(/\s+/g, ' ')}`);
   });
