@@ -47,6 +47,7 @@ import {
   P2P_METHODS,
   Persistent,
   PersistentMap,
+  RemovedFromGroupError,
   flexibleEvenShards,
   objectDigest,
   oneSubgroup,
@@ -137,7 +138,16 @@ if (process.argv[1]?.endsWith('/kv-node.js')) {
 
   // KV_NODE_LOG=1: the membership driver's progress lines on stderr (for debugging a run).
   const membershipOption = process.env['KV_NODE_LOG'] === '1' ? { log: (line: string) => console.error(`[membership ${self}] ${line}`) } : true;
-  const group = await Group.start(config, { types: [ChaosKv], layout: chaosKvLayout, membership: membershipOption });
+  const group = await Group.start(config, { types: [ChaosKv], layout: chaosKvLayout, membership: membershipOption }).catch((error: unknown) => {
+    if (!(error instanceof RemovedFromGroupError)) throw error;
+    // Removed while it started (welcomed, then taken for failed): say so, answer reports as a
+    // removed node, and wait for the harness to replace it.
+    print(`removed ${error.message.replace(/\s+/g, ' ')}`);
+    createInterface({ input: process.stdin }).on('line', (line) => {
+      if (line.startsWith('report')) print(`report ${JSON.stringify({ id: self, viewId: -1, members: [], shard: [], leader: false, removed: true })}`);
+    });
+    return new Promise<never>(() => undefined);
+  });
   const endpoint = group.transport as Endpoint;
   let removed = false;
   // The Group keeps its view source private; the harness only needs to know who leads the log.

@@ -214,7 +214,9 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           const fresh = spawnNode(s.index);
           count('replacement-join');
           log(`replacement node ${fresh.nodeId} joins in slot ${s.index}`);
-          await fresh.process.waitForLine(/^ready /, 45_000);
+          // A joiner can be removed while it starts (it then says `removed`, and the next
+          // settle round replaces it again).
+          await fresh.process.waitForLine(/^(ready|removed) /, 45_000);
         }
       };
 
