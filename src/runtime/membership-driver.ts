@@ -334,7 +334,6 @@ export class MembershipDriver {
   /** Member addresses of the installed view → node, for the activity above. */
   private memberByAddress = new Map<TransportAddress, NodeId>();
   private lastTickAtMs = 0;
-  private failure: Error | undefined;
   readonly counters = {
     heartbeatsSent: 0, messagesDropped: 0, sendErrors: 0, proposals: 0, installs: 0, stateChunks: 0,
     /** Ticks skipped because this node's event loop had stalled (see onTick). */
@@ -1326,7 +1325,6 @@ export class MembershipDriver {
    */
   private fail(error: unknown): void {
     if (this.status === 'closed') return; // shutting down: pending effects fail on a closed transport
-    this.failure ??= error as Error;
     const message = error instanceof Error ? error.message : String(error);
     this.options.log?.(`effect failed: ${message}`);
     process.emitWarning(`membership driver of node ${this.self} failed: ${String(error)}`);
