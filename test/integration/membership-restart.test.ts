@@ -13,7 +13,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
 import { defaultAllocator, fixedEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
-import { restartView } from '../../src/membership/restart.js';
+import { quorumRuleOf, restartView } from '../../src/membership/restart.js';
 import { decodeView, encodeView, View } from '../../src/membership/view.js';
 import { MembershipDriver, RestartTimeoutError, type MembershipDriverOptions } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
@@ -164,6 +164,51 @@ test('a decision accepted before the restart leader failed is the one the others
     t.true(saved.indexOf(acceptance!) > saved.findIndex((r) => r.restart?.promised !== undefined && r.restart.accepted === undefined));
     // Node 1 is not back: the resumed group removes it.
     await waitFor('view 6 without node 1', () => drivers.every((d) => d.current().memberIds.map(Number).join() === '2,3'), 10_000);
+  } catch (error) {
+    t.log(lines.join('\n'));
+    throw error;
+  } finally {
+    for (const d of drivers) await d.close();
+    for (const e of endpoints) await e.close();
+  }
+});
+
+test('a decision accepted in the restart of view 4 carries into the restart of view 5, whose record holder leads', async (t) => {
+  t.timeout(30_000);
+  const { endpoints, lines, driver, last, members, allocator } = await restartingGroup(1010);
+  // Node 2 accepted node 3's decision for the restart of view 4 (view 5 of [1, 2, 3]; a record
+  // written before ballots named their view), and it may have been chosen. Node 1 recorded a view
+  // 5 that only it installed before the crash (it delivered nothing), so the restart moves to
+  // view 5's instance, which node 1 leads. The earlier rule started over there and resumed in a
+  // new decision (view 6 of [1, 2]); now node 2 reports its acceptance and node 1 proposes it.
+  const addresses = new Map(members.map((m) => [m.id, m.address]));
+  const accepted = {
+    view: encodeView(restartView(last, addresses, allocator)), from: encodeView(last), trims: [], epoch: '5-3-1234',
+  };
+  const record2: MembershipRecord = {
+    view: encodeView(last), epoch: '2',
+    restart: { instance: { viewId: 4, epoch: '2' }, promised: { round: 1, node: 3 }, accepted: { ballot: { round: 1, node: 3 }, decision: accepted } },
+  };
+  const view5 = new View({ id: viewId(5), members, joined: [], departed: [], failed: [], layout: last.layout });
+  const record1: MembershipRecord = { view: encodeView(view5), epoch: '2', previous: quorumRuleOf(last) };
+  const saved: MembershipRecord[] = [];
+  const drivers = [
+    driver(0, 20_000, { record: record1, saveRecord: async (r) => void saved.push(r) }),
+    driver(1, 20_000, { record: record2 }),
+  ];
+  try {
+    await Promise.all(drivers.map((d) => d.start()));
+    for (const d of drivers) {
+      t.is(d.current().id, viewId(5));
+      t.deepEqual(d.current().memberIds.map(Number), [1, 2, 3], 'the decision accepted in view 4\'s instance');
+    }
+    t.true(lines.some((l) => /^n1 restart: leader runs ballot \d+\.1 for view 5/.test(l)), 'node 1 led view 5\'s instance');
+    t.true(lines.some((l) => /^n1 restart: ballot \d+\.1 proposes view 5 \[1,2,3\] \(accepted before: adopted\)/.test(l)));
+    // Node 3 is not back: the resumed group removes it, and node 1's record of that view names
+    // view 5's quorums (a restart from it must meet them).
+    await waitFor('view 6 without node 3', () => drivers.every((d) => d.current().memberIds.map(Number).join() === '1,2'), 10_000);
+    const record6 = saved.find((r) => decodeView(r.view).id === 6);
+    t.deepEqual(record6?.previous, { viewId: 5, members: [1, 2, 3], shards: [[1, 2, 3]] });
   } catch (error) {
     t.log(lines.join('\n'));
     throw error;

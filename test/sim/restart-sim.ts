@@ -434,6 +434,7 @@ class RestartSimNode implements SimNode<Msg> {
       const r: Reconciling = { shard, kept: this.logs.get(shard)!.length, answers: new Map(), askedAtMs: -Infinity, done };
       this.reconciling.set(shard, r);
       if (done) this.world.onReconciled(this.id, shard, this.logs.get(shard)!);
+      else if (members.length === 1) this.finish(r); // alone in its shard: nobody to ask
       else this.askLatest(r);
     });
   }
