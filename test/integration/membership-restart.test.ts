@@ -12,7 +12,7 @@
 // removed it comes back in a new view (not its recorded view 0) with what it missed.
 import test, { type ExecutionContext } from 'ava';
 import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
-import { defaultAllocator, fixedEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
+import { defaultAllocator, fixedEvenShards, flexibleEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
 import { quorumRuleOf, restartView } from '../../src/membership/restart.js';
 import { decodeView, encodeView, View } from '../../src/membership/view.js';
 import { MembershipDriver, RestartTimeoutError, type MembershipDriverOptions } from '../../src/runtime/membership-driver.js';
@@ -209,6 +209,56 @@ test('a decision accepted in the restart of view 4 carries into the restart of v
     await waitFor('view 6 without node 3', () => drivers.every((d) => d.current().memberIds.map(Number).join() === '1,2'), 10_000);
     const record6 = saved.find((r) => decodeView(r.view).id === 6);
     t.deepEqual(record6?.previous, { viewId: 5, members: [1, 2, 3], shards: [[1, 2, 3]] });
+  } catch (error) {
+    t.log(lines.join('\n'));
+    throw error;
+  } finally {
+    for (const d of drivers) await d.close();
+    for (const e of endpoints) await e.close();
+  }
+});
+
+test('a restart of a view whose predecessor lost two of five members waits for half the predecessor', async (t) => {
+  t.timeout(30_000);
+  // View 4: [1..5], one shard. View 5 removed 4 and 5: [1, 2, 3]; only nodes 1 and 2 recorded it
+  // (node 3 crashed first; its record is view 4). Nodes 1 and 2 are a quorum of view 5, but nodes
+  // 3, 4 and 5 could be a quorum of view 4 deciding on their own, so 1 and 2 must not decide
+  // alone (the earlier rule resumed them in view 6 of [1, 2]); with node 3 back they do.
+  const endpoints = await Promise.all([1, 2, 3, 4, 5].map((i) => createEndpoint(1020 + i)));
+  const all = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
+  const allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(1, 1, 5)) });
+  const layoutOf = (ids: number[]) => runAllocator(allocator, { previous: undefined, members: ids.map((i) => nodeId(i)) });
+  const view4 = new View({ id: viewId(4), members: all, joined: [], departed: [], failed: [], layout: layoutOf([1, 2, 3, 4, 5]) });
+  const view5 = new View({
+    id: viewId(5), members: all.slice(0, 3), joined: [], departed: [], failed: [nodeId(4), nodeId(5)], layout: layoutOf([1, 2, 3]),
+  });
+  const records: MembershipRecord[] = [
+    { view: encodeView(view5), epoch: '2', previous: quorumRuleOf(view4) },
+    { view: encodeView(view5), epoch: '2', previous: quorumRuleOf(view4) },
+    { view: encodeView(view4), epoch: '2' },
+  ];
+  const lines: string[] = [];
+  const driver = (i: number, restartTimeoutMs: number): MembershipDriver => new MembershipDriver({
+    self: nodeId(i + 1), transport: endpoints[i]!, allocator, layoutHash: 'kv', founders: all, found: false,
+    heartbeatMs: 20, failureTimeoutMs: 400, tickMs: 10, record: records[i]!, state: new KvState(),
+    restartTimeoutMs, restartGraceMs: 200, log: (line) => lines.push(`n${i + 1} ${line}`),
+  });
+  const drivers = [driver(0, 20_000), driver(1, 20_000)];
+  try {
+    const started = drivers.map((d) => d.start());
+    await waitFor('nodes 1 and 2 see each other', () => lines.some((l) => /^n1 restart: view 5: back \[1,2\]/.test(l)), 10_000);
+    await new Promise((resolve) => setTimeout(resolve, 1000)); // longer than the grace period
+    t.true(lines.some((l) => /^n1 restart: view 5: back \[1,2\], waiting for \[3\] and half of view 4 \[1,2,3,4,5\]/.test(l)));
+    t.false(lines.some((l) => /runs ballot|chose view/.test(l)), 'nodes 1 and 2 did not decide alone');
+    drivers.push(driver(2, 20_000));
+    await Promise.all([...started, drivers[2]!.start()]);
+    for (const d of drivers) {
+      t.is(d.current().id, viewId(6));
+      t.deepEqual(d.current().memberIds.map(Number), [1, 2, 3]);
+    }
+    // Given up waiting, the error names the view it could not hear enough of.
+    const error = new RestartTimeoutError(5, [nodeId(3)], '', 60_000, quorumRuleOf(view4));
+    t.regex(error.message, /the nodes back do not hold half of view 4 \[1, 2, 3, 4, 5\]/);
   } catch (error) {
     t.log(lines.join('\n'));
     throw error;
