@@ -23,43 +23,75 @@
  *     (`reconcileShard`). New versions start at view `R + 1`, above every old one.
  *
  * **The decision** (acceptorPrepare, acceptorAccept, RestartProposer). A restart instance is
- * named by the view record it restarts from (`R`'s id and epoch). A ballot is (round, node).
+ * named by the view record it restarts from (`R`'s id and epoch). A ballot is (view, round, node):
+ * every ballot of a newer instance of an epoch ranks above every ballot of an older one.
  *  - Phase 1: the leader sends `prepare(instance, ballot)`; an acceptor promises never to accept
- *    a lower ballot and answers with the decision it accepted last (and its ballot), if any.
- *  - Once a **quorum** promised (restartQuorum(R, promisers).ready: a majority of `R` and of every
- *    shard), the leader proposes the decision with the highest ballot among those answers, or
- *    its own if none had one; phase 2 sends `accept(instance, ballot, decision)`.
- *  - Once a quorum accepted, the decision is **chosen**: the leader tells every node of the
+ *    a lower ballot (of any instance of the epoch) and answers with the decision it accepted
+ *    last (and its ballot), if any, whichever instance of the epoch that was in.
+ *  - Once the promisers are a quorum of `R` (a majority of `R` and of every shard:
+ *    isRestartQuorum) **and meet every quorum of `R`'s predecessor** `P` (meetsEveryQuorum; `R`'s
+ *    record carries `P`'s members and shards when `P` was installed in the same epoch:
+ *    ballotQuorums), the leader proposes the decision with the highest ballot among those
+ *    answers, or its own if none had one; phase 2 sends `accept(instance, ballot, decision)`.
+ *  - Once a quorum of `R` accepted, the decision is **chosen**: the leader tells every node of the
  *    restart view, and only then does anyone adopt it (found the new epoch, reconcile, serve).
  *  - An acceptor persists its promise and its acceptance (in its view record, MembershipRecord
  *    `restart`) before it answers, and a leader promises its own ballot first, durably, so it
  *    never reuses a ballot after a crash. A refused or stalled ballot is retried with a higher
  *    round, by the same leader or by the next one when it stops hearing from it.
  *  - A message of an older instance (the acceptor knows a newer record) is answered `stale`, and
- *    the proposer moves to the newer record; one of a newer instance resets the acceptor.
+ *    the proposer moves to the newer record. One of a newer instance of the same epoch moves the
+ *    acceptor to it and **keeps** its promise and acceptance; one of another epoch starts it over
+ *    (an epoch after `E` exists only once a decision of `E` was chosen and adopted).
  *
- * **Invariant** (Paxos): within one instance, at most one decision is chosen, and every node that
- * adopts a decision adopts that one. Any two quorums of `R` share a member; a chosen decision
- * was accepted by a quorum under ballot b, so every later ballot's phase 1 hears of it (or of one
- * accepted at a higher ballot, which by induction is the same decision) and proposes it again. A
- * leader that fails between promise, accept and adoption thus leaves either nothing chosen or
- * the chosen decision on a quorum's disks. Checked by the restart simulator (test/sim/restart-sim.ts),
- * which catches the earlier single-phase rule (`--flag mutation=singlePhase`).
+ * **Invariant**: within one epoch, at most one decision is chosen, whichever instances its ballots
+ * ran in, and every node that adopts a decision adopts that one. It is Paxos over the ballot
+ * order; what needs showing is that when a decision was chosen by ballot `b` of instance `U` (its
+ * acceptors `A` hold a quorum of `U`), the promisers of every higher ballot `c` that reaches phase
+ * 2 include a node of `A`. That node accepted `b` before promising `c` (having promised `c` it
+ * refuses `b`, also across instances), so it reports `b`'s decision or one accepted at a ballot
+ * between `b` and `c`, which by induction is the same, and `c` proposes it again. Let `c` be of
+ * instance `V ≥ U`:
+ *  - `V = U`: `c`'s promisers are a quorum of `U`, and two majorities of the same sets meet.
+ *  - `V = U + 1`: `c`'s promisers meet every quorum of `U` (ballotQuorums, from `V`'s record).
+ *    This is the case of a view `U + 1` recorded by a few nodes only (so it delivered nothing)
+ *    just before every node crashed: instance `U` may have chosen before they came back, and then
+ *    the nodes still deciding move to instance `U + 1`. They used to start over there; now they
+ *    carry `U`'s acceptances along, and `U + 1`'s ballots reach a node that holds one, whichever
+ *    node leads (the holder of `U + 1`'s record knows `U`'s quorums from it).
+ *  - `V ≥ U + 2`: then `U`'s instance cannot choose at all. A node records `V` only after `V` was
+ *    sealed, and `V` is sealed only once every survivor of `V − 1` (a majority of it) has
+ *    acknowledged wedging `V − 1` (view-change-core.ts, step 4), which it does only once it
+ *    recorded `V − 1`. Those survivors answer `U`'s ballots `stale` forever (a record only moves
+ *    on), so `A` avoids them; and they meet every quorum of `U` when `V − 1`'s survivors include
+ *    half of `U`'s members or of one of its shards, e.g. always when the views kept their members
+ *    (the simulator's group). So a chain of two views recorded by a minority each cannot exist:
+ *    if anyone recorded `U + 2`, a majority of `U + 1` recorded `U + 1`.
+ * A leader that fails between promise, accept and adoption thus leaves either nothing chosen or
+ * the chosen decision on a quorum's disks. Checked by the restart simulator
+ * (test/sim/restart-sim.ts), whose flags generate newer records (of a minority, of a majority, a
+ * chain of two, the holder leading, leaders crashing mid-phase) and which catches the earlier
+ * rules (`--flag mutation=singlePhase`: the leader decides alone; `mutation=perInstance`: an
+ * acceptor starts over in each instance, the hole this closed).
  *
- * Why `R + 1` cannot collide with a view some absent node used: a node writes the view record
- * before any multicast of that view exists, so every member of a view that delivered anything
- * recorded it; every installed view holds a majority of its predecessor, and the leader waits for
- * a majority of `R`. So if `R + 1` had been installed (and delivered), some node that is back
- * recorded it, and `R` would be that view instead. The same argument is why dropping an older
- * instance's accepted decision is safe: it could only have been chosen if no later view ever
- * delivered, and then the newer record belongs to a view that no quorum used. (Limit: a node
- * that recorded such an undelivered view and comes back only after the older instance's decision
- * was chosen makes the nodes that have not adopted it yet start a newer instance; those that
- * adopted it hand it on, but the two may then differ. It needs a view installed by a minority
- * only, just before every node crashed; `npm run sim -- restart --flag newerRecord` reproduces it.
- * A fix would keep an accepted decision across instances of the same epoch, order ballots by
- * (instance, round, node), and make a ballot's quorum a quorum of every view of that epoch it
- * knows a record of, so that it meets the quorum that may have chosen the older decision.)
+ * **A view that delivered is never skipped.** A node writes the view record before any multicast
+ * of that view exists, so every member of a shard that delivered anything in view `W` recorded
+ * `W`. A quorum of `W − 1` holds a majority of each shard of `W − 1`; when the shards kept their
+ * members (the allocator keeps survivors in place), it holds one of those nodes, which answers
+ * every ballot of instance `W − 1` or older `stale`: no decision from before `W` is chosen, and
+ * the restart view `R + 1` never reuses the id of a view that delivered. A view recorded by a
+ * minority only (it delivered nothing) may be skipped: then the decision restarts from `R` and its
+ * view takes the id `R + 1` again, which is harmless, since that view has no versions.
+ *
+ * Limits (the views the group went through just before the total crash, not the decision's
+ * Paxos): (1) the argument for `V ≥ U + 2` and for a delivered view needs survivors and shards
+ * that stay in place; two view changes in a row that each removed nearly half the members (or
+ * added more than there were) can leave the removed nodes, with records of `U`, a quorum of `U`
+ * that decides a restart from `U` while `U + 2` delivered. Closing that needs each record to carry
+ * its predecessors' rules further back and ballots sent to their members too. (2) A record
+ * written before `previous` existed, or by a node that joined in that view (its install has no
+ * predecessor), carries no predecessor rule: its ballots need a quorum of its view only (the
+ * earlier rule); a node learns the rule from a peer's hello with the same record.
  */
 import { makeVersion, viewId as makeViewId, type NodeId, type Version } from '../core/ids.js';
 import { runAllocator, type Allocator } from './layout.js';
@@ -67,8 +99,13 @@ import { View, type Member } from './view.js';
 
 /** Who is back, and what still keeps the restart from going ahead. */
 export interface RestartQuorum {
-  /** A majority of the view's members and of every shard's members are back. */
+  /**
+   * A majority of the view's members and of every shard's members are back, and (given the
+   * predecessor's rule) the nodes back meet every quorum of the predecessor.
+   */
   readonly ready: boolean;
+  /** The predecessor's rule was given and the nodes back do not meet every quorum of it. */
+  readonly previousShort: boolean;
   /** Members of the view that are not back, in rank order. */
   readonly missing: readonly NodeId[];
   /** Shards with fewer than a majority of their members back. */
@@ -81,7 +118,7 @@ export interface RestartQuorum {
   }[];
 }
 
-export function restartQuorum(view: View, back: ReadonlySet<NodeId>): RestartQuorum {
+export function restartQuorum(view: View, back: ReadonlySet<NodeId>, previous?: QuorumRule): RestartQuorum {
   const members = view.memberIds;
   const missing = members.filter((m) => !back.has(m));
   const shortShards: RestartQuorum['shortShards'][number][] = [];
@@ -98,7 +135,58 @@ export function restartQuorum(view: View, back: ReadonlySet<NodeId>): RestartQuo
     });
   }
   const majority = 2 * (members.length - missing.length) > members.length;
-  return { ready: majority && shortShards.length === 0, missing, shortShards };
+  const previousShort = previous !== undefined && !meetsEveryQuorum(previous, back as ReadonlySet<number>);
+  return { ready: majority && shortShards.length === 0 && !previousShort, missing, shortShards, previousShort };
+}
+
+/**
+ * What a restart quorum of a view is made of: its members and each shard's members (a quorum is a
+ * majority of both). A view record carries its predecessor's (MembershipRecord `previous`), so
+ * that a ballot of its instance can meet the quorums of the one before (the header's argument).
+ */
+export interface QuorumRule {
+  readonly viewId: number;
+  readonly members: readonly number[];
+  readonly shards: readonly (readonly number[])[];
+}
+
+export function quorumRuleOf(view: View): QuorumRule {
+  const shards: number[][] = [];
+  for (const type of view.layout.types) {
+    for (const subgroup of type.subgroups) {
+      for (const shard of subgroup.shards) if (shard.members.length > 0) shards.push(shard.members.map(Number));
+    }
+  }
+  return { viewId: view.id, members: view.memberIds.map(Number), shards };
+}
+
+/** `nodes` hold a majority of the rule's members and of every shard's (restartQuorum's `ready`). */
+export function isRestartQuorum(rule: QuorumRule, nodes: ReadonlySet<number>): boolean {
+  const majority = (group: readonly number[]): boolean => 2 * group.filter((m) => nodes.has(m)).length > group.length;
+  return majority(rule.members) && rule.shards.every(majority);
+}
+
+/** Every restart quorum of `rule` holds one of `nodes` (the others are no quorum). */
+export function meetsEveryQuorum(rule: QuorumRule, nodes: ReadonlySet<number>): boolean {
+  return !isRestartQuorum(rule, new Set(rule.members.filter((m) => !nodes.has(m))));
+}
+
+/** When a ballot's phase 1 (promises) and phase 2 (acceptances) are complete. */
+export interface BallotQuorums {
+  readonly promise: (nodes: ReadonlySet<number>) => boolean;
+  readonly accept: (nodes: ReadonlySet<number>) => boolean;
+}
+
+/**
+ * The quorums of a ballot of the instance of `view` (`previous`: its predecessor's rule, carried
+ * by the record, when that view was installed in the same epoch): the promisers are a quorum of
+ * `view` and meet every quorum of `previous`; the acceptors are a quorum of `view`.
+ */
+export function ballotQuorums(view: QuorumRule, previous: QuorumRule | undefined): BallotQuorums {
+  return {
+    promise: (nodes) => isRestartQuorum(view, nodes) && (previous === undefined || meetsEveryQuorum(previous, nodes)),
+    accept: (nodes) => isRestartQuorum(view, nodes),
+  };
 }
 
 /** The restart leader: the lowest-ranked member of `view` that is back (undefined: none). */
@@ -193,16 +281,21 @@ export function reconcileShard(kept: bigint, peers: readonly PeerVersion[]): Rec
 // ---- The restart decision: single-decree Paxos over the last view's members -----------------
 
 /**
- * A proposal number: `round`, then the proposing node's id, break ties, so no two proposers
- * (nor one proposer before and after a crash: it promises its own ballot durably first) share one.
+ * A proposal number: the id of the view the ballot restarts from (its instance), then `round`,
+ * then the proposing node's id, so that no two proposers (nor one proposer before and after a
+ * crash: it promises its own ballot durably first) share one, and every ballot of a newer
+ * instance of an epoch ranks above every ballot of an older one. (A record written before this
+ * field existed holds ballots without it: restartAcceptorOf fills in its instance's view.)
  */
 export interface Ballot {
+  readonly viewId: number;
   readonly round: number;
   readonly node: number;
 }
 
 /** Negative, zero or positive as `a` is below, equal to or above `b`. */
 export function compareBallots(a: Ballot, b: Ballot): number {
+  if (a.viewId !== b.viewId) return a.viewId - b.viewId;
   return a.round !== b.round ? a.round - b.round : a.node - b.node;
 }
 
@@ -231,11 +324,13 @@ export type RestartLeadStep =
 
 /**
  * One tick of a restarting node as a would-be leader: it leads if it is the lowest-ranked member
- * of `view` that is back; it may decide once the quorum has been back for `graceMs` (since
- * `quorumSinceMs`, which this returns updated), or at once if every member is back.
+ * of `view` that is back; it may decide once the quorum (restartQuorum with `previous`, the
+ * predecessor's rule) has been back for `graceMs` (since `quorumSinceMs`, which this returns
+ * updated), or at once if every member is back.
  */
 export function restartLeadStep(input: {
   readonly view: View;
+  readonly previous?: QuorumRule | undefined;
   readonly back: ReadonlySet<NodeId>;
   readonly self: NodeId;
   readonly nowMs: number;
@@ -243,7 +338,7 @@ export function restartLeadStep(input: {
   readonly graceMs: number;
 }): RestartLeadStep {
   if (restartLeader(input.view, input.back) !== input.self) return { kind: 'follow' };
-  const quorum = restartQuorum(input.view, input.back);
+  const quorum = restartQuorum(input.view, input.back, input.previous);
   if (!quorum.ready) return { kind: 'wait', quorumSinceMs: undefined };
   const since = input.quorumSinceMs ?? input.nowMs;
   if (quorum.missing.length > 0 && input.nowMs - since < input.graceMs) return { kind: 'wait', quorumSinceMs: since };
@@ -258,12 +353,18 @@ export function restartLeadStep(input: {
 export function nextBallot(
   acceptor: RestartAcceptorState<unknown> | undefined, instance: RestartInstance, nextRound: number, self: number,
 ): Ballot {
-  const promised = acceptor !== undefined && compareInstances(acceptor.instance, instance) === 0 ? acceptor.promised?.round ?? 0 : 0;
-  return { round: Math.max(nextRound, promised + 1), node: self };
+  const promised = acceptor?.promised !== undefined && acceptor.instance.epoch === instance.epoch &&
+    acceptor.promised.viewId === instance.viewId ? acceptor.promised.round : 0;
+  return { viewId: instance.viewId, round: Math.max(nextRound, promised + 1), node: self };
 }
 
-/** What a node persists as an acceptor of one restart's decision (in its view record). */
+/**
+ * What a node persists as an acceptor of the restart decision of one membership-log epoch (in its
+ * view record): the promise and the acceptance carry over from an older instance of the epoch to a
+ * newer one (the header's argument needs it), and start over in another epoch.
+ */
 export interface RestartAcceptorState<D> {
+  /** The newest instance this node took part in. */
   readonly instance: RestartInstance;
   /** The highest ballot this node promised (it accepts nothing lower). */
   readonly promised?: Ballot;
@@ -290,9 +391,10 @@ export interface AcceptorStep<D> {
 /**
  * The acceptor's answer to `prepare(instance, ballot)`. `own` is the newest view record this node
  * knows (its own or one it heard of). A message of an older instance is answered `stale`; one of
- * a newer instance starts over (this node's accepted value of the older restart is dropped: see
- * the header's argument for why that older restart cannot have been chosen); a ballot below the
- * promised one is answered `nack`.
+ * a newer instance of the same epoch moves this acceptor to it and keeps what it promised and
+ * accepted (the ballots of the newer instance rank above, and its promise reports the accepted
+ * decision: the header's argument); one of another epoch starts over; a ballot below the promised
+ * one is answered `nack`.
  */
 export function acceptorPrepare<D>(
   state: RestartAcceptorState<D> | undefined, own: RestartInstance, instance: RestartInstance, ballot: Ballot,
@@ -331,8 +433,34 @@ function enter<D>(
   state: RestartAcceptorState<D> | undefined, own: RestartInstance, instance: RestartInstance,
 ): RestartAcceptorState<D> | 'stale' {
   if (compareInstances(newest(state, own), instance) > 0) return 'stale';
-  if (state !== undefined && compareInstances(state.instance, instance) === 0) return state;
-  return { instance };
+  if (state === undefined || compareInstances(state.instance, instance) === 0) return state ?? { instance };
+  if (state.instance.epoch !== instance.epoch) return { instance };
+  return { ...state, instance };
+}
+
+/** A ballot as a record holds it: one written before ballots named their view has no `viewId`. */
+export type StoredBallot = Omit<Ballot, 'viewId'> & { readonly viewId?: number };
+
+/** The acceptor state as a record holds it (MembershipRecord `restart`). */
+export interface StoredAcceptorState<D> {
+  readonly instance: RestartInstance;
+  readonly promised?: StoredBallot;
+  readonly accepted?: { readonly ballot: StoredBallot; readonly decision: D };
+}
+
+/**
+ * The acceptor state of a record: a ballot without `viewId` (an older record) is of the record's
+ * instance, which is what the earlier rule meant by it.
+ */
+export function restartAcceptorOf<D>(state: StoredAcceptorState<D> | undefined): RestartAcceptorState<D> | undefined {
+  if (state === undefined) return undefined;
+  const viewId = state.instance.viewId;
+  const fill = (b: StoredBallot): Ballot => ({ viewId: b.viewId ?? viewId, round: b.round, node: b.node });
+  return {
+    instance: state.instance,
+    ...(state.promised !== undefined ? { promised: fill(state.promised) } : {}),
+    ...(state.accepted !== undefined ? { accepted: { ballot: fill(state.accepted.ballot), decision: state.accepted.decision } } : {}),
+  };
 }
 
 export type ProposerStep<D> =
@@ -345,12 +473,12 @@ export type ProposerStep<D> =
   | { readonly kind: 'retry'; readonly nextRound: number; readonly newer?: RestartInstance };
 
 /**
- * One ballot of the restart leader: phase 1 gathers promises from a quorum of the last view
- * (`quorum`: restartQuorum(view, set).ready, a majority of the view and of every shard), then
+ * One ballot of the restart leader: phase 1 gathers promises until `quorum.promise` holds
+ * (ballotQuorums: a quorum of the last view that meets every quorum of its predecessor), then
  * proposes the decision with the highest ballot any promiser accepted (or, if none did, the
- * leader's own: `fresh()`, called only then); phase 2 gathers acceptances from a quorum. Its own
- * promise and acceptance count only once the driver persisted them (it calls promise/accepted
- * for itself like for any other node).
+ * leader's own: `fresh()`, called only then); phase 2 gathers acceptances until `quorum.accept`
+ * holds (a quorum of the last view). Its own promise and acceptance count only once the driver
+ * persisted them (it calls promise/accepted for itself like for any other node).
  */
 export class RestartProposer<D> {
   private readonly promises = new Set<number>();
@@ -362,7 +490,7 @@ export class RestartProposer<D> {
   constructor(
     readonly instance: RestartInstance,
     readonly ballot: Ballot,
-    private readonly quorum: (nodes: ReadonlySet<number>) => boolean,
+    private readonly quorum: BallotQuorums,
     private readonly fresh: () => D,
   ) {}
 
@@ -387,14 +515,14 @@ export class RestartProposer<D> {
         if (reply.accepted !== undefined && (this.best === undefined || compareBallots(reply.accepted.ballot, this.best.ballot) > 0)) {
           this.best = reply.accepted;
         }
-        if (!this.quorum(this.promises)) return { kind: 'wait' };
+        if (!this.quorum.promise(this.promises)) return { kind: 'wait' };
         this.proposal = this.best !== undefined ? this.best.decision : this.fresh();
         return { kind: 'accept', ballot: this.ballot, decision: this.proposal, adopted: this.best !== undefined };
       }
       case 'accepted':
         if (this.proposal === undefined) return { kind: 'wait' };
         this.accepts.add(from);
-        if (!this.quorum(this.accepts)) return { kind: 'wait' };
+        if (!this.quorum.accept(this.accepts)) return { kind: 'wait' };
         this.done = true;
         return { kind: 'chosen', decision: this.proposal };
     }

@@ -38,9 +38,9 @@ import {
   type MembershipEntry, type ReceiveReportMessage, type StateTransfer, type ViewChangeEffect,
 } from '../membership/view-change-core.js';
 import {
-  RestartProposer, acceptorAccept, acceptorPrepare, keptVersion, nextBallot, reconcileShard, restartLeadStep,
-  restartLeader, restartQuorum, restartView, type AcceptorReply, type Ballot, type PeerVersion, type ProposerStep,
-  type RestartAcceptorState, type RestartInstance, type RestartTrim,
+  RestartProposer, acceptorAccept, acceptorPrepare, ballotQuorums, keptVersion, nextBallot, quorumRuleOf, reconcileShard,
+  restartAcceptorOf, restartLeadStep, restartLeader, restartQuorum, restartView, type AcceptorReply, type Ballot,
+  type PeerVersion, type ProposerStep, type QuorumRule, type RestartAcceptorState, type RestartInstance, type RestartTrim,
 } from '../membership/restart.js';
 import { decodeView, encodeView, type View } from '../membership/view.js';
 import type { MulticastLimits } from '../multicast/config.js';
@@ -162,12 +162,16 @@ export class RemovedFromGroupError extends SquallError {
 
 /** A total restart did not find enough of the last view's members back in time. */
 export class RestartTimeoutError extends SquallError {
-  constructor(viewIdValue: number, missing: readonly NodeId[], short: string, timeoutMs: number) {
+  constructor(viewIdValue: number, missing: readonly NodeId[], short: string, timeoutMs: number, previous?: QuorumRule) {
     super(
       `restart of view ${viewIdValue}: after ${timeoutMs} ms, members [${missing.join(', ')}] are not back` +
-        `${short ? ` and ${short} lack a majority` : ''}. The group resumes once a majority of the ` +
-        'view and of every shard restarted from their data dirs. Fix: start those nodes with their ' +
-        'data dirs, or raise group.restart_timeout_s.',
+        `${short ? ` and ${short} lack a majority` : ''}` +
+        (previous !== undefined
+          ? `, and the nodes back do not hold half of view ${previous.viewId} [${previous.members.join(', ')}] (the view ` +
+            'before, which a restart must hear from in case it decided first)'
+          : '') +
+        '. The group resumes once a majority of the view and of every shard restarted from their data dirs. ' +
+        'Fix: start those nodes with their data dirs, or raise group.restart_timeout_s.',
       'RESTART_TIMEOUT',
     );
   }
@@ -203,8 +207,14 @@ type Wire =
   | { t: 'stateOpen'; view: number; subgroupId: number; shardIndex: number; after: string }
   | { t: 'stateNext'; token: number }
   | { t: 'stateLatest'; view: number; subgroupId: number; shardIndex: number }
-  /** `epoch`: the membership-log epoch `view` was installed in (it names the restart instance). */
-  | { t: 'restartHello'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'] }
+  /**
+   * `epoch`: the membership-log epoch `view` was installed in (it names the restart instance);
+   * `previous`: the quorum rule of `view`'s predecessor, when its record has one.
+   */
+  | {
+    t: 'restartHello'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'];
+    previous?: QuorumRule;
+  }
   /** A chosen restart decision (accepted by a quorum): every node of its view adopts it. */
   | { t: 'restartDecision'; decision: RestartDecisionRecord }
   /** The restart leader's phase 1 and 2 (src/membership/restart.ts); answered `restartPaxos`. */
@@ -213,7 +223,10 @@ type Wire =
 
 /** Answers to restartHello, restartPrepare and restartAccept. */
 type RestartReply =
-  | { t: 'restartWait'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'] }
+  | {
+    t: 'restartWait'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'];
+    previous?: QuorumRule;
+  }
   | { t: 'restartDecided'; decision: RestartDecisionRecord }
   | { t: 'restartPaxos'; reply: AcceptorReply<RestartDecisionRecord> }
   | { t: 'live' }
@@ -224,6 +237,8 @@ interface RestartRun {
   /** The newest view record known (this node's or one heard of) and the epoch it was installed in. */
   last: View;
   lastEpoch: string;
+  /** The quorum rule of `last`'s predecessor in its epoch, if its record carries it (ballotQuorums). */
+  previous: QuorumRule | undefined;
   trims: MembershipRecord['trims'];
   /** This node's own record: persisted again with the acceptor state. */
   readonly record: MembershipRecord;
@@ -301,6 +316,8 @@ export class MembershipDriver {
   /** The membership log's epoch (see raftStorageFor). */
   private epoch = '0';
   private restarting: RestartRun | undefined;
+  /** What the view record says of the installed view's predecessor (`previous`), kept by each rewrite. */
+  private recordPrevious: Pick<MembershipRecord, 'previous'> = {};
   private restarted: Restarted | undefined;
   private partitioned = false;
   /** Committed membership entries by Raft index; every index up to knownUpTo is known. */
@@ -549,8 +566,8 @@ export class MembershipDriver {
     this.status = 'restarting';
     this.epoch = record.epoch;
     const run: RestartRun = {
-      last: decodeView(record.view), lastEpoch: record.epoch, trims: record.trims, record, back: new Map(),
-      quorumSinceMs: undefined, decided: undefined, live: false, acceptor: record.restart, proposer: undefined,
+      last: decodeView(record.view), lastEpoch: record.epoch, previous: record.previous, trims: record.trims, record, back: new Map(),
+      quorumSinceMs: undefined, decided: undefined, live: false, acceptor: restartAcceptorOf(record.restart), proposer: undefined,
       ballotStartedMs: 0, nextRound: 1,
     };
     this.restarting = run;
@@ -575,10 +592,10 @@ export class MembershipDriver {
         await this.adoptRestart(run.decided, record);
         return;
       }
-      const quorum = restartQuorum(run.last, this.backSet(run));
+      const quorum = restartQuorum(run.last, this.backSet(run), run.previous);
       if (Date.now() > deadline) {
         const short = quorum.shortShards.map((x) => `${x.typeName}/${x.subgroupIndex}/${x.shardIndex} (${x.back} of ${x.needed})`).join(', ');
-        throw new RestartTimeoutError(run.last.id, quorum.missing, short, timeoutMs);
+        throw new RestartTimeoutError(run.last.id, quorum.missing, short, timeoutMs, quorum.previousShort ? run.previous : undefined);
       }
       const addresses = new Set([
         ...run.last.members.filter((m) => m.id !== this.self).map((m) => m.address),
@@ -595,9 +612,10 @@ export class MembershipDriver {
       this.decideRestart(run);
       if (Date.now() - loggedAtMs >= 1000 && run.decided === undefined && !run.live) {
         loggedAtMs = Date.now();
-        const q = restartQuorum(run.last, this.backSet(run));
+        const q = restartQuorum(run.last, this.backSet(run), run.previous);
         this.options.log?.(`restart: view ${run.last.id}: back [${[...this.backSet(run)]}], waiting for ` +
-          `[${q.missing}]${q.ready ? ' (quorum reached)' : ''}, leader ${restartLeader(run.last, this.backSet(run))}`);
+          `[${q.missing}]${q.previousShort ? ` and half of view ${run.previous!.viewId} [${run.previous!.members}]` : ''}` +
+          `${q.ready ? ' (quorum reached)' : ''}, leader ${restartLeader(run.last, this.backSet(run))}`);
       }
       if (run.decided === undefined && !run.live) await sleep(100);
     }
@@ -623,22 +641,31 @@ export class MembershipDriver {
 
   private async sayHello(run: RestartRun, address: TransportAddress): Promise<void> {
     const reply = await this.ask(address, {
-      t: 'restartHello', node: this.self, address: this.transport.address, view: encodeView(run.last), epoch: run.lastEpoch,
-      ...(run.trims !== undefined ? { trims: run.trims } : {}),
+      t: 'restartHello', node: this.self, address: this.transport.address, ...this.restartKnows(run),
     });
     if (reply?.t === 'live') run.live = true;
     else if (reply?.t === 'restartDecided') this.learnDecision(run, reply.decision);
-    else if (reply?.t === 'restartWait') this.learnPeer(run, reply.node, reply.address, reply.view, reply.epoch, reply.trims);
+    else if (reply?.t === 'restartWait') this.learnPeer(run, reply);
   }
 
-  private learnPeer(
-    run: RestartRun, node: number, address: string, viewBytes: Uint8Array, epoch: string, trims: MembershipRecord['trims'],
-  ): void {
+  /** What a restarting node tells the others of the newest record it knows. */
+  private restartKnows(run: RestartRun): Pick<Extract<Wire, { t: 'restartHello' }>, 'view' | 'epoch' | 'trims' | 'previous'> {
+    return {
+      view: encodeView(run.last), epoch: run.lastEpoch,
+      ...(run.trims !== undefined ? { trims: run.trims } : {}),
+      ...(run.previous !== undefined ? { previous: run.previous } : {}),
+    };
+  }
+
+  private learnPeer(run: RestartRun, peer: Extract<Wire, { t: 'restartHello' }> | Extract<RestartReply, { t: 'restartWait' }>): void {
+    const { node, address, epoch, trims } = peer;
     run.back.set(nodeId(node), { address, atMs: Date.now() });
-    const view = decodeView(viewBytes);
+    const view = decodeView(peer.view);
+    if (view.id === run.last.id && epoch === run.lastEpoch) run.previous ??= peer.previous;
     if (view.id > run.last.id) {
       run.last = view;
       run.lastEpoch = epoch;
+      run.previous = peer.previous;
       run.trims = undefined;
       run.quorumSinceMs = undefined;
       run.proposer = undefined; // a ballot of the older instance: its acceptors answer `stale` now
@@ -664,7 +691,7 @@ export class MembershipDriver {
   private decideRestart(run: RestartRun): void {
     if (run.decided !== undefined || run.live) return;
     const step = restartLeadStep({
-      view: run.last, back: this.backSet(run), self: this.self, nowMs: Date.now(), quorumSinceMs: run.quorumSinceMs,
+      view: run.last, previous: run.previous, back: this.backSet(run), self: this.self, nowMs: Date.now(), quorumSinceMs: run.quorumSinceMs,
       graceMs: this.options.restartGraceMs ?? 1000,
     });
     if (step.kind === 'follow') run.proposer = undefined;
@@ -675,7 +702,7 @@ export class MembershipDriver {
     const ballot = nextBallot(run.acceptor, instance, run.nextRound, Number(this.self));
     run.nextRound = ballot.round + 1;
     const proposer = new RestartProposer<RestartDecisionRecord>(
-      instance, ballot, (nodes) => restartQuorum(run.last, nodes as ReadonlySet<NodeId>).ready, () => this.freshDecision(run),
+      instance, ballot, ballotQuorums(quorumRuleOf(run.last), run.previous), () => this.freshDecision(run),
     );
     run.proposer = proposer;
     run.ballotStartedMs = Date.now();
@@ -697,15 +724,19 @@ export class MembershipDriver {
     return { view: encodeView(view), from: encodeView(run.last), trims, epoch: `${view.id}-${this.self}-${Date.now()}` };
   }
 
-  /** Sends one phase of a ballot to this node (first, persisted) and every member of the last view that is back. */
+  /**
+   * Sends one phase of a ballot to this node (first, persisted) and every member of the last view
+   * (or of its predecessor, whose quorums phase 1 must meet) that is back.
+   */
   private async runBallot(run: RestartRun, proposer: RestartProposer<RestartDecisionRecord>, message: Wire): Promise<void> {
     const own = await this.answerPaxos(message as Extract<Wire, { t: 'restartPrepare' | 'restartAccept' }>);
     this.onBallotReply(run, proposer, this.self, own);
-    const back = this.backSet(run);
-    await Promise.all(run.last.members.filter((m) => m.id !== this.self && back.has(m.id)).map(async (m) => {
-      const address = run.back.get(m.id)?.address ?? m.address;
-      const reply = await this.ask(address, message, 1000);
-      if (reply !== undefined) this.onBallotReply(run, proposer, m.id, reply);
+    const targets = new Set([...run.last.memberIds.map(Number), ...(run.previous?.members ?? [])]);
+    targets.delete(Number(this.self));
+    await Promise.all([...this.backSet(run)].filter((n) => targets.has(Number(n))).map(async (node) => {
+      const address = run.back.get(node)?.address ?? run.last.addressOf(node);
+      const reply = address !== undefined ? await this.ask(address, message, 1000) : undefined;
+      if (reply !== undefined) this.onBallotReply(run, proposer, node, reply);
     }));
   }
 
@@ -772,11 +803,8 @@ export class MembershipDriver {
   private answerRestartHello(hello: Extract<Wire, { t: 'restartHello' }>): RestartReply {
     const run = this.restarting;
     if (this.status === 'restarting' && run !== undefined && run.decided === undefined) {
-      this.learnPeer(run, hello.node, hello.address, hello.view, hello.epoch, hello.trims);
-      return {
-        t: 'restartWait', node: this.self, address: this.transport.address, view: encodeView(run.last), epoch: run.lastEpoch,
-        ...(run.trims !== undefined ? { trims: run.trims } : {}),
-      };
+      this.learnPeer(run, hello);
+      return { t: 'restartWait', node: this.self, address: this.transport.address, ...this.restartKnows(run) };
     }
     return this.answerOutsideRestart(hello.node, hello.address);
   }
@@ -814,7 +842,7 @@ export class MembershipDriver {
     };
     // The decision stays answerable (answerOutsideRestart) while this node starts.
     this.restarting = {
-      last: from, lastEpoch: record.epoch, trims: undefined, record, back: new Map(), quorumSinceMs: undefined, decided,
+      last: from, lastEpoch: record.epoch, previous: undefined, trims: undefined, record, back: new Map(), quorumSinceMs: undefined, decided,
       live: false, acceptor: undefined, proposer: undefined, ballotStartedMs: 0, nextRound: 1,
     };
     this.status = 'restarting';
@@ -1384,7 +1412,7 @@ export class MembershipDriver {
         // The trims are committed and applied: a total restart from this view truncates the
         // others to them (src/membership/restart.ts, keptVersion).
         await this.options.saveRecord?.({
-          view: encodeView(core.view), epoch: this.epoch,
+          view: encodeView(core.view), epoch: this.epoch, ...this.recordPrevious,
           trims: { viewId: effect.viewId, trims: effect.trims },
         });
         core.delivered(effect.viewId);
@@ -1430,7 +1458,10 @@ export class MembershipDriver {
     this.pump();
     // Before any multicast of the view exists: every member of a view that delivered anything
     // has recorded it (the total restart's argument, src/membership/restart.ts).
-    await this.options.saveRecord?.({ view: encodeView(view), epoch: this.epoch });
+    // With the quorum rule of the view before it in this epoch (a restart's ballots of this view
+    // must meet its quorums: src/membership/restart.ts, ballotQuorums).
+    this.recordPrevious = previous !== undefined ? { previous: quorumRuleOf(previous) } : {};
+    await this.options.saveRecord?.({ view: encodeView(view), epoch: this.epoch, ...this.recordPrevious });
     // A node that joins at an address this node has sessions to (an earlier process of it, e.g.
     // a member restarted there): those sessions lead nowhere, and their failure, a peer-failure
     // timeout later, must not count as the new member's. Open new ones.

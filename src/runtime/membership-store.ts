@@ -13,7 +13,7 @@
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
-import type { RestartAcceptorState } from '../membership/restart.js';
+import type { QuorumRule, StoredAcceptorState } from '../membership/restart.js';
 import type { ShardTrim } from '../membership/view-change-core.js';
 import { LmdbStorage } from '../raft/lmdb-storage.js';
 import type { RaftStorage } from '../raft/storage.js';
@@ -33,7 +33,13 @@ export interface MembershipRecord {
    * the decision it accepted; src/membership/restart.ts). Written before it answers; dropped by
    * the next install (which writes a record without it).
    */
-  readonly restart?: RestartAcceptorState<RestartDecisionRecord>;
+  readonly restart?: StoredAcceptorState<RestartDecisionRecord>;
+  /**
+   * The quorum rule (members, shards' members) of the view installed before `view` in the same
+   * epoch; absent for a founder's, a joiner's or a restart's first view, and in records written
+   * before it existed (then a restart's ballots need a quorum of `view` only: the earlier rule).
+   */
+  readonly previous?: QuorumRule;
 }
 
 /** A total restart's decision as it travels and is persisted (encodeView bytes). */

@@ -12,8 +12,8 @@
 // removed it comes back in a new view (not its recorded view 0) with what it missed.
 import test, { type ExecutionContext } from 'ava';
 import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
-import { defaultAllocator, fixedEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
-import { restartView } from '../../src/membership/restart.js';
+import { defaultAllocator, fixedEvenShards, flexibleEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
+import { quorumRuleOf, restartView } from '../../src/membership/restart.js';
 import { decodeView, encodeView, View } from '../../src/membership/view.js';
 import { MembershipDriver, RestartTimeoutError, type MembershipDriverOptions } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
@@ -74,6 +74,22 @@ test('diverging replicas restart to one history: truncation past the trim, pulls
   }
 });
 
+/** Runs `body`; if it fails, logs the nodes' lines; then closes `drivers` (also those added meanwhile) and `endpoints`. */
+async function logOnFailure(
+  t: ExecutionContext, lines: readonly string[], drivers: readonly MembershipDriver[], endpoints: readonly Endpoint[],
+  body: () => Promise<void>,
+): Promise<void> {
+  try {
+    await body();
+  } catch (error) {
+    t.log(lines.join('\n'));
+    throw error;
+  } finally {
+    for (const d of drivers) await d.close();
+    for (const e of endpoints) await e.close();
+  }
+}
+
 /** Three endpoints, the view-4 record for them, and a driver factory over per-node KV states. */
 async function restartingGroup(seedBase: number) {
   const endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(seedBase + i)));
@@ -91,7 +107,19 @@ async function restartingGroup(seedBase: number) {
     onDeliver: (s, d) => states[i]!.append(s, d.version!, new TextDecoder().decode(d.payload)),
     log: (line) => lines.push(`n${i + 1} ${line}`),
   });
-  return { endpoints, shard, states, lines, driver, last, members, allocator };
+  /**
+   * A record of view 4 whose acceptor accepted `node`'s decision (view 5 of [1, 2, 3], epoch
+   * `5-<node>-1234`) under ballot 1.<node>, written before ballots named their view.
+   */
+  const acceptedFrom = (node: number): MembershipRecord => {
+    const addresses = new Map(members.map((m) => [m.id, m.address]));
+    const decision = {
+      view: encodeView(restartView(last, addresses, allocator)), from: encodeView(last), trims: [], epoch: `5-${node}-1234`,
+    };
+    const ballot = { round: 1, node };
+    return { view: encodeView(last), epoch: '2', restart: { instance: { viewId: 4, epoch: '2' }, promised: ballot, accepted: { ballot, decision } } };
+  };
+  return { endpoints, shard, states, lines, driver, last, members, acceptedFrom };
 }
 
 test('two of three restart without the third after the grace period; the third rejoins later', async (t) => {
@@ -105,7 +133,7 @@ test('two of three restart without the third after the grace period; the third r
   // for every member), and the group resumes without it.
   for (const [p, tag] of [[0, 'a'], [1, 'b'], [2, 'c']] as const) states[2]!.append(shard, v(4, p), tag);
   const drivers = [driver(0), driver(1)];
-  try {
+  await logOnFailure(t, lines, drivers, endpoints, async () => {
     const started = performance.now();
     await Promise.all(drivers.map((d) => d.start()));
     t.log(`resumed without node 3 after ${(performance.now() - started).toFixed(0)} ms`);
@@ -122,36 +150,23 @@ test('two of three restart without the third after the grace period; the third r
     t.deepEqual(states[2]!.shards.get('0/0')!.map((r) => r.tag), ['a', 'b', 'd'],
       'node 3 dropped the version the group never had and received the rest');
     t.true(lines.some((l) => l.startsWith('n3 state: shard 0/0 truncates')));
-  } catch (error) {
-    t.log(lines.join('\n'));
-    throw error;
-  } finally {
-    for (const d of drivers) await d.close();
-    for (const e of endpoints) await e.close();
-  }
+  });
 });
 
 test('a decision accepted before the restart leader failed is the one the others resume in', async (t) => {
   t.timeout(30_000);
-  const { endpoints, lines, driver, last, members, allocator } = await restartingGroup(1000);
+  const { endpoints, lines, driver, acceptedFrom } = await restartingGroup(1000);
   // Node 1 led the restart of view 4 with all three back, got its decision (view 5 of [1, 2, 3])
   // accepted by node 2 under ballot 1.1, and died before anyone adopted it. Nodes 2 and 3 are a
   // quorum without it: node 2 leads now, and must propose that decision again, not its own
   // (view 5 of [2, 3]), since a quorum may have accepted it and node 1 may have acted on it.
-  const addresses = new Map(members.map((m) => [m.id, m.address]));
-  const accepted = {
-    view: encodeView(restartView(last, addresses, allocator)), from: encodeView(last), trims: [], epoch: '5-1-1234',
-  };
-  const record2: MembershipRecord = {
-    view: encodeView(last), epoch: '2',
-    restart: { instance: { viewId: 4, epoch: '2' }, promised: { round: 1, node: 1 }, accepted: { ballot: { round: 1, node: 1 }, decision: accepted } },
-  };
+  const record2 = acceptedFrom(1);
   const saved: MembershipRecord[] = [];
   const drivers = [
     driver(1, 20_000, { record: record2 }),
     driver(2, 20_000, { saveRecord: async (r) => void saved.push(r) }),
   ];
-  try {
+  await logOnFailure(t, lines, drivers, endpoints, async () => {
     await Promise.all(drivers.map((d) => d.start()));
     for (const d of drivers) {
       t.is(d.current().id, viewId(5));
@@ -164,13 +179,83 @@ test('a decision accepted before the restart leader failed is the one the others
     t.true(saved.indexOf(acceptance!) > saved.findIndex((r) => r.restart?.promised !== undefined && r.restart.accepted === undefined));
     // Node 1 is not back: the resumed group removes it.
     await waitFor('view 6 without node 1', () => drivers.every((d) => d.current().memberIds.map(Number).join() === '2,3'), 10_000);
-  } catch (error) {
-    t.log(lines.join('\n'));
-    throw error;
-  } finally {
-    for (const d of drivers) await d.close();
-    for (const e of endpoints) await e.close();
-  }
+  });
+});
+
+test('a decision accepted in the restart of view 4 carries into the restart of view 5, whose record holder leads', async (t) => {
+  t.timeout(30_000);
+  const { endpoints, lines, driver, last, members, acceptedFrom } = await restartingGroup(1010);
+  // Node 2 accepted node 3's decision for the restart of view 4 (view 5 of [1, 2, 3]; a record
+  // written before ballots named their view), and it may have been chosen. Node 1 recorded a view
+  // 5 that only it installed before the crash (it delivered nothing), so the restart moves to
+  // view 5's instance, which node 1 leads. The earlier rule started over there and resumed in a
+  // new decision (view 6 of [1, 2]); now node 2 reports its acceptance and node 1 proposes it.
+  const record2 = acceptedFrom(3);
+  const view5 = new View({ id: viewId(5), members, joined: [], departed: [], failed: [], layout: last.layout });
+  const record1: MembershipRecord = { view: encodeView(view5), epoch: '2', previous: quorumRuleOf(last) };
+  const saved: MembershipRecord[] = [];
+  const drivers = [
+    driver(0, 20_000, { record: record1, saveRecord: async (r) => void saved.push(r) }),
+    driver(1, 20_000, { record: record2 }),
+  ];
+  await logOnFailure(t, lines, drivers, endpoints, async () => {
+    await Promise.all(drivers.map((d) => d.start()));
+    for (const d of drivers) {
+      t.is(d.current().id, viewId(5));
+      t.deepEqual(d.current().memberIds.map(Number), [1, 2, 3], 'the decision accepted in view 4\'s instance');
+    }
+    t.true(lines.some((l) => /^n1 restart: leader runs ballot \d+\.1 for view 5/.test(l)), 'node 1 led view 5\'s instance');
+    t.true(lines.some((l) => /^n1 restart: ballot \d+\.1 proposes view 5 \[1,2,3\] \(accepted before: adopted\)/.test(l)));
+    // Node 3 is not back: the resumed group removes it, and node 1's record of that view names
+    // view 5's quorums (a restart from it must meet them).
+    await waitFor('view 6 without node 3', () => drivers.every((d) => d.current().memberIds.map(Number).join() === '1,2'), 10_000);
+    const record6 = saved.find((r) => decodeView(r.view).id === 6);
+    t.deepEqual(record6?.previous, { viewId: 5, members: [1, 2, 3], shards: [[1, 2, 3]] });
+  });
+});
+
+test('a restart of a view whose predecessor lost two of five members waits for half the predecessor', async (t) => {
+  t.timeout(30_000);
+  // View 4: [1..5], one shard. View 5 removed 4 and 5: [1, 2, 3]; only nodes 1 and 2 recorded it
+  // (node 3 crashed first; its record is view 4). Nodes 1 and 2 are a quorum of view 5, but nodes
+  // 3, 4 and 5 could be a quorum of view 4 deciding on their own, so 1 and 2 must not decide
+  // alone (the earlier rule resumed them in view 6 of [1, 2]); with node 3 back they do.
+  const endpoints = await Promise.all([1, 2, 3, 4, 5].map((i) => createEndpoint(1020 + i)));
+  const all = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
+  const allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(1, 1, 5)) });
+  const layoutOf = (ids: number[]) => runAllocator(allocator, { previous: undefined, members: ids.map((i) => nodeId(i)) });
+  const view4 = new View({ id: viewId(4), members: all, joined: [], departed: [], failed: [], layout: layoutOf([1, 2, 3, 4, 5]) });
+  const view5 = new View({
+    id: viewId(5), members: all.slice(0, 3), joined: [], departed: [], failed: [nodeId(4), nodeId(5)], layout: layoutOf([1, 2, 3]),
+  });
+  const records: MembershipRecord[] = [
+    { view: encodeView(view5), epoch: '2', previous: quorumRuleOf(view4) },
+    { view: encodeView(view5), epoch: '2', previous: quorumRuleOf(view4) },
+    { view: encodeView(view4), epoch: '2' },
+  ];
+  const lines: string[] = [];
+  const driver = (i: number, restartTimeoutMs: number): MembershipDriver => new MembershipDriver({
+    self: nodeId(i + 1), transport: endpoints[i]!, allocator, layoutHash: 'kv', founders: all, found: false,
+    heartbeatMs: 20, failureTimeoutMs: 400, tickMs: 10, record: records[i]!, state: new KvState(),
+    restartTimeoutMs, restartGraceMs: 200, log: (line) => lines.push(`n${i + 1} ${line}`),
+  });
+  const drivers = [driver(0, 20_000), driver(1, 20_000)];
+  await logOnFailure(t, lines, drivers, endpoints, async () => {
+    const started = drivers.map((d) => d.start());
+    await waitFor('nodes 1 and 2 see each other', () => lines.some((l) => /^n1 restart: view 5: back \[1,2\]/.test(l)), 10_000);
+    await new Promise((resolve) => setTimeout(resolve, 1000)); // longer than the grace period
+    t.true(lines.some((l) => /^n1 restart: view 5: back \[1,2\], waiting for \[3\] and half of view 4 \[1,2,3,4,5\]/.test(l)));
+    t.false(lines.some((l) => /runs ballot|chose view/.test(l)), 'nodes 1 and 2 did not decide alone');
+    drivers.push(driver(2, 20_000));
+    await Promise.all([...started, drivers[2]!.start()]);
+    for (const d of drivers) {
+      t.is(d.current().id, viewId(6));
+      t.deepEqual(d.current().memberIds.map(Number), [1, 2, 3]);
+    }
+    // Given up waiting, the error names the view it could not hear enough of.
+    const error = new RestartTimeoutError(5, [nodeId(3)], '', 60_000, quorumRuleOf(view4));
+    t.regex(error.message, /the nodes back do not hold half of view 4 \[1, 2, 3, 4, 5\]/);
+  });
 });
 
 test('a node alone gives up after the restart timeout, naming who it waited for', async (t) => {

@@ -37,8 +37,8 @@ import { nodeId, viewId as makeViewId, type NodeId } from '../../src/core/ids.js
 import { SeededRandom } from '../../src/core/random.js';
 import { defaultAllocator, flexibleEvenShards, oneSubgroup } from '../../src/membership/layout.js';
 import {
-  RestartProposer, acceptorAccept, acceptorPrepare, nextBallot, reconcileShard, restartLeadStep, restartQuorum, restartView,
-  type AcceptorReply, type Ballot, type RestartAcceptorState, type RestartInstance,
+  RestartProposer, acceptorAccept, acceptorPrepare, ballotQuorums, compareInstances, nextBallot, quorumRuleOf, reconcileShard,
+  restartLeadStep, restartView, type AcceptorReply, type Ballot, type QuorumRule, type RestartAcceptorState, type RestartInstance,
 } from '../../src/membership/restart.js';
 import { initialView } from '../../src/membership/view-change-core.js';
 import { View } from '../../src/membership/view.js';
@@ -87,6 +87,16 @@ const key = (d: SimDecision): string => `${d.viewId}/${d.epoch}/[${d.members}]`;
 
 type Profile = 'none' | 'afterPrepare' | 'midAccept' | 'midChosen';
 
+/**
+ * `--flag newer=<kind>`: views after R that some nodes recorded just before the crash.
+ *  - minority: R + 1, recorded by one or two nodes (not a whole shard: it delivered nothing);
+ *  - majority: R + 1, recorded by every member of one shard or more (that shard delivered in it);
+ *  - chain: R + 2 recorded by one or two nodes on top of a majority-recorded R + 1.
+ * `--flag newerLeads`: node 1, the lowest-ranked, is one of the newer record's holders (so it
+ * leads the restart once back). `--flag newerRecord` is `newer=minority`.
+ */
+type Newer = 'minority' | 'majority' | 'chain';
+
 class World {
   readonly views = new Map<number, View>();
   /** Per shard, its history: version i is history[i]. */
@@ -97,6 +107,10 @@ class World {
   adopted: { key: string; by: number } | undefined;
   readonly learned = new Set<number>();
   readonly crashAfterActing = new Set<number>();
+  /** The newest view that delivered anything (a decision restarting from before it skips it). */
+  deliveredViewId = R_ID;
+  /** Run once, when the first decision is chosen (newer records may arrive just then). */
+  onFirstChosen: (() => void) | undefined;
   readonly reconciled = new Map<string, readonly number[]>();
   profile: Profile = 'none';
   secondCrash = false;
@@ -114,8 +128,11 @@ class World {
     this.acted(node, 'adopting');
     const k = key(d);
     this.stats.adoptions++;
-    if (this.mutation === undefined && !this.chosen.has(k)) {
+    if (this.mutation !== 'singlePhase' && !this.chosen.has(k)) {
       throw new InvariantViolation('chosen only', `n${node} adopts ${k}, which no quorum accepted`);
+    }
+    if (d.fromViewId < this.deliveredViewId) {
+      throw new InvariantViolation('delivered view skipped', `n${node} adopts ${k}, a restart from view ${d.fromViewId}, but view ${this.deliveredViewId} delivered`);
     }
     if (this.adopted === undefined) this.adopted = { key: k, by: node };
     else if (this.adopted.key !== k) {
@@ -222,6 +239,12 @@ class RestartSimNode implements SimNode<Msg> {
     return { viewId: this.last.id, epoch: this.lastEpoch };
   }
 
+  /** The quorum rule of the last view's predecessor, which its record carries (MembershipRecord `previous`). */
+  private get previous(): QuorumRule | undefined {
+    const before = this.world.views.get(this.last.id - 1);
+    return before !== undefined ? quorumRuleOf(before) : undefined;
+  }
+
   private afterSync(fn: () => void): void {
     const token = this.ctx.disk.sync();
     const list = this.waiting.get(token) ?? [];
@@ -260,7 +283,9 @@ class RestartSimNode implements SimNode<Msg> {
   /** The restart leader's part (decideRestart in the driver). */
   private lead(now: number): void {
     const back = this.backSet(now);
-    const step = restartLeadStep({ view: this.last, back, self: nodeId(this.id), nowMs: now, quorumSinceMs: this.quorumSinceMs, graceMs: GRACE_MS });
+    const step = restartLeadStep({
+      view: this.last, previous: this.previous, back, self: nodeId(this.id), nowMs: now, quorumSinceMs: this.quorumSinceMs, graceMs: GRACE_MS,
+    });
     if (step.kind === 'follow') this.proposer = undefined;
     else this.quorumSinceMs = step.quorumSinceMs;
     if (step.kind !== 'decide') return;
@@ -275,8 +300,7 @@ class RestartSimNode implements SimNode<Msg> {
     const inst = this.instance;
     const b = nextBallot(this.acceptor, inst, this.nextRound, this.id);
     this.nextRound = b.round + 1;
-    const view = this.last;
-    const p = new RestartProposer<SimDecision>(inst, b, (nodes) => restartQuorum(view, nodes as ReadonlySet<NodeId>).ready,
+    const p = new RestartProposer<SimDecision>(inst, b, ballotQuorums(quorumRuleOf(this.last), this.previous),
       () => this.fresh(this.backSet(this.ctx.nowMs())));
     this.proposer = p;
     this.ballotAtMs = now;
@@ -311,9 +335,15 @@ class RestartSimNode implements SimNode<Msg> {
       if (this.handsOn !== undefined) reply({ k: 'decided', d: this.handsOn });
       return;
     }
+    // `mutation=perInstance`: the earlier acceptor, which started over in each newer instance.
+    const state = this.world.mutation === 'perInstance' && this.acceptor !== undefined &&
+      compareInstances(this.acceptor.instance, msg.inst) < 0 ? undefined : this.acceptor;
+    // `mutation=ignoreNewer`: an acceptor that does not refuse an older instance than its record
+    // (and, below, a node that does not move to a newer record it hears of).
+    const own = this.world.mutation === 'ignoreNewer' ? msg.inst : this.instance;
     const step = msg.k === 'prepare'
-      ? acceptorPrepare(this.acceptor, this.instance, msg.inst, msg.b)
-      : acceptorAccept(this.acceptor, this.instance, msg.inst, msg.b, msg.d);
+      ? acceptorPrepare(state, own, msg.inst, msg.b)
+      : acceptorAccept(state, own, msg.inst, msg.b, msg.d);
     this.acceptor = step.state;
     const out: Msg = { k: 'paxos', b: msg.b, r: step.reply };
     if (!step.persist) {
@@ -356,6 +386,8 @@ class RestartSimNode implements SimNode<Msg> {
       }
       case 'chosen':
         this.world.stats.chosen++;
+        this.world.onFirstChosen?.();
+        this.world.onFirstChosen = undefined;
         this.world.chosen.add(key(step.decision));
         this.ctx.trace(`chosen ${key(step.decision)}`);
         this.tellChosen(step.decision);
@@ -402,6 +434,7 @@ class RestartSimNode implements SimNode<Msg> {
       const r: Reconciling = { shard, kept: this.logs.get(shard)!.length, answers: new Map(), askedAtMs: -Infinity, done };
       this.reconciling.set(shard, r);
       if (done) this.world.onReconciled(this.id, shard, this.logs.get(shard)!);
+      else if (members.length === 1) this.finish(r); // alone in its shard: nobody to ask
       else this.askLatest(r);
     });
   }
@@ -445,7 +478,7 @@ class RestartSimNode implements SimNode<Msg> {
           return;
         }
         this.back.set(from, this.ctx.nowMs());
-        if (msg.inst.viewId > this.last.id) {
+        if (msg.inst.viewId > this.last.id && this.world.mutation !== 'ignoreNewer') {
           this.last = this.world.views.get(msg.inst.viewId)!;
           this.lastEpoch = msg.inst.epoch;
           this.quorumSinceMs = undefined;
@@ -521,9 +554,18 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   const swarm = new SeededRandom(seed ^ 0x7e57a7);
   world.profile = (['none', 'afterPrepare', 'midAccept', 'midChosen', 'midChosen'] as const)[swarm.int(5)]!;
   world.secondCrash = swarm.int(2) === 0;
+  const kind = (options.flags?.['newerRecord'] !== undefined ? 'minority' : options.flags?.['newer']) as Newer | undefined;
+  // With newer records, half the seeds bring them back just as the first decision is chosen, by a
+  // leader that crashes while telling it, and the nodes it told crash too: the others have not
+  // adopted it when they hear of the newer record (the case the header of restart.ts argues).
+  const onChosen = kind !== undefined && kind !== 'majority' && swarm.int(2) === 0;
+  if (onChosen) {
+    world.profile = 'midChosen';
+    world.secondCrash = true;
+  }
   const founders = NODES.map((i) => ({ id: nodeId(i), address: `sim:${i}` }));
   const base = initialView(founders, allocator);
-  for (const id of [R_ID - 1, R_ID, R_ID + 1]) {
+  for (const id of [R_ID - 1, R_ID, R_ID + 1, R_ID + 2]) {
     world.views.set(id, new View({ id: makeViewId(id), members: base.members, joined: [], departed: [], failed: [], layout: base.layout }));
   }
   const R = world.views.get(R_ID)!;
@@ -562,15 +604,46 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
       sim.disk(m).put(`shard:${shard}`, world.history[shard]!.slice(0, n));
     }
   });
-  // `--flag newerRecord`: one node recorded view R + 1, which only a minority installed before the
-  // crash (it delivered nothing), and comes back part-way through: the limit the header of
-  // src/membership/restart.ts describes.
-  const newer = options.flags?.['newerRecord'] !== undefined
-    ? NODES.filter((id) => id !== stale)[swarm.int(NODES.length - (stale === undefined ? 0 : 1))]
-    : undefined;
+  // Newer records (`--flag newer=...`, see Newer): the case the header of
+  // src/membership/restart.ts argues; they come back part-way through, or early when one leads.
+  const records = new Map(NODES.map((id) => [id, id === stale ? R_ID - 1 : R_ID]));
+  const newerHolders = new Set<number>();
+  if (kind !== undefined) {
+    const candidates = NODES.filter((id) => id !== stale);
+    const pick = (n: number, from: readonly number[]): number[] => {
+      const pool = [...from];
+      const out: number[] = [];
+      while (out.length < n && pool.length > 0) out.push(pool.splice(swarm.int(pool.length), 1)[0]!);
+      return out;
+    };
+    const few = (): number[] => {
+      // One or two nodes, never a whole shard, node 1 among them with newerLeads.
+      const first = options.flags?.['newerLeads'] !== undefined && stale !== 1 ? 1 : pick(1, candidates)[0]!;
+      const shardOf = shards.find((m) => m.includes(first))!;
+      const second = swarm.int(2) === 0 ? pick(1, candidates.filter((id) => id !== first && !(shardOf.length === 2 && shardOf.includes(id)))) : [];
+      return [first, ...second];
+    };
+    if (kind === 'majority' || kind === 'chain') {
+      // Every member of one shard (or both) recorded R + 1 and it delivered there.
+      const full = shards[swarm.int(shards.length)]!;
+      const plus = swarm.int(3) === 0 ? NODES : [...full, ...pick(swarm.int(3), NODES.filter((id) => !full.includes(id)))];
+      for (const id of plus) records.set(id, R_ID + 1);
+      world.deliveredViewId = R_ID + 1;
+    }
+    const top = kind === 'chain' ? R_ID + 2 : R_ID + 1;
+    for (const id of kind === 'majority' ? [] : few()) {
+      records.set(id, top);
+      newerHolders.add(id);
+    }
+    if (kind === 'majority') for (const id of records.keys()) if (records.get(id) === R_ID + 1 && swarm.int(2) === 0) newerHolders.add(id);
+    if (options.flags?.['newerLeads'] !== undefined && kind === 'majority' && stale !== 1) {
+      records.set(1, R_ID + 1);
+      newerHolders.add(1);
+    }
+  }
   for (const id of NODES) {
     const disk = sim.disk(id);
-    disk.put('record', { viewId: id === stale ? R_ID - 1 : id === newer ? R_ID + 1 : R_ID, epoch: EPOCH });
+    disk.put('record', { viewId: records.get(id)!, epoch: EPOCH });
     disk.completeSync(disk.sync());
   }
   // Come back in a random order; one or two only after the faults stop.
@@ -578,9 +651,20 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   // the nodes it reached can then form.)
   const early = world.profile === 'midChosen' || world.profile === 'midAccept';
   const late = new Set(NODES.filter(() => r.int(4) === 0).slice(0, early ? 0 : 2));
+  // Newer records come back part-way through, or (onChosen) as the first decision is chosen.
   for (const id of NODES) {
-    const at = id === newer ? 300 + swarm.int(1500) : late.has(id) ? FAULTS_UNTIL_MS + 50 + r.int(500) : r.int(early ? 300 : 1500);
+    if (onChosen && newerHolders.has(id) && swarm.int(4) !== 0) continue;
+    const at = newerHolders.has(id) && swarm.int(3) !== 0 ? 300 + swarm.int(1500) : late.has(id) ? FAULTS_UNTIL_MS + 50 + r.int(500) : r.int(early ? 300 : 1500);
     sim.schedule(at, `start n${id}`, () => sim.start(id));
+  }
+  if (onChosen) {
+    world.onFirstChosen = () => {
+      for (const id of newerHolders) {
+        if (sim.incarnation(id) < 0) sim.schedule(swarm.int(15), `start n${id} (newer record, as the decision is chosen)`, () => sim.start(id));
+      }
+    };
+    // Nobody decided by the time the faults stop: they come back anyway.
+    for (const id of newerHolders) sim.schedule(FAULTS_UNTIL_MS, `start n${id} if not yet`, () => { if (sim.incarnation(id) < 0) sim.start(id); });
   }
   const live = (): boolean => {
     if (!sim.isQuiesced || sim.nowMs < FAULTS_UNTIL_MS + 600) return false;
@@ -608,7 +692,8 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
   }
   const s = world.stats;
   return sim.result(
-    `profile ${world.profile}${world.secondCrash ? '+1' : ''}, stale ${stale ?? '-'}, ballots ${s.ballots}, refused ${s.refused}, ` +
+    `profile ${world.profile}${world.secondCrash ? '+1' : ''}, stale ${stale ?? '-'}, ` +
+      `records ${NODES.map((id) => records.get(id)! - R_ID).join(',')}, ballots ${s.ballots}, refused ${s.refused}, ` +
       `re-proposed ${s.adoptedValues}, chosen ${s.chosen}, adoptions ${s.adoptions}, pulls ${s.pulls}, leader crashes ${s.leaderCrashes}, ` +
       `crashes ${sim.stats.crashes}, faults ${sim.stats.faults}; decided ${world.adopted?.key ?? '-'}`,
   );

@@ -3,8 +3,9 @@
 // after its prepares, part-way through its accepts or part-way through telling the chosen
 // decision (then the nodes it reached crash too), with loss, duplication and partitions. Checks
 // that every node adopts the same decision, only a chosen one, no acknowledged write is lost and
-// the replicas of each shard reconcile to one log (see restart-sim.ts). Longer runs:
-// npm run sim -- restart --seeds 5000.
+// the replicas of each shard reconcile to one log (see restart-sim.ts); with newer view records
+// (`newer=minority|majority|chain`, `newerLeads`), also that no decision restarts from before a
+// view that delivered. Longer runs: npm run sim -- restart --seeds 5000 [--flag newer=...].
 import test from 'ava';
 import { runSeed } from './restart-sim.js';
 
@@ -31,6 +32,48 @@ test('the single-phase decision (before ballots) is caught disagreeing', (t) => 
       runSeed(seed, { flags: { mutation: 'singlePhase' } });
     } catch (error) {
       t.regex(String(error), /restart agreement/);
+      caught.push(seed);
+    }
+  }
+  t.true(caught.length >= 2, `caught on seeds [${caught}]`);
+});
+
+test('newer view records: 90 seeds of a minority-recorded, a majority-recorded and a chained newer view agree', (t) => {
+  const decidedFrom = new Map<string, Set<number>>();
+  for (const newer of ['minority', 'majority', 'chain']) {
+    for (let seed = 1; seed <= 30; seed++) {
+      const flags: Record<string, string | boolean> = seed % 2 === 0 ? { newer, newerLeads: true } : { newer };
+      const result = runSeed(seed, { flags });
+      const from = /decided (\d+)\//.exec(result.summary)![1]!;
+      decidedFrom.set(newer, (decidedFrom.get(newer) ?? new Set()).add(Number(from) - 1));
+    }
+  }
+  // Restarts from view 7 (R) and from the newer record both occur where they may.
+  t.deepEqual([...decidedFrom.get('minority')!].sort(), [7, 8]);
+  t.deepEqual([...decidedFrom.get('majority')!].sort(), [8], 'view 8 delivered: never a restart from view 7');
+  t.true(decidedFrom.get('chain')!.has(9), 'a restart from the chain\'s last record');
+});
+
+test('the earlier acceptor, which started over in each newer instance, is caught disagreeing', (t) => {
+  const caught = [];
+  for (let seed = 1; seed <= 30; seed++) {
+    try {
+      runSeed(seed, { flags: { newer: 'minority', newerLeads: true, mutation: 'perInstance' } });
+    } catch (error) {
+      t.regex(String(error), /restart agreement/);
+      caught.push(seed);
+    }
+  }
+  t.true(caught.length >= 2, `caught on seeds [${caught}]`);
+});
+
+test('a restart that ignores newer records is caught skipping a view that delivered', (t) => {
+  const caught = [];
+  for (let seed = 1; seed <= 10; seed++) {
+    try {
+      runSeed(seed, { flags: { newer: 'majority', mutation: 'ignoreNewer' } });
+    } catch (error) {
+      t.regex(String(error), /delivered view skipped/);
       caught.push(seed);
     }
   }

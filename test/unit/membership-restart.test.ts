@@ -8,7 +8,8 @@ import { makeVersion, nodeId, viewId, type NodeId } from '../../src/core/ids.js'
 import { SeededRandom } from '../../src/core/random.js';
 import { customShards, defaultAllocator, fixedEvenShards, oneSubgroup } from '../../src/membership/layout.js';
 import {
-  RestartProposer, acceptorAccept, acceptorPrepare, keptVersion, reconcileShard, restartLeader, restartQuorum, restartView,
+  RestartProposer, acceptorAccept, acceptorPrepare, ballotQuorums, compareBallots, keptVersion, meetsEveryQuorum, nextBallot,
+  quorumRuleOf, reconcileShard, restartAcceptorOf, restartLeadStep, restartLeader, restartQuorum, restartView, type Ballot,
 } from '../../src/membership/restart.js';
 import { initialView } from '../../src/membership/view-change-core.js';
 
@@ -116,7 +117,7 @@ test('random shard histories: after truncation and reconciliation every node hol
 // ---- The decision's ballots (acceptorPrepare, acceptorAccept, RestartProposer) ----------------
 
 const inst = (viewId: number, epoch = '0'): { viewId: number; epoch: string } => ({ viewId, epoch });
-const b = (round: number, node: number): { round: number; node: number } => ({ round, node });
+const b = (round: number, node: number, viewId = 5): Ballot => ({ viewId, round, node });
 
 test('an acceptor promises only upward, and reports what it accepted', (t) => {
   const p1 = acceptorPrepare<string>(undefined, inst(5), inst(5), b(1, 2));
@@ -133,20 +134,76 @@ test('an acceptor promises only upward, and reports what it accepted', (t) => {
   t.false(acceptorPrepare(p2.state, inst(5), inst(5), b(2, 1)).persist, 'a repeated prepare changes nothing');
 });
 
-test('an acceptor answers an older instance stale and starts over for a newer one', (t) => {
+test('an acceptor answers an older instance stale, carries its acceptance into a newer one of the epoch, and starts over in another epoch', (t) => {
   const acc = acceptorAccept<string>(undefined, inst(5), inst(5), b(3, 1), 'D');
   t.deepEqual(acceptorPrepare(acc.state, inst(6), inst(5), b(9, 1)).reply, { kind: 'stale', newer: inst(6) },
     'this node heard of view 6: a restart from view 5 is stale');
-  t.deepEqual(acceptorPrepare(acc.state, inst(5), inst(4), b(9, 1)).reply, { kind: 'stale', newer: inst(5) });
-  const newer = acceptorPrepare(acc.state, inst(5), inst(6), b(1, 1));
-  t.deepEqual(newer.reply, { kind: 'promise' }, 'the decision of view 5 does not carry into view 6');
+  t.deepEqual(acceptorPrepare(acc.state, inst(5), inst(4), b(9, 1, 4)).reply, { kind: 'stale', newer: inst(5) });
+  const newer = acceptorPrepare(acc.state, inst(5), inst(6), b(1, 1, 6));
+  t.deepEqual(newer.reply, { kind: 'promise', accepted: { ballot: b(3, 1), decision: 'D' } },
+    'the decision accepted in view 5 is reported to a ballot of view 6 (it may have been chosen)');
+  t.true(newer.persist, 'moving to the newer instance is persisted');
   t.deepEqual(newer.state!.instance, inst(6));
+  t.deepEqual(newer.state!.accepted, { ballot: b(3, 1), decision: 'D' });
   // Its persisted instance counts even when its own record is older (it crashed and came back).
   t.deepEqual(acceptorPrepare(newer.state, inst(5), inst(5), b(7, 1)).reply, { kind: 'stale', newer: inst(6) });
+  // Another epoch (a restart decided since) starts over.
+  const other = acceptorPrepare(acc.state, inst(5), inst(6, '6-1-9'), b(1, 1, 6));
+  t.deepEqual(other.reply, { kind: 'promise' });
+  t.is(other.state!.accepted, undefined);
+});
+
+test('ballots rank by view, then round, then node; a record without views in its ballots reads as before', (t) => {
+  t.true(compareBallots(b(1, 1, 6), b(9, 9, 5)) > 0, 'any ballot of view 6 is above every ballot of view 5');
+  t.true(compareBallots(b(2, 1), b(1, 9)) > 0);
+  t.true(compareBallots(b(1, 2), b(1, 1)) > 0);
+  const old = { instance: inst(5), promised: { round: 4, node: 2 }, accepted: { ballot: { round: 3, node: 1 }, decision: 'D' } };
+  t.deepEqual(restartAcceptorOf(old), { instance: inst(5), promised: b(4, 2), accepted: { ballot: b(3, 1), decision: 'D' } });
+  t.is(restartAcceptorOf(undefined), undefined);
+  // The next ballot is above the promised one of its view, and round 1 in a newer view.
+  t.deepEqual(nextBallot(restartAcceptorOf(old), inst(5), 1, 3), b(5, 3));
+  t.deepEqual(nextBallot(restartAcceptorOf(old), inst(6), 1, 3), b(1, 3, 6));
+});
+
+test('a ballot of a view whose predecessor lost members must meet every quorum of the predecessor', (t) => {
+  // View 4: [1..5], one shard. View 5 removed 4 and 5: [1, 2, 3]. If only 1 and 2 recorded view 5
+  // (3 crashed first), {3, 4, 5} (records of view 4) are a quorum of view 4 that may decide a
+  // restart from it; {1, 2}, a quorum of view 5, must not decide alone.
+  const one = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 5)) });
+  const v4 = initialView([1, 2, 3, 4, 5].map((i) => ({ id: nodeId(i), address: `a${i}` })), one);
+  const small = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 3)) });
+  const v5 = initialView([1, 2, 3].map((i) => ({ id: nodeId(i), address: `a${i}` })), small);
+  const rule4 = quorumRuleOf(v4);
+  t.deepEqual(rule4, { viewId: v4.id, members: [1, 2, 3, 4, 5], shards: [[1, 2, 3, 4, 5]] });
+  t.false(meetsEveryQuorum(rule4, new Set([1, 2])), '{3, 4, 5} is a quorum without them');
+  t.true(meetsEveryQuorum(rule4, new Set([1, 2, 3])));
+  const q = ballotQuorums(quorumRuleOf(v5), rule4);
+  t.false(q.promise(new Set([1, 2])));
+  t.true(q.promise(new Set([1, 2, 3])));
+  t.true(q.promise(new Set([1, 2, 4])), 'a removed node that is back counts for the predecessor');
+  t.true(q.accept(new Set([1, 2])), 'phase 2 needs a quorum of the view only');
+  t.true(ballotQuorums(quorumRuleOf(v5), undefined).promise(new Set([1, 2])), 'no predecessor rule: the earlier quorum');
+  // The leader waits for it too, and says why.
+  t.false(restartQuorum(v5, new Set(ids(1, 2)), rule4).ready);
+  t.true(restartQuorum(v5, new Set(ids(1, 2)), rule4).previousShort);
+  t.true(restartQuorum(v5, new Set(ids(1, 2))).ready);
+  const lead = (previous: typeof rule4 | undefined): string => restartLeadStep({
+    view: v5, previous, back: new Set(ids(1, 2)), self: nodeId(1), nowMs: 0, quorumSinceMs: 0, graceMs: 0,
+  }).kind;
+  t.is(lead(rule4), 'wait');
+  t.is(lead(undefined), 'decide');
+  // The proposer: promises of 1 and 2 are not enough, a third of view 4's members completes phase 1.
+  const p = new RestartProposer<string>(inst(5), b(1, 1), q, () => 'mine');
+  t.deepEqual(p.onReply(1, { kind: 'promise' }), { kind: 'wait' });
+  t.deepEqual(p.onReply(2, { kind: 'promise' }), { kind: 'wait' });
+  t.deepEqual(p.onReply(4, { kind: 'promise', accepted: { ballot: b(2, 3, 4), decision: 'of view 4' } }),
+    { kind: 'accept', ballot: b(1, 1), decision: 'of view 4', adopted: true }, 'it proposes what view 4\'s instance accepted');
+  t.deepEqual(p.onReply(1, { kind: 'accepted' }), { kind: 'wait' });
+  t.deepEqual(p.onReply(2, { kind: 'accepted' }), { kind: 'chosen', decision: 'of view 4' });
 });
 
 test('the proposer proposes the highest accepted decision of a quorum, else its own, and is chosen by a quorum', (t) => {
-  const quorum = (nodes: ReadonlySet<number>): boolean => restartQuorum(view, nodes as ReadonlySet<NodeId>).ready;
+  const quorum = ballotQuorums(quorumRuleOf(view), undefined);
   let freshCalls = 0;
   const p = new RestartProposer<string>(inst(5), b(4, 1), quorum, () => {
     freshCalls++;
