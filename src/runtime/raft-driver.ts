@@ -7,8 +7,7 @@
  *      state that moves only the commit index is written at the next tick (bufferWrites);
  *   2. only then send the Ready's messages (one transport call per peer, all messages batched);
  *   3. restore a received snapshot, then apply committed entries, in order (those already durable
- *      here may be applied while an asynchronous flush is in flight; a follower that sent
- *      messages yields first, so its acks are on the wire before it applies);
+ *      here may be applied while an asynchronous flush is in flight);
  *   4. advance() the core.
  *
  * While a flush is in flight, incoming messages, ticks and proposals keep stepping the core and
@@ -377,15 +376,6 @@ export class RaftDriver {
           // (Else only the commit index changed: bufferWrites left it for the next tick.)
         }
         this.send(rd.messages); // duty 2: acks and votes go before the apply below
-        if (rd.messages.length > 0 && rd.committed.length > early && this.core.role !== 'leader') {
-          // A follower's ack leaves the process only in the transport's microtasks (the
-          // reaction to receive()'s promise responds, and a later one flushes): yield past them
-          // to the check phase, so the ack is on the wire before this node applies. Applying
-          // first held every ack behind the state machine (a raft shard's apply of the entries
-          // the append committed, ~13 µs in the kv trace). Not on a leader: its apply answers
-          // the proposals, and its messages here are only commit notices.
-          await new Promise<void>((resolve) => setImmediate(resolve));
-        }
         this.apply(rd, early); // duty 3
         this.core.advance(); // duty 4
         this.maybeCompact();
