@@ -158,7 +158,7 @@ async function threadedGroup(persist: Persist, latencyOps: number, throughputOps
   }
 }
 
-/** `--processes`: each node in its own child process (bench/_raft-node.ts over IPC). */
+/** The default placement (also `--processes`): each node in its own child process (bench/_raft-node.ts over IPC). */
 async function processGroup(persist: Persist, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number; cpuPerCommitUs?: number }> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
