@@ -6,7 +6,8 @@
  *   {cmd:'warm', warmupOps, outstanding} → {}: JIT warm-up calls from here
  *   {cmd:'latency', latencyOps} → {lat: µs[]}: calls from here, one outstanding
  *   {cmd:'rate', throughputOps, outstanding} → {rate}: calls from here, `outstanding` at once
- *   {cmd:'cpu'} → {us}: this process's main thread's CPU time so far, µs (mainThreadCpuUs)
+ *   {cmd:'cpu'} → {us, raft}: this process's main thread's CPU time so far, µs (mainThreadCpuUs),
+ *                  and its Raft driver's counters (readies, flushes, sends, ...)
  *   {cmd:'role'} → {role};  {cmd:'close'} → {closed}
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -86,7 +87,7 @@ async function handle(m: Record<string, any>): Promise<Record<string, unknown>> 
     case 'rate':
       return { rate: await closedLoopRate(m.throughputOps, m.outstanding, (i) => shard!.call(put(i))) };
     case 'cpu':
-      return { us: mainThreadCpuUs() };
+      return { us: mainThreadCpuUs(), raft: shard ? { ...shard.raft.counters } : undefined };
     case 'close':
       await shard?.close();
       await endpoint.close();

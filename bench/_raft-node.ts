@@ -1,13 +1,14 @@
 /**
- * One Raft node of the raft benchmark's `--threads` mode (a worker thread: workerData) or
- * `--processes` mode (a child process: the same fields as JSON in argv[2], messages over IPC).
- * Either way it has its own event loop, native endpoint and LMDB env in `dir`. Posts {address};
- * then takes {peers} and starts. Node 1 measures the raw round trip to node 2 (an echo of the same
- * 80-byte payload between the same processes: the floor), campaigns and, once leader, runs the
- * measurement and posts {result}. "close" stops it.
+ * One Raft node of the raft benchmark's default mode (a child process: the fields as JSON in
+ * argv[2], messages over IPC) or its `--threads` mode (a worker thread: workerData). Either way
+ * it has its own event loop, native endpoint and LMDB env in `dir` (or MemoryStorage with
+ * `memory`). Posts {address}; then takes {peers} and starts. Node 1 measures the raw round trip
+ * to node 2 (an echo of the same 80-byte payload between the same processes or threads: the
+ * floor), campaigns and, once leader, runs the measurement and posts {result}. "close" stops it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
+import { MemoryStorage, type RaftStorage } from '../src/raft/storage.js';
 import { RaftDriver } from '../src/runtime/raft-driver.js';
 import { Endpoint } from '../src/transport/native-transport.js';
 import { closedLoopRate, mainThreadCpuUs, percentile, sequentialLatencies } from './_measure.js';
@@ -20,13 +21,14 @@ const port: Channel = parentPort ?? {
   postMessage: (message) => process.send!(message),
   on: (event, listener) => void process.on(event, listener),
 };
-const { id, dir, fsync, latencyOps, throughputOps, warmupOps } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
-  id: number; dir: string; fsync: boolean; latencyOps: number; throughputOps: number; warmupOps: number;
+const { id, dir, fsync, memory, latencyOps, throughputOps, warmupOps } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
+  id: number; dir: string; fsync: boolean; memory?: boolean; latencyOps: number; throughputOps: number; warmupOps: number;
 };
 const endpoint = await Endpoint.create({ host: '127.0.0.1', port: 0 });
 const ECHO_TYPE = 99;
 endpoint.handle(ECHO_TYPE, () => new Uint8Array(0));
-const storage = new LmdbStorage({ path: dir, durable: fsync });
+// `memory`: MemoryStorage, no LMDB (what the log writes cost inside the fsync-off figure).
+const storage: RaftStorage = memory === true ? new MemoryStorage() : new LmdbStorage({ path: dir, durable: fsync });
 let driver: RaftDriver | undefined;
 const machine = { apply(): void {}, restore(): void {}, snapshot: () => new Uint8Array(8) };
 

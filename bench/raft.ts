@@ -1,21 +1,31 @@
 /**
- * `npm run bench -- raft [--quick] [--threads | --processes]`: a 3-node Raft group in one process, each node with its own
- * LMDB environment, proposals of a 16-byte key + 64-byte value, measured at the leader from
+ * `npm run bench -- raft [--quick] [--in-process | --threads] [--transport native|memory]`: a
+ * 3-node Raft group, proposals of a 16-byte key + 64-byte value, measured at the leader from
  * propose() to applied:
  *   - commit latency p50/p99 with one proposal outstanding,
  *   - throughput with 64 outstanding,
  * with fsync on (LMDB durable) and off (noSync), and beside them the raw round trip of the same
- * transport (the floor: a commit needs one round trip to a majority). A third group on
- * MemoryStorage ("storage":"MemoryStorage", no LMDB) shows how much of the fsync-off figure is
- * the log writes and how much the rest (transport, codec, core, event loop).
+ * transport between the same nodes (the floor: a commit needs one round trip to a majority). A
+ * third group on MemoryStorage ("storage":"MemoryStorage", no LMDB) shows how much of the
+ * fsync-off figure is the log writes and how much the rest (transport, codec, core, event loop).
  *
+ * Where the nodes run ("placement" in every line):
+ *   - `processes` (the default since 2026-11-22): each node in its own child process
+ *     (bench/_raft-node.ts), as a deployment runs them (one node per process, normally per
+ *     machine). The floor is the round trip between the leader's and a follower's process.
+ *     Each hop wakes another process, and the followers write their logs in parallel.
+ *   - `--in-process` (the default until 2026-11-22): all three nodes and the client in one
+ *     process and one thread. Its floor (a round trip within one thread, no wake-up) has nothing
+ *     to do with a deployment, and its commit latency includes both followers' whole append,
+ *     write and ack in series on that thread, the second follower's too, though the commit does
+ *     not need it. It stays useful for CPU per commit (`cpuPerCommitUs`, all three nodes on one
+ *     thread) and runs over either transport.
+ *   - `--threads`: each node on its own worker thread (leader with the client); floor: the
+ *     round trip between two of those threads.
  * `--transport native` runs over the native UDP transport on loopback (src/transport/
  * native-transport.ts, loaded dynamically so this file also builds where it is absent);
- * `--transport memory` over MemoryTransport (in-process, setImmediate delivery). The default is
- * native when it loads, else memory. Every line names the transport ("transport":...). All three
- * nodes and the client share one process and thread, unless `--threads` puts each node (the
- * leader with the client) on its own worker thread (bench/_raft-node.ts; native only), or
- * `--processes` in its own child process, beside the raw round trip between those processes.
+ * `--transport memory` over MemoryTransport (in-process only, setImmediate delivery). The default
+ * is native when it loads, else memory (and then in-process). Every line names the transport.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -120,11 +130,13 @@ async function group(make: Factory, fsync: Persist): Promise<{ drivers: RaftDriv
 }
 
 /** `--threads`: each node on its own worker thread (own event loop, own endpoint). */
-async function threadedGroup(fsync: boolean, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number }> {
+async function threadedGroup(persist: Persist, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number }> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
+  const fsync = persist === true;
+  const memory = persist === 'memory';
   const workers = [1, 2, 3].map((id) => new Worker(join(here, '_raft-node.js'),
-    { workerData: { id, dir: dirs[id - 1], fsync, latencyOps, throughputOps, warmupOps } }));
+    { workerData: { id, dir: dirs[id - 1], fsync, memory, latencyOps, throughputOps, warmupOps } }));
   const next = (w: Worker): Promise<any> => new Promise((resolve, reject) => {
     w.once('message', resolve);
     w.once('error', reject);
@@ -146,12 +158,14 @@ async function threadedGroup(fsync: boolean, latencyOps: number, throughputOps: 
   }
 }
 
-/** `--processes`: each node in its own child process (bench/_raft-node.ts over IPC). */
-async function processGroup(fsync: boolean, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number; cpuPerCommitUs?: number }> {
+/** The default placement (also `--processes`): each node in its own child process (bench/_raft-node.ts over IPC). */
+async function processGroup(persist: Persist, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number; cpuPerCommitUs?: number }> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
+  const fsync = persist === true;
+  const memory = persist === 'memory';
   const children = [1, 2, 3].map((id) => fork(join(here, '_raft-node.js'),
-    [JSON.stringify({ id, dir: dirs[id - 1], fsync, latencyOps, throughputOps, warmupOps })], { stdio: 'inherit' }));
+    [JSON.stringify({ id, dir: dirs[id - 1], fsync, memory, latencyOps, throughputOps, warmupOps })], { stdio: 'inherit' }));
   const next = (c: ChildProcess): Promise<any> => new Promise((resolve, reject) => {
     c.once('message', resolve);
     c.once('exit', (code) => reject(new Error(`raft node exited with ${code}`)));
@@ -199,42 +213,38 @@ export async function run(args: string[]): Promise<void> {
   const warmupOps = quick ? 3000 : 10_000;
   const env = { transport, nodes: 3, payloadBytes: 80, load1: Number(loadavg()[0]!.toFixed(2)), quick };
   const rttP50 = await rawRoundTrip(make, quick ? 2000 : 20_000);
-  report({ suite: 'raft', case: 'transport-rtt-p50', value: Number(rttP50.toFixed(1)), unit: 'us', ...env });
+  // Within one thread (both endpoints in this process): the in-process placement's floor.
+  report({ suite: 'raft', case: 'transport-rtt-p50', value: Number(rttP50.toFixed(1)), unit: 'us', rttWithin: 'one thread', ...env });
   const fsyncP50 = fdatasyncP50(quick ? 200 : 1000);
   report({ suite: 'raft', case: 'disk-fdatasync-p50', value: Number(fsyncP50.toFixed(1)), unit: 'us', ...env });
 
-  if (args.includes('--processes')) {
-    if (transport !== 'native') throw new Error('--processes needs the native transport');
-    for (const fsync of [false, true]) {
-      const r = await processGroup(fsync, latencyOps, throughputOps, warmupOps);
-      const penv = { ...env, processes: true, load1: Number(loadavg()[0]!.toFixed(2)) };
+  if (transport !== 'native' && (args.includes('--threads') || args.includes('--processes'))) {
+    throw new Error(`--threads and --processes need the native transport (this run has "${transport}"); use --in-process`);
+  }
+  const placement = args.includes('--in-process') || transport !== 'native' ? 'in-process'
+    : args.includes('--threads') ? 'threads' : 'processes';
+  if (placement !== 'in-process') {
+    // (`--processes` is accepted too: it is the default.)
+    const runGroup = placement === 'threads' ? threadedGroup : processGroup;
+    for (const persist of [false, true, 'memory'] as const) {
+      const r = await runGroup(persist, latencyOps, throughputOps, warmupOps);
+      const fsync = persist === true;
+      const storage = persist === 'memory' ? 'MemoryStorage' : 'LmdbStorage';
+      const genv = { ...env, placement, storage, fsync, load1: Number(loadavg()[0]!.toFixed(2)) };
       const lat = r.lat.sort((a, b) => a - b);
-      // The floor here is the round trip between these processes (measured by node 1 to node 2
-      // just before), not the in-process one above: every hop wakes another process.
-      const baselines: Record<string, number> = { transport_rtt_p50_between_processes: Number(r.rttP50.toFixed(1)) };
+      // The floor here is the round trip between these processes (threads), measured by node 1
+      // to node 2 just before, not the one within one thread above: every hop wakes another.
+      const baselines: Record<string, number> = { transport_rtt_p50_between_nodes: Number(r.rttP50.toFixed(1)) };
       if (fsync) baselines.disk_fdatasync_p50 = Number(fsyncP50.toFixed(1));
-      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', fsync, baselines, leaderCpuPerCommitUs: r.cpuPerCommitUs, ...penv });
-      report({ suite: 'raft', case: 'commit-latency-p99', value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', fsync, ...penv });
-      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', fsync, baselines, ...penv });
+      // The leader's main-thread CPU per commit (processes only: a worker's is not measured).
+      const leaderCpuPerCommitUs = 'cpuPerCommitUs' in r ? r.cpuPerCommitUs : undefined;
+      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', baselines, leaderCpuPerCommitUs, ...genv });
+      report({ suite: 'raft', case: 'commit-latency-p99', value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', ...genv });
+      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', baselines, ...genv });
     }
     return;
   }
-  if (args.includes('--threads')) {
-    if (transport !== 'native') throw new Error('--threads needs the native transport');
-    const tenv = { ...env, threads: true };
-    for (const fsync of [true, false]) {
-      const r = await threadedGroup(fsync, latencyOps, throughputOps, warmupOps);
-      const lat = r.lat.sort((a, b) => a - b);
-      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', fsync,
-        baselines: fsync ? { transport_rtt_p50: Number(rttP50.toFixed(1)), disk_fdatasync_p50: Number(fsyncP50.toFixed(1)) }
-          : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...tenv });
-      report({ suite: 'raft', case: 'commit-latency-p99', value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', fsync, ...tenv });
-      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', fsync,
-        baselines: fsync ? { disk_fdatasync_p50: Number(fsyncP50.toFixed(1)), transport_rtt_p50: Number(rttP50.toFixed(1)) }
-          : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...tenv });
-    }
-    return;
-  }
+  const ienv = { ...env, placement };
   // 'memory' is a floor for the fsync-off figure: the same group without LMDB, to show what the
   // log writes cost next to the rest (transport, codec, core, event loop).
   for (const fsync of [true, false, 'memory'] as const) {
@@ -257,14 +267,14 @@ export async function run(args: string[]): Promise<void> {
       const p99 = percentile(lat, 99);
       report({ suite: 'raft', case: 'commit-latency-p50', value: Number(p50.toFixed(1)), unit: 'us', fsync: durable, storage, cpuPerCommitUs,
         baselines: durable ? { transport_rtt_p50: Number(rttP50.toFixed(1)), disk_fdatasync_p50: Number(fsyncP50.toFixed(1)) }
-          : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...env });
-      report({ suite: 'raft', case: 'commit-latency-p99', value: Number(p99.toFixed(1)), unit: 'us', fsync: durable, storage, ...env });
+          : { transport_rtt_p50: Number(rttP50.toFixed(1)) }, ...ienv });
+      report({ suite: 'raft', case: 'commit-latency-p99', value: Number(p99.toFixed(1)), unit: 'us', fsync: durable, storage, ...ienv });
 
       const rate = await closedLoopRate(throughputOps, 64, (i) => leader.propose(payload(i)));
       report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(rate), unit: 'commits/s',
         fsync: durable, storage, baselines: durable ? { disk_fdatasync_p50: Number(fsyncP50.toFixed(1)), transport_rtt_p50: Number(rttP50.toFixed(1)) }
           : { transport_rtt_p50: Number(rttP50.toFixed(1)) },
-        leaderFlushesTotal: leader.counters.flushes, ...env });
+        leaderFlushesTotal: leader.counters.flushes, ...ienv });
     } finally {
       await g.close();
     }

@@ -45,8 +45,10 @@ const ENTRY_HEADER_BYTES = 2 * F64 + 1 + 4;
 
 type Append = Extract<Message, { type: 'append' }>;
 
-function encodedBytes(m: Message, other: Map<Message, Uint8Array>): number {
-  // (`other` collects the msgpack bytes of the rare kinds, so they are packed once.)
+/** The msgpack bytes of the rare kinds in the batch being encoded, in order (packed once). */
+const packedOther: Uint8Array[] = [];
+
+function encodedBytes(m: Message): number {
   switch (m.type) {
     case 'append': {
       let bytes = 1 + 6 * F64 + 4;
@@ -61,7 +63,7 @@ function encodedBytes(m: Message, other: Map<Message, Uint8Array>): number {
       return 1 + 4 * F64;
     default: {
       const packed = packr.pack(m);
-      other.set(m, packed);
+      packedOther.push(packed);
       return 1 + 4 + packed.byteLength;
     }
   }
@@ -69,9 +71,10 @@ function encodedBytes(m: Message, other: Map<Message, Uint8Array>): number {
 
 /** Encodes one batch for the Raft group `groupId` (default 0: the membership log). */
 export function encodeMessages(messages: readonly Message[], groupId = 0): Uint8Array {
-  const other = new Map<Message, Uint8Array>();
+  packedOther.length = 0;
   let bytes = BATCH_HEADER_BYTES;
-  for (const m of messages) bytes += encodedBytes(m, other);
+  for (const m of messages) bytes += encodedBytes(m);
+  let nextOther = 0;
   // Pooled and not zero-filled: every byte is written below. The transport copies it at call().
   const out = Buffer.allocUnsafe(bytes);
   const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
@@ -113,7 +116,7 @@ export function encodeMessages(messages: readonly Message[], groupId = 0): Uint8
         f64(m.from); f64(m.to); f64(m.term); f64(m.ctx);
         break;
       default: {
-        const packed = other.get(m)!;
+        const packed = packedOther[nextOther++]!;
         out[at++] = KIND_OTHER;
         view.setUint32(at, packed.byteLength);
         at += 4;
@@ -122,6 +125,7 @@ export function encodeMessages(messages: readonly Message[], groupId = 0): Uint8
       }
     }
   }
+  packedOther.length = 0;
   return out;
 }
 

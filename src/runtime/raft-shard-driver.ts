@@ -313,8 +313,11 @@ export class RaftShardDriver {
     this.sweeper ??= setInterval(() => this.sweepWaiters(), Math.max(5, this.attemptTimeoutMs / 4));
     this.observeLog();
     const { data } = this.machine.stamp(call, this.hlc.now());
-    // Success is answered by applied(); only a refusal or a superseded entry is answered here.
-    this.raft.propose(data).catch(() => this.answer(key, notLeader()));
+    // Success is answered by applied(); only a refusal or a superseded entry is answered here
+    // (no promise per proposal: the waiter above is this call's only one).
+    this.raft.proposeWith(data, (error) => {
+      if (error !== undefined) this.answer(key, notLeader());
+    });
     return answered;
   }
 

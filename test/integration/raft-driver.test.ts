@@ -453,3 +453,42 @@ test('on a slow disk the leader replicates and commits while its own log write i
     for (const d of ds.values()) await d.close();
   }
 });
+
+test('proposeWith: told once with the index when applied here, at once with the refusal on a follower, and with an error at close', async (t) => {
+  const net = new MemoryNetwork();
+  const sms = new Map(ids.map((id) => [id, new Log()]));
+  const ds = new Map<number, RaftDriver>();
+  for (const id of ids) ds.set(id, await startNode(net, id, new MemoryStorage(), sms.get(id)!));
+  await until('a leader', () => leaderOf(ds) !== undefined);
+  const leader = leaderOf(ds)!;
+  await proposeSomewhere(ds, 'first'); // the leader's no-op is committed
+  const outcomes: Array<[Error | undefined, number]> = [];
+  const done = new Promise<void>((resolve) => {
+    leader.proposeWith(text('x'), (error, index) => {
+      outcomes.push([error, index]);
+      // Called after the apply: the entry is in this node's state machine.
+      t.true(sms.get(leader.core.id)!.items.includes('x'));
+      resolve();
+    });
+  });
+  await done;
+  t.is(outcomes.length, 1);
+  t.is(outcomes[0]![0], undefined);
+  t.is(outcomes[0]![1], leader.core.log.lastIndex());
+
+  const follower = [...ds.values()].find((d) => d !== leader)!;
+  let refused: Error | undefined;
+  follower.proposeWith(text('y'), (error) => {
+    refused = error;
+  });
+  t.is((refused as { reason?: string } | undefined)?.reason, 'not-leader', 'refused before proposeWith returned');
+
+  // Pending at close: told with an error, once.
+  for (const d of ds.values()) if (d !== leader) await d.close();
+  const atClose: Array<Error | undefined> = [];
+  leader.proposeWith(text('z'), (error) => atClose.push(error));
+  await leader.close();
+  t.is(atClose.length, 1);
+  t.truthy(atClose[0]);
+  t.false(sms.get(leader.core.id)!.items.includes('z'));
+});
