@@ -11,6 +11,7 @@
  *                                                   transport (counter deltas), digest, latency}
  *   {cmd:'ceiling', peers, size, seconds}       -> raw transport one-way calls to the peers
  *                                               -> {messages, bytes, elapsedMs, cpuMicros}
+ *   {cmd:'cpu'}                                 -> {cpuMicros} (user + system so far)
  *   {cmd:'exit'}
  * The sink handler (request type 49) answers the ceiling calls of the other members.
  */
@@ -213,6 +214,11 @@ process.on('message', (raw: unknown) => {
       case 'ceiling':
         await ceiling(message as never);
         break;
+      case 'cpu': {
+        const cpu = process.cpuUsage();
+        reply({ cpuMicros: cpu.user + cpu.system });
+        break;
+      }
       case 'exit':
         for (const s of shards.values()) await s.driver.close();
         await endpoint?.close();
