@@ -69,6 +69,12 @@ export interface MulticastReady {
   readonly stabilityFrontierMicros: number;
   /** How many more messages send() would accept now (0 when wedged). */
   readonly sendCapacity: number;
+  /**
+   * Payloads of own messages the core let go of since the last ready(): done everywhere (see
+   * pruneInFlight), so it never reads them again (no send, relay, repair or re-send). Others may
+   * still hold them (the driver's queued and in-flight calls): see the driver's onPayloadReleased.
+   */
+  readonly released: Uint8Array[];
 }
 
 export interface MulticastCounters {
@@ -167,6 +173,7 @@ export class MulticastCore {
   private readonly heardMicros: number[];
   private packets: OutgoingPacket[] = [];
   private deliveries: Delivery[] = [];
+  private released: Uint8Array[] = [];
   private nowMicros = 0;
   /** The row this member last published (a report goes alone only when the row changed). */
   private lastSentRow: ReceiveReport;
@@ -354,7 +361,7 @@ export class MulticastCore {
    * own messages beyond the trim (sent or still queued), in index order, to send again in the
    * next view. Deliveries come out of the next ready().
    */
-  applyTrim(trim: readonly number[]): { readonly resend: ResendMessage[] } {
+  applyTrim(trim: readonly number[]): { readonly resend: ResendMessage[]; readonly released: Uint8Array[] } {
     assert(this.wedged && !this.trimmed, 'applyTrim() once, after wedge()');
     assert(trim.length === this.senderCount, 'trim has one count per sender');
     trim.forEach((count, s) =>
@@ -368,19 +375,23 @@ export class MulticastCore {
     else this.streams.forEach((stream, s) => this.deliverRawUpTo(s, trim[s]!));
     this.trimmed = true;
     const resend: ResendMessage[] = [];
+    // What ready() had not handed out yet, and the messages within the trim: every survivor
+    // received them, so this core, which ends here, never sends them again.
+    const released = this.released;
+    this.released = [];
     if (this.mySenderIndex >= 0) {
       const cut = trim[this.mySenderIndex]!;
       for (const m of [...this.ownInFlight, ...this.transmitQueue]) {
-        if (m.kind === 'message' && m.index >= cut) {
-          resend.push({ index: m.index, timestamp: m.timestamp, payload: m.payload });
-        }
+        if (m.kind !== 'message') continue;
+        if (m.index >= cut) resend.push({ index: m.index, timestamp: m.timestamp, payload: m.payload });
+        else released.push(m.payload);
       }
     }
     this.transmitQueue.clear();
     this.queuedMessageCount = 0;
     this.rdmc.clear();
     this.repairs.clear();
-    return { resend };
+    return { resend, released };
   }
 
   // ------------------------------------------------------------------------------------------
@@ -399,11 +410,14 @@ export class MulticastCore {
     }
     const packets = this.packets;
     const deliveries = this.deliveries;
+    const released = this.released;
     this.packets = [];
     this.deliveries = [];
+    if (released.length > 0) this.released = [];
     return {
       packets,
       deliveries,
+      released,
       deliveredCount: this.deliveredCount,
       lastDeliveredVersion: this.lastDeliveredVersion,
       globalPersistedVersion: this.minOverRows((r) => r.persistedVersion),
@@ -707,7 +721,10 @@ export class MulticastCore {
         : this.minOverRows((r) => r.receivedCounts[s]!);
     const inFlight = this.ownInFlight;
     let done = 0;
-    while (done < inFlight.length && inFlight.at(done)!.index < indexEnd) done++;
+    while (done < inFlight.length && inFlight.at(done)!.index < indexEnd) {
+      this.released.push(inFlight.at(done)!.payload);
+      done++;
+    }
     inFlight.drop(done);
   }
 

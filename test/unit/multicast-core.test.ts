@@ -224,6 +224,41 @@ test('RDMC: large messages split into blocks, ordered with SMC ones, intact, ori
   t.is(net.check(true).length, 0);
 });
 
+test('released payloads: an own payload comes back once, only when done everywhere (or within the trim), never sent after', (t) => {
+  // Ordered: SMC and RDMC messages; nothing comes back while a member has not delivered it.
+  const net = new MulticastNet({ seed: 21, memberCount: 3, limits: LIMITS });
+  net.send(0, 100);
+  net.send(0, 3000);
+  net.send(1, 50);
+  net.flush(0);
+  net.flush(1);
+  t.is(net.releasedCount, 0, 'sent, delivered nowhere: nothing released');
+  settle(net);
+  t.is(net.releasedCount, 3, 'all three released after the drain');
+  t.deepEqual(net.check(true), [], 'each once, after every member delivered it; none sent again');
+  // Raw: done when every member received it.
+  const raw = new MulticastNet({ seed: 22, memberCount: 3, mode: 'raw', limits: LIMITS });
+  raw.send(2, 10);
+  raw.send(2, 1000);
+  settle(raw);
+  t.is(raw.releasedCount, 2);
+  t.deepEqual(raw.check(true), []);
+  // Trim: the messages within the trim are released by applyTrim, the cut-off ones re-sent.
+  const cut = new MulticastNet({ seed: 23, memberCount: 2, limits: LIMITS });
+  cut.send(0, 10);
+  cut.send(0, 10);
+  cut.flush(0);
+  cut.deliverOne();
+  cut.flush(1);
+  cut.cores[0]!.wedge();
+  cut.cores[1]!.wedge();
+  const received = cut.cores[1]!.receiveState().receivedCounts;
+  t.is(received[0], 2, 'the one packet carried both messages');
+  const { resend, released } = cut.cores[0]!.applyTrim([1, 0]);
+  t.deepEqual(resend.map((m) => readPayload(m.payload)), [[0, 1]]);
+  t.deepEqual(released.map((m) => readPayload(m)), [[0, 0]]);
+});
+
 test('frontiers: global persisted = min over members; time stability waits for undelivered messages', (t) => {
   const net = new MulticastNet({ seed: 9, memberCount: 2, limits: LIMITS });
   net.tick(1000);
