@@ -177,6 +177,8 @@ export class MulticastCore {
   private nowMicros = 0;
   /** The row this member last published (a report goes alone only when the row changed). */
   private lastSentRow: ReceiveReport;
+  /** A tick passed since the last report: a row changed in its lazy fields alone may go. */
+  private lazyReportDue = false;
   /** The stamp of this member's newest own message: stamps never decrease (HLC). */
   private lastOwnMicros = 0;
   private wedged = false;
@@ -339,6 +341,7 @@ export class MulticastCore {
    */
   tick(nowMicros: number): void {
     if (nowMicros > this.nowMicros) this.nowMicros = nowMicros;
+    this.lazyReportDue = true;
   }
 
   /**
@@ -901,15 +904,16 @@ export class MulticastCore {
   private emitDataPackets(entries: SmcEntry[]): void {
     if (this.peers.length === 0) return;
     const report = this.report();
-    const changed = !sameRow(report, this.lastSentRow);
     if (entries.length === 0) {
-      if (!changed) return;
+      if (!this.reportUrgent(report)) return;
       this.lastSentRow = report;
+      this.lazyReportDue = false;
       this.pushDataPacket(report, []);
       this.counters.reportPacketsSent++;
       return;
     }
     this.lastSentRow = report;
+    this.lazyReportDue = false;
     const budget = this.limits.packetBytesMax - packetOverheadBytes(this.senderCount);
     let batch: SmcEntry[] = [];
     let bytes = 0;
@@ -927,6 +931,28 @@ export class MulticastCore {
     this.pushDataPacket(report, batch);
   }
 
+
+  /**
+   * Whether a row with no messages to carry goes alone now. At once when others wait on it:
+   * received counts (stability), the persisted version (the persisted frontier). Changes in the
+   * delivered count and the time frontier alone (each delivery and tick makes one) wait for the
+   * next tick or for a report that goes anyway: they only let senders' windows move and the
+   * time frontier advance, and sent at once they were about half of all report packets (1 MiB
+   * benchmark: ~2 report frames per delivered message per member). Unless the delivered count
+   * moved half a window of positions: a window must never wait for a tick.
+   */
+  private reportUrgent(report: ReceiveReport): boolean {
+    const last = this.lastSentRow;
+    if (report.contiguousCount !== last.contiguousCount || report.persistedVersion !== last.persistedVersion) return true;
+    for (let s = 0; s < report.receivedCounts.length; s++) {
+      if (report.receivedCounts[s] !== last.receivedCounts[s]) return true;
+    }
+    const lazyChanged = report.deliveredCount !== last.deliveredCount ||
+      report.stabilityFrontierMicros !== last.stabilityFrontierMicros;
+    if (!lazyChanged) return false;
+    const windowPositions = (this.limits.windowSize * this.senderCount) / 2;
+    return this.lazyReportDue || report.deliveredCount - last.deliveredCount >= windowPositions;
+  }
 
   private pushDataPacket(report: ReceiveReport, entries: SmcEntry[]): void {
     this.packets.push({
@@ -983,18 +1009,4 @@ export class MulticastCore {
     }
     return outgoing;
   }
-}
-
-function sameRow(a: ReceiveReport, b: ReceiveReport): boolean {
-  if (
-    a.contiguousCount !== b.contiguousCount || a.deliveredCount !== b.deliveredCount ||
-    a.persistedVersion !== b.persistedVersion ||
-    a.stabilityFrontierMicros !== b.stabilityFrontierMicros
-  ) {
-    return false;
-  }
-  for (let s = 0; s < a.receivedCounts.length; s++) {
-    if (a.receivedCounts[s] !== b.receivedCounts[s]) return false;
-  }
-  return true;
 }
