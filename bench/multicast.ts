@@ -12,6 +12,9 @@
  * `--mib N` runs only the 1 MiB ceiling and the ordered 1 MiB case, N rounds on the same members
  * (for before/after comparisons of the large-message path; each line carries its own ceiling);
  * `--mib N --no-ceiling` skips the ceilings (to profile the ordered case alone with perf).
+ * Senders reuse the payloads their driver released (onPayloadReleased) and, as the digest is off,
+ * write only each message's header into a reused one, as the ceiling's sender sends one buffer
+ * filled once: the fill of a fresh MiB per message was the sender's, not the multicast's, cost.
  * Then the large cases again on fresh member processes whose endpoints start with a 40 ms
  * retransmission timeout instead of the transport's 10 ms default, ceiling included (the
  * timeout adapts to the measured round trips from the first sample on, with a 5 ms floor; an
