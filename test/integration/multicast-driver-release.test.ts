@@ -6,11 +6,9 @@
 // its bytes after the release would corrupt a delivery.
 import test from 'ava';
 import type { Transport, TransportSession } from '../../src/transport/transport.js';
-import { Endpoint } from '../../src/transport/native-transport.js';
-import { MulticastDriver, type MulticastDelivery, type MulticastView } from '../../src/runtime/multicast-driver.js';
-import { MIXED_LIMITS, payloadIntact, tagOf, waitFor } from '../support/multicast-driver-local.js';
+import { MulticastDriver, type MulticastDelivery } from '../../src/runtime/multicast-driver.js';
+import { MIXED_LIMITS, checkSameOrderIntact, nativeEndpoints, tagOf, waitFor, withSessions } from '../support/multicast-driver-local.js';
 import { multicastLimits } from '../../src/multicast/config.js';
-import { nodeId, viewId } from '../../src/core/ids.js';
 
 const KIB = 1024;
 const SETTLE_DELAY_MS = 30;
@@ -20,7 +18,7 @@ const open = new Map<ArrayBufferLike, number>();
 
 /** `transport` whose sessions' lent calls settle SETTLE_DELAY_MS after the transport's answer. */
 function lateSettling(transport: Transport): Transport {
-  const wrap = (session: TransportSession): TransportSession =>
+  return withSessions(transport, (session) =>
     new Proxy(session, {
       get: (s, p) => {
         if (p === 'callLent') {
@@ -40,14 +38,7 @@ function lateSettling(transport: Transport): Transport {
         const value = Reflect.get(s, p) as unknown;
         return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(s) : value;
       },
-    });
-  return new Proxy(transport, {
-    get(target, prop) {
-      if (prop === 'connect') return async (remote: string) => wrap(await target.connect(remote));
-      const value = Reflect.get(target, prop) as unknown;
-      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-    },
-  });
+    }));
 }
 
 /** Writes the tagged content of taggedPayload(node, seq, ·) into `payload`. */
@@ -60,15 +51,8 @@ function tag(payload: Uint8Array, node: number, seq: number): Uint8Array {
 
 test.serial('released payloads: back once each, only after the lent calls sending them settled; reusing them keeps every delivery intact', async (t) => {
   t.timeout(90_000);
-  const native = await Promise.all(
-    [0, 1, 2].map((i) => Endpoint.create({ host: '127.0.0.1', port: 0, seed: 330 + i, peerFailureTimeoutMs: 15_000 })),
-  );
+  const { endpoints: native, nodes, view } = await nativeEndpoints(3, 330);
   const endpoints = native.map(lateSettling);
-  const nodes = [nodeId(1), nodeId(2), nodeId(3)];
-  const view: MulticastView = {
-    viewId: viewId(1), members: nodes, senders: nodes,
-    addresses: new Map(nodes.map((n, i) => [n, native[i]!.address])),
-  };
   // Blocks of 128 KiB (lent: at least 64 KiB), messages of 1-3 blocks and small ones between.
   const limits = multicastLimits({ ...MIXED_LIMITS, payloadBytesMax: 1 << 20, blockBytes: 128 * KIB, rdmcRepairMicros: 600_000_000 });
   const deliveries: MulticastDelivery[][] = [[], [], []];
@@ -121,10 +105,7 @@ test.serial('released payloads: back once each, only after the lent calls sendin
     t.deepEqual(problems, [], 'each send released once, never while a lent call sending it was open');
     t.true(reused >= 10, `released payloads were reused for later sends (${reused})`);
     t.true(native.every((e) => (e.stats().requestsLent ?? 0) > 0), 'blocks were lent');
-    const order = deliveries.map((list) => list.map((d) => `${tagOf(d.payload)}/${d.payload.byteLength}`));
-    t.deepEqual(order[1], order[0]);
-    t.deepEqual(order[2], order[0]);
-    for (const list of deliveries) t.true(list.every((d) => payloadIntact(d.payload)), 'payloads intact');
+    checkSameOrderIntact(t, deliveries);
   } finally {
     for (const d of drivers) await d.close();
     for (const e of native) await e.close();
