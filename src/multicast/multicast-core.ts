@@ -69,6 +69,12 @@ export interface MulticastReady {
   readonly stabilityFrontierMicros: number;
   /** How many more messages send() would accept now (0 when wedged). */
   readonly sendCapacity: number;
+  /**
+   * Payloads of own messages the core let go of since the last ready(): done everywhere (see
+   * pruneInFlight), so it never reads them again (no send, relay, repair or re-send). Others may
+   * still hold them (the driver's queued and in-flight calls): see the driver's onPayloadReleased.
+   */
+  readonly released: Uint8Array[];
 }
 
 export interface MulticastCounters {
@@ -167,9 +173,12 @@ export class MulticastCore {
   private readonly heardMicros: number[];
   private packets: OutgoingPacket[] = [];
   private deliveries: Delivery[] = [];
+  private released: Uint8Array[] = [];
   private nowMicros = 0;
   /** The row this member last published (a report goes alone only when the row changed). */
   private lastSentRow: ReceiveReport;
+  /** A tick passed since the last report: a row changed in its lazy fields alone may go. */
+  private lazyReportDue = false;
   /** The stamp of this member's newest own message: stamps never decrease (HLC). */
   private lastOwnMicros = 0;
   private wedged = false;
@@ -332,6 +341,7 @@ export class MulticastCore {
    */
   tick(nowMicros: number): void {
     if (nowMicros > this.nowMicros) this.nowMicros = nowMicros;
+    this.lazyReportDue = true;
   }
 
   /**
@@ -354,7 +364,7 @@ export class MulticastCore {
    * own messages beyond the trim (sent or still queued), in index order, to send again in the
    * next view. Deliveries come out of the next ready().
    */
-  applyTrim(trim: readonly number[]): { readonly resend: ResendMessage[] } {
+  applyTrim(trim: readonly number[]): { readonly resend: ResendMessage[]; readonly released: Uint8Array[] } {
     assert(this.wedged && !this.trimmed, 'applyTrim() once, after wedge()');
     assert(trim.length === this.senderCount, 'trim has one count per sender');
     trim.forEach((count, s) =>
@@ -368,19 +378,23 @@ export class MulticastCore {
     else this.streams.forEach((stream, s) => this.deliverRawUpTo(s, trim[s]!));
     this.trimmed = true;
     const resend: ResendMessage[] = [];
+    // What ready() had not handed out yet, and the messages within the trim: every survivor
+    // received them, so this core, which ends here, never sends them again.
+    const released = this.released;
+    this.released = [];
     if (this.mySenderIndex >= 0) {
       const cut = trim[this.mySenderIndex]!;
       for (const m of [...this.ownInFlight, ...this.transmitQueue]) {
-        if (m.kind === 'message' && m.index >= cut) {
-          resend.push({ index: m.index, timestamp: m.timestamp, payload: m.payload });
-        }
+        if (m.kind !== 'message') continue;
+        if (m.index >= cut) resend.push({ index: m.index, timestamp: m.timestamp, payload: m.payload });
+        else released.push(m.payload);
       }
     }
     this.transmitQueue.clear();
     this.queuedMessageCount = 0;
     this.rdmc.clear();
     this.repairs.clear();
-    return { resend };
+    return { resend, released };
   }
 
   // ------------------------------------------------------------------------------------------
@@ -399,11 +413,14 @@ export class MulticastCore {
     }
     const packets = this.packets;
     const deliveries = this.deliveries;
+    const released = this.released;
     this.packets = [];
     this.deliveries = [];
+    if (released.length > 0) this.released = [];
     return {
       packets,
       deliveries,
+      released,
       deliveredCount: this.deliveredCount,
       lastDeliveredVersion: this.lastDeliveredVersion,
       globalPersistedVersion: this.minOverRows((r) => r.persistedVersion),
@@ -707,7 +724,10 @@ export class MulticastCore {
         : this.minOverRows((r) => r.receivedCounts[s]!);
     const inFlight = this.ownInFlight;
     let done = 0;
-    while (done < inFlight.length && inFlight.at(done)!.index < indexEnd) done++;
+    while (done < inFlight.length && inFlight.at(done)!.index < indexEnd) {
+      this.released.push(inFlight.at(done)!.payload);
+      done++;
+    }
     inFlight.drop(done);
   }
 
@@ -884,15 +904,16 @@ export class MulticastCore {
   private emitDataPackets(entries: SmcEntry[]): void {
     if (this.peers.length === 0) return;
     const report = this.report();
-    const changed = !sameRow(report, this.lastSentRow);
     if (entries.length === 0) {
-      if (!changed) return;
+      if (!this.reportUrgent(report)) return;
       this.lastSentRow = report;
+      this.lazyReportDue = false;
       this.pushDataPacket(report, []);
       this.counters.reportPacketsSent++;
       return;
     }
     this.lastSentRow = report;
+    this.lazyReportDue = false;
     const budget = this.limits.packetBytesMax - packetOverheadBytes(this.senderCount);
     let batch: SmcEntry[] = [];
     let bytes = 0;
@@ -910,6 +931,27 @@ export class MulticastCore {
     this.pushDataPacket(report, batch);
   }
 
+  /**
+   * Whether a row with no messages to carry goes alone now. At once when others wait on it:
+   * received counts (stability), the persisted version (the persisted frontier). Changes in the
+   * delivered count and the time frontier alone (each delivery and tick makes one) wait for the
+   * next tick or for a report that goes anyway: they only let senders' windows move and the
+   * time frontier advance, and sent at once they were about a fifth of all report packets
+   * (1 MiB benchmark: ~410 → ~325 per member per 360 messages). Unless the delivered count
+   * moved half a window of positions: a window must never wait for a tick.
+   */
+  private reportUrgent(report: ReceiveReport): boolean {
+    const last = this.lastSentRow;
+    if (report.contiguousCount !== last.contiguousCount || report.persistedVersion !== last.persistedVersion) return true;
+    for (let s = 0; s < report.receivedCounts.length; s++) {
+      if (report.receivedCounts[s] !== last.receivedCounts[s]) return true;
+    }
+    const lazyChanged = report.deliveredCount !== last.deliveredCount ||
+      report.stabilityFrontierMicros !== last.stabilityFrontierMicros;
+    if (!lazyChanged) return false;
+    const windowPositions = (this.limits.windowSize * this.senderCount) / 2;
+    return this.lazyReportDue || report.deliveredCount - last.deliveredCount >= windowPositions;
+  }
 
   private pushDataPacket(report: ReceiveReport, entries: SmcEntry[]): void {
     this.packets.push({
@@ -966,18 +1008,4 @@ export class MulticastCore {
     }
     return outgoing;
   }
-}
-
-function sameRow(a: ReceiveReport, b: ReceiveReport): boolean {
-  if (
-    a.contiguousCount !== b.contiguousCount || a.deliveredCount !== b.deliveredCount ||
-    a.persistedVersion !== b.persistedVersion ||
-    a.stabilityFrontierMicros !== b.stabilityFrontierMicros
-  ) {
-    return false;
-  }
-  for (let s = 0; s < a.receivedCounts.length; s++) {
-    if (a.receivedCounts[s] !== b.receivedCounts[s]) return false;
-  }
-  return true;
 }

@@ -144,6 +144,17 @@ export interface MulticastDriverOptions {
    */
   readonly peerNotReadyTimeoutMs?: number;
   readonly notReadyRetryMs?: number;
+  /**
+   * Called once for each payload given to send() when nothing here holds it any more: the core
+   * is done with it (the message was delivered by every member, ordered mode, or received by
+   * every member, raw mode; or the view ended with it inside the trim) and every call that sent
+   * its bytes (lent, see flush) has settled and none is queued. From then on the application
+   * may write it again, e.g. reuse it for a later send instead of allocating a fresh buffer
+   * (for large messages: a fresh MiB costs page faults, zeroing and garbage collection). A
+   * payload cut off by a trim is re-sent in the next view and released after that. Not called
+   * after close().
+   */
+  readonly onPayloadReleased?: (payload: Uint8Array) => void;
 }
 
 export interface MulticastDriverCounters {
@@ -352,6 +363,13 @@ export class MulticastDriver {
   private frameScratch: Uint8Array = Buffer.allocUnsafeSlow(64 * 1024);
   private frameScratchView = new DataView(this.frameScratch.buffer, this.frameScratch.byteOffset, this.frameScratch.byteLength);
   /**
+   * With onPayloadReleased: block packets queued or in calls not settled yet, by the buffer
+   * their bytes are in (own payloads and received frames alike; an entry goes at 0).
+   */
+  private readonly blockRefs = new Map<ArrayBufferLike, number>();
+  /** Payloads the core released whose buffer blockRefs still counts. */
+  private readonly releaseWaiting = new Map<ArrayBufferLike, Uint8Array[]>();
+  /**
    * Received frames that hold exactly one block packet and own their whole buffer (the
    * transport hands large requests over that way), by buffer: a relay of that block can go
    * out in the same frame, only its header rewritten (see relayFrame).
@@ -502,8 +520,9 @@ export class MulticastDriver {
    */
   applyTrim(trim: readonly number[]): { readonly resendCount: number } {
     assert(this.core !== null, 'applyTrim() needs an installed view');
-    const { resend } = this.core.applyTrim(trim);
+    const { resend, released } = this.core.applyTrim(trim);
     this.pumpCore(this.core);
+    this.releasePayloads(released);
     this.core = null;
     // Cut-off own messages go first in the next view, in their original order and with their
     // original stamps (the next core queues them before anything else).
@@ -645,6 +664,7 @@ export class MulticastDriver {
     const ready = core.ready();
     this.sendPackets(ready, core.senderCount);
     this.deliver(ready);
+    if (ready.released.length > 0) this.releasePayloads(ready.released);
     const room = ready.sendCapacity > 0 && this.ownBytesUndelivered < this.ownBytesUndeliveredMax;
     if (room && this.pendingHead < this.pending.length) this.schedulePump();
   }
@@ -732,6 +752,7 @@ export class MulticastDriver {
         if (peer === undefined || peer.failed) continue;
         if (packet.kind === 'block') {
           peer.blocks.push(packet, deliveryRank(packet, senderCount));
+          if (this.options.onPayloadReleased !== undefined) this.refBlock(packet.bytes.buffer, 1);
         } else {
           peer.queue.push(item as Uint8Array);
         }
@@ -846,15 +867,63 @@ export class MulticastDriver {
         peer.inFlight--;
         peer.inFlightBytes -= bytes;
         peer.notReadySinceMs = 0;
+        this.unrefBlocks(items);
         this.flush(peer);
       },
       (error: Error) => {
         peer.inFlight--;
         peer.inFlightBytes -= bytes;
-        if (isNoHandler(error)) this.peerNotReady(peer, items, error);
-        else this.peerFailed(peer, error);
+        if (isNoHandler(error) && this.peerNotReady(peer, items, error)) return;  // queued again
+        if (!isNoHandler(error)) this.peerFailed(peer, error);
+        this.unrefBlocks(items);
       },
     );
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Payload release (onPayloadReleased)
+
+  /** The core let go of these own payloads: released now, or when their buffer's blocks are sent. */
+  private releasePayloads(payloads: readonly Uint8Array[]): void {
+    const onReleased = this.options.onPayloadReleased;
+    if (onReleased === undefined || this.closed) return;
+    for (const payload of payloads) {
+      if (!this.blockRefs.has(payload.buffer)) {
+        onReleased(payload);
+        continue;
+      }
+      const waiting = this.releaseWaiting.get(payload.buffer);
+      if (waiting === undefined) this.releaseWaiting.set(payload.buffer, [payload]);
+      else waiting.push(payload);
+    }
+  }
+
+  /** Counts a block packet whose bytes are in `buffer` in or out of a queue or an unsettled call. */
+  private refBlock(buffer: ArrayBufferLike, delta: 1 | -1): void {
+    const count = (this.blockRefs.get(buffer) ?? 0) + delta;
+    if (count > 0) {
+      this.blockRefs.set(buffer, count);
+      return;
+    }
+    this.blockRefs.delete(buffer);
+    const waiting = this.releaseWaiting.get(buffer);
+    if (waiting === undefined) return;
+    this.releaseWaiting.delete(buffer);
+    if (this.closed) return;
+    for (const payload of waiting) this.options.onPayloadReleased!(payload);
+  }
+
+  /** A call's block packets left for good (settled, or dropped with their peer). */
+  private unrefBlocks(items: Iterable<Uint8Array | BlockPacket>): void {
+    if (this.options.onPayloadReleased === undefined) return;
+    for (const item of items) if (!(item instanceof Uint8Array)) this.refBlock(item.bytes.buffer, -1);
+  }
+
+  /** Empties `peer`'s block queue (its blocks will never be sent). */
+  private dropBlocks(peer: Peer): void {
+    const dropped: BlockPacket[] = [];
+    for (let block = peer.blocks.pop(); block !== undefined; block = peer.blocks.pop()) dropped.push(block);
+    this.unrefBlocks(dropped);
   }
 
   /**
@@ -866,14 +935,14 @@ export class MulticastDriver {
    * moment after the others then never heard from one of them and the shard stalled
    * (test/integration/multicast-driver.test.ts). After `peerNotReadyTimeoutMs` it is failed.
    */
-  private peerNotReady(peer: Peer, items: (Uint8Array | BlockPacket)[], error: Error): void {
+  private peerNotReady(peer: Peer, items: (Uint8Array | BlockPacket)[], error: Error): boolean {
     this.counters.notReadyRefusals++;
-    if (peer.failed || this.closed || this.peers.get(peer.node) !== peer) return;
+    if (peer.failed || this.closed || this.peers.get(peer.node) !== peer) return false;
     const now = Date.now();
     if (peer.notReadySinceMs === 0) peer.notReadySinceMs = now;
     if (now - peer.notReadySinceMs >= this.peerNotReadyTimeoutMs) {
       this.peerFailed(peer, error);
-      return;
+      return false;
     }
     const smc: Uint8Array[] = [];
     for (const item of items) {
@@ -890,6 +959,7 @@ export class MulticastDriver {
         if (!this.closed) this.flush(peer);
       }, this.notReadyRetryMs);
     }
+    return true;
   }
 
   private peerFailed(peer: Peer, error: Error): void {
@@ -902,7 +972,7 @@ export class MulticastDriver {
     if (peer.retryTimer !== null) clearTimeout(peer.retryTimer);
     peer.retryTimer = null;
     peer.queue = [];
-    peer.blocks = new BlockQueue();
+    this.dropBlocks(peer);
     peer.queuedBytes = 0;
     this.options.onPeerFailed?.(peer.node, error);
   }
@@ -936,6 +1006,13 @@ export class MulticastDriver {
           failed: false, notReadySinceMs: 0, retryTimer: null, failure: null,
         });
       }
+    }
+    // A member that left (or moved): what was queued for it belongs to a view that ended.
+    for (const [node, peer] of old) {
+      if (peers.get(node) === peer || peer.failed) continue;
+      peer.queue = [];
+      this.dropBlocks(peer);
+      peer.queuedBytes = 0;
     }
     return peers;
   }

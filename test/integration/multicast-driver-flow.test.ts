@@ -6,7 +6,7 @@ import test, { type ExecutionContext } from 'ava';
 import type { Transport } from '../../src/transport/transport.js';
 import { Endpoint } from '../../src/transport/native-transport.js';
 import { MulticastDriver, type MulticastDelivery, type MulticastView } from '../../src/runtime/multicast-driver.js';
-import { MIXED_LIMITS, payloadIntact, tagOf, taggedPayload, waitFor } from '../support/multicast-driver-local.js';
+import { MIXED_LIMITS, checkSameOrderIntact, nativeEndpoints, payloadIntact, tagOf, taggedPayload, waitFor, withSessions } from '../support/multicast-driver-local.js';
 import { nodeId, viewId } from '../../src/core/ids.js';
 import { multicastLimits } from '../../src/multicast/config.js';
 import { decodePacket } from '../../src/multicast/codec.js';
@@ -64,24 +64,14 @@ test.serial('own undelivered bytes: sends beyond the bound wait for deliveries, 
 
 /** `transport` whose sessions lack callLent (a transport that copies every request). */
 function withoutLending(transport: Transport): Transport {
-  return new Proxy(transport, {
-    get(target, prop) {
-      if (prop === 'connect') {
-        return async (remote: string) => {
-          const session = await target.connect(remote);
-          return new Proxy(session, {
-            get: (s, p) => {
-              if (p === 'callLent') return undefined;
-              const value = Reflect.get(s, p) as unknown;
-              return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(s) : value;
-            },
-          });
-        };
-      }
-      const value = Reflect.get(target, prop) as unknown;
-      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-    },
-  });
+  return withSessions(transport, (session) =>
+    new Proxy(session, {
+      get: (s, p) => {
+        if (p === 'callLent') return undefined;
+        const value = Reflect.get(s, p) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(s) : value;
+      },
+    }));
 }
 
 test.serial('relays forward a one-block message in the frame it arrived in; every member gets it intact, in one order', async (t) => {
@@ -94,15 +84,8 @@ test.serial('large blocks are lent to the transport, own and relayed: only heade
 
 async function relayCase(t: ExecutionContext, lend: boolean): Promise<void> {
   t.timeout(60_000);
-  const native = await Promise.all(
-    [0, 1, 2].map((i) => Endpoint.create({ host: '127.0.0.1', port: 0, seed: 310 + i, peerFailureTimeoutMs: 15_000 })),
-  );
+  const { endpoints: native, nodes, view } = await nativeEndpoints(3, 310);
   const endpoints = lend ? native : native.map(withoutLending);
-  const nodes = [nodeId(1), nodeId(2), nodeId(3)];
-  const view: MulticastView = {
-    viewId: viewId(1), members: nodes, senders: nodes,
-    addresses: new Map(nodes.map((n, i) => [n, endpoints[i]!.address])),
-  };
   // One block per message, above the transport's 64 KiB slab limit (so frames arrive owning
   // their buffer); binomial over 3 members: the origin sends rank 1, which relays to rank 2.
   // No RDMC repair within the test (a loaded machine could make a relay look silent for the
@@ -159,10 +142,7 @@ async function relayCase(t: ExecutionContext, lend: boolean): Promise<void> {
     const fromRanks = (s: number): number[] => [...new Set(seenAt3.filter((b) => b.senderIndex === s).map((b) => b.fromRank))];
     t.deepEqual(fromRanks(0), [1], 'relayed under the relay\'s rank');
     t.deepEqual(fromRanks(1), [1]);
-    const order = deliveries.map((list) => list.map((d) => `${tagOf(d.payload)}/${d.payload.byteLength}`));
-    t.deepEqual(order[1], order[0]);
-    t.deepEqual(order[2], order[0]);
-    for (const list of deliveries) t.true(list.every((d) => payloadIntact(d.payload)), 'payloads intact');
+    checkSameOrderIntact(t, deliveries);
   } finally {
     for (const d of drivers) await d.close();
     for (const e of native) await e.close();

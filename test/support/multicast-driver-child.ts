@@ -11,6 +11,7 @@
  *                                                   transport (counter deltas), digest, latency}
  *   {cmd:'ceiling', peers, size, seconds}       -> raw transport one-way calls to the peers
  *                                               -> {messages, bytes, elapsedMs, cpuMicros}
+ *   {cmd:'cpu'}                                 -> {cpuMicros} (user + system so far)
  *   {cmd:'exit'}
  * The sink handler (request type 49) answers the ceiling calls of the other members.
  */
@@ -60,12 +61,35 @@ function onDeliver(state: ShardState, d: MulticastDelivery): void {
   }
 }
 
-function payloadOf(size: number, seq: number): Uint8Array {
-  const payload = new Uint8Array(Math.max(size, 8));
-  // Content depends on sender and sequence, so the full digest checks payload integrity.
-  payload.fill((self * 31 + seq) & 0xff);
-  if (size >= 16) new DataView(payload.buffer).setUint32(8, seq, true);
+/**
+ * Payloads the drivers released (onPayloadReleased), by size, for the next sends: a fresh MiB per
+ * message cost the sender an allocation, page faults and zeroing (and the garbage collector the
+ * external memory) that the transport ceiling's sender, which sends one buffer, does not pay.
+ */
+const released = new Map<number, Uint8Array[]>();
+let payloadsAllocated = 0;
+let payloadsReused = 0;
+
+function payloadOf(size: number, seq: number, digest: 'full' | 'order' | 'none'): Uint8Array {
+  const bytes = Math.max(size, 8);
+  let payload = released.get(bytes)?.pop();
+  if (payload === undefined) {
+    payloadsAllocated++;
+    payload = Buffer.allocUnsafeSlow(bytes);
+    payload.fill((self * 31 + seq) & 0xff);
+  } else {
+    payloadsReused++;
+    // Only the full digest reads the bytes beyond the header: write them all for it alone.
+    if (digest === 'full') payload.fill((self * 31 + seq) & 0xff);
+  }
+  if (size >= 16) new DataView(payload.buffer, payload.byteOffset, bytes).setUint32(8, seq, true);
   return payload;
+}
+
+function recycle(payload: Uint8Array): void {
+  const list = released.get(payload.byteLength);
+  if (list === undefined) released.set(payload.byteLength, [payload]);
+  else if (list.length < 256) list.push(payload);
 }
 
 function statsDelta(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
@@ -106,8 +130,8 @@ async function runPlan(message: {
         const wait = due - performance.now();
         if (wait > 1) await sleep(wait);
       }
-      const payload = payloadOf(sizes[i % sizes.length]!, i);
-      new DataView(payload.buffer).setFloat64(0, performance.now(), true);
+      const payload = payloadOf(sizes[i % sizes.length]!, i, message.digest);
+      new DataView(payload.buffer, payload.byteOffset, 8).setFloat64(0, performance.now(), true);
       await state.driver.send(payload);
     }
   })();
@@ -131,6 +155,8 @@ async function runPlan(message: {
     digest: state.hash?.digest('hex') ?? null,
     latency: { p50: q(0.5), p99: q(0.99), samples: sorted.length },
     counters: state.driver.counters,
+    // Sends so far that took a fresh buffer vs one the drivers had released (all runs).
+    payloads: { allocated: payloadsAllocated, reused: payloadsReused },
     core: state.driver.coreCounters(),
     // On a timeout: what every layer was waiting for (the parent prints it).
     diagnostics: timedOut ? { driver: state.driver.diagnostics(), transport: endpoint!.stats() } : undefined,
@@ -201,6 +227,7 @@ process.on('message', (raw: unknown) => {
             addresses,
           },
           onDeliver: (d) => onDeliver(state, d),
+          onPayloadReleased: recycle,
           ...(message.driverOptions as object | undefined),
         });
         shards.set(message.shard as number, state);
@@ -213,6 +240,11 @@ process.on('message', (raw: unknown) => {
       case 'ceiling':
         await ceiling(message as never);
         break;
+      case 'cpu': {
+        const cpu = process.cpuUsage();
+        reply({ cpuMicros: cpu.user + cpu.system });
+        break;
+      }
       case 'exit':
         for (const s of shards.values()) await s.driver.close();
         await endpoint?.close();

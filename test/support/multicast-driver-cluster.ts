@@ -20,6 +20,8 @@ export interface RunResult {
   digest: string | null;
   latency: { p50: number; p99: number; samples: number };
   counters: Record<string, number>;
+  /** Sends (all runs so far) that took a fresh payload buffer vs one the driver had released. */
+  payloads?: { allocated: number; reused: number };
   core: Record<string, number> | null;
   /** Only on a timeout: the driver's diagnostics() and the endpoint's stats. */
   diagnostics?: Record<string, unknown>;

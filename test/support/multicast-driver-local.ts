@@ -6,6 +6,8 @@ import { Endpoint, type EndpointOptions } from '../../src/transport/native-trans
 import { MulticastDriver, type MulticastDelivery, type MulticastView } from '../../src/runtime/multicast-driver.js';
 import { multicastLimits, type MulticastLimits } from '../../src/multicast/config.js';
 import { nodeId, viewId, type NodeId } from '../../src/core/ids.js';
+import type { Transport, TransportSession } from '../../src/transport/transport.js';
+import type { ExecutionContext } from 'ava';
 
 export interface LocalMember {
   node: NodeId;
@@ -43,13 +45,13 @@ export function payloadIntact(payload: Uint8Array): boolean {
   return true;
 }
 
-export async function startLocalShard(
-  count: number,
-  options: { endpoint?: EndpointOptions; limits?: MulticastLimits; viewId?: number } = {},
-): Promise<LocalMember[]> {
+/** `count` native endpoints on loopback and one view over them (nodes 1.., all senders). */
+export async function nativeEndpoints(
+  count: number, seedBase: number, options: { endpoint?: EndpointOptions; viewId?: number } = {},
+): Promise<{ endpoints: Endpoint[]; nodes: NodeId[]; view: MulticastView }> {
   const endpoints = await Promise.all(
     Array.from({ length: count }, (_, i) =>
-      Endpoint.create({ host: '127.0.0.1', port: 0, seed: 100 + i, peerFailureTimeoutMs: 15_000, ...options.endpoint }),
+      Endpoint.create({ host: '127.0.0.1', port: 0, seed: seedBase + i, peerFailureTimeoutMs: 15_000, ...options.endpoint }),
     ),
   );
   const nodes = endpoints.map((_, i) => nodeId(i + 1));
@@ -59,6 +61,25 @@ export async function startLocalShard(
     senders: nodes,
     addresses: new Map(nodes.map((n, i) => [n, endpoints[i]!.address])),
   };
+  return { endpoints, nodes, view };
+}
+
+/** `transport` whose sessions (from connect) are replaced by `wrap(session)`. */
+export function withSessions(transport: Transport, wrap: (session: TransportSession) => TransportSession): Transport {
+  return new Proxy(transport, {
+    get(target, prop) {
+      if (prop === 'connect') return async (remote: string) => wrap(await target.connect(remote));
+      const value = Reflect.get(target, prop) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
+export async function startLocalShard(
+  count: number,
+  options: { endpoint?: EndpointOptions; limits?: MulticastLimits; viewId?: number } = {},
+): Promise<LocalMember[]> {
+  const { endpoints, nodes, view } = await nativeEndpoints(count, 100, options);
   return Promise.all(
     endpoints.map(async (endpoint, i) => {
       const deliveries: MulticastDelivery[] = [];
@@ -95,4 +116,11 @@ export async function waitFor(done: () => boolean, timeoutMs: number): Promise<b
 /** A comparable line per delivery: identity, order, version, stamp and payload tag. */
 export function deliveryLine(d: MulticastDelivery): string {
   return `${d.viewId}/${d.sender}/${d.index}/${d.position}/${d.version}/${d.timestamp.micros}.${d.timestamp.logical}/${tagOf(d.payload)}/${d.payload.byteLength}`;
+}
+
+/** Every member delivered the same messages (tag and size) in the same order, all intact. */
+export function checkSameOrderIntact(t: ExecutionContext, deliveries: readonly MulticastDelivery[][]): void {
+  const order = deliveries.map((list) => list.map((d) => `${tagOf(d.payload)}/${d.payload.byteLength}`));
+  for (let m = 1; m < order.length; m++) t.deepEqual(order[m], order[0]);
+  for (const list of deliveries) t.true(list.every((d) => payloadIntact(d.payload)), 'payloads intact');
 }

@@ -90,6 +90,11 @@ export class MulticastNet {
   held: InFlight[] = [];
   nowMicros = 1_000_000;
   packetsSent = 0;
+  /** Own payloads the cores released (ready().released, applyTrim), by buffer: never sent again. */
+  readonly releasedBuffers = new WeakSet<ArrayBufferLike>();
+  releasedCount = 0;
+  /** Per member, `from/seq` of every message it delivered (the release check). */
+  private readonly deliveredKeys: Set<string>[];
   private readonly faults: NetFaults;
   private readonly allowEmptyPayloads: boolean;
   private logical = 0;
@@ -114,6 +119,7 @@ export class MulticastNet {
         }),
     );
     this.delivered = this.nodes.map(() => []);
+    this.deliveredKeys = this.nodes.map(() => new Set());
     this.frontierMicros = this.nodes.map(() => 0);
     this.persistedFrontier = this.nodes.map(() => -1n);
     this.sent = this.nodes.map(() => []);
@@ -168,7 +174,13 @@ export class MulticastNet {
       this.problems.push(`rank ${rank}: the persisted frontier went backwards`);
     }
     this.persistedFrontier[rank] = ready.globalPersistedVersion;
+    for (const payload of ready.released) this.noteReleased(rank, payload, true);
     for (const out of ready.packets) {
+      const packet = out.packet;
+      const stale = packet.kind === 'block'
+        ? this.releasedBuffers.has(packet.bytes.buffer)
+        : packet.entries.some((e) => e.kind === 'message' && this.releasedBuffers.has(e.payload.buffer));
+      if (stale) this.problems.push(`rank ${rank} sent bytes of a payload it had released`);
       const bytes = encodePacket(out.packet);
       if (out.packet.kind === 'data' && bytes.length > this.limits.packetBytesMax) {
         this.problems.push(`rank ${rank} sent a ${bytes.length}-byte SMC packet over the budget`);
@@ -240,6 +252,31 @@ export class MulticastNet {
     this.problems.push('drain did not quiesce');
   }
 
+  /**
+   * `rank`'s core released `payload`: once only, and (`live`: from ready()) only when no member
+   * can need it again: ordered, every member delivered it; raw, every member received it.
+   */
+  private noteReleased(rank: number, payload: Uint8Array, live: boolean): void {
+    const id = readPayload(payload);
+    if (this.releasedBuffers.has(payload.buffer)) this.problems.push(`rank ${rank} released ${String(id)} twice`);
+    this.releasedBuffers.add(payload.buffer);
+    this.releasedCount++;
+    if (!live || id === null) return;
+    const [from, seq] = id;
+    const record = this.sent[from]?.[seq];
+    if (from !== rank || record === undefined) {
+      this.problems.push(`rank ${rank} released ${from}/${seq}, not a message of its own`);
+      return;
+    }
+    const s = this.senderRanks.indexOf(rank);
+    for (let m = 0; m < this.cores.length; m++) {
+      const done = this.cores[m]!.mode === 'ordered'
+        ? this.deliveredKeys[m]!.has(`${from}/${seq}`)
+        : this.cores[m]!.receivedCount(s) > record.index;
+      if (!done) this.problems.push(`rank ${rank} released ${from}/${seq} before member ${m} had it`);
+    }
+  }
+
   private recordDelivery(rank: number, d: Delivery): void {
     const id = readPayload(d.payload);
     if (id === null && d.payload.length === 0 && this.allowEmptyPayloads) {
@@ -268,6 +305,7 @@ export class MulticastNet {
       }
     }
     this.delivered[rank]!.push(d);
+    this.deliveredKeys[rank]!.add(`${from}/${seq}`);
   }
 
   /**
@@ -298,6 +336,7 @@ export class MulticastNet {
     const resend = new Map<number, [number, number][]>();
     for (const r of survivors) {
       const result = this.cores[r]!.applyTrim(trim);
+      for (const payload of result.released) this.noteReleased(r, payload, false);
       this.flush(r);
       resend.set(r, result.resend.map((m) => readPayload(m.payload)!));
       if (result.resend.some((m, i) => i > 0 && m.index <= result.resend[i - 1]!.index)) {

@@ -93,6 +93,9 @@ test('nothing is delivered until every member reported receipt', (t) => {
   }
   t.deepEqual(net.delivered.map((d) => d.length), [0, 0, 0]);
   net.inFlight.push(...toTwo);
+  // Rank 1's report to rank 2 was dropped above (a loss the reliable transport would repair);
+  // after the tick its row goes again once its delivered count moved (a lazy field).
+  net.tick();
   settle(net);
   t.deepEqual(net.delivered.map((d) => d.length), [1, 1, 1]);
 });
@@ -222,6 +225,77 @@ test('RDMC: large messages split into blocks, ordered with SMC ones, intact, ori
   t.is(blockPackets.reduce((a, b) => a + b, 0), 3 * (24 + 8));
   t.true(blockPackets[0]! <= 24 + 2 + 8, `origin uploads its 24 blocks about once (${blockPackets[0]})`);
   t.is(net.check(true).length, 0);
+});
+
+test('released payloads: an own payload comes back once, only when done everywhere (or within the trim), never sent after', (t) => {
+  // Ordered: SMC and RDMC messages; nothing comes back while a member has not delivered it.
+  const net = new MulticastNet({ seed: 21, memberCount: 3, limits: LIMITS });
+  net.send(0, 100);
+  net.send(0, 3000);
+  net.send(1, 50);
+  net.flush(0);
+  net.flush(1);
+  t.is(net.releasedCount, 0, 'sent, delivered nowhere: nothing released');
+  settle(net);
+  // The last delivered counts are lazy: they go with the next tick's reports.
+  net.tick();
+  settle(net);
+  t.is(net.releasedCount, 3, 'all three released after the drain and a tick');
+  t.deepEqual(net.check(true), [], 'each once, after every member delivered it; none sent again');
+  // Raw: done when every member received it.
+  const raw = new MulticastNet({ seed: 22, memberCount: 3, mode: 'raw', limits: LIMITS });
+  raw.send(2, 10);
+  raw.send(2, 1000);
+  settle(raw);
+  raw.tick();
+  settle(raw);
+  t.is(raw.releasedCount, 2);
+  t.deepEqual(raw.check(true), []);
+  // Trim: the messages within the trim are released by applyTrim, the cut-off ones re-sent.
+  const cut = new MulticastNet({ seed: 23, memberCount: 2, limits: LIMITS });
+  cut.send(0, 10);
+  cut.send(0, 10);
+  cut.flush(0);
+  cut.deliverOne();
+  cut.flush(1);
+  cut.cores[0]!.wedge();
+  cut.cores[1]!.wedge();
+  const received = cut.cores[1]!.receiveState().receivedCounts;
+  t.is(received[0], 2, 'the one packet carried both messages');
+  const { resend, released } = cut.cores[0]!.applyTrim([1, 0]);
+  t.deepEqual(resend.map((m) => readPayload(m.payload)), [[0, 1]]);
+  t.deepEqual(released.map((m) => readPayload(m)), [[0, 0]]);
+});
+
+test('reports alone: received counts go at once; a delivered count alone waits for a tick, or half a window', (t) => {
+  const net = new MulticastNet({ seed: 24, memberCount: 2, senderRanks: [0], limits: LIMITS });
+  const reportsTo = (rank: number): DataPacket[] =>
+    net.inFlight.filter((p) => p.to === rank).map((p) => decodePacket(p.bytes) as DataPacket);
+  net.send(0, 10);
+  net.flush(0);
+  while (net.deliverOne()) { /* the message reaches rank 1 */ }
+  net.flush(1);
+  t.is(net.delivered[1]!.length, 1);
+  t.is(reportsTo(0).length, 1, 'rank 1 received something: its report goes at once');
+  while (net.deliverOne()) { /* rank 1's report reaches rank 0 */ }
+  net.flush(0);
+  t.is(net.delivered[0]!.length, 1, 'rank 0 delivered');
+  t.is(net.inFlight.length, 0, 'a row changed only in its delivered count does not go alone');
+  net.tick();
+  net.flush(0);
+  t.deepEqual(reportsTo(1).map((p) => [p.entries.length, p.report!.deliveredCount]), [[0, 1]], 'it goes after the tick');
+  while (net.deliverOne()) { /* */ }
+  // Half a window (windowSize 4, one sender: 2 positions) of delivered count goes at once.
+  net.send(0, 10);
+  net.send(0, 10);
+  net.flush(0);
+  while (net.deliverOne()) { /* */ }
+  net.flush(1);
+  while (net.deliverOne()) { /* */ }
+  net.flush(0);
+  t.is(net.delivered[0]!.length, 3);
+  t.deepEqual(reportsTo(1).map((p) => p.report!.deliveredCount), [3], 'two positions at once: no tick needed');
+  t.deepEqual(net.check(true), []);
 });
 
 test('frontiers: global persisted = min over members; time stability waits for undelivered messages', (t) => {
