@@ -683,6 +683,11 @@ void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
   bool sent = false;
   while (slot->num_tx < total && s->credits > 0) {
     if (slot->loss_window && slot->num_tx > slot->num_rx) break;
+    // Until the session's first RTT sample, one packet of a slot in flight (an initial window,
+    // as TCP's slow start begins small): 50 senders opening with whole 1 MiB windows queue
+    // ~50 MiB at the receiver, ~100 ms, and each session's first window then outlives the
+    // initial RTO several times over and is rolled back and resent while merely queued.
+    if (s->srtt_us == 0 && slot->num_tx > slot->num_rx) break;
     const size_t payload_bytes =
         slot->num_tx < slot->request_packets
             ? SliceBytes(static_cast<uint32_t>(slot->request.size()), s->data_bytes_per_packet,
