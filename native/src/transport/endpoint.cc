@@ -2144,21 +2144,28 @@ void Endpoint::PrefetchSessions(std::span<const uint32_t> sessions) const {
   for (size_t begin = 0; begin < sessions.size(); begin += kPrefetchBatch) {
     const size_t n = std::min(kPrefetchBatch, sessions.size() - begin);
     for (size_t i = 0; i < n; ++i) {
-      if (sessions[begin + i] != 0) sessions_.Prefetch(sessions[begin + i]);
+      if (sessions[begin + i] == 0) continue;
+      sessions_.Prefetch(sessions[begin + i]);
+      if (gate_ != nullptr) gate_->PrefetchEntry(sessions[begin + i]);  // MaySend's lookup
     }
     PrefetchFound(sessions.subspan(begin, n), hints);
+    if (gate_ != nullptr) {
+      for (size_t i = 0; i < n; ++i) gate_->PrefetchState(sessions[begin + i]);
+    }
   }
 }
 
 void Endpoint::PrefetchFound(std::span<const uint32_t> numbers,
                              const uint64_t* request_numbers) const {
   const Session* found[kPrefetchBatch];
+  const void* slots[kPrefetchBatch];
   for (size_t i = 0; i < numbers.size(); ++i) {
     found[i] = numbers[i] == 0 ? nullptr : sessions_.Find(numbers[i]);
     if (found[i] != nullptr) PrefetchLines(found[i], 3 * 64);
   }
   for (size_t i = 0; i < numbers.size(); ++i) {
     const Session* s = found[i];
+    slots[i] = nullptr;
     if (s == nullptr) continue;
     if (s->is_client) {
       if (s->client_slots.empty()) continue;
@@ -2167,10 +2174,23 @@ void Endpoint::PrefetchFound(std::span<const uint32_t> numbers,
       const uint64_t index = request_numbers[i] != kNoSlotHint
                                  ? request_numbers[i] & mask
                                  : static_cast<uint64_t>(std::countr_one(s->busy_slots)) & mask;
-      PrefetchLines(&s->client_slots[index], sizeof(ClientSlot));
+      slots[i] = &s->client_slots[index];
+      PrefetchLines(slots[i], sizeof(ClientSlot));
     } else if (!s->server_slots.empty() && request_numbers[i] != kNoSlotHint) {
-      PrefetchLines(&s->server_slots[request_numbers[i] & (s->server_slots.size() - 1)],
-                    sizeof(ServerSlot));
+      slots[i] = &s->server_slots[request_numbers[i] & (s->server_slots.size() - 1)];
+      PrefetchLines(slots[i], sizeof(ServerSlot));
+    }
+  }
+  // What the slots point to: a call's transmit stamps; on a server, the response kept from the
+  // slot's previous request, which a new request frees (the allocator reads its header).
+  for (size_t i = 0; i < numbers.size(); ++i) {
+    if (slots[i] == nullptr) continue;
+    if (found[i]->is_client) {
+      const auto* slot = static_cast<const ClientSlot*>(slots[i]);
+      if (!slot->tx_us.empty()) __builtin_prefetch(slot->tx_us.data());
+    } else {
+      const auto* slot = static_cast<const ServerSlot*>(slots[i]);
+      if (!slot->response.empty()) __builtin_prefetch(slot->response.data() - 16);
     }
   }
 }

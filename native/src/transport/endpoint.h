@@ -198,6 +198,10 @@ class SendGate {
   virtual uint64_t NextDueUs() const { return UINT64_MAX; }
   // Memory the gate keeps per session, for Stats.
   virtual size_t BytesPerSession() const { return 0; }
+  // Cache hints (Endpoint::PrefetchSessions): start loading where the session's state is
+  // looked up, then (once that has had time to arrive) the state itself. Nothing observable.
+  virtual void PrefetchEntry(uint32_t /*session*/) const {}
+  virtual void PrefetchState(uint32_t /*session*/) const {}
 };
 
 // Drop reasons, each with its own counter.
