@@ -74,6 +74,7 @@ struct HintRun {
 
 HintRun RunWithHints(bool hints) {
   EndpointConfig config;
+  config.credits_per_session = 2;  // multi-packet requests wait for credits: state shows in order
   MemoryWire wire(0.05, true, 11);
   const PeerAddress client_address = Addr("10.0.0.1:1000"), server_address = Addr("10.0.0.2:2000");
   MemoryWire::Port client_port(&wire, client_address), server_port(&wire, server_address);
