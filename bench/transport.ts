@@ -13,7 +13,8 @@
  *   - 8 MiB goodput at injected loss 1e-5, 1e-4, 1e-3 (both ends drop their own sends) vs
  *     lossless;
  *   - incast: 50 sender endpoints (5 worker threads x 10) each sending 1 MiB requests to one
- *     server vs one sender endpoint, with the server's kernel drops (SO_RXQ_OVFL);
+ *     server vs one sender endpoint, with the server's kernel drops (SO_RXQ_OVFL), requests
+ *     sent with call() and again with callLent();
  *   - the 32-byte rate with 2 client/server endpoint pairs in 4 worker threads vs 1 pair;
  *   - UDP_SEGMENT (GSO) vs sendmmsg for a bulk stream of 1,472-byte datagrams (raw sockets).
  *   - the protocol core alone (transport_core_bench): thread CPU per 32-byte call with 1, 64,
@@ -29,7 +30,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createSocket } from 'node:dgram';
 import { connect as tcpConnect } from 'node:net';
 import { availableParallelism, cpus, loadavg } from 'node:os';
@@ -483,22 +484,37 @@ async function lossCases(seconds: number): Promise<void> {
   }
 }
 
-/** 50-way incast vs one sender (`--incast`). */
+/**
+ * 50-way incast vs one sender (`--incast`), twice: with requests sent by `call()` (copied into
+ * the core, then into the socket's send batch) and by `callLent()` (sent from the caller's
+ * buffer, as the multicast driver sends large blocks). The senders share this machine's two
+ * cores with the server, so what they spend per MiB is taken from the server: the copying
+ * senders spend ~0.7 ms/MiB with 50 endpoints (10 per thread; their send buffers and request
+ * copies do not stay in cache) against ~0.3 with one, the lent ones ~0.35 vs 0.2. Each line
+ * has the server thread's CPU per MiB (the stable figure), its share of a core, and the share of
+ * the run it spent runnable but waiting for a core (schedstat): most of it on a loaded machine.
+ */
 async function incastCase(quick: boolean): Promise<void> {
   const suite = 'transport';
   const requests = quick ? 4 : 10;
-  const single = await incast(1, 1, 50 * requests);
-  const fifty = await incast(5, 10, requests);
-  report({ suite, case: 'incast_goodput_50_senders_1MiB', value: Number(fifty.goodput.toFixed(1)), unit: 'MB/s',
-    baselines: { squall_1_sender: Number(single.goodput.toFixed(1)) },
-    kernel_drops: fifty.kernelDrops, packets_sent: fifty.packetsSent,
-    kernel_drop_fraction: Number((fifty.kernelDrops / Math.max(1, fifty.packetsSent)).toExponential(2)),
-    retransmissions: fifty.retransmissions, requests: fifty.completed, failed: fifty.failed,
-    baseline_kernel_drops: single.kernelDrops, target_ratio_min: 0.7,
-    // The server's thread: CPU per MiB received (what the protocol costs it) and the share of a
-    // core it got (5 sender threads + the server on this machine's cores vs 1 + 1).
-    server_cpu_ms_per_MiB: fifty.serverCpuMsPerMiB, baseline_server_cpu_ms_per_MiB: single.serverCpuMsPerMiB,
-    server_cpu_share: fifty.serverCpuShare, baseline_server_cpu_share: single.serverCpuShare, load1: load() });
+  for (const lent of [false, true]) {
+    const single = await incast(1, 1, 50 * requests, lent);
+    const fifty = await incast(5, 10, requests, lent);
+    report({ suite, case: `incast_goodput_50_senders_1MiB${lent ? '_lent' : ''}`, value: Number(fifty.goodput.toFixed(1)),
+      unit: 'MB/s', baselines: { squall_1_sender: Number(single.goodput.toFixed(1)) },
+      kernel_drops: fifty.kernelDrops, packets_sent: fifty.packetsSent,
+      kernel_drop_fraction: Number((fifty.kernelDrops / Math.max(1, fifty.packetsSent)).toExponential(2)),
+      retransmissions: fifty.retransmissions, requests: fifty.completed, failed: fifty.failed,
+      baseline_kernel_drops: single.kernelDrops, target_ratio_min: 0.7,
+      // The server's thread: CPU per MiB received (what the protocol costs it), the share of a
+      // core it got (5 sender threads + the server on this machine's cores vs 1 + 1), and the
+      // share of the run it waited in the run queue; the senders' CPU per MiB (all 5 threads).
+      server_cpu_ms_per_MiB: fifty.serverCpuMsPerMiB, baseline_server_cpu_ms_per_MiB: single.serverCpuMsPerMiB,
+      server_cpu_share: fifty.serverCpuShare, baseline_server_cpu_share: single.serverCpuShare,
+      server_runqueue_share: fifty.serverRunqueueShare, baseline_server_runqueue_share: single.serverRunqueueShare,
+      senders_cpu_ms_per_MiB: fifty.sendersCpuMsPerMiB, baseline_senders_cpu_ms_per_MiB: single.sendersCpuMsPerMiB,
+      requests_by: lent ? 'callLent' : 'call', load1: load() });
+  }
 }
 
 const SESSIONS_MANY = 20_000;
@@ -602,16 +618,34 @@ async function lossGoodput(
     cpuMsPerMiB: Number(((used.user + used.system) / 1000 / Math.max(1, mib)).toFixed(3)) };
 }
 
-/** CPU time of this process's main thread so far, ms (/proc; 10 ms resolution). */
-function mainThreadCpuMs(): number {
-  const fields = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;  // utime + stime, USER_HZ 100
+/** CPU time of this process's threads so far, ms (/proc; 10 ms resolution): the main thread, and all. */
+function threadCpuMs(): { main: number; all: number } {
+  const ms = (task: string): number => {
+    const fields = readFileSync(`/proc/self/task/${task}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;  // utime + stime, USER_HZ 100
+  };
+  let all = 0;
+  for (const task of readdirSync('/proc/self/task')) {
+    try {
+      all += ms(task);
+    } catch {
+      // a thread that ended meanwhile
+    }
+  }
+  return { main: ms(String(process.pid)), all };
+}
+
+/** Time the main thread has spent runnable but waiting for a core, ms (schedstat). */
+function mainThreadRunqueueMs(): number {
+  return Number(readFileSync(`/proc/self/task/${process.pid}/schedstat`, 'utf8').split(' ')[1]) / 1e6;
 }
 
 interface IncastResult {
   goodput: number;
   serverCpuMsPerMiB: number;
   serverCpuShare: number;
+  serverRunqueueShare: number;
+  sendersCpuMsPerMiB: number;
   completed: number;
   failed: number;
   retransmissions: number;
@@ -620,28 +654,34 @@ interface IncastResult {
 }
 
 /** `workers` threads of `endpoints` sender endpoints each, `requests` 1 MiB calls per endpoint. */
-async function incast(workers: number, endpoints: number, requests: number): Promise<IncastResult> {
+async function incast(workers: number, endpoints: number, requests: number, lent = false): Promise<IncastResult> {
   const server = await Endpoint.create({ sessionsMax: 256 });
   const ack = Buffer.alloc(8, 1);
   server.handle(2, () => ack);
   const senders = Array.from({ length: workers }, () =>
-    new Worker(loadWorker, { workerData: { mode: 'senders', target: server.address, endpoints, requests, bytes: 1 << 20 } }));
+    new Worker(loadWorker, { workerData: { mode: 'senders', target: server.address, endpoints, requests, bytes: 1 << 20, lent } }));
   await Promise.all(senders.map((w) => workerMessage(w, 'ready')));
   const done = senders.map((w) => workerMessage<{ completed: number; failed: number; retransmissions: number; packetsSent: number; bytes: number }>(w, 'done'));
   const started = performance.now();
-  const cpu0 = mainThreadCpuMs();  // the server's thread
+  const cpu0 = threadCpuMs();  // main: the server's thread
+  const wait0 = mainThreadRunqueueMs();
   for (const w of senders) w.postMessage({ kind: 'start' });
   const results = await Promise.all(done);
   const elapsed = (performance.now() - started) / 1000;
-  const serverCpuMs = mainThreadCpuMs() - cpu0;
+  const cpu1 = threadCpuMs();
+  const serverCpuMs = cpu1.main - cpu0.main;
+  const serverWaitMs = mainThreadRunqueueMs() - wait0;
   const sum = (key: 'completed' | 'failed' | 'retransmissions' | 'packetsSent' | 'bytes'): number =>
     results.reduce((a, r) => a + r[key], 0);
+  const mib = Math.max(1, sum('bytes') / (1 << 20));
   const kernelDrops = server.stats().udpKernelDrops ?? 0;
   await Promise.all(senders.map(stopWorker));
   await server.close();
   return { goodput: sum('bytes') / elapsed / 1e6, completed: sum('completed'), failed: sum('failed'),
-    serverCpuMsPerMiB: Number((serverCpuMs / Math.max(1, sum('bytes') / (1 << 20))).toFixed(3)),
+    serverCpuMsPerMiB: Number((serverCpuMs / mib).toFixed(3)),
     serverCpuShare: Number((serverCpuMs / 1000 / elapsed).toFixed(2)),
+    serverRunqueueShare: Number((serverWaitMs / 1000 / elapsed).toFixed(2)),
+    sendersCpuMsPerMiB: Number(((cpu1.all - cpu0.all - serverCpuMs) / mib).toFixed(3)),
     retransmissions: sum('retransmissions'), packetsSent: sum('packetsSent'), kernelDrops };
 }
 

@@ -125,6 +125,7 @@ struct Driver {
   uint64_t timer_armed_us = UINT64_MAX;
   uint64_t poll_restarts = 0;  // see OnReadable
   std::vector<Event> events;
+  std::vector<uint32_t> prefetch_sessions;  // Submit: the calls' sessions (PrefetchSubmitted)
   std::shared_ptr<LentReferences> lent = std::make_shared<LentReferences>();  // see JsLender
   std::shared_ptr<BufferPool> pool =
       std::make_shared<BufferPool>(kExternalPayloadBytesMin, kReceivePoolBytesMax);
@@ -281,6 +282,9 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
         [endpoint](const PeerAddress& to, std::span<const uint8_t> quoted) {
           endpoint->OnUnreachable(to, quoted, MonotonicNowUs());
         });
+    driver_->socket->SetBatchHook([endpoint](std::span<const std::span<const uint8_t>> packets) {
+      endpoint->PrefetchPackets(packets);
+    });
     uv_poll_init(loop, &driver_->poll, driver_->socket->fd());
     uv_timer_init(loop, &driver_->timer);
     driver_->poll.data = driver_;
@@ -517,6 +521,25 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
   }
 
   // submit(slab: ArrayBuffer, byteLength, extras: Uint8Array[]) -> a batch, like drain().
+  // The sessions of a submission's calls, to Endpoint::PrefetchSessions before the calls are
+  // made (a cache hint: with thousands of sessions each call's session is in no cache). Reads
+  // the record headers only; a malformed tail just ends the walk (Submit reports it).
+  void PrefetchSubmitted(Endpoint* endpoint, const uint8_t* p, const uint8_t* end) {
+    std::vector<uint32_t>& sessions = driver_->prefetch_sessions;
+    sessions.clear();
+    while (p + kRecordHeaderBytes <= end) {
+      uint16_t flags;
+      std::memcpy(&flags, p + 2, 2);
+      if (p[0] == kSubmitCall) sessions.push_back(Get32(p + 4));
+      const uint32_t bytes = Get32(p + 12);
+      p += kRecordHeaderBytes;
+      const bool lent = (flags & kFlagLentBody) != 0 && p[-kRecordHeaderBytes] == kSubmitCall;
+      const bool inline_bytes = lent || (flags & kFlagPayloadInExtras) == 0;
+      if (inline_bytes) p += Pad8(bytes);
+    }
+    if (sessions.size() > 1) endpoint->PrefetchSessions(sessions);
+  }
+
   Napi::Value Submit(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!CheckOpen(env)) return env.Undefined();
@@ -535,6 +558,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     const uint8_t* end = p + length;
     const uint64_t now = MonotonicNowUs();
     Endpoint* endpoint = driver_->endpoint.get();
+    PrefetchSubmitted(endpoint, p, end);
     // One batch for the whole submission (sealed per session together), ended on every return.
     EndpointBatch batch(endpoint);
     while (p + kRecordHeaderBytes <= end) {

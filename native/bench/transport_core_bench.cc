@@ -3,8 +3,9 @@
 // that hands each sent packet (or bundle) to the other side. 64 calls of 32 bytes stay
 // outstanding, issued round robin over the sessions, as in `npm run bench -- transport`.
 //
-//   transport_core_bench [calls] [sessions,...]
+//   transport_core_bench [calls] [sessions,...] [plain]
 //
+// `plain` skips the encrypted runs (for profiling the core alone; their fields then print 0).
 // For each session count, and with encryption off and on, prints one JSON line: thread CPU ns
 // per call (CLOCK_THREAD_CPUTIME_ID, so other processes on a loaded machine do not inflate it),
 // bytes per session, and packets sealed per call. The encryption lines carry the same-run
@@ -47,17 +48,26 @@ class Wire : public PacketIo {
     bytes_.clear();
     offsets_.clear();
     const size_t n = rx_offsets_.size();
-    for (size_t i = 0; i < n; ++i) {
-      const size_t begin = rx_offsets_[i];
-      const size_t end = i + 1 < n ? rx_offsets_[i + 1] : rx_bytes_.size();
-      to->OnPacket(from, std::span<const uint8_t>(rx_bytes_.data() + begin, end - begin), now_us);
+    // As the addon's receive: each recvmmsg result's packets (up to 64 datagrams) go to
+    // PrefetchPackets before they are handled one by one.
+    for (size_t first = 0; first < n; first += 64) {
+      items_.clear();
+      for (size_t i = first; i < std::min(n, first + 64); ++i) items_.push_back(Item(i));
+      to->PrefetchPackets(items_);
+      for (size_t i = first; i < std::min(n, first + 64); ++i) to->OnPacket(from, Item(i), now_us);
     }
     return n;
   }
 
  private:
+  std::span<const uint8_t> Item(size_t i) const {
+    const size_t begin = rx_offsets_[i];
+    const size_t end = i + 1 < rx_offsets_.size() ? rx_offsets_[i + 1] : rx_bytes_.size();
+    return std::span<const uint8_t>(rx_bytes_.data() + begin, end - begin);
+  }
   std::vector<uint8_t> bytes_, rx_bytes_;
   std::vector<size_t> offsets_, rx_offsets_;
+  std::vector<std::span<const uint8_t>> items_;
 };
 
 struct Result {
@@ -111,6 +121,7 @@ Result Run(uint32_t sessions, uint64_t calls, bool encrypted) {
   }
   const std::vector<uint8_t> payload(32, 1);
   uint64_t next = 0, tag = 1, completed = 0;
+  std::vector<uint32_t> upcoming;
   auto issue = [&](uint64_t now) {
     client.Call(numbers[next++ % numbers.size()], 1, tag++, payload, 0, now);
   };
@@ -123,6 +134,14 @@ Result Run(uint32_t sessions, uint64_t calls, bool encrypted) {
       events.clear();
       client.TakeEvents(&events);
       client.BeginBatch();
+      // As the addon's submit: the calls' sessions go to PrefetchSessions first.
+      upcoming.clear();
+      for (const Event& e : events) {
+        if (e.kind == EventKind::kResponse) {
+          upcoming.push_back(numbers[(next + upcoming.size()) % numbers.size()]);
+        }
+      }
+      client.PrefetchSessions(upcoming);
       for (const Event& e : events) {
         if (e.kind != EventKind::kResponse) continue;
         ++completed;
@@ -180,10 +199,11 @@ int main(int argc, char** argv) {
     counts.push_back(static_cast<uint32_t>(std::stoul(list.substr(at, comma - at))));
     at = comma == std::string::npos ? list.size() : comma + 1;
   }
-  const double aead = AeadNsPerPacket(calls);
+  const bool plain_only = argc > 3 && std::string(argv[3]) == "plain";
+  const double aead = plain_only ? 0 : AeadNsPerPacket(calls);
   for (uint32_t sessions : counts) {
     const Result plain = Run(sessions, calls, false);
-    const Result sealed = Run(sessions, calls, true);
+    const Result sealed = plain_only ? Result{} : Run(sessions, calls, true);
     std::printf(
         "{\"suite\":\"transport_core\",\"case\":\"core_cpu_per_call_32B_%u_sessions\","
         "\"value\":%.0f,\"unit\":\"ns\",\"encrypted_ns\":%.0f,\"added_by_encryption_ns\":%.0f,"

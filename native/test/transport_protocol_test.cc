@@ -322,12 +322,14 @@ TEST(transport_client_credits_multi_packet_and_go_back_n) {
   c.Take();
   c.io.Take();
   CHECK(c.endpoint.Call(c.session, 1, 7, Pattern(500, 1), 0, 1000) == CallStatus::kOk);
-  // Two credits: two request packets go out, the third waits for a credit return.
-  CHECK_LINES(c.io, {"REQ s=55 r=8 p=0 m=500 a=0 len=208", "REQ s=55 r=8 p=1 m=500 a=0 len=208"});
-  c.Send(PacketType::kCreditReturn, 8, 1, 0, 0, 1100);  // out of order: dropped
+  // Before the session's first RTT sample a slot has one packet in flight (initial window).
+  CHECK_LINES(c.io, {"REQ s=55 r=8 p=0 m=500 a=0 len=208"});
+  c.Send(PacketType::kCreditReturn, 8, 1, 0, 0, 1050);  // not sent yet: dropped
   CHECK_EQ(DropCount(c.endpoint, DropReason::kStale), 1u);
+  // Its answer is the first sample: the window opens to the credits. Two credits: two request
+  // packets go out, the third waits for a credit return.
   c.Send(PacketType::kCreditReturn, 8, 0, 0, 0, 1100);
-  CHECK_LINES(c.io, {"REQ s=55 r=8 p=2 m=500 a=0 len=84"});
+  CHECK_LINES(c.io, {"REQ s=55 r=8 p=1 m=500 a=0 len=208", "REQ s=55 r=8 p=2 m=500 a=0 len=84"});
   c.Send(PacketType::kCreditReturn, 8, 1, 0, 0, 1200);
   CHECK_LINES(c.io, {});
   // Response packet 0 (answering REQ 2) says 300 bytes = 2 packets: one RFR pulls the rest.

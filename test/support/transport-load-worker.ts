@@ -2,7 +2,8 @@
  * A worker thread for the transport load tests and benchmarks (test/unit/transport-load.test.ts,
  * bench/transport.ts). workerData.mode:
  *   "senders": opens `endpoints` endpoints (each its own socket), each connects to `target` and
- *     makes `requests` sequential calls of type 2 with `bytes`-byte requests; posts
+ *     makes `requests` sequential calls of type 2 with `bytes`-byte requests (lent with
+ *     `lent: true`, as the multicast driver sends large blocks); posts
  *     {kind: 'done', completed, failed, bytes, elapsedMs, retransmissions, packetsSent,
  *     kernelDrops, rateMin} once all finished;
  *   "server": one endpoint that echoes type 1 and answers type 2 with 8 bytes; posts {address};
@@ -46,6 +47,7 @@ if (workerData.mode === 'senders') {
   port.postMessage({ kind: 'ready' });
   await start;
   const request = Buffer.alloc(workerData.bytes as number, 7);
+  const noHead = Buffer.alloc(0);
   let completed = 0;
   let failed = 0;
   let rateMin = Infinity;
@@ -54,7 +56,8 @@ if (workerData.mode === 'senders') {
     sessions.map(async (session) => {
       for (let r = 0; r < (workerData.requests as number); r++) {
         try {
-          const answer = await session.call(2, request);
+          // `lent`: the request body is lent (callLent: sent from the buffer, no copies in user space).
+          const answer = workerData.lent ? await session.callLent(2, noHead, request) : await session.call(2, request);
           if (answer.byteLength === 8) completed++;
           else failed++;
         } catch {

@@ -58,20 +58,25 @@ void CongestionGate::OnConnected(uint32_t session, uint64_t rtt_us, size_t windo
                                  uint64_t /*now_us*/) {
   const uint64_t floor_ns =
       static_cast<uint64_t>(static_cast<double>(window_bytes) * config_.size_ns_per_byte_max);
-  auto [it, inserted] = sessions_.try_emplace(session, TimelyFor(rtt_us, floor_ns));
-  if (!inserted) it->second = State(TimelyFor(rtt_us, floor_ns));
+  State* s = sessions_.Find(session);
+  if (s == nullptr) {
+    s = sessions_.Insert(session, std::make_unique<State>(TimelyFor(rtt_us, floor_ns)));
+  } else {
+    if (s->congested) --stats_.congested_sessions;
+    *s = State(TimelyFor(rtt_us, floor_ns));
+  }
   const uint64_t path_ns =
       (rtt_us == 0 ? config_.default_rtt_us : std::min(rtt_us, config_.derived_rtt_max_us)) * kNs;
-  it->second.min_rtt_ns = path_ns;
-  it->second.min_small_rtt_ns = path_ns;
-  it->second.base_floor_ns = floor_ns;
+  s->min_rtt_ns = path_ns;
+  s->min_small_rtt_ns = path_ns;
+  s->base_floor_ns = floor_ns;
 }
 
 void CongestionGate::OnClosed(uint32_t session) {
-  auto it = sessions_.find(session);
-  if (it == sessions_.end()) return;
-  if (it->second.congested) --stats_.congested_sessions;
-  sessions_.erase(it);  // a wheel entry it may have is skipped when reaped
+  const State* s = sessions_.Find(session);
+  if (s == nullptr) return;
+  if (s->congested) --stats_.congested_sessions;
+  sessions_.Erase(session);  // a wheel entry it may have is skipped when reaped
 }
 
 void CongestionGate::Track(State* s) {
@@ -87,9 +92,9 @@ void CongestionGate::Track(State* s) {
 
 bool CongestionGate::MaySend(uint32_t session, size_t bytes, uint64_t now_us) {
   if (!config_.enabled) return true;
-  auto it = sessions_.find(session);
-  if (it == sessions_.end()) return true;
-  State& s = it->second;
+  State* found = sessions_.Find(session);
+  if (found == nullptr) return true;
+  State& s = *found;
   if (s.waiting) {
     ++stats_.deferrals;
     return false;
@@ -126,9 +131,9 @@ bool CongestionGate::MaySend(uint32_t session, size_t bytes, uint64_t now_us) {
 
 void CongestionGate::OnRttSample(uint32_t session, uint64_t rtt_us, size_t bytes,
                                  uint64_t now_us) {
-  auto it = sessions_.find(session);
-  if (it == sessions_.end()) return;
-  State& s = it->second;
+  State* found = sessions_.Find(session);
+  if (found == nullptr) return;
+  State& s = *found;
   uint64_t rtt_ns = rtt_us * kNs;
   if (bytes <= kSmallBytes) {
     if (s.min_small_rtt_ns == 0 || rtt_ns < s.min_small_rtt_ns) s.min_small_rtt_ns = rtt_ns;
@@ -167,12 +172,12 @@ void CongestionGate::OnRttSample(uint32_t session, uint64_t rtt_us, size_t bytes
 
 void CongestionGate::OnLoss(uint32_t session, uint64_t now_us) {
   if (!config_.enabled) return;
-  auto it = sessions_.find(session);
-  if (it == sessions_.end()) return;
+  State* found = sessions_.Find(session);
+  if (found == nullptr) return;
   ++stats_.losses;
   // Only a loss that comes with queueing (the latest RTT above t_low) is taken as congestion: a
   // packet lost on an idle path (corruption, a random drop) says nothing about the rate.
-  State& s = it->second;
+  State& s = *found;
   if (s.timely.last_rtt_ns() <= s.timely.config().t_low_ns) return;
   s.timely.OnLoss(now_us * kNs);
   ++stats_.rate_updates;
@@ -185,9 +190,9 @@ void CongestionGate::Advance(uint64_t now_us) {
   wheel_.Reap(now_us * kNs, reaped_);
   for (const cc::WheelEntry& e : reaped_) {
     const uint32_t session = static_cast<uint32_t>(e.payload);
-    auto it = sessions_.find(session);
-    if (it == sessions_.end() || !it->second.waiting) continue;  // closed since
-    it->second.waiting = false;
+    State* s = sessions_.Find(session);
+    if (s == nullptr || !s->waiting) continue;  // closed since
+    s->waiting = false;
     due_.push_back(session);
   }
 }
@@ -205,16 +210,21 @@ uint64_t CongestionGate::NextDueUs() const {
 }
 
 size_t CongestionGate::BytesPerSession() const {
-  // The map node (value, key, next pointer, cached hash) in 16-byte allocator granules, plus
-  // its bucket pointer. The wheel is per endpoint (one entry per session: 24 bytes).
-  const size_t node = (sizeof(std::pair<const uint32_t, State>) + 16 + 15) & ~size_t{15};
-  return node + sizeof(void*) + 24;
+  // The state in 16-byte allocator granules (plus malloc's 8-byte header), its share of the
+  // table, and the wheel's entry (one per session: 24 bytes).
+  const size_t state = (sizeof(State) + 8 + 15) & ~size_t{15};
+  return state + sessions_.TableBytes() / std::max<size_t>(sessions_.size(), 1) + 24;
+}
+
+void CongestionGate::PrefetchState(uint32_t session) const {
+  const State* s = sessions_.Find(session);
+  if (s != nullptr) __builtin_prefetch(s);
 }
 
 bool CongestionGate::Session(uint32_t session, SessionCongestion* out) const {
-  auto it = sessions_.find(session);
-  if (it == sessions_.end()) return false;
-  const State& s = it->second;
+  const State* found = sessions_.Find(session);
+  if (found == nullptr) return false;
+  const State& s = *found;
   out->rate_bytes_per_s = s.timely.rate_bytes_per_s();
   out->last_rtt_us = s.timely.last_rtt_ns() / kNs;
   out->min_rtt_us = s.min_rtt_ns / kNs;

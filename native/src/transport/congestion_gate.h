@@ -33,12 +33,12 @@
 //
 // Pure: no clock, no I/O; time is the core's microseconds.
 #include <cstdint>
-#include <unordered_map>
 #include <vector>
 
 #include "cc/timely.h"
 #include "cc/timing_wheel.h"
 #include "transport/endpoint.h"
+#include "transport/session_table.h"
 
 namespace squall::transport {
 
@@ -118,6 +118,8 @@ class CongestionGate final : public SendGate {
   void TakeDue(uint64_t now_us, std::vector<uint32_t>* sessions) override;
   uint64_t NextDueUs() const override;
   size_t BytesPerSession() const override;
+  void PrefetchEntry(uint32_t session) const override { sessions_.Prefetch(session); }
+  void PrefetchState(uint32_t session) const override;
 
   // False if the session is unknown (not a connected client session).
   bool Session(uint32_t session, SessionCongestion* out) const;
@@ -146,7 +148,10 @@ class CongestionGate final : public SendGate {
 
   CongestionConfig config_;
   cc::TimingWheel wheel_;
-  std::unordered_map<uint32_t, State> sessions_;
+  // By session number: one flat table line, then the state (session_table.h), so a batch can
+  // load both ahead (PrefetchEntry / PrefetchState); a std::unordered_map cost a bucket and a
+  // node miss per packet with 20,000 sessions.
+  SessionTable<State> sessions_;
   std::vector<cc::WheelEntry> reaped_;
   std::vector<uint32_t> due_;  // released, not yet handed out by TakeDue
   CongestionStats stats_;

@@ -206,47 +206,62 @@ struct Endpoint::ServerSlot {
   bool gap_nacked = false;
 };
 
-struct Endpoint::Session {
+// Field order follows the packet path (README, "Session scale"): with 20,000 sessions each call
+// touches a session no cache holds, so what one call reads is packed into few 64-byte lines
+// (the struct is line-aligned): line 0 what every packet of an established session reads on
+// either side, line 1 the client's call path (slots, queue), line 2 the client's round-trip
+// and retransmission state, then the server's slots, then what only handshakes, timers,
+// keepalives and teardown read (the peer's address among them: the packet path compares and
+// sends to the peer record's copy, Endpoint::PeerOf).
+struct alignas(64) Endpoint::Session {
   enum class State : uint8_t { kConnecting, kConnected, kDisconnecting };
+  // -- line 0: every packet, both roles
   uint32_t number = 0;
   bool is_client = true;
   State state = State::kConnecting;
-  PeerAddress peer;
+  // peer is byte for byte liveness->address (set by JoinPeer): the packet path uses that copy,
+  // which every session of the record shares and so stays in cache (PeerOf).
+  bool peer_in_record = false;
   uint32_t remote_number = kNoSession;
-  uint64_t token = 0;
   uint32_t packet_bytes = 0;
   uint32_t data_bytes_per_packet = 0;
   uint32_t credits = 0;
-  std::vector<ClientSlot> client_slots;
   // Bit i set: client_slots[i] holds a call. The packet path visits busy slots only, so a call
   // touches its own slot's memory and not the other seven (20,000 sessions do not fit a cache).
   uint64_t busy_slots = 0;
-  std::vector<ServerSlot> server_slots;
-  CallQueue backlog;
-  uint64_t started_us = 0, last_rx_us = 0, last_ping_us = 0, last_handshake_tx_us = 0;
-  uint32_t disconnect_tries = 0;
-  uint32_t kick_cursor = 0;
-  uint64_t timer_at_us = kNever;
-  uint64_t timer_generation = 0;
-  // Client: round-trip estimate and retransmission timer (see ArmRetransmitTimer).
-  uint64_t srtt_us = 0, rttvar_us = 0, rto_us = 0;
-  uint64_t rto_base_us = 0;  // rto_us before backoff: srtt + 4 x rttvar clamped, or the initial
-  uint64_t rto_at_us = kNever;  // when the live retransmit timer entry fires; kNever: none
-  uint32_t rto_index = 0;       // client: its place in rto_due_ (see ArmRetransmitTimer)
-  // ICMP port-unreachable reports of this session's datagrams since the peer was last heard
-  // from (OnUnreachable); any packet from the peer resets it.
-  uint32_t unreachable_reports = 0;
   // Established sessions belong to the record of their remote endpoint incarnation, which owns
   // keepalive and failure ("Peers"); peer_index is the session's place in its role's list there.
   Peer* liveness = nullptr;
-  uint32_t peer_index = 0;
+  uint64_t last_rx_us = 0;
+  std::unique_ptr<SessionSecurity> security;  // encrypting endpoints only
+  // ICMP port-unreachable reports of this session's datagrams since the peer was last heard
+  // from (OnUnreachable); any packet from the peer resets it.
+  uint32_t unreachable_reports = 0;
+  uint32_t kick_cursor = 0;
+  // -- line 1: the client's calls
+  std::vector<ClientSlot> client_slots;
+  CallQueue backlog;
+  uint32_t rto_index = 0;       // client: its place in rto_due_ (see ArmRetransmitTimer)
+  // -- line 2: client: round-trip estimate and retransmission timer (see ArmRetransmitTimer)
+  uint64_t srtt_us = 0, rttvar_us = 0, rto_us = 0;
+  uint64_t rto_base_us = 0;  // rto_us before backoff: srtt + 4 x rttvar clamped, or the initial
+  uint64_t rto_at_us = kNever;  // when the live retransmit timer entry fires; kNever: none
   // Client: when the session last went from no call in a slot to one (StartQueued). A session
   // waiting on answers that hears nothing for the failure timeout since the later of this and
   // last_rx_us fails on its own, even while its peer answers on other sessions.
   uint64_t busy_since_us = 0;
+  // -- the server's requests
+  std::vector<ServerSlot> server_slots;
+  // -- handshakes, timers, keepalives, teardown
+  PeerAddress peer;
+  uint64_t token = 0;
+  uint64_t started_us = 0, last_ping_us = 0, last_handshake_tx_us = 0;
+  uint32_t disconnect_tries = 0;
+  uint32_t peer_index = 0;
+  uint64_t timer_at_us = kNever;
+  uint64_t timer_generation = 0;
   // Client: counted in its peer record's census (connected; not once it starts disconnecting).
   bool in_census = false;
-  std::unique_ptr<SessionSecurity> security;  // encrypting endpoints only
 };
 
 // One remote endpoint incarnation: every established session (either role) with the same peer
@@ -273,6 +288,10 @@ struct Endpoint::Peer {
   uint64_t probed_us = 0;   // its last round of PINGs
   std::vector<uint32_t> suspects;  // the server sessions it asked about
 };
+
+const PeerAddress& Endpoint::PeerOf(const Session& s) {
+  return s.peer_in_record ? s.liveness->address : s.peer;
+}
 
 Endpoint::Endpoint(const EndpointConfig& config, PacketIo* io)
     : config_(config), io_(io), handled_types_(256, false), rng_state_(config.seed),
@@ -458,7 +477,7 @@ void Endpoint::SendPacket(const Session& session, const Header& header,
   if (session.security != nullptr && session.security->crypto != nullptr) {
     return SendSealed(session, header, payload);  // sealing is the copy (out of place)
   }
-  SendRaw(session.peer, header, payload, pinned);
+  SendRaw(PeerOf(session), header, payload, pinned);
 }
 
 void Endpoint::ArmSessionTimer(Session* session, uint64_t when_us) {
@@ -664,6 +683,11 @@ void Endpoint::KickSlot(Session* s, ClientSlot* slot, uint64_t now_us) {
   bool sent = false;
   while (slot->num_tx < total && s->credits > 0) {
     if (slot->loss_window && slot->num_tx > slot->num_rx) break;
+    // Until the session's first RTT sample, one packet of a slot in flight (an initial window,
+    // as TCP's slow start begins small): 50 senders opening with whole 1 MiB windows queue
+    // ~50 MiB at the receiver, ~100 ms, and each session's first window then outlives the
+    // initial RTO several times over and is rolled back and resent while merely queued.
+    if (s->srtt_us == 0 && slot->num_tx > slot->num_rx) break;
     const size_t payload_bytes =
         slot->num_tx < slot->request_packets
             ? SliceBytes(static_cast<uint32_t>(slot->request.size()), s->data_bytes_per_packet,
@@ -1028,7 +1052,8 @@ Endpoint::ClientSlot* Endpoint::InOrderClientSlot(Session* s, const Header& h,
                                                   uint64_t now_us) {
   // eRPC's in_order_client: the packet must be for the slot's current request and be the next
   // one we are waiting for; anything else is a duplicate or from before a rollback.
-  ClientSlot& slot = s->client_slots[h.request_number % s->client_slots.size()];
+  // slots_per_session is a power of two (ValidateConfig): a mask, not a division.
+  ClientSlot& slot = s->client_slots[h.request_number & (s->client_slots.size() - 1)];
   if (!IsBusy(*s, slot) || slot.request_number != h.request_number) return nullptr;
   if (h.packet_number > slot.num_rx && h.packet_number < slot.num_tx &&
       h.packet_number >= slot.rtx_until) {
@@ -1397,7 +1422,7 @@ void Endpoint::SealAndTransmit(const Session& s, const uint8_t* header,
   // where the datagram will be sent from, so encryption replaces the copy a plaintext send
   // makes instead of adding to it.
   const size_t bytes = crypto::SealedBytes(kHeaderBytes, body.size());
-  uint8_t* room = SealRoom(s.peer, bytes);
+  uint8_t* room = SealRoom(PeerOf(s), bytes);
   const crypto::SealStatus status = s.security->crypto->SealInto(
       crypto::MutableBytes(room, bytes), crypto::Bytes(header, kHeaderBytes), body);
   TransmitSealed(s, room, bytes, status, packets);
@@ -1424,11 +1449,11 @@ void Endpoint::TransmitSealed(const Session& s, uint8_t* room, size_t bytes,
     return Drop(DropReason::kCrypto);
   }
   if (seal_room_in_io_) {
-    if (!Admit(s.peer, static_cast<PacketType>(type), bytes, packets)) return io_->Unreserve();
+    if (!Admit(PeerOf(s), static_cast<PacketType>(type), bytes, packets)) return io_->Unreserve();
     ++stats_.sealed_into_send_batch;
     return;
   }
-  Transmit(s.peer, static_cast<PacketType>(type), std::span<const uint8_t>(room, kHeaderBytes),
+  Transmit(PeerOf(s), static_cast<PacketType>(type), std::span<const uint8_t>(room, kHeaderBytes),
            std::span<const uint8_t>(room + kHeaderBytes, bytes - kHeaderBytes), packets);
 }
 
@@ -1482,7 +1507,7 @@ void Endpoint::SealRun(const Session& s, size_t begin, size_t end) {
     // [u16 length][packet]... [trailer]. The outer header is the first packet's, marked as a
     // batch (its fields route and authenticate).
     const size_t bytes = crypto::SealedBytes(kHeaderBytes, body);
-    uint8_t* room = SealRoom(s.peer, bytes);
+    uint8_t* room = SealRoom(PeerOf(s), bytes);
     std::memcpy(room, item(k).data(), kHeaderBytes);
     room[4] = static_cast<uint8_t>(room[4] | kFlagBatch);
     size_t at = kHeaderBytes;
@@ -2082,6 +2107,94 @@ void Endpoint::OnPacket(const PeerAddress& from, std::span<const uint8_t> packet
   Dispatch(from, h, payload, now_us);
 }
 
+// Cache hints for a batch (PrefetchPackets / PrefetchSessions in endpoint.h). Three passes over
+// at most kPrefetchBatch items, each issuing the loads the next one depends on: the table lines,
+// then the sessions' first three lines (Session's layout puts what a packet reads there), then
+// the slot the packet or call will use. A pass costs a few ns per item; a miss it hides ~100.
+namespace {
+constexpr size_t kPrefetchBatch = 64;
+constexpr uint64_t kNoSlotHint = UINT64_MAX;
+
+void PrefetchLines(const void* at, size_t bytes) {
+  const auto* p = static_cast<const char*>(at);
+  for (size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset);
+}
+}  // namespace
+
+void Endpoint::PrefetchPackets(std::span<const std::span<const uint8_t>> packets) const {
+  uint32_t numbers[kPrefetchBatch];
+  uint64_t request_numbers[kPrefetchBatch];
+  for (size_t begin = 0; begin < packets.size(); begin += kPrefetchBatch) {
+    const size_t n = std::min(kPrefetchBatch, packets.size() - begin);
+    for (size_t i = 0; i < n; ++i) {
+      const std::span<const uint8_t> packet = packets[begin + i];
+      numbers[i] = 0;
+      if (packet.size() < kHeaderBytes) continue;
+      std::memcpy(&numbers[i], packet.data() + 8, 4);  // dest_session (wire.h), little-endian
+      std::memcpy(&request_numbers[i], packet.data() + 24, 8);  // request number
+      if (numbers[i] != 0) sessions_.Prefetch(numbers[i]);
+    }
+    PrefetchFound(std::span<const uint32_t>(numbers, n), request_numbers);
+  }
+}
+
+void Endpoint::PrefetchSessions(std::span<const uint32_t> sessions) const {
+  uint64_t hints[kPrefetchBatch];
+  std::fill(std::begin(hints), std::end(hints), kNoSlotHint);
+  for (size_t begin = 0; begin < sessions.size(); begin += kPrefetchBatch) {
+    const size_t n = std::min(kPrefetchBatch, sessions.size() - begin);
+    for (size_t i = 0; i < n; ++i) {
+      if (sessions[begin + i] == 0) continue;
+      sessions_.Prefetch(sessions[begin + i]);
+      if (gate_ != nullptr) gate_->PrefetchEntry(sessions[begin + i]);  // MaySend's lookup
+    }
+    PrefetchFound(sessions.subspan(begin, n), hints);
+    if (gate_ != nullptr) {
+      for (size_t i = 0; i < n; ++i) gate_->PrefetchState(sessions[begin + i]);
+    }
+  }
+}
+
+void Endpoint::PrefetchFound(std::span<const uint32_t> numbers,
+                             const uint64_t* request_numbers) const {
+  const Session* found[kPrefetchBatch];
+  const void* slots[kPrefetchBatch];
+  for (size_t i = 0; i < numbers.size(); ++i) {
+    found[i] = numbers[i] == 0 ? nullptr : sessions_.Find(numbers[i]);
+    if (found[i] != nullptr) PrefetchLines(found[i], 3 * 64);
+  }
+  for (size_t i = 0; i < numbers.size(); ++i) {
+    const Session* s = found[i];
+    slots[i] = nullptr;
+    if (s == nullptr) continue;
+    if (s->is_client) {
+      if (s->client_slots.empty()) continue;
+      // A packet answers the slot its request number names; a call takes the first free slot.
+      const uint64_t mask = s->client_slots.size() - 1;
+      const uint64_t index = request_numbers[i] != kNoSlotHint
+                                 ? request_numbers[i] & mask
+                                 : static_cast<uint64_t>(std::countr_one(s->busy_slots)) & mask;
+      slots[i] = &s->client_slots[index];
+      PrefetchLines(slots[i], sizeof(ClientSlot));
+    } else if (!s->server_slots.empty() && request_numbers[i] != kNoSlotHint) {
+      slots[i] = &s->server_slots[request_numbers[i] & (s->server_slots.size() - 1)];
+      PrefetchLines(slots[i], sizeof(ServerSlot));
+    }
+  }
+  // What the slots point to: a call's transmit stamps; on a server, the response kept from the
+  // slot's previous request, which a new request frees (the allocator reads its header).
+  for (size_t i = 0; i < numbers.size(); ++i) {
+    if (slots[i] == nullptr) continue;
+    if (found[i]->is_client) {
+      const auto* slot = static_cast<const ClientSlot*>(slots[i]);
+      if (!slot->tx_us.empty()) __builtin_prefetch(slot->tx_us.data());
+    } else {
+      const auto* slot = static_cast<const ServerSlot*>(slots[i]);
+      if (!slot->response.empty()) __builtin_prefetch(slot->response.data() - 16);
+    }
+  }
+}
+
 void Endpoint::DispatchBatch(const PeerAddress& from, const Header& outer,
                              std::span<const uint8_t> body, uint64_t now_us) {
   // Authenticated as a whole: each packet inside is handled as if it had arrived opened on its
@@ -2136,7 +2249,7 @@ void Endpoint::Dispatch(const PeerAddress& from, const Header& h,
   }
   Session* s = Find(h.dest_session);
   if (s == nullptr) return Drop(DropReason::kUnknownSession);
-  if (!(s->peer == from)) return Drop(DropReason::kWrongPeer);
+  if (!(PeerOf(*s) == from)) return Drop(DropReason::kWrongPeer);
   if (payload.size() > s->packet_bytes) return Drop(DropReason::kTooLarge);
   const bool for_client = h.type == PacketType::kCreditReturn ||
                           h.type == PacketType::kResponse ||
@@ -2277,6 +2390,8 @@ void Endpoint::JoinPeer(Session* s, uint32_t remote_tag, uint64_t now_us) {
     p->server_sum += s->number;
   }
   s->liveness = p;
+  s->peer_in_record = p->address.length == s->peer.length &&
+                      std::memcmp(&p->address.storage, &s->peer.storage, s->peer.length) == 0;
   s->peer_index = static_cast<uint32_t>(list.size());
   list.push_back(s->number);
   by_remote_.emplace(RemoteKey(p->id, s->remote_number), s->number);
@@ -2289,6 +2404,7 @@ void Endpoint::LeavePeer(Session* s) {
   Uncount(s);
   Peer* p = s->liveness;
   s->liveness = nullptr;
+  s->peer_in_record = false;
   if (!s->is_client) p->server_sum -= s->number;
   std::vector<uint32_t>& list = s->is_client ? p->clients : p->servers;
   const uint32_t moved = list.back();

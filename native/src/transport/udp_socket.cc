@@ -278,6 +278,8 @@ size_t UdpSocket::Receive(
       continue;
     }
     if (got <= 0) break;
+    rx_items_.clear();
+    rx_item_from_.clear();
     for (int i = 0; i < got; ++i) {
       rx_from_[static_cast<size_t>(i)].length = messages[i].msg_hdr.msg_namelen;
       for (cmsghdr* c = CMSG_FIRSTHDR(&messages[i].msg_hdr); c != nullptr;
@@ -295,7 +297,6 @@ size_t UdpSocket::Receive(
       }
       const uint8_t* data = rx_buffers_.data() + static_cast<size_t>(i) * rx_buffer_bytes_;
       const size_t length = messages[i].msg_len;
-      const PeerAddress& from = rx_from_[static_cast<size_t>(i)];
       if (length >= kHeaderBytes && data[3] == kBundleType && data[0] == (kMagic & 0xff) &&
           data[1] == (kMagic >> 8) && data[2] == kWireVersion) {
         size_t offset = kHeaderBytes;
@@ -306,13 +307,18 @@ size_t UdpSocket::Receive(
             ++stats_.bad_bundles;
             break;
           }
-          on_packet(from, std::span<const uint8_t>(data + offset + 2, item));
+          rx_items_.emplace_back(data + offset + 2, item);
+          rx_item_from_.push_back(static_cast<uint32_t>(i));
           offset += 2 + item;
         }
         continue;
       }
-      on_packet(from, std::span<const uint8_t>(data, length));
+      rx_items_.emplace_back(data, length);
+      rx_item_from_.push_back(static_cast<uint32_t>(i));
     }
+    // All of the result's packets first to the hook (cache hints), then one by one.
+    if (on_batch_ && !rx_items_.empty()) on_batch_(rx_items_);
+    for (size_t k = 0; k < rx_items_.size(); ++k) on_packet(rx_from_[rx_item_from_[k]], rx_items_[k]);
     total += static_cast<size_t>(got);
     if (static_cast<size_t>(got) < want) break;
   }

@@ -97,6 +97,10 @@ class UdpSocket final : public PacketIo {
   // without EPOLLPRI, with UV_EBADF). Each pending error also makes the next recvmmsg fail once
   // (ECONNREFUSED, even with data queued); Receive handles that.
   void SetUnreachableHandler(UnreachableHandler handler) { on_unreachable_ = std::move(handler); }
+  // Called by Receive with the packets of each recvmmsg result (bundles opened, in order) before
+  // any of them goes to on_packet: the driver passes them to Endpoint::PrefetchPackets.
+  using BatchHook = std::function<void(std::span<const std::span<const uint8_t>>)>;
+  void SetBatchHook(BatchHook hook) { on_batch_ = std::move(hook); }
   // Reads up to `max_errors` queued errors, calling the unreachable handler for each port
   // unreachable report and counting the rest. Returns how many were read (0: queue empty).
   size_t DrainErrors(size_t max_errors = 256);
@@ -125,6 +129,10 @@ class UdpSocket final : public PacketIo {
   size_t tx_used_ = 0;
   size_t tx_used_before_reserve_ = 0;
   UnreachableHandler on_unreachable_;
+  BatchHook on_batch_;
+  // One recvmmsg result's packets (bundles opened), and the datagram each came from.
+  std::vector<std::span<const uint8_t>> rx_items_;
+  std::vector<uint32_t> rx_item_from_;
   std::vector<uint8_t> error_buffer_;  // one error queue message: the quoted datagram
   UdpStats stats_;
 };
