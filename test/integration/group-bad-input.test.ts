@@ -13,10 +13,11 @@ import { Client, Group, fixedEvenShards, oneSubgroup } from '../../src/index.js'
 import { localGroupConfigs, localGroupKeyFile } from '../../src/group/local.js';
 import { parseConfig } from '../../src/config/load.js';
 import { keyFileLine } from '../../src/transport/native-transport.js';
+import { loadNativeAddon } from '../../src/transport/native-binding.js';
 import { KvStore } from '../../examples/kv-store/app.js';
 
-/** native/src/version.h kWireVersion. */
-const WIRE_VERSION = 1;
+/** native/src/version.h kWireVersion, as the addon reports it. */
+const WIRE_VERSION = loadNativeAddon().wireVersion;
 const dataRoot = mkdtempSync(join(tmpdir(), 'squall-bad-input-'));
 const layout = { KvStore: oneSubgroup(fixedEvenShards(1, 3)) };
 let groups: Group[] = [];

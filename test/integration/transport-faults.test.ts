@@ -4,6 +4,10 @@
 import test from 'ava';
 import { createSocket } from 'node:dgram';
 import { Endpoint } from '../../src/transport/native-transport.js';
+import { loadNativeAddon } from '../../src/transport/native-binding.js';
+
+/** native/src/version.h kWireVersion, as the addon reports it. */
+const WIRE_VERSION = loadNativeAddon().wireVersion;
 
 test('exactly once under 10% loss: the handler count equals the call count', async (t) => {
   const options = { retransmitTimeoutMs: 5, peerFailureTimeoutMs: 5000 };
@@ -41,7 +45,7 @@ function header(fields: {
 }): Buffer {
   const b = Buffer.alloc(32);
   b.writeUInt16LE(fields.magic ?? 0x5153, 0);
-  b.writeUInt8(fields.version ?? 1, 2);
+  b.writeUInt8(fields.version ?? WIRE_VERSION, 2);
   b.writeUInt8(fields.type ?? 0, 3);
   b.writeUInt8(fields.flags ?? 0, 4);
   b.writeUInt32LE(fields.session ?? 1, 8);
@@ -78,7 +82,7 @@ test('100,000 bad packets are dropped and counted; the endpoint still serves', a
       case 0: return Buffer.from(Array.from({ length: rand() % 200 }, () => rand() & 0xff));
       case 1: return header({}).subarray(0, rand() % 32);
       case 2: return header({ magic: rand() & 0xfff0 });
-      case 3: return header({ version: 2 + (rand() % 200) });
+      case 3: return header({ version: (WIRE_VERSION + 1 + (rand() % 200)) & 0xff });
       case 4: return header({ session: 1000 + (rand() % 100000), type: rand() % 4 });
       case 5: return Buffer.concat([header({ session: sessionNumber, messageBytes: (8 << 20) + 1 + (rand() % 1000) }), Buffer.alloc(64)]);
       default: return header({ session: sessionNumber, type: rand() % 4, requestNumber: rand(), packetNumber: rand() % 5 });
