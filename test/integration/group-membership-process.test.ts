@@ -9,32 +9,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import {
-  Group,
-  ORDERED_METHODS,
-  Persistent,
-  flexibleEvenShards,
-  oneSubgroup,
-  ordered,
-  persistent,
-  replicated,
-} from '../../src/index.js';
+import { Group, flexibleEvenShards, oneSubgroup } from '../../src/index.js';
 import { parseConfig } from '../../src/config/load.js';
 import { freeUdpPorts, localConfigToml } from '../../src/group/local.js';
 import { ChildNode, waitUntil } from '../support/child-node.js';
+import { CounterCell } from '../support/counter-cell.js';
 
-@replicated({ name: 'GroupMembershipProcessCell' })
-class Cell {
-  declare readonly [ORDERED_METHODS]: 'add';
-  @persistent() total = new Persistent(() => 0);
-
-  @ordered() add(n: number): number {
-    this.total.value = this.total.value + n;
-    return this.total.value;
-  }
-}
-
-const layout = { GroupMembershipProcessCell: oneSubgroup(flexibleEvenShards(1, 2, 3)) };
+const Cell = CounterCell;
+const layout = { CounterCell: oneSubgroup(flexibleEvenShards(1, 2, 3)) };
 // A 300 ms timeout removed live members of this test at load 10+ (event-loop stalls), and 1 s
 // once in CI at load 10 (a node removed in view 0). The kill below is seen through the dead
 // port's ICMP port-unreachable reports, not the timeout, so a long timeout costs nothing here.

@@ -11,27 +11,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { unpack } from 'msgpackr';
-import {
-  Group, RemovedFromGroupError, ORDERED_METHODS, Persistent, flexibleEvenShards, oneSubgroup, ordered, persistent, replicated,
-} from '../../src/index.js';
+import { Group, RemovedFromGroupError, flexibleEvenShards, oneSubgroup } from '../../src/index.js';
 import { localGroupConfigs } from '../../src/group/local.js';
 import { MEMBERSHIP_REQUEST_TYPE } from '../../src/runtime/membership-driver.js';
 import { Endpoint } from '../../src/transport/native-transport.js';
 import type { CallOptions, TransportSession } from '../../src/transport/transport.js';
 import { waitFor } from '../support/membership-local.js';
+import { CounterCell } from '../support/counter-cell.js';
 
-@replicated({ name: 'RemovedWhileStartingCell' })
-class Cell {
-  declare readonly [ORDERED_METHODS]: 'add';
-  @persistent() total = new Persistent(() => 0);
-
-  @ordered() add(n: number): number {
-    this.total.value = this.total.value + n;
-    return this.total.value;
-  }
-}
-
-const layout = { RemovedWhileStartingCell: oneSubgroup(flexibleEvenShards(1, 2, 4)) };
+const Cell = CounterCell;
+const layout = { CounterCell: oneSubgroup(flexibleEvenShards(1, 2, 4)) };
 const dataRoot = mkdtempSync(join(tmpdir(), 'squall-removed-while-starting-'));
 test.after.always(() => rmSync(dataRoot, { recursive: true, force: true }));
 
