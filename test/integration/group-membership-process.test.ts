@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { Group, flexibleEvenShards, oneSubgroup } from '../../src/index.js';
 import { parseConfig } from '../../src/config/load.js';
 import { freeUdpPorts, localConfigToml } from '../../src/group/local.js';
-import { ChildNode, waitUntil } from '../support/child-node.js';
+import { ChildNode, startChildGroup, waitUntil } from '../support/child-node.js';
 import { CounterCell } from '../support/counter-cell.js';
 
 const Cell = CounterCell;
@@ -28,7 +28,7 @@ interface NodeState { viewId: number; members: number[]; total: number; digest: 
 if (process.env['GMEM_CHILD'] !== undefined) {
   // A child: one node of the group, driven by its parent over IPC.
   const config = parseConfig(process.env['GMEM_CHILD'], 'child.toml');
-  const group = await Group.start(config, { types: [Cell], layout, membership: true });
+  const group = await startChildGroup(() => Group.start(config, { types: [Cell], layout, membership: true }));
   const cell = group.subgroup(Cell);
   process.on('message', (message: Request) => {
     void (async () => {

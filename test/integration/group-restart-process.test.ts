@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { Group, fixedEvenShards, oneSubgroup } from '../../src/index.js';
 import { parseConfig } from '../../src/config/load.js';
 import { freeUdpPorts, localConfigToml } from '../../src/group/local.js';
-import { ChildNode, waitUntil } from '../support/child-node.js';
+import { ChildNode, startChildGroup, waitUntil } from '../support/child-node.js';
 import { KvStore } from '../../examples/kv-store/app.js';
 
 // GRST_MODE=raft: the one shard is raft-ordered; its members resume their Raft log at the restart.
@@ -33,7 +33,7 @@ if (process.env['GRST_CHILD'] !== undefined) {
   const log = process.env['GRST_LOG'] !== undefined
     ? (line: string) => process.stderr.write(`[node ${config.node.id}] ${line}\n`)
     : undefined;
-  const group = await Group.start(config, { types: [KvStore], layout: layoutOf(process.env['GRST_MODE']), membership: log ? { log } : true });
+  const group = await startChildGroup(() => Group.start(config, { types: [KvStore], layout: layoutOf(process.env['GRST_MODE']), membership: log ? { log } : true }));
   const kv = group.subgroup(KvStore);
   process.on('message', (message: Request) => {
     void (async () => {
