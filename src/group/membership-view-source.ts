@@ -25,6 +25,7 @@ import {
 } from '../membership/layout.js';
 import type { View } from '../membership/view.js';
 import { multicastLimitsForProfile } from './limits.js';
+import { persistedRaftVoters } from './raft-shard.js';
 import {
   MembershipDriver, type RemovedFromGroupError as DriverRemovedError, type ShardRef, type ShardStateStore,
 } from '../runtime/membership-driver.js';
@@ -110,6 +111,7 @@ export class MembershipViewSource implements ViewSource {
       raftStorageFor: (epoch) => this.store.raftStorage(epoch, durable),
       restartTimeoutMs: config.group.restart_timeout_s * 1000,
       restartGraceMs: config.group.restart_grace_ms,
+      raftVoters: () => persistedRaftVoters(config),
       multicastLimitsFor: (profile) => multicastLimitsForProfile(config, profile),
       onDeliver: (shard, delivery) => this.onDeliver(shard, delivery),
       onInState: (shard, delivery) => this.sink?.inState(shard, delivery),

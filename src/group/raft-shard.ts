@@ -20,7 +20,9 @@
  *     last view, not the restart view's members: `voters` only seeds an empty log), its term
  *     and vote are the persisted hard state, and committed entries replay above the replica's
  *     persisted version (below it, they are skipped). A majority of each shard's members is
- *     back (the restart quorum), so a majority of its voters can elect a leader, whose log
+ *     back (the restart quorum), and so is a majority of the voters every member's log has
+ *     (`persistedRaftVoters`, reported to the restart leader: the log's configuration can lag
+ *     the view by a step), so a majority of its voters can elect a leader, whose log
  *     holds every committed call; the leader then steps the configuration to the restart view's
  *     members (`setMembers`, as after any view change: members not back are removed). Versions
  *     stay monotonic: a version is term << 32 | index, the index keeps growing in the same log
@@ -33,13 +35,15 @@
  *     bytes a joiner receives) and its delivered version; a member that fell behind the
  *     compacted log gets them by InstallSnapshot. Plain (non-@persistent) fields are not in it.
  */
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { VERSION_NONE, type NodeId, type Version } from '../core/ids.js';
 import type { SquallConfig } from '../config/schema.js';
 import type { View } from '../membership/view.js';
 import { LmdbStorage } from '../raft/lmdb-storage.js';
+import { loadInitialState, persistedConf } from '../raft/storage.js';
+import type { RaftVoters } from '../membership/restart.js';
 import { RaftOrderingEngine, type EngineState } from '../runtime/raft-ordering-engine.js';
 import type { Transport } from '../transport/transport.js';
 import type { ShardReplica } from './replica.js';
@@ -129,6 +133,29 @@ export function raftShardPath(config: SquallConfig, subgroupId: number, shardInd
  */
 export function hasRaftShardLog(config: SquallConfig, subgroupId: number, shardIndex: number): boolean {
   return existsSync(raftShardPath(config, subgroupId, shardIndex));
+}
+
+/**
+ * The voters of every raft shard log in this node's data dir, as each log's configuration has
+ * them: a total restart also waits for a majority of these (restart.ts `RaftVoters`), since a
+ * log whose configuration lagged the view could not elect a leader with the view's majority.
+ */
+export async function persistedRaftVoters(config: SquallConfig): Promise<RaftVoters[]> {
+  const dir = config.persistence.data_dir;
+  if (!existsSync(dir)) return [];
+  const found: RaftVoters[] = [];
+  for (const name of readdirSync(dir)) {
+    const match = /^raft-(\d+)-(\d+)\.mdb$/.exec(name);
+    if (match === null) continue;
+    const storage = new LmdbStorage({ path: join(dir, name), durable: false });
+    try {
+      const { voters } = persistedConf(await loadInitialState(storage));
+      if (voters.length > 0) found.push({ shard: `${match[1]}/${match[2]}`, voters });
+    } finally {
+      await storage.close();
+    }
+  }
+  return found;
 }
 
 /** The replica's state for Raft snapshots: [delivered version, state-transfer chunks]. */

@@ -9,7 +9,8 @@
  *     newest view any of them knows is `R`.
  *  2. The **restart leader**, the lowest-ranked member of `R` that is back, waits until a
  *     majority of `R`'s members and a majority of every shard's members are back
- *     (`restartQuorum`), then a grace period for the rest (or until all are back), and gets the
+ *     (`restartQuorum`; also a majority of every raft shard's voters as any member's persisted
+ *     Raft log has them, `RaftVoters`, since that configuration can lag `R`), then a grace period for the rest (or until all are back), and gets the
  *     restart view agreed by **single-decree Paxos** among `R`'s members (below). The decision
  *     it proposes if nobody accepted one is `restartView(R, back)`: id `R + 1`, the members that
  *     are back in `R`'s rank order under their current addresses, the others failed, the
@@ -116,9 +117,25 @@ export interface RestartQuorum {
     readonly back: number;
     readonly needed: number;
   }[];
+  /** Raft shard configurations (as some member's log holds them) with fewer than a majority back. */
+  readonly shortRaft: readonly RaftVoters[];
 }
 
-export function restartQuorum(view: View, back: ReadonlySet<NodeId>, previous?: QuorumRule): RestartQuorum {
+/**
+ * A raft-ordered shard's voters as one member's persisted Raft log holds them (`shard`:
+ * "subgroupId/shardIndex"). They can lag the view (a configuration step not taken yet when every
+ * node crashed): the shard's Raft then needs a majority of these voters to elect a leader, which
+ * a majority of the view's shard members need not be. A restart waits for them too, so that a
+ * restarted raft shard can serve (liveness only: safety does not depend on it).
+ */
+export interface RaftVoters {
+  readonly shard: string;
+  readonly voters: readonly number[];
+}
+
+export function restartQuorum(
+  view: View, back: ReadonlySet<NodeId>, previous?: QuorumRule, raftVoters: readonly RaftVoters[] = [],
+): RestartQuorum {
   const members = view.memberIds;
   const missing = members.filter((m) => !back.has(m));
   const shortShards: RestartQuorum['shortShards'][number][] = [];
@@ -136,7 +153,18 @@ export function restartQuorum(view: View, back: ReadonlySet<NodeId>, previous?: 
   }
   const majority = 2 * (members.length - missing.length) > members.length;
   const previousShort = previous !== undefined && !meetsEveryQuorum(previous, back as ReadonlySet<number>);
-  return { ready: majority && shortShards.length === 0 && !previousShort, missing, shortShards, previousShort };
+  const seen = new Set<string>();
+  const shortRaft: RaftVoters[] = [];
+  for (const r of raftVoters) {
+    const key = `${r.shard}:${[...r.voters].sort((a, b) => a - b).join(',')}`;
+    if (r.voters.length === 0 || seen.has(key)) continue;
+    seen.add(key);
+    if (2 * r.voters.filter((v) => back.has(v as NodeId)).length <= r.voters.length) shortRaft.push(r);
+  }
+  return {
+    ready: majority && shortShards.length === 0 && !previousShort && shortRaft.length === 0,
+    missing, shortShards, previousShort, shortRaft,
+  };
 }
 
 /**
@@ -331,6 +359,8 @@ export type RestartLeadStep =
 export function restartLeadStep(input: {
   readonly view: View;
   readonly previous?: QuorumRule | undefined;
+  /** The raft shards' voters the members back reported (restartQuorum). */
+  readonly raftVoters?: readonly RaftVoters[];
   readonly back: ReadonlySet<NodeId>;
   readonly self: NodeId;
   readonly nowMs: number;
@@ -338,7 +368,7 @@ export function restartLeadStep(input: {
   readonly graceMs: number;
 }): RestartLeadStep {
   if (restartLeader(input.view, input.back) !== input.self) return { kind: 'follow' };
-  const quorum = restartQuorum(input.view, input.back, input.previous);
+  const quorum = restartQuorum(input.view, input.back, input.previous, input.raftVoters);
   if (!quorum.ready) return { kind: 'wait', quorumSinceMs: undefined };
   const since = input.quorumSinceMs ?? input.nowMs;
   if (quorum.missing.length > 0 && input.nowMs - since < input.graceMs) return { kind: 'wait', quorumSinceMs: since };

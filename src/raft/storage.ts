@@ -17,7 +17,9 @@
  * writes may be buffered for the next flush.
  */
 import type { RaftInitialState } from './raft-core.js';
-import type { Entry, HardState, Ready, Snapshot } from './types.js';
+import {
+  applyConfChange, decodeConfChange, EMPTY_CONF, EntryType, type ConfState, type Entry, type HardState, type Ready, type Snapshot,
+} from './types.js';
 
 export interface LogStore {
   /** Buffers entries to append; entries[0].index must be ≤ the last index + 1 (earlier ones are overwritten). */
@@ -93,6 +95,17 @@ export async function loadInitialState(storage: RaftStorage): Promise<RaftInitia
   const snapshot = await storage.loadSnapshot();
   const entries = await storage.loadEntries(snapshot?.meta.index ?? 0);
   return { hardState, snapshot, entries };
+}
+
+/**
+ * The configuration a persisted log holds: its snapshot's, then each conf change entry after it
+ * in order (the one RaftCore starts with; committed or not, as a candidate counts its votes by
+ * it). A total restart reads it to know whose votes a raft shard's election needs.
+ */
+export function persistedConf(state: RaftInitialState): ConfState {
+  let conf = state.snapshot?.meta.conf ?? EMPTY_CONF;
+  for (const e of state.entries) if (e.type === EntryType.ConfChange) conf = applyConfChange(conf, decodeConfChange(e.data));
+  return conf;
 }
 
 /** A write queued until flush(), in the order the driver made it. */

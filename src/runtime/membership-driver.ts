@@ -40,7 +40,7 @@ import {
 import {
   RestartProposer, acceptorAccept, acceptorPrepare, ballotQuorums, keptVersion, nextBallot, quorumRuleOf, reconcileShard,
   restartAcceptorOf, restartLeadStep, restartLeader, restartQuorum, restartView, type AcceptorReply, type Ballot,
-  type PeerVersion, type ProposerStep, type QuorumRule, type RestartAcceptorState, type RestartInstance, type RestartTrim,
+  type PeerVersion, type ProposerStep, type QuorumRule, type RaftVoters, type RestartAcceptorState, type RestartInstance, type RestartTrim,
 } from '../membership/restart.js';
 import { decodeView, encodeView, type View } from '../membership/view.js';
 import type { MulticastLimits } from '../multicast/config.js';
@@ -120,6 +120,12 @@ export interface MembershipDriverOptions {
   readonly restartTimeoutMs?: number;
   /** Once that majority is back, how long the restart leader waits for the others (1 s). */
   readonly restartGraceMs?: number;
+  /**
+   * At a total restart: the voters of this node's raft-ordered shards as its persisted Raft logs
+   * hold them. The restart also waits for a majority of those (restart.ts RaftVoters), since a
+   * raft shard whose configuration lagged the view could not elect a leader otherwise.
+   */
+  readonly raftVoters?: () => Promise<readonly RaftVoters[]>;
   readonly tickMs?: number;
   readonly heartbeatMs?: number;
   readonly failureTimeoutMs?: number;
@@ -213,7 +219,7 @@ type Wire =
    */
   | {
     t: 'restartHello'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'];
-    previous?: QuorumRule;
+    previous?: QuorumRule; raftVoters?: readonly RaftVoters[];
   }
   /** A chosen restart decision (accepted by a quorum): every node of its view adopts it. */
   | { t: 'restartDecision'; decision: RestartDecisionRecord }
@@ -225,7 +231,7 @@ type Wire =
 type RestartReply =
   | {
     t: 'restartWait'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'];
-    previous?: QuorumRule;
+    previous?: QuorumRule; raftVoters?: readonly RaftVoters[];
   }
   | { t: 'restartDecided'; decision: RestartDecisionRecord }
   | { t: 'restartPaxos'; reply: AcceptorReply<RestartDecisionRecord> }
@@ -244,6 +250,8 @@ interface RestartRun {
   readonly record: MembershipRecord;
   /** Nodes heard from (hello or answer) with their address and when. */
   readonly back: Map<NodeId, { address: TransportAddress; atMs: number }>;
+  /** Each node's raft shard voters as its persisted logs hold them (this node's included). */
+  readonly raftVoters: Map<NodeId, readonly RaftVoters[]>;
   quorumSinceMs: number | undefined;
   /** The chosen decision, once known (only a chosen one is acted on). */
   decided: RestartDecisionRecord | undefined;
@@ -567,7 +575,7 @@ export class MembershipDriver {
     this.epoch = record.epoch;
     const run: RestartRun = {
       last: decodeView(record.view), lastEpoch: record.epoch, previous: record.previous, trims: record.trims, record, back: new Map(),
-      quorumSinceMs: undefined, decided: undefined, live: false, acceptor: restartAcceptorOf(record.restart), proposer: undefined,
+      raftVoters: new Map([[this.self, (await this.options.raftVoters?.()) ?? []]]), quorumSinceMs: undefined, decided: undefined, live: false, acceptor: restartAcceptorOf(record.restart), proposer: undefined,
       ballotStartedMs: 0, nextRound: 1,
     };
     this.restarting = run;
@@ -592,9 +600,12 @@ export class MembershipDriver {
         await this.adoptRestart(run.decided, record);
         return;
       }
-      const quorum = restartQuorum(run.last, this.backSet(run), run.previous);
+      const quorum = restartQuorum(run.last, this.backSet(run), run.previous, this.raftVotersKnown(run));
       if (Date.now() > deadline) {
-        const short = quorum.shortShards.map((x) => `${x.typeName}/${x.subgroupIndex}/${x.shardIndex} (${x.back} of ${x.needed})`).join(', ');
+        const short = [
+          ...quorum.shortShards.map((x) => `${x.typeName}/${x.subgroupIndex}/${x.shardIndex} (${x.back} of ${x.needed})`),
+          ...quorum.shortRaft.map((r) => `raft shard ${r.shard}'s voters [${r.voters}] (its log's configuration)`),
+        ].join(', ');
         throw new RestartTimeoutError(run.last.id, quorum.missing, short, timeoutMs, quorum.previousShort ? run.previous : undefined);
       }
       const addresses = new Set([
@@ -612,13 +623,19 @@ export class MembershipDriver {
       this.decideRestart(run);
       if (Date.now() - loggedAtMs >= 1000 && run.decided === undefined && !run.live) {
         loggedAtMs = Date.now();
-        const q = restartQuorum(run.last, this.backSet(run), run.previous);
+        const q = restartQuorum(run.last, this.backSet(run), run.previous, this.raftVotersKnown(run));
         this.options.log?.(`restart: view ${run.last.id}: back [${[...this.backSet(run)]}], waiting for ` +
           `[${q.missing}]${q.previousShort ? ` and half of view ${run.previous!.viewId} [${run.previous!.members}]` : ''}` +
+          q.shortRaft.map((r) => ` and a majority of raft shard ${r.shard}'s voters [${r.voters}]`).join('') +
           `${q.ready ? ' (quorum reached)' : ''}, leader ${restartLeader(run.last, this.backSet(run))}`);
       }
       if (run.decided === undefined && !run.live) await sleep(100);
     }
+  }
+
+  /** Every raft shard configuration a restarting node reported (this node's included). */
+  private raftVotersKnown(run: RestartRun): RaftVoters[] {
+    return [...run.raftVoters.values()].flat();
   }
 
   /** The members of the last view heard from in the last 3 s, and this node. */
@@ -649,17 +666,20 @@ export class MembershipDriver {
   }
 
   /** What a restarting node tells the others of the newest record it knows. */
-  private restartKnows(run: RestartRun): Pick<Extract<Wire, { t: 'restartHello' }>, 'view' | 'epoch' | 'trims' | 'previous'> {
+  private restartKnows(run: RestartRun): Pick<Extract<Wire, { t: 'restartHello' }>, 'view' | 'epoch' | 'trims' | 'previous' | 'raftVoters'> {
+    const own = run.raftVoters.get(this.self) ?? [];
     return {
       view: encodeView(run.last), epoch: run.lastEpoch,
       ...(run.trims !== undefined ? { trims: run.trims } : {}),
       ...(run.previous !== undefined ? { previous: run.previous } : {}),
+      ...(own.length > 0 ? { raftVoters: own } : {}),
     };
   }
 
   private learnPeer(run: RestartRun, peer: Extract<Wire, { t: 'restartHello' }> | Extract<RestartReply, { t: 'restartWait' }>): void {
     const { node, address, epoch, trims } = peer;
     run.back.set(nodeId(node), { address, atMs: Date.now() });
+    if (peer.raftVoters !== undefined) run.raftVoters.set(nodeId(node), peer.raftVoters);
     const view = decodeView(peer.view);
     if (view.id === run.last.id && epoch === run.lastEpoch) run.previous ??= peer.previous;
     if (view.id > run.last.id) {
@@ -691,7 +711,8 @@ export class MembershipDriver {
   private decideRestart(run: RestartRun): void {
     if (run.decided !== undefined || run.live) return;
     const step = restartLeadStep({
-      view: run.last, previous: run.previous, back: this.backSet(run), self: this.self, nowMs: Date.now(), quorumSinceMs: run.quorumSinceMs,
+      view: run.last, previous: run.previous, raftVoters: this.raftVotersKnown(run), back: this.backSet(run), self: this.self,
+      nowMs: Date.now(), quorumSinceMs: run.quorumSinceMs,
       graceMs: this.options.restartGraceMs ?? 1000,
     });
     if (step.kind === 'follow') run.proposer = undefined;
@@ -842,7 +863,8 @@ export class MembershipDriver {
     };
     // The decision stays answerable (answerOutsideRestart) while this node starts.
     this.restarting = {
-      last: from, lastEpoch: record.epoch, previous: undefined, trims: undefined, record, back: new Map(), quorumSinceMs: undefined, decided,
+      last: from, lastEpoch: record.epoch, previous: undefined, trims: undefined, record, back: new Map(), raftVoters: new Map(),
+      quorumSinceMs: undefined, decided,
       live: false, acceptor: undefined, proposer: undefined, ballotStartedMs: 0, nextRound: 1,
     };
     this.status = 'restarting';

@@ -153,6 +153,28 @@ test('two of three restart without the third after the grace period; the third r
   });
 });
 
+test("a raft shard whose log's configuration lags the view holds the restart until a majority of its voters is back", async (t) => {
+  t.timeout(30_000);
+  // View 4's shard is [1, 2, 3], but node 1's raft log still has the configuration {1, 2} (a
+  // step behind the view when everyone crashed). Nodes 1 and 3 are a majority of the view and of
+  // the shard, yet that log's Raft could not elect a leader without node 2: the restart waits
+  // for it (before, nodes 1 and 3 resumed alone in view 5 and the shard never elected).
+  const { endpoints, lines, driver } = await restartingGroup(1040);
+  const lagging = { raftVoters: async () => [{ shard: '1/0', voters: [1, 2] }] };
+  const drivers = [driver(0, 20_000, lagging), driver(2)];
+  await logOnFailure(t, lines, drivers, endpoints, async () => {
+    const started = drivers.map((d) => d.start());
+    await waitFor('nodes 1 and 3 see each other', () => lines.some((l) => /^n1 restart: view 4: back \[1,3\]/.test(l)), 10_000);
+    await new Promise((resolve) => setTimeout(resolve, 1000)); // longer than the 300 ms grace period
+    t.true(lines.some((l) => /^n1 restart: view 4: back \[1,3\], waiting for \[2\] and a majority of raft shard 1\/0's voters \[1,2\]/.test(l)),
+      'the progress line names the raft shard it waits for');
+    t.false(lines.some((l) => /runs ballot|chose view/.test(l)), 'nodes 1 and 3 did not decide without node 2');
+    drivers.push(driver(1));
+    await Promise.all([...started, drivers[2]!.start()]);
+    for (const d of drivers) t.deepEqual(d.current().memberIds.map(Number), [1, 2, 3]);
+  });
+});
+
 test('a decision accepted before the restart leader failed is the one the others resume in', async (t) => {
   t.timeout(30_000);
   const { endpoints, lines, driver, acceptedFrom } = await restartingGroup(1000);

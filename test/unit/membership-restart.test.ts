@@ -32,6 +32,22 @@ test('the quorum needs a majority of the view and of every shard', (t) => {
   t.false(restartQuorum(three, new Set(ids(3))).ready);
 });
 
+
+test('the quorum also needs a majority of every raft shard configuration a member reported', (t) => {
+  // Shards [1, 2] and [3, 4]; one member's log of the first has voters {1, 2, 5} (it lagged).
+  const lagging = [{ shard: '1/0', voters: [1, 2, 5] }];
+  t.true(restartQuorum(view, new Set(ids(1, 2, 3, 4)), undefined, lagging).ready, '1 and 2 are 2 of its 3 voters (5 is not back)');
+  const short = restartQuorum(view, new Set(ids(1, 3, 4)), undefined, [{ shard: '1/0', voters: [1, 2] }, { shard: '1/0', voters: [2, 1] }]);
+  t.false(short.ready, 'a majority of the view and of both shards is back, but only 1 of the voters {1, 2}');
+  t.deepEqual(short.shortRaft, [{ shard: '1/0', voters: [1, 2] }], 'the same configuration reported twice is named once');
+  t.deepEqual(restartQuorum(view, new Set(ids(1, 3, 4))).shortRaft, [], 'nothing reported: the view rule alone');
+  t.deepEqual(restartQuorum(view, new Set(ids(1, 3)), undefined, [{ shard: '1/0', voters: [] }]).shortRaft, [], 'an empty configuration is ignored');
+  // The leader waits on it as on any short shard.
+  const step = restartLeadStep({
+    view, raftVoters: [{ shard: '1/0', voters: [1, 2] }], back: new Set(ids(1, 3, 4)), self: nodeId(1), nowMs: 10_000, quorumSinceMs: 0, graceMs: 100,
+  });
+  t.is(step.kind, 'wait');
+});
 test('the leader is the lowest-ranked member that is back', (t) => {
   t.is(restartLeader(view, new Set(ids(3, 2, 4))), nodeId(2));
   t.is(restartLeader(view, new Set(ids(9))), undefined);
