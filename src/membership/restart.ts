@@ -159,7 +159,7 @@ export function restartQuorum(
     const key = `${r.shard}:${[...r.voters].sort((a, b) => a - b).join(',')}`;
     if (r.voters.length === 0 || seen.has(key)) continue;
     seen.add(key);
-    if (2 * r.voters.filter((v) => back.has(v as NodeId)).length <= r.voters.length) shortRaft.push(r);
+    if (!hasMajority(r.voters, back as ReadonlySet<number>)) shortRaft.push(r);
   }
   return {
     ready: majority && shortShards.length === 0 && !previousShort && shortRaft.length === 0,
@@ -188,10 +188,14 @@ export function quorumRuleOf(view: View): QuorumRule {
   return { viewId: view.id, members: view.memberIds.map(Number), shards };
 }
 
+/** More than half of `group` is in `nodes`. */
+function hasMajority(group: readonly number[], nodes: ReadonlySet<number>): boolean {
+  return 2 * group.filter((m) => nodes.has(m)).length > group.length;
+}
+
 /** `nodes` hold a majority of the rule's members and of every shard's (restartQuorum's `ready`). */
 export function isRestartQuorum(rule: QuorumRule, nodes: ReadonlySet<number>): boolean {
-  const majority = (group: readonly number[]): boolean => 2 * group.filter((m) => nodes.has(m)).length > group.length;
-  return majority(rule.members) && rule.shards.every(majority);
+  return hasMajority(rule.members, nodes) && rule.shards.every((shard) => hasMajority(shard, nodes));
 }
 
 /** Every restart quorum of `rule` holds one of `nodes` (the others are no quorum). */

@@ -265,6 +265,13 @@ interface RestartRun {
   nextRound: number;
 }
 
+/** A run that has heard from nobody yet and runs no ballot. */
+function newRestartRun(
+  known: Pick<RestartRun, 'last' | 'lastEpoch' | 'previous' | 'trims' | 'record' | 'raftVoters' | 'decided' | 'acceptor'>,
+): RestartRun {
+  return { ...known, back: new Map(), quorumSinceMs: undefined, live: false, proposer: undefined, ballotStartedMs: 0, nextRound: 1 };
+}
+
 /** A ballot that neither got its decision chosen nor was refused is abandoned after this long. */
 const BALLOT_TIMEOUT_MS = 1500;
 
@@ -573,11 +580,11 @@ export class MembershipDriver {
   private async restart(record: MembershipRecord): Promise<void> {
     this.status = 'restarting';
     this.epoch = record.epoch;
-    const run: RestartRun = {
-      last: decodeView(record.view), lastEpoch: record.epoch, previous: record.previous, trims: record.trims, record, back: new Map(),
-      raftVoters: new Map([[this.self, (await this.options.raftVoters?.()) ?? []]]), quorumSinceMs: undefined, decided: undefined, live: false, acceptor: restartAcceptorOf(record.restart), proposer: undefined,
-      ballotStartedMs: 0, nextRound: 1,
-    };
+    const run = newRestartRun({
+      last: decodeView(record.view), lastEpoch: record.epoch, previous: record.previous, trims: record.trims, record,
+      raftVoters: new Map([[this.self, (await this.options.raftVoters?.()) ?? []]]), decided: undefined,
+      acceptor: restartAcceptorOf(record.restart),
+    });
     this.restarting = run;
     const timeoutMs = this.options.restartTimeoutMs ?? 60_000;
     const deadline = Date.now() + timeoutMs;
@@ -623,11 +630,12 @@ export class MembershipDriver {
       this.decideRestart(run);
       if (Date.now() - loggedAtMs >= 1000 && run.decided === undefined && !run.live) {
         loggedAtMs = Date.now();
-        const q = restartQuorum(run.last, this.backSet(run), run.previous, this.raftVotersKnown(run));
-        this.options.log?.(`restart: view ${run.last.id}: back [${[...this.backSet(run)]}], waiting for ` +
-          `[${q.missing}]${q.previousShort ? ` and half of view ${run.previous!.viewId} [${run.previous!.members}]` : ''}` +
-          q.shortRaft.map((r) => ` and a majority of raft shard ${r.shard}'s voters [${r.voters}]`).join('') +
-          `${q.ready ? ' (quorum reached)' : ''}, leader ${restartLeader(run.last, this.backSet(run))}`);
+        // The quorum computed at the top of this turn: nothing since changed who is back.
+        const back = this.backSet(run);
+        this.options.log?.(`restart: view ${run.last.id}: back [${[...back]}], waiting for ` +
+          `[${quorum.missing}]${quorum.previousShort ? ` and half of view ${run.previous!.viewId} [${run.previous!.members}]` : ''}` +
+          quorum.shortRaft.map((r) => ` and a majority of raft shard ${r.shard}'s voters [${r.voters}]`).join('') +
+          `${quorum.ready ? ' (quorum reached)' : ''}, leader ${restartLeader(run.last, back)}`);
       }
       if (run.decided === undefined && !run.live) await sleep(100);
     }
@@ -862,11 +870,9 @@ export class MembershipDriver {
       trimApplied: record.trims?.viewId === from.id,
     };
     // The decision stays answerable (answerOutsideRestart) while this node starts.
-    this.restarting = {
-      last: from, lastEpoch: record.epoch, previous: undefined, trims: undefined, record, back: new Map(), raftVoters: new Map(),
-      quorumSinceMs: undefined, decided,
-      live: false, acceptor: undefined, proposer: undefined, ballotStartedMs: 0, nextRound: 1,
-    };
+    this.restarting = newRestartRun({
+      last: from, lastEpoch: record.epoch, previous: undefined, trims: undefined, record, raftVoters: new Map(), decided, acceptor: undefined,
+    });
     this.status = 'restarting';
     this.voters = votersOf(view, this.votersCount);
     for (const v of this.voters) this.logHolders.add(v);
