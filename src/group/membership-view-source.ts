@@ -111,7 +111,7 @@ export class MembershipViewSource implements ViewSource {
       raftStorageFor: (epoch) => this.store.raftStorage(epoch, durable),
       restartTimeoutMs: config.group.restart_timeout_s * 1000,
       restartGraceMs: config.group.restart_grace_ms,
-      raftVoters: () => persistedRaftVoters(config),
+      raftVoters: (view) => persistedRaftVoters(config, view, nodeId(config.node.id)),
       multicastLimitsFor: (profile) => multicastLimitsForProfile(config, profile),
       onDeliver: (shard, delivery) => this.onDeliver(shard, delivery),
       onInState: (shard, delivery) => this.sink?.inState(shard, delivery),

@@ -35,7 +35,7 @@
  *     bytes a joiner receives) and its delivered version; a member that fell behind the
  *     compacted log gets them by InstallSnapshot. Plain (non-@persistent) fields are not in it.
  */
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { VERSION_NONE, type NodeId, type Version } from '../core/ids.js';
@@ -136,21 +136,20 @@ export function hasRaftShardLog(config: SquallConfig, subgroupId: number, shardI
 }
 
 /**
- * The voters of every raft shard log in this node's data dir, as each log's configuration has
- * them: a total restart also waits for a majority of these (restart.ts `RaftVoters`), since a
- * log whose configuration lagged the view could not elect a leader with the view's majority.
+ * The voters of this node's raft shard logs for the raft shards it is in in `view` (its recorded
+ * view), as each log's configuration has them: a total restart also waits for a majority of these
+ * (restart.ts `RaftVoters`), since a log whose configuration lagged the view could not elect a
+ * leader with the view's majority. A log left behind by a shard the node no longer serves is not
+ * read: its configuration says nothing of the restart.
  */
-export async function persistedRaftVoters(config: SquallConfig): Promise<RaftVoters[]> {
-  const dir = config.persistence.data_dir;
-  if (!existsSync(dir)) return [];
+export async function persistedRaftVoters(config: SquallConfig, view: View, self: NodeId): Promise<RaftVoters[]> {
   const found: RaftVoters[] = [];
-  for (const name of readdirSync(dir)) {
-    const match = /^raft-(\d+)-(\d+)\.mdb$/.exec(name);
-    if (match === null) continue;
-    const storage = new LmdbStorage({ path: join(dir, name), durable: false });
+  for (const s of view.shardsOf(self)) {
+    if (s.mode !== 'raft' || !hasRaftShardLog(config, s.subgroupId, s.shardIndex)) continue;
+    const storage = new LmdbStorage({ path: raftShardPath(config, s.subgroupId, s.shardIndex), durable: false });
     try {
       const { voters } = persistedConf(await loadInitialState(storage));
-      if (voters.length > 0) found.push({ shard: `${match[1]}/${match[2]}`, voters });
+      if (voters.length > 0) found.push({ shard: `${s.subgroupId}/${s.shardIndex}`, voters });
     } finally {
       await storage.close();
     }

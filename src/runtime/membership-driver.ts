@@ -121,11 +121,11 @@ export interface MembershipDriverOptions {
   /** Once that majority is back, how long the restart leader waits for the others (1 s). */
   readonly restartGraceMs?: number;
   /**
-   * At a total restart: the voters of this node's raft-ordered shards as its persisted Raft logs
-   * hold them. The restart also waits for a majority of those (restart.ts RaftVoters), since a
+   * At a total restart: the voters of this node's raft-ordered shards of its `recorded` view as its
+   * persisted Raft logs hold them. The restart also waits for a majority of those (restart.ts RaftVoters), since a
    * raft shard whose configuration lagged the view could not elect a leader otherwise.
    */
-  readonly raftVoters?: () => Promise<readonly RaftVoters[]>;
+  readonly raftVoters?: (recorded: View) => Promise<readonly RaftVoters[]>;
   readonly tickMs?: number;
   readonly heartbeatMs?: number;
   readonly failureTimeoutMs?: number;
@@ -580,9 +580,10 @@ export class MembershipDriver {
   private async restart(record: MembershipRecord): Promise<void> {
     this.status = 'restarting';
     this.epoch = record.epoch;
+    const recorded = decodeView(record.view);
     const run = newRestartRun({
-      last: decodeView(record.view), lastEpoch: record.epoch, previous: record.previous, trims: record.trims, record,
-      raftVoters: new Map([[this.self, (await this.options.raftVoters?.()) ?? []]]), decided: undefined,
+      last: recorded, lastEpoch: record.epoch, previous: record.previous, trims: record.trims, record,
+      raftVoters: new Map([[this.self, (await this.options.raftVoters?.(recorded)) ?? []]]), decided: undefined,
       acceptor: restartAcceptorOf(record.restart),
     });
     this.restarting = run;
