@@ -88,8 +88,9 @@
  * Paxos): (1) the argument for `V ≥ U + 2` and for a delivered view needs survivors and shards
  * that stay in place; two view changes in a row that each removed nearly half the members (or
  * added more than there were) can leave the removed nodes, with records of `U`, a quorum of `U`
- * that decides a restart from `U` while `U + 2` delivered. Closing that needs each record to carry
- * its predecessors' rules further back and ballots sent to their members too. (2) A record
+ * that decides a restart from `U` while `U + 2` delivered (none of `U`'s ballot's promisers knows a
+ * newer view, so no rule carried by newer records can reach them). The way to close it is the
+ * membership log, which holds every seal: see "Limits" in src/membership/README.md. (2) A record
  * written before `previous` existed, or by a node that joined in that view (its install has no
  * predecessor), carries no predecessor rule: its ballots need a quorum of its view only (the
  * earlier rule); a node learns the rule from a peer's hello with the same record.
