@@ -360,3 +360,69 @@ test('durable: the persisted frontier never moves before the sync that covers it
   t.deepEqual(ahead, [], 'no frontier ran ahead of a completed sync');
   delete (root as { flushed?: unknown }).flushed;
 });
+
+test('durable: writes made while a batch syncs go to lmdb-js together once it synced, one put per key, and persist only with their own sync', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-durable-group'), syncMode: 'durable' });
+  t.teardown(() => store.close());
+  const registry = store.registry('Group/0/0');
+  const a = registry.attach('a', new Persistent(() => 0));
+  const root = (store as unknown as { root: { flushed: PromiseLike<unknown> } }).root;
+  const realFlushed = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(root), 'flushed')
+    ?? Object.getOwnPropertyDescriptor(root, 'flushed')!;
+  // As above: lmdb-js's sync reports are held until released.
+  const held: (() => void)[] = [];
+  Object.defineProperty(root, 'flushed', {
+    configurable: true,
+    get() {
+      const real = (realFlushed.get ? realFlushed.get.call(root) : realFlushed.value) as PromiseLike<unknown>;
+      return {
+        then(onDone: (v: unknown) => unknown, onFail: (e: unknown) => unknown) {
+          return new Promise<void>((resolve, reject) => held.push(() => real.then(() => resolve(), reject))).then(onDone, onFail);
+        },
+      };
+    },
+  });
+  const db = [...(store as unknown as { fieldDbs: Map<string, { put(k: unknown, v: unknown): unknown }> }).fieldDbs.values()][0]!;
+  const realPut = db.put.bind(db);
+  const puts: unknown[] = [];
+  db.put = (key, value) => {
+    puts.push(key);
+    return realPut(key, value);
+  };
+  const turn = () => new Promise((resolve) => setTimeout(resolve, 5));
+  const waitHeld = async () => {
+    for (let i = 0; i < 40 && held.length === 0; i++) await turn();
+  };
+  a.value = 1;
+  registry.makeVersion(makeVersion(viewId(1), 0), hlc(1));
+  await waitHeld();
+  t.is(puts.length, 1, 'the first turn went to lmdb-js at once');
+  // Three more turns while that batch syncs: nothing goes to lmdb-js yet.
+  for (let i = 1; i <= 3; i++) {
+    a.value = i + 1;
+    registry.makeVersion(makeVersion(viewId(1), i), hlc(i + 1));
+    await turn();
+  }
+  t.is(puts.length, 1, 'turns during the sync are held back');
+  t.is(registry.persistedFrontier, VERSION_NONE);
+  const releaseAll = () => { for (const release of held.splice(0)) release(); };
+  releaseAll();
+  await registry.whenPersisted(makeVersion(viewId(1), 0));
+  await waitHeld();
+  // The three turns rewrote the same open segment: one put of its last state.
+  t.deepEqual(puts, [0, 0], 'the held turns went as one put of the segment');
+  await turn();
+  t.is(registry.persistedFrontier, makeVersion(viewId(1), 0), 'the held turns wait for their own sync');
+  releaseAll();
+  await registry.whenPersisted(makeVersion(viewId(1), 3));
+  t.is(a.get(makeVersion(viewId(1), 2)), 3);
+  t.is(a.get(makeVersion(viewId(1), 3)), 4);
+  delete (root as { flushed?: unknown }).flushed;
+  // Reads from LMDB itself (a restart) see the last version.
+  await store.close();
+  const reopened = PersistenceStore.open({ dataDir: store.path.replace(/\/squall\.mdb$/, ''), syncMode: 'durable' });
+  const again = reopened.registry('Group/0/0').attach('a', new Persistent(() => 0));
+  t.is(again.value, 4);
+  t.is(again.get(makeVersion(viewId(1), 1)), 2);
+  await reopened.close();
+});
