@@ -49,44 +49,6 @@ interface TurnWrite {
   readonly value: unknown;
 }
 
-/** Writes committed together, and the promise that settles once they are (durable, per mode). */
-interface WriteGroup {
-  readonly promise: Promise<void>;
-  readonly resolve: (done: Promise<void> | void) => void;
-  readonly reject: (error: unknown) => void;
-}
-
-function writeGroup(): WriteGroup {
-  let resolve!: (done: Promise<void> | void) => void;
-  let reject!: (error: unknown) => void;
-  const promise = new Promise<void>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  promise.catch(() => undefined); // registries observe it; an unobserved failure is not unhandled
-  return { promise, resolve, reject };
-}
-
-/**
- * The writes of one transaction with only the last write of each key kept, in their order: the
- * transaction's outcome is the same (a storage rewrites its open segment once per turn, so
- * writes gathered over several turns repeat keys).
- */
-function lastWritePerKey(writes: readonly TurnWrite[]): TurnWrite[] {
-  if (writes.length < 2) return writes as TurnWrite[];
-  const seen = new Map<Database<any, any>, Set<number | string>>();
-  const kept: TurnWrite[] = [];
-  for (let i = writes.length - 1; i >= 0; i--) {
-    const write = writes[i]!;
-    let keys = seen.get(write.db);
-    if (keys === undefined) seen.set(write.db, (keys = new Set()));
-    if (keys.has(write.key)) continue;
-    keys.add(write.key);
-    kept.push(write);
-  }
-  return kept.reverse();
-}
-
 /** What the storages of one store write through: one transaction per event turn. */
 export interface TurnWriter {
   put(db: Database<any, any>, key: number | string, value: unknown): void;
@@ -103,19 +65,11 @@ export class PersistenceStore implements TurnWriter {
   private open = true;
   /** This turn's writes, committed together at the end of the turn (see commitTurn). */
   private turnWrites: TurnWrite[] = [];
-  private turn: WriteGroup | undefined;
+  private turn: { promise: Promise<void>; resolve: () => void; reject: (error: unknown) => void } | undefined;
   /** The outcome of the last committed turn: what whenWritten() answers between turns. */
   private lastTurn: Promise<void> = Promise.resolve();
   /** 'durable': the last put handed to lmdb-js's batched writes. */
   private lastWrite: Promise<unknown> = Promise.resolve();
-  /**
-   * 'durable': where lmdb-js's batch of this store stands. 'open': writes go to lmdb-js, which
-   * commits them as one batch in its next setImmediate; 'syncing': that batch was handed over
-   * and is not yet synced, so new writes wait in `deferred` (see closeDurableBatch).
-   */
-  private durableState: 'idle' | 'open' | 'syncing' = 'idle';
-  private deferred: WriteGroup | undefined;
-  private deferredWrites: TurnWrite[] = [];
   private capacityCheckedAtMs = -Infinity;
   private capacityCalls = 255;
   private full: MapFullError | undefined;
@@ -230,80 +184,41 @@ export class PersistenceStore implements TurnWriter {
   // measurably next to the syncs themselves.
 
   put(db: Database<any, any>, key: number | string, value: unknown): void {
-    this.write({ db, key, value });
+    if (this.syncMode === 'durable') {
+      this.lastWrite = db.put(key, value as never);
+      return;
+    }
+    this.turnWrites.push({ db, key, value });
+    this.scheduleCommit();
   }
 
   remove(db: Database<any, any>, key: number | string): void {
-    this.write({ db, key, value: undefined });
-  }
-
-  private write(write: TurnWrite): void {
-    if (this.syncMode === 'buffered') {
-      this.turnWrites.push(write);
-      this.scheduleCommit();
-    } else if (this.durableState === 'syncing') {
-      this.deferredWrites.push(write);
-      this.deferred ??= writeGroup();
-    } else {
-      this.writeToBatch(write);
+    if (this.syncMode === 'durable') {
+      this.lastWrite = db.remove(key);
+      return;
     }
+    this.turnWrites.push({ db, key, value: undefined });
+    this.scheduleCommit();
   }
 
   whenWritten(): Promise<void> {
     if (this.syncMode === 'durable') {
-      if (this.deferred !== undefined) return this.deferred.promise;
       // lmdb-js's put() promise resolves at commit; `flushed` once that commit is synced.
       return Promise.all([this.lastWrite, this.root.flushed]).then(() => undefined);
     }
     return this.turn?.promise ?? this.lastTurn;
   }
 
-  // ---- 'durable': one lmdb-js batch syncing at a time ---------------------------------------
-  //
-  // lmdb-js commits each event turn's puts as one batch, and every batch pays a pool-thread job
-  // and LMDB's two syncs, even when it queues behind the one syncing. So while a batch syncs,
-  // this store holds new writes back and hands them over together once it is synced: one batch
-  // (and one pair of syncs) for every turn that wrote during the sync. A version written then
-  // waits for the syncing batch either way (LMDB commits one transaction at a time); with one
-  // call outstanding nothing is syncing when the next one writes, so nothing waits longer.
-
-  private writeToBatch(write: TurnWrite): void {
-    this.lastWrite = write.value === undefined ? write.db.remove(write.key) : write.db.put(write.key, write.value as never);
-    if (this.durableState !== 'idle') return;
-    this.durableState = 'open';
-    // Queued after lmdb-js's own setImmediate (queued by the put above), which starts the batch:
-    // writes until then still join it.
-    setImmediate(() => this.closeDurableBatch());
-  }
-
-  private closeDurableBatch(): void {
-    this.durableState = 'syncing';
-    const synced = Promise.all([this.lastWrite, this.root.flushed]);
-    const next = (): void => this.issueDeferred();
-    synced.then(next, next); // a failure reaches the registries through their own whenWritten()
-  }
-
-  private issueDeferred(): void {
-    this.durableState = 'idle';
-    const group = this.deferred;
-    if (group === undefined) return;
-    const writes = lastWritePerKey(this.deferredWrites);
-    this.deferred = undefined;
-    this.deferredWrites = [];
-    try {
-      for (const write of writes) this.writeToBatch(write);
-    } catch (error) {
-      group.reject(error);
-      return;
-    }
-    group.resolve(Promise.all([this.lastWrite, this.root.flushed]).then(() => undefined));
-  }
-
-  // ---- 'buffered': one synchronous transaction per turn --------------------------------------
-
   private scheduleCommit(): void {
     if (this.turn !== undefined) return;
-    this.turn = writeGroup();
+    let resolve!: () => void;
+    let reject!: (error: unknown) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    promise.catch(() => undefined); // registries observe it; an unobserved failure is not unhandled
+    this.turn = { promise, resolve, reject };
     // In a microtask queued by the first write of the turn, so after the microtasks already
     // queued (the storages' segment flushes that makeVersion queued): the commit costs ~10 µs
     // and the frontier moves in the very turn of the deliveries.
