@@ -25,7 +25,7 @@ function compareKeys(a: unknown, b: unknown): number {
 }
 
 export class PersistentMap<K, V> implements Iterable<[K, V]> {
-  private readonly map = new Map<K, V>();
+  private map = new Map<K, V>();
   /**
    * The keys changed since the last delta, each with its new value (or DELETED): takeDelta then
    * reads nothing from `map`, whose lookups (one random probe each in a map of many keys) were
@@ -73,6 +73,13 @@ export class PersistentMap<K, V> implements Iterable<[K, V]> {
   [Symbol.iterator](): IterableIterator<[K, V]> {
     return this.map.entries();
   }
+  /** A PersistentMap over `map` itself (no copy), with no changes recorded. */
+  private static adopt<K, V>(map: Map<K, V>): PersistentMap<K, V> {
+    const adopted = new PersistentMap<K, V>();
+    adopted.map = map;
+    return adopted;
+  }
+
   /** A plain Map copy (for comparisons and tests). */
   toMap(): Map<K, V> {
     return new Map(this.map);
@@ -85,11 +92,13 @@ export class PersistentMap<K, V> implements Iterable<[K, V]> {
 
   /**
    * The delta codec for Persistent's delta mode. encode() (snapshots, digests) sorts the entries
-   * by key, so equal maps give equal bytes. Checkpoints (encodeCheckpoint) keep the map's own
-   * order instead: sorting was ~3/4 of a checkpoint's cost (100,000 keys: ~0.45 of ~0.56 s on
-   * the shared VM), and a map decoded from its own order iterates exactly like the map that was
-   * written, so a historical read iterates the same on every replica and after a restart or a
-   * state transfer (a sorted checkpoint reordered it).
+   * by key, so equal maps give equal bytes: an array of [key, value] pairs. Checkpoints
+   * (encodeCheckpoint) write the Map itself as a msgpack map, in its own order: no sort (~3/4
+   * of a checkpoint's cost: 100,000 keys took ~0.45 of ~0.56 s on the shared VM) and no pair
+   * array per entry (garbage the next scavenge must copy while the encode still holds it). A
+   * map decoded from its own order iterates exactly like the map that was written, so a
+   * historical read iterates alike on every replica and after a restart or a state transfer
+   * (a sorted checkpoint reordered it). decode() reads both forms.
    */
   static codec<K, V>(): DeltaCodec<PersistentMap<K, V>> {
     return {
@@ -98,11 +107,11 @@ export class PersistentMap<K, V> implements Iterable<[K, V]> {
         return packr.pack(entries);
       },
       encodeCheckpoint(value) {
-        return packr.pack([...value.map.entries()]);
+        return packr.pack(value.map);
       },
       decode(bytes) {
-        const entries = packr.unpack(Uint8Array.prototype.slice.call(bytes)) as [K, V][];
-        return new PersistentMap<K, V>(entries);
+        const decoded = packr.unpack(Uint8Array.prototype.slice.call(bytes)) as [K, V][] | Map<K, V>;
+        return decoded instanceof Map ? PersistentMap.adopt(decoded) : new PersistentMap<K, V>(decoded);
       },
       takeDelta(value) {
         if (value.changed.size === 0) return null;

@@ -133,6 +133,23 @@ test('delta mode checkpoints by bytes: a full copy once the deltas reach its siz
   await node.store.close();
 });
 
+test('map codec: a checkpoint (the map in its order) and a snapshot (sorted pairs) both decode to the map, keys of any type', (t) => {
+  const codec = PersistentMap.codec<unknown, unknown>();
+  const map = new PersistentMap<unknown, unknown>([['b', { x: [1, 2] }], [3, 'three'], ['a', new Map([[1, 'one']])]]);
+  const checkpoint = codec.decode(codec.encodeCheckpoint!(map));
+  t.deepEqual([...checkpoint], [...map], 'a checkpoint keeps entries and order');
+  const snapshot = codec.decode(codec.encode(map));
+  t.deepEqual([...snapshot], [[3, 'three'], ['a', new Map([[1, 'one']])], ['b', { x: [1, 2] }]]);
+  // A decoded map records changes from then on (the first delta after decode holds only them).
+  checkpoint.set('c', 1);
+  t.deepEqual(codec.decode(codec.encodeCheckpoint!(checkpoint)).get('c'), 1);
+  const delta = codec.takeDelta(checkpoint)!;
+  const applied = codec.decode(codec.encode(map));
+  codec.applyDelta(applied, delta);
+  t.is(applied.size, 4);
+  t.is(codec.takeDelta(checkpoint), null);
+});
+
 test('map checkpoints: every historical read is the live map of that version, entries and order, also after a restart and a state transfer', async (t) => {
   // Checkpoints encode the map in its own order (not sorted): a wrong, missing or reordered
   // entry in any full record, or a delta applied on the wrong base, shows up as a read below.
