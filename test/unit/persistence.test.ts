@@ -72,19 +72,22 @@ test('delta mode equals full mode at every version and index of one history', (t
   }
 });
 
+/** A buffered store in `dataDir` with one delta-mode PersistentMap field, all times stable. */
+function openMapField(dataDir: string, registryName: string) {
+  const store = PersistenceStore.open({ dataDir, syncMode: 'buffered' });
+  const registry = store.registry(registryName);
+  registry.setStabilityFrontier(HLC_MAX);
+  const field = registry.attach('map', new Persistent(() => new PersistentMap<string, string>(), {
+    delta: PersistentMap.codec<string, string>(),
+  }));
+  return { store, registry, field };
+}
+
 test('delta mode checkpoints by bytes: a full copy once the deltas reach its size, also after a restart', async (t) => {
   const dataDir = tempDir(t, 'budget');
   const version = (i: number) => makeVersion(viewId(1), i);
   const model = new Map<string, string>();
-  const open = () => {
-    const store = PersistenceStore.open({ dataDir, syncMode: 'buffered' });
-    const registry = store.registry('Budget/0/0');
-    registry.setStabilityFrontier(HLC_MAX);
-    const field = registry.attach('map', new Persistent(() => new PersistentMap<string, string>(), {
-      delta: PersistentMap.codec<string, string>(),
-    }));
-    return { store, registry, field };
-  };
+  const open = () => openMapField(dataDir, 'Budget/0/0');
   const write = async (node: ReturnType<typeof open>, from: number, to: number) => {
     for (let i = from; i < to; i++) {
       // 300 keys at first (one version), then one changed key per version.
@@ -154,15 +157,7 @@ test('map checkpoints: every historical read is the live map of that version, en
   // Checkpoints encode the map in its own order (not sorted): a wrong, missing or reordered
   // entry in any full record, or a delta applied on the wrong base, shows up as a read below.
   const version = (i: number) => makeVersion(viewId(1), i);
-  const open = (dataDir: string) => {
-    const store = PersistenceStore.open({ dataDir, syncMode: 'buffered' });
-    const registry = store.registry('Order/0/0');
-    registry.setStabilityFrontier(HLC_MAX);
-    const field = registry.attach('map', new Persistent(() => new PersistentMap<string, string>(), {
-      delta: PersistentMap.codec<string, string>(),
-    }));
-    return { store, registry, field };
-  };
+  const open = (dataDir: string) => openMapField(dataDir, 'Order/0/0');
   const dataDir = tempDir(t, 'order');
   const node = open(dataDir);
   const random = new SeededRandom(7);
