@@ -27,6 +27,14 @@ export interface DeltaCodec<T> extends ValueCodec<T> {
   applyDelta(value: T, delta: Uint8Array): void;
   /** A counter that grows with every change to `value` (feeds FieldHooks.writeCount). */
   changeCount(value: T): number;
+  /**
+   * Optional: the bytes of a full record in the field's own log (checkpoints, and the first
+   * record of a state-transfer suffix), read back only by decode(). Unlike encode() (snapshots
+   * and digests compare its bytes across replicas, so it must be canonical) it need not be
+   * canonical, only faithful: decode() must give back an equal value that also behaves alike
+   * from then on (PersistentMap: the same iteration order). Default: encode().
+   */
+  encodeCheckpoint?(value: T): Uint8Array;
 }
 
 /**

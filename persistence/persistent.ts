@@ -189,7 +189,7 @@ export class Persistent<T> implements HasFieldHooks {
       if (delta === null && !this.replaced) return false;
       const needsCheckpoint =
         this.replaced || delta === null || this.checkpointDue(log, delta.byteLength);
-      if (needsCheckpoint) payload = this.delta.encode(this.current);
+      if (needsCheckpoint) payload = this.encodeFull(this.current);
       else {
         kind = RECORD_DELTA;
         payload = delta;
@@ -228,7 +228,7 @@ export class Persistent<T> implements HasFieldHooks {
       this.delta.takeDelta(this.current);
       if (kind === RECORD_DELTA && this.checkpointDue(log, payload.byteLength)) {
         ownKind = RECORD_FULL;
-        bytes = this.codec.encode(this.current);
+        bytes = this.encodeFull(this.current);
       }
     } else {
       bytes = Uint8Array.prototype.slice.call(payload);
@@ -238,6 +238,11 @@ export class Persistent<T> implements HasFieldHooks {
     this.lastEffectiveTime = effectiveTime;
     this.appendRecord(ownKind, version, time, bytes);
     this.replaced = false;
+  }
+
+  /** The payload of a full record of `value` in this field's log (see DeltaCodec.encodeCheckpoint). */
+  private encodeFull(value: T): Uint8Array {
+    return this.delta?.encodeCheckpoint?.(value) ?? this.codec.encode(value);
   }
 
   private appendRecord(kind: number, version: Version, time: Hlc, payload: Uint8Array): void {
@@ -330,7 +335,7 @@ export class Persistent<T> implements HasFieldHooks {
       effectiveTime: recordEffectiveTime(record),
       baseSeq: seq,
     };
-    return encodeRecord(header, this.codec.encode(this.valueAtSeq(seq)));
+    return encodeRecord(header, this.encodeFull(this.valueAtSeq(seq)));
   }
 
   /** @internal After trim made `seq` the first record, a delta there must become full. */

@@ -59,7 +59,7 @@ import {
   OrderedCallInOrderedError,
   SubgroupInadequateError,
 } from './errors.js';
-import { QueryResults, type OrderedReceipt } from './query-results.js';
+import { QueryResults } from './query-results.js';
 import { currentOrderedCall, ShardReplica, type ShardFrontier } from './replica.js';
 import { StaticViewSource, type ViewSource } from './view-source.js';
 import { layoutHashOf, MembershipViewSource } from './membership-view-source.js';
@@ -476,17 +476,15 @@ export class Group {
     // An inadequately provisioned subgroup takes no ordered calls: held until it is whole.
     const whole = this.currentView.isSubgroupAdequate(replica.subgroupId)
       ? undefined : this.awaitAdequate(replica.subgroupId, label);
-    const send = (): Promise<OrderedReceipt> => replica.driver.send(payload).then((receipt) => ({
-      version: makeVersion(receipt.viewId, receipt.position),
-      timestamp: receipt.timestamp,
-    }));
-    const sent: Promise<OrderedReceipt> = whole === undefined ? send() : whole.then(() => {
+    // The driver's receipt as it is: QueryResults reads only its timestamp (the version comes
+    // with the delivery, numbered()), so no mapped copy per call.
+    const sent: Promise<{ readonly timestamp: Hlc }> = whole === undefined ? replica.driver.send(payload) : whole.then(() => {
       results.addMembers(this.shardMembers(replica));
-      return send();
+      return replica.driver.send(payload);
     });
-    const results = new QueryResults<unknown>(label, this.shardMembers(replica), sent, replica.frontierWaits);
+    const results = new QueryResults<unknown>(label, this.shardMembers(replica), sent, replica.frontierWaits,
+      () => this.calls.delete(callId));
     this.calls.set(callId, results);
-    sent.catch(() => this.calls.delete(callId));
     return results;
   }
 

@@ -141,8 +141,6 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
   /** Each member's reply, keyed by node id, in shard-rank order. */
   readonly replies: ReadonlyMap<NodeId, Promise<R>>;
   private readonly slots = new Map<NodeId, ReplySlot<R>>();
-  /** @internal Each member's reply bytes as they arrived (a relaying member forwards them). */
-  readonly rawReplies = new Map<NodeId, Uint8Array>();
   private all: Promise<ReadonlyMap<NodeId, R>> | undefined;
   /** The version the call was delivered at on this node (numbered()), or the send's failure. */
   private deliveredAt: Version | undefined;
@@ -154,19 +152,33 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
 
   /**
    * @internal Built by the group layer; `sent` resolves when the multicast took the call (its
-   * timestamp is final, its version only once `numbered()` confirms it at delivery).
+   * timestamp is final, its version only once `numbered()` confirms it at delivery). If sending
+   * fails, every reply fails with the same error, then `onSendFailed` runs.
    */
   constructor(
     readonly method: string,
     members: readonly NodeId[],
-    private readonly sent: Promise<OrderedReceipt>,
+    private readonly sent: Promise<{ readonly timestamp: Hlc }>,
     private readonly waits: ShardFrontierWaits,
+    onSendFailed?: () => void,
   ) {
     for (const node of members) this.slots.set(node, new ReplySlot<R>(node));
     this.unsettledCount = this.slots.size;
     this.replies = new ReplyMap(this.slots);
-    // If sending fails, every reply fails with the same error.
-    sent.catch((error: unknown) => this.failAll(error));
+    sent.catch((error: unknown) => {
+      this.failAll(error);
+      onSendFailed?.();
+    });
+  }
+
+  /**
+   * @internal Each member's reply bytes that arrived (a relaying member forwards them), in
+   * shard-rank order. Built when asked for: only a relayed call asks.
+   */
+  get rawReplies(): ReadonlyMap<NodeId, Uint8Array> {
+    const raw = new Map<NodeId, Uint8Array>();
+    for (const [node, slot] of this.slots) if (slot.state === 1) raw.set(node, slot.bytes!);
+    return raw;
   }
 
   /**
@@ -237,7 +249,6 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
   settleReply(node: NodeId, replyBytes: Uint8Array): void {
     const slot = this.slots.get(node);
     if (slot === undefined || slot.state !== 0) return;
-    this.rawReplies.set(node, replyBytes);
     this.unsettledCount--;
     slot.settle(replyBytes);
   }

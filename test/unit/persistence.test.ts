@@ -7,6 +7,7 @@ import { makeVersion, viewId } from '../../src/core/ids.js';
 import { Persistent, PersistenceStore, PersistentMap, memoryRegistry } from '../../persistence/index.js';
 import { CHECKPOINT_BYTES_MIN } from '../../persistence/persistent.js';
 import { RECORD_FULL, recordKind, recordPayload } from '../../persistence/record.js';
+import { SeededRandom } from '../../src/core/random.js';
 import {
   attachAll,
   makeFields,
@@ -71,19 +72,22 @@ test('delta mode equals full mode at every version and index of one history', (t
   }
 });
 
+/** A buffered store in `dataDir` with one delta-mode PersistentMap field, all times stable. */
+function openMapField(dataDir: string, registryName: string) {
+  const store = PersistenceStore.open({ dataDir, syncMode: 'buffered' });
+  const registry = store.registry(registryName);
+  registry.setStabilityFrontier(HLC_MAX);
+  const field = registry.attach('map', new Persistent(() => new PersistentMap<string, string>(), {
+    delta: PersistentMap.codec<string, string>(),
+  }));
+  return { store, registry, field };
+}
+
 test('delta mode checkpoints by bytes: a full copy once the deltas reach its size, also after a restart', async (t) => {
   const dataDir = tempDir(t, 'budget');
   const version = (i: number) => makeVersion(viewId(1), i);
   const model = new Map<string, string>();
-  const open = () => {
-    const store = PersistenceStore.open({ dataDir, syncMode: 'buffered' });
-    const registry = store.registry('Budget/0/0');
-    registry.setStabilityFrontier(HLC_MAX);
-    const field = registry.attach('map', new Persistent(() => new PersistentMap<string, string>(), {
-      delta: PersistentMap.codec<string, string>(),
-    }));
-    return { store, registry, field };
-  };
+  const open = () => openMapField(dataDir, 'Budget/0/0');
   const write = async (node: ReturnType<typeof open>, from: number, to: number) => {
     for (let i = from; i < to; i++) {
       // 300 keys at first (one version), then one changed key per version.
@@ -130,6 +134,77 @@ test('delta mode checkpoints by bytes: a full copy once the deltas reach its siz
   t.deepEqual(node.field.get(version(1499)).get('key-299'), 'value-1499-299');
   t.deepEqual(node.field.get(version(2)).get('key-2'), 'value-2-2');
   await node.store.close();
+});
+
+test('map codec: a checkpoint (the map in its order) and a snapshot (sorted pairs) both decode to the map, keys of any type', (t) => {
+  const codec = PersistentMap.codec<unknown, unknown>();
+  const map = new PersistentMap<unknown, unknown>([['b', { x: [1, 2] }], [3, 'three'], ['a', new Map([[1, 'one']])]]);
+  const checkpoint = codec.decode(codec.encodeCheckpoint!(map));
+  t.deepEqual([...checkpoint], [...map], 'a checkpoint keeps entries and order');
+  const snapshot = codec.decode(codec.encode(map));
+  t.deepEqual([...snapshot], [[3, 'three'], ['a', new Map([[1, 'one']])], ['b', { x: [1, 2] }]]);
+  // A decoded map records changes from then on (the first delta after decode holds only them).
+  checkpoint.set('c', 1);
+  t.deepEqual(codec.decode(codec.encodeCheckpoint!(checkpoint)).get('c'), 1);
+  const delta = codec.takeDelta(checkpoint)!;
+  const applied = codec.decode(codec.encode(map));
+  codec.applyDelta(applied, delta);
+  t.is(applied.size, 4);
+  t.is(codec.takeDelta(checkpoint), null);
+});
+
+test('map checkpoints: every historical read is the live map of that version, entries and order, also after a restart and a state transfer', async (t) => {
+  // Checkpoints encode the map in its own order (not sorted): a wrong, missing or reordered
+  // entry in any full record, or a delta applied on the wrong base, shows up as a read below.
+  const version = (i: number) => makeVersion(viewId(1), i);
+  const open = (dataDir: string) => openMapField(dataDir, 'Order/0/0');
+  const dataDir = tempDir(t, 'order');
+  const node = open(dataDir);
+  const random = new SeededRandom(7);
+  const live: [string, string][][] = []; // the live map's entries, in its order, at version i
+  const VERSIONS = 1200;
+  for (let i = 0; i < VERSIONS; i++) {
+    node.field.update((map) => {
+      // Keys come in scrambled order, are deleted and come back (moving to the end), and once
+      // the whole map is cleared: a sorted copy would read in another order.
+      map.set(`k${(random.int(150) * 37) % 150}`, `v${i}`);
+      if (random.int(4) === 0) map.delete(`k${random.int(150)}`);
+      if (i === 700) map.clear();
+    });
+    node.registry.makeVersion(version(i), hlc(10_000 + i));
+    live.push([...node.field.value]);
+  }
+  await node.registry.whenPersisted(version(VERSIONS - 1));
+  const log = node.field.log;
+  let fulls = 0;
+  for (let seq = log.firstSeq; seq <= log.lastSeq; seq++) if (recordKind(log.record(seq)) === RECORD_FULL) fulls += 1;
+  t.true(fulls >= 10, `only ${fulls} full records: the test would not cover checkpoints`);
+  const wrongReads = (field: Persistent<PersistentMap<string, string>>, from: number): string[] => {
+    const wrong: string[] = [];
+    const same = (label: string, got: PersistentMap<string, string>, i: number) => {
+      if (JSON.stringify([...got]) !== JSON.stringify(live[i])) wrong.push(`${label} ${i}`);
+    };
+    for (let i = from; i < VERSIONS; i++) {
+      same('version', field.get(version(i)), i);
+      same('index', field.getByIndex(i - from), i);
+      same('time', field.getByTime(hlc(10_000 + i)), i);
+    }
+    return wrong;
+  };
+  t.deepEqual(wrongReads(node.field, 0), []);
+  await node.store.close();
+
+  const restarted = open(dataDir);
+  t.deepEqual([...restarted.field.value], live[VERSIONS - 1], 'the current value after a restart, in order');
+  t.deepEqual(wrongReads(restarted.field, 0), []);
+  // State transfer of the suffix after version 399: its first record is a full one.
+  const target = open(tempDir(t, 'order-target'));
+  for (const chunk of restarted.registry.serializeSuffix(version(399), 4096)) target.registry.applyChunk(chunk);
+  await target.registry.whenPersisted(version(VERSIONS - 1));
+  t.deepEqual(wrongReads(target.field, 400), []);
+  t.deepEqual([...target.field.value], live[VERSIONS - 1], 'the current value after a transfer, in order');
+  await restarted.store.close();
+  await target.store.close();
 });
 
 test('long log: fence table survives a trim of 1,000+ fences and a truncate (LMDB)', async (t) => {
