@@ -159,13 +159,14 @@ export interface MulticastDriverOptions {
    */
   readonly onPayloadReleased?: (payload: Uint8Array) => void;
   /**
-   * Hands the large frames it received (RDMC blocks of 64 KiB or more, each in a buffer of its
-   * own) back to the transport (`Transport.release`, when it has one) as soon as nothing here
-   * needs them, so the transport assembles the next ones in that memory at once instead of when
-   * the garbage collector finds them (at 1 MiB, a fresh buffer costs a MiB of page faults, and
-   * collections ran on external memory pressure). A block of a message of several blocks: once
-   * the core copied it into the message. A one-block message (the payload is a view of the
-   * frame): once it was delivered here (onDeliver returned), the core let go of it
+   * Hands the large frames of one-block messages it received (RDMC blocks of 64 KiB or more,
+   * each in a buffer of its own) back to the transport (`Transport.release`, when it has one)
+   * as soon as nothing here needs them, so the transport assembles the next ones in that memory
+   * at once instead of when the garbage collector finds them (at 1 MiB, a fresh buffer costs a
+   * MiB of page faults, and collections ran on external memory pressure). (A block of a message
+   * of several blocks goes back whatever this says, once the core copied it into the message:
+   * the delivery is a view of that message, not of the frame.) A one-block message (the payload
+   * is a view of the frame): once it was delivered here (onDeliver returned), the core let go of it
    * (MulticastReady.releasedReceived: relays taken, no repair needed) and no relay of it is
    * queued or in an unsettled call. The transport detaches the buffer: **onDeliver must not
    * keep a large payload** (copy what it needs, e.g. `new Uint8Array(payload)`: the payload may
@@ -197,7 +198,7 @@ export interface MulticastDriverCounters {
    * frame and block header is built, the block's bytes are sent from where they already are.
    */
   blocksLent: number;
-  /** Received frames handed back to the transport (releaseReceived). */
+  /** Received frames handed back to the transport (Transport.release; see releaseReceived). */
   framesReleased: number;
 }
 
@@ -391,8 +392,10 @@ export class MulticastDriver {
   private readonly countsBlocks: boolean;
   /** Payloads the core released whose buffer blockRefs still counts. */
   private readonly releaseWaiting = new Map<ArrayBufferLike, Uint8Array[]>();
-  /** releaseReceived with a transport that takes buffers back: the transport's release. */
+  /** The transport's release (Transport.release), if it takes received buffers back. */
   private readonly releaseFrame: ((frame: Uint8Array) => boolean) | null;
+  /** releaseReceived, and the transport takes buffers back: one-block frames go back too. */
+  private readonly releasesDelivered: boolean;
   /** Received one-block frames the core let go of whose buffer blockRefs still counts. */
   private readonly framesWaiting = new Map<ArrayBufferLike, Uint8Array>();
   /**
@@ -430,9 +433,9 @@ export class MulticastDriver {
     this.peerNotReadyTimeoutMs = options.peerNotReadyTimeoutMs ?? 30_000;
     this.notReadyRetryMs = options.notReadyRetryMs ?? 20;
     const transport = options.transport;
-    this.releaseFrame = options.releaseReceived === true && transport.release !== undefined
-      ? (frame) => transport.release!(frame) : null;
-    this.countsBlocks = options.onPayloadReleased !== undefined || this.releaseFrame !== null;
+    this.releaseFrame = transport.release !== undefined ? (frame) => transport.release!(frame) : null;
+    this.releasesDelivered = options.releaseReceived === true && this.releaseFrame !== null;
+    this.countsBlocks = options.onPayloadReleased !== undefined || this.releasesDelivered;
     assert(Number.isInteger(options.shard) && options.shard >= 0 && options.shard <= 0xffff_ffff, 'shard is a uint32');
     this.mux = muxFor(options.transport, options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT);
     assert(!this.mux.drivers.has(options.shard), `shard ${options.shard} already has a driver on this transport`);
@@ -640,7 +643,8 @@ export class MulticastDriver {
         this.singleBlockFrames.set(frame.buffer, frame);
         if (this.receivePacket(packet) && this.releaseFrame !== null && packet.totalBytes > this.limits.blockBytes) {
           // A block of a message of several blocks: the core copied it into the message (see
-          // RdmcTransferState.receiveBlock) or dropped it; relays send views of the message.
+          // RdmcTransferState.receiveBlock) or dropped it; relays and the delivery use views of
+          // the message. Nothing reads the frame again, whatever the application does: always.
           this.giveBack(frame);
         }
         continue;
@@ -657,7 +661,7 @@ export class MulticastDriver {
 
   /** The core let go of these received large payloads: their frames go back (releaseReceived). */
   private releaseReceivedFrames(payloads: readonly Uint8Array[]): void {
-    if (this.releaseFrame === null) return;
+    if (!this.releasesDelivered) return;
     for (const payload of payloads) {
       const frame = this.singleBlockFrames.get(payload.buffer);
       if (frame === undefined) continue;  // assembled in JS, or not a frame of its own
