@@ -14,19 +14,14 @@ namespace {
 using Status = BufferPool::ReleaseStatus;
 
 // A server endpoint with a pool, a client, a lossless in-order wire, in virtual time.
-struct PoolRig {
-  MemoryWire wire{0.0, false, 7};
-  PeerAddress client_address = Addr("10.0.0.1:1000");
-  PeerAddress server_address = Addr("10.0.0.2:2000");
-  MemoryWire::Port client_port{&wire, client_address};
-  MemoryWire::Port server_port{&wire, server_address};
+struct PoolRig : WirePair {
   std::shared_ptr<BufferPool> pool = std::make_shared<BufferPool>(10'000, 1u << 20);
   Endpoint client{EndpointConfig{}, &client_port};
   std::unique_ptr<Endpoint> server = std::make_unique<Endpoint>(EndpointConfig{}, &server_port);
   uint64_t now = 1;
   uint32_t session = 0;
 
-  PoolRig() {
+  PoolRig() : WirePair(7) {
     server->SetHandled(3, true);
     server->SetBufferPool(pool);
     wire.Attach(client_address, &client);
