@@ -12,6 +12,10 @@
  * `--mib N` runs only the 1 MiB ceiling and the ordered 1 MiB case, N rounds on the same members
  * (for before/after comparisons of the large-message path; each line carries its own ceiling);
  * `--mib N --no-ceiling` skips the ceilings (to profile the ordered case alone with perf).
+ * Members hand received large frames back to their transport once used (the driver's
+ * releaseReceived, Transport.release; the ceiling's receivers likewise), so the transport
+ * reuses their memory at once instead of when V8 collects them (`MC_RELEASE=0`: left to V8;
+ * each line says which, `receivedFramesReleased`).
  * Senders reuse the payloads their driver released (onPayloadReleased) and, as the digest is off,
  * write only each message's header into a reused one, as the ceiling's sender sends one buffer
  * filled once: the fill of a fresh MiB per message was the sender's, not the multicast's, cost.
@@ -41,6 +45,8 @@ import {
 } from '../test/support/multicast-driver-cluster.js';
 
 const load = (): number => Number(loadavg()[0]!.toFixed(2));
+/** The members hand received frames back to the transport (test/support/multicast-driver-child.ts). */
+const RELEASED = process.env.MC_RELEASE !== '0';
 const MIB = 1024 * 1024;
 const LIMITS = { ...DEFAULT_MULTICAST_LIMITS, payloadBytesMax: 17 * MIB };
 
@@ -172,7 +178,7 @@ const details = (t: Throughput): Record<string, unknown> => ({
   retransmissions: t.retransmissions, rtoProbes: t.rtoProbes, rollbacks: t.rollbacks,
   fastRetransmits: t.fastRetransmits, kernelDrops: t.kernelDrops,
   faultsPerMessage: Number(t.faultsPerMessage.toFixed(1)), rdmcRepairs: t.rdmcRepairs,
-  timedOut: t.timedOut, load: load(),
+  timedOut: t.timedOut, receivedFramesReleased: RELEASED, load: load(),
 });
 
 export async function run(args: string[]): Promise<void> {

@@ -14,7 +14,8 @@
  *     lossless;
  *   - incast: 50 sender endpoints (5 worker threads x 10) each sending 1 MiB requests to one
  *     server vs one sender endpoint, with the server's kernel drops (SO_RXQ_OVFL), requests
- *     sent with call() and again with callLent();
+ *     sent with call() and again with callLent(); the server releases each request after its
+ *     handler (`--no-release`: left to the collector);
  *   - the 32-byte rate with 2 client/server endpoint pairs in 4 worker threads vs 1 pair;
  *   - UDP_SEGMENT (GSO) vs sendmmsg for a bulk stream of 1,472-byte datagrams (raw sockets).
  *   - the protocol core alone (transport_core_bench): thread CPU per 32-byte call with 1, 64,
@@ -355,7 +356,8 @@ export async function run(args: string[]): Promise<void> {
   const suite = 'transport';
   if (args.includes('--crypto')) return cryptoComparison(quick ? 1 : 3, quick ? 2 : 3);
   if (args.includes('--loss')) return lossCases(seconds);
-  if (args.includes('--incast')) return incastCase(quick);
+  const release = !args.includes('--no-release');
+  if (args.includes('--incast')) return incastCase(quick, release);
   if (args.includes('--sessions')) {
     const server = await startServer('squall');
     const client = await Endpoint.create({ sessionsMax: 30_000 });
@@ -404,7 +406,7 @@ export async function run(args: string[]): Promise<void> {
   await server.stop();
 
   await lossCases(seconds);
-  await incastCase(quick);
+  await incastCase(quick, release);
 
   // Segmentation offload, at the socket level (native/bench/udp_gso_bench.cc): bulk 1,472-byte
   // datagrams (the off-loopback packet size) sent as 64 KB UDP_SEGMENT buffers vs sendmmsg
@@ -493,13 +495,17 @@ async function lossCases(seconds: number): Promise<void> {
  * copies do not stay in cache) against ~0.3 with one, the lent ones ~0.35 vs 0.2. Each line
  * has the server thread's CPU per MiB (the stable figure), its share of a core, and the share of
  * the run it spent runnable but waiting for a core (schedstat): most of it on a loaded machine.
+ * The server's handler hands each request back (Endpoint.release) once it has run, so the
+ * next request is assembled in reused memory; `--no-release` leaves them to the collector (the
+ * fallback), for comparison. Each line counts the requests the server assembled in a freshly
+ * allocated buffer (`server_fresh_buffers`: page faults and zeroing of a whole MiB each).
  */
-async function incastCase(quick: boolean): Promise<void> {
+async function incastCase(quick: boolean, release: boolean): Promise<void> {
   const suite = 'transport';
   const requests = quick ? 4 : 10;
   for (const lent of [false, true]) {
-    const single = await incast(1, 1, 50 * requests, lent);
-    const fifty = await incast(5, 10, requests, lent);
+    const single = await incast(1, 1, 50 * requests, lent, release);
+    const fifty = await incast(5, 10, requests, lent, release);
     report({ suite, case: `incast_goodput_50_senders_1MiB${lent ? '_lent' : ''}`, value: Number(fifty.goodput.toFixed(1)),
       unit: 'MB/s', baselines: { squall_1_sender: Number(single.goodput.toFixed(1)) },
       kernel_drops: fifty.kernelDrops, packets_sent: fifty.packetsSent,
@@ -513,7 +519,8 @@ async function incastCase(quick: boolean): Promise<void> {
       server_cpu_share: fifty.serverCpuShare, baseline_server_cpu_share: single.serverCpuShare,
       server_runqueue_share: fifty.serverRunqueueShare, baseline_server_runqueue_share: single.serverRunqueueShare,
       senders_cpu_ms_per_MiB: fifty.sendersCpuMsPerMiB, baseline_senders_cpu_ms_per_MiB: single.sendersCpuMsPerMiB,
-      requests_by: lent ? 'callLent' : 'call', load1: load() });
+      server_fresh_buffers: fifty.freshBuffers, baseline_server_fresh_buffers: single.freshBuffers,
+      requests_by: lent ? 'callLent' : 'call', released: release, load1: load() });
   }
 }
 
@@ -651,13 +658,18 @@ interface IncastResult {
   retransmissions: number;
   packetsSent: number;
   kernelDrops: number;
+  /** Requests the server assembled in a fresh buffer rather than a reused one. */
+  freshBuffers: number;
 }
 
 /** `workers` threads of `endpoints` sender endpoints each, `requests` 1 MiB calls per endpoint. */
-async function incast(workers: number, endpoints: number, requests: number, lent = false): Promise<IncastResult> {
+async function incast(workers: number, endpoints: number, requests: number, lent = false, release = true): Promise<IncastResult> {
   const server = await Endpoint.create({ sessionsMax: 256 });
   const ack = Buffer.alloc(8, 1);
-  server.handle(2, () => ack);
+  server.handle(2, (request) => {
+    if (release) server.release(request);  // done with it: its memory takes the next request
+    return ack;
+  });
   const senders = Array.from({ length: workers }, () =>
     new Worker(loadWorker, { workerData: { mode: 'senders', target: server.address, endpoints, requests, bytes: 1 << 20, lent } }));
   await Promise.all(senders.map((w) => workerMessage(w, 'ready')));
@@ -674,7 +686,8 @@ async function incast(workers: number, endpoints: number, requests: number, lent
   const sum = (key: 'completed' | 'failed' | 'retransmissions' | 'packetsSent' | 'bytes'): number =>
     results.reduce((a, r) => a + r[key], 0);
   const mib = Math.max(1, sum('bytes') / (1 << 20));
-  const kernelDrops = server.stats().udpKernelDrops ?? 0;
+  const serverStats = server.stats();
+  const kernelDrops = serverStats.udpKernelDrops ?? 0;
   await Promise.all(senders.map(stopWorker));
   await server.close();
   return { goodput: sum('bytes') / elapsed / 1e6, completed: sum('completed'), failed: sum('failed'),
@@ -682,7 +695,8 @@ async function incast(workers: number, endpoints: number, requests: number, lent
     serverCpuShare: Number((serverCpuMs / 1000 / elapsed).toFixed(2)),
     serverRunqueueShare: Number((serverWaitMs / 1000 / elapsed).toFixed(2)),
     sendersCpuMsPerMiB: Number(((cpu1.all - cpu0.all - serverCpuMs) / mib).toFixed(3)),
-    retransmissions: sum('retransmissions'), packetsSent: sum('packetsSent'), kernelDrops };
+    retransmissions: sum('retransmissions'), packetsSent: sum('packetsSent'), kernelDrops,
+    freshBuffers: serverStats.receiveBuffersFresh ?? 0 };
 }
 
 /** `pairs` client/server endpoint pairs, each endpoint on its own worker thread and socket. */

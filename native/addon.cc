@@ -43,7 +43,7 @@ using namespace squall::transport;
 constexpr size_t kRecordHeaderBytes = 24;
 constexpr size_t kExternalPayloadBytesMin = 64 * 1024;
 // Received messages handed to JS as external buffers go back to the endpoint's BufferPool when
-// JS collects them (bytes.h); at most this much is kept for reuse.
+// JS releases them (release()) or collects them (bytes.h); at most this much is kept for reuse.
 constexpr size_t kReceivePoolBytesMax = 64u << 20;
 constexpr size_t kReceivePacketsPerWakeup = 1024;
 constexpr uint16_t kFlagPayloadInExtras = 1;
@@ -69,15 +69,22 @@ class NativeEndpoint;
 // socket flush: the core may have queued datagrams that point into a lent buffer
 // (PacketIo::SendPinned) and dropped the call before they left. After environment teardown
 // began, references are left to Node (which frees every reference of the environment).
+// A lent buffer that is a view of a received message (a relay forwarding the block it got) pins
+// that message's loan (BufferPool::Pin): released meanwhile, it returns to the pool only when
+// the pin goes, here, after the flush.
 struct LentReferences {
   napi_env env = nullptr;
   bool env_alive = true;
+  std::shared_ptr<BufferPool> pool;
   std::vector<napi_ref> dropped;
+  std::vector<BufferPool::Loan> unpins;
   void DeleteDropped() {
     if (env_alive) {
       for (napi_ref ref : dropped) napi_delete_reference(env, ref);
     }
     dropped.clear();
+    for (const BufferPool::Loan& pin : unpins) pool->Unpin(pin);
+    unpins.clear();
   }
 };
 
@@ -86,9 +93,13 @@ struct LentReferences {
 struct JsLender {
   std::shared_ptr<LentReferences> references;
   napi_ref ref;
-  JsLender(std::shared_ptr<LentReferences> r, napi_ref reference)
-      : references(std::move(r)), ref(reference) {}
-  ~JsLender() { references->dropped.push_back(ref); }
+  BufferPool::Loan pin;  // id 0: the buffer is not a received message's
+  JsLender(std::shared_ptr<LentReferences> r, napi_ref reference, BufferPool::Loan pinned)
+      : references(std::move(r)), ref(reference), pin(pinned) {}
+  ~JsLender() {
+    references->dropped.push_back(ref);
+    if (pin.id != 0) references->unpins.push_back(pin);
+  }
   JsLender(const JsLender&) = delete;
   JsLender& operator=(const JsLender&) = delete;
 };
@@ -138,15 +149,16 @@ void FlushSocket(Driver* d) {
   d->lent->DeleteDropped();
 }
 
-// The memory of an external ArrayBuffer handed to JS: a message's buffer, given back to the
-// pool (not freed) once JS has collected the ArrayBuffer -- only then, so a buffer JS can still
-// read is never reused. The pool outlives the endpoint as long as such buffers exist.
+// An external ArrayBuffer handed to JS is a loan of a message's buffer (BufferPool::Lend). It
+// comes back to the pool when JS releases it (release(): detached first, so no handle reaches
+// the memory after) or, failing that, when JS collects the ArrayBuffer (this finalizer). The
+// pool outlives the endpoint as long as such buffers exist.
 struct ExternalMessage {
-  Bytes bytes;
   std::shared_ptr<BufferPool> pool;
+  BufferPool::Loan loan;
   static void Finalize(napi_env /*env*/, void* /*data*/, void* hint) {
     auto* self = static_cast<ExternalMessage*>(hint);
-    self->pool->Give(std::move(self->bytes));
+    self->pool->Collected(self->loan.id, self->loan.data);
     delete self;
   }
 };
@@ -165,6 +177,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
                         InstanceMethod("inject", &NativeEndpoint::Inject),
                         InstanceMethod("sessionInfo", &NativeEndpoint::SessionInfo),
                         InstanceMethod("rotateKey", &NativeEndpoint::RotateKey),
+                        InstanceMethod("release", &NativeEndpoint::Release),
                         InstanceMethod("close", &NativeEndpoint::Close)});
   }
 
@@ -277,6 +290,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     driver_->gate = std::make_unique<CongestionGate>(cc, c.sessions_max, MonotonicNowUs());
     driver_->endpoint->SetSendGate(driver_->gate.get());
     driver_->endpoint->SetBufferPool(driver_->pool);
+    driver_->lent->pool = driver_->pool;
+    pool_ = driver_->pool;
     Endpoint* endpoint = driver_->endpoint.get();
     driver_->socket->SetUnreachableHandler(
         [endpoint](const PeerAddress& to, std::span<const uint8_t> quoted) {
@@ -316,6 +331,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     driver_ = nullptr;
     d->endpoint->Shutdown(tell_peers, MonotonicNowUs());
     FlushSocket(d);
+    d->pool->Close();  // nothing takes from it any more: what comes back is freed
     d->owner = nullptr;
     uv_poll_stop(&d->poll);
     uv_timer_stop(&d->timer);
@@ -471,12 +487,14 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
       std::memcpy(out + 16, &id, 8);
       out += kRecordHeaderBytes;
       if (external) {
-        // The core's buffer becomes the ArrayBuffer's memory; back to the pool when JS collects it.
-        auto* owned = new ExternalMessage{std::move(e.bytes), driver_->pool};
+        // The core's buffer becomes the ArrayBuffer's memory, lent; back to the pool when JS
+        // releases or collects it.
+        auto* owned = new ExternalMessage{driver_->pool, driver_->pool->Lend(std::move(e.bytes))};
         napi_value buffer;
-        if (napi_create_external_arraybuffer(env, owned->bytes.data(), owned->bytes.size(),
+        if (napi_create_external_arraybuffer(env, owned->loan.data, owned->loan.size,
                                              &ExternalMessage::Finalize, owned,
                                              &buffer) != napi_ok) {
+          owned->pool->Collected(owned->loan.id, owned->loan.data);
           delete owned;
           napi_get_undefined(env, &buffer);
         }
@@ -591,7 +609,9 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
           return env.Undefined();
         }
         driver_->lent->env = env;
-        Lender lender = std::make_shared<JsLender>(driver_->lent, ref);
+        BufferPool::Loan pin;
+        driver_->pool->Pin(body.data(), body.size(), &pin);
+        Lender lender = std::make_shared<JsLender>(driver_->lent, ref, pin);
         const uint64_t tag = static_cast<uint64_t>(id);
         const CallStatus status = endpoint->CallLent(session, code, tag, head, body,
                                                      std::move(lender),
@@ -628,6 +648,48 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     FlushSocket(driver_);
     ArmTimer();
     return TakeBatch(env);  // events the submissions produced (e.g. refusals), saving a drain()
+  }
+
+  // release(buffer) -> true if `buffer` (an ArrayBuffer, or a view of one) was a received
+  // message this endpoint lent to JS: it is detached (every view of it now has length 0, so the
+  // memory is out of JS's reach) and its memory goes back to the pool at once, or when the last
+  // lent call reading it ends. False for anything else, which is left untouched and counted
+  // (receiveReleasesIgnored): a buffer released before (its handle is detached), a buffer of
+  // another endpoint, a JS-allocated one. Works after close() too (the memory is then freed).
+  Napi::Value Release(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    napi_value value = info.Length() > 0 ? static_cast<napi_value>(info[0]) : nullptr;
+    napi_value array_buffer = nullptr;
+    if (info.Length() > 0 && info[0].IsArrayBuffer()) {
+      array_buffer = value;
+    } else if (info.Length() > 0 && info[0].IsTypedArray()) {
+      napi_typedarray_type type;
+      size_t length, offset;
+      void* data;
+      if (napi_get_typedarray_info(env, value, &type, &length, &data, &array_buffer, &offset) !=
+          napi_ok) {
+        array_buffer = nullptr;
+      }
+    }
+    if (array_buffer == nullptr) {
+      Napi::TypeError::New(env, "release(buffer): an ArrayBuffer or a typed array")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    void* data = nullptr;
+    size_t length = 0;
+    if (napi_get_arraybuffer_info(env, array_buffer, &data, &length) != napi_ok ||
+        !pool_->IsLent(static_cast<const uint8_t*>(data), length)) {
+      pool_->Release(nullptr, 0);  // counted, changes nothing
+      return Napi::Boolean::New(env, false);
+    }
+    if (napi_detach_arraybuffer(env, array_buffer) != napi_ok) {
+      Napi::Error::New(env, "release: cannot detach the received buffer")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    pool_->Release(static_cast<const uint8_t*>(data), length);
+    return Napi::Boolean::New(env, true);
   }
 
   // drain() -> undefined or [records, extras]: events produced by the last synchronous calls.
@@ -741,6 +803,12 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     // Large received messages assembled in a reused buffer vs a fresh one (BufferPool).
     set("receiveBuffersReused", driver_->pool->reused());
     set("receiveBuffersFresh", driver_->pool->fresh());
+    // Their loans to JS: ended by release(), by collection, and release() calls that changed
+    // nothing (a double release, a foreign buffer); loans still out.
+    set("receiveBuffersReleased", driver_->pool->released());
+    set("receiveBuffersCollected", driver_->pool->collected());
+    set("receiveReleasesIgnored", driver_->pool->releases_ignored());
+    set("receiveBuffersOnLoan", driver_->pool->loans());
     set("udpSendErrors", u.send_errors);
     set("udpTruncated", u.truncated_rx);
     set("udpSendCalls", u.send_calls);
@@ -851,6 +919,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
   }
 
   Driver* driver_ = nullptr;
+  std::shared_ptr<BufferPool> pool_;  // the driver's; kept past close() for release()
   uint64_t batches_delivered_ = 0;  // native -> JS crossings from the loop
   uint64_t submits_ = 0;            // JS -> native submissions
   Napi::Env env_ = Napi::Env(nullptr);

@@ -12,12 +12,7 @@ using namespace squall::test;
 using namespace squall::transport;
 
 namespace {
-struct Restartable {
-  MemoryWire wire{0.0, false, 3};
-  PeerAddress client_address = Addr("10.0.0.1:1000");
-  PeerAddress server_address = Addr("10.0.0.2:2000");
-  MemoryWire::Port client_port{&wire, client_address};
-  MemoryWire::Port server_port{&wire, server_address};
+struct Restartable : WirePair {
   EndpointConfig config;
   std::unique_ptr<Endpoint> client;
   Endpoint server;
@@ -25,7 +20,7 @@ struct Restartable {
   uint64_t handler_runs = 0;
   std::map<uint64_t, std::vector<uint8_t>> responses;
 
-  Restartable() : server(Config(), &server_port) {
+  Restartable() : WirePair(3), server(Config(), &server_port) {
     wire.Attach(server_address, &server);
     server.SetHandled(3, true);
   }

@@ -158,4 +158,14 @@ class MemoryWire {
   std::map<std::string, Endpoint*> endpoints_;
 };
 
+// A client port and a server port on one in-order MemoryWire (test rigs put endpoints on them).
+struct WirePair {
+  explicit WirePair(uint64_t seed) : wire(0.0, false, seed) {}
+  MemoryWire wire;
+  PeerAddress client_address = Addr("10.0.0.1:1000");
+  PeerAddress server_address = Addr("10.0.0.2:2000");
+  MemoryWire::Port client_port{&wire, client_address};
+  MemoryWire::Port server_port{&wire, server_address};
+};
+
 }  // namespace squall::test

@@ -75,6 +75,14 @@ export interface MulticastReady {
    * still hold them (the driver's queued and in-flight calls): see the driver's onPayloadReleased.
    */
   readonly released: Uint8Array[];
+  /**
+   * Payloads of large (RDMC) messages received from other senders that the core let go of since
+   * the last ready(): delivered here (in this ready() or before; the application saw them), and
+   * no longer needed for a relay (every scheduled send of it taken) or a repair (every member
+   * received it). The core never reads them again; others may (the driver's queued relays, the
+   * application). Only for the driver's buffer accounting (MulticastDriverOptions.releaseReceived).
+   */
+  readonly releasedReceived: Uint8Array[];
 }
 
 export interface MulticastCounters {
@@ -174,6 +182,9 @@ export class MulticastCore {
   private packets: OutgoingPacket[] = [];
   private deliveries: Delivery[] = [];
   private released: Uint8Array[] = [];
+  /** Large received messages delivered here but still held for a relay or a repair, by key. */
+  private readonly deliveredLarge = new Map<number, Uint8Array>();
+  private releasedReceived: Uint8Array[] = [];
   private nowMicros = 0;
   /** The row this member last published (a report goes alone only when the row changed). */
   private lastSentRow: ReceiveReport;
@@ -394,6 +405,10 @@ export class MulticastCore {
     this.queuedMessageCount = 0;
     this.rdmc.clear();
     this.repairs.clear();
+    // The view ends here: nothing is relayed or repaired any more. (Deliveries within the trim
+    // come out of the next ready(), before these.)
+    for (const payload of this.deliveredLarge.values()) this.releasedReceived.push(payload);
+    this.deliveredLarge.clear();
     return { resend, released };
   }
 
@@ -414,13 +429,16 @@ export class MulticastCore {
     const packets = this.packets;
     const deliveries = this.deliveries;
     const released = this.released;
+    const releasedReceived = this.releasedReceived;
     this.packets = [];
     this.deliveries = [];
     if (released.length > 0) this.released = [];
+    if (releasedReceived.length > 0) this.releasedReceived = [];
     return {
       packets,
       deliveries,
       released,
+      releasedReceived,
       deliveredCount: this.deliveredCount,
       lastDeliveredVersion: this.lastDeliveredVersion,
       globalPersistedVersion: this.minOverRows((r) => r.persistedVersion),
@@ -561,7 +579,7 @@ export class MulticastCore {
         this.noteReceived(s, packet.index);
         this.holdForRepair(key, transfer, payload);
       }
-      if (transfer.state.finished) this.rdmc.delete(key);
+      if (transfer.state.finished) this.endTransfer(key);
     }
   }
 
@@ -651,6 +669,14 @@ export class MulticastCore {
     position: number,
     version: Version | null,
   ): Delivery {
+    if (entry.large === true && this.senderRanks[s] !== this.myRank) {
+      // A received RDMC message: held on until its relays and repairs are done (releasedReceived).
+      // Ordered delivery means every member received it: no repair will be needed.
+      const key = s * 2 ** 32 + entry.index;
+      if (version !== null) this.repairs.delete(key);
+      this.deliveredLarge.set(key, entry.payload);
+      this.letGoReceived(key);
+    }
     return {
       viewId: this.viewId,
       sender: this.members[this.senderRanks[s]!]!,
@@ -829,7 +855,10 @@ export class MulticastCore {
         this.sendWhole(c, rank);
         this.counters.rdmcRepairs++;
       }
-      if (missing === 0) this.repairs.delete(key);
+      if (missing === 0) {
+        this.repairs.delete(key);
+        this.letGoReceived(key);
+      }
     }
   }
 
@@ -873,6 +902,19 @@ export class MulticastCore {
     }
   }
 
+  private endTransfer(key: number): void {
+    this.rdmc.delete(key);
+    this.letGoReceived(key);
+  }
+
+  /** A received large message `key` is let go once delivered and out of every relay and repair. */
+  private letGoReceived(key: number): void {
+    const payload = this.deliveredLarge.get(key);
+    if (payload === undefined || this.rdmc.has(key) || this.repairs.has(key)) return;
+    this.deliveredLarge.delete(key);
+    this.releasedReceived.push(payload);
+  }
+
   private relayBlocks(): void {
     for (const [key, transfer] of this.rdmc) {
       for (const t of transfer.state.takeDueSends()) {
@@ -893,7 +935,7 @@ export class MulticastCore {
         });
         this.counters.blockPacketsSent++;
       }
-      if (transfer.state.finished) this.rdmc.delete(key);
+      if (transfer.state.finished) this.endTransfer(key);
     }
   }
 

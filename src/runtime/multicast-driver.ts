@@ -69,7 +69,10 @@ export interface MulticastDelivery {
   readonly version: Version | null;
   /** The sender's HLC stamp (the same on every member). */
   readonly timestamp: Hlc;
-  /** Owned by the receiver; a view into a received frame (copy it to keep it long). */
+  /**
+   * Owned by the receiver; a view into a received frame (copy it to keep it long). With the
+   * driver's `releaseReceived`, a large message's payload is valid only until onDeliver returns.
+   */
   readonly payload: Uint8Array;
   readonly large: boolean;
 }
@@ -155,6 +158,21 @@ export interface MulticastDriverOptions {
    * after close().
    */
   readonly onPayloadReleased?: (payload: Uint8Array) => void;
+  /**
+   * Hands the large frames of one-block messages it received (RDMC blocks of 64 KiB or more,
+   * each in a buffer of its own) back to the transport (`Transport.release`, when it has one)
+   * as soon as nothing here needs them, so the transport assembles the next ones in that memory
+   * at once instead of when the garbage collector finds them (at 1 MiB, a fresh buffer costs a
+   * MiB of page faults, and collections ran on external memory pressure). (A block of a message
+   * of several blocks goes back whatever this says, once the core copied it into the message:
+   * the delivery is a view of that message, not of the frame.) A one-block message (the payload
+   * is a view of the frame): once it was delivered here (onDeliver returned), the core let go of it
+   * (MulticastReady.releasedReceived: relays taken, no repair needed) and no relay of it is
+   * queued or in an unsettled call. The transport detaches the buffer: **onDeliver must not
+   * keep a large payload** (copy what it needs, e.g. `new Uint8Array(payload)`: the payload may
+   * be a Buffer, whose slice() is a view, not a copy; it reads as empty afterwards). Default false.
+   */
+  readonly releaseReceived?: boolean;
 }
 
 export interface MulticastDriverCounters {
@@ -180,6 +198,8 @@ export interface MulticastDriverCounters {
    * frame and block header is built, the block's bytes are sent from where they already are.
    */
   blocksLent: number;
+  /** Received frames handed back to the transport (Transport.release; see releaseReceived). */
+  framesReleased: number;
 }
 
 interface Peer {
@@ -325,6 +345,7 @@ export class MulticastDriver {
     notReadyRefusals: 0,
     blocksRelayedInPlace: 0,
     blocksLent: 0,
+    framesReleased: 0,
   };
 
   private readonly options: MulticastDriverOptions;
@@ -363,12 +384,20 @@ export class MulticastDriver {
   private frameScratch: Uint8Array = Buffer.allocUnsafeSlow(64 * 1024);
   private frameScratchView = new DataView(this.frameScratch.buffer, this.frameScratch.byteOffset, this.frameScratch.byteLength);
   /**
-   * With onPayloadReleased: block packets queued or in calls not settled yet, by the buffer
-   * their bytes are in (own payloads and received frames alike; an entry goes at 0).
+   * With onPayloadReleased or releaseReceived: block packets queued or in calls not settled
+   * yet, by the buffer their bytes are in (own payloads and received frames alike; an entry
+   * goes at 0).
    */
   private readonly blockRefs = new Map<ArrayBufferLike, number>();
+  private readonly countsBlocks: boolean;
   /** Payloads the core released whose buffer blockRefs still counts. */
   private readonly releaseWaiting = new Map<ArrayBufferLike, Uint8Array[]>();
+  /** The transport's release (Transport.release), if it takes received buffers back. */
+  private readonly releaseFrame: ((frame: Uint8Array) => boolean) | null;
+  /** releaseReceived, and the transport takes buffers back: one-block frames go back too. */
+  private readonly releasesDelivered: boolean;
+  /** Received one-block frames the core let go of whose buffer blockRefs still counts. */
+  private readonly framesWaiting = new Map<ArrayBufferLike, Uint8Array>();
   /**
    * Received frames that hold exactly one block packet and own their whole buffer (the
    * transport hands large requests over that way), by buffer: a relay of that block can go
@@ -403,6 +432,10 @@ export class MulticastDriver {
     this.heldPacketsMax = options.heldPacketsMax ?? 65_536;
     this.peerNotReadyTimeoutMs = options.peerNotReadyTimeoutMs ?? 30_000;
     this.notReadyRetryMs = options.notReadyRetryMs ?? 20;
+    const transport = options.transport;
+    this.releaseFrame = transport.release !== undefined ? (frame) => transport.release!(frame) : null;
+    this.releasesDelivered = options.releaseReceived === true && this.releaseFrame !== null;
+    this.countsBlocks = options.onPayloadReleased !== undefined || this.releasesDelivered;
     assert(Number.isInteger(options.shard) && options.shard >= 0 && options.shard <= 0xffff_ffff, 'shard is a uint32');
     this.mux = muxFor(options.transport, options.requestType ?? MULTICAST_REQUEST_TYPE_DEFAULT);
     assert(!this.mux.drivers.has(options.shard), `shard ${options.shard} already has a driver on this transport`);
@@ -608,10 +641,33 @@ export class MulticastDriver {
         frame.byteOffset === 0 && frame.byteLength === frame.buffer.byteLength
       ) {
         this.singleBlockFrames.set(frame.buffer, frame);
+        if (this.receivePacket(packet) && this.releaseFrame !== null && packet.totalBytes > this.limits.blockBytes) {
+          // A block of a message of several blocks: the core copied it into the message (see
+          // RdmcTransferState.receiveBlock) or dropped it; relays and the delivery use views of
+          // the message. Nothing reads the frame again, whatever the application does: always.
+          this.giveBack(frame);
+        }
+        continue;
       }
       this.receivePacket(packet);
     }
     this.schedulePump();
+  }
+
+  /** Hands a received frame nothing here reads any more back to the transport. */
+  private giveBack(frame: Uint8Array): void {
+    if (this.releaseFrame!(frame)) this.counters.framesReleased++;
+  }
+
+  /** The core let go of these received large payloads: their frames go back (releaseReceived). */
+  private releaseReceivedFrames(payloads: readonly Uint8Array[]): void {
+    if (!this.releasesDelivered) return;
+    for (const payload of payloads) {
+      const frame = this.singleBlockFrames.get(payload.buffer);
+      if (frame === undefined) continue;  // assembled in JS, or not a frame of its own
+      if (this.blockRefs.has(payload.buffer)) this.framesWaiting.set(payload.buffer, frame);
+      else this.giveBack(frame);
+    }
   }
 
   /**
@@ -629,10 +685,12 @@ export class MulticastDriver {
     return frame;
   }
 
-  private receivePacket(packet: Packet): void {
+  /** Returns true if the packet went to the core (false: held for a later view, or dropped). */
+  private receivePacket(packet: Packet): boolean {
     const core = this.core;
     if (core !== null && packet.viewId === core.viewId) {
       core.receive(packet);
+      return true;
     } else if (packet.viewId > this.view.viewId) {
       // A view this node has not installed yet: hold it for installView (duty 5).
       if (this.held.length < this.heldPacketsMax) {
@@ -644,6 +702,7 @@ export class MulticastDriver {
     } else {
       this.counters.oldViewDropped++;
     }
+    return false;
   }
 
   // ------------------------------------------------------------------------------------------
@@ -665,6 +724,7 @@ export class MulticastDriver {
     this.sendPackets(ready, core.senderCount);
     this.deliver(ready);
     if (ready.released.length > 0) this.releasePayloads(ready.released);
+    if (ready.releasedReceived.length > 0) this.releaseReceivedFrames(ready.releasedReceived);
     const room = ready.sendCapacity > 0 && this.ownBytesUndelivered < this.ownBytesUndeliveredMax;
     if (room && this.pendingHead < this.pending.length) this.schedulePump();
   }
@@ -752,7 +812,7 @@ export class MulticastDriver {
         if (peer === undefined || peer.failed) continue;
         if (packet.kind === 'block') {
           peer.blocks.push(packet, deliveryRank(packet, senderCount));
-          if (this.options.onPayloadReleased !== undefined) this.refBlock(packet.bytes.buffer, 1);
+          if (this.countsBlocks) this.refBlock(packet.bytes.buffer, 1);
         } else {
           peer.queue.push(item as Uint8Array);
         }
@@ -906,6 +966,11 @@ export class MulticastDriver {
       return;
     }
     this.blockRefs.delete(buffer);
+    const frame = this.framesWaiting.get(buffer);
+    if (frame !== undefined) {
+      this.framesWaiting.delete(buffer);
+      this.giveBack(frame);
+    }
     const waiting = this.releaseWaiting.get(buffer);
     if (waiting === undefined) return;
     this.releaseWaiting.delete(buffer);
@@ -915,7 +980,7 @@ export class MulticastDriver {
 
   /** A call's block packets left for good (settled, or dropped with their peer). */
   private unrefBlocks(items: Iterable<Uint8Array | BlockPacket>): void {
-    if (this.options.onPayloadReleased === undefined) return;
+    if (!this.countsBlocks) return;
     for (const item of items) if (!(item instanceof Uint8Array)) this.refBlock(item.bytes.buffer, -1);
   }
 

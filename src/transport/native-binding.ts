@@ -41,6 +41,12 @@ export interface NativeEndpointHandle {
   /** Installs the highest-id key of keyText as primary; false if refused. */
   rotateKey(keyText: string, graceMs: number): boolean;
   close(tellPeers: boolean): NativeBatch;
+  /**
+   * Hands a received large message (its ArrayBuffer, or a view of it) back: detached, its
+   * memory back to the receive pool. False, changing nothing, if it is not one this endpoint
+   * lent (released before, another endpoint's, allocated in JS). Works after close().
+   */
+  release(buffer: ArrayBuffer | ArrayBufferView): boolean;
 }
 
 export interface NativeAddon {

@@ -647,6 +647,16 @@ export class Endpoint implements Transport {
     return key !== undefined && this.native.rotateKey(key.keyText, graceMs);
   }
 
+  /**
+   * Takes back a received large message (Transport.release): its buffer is detached and reused.
+   * False, changing nothing, for anything this endpoint did not lend (counted:
+   * receiveReleasesIgnored), including a second release. Works after close() (the memory is
+   * then freed).
+   */
+  release(bytes: Uint8Array): boolean {
+    return this.native.release(bytes);
+  }
+
   /** Called with the reason whenever this endpoint refuses a peer's session (wrong key, plaintext peer). */
   onRefused(listener: (reason: string) => void): void {
     this.refusedListeners.push(listener);

@@ -11,7 +11,8 @@
  * Buffers: a request or response handed to the transport may be reused by the caller as soon as
  * the call returns (the transport copies or finishes with it synchronously), except the body of
  * callLent(), which is lent until its promise settles. Buffers the transport hands out are owned
- * by the receiver.
+ * by the receiver. A receiver done with a large one may hand it back (`Transport.release`), so the
+ * transport reuses its memory at once instead of when the collector finds it.
  */
 
 /** A request type: an integer 0..255, chosen by the protocol layer that registers the handler. */
@@ -99,6 +100,17 @@ export interface Transport {
   /** Opens a session; rejects with TransportError (with a reason) if the peer refuses or is silent. */
   connect(remote: TransportAddress): Promise<TransportSession>;
   stats(): TransportStats;
+  /**
+   * Optional (without it, the collector reclaims received buffers): the receiver is done with a
+   * request or response this transport handed it, and with every view of its memory. The native
+   * transport takes its large received messages (64 KiB or more) back: the buffer under `bytes`
+   * is detached (every view of it reads as empty from then on, so reusing the memory cannot
+   * show through an old view) and its memory is reused for the next message at once (once the
+   * last lent call that reads from it settled, if `bytes` is lent to one). Returns false and
+   * changes nothing for anything else: a small message, a buffer released before, another
+   * endpoint's, one allocated by the application (counted in the stats, receiveReleasesIgnored).
+   */
+  release?(bytes: Uint8Array): boolean;
   /** Fails pending calls, disconnects every session and releases the socket. Idempotent. */
   close(): Promise<void>;
 }

@@ -7,7 +7,7 @@
 import test from 'ava';
 import type { Transport, TransportSession } from '../../src/transport/transport.js';
 import { MulticastDriver, type MulticastDelivery } from '../../src/runtime/multicast-driver.js';
-import { MIXED_LIMITS, checkSameOrderIntact, nativeEndpoints, tagOf, waitFor, withSessions } from '../support/multicast-driver-local.js';
+import { MIXED_LIMITS, checkSameOrderIntact, nativeEndpoints, tagOf, taggedPayload, waitFor, withSessions } from '../support/multicast-driver-local.js';
 import { multicastLimits } from '../../src/multicast/config.js';
 
 const KIB = 1024;
@@ -105,6 +105,68 @@ test.serial('released payloads: back once each, only after the lent calls sendin
     t.deepEqual(problems, [], 'each send released once, never while a lent call sending it was open');
     t.true(reused >= 10, `released payloads were reused for later sends (${reused})`);
     t.true(native.every((e) => (e.stats().requestsLent ?? 0) > 0), 'blocks were lent');
+    checkSameOrderIntact(t, deliveries);
+  } finally {
+    for (const d of drivers) await d.close();
+    for (const e of native) await e.close();
+  }
+});
+
+test.serial('releaseReceived: received frames go back to the transport once delivered and relayed, never while a lent call sends from them', async (t) => {
+  t.timeout(90_000);
+  const { endpoints: native, nodes, view } = await nativeEndpoints(3, 340);
+  const problems: string[] = [];
+  // Lent calls settle late (relays hold their frame longer); a release with one open is a failure.
+  const endpoints = native.map((endpoint) => {
+    const late = lateSettling(endpoint);
+    return new Proxy(late, {
+      get: (target, p) => {
+        if (p !== 'release') return Reflect.get(target, p) as unknown;
+        return (bytes: Uint8Array) => {
+          if ((open.get(bytes.buffer) ?? 0) > 0) problems.push(`released ${tagOf(bytes.subarray(44))} with a lent call open`);
+          return endpoint.release(bytes);
+        };
+      },
+    });
+  });
+  // 128 KiB blocks: 100 KiB messages are one block (the payload is a view of the frame), 300 KiB
+  // ones three (each block copied into the message).
+  const limits = multicastLimits({ ...MIXED_LIMITS, payloadBytesMax: 1 << 20, blockBytes: 128 * KIB, rdmcRepairMicros: 600_000_000 });
+  const deliveries: MulticastDelivery[][] = [[], [], []];
+  const views: Uint8Array[] = [];
+  const drivers = await Promise.all(
+    endpoints.map((endpoint, i) =>
+      MulticastDriver.create({
+        transport: endpoint, self: nodes[i]!, shard: 1, view, limits, releaseReceived: true,
+        onDeliver: (d) => {
+          // Valid while onDeliver runs: copied here (a Buffer's slice() would be a view), the
+          // view kept only to see it detached later.
+          deliveries[i]!.push({ ...d, payload: new Uint8Array(d.payload) });
+          if (d.large && d.sender !== nodes[i]) views.push(d.payload);
+        },
+      }),
+    ),
+  );
+  try {
+    const perSender = 24;
+    const sizes = [100 * KIB, 1000, 300 * KIB, 100 * KIB];
+    await Promise.all(drivers.map(async (driver, r) => {
+      for (let i = 0; i < perSender; i++) await driver.send(taggedPayload(r + 1, i, sizes[(i + r) % sizes.length]!));
+    }));
+    const total = 3 * perSender;
+    const done = await waitFor(() => deliveries.every((list) => list.length >= total), 60_000);
+    t.true(done, `delivered ${deliveries.map((list) => list.length).join(', ')} of ${total}`);
+    // Released after onDeliver (and after their relays settled): one-block payloads now read empty.
+    const detached = await waitFor(() => views.filter((v) => v.byteLength === 0).length >= views.length / 2, 20_000);
+    t.true(detached, `${views.filter((v) => v.byteLength === 0).length} of ${views.length} large payloads released`);
+    t.deepEqual(problems, [], 'no frame released while a lent call sent from it');
+    for (const [i, driver] of drivers.entries()) {
+      const stats = native[i]!.stats();
+      t.true(driver.counters.framesReleased > 0, `member ${i + 1} released frames`);
+      t.is(stats.receiveReleasesIgnored, 0, 'every release named a frame on loan (none twice)');
+      t.is(stats.receiveBuffersReleased, driver.counters.framesReleased);
+      t.true((stats.receiveBuffersReused ?? 0) > 0, `member ${i + 1} reused received buffers`);
+    }
     checkSameOrderIntact(t, deliveries);
   } finally {
     for (const d of drivers) await d.close();

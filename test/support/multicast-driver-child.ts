@@ -14,6 +14,9 @@
  *   {cmd:'cpu'}                                 -> {cpuMicros} (user + system so far)
  *   {cmd:'exit'}
  * The sink handler (request type 49) answers the ceiling calls of the other members.
+ * Received large buffers go back to the transport once used (the drivers' releaseReceived, the
+ * sink's Endpoint.release), as an application that keeps no payload does; MC_RELEASE=0 leaves
+ * them to the garbage collector (for comparisons).
  */
 import { createHash, type Hash } from 'node:crypto';
 import { Endpoint, type NativeSession } from '../../src/transport/native-transport.js';
@@ -22,6 +25,7 @@ import { multicastLimits } from '../../src/multicast/config.js';
 import { nodeId, viewId, type NodeId } from '../../src/core/ids.js';
 
 const SINK_TYPE = 49;
+const RELEASE = process.env.MC_RELEASE !== '0';
 const EMPTY = new Uint8Array(0);
 
 interface ShardState {
@@ -201,7 +205,11 @@ process.on('message', (raw: unknown) => {
           // Endpoint options for experiments (e.g. '{"retransmitTimeoutMs":40}'), from the parent.
           ...(process.env.MC_ENDPOINT ? JSON.parse(process.env.MC_ENDPOINT) as object : {}),
         });
-        endpoint.handle(SINK_TYPE, () => EMPTY);
+        const sink = endpoint;
+        endpoint.handle(SINK_TYPE, (request) => {
+          if (RELEASE) sink.release(request);
+          return EMPTY;
+        });
         reply({ address: endpoint.address });
         break;
       }
@@ -228,6 +236,8 @@ process.on('message', (raw: unknown) => {
           },
           onDeliver: (d) => onDeliver(state, d),
           onPayloadReleased: recycle,
+          // onDeliver reads each payload only while it runs.
+          releaseReceived: RELEASE,
           ...(message.driverOptions as object | undefined),
         });
         shards.set(message.shard as number, state);

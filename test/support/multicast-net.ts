@@ -93,6 +93,12 @@ export class MulticastNet {
   /** Own payloads the cores released (ready().released, applyTrim), by buffer: never sent again. */
   readonly releasedBuffers = new WeakSet<ArrayBufferLike>();
   releasedCount = 0;
+  /**
+   * Per member, the received large payloads its core let go of (ready().releasedReceived), by
+   * buffer: delivered there before, let go once, never in a packet of that member afterwards.
+   */
+  private readonly releasedReceived: WeakSet<ArrayBufferLike>[];
+  releasedReceivedCount = 0;
   /** Per member, `from/seq` of every message it delivered (the release check). */
   private readonly deliveredKeys: Set<string>[];
   private readonly faults: NetFaults;
@@ -120,6 +126,7 @@ export class MulticastNet {
     );
     this.delivered = this.nodes.map(() => []);
     this.deliveredKeys = this.nodes.map(() => new Set());
+    this.releasedReceived = this.nodes.map(() => new WeakSet());
     this.frontierMicros = this.nodes.map(() => 0);
     this.persistedFrontier = this.nodes.map(() => -1n);
     this.sent = this.nodes.map(() => []);
@@ -175,12 +182,16 @@ export class MulticastNet {
     }
     this.persistedFrontier[rank] = ready.globalPersistedVersion;
     for (const payload of ready.released) this.noteReleased(rank, payload, true);
+    for (const payload of ready.releasedReceived) this.noteReleasedReceived(rank, payload);
     for (const out of ready.packets) {
       const packet = out.packet;
       const stale = packet.kind === 'block'
         ? this.releasedBuffers.has(packet.bytes.buffer)
         : packet.entries.some((e) => e.kind === 'message' && this.releasedBuffers.has(e.payload.buffer));
       if (stale) this.problems.push(`rank ${rank} sent bytes of a payload it had released`);
+      if (packet.kind === 'block' && this.releasedReceived[rank]!.has(packet.bytes.buffer)) {
+        this.problems.push(`rank ${rank} sent bytes of a received payload it had let go of`);
+      }
       const bytes = encodePacket(out.packet);
       if (out.packet.kind === 'data' && bytes.length > this.limits.packetBytesMax) {
         this.problems.push(`rank ${rank} sent a ${bytes.length}-byte SMC packet over the budget`);
@@ -274,6 +285,29 @@ export class MulticastNet {
         ? this.deliveredKeys[m]!.has(`${from}/${seq}`)
         : this.cores[m]!.receivedCount(s) > record.index;
       if (!done) this.problems.push(`rank ${rank} released ${from}/${seq} before member ${m} had it`);
+    }
+  }
+
+  /** `rank`'s core let go of a received large payload: once, only after delivering it there. */
+  private noteReleasedReceived(rank: number, payload: Uint8Array): void {
+    const id = readPayload(payload);
+    const name = id === null ? 'a corrupt payload' : `${id[0]}/${id[1]}`;
+    if (this.releasedReceived[rank]!.has(payload.buffer)) this.problems.push(`rank ${rank} let go of ${name} twice`);
+    this.releasedReceived[rank]!.add(payload.buffer);
+    this.releasedReceivedCount++;
+    if (id === null || id[0] === rank || !this.deliveredKeys[rank]!.has(name)) {
+      this.problems.push(`rank ${rank} let go of ${name}, not a message it received and delivered`);
+      return;
+    }
+    // Live (not at a view's end): no member may still need a repair from it (ordered: implied
+    // by the delivery, raw: delivered on receipt).
+    const record = this.sent[id[0]]?.[id[1]];
+    const s = this.senderRanks.indexOf(id[0]);
+    if (this.cores[rank]!.isWedged || record === undefined) return;
+    for (const m of this.alive) {
+      if (this.cores[m]!.receivedCount(s) <= record.index) {
+        this.problems.push(`rank ${rank} let go of ${name} before member ${m} had it`);
+      }
     }
   }
 

@@ -267,6 +267,41 @@ test('released payloads: an own payload comes back once, only when done everywhe
   t.deepEqual(released.map((m) => readPayload(m)), [[0, 0]]);
 });
 
+test('received large payloads: let go of once each member delivered it and its relays and repairs are done', (t) => {
+  // One-block (128 B) and several-block RDMC messages, ordered and raw, 4 members (the binomial
+  // schedule has members relay). The net checks each let-go: once, delivered there before, and
+  // never in a later packet of that member (a raw member delivers on receipt, before its relays).
+  for (const mode of ['ordered', 'raw'] as const) {
+    const net = new MulticastNet({ seed: 31, memberCount: 4, mode, limits: { ...LIMITS, blockBytes: 1024 } });
+    net.send(0, 1000);
+    net.send(0, 3500);
+    net.send(1, 100);
+    net.send(2, 2100);
+    net.flush(0);
+    net.flush(2);
+    t.is(net.releasedReceivedCount, 0, `${mode}: nothing let go before anything arrived`);
+    settle(net);
+    // Raw: a repair hold ends when the reports show every member received it (a tick's check).
+    net.tick();
+    settle(net);
+    t.is(net.releasedReceivedCount, 3 * 3, `${mode}: 3 large messages, each let go by the 3 members that received it`);
+    t.deepEqual(net.check(true), [], mode);
+  }
+  // The view ends: what was delivered within the trim is let go, in the ready() that delivers it.
+  const cut = new MulticastNet({ seed: 32, memberCount: 2, limits: { ...LIMITS, blockBytes: 1024 } });
+  cut.send(0, 1000);
+  cut.flush(0);
+  while (cut.deliverOne()) { /* member 1 receives the block; no report goes back */ }
+  for (const r of [0, 1]) cut.cores[r]!.wedge();
+  t.deepEqual(cut.cores[1]!.receiveState().receivedCounts, [1, 0]);
+  cut.cores[1]!.applyTrim([1, 0]);
+  t.is(cut.releasedReceivedCount, 0, 'delivered by the next ready(), not yet');
+  cut.flush(1);
+  t.is(cut.delivered[1]!.length, 1);
+  t.is(cut.releasedReceivedCount, 1, 'delivered within the trim and let go in that ready()');
+  t.deepEqual(cut.check(false), []);
+});
+
 test('reports alone: received counts go at once; a delivered count alone waits for a tick, or half a window', (t) => {
   const net = new MulticastNet({ seed: 24, memberCount: 2, senderRanks: [0], limits: LIMITS });
   const reportsTo = (rank: number): DataPacket[] =>
