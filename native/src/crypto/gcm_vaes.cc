@@ -149,11 +149,18 @@ __m128i CounterAndHash(const VaesGcmKey& key, __m128i counter_block, const uint8
     counter = _mm512_add_epi32(counter, four);
     return block;
   };
+  // Sealing hashes each turn's ciphertext during the next turn's AES rounds (the two use
+  // different execution ports); opening hashes the input it already has.
+  bool pending = false;
+  __m512i p0 = _mm512_setzero_si512(), p1 = p0, p2 = p0, p3 = p0;
   while (bytes >= kChunkBytes) {
     __m512i k0 = next(), k1 = next(), k2 = next(), k3 = next();
     const __m512i d0 = _mm512_loadu_si512(in), d1 = _mm512_loadu_si512(in + 64);
     const __m512i d2 = _mm512_loadu_si512(in + 128), d3 = _mm512_loadu_si512(in + 192);
     if constexpr (!kSeal) acc = Ghash16(powers, acc, d0, d1, d2, d3);
+    if constexpr (kSeal) {
+      if (pending) acc = Ghash16(powers, acc, p0, p1, p2, p3);
+    }
     k0 = _mm512_xor_si512(rk[0], k0);
     k1 = _mm512_xor_si512(rk[0], k1);
     k2 = _mm512_xor_si512(rk[0], k2);
@@ -172,10 +179,13 @@ __m128i CounterAndHash(const VaesGcmKey& key, __m128i counter_block, const uint8
     _mm512_storeu_si512(out + 64, c1);
     _mm512_storeu_si512(out + 128, c2);
     _mm512_storeu_si512(out + 192, c3);
-    if constexpr (kSeal) acc = Ghash16(powers, acc, c0, c1, c2, c3);
+    if constexpr (kSeal) p0 = c0, p1 = c1, p2 = c2, p3 = c3, pending = true;
     in += kChunkBytes;
     out += kChunkBytes;
     bytes -= kChunkBytes;
+  }
+  if constexpr (kSeal) {
+    if (pending) acc = Ghash16(powers, acc, p0, p1, p2, p3);
   }
   if (bytes == 0) return acc;
   if constexpr (!kSeal) acc = GhashUpTo16(key, acc, in, bytes);
