@@ -1,6 +1,6 @@
 // The VAES AES-GCM path (gcm_vaes.h) against OpenSSL's EVP: same ciphertext and tag for every
 // size around the AES block, the 64-byte vector, the 256-byte loop turn, the transport's packet
-// sizes and AAD lengths (also past the VAES path's AAD limit), both key sizes, in place and out of place; each opens the other's
+// sizes and AAD lengths and splits, both key sizes, in place and out of place; each opens the other's
 // output; a flipped bit anywhere is refused and leaves no plaintext behind.
 #include <algorithm>
 #include <vector>
@@ -55,7 +55,7 @@ TEST(crypto_vaes_gcm_equals_openssl) {
     for (size_t size : BodySizes()) {
       ++round;
       // AAD lengths cycle through 0..300 (the transport's is header + 8), split unevenly; every
-      // 50th round has 511..700 bytes (above kVaesGcmAadMax the context falls back to EVP).
+      // 50th round has 511..700 bytes (several GHASH loop turns of associated data).
       const size_t aad_bytes = round % 50 == 0 ? 511 + (round / 50) * 47 % 190 : (round * 37) % 301;
       const std::vector<uint8_t> aad = Pattern(aad_bytes, round + 7);
       const size_t split = aad_bytes / 3;

@@ -67,25 +67,25 @@ bool AeadContext::Init(AeadAlgorithm algorithm, Bytes key, Direction direction,
                        AeadBackend backend) {
   Free();
   SQUALL_CRYPTO_ASSERT(key.size() == KeyBytes(algorithm), "AEAD key length matches algorithm");
+  direction_ = direction;
+  if (backend == AeadBackend::kFastest && VaesGcmSupported()) {
+    // No EVP context then: the VAES path serves every call (less memory per session).
+    vaes_ = new (std::nothrow) VaesGcmKey;
+    if (vaes_ == nullptr) return false;
+    VaesGcmInit(*vaes_, key.data(), key.size());
+    return true;
+  }
   const EVP_CIPHER* cipher =
       algorithm == AeadAlgorithm::kAes128Gcm ? EVP_aes_128_gcm() : EVP_aes_256_gcm();
   context_ = EVP_CIPHER_CTX_new();
   if (context_ == nullptr) return false;
-  direction_ = direction;
   const int encrypt = direction == Direction::kSeal ? 1 : 0;
   // The key schedule runs here, once; per packet only the nonce is set (key argument null).
-  bool ok = EVP_CipherInit_ex(context_, cipher, nullptr, nullptr, nullptr, encrypt) == 1 &&
-            EVP_CIPHER_CTX_ctrl(context_, EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) == 1 &&
-            EVP_CipherInit_ex(context_, nullptr, nullptr, key.data(), nullptr, encrypt) == 1;
-  if (!ok) {
-    Free();
-    return false;
-  }
-  if (backend == AeadBackend::kFastest && VaesGcmSupported()) {
-    vaes_ = new (std::nothrow) VaesGcmKey;
-    if (vaes_ != nullptr) VaesGcmInit(*vaes_, key.data(), key.size());
-  }
-  return true;
+  const bool ok = EVP_CipherInit_ex(context_, cipher, nullptr, nullptr, nullptr, encrypt) == 1 &&
+                  EVP_CIPHER_CTX_ctrl(context_, EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) == 1 &&
+                  EVP_CipherInit_ex(context_, nullptr, nullptr, key.data(), nullptr, encrypt) == 1;
+  if (!ok) Free();
+  return ok;
 }
 
 namespace {
@@ -107,11 +107,11 @@ bool InPlaceOrDisjoint(Bytes in, const uint8_t* out) {
 
 bool AeadContext::Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, Bytes in,
                        uint8_t* out, Tag& tag) {
-  SQUALL_CRYPTO_ASSERT(context_ != nullptr && direction_ == Direction::kSeal, "seal context");
+  SQUALL_CRYPTO_ASSERT(ready() && direction_ == Direction::kSeal, "seal context");
   SQUALL_CRYPTO_ASSERT(in.size() <= kAeadBodyBytesMax, "AEAD body size limit");
   SQUALL_CRYPTO_ASSERT(InPlaceOrDisjoint(in, out), "seal in place or into a disjoint buffer");
   SQUALL_CRYPTO_ASSERT(aad_first.size() + aad_second.size() <= kAeadBodyBytesMax, "AAD limit");
-  if (vaes_ != nullptr && aad_first.size() + aad_second.size() <= kVaesGcmAadMax) {
+  if (vaes_ != nullptr) {
     VaesGcmSeal(*vaes_, nonce.data(), aad_first.data(), aad_first.size(), aad_second.data(),
                 aad_second.size(), in.data(), in.size(), out, tag.data());
     return true;
@@ -130,11 +130,11 @@ bool AeadContext::Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, By
 
 bool AeadContext::Open(const Nonce& nonce, Bytes aad_first, Bytes aad_second, Bytes in,
                        uint8_t* out, const Tag& tag) {
-  SQUALL_CRYPTO_ASSERT(context_ != nullptr && direction_ == Direction::kOpen, "open context");
+  SQUALL_CRYPTO_ASSERT(ready() && direction_ == Direction::kOpen, "open context");
   SQUALL_CRYPTO_ASSERT(InPlaceOrDisjoint(in, out), "open in place or into a disjoint buffer");
   if (in.size() > kAeadBodyBytesMax) return false;
   if (aad_first.size() + aad_second.size() > kAeadBodyBytesMax) return false;
-  if (vaes_ != nullptr && aad_first.size() + aad_second.size() <= kVaesGcmAadMax) {
+  if (vaes_ != nullptr) {
     return VaesGcmOpen(*vaes_, nonce.data(), aad_first.data(), aad_first.size(), aad_second.data(),
                        aad_second.size(), in.data(), in.size(), out, tag.data());
   }

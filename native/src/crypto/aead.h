@@ -4,7 +4,7 @@
 // data and transforms the body, in place or from one buffer into another (one EVP update call per
 // body, however large). No allocation per packet. On CPUs with AVX-512 VAES and VPCLMULQDQ the
 // packets go through gcm_vaes.h instead (same bytes, about twice OpenSSL 3.0's speed on large
-// bodies and without EVP's per-call dispatch); the EVP context stays as the fallback.
+// bodies and without EVP's per-call dispatch), and no EVP context is made.
 #include <array>
 #include <cstdint>
 
@@ -52,17 +52,18 @@ class AeadContext {
   AeadContext(const AeadContext&) = delete;
   AeadContext& operator=(const AeadContext&) = delete;
 
-  // Runs the key schedule. key.size() must equal KeyBytes(algorithm). Returns false only if
-  // OpenSSL fails (out of memory); the context is then unusable.
+  // Runs the key schedule. key.size() must equal KeyBytes(algorithm). Returns false only on
+  // out of memory (or an OpenSSL failure); the context is then unusable.
   bool Init(AeadAlgorithm algorithm, Bytes key, Direction direction,
             AeadBackend backend = AeadBackend::kFastest);
-  bool ready() const { return context_ != nullptr; }
+  bool ready() const { return context_ != nullptr || vaes_ != nullptr; }
   // True if packets go through the VAES path (gcm_vaes.h), false if through EVP.
   bool uses_vaes() const { return vaes_ != nullptr; }
 
   // Encrypts `in` into out[0, in.size()) and writes the tag. out == in.data() encrypts in place;
   // any other overlap is refused (asserted). Associated data is aad_first then aad_second
-  // (either may be empty). Returns false only on an OpenSSL failure.
+  // (either may be empty). Returns false only on an OpenSSL failure (the VAES path cannot
+  // fail).
   bool Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, Bytes in, uint8_t* out,
             Tag& tag);
   bool Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, MutableBytes body, Tag& tag) {

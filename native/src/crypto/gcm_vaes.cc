@@ -199,27 +199,46 @@ __m128i CounterAndHash(const VaesGcmKey& key, __m128i counter_block, const uint8
   return acc;
 }
 
+// GHASH of bytes[0, count) from acc, in loop turns of 16 blocks; the last block zero-padded.
+__m128i GhashBytes(const VaesGcmKey& key, __m128i acc, const uint8_t* bytes, size_t count) {
+  for (size_t offset = 0; offset < count; offset += kChunkBytes) {
+    acc = GhashUpTo16(key, acc, bytes + offset, count - offset < kChunkBytes ? count - offset : kChunkBytes);
+  }
+  return acc;
+}
+
+// GHASH of the associated data first || second, read where it lies: whole blocks of the first
+// piece, then the block that straddles the two (through a 16-byte buffer), then the rest of the
+// second piece, zero-padded at the end.
+__m128i HashAad(const VaesGcmKey& key, const uint8_t* first, size_t first_bytes, const uint8_t* second,
+                size_t second_bytes) {
+  const size_t first_whole = first_bytes & ~size_t{15};
+  __m128i acc = GhashBytes(key, _mm_setzero_si128(), first, first_whole);
+  const size_t rest = first_bytes - first_whole;
+  size_t taken = 0;
+  if (rest != 0) {
+    uint8_t block[16] = {};
+    std::memcpy(block, first + first_whole, rest);
+    taken = second_bytes < 16 - rest ? second_bytes : 16 - rest;
+    if (taken != 0) std::memcpy(block + rest, second, taken);
+    acc = GhashUpTo16(key, acc, block, 16);
+  }
+  return GhashBytes(key, acc, second + taken, second_bytes - taken);
+}
+
 template <int kRounds, bool kSeal>
 void Run(const VaesGcmKey& key, const uint8_t nonce[12], const uint8_t* aad_first, size_t aad_first_bytes,
          const uint8_t* aad_second, size_t aad_second_bytes, const uint8_t* in, size_t bytes,
          uint8_t* out, uint8_t tag[16]) {
-  // The associated data as one string, hashed as whole blocks then the zero-padded last one.
-  uint8_t aad[kVaesGcmAadMax];
   const size_t aad_bytes = aad_first_bytes + aad_second_bytes;
-  if (aad_first_bytes != 0) std::memcpy(aad, aad_first, aad_first_bytes);
-  if (aad_second_bytes != 0) std::memcpy(aad + aad_first_bytes, aad_second, aad_second_bytes);
-  __m128i acc = _mm_setzero_si128();
-  for (size_t offset = 0; offset < aad_bytes; offset += kChunkBytes) {
-    const size_t piece = aad_bytes - offset < kChunkBytes ? aad_bytes - offset : kChunkBytes;
-    acc = GhashUpTo16(key, acc, aad + offset, piece);
-  }
+  const __m128i acc0 = HashAad(key, aad_first, aad_first_bytes, aad_second, aad_second_bytes);
   // J0 = nonce || 1 (96-bit nonce); the body is counter mode from J0 + 1.
   uint8_t block[16];
   std::memcpy(block, nonce, 12);
   block[12] = 0, block[13] = 0, block[14] = 0, block[15] = 1;
   const __m128i j0 = Load128(block);
   block[15] = 2;
-  acc = CounterAndHash<kRounds, kSeal>(key, Load128(block), in, bytes, out, acc);
+  __m128i acc = CounterAndHash<kRounds, kSeal>(key, Load128(block), in, bytes, out, acc0);
   const __m128i lengths =
       _mm_set_epi64x(static_cast<long long>(aad_bytes * 8), static_cast<long long>(bytes * 8));
   acc = Multiply128(_mm_xor_si128(acc, lengths), Load128(key.hash_powers[15]));

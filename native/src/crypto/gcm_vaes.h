@@ -5,8 +5,8 @@
 // Why it exists: OpenSSL 3.0 (the one Node bundles) has no VAES path; its AES-NI GCM runs at
 // ~0.155 ns/byte per direction here, which alone puts encrypted 8 MiB transfers above the
 // issue's 25 % budget. This path is about twice as fast on CPUs with AVX-512 VAES (Ice Lake and
-// later). AeadContext uses it when VaesGcmSupported() and falls back to EVP otherwise; both give
-// the same bytes (native/test/crypto_vaes_gcm_test.cc compares them, size by size).
+// later). AeadContext uses it when VaesGcmSupported() and EVP otherwise; both give the same
+// bytes (native/test/crypto_vaes_gcm_test.cc compares them, size by size).
 //
 // GHASH arithmetic (how the code below is derived, so it can be checked):
 //   R(a) is a 16-byte block byte-reversed, read as a 128-bit integer: the block's first bit
@@ -37,9 +37,7 @@ struct alignas(64) VaesGcmKey {
 // key_bytes is 16 or 32. Only call when VaesGcmSupported().
 void VaesGcmInit(VaesGcmKey& key, const uint8_t* key_bytes_ptr, size_t key_bytes);
 
-// Associated data is at most kVaesGcmAadMax bytes (two pieces, fed as one string).
-inline constexpr size_t kVaesGcmAadMax = 512;
-
+// Associated data is aad_first || aad_second, any lengths (either may be empty / null).
 // Encrypts in[0, bytes) into out (in place when out == in, else disjoint) and writes the tag.
 void VaesGcmSeal(const VaesGcmKey& key, const uint8_t nonce[12], const uint8_t* aad_first,
                  size_t aad_first_bytes, const uint8_t* aad_second, size_t aad_second_bytes,
