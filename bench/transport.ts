@@ -229,6 +229,7 @@ async function cryptoRound(
   seconds: number,
 ): Promise<{
   rate: number; cpuUs: number; p50: number; p99: number; bandwidth: number; cores: number; rate8: number;
+  vaes: boolean;
 }> {
   const options = encrypted ? { key } : { encryption: false };
   const server = await startServer('squall', options);
@@ -260,6 +261,7 @@ async function cryptoRound(
     bandwidth,
     cores,
     rate8,
+    vaes: stats['crypto.sealedVaes']! > 0,
   };
 }
 
@@ -335,6 +337,8 @@ async function cryptoComparison(seconds: number, rounds: number): Promise<void> 
     cpu_ns_per_byte_plaintext: Number(pick(off, (r) => (1000 * r.cores) / r.bandwidth).toFixed(3)),
     cores_busy: Number(pick(on, (r) => r.cores).toFixed(2)),
     cores_busy_plaintext: Number(pick(off, (r) => r.cores).toFixed(2)), vcpus: cpus().length,
+    // VAES: native/src/crypto/gcm_vaes.h; else OpenSSL's EVP (3.0 here: no VAES path).
+    aes_gcm_path: on.every((r) => r.vaes) ? 'vaes-avx512' : 'openssl-evp',
     rounds, load1: load() });
   // One round each: 2,000 handshakes cost seconds of CPU with X25519 (crypto/README.md).
   const manyOff = await manySessionsRound(false, key, seconds);

@@ -858,6 +858,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     const squall::crypto::CryptoCounters& k = sec.crypto;
     set("crypto.sealed", k.sealed_packets);
     set("crypto.opened", k.opened_packets);
+    set("crypto.sealedVaes", k.sealed_vaes);
     set("crypto.dropTruncated", k.drop_truncated);
     set("crypto.dropUnknownEpoch", k.drop_unknown_epoch);
     set("crypto.dropReplay", k.drop_replay);

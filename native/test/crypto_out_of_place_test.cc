@@ -98,7 +98,8 @@ TEST(crypto_session_seal_into_equals_seal_and_open_into_refuses_the_same) {
       CHECK_EQ(a->send_counter_next(), b->send_counter_next());
 
       // Flipped bits (every 61st bit, and every bit of the header's first bytes and the
-      // trailer) are refused out of place; the datagram's own bytes stay as they were.
+      // trailer) are refused out of place; the datagram's own bytes stay as they were, and the
+      // destination holds no plaintext.
       const size_t bits = sealed_into.size() * 8;
       uint64_t flips = 0;
       for (size_t bit = 0; bit < bits; ++bit) {
@@ -107,10 +108,14 @@ TEST(crypto_session_seal_into_equals_seal_and_open_into_refuses_the_same) {
         std::vector<uint8_t> tampered = sealed_into;
         tampered[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
         const std::vector<uint8_t> before = tampered;
-        std::vector<uint8_t> out(size, 0);
+        std::vector<uint8_t> out(size, 0xCC);
         const OpenResult r = receiver->Open(tampered, kTestHeaderBytes, out);
         CHECK(r.status != OpenStatus::kOk);
         CHECK(tampered == before);
+        // No unauthenticated plaintext in the destination: zeros after a tag failure, and
+        // untouched when the trailer's flipped sequence was refused before decryption.
+        const uint8_t left = r.status == OpenStatus::kBadTag ? 0x00 : 0xCC;
+        CHECK(std::all_of(out.begin(), out.end(), [left](uint8_t v) { return v == left; }));
         ++flips;
       }
       CHECK_EQ(TotalDrops(counters_r), flips);

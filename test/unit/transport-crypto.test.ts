@@ -6,7 +6,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -18,6 +18,11 @@ import {
 import { TransportError } from '../../src/transport/errors.js';
 import { loadNativeAddon } from '../../src/transport/native-binding.js';
 import { parseConfig } from '../../src/config/load.js';
+
+// The CPU features the native VAES AES-GCM path needs (native/src/crypto/gcm_vaes.h).
+const cpuFlags = new Set(/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim().split(/\s+/));
+const cpuHasVaes = ['avx512f', 'avx512bw', 'avx512vl', 'vaes', 'vpclmulqdq', 'aes', 'pclmulqdq']
+  .every((flag) => cpuFlags.has(flag));
 
 const secret = Buffer.alloc(32, 0).map((_, i) => (i * 7 + 1) & 0xff);
 const keyText = keyFileLine(1, secret);
@@ -77,6 +82,8 @@ test('same key: echo up to 8 MiB, every packet sealed and opened, none dropped',
   for (const stats of [c, s]) {
     t.true(stats.sealedIntoSendBatch! > 100, 'sealed into the send batch');
     t.true(stats.openedIntoMessage! > 100, 'opened into the message');
+    // Every packet goes through the VAES AES-GCM path where the CPU has it, else through EVP.
+    t.is(stats['crypto.sealedVaes'], cpuHasVaes ? stats['crypto.sealed'] : 0, 'AES-GCM path');
   }
   t.is(s['crypto.handshakeOk'], 2);
   // (Go-Back-N may drop stale duplicates on a loaded machine; nothing fails to open.)

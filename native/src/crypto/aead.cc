@@ -1,8 +1,13 @@
 #include "crypto/aead.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include <cstdint>
+#include <cstring>
+#include <new>
+
+#include "crypto/gcm_vaes.h"
 
 namespace squall::crypto {
 
@@ -30,16 +35,19 @@ const char* AlgorithmName(AeadAlgorithm algorithm) {
 AeadContext::~AeadContext() { Free(); }
 
 AeadContext::AeadContext(AeadContext&& other) noexcept
-    : context_(other.context_), direction_(other.direction_) {
+    : context_(other.context_), vaes_(other.vaes_), direction_(other.direction_) {
   other.context_ = nullptr;
+  other.vaes_ = nullptr;
 }
 
 AeadContext& AeadContext::operator=(AeadContext&& other) noexcept {
   if (this != &other) {
     Free();
     context_ = other.context_;
+    vaes_ = other.vaes_;
     direction_ = other.direction_;
     other.context_ = nullptr;
+    other.vaes_ = nullptr;
   }
   return *this;
 }
@@ -48,21 +56,34 @@ void AeadContext::Free() {
   // EVP_CIPHER_CTX_free cleanses the key schedule before freeing it.
   if (context_ != nullptr) EVP_CIPHER_CTX_free(context_);
   context_ = nullptr;
+  if (vaes_ != nullptr) {
+    OPENSSL_cleanse(vaes_, sizeof(VaesGcmKey));
+    delete vaes_;
+  }
+  vaes_ = nullptr;
 }
 
-bool AeadContext::Init(AeadAlgorithm algorithm, Bytes key, Direction direction) {
+bool AeadContext::Init(AeadAlgorithm algorithm, Bytes key, Direction direction,
+                       AeadBackend backend) {
   Free();
   SQUALL_CRYPTO_ASSERT(key.size() == KeyBytes(algorithm), "AEAD key length matches algorithm");
+  direction_ = direction;
+  if (backend == AeadBackend::kFastest && VaesGcmSupported()) {
+    // No EVP context then: the VAES path serves every call (less memory per session).
+    vaes_ = new (std::nothrow) VaesGcmKey;
+    if (vaes_ == nullptr) return false;
+    VaesGcmInit(*vaes_, key.data(), key.size());
+    return true;
+  }
   const EVP_CIPHER* cipher =
       algorithm == AeadAlgorithm::kAes128Gcm ? EVP_aes_128_gcm() : EVP_aes_256_gcm();
   context_ = EVP_CIPHER_CTX_new();
   if (context_ == nullptr) return false;
-  direction_ = direction;
   const int encrypt = direction == Direction::kSeal ? 1 : 0;
   // The key schedule runs here, once; per packet only the nonce is set (key argument null).
-  bool ok = EVP_CipherInit_ex(context_, cipher, nullptr, nullptr, nullptr, encrypt) == 1 &&
-            EVP_CIPHER_CTX_ctrl(context_, EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) == 1 &&
-            EVP_CipherInit_ex(context_, nullptr, nullptr, key.data(), nullptr, encrypt) == 1;
+  const bool ok = EVP_CipherInit_ex(context_, cipher, nullptr, nullptr, nullptr, encrypt) == 1 &&
+                  EVP_CIPHER_CTX_ctrl(context_, EVP_CTRL_GCM_SET_IVLEN, kNonceBytes, nullptr) == 1 &&
+                  EVP_CipherInit_ex(context_, nullptr, nullptr, key.data(), nullptr, encrypt) == 1;
   if (!ok) Free();
   return ok;
 }
@@ -86,10 +107,15 @@ bool InPlaceOrDisjoint(Bytes in, const uint8_t* out) {
 
 bool AeadContext::Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, Bytes in,
                        uint8_t* out, Tag& tag) {
-  SQUALL_CRYPTO_ASSERT(context_ != nullptr && direction_ == Direction::kSeal, "seal context");
+  SQUALL_CRYPTO_ASSERT(ready() && direction_ == Direction::kSeal, "seal context");
   SQUALL_CRYPTO_ASSERT(in.size() <= kAeadBodyBytesMax, "AEAD body size limit");
   SQUALL_CRYPTO_ASSERT(InPlaceOrDisjoint(in, out), "seal in place or into a disjoint buffer");
   SQUALL_CRYPTO_ASSERT(aad_first.size() + aad_second.size() <= kAeadBodyBytesMax, "AAD limit");
+  if (vaes_ != nullptr) {
+    VaesGcmSeal(*vaes_, nonce.data(), aad_first.data(), aad_first.size(), aad_second.data(),
+                aad_second.size(), in.data(), in.size(), out, tag.data());
+    return true;
+  }
   int length = 0;
   bool ok = EVP_EncryptInit_ex(context_, nullptr, nullptr, nullptr, nonce.data()) == 1 &&
             FeedAad(context_, aad_first) && FeedAad(context_, aad_second);
@@ -104,10 +130,14 @@ bool AeadContext::Seal(const Nonce& nonce, Bytes aad_first, Bytes aad_second, By
 
 bool AeadContext::Open(const Nonce& nonce, Bytes aad_first, Bytes aad_second, Bytes in,
                        uint8_t* out, const Tag& tag) {
-  SQUALL_CRYPTO_ASSERT(context_ != nullptr && direction_ == Direction::kOpen, "open context");
+  SQUALL_CRYPTO_ASSERT(ready() && direction_ == Direction::kOpen, "open context");
   SQUALL_CRYPTO_ASSERT(InPlaceOrDisjoint(in, out), "open in place or into a disjoint buffer");
   if (in.size() > kAeadBodyBytesMax) return false;
   if (aad_first.size() + aad_second.size() > kAeadBodyBytesMax) return false;
+  if (vaes_ != nullptr) {
+    return VaesGcmOpen(*vaes_, nonce.data(), aad_first.data(), aad_first.size(), aad_second.data(),
+                       aad_second.size(), in.data(), in.size(), out, tag.data());
+  }
   Tag expected = tag;  // EVP's set-tag control takes a non-const pointer
   int length = 0;
   bool ok = EVP_DecryptInit_ex(context_, nullptr, nullptr, nullptr, nonce.data()) == 1 &&
@@ -119,6 +149,7 @@ bool AeadContext::Open(const Nonce& nonce, Bytes aad_first, Bytes aad_second, By
   // DecryptFinal is where GCM compares tags (in constant time); it returns <= 0 on mismatch.
   uint8_t final_block[16];
   ok = ok && EVP_DecryptFinal_ex(context_, final_block, &length) == 1;
+  if (!ok && !in.empty()) std::memset(out, 0, in.size());  // no unauthenticated plaintext
   return ok;
 }
 

@@ -54,6 +54,7 @@ inline uint64_t LoadLe64(const uint8_t* in) {
 struct CryptoCounters {
   uint64_t sealed_packets = 0;
   uint64_t opened_packets = 0;
+  uint64_t sealed_vaes = 0;  // of sealed_packets, those sealed on the VAES path (gcm_vaes.h)
   // Packet drops by reason (SessionCrypto::Open).
   uint64_t drop_truncated = 0;      // shorter than header + trailer
   uint64_t drop_unknown_epoch = 0;  // no receive key for the epoch in the trailer

@@ -203,6 +203,7 @@ SealStatus SessionCrypto::SealInto(MutableBytes out, Bytes header, Bytes body) {
   if (!ok) return SealStatus::kInternal;
   std::memcpy(trailer + kSequenceBytes, tag.data(), kTagBytes);
   ++counters_->sealed_packets;
+  if (send_context_.uses_vaes()) ++counters_->sealed_vaes;
   return SealStatus::kOk;
 }
 

@@ -141,9 +141,11 @@ class SessionCrypto {
   // As Open, but the plaintext body is written to body_out (which must not overlap packet)
   // instead of over the ciphertext, when it fits (body_bytes <= body_out.size(); else in place):
   // the receiver decrypts straight into the message being reassembled, and decryption replaces
-  // that copy. On any failure body_out[0, body_bytes) may hold garbage (nothing when the packet
-  // was refused before decryption: truncated, unknown epoch, replay), so pass only a region
-  // that holds nothing accepted yet. result.body says where the plaintext went.
+  // that copy. On a tag failure the bytes decrypted into are zeroed (body_out[0, body_bytes),
+  // or the packet's body if it opened in place): no unauthenticated plaintext is left; a packet
+  // refused before decryption (truncated, unknown epoch, replay) writes nothing. A forged packet
+  // still overwrites body_out with zeros, so pass only a region that holds nothing accepted yet.
+  // result.body says where the plaintext went.
   OpenResult Open(MutableBytes packet, size_t header_bytes, MutableBytes body_out);
 
   // Switches to keys from a new handshake on this session (rekey or group-key rotation).

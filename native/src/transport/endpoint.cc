@@ -1534,7 +1534,7 @@ crypto::MutableBytes Endpoint::OpenDestination(Session& s, const Header& h, size
   // buffer and decryption replaces HandleRequest's / HandleResponse's copy. The header is not
   // authenticated yet, so it only chooses where to write, never what is accepted: the place lies
   // past everything accepted (the packet number is the next one expected), so a packet that
-  // fails its tag leaves garbage only where the genuine packet will be written, and the handler
+  // fails its tag leaves zeros only where the genuine packet will be written, and the handler
   // checks every field again once the packet opened. Anything else (packet 0 of a message,
   // batches, duplicates, packets out of order) is opened in place.
   if ((h.flags & kFlagBatch) != 0 || bytes <= kHeaderBytes + kSealTrailerBytes) return {};
