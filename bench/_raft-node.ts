@@ -8,6 +8,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
+import { LogFileStorage } from '../src/raft/log-file-storage.js';
 import { MemoryStorage, type RaftStorage } from '../src/raft/storage.js';
 import { RaftDriver } from '../src/runtime/raft-driver.js';
 import { Endpoint } from '../src/transport/native-transport.js';
@@ -21,14 +22,16 @@ const port: Channel = parentPort ?? {
   postMessage: (message) => process.send!(message),
   on: (event, listener) => void process.on(event, listener),
 };
-const { id, dir, fsync, memory, latencyOps, throughputOps, warmupOps } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
-  id: number; dir: string; fsync: boolean; memory?: boolean; latencyOps: number; throughputOps: number; warmupOps: number;
+const { id, dir, fsync, memory, file, latencyOps, throughputOps, warmupOps } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
+  id: number; dir: string; fsync: boolean; memory?: boolean; file?: boolean; latencyOps: number; throughputOps: number; warmupOps: number;
 };
 const endpoint = await Endpoint.create({ host: '127.0.0.1', port: 0 });
 const ECHO_TYPE = 99;
 endpoint.handle(ECHO_TYPE, () => new Uint8Array(0));
-// `memory`: MemoryStorage, no LMDB (what the log writes cost inside the fsync-off figure).
-const storage: RaftStorage = memory === true ? new MemoryStorage() : new LmdbStorage({ path: dir, durable: fsync });
+// `memory`: MemoryStorage, no LMDB (what the log writes cost inside the fsync-off figure);
+// `file`: LogFileStorage (the log as one append-only file) instead of LMDB.
+const storage: RaftStorage = memory === true ? new MemoryStorage()
+  : file === true ? new LogFileStorage({ path: dir, durable: fsync }) : new LmdbStorage({ path: dir, durable: fsync });
 let driver: RaftDriver | undefined;
 const machine = { apply(): void {}, restore(): void {}, snapshot: () => new Uint8Array(8) };
 
