@@ -488,7 +488,13 @@ export class RaftDriver {
       this.heldHeartbeatsTimer ??= setImmediate(this.sendHeldHeartbeats);
       return;
     }
-    if (list.some(carriesCommit)) this.heldHeartbeats.delete(to);
+    if (list.some(carriesCommit) && this.heldHeartbeats.delete(to) && this.heldHeartbeats.size === 0) {
+      // Nothing held any more: drop the turn's immediate too. Under one proposal at a time the
+      // next append always replaces the commit notices, and the immediate cost the leader one
+      // more event-loop turn per commit (~1-3 % of its CPU in the raft bench's profile).
+      clearImmediate(this.heldHeartbeatsTimer);
+      this.heldHeartbeatsTimer = undefined;
+    }
     this.sendNow(to, list);
   }
 
