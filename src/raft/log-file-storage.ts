@@ -2,8 +2,10 @@
  * RaftStorage as one append-only file (`raft.log` in a directory): each flush() appends one
  * frame holding that flush's writes (appends, truncations, compactions, hard state, snapshot) in
  * order, so a Ready's writes land all or none, as with LmdbStorage's one transaction per flush.
- * Opening replays the frames in order; the state is kept in memory (a MemoryStorage, the same
- * replay rules) for start-up reads and for the rewrite at compaction.
+ * Opening replays the frames in order into a MemoryStorage (the same replay rules) for the
+ * start-up reads, dropped at the first flush: the log is not kept in memory beside the core's own
+ * copy (a second copy of up to `compactEvery` entries was garbage-collector work on every put).
+ * The rewrite at compaction reads the file back.
  *
  * Why a file beside LmdbStorage: a Raft log is written at its end and read only at start-up, so
  * it needs none of LMDB's B-tree. Measured on the 2-vCPU VM (2026-11-22, `bench/raft.ts` notes):
@@ -86,8 +88,8 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
    * ~240 µs instead of ~130 µs per fdatasync.
    */
   private allocated = 0;
-  /** Everything flushed so far, replayed (start-up reads and the rewrite at compaction). */
-  private readonly state = new MemoryStorage();
+  /** The file as opened, replayed, for the start-up reads (load*); dropped at the first flush. */
+  private opened: MemoryStorage | undefined;
   /** Frames written / known durable so far (durable stores), and who waits for which. */
   private written = 0;
   private synced = 0;
@@ -114,13 +116,12 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
     if (this.failure) throw this.failure;
     const ops = this.takeOps();
     if (ops.length === 0) return this.durable ? this.whenSynced(this.written) : undefined;
-    for (const op of ops) replayOp(this.state, op);
-    this.state.flush();
+    this.opened = undefined;
+    this.writeFrame(encodeFrame(ops));
     if (ops.some((op) => op.kind === 'compact')) {
       this.rewrite();
       return this.durable ? this.whenSynced(this.written) : undefined;
     }
-    this.writeFrame(encodeFrame(ops));
     if (!this.durable) return undefined;
     const done = this.whenSynced(this.written);
     this.startSync();
@@ -128,13 +129,18 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
   }
 
   async loadEntries(after: number): Promise<Entry[]> {
-    return this.state.loadEntries(after);
+    return this.contents().loadEntries(after);
   }
   async loadHardState(): Promise<HardState | undefined> {
-    return this.state.loadHardState();
+    return this.contents().loadHardState();
   }
   async loadSnapshot(): Promise<Snapshot | undefined> {
-    return this.state.loadSnapshot();
+    return this.contents().loadSnapshot();
+  }
+
+  /** What the file holds, replayed (kept from the open until the first flush, else read again). */
+  private contents(): MemoryStorage {
+    return this.opened ?? readFrames(readFileSync(this.file)).state;
   }
 
   async close(): Promise<void> {
@@ -186,10 +192,11 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
 
   /**
    * Replaces the file with one frame holding the whole state (snapshot, hard state, entries
-   * after the snapshot): written to a tmp file, made durable, then renamed over the log.
+   * after the snapshot), read back from it: written to a tmp file, made durable, then renamed
+   * over the log.
    */
   private rewrite(): void {
-    const { snapshot, hardState, entries } = this.state.contents();
+    const { snapshot, hardState, entries } = this.contents().contents();
     const ops: StorageOp[] = [];
     if (snapshot) ops.push({ kind: 'snap', snapshot });
     if (hardState) ops.push({ kind: 'hs', hs: hardState });
@@ -240,14 +247,8 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
    */
   private replay(): void {
     const bytes = readFileSync(this.file);
-    let offset = 0;
-    for (;;) {
-      const body = frameAt(bytes, offset);
-      if (body === undefined) break;
-      for (const op of decodeFrame(body)) replayOp(this.state, op);
-      this.state.flush();
-      offset += FRAME_HEADER_BYTES + body.byteLength;
-    }
+    const { state, end: offset } = readFrames(bytes);
+    this.opened = state;
     const rest = bytes.subarray(offset);
     if (rest.some((b) => b !== 0)) {
       // A frame that ends where a whole one follows was damaged in place, not torn by a crash
@@ -261,6 +262,20 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
     this.end = offset;
     this.allocated = fstatSync(this.fd).size;
   }
+}
+
+/** The whole frames at the start of `bytes`, replayed, and where they end. */
+function readFrames(bytes: Uint8Array): { state: MemoryStorage; end: number } {
+  const state = new MemoryStorage();
+  let end = 0;
+  for (;;) {
+    const body = frameAt(bytes, end);
+    if (body === undefined) break;
+    for (const op of decodeFrame(body)) replayOp(state, op);
+    state.flush();
+    end += FRAME_HEADER_BYTES + body.byteLength;
+  }
+  return { state, end };
 }
 
 function replayOp(s: MemoryStorage, op: StorageOp): void {
