@@ -4,10 +4,11 @@
  * propose() to applied:
  *   - commit latency p50/p99 with one proposal outstanding,
  *   - throughput with 64 outstanding,
- * with fsync on (LMDB durable) and off (noSync), and beside them the raw round trip of the same
- * transport between the same nodes (the floor: a commit needs one round trip to a majority). A
- * third group on MemoryStorage ("storage":"MemoryStorage", no LMDB) shows how much of the
- * fsync-off figure is the log writes and how much the rest (transport, codec, core, event loop).
+ * with fsync on and off, for each on-disk log ("storage" in every line: LmdbStorage, and
+ * LogFileStorage, the append-only file raft shards use), and beside them the raw round trip of the
+ * same transport between the same nodes (the floor: a commit needs one round trip to a majority).
+ * A last group on MemoryStorage ("storage":"MemoryStorage", no disk) shows how much of the
+ * fsync-off figures is the log writes and how much the rest (transport, codec, core, event loop).
  *
  * Where the nodes run ("placement" in every line):
  *   - `processes` (the default since 2026-11-22): each node in its own child process
