@@ -249,15 +249,18 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
     const bytes = readFileSync(this.file);
     const { state, end: offset } = readFrames(bytes);
     this.opened = state;
-    const rest = bytes.subarray(offset);
-    if (rest.some((b) => b !== 0)) {
-      // A frame that ends where a whole one follows was damaged in place, not torn by a crash
-      // (a crash tears only the last write).
-      const length = rest.byteLength >= 4 ? new DataView(rest.buffer, rest.byteOffset).getUint32(0) : 0;
-      if (length > 0 && frameAt(bytes, offset + FRAME_HEADER_BYTES + length) !== undefined) {
-        throw new RaftStorageCorruptError(this.file, offset, 'a frame fails its checksum and a whole frame follows it');
+    let last = bytes.byteLength; // past the last byte that is not zero
+    while (last > offset && bytes[last - 1] === 0) last--;
+    if (last > offset) {
+      // A whole frame anywhere after the bad one means damage in place, not a write torn by a
+      // crash (a crash tears only the last write): its length field may be what was damaged, so
+      // every offset up to the last non-zero byte is tried.
+      for (let o = offset + 1; o < last; o++) {
+        if (frameAt(bytes, o) !== undefined) {
+          throw new RaftStorageCorruptError(this.file, offset, `a frame fails its checksum and a whole frame follows it at byte ${o}`);
+        }
       }
-      writeAll(this.fd, new Uint8Array(rest.byteLength), offset);
+      writeAll(this.fd, new Uint8Array(last - offset), offset);
     }
     this.end = offset;
     this.allocated = fstatSync(this.fd).size;

@@ -235,11 +235,14 @@ test('log file: a damaged frame with frames after it is refused with RaftStorage
   }
   await s.close();
   const file = join(path, 'raft.log');
-  const bytes = readFileSync(file);
-  bytes[12] = bytes[12]! ^ 0xff; // inside the first frame's body
-  writeFileSync(file, bytes);
-  const error = t.throws(() => new LogFileStorage({ path, durable: false }), { instanceOf: RaftStorageCorruptError });
-  t.regex(error!.message, /byte 0/);
+  const whole = readFileSync(file);
+  for (const at of [12, 1]) { // inside the first frame's body; its length field
+    const bytes = Buffer.from(whole);
+    bytes[at] = bytes[at]! ^ 0xff;
+    writeFileSync(file, bytes);
+    const error = t.throws(() => new LogFileStorage({ path, durable: false }), { instanceOf: RaftStorageCorruptError });
+    t.regex(error!.message, /at byte 0:/);
+  }
 });
 
 test('log file: a flush that compacts rewrites the file to the snapshot and the entries after it', async (t) => {
