@@ -1,8 +1,8 @@
 /**
  * `npm run bench -- kv --mode raft [--quick] [--storage lmdb]`: the eRPC paper's replicated
  * key-value workload on a raft-ordered shard (issue #12): 3 replicas in separate processes over
- * the native transport on
- * loopback, one caller, puts of a 16-byte key and a 64-byte value, committed by a majority:
+ * the native transport on loopback, one caller, puts of a 16-byte key and a 64-byte value,
+ * committed by a majority:
  *   - latency p50/p99 with one call outstanding, from the leader's process and from a follower's
  *     (a follower forwards to the leader: one more hop);
  *   - throughput with 64 outstanding (from the leader's process);
