@@ -1,6 +1,7 @@
 /**
- * One replica of `npm run bench -- kv --mode raft`, in its own process: a native endpoint, an LMDB
- * Raft log (fsync'd or not) and a RaftShardDriver in front of a key-value map. Driven over IPC:
+ * One replica of `npm run bench -- kv --mode raft`, in its own process: a native endpoint, a Raft
+ * log (fsync'd or not; argv[4]: `file` LogFileStorage, `lmdb` LmdbStorage) and a RaftShardDriver
+ * in front of a key-value map. Driven over IPC:
  *   {cmd:'init'} → {address};  {cmd:'start', peers, campaign} → {started}
  *   {cmd:'rtt', to, n} → {p50}: raw transport round trips to another replica (the floor)
  *   {cmd:'warm', warmupOps, outstanding} → {}: JIT warm-up calls from here
@@ -14,6 +15,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
+import { LogFileStorage } from '../src/raft/log-file-storage.js';
 import { RaftShardDriver, type ShardApplication } from '../src/runtime/raft-shard-driver.js';
 import { Endpoint } from '../src/transport/native-transport.js';
 import { closedLoopRate, mainThreadCpuUs, percentile, sequentialLatencies } from './_measure.js';
@@ -37,7 +39,7 @@ class KvMap implements ShardApplication {
 }
 
 const dir = mkdtempSync(join(tmpdir(), `squall-bench-kv-${id}-`));
-const storage = new LmdbStorage({ path: dir, durable });
+const storage = process.argv[4] === 'lmdb' ? new LmdbStorage({ path: dir, durable }) : new LogFileStorage({ path: dir, durable });
 const endpoint = await Endpoint.create({ host: '127.0.0.1', port: 0 });
 endpoint.handle(ECHO_TYPE, () => OK);
 let shard: RaftShardDriver | undefined;

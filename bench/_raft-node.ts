@@ -8,6 +8,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
+import { LogFileStorage } from '../src/raft/log-file-storage.js';
 import { MemoryStorage, type RaftStorage } from '../src/raft/storage.js';
 import { RaftDriver } from '../src/runtime/raft-driver.js';
 import { Endpoint } from '../src/transport/native-transport.js';
@@ -21,14 +22,16 @@ const port: Channel = parentPort ?? {
   postMessage: (message) => process.send!(message),
   on: (event, listener) => void process.on(event, listener),
 };
-const { id, dir, fsync, memory, latencyOps, throughputOps, warmupOps } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
-  id: number; dir: string; fsync: boolean; memory?: boolean; latencyOps: number; throughputOps: number; warmupOps: number;
+const { id, dir, fsync, memory, file, latencyOps, throughputOps, warmupOps } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
+  id: number; dir: string; fsync: boolean; memory?: boolean; file?: boolean; latencyOps: number; throughputOps: number; warmupOps: number;
 };
 const endpoint = await Endpoint.create({ host: '127.0.0.1', port: 0 });
 const ECHO_TYPE = 99;
 endpoint.handle(ECHO_TYPE, () => new Uint8Array(0));
-// `memory`: MemoryStorage, no LMDB (what the log writes cost inside the fsync-off figure).
-const storage: RaftStorage = memory === true ? new MemoryStorage() : new LmdbStorage({ path: dir, durable: fsync });
+// `memory`: MemoryStorage, no LMDB (what the log writes cost inside the fsync-off figure);
+// `file`: LogFileStorage (the log as one append-only file) instead of LMDB.
+const storage: RaftStorage = memory === true ? new MemoryStorage()
+  : file === true ? new LogFileStorage({ path: dir, durable: fsync }) : new LmdbStorage({ path: dir, durable: fsync });
 let driver: RaftDriver | undefined;
 const machine = { apply(): void {}, restore(): void {}, snapshot: () => new Uint8Array(8) };
 
@@ -53,12 +56,18 @@ port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean 
     tickMs: 10, compactEvery: 50_000, core: { electionTicks: 30, heartbeatTicks: 3, inflightMax: 256 },
   });
   if (id !== 1) return;
+  // Campaign first, then measure the round trip (beside the idle group's heartbeats): measured
+  // first, under load it could outlast a follower's election timeout; a follower then led, and
+  // node 1's campaign was refused (pre-vote, check-quorum) while this waited for it forever.
+  driver.core.campaign();
+  for (let waited = 0; driver.core.role !== 'leader'; waited += 5) {
+    if (waited > 10_000) throw new Error(`node 1 is not the leader 10 s after its campaign (leader ${driver.core.lead})`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
   const echo = await endpoint.connect(m.peers!.find(([i]) => i === 2)![1]);
   const rtt = await sequentialLatencies(Math.max(2000, latencyOps), (i) => echo.call(ECHO_TYPE, payload(i)));
   await echo.close();
   const rttP50 = percentile(rtt.sort((a, b) => a - b), 50);
-  driver.core.campaign();
-  while (driver.core.role !== 'leader') await new Promise((r) => setTimeout(r, 5));
   for (let i = 0; i < 50; i++) await driver.propose(payload(i));
   const leader = driver;
   await closedLoopRate(warmupOps, 64, (i) => leader.propose(payload(i))); // warm-up (JIT), as bench/raft.ts

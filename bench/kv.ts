@@ -1,12 +1,15 @@
 /**
- * `npm run bench -- kv --mode raft [--quick]`: the eRPC paper's replicated key-value workload on a
- * raft-ordered shard (issue #12): 3 replicas in separate processes over the native transport on
- * loopback, one caller, puts of a 16-byte key and a 64-byte value, committed by a majority:
+ * `npm run bench -- kv --mode raft [--quick] [--storage lmdb]`: the eRPC paper's replicated
+ * key-value workload on a raft-ordered shard (issue #12): 3 replicas in separate processes over
+ * the native transport on loopback, one caller, puts of a 16-byte key and a 64-byte value,
+ * committed by a majority:
  *   - latency p50/p99 with one call outstanding, from the leader's process and from a follower's
  *     (a follower forwards to the leader: one more hop);
  *   - throughput with 64 outstanding (from the leader's process);
  * with the Raft log fsync'd (durable) and not. Beside them, in the same run: the raw transport
- * round trip between the same processes, and the disk's write+fdatasync latency.
+ * round trip between the same processes, and the disk's write+fdatasync latency. The log is a
+ * LogFileStorage, as a raft shard's (src/group/raft-shard.ts); `--storage lmdb` measures
+ * LmdbStorage instead ("storage" in every line).
  * `--mode ordered` runs the same workload through the group API on SMC (bench/group.ts): nosync
  * and durable with encryption (the group default), then nosync in plaintext.
  */
@@ -23,8 +26,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 
 class Replica {
   readonly child: ChildProcess;
-  constructor(readonly id: number, durable: boolean) {
-    this.child = fork(join(here, '_kv-replica.js'), [String(id), durable ? 'durable' : 'volatile'], { stdio: 'inherit' });
+  constructor(readonly id: number, durable: boolean, storage: 'file' | 'lmdb') {
+    this.child = fork(join(here, '_kv-replica.js'), [String(id), durable ? 'durable' : 'volatile', storage], { stdio: 'inherit' });
   }
   ask<T = Record<string, any>>(message: Record<string, unknown>): Promise<T> {
     return new Promise((resolve, reject) => {
@@ -60,10 +63,12 @@ export async function run(args: string[]): Promise<void> {
   const latencyOps = quick ? 300 : 3000;
   const throughputOps = quick ? 5000 : 40_000;
   const fsyncP50 = fdatasyncP50(quick ? 200 : 1000);
-  const env = { mode, replicas: 3, keyBytes: 16, valueBytes: 64, load1: Number(loadavg()[0]!.toFixed(2)), quick };
+  const storageAt = args.indexOf('--storage');
+  const storage = storageAt >= 0 && args[storageAt + 1] === 'lmdb' ? 'lmdb' : 'file';
+  const env = { mode, replicas: 3, keyBytes: 16, valueBytes: 64, storage: storage === 'lmdb' ? 'LmdbStorage' : 'LogFileStorage', load1: Number(loadavg()[0]!.toFixed(2)), quick };
   report({ suite: 'kv', case: 'disk-fdatasync-p50', value: Number(fsyncP50.toFixed(1)), unit: 'us', ...env });
   for (const durable of [false, true]) {
-    const replicas = [1, 2, 3].map((id) => new Replica(id, durable));
+    const replicas = [1, 2, 3].map((id) => new Replica(id, durable, storage));
     try {
       const addresses = await Promise.all(replicas.map((r) => r.ask<{ address: string }>({ cmd: 'init' })));
       const peers = addresses.map((a, i) => [i + 1, a.address]);

@@ -4,10 +4,11 @@
  * propose() to applied:
  *   - commit latency p50/p99 with one proposal outstanding,
  *   - throughput with 64 outstanding,
- * with fsync on (LMDB durable) and off (noSync), and beside them the raw round trip of the same
- * transport between the same nodes (the floor: a commit needs one round trip to a majority). A
- * third group on MemoryStorage ("storage":"MemoryStorage", no LMDB) shows how much of the
- * fsync-off figure is the log writes and how much the rest (transport, codec, core, event loop).
+ * with fsync on and off, for each on-disk log ("storage" in every line: LmdbStorage, and
+ * LogFileStorage, the append-only file raft shards use), and beside them the raw round trip of the
+ * same transport between the same nodes (the floor: a commit needs one round trip to a majority).
+ * A last group on MemoryStorage ("storage":"MemoryStorage", no disk) shows how much of the
+ * fsync-off figures is the log writes and how much the rest (transport, codec, core, event loop).
  *
  * Where the nodes run ("placement" in every line):
  *   - `processes` (the default since 2026-11-22): each node in its own child process
@@ -34,6 +35,7 @@ import { fileURLToPath } from 'node:url';
 import { fork, type ChildProcess } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
+import { LogFileStorage } from '../src/raft/log-file-storage.js';
 import { MemoryStorage, type RaftStorage } from '../src/raft/storage.js';
 import type { Entry, Snapshot } from '../src/raft/types.js';
 import { RaftDriver, type StateMachine } from '../src/runtime/raft-driver.js';
@@ -99,15 +101,39 @@ async function rawRoundTrip(make: Factory, n: number): Promise<number> {
 }
 
 
-/** fsync on / off: LmdbStorage durable or noSync; 'memory': MemoryStorage (no LMDB at all). */
-type Persist = boolean | 'memory';
+/** Which RaftStorage each node keeps its log in ("storage" in every line). */
+type StorageKind = 'LmdbStorage' | 'LogFileStorage' | 'MemoryStorage';
+/** A group's storage, and whether it fsyncs (MemoryStorage: never). */
+interface Persist { storage: StorageKind; fsync: boolean }
 
-async function group(make: Factory, fsync: Persist): Promise<{ drivers: RaftDriver[]; close: () => Promise<void> }> {
+/**
+ * The cases every placement runs, in order: LMDB without and with fsync, the log file
+ * (LogFileStorage: one append-only file, one fdatasync per flush) without and with, then
+ * MemoryStorage, a floor for the fsync-off figures: the same group without any log write, to show
+ * what the writes cost next to the rest (transport, codec, core, event loop).
+ */
+const CASES: readonly Persist[] = [
+  { storage: 'LmdbStorage', fsync: false }, { storage: 'LmdbStorage', fsync: true },
+  { storage: 'LogFileStorage', fsync: false }, { storage: 'LogFileStorage', fsync: true },
+  { storage: 'MemoryStorage', fsync: false },
+];
+
+function openStorage(p: Persist, path: string): RaftStorage {
+  if (p.storage === 'MemoryStorage') return new MemoryStorage();
+  if (p.storage === 'LogFileStorage') return new LogFileStorage({ path, durable: p.fsync });
+  return new LmdbStorage({ path, durable: p.fsync });
+}
+
+/** What a node process or thread (bench/_raft-node.ts) is told about its storage. */
+function nodeStorage(p: Persist): { fsync: boolean; memory: boolean; file: boolean } {
+  return { fsync: p.fsync, memory: p.storage === 'MemoryStorage', file: p.storage === 'LogFileStorage' };
+}
+
+async function group(make: Factory, persist: Persist): Promise<{ drivers: RaftDriver[]; close: () => Promise<void> }> {
   const ids = [1, 2, 3];
   const transports = [await make(), await make(), await make()];
   const dirs = ids.map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
-  const storages: RaftStorage[] = dirs.map((path) =>
-    fsync === 'memory' ? new MemoryStorage() : new LmdbStorage({ path, durable: fsync }));
+  const storages: RaftStorage[] = dirs.map((path) => openStorage(persist, path));
   const peers = new Map(ids.map((id) => [id, transports[id - 1]!.address]));
   const drivers: RaftDriver[] = [];
   for (const id of ids) {
@@ -133,10 +159,8 @@ async function group(make: Factory, fsync: Persist): Promise<{ drivers: RaftDriv
 async function threadedGroup(persist: Persist, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number }> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
-  const fsync = persist === true;
-  const memory = persist === 'memory';
   const workers = [1, 2, 3].map((id) => new Worker(join(here, '_raft-node.js'),
-    { workerData: { id, dir: dirs[id - 1], fsync, memory, latencyOps, throughputOps, warmupOps } }));
+    { workerData: { id, dir: dirs[id - 1], ...nodeStorage(persist), latencyOps, throughputOps, warmupOps } }));
   const next = (w: Worker): Promise<any> => new Promise((resolve, reject) => {
     w.once('message', resolve);
     w.once('error', reject);
@@ -162,10 +186,8 @@ async function threadedGroup(persist: Persist, latencyOps: number, throughputOps
 async function processGroup(persist: Persist, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number; cpuPerCommitUs?: number }> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
-  const fsync = persist === true;
-  const memory = persist === 'memory';
   const children = [1, 2, 3].map((id) => fork(join(here, '_raft-node.js'),
-    [JSON.stringify({ id, dir: dirs[id - 1], fsync, memory, latencyOps, throughputOps, warmupOps })], { stdio: 'inherit' }));
+    [JSON.stringify({ id, dir: dirs[id - 1], ...nodeStorage(persist), latencyOps, throughputOps, warmupOps })], { stdio: 'inherit' }));
   const next = (c: ChildProcess): Promise<any> => new Promise((resolve, reject) => {
     c.once('message', resolve);
     c.once('exit', (code) => reject(new Error(`raft node exited with ${code}`)));
@@ -226,10 +248,9 @@ export async function run(args: string[]): Promise<void> {
   if (placement !== 'in-process') {
     // (`--processes` is accepted too: it is the default.)
     const runGroup = placement === 'threads' ? threadedGroup : processGroup;
-    for (const persist of [false, true, 'memory'] as const) {
+    for (const persist of CASES) {
       const r = await runGroup(persist, latencyOps, throughputOps, warmupOps);
-      const fsync = persist === true;
-      const storage = persist === 'memory' ? 'MemoryStorage' : 'LmdbStorage';
+      const { fsync, storage } = persist;
       const genv = { ...env, placement, storage, fsync, load1: Number(loadavg()[0]!.toFixed(2)) };
       const lat = r.lat.sort((a, b) => a - b);
       // The floor here is the round trip between these processes (threads), measured by node 1
@@ -245,12 +266,9 @@ export async function run(args: string[]): Promise<void> {
     return;
   }
   const ienv = { ...env, placement };
-  // 'memory' is a floor for the fsync-off figure: the same group without LMDB, to show what the
-  // log writes cost next to the rest (transport, codec, core, event loop).
-  for (const fsync of [true, false, 'memory'] as const) {
-    const g = await group(make, fsync);
-    const durable = fsync === true;
-    const storage = fsync === 'memory' ? 'MemoryStorage' : 'LmdbStorage';
+  for (const persist of CASES) {
+    const g = await group(make, persist);
+    const { fsync: durable, storage } = persist;
     try {
       const leader = await leaderOf(g.drivers);
       // Warm-up: 50 sequential proposals, then a pipelined run, so the JIT has optimized the hot

@@ -11,8 +11,10 @@
  *     configuration (`RaftOrderingEngine.setMembers`): a member that left is removed, a node the
  *     allocator puts in the shard receives the state by the membership driver's transfer, then
  *     starts as a learner (`join`), catches up by log or snapshot and is promoted.
- *   - Raft log: LMDB file `raft-<subgroupId>-<shardIndex>.mdb` in `persistence.data_dir`, fsynced
- *     per flush with `persistence.sync = "durable"`. A static group always starts fresh (as its
+ *   - Raft log: directory `raft-<subgroupId>-<shardIndex>.mdb` in `persistence.data_dir`, one
+ *     append-only file (LogFileStorage; a log an earlier version wrote there in LMDB is resumed
+ *     as LMDB: openRaftLog), fdatasynced per flush with `persistence.sync = "durable"`. A static
+ *     group always starts fresh (as its
  *     replicas do), so the file is wiped at start; so does a node that joins a running shard.
  *   - **Total restart** (membership service; src/membership/restart.ts): in the restart view,
  *     each member that holds the shard's Raft log resumes it (`resume`): the Raft group is the
@@ -41,7 +43,7 @@ import { Packr } from 'msgpackr';
 import { VERSION_NONE, type NodeId, type Version } from '../core/ids.js';
 import type { SquallConfig } from '../config/schema.js';
 import type { View } from '../membership/view.js';
-import { LmdbStorage } from '../raft/lmdb-storage.js';
+import { openRaftLog } from '../raft/open-log.js';
 import { loadInitialState, persistedConf } from '../raft/storage.js';
 import type { RaftVoters } from '../membership/restart.js';
 import { RaftOrderingEngine, type EngineState } from '../runtime/raft-ordering-engine.js';
@@ -89,7 +91,7 @@ export function startRaftShard(
   const shard = view.shard(replica.subgroupId, replica.shardIndex)!;
   const path = raftShardPath(config, replica.subgroupId, replica.shardIndex);
   if (!resume) {
-    rmSync(path, { force: true });
+    rmSync(path, { force: true, recursive: true }); // a log directory, or an earlier version's LMDB file
     rmSync(`${path}-lock`, { force: true });
   }
   // Calls Raft replays at or below what the replica holds are not delivered again: a joiner's
@@ -103,7 +105,7 @@ export function startRaftShard(
     addresses: new Map(shard.members.map((n) => [n, view.addressOf(n)!])),
     groupId: raftGroupIdOf(replica.subgroupId, replica.shardIndex),
     transport,
-    storage: new LmdbStorage({ path, durable: config.persistence.sync === 'durable' }),
+    storage: openRaftLog({ path, durable: config.persistence.sync === 'durable' }),
     onDeliver: floor === VERSION_NONE
       ? (delivery) => replica.deliver(delivery)
       : (delivery) => {
@@ -121,7 +123,10 @@ export function startRaftShard(
   });
 }
 
-/** The LMDB file of a raft shard's log on this node. */
+/**
+ * The directory of a raft shard's log on this node (openRaftLog: a LogFileStorage, or the LMDB
+ * env an earlier version wrote there; the name is kept from then).
+ */
 export function raftShardPath(config: SquallConfig, subgroupId: number, shardIndex: number): string {
   return join(config.persistence.data_dir, `raft-${subgroupId}-${shardIndex}.mdb`);
 }
@@ -146,7 +151,7 @@ export async function persistedRaftVoters(config: SquallConfig, view: View, self
   const found: RaftVoters[] = [];
   for (const s of view.shardsOf(self)) {
     if (s.mode !== 'raft' || !hasRaftShardLog(config, s.subgroupId, s.shardIndex)) continue;
-    const storage = new LmdbStorage({ path: raftShardPath(config, s.subgroupId, s.shardIndex), durable: false });
+    const storage = openRaftLog({ path: raftShardPath(config, s.subgroupId, s.shardIndex), durable: false });
     try {
       const { voters } = persistedConf(await loadInitialState(storage));
       if (voters.length > 0) found.push({ shard: `${s.subgroupId}/${s.shardIndex}`, voters });

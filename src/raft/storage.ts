@@ -189,7 +189,14 @@ export class MemoryStorage extends QueuedStorage implements RaftStorage {
   }
 
   async loadEntries(after: number): Promise<Entry[]> {
+    return this.entriesAfter(after);
+  }
+  private entriesAfter(after: number): Entry[] {
     return [...this.log.keys()].filter((i) => i > after).sort((a, b) => a - b).map((i) => this.log.get(i)!);
+  }
+  /** Everything flushed, read synchronously: the snapshot, the hard state, the entries after the snapshot. */
+  contents(): { snapshot: Snapshot | undefined; hardState: HardState | undefined; entries: Entry[] } {
+    return { snapshot: this.snap, hardState: this.hs, entries: this.entriesAfter(this.snap?.meta.index ?? 0) };
   }
   async loadHardState(): Promise<HardState | undefined> {
     return this.hs;

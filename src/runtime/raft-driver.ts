@@ -318,11 +318,17 @@ export class RaftDriver {
   private schedule(): void {
     if (this.scheduled || this.running || this.closed) return;
     this.scheduled = true;
-    queueMicrotask(() => {
-      this.scheduled = false;
-      void this.loop();
-    });
+    // A reaction on a settled promise rather than queueMicrotask(): Node wraps each
+    // queueMicrotask callback (runMicrotask, an async resource, a bound function), which was
+    // ~5 % of a follower's busy time in the raft bench's profile; this runs once or twice per
+    // message.
+    void DONE.then(this.runLoop);
   }
+
+  private readonly runLoop = (): void => {
+    this.scheduled = false;
+    void this.loop();
+  };
 
   private async loop(): Promise<void> {
     if (this.running || this.closed) return;
@@ -488,7 +494,13 @@ export class RaftDriver {
       this.heldHeartbeatsTimer ??= setImmediate(this.sendHeldHeartbeats);
       return;
     }
-    if (list.some(carriesCommit)) this.heldHeartbeats.delete(to);
+    if (list.some(carriesCommit) && this.heldHeartbeats.delete(to) && this.heldHeartbeats.size === 0) {
+      // Nothing held any more: drop the turn's immediate too. Under one proposal at a time the
+      // next append always replaces the commit notices, and the immediate cost the leader one
+      // more event-loop turn per commit (~1-3 % of its CPU in the raft bench's profile).
+      clearImmediate(this.heldHeartbeatsTimer);
+      this.heldHeartbeatsTimer = undefined;
+    }
     this.sendNow(to, list);
   }
 

@@ -30,10 +30,10 @@ class Log implements StateMachine {
 const ids = [1, 2, 3];
 const peers = new Map(ids.map((id) => [id, `mem:${id}`]));
 
-async function startNode(net: MemoryNetwork, id: number, storage: RaftStorage, sm: Log): Promise<RaftDriver> {
+async function startNode(net: MemoryNetwork, id: number, storage: RaftStorage, sm: Log, electionTicks = 10): Promise<RaftDriver> {
   return RaftDriver.start({
     id, peers, voters: ids, transport: net.endpoint(id), storage, stateMachine: sm,
-    tickMs: 5, compactEvery: 40, core: { electionTicks: 10, heartbeatTicks: 2 },
+    tickMs: 5, compactEvery: 40, core: { electionTicks, heartbeatTicks: 2 },
   });
 }
 
@@ -411,21 +411,22 @@ test('followers learn a commit at once (a held commit notice), and the notices c
   }
 });
 
-test('on a slow disk the leader replicates and commits while its own log write is still in flight (thesis §10.2.1)', async (t) => {
-  /** A storage whose flushes wait, while `held`, until released (in order): a stalled fsync. */
-  class StalledStorage extends MemoryStorage {
-    readonly slowFlush = true;
-    held = false;
-    private waiting: Array<() => void> = [];
-    override async flush(): Promise<void> {
-      if (this.held) await new Promise<void>((resolve) => this.waiting.push(resolve));
-      return super.flush();
-    }
-    release(): void {
-      this.held = false;
-      for (const w of this.waiting.splice(0)) w();
-    }
+/** A storage whose flushes wait, while `held`, until released (in order): a stalled fsync. */
+class StalledStorage extends MemoryStorage {
+  readonly slowFlush = true;
+  held = false;
+  private waiting: Array<() => void> = [];
+  override async flush(): Promise<void> {
+    if (this.held) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    return super.flush();
   }
+  release(): void {
+    this.held = false;
+    for (const w of this.waiting.splice(0)) w();
+  }
+}
+
+test('on a slow disk the leader replicates and commits while its own log write is still in flight (thesis §10.2.1)', async (t) => {
   const net = new MemoryNetwork();
   const storages = new Map(ids.map((id) => [id, new StalledStorage()]));
   const sms = new Map(ids.map((id) => [id, new Log()]));
@@ -491,4 +492,39 @@ test('proposeWith: told once with the index when applied here, at once with the 
   t.is(atClose.length, 1);
   t.truthy(atClose[0]);
   t.false(sms.get(leader.core.id)!.items.includes('z'));
+});
+
+test('durable followers ack an append only once it is on their disk: with both followers\' writes stalled nothing commits', async (t) => {
+  const net = new MemoryNetwork();
+  const storages = new Map(ids.map((id) => [id, new StalledStorage()]));
+  const sms = new Map(ids.map((id) => [id, new Log()]));
+  const ds = new Map<number, RaftDriver>();
+  // A stalled follower answers nothing, heartbeats included, until its write completes: an
+  // election timeout (2 s) well past the stall keeps the leader from stepping down (check-quorum).
+  for (const id of ids) ds.set(id, await startNode(net, id, storages.get(id)!, sms.get(id)!, 400));
+  try {
+    ds.get(1)!.core.campaign();
+    await until('a leader', () => leaderOf(ds) !== undefined);
+    await proposeSomewhere(ds, 'first');
+    const leader = leaderOf(ds)!;
+    const followers = ids.filter((id) => id !== leader.core.id);
+    for (const id of followers) storages.get(id)!.held = true; // the followers' fsyncs stall
+    let committed = false;
+    const proposal = leader.propose(text('x')).then(() => void (committed = true));
+    const index = leader.core.log.lastIndex();
+    // Appends reach the followers at once (memory transport) and heartbeats go on every 10 ms:
+    // an ack sent before the write is durable would show in the leader's progress well within this.
+    await until('both followers received the entry', () => followers.every((id) => ds.get(id)!.core.log.lastIndex() >= index));
+    await new Promise((r) => setTimeout(r, 150));
+    const { progress, role } = leader.core.status();
+    t.is(role, 'leader');
+    for (const id of followers) t.true(progress[id]!.match < index, `follower ${id} acked ${progress[id]!.match} ≥ ${index} before its write was durable`);
+    t.false(committed, 'committed with no follower\'s copy durable');
+    for (const id of followers) storages.get(id)!.release();
+    await proposal;
+    t.deepEqual(sms.get(leader.core.id)!.items.slice(-1), ['x']);
+  } finally {
+    for (const s of storages.values()) s.release();
+    for (const d of ds.values()) await d.close();
+  }
 });
