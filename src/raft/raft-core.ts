@@ -14,7 +14,7 @@ import { RaftProposalError } from './errors.js';
 import { RaftLog } from './log.js';
 import { Progress } from './progress.js';
 import {
-  applyConfChange, decodeConfChange, encodeConfChange, EMPTY_CONF, EntryType, NONE,
+  encodeConfChange, EMPTY_CONF, EntryType, NONE, withConfChanges,
   type ConfChange, type ConfState, type Entry, type HardState, type Message, type ReadState,
   type Ready, type Role, type Snapshot, type SoftState,
 } from './types.js';
@@ -1019,12 +1019,7 @@ export class RaftCore {
   }
 
   private confAt(index: number): ConfState {
-    let conf = this.confBase;
-    for (let i = this.log.firstIndex(); i <= index; i++) {
-      const e = this.log.entry(i)!;
-      if (e.type === EntryType.ConfChange) conf = applyConfChange(conf, decodeConfChange(e.data));
-    }
-    return conf;
+    return withConfChanges(this.confBase, this.log.slice(this.log.firstIndex(), index + 1));
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@
  */
 import type { RaftInitialState } from './raft-core.js';
 import {
-  applyConfChange, decodeConfChange, EMPTY_CONF, EntryType, type ConfState, type Entry, type HardState, type Ready, type Snapshot,
+  EMPTY_CONF, withConfChanges, type ConfState, type Entry, type HardState, type Ready, type Snapshot,
 } from './types.js';
 
 export interface LogStore {
@@ -103,9 +103,7 @@ export async function loadInitialState(storage: RaftStorage): Promise<RaftInitia
  * it). A total restart reads it to know whose votes a raft shard's election needs.
  */
 export function persistedConf(state: RaftInitialState): ConfState {
-  let conf = state.snapshot?.meta.conf ?? EMPTY_CONF;
-  for (const e of state.entries) if (e.type === EntryType.ConfChange) conf = applyConfChange(conf, decodeConfChange(e.data));
-  return conf;
+  return withConfChanges(state.snapshot?.meta.conf ?? EMPTY_CONF, state.entries);
 }
 
 /** A write queued until flush(), in the order the driver made it. */

@@ -189,3 +189,10 @@ export function applyConfChange(conf: ConfState, cc: ConfChange): ConfState {
 }
 
 export const EMPTY_CONF: ConfState = { voters: [], learners: [] };
+
+/** `base` with the conf change entries among `entries` applied in their order. */
+export function withConfChanges(base: ConfState, entries: Iterable<Entry>): ConfState {
+  let conf = base;
+  for (const e of entries) if (e.type === EntryType.ConfChange) conf = applyConfChange(conf, decodeConfChange(e.data));
+  return conf;
+}
