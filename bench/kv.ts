@@ -64,7 +64,11 @@ export async function run(args: string[]): Promise<void> {
   const throughputOps = quick ? 5000 : 40_000;
   const fsyncP50 = fdatasyncP50(quick ? 200 : 1000);
   const storageAt = args.indexOf('--storage');
-  const storage = storageAt >= 0 && args[storageAt + 1] === 'lmdb' ? 'lmdb' : 'file';
+  const storageArg = storageAt >= 0 ? args[storageAt + 1] : 'file';
+  if (storageArg !== 'file' && storageArg !== 'lmdb') {
+    throw new Error(`bench kv: --storage takes file or lmdb, not ${storageArg ?? 'nothing'}`);
+  }
+  const storage: 'file' | 'lmdb' = storageArg;
   const env = { mode, replicas: 3, keyBytes: 16, valueBytes: 64, storage: storage === 'lmdb' ? 'LmdbStorage' : 'LogFileStorage', load1: Number(loadavg()[0]!.toFixed(2)), quick };
   report({ suite: 'kv', case: 'disk-fdatasync-p50', value: Number(fsyncP50.toFixed(1)), unit: 'us', ...env });
   for (const durable of [false, true]) {
