@@ -27,8 +27,8 @@
  * (all big-endian). Frames are written inside zeros written ahead of them (1 MiB at a time, a page
  * per write: see writeZeros), so the file ends in zeros, and a frame is never empty: a zero length
  * ends the log. A frame cut short or failing its checksum is a write torn by a crash: it was never
- * reported durable, and opening zeroes it. A failing frame followed by a whole frame is damage, not a torn write:
- * opening throws RaftStorageCorruptError.
+ * reported durable, and opening zeroes it. A failing frame followed by a whole frame is damage,
+ * not a torn write: opening throws RaftStorageCorruptError.
  *
  * Compaction: a flush that compacts rewrites the file (snapshot, hard state, the entries after
  * the snapshot) to `raft.log.tmp` and renames it over `raft.log`, so the file stays about the
