@@ -102,6 +102,8 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
   private failure: Error | undefined;
   /** The fd the running fdatasync is on (-1: none); a rewrite that replaces it leaves it open until then. */
   private syncingFd = -1;
+  /** Where flush() encodes its frame (encodeFrame). */
+  private readonly scratch: FrameScratch = newScratch(4096);
   readonly stats = { frames: 0, fdatasyncs: 0, rewrites: 0, zeroWrites: 0 };
 
   constructor(options: LogFileStorageOptions) {
@@ -122,7 +124,7 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
     const ops = this.takeOps();
     if (ops.length === 0) return this.durable ? this.whenSynced(this.written) : undefined;
     this.opened = undefined;
-    this.writeFrame(encodeFrame(ops));
+    this.writeFrame(encodeFrame(ops, this.scratch));
     if (ops.some((op) => op.kind === 'compact')) {
       this.rewrite();
       return this.durable ? this.whenSynced(this.written) : undefined;
@@ -356,12 +358,25 @@ function opBytes(op: StorageOp): number {
   }
 }
 
-/** One flush's ops as a frame (header, then body). */
-export function encodeFrame(ops: readonly StorageOp[]): Uint8Array {
+/** A buffer a store encodes its frames into, reused from flush to flush (grown as needed). */
+interface FrameScratch { bytes: Uint8Array; view: DataView }
+
+function newScratch(size: number): FrameScratch {
+  const bytes = new Uint8Array(size);
+  return { bytes, view: new DataView(bytes.buffer) };
+}
+
+/**
+ * One flush's ops as a frame (header, then body): a new array, or, given `scratch`, a view of
+ * its bytes valid until its next use. A flush on a commit's path writes one small frame, and a
+ * new array per frame was one more off-heap buffer for the garbage collector to track and free.
+ */
+export function encodeFrame(ops: readonly StorageOp[], scratch?: FrameScratch): Uint8Array {
   let size = FRAME_HEADER_BYTES;
   for (const op of ops) size += opBytes(op);
-  const out = new Uint8Array(size);
-  const v = new DataView(out.buffer);
+  if (scratch !== undefined && scratch.bytes.byteLength < size) Object.assign(scratch, newScratch(Math.max(size, 2 * scratch.bytes.byteLength)));
+  const out = scratch === undefined ? new Uint8Array(size) : scratch.bytes.subarray(0, size);
+  const v = scratch === undefined ? new DataView(out.buffer) : scratch.view;
   let o = FRAME_HEADER_BYTES;
   for (const op of ops) {
     switch (op.kind) {

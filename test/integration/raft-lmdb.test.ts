@@ -298,6 +298,22 @@ test('log file: the zeros ahead are written a page at a time, page-aligned, also
   await r.close();
 });
 
+test('log file: frames larger than the reused encoding buffer, then small ones, read back exactly', async (t) => {
+  // flush() encodes into one buffer it keeps (4 KiB at first) and grows it for a larger frame.
+  const path = tempDir();
+  const s = new LogFileStorage({ path, durable: false });
+  const sizes = [10, 5000, 20, 70_000, 3];
+  sizes.forEach((n, i) => {
+    s.append([entry(i + 1, 1, String.fromCharCode(97 + i).repeat(n))]);
+    s.flush();
+  });
+  await s.close();
+  const r = new LogFileStorage({ path, durable: false });
+  const entries = (await loadInitialState(r)).entries;
+  t.deepEqual(entries.map((e) => new TextDecoder().decode(e.data)), sizes.map((n, i) => String.fromCharCode(97 + i).repeat(n)));
+  await r.close();
+});
+
 test('log file: durable flushes in flight together share fdatasyncs and resolve in order', async (t) => {
   const s = new LogFileStorage({ path: tempDir() });
   const order: number[] = [];
