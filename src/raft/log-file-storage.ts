@@ -246,7 +246,9 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
    * walked all 256 of its block buffers twice (ext4_block_write_begin, block_commit_write):
    * ~4.1-4.5 µs per 120-byte frame after a 50 µs sleep, against ~2.0-2.3 µs inside pages
    * created page by page (measured 2026-11-22, src/raft/README.md, Performance). The grow itself
-   * is no slower (16 MiB: 11-15 ms page by page, 44 ms in 1 MiB writes).
+   * is no slower (16 MiB: 11-15 ms page by page, 44 ms in 1 MiB writes). Zeros read back at open
+   * from a file not in the page cache may come in large folios again (read-ahead): that lasts
+   * until the next grow, at most GROW_BYTES of frames.
    */
   private writeZeros(position: number, length: number): void {
     const end = position + length;
