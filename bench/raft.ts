@@ -254,7 +254,8 @@ export async function run(args: string[]): Promise<void> {
       const genv = { ...env, placement, storage, fsync, load1: Number(loadavg()[0]!.toFixed(2)) };
       const lat = r.lat.sort((a, b) => a - b);
       // The floor here is the round trip between these processes (threads), measured by node 1
-      // to node 2 just before, not the one within one thread above: every hop wakes another.
+      // to node 2 after the warm-up, half just before and half just after the commit-latency
+      // phase (bench/_raft-node.ts), not the one within one thread above: every hop wakes another.
       const baselines: Record<string, number> = { transport_rtt_p50_between_nodes: Number(r.rttP50.toFixed(1)) };
       if (fsync) baselines.disk_fdatasync_p50 = Number(fsyncP50.toFixed(1));
       // The leader's main-thread CPU per commit (processes only: a worker's is not measured).

@@ -11,7 +11,9 @@
  * it needs none of LMDB's B-tree. Measured on the 2-vCPU VM (2026-11-22, `bench/raft.ts` notes):
  *   - without fsync, one write() of a frame costs ~0.8 µs CPU in a loop and ~8-10 µs after the
  *     process slept (what every commit on a Raft path sees), against ~2.4 µs and ~15-20 µs for a
- *     one-entry LMDB noSync transaction; there is one such write on each node per commit;
+ *     one-entry LMDB noSync transaction; there is one such write on each node per commit
+ *     (2026-11-22, later: ~2 µs after a sleep once the zeros ahead are written page by page,
+ *     see writeZeros);
  *   - durable, a flush is that write then one fdatasync on libuv's thread pool, where LMDB
  *     (lmdb-js) fsyncs twice (data, then meta) and hops through its write thread and the event
  *     loop: with 64 puts outstanding the durable flush's wall time is what bounds throughput.
@@ -22,11 +24,11 @@
  *   compact   f64 index          (drop entries ≤ index)
  *   hs        f64 term | f64 vote | f64 commit
  *   snap      u32 meta length | meta (JSON) | u32 data length | data
- * (all big-endian). Frames are written inside zeros written ahead of them (1 MiB at a time), so
- * the file ends in zeros, and a frame is never empty: a zero length ends the log. A frame cut
- * short or failing its checksum is a write torn by a crash: it was never reported durable, and
- * opening zeroes it. A failing frame followed by a whole frame is damage, not a torn write:
- * opening throws RaftStorageCorruptError.
+ * (all big-endian). Frames are written inside zeros written ahead of them (1 MiB at a time, a page
+ * per write: see writeZeros), so the file ends in zeros, and a frame is never empty: a zero length
+ * ends the log. A frame cut short or failing its checksum is a write torn by a crash: it was never
+ * reported durable, and opening zeroes it. A failing frame followed by a whole frame is damage,
+ * not a torn write: opening throws RaftStorageCorruptError.
  *
  * Compaction: a flush that compacts rewrites the file (snapshot, hard state, the entries after
  * the snapshot) to `raft.log.tmp` and renames it over `raft.log`, so the file stays about the
@@ -70,6 +72,9 @@ export interface LogFileStorageOptions {
 const FRAME_HEADER_BYTES = 8;
 /** The file grows by this many zero bytes at a time (see `allocated`). */
 const GROW_BYTES = 1 << 20;
+/** The zeros ahead are written one page at a time (see writeZeros). */
+const PAGE_BYTES = 4096;
+const ZERO_PAGE = new Uint8Array(PAGE_BYTES);
 const ENTRY_HEADER_BYTES = 21; // f64 index | f64 term | u8 type | u32 length
 const enum OpKind { Append = 1, Truncate = 2, Compact = 3, HardState = 4, Snapshot = 5 }
 
@@ -97,7 +102,9 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
   private failure: Error | undefined;
   /** The fd the running fdatasync is on (-1: none); a rewrite that replaces it leaves it open until then. */
   private syncingFd = -1;
-  readonly stats = { frames: 0, fdatasyncs: 0, rewrites: 0 };
+  /** Where flush() encodes its frame (encodeFrame). */
+  private readonly scratch: FrameScratch = newScratch(4096);
+  readonly stats = { frames: 0, fdatasyncs: 0, rewrites: 0, zeroWrites: 0 };
 
   constructor(options: LogFileStorageOptions) {
     super();
@@ -117,7 +124,7 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
     const ops = this.takeOps();
     if (ops.length === 0) return this.durable ? this.whenSynced(this.written) : undefined;
     this.opened = undefined;
-    this.writeFrame(encodeFrame(ops));
+    this.writeFrame(encodeFrame(ops, this.scratch));
     if (ops.some((op) => op.kind === 'compact')) {
       this.rewrite();
       return this.durable ? this.whenSynced(this.written) : undefined;
@@ -223,13 +230,35 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
   private writeFrame(frame: Uint8Array): void {
     if (this.end + frame.byteLength > this.allocated) {
       const grow = Math.max(GROW_BYTES, this.end + frame.byteLength - this.allocated);
-      writeAll(this.fd, new Uint8Array(grow), this.allocated);
+      this.writeZeros(this.allocated, grow);
       this.allocated += grow;
     }
     writeAll(this.fd, frame, this.end);
     this.end += frame.byteLength;
     this.written++;
     this.stats.frames++;
+  }
+
+  /**
+   * Writes `length` zero bytes at `position`, one page at a time (page-aligned). The page cache
+   * keeps a file's pages in folios sized by the writes that created them: one 1 MiB write made
+   * 1 MiB folios (this kernel, ext4 with large folios), and every later frame written into one
+   * walked all 256 of its block buffers twice (ext4_block_write_begin, block_commit_write):
+   * ~4.1-4.5 µs per 120-byte frame after a 50 µs sleep, against ~2.0-2.3 µs inside pages
+   * created page by page (measured 2026-11-22, src/raft/README.md, Performance). The grow itself
+   * is no slower (16 MiB: 11-15 ms page by page, 44 ms in 1 MiB writes). Zeros read back at open
+   * from a file not in the page cache may come in large folios again (read-ahead): that lasts
+   * until the next grow, at most GROW_BYTES of frames.
+   */
+  private writeZeros(position: number, length: number): void {
+    const end = position + length;
+    let at = position;
+    while (at < end) {
+      const next = Math.min(end, (Math.floor(at / PAGE_BYTES) + 1) * PAGE_BYTES);
+      writeAll(this.fd, ZERO_PAGE, at, next - at);
+      this.stats.zeroWrites++;
+      at = next;
+    }
   }
 
   private syncDirectory(dir: string): void {
@@ -291,9 +320,10 @@ function replayOp(s: MemoryStorage, op: StorageOp): void {
   }
 }
 
-function writeAll(fd: number, bytes: Uint8Array, position: number): void {
+/** Writes the first `length` bytes of `bytes` (default all) at `position`. */
+function writeAll(fd: number, bytes: Uint8Array, position: number, length = bytes.byteLength): void {
   let at = 0;
-  while (at < bytes.byteLength) at += writeSync(fd, bytes, at, bytes.byteLength - at, position + at);
+  while (at < length) at += writeSync(fd, bytes, at, length - at, position + at);
 }
 
 /**
@@ -330,12 +360,25 @@ function opBytes(op: StorageOp): number {
   }
 }
 
-/** One flush's ops as a frame (header, then body). */
-export function encodeFrame(ops: readonly StorageOp[]): Uint8Array {
+/** A buffer a store encodes its frames into, reused from flush to flush (grown as needed). */
+interface FrameScratch { bytes: Uint8Array; view: DataView }
+
+function newScratch(size: number): FrameScratch {
+  const bytes = new Uint8Array(size);
+  return { bytes, view: new DataView(bytes.buffer) };
+}
+
+/**
+ * One flush's ops as a frame (header, then body): a new array, or, given `scratch`, a view of
+ * its bytes valid until its next use. A flush on a commit's path writes one small frame, and a
+ * new array per frame was one more off-heap buffer for the garbage collector to track and free.
+ */
+export function encodeFrame(ops: readonly StorageOp[], scratch?: FrameScratch): Uint8Array {
   let size = FRAME_HEADER_BYTES;
   for (const op of ops) size += opBytes(op);
-  const out = new Uint8Array(size);
-  const v = new DataView(out.buffer);
+  if (scratch !== undefined && scratch.bytes.byteLength < size) Object.assign(scratch, newScratch(Math.max(size, 2 * scratch.bytes.byteLength)));
+  const out = scratch === undefined ? new Uint8Array(size) : scratch.bytes.subarray(0, size);
+  const v = scratch === undefined ? new DataView(out.buffer) : scratch.view;
   let o = FRAME_HEADER_BYTES;
   for (const op of ops) {
     switch (op.kind) {

@@ -271,6 +271,49 @@ test('log file: a flush that compacts rewrites the file to the snapshot and the 
   await r.close();
 });
 
+test('log file: the zeros ahead are written a page at a time, page-aligned, also from a rewritten end mid-page', async (t) => {
+  // One 1 MiB write of zeros made 1 MiB page-cache folios, and each small frame written into
+  // them cost about twice as much (LogFileStorage.writeZeros).
+  const path = tempDir();
+  const s = new LogFileStorage({ path, durable: false });
+  const file = join(path, 'raft.log');
+  s.append([entry(1, 1)]);
+  s.flush();
+  t.is(statSync(file).size, 1 << 20);
+  t.is(s.stats.zeroWrites, 256, 'a fresh file: 256 page writes');
+  s.saveSnapshot({ meta: { index: 1, term: 1, conf: { voters: [1], learners: [] } }, data: new Uint8Array(5) });
+  s.compactTo(1);
+  s.flush(); // the rewrite: the file ends with its one frame, mid-page
+  const end = statSync(file).size;
+  t.not(end % 4096, 0);
+  s.append([entry(2, 1)]);
+  s.flush();
+  t.is(statSync(file).size, end + (1 << 20));
+  t.is(s.stats.zeroWrites, 256 + 257, 'from mid-page: the rest of that page, 255 pages, then the start of one more');
+  const bytes = readFileSync(file);
+  t.true(bytes.subarray(end + 100).every((b) => b === 0), 'zeros after the last frame');
+  await s.close();
+  const r = new LogFileStorage({ path, durable: false });
+  t.deepEqual((await loadInitialState(r)).entries.map((e) => e.index), [2]);
+  await r.close();
+});
+
+test('log file: frames larger than the reused encoding buffer, then small ones, read back exactly', async (t) => {
+  // flush() encodes into one buffer it keeps (4 KiB at first) and grows it for a larger frame.
+  const path = tempDir();
+  const s = new LogFileStorage({ path, durable: false });
+  const sizes = [10, 5000, 20, 70_000, 3];
+  sizes.forEach((n, i) => {
+    s.append([entry(i + 1, 1, String.fromCharCode(97 + i).repeat(n))]);
+    s.flush();
+  });
+  await s.close();
+  const r = new LogFileStorage({ path, durable: false });
+  const entries = (await loadInitialState(r)).entries;
+  t.deepEqual(entries.map((e) => new TextDecoder().decode(e.data)), sizes.map((n, i) => String.fromCharCode(97 + i).repeat(n)));
+  await r.close();
+});
+
 test('log file: durable flushes in flight together share fdatasyncs and resolve in order', async (t) => {
   const s = new LogFileStorage({ path: tempDir() });
   const order: number[] = [];
