@@ -97,6 +97,7 @@
  */
 import { makeVersion, viewId as makeViewId, type NodeId, type Version } from '../core/ids.js';
 import { runAllocator, type Allocator } from './layout.js';
+import type { LogWait } from './restart-log.js';
 import { View, type Member } from './view.js';
 
 /** Who is back, and what still keeps the restart from going ahead. */
@@ -120,6 +121,8 @@ export interface RestartQuorum {
   }[];
   /** Raft shard configurations (as some member's log holds them) with fewer than a majority back. */
   readonly shortRaft: readonly RaftVoters[];
+  /** What the membership-log rule still waits for (restart-log.ts restartLogRule), if anything. */
+  readonly shortLog: LogWait | undefined;
 }
 
 /**
@@ -135,7 +138,7 @@ export interface RaftVoters {
 }
 
 export function restartQuorum(
-  view: View, back: ReadonlySet<NodeId>, previous?: QuorumRule, raftVoters: readonly RaftVoters[] = [],
+  view: View, back: ReadonlySet<NodeId>, previous?: QuorumRule, raftVoters: readonly RaftVoters[] = [], log?: LogWait,
 ): RestartQuorum {
   const members = view.memberIds;
   const missing = members.filter((m) => !back.has(m));
@@ -163,8 +166,8 @@ export function restartQuorum(
     if (!hasMajority(r.voters, back as ReadonlySet<number>)) shortRaft.push(r);
   }
   return {
-    ready: majority && shortShards.length === 0 && !previousShort && shortRaft.length === 0,
-    missing, shortShards, previousShort, shortRaft,
+    ready: majority && shortShards.length === 0 && !previousShort && shortRaft.length === 0 && log === undefined,
+    missing, shortShards, previousShort, shortRaft, shortLog: log,
   };
 }
 
@@ -213,12 +216,14 @@ export interface BallotQuorums {
 /**
  * The quorums of a ballot of the instance of `view` (`previous`: its predecessor's rule, carried
  * by the record, when that view was installed in the same epoch): the promisers are a quorum of
- * `view` and meet every quorum of `previous`; the acceptors are a quorum of `view`.
+ * `view` and meet every quorum of `previous`; the acceptors are a quorum of `view`, and, when
+ * `tentative` (a view only a membership log seals, by entries not known to be committed:
+ * restart-log.ts), also a quorum of `previous`.
  */
-export function ballotQuorums(view: QuorumRule, previous: QuorumRule | undefined): BallotQuorums {
+export function ballotQuorums(view: QuorumRule, previous: QuorumRule | undefined, tentative = false): BallotQuorums {
   return {
     promise: (nodes) => isRestartQuorum(view, nodes) && (previous === undefined || meetsEveryQuorum(previous, nodes)),
-    accept: (nodes) => isRestartQuorum(view, nodes),
+    accept: (nodes) => isRestartQuorum(view, nodes) && (!tentative || previous === undefined || isRestartQuorum(previous, nodes)),
   };
 }
 
@@ -366,6 +371,8 @@ export function restartLeadStep(input: {
   readonly previous?: QuorumRule | undefined;
   /** The raft shards' voters the members back reported (restartQuorum). */
   readonly raftVoters?: readonly RaftVoters[];
+  /** What the membership-log rule still waits for (restart-log.ts), if anything. */
+  readonly log?: LogWait | undefined;
   readonly back: ReadonlySet<NodeId>;
   readonly self: NodeId;
   readonly nowMs: number;
@@ -373,7 +380,7 @@ export function restartLeadStep(input: {
   readonly graceMs: number;
 }): RestartLeadStep {
   if (restartLeader(input.view, input.back) !== input.self) return { kind: 'follow' };
-  const quorum = restartQuorum(input.view, input.back, input.previous, input.raftVoters);
+  const quorum = restartQuorum(input.view, input.back, input.previous, input.raftVoters, input.log);
   if (!quorum.ready) return { kind: 'wait', quorumSinceMs: undefined };
   const since = input.quorumSinceMs ?? input.nowMs;
   if (quorum.missing.length > 0 && input.nowMs - since < input.graceMs) return { kind: 'wait', quorumSinceMs: since };
