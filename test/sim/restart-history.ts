@@ -19,15 +19,18 @@ import type { View } from '../../src/membership/view.js';
 /** One entry of the simulated membership Raft log: a membership entry or a configuration step. */
 export type LogEntry =
   | { readonly index: number; readonly term: number; readonly kind: 'entry'; readonly entry: MembershipEntry }
-  | { readonly index: number; readonly term: number; readonly kind: 'conf'; readonly voters: readonly number[] };
+  | {
+    readonly index: number; readonly term: number; readonly kind: 'conf';
+    /** The Raft configuration step (raft/types.ts ConfChange) and the voters after it. */
+    readonly op: 'addVoter' | 'addLearner' | 'remove'; readonly node: number; readonly voters: readonly number[];
+  };
 
 export interface History {
   /** views[0] is the first view (sealed at index 0); views[i] was sealed at seals[i]. */
   readonly views: readonly View[];
   readonly seals: readonly number[];
+  /** From index 1: the founding voters' conf entries (as RaftCore bootstraps a group), then the rounds. */
   readonly log: readonly LogEntry[];
-  /** The voters before the first conf entry (the first view's). */
-  readonly initialVoters: readonly number[];
 }
 
 /** The entries of one round from `view` that remove `removed` (trims of `trimOf(senders)`). */
@@ -66,10 +69,13 @@ export function buildHistory(input: {
   const log: LogEntry[] = [];
   const views: View[] = [input.first];
   const seals = [0];
-  const initialVoters = votersOf(input.first, input.votersCount).map(Number);
-  let voters = [...initialVoters];
+  let voters: number[] = [];
   let learners: number[] = [];
   let term = 1;
+  for (const node of votersOf(input.first, input.votersCount).map(Number).sort((a, b) => a - b)) {
+    voters = [...voters, node];
+    log.push({ index: log.length + 1, term, kind: 'conf', op: 'addVoter', node, voters });
+  }
   const trimOf = input.trimOf ?? ((n: number) => Array.from({ length: n }, () => 1));
   input.removals.forEach((removed, round) => {
     if (input.newTermAt?.(round) === true) term++;
@@ -93,15 +99,15 @@ export function buildHistory(input: {
         learners = learners.filter((v) => v !== step.node);
         voters = [...voters, step.node];
       }
-      log.push({ index: log.length + 1, term, kind: 'conf', voters: [...voters] });
+      log.push({ index: log.length + 1, term, kind: 'conf', op: step.kind, node: step.node, voters: [...voters] });
     }
   });
-  return { views, seals, log, initialVoters };
+  return { views, seals, log };
 }
 
 /** The voters in effect at `index` (the newest conf entry at or below it). */
 export function votersAt(history: History, index: number): readonly number[] {
-  let voters = history.initialVoters;
+  let voters: readonly number[] = [];
   for (const e of history.log) {
     if (e.index > index) break;
     if (e.kind === 'conf') voters = e.voters;
