@@ -5,7 +5,11 @@
 // that every node adopts the same decision, only a chosen one, no acknowledged write is lost and
 // the replicas of each shard reconcile to one log (see restart-sim.ts); with newer view records
 // (`newer=minority|majority|chain`, `newerLeads`), also that no decision restarts from before a
-// view that delivered. Longer runs: npm run sim -- restart --seeds 5000 [--flag newer=...].
+// view that delivered; with a membership log of view changes that each removed nearly half
+// (`history=scenario|shrink`, restart-log.ts), that the restart waits for the log's voters and
+// restarts from the newest view the most up-to-date log seals, and that the records-only rule
+// (`mutation=noLogRule`) is caught skipping a view that delivered.
+// Longer runs: npm run sim -- restart --seeds 5000 [--flag newer=...|history=...].
 import test from 'ava';
 import { runSeed } from './restart-sim.js';
 
@@ -72,6 +76,35 @@ test('a restart that ignores newer records is caught skipping a view that delive
   for (let seed = 1; seed <= 10; seed++) {
     try {
       runSeed(seed, { flags: { newer: 'majority', mutation: 'ignoreNewer' } });
+    } catch (error) {
+      t.regex(String(error), /delivered view skipped/);
+      caught.push(seed);
+    }
+  }
+  t.true(caught.length >= 2, `caught on seeds [${caught}]`);
+});
+
+test('membership-log histories: 60 seeds of the hole and of random shrinking views restart from every delivered view', (t) => {
+  let fromLog = 0;
+  let logWaits = 0;
+  const decided = new Set<number>();
+  for (const history of ['scenario', 'shrink']) {
+    for (let seed = 1; seed <= 30; seed++) {
+      const result = runSeed(seed, { flags: { history } });
+      fromLog += Number(/restarts from a log's view (\d+)/.exec(result.summary)![1]) > 0 ? 1 : 0;
+      logWaits += Number(/log waits (\d+)/.exec(result.summary)![1]) > 0 ? 1 : 0;
+      if (history === 'scenario') decided.add(Number(/decided (\d+)\//.exec(result.summary)![1]));
+    }
+  }
+  t.deepEqual([...decided], [10], 'the scenario always restarts from view 9 (R + 2), which delivered');
+  t.true(fromLog >= 20 && logWaits >= 10, `seeds restarting from a view a log sealed: ${fromLog}, waiting for the log's voters: ${logWaits}`);
+});
+
+test('the records-only restart (no membership-log rule) is caught skipping a view that delivered', (t) => {
+  const caught = [];
+  for (let seed = 1; seed <= 12; seed++) {
+    try {
+      runSeed(seed, { flags: { history: 'scenario', mutation: 'noLogRule' } });
     } catch (error) {
       t.regex(String(error), /delivered view skipped/);
       caught.push(seed);
