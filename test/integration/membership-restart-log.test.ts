@@ -10,7 +10,7 @@
 //  2. A view only the log seals: view 5 = [1, 2, 3] was sealed and committed, but every node
 //     crashed before recording it. Nodes 1, 2 and 3 (records of view 4) resume from view 5 in
 //     view 6, not in a second view 5.
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { nodeId, viewId } from '../../src/core/ids.js';
 import { defaultAllocator, flexibleEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
 import { encodeEntry } from '../../src/membership/view-change-core.js';
@@ -19,8 +19,7 @@ import { MemoryStorage } from '../../src/raft/storage.js';
 import { EntryType, encodeConfChange, type Entry } from '../../src/raft/types.js';
 import { MembershipDriver } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
-import type { Endpoint } from '../../src/transport/native-transport.js';
-import { createEndpoint, KvState, waitFor } from '../support/membership-local.js';
+import { createEndpoint, KvState, logOnFailure, waitFor } from '../support/membership-local.js';
 import { buildHistory, commitIndex, type History } from '../sim/restart-history.js';
 
 const allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(1, 1, 5)) });
@@ -60,18 +59,6 @@ async function group(seedBase: number, removals: number[][]) {
   return { endpoints, history, lines, record, driver };
 }
 
-async function run(t: ExecutionContext, lines: string[], drivers: MembershipDriver[], endpoints: Endpoint[], body: () => Promise<void>): Promise<void> {
-  try {
-    await body();
-  } catch (error) {
-    t.log(lines.join('\n'));
-    throw error;
-  } finally {
-    for (const d of drivers) await d.close();
-    for (const e of endpoints) await e.close();
-  }
-}
-
 test('a record quorum of view 4 without a majority of the log\'s voters waits; with nodes 1 and 2 back it resumes from view 6', async (t) => {
   t.timeout(40_000);
   const { endpoints, history, lines, record, driver } = await group(1240, [[4, 5], [3]]);
@@ -83,7 +70,7 @@ test('a record quorum of view 4 without a majority of the log\'s voters waits; w
   t.true(commit >= history.seals[2]!, 'view 6 was sealed by committed entries');
   const make = (i: number): MembershipDriver => driver(i, record(i <= 2 ? 6 : 4), storageOf(history, lengths.get(i)!, i <= 2 ? commit : 0));
   const drivers = [make(3), make(4), make(5)];
-  await run(t, lines, drivers, endpoints, async () => {
+  await logOnFailure(t, lines, drivers, endpoints, async () => {
     const started = drivers.map((d) => d.start());
     await waitFor('nodes 3, 4 and 5 see each other', () => lines.some((l) => /^n3 restart: view \d: back \[3,4,5\]/.test(l)), 10_000);
     await new Promise((resolve) => setTimeout(resolve, 1000)); // longer than the grace period
@@ -115,7 +102,7 @@ test('a view the log seals but nobody recorded is the one the group restarts fro
   const lengths = new Map([[1, full], [2, full], [3, full], [4, full - 2], [5, full - 3]]);
   const commit = commitIndex(history, lengths);
   const drivers = [1, 2, 3].map((i) => driver(i, record(4), storageOf(history, lengths.get(i)!, commit)));
-  await run(t, lines, drivers, endpoints, async () => {
+  await logOnFailure(t, lines, drivers, endpoints, async () => {
     await Promise.all(drivers.map((d) => d.start()));
     for (const d of drivers) {
       t.is(d.current().id, viewId(6), 'view 6: view 5 was sealed, its id is not reused');
