@@ -224,6 +224,8 @@ type Wire =
   | {
     t: 'restartHello'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'];
     previous?: QuorumRule; raftVoters?: readonly RaftVoters[]; log?: WireLogSummary;
+    /** `view` is one only a membership log seals: the trims of the round that sealed it, and whether it is tentative. */
+    sealedTrims?: RestartRun['sealedTrims']; tentative?: boolean;
   }
   /** A chosen restart decision (accepted by a quorum): every node of its view adopts it. */
   | { t: 'restartDecision'; decision: RestartDecisionRecord }
@@ -236,6 +238,8 @@ type RestartReply =
   | {
     t: 'restartWait'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'];
     previous?: QuorumRule; raftVoters?: readonly RaftVoters[]; log?: WireLogSummary;
+    /** `view` is one only a membership log seals: the trims of the round that sealed it, and whether it is tentative. */
+    sealedTrims?: RestartRun['sealedTrims']; tentative?: boolean;
   }
   | { t: 'restartDecided'; decision: RestartDecisionRecord }
   | { t: 'restartPaxos'; reply: AcceptorReply<RestartDecisionRecord> }
@@ -794,7 +798,9 @@ export class MembershipDriver {
   }
 
   /** What a restarting node tells the others of the newest record it knows. */
-  private restartKnows(run: RestartRun): Pick<Extract<Wire, { t: 'restartHello' }>, 'view' | 'epoch' | 'trims' | 'previous' | 'raftVoters' | 'log'> {
+  private restartKnows(
+    run: RestartRun,
+  ): Pick<Extract<Wire, { t: 'restartHello' }>, 'view' | 'epoch' | 'trims' | 'previous' | 'raftVoters' | 'log' | 'sealedTrims' | 'tentative'> {
     const own = run.raftVoters.get(this.self) ?? [];
     return {
       view: encodeView(run.last), epoch: run.lastEpoch,
@@ -802,6 +808,8 @@ export class MembershipDriver {
       ...(run.previous !== undefined ? { previous: run.previous } : {}),
       ...(own.length > 0 ? { raftVoters: own } : {}),
       ...(run.ownLog !== undefined ? { log: run.ownLog } : {}),
+      ...(run.sealedTrims !== undefined ? { sealedTrims: run.sealedTrims } : {}),
+      ...(run.tentative ? { tentative: true } : {}),
     };
   }
 
@@ -811,17 +819,20 @@ export class MembershipDriver {
     if (peer.raftVoters !== undefined) run.raftVoters.set(nodeId(node), peer.raftVoters);
     if (peer.log !== undefined && !run.logs.has(node)) run.logs.set(node, decodeLogSummary(peer.log));
     const view = decodeView(peer.view);
+    // `sealedTrims` set: the peer's view is one only a log seals (`tentative` if not known
+    // committed), not a record.
     if (view.id === run.last.id && epoch === run.lastEpoch) {
       run.previous ??= peer.previous;
-      run.tentative = false; // a record of it: its seal committed
+      if (peer.tentative !== true) run.tentative = false; // a record, or known committed
+      run.sealedTrims ??= peer.sealedTrims;
     }
     if (view.id > run.last.id) {
       run.last = view;
       run.lastEpoch = epoch;
       run.previous = peer.previous;
       run.trims = undefined;
-      run.sealedTrims = undefined;
-      run.tentative = false;
+      run.sealedTrims = peer.sealedTrims;
+      run.tentative = peer.tentative === true;
       run.quorumSinceMs = undefined;
       run.proposer = undefined; // a ballot of the older instance: its acceptors answer `stale` now
     }

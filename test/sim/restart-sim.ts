@@ -75,8 +75,8 @@ interface SimDecision {
 }
 
 type Msg =
-  | { k: 'hello'; inst: RestartInstance; log?: LogSummary }
-  | { k: 'wait'; inst: RestartInstance; log?: LogSummary }
+  | { k: 'hello'; inst: RestartInstance; log?: LogSummary; tentative?: true }
+  | { k: 'wait'; inst: RestartInstance; log?: LogSummary; tentative?: true }
   | { k: 'decided'; d: SimDecision }
   | { k: 'prepare'; inst: RestartInstance; b: Ballot }
   | { k: 'accept'; inst: RestartInstance; b: Ballot; d: SimDecision }
@@ -126,7 +126,7 @@ class World {
   profileFired = false;
   mutation: string | undefined;
   sim!: Simulation<Msg, RestartSimNode>;
-  stats = { ballots: 0, refused: 0, adoptedValues: 0, chosen: 0, adoptions: 0, pulls: 0, leaderCrashes: 0, fromLog: 0, logWaits: 0 };
+  stats = { ballots: 0, refused: 0, adoptedValues: 0, chosen: 0, adoptions: 0, pulls: 0, leaderCrashes: 0, fromLog: 0, tentative: 0, logWaits: 0 };
 
   /** A node acted on a decision or an acceptance: the swarm profile may crash it now. */
   acted(node: number, what: string): void {
@@ -306,7 +306,9 @@ class RestartSimNode implements SimNode<Msg> {
   }
 
   private hello(k: 'hello' | 'wait'): Msg {
-    return { k, inst: this.instance, ...(this.ownLog !== undefined ? { log: this.ownLog } : {}) };
+    return {
+      k, inst: this.instance, ...(this.ownLog !== undefined ? { log: this.ownLog } : {}), ...(this.tentative ? { tentative: true } : {}),
+    };
   }
 
   /**
@@ -325,6 +327,7 @@ class RestartSimNode implements SimNode<Msg> {
     if (newest === undefined || newest.view.id <= this.last.id) return;
     this.ctx.trace(`n${rule.holder}'s log seals ${newest.view.id}${rule.committed ? '' : ' (not known committed)'}: restart from it`);
     this.world.stats.fromLog++;
+    if (!rule.committed) this.world.stats.tentative++;
     this.last = this.world.views.get(newest.view.id) ?? newest.view;
     this.tentative = !rule.committed;
     this.quorumSinceMs = undefined;
@@ -362,12 +365,17 @@ class RestartSimNode implements SimNode<Msg> {
     const msg: Msg = { k: 'prepare', inst, b };
     this.acceptLocally(msg);
     const sent: number[] = [];
-    for (const m of this.last.memberIds) {
+    for (const m of this.acceptors()) {
       if (Number(m) === this.id || !back.has(m)) continue;
       this.ctx.send(Number(m), msg);
       sent.push(Number(m));
     }
     this.world.maybeCrashLeader(this, 'afterPrepare', sent);
+  }
+
+  /** Whom a ballot goes to: the last view's members and its predecessor's (the driver's runBallot). */
+  private acceptors(): NodeId[] {
+    return [...new Set([...this.last.memberIds, ...(this.previous?.members ?? []).map((m) => nodeId(m))])];
   }
 
   private fresh(back: ReadonlySet<NodeId>): SimDecision {
@@ -431,7 +439,7 @@ class RestartSimNode implements SimNode<Msg> {
         if (step.adopted) this.world.stats.adoptedValues++;
         const accept: Msg = { k: 'accept', inst: p.instance, b: p.ballot, d: step.decision };
         this.acceptLocally(accept);
-        const targets = this.last.memberIds.map(Number).filter((m) => m !== this.id && this.backSet(this.ctx.nowMs()).has(nodeId(m)));
+        const targets = this.acceptors().map(Number).filter((m) => m !== this.id && this.backSet(this.ctx.nowMs()).has(nodeId(m)));
         const cut = this.world.fires('midAccept') ? this.world.partWay(targets.length) : targets.length;
         targets.slice(0, cut).forEach((m) => this.ctx.send(m, accept));
         if (cut < targets.length) this.world.maybeCrashLeader(this, 'midAccept', targets.slice(0, cut));
@@ -532,11 +540,11 @@ class RestartSimNode implements SimNode<Msg> {
         }
         this.back.set(from, this.ctx.nowMs());
         if (msg.log !== undefined) this.summaries.set(from, msg.log);
-        if (msg.inst.viewId === this.last.id) this.tentative = false; // a record of it: its seal committed
+        if (msg.inst.viewId === this.last.id && msg.tentative !== true) this.tentative = false; // a record, or known committed
         if (msg.inst.viewId > this.last.id && this.world.mutation !== 'ignoreNewer') {
           this.last = this.world.views.get(msg.inst.viewId)!;
           this.lastEpoch = msg.inst.epoch;
-          this.tentative = false;
+          this.tentative = msg.tentative === true;
           this.quorumSinceMs = undefined;
           this.proposer = undefined;
         }
@@ -765,7 +773,7 @@ function finish(world: World, sim: Simulation<Msg, RestartSimNode>, options: See
     `${describe()}, ballots ${s.ballots}, refused ${s.refused}, ` +
       `re-proposed ${s.adoptedValues}, chosen ${s.chosen}, adoptions ${s.adoptions}, pulls ${s.pulls}, leader crashes ${s.leaderCrashes}, ` +
       `crashes ${sim.stats.crashes}, faults ${sim.stats.faults}` +
-      (world.membershipLog !== undefined ? `, restarts from a log's view ${s.fromLog}, log waits ${s.logWaits}` : '') +
+      (world.membershipLog !== undefined ? `, restarts from a log's view ${s.fromLog} (tentative ${s.tentative}), log waits ${s.logWaits}` : '') +
       `; decided ${world.adopted?.key ?? '-'}`,
   );
 }
