@@ -8,7 +8,9 @@ import { nodeId, type NodeId } from '../../src/core/ids.js';
 import { SeededRandom } from '../../src/core/random.js';
 import { defaultAllocator, flexibleEvenShards, oneSubgroup } from '../../src/membership/layout.js';
 import { replaySeals, restartLogRule, type LogSummary } from '../../src/membership/restart-log.js';
-import { ballotQuorums, quorumRuleOf, restartLeadStep, restartQuorum } from '../../src/membership/restart.js';
+import {
+  RestartProposer, acceptorAccept, acceptorPrepare, ballotQuorums, quorumRuleOf, restartLeadStep, restartQuorum, type RestartAcceptorState,
+} from '../../src/membership/restart.js';
 import { initialView, type MembershipEntry } from '../../src/membership/view-change-core.js';
 import { buildHistory, commitIndex, raftConsistent, summaryOf, type History } from '../sim/restart-history.js';
 
@@ -142,4 +144,38 @@ test('random histories: once the rule is met, the restart starts from every view
     }
   }
   t.true(checked > 500 && waited > 500 && fromLog > 20, `checked ${checked}, waited ${waited}, from the log ${fromLog}`);
+});
+
+test('two logs with different uncommitted seals of one view id: without the tentative rule two decisions are chosen', (t) => {
+  // View S = [1..5]. Leader 1's term wrote a round removing 4 and 5 (sealing [1, 2, 3]) on
+  // nodes 1 and 2 only; leader 4's later term wrote one removing 1 and 2 (sealing [3, 4, 5]) on
+  // 4 and 5 only. Neither committed. Nodes 1, 2, 3 (back) would elect node 1; nodes 3, 4, 5
+  // node 4: each side's most up-to-date log seals a different view with the same id.
+  const a = buildHistory({ first: U, removals: [[4, 5]], allocator, votersCount: 5 }).views[1]!;
+  const b = buildHistory({ first: U, removals: [[1, 2]], allocator, votersCount: 5 }).views[1]!;
+  t.is(a.id, b.id);
+  t.notDeepEqual(a.memberIds, b.memberIds);
+  const run = (tentative: boolean): string[] => {
+    const inst = { viewId: a.id, epoch: '0' };
+    const own = { viewId: U.id, epoch: '0' };
+    const states = new Map<number, RestartAcceptorState<string> | undefined>();
+    const chosen: string[] = [];
+    const pa = new RestartProposer<string>(inst, { viewId: a.id, round: 1, node: 1 }, ballotQuorums(quorumRuleOf(a), quorumRuleOf(U), tentative), () => 'A');
+    const pb = new RestartProposer<string>(inst, { viewId: b.id, round: 1, node: 3 }, ballotQuorums(quorumRuleOf(b), quorumRuleOf(U), tentative), () => 'B');
+    const ask = (p: RestartProposer<string>, node: number, accept?: string): void => {
+      const step = accept === undefined
+        ? acceptorPrepare(states.get(node), own, inst, p.ballot)
+        : acceptorAccept(states.get(node), own, inst, p.ballot, accept);
+      states.set(node, step.state);
+      const out = p.onReply(node, step.reply);
+      if (out.kind === 'chosen') chosen.push(out.decision);
+    };
+    for (const n of [1, 2, 3]) ask(pa, n); // A's promises: a quorum of [1, 2, 3] meeting every quorum of S
+    for (const n of [3, 4, 5]) ask(pb, n); // B's: node 3 now promised B's higher ballot
+    for (const n of [1, 2, 3]) ask(pa, n, pa.proposing!); // node 3 refuses A's accept
+    for (const n of [3, 4, 5]) ask(pb, n, pb.proposing!);
+    return chosen;
+  };
+  t.deepEqual(run(false), ['A', 'B'], 'the accept quorum of [1, 2, 3] alone: both chosen');
+  t.deepEqual(run(true), ['B'], 'with a quorum of S also needed, A is not chosen');
 });
