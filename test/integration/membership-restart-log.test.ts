@@ -10,9 +10,15 @@
 //  2. A view only the log seals: view 5 = [1, 2, 3] was sealed and committed, but every node
 //     crashed before recording it. Nodes 1, 2 and 3 (records of view 4) resume from view 5 in
 //     view 6, not in a second view 5.
+//  3. The same with shard data: view 4 = [1, 2, 3] (one shard, all sending) closed with the trim
+//     [2, 1, 0] into view 5 = [1, 2], which nobody recorded. Node 1 delivered up to the trim
+//     (positions 0, 1, 3 of view 4); node 2 did not and holds positions 0 to 4 (raw mode: in
+//     position order, past the trim's first cut, and newer than node 1's). The decision from view
+//     5 carries view 4's trims (trimsViewId): node 2 truncates to position 1 and pulls 3, and both
+//     end with positions 0, 1, 3 (read as view 5's trims, node 1 pulled position 4 instead).
 import test from 'ava';
-import { nodeId, viewId } from '../../src/core/ids.js';
-import { defaultAllocator, flexibleEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
+import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
+import { defaultAllocator, fixedEvenShards, flexibleEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
 import { encodeEntry } from '../../src/membership/view-change-core.js';
 import { encodeView, View } from '../../src/membership/view.js';
 import { MemoryStorage } from '../../src/raft/storage.js';
@@ -109,5 +115,50 @@ test('a view the log seals but nobody recorded is the one the group restarts fro
       t.deepEqual(d.current().memberIds.map(Number), [1, 2, 3]);
     }
     t.true(lines.some((l) => /seals view 5 \[1,2,3\] at index \d+, newer than every record \(view 4\): restarting from it/.test(l)));
+  });
+});
+
+test('a restart from a view only the log seals truncates by the trims of the round that sealed it', async (t) => {
+  t.timeout(30_000);
+  const endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(1260 + i)));
+  const members = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
+  const three = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 3)) });
+  const layout = runAllocator(three, { previous: undefined, members: members.map((m) => m.id) });
+  const view4 = new View({ id: viewId(4), members, joined: [], departed: [], failed: [], layout });
+  const history = buildHistory({ first: view4, removals: [[3]], allocator: three, votersCount: 3, trimOf: () => [2, 1, 0] });
+  t.deepEqual(history.views[1]!.memberIds.map(Number), [1, 2]);
+  const shard = { subgroupId: layout.types[0]!.subgroups[0]!.subgroupId as SubgroupId, shardIndex: 0 as ShardIndex };
+  const v3 = [0, 1, 2].map((p) => ({ version: makeVersion(viewId(3), p), tag: `v3:${p}` }));
+  const v4 = (positions: number[]) => positions.map((p) => ({ version: makeVersion(viewId(4), p), tag: `v4:${p}` }));
+  const logs = [[...v3, ...v4([0, 1, 3])], [...v3, ...v4([0, 1, 2, 3, 4])]];
+  const records: MembershipRecord[] = [
+    { view: encodeView(view4), epoch: '2', sealIndex: 0, trims: { viewId: 4, trims: [{ ...shard, trim: [2, 1, 0] }] } },
+    { view: encodeView(view4), epoch: '2', sealIndex: 0 },
+  ];
+  const commit = history.log.length;
+  const lines: string[] = [];
+  const states = logs.map((log) => {
+    const state = new KvState();
+    for (const r of log) state.append(shard, r.version, r.tag);
+    return state;
+  });
+  const drivers = [0, 1].map((i) => {
+    const storage = storageOf(history, history.log.length, commit);
+    return new MembershipDriver({
+      self: nodeId(i + 1), transport: endpoints[i]!, allocator: three, layoutHash: 'kv', founders: members, found: false,
+      heartbeatMs: 20, failureTimeoutMs: 400, tickMs: 10, record: records[i]!, state: states[i]!, votersCount: 3,
+      restartTimeoutMs: 20_000, restartGraceMs: 200,
+      raftStorageFor: (epoch) => (epoch === '2' ? storage : new MemoryStorage()),
+      onDeliver: (s, d) => states[i]!.append(s, d.version!, new TextDecoder().decode(d.payload)),
+      log: (line) => lines.push(`n${i + 1} ${line}`),
+    });
+  });
+  await logOnFailure(t, lines, drivers, endpoints, async () => {
+    await Promise.all(drivers.map((d) => d.start()));
+    for (const d of drivers) t.deepEqual([d.current().id, d.current().memberIds.map(Number)], [viewId(6), [1, 2]]);
+    await waitFor('every shard reconciled', () => drivers.every((d) => !d.awaitingState(shard)), 10_000);
+    const expected = [...v3, ...v4([0, 1, 3])].map((r) => r.tag);
+    for (const [i, s] of states.entries()) t.deepEqual(s.shards.get('0/0')!.map((r) => r.tag), expected, `node ${i + 1}`);
+    t.true(lines.some((l) => l.startsWith('n2 restart: shard 0/0 truncates')), 'node 2 truncated past view 4\'s trim');
   });
 });

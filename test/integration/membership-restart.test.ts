@@ -74,7 +74,6 @@ test('diverging replicas restart to one history: truncation past the trim, pulls
   }
 });
 
-/** Runs `body`; if it fails, logs the nodes' lines; then closes `drivers` (also those added meanwhile) and `endpoints`. */
 /** Three endpoints, the view-4 record for them, and a driver factory over per-node KV states. */
 async function restartingGroup(seedBase: number) {
   const endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(seedBase + i)));

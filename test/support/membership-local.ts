@@ -192,7 +192,7 @@ export async function createFounders(
   return { nodes, founders };
 }
 
-/** Runs `body`; on failure logs `lines` to the test; always closes the drivers, then the endpoints. */
+/** Runs `body`; if it fails, logs the nodes' lines; then closes `drivers` (also those added meanwhile) and `endpoints`. */
 export async function logOnFailure(
   t: ExecutionContext, lines: readonly string[], drivers: readonly MembershipDriver[], endpoints: readonly Endpoint[],
   body: () => Promise<void>,
