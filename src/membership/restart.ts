@@ -5,12 +5,15 @@
  *
  * The protocol (the driver, src/runtime/membership-driver.ts, runs it):
  *  1. Every restarting node knows the last view it installed (`R_i`, persisted before it created
- *     any multicast driver of that view) and exchanges it with the members of that view. The
- *     newest view any of them knows is `R`.
+ *     any multicast driver of that view) and exchanges it with the members of that view, with
+ *     a summary of its membership log (restart-log.ts). The newest view any of them recorded
+ *     or the most up-to-date log among them seals is `R`.
  *  2. The **restart leader**, the lowest-ranked member of `R` that is back, waits until a
  *     majority of `R`'s members and a majority of every shard's members are back
  *     (`restartQuorum`; also a majority of every raft shard's voters as any member's persisted
- *     Raft log has them, `RaftVoters`, since that configuration can lag `R`), then a grace period for the rest (or until all are back), and gets the
+ *     Raft log has them, `RaftVoters`, since that configuration can lag `R`; and a majority of
+ *     the voters of the most up-to-date membership log's configuration: restart-log.ts), then a
+ *     grace period for the rest (or until all are back), and gets the
  *     restart view agreed by **single-decree Paxos** among `R`'s members (below). The decision
  *     it proposes if nobody accepted one is `restartView(R, back)`: id `R + 1`, the members that
  *     are back in `R`'s rank order under their current addresses, the others failed, the
@@ -84,19 +87,26 @@
  * minority only (it delivered nothing) may be skipped: then the decision restarts from `R` and its
  * view takes the id `R + 1` again, which is harmless, since that view has no versions.
  *
- * Limits (the views the group went through just before the total crash, not the decision's
- * Paxos): (1) the argument for `V ≥ U + 2` and for a delivered view needs survivors and shards
- * that stay in place; two view changes in a row that each removed nearly half the members (or
- * added more than there were) can leave the removed nodes, with records of `U`, a quorum of `U`
- * that decides a restart from `U` while `U + 2` delivered (none of `U`'s ballot's promisers knows a
- * newer view, so no rule carried by newer records can reach them). The way to close it is the
- * membership log, which holds every seal: see "Limits" in src/membership/README.md. (2) A record
- * written before `previous` existed, or by a node that joined in that view (its install has no
+ * Limits and the membership-log rule: (1) the argument for `V ≥ U + 2` and for a delivered view
+ * needs survivors and shards that stay in place; two view changes in a row that each removed
+ * nearly half the members can leave the removed nodes, with records of `U`, a quorum of `U` none
+ * of whose members knows a newer view. The membership log closes that (restart-log.ts): a
+ * restart also waits for a majority of the voters of the most up-to-date membership log back
+ * (which then holds every committed entry), and `R` becomes the newest view that log seals or any
+ * node recorded, so `R` is at least every view whose seal committed, and every view that
+ * delivered. A view only a log seals counts as a record of it for the instance and the
+ * predecessor rule; one whose seal no node back knows committed is `tentative` (two logs may
+ * seal two different such views under one id): its ballots also need acceptances from a quorum
+ * of the predecessor (ballotQuorums), where they meet every other ballot of the epoch. The
+ * `V ≥ U + 2` case then cannot choose from `U`: a leader of `U`'s instance would have waited for
+ * the log's voters and moved to `U + 2`. (2) A record written before `previous` existed, or by a
+ * node that joined in that view (its install has no
  * predecessor), carries no predecessor rule: its ballots need a quorum of its view only (the
  * earlier rule); a node learns the rule from a peer's hello with the same record.
  */
 import { makeVersion, viewId as makeViewId, type NodeId, type Version } from '../core/ids.js';
 import { runAllocator, type Allocator } from './layout.js';
+import type { LogWait } from './restart-log.js';
 import { View, type Member } from './view.js';
 
 /** Who is back, and what still keeps the restart from going ahead. */
@@ -120,6 +130,8 @@ export interface RestartQuorum {
   }[];
   /** Raft shard configurations (as some member's log holds them) with fewer than a majority back. */
   readonly shortRaft: readonly RaftVoters[];
+  /** What the membership-log rule still waits for (restart-log.ts restartLogRule), if anything. */
+  readonly shortLog: LogWait | undefined;
 }
 
 /**
@@ -135,7 +147,7 @@ export interface RaftVoters {
 }
 
 export function restartQuorum(
-  view: View, back: ReadonlySet<NodeId>, previous?: QuorumRule, raftVoters: readonly RaftVoters[] = [],
+  view: View, back: ReadonlySet<NodeId>, previous?: QuorumRule, raftVoters: readonly RaftVoters[] = [], log?: LogWait,
 ): RestartQuorum {
   const members = view.memberIds;
   const missing = members.filter((m) => !back.has(m));
@@ -163,8 +175,8 @@ export function restartQuorum(
     if (!hasMajority(r.voters, back as ReadonlySet<number>)) shortRaft.push(r);
   }
   return {
-    ready: majority && shortShards.length === 0 && !previousShort && shortRaft.length === 0,
-    missing, shortShards, previousShort, shortRaft,
+    ready: majority && shortShards.length === 0 && !previousShort && shortRaft.length === 0 && log === undefined,
+    missing, shortShards, previousShort, shortRaft, shortLog: log,
   };
 }
 
@@ -213,12 +225,14 @@ export interface BallotQuorums {
 /**
  * The quorums of a ballot of the instance of `view` (`previous`: its predecessor's rule, carried
  * by the record, when that view was installed in the same epoch): the promisers are a quorum of
- * `view` and meet every quorum of `previous`; the acceptors are a quorum of `view`.
+ * `view` and meet every quorum of `previous`; the acceptors are a quorum of `view`, and, when
+ * `tentative` (a view only a membership log seals, by entries not known to be committed:
+ * restart-log.ts), also a quorum of `previous`.
  */
-export function ballotQuorums(view: QuorumRule, previous: QuorumRule | undefined): BallotQuorums {
+export function ballotQuorums(view: QuorumRule, previous: QuorumRule | undefined, tentative = false): BallotQuorums {
   return {
     promise: (nodes) => isRestartQuorum(view, nodes) && (previous === undefined || meetsEveryQuorum(previous, nodes)),
-    accept: (nodes) => isRestartQuorum(view, nodes),
+    accept: (nodes) => isRestartQuorum(view, nodes) && (!tentative || previous === undefined || isRestartQuorum(previous, nodes)),
   };
 }
 
@@ -366,6 +380,8 @@ export function restartLeadStep(input: {
   readonly previous?: QuorumRule | undefined;
   /** The raft shards' voters the members back reported (restartQuorum). */
   readonly raftVoters?: readonly RaftVoters[];
+  /** What the membership-log rule still waits for (restart-log.ts), if anything. */
+  readonly log?: LogWait | undefined;
   readonly back: ReadonlySet<NodeId>;
   readonly self: NodeId;
   readonly nowMs: number;
@@ -373,7 +389,7 @@ export function restartLeadStep(input: {
   readonly graceMs: number;
 }): RestartLeadStep {
   if (restartLeader(input.view, input.back) !== input.self) return { kind: 'follow' };
-  const quorum = restartQuorum(input.view, input.back, input.previous, input.raftVoters);
+  const quorum = restartQuorum(input.view, input.back, input.previous, input.raftVoters, input.log);
   if (!quorum.ready) return { kind: 'wait', quorumSinceMs: undefined };
   const since = input.quorumSinceMs ?? input.nowMs;
   if (quorum.missing.length > 0 && input.nowMs - since < input.graceMs) return { kind: 'wait', quorumSinceMs: since };

@@ -307,6 +307,14 @@ export class ViewChangeCore {
     return this.state;
   }
 
+  /**
+   * The trims committed in the open round, every shard's (in layout order): read once `deliver`
+   * was emitted, before delivered(); restart-log.ts replays a log with it.
+   */
+  get roundTrims(): ShardTrim[] {
+    return [...this.trims.values()].sort((a, b) => a.subgroupId - b.subgroupId || a.shardIndex - b.shardIndex);
+  }
+
   /** Index of the last committed entry applied (or queued behind a seal). */
   get lastAppliedIndex(): number {
     return this.appliedIndex;

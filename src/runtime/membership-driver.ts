@@ -42,13 +42,14 @@ import {
   restartAcceptorOf, restartLeadStep, restartLeader, restartQuorum, restartView, type AcceptorReply, type Ballot,
   type PeerVersion, type ProposerStep, type QuorumRule, type RaftVoters, type RestartAcceptorState, type RestartInstance, type RestartTrim,
 } from '../membership/restart.js';
+import { replaySeals, restartLogRule, type LogRule, type LogSummary } from '../membership/restart-log.js';
 import { decodeView, encodeView, type View } from '../membership/view.js';
 import type { MulticastLimits } from '../multicast/config.js';
 import { computeTrim } from '../multicast/ragged-edge.js';
 import { RaftProposalError } from '../raft/errors.js';
-import { MemoryStorage, type RaftStorage } from '../raft/storage.js';
+import { MemoryStorage, loadInitialState, persistedConf, type RaftStorage } from '../raft/storage.js';
 import type { MembershipRecord, RestartDecisionRecord } from './membership-store.js';
-import type { Entry, Snapshot } from '../raft/types.js';
+import { EntryType, type Entry, type Snapshot } from '../raft/types.js';
 import { WRAPPED_TRANSPORT, type RequestContext, type Transport, type TransportAddress, type TransportSession } from '../transport/transport.js';
 import {
   MulticastDriver, forgetMulticastSession, prepareMulticastTransport, type MulticastDelivery, type MulticastView,
@@ -168,7 +169,9 @@ export class RemovedFromGroupError extends SquallError {
 
 /** A total restart did not find enough of the last view's members back in time. */
 export class RestartTimeoutError extends SquallError {
-  constructor(viewIdValue: number, missing: readonly NodeId[], short: string, timeoutMs: number, previous?: QuorumRule) {
+  constructor(
+    viewIdValue: number, missing: readonly NodeId[], short: string, timeoutMs: number, previous?: QuorumRule, log?: string,
+  ) {
     super(
       `restart of view ${viewIdValue}: after ${timeoutMs} ms, members [${missing.join(', ')}] are not back` +
         `${short ? ` and ${short} lack a majority` : ''}` +
@@ -176,6 +179,7 @@ export class RestartTimeoutError extends SquallError {
           ? `, and the nodes back do not hold half of view ${previous.viewId} [${previous.members.join(', ')}] (the view ` +
             'before, which a restart must hear from in case it decided first)'
           : '') +
+        (log !== undefined ? `, and it waits for ${log}` : '') +
         '. The group resumes once a majority of the view and of every shard restarted from their data dirs. ' +
         'Fix: start those nodes with their data dirs, or raise group.restart_timeout_s.',
       'RESTART_TIMEOUT',
@@ -219,7 +223,9 @@ type Wire =
    */
   | {
     t: 'restartHello'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'];
-    previous?: QuorumRule; raftVoters?: readonly RaftVoters[];
+    previous?: QuorumRule; raftVoters?: readonly RaftVoters[]; log?: WireLogSummary;
+    /** `view` is one only a membership log seals: the trims of the round that sealed it, and whether it is tentative. */
+    sealedTrims?: RestartRun['sealedTrims']; tentative?: boolean;
   }
   /** A chosen restart decision (accepted by a quorum): every node of its view adopts it. */
   | { t: 'restartDecision'; decision: RestartDecisionRecord }
@@ -231,12 +237,23 @@ type Wire =
 type RestartReply =
   | {
     t: 'restartWait'; node: number; address: string; view: Uint8Array; epoch: string; trims?: MembershipRecord['trims'];
-    previous?: QuorumRule; raftVoters?: readonly RaftVoters[];
+    previous?: QuorumRule; raftVoters?: readonly RaftVoters[]; log?: WireLogSummary;
+    /** `view` is one only a membership log seals: the trims of the round that sealed it, and whether it is tentative. */
+    sealedTrims?: RestartRun['sealedTrims']; tentative?: boolean;
   }
   | { t: 'restartDecided'; decision: RestartDecisionRecord }
   | { t: 'restartPaxos'; reply: AcceptorReply<RestartDecisionRecord> }
   | { t: 'live' }
   | { t: 'notMember' };
+
+/** A restarting node's own membership log, as its hellos carry it (restart-log.ts LogSummary). */
+type WireLogSummary = Omit<LogSummary, 'sealed'> & {
+  readonly sealed: readonly (Omit<LogSummary['sealed'][number], 'view'> & { readonly view: Uint8Array })[];
+};
+
+function decodeLogSummary(wire: WireLogSummary): LogSummary {
+  return { ...wire, sealed: wire.sealed.map((s) => ({ ...s, view: decodeView(s.view) })) };
+}
 
 /** What a restarting node knows while the group agrees on the view to resume in. */
 interface RestartRun {
@@ -252,6 +269,17 @@ interface RestartRun {
   readonly back: Map<NodeId, { address: TransportAddress; atMs: number }>;
   /** Each node's raft shard voters as its persisted logs hold them (this node's included). */
   readonly raftVoters: Map<NodeId, readonly RaftVoters[]>;
+  /** Each node's membership log summary (this node's included; restart-log.ts). */
+  readonly logs: Map<number, LogSummary>;
+  /** The log rule as of this turn of the restart loop (restartLogRule). */
+  logRule: LogRule | undefined;
+  /**
+   * `last` is a view only a membership log seals, by entries no node back knows committed: its
+   * ballots also need acceptances from a quorum of its predecessor (restart-log.ts).
+   */
+  tentative: boolean;
+  /** When `last` came from a log: the trims of the round that sealed it (its predecessor's). */
+  sealedTrims: { readonly viewId: number; readonly trims: NonNullable<MembershipRecord['trims']>['trims'] } | undefined;
   quorumSinceMs: number | undefined;
   /** The chosen decision, once known (only a chosen one is acted on). */
   decided: RestartDecisionRecord | undefined;
@@ -260,6 +288,8 @@ interface RestartRun {
   acceptor: RestartAcceptorState<RestartDecisionRecord> | undefined;
   /** This node's ballot while it leads the decision. */
   proposer: RestartProposer<RestartDecisionRecord> | undefined;
+  /** This node's own membership log summary, as its hellos carry it. */
+  ownLog?: WireLogSummary;
   ballotStartedMs: number;
   /** The lowest round this node's next ballot may use (above every round it has seen refused). */
   nextRound: number;
@@ -267,9 +297,13 @@ interface RestartRun {
 
 /** A run that has heard from nobody yet and runs no ballot. */
 function newRestartRun(
-  known: Pick<RestartRun, 'last' | 'lastEpoch' | 'previous' | 'trims' | 'record' | 'raftVoters' | 'decided' | 'acceptor'>,
+  known: Pick<RestartRun, 'last' | 'lastEpoch' | 'previous' | 'trims' | 'record' | 'raftVoters' | 'decided' | 'acceptor'> &
+    Partial<Pick<RestartRun, 'logs'>>,
 ): RestartRun {
-  return { ...known, back: new Map(), quorumSinceMs: undefined, live: false, proposer: undefined, ballotStartedMs: 0, nextRound: 1 };
+  return {
+    logs: new Map(), ...known, back: new Map(), quorumSinceMs: undefined, live: false, proposer: undefined, ballotStartedMs: 0, nextRound: 1,
+    logRule: undefined, tentative: false, sealedTrims: undefined,
+  };
 }
 
 /** A ballot that neither got its decision chosen nor was refused is abandoned after this long. */
@@ -297,6 +331,14 @@ const FETCH_BACKOFF_MS = 1000;
 const shardNumber = (s: ShardRef): number => s.subgroupId * 1024 + s.shardIndex;
 const shardName = (s: ShardRef): string => `${s.subgroupId}/${s.shardIndex}`;
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** What the membership-log rule waits for, in words (progress lines, RestartTimeoutError). */
+function describeLogWait(wait: LogRule['waiting']): string | undefined {
+  if (wait === undefined) return undefined;
+  return wait.kind === 'log'
+    ? `a membership log: one of the voters [${wait.voters}] (no node back holds one)`
+    : `a majority of the membership log's voters [${wait.voters}] (the configuration of node ${wait.holder}'s log, the most up-to-date back)`;
+}
 
 interface ShardRun {
   readonly ref: ShardRef;
@@ -331,8 +373,11 @@ export class MembershipDriver {
   /** The membership log's epoch (see raftStorageFor). */
   private epoch = '0';
   private restarting: RestartRun | undefined;
-  /** What the view record says of the installed view's predecessor (`previous`), kept by each rewrite. */
-  private recordPrevious: Pick<MembershipRecord, 'previous'> = {};
+  /**
+   * What the view record says of the installed view's predecessor (`previous`) and the log index
+   * that sealed it (`sealIndex`), kept by each rewrite.
+   */
+  private recordPrevious: Pick<MembershipRecord, 'previous' | 'sealIndex'> = {};
   private restarted: Restarted | undefined;
   private partitioned = false;
   /** Committed membership entries by Raft index; every index up to knownUpTo is known. */
@@ -581,11 +626,14 @@ export class MembershipDriver {
     this.status = 'restarting';
     this.epoch = record.epoch;
     const recorded = decodeView(record.view);
+    const ownLog = await this.readLogSummary(record, recorded);
     const run = newRestartRun({
       last: recorded, lastEpoch: record.epoch, previous: record.previous, trims: record.trims, record,
       raftVoters: new Map([[this.self, (await this.options.raftVoters?.(recorded)) ?? []]]), decided: undefined,
       acceptor: restartAcceptorOf(record.restart),
+      logs: new Map(ownLog !== undefined ? [[Number(this.self), decodeLogSummary(ownLog)]] : []),
     });
+    run.ownLog = ownLog;
     this.restarting = run;
     const timeoutMs = this.options.restartTimeoutMs ?? 60_000;
     const deadline = Date.now() + timeoutMs;
@@ -608,13 +656,16 @@ export class MembershipDriver {
         await this.adoptRestart(run.decided, record);
         return;
       }
-      const quorum = restartQuorum(run.last, this.backSet(run), run.previous, this.raftVotersKnown(run));
+      this.applyLogRule(run);
+      const quorum = restartQuorum(run.last, this.backSet(run), run.previous, this.raftVotersKnown(run), run.logRule?.waiting);
       if (Date.now() > deadline) {
         const short = [
           ...quorum.shortShards.map((x) => `${x.typeName}/${x.subgroupIndex}/${x.shardIndex} (${x.back} of ${x.needed})`),
           ...quorum.shortRaft.map((r) => `raft shard ${r.shard}'s voters [${r.voters}] (its log's configuration)`),
         ].join(', ');
-        throw new RestartTimeoutError(run.last.id, quorum.missing, short, timeoutMs, quorum.previousShort ? run.previous : undefined);
+        throw new RestartTimeoutError(
+          run.last.id, quorum.missing, short, timeoutMs, quorum.previousShort ? run.previous : undefined, describeLogWait(quorum.shortLog),
+        );
       }
       const addresses = new Set([
         ...run.last.members.filter((m) => m.id !== this.self).map((m) => m.address),
@@ -636,10 +687,82 @@ export class MembershipDriver {
         this.options.log?.(`restart: view ${run.last.id}: back [${[...back]}], waiting for ` +
           `[${quorum.missing}]${quorum.previousShort ? ` and half of view ${run.previous!.viewId} [${run.previous!.members}]` : ''}` +
           quorum.shortRaft.map((r) => ` and a majority of raft shard ${r.shard}'s voters [${r.voters}]`).join('') +
+          (quorum.shortLog !== undefined ? ` and ${describeLogWait(quorum.shortLog)}` : '') +
           `${quorum.ready ? ' (quorum reached)' : ''}, leader ${restartLeader(run.last, back)}`);
       }
       if (run.decided === undefined && !run.live) await sleep(100);
     }
+  }
+
+  /**
+   * This node's membership log of its record's epoch, summarised for the restart (restart-log.ts):
+   * last term and index, persisted commit, the configuration's voters, and what the entries after
+   * the record's seal index seal. Undefined without a log on disk (no raftStorageFor).
+   */
+  private async readLogSummary(record: MembershipRecord, recorded: View): Promise<WireLogSummary | undefined> {
+    const open = this.options.raftStorageFor;
+    if (open === undefined) return undefined;
+    const storage = open(record.epoch);
+    try {
+      const state = await loadInitialState(storage);
+      const bytes = new Map<number, Uint8Array>();
+      if (state.snapshot !== undefined) {
+        const [, list] = packr.unpack(state.snapshot.data) as [number, [number, Uint8Array][]];
+        for (const [index, entry] of list) bytes.set(index, entry);
+      }
+      for (const e of state.entries) if (e.type === EntryType.Normal && e.data.length > 0) bytes.set(e.index, e.data);
+      const entries: { index: number; entry: MembershipEntry }[] = [];
+      for (const [index, b] of [...bytes].sort((a, c) => a[0] - c[0])) {
+        try {
+          entries.push({ index, entry: decodeEntry(b) });
+        } catch {
+          this.counters.messagesDropped++;
+        }
+      }
+      const last = state.entries[state.entries.length - 1];
+      const sealed = record.sealIndex === undefined ? [] : replaySeals({
+        view: recorded, sealIndex: record.sealIndex, entries, allocator: this.options.allocator, votersCount: this.votersCount,
+      });
+      const summary: WireLogSummary = {
+        epoch: record.epoch,
+        lastTerm: last?.term ?? state.snapshot?.meta.term ?? 0,
+        lastIndex: last?.index ?? state.snapshot?.meta.index ?? 0,
+        commit: state.hardState.commit,
+        voters: persistedConf(state).voters,
+        sealed: sealed.map((x) => ({ ...x, view: encodeView(x.view) })),
+      };
+      this.options.log?.(`restart: membership log of epoch ${record.epoch}: last term ${summary.lastTerm}, index ${summary.lastIndex}, ` +
+        `commit ${summary.commit}, voters [${summary.voters}]` +
+        (sealed.length > 0 ? `; it seals view${sealed.length > 1 ? 's' : ''} ${sealed.map((x) => x.view.id).join(', ')} past the record` : ''));
+      return summary;
+    } finally {
+      await storage.close();
+    }
+  }
+
+  /**
+   * The membership-log rule (restart-log.ts) over the logs of the nodes back: what the restart
+   * still waits for, and, when the most up-to-date log seals a view newer than every record
+   * known, the restart moves to that view.
+   */
+  private applyLogRule(run: RestartRun): void {
+    const rule = restartLogRule({
+      summaries: run.logs, back: new Set([...this.backSet(run)].map(Number)), epoch: run.lastEpoch,
+      recordVoters: votersOf(run.last, this.votersCount).map(Number), required: this.options.raftStorageFor !== undefined,
+    });
+    run.logRule = rule;
+    const newest = rule.newest;
+    if (newest === undefined || newest.view.id <= run.last.id) return;
+    this.options.log?.(`restart: node ${rule.holder}'s membership log (the most up-to-date back) seals view ${newest.view.id} ` +
+      `[${newest.view.memberIds}] at index ${newest.sealIndex}${rule.committed ? '' : ', not known committed'}, ` +
+      `newer than every record (view ${run.last.id}): restarting from it`);
+    run.last = newest.view;
+    run.previous = newest.previous;
+    run.trims = undefined;
+    run.sealedTrims = { viewId: newest.previous.viewId, trims: newest.trims };
+    run.tentative = !rule.committed;
+    run.quorumSinceMs = undefined;
+    run.proposer = undefined;
   }
 
   /** Every raft shard configuration a restarting node reported (this node's included). */
@@ -675,13 +798,18 @@ export class MembershipDriver {
   }
 
   /** What a restarting node tells the others of the newest record it knows. */
-  private restartKnows(run: RestartRun): Pick<Extract<Wire, { t: 'restartHello' }>, 'view' | 'epoch' | 'trims' | 'previous' | 'raftVoters'> {
+  private restartKnows(
+    run: RestartRun,
+  ): Pick<Extract<Wire, { t: 'restartHello' }>, 'view' | 'epoch' | 'trims' | 'previous' | 'raftVoters' | 'log' | 'sealedTrims' | 'tentative'> {
     const own = run.raftVoters.get(this.self) ?? [];
     return {
       view: encodeView(run.last), epoch: run.lastEpoch,
       ...(run.trims !== undefined ? { trims: run.trims } : {}),
       ...(run.previous !== undefined ? { previous: run.previous } : {}),
       ...(own.length > 0 ? { raftVoters: own } : {}),
+      ...(run.ownLog !== undefined ? { log: run.ownLog } : {}),
+      ...(run.sealedTrims !== undefined ? { sealedTrims: run.sealedTrims } : {}),
+      ...(run.tentative ? { tentative: true } : {}),
     };
   }
 
@@ -689,13 +817,22 @@ export class MembershipDriver {
     const { node, address, epoch, trims } = peer;
     run.back.set(nodeId(node), { address, atMs: Date.now() });
     if (peer.raftVoters !== undefined) run.raftVoters.set(nodeId(node), peer.raftVoters);
+    if (peer.log !== undefined && !run.logs.has(node)) run.logs.set(node, decodeLogSummary(peer.log));
     const view = decodeView(peer.view);
-    if (view.id === run.last.id && epoch === run.lastEpoch) run.previous ??= peer.previous;
+    // `sealedTrims` set: the peer's view is one only a log seals (`tentative` if not known
+    // committed), not a record.
+    if (view.id === run.last.id && epoch === run.lastEpoch) {
+      run.previous ??= peer.previous;
+      if (peer.tentative !== true) run.tentative = false; // a record, or known committed
+      run.sealedTrims ??= peer.sealedTrims;
+    }
     if (view.id > run.last.id) {
       run.last = view;
       run.lastEpoch = epoch;
       run.previous = peer.previous;
       run.trims = undefined;
+      run.sealedTrims = peer.sealedTrims;
+      run.tentative = peer.tentative === true;
       run.quorumSinceMs = undefined;
       run.proposer = undefined; // a ballot of the older instance: its acceptors answer `stale` now
     }
@@ -720,7 +857,8 @@ export class MembershipDriver {
   private decideRestart(run: RestartRun): void {
     if (run.decided !== undefined || run.live) return;
     const step = restartLeadStep({
-      view: run.last, previous: run.previous, raftVoters: this.raftVotersKnown(run), back: this.backSet(run), self: this.self,
+      view: run.last, previous: run.previous, raftVoters: this.raftVotersKnown(run), log: run.logRule?.waiting,
+      back: this.backSet(run), self: this.self,
       nowMs: Date.now(), quorumSinceMs: run.quorumSinceMs,
       graceMs: this.options.restartGraceMs ?? 1000,
     });
@@ -732,7 +870,7 @@ export class MembershipDriver {
     const ballot = nextBallot(run.acceptor, instance, run.nextRound, Number(this.self));
     run.nextRound = ballot.round + 1;
     const proposer = new RestartProposer<RestartDecisionRecord>(
-      instance, ballot, ballotQuorums(quorumRuleOf(run.last), run.previous), () => this.freshDecision(run),
+      instance, ballot, ballotQuorums(quorumRuleOf(run.last), run.previous, run.tentative), () => this.freshDecision(run),
     );
     run.proposer = proposer;
     run.ballotStartedMs = Date.now();
@@ -748,10 +886,14 @@ export class MembershipDriver {
       addresses.set(node, node === this.self ? this.transport.address : run.back.get(node)!.address);
     }
     const view = restartView(run.last, addresses, this.options.allocator);
-    const trims = run.trims?.viewId === run.last.id
-      ? run.trims.trims.map((t) => ({ subgroupId: t.subgroupId, shardIndex: t.shardIndex, trim: [...t.trim] }))
-      : [];
-    return { view: encodeView(view), from: encodeView(run.last), trims, epoch: `${view.id}-${this.self}-${Date.now()}` };
+    // The trims of `last` when a record has them; for a view only a log seals (no node back
+    // installed it, so none delivered in it), those of the round that sealed it.
+    const known = run.trims?.viewId === run.last.id ? run.trims : run.sealedTrims;
+    const trims = (known?.trims ?? []).map((t) => ({ subgroupId: t.subgroupId, shardIndex: t.shardIndex, trim: [...t.trim] }));
+    return {
+      view: encodeView(view), from: encodeView(run.last), trims, epoch: `${view.id}-${this.self}-${Date.now()}`,
+      ...(known !== undefined && known.viewId !== run.last.id ? { trimsViewId: known.viewId } : {}),
+    };
   }
 
   /**
@@ -865,10 +1007,11 @@ export class MembershipDriver {
     const view = decodeView(decided.view);
     const from = decodeView(decided.from);
     this.epoch = decided.epoch;
+    const trimsViewId = decided.trimsViewId ?? from.id;
     this.restarted = {
       viewId: view.id, from,
-      trims: new Map(decided.trims.map((t) => [`${t.subgroupId}/${t.shardIndex}`, { viewId: from.id, trim: [...t.trim] }])),
-      trimApplied: record.trims?.viewId === from.id,
+      trims: new Map(decided.trims.map((t) => [`${t.subgroupId}/${t.shardIndex}`, { viewId: trimsViewId, trim: [...t.trim] }])),
+      trimApplied: record.trims?.viewId === trimsViewId,
     };
     // The decision stays answerable (answerOutsideRestart) while this node starts.
     this.restarting = newRestartRun({
@@ -1489,7 +1632,7 @@ export class MembershipDriver {
     // has recorded it (the total restart's argument, src/membership/restart.ts).
     // With the quorum rule of the view before it in this epoch (a restart's ballots of this view
     // must meet its quorums: src/membership/restart.ts, ballotQuorums).
-    this.recordPrevious = previous !== undefined ? { previous: quorumRuleOf(previous) } : {};
+    this.recordPrevious = { ...(previous !== undefined ? { previous: quorumRuleOf(previous) } : {}), sealIndex: sealedAtIndex };
     await this.options.saveRecord?.({ view: encodeView(view), epoch: this.epoch, ...this.recordPrevious });
     // A node that joins at an address this node has sessions to (an earlier process of it, e.g.
     // a member restarted there): those sessions lead nowhere, and their failure, a peer-failure

@@ -40,6 +40,12 @@ export interface MembershipRecord {
    * before it existed (then a restart's ballots need a quorum of `view` only: the earlier rule).
    */
   readonly previous?: QuorumRule;
+  /**
+   * The membership-log index of the entry that sealed `view` (0: the first view of its epoch, or
+   * a joiner's welcome view's seal). A total restart replays its log after it (restart-log.ts).
+   * Absent in records written before it existed: their logs are not replayed.
+   */
+  readonly sealIndex?: number;
 }
 
 /** A total restart's decision as it travels and is persisted (encodeView bytes). */
@@ -52,6 +58,11 @@ export interface RestartDecisionRecord {
   readonly trims: readonly { readonly subgroupId: number; readonly shardIndex: number; readonly trim: readonly number[] }[];
   /** The new membership-log epoch (`<view>-<leader>-<ms>`). */
   readonly epoch: string;
+  /**
+   * The view `trims` belong to when it is not `from`'s: the predecessor's, when `from` is a view
+   * only a membership log seals (no node back installed it; restart-log.ts).
+   */
+  readonly trimsViewId?: number;
 }
 
 export const MEMBERSHIP_FILE = 'membership.mdb';

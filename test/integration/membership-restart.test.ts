@@ -18,7 +18,7 @@ import { decodeView, encodeView, View } from '../../src/membership/view.js';
 import { MembershipDriver, RestartTimeoutError, type MembershipDriverOptions } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
 import { Endpoint } from '../../src/transport/native-transport.js';
-import { createEndpoint, KvState, waitFor } from '../support/membership-local.js';
+import { createEndpoint, KvState, logOnFailure, waitFor } from '../support/membership-local.js';
 
 test('diverging replicas restart to one history: truncation past the trim, pulls of what is missing', async (t) => {
   t.timeout(30_000);
@@ -73,22 +73,6 @@ test('diverging replicas restart to one history: truncation past the trim, pulls
     for (const e of endpoints) await e.close().catch(() => undefined);
   }
 });
-
-/** Runs `body`; if it fails, logs the nodes' lines; then closes `drivers` (also those added meanwhile) and `endpoints`. */
-async function logOnFailure(
-  t: ExecutionContext, lines: readonly string[], drivers: readonly MembershipDriver[], endpoints: readonly Endpoint[],
-  body: () => Promise<void>,
-): Promise<void> {
-  try {
-    await body();
-  } catch (error) {
-    t.log(lines.join('\n'));
-    throw error;
-  } finally {
-    for (const d of drivers) await d.close();
-    for (const e of endpoints) await e.close();
-  }
-}
 
 /** Three endpoints, the view-4 record for them, and a driver factory over per-node KV states. */
 async function restartingGroup(seedBase: number) {

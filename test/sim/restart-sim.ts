@@ -40,7 +40,10 @@ import {
   RestartProposer, acceptorAccept, acceptorPrepare, ballotQuorums, compareInstances, nextBallot, quorumRuleOf, reconcileShard,
   restartLeadStep, restartView, type AcceptorReply, type Ballot, type QuorumRule, type RestartAcceptorState, type RestartInstance,
 } from '../../src/membership/restart.js';
-import { initialView } from '../../src/membership/view-change-core.js';
+import { restartLogRule, type LogSummary, type LogWait } from '../../src/membership/restart-log.js';
+import { initialView, votersOf } from '../../src/membership/view-change-core.js';
+import type { Allocator } from '../../src/membership/layout.js';
+import { buildHistory, commitIndex, raftConsistent, summaryOf, type History } from './restart-history.js';
 import { View } from '../../src/membership/view.js';
 import type { SeedOptions, SeedResult } from './protocol.js';
 import { InvariantViolation, Simulation, type NodeContext, type SimNode } from './simulation.js';
@@ -72,8 +75,8 @@ interface SimDecision {
 }
 
 type Msg =
-  | { k: 'hello'; inst: RestartInstance }
-  | { k: 'wait'; inst: RestartInstance }
+  | { k: 'hello'; inst: RestartInstance; log?: LogSummary; tentative?: true }
+  | { k: 'wait'; inst: RestartInstance; log?: LogSummary; tentative?: true }
   | { k: 'decided'; d: SimDecision }
   | { k: 'prepare'; inst: RestartInstance; b: Ballot }
   | { k: 'accept'; inst: RestartInstance; b: Ballot; d: SimDecision }
@@ -98,6 +101,12 @@ type Profile = 'none' | 'afterPrepare' | 'midAccept' | 'midChosen';
 type Newer = 'minority' | 'majority' | 'chain';
 
 class World {
+  nodes: readonly number[] = NODES;
+  allocator: Allocator = allocator;
+  shardCount = SHARDS;
+  /** `--flag history=...`: the membership log the disks hold (undefined: logs are not modelled). */
+  membershipLog: History | undefined;
+  votersCount = 3;
   readonly views = new Map<number, View>();
   /** Per shard, its history: version i is history[i]. */
   readonly history: number[][] = [];
@@ -117,7 +126,7 @@ class World {
   profileFired = false;
   mutation: string | undefined;
   sim!: Simulation<Msg, RestartSimNode>;
-  stats = { ballots: 0, refused: 0, adoptedValues: 0, chosen: 0, adoptions: 0, pulls: 0, leaderCrashes: 0 };
+  stats = { ballots: 0, refused: 0, adoptedValues: 0, chosen: 0, adoptions: 0, pulls: 0, leaderCrashes: 0, fromLog: 0, tentative: 0, logWaits: 0 };
 
   /** A node acted on a decision or an acceptance: the swarm profile may crash it now. */
   acted(node: number, what: string): void {
@@ -169,7 +178,7 @@ class World {
     this.sim.schedule(0, `profile ${at}: crash leader n${node.id}`, () => this.sim.crash(node.id));
     this.sim.schedule(50 + this.sim.random.int(350), `profile: restart n${node.id}`, () => this.sim.restart(node.id));
     // The others (that ever started) come back meanwhile, so that a quorum may decide without them.
-    for (const id of NODES) {
+    for (const id of this.nodes) {
       if (id !== node.id && !recipients.includes(id) && !this.sim.isUp(id) && this.sim.incarnation(id) >= 0) {
         this.sim.schedule(1 + this.sim.random.int(30), `profile: restart n${id}`, () => this.sim.restart(id));
       }
@@ -218,6 +227,12 @@ class RestartSimNode implements SimNode<Msg> {
   private readonly waiting = new Map<number, (() => void)[]>();
   private readonly logs = new Map<number, number[]>();
   private readonly reconciling = new Map<number, Reconciling>();
+  /** `--flag history`: this node's membership log summary, and those heard in hellos. */
+  private readonly ownLog: LogSummary | undefined;
+  private readonly summaries = new Map<number, LogSummary>();
+  private logWait: LogWait | undefined;
+  /** `last` is a view only a log seals, by entries not known committed (restart-log.ts). */
+  private tentative = false;
 
   constructor(readonly ctx: NodeContext<Msg>, private readonly world: World) {
     const record = ctx.disk.get<{ viewId: number; epoch: string }>('record')!;
@@ -227,7 +242,16 @@ class RestartSimNode implements SimNode<Msg> {
     this.adopted = ctx.disk.get('adopted');
     this.decided = this.adopted;
     this.handsOn = this.adopted;
-    for (let s = 0; s < SHARDS; s++) this.logs.set(s, [...(ctx.disk.get<number[]>(`shard:${s}`) ?? [])]);
+    for (let s = 0; s < world.shardCount; s++) this.logs.set(s, [...(ctx.disk.get<number[]>(`shard:${s}`) ?? [])]);
+    const h = world.membershipLog;
+    if (h !== undefined) {
+      const at = h.views.findIndex((v) => v.id === this.last.id);
+      this.ownLog = summaryOf({
+        history: h, length: ctx.disk.get<number>('mlog') ?? 0, commit: ctx.disk.get<number>('commit') ?? 0, epoch: this.lastEpoch,
+        record: this.last, recordSealIndex: h.seals[at]!, allocator: world.allocator, votersCount: world.votersCount,
+      });
+      this.summaries.set(ctx.id, this.ownLog);
+    }
     if (this.adopted !== undefined) this.startReconciling();
   }
 
@@ -269,8 +293,9 @@ class RestartSimNode implements SimNode<Msg> {
     }
     if (this.decided !== undefined) return;
     if (this.ticks % HELLO_EVERY_TICKS === 0) {
-      for (const m of this.last.memberIds) if (Number(m) !== this.id) this.ctx.send(Number(m), { k: 'hello', inst: this.instance });
+      for (const m of this.last.memberIds) if (Number(m) !== this.id) this.ctx.send(Number(m), this.hello('hello'));
     }
+    this.applyLogRule(now);
     this.lead(now);
   }
 
@@ -280,12 +305,43 @@ class RestartSimNode implements SimNode<Msg> {
     return set;
   }
 
+  private hello(k: 'hello' | 'wait'): Msg {
+    return {
+      k, inst: this.instance, ...(this.ownLog !== undefined ? { log: this.ownLog } : {}), ...(this.tentative ? { tentative: true } : {}),
+    };
+  }
+
+  /**
+   * The membership-log rule (restart-log.ts; the driver's applyLogRule): what the restart waits
+   * for, and a move to the newest view the most up-to-date log back seals. `mutation=noLogRule`
+   * is the restart before it (records only).
+   */
+  private applyLogRule(now: number): void {
+    if (this.world.membershipLog === undefined || this.world.mutation === 'noLogRule') return;
+    const rule = restartLogRule({
+      summaries: this.summaries, back: new Set([...this.backSet(now)].map(Number)), epoch: this.lastEpoch,
+      recordVoters: votersOf(this.last, this.world.votersCount).map(Number), required: true,
+    });
+    this.logWait = rule.waiting;
+    const newest = rule.newest;
+    if (newest === undefined || newest.view.id <= this.last.id) return;
+    this.ctx.trace(`n${rule.holder}'s log seals ${newest.view.id}${rule.committed ? '' : ' (not known committed)'}: restart from it`);
+    this.world.stats.fromLog++;
+    if (!rule.committed) this.world.stats.tentative++;
+    this.last = this.world.views.get(newest.view.id) ?? newest.view;
+    this.tentative = !rule.committed;
+    this.quorumSinceMs = undefined;
+    this.proposer = undefined;
+  }
+
   /** The restart leader's part (decideRestart in the driver). */
   private lead(now: number): void {
     const back = this.backSet(now);
     const step = restartLeadStep({
       view: this.last, previous: this.previous, back, self: nodeId(this.id), nowMs: now, quorumSinceMs: this.quorumSinceMs, graceMs: GRACE_MS,
+      log: this.logWait,
     });
+    if (step.kind === 'wait' && this.logWait !== undefined && this.ticks % 50 === 0) this.world.stats.logWaits++;
     if (step.kind === 'follow') this.proposer = undefined;
     else this.quorumSinceMs = step.quorumSinceMs;
     if (step.kind !== 'decide') return;
@@ -300,7 +356,7 @@ class RestartSimNode implements SimNode<Msg> {
     const inst = this.instance;
     const b = nextBallot(this.acceptor, inst, this.nextRound, this.id);
     this.nextRound = b.round + 1;
-    const p = new RestartProposer<SimDecision>(inst, b, ballotQuorums(quorumRuleOf(this.last), this.previous),
+    const p = new RestartProposer<SimDecision>(inst, b, ballotQuorums(quorumRuleOf(this.last), this.previous, this.tentative),
       () => this.fresh(this.backSet(this.ctx.nowMs())));
     this.proposer = p;
     this.ballotAtMs = now;
@@ -309,7 +365,7 @@ class RestartSimNode implements SimNode<Msg> {
     const msg: Msg = { k: 'prepare', inst, b };
     this.acceptLocally(msg);
     const sent: number[] = [];
-    for (const m of this.last.memberIds) {
+    for (const m of this.acceptors()) {
       if (Number(m) === this.id || !back.has(m)) continue;
       this.ctx.send(Number(m), msg);
       sent.push(Number(m));
@@ -317,10 +373,15 @@ class RestartSimNode implements SimNode<Msg> {
     this.world.maybeCrashLeader(this, 'afterPrepare', sent);
   }
 
+  /** Whom a ballot goes to: the last view's members and its predecessor's (the driver's runBallot). */
+  private acceptors(): NodeId[] {
+    return [...new Set([...this.last.memberIds, ...(this.previous?.members ?? []).map((m) => nodeId(m))])];
+  }
+
   private fresh(back: ReadonlySet<NodeId>): SimDecision {
     const addresses = new Map<NodeId, string>();
     for (const n of back) if (this.last.isMember(n)) addresses.set(n, `sim:${n}`);
-    const view = restartView(this.last, addresses, allocator);
+    const view = restartView(this.last, addresses, this.world.allocator);
     const shards = view.layout.types[0]!.subgroups[0]!.shards.map((s) => s.members.map(Number));
     return { viewId: view.id, fromViewId: this.last.id, members: view.memberIds.map(Number), shards, epoch: `${view.id}-${this.id}-${this.ctx.nowMs()}` };
   }
@@ -378,7 +439,7 @@ class RestartSimNode implements SimNode<Msg> {
         if (step.adopted) this.world.stats.adoptedValues++;
         const accept: Msg = { k: 'accept', inst: p.instance, b: p.ballot, d: step.decision };
         this.acceptLocally(accept);
-        const targets = this.last.memberIds.map(Number).filter((m) => m !== this.id && this.backSet(this.ctx.nowMs()).has(nodeId(m)));
+        const targets = this.acceptors().map(Number).filter((m) => m !== this.id && this.backSet(this.ctx.nowMs()).has(nodeId(m)));
         const cut = this.world.fires('midAccept') ? this.world.partWay(targets.length) : targets.length;
         targets.slice(0, cut).forEach((m) => this.ctx.send(m, accept));
         if (cut < targets.length) this.world.maybeCrashLeader(this, 'midAccept', targets.slice(0, cut));
@@ -478,13 +539,16 @@ class RestartSimNode implements SimNode<Msg> {
           return;
         }
         this.back.set(from, this.ctx.nowMs());
+        if (msg.log !== undefined) this.summaries.set(from, msg.log);
+        if (msg.inst.viewId === this.last.id && msg.tentative !== true) this.tentative = false; // a record, or known committed
         if (msg.inst.viewId > this.last.id && this.world.mutation !== 'ignoreNewer') {
           this.last = this.world.views.get(msg.inst.viewId)!;
           this.lastEpoch = msg.inst.epoch;
+          this.tentative = msg.tentative === true;
           this.quorumSinceMs = undefined;
           this.proposer = undefined;
         }
-        if (msg.k === 'hello') this.ctx.send(from, { k: 'wait', inst: this.instance });
+        if (msg.k === 'hello') this.ctx.send(from, this.hello('wait'));
         return;
       }
       case 'decided':
@@ -563,15 +627,21 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     world.profile = 'midChosen';
     world.secondCrash = true;
   }
-  const founders = NODES.map((i) => ({ id: nodeId(i), address: `sim:${i}` }));
-  const base = initialView(founders, allocator);
+  const historyKind = options.flags?.['history'] as HistoryKind | undefined;
+  if (historyKind !== undefined) {
+    world.nodes = HISTORY_NODES;
+    world.shardCount = historyKind === 'scenario' || swarm.int(3) !== 0 ? 1 : 2;
+    world.allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(world.shardCount, 1, HISTORY_NODES.length)) });
+  }
+  const founders = world.nodes.map((i) => ({ id: nodeId(i), address: `sim:${i}` }));
+  const base = initialView(founders, world.allocator);
   for (const id of [R_ID - 1, R_ID, R_ID + 1, R_ID + 2]) {
     world.views.set(id, new View({ id: makeViewId(id), members: base.members, joined: [], departed: [], failed: [], layout: base.layout }));
   }
   const R = world.views.get(R_ID)!;
   const sim = new Simulation<Msg, RestartSimNode>({
     seed,
-    nodeIds: NODES,
+    nodeIds: world.nodes,
     startIds: [],
     createNode: (ctx) => new RestartSimNode(ctx, world),
     network: { delayMsMin: 1, delayMsMax: 12 },
@@ -591,6 +661,7 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     },
   });
   world.sim = sim;
+  if (historyKind !== undefined) return runHistory(world, sim, swarm, historyKind, options);
   // The disks as the crash left them.
   const r = sim.random;
   const stale = swarm.int(3) === 0 ? 1 + r.int(NODES.length) : undefined;
@@ -666,9 +737,16 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     // Nobody decided by the time the faults stop: they come back anyway.
     for (const id of newerHolders) sim.schedule(FAULTS_UNTIL_MS, `start n${id} if not yet`, () => { if (sim.incarnation(id) < 0) sim.start(id); });
   }
+  return finish(world, sim, options, () =>
+    `profile ${world.profile}${world.secondCrash ? '+1' : ''}, stale ${stale ?? '-'}, ` +
+    `records ${NODES.map((id) => records.get(id)! - R_ID).join(',')}`);
+}
+
+/** Runs the seed to the end: liveness, identical replicas, the result line (`describe` starts it). */
+function finish(world: World, sim: Simulation<Msg, RestartSimNode>, options: SeedOptions, describe: () => string): SeedResult {
   const live = (): boolean => {
     if (!sim.isQuiesced || sim.nowMs < FAULTS_UNTIL_MS + 600) return false;
-    if (!NODES.every((id) => world.learned.has(id))) return false;
+    if (!world.nodes.every((id) => world.learned.has(id))) return false;
     const d = [...sim.upIds()].map((id) => sim.node(id)!).find((n) => n['adopted'] !== undefined)?.['adopted'];
     if (d === undefined) return false;
     return d.shards.every((members, s) => members.every((m) => world.reconciled.has(`${m}/${s}`)));
@@ -685,16 +763,133 @@ export function runSeed(seed: number, options: SeedOptions = {}): SeedResult {
     const d = sim.node(sim.upIds().find((id) => sim.node(id)!['adopted'] !== undefined)!)!['adopted']!;
     d.shards.forEach((members, s) => {
       const logs = members.map((m) => sim.node(m)!['logs'].get(s)!.join(','));
-      if (new Set(logs).size !== 1) {
+      if (new Set(logs).size > 1) {
         throw sim.failure(new InvariantViolation('identical replicas', `shard ${s}: ${members.map((m, i) => `n${m} [${logs[i]}]`).join(', ')}`));
       }
     });
   }
   const s = world.stats;
   return sim.result(
-    `profile ${world.profile}${world.secondCrash ? '+1' : ''}, stale ${stale ?? '-'}, ` +
-      `records ${NODES.map((id) => records.get(id)! - R_ID).join(',')}, ballots ${s.ballots}, refused ${s.refused}, ` +
+    `${describe()}, ballots ${s.ballots}, refused ${s.refused}, ` +
       `re-proposed ${s.adoptedValues}, chosen ${s.chosen}, adoptions ${s.adoptions}, pulls ${s.pulls}, leader crashes ${s.leaderCrashes}, ` +
-      `crashes ${sim.stats.crashes}, faults ${sim.stats.faults}; decided ${world.adopted?.key ?? '-'}`,
+      `crashes ${sim.stats.crashes}, faults ${sim.stats.faults}` +
+      (world.membershipLog !== undefined ? `, restarts from a log's view ${s.fromLog} (tentative ${s.tentative}), log waits ${s.logWaits}` : '') +
+      `; decided ${world.adopted?.key ?? '-'}`,
   );
+}
+
+/**
+ * `--flag history=scenario|shrink`: the disks hold a membership log (restart-history.ts) of
+ * view changes that each removed up to nearly half the view, from R (7 nodes, view 7).
+ *  - scenario: the hole of restart-log.ts's header: R = [1..7], R + 1 = [1, 2, 3, 4], R + 2 =
+ *    [1, 2, 3]; node 4 acknowledged R's wedge but crashed before recording R + 1; nodes 1, 2, 3
+ *    recorded R + 2 (it delivered). Nodes 4..7 (records of R, a quorum of R) come back first.
+ *  - shrink: one to three rounds of random removals (mostly the most a round may remove); after
+ *    a round, on three seeds in four, a node that acknowledged the wedge but did not record the
+ *    next view (removed in the round after); one shard (two on a third of the seeds); 3 to 5
+ *    voters; random log lengths Raft could leave (each conf entry and each seal committed
+ *    before the next: raftConsistent); records only of committed seals; the last seal committed
+ *    on two seeds in three (else by chance: then it may be sealed by uncommitted entries only).
+ *    The nodes with the newest records come back late on three seeds in four.
+ * Checked as always, with `delivered view skipped`: a shard of the newest view whose members all
+ * recorded it delivered there. `--flag mutation=noLogRule` restarts from records only.
+ */
+type HistoryKind = 'scenario' | 'shrink';
+const HISTORY_NODES = [1, 2, 3, 4, 5, 6, 7];
+
+function runHistory(
+  world: World, sim: Simulation<Msg, RestartSimNode>, swarm: SeededRandom, kind: HistoryKind, options: SeedOptions,
+): SeedResult {
+  const r = sim.random;
+  const nodes = HISTORY_NODES;
+  const first = world.views.get(R_ID)!;
+  const removals: number[][] = [];
+  /** dead[j]: a survivor of round j that acknowledged view j's wedge but did not record view j + 1. */
+  const dead: (number | undefined)[] = [];
+  if (kind === 'scenario') {
+    removals.push([5, 6, 7], [4]);
+    dead.push(4, undefined);
+  } else {
+    let members = [...nodes];
+    const rounds = 1 + swarm.int(3);
+    for (let j = 0; j < rounds && members.length >= 3; j++) {
+      const most = Math.floor((members.length - 1) / 2);
+      const count = swarm.int(3) === 0 ? 1 + swarm.int(most) : most;
+      const removed = dead[j - 1] !== undefined ? [dead[j - 1]!] : [];
+      while (removed.length < count) {
+        const pool = members.filter((m) => !removed.includes(m));
+        removed.push(pool[swarm.int(pool.length)]!);
+      }
+      removals.push(removed);
+      members = members.filter((m) => !removed.includes(m));
+      const next = j + 1 < rounds && members.length >= 3 && swarm.int(4) !== 0;
+      dead.push(next ? members[swarm.int(members.length)] : undefined);
+    }
+  }
+  world.votersCount = kind === 'scenario' ? 3 + 2 * swarm.int(2) : 3 + swarm.int(3);
+  const h = buildHistory({ first, removals, allocator: world.allocator, votersCount: world.votersCount, newTermAt: () => swarm.int(2) === 0 });
+  world.membershipLog = h;
+  for (const v of h.views) world.views.set(v.id, v);
+  const final = h.views.length - 1;
+  // Log lengths Raft could leave, the last seal committed when it must be.
+  const everVoter = new Set(h.log.flatMap((e) => (e.kind === 'conf' ? e.voters : [])));
+  const lengths = raftConsistent(h, new Map(nodes.map((n) => [n, everVoter.has(n) ? r.int(h.log.length + 1) : 0])), (k) => r.int(k));
+  if (kind === 'scenario' || swarm.int(3) !== 0) {
+    while (commitIndex(h, lengths) < h.seals[final]!) {
+      const voters = [...everVoter].filter((v) => lengths.get(v)! < h.seals[final]!);
+      lengths.set(voters[r.int(voters.length)]!, h.log.length);
+    }
+  }
+  const commit = commitIndex(h, lengths);
+  // Records: the last view a node installed (only views whose seal committed).
+  const records = new Map<number, number>();
+  for (const n of nodes) {
+    const lastIn = Math.max(...h.views.map((v, i) => (v.isMember(nodeId(n)) ? i : -1)));
+    const deadAfter = dead.indexOf(n);
+    let rec: number;
+    if (deadAfter >= 0) rec = deadAfter;
+    else if (lastIn < final) rec = lastIn;
+    else rec = h.seals[final]! <= commit && (kind === 'scenario' || r.int(5) !== 0) ? final : final - 1;
+    records.set(n, rec);
+  }
+  // The newest view a shard delivered in: every member of one of its shards recorded it.
+  let delivered = 0;
+  h.views.forEach((v, i) => {
+    const shards = v.layout.types[0]!.subgroups[0]!.shards.filter((x) => x.members.length > 0);
+    if (shards.some((x) => x.members.every((m) => records.get(Number(m))! >= i))) delivered = i;
+  });
+  world.deliveredViewId = h.views[delivered]!.id;
+  // Shard data: what the delivered view's shard members acknowledged is on each of them.
+  const deliveredShards = h.views[delivered]!.layout.types[0]!.subgroups[0]!.shards.map((x) => x.members.map(Number));
+  for (let s = 0; s < world.shardCount; s++) {
+    const length = 3 + r.int(8);
+    world.history[s] = Array.from({ length }, (_, i) => s * 1000 + i);
+    const holders = deliveredShards[s] ?? [];
+    const acked = holders.length > 0 ? r.int(length + 1) : 0;
+    world.acked[s] = acked;
+    for (const n of nodes) {
+      const held = holders.includes(n) ? acked + r.int(length - acked + 1) : r.int(acked + 1);
+      sim.disk(n).put(`shard:${s}`, world.history[s]!.slice(0, held));
+    }
+  }
+  for (const n of nodes) {
+    const disk = sim.disk(n);
+    disk.put('record', { viewId: h.views[records.get(n)!]!.id, epoch: EPOCH });
+    disk.put('mlog', lengths.get(n)!);
+    disk.put('commit', Math.min(lengths.get(n)!, r.int(commit + 1)));
+    disk.completeSync(disk.sync());
+  }
+  // Come back: the holders of the newest records late (scenario: always; shrink: half the seeds).
+  const newest = Math.max(...records.values());
+  const lateNewest = kind === 'scenario' || swarm.int(4) !== 0;
+  const early = world.profile === 'midChosen' || world.profile === 'midAccept';
+  for (const n of nodes) {
+    const late = lateNewest && records.get(n) === newest;
+    const at = late ? 500 + r.int(1500) : r.int(early ? 300 : 400);
+    sim.schedule(at, `start n${n}`, () => sim.start(n));
+  }
+  return finish(world, sim, options, () =>
+    `history ${kind}: views ${h.views.map((v) => `${v.id}[${v.memberIds}]`).join(' ')}, voters ${world.votersCount}, ` +
+    `log ${h.log.length} commit ${commit}, records ${nodes.map((n) => records.get(n)).join(',')}, delivered ${world.deliveredViewId}, ` +
+    `profile ${world.profile}${world.secondCrash ? '+1' : ''}`);
 }

@@ -5,9 +5,27 @@
 // that every node adopts the same decision, only a chosen one, no acknowledged write is lost and
 // the replicas of each shard reconcile to one log (see restart-sim.ts); with newer view records
 // (`newer=minority|majority|chain`, `newerLeads`), also that no decision restarts from before a
-// view that delivered. Longer runs: npm run sim -- restart --seeds 5000 [--flag newer=...].
-import test from 'ava';
+// view that delivered; with a membership log of view changes that each removed nearly half
+// (`history=scenario|shrink`, restart-log.ts), that the restart waits for the log's voters and
+// restarts from the newest view the most up-to-date log seals, and that the records-only rule
+// (`mutation=noLogRule`) is caught skipping a view that delivered.
+// Longer runs: npm run sim -- restart --seeds 5000 [--flag newer=...|history=...].
+import test, { type ExecutionContext } from 'ava';
 import { runSeed } from './restart-sim.js';
+
+/** The seeds in 1..`seeds` on which `flags` fail with `violation` (any other failure fails the test). */
+function caughtOn(t: ExecutionContext, seeds: number, flags: Record<string, string | boolean>, violation: RegExp): number[] {
+  const caught = [];
+  for (let seed = 1; seed <= seeds; seed++) {
+    try {
+      runSeed(seed, { flags });
+    } catch (error) {
+      t.regex(String(error), violation);
+      caught.push(seed);
+    }
+  }
+  return caught;
+}
 
 test('total restart under faults: 60 seeds agree on one decision and reconcile every shard', (t) => {
   const profiles = new Set<string>();
@@ -26,15 +44,7 @@ test('total restart under faults: 60 seeds agree on one decision and reconcile e
 });
 
 test('the single-phase decision (before ballots) is caught disagreeing', (t) => {
-  const caught = [];
-  for (let seed = 1; seed <= 20; seed++) {
-    try {
-      runSeed(seed, { flags: { mutation: 'singlePhase' } });
-    } catch (error) {
-      t.regex(String(error), /restart agreement/);
-      caught.push(seed);
-    }
-  }
+  const caught = caughtOn(t, 20, { mutation: 'singlePhase' }, /restart agreement/);
   t.true(caught.length >= 2, `caught on seeds [${caught}]`);
 });
 
@@ -55,28 +65,33 @@ test('newer view records: 90 seeds of a minority-recorded, a majority-recorded a
 });
 
 test('the earlier acceptor, which started over in each newer instance, is caught disagreeing', (t) => {
-  const caught = [];
-  for (let seed = 1; seed <= 30; seed++) {
-    try {
-      runSeed(seed, { flags: { newer: 'minority', newerLeads: true, mutation: 'perInstance' } });
-    } catch (error) {
-      t.regex(String(error), /restart agreement/);
-      caught.push(seed);
-    }
-  }
+  const caught = caughtOn(t, 30, { newer: 'minority', newerLeads: true, mutation: 'perInstance' }, /restart agreement/);
   t.true(caught.length >= 2, `caught on seeds [${caught}]`);
 });
 
 test('a restart that ignores newer records is caught skipping a view that delivered', (t) => {
-  const caught = [];
-  for (let seed = 1; seed <= 10; seed++) {
-    try {
-      runSeed(seed, { flags: { newer: 'majority', mutation: 'ignoreNewer' } });
-    } catch (error) {
-      t.regex(String(error), /delivered view skipped/);
-      caught.push(seed);
+  const caught = caughtOn(t, 10, { newer: 'majority', mutation: 'ignoreNewer' }, /delivered view skipped/);
+  t.true(caught.length >= 2, `caught on seeds [${caught}]`);
+});
+
+test('membership-log histories: 60 seeds of the hole and of random shrinking views restart from every delivered view', (t) => {
+  let fromLog = 0;
+  let logWaits = 0;
+  const decided = new Set<number>();
+  for (const history of ['scenario', 'shrink']) {
+    for (let seed = 1; seed <= 30; seed++) {
+      const result = runSeed(seed, { flags: { history } });
+      fromLog += Number(/restarts from a log's view (\d+)/.exec(result.summary)![1]) > 0 ? 1 : 0;
+      logWaits += Number(/log waits (\d+)/.exec(result.summary)![1]) > 0 ? 1 : 0;
+      if (history === 'scenario') decided.add(Number(/decided (\d+)\//.exec(result.summary)![1]));
     }
   }
+  t.deepEqual([...decided], [10], 'the scenario always restarts from view 9 (R + 2), which delivered');
+  t.true(fromLog >= 20 && logWaits >= 10, `seeds restarting from a view a log sealed: ${fromLog}, waiting for the log's voters: ${logWaits}`);
+});
+
+test('the records-only restart (no membership-log rule) is caught skipping a view that delivered', (t) => {
+  const caught = caughtOn(t, 12, { history: 'scenario', mutation: 'noLogRule' }, /delivered view skipped/);
   t.true(caught.length >= 2, `caught on seeds [${caught}]`);
 });
 

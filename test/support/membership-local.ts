@@ -3,6 +3,7 @@
  * MembershipDriver per node, each with a small versioned key-value state per shard (the state
  * transfer source and target) and a record of what it delivered in which view.
  */
+import type { ExecutionContext } from 'ava';
 import { Packr } from 'msgpackr';
 import { nodeId, type NodeId } from '../../src/core/ids.js';
 import { defaultAllocator, flexibleEvenShards, oneSubgroup } from '../../src/membership/layout.js';
@@ -191,3 +192,18 @@ export async function createFounders(
   return { nodes, founders };
 }
 
+/** Runs `body`; if it fails, logs the nodes' lines; then closes `drivers` (also those added meanwhile) and `endpoints`. */
+export async function logOnFailure(
+  t: ExecutionContext, lines: readonly string[], drivers: readonly MembershipDriver[], endpoints: readonly Endpoint[],
+  body: () => Promise<void>,
+): Promise<void> {
+  try {
+    await body();
+  } catch (error) {
+    t.log(lines.join('\n'));
+    throw error;
+  } finally {
+    for (const d of drivers) await d.close();
+    for (const e of endpoints) await e.close();
+  }
+}
