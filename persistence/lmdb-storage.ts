@@ -341,7 +341,7 @@ export class LmdbLogStorage implements LogStorage {
     }
     if (this.overlay.size === 0) return;
     const written = [...this.overlay];
-    this.writer.whenWritten().then(
+    this.writer.whenInLmdb().then(
       () => {
         for (const [key, segment] of written) {
           if (this.overlay.get(key) === segment) this.overlay.delete(key);

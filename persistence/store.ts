@@ -3,7 +3,7 @@
  * one named database per persistent field (named by registry and field), and one `squall.meta`
  * database holding the format marker and per-field facts.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { assert } from '../src/core/assert.js';
@@ -12,6 +12,7 @@ import { CorruptDataDirError, ForeignDataDirError, MapFullError } from './errors
 import { MemoryLogStorage, type LogStorage } from './log-storage.js';
 import { LmdbLogStorage } from './lmdb-storage.js';
 import { PersistentRegistry, type RegistryBackend } from './registry.js';
+import { ROTATE_BYTES, WAL_PREFIX, WriteAheadLog } from './wal.js';
 
 /**
  * How the persisted frontier relates to the disk:
@@ -33,6 +34,14 @@ export interface PersistenceConfig {
   syncMode?: SyncMode;
   /** Named databases the environment can hold (one per field, plus one). Default 1000. */
   fieldsMax?: number;
+  /**
+   * 'durable' only: the frontier moves when each turn's writes, appended to a write-ahead log
+   * (`squall.wal.*`), are fdatasynced; LMDB gets the same writes off that path (wal.ts). False:
+   * the frontier waits for LMDB's own synced commit. Default true.
+   */
+  writeAheadLog?: boolean;
+  /** With the write-ahead log: a log file is left for a new one once it holds this much. Default 16 MiB. */
+  walFileBytes?: number;
 }
 
 export const STORE_FILE = 'squall.mdb';
@@ -45,8 +54,28 @@ const CAPACITY_CHECK_INTERVAL_MS = 100;
 /** One write of a turn's transaction: a put, or a removal when `value` is undefined. */
 interface TurnWrite {
   readonly db: Database<any, any>;
+  /** The database's name (for the write-ahead log). */
+  readonly name: string;
   readonly key: number | string;
   readonly value: unknown;
+}
+
+/** A promise and its settlers. */
+interface Deferred {
+  promise: Promise<void>;
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
+
+function deferred(): Deferred {
+  let resolve!: () => void;
+  let reject!: (error: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => undefined); // observers see failures; an unobserved one is not unhandled
+  return { promise, resolve, reject };
 }
 
 /** What the storages of one store write through: one transaction per event turn. */
@@ -55,21 +84,31 @@ export interface TurnWriter {
   remove(db: Database<any, any>, key: number | string): void;
   /** Resolves once everything written so far is committed (and durable, per syncMode). */
   whenWritten(): Promise<void>;
+  /** Resolves once everything written so far is committed to LMDB (readable from it). */
+  whenInLmdb(): Promise<void>;
 }
 
 export class PersistenceStore implements TurnWriter {
   private readonly root: RootDatabase;
   private readonly metaDb: Database;
-  private readonly fieldDbs = new Map<string, Database<Buffer, number>>();
+  /** Databases by name and names by database (the write-ahead log names them). */
+  private readonly dbs = new Map<string, Database<any, any>>();
+  private readonly dbNames = new Map<Database<any, any>, string>();
+  /** Field databases a storage has opened (one storage per field). */
+  private readonly fieldsOpen = new Set<string>();
   private readonly registries = new Map<string, PersistentRegistry>();
   private open = true;
   /** This turn's writes, committed together at the end of the turn (see commitTurn). */
   private turnWrites: TurnWrite[] = [];
-  private turn: { promise: Promise<void>; resolve: () => void; reject: (error: unknown) => void } | undefined;
+  /** This turn's durability (per syncMode), and (write-ahead log) its LMDB commit. */
+  private turn: { durable: Deferred; inLmdb: Deferred } | undefined;
   /** The outcome of the last committed turn: what whenWritten() answers between turns. */
   private lastTurn: Promise<void> = Promise.resolve();
   /** 'durable': the last put handed to lmdb-js's batched writes. */
   private lastWrite: Promise<unknown> = Promise.resolve();
+  /** 'durable' with the write-ahead log (see wal.ts and commitTurnToLog). */
+  private readonly wal: WriteAheadLog | undefined;
+  private lmdbFailure: unknown;
   private capacityCheckedAtMs = -Infinity;
   private capacityCalls = 255;
   private full: MapFullError | undefined;
@@ -94,7 +133,56 @@ export class PersistenceStore implements TurnWriter {
     } catch (error) {
       throw new CorruptDataDirError(this.path, `LMDB cannot open it (${String(error)})`, error);
     }
+    this.dbs.set(META_DB, this.metaDb);
+    this.dbNames.set(this.metaDb, META_DB);
     this.checkFormat();
+    if (config.syncMode === 'durable' && config.writeAheadLog) {
+      this.wal = new WriteAheadLog(config.dataDir, true, config.walFileBytes);
+      try {
+        this.replayLog(this.wal);
+      } catch (error) {
+        this.root.close();
+        throw error;
+      }
+    }
+  }
+
+  /**
+   * Applies every write of the log's frames to LMDB, in order, in one synced transaction, then
+   * starts a new log and deletes the old one. Idempotent: each write sets (or removes) a whole
+   * value, the log starts at or before what LMDB holds durably (a file is deleted only once LMDB
+   * reported all of it synced), so replaying writes LMDB already has ends in the same state.
+   */
+  private replayLog(wal: WriteAheadLog): void {
+    const frames = wal.open();
+    if (frames.length > 0) {
+      this.root.transactionSync(() => {
+        for (const writes of frames) {
+          for (const write of writes) {
+            const db = this.dbNamed(write.name);
+            if (write.value === undefined) db.remove(write.key);
+            else db.put(write.key, write.value);
+          }
+        }
+      });
+    }
+    wal.restart();
+  }
+
+  /** The database of that name (a field's, or the meta database). */
+  private dbNamed(name: string): Database<any, any> {
+    let db = this.dbs.get(name);
+    if (!db) {
+      db = this.root.openDB<Buffer, number>(name, { encoding: 'binary' });
+      this.dbs.set(name, db);
+      this.dbNames.set(db, name);
+    }
+    return db;
+  }
+
+  /** What the write-ahead log did (undefined without one). */
+  get walStats(): (WriteAheadLog['stats'] & { fdatasyncsTotal: number }) | undefined {
+    return this.wal && { ...this.wal.stats, fdatasyncsTotal: this.wal.fdatasyncs };
   }
 
   /** Opens (creating if needed) the node's store. Throws Foreign/CorruptDataDirError. */
@@ -104,6 +192,8 @@ export class PersistenceStore implements TurnWriter {
       mapSizeBytes: 16 * 2 ** 30,
       syncMode: 'durable',
       fieldsMax: 1000,
+      writeAheadLog: true,
+      walFileBytes: ROTATE_BYTES,
       ...config,
     };
     const problems: { key: string; message: string }[] = [];
@@ -114,10 +204,18 @@ export class PersistenceStore implements TurnWriter {
     if (full.syncMode !== 'durable' && full.syncMode !== 'buffered') {
       problems.push({ key: 'persistence.syncMode', message: 'must be "durable" or "buffered"' });
     }
+    if (!(full.walFileBytes >= 4096)) {
+      problems.push({ key: 'persistence.walFileBytes', message: 'must be at least 4096' });
+    }
     if (problems.length > 0) throw new ConfigError(problems);
     if (full.reset) {
       rmSync(join(full.dataDir, STORE_FILE), { force: true });
       rmSync(join(full.dataDir, `${STORE_FILE}-lock`), { force: true });
+      if (existsSync(full.dataDir)) {
+        for (const name of readdirSync(full.dataDir)) {
+          if (name.startsWith(WAL_PREFIX)) rmSync(join(full.dataDir, name), { force: true });
+        }
+      }
     }
     if (!existsSync(full.dataDir)) mkdirSync(full.dataDir, { recursive: true });
     checkLmdbHeader(join(full.dataDir, STORE_FILE));
@@ -184,41 +282,41 @@ export class PersistenceStore implements TurnWriter {
   // measurably next to the syncs themselves.
 
   put(db: Database<any, any>, key: number | string, value: unknown): void {
-    if (this.syncMode === 'durable') {
+    if (this.syncMode === 'durable' && !this.wal) {
       this.lastWrite = db.put(key, value as never);
       return;
     }
-    this.turnWrites.push({ db, key, value });
+    this.turnWrites.push({ db, name: this.dbNames.get(db)!, key, value });
     this.scheduleCommit();
   }
 
   remove(db: Database<any, any>, key: number | string): void {
-    if (this.syncMode === 'durable') {
+    if (this.syncMode === 'durable' && !this.wal) {
       this.lastWrite = db.remove(key);
       return;
     }
-    this.turnWrites.push({ db, key, value: undefined });
+    this.turnWrites.push({ db, name: this.dbNames.get(db)!, key, value: undefined });
     this.scheduleCommit();
   }
 
   whenWritten(): Promise<void> {
-    if (this.syncMode === 'durable') {
-      // lmdb-js's put() promise resolves at commit; `flushed` once that commit is synced.
-      return Promise.all([this.lastWrite, this.root.flushed]).then(() => undefined);
-    }
-    return this.turn?.promise ?? this.lastTurn;
+    if (this.syncMode === 'durable' && !this.wal) return this.lmdbFlushed();
+    return this.turn?.durable.promise ?? this.lastTurn;
+  }
+
+  whenInLmdb(): Promise<void> {
+    if (this.wal) return this.turn?.inLmdb.promise ?? this.lastWrite.then(() => undefined);
+    return this.whenWritten();
+  }
+
+  /** lmdb-js's put() promise resolves at commit; `flushed` once that commit is synced. */
+  private lmdbFlushed(): Promise<void> {
+    return Promise.all([this.lastWrite, this.root.flushed]).then(() => undefined);
   }
 
   private scheduleCommit(): void {
     if (this.turn !== undefined) return;
-    let resolve!: () => void;
-    let reject!: (error: unknown) => void;
-    const promise = new Promise<void>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
-    promise.catch(() => undefined); // registries observe it; an unobserved failure is not unhandled
-    this.turn = { promise, resolve, reject };
+    this.turn = { durable: deferred(), inLmdb: deferred() };
     // In a microtask queued by the first write of the turn, so after the microtasks already
     // queued (the storages' segment flushes that makeVersion queued): the commit costs ~10 µs
     // and the frontier moves in the very turn of the deliveries.
@@ -237,8 +335,14 @@ export class PersistenceStore implements TurnWriter {
     const writes = this.turnWrites;
     this.turn = undefined;
     this.turnWrites = [];
+    this.lastTurn = turn.durable.promise;
     if (!this.open) {
-      turn.reject(new Error(`${this.path}: the persistence store is closed`));
+      turn.durable.reject(new Error(`${this.path}: the persistence store is closed`));
+      turn.inLmdb.reject(new Error(`${this.path}: the persistence store is closed`));
+      return;
+    }
+    if (this.wal) {
+      this.commitTurnToLog(this.wal, turn, writes);
       return;
     }
     try {
@@ -249,12 +353,46 @@ export class PersistenceStore implements TurnWriter {
         }
       }, 2); // lmdb-js: not abortable (as its putSync); the environment is noSync
     } catch (error) {
-      this.lastTurn = turn.promise;
-      turn.reject(error);
+      turn.durable.reject(error);
+      turn.inLmdb.reject(error);
       return;
     }
-    this.lastTurn = turn.promise;
-    turn.resolve();
+    turn.durable.resolve();
+    turn.inLmdb.resolve();
+  }
+
+  /**
+   * 'durable' with the write-ahead log: appends the turn's writes to the log as one frame (a
+   * write() on this thread), and the turn is durable when the log's fdatasync covering that frame
+   * completes (group commit: one fdatasync in flight, on libuv's pool, covering every frame
+   * written before it started). The same writes go to lmdb-js's batched puts, committed and synced
+   * crash-safely on its write thread (overlappingSync) off the frontier's path; once that sync is
+   * reported, the log may drop the frame. Reads keep segments in memory until LMDB has committed
+   * them (whenInLmdb).
+   */
+  private commitTurnToLog(wal: WriteAheadLog, turn: { durable: Deferred; inLmdb: Deferred }, writes: TurnWrite[]): void {
+    let frame: number;
+    try {
+      if (this.lmdbFailure !== undefined) throw this.lmdbFailure;
+      frame = wal.append(writes);
+    } catch (error) {
+      turn.durable.reject(error);
+      turn.inLmdb.reject(error);
+      return;
+    }
+    wal.whenSynced(frame).then(turn.durable.resolve, turn.durable.reject);
+    let last = this.lastWrite;
+    for (const write of writes) {
+      last = write.value === undefined ? write.db.remove(write.key) : write.db.put(write.key, write.value as never);
+    }
+    this.lastWrite = last;
+    last.then(turn.inLmdb.resolve, (error: unknown) => {
+      // The turn is in the log (replayed into LMDB at the next open); LMDB refuses writes now.
+      this.lmdbFailure ??= error;
+      turn.inLmdb.reject(error);
+      turn.durable.reject(error);
+    });
+    this.lmdbFlushed().then(() => wal.lmdbDurable(frame), () => undefined);
   }
 
   /** Waits for pending writes, then closes LMDB. Fields attached to it stop working. */
@@ -262,6 +400,10 @@ export class PersistenceStore implements TurnWriter {
     if (!this.open) return;
     await Promise.resolve(); // let this turn's segment flushes (microtasks) reach LMDB first
     await this.whenWritesDurable().catch(() => undefined);
+    if (this.wal) {
+      const lmdbHasAll = await this.lmdbFlushed().then(() => true, () => false);
+      await this.wal.close(lmdbHasAll && this.lmdbFailure === undefined);
+    }
     this.open = false;
     await this.root.close();
   }
@@ -279,10 +421,9 @@ export class PersistenceStore implements TurnWriter {
   private openStorage(registry: string, field: string, kind: 'lmdb' | 'memory'): LogStorage {
     if (kind === 'memory') return new MemoryLogStorage();
     const dbName = JSON.stringify([registry, field]);
-    assert(!this.fieldDbs.has(dbName), `${registry}/${field} is already open`);
-    const db = this.root.openDB<Buffer, number>(dbName, { encoding: 'binary' });
-    this.fieldDbs.set(dbName, db);
-    return new LmdbLogStorage(db, this.metaDb, `field:${dbName}`, this);
+    assert(!this.fieldsOpen.has(dbName), `${registry}/${field} is already open`);
+    this.fieldsOpen.add(dbName);
+    return new LmdbLogStorage(this.dbNamed(dbName), this.metaDb, `field:${dbName}`, this);
   }
 
   private checkCapacity(): void {

@@ -78,6 +78,9 @@ export function syncDirectory(dir: string): void {
   }
 }
 
+/** How a file descriptor's data is synced: node's fdatasync, or a test's stand-in. */
+export type Fdatasync = (fd: number, callback: (error: Error | null) => void) => void;
+
 export interface FrameFileStats {
   frames: number;
   fdatasyncs: number;
@@ -107,7 +110,12 @@ export class FrameFile {
    * Opens (creating if missing) the file at `path` and reads its whole frames into `opened`;
    * a torn last frame is zeroed, damage throws `corrupt(...)`.
    */
-  constructor(readonly path: string, readonly durable: boolean, private readonly corrupt: CorruptionError) {
+  constructor(
+    readonly path: string,
+    readonly durable: boolean,
+    private readonly corrupt: CorruptionError,
+    private readonly sync: Fdatasync = fdatasync,
+  ) {
     rmSync(`${path}.tmp`, { force: true }); // a rewrite that crashed before its rename
     const fresh = !existsSync(path);
     this.fd = openSync(path, fresh ? 'w+' : 'r+');
@@ -191,7 +199,7 @@ export class FrameFile {
     const fd = this.fd;
     this.syncingFd = fd;
     this.stats.fdatasyncs++;
-    fdatasync(fd, (error) => {
+    this.sync(fd, (error) => {
       this.syncingFd = -1;
       if (fd !== this.fd) closeSync(fd); // replaced by a rewrite, which fsynced everything itself
       if (error) {
