@@ -70,17 +70,24 @@ function crashCopy(t: import('ava').ExecutionContext, from: string, label: strin
 
 test('durable: the persisted frontier never moves before the log fdatasync that covers it completed', async (t) => {
   const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-frontier'), syncMode: 'durable' });
-  t.teardown(() => store.close());
   const registry = store.registry('Wal/0/0');
   const a = registry.attach('a', new Persistent(() => 0));
   // Hold every fdatasync of the log: it completes only when the test releases it, and then covers
   // what had been written when it started.
   const held: { covers: bigint; release: () => void }[] = [];
   let synced: bigint = VERSION_NONE;
+  let holding = true;
   internals(store).wal.fdatasync = (fd, done) => {
     const covers = registry.latestVersion;
-    held.push({ covers, release: () => fdatasync(fd, (error) => { if (!error && covers > synced) synced = covers; done(error); }) });
+    const release = () => fdatasync(fd, (error) => { if (!error && covers > synced) synced = covers; done(error); });
+    if (holding) held.push({ covers, release });
+    else release();
   };
+  t.teardown(() => {
+    holding = false;
+    for (const h of held.splice(0)) h.release();
+    return store.close();
+  });
   const ahead: bigint[] = [];
   registry.onPersisted((version) => {
     if (version > synced) ahead.push(version);
