@@ -42,6 +42,11 @@ export interface PersistenceConfig {
   writeAheadLog?: boolean;
   /** With the write-ahead log: a log file is left for a new one once it holds this much. Default 16 MiB. */
   walFileBytes?: number;
+  /**
+   * With the write-ahead log: the turns' writes go to LMDB together, this long after the first
+   * of them (one LMDB transaction and its two syncs per batch, not per turn). Default 50 ms.
+   */
+  lmdbBatchMs?: number;
 }
 
 export const STORE_FILE = 'squall.mdb';
@@ -109,6 +114,12 @@ export class PersistenceStore implements TurnWriter {
   /** 'durable' with the write-ahead log (see wal.ts and commitTurnToLog). */
   private readonly wal: WriteAheadLog | undefined;
   private lmdbFailure: unknown;
+  /** Log mode: writes in the log and not yet handed to LMDB, the last frame they hold, their commit. */
+  private lmdbPending: TurnWrite[] = [];
+  private lmdbPendingFrame = 0;
+  private lmdbPendingCommit: Deferred | undefined;
+  private lmdbTimer: NodeJS.Timeout | undefined;
+  private readonly lmdbBatchMs: number;
   private capacityCheckedAtMs = -Infinity;
   private capacityCalls = 255;
   private full: MapFullError | undefined;
@@ -118,6 +129,7 @@ export class PersistenceStore implements TurnWriter {
 
   private constructor(config: Required<PersistenceConfig>) {
     this.path = join(config.dataDir, STORE_FILE);
+    this.lmdbBatchMs = config.lmdbBatchMs;
     this.syncMode = config.syncMode;
     this.mapSizeBytes = config.mapSizeBytes;
     try {
@@ -194,6 +206,7 @@ export class PersistenceStore implements TurnWriter {
       fieldsMax: 1000,
       writeAheadLog: true,
       walFileBytes: ROTATE_BYTES,
+      lmdbBatchMs: 50,
       ...config,
     };
     const problems: { key: string; message: string }[] = [];
@@ -203,6 +216,9 @@ export class PersistenceStore implements TurnWriter {
     }
     if (full.syncMode !== 'durable' && full.syncMode !== 'buffered') {
       problems.push({ key: 'persistence.syncMode', message: 'must be "durable" or "buffered"' });
+    }
+    if (!(full.lmdbBatchMs >= 0 && full.lmdbBatchMs <= 60_000)) {
+      problems.push({ key: 'persistence.lmdbBatchMs', message: 'must be 0 to 60000' });
     }
     if (!(full.walFileBytes >= 4096)) {
       problems.push({ key: 'persistence.walFileBytes', message: 'must be at least 4096' });
@@ -305,8 +321,8 @@ export class PersistenceStore implements TurnWriter {
   }
 
   whenInLmdb(): Promise<void> {
-    if (this.wal) return this.turn?.inLmdb.promise ?? this.lastWrite.then(() => undefined);
-    return this.whenWritten();
+    if (!this.wal) return this.whenWritten();
+    return this.turn?.inLmdb.promise ?? this.lmdbPendingCommit?.promise ?? this.lastWrite.then(() => undefined);
   }
 
   /** lmdb-js's put() promise resolves at commit; `flushed` once that commit is synced. */
@@ -365,10 +381,8 @@ export class PersistenceStore implements TurnWriter {
    * 'durable' with the write-ahead log: appends the turn's writes to the log as one frame (a
    * write() on this thread), and the turn is durable when the log's fdatasync covering that frame
    * completes (group commit: one fdatasync in flight, on libuv's pool, covering every frame
-   * written before it started). The same writes go to lmdb-js's batched puts, committed and synced
-   * crash-safely on its write thread (overlappingSync) off the frontier's path; once that sync is
-   * reported, the log may drop the frame. Reads keep segments in memory until LMDB has committed
-   * them (whenInLmdb).
+   * written before it started). The same writes go to LMDB later, off the frontier's path
+   * (handToLmdb). Reads keep segments in memory until LMDB has committed them (whenInLmdb).
    */
   private commitTurnToLog(wal: WriteAheadLog, turn: { durable: Deferred; inLmdb: Deferred }, writes: TurnWrite[]): void {
     let frame: number;
@@ -381,17 +395,46 @@ export class PersistenceStore implements TurnWriter {
       return;
     }
     wal.whenSynced(frame).then(turn.durable.resolve, turn.durable.reject);
-    let last = this.lastWrite;
+    for (const write of writes) this.lmdbPending.push(write);
+    this.lmdbPendingFrame = frame;
+    this.lmdbPendingCommit ??= deferred();
+    this.lmdbPendingCommit.promise.then(turn.inLmdb.resolve, turn.inLmdb.reject);
+    this.lmdbTimer ??= setTimeout(() => this.handToLmdb(), this.lmdbBatchMs);
+  }
+
+  /**
+   * Log mode: hands the writes of the turns since the last batch to lmdb-js's batched puts, all
+   * in this event turn, so one LMDB transaction, committed and synced crash-safely on its write
+   * thread (overlappingSync). Only a key's last write in the batch is handed over: a crash may
+   * leave LMDB with any part of the batch, and the log, which still holds all of it (a log file is
+   * deleted once LMDB has reported the batches covering it synced), is replayed over it in order.
+   * One batch per lmdbBatchMs, not one per turn: LMDB's two syncs per transaction then stay off
+   * the disk while the log's fdatasync waits there.
+   */
+  private handToLmdb(): void {
+    this.lmdbTimer = undefined;
+    const writes = this.lmdbPending;
+    const frame = this.lmdbPendingFrame;
+    const commit = this.lmdbPendingCommit!;
+    this.lmdbPending = [];
+    this.lmdbPendingCommit = undefined;
+    const last = new Map<Database<any, any>, Map<number | string, unknown>>();
     for (const write of writes) {
-      last = write.value === undefined ? write.db.remove(write.key) : write.db.put(write.key, write.value as never);
+      let keys = last.get(write.db);
+      if (!keys) last.set(write.db, (keys = new Map()));
+      keys.set(write.key, write.value);
     }
-    this.lastWrite = last;
-    last.then(turn.inLmdb.resolve, (error: unknown) => {
-      // The turn is in the log (replayed into LMDB at the next open); LMDB refuses writes now.
+    let put = this.lastWrite;
+    for (const [db, keys] of last) {
+      for (const [key, value] of keys) put = value === undefined ? db.remove(key) : db.put(key, value as never);
+    }
+    this.lastWrite = put;
+    put.then(commit.resolve, (error: unknown) => {
+      // The log holds these writes (replayed at the next open); LMDB refuses them now.
       this.lmdbFailure ??= error;
-      turn.inLmdb.reject(error);
-      turn.durable.reject(error);
+      commit.reject(error);
     });
+    const wal = this.wal!;
     this.lmdbFlushed().then(() => wal.lmdbDurable(frame), () => undefined);
   }
 
@@ -401,6 +444,10 @@ export class PersistenceStore implements TurnWriter {
     await Promise.resolve(); // let this turn's segment flushes (microtasks) reach LMDB first
     await this.whenWritesDurable().catch(() => undefined);
     if (this.wal) {
+      if (this.lmdbTimer !== undefined) {
+        clearTimeout(this.lmdbTimer);
+        this.handToLmdb();
+      }
       const lmdbHasAll = await this.lmdbFlushed().then(() => true, () => false);
       await this.wal.close(lmdbHasAll && this.lmdbFailure === undefined);
     }
