@@ -328,7 +328,11 @@ export class LmdbLogStorage implements LogStorage {
   private scheduleFlush(): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
-    queueMicrotask(() => this.flush());
+    queueMicrotask(() => this.flushPending());
+  }
+
+  flushPending(): void {
+    if (this.flushScheduled) this.flush();
   }
 
   /** Writes the tail once per turn, then clears committed segments out of the overlay. */

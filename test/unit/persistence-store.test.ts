@@ -290,6 +290,25 @@ for (const syncMode of ['buffered'] as const) {
   });
 }
 
+test('a turn whose first version changes no field still waits for the commit that a later version of the turn needs', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-unchanged'), syncMode: 'buffered' });
+  t.teardown(() => store.close());
+  const registry = store.registry('Turn/0/0');
+  const a = registry.attach('a', new Persistent(() => 0));
+  const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
+  const original = root.transactionSync.bind(root);
+  const frontierAtCommit: bigint[] = [];
+  root.transactionSync = (fn, flags) => {
+    frontierAtCommit.push(registry.persistedFrontier);
+    return original(fn, flags);
+  };
+  registry.makeVersion(makeVersion(viewId(1), 0), hlc(1)); // `a` unchanged: no record, no write
+  a.value = 7;
+  registry.makeVersion(makeVersion(viewId(1), 1), hlc(2));
+  await registry.whenPersisted(makeVersion(viewId(1), 1));
+  t.deepEqual(frontierAtCommit, [VERSION_NONE], 'the frontier moved only after the turn committed');
+});
+
 test('a failed turn commit fails the registry with the error, and whenPersisted rejects', async (t) => {
   const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-fail'), syncMode: 'buffered' });
   t.teardown(() => store.close());
