@@ -6,7 +6,9 @@
  *    same keys and values in an identically configured environment, same run, durable sync.
  *    Inputs (values; version numbers and HLC times, which the runtime receives) are built
  *    before timing for both.
- * 2. frontier latency: makeVersion -> persisted frontier (one version at a time, fsync each).
+ * 2. frontier latency: makeVersion -> persisted frontier (one version at a time, durable), with
+ *    the write-ahead log (the default) beside `writeAheadLog: false` (LMDB's own synced commit),
+ *    alternating in 3 rounds, raw lmdb-js put -> flushed, and the disk's write + fdatasync p50.
  * 3. temporal query p50/p99 on a log of 1,000,000 versions (100,000 with --quick).
  * 4. delta vs full: a 10,000-key map changing one key per version: bytes per version, append
  *    rate, and read latency at a random version.
@@ -27,6 +29,7 @@ import {
   type ValueCodec,
 } from '../persistence/index.js';
 import { report } from './_report.js';
+import { fdatasyncP50 } from './_measure.js';
 
 const SUITE = 'persistence';
 const VALUE_BYTES = 64;
@@ -157,16 +160,15 @@ async function benchAppend(quick: boolean): Promise<void> {
   }
 }
 
-async function benchFrontierLatency(quick: boolean): Promise<void> {
-  const dir = tempDir('frontier');
-  const store = PersistenceStore.open({ dataDir: dir });
+/** makeVersion -> persisted frontier, one version at a time, in a fresh durable store. */
+async function frontierSamples(dir: string, count: number, writeAheadLog: boolean): Promise<number[]> {
+  const store = PersistenceStore.open({ dataDir: dir, writeAheadLog });
   const registry = store.registry('Bench/0/0');
   const field = registry.attach(
     'value',
     new Persistent<Uint8Array>(() => new Uint8Array(0), { codec: bytesCodec() }),
   );
   const samples: number[] = [];
-  const count = quick ? 50 : 300;
   for (let i = 0; i < count; i++) {
     field.value = valueFor(i);
     const started = performance.now();
@@ -174,7 +176,27 @@ async function benchFrontierLatency(quick: boolean): Promise<void> {
     await registry.whenPersisted(versionFor(i));
     samples.push((performance.now() - started) * 1000);
   }
+  await store.close();
+  return samples.sort((a, b) => a - b);
+}
+
+async function benchFrontierLatency(quick: boolean): Promise<void> {
+  const count = quick ? 50 : 300;
+  // The write-ahead log (the default) and LMDB's own durable commit, alternating in rounds.
+  const wal: number[] = [];
+  const lmdbOnly: number[] = [];
+  for (let round = 0; round < 3; round++) {
+    const a = tempDir('frontier-wal');
+    wal.push(...(await frontierSamples(a, count, true)));
+    rmSync(a, { recursive: true, force: true });
+    const b = tempDir('frontier-lmdb');
+    lmdbOnly.push(...(await frontierSamples(b, count, false)));
+    rmSync(b, { recursive: true, force: true });
+  }
+  wal.sort((x, y) => x - y);
+  lmdbOnly.sort((x, y) => x - y);
   // Raw: one put, then lmdb-js's flushed promise.
+  const dir = tempDir('frontier-raw');
   const env = open({ path: join(dir, 'raw.mdb'), maxDbs: 2, mapSize: 1 << 26 });
   const db = env.openDB<Uint8Array, number>('raw', { encoding: 'binary' });
   const rawSamples: number[] = [];
@@ -185,18 +207,21 @@ async function benchFrontierLatency(quick: boolean): Promise<void> {
     rawSamples.push((performance.now() - started) * 1000);
   }
   await env.close();
-  await store.close();
   rmSync(dir, { recursive: true, force: true });
-  samples.sort((a, b) => a - b);
   rawSamples.sort((a, b) => a - b);
+  const fdatasync = fdatasyncP50(quick ? 50 : 200);
   for (const [name, p] of [['p50', 0.5], ['p99', 0.99]] as const) {
     report({
       suite: SUITE,
       case: `makeVersion to persisted frontier ${name}`,
-      value: Math.round(percentile(samples, p)),
+      value: Math.round(percentile(wal, p)),
       unit: 'µs',
-      baselines: { 'raw lmdb-js put to flushed': Math.round(percentile(rawSamples, p)) },
-      samples: count,
+      baselines: {
+        'writeAheadLog off (LMDB synced commit)': Math.round(percentile(lmdbOnly, p)),
+        'raw lmdb-js put to flushed': Math.round(percentile(rawSamples, p)),
+        'raw 4 KiB write + fdatasync p50': fdatasync,
+      },
+      samples: 3 * count,
       loadavg: load(),
     });
   }

@@ -12,7 +12,7 @@ import { CorruptDataDirError, ForeignDataDirError, MapFullError } from './errors
 import { MemoryLogStorage, type LogStorage } from './log-storage.js';
 import { LmdbLogStorage } from './lmdb-storage.js';
 import { PersistentRegistry, type RegistryBackend } from './registry.js';
-import { ROTATE_BYTES, WAL_PREFIX, WriteAheadLog } from './wal.js';
+import { ROTATE_BYTES, WAL_PREFIX, WriteAheadLog, type WalSync } from './wal.js';
 
 /**
  * How the persisted frontier relates to the disk:
@@ -47,6 +47,12 @@ export interface PersistenceConfig {
    * of them (one LMDB transaction and its two syncs per batch, not per turn). Default 50 ms.
    */
   lmdbBatchMs?: number;
+  /**
+   * With the write-ahead log: 'inline' fdatasyncs each turn's frame on the JS thread as it is
+   * written (the frontier moves in the turn of the deliveries); 'pool' on libuv's thread pool,
+   * one in flight covering every frame written before it (group commit). Default 'inline'.
+   */
+  walSync?: WalSync;
 }
 
 export const STORE_FILE = 'squall.mdb';
@@ -149,7 +155,7 @@ export class PersistenceStore implements TurnWriter {
     this.dbNames.set(this.metaDb, META_DB);
     this.checkFormat();
     if (config.syncMode === 'durable' && config.writeAheadLog) {
-      this.wal = new WriteAheadLog(config.dataDir, true, config.walFileBytes);
+      this.wal = new WriteAheadLog(config.dataDir, true, config.walFileBytes, config.walSync);
       try {
         this.replayLog(this.wal);
       } catch (error) {
@@ -207,12 +213,16 @@ export class PersistenceStore implements TurnWriter {
       writeAheadLog: true,
       walFileBytes: ROTATE_BYTES,
       lmdbBatchMs: 50,
+      walSync: 'inline',
       ...config,
     };
     const problems: { key: string; message: string }[] = [];
     if (!full.dataDir) problems.push({ key: 'persistence.dataDir', message: 'is required' });
     if (!(full.mapSizeBytes >= 1 << 20)) {
       problems.push({ key: 'persistence.mapSizeBytes', message: 'must be at least 1 MiB' });
+    }
+    if (full.walSync !== 'inline' && full.walSync !== 'pool') {
+      problems.push({ key: 'persistence.walSync', message: 'must be "inline" or "pool"' });
     }
     if (full.syncMode !== 'durable' && full.syncMode !== 'buffered') {
       problems.push({ key: 'persistence.syncMode', message: 'must be "durable" or "buffered"' });

@@ -21,13 +21,16 @@
  */
 import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fdatasync } from 'node:fs';
-import { FRAME_HEADER_BYTES, FrameFile, sealFrame, type Fdatasync } from '../src/core/frame-file.js';
+import { fdatasync, fdatasyncSync } from 'node:fs';
+import { FRAME_HEADER_BYTES, FrameFile, sealFrame, type Fdatasync, type FdatasyncSync } from '../src/core/frame-file.js';
 import { WalCorruptError } from './errors.js';
 
 export const WAL_PREFIX = 'squall.wal.';
 /** A log file is closed for writing, and a new one started, once it holds this many bytes. */
 export const ROTATE_BYTES = 16 << 20;
+
+/** Where the log's fdatasync runs: on the JS thread in the turn's commit, or on libuv's pool. */
+export type WalSync = 'inline' | 'pool';
 
 const enum WalOp { PutBytes = 1, PutJson = 2, Remove = 3 }
 const enum KeyKind { Number = 1, String = 2 }
@@ -69,10 +72,17 @@ export class WriteAheadLog {
   private readonly nameBytes = new Map<string, Uint8Array>();
   /** How the log's files are synced (a seam: tests hold syncs back to check the frontier waits). */
   fdatasync: Fdatasync = fdatasync;
+  fdatasyncSync: FdatasyncSync = fdatasyncSync;
   readonly stats: WalStats = { replayedFrames: 0, tornTails: 0, frames: 0, fdatasyncs: 0, rotations: 0, deletedFiles: 0 };
 
   /** The log in `dir`: `open()` reads what is there, `restart()` starts writing. */
-  constructor(private readonly dir: string, private readonly durable: boolean, private readonly rotateBytes = ROTATE_BYTES) {}
+  constructor(
+    private readonly dir: string,
+    private readonly durable: boolean,
+    private readonly rotateBytes = ROTATE_BYTES,
+    /** 'inline': fdatasync on this thread right after each frame's write; 'pool': on libuv's pool. */
+    private readonly sync: WalSync = 'inline',
+  ) {}
 
   /**
    * Reads the existing log files in generation order: the writes of every whole frame, for the
@@ -118,6 +128,7 @@ export class WriteAheadLog {
       current = this.startFile(current.generation + 1);
     }
     current.file.write(this.encode(writes));
+    if (this.sync === 'inline') current.file.syncNow();
     current.lastFrame = ++this.framesWritten;
     this.stats.frames++;
     return this.framesWritten;
@@ -166,7 +177,7 @@ export class WriteAheadLog {
 
   private openFile(generation: number): FrameFile {
     const corrupt = (path: string, offset: number, detail: string) => new WalCorruptError(path, offset, detail);
-    return new FrameFile(this.pathOf(generation), this.durable, corrupt, (fd, done) => this.fdatasync(fd, done));
+    return new FrameFile(this.pathOf(generation), this.durable, corrupt, (fd, done) => this.fdatasync(fd, done), (fd) => this.fdatasyncSync(fd));
   }
 
   private pathOf(generation: number): string {

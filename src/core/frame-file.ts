@@ -80,6 +80,8 @@ export function syncDirectory(dir: string): void {
 
 /** How a file descriptor's data is synced: node's fdatasync, or a test's stand-in. */
 export type Fdatasync = (fd: number, callback: (error: Error | null) => void) => void;
+/** The same, on the calling thread (throws on failure). */
+export type FdatasyncSync = (fd: number) => void;
 
 export interface FrameFileStats {
   frames: number;
@@ -115,6 +117,7 @@ export class FrameFile {
     readonly durable: boolean,
     private readonly corrupt: CorruptionError,
     private readonly sync: Fdatasync = fdatasync,
+    private readonly syncSync: FdatasyncSync = fdatasyncSync,
   ) {
     rmSync(`${path}.tmp`, { force: true }); // a rewrite that crashed before its rename
     const fresh = !existsSync(path);
@@ -156,11 +159,17 @@ export class FrameFile {
     return done;
   }
 
-  /** Makes every frame written so far durable now, on this thread (rotation, close). */
+  /** Makes every frame written so far durable now, on this thread. Throws (and fails the file) if the sync fails. */
   syncNow(): void {
+    if (this.failure) throw this.failure;
     if (!this.durable || this.synced === this.written) return;
-    fdatasyncSync(this.fd);
     this.stats.fdatasyncs++;
+    try {
+      this.syncSync(this.fd);
+    } catch (error) {
+      this.fail(error as Error);
+      throw error;
+    }
     this.markSynced(this.written);
   }
 

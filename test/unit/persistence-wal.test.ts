@@ -68,8 +68,51 @@ function crashCopy(t: import('ava').ExecutionContext, from: string, label: strin
   return to;
 }
 
-test('durable: the persisted frontier never moves before the log fdatasync that covers it completed', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-frontier'), syncMode: 'durable' });
+test('durable, walSync "inline": the frontier moves after the frame\'s fdatasync returned, in the same turn; a failed one fails the registry', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-inline'), syncMode: 'durable' });
+  t.teardown(() => store.close());
+  const registry = store.registry('Wal/0/0');
+  const a = registry.attach('a', new Persistent(() => 0));
+  const wal = internals(store).wal;
+  const real = wal.fdatasyncSync;
+  let synced: bigint = VERSION_NONE;
+  let syncs = 0;
+  wal.fdatasyncSync = (fd) => {
+    const covers = registry.latestVersion;
+    if (covers > synced) t.true(registry.persistedFrontier < covers, `the frontier waits for the sync: ${registry.persistedFrontier} ${covers} ${synced}`);
+    real(fd);
+    syncs++;
+    synced = covers;
+  };
+  const ahead: bigint[] = [];
+  registry.onPersisted((version) => {
+    if (version > synced) ahead.push(version);
+  });
+  await new Promise((resolve) => setImmediate(resolve)); // (attach's own writes)
+  syncs = 0;
+  for (let turn = 0; turn < 5; turn++) {
+    let nextTurn = false;
+    setImmediate(() => (nextTurn = true));
+    for (let i = 0; i < 3; i++) {
+      a.value = turn * 3 + i;
+      registry.makeVersion(v(turn * 3 + i), hlc(turn * 3 + i + 1));
+    }
+    await registry.whenPersisted(v(turn * 3 + 2));
+    t.false(nextTurn, 'persisted before the event loop turned');
+  }
+  t.is(syncs, 5, 'one fdatasync per turn');
+  t.deepEqual(ahead, [], 'no frontier ran ahead of a completed fdatasync');
+  wal.fdatasyncSync = () => {
+    throw new Error('EIO: i/o error, fdatasync');
+  };
+  a.value = 100;
+  registry.makeVersion(v(100), hlc(200));
+  await t.throwsAsync(registry.whenPersisted(v(100)), { message: /EIO/ });
+  t.is(registry.persistedFrontier, v(14));
+});
+
+test('durable, walSync "pool": the persisted frontier never moves before the log fdatasync that covers it completed', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-frontier'), syncMode: 'durable', walSync: 'pool' });
   const registry = store.registry('Wal/0/0');
   const a = registry.attach('a', new Persistent(() => 0));
   // Hold every fdatasync of the log: it completes only when the test releases it, and then covers
