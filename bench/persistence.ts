@@ -28,6 +28,7 @@ import {
   type PersistentRegistry,
   type ValueCodec,
 } from '../persistence/index.js';
+import type { PersistenceConfig } from '../persistence/index.js';
 import { report } from './_report.js';
 import { fdatasyncP50 } from './_measure.js';
 
@@ -161,8 +162,8 @@ async function benchAppend(quick: boolean): Promise<void> {
 }
 
 /** makeVersion -> persisted frontier, one version at a time, in a fresh durable store. */
-async function frontierSamples(dir: string, count: number, writeAheadLog: boolean): Promise<number[]> {
-  const store = PersistenceStore.open({ dataDir: dir, writeAheadLog });
+async function frontierSamples(dir: string, count: number, options: Partial<PersistenceConfig>): Promise<number[]> {
+  const store = PersistenceStore.open({ dataDir: dir, ...options });
   const registry = store.registry('Bench/0/0');
   const field = registry.attach(
     'value',
@@ -182,19 +183,23 @@ async function frontierSamples(dir: string, count: number, writeAheadLog: boolea
 
 async function benchFrontierLatency(quick: boolean): Promise<void> {
   const count = quick ? 50 : 300;
-  // The write-ahead log (the default) and LMDB's own durable commit, alternating in rounds.
-  const wal: number[] = [];
-  const lmdbOnly: number[] = [];
+  // The write-ahead log (the default, walSync 'inline'), its 'pool' sync, and LMDB's own durable
+  // commit, alternating in rounds.
+  const variants: [string, Partial<PersistenceConfig>][] = [
+    ['wal inline', { walSync: 'inline' }],
+    ['wal pool', { walSync: 'pool' }],
+    ['lmdb', { writeAheadLog: false }],
+  ];
+  const samples = new Map<string, number[]>(variants.map(([name]) => [name, []]));
   for (let round = 0; round < 3; round++) {
-    const a = tempDir('frontier-wal');
-    wal.push(...(await frontierSamples(a, count, true)));
-    rmSync(a, { recursive: true, force: true });
-    const b = tempDir('frontier-lmdb');
-    lmdbOnly.push(...(await frontierSamples(b, count, false)));
-    rmSync(b, { recursive: true, force: true });
+    for (const [name, options] of variants) {
+      const dir = tempDir('frontier');
+      samples.get(name)!.push(...(await frontierSamples(dir, count, options)));
+      rmSync(dir, { recursive: true, force: true });
+    }
   }
-  wal.sort((x, y) => x - y);
-  lmdbOnly.sort((x, y) => x - y);
+  for (const list of samples.values()) list.sort((x, y) => x - y);
+  const wal = samples.get('wal inline')!;
   // Raw: one put, then lmdb-js's flushed promise.
   const dir = tempDir('frontier-raw');
   const env = open({ path: join(dir, 'raw.mdb'), maxDbs: 2, mapSize: 1 << 26 });
@@ -213,13 +218,14 @@ async function benchFrontierLatency(quick: boolean): Promise<void> {
   for (const [name, p] of [['p50', 0.5], ['p99', 0.99]] as const) {
     report({
       suite: SUITE,
-      case: `makeVersion to persisted frontier ${name}`,
+      case: `makeVersion to persisted frontier ${name} (write-ahead log, walSync inline)`,
       value: Math.round(percentile(wal, p)),
       unit: 'µs',
       baselines: {
-        'writeAheadLog off (LMDB synced commit)': Math.round(percentile(lmdbOnly, p)),
+        'walSync pool': Math.round(percentile(samples.get('wal pool')!, p)),
+        'writeAheadLog off (LMDB synced commit)': Math.round(percentile(samples.get('lmdb')!, p)),
         'raw lmdb-js put to flushed': Math.round(percentile(rawSamples, p)),
-        'raw 4 KiB write + fdatasync p50': fdatasync,
+        'raw 4 KiB write + fdatasync p50': Math.round(fdatasync),
       },
       samples: 3 * count,
       loadavg: load(),
