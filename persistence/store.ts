@@ -12,7 +12,7 @@ import { CorruptDataDirError, ForeignDataDirError, MapFullError } from './errors
 import { MemoryLogStorage, type LogStorage } from './log-storage.js';
 import { LmdbLogStorage } from './lmdb-storage.js';
 import { PersistentRegistry, type RegistryBackend } from './registry.js';
-import { ROTATE_BYTES, WAL_PREFIX, WriteAheadLog, type WalSync } from './wal.js';
+import { ROTATE_BYTES, WAL_PREFIX, WriteAheadLog, type WalStats, type WalSync } from './wal.js';
 
 /**
  * How the persisted frontier relates to the disk:
@@ -37,7 +37,9 @@ export interface PersistenceConfig {
   /**
    * 'durable' only: the frontier moves when each turn's writes, appended to a write-ahead log
    * (`squall.wal.*`), are fdatasynced; LMDB gets the same writes off that path (wal.ts). False:
-   * the frontier waits for LMDB's own synced commit. Default true.
+   * the frontier waits for LMDB's own synced commit. Default false (see persistence/README.md,
+   * "Write-ahead log": it did not beat LMDB's own commit in the group benchmarks on this VM).
+   * A log left in the data dir is replayed on open either way.
    */
   writeAheadLog?: boolean;
   /** With the write-ahead log: a log file is left for a new one once it holds this much. Default 16 MiB. */
@@ -50,7 +52,7 @@ export interface PersistenceConfig {
   /**
    * With the write-ahead log: 'inline' fdatasyncs each turn's frame on the JS thread as it is
    * written (the frontier moves in the turn of the deliveries); 'pool' on libuv's thread pool,
-   * one in flight covering every frame written before it (group commit). Default 'inline'.
+   * one in flight covering every frame written before it (group commit). Default 'pool'.
    */
   walSync?: WalSync;
 }
@@ -120,6 +122,7 @@ export class PersistenceStore implements TurnWriter {
   /** 'durable' with the write-ahead log (see wal.ts and commitTurnToLog). */
   private readonly wal: WriteAheadLog | undefined;
   private lmdbFailure: unknown;
+  private readonly logStats: WalStats;
   /** Log mode: writes in the log and not yet handed to LMDB, the last frame they hold, their commit. */
   private lmdbPending: TurnWrite[] = [];
   private lmdbPendingFrame = 0;
@@ -154,15 +157,20 @@ export class PersistenceStore implements TurnWriter {
     this.dbs.set(META_DB, this.metaDb);
     this.dbNames.set(this.metaDb, META_DB);
     this.checkFormat();
-    if (config.syncMode === 'durable' && config.writeAheadLog) {
-      this.wal = new WriteAheadLog(config.dataDir, true, config.walFileBytes, config.walSync);
-      try {
-        this.replayLog(this.wal);
-      } catch (error) {
-        this.root.close();
-        throw error;
-      }
+    // A log left by a store that used one is replayed whatever this store's settings.
+    const useLog = config.syncMode === 'durable' && config.writeAheadLog;
+    const log = new WriteAheadLog(config.dataDir, useLog, config.walFileBytes, config.walSync);
+    try {
+      this.replayLog(log);
+    } catch (error) {
+      this.root.close();
+      throw error;
     }
+    this.logStats = log.stats;
+    if (useLog) {
+      log.restart();
+      this.wal = log;
+    } else log.discard();
   }
 
   /**
@@ -174,6 +182,7 @@ export class PersistenceStore implements TurnWriter {
   private replayLog(wal: WriteAheadLog): void {
     const frames = wal.open();
     if (frames.length > 0) {
+      // (Durable: this commit syncs before it returns, so the log may then go.)
       this.root.transactionSync(() => {
         for (const writes of frames) {
           for (const write of writes) {
@@ -184,7 +193,6 @@ export class PersistenceStore implements TurnWriter {
         }
       });
     }
-    wal.restart();
   }
 
   /** The database of that name (a field's, or the meta database). */
@@ -198,9 +206,9 @@ export class PersistenceStore implements TurnWriter {
     return db;
   }
 
-  /** What the write-ahead log did (undefined without one). */
-  get walStats(): (WriteAheadLog['stats'] & { fdatasyncsTotal: number }) | undefined {
-    return this.wal && { ...this.wal.stats, fdatasyncsTotal: this.wal.fdatasyncs };
+  /** What the write-ahead log did (replayed when opening; written, with the log on). */
+  get walStats(): WalStats & { fdatasyncsTotal: number } {
+    return { ...this.logStats, fdatasyncsTotal: this.wal?.fdatasyncs ?? 0 };
   }
 
   /** Opens (creating if needed) the node's store. Throws Foreign/CorruptDataDirError. */
@@ -210,10 +218,10 @@ export class PersistenceStore implements TurnWriter {
       mapSizeBytes: 16 * 2 ** 30,
       syncMode: 'durable',
       fieldsMax: 1000,
-      writeAheadLog: true,
+      writeAheadLog: false,
       walFileBytes: ROTATE_BYTES,
       lmdbBatchMs: 50,
-      walSync: 'inline',
+      walSync: 'pool',
       ...config,
     };
     const problems: { key: string; message: string }[] = [];

@@ -81,7 +81,7 @@ export class WriteAheadLog {
     private readonly durable: boolean,
     private readonly rotateBytes = ROTATE_BYTES,
     /** 'inline': fdatasync on this thread right after each frame's write; 'pool': on libuv's pool. */
-    private readonly sync: WalSync = 'inline',
+    private readonly sync: WalSync = 'pool',
   ) {}
 
   /**
@@ -113,11 +113,16 @@ export class WriteAheadLog {
    */
   restart(): void {
     const next = (this.files.at(-1)?.generation ?? 0) + 1;
+    this.discard();
+    this.startFile(next);
+  }
+
+  /** Deletes the opened log files (applied to LMDB) and writes no log. */
+  discard(): void {
     for (const old of this.files.splice(0)) {
       void old.file.close();
       rmSync(old.file.path, { force: true });
     }
-    this.startFile(next);
   }
 
   /** Appends one turn's writes as a frame; returns its number (for whenSynced / lmdbDurable). */

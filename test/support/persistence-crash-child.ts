@@ -1,7 +1,8 @@
 /**
- * Child process for the crash test: `node persistence-crash-child.js <dataDir> <run> [lag-lmdb]`.
- * With `lag-lmdb`, every write reaches LMDB ~100 ms after the turn that made it (the write-ahead
- * log gets it at once), so a kill lands with versions reported persisted that only the log holds.
+ * Child process for the crash test: `node persistence-crash-child.js <dataDir> <run> [mode]`.
+ * Modes: '' (LMDB's own durable commit), 'wal' (the write-ahead log, walSync 'inline'),
+ * 'wal-lag-lmdb' (the log, walSync 'pool', and every write reaches LMDB ~100 ms after the turn
+ * that made it, so a kill lands with versions reported persisted that only the log holds).
  * Appends versions in a loop (a burst per event turn) and prints each new persisted frontier on
  * stdout as "frontier <version>". The parent SIGKILLs it at random points.
  *
@@ -36,12 +37,17 @@ export const crashPad = (i: number) => 'x'.repeat(i % 200);
 async function main(): Promise<void> {
   const [dataDir, runText, mode] = process.argv.slice(2);
   const run = Number(runText);
-  const store = PersistenceStore.open({ dataDir: dataDir!, syncMode: 'durable' });
+  const store = PersistenceStore.open({
+    dataDir: dataDir!,
+    syncMode: 'durable',
+    writeAheadLog: mode === 'wal' || mode === 'wal-lag-lmdb',
+    walSync: mode === 'wal' ? 'inline' : 'pool',
+  });
   const registry = store.registry('Crash/0/0');
   const { doc, map } = crashFields();
   registry.attach('doc', doc);
   registry.attach('map', map);
-  if (mode === 'lag-lmdb') lagLmdb(store);
+  if (mode === 'wal-lag-lmdb') lagLmdb(store);
   registry.onPersisted((version) => process.stdout.write(`frontier ${version}\n`));
   // The i of the next version: one past the newest kept (trim removes old ones, not the count).
   let i = doc.count() === 0 ? 0 : doc.getByIndex(-1).i + 1;

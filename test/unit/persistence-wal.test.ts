@@ -69,7 +69,7 @@ function crashCopy(t: import('ava').ExecutionContext, from: string, label: strin
 }
 
 test('durable, walSync "inline": the frontier moves after the frame\'s fdatasync returned, in the same turn; a failed one fails the registry', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-inline'), syncMode: 'durable' });
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-inline'), syncMode: 'durable', writeAheadLog: true, walSync: 'inline' });
   t.teardown(() => store.close());
   const registry = store.registry('Wal/0/0');
   const a = registry.attach('a', new Persistent(() => 0));
@@ -112,7 +112,7 @@ test('durable, walSync "inline": the frontier moves after the frame\'s fdatasync
 });
 
 test('durable, walSync "pool": the persisted frontier never moves before the log fdatasync that covers it completed', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-frontier'), syncMode: 'durable', walSync: 'pool' });
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-frontier'), syncMode: 'durable', writeAheadLog: true, walSync: 'pool' });
   const registry = store.registry('Wal/0/0');
   const a = registry.attach('a', new Persistent(() => 0));
   // Hold every fdatasync of the log: it completes only when the test releases it, and then covers
@@ -156,9 +156,9 @@ test('durable, walSync "pool": the persisted frontier never moves before the log
   t.deepEqual(ahead, [], 'no frontier ran ahead of a completed fdatasync');
 });
 
-test('durable: opening replays the log frames LMDB lacks, and a clean close leaves no log to replay', async (t) => {
+test('durable: opening replays the log frames LMDB lacks (with or without the log on), and a clean close leaves no log to replay', async (t) => {
   const dataDir = tempDir(t, 'wal-replay');
-  const store = PersistenceStore.open({ dataDir, syncMode: 'durable' });
+  const store = PersistenceStore.open({ dataDir, syncMode: 'durable', writeAheadLog: true });
   const registry = store.registry('Wal/0/0');
   const fields = attach(registry);
   withoutLmdb(store);
@@ -166,26 +166,27 @@ test('durable: opening replays the log frames LMDB lacks, and a clean close leav
   const copy = crashCopy(t, dataDir, 'wal-replay-copy');
   await store.close();
 
+  // Opened without the log: one left in the data dir is replayed all the same.
   const reopened = PersistenceStore.open({ dataDir: copy, syncMode: 'durable' });
-  t.true(reopened.walStats!.replayedFrames > 30, `${reopened.walStats!.replayedFrames} frames replayed`);
-  t.is(reopened.walStats!.tornTails, 0);
+  t.true(reopened.walStats.replayedFrames > 30, `${reopened.walStats.replayedFrames} frames replayed`);
+  t.is(reopened.walStats.tornTails, 0);
   const again = reopened.registry('Wal/0/0');
   const f = attach(again);
   check(t, f, 120);
   t.is(again.persistedFrontier, v(119));
-  // Replay is idempotent: the copy's log was replaced by an empty one, the writes are in LMDB.
+  // The replayed writes are in LMDB, and the log is gone.
   await write(again, f, 120, 30);
   await reopened.close();
   t.deepEqual(walFiles(copy), [], 'a clean close deletes the log');
-  const third = PersistenceStore.open({ dataDir: copy, syncMode: 'durable' });
-  t.is(third.walStats!.replayedFrames, 0);
+  const third = PersistenceStore.open({ dataDir: copy, syncMode: 'durable', writeAheadLog: true });
+  t.is(third.walStats.replayedFrames, 0);
   check(t, attach(third.registry('Wal/0/0')), 150);
   await third.close();
 });
 
 test('durable: a torn last log frame is dropped and counted; a damaged earlier frame is WalCorruptError', async (t) => {
   const dataDir = tempDir(t, 'wal-torn');
-  const store = PersistenceStore.open({ dataDir, syncMode: 'durable' });
+  const store = PersistenceStore.open({ dataDir, syncMode: 'durable', writeAheadLog: true });
   const registry = store.registry('Wal/0/0');
   const fields = attach(registry);
   withoutLmdb(store);
@@ -205,9 +206,9 @@ test('durable: a torn last log frame is dropped and counted; a damaged earlier f
   const lastStart = end - FRAME_HEADER_BYTES - last.byteLength;
   bytes.fill(0, lastStart + Math.floor((end - lastStart) / 2), end);
   writeFileSync(path, bytes);
-  const reopened = PersistenceStore.open({ dataDir: torn, syncMode: 'durable' });
-  t.is(reopened.walStats!.tornTails, 1);
-  t.is(reopened.walStats!.replayedFrames, bodies.length - 1);
+  const reopened = PersistenceStore.open({ dataDir: torn, syncMode: 'durable', writeAheadLog: true });
+  t.is(reopened.walStats.tornTails, 1);
+  t.is(reopened.walStats.replayedFrames, bodies.length - 1);
   check(t, attach(reopened.registry('Wal/0/0')), lastTurn);
   await reopened.close();
 
@@ -216,12 +217,12 @@ test('durable: a torn last log frame is dropped and counted; a damaged earlier f
   const damagedBytes = readFileSync(damagedPath);
   damagedBytes[FRAME_HEADER_BYTES + 3]! ^= 0xff;
   writeFileSync(damagedPath, damagedBytes);
-  t.throws(() => PersistenceStore.open({ dataDir: damaged, syncMode: 'durable' }), { instanceOf: WalCorruptError, message: /corrupt at byte 0.*restore this node/s });
+  t.throws(() => PersistenceStore.open({ dataDir: damaged, syncMode: 'durable', writeAheadLog: true }), { instanceOf: WalCorruptError, message: /corrupt at byte 0.*restore this node/s });
 });
 
 test('durable: log files are deleted only once LMDB reported everything in them synced', async (t) => {
   const dataDir = tempDir(t, 'wal-trim');
-  const store = PersistenceStore.open({ dataDir, syncMode: 'durable', walFileBytes: 4096 });
+  const store = PersistenceStore.open({ dataDir, syncMode: 'durable', writeAheadLog: true, walFileBytes: 4096 });
   const registry = store.registry('Wal/0/0');
   const fields = attach(registry);
   // Hold lmdb-js's "synced" answers (flushed) until released.
@@ -253,11 +254,11 @@ test('durable: log files are deleted only once LMDB reported everything in them 
   for (const release of held.splice(0)) release();
   for (let i = 0; i < 100 && walFiles(dataDir).length > 1; i++) await new Promise((resolve) => setTimeout(resolve, 10));
   t.is(walFiles(dataDir).length, 1, 'every file but the one being written was deleted');
-  t.is(store.walStats!.deletedFiles, stats.rotations - 1);
+  t.is(store.walStats.deletedFiles, stats.rotations - 1);
   await write(registry, fields, 200, 20);
   delete (root as { flushed?: unknown }).flushed;
   await store.close();
-  const reopened = PersistenceStore.open({ dataDir, syncMode: 'durable', walFileBytes: 4096 });
+  const reopened = PersistenceStore.open({ dataDir, syncMode: 'durable', writeAheadLog: true, walFileBytes: 4096 });
   check(t, attach(reopened.registry('Wal/0/0')), 220);
   await reopened.close();
 });
