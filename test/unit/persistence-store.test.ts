@@ -32,6 +32,19 @@ import {
 } from '../support/persistence-harness.js';
 import type { Fields } from '../support/persistence-harness.js';
 
+/** The store's LMDB environment, whose synchronous transactions the turn tests watch or break. */
+function lmdbRoot(store: PersistenceStore): { transactionSync(fn: () => unknown, flags?: number): unknown } {
+  return (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
+}
+
+/** A buffered store's registry with one number field `a`, and its LMDB environment. */
+function bufferedField(t: import('ava').ExecutionContext, label: string) {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, label), syncMode: 'buffered' });
+  t.teardown(() => store.close());
+  const registry = store.registry('Turn/0/0');
+  return { registry, a: registry.attach('a', new Persistent(() => 0)), root: lmdbRoot(store) };
+}
+
 /** A read's result, with "no version there" the same whether trimmed here or never received. */
 function outcome(read: () => bigint): string {
   try {
@@ -258,7 +271,7 @@ for (const syncMode of ['buffered'] as const) {
     const registry = store.registry('Turn/0/0');
     const a = registry.attach('a', new Persistent(() => 0));
     const b = registry.attach('b', new Persistent(() => ''));
-    const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
+    const root = lmdbRoot(store);
     const original = root.transactionSync.bind(root);
     const commits: { frontierBefore: bigint; frontierAfter: bigint }[] = [];
     root.transactionSync = (fn, flags) => {
@@ -291,11 +304,7 @@ for (const syncMode of ['buffered'] as const) {
 }
 
 test('a turn whose first version changes no field still waits for the commit that a later version of the turn needs', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-unchanged'), syncMode: 'buffered' });
-  t.teardown(() => store.close());
-  const registry = store.registry('Turn/0/0');
-  const a = registry.attach('a', new Persistent(() => 0));
-  const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
+  const { registry, a, root } = bufferedField(t, 'turn-unchanged');
   const original = root.transactionSync.bind(root);
   const frontierAtCommit: bigint[] = [];
   root.transactionSync = (fn, flags) => {
@@ -310,11 +319,7 @@ test('a turn whose first version changes no field still waits for the commit tha
 });
 
 test('a failed turn commit fails the registry with the error, and whenPersisted rejects', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-fail'), syncMode: 'buffered' });
-  t.teardown(() => store.close());
-  const registry = store.registry('Fail/0/0');
-  const a = registry.attach('a', new Persistent(() => 0));
-  const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
+  const { registry, a, root } = bufferedField(t, 'turn-fail');
   root.transactionSync = () => {
     throw new Error('disk on fire');
   };

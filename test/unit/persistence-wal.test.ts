@@ -61,6 +61,21 @@ function withoutLmdb(store: PersistenceStore): void {
   }
 }
 
+/** A store with the log on whose LMDB never got the writes of versions 0.., written in `batches`. */
+async function logOnlyStore(t: import('ava').ExecutionContext, label: string, batches: number[]): Promise<{ dataDir: string; store: PersistenceStore }> {
+  const dataDir = tempDir(t, label);
+  const store = PersistenceStore.open({ dataDir, syncMode: 'durable', writeAheadLog: true });
+  const registry = store.registry('Wal/0/0');
+  const fields = attach(registry);
+  withoutLmdb(store);
+  let from = 0;
+  for (const count of batches) {
+    await write(registry, fields, from, count);
+    from += count;
+  }
+  return { dataDir, store };
+}
+
 /** Copies the store's files (LMDB and log) to a new dir, as a crash would leave them. */
 function crashCopy(t: import('ava').ExecutionContext, from: string, label: string): string {
   const to = tempDir(t, label);
@@ -157,12 +172,7 @@ test('durable, walSync "pool": the persisted frontier never moves before the log
 });
 
 test('durable: opening replays the log frames LMDB lacks (with or without the log on), and a clean close leaves no log to replay', async (t) => {
-  const dataDir = tempDir(t, 'wal-replay');
-  const store = PersistenceStore.open({ dataDir, syncMode: 'durable', writeAheadLog: true });
-  const registry = store.registry('Wal/0/0');
-  const fields = attach(registry);
-  withoutLmdb(store);
-  await write(registry, fields, 0, 120);
+  const { dataDir, store } = await logOnlyStore(t, 'wal-replay', [120]);
   const copy = crashCopy(t, dataDir, 'wal-replay-copy');
   await store.close();
 
@@ -185,14 +195,8 @@ test('durable: opening replays the log frames LMDB lacks (with or without the lo
 });
 
 test('durable: a torn last log frame is dropped and counted; a damaged earlier frame is WalCorruptError', async (t) => {
-  const dataDir = tempDir(t, 'wal-torn');
-  const store = PersistenceStore.open({ dataDir, syncMode: 'durable', writeAheadLog: true });
-  const registry = store.registry('Wal/0/0');
-  const fields = attach(registry);
-  withoutLmdb(store);
-  await write(registry, fields, 0, 60);
   const lastTurn = 60; // version 60 alone: the last turn, the last frame
-  await write(registry, fields, lastTurn, 1);
+  const { dataDir, store } = await logOnlyStore(t, 'wal-torn', [lastTurn, 1]);
   const torn = crashCopy(t, dataDir, 'wal-torn-copy');
   const damaged = crashCopy(t, dataDir, 'wal-damaged-copy');
   await store.close();
