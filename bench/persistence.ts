@@ -6,7 +6,10 @@
  *    same keys and values in an identically configured environment, same run, durable sync.
  *    Inputs (values; version numbers and HLC times, which the runtime receives) are built
  *    before timing for both.
- * 2. frontier latency: makeVersion -> persisted frontier (one version at a time, fsync each).
+ * 2. frontier latency: makeVersion -> persisted frontier (one version at a time, durable): the
+ *    default store (LMDB's own synced commit) beside the write-ahead log with walSync 'pool' and
+ *    'inline', alternating in 3 rounds, raw lmdb-js put -> flushed, and the disk's write +
+ *    fdatasync p50.
  * 3. temporal query p50/p99 on a log of 1,000,000 versions (100,000 with --quick).
  * 4. delta vs full: a 10,000-key map changing one key per version: bytes per version, append
  *    rate, and read latency at a random version.
@@ -26,7 +29,9 @@ import {
   type PersistentRegistry,
   type ValueCodec,
 } from '../persistence/index.js';
+import type { PersistenceConfig } from '../persistence/index.js';
 import { report } from './_report.js';
+import { fdatasyncP50 } from './_measure.js';
 
 const SUITE = 'persistence';
 const VALUE_BYTES = 64;
@@ -157,16 +162,15 @@ async function benchAppend(quick: boolean): Promise<void> {
   }
 }
 
-async function benchFrontierLatency(quick: boolean): Promise<void> {
-  const dir = tempDir('frontier');
-  const store = PersistenceStore.open({ dataDir: dir });
+/** makeVersion -> persisted frontier, one version at a time, in a fresh durable store. */
+async function frontierSamples(dir: string, count: number, options: Partial<PersistenceConfig>): Promise<number[]> {
+  const store = PersistenceStore.open({ dataDir: dir, ...options });
   const registry = store.registry('Bench/0/0');
   const field = registry.attach(
     'value',
     new Persistent<Uint8Array>(() => new Uint8Array(0), { codec: bytesCodec() }),
   );
   const samples: number[] = [];
-  const count = quick ? 50 : 300;
   for (let i = 0; i < count; i++) {
     field.value = valueFor(i);
     const started = performance.now();
@@ -174,7 +178,31 @@ async function benchFrontierLatency(quick: boolean): Promise<void> {
     await registry.whenPersisted(versionFor(i));
     samples.push((performance.now() - started) * 1000);
   }
+  await store.close();
+  return samples.sort((a, b) => a - b);
+}
+
+async function benchFrontierLatency(quick: boolean): Promise<void> {
+  const count = quick ? 50 : 300;
+  // The default store (LMDB's own synced commit) and the write-ahead log with each walSync,
+  // alternating in rounds.
+  const variants: [string, Partial<PersistenceConfig>][] = [
+    ['wal inline', { walSync: 'inline' }],
+    ['wal pool', { walSync: 'pool' }],
+    ['lmdb', { writeAheadLog: false }],
+  ];
+  const samples = new Map<string, number[]>(variants.map(([name]) => [name, []]));
+  for (let round = 0; round < 3; round++) {
+    for (const [name, options] of variants) {
+      const dir = tempDir('frontier');
+      samples.get(name)!.push(...(await frontierSamples(dir, count, options)));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  for (const list of samples.values()) list.sort((x, y) => x - y);
+  const lmdb = samples.get('lmdb')!;
   // Raw: one put, then lmdb-js's flushed promise.
+  const dir = tempDir('frontier-raw');
   const env = open({ path: join(dir, 'raw.mdb'), maxDbs: 2, mapSize: 1 << 26 });
   const db = env.openDB<Uint8Array, number>('raw', { encoding: 'binary' });
   const rawSamples: number[] = [];
@@ -185,18 +213,22 @@ async function benchFrontierLatency(quick: boolean): Promise<void> {
     rawSamples.push((performance.now() - started) * 1000);
   }
   await env.close();
-  await store.close();
   rmSync(dir, { recursive: true, force: true });
-  samples.sort((a, b) => a - b);
   rawSamples.sort((a, b) => a - b);
+  const fdatasync = fdatasyncP50(quick ? 50 : 200);
   for (const [name, p] of [['p50', 0.5], ['p99', 0.99]] as const) {
     report({
       suite: SUITE,
-      case: `makeVersion to persisted frontier ${name}`,
-      value: Math.round(percentile(samples, p)),
+      case: `makeVersion to persisted frontier ${name} (default store: LMDB's synced commit)`,
+      value: Math.round(percentile(lmdb, p)),
       unit: 'µs',
-      baselines: { 'raw lmdb-js put to flushed': Math.round(percentile(rawSamples, p)) },
-      samples: count,
+      baselines: {
+        'writeAheadLog, walSync pool': Math.round(percentile(samples.get('wal pool')!, p)),
+        'writeAheadLog, walSync inline': Math.round(percentile(samples.get('wal inline')!, p)),
+        'raw lmdb-js put to flushed': Math.round(percentile(rawSamples, p)),
+        'raw 4 KiB write + fdatasync p50': Math.round(fdatasync),
+      },
+      samples: 3 * count,
       loadavg: load(),
     });
   }

@@ -146,3 +146,20 @@ export class VersionOrderError extends SquallError {
     );
   }
 }
+
+/**
+ * The store's write-ahead log (`squall.wal.*`) holds a damaged frame that is not a write torn by
+ * a crash: a frame failing its checksum with a whole frame after it, or a bad frame in a log file
+ * that was complete (synced) before the next one started.
+ */
+export class WalCorruptError extends SquallError {
+  constructor(path: string, offset: number, detail: string) {
+    super(
+      `write-ahead log ${path} is corrupt at byte ${offset}: ${detail}. A crash tears only the last ` +
+        'write, so this is damage to the file itself, and versions reported persisted may be in it. ' +
+        'Fix: restore this node from another replica (remove its data dir and let it rejoin) rather ' +
+        'than edit or delete the file.',
+      'WAL_CORRUPT',
+    );
+  }
+}

@@ -328,7 +328,11 @@ export class LmdbLogStorage implements LogStorage {
   private scheduleFlush(): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
-    queueMicrotask(() => this.flush());
+    queueMicrotask(() => this.flushPending());
+  }
+
+  flushPending(): void {
+    if (this.flushScheduled) this.flush();
   }
 
   /** Writes the tail once per turn, then clears committed segments out of the overlay. */
@@ -341,7 +345,7 @@ export class LmdbLogStorage implements LogStorage {
     }
     if (this.overlay.size === 0) return;
     const written = [...this.overlay];
-    this.writer.whenWritten().then(
+    this.writer.whenInLmdb().then(
       () => {
         for (const [key, segment] of written) {
           if (this.overlay.get(key) === segment) this.overlay.delete(key);

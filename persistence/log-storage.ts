@@ -28,6 +28,11 @@ export interface LogStorage {
   /** Reads bounds and meta; called once when a registry attaches the field. */
   load(): LogBounds;
   /**
+   * Hands the writes made so far in this turn to the store's per-turn writer now (otherwise they
+   * are handed over in a microtask queued by the turn's first write).
+   */
+  flushPending?(): void;
+  /**
    * The record at `seq`, or undefined. The buffer may be transient (valid until the next get on
    * this storage): callers copy what they keep.
    */

@@ -162,6 +162,10 @@ export class PersistentRegistry {
     queueMicrotask(() => {
       this.watchScheduled = false;
       const target = this.lastVersion;
+      // A field's writes may have been queued after this microtask (the turn's first version
+      // changed no field, a later one did): hand them to the store first, so the durability
+      // promise taken below covers every version up to target.
+      this.flushStorages();
       this.backend.whenWritesDurable().then(
         () => this.advance(target),
         (error: unknown) => this.fail(error),
@@ -234,7 +238,14 @@ export class PersistentRegistry {
    * (queued while issuing) have handed their segment writes to LMDB.
    */
   private afterFlush(): Promise<void> {
-    return Promise.resolve().then(() => this.backend.whenWritesDurable());
+    return Promise.resolve().then(() => {
+      this.flushStorages();
+      return this.backend.whenWritesDurable();
+    });
+  }
+
+  private flushStorages(): void {
+    for (const field of this.fields.values()) field.log.storage.flushPending?.();
   }
 
   // ---- state transfer ---------------------------------------------------------------------

@@ -13,7 +13,7 @@
  *     process slept (what every commit on a Raft path sees), against ~2.4 µs and ~15-20 µs for a
  *     one-entry LMDB noSync transaction; there is one such write on each node per commit
  *     (2026-11-22, later: ~2 µs after a sleep once the zeros ahead are written page by page,
- *     see writeZeros);
+ *     see FrameFile.writeZeros in src/core/frame-file.ts);
  *   - durable, a flush is that write then one fdatasync on libuv's thread pool, where LMDB
  *     (lmdb-js) fsyncs twice (data, then meta) and hops through its write thread and the event
  *     loop: with 64 puts outstanding the durable flush's wall time is what bounds throughput.
@@ -24,11 +24,10 @@
  *   compact   f64 index          (drop entries ≤ index)
  *   hs        f64 term | f64 vote | f64 commit
  *   snap      u32 meta length | meta (JSON) | u32 data length | data
- * (all big-endian). Frames are written inside zeros written ahead of them (1 MiB at a time, a page
- * per write: see writeZeros), so the file ends in zeros, and a frame is never empty: a zero length
- * ends the log. A frame cut short or failing its checksum is a write torn by a crash: it was never
- * reported durable, and opening zeroes it. A failing frame followed by a whole frame is damage,
- * not a torn write: opening throws RaftStorageCorruptError.
+ * (all big-endian). The frames, their torn-tail and corruption rules and the group-committed
+ * fdatasync are src/core/frame-file.ts's (shared with the persistence store's write-ahead log): a
+ * frame cut short or failing its checksum is a write torn by a crash, never reported durable, and
+ * zeroed when opening; one followed by a whole frame is damage: RaftStorageCorruptError.
  *
  * Compaction: a flush that compacts rewrites the file (snapshot, hard state, the entries after
  * the snapshot) to `raft.log.tmp` and renames it over `raft.log`, so the file stays about the
@@ -43,10 +42,10 @@
  * may lose the tail — benchmarks, or a replicated quorum that tolerates it (as LmdbStorage's
  * noSync).
  */
-import { closeSync, existsSync, fdatasync, fsyncSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { crc32 } from 'node:zlib';
 import { SquallError } from '../core/errors.js';
+import { FRAME_HEADER_BYTES, FrameFile, frameBodies, sealFrame, type FrameFileStats } from '../core/frame-file.js';
 import type { Entry, HardState, Snapshot } from './types.js';
 import { MemoryStorage, QueuedStorage, type RaftStorage, type StorageOp } from './storage.js';
 
@@ -69,70 +68,40 @@ export interface LogFileStorageOptions {
   durable?: boolean;
 }
 
-const FRAME_HEADER_BYTES = 8;
-/** The file grows by this many zero bytes at a time (see `allocated`). */
-const GROW_BYTES = 1 << 20;
-/** The zeros ahead are written one page at a time (see writeZeros). */
-const PAGE_BYTES = 4096;
-const ZERO_PAGE = new Uint8Array(PAGE_BYTES);
 const ENTRY_HEADER_BYTES = 21; // f64 index | f64 term | u8 type | u32 length
 const enum OpKind { Append = 1, Truncate = 2, Compact = 3, HardState = 4, Snapshot = 5 }
 
 export class LogFileStorage extends QueuedStorage implements RaftStorage {
-  private readonly file: string;
   private readonly durable: boolean;
   /** With fsync, a flush waits on the disk: the driver overlaps a leader's writes (storage.ts). */
   readonly slowFlush: boolean;
-  private fd: number;
-  /** Where the next frame goes: the end of the last whole frame. */
-  private end = 0;
-  /**
-   * The file's size: frames are written inside zeros written ahead of them (GROW_BYTES at a
-   * time), so a durable flush's fdatasync writes data only. An append that grows the file also
-   * makes the fdatasync commit the file system's journal (the size changed): measured here,
-   * ~240 µs instead of ~130 µs per fdatasync.
-   */
-  private allocated = 0;
+  /** The frames, their group-committed fdatasync and the torn-tail rules (src/core/frame-file.ts). */
+  private readonly file: FrameFile;
   /** The file as opened, replayed, for the start-up reads (load*); dropped at the first flush. */
   private opened: MemoryStorage | undefined;
-  /** Frames written / known durable so far (durable stores), and who waits for which. */
-  private written = 0;
-  private synced = 0;
-  private waiters: Array<{ upTo: number; resolve: () => void; reject: (e: Error) => void }> = [];
-  private failure: Error | undefined;
-  /** The fd the running fdatasync is on (-1: none); a rewrite that replaces it leaves it open until then. */
-  private syncingFd = -1;
   /** Where flush() encodes its frame (encodeFrame). */
   private readonly scratch: FrameScratch = newScratch(4096);
-  readonly stats = { frames: 0, fdatasyncs: 0, rewrites: 0, zeroWrites: 0 };
 
   constructor(options: LogFileStorageOptions) {
     super();
     this.durable = options.durable ?? true;
     this.slowFlush = this.durable;
     mkdirSync(options.path, { recursive: true });
-    this.file = join(options.path, 'raft.log');
-    rmSync(`${this.file}.tmp`, { force: true }); // a rewrite that crashed before its rename
-    const fresh = !existsSync(this.file);
-    this.fd = openSync(this.file, fresh ? 'w+' : 'r+');
-    if (fresh && this.durable) this.syncDirectory(options.path);
-    this.replay();
+    this.file = new FrameFile(join(options.path, 'raft.log'), this.durable, (path, offset, detail) => new RaftStorageCorruptError(path, offset, detail));
+    this.opened = replayFrames(this.file.opened);
+  }
+
+  get stats(): FrameFileStats {
+    return this.file.stats;
   }
 
   flush(): Promise<void> | undefined {
-    if (this.failure) throw this.failure;
     const ops = this.takeOps();
-    if (ops.length === 0) return this.durable ? this.whenSynced(this.written) : undefined;
+    if (ops.length === 0) return this.durable ? this.file.whenSynced() : undefined;
     this.opened = undefined;
-    this.writeFrame(encodeFrame(ops, this.scratch));
-    if (ops.some((op) => op.kind === 'compact')) {
-      this.rewrite();
-      return this.durable ? this.whenSynced(this.written) : undefined;
-    }
-    if (!this.durable) return undefined;
-    const done = this.whenSynced(this.written);
-    this.startSync();
-    return done;
+    this.file.write(encodeFrame(ops, this.scratch));
+    if (ops.some((op) => op.kind === 'compact')) this.rewrite();
+    return this.durable ? this.file.whenSynced() : undefined;
   }
 
   async loadEntries(after: number): Promise<Entry[]> {
@@ -147,54 +116,11 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
 
   /** What the file holds, replayed (kept from the open until the first flush, else read again). */
   private contents(): MemoryStorage {
-    return this.opened ?? readFrames(readFileSync(this.file)).state;
+    return this.opened ?? replayFrames(frameBodies(readFileSync(this.file.path)).bodies);
   }
 
   async close(): Promise<void> {
-    if (this.durable) await this.whenSynced(this.written).catch(() => undefined);
-    closeSync(this.fd);
-  }
-
-  /** Resolves once frames up to `upTo` are durable (at once if they are). */
-  private whenSynced(upTo: number): Promise<void> {
-    if (this.failure) return Promise.reject(this.failure);
-    if (upTo <= this.synced) return Promise.resolve();
-    return new Promise((resolve, reject) => this.waiters.push({ upTo, resolve, reject }));
-  }
-
-  /** One fdatasync at a time; the next covers every frame written while this one ran. */
-  private startSync(): void {
-    if (this.syncingFd >= 0 || this.synced === this.written) return;
-    const upTo = this.written;
-    const fd = this.fd;
-    this.syncingFd = fd;
-    this.stats.fdatasyncs++;
-    fdatasync(fd, (error) => {
-      this.syncingFd = -1;
-      if (fd !== this.fd) closeSync(fd); // replaced by a rewrite, which fsynced everything itself
-      if (error) {
-        this.fail(error);
-        return;
-      }
-      this.markSynced(upTo);
-      this.startSync();
-    });
-  }
-
-  private markSynced(upTo: number): void {
-    if (upTo <= this.synced) return;
-    this.synced = upTo;
-    let n = 0;
-    while (n < this.waiters.length && this.waiters[n]!.upTo <= upTo) n++;
-    const done = this.waiters.splice(0, n);
-    for (const w of done) w.resolve();
-  }
-
-  private fail(error: Error): void {
-    this.failure ??= error;
-    const waiting = this.waiters;
-    this.waiters = [];
-    for (const w of waiting) w.reject(this.failure);
+    await this.file.close();
   }
 
   /**
@@ -208,106 +134,18 @@ export class LogFileStorage extends QueuedStorage implements RaftStorage {
     if (snapshot) ops.push({ kind: 'snap', snapshot });
     if (hardState) ops.push({ kind: 'hs', hs: hardState });
     ops.push({ kind: 'append', entries });
-    const tmp = `${this.file}.tmp`;
-    const fd = openSync(tmp, 'w+');
-    const frame = encodeFrame(ops);
-    writeAll(fd, frame, 0);
-    if (this.durable) fsyncSync(fd);
-    renameSync(tmp, this.file);
-    if (this.durable) this.syncDirectory(join(this.file, '..'));
-    const old = this.fd;
-    this.fd = fd;
-    if (old !== this.syncingFd) closeSync(old); // (else closed when its fdatasync returns)
-    this.end = frame.byteLength;
-    this.allocated = frame.byteLength;
-    this.written++;
-    this.stats.frames++;
-    this.stats.rewrites++;
-    if (this.durable) this.markSynced(this.written); // fsynced above, with everything before it
-  }
-
-  /** Writes a frame at `end`, inside zeros written ahead (see `allocated`). */
-  private writeFrame(frame: Uint8Array): void {
-    if (this.end + frame.byteLength > this.allocated) {
-      const grow = Math.max(GROW_BYTES, this.end + frame.byteLength - this.allocated);
-      this.writeZeros(this.allocated, grow);
-      this.allocated += grow;
-    }
-    writeAll(this.fd, frame, this.end);
-    this.end += frame.byteLength;
-    this.written++;
-    this.stats.frames++;
-  }
-
-  /**
-   * Writes `length` zero bytes at `position`, one page at a time (page-aligned). The page cache
-   * keeps a file's pages in folios sized by the writes that created them: one 1 MiB write made
-   * 1 MiB folios (this kernel, ext4 with large folios), and every later frame written into one
-   * walked all 256 of its block buffers twice (ext4_block_write_begin, block_commit_write):
-   * ~4.1-4.5 µs per 120-byte frame after a 50 µs sleep, against ~2.0-2.3 µs inside pages
-   * created page by page (measured 2026-11-22, src/raft/README.md, Performance). The grow itself
-   * is no slower (16 MiB: 11-15 ms page by page, 44 ms in 1 MiB writes). Zeros read back at open
-   * from a file not in the page cache may come in large folios again (read-ahead): that lasts
-   * until the next grow, at most GROW_BYTES of frames.
-   */
-  private writeZeros(position: number, length: number): void {
-    const end = position + length;
-    let at = position;
-    while (at < end) {
-      const next = Math.min(end, (Math.floor(at / PAGE_BYTES) + 1) * PAGE_BYTES);
-      writeAll(this.fd, ZERO_PAGE, at, next - at);
-      this.stats.zeroWrites++;
-      at = next;
-    }
-  }
-
-  private syncDirectory(dir: string): void {
-    const fd = openSync(dir, 'r');
-    try {
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  /**
-   * Reads the file frame by frame into `state`, up to the zeros written ahead or a torn last
-   * frame (then zeroed, so that no stale bytes follow the frames written next).
-   */
-  private replay(): void {
-    const bytes = readFileSync(this.file);
-    const { state, end: offset } = readFrames(bytes);
-    this.opened = state;
-    let last = bytes.byteLength; // past the last byte that is not zero
-    while (last > offset && bytes[last - 1] === 0) last--;
-    if (last > offset) {
-      // A whole frame anywhere after the bad one means damage in place, not a write torn by a
-      // crash (a crash tears only the last write): its length field may be what was damaged, so
-      // every offset up to the last non-zero byte is tried.
-      for (let o = offset + 1; o < last; o++) {
-        if (frameAt(bytes, o) !== undefined) {
-          throw new RaftStorageCorruptError(this.file, offset, `a frame fails its checksum and a whole frame follows it at byte ${o}`);
-        }
-      }
-      writeAll(this.fd, new Uint8Array(last - offset), offset);
-    }
-    this.end = offset;
-    this.allocated = fstatSync(this.fd).size;
+    this.file.rewrite(encodeFrame(ops));
   }
 }
 
-/** The whole frames at the start of `bytes`, replayed, and where they end. */
-function readFrames(bytes: Uint8Array): { state: MemoryStorage; end: number } {
+/** Frame bodies, replayed in order into a MemoryStorage. */
+function replayFrames(bodies: readonly Uint8Array[]): MemoryStorage {
   const state = new MemoryStorage();
-  let end = 0;
-  for (;;) {
-    const body = frameAt(bytes, end);
-    if (body === undefined) break;
+  for (const body of bodies) {
     for (const op of decodeFrame(body)) replayOp(state, op);
     state.flush();
-    end += FRAME_HEADER_BYTES + body.byteLength;
   }
-  return { state, end };
+  return state;
 }
 
 function replayOp(s: MemoryStorage, op: StorageOp): void {
@@ -318,26 +156,6 @@ function replayOp(s: MemoryStorage, op: StorageOp): void {
     case 'hs': s.setHardState(op.hs); return;
     case 'snap': s.saveSnapshot(op.snapshot); return;
   }
-}
-
-/** Writes the first `length` bytes of `bytes` (default all) at `position`. */
-function writeAll(fd: number, bytes: Uint8Array, position: number, length = bytes.byteLength): void {
-  let at = 0;
-  while (at < length) at += writeSync(fd, bytes, at, length - at, position + at);
-}
-
-/**
- * The body of the whole frame at `offset`, or undefined if there is none: the end of the bytes,
- * the zeros written ahead (a frame is never empty), a frame cut short, or one failing its checksum.
- */
-function frameAt(bytes: Uint8Array, offset: number): Uint8Array | undefined {
-  if (offset + FRAME_HEADER_BYTES > bytes.byteLength) return undefined;
-  const view = new DataView(bytes.buffer, bytes.byteOffset + offset, FRAME_HEADER_BYTES);
-  const length = view.getUint32(0);
-  const end = offset + FRAME_HEADER_BYTES + length;
-  if (length === 0 || end > bytes.byteLength) return undefined;
-  const body = bytes.subarray(offset + FRAME_HEADER_BYTES, end);
-  return crc32(body) === view.getUint32(4) ? body : undefined;
 }
 
 const utf8 = new TextEncoder();
@@ -421,10 +239,7 @@ export function encodeFrame(ops: readonly StorageOp[], scratch?: FrameScratch): 
       }
     }
   }
-  const body = out.subarray(FRAME_HEADER_BYTES);
-  v.setUint32(0, body.byteLength);
-  v.setUint32(4, crc32(body));
-  return out;
+  return sealFrame(out);
 }
 
 /** A checked frame body's ops; data is copied (the body is a view of the whole file). */

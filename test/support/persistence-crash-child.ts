@@ -1,5 +1,8 @@
 /**
- * Child process for the crash test: `node persistence-crash-child.js <dataDir> <run>`.
+ * Child process for the crash test: `node persistence-crash-child.js <dataDir> <run> [mode]`.
+ * Modes: '' (LMDB's own durable commit), 'wal' (the write-ahead log, walSync 'inline'),
+ * 'wal-lag-lmdb' (the log, walSync 'pool', and every write reaches LMDB ~100 ms after the turn
+ * that made it, so a kill lands with versions reported persisted that only the log holds).
  * Appends versions in a loop (a burst per event turn) and prints each new persisted frontier on
  * stdout as "frontier <version>". The parent SIGKILLs it at random points.
  *
@@ -32,13 +35,19 @@ export const crashTime = (i: number) => hlc(1_700_000_000_000_000 + i * 10, i % 
 export const crashPad = (i: number) => 'x'.repeat(i % 200);
 
 async function main(): Promise<void> {
-  const [dataDir, runText] = process.argv.slice(2);
+  const [dataDir, runText, mode] = process.argv.slice(2);
   const run = Number(runText);
-  const store = PersistenceStore.open({ dataDir: dataDir!, syncMode: 'durable' });
+  const store = PersistenceStore.open({
+    dataDir: dataDir!,
+    syncMode: 'durable',
+    writeAheadLog: mode === 'wal' || mode === 'wal-lag-lmdb',
+    walSync: mode === 'wal' ? 'inline' : 'pool',
+  });
   const registry = store.registry('Crash/0/0');
   const { doc, map } = crashFields();
   registry.attach('doc', doc);
   registry.attach('map', map);
+  if (mode === 'wal-lag-lmdb') lagLmdb(store);
   registry.onPersisted((version) => process.stdout.write(`frontier ${version}\n`));
   // The i of the next version: one past the newest kept (trim removes old ones, not the count).
   let i = doc.count() === 0 ? 0 : doc.getByIndex(-1).i + 1;
@@ -55,6 +64,25 @@ async function main(): Promise<void> {
     }
     await new Promise((resolve) => setImmediate(resolve));
   }
+}
+
+/** Hands every write to LMDB 100 ms late, in order (timers of one delay run in order). */
+function lagLmdb(store: PersistenceStore): void {
+  const inside = store as unknown as {
+    dbs: Map<string, { put(k: unknown, v: unknown): Promise<unknown>; remove(k: unknown): Promise<unknown> }>;
+    lastWrite: Promise<unknown>;
+    root: { flushed: PromiseLike<unknown> };
+    lmdbFlushed(): Promise<void>;
+  };
+  const later = <T>(write: () => Promise<T>): Promise<T> => new Promise((resolve, reject) => setTimeout(() => write().then(resolve, reject), 100));
+  for (const db of inside.dbs.values()) {
+    const put = db.put.bind(db);
+    const remove = db.remove.bind(db);
+    db.put = (k, v) => later(() => put(k, v));
+    db.remove = (k) => later(() => remove(k));
+  }
+  // LMDB's sync report, taken once the late write was handed over and committed.
+  inside.lmdbFlushed = () => inside.lastWrite.then(() => inside.root.flushed).then(() => undefined);
 }
 
 if (process.argv[1]?.endsWith('persistence-crash-child.js')) await main();

@@ -32,6 +32,19 @@ import {
 } from '../support/persistence-harness.js';
 import type { Fields } from '../support/persistence-harness.js';
 
+/** The store's LMDB environment, whose synchronous transactions the turn tests watch or break. */
+function lmdbRoot(store: PersistenceStore): { transactionSync(fn: () => unknown, flags?: number): unknown } {
+  return (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
+}
+
+/** A buffered store's registry with one number field `a`, and its LMDB environment. */
+function bufferedField(t: import('ava').ExecutionContext, label: string) {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, label), syncMode: 'buffered' });
+  t.teardown(() => store.close());
+  const registry = store.registry('Turn/0/0');
+  return { registry, a: registry.attach('a', new Persistent(() => 0)), root: lmdbRoot(store) };
+}
+
 /** A read's result, with "no version there" the same whether trimmed here or never received. */
 function outcome(read: () => bigint): string {
   try {
@@ -258,7 +271,7 @@ for (const syncMode of ['buffered'] as const) {
     const registry = store.registry('Turn/0/0');
     const a = registry.attach('a', new Persistent(() => 0));
     const b = registry.attach('b', new Persistent(() => ''));
-    const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
+    const root = lmdbRoot(store);
     const original = root.transactionSync.bind(root);
     const commits: { frontierBefore: bigint; frontierAfter: bigint }[] = [];
     root.transactionSync = (fn, flags) => {
@@ -290,12 +303,23 @@ for (const syncMode of ['buffered'] as const) {
   });
 }
 
+test('a turn whose first version changes no field still waits for the commit that a later version of the turn needs', async (t) => {
+  const { registry, a, root } = bufferedField(t, 'turn-unchanged');
+  const original = root.transactionSync.bind(root);
+  const frontierAtCommit: bigint[] = [];
+  root.transactionSync = (fn, flags) => {
+    frontierAtCommit.push(registry.persistedFrontier);
+    return original(fn, flags);
+  };
+  registry.makeVersion(makeVersion(viewId(1), 0), hlc(1)); // `a` unchanged: no record, no write
+  a.value = 7;
+  registry.makeVersion(makeVersion(viewId(1), 1), hlc(2));
+  await registry.whenPersisted(makeVersion(viewId(1), 1));
+  t.deepEqual(frontierAtCommit, [VERSION_NONE], 'the frontier moved only after the turn committed');
+});
+
 test('a failed turn commit fails the registry with the error, and whenPersisted rejects', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-fail'), syncMode: 'buffered' });
-  t.teardown(() => store.close());
-  const registry = store.registry('Fail/0/0');
-  const a = registry.attach('a', new Persistent(() => 0));
-  const root = (store as unknown as { root: { transactionSync(fn: () => unknown, flags?: number): unknown } }).root;
+  const { registry, a, root } = bufferedField(t, 'turn-fail');
   root.transactionSync = () => {
     throw new Error('disk on fire');
   };
@@ -305,8 +329,8 @@ test('a failed turn commit fails the registry with the error, and whenPersisted 
   t.is(registry.persistedFrontier, VERSION_NONE);
 });
 
-test('durable: the persisted frontier never moves before the sync that covers it completed', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-durable'), syncMode: 'durable' });
+test('durable without the write-ahead log: the persisted frontier never moves before the LMDB sync that covers it completed', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'turn-durable'), syncMode: 'durable', writeAheadLog: false });
   t.teardown(() => store.close());
   const registry = store.registry('Durable/0/0');
   const a = registry.attach('a', new Persistent(() => 0));
