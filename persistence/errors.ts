@@ -155,8 +155,8 @@ export class VersionOrderError extends SquallError {
 export class WalCorruptError extends SquallError {
   constructor(path: string, offset: number, detail: string) {
     super(
-      `write-ahead log ${path} is corrupt at byte ${offset}: ${detail}. A crash tears only the last ` +
-        'write, so this is damage to the file itself, and versions reported persisted may be in it. ' +
+      `write-ahead log ${path} is corrupt at byte ${offset}: ${detail}. A crash only tears writes no ` +
+        'fdatasync had covered yet, so this is damage to the file itself, and versions reported persisted may be in it. ' +
         'Fix: restore this node from another replica (remove its data dir and let it rejoin) rather ' +
         'than edit or delete the file.',
       'WAL_CORRUPT',

@@ -22,7 +22,7 @@
 import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fdatasync, fdatasyncSync } from 'node:fs';
-import { FRAME_HEADER_BYTES, FrameFile, sealFrame, type Fdatasync, type FdatasyncSync } from '../src/core/frame-file.js';
+import { FRAME_HEADER_BYTES, FrameFile, type Fdatasync, type FdatasyncSync } from '../src/core/frame-file.js';
 import { WalCorruptError } from './errors.js';
 
 export const WAL_PREFIX = 'squall.wal.';
@@ -236,7 +236,7 @@ export class WriteAheadLog {
         o += 4 + value.byteLength;
       }
     }
-    return sealFrame(out);
+    return out;
   }
 }
 

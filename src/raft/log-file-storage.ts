@@ -27,7 +27,8 @@
  * (all big-endian). The frames, their torn-tail and corruption rules and the group-committed
  * fdatasync are src/core/frame-file.ts's (shared with the persistence store's write-ahead log): a
  * frame cut short or failing its checksum is a write torn by a crash, never reported durable, and
- * zeroed when opening; one followed by a whole frame is damage: RaftStorageCorruptError.
+ * zeroed when opening with everything after it, unless a whole frame after it records that an
+ * fdatasync had covered it: then it is damage, RaftStorageCorruptError.
  *
  * Compaction: a flush that compacts rewrites the file (snapshot, hard state, the entries after
  * the snapshot) to `raft.log.tmp` and renames it over `raft.log`, so the file stays about the
@@ -45,16 +46,16 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SquallError } from '../core/errors.js';
-import { FRAME_HEADER_BYTES, FrameFile, frameBodies, sealFrame, type FrameFileStats } from '../core/frame-file.js';
+import { FRAME_HEADER_BYTES, FrameFile, frameBodies, type FrameFileStats } from '../core/frame-file.js';
 import type { Entry, HardState, Snapshot } from './types.js';
 import { MemoryStorage, QueuedStorage, type RaftStorage, type StorageOp } from './storage.js';
 
-/** The log file holds a frame that fails its checksum with more frames after it. */
+/** The log file holds a frame that fails its checksum although a later frame says it was synced. */
 export class RaftStorageCorruptError extends SquallError {
   constructor(path: string, offset: number, detail: string) {
     super(
-      `raft log ${path} is corrupt at byte ${offset}: ${detail}. A torn write only ever hits the last frame, ` +
-        'so this is damage to the file itself: restore this node from another member (remove its data dir and ' +
+      `raft log ${path} is corrupt at byte ${offset}: ${detail}. A crash only tears writes no fdatasync had ` +
+        'covered yet, so this is damage to the file itself: restore this node from another member (remove its data dir and ' +
         'let it rejoin) rather than edit the file.',
       'RAFT_STORAGE_CORRUPT',
     );
@@ -239,7 +240,7 @@ export function encodeFrame(ops: readonly StorageOp[], scratch?: FrameScratch): 
       }
     }
   }
-  return sealFrame(out);
+  return out;
 }
 
 /** A checked frame body's ops; data is copied (the body is a view of the whole file). */

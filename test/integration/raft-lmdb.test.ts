@@ -205,8 +205,9 @@ test('log file: a torn last frame is cut off at open, and the log goes on after 
   await s.close();
   const file = join(path, 'raft.log');
   const whole = readFileSync(file);
-  const second = 8 + whole.readUInt32BE(0); // where the second frame starts
-  const end = second + 8 + whole.readUInt32BE(second);
+  const lengthAt = (at: number): number => whole.readUInt32BE(at) & 0x7fff_ffff; // (the top bit flags `synced`)
+  const second = 8 + lengthAt(0); // where the second frame starts
+  const end = second + 8 + lengthAt(second);
   t.true(whole.subarray(end).every((b) => b === 0), 'the file ends in the zeros written ahead');
   const damaged = [
     Buffer.concat([whole.subarray(0, end - 3), Buffer.alloc(whole.byteLength - end + 3)]), // its last bytes never written
@@ -226,23 +227,57 @@ test('log file: a torn last frame is cut off at open, and the log goes on after 
   }
 });
 
-test('log file: a damaged frame with frames after it is refused with RaftStorageCorruptError', async (t) => {
+test('log file: a damaged frame with frames after it that were written once it was synced is refused with RaftStorageCorruptError', async (t) => {
   const path = tempDir();
-  const s = new LogFileStorage({ path, durable: false });
+  const s = new LogFileStorage({ path });
   for (let i = 1; i <= 3; i++) {
     s.append([entry(i, 1)]);
-    s.flush();
+    await s.flush(); // synced: the next frame records that the fdatasync covered this one
   }
   await s.close();
   const file = join(path, 'raft.log');
   const whole = readFileSync(file);
-  for (const at of [12, 1]) { // inside the first frame's body; its length field
+  for (const at of [20, 1]) { // inside the first frame's body; its length field
     const bytes = Buffer.from(whole);
     bytes[at] = bytes[at]! ^ 0xff;
     writeFileSync(file, bytes);
-    const error = t.throws(() => new LogFileStorage({ path, durable: false }), { instanceOf: RaftStorageCorruptError });
-    t.regex(error!.message, /at byte 0:/);
+    const error = t.throws(() => new LogFileStorage({ path }), { instanceOf: RaftStorageCorruptError });
+    t.regex(error!.message, /at byte 0:.*written after an fdatasync covered it/s);
   }
+});
+
+test('log file: a frame not yet synced that lost a page in a machine crash while later frames reached the disk is cut off with them', async (t) => {
+  // The kernel writes dirty pages back in any order: before an fdatasync completes, a later
+  // frame's page may reach the disk while an earlier frame's second page does not. None of them
+  // was reported durable, so opening drops them all instead of calling the file damaged.
+  const path = tempDir();
+  const s = new LogFileStorage({ path });
+  s.append([entry(1, 1)]);
+  await s.flush(); // durable
+  s.append([entry(2, 1, 'x'.repeat(5000))]); // spans a page boundary
+  const pending = s.flush();
+  s.append([entry(3, 1)]);
+  const last = s.flush(); // written before the fdatasync for entry 2 completed: it says so
+  await Promise.all([pending, last]);
+  await s.close();
+  const file = join(path, 'raft.log');
+  const whole = readFileSync(file);
+  const lengthAt = (at: number): number => whole.readUInt32BE(at) & 0x7fff_ffff;
+  const second = 8 + lengthAt(0);
+  const third = second + 8 + lengthAt(second);
+  t.true(lengthAt(third) > 0, 'three frames');
+  const lost = Buffer.from(whole);
+  lost.fill(0, 4096, third); // the second frame's page after the first never written back
+  writeFileSync(file, lost);
+  const r = new LogFileStorage({ path });
+  t.deepEqual((await r.loadEntries(0)).map((e) => e.index), [1], 'the frames from the torn one on are dropped');
+  t.is(r.stats.tornTails, 1);
+  r.append([entry(2, 2, 'again')]);
+  await r.flush();
+  await r.close();
+  const again = new LogFileStorage({ path });
+  t.deepEqual((await again.loadEntries(0)).map((e) => `${e.index}/${e.term}`), ['1/1', '2/2']);
+  await again.close();
 });
 
 test('log file: a flush that compacts rewrites the file to the snapshot and the entries after it', async (t) => {
