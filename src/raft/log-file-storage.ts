@@ -18,7 +18,8 @@
  *     (lmdb-js) fsyncs twice (data, then meta) and hops through its write thread and the event
  *     loop: with 64 puts outstanding the durable flush's wall time is what bounds throughput.
  *
- * Frame: `u32 body length | u32 crc32(body) | body`; body: ops, each `u8 kind` then
+ * A frame (src/core/frame-file.ts: length, checksum, how far fdatasync had reached, body) per
+ * flush; body: ops, each `u8 kind` then
  *   append    u32 count, then per entry: f64 index | f64 term | u8 type | u32 length | data
  *   truncate  f64 index          (drop entries ≥ index)
  *   compact   f64 index          (drop entries ≤ index)
