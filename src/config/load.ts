@@ -215,6 +215,9 @@ function crossChecks(config: SquallConfig, problems: ConfigProblem[]): void {
   if ((t.cc_t_low_us === 0) !== (t.cc_t_high_us === 0) || (t.cc_t_low_us > 0 && t.cc_t_high_us <= t.cc_t_low_us)) {
     problems.push({ key: 'transport.cc_t_high_us', message: `(${t.cc_t_high_us}) with cc_t_low_us = ${t.cc_t_low_us}: set both thresholds (t_high above t_low) or leave both 0 to derive them from the measured RTT` });
   }
+  if (config.persistence.write_ahead_log && config.persistence.sync !== 'durable') {
+    problems.push({ key: 'persistence.write_ahead_log', message: `is true while persistence.sync is "${config.persistence.sync}": the log only changes how durable writes are acknowledged. Fix: set sync = "durable" or write_ahead_log = false` });
+  }
   if (config.timeouts.failure_timeout_ms < 2 * config.timeouts.heartbeat_ms) {
     problems.push({ key: 'timeouts.failure_timeout_ms', message: `(${config.timeouts.failure_timeout_ms}) must be at least twice timeouts.heartbeat_ms (${config.timeouts.heartbeat_ms}), or one late heartbeat removes a healthy node. Fix: raise it or lower heartbeat_ms` });
   }

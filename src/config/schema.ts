@@ -150,6 +150,11 @@ export class PersistenceSection {
   @IsInt() @Min(1) map_size_mib = 4096;
   /** 'durable' fsyncs each group commit; 'nosync' leaves it to the OS (faster, loses on power cut). */
   @IsIn(['durable', 'nosync']) sync = 'durable';
+  /**
+   * With sync = 'durable': acknowledge a turn's writes once one fdatasync of an append-only log
+   * covers them, and hand them to LMDB in batches off that path (persistence/README.md).
+   */
+  @IsBoolean() write_ahead_log = false;
 }
 
 export class LoggingSection {

@@ -277,6 +277,7 @@ export class Group {
         reset: config.persistence.reset,
         mapSizeBytes: config.persistence.map_size_mib * 1024 * 1024,
         syncMode: config.persistence.sync === 'durable' ? 'durable' : 'buffered',
+        writeAheadLog: config.persistence.write_ahead_log,
       });
       group = new Group(config, options, transport, store, view, viewSource, infos);
       await group.connectMembers();

@@ -33,6 +33,8 @@ export interface LocalGroupOptions {
   /** Extra TOML appended to every node's file (sections other than [node], [group]). */
   readonly extraToml?: string;
   readonly sync?: 'durable' | 'nosync';
+  /** `persistence.write_ahead_log` (needs sync 'durable'); default false. */
+  readonly writeAheadLog?: boolean;
   readonly ports?: readonly number[];
   /** Seal every packet with the group key `<dataRoot>/group.key` (created if missing). Default true. */
   readonly encryption?: boolean;
@@ -75,6 +77,7 @@ export function localConfigToml(index: number, ports: readonly number[], options
     `data_dir = ${JSON.stringify(join(options.dataRoot, `node${index}`))}`,
     `reset = ${options.reset ?? true}`,
     `sync = "${options.sync ?? 'nosync'}"`,
+    ...(options.writeAheadLog ? ['write_ahead_log = true'] : []),
     '[logging]',
     'level = "warn"',
     options.extraToml ?? '',

@@ -60,6 +60,13 @@ test('squall demo runs a 3-process group: replies, stages, temporal query, equal
   t.regex(first.out, /entries at index 0, version \d+:0 \(\d+\): Map\(1\) \{ 'greeting' => 'hello' \}/);
   const latest = await squall(['inspect', '--data', join(dataRoot, 'node1'), '--app', app, '--field', 'entries']);
   t.regex(latest.out, /'color' => 'blue'/);
+  // A write-ahead log in the data dir (a running node's, with persistence.write_ahead_log): refused.
+  const walFile = join(dataRoot, 'node1', 'squall.wal.3');
+  writeFileSync(walFile, '');
+  const withLog = await squall(['inspect', '--data', join(dataRoot, 'node1'), '--app', app]);
+  rmSync(walFile);
+  t.is(withLog.code, 2);
+  t.regex(withLog.err, /holds a write-ahead log \(squall\.wal\.3\): its node is running.*Stop the node/s);
   const noData = await squall(['inspect', '--data', join(dataRoot, 'nowhere'), '--app', app]);
   t.is(noData.code, 2);
   t.regex(noData.err, /holds no squall\.mdb/);

@@ -95,6 +95,9 @@ test('impossible combinations are refused with the key to change', (t) => {
   t.regex(p2p['p2p.max_p2p_reply_payload_size']!, /above transport\.max_message_size/);
   const timing = problemsOf(() => parseConfig(`${plain}[timeouts]\nheartbeat_ms = 100\nfailure_timeout_ms = 150\n`, 'n'));
   t.regex(timing['timeouts.failure_timeout_ms']!, /at least twice timeouts\.heartbeat_ms/);
+  const wal = problemsOf(() => parseConfig(`${plain}[persistence]\nsync = "nosync"\nwrite_ahead_log = true\n`, 'n'));
+  t.regex(wal['persistence.write_ahead_log']!, /while persistence\.sync is "nosync".*Fix: set sync = "durable"/);
+  t.notThrows(() => parseConfig(`${plain}[persistence]\nwrite_ahead_log = true\n`, 'n'));
   const profile = problemsOf(() => parseConfig(`${plain}[subgroup.x]\nmax_smc_payload_size = 99999999\n`, 'n'));
   t.regex(profile['subgroup.x.max_smc_payload_size']!, /above max_payload_size/);
 });
