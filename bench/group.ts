@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- group [--quick] [--durable] [--plaintext] [--raft]`: ordered calls through
+ * `npm run bench -- group [--quick] [--durable [--wal]] [--plaintext] [--raft]`: ordered calls through
  * the public group API beside the raw multicast driver, in the same run on the same machine.
  * `--raft` runs the same workload on examples/kv-store/raft.js (one raft-ordered shard: commit
  * on a majority) instead of app.js (SMC); the multicast baselines stay the same.
@@ -8,7 +8,8 @@
  * `squall node` processes, node 0 in this process making every call (16-byte keys, 64-byte
  * values): put latency p50/p99 with one call outstanding, counted at delivered() and at
  * persisted(); puts/s with 64 outstanding, counted at delivered() and at persisted(); p2p get
- * latency to node 1. persistence.sync is "nosync" unless --durable.
+ * latency to node 1. persistence.sync is "nosync" unless --durable; --wal adds
+ * persistence.write_ahead_log = true on every node (durable only).
  *
  * Baselines (after the group closed, so they do not share the CPU with it): the multicast driver
  * alone, 3 member processes (test/support/multicast-driver-cluster.ts), one sender of 100-byte
@@ -84,11 +85,11 @@ async function withCpu<T extends { count: number }>(pids: (number | undefined)[]
   }];
 }
 
-async function measureGroup(seconds: number, sync: 'durable' | 'nosync', encryption: boolean, raft: boolean): Promise<GroupFigures> {
+async function measureGroup(seconds: number, sync: 'durable' | 'nosync', encryption: boolean, raft: boolean, writeAheadLog: boolean): Promise<GroupFigures> {
   const dataRoot = mkdtempSync(join(tmpdir(), 'squall-bench-group-'));
   const quiet = { out: () => undefined, err: (line: string) => console.error(line), env: {} };
   const app = raft ? 'raft.js' : 'app.js';
-  const nodes = await startLocalNodes(dataRoot, sync, quiet, false, encryption, app);
+  const nodes = await startLocalNodes(dataRoot, sync, quiet, false, encryption, app, writeAheadLog);
   const pids = nodes.children.map((c) => c.pid);
   let group: Group | undefined;
   try {
@@ -197,8 +198,10 @@ export async function run(args: string[]): Promise<void> {
   const sync = args.includes('--durable') ? 'durable' : 'nosync';
   const encryption = !args.includes('--plaintext');
   const raft = args.includes('--raft');
+  const writeAheadLog = args.includes('--wal');
+  if (writeAheadLog && sync !== 'durable') throw new Error('bench group: --wal needs --durable (the log only changes how durable writes are acknowledged)');
   const seconds = quick ? 1.5 : 4;
-  const g = await measureGroup(seconds, sync, encryption, raft);
+  const g = await measureGroup(seconds, sync, encryption, raft, writeAheadLog);
   const d = await measureDriver(quick);
   const syncMs = diskSyncP50Ms(quick ? 100 : 400);
   const rttMs = await rawRoundTripP50Ms(encryption, quick ? 1000 : 5000);
@@ -209,7 +212,7 @@ export async function run(args: string[]): Promise<void> {
   };
   const base = { multicast_driver_one_sender_msg_per_s: Math.round(d.rate) };
   const baseLatency = { multicast_driver_latency_p50_us: us(d.latencyP50Ms) };
-  const common = { sync, encryption, shardMode: raft ? 'raft' : 'ordered', load: load() };
+  const common = { sync, writeAheadLog, encryption, shardMode: raft ? 'raft' : 'ordered', load: load() };
   const cpu = (c: CpuPerCall) => ({ cpu_us_per_call_caller: c.caller, cpu_us_per_call_members: c.members, kv_keys: g.keys });
   report({ suite: 'group', case: 'ordered put latency p50, 1 outstanding, at delivered()', value: us(q(g.latency.delivered, 0.5)), unit: 'us', baselines: baseLatency, ...common });
   report({ suite: 'group', case: 'ordered put latency p99, 1 outstanding, at delivered()', value: us(q(g.latency.delivered, 0.99)), unit: 'us', ...common });

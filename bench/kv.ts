@@ -11,7 +11,8 @@
  * LogFileStorage, as a raft shard's (src/group/raft-shard.ts); `--storage lmdb` measures
  * LmdbStorage instead ("storage" in every line).
  * `--mode ordered` runs the same workload through the group API on SMC (bench/group.ts): nosync
- * and durable with encryption (the group default), then nosync in plaintext.
+ * and durable with encryption (the group default), durable with the write-ahead log
+ * (persistence.write_ahead_log), then nosync in plaintext.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { loadavg } from 'node:os';
@@ -53,6 +54,7 @@ export async function run(args: string[]): Promise<void> {
     const rest = args.filter((a, i) => i !== modeAt && i !== modeAt + 1);
     await group.run(rest);
     await group.run([...rest, '--durable']);
+    await group.run([...rest, '--durable', '--wal']);
     await group.run([...rest, '--plaintext']);
     return;
   }

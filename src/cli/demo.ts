@@ -107,7 +107,7 @@ export async function workload(
  * child processes hosting the kv-store app; node 0's config file is returned for this process.
  */
 export async function startLocalNodes(
-  dataRoot: string, sync: 'durable' | 'nosync', io: CliIo, membership = false, encryption = true, app = 'app.js',
+  dataRoot: string, sync: 'durable' | 'nosync', io: CliIo, membership = false, encryption = true, app = 'app.js', writeAheadLog = false,
 ) {
   const cli = fileURLToPath(new URL('./main.js', import.meta.url));
   const appPath = fileURLToPath(new URL(`../../examples/kv-store/${app}`, import.meta.url));
@@ -118,7 +118,7 @@ export async function startLocalNodes(
     // timeout keeps the demo from removing a live node. A killed node is detected sooner: its
     // closed port answers with ICMP port unreachable (tens of ms, transport.port_unreachable_reports).
     const timeouts = '[timeouts]\nheartbeat_ms = 100\nfailure_timeout_ms = 2000\n';
-    writeFileSync(file, localConfigToml(i, ports, { dataRoot, sync, encryption, ...(membership ? { firstId: 1, extraToml: timeouts } : {}) }));
+    writeFileSync(file, localConfigToml(i, ports, { dataRoot, sync, encryption, writeAheadLog, ...(membership ? { firstId: 1, extraToml: timeouts } : {}) }));
     return file;
   });
   const firstId = membership ? 1 : 0;
