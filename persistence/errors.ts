@@ -148,6 +148,23 @@ export class VersionOrderError extends SquallError {
 }
 
 /**
+ * A store opened with syncMode 'buffered' (persistence.sync = "nosync") found a write-ahead log
+ * left by a durable run: folding it into LMDB without a sync and deleting it could lose writes
+ * that were acknowledged durable, so it is refused.
+ */
+export class WalReplayNotDurableError extends SquallError {
+  constructor(dataDir: string, frames: number) {
+    super(
+      `${dataDir} holds a write-ahead log (${frames} frame(s), squall.wal.*) left by a run with persistence.sync = "durable" ` +
+        'that did not close cleanly, and this store opens with sync "nosync": folding the log into LMDB without a sync, then ' +
+        'deleting it, could lose writes already acknowledged durable. Fix: start this node once with persistence.sync = ' +
+        '"durable" (a clean close then leaves no log), then switch to "nosync".',
+      'WAL_REPLAY_NOT_DURABLE',
+    );
+  }
+}
+
+/**
  * The store's write-ahead log (`squall.wal.*`) holds a damaged frame that is not a write torn by
  * a crash: a frame failing its checksum with a whole frame after it, or a bad frame in a log file
  * that was complete (synced) before the next one started.

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { assert } from '../src/core/assert.js';
 import { ConfigError } from '../src/core/errors.js';
-import { CorruptDataDirError, ForeignDataDirError, MapFullError } from './errors.js';
+import { CorruptDataDirError, ForeignDataDirError, MapFullError, WalReplayNotDurableError } from './errors.js';
 import { MemoryLogStorage, type LogStorage } from './log-storage.js';
 import { LmdbLogStorage } from './lmdb-storage.js';
 import { PersistentRegistry, type RegistryBackend } from './registry.js';
@@ -161,7 +161,7 @@ export class PersistenceStore implements TurnWriter {
     const useLog = config.syncMode === 'durable' && config.writeAheadLog;
     const log = new WriteAheadLog(config.dataDir, useLog, config.walFileBytes, config.walSync);
     try {
-      this.replayLog(log);
+      this.replayLog(log, config.dataDir);
     } catch (error) {
       this.root.close();
       throw error;
@@ -174,13 +174,15 @@ export class PersistenceStore implements TurnWriter {
   }
 
   /**
-   * Applies every write of the log's frames to LMDB, in order, in one synced transaction, then
+   * Applies every write of the log's frames to LMDB, in order, in one synced transaction (a
+   * 'buffered' store refuses: WalReplayNotDurableError), then
    * starts a new log and deletes the old one. Idempotent: each write sets (or removes) a whole
    * value, the log starts at or before what LMDB holds durably (a file is deleted only once LMDB
    * reported all of it synced), so replaying writes LMDB already has ends in the same state.
    */
-  private replayLog(wal: WriteAheadLog): void {
+  private replayLog(wal: WriteAheadLog, dataDir: string): void {
     const frames = wal.open();
+    if (frames.length > 0 && this.syncMode !== 'durable') throw new WalReplayNotDurableError(dataDir, frames.length);
     if (frames.length > 0) {
       // (Durable: this commit syncs before it returns, so the log may then go.)
       this.root.transactionSync(() => {

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { hlc, HLC_MAX } from '../../src/core/hlc.js';
 import { makeVersion, viewId, VERSION_NONE } from '../../src/core/ids.js';
 import { FRAME_HEADER_BYTES, frameBodies } from '../../src/core/frame-file.js';
-import { Persistent, PersistenceStore, PersistentMap, WalCorruptError, type PersistentRegistry } from '../../persistence/index.js';
+import { Persistent, PersistenceStore, PersistentMap, WalCorruptError, WalReplayNotDurableError, type PersistentRegistry } from '../../persistence/index.js';
 import { WAL_PREFIX, type WriteAheadLog } from '../../persistence/wal.js';
 import { tempDir } from '../support/persistence-harness.js';
 
@@ -176,6 +176,9 @@ test('durable: opening replays the log frames LMDB lacks (with or without the lo
   const copy = crashCopy(t, dataDir, 'wal-replay-copy');
   await store.close();
 
+  // Opened 'buffered' (nosync): refused, the log stays for a durable open.
+  t.throws(() => PersistenceStore.open({ dataDir: copy, syncMode: 'buffered' }), { instanceOf: WalReplayNotDurableError, message: /holds a write-ahead log.*Fix: start this node once with persistence\.sync = "durable"/s });
+  t.true(walFiles(copy).length > 0);
   // Opened without the log: one left in the data dir is replayed all the same.
   const reopened = PersistenceStore.open({ dataDir: copy, syncMode: 'durable' });
   t.true(reopened.walStats.replayedFrames > 30, `${reopened.walStats.replayedFrames} frames replayed`);
