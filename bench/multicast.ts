@@ -73,6 +73,8 @@ interface Throughput {
   readonly rdmcRepairs: number;
   /** CPU µs per delivered message of each member's process. */
   readonly cpuPerMember: number[];
+  /** The kernel's part of cpuPerMember (system time). */
+  readonly systemCpuPerMember: number[];
   readonly fastRetransmits: number;
   /** Datagrams the members' kernels dropped for want of socket receive buffer (SO_RXQ_OVFL). */
   readonly kernelDrops: number;
@@ -140,6 +142,7 @@ function throughput(results: RunResult[]): Throughput {
     rollbacks: sumCounter(results, 'rollbacks'),
     rdmcRepairs: results.reduce((n, r) => n + ((r as RunResult & { repairsDuring?: number }).repairsDuring ?? 0), 0),
     cpuPerMember: results.map((r) => Math.round(r.cpuMicros / Math.max(1, r.delivered))),
+    systemCpuPerMember: results.map((r) => Math.round((r.systemMicros ?? 0) / Math.max(1, r.delivered))),
     fastRetransmits: sumCounter(results, 'fastRetransmits'),
     kernelDrops: sumCounter(results, 'udpKernelDrops'),
     faultsPerMessage: Math.max(...results.map((r) => ((r as RunResult & { faults?: number }).faults ?? 0) / Math.max(1, r.delivered))),
@@ -174,7 +177,7 @@ async function ceiling(members: MemberProcess[], size: number, seconds: number, 
 
 /** The figures every throughput line carries besides its value. */
 const details = (t: Throughput): Record<string, unknown> => ({
-  perMember: t.perMember, cpuUsPerMessage: Number(t.cpuUsPerMessage.toFixed(2)), cpuPerMember: t.cpuPerMember,
+  perMember: t.perMember, cpuUsPerMessage: Number(t.cpuUsPerMessage.toFixed(2)), cpuPerMember: t.cpuPerMember, systemCpuPerMember: t.systemCpuPerMember,
   retransmissions: t.retransmissions, rtoProbes: t.rtoProbes, rollbacks: t.rollbacks,
   fastRetransmits: t.fastRetransmits, kernelDrops: t.kernelDrops,
   faultsPerMessage: Number(t.faultsPerMessage.toFixed(1)), rdmcRepairs: t.rdmcRepairs,

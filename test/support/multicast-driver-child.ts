@@ -155,6 +155,7 @@ async function runPlan(message: {
     bytes: state.bytes,
     elapsedMs,
     cpuMicros: cpu.user + cpu.system,
+    systemMicros: cpu.system,
     transport: statsDelta(transportStart, endpoint!.stats()),
     digest: state.hash?.digest('hex') ?? null,
     latency: { p50: q(0.5), p99: q(0.99), samples: sorted.length },

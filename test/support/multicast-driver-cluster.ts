@@ -15,6 +15,8 @@ export interface RunResult {
   elapsedMs: number;
   /** CPU time (user + system) this member's process used during the run, in µs. */
   cpuMicros: number;
+  /** The system (kernel) part of cpuMicros. */
+  systemMicros?: number;
   /** The change in this member's transport counters (TransportStats) during the run. */
   transport: Record<string, number>;
   digest: string | null;
