@@ -200,10 +200,6 @@ export interface MulticastDriverCounters {
   blocksLent: number;
   /** Received frames handed back to the transport (Transport.release; see releaseReceived). */
   framesReleased: number;
-  /** Reports alone sent in the head of a large block frame instead of a frame of their own. */
-  reportsWithBlocks: number;
-  /** Reports alone dropped from a peer's queue because a newer row was queued for it. */
-  reportsSuperseded: number;
 }
 
 interface Peer {
@@ -217,8 +213,6 @@ interface Peer {
   queuedBytes: number;
   inFlight: number;
   inFlightBytes: number;
-  /** Frames in flight that end in a large block (see flush: reports alone wait for them). */
-  largeInFlight: number;
   failed: boolean;
   /** When the member first refused a frame for want of a handler (0: it has not, or took one since). */
   notReadySinceMs: number;
@@ -328,15 +322,6 @@ function isNoHandler(error: Error): boolean {
   return error instanceof TransportError && error.code === 'NO_HANDLER';
 }
 
-/** Encoded SMC packets that carry a report and no messages (sendPackets marks them). */
-const REPORTS_ONLY = new WeakSet<Uint8Array>();
-
-/** Every item is an encoded report alone (true for none). */
-function onlyReports(items: readonly (Uint8Array | BlockPacket)[]): boolean {
-  for (const item of items) if (!(item instanceof Uint8Array) || !REPORTS_ONLY.has(item)) return false;
-  return true;
-}
-
 function itemBytes(item: Uint8Array | BlockPacket): number {
   return item instanceof Uint8Array ? item.byteLength : encodedBlockBytes(item);
 }
@@ -361,8 +346,6 @@ export class MulticastDriver {
     blocksRelayedInPlace: 0,
     blocksLent: 0,
     framesReleased: 0,
-    reportsWithBlocks: 0,
-    reportsSuperseded: 0,
   };
 
   private readonly options: MulticastDriverOptions;
@@ -416,10 +399,9 @@ export class MulticastDriver {
   /** Received one-block frames the core let go of whose buffer blockRefs still counts. */
   private readonly framesWaiting = new Map<ArrayBufferLike, Uint8Array>();
   /**
-   * Received frames that own their whole buffer (the transport hands large requests over that
-   * way) and end in a block packet with nothing but reports alone before it, by buffer: the
-   * frame goes back to the transport when the core lets go of the block, and if the block is
-   * alone, a relay of it can go out in the same frame, only its header rewritten (relayFrame).
+   * Received frames that hold exactly one block packet and own their whole buffer (the
+   * transport hands large requests over that way), by buffer: a relay of that block can go
+   * out in the same frame, only its header rewritten (see relayFrame).
    */
   private readonly singleBlockFrames = new WeakMap<ArrayBufferLike, Uint8Array>();
 
@@ -637,9 +619,6 @@ export class MulticastDriver {
     this.counters.framesReceived++;
     const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
     let offset = FRAME_HEADER_BYTES;
-    // Whether a packet before this one in the frame may have left views into it with the core
-    // (messages, blocks): a frame with only reports ahead of its block is that block's own.
-    let viewsBefore = false;
     while (offset + LENGTH_BYTES <= frame.byteLength) {
       const length = view.getUint32(offset, true);
       offset += LENGTH_BYTES;
@@ -658,7 +637,7 @@ export class MulticastDriver {
       }
       offset += length;
       if (
-        packet.kind === 'block' && offset === frame.byteLength && !viewsBefore &&
+        packet.kind === 'block' && length === frame.byteLength - FRAME_HEADER_BYTES - LENGTH_BYTES &&
         frame.byteOffset === 0 && frame.byteLength === frame.buffer.byteLength
       ) {
         this.singleBlockFrames.set(frame.buffer, frame);
@@ -670,7 +649,6 @@ export class MulticastDriver {
         }
         continue;
       }
-      if (packet.kind === 'block' || packet.entries.length > 0) viewsBefore = true;
       this.receivePacket(packet);
     }
     this.schedulePump();
@@ -829,8 +807,6 @@ export class MulticastDriver {
       const packet = out.packet;
       const item = packet.kind === 'block' ? packet : encodePacket(packet);
       const bytes = itemBytes(item);
-      const reportOnly = packet.kind === 'data' && packet.entries.length === 0;
-      if (reportOnly) REPORTS_ONLY.add(item as Uint8Array);
       for (const node of out.to) {
         const peer = this.peers.get(node);
         if (peer === undefined || peer.failed) continue;
@@ -838,9 +814,6 @@ export class MulticastDriver {
           peer.blocks.push(packet, deliveryRank(packet, senderCount));
           if (this.countsBlocks) this.refBlock(packet.bytes.buffer, 1);
         } else {
-          // Rows only grow and merge by maximum (src/multicast/README.md): a newer row alone
-          // supersedes one still queued for this peer.
-          if (reportOnly) this.dropQueuedReports(peer);
           peer.queue.push(item as Uint8Array);
         }
         peer.queuedBytes += bytes;
@@ -849,59 +822,28 @@ export class MulticastDriver {
     for (const peer of this.peers.values()) this.flush(peer);
   }
 
-  /** Drops the reports alone queued for `peer` (a newer row is about to be queued). */
-  private dropQueuedReports(peer: Peer): void {
-    const queue = peer.queue;
-    let kept = 0;
-    for (const item of queue) {
-      if (REPORTS_ONLY.has(item)) {
-        peer.queuedBytes -= item.byteLength;
-        this.counters.reportsSuperseded++;
-      } else {
-        queue[kept++] = item;
-      }
-    }
-    queue.length = kept;
-  }
-
   private flush(peer: Peer): void {
     const session = peer.session;
     if (session === null || peer.failed || peer.retryTimer !== null) return;
-    const lends = session.callLent !== undefined;
     while (peer.inFlight < this.callsInFlightMax) {
       // SMC packets first, and past the byte cap: stability and RDMC repair wait on the
       // reports they carry, which must not queue behind MiBs of blocks. Blocks only while the
       // bytes in flight allow. Packets up to the frame budget (always at least one).
       const blocksAllowed = peer.inFlight === 0 || peer.inFlightBytes < this.bytesInFlightMax;
       if (peer.queue.length === 0 && (!blocksAllowed || peer.blocks.length === 0)) break;
-      // Reports alone (no messages) to a peer with a large block frame in flight wait for it:
-      // they go in the head of the next large block frame (lent: the block's bytes are not
-      // copied, so the frame costs nothing more), or alone once it settled. A report thus waits
-      // at most one block frame and is superseded by newer rows meanwhile (sendPackets); one
-      // frame per report was ~40 % of a member's frames in the 1 MiB benchmark, each a
-      // transport call with its response on both sides.
-      const next = blocksAllowed ? peer.blocks.peek() : undefined;
-      const nextLarge = next !== undefined && isLargeBlock(next);
-      const reportsWait = lends && peer.largeInFlight > 0 && !nextLarge && onlyReports(peer.queue);
-      if (reportsWait && next === undefined) break;
       const items: (Uint8Array | BlockPacket)[] = [];
       let bytes = FRAME_HEADER_BYTES;
       const take = (item: Uint8Array | BlockPacket): boolean => {
         const next = LENGTH_BYTES + itemBytes(item);
-        const large = isLargeBlock(item);
-        if (items.length > 0) {
-          // A large block ends its frame. It travels alone, so that its receiver can relay it in
-          // that very frame, or lent behind reports alone (their receiver reads them first).
-          if (isLargeBlock(items[items.length - 1]!)) return false;
-          if (large && !(lends && onlyReports(items))) return false;
-          if (!large && bytes + next > this.frameBytesMax) return false;
-        }
+        if (items.length > 0 && bytes + next > this.frameBytesMax) return false;
+        // A large block travels alone, so that its receiver can relay it in that very frame.
+        if (items.length > 0 && (isLargeBlock(item) || isLargeBlock(items[0]!))) return false;
         bytes += next;
         items.push(item);
         return true;
       };
       let smcCount = 0;
-      if (!reportsWait) while (smcCount < peer.queue.length && take(peer.queue[smcCount]!)) smcCount++;
+      while (smcCount < peer.queue.length && take(peer.queue[smcCount]!)) smcCount++;
       if (blocksAllowed) {
         for (let block = peer.blocks.peek(); block !== undefined && take(block); block = peer.blocks.peek()) {
           peer.blocks.pop();
@@ -909,25 +851,13 @@ export class MulticastDriver {
       }
       peer.queue.splice(0, smcCount);
       const count = items.length;
-      const last = items[count - 1]!;
-      if (isLargeBlock(last) && lends) {
-        // A large block (after reports alone, if any), and a transport that sends from lent
-        // bytes: only the headers are built; the block's bytes (a view of the sender's payload
-        // or of the received frame, never changed: see send() and receiveFrame) are lent until
-        // the call settles.
-        const block = last as BlockPacket;
-        const head = new Uint8Array(bytes - block.bytes.byteLength);
-        let at = FRAME_HEADER_BYTES;
-        for (let i = 0; i < count - 1; i++) {
-          const report = items[i] as Uint8Array;
-          new DataView(head.buffer).setUint32(at, report.byteLength, true);
-          head.set(report, at + LENGTH_BYTES);
-          at += LENGTH_BYTES + report.byteLength;
-          peer.queuedBytes -= report.byteLength;
-        }
-        this.blockFrameHead(peer, head, block, at);
+      if (count === 1 && isLargeBlock(items[0]!) && session.callLent !== undefined) {
+        // A large block alone, and a transport that sends from lent bytes: only the headers are
+        // built; the block's bytes (a view of the sender's payload or of the received frame,
+        // never changed: see send() and receiveFrame) are lent until the call settles.
+        const block = items[0] as BlockPacket;
+        const head = this.blockFrameHead(peer, new Uint8Array(FRAME_HEADER_BYTES + LENGTH_BYTES + BLOCK_HEADER_BYTES), block);
         this.counters.blocksLent++;
-        if (count > 1) this.counters.reportsWithBlocks += count - 1;
         this.callFrame(peer, session, head, items, block.bytes);
         continue;
       }
@@ -963,15 +893,15 @@ export class MulticastDriver {
   }
 
   /**
-   * Writes the frame head of `block` ending its frame ([shard] at the start of `target`, then
-   * [length][block header] at `at`: the block's bytes follow there, or are lent), and takes the
-   * block off `peer`'s queued bytes. Returns `target`.
+   * Writes the frame head of `block` travelling alone ([shard][length][block header]) at the start
+   * of `target` (its bytes follow there, or are lent), and takes the block off `peer`'s queued
+   * bytes. Returns `target`.
    */
-  private blockFrameHead(peer: Peer, target: Uint8Array, block: BlockPacket, at = FRAME_HEADER_BYTES): Uint8Array {
-    const view = new DataView(target.buffer, target.byteOffset, at + LENGTH_BYTES);
+  private blockFrameHead(peer: Peer, target: Uint8Array, block: BlockPacket): Uint8Array {
+    const view = new DataView(target.buffer, target.byteOffset, FRAME_HEADER_BYTES + LENGTH_BYTES);
     view.setUint32(0, this.shard, true);
-    view.setUint32(at, itemBytes(block), true);
-    encodeBlockHeaderInto(block, target, at + LENGTH_BYTES);
+    view.setUint32(FRAME_HEADER_BYTES, itemBytes(block), true);
+    encodeBlockHeaderInto(block, target, FRAME_HEADER_BYTES + LENGTH_BYTES);
     peer.queuedBytes -= itemBytes(block);
     return target;
   }
@@ -985,10 +915,8 @@ export class MulticastDriver {
   ): void {
     const count = items.length;
     const bytes = frame.byteLength + (lent?.byteLength ?? 0);
-    const large = isLargeBlock(items[count - 1]!) ? 1 : 0;
     peer.inFlight++;
     peer.inFlightBytes += bytes;
-    peer.largeInFlight += large;
     this.counters.framesSent++;
     this.counters.packetsSent += count;
     this.counters.bytesSent += bytes;
@@ -998,7 +926,6 @@ export class MulticastDriver {
       () => {
         peer.inFlight--;
         peer.inFlightBytes -= bytes;
-        peer.largeInFlight -= large;
         peer.notReadySinceMs = 0;
         this.unrefBlocks(items);
         this.flush(peer);
@@ -1006,7 +933,6 @@ export class MulticastDriver {
       (error: Error) => {
         peer.inFlight--;
         peer.inFlightBytes -= bytes;
-        peer.largeInFlight -= large;
         if (isNoHandler(error) && this.peerNotReady(peer, items, error)) return;  // queued again
         if (!isNoHandler(error)) this.peerFailed(peer, error);
         this.unrefBlocks(items);
@@ -1141,7 +1067,7 @@ export class MulticastDriver {
       } else {
         peers.set(node, {
           node, address, session: null, queue: [], blocks: new BlockQueue(), queuedBytes: 0, inFlight: 0,
-          inFlightBytes: 0, largeInFlight: 0,
+          inFlightBytes: 0,
           failed: false, notReadySinceMs: 0, retryTimer: null, failure: null,
         });
       }
