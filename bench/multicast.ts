@@ -30,7 +30,8 @@
  * one packet, a probe, and rolls the window back only if the answers then stop partway).
  * Each line also carries each member's CPU per delivered message (`cpuPerMember`: their sum is
  * the whole cost of one message, to set beside the ceiling line's `cpuUsPerMessage` +
- * `receiversCpuUsPerMessage`, the cost of moving one message once), the fast retransmits, the
+ * `receiversCpuUsPerMessage`, the cost of moving one message once; `systemCpuPerMember`: the
+ * kernel's part of it, system time), the fast retransmits, the
  * datagrams the members' kernels dropped for want of receive buffer (`kernelDrops`), the most
  * page faults any member's process took per delivered message (`faultsPerMessage`, from /proc:
  * at 1 MiB, freshly faulted pages were once the largest CPU cost) and the RDMC repairs the members made during the case (`rdmcRepairs`; each resends a
