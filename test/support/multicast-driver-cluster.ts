@@ -12,6 +12,8 @@ export interface RunResult {
   timedOut: boolean;
   delivered: number;
   bytes: number;
+  /** Of `delivered`, how many arrived before this member's run began (the others started first). */
+  earlyDeliveries?: number;
   elapsedMs: number;
   /** CPU time (user + system) this member's process used during the run, in µs. */
   cpuMicros: number;
