@@ -19,6 +19,9 @@
  * Senders reuse the payloads their driver released (onPayloadReleased) and, as the digest is off,
  * write only each message's header into a reused one, as the ceiling's sender sends one buffer
  * filled once: the fill of a fresh MiB per message was the sender's, not the multicast's, cost.
+ * A member counts for a case the deliveries it made before its own 'run' command arrived (the
+ * others' first messages; until 2026-11-22 they were lost, and that member waited out the
+ * 60 s timeout: the rare rounds with a tiny rate and a huge CPU per message).
  * Then the large cases again on fresh member processes whose endpoints start with a 40 ms
  * retransmission timeout instead of the transport's 10 ms default, ceiling included (the
  * timeout adapts to the measured round trips from the first sample on, with a 5 ms floor; an
