@@ -1,5 +1,8 @@
 // Received message buffers lent to the application (BufferPool::Lend): back to the pool at once
 // on an explicit release, by collection otherwise, never while a lent call still reads them.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <memory>
 
 #include "test.h"
@@ -167,4 +170,38 @@ TEST(transport_pool_release_after_the_endpoint_closed_frees_the_buffer) {
   CHECK(r.pool->Release(loan.data, loan.size) == Status::kNotLent);
   r.pool->Give(Bytes(20'000));
   CHECK_EQ(r.pool->kept_bytes(), 0u);
+}
+
+// Whole pages of [data, data + bytes) that are not resident (mincore).
+size_t PagesNotResident(const uint8_t* data, size_t bytes) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
+  std::vector<unsigned char> resident((end - begin) / page);
+  CHECK_EQ(mincore(reinterpret_cast<void*>(begin), end - begin, resident.data()), 0);
+  size_t missing = 0;
+  for (unsigned char r : resident) missing += (r & 1) == 0;
+  return missing;
+}
+
+TEST(transport_pool_fresh_large_buffers_have_headroom_and_come_prefaulted) {
+  BufferPool pool(64 * 1024, 64u << 20);
+  // A MiB gets 1/16 MiB on top, so a MiB plus a frame header reuses it (the transport
+  // ceiling's requests vs the multicast's frames in one process).
+  Bytes mib = pool.Take(1u << 20);
+  CHECK_EQ(mib.size(), 1u << 20);
+  CHECK_EQ(mib.capacity(), (1u << 20) + (64u << 10));
+  const uint8_t* memory = mib.data();
+  pool.Give(std::move(mib));
+  Bytes frame = pool.Take((1u << 20) + 44);
+  CHECK(frame.data() == memory);
+  CHECK_EQ(pool.fresh(), 1u);
+  CHECK_EQ(pool.reused(), 1u);
+  // Below 256 KiB: exactly the size asked for (no headroom, no prefault).
+  CHECK_EQ(pool.Take(200'000).capacity(), 200'000u);
+  CHECK_EQ(BufferPool::FreshCapacity(300'000), 319'488u);  // 300,000 + 262,144 / 16, in pages
+  // Prefaulted: every whole page is resident before anything is written. 40 MiB is above
+  // glibc's largest mmap threshold, so the memory is a fresh mapping, not reused heap.
+  Bytes big = pool.Take(40u << 20);
+  CHECK_EQ(PagesNotResident(big.data(), big.size()), 0u);
 }

@@ -975,7 +975,12 @@ export class MulticastCore {
 
   /**
    * Whether a row with no messages to carry goes alone now. At once when others wait on it:
-   * received counts (stability), the persisted version (the persisted frontier). Changes in the
+   * the contiguous count (stability), the persisted version (the persisted frontier), and in raw
+   * mode the per-sender received counts (raw windows and let-go read them). In ordered mode a
+   * per-sender count that leaves the contiguous count where it was (an own send, or a message
+   * beyond a gap) waits like the fields below: only RDMC repair reads it there, and its wait is
+   * many ticks long (1 MiB benchmark: ~330 → ~190 report packets per member per 360 messages,
+   * frames per delivered message ~2.5 → ~1.7). Changes in the
    * delivered count and the time frontier alone (each delivery and tick makes one) wait for the
    * next tick or for a report that goes anyway: they only let senders' windows move and the
    * time frontier advance, and sent at once they were about a fifth of all report packets
@@ -985,10 +990,12 @@ export class MulticastCore {
   private reportUrgent(report: ReceiveReport): boolean {
     const last = this.lastSentRow;
     if (report.contiguousCount !== last.contiguousCount || report.persistedVersion !== last.persistedVersion) return true;
+    let countsChanged = false;
     for (let s = 0; s < report.receivedCounts.length; s++) {
-      if (report.receivedCounts[s] !== last.receivedCounts[s]) return true;
+      if (report.receivedCounts[s] !== last.receivedCounts[s]) countsChanged = true;
     }
-    const lazyChanged = report.deliveredCount !== last.deliveredCount ||
+    if (countsChanged && this.mode === 'raw') return true;
+    const lazyChanged = countsChanged || report.deliveredCount !== last.deliveredCount ||
       report.stabilityFrontierMicros !== last.stabilityFrontierMicros;
     if (!lazyChanged) return false;
     const windowPositions = (this.limits.windowSize * this.senderCount) / 2;

@@ -12,9 +12,13 @@ export interface RunResult {
   timedOut: boolean;
   delivered: number;
   bytes: number;
+  /** Of `delivered`, how many arrived before this member's run began (the others started first). */
+  earlyDeliveries?: number;
   elapsedMs: number;
   /** CPU time (user + system) this member's process used during the run, in µs. */
   cpuMicros: number;
+  /** The system (kernel) part of cpuMicros. */
+  systemMicros?: number;
   /** The change in this member's transport counters (TransportStats) during the run. */
   transport: Record<string, number>;
   digest: string | null;

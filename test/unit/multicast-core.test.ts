@@ -333,6 +333,49 @@ test('reports alone: received counts go at once; a delivered count alone waits f
   t.deepEqual(net.check(true), []);
 });
 
+test('reports alone, ordered: a received count that leaves the contiguous count where it was waits for a tick (raw: at once)', (t) => {
+  // Ranks 0 and 1 send (positions 0, 2, ... and 1, 3, ...), rank 2 only receives. Ordered
+  // stability reads contiguous counts alone; there the per-sender counts only feed RDMC repair,
+  // which waits far longer than a tick. Raw mode's window and let-go read them: at once.
+  for (const mode of ['ordered', 'raw'] as const) {
+    const net = new MulticastNet({
+      seed: 31, memberCount: 3, senderRanks: [0, 1], mode, limits: { ...LIMITS, rdmcAlgorithm: 'sequential' },
+    });
+    const reportsFrom = (from: number): number[][] =>
+      net.inFlight.map((p) => decodePacket(p.bytes))
+        .filter((p): p is DataPacket => p.kind === 'data' && p.fromRank === from && p.entries.length === 0)
+        .map((p) => [p.report!.contiguousCount, ...p.report!.receivedCounts]);
+    /** Hands rank 2 what is in flight to it; drops the rest (this test follows rank 2 alone). */
+    const deliverToRank2 = (): void => {
+      for (const p of net.inFlight) if (p.to === 2) net.cores[2]!.receive(decodePacket(p.bytes.slice()));
+      net.inFlight = [];
+    };
+    // Rank 1's own large message (position 1): its count moves, its contiguous count (held at
+    // position 0) does not.
+    net.send(1, 300);
+    net.flush(1);
+    t.deepEqual(reportsFrom(1), mode === 'raw' ? [[0, 0, 1], [0, 0, 1]] : [], `${mode}: own send`);
+    // Rank 2 receives it before position 0: the same.
+    deliverToRank2();
+    net.flush(2);
+    t.deepEqual(reportsFrom(2), mode === 'raw' ? [[0, 0, 1], [0, 0, 1]] : [], `${mode}: received`);
+    if (mode === 'ordered') {
+      net.flush(2);
+      t.deepEqual(reportsFrom(2), [], 'ordered: not in the next ready() either');
+      net.tick();
+      net.flush(2);
+      t.deepEqual(reportsFrom(2), [[0, 0, 1], [0, 0, 1]], 'ordered: the tick sends it');
+    }
+    net.inFlight = [];
+    // Position 0 arrives: the contiguous count moves, and the report goes at once.
+    net.send(0, 10);
+    net.flush(0);
+    deliverToRank2();
+    net.flush(2);
+    t.deepEqual(reportsFrom(2), [[2, 1, 1], [2, 1, 1]], `${mode}: the contiguous count moved`);
+  }
+});
+
 test('frontiers: global persisted = min over members; time stability waits for undelivered messages', (t) => {
   const net = new MulticastNet({ seed: 9, memberCount: 2, limits: LIMITS });
   net.tick(1000);
