@@ -395,6 +395,8 @@ export class MembershipDriver {
   private readonly incarnation = randomBytes(8).toString('hex');
   /** Per member of the installed view, the incarnation its heartbeats and reports carry. */
   private readonly speaking = new Map<NodeId, string>();
+  /** Per node whose join this member passed to the core, the incarnation that asked (answerJoin). */
+  private readonly joinAsks = new Map<NodeId, string>();
   private readonly sessions = new Map<TransportAddress, Promise<TransportSession>>();
   private readonly transfers = new Map<number, { chunks: Iterator<Uint8Array>; at: number }>();
   private transferToken = 1;
@@ -1162,9 +1164,15 @@ export class MembershipDriver {
       // that lists every founder as joined, would put it back into a view the group left), and
       // only into a view after the one a restarted process's earlier self recorded. Not if the
       // member there spoke as another process: this one lost its data dir (below).
+      // The asker must be known here as the process that was let in: it spoke here under this
+      // incarnation, or this member passed its join on. A process this member cannot place (its
+      // earlier self joined through another member and died before speaking here) gets
+      // 'pending' until the group removed that earlier self; the same process retrying through
+      // another member then waits for that removal too and joins anew (slower, never wrong).
       const after = request.after ?? -1;
       const newProcess = this.spokeAsAnotherProcess(node, request.inc);
-      for (let i = this.history.length - 1; i >= 0 && !newProcess; i--) {
+      const sameProcess = this.speaking.get(node) === request.inc || this.joinAsks.get(node) === request.inc;
+      for (let i = this.history.length - 1; i >= 0 && !newProcess && sameProcess; i--) {
         const h = this.history[i]!;
         if (h.view.id > after && h.view.joined.includes(node) && h.view.addressOf(node) === request.address) {
           return { t: 'welcome', view: encodeView(h.view), sealedAtIndex: h.sealedAtIndex, epoch: this.epoch };
@@ -1191,6 +1199,7 @@ export class MembershipDriver {
       // way the joiner hears the id is in use and retries until the old member is removed.
       return { t: 'refused', code: 'NODE_ID_IN_USE', message: new NodeIdInUseError(node, core.view.id).message };
     }
+    this.joinAsks.set(node, request.inc);
     try {
       core.requestJoin(node, request.address);
     } catch (error) {
