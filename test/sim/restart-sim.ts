@@ -43,7 +43,9 @@ import {
 import { restartLogRule, type LogSummary, type LogWait } from '../../src/membership/restart-log.js';
 import { initialView, votersOf } from '../../src/membership/view-change-core.js';
 import type { Allocator } from '../../src/membership/layout.js';
-import { buildHistory, commitIndex, raftConsistent, summaryOf, type History } from './restart-history.js';
+import {
+  buildHistory, commitIndex, divergentRound, raftConsistent, summaryOf, votersAt, type History, type LogEntry,
+} from './restart-history.js';
 import { View } from '../../src/membership/view.js';
 import type { SeedOptions, SeedResult } from './protocol.js';
 import { InvariantViolation, Simulation, type NodeContext, type SimNode } from './simulation.js';
@@ -68,6 +70,8 @@ const allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(SHARDS, 
 interface SimDecision {
   readonly viewId: number;
   readonly fromViewId: number;
+  /** The view it restarts from, as `viewKey` names it (two log-derived views may share an id). */
+  readonly from: string;
   readonly members: readonly number[];
   /** Per shard, its members in the restart view. */
   readonly shards: readonly (readonly number[])[];
@@ -75,8 +79,8 @@ interface SimDecision {
 }
 
 type Msg =
-  | { k: 'hello'; inst: RestartInstance; log?: LogSummary; tentative?: true }
-  | { k: 'wait'; inst: RestartInstance; log?: LogSummary; tentative?: true }
+  | { k: 'hello'; inst: RestartInstance; view: View; log?: LogSummary; tentative?: true }
+  | { k: 'wait'; inst: RestartInstance; view: View; log?: LogSummary; tentative?: true }
   | { k: 'decided'; d: SimDecision }
   | { k: 'prepare'; inst: RestartInstance; b: Ballot }
   | { k: 'accept'; inst: RestartInstance; b: Ballot; d: SimDecision }
@@ -87,6 +91,7 @@ type Msg =
   | { k: 'state'; shard: number; epoch: string; suffix: number[]; after: number };
 
 const key = (d: SimDecision): string => `${d.viewId}/${d.epoch}/[${d.members}]`;
+const viewKey = (v: View): string => `${v.id}[${v.memberIds}]`;
 
 type Profile = 'none' | 'afterPrepare' | 'midAccept' | 'midChosen';
 
@@ -106,6 +111,8 @@ class World {
   shardCount = SHARDS;
   /** `--flag history=...`: the membership log the disks hold (undefined: logs are not modelled). */
   membershipLog: History | undefined;
+  /** `history=diverge`: the two views with one id the two sides of the log seal. */
+  divergent: { readonly a: View; readonly b: View } | undefined;
   votersCount = 3;
   readonly views = new Map<number, View>();
   /** Per shard, its history: version i is history[i]. */
@@ -118,6 +125,8 @@ class World {
   readonly crashAfterActing = new Set<number>();
   /** The newest view that delivered anything (a decision restarting from before it skips it). */
   deliveredViewId = R_ID;
+  /** `viewKey` of that view, when it is one of the membership log's (history flags). */
+  deliveredKey: string | undefined;
   /** Run once, when the first decision is chosen (newer records may arrive just then). */
   onFirstChosen: (() => void) | undefined;
   readonly reconciled = new Map<string, readonly number[]>();
@@ -140,8 +149,8 @@ class World {
     if (this.mutation !== 'singlePhase' && !this.chosen.has(k)) {
       throw new InvariantViolation('chosen only', `n${node} adopts ${k}, which no quorum accepted`);
     }
-    if (d.fromViewId < this.deliveredViewId) {
-      throw new InvariantViolation('delivered view skipped', `n${node} adopts ${k}, a restart from view ${d.fromViewId}, but view ${this.deliveredViewId} delivered`);
+    if (d.fromViewId < this.deliveredViewId || (d.fromViewId === this.deliveredViewId && this.deliveredKey !== undefined && d.from !== this.deliveredKey)) {
+      throw new InvariantViolation('delivered view skipped', `n${node} adopts ${k}, a restart from view ${d.from}, but view ${this.deliveredKey ?? this.deliveredViewId} delivered`);
     }
     if (this.adopted === undefined) this.adopted = { key: k, by: node };
     else if (this.adopted.key !== k) {
@@ -236,6 +245,7 @@ class RestartSimNode implements SimNode<Msg> {
 
   constructor(readonly ctx: NodeContext<Msg>, private readonly world: World) {
     const record = ctx.disk.get<{ viewId: number; epoch: string }>('record')!;
+    // (With history flags, world.views holds the view of each id that a node may have recorded.)
     this.last = world.views.get(record.viewId)!;
     this.lastEpoch = record.epoch;
     this.acceptor = ctx.disk.get('acceptor');
@@ -246,8 +256,9 @@ class RestartSimNode implements SimNode<Msg> {
     const h = world.membershipLog;
     if (h !== undefined) {
       const at = h.views.findIndex((v) => v.id === this.last.id);
+      const log = ctx.disk.get<readonly LogEntry[]>('mlog') ?? [];
       this.ownLog = summaryOf({
-        history: h, length: ctx.disk.get<number>('mlog') ?? 0, commit: ctx.disk.get<number>('commit') ?? 0, epoch: this.lastEpoch,
+        history: h, length: log.length, log, commit: ctx.disk.get<number>('commit') ?? 0, epoch: this.lastEpoch,
         record: this.last, recordSealIndex: h.seals[at]!, allocator: world.allocator, votersCount: world.votersCount,
       });
       this.summaries.set(ctx.id, this.ownLog);
@@ -307,7 +318,7 @@ class RestartSimNode implements SimNode<Msg> {
 
   private hello(k: 'hello' | 'wait'): Msg {
     return {
-      k, inst: this.instance, ...(this.ownLog !== undefined ? { log: this.ownLog } : {}), ...(this.tentative ? { tentative: true } : {}),
+      k, inst: this.instance, view: this.last, ...(this.ownLog !== undefined ? { log: this.ownLog } : {}), ...(this.tentative ? { tentative: true } : {}),
     };
   }
 
@@ -328,7 +339,7 @@ class RestartSimNode implements SimNode<Msg> {
     this.ctx.trace(`n${rule.holder}'s log seals ${newest.view.id}${rule.committed ? '' : ' (not known committed)'}: restart from it`);
     this.world.stats.fromLog++;
     if (!rule.committed) this.world.stats.tentative++;
-    this.last = this.world.views.get(newest.view.id) ?? newest.view;
+    this.last = newest.view;
     this.tentative = !rule.committed;
     this.quorumSinceMs = undefined;
     this.proposer = undefined;
@@ -356,7 +367,9 @@ class RestartSimNode implements SimNode<Msg> {
     const inst = this.instance;
     const b = nextBallot(this.acceptor, inst, this.nextRound, this.id);
     this.nextRound = b.round + 1;
-    const p = new RestartProposer<SimDecision>(inst, b, ballotQuorums(quorumRuleOf(this.last), this.previous, this.tentative),
+    // `mutation=noTentative`: a tentative view's acceptances need no quorum of its predecessor.
+    const tentative = this.tentative && this.world.mutation !== 'noTentative';
+    const p = new RestartProposer<SimDecision>(inst, b, ballotQuorums(quorumRuleOf(this.last), this.previous, tentative),
       () => this.fresh(this.backSet(this.ctx.nowMs())));
     this.proposer = p;
     this.ballotAtMs = now;
@@ -383,7 +396,7 @@ class RestartSimNode implements SimNode<Msg> {
     for (const n of back) if (this.last.isMember(n)) addresses.set(n, `sim:${n}`);
     const view = restartView(this.last, addresses, this.world.allocator);
     const shards = view.layout.types[0]!.subgroups[0]!.shards.map((s) => s.members.map(Number));
-    return { viewId: view.id, fromViewId: this.last.id, members: view.memberIds.map(Number), shards, epoch: `${view.id}-${this.id}-${this.ctx.nowMs()}` };
+    return { viewId: view.id, fromViewId: this.last.id, from: viewKey(this.last), members: view.memberIds.map(Number), shards, epoch: `${view.id}-${this.id}-${this.ctx.nowMs()}` };
   }
 
   /** This node as an acceptor of its own ballot: the answer counts once persisted. */
@@ -542,7 +555,7 @@ class RestartSimNode implements SimNode<Msg> {
         if (msg.log !== undefined) this.summaries.set(from, msg.log);
         if (msg.inst.viewId === this.last.id && msg.tentative !== true) this.tentative = false; // a record, or known committed
         if (msg.inst.viewId > this.last.id && this.world.mutation !== 'ignoreNewer') {
-          this.last = this.world.views.get(msg.inst.viewId)!;
+          this.last = msg.view;
           this.lastEpoch = msg.inst.epoch;
           this.tentative = msg.tentative === true;
           this.quorumSinceMs = undefined;
@@ -779,8 +792,8 @@ function finish(world: World, sim: Simulation<Msg, RestartSimNode>, options: See
 }
 
 /**
- * `--flag history=scenario|shrink`: the disks hold a membership log (restart-history.ts) of
- * view changes that each removed up to nearly half the view, from R (7 nodes, view 7).
+ * `--flag history=scenario|shrink|diverge`: the disks hold a membership log (restart-history.ts)
+ * of view changes that each removed up to nearly half the view, from R (7 nodes, view 7).
  *  - scenario: the hole of restart-log.ts's header: R = [1..7], R + 1 = [1, 2, 3, 4], R + 2 =
  *    [1, 2, 3]; node 4 acknowledged R's wedge but crashed before recording R + 1; nodes 1, 2, 3
  *    recorded R + 2 (it delivered). Nodes 4..7 (records of R, a quorum of R) come back first.
@@ -791,45 +804,68 @@ function finish(world: World, sim: Simulation<Msg, RestartSimNode>, options: See
  *    before the next: raftConsistent); records only of committed seals; the last seal committed
  *    on two seeds in three (else by chance: then it may be sealed by uncommitted entries only).
  *    The nodes with the newest records come back late on three seeds in four.
+ *  - diverge: zero or one committed round, then a last round whose log diverged
+ *    (restart-history.ts divergentRound): its change committed; a leader of term T + 1 appended
+ *    one more removal, the acknowledgements and the trims on a minority of the voters (side a);
+ *    a leader of term T + 2, elected without them, appended a different removal (or none) and
+ *    its own acknowledgements and trims, overwriting side a's where it reached (side b; on a
+ *    third of the seeds it reached a majority, so it committed and its members may record it).
+ *    Each side's log seals a different view with the same id. The nodes holding side b come
+ *    back late on half the seeds, so that side a's view is tried first.
  * Checked as always, with `delivered view skipped`: a shard of the newest view whose members all
- * recorded it delivered there. `--flag mutation=noLogRule` restarts from records only.
+ * recorded it delivered there (a decision from another view with its id skips it too).
+ * `--flag mutation=noLogRule` restarts from records only; `mutation=noTentative` drops the
+ * tentative accept quorum (a view only an uncommitted seal makes: restart-log.ts).
  */
-type HistoryKind = 'scenario' | 'shrink';
+type HistoryKind = 'scenario' | 'shrink' | 'diverge';
 const HISTORY_NODES = [1, 2, 3, 4, 5, 6, 7];
 
-function runHistory(
-  world: World, sim: Simulation<Msg, RestartSimNode>, swarm: SeededRandom, kind: HistoryKind, options: SeedOptions,
-): SeedResult {
-  const r = sim.random;
+/** The disks a history flag leaves: the log's views, each node's log, commit and record. */
+interface Disks {
+  readonly h: History;
+  readonly logs: ReadonlyMap<number, readonly LogEntry[]>;
+  readonly commits: ReadonlyMap<number, number>;
+  /** Index in `h.views` of the view each node recorded. */
+  readonly records: ReadonlyMap<number, number>;
+  /** Nodes that come back late (after 500 ms). */
+  readonly late: ReadonlySet<number>;
+  readonly describe: string;
+}
+
+/** Removals of `rounds` rounds from `members`, mostly the most a round may remove; `dead` as in shrink. */
+function shrinkRemovals(swarm: SeededRandom, members: number[], rounds: number, dead: (number | undefined)[], deadRate: number): number[][] {
+  const removals: number[][] = [];
+  for (let j = 0; j < rounds && members.length >= 3; j++) {
+    const most = Math.floor((members.length - 1) / 2);
+    const count = swarm.int(3) === 0 ? 1 + swarm.int(most) : most;
+    const removed = dead[j - 1] !== undefined ? [dead[j - 1]!] : [];
+    while (removed.length < count) {
+      const pool = members.filter((m) => !removed.includes(m));
+      removed.push(pool[swarm.int(pool.length)]!);
+    }
+    removals.push(removed);
+    members = members.filter((m) => !removed.includes(m));
+    const next = j + 1 < rounds && members.length >= 3 && swarm.int(deadRate) !== 0;
+    dead.push(next ? members[swarm.int(members.length)] : undefined);
+  }
+  return removals;
+}
+
+/** The disks of `history=scenario|shrink`: prefixes of one log. */
+function linearDisks(world: World, swarm: SeededRandom, r: SeededRandom, kind: 'scenario' | 'shrink'): Disks {
   const nodes = HISTORY_NODES;
   const first = world.views.get(R_ID)!;
-  const removals: number[][] = [];
   /** dead[j]: a survivor of round j that acknowledged view j's wedge but did not record view j + 1. */
   const dead: (number | undefined)[] = [];
+  let removals: number[][];
   if (kind === 'scenario') {
-    removals.push([5, 6, 7], [4]);
+    removals = [[5, 6, 7], [4]];
     dead.push(4, undefined);
   } else {
-    let members = [...nodes];
-    const rounds = 1 + swarm.int(3);
-    for (let j = 0; j < rounds && members.length >= 3; j++) {
-      const most = Math.floor((members.length - 1) / 2);
-      const count = swarm.int(3) === 0 ? 1 + swarm.int(most) : most;
-      const removed = dead[j - 1] !== undefined ? [dead[j - 1]!] : [];
-      while (removed.length < count) {
-        const pool = members.filter((m) => !removed.includes(m));
-        removed.push(pool[swarm.int(pool.length)]!);
-      }
-      removals.push(removed);
-      members = members.filter((m) => !removed.includes(m));
-      const next = j + 1 < rounds && members.length >= 3 && swarm.int(4) !== 0;
-      dead.push(next ? members[swarm.int(members.length)] : undefined);
-    }
+    removals = shrinkRemovals(swarm, [...nodes], 1 + swarm.int(3), dead, 4);
   }
   world.votersCount = kind === 'scenario' ? 3 + 2 * swarm.int(2) : 3 + swarm.int(3);
   const h = buildHistory({ first, removals, allocator: world.allocator, votersCount: world.votersCount, newTermAt: () => swarm.int(2) === 0 });
-  world.membershipLog = h;
-  for (const v of h.views) world.views.set(v.id, v);
   const final = h.views.length - 1;
   // Log lengths Raft could leave, the last seal committed when it must be.
   const everVoter = new Set(h.log.flatMap((e) => (e.kind === 'conf' ? e.voters : [])));
@@ -852,6 +888,120 @@ function runHistory(
     else rec = h.seals[final]! <= commit && (kind === 'scenario' || r.int(5) !== 0) ? final : final - 1;
     records.set(n, rec);
   }
+  const newest = Math.max(...records.values());
+  const lateNewest = kind === 'scenario' || swarm.int(4) !== 0;
+  return {
+    h, records,
+    logs: new Map(nodes.map((n) => [n, h.log.slice(0, lengths.get(n)!)])),
+    commits: new Map(nodes.map((n) => [n, Math.min(lengths.get(n)!, r.int(commit + 1))])),
+    late: new Set(nodes.filter((n) => lateNewest && records.get(n) === newest)),
+    describe: `log ${h.log.length} commit ${commit}`,
+  };
+}
+
+/** The disks of `history=diverge` (see HistoryKind). */
+function divergeDisks(world: World, swarm: SeededRandom, r: SeededRandom): Disks {
+  const nodes = HISTORY_NODES;
+  const first = world.views.get(R_ID)!;
+  // Zero or one committed round of one or two removals (the view keeps at least 5 members).
+  const prefixRemovals = swarm.int(2) === 0 ? [] : [pickFrom(swarm, nodes, 1 + swarm.int(2))];
+  world.votersCount = 3 + swarm.int(3);
+  const prefix = buildHistory({
+    first, removals: prefixRemovals, allocator: world.allocator, votersCount: world.votersCount, newTermAt: () => swarm.int(2) === 0,
+  });
+  const V = prefix.views[prefix.views.length - 1]!;
+  const members = V.memberIds.map(Number);
+  // The last round: a committed removal, then one more on each side, different (one may be none).
+  const most = Math.floor((members.length - 1) / 2);
+  const removed = pickFrom(swarm, members, 1 + swarm.int(most - 1));
+  const rest = members.filter((m) => !removed.includes(m));
+  const room = most - removed.length;
+  let extraA: number[] = [];
+  let extraB: number[] = [];
+  while (extraA.join() === extraB.join()) {
+    extraA = pickFrom(swarm, rest, swarm.int(room + 1)).sort((a, b) => a - b);
+    extraB = pickFrom(swarm, rest, swarm.int(room + 1)).sort((a, b) => a - b);
+  }
+  const ones = (n: number): number[] => Array.from({ length: n }, () => 1);
+  const { common, a, b } = divergentRound({
+    history: prefix, removed, extraA, extraB, ackedCommon: swarm.int(4), trimA: ones, trimB: (n) => ones(n).map(() => 1 + swarm.int(2)),
+    allocator: world.allocator, votersCount: world.votersCount,
+  });
+  const h: History = { views: [...prefix.views, b.view], seals: [...prefix.seals, b.sealIndex], log: [...common, ...b.entries] };
+  // The prefix: lengths Raft could leave, all of it committed (the round's change did).
+  const hc: History = { views: prefix.views, seals: [...prefix.seals, common.length], log: common };
+  const everVoter = new Set(common.flatMap((e) => (e.kind === 'conf' ? e.voters : [])));
+  const lengths = raftConsistent(hc, new Map(nodes.map((n) => [n, everVoter.has(n) ? r.int(common.length + 1) : 0])), (k) => r.int(k));
+  const voters = [...votersAt(hc, common.length)];
+  while (commitIndex(hc, lengths) < common.length) {
+    const short = voters.filter((v) => lengths.get(v)! < common.length);
+    lengths.set(short[r.int(short.length)]!, common.length);
+  }
+  // Side a on a minority of the voters (its leader first), side b's leader elected without them.
+  const aHolders = pickFrom(swarm, voters, 1 + swarm.int(Math.floor((voters.length - 1) / 2)));
+  const bLeader = pickFrom(swarm, voters.filter((v) => !aHolders.includes(v)), 1)[0]!;
+  const onA = new Map<number, number>();
+  const onB = new Map<number, number>();
+  const kA = swarm.int(4) === 0 ? 1 + r.int(a.entries.length) : a.entries.length;
+  aHolders.forEach((n, i) => onA.set(n, i === 0 ? kA : 1 + r.int(kA)));
+  const kB = swarm.int(4) === 0 ? 1 + r.int(b.entries.length) : b.entries.length;
+  onB.set(bLeader, kB);
+  for (const v of voters) if (v !== bLeader && r.int(2) === 0) onB.set(v, 1 + r.int(kB));
+  if (swarm.int(3) === 0) {
+    // Side b reached a majority with its seal: it committed.
+    onB.set(bLeader, b.entries.length);
+    const others = [...voters.filter((v) => v !== bLeader && !aHolders.includes(v)), ...aHolders];
+    for (let i = 0; 2 * [...onB.values()].filter((k) => k === b.entries.length).length <= voters.length; i++) onB.set(others[i]!, b.entries.length);
+  }
+  for (const n of onB.keys()) onA.delete(n); // overwritten by side b
+  const logs = new Map<number, readonly LogEntry[]>();
+  for (const n of nodes) {
+    if (onB.has(n)) logs.set(n, [...common, ...b.entries.slice(0, onB.get(n)!)]);
+    else if (onA.has(n)) logs.set(n, [...common, ...a.entries.slice(0, onA.get(n)!)]);
+    else logs.set(n, common.slice(0, lengths.get(n)!));
+  }
+  // Side b's commit: the highest index a majority of the voters holds.
+  let commit = common.length;
+  for (let k = 1; k <= b.entries.length; k++) if (2 * voters.filter((v) => (onB.get(v) ?? 0) >= k).length > voters.length) commit = common.length + k;
+  // Records: V by every member whose acknowledgement is in a log (all but the change's removals,
+  // which may have crashed before installing V); side b's view by a member holding its
+  // committed seal, on four seeds in five.
+  const records = new Map<number, number>();
+  const last = h.views.length - 1;
+  for (const n of nodes) {
+    const lastIn = Math.max(...prefix.views.map((v, i) => (v.isMember(nodeId(n)) ? i : -1)));
+    let rec = lastIn === last - 1 && removed.includes(n) && lastIn > 0 && r.int(3) === 0 ? lastIn - 1 : lastIn;
+    if (b.sealIndex <= commit && b.view.isMember(nodeId(n)) && (onB.get(n) ?? 0) === b.entries.length && r.int(5) !== 0) rec = last;
+    records.set(n, rec);
+  }
+  world.divergent = { a: a.view, b: b.view };
+  const bLate = swarm.int(2) === 0;
+  return {
+    h, logs, records,
+    commits: new Map(nodes.map((n) => [n, Math.min(logs.get(n)!.length, r.int((onA.has(n) ? common.length : commit) + 1))])),
+    late: new Set(nodes.filter((n) => (bLate && onB.has(n)) || records.get(n) === last)),
+    describe: `side a ${viewKey(a.view)} on [${[...onA.keys()]}], side b ${viewKey(b.view)} on [${[...onB.keys()]}]` +
+      `${b.sealIndex <= commit ? ' (committed)' : ''}, common ${common.length}`,
+  };
+}
+
+/** `count` distinct elements of `from`, in the order drawn. */
+function pickFrom(random: SeededRandom, from: readonly number[], count: number): number[] {
+  const pool = [...from];
+  const out: number[] = [];
+  while (out.length < count && pool.length > 0) out.push(pool.splice(random.int(pool.length), 1)[0]!);
+  return out;
+}
+
+function runHistory(
+  world: World, sim: Simulation<Msg, RestartSimNode>, swarm: SeededRandom, kind: HistoryKind, options: SeedOptions,
+): SeedResult {
+  const r = sim.random;
+  const nodes = HISTORY_NODES;
+  const disks = kind === 'diverge' ? divergeDisks(world, swarm, r) : linearDisks(world, swarm, r, kind);
+  const { h, records } = disks;
+  world.membershipLog = h;
+  for (const v of h.views) world.views.set(v.id, v);
   // The newest view a shard delivered in: every member of one of its shards recorded it.
   let delivered = 0;
   h.views.forEach((v, i) => {
@@ -859,6 +1009,7 @@ function runHistory(
     if (shards.some((x) => x.members.every((m) => records.get(Number(m))! >= i))) delivered = i;
   });
   world.deliveredViewId = h.views[delivered]!.id;
+  world.deliveredKey = viewKey(h.views[delivered]!);
   // Shard data: what the delivered view's shard members acknowledged is on each of them.
   const deliveredShards = h.views[delivered]!.layout.types[0]!.subgroups[0]!.shards.map((x) => x.members.map(Number));
   for (let s = 0; s < world.shardCount; s++) {
@@ -875,21 +1026,17 @@ function runHistory(
   for (const n of nodes) {
     const disk = sim.disk(n);
     disk.put('record', { viewId: h.views[records.get(n)!]!.id, epoch: EPOCH });
-    disk.put('mlog', lengths.get(n)!);
-    disk.put('commit', Math.min(lengths.get(n)!, r.int(commit + 1)));
+    disk.put('mlog', disks.logs.get(n)!);
+    disk.put('commit', disks.commits.get(n)!);
     disk.completeSync(disk.sync());
   }
-  // Come back: the holders of the newest records late (scenario: always; shrink: half the seeds).
-  const newest = Math.max(...records.values());
-  const lateNewest = kind === 'scenario' || swarm.int(4) !== 0;
   const early = world.profile === 'midChosen' || world.profile === 'midAccept';
   for (const n of nodes) {
-    const late = lateNewest && records.get(n) === newest;
-    const at = late ? 500 + r.int(1500) : r.int(early ? 300 : 400);
+    const at = disks.late.has(n) ? 500 + r.int(1500) : r.int(early ? 300 : 400);
     sim.schedule(at, `start n${n}`, () => sim.start(n));
   }
   return finish(world, sim, options, () =>
     `history ${kind}: views ${h.views.map((v) => `${v.id}[${v.memberIds}]`).join(' ')}, voters ${world.votersCount}, ` +
-    `log ${h.log.length} commit ${commit}, records ${nodes.map((n) => records.get(n)).join(',')}, delivered ${world.deliveredViewId}, ` +
+    `${disks.describe}, records ${nodes.map((n) => records.get(n)).join(',')}, delivered ${world.deliveredKey}, ` +
     `profile ${world.profile}${world.secondCrash ? '+1' : ''}`);
 }
