@@ -40,7 +40,10 @@ import {
   RestartProposer, acceptorAccept, acceptorPrepare, ballotQuorums, compareInstances, nextBallot, quorumRuleOf, reconcileShard,
   restartLeadStep, restartView, type AcceptorReply, type Ballot, type QuorumRule, type RestartAcceptorState, type RestartInstance,
 } from '../../src/membership/restart.js';
-import { restartLogRule, type LogSummary, type LogWait } from '../../src/membership/restart-log.js';
+import {
+  movesToLogView, peerSameId, restartLogRule, type LogSummary, type LogWait, type RestartFrom,
+} from '../../src/membership/restart-log.js';
+import type { ShardTrim } from '../../src/membership/view-change-core.js';
 import { initialView, votersOf } from '../../src/membership/view-change-core.js';
 import type { Allocator } from '../../src/membership/layout.js';
 import {
@@ -62,6 +65,7 @@ const BALLOT_TIMEOUT_MS = 200;
 const FAULTS_UNTIL_MS = 2500;
 const LIVENESS_MS = 4000;
 const R_ID = 7;
+const SLOW_ACCEPT_MS = 150;
 const EPOCH = '0';
 
 const allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(SHARDS, 1, 3)) });
@@ -79,8 +83,7 @@ interface SimDecision {
 }
 
 type Msg =
-  | { k: 'hello'; inst: RestartInstance; view: View; log?: LogSummary; tentative?: true }
-  | { k: 'wait'; inst: RestartInstance; view: View; log?: LogSummary; tentative?: true }
+  | { k: 'hello' | 'wait'; inst: RestartInstance; view: View; log?: LogSummary; sealTrims?: readonly ShardTrim[]; tentative?: true }
   | { k: 'decided'; d: SimDecision }
   | { k: 'prepare'; inst: RestartInstance; b: Ballot }
   | { k: 'accept'; inst: RestartInstance; b: Ballot; d: SimDecision }
@@ -111,6 +114,8 @@ class World {
   shardCount = SHARDS;
   /** `--flag history=...`: the membership log the disks hold (undefined: logs are not modelled). */
   membershipLog: History | undefined;
+  /** Accepts to the predecessor's members outside the last view are slow (secondWave). */
+  slowOutsideView = false;
   /** `history=diverge`: the two views with one id the two sides of the log seal. */
   divergent: { readonly a: View; readonly b: View } | undefined;
   votersCount = 3;
@@ -120,7 +125,7 @@ class World {
   /** Per shard, how many versions were acknowledged before the crash (on every member). */
   readonly acked: number[] = [];
   readonly chosen = new Set<string>();
-  adopted: { key: string; by: number } | undefined;
+  adopted: { key: string; by: number; from: string } | undefined;
   readonly learned = new Set<number>();
   readonly crashAfterActing = new Set<number>();
   /** The newest view that delivered anything (a decision restarting from before it skips it). */
@@ -137,6 +142,13 @@ class World {
   sim!: Simulation<Msg, RestartSimNode>;
   stats = { ballots: 0, refused: 0, adoptedValues: 0, chosen: 0, adoptions: 0, pulls: 0, leaderCrashes: 0, fromLog: 0, tentative: 0, logWaits: 0 };
 
+  /** A ballot chose `k`: Paxos chooses one decision per epoch (every seed's nodes restart one epoch). */
+  onChosen(k: string): void {
+    const other = [...this.chosen].find((c) => c !== k);
+    if (other !== undefined) throw new InvariantViolation('restart agreement', `two decisions chosen: ${other} and ${k}`);
+    this.chosen.add(k);
+  }
+
   /** A node acted on a decision or an acceptance: the swarm profile may crash it now. */
   acted(node: number, what: string): void {
     if (this.crashAfterActing.delete(node)) this.sim.schedule(0, `profile: crash n${node} after ${what}`, () => this.sim.crash(node));
@@ -152,7 +164,7 @@ class World {
     if (d.fromViewId < this.deliveredViewId || (d.fromViewId === this.deliveredViewId && this.deliveredKey !== undefined && d.from !== this.deliveredKey)) {
       throw new InvariantViolation('delivered view skipped', `n${node} adopts ${k}, a restart from view ${d.from}, but view ${this.deliveredKey ?? this.deliveredViewId} delivered`);
     }
-    if (this.adopted === undefined) this.adopted = { key: k, by: node };
+    if (this.adopted === undefined) this.adopted = { key: k, by: node, from: d.from };
     else if (this.adopted.key !== k) {
       throw new InvariantViolation('restart agreement', `n${node} adopts ${k}, but n${this.adopted.by} adopted ${this.adopted.key}`);
     }
@@ -242,6 +254,9 @@ class RestartSimNode implements SimNode<Msg> {
   private logWait: LogWait | undefined;
   /** `last` is a view only a log seals, by entries not known committed (restart-log.ts). */
   private tentative = false;
+  private readonly slowSends: { atMs: number; to: number; msg: Msg }[] = [];
+  /** `last` is a view only a log seals: the trims of the round that sealed it (restart-log.ts RestartFrom). */
+  private sealTrims: readonly ShardTrim[] | undefined;
 
   constructor(readonly ctx: NodeContext<Msg>, private readonly world: World) {
     const record = ctx.disk.get<{ viewId: number; epoch: string }>('record')!;
@@ -298,16 +313,33 @@ class RestartSimNode implements SimNode<Msg> {
   tick(): void {
     this.ticks++;
     const now = this.ctx.nowMs();
+    while (this.slowSends.length > 0 && this.slowSends[0]!.atMs <= now) {
+      const { to, msg } = this.slowSends.shift()!;
+      this.ctx.send(to, msg);
+    }
     if (this.adopted !== undefined) {
       for (const r of this.reconciling.values()) if (!r.done && now - r.askedAtMs > 100) this.askLatest(r);
       return;
     }
     if (this.decided !== undefined) return;
     if (this.ticks % HELLO_EVERY_TICKS === 0) {
-      for (const m of this.last.memberIds) if (Number(m) !== this.id) this.ctx.send(Number(m), this.hello('hello'));
+      for (const m of this.acceptors()) if (Number(m) !== this.id) this.ctx.send(Number(m), this.hello('hello'));
     }
     this.applyLogRule(now);
     this.lead(now);
+  }
+
+  /** What this node restarts from (restart-log.ts RestartFrom). */
+  private get from(): RestartFrom {
+    return { view: this.last, sealTrims: this.sealTrims };
+  }
+
+  /** Moves to another view to restart from: a ballot of the one before is dropped. */
+  private moveTo(view: View, epoch: string): void {
+    this.last = view;
+    this.lastEpoch = epoch;
+    this.quorumSinceMs = undefined;
+    this.proposer = undefined;
   }
 
   private backSet(now: number): Set<NodeId> {
@@ -318,7 +350,8 @@ class RestartSimNode implements SimNode<Msg> {
 
   private hello(k: 'hello' | 'wait'): Msg {
     return {
-      k, inst: this.instance, view: this.last, ...(this.ownLog !== undefined ? { log: this.ownLog } : {}), ...(this.tentative ? { tentative: true } : {}),
+      k, inst: this.instance, view: this.last, ...(this.ownLog !== undefined ? { log: this.ownLog } : {}),
+      ...(this.sealTrims !== undefined ? { sealTrims: this.sealTrims } : {}), ...(this.tentative ? { tentative: true } : {}),
     };
   }
 
@@ -335,11 +368,13 @@ class RestartSimNode implements SimNode<Msg> {
     });
     this.logWait = rule.waiting;
     const newest = rule.newest;
-    if (newest === undefined || newest.view.id <= this.last.id) return;
-    this.ctx.trace(`n${rule.holder}'s log seals ${newest.view.id}${rule.committed ? '' : ' (not known committed)'}: restart from it`);
+    // `mutation=firstSeal`: a node stays in the first view of an id it heard of (here and in hellos).
+    if (newest === undefined || (this.world.mutation === 'firstSeal' ? newest.view.id <= this.last.id : !movesToLogView(rule, this.from))) return;
+    this.ctx.trace(`n${rule.sealedBy}'s log seals ${viewKey(newest.view)}${rule.committed ? '' : ' (not known committed)'}: restart from it`);
     this.world.stats.fromLog++;
     if (!rule.committed) this.world.stats.tentative++;
     this.last = newest.view;
+    this.sealTrims = newest.trims;
     this.tentative = !rule.committed;
     this.quorumSinceMs = undefined;
     this.proposer = undefined;
@@ -386,7 +421,20 @@ class RestartSimNode implements SimNode<Msg> {
     this.world.maybeCrashLeader(this, 'afterPrepare', sent);
   }
 
-  /** Whom a ballot goes to: the last view's members and its predecessor's (the driver's runBallot). */
+  /**
+   * Second-wave seeds (secondWave): the links to the predecessor's members outside the last view
+   * are slow, so an accept reaches them SLOW_ACCEPT_MS later (unless this node crashes first).
+   */
+  private sendAccept(to: number, accept: Msg): void {
+    if (!this.world.slowOutsideView || this.last.isMember(nodeId(to))) this.ctx.send(to, accept);
+    else this.slowSends.push({ atMs: this.ctx.nowMs() + SLOW_ACCEPT_MS, to, msg: accept });
+  }
+
+  /**
+   * Whom a hello and a ballot go to: the last view's members and its predecessor's (the driver's
+   * runBallot and restart hellos). Two views a log seals under one id have one predecessor: their
+   * leaders hear each other (and each other's logs) through it.
+   */
   private acceptors(): NodeId[] {
     return [...new Set([...this.last.memberIds, ...(this.previous?.members ?? []).map((m) => nodeId(m))])];
   }
@@ -454,7 +502,7 @@ class RestartSimNode implements SimNode<Msg> {
         this.acceptLocally(accept);
         const targets = this.acceptors().map(Number).filter((m) => m !== this.id && this.backSet(this.ctx.nowMs()).has(nodeId(m)));
         const cut = this.world.fires('midAccept') ? this.world.partWay(targets.length) : targets.length;
-        targets.slice(0, cut).forEach((m) => this.ctx.send(m, accept));
+        targets.slice(0, cut).forEach((m) => this.sendAccept(m, accept));
         if (cut < targets.length) this.world.maybeCrashLeader(this, 'midAccept', targets.slice(0, cut));
         return;
       }
@@ -462,7 +510,7 @@ class RestartSimNode implements SimNode<Msg> {
         this.world.stats.chosen++;
         this.world.onFirstChosen?.();
         this.world.onFirstChosen = undefined;
-        this.world.chosen.add(key(step.decision));
+        this.world.onChosen(key(step.decision));
         this.ctx.trace(`chosen ${key(step.decision)}`);
         this.tellChosen(step.decision);
     }
@@ -553,13 +601,17 @@ class RestartSimNode implements SimNode<Msg> {
         }
         this.back.set(from, this.ctx.nowMs());
         if (msg.log !== undefined) this.summaries.set(from, msg.log);
-        if (msg.inst.viewId === this.last.id && msg.tentative !== true) this.tentative = false; // a record, or known committed
-        if (msg.inst.viewId > this.last.id && this.world.mutation !== 'ignoreNewer') {
+        if (msg.inst.viewId === this.last.id && this.world.mutation !== 'firstSeal' && peerSameId(this.from, { view: msg.view, tentative: msg.tentative === true }) === 'adopt') {
+          // A record or known-committed seal of this view's id: it wins over this node's log's.
+          if (msg.view.memberIds.join() !== this.last.memberIds.join()) this.moveTo(msg.view, msg.inst.epoch);
           this.last = msg.view;
-          this.lastEpoch = msg.inst.epoch;
+          this.sealTrims = msg.sealTrims;
+          this.tentative = false;
+        }
+        if (msg.inst.viewId > this.last.id && this.world.mutation !== 'ignoreNewer') {
+          this.moveTo(msg.view, msg.inst.epoch);
+          this.sealTrims = msg.sealTrims;
           this.tentative = msg.tentative === true;
-          this.quorumSinceMs = undefined;
-          this.proposer = undefined;
         }
         if (msg.k === 'hello') this.ctx.send(from, this.hello('wait'));
         return;
@@ -787,7 +839,8 @@ function finish(world: World, sim: Simulation<Msg, RestartSimNode>, options: See
       `re-proposed ${s.adoptedValues}, chosen ${s.chosen}, adoptions ${s.adoptions}, pulls ${s.pulls}, leader crashes ${s.leaderCrashes}, ` +
       `crashes ${sim.stats.crashes}, faults ${sim.stats.faults}` +
       (world.membershipLog !== undefined ? `, restarts from a log's view ${s.fromLog} (tentative ${s.tentative}), log waits ${s.logWaits}` : '') +
-      `; decided ${world.adopted?.key ?? '-'}`,
+      `; decided ${world.adopted?.key ?? '-'}` +
+      (world.divergent !== undefined ? ` from side ${world.adopted?.from === viewKey(world.divergent.a) ? 'a' : world.adopted?.from === viewKey(world.divergent.b) ? 'b' : 'neither'}` : ''),
   );
 }
 
@@ -829,6 +882,8 @@ interface Disks {
   readonly records: ReadonlyMap<number, number>;
   /** Nodes that come back late (after 500 ms). */
   readonly late: ReadonlySet<number>;
+  /** `history=diverge` on half the seeds: the nodes holding side b's entries, for a second crash wave (see runHistory). */
+  readonly wave?: ReadonlySet<number>;
   readonly describe: string;
 }
 
@@ -903,8 +958,11 @@ function linearDisks(world: World, swarm: SeededRandom, r: SeededRandom, kind: '
 function divergeDisks(world: World, swarm: SeededRandom, r: SeededRandom): Disks {
   const nodes = HISTORY_NODES;
   const first = world.views.get(R_ID)!;
+  // Second-wave seeds (secondWave): no committed round, one committed removal, and two sides
+  // that remove two different pairs (so that each side's view has a quorum the other's lacks).
+  const wave = swarm.int(2) === 0;
   // Zero or one committed round of one or two removals (the view keeps at least 5 members).
-  const prefixRemovals = swarm.int(2) === 0 ? [] : [pickFrom(swarm, nodes, 1 + swarm.int(2))];
+  const prefixRemovals = wave || swarm.int(2) === 0 ? [] : [pickFrom(swarm, nodes, 1 + swarm.int(2))];
   world.votersCount = 3 + swarm.int(3);
   const prefix = buildHistory({
     first, removals: prefixRemovals, allocator: world.allocator, votersCount: world.votersCount, newTermAt: () => swarm.int(2) === 0,
@@ -913,14 +971,14 @@ function divergeDisks(world: World, swarm: SeededRandom, r: SeededRandom): Disks
   const members = V.memberIds.map(Number);
   // The last round: a committed removal, then one more on each side, different (one may be none).
   const most = Math.floor((members.length - 1) / 2);
-  const removed = pickFrom(swarm, members, 1 + swarm.int(most - 1));
+  const removed = pickFrom(swarm, members, wave ? 1 : 1 + swarm.int(most - 1));
   const rest = members.filter((m) => !removed.includes(m));
   const room = most - removed.length;
   let extraA: number[] = [];
   let extraB: number[] = [];
-  while (extraA.join() === extraB.join()) {
-    extraA = pickFrom(swarm, rest, swarm.int(room + 1)).sort((a, b) => a - b);
-    extraB = pickFrom(swarm, rest, swarm.int(room + 1)).sort((a, b) => a - b);
+  while (extraA.join() === extraB.join() || (wave && extraA.some((n) => extraB.includes(n)))) {
+    extraA = pickFrom(swarm, rest, wave ? room : swarm.int(room + 1)).sort((a, b) => a - b);
+    extraB = pickFrom(swarm, rest, wave ? room : swarm.int(room + 1)).sort((a, b) => a - b);
   }
   const ones = (n: number): number[] => Array.from({ length: n }, () => 1);
   const { common, a, b } = divergentRound({
@@ -946,8 +1004,8 @@ function divergeDisks(world: World, swarm: SeededRandom, r: SeededRandom): Disks
   aHolders.forEach((n, i) => onA.set(n, i === 0 ? kA : 1 + r.int(kA)));
   const kB = swarm.int(4) === 0 ? 1 + r.int(b.entries.length) : b.entries.length;
   onB.set(bLeader, kB);
-  for (const v of voters) if (v !== bLeader && r.int(2) === 0) onB.set(v, 1 + r.int(kB));
-  if (swarm.int(3) === 0) {
+  for (const v of voters) if (v !== bLeader && !wave && r.int(2) === 0) onB.set(v, 1 + r.int(kB));
+  if (!wave && swarm.int(3) === 0) {
     // Side b reached a majority with its seal: it committed.
     onB.set(bLeader, b.entries.length);
     const others = [...voters.filter((v) => v !== bLeader && !aHolders.includes(v)), ...aHolders];
@@ -977,7 +1035,7 @@ function divergeDisks(world: World, swarm: SeededRandom, r: SeededRandom): Disks
   world.divergent = { a: a.view, b: b.view };
   const bLate = swarm.int(2) === 0;
   return {
-    h, logs, records,
+    h, logs, records, ...(wave ? { wave: new Set(onB.keys()) } : {}),
     commits: new Map(nodes.map((n) => [n, Math.min(logs.get(n)!.length, r.int((onA.has(n) ? common.length : commit) + 1))])),
     late: new Set(nodes.filter((n) => (bLate && onB.has(n)) || records.get(n) === last)),
     describe: `side a ${viewKey(a.view)} on [${[...onA.keys()]}], side b ${viewKey(b.view)} on [${[...onB.keys()]}]` +
@@ -991,6 +1049,41 @@ function pickFrom(random: SeededRandom, from: readonly number[], count: number):
   const out: number[] = [];
   while (out.length < count && pool.length > 0) out.push(pool.splice(random.int(pool.length), 1)[0]!);
   return out;
+}
+
+/**
+ * `history=diverge`, half the seeds: the nodes without side b's entries come back first (side a's
+ * view may be decided); as the first decision is chosen, every node up crashes again (a second
+ * total failure, its leader telling nobody); then side b's holders and the others come back at
+ * once, and the nodes that accepted that decision only 1.5 s later. A ballot of side b's view
+ * can then complete without them: it must meet them anyway (the tentative accept quorum), or two
+ * decisions are chosen (`mutation=noTentative`). Side b's holders come back at the end of the
+ * faults if nothing was chosen by then. No swarm profile crashes a leader on these seeds; side b
+ * reached its leader only; a leader's accepts to the predecessor's members outside its view
+ * take SLOW_ACCEPT_MS longer, so that few nodes hold the acceptance when the wave strikes.
+ */
+function secondWave(world: World, sim: Simulation<Msg, RestartSimNode>, sideB: ReadonlySet<number>): void {
+  const r = sim.random;
+  world.profile = 'none';
+  world.secondCrash = false;
+  world.slowOutsideView = true;
+  for (const n of world.nodes) if (!sideB.has(n)) sim.schedule(r.int(300), `start n${n}`, () => sim.start(n));
+  world.onFirstChosen = () => {
+    const up = sim.upIds();
+    sim.schedule(0, 'second wave: every node up crashes', () => {
+      for (const n of up) if (sim.isUp(n)) sim.crash(n);
+    });
+    for (const n of world.nodes) {
+      const accepted = sim.disk(n).get<RestartAcceptorState<SimDecision>>('acceptor')?.accepted !== undefined;
+      const at = accepted ? 1500 + r.int(500) : 20 + r.int(200);
+      sim.schedule(at, `second wave: ${sim.incarnation(n) < 0 ? 'start' : 'restart'} n${n}${accepted ? ' (accepted)' : ''}`, () => {
+        if (sim.isUp(n)) return;
+        if (sim.incarnation(n) < 0) sim.start(n);
+        else sim.restart(n);
+      });
+    }
+  };
+  for (const n of sideB) sim.schedule(FAULTS_UNTIL_MS, `start n${n} if not yet`, () => { if (sim.incarnation(n) < 0) sim.start(n); });
 }
 
 function runHistory(
@@ -1031,9 +1124,12 @@ function runHistory(
     disk.completeSync(disk.sync());
   }
   const early = world.profile === 'midChosen' || world.profile === 'midAccept';
-  for (const n of nodes) {
-    const at = disks.late.has(n) ? 500 + r.int(1500) : r.int(early ? 300 : 400);
-    sim.schedule(at, `start n${n}`, () => sim.start(n));
+  if (disks.wave !== undefined) secondWave(world, sim, disks.wave);
+  else {
+    for (const n of nodes) {
+      const at = disks.late.has(n) ? 500 + r.int(1500) : r.int(early ? 300 : 400);
+      sim.schedule(at, `start n${n}`, () => sim.start(n));
+    }
   }
   return finish(world, sim, options, () =>
     `history ${kind}: views ${h.views.map((v) => `${v.id}[${v.memberIds}]`).join(' ')}, voters ${world.votersCount}, ` +

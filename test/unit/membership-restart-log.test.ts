@@ -66,7 +66,11 @@ test('nodes 3, 4 and 5 are a quorum of U but not a majority of the voters: the r
   const more = restartLogRule({ summaries, back: new Set([1, 2, 3, 4, 5]), epoch: '0', recordVoters: [1, 2, 3, 4, 5], required: true });
   t.is(more.waiting, undefined);
   t.is(more.holder, 1, 'nodes 1 and 2 hold the same log: the lower id');
-  t.is(more.newest, undefined, 'node 2 recorded U + 2: its log seals nothing past it');
+  // Node 1 recorded U + 2: its log seals nothing past it. Node 3's, less up-to-date, seals U + 1
+  // past its record of U; the caller restarts from the newest of that and the records (U + 2).
+  t.is(more.sealedBy, 3);
+  t.is(more.newest?.view.id, history.views[1]!.id);
+  t.false(more.committed, 'a less up-to-date log\'s seal is never known committed');
   // Without a log on disk (required false) the rule does not wait (the earlier behaviour).
   t.is(restartLogRule({ summaries, back, epoch: '0', recordVoters: [], required: false }).waiting, undefined);
 });
