@@ -217,7 +217,8 @@ export interface RestartFrom {
 
 /** The same view sealed by the same round: its members and its round's trims. */
 export function sameSeal(a: Pick<SealedView, 'view' | 'trims'>, b: Pick<SealedView, 'view' | 'trims'>): boolean {
-  return a.view.id === b.view.id && a.view.memberIds.join() === b.view.memberIds.join() && JSON.stringify(a.trims) === JSON.stringify(b.trims);
+  const trims = (x: readonly ShardTrim[]): string => x.map((t) => `${t.subgroupId}/${t.shardIndex}:${t.trim.join(',')}`).sort().join(' ');
+  return a.view.id === b.view.id && a.view.memberIds.join() === b.view.memberIds.join() && trims(a.trims) === trims(b.trims);
 }
 
 /**

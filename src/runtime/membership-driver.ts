@@ -42,7 +42,9 @@ import {
   restartAcceptorOf, restartLeadStep, restartLeader, restartQuorum, restartView, type AcceptorReply, type Ballot,
   type PeerVersion, type ProposerStep, type QuorumRule, type RaftVoters, type RestartAcceptorState, type RestartInstance, type RestartTrim,
 } from '../membership/restart.js';
-import { replaySeals, restartLogRule, type LogRule, type LogSummary } from '../membership/restart-log.js';
+import {
+  movesToLogView, peerSameId, replaySeals, restartLogRule, type LogRule, type LogSummary, type RestartFrom,
+} from '../membership/restart-log.js';
 import { decodeView, encodeView, type View } from '../membership/view.js';
 import type { MulticastLimits } from '../multicast/config.js';
 import { computeTrim } from '../multicast/ragged-edge.js';
@@ -667,8 +669,11 @@ export class MembershipDriver {
           run.last.id, quorum.missing, short, timeoutMs, quorum.previousShort ? run.previous : undefined, describeLogWait(quorum.shortLog),
         );
       }
+      // Also the members of the recorded view: when `last` is a view only a log seals, they hold
+      // its predecessor's members, through whom two leaders of two seals of one id hear each other.
       const addresses = new Set([
         ...run.last.members.filter((m) => m.id !== this.self).map((m) => m.address),
+        ...(run.last.id !== recordedViewId ? recorded.members.filter((m) => m.id !== this.self).map((m) => m.address) : []),
         ...(this.options.seeds ?? []),
       ]);
       addresses.delete(this.transport.address);
@@ -752,10 +757,12 @@ export class MembershipDriver {
     });
     run.logRule = rule;
     const newest = rule.newest;
-    if (newest === undefined || newest.view.id <= run.last.id) return;
-    this.options.log?.(`restart: node ${rule.holder}'s membership log (the most up-to-date back) seals view ${newest.view.id} ` +
-      `[${newest.view.memberIds}] at index ${newest.sealIndex}${rule.committed ? '' : ', not known committed'}, ` +
-      `newer than every record (view ${run.last.id}): restarting from it`);
+    if (newest === undefined || !movesToLogView(rule, this.restartFrom(run))) return;
+    const same = newest.view.id === run.last.id;
+    this.options.log?.(`restart: node ${rule.sealedBy}'s membership log (${rule.sealedBy === rule.holder ? 'the most up-to-date back' : `less up-to-date than node ${rule.holder}'s`}) ` +
+      `seals view ${newest.view.id} [${newest.view.memberIds}] at index ${newest.sealIndex}${rule.committed ? '' : ', not known committed'}, ` +
+      (same ? `another seal of view ${run.last.id} [${run.last.memberIds}] than the one this node heard of first` : `newer than every record (view ${run.last.id})`) +
+      ': restarting from it');
     run.last = newest.view;
     run.previous = newest.previous;
     run.trims = undefined;
@@ -763,6 +770,11 @@ export class MembershipDriver {
     run.tentative = !rule.committed;
     run.quorumSinceMs = undefined;
     run.proposer = undefined;
+  }
+
+  /** What the restart runs from, as restart-log.ts tells two views of one id apart. */
+  private restartFrom(run: RestartRun): RestartFrom {
+    return { view: run.last, sealTrims: run.sealedTrims?.trims };
   }
 
   /** Every raft shard configuration a restarting node reported (this node's included). */
@@ -823,8 +835,21 @@ export class MembershipDriver {
     // committed), not a record.
     if (view.id === run.last.id && epoch === run.lastEpoch) {
       run.previous ??= peer.previous;
-      if (peer.tentative !== true) run.tentative = false; // a record, or known committed
-      run.sealedTrims ??= peer.sealedTrims;
+      const same = view.memberIds.join() === run.last.memberIds.join();
+      if (peerSameId(this.restartFrom(run), { view, tentative: peer.tentative === true }) === 'adopt') {
+        // A record or a known-committed seal of this view's id wins over the log's this node heard of.
+        if (!same) {
+          this.options.log?.(`restart: node ${node} holds view ${view.id} [${view.memberIds}] committed; ` +
+            `restarting from it, not from [${run.last.memberIds}] (a seal of an uncommitted log suffix)`);
+          run.last = view;
+          run.previous = peer.previous ?? run.previous;
+          run.trims = undefined;
+          run.quorumSinceMs = undefined;
+          run.proposer = undefined;
+        }
+        run.sealedTrims = same ? peer.sealedTrims ?? run.sealedTrims : peer.sealedTrims;
+        run.tentative = false;
+      } else if (same) run.sealedTrims ??= peer.sealedTrims;
     }
     if (view.id > run.last.id) {
       run.last = view;
