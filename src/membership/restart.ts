@@ -97,7 +97,9 @@
  * delivered. A view only a log seals counts as a record of it for the instance and the
  * predecessor rule; one whose seal no node back knows committed is `tentative` (two logs may
  * seal two different such views under one id): its ballots also need acceptances from a quorum
- * of the predecessor (ballotQuorums), where they meet every other ballot of the epoch. The
+ * of the predecessor (ballotQuorums), where they meet every other ballot of the epoch; and once
+ * the rule is met, a node in such a view moves to the met rule's log's seal of that id when it
+ * differs, and a record of the id replaces it (restart-log.ts movesToLogView, peerSameId). The
  * `V ≥ U + 2` case then cannot choose from `U`: a leader of `U`'s instance would have waited for
  * the log's voters and moved to `U + 2`. (2) A record written before `previous` existed, or by a
  * node that joined in that view (its install has no
