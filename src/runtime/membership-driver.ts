@@ -342,6 +342,12 @@ function describeLogWait(wait: LogRule['waiting']): string | undefined {
     : `a majority of the membership log's voters [${wait.voters}] (the configuration of node ${wait.holder}'s log, the most up-to-date back)`;
 }
 
+/** What a tentative view's restart waits for, in words: a quorum of its predecessor. */
+function tentativeWait(previous: QuorumRule, back: ReadonlySet<NodeId>): string {
+  return `a quorum of view ${previous.viewId} [${previous.members}], not back [${previous.members.filter((m) => !back.has(nodeId(m)))}] ` +
+    '(a majority of it and of each of its shards: this view is sealed only by log entries not known committed, so its acceptances need one)';
+}
+
 interface ShardRun {
   readonly ref: ShardRef;
   driver: MulticastDriver;
@@ -659,11 +665,12 @@ export class MembershipDriver {
         return;
       }
       this.applyLogRule(run);
-      const quorum = restartQuorum(run.last, this.backSet(run), run.previous, this.raftVotersKnown(run), run.logRule?.waiting);
+      const quorum = restartQuorum(run.last, this.backSet(run), run.previous, this.raftVotersKnown(run), run.logRule?.waiting, run.tentative);
       if (Date.now() > deadline) {
         const short = [
           ...quorum.shortShards.map((x) => `${x.typeName}/${x.subgroupIndex}/${x.shardIndex} (${x.back} of ${x.needed})`),
           ...quorum.shortRaft.map((r) => `raft shard ${r.shard}'s voters [${r.voters}] (its log's configuration)`),
+          ...(quorum.tentativeShort ? [tentativeWait(run.previous!, this.backSet(run))] : []),
         ].join(', ');
         throw new RestartTimeoutError(
           run.last.id, quorum.missing, short, timeoutMs, quorum.previousShort ? run.previous : undefined, describeLogWait(quorum.shortLog),
@@ -693,6 +700,7 @@ export class MembershipDriver {
           `[${quorum.missing}]${quorum.previousShort ? ` and half of view ${run.previous!.viewId} [${run.previous!.members}]` : ''}` +
           quorum.shortRaft.map((r) => ` and a majority of raft shard ${r.shard}'s voters [${r.voters}]`).join('') +
           (quorum.shortLog !== undefined ? ` and ${describeLogWait(quorum.shortLog)}` : '') +
+          (quorum.tentativeShort ? ` and ${tentativeWait(run.previous!, back)}` : '') +
           `${quorum.ready ? ' (quorum reached)' : ''}, leader ${restartLeader(run.last, back)}`);
       }
       if (run.decided === undefined && !run.live) await sleep(100);
@@ -882,7 +890,7 @@ export class MembershipDriver {
   private decideRestart(run: RestartRun): void {
     if (run.decided !== undefined || run.live) return;
     const step = restartLeadStep({
-      view: run.last, previous: run.previous, raftVoters: this.raftVotersKnown(run), log: run.logRule?.waiting,
+      view: run.last, previous: run.previous, raftVoters: this.raftVotersKnown(run), log: run.logRule?.waiting, tentative: run.tentative,
       back: this.backSet(run), self: this.self,
       nowMs: Date.now(), quorumSinceMs: run.quorumSinceMs,
       graceMs: this.options.restartGraceMs ?? 1000,

@@ -383,9 +383,10 @@ class RestartSimNode implements SimNode<Msg> {
   /** The restart leader's part (decideRestart in the driver). */
   private lead(now: number): void {
     const back = this.backSet(now);
+    // `mutation=noTentative` drops the tentative rule's wait for a quorum of the predecessor too.
     const step = restartLeadStep({
       view: this.last, previous: this.previous, back, self: nodeId(this.id), nowMs: now, quorumSinceMs: this.quorumSinceMs, graceMs: GRACE_MS,
-      log: this.logWait,
+      log: this.logWait, tentative: this.tentative && this.world.mutation !== 'noTentative',
     });
     if (step.kind === 'wait' && this.logWait !== undefined && this.ticks % 50 === 0) this.world.stats.logWaits++;
     if (step.kind === 'follow') this.proposer = undefined;

@@ -90,6 +90,23 @@ test('a view only a log seals, by entries not known committed, needs acceptances
   t.true(ballotQuorums(plusOne, quorumRuleOf(U), true).accept(new Set([1, 2, 3])));
 });
 
+test('the leader of a tentative view waits for a quorum of its predecessor before its first ballot', (t) => {
+  const plusOne = history.views[1]!; // [1, 2, 3]
+  // A predecessor of six members in one shard: 1, 2 and 4 meet every quorum of it (the other
+  // three are no majority), and are no quorum of it.
+  const previous = { viewId: 0, members: [1, 2, 3, 4, 5, 6], shards: [[1, 2, 3, 4, 5, 6]] };
+  const lead = (back: number[], tentative: boolean) => restartLeadStep({
+    view: plusOne, previous, back: new Set(ids(...back)), self: nodeId(1), nowMs: 0, quorumSinceMs: undefined, graceMs: 0, tentative,
+  }).kind;
+  t.is(lead([1, 2, 4], false), 'decide');
+  t.is(lead([1, 2, 4], true), 'wait');
+  const quorum = restartQuorum(plusOne, new Set(ids(1, 2, 4)), previous, [], undefined, true);
+  t.true(quorum.tentativeShort);
+  t.false(quorum.previousShort);
+  t.is(lead([1, 2, 4, 5], true), 'decide', 'four of the six');
+  t.false(restartQuorum(plusOne, new Set(ids(1, 2, 4, 5)), previous, [], undefined, true).tentativeShort);
+});
+
 test('random histories: once the rule is met, the restart starts from every view whose seal committed', (t) => {
   const random = new SeededRandom(9);
   let checked = 0;
