@@ -16,6 +16,10 @@
 //     position order, past the trim's first cut, and newer than node 1's). The decision from view
 //     5 carries view 4's trims (trimsViewId): node 2 truncates to position 1 and pulls 3, and both
 //     end with positions 0, 1, 3 (read as view 5's trims, node 1 pulled position 4 instead).
+//  4. Divergent suffixes (restart-history.ts divergentRound): two uncommitted seals of view 5,
+//     [1, 2, 3] on nodes 1 and 2 (term 2) and [2, 3, 4] on 3 and 4 (term 3). Node 1, alone, restarts
+//     from its own log's; once 3, 4 and 5 are back it moves to theirs (movesToLogView) and the
+//     group resumes from [2, 3, 4] in view 6 [3, 4] (without the move, node 1 chose [1, 3]).
 import test from 'ava';
 import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
 import { defaultAllocator, fixedEvenShards, flexibleEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
