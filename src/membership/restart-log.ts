@@ -26,7 +26,13 @@
  *    log that never had one) counts as no log.
  *  - restarts from the newest view that log seals or that any node recorded (restart.ts,
  *    `R`). A view sealed by committed entries is in that log; so no decision restarts from
- *    before a view that delivered.
+ *    before a view that delivered. A less up-to-date log back may seal a view with a higher id
+ *    than that log's newest (a seal the more up-to-date log's leader overwrote before reaching
+ *    it): that view is uncommitted, and `R` is it, tentative (below). Otherwise a node that
+ *    promised a ballot of that view's instance, then crashed with everyone else, and whose
+ *    record is older, could not find the instance again once a more up-to-date log is back:
+ *    every ballot of an older instance is refused by it, for good (found by the simulator's
+ *    `history=diverge` second crash wave).
  *
  * A view that log seals only by **uncommitted** entries delivered nothing (no member applied its
  * seal). There is at most one: a seal of `V + 1` needs the wedge acknowledgements of `V`'s
@@ -147,9 +153,15 @@ export interface LogRule {
   readonly waiting: LogWait | undefined;
   /** The node back whose log of the epoch is the most up-to-date (lowest id among equals). */
   readonly holder: number | undefined;
-  /** The newest view that log seals past its holder's record (undefined: none). */
+  /**
+   * The newest view that log seals past its holder's record (undefined: none), or one with a
+   * higher id that a less up-to-date log back seals (when the holder's seals nothing past its
+   * record, any: the caller compares with the records; see restartLogRule).
+   */
   readonly newest: SealedView | undefined;
-  /** `newest`'s seal is at or below a commit index some node back persisted. */
+  /** The node whose log seals `newest`. */
+  readonly sealedBy: number | undefined;
+  /** `newest` is the holder's and its seal is at or below a commit index some node back persisted. */
   readonly committed: boolean;
 }
 
@@ -166,23 +178,75 @@ export function restartLogRule(input: {
   readonly recordVoters: readonly number[];
   readonly required: boolean;
 }): LogRule {
-  let holder: number | undefined;
-  let best: LogSummary | undefined;
+  const logs: { node: number; s: LogSummary }[] = [];
   let commit = 0;
   for (const node of [...input.back].sort((a, b) => a - b)) {
     const s = input.summaries.get(node);
     if (s === undefined || s.epoch !== input.epoch || s.lastIndex === 0 || s.voters.length === 0) continue;
     commit = Math.max(commit, s.commit);
-    if (best === undefined || compareLogs(s, best) > 0) {
-      best = s;
-      holder = node;
+    logs.push({ node, s });
+  }
+  // Most up-to-date first (lowest id among equals: the sort is stable).
+  logs.sort((a, b) => compareLogs(b.s, a.s));
+  const best = logs[0]?.s;
+  const holder = logs[0]?.node;
+  let newest = best?.sealed[best.sealed.length - 1];
+  let sealedBy = newest !== undefined ? holder : undefined;
+  const committed = newest !== undefined && newest.sealIndex <= commit;
+  for (const { node, s } of logs.slice(1)) {
+    const last = s.sealed[s.sealed.length - 1];
+    if (last !== undefined && last.view.id > (newest?.view.id ?? -1)) {
+      newest = last;
+      sealedBy = node;
     }
   }
-  const newest = best?.sealed[best.sealed.length - 1];
-  const rule = { holder, newest, committed: newest !== undefined && newest.sealIndex <= commit };
+  const rule = { holder, newest, sealedBy, committed: committed && sealedBy === holder };
   if (!input.required) return { ...rule, waiting: undefined };
   if (best === undefined) return { ...rule, waiting: { kind: 'log', voters: input.recordVoters } };
   const present = best.voters.filter((v) => input.back.has(v)).length;
   if (2 * present > best.voters.length) return { ...rule, waiting: undefined };
   return { ...rule, waiting: { kind: 'voters', voters: best.voters, holder: holder! } };
+}
+
+/** A view a restart runs from, as far as the log rule tells two views of one id apart. */
+export interface RestartFrom {
+  readonly view: View;
+  /** The trims of the round that sealed it, when only a log seals it (undefined: a record of it). */
+  readonly sealTrims: readonly ShardTrim[] | undefined;
+}
+
+/** The same view sealed by the same round: its members and its round's trims. */
+export function sameSeal(a: Pick<SealedView, 'view' | 'trims'>, b: Pick<SealedView, 'view' | 'trims'>): boolean {
+  const trims = (x: readonly ShardTrim[]): string => x.map((t) => `${t.subgroupId}/${t.shardIndex}:${t.trim.join(',')}`).sort().join(' ');
+  return a.view.id === b.view.id && a.view.memberIds.join() === b.view.memberIds.join() && trims(a.trims) === trims(b.trims);
+}
+
+/**
+ * Whether a restarting node whose view is `last` moves to the newest view the rule's log seals:
+ *  - when that view is newer (its id is higher), as soon as the log is heard of;
+ *  - when it has `last`'s id but is another seal, once the rule is met and `last` is one only a
+ *    log seals. Two logs can seal two views with one id (divergent uncommitted suffixes); the
+ *    met rule's log holds every committed entry, so its seal is the one that may have committed
+ *    and delivered, and a seal of a less up-to-date log never did. (A record of `last` is
+ *    committed: a met rule's log seals the same view.) Without this the node stays in the view
+ *    it heard of first, and its ballots can choose it while the other delivered.
+ */
+export function movesToLogView(rule: LogRule, last: RestartFrom): boolean {
+  const newest = rule.newest;
+  if (newest === undefined) return false;
+  if (newest.view.id !== last.view.id) return newest.view.id > last.view.id;
+  return rule.waiting === undefined && last.sealTrims !== undefined && !sameSeal(newest, { view: last.view, trims: last.sealTrims });
+}
+
+/**
+ * What a restarting node does with a peer's view of its own view's id (a hello): `tentative`
+ * tells whether the peer's is a view only a log seals by entries not known committed.
+ *  - 'adopt': the peer's view is a record or known committed, and this node's is only a log's
+ *    (committed or not): take the peer's (view, predecessor, trims) and drop the tentative flag.
+ *    Two committed seals of one id cannot differ, so a committed one wins over a log's.
+ *  - 'keep': anything else. A tentative peer view says nothing about this node's; a record of
+ *    this node's own is committed already.
+ */
+export function peerSameId(own: RestartFrom, peer: { readonly view: View; readonly tentative: boolean }): 'adopt' | 'keep' {
+  return !peer.tentative && own.sealTrims !== undefined ? 'adopt' : 'keep';
 }

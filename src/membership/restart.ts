@@ -97,7 +97,9 @@
  * delivered. A view only a log seals counts as a record of it for the instance and the
  * predecessor rule; one whose seal no node back knows committed is `tentative` (two logs may
  * seal two different such views under one id): its ballots also need acceptances from a quorum
- * of the predecessor (ballotQuorums), where they meet every other ballot of the epoch. The
+ * of the predecessor (ballotQuorums), where they meet every other ballot of the epoch; and once
+ * the rule is met, a node in such a view moves to the met rule's log's seal of that id when it
+ * differs, and a record of the id replaces it (restart-log.ts movesToLogView, peerSameId). The
  * `V ≥ U + 2` case then cannot choose from `U`: a leader of `U`'s instance would have waited for
  * the log's voters and moved to `U + 2`. (2) A record written before `previous` existed, or by a
  * node that joined in that view (its install has no
@@ -132,6 +134,11 @@ export interface RestartQuorum {
   readonly shortRaft: readonly RaftVoters[];
   /** What the membership-log rule still waits for (restart-log.ts restartLogRule), if anything. */
   readonly shortLog: LogWait | undefined;
+  /**
+   * The view is tentative (restart-log.ts) and the nodes back are no restart quorum of the
+   * predecessor: its ballot could not get its acceptances (ballotQuorums), so it waits.
+   */
+  readonly tentativeShort: boolean;
 }
 
 /**
@@ -147,7 +154,7 @@ export interface RaftVoters {
 }
 
 export function restartQuorum(
-  view: View, back: ReadonlySet<NodeId>, previous?: QuorumRule, raftVoters: readonly RaftVoters[] = [], log?: LogWait,
+  view: View, back: ReadonlySet<NodeId>, previous?: QuorumRule, raftVoters: readonly RaftVoters[] = [], log?: LogWait, tentative = false,
 ): RestartQuorum {
   const members = view.memberIds;
   const missing = members.filter((m) => !back.has(m));
@@ -174,9 +181,10 @@ export function restartQuorum(
     seen.add(key);
     if (!hasMajority(r.voters, back as ReadonlySet<number>)) shortRaft.push(r);
   }
+  const tentativeShort = tentative && previous !== undefined && !isRestartQuorum(previous, back as ReadonlySet<number>);
   return {
-    ready: majority && shortShards.length === 0 && !previousShort && shortRaft.length === 0 && log === undefined,
-    missing, shortShards, previousShort, shortRaft, shortLog: log,
+    ready: majority && shortShards.length === 0 && !previousShort && shortRaft.length === 0 && log === undefined && !tentativeShort,
+    missing, shortShards, previousShort, shortRaft, shortLog: log, tentativeShort,
   };
 }
 
@@ -372,7 +380,8 @@ export type RestartLeadStep =
 /**
  * One tick of a restarting node as a would-be leader: it leads if it is the lowest-ranked member
  * of `view` that is back; it may decide once the quorum (restartQuorum with `previous`, the
- * predecessor's rule) has been back for `graceMs` (since `quorumSinceMs`, which this returns
+ * predecessor's rule; with `tentative`, also a quorum of the predecessor, which its ballot's
+ * acceptances need) has been back for `graceMs` (since `quorumSinceMs`, which this returns
  * updated), or at once if every member is back.
  */
 export function restartLeadStep(input: {
@@ -382,6 +391,8 @@ export function restartLeadStep(input: {
   readonly raftVoters?: readonly RaftVoters[];
   /** What the membership-log rule still waits for (restart-log.ts), if anything. */
   readonly log?: LogWait | undefined;
+  /** The view is tentative: also wait for a restart quorum of `previous` (restartQuorum). */
+  readonly tentative?: boolean;
   readonly back: ReadonlySet<NodeId>;
   readonly self: NodeId;
   readonly nowMs: number;
@@ -389,7 +400,7 @@ export function restartLeadStep(input: {
   readonly graceMs: number;
 }): RestartLeadStep {
   if (restartLeader(input.view, input.back) !== input.self) return { kind: 'follow' };
-  const quorum = restartQuorum(input.view, input.back, input.previous, input.raftVoters, input.log);
+  const quorum = restartQuorum(input.view, input.back, input.previous, input.raftVoters, input.log, input.tentative);
   if (!quorum.ready) return { kind: 'wait', quorumSinceMs: undefined };
   const since = input.quorumSinceMs ?? input.nowMs;
   if (quorum.missing.length > 0 && input.nowMs - since < input.graceMs) return { kind: 'wait', quorumSinceMs: since };

@@ -42,7 +42,9 @@ import {
   restartAcceptorOf, restartLeadStep, restartLeader, restartQuorum, restartView, type AcceptorReply, type Ballot,
   type PeerVersion, type ProposerStep, type QuorumRule, type RaftVoters, type RestartAcceptorState, type RestartInstance, type RestartTrim,
 } from '../membership/restart.js';
-import { replaySeals, restartLogRule, type LogRule, type LogSummary } from '../membership/restart-log.js';
+import {
+  movesToLogView, peerSameId, replaySeals, restartLogRule, type LogRule, type LogSummary, type RestartFrom,
+} from '../membership/restart-log.js';
 import { decodeView, encodeView, type View } from '../membership/view.js';
 import type { MulticastLimits } from '../multicast/config.js';
 import { computeTrim } from '../multicast/ragged-edge.js';
@@ -338,6 +340,12 @@ function describeLogWait(wait: LogRule['waiting']): string | undefined {
   return wait.kind === 'log'
     ? `a membership log: one of the voters [${wait.voters}] (no node back holds one)`
     : `a majority of the membership log's voters [${wait.voters}] (the configuration of node ${wait.holder}'s log, the most up-to-date back)`;
+}
+
+/** What a tentative view's restart waits for, in words: a quorum of its predecessor. */
+function tentativeWait(previous: QuorumRule, back: ReadonlySet<NodeId>): string {
+  return `a quorum of view ${previous.viewId} [${previous.members}], not back [${previous.members.filter((m) => !back.has(nodeId(m)))}] ` +
+    '(a majority of it and of each of its shards: this view is sealed only by log entries not known committed, so its acceptances need one)';
 }
 
 interface ShardRun {
@@ -659,18 +667,22 @@ export class MembershipDriver {
         return;
       }
       this.applyLogRule(run);
-      const quorum = restartQuorum(run.last, this.backSet(run), run.previous, this.raftVotersKnown(run), run.logRule?.waiting);
+      const quorum = restartQuorum(run.last, this.backSet(run), run.previous, this.raftVotersKnown(run), run.logRule?.waiting, run.tentative);
       if (Date.now() > deadline) {
         const short = [
           ...quorum.shortShards.map((x) => `${x.typeName}/${x.subgroupIndex}/${x.shardIndex} (${x.back} of ${x.needed})`),
           ...quorum.shortRaft.map((r) => `raft shard ${r.shard}'s voters [${r.voters}] (its log's configuration)`),
+          ...(quorum.tentativeShort ? [tentativeWait(run.previous!, this.backSet(run))] : []),
         ].join(', ');
         throw new RestartTimeoutError(
           run.last.id, quorum.missing, short, timeoutMs, quorum.previousShort ? run.previous : undefined, describeLogWait(quorum.shortLog),
         );
       }
+      // Also the members of the recorded view: when `last` is a view only a log seals, they hold
+      // its predecessor's members, through whom two leaders of two seals of one id hear each other.
       const addresses = new Set([
         ...run.last.members.filter((m) => m.id !== this.self).map((m) => m.address),
+        ...(run.last.id !== recordedViewId ? recorded.members.filter((m) => m.id !== this.self).map((m) => m.address) : []),
         ...(this.options.seeds ?? []),
       ]);
       addresses.delete(this.transport.address);
@@ -690,6 +702,7 @@ export class MembershipDriver {
           `[${quorum.missing}]${quorum.previousShort ? ` and half of view ${run.previous!.viewId} [${run.previous!.members}]` : ''}` +
           quorum.shortRaft.map((r) => ` and a majority of raft shard ${r.shard}'s voters [${r.voters}]`).join('') +
           (quorum.shortLog !== undefined ? ` and ${describeLogWait(quorum.shortLog)}` : '') +
+          (quorum.tentativeShort ? ` and ${tentativeWait(run.previous!, back)}` : '') +
           `${quorum.ready ? ' (quorum reached)' : ''}, leader ${restartLeader(run.last, back)}`);
       }
       if (run.decided === undefined && !run.live) await sleep(100);
@@ -754,10 +767,12 @@ export class MembershipDriver {
     });
     run.logRule = rule;
     const newest = rule.newest;
-    if (newest === undefined || newest.view.id <= run.last.id) return;
-    this.options.log?.(`restart: node ${rule.holder}'s membership log (the most up-to-date back) seals view ${newest.view.id} ` +
-      `[${newest.view.memberIds}] at index ${newest.sealIndex}${rule.committed ? '' : ', not known committed'}, ` +
-      `newer than every record (view ${run.last.id}): restarting from it`);
+    if (newest === undefined || !movesToLogView(rule, this.restartFrom(run))) return;
+    const same = newest.view.id === run.last.id;
+    this.options.log?.(`restart: node ${rule.sealedBy}'s membership log (${rule.sealedBy === rule.holder ? 'the most up-to-date back' : `less up-to-date than node ${rule.holder}'s`}) ` +
+      `seals view ${newest.view.id} [${newest.view.memberIds}] at index ${newest.sealIndex}${rule.committed ? '' : ', not known committed'}, ` +
+      (same ? `another seal of view ${run.last.id} [${run.last.memberIds}] than the one this node heard of first` : `newer than every record (view ${run.last.id})`) +
+      ': restarting from it');
     run.last = newest.view;
     run.previous = newest.previous;
     run.trims = undefined;
@@ -765,6 +780,11 @@ export class MembershipDriver {
     run.tentative = !rule.committed;
     run.quorumSinceMs = undefined;
     run.proposer = undefined;
+  }
+
+  /** What the restart runs from, as restart-log.ts tells two views of one id apart. */
+  private restartFrom(run: RestartRun): RestartFrom {
+    return { view: run.last, sealTrims: run.sealedTrims?.trims };
   }
 
   /** Every raft shard configuration a restarting node reported (this node's included). */
@@ -825,8 +845,21 @@ export class MembershipDriver {
     // committed), not a record.
     if (view.id === run.last.id && epoch === run.lastEpoch) {
       run.previous ??= peer.previous;
-      if (peer.tentative !== true) run.tentative = false; // a record, or known committed
-      run.sealedTrims ??= peer.sealedTrims;
+      const same = view.memberIds.join() === run.last.memberIds.join();
+      if (peerSameId(this.restartFrom(run), { view, tentative: peer.tentative === true }) === 'adopt') {
+        // A record or a known-committed seal of this view's id wins over the log's this node heard of.
+        if (!same) {
+          this.options.log?.(`restart: node ${node} holds view ${view.id} [${view.memberIds}] committed; ` +
+            `restarting from it, not from [${run.last.memberIds}] (a seal of an uncommitted log suffix)`);
+          run.last = view;
+          run.previous = peer.previous ?? run.previous;
+          run.trims = undefined;
+          run.quorumSinceMs = undefined;
+          run.proposer = undefined;
+        }
+        run.sealedTrims = same ? peer.sealedTrims ?? run.sealedTrims : peer.sealedTrims;
+        run.tentative = false;
+      } else if (same) run.sealedTrims ??= peer.sealedTrims;
     }
     if (view.id > run.last.id) {
       run.last = view;
@@ -859,7 +892,7 @@ export class MembershipDriver {
   private decideRestart(run: RestartRun): void {
     if (run.decided !== undefined || run.live) return;
     const step = restartLeadStep({
-      view: run.last, previous: run.previous, raftVoters: this.raftVotersKnown(run), log: run.logRule?.waiting,
+      view: run.last, previous: run.previous, raftVoters: this.raftVotersKnown(run), log: run.logRule?.waiting, tentative: run.tentative,
       back: this.backSet(run), self: this.self,
       nowMs: Date.now(), quorumSinceMs: run.quorumSinceMs,
       graceMs: this.options.restartGraceMs ?? 1000,

@@ -16,6 +16,10 @@
 //     position order, past the trim's first cut, and newer than node 1's). The decision from view
 //     5 carries view 4's trims (trimsViewId): node 2 truncates to position 1 and pulls 3, and both
 //     end with positions 0, 1, 3 (read as view 5's trims, node 1 pulled position 4 instead).
+//  4. Divergent suffixes (restart-history.ts divergentRound): two uncommitted seals of view 5,
+//     [1, 2, 3] on nodes 1 and 2 (term 2) and [2, 3, 4] on 3 and 4 (term 3). Node 1, alone, restarts
+//     from its own log's; once 3, 4 and 5 are back it moves to theirs (movesToLogView) and the
+//     group resumes from [2, 3, 4] in view 6 [3, 4] (without the move, node 1 chose [1, 3]).
 import test from 'ava';
 import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
 import { defaultAllocator, fixedEvenShards, flexibleEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
@@ -26,20 +30,20 @@ import { EntryType, encodeConfChange, type Entry } from '../../src/raft/types.js
 import { MembershipDriver } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
 import { createEndpoint, KvState, logOnFailure, waitFor } from '../support/membership-local.js';
-import { buildHistory, commitIndex, type History } from '../sim/restart-history.js';
+import { buildHistory, commitIndex, divergentRound, type History, type LogEntry } from '../sim/restart-history.js';
 
 const allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(1, 1, 5)) });
 
-/** Node i's membership log of epoch '2': the first `length` entries of the history. */
-function storageOf(history: History, length: number, commit: number): MemoryStorage {
+/** Node i's membership log of epoch '2': the first `length` entries of the history (or `log`). */
+function storageOf(history: History, length: number, commit: number, log: readonly LogEntry[] = history.log.slice(0, length)): MemoryStorage {
   const storage = new MemoryStorage();
-  const entries: Entry[] = history.log.slice(0, length).map((e) => ({
+  const entries: Entry[] = log.map((e) => ({
     index: e.index, term: e.term,
     type: e.kind === 'entry' ? EntryType.Normal : EntryType.ConfChange,
     data: e.kind === 'entry' ? encodeEntry(e.entry) : encodeConfChange({ op: e.op, node: e.node }),
   }));
   storage.append(entries);
-  storage.setHardState({ term: entries[entries.length - 1]?.term ?? 0, vote: 0, commit: Math.min(commit, length) });
+  storage.setHardState({ term: entries[entries.length - 1]?.term ?? 0, vote: 0, commit: Math.min(commit, entries.length) });
   void storage.flush();
   return storage;
 }
@@ -96,6 +100,31 @@ test('a record quorum of view 4 without a majority of the log\'s voters waits; w
     // Nodes 3, 4 and 5 are not in view 6: they learn the decision and join the resumed group.
     await Promise.all(started);
     await waitFor('all five in one view', () => drivers.every((d) => d.current().memberIds.length === 5 && d.current().id === drivers[0]!.current().id), 20_000);
+  });
+});
+
+test('two seals of view 5 in divergent log suffixes: node 1 moves from its own to the more up-to-date log\'s', async (t) => {
+  t.timeout(30_000);
+  const { endpoints, history, lines, record, driver } = await group(1270, []);
+  // The change removing 5 committed; leader 1 (term 2) appended the removal of 4 and the
+  // acknowledgements on nodes 1 and 2 (sealing [1, 2, 3]); leader 3 (term 3), elected by 3, 4
+  // and 5, appended the removal of 1 and its own on 3 and 4 (sealing [2, 3, 4]). Neither committed.
+  const ones = (n: number): number[] => Array.from({ length: n }, () => 1);
+  const { common, a, b } = divergentRound({
+    history, removed: [5], extraA: [4], extraB: [1], ackedCommon: 0, trimA: ones, trimB: ones, allocator, votersCount: 5,
+  });
+  const logOf = (i: number): LogEntry[] => [...common, ...(i <= 2 ? a.entries : i <= 4 ? b.entries : [])];
+  const make = (i: number): MembershipDriver => driver(i, record(4), storageOf(history, 0, common.length, logOf(i)));
+  const drivers = [make(1)];
+  await logOnFailure(t, lines, drivers, endpoints, async () => {
+    const first = drivers[0]!.start();
+    await waitFor('node 1 restarts from its own log\'s view 5', () => lines.some((l) => /^n1 restart: node 1's .* seals view 5 \[1,2,3\]/.test(l)), 10_000);
+    drivers.push(make(3), make(4), make(5));
+    await Promise.all([first, ...drivers.slice(1).map((d) => d.start())]);
+    t.true(lines.some((l) => /^n1 restart: node [34]'s membership log \(the most up-to-date back\) seals view 5 \[2,3,4\].*another seal of view 5 \[1,2,3\]/.test(l)),
+      'node 1 moved to side b\'s view 5 once nodes 3 and 4 (term 3) were back');
+    t.true(lines.some((l) => /chose view 6 \[3,4\]/.test(l)), 'the decision restarts from [2, 3, 4]');
+    await waitFor('all four in one view', () => drivers.every((d) => d.current().id === drivers[1]!.current().id && d.current().memberIds.length === 4), 20_000);
   });
 });
 

@@ -7,7 +7,8 @@
  * the trim of every shard that needs one; after each seal, the voter configuration steps toward
  * the new view's voters (voter-plan.ts nextVoterStep, one conf entry per step). The views come
  * from the real ViewChangeCore (replaySeals over the log), so the log seals exactly them.
- * Logs hold a prefix of this one log (no divergent suffixes).
+ * Logs hold a prefix of this one log, or (`divergentRound`) a prefix of one of two suffixes
+ * that two leaders of different terms appended after the committed part of a last round.
  */
 import { nodeId, type NodeId, type SubgroupId, type ShardIndex, type ViewId } from '../../src/core/ids.js';
 import type { Allocator } from '../../src/membership/layout.js';
@@ -35,11 +36,22 @@ export interface History {
 
 /** The entries of one round from `view` that remove `removed` (trims of `trimOf(senders)`). */
 export function roundEntries(view: View, removed: readonly number[], trimOf: (senders: number) => number[]): MembershipEntry[] {
-  const entries: MembershipEntry[] = [
-    { kind: 'change', changes: removed.map((n) => ({ kind: 'remove', node: nodeId(n), viewId: view.id })) },
-  ];
   const survives = (n: NodeId): boolean => !removed.includes(Number(n));
-  for (const n of view.memberIds) if (survives(n)) entries.push({ kind: 'wedged', viewId: view.id, node: n });
+  return [
+    changeEntry(view, removed),
+    ...view.memberIds.filter(survives).map((n): MembershipEntry => ({ kind: 'wedged', viewId: view.id, node: n })),
+    ...trimEntries(view, survives, trimOf),
+  ];
+}
+
+/** The change entry that removes `removed` from `view`. */
+function changeEntry(view: View, removed: readonly number[]): MembershipEntry {
+  return { kind: 'change', changes: removed.map((n) => ({ kind: 'remove', node: nodeId(n), viewId: view.id })) };
+}
+
+/** The trim of every shard of `view` that needs one (senders, and a member that `survives`). */
+function trimEntries(view: View, survives: (n: NodeId) => boolean, trimOf: (senders: number) => number[]): MembershipEntry[] {
+  const entries: MembershipEntry[] = [];
   for (const type of view.layout.types) {
     for (const subgroup of type.subgroups) {
       subgroup.shards.forEach((shard, index) => {
@@ -129,10 +141,14 @@ export function commitIndex(history: History, lengths: ReadonlyMap<number, numbe
   return commit;
 }
 
-/** A node's log summary (restart-log.ts): its prefix of `length` entries replayed from its record. */
+/**
+ * A node's log summary (restart-log.ts): its prefix of `length` entries of the history's log (or
+ * `log`, its own, when logs diverged) replayed from its record.
+ */
 export function summaryOf(input: {
   readonly history: History;
   readonly length: number;
+  readonly log?: readonly LogEntry[];
   readonly commit: number;
   readonly epoch: string;
   readonly record: View;
@@ -140,16 +156,79 @@ export function summaryOf(input: {
   readonly allocator: Allocator;
   readonly votersCount: number;
 }): LogSummary {
-  const prefix = input.history.log.slice(0, input.length);
-  const sealed: SealedView[] = replaySeals({
-    view: input.record, sealIndex: input.recordSealIndex, allocator: input.allocator, votersCount: input.votersCount,
-    entries: prefix.filter((e) => e.kind === 'entry').map((e) => ({ index: e.index, entry: (e as { entry: MembershipEntry }).entry })),
-  });
+  const prefix = input.log ?? input.history.log.slice(0, input.length);
+  const sealed = sealsOf(input.record, input.recordSealIndex, prefix, input.allocator, input.votersCount);
   const last = prefix[prefix.length - 1];
+  const conf = prefix.filter((e) => e.kind === 'conf');
   return {
-    epoch: input.epoch, lastTerm: last?.term ?? 0, lastIndex: last?.index ?? 0, commit: Math.min(input.commit, input.length),
-    voters: input.length === 0 ? [] : votersAt(input.history, input.length), sealed,
+    epoch: input.epoch, lastTerm: last?.term ?? 0, lastIndex: last?.index ?? 0, commit: Math.min(input.commit, prefix.length),
+    voters: conf.length === 0 ? [] : (conf[conf.length - 1] as { voters: readonly number[] }).voters, sealed,
   };
+}
+
+/** What the membership entries of `log` after `sealIndex` seal from `view` (replaySeals). */
+function sealsOf(view: View, sealIndex: number, log: readonly LogEntry[], allocator: Allocator, votersCount: number): SealedView[] {
+  return replaySeals({
+    view, sealIndex, allocator, votersCount,
+    entries: log.filter((e) => e.kind === 'entry').map((e) => ({ index: e.index, entry: (e as { entry: MembershipEntry }).entry })),
+  });
+}
+
+/** One side of a divergent round: a leader's entries after the committed part, and the view they seal. */
+export interface Branch {
+  readonly entries: readonly LogEntry[];
+  readonly view: View;
+  readonly sealIndex: number;
+  readonly removed: readonly number[];
+}
+
+/**
+ * A last round from `history`'s last view V whose log diverged, the way Raft logs do:
+ *  - committed (`common`, on a majority of the voters): the change entry removing `removed`
+ *    (it committed: the survivors propose their `wedged` entries only once they applied it) and
+ *    the acknowledgements of the first `ackedCommon` nodes that survive both sides;
+ *  - side `a`, term T + 1 (T: the history's last): a leader appended a further change removing
+ *    `extraA` (if any), the other survivors' acknowledgements and the trims (`trimA`), reached a
+ *    minority of the voters and crashed;
+ *  - side `b`, term T + 2: a leader elected by a majority without side a's entries appended
+ *    the same with `extraB` and `trimB`, which overwrote side a's on the nodes it reached.
+ * Both sides seal a view with V's id + 1; their members differ when `extraA` and `extraB` do.
+ * Nothing follows a seal: its members would step the voters only once it committed.
+ */
+export function divergentRound(input: {
+  readonly history: History;
+  readonly removed: readonly number[];
+  readonly extraA: readonly number[];
+  readonly extraB: readonly number[];
+  readonly ackedCommon: number;
+  readonly trimA: (senders: number) => number[];
+  readonly trimB: (senders: number) => number[];
+  readonly allocator: Allocator;
+  readonly votersCount: number;
+}): { readonly common: readonly LogEntry[]; readonly a: Branch; readonly b: Branch } {
+  const h = input.history;
+  const view = h.views[h.views.length - 1]!;
+  const term = h.log[h.log.length - 1]?.term ?? 1;
+  const inBoth = view.memberIds.filter((n) => ![...input.removed, ...input.extraA, ...input.extraB].includes(Number(n)));
+  const acked = inBoth.slice(0, Math.min(input.ackedCommon, inBoth.length - 1));
+  const common: LogEntry[] = [...h.log];
+  const push = (log: LogEntry[], t: number, entry: MembershipEntry): void => {
+    log.push({ index: log.length + 1, term: t, kind: 'entry', entry });
+  };
+  push(common, term, changeEntry(view, input.removed));
+  for (const n of acked) push(common, term, { kind: 'wedged', viewId: view.id, node: n });
+  const side = (t: number, extra: readonly number[], trimOf: (senders: number) => number[]): Branch => {
+    const log = [...common];
+    if (extra.length > 0) push(log, t, changeEntry(view, extra));
+    const removed = [...input.removed, ...extra];
+    const survives = (n: NodeId): boolean => !removed.includes(Number(n));
+    for (const n of view.memberIds) if (survives(n) && !acked.includes(n)) push(log, t, { kind: 'wedged', viewId: view.id, node: n });
+    for (const e of trimEntries(view, survives, trimOf)) push(log, t, e);
+    const sealed = sealsOf(view, h.seals[h.seals.length - 1]!, log, input.allocator, input.votersCount);
+    if (sealed.length !== 1 || sealed[0]!.sealIndex !== log.length) throw new Error(`side of term ${t} from view ${view.id} sealed ${sealed.length} views`);
+    return { entries: log.slice(common.length), view: sealed[0]!.view, sealIndex: sealed[0]!.sealIndex, removed };
+  };
+  return { common, a: side(term + 1, input.extraA, input.trimA), b: side(term + 2, input.extraB, input.trimB) };
 }
 
 /**

@@ -40,10 +40,15 @@ import {
   RestartProposer, acceptorAccept, acceptorPrepare, ballotQuorums, compareInstances, nextBallot, quorumRuleOf, reconcileShard,
   restartLeadStep, restartView, type AcceptorReply, type Ballot, type QuorumRule, type RestartAcceptorState, type RestartInstance,
 } from '../../src/membership/restart.js';
-import { restartLogRule, type LogSummary, type LogWait } from '../../src/membership/restart-log.js';
+import {
+  movesToLogView, peerSameId, restartLogRule, type LogSummary, type LogWait, type RestartFrom,
+} from '../../src/membership/restart-log.js';
+import type { ShardTrim } from '../../src/membership/view-change-core.js';
 import { initialView, votersOf } from '../../src/membership/view-change-core.js';
 import type { Allocator } from '../../src/membership/layout.js';
-import { buildHistory, commitIndex, raftConsistent, summaryOf, type History } from './restart-history.js';
+import {
+  buildHistory, commitIndex, divergentRound, raftConsistent, summaryOf, votersAt, type History, type LogEntry,
+} from './restart-history.js';
 import { View } from '../../src/membership/view.js';
 import type { SeedOptions, SeedResult } from './protocol.js';
 import { InvariantViolation, Simulation, type NodeContext, type SimNode } from './simulation.js';
@@ -60,6 +65,7 @@ const BALLOT_TIMEOUT_MS = 200;
 const FAULTS_UNTIL_MS = 2500;
 const LIVENESS_MS = 4000;
 const R_ID = 7;
+const SLOW_ACCEPT_MS = 150;
 const EPOCH = '0';
 
 const allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(SHARDS, 1, 3)) });
@@ -68,6 +74,8 @@ const allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(SHARDS, 
 interface SimDecision {
   readonly viewId: number;
   readonly fromViewId: number;
+  /** The view it restarts from, as `viewKey` names it (two log-derived views may share an id). */
+  readonly from: string;
   readonly members: readonly number[];
   /** Per shard, its members in the restart view. */
   readonly shards: readonly (readonly number[])[];
@@ -75,8 +83,7 @@ interface SimDecision {
 }
 
 type Msg =
-  | { k: 'hello'; inst: RestartInstance; log?: LogSummary; tentative?: true }
-  | { k: 'wait'; inst: RestartInstance; log?: LogSummary; tentative?: true }
+  | { k: 'hello' | 'wait'; inst: RestartInstance; view: View; log?: LogSummary; sealTrims?: readonly ShardTrim[]; tentative?: true }
   | { k: 'decided'; d: SimDecision }
   | { k: 'prepare'; inst: RestartInstance; b: Ballot }
   | { k: 'accept'; inst: RestartInstance; b: Ballot; d: SimDecision }
@@ -87,6 +94,7 @@ type Msg =
   | { k: 'state'; shard: number; epoch: string; suffix: number[]; after: number };
 
 const key = (d: SimDecision): string => `${d.viewId}/${d.epoch}/[${d.members}]`;
+const viewKey = (v: View): string => `${v.id}[${v.memberIds}]`;
 
 type Profile = 'none' | 'afterPrepare' | 'midAccept' | 'midChosen';
 
@@ -106,6 +114,10 @@ class World {
   shardCount = SHARDS;
   /** `--flag history=...`: the membership log the disks hold (undefined: logs are not modelled). */
   membershipLog: History | undefined;
+  /** Accepts to the predecessor's members outside the last view are slow (secondWave). */
+  slowOutsideView = false;
+  /** `history=diverge`: the two views with one id the two sides of the log seal. */
+  divergent: { readonly a: View; readonly b: View } | undefined;
   votersCount = 3;
   readonly views = new Map<number, View>();
   /** Per shard, its history: version i is history[i]. */
@@ -113,11 +125,13 @@ class World {
   /** Per shard, how many versions were acknowledged before the crash (on every member). */
   readonly acked: number[] = [];
   readonly chosen = new Set<string>();
-  adopted: { key: string; by: number } | undefined;
+  adopted: { key: string; by: number; from: string } | undefined;
   readonly learned = new Set<number>();
   readonly crashAfterActing = new Set<number>();
   /** The newest view that delivered anything (a decision restarting from before it skips it). */
   deliveredViewId = R_ID;
+  /** `viewKey` of that view, when it is one of the membership log's (history flags). */
+  deliveredKey: string | undefined;
   /** Run once, when the first decision is chosen (newer records may arrive just then). */
   onFirstChosen: (() => void) | undefined;
   readonly reconciled = new Map<string, readonly number[]>();
@@ -127,6 +141,13 @@ class World {
   mutation: string | undefined;
   sim!: Simulation<Msg, RestartSimNode>;
   stats = { ballots: 0, refused: 0, adoptedValues: 0, chosen: 0, adoptions: 0, pulls: 0, leaderCrashes: 0, fromLog: 0, tentative: 0, logWaits: 0 };
+
+  /** A ballot chose `k`: Paxos chooses one decision per epoch (every seed's nodes restart one epoch). */
+  onChosen(k: string): void {
+    const other = [...this.chosen].find((c) => c !== k);
+    if (other !== undefined) throw new InvariantViolation('restart agreement', `two decisions chosen: ${other} and ${k}`);
+    this.chosen.add(k);
+  }
 
   /** A node acted on a decision or an acceptance: the swarm profile may crash it now. */
   acted(node: number, what: string): void {
@@ -140,10 +161,10 @@ class World {
     if (this.mutation !== 'singlePhase' && !this.chosen.has(k)) {
       throw new InvariantViolation('chosen only', `n${node} adopts ${k}, which no quorum accepted`);
     }
-    if (d.fromViewId < this.deliveredViewId) {
-      throw new InvariantViolation('delivered view skipped', `n${node} adopts ${k}, a restart from view ${d.fromViewId}, but view ${this.deliveredViewId} delivered`);
+    if (d.fromViewId < this.deliveredViewId || (d.fromViewId === this.deliveredViewId && this.deliveredKey !== undefined && d.from !== this.deliveredKey)) {
+      throw new InvariantViolation('delivered view skipped', `n${node} adopts ${k}, a restart from view ${d.from}, but view ${this.deliveredKey ?? this.deliveredViewId} delivered`);
     }
-    if (this.adopted === undefined) this.adopted = { key: k, by: node };
+    if (this.adopted === undefined) this.adopted = { key: k, by: node, from: d.from };
     else if (this.adopted.key !== k) {
       throw new InvariantViolation('restart agreement', `n${node} adopts ${k}, but n${this.adopted.by} adopted ${this.adopted.key}`);
     }
@@ -233,9 +254,13 @@ class RestartSimNode implements SimNode<Msg> {
   private logWait: LogWait | undefined;
   /** `last` is a view only a log seals, by entries not known committed (restart-log.ts). */
   private tentative = false;
+  private readonly slowSends: { atMs: number; to: number; msg: Msg }[] = [];
+  /** `last` is a view only a log seals: the trims of the round that sealed it (restart-log.ts RestartFrom). */
+  private sealTrims: readonly ShardTrim[] | undefined;
 
   constructor(readonly ctx: NodeContext<Msg>, private readonly world: World) {
     const record = ctx.disk.get<{ viewId: number; epoch: string }>('record')!;
+    // (With history flags, world.views holds the view of each id that a node may have recorded.)
     this.last = world.views.get(record.viewId)!;
     this.lastEpoch = record.epoch;
     this.acceptor = ctx.disk.get('acceptor');
@@ -246,8 +271,9 @@ class RestartSimNode implements SimNode<Msg> {
     const h = world.membershipLog;
     if (h !== undefined) {
       const at = h.views.findIndex((v) => v.id === this.last.id);
+      const log = ctx.disk.get<readonly LogEntry[]>('mlog') ?? [];
       this.ownLog = summaryOf({
-        history: h, length: ctx.disk.get<number>('mlog') ?? 0, commit: ctx.disk.get<number>('commit') ?? 0, epoch: this.lastEpoch,
+        history: h, length: log.length, log, commit: ctx.disk.get<number>('commit') ?? 0, epoch: this.lastEpoch,
         record: this.last, recordSealIndex: h.seals[at]!, allocator: world.allocator, votersCount: world.votersCount,
       });
       this.summaries.set(ctx.id, this.ownLog);
@@ -287,16 +313,33 @@ class RestartSimNode implements SimNode<Msg> {
   tick(): void {
     this.ticks++;
     const now = this.ctx.nowMs();
+    while (this.slowSends.length > 0 && this.slowSends[0]!.atMs <= now) {
+      const { to, msg } = this.slowSends.shift()!;
+      this.ctx.send(to, msg);
+    }
     if (this.adopted !== undefined) {
       for (const r of this.reconciling.values()) if (!r.done && now - r.askedAtMs > 100) this.askLatest(r);
       return;
     }
     if (this.decided !== undefined) return;
     if (this.ticks % HELLO_EVERY_TICKS === 0) {
-      for (const m of this.last.memberIds) if (Number(m) !== this.id) this.ctx.send(Number(m), this.hello('hello'));
+      for (const m of this.acceptors()) if (Number(m) !== this.id) this.ctx.send(Number(m), this.hello('hello'));
     }
     this.applyLogRule(now);
     this.lead(now);
+  }
+
+  /** What this node restarts from (restart-log.ts RestartFrom). */
+  private get from(): RestartFrom {
+    return { view: this.last, sealTrims: this.sealTrims };
+  }
+
+  /** Moves to another view to restart from: a ballot of the one before is dropped. */
+  private moveTo(view: View, epoch: string): void {
+    this.last = view;
+    this.lastEpoch = epoch;
+    this.quorumSinceMs = undefined;
+    this.proposer = undefined;
   }
 
   private backSet(now: number): Set<NodeId> {
@@ -307,7 +350,8 @@ class RestartSimNode implements SimNode<Msg> {
 
   private hello(k: 'hello' | 'wait'): Msg {
     return {
-      k, inst: this.instance, ...(this.ownLog !== undefined ? { log: this.ownLog } : {}), ...(this.tentative ? { tentative: true } : {}),
+      k, inst: this.instance, view: this.last, ...(this.ownLog !== undefined ? { log: this.ownLog } : {}),
+      ...(this.sealTrims !== undefined ? { sealTrims: this.sealTrims } : {}), ...(this.tentative ? { tentative: true } : {}),
     };
   }
 
@@ -324,11 +368,13 @@ class RestartSimNode implements SimNode<Msg> {
     });
     this.logWait = rule.waiting;
     const newest = rule.newest;
-    if (newest === undefined || newest.view.id <= this.last.id) return;
-    this.ctx.trace(`n${rule.holder}'s log seals ${newest.view.id}${rule.committed ? '' : ' (not known committed)'}: restart from it`);
+    // `mutation=firstSeal`: a node stays in the first view of an id it heard of (here and in hellos).
+    if (newest === undefined || (this.world.mutation === 'firstSeal' ? newest.view.id <= this.last.id : !movesToLogView(rule, this.from))) return;
+    this.ctx.trace(`n${rule.sealedBy}'s log seals ${viewKey(newest.view)}${rule.committed ? '' : ' (not known committed)'}: restart from it`);
     this.world.stats.fromLog++;
     if (!rule.committed) this.world.stats.tentative++;
-    this.last = this.world.views.get(newest.view.id) ?? newest.view;
+    this.last = newest.view;
+    this.sealTrims = newest.trims;
     this.tentative = !rule.committed;
     this.quorumSinceMs = undefined;
     this.proposer = undefined;
@@ -337,9 +383,10 @@ class RestartSimNode implements SimNode<Msg> {
   /** The restart leader's part (decideRestart in the driver). */
   private lead(now: number): void {
     const back = this.backSet(now);
+    // `mutation=noTentative` drops the tentative rule's wait for a quorum of the predecessor too.
     const step = restartLeadStep({
       view: this.last, previous: this.previous, back, self: nodeId(this.id), nowMs: now, quorumSinceMs: this.quorumSinceMs, graceMs: GRACE_MS,
-      log: this.logWait,
+      log: this.logWait, tentative: this.tentative && this.world.mutation !== 'noTentative',
     });
     if (step.kind === 'wait' && this.logWait !== undefined && this.ticks % 50 === 0) this.world.stats.logWaits++;
     if (step.kind === 'follow') this.proposer = undefined;
@@ -356,7 +403,9 @@ class RestartSimNode implements SimNode<Msg> {
     const inst = this.instance;
     const b = nextBallot(this.acceptor, inst, this.nextRound, this.id);
     this.nextRound = b.round + 1;
-    const p = new RestartProposer<SimDecision>(inst, b, ballotQuorums(quorumRuleOf(this.last), this.previous, this.tentative),
+    // `mutation=noTentative`: a tentative view's acceptances need no quorum of its predecessor.
+    const tentative = this.tentative && this.world.mutation !== 'noTentative';
+    const p = new RestartProposer<SimDecision>(inst, b, ballotQuorums(quorumRuleOf(this.last), this.previous, tentative),
       () => this.fresh(this.backSet(this.ctx.nowMs())));
     this.proposer = p;
     this.ballotAtMs = now;
@@ -373,7 +422,20 @@ class RestartSimNode implements SimNode<Msg> {
     this.world.maybeCrashLeader(this, 'afterPrepare', sent);
   }
 
-  /** Whom a ballot goes to: the last view's members and its predecessor's (the driver's runBallot). */
+  /**
+   * Second-wave seeds (secondWave): the links to the predecessor's members outside the last view
+   * are slow, so an accept reaches them SLOW_ACCEPT_MS later (unless this node crashes first).
+   */
+  private sendAccept(to: number, accept: Msg): void {
+    if (!this.world.slowOutsideView || this.last.isMember(nodeId(to))) this.ctx.send(to, accept);
+    else this.slowSends.push({ atMs: this.ctx.nowMs() + SLOW_ACCEPT_MS, to, msg: accept });
+  }
+
+  /**
+   * Whom a hello and a ballot go to: the last view's members and its predecessor's (the driver's
+   * runBallot and restart hellos). Two views a log seals under one id have one predecessor: their
+   * leaders hear each other (and each other's logs) through it.
+   */
   private acceptors(): NodeId[] {
     return [...new Set([...this.last.memberIds, ...(this.previous?.members ?? []).map((m) => nodeId(m))])];
   }
@@ -383,7 +445,7 @@ class RestartSimNode implements SimNode<Msg> {
     for (const n of back) if (this.last.isMember(n)) addresses.set(n, `sim:${n}`);
     const view = restartView(this.last, addresses, this.world.allocator);
     const shards = view.layout.types[0]!.subgroups[0]!.shards.map((s) => s.members.map(Number));
-    return { viewId: view.id, fromViewId: this.last.id, members: view.memberIds.map(Number), shards, epoch: `${view.id}-${this.id}-${this.ctx.nowMs()}` };
+    return { viewId: view.id, fromViewId: this.last.id, from: viewKey(this.last), members: view.memberIds.map(Number), shards, epoch: `${view.id}-${this.id}-${this.ctx.nowMs()}` };
   }
 
   /** This node as an acceptor of its own ballot: the answer counts once persisted. */
@@ -441,7 +503,7 @@ class RestartSimNode implements SimNode<Msg> {
         this.acceptLocally(accept);
         const targets = this.acceptors().map(Number).filter((m) => m !== this.id && this.backSet(this.ctx.nowMs()).has(nodeId(m)));
         const cut = this.world.fires('midAccept') ? this.world.partWay(targets.length) : targets.length;
-        targets.slice(0, cut).forEach((m) => this.ctx.send(m, accept));
+        targets.slice(0, cut).forEach((m) => this.sendAccept(m, accept));
         if (cut < targets.length) this.world.maybeCrashLeader(this, 'midAccept', targets.slice(0, cut));
         return;
       }
@@ -449,7 +511,7 @@ class RestartSimNode implements SimNode<Msg> {
         this.world.stats.chosen++;
         this.world.onFirstChosen?.();
         this.world.onFirstChosen = undefined;
-        this.world.chosen.add(key(step.decision));
+        this.world.onChosen(key(step.decision));
         this.ctx.trace(`chosen ${key(step.decision)}`);
         this.tellChosen(step.decision);
     }
@@ -540,13 +602,17 @@ class RestartSimNode implements SimNode<Msg> {
         }
         this.back.set(from, this.ctx.nowMs());
         if (msg.log !== undefined) this.summaries.set(from, msg.log);
-        if (msg.inst.viewId === this.last.id && msg.tentative !== true) this.tentative = false; // a record, or known committed
+        if (msg.inst.viewId === this.last.id && this.world.mutation !== 'firstSeal' && peerSameId(this.from, { view: msg.view, tentative: msg.tentative === true }) === 'adopt') {
+          // A record or known-committed seal of this view's id: it wins over this node's log's.
+          if (msg.view.memberIds.join() !== this.last.memberIds.join()) this.moveTo(msg.view, msg.inst.epoch);
+          this.last = msg.view;
+          this.sealTrims = msg.sealTrims;
+          this.tentative = false;
+        }
         if (msg.inst.viewId > this.last.id && this.world.mutation !== 'ignoreNewer') {
-          this.last = this.world.views.get(msg.inst.viewId)!;
-          this.lastEpoch = msg.inst.epoch;
+          this.moveTo(msg.view, msg.inst.epoch);
+          this.sealTrims = msg.sealTrims;
           this.tentative = msg.tentative === true;
-          this.quorumSinceMs = undefined;
-          this.proposer = undefined;
         }
         if (msg.k === 'hello') this.ctx.send(from, this.hello('wait'));
         return;
@@ -774,13 +840,14 @@ function finish(world: World, sim: Simulation<Msg, RestartSimNode>, options: See
       `re-proposed ${s.adoptedValues}, chosen ${s.chosen}, adoptions ${s.adoptions}, pulls ${s.pulls}, leader crashes ${s.leaderCrashes}, ` +
       `crashes ${sim.stats.crashes}, faults ${sim.stats.faults}` +
       (world.membershipLog !== undefined ? `, restarts from a log's view ${s.fromLog} (tentative ${s.tentative}), log waits ${s.logWaits}` : '') +
-      `; decided ${world.adopted?.key ?? '-'}`,
+      `; decided ${world.adopted?.key ?? '-'}` +
+      (world.divergent !== undefined ? ` from side ${world.adopted?.from === viewKey(world.divergent.a) ? 'a' : world.adopted?.from === viewKey(world.divergent.b) ? 'b' : 'neither'}` : ''),
   );
 }
 
 /**
- * `--flag history=scenario|shrink`: the disks hold a membership log (restart-history.ts) of
- * view changes that each removed up to nearly half the view, from R (7 nodes, view 7).
+ * `--flag history=scenario|shrink|diverge`: the disks hold a membership log (restart-history.ts)
+ * of view changes that each removed up to nearly half the view, from R (7 nodes, view 7).
  *  - scenario: the hole of restart-log.ts's header: R = [1..7], R + 1 = [1, 2, 3, 4], R + 2 =
  *    [1, 2, 3]; node 4 acknowledged R's wedge but crashed before recording R + 1; nodes 1, 2, 3
  *    recorded R + 2 (it delivered). Nodes 4..7 (records of R, a quorum of R) come back first.
@@ -791,45 +858,70 @@ function finish(world: World, sim: Simulation<Msg, RestartSimNode>, options: See
  *    before the next: raftConsistent); records only of committed seals; the last seal committed
  *    on two seeds in three (else by chance: then it may be sealed by uncommitted entries only).
  *    The nodes with the newest records come back late on three seeds in four.
+ *  - diverge: zero or one committed round, then a last round whose log diverged
+ *    (restart-history.ts divergentRound): its change committed; a leader of term T + 1 appended
+ *    one more removal, the acknowledgements and the trims on a minority of the voters (side a);
+ *    a leader of term T + 2, elected without them, appended a different removal (or none) and
+ *    its own acknowledgements and trims, overwriting side a's where it reached (side b; on a
+ *    third of the seeds it reached a majority, so it committed and its members may record it).
+ *    Each side's log seals a different view with the same id. The nodes holding side b come
+ *    back late on half the seeds, so that side a's view is tried first.
  * Checked as always, with `delivered view skipped`: a shard of the newest view whose members all
- * recorded it delivered there. `--flag mutation=noLogRule` restarts from records only.
+ * recorded it delivered there (a decision from another view with its id skips it too).
+ * `--flag mutation=noLogRule` restarts from records only; `mutation=noTentative` drops the
+ * tentative accept quorum (a view only an uncommitted seal makes: restart-log.ts).
  */
-type HistoryKind = 'scenario' | 'shrink';
+type HistoryKind = 'scenario' | 'shrink' | 'diverge';
 const HISTORY_NODES = [1, 2, 3, 4, 5, 6, 7];
 
-function runHistory(
-  world: World, sim: Simulation<Msg, RestartSimNode>, swarm: SeededRandom, kind: HistoryKind, options: SeedOptions,
-): SeedResult {
-  const r = sim.random;
+/** The disks a history flag leaves: the log's views, each node's log, commit and record. */
+interface Disks {
+  readonly h: History;
+  readonly logs: ReadonlyMap<number, readonly LogEntry[]>;
+  readonly commits: ReadonlyMap<number, number>;
+  /** Index in `h.views` of the view each node recorded. */
+  readonly records: ReadonlyMap<number, number>;
+  /** Nodes that come back late (after 500 ms). */
+  readonly late: ReadonlySet<number>;
+  /** `history=diverge` on half the seeds: the nodes holding side b's entries, for a second crash wave (see runHistory). */
+  readonly wave?: ReadonlySet<number>;
+  readonly describe: string;
+}
+
+/** Removals of `rounds` rounds from `members`, mostly the most a round may remove; `dead` as in shrink. */
+function shrinkRemovals(swarm: SeededRandom, members: number[], rounds: number, dead: (number | undefined)[], deadRate: number): number[][] {
+  const removals: number[][] = [];
+  for (let j = 0; j < rounds && members.length >= 3; j++) {
+    const most = Math.floor((members.length - 1) / 2);
+    const count = swarm.int(3) === 0 ? 1 + swarm.int(most) : most;
+    const removed = dead[j - 1] !== undefined ? [dead[j - 1]!] : [];
+    while (removed.length < count) {
+      const pool = members.filter((m) => !removed.includes(m));
+      removed.push(pool[swarm.int(pool.length)]!);
+    }
+    removals.push(removed);
+    members = members.filter((m) => !removed.includes(m));
+    const next = j + 1 < rounds && members.length >= 3 && swarm.int(deadRate) !== 0;
+    dead.push(next ? members[swarm.int(members.length)] : undefined);
+  }
+  return removals;
+}
+
+/** The disks of `history=scenario|shrink`: prefixes of one log. */
+function linearDisks(world: World, swarm: SeededRandom, r: SeededRandom, kind: 'scenario' | 'shrink'): Disks {
   const nodes = HISTORY_NODES;
   const first = world.views.get(R_ID)!;
-  const removals: number[][] = [];
   /** dead[j]: a survivor of round j that acknowledged view j's wedge but did not record view j + 1. */
   const dead: (number | undefined)[] = [];
+  let removals: number[][];
   if (kind === 'scenario') {
-    removals.push([5, 6, 7], [4]);
+    removals = [[5, 6, 7], [4]];
     dead.push(4, undefined);
   } else {
-    let members = [...nodes];
-    const rounds = 1 + swarm.int(3);
-    for (let j = 0; j < rounds && members.length >= 3; j++) {
-      const most = Math.floor((members.length - 1) / 2);
-      const count = swarm.int(3) === 0 ? 1 + swarm.int(most) : most;
-      const removed = dead[j - 1] !== undefined ? [dead[j - 1]!] : [];
-      while (removed.length < count) {
-        const pool = members.filter((m) => !removed.includes(m));
-        removed.push(pool[swarm.int(pool.length)]!);
-      }
-      removals.push(removed);
-      members = members.filter((m) => !removed.includes(m));
-      const next = j + 1 < rounds && members.length >= 3 && swarm.int(4) !== 0;
-      dead.push(next ? members[swarm.int(members.length)] : undefined);
-    }
+    removals = shrinkRemovals(swarm, [...nodes], 1 + swarm.int(3), dead, 4);
   }
   world.votersCount = kind === 'scenario' ? 3 + 2 * swarm.int(2) : 3 + swarm.int(3);
   const h = buildHistory({ first, removals, allocator: world.allocator, votersCount: world.votersCount, newTermAt: () => swarm.int(2) === 0 });
-  world.membershipLog = h;
-  for (const v of h.views) world.views.set(v.id, v);
   const final = h.views.length - 1;
   // Log lengths Raft could leave, the last seal committed when it must be.
   const everVoter = new Set(h.log.flatMap((e) => (e.kind === 'conf' ? e.voters : [])));
@@ -852,6 +944,158 @@ function runHistory(
     else rec = h.seals[final]! <= commit && (kind === 'scenario' || r.int(5) !== 0) ? final : final - 1;
     records.set(n, rec);
   }
+  const newest = Math.max(...records.values());
+  const lateNewest = kind === 'scenario' || swarm.int(4) !== 0;
+  return {
+    h, records,
+    logs: new Map(nodes.map((n) => [n, h.log.slice(0, lengths.get(n)!)])),
+    commits: new Map(nodes.map((n) => [n, Math.min(lengths.get(n)!, r.int(commit + 1))])),
+    late: new Set(nodes.filter((n) => lateNewest && records.get(n) === newest)),
+    describe: `log ${h.log.length} commit ${commit}`,
+  };
+}
+
+/** The disks of `history=diverge` (see HistoryKind). */
+function divergeDisks(world: World, swarm: SeededRandom, r: SeededRandom): Disks {
+  const nodes = HISTORY_NODES;
+  const first = world.views.get(R_ID)!;
+  // Second-wave seeds (secondWave): no committed round, one committed removal, and two sides
+  // that remove two different pairs (so that each side's view has a quorum the other's lacks).
+  const wave = swarm.int(2) === 0;
+  // Zero or one committed round of one or two removals (the view keeps at least 5 members).
+  const prefixRemovals = wave || swarm.int(2) === 0 ? [] : [pickFrom(swarm, nodes, 1 + swarm.int(2))];
+  world.votersCount = 3 + swarm.int(3);
+  const prefix = buildHistory({
+    first, removals: prefixRemovals, allocator: world.allocator, votersCount: world.votersCount, newTermAt: () => swarm.int(2) === 0,
+  });
+  const V = prefix.views[prefix.views.length - 1]!;
+  const members = V.memberIds.map(Number);
+  // The last round: a committed removal, then one more on each side, different (one may be none).
+  const most = Math.floor((members.length - 1) / 2);
+  const removed = pickFrom(swarm, members, wave ? 1 : 1 + swarm.int(most - 1));
+  const rest = members.filter((m) => !removed.includes(m));
+  const room = most - removed.length;
+  let extraA: number[] = [];
+  let extraB: number[] = [];
+  while (extraA.join() === extraB.join() || (wave && extraA.some((n) => extraB.includes(n)))) {
+    extraA = pickFrom(swarm, rest, wave ? room : swarm.int(room + 1)).sort((a, b) => a - b);
+    extraB = pickFrom(swarm, rest, wave ? room : swarm.int(room + 1)).sort((a, b) => a - b);
+  }
+  const ones = (n: number): number[] => Array.from({ length: n }, () => 1);
+  const { common, a, b } = divergentRound({
+    history: prefix, removed, extraA, extraB, ackedCommon: swarm.int(4), trimA: ones, trimB: (n) => ones(n).map(() => 1 + swarm.int(2)),
+    allocator: world.allocator, votersCount: world.votersCount,
+  });
+  const h: History = { views: [...prefix.views, b.view], seals: [...prefix.seals, b.sealIndex], log: [...common, ...b.entries] };
+  // The prefix: lengths Raft could leave, all of it committed (the round's change did).
+  const hc: History = { views: prefix.views, seals: [...prefix.seals, common.length], log: common };
+  const everVoter = new Set(common.flatMap((e) => (e.kind === 'conf' ? e.voters : [])));
+  const lengths = raftConsistent(hc, new Map(nodes.map((n) => [n, everVoter.has(n) ? r.int(common.length + 1) : 0])), (k) => r.int(k));
+  const voters = [...votersAt(hc, common.length)];
+  while (commitIndex(hc, lengths) < common.length) {
+    const short = voters.filter((v) => lengths.get(v)! < common.length);
+    lengths.set(short[r.int(short.length)]!, common.length);
+  }
+  // Side a on a minority of the voters (its leader first), side b's leader elected without them.
+  const aHolders = pickFrom(swarm, voters, 1 + swarm.int(Math.floor((voters.length - 1) / 2)));
+  const bLeader = pickFrom(swarm, voters.filter((v) => !aHolders.includes(v)), 1)[0]!;
+  const onA = new Map<number, number>();
+  const onB = new Map<number, number>();
+  const kA = swarm.int(4) === 0 ? 1 + r.int(a.entries.length) : a.entries.length;
+  aHolders.forEach((n, i) => onA.set(n, i === 0 ? kA : 1 + r.int(kA)));
+  const kB = swarm.int(4) === 0 ? 1 + r.int(b.entries.length) : b.entries.length;
+  onB.set(bLeader, kB);
+  for (const v of voters) if (v !== bLeader && !wave && r.int(2) === 0) onB.set(v, 1 + r.int(kB));
+  if (!wave && swarm.int(3) === 0) {
+    // Side b reached a majority with its seal: it committed.
+    onB.set(bLeader, b.entries.length);
+    const others = [...voters.filter((v) => v !== bLeader && !aHolders.includes(v)), ...aHolders];
+    for (let i = 0; 2 * [...onB.values()].filter((k) => k === b.entries.length).length <= voters.length; i++) onB.set(others[i]!, b.entries.length);
+  }
+  for (const n of onB.keys()) onA.delete(n); // overwritten by side b
+  const logs = new Map<number, readonly LogEntry[]>();
+  for (const n of nodes) {
+    if (onB.has(n)) logs.set(n, [...common, ...b.entries.slice(0, onB.get(n)!)]);
+    else if (onA.has(n)) logs.set(n, [...common, ...a.entries.slice(0, onA.get(n)!)]);
+    else logs.set(n, common.slice(0, lengths.get(n)!));
+  }
+  // Side b's commit: the highest index a majority of the voters holds.
+  let commit = common.length;
+  for (let k = 1; k <= b.entries.length; k++) if (2 * voters.filter((v) => (onB.get(v) ?? 0) >= k).length > voters.length) commit = common.length + k;
+  // Records: V by every member whose acknowledgement is in a log (all but the change's removals,
+  // which may have crashed before installing V); side b's view by a member holding its
+  // committed seal, on four seeds in five.
+  const records = new Map<number, number>();
+  const last = h.views.length - 1;
+  for (const n of nodes) {
+    const lastIn = Math.max(...prefix.views.map((v, i) => (v.isMember(nodeId(n)) ? i : -1)));
+    let rec = lastIn === last - 1 && removed.includes(n) && lastIn > 0 && r.int(3) === 0 ? lastIn - 1 : lastIn;
+    if (b.sealIndex <= commit && b.view.isMember(nodeId(n)) && (onB.get(n) ?? 0) === b.entries.length && r.int(5) !== 0) rec = last;
+    records.set(n, rec);
+  }
+  world.divergent = { a: a.view, b: b.view };
+  const bLate = swarm.int(2) === 0;
+  return {
+    h, logs, records, ...(wave ? { wave: new Set(onB.keys()) } : {}),
+    commits: new Map(nodes.map((n) => [n, Math.min(logs.get(n)!.length, r.int((onA.has(n) ? common.length : commit) + 1))])),
+    late: new Set(nodes.filter((n) => (bLate && onB.has(n)) || records.get(n) === last)),
+    describe: `side a ${viewKey(a.view)} on [${[...onA.keys()]}], side b ${viewKey(b.view)} on [${[...onB.keys()]}]` +
+      `${b.sealIndex <= commit ? ' (committed)' : ''}, common ${common.length}`,
+  };
+}
+
+/** `count` distinct elements of `from`, in the order drawn. */
+function pickFrom(random: SeededRandom, from: readonly number[], count: number): number[] {
+  const pool = [...from];
+  const out: number[] = [];
+  while (out.length < count && pool.length > 0) out.push(pool.splice(random.int(pool.length), 1)[0]!);
+  return out;
+}
+
+/**
+ * `history=diverge`, half the seeds: the nodes without side b's entries come back first (side a's
+ * view may be decided); as the first decision is chosen, every node up crashes again (a second
+ * total failure, its leader telling nobody); then side b's holders and the others come back at
+ * once, and the nodes that accepted that decision only 1.5 s later. A ballot of side b's view
+ * can then complete without them: it must meet them anyway (the tentative accept quorum), or two
+ * decisions are chosen (`mutation=noTentative`). Side b's holders come back at the end of the
+ * faults if nothing was chosen by then. No swarm profile crashes a leader on these seeds; side b
+ * reached its leader only; a leader's accepts to the predecessor's members outside its view
+ * take SLOW_ACCEPT_MS longer, so that few nodes hold the acceptance when the wave strikes.
+ */
+function secondWave(world: World, sim: Simulation<Msg, RestartSimNode>, sideB: ReadonlySet<number>): void {
+  const r = sim.random;
+  world.profile = 'none';
+  world.secondCrash = false;
+  world.slowOutsideView = true;
+  for (const n of world.nodes) if (!sideB.has(n)) sim.schedule(r.int(300), `start n${n}`, () => sim.start(n));
+  world.onFirstChosen = () => {
+    const up = sim.upIds();
+    sim.schedule(0, 'second wave: every node up crashes', () => {
+      for (const n of up) if (sim.isUp(n)) sim.crash(n);
+    });
+    for (const n of world.nodes) {
+      const accepted = sim.disk(n).get<RestartAcceptorState<SimDecision>>('acceptor')?.accepted !== undefined;
+      const at = accepted ? 1500 + r.int(500) : 20 + r.int(200);
+      sim.schedule(at, `second wave: ${sim.incarnation(n) < 0 ? 'start' : 'restart'} n${n}${accepted ? ' (accepted)' : ''}`, () => {
+        if (sim.isUp(n)) return;
+        if (sim.incarnation(n) < 0) sim.start(n);
+        else sim.restart(n);
+      });
+    }
+  };
+  for (const n of sideB) sim.schedule(FAULTS_UNTIL_MS, `start n${n} if not yet`, () => { if (sim.incarnation(n) < 0) sim.start(n); });
+}
+
+function runHistory(
+  world: World, sim: Simulation<Msg, RestartSimNode>, swarm: SeededRandom, kind: HistoryKind, options: SeedOptions,
+): SeedResult {
+  const r = sim.random;
+  const nodes = HISTORY_NODES;
+  const disks = kind === 'diverge' ? divergeDisks(world, swarm, r) : linearDisks(world, swarm, r, kind);
+  const { h, records } = disks;
+  world.membershipLog = h;
+  for (const v of h.views) world.views.set(v.id, v);
   // The newest view a shard delivered in: every member of one of its shards recorded it.
   let delivered = 0;
   h.views.forEach((v, i) => {
@@ -859,6 +1103,7 @@ function runHistory(
     if (shards.some((x) => x.members.every((m) => records.get(Number(m))! >= i))) delivered = i;
   });
   world.deliveredViewId = h.views[delivered]!.id;
+  world.deliveredKey = viewKey(h.views[delivered]!);
   // Shard data: what the delivered view's shard members acknowledged is on each of them.
   const deliveredShards = h.views[delivered]!.layout.types[0]!.subgroups[0]!.shards.map((x) => x.members.map(Number));
   for (let s = 0; s < world.shardCount; s++) {
@@ -875,21 +1120,20 @@ function runHistory(
   for (const n of nodes) {
     const disk = sim.disk(n);
     disk.put('record', { viewId: h.views[records.get(n)!]!.id, epoch: EPOCH });
-    disk.put('mlog', lengths.get(n)!);
-    disk.put('commit', Math.min(lengths.get(n)!, r.int(commit + 1)));
+    disk.put('mlog', disks.logs.get(n)!);
+    disk.put('commit', disks.commits.get(n)!);
     disk.completeSync(disk.sync());
   }
-  // Come back: the holders of the newest records late (scenario: always; shrink: half the seeds).
-  const newest = Math.max(...records.values());
-  const lateNewest = kind === 'scenario' || swarm.int(4) !== 0;
   const early = world.profile === 'midChosen' || world.profile === 'midAccept';
-  for (const n of nodes) {
-    const late = lateNewest && records.get(n) === newest;
-    const at = late ? 500 + r.int(1500) : r.int(early ? 300 : 400);
-    sim.schedule(at, `start n${n}`, () => sim.start(n));
+  if (disks.wave !== undefined) secondWave(world, sim, disks.wave);
+  else {
+    for (const n of nodes) {
+      const at = disks.late.has(n) ? 500 + r.int(1500) : r.int(early ? 300 : 400);
+      sim.schedule(at, `start n${n}`, () => sim.start(n));
+    }
   }
   return finish(world, sim, options, () =>
     `history ${kind}: views ${h.views.map((v) => `${v.id}[${v.memberIds}]`).join(' ')}, voters ${world.votersCount}, ` +
-    `log ${h.log.length} commit ${commit}, records ${nodes.map((n) => records.get(n)).join(',')}, delivered ${world.deliveredViewId}, ` +
+    `${disks.describe}, records ${nodes.map((n) => records.get(n)).join(',')}, delivered ${world.deliveredKey}, ` +
     `profile ${world.profile}${world.secondCrash ? '+1' : ''}`);
 }

@@ -8,7 +8,10 @@
 // view that delivered; with a membership log of view changes that each removed nearly half
 // (`history=scenario|shrink`, restart-log.ts), that the restart waits for the log's voters and
 // restarts from the newest view the most up-to-date log seals, and that the records-only rule
-// (`mutation=noLogRule`) is caught skipping a view that delivered.
+// (`mutation=noLogRule`) is caught skipping a view that delivered; with logs whose last round
+// diverged (`history=diverge`: two leaders' uncommitted suffixes seal two views with one id),
+// that one decision is chosen, and that dropping the tentative accept quorum
+// (`mutation=noTentative`) is caught choosing two.
 // Longer runs: npm run sim -- restart --seeds 5000 [--flag newer=...|history=...].
 import test, { type ExecutionContext } from 'ava';
 import { runSeed } from './restart-sim.js';
@@ -92,6 +95,28 @@ test('membership-log histories: 60 seeds of the hole and of random shrinking vie
 
 test('the records-only restart (no membership-log rule) is caught skipping a view that delivered', (t) => {
   const caught = caughtOn(t, 12, { history: 'scenario', mutation: 'noLogRule' }, /delivered view skipped/);
+  t.true(caught.length >= 2, `caught on seeds [${caught}]`);
+});
+
+test('divergent membership logs: 40 seeds of two seals of one view id agree, from either side', (t) => {
+  const sides = new Set<string>();
+  let tentative = 0;
+  for (let seed = 1; seed <= 40; seed++) {
+    const result = runSeed(seed, { flags: { history: 'diverge' } });
+    sides.add(/from side (\w+)/.exec(result.summary)![1]!);
+    tentative += Number(/\(tentative (\d+)\)/.exec(result.summary)![1]) > 0 ? 1 : 0;
+  }
+  t.deepEqual([...sides].sort(), ['a', 'b', 'neither'], 'decisions from side a\'s view, side b\'s and their predecessor');
+  t.true(tentative >= 20, `seeds moving to a tentative view: ${tentative}`);
+});
+
+test('without the tentative accept quorum, two seals of one view id are caught choosing two decisions', (t) => {
+  const caught = caughtOn(t, 30, { history: 'diverge', mutation: 'noTentative' }, /two decisions chosen/);
+  t.true(caught.length >= 2, `caught on seeds [${caught}]`);
+});
+
+test('a node that stays in the first seal of a view id it heard of is caught stalling', (t) => {
+  const caught = caughtOn(t, 15, { history: 'diverge', mutation: 'firstSeal' }, /liveness/);
   t.true(caught.length >= 2, `caught on seeds [${caught}]`);
 });
 

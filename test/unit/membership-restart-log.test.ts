@@ -7,12 +7,12 @@ import test from 'ava';
 import { nodeId, type NodeId } from '../../src/core/ids.js';
 import { SeededRandom } from '../../src/core/random.js';
 import { defaultAllocator, flexibleEvenShards, oneSubgroup } from '../../src/membership/layout.js';
-import { replaySeals, restartLogRule, type LogSummary } from '../../src/membership/restart-log.js';
+import { movesToLogView, peerSameId, replaySeals, restartLogRule, sameSeal, type LogSummary } from '../../src/membership/restart-log.js';
 import {
   RestartProposer, acceptorAccept, acceptorPrepare, ballotQuorums, quorumRuleOf, restartLeadStep, restartQuorum, type RestartAcceptorState,
 } from '../../src/membership/restart.js';
 import { initialView, type MembershipEntry } from '../../src/membership/view-change-core.js';
-import { buildHistory, commitIndex, raftConsistent, summaryOf, type History } from '../sim/restart-history.js';
+import { buildHistory, commitIndex, divergentRound, raftConsistent, summaryOf, type History } from '../sim/restart-history.js';
 
 const ids = (...xs: number[]): NodeId[] => xs.map((x) => nodeId(x));
 const allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(1, 1, 7)) });
@@ -66,7 +66,11 @@ test('nodes 3, 4 and 5 are a quorum of U but not a majority of the voters: the r
   const more = restartLogRule({ summaries, back: new Set([1, 2, 3, 4, 5]), epoch: '0', recordVoters: [1, 2, 3, 4, 5], required: true });
   t.is(more.waiting, undefined);
   t.is(more.holder, 1, 'nodes 1 and 2 hold the same log: the lower id');
-  t.is(more.newest, undefined, 'node 2 recorded U + 2: its log seals nothing past it');
+  // Node 1 recorded U + 2: its log seals nothing past it. Node 3's, less up-to-date, seals U + 1
+  // past its record of U; the caller restarts from the newest of that and the records (U + 2).
+  t.is(more.sealedBy, 3);
+  t.is(more.newest?.view.id, history.views[1]!.id);
+  t.false(more.committed, 'a less up-to-date log\'s seal is never known committed');
   // Without a log on disk (required false) the rule does not wait (the earlier behaviour).
   t.is(restartLogRule({ summaries, back, epoch: '0', recordVoters: [], required: false }).waiting, undefined);
 });
@@ -84,6 +88,23 @@ test('a view only a log seals, by entries not known committed, needs acceptances
   t.true(ballotQuorums(plusOne, quorumRuleOf(U)).accept(two));
   t.false(ballotQuorums(plusOne, quorumRuleOf(U), true).accept(two), '1 and 2 are a quorum of U + 1, not of U');
   t.true(ballotQuorums(plusOne, quorumRuleOf(U), true).accept(new Set([1, 2, 3])));
+});
+
+test('the leader of a tentative view waits for a quorum of its predecessor before its first ballot', (t) => {
+  const plusOne = history.views[1]!; // [1, 2, 3]
+  // A predecessor of six members in one shard: 1, 2 and 4 meet every quorum of it (the other
+  // three are no majority), and are no quorum of it.
+  const previous = { viewId: 0, members: [1, 2, 3, 4, 5, 6], shards: [[1, 2, 3, 4, 5, 6]] };
+  const lead = (back: number[], tentative: boolean) => restartLeadStep({
+    view: plusOne, previous, back: new Set(ids(...back)), self: nodeId(1), nowMs: 0, quorumSinceMs: undefined, graceMs: 0, tentative,
+  }).kind;
+  t.is(lead([1, 2, 4], false), 'decide');
+  t.is(lead([1, 2, 4], true), 'wait');
+  const quorum = restartQuorum(plusOne, new Set(ids(1, 2, 4)), previous, [], undefined, true);
+  t.true(quorum.tentativeShort);
+  t.false(quorum.previousShort);
+  t.is(lead([1, 2, 4, 5], true), 'decide', 'four of the six');
+  t.false(restartQuorum(plusOne, new Set(ids(1, 2, 4, 5)), previous, [], undefined, true).tentativeShort);
 });
 
 test('random histories: once the rule is met, the restart starts from every view whose seal committed', (t) => {
@@ -178,4 +199,51 @@ test('two logs with different uncommitted seals of one view id: without the tent
   };
   t.deepEqual(run(false), ['A', 'B'], 'the accept quorum of [1, 2, 3] alone: both chosen');
   t.deepEqual(run(true), ['B'], 'with a quorum of S also needed, A is not chosen');
+});
+
+test('divergent suffixes: the met rule\'s log decides between two seals of one id; a committed peer view wins', (t) => {
+  // U = [1..5], 5 voters. The change removing 5 committed; leader 1 (term 2) appended a removal
+  // of 4 and the acknowledgements on nodes 1 and 2; leader 3 (term 3), elected by 3, 4 and 5,
+  // appended a removal of 1 and its own on nodes 3 and 4, which overwrote nothing.
+  const start = buildHistory({ first: U, removals: [], allocator, votersCount: 5 });
+  const { common, a, b } = divergentRound({
+    history: start, removed: [5], extraA: [4], extraB: [1], ackedCommon: 1, trimA: (n) => Array.from({ length: n }, () => 1),
+    trimB: (n) => Array.from({ length: n }, () => 2), allocator, votersCount: 5,
+  });
+  t.is(a.view.id, b.view.id);
+  t.deepEqual([a.view.memberIds.map(Number), b.view.memberIds.map(Number)], [[1, 2, 3], [2, 3, 4]]);
+  t.true(b.entries[0]!.term > a.entries[0]!.term);
+  const logs = new Map([[1, [...common, ...a.entries]], [2, [...common, ...a.entries]], [3, [...common, ...b.entries]], [4, [...common, ...b.entries]], [5, common]]);
+  const sums = new Map([...logs].map(([n, log]) => [n, summaryOf({
+    history: start, length: log.length, log, commit: common.length, epoch: '0', record: U, recordSealIndex: 0, allocator, votersCount: 5,
+  })]));
+  const rule = (back: number[]) => restartLogRule({ summaries: sums, back: new Set(back), epoch: '0', recordVoters: [1, 2, 3, 4, 5], required: true });
+  const sideA = rule([1, 2, 5]);
+  t.is(sideA.waiting, undefined, 'side a\'s nodes and node 5 are a majority of the voters');
+  t.true(sameSeal(sideA.newest!, { view: a.view, trims: sideA.newest!.trims }));
+  t.false(sideA.committed);
+  const fromA = { view: a.view, sealTrims: sideA.newest!.trims };
+  t.false(movesToLogView(sideA, fromA), 'the same seal');
+  // Node 3 comes back: its log (term 3) is the most up-to-date, and it seals the other view.
+  const both = rule([1, 2, 3, 5]);
+  t.is(both.holder, 3);
+  t.true(sameSeal(both.newest!, { view: b.view, trims: both.newest!.trims }));
+  t.false(sameSeal(both.newest!, { view: a.view, trims: sideA.newest!.trims }));
+  t.true(movesToLogView(both, fromA), 'a node in side a\'s view moves to side b\'s once the rule is met');
+  t.false(movesToLogView({ ...both, waiting: { kind: 'voters', voters: [1, 2, 3, 4, 5], holder: 3 } }, fromA), 'not before');
+  t.false(movesToLogView(both, { view: a.view, sealTrims: undefined }), 'a record of a view id is committed: never replaced');
+  // A less up-to-date log back that seals a higher id than the holder's counts (tentative).
+  const short = new Map(sums).set(3, summaryOf({
+    history: start, length: common.length + 1, log: [...common, b.entries[0]!], commit: common.length, epoch: '0', record: U, recordSealIndex: 0,
+    allocator, votersCount: 5,
+  }));
+  const lesser = restartLogRule({ summaries: short, back: new Set([1, 3, 5]), epoch: '0', recordVoters: [1, 2, 3, 4, 5], required: true });
+  t.is(lesser.holder, 3, 'node 3\'s one entry of term 3 outranks side a\'s');
+  t.is(lesser.sealedBy, 1);
+  t.deepEqual(lesser.newest?.view.memberIds.map(Number), [1, 2, 3]);
+  t.false(lesser.committed);
+  // Hellos: a record or known-committed view of the same id replaces a log's; a tentative one does not.
+  t.is(peerSameId(fromA, { view: b.view, tentative: false }), 'adopt');
+  t.is(peerSameId(fromA, { view: b.view, tentative: true }), 'keep');
+  t.is(peerSameId({ view: b.view, sealTrims: undefined }, { view: a.view, tentative: false }), 'keep');
 });
