@@ -183,11 +183,11 @@ async function threadedGroup(persist: Persist, latencyOps: number, throughputOps
 }
 
 /** The default placement (also `--processes`): each node in its own child process (bench/_raft-node.ts over IPC). */
-async function processGroup(persist: Persist, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number; cpuPerCommitUs?: number }> {
+async function processGroup(persist: Persist, latencyOps: number, throughputOps: number, warmupOps: number, profileDir?: string): Promise<{ lat: number[]; rate: number; rttP50: number; cpuPerCommitUs?: number; followerCpuPerCommitUs?: number[] }> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
   const children = [1, 2, 3].map((id) => fork(join(here, '_raft-node.js'),
-    [JSON.stringify({ id, dir: dirs[id - 1], ...nodeStorage(persist), latencyOps, throughputOps, warmupOps })], { stdio: 'inherit' }));
+    [JSON.stringify({ id, dir: dirs[id - 1], ...nodeStorage(persist), latencyOps, throughputOps, warmupOps, profileDir })], { stdio: 'inherit' }));
   const next = (c: ChildProcess): Promise<any> => new Promise((resolve, reject) => {
     c.once('message', resolve);
     c.once('exit', (code) => reject(new Error(`raft node exited with ${code}`)));
@@ -197,12 +197,21 @@ async function processGroup(persist: Persist, latencyOps: number, throughputOps:
     const peers = addresses.map((a, i) => [i + 1, a.address]);
     const result = next(children[0]!);
     for (const c of children) c.send({ peers });
-    return (await result).result;
+    const r = (await result).result;
+    // The followers' CPU per commit over the same commits as the leader's (bench/_raft-node.ts).
+    const followerCpuPerCommitUs: number[] = [];
+    for (const c of children.slice(1)) {
+      const closed = next(c);
+      c.send({ close: true });
+      const cpu = (await closed).cpuPerCommitUs;
+      if (typeof cpu === 'number') followerCpuPerCommitUs.push(cpu);
+    }
+    return { ...r, followerCpuPerCommitUs };
   } finally {
     for (const c of children) {
       if (c.exitCode !== null) continue;
       const exited = new Promise((resolve) => c.once('exit', resolve));
-      c.send({ close: true });
+      if (c.connected) c.send({ close: true });
       await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
       c.kill('SIGKILL');
     }
@@ -230,6 +239,16 @@ export async function run(args: string[]): Promise<void> {
     make = await transportFactory(transport);
   }
   if (make === undefined) throw new Error(`transport "${transport}" is not available in this build`);
+  // `--storage <LmdbStorage|LogFileStorage|MemoryStorage>` and `--fsync <on|off>` run only those rows.
+  const storageAt = args.indexOf('--storage');
+  const fsyncAt = args.indexOf('--fsync');
+  const cases = CASES.filter((c) => (storageAt < 0 || c.storage === args[storageAt + 1]) &&
+    (fsyncAt < 0 || c.fsync === (args[fsyncAt + 1] === 'on')));
+  if (cases.length === 0) throw new Error(`no raft bench rows match ${args.join(' ')}: --storage takes LmdbStorage, LogFileStorage or MemoryStorage, --fsync on or off`);
+  // `--profile <dir>`: each node process writes a CPU and a heap profile of the commit-latency
+  // phase there (bench/_raft-node.ts; one row at a time, or the last row's overwrite the others).
+  const profileAt = args.indexOf('--profile');
+  const profileDir = profileAt >= 0 ? args[profileAt + 1] : undefined;
   const latencyOps = quick ? 300 : 3000;
   const throughputOps = quick ? 5000 : 50_000;
   const warmupOps = quick ? 3000 : 10_000;
@@ -248,8 +267,8 @@ export async function run(args: string[]): Promise<void> {
   if (placement !== 'in-process') {
     // (`--processes` is accepted too: it is the default.)
     const runGroup = placement === 'threads' ? threadedGroup : processGroup;
-    for (const persist of CASES) {
-      const r = await runGroup(persist, latencyOps, throughputOps, warmupOps);
+    for (const persist of cases) {
+      const r = await runGroup(persist, latencyOps, throughputOps, warmupOps, profileDir);
       const { fsync, storage } = persist;
       const genv = { ...env, placement, storage, fsync, load1: Number(loadavg()[0]!.toFixed(2)) };
       const lat = r.lat.sort((a, b) => a - b);
@@ -260,14 +279,16 @@ export async function run(args: string[]): Promise<void> {
       if (fsync) baselines.disk_fdatasync_p50 = Number(fsyncP50.toFixed(1));
       // The leader's main-thread CPU per commit (processes only: a worker's is not measured).
       const leaderCpuPerCommitUs = 'cpuPerCommitUs' in r ? r.cpuPerCommitUs : undefined;
-      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', baselines, leaderCpuPerCommitUs, ...genv });
+      // And each follower's, over the same commits (processes only).
+      const followerCpuPerCommitUs = 'followerCpuPerCommitUs' in r ? r.followerCpuPerCommitUs : undefined;
+      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', baselines, leaderCpuPerCommitUs, followerCpuPerCommitUs, ...genv });
       report({ suite: 'raft', case: 'commit-latency-p99', value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', ...genv });
       report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', baselines, ...genv });
     }
     return;
   }
   const ienv = { ...env, placement };
-  for (const persist of CASES) {
+  for (const persist of cases) {
     const g = await group(make, persist);
     const { fsync: durable, storage } = persist;
     try {

@@ -102,6 +102,11 @@ export class RaftDriver {
   private readonly onReply = (response: Uint8Array): void => this.receiveReply(response);
   /** The sender of the batch stepBatch() last stepped, or NONE. */
   private batchFrom = NONE;
+  /** stepBatch's decoded messages, one array kept for every batch (not re-entrant: step() never
+   *  calls back into the driver). */
+  private readonly decoded: Message[] = [];
+  /** Per peer, the rejection handler of its calls and the session it is for (see sendNow). */
+  private readonly sendFailures = new Map<number, { session: Promise<TransportSession>; failed: (e: unknown) => void }>();
   private readonly proposals = new Map<number, PendingProposal>();
   private readonly reads = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly readsAwaitingApply: Array<{ index: number; resolve: () => void }> = [];
@@ -277,17 +282,25 @@ export class RaftDriver {
    * every message came from one node addressed to this one, else NONE (no reply slot then).
    */
   private stepBatch(bytes: Uint8Array): boolean {
-    let messages: Message[];
+    const messages = this.decoded;
+    messages.length = 0;
     try {
-      messages = decodeMessages(bytes);
+      decodeMessages(bytes, messages);
     } catch {
+      messages.length = 0;
       this.counters.decodeErrors++;
       return false;
     }
-    let from = messages.length > 0 ? messages[0]!.from : NONE;
-    for (const m of messages) {
-      if (m.from !== from || m.to !== this.core.id) from = NONE;
-      this.core.step(m);
+    const n = messages.length;
+    let from = n > 0 ? messages[0]!.from : NONE;
+    try {
+      for (let i = 0; i < n; i++) {
+        const m = messages[i]!;
+        if (m.from !== from || m.to !== this.core.id) from = NONE;
+        this.core.step(m);
+      }
+    } finally {
+      messages.length = 0; // holds nothing between batches
     }
     this.batchFrom = from;
     this.schedule();
@@ -525,16 +538,7 @@ export class RaftDriver {
       return;
     }
     this.counters.sends++;
-    const failed = (e: unknown): void => {
-      this.counters.sendErrors++;
-      if (e instanceof TimeoutError) return; // lost: Raft resends what matters
-      // The session is broken: drop it and reconnect on the next send.
-      if (this.sessions.get(to) === session) {
-        this.sessions.delete(to);
-        this.connected.delete(to);
-      }
-      session.then((x) => x.close(), () => undefined);
-    };
+    const failed = this.sendFailed(to, session);
     // A deadline so a lost message's call does not stay pending forever (Raft resends).
     const open = this.connected.get(to);
     if (open !== undefined) {
@@ -548,6 +552,27 @@ export class RaftDriver {
     } else {
       session.then((s) => s.call(this.requestType, bytes, { timeoutMs: SEND_TIMEOUT_MS })).then(this.onReply, failed);
     }
+  }
+
+  /**
+   * The rejection handler of calls to `to` over `session`: kept per peer and session, as a
+   * closure per send was one more allocation on every commit's path.
+   */
+  private sendFailed(to: number, session: Promise<TransportSession>): (e: unknown) => void {
+    const kept = this.sendFailures.get(to);
+    if (kept !== undefined && kept.session === session) return kept.failed;
+    const failed = (e: unknown): void => {
+      this.counters.sendErrors++;
+      if (e instanceof TimeoutError) return; // lost: Raft resends what matters
+      // The session is broken: drop it and reconnect on the next send.
+      if (this.sessions.get(to) === session) {
+        this.sessions.delete(to);
+        this.connected.delete(to);
+      }
+      session.then((x) => x.close(), () => undefined);
+    };
+    this.sendFailures.set(to, { session, failed });
+    return failed;
   }
 
   private session(to: number): Promise<TransportSession> | undefined {
@@ -618,7 +643,8 @@ export class RaftDriver {
         }
       }
     }
-    for (const rs of rd.readStates) {
+    for (let i = 0; i < rd.readStates.length; i++) {
+      const rs = rd.readStates[i]!;
       const r = this.reads.get(rs.id);
       if (r) {
         this.reads.delete(rs.id);
