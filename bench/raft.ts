@@ -192,6 +192,7 @@ async function processGroup(persist: Persist, latencyOps: number, throughputOps:
     c.once('message', resolve);
     c.once('exit', (code) => reject(new Error(`raft node exited with ${code}`)));
   });
+  const closing = new Set<ChildProcess>();
   try {
     const addresses = await Promise.all(children.map((c) => next(c)));
     const peers = addresses.map((a, i) => [i + 1, a.address]);
@@ -203,6 +204,7 @@ async function processGroup(persist: Persist, latencyOps: number, throughputOps:
     for (const c of children.slice(1)) {
       const closed = next(c);
       c.send({ close: true });
+      closing.add(c);
       const cpu = (await closed).cpuPerCommitUs;
       if (typeof cpu === 'number') followerCpuPerCommitUs.push(cpu);
     }
@@ -211,7 +213,8 @@ async function processGroup(persist: Persist, latencyOps: number, throughputOps:
     for (const c of children) {
       if (c.exitCode !== null) continue;
       const exited = new Promise((resolve) => c.once('exit', resolve));
-      if (c.connected) c.send({ close: true });
+      // (Not twice: a follower told already may be disconnecting, and a send then fails.)
+      if (!closing.has(c)) c.send({ close: true });
       await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
       c.kill('SIGKILL');
     }
