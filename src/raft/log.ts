@@ -54,7 +54,8 @@ export class RaftLog {
 
   /** Entries in [lo, hi), bounded by count and total data bytes (at least one if any). */
   slice(lo: number, hi: number, countMax = Infinity, bytesMax = Infinity): Entry[] {
-    assert(lo > this.snapIndex, `slice(${lo}) below the snapshot at ${this.snapIndex}`);
+    // (The message is built only on failure: slice and append run several times per commit.)
+    if (lo <= this.snapIndex) assert(false, `slice(${lo}) below the snapshot at ${this.snapIndex}`);
     const from = lo - this.snapIndex - 1;
     let to = Math.min(hi, this.lastIndex() + 1, lo + countMax) - this.snapIndex - 1;
     if (bytesMax !== Infinity) {
@@ -73,7 +74,7 @@ export class RaftLog {
   append(entries: readonly Entry[]): void {
     if (entries.length === 0) return;
     const first = entries[0]!.index;
-    assert(first > this.snapIndex && first <= this.lastIndex() + 1, `append at ${first} leaves a gap`);
+    if (first <= this.snapIndex || first > this.lastIndex() + 1) assert(false, `append at ${first} leaves a gap`);
     this.entries.length = first - this.snapIndex - 1;
     for (const e of entries) this.entries.push(e);
   }
