@@ -1,5 +1,6 @@
 /**
- * `npm run bench -- raft [--quick] [--in-process | --threads] [--transport native|memory]`: a
+ * `npm run bench -- raft [--quick] [--in-process | --threads] [--transport native|memory]
+ * [--storage LmdbStorage|LogFileStorage|MemoryStorage] [--fsync on|off] [--profile <dir>]`: a
  * 3-node Raft group, proposals of a 16-byte key + 64-byte value, measured at the leader from
  * propose() to applied:
  *   - commit latency p50/p99 with one proposal outstanding,
@@ -23,6 +24,11 @@
  *     thread) and runs over either transport.
  *   - `--threads`: each node on its own worker thread (leader with the client); floor: the
  *     round trip between two of those threads.
+ * In the processes placement each node also reports its CPU per commit over the commit-latency
+ * phase (`leaderCpuPerCommitUs`, `followerCpuPerCommitUs`: main thread, schedstat, between two
+ * marker entries every node applies), and `--profile <dir>` has each node write a CPU profile and
+ * a sampling heap profile of that phase (node<id>.cpuprofile / .heapprofile). `--storage` and
+ * `--fsync` run only the rows named.
  * `--transport native` runs over the native UDP transport on loopback (src/transport/
  * native-transport.ts, loaded dynamically so this file also builds where it is absent);
  * `--transport memory` over MemoryTransport (in-process only, setImmediate delivery). The default
