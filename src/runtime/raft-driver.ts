@@ -340,10 +340,17 @@ export class RaftDriver {
 
   private readonly runLoop = (): void => {
     this.scheduled = false;
-    void this.loop();
+    this.loop();
   };
 
-  private async loop(): Promise<void> {
+  /**
+   * Runs Readies while the core has them. Synchronous as long as no Ready has to wait; the first
+   * that does (a leader's yield before its own write, or a flush that returns a promise) is
+   * finished by finishAfterWait, which then comes back here. `running` stays true until the
+   * last Ready is done. (An async function here cost its promise and frame on every call, two or
+   * three per commit on the leader, though most calls never awaited.)
+   */
+  private loop(): void {
     if (this.running || this.closed) return;
     this.running = true;
     try {
@@ -363,47 +370,95 @@ export class RaftDriver {
           this.maybeCompact();
           continue;
         }
-        let early = 0; // how many of rd.committed were applied while its write was in flight
-        if (readyNeedsPersist(rd)) {
-          // Let the transport's flush (a microtask queued by the calls above) put them on the
-          // wire before a synchronous commit below holds the thread.
-          if (rd.messagesNow.length > 0 && rd.mustSync) await undefined;
+        if (readyNeedsPersist(rd) && rd.mustSync) {
+          if (rd.messagesNow.length > 0) {
+            // Let the transport's flush (a microtask queued by the calls above) put them on the
+            // wire before a synchronous commit below holds the thread.
+            void this.finishAfterWait(rd, undefined);
+            return;
+          }
           // Duty 1, persist before send (Raft §5.1 / thesis §3.8): a vote, a term or an
           // acknowledged entry must be durable before any message that reveals it leaves.
-          this.bufferWrites(rd);
-          if (rd.mustSync) {
-            this.counters.flushes++;
-            // Flushes resolve in order (RaftStorage.flush), so this one also waits for any
-            // background write still in flight: advance() below declares all of them durable.
-            // A storage that wrote synchronously returns no promise: send at once, then apply
-            // (a follower's ack then waits for its write only, not for its state machine).
-            const flushing = this.options.storage.flush();
-            if (flushing !== undefined) {
-              // Committed entries already durable here need not wait for this write: apply
-              // them while it is in flight (appliableBeforePersist), so a commit costs no extra
-              // flush, and the await below covers whatever the apply throws too.
-              try {
-                early = this.appliableBeforePersist(rd);
-                this.applyEntries(rd.committed, 0, early);
-              } finally {
-                await flushing;
-              }
-            }
-            if (rd.snapshot) this.durableIndex = rd.snapshot.meta.index;
-            if (rd.entries.length > 0) this.durableIndex = rd.entries[rd.entries.length - 1]!.index;
+          const flushing = this.persist(rd);
+          if (flushing !== undefined) {
+            void this.finishAfterWait(rd, flushing);
+            return;
           }
-          // (Else only the commit index changed: bufferWrites left it for the next tick.)
+          this.persisted(rd);
+        } else if (readyNeedsPersist(rd)) {
+          this.bufferWrites(rd); // only the commit index changed: bufferWrites leaves it for the next tick
         }
-        this.send(rd.messages); // duty 2: acks and votes go before the apply below
-        this.apply(rd, early); // duty 3
-        this.core.advance(); // duty 4
-        this.maybeCompact();
+        this.finishReady(rd, 0);
       }
     } catch (e) {
       this.fail(e);
-    } finally {
-      this.running = false;
     }
+    this.running = false;
+    this.loopEnded();
+  }
+
+  /**
+   * The rest of `rd` after a wait: the yield before its writes (flushing undefined), then its
+   * flush; committed entries already durable here are applied while the flush is in flight.
+   * Then the loop goes on.
+   */
+  private async finishAfterWait(rd: Ready, flushing: Promise<void> | undefined): Promise<void> {
+    try {
+      if (flushing === undefined) {
+        await undefined;
+        flushing = this.persist(rd);
+      }
+      let early = 0; // how many of rd.committed were applied while its write was in flight
+      if (flushing !== undefined) {
+        // Committed entries already durable here need not wait for this write: apply them
+        // while it is in flight (appliableBeforePersist), so a commit costs no extra flush, and
+        // the await below covers whatever the apply throws too.
+        try {
+          early = this.appliableBeforePersist(rd);
+          this.applyEntries(rd.committed, 0, early);
+        } finally {
+          await flushing;
+        }
+      }
+      this.persisted(rd);
+      this.finishReady(rd, early);
+    } catch (e) {
+      this.fail(e);
+    }
+    this.running = false;
+    if (this.closed) this.loopEnded();
+    else this.loop();
+  }
+
+  /**
+   * Buffers rd's writes and flushes them (a Ready that must sync). Flushes resolve in order
+   * (RaftStorage.flush), so this one also waits for any background write still in flight:
+   * persisted() then declares all of them durable. A storage that wrote synchronously returns
+   * no promise: the loop then sends at once and applies (a follower's ack waits for its write
+   * only, not for its state machine).
+   */
+  private persist(rd: Ready): Promise<void> | undefined {
+    this.bufferWrites(rd);
+    this.counters.flushes++;
+    return this.options.storage.flush();
+  }
+
+  /** rd's writes are durable. */
+  private persisted(rd: Ready): void {
+    if (rd.snapshot) this.durableIndex = rd.snapshot.meta.index;
+    if (rd.entries.length > 0) this.durableIndex = rd.entries[rd.entries.length - 1]!.index;
+  }
+
+  /** Duties 2-4 for rd, whose first `appliedEarly` committed entries were applied already. */
+  private finishReady(rd: Ready, appliedEarly: number): void {
+    this.send(rd.messages); // duty 2: acks and votes go before the apply below
+    this.apply(rd, appliedEarly); // duty 3
+    this.core.advance(); // duty 4
+    this.maybeCompact();
+  }
+
+  /** After the loop: more to do (it arrived during the last Ready), or answer the open requests. */
+  private loopEnded(): void {
     if (!this.closed && this.core.hasReady()) this.schedule();
     else this.closeReplies(); // nothing more will be sent to them in answer
   }
