@@ -7,6 +7,9 @@
  * (an echo of the same 80-byte payload between the same processes or threads: the floor), then
  * the throughput, and posts {result}. "close" stops it.
  */
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
+import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
 import { LogFileStorage } from '../src/raft/log-file-storage.js';
@@ -23,9 +26,30 @@ const port: Channel = parentPort ?? {
   postMessage: (message) => process.send!(message),
   on: (event, listener) => void process.on(event, listener),
 };
-const { id, dir, fsync, memory, file, latencyOps, throughputOps, warmupOps } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
+const { id, dir, fsync, memory, file, latencyOps, throughputOps, warmupOps, profileDir } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
   id: number; dir: string; fsync: boolean; memory?: boolean; file?: boolean; latencyOps: number; throughputOps: number; warmupOps: number;
+  profileDir?: string;
 };
+/**
+ * `--profile <dir>`: a CPU profile (100 µs sampling) and a sampling heap profile (every 1 KiB
+ * allocated on average) of this node over the commit-latency phase only (between the markers),
+ * written to <dir>/node<id>.cpuprofile and .heapprofile (open in Chrome DevTools).
+ */
+const inspector = profileDir !== undefined ? new Session() : undefined;
+function profileMark(n: number): void {
+  const s = inspector!;
+  if (n === 1) {
+    s.connect();
+    s.post('Profiler.enable');
+    s.post('Profiler.setSamplingInterval', { interval: 100 });
+    s.post('Profiler.start');
+    s.post('HeapProfiler.enable');
+    s.post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+  } else if (n === 2) {
+    s.post('Profiler.stop', (_e, r) => writeFileSync(join(profileDir!, `node${id}.cpuprofile`), JSON.stringify(r.profile)));
+    s.post('HeapProfiler.stopSampling', (_e, r) => writeFileSync(join(profileDir!, `node${id}.heapprofile`), JSON.stringify(r.profile)));
+  }
+}
 const endpoint = await Endpoint.create({ host: '127.0.0.1', port: 0 });
 const ECHO_TYPE = 99;
 endpoint.handle(ECHO_TYPE, () => new Uint8Array(0));
@@ -34,7 +58,21 @@ endpoint.handle(ECHO_TYPE, () => new Uint8Array(0));
 const storage: RaftStorage = memory === true ? new MemoryStorage()
   : file === true ? new LogFileStorage({ path: dir, durable: fsync }) : new LmdbStorage({ path: dir, durable: fsync });
 let driver: RaftDriver | undefined;
-const machine = { apply(): void {}, restore(): void {}, snapshot: () => new Uint8Array(8) };
+/**
+ * A marker entry (byte 79 = MARK; a benchmark payload's is 0) brackets the commit-latency phase:
+ * each node notes its main thread's CPU time when it applies one, so the followers' CPU per
+ * commit covers the same commits as the leader's (the one after the phase included).
+ */
+const MARK = 0xff;
+const marks: number[] = [];
+const machine = {
+  apply(e: { data: Uint8Array }): void {
+    if (e.data.byteLength !== 80 || e.data[79] !== MARK) return;
+    marks.push(mainThreadCpuUs());
+    if (profileDir !== undefined) profileMark(marks.length);
+  },
+  restore(): void {}, snapshot: () => new Uint8Array(8),
+};
 
 function payload(i: number): Uint8Array {
   const out = new Uint8Array(80);
@@ -47,7 +85,9 @@ port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean 
     await driver?.close();
     await endpoint.close();
     await storage.close();
-    port.postMessage({ closed: true });
+    // This node's CPU per commit between the two markers (processes only, as the leader's).
+    const cpuPerCommitUs = !parentPort && marks.length >= 2 ? Number(((marks[1]! - marks[0]!) / (latencyOps + 1)).toFixed(1)) : undefined;
+    port.postMessage({ closed: true, cpuPerCommitUs });
     if (!parentPort) setImmediate(() => process.exit(0));
     return;
   }
@@ -75,10 +115,13 @@ port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean 
   const echo = await endpoint.connect(m.peers!.find(([i]) => i === 2)![1]);
   const rttCalls = Math.max(1000, latencyOps >> 1);
   const rtt = await sequentialLatencies(rttCalls, (i) => echo.call(ECHO_TYPE, payload(i)));
-  const cpu0 = mainThreadCpuUs();
+  const marker = payload(0);
+  marker[79] = MARK;
+  await leader.propose(marker);
   const lat = await sequentialLatencies(latencyOps, (i) => leader.propose(payload(i)));
+  await leader.propose(marker);
   // This leader's CPU per commit (a process's main thread: not measured on a worker thread).
-  const cpuPerCommitUs = parentPort ? undefined : Number(((mainThreadCpuUs() - cpu0) / latencyOps).toFixed(1));
+  const cpuPerCommitUs = parentPort || marks.length < 2 ? undefined : Number(((marks[1]! - marks[0]!) / (latencyOps + 1)).toFixed(1));
   rtt.push(...await sequentialLatencies(rttCalls, (i) => echo.call(ECHO_TYPE, payload(i))));
   await echo.close();
   const rttP50 = percentile(rtt.sort((a, b) => a - b), 50);

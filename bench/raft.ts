@@ -1,5 +1,6 @@
 /**
- * `npm run bench -- raft [--quick] [--in-process | --threads] [--transport native|memory]`: a
+ * `npm run bench -- raft [--quick] [--in-process | --threads] [--transport native|memory]
+ * [--storage LmdbStorage|LogFileStorage|MemoryStorage] [--fsync on|off] [--profile <dir>]`: a
  * 3-node Raft group, proposals of a 16-byte key + 64-byte value, measured at the leader from
  * propose() to applied:
  *   - commit latency p50/p99 with one proposal outstanding,
@@ -23,6 +24,11 @@
  *     thread) and runs over either transport.
  *   - `--threads`: each node on its own worker thread (leader with the client); floor: the
  *     round trip between two of those threads.
+ * In the processes placement each node also reports its CPU per commit over the commit-latency
+ * phase (`leaderCpuPerCommitUs`, `followerCpuPerCommitUs`: main thread, schedstat, between two
+ * marker entries every node applies), and `--profile <dir>` has each node write a CPU profile and
+ * a sampling heap profile of that phase (node<id>.cpuprofile / .heapprofile). `--storage` and
+ * `--fsync` run only the rows named.
  * `--transport native` runs over the native UDP transport on loopback (src/transport/
  * native-transport.ts, loaded dynamically so this file also builds where it is absent);
  * `--transport memory` over MemoryTransport (in-process only, setImmediate delivery). The default
@@ -183,26 +189,38 @@ async function threadedGroup(persist: Persist, latencyOps: number, throughputOps
 }
 
 /** The default placement (also `--processes`): each node in its own child process (bench/_raft-node.ts over IPC). */
-async function processGroup(persist: Persist, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number; cpuPerCommitUs?: number }> {
+async function processGroup(persist: Persist, latencyOps: number, throughputOps: number, warmupOps: number, profileDir?: string): Promise<{ lat: number[]; rate: number; rttP50: number; cpuPerCommitUs?: number; followerCpuPerCommitUs?: number[] }> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
   const children = [1, 2, 3].map((id) => fork(join(here, '_raft-node.js'),
-    [JSON.stringify({ id, dir: dirs[id - 1], ...nodeStorage(persist), latencyOps, throughputOps, warmupOps })], { stdio: 'inherit' }));
+    [JSON.stringify({ id, dir: dirs[id - 1], ...nodeStorage(persist), latencyOps, throughputOps, warmupOps, profileDir })], { stdio: 'inherit' }));
   const next = (c: ChildProcess): Promise<any> => new Promise((resolve, reject) => {
     c.once('message', resolve);
     c.once('exit', (code) => reject(new Error(`raft node exited with ${code}`)));
   });
+  const closing = new Set<ChildProcess>();
   try {
     const addresses = await Promise.all(children.map((c) => next(c)));
     const peers = addresses.map((a, i) => [i + 1, a.address]);
     const result = next(children[0]!);
     for (const c of children) c.send({ peers });
-    return (await result).result;
+    const r = (await result).result;
+    // The followers' CPU per commit over the same commits as the leader's (bench/_raft-node.ts).
+    const followerCpuPerCommitUs: number[] = [];
+    for (const c of children.slice(1)) {
+      const closed = next(c);
+      c.send({ close: true });
+      closing.add(c);
+      const cpu = (await closed).cpuPerCommitUs;
+      if (typeof cpu === 'number') followerCpuPerCommitUs.push(cpu);
+    }
+    return { ...r, followerCpuPerCommitUs };
   } finally {
     for (const c of children) {
       if (c.exitCode !== null) continue;
       const exited = new Promise((resolve) => c.once('exit', resolve));
-      c.send({ close: true });
+      // (Not twice: a follower told already may be disconnecting, and a send then fails.)
+      if (!closing.has(c)) c.send({ close: true });
       await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
       c.kill('SIGKILL');
     }
@@ -230,6 +248,16 @@ export async function run(args: string[]): Promise<void> {
     make = await transportFactory(transport);
   }
   if (make === undefined) throw new Error(`transport "${transport}" is not available in this build`);
+  // `--storage <LmdbStorage|LogFileStorage|MemoryStorage>` and `--fsync <on|off>` run only those rows.
+  const storageAt = args.indexOf('--storage');
+  const fsyncAt = args.indexOf('--fsync');
+  const cases = CASES.filter((c) => (storageAt < 0 || c.storage === args[storageAt + 1]) &&
+    (fsyncAt < 0 || c.fsync === (args[fsyncAt + 1] === 'on')));
+  if (cases.length === 0) throw new Error(`no raft bench rows match ${args.join(' ')}: --storage takes LmdbStorage, LogFileStorage or MemoryStorage, --fsync on or off`);
+  // `--profile <dir>`: each node process writes a CPU and a heap profile of the commit-latency
+  // phase there (bench/_raft-node.ts; one row at a time, or the last row's overwrite the others).
+  const profileAt = args.indexOf('--profile');
+  const profileDir = profileAt >= 0 ? args[profileAt + 1] : undefined;
   const latencyOps = quick ? 300 : 3000;
   const throughputOps = quick ? 5000 : 50_000;
   const warmupOps = quick ? 3000 : 10_000;
@@ -248,8 +276,8 @@ export async function run(args: string[]): Promise<void> {
   if (placement !== 'in-process') {
     // (`--processes` is accepted too: it is the default.)
     const runGroup = placement === 'threads' ? threadedGroup : processGroup;
-    for (const persist of CASES) {
-      const r = await runGroup(persist, latencyOps, throughputOps, warmupOps);
+    for (const persist of cases) {
+      const r = await runGroup(persist, latencyOps, throughputOps, warmupOps, profileDir);
       const { fsync, storage } = persist;
       const genv = { ...env, placement, storage, fsync, load1: Number(loadavg()[0]!.toFixed(2)) };
       const lat = r.lat.sort((a, b) => a - b);
@@ -260,14 +288,16 @@ export async function run(args: string[]): Promise<void> {
       if (fsync) baselines.disk_fdatasync_p50 = Number(fsyncP50.toFixed(1));
       // The leader's main-thread CPU per commit (processes only: a worker's is not measured).
       const leaderCpuPerCommitUs = 'cpuPerCommitUs' in r ? r.cpuPerCommitUs : undefined;
-      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', baselines, leaderCpuPerCommitUs, ...genv });
+      // And each follower's, over the same commits (processes only).
+      const followerCpuPerCommitUs = 'followerCpuPerCommitUs' in r ? r.followerCpuPerCommitUs : undefined;
+      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', baselines, leaderCpuPerCommitUs, followerCpuPerCommitUs, ...genv });
       report({ suite: 'raft', case: 'commit-latency-p99', value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', ...genv });
       report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', baselines, ...genv });
     }
     return;
   }
   const ienv = { ...env, placement };
-  for (const persist of CASES) {
+  for (const persist of cases) {
     const g = await group(make, persist);
     const { fsync: durable, storage } = persist;
     try {

@@ -102,6 +102,11 @@ export class RaftDriver {
   private readonly onReply = (response: Uint8Array): void => this.receiveReply(response);
   /** The sender of the batch stepBatch() last stepped, or NONE. */
   private batchFrom = NONE;
+  /** stepBatch's decoded messages, one array kept for every batch (not re-entrant: step() never
+   *  calls back into the driver). */
+  private readonly decoded: Message[] = [];
+  /** Per peer, the rejection handler of its calls and the session it is for (see sendNow). */
+  private readonly sendFailures = new Map<number, { session: Promise<TransportSession>; failed: (e: unknown) => void }>();
   private readonly proposals = new Map<number, PendingProposal>();
   private readonly reads = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly readsAwaitingApply: Array<{ index: number; resolve: () => void }> = [];
@@ -277,17 +282,25 @@ export class RaftDriver {
    * every message came from one node addressed to this one, else NONE (no reply slot then).
    */
   private stepBatch(bytes: Uint8Array): boolean {
-    let messages: Message[];
+    const messages = this.decoded;
+    messages.length = 0;
     try {
-      messages = decodeMessages(bytes);
+      decodeMessages(bytes, messages);
     } catch {
+      messages.length = 0;
       this.counters.decodeErrors++;
       return false;
     }
-    let from = messages.length > 0 ? messages[0]!.from : NONE;
-    for (const m of messages) {
-      if (m.from !== from || m.to !== this.core.id) from = NONE;
-      this.core.step(m);
+    const n = messages.length;
+    let from = n > 0 ? messages[0]!.from : NONE;
+    try {
+      for (let i = 0; i < n; i++) {
+        const m = messages[i]!;
+        if (m.from !== from || m.to !== this.core.id) from = NONE;
+        this.core.step(m);
+      }
+    } finally {
+      messages.length = 0; // holds nothing between batches
     }
     this.batchFrom = from;
     this.schedule();
@@ -327,10 +340,17 @@ export class RaftDriver {
 
   private readonly runLoop = (): void => {
     this.scheduled = false;
-    void this.loop();
+    this.loop();
   };
 
-  private async loop(): Promise<void> {
+  /**
+   * Runs Readies while the core has them. Synchronous as long as no Ready has to wait; the first
+   * that does (a leader's yield before its own write, or a flush that returns a promise) is
+   * finished by finishAfterWait, which then comes back here. `running` stays true until the
+   * last Ready is done. (An async function here cost its promise and frame on every call, two or
+   * three per commit on the leader, though most calls never awaited.)
+   */
+  private loop(): void {
     if (this.running || this.closed) return;
     this.running = true;
     try {
@@ -350,47 +370,95 @@ export class RaftDriver {
           this.maybeCompact();
           continue;
         }
-        let early = 0; // how many of rd.committed were applied while its write was in flight
-        if (readyNeedsPersist(rd)) {
-          // Let the transport's flush (a microtask queued by the calls above) put them on the
-          // wire before a synchronous commit below holds the thread.
-          if (rd.messagesNow.length > 0 && rd.mustSync) await undefined;
+        if (readyNeedsPersist(rd) && rd.mustSync) {
+          if (rd.messagesNow.length > 0) {
+            // Let the transport's flush (a microtask queued by the calls above) put them on the
+            // wire before a synchronous commit below holds the thread.
+            void this.finishAfterWait(rd, undefined);
+            return;
+          }
           // Duty 1, persist before send (Raft §5.1 / thesis §3.8): a vote, a term or an
           // acknowledged entry must be durable before any message that reveals it leaves.
-          this.bufferWrites(rd);
-          if (rd.mustSync) {
-            this.counters.flushes++;
-            // Flushes resolve in order (RaftStorage.flush), so this one also waits for any
-            // background write still in flight: advance() below declares all of them durable.
-            // A storage that wrote synchronously returns no promise: send at once, then apply
-            // (a follower's ack then waits for its write only, not for its state machine).
-            const flushing = this.options.storage.flush();
-            if (flushing !== undefined) {
-              // Committed entries already durable here need not wait for this write: apply
-              // them while it is in flight (appliableBeforePersist), so a commit costs no extra
-              // flush, and the await below covers whatever the apply throws too.
-              try {
-                early = this.appliableBeforePersist(rd);
-                this.applyEntries(rd.committed, 0, early);
-              } finally {
-                await flushing;
-              }
-            }
-            if (rd.snapshot) this.durableIndex = rd.snapshot.meta.index;
-            if (rd.entries.length > 0) this.durableIndex = rd.entries[rd.entries.length - 1]!.index;
+          const flushing = this.persist(rd);
+          if (flushing !== undefined) {
+            void this.finishAfterWait(rd, flushing);
+            return;
           }
-          // (Else only the commit index changed: bufferWrites left it for the next tick.)
+          this.persisted(rd);
+        } else if (readyNeedsPersist(rd)) {
+          this.bufferWrites(rd); // only the commit index changed: bufferWrites leaves it for the next tick
         }
-        this.send(rd.messages); // duty 2: acks and votes go before the apply below
-        this.apply(rd, early); // duty 3
-        this.core.advance(); // duty 4
-        this.maybeCompact();
+        this.finishReady(rd, 0);
       }
     } catch (e) {
       this.fail(e);
-    } finally {
-      this.running = false;
     }
+    this.running = false;
+    this.loopEnded();
+  }
+
+  /**
+   * The rest of `rd` after a wait: the yield before its writes (flushing undefined), then its
+   * flush; committed entries already durable here are applied while the flush is in flight.
+   * Then the loop goes on.
+   */
+  private async finishAfterWait(rd: Ready, flushing: Promise<void> | undefined): Promise<void> {
+    try {
+      if (flushing === undefined) {
+        await undefined;
+        flushing = this.persist(rd);
+      }
+      let early = 0; // how many of rd.committed were applied while its write was in flight
+      if (flushing !== undefined) {
+        // Committed entries already durable here need not wait for this write: apply them
+        // while it is in flight (appliableBeforePersist), so a commit costs no extra flush, and
+        // the await below covers whatever the apply throws too.
+        try {
+          early = this.appliableBeforePersist(rd);
+          this.applyEntries(rd.committed, 0, early);
+        } finally {
+          await flushing;
+        }
+      }
+      this.persisted(rd);
+      this.finishReady(rd, early);
+    } catch (e) {
+      this.fail(e);
+    }
+    this.running = false;
+    if (this.closed) this.loopEnded();
+    else this.loop();
+  }
+
+  /**
+   * Buffers rd's writes and flushes them (a Ready that must sync). Flushes resolve in order
+   * (RaftStorage.flush), so this one also waits for any background write still in flight:
+   * persisted() then declares all of them durable. A storage that wrote synchronously returns
+   * no promise: the loop then sends at once and applies (a follower's ack waits for its write
+   * only, not for its state machine).
+   */
+  private persist(rd: Ready): Promise<void> | undefined {
+    this.bufferWrites(rd);
+    this.counters.flushes++;
+    return this.options.storage.flush();
+  }
+
+  /** rd's writes are durable. */
+  private persisted(rd: Ready): void {
+    if (rd.snapshot) this.durableIndex = rd.snapshot.meta.index;
+    if (rd.entries.length > 0) this.durableIndex = rd.entries[rd.entries.length - 1]!.index;
+  }
+
+  /** Duties 2-4 for rd, whose first `appliedEarly` committed entries were applied already. */
+  private finishReady(rd: Ready, appliedEarly: number): void {
+    this.send(rd.messages); // duty 2: acks and votes go before the apply below
+    this.apply(rd, appliedEarly); // duty 3
+    this.core.advance(); // duty 4
+    this.maybeCompact();
+  }
+
+  /** After the loop: more to do (it arrived during the last Ready), or answer the open requests. */
+  private loopEnded(): void {
     if (!this.closed && this.core.hasReady()) this.schedule();
     else this.closeReplies(); // nothing more will be sent to them in answer
   }
@@ -525,16 +593,7 @@ export class RaftDriver {
       return;
     }
     this.counters.sends++;
-    const failed = (e: unknown): void => {
-      this.counters.sendErrors++;
-      if (e instanceof TimeoutError) return; // lost: Raft resends what matters
-      // The session is broken: drop it and reconnect on the next send.
-      if (this.sessions.get(to) === session) {
-        this.sessions.delete(to);
-        this.connected.delete(to);
-      }
-      session.then((x) => x.close(), () => undefined);
-    };
+    const failed = this.sendFailed(to, session);
     // A deadline so a lost message's call does not stay pending forever (Raft resends).
     const open = this.connected.get(to);
     if (open !== undefined) {
@@ -548,6 +607,27 @@ export class RaftDriver {
     } else {
       session.then((s) => s.call(this.requestType, bytes, { timeoutMs: SEND_TIMEOUT_MS })).then(this.onReply, failed);
     }
+  }
+
+  /**
+   * The rejection handler of calls to `to` over `session`: kept per peer and session, as a
+   * closure per send was one more allocation on every commit's path.
+   */
+  private sendFailed(to: number, session: Promise<TransportSession>): (e: unknown) => void {
+    const kept = this.sendFailures.get(to);
+    if (kept !== undefined && kept.session === session) return kept.failed;
+    const failed = (e: unknown): void => {
+      this.counters.sendErrors++;
+      if (e instanceof TimeoutError) return; // lost: Raft resends what matters
+      // The session is broken: drop it and reconnect on the next send.
+      if (this.sessions.get(to) === session) {
+        this.sessions.delete(to);
+        this.connected.delete(to);
+      }
+      session.then((x) => x.close(), () => undefined);
+    };
+    this.sendFailures.set(to, { session, failed });
+    return failed;
   }
 
   private session(to: number): Promise<TransportSession> | undefined {
@@ -618,7 +698,8 @@ export class RaftDriver {
         }
       }
     }
-    for (const rs of rd.readStates) {
+    for (let i = 0; i < rd.readStates.length; i++) {
+      const rs = rd.readStates[i]!;
       const r = this.reads.get(rs.id);
       if (r) {
         this.reads.delete(rs.id);

@@ -216,6 +216,8 @@ const DEFAULTS = {
   peerFailureTimeoutMs: 2000,
 };
 
+/** A settled promise: scheduleFlush queues its microtask as a reaction on it. */
+const SETTLED = Promise.resolve();
 const RECORD_HEADER_BYTES = 24;
 const EXTERNAL_PAYLOAD_BYTES_MIN = 64 * 1024;
 const FLAG_PAYLOAD_IN_EXTRAS = 1;
@@ -740,7 +742,10 @@ export class Endpoint implements Transport {
   private scheduleFlush(): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
-    queueMicrotask(this.flushBound);
+    // A reaction on a settled promise rather than queueMicrotask(): Node wraps each
+    // queueMicrotask callback (an async resource and a bound function, then runMicrotask), which
+    // was ~4 % of what a raft follower allocated per commit; this runs on every call and answer.
+    void SETTLED.then(this.flushBound);
   }
 
   private flush(): void {
@@ -841,22 +846,27 @@ export class Endpoint implements Transport {
       return;
     }
     const context = new ServerRequestContext(this.serverPeers, session);
-    const fail = (error: unknown): void => {
-      const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-      this.respond(session, slot, requestNumber, Status.HandlerError, Buffer.from(text.slice(0, 4096)));
-    };
     let result: Uint8Array | Promise<Uint8Array>;
     try {
       result = handler(payload, context);
     } catch (error) {
-      fail(error);
+      this.respondError(session, slot, requestNumber, error);
       return;
     }
     if (result instanceof Uint8Array) {
       this.respond(session, slot, requestNumber, Status.Ok, result);
     } else {
-      result.then((bytes) => this.respond(session, slot, requestNumber, Status.Ok, bytes), fail);
+      result.then(
+        (bytes) => this.respond(session, slot, requestNumber, Status.Ok, bytes),
+        (error: unknown) => this.respondError(session, slot, requestNumber, error),
+      );
     }
+  }
+
+  /** Answers a request whose handler threw or rejected with the error's text. */
+  private respondError(session: number, slot: number, requestNumber: number, error: unknown): void {
+    const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    this.respond(session, slot, requestNumber, Status.HandlerError, Buffer.from(text.slice(0, 4096)));
   }
 
   private onSessionEvent(session: number, code: number, reason: number, payload: Buffer): void {

@@ -93,3 +93,29 @@ test('random bytes never decode into messages silently wrong in shape', (t) => {
   }
   t.true(rejected > 1900, `${rejected} of 2000 rejected`);
 });
+
+test('batches encoded back to back, across buffer-pool slabs and larger than one, all decode exactly', (t) => {
+  // The encoder keeps one DataView per pool slab (poolView): a view left over from an earlier
+  // slab would write this batch's numbers into another buffer.
+  const batches: Array<{ bytes: Uint8Array; messages: Message[] }> = [];
+  for (let i = 0; i < 300; i++) {
+    const data = new Uint8Array(i % 7 === 0 ? 5000 : 80).fill(i & 0xff); // some past the pool's half
+    const messages: Message[] = [
+      { type: 'append', from: 1, to: 2, term: i, prevIndex: i, prevTerm: i, commit: i, entries: [{ index: i + 1, term: i, type: 0, data }] },
+      { type: 'heartbeat', from: 1, to: 2, term: i, commit: i, ctx: i * 3 },
+    ];
+    batches.push({ bytes: encodeMessages(messages, i), messages });
+  }
+  for (const [i, b] of batches.entries()) {
+    t.is(batchGroup(b.bytes), i);
+    t.deepEqual(plain(decodeMessages(b.bytes)), plain(b.messages), `batch ${i}`);
+  }
+});
+
+test('decodeMessages appends to the array it is given and returns it', (t) => {
+  const kept: Message[] = [all[4]!];
+  const out = decodeMessages(encodeMessages(all.slice(2, 4)), kept);
+  t.is(out, kept);
+  t.deepEqual(plain(out), plain([all[4], all[2], all[3]]));
+  t.throws(() => decodeMessages(encodeMessages(all).subarray(0, 40), kept));
+});

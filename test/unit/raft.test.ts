@@ -5,6 +5,7 @@ import test from 'ava';
 import { SeededRandom } from '../../src/core/random.js';
 import { RaftCore } from '../../src/raft/raft-core.js';
 import { RaftProposalError } from '../../src/raft/errors.js';
+import { RaftLog } from '../../src/raft/log.js';
 import { EntryType, type Message } from '../../src/raft/types.js';
 import { Net, stateWith } from './raft-helpers.js';
 
@@ -387,4 +388,23 @@ test('followers that hold every entry learn a new commit at once (commit notice)
   net.propose(1, 'z');
   t.deepEqual(net.appliedData(2), ['x', 'y', 'z']);
   t.deepEqual(net.appliedData(3), ['x', 'y', 'z']);
+});
+
+test('RaftLog.slice: the range, the count bound and the byte bound (at least one entry), an exact copy', (t) => {
+  const entries = [1, 2, 3, 4, 5].map((index) => ({ index, term: 1, type: 0 as const, data: new Uint8Array(index * 10) }));
+  const log = new RaftLog(0, 0, entries);
+  const indexes = (es: readonly { index: number }[]): number[] => es.map((e) => e.index);
+  t.deepEqual(indexes(log.slice(2, 4)), [2, 3]);
+  t.deepEqual(indexes(log.slice(2, Infinity)), [2, 3, 4, 5]);
+  t.deepEqual(indexes(log.slice(6, Infinity)), []);
+  t.deepEqual(indexes(log.slice(1, Infinity, 2)), [1, 2]);
+  // Each entry counts its data + 24 bytes: 34, 44, 54 ...
+  t.deepEqual(indexes(log.slice(1, Infinity, Infinity, 34 + 44)), [1, 2]);
+  t.deepEqual(indexes(log.slice(1, Infinity, Infinity, 34 + 44 - 1)), [1]);
+  t.deepEqual(indexes(log.slice(3, Infinity, Infinity, 1)), [3]); // one even if over the bound
+  const copy = log.slice(1, Infinity);
+  t.is(copy.length, 5);
+  (copy as unknown[]).length = 0; // the log's own entries are not shared with the slice
+  t.is(log.lastIndex(), 5);
+  t.deepEqual(indexes(log.slice(1, 3)), [1, 2]);
 });

@@ -123,6 +123,14 @@ test('errors are named: no handler, handler threw, too large, deadline, closed s
   const threw = await t.throwsAsync(session.call(2, Buffer.alloc(1)), { instanceOf: TransportError });
   t.is(threw!.code, 'HANDLER_FAILED');
   t.regex(threw!.message, /boom/);
+  // A handler whose promise rejects is answered the same way (the asynchronous path).
+  server.handle(4, async () => {
+    await Promise.resolve();
+    throw new RangeError('later boom');
+  });
+  const rejected = await t.throwsAsync(session.call(4, Buffer.alloc(1)), { instanceOf: TransportError });
+  t.is(rejected!.code, 'HANDLER_FAILED');
+  t.regex(rejected!.message, /RangeError: later boom/);
   await t.throwsAsync(session.call(1, Buffer.alloc((1 << 20) + 1)), { instanceOf: PayloadTooLargeError });
   const started = performance.now();
   const timeout = await t.throwsAsync(session.call(3, Buffer.alloc(1), { timeoutMs: 50 }), {
