@@ -49,28 +49,38 @@ async function runNode(args: string[], io: CliIo): Promise<number> {
   const appPath = flags.get('app');
   if (!configPath) throw new UsageError('--config <file> is required');
   if (!appPath) throw new UsageError('--app <module.js> is required');
-  const config = loadConfig(configPath, { env: io.env, args: overrides });
+  let config = loadConfig(configPath, { env: io.env, args: overrides });
   const app = await loadApp(appPath);
-  const group = await Group.start(config, {
-    types: app.types, layout: app.layout, ...(switches.has('membership') ? { membership: true } : {}),
-  });
-  for (const line of describeNode(group)) io.out(line);
-  const removed = await new Promise<Error | undefined>((done) => {
-    const stop = (): void => done(undefined);
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-    if (process.send !== undefined) process.once('disconnect', stop);
-    // Removed by the group (taken for failed, or stopped after an internal error): it serves
-    // nothing more, so the process says why and ends rather than idling as if it were a member.
-    group.on('removed', (error) => done(error));
-  });
-  await group.close();
-  if (removed !== undefined) {
+  const membership = switches.has('membership');
+  for (;;) {
+    const group = await Group.start(config, { types: app.types, layout: app.layout, ...(membership ? { membership: true } : {}) });
+    for (const line of describeNode(group)) io.out(line);
+    const removed = await new Promise<Error | undefined>((done) => {
+      const stop = (): void => done(undefined);
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+      if (process.send !== undefined) process.once('disconnect', stop);
+      // Removed by the group (taken for failed, or stopped after an internal error): it serves
+      // nothing more, so the process says why, then joins again or ends, rather than idling as
+      // if it were a member.
+      group.on('removed', (error) => {
+        process.off('SIGINT', stop);
+        process.off('SIGTERM', stop);
+        process.off('disconnect', stop);
+        done(error);
+      });
+    });
+    await group.close();
+    if (removed === undefined) {
+      io.out(`node ${group.nodeId} left the group`);
+      return 0;
+    }
     io.err(removed.message);
-    return 3;
+    if (!membership || !config.group.rejoin_after_removal) return 3;
+    // A new member over the same data dir (never wiped now): the group sends only what it lacks.
+    io.err(`node ${group.nodeId}: joining the group again as a new member (group.rejoin_after_removal = false exits instead)`);
+    config = { ...config, persistence: { ...config.persistence, reset: false } };
   }
-  io.out(`node ${group.nodeId} left the group`);
-  return 0;
 }
 
 export const nodeCommand: Command = {
@@ -83,9 +93,10 @@ with state transfer; node ids from 1); without it the group is the static list g
 Starts this node's part of the group described by the config (every member listed in
 group.members starts the same way) and hosts the @replicated types that the app module exports as
 "types", laid out by its "layout" export (see examples/kv-store/app.ts). Runs until SIGINT or
-SIGTERM, then leaves cleanly. Exit status: 0 after a clean stop, 1 if the node cannot start
-(the message names the config key or the unreachable member), 2 bad arguments, 3 once the group
-removed this node (--membership: it was taken for failed; the message says why; start it again
-to rejoin as a new member).`,
+SIGTERM, then leaves cleanly. With --membership, a node the group removed (taken for failed, e.g.
+stopped or cut off past the failure timeout) says why on stderr and joins again as a new member
+over its data dir, unless group.rejoin_after_removal = false. Exit status: 0 after a clean stop,
+1 if the node cannot start (the message names the config key or the unreachable member), 2 bad
+arguments, 3 once the group removed this node and it does not rejoin (the message says why).`,
   run: runNode,
 };

@@ -61,6 +61,12 @@ export class GroupSection {
    * to join before it fails with SubgroupInadequateError (it is sent once the subgroup is whole).
    */
   @IsInt() @Min(0) inadequate_wait_ms = 30_000;
+  /**
+   * `squall node --membership`: once the group removed this node (taken for failed, e.g. on the
+   * minority side of a partition that healed), join again as a new member over its data dir;
+   * false: exit with status 3.
+   */
+  @IsBoolean() rejoin_after_removal = true;
 }
 
 export class TransportSection {
