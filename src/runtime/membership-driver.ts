@@ -1197,15 +1197,17 @@ export class MembershipDriver {
       // that lists every founder as joined, would put it back into a view the group left), and
       // only into a view after the one a restarted process's earlier self recorded. Not if the
       // member there spoke as another process: this one lost its data dir (below).
-      // The asker must be known here as the process that was let in: it spoke here under this
-      // incarnation, or this member passed its join on. A process this member cannot place (its
-      // earlier self joined through another member and died before speaking here) gets
-      // 'pending' until the group removed that earlier self; the same process retrying through
-      // another member then waits for that removal too and joins anew (slower, never wrong).
+      // A joiner without a record (`after` unset) must also be known here as the process that
+      // was let in: it spoke here under this incarnation, or this member passed its join on. One
+      // this member cannot place (a process that lost its data dir, whose earlier self joined
+      // through another member and died before speaking here) gets 'pending' until the group
+      // removed that earlier self; the same process retrying through another member then waits
+      // for that removal too and joins anew (slower, never wrong). A joiner with a record is
+      // placed by `after` below.
       const after = request.after ?? -1;
       const newProcess = this.spokeAsAnotherProcess(node, request.inc);
-      const sameProcess = this.speaking.get(node) === request.inc || this.joinAsks.get(node) === request.inc;
-      for (let i = this.history.length - 1; i >= 0 && !newProcess && sameProcess; i--) {
+      const placed = request.after !== undefined || this.speaking.get(node) === request.inc || this.joinAsks.get(node) === request.inc;
+      for (let i = this.history.length - 1; i >= 0 && !newProcess && placed; i--) {
         const h = this.history[i]!;
         if (h.view.id > after && h.view.joined.includes(node) && h.view.addressOf(node) === request.address) {
           return { t: 'welcome', view: encodeView(h.view), sealedAtIndex: h.sealedAtIndex, epoch: this.epoch };
