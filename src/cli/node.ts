@@ -43,6 +43,9 @@ export function describeNode(group: Group): string[] {
   return lines;
 }
 
+/** How long a removed node waits before it joins again. */
+const REJOIN_PAUSE_MS = 1000;
+
 async function runNode(args: string[], io: CliIo): Promise<number> {
   const { flags, switches, overrides } = parseArgs(args, ['config', 'app'], ['membership']);
   const configPath = flags.get('config');
@@ -80,6 +83,8 @@ async function runNode(args: string[], io: CliIo): Promise<number> {
     // A new member over the same data dir (never wiped now): the group sends only what it lacks.
     io.err(`node ${group.nodeId}: joining the group again as a new member (group.rejoin_after_removal = false exits instead)`);
     config = { ...config, persistence: { ...config.persistence, reset: false } };
+    // A pause first, so that a cause that recurs at once (an internal error) does not spin.
+    await new Promise((resolve) => setTimeout(resolve, REJOIN_PAUSE_MS));
   }
 }
 
