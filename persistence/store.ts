@@ -3,7 +3,7 @@
  * one named database per persistent field (named by registry and field), and one `squall.meta`
  * database holding the format marker and per-field facts.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { assert } from '../src/core/assert.js';
@@ -12,7 +12,7 @@ import { CorruptDataDirError, ForeignDataDirError, MapFullError, WalReplayNotDur
 import { MemoryLogStorage, type LogStorage } from './log-storage.js';
 import { LmdbLogStorage } from './lmdb-storage.js';
 import { PersistentRegistry, type RegistryBackend } from './registry.js';
-import { ROTATE_BYTES, WAL_PREFIX, WriteAheadLog, type WalStats, type WalSync } from './wal.js';
+import { ROTATE_BYTES, WriteAheadLog, walFileNames, type WalStats, type WalSync } from './wal.js';
 
 /**
  * How the persisted frontier relates to the disk:
@@ -247,11 +247,7 @@ export class PersistenceStore implements TurnWriter {
     if (full.reset) {
       rmSync(join(full.dataDir, STORE_FILE), { force: true });
       rmSync(join(full.dataDir, `${STORE_FILE}-lock`), { force: true });
-      if (existsSync(full.dataDir)) {
-        for (const name of readdirSync(full.dataDir)) {
-          if (name.startsWith(WAL_PREFIX)) rmSync(join(full.dataDir, name), { force: true });
-        }
-      }
+      for (const name of walFileNames(full.dataDir)) rmSync(join(full.dataDir, name), { force: true });
     }
     if (!existsSync(full.dataDir)) mkdirSync(full.dataDir, { recursive: true });
     checkLmdbHeader(join(full.dataDir, STORE_FILE));

@@ -19,13 +19,18 @@
  * frame is only ever legitimate at the end of the newest file. Replay reads every file in
  * generation order.
  */
-import { readdirSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fdatasync, fdatasyncSync } from 'node:fs';
 import { FRAME_HEADER_BYTES, FrameFile, type Fdatasync, type FdatasyncSync } from '../src/core/frame-file.js';
 import { WalCorruptError } from './errors.js';
 
 export const WAL_PREFIX = 'squall.wal.';
+
+/** The names of the write-ahead log's files in `dir` (none if it does not exist). */
+export function walFileNames(dir: string): string[] {
+  return existsSync(dir) ? readdirSync(dir).filter((name) => name.startsWith(WAL_PREFIX)) : [];
+}
 /** A log file is closed for writing, and a new one started, once it holds this many bytes. */
 export const ROTATE_BYTES = 16 << 20;
 
@@ -89,8 +94,8 @@ export class WriteAheadLog {
    * caller to apply to LMDB (and make durable) before calling `restart()`.
    */
   open(): WalWrite[][] {
-    const generations = readdirSync(this.dir)
-      .filter((name) => name.startsWith(WAL_PREFIX) && /^\d+$/.test(name.slice(WAL_PREFIX.length)))
+    const generations = walFileNames(this.dir)
+      .filter((name) => /^\d+$/.test(name.slice(WAL_PREFIX.length)))
       .map((name) => Number(name.slice(WAL_PREFIX.length)))
       .sort((a, b) => a - b);
     const frames: WalWrite[][] = [];

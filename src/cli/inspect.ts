@@ -5,13 +5,13 @@
  * value at that point. The app module supplies the classes, so each field is decoded with its
  * own codec (delta-mode fields such as PersistentMap need theirs).
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { open } from 'lmdb';
 import { replicatedClassInfo } from '../../decorators/metadata.js';
 import { PersistenceStore, STORE_FILE } from '../../persistence/store.js';
-import { WAL_PREFIX } from '../../persistence/wal.js';
+import { walFileNames } from '../../persistence/wal.js';
 import type { Persistent } from '../../persistence/persistent.js';
 import { HLC_MAX, hlcAtOrBefore, type Hlc } from '../core/hlc.js';
 import { UsageError, type CliIo, type Command } from './command.js';
@@ -64,7 +64,7 @@ async function runInspect(args: string[], io: CliIo): Promise<number> {
   if (!existsSync(join(dataDir, STORE_FILE))) throw new UsageError(`${dataDir} holds no ${STORE_FILE}`);
   // Opening the store would replay a write-ahead log into LMDB and delete it: under a running
   // node (persistence.write_ahead_log) that loses what the node writes next.
-  const logs = readdirSync(dataDir).filter((name) => name.startsWith(WAL_PREFIX));
+  const logs = walFileNames(dataDir);
   if (logs.length > 0) {
     throw new UsageError(
       `${dataDir} holds a write-ahead log (${logs.join(', ')}): its node is running, or stopped without a clean close. ` +

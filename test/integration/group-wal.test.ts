@@ -4,16 +4,16 @@
 // each store, opened again without a log, holds every value.
 import test from 'ava';
 import 'reflect-metadata';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Group, Persistent, PersistentMap, fixedEvenShards, oneSubgroup } from '../../src/index.js';
 import { PersistenceStore } from '../../persistence/index.js';
+import { walFileNames } from '../../persistence/wal.js';
 import { localGroupConfigs } from '../../src/group/local.js';
 import { KvStore } from '../../examples/kv-store/app.js';
 
 const layout = { KvStore: oneSubgroup(fixedEvenShards(1, 3)) };
-const logFiles = (dir: string): string[] => readdirSync(dir).filter((name) => name.startsWith('squall.wal.'));
 
 test('write_ahead_log: every node logs durable writes, folds the log into LMDB at close, where every value is', async (t) => {
   const dataRoot = mkdtempSync(join(tmpdir(), 'squall-group-wal-'));
@@ -24,11 +24,11 @@ test('write_ahead_log: every node logs durable writes, folds the log into LMDB a
   try {
     const kv = groups[0]!.subgroup(KvStore);
     for (let i = 0; i < 40; i++) await kv.ordered.put(`key-${i}`, `value-${i}`).persisted();
-    for (let i = 0; i < 3; i++) t.true(logFiles(join(dataRoot, `node${i}`)).length > 0, `node ${i} writes a log`);
+    for (let i = 0; i < 3; i++) t.true(walFileNames(join(dataRoot, `node${i}`)).length > 0, `node ${i} writes a log`);
   } finally {
     await Promise.all(groups.map((g) => g.close()));
   }
-  for (let i = 0; i < 3; i++) t.deepEqual(logFiles(join(dataRoot, `node${i}`)), [], `node ${i}'s clean close deleted its log`);
+  for (let i = 0; i < 3; i++) t.deepEqual(walFileNames(join(dataRoot, `node${i}`)), [], `node ${i}'s clean close deleted its log`);
 
   // Every value is in LMDB alone now: open each node's store without a log and read the map.
   for (let i = 0; i < 3; i++) {

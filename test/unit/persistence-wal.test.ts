@@ -9,11 +9,11 @@ import { hlc, HLC_MAX } from '../../src/core/hlc.js';
 import { makeVersion, viewId, VERSION_NONE } from '../../src/core/ids.js';
 import { FRAME_HEADER_BYTES, frameBodies } from '../../src/core/frame-file.js';
 import { Persistent, PersistenceStore, PersistentMap, WalCorruptError, WalReplayNotDurableError, type PersistentRegistry } from '../../persistence/index.js';
-import { WAL_PREFIX, type WriteAheadLog } from '../../persistence/wal.js';
+import { WAL_PREFIX, walFileNames, type WriteAheadLog } from '../../persistence/wal.js';
 import { tempDir } from '../support/persistence-harness.js';
 
 const v = (i: number) => makeVersion(viewId(1), i);
-const walFiles = (dir: string) => readdirSync(dir).filter((n) => n.startsWith(WAL_PREFIX)).sort((a, b) => Number(a.slice(WAL_PREFIX.length)) - Number(b.slice(WAL_PREFIX.length)));
+const walFiles = (dir: string) => walFileNames(dir).sort((a, b) => Number(a.slice(WAL_PREFIX.length)) - Number(b.slice(WAL_PREFIX.length)));
 const internals = (store: PersistenceStore) => store as unknown as { wal: WriteAheadLog; dbs: Map<string, { put: unknown; remove: unknown }>; root: { flushed: PromiseLike<unknown> } };
 
 interface Fields {
