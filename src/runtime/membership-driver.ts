@@ -58,9 +58,10 @@ import {
 } from './multicast-driver.js';
 import { RaftDriver } from './raft-driver.js';
 import { TransferGate } from './transfer-gate.js';
+import { REQUEST_TYPES } from '../transport/request-types.js';
 
-/** The request type of membership messages (Raft uses 40, multicast 48). */
-export const MEMBERSHIP_REQUEST_TYPE = 41;
+/** The request type of membership messages (src/transport/request-types.ts). */
+export const MEMBERSHIP_REQUEST_TYPE = REQUEST_TYPES.membership;
 
 /** Identifies a shard of the layout. */
 export interface ShardRef {

@@ -31,9 +31,10 @@ import { bufferReady, loadInitialState, readyNeedsPersist, type RaftStorage } fr
 import { NONE, type ConfChange, type Entry, type HardState, type Message, type Ready, type Snapshot, type SoftState } from '../raft/types.js';
 import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
 import { RequestMux } from './request-mux.js';
+import { REQUEST_TYPES } from '../transport/request-types.js';
 
 /** The request type Raft registers on the transport. */
-export const RAFT_REQUEST_TYPE = 40;
+export const RAFT_REQUEST_TYPE = REQUEST_TYPES.raft;
 
 export interface StateMachine {
   /** Applies one committed entry (Normal entries with data; no-ops and conf changes are skipped). */
