@@ -11,12 +11,12 @@ export const OPTIONS: Record<string, { readonly options: Record<string, OptionKi
   group: { options: { quick: 'switch', durable: 'switch', wal: 'switch', plaintext: 'switch', raft: 'switch' } },
   kv: { options: { quick: 'switch', mode: 'value', storage: 'value', durable: 'switch', wal: 'switch', plaintext: 'switch' } },
   membership: { options: { quick: 'switch', reps: 'value', 'state-mb': 'value' } },
-  multicast: { options: { quick: 'switch', mib: 'optional', 'no-ceiling': 'switch' } },
+  multicast: { options: { quick: 'switch', mib: 'optional', 'no-ceiling': 'switch', warmup: 'value' } },
   persistence: { options: { quick: 'switch' }, words: 'a case name' },
   raft: {
     options: {
       quick: 'switch', transport: 'value', storage: 'value', fsync: 'value', profile: 'value',
-      threads: 'switch', processes: 'switch', 'in-process': 'switch',
+      threads: 'switch', processes: 'switch', 'in-process': 'switch', pin: 'value',
     },
   },
   replica: { options: { quick: 'switch' } },
