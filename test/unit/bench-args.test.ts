@@ -15,7 +15,7 @@ test('bench options: documented commands pass', (t) => {
 });
 
 test('bench options: unknown options, missing values and stray words are refused by name', (t) => {
-  t.regex(argumentProblem('multicast', ['--bogus']) ?? '', /--bogus: not an option of the multicast suite \(its options: --quick, --mib, --no-ceiling\)/);
+  t.regex(argumentProblem('multicast', ['--bogus']) ?? '', /--bogus: not an option of the multicast suite \(its options: --quick, --mib, --no-ceiling, --warmup\)/);
   t.is(argumentProblem('raft', ['--storage']), '--storage needs a value');
   t.is(argumentProblem('kv', ['--mode', '--quick']), '--mode needs a value');
   t.regex(argumentProblem('codec', ['fast']) ?? '', /"fast": the codec suite takes no bare arguments/);
