@@ -1,0 +1,165 @@
+// A second crash wave during a total restart, in the driver (three in-process nodes on loopback,
+// their "disks" kept across crashes: the last record each saved, and their shard states). Every
+// node restarts from records of view 4 (one shard of three, all sending) whose shard logs differ,
+// as in membership-restart.test.ts: node 1 applied the committed trim [2, 1, 0] (it holds
+// positions 0, 1, 3 of view 4, and its record has the trim), node 2 did not and holds positions
+// 0, 1, 2 (2 is past the trim's first cut), node 3 holds only view 3. The first restart chooses
+// view 5; every node crashes while installing it (once it recorded view 5, before reconciling
+// its shard), then all restart again from those records. The group must resume from view 5 (in
+// view 6) and reconcile by view 4's trim: node 2 truncates position 2, and all three end with
+// view 3, then positions 0, 1, 3 of view 4 (without the trim, node 2 keeps position 2 and the
+// replicas diverge).
+import test from 'ava';
+import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
+import { defaultAllocator, fixedEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
+import { decodeView, encodeView, View } from '../../src/membership/view.js';
+import { MembershipDriver } from '../../src/runtime/membership-driver.js';
+import type { MembershipRecord } from '../../src/runtime/membership-store.js';
+import { Endpoint } from '../../src/transport/native-transport.js';
+import { createEndpoint, KvState, waitFor } from '../support/membership-local.js';
+
+/** A new endpoint at `port` (the crashed process's address; the socket is let go a turn later). */
+async function endpointAt(port: number): Promise<Endpoint> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await Endpoint.create({ host: '127.0.0.1', port, seed: 1700 + attempt, peerFailureTimeoutMs: 1000 });
+    } catch (error) {
+      if (attempt > 100) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+}
+
+type CrashPoint = 'before' | 'after';
+
+/**
+ * Three nodes restarting from records of view 4 (see the header), their disks kept across crashes.
+ * `wave(n, crashAt)` starts all three (new endpoints at the same addresses after the first wave);
+ * `crashAt(node, record)` says whether that save is the node's crash point: 'after' it is
+ * persisted, 'before' it is not; either way the node's endpoint closes at once and the save never
+ * returns (the node stops there, as if killed).
+ */
+async function crashingGroup(seedBase: number) {
+  let endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(seedBase + i)));
+  const ports = endpoints.map((e) => Number(e.address.split(':').at(-1)));
+  const members = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
+  const allocator = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 3, { mode: 'raw' })) });
+  const layout = runAllocator(allocator, { previous: undefined, members: members.map((m) => m.id) });
+  const view4 = new View({ id: viewId(4), members, joined: [], departed: [], failed: [], layout });
+  const shard = { subgroupId: layout.types[0]!.subgroups[0]!.subgroupId as SubgroupId, shardIndex: 0 as ShardIndex };
+  const v3 = [0, 1, 2].map((p) => ({ version: makeVersion(viewId(3), p), tag: `v3:${p}` }));
+  const v4 = (positions: number[]) => positions.map((p) => ({ version: makeVersion(viewId(4), p), tag: `v4:${p}` }));
+  const states = [[...v3, ...v4([0, 1, 3])], [...v3, ...v4([0, 1, 2, 3, 4])], [...v3]].map((log) => {
+    const state = new KvState();
+    for (const r of log) state.append(shard, r.version, r.tag);
+    return state;
+  });
+  const disk: MembershipRecord[] = [
+    { view: encodeView(view4), epoch: '2', trims: { viewId: 4, trims: [{ ...shard, trim: [2, 1, 0] }] } },
+    { view: encodeView(view4), epoch: '2' },
+    { view: encodeView(view4), epoch: '2' },
+  ];
+  const expected = [...v3, ...v4([0, 1, 3])].map((r) => r.tag);
+  const lines: string[] = [];
+  let drivers: MembershipDriver[] = [];
+  const hang = (): Promise<void> => new Promise<void>(() => undefined);
+  const wave = async (n: number, crashAt: (node: number, r: MembershipRecord) => CrashPoint | undefined = () => undefined) => {
+    if (n > 1) endpoints = await Promise.all(ports.map((p) => endpointAt(p)));
+    const crashed = new Set<number>();
+    drivers = [0, 1, 2].map((i) => new MembershipDriver({
+      self: nodeId(i + 1), transport: endpoints[i]!, allocator, layoutHash: 'kv', founders: members, found: false,
+      heartbeatMs: 20, failureTimeoutMs: 1000, tickMs: 10, record: disk[i]!, state: states[i]!,
+      restartTimeoutMs: 30_000, restartGraceMs: 300,
+      saveRecord: async (r) => {
+        if (crashed.has(i + 1)) return hang();
+        const point = crashAt(i + 1, r);
+        if (point !== 'before') disk[i] = r;
+        if (point === undefined) return;
+        // Crashed: nothing reaches or leaves the node from now on (its endpoint closes before any
+        // further network event is handled), and this save, like any later one, never returns.
+        crashed.add(i + 1);
+        const endpoint = endpoints[i]!;
+        queueMicrotask(() => void endpoint.close());
+        return hang();
+      },
+      onDeliver: (s, d) => states[i]!.append(s, d.version!, new TextDecoder().decode(d.payload)),
+      log: (line) => lines.push(`w${n} n${i + 1} ${line}`),
+    }));
+    const started = drivers.map((d) => d.start());
+    for (const s of started) s.catch(() => undefined);
+    return { drivers, started, crashed };
+  };
+  /** Every process of the current wave ends (kill -9: its endpoint goes silent at once). */
+  const stop = async (): Promise<void> => {
+    for (const e of endpoints) await e.close();
+    for (const d of drivers) await d.close();
+  };
+  const logs = (): string[][] => states.map((s) => s.shards.get('0/0')!.map((r) => r.tag));
+  return { shard, disk, expected, lines, wave, stop, logs };
+}
+
+const viewOfRecord = (r: MembershipRecord): string => {
+  const v = decodeView(r.view);
+  return `${v.id} [${v.memberIds}]${r.trims !== undefined ? ` trims of view ${r.trims.viewId}` : ''}`;
+};
+
+test('a crash of every node once it recorded the restart view, before reconciling: the second restart resumes from it, trimmed', async (t) => {
+  t.timeout(60_000);
+  const g = await crashingGroup(1700);
+  try {
+    // Wave 1: the restart of view 4 chooses view 5; each node crashes once it recorded view 5.
+    const first = await g.wave(1, (_, r) => (decodeView(r.view).id === 5 ? 'after' : undefined));
+    await waitFor('every node recorded view 5', () => first.crashed.size === 3, 30_000);
+    t.deepEqual(g.disk.map(viewOfRecord), [1, 2, 3].map(() => '5 [1,2,3] trims of view 4'), 'each record of view 5 carries view 4\'s trim');
+    t.deepEqual(g.logs()[1], g.expected.slice(0, 5), 'node 2 truncated past the trim before it recorded view 5');
+    await g.stop();
+
+    // Wave 2: all three restart from those records: view 6, every replica view 4's trimmed history.
+    const second = await g.wave(2);
+    await Promise.all(second.started);
+    for (const d of second.drivers) t.deepEqual([d.current().id, d.current().memberIds.map(Number)], [viewId(6), [1, 2, 3]]);
+    await waitFor('every shard reconciled', () => second.drivers.every((d) => !d.awaitingState(g.shard)), 20_000);
+    for (const [i, log] of g.logs().entries()) t.deepEqual(log, g.expected, `node ${i + 1} holds the history view 4's trim delivered`);
+  } catch (error) {
+    t.log(g.lines.join('\n'));
+    throw error;
+  } finally {
+    await g.stop();
+  }
+});
+
+test('a crash while installing the restart view that only one node recorded: the second restart, led by a node that heard of it, carries its trims', async (t) => {
+  t.timeout(60_000);
+  const g = await crashingGroup(1710);
+  try {
+    // Wave 1: node 2 (which holds view 4's positions 2 and 4, past the trim) crashes at its first
+    // save (its promise), node 1 (the leader) once the decision is chosen but before it recorded
+    // view 5, node 3 once it recorded view 5.
+    const first = await g.wave(1, (node, r) => {
+      if (node === 2) return 'after';
+      if (decodeView(r.view).id !== 5) return undefined;
+      return node === 1 ? 'before' : 'after';
+    });
+    await waitFor('every node crashed', () => first.crashed.size === 3, 30_000);
+    t.deepEqual(g.disk.map(viewOfRecord), ['4 [1,2,3] trims of view 4', '4 [1,2,3]', '5 [1,2,3] trims of view 4']);
+    t.is(g.logs()[1]!.length, 8, 'node 2 did not truncate');
+    await g.stop();
+
+    // Wave 2: the group restarts from node 3's record of view 5. Node 1 leads (the lowest-ranked
+    // member of view 5), knowing view 5 and its carried trim only from node 3's hello; node 2
+    // must truncate by that trim (without it, its positions 2 and 4 would be the newest and
+    // replicated to the others).
+    const second = await g.wave(2);
+    await Promise.all(second.started);
+    for (const d of second.drivers) t.deepEqual([d.current().id, d.current().memberIds.map(Number)], [viewId(6), [1, 2, 3]]);
+    t.true(g.lines.some((l) => /^w2 n1 restart: ballot \d+\.1 chose view 6 \[1,2,3\] \(failed \[\], 1 committed trims\)/.test(l)), 'node 1 decided with the carried trim');
+    await waitFor('every shard reconciled', () => second.drivers.every((d) => !d.awaitingState(g.shard)), 20_000);
+    t.true(g.lines.some((l) => l.startsWith('w2 n2 restart: shard 0/0 truncates')), 'node 2 truncated in the second restart');
+    for (const [i, log] of g.logs().entries()) t.deepEqual(log, g.expected, `node ${i + 1} holds the history view 4's trim delivered`);
+  } catch (error) {
+    t.log(g.lines.join('\n'));
+    throw error;
+  } finally {
+    await g.stop();
+  }
+});
