@@ -1,21 +1,30 @@
 // A second crash wave during a total restart, in the driver (three in-process nodes on loopback,
 // their "disks" kept across crashes: the last record each saved, and their shard states). Every
-// node restarts from records of view 4 (one shard of three, all sending) whose shard logs differ,
-// as in membership-restart.test.ts: node 1 applied the committed trim [2, 1, 0] (it holds
-// positions 0, 1, 3 of view 4, and its record has the trim), node 2 did not and holds positions
-// 0, 1, 2 (2 is past the trim's first cut), node 3 holds only view 3. The first restart chooses
-// view 5; every node crashes while installing it (once it recorded view 5, before reconciling
-// its shard), then all restart again from those records. The group must resume from view 5 (in
-// view 6) and reconcile by view 4's trim: node 2 truncates position 2, and all three end with
-// view 3, then positions 0, 1, 3 of view 4 (without the trim, node 2 keeps position 2 and the
-// replicas diverge).
+// node restarts from records of view 4 (one raw-mode shard of three, all sending) whose shard logs
+// differ: node 1 applied the committed trim [2, 1, 0] (it holds positions 0, 1, 3 of view 4, and
+// its record has the trim), node 2 did not and holds positions 0 to 4 (past the trim's first cut,
+// and newer than node 1's), node 3 holds only view 3. The first restart chooses view 5 (the
+// restart view); the nodes crash while installing it, at points the test picks (a save of the
+// view record is the crash point: persisted or not, then the node's endpoint closes and it stops),
+// and all restart again. The group must resume from view 5 in view 6, and every replica must end
+// with exactly what view 4's trim delivered: view 3, then positions 0, 1, 3 of view 4.
+//  1. Every node recorded view 5, none reconciled: each must have truncated before its record.
+//  2. Only node 3 recorded view 5; node 2 crashed at its promise, untrimmed; node 1 (the leader)
+//     before its record. In the second restart node 1 leads knowing view 5 only from node 3's
+//     hello, and must decide with the trim node 3's record carries.
+//  3. As 2, and in the second restart node 2 misses the decision until nodes 1 and 3 run view 6:
+//     a member hands it on, naming the view its trims belong to.
+// Without the fix each case ended with a replica holding positions 2 or 4 of view 4 (raw mode:
+// reconciliation pulled them from node 2, the newest holder).
 import test from 'ava';
+import { Packr } from 'msgpackr';
 import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
 import { defaultAllocator, fixedEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
 import { decodeView, encodeView, View } from '../../src/membership/view.js';
-import { MembershipDriver } from '../../src/runtime/membership-driver.js';
+import { MEMBERSHIP_REQUEST_TYPE, MembershipDriver } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
 import { Endpoint } from '../../src/transport/native-transport.js';
+import type { Transport, TransportSession } from '../../src/transport/transport.js';
 import { createEndpoint, KvState, waitFor } from '../support/membership-local.js';
 
 /** A new endpoint at `port` (the crashed process's address; the socket is let go a turn later). */
@@ -63,12 +72,16 @@ async function crashingGroup(seedBase: number) {
   const lines: string[] = [];
   let drivers: MembershipDriver[] = [];
   const hang = (): Promise<void> => new Promise<void>(() => undefined);
-  const wave = async (n: number, crashAt: (node: number, r: MembershipRecord) => CrashPoint | undefined = () => undefined) => {
+  const wave = async (
+    n: number, crashAt: (node: number, r: MembershipRecord) => CrashPoint | undefined = () => undefined,
+    options: { transport?: (node: number, endpoint: Endpoint) => Transport; failureTimeoutMs?: number } = {},
+  ) => {
     if (n > 1) endpoints = await Promise.all(ports.map((p) => endpointAt(p)));
     const crashed = new Set<number>();
     drivers = [0, 1, 2].map((i) => new MembershipDriver({
-      self: nodeId(i + 1), transport: endpoints[i]!, allocator, layoutHash: 'kv', founders: members, found: false,
-      heartbeatMs: 20, failureTimeoutMs: 1000, tickMs: 10, record: disk[i]!, state: states[i]!,
+      self: nodeId(i + 1), transport: options.transport?.(i + 1, endpoints[i]!) ?? endpoints[i]!, allocator, layoutHash: 'kv',
+      founders: members, found: false, heartbeatMs: 20, failureTimeoutMs: options.failureTimeoutMs ?? 1000, tickMs: 10,
+      record: disk[i]!, state: states[i]!,
       restartTimeoutMs: 30_000, restartGraceMs: 300,
       saveRecord: async (r) => {
         if (crashed.has(i + 1)) return hang();
@@ -155,6 +168,89 @@ test('a crash while installing the restart view that only one node recorded: the
     t.true(g.lines.some((l) => /^w2 n1 restart: ballot \d+\.1 chose view 6 \[1,2,3\] \(failed \[\], 1 committed trims\)/.test(l)), 'node 1 decided with the carried trim');
     await waitFor('every shard reconciled', () => second.drivers.every((d) => !d.awaitingState(g.shard)), 20_000);
     t.true(g.lines.some((l) => l.startsWith('w2 n2 restart: shard 0/0 truncates')), 'node 2 truncated in the second restart');
+    for (const [i, log] of g.logs().entries()) t.deepEqual(log, g.expected, `node ${i + 1} holds the history view 4's trim delivered`);
+  } catch (error) {
+    t.log(g.lines.join('\n'));
+    throw error;
+  } finally {
+    await g.stop();
+  }
+});
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+const isDecision = (bytes: Uint8Array): boolean => {
+  try {
+    const t = (packr.unpack(bytes) as { t?: string }).t;
+    return t === 'restartDecision' || t === 'restartDecided';
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * `endpoint` as a driver's transport that, until `open()`, neither receives a chosen restart
+ * decision (the leader's `restartDecision`) nor hears one in an answer (`restartDecided`): the
+ * node takes part in the ballots but misses their outcome, as when the leader went down right
+ * after the decision was chosen.
+ */
+function missingDecisions(endpoint: Endpoint, open: () => boolean): Transport {
+  const session = (s: TransportSession): TransportSession => new Proxy(s, {
+    get(target, property) {
+      if (property === 'call') {
+        return async (...args: Parameters<TransportSession['call']>) => {
+          const reply = await target.call(...args);
+          if (!open() && args[0] === MEMBERSHIP_REQUEST_TYPE && isDecision(reply)) throw new Error('decision not heard (test)');
+          return reply;
+        };
+      }
+      const value = Reflect.get(target, property, target) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  return new Proxy(endpoint, {
+    get(target, property) {
+      if (property === 'handle') {
+        return (type: number, handler: Parameters<Transport['handle']>[1]) => target.handle(type, (request, context) =>
+          (!open() && type === MEMBERSHIP_REQUEST_TYPE && isDecision(request) ? new Uint8Array(0) : handler(request, context)));
+      }
+      if (property === 'connect') return async (remote: string) => session(await target.connect(remote));
+      const value = Reflect.get(target, property, target) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  }) as unknown as Transport;
+}
+
+test('a node of the second restart that missed its decision hears it from a member with the trims of view 4', async (t) => {
+  t.timeout(60_000);
+  const g = await crashingGroup(1720);
+  try {
+    // Wave 1 as above: only node 3 recorded view 5; node 2 holds view 4 untrimmed.
+    const first = await g.wave(1, (node, r) => {
+      if (node === 2) return 'after';
+      if (decodeView(r.view).id !== 5) return undefined;
+      return node === 1 ? 'before' : 'after';
+    });
+    await waitFor('every node crashed', () => first.crashed.size === 3, 30_000);
+    await g.stop();
+
+    // Wave 2: node 2 takes part in the ballots but misses the decision until nodes 1 and 3 run
+    // view 6; then a member hands the decision on (answerOutsideRestart), which must name the
+    // view its trims belong to (view 4, not view 5), or node 2 keeps its positions 2 and 4 and
+    // holds the newest version. (Long failure timeouts: node 2 must not be removed meanwhile.)
+    let heard = false;
+    const second = await g.wave(2, undefined, {
+      transport: (node, endpoint) => (node === 2 ? missingDecisions(endpoint, () => heard) : endpoint),
+      failureTimeoutMs: 60_000,
+    });
+    const [d1, d2, d3] = second.drivers as [MembershipDriver, MembershipDriver, MembershipDriver];
+    await Promise.all([second.started[0], second.started[2]]);
+    t.false(d2.isMember, 'node 2 has not heard the decision');
+    for (const d of [d1, d3]) t.deepEqual([d.current().id, d.current().memberIds.map(Number)], [viewId(6), [1, 2, 3]]);
+    heard = true;
+    await second.started[1];
+    t.deepEqual(d2.current().id, viewId(6));
+    await waitFor('every shard reconciled', () => second.drivers.every((d) => !d.awaitingState(g.shard)), 20_000);
+    t.true(g.lines.some((l) => l.startsWith('w2 n2 restart: shard 0/0 truncates')), 'node 2 truncated by view 4\'s trim');
     for (const [i, log] of g.logs().entries()) t.deepEqual(log, g.expected, `node ${i + 1} holds the history view 4's trim delivered`);
   } catch (error) {
     t.log(g.lines.join('\n'));
