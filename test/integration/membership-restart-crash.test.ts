@@ -39,14 +39,22 @@ async function endpointAt(port: number): Promise<Endpoint> {
   }
 }
 
+/** Where a node crashes: at this save, persisted ('after') or not ('before'). */
 type CrashPoint = 'before' | 'after';
+/**
+ * The restart leader crashes once the others have (`last`): it told them the decision, but a
+ * one-way message may still be on its way when its endpoint closes (under load it was), and the
+ * test is not about a decision nobody heard.
+ */
+type Crash = CrashPoint | { readonly at: CrashPoint; readonly last: true };
 
 /**
  * Three nodes restarting from records of view 4 (see the header), their disks kept across crashes.
  * `wave(n, crashAt)` starts all three (new endpoints at the same addresses after the first wave);
  * `crashAt(node, record)` says whether that save is the node's crash point: 'after' it is
  * persisted, 'before' it is not; either way the node's endpoint closes at once and the save never
- * returns (the node stops there, as if killed).
+ * returns (the node stops there, as if killed). With `last`, the save first waits until the other
+ * two nodes crashed.
  */
 async function crashingGroup(seedBase: number) {
   let endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(seedBase + i)));
@@ -73,19 +81,21 @@ async function crashingGroup(seedBase: number) {
   let drivers: MembershipDriver[] = [];
   const hang = (): Promise<void> => new Promise<void>(() => undefined);
   const wave = async (
-    n: number, crashAt: (node: number, r: MembershipRecord) => CrashPoint | undefined = () => undefined,
+    n: number, crashAt: (node: number, r: MembershipRecord) => Crash | undefined = () => undefined,
     options: { transport?: (node: number, endpoint: Endpoint) => Transport; failureTimeoutMs?: number } = {},
   ) => {
     if (n > 1) endpoints = await Promise.all(ports.map((p) => endpointAt(p)));
     const crashed = new Set<number>();
     drivers = [0, 1, 2].map((i) => new MembershipDriver({
       self: nodeId(i + 1), transport: options.transport?.(i + 1, endpoints[i]!) ?? endpoints[i]!, allocator, layoutHash: 'kv',
-      founders: members, found: false, heartbeatMs: 20, failureTimeoutMs: options.failureTimeoutMs ?? 1000, tickMs: 10,
+      founders: members, found: false, heartbeatMs: 20, failureTimeoutMs: options.failureTimeoutMs ?? 5000, tickMs: 10,
       record: disk[i]!, state: states[i]!,
-      restartTimeoutMs: 30_000, restartGraceMs: 300,
+      restartTimeoutMs: 30_000, restartGraceMs: 3000, // generous: all three are back at once
       saveRecord: async (r) => {
         if (crashed.has(i + 1)) return hang();
-        const point = crashAt(i + 1, r);
+        const crash = crashAt(i + 1, r);
+        if (typeof crash === 'object') await waitFor(`nodes other than ${i + 1} crashed`, () => crashed.size === 2, 30_000);
+        const point = typeof crash === 'object' ? crash.at : crash;
         if (point !== 'before') disk[i] = r;
         if (point === undefined) return;
         // Crashed: nothing reaches or leaves the node from now on (its endpoint closes before any
@@ -121,7 +131,7 @@ test('a crash of every node once it recorded the restart view, before reconcilin
   const g = await crashingGroup(1700);
   try {
     // Wave 1: the restart of view 4 chooses view 5; each node crashes once it recorded view 5.
-    const first = await g.wave(1, (_, r) => (decodeView(r.view).id === 5 ? 'after' : undefined));
+    const first = await g.wave(1, (node, r) => (decodeView(r.view).id !== 5 ? undefined : node === 1 ? { at: 'after', last: true } : 'after'));
     await waitFor('every node recorded view 5', () => first.crashed.size === 3, 30_000);
     t.deepEqual(g.disk.map(viewOfRecord), [1, 2, 3].map(() => '5 [1,2,3] trims of view 4'), 'each record of view 5 carries view 4\'s trim');
     t.deepEqual(g.logs()[1], g.expected.slice(0, 5), 'node 2 truncated past the trim before it recorded view 5');
@@ -151,7 +161,7 @@ test('a crash while installing the restart view that only one node recorded: the
     const first = await g.wave(1, (node, r) => {
       if (node === 2) return 'after';
       if (decodeView(r.view).id !== 5) return undefined;
-      return node === 1 ? 'before' : 'after';
+      return node === 1 ? { at: 'before', last: true } : 'after';
     });
     await waitFor('every node crashed', () => first.crashed.size === 3, 30_000);
     t.deepEqual(g.disk.map(viewOfRecord), ['4 [1,2,3] trims of view 4', '4 [1,2,3]', '5 [1,2,3] trims of view 4']);
@@ -228,7 +238,7 @@ test('a node of the second restart that missed its decision hears it from a memb
     const first = await g.wave(1, (node, r) => {
       if (node === 2) return 'after';
       if (decodeView(r.view).id !== 5) return undefined;
-      return node === 1 ? 'before' : 'after';
+      return node === 1 ? { at: 'before', last: true } : 'after';
     });
     await waitFor('every node crashed', () => first.crashed.size === 3, 30_000);
     await g.stop();
