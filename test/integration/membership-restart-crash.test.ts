@@ -16,28 +16,16 @@
 //     a member hands it on, naming the view its trims belong to.
 // Without the fix each case ended with a replica holding positions 2 or 4 of view 4 (raw mode:
 // reconciliation pulled them from node 2, the newest holder).
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { Packr } from 'msgpackr';
 import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
 import { defaultAllocator, fixedEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
 import { decodeView, encodeView, View } from '../../src/membership/view.js';
 import { MEMBERSHIP_REQUEST_TYPE, MembershipDriver } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
-import { Endpoint } from '../../src/transport/native-transport.js';
+import type { Endpoint } from '../../src/transport/native-transport.js';
 import type { Transport, TransportSession } from '../../src/transport/transport.js';
-import { createEndpoint, KvState, waitFor } from '../support/membership-local.js';
-
-/** A new endpoint at `port` (the crashed process's address; the socket is let go a turn later). */
-async function endpointAt(port: number): Promise<Endpoint> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return await Endpoint.create({ host: '127.0.0.1', port, seed: 1700 + attempt, peerFailureTimeoutMs: 1000 });
-    } catch (error) {
-      if (attempt > 100) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
-}
+import { createEndpoint, endpointAt, KvState, logOnFailure, waitFor } from '../support/membership-local.js';
 
 /** Where a node crashes: at this save, persisted ('after') or not ('before'). */
 type CrashPoint = 'before' | 'after';
@@ -79,12 +67,15 @@ async function crashingGroup(seedBase: number) {
   const expected = [...v3, ...v4([0, 1, 3])].map((r) => r.tag);
   const lines: string[] = [];
   let drivers: MembershipDriver[] = [];
+  const everyDriver: MembershipDriver[] = [];
+  const everyEndpoint: Endpoint[] = [...endpoints];
   const hang = (): Promise<void> => new Promise<void>(() => undefined);
   const wave = async (
     n: number, crashAt: (node: number, r: MembershipRecord) => Crash | undefined = () => undefined,
     options: { transport?: (node: number, endpoint: Endpoint) => Transport; failureTimeoutMs?: number } = {},
   ) => {
     if (n > 1) endpoints = await Promise.all(ports.map((p) => endpointAt(p)));
+    if (n > 1) everyEndpoint.push(...endpoints);
     const crashed = new Set<number>();
     drivers = [0, 1, 2].map((i) => new MembershipDriver({
       self: nodeId(i + 1), transport: options.transport?.(i + 1, endpoints[i]!) ?? endpoints[i]!, allocator, layoutHash: 'kv',
@@ -108,6 +99,7 @@ async function crashingGroup(seedBase: number) {
       onDeliver: (s, d) => states[i]!.append(s, d.version!, new TextDecoder().decode(d.payload)),
       log: (line) => lines.push(`w${n} n${i + 1} ${line}`),
     }));
+    everyDriver.push(...drivers);
     const started = drivers.map((d) => d.start());
     for (const s of started) s.catch(() => undefined);
     return { drivers, started, crashed };
@@ -118,7 +110,14 @@ async function crashingGroup(seedBase: number) {
     for (const d of drivers) await d.close();
   };
   const logs = (): string[][] => states.map((s) => s.shards.get('0/0')!.map((r) => r.tag));
-  return { shard, disk, expected, lines, wave, stop, logs };
+  /** Waits until `drivers` reconciled; every replica must then hold exactly what view 4's trim delivered. */
+  const reconciled = async (t: ExecutionContext, drivers: readonly MembershipDriver[]): Promise<void> => {
+    await waitFor('every shard reconciled', () => drivers.every((d) => !d.awaitingState(shard)), 20_000);
+    for (const [i, log] of logs().entries()) t.deepEqual(log, expected, `node ${i + 1} holds the history view 4's trim delivered`);
+  };
+  /** Runs `body`; logs the nodes' lines if it fails; stops every wave's drivers and endpoints at the end. */
+  const run = (t: ExecutionContext, body: () => Promise<void>): Promise<void> => logOnFailure(t, lines, everyDriver, everyEndpoint, body);
+  return { shard, disk, expected, lines, wave, stop, logs, reconciled, run };
 }
 
 const viewOfRecord = (r: MembershipRecord): string => {
@@ -126,10 +125,24 @@ const viewOfRecord = (r: MembershipRecord): string => {
   return `${v.id} [${v.memberIds}]${r.trims !== undefined ? ` trims of view ${r.trims.viewId}` : ''}`;
 };
 
+/**
+ * Wave 1 of cases 2 and 3: node 2 (which holds view 4's positions 2 and 4, past the trim) crashes
+ * at its first save (its promise), node 1 (the leader) once the decision is chosen but before it
+ * recorded view 5, node 3 once it recorded view 5.
+ */
+async function onlyNode3RecordsView5(g: Awaited<ReturnType<typeof crashingGroup>>): Promise<void> {
+  const first = await g.wave(1, (node, r) => {
+    if (node === 2) return 'after';
+    if (decodeView(r.view).id !== 5) return undefined;
+    return node === 1 ? { at: 'before', last: true } : 'after';
+  });
+  await waitFor('every node crashed', () => first.crashed.size === 3, 30_000);
+}
+
 test('a crash of every node once it recorded the restart view, before reconciling: the second restart resumes from it, trimmed', async (t) => {
   t.timeout(60_000);
   const g = await crashingGroup(1700);
-  try {
+  await g.run(t, async () => {
     // Wave 1: the restart of view 4 chooses view 5; each node crashes once it recorded view 5.
     const first = await g.wave(1, (node, r) => (decodeView(r.view).id !== 5 ? undefined : node === 1 ? { at: 'after', last: true } : 'after'));
     await waitFor('every node recorded view 5', () => first.crashed.size === 3, 30_000);
@@ -141,29 +154,15 @@ test('a crash of every node once it recorded the restart view, before reconcilin
     const second = await g.wave(2);
     await Promise.all(second.started);
     for (const d of second.drivers) t.deepEqual([d.current().id, d.current().memberIds.map(Number)], [viewId(6), [1, 2, 3]]);
-    await waitFor('every shard reconciled', () => second.drivers.every((d) => !d.awaitingState(g.shard)), 20_000);
-    for (const [i, log] of g.logs().entries()) t.deepEqual(log, g.expected, `node ${i + 1} holds the history view 4's trim delivered`);
-  } catch (error) {
-    t.log(g.lines.join('\n'));
-    throw error;
-  } finally {
-    await g.stop();
-  }
+    await g.reconciled(t, second.drivers);
+  });
 });
 
 test('a crash while installing the restart view that only one node recorded: the second restart, led by a node that heard of it, carries its trims', async (t) => {
   t.timeout(60_000);
   const g = await crashingGroup(1710);
-  try {
-    // Wave 1: node 2 (which holds view 4's positions 2 and 4, past the trim) crashes at its first
-    // save (its promise), node 1 (the leader) once the decision is chosen but before it recorded
-    // view 5, node 3 once it recorded view 5.
-    const first = await g.wave(1, (node, r) => {
-      if (node === 2) return 'after';
-      if (decodeView(r.view).id !== 5) return undefined;
-      return node === 1 ? { at: 'before', last: true } : 'after';
-    });
-    await waitFor('every node crashed', () => first.crashed.size === 3, 30_000);
+  await g.run(t, async () => {
+    await onlyNode3RecordsView5(g);
     t.deepEqual(g.disk.map(viewOfRecord), ['4 [1,2,3] trims of view 4', '4 [1,2,3]', '5 [1,2,3] trims of view 4']);
     t.is(g.logs()[1]!.length, 8, 'node 2 did not truncate');
     await g.stop();
@@ -176,15 +175,9 @@ test('a crash while installing the restart view that only one node recorded: the
     await Promise.all(second.started);
     for (const d of second.drivers) t.deepEqual([d.current().id, d.current().memberIds.map(Number)], [viewId(6), [1, 2, 3]]);
     t.true(g.lines.some((l) => /^w2 n1 restart: ballot \d+\.1 chose view 6 \[1,2,3\] \(failed \[\], 1 committed trims\)/.test(l)), 'node 1 decided with the carried trim');
-    await waitFor('every shard reconciled', () => second.drivers.every((d) => !d.awaitingState(g.shard)), 20_000);
+    await g.reconciled(t, second.drivers);
     t.true(g.lines.some((l) => l.startsWith('w2 n2 restart: shard 0/0 truncates')), 'node 2 truncated in the second restart');
-    for (const [i, log] of g.logs().entries()) t.deepEqual(log, g.expected, `node ${i + 1} holds the history view 4's trim delivered`);
-  } catch (error) {
-    t.log(g.lines.join('\n'));
-    throw error;
-  } finally {
-    await g.stop();
-  }
+  });
 });
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -233,14 +226,9 @@ function missingDecisions(endpoint: Endpoint, open: () => boolean): Transport {
 test('a node of the second restart that missed its decision hears it from a member with the trims of view 4', async (t) => {
   t.timeout(60_000);
   const g = await crashingGroup(1720);
-  try {
+  await g.run(t, async () => {
     // Wave 1 as above: only node 3 recorded view 5; node 2 holds view 4 untrimmed.
-    const first = await g.wave(1, (node, r) => {
-      if (node === 2) return 'after';
-      if (decodeView(r.view).id !== 5) return undefined;
-      return node === 1 ? { at: 'before', last: true } : 'after';
-    });
-    await waitFor('every node crashed', () => first.crashed.size === 3, 30_000);
+    await onlyNode3RecordsView5(g);
     await g.stop();
 
     // Wave 2: node 2 takes part in the ballots but misses the decision until nodes 1 and 3 run
@@ -259,13 +247,7 @@ test('a node of the second restart that missed its decision hears it from a memb
     heard = true;
     await second.started[1];
     t.deepEqual(d2.current().id, viewId(6));
-    await waitFor('every shard reconciled', () => second.drivers.every((d) => !d.awaitingState(g.shard)), 20_000);
+    await g.reconciled(t, second.drivers);
     t.true(g.lines.some((l) => l.startsWith('w2 n2 restart: shard 0/0 truncates')), 'node 2 truncated by view 4\'s trim');
-    for (const [i, log] of g.logs().entries()) t.deepEqual(log, g.expected, `node ${i + 1} holds the history view 4's trim delivered`);
-  } catch (error) {
-    t.log(g.lines.join('\n'));
-    throw error;
-  } finally {
-    await g.stop();
-  }
+  });
 });
