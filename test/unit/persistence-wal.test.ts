@@ -269,3 +269,48 @@ test('durable: log files are deleted only once LMDB reported everything in them 
   check(t, attach(reopened.registry('Wal/0/0')), 220);
   await reopened.close();
 });
+
+test('durable: a tail segment that grew is logged as its new bytes only (an extend), not the whole segment every turn', async (t) => {
+  const { store } = await logOnlyStore(t, 'wal-extend', []);
+  t.teardown(() => store.close());
+  const registry = store.registry('Wal/0/1');
+  const map = registry.attach('map', new Persistent(() => new PersistentMap<string, string>(), { delta: PersistentMap.codec() }));
+  await new Promise((resolve) => setImmediate(resolve)); // (attach's own writes)
+  const before = store.walStats;
+  const turns = 96; // three segments of 32 records, one record per turn
+  for (let i = 0; i < turns; i++) {
+    map.value.set(`key-${String(i).padStart(12, '0')}`, 'v'.repeat(64));
+    registry.makeVersion(v(i), hlc(i + 1));
+    await registry.whenPersisted(v(i));
+  }
+  const after = store.walStats;
+  const perTurn = (after.frameBytes - before.frameBytes) / (after.frames - before.frames);
+  // One ~130-byte record and the frame's and write's headers; a whole tail segment would average
+  // ~16 records (~2 KiB).
+  t.true(after.frames - before.frames >= turns, `${after.frames - before.frames} frames`);
+  t.true(perTurn < 400, `${perTurn.toFixed(0)} bytes logged per one-record turn`);
+});
+
+test('durable: replaying extends over an LMDB that already holds later writes of the same segments ends in the logged values', async (t) => {
+  const dataDir = tempDir(t, 'wal-extend-replay');
+  const store = PersistenceStore.open({ dataDir, syncMode: 'durable', writeAheadLog: true, lmdbBatchMs: 0, walFileBytes: 4096 });
+  const registry = store.registry('Wal/0/0');
+  const fields = attach(registry);
+  // Versions 0..69 reach LMDB and the log files they filled are deleted: the oldest file left
+  // starts with extends of segments whose first bytes were logged in a deleted file, and LMDB
+  // holds those segments longer (their state after 69) than each extend's base.
+  await write(registry, fields, 0, 70);
+  await store.whenInLmdb();
+  for (let i = 0; i < 200 && walFiles(dataDir).length > 1; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.is(walFiles(dataDir).length, 1, 'the files LMDB holds were deleted');
+  // Then LMDB gets nothing more (as if killed after the log's syncs), and no file goes.
+  withoutLmdb(store);
+  internals(store).wal.lmdbDurable = () => undefined;
+  await write(registry, fields, 70, 50);
+  const copy = crashCopy(t, dataDir, 'wal-extend-replay-copy');
+  await store.close();
+  const reopened = PersistenceStore.open({ dataDir: copy, syncMode: 'durable', writeAheadLog: true });
+  t.true(reopened.walStats.replayedFrames > 20, `${reopened.walStats.replayedFrames} frames replayed`);
+  check(t, attach(reopened.registry('Wal/0/0')), 120);
+  await reopened.close();
+});
