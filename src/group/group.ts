@@ -438,8 +438,10 @@ export class Group {
 
   private replicatedHandle<T extends object>(replica: ShardReplica<T>): Replicated<T> {
     const info = replica.info;
+    // "Type.method" for errors, made once per method rather than per call.
+    const labels = new Map([...info.ordered.values()].map((m) => [m, `${info.name}.${m.methodName}`]));
     const ordered = buildCallProxy(info, 'ordered', (method, bytes) =>
-      this.orderedCall(replica, method.wireName, `${info.name}.${method.methodName}`, bytes));
+      this.orderedCall(replica, method.wireName, labels.get(method)!, bytes));
     return {
       typeName: info.name,
       subgroupIndex: replica.subgroupIndex,

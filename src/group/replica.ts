@@ -83,7 +83,7 @@ export class ShardReplica<T extends object = object> {
   /** What each QueryResults of this shard waits on (one object, not three closures per call). */
   readonly frontierWaits: ShardFrontierWaits = {
     whenDelivered: (version) => this.deliveredWaiters.wait(version),
-    whenLocalPersisted: (version) => this.registry.whenPersisted(version),
+    whenLocalPersisted: (version) => this.registry.whenPersisted(version).then(() => version),
     whenPersisted: (version) => this.persistedWaiters.wait(version),
   };
   /** The shard's ordering engine: its MulticastDriver, or a RaftOrderingEngine in raft mode. */
@@ -103,6 +103,8 @@ export class ShardReplica<T extends object = object> {
    * run was. In memory only; bounded per client.
    */
   private readonly relayed = new Map<string, Map<number, DispatchResult>>();
+  /** "Type.wireName" of the ordered methods called so far (not a new string per delivery). */
+  private readonly methodLabels = new Map<string, string>();
   readonly context: ReplicaContext;
   /**
    * Told the version of each of this node's own calls as it is delivered here: the number a
@@ -253,10 +255,15 @@ export class ShardReplica<T extends object = object> {
   private dispatch(wireName: string, args: Uint8Array, version: Version, timestamp: Hlc): DispatchResult {
     this.currentVersion = version;
     this.currentTimestamp = timestamp;
-    const method = `${this.info.name}.${wireName}`;
+    const info = this.info.ordered.get(wireName);
+    let method = this.methodLabels.get(wireName);
+    if (method === undefined) {
+      method = `${this.info.name}.${wireName}`;
+      if (info !== undefined) this.methodLabels.set(wireName, method); // (an unknown name is refused, not kept)
+    }
     const outer = synchronousOrderedCall;
     try {
-      if (this.info.ordered.get(wireName)?.returnType === Promise) {
+      if (info?.returnType === Promise) {
         return orderedCallContext.run({ method }, () =>
           this.dispatcher.dispatch('ordered', wireName, args),
         );

@@ -76,7 +76,7 @@ export function driverShardNumber(subgroupId: number, shardIndex: number): numbe
  * moves once per delivery, so with 64 calls outstanding a full scan cost 64 steps per call.
  */
 export class FrontierWaiters {
-  private waiters: { version: Version; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private waiters: { version: Version; resolve: (version: Version) => void; reject: (e: unknown) => void }[] = [];
   /** Waiters before this index are resolved (their slots are cleared, compacted lazily). */
   private head = 0;
   private frontier: Version;
@@ -95,10 +95,11 @@ export class FrontierWaiters {
     return this.waiters.length - this.head;
   }
 
-  wait(version: Version): Promise<void> {
-    if (version <= this.frontier) return Promise.resolve();
+  /** Resolves with `version` once the frontier reached it. */
+  wait(version: Version): Promise<Version> {
+    if (version <= this.frontier) return Promise.resolve(version);
     if (this.failure !== undefined) return Promise.reject(this.failure);
-    return new Promise((resolve, reject) => {
+    return new Promise<Version>((resolve, reject) => {
       const waiter = { version, resolve, reject };
       const waiters = this.waiters;
       let at = waiters.length;
@@ -117,7 +118,7 @@ export class FrontierWaiters {
     while (head < waiters.length && waiters[head]!.version <= version) {
       const waiter = waiters[head]!;
       waiters[head++] = undefined as never;
-      waiter.resolve();
+      waiter.resolve(waiter.version);
     }
     if (head === waiters.length) {
       waiters.length = 0;
