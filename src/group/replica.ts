@@ -10,14 +10,13 @@ import { fieldHooksOf } from '../../decorators/field-hooks.js';
 import type { ReplicatedClassInfo } from '../../decorators/metadata.js';
 import type { Persistent } from '../../persistence/persistent.js';
 import type { PersistentRegistry } from '../../persistence/registry.js';
-import { decodeMessage } from '../core/codec.js';
 import { DecoratorUsageError } from '../../decorators/errors.js';
 import { hlc, HLC_MAX, type Hlc } from '../core/hlc.js';
 import { VERSION_NONE, type NodeId, type ShardIndex, type SubgroupId, type Version } from '../core/ids.js';
 import type { View } from '../membership/view.js';
 import type { EngineFrontiers, OrderedDelivery, OrderingEngine } from '../runtime/ordering-engine.js';
 import type { ShardFrontierWaits } from './query-results.js';
-import { FrontierWaiters, type OrderedCallMessage } from './wire.js';
+import { decodeOrderedCall, FrontierWaiters, type OrderedCallMessage } from './wire.js';
 import { RELAY_WINDOW, RelayTable } from './relay-table.js';
 import { AppliedByTransferError, RelayedReplyUnavailableError } from './errors.js';
 import { encodeFrameworkError } from '../../decorators/codec.js';
@@ -193,12 +192,7 @@ export class ShardReplica<T extends object = object> {
   /** The ordered call a delivery carries, or undefined (counted) if it is not one. */
   private decodeCall(delivery: OrderedDelivery): OrderedCallMessage | undefined {
     try {
-      const message = decodeMessage<OrderedCallMessage>(delivery.payload);
-      if (!Array.isArray(message) || typeof message[0] !== 'number' || typeof message[1] !== 'string' || !(message[2] instanceof Uint8Array) ||
-          (message.length === 5 && (typeof message[3] !== 'string' || typeof message[4] !== 'number'))) {
-        throw new Error('not an ordered call');
-      }
-      return message;
+      return decodeOrderedCall(delivery.payload);
     } catch {
       // Every replica drops it alike (same bytes, same decision): the state stays identical.
       this.counters.malformed++;
@@ -214,7 +208,7 @@ export class ShardReplica<T extends object = object> {
   inState(delivery: OrderedDelivery): void {
     const message = this.decodeCall(delivery);
     if (message === undefined) return;
-    const [callId] = message;
+    const { callId } = message;
     const version = delivery.version as Version;
     if (delivery.sender === this.self) this.onOwnDelivered?.(callId, version);
     this.reply(delivery.sender, callId, encodeFrameworkError(new AppliedByTransferError(this.self, version)));
@@ -224,7 +218,7 @@ export class ShardReplica<T extends object = object> {
   deliver(delivery: OrderedDelivery): void {
     const message = this.decodeCall(delivery);
     if (message === undefined) return;
-    const [callId, wireName, args, clientId, requestId] = message;
+    const { callId, wireName, args, clientId, requestId } = message;
     const version = delivery.version as Version;
     let result: DispatchResult;
     if (clientId !== undefined && this.relayTable.has(clientId, requestId!)) {
