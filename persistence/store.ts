@@ -93,6 +93,12 @@ function deferred(): Deferred {
   return { promise, resolve, reject };
 }
 
+/** A turn's durability, and (write-ahead log only: else it is the same) its LMDB commit. */
+interface Turn {
+  readonly durable: Deferred;
+  readonly inLmdb: Deferred | undefined;
+}
+
 /** What the storages of one store write through: one transaction per event turn. */
 export interface TurnWriter {
   /**
@@ -120,7 +126,7 @@ export class PersistenceStore implements TurnWriter {
   /** This turn's writes, committed together at the end of the turn (see commitTurn). */
   private turnWrites: TurnWrite[] = [];
   /** This turn's durability (per syncMode), and (write-ahead log) its LMDB commit. */
-  private turn: { durable: Deferred; inLmdb: Deferred } | undefined;
+  private turn: Turn | undefined;
   /** The outcome of the last committed turn: what whenWritten() answers between turns. */
   private lastTurn: Promise<void> = Promise.resolve();
   /** 'durable': the last put handed to lmdb-js's batched writes. */
@@ -354,7 +360,7 @@ export class PersistenceStore implements TurnWriter {
 
   whenInLmdb(): Promise<void> {
     if (!this.wal) return this.whenWritten();
-    return this.turn?.inLmdb.promise ?? this.lmdbPendingCommit?.promise ?? this.lastWrite.then(() => undefined);
+    return this.turn?.inLmdb?.promise ?? this.lmdbPendingCommit?.promise ?? this.lastWrite.then(() => undefined);
   }
 
   /** lmdb-js's put() promise resolves at commit; `flushed` once that commit is synced. */
@@ -364,7 +370,7 @@ export class PersistenceStore implements TurnWriter {
 
   private scheduleCommit(): void {
     if (this.turn !== undefined) return;
-    this.turn = { durable: deferred(), inLmdb: deferred() };
+    this.turn = { durable: deferred(), inLmdb: this.wal ? deferred() : undefined };
     // In a microtask queued by the first write of the turn, so after the microtasks already
     // queued (the storages' segment flushes that makeVersion queued): the commit costs ~10 µs
     // and the frontier moves in the very turn of the deliveries.
@@ -386,7 +392,7 @@ export class PersistenceStore implements TurnWriter {
     this.lastTurn = turn.durable.promise;
     if (!this.open) {
       turn.durable.reject(new Error(`${this.path}: the persistence store is closed`));
-      turn.inLmdb.reject(new Error(`${this.path}: the persistence store is closed`));
+      turn.inLmdb?.reject(new Error(`${this.path}: the persistence store is closed`));
       return;
     }
     if (this.wal) {
@@ -402,11 +408,9 @@ export class PersistenceStore implements TurnWriter {
       }, 2); // lmdb-js: not abortable (as its putSync); the environment is noSync
     } catch (error) {
       turn.durable.reject(error);
-      turn.inLmdb.reject(error);
       return;
     }
     turn.durable.resolve();
-    turn.inLmdb.resolve();
   }
 
   /**
@@ -416,21 +420,22 @@ export class PersistenceStore implements TurnWriter {
    * written before it started). The same writes go to LMDB later, off the frontier's path
    * (handToLmdb). Reads keep segments in memory until LMDB has committed them (whenInLmdb).
    */
-  private commitTurnToLog(wal: WriteAheadLog, turn: { durable: Deferred; inLmdb: Deferred }, writes: TurnWrite[]): void {
+  private commitTurnToLog(wal: WriteAheadLog, turn: Turn, writes: TurnWrite[]): void {
+    const inLmdb = turn.inLmdb!;
     let frame: number;
     try {
       if (this.lmdbFailure !== undefined) throw this.lmdbFailure;
       frame = wal.append(writes);
     } catch (error) {
       turn.durable.reject(error);
-      turn.inLmdb.reject(error);
+      inLmdb.reject(error);
       return;
     }
     wal.whenSynced(frame).then(turn.durable.resolve, turn.durable.reject);
     for (const write of writes) this.lmdbPending.push(write);
     this.lmdbPendingFrame = frame;
     this.lmdbPendingCommit ??= deferred();
-    this.lmdbPendingCommit.promise.then(turn.inLmdb.resolve, turn.inLmdb.reject);
+    this.lmdbPendingCommit.promise.then(inLmdb.resolve, inLmdb.reject);
     this.lmdbTimer ??= setTimeout(() => this.handToLmdb(), this.lmdbBatchMs);
   }
 
