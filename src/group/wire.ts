@@ -3,9 +3,10 @@
  * multicast driver's 48), and the small waiting list the frontiers use.
  *
  *   ordered call (inside a multicast payload), framed by hand (big-endian; encodeOrderedCall):
- *       u8 1 | f64 callId | u16 n | wireName (n bytes utf8) | encodedArgs (the rest)
- *       relayed: u8 2 | f64 callId | u16 n | wireName | u16 m | clientId (m bytes utf8)
- *                | f64 requestId | encodedArgs
+ *       u8 1 | u64 callId | u16 n | wireName (n bytes utf8) | encodedArgs (the rest)
+ *       relayed: u8 2 | u64 callId | u16 n | wireName | u16 m | clientId (m bytes utf8)
+ *                | u64 requestId | encodedArgs
+ *       (u64: integers below 2^53, as u32 high | u32 low)
  *       the caller is the delivery's sender; callId is unique per caller node. Calls written as
  *       msgpack [callId, wireName, encodedArgs(, clientId, requestId)] (before 2026-11-22: a raft
  *       shard's log may hold them) still decode: a msgpack array never starts with 1 or 2.
@@ -96,6 +97,54 @@ function utf8Of(text: string, cache?: Map<string, Uint8Array>): Uint8Array {
   return bytes;
 }
 
+/**
+ * Ordered-call payloads are written into shared slabs, each handed out in disjoint views and
+ * never written again (as msgpackr does): a fresh ArrayBuffer per call cost more than the
+ * msgpack envelope this replaces.
+ */
+const SLAB_BYTES = 64 << 10;
+let slab = new Uint8Array(0);
+let slabAt = 0;
+
+function reserve(bytes: number): Uint8Array {
+  if (slabAt + bytes > slab.byteLength) {
+    slab = new Uint8Array(Math.max(SLAB_BYTES, bytes));
+    slabAt = 0;
+  }
+  const out = slab.subarray(slabAt, slabAt + bytes);
+  slabAt += bytes;
+  return out;
+}
+
+/** Writes `value` (an integer, 0 <= value < 2^53) at `at` as u32 high | u32 low, big-endian. */
+function putU64(out: Uint8Array, at: number, value: number): void {
+  if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`${value} is not an integer from 0 to 2^53 - 1 (an ordered call's id or request id)`);
+  const high = Math.floor(value / 0x1_0000_0000);
+  putU32(out, at, high);
+  putU32(out, at + 4, value - high * 0x1_0000_0000);
+}
+
+function putU32(out: Uint8Array, at: number, value: number): void {
+  out[at] = value >>> 24;
+  out[at + 1] = value >>> 16;
+  out[at + 2] = value >>> 8;
+  out[at + 3] = value;
+}
+
+function u32At(bytes: Uint8Array, at: number): number {
+  if (at + 4 > bytes.byteLength) throw new RangeError('an ordered call cut short');
+  return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
+}
+
+function u64At(bytes: Uint8Array, at: number): number {
+  return u32At(bytes, at) * 0x1_0000_0000 + u32At(bytes, at + 4);
+}
+
+function u16At(bytes: Uint8Array, at: number): number {
+  if (at + 2 > bytes.byteLength) throw new RangeError('an ordered call cut short');
+  return (bytes[at]! << 8) | bytes[at + 1]!;
+}
+
 /** The multicast payload of an ordered call (see the file comment). */
 export function encodeOrderedCall(
   callId: number, wireName: string, args: Uint8Array, relayKey?: readonly [clientId: string, requestId: number],
@@ -103,18 +152,19 @@ export function encodeOrderedCall(
   const name = utf8Of(wireName, wireNameBytes);
   const client = relayKey === undefined ? undefined : utf8Of(relayKey[0]);
   const head = 1 + 8 + 2 + name.byteLength + (client === undefined ? 0 : 2 + client.byteLength + 8);
-  const out = new Uint8Array(head + args.byteLength);
-  const view = new DataView(out.buffer, out.byteOffset, head);
-  view.setUint8(0, client === undefined ? CALL : RELAYED_CALL);
-  view.setFloat64(1, callId);
-  view.setUint16(9, name.byteLength);
+  const out = reserve(head + args.byteLength);
+  out[0] = client === undefined ? CALL : RELAYED_CALL;
+  putU64(out, 1, callId);
+  out[9] = name.byteLength >>> 8;
+  out[10] = name.byteLength;
   out.set(name, 11);
   let at = 11 + name.byteLength;
   if (client !== undefined) {
-    view.setUint16(at, client.byteLength);
+    out[at] = client.byteLength >>> 8;
+    out[at + 1] = client.byteLength;
     out.set(client, at + 2);
     at += 2 + client.byteLength;
-    view.setFloat64(at, relayKey![1]);
+    putU64(out, at, relayKey![1]);
     at += 8;
   }
   out.set(args, at);
@@ -125,16 +175,15 @@ export function encodeOrderedCall(
 export function decodeOrderedCall(payload: Uint8Array): OrderedCallMessage {
   const kind = payload[0];
   if (kind !== CALL && kind !== RELAYED_CALL) return decodeMsgpackCall(payload);
-  const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
-  const callId = view.getFloat64(1); // (a RangeError past the end: malformed)
-  const nameEnd = 11 + view.getUint16(9);
+  const callId = u64At(payload, 1);
+  const nameEnd = 11 + u16At(payload, 9);
   if (nameEnd > payload.byteLength) throw new RangeError('an ordered call cut short');
   const wireName = textAt(payload, 11, nameEnd);
   if (kind === CALL) return { callId, wireName, args: bytesFrom(payload, nameEnd) };
-  const clientEnd = nameEnd + 2 + view.getUint16(nameEnd);
+  const clientEnd = nameEnd + 2 + u16At(payload, nameEnd);
   if (clientEnd + 8 > payload.byteLength) throw new RangeError('a relayed ordered call cut short');
   const clientId = textAt(payload, nameEnd + 2, clientEnd);
-  const requestId = view.getFloat64(clientEnd);
+  const requestId = u64At(payload, clientEnd);
   return { callId, wireName, args: bytesFrom(payload, clientEnd + 8), clientId, requestId };
 }
 

@@ -15,6 +15,19 @@ test('an ordered call round-trips: call id, wire name, args; a relayed one also 
   t.deepEqual({ ...relayed, args: [...relayed.args] }, { callId: 3, wireName: 'pütMany', args: [...args], clientId: 'client-ü-1', requestId: 2 ** 33 });
   const empty = decodeOrderedCall(encodeOrderedCall(4, 'size', new Uint8Array(0)));
   t.is(empty.args.byteLength, 0);
+  // Ids are integers from 0 to 2^53 - 1; anything else is refused, not sent as another id.
+  for (const bad of [-1, 1.5, 2 ** 53, Number.NaN]) t.throws(() => encodeOrderedCall(1, 'put', args, ['c', bad]), { instanceOf: RangeError });
+});
+
+test('payloads written one after another stay as written (shared buffers are never written twice)', (t) => {
+  const argsOf = (i: number) => new Uint8Array(40).fill(i & 0xff);
+  const sent = Array.from({ length: 6000 }, (_, i) => encodeOrderedCall(i, 'put', argsOf(i))); // ~330 KB: several buffers
+  let wrong = 0;
+  sent.forEach((payload, i) => {
+    const call = decodeOrderedCall(payload);
+    if (call.callId !== i || Buffer.compare(call.args, argsOf(i)) !== 0) wrong++;
+  });
+  t.is(wrong, 0);
 });
 
 test('an ordered call written as msgpack (before the framing) still decodes', (t) => {
