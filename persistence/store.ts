@@ -139,6 +139,10 @@ export class PersistenceStore implements TurnWriter {
   private lmdbPending: TurnWrite[] = [];
   private lmdbPendingFrame = 0;
   private lmdbPendingCommit: Deferred | undefined;
+  /** Log mode: the commit of the last batch handed over (or waiting for its frames' sync). */
+  private lmdbBatch: Promise<void> | undefined;
+  /** Log mode: the last batch's hand-over to lmdb-js, which waits for its frames' fdatasync. */
+  private lmdbHandOver: Promise<void> = Promise.resolve();
   private lmdbTimer: NodeJS.Timeout | undefined;
   private readonly lmdbBatchMs: number;
   private capacityCheckedAtMs = -Infinity;
@@ -360,7 +364,7 @@ export class PersistenceStore implements TurnWriter {
 
   whenInLmdb(): Promise<void> {
     if (!this.wal) return this.whenWritten();
-    return this.turn?.inLmdb?.promise ?? this.lmdbPendingCommit?.promise ?? this.lastWrite.then(() => undefined);
+    return this.turn?.inLmdb?.promise ?? this.lmdbPendingCommit?.promise ?? this.lmdbBatch ?? this.lastWrite.then(() => undefined);
   }
 
   /** lmdb-js's put() promise resolves at commit; `flushed` once that commit is synced. */
@@ -447,6 +451,12 @@ export class PersistenceStore implements TurnWriter {
    * deleted once LMDB has reported the batches covering it synced), is replayed over it in order.
    * One batch per lmdbBatchMs, not one per turn: LMDB's two syncs per transaction then stay off
    * the disk while the log's fdatasync waits there.
+   *
+   * A batch goes to lmdb-js only once the log's fdatasync covering its frames completed: LMDB
+   * must never durably hold a write the log may lose. Otherwise a machine crash could leave LMDB
+   * with a later turn (say a new tail segment) and the log durable only up to an earlier one;
+   * replaying that shorter log would set the keys it holds back to the earlier turn and keep
+   * LMDB's later ones: a field log with a hole.
    */
   private handToLmdb(): void {
     this.lmdbTimer = undefined;
@@ -455,6 +465,19 @@ export class PersistenceStore implements TurnWriter {
     const commit = this.lmdbPendingCommit!;
     this.lmdbPending = [];
     this.lmdbPendingCommit = undefined;
+    this.lmdbBatch = commit.promise;
+    this.lmdbHandOver = this.wal!.whenSynced(frame).then(
+      () => this.putBatch(writes, frame, commit),
+      (error: unknown) => {
+        // The log's sync failed: the store has failed (the registry reports it); LMDB gets nothing more.
+        this.lmdbFailure ??= error;
+        commit.reject(error);
+      },
+    );
+  }
+
+  /** Log mode: hands one batch (its frames are durable in the log) to lmdb-js. */
+  private putBatch(writes: readonly TurnWrite[], frame: number, commit: Deferred): void {
     const last = new Map<Database<any, any>, Map<number | string, unknown>>();
     for (const write of writes) {
       let keys = last.get(write.db);
@@ -485,6 +508,7 @@ export class PersistenceStore implements TurnWriter {
         clearTimeout(this.lmdbTimer);
         this.handToLmdb();
       }
+      await this.lmdbHandOver;
       const lmdbHasAll = await this.lmdbFlushed().then(() => true, () => false);
       await this.wal.close(lmdbHasAll && this.lmdbFailure === undefined);
     }

@@ -314,3 +314,43 @@ test('durable: replaying extends over an LMDB that already holds later writes of
   check(t, attach(reopened.registry('Wal/0/0')), 120);
   await reopened.close();
 });
+
+test('durable: LMDB gets a turn\'s writes only after the log\'s fdatasync covering them completed (a machine crash never leaves LMDB ahead of the log)', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-lmdb-after-sync'), syncMode: 'durable', writeAheadLog: true, lmdbBatchMs: 0 });
+  const registry = store.registry('Wal/0/0');
+  const a = registry.attach('a', new Persistent(() => 0));
+  const held: (() => void)[] = [];
+  let holding = true;
+  internals(store).wal.fdatasync = (fd, done) => {
+    const release = () => fdatasync(fd, done);
+    if (holding) held.push(release);
+    else release();
+  };
+  t.teardown(() => {
+    holding = false;
+    for (const release of held.splice(0)) release();
+    return store.close();
+  });
+  await new Promise((resolve) => setTimeout(resolve, 20)); // (attach's own writes)
+  for (const release of held.splice(0)) release();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  let lmdbPuts = 0;
+  for (const db of internals(store).dbs.values()) {
+    const put = db.put as (...args: unknown[]) => unknown;
+    db.put = (...args: unknown[]) => {
+      lmdbPuts++;
+      return put.apply(db, args);
+    };
+  }
+  a.value = 1;
+  registry.makeVersion(v(0), hlc(1));
+  for (let i = 0; i < 40 && held.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  await new Promise((resolve) => setTimeout(resolve, 100)); // several lmdbBatchMs
+  t.is(held.length, 1, 'the log\'s fdatasync is held');
+  t.is(lmdbPuts, 0, 'LMDB got nothing the log has not made durable');
+  t.is(a.get(v(0)), 1, 'the version reads meanwhile');
+  for (const release of held.splice(0)) release();
+  await registry.whenPersisted(v(0));
+  await store.whenInLmdb();
+  t.true(lmdbPuts > 0, 'after the sync, LMDB gets the batch');
+});
