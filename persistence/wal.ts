@@ -172,6 +172,14 @@ export class WriteAheadLog {
     return this.framesWritten;
   }
 
+  /**
+   * 'pool' and no fdatasync running: a frame appended now has its fdatasync started at once
+   * (while one runs, a frame waits for it to end whenever it is appended).
+   */
+  get syncIdle(): boolean {
+    return this.sync === 'pool' && !this.files.at(-1)!.file.syncing;
+  }
+
   /** Resolves once frame `frame` and every frame before it are durable. */
   whenSynced(frame: number): Promise<void> {
     const current = this.files.at(-1)!;

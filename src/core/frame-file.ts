@@ -174,6 +174,10 @@ export class FrameFile {
   get frames(): number {
     return this.stats.frames;
   }
+  /** True while an fdatasync of this file runs (a whenSynced now waits for it and the next). */
+  get syncing(): boolean {
+    return this.syncingFd >= 0;
+  }
   /** Bytes of whole frames in the file. */
   get bytes(): number {
     return this.end;

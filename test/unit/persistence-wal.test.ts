@@ -160,6 +160,12 @@ test('durable, walSync "pool": the persisted frontier never moves before the log
   t.is(registry.persistedFrontier, VERSION_NONE, 'written to the log but not synced: not persisted');
   t.is(a.get(v(1)), 2);
   held.shift()!.release();
+  // v0 went in its own frame, synced at once (the log was idle); v1, written while that sync ran,
+  // waits for the next one, and the turn's frontier (v1) with it.
+  for (let i = 0; i < 40 && held.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  t.is(held.length, 1, 'the next fdatasync covers v1');
+  t.is(registry.persistedFrontier, VERSION_NONE, 'v1 is not persisted before its own fdatasync');
+  held.shift()!.release();
   await registry.whenPersisted(v(1));
   a.value = 3;
   registry.makeVersion(v(2), hlc(3));
@@ -353,4 +359,46 @@ test('durable: LMDB gets a turn\'s writes only after the log\'s fdatasync coveri
   await registry.whenPersisted(v(0));
   await store.whenInLmdb();
   t.true(lmdbPuts > 0, 'after the sync, LMDB gets the batch');
+});
+
+test('durable, walSync "pool": with the log idle, a version\'s frame is written and its fdatasync started inside makeVersion; while one runs, the turn\'s later versions share one frame', async (t) => {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-early'), syncMode: 'durable', writeAheadLog: true, walSync: 'pool' });
+  const registry = store.registry('Wal/0/0');
+  const a = registry.attach('a', new Persistent(() => 0));
+  const held: (() => void)[] = [];
+  let holding = true;
+  internals(store).wal.fdatasync = (fd, done) => {
+    const release = () => fdatasync(fd, done);
+    if (holding) held.push(release);
+    else release();
+  };
+  t.teardown(() => {
+    holding = false;
+    for (const release of held.splice(0)) release();
+    return store.close();
+  });
+  await new Promise((resolve) => setTimeout(resolve, 20)); // (attach's own writes)
+  for (const release of held.splice(0)) release();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  t.is(held.length, 0);
+  const frames = store.walStats.frames;
+  a.value = 1;
+  registry.makeVersion(v(0), hlc(1));
+  t.is(held.length, 1, 'the fdatasync started inside makeVersion');
+  t.is(store.walStats.frames, frames + 1, 'its frame was written inside makeVersion');
+  a.value = 2;
+  registry.makeVersion(v(1), hlc(2));
+  a.value = 3;
+  registry.makeVersion(v(2), hlc(3));
+  t.is(store.walStats.frames, frames + 1, 'with a sync running, later versions wait for the turn');
+  await new Promise((resolve) => setImmediate(resolve));
+  t.is(store.walStats.frames, frames + 2, 'the turn\'s later versions in one frame');
+  t.is(registry.persistedFrontier, VERSION_NONE, 'nothing persisted while the sync is held');
+  held.shift()!();
+  for (let i = 0; i < 40 && held.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  t.is(held.length, 1, 'the next fdatasync covers the turn\'s frame');
+  t.is(registry.persistedFrontier, VERSION_NONE, 'the turn\'s frontier (v2) waits for it');
+  for (const release of held.splice(0)) release();
+  await registry.whenPersisted(v(2));
+  t.is(a.get(v(2)), 3);
 });
