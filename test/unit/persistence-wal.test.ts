@@ -83,6 +83,32 @@ function crashCopy(t: import('ava').ExecutionContext, from: string, label: strin
   return to;
 }
 
+/**
+ * A log store with one field `a` whose log fdatasyncs are held until the test calls the
+ * functions in `held` (each completes one); the attach's own writes already synced.
+ */
+async function heldSyncStore(t: import('ava').ExecutionContext, label: string, options: { lmdbBatchMs?: number; walSync?: 'pool' }) {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, label), syncMode: 'durable', writeAheadLog: true, ...options });
+  const registry = store.registry('Wal/0/0');
+  const a = registry.attach('a', new Persistent(() => 0));
+  const held: (() => void)[] = [];
+  let holding = true;
+  internals(store).wal.fdatasync = (fd, done) => {
+    const release = () => fdatasync(fd, done);
+    if (holding) held.push(release);
+    else release();
+  };
+  t.teardown(() => {
+    holding = false;
+    for (const release of held.splice(0)) release();
+    return store.close();
+  });
+  await new Promise((resolve) => setTimeout(resolve, 20)); // (attach's own writes)
+  for (const release of held.splice(0)) release();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  return { store, registry, a, held };
+}
+
 test('durable, walSync "inline": the frontier moves after the frame\'s fdatasync returned, in the same turn; a failed one fails the registry', async (t) => {
   const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-inline'), syncMode: 'durable', writeAheadLog: true, walSync: 'inline' });
   t.teardown(() => store.close());
@@ -322,24 +348,7 @@ test('durable: replaying extends over an LMDB that already holds later writes of
 });
 
 test('durable: LMDB gets a turn\'s writes only after the log\'s fdatasync covering them completed (a machine crash never leaves LMDB ahead of the log)', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-lmdb-after-sync'), syncMode: 'durable', writeAheadLog: true, lmdbBatchMs: 0 });
-  const registry = store.registry('Wal/0/0');
-  const a = registry.attach('a', new Persistent(() => 0));
-  const held: (() => void)[] = [];
-  let holding = true;
-  internals(store).wal.fdatasync = (fd, done) => {
-    const release = () => fdatasync(fd, done);
-    if (holding) held.push(release);
-    else release();
-  };
-  t.teardown(() => {
-    holding = false;
-    for (const release of held.splice(0)) release();
-    return store.close();
-  });
-  await new Promise((resolve) => setTimeout(resolve, 20)); // (attach's own writes)
-  for (const release of held.splice(0)) release();
-  await new Promise((resolve) => setTimeout(resolve, 20));
+  const { store, registry, a, held } = await heldSyncStore(t, 'wal-lmdb-after-sync', { lmdbBatchMs: 0 });
   let lmdbPuts = 0;
   for (const db of internals(store).dbs.values()) {
     const put = db.put as (...args: unknown[]) => unknown;
@@ -362,24 +371,7 @@ test('durable: LMDB gets a turn\'s writes only after the log\'s fdatasync coveri
 });
 
 test('durable, walSync "pool": with the log idle, a version\'s frame is written and its fdatasync started inside makeVersion; while one runs, the turn\'s later versions share one frame', async (t) => {
-  const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-early'), syncMode: 'durable', writeAheadLog: true, walSync: 'pool' });
-  const registry = store.registry('Wal/0/0');
-  const a = registry.attach('a', new Persistent(() => 0));
-  const held: (() => void)[] = [];
-  let holding = true;
-  internals(store).wal.fdatasync = (fd, done) => {
-    const release = () => fdatasync(fd, done);
-    if (holding) held.push(release);
-    else release();
-  };
-  t.teardown(() => {
-    holding = false;
-    for (const release of held.splice(0)) release();
-    return store.close();
-  });
-  await new Promise((resolve) => setTimeout(resolve, 20)); // (attach's own writes)
-  for (const release of held.splice(0)) release();
-  await new Promise((resolve) => setTimeout(resolve, 20));
+  const { store, registry, a, held } = await heldSyncStore(t, 'wal-early', { walSync: 'pool' });
   t.is(held.length, 0);
   const frames = store.walStats.frames;
   a.value = 1;
