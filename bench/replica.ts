@@ -21,9 +21,9 @@ import { Packr } from 'msgpackr';
 import { encodeArguments } from '../decorators/codec.js';
 import { replicatedClassInfo } from '../decorators/metadata.js';
 import { PersistenceStore } from '../persistence/store.js';
-import { encodeMessage } from '../src/core/codec.js';
 import { makeVersion, viewId, type NodeId, type ShardIndex, type SubgroupId } from '../src/core/ids.js';
 import { ShardReplica } from '../src/group/replica.js';
+import { encodeOrderedCall } from '../src/group/wire.js';
 import type { View } from '../src/membership/view.js';
 import { KvStore } from '../examples/kv-store/app.js';
 import { report } from './_report.js';
@@ -53,7 +53,7 @@ async function replicaPath(count: number, perTurn: number, scrambled: boolean): 
       for (let i = from; i < to; i += perTurn) {
         for (let j = i; j < Math.min(to, i + perTurn); j++) {
           // The payload as the caller's orderedCall builds it.
-          const payload = encodeMessage([j, put.wireName, encodeArguments(put, [key(j, scrambled), VALUE])]);
+          const payload = encodeOrderedCall(j, put.wireName, encodeArguments(put, [key(j, scrambled), VALUE]));
           replica.deliver({ sender: 0 as NodeId, version: makeVersion(viewId(1), j), timestamp: { micros: 1_000_000 + j, logical: 0 }, payload });
         }
         await new Promise((resolve) => setImmediate(resolve));

@@ -48,6 +48,8 @@ class Segment {
   private bytes: Buffer;
   private view: DataView;
   private used = 0;
+  /** `used` when this segment was last put (0: never): those bytes are in LMDB's value already. */
+  private putBytes = 0;
   private readonly starts: number[] = [];
   // Records stored under their own key (above INLINE_BYTES_MAX), by slot index.
   private externals: Map<number, Buffer> | undefined;
@@ -111,6 +113,18 @@ class Segment {
   /** The LMDB value: the bytes written so far. */
   value(): Buffer {
     return this.bytes.subarray(0, this.used);
+  }
+
+  /**
+   * Puts the value under `key` through `writer`, saying how many of its first bytes the previous
+   * put of this segment held (unchanged: bytes below `used` never change). A segment is only
+   * ever put under its own key, so they are that key's previous value's first bytes (a new
+   * segment, e.g. a rebuild, says 0): the write-ahead log logs the rest only.
+   */
+  putTo(writer: TurnWriter, db: Database<Buffer, number>, key: number): void {
+    const kept = this.putBytes;
+    this.putBytes = this.used;
+    writer.put(db, key, this.value(), kept);
   }
 
   pushHole(): void {
@@ -341,7 +355,7 @@ export class LmdbLogStorage implements LogStorage {
     if (this.tailDirty) {
       this.tailDirty = false;
       if (this.tail.count === 0) this.writer.remove(this.db, this.tailKey);
-      else this.writer.put(this.db, this.tailKey, this.tail.value());
+      else this.tail.putTo(this.writer, this.db, this.tailKey);
     }
     if (this.overlay.size === 0) return;
     const written = [...this.overlay];
@@ -357,7 +371,7 @@ export class LmdbLogStorage implements LogStorage {
 
   private writeSegment(key: number, segment: Segment): void {
     this.overlay.set(key, segment);
-    this.writer.put(this.db, key, segment.value());
+    segment.putTo(this.writer, this.db, key);
     this.scheduleFlush();
   }
 

@@ -38,6 +38,13 @@ export interface RegistryBackend {
    * are durable (rejects if a write failed).
    */
   whenWritesDurable(): Promise<void>;
+  /**
+   * Optional, called after each makeVersion: if committing now would start the durability wait
+   * at once (the write-ahead log's fdatasync is idle), calls `flush` (the fields hand their
+   * pending writes over) and commits what was written so far; otherwise does nothing and the
+   * turn commits at its end as usual.
+   */
+  commitEarly?(flush: () => void): void;
   /** Throws MapFullError if the store reached its configured size. */
   checkCapacity(): void;
   isOpen(): boolean;
@@ -118,8 +125,15 @@ export class PersistentRegistry {
     // Sorted by name: every replica writes the fields in the same order.
     for (const field of this.sortedFields) field.makeVersion(version, time);
     this.lastVersion = version;
+    // With the log's fdatasync idle, this version's frame is written and synced now rather than
+    // at the end of the turn: the rest of the turn (the delivery's reply, the multicast's sends)
+    // held the sync's start ~50-70 µs (trace, 1 outstanding). While a sync runs, the turn's
+    // versions wait for the turn's end and go in one frame (the next sync covers them anyway).
+    this.backend.commitEarly?.(this.flushFields);
     this.scheduleWatch();
   }
+
+  private readonly flushFields = (): void => this.flushStorages();
 
   // ---- frontiers --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import { CorruptDataDirError, ForeignDataDirError, MapFullError, WalReplayNotDur
 import { MemoryLogStorage, type LogStorage } from './log-storage.js';
 import { LmdbLogStorage } from './lmdb-storage.js';
 import { PersistentRegistry, type RegistryBackend } from './registry.js';
-import { ROTATE_BYTES, WriteAheadLog, walFileNames, type WalStats, type WalSync } from './wal.js';
+import { applyExtend, ROTATE_BYTES, WriteAheadLog, walFileNames, type WalStats, type WalSync } from './wal.js';
 
 /**
  * How the persisted frontier relates to the disk:
@@ -71,6 +71,8 @@ interface TurnWrite {
   readonly name: string;
   readonly key: number | string;
   readonly value: unknown;
+  /** The first `kept` bytes of `value` equal the key's previous put's (TurnWriter.put). */
+  readonly kept: number;
 }
 
 /** A promise and its settlers. */
@@ -91,9 +93,19 @@ function deferred(): Deferred {
   return { promise, resolve, reject };
 }
 
+/** A turn's durability, and (write-ahead log only: else it is the same) its LMDB commit. */
+interface Turn {
+  readonly durable: Deferred;
+  readonly inLmdb: Deferred | undefined;
+}
+
 /** What the storages of one store write through: one transaction per event turn. */
 export interface TurnWriter {
-  put(db: Database<any, any>, key: number | string, value: unknown): void;
+  /**
+   * `kept`: the first `kept` bytes of `value` (bytes) equal those of this key's previous put
+   * (a tail segment that grew in place): the write-ahead log then logs the rest only.
+   */
+  put(db: Database<any, any>, key: number | string, value: unknown, kept?: number): void;
   remove(db: Database<any, any>, key: number | string): void;
   /** Resolves once everything written so far is committed (and durable, per syncMode). */
   whenWritten(): Promise<void>;
@@ -114,7 +126,7 @@ export class PersistenceStore implements TurnWriter {
   /** This turn's writes, committed together at the end of the turn (see commitTurn). */
   private turnWrites: TurnWrite[] = [];
   /** This turn's durability (per syncMode), and (write-ahead log) its LMDB commit. */
-  private turn: { durable: Deferred; inLmdb: Deferred } | undefined;
+  private turn: Turn | undefined;
   /** The outcome of the last committed turn: what whenWritten() answers between turns. */
   private lastTurn: Promise<void> = Promise.resolve();
   /** 'durable': the last put handed to lmdb-js's batched writes. */
@@ -127,6 +139,10 @@ export class PersistenceStore implements TurnWriter {
   private lmdbPending: TurnWrite[] = [];
   private lmdbPendingFrame = 0;
   private lmdbPendingCommit: Deferred | undefined;
+  /** Log mode: the commit of the last batch handed over (or waiting for its frames' sync). */
+  private lmdbBatch: Promise<void> | undefined;
+  /** Log mode: the last batch's hand-over to lmdb-js, which waits for its frames' fdatasync. */
+  private lmdbHandOver: Promise<void> = Promise.resolve();
   private lmdbTimer: NodeJS.Timeout | undefined;
   private readonly lmdbBatchMs: number;
   private capacityCheckedAtMs = -Infinity;
@@ -184,13 +200,23 @@ export class PersistenceStore implements TurnWriter {
     const frames = wal.open();
     if (frames.length > 0 && this.syncMode !== 'durable') throw new WalReplayNotDurableError(dataDir, frames.length);
     if (frames.length > 0) {
+      // The values this replay wrote, for the extends that follow them (wal.ts, applyExtend).
+      const replayed = new Map<string, Map<number | string, Uint8Array | undefined>>();
       // (Durable: this commit syncs before it returns, so the log may then go.)
       this.root.transactionSync(() => {
         for (const writes of frames) {
           for (const write of writes) {
             const db = this.dbNamed(write.name);
-            if (write.value === undefined) db.remove(write.key);
-            else db.put(write.key, write.value);
+            let keys = replayed.get(write.name);
+            if (!keys) replayed.set(write.name, (keys = new Map()));
+            let value = write.value;
+            if (write.kept !== undefined) {
+              const previous = keys.has(write.key) ? keys.get(write.key) : (db.getBinary(write.key) as Uint8Array | undefined);
+              value = applyExtend(previous, write.kept, value as Uint8Array);
+            }
+            keys.set(write.key, value instanceof Uint8Array ? value : undefined);
+            if (value === undefined) db.remove(write.key);
+            else db.put(write.key, value);
           }
         }
       });
@@ -313,12 +339,12 @@ export class PersistenceStore implements TurnWriter {
   // bench (1.82 M -> 0.88 M versions/s, same minute, load 3) and did not shorten persisted()
   // measurably next to the syncs themselves.
 
-  put(db: Database<any, any>, key: number | string, value: unknown): void {
+  put(db: Database<any, any>, key: number | string, value: unknown, kept = 0): void {
     if (this.syncMode === 'durable' && !this.wal) {
       this.lastWrite = db.put(key, value as never);
       return;
     }
-    this.turnWrites.push({ db, name: this.dbNames.get(db)!, key, value });
+    this.turnWrites.push({ db, name: this.dbNames.get(db)!, key, value, kept });
     this.scheduleCommit();
   }
 
@@ -327,7 +353,7 @@ export class PersistenceStore implements TurnWriter {
       this.lastWrite = db.remove(key);
       return;
     }
-    this.turnWrites.push({ db, name: this.dbNames.get(db)!, key, value: undefined });
+    this.turnWrites.push({ db, name: this.dbNames.get(db)!, key, value: undefined, kept: 0 });
     this.scheduleCommit();
   }
 
@@ -338,7 +364,7 @@ export class PersistenceStore implements TurnWriter {
 
   whenInLmdb(): Promise<void> {
     if (!this.wal) return this.whenWritten();
-    return this.turn?.inLmdb.promise ?? this.lmdbPendingCommit?.promise ?? this.lastWrite.then(() => undefined);
+    return this.turn?.inLmdb?.promise ?? this.lmdbPendingCommit?.promise ?? this.lmdbBatch ?? this.lastWrite.then(() => undefined);
   }
 
   /** lmdb-js's put() promise resolves at commit; `flushed` once that commit is synced. */
@@ -348,7 +374,7 @@ export class PersistenceStore implements TurnWriter {
 
   private scheduleCommit(): void {
     if (this.turn !== undefined) return;
-    this.turn = { durable: deferred(), inLmdb: deferred() };
+    this.turn = { durable: deferred(), inLmdb: this.wal ? deferred() : undefined };
     // In a microtask queued by the first write of the turn, so after the microtasks already
     // queued (the storages' segment flushes that makeVersion queued): the commit costs ~10 µs
     // and the frontier moves in the very turn of the deliveries.
@@ -363,14 +389,15 @@ export class PersistenceStore implements TurnWriter {
    * VM (a wake-up of each thread), against ~10 µs for the commit itself.
    */
   private commitTurn(): void {
-    const turn = this.turn!;
+    const turn = this.turn;
+    if (turn === undefined) return; // committed early (commitEarly)
     const writes = this.turnWrites;
     this.turn = undefined;
     this.turnWrites = [];
     this.lastTurn = turn.durable.promise;
     if (!this.open) {
       turn.durable.reject(new Error(`${this.path}: the persistence store is closed`));
-      turn.inLmdb.reject(new Error(`${this.path}: the persistence store is closed`));
+      turn.inLmdb?.reject(new Error(`${this.path}: the persistence store is closed`));
       return;
     }
     if (this.wal) {
@@ -386,11 +413,16 @@ export class PersistenceStore implements TurnWriter {
       }, 2); // lmdb-js: not abortable (as its putSync); the environment is noSync
     } catch (error) {
       turn.durable.reject(error);
-      turn.inLmdb.reject(error);
       return;
     }
     turn.durable.resolve();
-    turn.inLmdb.resolve();
+  }
+
+  /** See RegistryBackend.commitEarly: with the log's fdatasync idle, commit the writes so far now. */
+  private commitEarly(flush: () => void): void {
+    if (this.wal === undefined || !this.wal.syncIdle) return;
+    flush();
+    this.commitTurn();
   }
 
   /**
@@ -400,21 +432,22 @@ export class PersistenceStore implements TurnWriter {
    * written before it started). The same writes go to LMDB later, off the frontier's path
    * (handToLmdb). Reads keep segments in memory until LMDB has committed them (whenInLmdb).
    */
-  private commitTurnToLog(wal: WriteAheadLog, turn: { durable: Deferred; inLmdb: Deferred }, writes: TurnWrite[]): void {
+  private commitTurnToLog(wal: WriteAheadLog, turn: Turn, writes: TurnWrite[]): void {
+    const inLmdb = turn.inLmdb!;
     let frame: number;
     try {
       if (this.lmdbFailure !== undefined) throw this.lmdbFailure;
       frame = wal.append(writes);
     } catch (error) {
       turn.durable.reject(error);
-      turn.inLmdb.reject(error);
+      inLmdb.reject(error);
       return;
     }
     wal.whenSynced(frame).then(turn.durable.resolve, turn.durable.reject);
     for (const write of writes) this.lmdbPending.push(write);
     this.lmdbPendingFrame = frame;
     this.lmdbPendingCommit ??= deferred();
-    this.lmdbPendingCommit.promise.then(turn.inLmdb.resolve, turn.inLmdb.reject);
+    this.lmdbPendingCommit.promise.then(inLmdb.resolve, inLmdb.reject);
     this.lmdbTimer ??= setTimeout(() => this.handToLmdb(), this.lmdbBatchMs);
   }
 
@@ -426,6 +459,12 @@ export class PersistenceStore implements TurnWriter {
    * deleted once LMDB has reported the batches covering it synced), is replayed over it in order.
    * One batch per lmdbBatchMs, not one per turn: LMDB's two syncs per transaction then stay off
    * the disk while the log's fdatasync waits there.
+   *
+   * A batch goes to lmdb-js only once the log's fdatasync covering its frames completed: LMDB
+   * must never durably hold a write the log may lose. Otherwise a machine crash could leave LMDB
+   * with a later turn (say a new tail segment) and the log durable only up to an earlier one;
+   * replaying that shorter log would set the keys it holds back to the earlier turn and keep
+   * LMDB's later ones: a field log with a hole.
    */
   private handToLmdb(): void {
     this.lmdbTimer = undefined;
@@ -434,6 +473,19 @@ export class PersistenceStore implements TurnWriter {
     const commit = this.lmdbPendingCommit!;
     this.lmdbPending = [];
     this.lmdbPendingCommit = undefined;
+    this.lmdbBatch = commit.promise;
+    this.lmdbHandOver = this.wal!.whenSynced(frame).then(
+      () => this.putBatch(writes, frame, commit),
+      (error: unknown) => {
+        // The log's sync failed: the store has failed (the registry reports it); LMDB gets nothing more.
+        this.lmdbFailure ??= error;
+        commit.reject(error);
+      },
+    );
+  }
+
+  /** Log mode: hands one batch (its frames are durable in the log) to lmdb-js. */
+  private putBatch(writes: readonly TurnWrite[], frame: number, commit: Deferred): void {
     const last = new Map<Database<any, any>, Map<number | string, unknown>>();
     for (const write of writes) {
       let keys = last.get(write.db);
@@ -464,6 +516,7 @@ export class PersistenceStore implements TurnWriter {
         clearTimeout(this.lmdbTimer);
         this.handToLmdb();
       }
+      await this.lmdbHandOver;
       const lmdbHasAll = await this.lmdbFlushed().then(() => true, () => false);
       await this.wal.close(lmdbHasAll && this.lmdbFailure === undefined);
     }
@@ -476,6 +529,7 @@ export class PersistenceStore implements TurnWriter {
       where: this.path,
       openStorage: (registry, field, kind) => this.openStorage(registry, field, kind),
       whenWritesDurable: () => this.whenWritesDurable(),
+      commitEarly: (flush) => this.commitEarly(flush),
       checkCapacity: () => this.checkCapacity(),
       isOpen: () => this.open,
     };

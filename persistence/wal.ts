@@ -8,11 +8,20 @@
  * reported durable everything it holds.
  *
  * Frame body: the turn's writes in order, each
- *   u8 op (1 put bytes, 2 put JSON, 3 remove) | u16 db name length | db name (utf8)
+ *   u8 op (1 put bytes, 2 put JSON, 3 remove, 4 extend) | u16 db name length | db name (utf8)
  *   | u8 key kind (1 f64, 2 string) | key (f64, or u16 length | utf8)
- *   | for puts: u32 value length | value
+ *   | for extend: u32 kept (bytes of the key's previous value that stay)
+ *   | for puts and extend: u32 value length | value
  * (big-endian). Values are a field database's bytes (segments, large records) or the meta
- * database's small objects (as JSON).
+ * database's small objects (as JSON). An extend is a put whose value starts with the first
+ * `kept` bytes of the key's previous value (a storage's tail segment grows in place: each turn
+ * appends a record or a few, so a put of the whole segment would log up to 32 records per turn;
+ * lmdb-storage.ts says how many bytes are unchanged): the frame holds the rest only.
+ * Replaying an extend takes the first `kept` bytes of the key's value as the replay left it (or
+ * as LMDB holds it) and appends the rest (applyExtend). That ends in the logged value whatever
+ * state LMDB holds from the log's start on: if no whole put of the key follows in the log, every
+ * later write of it only extends, so the value LMDB holds starts with the `kept` bytes; if one
+ * follows, it replaces whatever an earlier extend made.
  *
  * Files: one is written at a time. Once it holds ROTATE_BYTES, it is synced (on this thread, once
  * per ROTATE_BYTES) and the next frame goes to a new file of the next generation, so a torn or bad
@@ -37,7 +46,7 @@ export const ROTATE_BYTES = 16 << 20;
 /** Where the log's fdatasync runs: on the JS thread in the turn's commit, or on libuv's pool. */
 export type WalSync = 'inline' | 'pool';
 
-const enum WalOp { PutBytes = 1, PutJson = 2, Remove = 3 }
+const enum WalOp { PutBytes = 1, PutJson = 2, Remove = 3, Extend = 4 }
 const enum KeyKind { Number = 1, String = 2 }
 
 /** One write of a turn: a put (value bytes or a JSON-able object), or a removal (undefined). */
@@ -46,6 +55,21 @@ export interface WalWrite {
   readonly name: string;
   readonly key: number | string;
   readonly value: unknown;
+  /**
+   * A put of bytes whose first `kept` bytes equal the key's previous value's (see the file
+   * comment): logged as an extend. Read back, `value` holds only the bytes after them.
+   */
+  readonly kept?: number;
+}
+
+/** The value an extend makes: `kept` bytes of `previous` (zeros past its end), then `rest`. */
+export function applyExtend(previous: Uint8Array | undefined, kept: number, rest: Uint8Array): Buffer {
+  const value = Buffer.allocUnsafe(kept + rest.byteLength);
+  const have = Math.min(kept, previous?.byteLength ?? 0);
+  if (have > 0) value.set(previous!.subarray(0, have), 0);
+  value.fill(0, have, kept);
+  value.set(rest, kept);
+  return value;
 }
 
 const utf8 = new TextEncoder();
@@ -64,6 +88,8 @@ export interface WalStats {
   /** Torn frames found (and dropped) at the end of the log when the store opened. */
   tornTails: number;
   frames: number;
+  /** Bytes of the frames written (headers included). */
+  frameBytes: number;
   /** fdatasyncs of the log files deleted so far (see `fdatasyncs` for the total). */
   fdatasyncs: number;
   /** Log files started, and deleted once LMDB held all of their frames durably. */
@@ -78,7 +104,7 @@ export class WriteAheadLog {
   /** How the log's files are synced (a seam: tests hold syncs back to check the frontier waits). */
   fdatasync: Fdatasync = fdatasync;
   fdatasyncSync: FdatasyncSync = fdatasyncSync;
-  readonly stats: WalStats = { replayedFrames: 0, tornTails: 0, frames: 0, fdatasyncs: 0, rotations: 0, deletedFiles: 0 };
+  readonly stats: WalStats = { replayedFrames: 0, tornTails: 0, frames: 0, frameBytes: 0, fdatasyncs: 0, rotations: 0, deletedFiles: 0 };
 
   /** The log in `dir`: `open()` reads what is there, `restart()` starts writing. */
   constructor(
@@ -137,11 +163,21 @@ export class WriteAheadLog {
       current.file.syncNow(); // whole and durable before any frame goes to the next file
       current = this.startFile(current.generation + 1);
     }
-    current.file.write(this.encode(writes));
+    const frame = this.encode(writes);
+    current.file.write(frame);
     if (this.sync === 'inline') current.file.syncNow();
     current.lastFrame = ++this.framesWritten;
     this.stats.frames++;
+    this.stats.frameBytes += frame.byteLength;
     return this.framesWritten;
+  }
+
+  /**
+   * 'pool' and no fdatasync running: a frame appended now has its fdatasync started at once
+   * (while one runs, a frame waits for it to end whenever it is appended).
+   */
+  get syncIdle(): boolean {
+    return this.sync === 'pool' && !this.files.at(-1)!.file.syncing;
   }
 
   /** Resolves once frame `frame` and every frame before it are durable. */
@@ -206,12 +242,14 @@ export class WriteAheadLog {
     const keys: (Uint8Array | undefined)[] = [];
     let size = FRAME_HEADER_BYTES;
     for (const write of writes) {
+      const kept = extendedBy(write);
       const value = write.value === undefined ? undefined
-        : write.value instanceof Uint8Array ? write.value : utf8.encode(JSON.stringify(write.value));
+        : write.value instanceof Uint8Array ? (kept > 0 ? write.value.subarray(kept) : write.value)
+        : utf8.encode(JSON.stringify(write.value));
       const key = typeof write.key === 'string' ? utf8.encode(write.key) : undefined;
       values.push(value);
       keys.push(key);
-      size += 1 + 2 + this.nameOf(write.name).byteLength + 1 + (key ? 2 + key.byteLength : 8) + (value ? 4 + value.byteLength : 0);
+      size += 1 + 2 + this.nameOf(write.name).byteLength + 1 + (key ? 2 + key.byteLength : 8) + (kept > 0 ? 4 : 0) + (value ? 4 + value.byteLength : 0);
     }
     const out = new Uint8Array(size);
     const v = new DataView(out.buffer);
@@ -221,7 +259,8 @@ export class WriteAheadLog {
       const value = values[i];
       const key = keys[i];
       const name = this.nameOf(write.name);
-      v.setUint8(o, value === undefined ? WalOp.Remove : write.value instanceof Uint8Array ? WalOp.PutBytes : WalOp.PutJson);
+      const kept = extendedBy(write);
+      v.setUint8(o, value === undefined ? WalOp.Remove : kept > 0 ? WalOp.Extend : write.value instanceof Uint8Array ? WalOp.PutBytes : WalOp.PutJson);
       v.setUint16(o + 1, name.byteLength);
       out.set(name, o + 3);
       o += 3 + name.byteLength;
@@ -235,6 +274,10 @@ export class WriteAheadLog {
         v.setFloat64(o + 1, write.key as number);
         o += 9;
       }
+      if (kept > 0) {
+        v.setUint32(o, kept);
+        o += 4;
+      }
       if (value) {
         v.setUint32(o, value.byteLength);
         out.set(value, o + 4);
@@ -245,7 +288,15 @@ export class WriteAheadLog {
   }
 }
 
-/** A checked frame body's writes; values are copied (the body is a view of the whole file). */
+/** Bytes of `write`'s value logged as kept from the previous one (0: a whole put). */
+function extendedBy(write: WalWrite): number {
+  return write.kept !== undefined && write.kept > 0 && write.value instanceof Uint8Array ? write.kept : 0;
+}
+
+/**
+ * A checked frame body's writes; values are copied (the body is a view of the whole file). An
+ * extend comes back with `kept` and the bytes after them as `value` (applyExtend).
+ */
 function decodeWrites(body: Uint8Array): WalWrite[] {
   const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
   const writes: WalWrite[] = [];
@@ -268,10 +319,16 @@ function decodeWrites(body: Uint8Array): WalWrite[] {
       writes.push({ name, key, value: undefined });
       continue;
     }
+    let kept: number | undefined;
+    if (op === WalOp.Extend) {
+      kept = v.getUint32(o);
+      o += 4;
+    }
     const length = v.getUint32(o);
     const bytes = body.slice(o + 4, o + 4 + length);
     o += 4 + length;
     if (op === WalOp.PutBytes) writes.push({ name, key, value: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength) });
+    else if (op === WalOp.Extend) writes.push({ name, key, value: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), kept });
     else if (op === WalOp.PutJson) writes.push({ name, key, value: JSON.parse(fromUtf8.decode(bytes)) });
     else throw new WalCorruptError('(frame)', o, `unknown write kind ${op as number} in a frame that passed its checksum`);
   }

@@ -140,8 +140,7 @@ export class FrameFile {
   private end = 0;
   /** The file's size: frames are written inside zeros written ahead of them. */
   private allocated = 0;
-  /** Frames written / known durable so far (durable files), and who waits for which. */
-  private written = 0;
+  /** Frames known durable so far (durable files; written: stats.frames), and who waits for which. */
   private synced = 0;
   /** Bytes a completed fdatasync covered (what each frame written next records as `synced`). */
   private syncedBytes = 0;
@@ -173,7 +172,11 @@ export class FrameFile {
 
   /** Frames written so far (a frame's number is the count after writing it). */
   get frames(): number {
-    return this.written;
+    return this.stats.frames;
+  }
+  /** True while an fdatasync of this file runs (a whenSynced now waits for it and the next). */
+  get syncing(): boolean {
+    return this.syncingFd >= 0;
   }
   /** Bytes of whole frames in the file. */
   get bytes(): number {
@@ -194,9 +197,7 @@ export class FrameFile {
     }
     writeAll(this.fd, frame, this.end);
     this.end += frame.byteLength;
-    this.written++;
-    this.stats.frames++;
-    return this.written;
+    return ++this.stats.frames;
   }
 
   /**
@@ -222,7 +223,7 @@ export class FrameFile {
   }
 
   /** Resolves once frames up to `upTo` are durable (at once if they are), starting a sync if needed. */
-  whenSynced(upTo = this.written): Promise<void> {
+  whenSynced(upTo = this.stats.frames): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     if (upTo <= this.synced) return Promise.resolve();
     const done = new Promise<void>((resolve, reject) => this.waiters.push({ upTo, resolve, reject }));
@@ -233,7 +234,7 @@ export class FrameFile {
   /** Makes every frame written so far durable now, on this thread. Throws (and fails the file) if the sync fails. */
   syncNow(): void {
     if (this.failure) throw this.failure;
-    if (!this.durable || this.synced === this.written) return;
+    if (!this.durable || this.synced === this.stats.frames) return;
     this.stats.fdatasyncs++;
     try {
       this.syncSync(this.fd);
@@ -241,7 +242,7 @@ export class FrameFile {
       this.fail(error as Error);
       throw error;
     }
-    this.markSynced(this.written, this.end);
+    this.markSynced(this.stats.frames, this.end);
   }
 
   /**
@@ -261,23 +262,22 @@ export class FrameFile {
     if (old !== this.syncingFd) closeSync(old); // (else closed when its fdatasync returns)
     this.end = frame.byteLength;
     this.allocated = frame.byteLength;
-    this.written++;
     this.stats.frames++;
     this.stats.rewrites++;
     this.syncedBytes = 0; // (offsets of the old file mean nothing in this one)
-    if (this.durable) this.markSynced(this.written, this.end); // fsynced above, with everything before it
+    if (this.durable) this.markSynced(this.stats.frames, this.end); // fsynced above, with everything before it
   }
 
   /** Waits for the syncs of everything written (durable), then closes the file. */
   async close(): Promise<void> {
-    if (this.durable) await this.whenSynced(this.written).catch(() => undefined);
+    if (this.durable) await this.whenSynced(this.stats.frames).catch(() => undefined);
     closeSync(this.fd);
   }
 
   /** One fdatasync at a time; the next covers every frame written while this one ran. */
   private startSync(): void {
-    if (!this.durable || this.syncingFd >= 0 || this.synced === this.written) return;
-    const upTo = this.written;
+    if (!this.durable || this.syncingFd >= 0 || this.synced === this.stats.frames) return;
+    const upTo = this.stats.frames;
     const upToBytes = this.end;
     const fd = this.fd;
     this.syncingFd = fd;

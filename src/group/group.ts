@@ -68,6 +68,9 @@ import { followRaftShardView, hasRaftShardLog, majoritySettled, P2P_READ_LOCAL, 
 import { RaftOrderingEngine } from '../runtime/raft-ordering-engine.js';
 import {
   driverShardNumber,
+  encodeOrderedCall,
+  encodeOrderedReplies,
+  forEachOrderedReply,
   hashKey,
   ORDERED_REPLY_TYPE,
   P2P_NOT_HOSTED,
@@ -144,6 +147,8 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 export class Group {
   readonly nodeId: NodeId;
   readonly transport: Transport;
+  /** Malformed batches of ordered-call replies received (dropped). */
+  readonly counters = { malformedReplies: 0 };
   private readonly store: PersistenceStore;
   private readonly viewSource: ViewSource;
   private readonly infos: ReadonlyMap<string, ReplicatedClassInfo>;
@@ -222,8 +227,10 @@ export class Group {
     transport.handle(ORDERED_REPLY_TYPE, (request) => {
       // One copy of the frame (the replies' bytes alias it and may be kept by QueryResults),
       // not one allocation per reply.
-      for (const [callId, from, reply] of decodeMessage<OrderedReply[]>(request.slice())) {
-        this.settleReply(callId, nodeId(from), reply);
+      try {
+        forEachOrderedReply(request.slice(), (callId, from, reply) => this.settleReply(callId, nodeId(from), reply));
+      } catch {
+        this.counters.malformedReplies++; // dropped: the caller's calls wait for the member as if it were slow
       }
       return new Uint8Array(0);
     });
@@ -438,8 +445,10 @@ export class Group {
 
   private replicatedHandle<T extends object>(replica: ShardReplica<T>): Replicated<T> {
     const info = replica.info;
+    // "Type.method" for errors, made once per method rather than per call.
+    const labels = new Map([...info.ordered.values()].map((m) => [m, `${info.name}.${m.methodName}`]));
     const ordered = buildCallProxy(info, 'ordered', (method, bytes) =>
-      this.orderedCall(replica, method.wireName, `${info.name}.${method.methodName}`, bytes));
+      this.orderedCall(replica, method.wireName, labels.get(method)!, bytes));
     return {
       typeName: info.name,
       subgroupIndex: replica.subgroupIndex,
@@ -472,8 +481,7 @@ export class Group {
     if (this.closed) throw new GroupClosedError(label);
     if (this.removed !== undefined) throw this.removed;
     const callId = this.nextCallId++;
-    const message = relayKey === undefined ? [callId, wireName, args] : [callId, wireName, args, ...relayKey];
-    const payload = encodeMessage(message);
+    const payload = encodeOrderedCall(callId, wireName, args, relayKey);
     // An inadequately provisioned subgroup takes no ordered calls: held until it is whole.
     const whole = this.currentView.isSubgroupAdequate(replica.subgroupId)
       ? undefined : this.awaitAdequate(replica.subgroupId, label);
@@ -582,7 +590,7 @@ export class Group {
       for (const [to, replies] of this.replyQueues) {
         this.replyQueues.delete(to);
         void this.session(to)
-          .then((s) => s.call(ORDERED_REPLY_TYPE, encodeMessage(replies)))
+          .then((s) => s.call(ORDERED_REPLY_TYPE, encodeOrderedReplies(replies)))
           .catch(() => undefined); // the caller's membership layer handles a lost member
       }
     });

@@ -24,11 +24,24 @@ export interface OrderedReceipt {
   readonly timestamp: Hlc;
 }
 
-/** How a QueryResults waits for the frontiers of its shard on this node. */
+/**
+ * How a QueryResults waits for the frontiers of its shard on this node: each resolves with
+ * `version` once that frontier reached it (so a call's wait is one promise, not a chain).
+ */
 export interface ShardFrontierWaits {
-  whenDelivered(version: Version): Promise<void>;
-  whenLocalPersisted(version: Version): Promise<void>;
-  whenPersisted(version: Version): Promise<void>;
+  whenDelivered(version: Version): Promise<Version>;
+  whenLocalPersisted(version: Version): Promise<Version>;
+  whenPersisted(version: Version): Promise<Version>;
+}
+
+/** Which frontier a wait is for. */
+const enum Frontier { Delivered, LocalPersisted, Persisted }
+
+/** A frontier wait asked for before the call was numbered: settled by numbered() or failAll(). */
+interface EarlyWait {
+  readonly frontier: Frontier;
+  readonly resolve: (version: Version | Promise<Version>) => void;
+  readonly reject: (error: unknown) => void;
 }
 
 /**
@@ -138,9 +151,10 @@ class ReplyMap<R> implements ReadonlyMap<NodeId, Promise<R>> {
 }
 
 export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
-  /** Each member's reply, keyed by node id, in shard-rank order. */
-  readonly replies: ReadonlyMap<NodeId, Promise<R>>;
   private readonly slots = new Map<NodeId, ReplySlot<R>>();
+  private replyMap: ReplyMap<R> | undefined;
+  /** delivered()/persisted()/localPersisted() asked for before numbered(). */
+  private early: EarlyWait[] | undefined;
   private all: Promise<ReadonlyMap<NodeId, R>> | undefined;
   /** The version the call was delivered at on this node (numbered()), or the send's failure. */
   private deliveredAt: Version | undefined;
@@ -164,11 +178,15 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
   ) {
     for (const node of members) this.slots.set(node, new ReplySlot<R>(node));
     this.unsettledCount = this.slots.size;
-    this.replies = new ReplyMap(this.slots);
     sent.catch((error: unknown) => {
       this.failAll(error);
       onSendFailed?.();
     });
+  }
+
+  /** Each member's reply, keyed by node id, in shard-rank order. */
+  get replies(): ReadonlyMap<NodeId, Promise<R>> {
+    return (this.replyMap ??= new ReplyMap(this.slots));
   }
 
   /**
@@ -207,24 +225,36 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
 
   /** Resolves with the version once the call was delivered and applied on this node. */
   delivered(): Promise<Version> {
-    return this.afterNumbered((v) => this.waits.whenDelivered(v));
+    return this.afterNumbered(Frontier.Delivered);
   }
 
   /** Resolves with the version once it is durable on this node. */
   localPersisted(): Promise<Version> {
-    return this.afterNumbered((v) => this.waits.whenLocalPersisted(v));
+    return this.afterNumbered(Frontier.LocalPersisted);
   }
 
   /** Resolves with the version once it is durable on every member of the shard. */
   persisted(): Promise<Version> {
-    return this.afterNumbered((v) => this.waits.whenPersisted(v));
+    return this.afterNumbered(Frontier.Persisted);
   }
 
-  /** `wait(version)`, then the version; rejects if sending failed. */
-  private afterNumbered(wait: (version: Version) => Promise<void>): Promise<Version> {
+  /**
+   * The wait for `frontier` to reach the call's version, once it is numbered; rejects if sending
+   * failed. Asked before numbering, one pending promise that numbered() hands the wait (a
+   * closed-loop caller asks for delivered() right after the call: this was a chain of ~7
+   * promises and 4 closures per call).
+   */
+  private afterNumbered(frontier: Frontier): Promise<Version> {
     const version = this.deliveredAt;
-    if (version !== undefined) return wait(version).then(() => version);
-    return this.version.then((v) => wait(v).then(() => v));
+    if (version !== undefined) return this.waitFor(frontier, version);
+    if (this.failure !== undefined) return Promise.reject(this.failure.error);
+    return new Promise<Version>((resolve, reject) => (this.early ??= []).push({ frontier, resolve, reject }));
+  }
+
+  private waitFor(frontier: Frontier, version: Version): Promise<Version> {
+    if (frontier === Frontier.Delivered) return this.waits.whenDelivered(version);
+    if (frontier === Frontier.Persisted) return this.waits.whenPersisted(version);
+    return this.waits.whenLocalPersisted(version);
   }
 
   then<A = ReadonlyMap<NodeId, R>, B = never>(
@@ -243,6 +273,11 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     if (this.deliveredAt !== undefined || this.failure !== undefined) return;
     this.deliveredAt = version;
     this.numbering?.resolve(version);
+    const early = this.early;
+    if (early !== undefined) {
+      this.early = undefined;
+      for (const wait of early) wait.resolve(this.waitFor(wait.frontier, version));
+    }
   }
 
   /** @internal A member's reply bytes arrived (decoded when asked for, with that member's id). */
@@ -283,6 +318,9 @@ export class QueryResults<R> implements PromiseLike<ReadonlyMap<NodeId, R>> {
     if (this.deliveredAt === undefined && this.failure === undefined) {
       this.failure = { error };
       this.numbering?.reject(error);
+      const early = this.early;
+      this.early = undefined;
+      for (const wait of early ?? []) wait.reject(error);
     }
     for (const node of this.slots.keys()) this.failReply(node, error);
   }

@@ -10,14 +10,13 @@ import { fieldHooksOf } from '../../decorators/field-hooks.js';
 import type { ReplicatedClassInfo } from '../../decorators/metadata.js';
 import type { Persistent } from '../../persistence/persistent.js';
 import type { PersistentRegistry } from '../../persistence/registry.js';
-import { decodeMessage } from '../core/codec.js';
 import { DecoratorUsageError } from '../../decorators/errors.js';
 import { hlc, HLC_MAX, type Hlc } from '../core/hlc.js';
 import { VERSION_NONE, type NodeId, type ShardIndex, type SubgroupId, type Version } from '../core/ids.js';
 import type { View } from '../membership/view.js';
 import type { EngineFrontiers, OrderedDelivery, OrderingEngine } from '../runtime/ordering-engine.js';
 import type { ShardFrontierWaits } from './query-results.js';
-import { FrontierWaiters, type OrderedCallMessage } from './wire.js';
+import { decodeOrderedCall, FrontierWaiters, type OrderedCallMessage } from './wire.js';
 import { RELAY_WINDOW, RelayTable } from './relay-table.js';
 import { AppliedByTransferError, RelayedReplyUnavailableError } from './errors.js';
 import { encodeFrameworkError } from '../../decorators/codec.js';
@@ -83,7 +82,7 @@ export class ShardReplica<T extends object = object> {
   /** What each QueryResults of this shard waits on (one object, not three closures per call). */
   readonly frontierWaits: ShardFrontierWaits = {
     whenDelivered: (version) => this.deliveredWaiters.wait(version),
-    whenLocalPersisted: (version) => this.registry.whenPersisted(version),
+    whenLocalPersisted: (version) => this.registry.whenPersisted(version).then(() => version),
     whenPersisted: (version) => this.persistedWaiters.wait(version),
   };
   /** The shard's ordering engine: its MulticastDriver, or a RaftOrderingEngine in raft mode. */
@@ -103,6 +102,8 @@ export class ShardReplica<T extends object = object> {
    * run was. In memory only; bounded per client.
    */
   private readonly relayed = new Map<string, Map<number, DispatchResult>>();
+  /** "Type.wireName" of the ordered methods called so far (not a new string per delivery). */
+  private readonly methodLabels = new Map<string, string>();
   readonly context: ReplicaContext;
   /**
    * Told the version of each of this node's own calls as it is delivered here: the number a
@@ -191,12 +192,7 @@ export class ShardReplica<T extends object = object> {
   /** The ordered call a delivery carries, or undefined (counted) if it is not one. */
   private decodeCall(delivery: OrderedDelivery): OrderedCallMessage | undefined {
     try {
-      const message = decodeMessage<OrderedCallMessage>(delivery.payload);
-      if (!Array.isArray(message) || typeof message[0] !== 'number' || typeof message[1] !== 'string' || !(message[2] instanceof Uint8Array) ||
-          (message.length === 5 && (typeof message[3] !== 'string' || typeof message[4] !== 'number'))) {
-        throw new Error('not an ordered call');
-      }
-      return message;
+      return decodeOrderedCall(delivery.payload);
     } catch {
       // Every replica drops it alike (same bytes, same decision): the state stays identical.
       this.counters.malformed++;
@@ -212,7 +208,7 @@ export class ShardReplica<T extends object = object> {
   inState(delivery: OrderedDelivery): void {
     const message = this.decodeCall(delivery);
     if (message === undefined) return;
-    const [callId] = message;
+    const { callId } = message;
     const version = delivery.version as Version;
     if (delivery.sender === this.self) this.onOwnDelivered?.(callId, version);
     this.reply(delivery.sender, callId, encodeFrameworkError(new AppliedByTransferError(this.self, version)));
@@ -222,7 +218,7 @@ export class ShardReplica<T extends object = object> {
   deliver(delivery: OrderedDelivery): void {
     const message = this.decodeCall(delivery);
     if (message === undefined) return;
-    const [callId, wireName, args, clientId, requestId] = message;
+    const { callId, wireName, args, clientId, requestId } = message;
     const version = delivery.version as Version;
     let result: DispatchResult;
     if (clientId !== undefined && this.relayTable.has(clientId, requestId!)) {
@@ -253,10 +249,15 @@ export class ShardReplica<T extends object = object> {
   private dispatch(wireName: string, args: Uint8Array, version: Version, timestamp: Hlc): DispatchResult {
     this.currentVersion = version;
     this.currentTimestamp = timestamp;
-    const method = `${this.info.name}.${wireName}`;
+    const info = this.info.ordered.get(wireName);
+    let method = this.methodLabels.get(wireName);
+    if (method === undefined) {
+      method = `${this.info.name}.${wireName}`;
+      if (info !== undefined) this.methodLabels.set(wireName, method); // (an unknown name is refused, not kept)
+    }
     const outer = synchronousOrderedCall;
     try {
-      if (this.info.ordered.get(wireName)?.returnType === Promise) {
+      if (info?.returnType === Promise) {
         return orderedCallContext.run({ method }, () =>
           this.dispatcher.dispatch('ordered', wireName, args),
         );

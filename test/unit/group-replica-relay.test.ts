@@ -6,7 +6,7 @@ import test from 'ava';
 import { encodeArguments } from '../../decorators/codec.js';
 import { replicatedClassInfo } from '../../decorators/metadata.js';
 import { memoryRegistry } from '../../persistence/index.js';
-import { encodeMessage } from '../../src/core/codec.js';
+import { encodeOrderedCall } from '../../src/group/wire.js';
 import { hlc } from '../../src/core/hlc.js';
 import { makeVersion, nodeId, shardIndex, subgroupId, viewId, type Version } from '../../src/core/ids.js';
 import { RELAY_CLIENTS_MAX, RELAY_EVICT_BATCH, RELAY_WINDOW } from '../../src/group/relay-table.js';
@@ -40,7 +40,7 @@ function replicaOf(name: string) {
       sender: nodeId(1),
       version: makeVersion(viewId(1), position) as Version,
       timestamp: hlc(1000 + position, 0),
-      payload: encodeMessage([position++, method.wireName, args, clientId, requestId]),
+      payload: encodeOrderedCall(position++, method.wireName, args, [clientId, requestId]),
     });
   };
   return { replica, deliver, replies };

@@ -83,6 +83,32 @@ function crashCopy(t: import('ava').ExecutionContext, from: string, label: strin
   return to;
 }
 
+/**
+ * A log store with one field `a` whose log fdatasyncs are held until the test calls the
+ * functions in `held` (each completes one); the attach's own writes already synced.
+ */
+async function heldSyncStore(t: import('ava').ExecutionContext, label: string, options: { lmdbBatchMs?: number; walSync?: 'pool' }) {
+  const store = PersistenceStore.open({ dataDir: tempDir(t, label), syncMode: 'durable', writeAheadLog: true, ...options });
+  const registry = store.registry('Wal/0/0');
+  const a = registry.attach('a', new Persistent(() => 0));
+  const held: (() => void)[] = [];
+  let holding = true;
+  internals(store).wal.fdatasync = (fd, done) => {
+    const release = () => fdatasync(fd, done);
+    if (holding) held.push(release);
+    else release();
+  };
+  t.teardown(() => {
+    holding = false;
+    for (const release of held.splice(0)) release();
+    return store.close();
+  });
+  await new Promise((resolve) => setTimeout(resolve, 20)); // (attach's own writes)
+  for (const release of held.splice(0)) release();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  return { store, registry, a, held };
+}
+
 test('durable, walSync "inline": the frontier moves after the frame\'s fdatasync returned, in the same turn; a failed one fails the registry', async (t) => {
   const store = PersistenceStore.open({ dataDir: tempDir(t, 'wal-inline'), syncMode: 'durable', writeAheadLog: true, walSync: 'inline' });
   t.teardown(() => store.close());
@@ -159,6 +185,12 @@ test('durable, walSync "pool": the persisted frontier never moves before the log
   t.is(held.length, 1, 'one fdatasync for the turn');
   t.is(registry.persistedFrontier, VERSION_NONE, 'written to the log but not synced: not persisted');
   t.is(a.get(v(1)), 2);
+  held.shift()!.release();
+  // v0 went in its own frame, synced at once (the log was idle); v1, written while that sync ran,
+  // waits for the next one, and the turn's frontier (v1) with it.
+  for (let i = 0; i < 40 && held.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  t.is(held.length, 1, 'the next fdatasync covers v1');
+  t.is(registry.persistedFrontier, VERSION_NONE, 'v1 is not persisted before its own fdatasync');
   held.shift()!.release();
   await registry.whenPersisted(v(1));
   a.value = 3;
@@ -268,4 +300,97 @@ test('durable: log files are deleted only once LMDB reported everything in them 
   const reopened = PersistenceStore.open({ dataDir, syncMode: 'durable', writeAheadLog: true, walFileBytes: 4096 });
   check(t, attach(reopened.registry('Wal/0/0')), 220);
   await reopened.close();
+});
+
+test('durable: a tail segment that grew is logged as its new bytes only (an extend), not the whole segment every turn', async (t) => {
+  const { store } = await logOnlyStore(t, 'wal-extend', []);
+  t.teardown(() => store.close());
+  const registry = store.registry('Wal/0/1');
+  const map = registry.attach('map', new Persistent(() => new PersistentMap<string, string>(), { delta: PersistentMap.codec() }));
+  await new Promise((resolve) => setImmediate(resolve)); // (attach's own writes)
+  const before = store.walStats;
+  const turns = 96; // three segments of 32 records, one record per turn
+  for (let i = 0; i < turns; i++) {
+    map.value.set(`key-${String(i).padStart(12, '0')}`, 'v'.repeat(64));
+    registry.makeVersion(v(i), hlc(i + 1));
+    await registry.whenPersisted(v(i));
+  }
+  const after = store.walStats;
+  const perTurn = (after.frameBytes - before.frameBytes) / (after.frames - before.frames);
+  // One ~130-byte record and the frame's and write's headers; a whole tail segment would average
+  // ~16 records (~2 KiB).
+  t.true(after.frames - before.frames >= turns, `${after.frames - before.frames} frames`);
+  t.true(perTurn < 400, `${perTurn.toFixed(0)} bytes logged per one-record turn`);
+});
+
+test('durable: replaying extends over an LMDB that already holds later writes of the same segments ends in the logged values', async (t) => {
+  const dataDir = tempDir(t, 'wal-extend-replay');
+  const store = PersistenceStore.open({ dataDir, syncMode: 'durable', writeAheadLog: true, lmdbBatchMs: 0, walFileBytes: 4096 });
+  const registry = store.registry('Wal/0/0');
+  const fields = attach(registry);
+  // Versions 0..69 reach LMDB and the log files they filled are deleted: the oldest file left
+  // starts with extends of segments whose first bytes were logged in a deleted file, and LMDB
+  // holds those segments longer (their state after 69) than each extend's base.
+  await write(registry, fields, 0, 70);
+  await store.whenInLmdb();
+  for (let i = 0; i < 200 && walFiles(dataDir).length > 1; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.is(walFiles(dataDir).length, 1, 'the files LMDB holds were deleted');
+  // Then LMDB gets nothing more (as if killed after the log's syncs), and no file goes.
+  withoutLmdb(store);
+  internals(store).wal.lmdbDurable = () => undefined;
+  await write(registry, fields, 70, 50);
+  const copy = crashCopy(t, dataDir, 'wal-extend-replay-copy');
+  await store.close();
+  const reopened = PersistenceStore.open({ dataDir: copy, syncMode: 'durable', writeAheadLog: true });
+  t.true(reopened.walStats.replayedFrames > 20, `${reopened.walStats.replayedFrames} frames replayed`);
+  check(t, attach(reopened.registry('Wal/0/0')), 120);
+  await reopened.close();
+});
+
+test('durable: LMDB gets a turn\'s writes only after the log\'s fdatasync covering them completed (a machine crash never leaves LMDB ahead of the log)', async (t) => {
+  const { store, registry, a, held } = await heldSyncStore(t, 'wal-lmdb-after-sync', { lmdbBatchMs: 0 });
+  let lmdbPuts = 0;
+  for (const db of internals(store).dbs.values()) {
+    const put = db.put as (...args: unknown[]) => unknown;
+    db.put = (...args: unknown[]) => {
+      lmdbPuts++;
+      return put.apply(db, args);
+    };
+  }
+  a.value = 1;
+  registry.makeVersion(v(0), hlc(1));
+  for (let i = 0; i < 40 && held.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  await new Promise((resolve) => setTimeout(resolve, 100)); // several lmdbBatchMs
+  t.is(held.length, 1, 'the log\'s fdatasync is held');
+  t.is(lmdbPuts, 0, 'LMDB got nothing the log has not made durable');
+  t.is(a.get(v(0)), 1, 'the version reads meanwhile');
+  for (const release of held.splice(0)) release();
+  await registry.whenPersisted(v(0));
+  await store.whenInLmdb();
+  t.true(lmdbPuts > 0, 'after the sync, LMDB gets the batch');
+});
+
+test('durable, walSync "pool": with the log idle, a version\'s frame is written and its fdatasync started inside makeVersion; while one runs, the turn\'s later versions share one frame', async (t) => {
+  const { store, registry, a, held } = await heldSyncStore(t, 'wal-early', { walSync: 'pool' });
+  t.is(held.length, 0);
+  const frames = store.walStats.frames;
+  a.value = 1;
+  registry.makeVersion(v(0), hlc(1));
+  t.is(held.length, 1, 'the fdatasync started inside makeVersion');
+  t.is(store.walStats.frames, frames + 1, 'its frame was written inside makeVersion');
+  a.value = 2;
+  registry.makeVersion(v(1), hlc(2));
+  a.value = 3;
+  registry.makeVersion(v(2), hlc(3));
+  t.is(store.walStats.frames, frames + 1, 'with a sync running, later versions wait for the turn');
+  await new Promise((resolve) => setImmediate(resolve));
+  t.is(store.walStats.frames, frames + 2, 'the turn\'s later versions in one frame');
+  t.is(registry.persistedFrontier, VERSION_NONE, 'nothing persisted while the sync is held');
+  held.shift()!();
+  for (let i = 0; i < 40 && held.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  t.is(held.length, 1, 'the next fdatasync covers the turn\'s frame');
+  t.is(registry.persistedFrontier, VERSION_NONE, 'the turn\'s frontier (v2) waits for it');
+  for (const release of held.splice(0)) release();
+  await registry.whenPersisted(v(2));
+  t.is(a.get(v(2)), 3);
 });
