@@ -357,6 +357,7 @@ export async function run(args: string[]): Promise<void> {
       // was 2-3x its figure after a throughput run; see bench/_kv-replica.ts).
       for (let i = 0; i < 50; i++) await leader.propose(payload(i));
       await closedLoopRate(warmupOps, 64, (i) => leader.propose(payload(i)));
+      await sequentialLatencies(sequentialWarmupOps, (i) => leader.propose(payload(i))); // as the other placements
       const cpu0 = mainThreadCpuUs();
       const lat = await sequentialLatencies(latencyOps, (i) => leader.propose(payload(i)));
       // The one thread's CPU per commit (all three nodes and the client), one outstanding.
