@@ -26,6 +26,27 @@ export interface RequestContext {
   readonly peer: TransportAddress;
   /** The server-side id of the session the request arrived on. */
   readonly sessionId: number;
+  /**
+   * Optional (the native transport has it; without it, return a promise): answer this request
+   * later without a promise. Called by the handler while it runs, it returns the object to
+   * answer with, exactly once: `respond(bytes)` (further calls are ignored); the handler then
+   * returns DEFERRED (whatever it returns is ignored, and a wrapper passing the result through
+   * is unaffected). Returns undefined if this request can no longer be deferred (its handler
+   * returned already: a wrapper held the request, answered it, then ran the handler); the
+   * handler then answers as without it. Deferred, a request costs no promise, reaction or
+   * closure, which a promise per request did (a Raft follower answers every append so:
+   * src/runtime/raft-driver.ts).
+   */
+  defer?(): DeferredResponse | undefined;
+}
+
+/** What a handler that deferred its response returns (RequestContext.defer): never settles. */
+export const DEFERRED: Promise<Uint8Array> = new Promise<Uint8Array>(() => {});
+
+/** A request's response, given later (RequestContext.defer). */
+export interface DeferredResponse {
+  /** Sends the response (once; later calls, and calls after the endpoint closed, do nothing). */
+  respond(bytes: Uint8Array): void;
 }
 
 /** Returns the response bytes, or a promise of them (nested calls are allowed before it resolves). */
