@@ -107,7 +107,14 @@ export class RaftDriver {
    */
   private readonly heldHeartbeats = new Map<number, Message>();
   private heldHeartbeatsTimer: ReturnType<typeof setImmediate> | undefined;
-  private readonly onReply = (response: Uint8Array): void => this.receiveReply(response);
+  /** A call's response (run by the transport synchronously with callWith: must not throw). */
+  private readonly onReply = (response: Uint8Array): void => {
+    try {
+      this.receiveReply(response);
+    } catch (e) {
+      this.fail(e);
+    }
+  };
   /** The sender of the batch stepBatch() last stepped, or NONE. */
   private batchFrom = NONE;
   /** stepBatch's decoded messages, one array kept for every batch (not re-entrant: step() never
@@ -630,12 +637,14 @@ export class RaftDriver {
       // Connected: call now, so the request is queued on the transport in this microtask
       // (the loop yields once after sending messagesNow to let it leave before persisting).
       try {
-        open.call(this.requestType, bytes, { timeoutMs: SEND_TIMEOUT_MS }).then(this.onReply, failed);
+        // callWith where the transport has it: no promise and reaction per call.
+        if (open.callWith !== undefined) open.callWith(this.requestType, bytes, SEND_OPTIONS, this.onReply, failed);
+        else open.call(this.requestType, bytes, SEND_OPTIONS).then(this.onReply, failed);
       } catch (e) {
         failed(e); // as the promise path would: a send error never stops the node
       }
     } else {
-      session.then((s) => s.call(this.requestType, bytes, { timeoutMs: SEND_TIMEOUT_MS })).then(this.onReply, failed);
+      session.then((s) => s.call(this.requestType, bytes, SEND_OPTIONS)).then(this.onReply, failed);
     }
   }
 
@@ -758,6 +767,7 @@ export class RaftDriver {
 
 const EMPTY = new Uint8Array(0);
 const SEND_TIMEOUT_MS = 2000;
+const SEND_OPTIONS = { timeoutMs: SEND_TIMEOUT_MS } as const;
 const DONE = Promise.resolve();
 
 /** storage.flush() as a promise, whether it wrote synchronously (or threw) or not. */

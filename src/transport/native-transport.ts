@@ -500,6 +500,14 @@ export class NativeSession implements TransportSession {
     return this.endpoint.enqueueCall(this, type, head, options?.timeoutMs ?? 0, body);
   }
 
+  callWith(
+    type: RequestType, request: Uint8Array, options: CallOptions | undefined,
+    onResponse: (bytes: Uint8Array) => void, onError: (error: Error) => void,
+  ): void {
+    const refused = this.endpoint.enqueueCallWith(this, type, request, options?.timeoutMs ?? 0, onResponse, onError);
+    if (refused !== undefined) onError(refused);
+  }
+
   onEvent(listener: (event: SessionEvent) => void): void {
     this.listeners.push(listener);
   }
@@ -725,36 +733,59 @@ export class Endpoint implements Transport {
     timeoutMs: number,
     lentBody?: Uint8Array,
   ): Promise<Uint8Array> {
-    if (this.closed || session.closed) {
-      return Promise.reject(
-        new TransportError(
-          `session to ${session.remote} is closed. Fix: connect again before calling.`,
-          'SESSION_CLOSED',
-        ),
-      );
-    }
-    const bytes = request.byteLength + (lentBody?.byteLength ?? 0);
-    if (bytes > this.options.messageBytesMax) {
-      return Promise.reject(new PayloadTooLargeError('request', bytes, this.options.messageBytesMax, 'messageBytesMax'));
-    }
-    assert(Number.isInteger(type) && type >= 0 && type <= REQUEST_TYPE_MAX, 'request type is 0..255');
-    assert(timeoutMs >= 0 && timeoutMs <= TIMEOUT_MS_MAX, 'timeoutMs is 0..2^32-1');
+    const refused = this.callRefused(session, type, request.byteLength + (lentBody?.byteLength ?? 0), timeoutMs);
+    if (refused !== undefined) return Promise.reject(refused);
     const tag = this.nextTag++;
     const promise = new Promise<Uint8Array>((resolve, reject) => {
       this.calls.set(tag, { resolve, reject, session, type, timeoutMs });
     });
+    this.submitCall(session, type, tag, request, timeoutMs, lentBody);
+    return promise;
+  }
+
+  /** @internal: NativeSession.callWith; returns the error of a call refused at once. */
+  enqueueCallWith(
+    session: NativeSession,
+    type: RequestType,
+    request: Uint8Array,
+    timeoutMs: number,
+    resolve: (bytes: Uint8Array) => void,
+    reject: (error: Error) => void,
+  ): Error | undefined {
+    const refused = this.callRefused(session, type, request.byteLength, timeoutMs);
+    if (refused !== undefined) return refused;
+    const tag = this.nextTag++;
+    this.calls.set(tag, { resolve, reject, session, type, timeoutMs });
+    this.submitCall(session, type, tag, request, timeoutMs, undefined);
+    return undefined;
+  }
+
+  /** Why a call of `bytes` cannot be made (a closed session, too large), or undefined. */
+  private callRefused(session: NativeSession, type: RequestType, bytes: number, timeoutMs: number): Error | undefined {
+    if (this.closed || session.closed) {
+      return new TransportError(`session to ${session.remote} is closed. Fix: connect again before calling.`, 'SESSION_CLOSED');
+    }
+    if (bytes > this.options.messageBytesMax) {
+      return new PayloadTooLargeError('request', bytes, this.options.messageBytesMax, 'messageBytesMax');
+    }
+    assert(Number.isInteger(type) && type >= 0 && type <= REQUEST_TYPE_MAX, 'request type is 0..255');
+    assert(timeoutMs >= 0 && timeoutMs <= TIMEOUT_MS_MAX, 'timeoutMs is 0..2^32-1');
+    return undefined;
+  }
+
+  /** Queues call `tag` for the next flush (or flushes now: a lent or large one). */
+  private submitCall(session: NativeSession, type: RequestType, tag: number, request: Uint8Array, timeoutMs: number, lentBody: Uint8Array | undefined): void {
     if (lentBody !== undefined) {
       // Submitted now: the body is referenced from native from then on, and a lent call is large.
       this.outbox.appendLent(type, session.id, Math.ceil(timeoutMs), tag, request, lentBody);
       this.flush();
-      return promise;
+      return;
     }
     const external = this.outbox.append(SubmitKind.Call, type, session.id, Math.ceil(timeoutMs), tag, request);
     // A large payload is not copied into the slab: submit it now, while the caller's buffer is
     // still unchanged.
     if (external) this.flush();
     else this.scheduleFlush();
-    return promise;
   }
 
   /** @internal */

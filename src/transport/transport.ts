@@ -87,6 +87,18 @@ export interface TransportSession {
    * caller keeps anyway (a multicast block), saving the copy call() makes.
    */
   callLent?(type: RequestType, head: Uint8Array, body: Uint8Array, options?: CallOptions): Promise<Uint8Array>;
+  /**
+   * Optional (the native transport has it; without it, use call()): call() without a promise.
+   * Exactly one of `onResponse` (with the response) or `onError` (with the error call() would
+   * reject with; for a request refused at once, before callWith returns) is called. For callers
+   * that keep those two functions (a Raft driver's per-peer handlers): a promise and its
+   * reaction per call were the allocations left on every call's path. Both are called from
+   * the transport's own event delivery (or close()), synchronously: they must not throw.
+   */
+  callWith?(
+    type: RequestType, request: Uint8Array, options: CallOptions | undefined,
+    onResponse: (bytes: Uint8Array) => void, onError: (error: Error) => void,
+  ): void;
   onEvent(listener: (event: SessionEvent) => void): void;
   /** Completes pending calls with TransportError and tells the peer. Idempotent. */
   close(): Promise<void>;

@@ -153,6 +153,42 @@ test('a deferred response (context.defer) is sent by respond() once, later calls
   await Promise.all([client.close(), server.close()]);
 });
 
+test('callWith: the response or the named error through the two callbacks, once each call; refused at once before it returns', async (t) => {
+  const { server, client, session } = await pair({ messageBytesMax: 1 << 16 });
+  server.handle(2, () => {
+    throw new Error('with boom');
+  });
+  server.handle(3, () => new Promise<Uint8Array>(() => {}));
+  const call = (type: number, bytes: Uint8Array, timeoutMs?: number): { returned: boolean; outcome: Promise<string> } => {
+    let returned = false;
+    const outcome = new Promise<string>((resolve) => {
+      let calls = 0;
+      const once = (what: string): void => {
+        calls++;
+        resolve(calls === 1 ? `${what}${returned ? '' : ' (before return)'}` : 'called twice');
+      };
+      session.callWith(type, bytes, timeoutMs === undefined ? undefined : { timeoutMs },
+        (response) => once(`ok ${Buffer.from(response).toString()}`),
+        (error) => once(`${error.constructor.name} ${(error as TransportError).code ?? ''}`.trim()));
+      returned = true;
+    });
+    return { returned, outcome };
+  };
+  t.is(await call(1, Buffer.from('echo')).outcome, 'ok echo');
+  t.is(await call(2, Buffer.alloc(1)).outcome, 'TransportError HANDLER_FAILED');
+  t.is(await call(9, Buffer.alloc(1)).outcome, 'TransportError NO_HANDLER');
+  t.is(await call(3, Buffer.alloc(1), 30).outcome, 'TimeoutError TIMEOUT');
+  t.is(await call(1, Buffer.alloc((1 << 16) + 1)).outcome, 'PayloadTooLargeError PAYLOAD_TOO_LARGE (before return)');
+  // Many at once, answered in any order, each once.
+  const many = await Promise.all(Array.from({ length: 100 }, (_, i) => call(1, Buffer.from(`m${i}`)).outcome));
+  t.deepEqual(many, Array.from({ length: 100 }, (_, i) => `ok m${i}`));
+  const pending = call(3, Buffer.alloc(1));
+  await session.close();
+  t.is(await pending.outcome, 'TransportError SESSION_CLOSED');
+  t.is(await call(1, Buffer.alloc(1)).outcome, 'TransportError SESSION_CLOSED (before return)');
+  await Promise.all([client.close(), server.close()]);
+});
+
 test('errors are named: no handler, handler threw, too large, deadline, closed session', async (t) => {
   const { server, client, session } = await pair({ messageBytesMax: 1 << 20 });
   server.handle(2, () => {
