@@ -159,7 +159,9 @@ test('callWith: the response or the named error through the two callbacks, once 
     throw new Error('with boom');
   });
   server.handle(3, () => new Promise<Uint8Array>(() => {}));
-  const call = (type: number, bytes: Uint8Array, timeoutMs?: number): { returned: boolean; outcome: Promise<string> } => {
+  // What happened to one callWith call: 'ok <response>' or '<error class> <code>', and whether
+  // its callback ran before callWith returned.
+  const call = (type: number, bytes: Uint8Array, timeoutMs?: number): { outcome: Promise<string> } => {
     let returned = false;
     const outcome = new Promise<string>((resolve) => {
       let calls = 0;
@@ -172,7 +174,7 @@ test('callWith: the response or the named error through the two callbacks, once 
         (error) => once(`${error.constructor.name} ${(error as TransportError).code ?? ''}`.trim()));
       returned = true;
     });
-    return { returned, outcome };
+    return { outcome };
   };
   t.is(await call(1, Buffer.from('echo')).outcome, 'ok echo');
   t.is(await call(2, Buffer.alloc(1)).outcome, 'TransportError HANDLER_FAILED');
