@@ -7,6 +7,7 @@
 import { readdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { argumentProblem } from './_args.js';
 
 export interface BenchSuite {
   run(args: string[]): Promise<void>;
@@ -18,8 +19,18 @@ const suites = readdirSync(here)
   .map((f) => f.slice(0, -3));
 
 const [suite, ...rest] = process.argv.slice(2);
+const usage = `usage: npm run bench -- <suite> [--quick] [suite options]\nsuites: ${suites.join(', ') || '(none yet)'}`;
+if (suite === '--help' || suite === '-h') {
+  console.log(usage);
+  process.exit(0);
+}
 if (!suite || !suites.includes(suite)) {
-  console.error(`usage: npm run bench -- <suite> [--quick] ...\nsuites: ${suites.join(', ') || '(none yet)'}`);
+  console.error(`${suite ? `bench: no suite "${suite}"\n` : ''}${usage}`);
+  process.exit(2);
+}
+const problem = argumentProblem(suite, rest);
+if (problem !== undefined) {
+  console.error(`bench: ${problem}\n${usage}`);
   process.exit(2);
 }
 const module = (await import(`./${suite}.js`)) as BenchSuite;

@@ -19,14 +19,15 @@
  * replyBytes are decorators/' reply encoding (result, application error or framework error).
  */
 import type { Version } from '../core/ids.js';
+import { REQUEST_TYPES } from '../transport/request-types.js';
 
-export const P2P_REQUEST_TYPE = 60;
-export const ORDERED_REPLY_TYPE = 61;
-export const READY_TYPE = 62;
-export const VIEW_TYPE = 63;
-export const RELAY_TYPE = 64;
+export const P2P_REQUEST_TYPE = REQUEST_TYPES.p2p;
+export const ORDERED_REPLY_TYPE = REQUEST_TYPES.orderedReply;
+export const READY_TYPE = REQUEST_TYPES.ready;
+export const VIEW_TYPE = REQUEST_TYPES.view;
+export const RELAY_TYPE = REQUEST_TYPES.relay;
 /** Request empty; response: a NodeStatus (msgpack) for `squall status`. */
-export const STATUS_TYPE = 65;
+export const STATUS_TYPE = REQUEST_TYPES.status;
 
 /** What a node reports to `squall status`. */
 export interface NodeStatus {

@@ -67,6 +67,20 @@ export class SenderStream {
     return index < this.receivedCount || this.ahead.has(index);
   }
 
+  /**
+   * True if a message (not a null) arrived contiguously at an index in [from, to) that is not
+   * delivered yet here (`to` at most receivedCount). Walks the undelivered entries from the
+   * oldest, so it costs the entries before `to`: few, between the delivered and contiguous counts.
+   */
+  hasUndeliveredMessageIn(from: number, to: number): boolean {
+    for (let i = this.queueHead; i < this.queue.length; i++) {
+      const entry = this.queue[i]!;
+      if (entry.index >= to) return false;
+      if (entry.kind === 'message' && entry.index >= from) return true;
+    }
+    return false;
+  }
+
   /** Entries that arrived ahead of a gap (for bounds and tests). */
   get bufferedEntryCount(): number {
     return this.ahead.size;

@@ -58,9 +58,10 @@ import {
 } from './multicast-driver.js';
 import { RaftDriver } from './raft-driver.js';
 import { TransferGate } from './transfer-gate.js';
+import { REQUEST_TYPES } from '../transport/request-types.js';
 
-/** The request type of membership messages (Raft uses 40, multicast 48). */
-export const MEMBERSHIP_REQUEST_TYPE = 41;
+/** The request type of membership messages (src/transport/request-types.ts). */
+export const MEMBERSHIP_REQUEST_TYPE = REQUEST_TYPES.membership;
 
 /** Identifies a shard of the layout. */
 export interface ShardRef {
@@ -318,6 +319,15 @@ interface Restarted {
   readonly trims: ReadonlyMap<string, RestartTrim>;
   /** This node delivered up to those trims itself before it went down. */
   readonly trimApplied: boolean;
+  /** The decision, as answerOutsideRestart hands it on (with its trimsViewId). */
+  readonly decision: RestartDecisionRecord;
+  /**
+   * Set once this node's shards of the restart view hold nothing past those trims (adoptRestart
+   * truncated them): the restart view's record carries them, so that a crash before the
+   * reconciliation ended does not lose them (a restart from that record applies them to the
+   * nodes that never installed the restart view).
+   */
+  carried?: MembershipRecord['trims'];
 }
 
 type JoinReply =
@@ -383,9 +393,10 @@ export class MembershipDriver {
   private restarting: RestartRun | undefined;
   /**
    * What the view record says of the installed view's predecessor (`previous`) and the log index
-   * that sealed it (`sealIndex`), kept by each rewrite.
+   * that sealed it (`sealIndex`), kept by each rewrite; for a restart view, also the trims this
+   * node was truncated to (Restarted.carried), until its own are committed.
    */
-  private recordPrevious: Pick<MembershipRecord, 'previous' | 'sealIndex'> = {};
+  private recordPrevious: Pick<MembershipRecord, 'previous' | 'sealIndex' | 'trims'> = {};
   private restarted: Restarted | undefined;
   private partitioned = false;
   /** Committed membership entries by Raft index; every index up to knownUpTo is known. */
@@ -872,6 +883,8 @@ export class MembershipDriver {
       run.proposer = undefined; // a ballot of the older instance: its acceptors answer `stale` now
     }
     if (trims !== undefined && trims.viewId === run.last.id && run.trims?.viewId !== run.last.id) run.trims = trims;
+    // A record of the restart view `last` carries the trims of the view it restarted from.
+    else if (trims !== undefined && trims.viewId < run.last.id && view.id === run.last.id && epoch === run.lastEpoch) run.trims ??= trims;
   }
 
   /** A chosen decision: adopt it, or (not in its view: not back in time) join the group that resumed. */
@@ -922,8 +935,10 @@ export class MembershipDriver {
     }
     const view = restartView(run.last, addresses, this.options.allocator);
     // The trims of `last` when a record has them; for a view only a log seals (no node back
-    // installed it, so none delivered in it), those of the round that sealed it.
-    const known = run.trims?.viewId === run.last.id ? run.trims : run.sealedTrims;
+    // installed it, so none delivered in it), those of the round that sealed it; for a restart
+    // view that never delivered, those its record carries (of the view it restarted from).
+    const carried = run.trims !== undefined && run.trims.viewId < run.last.id ? run.trims : undefined;
+    const known = run.trims?.viewId === run.last.id ? run.trims : run.sealedTrims ?? carried;
     const trims = (known?.trims ?? []).map((t) => ({ subgroupId: t.subgroupId, shardIndex: t.shardIndex, trim: [...t.trim] }));
     return {
       view: encodeView(view), from: encodeView(run.last), trims, epoch: `${view.id}-${this.self}-${Date.now()}`,
@@ -1028,11 +1043,7 @@ export class MembershipDriver {
     const restarted = this.restarted;
     if (restarted !== undefined && this.core!.view.id === restarted.viewId &&
       this.core!.view.addressOf(nodeId(node)) === address) {
-      const trims = [...restarted.trims].map(([key, t]) => {
-        const [subgroupId, shardIndex] = key.split('/').map(Number) as [number, number];
-        return { subgroupId, shardIndex, trim: [...t.trim] };
-      });
-      return { t: 'restartDecided', decision: { view: encodeView(this.core!.view), from: encodeView(restarted.from), trims, epoch: this.epoch } };
+      return { t: 'restartDecided', decision: restarted.decision };
     }
     return { t: 'live' };
   }
@@ -1046,7 +1057,7 @@ export class MembershipDriver {
     this.restarted = {
       viewId: view.id, from,
       trims: new Map(decided.trims.map((t) => [`${t.subgroupId}/${t.shardIndex}`, { viewId: trimsViewId, trim: [...t.trim] }])),
-      trimApplied: record.trims?.viewId === trimsViewId,
+      trimApplied: record.trims?.viewId === trimsViewId, decision: decided,
     };
     // The decision stays answerable (answerOutsideRestart) while this node starts.
     this.restarting = newRestartRun({
@@ -1057,6 +1068,24 @@ export class MembershipDriver {
     for (const v of this.voters) this.logHolders.add(v);
     for (const m of view.members) this.raftPeers.set(Number(m.id), m.address);
     if (this.voters.includes(this.self)) await this.startRaft(this.voters);
+    // Past the committed trims before the restart view's record is written, which then carries
+    // them (see Restarted.carried; reconcile() finds nothing more to truncate).
+    const store = this.options.state;
+    let trimmed = true;
+    for (const s of store !== undefined ? view.shardsOf(this.self) : []) {
+      try {
+        await this.keepTrimmed(s, view);
+      } catch (error) {
+        trimmed = false; // reconcile() tries again; the record does not claim it
+        this.options.log?.(`restart: shard ${shardName(s)} not truncated yet: ${(error as Error).message}`);
+      }
+    }
+    if (trimmed && decided.trims.length > 0) {
+      this.restarted.carried = {
+        viewId: trimsViewId,
+        trims: decided.trims.map((t) => ({ subgroupId: t.subgroupId as SubgroupId, shardIndex: t.shardIndex as ShardIndex, trim: [...t.trim] })),
+      };
+    }
     this.options.log?.(`restart: resuming in view ${view.id} [${view.memberIds}], voters [${this.voters}]`);
     this.restarting = undefined;
     await this.becomeMember(view, 0);
@@ -1068,7 +1097,6 @@ export class MembershipDriver {
    * the newest, then hand over the deliveries held meanwhile (as a joiner does).
    */
   private async reconcile(run: ShardRun): Promise<void> {
-    const restarted = this.restarted!;
     const store = this.options.state;
     const name = shardName(run.ref);
     for (;;) {
@@ -1079,18 +1107,7 @@ export class MembershipDriver {
       const members = current.shard(run.ref.subgroupId, run.ref.shardIndex)?.members ?? [];
       try {
         if (store === undefined) run.restartKept ??= -1n;
-        if (store !== undefined && run.restartKept === undefined) {
-          const latest = store.latestVersion(run.ref);
-          // A raft shard's versions are Raft's (term << 32 | index), all committed: no ragged trim
-          // applies to them (src/group/raft-shard.ts, "Total restart").
-          const raft = current.shard(run.ref.subgroupId, run.ref.shardIndex)?.mode === 'raft';
-          const kept = raft ? latest : keptVersion({ latest, trimApplied: restarted.trimApplied }, restarted.trims.get(name));
-          if (kept < latest) {
-            this.options.log?.(`restart: shard ${name} truncates ${latest} → ${kept} (past the committed trim)`);
-            await store.truncate?.(run.ref, kept);
-          }
-          run.restartKept = kept;
-        }
+        if (store !== undefined && run.restartKept === undefined) run.restartKept = await this.keepTrimmed(run.ref, current);
         const kept = run.restartKept ?? -1n;
         const peers: PeerVersion[] = [];
         for (const m of members) {
@@ -1116,6 +1133,26 @@ export class MembershipDriver {
         await sleep(100);
       }
     }
+  }
+
+  /**
+   * Truncates this node's state of `ref` (a shard of the restart view `view`) past the committed
+   * trim of the view the group restarted from (keptVersion) and returns the version kept. A raft
+   * shard's versions are Raft's (term << 32 | index), all committed: no ragged trim applies to
+   * them (src/group/raft-shard.ts, "Total restart"). Idempotent.
+   */
+  private async keepTrimmed(ref: ShardRef, view: View): Promise<bigint> {
+    const store = this.options.state!;
+    const name = shardName(ref);
+    const restarted = this.restarted!;
+    const latest = store.latestVersion(ref);
+    const raft = view.shard(ref.subgroupId, ref.shardIndex)?.mode === 'raft';
+    const kept = raft ? latest : keptVersion({ latest, trimApplied: restarted.trimApplied }, restarted.trims.get(name));
+    if (kept < latest) {
+      this.options.log?.(`restart: shard ${name} truncates ${latest} → ${kept} (past the committed trim)`);
+      await store.truncate?.(ref, kept);
+    }
+    return kept;
   }
 
   // ---- Joining ------------------------------------------------------------------------------
@@ -1676,7 +1713,13 @@ export class MembershipDriver {
     // has recorded it (the total restart's argument, src/membership/restart.ts).
     // With the quorum rule of the view before it in this epoch (a restart's ballots of this view
     // must meet its quorums: src/membership/restart.ts, ballotQuorums).
-    this.recordPrevious = { ...(previous !== undefined ? { previous: quorumRuleOf(previous) } : {}), sealIndex: sealedAtIndex };
+    // The restart view's record also carries the trims this node's state was truncated to
+    // (Restarted.carried): a restart from this record applies them to nodes that never installed it.
+    const carried = this.restarted?.viewId === view.id ? this.restarted.carried : undefined;
+    this.recordPrevious = {
+      ...(previous !== undefined ? { previous: quorumRuleOf(previous) } : {}), sealIndex: sealedAtIndex,
+      ...(carried !== undefined ? { trims: carried } : {}),
+    };
     await this.options.saveRecord?.({ view: encodeView(view), epoch: this.epoch, ...this.recordPrevious });
     // A node that joins at an address this node has sessions to (an earlier process of it, e.g.
     // a member restarted there): those sessions lead nowhere, and their failure, a peer-failure

@@ -26,7 +26,12 @@ export interface MembershipRecord {
    * (restart view id, leader, time) that founded its Raft group.
    */
   readonly epoch: string;
-  /** The committed trims of `view`, once this node delivered up to them (before the next install). */
+  /**
+   * The committed trims of `view`, once this node delivered up to them (before the next install).
+   * In the record of a total restart's view (until its own trims): those of the view the group
+   * restarted from (`viewId` below the view's), which this node's state was truncated to before
+   * the record was written; a restart from this record applies them to nodes that never installed it.
+   */
   readonly trims?: { readonly viewId: number; readonly trims: readonly ShardTrim[] };
   /**
    * While a total restart is being decided: this node's acceptor state (the ballot it promised,

@@ -44,8 +44,9 @@ import { BlockQueue } from '../multicast/block-queue.js';
 import { SessionCache } from '../transport/session-cache.js';
 import { TransportError } from '../transport/errors.js';
 import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
+import { REQUEST_TYPES } from '../transport/request-types.js';
 
-export const MULTICAST_REQUEST_TYPE_DEFAULT = 48;
+export const MULTICAST_REQUEST_TYPE_DEFAULT = REQUEST_TYPES.multicast;
 
 /** One view of one shard, as the membership layer installs it. */
 export interface MulticastView {

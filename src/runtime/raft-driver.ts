@@ -33,9 +33,10 @@ import {
   DEFERRED, type DeferredResponse, type RequestContext, type RequestType, type Transport, type TransportAddress, type TransportSession,
 } from '../transport/transport.js';
 import { RequestMux } from './request-mux.js';
+import { REQUEST_TYPES } from '../transport/request-types.js';
 
 /** The request type Raft registers on the transport. */
-export const RAFT_REQUEST_TYPE = 40;
+export const RAFT_REQUEST_TYPE = REQUEST_TYPES.raft;
 
 export interface StateMachine {
   /** Applies one committed entry (Normal entries with data; no-ops and conf changes are skipped). */

@@ -35,9 +35,10 @@ import type { Transport, TransportAddress } from '../transport/transport.js';
 import type { EngineFrontiers, EngineReceipt, OrderedDelivery, OrderingEngine } from './ordering-engine.js';
 import { RaftShardDriver, type ShardApplication, type ShardCallMeta } from './raft-shard-driver.js';
 import { GROUP_PREFIX_BYTES, prefixedGroup, prefixGroup, RequestMux } from './request-mux.js';
+import { REQUEST_TYPES } from '../transport/request-types.js';
 
 /** One-way frontier reports between a raft shard's members (muxed by the shard's group id). */
-export const SHARD_REPORT_TYPE = 45;
+export const SHARD_REPORT_TYPE = REQUEST_TYPES.shardReport;
 
 /** The replica state behind the engine, for Raft's log compaction and InstallSnapshot. */
 export interface EngineState {

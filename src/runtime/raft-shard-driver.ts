@@ -26,12 +26,13 @@ import type { Entry, Snapshot } from '../raft/types.js';
 import type { TransportSession } from '../transport/transport.js';
 import { RaftDriver, type RaftDriverOptions, type StateMachine } from './raft-driver.js';
 import { GROUP_PREFIX_BYTES, prefixedGroup, prefixGroup, RequestMux } from './request-mux.js';
+import { REQUEST_TYPES } from '../transport/request-types.js';
 
 /**
  * The request type for calls forwarded to a raft shard's leader; every shard on an endpoint shares
  * it, each request starting with the shard's Raft group id (request-mux.ts).
  */
-export const SHARD_FORWARD_TYPE = 44;
+export const SHARD_FORWARD_TYPE = REQUEST_TYPES.shardForward;
 
 /** The application behind a raft shard: deterministic, so every member computes the same. */
 export interface ShardApplication {

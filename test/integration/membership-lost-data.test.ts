@@ -5,8 +5,7 @@
 // as a new member once the group removed that process, receiving its shards' state by transfer.
 // A joiner restarted without its data dir re-enters the same way.
 import test from 'ava';
-import { Endpoint } from '../../src/transport/native-transport.js';
-import { createEndpoint, createFounders, createNode, kill, sendSome, shardKey, waitFor, type LocalNode } from '../support/membership-local.js';
+import { createEndpoint, createFounders, createNode, endpointAt, kill, sendSome, shardKey, waitFor, type LocalNode } from '../support/membership-local.js';
 
 test.serial('a founder restarted without its data dir joins as a new member instead of founding view 0 again', async (t) => {
   t.timeout(60_000);
@@ -89,15 +88,3 @@ test.serial('a joiner restarted without its data dir re-enters as a new member, 
     for (const n of [...nodes, ...extra]) if (n.alive) await kill(n);
   }
 });
-
-/** An endpoint at `port` on loopback, retried while the closed one there is let go. */
-async function endpointAt(port: number): Promise<Endpoint> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return await Endpoint.create({ host: '127.0.0.1', port, seed: 999 + attempt, peerFailureTimeoutMs: 1000 });
-    } catch (error) {
-      if (attempt > 100) throw error; // the closed socket is let go a loop turn or two later
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
-}

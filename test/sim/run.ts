@@ -17,20 +17,42 @@ const protocols = readdirSync(here)
   .filter((f) => f.endsWith('-sim.js'))
   .map((f) => f.slice(0, -'-sim.js'.length));
 
-const { values, positionals } = parseArgs({
-  allowPositionals: true,
-  options: {
-    seeds: { type: 'string', default: '100' },
-    steps: { type: 'string' },
-    first: { type: 'string', default: '1' },
-    flag: { type: 'string', multiple: true },
-    verbose: { type: 'boolean', default: false },
-  },
-});
+const usage =
+  'usage: npm run sim -- <protocol> [--seeds N] [--steps M] [--first F] [--flag name[=value]]... [--verbose]\n' +
+  `protocols: ${protocols.join(', ')}\n` +
+  'A failing seed prints its replay line (SIM_SEED=<n>); the run ends with "sim: N seeds passed, N failed".';
+let parsed;
+try {
+  parsed = parseArgs({
+    allowPositionals: true,
+    options: {
+      seeds: { type: 'string', default: '100' },
+      steps: { type: 'string' },
+      first: { type: 'string', default: '1' },
+      flag: { type: 'string', multiple: true },
+      verbose: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+} catch (error) {
+  console.error(`sim: ${(error as Error).message}\n${usage}`);
+  process.exit(2);
+}
+const { values, positionals } = parsed;
+if (values.help) {
+  console.log(usage);
+  process.exit(0);
+}
 const name = positionals[0];
 if (!name || !protocols.includes(name)) {
-  console.error(`usage: npm run sim -- <protocol> --seeds N [--steps M]\nprotocols: ${protocols.join(', ')}`);
+  console.error(`sim: ${name === undefined ? 'no protocol given' : `unknown protocol "${name}"`}\n${usage}`);
   process.exit(2);
+}
+for (const [key, text] of [['seeds', values.seeds], ['first', values.first], ['steps', values.steps]] as const) {
+  if (text !== undefined && !(Number.isInteger(Number(text)) && Number(text) >= (key === 'first' ? 0 : 1))) {
+    console.error(`sim: --${key} takes a whole number${key === 'first' ? '' : ' of at least 1'}, not "${text}"\n${usage}`);
+    process.exit(2);
+  }
 }
 const protocol = (await import(`./${name}-sim.js`)) as SimProtocol;
 const flags: Record<string, string | boolean> = {};

@@ -2,6 +2,8 @@
 // trace hash, different seeds diverge, a crash keeps only durable (or written-but-unreported)
 // batches, partitions and one-way blocks cut exactly the links they name, duplication and loss
 // happen at the configured rates, and a checker's failure names the seed to replay.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { SimDisk } from './disk.js';
 import { InvariantViolation, SimFailure, Simulation, type NodeContext, type SimNode } from './simulation.js';
@@ -145,4 +147,33 @@ test('faults stop at untilMs: the network heals and every crashed node restarts'
   t.deepEqual(sim.upIds(), [1, 2, 3]);
   t.is(sim.network.describe(), 'healthy');
   t.is(sim.network.options.lossRate, 0);
+});
+
+/** This process's environment without SIM_SEED (which would run one seed). */
+function withoutSimSeed(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env.SIM_SEED;
+  return env;
+}
+
+test('the sim command: bad arguments get the usage and exit 2; a run ends with its tally', (t) => {
+  const runner = fileURLToPath(new URL('./run.js', import.meta.url));
+  const run = (...args: string[]) => spawnSync(process.execPath, [runner, ...args], { encoding: 'utf8', env: withoutSimSeed() });
+  for (const [args, says] of [
+    [['--bogus'], /Unknown option '--bogus'/],
+    [['nope'], /unknown protocol "nope"/],
+    [[], /no protocol given/],
+    [['raft', '--seeds', 'x'], /--seeds takes a whole number of at least 1, not "x"/],
+  ] as const) {
+    const result = run(...args);
+    t.is(result.status, 2, args.join(' '));
+    t.regex(result.stderr, says);
+    t.regex(result.stderr, /usage: npm run sim -- <protocol>/);
+  }
+  const help = run('--help');
+  t.is(help.status, 0);
+  t.regex(help.stdout, /protocols: .*raft/);
+  const ok = run('raft', '--seeds', '2', '--steps', '200');
+  t.is(ok.status, 0, ok.stderr);
+  t.regex(ok.stdout, /sim: 2 seeds passed, 0 failed/);
 });

@@ -109,6 +109,18 @@ export async function createEndpoint(seed: number): Promise<Endpoint> {
   return Endpoint.create({ host: '127.0.0.1', port: 0, seed, peerFailureTimeoutMs: 1000 });
 }
 
+/** An endpoint at `port` on loopback (a restarted process's address), retried while the closed one there is let go. */
+export async function endpointAt(port: number): Promise<Endpoint> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await Endpoint.create({ host: '127.0.0.1', port, seed: 999 + attempt, peerFailureTimeoutMs: 1000 });
+    } catch (error) {
+      if (attempt > 100) throw error; // the closed socket is let go a loop turn or two later
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+}
+
 export function createNode(
   id: number,
   endpoint: Endpoint,

@@ -376,6 +376,63 @@ test('reports alone, ordered: a received count that leaves the contiguous count 
   }
 });
 
+test('reports alone, ordered: a contiguous count moved over nulls alone waits for a tick; past a message, at once', (t) => {
+  // All three ranks send. A null reacting to a message moves the others' contiguous counts
+  // again, but makes nothing deliverable: that report waits (it was a second round of report
+  // frames per message). A null that fills the gap before a message moves the count past the
+  // message: that report goes at once.
+  const start = (): MulticastNet => new MulticastNet({ seed: 37, memberCount: 3, limits: LIMITS });
+  const decoded = (net: MulticastNet) => net.inFlight.map((p) => ({ to: p.to, bytes: p.bytes, packet: decodePacket(p.bytes) as DataPacket }));
+  /** Hands `to` the packets in flight from `from` to it, and takes them out of flight. */
+  const hand = (net: MulticastNet, from: number, to: number): void => {
+    const all = decoded(net);
+    for (const p of all) if (p.to === to && p.packet.fromRank === from) net.cores[to]!.receive(decodePacket(p.bytes.slice()));
+    net.inFlight = net.inFlight.filter((_, i) => !(all[i]!.to === to && all[i]!.packet.fromRank === from));
+  };
+  const reportsAloneFrom = (net: MulticastNet, from: number): number[] =>
+    decoded(net).filter((p) => p.packet.fromRank === from && p.packet.entries.length === 0).map((p) => p.packet.report!.contiguousCount);
+
+  // Over nulls alone. Rank 0's message (position 0) reaches ranks 1 and 2; each sends its null.
+  let net = start();
+  net.send(0, 10);
+  net.flush(0);
+  hand(net, 0, 1);
+  hand(net, 0, 2);
+  net.flush(1);
+  net.flush(2);
+  // Rank 1 gets rank 2's null (position 2, and rank 2's report: it has position 0).
+  hand(net, 2, 1);
+  net.inFlight = [];
+  net.flush(1);
+  t.is(net.delivered[1]!.length, 1, 'rank 1 delivered the message: the reports it needed came with the packets');
+  t.deepEqual(reportsAloneFrom(net, 1), [], 'its contiguous count moved over a null alone: no report yet');
+  net.tick();
+  net.flush(1);
+  t.deepEqual(reportsAloneFrom(net, 1), [3, 3], 'the tick sends it');
+
+  // Past a message. Rank 2's null (position 2) is late at rank 1, behind rank 0's next message
+  // (position 3): when it comes, rank 1's contiguous count moves past that message.
+  net = start();
+  net.send(0, 10);
+  net.flush(0);
+  hand(net, 0, 1);
+  hand(net, 0, 2);
+  net.flush(1);
+  net.flush(2);
+  const late = net.inFlight.filter((p) => p.to === 1 && (decodePacket(p.bytes) as DataPacket).fromRank === 2);
+  net.inFlight = [];
+  net.send(0, 10);
+  net.flush(0);
+  hand(net, 0, 1);
+  net.inFlight = [];
+  net.flush(1);
+  net.inFlight = [];
+  net.inFlight = late;
+  hand(net, 2, 1);
+  net.flush(1);
+  t.deepEqual(reportsAloneFrom(net, 1), [5, 5], 'the contiguous count moved past a message: at once');
+});
+
 test('frontiers: global persisted = min over members; time stability waits for undelivered messages', (t) => {
   const net = new MulticastNet({ seed: 9, memberCount: 2, limits: LIMITS });
   net.tick(1000);
