@@ -31,8 +31,8 @@
  * a sampling heap profile of that phase (node<id>.cpuprofile / .heapprofile). `--storage` and
  * `--fsync` run only the rows named.
  *
- * Warm-up (processes and threads): 10,000 pipelined proposals, then 5,000 one at a time (the
- * path the latency phase measures; until 2026-11-22 it was not warmed: the first 1,000 of 15,000
+ * Warm-up (every placement): 10,000 pipelined proposals, then 5,000 one at a time (the path the
+ * latency phase measures; until 2026-11-22 it was not warmed: the first 1,000 of 15,000
  * sequential commits had a p50 of ~89 µs, the 2nd ~67, the 3rd ~51, the last five ~30, with the
  * three processes pinned; the 3,000 measured then were mostly warm-up), then 1,000 of each echo.
  *
@@ -41,17 +41,16 @@
  * echo from the leader to node 2 (what this bench has always reported), and
  * `transport_rtt_p50_nearer_follower`, in each block the echo to whichever follower answered
  * sooner (lower p50) in that block, node 2 or node 3 (a commit needs the nearer one's ack). On
- * this 2-vCPU VM a round trip between two processes on one
- * vCPU takes ~14 µs, between the two vCPUs ~80 µs (the other vCPU idles halted, with no guest
- * halt-polling, and each message wakes it: `cpuidle_haltpoll` with `guest_halt_poll_ns=0`), and
- * the kernel moves the processes: that was the "bimodal" floor (20 vs 72-82 µs run to run). A
- * commit needs only the nearer follower's ack, so with node 3 on the leader's vCPU and node 2 on
- * the other, the node-2 echo took ~85 µs while the commits took ~40-70 µs (ratio < 1): a floor
- * that flattered Raft; the nearer follower's echo sees what the commit sees. (An echo to
+ * this 2-vCPU VM a round trip between two processes on one vCPU takes ~14 µs, between the two
+ * vCPUs ~80 µs (the other vCPU idles halted, with no guest halt-polling, and each message wakes
+ * it: `cpuidle_haltpoll` with `guest_halt_poll_ns=0`), and the kernel moves the processes: that
+ * was the "bimodal" floor (20 vs 72-82 µs run to run). With node 3 on the leader's vCPU and node
+ * 2 on the other, the node-2 echo took ~85 µs while the commits took ~40-70 µs (ratio < 1): a
+ * floor that flattered Raft; the nearer follower's echo sees what the commit sees. (An echo to
  * both at once, done at the first answer, is reported too: it depended on which follower came
- * first in the transport's batch, 18.7 vs 32.7 µs.) `--pin 0,0,1` (Linux
- * `taskset`, all threads of each node process) fixes the placement for a comparison with less
- * variance; the line then names it ("pin").
+ * first in the transport's batch, 18.7 vs 32.7 µs.) `--pin 0,0,1` (Linux `taskset`, all threads
+ * of each node process; processes placement only) fixes the placement for a comparison with
+ * less variance; the line then names it ("pin").
  * `--transport native` runs over the native UDP transport on loopback (src/transport/
  * native-transport.ts, loaded dynamically so this file also builds where it is absent);
  * `--transport memory` over MemoryTransport (in-process only, setImmediate delivery). The default
