@@ -3,9 +3,10 @@
  * argv[2], messages over IPC) or its `--threads` mode (a worker thread: workerData). Either way
  * it has its own event loop, native endpoint and LMDB env in `dir` (or MemoryStorage with
  * `memory`). Posts {address}; then takes {peers} and starts. Node 1 campaigns and, once leader,
- * warms up, then measures the commit latency between two halves of the raw round trip to node 2
- * (an echo of the same 80-byte payload between the same processes or threads: the floor), then
- * the throughput, and posts {result}. "close" stops it.
+ * warms up (pipelined proposals, then one at a time, then the echoes), then measures the commit
+ * latency in blocks interleaved with blocks of the raw round trip to node 2, to node 3 and to both
+ * at once (an echo of the same 80-byte payload between the same processes or threads: the
+ * floor), then the throughput, and posts {result}. "close" stops it.
  */
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
@@ -26,14 +27,21 @@ const port: Channel = parentPort ?? {
   postMessage: (message) => process.send!(message),
   on: (event, listener) => void process.on(event, listener),
 };
-const { id, dir, fsync, memory, file, latencyOps, throughputOps, warmupOps, profileDir } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
+const { id, dir, fsync, memory, file, latencyOps, throughputOps, warmupOps, sequentialWarmupOps, profileDir } = (parentPort ? workerData : JSON.parse(process.argv[2]!)) as {
   id: number; dir: string; fsync: boolean; memory?: boolean; file?: boolean; latencyOps: number; throughputOps: number; warmupOps: number;
-  profileDir?: string;
+  sequentialWarmupOps: number; profileDir?: string;
 };
 /**
+ * The commit-latency phase runs in this many blocks, each followed by a block of each echo, so
+ * the commits and the floor see the same placement of the three processes on the vCPUs (it
+ * drifts within a run: see bench/raft.ts, "The floor").
+ */
+const BLOCKS = 10;
+/**
  * `--profile <dir>`: a CPU profile (100 µs sampling) and a sampling heap profile (every 1 KiB
- * allocated on average) of this node over the commit-latency phase only (between the markers),
- * written to <dir>/node<id>.cpuprofile and .heapprofile (open in Chrome DevTools).
+ * allocated on average) of this node over the commit-latency phase only (from the first marker
+ * to the last, the echo blocks between included), written to <dir>/node<id>.cpuprofile and
+ * .heapprofile (open in Chrome DevTools).
  */
 const inspector = profileDir !== undefined ? new Session() : undefined;
 function profileMark(n: number): void {
@@ -45,7 +53,7 @@ function profileMark(n: number): void {
     s.post('Profiler.start');
     s.post('HeapProfiler.enable');
     s.post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
-  } else if (n === 2) {
+  } else if (n === 2 * BLOCKS) {
     s.post('Profiler.stop', (_e, r) => writeFileSync(join(profileDir!, `node${id}.cpuprofile`), JSON.stringify(r.profile)));
     s.post('HeapProfiler.stopSampling', (_e, r) => writeFileSync(join(profileDir!, `node${id}.heapprofile`), JSON.stringify(r.profile)));
   }
@@ -59,12 +67,20 @@ const storage: RaftStorage = memory === true ? new MemoryStorage()
   : file === true ? new LogFileStorage({ path: dir, durable: fsync }) : new LmdbStorage({ path: dir, durable: fsync });
 let driver: RaftDriver | undefined;
 /**
- * A marker entry (byte 79 = MARK; a benchmark payload's is 0) brackets the commit-latency phase:
- * each node notes its main thread's CPU time when it applies one, so the followers' CPU per
- * commit covers the same commits as the leader's (the one after the phase included).
+ * Marker entries (byte 79 = MARK; a benchmark payload's is 0) bracket each block of the
+ * commit-latency phase: each node notes its main thread's CPU time when it applies one, so the
+ * followers' CPU per commit covers the same commits as the leader's (each block's closing marker
+ * included), and none of the echo blocks between.
  */
 const MARK = 0xff;
 const marks: number[] = [];
+/** CPU per commit over the marked blocks (processes only: a worker thread's is not measured). */
+function cpuPerCommitUs(): number | undefined {
+  if (parentPort || marks.length < 2 * BLOCKS) return undefined;
+  let us = 0;
+  for (let b = 0; b < BLOCKS; b++) us += marks[2 * b + 1]! - marks[2 * b]!;
+  return Number((us / (latencyOps + BLOCKS)).toFixed(1));
+}
 const machine = {
   apply(e: { data: Uint8Array }): void {
     if (e.data.byteLength !== 80 || e.data[79] !== MARK) return;
@@ -73,6 +89,8 @@ const machine = {
   },
   restore(): void {}, snapshot: () => new Uint8Array(8),
 };
+
+const p50 = (samples: readonly number[]): number => percentile([...samples].sort((a, b) => a - b), 50);
 
 function payload(i: number): Uint8Array {
   const out = new Uint8Array(80);
@@ -85,9 +103,8 @@ port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean 
     await driver?.close();
     await endpoint.close();
     await storage.close();
-    // This node's CPU per commit between the two markers (processes only, as the leader's).
-    const cpuPerCommitUs = !parentPort && marks.length >= 2 ? Number(((marks[1]! - marks[0]!) / (latencyOps + 1)).toFixed(1)) : undefined;
-    port.postMessage({ closed: true, cpuPerCommitUs });
+    // This node's CPU per commit over the marked blocks (processes only, as the leader's).
+    port.postMessage({ closed: true, cpuPerCommitUs: cpuPerCommitUs() });
     if (!parentPort) setImmediate(() => process.exit(0));
     return;
   }
@@ -108,24 +125,43 @@ port.on('message', async (m: { peers?: Array<[number, string]>; close?: boolean 
   for (let i = 0; i < 50; i++) await driver.propose(payload(i));
   const leader = driver;
   await closedLoopRate(warmupOps, 64, (i) => leader.propose(payload(i))); // warm-up (JIT), as bench/raft.ts
-  // The floor is measured in the same state as the commits: after the warm-up, half just before
-  // the commit-latency phase and half just after it. (Until 2026-11-22 it was measured once,
-  // before the warm-up, right after the election: ~10 % higher then, 22.4-23.0 µs against
-  // 19.7-20.6 µs after the warm-up in four runs of one probe at load 7, which flattered the ratio.)
-  const echo = await endpoint.connect(m.peers!.find(([i]) => i === 2)![1]);
-  const rttCalls = Math.max(1000, latencyOps >> 1);
-  const rtt = await sequentialLatencies(rttCalls, (i) => echo.call(ECHO_TYPE, payload(i)));
+  // And one at a time, the path measured below: after the pipelined warm-up alone, the first
+  // 1,000 of 15,000 sequential commits had a p50 of ~89 µs, the second ~67, the third ~51, the
+  // last five ~30 (one run, processes pinned; bench/raft.ts, "Warm-up").
+  await sequentialLatencies(sequentialWarmupOps, (i) => leader.propose(payload(i)));
+  // The floor: the echo to node 2 (the round trip this bench has always reported), to node 3,
+  // and to both at once, done when the first answers (a commit's shape: one request to each
+  // follower, the first answer). Warmed up as the commits were, then measured in blocks between
+  // the commit blocks (see BLOCKS). The nearer follower's round trip takes, block by block, the
+  // echoes of the follower whose p50 was lower in that block: a commit needs the nearer one's
+  // ack only. (Until 2026-11-22 only node 2's, unwarmed, half before and half after the commits.)
+  const address = (n: number): string => m.peers!.find(([i]) => i === n)![1];
+  const to2 = await endpoint.connect(address(2));
+  const to3 = await endpoint.connect(address(3));
+  const echo2 = (i: number): Promise<Uint8Array> => to2.call(ECHO_TYPE, payload(i));
+  const echo3 = (i: number): Promise<Uint8Array> => to3.call(ECHO_TYPE, payload(i));
+  const echoBoth = (i: number): Promise<Uint8Array> => Promise.race([echo2(i), echo3(i)]);
+  for (const echo of [echo2, echo3, echoBoth]) await sequentialLatencies(1000, echo);
+  const rttCalls = Math.max(100, latencyOps >> 1) / BLOCKS;
+  const rtt: { node2: number[]; node3: number[]; both: number[]; nearer: number[] } = { node2: [], node3: [], both: [], nearer: [] };
+  const lat: number[] = [];
   const marker = payload(0);
   marker[79] = MARK;
-  await leader.propose(marker);
-  const lat = await sequentialLatencies(latencyOps, (i) => leader.propose(payload(i)));
-  await leader.propose(marker);
-  // This leader's CPU per commit (a process's main thread: not measured on a worker thread).
-  const cpuPerCommitUs = parentPort || marks.length < 2 ? undefined : Number(((marks[1]! - marks[0]!) / (latencyOps + 1)).toFixed(1));
-  rtt.push(...await sequentialLatencies(rttCalls, (i) => echo.call(ECHO_TYPE, payload(i))));
-  await echo.close();
-  const rttP50 = percentile(rtt.sort((a, b) => a - b), 50);
+  for (let b = 0; b < BLOCKS; b++) {
+    await leader.propose(marker);
+    lat.push(...await sequentialLatencies(latencyOps / BLOCKS, (i) => leader.propose(payload(i))));
+    await leader.propose(marker);
+    const node2 = await sequentialLatencies(rttCalls, echo2);
+    const node3 = await sequentialLatencies(rttCalls, echo3);
+    rtt.both.push(...await sequentialLatencies(rttCalls, echoBoth));
+    rtt.node2.push(...node2);
+    rtt.node3.push(...node3);
+    rtt.nearer.push(...(p50(node2) <= p50(node3) ? node2 : node3));
+  }
+  await to2.close();
+  await to3.close();
+  const [rttP50, rttP50ToNode3, rttP50ToBoth, rttP50ToNearer] = [rtt.node2, rtt.node3, rtt.both, rtt.nearer].map(p50);
   const rate = await closedLoopRate(throughputOps, 64, (i) => leader.propose(payload(i)));
-  port.postMessage({ result: { lat, rate, rttP50, cpuPerCommitUs } });
+  port.postMessage({ result: { lat, rate, rttP50, rttP50ToNode3, rttP50ToBoth, rttP50ToNearer, cpuPerCommitUs: cpuPerCommitUs() } });
 });
 port.postMessage({ address: endpoint.address });

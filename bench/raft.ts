@@ -1,6 +1,7 @@
 /**
  * `npm run bench -- raft [--quick] [--in-process | --threads] [--transport native|memory]
- * [--storage LmdbStorage|LogFileStorage|MemoryStorage] [--fsync on|off] [--profile <dir>]`: a
+ * [--storage LmdbStorage|LogFileStorage|MemoryStorage] [--fsync on|off] [--profile <dir>]
+ * [--pin <cpu>,<cpu>,<cpu>]`: a
  * 3-node Raft group, proposals of a 16-byte key + 64-byte value, measured at the leader from
  * propose() to applied:
  *   - commit latency p50/p99 with one proposal outstanding,
@@ -29,6 +30,27 @@
  * marker entries every node applies), and `--profile <dir>` has each node write a CPU profile and
  * a sampling heap profile of that phase (node<id>.cpuprofile / .heapprofile). `--storage` and
  * `--fsync` run only the rows named.
+ *
+ * Warm-up (every placement): 10,000 pipelined proposals, then 5,000 one at a time (the path the
+ * latency phase measures; until 2026-11-22 it was not warmed: the first 1,000 of 15,000
+ * sequential commits had a p50 of ~89 µs, the 2nd ~67, the 3rd ~51, the last five ~30, with the
+ * three processes pinned; the 3,000 measured then were mostly warm-up), then 1,000 of each echo.
+ *
+ * The floor (processes and threads), measured between blocks of the commit-latency phase (ten
+ * blocks of each, alternating), after the same warm-up: `transport_rtt_p50_between_nodes`, the
+ * echo from the leader to node 2 (what this bench has always reported), and
+ * `transport_rtt_p50_nearer_follower`, in each block the echo to whichever follower answered
+ * sooner (lower p50) in that block, node 2 or node 3 (a commit needs the nearer one's ack). On
+ * this 2-vCPU VM a round trip between two processes on one vCPU takes ~14 µs, between the two
+ * vCPUs ~80 µs (the other vCPU idles halted, with no guest halt-polling, and each message wakes
+ * it: `cpuidle_haltpoll` with `guest_halt_poll_ns=0`), and the kernel moves the processes: that
+ * was the "bimodal" floor (20 vs 72-82 µs run to run). With node 3 on the leader's vCPU and node
+ * 2 on the other, the node-2 echo took ~85 µs while the commits took ~40-70 µs (ratio < 1): a
+ * floor that flattered Raft; the nearer follower's echo sees what the commit sees. (An echo to
+ * both at once, done at the first answer, is reported too: it depended on which follower came
+ * first in the transport's batch, 18.7 vs 32.7 µs.) `--pin 0,0,1` (Linux `taskset`, all threads
+ * of each node process; processes placement only) fixes the placement for a comparison with
+ * less variance; the line then names it ("pin").
  * `--transport native` runs over the native UDP transport on loopback (src/transport/
  * native-transport.ts, loaded dynamically so this file also builds where it is absent);
  * `--transport memory` over MemoryTransport (in-process only, setImmediate delivery). The default
@@ -38,7 +60,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { LmdbStorage } from '../src/raft/lmdb-storage.js';
 import { LogFileStorage } from '../src/raft/log-file-storage.js';
@@ -161,12 +183,21 @@ async function group(make: Factory, persist: Persist): Promise<{ drivers: RaftDr
   };
 }
 
+/** How many proposals each warm-up makes (see the header: Warm-up). */
+interface Ops { latencyOps: number; throughputOps: number; warmupOps: number; sequentialWarmupOps: number }
+
+/** What node 1 of bench/_raft-node.ts reports. */
+interface NodeResult {
+  lat: number[]; rate: number; rttP50: number; rttP50ToNode3: number; rttP50ToBoth: number; rttP50ToNearer: number;
+  cpuPerCommitUs?: number; followerCpuPerCommitUs?: number[];
+}
+
 /** `--threads`: each node on its own worker thread (own event loop, own endpoint). */
-async function threadedGroup(persist: Persist, latencyOps: number, throughputOps: number, warmupOps: number): Promise<{ lat: number[]; rate: number; rttP50: number }> {
+async function threadedGroup(persist: Persist, ops: Ops): Promise<NodeResult> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
   const workers = [1, 2, 3].map((id) => new Worker(join(here, '_raft-node.js'),
-    { workerData: { id, dir: dirs[id - 1], ...nodeStorage(persist), latencyOps, throughputOps, warmupOps } }));
+    { workerData: { id, dir: dirs[id - 1], ...nodeStorage(persist), ...ops } }));
   const next = (w: Worker): Promise<any> => new Promise((resolve, reject) => {
     w.once('message', resolve);
     w.once('error', reject);
@@ -189,11 +220,13 @@ async function threadedGroup(persist: Persist, latencyOps: number, throughputOps
 }
 
 /** The default placement (also `--processes`): each node in its own child process (bench/_raft-node.ts over IPC). */
-async function processGroup(persist: Persist, latencyOps: number, throughputOps: number, warmupOps: number, profileDir?: string): Promise<{ lat: number[]; rate: number; rttP50: number; cpuPerCommitUs?: number; followerCpuPerCommitUs?: number[] }> {
+async function processGroup(persist: Persist, ops: Ops, profileDir?: string, pin?: string[]): Promise<NodeResult> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
   const children = [1, 2, 3].map((id) => fork(join(here, '_raft-node.js'),
-    [JSON.stringify({ id, dir: dirs[id - 1], ...nodeStorage(persist), latencyOps, throughputOps, warmupOps, profileDir })], { stdio: 'inherit' }));
+    [JSON.stringify({ id, dir: dirs[id - 1], ...nodeStorage(persist), ...ops, profileDir })], { stdio: 'inherit' }));
+  // `--pin`: every thread of node i on CPU pin[i-1] (threads started later inherit it).
+  pin?.forEach((cpu, i) => execFileSync('taskset', ['-a', '-p', '-c', cpu, String(children[i]!.pid)], { stdio: 'ignore' }));
   const next = (c: ChildProcess): Promise<any> => new Promise((resolve, reject) => {
     c.once('message', resolve);
     c.once('exit', (code) => reject(new Error(`raft node exited with ${code}`)));
@@ -258,9 +291,16 @@ export async function run(args: string[]): Promise<void> {
   // phase there (bench/_raft-node.ts; one row at a time, or the last row's overwrite the others).
   const profileAt = args.indexOf('--profile');
   const profileDir = profileAt >= 0 ? args[profileAt + 1] : undefined;
+  // `--pin a,b,c`: node i's process on CPU a, b, c (processes only; see the header).
+  const pinAt = args.indexOf('--pin');
+  const pin = pinAt >= 0 ? args[pinAt + 1]?.split(',') : undefined;
+  if (pin !== undefined && (pin.length !== 3 || pin.some((c) => !/^\d+$/.test(c)))) {
+    throw new Error(`--pin takes three CPU numbers, one per node, like --pin 0,0,1 (got ${args[pinAt + 1]})`);
+  }
   const latencyOps = quick ? 300 : 3000;
   const throughputOps = quick ? 5000 : 50_000;
   const warmupOps = quick ? 3000 : 10_000;
+  const sequentialWarmupOps = quick ? 1000 : 5000;
   const env = { transport, nodes: 3, payloadBytes: 80, load1: Number(loadavg()[0]!.toFixed(2)), quick };
   const rttP50 = await rawRoundTrip(make, quick ? 2000 : 20_000);
   // Within one thread (both endpoints in this process): the in-process placement's floor.
@@ -273,24 +313,33 @@ export async function run(args: string[]): Promise<void> {
   }
   const placement = args.includes('--in-process') || transport !== 'native' ? 'in-process'
     : args.includes('--threads') ? 'threads' : 'processes';
+  if (pin !== undefined && placement !== 'processes') throw new Error('--pin applies to the processes placement only');
   if (placement !== 'in-process') {
     // (`--processes` is accepted too: it is the default.)
-    const runGroup = placement === 'threads' ? threadedGroup : processGroup;
+    const ops = { latencyOps, throughputOps, warmupOps, sequentialWarmupOps };
     for (const persist of cases) {
-      const r = await runGroup(persist, latencyOps, throughputOps, warmupOps, profileDir);
+      const r = placement === 'threads' ? await threadedGroup(persist, ops) : await processGroup(persist, ops, profileDir, pin);
       const { fsync, storage } = persist;
-      const genv = { ...env, placement, storage, fsync, load1: Number(loadavg()[0]!.toFixed(2)) };
+      const genv = { ...env, placement, storage, fsync, load1: Number(loadavg()[0]!.toFixed(2)), ...(pin ? { pin: pin.join(',') } : {}) };
       const lat = r.lat.sort((a, b) => a - b);
       // The floor here is the round trip between these processes (threads), measured by node 1
-      // to node 2 after the warm-up, half just before and half just after the commit-latency
-      // phase (bench/_raft-node.ts), not the one within one thread above: every hop wakes another.
-      const baselines: Record<string, number> = { transport_rtt_p50_between_nodes: Number(r.rttP50.toFixed(1)) };
+      // between the blocks of the commit-latency phase (bench/_raft-node.ts; the header: The
+      // floor), not the one within one thread above: every hop wakes another. Node 3's alone
+      // and the echo to both at once are reported beside (rttToNode3P50Us,
+      // rttToBothFirstAnswerP50Us), not as baselines.
+      const baselines: Record<string, number> = {
+        transport_rtt_p50_between_nodes: Number(r.rttP50.toFixed(1)),
+        transport_rtt_p50_nearer_follower: Number(r.rttP50ToNearer.toFixed(1)),
+      };
       if (fsync) baselines.disk_fdatasync_p50 = Number(fsyncP50.toFixed(1));
-      // The leader's main-thread CPU per commit (processes only: a worker's is not measured).
-      const leaderCpuPerCommitUs = 'cpuPerCommitUs' in r ? r.cpuPerCommitUs : undefined;
-      // And each follower's, over the same commits (processes only).
-      const followerCpuPerCommitUs = 'followerCpuPerCommitUs' in r ? r.followerCpuPerCommitUs : undefined;
-      report({ suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', baselines, leaderCpuPerCommitUs, followerCpuPerCommitUs, ...genv });
+      // The leader's main-thread CPU per commit, and each follower's over the same commits
+      // (processes only: a worker's is not measured).
+      report({
+        suite: 'raft', case: 'commit-latency-p50', value: Number(percentile(lat, 50).toFixed(1)), unit: 'us', baselines,
+        rttToNode3P50Us: Number(r.rttP50ToNode3.toFixed(1)), rttToBothFirstAnswerP50Us: Number(r.rttP50ToBoth.toFixed(1)),
+        leaderCpuPerCommitUs: r.cpuPerCommitUs,
+        followerCpuPerCommitUs: r.followerCpuPerCommitUs, ...genv,
+      });
       report({ suite: 'raft', case: 'commit-latency-p99', value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', ...genv });
       report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', baselines, ...genv });
     }
@@ -307,6 +356,7 @@ export async function run(args: string[]): Promise<void> {
       // was 2-3x its figure after a throughput run; see bench/_kv-replica.ts).
       for (let i = 0; i < 50; i++) await leader.propose(payload(i));
       await closedLoopRate(warmupOps, 64, (i) => leader.propose(payload(i)));
+      await sequentialLatencies(sequentialWarmupOps, (i) => leader.propose(payload(i))); // as the other placements
       const cpu0 = mainThreadCpuUs();
       const lat = await sequentialLatencies(latencyOps, (i) => leader.propose(payload(i)));
       // The one thread's CPU per commit (all three nodes and the client), one outstanding.

@@ -29,7 +29,9 @@ import { batchGroup, decodeMessages, encodeMessages } from '../raft/codec.js';
 import { RaftProposalError } from '../raft/errors.js';
 import { bufferReady, loadInitialState, readyNeedsPersist, type RaftStorage } from '../raft/storage.js';
 import { NONE, type ConfChange, type Entry, type HardState, type Message, type Ready, type Snapshot, type SoftState } from '../raft/types.js';
-import type { RequestType, Transport, TransportAddress, TransportSession } from '../transport/transport.js';
+import {
+  DEFERRED, type DeferredResponse, type RequestContext, type RequestType, type Transport, type TransportAddress, type TransportSession,
+} from '../transport/transport.js';
 import { RequestMux } from './request-mux.js';
 import { REQUEST_TYPES } from '../transport/request-types.js';
 
@@ -87,8 +89,14 @@ export class RaftDriver {
   private readonly sessions = new Map<number, Promise<TransportSession>>();
   /** The sessions of `sessions` that are connected, to call without a promise hop. */
   private readonly connected = new Map<number, TransportSession>();
-  /** Per peer, the response to its latest request, still open (see receive). */
-  private readonly replies = new Map<number, (bytes: Uint8Array) => void>();
+  /**
+   * Per peer, the response to its latest request while it is open (see receive), else
+   * undefined: a peer's key stays once set, as a Map's table was reallocated every few dozen
+   * set/delete pairs, one pair per request.
+   */
+  private readonly replies = new Map<number, DeferredResponse | undefined>();
+  /** How many of `replies` are open. */
+  private openReplies = 0;
   /**
    * Plain heartbeats (no read round: ctx 0) held until the end of this event-loop turn, per
    * peer. The core sends one to every caught-up follower after each commit (its commit notice)
@@ -100,7 +108,14 @@ export class RaftDriver {
    */
   private readonly heldHeartbeats = new Map<number, Message>();
   private heldHeartbeatsTimer: ReturnType<typeof setImmediate> | undefined;
-  private readonly onReply = (response: Uint8Array): void => this.receiveReply(response);
+  /** A call's response (run by the transport synchronously with callWith: must not throw). */
+  private readonly onReply = (response: Uint8Array): void => {
+    try {
+      this.receiveReply(response);
+    } catch (e) {
+      this.fail(e);
+    }
+  };
   /** The sender of the batch stepBatch() last stepped, or NONE. */
   private batchFrom = NONE;
   /** stepBatch's decoded messages, one array kept for every batch (not re-entrant: step() never
@@ -156,7 +171,7 @@ export class RaftDriver {
     driver.storedVote = state.hardState.vote;
     if (state.snapshot) options.stateMachine.restore(state.snapshot);
     driver.unregister = RequestMux.on(options.transport, driver.requestType, batchGroup)
-      .register(driver.groupId, (request) => driver.receive(request));
+      .register(driver.groupId, (request, context) => driver.receive(request, context));
     driver.timer = setInterval(() => driver.onTick(), options.tickMs ?? 10);
     driver.schedule();
     return driver;
@@ -262,14 +277,34 @@ export class RaftDriver {
    * A request from a peer. Its response carries what this node sends to that peer next (usually
    * the ack of what the request carried, after it is durable), so an append and its ack cost one
    * transport round trip instead of two calls, each with an empty response. Raft tolerates a
-   * lost or empty response: the leader resends.
+   * lost or empty response: the leader resends. The response is deferred through the transport
+   * (RequestContext.defer) where it can, else a promise.
    */
-  private receive(request: Uint8Array): Uint8Array | Promise<Uint8Array> {
+  private receive(request: Uint8Array, context: RequestContext): Uint8Array | Promise<Uint8Array> {
     if (this.closed || !this.stepBatch(request)) return EMPTY;
     const from = this.batchFrom;
     if (from === NONE) return EMPTY;
-    this.replies.get(from)?.(EMPTY); // an older request's answer rides on this one
-    return new Promise<Uint8Array>((resolve) => this.replies.set(from, resolve));
+    this.takeReply(from)?.respond(EMPTY); // an older request's answer rides on this one
+    const later = context.defer?.();
+    if (later !== undefined) {
+      this.openReply(from, later);
+      return DEFERRED;
+    }
+    return new Promise<Uint8Array>((resolve) => this.openReply(from, { respond: resolve }));
+  }
+
+  private openReply(from: number, reply: DeferredResponse): void {
+    this.replies.set(from, reply);
+    this.openReplies++;
+  }
+
+  /** The open response to `from`'s latest request, now closed here (the caller answers it). */
+  private takeReply(from: number): DeferredResponse | undefined {
+    const reply = this.replies.get(from);
+    if (reply === undefined) return undefined;
+    this.replies.set(from, undefined);
+    this.openReplies--;
+    return reply;
   }
 
   /** A response to one of our calls: the messages the peer had for us (see receive). */
@@ -310,10 +345,13 @@ export class RaftDriver {
 
   /** Answers every open request with nothing (the loop went idle, or the driver closed). */
   private closeReplies(): void {
-    if (this.replies.size === 0) return;
-    const open = [...this.replies.values()];
-    this.replies.clear();
-    for (const resolve of open) resolve(EMPTY);
+    if (this.openReplies === 0) return;
+    const open: DeferredResponse[] = [];
+    for (const from of this.replies.keys()) {
+      const reply = this.takeReply(from);
+      if (reply !== undefined) open.push(reply);
+    }
+    for (const reply of open) reply.respond(EMPTY);
   }
 
   private onTick(): void {
@@ -557,7 +595,7 @@ export class RaftDriver {
 
   /** Sends one peer's batch, or holds it if it is only plain heartbeats (see heldHeartbeats). */
   private sendToPeer(to: number, list: readonly Message[]): void {
-    if (!this.replies.has(to) && list.every(isPlainHeartbeat)) {
+    if (this.replies.get(to) === undefined && list.every(isPlainHeartbeat)) {
       // Held: nothing is waiting on this peer's answer to carry it for free (see heldHeartbeats).
       this.heldHeartbeats.set(to, list[list.length - 1]!);
       this.heldHeartbeatsTimer ??= setImmediate(this.sendHeldHeartbeats);
@@ -585,12 +623,11 @@ export class RaftDriver {
     const session = this.session(to);
     if (session === undefined) return;
     const bytes = encodeMessages(list, this.groupId);
-    const reply = this.replies.get(to);
+    const reply = this.takeReply(to);
     if (reply !== undefined) {
       // The peer is waiting for the response to its request: answer with these.
-      this.replies.delete(to);
       this.counters.replies++;
-      reply(bytes);
+      reply.respond(bytes);
       return;
     }
     this.counters.sends++;
@@ -601,12 +638,14 @@ export class RaftDriver {
       // Connected: call now, so the request is queued on the transport in this microtask
       // (the loop yields once after sending messagesNow to let it leave before persisting).
       try {
-        open.call(this.requestType, bytes, { timeoutMs: SEND_TIMEOUT_MS }).then(this.onReply, failed);
+        // callWith where the transport has it: no promise and reaction per call.
+        if (open.callWith !== undefined) open.callWith(this.requestType, bytes, SEND_OPTIONS, this.onReply, failed);
+        else open.call(this.requestType, bytes, SEND_OPTIONS).then(this.onReply, failed);
       } catch (e) {
         failed(e); // as the promise path would: a send error never stops the node
       }
     } else {
-      session.then((s) => s.call(this.requestType, bytes, { timeoutMs: SEND_TIMEOUT_MS })).then(this.onReply, failed);
+      session.then((s) => s.call(this.requestType, bytes, SEND_OPTIONS)).then(this.onReply, failed);
     }
   }
 
@@ -729,6 +768,7 @@ export class RaftDriver {
 
 const EMPTY = new Uint8Array(0);
 const SEND_TIMEOUT_MS = 2000;
+const SEND_OPTIONS = { timeoutMs: SEND_TIMEOUT_MS } as const;
 const DONE = Promise.resolve();
 
 /** storage.flush() as a promise, whether it wrote synchronously (or threw) or not. */

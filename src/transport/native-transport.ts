@@ -33,6 +33,7 @@ import {
 } from './native-binding.js';
 import type {
   CallOptions,
+  DeferredResponse,
   PeerFailureSignal,
   RequestContext,
   RequestHandler,
@@ -279,16 +280,46 @@ interface PendingCall {
   timeoutMs: number;
 }
 
+/** Where a request's response stands (ServerRequestContext.state). */
+const enum ResponseState {
+  /** Its handler is running. */
+  InHandler = 0,
+  /** The handler deferred it (RequestContext.defer): respond() sends it. */
+  Deferred = 1,
+  /** Answered, or to be answered from the handler's result. */
+  Answered = 2,
+}
+
 /**
- * A handler's RequestContext. The peer's address is looked up when the handler asks for it: the
- * lookup in a Map of 20,000 server sessions missed the cache on every request (15% of a server's
- * samples at 20,000 sessions) for handlers that never read it.
+ * A handler's RequestContext, and a deferred response's answer (RequestContext.defer): one
+ * object per request either way. The peer's address is looked up when the handler asks for it:
+ * the lookup in a Map of 20,000 server sessions missed the cache on every request (15% of a
+ * server's samples at 20,000 sessions) for handlers that never read it.
  */
-class ServerRequestContext implements RequestContext {
-  constructor(private readonly peers: Map<number, string>, readonly sessionId: number) {}
+class ServerRequestContext implements RequestContext, DeferredResponse {
+  state = ResponseState.InHandler;
+
+  constructor(
+    private readonly endpoint: Endpoint,
+    readonly sessionId: number,
+    readonly slot: number,
+    readonly requestNumber: number,
+  ) {}
 
   get peer(): TransportAddress {
-    return this.peers.get(this.sessionId) ?? '?';
+    return this.endpoint.serverPeer(this.sessionId);
+  }
+
+  defer(): DeferredResponse | undefined {
+    if (this.state !== ResponseState.InHandler) return undefined;
+    this.state = ResponseState.Deferred;
+    return this;
+  }
+
+  respond(bytes: Uint8Array): void {
+    if (this.state !== ResponseState.Deferred) return;
+    this.state = ResponseState.Answered;
+    this.endpoint.respondDeferred(this, bytes);
   }
 }
 
@@ -467,6 +498,14 @@ export class NativeSession implements TransportSession {
 
   callLent(type: RequestType, head: Uint8Array, body: Uint8Array, options?: CallOptions): Promise<Uint8Array> {
     return this.endpoint.enqueueCall(this, type, head, options?.timeoutMs ?? 0, body);
+  }
+
+  callWith(
+    type: RequestType, request: Uint8Array, options: CallOptions | undefined,
+    onResponse: (bytes: Uint8Array) => void, onError: (error: Error) => void,
+  ): void {
+    const refused = this.endpoint.enqueueCallWith(this, type, request, options?.timeoutMs ?? 0, onResponse, onError);
+    if (refused !== undefined) onError(refused);
   }
 
   onEvent(listener: (event: SessionEvent) => void): void {
@@ -694,36 +733,59 @@ export class Endpoint implements Transport {
     timeoutMs: number,
     lentBody?: Uint8Array,
   ): Promise<Uint8Array> {
-    if (this.closed || session.closed) {
-      return Promise.reject(
-        new TransportError(
-          `session to ${session.remote} is closed. Fix: connect again before calling.`,
-          'SESSION_CLOSED',
-        ),
-      );
-    }
-    const bytes = request.byteLength + (lentBody?.byteLength ?? 0);
-    if (bytes > this.options.messageBytesMax) {
-      return Promise.reject(new PayloadTooLargeError('request', bytes, this.options.messageBytesMax, 'messageBytesMax'));
-    }
-    assert(Number.isInteger(type) && type >= 0 && type <= REQUEST_TYPE_MAX, 'request type is 0..255');
-    assert(timeoutMs >= 0 && timeoutMs <= TIMEOUT_MS_MAX, 'timeoutMs is 0..2^32-1');
+    const refused = this.callRefused(session, type, request.byteLength + (lentBody?.byteLength ?? 0), timeoutMs);
+    if (refused !== undefined) return Promise.reject(refused);
     const tag = this.nextTag++;
     const promise = new Promise<Uint8Array>((resolve, reject) => {
       this.calls.set(tag, { resolve, reject, session, type, timeoutMs });
     });
+    this.submitCall(session, type, tag, request, timeoutMs, lentBody);
+    return promise;
+  }
+
+  /** @internal: NativeSession.callWith; returns the error of a call refused at once. */
+  enqueueCallWith(
+    session: NativeSession,
+    type: RequestType,
+    request: Uint8Array,
+    timeoutMs: number,
+    resolve: (bytes: Uint8Array) => void,
+    reject: (error: Error) => void,
+  ): Error | undefined {
+    const refused = this.callRefused(session, type, request.byteLength, timeoutMs);
+    if (refused !== undefined) return refused;
+    const tag = this.nextTag++;
+    this.calls.set(tag, { resolve, reject, session, type, timeoutMs });
+    this.submitCall(session, type, tag, request, timeoutMs, undefined);
+    return undefined;
+  }
+
+  /** Why a call of `bytes` cannot be made (a closed session, too large), or undefined. */
+  private callRefused(session: NativeSession, type: RequestType, bytes: number, timeoutMs: number): Error | undefined {
+    if (this.closed || session.closed) {
+      return new TransportError(`session to ${session.remote} is closed. Fix: connect again before calling.`, 'SESSION_CLOSED');
+    }
+    if (bytes > this.options.messageBytesMax) {
+      return new PayloadTooLargeError('request', bytes, this.options.messageBytesMax, 'messageBytesMax');
+    }
+    assert(Number.isInteger(type) && type >= 0 && type <= REQUEST_TYPE_MAX, 'request type is 0..255');
+    assert(timeoutMs >= 0 && timeoutMs <= TIMEOUT_MS_MAX, 'timeoutMs is 0..2^32-1');
+    return undefined;
+  }
+
+  /** Queues call `tag` for the next flush (or flushes now: a lent or large one). */
+  private submitCall(session: NativeSession, type: RequestType, tag: number, request: Uint8Array, timeoutMs: number, lentBody: Uint8Array | undefined): void {
     if (lentBody !== undefined) {
       // Submitted now: the body is referenced from native from then on, and a lent call is large.
       this.outbox.appendLent(type, session.id, Math.ceil(timeoutMs), tag, request, lentBody);
       this.flush();
-      return promise;
+      return;
     }
     const external = this.outbox.append(SubmitKind.Call, type, session.id, Math.ceil(timeoutMs), tag, request);
     // A large payload is not copied into the slab: submit it now, while the caller's buffer is
     // still unchanged.
     if (external) this.flush();
     else this.scheduleFlush();
-    return promise;
   }
 
   /** @internal */
@@ -845,14 +907,17 @@ export class Endpoint implements Transport {
       this.respond(session, slot, requestNumber, Status.NoHandler, new Uint8Array(0));
       return;
     }
-    const context = new ServerRequestContext(this.serverPeers, session);
+    const context = new ServerRequestContext(this, session, slot, requestNumber);
     let result: Uint8Array | Promise<Uint8Array>;
     try {
       result = handler(payload, context);
     } catch (error) {
+      if (context.state === ResponseState.Deferred) context.state = ResponseState.Answered;
       this.respondError(session, slot, requestNumber, error);
       return;
     }
+    if (context.state === ResponseState.Deferred) return; // context.respond() answers it
+    context.state = ResponseState.Answered;
     if (result instanceof Uint8Array) {
       this.respond(session, slot, requestNumber, Status.Ok, result);
     } else {
@@ -861,6 +926,16 @@ export class Endpoint implements Transport {
         (error: unknown) => this.respondError(session, slot, requestNumber, error),
       );
     }
+  }
+
+  /** @internal: the address of a server session's peer ('?' once it is gone). */
+  serverPeer(session: number): TransportAddress {
+    return this.serverPeers.get(session) ?? '?';
+  }
+
+  /** @internal: a deferred response (ServerRequestContext.respond). */
+  respondDeferred(context: ServerRequestContext, bytes: Uint8Array): void {
+    this.respond(context.sessionId, context.slot, context.requestNumber, Status.Ok, bytes);
   }
 
   /** Answers a request whose handler threw or rejected with the error's text. */

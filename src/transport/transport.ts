@@ -26,6 +26,27 @@ export interface RequestContext {
   readonly peer: TransportAddress;
   /** The server-side id of the session the request arrived on. */
   readonly sessionId: number;
+  /**
+   * Optional (the native transport has it; without it, return a promise): answer this request
+   * later without a promise. Called by the handler while it runs, it returns the object to
+   * answer with, exactly once: `respond(bytes)` (further calls are ignored); the handler then
+   * returns DEFERRED (whatever it returns is ignored, and a wrapper passing the result through
+   * is unaffected). Returns undefined if this request can no longer be deferred (its handler
+   * returned already: a wrapper held the request, answered it, then ran the handler); the
+   * handler then answers as without it. Deferred, a request costs no promise, reaction or
+   * closure, which a promise per request did (a Raft follower answers every append so:
+   * src/runtime/raft-driver.ts).
+   */
+  defer?(): DeferredResponse | undefined;
+}
+
+/** What a handler that deferred its response returns (RequestContext.defer): never settles. */
+export const DEFERRED: Promise<Uint8Array> = new Promise<Uint8Array>(() => {});
+
+/** A request's response, given later (RequestContext.defer). */
+export interface DeferredResponse {
+  /** Sends the response (once; later calls, and calls after the endpoint closed, do nothing). */
+  respond(bytes: Uint8Array): void;
 }
 
 /** Returns the response bytes, or a promise of them (nested calls are allowed before it resolves). */
@@ -66,6 +87,18 @@ export interface TransportSession {
    * caller keeps anyway (a multicast block), saving the copy call() makes.
    */
   callLent?(type: RequestType, head: Uint8Array, body: Uint8Array, options?: CallOptions): Promise<Uint8Array>;
+  /**
+   * Optional (the native transport has it; without it, use call()): call() without a promise.
+   * Exactly one of `onResponse` (with the response) or `onError` (with the error call() would
+   * reject with; for a request refused at once, before callWith returns) is called. For callers
+   * that keep those two functions (a Raft driver's per-peer handlers): a promise and its
+   * reaction per call were the allocations left on every call's path. Both are called from
+   * the transport's own event delivery (or close()), synchronously: they must not throw.
+   */
+  callWith?(
+    type: RequestType, request: Uint8Array, options: CallOptions | undefined,
+    onResponse: (bytes: Uint8Array) => void, onError: (error: Error) => void,
+  ): void;
   onEvent(listener: (event: SessionEvent) => void): void;
   /** Completes pending calls with TransportError and tells the peer. Idempotent. */
   close(): Promise<void>;

@@ -400,12 +400,21 @@ test('followers learn a commit at once (a held commit notice), and the notices c
     const waited = Date.now() - committedAt;
     t.true(waited < 250, `followers applied ${waited} ms after the commit (a heartbeat is 500 ms)`);
     // 64 proposals in flight: the appends carry the commit index, so held notices are dropped.
-    const before = leader.counters.sends;
-    await Promise.all(Array.from({ length: 64 }, (_, i) => leader.propose(text(`s${i}`))));
-    for (let i = 0; i < 64; i++) await leader.propose(text(`q${i}`));
-    const calls = leader.counters.sends - before;
-    t.log(`leader calls for 128 proposals: ${calls}`);
-    t.true(calls <= 2 * 64 + 2 * 8 + 20, `the leader made ${calls} calls for 128 proposals`);
+    const stream = async (l: RaftDriver, tag: string): Promise<void> => {
+      const before = l.counters.sends;
+      await Promise.all(Array.from({ length: 64 }, (_, i) => l.propose(text(`s${i}`))));
+      for (let i = 0; i < 64; i++) await l.propose(text(`q${i}`));
+      const calls = l.counters.sends - before;
+      t.log(`${tag} calls for 128 proposals: ${calls}`);
+      t.true(calls <= 2 * 64 + 2 * 8 + 20, `the ${tag} made ${calls} calls for 128 proposals`);
+    };
+    await stream(leader, 'leader');
+    // The same from a node that was a follower: it answered the old leader's requests, and a
+    // peer it once answered must not count as one it is answering now (its notices are held).
+    const next = [...ds.entries()].find(([, d]) => d !== leader)!;
+    leader.transferLeadership(next[0]);
+    await until('the transfer', () => next[1].core.role === 'leader', 10_000);
+    await stream(next[1], 'new leader');
   } finally {
     for (const d of ds.values()) await d.close();
   }

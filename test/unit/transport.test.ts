@@ -6,6 +6,7 @@ import { Worker } from 'node:worker_threads';
 import { Endpoint, type NativeSession } from '../../src/transport/native-transport.js';
 import { PeerFailedError, TransportError } from '../../src/transport/errors.js';
 import { PayloadTooLargeError, TimeoutError } from '../../src/core/errors.js';
+import { DEFERRED, type DeferredResponse, type RequestContext } from '../../src/transport/transport.js';
 
 function pattern(bytes: number, seed: number): Buffer {
   const out = Buffer.allocUnsafe(bytes);
@@ -109,6 +110,85 @@ test('a handler can make its own call before it responds (nested RPC)', async (t
   const reply = Buffer.from(await session.call(4, Buffer.from('hello'))).toString();
   t.is(reply, `HELLO via ${client.address}`);
   await Promise.all([client.close(), middle.close(), backend.close()]);
+});
+
+test('a deferred response (context.defer) is sent by respond() once, later calls ignored; a handler that deferred and threw answers with its error', async (t) => {
+  const { server, client, session } = await pair();
+  const open: DeferredResponse[] = [];
+  server.handle(2, (bytes, context) => {
+    const later = context.defer!()!;
+    t.is(context.defer!(), undefined, 'a second defer() is refused');
+    open.push(later);
+    // Answered from a timer, long after the handler returned: a promise would need its own.
+    setTimeout(() => {
+      later.respond(Buffer.from(`${Buffer.from(bytes).toString()} later`));
+      later.respond(Buffer.from('twice')); // ignored
+    }, 5);
+    return DEFERRED;
+  });
+  const replies = await Promise.all([1, 2, 3].map((i) => session.call(2, Buffer.from(`call ${i}`))));
+  t.deepEqual(replies.map((r) => Buffer.from(r).toString()), ['call 1 later', 'call 2 later', 'call 3 later']);
+  t.is(open.length, 3);
+  // The session still answers in order: the ignored second respond() sent nothing.
+  t.is(Buffer.from(await session.call(1, Buffer.from('next'))).toString(), 'next');
+  server.handle(3, (_bytes, context) => {
+    const later = context.defer!()!;
+    setTimeout(() => later.respond(Buffer.from('too late')), 1);
+    throw new Error('deferred boom');
+  });
+  const threw = await t.throwsAsync(session.call(3, Buffer.alloc(1)), { instanceOf: TransportError });
+  t.is(threw!.code, 'HANDLER_FAILED');
+  t.regex(threw!.message, /deferred boom/);
+  await new Promise((r) => setTimeout(r, 20));
+  t.is(Buffer.from(await session.call(1, Buffer.from('after'))).toString(), 'after');
+  // A context whose handler has returned can no longer be deferred (a wrapper that held the
+  // request, answered it and ran the handler later): defer() says so.
+  let kept: RequestContext | undefined;
+  server.handle(4, (_bytes, context) => {
+    kept = context;
+    return Buffer.from('now');
+  });
+  t.is(Buffer.from(await session.call(4, Buffer.alloc(1))).toString(), 'now');
+  t.is(kept!.defer!(), undefined);
+  await Promise.all([client.close(), server.close()]);
+});
+
+test('callWith: the response or the named error through the two callbacks, once each call; refused at once before it returns', async (t) => {
+  const { server, client, session } = await pair({ messageBytesMax: 1 << 16 });
+  server.handle(2, () => {
+    throw new Error('with boom');
+  });
+  server.handle(3, () => new Promise<Uint8Array>(() => {}));
+  // What happened to one callWith call: 'ok <response>' or '<error class> <code>', and whether
+  // its callback ran before callWith returned.
+  const call = (type: number, bytes: Uint8Array, timeoutMs?: number): { outcome: Promise<string> } => {
+    let returned = false;
+    const outcome = new Promise<string>((resolve) => {
+      let calls = 0;
+      const once = (what: string): void => {
+        calls++;
+        resolve(calls === 1 ? `${what}${returned ? '' : ' (before return)'}` : 'called twice');
+      };
+      session.callWith(type, bytes, timeoutMs === undefined ? undefined : { timeoutMs },
+        (response) => once(`ok ${Buffer.from(response).toString()}`),
+        (error) => once(`${error.constructor.name} ${(error as TransportError).code ?? ''}`.trim()));
+      returned = true;
+    });
+    return { outcome };
+  };
+  t.is(await call(1, Buffer.from('echo')).outcome, 'ok echo');
+  t.is(await call(2, Buffer.alloc(1)).outcome, 'TransportError HANDLER_FAILED');
+  t.is(await call(9, Buffer.alloc(1)).outcome, 'TransportError NO_HANDLER');
+  t.is(await call(3, Buffer.alloc(1), 30).outcome, 'TimeoutError TIMEOUT');
+  t.is(await call(1, Buffer.alloc((1 << 16) + 1)).outcome, 'PayloadTooLargeError PAYLOAD_TOO_LARGE (before return)');
+  // Many at once, answered in any order, each once.
+  const many = await Promise.all(Array.from({ length: 100 }, (_, i) => call(1, Buffer.from(`m${i}`)).outcome));
+  t.deepEqual(many, Array.from({ length: 100 }, (_, i) => `ok m${i}`));
+  const pending = call(3, Buffer.alloc(1));
+  await session.close();
+  t.is(await pending.outcome, 'TransportError SESSION_CLOSED');
+  t.is(await call(1, Buffer.alloc(1)).outcome, 'TransportError SESSION_CLOSED (before return)');
+  await Promise.all([client.close(), server.close()]);
 });
 
 test('errors are named: no handler, handler threw, too large, deadline, closed session', async (t) => {
