@@ -1,0 +1,306 @@
+// Receiving in place (udp_socket.h SetPlacement, endpoint.h ReceivePlacement): the packets of a
+// large plaintext request are received by the kernel straight into the request's buffer, and
+// whatever else lands in a guessed place is made whole again before it is handled.
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <map>
+#include <memory>
+
+#include "test.h"
+#include "transport/udp_socket.h"
+#include "transport_support.h"
+
+using namespace squall::test;
+using namespace squall::transport;
+
+namespace {
+// An endpoint on a real socket, pumped with poll() as the addon does with libuv; `placing`
+// wires receiving in place as the addon does.
+struct Node {
+  std::unique_ptr<UdpSocket> socket;
+  std::unique_ptr<Endpoint> endpoint;
+  Node(const EndpointConfig& config, bool placing) {
+    std::string error;
+    socket = UdpSocket::Open("127.0.0.1", 0, config.packet_bytes_max, &error);
+    if (!socket) return;
+    endpoint = std::make_unique<Endpoint>(config, socket.get());
+    if (!placing) return;
+    Endpoint* e = endpoint.get();
+    socket->SetPlacement(
+        [e](std::span<ReceivePlacement> out) { return e->PlanReceive(out); },
+        [e](const PeerAddress& from, std::span<const uint8_t> header, std::span<const uint8_t> body) {
+          e->OnPlacedPacket(from, header, body, MonotonicNowUs());
+        });
+  }
+  void Pump(uint64_t now) {
+    socket->Receive([&](const PeerAddress& from, std::span<const uint8_t> bytes) {
+      endpoint->OnPacket(from, bytes, now);
+    }, 256);
+    endpoint->OnTimers(now);
+    socket->Flush();
+  }
+  PeerAddress Address() const {
+    PeerAddress a;
+    Parse("127.0.0.1:" + std::to_string(socket->local().port()), &a);
+    return a;
+  }
+  static void Parse(const std::string& text, PeerAddress* out) { CHECK(PeerAddress::Parse(text, out)); }
+};
+
+// `client_count` clients each send `calls` rounds of two requests of about 1 MiB and a small one
+// to one server, one call at a time each, as the multicast driver sends its large frames (with
+// two clients, their packets interleave finely at the server: both are pumped in turn on this
+// thread); every request must arrive intact (the server answers with a digest of it). Returns
+// the server's counters.
+struct Outcome {
+  UdpStats udp;
+  Stats endpoint;
+  bool intact = false;
+};
+uint32_t Digest(std::span<const uint8_t> bytes) {
+  uint32_t h = 2166136261u;
+  for (uint8_t b : bytes) h = (h ^ b) * 16777619u;
+  return h;
+}
+Outcome ToOneServer(bool placing, int client_count, int calls) {
+  EndpointConfig config;
+  Node server(config, placing), a(config, false), b(config, false);
+  Outcome out;
+  CHECK(server.socket && a.socket && b.socket);
+  if (!server.socket || !a.socket || !b.socket) return out;
+  server.endpoint->SetHandled(1, true);
+  const uint64_t start = MonotonicNowUs();
+  std::vector<Node*> clients = {&a, &b};
+  clients.resize(static_cast<size_t>(client_count));
+  uint32_t sessions[2];
+  for (int c = 0; c < client_count; ++c) {
+    sessions[c] = clients[c]->endpoint->Connect(server.Address(), start);
+    clients[c]->socket->Flush();
+  }
+  std::map<uint64_t, uint32_t> expected;  // tag -> digest of the request
+  std::map<uint64_t, uint32_t> answered;
+  std::vector<std::vector<std::pair<uint64_t, size_t>>> planned(clients.size());  // tag, bytes
+  uint64_t tag = 1;
+  for (int i = 0; i < calls; ++i) {
+    for (size_t c = 0; c < clients.size(); ++c) {
+      for (size_t bytes : {size_t{1} << 20, size_t{100}, (size_t{1} << 20) - 12345}) {
+        planned[c].emplace_back(tag++, bytes);
+      }
+    }
+  }
+  std::vector<size_t> next(clients.size(), 0);
+  auto call_next = [&](size_t c, uint64_t now) {
+    if (next[c] >= planned[c].size()) return;
+    const auto [t, bytes] = planned[c][next[c]++];
+    const std::vector<uint8_t> request = Pattern(bytes, static_cast<uint8_t>(t * 7 + c));
+    expected[t] = Digest(request);
+    CHECK(clients[c]->endpoint->Call(sessions[c], 1, t, request, 0, now) == CallStatus::kOk);
+    clients[c]->socket->Flush();
+  };
+  for (size_t c = 0; c < clients.size(); ++c) call_next(c, start);
+  const size_t total = static_cast<size_t>(calls) * 3 * clients.size();
+  while (answered.size() < total && MonotonicNowUs() - start < 20'000'000) {
+    pollfd fds[3] = {{server.socket->fd(), POLLIN, 0}, {a.socket->fd(), POLLIN, 0},
+                     {b.socket->fd(), POLLIN, 0}};
+    poll(fds, 3, 5);
+    const uint64_t now = MonotonicNowUs();
+    server.Pump(now);
+    std::vector<Event> events;
+    server.endpoint->TakeEvents(&events);
+    for (auto& e : events) {
+      if (e.kind != EventKind::kRequest) continue;
+      const uint32_t digest = Digest(e.bytes);
+      std::vector<uint8_t> answer(4);
+      std::memcpy(answer.data(), &digest, 4);
+      server.endpoint->Respond({e.session, e.slot, e.id}, CallStatus::kOk, answer, now);
+    }
+    server.socket->Flush();
+    for (size_t c = 0; c < clients.size(); ++c) {
+      clients[c]->Pump(now);
+      events.clear();
+      clients[c]->endpoint->TakeEvents(&events);
+      for (auto& e : events) {
+        if (e.kind != EventKind::kResponse || e.bytes.size() != 4) continue;
+        uint32_t digest;
+        std::memcpy(&digest, e.bytes.data(), 4);
+        answered[e.id] = digest;
+        call_next(c, now);
+      }
+    }
+  }
+  CHECK_EQ(answered.size(), total);
+  out.intact = answered == expected;
+  out.udp = server.socket->stats();
+  out.endpoint = server.endpoint->stats();
+  return out;
+}
+}  // namespace
+
+TEST(transport_placement_large_requests_are_received_into_their_buffer_intact) {
+  // One client: its requests' packets arrive in order, and nearly all but each request's first
+  // are received in place (the first sizes the buffer; the guesses follow it).
+  const Outcome placed = ToOneServer(true, 1, 6);
+  CHECK(placed.intact);
+  const uint64_t data_packets = placed.endpoint.packets_received_by_type[0];
+  std::printf("  placed %llu, misses %llu, into message %llu, REQ %llu, calls %llu\n",
+              static_cast<unsigned long long>(placed.udp.datagrams_placed),
+              static_cast<unsigned long long>(placed.udp.placement_misses),
+              static_cast<unsigned long long>(placed.endpoint.received_into_message),
+              static_cast<unsigned long long>(data_packets),
+              static_cast<unsigned long long>(placed.udp.receive_calls));
+  CHECK(data_packets > 12 * 16);
+  CHECK(placed.udp.datagrams_placed * 4 > data_packets * 3);
+  CHECK(placed.endpoint.received_into_message * 4 > data_packets * 3);
+  CHECK(placed.endpoint.received_into_message <= placed.udp.datagrams_placed);
+  // Without it: the same requests, nothing placed.
+  const Outcome plain = ToOneServer(false, 1, 2);
+  CHECK(plain.intact);
+  CHECK_EQ(plain.udp.datagrams_placed, 0u);
+  CHECK_EQ(plain.endpoint.received_into_message, 0u);
+}
+
+TEST(transport_placement_interleaved_messages_arrive_intact) {
+  // Two clients pumped in turn: their packets interleave at the server, so some guesses miss
+  // (each costs a copy more: moved back whole, then copied into its own message).
+  const Outcome interleaved = ToOneServer(true, 2, 6);
+  CHECK(interleaved.intact);
+  CHECK(interleaved.udp.datagrams_placed > 0);
+  CHECK(interleaved.udp.placement_misses * 4 < interleaved.endpoint.packets_received_by_type[0]);
+}
+
+TEST(transport_placement_guessing_backs_off_when_it_keeps_missing) {
+  // A planner whose guesses never come true: after one window of misses the socket stops asking
+  // it for a while, so the misses (a copy more each) stay near one window, not one per datagram.
+  std::string error;
+  auto receiver = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
+  auto sender = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
+  CHECK(receiver && sender);
+  if (!receiver || !sender) return;
+  std::vector<uint8_t> never(64 * 2000);
+  Header guessed;
+  guessed.dest_session = 7;
+  guessed.message_bytes = static_cast<uint32_t>(never.size());
+  guessed.request_number = 42;
+  int asked = 0;
+  receiver->SetPlacement(
+      [&](std::span<ReceivePlacement> out) -> size_t {
+        ++asked;
+        for (size_t k = 0; k < out.size() && k < 4; ++k) {
+          guessed.packet_number = static_cast<uint32_t>(k);
+          Encode(guessed, out[k].header);
+          out[k].body = never.data() + 2000 * k;
+          out[k].body_bytes = 2000;
+        }
+        return std::min<size_t>(out.size(), 4);
+      },
+      [&](const PeerAddress&, std::span<const uint8_t>, std::span<const uint8_t>) { CHECK(false); });
+  Header other = guessed;
+  other.request_number = 43;
+  const std::vector<uint8_t> datagram = Packet(other, Pattern(1500, 9));
+  size_t received = 0;
+  for (int round = 0; round < 100; ++round) {
+    for (int i = 0; i < 4; ++i) {
+      sendto(sender->fd(), datagram.data(), datagram.size(), 0,
+             reinterpret_cast<const sockaddr*>(&receiver->local().storage), receiver->local().length);
+    }
+    for (int i = 0; i < 50 && received < static_cast<size_t>(round + 1) * 4; ++i) {
+      pollfd fd = {receiver->fd(), POLLIN, 0};
+      poll(&fd, 1, 10);
+      receiver->Receive([&](const PeerAddress&, std::span<const uint8_t> bytes) {
+        CHECK(std::equal(bytes.begin(), bytes.end(), datagram.begin(), datagram.end()));
+        ++received;
+      }, 64);
+    }
+  }
+  CHECK_EQ(received, 400u);
+  CHECK(receiver->stats().placement_backoffs >= 1);
+  CHECK(receiver->stats().placement_misses <= 80);
+}
+
+TEST(transport_placement_a_datagram_of_another_message_is_made_whole_before_it_is_handled) {
+  // Socket level: guesses for two datagrams; the first is of the guessed message (placed, its
+  // body where the guess said), the second is not and is longer than the guessed body (its bytes
+  // reach on_packet whole and in order), the third is past the guesses (as before).
+  std::string error;
+  auto receiver = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
+  auto sender = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
+  CHECK(receiver && sender);
+  if (!receiver || !sender) return;
+  std::vector<uint8_t> message(3000, 0xEE);
+  Header guessed;
+  guessed.dest_session = 7;
+  guessed.message_bytes = 3000;
+  guessed.request_number = 42;
+  guessed.packet_number = 1;
+  int plans = 0;
+  std::vector<std::pair<std::vector<uint8_t>, const uint8_t*>> placed;  // body bytes, where
+  std::vector<std::vector<uint8_t>> plain;
+  receiver->SetPlacement(
+      [&](std::span<ReceivePlacement> out) -> size_t {
+        if (plans++ > 0 || out.size() < 2) return 0;
+        for (size_t k = 0; k < 2; ++k) {
+          Header h = guessed;
+          h.packet_number = 1 + static_cast<uint32_t>(k);
+          Encode(h, out[k].header);
+          out[k].body = message.data() + 1000 * (1 + k);
+          out[k].body_bytes = 1000;
+        }
+        return 2;
+      },
+      [&](const PeerAddress&, std::span<const uint8_t> header, std::span<const uint8_t> body) {
+        CHECK_EQ(header.size(), kHeaderBytes);
+        placed.emplace_back(std::vector<uint8_t>(body.begin(), body.end()), body.data());
+      });
+  Header other = guessed;
+  other.request_number = 43;  // another message
+  const std::vector<uint8_t> first = Packet(guessed, Pattern(1000, 1));
+  const std::vector<uint8_t> second = Packet(other, Pattern(1500, 2));
+  const std::vector<uint8_t> third = Packet(other, Pattern(700, 3));
+  for (const auto* d : {&first, &second, &third}) {
+    sendto(sender->fd(), d->data(), d->size(), 0,
+           reinterpret_cast<const sockaddr*>(&receiver->local().storage), receiver->local().length);
+  }
+  for (int i = 0; i < 200 && placed.size() + plain.size() < 3; ++i) {
+    pollfd fd = {receiver->fd(), POLLIN, 0};
+    poll(&fd, 1, 10);
+    receiver->Receive([&](const PeerAddress&, std::span<const uint8_t> bytes) {
+      plain.emplace_back(bytes.begin(), bytes.end());
+    }, 64);
+  }
+  CHECK_EQ(placed.size(), 1u);
+  CHECK_EQ(plain.size(), 2u);
+  if (placed.size() != 1 || plain.size() != 2) return;
+  CHECK(placed[0].first == Pattern(1000, 1));
+  CHECK(placed[0].second == message.data() + 1000);
+  CHECK(std::equal(message.begin() + 1000, message.begin() + 2000, Pattern(1000, 1).begin()));
+  CHECK(plain[0] == second);
+  CHECK(plain[1] == third);
+  CHECK_EQ(receiver->stats().datagrams_placed, 1u);
+  CHECK_EQ(receiver->stats().placement_misses, 1u);
+  // The guessed place the second one landed in lies in the unreceived part (bytes 2000-2999):
+  // written, but never handed to anyone.
+  CHECK(std::equal(message.begin(), message.begin() + 1000, std::vector<uint8_t>(1000, 0xEE).begin()));
+}
+
+TEST(transport_placement_a_placed_body_outside_its_requests_buffer_is_dropped_unread) {
+  // OnPlacedPacket's guard: a body that is not in the buffer its request is assembled in (the
+  // session or slot moved on before it was handled) is dropped as stale, never read.
+  EndpointConfig config;
+  Node server(config, true);
+  CHECK(server.socket != nullptr);
+  if (!server.socket) return;
+  Header h;
+  h.dest_session = 1;
+  h.message_bytes = 200'000;
+  h.packet_number = 1;
+  h.request_number = 9;
+  uint8_t header[kHeaderBytes];
+  Encode(h, header);
+  std::vector<uint8_t> body(1000, 1);
+  const uint64_t stale = server.endpoint->stats().drops[static_cast<size_t>(DropReason::kStale)];
+  server.endpoint->OnPlacedPacket(Addr("127.0.0.1:9"), header, body, MonotonicNowUs());
+  CHECK_EQ(server.endpoint->stats().drops[static_cast<size_t>(DropReason::kStale)], stale + 1);
+  ReceivePlacement out[4];
+  CHECK_EQ(server.endpoint->PlanReceive(out), 0u);  // nothing being assembled: no guess
+}
