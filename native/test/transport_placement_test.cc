@@ -283,24 +283,104 @@ TEST(transport_placement_a_datagram_of_another_message_is_made_whole_before_it_i
   CHECK(std::equal(message.begin(), message.begin() + 1000, std::vector<uint8_t>(1000, 0xEE).begin()));
 }
 
-TEST(transport_placement_a_placed_body_outside_its_requests_buffer_is_dropped_unread) {
-  // OnPlacedPacket's guard: a body that is not in the buffer its request is assembled in (the
-  // session or slot moved on before it was handled) is dropped as stale, never read.
+TEST(transport_placement_guesses_point_past_what_was_received_and_a_body_elsewhere_is_dropped) {
+  // Endpoint level, no socket: a server session assembling a 1,000-byte request in packets of
+  // 208 bytes. PlanReceive guesses its next packets in order, into the request's own buffer; a
+  // placed packet whose body lies there is accepted without a copy; one whose body lies
+  // anywhere else (its request moved on before it was handled) is dropped as stale, unread.
   EndpointConfig config;
-  Node server(config, true);
-  CHECK(server.socket != nullptr);
-  if (!server.socket) return;
+  config.packet_bytes_max = 256;
+  RecordingIo io;
+  Endpoint server(config, &io);
+  server.SetHandled(1, true);
+  const PeerAddress client = Addr("127.0.0.1:5000");
+  server.OnPacket(client, ConnectRequest(77, 256), 0);
+  std::vector<Event> events;
+  server.TakeEvents(&events);
+  CHECK_EQ(events.size(), 1u);
+  if (events.size() != 1) return;
+  const uint32_t session = events[0].session;
+  ReceivePlacement out[8];
+  CHECK_EQ(server.PlanReceive(out), 0u);  // nothing assembled yet
   Header h;
-  h.dest_session = 1;
-  h.message_bytes = 200'000;
+  h.type = PacketType::kRequest;
+  h.request_type = 1;
+  h.dest_session = session;
+  h.request_number = 8;
+  h.message_bytes = 1000;
+  const std::vector<uint8_t> request = Pattern(1000, 3);
+  auto slice = [&](uint32_t p) {
+    return std::vector<uint8_t>(request.begin() + 208 * p, request.begin() + std::min<size_t>(1000, 208 * (p + 1)));
+  };
+  h.packet_number = 0;
+  server.OnPacket(client, Packet(h, slice(0)), 1);
+  // Packets 1-4 (the last one 168 bytes), each guessed at its place in the request's buffer.
+  CHECK_EQ(server.PlanReceive(out), 4u);
+  for (uint32_t k = 0; k < 4; ++k) {
+    h.packet_number = 1 + k;
+    uint8_t expected[kHeaderBytes];
+    Encode(h, expected);
+    CHECK(std::memcmp(out[k].header, expected, kHeaderBytes) == 0);
+    CHECK(out[k].body == out[0].body + 208 * k);
+    CHECK_EQ(out[k].body_bytes, k < 3 ? 208u : 168u);
+  }
+  // Packet 1 placed where the guess said: accepted, not copied.
   h.packet_number = 1;
-  h.request_number = 9;
   uint8_t header[kHeaderBytes];
   Encode(h, header);
-  std::vector<uint8_t> body(1000, 1);
-  const uint64_t stale = server.endpoint->stats().drops[static_cast<size_t>(DropReason::kStale)];
-  server.endpoint->OnPlacedPacket(Addr("127.0.0.1:9"), header, body, MonotonicNowUs());
-  CHECK_EQ(server.endpoint->stats().drops[static_cast<size_t>(DropReason::kStale)], stale + 1);
-  ReceivePlacement out[4];
-  CHECK_EQ(server.endpoint->PlanReceive(out), 0u);  // nothing being assembled: no guess
+  std::vector<uint8_t> one = slice(1);
+  std::memcpy(out[0].body, one.data(), one.size());
+  server.OnPlacedPacket(client, header, std::span<const uint8_t>(out[0].body, one.size()), 2);
+  CHECK_EQ(server.stats().received_into_message, 1u);
+  CHECK_EQ(server.PlanReceive(out), 3u);  // from packet 2 on now
+  // Packet 2 with its body outside the request's buffer: dropped, and still expected.
+  const uint64_t stale = server.stats().drops[static_cast<size_t>(DropReason::kStale)];
+  h.packet_number = 2;
+  Encode(h, header);
+  const std::vector<uint8_t> elsewhere = slice(2);
+  server.OnPlacedPacket(client, header, elsewhere, 3);
+  CHECK_EQ(server.stats().drops[static_cast<size_t>(DropReason::kStale)], stale + 1);
+  CHECK_EQ(server.PlanReceive(out), 3u);
+  // The rest arrive the ordinary way; the request is intact.
+  for (uint32_t p = 2; p < 5; ++p) {
+    h.packet_number = p;
+    server.OnPacket(client, Packet(h, slice(p)), 4);
+  }
+  events.clear();
+  server.TakeEvents(&events);
+  CHECK_EQ(events.size(), 1u);
+  if (events.size() == 1) CHECK(std::vector<uint8_t>(events[0].bytes.begin(), events[0].bytes.end()) == request);
+  CHECK_EQ(server.PlanReceive(out), 0u);  // complete: no guess
+  // A session that does not exist: stale too.
+  h.dest_session = session + 100;
+  Encode(h, header);
+  server.OnPlacedPacket(client, header, elsewhere, 5);
+  CHECK_EQ(server.stats().drops[static_cast<size_t>(DropReason::kStale)], stale + 2);
+}
+
+TEST(transport_placement_a_socket_that_never_guesses_receives_in_full_batches) {
+  // A planner that never guesses (small messages, large responses, an encrypting endpoint):
+  // large datagrams are received in full batches as before, not one by one.
+  std::string error;
+  auto receiver = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
+  auto sender = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
+  CHECK(receiver && sender);
+  if (!receiver || !sender) return;
+  receiver->SetPlacement([](std::span<ReceivePlacement>) -> size_t { return 0; },
+                         [](const PeerAddress&, std::span<const uint8_t>, std::span<const uint8_t>) {});
+  Header h;
+  h.dest_session = 7;
+  const std::vector<uint8_t> datagram = Packet(h, Pattern(2000, 5));
+  for (int i = 0; i < 20; ++i) {
+    sendto(sender->fd(), datagram.data(), datagram.size(), 0,
+           reinterpret_cast<const sockaddr*>(&receiver->local().storage), receiver->local().length);
+  }
+  size_t received = 0;
+  for (int i = 0; i < 50 && received < 20; ++i) {
+    pollfd fd = {receiver->fd(), POLLIN, 0};
+    poll(&fd, 1, 10);
+    receiver->Receive([&](const PeerAddress&, std::span<const uint8_t>) { ++received; }, 64);
+  }
+  CHECK_EQ(received, 20u);
+  CHECK(receiver->stats().receive_calls <= 3);
 }

@@ -26,9 +26,9 @@ constexpr size_t kErrorQuoteBytes = 1280;
 // Receives in a row that may fail with a pending socket error before Receive gives up (each
 // failure consumes the error and drains the queue, so one retry is normally enough).
 constexpr int kReceiveErrorRetries = 4;
-// Receiving in place: after a datagram above kBundleItemBytesMax, batches without a guess start
-// with one datagram alone until this many batches in a row had none (udp_socket.h).
-constexpr uint32_t kLargeQuietBatches = 16;
+// Receiving in place: after a batch with guesses, batches without one start with one datagram
+// alone until this many batches in a row had none (udp_socket.h).
+constexpr uint32_t kGuessQuietBatches = 16;
 // Receiving in place: if more than 1 in kPlacementMissShare of kPlacementWindow guessed datagrams
 // missed, the next kPlacementBackoffBatches receive batches guess nothing (udp_socket.h).
 constexpr size_t kPlacementWindow = 64;
@@ -269,14 +269,17 @@ size_t UdpSocket::Receive(
       while (planned > 0 && placements_[planned - 1].body_bytes + kHeaderBytes >= rx_buffer_bytes_) {
         --planned;
       }
-      // The batch ends where the guesses do; with none while large datagrams arrive, one
-      // datagram comes alone: it may start a large message, and the guesses for its other
-      // packets can only be made once it has been handled (they were received with it in one
-      // batch, and copied, ~9 in 10 of them on the 1 MiB multicast benchmark).
+      // The batch ends where the guesses do; with none shortly after guesses were made, one
+      // datagram comes alone: it may start the next large message, and the guesses for its
+      // other packets can only be made once it has been handled (received in one batch with
+      // it, ~95 % of them were still copied on the 1 MiB multicast benchmark). Never guessing
+      // (small messages, large responses, encryption) leaves the batches as they were.
       if (planned > 0) {
         want = planned;
-      } else if (batches_since_large_ < kLargeQuietBatches) {
+        batches_since_guess_ = 0;
+      } else if (batches_since_guess_ < kGuessQuietBatches) {
         want = 1;
+        ++batches_since_guess_;
       }
     }
     for (size_t i = 0; i < want; ++i) {
@@ -320,7 +323,6 @@ size_t UdpSocket::Receive(
     rx_items_.clear();
     rx_item_from_.clear();
     rx_item_body_.clear();
-    if (batches_since_large_ < kLargeQuietBatches) ++batches_since_large_;
     // Guesses that keep missing (packets of several messages interleaved finely) cost a copy
     // each (moved back) on top of the one they were to save: then guess nothing for a while.
     window_guesses_ += std::min(planned, static_cast<size_t>(got));
@@ -333,7 +335,6 @@ size_t UdpSocket::Receive(
       window_misses_ = 0;
     }
     for (int i = 0; i < got; ++i) {
-      if (messages[i].msg_len > kBundleItemBytesMax) batches_since_large_ = 0;
       rx_from_[static_cast<size_t>(i)].length = messages[i].msg_hdr.msg_namelen;
       for (cmsghdr* c = CMSG_FIRSTHDR(&messages[i].msg_hdr); c != nullptr;
            c = CMSG_NXTHDR(&messages[i].msg_hdr, c)) {

@@ -110,8 +110,11 @@ class UdpSocket final : public PacketIo {
   // (SameMessage) whose body fit goes to `placed` (header and body apart) instead of on_packet;
   // any other is first made whole again in this socket's buffer (its landed bytes moved back)
   // and goes to on_packet as usual, before any datagram of the batch is handled (a handler may
-  // end the message whose buffer the guesses pointed into). Without it (the default) nothing
-  // changes. The endpoint side: Endpoint::PlanReceive / OnPlacedPacket.
+  // end the message whose buffer the guesses pointed into). A batch with guesses ends where they
+  // do; soon after one, a batch without takes one datagram alone (it may be the packet 0 that
+  // the next guesses need); guesses that keep missing are not asked for a while (udp_socket.cc
+  // has the numbers). Without it (the default) nothing changes. The endpoint side:
+  // Endpoint::PlanReceive / OnPlacedPacket; src/transport/README.md, "Received in place".
   using Planner = std::function<size_t(std::span<ReceivePlacement>)>;
   using PlacedHandler = std::function<void(const PeerAddress&, std::span<const uint8_t> header,
                                            std::span<const uint8_t> body)>;
@@ -160,8 +163,8 @@ class UdpSocket final : public PacketIo {
   Planner plan_;
   PlacedHandler placed_;
   std::vector<ReceivePlacement> placements_;
-  // Receive batches since the latest with a datagram above kBundleItemBytesMax (capped).
-  uint32_t batches_since_large_ = UINT32_MAX;
+  // Receive batches without guesses since the latest with one (capped).
+  uint32_t batches_since_guess_ = UINT32_MAX;
   // Guessed datagrams and misses among them in the current window, and the batches left to
   // receive without guesses after a window with too many misses.
   size_t window_guesses_ = 0;
