@@ -850,6 +850,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("sealedIntoSendBatch", s.sealed_into_send_batch);
     set("openedIntoMessage", s.opened_into_message);
     set("receivedIntoMessage", s.received_into_message);
+    set("spanningPacketsPinned", s.spanning_packets_pinned);
     set("bytesPerSession", driver_->endpoint->BytesPerSession());
     const CongestionStats& cc = driver_->gate->stats();
     set("cc.bypassedSends", cc.bypassed_sends);

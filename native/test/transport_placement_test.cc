@@ -384,3 +384,60 @@ TEST(transport_placement_a_socket_that_never_guesses_receives_in_full_batches) {
   CHECK_EQ(received, 20u);
   CHECK(receiver->stats().receive_calls <= 3);
 }
+
+namespace {
+// A MemoryWire port that counts what the endpoint sent pinned (PacketIo::SendPinned).
+class PinCountingPort : public MemoryWire::Port {
+ public:
+  using MemoryWire::Port::Port;
+  void SendPinned(const PeerAddress& to, std::span<const uint8_t> header,
+                  std::span<const uint8_t> payload) override {
+    ++pinned;
+    pinned_headers.push_back(header.size());
+    Send(to, header, payload);
+  }
+  size_t pinned = 0;
+  std::vector<size_t> pinned_headers;
+};
+}  // namespace
+
+TEST(transport_lent_request_packet_spanning_head_and_body_is_sent_pinned) {
+  // A lent request with a 48-byte head (the multicast's frame and block header) and a 300,000-
+  // byte body: every packet above the bundling size is sent pinned from the lent body, the first one too (its head part
+  // travels with the wire header), and the server gets the request intact.
+  MemoryWire wire(0.0, false, 3);
+  const PeerAddress client_address = Addr("10.0.0.1:1000"), server_address = Addr("10.0.0.2:2000");
+  PinCountingPort client_port(&wire, client_address);
+  MemoryWire::Port server_port(&wire, server_address);
+  Endpoint client(EndpointConfig{}, &client_port);
+  Endpoint server(EndpointConfig{}, &server_port);
+  server.SetHandled(3, true);
+  wire.Attach(client_address, &client);
+  wire.Attach(server_address, &server);
+  uint64_t now = 1;
+  const uint32_t session = client.Connect(server_address, now);
+  wire.DeliverAll(now);
+  std::vector<Event> events;
+  client.TakeEvents(&events);
+  const std::vector<uint8_t> head = Pattern(48, 1);
+  const auto body = std::make_shared<std::vector<uint8_t>>(Pattern(300'000, 2));
+  CHECK(client.CallLent(session, 3, 1, head, *body, body, 0, now) == CallStatus::kOk);
+  Event request;
+  for (int turn = 0; turn < 100 && request.bytes.empty(); ++turn) {
+    now += 10;
+    wire.DeliverAll(now);
+    events.clear();
+    server.TakeEvents(&events);
+    for (Event& e : events) {
+      if (e.kind == EventKind::kRequest) request = std::move(e);
+    }
+  }
+  std::vector<uint8_t> expected = head;
+  expected.insert(expected.end(), body->begin(), body->end());
+  CHECK(std::vector<uint8_t>(request.bytes.begin(), request.bytes.end()) == expected);
+  const size_t per_packet = client.SessionDataBytesPerPacket(session);  // a path's MTU here
+  CHECK(per_packet > 48);
+  CHECK_EQ(client_port.pinned, (300'048 + per_packet - 1) / per_packet);
+  CHECK_EQ(client.stats().spanning_packets_pinned, 1u);
+  CHECK(!client_port.pinned_headers.empty() && client_port.pinned_headers[0] == kHeaderBytes + 48);
+}

@@ -265,6 +265,9 @@ struct Stats {
   // Plaintext request packets accepted where the socket had received them, in the request's
   // own buffer (ReceivePlacement): no copy into the message.
   uint64_t received_into_message = 0;
+  // Plaintext packets spanning a lent request's head and body sent with the head's bytes after
+  // the wire header and the body's pinned (SendClientPacket), instead of joined in a copy.
+  uint64_t spanning_packets_pinned = 0;
   // OnUnreachable: reports that named a datagram of an established session (each counts toward
   // failing it), reports that named none (a connect request to a port not bound yet, a session
   // already gone, a quote too short to read), and sessions failed by the reports.
@@ -637,6 +640,8 @@ class Endpoint {
   std::vector<std::pair<uint32_t, size_t>> seal_order_;
   std::vector<uint8_t> seal_room_;
   Bytes slice_scratch_;  // RequestSlice: a packet that spans a lent request's head and body
+  // SendClientPacket: the wire header and head part of a plaintext packet spanning both.
+  std::vector<uint8_t> spanning_header_;
   bool seal_room_in_io_ = false;
   uint32_t next_session_number_ = 1;
   uint64_t rng_state_;
