@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 
@@ -15,37 +16,35 @@ using namespace squall::test;
 using namespace squall::transport;
 
 namespace {
-// An endpoint on a real socket, pumped with poll() as the addon does with libuv; `placing`
-// wires receiving in place as the addon does.
-struct Node {
-  std::unique_ptr<UdpSocket> socket;
-  std::unique_ptr<Endpoint> endpoint;
-  Node(const EndpointConfig& config, bool placing) {
+PeerAddress LoopbackAddress(const UdpSocket& socket) {
+  PeerAddress a;
+  CHECK(PeerAddress::Parse("127.0.0.1:" + std::to_string(socket.local().port()), &a));
+  return a;
+}
+
+// A receiving socket and a socket that sends it raw datagrams.
+struct SocketPair {
+  std::unique_ptr<UdpSocket> receiver, sender;
+  SocketPair() {
     std::string error;
-    socket = UdpSocket::Open("127.0.0.1", 0, config.packet_bytes_max, &error);
-    if (!socket) return;
-    endpoint = std::make_unique<Endpoint>(config, socket.get());
-    if (!placing) return;
-    Endpoint* e = endpoint.get();
-    socket->SetPlacement(
-        [e](std::span<ReceivePlacement> out) { return e->PlanReceive(out); },
-        [e](const PeerAddress& from, std::span<const uint8_t> header, std::span<const uint8_t> body) {
-          e->OnPlacedPacket(from, header, body, MonotonicNowUs());
-        });
+    receiver = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
+    sender = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
+    CHECK(receiver && sender);
   }
-  void Pump(uint64_t now) {
-    socket->Receive([&](const PeerAddress& from, std::span<const uint8_t> bytes) {
-      endpoint->OnPacket(from, bytes, now);
-    }, 256);
-    endpoint->OnTimers(now);
-    socket->Flush();
+  bool ok() const { return receiver && sender; }
+  void Send(const std::vector<uint8_t>& datagram) const {
+    sendto(sender->fd(), datagram.data(), datagram.size(), 0,
+           reinterpret_cast<const sockaddr*>(&receiver->local().storage), receiver->local().length);
   }
-  PeerAddress Address() const {
-    PeerAddress a;
-    Parse("127.0.0.1:" + std::to_string(socket->local().port()), &a);
-    return a;
+  // Receives (on_packet for plain datagrams) until `done()` or about half a second passed.
+  void ReceiveUntil(const std::function<bool()>& done,
+                    const std::function<void(std::span<const uint8_t>)>& on_packet) {
+    for (int i = 0; i < 50 && !done(); ++i) {
+      pollfd fd = {receiver->fd(), POLLIN, 0};
+      poll(&fd, 1, 10);
+      receiver->Receive([&](const PeerAddress&, std::span<const uint8_t> bytes) { on_packet(bytes); }, 64);
+    }
   }
-  static void Parse(const std::string& text, PeerAddress* out) { CHECK(PeerAddress::Parse(text, out)); }
 };
 
 // `client_count` clients each send `calls` rounds of two requests of about 1 MiB and a small one
@@ -65,17 +64,17 @@ uint32_t Digest(std::span<const uint8_t> bytes) {
 }
 Outcome ToOneServer(bool placing, int client_count, int calls) {
   EndpointConfig config;
-  Node server(config, placing), a(config, false), b(config, false);
+  UdpNode server("127.0.0.1", config, placing), a("127.0.0.1", config), b("127.0.0.1", config);
   Outcome out;
   CHECK(server.socket && a.socket && b.socket);
   if (!server.socket || !a.socket || !b.socket) return out;
   server.endpoint->SetHandled(1, true);
   const uint64_t start = MonotonicNowUs();
-  std::vector<Node*> clients = {&a, &b};
+  std::vector<UdpNode*> clients = {&a, &b};
   clients.resize(static_cast<size_t>(client_count));
   uint32_t sessions[2];
   for (int c = 0; c < client_count; ++c) {
-    sessions[c] = clients[c]->endpoint->Connect(server.Address(), start);
+    sessions[c] = clients[c]->endpoint->Connect(LoopbackAddress(*server.socket), start);
     clients[c]->socket->Flush();
   }
   std::map<uint64_t, uint32_t> expected;  // tag -> digest of the request
@@ -172,20 +171,15 @@ TEST(transport_placement_interleaved_messages_arrive_intact) {
 TEST(transport_placement_guessing_backs_off_when_it_keeps_missing) {
   // A planner whose guesses never come true: after one window of misses the socket stops asking
   // it for a while, so the misses (a copy more each) stay near one window, not one per datagram.
-  std::string error;
-  auto receiver = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
-  auto sender = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
-  CHECK(receiver && sender);
-  if (!receiver || !sender) return;
+  SocketPair pair;
+  if (!pair.ok()) return;
   std::vector<uint8_t> never(64 * 2000);
   Header guessed;
   guessed.dest_session = 7;
   guessed.message_bytes = static_cast<uint32_t>(never.size());
   guessed.request_number = 42;
-  int asked = 0;
-  receiver->SetPlacement(
+  pair.receiver->SetPlacement(
       [&](std::span<ReceivePlacement> out) -> size_t {
-        ++asked;
         for (size_t k = 0; k < out.size() && k < 4; ++k) {
           guessed.packet_number = static_cast<uint32_t>(k);
           Encode(guessed, out[k].header);
@@ -199,34 +193,24 @@ TEST(transport_placement_guessing_backs_off_when_it_keeps_missing) {
   other.request_number = 43;
   const std::vector<uint8_t> datagram = Packet(other, Pattern(1500, 9));
   size_t received = 0;
-  for (int round = 0; round < 100; ++round) {
-    for (int i = 0; i < 4; ++i) {
-      sendto(sender->fd(), datagram.data(), datagram.size(), 0,
-             reinterpret_cast<const sockaddr*>(&receiver->local().storage), receiver->local().length);
-    }
-    for (int i = 0; i < 50 && received < static_cast<size_t>(round + 1) * 4; ++i) {
-      pollfd fd = {receiver->fd(), POLLIN, 0};
-      poll(&fd, 1, 10);
-      receiver->Receive([&](const PeerAddress&, std::span<const uint8_t> bytes) {
-        CHECK(std::equal(bytes.begin(), bytes.end(), datagram.begin(), datagram.end()));
-        ++received;
-      }, 64);
-    }
+  for (size_t round = 0; round < 100; ++round) {
+    for (int i = 0; i < 4; ++i) pair.Send(datagram);
+    pair.ReceiveUntil([&] { return received == (round + 1) * 4; }, [&](std::span<const uint8_t> bytes) {
+      CHECK(std::equal(bytes.begin(), bytes.end(), datagram.begin(), datagram.end()));
+      ++received;
+    });
   }
   CHECK_EQ(received, 400u);
-  CHECK(receiver->stats().placement_backoffs >= 1);
-  CHECK(receiver->stats().placement_misses <= 80);
+  CHECK(pair.receiver->stats().placement_backoffs >= 1);
+  CHECK(pair.receiver->stats().placement_misses <= 80);
 }
 
 TEST(transport_placement_a_datagram_of_another_message_is_made_whole_before_it_is_handled) {
   // Socket level: guesses for two datagrams; the first is of the guessed message (placed, its
   // body where the guess said), the second is not and is longer than the guessed body (its bytes
   // reach on_packet whole and in order), the third is past the guesses (as before).
-  std::string error;
-  auto receiver = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
-  auto sender = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
-  CHECK(receiver && sender);
-  if (!receiver || !sender) return;
+  SocketPair pair;
+  if (!pair.ok()) return;
   std::vector<uint8_t> message(3000, 0xEE);
   Header guessed;
   guessed.dest_session = 7;
@@ -236,7 +220,7 @@ TEST(transport_placement_a_datagram_of_another_message_is_made_whole_before_it_i
   int plans = 0;
   std::vector<std::pair<std::vector<uint8_t>, const uint8_t*>> placed;  // body bytes, where
   std::vector<std::vector<uint8_t>> plain;
-  receiver->SetPlacement(
+  pair.receiver->SetPlacement(
       [&](std::span<ReceivePlacement> out) -> size_t {
         if (plans++ > 0 || out.size() < 2) return 0;
         for (size_t k = 0; k < 2; ++k) {
@@ -257,17 +241,9 @@ TEST(transport_placement_a_datagram_of_another_message_is_made_whole_before_it_i
   const std::vector<uint8_t> first = Packet(guessed, Pattern(1000, 1));
   const std::vector<uint8_t> second = Packet(other, Pattern(1500, 2));
   const std::vector<uint8_t> third = Packet(other, Pattern(700, 3));
-  for (const auto* d : {&first, &second, &third}) {
-    sendto(sender->fd(), d->data(), d->size(), 0,
-           reinterpret_cast<const sockaddr*>(&receiver->local().storage), receiver->local().length);
-  }
-  for (int i = 0; i < 200 && placed.size() + plain.size() < 3; ++i) {
-    pollfd fd = {receiver->fd(), POLLIN, 0};
-    poll(&fd, 1, 10);
-    receiver->Receive([&](const PeerAddress&, std::span<const uint8_t> bytes) {
-      plain.emplace_back(bytes.begin(), bytes.end());
-    }, 64);
-  }
+  for (const auto* d : {&first, &second, &third}) pair.Send(*d);
+  pair.ReceiveUntil([&] { return placed.size() + plain.size() == 3; },
+                    [&](std::span<const uint8_t> bytes) { plain.emplace_back(bytes.begin(), bytes.end()); });
   CHECK_EQ(placed.size(), 1u);
   CHECK_EQ(plain.size(), 2u);
   if (placed.size() != 1 || plain.size() != 2) return;
@@ -276,8 +252,8 @@ TEST(transport_placement_a_datagram_of_another_message_is_made_whole_before_it_i
   CHECK(std::equal(message.begin() + 1000, message.begin() + 2000, Pattern(1000, 1).begin()));
   CHECK(plain[0] == second);
   CHECK(plain[1] == third);
-  CHECK_EQ(receiver->stats().datagrams_placed, 1u);
-  CHECK_EQ(receiver->stats().placement_misses, 1u);
+  CHECK_EQ(pair.receiver->stats().datagrams_placed, 1u);
+  CHECK_EQ(pair.receiver->stats().placement_misses, 1u);
   // The guessed place the second one landed in lies in the unreceived part (bytes 2000-2999):
   // written, but never handed to anyone.
   CHECK(std::equal(message.begin(), message.begin() + 1000, std::vector<uint8_t>(1000, 0xEE).begin()));
@@ -361,28 +337,18 @@ TEST(transport_placement_guesses_point_past_what_was_received_and_a_body_elsewhe
 TEST(transport_placement_a_socket_that_never_guesses_receives_in_full_batches) {
   // A planner that never guesses (small messages, large responses, an encrypting endpoint):
   // large datagrams are received in full batches as before, not one by one.
-  std::string error;
-  auto receiver = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
-  auto sender = UdpSocket::Open("127.0.0.1", 0, 65000, &error);
-  CHECK(receiver && sender);
-  if (!receiver || !sender) return;
-  receiver->SetPlacement([](std::span<ReceivePlacement>) -> size_t { return 0; },
-                         [](const PeerAddress&, std::span<const uint8_t>, std::span<const uint8_t>) {});
+  SocketPair pair;
+  if (!pair.ok()) return;
+  pair.receiver->SetPlacement([](std::span<ReceivePlacement>) -> size_t { return 0; },
+                              [](const PeerAddress&, std::span<const uint8_t>, std::span<const uint8_t>) {});
   Header h;
   h.dest_session = 7;
   const std::vector<uint8_t> datagram = Packet(h, Pattern(2000, 5));
-  for (int i = 0; i < 20; ++i) {
-    sendto(sender->fd(), datagram.data(), datagram.size(), 0,
-           reinterpret_cast<const sockaddr*>(&receiver->local().storage), receiver->local().length);
-  }
+  for (int i = 0; i < 20; ++i) pair.Send(datagram);
   size_t received = 0;
-  for (int i = 0; i < 50 && received < 20; ++i) {
-    pollfd fd = {receiver->fd(), POLLIN, 0};
-    poll(&fd, 1, 10);
-    receiver->Receive([&](const PeerAddress&, std::span<const uint8_t>) { ++received; }, 64);
-  }
+  pair.ReceiveUntil([&] { return received == 20; }, [&](std::span<const uint8_t>) { ++received; });
   CHECK_EQ(received, 20u);
-  CHECK(receiver->stats().receive_calls <= 3);
+  CHECK(pair.receiver->stats().receive_calls <= 3);
 }
 
 namespace {
