@@ -2196,9 +2196,11 @@ void Endpoint::OnPlacedPacket(const PeerAddress& from, std::span<const uint8_t> 
     return Drop(DropReason::kStale);
   }
   const ServerSlot& slot = s->server_slots[h.request_number % s->server_slots.size()];
-  const uint8_t* begin = slot.request.data();
-  if (slot.request_number != h.request_number || body.data() < begin ||
-      body.data() + body.size() > begin + slot.request.size()) {
+  // Compared as addresses: the body may lie in another (or freed) allocation.
+  const auto begin = reinterpret_cast<uintptr_t>(slot.request.data());
+  const auto at = reinterpret_cast<uintptr_t>(body.data());
+  if (slot.request_number != h.request_number || at < begin ||
+      at + body.size() > begin + slot.request.size()) {
     return Drop(DropReason::kStale);
   }
   BatchScope scope(this);
