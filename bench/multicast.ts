@@ -13,22 +13,23 @@
  * (for before/after comparisons of the large-message path; each line carries its own ceiling);
  * `--mib N --no-ceiling` skips the ceilings (to profile the ordered case alone with perf).
  * Warm-up: before the first measured 1 MiB ceiling and ordered case on a set of member processes,
- * both run unmeasured on those same processes: the ceiling for `WARMUP_CEILING_SECONDS`, the
- * ordered case in rounds of the measured case's size until each member has sent `--warmup M`
+ * both run unmeasured on those same processes: the ceiling (plain, then lent, below) for
+ * `WARMUP_CEILING_SECONDS` each, the ordered case in rounds of the measured case's size until each member has sent `--warmup M`
  * messages (default 720, i.e. ~2,200 deliveries per member; `--quick`: 240; `--warmup 0`: none,
  * the cold figure). Without it the full suite's single 1 MiB round measured V8's tier-up of the
  * large-message path: a member's CPU per delivered message fell for ~5-7 rounds of 120 messages
  * per sender (e.g. 2,230 -> ~1,400 µs summed over the members, 2026-11-22), while the ceiling's few
  * lines of JS were warm within its first second. Each line of a warmed case records it
  * (`warmupMessages`: per member, sent before the case on these processes at 1 MiB;
- * `warmupCeilingSeconds` on the ceiling line). Only the 1 MiB cases get it (the 16 MiB case
+ * `warmupCeilingSeconds` on the ceiling lines: each kind's). Only the 1 MiB cases get it (the 16 MiB case
  * follows them on the same processes; the small cases are thousands of messages each).
  * Lent ceiling: the 1 MiB ceiling's sender calls call(), and the transport copies each request
  * (into its call and then its send batch: ~40 % of that sender's CPU in perf, 2026-11-22), while
  * the members lend their large blocks (callLent: sent from the sender's bytes). So beside the
  * ceiling (the target's baseline, as defined since the issue) the 1 MiB line carries the
  * ceiling with lent payloads too (`transport_ceiling_lent_MBps`, measured right after it with
- * a 48-byte head, the multicast's frame and block header): the ratio to it is the stricter one.
+ * a 48-byte head, the multicast's frame and block header; not in the 40 ms RTO set): the ratio
+ * to it is the stricter one.
  * Members hand received large frames back to their transport once used (the driver's
  * releaseReceived, Transport.release; the ceiling's receivers likewise), so the transport
  * reuses their memory at once instead of when V8 collects them (`MC_RELEASE=0`: left to V8;
