@@ -300,6 +300,13 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     driver_->socket->SetBatchHook([endpoint](std::span<const std::span<const uint8_t>> packets) {
       endpoint->PrefetchPackets(packets);
     });
+    // Large plaintext requests are received straight into their buffer (udp_socket.h).
+    driver_->socket->SetPlacement(
+        [endpoint](std::span<ReceivePlacement> out) { return endpoint->PlanReceive(out); },
+        [endpoint](const PeerAddress& from, std::span<const uint8_t> header,
+                   std::span<const uint8_t> body) {
+          endpoint->OnPlacedPacket(from, header, body, MonotonicNowUs());
+        });
     uv_poll_init(loop, &driver_->poll, driver_->socket->fd());
     uv_timer_init(loop, &driver_->timer);
     driver_->poll.data = driver_;
@@ -817,6 +824,9 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("udpBundledPackets", u.bundled_packets);
     set("udpBadBundles", u.bad_bundles);
     set("udpReceiveCalls", u.receive_calls);
+    set("udpDatagramsPlaced", u.datagrams_placed);
+    set("udpPlacementMisses", u.placement_misses);
+    set("udpPlacementBackoffs", u.placement_backoffs);
     set("udpKernelDrops", u.kernel_drops);
     set("udpReceiveBufferBytes", u.receive_buffer_bytes);
     set("udpSendBufferBytes", u.send_buffer_bytes);
@@ -839,6 +849,8 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("sealedBatchPackets", s.sealed_batch_packets);
     set("sealedIntoSendBatch", s.sealed_into_send_batch);
     set("openedIntoMessage", s.opened_into_message);
+    set("receivedIntoMessage", s.received_into_message);
+    set("spanningPacketsPinned", s.spanning_packets_pinned);
     set("bytesPerSession", driver_->endpoint->BytesPerSession());
     const CongestionStats& cc = driver_->gate->stats();
     set("cc.bypassedSends", cc.bypassed_sends);

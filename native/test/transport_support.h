@@ -1,16 +1,18 @@
 #pragma once
 // Test doubles for the transport core: a recording PacketIo (protocol tests compare what the
-// endpoint sent with the expected transcript) and an in-memory wire with seeded loss and
-// reordering that runs two endpoints in virtual time.
+// endpoint sent with the expected transcript), an in-memory wire with seeded loss and
+// reordering that runs two endpoints in virtual time, and an endpoint on a real UDP socket.
 #include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "transport/endpoint.h"
+#include "transport/udp_socket.h"
 #include "transport/wire.h"
 
 namespace squall::test {
@@ -166,6 +168,33 @@ struct WirePair {
   PeerAddress server_address = Addr("10.0.0.2:2000");
   MemoryWire::Port client_port{&wire, client_address};
   MemoryWire::Port server_port{&wire, server_address};
+};
+
+// An endpoint on a real socket, driven with poll() as the addon does with libuv; `placing`
+// wires receiving in place (UdpSocket::SetPlacement) as the addon does.
+struct UdpNode {
+  std::unique_ptr<UdpSocket> socket;
+  std::unique_ptr<Endpoint> endpoint;
+  UdpNode(const char* host, const EndpointConfig& config, bool placing = false) {
+    std::string error;
+    socket = UdpSocket::Open(host, 0, config.packet_bytes_max, &error);
+    if (!socket) return;
+    endpoint = std::make_unique<Endpoint>(config, socket.get());
+    if (!placing) return;
+    Endpoint* e = endpoint.get();
+    socket->SetPlacement(
+        [e](std::span<ReceivePlacement> out) { return e->PlanReceive(out); },
+        [e](const PeerAddress& from, std::span<const uint8_t> header, std::span<const uint8_t> body) {
+          e->OnPlacedPacket(from, header, body, MonotonicNowUs());
+        });
+  }
+  void Pump(uint64_t now) {
+    socket->Receive([&](const PeerAddress& from, std::span<const uint8_t> bytes) {
+      endpoint->OnPacket(from, bytes, now);
+    }, 256);
+    endpoint->OnTimers(now);
+    socket->Flush();
+  }
 };
 
 }  // namespace squall::test

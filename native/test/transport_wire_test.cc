@@ -272,24 +272,6 @@ TEST(transport_100000_bad_packets_are_dropped_and_session_still_serves) {
 }
 
 namespace {
-// Drives endpoints on real sockets with poll(), as the addon does with libuv.
-struct UdpNode {
-  std::unique_ptr<UdpSocket> socket;
-  std::unique_ptr<Endpoint> endpoint;
-  UdpNode(const char* host, const EndpointConfig& config) {
-    std::string error;
-    socket = UdpSocket::Open(host, 0, config.packet_bytes_max, &error);
-    if (socket) endpoint = std::make_unique<Endpoint>(config, socket.get());
-  }
-  void Pump(uint64_t now) {
-    socket->Receive([&](const PeerAddress& from, std::span<const uint8_t> bytes) {
-      endpoint->OnPacket(from, bytes, now);
-    }, 256);
-    endpoint->OnTimers(now);
-    socket->Flush();
-  }
-};
-
 void UdpEcho(const char* host, const char* server_text_prefix) {
   EndpointConfig config;
   UdpNode client(host, config), server(host, config);

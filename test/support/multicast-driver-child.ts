@@ -9,7 +9,9 @@
  *        as the window allows) and waits until `expect` deliveries arrived on that shard
  *                                               -> {delivered, bytes, elapsedMs, cpuMicros,
  *                                                   transport (counter deltas), digest, latency}
- *   {cmd:'ceiling', peers, size, seconds}       -> raw transport one-way calls to the peers
+ *   {cmd:'ceiling', peers, size, seconds, lent} -> raw transport one-way calls to the peers
+ *        (lent: callLent with a 48-byte head and the payload lent, as the multicast driver sends
+ *        its large blocks; else call(), whose request the transport copies)
  *                                               -> {messages, bytes, elapsedMs, cpuMicros}
  *   {cmd:'cpu'}                                 -> {cpuMicros} (user + system so far)
  *   {cmd:'exit'}
@@ -207,10 +209,11 @@ async function runPlan(message: {
   });
 }
 
-async function ceiling(message: { peers: string[]; size: number; seconds: number; outstanding: number }): Promise<void> {
+async function ceiling(message: { peers: string[]; size: number; seconds: number; outstanding: number; lent?: boolean }): Promise<void> {
   const sessions: NativeSession[] = [];
   for (const peer of message.peers) sessions.push(await endpoint!.connect(peer));
   const payload = new Uint8Array(message.size).fill(7);
+  const head = new Uint8Array(48).fill(7);  // the multicast's frame + block header
   let messages = 0;
   const started = performance.now();
   const cpuStart = process.cpuUsage();
@@ -219,7 +222,7 @@ async function ceiling(message: { peers: string[]; size: number; seconds: number
     sessions.flatMap((session) =>
       Array.from({ length: message.outstanding }, async () => {
         while (performance.now() < end) {
-          await session.call(SINK_TYPE, payload);
+          await (message.lent === true ? session.callLent(SINK_TYPE, head, payload) : session.call(SINK_TYPE, payload));
           messages++;
         }
       }),

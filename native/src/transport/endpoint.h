@@ -21,6 +21,7 @@
 // back to the first unanswered packet (Go-Back-N). The server keeps the last response of each slot until the next request on
 // that slot arrives and answers duplicates from it, so a handler never runs twice.
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <queue>
@@ -171,6 +172,26 @@ class PacketIo {
   }
 };
 
+// Receiving in place (UdpSocket::Receive): a guess of where one of the next datagrams belongs, so
+// that the kernel writes its body there and no copy follows. `header` is the header the datagram
+// is expected to have; a datagram of the same message (SameMessage) is handed to
+// Endpoint::OnPlacedPacket with its body wherever it landed, any other is moved back into the
+// socket's own receive buffer first. The endpoint plans only into the unreceived part of a
+// request it is assembling (Endpoint::PlanReceive), so a wrong guess overwrites nothing anyone
+// reads.
+struct ReceivePlacement {
+  uint8_t header[kHeaderBytes] = {};
+  uint8_t* body = nullptr;  // where the body (the bytes after the header) is written
+  size_t body_bytes = 0;    // the expected body's exact length
+};
+// True if a received datagram's header (its first kHeaderBytes) names the message `placement`
+// expects: every byte equal but reserved (6-7), packet number (16-19) and aux (20-23).
+inline bool SameMessage(const uint8_t* header, const ReceivePlacement& placement) {
+  const uint8_t* want = placement.header;
+  return std::memcmp(header, want, 6) == 0 && std::memcmp(header + 8, want + 8, 8) == 0 &&
+         std::memcmp(header + 24, want + 24, 8) == 0;
+}
+
 // The hook through which a congestion controller paces client packets (congestion_gate.h runs
 // Timely behind it). The core asks before sending each REQ/RFR; a refused session stops
 // sending, and the core kicks it again once the gate lists it in TakeDue(). Without a gate
@@ -241,6 +262,12 @@ struct Stats {
   // response being assembled (instead of in place, then copied).
   uint64_t sealed_into_send_batch = 0;
   uint64_t opened_into_message = 0;
+  // Plaintext request packets accepted where the socket had received them, in the request's
+  // own buffer (ReceivePlacement): no copy into the message.
+  uint64_t received_into_message = 0;
+  // Plaintext packets spanning a lent request's head and body sent with the head's bytes after
+  // the wire header and the body's pinned (SendClientPacket), instead of joined in a copy.
+  uint64_t spanning_packets_pinned = 0;
   // OnUnreachable: reports that named a datagram of an established session (each counts toward
   // failing it), reports that named none (a connect request to a port not bound yet, a session
   // already gone, a quote too short to read), and sessions failed by the reports.
@@ -319,6 +346,17 @@ class Endpoint {
   // `packet` must be writable memory the endpoint may change for the duration of the call: an
   // encrypting endpoint decrypts a sealed packet in place (the driver's receive buffer).
   void OnPacket(const PeerAddress& from, std::span<const uint8_t> packet, uint64_t now_us);
+  // Receiving in place (ReceivePlacement, UdpSocket::Receive). PlanReceive fills up to
+  // out.size() guesses, in order, for the next datagrams: the next packets of the plaintext
+  // request this endpoint accepted a packet of last, if it is still being assembled; returns how
+  // many (0: no guess; always 0 when encrypting, which opens packets into place instead).
+  // OnPlacedPacket takes a datagram of the message a guess named, as OnPacket would, with its
+  // header and body apart: the body lies in that request's buffer, where the socket put it. If
+  // the request is no longer assembled in that buffer (the slot moved on meanwhile), the packet
+  // is dropped as stale and its bytes are not read.
+  size_t PlanReceive(std::span<ReceivePlacement> out) const;
+  void OnPlacedPacket(const PeerAddress& from, std::span<const uint8_t> header,
+                      std::span<const uint8_t> body, uint64_t now_us);
   // Cache hints, nothing observable: before handing a batch of received packets to OnPacket (or
   // a batch of calls to Call), a driver may name them here, and the lookup-table entries,
   // sessions and slots they will touch are loaded in a few passes over the batch, so that their
@@ -547,6 +585,11 @@ class Endpoint {
   EndpointConfig config_;
   PacketIo* io_;
   std::unique_ptr<EndpointSecurity> security_;  // null when encryption is off
+  // The request PlanReceive guesses for: the last one a non-last packet was accepted for.
+  bool receive_hint_ = false;
+  uint32_t receive_hint_session_ = 0;
+  uint64_t receive_hint_request_ = 0;
+  bool placed_packet_ = false;  // OnPlacedPacket is dispatching (for received_into_message)
   // Server handshakes awaiting their Confirm, by (peer, token) like accepted_by_token_.
   std::unordered_map<std::string, PendingAccept> pending_accepts_;
   SendGate* gate_ = nullptr;
@@ -597,6 +640,8 @@ class Endpoint {
   std::vector<std::pair<uint32_t, size_t>> seal_order_;
   std::vector<uint8_t> seal_room_;
   Bytes slice_scratch_;  // RequestSlice: a packet that spans a lent request's head and body
+  // SendClientPacket: the wire header and head part of a plaintext packet spanning both.
+  std::vector<uint8_t> spanning_header_;
   bool seal_room_in_io_ = false;
   uint32_t next_session_number_ = 1;
   uint64_t rng_state_;

@@ -28,6 +28,12 @@ struct UdpStats {
   uint64_t truncated_rx = 0;    // datagrams larger than our receive buffers
   uint64_t send_calls = 0;      // sendmmsg system calls
   uint64_t receive_calls = 0;   // recvmmsg system calls
+  // Receiving in place (SetPlacement): datagrams of a guessed message received where the guess
+  // put their body (handed over there, no copy), and guessed places that got another datagram
+  // (its body moved back into the receive buffer: one copy of what landed there).
+  uint64_t datagrams_placed = 0;
+  uint64_t placement_misses = 0;
+  uint64_t placement_backoffs = 0;  // times too many misses turned guessing off for a while
   uint64_t datagrams_sent = 0;
   uint64_t datagrams_pinned = 0;  // sent from the caller's bytes (SendPinned), not copied
   uint64_t bundled_packets = 0; // packets that shared a datagram with others
@@ -97,6 +103,25 @@ class UdpSocket final : public PacketIo {
   // without EPOLLPRI, with UV_EBADF). Each pending error also makes the next recvmmsg fail once
   // (ECONNREFUSED, even with data queued); Receive handles that.
   void SetUnreachableHandler(UnreachableHandler handler) { on_unreachable_ = std::move(handler); }
+  // Receiving in place. Before each recvmmsg, `plan` may fill guesses (ReceivePlacement,
+  // endpoint.h) for its first datagrams, in order; the i-th datagram is then received with its
+  // header in this socket's buffer and its body at the i-th guess's place (what does not fit
+  // there, in this socket's buffer right after). A datagram of the guessed message
+  // (SameMessage) whose body fit goes to `placed` (header and body apart) instead of on_packet;
+  // any other is first made whole again in this socket's buffer (its landed bytes moved back)
+  // and goes to on_packet as usual, before any datagram of the batch is handled (a handler may
+  // end the message whose buffer the guesses pointed into). A batch with guesses ends where they
+  // do; soon after one, a batch without takes one datagram alone (it may be the packet 0 that
+  // the next guesses need); guesses that keep missing are not asked for a while (udp_socket.cc
+  // has the numbers). Without it (the default) nothing changes. The endpoint side:
+  // Endpoint::PlanReceive / OnPlacedPacket; src/transport/README.md, "Received in place".
+  using Planner = std::function<size_t(std::span<ReceivePlacement>)>;
+  using PlacedHandler = std::function<void(const PeerAddress&, std::span<const uint8_t> header,
+                                           std::span<const uint8_t> body)>;
+  void SetPlacement(Planner plan, PlacedHandler placed) {
+    plan_ = std::move(plan);
+    placed_ = std::move(placed);
+  }
   // Called by Receive with the packets of each recvmmsg result (bundles opened, in order) before
   // any of them goes to on_packet: the driver passes them to Endpoint::PrefetchPackets.
   using BatchHook = std::function<void(std::span<const std::span<const uint8_t>>)>;
@@ -130,9 +155,21 @@ class UdpSocket final : public PacketIo {
   size_t tx_used_before_reserve_ = 0;
   UnreachableHandler on_unreachable_;
   BatchHook on_batch_;
-  // One recvmmsg result's packets (bundles opened), and the datagram each came from.
+  // One recvmmsg result's packets (bundles opened), and the datagram each came from; a placed
+  // datagram's item is its header, and its body is in rx_item_body_ (empty for the others).
   std::vector<std::span<const uint8_t>> rx_items_;
   std::vector<uint32_t> rx_item_from_;
+  std::vector<std::span<const uint8_t>> rx_item_body_;
+  Planner plan_;
+  PlacedHandler placed_;
+  std::vector<ReceivePlacement> placements_;
+  // Receive batches without guesses since the latest with one (capped).
+  uint32_t batches_since_guess_ = UINT32_MAX;
+  // Guessed datagrams and misses among them in the current window, and the batches left to
+  // receive without guesses after a window with too many misses.
+  size_t window_guesses_ = 0;
+  size_t window_misses_ = 0;
+  uint32_t placement_backoff_ = 0;
   std::vector<uint8_t> error_buffer_;  // one error queue message: the quoted datagram
   UdpStats stats_;
 };
