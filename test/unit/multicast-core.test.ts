@@ -392,14 +392,20 @@ test('reports alone, ordered: a contiguous count moved over nulls alone waits fo
   const reportsAloneFrom = (net: MulticastNet, from: number): number[] =>
     decoded(net).filter((p) => p.packet.fromRank === from && p.packet.entries.length === 0).map((p) => p.packet.report!.contiguousCount);
 
-  // Over nulls alone. Rank 0's message (position 0) reaches ranks 1 and 2; each sends its null.
-  let net = start();
-  net.send(0, 10);
-  net.flush(0);
-  hand(net, 0, 1);
-  hand(net, 0, 2);
-  net.flush(1);
-  net.flush(2);
+  /** A fresh shard where rank 0's message (position 0) reached ranks 1 and 2, and each sent its null. */
+  const afterFirstMessage = (): MulticastNet => {
+    const net = start();
+    net.send(0, 10);
+    net.flush(0);
+    hand(net, 0, 1);
+    hand(net, 0, 2);
+    net.flush(1);
+    net.flush(2);
+    return net;
+  };
+
+  // Over nulls alone.
+  let net = afterFirstMessage();
   // Rank 1 gets rank 2's null (position 2, and rank 2's report: it has position 0).
   hand(net, 2, 1);
   net.inFlight = [];
@@ -412,13 +418,7 @@ test('reports alone, ordered: a contiguous count moved over nulls alone waits fo
 
   // Past a message. Rank 2's null (position 2) is late at rank 1, behind rank 0's next message
   // (position 3): when it comes, rank 1's contiguous count moves past that message.
-  net = start();
-  net.send(0, 10);
-  net.flush(0);
-  hand(net, 0, 1);
-  hand(net, 0, 2);
-  net.flush(1);
-  net.flush(2);
+  net = afterFirstMessage();
   const late = net.inFlight.filter((p) => p.to === 1 && (decodePacket(p.bytes) as DataPacket).fromRank === 2);
   net.inFlight = [];
   net.send(0, 10);
