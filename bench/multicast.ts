@@ -15,11 +15,15 @@
  * Warm-up: before the first measured 1 MiB ceiling and ordered case on a set of member processes,
  * both run unmeasured on those same processes: the ceiling (plain, then lent, below) for
  * `WARMUP_CEILING_SECONDS` each, the ordered case in rounds of the measured case's size until each member has sent `--warmup M`
- * messages (default 720, i.e. ~2,200 deliveries per member; `--quick`: 240; `--warmup 0`: none,
- * the cold figure). Without it the full suite's single 1 MiB round measured V8's tier-up of the
- * large-message path: a member's CPU per delivered message fell for ~5-7 rounds of 120 messages
- * per sender (e.g. 2,230 -> ~1,400 µs summed over the members, 2026-11-22), while the ceiling's few
- * lines of JS were warm within its first second. Each line of a warmed case records it
+ * messages (default 1,800, i.e. ~5,400 deliveries per member; `--quick`: 240; `--warmup 0`:
+ * none, the cold figure). Without it the full suite's single 1 MiB round measured V8's tier-up of
+ * the large-message path: a member's CPU per delivered message fell for ~5-7 rounds of 120
+ * messages per sender at load 6-11 (e.g. 2,230 -> ~1,400 µs summed over the members, 2026-11-22),
+ * and on a quiet machine went on falling until ~1,600 messages per member (`--mib 20
+ * --no-ceiling`, 13:25 UTC, load 0.4: the slowest member's 505 µs per message after 720, 419-466
+ * up to 1,200, 326-376 from 1,440 on, flat from 1,680 to 3,000 at 315-400 with the rate at
+ * 1.62-1.89 GB/s; the first default, 720, measured mid-way). The ceiling's few lines of JS were
+ * warm within its first second. Each line of a warmed case records it
  * (`warmupMessages`: per member, sent before the case on these processes at 1 MiB;
  * `warmupCeilingSeconds` on the ceiling lines: each kind's). Only the 1 MiB cases get it (the 16 MiB case
  * follows them on the same processes; the small cases are thousands of messages each).
@@ -267,7 +271,7 @@ export async function run(args: string[]): Promise<void> {
   const timeoutMs = quick ? 20_000 : 60_000;
   const ceilingSeconds = quick ? 1.5 : 3;
   const warmupAt = args.indexOf('--warmup');
-  const warmupMessages = warmupAt >= 0 ? Number(args[warmupAt + 1]) : quick ? 240 : 720;
+  const warmupMessages = warmupAt >= 0 ? Number(args[warmupAt + 1]) : quick ? 240 : 1800;
   if (!Number.isInteger(warmupMessages) || warmupMessages < 0) throw new Error('--warmup takes a whole number of messages per member (0: none)');
   const mibAt = args.indexOf('--mib');
   if (mibAt >= 0) {
