@@ -18,14 +18,14 @@
 // reconciliation pulled them from node 2, the newest holder).
 import test, { type ExecutionContext } from 'ava';
 import { Packr } from 'msgpackr';
-import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
-import { defaultAllocator, fixedEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
-import { decodeView, encodeView, View } from '../../src/membership/view.js';
+import { makeVersion, nodeId, viewId } from '../../src/core/ids.js';
+import { fixedEvenShards } from '../../src/membership/layout.js';
+import { decodeView, encodeView } from '../../src/membership/view.js';
 import { MEMBERSHIP_REQUEST_TYPE, MembershipDriver } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
 import type { Endpoint } from '../../src/transport/native-transport.js';
 import type { Transport, TransportSession } from '../../src/transport/transport.js';
-import { createEndpoint, endpointAt, KvState, logOnFailure, waitFor } from '../support/membership-local.js';
+import { endpointAt, KvState, logOnFailure, threeNodesAtView4, waitFor } from '../support/membership-local.js';
 
 /** Where a node crashes: at this save, persisted ('after') or not ('before'). */
 type CrashPoint = 'before' | 'after';
@@ -45,13 +45,10 @@ type Crash = CrashPoint | { readonly at: CrashPoint; readonly last: true };
  * two nodes crashed.
  */
 async function crashingGroup(seedBase: number) {
-  let endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(seedBase + i)));
+  const start = await threeNodesAtView4(seedBase, fixedEvenShards(1, 3, { mode: 'raw' }));
+  let endpoints = start.endpoints;
+  const { members, allocator, view4, shard } = start;
   const ports = endpoints.map((e) => Number(e.address.split(':').at(-1)));
-  const members = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
-  const allocator = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 3, { mode: 'raw' })) });
-  const layout = runAllocator(allocator, { previous: undefined, members: members.map((m) => m.id) });
-  const view4 = new View({ id: viewId(4), members, joined: [], departed: [], failed: [], layout });
-  const shard = { subgroupId: layout.types[0]!.subgroups[0]!.subgroupId as SubgroupId, shardIndex: 0 as ShardIndex };
   const v3 = [0, 1, 2].map((p) => ({ version: makeVersion(viewId(3), p), tag: `v3:${p}` }));
   const v4 = (positions: number[]) => positions.map((p) => ({ version: makeVersion(viewId(4), p), tag: `v4:${p}` }));
   const states = [[...v3, ...v4([0, 1, 3])], [...v3, ...v4([0, 1, 2, 3, 4])], [...v3]].map((log) => {

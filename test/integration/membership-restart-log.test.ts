@@ -21,15 +21,15 @@
 //     from its own log's; once 3, 4 and 5 are back it moves to theirs (movesToLogView) and the
 //     group resumes from [2, 3, 4] in view 6 [3, 4] (without the move, node 1 chose [1, 3]).
 import test from 'ava';
-import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
-import { defaultAllocator, fixedEvenShards, flexibleEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
+import { makeVersion, nodeId, viewId } from '../../src/core/ids.js';
+import { defaultAllocator, flexibleEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
 import { encodeEntry } from '../../src/membership/view-change-core.js';
 import { encodeView, View } from '../../src/membership/view.js';
 import { MemoryStorage } from '../../src/raft/storage.js';
 import { EntryType, encodeConfChange, type Entry } from '../../src/raft/types.js';
 import { MembershipDriver } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
-import { createEndpoint, KvState, logOnFailure, waitFor } from '../support/membership-local.js';
+import { createEndpoint, KvState, logOnFailure, threeNodesAtView4, waitFor } from '../support/membership-local.js';
 import { buildHistory, commitIndex, divergentRound, type History, type LogEntry } from '../sim/restart-history.js';
 
 const allocator = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(1, 1, 5)) });
@@ -149,14 +149,9 @@ test('a view the log seals but nobody recorded is the one the group restarts fro
 
 test('a restart from a view only the log seals truncates by the trims of the round that sealed it', async (t) => {
   t.timeout(30_000);
-  const endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(1260 + i)));
-  const members = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
-  const three = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 3)) });
-  const layout = runAllocator(three, { previous: undefined, members: members.map((m) => m.id) });
-  const view4 = new View({ id: viewId(4), members, joined: [], departed: [], failed: [], layout });
+  const { endpoints, members, allocator: three, layout, view4, shard } = await threeNodesAtView4(1260);
   const history = buildHistory({ first: view4, removals: [[3]], allocator: three, votersCount: 3, trimOf: () => [2, 1, 0] });
   t.deepEqual(history.views[1]!.memberIds.map(Number), [1, 2]);
-  const shard = { subgroupId: layout.types[0]!.subgroups[0]!.subgroupId as SubgroupId, shardIndex: 0 as ShardIndex };
   const v3 = [0, 1, 2].map((p) => ({ version: makeVersion(viewId(3), p), tag: `v3:${p}` }));
   const v4 = (positions: number[]) => positions.map((p) => ({ version: makeVersion(viewId(4), p), tag: `v4:${p}` }));
   const logs = [[...v3, ...v4([0, 1, 3])], [...v3, ...v4([0, 1, 2, 3, 4])]];

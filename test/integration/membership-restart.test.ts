@@ -11,23 +11,18 @@
 // the members it waited for. And a founder stopped and restarted over its store after the others
 // removed it comes back in a new view (not its recorded view 0) with what it missed.
 import test, { type ExecutionContext } from 'ava';
-import { makeVersion, nodeId, viewId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
+import { makeVersion, nodeId, viewId } from '../../src/core/ids.js';
 import { defaultAllocator, fixedEvenShards, flexibleEvenShards, oneSubgroup, runAllocator } from '../../src/membership/layout.js';
 import { quorumRuleOf, restartView } from '../../src/membership/restart.js';
 import { decodeView, encodeView, View } from '../../src/membership/view.js';
 import { MembershipDriver, RestartTimeoutError, type MembershipDriverOptions } from '../../src/runtime/membership-driver.js';
 import type { MembershipRecord } from '../../src/runtime/membership-store.js';
 import { Endpoint } from '../../src/transport/native-transport.js';
-import { createEndpoint, KvState, logOnFailure, waitFor } from '../support/membership-local.js';
+import { createEndpoint, KvState, logOnFailure, threeNodesAtView4, waitFor } from '../support/membership-local.js';
 
 test('diverging replicas restart to one history: truncation past the trim, pulls of what is missing', async (t) => {
   t.timeout(30_000);
-  const endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(980 + i)));
-  const members = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
-  const allocator = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 3)) });
-  const layout = runAllocator(allocator, { previous: undefined, members: members.map((m) => m.id) });
-  const last = new View({ id: viewId(4), members, joined: [], departed: [], failed: [], layout });
-  const shard = { subgroupId: layout.types[0]!.subgroups[0]!.subgroupId as SubgroupId, shardIndex: 0 as ShardIndex };
+  const { endpoints, members, allocator, view4: last, shard } = await threeNodesAtView4(980);
   const v3 = [0, 1, 2].map((p) => ({ version: makeVersion(viewId(3), p), tag: `v3:${p}` }));
   const v4 = (positions: number[]) => positions.map((p) => ({ version: makeVersion(viewId(4), p), tag: `v4:${p}` }));
   const logs = [[...v3, ...v4([0, 1, 3])], [...v3, ...v4([0, 1, 2])], [...v3]];
@@ -76,12 +71,7 @@ test('diverging replicas restart to one history: truncation past the trim, pulls
 
 /** Three endpoints, the view-4 record for them, and a driver factory over per-node KV states. */
 async function restartingGroup(seedBase: number) {
-  const endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(seedBase + i)));
-  const members = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
-  const allocator = defaultAllocator({ KV: oneSubgroup(fixedEvenShards(1, 3)) });
-  const layout = runAllocator(allocator, { previous: undefined, members: members.map((m) => m.id) });
-  const last = new View({ id: viewId(4), members, joined: [], departed: [], failed: [], layout });
-  const shard = { subgroupId: layout.types[0]!.subgroups[0]!.subgroupId as SubgroupId, shardIndex: 0 as ShardIndex };
+  const { endpoints, members, allocator, view4: last, shard } = await threeNodesAtView4(seedBase);
   const states = [0, 1, 2].map(() => new KvState());
   const lines: string[] = [];
   const driver = (i: number, restartTimeoutMs = 20_000, extra: Partial<MembershipDriverOptions> = {}): MembershipDriver => new MembershipDriver({

@@ -5,9 +5,9 @@
  */
 import type { ExecutionContext } from 'ava';
 import { Packr } from 'msgpackr';
-import { nodeId, type NodeId } from '../../src/core/ids.js';
-import { defaultAllocator, flexibleEvenShards, oneSubgroup } from '../../src/membership/layout.js';
-import type { View } from '../../src/membership/view.js';
+import { nodeId, viewId, type NodeId, type ShardIndex, type SubgroupId } from '../../src/core/ids.js';
+import { defaultAllocator, fixedEvenShards, flexibleEvenShards, oneSubgroup, runAllocator, type SubgroupPolicy } from '../../src/membership/layout.js';
+import { View } from '../../src/membership/view.js';
 import { multicastLimits } from '../../src/multicast/config.js';
 import {
   MembershipDriver, type MembershipDriverOptions, type ShardRef, type ShardStateStore,
@@ -107,6 +107,21 @@ export const ALLOCATOR = defaultAllocator({ KV: oneSubgroup(flexibleEvenShards(2
 
 export async function createEndpoint(seed: number): Promise<Endpoint> {
   return Endpoint.create({ host: '127.0.0.1', port: 0, seed, peerFailureTimeoutMs: 1000 });
+}
+
+/**
+ * The start of a restart test: endpoints for nodes 1-3 (seeds seedBase + 1..3), a KV type of one
+ * 3-member shard (`shards`, by default fixedEvenShards(1, 3)), and view 4 over the three: the last
+ * view the nodes recorded before the group went down.
+ */
+export async function threeNodesAtView4(seedBase: number, shards: SubgroupPolicy = fixedEvenShards(1, 3)) {
+  const endpoints = await Promise.all([1, 2, 3].map((i) => createEndpoint(seedBase + i)));
+  const members = endpoints.map((e, i) => ({ id: nodeId(i + 1), address: e.address }));
+  const allocator = defaultAllocator({ KV: oneSubgroup(shards) });
+  const layout = runAllocator(allocator, { previous: undefined, members: members.map((m) => m.id) });
+  const view4 = new View({ id: viewId(4), members, joined: [], departed: [], failed: [], layout });
+  const shard = { subgroupId: layout.types[0]!.subgroups[0]!.subgroupId as SubgroupId, shardIndex: 0 as ShardIndex };
+  return { endpoints, members, allocator, layout, view4, shard };
 }
 
 /** An endpoint at `port` on loopback (a restarted process's address), retried while the closed one there is let go. */
