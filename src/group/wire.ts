@@ -27,6 +27,7 @@
  *
  * replyBytes are decorators/' reply encoding (result, application error or framework error).
  */
+import { readU32BE } from '../core/bytes.js';
 import { decodeMessage } from '../core/codec.js';
 import type { Version } from '../core/ids.js';
 import { REQUEST_TYPES } from '../transport/request-types.js';
@@ -134,7 +135,7 @@ function putU32(out: Uint8Array, at: number, value: number): void {
 
 function u32At(bytes: Uint8Array, at: number): number {
   if (at + 4 > bytes.byteLength) throw new RangeError('an ordered call cut short');
-  return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
+  return readU32BE(bytes, at);
 }
 
 function u64At(bytes: Uint8Array, at: number): number {

@@ -27,6 +27,7 @@
  * on each node.
  */
 import { Packr } from 'msgpackr';
+import { readU32BE } from '../core/bytes.js';
 import type { Entry, EntryType, Message } from './types.js';
 
 const packr = new Packr({ useRecords: false, int64AsType: 'number', mapsAsObjects: true });
@@ -176,11 +177,6 @@ function readF64(bytes: Uint8Array, at: number): number {
   return f64Value[0]!;
 }
 
-/** The big-endian u32 at bytes[at..at+4), which the caller has bounds-checked. */
-function readU32(bytes: Uint8Array, at: number): number {
-  return ((bytes[at]! << 24) >>> 0) + (bytes[at + 1]! << 16) + (bytes[at + 2]! << 8) + bytes[at + 3]!;
-}
-
 /** Thrown when a message's fixed part runs past the end of the batch. */
 function truncated(kind: number, at: number, length: number): Error {
   return new Error(`raft message of kind ${kind} at byte ${at} runs past the end of the ${length}-byte batch`);
@@ -196,7 +192,7 @@ export function decodeMessages(bytes: Uint8Array, out: Message[] = []): Message[
   if (length < BATCH_HEADER_BYTES || bytes[0] !== VERSION) {
     throw new Error(`not a raft message batch (version ${length ? bytes[0] : '?'}, expected ${VERSION})`);
   }
-  const expected = readU32(bytes, 5);
+  const expected = readU32BE(bytes, 5);
   const first = out.length;
   let at = BATCH_HEADER_BYTES;
   while (at < length) {
@@ -206,7 +202,7 @@ export function decodeMessages(bytes: Uint8Array, out: Message[] = []): Message[
         if (at + 6 * F64 + 4 > length) throw truncated(kind, at - 1, length);
         const from = readF64(bytes, at), to = readF64(bytes, at + 8), term = readF64(bytes, at + 16);
         const prevIndex = readF64(bytes, at + 24), prevTerm = readF64(bytes, at + 32), commit = readF64(bytes, at + 40);
-        const count = readU32(bytes, at + 48);
+        const count = readU32BE(bytes, at + 48);
         at += 52;
         if (count * ENTRY_HEADER_BYTES > length - at) throw new Error(`append claims ${count} entries`);
         const entries: Entry[] = new Array(count);
@@ -215,7 +211,7 @@ export function decodeMessages(bytes: Uint8Array, out: Message[] = []): Message[
           const index = readF64(bytes, at), entryTerm = readF64(bytes, at + 8);
           const type = bytes[at + 16]!;
           if (type !== 0 && type !== 1) throw new Error(`entry ${index} has unknown type ${type}`);
-          const dataBytes = readU32(bytes, at + 17);
+          const dataBytes = readU32BE(bytes, at + 17);
           at += ENTRY_HEADER_BYTES;
           if (dataBytes > length - at) throw new Error(`entry ${index} claims ${dataBytes} bytes`);
           entries[i] = { index, term: entryTerm, type: type as EntryType, data: bytes.subarray(at, at + dataBytes) };
@@ -251,7 +247,7 @@ export function decodeMessages(bytes: Uint8Array, out: Message[] = []): Message[
       }
       case KIND_OTHER: {
         if (at + 4 > length) throw truncated(kind, at - 1, length);
-        const packedBytes = readU32(bytes, at);
+        const packedBytes = readU32BE(bytes, at);
         at += 4;
         if (packedBytes > length - at) throw new Error(`message claims ${packedBytes} bytes`);
         const m = packr.unpack(bytes.subarray(at, at + packedBytes)) as Message;
