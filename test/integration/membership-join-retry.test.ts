@@ -16,6 +16,9 @@
 // (c) A node restarted over its data dir, let in anew through one member, retrying through
 //     another that never heard the new process is welcomed by its record (not taken for its
 //     earlier self and removed again).
+// (d) The same retry through a member whose core has moved on to the view that let the node in
+//     anew but which is still installing it (its history ends before): 'pending', with no
+//     removal; welcomed once that member installed the view.
 import test from 'ava';
 import { Packr } from 'msgpackr';
 import { nodeId } from '../../src/core/ids.js';
@@ -206,6 +209,70 @@ test.serial('a join retry with a record: a node restarted over its data dir, let
     }
     for (const n of nodes) t.true(n.driver.current().id === 3 && n.driver.current().isMember(SIX), `node ${n.id} still has node 6 in view 3`);
   } finally {
+    await p1.stop();
+    for (const n of nodes) await n.driver.close();
+    for (const n of nodes) await n.endpoint.close();
+    await e6.close();
+  }
+});
+
+test.serial('a join retry with a record through a member still installing the view that let the node in anew: pending, not a removal; welcomed once installed', async (t) => {
+  t.timeout(60_000);
+  // Node 2's install of view 3 (the view that lets node 6's restarted process in anew) is held at
+  // its record write: its core has moved on to view 3, its history still ends at view 2. Asked
+  // then, node 2 cannot tell the restarted process from its earlier self by the history, and
+  // must not remove it (that would undo the join the group just made).
+  let release: () => void = () => undefined;
+  const held = new Promise<void>((resolve) => { release = resolve; });
+  let holding = false;
+  const lines2: string[] = [];
+  const { nodes } = await createFounders(1700, 5, (id) => ({
+    failureTimeoutMs: 60_000,
+    ...(id === 2 ? {
+      log: (line: string) => lines2.push(line),
+      saveRecord: async (record: { view: Uint8Array; trims?: unknown }) => {
+        if (decodeView(record.view).id === 3 && record.trims === undefined) {
+          holding = true;
+          await held;
+        }
+      },
+    } : {}),
+  }));
+  const [n1, n2] = nodes as [LocalNode, LocalNode];
+  const e6 = await createEndpoint(1706);
+  const p1 = new RawProcess(e6, 'p1');
+  const p2 = new RawProcess(e6, 'p2', 1);
+  try {
+    await Promise.all(nodes.map((n) => n.driver.start()));
+    t.is((await p1.ask(n1)).t, 'pending');
+    p1.speakTo(nodes);
+    await waitFor('view 1 with node 6 installed everywhere', () => nodes.every((n) => installed(n, 1, true)));
+    await waitFor('every member heard node 6 speak', () => nodes.every((n) => p1.heardBy.has(Number(n.id))));
+    await p1.stop();
+
+    // Restarted over its data dir (record: view 1): removed in view 2, let in anew in view 3.
+    t.is((await p2.ask(n1)).t, 'pending');
+    await waitFor('view 2 without node 6 installed everywhere', () => nodes.every((n) => installed(n, 2, false)));
+    t.is((await p2.ask(n1)).t, 'pending');
+    const others = nodes.filter((n) => n !== n2);
+    await waitFor('view 3 with node 6 installed by nodes 1, 3-5', () => others.every((n) => installed(n, 3, true)));
+    await waitFor('node 2 holding its install of view 3', () => holding && n2.driver.current().id === 3);
+    t.false(n2.views.some((v) => v.id === 3), 'node 2 has not installed view 3');
+
+    // Asked while installing: pending, and node 2 does not take the asker for its earlier self
+    // (that removal logs its reason at once, and a view after 3 would follow).
+    t.is((await p2.ask(n2)).t, 'pending', 'node 2, still installing, answers pending');
+    t.false(lines2.some((line) => line.includes('restarted')), `node 2 took node 6 for its earlier process:\n${lines2.join('\n')}`);
+    const moved = await waitFor('a view after 3', () => nodes.some((n) => n.driver.current().id > 3), 1000).then(() => true, () => false);
+    t.false(moved, `no view removes node 6 again (node 1 at view ${n1.driver.current().id} [${n1.driver.current().memberIds}])`);
+
+    release();
+    await waitFor('node 2 installed view 3', () => installed(n2, 3, true));
+    const reply = await p2.ask(n2);
+    t.is(Number(viewOf(reply)?.id), 3, `installed, node 2 places the restarted node by its record: ${describe(reply)}`);
+    for (const n of nodes) t.true(n.driver.current().id === 3 && n.driver.current().isMember(SIX), `node ${n.id} still has node 6 in view 3`);
+  } finally {
+    release();
     await p1.stop();
     for (const n of nodes) await n.driver.close();
     for (const n of nodes) await n.endpoint.close();
