@@ -7,7 +7,7 @@
 import { readdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { argumentProblem } from './_args.js';
+import { argumentProblem, OPTIONS } from './_args.js';
 
 export interface BenchSuite {
   run(args: string[]): Promise<void>;
@@ -19,7 +19,13 @@ const suites = readdirSync(here)
   .map((f) => f.slice(0, -3));
 
 const [suite, ...rest] = process.argv.slice(2);
-const usage = `usage: npm run bench -- <suite> [--quick] [suite options]\nsuites: ${suites.join(', ') || '(none yet)'}`;
+const optionsOf = (name: string): string => {
+  const spec = OPTIONS[name];
+  if (spec === undefined) return '';
+  return [...Object.keys(spec.options).map((o) => `--${o}`), ...(spec.words !== undefined ? [`[${spec.words}]`] : [])].join(' ');
+};
+const usage = `usage: npm run bench -- <suite> [--quick] [suite options]\nsuites and their options:\n${
+  suites.map((s) => `  ${s}: ${optionsOf(s)}`).join('\n') || '  (none yet)'}`;
 if (suite === '--help' || suite === '-h') {
   console.log(usage);
   process.exit(0);

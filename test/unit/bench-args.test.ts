@@ -22,6 +22,27 @@ test('bench options: unknown options, missing values and stray words are refused
   t.regex(argumentProblem('newsuite', []) ?? '', /lists no options for suite "newsuite"/);
 });
 
+test('bench options: a value a suite cannot use is refused by name, with what it takes', (t) => {
+  t.is(argumentProblem('raft', ['--fsync', 'of']), '--fsync takes on, off, not "of"');
+  t.is(argumentProblem('raft', ['--storage', 'lmdb']), '--storage takes LmdbStorage, LogFileStorage, MemoryStorage, not "lmdb"');
+  t.regex(argumentProblem('raft', ['--pin', '0,1']) ?? '', /^--pin takes 3 CPU numbers/);
+  t.regex(argumentProblem('raft', ['--pin', '0,x,1']) ?? '', /^--pin takes 3 CPU numbers/);
+  t.is(argumentProblem('kv', ['--mode', 'smc']), '--mode takes raft, ordered, not "smc"');
+  t.is(argumentProblem('kv', ['--storage', 'LmdbStorage']), '--storage takes file, lmdb, not "LmdbStorage"');
+  t.is(argumentProblem('multicast', ['--mib', 'three']), '--mib takes a whole number of rounds (at least 1), not "three"');
+  t.is(argumentProblem('multicast', ['--mib', '0']), '--mib takes a whole number of rounds (at least 1), not "0"');
+  t.is(argumentProblem('multicast', ['--warmup', '-1']), '--warmup takes a whole number of messages per member (at least 0), not "-1"');
+  t.is(argumentProblem('multicast', ['--warmup', '1.5']), '--warmup takes a whole number of messages per member (at least 0), not "1.5"');
+  t.is(argumentProblem('membership', ['--state-mb', '0']), '--state-mb takes a number of MB above 0, not "0"');
+  t.is(argumentProblem('membership', ['--reps', 'x']), '--reps takes a whole number of runs (at least 1), not "x"');
+  for (const [suite, args] of [
+    ['raft', ['--fsync', 'on', '--pin', '0,0,1', '--transport', 'memory']], ['multicast', ['--warmup', '0', '--mib']],
+    ['membership', ['--state-mb', '2.5']], ['kv', ['--storage', 'lmdb']],
+  ] as const) {
+    t.is(argumentProblem(suite, args), undefined, `${suite} ${args.join(' ')}`);
+  }
+});
+
 test('bench options: every suite file has an entry', async (t) => {
   const { readdirSync } = await import('node:fs');
   const { fileURLToPath } = await import('node:url');
