@@ -1,10 +1,15 @@
-/** One benchmark result line; `ratios` is value divided by each baseline of the same unit. */
+/**
+ * One benchmark result line; `ratios` is value divided by each baseline of the same unit. A
+ * baseline is in the line's unit unless `baselineUnits` names another (a throughput line beside a
+ * round trip in us): no ratio is printed for it.
+ */
 export interface BenchLine {
   suite: string;
   case: string;
   value: number;
   unit: string;
   baselines?: Record<string, number>;
+  baselineUnits?: Record<string, string>;
   ratios?: Record<string, number>;
   [extra: string]: unknown;
 }
@@ -15,7 +20,8 @@ export function report(line: BenchLine): void {
   if (out.baselines && !out.ratios) {
     out.ratios = {};
     for (const [name, base] of Object.entries(out.baselines)) {
-      if (base > 0) out.ratios[name] = Number((out.value / base).toFixed(3));
+      const unit = out.baselineUnits?.[name] ?? out.unit;
+      if (base > 0 && unit === out.unit) out.ratios[name] = Number((out.value / base).toFixed(3));
     }
   }
   console.log(JSON.stringify(out));
