@@ -1,11 +1,21 @@
 /**
- * `squall inspect --data <dir> --app <module.js>`: reads a node's LMDB store offline (the node
- * must be stopped) and prints every replicated object's persistent fields with their version
- * ranges and times; with --object, --field and one of --version/--index/--time, the field's
- * value at that point. The app module supplies the classes, so each field is decoded with its
- * own codec (delta-mode fields such as PersistentMap need theirs).
+ * `squall inspect --data <dir> --app <module.js>`: reads a node's LMDB store and prints every
+ * replicated object's persistent fields with their version ranges and times; with --object,
+ * --field and one of --version/--index/--time, the field's value at that point. The app module
+ * supplies the classes, so each field is decoded with its own codec (delta-mode fields such as
+ * PersistentMap need theirs).
+ *
+ * It reads a copy, never the node's files in place, so the node may be running: opening the
+ * store there would write to it (and with a write-ahead log, persistence.write_ahead_log, fold
+ * the log into LMDB and delete it under the node). The copy takes the log's files first, if
+ * any, then LMDB's snapshot (lmdb-js backup, consistent under a writer): the node hands LMDB the
+ * log's frames in order and deletes a file only once LMDB holds it durably, so the snapshot holds
+ * a prefix of the log's frames and every frame of a file that went before it was copied;
+ * replaying the copied frames over it (idempotent: store.ts replayLog) gives the state after the
+ * later of the two.
  */
-import { existsSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { open } from 'lmdb';
@@ -62,20 +72,17 @@ async function runInspect(args: string[], io: CliIo): Promise<number> {
   if (!dataDir) throw new UsageError('--data <dir> is required');
   if (!appPath) throw new UsageError('--app <module.js> is required (it supplies the classes and their codecs)');
   if (!existsSync(join(dataDir, STORE_FILE))) throw new UsageError(`${dataDir} holds no ${STORE_FILE}`);
-  // Opening the store would replay a write-ahead log into LMDB and delete it: under a running
-  // node (persistence.write_ahead_log) that loses what the node writes next.
-  const logs = walFileNames(dataDir);
-  if (logs.length > 0) {
-    throw new UsageError(
-      `${dataDir} holds a write-ahead log (${logs.join(', ')}): its node is running, or stopped without a clean close. ` +
-        'Stop the node (or start it and stop it cleanly: a clean close folds the log into LMDB and deletes it), then inspect',
-    );
-  }
   const app = await loadApp(appPath);
   const classes = new Map(app.types.map((t) => [replicatedClassInfo(t).name, replicatedClassInfo(t)]));
-  const fields = storedFields(dataDir);
-  const store = PersistenceStore.open({ dataDir, syncMode: 'buffered' });
+  const copy = await snapshot(dataDir);
+  let store: PersistenceStore | undefined;
   try {
+    // Durable: the copy's store replays the copied log (a replay is a synced commit).
+    store = PersistenceStore.open({ dataDir: copy.dir, syncMode: 'durable' });
+    const fields = storedFields(copy.dir);
+    if (copy.logs.length > 0) {
+      io.out(`${dataDir} holds a write-ahead log (${copy.logs.join(', ')}): its ${store.walStats.replayedFrames} frame(s) replayed over the snapshot`);
+    }
     io.out(`${join(dataDir, STORE_FILE)}: ${fields.size} object(s)`);
     for (const [registryName, names] of fields) {
       const info = classes.get(registryName.split('/')[0]!);
@@ -124,21 +131,56 @@ async function runInspect(args: string[], io: CliIo): Promise<number> {
       io.out(`  ${fieldName} at ${where}: ${inspect(shown, { depth: 4, maxArrayLength: 50, breakLength: 100 })}`);
     }
   } finally {
-    await store.close();
+    await store?.close();
+    rmSync(copy.dir, { recursive: true, force: true });
   }
   return 0;
 }
 
+/**
+ * A copy of `dataDir`'s write-ahead log files, if any, then of its LMDB (in that order: see the
+ * header), in a new temporary directory. A log file the node deleted between the listing and the
+ * copy is skipped (LMDB held it before it went).
+ */
+async function snapshot(dataDir: string): Promise<{ dir: string; logs: string[] }> {
+  const logs = walFileNames(dataDir);
+  const dir = mkdtempSync(join(tmpdir(), 'squall-inspect-'));
+  try {
+    const copied: string[] = [];
+    for (const name of logs) {
+      try {
+        copyFileSync(join(dataDir, name), join(dir, name));
+        copied.push(name);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      }
+    }
+    const live = open({ path: join(dataDir, STORE_FILE), readOnly: true });
+    try {
+      await live.backup(join(dir, STORE_FILE), false);
+    } finally {
+      await live.close();
+    }
+    return { dir, logs: copied };
+  } catch (error) {
+    rmSync(dir, { recursive: true, force: true });
+    throw error;
+  }
+}
+
 export const inspectCommand: Command = {
-  summary: "read a stopped node's LMDB store: objects, fields, versions, a field's value at a point",
+  summary: "read a node's LMDB store: objects, fields, versions, a field's value at a point",
   usage: `usage: squall inspect --data <dir> --app <module.js> [--object <Type/subgroup/shard>]
                       [--field <name> [--version <view:position> | --index <i> | --time <iso|µs>]]
 
-Opens the node's store (persistence.data_dir; stop the node first) and lists each replicated
+Reads a snapshot of the node's store (persistence.data_dir), so the node may be running, and lists each replicated
 object ("Type/subgroup/shard") with its persistent fields: how many versions are kept, the first
 and last version and their HLC times. With --field, also prints the field's value at a version
 (the newest at or below it), an index (-1 is the latest) or a time (the newest version stamped at
 or before it); the latest value without one of them. The app module supplies the classes, so
-each field is decoded with its own codec. Exit status: 0 done, 1 a read failed, 2 bad arguments.`,
+each field is decoded with its own codec. The snapshot goes to the system's temporary directory
+(as much space as the store's used pages) and is deleted afterwards; a write-ahead log in the
+data dir (persistence.write_ahead_log) is copied first and replayed over it. The node's files
+are not changed. Exit status: 0 done, 1 a read failed, 2 bad arguments.`,
   run: runInspect,
 };
