@@ -19,7 +19,7 @@
 // (d) The same retry through a member whose core has moved on to the view that let the node in
 //     anew but which is still installing it (its history ends before): 'pending', with no
 //     removal; welcomed once that member installed the view.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { Packr } from 'msgpackr';
 import { nodeId } from '../../src/core/ids.js';
 import { decodeView, type View } from '../../src/membership/view.js';
@@ -99,6 +99,22 @@ const describe = (reply: JoinReply): string => {
 };
 const installed = (n: LocalNode, id: number, withSix: boolean): boolean =>
   n.views.some((v) => v.id === id && v.isMember(SIX) === withSix);
+
+/** `p` joins through `via`, speaks to every member in view 1 (so each knows it, and it records view 1), then dies. */
+async function letInThenGone(t: ExecutionContext, p: RawProcess, via: LocalNode, nodes: readonly LocalNode[]): Promise<void> {
+  t.is((await p.ask(via)).t, 'pending');
+  p.speakTo(nodes);
+  await waitFor('view 1 with node 6 installed everywhere', () => nodes.every((n) => installed(n, 1, true)));
+  await waitFor('every member heard node 6 speak', () => nodes.every((n) => p.heardBy.has(Number(n.id))));
+  await p.stop();
+}
+
+/** `p` (restarted over node 6's data dir) asks `via`: view 2 removes its earlier process; it asks again (let in anew). */
+async function removedThenAskedAgain(t: ExecutionContext, p: RawProcess, via: LocalNode, nodes: readonly LocalNode[]): Promise<void> {
+  t.is((await p.ask(via)).t, 'pending');
+  await waitFor('view 2 without node 6 installed everywhere', () => nodes.every((n) => installed(n, 2, false)));
+  t.is((await p.ask(via)).t, 'pending');
+}
 
 test.serial('a join retry: welcomed by the member that let the process in or heard it; a new process without a record waits for the removal and joins anew', async (t) => {
   t.timeout(60_000);
@@ -185,19 +201,13 @@ test.serial('a join retry with a record: a node restarted over its data dir, let
     await Promise.all(nodes.map((n) => n.driver.start()));
     // Node 6's first process joins through node 1 and speaks to every member in view 1 (which
     // it records), then dies.
-    t.is((await p1.ask(n1)).t, 'pending');
-    p1.speakTo(nodes);
-    await waitFor('view 1 with node 6 installed everywhere', () => nodes.every((n) => installed(n, 1, true)));
-    await waitFor('every member heard node 6 speak', () => nodes.every((n) => p1.heardBy.has(Number(n.id))));
-    await p1.stop();
+    await letInThenGone(t, p1, n1, nodes);
 
     // Restarted over its data dir (record: view 1) at the same address, it asks node 1: its earlier
     // process is removed, and the next ask lets it in anew.
     const p2 = new RawProcess(e6, 'p2', 1);
-    t.is((await p2.ask(n1)).t, 'pending');
-    await waitFor('view 2 without node 6 installed everywhere', () => nodes.every((n) => installed(n, 2, false)));
+    await removedThenAskedAgain(t, p2, n1, nodes);
     t.deepEqual(n2.views.find((v) => v.id === 2)!.failed, [SIX]);
-    t.is((await p2.ask(n1)).t, 'pending');
     await waitFor('view 3 with node 6 installed everywhere', () => nodes.every((n) => installed(n, 3, true)));
     t.true(n1.driver.current().joined.includes(SIX));
 
@@ -244,16 +254,9 @@ test.serial('a join retry with a record through a member still installing the vi
   const p2 = new RawProcess(e6, 'p2', 1);
   try {
     await Promise.all(nodes.map((n) => n.driver.start()));
-    t.is((await p1.ask(n1)).t, 'pending');
-    p1.speakTo(nodes);
-    await waitFor('view 1 with node 6 installed everywhere', () => nodes.every((n) => installed(n, 1, true)));
-    await waitFor('every member heard node 6 speak', () => nodes.every((n) => p1.heardBy.has(Number(n.id))));
-    await p1.stop();
-
+    await letInThenGone(t, p1, n1, nodes);
     // Restarted over its data dir (record: view 1): removed in view 2, let in anew in view 3.
-    t.is((await p2.ask(n1)).t, 'pending');
-    await waitFor('view 2 without node 6 installed everywhere', () => nodes.every((n) => installed(n, 2, false)));
-    t.is((await p2.ask(n1)).t, 'pending');
+    await removedThenAskedAgain(t, p2, n1, nodes);
     const others = nodes.filter((n) => n !== n2);
     await waitFor('view 3 with node 6 installed by nodes 1, 3-5', () => others.every((n) => installed(n, 3, true)));
     await waitFor('node 2 holding its install of view 3', () => holding && n2.driver.current().id === 3);
