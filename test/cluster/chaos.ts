@@ -2,6 +2,7 @@
  * `npm run chaos -- --minutes N [--seed S] [--runs K] [--scenario kv|rpc|all] [--fault-seconds F]
  *                  [--network auto|netns|loopback] [--encryption auto|on|off] [--restart-check]
  *                  [--faults kill,kill-leader,pause,loss,quiet,leave,partition]
+ *                  [--persistence nosync|durable|wal]
  *                  [--verbose]`
  *
  * Runs the fault scenarios back to back for N minutes (fractions allowed), alternating between
@@ -9,8 +10,11 @@
  * N failed` naming the seeds that failed. A failed seed reruns the same fault schedule with
  * `--scenario NAME --seed S --runs 1`. Exit status 1 if any run failed. `--restart-check` turns
  * on the kv scenario's "every acknowledged write survives a total restart" check.
+ * `--persistence` sets the kv nodes' persistence: `nosync` (the default; the OS flushes, which a
+ * SIGKILL does not undo), `durable` (LMDB's synced commits) or `wal` (durable through the
+ * write-ahead log, replayed at each restart after a kill -9).
  */
-import { KV_FAULT_KINDS, kvChaos, type KvFaultKind } from './scenarios/kv.js';
+import { KV_FAULT_KINDS, KV_PERSISTENCE, kvChaos, type KvFaultKind, type KvPersistence } from './scenarios/kv.js';
 import { transportRpc } from './scenarios/transport-rpc.js';
 import type { RunReport, Scenario, ScenarioOptions } from './scenario.js';
 
@@ -30,6 +34,8 @@ export interface ChaosOptions {
   restartCheck?: boolean;
   /** kv only: draw faults from these kinds (`--faults kill,leave,partition`). */
   faultKinds?: KvFaultKind[];
+  /** kv only: the nodes' persistence (`--persistence`; default nosync). */
+  persistence?: KvPersistence;
 }
 
 export async function runChaos(options: ChaosOptions, print: (line: string) => void): Promise<RunReport[]> {
@@ -41,14 +47,18 @@ export async function runChaos(options: ChaosOptions, print: (line: string) => v
   if (options.faultKinds && chosen.some((s) => s !== kvChaos)) {
     throw new Error('--faults chooses the kv scenario\'s faults: add --scenario kv');
   }
+  if (options.persistence && chosen.some((s) => s !== kvChaos)) {
+    throw new Error('--persistence sets the kv scenario\'s nodes: add --scenario kv');
+  }
   const deadline = Date.now() + options.minutes * 60_000;
   const reports: RunReport[] = [];
   for (let i = 0; i < options.runs && (i === 0 || Date.now() < deadline); i++) {
     const scenario = chosen[i % chosen.length]!;
     const log = options.verbose ? (line: string) => print(`  [${scenario.name} ${options.seed + i}] ${line}`) : () => undefined;
-    const runOptions: ScenarioOptions & { restartCheck?: boolean; faultKinds?: KvFaultKind[] } = {
+    const runOptions: ScenarioOptions & { restartCheck?: boolean; faultKinds?: KvFaultKind[]; persistence?: KvPersistence } = {
       faultMs: options.faultMs, log, network: options.network, encryption: options.encryption, restartCheck: options.restartCheck === true,
       ...(options.faultKinds ? { faultKinds: options.faultKinds } : {}),
+      ...(options.persistence ? { persistence: options.persistence } : {}),
     };
     const report = await scenario.run(options.seed + i, runOptions);
     reports.push(report);
@@ -107,7 +117,13 @@ function parse(argv: string[]): ChaosOptions {
     verbose: argv.includes('--verbose'),
     restartCheck: argv.includes('--restart-check'),
     ...(value('faults') !== undefined ? { faultKinds: faultKinds(value('faults')!) } : {}),
+    ...(value('persistence') !== undefined ? { persistence: persistence(value('persistence')!) } : {}),
   };
+}
+
+function persistence(text: string): KvPersistence {
+  if ((KV_PERSISTENCE as readonly string[]).includes(text)) return text as KvPersistence;
+  throw new Error(`--persistence must be ${KV_PERSISTENCE.join(', ')}, got ${text}`);
 }
 
 if (process.argv[1]?.endsWith('/chaos.js')) {

@@ -12,6 +12,8 @@ export interface RunReport {
   network: 'netns' | 'loopback';
   /** Whether the nodes sealed every packet. */
   encrypted?: boolean;
+  /** kv: the nodes' persistence when not the default nosync (`--persistence`). */
+  persistence?: string;
   passed: boolean;
   /** Each broken guarantee, in words, with enough detail to start debugging. */
   violations: string[];

@@ -2,7 +2,8 @@
 // --minutes N` runs more): five real node processes on the membership service under a fixed
 // seed's faults and a total restart from disk, then linearizability, p2p reads against the total order, acknowledged writes,
 // identical replicas and version histories, temporal reads, partition safety and no-crash
-// checks. A node broken on purpose (compare-and-set that ignores its expected value, alike on
+// checks; once more with the nodes' persistence durable through the write-ahead log (replayed
+// after each kill -9 and at the total restart). A node broken on purpose (compare-and-set that ignores its expected value, alike on
 // every replica, so only the history can tell) shows the checks can fail.
 import test from 'ava';
 import { NetLab } from '../cluster/netns.js';
@@ -17,6 +18,18 @@ test.serial('kv chaos: a fixed seed passes every check with faults injected', as
   t.true(report.passed);
   const injected = Object.entries(report.faults).filter(([kind]) => kind !== 'quiet');
   t.true(injected.length > 0, `faults injected: ${JSON.stringify(report.faults)}`);
+  t.true(report.operations > 200, `${report.operations} operations checked`);
+  t.is(report.faults['total-restart'], 1);
+});
+
+test.serial('kv chaos: the same faults with durable persistence through the write-ahead log (kill -9 and the total restart replay it)', async (t) => {
+  t.timeout(240_000);
+  const report = await kvChaos.run(4, {
+    faultMs: 2500, log: (l) => t.log(l), encryption: 'on', network: 'loopback', restartCheck: true, persistence: 'wal',
+  });
+  t.deepEqual(report.violations, []);
+  t.true(report.passed);
+  t.is(report.persistence, 'wal');
   t.true(report.operations > 200, `${report.operations} operations checked`);
   t.is(report.faults['total-restart'], 1);
 });

@@ -51,7 +51,13 @@ const checkerSteps = 3_000_000;
 export const KV_FAULT_KINDS = ['kill', 'kill-leader', 'pause', 'loss', 'quiet', 'leave', 'partition'] as const;
 export type KvFaultKind = (typeof KV_FAULT_KINDS)[number];
 
+/** The kv nodes' persistence: nosync (default), durable (LMDB's synced commits), wal (durable, write-ahead log). */
+export const KV_PERSISTENCE = ['nosync', 'durable', 'wal'] as const;
+export type KvPersistence = (typeof KV_PERSISTENCE)[number];
+
 export interface KvScenarioOptions extends ScenarioOptions {
+  /** The nodes' persistence (default nosync). */
+  persistence?: KvPersistence;
   /** Restart every node from disk at the end and check acknowledged writes again (needs #restart). */
   restartCheck?: boolean;
   /**
@@ -98,7 +104,7 @@ async function ask(p: ManagedProcess, command: string, answer: RegExp, timeoutMs
 export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions): Promise<RunReport> } = {
   name: 'kv',
   async run(seed, options: KvScenarioOptions) {
-    const { faultMs, log, nodeEnv, network = 'auto', encryption = 'auto' } = options;
+    const { faultMs, log, nodeEnv, network = 'auto', encryption = 'auto', persistence = 'nosync' } = options;
     const started = Date.now();
     const random = new SeededRandom(seed);
     const useNetns = network === 'netns' || (network === 'auto' && NetLab.available().ok);
@@ -168,7 +174,8 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
           '[transport]', ...(encrypted ? ['encryption = true', `key_file = ${JSON.stringify(keyFile)}`] : ['encryption = false']),
           `peer_failure_timeout_ms = ${failureTimeoutMs}`,
           '[timeouts]', `heartbeat_ms = ${heartbeatMs}`, `failure_timeout_ms = ${failureTimeoutMs}`,
-          '[persistence]', `data_dir = ${JSON.stringify(join(runDir, `node${nodeId}`))}`, 'reset = true', 'sync = "nosync"',
+          '[persistence]', `data_dir = ${JSON.stringify(join(runDir, `node${nodeId}`))}`, 'reset = true',
+          ...(persistence === 'nosync' ? ['sync = "nosync"'] : ['sync = "durable"', `write_ahead_log = ${persistence === 'wal'}`]),
           '[logging]', 'level = "warn"',
         ].join('\n');
         mkdirSync(join(runDir, `node${nodeId}`), { recursive: true });
@@ -558,6 +565,7 @@ export const kvChaos: Scenario & { run(seed: number, options: KvScenarioOptions)
       seed,
       network: useNetns ? 'netns' : 'loopback',
       encrypted,
+      ...(persistence !== 'nosync' ? { persistence } : {}),
       passed: violations.length === 0,
       violations: firstOfEachKind(violations, 3),
       faults,
