@@ -29,7 +29,9 @@ async function runStatus(args: string[], io: CliIo): Promise<number> {
   const { flags, overrides } = parseArgs(args, ['config', 'timeout-ms']);
   const configPath = flags.get('config');
   if (!configPath) throw new UsageError('--config <file> is required');
-  const timeoutMs = Number(flags.get('timeout-ms') ?? '2000');
+  const timeoutText = flags.get('timeout-ms') ?? '2000';
+  const timeoutMs = Number(timeoutText);
+  if (!/^\d+$/.test(timeoutText) || timeoutMs <= 0) throw new UsageError(`--timeout-ms takes a whole number of milliseconds above 0, not "${timeoutText}"`);
   const config = loadConfig(configPath, { env: io.env, args: overrides });
   const members = staticMembersFromConfig(config);
   const endpoint = await Endpoint.create(

@@ -115,4 +115,23 @@ test.serial('squall status prints the view, the layout with leaders, and every n
   t.regex(text, /^view 1: 0@127\.0\.0\.1:\d+, 1@/m);
   t.regex(text, /ClientTestTally subgroup 0 shard 0: members \[0, 1, 2\], leader 0, senders \[0, 1, 2\], mode ordered/);
   for (const node of [0, 1, 2]) t.regex(text, new RegExp(`node ${node} ClientTestTally/0/0: delivered 1:\\d+, persisted here 1:\\d+, persisted on all`));
+
+
+  // A listed member that does not answer is printed with why; none answering is exit 1.
+  const { freeUdpPorts } = await import('../../src/group/local.js');
+  const [dead] = await freeUdpPorts(1);
+  const withDead = join(dataRoot, 'status-dead.toml');
+  writeFileSync(withDead, `[node]\nport = ${port}\n[group]\nmembers = [${members}, "3@127.0.0.1:${dead}"]\n[transport]\nkey_file = ${keyFile}\n`);
+  const partly: string[] = [];
+  t.is(await main(['status', '--config', withDead, '--timeout-ms', '1000'], { out: (l) => partly.push(l), err: (l) => partly.push(l), env: {} }), 0, partly.join('\n'));
+  t.regex(partly.join('\n'), new RegExp(`node 3 \\(127\\.0\\.0\\.1:${dead}\\): unreachable: \\S`));
+  t.regex(partly.join('\n'), /node 0 ClientTestTally\/0\/0: delivered/);
+  const onlyDead = join(dataRoot, 'status-only-dead.toml');
+  writeFileSync(onlyDead, `[node]\nid = 3\nport = ${dead}\n[group]\nmembers = ["3@127.0.0.1:${dead}"]\n[transport]\nkey_file = ${keyFile}\n`);
+  const none: string[] = [];
+  t.is(await main(['status', '--config', onlyDead, '--timeout-ms', '1000'], { out: (l) => none.push(l), err: (l) => none.push(l), env: {} }), 1, none.join('\n'));
+  t.regex(none.join('\n'), /node 3 .*: unreachable/);
+  const bad: string[] = [];
+  t.is(await main(['status', '--config', file, '--timeout-ms', 'soon'], { out: (l) => bad.push(l), err: (l) => bad.push(l), env: {} }), 2);
+  t.regex(bad.join('\n'), /--timeout-ms takes a whole number of milliseconds above 0, not "soon"/);
 });
