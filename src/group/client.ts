@@ -27,7 +27,7 @@ import type { SquallConfig } from '../config/schema.js';
 import { decodeView, type View } from '../membership/view.js';
 import { Endpoint } from '../transport/native-transport.js';
 import type { TransportSession } from '../transport/transport.js';
-import { GroupClosedError, NotMemberError } from './errors.js';
+import { GroupClosedError, NoSuchShardError, NotMemberError } from './errors.js';
 import { staticMembersFromConfig } from './view-source.js';
 import { SessionCache } from '../transport/session-cache.js';
 import {
@@ -266,10 +266,11 @@ export class Client {
   }
 
   private shardLayout(typeName: string, index: number, shard: number) {
-    const layout = this.currentView.subgroup(typeName, index)?.shards[shard];
-    if (layout === undefined) {
-      throw new NotMemberError(nodeId(0), typeName, index, `(client) found no shard ${shard} in the layout; check the index`);
-    }
+    const subgroups = this.currentView.typeLayout(typeName)?.subgroups ?? [];
+    const subgroup = subgroups[index];
+    if (subgroup === undefined) throw new NoSuchShardError(typeName, index, undefined, subgroups.length);
+    const layout = subgroup.shards[shard];
+    if (layout === undefined) throw new NoSuchShardError(typeName, index, shard, subgroup.shards.length);
     return layout;
   }
 }

@@ -20,6 +20,28 @@ export class NotMemberError extends SquallError {
 }
 
 /**
+ * A subgroup index or shard index the layout does not have (a programmer error: the index passed
+ * to `group.subgroup(Type, index)`, `group.members` or `client.subgroup(Type, index, shard)`).
+ */
+export class NoSuchShardError extends SquallError {
+  readonly typeName: string;
+  readonly subgroupIndex: number;
+  readonly shardIndex: number | undefined;
+  /** `count`: how many subgroups the type has (shard undefined), or shards the subgroup has. */
+  constructor(typeName: string, subgroupIndex: number, shardIndex: number | undefined, count: number) {
+    super(
+      shardIndex === undefined
+        ? `${typeName} has no subgroup ${subgroupIndex} in the layout: it has ${count} (indexes 0 to ${count - 1}). Fix: pass a subgroup index below ${count}`
+        : `${typeName} subgroup ${subgroupIndex} has no shard ${shardIndex} in the layout: it has ${count} (indexes 0 to ${count - 1}). Fix: pass a shard index below ${count}`,
+      'NO_SUCH_SHARD',
+    );
+    this.typeName = typeName;
+    this.subgroupIndex = subgroupIndex;
+    this.shardIndex = shardIndex;
+  }
+}
+
+/**
  * An ordered call was made while an ordered call was running on this replica. Every replica
  * runs the outer call, so each would send the inner one again (n copies), and the outer call's
  * reply would depend on a delivery that comes later in the order. p2p calls are allowed there.

@@ -54,6 +54,7 @@ import type { Transport, TransportSession } from '../transport/transport.js';
 import {
   GroupClosedError,
   GroupStartError,
+  NoSuchShardError,
   NodeRemovedError,
   NotMemberError,
   OrderedCallInOrderedError,
@@ -941,7 +942,7 @@ export class Group {
   private subgroupLayout(typeName: string, index: number) {
     const subgroup = this.currentView.subgroup(typeName, index);
     if (subgroup === undefined) {
-      throw new NotMemberError(this.nodeId, typeName, index, 'found no such subgroup in the layout; check the index');
+      throw new NoSuchShardError(typeName, index, undefined, this.currentView.typeLayout(typeName)?.subgroups.length ?? 0);
     }
     return subgroup;
   }

@@ -4,7 +4,7 @@ export { QueryResults, type OrderedReceipt } from './query-results.js';
 export { type ReplicaContext, type ShardFrontier } from './replica.js';
 export { StaticViewSource, staticMembersFromConfig, type ViewSource, type ViewListener } from './view-source.js';
 export {
-  GroupClosedError, GroupStartError, NodeRemovedError, NotMemberError, OrderedCallInOrderedError, RelayedReplyUnavailableError,
+  GroupClosedError, GroupStartError, NoSuchShardError, NodeRemovedError, NotMemberError, OrderedCallInOrderedError, RelayedReplyUnavailableError,
   SubgroupInadequateError, AppliedByTransferError,
 } from './errors.js';
 export { hashKey } from './wire.js';

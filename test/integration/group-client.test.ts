@@ -12,6 +12,8 @@ import { join } from 'node:path';
 import {
   Client,
   Group,
+  NoSuchShardError,
+  NotMemberError,
   ORDERED_METHODS,
   P2P_METHODS,
   Persistent,
@@ -97,6 +99,31 @@ test.serial('when the relaying member does not answer, the client retries throug
     t.deepEqual(await Promise.all(result.replies.values()), [before + 2, before + 2, before + 2]);
   } finally {
     endpoint.injectFault({ restorePeer: groups[0]!.transport.address });
+  }
+});
+
+test.serial('Client.connect from a node config file; p2p to a node outside the shard and a shard the layout lacks are named errors', async (t) => {
+  const { loadConfig } = await import('../../src/config/load.js');
+  const { writeFileSync } = await import('node:fs');
+  const members = groups.map((g, i) => `"${i}@${g.transport.address}"`).join(', ');
+  const file = join(dataRoot, 'client.toml');
+  const keyFile = JSON.stringify(localGroupKeyFile(dataRoot));
+  writeFileSync(file, `[node]\nid = 0\nport = ${groups[0]!.transport.address.split(':')[1]}\n[group]\nmembers = [${members}]\n` +
+    `[transport]\nkey_file = ${keyFile}\nrequest_timeout_ms = 3000\n`);
+  const fromConfig = await Client.connect(loadConfig(file));
+  try {
+    t.deepEqual(fromConfig.view.memberIds, [0, 1, 2]);
+    const tally = fromConfig.subgroup(Tally);
+    const before = await tally.p2p(1).total();
+    const result = await tally.ordered.add(1);
+    t.deepEqual(await Promise.all(result.replies.values()), [before + 1, before + 1, before + 1]);
+    t.throws(() => tally.p2p(7), { instanceOf: NotMemberError, message: /node 7 is not in shard 0 of ClientTestTally subgroup 0/ });
+    t.throws(() => fromConfig.subgroup(Tally, 0, 3), {
+      instanceOf: NoSuchShardError, message: /ClientTestTally subgroup 0 has no shard 3 in the layout: it has 1 \(indexes 0 to 0\)\. Fix: pass a shard index below 1/,
+    });
+    t.throws(() => fromConfig.subgroup(Tally, 2), { instanceOf: NoSuchShardError, message: /ClientTestTally has no subgroup 2 in the layout: it has 1/ });
+  } finally {
+    await fromConfig.close();
   }
 });
 

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   Group,
+  NoSuchShardError,
   NotMemberError,
   ORDERED_METHODS,
   P2P_METHODS,
@@ -259,7 +260,7 @@ test.serial('members, shardOf, view, rank and shards describe the layout', (t) =
   t.is(g.view.id as number, 1);
   t.is(g.rank, 2);
   t.deepEqual(g.shards.map((s) => s.typeName), ['GroupTestCounter', 'GroupTestStamped', 'KvStore']);
-  t.throws(() => g.subgroup(KvStore, 1), { instanceOf: NotMemberError, message: /no such subgroup/ });
+  t.throws(() => g.subgroup(KvStore, 1), { instanceOf: NoSuchShardError, message: /KvStore has no subgroup 1 in the layout: it has 1 \(indexes 0 to 0\)\. Fix: pass a subgroup index below 1/ });
 });
 
 async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
