@@ -1,6 +1,8 @@
 // A shard replica's memory of relayed calls (src/group/replica.ts): replies are kept for the
 // ids the replicated table can still recognise as retries, and a client the table drops takes
 // its replies with it, so a long-running shard serving many short-lived clients stays bounded.
+// Also the replica's input checks: a delivery that is not an ordered call is dropped and counted;
+// a @persistent field without a Persistent fails the replica at start, naming the field.
 import 'reflect-metadata';
 import test from 'ava';
 import { encodeArguments } from '../../decorators/codec.js';
@@ -73,4 +75,35 @@ test('many clients: the table and the replies stay bounded, and a dropped client
   t.is((replica.object as Counter).n.value, before);
   deliver('client-0', 1);
   t.is((replica.object as Counter).n.value, before + 1);
+});
+
+test('a delivery that is not an ordered call is dropped and counted alike on every replica; the next call runs', (t) => {
+  const { replica, deliver, replies } = replicaOf('ReplicaRelay/2');
+  deliver('a', 1);
+  for (const garbage of [new Uint8Array(0), Uint8Array.from([0xff, 0x00, 0x13]), new TextEncoder().encode('not a call')]) {
+    replica.deliver({ sender: nodeId(1), version: makeVersion(viewId(1), 100 + garbage.length) as Version, timestamp: hlc(5000, 0), payload: garbage });
+  }
+  t.is(replica.counters.malformed, 3);
+  t.is(replica.counters.delivered, 1);
+  t.is(replies.length, 1, 'nothing answered for the dropped ones');
+  t.is((replica.object as Counter).n.value, 1);
+  deliver('a', 2);
+  t.is((replica.object as Counter).n.value, 2);
+  t.is(replica.counters.delivered, 2);
+});
+
+@replicated({ name: 'ReplicaPlainField' })
+class PlainField {
+  @persistent() n = 0 as unknown as Persistent<number>;
+  @ordered() inc(): void {}
+}
+
+test('a @persistent field that holds no Persistent after construction fails the replica at start, naming the field and the fix', (t) => {
+  const info = replicatedClassInfo(PlainField);
+  const error = t.throws(() => new ShardReplica(
+    info, 0, subgroupId(0), shardIndex(0), [nodeId(1)], memoryRegistry('ReplicaPlain/0'), nodeId(1),
+    { current: () => undefined as unknown as View, onView: () => undefined }, () => undefined, 'persistent',
+  ));
+  t.is(error?.name, 'DecoratorUsageError');
+  t.regex(error?.message ?? '', /PlainField\.n is @persistent but does not hold a Persistent<T> or Volatile<T> after construction\. Fix: initialise it/);
 });
