@@ -76,12 +76,17 @@ export interface ClientSubgroup<T> {
   p2p(node: NodeId | number): P2PApi<T>;
 }
 
-/** The relaying members could not take the call (all failed, or all refused). */
+/**
+ * The relaying members could not take the call (all failed, or all refused), or (`what` =
+ * 'view') no contact or member gave the client the view.
+ */
 export class RelayFailedError extends SquallError {
   constructor(what: string, tried: readonly string[], options?: { cause?: unknown }) {
+    // Each reason may end with its own "Fix: ….": joined without its final period.
+    const reasons = tried.map((reason) => reason.replace(/\.+$/, '')).join('; ');
     super(
-      `${what} could not be relayed into the shard: ${tried.join('; ')}. Fix: check that the ` +
-        `group's members are running and reachable from this client.`,
+      `${what === 'view' ? 'no contact or member gave the view' : `${what} could not be relayed into the shard`}: ${reasons}. ` +
+        'Fix: check that the group\'s members are running and reachable from this client.',
       'RELAY_FAILED',
       options,
     );
@@ -252,7 +257,7 @@ export class Client {
         problems.push(`${address}: ${(error as Error).message}`);
       }
     }
-    throw new RelayFailedError('learning the view', problems);
+    throw new RelayFailedError('view', problems);
   }
 
   private session(address: string): Promise<TransportSession> {

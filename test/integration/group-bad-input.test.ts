@@ -1,8 +1,10 @@
 // Bad input at a live group node (issue #11): a sealed 3-node group keeps serving while one node's
 // endpoint is flooded with random datagrams and header-shaped garbage (all dropped and counted);
+// while a peer holding the group key sends junk bodies on every request type Squall registers
+// (sealed and well-formed at the transport, nonsense to the layer above);
 // a client holding another group key, or none, is refused with the reason; and a node started on
 // a corrupt data directory is refused with an error naming the path and the fix.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import 'reflect-metadata';
 import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
@@ -12,7 +14,9 @@ import { join } from 'node:path';
 import { Client, Group, fixedEvenShards, oneSubgroup } from '../../src/index.js';
 import { localGroupConfigs, localGroupKeyFile } from '../../src/group/local.js';
 import { parseConfig } from '../../src/config/load.js';
-import { keyFileLine } from '../../src/transport/native-transport.js';
+import { Endpoint, keyFileLine } from '../../src/transport/native-transport.js';
+import { REQUEST_TYPES } from '../../src/transport/request-types.js';
+import { encodeMessage } from '../../src/core/codec.js';
 import { loadNativeAddon } from '../../src/transport/native-binding.js';
 import { KvStore } from '../../examples/kv-store/app.js';
 
@@ -66,6 +70,78 @@ test.serial('40,000 junk datagrams at a member are dropped and counted; the grou
   t.true(dropped > total * 0.5, `dropped ${dropped} of ${total} (the rest may still sit in the socket or were lost by the kernel)`);
   const digests = await Promise.all([0, 1, 2].map((n) => kv.p2p(n).stateDigest()));
   t.is(new Set(digests).size, 1, 'replicas agree after the flood');
+});
+
+/** Junk bodies for a request type: empty, random bytes, msgpack of odd values, a u32 prefix (mux group id) then noise. */
+function junkBodies(): Uint8Array[] {
+  const bodies: Uint8Array[] = [new Uint8Array(0)];
+  for (let i = 0; i < 20; i++) bodies.push(randomBytes(1 + ((i * 37) % 300)));
+  for (const value of [[1, 2, 3], { t: 'join', node: 9 }, 'text', 2 ** 60, [0, 0, 'put', []], [[]], null, { t: 'hb' }]) {
+    bodies.push(encodeMessage(value));
+  }
+  for (const group of [0, 1, 7, 0xffffffff]) {
+    const b = Buffer.alloc(4 + 40);
+    b.writeUInt32BE(group, 0);
+    randomBytes(40).copy(b, 4);
+    bodies.push(b);
+  }
+  return bodies;
+}
+
+/**
+ * Sends every junk body on every Squall request type to each of `targets` from a peer holding the
+ * group key; then the group must still serve: a put replied by all, persisted, equal digests.
+ */
+async function junkEveryType(t: ExecutionContext, targets: readonly Group[], keyFile: string): Promise<void> {
+  const peer = await Endpoint.create({ host: '127.0.0.1', port: 0, keyFile });
+  let answered = 0;
+  let failed = 0;
+  try {
+    for (const target of targets) {
+      const session = await peer.connect(target.transport.address);
+      for (const [name, type] of Object.entries(REQUEST_TYPES)) {
+        await Promise.all(junkBodies().map((body) => session.call(type, body, { timeoutMs: 1500 }).then(
+          () => { answered++; },
+          (error: Error) => {
+            failed++;
+            // A timeout (one-way types, dropped requests) or an error response is fine; a closed
+            // session would mean the node tore it down over a body.
+            t.notRegex(error.message, /closed|disconnected/i, `type ${name} (${type}): ${error.message}`);
+          },
+        )));
+      }
+    }
+  } finally {
+    await peer.close();
+  }
+  t.log(`answered ${answered}, failed or timed out ${failed}`);
+  t.true(answered > 0);
+  const kv = targets[targets.length - 1]!.subgroup(KvStore);
+  const results = kv.ordered.put('after-junk', 'served');
+  t.is((await results).size, 3, 'every member replied');
+  await results.persisted();
+  const members = targets.map((g) => g.nodeId);
+  const digests = await Promise.all(members.map((n) => kv.p2p(n).stateDigest()));
+  t.is(new Set(digests).size, 1, 'replicas agree after the junk');
+  t.is(await kv.p2p(members[0]!).get('after-junk'), 'served');
+}
+
+test.serial('junk bodies on every request type from a peer with the group key: answered or dropped, the group keeps serving', async (t) => {
+  await junkEveryType(t, groups, localGroupKeyFile(dataRoot));
+});
+
+test.serial('the same junk at a group on the membership service (its Raft log and view-change messages): it keeps serving', async (t) => {
+  t.timeout(60_000);
+  const root = join(dataRoot, 'membership');
+  const configs = await localGroupConfigs(3, { dataRoot: root, firstId: 1 });
+  const members = await Promise.all(configs.map((config) => Group.start(config, { types: [KvStore], layout, membership: true })));
+  try {
+    const viewBefore = members[0]!.view.id;
+    await junkEveryType(t, members, localGroupKeyFile(root));
+    t.true(members.every((g) => g.view.id === viewBefore), 'no view change: junk is no failure');
+  } finally {
+    await Promise.all(members.map((g) => g.close()));
+  }
 });
 
 test.serial('a client with another group key, or without one, is refused with the reason', async (t) => {
