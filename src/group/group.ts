@@ -459,8 +459,12 @@ export class Group {
       p2p: (node, options) => this.p2pProxy(info, replica.subgroupIndex, replica, nodeId(node), options),
       versions: <K extends keyof T & string>(field: K): T[K] => {
         if (!info.persistentFields.some((f) => f.fieldName === field)) {
-          throw new NotMemberError(this.nodeId, info.name, replica.subgroupIndex,
-            `asked for versions of ${info.name}.${field}, which is not a @persistent field,`);
+          const kept = info.persistentFields.map((f) => f.fieldName).join(', ') || 'none';
+          throw new SquallError(
+            `${info.name}.${field} is not a @persistent field, so it keeps no versions (the @persistent fields of ` +
+              `${info.name}: ${kept}). Fix: ask for one of those, or declare ${field} @persistent.`,
+            'NOT_PERSISTENT',
+          );
         }
         return (replica.object as Record<string, unknown>)[field] as T[K];
       },

@@ -260,6 +260,9 @@ test.serial('members, shardOf, view, rank and shards describe the layout', (t) =
   t.is(g.view.id as number, 1);
   t.is(g.rank, 2);
   t.deepEqual(g.shards.map((s) => s.typeName), ['GroupTestCounter', 'GroupTestStamped', 'KvStore']);
+  t.throws(() => g.subgroup(Counter).versions('peer'), {
+    code: 'NOT_PERSISTENT', message: /GroupTestCounter\.peer is not a @persistent field, so it keeps no versions \(the @persistent fields of GroupTestCounter: total\)\. Fix:/,
+  });
   t.throws(() => g.subgroup(KvStore, 1), { instanceOf: NoSuchShardError, message: /KvStore has no subgroup 1 in the layout: it has 1 \(indexes 0 to 0\)\. Fix: pass a subgroup index below 1/ });
 });
 
