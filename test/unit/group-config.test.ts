@@ -97,3 +97,10 @@ test('an unreachable member fails the start, naming it; old data is refused unle
   t.is(fresh.subgroup(Box).frontier().delivered, VERSION_NONE, 'reset: the old versions are gone');
   await fresh.close();
 });
+
+test('membership and a view source together are refused before anything starts, naming both', async (t) => {
+  const members = '[group]\nmembers = ["0@127.0.0.1:7000"]\n';
+  const viewSource = { current: () => undefined, onView: () => () => undefined } as unknown as NonNullable<Parameters<typeof Group.start>[1]['viewSource']>;
+  const keys = await problemKeys(Group.start(config(members), { types: [Box], layout, membership: true, viewSource }));
+  t.deepEqual(keys, ['membership']);
+});
