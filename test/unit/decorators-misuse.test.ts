@@ -12,8 +12,10 @@ import {
   ordered,
   p2p,
   persistent,
+  registerSerializable,
   replicated,
   replicatedClassInfo,
+  serializable,
 } from '../../decorators/index.js';
 
 interface Shape {
@@ -410,4 +412,28 @@ test('@ordered in a class without @replicated fails when its module finishes loa
     child.stderr,
     /DecoratorUsageError: Lonely has @ordered members but no @replicated decorator, so no replica will ever run them\. Fix: add @replicated\(\) above "class Lonely"\./,
   );
+});
+
+test('a serializable registration that cannot work is refused: a second name, a type no codec carries, a built-in, an anonymous class, a name taken', (t) => {
+  class Renamed {
+    a = 1;
+  }
+  registerSerializable(Renamed, { name: 'MisuseRenamedA' });
+  registerSerializable(Renamed, { name: 'MisuseRenamedA' }); // the same again: idempotent
+  usage(t, () => registerSerializable(Renamed, { name: 'MisuseRenamedB' }),
+    'Renamed is already serializable as "MisuseRenamedA", not "MisuseRenamedB". Fix: register it once, before it is used as a parameter type.');
+  usage(t, () => registerSerializable(WeakMap as never), 'WeakMap cannot be serialized: a WeakMap cannot be enumerated. Fix: remove the registration.');
+  usage(t, () => registerSerializable(Map as never), 'Map is a built-in type; the codec handles it without registration. Fix: remove the registration.');
+  usage(t, () => registerSerializable((() => class {})() as never), /an anonymous class cannot be serialized: it has no name to send\. Fix: name the class/);
+  usage(t, () => {
+    @serializable({ name: 'MisuseTaken' })
+    class First {
+      a = 1;
+    }
+    @serializable({ name: 'MisuseTaken' })
+    class Second {
+      b = 2;
+    }
+    return [First, Second];
+  }, /two serializable classes are named "MisuseTaken" \(First and Second\).*Fix: give one a stable name/);
 });
