@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { open } from 'lmdb';
 import { Packr } from 'msgpackr';
 import { hlc, HLC_MAX } from '../../src/core/hlc.js';
+import { ConfigError } from '../../src/core/errors.js';
 import { makeVersion, viewId, VERSION_NONE } from '../../src/core/ids.js';
 import { FIELD_HOOKS, fieldHooksOf } from '../../decorators/field-hooks.js';
 import {
@@ -209,6 +210,26 @@ test('a data dir written by something else is refused as foreign', async (t) => 
   const store = PersistenceStore.open({ dataDir, reset: true });
   await store.close();
   await t.notThrowsAsync(async () => (await PersistenceStore.open({ dataDir })).close());
+});
+
+test('a store of another format version is refused as foreign, naming both markers', async (t) => {
+  const dataDir = tempDir(t, 'future');
+  await (await PersistenceStore.open({ dataDir })).close();
+  const env = open({ path: join(dataDir, 'squall.mdb'), maxDbs: 4 });
+  const meta = env.openDB('squall.meta', {});
+  await meta.put('format', { magic: 'squall-persistence', formatVersion: 2 });
+  await env.close();
+  const error = t.throws(() => PersistenceStore.open({ dataDir }), { instanceOf: ForeignDataDirError });
+  t.regex(error!.message, /marker \{"magic":"squall-persistence","formatVersion":2\}, expected \{"magic":"squall-persistence","formatVersion":1\}/);
+});
+
+test('bad store options are refused together, each by its key, before anything is opened', (t) => {
+  const error = t.throws(() => PersistenceStore.open({
+    dataDir: '', mapSizeBytes: 1000, walSync: 'later' as never, syncMode: 'maybe' as never, lmdbBatchMs: -1, walFileBytes: 100,
+  }), { instanceOf: ConfigError });
+  t.deepEqual(error!.problems.map((p) => p.key), [
+    'persistence.dataDir', 'persistence.mapSizeBytes', 'persistence.walSync', 'persistence.syncMode', 'persistence.lmdbBatchMs', 'persistence.walFileBytes',
+  ]);
 });
 
 test('a corrupt data file is refused with CorruptDataDirError', (t) => {
