@@ -140,6 +140,7 @@ test('bad keys throw BAD_KEY errors that say what to fix', async (t) => {
   await bad({ key: 'squall-key v1 1 abcd\n' }, /key text line 1.*Fix/);
   await bad({ key: 'squall-key v1 1 ' + '00'.repeat(32) + '\n' }, /zero/);
   await bad({ keyFile: '/nonexistent/group.key' }, /cannot read the group key file \/nonexistent\/group\.key/);
+  await bad({ keyFile: '/nonexistent/group.key', key: keyText }, /both keyFile and key were given\. Fix: pass one of them/);
   const plain = await open(t, {});
   t.false(plain.encrypted, 'no key and no encryption option: plaintext (the config layer requires a key)');
   const off = await open(t, { key: keyText, encryption: false });
@@ -147,6 +148,9 @@ test('bad keys throw BAD_KEY errors that say what to fix', async (t) => {
   t.is(off.stats().encrypted, 0);
   await off.close();
   t.throws(() => plain.rotateKey(secret, 1000), { message: /does not encrypt/ });
+  const fromText = await open(t, { key: keyText });
+  t.throws(() => fromText.reloadKeyFile(1000), { code: 'BAD_KEY', message: /not created from a key file\. Fix: use rotateKey/ });
+  await fromText.close();
   await plain.close();
 });
 
