@@ -125,14 +125,9 @@ export interface MulticastDriverOptions {
   readonly callsInFlightPerPeerMax?: number;
   readonly frameBytesMax?: number;
   /**
-   * Bytes of frames outstanding per peer before new blocks wait (one frame always may go; SMC
-   * packets never wait for it). Default 2 MiB: two 1 MiB blocks in flight per link, so the next
-   * block is already on its way while the receiver's handler and response for the previous one
-   * run (with 1 MiB, one block at a time, each link sat idle for a round trip and two wake-ups
-   * per block: ~5-9 % more members' CPU per delivered 1 MiB message and ~1.7x the voluntary
-   * context switches, `--mib` probes 2026-11-22). Larger bursts per peer overflow loopback
-   * socket buffers (each loss costs a retransmission timeout) and, at 4 MiB, already drew ~2x
-   * the retransmission-timeout probes under load.
+   * Bytes of frames outstanding per peer before new packets wait (one frame always may go).
+   * The transport has no congestion control yet (issue #3): bursts of many MiB to one peer
+   * overflow loopback socket buffers, and each loss costs a retransmission timeout.
    */
   readonly bytesInFlightPerPeerMax?: number;
   /**
@@ -288,8 +283,6 @@ class MulticastMux {
 }
 
 const EARLY_FRAMES_MAX = 4096;
-/** MulticastDriverOptions.bytesInFlightPerPeerMax's default. */
-const BYTES_IN_FLIGHT_PER_PEER_DEFAULT = 2 * 1024 * 1024;
 /** Bytes of released assembled RDMC messages a driver keeps for the next ones (releaseReceived). */
 const ASSEMBLED_FREE_BYTES_MAX = 64 * 1024 * 1024;
 const muxes = new WeakMap<Transport, Map<RequestType, MulticastMux>>();
@@ -454,7 +447,7 @@ export class MulticastDriver {
     this.hlc = options.hlc ?? new HybridLogicalClock(this.clock);
     this.callsInFlightMax = options.callsInFlightPerPeerMax ?? 8;
     this.frameBytesMax = options.frameBytesMax ?? 256 * 1024;
-    this.bytesInFlightMax = options.bytesInFlightPerPeerMax ?? BYTES_IN_FLIGHT_PER_PEER_DEFAULT;
+    this.bytesInFlightMax = options.bytesInFlightPerPeerMax ?? 1024 * 1024;
     this.ownBytesUndeliveredMax = options.ownBytesUndeliveredMax ?? 16 * 1024 * 1024;
     this.heldPacketsMax = options.heldPacketsMax ?? 65_536;
     this.peerNotReadyTimeoutMs = options.peerNotReadyTimeoutMs ?? 30_000;
