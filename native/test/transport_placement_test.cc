@@ -334,6 +334,49 @@ TEST(transport_placement_guesses_point_past_what_was_received_and_a_body_elsewhe
   CHECK_EQ(server.stats().drops[static_cast<size_t>(DropReason::kStale)], stale + 2);
 }
 
+TEST(transport_placement_probes_after_guesses_outlast_receives_that_find_the_socket_empty) {
+  // After a batch with guesses, the next datagrams come one per receive (one of them may be the
+  // packet 0 the next guesses need) for a few batches. Receives that find the socket empty
+  // (every readable turn ends with one) must not use those probes up: after 20 empty turns,
+  // three datagrams still come one by one.
+  SocketPair pair;
+  if (!pair.ok()) return;
+  std::vector<uint8_t> message(3000, 0);
+  Header guessed;
+  guessed.dest_session = 7;
+  guessed.message_bytes = 3000;
+  guessed.request_number = 42;
+  guessed.packet_number = 1;
+  int plans = 0;
+  size_t placed = 0;
+  pair.receiver->SetPlacement(
+      [&](std::span<ReceivePlacement> out) -> size_t {
+        if (plans++ > 0 || out.empty()) return 0;
+        Encode(guessed, out[0].header);
+        out[0].body = message.data() + 1000;
+        out[0].body_bytes = 1000;
+        return 1;
+      },
+      [&](const PeerAddress&, std::span<const uint8_t>, std::span<const uint8_t>) { ++placed; });
+  pair.Send(Packet(guessed, Pattern(1000, 1)));
+  size_t plain = 0;
+  pair.ReceiveUntil([&] { return placed == 1; }, [&](std::span<const uint8_t>) { ++plain; });
+  CHECK_EQ(placed, 1u);
+  for (int turn = 0; turn < 20; ++turn) {
+    pair.receiver->Receive([&](const PeerAddress&, std::span<const uint8_t>) { ++plain; }, 64);
+  }
+  CHECK_EQ(plain, 0u);
+  Header other = guessed;
+  other.request_number = 43;
+  for (int i = 0; i < 3; ++i) pair.Send(Packet(other, Pattern(500, static_cast<uint8_t>(i))));
+  const uint64_t calls = pair.receiver->stats().receive_calls;
+  const uint64_t probes = pair.receiver->stats().placement_probes;
+  pair.ReceiveUntil([&] { return plain == 3; }, [&](std::span<const uint8_t>) { ++plain; });
+  CHECK_EQ(plain, 3u);
+  CHECK_EQ(pair.receiver->stats().placement_probes - probes, 3u);
+  CHECK(pair.receiver->stats().receive_calls - calls >= 3);
+}
+
 TEST(transport_placement_a_socket_that_never_guesses_receives_in_full_batches) {
   // A planner that never guesses (small messages, large responses, an encrypting endpoint):
   // large datagrams are received in full batches as before, not one by one.
