@@ -205,6 +205,18 @@ TEST(transport_placement_guessing_backs_off_when_it_keeps_missing) {
   CHECK(pair.receiver->stats().placement_misses <= 80);
 }
 
+namespace {
+// The header the socket-level tests guess: packet 1 of request 42 (3,000 bytes) on session 7.
+Header GuessedPacket1() {
+  Header h;
+  h.dest_session = 7;
+  h.message_bytes = 3000;
+  h.request_number = 42;
+  h.packet_number = 1;
+  return h;
+}
+}  // namespace
+
 TEST(transport_placement_a_datagram_of_another_message_is_made_whole_before_it_is_handled) {
   // Socket level: guesses for two datagrams; the first is of the guessed message (placed, its
   // body where the guess said), the second is not and is longer than the guessed body (its bytes
@@ -212,11 +224,7 @@ TEST(transport_placement_a_datagram_of_another_message_is_made_whole_before_it_i
   SocketPair pair;
   if (!pair.ok()) return;
   std::vector<uint8_t> message(3000, 0xEE);
-  Header guessed;
-  guessed.dest_session = 7;
-  guessed.message_bytes = 3000;
-  guessed.request_number = 42;
-  guessed.packet_number = 1;
+  const Header guessed = GuessedPacket1();
   int plans = 0;
   std::vector<std::pair<std::vector<uint8_t>, const uint8_t*>> placed;  // body bytes, where
   std::vector<std::vector<uint8_t>> plain;
@@ -342,11 +350,7 @@ TEST(transport_placement_probes_after_guesses_outlast_receives_that_find_the_soc
   SocketPair pair;
   if (!pair.ok()) return;
   std::vector<uint8_t> message(3000, 0);
-  Header guessed;
-  guessed.dest_session = 7;
-  guessed.message_bytes = 3000;
-  guessed.request_number = 42;
-  guessed.packet_number = 1;
+  const Header guessed = GuessedPacket1();
   int plans = 0;
   size_t placed = 0;
   pair.receiver->SetPlacement(
