@@ -173,6 +173,8 @@ test.serial('releaseReceived: received frames go back to the transport once deli
     t.deepEqual(changedWhileLent, [], 'no lent body written before its call settled');
     for (const [i, driver] of drivers.entries()) {
       t.true(driver.counters.assembledBuffersReused > 0, `member ${i + 1} assembled messages in recycled buffers`);
+      // Nothing more arrives: the kept buffers are let go after a few idle ticks.
+      t.true(await waitFor(() => driver.counters.assembledBuffersDropped > 0, 10_000), `member ${i + 1} let its kept buffers go`);
       const stats = native[i]!.stats();
       t.true(driver.counters.framesReleased > 0, `member ${i + 1} released frames`);
       t.is(stats.receiveReleasesIgnored, 0, 'every release named a frame on loan (none twice)');
