@@ -825,6 +825,7 @@ class NativeEndpoint : public Napi::ObjectWrap<NativeEndpoint> {
     set("udpBadBundles", u.bad_bundles);
     set("udpReceiveCalls", u.receive_calls);
     set("udpDatagramsPlaced", u.datagrams_placed);
+    set("udpPlacementProbes", u.placement_probes);
     set("udpPlacementMisses", u.placement_misses);
     set("udpPlacementBackoffs", u.placement_backoffs);
     set("udpKernelDrops", u.kernel_drops);

@@ -205,6 +205,18 @@ TEST(transport_placement_guessing_backs_off_when_it_keeps_missing) {
   CHECK(pair.receiver->stats().placement_misses <= 80);
 }
 
+namespace {
+// The header the socket-level tests guess: packet 1 of request 42 (3,000 bytes) on session 7.
+Header GuessedPacket1() {
+  Header h;
+  h.dest_session = 7;
+  h.message_bytes = 3000;
+  h.request_number = 42;
+  h.packet_number = 1;
+  return h;
+}
+}  // namespace
+
 TEST(transport_placement_a_datagram_of_another_message_is_made_whole_before_it_is_handled) {
   // Socket level: guesses for two datagrams; the first is of the guessed message (placed, its
   // body where the guess said), the second is not and is longer than the guessed body (its bytes
@@ -212,11 +224,7 @@ TEST(transport_placement_a_datagram_of_another_message_is_made_whole_before_it_i
   SocketPair pair;
   if (!pair.ok()) return;
   std::vector<uint8_t> message(3000, 0xEE);
-  Header guessed;
-  guessed.dest_session = 7;
-  guessed.message_bytes = 3000;
-  guessed.request_number = 42;
-  guessed.packet_number = 1;
+  const Header guessed = GuessedPacket1();
   int plans = 0;
   std::vector<std::pair<std::vector<uint8_t>, const uint8_t*>> placed;  // body bytes, where
   std::vector<std::vector<uint8_t>> plain;
@@ -332,6 +340,45 @@ TEST(transport_placement_guesses_point_past_what_was_received_and_a_body_elsewhe
   Encode(h, header);
   server.OnPlacedPacket(client, header, elsewhere, 5);
   CHECK_EQ(server.stats().drops[static_cast<size_t>(DropReason::kStale)], stale + 2);
+}
+
+TEST(transport_placement_probes_after_guesses_outlast_receives_that_find_the_socket_empty) {
+  // After a batch with guesses, the next datagrams come one per receive (one of them may be the
+  // packet 0 the next guesses need) for a few batches. Receives that find the socket empty
+  // (every readable turn ends with one) must not use those probes up: after 20 empty turns,
+  // three datagrams still come one by one.
+  SocketPair pair;
+  if (!pair.ok()) return;
+  std::vector<uint8_t> message(3000, 0);
+  const Header guessed = GuessedPacket1();
+  int plans = 0;
+  size_t placed = 0;
+  pair.receiver->SetPlacement(
+      [&](std::span<ReceivePlacement> out) -> size_t {
+        if (plans++ > 0 || out.empty()) return 0;
+        Encode(guessed, out[0].header);
+        out[0].body = message.data() + 1000;
+        out[0].body_bytes = 1000;
+        return 1;
+      },
+      [&](const PeerAddress&, std::span<const uint8_t>, std::span<const uint8_t>) { ++placed; });
+  pair.Send(Packet(guessed, Pattern(1000, 1)));
+  size_t plain = 0;
+  pair.ReceiveUntil([&] { return placed == 1; }, [&](std::span<const uint8_t>) { ++plain; });
+  CHECK_EQ(placed, 1u);
+  for (int turn = 0; turn < 20; ++turn) {
+    pair.receiver->Receive([&](const PeerAddress&, std::span<const uint8_t>) { ++plain; }, 64);
+  }
+  CHECK_EQ(plain, 0u);
+  Header other = guessed;
+  other.request_number = 43;
+  for (int i = 0; i < 3; ++i) pair.Send(Packet(other, Pattern(500, static_cast<uint8_t>(i))));
+  const uint64_t calls = pair.receiver->stats().receive_calls;
+  const uint64_t probes = pair.receiver->stats().placement_probes;
+  pair.ReceiveUntil([&] { return plain == 3; }, [&](std::span<const uint8_t>) { ++plain; });
+  CHECK_EQ(plain, 3u);
+  CHECK_EQ(pair.receiver->stats().placement_probes - probes, 3u);
+  CHECK(pair.receiver->stats().receive_calls - calls >= 3);
 }
 
 TEST(transport_placement_a_socket_that_never_guesses_receives_in_full_batches) {

@@ -16,7 +16,7 @@ import {
 } from './config.js';
 import { outgoingByRank, rdmcSchedule, type RdmcTransfer } from './rdmc-schedule.js';
 import { Fifo } from './fifo.js';
-import { RdmcTransferState } from './rdmc-transfer.js';
+import { RdmcTransferState, freshMessageBuffer, type MessageAllocator } from './rdmc-transfer.js';
 import { SenderStream, entryLength, type StoredEntry } from './sender-stream.js';
 import type {
   BlockPacket,
@@ -47,6 +47,11 @@ export interface MulticastCoreOptions {
    * before any tick() can move this member's time frontier past them (see README, "Re-sends").
    */
   readonly resend?: readonly ResendMessage[];
+  /**
+   * Where a received RDMC message of several blocks is assembled (RdmcTransferState; default: a
+   * fresh buffer each). The driver recycles the buffers of messages released to it.
+   */
+  readonly allocateMessage?: MessageAllocator;
 }
 
 export type SendResult =
@@ -138,6 +143,8 @@ export class MulticastCore {
   readonly mode: MulticastMode;
   readonly limits: MulticastLimits;
   readonly myRank: number;
+  /** MulticastCoreOptions.allocateMessage. */
+  private readonly allocateMessage: MessageAllocator;
   /** This member's index among the senders, or -1 for a non-sender. */
   readonly mySenderIndex: number;
   /** senderRanks[s] = member rank of sender index s. */
@@ -215,6 +222,7 @@ export class MulticastCore {
     this.mode = options.mode;
     this.limits = limits;
     this.myRank = myRank;
+    this.allocateMessage = options.allocateMessage ?? freshMessageBuffer;
     const senderRanks: number[] = [];
     const senderIndexOfRank: number[] = [];
     members.forEach((m, rank) => {
@@ -563,7 +571,7 @@ export class MulticastCore {
       const relativeRank = (this.myRank - originRank + this.members.length) % this.members.length;
       const blockCount = Math.ceil(packet.totalBytes / limits.blockBytes);
       const outgoing = this.outgoingFor(blockCount)[relativeRank]!;
-      const state = new RdmcTransferState(packet.totalBytes, limits.blockBytes, outgoing);
+      const state = new RdmcTransferState(packet.totalBytes, limits.blockBytes, outgoing, undefined, this.allocateMessage);
       const timestamp = packet.timestamp;
       transfer = { state, senderIndex: s, index: packet.index, originRank, timestamp };
       this.rdmc.set(key, transfer);

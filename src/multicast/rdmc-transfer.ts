@@ -11,10 +11,20 @@
  * the first block; relays forward views of that buffer, and the packet buffers are let go at
  * once. (It used to keep every block's packet until the last one and then copy them all into
  * a fresh buffer: the same one copy, but a 16 MiB message held 32 MiB, and the packets of
- * every transfer in flight stayed alive until their last block.)
+ * every transfer in flight stayed alive until their last block.) The message buffer comes from
+ * `allocate` (default: a fresh one); the multicast driver passes buffers of messages its
+ * application is done with (MulticastDriverOptions.releaseReceived), so a 16 MiB message no
+ * longer costs 16 MiB of freshly faulted pages.
  */
 import { assert } from '../core/assert.js';
 import type { RdmcTransfer } from './rdmc-schedule.js';
+
+/** Where a message of several blocks is assembled: `bytes` long, its content unspecified. */
+export type MessageAllocator = (bytes: number) => Uint8Array;
+
+/** A fresh buffer (not zero-filled: every byte is written by some block before it is read). */
+export const freshMessageBuffer: MessageAllocator = (bytes) =>
+  new Uint8Array(Buffer.allocUnsafeSlow(bytes).buffer, 0, bytes);
 
 export class RdmcTransferState {
   readonly totalBytes: number;
@@ -29,17 +39,20 @@ export class RdmcTransferState {
    * the message being assembled (a one-block message: that block).
    */
   private buffer: Uint8Array | null;
+  private readonly allocate: MessageAllocator;
 
   /**
    * `outgoing`: this member's transfers in step order (from `outgoingByRank`). `payload` is
    * given at the origin only; the state then holds every block and keeps the caller's buffer
-   * (the caller must not change it afterwards).
+   * (the caller must not change it afterwards). `allocate` gives a receiver's message buffer
+   * (several blocks only; it must be exactly `totalBytes` long and nobody else's any more).
    */
   constructor(
     totalBytes: number,
     blockBytes: number,
     outgoing: readonly RdmcTransfer[],
     payload?: Uint8Array,
+    allocate: MessageAllocator = freshMessageBuffer,
   ) {
     assert(totalBytes >= 1 && blockBytes >= 1, 'RDMC transfer needs bytes and a block size');
     this.totalBytes = totalBytes;
@@ -47,6 +60,7 @@ export class RdmcTransferState {
     this.blockCount = Math.ceil(totalBytes / blockBytes);
     this.outgoing = outgoing;
     this.present = new Uint8Array(this.blockCount);
+    this.allocate = allocate;
     if (payload !== undefined) {
       assert(payload.length === totalBytes, 'origin payload length matches totalBytes');
       this.buffer = payload;
@@ -75,8 +89,12 @@ export class RdmcTransferState {
     if (this.blockCount === 1) {
       this.buffer = bytes;
     } else {
-      // Not zero-filled: every byte is written by some block before message() can return it.
-      this.buffer ??= new Uint8Array(Buffer.allocUnsafeSlow(this.totalBytes).buffer, 0, this.totalBytes);
+      // Every byte is written by some block before message() can return it.
+      if (this.buffer === null) {
+        const buffer = this.allocate(this.totalBytes);
+        assert(buffer.byteLength === this.totalBytes, 'an allocated RDMC message buffer has the message\'s length');
+        this.buffer = buffer;
+      }
       this.buffer.set(bytes, block * this.blockBytes);
     }
     this.present[block] = 1;

@@ -15,6 +15,8 @@ const SETTLE_DELAY_MS = 30;
 
 /** Lent calls by the buffer of their body, not settled yet (as the driver sees them). */
 const open = new Map<ArrayBufferLike, number>();
+/** Lent bodies whose bytes changed before their call settled (the driver must never let that happen). */
+const changedWhileLent: string[] = [];
 
 /** `transport` whose sessions' lent calls settle SETTLE_DELAY_MS after the transport's answer. */
 function lateSettling(transport: Transport): Transport {
@@ -23,12 +25,15 @@ function lateSettling(transport: Transport): Transport {
       get: (s, p) => {
         if (p === 'callLent') {
           return async (...args: Parameters<NonNullable<TransportSession['callLent']>>) => {
-            const buffer = args[2].buffer;
+            const body = args[2];
+            const buffer = body.buffer;
+            const before = Buffer.from(body);  // a copy
             open.set(buffer, (open.get(buffer) ?? 0) + 1);
             try {
               return await s.callLent!(...args);
             } finally {
               await new Promise((resolve) => setTimeout(resolve, SETTLE_DELAY_MS));
+              if (!before.equals(body)) changedWhileLent.push(`${body.byteLength} bytes at ${body.byteOffset}`);
               const n = open.get(buffer)! - 1;
               if (n === 0) open.delete(buffer);
               else open.set(buffer, n);
@@ -150,7 +155,7 @@ test.serial('releaseReceived: received frames go back to the transport once deli
   );
   try {
     const perSender = 24;
-    const sizes = [100 * KIB, 1000, 300 * KIB, 100 * KIB];
+    const sizes = [100 * KIB, 1000, 300 * KIB, 100 * KIB, 300 * KIB];
     await Promise.all(drivers.map(async (driver, r) => {
       for (let i = 0; i < perSender; i++) await driver.send(taggedPayload(r + 1, i, sizes[(i + r) % sizes.length]!));
     }));
@@ -163,7 +168,13 @@ test.serial('releaseReceived: received frames go back to the transport once deli
     const detached = await waitFor(() => views.every((v) => v.byteLength === 0), 20_000);
     t.true(detached, `${views.filter((v) => v.byteLength === 0).length} of ${views.length} large payloads released`);
     t.deepEqual(problems, [], 'no frame released while a lent call sent from it');
+    // Buffers of 300 KiB messages (assembled from blocks) are recycled for later ones, never
+    // while a relay still sends from them.
+    t.deepEqual(changedWhileLent, [], 'no lent body written before its call settled');
     for (const [i, driver] of drivers.entries()) {
+      t.true(driver.counters.assembledBuffersReused > 0, `member ${i + 1} assembled messages in recycled buffers`);
+      // Nothing more arrives: the kept buffers are let go after a few idle ticks.
+      t.true(await waitFor(() => driver.counters.assembledBuffersDropped > 0, 10_000), `member ${i + 1} let its kept buffers go`);
       const stats = native[i]!.stats();
       t.true(driver.counters.framesReleased > 0, `member ${i + 1} released frames`);
       t.is(stats.receiveReleasesIgnored, 0, 'every release named a frame on loan (none twice)');

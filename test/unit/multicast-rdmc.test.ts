@@ -145,6 +145,31 @@ test('RDMC reassembly: blocks arriving out of order (and twice) are copied in pl
   t.is(state.message(), state.message(), 'one buffer');
 });
 
+test('RDMC reassembly: a message of several blocks is assembled in the buffer its allocator gives (a recycled one, old bytes overwritten)', (t) => {
+  const blockBytes = 1000;
+  const totalBytes = 2 * blockBytes + 10;
+  const payload = new Uint8Array(totalBytes).map((_, i) => (i * 7 + 1) & 0xff);
+  const recycled = new Uint8Array(totalBytes).fill(0xee);  // an earlier message's bytes
+  const asked: number[] = [];
+  const state = new RdmcTransferState(totalBytes, blockBytes, [], undefined, (bytes) => {
+    asked.push(bytes);
+    return recycled;
+  });
+  for (const block of [1, 2, 0]) {
+    const start = block * blockBytes;
+    state.receiveBlock(block, payload.slice(start, start + state.blockLength(block)));
+  }
+  t.deepEqual(asked, [totalBytes], 'asked once, for the message\'s length, at its first block');
+  t.is(state.message(), recycled);
+  t.deepEqual(state.message(), payload);
+  // A one-block message is its block: no buffer asked for.
+  const one = new RdmcTransferState(700, 1000, [], undefined, () => t.fail('allocated') as never);
+  t.true(one.receiveBlock(0, new Uint8Array(700)));
+  // A buffer of the wrong length is a bug of the allocator, caught at once.
+  const wrong = new RdmcTransferState(totalBytes, blockBytes, [], undefined, () => new Uint8Array(5));
+  t.throws(() => wrong.receiveBlock(0, payload.slice(0, blockBytes)), { message: /length/ });
+});
+
 test('RDMC reassembly: a one-block message is the received block itself (no copy)', (t) => {
   const bytes = new Uint8Array(700).fill(9);
   const state = new RdmcTransferState(700, 1000, []);

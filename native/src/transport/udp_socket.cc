@@ -27,7 +27,8 @@ constexpr size_t kErrorQuoteBytes = 1280;
 // failure consumes the error and drains the queue, so one retry is normally enough).
 constexpr int kReceiveErrorRetries = 4;
 // Receiving in place: after a batch with guesses, batches without one start with one datagram
-// alone until this many batches in a row had none (udp_socket.h).
+// alone until this many such batches in a row received one (udp_socket.h; a receive that found
+// the socket empty does not count).
 constexpr uint32_t kGuessQuietBatches = 16;
 // Receiving in place: if more than 1 in kPlacementMissShare of kPlacementWindow guessed datagrams
 // missed, the next kPlacementBackoffBatches receive batches guess nothing (udp_socket.h).
@@ -260,6 +261,7 @@ size_t UdpSocket::Receive(
     // Receiving in place (udp_socket.h, SetPlacement): guessed datagrams are received as
     // [header -> our buffer][body -> the guess's place][rest -> our buffer after the body's room].
     size_t planned = 0;
+    bool probe = false;
     if (plan_ && placement_backoff_ > 0) {
       --placement_backoff_;
     } else if (plan_) {
@@ -279,6 +281,7 @@ size_t UdpSocket::Receive(
         batches_since_guess_ = 0;
       } else if (batches_since_guess_ < kGuessQuietBatches) {
         want = 1;
+        probe = true;
         ++batches_since_guess_;
       }
     }
@@ -304,6 +307,11 @@ size_t UdpSocket::Receive(
     }
     ++stats_.receive_calls;
     const int got = recvmmsg(fd_, messages, static_cast<unsigned>(want), MSG_DONTWAIT, nullptr);
+    // A probe that got nothing (an empty socket ends every readable turn, or an error) must not
+    // use up the probes meant for the datagrams that come next: each turn's empty receive did,
+    // and after ~16 turns between two large messages the next one's packet 0 came in a full
+    // batch with its followers, all of them copied.
+    if (probe && got <= 0) --batches_since_guess_;
     if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
         error_retries < kReceiveErrorRetries) {
       // With IP_RECVERR every ICMP error also sets the socket's pending error, and the next
@@ -320,6 +328,7 @@ size_t UdpSocket::Receive(
       continue;
     }
     if (got <= 0) break;
+    if (probe) ++stats_.placement_probes;
     rx_items_.clear();
     rx_item_from_.clear();
     rx_item_body_.clear();

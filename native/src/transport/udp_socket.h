@@ -34,6 +34,7 @@ struct UdpStats {
   uint64_t datagrams_placed = 0;
   uint64_t placement_misses = 0;
   uint64_t placement_backoffs = 0;  // times too many misses turned guessing off for a while
+  uint64_t placement_probes = 0;    // one-datagram receives after guesses (that got one)
   uint64_t datagrams_sent = 0;
   uint64_t datagrams_pinned = 0;  // sent from the caller's bytes (SendPinned), not copied
   uint64_t bundled_packets = 0; // packets that shared a datagram with others
