@@ -832,7 +832,7 @@ export class RaftCore {
     const n = voters.length;
     if (n === 0) return false;
     const matches = this.matchScratch;
-    matches.length = n;
+    if (matches.length !== n) matches.length = n; // (a length store is a runtime call: only on a change)
     for (let i = 0; i < n; i++) {
       const id = voters[i]!;
       const match = id === this.id ? this.stableIndex : this.progress.get(id)?.match ?? 0;
