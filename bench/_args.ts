@@ -16,7 +16,7 @@ export const OPTIONS: Record<string, { readonly options: Record<string, OptionKi
   raft: {
     options: {
       quick: 'switch', transport: 'value', storage: 'value', fsync: 'value', profile: 'value',
-      threads: 'switch', processes: 'switch', 'in-process': 'switch', pin: 'value',
+      threads: 'switch', processes: 'switch', 'in-process': 'switch', pin: 'value', 'sched-batch': 'value',
     },
   },
   replica: { options: { quick: 'switch' } },
