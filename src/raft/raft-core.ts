@@ -950,7 +950,8 @@ export class RaftCore {
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i]!;
       if (this.log.term(e.index) === e.term) continue;
-      assert(e.index > this.commit, `conflict at ${e.index} at or below commit ${this.commit}`);
+      // (The message is built only on failure: this runs on every append a follower takes.)
+      if (e.index <= this.commit) assert(false, `conflict at ${e.index} at or below commit ${this.commit}`);
       // The message's own array when all of it is new (the usual case): no copy.
       this.truncateAndAppend(i === 0 ? entries : entries.slice(i));
       break;
