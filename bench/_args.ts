@@ -17,6 +17,8 @@ const whole = (min: number, what: string): Check => (v) =>
   (/^\d+$/.test(v) && Number(v) >= min ? undefined : `takes a whole number of ${what} (at least ${min}), not "${v}"`);
 /** A number above zero. */
 const positive = (what: string): Check => (v) => (Number(v) > 0 && Number.isFinite(Number(v)) ? undefined : `takes a number of ${what} above 0, not "${v}"`);
+/** Node numbers 1 to 3, comma-separated (the raft bench's nodes). */
+const nodeList: Check = (v) => (/^[123](,[123])*$/.test(v) ? undefined : `takes node numbers 1 to 3, comma-separated, like 2,3 (got "${v}")`);
 /** `count` CPU numbers, comma-separated. */
 const cpus = (count: number): Check => (v) =>
   (v.split(',').length === count && v.split(',').every((c) => /^\d+$/.test(c)) ? undefined : `takes ${count} CPU numbers, comma-separated, like 0,0,1 (got "${v}")`);
@@ -44,6 +46,7 @@ export const OPTIONS: Record<string, { readonly options: Record<string, OptionKi
       storage: { kind: 'value', check: oneOf('LmdbStorage', 'LogFileStorage', 'MemoryStorage') },
       fsync: { kind: 'value', check: oneOf('on', 'off') }, profile: 'value',
       threads: 'switch', processes: 'switch', 'in-process': 'switch', pin: { kind: 'value', check: cpus(3) },
+      'sched-batch': { kind: 'value', check: nodeList },
     },
   },
   replica: { options: { quick: 'switch' } },

@@ -1,7 +1,7 @@
 /**
  * `npm run bench -- raft [--quick] [--in-process | --threads] [--transport native|memory]
  * [--storage LmdbStorage|LogFileStorage|MemoryStorage] [--fsync on|off] [--profile <dir>]
- * [--pin <cpu>,<cpu>,<cpu>]`: a
+ * [--pin <cpu>,<cpu>,<cpu>] [--sched-batch <node>,...]`: a
  * 3-node Raft group, proposals of a 16-byte key + 64-byte value, measured at the leader from
  * propose() to applied:
  *   - commit latency p50/p99 with one proposal outstanding,
@@ -50,7 +50,13 @@
  * both at once, done at the first answer, is reported too: it depended on which follower came
  * first in the transport's batch, 18.7 vs 32.7 µs.) `--pin 0,0,1` (Linux `taskset`, all threads
  * of each node process; processes placement only) fixes the placement for a comparison with
- * less variance; the line then names it ("pin").
+ * less variance; the line then names it ("pin"). `--sched-batch 2,3` (Linux `chrt -b`, all threads
+ * of the nodes named; processes placement only) runs those nodes under SCHED_BATCH: their
+ * wake-ups no longer preempt the process that woke them (CFS wake-up preemption), so a
+ * follower's append does not interrupt the leader between its two sends and its own write, and
+ * with three processes on one vCPU the second follower's work stops landing inside every
+ * commit. It changes the scheduling, not the code: a comparison of placements (the line names
+ * it, "schedBatch"), not the default measurement (2026-11-22, raftwake: see src/raft/README.md).
  * `--transport native` runs over the native UDP transport on loopback (src/transport/
  * native-transport.ts, loaded dynamically so this file also builds where it is absent);
  * `--transport memory` over MemoryTransport (in-process only, setImmediate delivery). The default
@@ -220,13 +226,15 @@ async function threadedGroup(persist: Persist, ops: Ops): Promise<NodeResult> {
 }
 
 /** The default placement (also `--processes`): each node in its own child process (bench/_raft-node.ts over IPC). */
-async function processGroup(persist: Persist, ops: Ops, profileDir?: string, pin?: string[]): Promise<NodeResult> {
+async function processGroup(persist: Persist, ops: Ops, profileDir?: string, pin?: string[], schedBatch?: number[]): Promise<NodeResult> {
   const here = dirname(fileURLToPath(import.meta.url));
   const dirs = [1, 2, 3].map(() => mkdtempSync(join(tmpdir(), 'squall-bench-raft-')));
   const children = [1, 2, 3].map((id) => fork(join(here, '_raft-node.js'),
     [JSON.stringify({ id, dir: dirs[id - 1], ...nodeStorage(persist), ...ops, profileDir })], { stdio: 'inherit' }));
   // `--pin`: every thread of node i on CPU pin[i-1] (threads started later inherit it).
   pin?.forEach((cpu, i) => execFileSync('taskset', ['-a', '-p', '-c', cpu, String(children[i]!.pid)], { stdio: 'ignore' }));
+  // `--sched-batch`: every thread of those nodes under SCHED_BATCH (see the header).
+  schedBatch?.forEach((node) => execFileSync('chrt', ['-b', '-a', '-p', '0', String(children[node - 1]!.pid)], { stdio: 'ignore' }));
   const next = (c: ChildProcess): Promise<any> => new Promise((resolve, reject) => {
     c.once('message', resolve);
     c.once('exit', (code) => reject(new Error(`raft node exited with ${code}`)));
@@ -314,13 +322,21 @@ export async function run(args: string[]): Promise<void> {
   const placement = args.includes('--in-process') || transport !== 'native' ? 'in-process'
     : args.includes('--threads') ? 'threads' : 'processes';
   if (pin !== undefined && placement !== 'processes') throw new Error('--pin applies to the processes placement only');
+  // `--sched-batch 2,3`: those nodes' processes under SCHED_BATCH (processes only; see the header).
+  const batchAt = args.indexOf('--sched-batch');
+  const schedBatch = batchAt >= 0 ? args[batchAt + 1]?.split(',').map(Number) : undefined;
+  if (schedBatch !== undefined && (schedBatch.length === 0 || schedBatch.some((n) => ![1, 2, 3].includes(n)))) {
+    throw new Error(`--sched-batch takes node numbers 1 to 3, like --sched-batch 2,3 (got ${args[batchAt + 1]})`);
+  }
+  if (schedBatch !== undefined && placement !== 'processes') throw new Error('--sched-batch applies to the processes placement only');
   if (placement !== 'in-process') {
     // (`--processes` is accepted too: it is the default.)
     const ops = { latencyOps, throughputOps, warmupOps, sequentialWarmupOps };
     for (const persist of cases) {
-      const r = placement === 'threads' ? await threadedGroup(persist, ops) : await processGroup(persist, ops, profileDir, pin);
+      const r = placement === 'threads' ? await threadedGroup(persist, ops) : await processGroup(persist, ops, profileDir, pin, schedBatch);
       const { fsync, storage } = persist;
-      const genv = { ...env, placement, storage, fsync, load1: Number(loadavg()[0]!.toFixed(2)), ...(pin ? { pin: pin.join(',') } : {}) };
+      const genv = { ...env, placement, storage, fsync, load1: Number(loadavg()[0]!.toFixed(2)), ...(pin ? { pin: pin.join(',') } : {}),
+        ...(schedBatch ? { schedBatch: schedBatch.join(',') } : {}) };
       const lat = r.lat.sort((a, b) => a - b);
       // The floor here is the round trip between these processes (threads), measured by node 1
       // between the blocks of the commit-latency phase (bench/_raft-node.ts; the header: The

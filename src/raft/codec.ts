@@ -83,7 +83,9 @@ let poolView: DataView | undefined;
 
 /** Encodes one batch for the Raft group `groupId` (default 0: the membership log). */
 export function encodeMessages(messages: readonly Message[], groupId = 0): Uint8Array {
-  packedOther.length = 0;
+  // (Only when needed: a store to an array's length is a runtime call, and the commit path
+  // encodes only the binary kinds.)
+  if (packedOther.length !== 0) packedOther.length = 0;
   const n = messages.length;
   let bytes = BATCH_HEADER_BYTES;
   for (let i = 0; i < n; i++) bytes += encodedBytes(messages[i]!);
@@ -147,7 +149,7 @@ export function encodeMessages(messages: readonly Message[], groupId = 0): Uint8
       }
     }
   }
-  packedOther.length = 0;
+  if (nextOther !== 0) packedOther.length = 0;
   return out;
 }
 

@@ -75,7 +75,10 @@ export class RaftLog {
     if (entries.length === 0) return;
     const first = entries[0]!.index;
     if (first <= this.snapIndex || first > this.lastIndex() + 1) assert(false, `append at ${first} leaves a gap`);
-    this.entries.length = first - this.snapIndex - 1;
+    // Truncate only when something is overwritten: a store to an array's length is a runtime
+    // call even when it changes nothing (~1 % of a follower's samples per commit in the raft bench).
+    const keep = first - this.snapIndex - 1;
+    if (keep < this.entries.length) this.entries.length = keep;
     for (const e of entries) this.entries.push(e);
   }
 

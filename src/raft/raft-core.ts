@@ -832,7 +832,7 @@ export class RaftCore {
     const n = voters.length;
     if (n === 0) return false;
     const matches = this.matchScratch;
-    matches.length = n;
+    if (matches.length !== n) matches.length = n; // (a length store is a runtime call: only on a change)
     for (let i = 0; i < n; i++) {
       const id = voters[i]!;
       const match = id === this.id ? this.stableIndex : this.progress.get(id)?.match ?? 0;
@@ -950,7 +950,8 @@ export class RaftCore {
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i]!;
       if (this.log.term(e.index) === e.term) continue;
-      assert(e.index > this.commit, `conflict at ${e.index} at or below commit ${this.commit}`);
+      // (The message is built only on failure: this runs on every append a follower takes.)
+      if (e.index <= this.commit) assert(false, `conflict at ${e.index} at or below commit ${this.commit}`);
       // The message's own array when all of it is new (the usual case): no copy.
       this.truncateAndAppend(i === 0 ? entries : entries.slice(i));
       break;

@@ -32,6 +32,7 @@ import { NONE, type ConfChange, type Entry, type HardState, type Message, type R
 import {
   DEFERRED, type DeferredResponse, type RequestContext, type RequestType, type Transport, type TransportAddress, type TransportSession,
 } from '../transport/transport.js';
+import { ProposalQueue } from './raft-proposals.js';
 import { RequestMux } from './request-mux.js';
 import { REQUEST_TYPES } from '../transport/request-types.js';
 
@@ -80,6 +81,7 @@ export interface RaftDriverOptions {
 export type ProposalCallback = (error: Error | undefined, index: number) => void;
 
 interface PendingProposal {
+  index: number;
   term: number;
   done: ProposalCallback;
 }
@@ -106,7 +108,13 @@ export class RaftDriver {
    * were one more transport call per follower per commit: the raft bench's commits/s fell by
    * about a third); idle, the notice leaves one turn later.
    */
-  private readonly heldHeartbeats = new Map<number, Message>();
+  private readonly heldHeartbeats = new Map<number, Message | undefined>();
+  /**
+   * How many of `heldHeartbeats` hold one: a peer's key stays once set (undefined when none is
+   * held), as its set and delete on every commit made the Map rehash (allocate) every few
+   * dozen commits (about 1.6 % of what a leader allocated per commit, in the raft bench).
+   */
+  private heldCount = 0;
   private heldHeartbeatsTimer: ReturnType<typeof setImmediate> | undefined;
   /** A call's response (run by the transport synchronously with callWith: must not throw). */
   private readonly onReply = (response: Uint8Array): void => {
@@ -123,7 +131,8 @@ export class RaftDriver {
   private readonly decoded: Message[] = [];
   /** Per peer, the rejection handler of its calls and the session it is for (see sendNow). */
   private readonly sendFailures = new Map<number, { session: Promise<TransportSession>; failed: (e: unknown) => void }>();
-  private readonly proposals = new Map<number, PendingProposal>();
+  /** The proposals waiting to be applied, by index (a queue in index order: raft-proposals.ts). */
+  private readonly proposals = new ProposalQueue<PendingProposal>();
   private readonly reads = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly readsAwaitingApply: Array<{ index: number; resolve: () => void }> = [];
   /** Random start: ids must not repeat across restarts, or a late answer to a read of an
@@ -151,6 +160,8 @@ export class RaftDriver {
   private failure: Error | undefined;
   private readonly groupId: number;
   private readonly requestType: RequestType;
+  /** The transport's flush (Transport.flush), where it has one. */
+  private readonly flushTransport: (() => void) | undefined;
   private unregister: (() => void) | undefined;
   readonly counters = { readies: 0, flushes: 0, backgroundFlushes: 0, sends: 0, replies: 0, sendErrors: 0, decodeErrors: 0, applied: 0 };
 
@@ -158,6 +169,7 @@ export class RaftDriver {
     this.core = core;
     this.groupId = options.groupId ?? 0;
     this.requestType = options.requestType ?? RAFT_REQUEST_TYPE;
+    this.flushTransport = options.transport.flush?.bind(options.transport);
   }
 
   /** Loads state from storage, registers the transport handler and starts ticking. */
@@ -199,7 +211,7 @@ export class RaftDriver {
       done(e as Error, 0);
       return;
     }
-    this.proposals.set(r.index, { term: r.term, done });
+    this.proposals.set({ index: r.index, term: r.term, done });
     this.schedule();
   }
 
@@ -245,9 +257,8 @@ export class RaftDriver {
     if (this.timer) clearInterval(this.timer);
     this.unregister?.();
     const error = new RaftProposalError('not-leader', 0, 'the raft driver was closed');
-    for (const [index, p] of this.proposals) p.done(error, index);
+    for (const p of this.proposals.takeAll()) p.done(error, p.index);
     for (const r of this.reads.values()) r.reject(error);
-    this.proposals.clear();
     this.reads.clear();
     for (const s of this.sessions.values()) s.then((x) => x.close(), () => undefined);
     this.closeReplies();
@@ -264,7 +275,7 @@ export class RaftDriver {
     }
     this.schedule();
     return new Promise<number>((resolve, reject) => {
-      this.proposals.set(r.index, { term: r.term, done: (error) => (error === undefined ? resolve(r.index) : reject(error)) });
+      this.proposals.set({ index: r.index, term: r.term, done: (error) => (error === undefined ? resolve(r.index) : reject(error)) });
     });
   }
 
@@ -318,12 +329,11 @@ export class RaftDriver {
    * every message came from one node addressed to this one, else NONE (no reply slot then).
    */
   private stepBatch(bytes: Uint8Array): boolean {
-    const messages = this.decoded;
-    messages.length = 0;
+    const messages = this.decoded; // empty: cleared after every batch
     try {
       decodeMessages(bytes, messages);
     } catch {
-      messages.length = 0;
+      clearMessages(messages);
       this.counters.decodeErrors++;
       return false;
     }
@@ -336,7 +346,7 @@ export class RaftDriver {
         this.core.step(m);
       }
     } finally {
-      messages.length = 0; // holds nothing between batches
+      clearMessages(messages); // holds nothing between batches
     }
     this.batchFrom = from;
     this.schedule();
@@ -409,13 +419,19 @@ export class RaftDriver {
           this.maybeCompact();
           continue;
         }
-        if (readyNeedsPersist(rd) && rd.mustSync) {
-          if (rd.messagesNow.length > 0) {
-            // Let the transport's flush (a microtask queued by the calls above) put them on the
-            // wire before a synchronous commit below holds the thread.
+        if (readyNeedsPersist(rd) && rd.mustSync && rd.messagesNow.length > 0) {
+          // The appends just queued must leave before this node's own write below holds the
+          // thread: the transport sends them now (Transport.flush), or, without flush(), the
+          // loop yields once to let the transport's own flush (a microtask) put them on the
+          // wire. (The yield was an async function, its promise and two microtasks on every
+          // commit of a leader.)
+          if (this.flushTransport === undefined) {
             void this.finishAfterWait(rd, undefined);
             return;
           }
+          this.flushTransport();
+        }
+        if (readyNeedsPersist(rd) && rd.mustSync) {
           // Duty 1, persist before send (Raft §5.1 / thesis §3.8): a vote, a term or an
           // acknowledged entry must be durable before any message that reveals it leaves.
           const flushing = this.persist(rd);
@@ -597,16 +613,20 @@ export class RaftDriver {
   private sendToPeer(to: number, list: readonly Message[]): void {
     if (this.replies.get(to) === undefined && list.every(isPlainHeartbeat)) {
       // Held: nothing is waiting on this peer's answer to carry it for free (see heldHeartbeats).
+      if (this.heldHeartbeats.get(to) === undefined) this.heldCount++;
       this.heldHeartbeats.set(to, list[list.length - 1]!);
       this.heldHeartbeatsTimer ??= setImmediate(this.sendHeldHeartbeats);
       return;
     }
-    if (list.some(carriesCommit) && this.heldHeartbeats.delete(to) && this.heldHeartbeats.size === 0) {
-      // Nothing held any more: drop the turn's immediate too. Under one proposal at a time the
-      // next append always replaces the commit notices, and the immediate cost the leader one
-      // more event-loop turn per commit (~1-3 % of its CPU in the raft bench's profile).
-      clearImmediate(this.heldHeartbeatsTimer);
-      this.heldHeartbeatsTimer = undefined;
+    if (this.heldCount > 0 && list.some(carriesCommit) && this.heldHeartbeats.get(to) !== undefined) {
+      this.heldHeartbeats.set(to, undefined);
+      if (--this.heldCount === 0) {
+        // Nothing held any more: drop the turn's immediate too. Under one proposal at a time the
+        // next append always replaces the commit notices, and the immediate cost the leader one
+        // more event-loop turn per commit (~1-3 % of its CPU in the raft bench's profile).
+        clearImmediate(this.heldHeartbeatsTimer);
+        this.heldHeartbeatsTimer = undefined;
+      }
     }
     this.sendNow(to, list);
   }
@@ -614,8 +634,13 @@ export class RaftDriver {
   private readonly sendHeldHeartbeats = (): void => {
     this.heldHeartbeatsTimer = undefined;
     if (this.closed) return;
-    const held = [...this.heldHeartbeats];
-    this.heldHeartbeats.clear();
+    const held: Array<[number, Message]> = [];
+    for (const [to, m] of this.heldHeartbeats) {
+      if (m === undefined) continue;
+      held.push([to, m]);
+      this.heldHeartbeats.set(to, undefined);
+    }
+    this.heldCount = 0;
     for (const [to, m] of held) this.sendNow(to, [m]);
   };
 
@@ -715,9 +740,8 @@ export class RaftDriver {
       const e = committed[i]!;
       if (e.type === 0 && e.data.length > 0) sm.apply(e);
       this.counters.applied++;
-      const p = this.proposals.get(e.index);
-      if (p) {
-        this.proposals.delete(e.index);
+      const p = this.proposals.take(e.index);
+      if (p !== undefined) {
         if (p.term === e.term) p.done(undefined, e.index);
         else p.done(new RaftProposalError('not-leader', this.core.lead, `entry ${e.index} was superseded by a later leader`), e.index);
       }
@@ -731,11 +755,8 @@ export class RaftDriver {
     this.applyEntries(rd.committed, appliedEarly, rd.committed.length);
     if (rd.snapshot) {
       // Proposals at or below the snapshot were decided by others: we cannot tell their fate.
-      for (const [index, p] of this.proposals) {
-        if (index <= rd.snapshot.meta.index) {
-          this.proposals.delete(index);
-          p.done(new RaftProposalError('not-leader', this.core.lead, `entry ${index} outcome unknown (snapshot installed)`), index);
-        }
+      for (const p of this.proposals.takeUpTo(rd.snapshot.meta.index)) {
+        p.done(new RaftProposalError('not-leader', this.core.lead, `entry ${p.index} outcome unknown (snapshot installed)`), p.index);
       }
     }
     for (let i = 0; i < rd.readStates.length; i++) {
@@ -778,6 +799,15 @@ function flushed(storage: RaftStorage): Promise<void> {
   } catch (e) {
     return Promise.reject(e as Error);
   }
+}
+
+/**
+ * Empties a kept array by popping: a store to its length is a runtime call (two per batch were
+ * ~1 % of a leader's samples in the raft bench) and let V8 drop its backing store, which the
+ * next batch's push then allocated again.
+ */
+function clearMessages(messages: Message[]): void {
+  while (messages.length > 0) messages.pop();
 }
 
 /** A heartbeat without a read round: safe to hold briefly or to drop for a later message. */

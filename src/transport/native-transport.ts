@@ -810,7 +810,8 @@ export class Endpoint implements Transport {
     void SETTLED.then(this.flushBound);
   }
 
-  private flush(): void {
+  /** Transport.flush: submits what this turn queued now (the scheduled microtask then finds nothing). */
+  flush(): void {
     this.flushScheduled = false;
     if (this.closed || this.outbox.empty) return;
     this.process(this.outbox.flushTo(this.native));

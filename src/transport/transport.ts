@@ -134,6 +134,16 @@ export interface Transport {
   connect(remote: TransportAddress): Promise<TransportSession>;
   stats(): TransportStats;
   /**
+   * Optional (without it, what was queued leaves at the end of the current microtask): hands
+   * every call and response queued so far to the network now, in this turn. Calls and responses
+   * made during one turn are otherwise gathered and sent together from a microtask; a caller
+   * about to hold the thread (a Raft leader's own log write right after sending its appends)
+   * flushes first, so the messages leave before that work instead of after it, without yielding
+   * to a microtask to let them (src/runtime/raft-driver.ts). Events the flush produces (a call
+   * refused by the native core) are delivered before it returns.
+   */
+  flush?(): void;
+  /**
    * Optional (without it, the collector reclaims received buffers): the receiver is done with a
    * request or response this transport handed it, and with every view of its memory. The native
    * transport takes its large received messages (64 KiB or more) back: the buffer under `bytes`

@@ -13,6 +13,7 @@ import type { Entry, HardState, Snapshot } from '../../src/raft/types.js';
 import { encodeMessages } from '../../src/raft/codec.js';
 import { RAFT_REQUEST_TYPE, RaftDriver, type StateMachine } from '../../src/runtime/raft-driver.js';
 import { MemoryNetwork } from '../../src/transport/memory-transport.js';
+import type { Transport, TransportSession } from '../../src/transport/transport.js';
 
 class Log implements StateMachine {
   items: string[] = [];
@@ -416,6 +417,70 @@ test('followers learn a commit at once (a held commit notice), and the notices c
     await until('the transfer', () => next[1].core.role === 'leader', 10_000);
     await stream(next[1], 'new leader');
   } finally {
+    for (const d of ds.values()) await d.close();
+  }
+});
+
+test('a leader hands its appends to the transport (Transport.flush) before its own log write, in the same turn', async (t) => {
+  // The memory transport has no flush(): each node's is wrapped with one that, like the native
+  // endpoint's, would send what was queued; here it only notes when the driver calls it, with
+  // the calls made and the storage's writes, per node.
+  const net = new MemoryNetwork();
+  const events: string[] = [];
+  let recording = false;
+  const note = (id: number, what: string): void => {
+    if (recording) events.push(`${id} ${what}`);
+  };
+  const forward = (target: object, property: string | symbol): unknown => {
+    const value = Reflect.get(target, property, target) as unknown;
+    return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+  };
+  const wrap = (id: number, inner: Transport): Transport => new Proxy(inner, {
+    get(target, property) {
+      if (property === 'flush') return () => note(id, 'flush');
+      if (property !== 'connect') return forward(target, property);
+      return async (address: string) => {
+        const session = await target.connect(address);
+        return new Proxy(session, {
+          get(s, q) {
+            if (q !== 'call') return forward(s, q);
+            return (...args: Parameters<TransportSession['call']>) => {
+              note(id, 'call');
+              return s.call(...args);
+            };
+          },
+        });
+      };
+    },
+  });
+  class NotedStorage extends MemoryStorage {
+    constructor(private readonly id: number) {
+      super();
+    }
+    override flush(): Promise<void> | undefined {
+      note(this.id, 'write');
+      return super.flush();
+    }
+  }
+  const ds = new Map<number, RaftDriver>();
+  for (const id of ids) {
+    ds.set(id, await RaftDriver.start({
+      id, peers, voters: ids, transport: wrap(id, net.endpoint(id)), storage: new NotedStorage(id), stateMachine: new Log(),
+      tickMs: 5, core: { electionTicks: 200, heartbeatTicks: 100 },
+    }));
+  }
+  try {
+    await until('a leader', () => leaderOf(ds) !== undefined, 10_000);
+    const leader = leaderOf(ds)!;
+    await leader.propose(text('warm'));
+    recording = true;
+    const proposed = leader.propose(text('one'));
+    await Promise.resolve(); // the leader's loop runs in the microtask its proposal scheduled
+    const id = leader.core.id;
+    t.deepEqual(events.filter((e) => e.startsWith(`${id} `)), [`${id} call`, `${id} call`, `${id} flush`, `${id} write`]);
+    await proposed;
+  } finally {
+    recording = false;
     for (const d of ds.values()) await d.close();
   }
 });

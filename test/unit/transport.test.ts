@@ -191,6 +191,35 @@ test('callWith: the response or the named error through the two callbacks, once 
   await Promise.all([client.close(), server.close()]);
 });
 
+test('flush() hands the calls and responses queued in this turn to the network before it returns', async (t) => {
+  const { server, client, session } = await pair();
+  let later: DeferredResponse | undefined;
+  server.handle(2, (_bytes, context: RequestContext) => {
+    later = context.defer!();
+    return DEFERRED;
+  });
+  const submits = (e: Endpoint): number => e.stats().jsSubmits!;
+  // A call: queued for the end of the turn, or submitted (and its datagram sent) by flush().
+  const before = submits(client);
+  const answer = session.call(1, Buffer.from('now'));
+  t.is(submits(client), before, 'queued, not yet submitted');
+  client.flush();
+  t.is(submits(client), before + 1, 'submitted by flush(), before any microtask ran');
+  client.flush(); // nothing queued: nothing submitted
+  t.is(submits(client), before + 1);
+  t.is(Buffer.from(await answer).toString(), 'now');
+  // A deferred response given in a turn of its own leaves at flush() too.
+  const deferred = session.call(2, Buffer.alloc(1));
+  while (later === undefined) await new Promise((r) => setTimeout(r, 1));
+  const serverBefore = submits(server);
+  later.respond(Buffer.from('later'));
+  t.is(submits(server), serverBefore);
+  server.flush();
+  t.is(submits(server), serverBefore + 1);
+  t.is(Buffer.from(await deferred).toString(), 'later');
+  await Promise.all([client.close(), server.close()]);
+});
+
 test('errors are named: no handler, handler threw, too large, deadline, closed session', async (t) => {
   const { server, client, session } = await pair({ messageBytesMax: 1 << 20 });
   server.handle(2, () => {
