@@ -427,7 +427,7 @@ export class MulticastCore {
       if (this.mode === 'ordered') this.deliverStable();
       else this.streams.forEach((stream, s) => this.deliverRawUpTo(s, stream.receivedCount));
       const entries = this.transmit();
-      this.relayBlocks();
+      if (this.rdmc.size > 0) this.relayBlocks();
       this.repairStalledTransfers();
       this.emitDataPackets(entries);
     }
@@ -446,8 +446,8 @@ export class MulticastCore {
       releasedReceived,
       deliveredCount: this.deliveredCount,
       lastDeliveredVersion: this.lastDeliveredVersion,
-      globalPersistedVersion: this.minOverRows((r) => r.persistedVersion),
-      stabilityFrontierMicros: this.minOverRows((r) => r.stabilityFrontierMicros),
+      globalPersistedVersion: this.minPersistedVersion(),
+      stabilityFrontierMicros: this.minStabilityFrontier(),
       sendCapacity:
         this.wedged || this.mySenderIndex < 0
           ? 0
@@ -458,8 +458,19 @@ export class MulticastCore {
   /** This member's current row (what its next report will say). */
   report(): ReceiveReport {
     this.refreshOwnRow();
+    return this.ownRowCopy();
+  }
+
+  /** A copy of this member's row as it stands (call refreshOwnRow first). */
+  private ownRowCopy(): ReceiveReport {
     const row = this.rows[this.myRank]!;
-    return { ...row, receivedCounts: [...row.receivedCounts] };
+    return {
+      receivedCounts: row.receivedCounts.slice(),
+      contiguousCount: row.contiguousCount,
+      deliveredCount: row.deliveredCount,
+      persistedVersion: row.persistedVersion,
+      stabilityFrontierMicros: row.stabilityFrontierMicros,
+    };
   }
 
   /** How many messages (nulls included) of sender index `s` arrived here contiguously. */
@@ -637,17 +648,21 @@ export class MulticastCore {
 
   /** Positions below this all arrived here: min over senders of their first missing position. */
   private contiguousCount(): number {
-    let count = Infinity;
-    this.streams.forEach((stream, s) => {
-      count = Math.min(count, this.positionOf(s, stream.receivedCount));
-    });
-    return count === Infinity ? 0 : count;
+    const streams = this.streams;
+    const n = streams.length;
+    if (n === 0) return 0;
+    let count = streams[0]!.receivedCount * n;
+    for (let s = 1; s < n; s++) {
+      const position = streams[s]!.receivedCount * n + s;
+      if (position < count) count = position;
+    }
+    return count;
   }
 
   /** Delivers every position that every member has received (global stability). */
   private deliverStable(): void {
     this.refreshOwnRow();
-    const stableCount = this.minOverRows((r) => r.contiguousCount);
+    const stableCount = this.minContiguousCount();
     while (this.deliveredCount < stableCount) this.deliverNextPosition();
   }
 
@@ -751,8 +766,8 @@ export class MulticastCore {
     const s = this.mySenderIndex;
     const indexEnd =
       this.mode === 'ordered'
-        ? Math.ceil((this.minOverRows((r) => r.deliveredCount) - s) / this.senderCount)
-        : this.minOverRows((r) => r.receivedCounts[s]!);
+        ? Math.ceil((this.minDeliveredCount() - s) / this.senderCount)
+        : this.minReceivedCount(s);
     const inFlight = this.ownInFlight;
     let done = 0;
     while (done < inFlight.length && inFlight.at(done)!.index < indexEnd) {
@@ -950,9 +965,11 @@ export class MulticastCore {
    */
   private emitDataPackets(entries: SmcEntry[]): void {
     if (this.peers.length === 0) return;
-    const report = this.report();
+    this.refreshOwnRow();
+    // (Urgency is read off the row itself: the copy that goes out is made only if one does.)
+    if (entries.length === 0 && !this.reportUrgent(this.rows[this.myRank]!)) return;
+    const report = this.ownRowCopy();
     if (entries.length === 0) {
-      if (!this.reportUrgent(report)) return;
       this.lastSentRow = report;
       this.lazyReportDue = false;
       this.pushDataPacket(report, []);
@@ -1064,18 +1081,59 @@ export class MulticastCore {
   }
 
   private firstQueuedMicros(): number {
-    for (const q of this.transmitQueue) {
+    // (No message queued, only null runs: nothing to look for. The usual case at one message
+    // at a time, where this runs several times per ready().)
+    if (this.queuedMessageCount === 0) return Infinity;
+    const queue = this.transmitQueue;
+    for (let i = 0; i < queue.length; i++) {
+      const q = queue.at(i)!;
       if (q.kind === 'message') return q.timestamp.micros;
     }
     return Infinity;
   }
 
-  private minOverRows<T extends number | bigint>(field: (row: MutableRow) => T): T {
+  // Minima over every member's row, own row refreshed first. One loop per field rather than a
+  // generic minimum taking an accessor: ready() runs them on every batch of inputs, and the
+  // closures and their megamorphic calls were most of ready()'s own time at one put at a time.
+
+  private minContiguousCount(): number {
     this.refreshOwnRow();
-    let min = field(this.rows[0]!);
-    for (const row of this.rows) {
-      const value = field(row);
-      if (value < min) min = value;
+    const rows = this.rows;
+    let min = rows[0]!.contiguousCount;
+    for (let r = 1; r < rows.length; r++) if (rows[r]!.contiguousCount < min) min = rows[r]!.contiguousCount;
+    return min;
+  }
+
+  private minDeliveredCount(): number {
+    this.refreshOwnRow();
+    const rows = this.rows;
+    let min = rows[0]!.deliveredCount;
+    for (let r = 1; r < rows.length; r++) if (rows[r]!.deliveredCount < min) min = rows[r]!.deliveredCount;
+    return min;
+  }
+
+  private minReceivedCount(s: number): number {
+    this.refreshOwnRow();
+    const rows = this.rows;
+    let min = rows[0]!.receivedCounts[s]!;
+    for (let r = 1; r < rows.length; r++) if (rows[r]!.receivedCounts[s]! < min) min = rows[r]!.receivedCounts[s]!;
+    return min;
+  }
+
+  private minPersistedVersion(): Version {
+    this.refreshOwnRow();
+    const rows = this.rows;
+    let min = rows[0]!.persistedVersion;
+    for (let r = 1; r < rows.length; r++) if (rows[r]!.persistedVersion < min) min = rows[r]!.persistedVersion;
+    return min;
+  }
+
+  private minStabilityFrontier(): number {
+    this.refreshOwnRow();
+    const rows = this.rows;
+    let min = rows[0]!.stabilityFrontierMicros;
+    for (let r = 1; r < rows.length; r++) {
+      if (rows[r]!.stabilityFrontierMicros < min) min = rows[r]!.stabilityFrontierMicros;
     }
     return min;
   }

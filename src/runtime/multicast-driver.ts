@@ -309,6 +309,11 @@ function muxFor(transport: Transport, requestType: RequestType): MulticastMux {
  */
 const LARGE_BLOCK_BYTES = 64 * 1024;
 
+/** The little-endian u32 at bytes[at..at+4), bounds-checked by the caller (no DataView per frame). */
+function readU32LE(bytes: Uint8Array, at: number): number {
+  return bytes[at]! + (bytes[at + 1]! << 8) + (bytes[at + 2]! << 16) + ((bytes[at + 3]! << 24) >>> 0);
+}
+
 function isLargeBlock(item: Uint8Array | BlockPacket): boolean {
   return !(item instanceof Uint8Array) && item.bytes.byteLength >= LARGE_BLOCK_BYTES;
 }
@@ -380,7 +385,10 @@ export class MulticastDriver {
   private stabilityFrontierMicros = 0;
   private persistedVersion: Version = VERSION_NONE;
   private frontierListeners: ((frontiers: MulticastFrontiers) => void)[] = [];
-  private lastFrontierKey = '';
+  /** The frontiers last published to the listeners (-1: none yet). */
+  private emittedDelivered = -1;
+  private emittedPersisted: Version = VERSION_NONE;
+  private emittedStability = -1;
   /** The buffer every outgoing frame is built in (see flush), grown to the largest frame. */
   private frameScratch: Uint8Array = Buffer.allocUnsafeSlow(64 * 1024);
   private frameScratchView = new DataView(this.frameScratch.buffer, this.frameScratch.byteOffset, this.frameScratch.byteLength);
@@ -618,10 +626,9 @@ export class MulticastDriver {
   receiveFrame(frame: Uint8Array): void {
     if (this.closed) return;
     this.counters.framesReceived++;
-    const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
     let offset = FRAME_HEADER_BYTES;
     while (offset + LENGTH_BYTES <= frame.byteLength) {
-      const length = view.getUint32(offset, true);
+      const length = readU32LE(frame, offset);
       offset += LENGTH_BYTES;
       if (offset + length > frame.byteLength) {
         this.counters.decodeErrors++;
@@ -756,9 +763,15 @@ export class MulticastDriver {
 
   private emitFrontiers(): void {
     if (this.frontierListeners.length === 0) return;
-    const key = `${this.deliveredMessages}/${this.globalPersistedVersion}/${this.stabilityFrontierMicros}`;
-    if (key === this.lastFrontierKey) return;
-    this.lastFrontierKey = key;
+    // (Compared field by field: a string key of the three was built on every ready().)
+    if (
+      this.deliveredMessages === this.emittedDelivered &&
+      this.globalPersistedVersion === this.emittedPersisted &&
+      this.stabilityFrontierMicros === this.emittedStability
+    ) return;
+    this.emittedDelivered = this.deliveredMessages;
+    this.emittedPersisted = this.globalPersistedVersion;
+    this.emittedStability = this.stabilityFrontierMicros;
     const frontiers = this.frontiers();
     for (const listener of this.frontierListeners) listener(frontiers);
   }
