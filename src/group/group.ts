@@ -585,16 +585,29 @@ export class Group {
     queue.push([callId, this.nodeId, reply]);
     if (this.replyFlushScheduled) return;
     this.replyFlushScheduled = true;
-    setImmediate(() => {
-      this.replyFlushScheduled = false;
-      for (const [to, replies] of this.replyQueues) {
-        this.replyQueues.delete(to);
-        void this.session(to)
-          .then((s) => s.call(ORDERED_REPLY_TYPE, encodeOrderedReplies(replies)))
-          .catch(() => undefined); // the caller's membership layer handles a lost member
-      }
-    });
+    setImmediate(this.flushRepliesBound);
   }
+
+  /**
+   * Sends the queued replies, one batch per caller. At the end of the turn (setImmediate), or
+   * earlier when a shard's persisted frontier moves (attached per replica in addReplica): that
+   * notification also has the multicast driver send its persisted report, and both then leave in
+   * the same transport flush (the reply's call is made a microtask after the driver's pump,
+   * before the transport's flush), so the caller gets the reply and the report in one wake-up
+   * instead of two. With fdatasync the frontier moves turns later: the turn's end comes first.
+   */
+  private flushReplies(): void {
+    if (!this.replyFlushScheduled) return;
+    this.replyFlushScheduled = false;
+    for (const [to, replies] of this.replyQueues) {
+      this.replyQueues.delete(to);
+      void this.session(to)
+        .then((s) => s.call(ORDERED_REPLY_TYPE, encodeOrderedReplies(replies)))
+        .catch(() => undefined); // the caller's membership layer handles a lost member
+    }
+  }
+
+  private readonly flushRepliesBound = (): void => this.flushReplies();
 
   private p2pProxy<T extends object>(
     info: ReplicatedClassInfo<T>,
@@ -697,6 +710,7 @@ export class Group {
       this.p2pWriteCheck,
     );
     replica.onOwnDelivered = (callId, version) => this.calls.get(callId)?.numbered(version);
+    registry.onPersisted(this.flushRepliesBound);
     // With the membership service, a node whose data dir holds a view record restarts over its
     // state: the driver reconciles it (truncates past the committed trim, pulls what it lacks).
     if (registry.latestVersion !== VERSION_NONE && this.membership?.restarted !== true) {
