@@ -156,6 +156,16 @@ export class MulticastCore {
 
   private readonly senderIndexOfRank: readonly number[];
   private readonly peers: readonly NodeId[];
+  /** The ranks of `peers`, in the same order. */
+  private readonly peerRanks: readonly number[];
+  /**
+   * Ordered mode, by member rank: the version of the newest message of that member delivered
+   * here, and the persisted version last reported to that member. A persisted version that moved
+   * is urgent only to members with a message delivered here that the last report to them did not
+   * cover (see reportUrgent).
+   */
+  private readonly lastDeliveredMessageOf: Version[];
+  private readonly persistedReportedTo: Version[];
   private readonly streams: SenderStream[];
   /** Rows last heard from each member; rows[myRank] is refreshed from local state. */
   private readonly rows: MutableRow[];
@@ -225,6 +235,9 @@ export class MulticastCore {
     this.senderIndexOfRank = senderIndexOfRank;
     this.mySenderIndex = senderIndexOfRank[myRank]!;
     this.peers = members.filter((m) => m !== self);
+    this.peerRanks = this.peers.map((m) => members.indexOf(m));
+    this.lastDeliveredMessageOf = members.map(() => VERSION_NONE);
+    this.persistedReportedTo = members.map(() => VERSION_NONE);
     this.streams = senderRanks.map(() => new SenderStream());
     this.rows = members.map(() => ({
       receivedCounts: senderRanks.map(() => 0),
@@ -679,6 +692,7 @@ export class MulticastCore {
       assert(position <= 0xffff_ffff, 'a view ends before 2^32 positions');
       const version = (this.versionBase | BigInt(position)) as Version;
       this.lastDeliveredVersion = version;
+      this.lastDeliveredMessageOf[this.senderRanks[s]!] = version;
       this.deliveries.push(this.deliveryOf(s, entry, position, version));
     }
   }
@@ -967,7 +981,10 @@ export class MulticastCore {
     if (this.peers.length === 0) return;
     this.refreshOwnRow();
     // (Urgency is read off the row itself: the copy that goes out is made only if one does.)
-    if (entries.length === 0 && !this.reportUrgent(this.rows[this.myRank]!)) return;
+    if (entries.length === 0 && !this.reportUrgent(this.rows[this.myRank]!)) {
+      this.reportPersistedToSenders();
+      return;
+    }
     const report = this.ownRowCopy();
     if (entries.length === 0) {
       this.lastSentRow = report;
@@ -1017,7 +1034,10 @@ export class MulticastCore {
    */
   private reportUrgent(report: ReceiveReport): boolean {
     const last = this.lastSentRow;
-    if (report.persistedVersion !== last.persistedVersion) return true;
+    // Ordered mode: a persisted version that moved is urgent only to some members
+    // (reportPersistedToSenders); for the rest it waits like the lazy fields below.
+    const persistedMoved = report.persistedVersion !== last.persistedVersion;
+    if (persistedMoved && this.mode === 'raw') return true;
     const contiguousMoved = report.contiguousCount !== last.contiguousCount;
     if (contiguousMoved && this.mode === 'raw') return true;
     if (contiguousMoved && this.messageContiguousEnd > last.contiguousCount) return true;
@@ -1026,7 +1046,7 @@ export class MulticastCore {
       if (report.receivedCounts[s] !== last.receivedCounts[s]) countsChanged = true;
     }
     if (countsChanged && this.mode === 'raw') return true;
-    const lazyChanged = countsChanged || report.deliveredCount !== last.deliveredCount ||
+    const lazyChanged = countsChanged || persistedMoved || report.deliveredCount !== last.deliveredCount ||
       report.stabilityFrontierMicros !== last.stabilityFrontierMicros;
     if (!lazyChanged) return false;
     const windowPositions = (this.limits.windowSize * this.senderCount) / 2;
@@ -1054,7 +1074,34 @@ export class MulticastCore {
       to: this.peers,
       packet: { kind: 'data', viewId: this.viewId, fromRank: this.myRank, report, entries },
     });
+    for (const rank of this.peerRanks) this.persistedReportedTo[rank] = report.persistedVersion;
     if (entries.length > 0) this.counters.dataPacketsSent++;
+  }
+
+  /**
+   * Ordered mode, no report going to everyone: a persisted version that moved goes at once, alone,
+   * to the members that wait on it, those with a message delivered here above the persisted
+   * version last reported to them (their calls' persisted() waits on every member's report); the
+   * others get it with the next report to everyone (a tick at the latest). Conservative: a
+   * member whose newest message here is not persisted yet still gets it (one report too many,
+   * never one too few). `lastSentRow` stays as it was: for everyone else the row still changed.
+   */
+  private reportPersistedToSenders(): void {
+    if (this.mode !== 'ordered') return;
+    const row = this.rows[this.myRank]!;
+    const persisted = row.persistedVersion;
+    let to: NodeId[] | null = null;
+    for (const rank of this.peerRanks) {
+      const reported = this.persistedReportedTo[rank]!;
+      if (persisted > reported && this.lastDeliveredMessageOf[rank]! > reported) {
+        (to ??= []).push(this.members[rank]!);
+        this.persistedReportedTo[rank] = persisted;
+      }
+    }
+    if (to === null) return;
+    const report = this.ownRowCopy();
+    this.packets.push({ to, packet: { kind: 'data', viewId: this.viewId, fromRank: this.myRank, report, entries: [] } });
+    this.counters.reportPacketsSent++;
   }
 
   // ------------------------------------------------------------------------------------------
