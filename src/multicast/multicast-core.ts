@@ -460,7 +460,7 @@ export class MulticastCore {
       deliveredCount: this.deliveredCount,
       lastDeliveredVersion: this.lastDeliveredVersion,
       globalPersistedVersion: this.minPersistedVersion(),
-      stabilityFrontierMicros: this.minStabilityFrontier(),
+      stabilityFrontierMicros: this.minNumberField('stabilityFrontierMicros'),
       sendCapacity:
         this.wedged || this.mySenderIndex < 0
           ? 0
@@ -675,7 +675,7 @@ export class MulticastCore {
   /** Delivers every position that every member has received (global stability). */
   private deliverStable(): void {
     this.refreshOwnRow();
-    const stableCount = this.minContiguousCount();
+    const stableCount = this.minNumberField('contiguousCount');
     while (this.deliveredCount < stableCount) this.deliverNextPosition();
   }
 
@@ -780,7 +780,7 @@ export class MulticastCore {
     const s = this.mySenderIndex;
     const indexEnd =
       this.mode === 'ordered'
-        ? Math.ceil((this.minDeliveredCount() - s) / this.senderCount)
+        ? Math.ceil((this.minNumberField('deliveredCount') - s) / this.senderCount)
         : this.minReceivedCount(s);
     const inFlight = this.ownInFlight;
     let done = 0;
@@ -1139,23 +1139,15 @@ export class MulticastCore {
     return Infinity;
   }
 
-  // Minima over every member's row, own row refreshed first. One loop per field rather than a
-  // generic minimum taking an accessor: ready() runs them on every batch of inputs, and the
-  // closures and their megamorphic calls were most of ready()'s own time at one put at a time.
+  // Minima over every member's row, own row refreshed first, without an accessor closure per
+  // call: ready() runs them on every batch of inputs, and the closures and their megamorphic
+  // calls were most of ready()'s own time at one put at a time.
 
-  private minContiguousCount(): number {
+  private minNumberField(field: 'contiguousCount' | 'deliveredCount' | 'stabilityFrontierMicros'): number {
     this.refreshOwnRow();
     const rows = this.rows;
-    let min = rows[0]!.contiguousCount;
-    for (let r = 1; r < rows.length; r++) if (rows[r]!.contiguousCount < min) min = rows[r]!.contiguousCount;
-    return min;
-  }
-
-  private minDeliveredCount(): number {
-    this.refreshOwnRow();
-    const rows = this.rows;
-    let min = rows[0]!.deliveredCount;
-    for (let r = 1; r < rows.length; r++) if (rows[r]!.deliveredCount < min) min = rows[r]!.deliveredCount;
+    let min = rows[0]![field];
+    for (let r = 1; r < rows.length; r++) if (rows[r]![field] < min) min = rows[r]![field];
     return min;
   }
 
@@ -1172,16 +1164,6 @@ export class MulticastCore {
     const rows = this.rows;
     let min = rows[0]!.persistedVersion;
     for (let r = 1; r < rows.length; r++) if (rows[r]!.persistedVersion < min) min = rows[r]!.persistedVersion;
-    return min;
-  }
-
-  private minStabilityFrontier(): number {
-    this.refreshOwnRow();
-    const rows = this.rows;
-    let min = rows[0]!.stabilityFrontierMicros;
-    for (let r = 1; r < rows.length; r++) {
-      if (rows[r]!.stabilityFrontierMicros < min) min = rows[r]!.stabilityFrontierMicros;
-    }
     return min;
   }
 
