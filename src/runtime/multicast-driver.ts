@@ -495,7 +495,12 @@ export class MulticastDriver {
   persisted(version: Version): void {
     if (version > this.persistedVersion) this.persistedVersion = version;
     this.core?.persisted(version);
-    this.schedulePumpSoon();
+    // Caught up with every delivery here (one put at a time; 'nosync' commits in the turn of the
+    // delivery): nothing more is coming to batch the report with, so it goes now. Behind (a
+    // write-ahead log's fdatasync covers an older turn while deliveries went on): at the next
+    // setImmediate, with whatever that turn sends anyway.
+    if (version >= this.lastDeliveredVersion) this.schedulePumpSoon();
+    else this.schedulePump();
   }
 
   frontiers(): MulticastFrontiers {
@@ -726,9 +731,9 @@ export class MulticastDriver {
   }
 
   /**
-   * A pump in a microtask, for persisted(): the persistence layer reports a version at the end of
-   * a turn's work (after its commit), and the report that carries it is urgent (the persisted
-   * frontier waits on it). Pumped at the next setImmediate, it left one event-loop turn later in
+   * A pump in a microtask, for persisted() caught up with the deliveries: the persistence layer
+   * reports a version at the end of a turn's work (after its commit), and the report that carries
+   * it is urgent (the persisted frontier waits on it). Pumped at the next setImmediate, it left one event-loop turn later in
    * a transport flush of its own; pumped here, it joins the flush the transport makes at the end
    * of this turn's microtasks, with the replies and responses of the same turn (one send, one
    * wake-up of the caller, instead of two; see README, "Per-batch costs"). A pump already
