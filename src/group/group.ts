@@ -31,6 +31,7 @@ import {
 import { objectDigest } from '../../decorators/snapshot.js';
 import type { P2PWriteCheck } from '../../decorators/dispatcher.js';
 import { PersistenceStore } from '../../persistence/store.js';
+import type { PersistentRegistry } from '../../persistence/registry.js';
 import { decodeMessage, decodeMessageCopy, encodeMessage } from '../core/codec.js';
 import { ConfigError, PayloadTooLargeError, SquallError } from '../core/errors.js';
 import type { Hlc } from '../core/hlc.js';
@@ -590,7 +591,8 @@ export class Group {
 
   /**
    * Sends the queued replies, one batch per caller. At the end of the turn (setImmediate), or
-   * earlier when a shard's persisted frontier moves (attached per replica in addReplica): that
+   * earlier when a shard's persisted frontier catches up with its deliveries (attached per
+   * replica where it is created): that
    * notification also has the multicast driver send its persisted report, and both then leave in
    * the same transport flush (the reply's call is made a microtask after the driver's pump,
    * before the transport's flush), so the caller gets the reply and the report in one wake-up
@@ -608,6 +610,8 @@ export class Group {
   }
 
   private readonly flushRepliesBound = (): void => this.flushReplies();
+  /** Per shard registry, the replica whose deliveries its persisted frontier is compared with. */
+  private readonly replyFlushReplicas = new Map<PersistentRegistry, ShardReplica>();
 
   private p2pProxy<T extends object>(
     info: ReplicatedClassInfo<T>,
@@ -710,7 +714,16 @@ export class Group {
       this.p2pWriteCheck,
     );
     replica.onOwnDelivered = (callId, version) => this.calls.get(callId)?.numbered(version);
-    registry.onPersisted(this.flushRepliesBound);
+    // (Only when the frontier caught up with this replica's deliveries, as the driver's report
+    // does: behind, a write-ahead log's fdatasync ending mid-turn, the turn's end comes soon and
+    // sends the turn's replies in one call.)
+    // One listener per registry (a replica made again for it replaces the one it reads).
+    if (!this.replyFlushReplicas.has(registry)) {
+      registry.onPersisted((version) => {
+        if (version >= this.replyFlushReplicas.get(registry)!.deliveredWaiters.current) this.flushReplies();
+      });
+    }
+    this.replyFlushReplicas.set(registry, replica);
     // With the membership service, a node whose data dir holds a view record restarts over its
     // state: the driver reconciles it (truncates past the committed trim, pulls what it lacks).
     if (registry.latestVersion !== VERSION_NONE && this.membership?.restarted !== true) {
