@@ -486,6 +486,16 @@ export class MulticastCore {
     };
   }
 
+  /**
+   * True if no message (nulls aside) that arrived here contiguously waits for delivery: one
+   * message at a time, between messages. False while deliveries are pending, as in a pipelined
+   * stream. (Nulls after the last message wait for the next reports: they deliver nothing.) For
+   * the driver's choice of when to send a persisted report.
+   */
+  get caughtUp(): boolean {
+    return !this.messageBetween(this.deliveredCount, this.contiguousCount());
+  }
+
   /** How many messages (nulls included) of sender index `s` arrived here contiguously. */
   receivedCount(senderIndex: number): number {
     return this.streams[senderIndex]!.receivedCount;

@@ -474,6 +474,32 @@ test('reports alone, ordered: a persisted version goes at once only to members w
   for (const r of [1, 2]) t.is(net.cores[r]!.ready().globalPersistedVersion, version, `rank ${r} after the tick`);
 });
 
+test('caughtUp: false while a received message waits for stability, true once only nulls are left', (t) => {
+  const net = new MulticastNet({ seed: 43, memberCount: 2, limits: LIMITS });
+  net.send(0, 10);
+  net.send(0, 10);
+  net.flush(0);
+  // Rank 1 gets both messages (positions 0 and 2) and fills its nulls (1 and 3); rank 0's report
+  // (contiguous 1) lets it deliver position 0 only.
+  for (const p of net.inFlight) if (p.to === 1) net.cores[1]!.receive(decodePacket(p.bytes.slice()));
+  net.inFlight = net.inFlight.filter((p) => p.to !== 1);
+  net.flush(1);
+  t.is(net.delivered[1]!.length, 1);
+  t.false(net.cores[1]!.caughtUp, 'the second message waits');
+  settle(net);
+  t.is(net.delivered[1]!.length, 2);
+  t.true(net.cores[1]!.caughtUp && net.cores[0]!.caughtUp);
+  // Three members, one message: its receivers' null runs after it wait for the sender's next
+  // report (lazy), undelivered, and deliver nothing.
+  const three = new MulticastNet({ seed: 44, memberCount: 3, limits: LIMITS });
+  three.send(0, 10);
+  settle(three);
+  t.true(three.delivered.every((list) => list.length === 1));
+  const waiting = [1, 2].filter((r) => three.cores[r]!.report().contiguousCount > three.cores[r]!.ready().deliveredCount);
+  t.true(waiting.length > 0, 'some null positions wait');
+  for (const r of waiting) t.true(three.cores[r]!.caughtUp, `rank ${r}: nulls alone wait`);
+});
+
 test('frontiers: global persisted = min over members; time stability waits for undelivered messages', (t) => {
   const net = new MulticastNet({ seed: 9, memberCount: 2, limits: LIMITS });
   net.tick(1000);
