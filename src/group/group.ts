@@ -31,6 +31,7 @@ import {
 import { objectDigest } from '../../decorators/snapshot.js';
 import type { P2PWriteCheck } from '../../decorators/dispatcher.js';
 import { PersistenceStore } from '../../persistence/store.js';
+import type { PersistentRegistry } from '../../persistence/registry.js';
 import { decodeMessage, decodeMessageCopy, encodeMessage } from '../core/codec.js';
 import { ConfigError, PayloadTooLargeError, SquallError } from '../core/errors.js';
 import type { Hlc } from '../core/hlc.js';
@@ -590,16 +591,32 @@ export class Group {
     queue.push([callId, this.nodeId, reply]);
     if (this.replyFlushScheduled) return;
     this.replyFlushScheduled = true;
-    setImmediate(() => {
-      this.replyFlushScheduled = false;
-      for (const [to, replies] of this.replyQueues) {
-        this.replyQueues.delete(to);
-        void this.session(to)
-          .then((s) => s.call(ORDERED_REPLY_TYPE, encodeOrderedReplies(replies)))
-          .catch(() => undefined); // the caller's membership layer handles a lost member
-      }
-    });
+    setImmediate(this.flushRepliesBound);
   }
+
+  /**
+   * Sends the queued replies, one batch per caller. At the end of the turn (setImmediate), or
+   * earlier when a shard's persisted frontier catches up with its deliveries (attached per
+   * replica where it is created): that
+   * notification also has the multicast driver send its persisted report, and both then leave in
+   * the same transport flush (the reply's call is made a microtask after the driver's pump,
+   * before the transport's flush), so the caller gets the reply and the report in one wake-up
+   * instead of two. With fdatasync the frontier moves turns later: the turn's end comes first.
+   */
+  private flushReplies(): void {
+    if (!this.replyFlushScheduled) return;
+    this.replyFlushScheduled = false;
+    for (const [to, replies] of this.replyQueues) {
+      this.replyQueues.delete(to);
+      void this.session(to)
+        .then((s) => s.call(ORDERED_REPLY_TYPE, encodeOrderedReplies(replies)))
+        .catch(() => undefined); // the caller's membership layer handles a lost member
+    }
+  }
+
+  private readonly flushRepliesBound = (): void => this.flushReplies();
+  /** Per shard registry, the replica whose deliveries its persisted frontier is compared with. */
+  private readonly replyFlushReplicas = new Map<PersistentRegistry, ShardReplica>();
 
   private p2pProxy<T extends object>(
     info: ReplicatedClassInfo<T>,
@@ -702,6 +719,16 @@ export class Group {
       this.p2pWriteCheck,
     );
     replica.onOwnDelivered = (callId, version) => this.calls.get(callId)?.numbered(version);
+    // (Only when the frontier caught up with this replica's deliveries, as the driver's report
+    // does: behind, a write-ahead log's fdatasync ending mid-turn, the turn's end comes soon and
+    // sends the turn's replies in one call.)
+    // One listener per registry (a replica made again for it replaces the one it reads).
+    if (!this.replyFlushReplicas.has(registry)) {
+      registry.onPersisted((version) => {
+        if (version >= this.replyFlushReplicas.get(registry)!.deliveredWaiters.current) this.flushReplies();
+      });
+    }
+    this.replyFlushReplicas.set(registry, replica);
     // With the membership service, a node whose data dir holds a view record restarts over its
     // state: the driver reconciles it (truncates past the committed trim, pulls what it lacks).
     if (registry.latestVersion !== VERSION_NONE && this.membership?.restarted !== true) {

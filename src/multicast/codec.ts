@@ -183,7 +183,10 @@ function decodeData(bytes: Uint8Array): DataPacket {
   const entryCount = view.getUint32(8, true);
   let at = DATA_HEADER_BYTES;
   let report: ReceiveReport | null = null;
-  if ((flags & FLAG_REPORT) !== 0) [report, at] = readReport(bytes, view, at);
+  if ((flags & FLAG_REPORT) !== 0) {
+    report = readReport(bytes, view, at);
+    at += reportBytes(report.receivedCounts.length);
+  }
   // Each entry takes at least NULL_ENTRY_BYTES: a count the bytes cannot hold is corrupt.
   if (entryCount > (bytes.byteLength - at) / NULL_ENTRY_BYTES) {
     throw new MulticastDecodeError(`${entryCount} entries cannot fit ${bytes.byteLength} bytes`);
@@ -224,7 +227,11 @@ function decodeData(bytes: Uint8Array): DataPacket {
   };
 }
 
-function readReport(bytes: Uint8Array, view: DataView, start: number): [ReceiveReport, number] {
+/** (A literal -1n is a BigInt negation at run time, once per report read.) */
+const MINUS_ONE = -1n;
+
+/** The report at `start` (it takes reportBytes(its sender count) bytes). */
+function readReport(bytes: Uint8Array, view: DataView, start: number): ReceiveReport {
   need(bytes, start, 4, 'report');
   const senderCount = view.getUint16(start, true);
   need(bytes, start, reportBytes(senderCount), 'report');
@@ -233,7 +240,7 @@ function readReport(bytes: Uint8Array, view: DataView, start: number): [ReceiveR
   for (let s = 0; s < senderCount; s++, at += 4) receivedCounts[s] = view.getUint32(at, true);
   const persistedVersion = view.getBigInt64(at + 8, true);
   const frontier = view.getFloat64(at + 16, true);
-  if (persistedVersion < -1n) throw new MulticastDecodeError('persistedVersion is below -1');
+  if (persistedVersion < MINUS_ONE) throw new MulticastDecodeError('persistedVersion is below -1');
   if (!Number.isSafeInteger(frontier) || frontier < 0) {
     throw new MulticastDecodeError('stabilityFrontierMicros is not a non-negative safe integer');
   }
@@ -244,7 +251,7 @@ function readReport(bytes: Uint8Array, view: DataView, start: number): [ReceiveR
     persistedVersion: persistedVersion as Version,
     stabilityFrontierMicros: frontier,
   };
-  return [report, at + 24];
+  return report;
 }
 
 function decodeBlock(bytes: Uint8Array): BlockPacket {

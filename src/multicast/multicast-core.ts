@@ -163,6 +163,16 @@ export class MulticastCore {
 
   private readonly senderIndexOfRank: readonly number[];
   private readonly peers: readonly NodeId[];
+  /** The ranks of `peers`, in the same order. */
+  private readonly peerRanks: readonly number[];
+  /**
+   * Ordered mode, by member rank: the version of the newest message of that member delivered
+   * here, and the persisted version last reported to that member. A persisted version that moved
+   * is urgent only to members with a message delivered here that the last report to them did not
+   * cover (see reportUrgent).
+   */
+  private readonly lastDeliveredMessageOf: Version[];
+  private readonly persistedReportedTo: Version[];
   private readonly streams: SenderStream[];
   /** Rows last heard from each member; rows[myRank] is refreshed from local state. */
   private readonly rows: MutableRow[];
@@ -233,6 +243,9 @@ export class MulticastCore {
     this.senderIndexOfRank = senderIndexOfRank;
     this.mySenderIndex = senderIndexOfRank[myRank]!;
     this.peers = members.filter((m) => m !== self);
+    this.peerRanks = this.peers.map((m) => members.indexOf(m));
+    this.lastDeliveredMessageOf = members.map(() => VERSION_NONE);
+    this.persistedReportedTo = members.map(() => VERSION_NONE);
     this.streams = senderRanks.map(() => new SenderStream());
     this.rows = members.map(() => ({
       receivedCounts: senderRanks.map(() => 0),
@@ -435,7 +448,7 @@ export class MulticastCore {
       if (this.mode === 'ordered') this.deliverStable();
       else this.streams.forEach((stream, s) => this.deliverRawUpTo(s, stream.receivedCount));
       const entries = this.transmit();
-      this.relayBlocks();
+      if (this.rdmc.size > 0) this.relayBlocks();
       this.repairStalledTransfers();
       this.emitDataPackets(entries);
     }
@@ -454,8 +467,8 @@ export class MulticastCore {
       releasedReceived,
       deliveredCount: this.deliveredCount,
       lastDeliveredVersion: this.lastDeliveredVersion,
-      globalPersistedVersion: this.minOverRows((r) => r.persistedVersion),
-      stabilityFrontierMicros: this.minOverRows((r) => r.stabilityFrontierMicros),
+      globalPersistedVersion: this.minPersistedVersion(),
+      stabilityFrontierMicros: this.minNumberField('stabilityFrontierMicros'),
       sendCapacity:
         this.wedged || this.mySenderIndex < 0
           ? 0
@@ -466,8 +479,29 @@ export class MulticastCore {
   /** This member's current row (what its next report will say). */
   report(): ReceiveReport {
     this.refreshOwnRow();
+    return this.ownRowCopy();
+  }
+
+  /** A copy of this member's row as it stands (call refreshOwnRow first). */
+  private ownRowCopy(): ReceiveReport {
     const row = this.rows[this.myRank]!;
-    return { ...row, receivedCounts: [...row.receivedCounts] };
+    return {
+      receivedCounts: row.receivedCounts.slice(),
+      contiguousCount: row.contiguousCount,
+      deliveredCount: row.deliveredCount,
+      persistedVersion: row.persistedVersion,
+      stabilityFrontierMicros: row.stabilityFrontierMicros,
+    };
+  }
+
+  /**
+   * True if no message (nulls aside) that arrived here contiguously waits for delivery: one
+   * message at a time, between messages. False while deliveries are pending, as in a pipelined
+   * stream. (Nulls after the last message wait for the next reports: they deliver nothing.) For
+   * the driver's choice of when to send a persisted report.
+   */
+  get caughtUp(): boolean {
+    return !this.messageBetween(this.deliveredCount, this.contiguousCount());
   }
 
   /** How many messages (nulls included) of sender index `s` arrived here contiguously. */
@@ -645,17 +679,21 @@ export class MulticastCore {
 
   /** Positions below this all arrived here: min over senders of their first missing position. */
   private contiguousCount(): number {
-    let count = Infinity;
-    this.streams.forEach((stream, s) => {
-      count = Math.min(count, this.positionOf(s, stream.receivedCount));
-    });
-    return count === Infinity ? 0 : count;
+    const streams = this.streams;
+    const n = streams.length;
+    if (n === 0) return 0;
+    let count = streams[0]!.receivedCount * n;
+    for (let s = 1; s < n; s++) {
+      const position = streams[s]!.receivedCount * n + s;
+      if (position < count) count = position;
+    }
+    return count;
   }
 
   /** Delivers every position that every member has received (global stability). */
   private deliverStable(): void {
     this.refreshOwnRow();
-    const stableCount = this.minOverRows((r) => r.contiguousCount);
+    const stableCount = this.minNumberField('contiguousCount');
     while (this.deliveredCount < stableCount) this.deliverNextPosition();
   }
 
@@ -672,6 +710,7 @@ export class MulticastCore {
       assert(position <= 0xffff_ffff, 'a view ends before 2^32 positions');
       const version = (this.versionBase | BigInt(position)) as Version;
       this.lastDeliveredVersion = version;
+      this.lastDeliveredMessageOf[this.senderRanks[s]!] = version;
       this.deliveries.push(this.deliveryOf(s, entry, position, version));
     }
   }
@@ -759,8 +798,8 @@ export class MulticastCore {
     const s = this.mySenderIndex;
     const indexEnd =
       this.mode === 'ordered'
-        ? Math.ceil((this.minOverRows((r) => r.deliveredCount) - s) / this.senderCount)
-        : this.minOverRows((r) => r.receivedCounts[s]!);
+        ? Math.ceil((this.minNumberField('deliveredCount') - s) / this.senderCount)
+        : this.minReceivedCount(s);
     const inFlight = this.ownInFlight;
     let done = 0;
     while (done < inFlight.length && inFlight.at(done)!.index < indexEnd) {
@@ -958,9 +997,14 @@ export class MulticastCore {
    */
   private emitDataPackets(entries: SmcEntry[]): void {
     if (this.peers.length === 0) return;
-    const report = this.report();
+    this.refreshOwnRow();
+    // (Urgency is read off the row itself: the copy that goes out is made only if one does.)
+    if (entries.length === 0 && !this.reportUrgent(this.rows[this.myRank]!)) {
+      this.reportPersistedToSenders();
+      return;
+    }
+    const report = this.ownRowCopy();
     if (entries.length === 0) {
-      if (!this.reportUrgent(report)) return;
       this.lastSentRow = report;
       this.lazyReportDue = false;
       this.pushDataPacket(report, []);
@@ -1008,7 +1052,10 @@ export class MulticastCore {
    */
   private reportUrgent(report: ReceiveReport): boolean {
     const last = this.lastSentRow;
-    if (report.persistedVersion !== last.persistedVersion) return true;
+    // Ordered mode: a persisted version that moved is urgent only to some members
+    // (reportPersistedToSenders); for the rest it waits like the lazy fields below.
+    const persistedMoved = report.persistedVersion !== last.persistedVersion;
+    if (persistedMoved && this.mode === 'raw') return true;
     const contiguousMoved = report.contiguousCount !== last.contiguousCount;
     if (contiguousMoved && this.mode === 'raw') return true;
     if (contiguousMoved && this.messageContiguousEnd > last.contiguousCount) return true;
@@ -1017,7 +1064,7 @@ export class MulticastCore {
       if (report.receivedCounts[s] !== last.receivedCounts[s]) countsChanged = true;
     }
     if (countsChanged && this.mode === 'raw') return true;
-    const lazyChanged = countsChanged || report.deliveredCount !== last.deliveredCount ||
+    const lazyChanged = countsChanged || persistedMoved || report.deliveredCount !== last.deliveredCount ||
       report.stabilityFrontierMicros !== last.stabilityFrontierMicros;
     if (!lazyChanged) return false;
     const windowPositions = (this.limits.windowSize * this.senderCount) / 2;
@@ -1045,7 +1092,34 @@ export class MulticastCore {
       to: this.peers,
       packet: { kind: 'data', viewId: this.viewId, fromRank: this.myRank, report, entries },
     });
+    for (const rank of this.peerRanks) this.persistedReportedTo[rank] = report.persistedVersion;
     if (entries.length > 0) this.counters.dataPacketsSent++;
+  }
+
+  /**
+   * Ordered mode, no report going to everyone: a persisted version that moved goes at once, alone,
+   * to the members that wait on it, those with a message delivered here above the persisted
+   * version last reported to them (their calls' persisted() waits on every member's report); the
+   * others get it with the next report to everyone (a tick at the latest). Conservative: a
+   * member whose newest message here is not persisted yet still gets it (one report too many,
+   * never one too few). `lastSentRow` stays as it was: for everyone else the row still changed.
+   */
+  private reportPersistedToSenders(): void {
+    if (this.mode !== 'ordered') return;
+    const row = this.rows[this.myRank]!;
+    const persisted = row.persistedVersion;
+    let to: NodeId[] | null = null;
+    for (const rank of this.peerRanks) {
+      const reported = this.persistedReportedTo[rank]!;
+      if (persisted > reported && this.lastDeliveredMessageOf[rank]! > reported) {
+        (to ??= []).push(this.members[rank]!);
+        this.persistedReportedTo[rank] = persisted;
+      }
+    }
+    if (to === null) return;
+    const report = this.ownRowCopy();
+    this.packets.push({ to, packet: { kind: 'data', viewId: this.viewId, fromRank: this.myRank, report, entries: [] } });
+    this.counters.reportPacketsSent++;
   }
 
   // ------------------------------------------------------------------------------------------
@@ -1072,19 +1146,42 @@ export class MulticastCore {
   }
 
   private firstQueuedMicros(): number {
-    for (const q of this.transmitQueue) {
+    // (No message queued, only null runs: nothing to look for. The usual case at one message
+    // at a time, where this runs several times per ready().)
+    if (this.queuedMessageCount === 0) return Infinity;
+    const queue = this.transmitQueue;
+    for (let i = 0; i < queue.length; i++) {
+      const q = queue.at(i)!;
       if (q.kind === 'message') return q.timestamp.micros;
     }
     return Infinity;
   }
 
-  private minOverRows<T extends number | bigint>(field: (row: MutableRow) => T): T {
+  // Minima over every member's row, own row refreshed first, without an accessor closure per
+  // call: ready() runs them on every batch of inputs, and the closures and their megamorphic
+  // calls were most of ready()'s own time at one put at a time.
+
+  private minNumberField(field: 'contiguousCount' | 'deliveredCount' | 'stabilityFrontierMicros'): number {
     this.refreshOwnRow();
-    let min = field(this.rows[0]!);
-    for (const row of this.rows) {
-      const value = field(row);
-      if (value < min) min = value;
-    }
+    const rows = this.rows;
+    let min = rows[0]![field];
+    for (let r = 1; r < rows.length; r++) if (rows[r]![field] < min) min = rows[r]![field];
+    return min;
+  }
+
+  private minReceivedCount(s: number): number {
+    this.refreshOwnRow();
+    const rows = this.rows;
+    let min = rows[0]!.receivedCounts[s]!;
+    for (let r = 1; r < rows.length; r++) if (rows[r]!.receivedCounts[s]! < min) min = rows[r]!.receivedCounts[s]!;
+    return min;
+  }
+
+  private minPersistedVersion(): Version {
+    this.refreshOwnRow();
+    const rows = this.rows;
+    let min = rows[0]!.persistedVersion;
+    for (let r = 1; r < rows.length; r++) if (rows[r]!.persistedVersion < min) min = rows[r]!.persistedVersion;
     return min;
   }
 

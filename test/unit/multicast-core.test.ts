@@ -433,6 +433,73 @@ test('reports alone, ordered: a contiguous count moved over nulls alone waits fo
   t.deepEqual(reportsAloneFrom(net, 1), [5, 5], 'the contiguous count moved past a message: at once');
 });
 
+test('reports alone, ordered: a persisted version goes at once only to members whose messages it covers', (t) => {
+  // Rank 0 sends one message; ranks 1 and 2 only fill nulls. Rank 0's calls wait on every
+  // member's persisted report; nobody waits on rank 0's or on each other's: those go with the
+  // next report to everyone (a tick at the latest). One put at a time in a 3-member shard, that
+  // is 4 of 14 requests per put, and a member's third wake-up per put.
+  const net = new MulticastNet({ seed: 41, memberCount: 3, limits: LIMITS });
+  net.send(0, 10);
+  settle(net);
+  t.true(net.delivered.every((list) => list.length === 1), 'delivered everywhere');
+  const version = net.delivered[0]![0]!.version!;
+  const reportsTo = (from: number): { to: number; persisted: bigint }[] =>
+    net.inFlight
+      .map((p) => ({ to: p.to, packet: decodePacket(p.bytes) as DataPacket }))
+      .filter((p) => p.packet.fromRank === from)
+      .map((p) => ({ to: p.to, persisted: p.packet.report!.persistedVersion }));
+  const deliverAll = (): void => {
+    for (const p of net.inFlight) net.cores[p.to]!.receive(decodePacket(p.bytes.slice()));
+    net.inFlight = [];
+  };
+  net.cores[1]!.persisted(version);
+  net.flush(1);
+  t.deepEqual(reportsTo(1), [{ to: 0, persisted: version }], 'rank 1: to the sender only');
+  deliverAll();
+  net.cores[0]!.persisted(version);
+  net.flush(0);
+  t.deepEqual(reportsTo(0), [], 'rank 0: its own message, nobody else waits on it');
+  net.cores[2]!.persisted(version);
+  net.flush(2);
+  t.deepEqual(reportsTo(2), [{ to: 0, persisted: version }], 'rank 2: to the sender only');
+  deliverAll();
+  t.is(net.cores[0]!.ready().globalPersistedVersion, version, 'the sender has the global frontier without a tick');
+  t.is(net.cores[1]!.ready().globalPersistedVersion, VERSION_NONE, 'rank 1 learns it later');
+  net.flush(1);
+  t.deepEqual(reportsTo(1), [], 'nothing new for rank 1 to report');
+  net.tick();
+  for (const r of [0, 1, 2]) net.flush(r);
+  t.deepEqual(new Set(reportsTo(0).map((p) => p.to)), new Set([1, 2]), 'the tick: rank 0 reports to everyone');
+  deliverAll();
+  for (const r of [1, 2]) t.is(net.cores[r]!.ready().globalPersistedVersion, version, `rank ${r} after the tick`);
+});
+
+test('caughtUp: false while a received message waits for stability, true once only nulls are left', (t) => {
+  const net = new MulticastNet({ seed: 43, memberCount: 2, limits: LIMITS });
+  net.send(0, 10);
+  net.send(0, 10);
+  net.flush(0);
+  // Rank 1 gets both messages (positions 0 and 2) and fills its nulls (1 and 3); rank 0's report
+  // (contiguous 1) lets it deliver position 0 only.
+  for (const p of net.inFlight) if (p.to === 1) net.cores[1]!.receive(decodePacket(p.bytes.slice()));
+  net.inFlight = net.inFlight.filter((p) => p.to !== 1);
+  net.flush(1);
+  t.is(net.delivered[1]!.length, 1);
+  t.false(net.cores[1]!.caughtUp, 'the second message waits');
+  settle(net);
+  t.is(net.delivered[1]!.length, 2);
+  t.true(net.cores[1]!.caughtUp && net.cores[0]!.caughtUp);
+  // Three members, one message: its receivers' null runs after it wait for the sender's next
+  // report (lazy), undelivered, and deliver nothing.
+  const three = new MulticastNet({ seed: 44, memberCount: 3, limits: LIMITS });
+  three.send(0, 10);
+  settle(three);
+  t.true(three.delivered.every((list) => list.length === 1));
+  const waiting = [1, 2].filter((r) => three.cores[r]!.report().contiguousCount > three.cores[r]!.ready().deliveredCount);
+  t.true(waiting.length > 0, 'some null positions wait');
+  for (const r of waiting) t.true(three.cores[r]!.caughtUp, `rank ${r}: nulls alone wait`);
+});
+
 test('frontiers: global persisted = min over members; time stability waits for undelivered messages', (t) => {
   const net = new MulticastNet({ seed: 9, memberCount: 2, limits: LIMITS });
   net.tick(1000);
