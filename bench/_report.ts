@@ -26,3 +26,8 @@ export function report(line: BenchLine): void {
   }
   console.log(JSON.stringify(out));
 }
+
+/** `baselineUnits` for baselines that are all round trips or disk syncs in µs (beside a rate). */
+export function allUs(baselines: Record<string, number>): Record<string, string> {
+  return Object.fromEntries(Object.keys(baselines).map((name) => [name, 'us']));
+}

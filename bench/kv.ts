@@ -19,7 +19,7 @@ import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fdatasyncP50, percentile } from './_measure.js';
-import { report } from './_report.js';
+import { allUs, report } from './_report.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -98,7 +98,7 @@ export async function run(args: string[]): Promise<void> {
         report({ suite: 'kv', case: `put-latency-p99-from-${who}`, value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', ...denv });
         const { rate } = await caller.ask<{ rate: number }>({ cmd: 'rate', throughputOps: from === 0 ? throughputOps : 1000, outstanding: 64 });
         if (from === 0) {
-          report({ suite: 'kv', case: 'put-throughput-64-outstanding', value: Math.round(rate), unit: 'puts/s', baselines, ...denv });
+          report({ suite: 'kv', case: 'put-throughput-64-outstanding', value: Math.round(rate), unit: 'puts/s', baselines, baselineUnits: allUs(baselines), ...denv });
         }
       }
     } finally {

@@ -76,7 +76,7 @@ import { RaftDriver, type StateMachine } from '../src/runtime/raft-driver.js';
 import { MemoryNetwork } from '../src/transport/memory-transport.js';
 import type { Transport } from '../src/transport/transport.js';
 import { closedLoopRate, fdatasyncP50, mainThreadCpuUs, percentile, sequentialLatencies } from './_measure.js';
-import { report } from './_report.js';
+import { allUs, report } from './_report.js';
 
 class CountingMachine implements StateMachine {
   count = 0;
@@ -358,7 +358,7 @@ export async function run(args: string[]): Promise<void> {
       });
       report({ suite: 'raft', case: 'commit-latency-p99', value: Number(percentile(lat, 99).toFixed(1)), unit: 'us', ...genv });
       // (The round trips and fdatasync stand beside a rate as context: no ratio of commits/s to µs.)
-      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', baselines, ratios: {}, ...genv });
+      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(r.rate), unit: 'commits/s', baselines, baselineUnits: allUs(baselines), ...genv });
     }
     return;
   }
@@ -387,9 +387,10 @@ export async function run(args: string[]): Promise<void> {
       report({ suite: 'raft', case: 'commit-latency-p99', value: Number(p99.toFixed(1)), unit: 'us', fsync: durable, storage, ...ienv });
 
       const rate = await closedLoopRate(throughputOps, 64, (i) => leader.propose(payload(i)));
-      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(rate), unit: 'commits/s', ratios: {},
+      report({ suite: 'raft', case: 'throughput-64-outstanding', value: Math.round(rate), unit: 'commits/s',
         fsync: durable, storage, baselines: durable ? { disk_fdatasync_p50: Number(fsyncP50.toFixed(1)), transport_rtt_p50: Number(rttP50.toFixed(1)) }
           : { transport_rtt_p50: Number(rttP50.toFixed(1)) },
+        baselineUnits: { disk_fdatasync_p50: 'us', transport_rtt_p50: 'us' },
         leaderFlushesTotal: leader.counters.flushes, ...ienv });
     } finally {
       await g.close();
