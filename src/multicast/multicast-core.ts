@@ -680,11 +680,10 @@ export class MulticastCore {
   /** Positions below this all arrived here: min over senders of their first missing position. */
   private contiguousCount(): number {
     const streams = this.streams;
-    const n = streams.length;
-    if (n === 0) return 0;
-    let count = streams[0]!.receivedCount * n;
-    for (let s = 1; s < n; s++) {
-      const position = streams[s]!.receivedCount * n + s;
+    if (streams.length === 0) return 0;
+    let count = this.positionOf(0, streams[0]!.receivedCount);
+    for (let s = 1; s < streams.length; s++) {
+      const position = this.positionOf(s, streams[s]!.receivedCount);
       if (position < count) count = position;
     }
     return count;
