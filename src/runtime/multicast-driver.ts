@@ -41,6 +41,7 @@ import {
 import type { ResendMessage } from '../multicast/types.js';
 import { DEFAULT_MULTICAST_LIMITS } from '../multicast/config.js';
 import { BlockQueue } from '../multicast/block-queue.js';
+import { readU32LE } from '../core/bytes.js';
 import { freshMessageBuffer } from '../multicast/rdmc-transfer.js';
 import { SessionCache } from '../transport/session-cache.js';
 import { TransportError } from '../transport/errors.js';
@@ -264,7 +265,7 @@ class MulticastMux {
     this.sessions = new SessionCache(transport);
     transport.handle(requestType, (frame) => {
       if (frame.byteLength >= FRAME_HEADER_BYTES) {
-        const shard = new DataView(frame.buffer, frame.byteOffset, frame.byteLength).getUint32(0, true);
+        const shard = readU32LE(frame, 0);
         const driver = this.drivers.get(shard);
         if (driver !== undefined) driver.receiveFrame(frame);
         else if (this.earlyCount < EARLY_FRAMES_MAX) {
@@ -328,11 +329,6 @@ function muxFor(transport: Transport, requestType: RequestType): MulticastMux {
  * in a buffer of its own (its slab limit is 64 KiB), and a relay can forward it in place.
  */
 const LARGE_BLOCK_BYTES = 64 * 1024;
-
-/** The little-endian u32 at bytes[at..at+4), bounds-checked by the caller (no DataView per frame). */
-function readU32LE(bytes: Uint8Array, at: number): number {
-  return bytes[at]! + (bytes[at + 1]! << 8) + (bytes[at + 2]! << 16) + ((bytes[at + 3]! << 24) >>> 0);
-}
 
 function isLargeBlock(item: Uint8Array | BlockPacket): boolean {
   return !(item instanceof Uint8Array) && item.bytes.byteLength >= LARGE_BLOCK_BYTES;

@@ -1,6 +1,7 @@
 // Proves the shared core helpers keep their contracts: branded ids check ranges, versions pack
 // and unpack without precision loss, the seeded PRNG replays from its seed, errors carry names.
 import test from 'ava';
+import { readU32BE, readU32LE } from '../../src/core/bytes.js';
 import { SeededRandom } from '../../src/core/random.js';
 import { makeVersion, versionPosition, versionViewId, viewId, nodeId } from '../../src/core/ids.js';
 import { AssertionError, ConfigError, SquallError } from '../../src/core/errors.js';
@@ -39,4 +40,15 @@ test('errors are named after their class and carry a code', (t) => {
   t.is(e.name, 'ConfigError');
   t.is(e.code, 'CONFIG');
   t.regex(e.message, /transport\.port: must be 0\.\.65535/);
+});
+
+test('readU32BE and readU32LE read a u32 at an offset, high bit included, as DataView does', (t) => {
+  const bytes = Uint8Array.of(0xaa, 0xff, 0x01, 0x02, 0x80, 0x33);
+  const view = new DataView(bytes.buffer);
+  for (const at of [0, 1, 2]) {
+    t.is(readU32BE(bytes, at), view.getUint32(at, false));
+    t.is(readU32LE(bytes, at), view.getUint32(at, true));
+  }
+  t.is(readU32LE(bytes, 2), 0x33800201);
+  t.is(readU32BE(bytes, 0), 0xaaff0102);
 });
