@@ -72,16 +72,10 @@ export async function runChaos(options: ChaosOptions, print: (line: string) => v
   return reports;
 }
 
-function network(text: string | undefined): ChaosOptions['network'] {
-  if (text === undefined) return 'auto';
-  if (text === 'auto' || text === 'netns' || text === 'loopback') return text;
-  throw new Error(`--network must be auto, netns or loopback, got ${text}`);
-}
-
-function encryption(text: string | undefined): ChaosOptions['encryption'] {
-  if (text === undefined) return 'auto';
-  if (text === 'auto' || text === 'on' || text === 'off') return text;
-  throw new Error(`--encryption must be auto, on or off, got ${text}`);
+/** `text` if it is one of `values` (the option `--name`'s), else an error naming them. */
+function choice<T extends string>(name: string, values: readonly T[], text: string): T {
+  if ((values as readonly string[]).includes(text)) return text as T;
+  throw new Error(`--${name} must be one of ${values.join(', ')}, got ${text}`);
 }
 
 function faultKinds(text: string): KvFaultKind[] {
@@ -112,18 +106,13 @@ function parse(argv: string[]): ChaosOptions {
     runs: runs === undefined ? Number.MAX_SAFE_INTEGER : number('runs', 1),
     scenario: value('scenario'),
     faultMs: number('fault-seconds', 6) * 1000,
-    network: network(value('network')),
-    encryption: encryption(value('encryption')),
+    network: choice('network', ['auto', 'netns', 'loopback'] as const, value('network') ?? 'auto'),
+    encryption: choice('encryption', ['auto', 'on', 'off'] as const, value('encryption') ?? 'auto'),
     verbose: argv.includes('--verbose'),
     restartCheck: argv.includes('--restart-check'),
     ...(value('faults') !== undefined ? { faultKinds: faultKinds(value('faults')!) } : {}),
-    ...(value('persistence') !== undefined ? { persistence: persistence(value('persistence')!) } : {}),
+    ...(value('persistence') !== undefined ? { persistence: choice('persistence', KV_PERSISTENCE, value('persistence')!) } : {}),
   };
-}
-
-function persistence(text: string): KvPersistence {
-  if ((KV_PERSISTENCE as readonly string[]).includes(text)) return text as KvPersistence;
-  throw new Error(`--persistence must be ${KV_PERSISTENCE.join(', ')}, got ${text}`);
 }
 
 if (process.argv[1]?.endsWith('/chaos.js')) {
