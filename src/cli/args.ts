@@ -1,4 +1,5 @@
 /** Flag parsing shared by the squall subcommands: named flags, then --section.key overrides. */
+import { UsageError } from './command.js';
 
 export interface ParsedArgs {
   /** Values of the named flags given (`--config x` or `--config=x`). */
@@ -31,4 +32,19 @@ export function parseArgs(
     }
   }
   return { flags, switches, overrides };
+}
+
+/**
+ * The whole number given for `--name` (`fallback` if absent), refused with a UsageError naming the
+ * flag if it is not an integer or is below `min`.
+ */
+export function integerFlag(flags: ReadonlyMap<string, string>, name: string, what: string, options: { min?: number; fallback?: number } = {}): number {
+  const text = flags.get(name);
+  if (text === undefined && options.fallback !== undefined) return options.fallback;
+  const value = Number(text);
+  const min = options.min ?? Number.MIN_SAFE_INTEGER;
+  if (text === undefined || !/^-?\d+$/.test(text) || value < min) {
+    throw new UsageError(`--${name} takes a whole number of ${what}${options.min !== undefined ? ` (at least ${options.min})` : ''}, not "${text ?? ''}"`);
+  }
+  return value;
 }

@@ -25,7 +25,7 @@ import { walFileNames } from '../../persistence/wal.js';
 import type { Persistent } from '../../persistence/persistent.js';
 import { HLC_MAX, hlcAtOrBefore, type Hlc } from '../core/hlc.js';
 import { UsageError, type CliIo, type Command } from './command.js';
-import { parseArgs } from './args.js';
+import { integerFlag, parseArgs } from './args.js';
 import { loadApp } from './node.js';
 
 const formatVersion = (v: bigint): string => (v < 0n ? 'none' : `${v >> 32n}:${v & 0xffff_ffffn} (${v})`);
@@ -114,7 +114,7 @@ async function runInspect(args: string[], io: CliIo): Promise<number> {
         value = field.get(v);
         where = `version ${formatVersion(field.versionAt(v))}`;
       } else if (flags.has('index')) {
-        const i = Number(flags.get('index'));
+        const i = integerFlag(flags, 'index', 'versions from the first (-1 is the latest)');
         value = field.getByIndex(i);
         where = `index ${i}, version ${formatVersion(field.versionOfIndex(i))}`;
       } else if (flags.has('time')) {

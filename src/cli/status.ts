@@ -10,7 +10,7 @@ import { STATUS_TYPE, type NodeStatus } from '../group/wire.js';
 import { decodeView, type View } from '../membership/view.js';
 import { Endpoint, endpointOptionsFromConfig } from '../transport/native-transport.js';
 import { UsageError, type CliIo, type Command } from './command.js';
-import { parseArgs } from './args.js';
+import { integerFlag, parseArgs } from './args.js';
 
 const formatVersion = (v: bigint): string => (v < 0n ? 'none' : `${v >> 32n}:${v & 0xffff_ffffn}`);
 
@@ -29,9 +29,7 @@ async function runStatus(args: string[], io: CliIo): Promise<number> {
   const { flags, overrides } = parseArgs(args, ['config', 'timeout-ms']);
   const configPath = flags.get('config');
   if (!configPath) throw new UsageError('--config <file> is required');
-  const timeoutText = flags.get('timeout-ms') ?? '2000';
-  const timeoutMs = Number(timeoutText);
-  if (!/^\d+$/.test(timeoutText) || timeoutMs <= 0) throw new UsageError(`--timeout-ms takes a whole number of milliseconds above 0, not "${timeoutText}"`);
+  const timeoutMs = integerFlag(flags, 'timeout-ms', 'milliseconds', { min: 1, fallback: 2000 });
   const config = loadConfig(configPath, { env: io.env, args: overrides });
   const members = staticMembersFromConfig(config);
   const endpoint = await Endpoint.create(

@@ -160,5 +160,5 @@ test.serial('squall status prints the view, the layout with leaders, and every n
   t.regex(none.join('\n'), /node 3 .*: unreachable/);
   const bad: string[] = [];
   t.is(await main(['status', '--config', file, '--timeout-ms', 'soon'], { out: (l) => bad.push(l), err: (l) => bad.push(l), env: {} }), 2);
-  t.regex(bad.join('\n'), /--timeout-ms takes a whole number of milliseconds above 0, not "soon"/);
+  t.regex(bad.join('\n'), /--timeout-ms takes a whole number of milliseconds \(at least 1\), not "soon"/);
 });

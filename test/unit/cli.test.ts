@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { main } from '../../src/cli/main.js';
+import { integerFlag } from '../../src/cli/args.js';
 import { Endpoint } from '../../src/transport/native-transport.js';
 
 function run(argv: string[], env: Record<string, string> = {}): { code: number; out: string; err: string } {
@@ -74,4 +75,15 @@ test('keygen writes a group key the loader and the transport accept, and will no
     await client.close();
     await server.close();
   }
+});
+
+test('integerFlag: a whole number (negative allowed unless min says), the fallback when absent, else a UsageError naming the flag', (t) => {
+  const flags = new Map([['n', '-1'], ['ms', '250'], ['bad', 'soon'], ['half', '1.5'], ['zero', '0']]);
+  t.is(integerFlag(flags, 'n', 'items'), -1);
+  t.is(integerFlag(flags, 'ms', 'milliseconds', { min: 1 }), 250);
+  t.is(integerFlag(flags, 'absent', 'milliseconds', { min: 1, fallback: 2000 }), 2000);
+  t.throws(() => integerFlag(flags, 'bad', 'items'), { code: 'USAGE', message: '--bad takes a whole number of items, not "soon"' });
+  t.throws(() => integerFlag(flags, 'half', 'items'), { code: 'USAGE', message: '--half takes a whole number of items, not "1.5"' });
+  t.throws(() => integerFlag(flags, 'zero', 'milliseconds', { min: 1 }), { code: 'USAGE', message: '--zero takes a whole number of milliseconds (at least 1), not "0"' });
+  t.throws(() => integerFlag(flags, 'absent', 'items'), { code: 'USAGE', message: '--absent takes a whole number of items, not ""' });
 });
